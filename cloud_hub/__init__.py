@@ -1,0 +1,1 @@
+"""Tandem cloud_hub (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""Tandem edge_agent (see docs/architecture.md)."""

@@ -1,0 +1,53 @@
+"""ONNX Runtime adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
+    "tensor(int64)": "int64", "tensor(bool)": "bool",
+}
+
+
+def _dims(shape: Sequence[object]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d > 0 else -1 for d in shape)
+
+
+class OnnxRuntimeSession:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: Sequence[str] = (), threads: int | None = None,
+                 graph_optimization: bool = True) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeUnavailableError("onnxruntime is not installed (pip install onnxruntime)") from exc
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        if not graph_optimization:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        available = set(ort.get_available_providers())
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise RuntimeUnavailableError(f"onnxruntime cannot load {path}: {exc}") from exc
+        self.providers = self._session.get_providers()
+        self.inputs = [IOSpec(i.name, _ORT_TYPES.get(i.type, i.type), _dims(i.shape)) for i in self._session.get_inputs()]
+        self.outputs = [IOSpec(o.name, _ORT_TYPES.get(o.type, o.type), _dims(o.shape)) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(self._output_names, dict(feeds))
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]

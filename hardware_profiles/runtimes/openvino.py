@@ -1,0 +1,68 @@
+"""OpenVINO adapter (IR .xml/.bin, or ONNX read directly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
+
+_core = None
+
+
+def _get_core():
+    global _core
+    if _core is None:
+        import openvino as ov
+
+        _core = ov.Core()
+    return _core
+
+
+def available_devices() -> list[str]:
+    try:
+        return list(_get_core().available_devices)
+    except ImportError:
+        return []
+
+
+class OpenVINOSession:
+    runtime = "openvino"
+
+    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None,
+                 performance_hint: str = "LATENCY") -> None:
+        try:
+            core = _get_core()
+        except ImportError as exc:
+            raise RuntimeUnavailableError("openvino is not installed (pip install openvino)") from exc
+        if device not in core.available_devices:
+            raise RuntimeUnavailableError(f"OpenVINO device {device!r} is not present here (have: {', '.join(core.available_devices)})")
+        config: dict[str, object] = {"PERFORMANCE_HINT": performance_hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            model = core.read_model(str(path))
+            self._compiled = core.compile_model(model, device, config)
+        except Exception as exc:
+            raise RuntimeUnavailableError(f"OpenVINO cannot load {path} on {device}: {exc}") from exc
+        self._request = self._compiled.create_infer_request()
+        self.device = device
+        self.inputs = [self._spec(p, f"input{i}") for i, p in enumerate(self._compiled.inputs)]
+        self.outputs = [self._spec(p, f"output{i}") for i, p in enumerate(self._compiled.outputs)]
+
+    @staticmethod
+    def _spec(port, fallback: str) -> IOSpec:
+        names = port.get_names()
+        name = port.get_any_name() if names else fallback
+        shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+        return IOSpec(name, np.dtype(port.get_element_type().to_dtype()).name, shape)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        result = self._request.infer({name: np.ascontiguousarray(v) for name, v in feeds.items()})
+        return [np.array(result[port]) for port in self._compiled.outputs]
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None

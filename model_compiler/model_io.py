@@ -1,0 +1,99 @@
+"""Load, check and prepare the source ONNX model; describe its inputs and outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model_compiler.errors import InvalidModelError
+from protocols.manifest import TensorSpec
+
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64", 9: "bool"}
+
+
+def load_model(path: str | Path):
+    """Load and check an ONNX model; errors name the file and what is wrong."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModelError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError
+        raise InvalidModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node:
+        raise InvalidModelError(f"{path}: the graph has no nodes")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise InvalidModelError(f"{path}: the ONNX checker rejects it: {str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def default_opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise InvalidModelError("the model imports no default ONNX opset")
+
+
+def prepare_model(model, out_path: Path):
+    """Raise the opset to at least MIN_OPSET and infer shapes; save to out_path.
+
+    Quantized (QDQ) variants of an opset-11 model fail to load otherwise: per-channel
+    DequantizeLinear takes an axis only from opset 13.
+    """
+    import onnx
+    from onnx import shape_inference, version_converter
+
+    notes: list[str] = []
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        try:
+            model = version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:
+            raise InvalidModelError(f"cannot raise the model's opset {opset} to {MIN_OPSET}: {exc}") from exc
+        notes.append(f"opset raised from {opset} to {MIN_OPSET} (per-channel QDQ needs opset 13)")
+    try:
+        model = shape_inference.infer_shapes(model)
+    except Exception as exc:
+        notes.append(f"shape inference incomplete: {exc}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return model, notes
+
+
+def _spec(value_info) -> TensorSpec:
+    t = value_info.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
+    return TensorSpec(name=value_info.name, dtype=_ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"), shape=dims)
+
+
+def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Graph inputs (initializers excluded) and outputs as manifest TensorSpecs."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [_spec(v) for v in model.graph.input if v.name not in initializers]
+    outputs = [_spec(v) for v in model.graph.output]
+    return inputs, outputs
+
+
+def weight_bytes(model) -> int:
+    """Bytes of all initializers: what quantization shrinks."""
+    from onnx import numpy_helper
+
+    total = 0
+    for init in model.graph.initializer:
+        total += numpy_helper.to_array(init).nbytes
+    return total
+
+
+def op_types(model) -> set[str]:
+    return {node.op_type for node in model.graph.node}
+
+
+def numpy_dtype(spec: TensorSpec) -> np.dtype:
+    return np.dtype(spec.dtype)

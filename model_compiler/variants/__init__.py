@@ -1,0 +1,1 @@
+"""Variant builders, one module per runtime."""

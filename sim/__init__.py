@@ -1,0 +1,1 @@
+"""Tandem sim (see docs/architecture.md)."""
