@@ -1,0 +1,264 @@
+"""A dynamic micro-batcher in front of one runtime session.
+
+Requests that arrive within a short window are concatenated along the batch axis,
+run once and split back, so concurrent callers share one runtime call. Used by the
+edge agent and by the hub's inference server; it knows nothing about sockets.
+
+The window is adaptive: a lone caller (no request ever waiting behind another) pays
+no window at all; the batcher lingers for `window_ms` only while it has recently
+seen requests overlap, which is when lingering buys a bigger batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# How many recent batches count as "recent" for the adaptive window.
+_OVERLAP_MEMORY = 32
+
+
+class BatcherError(RuntimeError):
+    """Base class for micro-batcher errors."""
+
+
+class QueueFullError(BatcherError):
+    """The batcher's queue is full; the caller should shed load or retry later."""
+
+
+class BatcherClosedError(BatcherError):
+    """The batcher was closed before the request ran."""
+
+
+@dataclass
+class _Request:
+    feeds: Mapping[str, np.ndarray]
+    rows: int
+    key: tuple[Any, ...]
+    future: Future
+    enqueued: float
+
+
+@dataclass
+class BatcherStats:
+    """Counters for metrics; read them with `MicroBatcher.stats()`."""
+
+    requests: int = 0
+    batches: int = 0
+    rows: int = 0
+    rejected: int = 0
+    failed: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+def batch_axis_supported(inputs: Sequence[Any], outputs: Sequence[Any]) -> bool:
+    """True when every input and output has a dynamic (or absent-size) leading axis."""
+    specs = list(inputs) + list(outputs)
+    return bool(specs) and all(len(s.shape) >= 1 and s.shape[0] == -1 for s in specs)
+
+
+class MicroBatcher:
+    """Group requests into batches for `session.run`, on one worker thread.
+
+    `session` is anything with `run(feeds) -> list[np.ndarray]` and `inputs`/`outputs`
+    specs (hardware_profiles.runtimes.RuntimeSession). Only the worker thread calls
+    `session.run`, so sessions need not be thread-safe.
+    """
+
+    def __init__(self, session: Any, *, max_batch: int = 8, window_ms: float = 0.3, max_queue: int = 256,
+                 batching: bool | None = None, name: str = "batcher") -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if window_ms < 0:
+            raise ValueError(f"window_ms must be >= 0, got {window_ms}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.session = session
+        supported = batch_axis_supported(session.inputs, session.outputs)
+        self.batching = supported if batching is None else (batching and supported)
+        self.max_batch = max_batch if self.batching else 1
+        self.window_s = window_ms / 1000.0
+        self.max_queue = max_queue
+        self._queue: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._overlap_recent = 0  # batches left during which we keep lingering
+        self._stats = BatcherStats()
+        self._thread = threading.Thread(target=self._worker, name=name, daemon=True)
+        self._thread.start()
+
+    # -- producer side ---------------------------------------------------------
+
+    def submit(self, feeds: Mapping[str, np.ndarray]) -> "Future[list[np.ndarray]]":
+        """Queue one request (its leading axis is its row count); returns a Future of outputs.
+
+        Raises QueueFullError when `max_queue` requests are already waiting, and
+        BatcherClosedError after `close()`.
+        """
+        rows = _rows(feeds) if self.batching else 1
+        key = _group_key(feeds) if self.batching else ()
+        future: Future = Future()
+        request = _Request(feeds, rows, key, future, time.perf_counter())
+        with self._cond:
+            if self._closed:
+                raise BatcherClosedError("the micro-batcher is closed")
+            if len(self._queue) >= self.max_queue:
+                self._stats.rejected += 1
+                raise QueueFullError(f"micro-batcher queue is full ({self.max_queue} requests waiting)")
+            if self._queue:
+                self._overlap_recent = _OVERLAP_MEMORY
+            self._queue.append(request)
+            self._stats.requests += 1
+            self._cond.notify()
+        return future
+
+    def run(self, feeds: Mapping[str, np.ndarray], timeout: float | None = None) -> list[np.ndarray]:
+        """Submit and wait: the blocking convenience form of `submit`."""
+        return self.submit(feeds).result(timeout)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def stats(self) -> BatcherStats:
+        with self._cond:
+            s = self._stats
+            return BatcherStats(s.requests, s.batches, s.rows, s.rejected, s.failed, dict(s.batch_sizes))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker; requests still queued fail with BatcherClosedError."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for req in pending:
+            if req.future.set_running_or_notify_cancel():
+                req.future.set_exception(BatcherClosedError("the micro-batcher closed before this request ran"))
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "MicroBatcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- worker side -------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            first = self._queue.popleft()
+            batch = [first]
+            rows = first.rows
+            if self.max_batch > 1 and rows < self.max_batch:
+                linger = self.window_s if (self._overlap_recent > 0 or self._queue) else 0.0
+                deadline = time.perf_counter() + linger
+                while rows < self.max_batch:
+                    taken = self._take_compatible(first.key, self.max_batch - rows)
+                    for req in taken:
+                        batch.append(req)
+                        rows += req.rows
+                    if rows >= self.max_batch:
+                        break
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or self._closed:
+                        break
+                    self._cond.wait(remaining)
+            if len(batch) > 1:
+                self._overlap_recent = _OVERLAP_MEMORY
+            elif self._overlap_recent > 0:
+                self._overlap_recent -= 1
+            return batch
+
+    def _take_compatible(self, key: tuple[Any, ...], room: int) -> list[_Request]:
+        """Pop queued requests with the same trailing shapes that fit in `room` rows (FIFO kept for others)."""
+        taken: list[_Request] = []
+        if not self._queue:
+            return taken
+        kept: deque[_Request] = deque()
+        while self._queue:
+            req = self._queue.popleft()
+            if req.key == key and req.rows <= room:
+                taken.append(req)
+                room -= req.rows
+                if room == 0:
+                    break
+            else:
+                kept.append(req)
+        kept.extend(self._queue)
+        self._queue.clear()
+        self._queue.extend(kept)
+        return taken
+
+    def _worker(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if live:
+                self._run_batch(live)
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        with self._cond:
+            self._stats.batches += 1
+            size = sum(r.rows for r in batch)
+            self._stats.rows += size
+            self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
+        if len(batch) == 1:
+            self._run_one(batch[0])
+            return
+        names = list(batch[0].feeds)
+        try:
+            feeds = {n: np.concatenate([r.feeds[n] for r in batch], axis=0) for n in names}
+            outputs = self.session.run(feeds)
+        except Exception as exc:  # one bad request must not fail its neighbours: retry alone
+            log.debug("batch of %d failed (%s); running its requests one by one", len(batch), exc)
+            for req in batch:
+                self._run_one(req)
+            return
+        start = 0
+        for req in batch:
+            stop = start + req.rows
+            req.future.set_result([o[start:stop] for o in outputs])
+            start = stop
+
+    def _run_one(self, req: _Request) -> None:
+        try:
+            outputs = self.session.run(req.feeds)
+        except Exception as exc:
+            with self._cond:
+                self._stats.failed += 1
+            req.future.set_exception(exc)
+            return
+        req.future.set_result(list(outputs))
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    rows = {int(np.shape(v)[0]) if np.ndim(v) else -1 for v in feeds.values()}
+    if len(rows) != 1 or -1 in rows:
+        raise ValueError(f"all inputs must share one leading batch axis, got leading sizes {sorted(rows)}")
+    return rows.pop()
+
+
+def _group_key(feeds: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
+    return tuple((name, np.asarray(v).dtype.str, tuple(np.shape(v)[1:])) for name, v in sorted(feeds.items()))
+
+
+__all__ = [
+    "BatcherClosedError", "BatcherError", "BatcherStats", "MicroBatcher", "QueueFullError", "batch_axis_supported",
+]
