@@ -1,0 +1,135 @@
+"""tandem-compile: a thin command line over model_compiler.pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from hardware_profiles import ProfileError, load_profiles
+from model_compiler.errors import CompileError
+from protocols.manifest import ManifestError
+from protocols.signing import SignatureError
+
+EPILOG = """\
+examples:
+  tandem-compile profiles
+  tandem-compile model.onnx --profiles cpu-x86,npu-intel --calib calib.npz --val val.npz --out build/model
+  tandem-compile model.onnx --profiles cpu-arm --calib c.npz --val v.npz --out out --calibration percentile --json
+
+data files (.npz): one array per model input named like the input (a single-input model may use 'x');
+validation data may add 'y' with integer labels to measure accuracy, not only agreement.
+"""
+
+
+def _progress_printer(quiet: bool):
+    start = time.perf_counter()
+
+    def show(message: str) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _list_profiles(args: argparse.Namespace) -> int:
+    profiles = load_profiles(args.profile_dir)
+    if args.json:
+        print(json.dumps({name: {"device_class": p.device_class, "isa": p.isa, "runtimes": list(p.runtime_names),
+                                 "precisions": list(p.precisions), "model_size_budget_mb": p.model_size_budget_mb,
+                                 "latency_slo_ms": p.latency_slo_ms, "source": p.source} for name, p in profiles.items()}, indent=2))
+        return 0
+    rows = [("PROFILE", "CLASS", "RUNTIMES", "PRECISIONS", "SIZE BUDGET", "DESCRIPTION")]
+    for name, p in sorted(profiles.items()):
+        rows.append((name, p.device_class, ",".join(p.runtime_names), ",".join(p.precisions),
+                     f"{p.model_size_budget_mb:g} MiB", p.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from model_compiler.pipeline import CompileOptions, compile_model
+    from model_compiler.report import REPORT_MD, report_dict
+
+    opts = CompileOptions(
+        model=args.model, profiles=[p for p in args.profiles.split(",") if p.strip()], calib=args.calib, val=args.val,
+        out=args.out, name=args.name, version=args.version, max_accuracy_drop=args.max_accuracy_drop,
+        calibration_method=args.calibration, calib_samples=args.calib_samples, dense_threshold=args.dense_threshold,
+        expires_days=args.expires_days, signing_key=args.signing_key, profile_dirs=list(args.profile_dir),
+        timing=not args.no_timing, force=args.force,
+    )
+    result = compile_model(opts, progress=_progress_printer(args.quiet))
+    if args.json:
+        print(json.dumps(report_dict(result), indent=2, default=float))
+    else:
+        print((result.out / REPORT_MD).read_text(encoding="utf-8"))
+        print(f"manifest: {result.out / 'manifest.json'}")
+    return 0 if any(c.chosen for c in result.manifest.profiles.values()) else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem-compile",
+        description="Turn one ONNX model into validated, quantized variants for each hardware profile, "
+                    "with a signed manifest and a report.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="the FP32 ONNX model, or 'profiles' to list the hardware profiles")
+    parser.add_argument("--profiles", default="cpu-x86", help="comma-separated profile names (default: cpu-x86)")
+    parser.add_argument("--calib", type=Path, help="calibration data (.npz) for INT8")
+    parser.add_argument("--val", type=Path, help="held-out validation data (.npz), optional labels in 'y'")
+    parser.add_argument("--out", type=Path, help="output folder")
+    parser.add_argument("--name", help="model name in the manifest (default: the file's stem)")
+    parser.add_argument("--version", default="1.0.0", help="model version MAJOR.MINOR.PATCH (default: 1.0.0)")
+    parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                        help="accuracy points a chosen variant may lose against FP32 (default: 1)")
+    parser.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"],
+                        help="INT8 activation range calibration (default: minmax)")
+    parser.add_argument("--calib-samples", type=int, default=256, help="at most this many calibration samples (default: 256)")
+    parser.add_argument("--dense-threshold", type=float, default=0.5,
+                        help="threshold for agreement of non-classification outputs, e.g. 0.3 for text maps (default: 0.5)")
+    parser.add_argument("--expires-days", type=int, default=365, help="manifest expiry in days, 0 for none (default: 365)")
+    parser.add_argument("--signing-key", type=Path, help="ed25519 PEM key that signs the manifest "
+                        "(default: $TANDEM_HOME/keys/release-ed25519.pem, created on first use)")
+    parser.add_argument("--profile-dir", type=Path, action="append", default=[],
+                        help="extra folder of profile YAML files (repeatable; also $TANDEM_PROFILE_PATH)")
+    parser.add_argument("--no-timing", action="store_true", help="skip host latency/throughput measurement (faster)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    if argv and argv[0] == "profiles":
+        sub = argparse.ArgumentParser(prog="tandem-compile profiles", description="List the known hardware profiles.")
+        sub.add_argument("--profile-dir", type=Path, action="append", default=[], help="extra folder of profile YAML files")
+        sub.add_argument("--json", action="store_true")
+        args = sub.parse_args(argv[1:])
+        handler = _list_profiles
+    else:
+        args = parser.parse_args(argv)
+        missing = [flag for flag, value in (("--calib", args.calib), ("--val", args.val), ("--out", args.out)) if value is None]
+        if missing:
+            parser.error(f"compiling needs {', '.join(missing)}")
+        handler = _compile
+    try:
+        return handler(args)
+    except (CompileError, ProfileError, ManifestError, SignatureError) as exc:
+        print(f"tandem-compile: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tandem-compile: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The compile flow: prepare -> build variants per profile -> validate -> choose ->
+golden set and drift reference -> signed manifest and report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hardware_profiles import Profile, resolve_profiles
+from hardware_profiles.runtimes import load_session
+from model_compiler import model_io
+from model_compiler.data import Dataset, load_dataset
+from model_compiler.drift_reference import build_drift_reference
+from model_compiler.errors import CompileError, VariantSkipped
+from model_compiler.report import write_reports
+from model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
+from model_compiler.select import Candidate, choose_for_profile
+from model_compiler.validate import Task, confidences, infer_task, run_dataset, validate_variant
+from model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
+from protocols.manifest import (
+    MANIFEST_FILENAME, FileEntry, Golden, Manifest, ProfileChoice, Variant, parse_version,
+)
+from protocols.signing import load_or_create_private_key, sign_manifest
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def default_signing_key() -> Path:
+    home = Path(os.environ.get("TANDEM_HOME", Path.home() / ".tandem"))
+    return home / "keys" / "release-ed25519.pem"
+
+
+@dataclass
+class CompileOptions:
+    model: Path
+    profiles: list[str]
+    calib: Path
+    val: Path
+    out: Path
+    name: str | None = None
+    version: str = "1.0.0"
+    max_accuracy_drop: float = 1.0
+    calibration_method: str = "minmax"
+    calib_samples: int = 256
+    golden_count: int = DEFAULT_COUNT
+    dense_threshold: float = 0.5
+    expires_days: int = 365
+    signing_key: Path | None = None
+    profile_dirs: list[Path] = field(default_factory=list)
+    timing: bool = True
+    timing_seconds: float = 2.0
+    force: bool = False
+
+
+@dataclass
+class VariantOutcome:
+    """A recipe's fate: built and validated (metrics), or skipped (reason)."""
+
+    recipe: Recipe
+    profiles: list[str]
+    built: BuiltVariant | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    outputs: list[np.ndarray] | None = None
+    skipped: str | None = None
+    build_seconds: float = 0.0
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    manifest: Manifest
+    outcomes: list[VariantOutcome]
+    reference: dict[str, Any]
+    notes: list[str]
+    host: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_entries(files: list[Path], root: Path) -> list[FileEntry]:
+    return [FileEntry(path=f.relative_to(root).as_posix(), sha256=_sha256(f), size=f.stat().st_size) for f in files]
+
+
+def _check_options(opts: CompileOptions) -> None:
+    if opts.calibration_method not in CALIBRATION_METHODS:
+        raise CompileError(f"--calibration: {opts.calibration_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+    if opts.max_accuracy_drop < 0:
+        raise CompileError("--max-accuracy-drop must be >= 0 (points of accuracy)")
+    parse_version(opts.version)
+    if not opts.profiles:
+        raise CompileError("--profiles: name at least one profile (see `tandem-compile profiles`)")
+    if opts.out.exists() and any(opts.out.iterdir()) and not opts.force:
+        if not (opts.out / MANIFEST_FILENAME).exists():
+            raise CompileError(f"--out {opts.out}: folder exists and is not a previous tandem-compile output; use --force or another folder")
+
+
+def _plan(profiles: list[Profile], progress: Progress) -> tuple[dict[str, Recipe], dict[str, list[str]], dict[str, list[dict[str, str]]]]:
+    """Recipes by id, the profiles that want each, and runtime-level skips per profile."""
+    recipes: dict[str, Recipe] = {}
+    wanted_by: dict[str, list[str]] = {}
+    skipped: dict[str, list[dict[str, str]]] = {p.name: [] for p in profiles}
+    for profile in profiles:
+        for target in profile.runtimes:
+            try:
+                builder = get_builder(target.runtime)
+            except ImportError as exc:
+                skipped[profile.name].append({"variant": f"{target.runtime}-*", "reason": f"{target.runtime} builder unavailable: {exc}"})
+                continue
+            for recipe in builder.recipes(profile):
+                recipes.setdefault(recipe.id, recipe)
+                wanted_by.setdefault(recipe.id, [])
+                if profile.name not in wanted_by[recipe.id]:
+                    wanted_by[recipe.id].append(profile.name)
+    progress(f"plan: {len(recipes)} variant(s) for {len(profiles)} profile(s): {', '.join(recipes)}")
+    return recipes, wanted_by, skipped
+
+
+def compile_model(opts: CompileOptions, progress: Progress | None = None) -> CompileResult:
+    """Compile `opts.model` for `opts.profiles` into `opts.out`; see docs/architecture.md."""
+    say = progress or (lambda message: log.info(message))
+    _check_options(opts)
+    profiles = resolve_profiles(opts.profiles, opts.profile_dirs)
+    started = time.perf_counter()
+
+    say(f"loading {opts.model}")
+    source = model_io.load_model(opts.model)
+    out = opts.out
+    if out.exists() and opts.force:
+        shutil.rmtree(out)
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    prepared_path = work / "reference-fp32.onnx"
+    prepared, notes = model_io.prepare_model(source, prepared_path)
+    for note in notes:
+        say(f"note: {note}")
+    inputs, outputs = model_io.io_specs(prepared)
+
+    calib = load_dataset(opts.calib, inputs, "calibration")
+    val = load_dataset(opts.val, inputs, "validation")
+    if len(calib) > opts.calib_samples:
+        calib = calib.head(opts.calib_samples)
+    say(f"data: {len(calib)} calibration and {len(val)} validation samples"
+        + (" with labels" if val.labels is not None else " (no labels: agreement only)"))
+
+    say("running the FP32 reference")
+    ref_session = load_session("onnxruntime", prepared_path, graph_optimization=False)
+    reference = run_dataset(ref_session, val.inputs)
+    ref_session.close()
+    task = infer_task(reference, opts.dense_threshold)
+    ref_metrics: dict[str, Any] = {"task": task.kind}
+    if task.kind == "classification" and val.labels is not None:
+        ref_metrics["accuracy"] = float((reference[task.output_index].argmax(axis=1) == val.labels).mean())
+        say(f"reference accuracy on validation data: {ref_metrics['accuracy']:.4f}")
+
+    blocked = _profiles_blocked_by_ops(profiles, model_io.op_types(prepared))
+    buildable = [p for p in profiles if p.name not in blocked]
+    recipes, wanted_by, skipped = _plan(buildable, say)
+    outcomes = _build_and_validate(recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say)
+
+    choices: dict[str, ProfileChoice] = {}
+    for profile in profiles:
+        if profile.name in blocked:
+            choices[profile.name] = ProfileChoice(chosen=None, reason=blocked[profile.name])
+            continue
+        mine = [o for o in outcomes if profile.name in o.profiles]
+        prof_skipped = skipped[profile.name] + [{"variant": o.recipe.id, "reason": o.skipped} for o in mine if o.skipped]
+        candidates = [Candidate(o.recipe.id, o.recipe.runtime, o.recipe.precision, o.metrics) for o in mine if o.built and not o.skipped]
+        choices[profile.name] = choose_for_profile(profile, candidates, max_accuracy_drop=opts.max_accuracy_drop,
+                                                   reference_accuracy=ref_metrics.get("accuracy"), skipped=prof_skipped)
+        say(f"profile {profile.name}: {choices[profile.name].chosen or 'nothing fits'} ({choices[profile.name].reason})")
+
+    manifest = _write_manifest(opts, out, prepared, inputs, outputs, task, outcomes, choices, val, reference, ref_metrics)
+    shutil.rmtree(work, ignore_errors=True)
+    result = CompileResult(out, manifest, outcomes, ref_metrics, notes, _host_dict())
+    write_reports(result)
+    say(f"done in {time.perf_counter() - started:.1f}s: {out / MANIFEST_FILENAME}")
+    return result
+
+
+def _host_dict() -> dict[str, Any]:
+    from model_compiler.host import host_info
+
+    return host_info().to_dict()
+
+
+def _profiles_blocked_by_ops(profiles: list[Profile], ops: set[str]) -> dict[str, str]:
+    blocked = {}
+    for profile in profiles:
+        bad = sorted(ops & set(profile.constraints.unsupported_ops))
+        if bad:
+            blocked[profile.name] = f"the model uses {', '.join(bad)}, which {profile.name} cannot run"
+    return blocked
+
+
+def _build_and_validate(recipes: dict[str, Recipe], wanted_by: dict[str, list[str]], prepared_path: Path,
+                        calib: Dataset, val: Dataset, task: Task, reference: list[np.ndarray],
+                        opts: CompileOptions, out: Path, say: Progress) -> list[VariantOutcome]:
+    outcomes = []
+    total = len(recipes)
+    for i, (rid, recipe) in enumerate(recipes.items(), start=1):
+        outcome = VariantOutcome(recipe=recipe, profiles=wanted_by[rid])
+        outcomes.append(outcome)
+        variant_dir = out / "variants" / rid
+        variant_dir.mkdir(parents=True, exist_ok=True)
+        ctx = BuildContext(model_path=prepared_path, calib=calib.inputs, out_dir=variant_dir,
+                           calibration_method=opts.calibration_method, log=lambda m, rid=rid: say(f"  {rid}: {m}"))
+        say(f"[{i}/{total}] building {rid}")
+        t0 = time.perf_counter()
+        try:
+            built = get_builder(recipe.runtime).build(recipe, ctx)
+            outcome.build_seconds = time.perf_counter() - t0
+            say(f"[{i}/{total}] validating {rid} (built in {outcome.build_seconds:.1f}s)")
+            metrics, outputs = validate_variant(recipe.runtime, built.files, built.session_options, task, reference, val,
+                                                timing=opts.timing, timing_seconds=opts.timing_seconds)
+            outcome.built, outcome.metrics, outcome.outputs = built, metrics, outputs
+            say(f"[{i}/{total}] {rid}: agreement {metrics['agreement']:.4f}"
+                + (f", p50 {metrics['latency_p50_ms']:.3f} ms" if "latency_p50_ms" in metrics else ""))
+        except VariantSkipped as exc:
+            outcome.skipped = exc.reason
+            shutil.rmtree(variant_dir, ignore_errors=True)
+            say(f"[{i}/{total}] skipped {rid}: {exc.reason}")
+    return outcomes
+
+
+def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, task: Task,
+                    outcomes: list[VariantOutcome], choices: dict[str, ProfileChoice], val: Dataset,
+                    reference: list[np.ndarray], ref_metrics: dict[str, Any]) -> Manifest:
+    ok = [o for o in outcomes if o.built and not o.skipped]
+    variants = []
+    for o in ok:
+        assert o.built is not None
+        options = dict(o.recipe.options)
+        if o.built.session_options:
+            options["session"] = dict(o.built.session_options)
+        if o.built.notes:
+            options["notes"] = list(o.built.notes)
+        chosen_for = [p for p, c in choices.items() if c.chosen == o.recipe.id]
+        variants.append(Variant(
+            id=o.recipe.id, runtime=o.recipe.runtime, precision=o.recipe.precision,
+            files=_file_entries(o.built.files, out), inputs=list(inputs), outputs=list(outputs),
+            profiles=sorted(set(o.profiles) | set(chosen_for)), options=options,
+            metrics={k: (round(v, 6) if isinstance(v, float) else v) for k, v in o.metrics.items()},
+        ))
+
+    golden = None
+    if ok:
+        count = min(opts.golden_count, len(val))
+        golden_inputs = {k: v[:count] for k, v in val.inputs.items()}
+        write_golden(out / GOLDEN_FILENAME, golden_inputs, {o.recipe.id: [x[:count] for x in o.outputs or []] for o in ok})
+        golden = Golden(file=_file_entries([out / GOLDEN_FILENAME], out)[0], count=count,
+                        atol=0.05, min_top1_agreement=0.9)
+
+    ref_out = reference[task.output_index]
+    conf = confidences(task, ref_out) if task.kind == "classification" else None
+    pred = ref_out.argmax(axis=1) if task.kind == "classification" else None
+    drift = build_drift_reference(val.inputs, conf, pred, ref_out.shape[1] if task.kind == "classification" else None)
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    manifest = Manifest(
+        name=opts.name or opts.model.stem,
+        version=opts.version,
+        created_at=now.isoformat(),
+        expires_at=(now + dt.timedelta(days=opts.expires_days)).isoformat() if opts.expires_days > 0 else None,
+        task=task.to_dict(outputs[task.output_index].name),
+        inputs=list(inputs), outputs=list(outputs), variants=variants, profiles=choices,
+        target_profiles=list(choices), golden=golden, drift_reference=drift,
+        source={"file": opts.model.name, "sha256": _sha256(opts.model), "opset": model_io.default_opset(prepared),
+                "weight_bytes": model_io.weight_bytes(prepared), "reference": ref_metrics},
+    )
+    key = load_or_create_private_key(opts.signing_key or default_signing_key())
+    signed = sign_manifest(manifest.to_dict(), key)
+    manifest = Manifest.from_dict(signed)
+    (out / MANIFEST_FILENAME).write_text(manifest.to_json() + "\n", encoding="utf-8")
+    return manifest

@@ -1,0 +1,108 @@
+"""The compile report: a Markdown table a person reads at a glance, and the same as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model_compiler.pipeline import CompileResult
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def report_dict(result: "CompileResult") -> dict[str, Any]:
+    """Everything the Markdown shows, for machines (`tandem-compile --json`)."""
+    m = result.manifest
+    return {
+        "name": m.name,
+        "version": m.version,
+        "out": str(result.out),
+        "manifest": str(result.out / "manifest.json"),
+        "task": m.task,
+        "source": m.source,
+        "host": result.host,
+        "notes": result.notes,
+        "profiles": {name: {"chosen": c.chosen, "reason": c.reason, "candidates": c.candidates, "skipped": c.skipped}
+                     for name, c in m.profiles.items()},
+        "variants": [
+            {"id": o.recipe.id, "runtime": o.recipe.runtime, "precision": o.recipe.precision, "profiles": o.profiles,
+             "status": "skipped" if o.skipped else "ok", "reason": o.skipped, "build_seconds": round(o.build_seconds, 2),
+             "metrics": o.metrics}
+            for o in result.outcomes
+        ],
+    }
+
+
+def render_markdown(result: "CompileResult") -> str:
+    m = result.manifest
+    ref = m.source.get("reference", {})
+    host = result.host
+    lines = [
+        f"# {m.name} {m.version}: compile report",
+        "",
+        f"- source: `{m.source.get('file')}` (opset {m.source.get('opset')}, weights {_fmt_bytes(m.source.get('weight_bytes'))})",
+        f"- task: {m.task.get('kind')} on output `{m.task.get('output')}`"
+        + (f"; FP32 reference accuracy {ref['accuracy']:.4f}" if "accuracy" in ref else ""),
+        f"- host: {host.get('cpu_model', '?')} ({host.get('machine', '?')}; features: {', '.join(host.get('features', [])) or 'none detected'})."
+        " Latency and throughput are measured on this host, not on the target devices.",
+    ]
+    lines += [f"- note: {n}" for n in result.notes]
+    lines += ["", "## Chosen variant per profile", "", "| profile | chosen | why |", "| --- | --- | --- |"]
+    for name, choice in m.profiles.items():
+        lines.append(f"| {name} | {choice.chosen or '**none**'} | {choice.reason} |")
+    lines += [
+        "", "## Variants (validated against the FP32 reference)", "",
+        "| variant | runtime | precision | size | weights | agreement | accuracy | max abs err | p50 ms (b1) | p95 ms | samples/s (b8) | profiles |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for o in result.outcomes:
+        if o.skipped:
+            continue
+        x = o.metrics
+        lines.append(
+            f"| {o.recipe.id} | {o.recipe.runtime} | {o.recipe.precision} | {_fmt_bytes(x.get('file_bytes'))} | "
+            f"{_fmt_bytes(x.get('weight_bytes'))} | {_fmt(x.get('agreement'), 4)} | {_fmt(x.get('accuracy'), 4)} | "
+            f"{_fmt(x.get('max_abs_error'), 5)} | {_fmt(x.get('latency_p50_ms'))} | {_fmt(x.get('latency_p95_ms'))} | "
+            f"{_fmt(x.get('throughput_b8'), 0)} | {', '.join(o.profiles)} |"
+        )
+    skipped = [o for o in result.outcomes if o.skipped]
+    per_profile = [(name, s) for name, c in m.profiles.items() for s in c.skipped]
+    if skipped or per_profile:
+        lines += ["", "## Skipped or rejected", "", "| variant | profile(s) | reason |", "| --- | --- | --- |"]
+        for o in skipped:
+            lines.append(f"| {o.recipe.id} | {', '.join(o.profiles)} | {o.skipped} |")
+        seen = {o.recipe.id for o in skipped}
+        for name, s in per_profile:
+            if s.get("variant") not in seen:
+                lines.append(f"| {s.get('variant')} | {name} | {s.get('reason')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(result: "CompileResult") -> tuple[Path, Path]:
+    """report.md and report.json beside the manifest."""
+    md = result.out / REPORT_MD
+    js = result.out / REPORT_JSON
+    md.write_text(render_markdown(result), encoding="utf-8")
+    js.write_text(json.dumps(report_dict(result), indent=2, default=float) + "\n", encoding="utf-8")
+    return md, js

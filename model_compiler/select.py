@@ -1,0 +1,68 @@
+"""Choose one variant per hardware profile: a pure function of figures and budgets.
+
+CPU profiles rank by latency measured on this host. Accelerator profiles (GPU, NPU)
+cannot be timed here, so they rank by the profile's precision preference first and
+host latency second; the reason says which rule applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hardware_profiles import Profile
+from protocols.manifest import ProfileChoice
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A validated variant as the chooser sees it."""
+
+    id: str
+    runtime: str
+    precision: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def quality_drop_points(metrics: dict[str, Any], reference_accuracy: float | None) -> float:
+    """Accuracy lost against the FP32 reference, in points; disagreement when there are no labels."""
+    if reference_accuracy is not None and "accuracy" in metrics:
+        return (reference_accuracy - float(metrics["accuracy"])) * 100.0
+    return (1.0 - float(metrics.get("agreement", 0.0))) * 100.0
+
+
+def choose_for_profile(profile: Profile, candidates: list[Candidate], *, max_accuracy_drop: float,
+                       reference_accuracy: float | None, skipped: list[dict[str, str]] | None = None) -> ProfileChoice:
+    """The fastest candidate the profile can run within its accuracy and size budgets."""
+    rejected = list(skipped or [])
+    eligible: list[Candidate] = []
+    budget_bytes = profile.model_size_budget_mb * 1024 * 1024
+    for cand in candidates:
+        if not profile.allows(cand.runtime, cand.precision):
+            continue
+        drop = quality_drop_points(cand.metrics, reference_accuracy)
+        size = float(cand.metrics.get("file_bytes", 0))
+        if drop > max_accuracy_drop:
+            rejected.append({"variant": cand.id, "reason": f"quality drop {drop:.2f} points > budget {max_accuracy_drop:g}"})
+        elif size > budget_bytes:
+            rejected.append({"variant": cand.id, "reason": f"size {size / 2**20:.1f} MiB > profile budget {profile.model_size_budget_mb:g} MiB"})
+        else:
+            eligible.append(cand)
+    if not eligible:
+        return ProfileChoice(chosen=None, reason="no variant passes this profile's runtimes, precisions and budgets",
+                             candidates=[], skipped=rejected)
+
+    def latency(c: Candidate) -> float:
+        return float(c.metrics.get("latency_p50_ms", float("inf")))
+
+    if profile.device_class == "cpu":
+        ranked = sorted(eligible, key=lambda c: (latency(c), c.id))
+        best = ranked[0]
+        reason = f"fastest on this host ({latency(best):.3f} ms p50) within a {max_accuracy_drop:g}-point quality budget"
+    else:
+        order = {p: i for i, p in enumerate(profile.precisions)}
+        ranked = sorted(eligible, key=lambda c: (order.get(c.precision, len(order)), latency(c), c.id))
+        best = ranked[0]
+        reason = (f"{profile.device_class.upper()} not on this host: preferred precision {best.precision} "
+                  f"(profile order {', '.join(profile.precisions)}), then host latency, within budgets")
+    return ProfileChoice(chosen=best.id, reason=reason, candidates=[c.id for c in ranked], skipped=rejected)
