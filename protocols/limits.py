@@ -15,3 +15,16 @@ MAX_TENSORS_PER_REQUEST = 16
 # gRPC message size, both directions (grpc's own default of 4 MiB is too small for
 # e.g. a 3x960x960 FP32 OCR detection input).
 MAX_GRPC_MESSAGE_BYTES = 80 * 1024 * 1024
+
+# Local API (edge_agent.wire: ZeroMQ frames between applications and the agent).
+# A request over a limit gets an error reply naming it; the agent keeps serving.
+LOCAL_API_SCHEMA_VERSION = 1
+MAX_FRAMES = 1 + MAX_TENSORS_PER_REQUEST   # 1 header frame + tensor frames
+MAX_HEADER_BYTES = 64 * 1024                # the protobuf header frame
+MAX_REQUEST_BYTES = MAX_TENSOR_BYTES        # all tensor frames of one request together
+MAX_REQUEST_ID_CHARS = 128
+# ZeroMQ drops (and disconnects) any frame larger than this before the agent sees it;
+# a request between MAX_REQUEST_BYTES and this gets an error reply instead.
+ZMQ_MAX_MSG_BYTES = 2 * MAX_REQUEST_BYTES
+# dtypes the local API carries, by numpy name (the manifest's dtypes plus float64).
+WIRE_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")

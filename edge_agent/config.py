@@ -1,0 +1,187 @@
+"""The agent's configuration: one dataclass, loaded from TOML, overridable by env vars.
+
+TOML may group keys in sections ([model], [server], [policy], [batch], [fallback],
+[health], [hard_examples]) or list them at the top level; each key also reads from
+`TANDEM_AGENT_<KEY>` (e.g. TANDEM_AGENT_DEADLINE_MS=150), which wins over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from edge_agent.errors import ConfigError
+
+ENV_PREFIX = "TANDEM_AGENT_"
+SECTIONS = {
+    "model": ("model_dir", "profile", "variant", "allow_nan", "threads"),
+    "server": ("endpoint", "device_id"),
+    "policy": ("policy", "threshold", "policy_output", "transform"),
+    "batch": ("window_us", "max_batch", "max_queue"),
+    "fallback": ("hub_url", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
+    "health": ("http_port", "http_host"),
+    "hard_examples": ("data_dir", "hard_examples_max"),
+}
+_SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
+
+
+def default_endpoint() -> str:
+    """ipc:// socket in the user's runtime dir ($XDG_RUNTIME_DIR, else the temp dir)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return f"ipc://{Path(base) / 'tandem-agent.sock'}"
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "tandem-agent")
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent needs to start; `validate()` names the first bad key."""
+
+    model_dir: Path
+    profile: str = "cpu-x86"
+    variant: str | None = None          # a variant id that overrides the profile's choice
+    allow_nan: bool = False
+    threads: int | None = None          # runtime intra-op threads
+    endpoint: str = field(default_factory=default_endpoint)
+    device_id: str = field(default_factory=socket.gethostname)
+    policy: str = "max_prob"
+    threshold: float | None = None      # None: the manifest's task.threshold, else the policy default
+    policy_output: str | None = None    # output to score; None: the first
+    transform: str = "auto"             # auto|none|softmax|sigmoid
+    window_us: float = 300.0
+    max_batch: int = 8
+    max_queue: int = 256
+    hub_url: str | None = None          # host:port of a KServe v2 gRPC server; None: edge only
+    deadline_ms: float = 200.0
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 5.0
+    http_port: int | None = None        # None: no health server; 0: any free port
+    http_host: str = "127.0.0.1"
+    data_dir: Path = field(default_factory=lambda: Path(_default_data_dir()))
+    hard_examples_max: int = 1000
+
+    def validate(self) -> "AgentConfig":
+        from edge_agent.policy import KINDS, TRANSFORMS
+
+        def bad(key: str, problem: str) -> ConfigError:
+            return ConfigError(f"{_where(key)}: {problem}")
+
+        if not str(self.model_dir):
+            raise bad("model_dir", "required: the directory tandem-compile wrote")
+        if not self.profile:
+            raise bad("profile", "required, e.g. cpu-x86")
+        if self.policy not in KINDS:
+            raise bad("policy", f"{self.policy!r} is not one of {', '.join(KINDS)}")
+        if self.transform not in TRANSFORMS:
+            raise bad("transform", f"{self.transform!r} is not one of {', '.join(TRANSFORMS)}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise bad("threshold", f"{self.threshold} must be between 0 and 1")
+        if not self.endpoint.startswith(("ipc://", "tcp://", "inproc://")):
+            raise bad("endpoint", f"{self.endpoint!r} must start with ipc://, tcp:// or inproc://")
+        for key, low in (("window_us", 0), ("deadline_ms", 1), ("breaker_cooldown_s", 0)):
+            if getattr(self, key) < low:
+                raise bad(key, f"{getattr(self, key)} must be >= {low}")
+        for key in ("max_batch", "max_queue", "breaker_failures", "hard_examples_max"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"{getattr(self, key)} must be a positive integer")
+        if self.threads is not None and self.threads < 1:
+            raise bad("threads", f"{self.threads} must be a positive integer")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise bad("http_port", f"{self.http_port} is not a TCP port")
+        if self.hub_url is not None and not self.hub_url.strip():
+            raise bad("hub_url", "empty; leave it out for edge-only serving")
+        return self
+
+    def with_overrides(self, **changes: Any) -> "AgentConfig":
+        return replace(self, **changes).validate()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                     base_dir: Path | None = None) -> "AgentConfig":
+        """Build from a TOML-shaped mapping plus `TANDEM_AGENT_*` variables in `env`."""
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTIONS and isinstance(value, Mapping):
+                for sub, subvalue in value.items():
+                    if sub not in SECTIONS[key]:
+                        raise ConfigError(f"{key}.{sub}: unknown key (keys of [{key}]: {', '.join(SECTIONS[key])})")
+                    flat[sub] = subvalue
+            elif key in _SECTION_OF:
+                flat[key] = value
+            else:
+                raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(_SECTION_OF))})")
+        types = {f.name: f.type for f in fields(cls)}
+        values = {key: _coerce(key, types[key], value, from_env=False) for key, value in flat.items()}
+        for key in _SECTION_OF:
+            raw = (os.environ if env is None else env).get(ENV_PREFIX + key.upper())
+            if raw is not None:
+                values[key] = _coerce(key, types[key], raw, from_env=True)
+        if "model_dir" not in values:
+            raise ConfigError(f"model.model_dir: required (or set {ENV_PREFIX}MODEL_DIR)")
+        for key in ("model_dir", "data_dir"):
+            if key in values and base_dir is not None and not Path(values[key]).is_absolute():
+                values[key] = base_dir / values[key]
+        return cls(**values).validate()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> "AgentConfig":
+        """Read a TOML file (relative paths resolve against its folder); None: env vars only."""
+        if path is None:
+            return cls.from_mapping({}, env)
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+        try:
+            return cls.from_mapping(data, env, base_dir=path.parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _where(key: str) -> str:
+    return f"{_SECTION_OF.get(key, '')}.{key}".lstrip(".")
+
+
+def _coerce(key: str, type_name: Any, value: Any, *, from_env: bool) -> Any:
+    """Convert `value` to the field's type; the error names the key and where it came from."""
+    t = str(type_name)
+    origin = f" (from {ENV_PREFIX}{key.upper()})" if from_env else ""
+    optional = "None" in t
+    if optional and (value is None or (from_env and value.strip().lower() in ("", "none", "null"))):
+        return None
+    try:
+        if "Path" in t:
+            if not isinstance(value, (str, Path)):
+                raise TypeError
+            return Path(value)
+        if t.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if from_env and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            raise TypeError
+        if t.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if t.startswith("float"):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        kind = t.split(" ")[0].split("|")[0]
+        raise ConfigError(f"{_where(key)}{origin}: expected {kind}, got {value!r}") from None

@@ -1,0 +1,154 @@
+"""The confidence policy: is the edge answer good enough, or should the hub answer?
+
+Pure: takes output arrays, returns labels, confidences and a decision per row. The
+agent, the benchmarks and the simulator all run this same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+KINDS = ("max_prob", "margin", "entropy")
+TRANSFORMS = ("auto", "none", "softmax", "sigmoid")
+DEFAULT_THRESHOLDS = {"max_prob": 0.8, "margin": 0.5, "entropy": 0.6}
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+class PolicyError(ValueError):
+    """The policy cannot score these outputs (wrong output name, wrong shape); the message says why."""
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def sigmoid_pair(x: np.ndarray) -> np.ndarray:
+    """A single logit per row -> [P(negative), P(positive)]."""
+    p = 1.0 / (1.0 + np.exp(-x.reshape(x.shape[0], -1)[:, :1]))
+    return np.concatenate([1.0 - p, p], axis=-1)
+
+
+def _auto(x: np.ndarray) -> np.ndarray:
+    """Probabilities pass through; anything else is treated as logits."""
+    if x.size and np.all(x >= 0) and np.all(x <= 1) and np.allclose(x.sum(axis=-1), 1.0, atol=1e-3):
+        return x
+    if x.shape[-1] == 1:
+        return sigmoid_pair(x)
+    return softmax(x)
+
+
+_TRANSFORMS: dict[str, Transform] = {"none": lambda x: x, "softmax": softmax, "sigmoid": sigmoid_pair, "auto": _auto}
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-row answer of the policy; `confident[i]` says row i may stay on the edge."""
+
+    labels: np.ndarray       # int64 [rows]
+    confidence: np.ndarray   # float32 [rows]; NaN counts as not confident
+    confident: np.ndarray    # bool [rows]
+    threshold: float
+
+    @property
+    def all_confident(self) -> bool:
+        return bool(np.all(self.confident))
+
+
+class ConfidencePolicy:
+    """Score a model's outputs by max-probability, margin (top1 - top2) or normalized entropy.
+
+    Every measure is "higher is more confident" in [0, 1] (entropy is reported as
+    1 - H/log(K)), so one threshold rule fits all three. For models whose output is
+    not a softmax, name the output to score and a transform (softmax for logits,
+    sigmoid for one binary logit, or any callable returning probabilities).
+    """
+
+    def __init__(self, kind: str = "max_prob", threshold: float | None = None, *, output: str | int | None = None,
+                 transform: str | Transform = "auto") -> None:
+        if kind not in KINDS:
+            raise PolicyError(f"policy: {kind!r} is not one of {', '.join(KINDS)}")
+        self.kind = kind
+        self.threshold = DEFAULT_THRESHOLDS[kind] if threshold is None else float(threshold)
+        _check_threshold(self.threshold)
+        self.output = output
+        if isinstance(transform, str):
+            if transform not in _TRANSFORMS:
+                raise PolicyError(f"transform: {transform!r} is not one of {', '.join(TRANSFORMS)}")
+            self._transform = _TRANSFORMS[transform]
+        elif callable(transform):
+            self._transform = transform
+        else:
+            raise PolicyError(f"transform: expected a name or a callable, got {transform!r}")
+
+    def probabilities(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+                      names: Sequence[str] = ()) -> np.ndarray:
+        """The scored output, transformed to probabilities with shape [rows, classes]."""
+        raw = self._select(outputs, names)
+        arr = np.asarray(raw, dtype=np.float32)
+        if arr.ndim == 1:
+            arr = arr.reshape(-1, 1) if self._transform is sigmoid_pair else arr.reshape(1, -1)
+        arr = arr.reshape(arr.shape[0], -1)
+        probs = np.asarray(self._transform(arr), dtype=np.float32)
+        if probs.ndim != 2 or probs.shape[0] != arr.shape[0] or probs.shape[1] < 1:
+            raise PolicyError(f"transform returned shape {probs.shape}; expected [rows, classes] with {arr.shape[0]} rows")
+        return probs
+
+    def score(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], names: Sequence[str] = (),
+              threshold: float | None = None) -> Scores:
+        """Labels, confidences and the per-row decision; `threshold` overrides the model's."""
+        t = self.threshold if threshold is None else float(threshold)
+        _check_threshold(t)
+        probs = self.probabilities(outputs, names)
+        confidence = self.measure(probs)
+        with np.errstate(invalid="ignore"):
+            confident = confidence >= t  # NaN compares False: a NaN answer is never confident
+        labels = np.argmax(np.nan_to_num(probs, nan=-np.inf), axis=-1).astype(np.int64) if probs.shape[0] else \
+            np.zeros(0, np.int64)
+        return Scores(labels=labels, confidence=confidence, confident=np.asarray(confident, bool), threshold=t)
+
+    def measure(self, probs: np.ndarray) -> np.ndarray:
+        rows, k = probs.shape
+        if rows == 0:
+            return np.zeros(0, np.float32)
+        if self.kind == "max_prob":
+            c = probs.max(axis=-1)
+        elif self.kind == "margin":
+            if k < 2:
+                c = probs[:, 0]
+            else:
+                top2 = np.partition(probs, k - 2, axis=-1)[:, -2:]
+                c = top2[:, 1] - top2[:, 0]
+        else:
+            if k < 2:
+                c = np.ones(rows, np.float32)
+            else:
+                p = np.clip(probs, 1e-12, 1.0)
+                h = -np.sum(p * np.log(p), axis=-1)
+                c = 1.0 - h / np.log(k)
+        return np.asarray(c, dtype=np.float32)
+
+    def _select(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+        if isinstance(outputs, Mapping):
+            names, outputs = list(outputs.keys()), list(outputs.values())
+        if not outputs:
+            raise PolicyError("the model returned no outputs to score")
+        if self.output is None:
+            return outputs[0]
+        if isinstance(self.output, int):
+            if not 0 <= self.output < len(outputs):
+                raise PolicyError(f"policy output index {self.output} is out of range ({len(outputs)} outputs)")
+            return outputs[self.output]
+        if self.output not in names:
+            raise PolicyError(f"policy output {self.output!r} is not an output of the model (have: {', '.join(names)})")
+        return outputs[list(names).index(self.output)]
+
+
+def _check_threshold(t: float) -> None:
+    if not 0.0 <= t <= 1.0 or t != t:
+        raise PolicyError(f"threshold: {t!r} must be between 0 and 1")

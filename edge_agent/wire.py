@@ -1,0 +1,153 @@
+"""Encode and decode local-API messages: a protobuf header frame, then raw tensor frames.
+
+Decoding is zero-copy: each tensor is an `np.frombuffer` view over its frame's memory.
+Every check against `protocols.limits` happens here, so the server and the clients
+agree on what is valid and the error messages name the broken limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edge_agent.errors import BadRequestError
+from protocols import limits
+from protocols import local_api_pb2 as pb
+
+Frame = Any  # bytes, memoryview or zmq.Frame: anything exposing the buffer protocol
+
+
+def _buffer(frame: Frame) -> memoryview:
+    buf = getattr(frame, "buffer", None)  # zmq.Frame
+    return buf if buf is not None else memoryview(frame)
+
+
+def tensor_header(name: str, array: np.ndarray) -> pb.TensorHeader:
+    return pb.TensorHeader(name=name, dtype=array.dtype.name, shape=list(array.shape))
+
+
+def tensor_frames(arrays: Sequence[np.ndarray]) -> list[memoryview]:
+    """C-contiguous little-endian buffers of `arrays`, copied only when they are not already."""
+    frames = []
+    for a in arrays:
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        frames.append(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return frames
+
+
+def check_array(name: str, array: np.ndarray) -> None:
+    """Raise BadRequestError when `array` breaks a wire limit (so clients fail before sending)."""
+    if array.dtype.name not in limits.WIRE_DTYPES:
+        raise BadRequestError(f"input {name!r}: dtype {array.dtype.name} is not supported "
+                              f"(use one of {', '.join(limits.WIRE_DTYPES)})")
+    if array.ndim > limits.MAX_TENSOR_DIMS:
+        raise BadRequestError(f"input {name!r}: rank {array.ndim} exceeds the limit of {limits.MAX_TENSOR_DIMS}")
+    if array.size > limits.MAX_TENSOR_ELEMENTS:
+        raise BadRequestError(f"input {name!r}: {array.size} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")
+
+
+def encode_request(inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, request_id: str = "",
+                   model_name: str = "", threshold: float | None = None, mode: int = pb.MODE_AUTO,
+                   return_outputs: bool = False) -> list[Any]:
+    """Frames of one request; a sequence of arrays matches model inputs by position."""
+    items = list(inputs.items()) if isinstance(inputs, Mapping) else [("", a) for a in inputs]
+    if len(items) > limits.MAX_TENSORS_PER_REQUEST:
+        raise BadRequestError(f"{len(items)} input tensors exceed the limit of {limits.MAX_TENSORS_PER_REQUEST}")
+    arrays = []
+    for name, value in items:
+        array = np.asarray(value)
+        check_array(name, array)
+        arrays.append(array)
+    options = pb.RequestOptions(mode=mode, return_outputs=return_outputs)
+    if threshold is not None:
+        options.threshold = threshold
+    header = pb.RequestHeader(
+        schema_version=limits.LOCAL_API_SCHEMA_VERSION, request_id=request_id, model_name=model_name,
+        inputs=[tensor_header(n, a) for (n, _), a in zip(items, arrays)], options=options,
+    )
+    return [header.SerializeToString(), *tensor_frames(arrays)]
+
+
+def _parse(message: Any, frame: Frame, what: str) -> Any:
+    data = _buffer(frame)
+    if data.nbytes > limits.MAX_HEADER_BYTES:
+        raise BadRequestError(f"{what} header is {data.nbytes} bytes; the limit is {limits.MAX_HEADER_BYTES}")
+    try:
+        message.ParseFromString(data.tobytes())
+    except Exception as exc:  # google.protobuf.message.DecodeError
+        raise BadRequestError(f"{what} header frame is not a valid {type(message).__name__} protobuf ({exc})") from exc
+    return message
+
+
+def _arrays(headers: Sequence[pb.TensorHeader], frames: Sequence[Frame], what: str) -> list[np.ndarray]:
+    if len(frames) != len(headers):
+        raise BadRequestError(f"{what} header lists {len(headers)} tensors but {len(frames)} tensor frames followed")
+    arrays = []
+    for i, (th, frame) in enumerate(zip(headers, frames)):
+        label = f"{what} tensor {th.name or i!r}"
+        if th.dtype not in limits.WIRE_DTYPES:
+            raise BadRequestError(f"{label}: dtype {th.dtype!r} is not one of {', '.join(limits.WIRE_DTYPES)}")
+        shape = tuple(int(d) for d in th.shape)
+        if len(shape) > limits.MAX_TENSOR_DIMS:
+            raise BadRequestError(f"{label}: rank {len(shape)} exceeds the limit of {limits.MAX_TENSOR_DIMS}")
+        if any(d < 0 for d in shape):
+            raise BadRequestError(f"{label}: shape {list(shape)} has a negative dimension")
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if count > limits.MAX_TENSOR_ELEMENTS:
+            raise BadRequestError(f"{label}: {count} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")
+        dtype = np.dtype(th.dtype).newbyteorder("<")
+        buf = _buffer(frame)
+        if buf.nbytes != count * dtype.itemsize:
+            raise BadRequestError(f"{label}: shape {list(shape)} of {th.dtype} needs {count * dtype.itemsize} bytes "
+                                  f"but its frame has {buf.nbytes}")
+        arrays.append(np.frombuffer(buf, dtype=dtype, count=count).reshape(shape))
+    return arrays
+
+
+def decode_request(frames: Sequence[Frame]) -> tuple[pb.RequestHeader, list[np.ndarray]]:
+    """Header and zero-copy input views; BadRequestError names whatever is wrong."""
+    if not frames:
+        raise BadRequestError("empty message: expected a header frame and tensor frames")
+    if len(frames) > limits.MAX_FRAMES:
+        raise BadRequestError(f"{len(frames)} frames exceed the limit of {limits.MAX_FRAMES} "
+                              f"(1 header + at most {limits.MAX_TENSORS_PER_REQUEST} tensors)")
+    total = sum(_buffer(f).nbytes for f in frames[1:])
+    if total > limits.MAX_REQUEST_BYTES:
+        raise BadRequestError(f"request tensors total {total} bytes; the limit is {limits.MAX_REQUEST_BYTES}")
+    header = _parse(pb.RequestHeader(), frames[0], "request")
+    if header.schema_version != limits.LOCAL_API_SCHEMA_VERSION:
+        raise BadRequestError(f"schema_version {header.schema_version} is not supported "
+                              f"(this agent speaks {limits.LOCAL_API_SCHEMA_VERSION})")
+    if len(header.request_id) > limits.MAX_REQUEST_ID_CHARS:
+        raise BadRequestError(f"request_id is longer than {limits.MAX_REQUEST_ID_CHARS} characters")
+    return header, _arrays(header.inputs, frames[1:], "request")
+
+
+def encode_reply(header: pb.ReplyHeader, outputs: Sequence[tuple[str, np.ndarray]] = ()) -> list[Any]:
+    arrays = [np.asarray(a) for _, a in outputs]
+    header.schema_version = limits.LOCAL_API_SCHEMA_VERSION
+    del header.outputs[:]
+    header.outputs.extend(tensor_header(n, a) for (n, _), a in zip(outputs, arrays))
+    return [header.SerializeToString(), *tensor_frames(arrays)]
+
+
+def error_reply(request_id: str, code: str, message: str) -> list[Any]:
+    header = pb.ReplyHeader(request_id=request_id, source=pb.SOURCE_ERROR,
+                            error=pb.ErrorInfo(code=code, message=message))
+    return encode_reply(header)
+
+
+def decode_reply(frames: Sequence[Frame]) -> tuple[pb.ReplyHeader, dict[str, np.ndarray]]:
+    if not frames:
+        raise BadRequestError("empty reply from the agent")
+    header = _parse(pb.ReplyHeader(), frames[0], "reply")
+    arrays = _arrays(header.outputs, frames[1:], "reply")
+    return header, {th.name: a for th, a in zip(header.outputs, arrays)}
+
+
+SOURCE_NAMES = {pb.SOURCE_EDGE: "edge", pb.SOURCE_CLOUD: "cloud", pb.SOURCE_EDGE_DEGRADED: "edge-degraded",
+                pb.SOURCE_ERROR: "error", pb.SOURCE_UNSPECIFIED: "unspecified"}
+MODES = {"auto": pb.MODE_AUTO, "edge": pb.MODE_EDGE_ONLY, "edge-only": pb.MODE_EDGE_ONLY,
+         "cloud": pb.MODE_CLOUD_ONLY, "cloud-only": pb.MODE_CLOUD_ONLY}
