@@ -1,0 +1,70 @@
+"""Calibration data checks and batching shared by the INT8 builders.
+
+Bad calibration data must become a skipped variant with a reason a person can act
+on, not a quantizer traceback deep inside ONNX Runtime or NNCF.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from model_compiler.errors import VariantSkipped
+
+MAX_CALIB_BATCH = 8
+
+
+def model_input_shapes(model) -> dict[str, list[int]]:
+    """Graph inputs (initializers excluded) -> dims, -1 where dynamic."""
+    initializers = {init.name for init in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in dims]
+    return shapes
+
+
+def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    """Check calib against the model's inputs; returns the input shapes. Raises VariantSkipped."""
+    shapes = model_input_shapes(model)
+    missing = [name for name in shapes if name not in calib]
+    if missing:
+        raise VariantSkipped(f"calibration data lacks input(s) {', '.join(map(repr, missing))} "
+                             f"(has {', '.join(map(repr, calib)) or 'nothing'})")
+    counts = set()
+    for name, dims in shapes.items():
+        arr = np.asarray(calib[name])
+        if arr.dtype.kind != "f":
+            raise VariantSkipped(f"calibration input {name!r} is {arr.dtype}; INT8 calibration needs float samples")
+        if arr.ndim != len(dims) or any(d > 0 and d != a for d, a in zip(dims[1:], arr.shape[1:])):
+            raise VariantSkipped(f"calibration input {name!r} has shape {list(arr.shape)}; the model expects {dims} "
+                                 "(axis 0 = samples, -1 = any)")
+        if len(arr) == 0:
+            raise VariantSkipped(f"calibration input {name!r} has no samples")
+        if not np.isfinite(arr).all():
+            raise VariantSkipped(f"calibration input {name!r} contains NaN or infinite values")
+        counts.add(len(arr))
+    if len(counts) > 1:
+        raise VariantSkipped(f"calibration inputs have different sample counts {sorted(counts)}")
+    return shapes
+
+
+def iter_batches(calib: Mapping[str, np.ndarray], shapes: Mapping[str, list[int]],
+                 max_batch: int = MAX_CALIB_BATCH) -> Iterator[dict[str, np.ndarray]]:
+    """Calibration feeds in batches: the model's fixed batch size if it has one (samples
+    repeated when there are fewer), else chunks of up to max_batch."""
+    fixed = sorted({dims[0] for dims in shapes.values() if dims and dims[0] > 0})
+    n = len(np.asarray(calib[next(iter(shapes))]))
+    if fixed:
+        batch = fixed[0]
+        reps = -(-batch // n)
+        data = {name: np.concatenate([np.asarray(calib[name])] * reps) if reps > 1 else np.asarray(calib[name])
+                for name in shapes}
+        stop = max(len(next(iter(data.values()))) - batch + 1, 1)
+    else:
+        batch, data, stop = max_batch, {name: np.asarray(calib[name]) for name in shapes}, n
+    for start in range(0, stop, batch):
+        yield {name: np.ascontiguousarray(arr[start:start + batch]) for name, arr in data.items()}

@@ -1,0 +1,264 @@
+"""ONNX Runtime variants: FP32 graph-optimized offline, FP16, INT8 static QDQ.
+
+INT8 only pays when the quantized graph fuses into ORT's integer kernels and adds
+little Quantize/Dequantize traffic, so the recipe quantizes only the weight-heavy ops
+(Conv, MatMul, Gemm), per channel, after ORT's own pre-processing (constant folding,
+BatchNorm fusion), with activation/weight types chosen per CPU feature set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from hardware_profiles import Profile
+from model_compiler.errors import VariantSkipped
+from model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
+from model_compiler.variants.calibration import check_calibration, iter_batches
+
+logger = logging.getLogger(__name__)
+
+RUNTIME = "onnxruntime"
+# Ops whose weights make the bytes and whose integer kernels make the speed. Adds,
+# activations, pooling and SE-block Muls stay float: quantizing them in QDQ only adds
+# Q/DQ pairs around kernels ORT runs in float anyway (measured slower on PP-OCR cls).
+QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class Int8Types:
+    """Activation/weight integer types for ORT's QDQ INT8 and why they were chosen."""
+
+    activation: str  # "uint8" | "int8"
+    weight: str  # "int8"
+    reduce_range: bool
+    reason: str
+
+    @property
+    def tag(self) -> str:
+        short = {"uint8": "u8", "int8": "s8"}
+        return f"{short[self.activation]}{short[self.weight]}" + ("-rr" if self.reduce_range else "")
+
+
+def int8_types(isa: str, cpu_features: Sequence[str]) -> Int8Types:
+    """ONNX Runtime's guidance on quantization data types, per CPU.
+
+    x86-64: U8 activations x S8 weights is the fast path of MLAS (S8S8 is converted and
+    measured 1.3-1.5x slower here). Without VNNI the U8S8 kernels use VPMADDUBSW, which
+    can saturate its int16 sums, so weights are reduced to 7 bits; VNNI (AVX512-VNNI or
+    AVX-VNNI) accumulates in int32 and has no such issue. arm64: S8S8 is ORT's
+    recommended default; with dot-product instructions (sdot) it is as fast as U8S8.
+    """
+    features = set(cpu_features)
+    if isa == "arm64":
+        if "dotprod" in features or "i8mm" in features:
+            return Int8Types("int8", "int8", False, "arm64 with dot-product instructions: S8S8, ORT's default choice")
+        return Int8Types("uint8", "int8", False, "arm64 without dotprod: U8S8, faster than S8S8 on low-end cores")
+    if {"avx512_vnni", "avx_vnni", "amx_int8"} & features:
+        return Int8Types("uint8", "int8", False, "x86-64 with VNNI: U8S8 without saturation")
+    return Int8Types("uint8", "int8", True,
+                     "x86-64 without VNNI: U8S8 with 7-bit weights (reduce_range) to avoid VPMADDUBSW saturation")
+
+
+class OnnxRuntimeBuilder:
+    runtime = RUNTIME
+
+    def recipes(self, profile: Profile) -> list[Recipe]:
+        if RUNTIME not in profile.runtime_names:
+            return []
+        out: list[Recipe] = []
+        if "fp32" in profile.precisions:
+            out.append(Recipe(f"{RUNTIME}-fp32", RUNTIME, "fp32", {"graph_optimization": "basic"}))
+        if "fp16" in profile.precisions:
+            out.append(Recipe(f"{RUNTIME}-fp16", RUNTIME, "fp16", {"keep_io_types": True}))
+        if "int8" in profile.precisions:
+            types = int8_types(profile.isa, profile.cpu_features)
+            out.append(Recipe(f"{RUNTIME}-int8-{types.tag}", RUNTIME, "int8", {
+                "format": "QDQ", "per_channel": True, "activation_type": types.activation,
+                "weight_type": types.weight, "reduce_range": types.reduce_range,
+                "op_types": list(QUANTIZED_OP_TYPES), "why": types.reason,
+            }))
+        return out
+
+    def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        out = ctx.out_dir / f"{recipe.id}.onnx"
+        if recipe.precision == "fp32":
+            notes = _optimize_offline(ctx.model_path, out)
+        elif recipe.precision == "fp16":
+            notes = _build_fp16(ctx, out)
+        elif recipe.precision == "int8":
+            notes = _build_int8(recipe, ctx, out)
+        else:
+            raise VariantSkipped(f"onnxruntime builder has no recipe for precision {recipe.precision!r}")
+        _check_loads(out)
+        ctx.log(f"{recipe.id}: wrote {out.name}")
+        return BuiltVariant(recipe=recipe, files=[out], notes=notes)
+
+
+def _session_options(level: str = "basic"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    }[level]
+    return options
+
+
+def _optimize_offline(src: Path, out: Path) -> list[str]:
+    """ORT's basic (portable) graph optimizations, saved: constant folding, BN/Conv fusion,
+    redundant-node removal. Extended/layout levels are left to load time because they
+    write CPU-specific ops that other hosts or execution providers cannot load."""
+    import onnxruntime as ort
+
+    options = _session_options("basic")
+    options.optimized_model_filepath = str(out)
+    try:
+        ort.InferenceSession(str(src), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise VariantSkipped(f"onnxruntime cannot load the FP32 model to optimize it: {_first_line(exc)}") from exc
+    return ["graph optimized offline at ORT_ENABLE_BASIC (portable across hosts and providers)"]
+
+
+def _build_fp16(ctx: BuildContext, out: Path) -> list[str]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    optimized = ctx.out_dir / f".{out.stem}.fp32-basic.onnx"
+    _optimize_offline(ctx.model_path, optimized)
+    try:
+        model = convert_float_to_float16(onnx.load(str(optimized)), keep_io_types=True)
+        onnx.save(model, str(out))
+    except Exception as exc:
+        raise VariantSkipped(f"FP16 conversion failed: {_first_line(exc)}") from exc
+    finally:
+        optimized.unlink(missing_ok=True)
+    return ["weights and compute in FP16; inputs and outputs stay FP32 (keep_io_types)"]
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over ctx.calib."""
+
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]]) -> None:
+        self._batches = batches
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:  # part of the reader interface in newer ORT; one pass is enough
+        pass
+
+
+def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if ctx.calibration_method not in CALIBRATION_METHODS:
+        raise VariantSkipped(f"unknown calibration method {ctx.calibration_method!r} "
+                             f"(choose one of {', '.join(CALIBRATION_METHODS)})")
+    model = onnx.load(str(ctx.model_path))
+    input_shapes = check_calibration(model, ctx.calib)
+    notes: list[str] = []
+    pre = ctx.out_dir / f".{out.stem}.pre.onnx"
+    notes += _pre_process(ctx.model_path, pre)
+    opts = recipe.options
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[ctx.calibration_method]
+    try:
+        quantize_static(
+            str(pre), str(out), _Reader(iter_batches(ctx.calib, input_shapes)),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(opts.get("op_types", QUANTIZED_OP_TYPES)),
+            per_channel=bool(opts.get("per_channel", True)),
+            reduce_range=bool(opts.get("reduce_range", False)),
+            activation_type=qtype[opts.get("activation_type", "uint8")],
+            weight_type=qtype[opts.get("weight_type", "int8")],
+            calibrate_method=method,
+            # Float biases: ORT folds them into QLinearConv/MatMulInteger at load time, so
+            # int32 bias + scale + zero point initializers would only grow the file.
+            extra_options={"QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True},
+        )
+    except Exception as exc:
+        raise VariantSkipped(f"onnxruntime's quantizer cannot quantize this model: {_first_line(exc)}") from exc
+    finally:
+        pre.unlink(missing_ok=True)
+    stripped = strip_zero_points(out)
+    quantized = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear")
+    if quantized == 0:
+        out.unlink(missing_ok=True)
+        raise VariantSkipped(f"no {'/'.join(QUANTIZED_OP_TYPES)} op with constant weights to quantize; INT8 would equal FP32")
+    notes.append(f"QDQ {opts.get('activation_type')}/{opts.get('weight_type')} per-channel, "
+                 f"reduce_range={opts.get('reduce_range')}, calibrated ({ctx.calibration_method}) on "
+                 f"{len(next(iter(ctx.calib.values())))} samples; quantized ops: {', '.join(opts.get('op_types', QUANTIZED_OP_TYPES))}")
+    if stripped:
+        notes.append(f"dropped {stripped} all-zero weight zero-point initializers (optional in DequantizeLinear)")
+    return notes
+
+
+def _pre_process(src: Path, dst: Path) -> list[str]:
+    """ORT's quant_pre_process: symbolic shape inference and basic graph optimization
+    (folds Constant nodes into initializers and BatchNorm into Conv, so those weights
+    get quantized). Falls back to the plain model when symbolic inference cannot cope."""
+    import shutil
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            return [] if not skip_symbolic else ["symbolic shape inference skipped (it failed on this model)"]
+        except Exception as exc:  # the pre-processor raises whatever its passes raise
+            logger.info("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, _first_line(exc))
+    shutil.copyfile(src, dst)
+    return ["ORT quantization pre-processing failed; quantized the model as given"]
+
+
+def strip_zero_points(path: Path) -> int:
+    """Drop all-zero zero-points of weight DequantizeLinear nodes (int8/int32 x), which
+    default to 0 of x's type; saves one byte per output channel. Returns how many."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {init.name: init for init in model.graph.initializer}
+    stripped = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) != 3:
+            continue
+        x, zp = node.input[0], node.input[2]
+        if x in inits and zp in inits:
+            z = numpy_helper.to_array(inits[zp])
+            if z.dtype in (np.int8, np.int32) and not z.any():
+                del node.input[2]
+                stripped += 1
+    if stripped:
+        used = {name for node in model.graph.node for name in node.input}
+        keep = [init for init in model.graph.initializer if init.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        onnx.save(model, str(path))
+    return stripped
+
+
+def _check_loads(path: Path) -> None:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), sess_options=_session_options("basic"), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise VariantSkipped(f"onnxruntime cannot load the built {path.name}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
+
