@@ -122,7 +122,9 @@ def _plan(profiles: list[Profile], progress: Progress) -> tuple[dict[str, Recipe
             try:
                 builder = get_builder(target.runtime)
             except ImportError as exc:
-                skipped[profile.name].append({"variant": f"{target.runtime}-*", "reason": f"{target.runtime} builder unavailable: {exc}"})
+                reason = f"{target.runtime} builder unavailable: {exc}"
+                skipped[profile.name].append({"variant": f"{target.runtime}-*", "reason": reason})
+                progress(f"profile {profile.name}: {reason}")
                 continue
             for recipe in builder.recipes(profile):
                 recipes.setdefault(recipe.id, recipe)
@@ -196,9 +198,20 @@ def compile_model(opts: CompileOptions, progress: Progress | None = None) -> Com
 
 
 def _host_dict() -> dict[str, Any]:
-    from model_compiler.host import host_info
+    """What the report says about the machine that measured the variants."""
+    from model_compiler.host import INT8_FEATURES, read_host
 
-    return host_info().to_dict()
+    host = read_host()
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                cpu_model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    shown = [f for f in INT8_FEATURES + ("avx512_bf16", "f16c", "fma") if host.has(f)]
+    return {"machine": host.isa, "cpu_model": cpu_model or "unknown CPU", "features": shown, "vnni": host.has_vnni}
 
 
 def _profiles_blocked_by_ops(profiles: list[Profile], ops: set[str]) -> dict[str, str]:
