@@ -1,0 +1,127 @@
+"""Bearer tokens with scopes read < operate < admin, stored as sha256 of the secret.
+
+A token reads `tdm_<id>_<secret>`: the id finds the row (and names the token in lists
+and revocations), the hash of the whole token is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cloud_hub.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
+from cloud_hub.storage.db import HubDatabase
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("read", "operate", "admin")
+TOKEN_RE = re.compile(r"^tdm_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
+
+
+def scope_allows(granted: str, required: str) -> bool:
+    """Scopes are ordered: admin can do what operate can, operate what read can."""
+    return SCOPES.index(granted) >= SCOPES.index(required)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    token_id: str
+    name: str
+    scope: str
+    created_at: float
+    revoked_at: float | None
+    last_used_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token_id": self.token_id, "name": self.name, "scope": self.scope, "created_at": self.created_at,
+                "revoked_at": self.revoked_at, "last_used_at": self.last_used_at, "revoked": self.revoked_at is not None}
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A freshly created token; `token` is shown once and never stored."""
+
+    info: TokenInfo
+    token: str
+
+
+class TokenStore:
+    def __init__(self, db: HubDatabase, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+
+    def create(self, name: str, scope: str) -> NewToken:
+        if scope not in SCOPES:
+            raise InvalidInputError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+        if not NAME_RE.match(name or ""):
+            raise InvalidInputError(f"name: {name!r} may use letters, digits, space, '.', '_' and '-' (max 64)")
+        token_id = secrets.token_hex(6)
+        token = f"tdm_{token_id}_{secrets.token_urlsafe(32)}"
+        now = self.clock()
+        with self.db.transaction() as db:
+            db["tokens"].insert({"token_id": token_id, "name": name, "scope": scope, "secret_sha256": hash_token(token),
+                                 "created_at": now, "revoked_at": None, "last_used_at": None})
+        log.info("token created id=%s name=%s scope=%s", token_id, name, scope)
+        return NewToken(TokenInfo(token_id, name, scope, now, None, None), token)
+
+    def list(self, include_revoked: bool = True) -> list[TokenInfo]:
+        where = "" if include_revoked else "WHERE revoked_at IS NULL"
+        rows = self.db.query(f"SELECT * FROM tokens {where} ORDER BY created_at, token_id")
+        return [_info(r) for r in rows]
+
+    def revoke(self, token_id: str) -> TokenInfo:
+        with self.db.transaction() as db:
+            row = db.execute("SELECT revoked_at FROM tokens WHERE token_id=?", [token_id]).fetchone()
+            if row is None:
+                raise NotFoundError(f"token {token_id!r} does not exist (see `tandem-hub tokens list`)")
+            if row[0] is None:
+                db.execute("UPDATE tokens SET revoked_at=? WHERE token_id=?", [self.clock(), token_id])
+        log.info("token revoked id=%s", token_id)
+        return self.get(token_id)
+
+    def get(self, token_id: str) -> TokenInfo:
+        rows = self.db.query("SELECT * FROM tokens WHERE token_id=?", [token_id])
+        if not rows:
+            raise NotFoundError(f"token {token_id!r} does not exist")
+        return _info(rows[0])
+
+    def authenticate(self, token: str | None) -> TokenInfo:
+        """The token's info, or AuthError (401) when missing, unknown or revoked."""
+        if not token:
+            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>' (create one with `tandem-hub tokens create`)")
+        match = TOKEN_RE.match(token)
+        rows = self.db.query("SELECT * FROM tokens WHERE token_id=?", [match.group(1)]) if match else []
+        # Compare even when no row matched, so timing says nothing about which ids exist.
+        stored = rows[0]["secret_sha256"] if rows else "0" * 64
+        if not hmac.compare_digest(stored, hash_token(token)) or not rows:
+            raise AuthError("invalid bearer token")
+        row = rows[0]
+        if row["revoked_at"] is not None:
+            raise AuthError(f"token {row['token_id']} ({row['name']}) was revoked")
+        now = self.clock()
+        if row["last_used_at"] is None or now - row["last_used_at"] > 60:
+            with self.db.transaction() as db:  # coarse, so reads do not each cost a write
+                db.execute("UPDATE tokens SET last_used_at=? WHERE token_id=?", [now, row["token_id"]])
+        return _info(row)
+
+    def authorize(self, token: str | None, required: str) -> TokenInfo:
+        """authenticate, then ForbiddenError (403) unless the scope allows `required`."""
+        info = self.authenticate(token)
+        if not scope_allows(info.scope, required):
+            raise ForbiddenError(f"token {info.token_id} has scope {info.scope!r}; this needs {required!r} or higher")
+        return info
+
+
+def _info(row: dict[str, Any]) -> TokenInfo:
+    return TokenInfo(row["token_id"], row["name"], row["scope"], row["created_at"], row["revoked_at"], row["last_used_at"])

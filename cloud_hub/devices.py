@@ -1,0 +1,171 @@
+"""Device registry: agents register and heartbeat; status is derived from last-seen age.
+
+`device_status` is the pure rule; `DeviceRegistry` is the SQLite shell around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from cloud_hub.errors import InvalidInputError, NotFoundError
+from cloud_hub.storage.db import HubDatabase
+
+log = logging.getLogger(__name__)
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+MAX_TAGS = 32
+MAX_TAG_VALUE = 256
+STATUSES = ("online", "offline")
+
+
+def device_status(last_seen: float, now: float, offline_after_s: float) -> str:
+    """online when heard from within `offline_after_s`, else offline."""
+    return "online" if now - last_seen <= offline_after_s else "offline"
+
+
+def validate_tags(tags: dict[str, str]) -> dict[str, str]:
+    if len(tags) > MAX_TAGS:
+        raise InvalidInputError(f"tags: at most {MAX_TAGS} tags per device")
+    for key, value in tags.items():
+        if not TAG_KEY_RE.match(key):
+            raise InvalidInputError(f"tags: key {key!r} may use letters, digits, '.', '_', '/' and '-' (max 64)")
+        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
+            raise InvalidInputError(f"tags.{key}: value must be a string of at most {MAX_TAG_VALUE} characters")
+    return dict(tags)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    profile: str
+    agent_version: str
+    tags: dict[str, str]
+    model_name: str | None
+    model_version: str | None
+    registered_at: float
+    last_seen: float
+    status: str = "offline"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id, "profile": self.profile, "agent_version": self.agent_version,
+            "tags": self.tags, "model_name": self.model_name, "model_version": self.model_version,
+            "registered_at": self.registered_at, "last_seen": self.last_seen, "status": self.status,
+        }
+
+
+@dataclass
+class DeviceFilter:
+    status: str | None = None
+    profile: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class DeviceRegistry:
+    def __init__(
+        self, db: HubDatabase, offline_after_s: float, known_profiles: Iterable[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.offline_after_s = offline_after_s
+        self.known_profiles = set(known_profiles) if known_profiles is not None else None
+        self.clock = clock
+
+    def register(
+        self, device_id: str, profile: str, agent_version: str, tags: dict[str, str] | None = None,
+        model_name: str | None = None, model_version: str | None = None,
+    ) -> DeviceRecord:
+        """Create or update a device (agents re-register on every start); counts as a heartbeat."""
+        if not DEVICE_ID_RE.match(device_id or ""):
+            raise InvalidInputError(f"device_id: {device_id!r} may use letters, digits, '.', '_', ':' and '-' (max 128)")
+        if self.known_profiles is not None and profile not in self.known_profiles:
+            raise InvalidInputError(f"profile: {profile!r} is not a known hardware profile (have: {', '.join(sorted(self.known_profiles))})")
+        if not agent_version:
+            raise InvalidInputError("agent_version: required")
+        tags = validate_tags(tags or {})
+        now = self.clock()
+        with self.db.transaction() as db:
+            row = db.execute("SELECT registered_at FROM devices WHERE device_id=?", [device_id]).fetchone()
+            db["devices"].upsert({
+                "device_id": device_id, "profile": profile, "agent_version": agent_version,
+                "tags": json.dumps(tags, sort_keys=True), "model_name": model_name, "model_version": model_version,
+                "registered_at": row[0] if row else now, "last_seen": now,
+            }, pk="device_id")
+        log.info("device registered device=%s profile=%s agent=%s", device_id, profile, agent_version)
+        return self.get(device_id)
+
+    def heartbeat(
+        self, device_id: str, model_name: str | None = None, model_version: str | None = None,
+        agent_version: str | None = None,
+    ) -> DeviceRecord:
+        """Mark a device seen now; optionally update what it runs."""
+        updates: dict[str, Any] = {"last_seen": self.clock()}
+        if model_name is not None:
+            updates["model_name"] = model_name
+        if model_version is not None:
+            updates["model_version"] = model_version
+        if agent_version:
+            updates["agent_version"] = agent_version
+        sets = ", ".join(f"{k} = ?" for k in updates)
+        with self.db.transaction() as db:
+            cursor = db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", [*updates.values(), device_id])
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"device {device_id!r} is not registered; the agent registers on start (POST /v1/devices)")
+        return self.get(device_id)
+
+    def get(self, device_id: str) -> DeviceRecord:
+        rows = self.db.query("SELECT * FROM devices WHERE device_id=?", [device_id])
+        if not rows:
+            raise NotFoundError(f"device {device_id!r} is not registered")
+        return self._record(rows[0], self.clock())
+
+    def delete(self, device_id: str) -> None:
+        with self.db.transaction() as db:
+            if db.execute("DELETE FROM devices WHERE device_id=?", [device_id]).rowcount == 0:
+                raise NotFoundError(f"device {device_id!r} is not registered")
+
+    def list(self, filt: DeviceFilter | None = None, limit: int = 50, offset: int = 0) -> tuple[list[DeviceRecord], int]:
+        filt = filt or DeviceFilter()
+        now = self.clock()
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column in ("profile", "model_name", "model_version"):
+            value = getattr(filt, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        for key, value in filt.tags.items():
+            clauses.append("json_extract(tags, ?) = ?")
+            params.extend([f'$."{key}"', value])
+        if filt.status is not None:
+            if filt.status not in STATUSES:
+                raise InvalidInputError(f"status: {filt.status!r} is not one of {', '.join(STATUSES)}")
+            op = ">=" if filt.status == "online" else "<"
+            clauses.append(f"last_seen {op} ?")
+            params.append(now - self.offline_after_s)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        total = self.db.query(f"SELECT COUNT(*) AS n FROM devices {where}", params)[0]["n"]
+        rows = self.db.query(f"SELECT * FROM devices {where} ORDER BY device_id LIMIT ? OFFSET ?", params + [limit, offset])
+        return [self._record(r, now) for r in rows], total
+
+    def counts(self) -> dict[str, int]:
+        now = self.clock()
+        rows = self.db.query("SELECT last_seen FROM devices")
+        online = sum(1 for r in rows if device_status(r["last_seen"], now, self.offline_after_s) == "online")
+        return {"total": len(rows), "online": online, "offline": len(rows) - online}
+
+    def _record(self, row: dict[str, Any], now: float) -> DeviceRecord:
+        return DeviceRecord(
+            device_id=row["device_id"], profile=row["profile"], agent_version=row["agent_version"],
+            tags=json.loads(row["tags"]), model_name=row["model_name"], model_version=row["model_version"],
+            registered_at=row["registered_at"], last_seen=row["last_seen"],
+            status=device_status(row["last_seen"], now, self.offline_after_s),
+        )

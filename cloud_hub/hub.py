@@ -1,0 +1,186 @@
+"""The Hub: one process holding storage, registries, auth, the fleet's MQTT broker,
+the REST console (uvicorn in a thread) and the gRPC inference server.
+
+It prints nothing; `tandem-hub serve` prints `urls()`. Construct it to use the
+registries in-process (the CLI and tests do); `start()` opens the network side.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from cloud_hub.auth import TokenStore
+from cloud_hub.broker import BrokerHandle, start_broker
+from cloud_hub.config import HubConfig
+from cloud_hub.devices import DeviceRegistry
+from cloud_hub.errors import ConfigError, HubError
+from cloud_hub.keys import ReleaseKey
+from cloud_hub.registry import ModelRegistry
+from cloud_hub.storage import ArtifactStore, open_database
+
+log = logging.getLogger(__name__)
+
+HTTP_START_TIMEOUT_S = 15.0
+
+
+class Hub:
+    def __init__(self, config: HubConfig | None = None) -> None:
+        self.config = config or HubConfig()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = open_database(self.config.db_path)
+        self.artifacts = ArtifactStore(self.config.artifacts_dir)
+        self.key = ReleaseKey.load_or_create(self.config.release_key_path)
+        self.registry = ModelRegistry(self.db, self.artifacts, self.key)
+        self.devices = DeviceRegistry(self.db, self.config.offline_after_s, _known_profiles(self.config))
+        self.tokens = TokenStore(self.db)
+        self._app: Any = None
+        self._broker: BrokerHandle | None = None
+        self._inference: Any = None
+        self._grpc_port: int | None = None
+        self._http_server: Any = None
+        self._http_thread: threading.Thread | None = None
+        self._http_port: int | None = None
+        self._closed = False
+
+    @property
+    def app(self) -> Any:
+        """The FastAPI app (built on first use; other issues may add routers to it before start)."""
+        if self._app is None:
+            from cloud_hub.rest import create_app
+
+            self._app = create_app(self)
+        return self._app
+
+    @property
+    def broker_kind(self) -> str | None:
+        if self._broker is not None:
+            return self._broker.kind
+        return "external" if self.config.mqtt_url else None
+
+    @property
+    def mqtt_url(self) -> str | None:
+        return self._broker.url if self._broker is not None else self.config.mqtt_url
+
+    @property
+    def http_port(self) -> int | None:
+        return self._http_port
+
+    @property
+    def http_url(self) -> str | None:
+        return f"http://{_url_host(self.config.http_host)}:{self._http_port}" if self._http_port else None
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self._grpc_port
+
+    def urls(self) -> dict[str, str]:
+        """What this hub serves: http (REST + /docs), grpc (v2 inference), mqtt (the fleet's broker)."""
+        out: dict[str, str] = {}
+        if self.http_url:
+            out["http"] = self.http_url
+            out["docs"] = self.http_url + "/docs"
+        if self._grpc_port:
+            out["grpc"] = f"{_url_host(self.config.grpc_host)}:{self._grpc_port}"
+        if self.mqtt_url:
+            out["mqtt"] = self.mqtt_url
+        return out
+
+    def start(self, http: bool = True) -> "Hub":
+        """Start the broker (unless mqtt_url is set), gRPC inference (if model dirs) and HTTP."""
+        if self._closed:
+            raise HubError("this Hub was stopped; create a new Hub on the same data dir to restart")
+        try:
+            if self.config.mqtt_url is None and self._broker is None:
+                self._broker = start_broker(self.config.broker, self.config.data_dir / "mosquitto",
+                                            self.config.mqtt_host, self.config.mqtt_port)
+            if self.config.model_dirs and self._inference is None:
+                self._start_inference()
+            if http and self._http_server is None:
+                self._start_http()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("hub started %s", " ".join(f"{k}={v}" for k, v in self.urls().items()))
+        return self
+
+    def _start_inference(self) -> None:
+        from cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
+
+        server = InferenceServer([str(p) for p in self.config.model_dirs], host=self.config.grpc_host,
+                                 port=self.config.grpc_port)
+        self._grpc_port = server.start()
+        self._inference = server
+
+    def _start_http(self) -> None:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET6 if ":" in self.config.http_host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.http_host, self.config.http_port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"http_port (env TANDEM_HUB_HTTP_PORT): cannot listen on {self.config.http_host}:{self.config.http_port} ({exc})"
+            ) from exc
+        server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tandem-hub-http", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + HTTP_START_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                sock.close()
+                raise HubError("the hub's HTTP server did not start; see the log for uvicorn's error")
+            time.sleep(0.02)
+        self._http_server, self._http_thread = server, thread
+        self._http_port = sock.getsockname()[1]
+        self._http_sock = sock
+
+    def stop(self) -> None:
+        """Stop every server this hub started and close the database; safe to call twice."""
+        if self._http_server is not None:
+            self._http_server.should_exit = True
+            if self._http_thread is not None:
+                self._http_thread.join(10)
+            self._http_sock.close()
+            self._http_server = self._http_thread = None
+        if self._inference is not None:
+            try:
+                self._inference.stop()
+            finally:
+                self._inference = None
+        if self._broker is not None:
+            try:
+                self._broker.stop()
+            finally:
+                self._broker = None
+        if not self._closed:
+            self.db.close()
+            self._closed = True
+        log.info("hub stopped")
+
+    def __enter__(self) -> "Hub":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
+def _known_profiles(config: HubConfig) -> set[str] | None:
+    from hardware_profiles import ProfileError, load_profiles
+
+    try:
+        return set(load_profiles(config.profile_dirs))
+    except ProfileError as exc:
+        raise ConfigError(f"profile_dirs (env TANDEM_HUB_PROFILE_DIRS): {exc}") from exc

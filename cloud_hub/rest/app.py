@@ -1,0 +1,40 @@
+"""The REST console's FastAPI app: routers, error mapping, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from cloud_hub.errors import AuthError, HubError
+from cloud_hub.rest import (
+    routes_artifacts, routes_devices, routes_models, routes_placeholders, routes_system, routes_tokens,
+)
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+
+
+def create_app(hub: Any) -> FastAPI:
+    """Build the app for `hub` (anything with db, registry, devices, tokens, artifacts, key, config, urls())."""
+    app = FastAPI(
+        title="Tandem hub",
+        version=API_VERSION,
+        description="Fleet console: devices, models, variants, artifacts. Every route but /healthz needs a bearer token "
+                    "(scopes read < operate < admin) from `tandem-hub tokens create`.",
+    )
+    app.state.hub = hub
+
+    @app.exception_handler(HubError)
+    async def hub_error(request: Request, exc: HubError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        if exc.status >= 500:
+            log.error("request failed path=%s error=%s", request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+
+    for module in (routes_system, routes_devices, routes_models, routes_artifacts, routes_tokens, routes_placeholders):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,107 @@
+"""Models, their immutable versions, signed manifests and variants; upload as a .tar.gz."""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from cloud_hub.errors import InvalidInputError
+from cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from cloud_hub.rest.schemas import ErrorBody, ModelSummary, ModelVersionOut, Page, RegisterOut, VariantOut
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["models"], responses=AUTH_RESPONSES)
+_404 = {404: {"model": ErrorBody, "description": "no such model or version"}}
+UPLOAD_TYPES = ("application/gzip", "application/x-gzip", "application/x-tar", "application/octet-stream")
+
+
+@router.get("/v1/models", response_model=Page[ModelSummary], dependencies=[Depends(require("read"))])
+def list_models(name: str | None = Query(None, max_length=128), page: Paging = Depends(paging),
+                hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    items, total = hub.registry.list_models(name, page.limit, page.offset)
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.post(
+    "/v1/models", response_model=RegisterOut, dependencies=[Depends(require("operate"))],
+    responses={409: {"model": ErrorBody, "description": "this name+version exists with other content"},
+               413: {"model": ErrorBody, "description": "upload too large"},
+               422: {"model": ErrorBody, "description": "not a valid compiled model archive"}},
+    openapi_extra={"requestBody": {"required": True, "description": "a .tar.gz of a tandem-compile output directory",
+                                   "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_TYPES}}},
+)
+async def upload_model(request: Request, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    """Register a compiled model sent as a tar archive (gzip optional); versions are immutable."""
+    limit = int(hub.config.max_upload_mb * 1024 * 1024)
+    with tempfile.TemporaryDirectory(dir=hub.config.data_dir, prefix="upload-") as tmp:
+        archive = Path(tmp) / "model.tar"
+        size = 0
+        with open(archive, "wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLarge(f"upload exceeds max_upload_mb={hub.config.max_upload_mb:g}")
+                fh.write(chunk)
+        result = await run_in_threadpool(_register_archive, hub, archive, Path(tmp) / "model")
+    return {"name": result.name, "version": result.version, "created": result.created,
+            "content_sha256": result.content_sha256}
+
+
+class _TooLarge(InvalidInputError):
+    status = 413
+
+
+def _register_archive(hub: Any, archive: Path, dest: Path) -> Any:
+    dest.mkdir()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar.getmembers():
+                if not (member.isfile() or member.isdir()):
+                    raise InvalidInputError(f"archive member {member.name!r}: only files and directories are accepted")
+            tar.extractall(dest, filter="data")  # refuses absolute paths and '..'
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+        raise InvalidInputError(f"not a readable tar(.gz) archive of a compiled model directory ({exc})") from exc
+    root = dest
+    if not (root / "manifest.json").is_file():
+        children = [p for p in dest.iterdir() if p.is_dir()]
+        if len(children) == 1 and (children[0] / "manifest.json").is_file():
+            root = children[0]
+    return hub.registry.register_dir(root)
+
+
+@router.get("/v1/models/{name}/versions", response_model=Page[ModelVersionOut], responses=_404,
+            dependencies=[Depends(require("read"))])
+def list_versions(name: str, page: Paging = Depends(paging), hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    items, total = hub.registry.list_versions(name, page.limit, page.offset)
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/v1/models/{name}/versions/{version}", response_model=ModelVersionOut, responses=_404,
+            dependencies=[Depends(require("read"))])
+def get_version(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    return hub.registry.get_version(name, version)
+
+
+@router.get("/v1/models/{name}/versions/{version}/manifest", response_model=dict[str, Any], responses=_404,
+            dependencies=[Depends(require("read"))])
+def get_manifest(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    """The manifest signed by this hub's release key (verify with GET /v1/keys/release)."""
+    return hub.registry.manifest(name, version)
+
+
+@router.get("/v1/variants", response_model=Page[VariantOut], dependencies=[Depends(require("read"))])
+def list_variants(
+    model: str | None = Query(None, max_length=128), version: str | None = Query(None, max_length=32),
+    profile: str | None = Query(None, max_length=64), runtime: str | None = Query(None, max_length=32),
+    precision: str | None = Query(None, max_length=16), page: Paging = Depends(paging), hub: Any = Depends(get_hub),
+) -> dict[str, Any]:
+    items, total = hub.registry.list_variants(model, version, profile, runtime, precision, page.limit, page.offset)
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}

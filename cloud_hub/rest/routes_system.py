@@ -1,0 +1,34 @@
+"""Health (no auth), hub info and the release key agents trust."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from cloud_hub.rest.schemas import Health, HubInfo, ReleaseKeyOut
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=Health, tags=["system"])
+def healthz(hub: Any = Depends(get_hub)) -> Health:
+    """Liveness for load balancers and `tandem-hub serve` scripts; needs no token."""
+    return Health(status="ok", schema_version=hub.db.schema_version())
+
+
+@router.get("/v1/hub", response_model=HubInfo, tags=["system"], responses=AUTH_RESPONSES,
+            dependencies=[Depends(require("read"))])
+def hub_info(hub: Any = Depends(get_hub)) -> HubInfo:
+    """Where the hub's services listen and a count of devices."""
+    urls = hub.urls()
+    return HubInfo(http_url=urls.get("http"), grpc_url=urls.get("grpc"), mqtt_url=urls.get("mqtt"),
+                   broker=hub.broker_kind, release_key_id=hub.key.key_id, devices=hub.devices.counts())
+
+
+@router.get("/v1/keys/release", response_model=ReleaseKeyOut, tags=["system"], responses=AUTH_RESPONSES,
+            dependencies=[Depends(require("read"))])
+def release_key(hub: Any = Depends(get_hub)) -> ReleaseKeyOut:
+    """The public ed25519 key every manifest this hub serves is signed with."""
+    return ReleaseKeyOut(alg="ed25519", key_id=hub.key.key_id, public_key_pem=hub.key.public_pem)

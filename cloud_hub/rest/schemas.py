@@ -1,0 +1,132 @@
+"""Request and response bodies of the REST console (pydantic), one place for the API's shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+T = TypeVar("T")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class Page(BaseModel, Generic[T]):
+    """A page of a list: `total` counts all matches, `items` holds `limit` from `offset`."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+    note: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    schema_version: int
+
+
+class HubInfo(BaseModel):
+    http_url: str | None
+    grpc_url: str | None
+    mqtt_url: str | None
+    broker: str | None
+    release_key_id: str
+    devices: dict[str, int]
+
+
+class ReleaseKeyOut(BaseModel):
+    alg: str
+    key_id: str
+    public_key_pem: str
+
+
+class DeviceIn(BaseModel):
+    device_id: str = Field(..., max_length=128, examples=["cam-0001"])
+    profile: str = Field(..., max_length=64, examples=["cpu-x86"])
+    agent_version: str = Field(..., min_length=1, max_length=64, examples=["0.1.0"])
+    tags: dict[str, str] = Field(default_factory=dict, examples=[{"site": "lyon"}])
+    model_name: str | None = Field(None, max_length=128)
+    model_version: str | None = Field(None, max_length=32)
+
+
+class HeartbeatIn(BaseModel):
+    model_name: str | None = Field(None, max_length=128)
+    model_version: str | None = Field(None, max_length=32)
+    agent_version: str | None = Field(None, max_length=64)
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    profile: str
+    agent_version: str
+    tags: dict[str, str]
+    model_name: str | None
+    model_version: str | None
+    registered_at: float
+    last_seen: float
+    status: str
+
+
+class ModelSummary(BaseModel):
+    name: str
+    versions: int
+    latest_version: str
+    updated_at: float
+
+
+class FileOut(BaseModel):
+    path: str
+    sha256: str
+    size: int
+
+
+class ModelVersionOut(BaseModel):
+    name: str
+    version: str
+    content_sha256: str
+    created_at: str
+    registered_at: float
+    size_bytes: int
+    files: list[FileOut] | None = None
+
+
+class RegisterOut(BaseModel):
+    name: str
+    version: str
+    created: bool
+    content_sha256: str
+
+
+class VariantOut(BaseModel):
+    model: str
+    version: str
+    variant_id: str
+    runtime: str
+    precision: str
+    profiles: list[str]
+    size_bytes: int
+
+
+class TokenIn(BaseModel):
+    name: str = Field(..., max_length=64, examples=["ci"])
+    scope: str = Field(..., examples=["operate"])
+
+
+class TokenOut(BaseModel):
+    token_id: str
+    name: str
+    scope: str
+    created_at: float
+    revoked_at: float | None
+    last_used_at: float | None
+    revoked: bool
+
+
+class NewTokenOut(TokenOut):
+    token: str = Field(..., description="shown once; the hub keeps only its sha256")
+
+
+Manifest = dict[str, Any]
