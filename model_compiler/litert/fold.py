@@ -1,0 +1,114 @@
+"""Constant folding: evaluate with numpy the small shape and arithmetic ops whose inputs are all known.
+
+Static shapes make Shape -> Slice -> Concat -> Reshape chains constant; folding them
+keeps those int64 subgraphs out of the TFLite model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+def _reshape_target(data_shape: Sequence[int], shape: np.ndarray, allowzero: int = 0) -> tuple[int, ...]:
+    """ONNX Reshape semantics: 0 copies the input dim (unless allowzero), -1 is inferred."""
+    out = [int(d) for d in shape]
+    for i, d in enumerate(out):
+        if d == 0 and not allowzero:
+            out[i] = int(data_shape[i])
+    if -1 in out:
+        known = int(np.prod([d for d in out if d != -1])) if len(out) > 1 else 1
+        total = int(np.prod(data_shape))
+        out[out.index(-1)] = total // known if known else 0
+    return tuple(out)
+
+
+def reshape_target(data_shape: Sequence[int], shape: np.ndarray, allowzero: int = 0) -> tuple[int, ...]:
+    return _reshape_target(data_shape, shape, allowzero)
+
+
+def _axes(attrs: dict[str, Any], inputs: list[np.ndarray | None], index: int) -> list[int] | None:
+    if "axes" in attrs:
+        return list(attrs["axes"])
+    if len(inputs) > index and inputs[index] is not None:
+        return [int(a) for a in inputs[index]]
+    return None
+
+
+def _slice(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    data = inputs[0]
+    if "starts" in attrs:  # opset < 10
+        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+    else:
+        starts, ends = inputs[1], inputs[2]
+        axes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+        steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
+    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    index = [slice(None)] * data.ndim
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        index[a] = slice(int(s), int(e), st)
+    return data[tuple(index)]
+
+
+def _unsqueeze(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    data = inputs[0]
+    axes = sorted(a % (data.ndim + len(_axes(attrs, inputs, 1))) for a in _axes(attrs, inputs, 1))
+    for a in axes:
+        data = np.expand_dims(data, a)
+    return data
+
+
+def _squeeze(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    axes = _axes(attrs, inputs, 1)
+    return np.squeeze(inputs[0], axis=None if axes is None else tuple(axes))
+
+
+def _cast(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    return inputs[0].astype(tensor_dtype_to_np_dtype(attrs["to"]))
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer):
+        return (a // b).astype(a.dtype)
+    return (a / b).astype(a.dtype)
+
+
+def _flatten(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    x = inputs[0]
+    axis = attrs.get("axis", 1) % max(x.ndim, 1) if x.ndim else 0
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+Folder = Callable[[list, dict], np.ndarray]
+
+FOLDERS: dict[str, Folder] = {
+    "Identity": lambda i, a: i[0],
+    "Cast": _cast,
+    "Reshape": lambda i, a: i[0].reshape(_reshape_target(i[0].shape, i[1], a.get("allowzero", 0))),
+    "Flatten": _flatten,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": lambda i, a: np.concatenate([np.atleast_1d(x) for x in i], axis=a["axis"]),
+    "Slice": _slice,
+    "Gather": lambda i, a: np.take(i[0], i[1], axis=a.get("axis", 0)),
+    "Transpose": lambda i, a: np.transpose(i[0], a.get("perm")),
+    "Add": lambda i, a: (i[0] + i[1]).astype(i[0].dtype),
+    "Sub": lambda i, a: (i[0] - i[1]).astype(i[0].dtype),
+    "Mul": lambda i, a: (i[0] * i[1]).astype(i[0].dtype),
+    "Div": lambda i, a: _div(i[0], i[1]),
+    "Neg": lambda i, a: -i[0],
+    "Sqrt": lambda i, a: np.sqrt(i[0]),
+    "Reciprocal": lambda i, a: (1.0 / i[0]).astype(i[0].dtype),
+}
+
+
+def fold(op_type: str, inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray | None:
+    """The folded value, or None when `op_type` is not foldable here."""
+    folder = FOLDERS.get(op_type)
+    if folder is None:
+        return None
+    return np.asarray(folder(inputs, attrs))

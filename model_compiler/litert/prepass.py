@@ -1,0 +1,217 @@
+"""ONNX-level rewrites before lowering: constants out of the graph, constant folding,
+BatchNorm and bias folding into the layer before, and the HardSwish pattern.
+
+Operates on a light `Node` list and a name -> array table, never on protobufs, so each
+rewrite is a pure function that tests can drive directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model_compiler.litert.fold import fold
+
+
+@dataclass
+class Node:
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    domain: str = ""
+
+
+def from_onnx(model) -> tuple[list[Node], dict[str, np.ndarray]]:
+    """Nodes and constants (initializers and Constant nodes) of an ONNX model."""
+    from onnx import helper, numpy_helper
+
+    consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    nodes: list[Node] = []
+    for i, proto in enumerate(model.graph.node):
+        attrs = {}
+        for attr in proto.attribute:
+            value = helper.get_attribute_value(attr)
+            if hasattr(value, "dims") and hasattr(value, "data_type"):
+                value = numpy_helper.to_array(value)
+            elif isinstance(value, bytes):
+                value = value.decode()
+            attrs[attr.name] = value
+        node = Node(proto.op_type, list(proto.input), list(proto.output), attrs, proto.name or f"{proto.op_type}_{i}", proto.domain)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            consts[node.outputs[0]] = _constant_value(attrs)
+            continue
+        nodes.append(node)
+    return nodes, consts
+
+
+def _constant_value(attrs: dict[str, Any]) -> np.ndarray:
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise ValueError(f"Constant node with unsupported attributes {sorted(attrs)}")
+
+
+def fold_constants(nodes: list[Node], consts: dict[str, np.ndarray]) -> list[Node]:
+    """Evaluate nodes whose inputs are all constants (adds their outputs to `consts`)."""
+    kept = []
+    for node in nodes:
+        present = [name for name in node.inputs if name]
+        if present and all(name in consts for name in present) and len(node.outputs) == 1:
+            value = fold(node.op_type, [consts.get(name) if name else None for name in node.inputs], node.attrs)
+            if value is not None:
+                consts[node.outputs[0]] = value
+                continue
+        kept.append(node)
+    return kept
+
+
+def _uses(nodes: list[Node], graph_outputs: set[str]) -> dict[str, int]:
+    counts: dict[str, int] = {name: 1 for name in graph_outputs}
+    for node in nodes:
+        for name in node.inputs:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _single_consumer(nodes: list[Node], index: int, uses: dict[str, int]) -> tuple[int, Node] | None:
+    out = nodes[index].outputs[0]
+    if uses.get(out, 0) != 1:
+        return None
+    for j in range(index + 1, len(nodes)):
+        if out in nodes[j].inputs:
+            return j, nodes[j]
+    return None
+
+
+def fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Conv -> BatchNormalization (inference form) becomes one Conv with scaled weights and a bias."""
+    uses = _uses(nodes, graph_outputs)
+    drop: set[int] = set()
+    for i, node in enumerate(nodes):
+        if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in consts:
+            continue
+        found = _single_consumer(nodes, i, uses)
+        if found is None or found[1].op_type != "BatchNormalization" or len(found[1].outputs) > 1 and any(found[1].outputs[1:]):
+            continue
+        j, bn = found
+        if not all(name in consts for name in bn.inputs[1:5]):
+            continue
+        gamma, beta, mean, var = (consts[name].astype(np.float64) for name in bn.inputs[1:5])
+        factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+        weight = consts[node.inputs[1]].astype(np.float64)
+        bias = consts[node.inputs[2]].astype(np.float64) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(weight.shape[0])
+        w_name, b_name = f"{node.name}/folded_weight", f"{node.name}/folded_bias"
+        consts[w_name] = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
+        consts[b_name] = ((bias - mean) * factor + beta).astype(np.float32)
+        node.inputs = [node.inputs[0], w_name, b_name]
+        node.outputs = [bn.outputs[0]]
+        drop.add(j)
+    return [n for k, n in enumerate(nodes) if k not in drop]
+
+
+def _channel_bias(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """`value` as a per-channel (axis 1) bias of a rank-`rank` tensor, or None when it is not one."""
+    v = np.asarray(value)
+    if v.ndim > rank:
+        return None
+    shape = (1,) * (rank - v.ndim) + v.shape
+    if rank < 2 or any(d != 1 for k, d in enumerate(shape) if k != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(v.reshape(-1), (channels,)).astype(np.float32)
+
+
+def fold_bias_add(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Conv/MatMul -> Add(constant per-channel) becomes one op with a bias (MatMul gains a 3rd input)."""
+    uses = _uses(nodes, graph_outputs)
+    drop: set[int] = set()
+    for i, node in enumerate(nodes):
+        if node.op_type not in ("Conv", "MatMul") or len(node.inputs) < 2 or node.inputs[1] not in consts:
+            continue
+        found = _single_consumer(nodes, i, uses)
+        if found is None or found[1].op_type != "Add":
+            continue
+        j, add = found
+        other = add.inputs[1] if add.inputs[0] == node.outputs[0] else add.inputs[0]
+        if other not in consts:
+            continue
+        weight = consts[node.inputs[1]]
+        if node.op_type == "Conv":
+            channels = weight.shape[0]
+            extra = _channel_bias(consts[other], channels, weight.ndim)
+        else:
+            if weight.ndim != 2:
+                continue
+            channels = weight.shape[1]
+            v = np.asarray(consts[other])
+            extra = np.broadcast_to(v.reshape(-1), (channels,)).astype(np.float32) if v.size in (1, channels) and (v.ndim <= 1 or all(d == 1 for d in v.shape[:-1])) else None
+        if extra is None:
+            continue
+        has_bias = len(node.inputs) > 2 and node.inputs[2]
+        bias = consts[node.inputs[2]].astype(np.float32) if has_bias else np.zeros(channels, np.float32)
+        b_name = f"{node.name}/bias"
+        consts[b_name] = (bias + extra).astype(np.float32)
+        node.inputs = [node.inputs[0], node.inputs[1], b_name]
+        node.outputs = [add.outputs[0]]
+        drop.add(j)
+    return [n for k, n in enumerate(nodes) if k not in drop]
+
+
+def _scalar(consts: dict[str, np.ndarray], name: str) -> float | None:
+    if name in consts and np.asarray(consts[name]).size == 1:
+        return float(np.asarray(consts[name]).reshape(-1)[0])
+    return None
+
+
+def match_hardswish(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """x * Clip(x + 3, 0, 6) / 6 (PaddlePaddle and PyTorch exports) becomes one HardSwish node."""
+    uses = _uses(nodes, graph_outputs)
+    by_output = {n.outputs[0]: (k, n) for k, n in enumerate(nodes) if n.outputs}
+    drop: set[int] = set()
+    for k, div in enumerate(nodes):
+        if div.op_type not in ("Div", "Mul") or len(div.inputs) != 2:
+            continue
+        c = _scalar(consts, div.inputs[1])
+        if c is None or not np.isclose(c, 6.0 if div.op_type == "Div" else 1 / 6.0):
+            continue
+        mul_entry = by_output.get(div.inputs[0])
+        if mul_entry is None or mul_entry[1].op_type != "Mul" or uses.get(mul_entry[1].outputs[0]) != 1:
+            continue
+        mk, mul = mul_entry
+        for x, clip_name in ((mul.inputs[0], mul.inputs[1]), (mul.inputs[1], mul.inputs[0])):
+            clip_entry = by_output.get(clip_name)
+            if clip_entry is None or clip_entry[1].op_type != "Clip" or uses.get(clip_name) != 1:
+                continue
+            ck, clip = clip_entry
+            lo = _scalar(consts, clip.inputs[1]) if len(clip.inputs) > 1 and clip.inputs[1] else clip.attrs.get("min")
+            hi = _scalar(consts, clip.inputs[2]) if len(clip.inputs) > 2 and clip.inputs[2] else clip.attrs.get("max")
+            add_entry = by_output.get(clip.inputs[0])
+            if lo is None or hi is None or not (np.isclose(lo, 0) and np.isclose(hi, 6)) or add_entry is None:
+                continue
+            ak, add = add_entry
+            if add.op_type != "Add" or uses.get(add.outputs[0]) != 1 or x not in add.inputs:
+                continue
+            other = add.inputs[1] if add.inputs[0] == x else add.inputs[0]
+            three = _scalar(consts, other)
+            if three is None or not np.isclose(three, 3.0):
+                continue
+            nodes[k] = Node("HardSwish", [x], [div.outputs[0]], {}, div.name)
+            drop.update({mk, ck, ak})
+            break
+    return [n for k, n in enumerate(nodes) if k not in drop]
+
+
+def prepare(model) -> tuple[list[Node], dict[str, np.ndarray]]:
+    """All rewrites in order; the result is what ops.py lowers."""
+    nodes, consts = from_onnx(model)
+    outputs = {o.name for o in model.graph.output}
+    nodes = fold_constants(nodes, consts)
+    nodes = fold_batchnorm(nodes, consts, outputs)
+    nodes = fold_bias_add(nodes, consts, outputs)
+    nodes = match_hardswish(nodes, consts, outputs)
+    return nodes, consts

@@ -1,0 +1,197 @@
+"""Serialize the IR to a TFLite flatbuffer with the schema classes ai-edge-litert ships.
+
+Operator versions follow TFLite's op_version rules for the kernels we emit (int8
+kernels need a higher version than float), so other TFLite consumers pick the right one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from model_compiler.litert.errors import LoweringError
+from model_compiler.litert.ir import Graph, Op
+
+_PADDING = {"SAME": 0, "VALID": 1}
+_ACTIVATION = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
+_TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int64": 4, "int8": 9, "int16": 7}
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - depends on the installed extra
+        try:
+            from tflite_runtime import schema_py_generated as schema  # type: ignore[no-redef]
+        except ImportError as exc:
+            raise LoweringError("writing TFLite needs ai-edge-litert (pip install 'tandem[litert]')") from exc
+    return schema
+
+
+def _conv(s, o: dict[str, Any]):
+    t = s.Conv2DOptionsT()
+    t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
+    t.dilationHFactor, t.dilationWFactor = o.get("dilation_h", 1), o.get("dilation_w", 1)
+    t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
+    return t
+
+
+def _dwconv(s, o: dict[str, Any]):
+    t = s.DepthwiseConv2DOptionsT()
+    t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
+    t.dilationHFactor, t.dilationWFactor = o.get("dilation_h", 1), o.get("dilation_w", 1)
+    t.depthMultiplier = o.get("depth_multiplier", 1)
+    t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
+    return t
+
+
+def _pool(s, o: dict[str, Any]):
+    t = s.Pool2DOptionsT()
+    t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
+    t.filterHeight, t.filterWidth = o["filter_h"], o["filter_w"]
+    t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
+    return t
+
+
+def _fc(s, o: dict[str, Any]):
+    t = s.FullyConnectedOptionsT()
+    t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
+    t.keepNumDims = bool(o.get("keep_num_dims", False))
+    return t
+
+
+def _act(cls: str) -> Callable:
+    def make(s, o: dict[str, Any]):
+        t = getattr(s, cls)()
+        t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
+        return t
+    return make
+
+
+def _plain(cls: str, **fields: Callable[[dict], Any]) -> Callable:
+    def make(s, o: dict[str, Any]):
+        t = getattr(s, cls)()
+        for attr, get in fields.items():
+            setattr(t, attr, get(o))
+        return t
+    return make
+
+
+def _concat(s, o: dict[str, Any]):
+    t = s.ConcatenationOptionsT()
+    t.axis = o["axis"]
+    t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
+    return t
+
+
+# kind -> (BuiltinOptions member or None, options factory, float version, int8 version)
+OPS: dict[str, tuple[str | None, Callable | None, int, int]] = {
+    "CONV_2D": ("Conv2DOptions", _conv, 1, 3),
+    "DEPTHWISE_CONV_2D": ("DepthwiseConv2DOptions", _dwconv, 1, 3),
+    "FULLY_CONNECTED": ("FullyConnectedOptions", _fc, 1, 4),
+    "ADD": ("AddOptions", _act("AddOptionsT"), 1, 2),
+    "SUB": ("SubOptions", _act("SubOptionsT"), 1, 2),
+    "MUL": ("MulOptions", _act("MulOptionsT"), 1, 2),
+    "AVERAGE_POOL_2D": ("Pool2DOptions", _pool, 1, 2),
+    "MAX_POOL_2D": ("Pool2DOptions", _pool, 1, 2),
+    "MEAN": ("ReducerOptions", _plain("ReducerOptionsT", keepDims=lambda o: bool(o.get("keep_dims"))), 1, 2),
+    "REDUCE_MAX": ("ReducerOptions", _plain("ReducerOptionsT", keepDims=lambda o: bool(o.get("keep_dims"))), 1, 2),
+    "RESHAPE": ("ReshapeOptions", _plain("ReshapeOptionsT", newShape=lambda o: list(o["new_shape"])), 1, 1),
+    "TRANSPOSE": ("TransposeOptions", _plain("TransposeOptionsT"), 1, 2),
+    "CONCATENATION": ("ConcatenationOptions", _concat, 1, 2),
+    "SOFTMAX": ("SoftmaxOptions", _plain("SoftmaxOptionsT", beta=lambda o: float(o.get("beta", 1.0))), 1, 2),
+    "SPLIT": ("SplitOptions", _plain("SplitOptionsT", numSplits=lambda o: int(o["num_splits"])), 1, 2),
+    "PAD": ("PadOptions", _plain("PadOptionsT"), 1, 2),
+    "PADV2": ("PadV2Options", _plain("PadV2OptionsT"), 1, 2),
+    "LEAKY_RELU": ("LeakyReluOptions", _plain("LeakyReluOptionsT", alpha=lambda o: float(o["alpha"])), 1, 2),
+    "MAXIMUM": ("MaximumMinimumOptions", _plain("MaximumMinimumOptionsT"), 1, 2),
+    "MINIMUM": ("MaximumMinimumOptions", _plain("MaximumMinimumOptionsT"), 1, 2),
+    "HARD_SWISH": ("HardSwishOptions", _plain("HardSwishOptionsT"), 1, 1),
+    "QUANTIZE": ("QuantizeOptions", _plain("QuantizeOptionsT"), 1, 1),
+    "DEQUANTIZE": ("DequantizeOptions", _plain("DequantizeOptionsT"), 1, 2),
+    "RELU": (None, None, 1, 2),
+    "RELU6": (None, None, 1, 2),
+    "RELU_N1_TO_1": (None, None, 1, 1),
+    "LOGISTIC": (None, None, 1, 2),
+    "TANH": (None, None, 1, 2),
+}
+
+
+def _version(graph: Graph, op: Op) -> int:
+    _, _, float_version, int8_version = OPS[op.kind]
+    int8 = any(i >= 0 and graph.tensors[i].dtype == "int8" for i in op.inputs + op.outputs)
+    version = int8_version if int8 else float_version
+    if op.kind == "FULLY_CONNECTED" and op.options.get("keep_num_dims"):
+        version = max(version, 5)
+    return version
+
+
+def _quantization(s, tensor):
+    if tensor.quant is None:
+        return None
+    q = s.QuantizationParametersT()
+    q.scale = [float(v) for v in tensor.quant.scale]
+    q.zeroPoint = [int(v) for v in tensor.quant.zero_point]
+    q.quantizedDimension = int(tensor.quant.axis)
+    return q
+
+
+def write(graph: Graph, description: str = "tandem onnx->tflite lowering") -> bytes:
+    """The TFLite flatbuffer (file identifier TFL3) for `graph`."""
+    import flatbuffers
+
+    s = _schema()
+    model = s.ModelT()
+    model.version = 3
+    model.description = description
+    model.buffers = [s.BufferT()]  # buffer 0: the empty sentinel every TFLite model starts with
+    sub = s.SubGraphT()
+    sub.name = "main"
+    sub.tensors = []
+    for tensor in graph.tensors:
+        t = s.TensorT()
+        t.name = tensor.name
+        t.shape = [int(d) for d in tensor.shape]
+        if tensor.dtype not in _TYPES:
+            raise LoweringError(f"tensor {tensor.name!r}: dtype {tensor.dtype} has no TFLite type here")
+        t.type = _TYPES[tensor.dtype]
+        t.quantization = _quantization(s, tensor)
+        if tensor.data is not None:
+            buf = s.BufferT()
+            buf.data = np.frombuffer(np.ascontiguousarray(tensor.data.astype(tensor.dtype)).tobytes(), dtype=np.uint8)
+            model.buffers.append(buf)
+            t.buffer = len(model.buffers) - 1
+        else:
+            t.buffer = 0
+        sub.tensors.append(t)
+    codes: dict[tuple[str, int], int] = {}
+    model.operatorCodes = []
+    sub.operators = []
+    for op in graph.ops:
+        if op.kind not in OPS:
+            raise LoweringError(f"internal: no writer entry for TFLite op {op.kind} (from {op.source})")
+        key = (op.kind, _version(graph, op))
+        if key not in codes:
+            code = s.OperatorCodeT()
+            builtin = getattr(s.BuiltinOperator, op.kind)
+            code.builtinCode = builtin
+            code.deprecatedBuiltinCode = min(builtin, s.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+            code.version = key[1]
+            model.operatorCodes.append(code)
+            codes[key] = len(model.operatorCodes) - 1
+        o = s.OperatorT()
+        o.opcodeIndex = codes[key]
+        o.inputs = [int(i) for i in op.inputs]
+        o.outputs = [int(i) for i in op.outputs]
+        options_name, factory, _, _ = OPS[op.kind]
+        if options_name is not None:
+            o.builtinOptionsType = getattr(s.BuiltinOptions, options_name)
+            o.builtinOptions = factory(s, op.options)
+        sub.operators.append(o)
+    sub.inputs = [int(i) for i in graph.inputs]
+    sub.outputs = [int(i) for i in graph.outputs]
+    model.subgraphs = [sub]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
