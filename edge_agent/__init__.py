@@ -1,1 +1,11 @@
-"""Tandem edge_agent (see docs/architecture.md)."""
+"""Tandem edge agent: serve a compiled model locally over ZeroMQ, fall back to the hub when unsure.
+
+Public names: `Agent` (the daemon, in-process), `AgentConfig`, `AgentClient` and
+`AsyncAgentClient` (the local API's clients). Everything else is internal.
+"""
+
+from edge_agent.agent import Agent
+from edge_agent.client import AgentAnswer, AgentClient, AsyncAgentClient
+from edge_agent.config import AgentConfig
+
+__all__ = ["Agent", "AgentAnswer", "AgentClient", "AgentConfig", "AsyncAgentClient"]

@@ -31,6 +31,12 @@ class ModelLoadError(AgentError):
     code = "model_load"
 
 
+class InferenceError(AgentError):
+    """The runtime failed on a request that passed validation; the message carries the runtime's reason."""
+
+    code = "inference"
+
+
 class ConfigError(AgentError):
     """The agent configuration is invalid; the message names the key."""
 
@@ -51,11 +57,11 @@ class AgentUnavailable(AgentError):
 
 ERRORS_BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
-    for cls in (AgentError, BadRequestError, FallbackUnavailable, ModelLoadError, ConfigError,
+    for cls in (AgentError, BadRequestError, FallbackUnavailable, ModelLoadError, InferenceError, ConfigError,
                 OverloadedError, AgentUnavailable)
 }
 
 __all__ = [
     "AgentError", "AgentUnavailable", "BadRequestError", "ConfigError", "ERRORS_BY_CODE",
-    "FallbackUnavailable", "ModelLoadError", "OverloadedError",
+    "FallbackUnavailable", "InferenceError", "ModelLoadError", "OverloadedError",
 ]

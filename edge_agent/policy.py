@@ -86,11 +86,11 @@ class ConfidencePolicy:
         else:
             raise PolicyError(f"transform: expected a name or a callable, got {transform!r}")
 
-    def probabilities(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray],
-                      names: Sequence[str] = ()) -> np.ndarray:
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """The scored output, transformed to probabilities with shape [rows, classes]."""
-        raw = self._select(outputs, names)
         arr = np.asarray(raw, dtype=np.float32)
+        if arr.ndim == 0:
+            raise PolicyError("the scored output is a scalar; expected [rows, classes]")
         if arr.ndim == 1:
             arr = arr.reshape(-1, 1) if self._transform is sigmoid_pair else arr.reshape(1, -1)
         arr = arr.reshape(arr.shape[0], -1)
@@ -102,14 +102,20 @@ class ConfidencePolicy:
     def score(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], names: Sequence[str] = (),
               threshold: float | None = None) -> Scores:
         """Labels, confidences and the per-row decision; `threshold` overrides the model's."""
+        return self.score_array(self.select(outputs, names), threshold)
+
+    def score_array(self, raw: np.ndarray, threshold: float | None = None) -> Scores:
+        """Score one already-selected output (e.g. the hub's answer)."""
         t = self.threshold if threshold is None else float(threshold)
         _check_threshold(t)
-        probs = self.probabilities(outputs, names)
+        probs = self.probabilities(raw)
         confidence = self.measure(probs)
         with np.errstate(invalid="ignore"):
             confident = confidence >= t  # NaN compares False: a NaN answer is never confident
-        labels = np.argmax(np.nan_to_num(probs, nan=-np.inf), axis=-1).astype(np.int64) if probs.shape[0] else \
-            np.zeros(0, np.int64)
+        if probs.shape[0]:
+            labels = np.argmax(np.nan_to_num(probs, nan=-np.inf), axis=-1).astype(np.int64)
+        else:
+            labels = np.zeros(0, np.int64)
         return Scores(labels=labels, confidence=confidence, confident=np.asarray(confident, bool), threshold=t)
 
     def measure(self, probs: np.ndarray) -> np.ndarray:
@@ -133,7 +139,7 @@ class ConfidencePolicy:
                 c = 1.0 - h / np.log(k)
         return np.asarray(c, dtype=np.float32)
 
-    def _select(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    def select(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
         if isinstance(outputs, Mapping):
             names, outputs = list(outputs.keys()), list(outputs.values())
         if not outputs:

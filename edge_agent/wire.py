@@ -122,7 +122,11 @@ def decode_request(frames: Sequence[Frame]) -> tuple[pb.RequestHeader, list[np.n
                               f"(this agent speaks {limits.LOCAL_API_SCHEMA_VERSION})")
     if len(header.request_id) > limits.MAX_REQUEST_ID_CHARS:
         raise BadRequestError(f"request_id is longer than {limits.MAX_REQUEST_ID_CHARS} characters")
-    return header, _arrays(header.inputs, frames[1:], "request")
+    try:
+        return header, _arrays(header.inputs, frames[1:], "request")
+    except BadRequestError as exc:
+        exc.request_id = header.request_id  # so the error reply can still be matched by the client
+        raise
 
 
 def encode_reply(header: pb.ReplyHeader, outputs: Sequence[tuple[str, np.ndarray]] = ()) -> list[Any]:

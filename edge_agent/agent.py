@@ -1,0 +1,191 @@
+"""The edge agent: wires config, model, micro-batcher, policy, fallback, hard examples and health.
+
+`Agent(config).start()` serves on background threads and returns, so tests and the
+simulator run agents in-process; `tandem-agent run` starts one and waits for a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from edge_agent.config import AgentConfig
+from edge_agent.errors import ConfigError
+from edge_agent.hard_examples import HardExampleQueue
+from edge_agent.health import HealthServer
+from edge_agent.metrics import AgentMetrics
+from edge_agent.model import LoadedModel, load_model
+from edge_agent.policy import ConfidencePolicy, PolicyError
+from edge_agent.server import ZmqServer
+from edge_agent.service import InferenceService
+from hardware_profiles.runtimes.batching import MicroBatcher
+
+log = logging.getLogger(__name__)
+
+BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+FALLBACK_THREADS = 8
+
+
+class Agent:
+    """One model served on one endpoint. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, config: AgentConfig, *, fallback: Any = None) -> None:
+        """`fallback` replaces the client built from `config.hub_url` (anything with FallbackClient's `infer`)."""
+        self.config = config.validate()
+        self.metrics = AgentMetrics()
+        self.model: LoadedModel | None = None
+        self.batcher: MicroBatcher | None = None
+        self.policy: ConfidencePolicy | None = None
+        self.breaker: Any = None
+        self.fallback = fallback
+        self.hard_examples: HardExampleQueue | None = None
+        self.service: InferenceService | None = None
+        self.server: ZmqServer | None = None
+        self.health: HealthServer | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._started = threading.Event()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> "Agent":
+        """Load the model and serve; raises ModelLoadError / ConfigError with what to fix."""
+        cfg = self.config
+        try:
+            self.model = load_model(cfg.model_dir, cfg.profile, cfg.variant, threads=cfg.threads)
+            self.policy = self._make_policy(self.model)
+            self.batcher = MicroBatcher(self.model.session, max_batch=cfg.max_batch, window_ms=cfg.window_us / 1000.0,
+                                        max_queue=cfg.max_queue, name="agent-batcher")
+            if self.fallback is None and cfg.hub_url:
+                self.fallback = self._make_fallback()
+            if self.fallback is not None:
+                self._executor = ThreadPoolExecutor(FALLBACK_THREADS, thread_name_prefix="agent-fallback")
+            self.hard_examples = HardExampleQueue(cfg.data_dir / "hard_examples.sqlite", cfg.hard_examples_max)
+            self.service = InferenceService(
+                self.model, self.batcher, self.policy, self.metrics, device_id=cfg.device_id, allow_nan=cfg.allow_nan,
+                fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
+                hard_examples=self.hard_examples,
+            )
+            self.server = ZmqServer(cfg.endpoint, self.service.handle, max_inflight=cfg.max_queue * 4).start()
+            self._register_gauges()
+            if cfg.http_port is not None:
+                self.health = HealthServer(self.healthz, self.metrics.render, cfg.http_host, cfg.http_port).start()
+        except BaseException:
+            self.stop()
+            raise
+        self._started.set()
+        log.info("agent serving model=%s version=%s variant=%s endpoint=%s batching=%s hub=%s",
+                 self.model.name, self.model.version, self.model.variant.id, self.endpoint,
+                 self.batcher.batching, cfg.hub_url or "-")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release everything; safe to call twice or after a failed start."""
+        self._started.clear()
+        for step in (self._stop_health, self._stop_server, self._stop_batcher, self._stop_executor,
+                     self._stop_hard_examples, self._close_fallback, self._close_model):
+            try:
+                step()
+            except Exception:
+                log.exception("agent stop step failed step=%s", step.__name__)
+
+    def __enter__(self) -> "Agent":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what others read ------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint if self.server else self.config.endpoint
+
+    @property
+    def health_url(self) -> str | None:
+        return self.health.url if self.health else None
+
+    def healthz(self) -> tuple[bool, dict]:
+        serving = self._started.is_set() and self.model is not None
+        body: dict[str, Any] = {"status": "ok" if serving else "starting", "device_id": self.config.device_id}
+        if self.model is not None:
+            body.update(model=self.model.name, version=self.model.version, variant=self.model.variant.id,
+                        runtime=self.model.variant.runtime)
+        body["breaker"] = self.breaker.state if self.breaker is not None else None
+        body["hub"] = self.config.hub_url
+        return serving, body
+
+    # -- construction helpers ----------------------------------------------------------
+
+    def _make_policy(self, model: LoadedModel) -> ConfidencePolicy:
+        cfg = self.config
+        threshold = cfg.threshold
+        if threshold is None and isinstance(model.manifest.task.get("threshold"), (int, float)):
+            threshold = float(model.manifest.task["threshold"])
+        try:
+            return ConfidencePolicy(cfg.policy, threshold, output=cfg.policy_output, transform=cfg.transform)
+        except PolicyError as exc:
+            raise ConfigError(f"policy: {exc}") from exc
+
+    def _make_fallback(self) -> Any:
+        try:
+            from edge_agent.breaker import CircuitBreaker
+            from edge_agent.fallback import FallbackClient
+        except ImportError as exc:
+            raise ConfigError(f"fallback.hub_url is set but the fallback client cannot load ({exc})") from exc
+        self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
+        return FallbackClient(self.config.hub_url, deadline_ms=self.config.deadline_ms, breaker=self.breaker)
+
+    def _register_gauges(self) -> None:
+        m = self.metrics
+        m.gauge("tandem_agent_batch_queue_depth", "Requests waiting for the runtime.",
+                lambda: self.batcher.queue_depth if self.batcher else 0)
+        m.gauge("tandem_agent_inflight_requests", "Requests received and not yet answered.",
+                lambda: self.server.inflight if self.server else 0)
+        m.gauge("tandem_agent_hard_examples_queued", "Low-confidence inputs kept on disk for upload.",
+                lambda: self.hard_examples.depth() if self.hard_examples else 0)
+        m.gauge("tandem_agent_hard_examples_dropped", "Hard examples evicted or not stored (queue full).",
+                lambda: self.hard_examples.dropped() if self.hard_examples else 0)
+        m.gauge("tandem_agent_batches_total", "Runtime calls made by the micro-batcher.",
+                lambda: self.batcher.stats().batches if self.batcher else 0)
+        if self.breaker is not None:
+            m.gauge("tandem_agent_breaker_state", "Hub circuit breaker: 0 closed, 1 half-open, 2 open.",
+                    lambda: BREAKER_STATE_VALUES.get(self.breaker.state, -1))
+
+    # -- stop steps ----------------------------------------------------------------------
+
+    def _stop_health(self) -> None:
+        if self.health:
+            self.health.stop()
+            self.health = None
+
+    def _stop_server(self) -> None:
+        if self.server:
+            self.server.stop()
+            self.server = None
+
+    def _stop_batcher(self) -> None:
+        if self.batcher:
+            self.batcher.close()
+            self.batcher = None
+
+    def _stop_executor(self) -> None:
+        if self._executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _stop_hard_examples(self) -> None:
+        if self.hard_examples:
+            self.hard_examples.close()
+            self.hard_examples = None
+
+    def _close_fallback(self) -> None:
+        close = getattr(self.fallback, "close", None)
+        if callable(close):
+            close()
+
+    def _close_model(self) -> None:
+        if self.model:
+            self.model.close()
+            self.model = None

@@ -1,0 +1,208 @@
+"""Clients of the local API: `AgentClient` (blocking) and `AsyncAgentClient` (asyncio).
+
+Both use a DEALER socket and match replies by request id, so the async client can
+keep many requests in flight on one socket. Error replies raise the agent's own
+exception types (edge_agent.errors) with the agent's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from edge_agent.config import default_endpoint
+from edge_agent.errors import ERRORS_BY_CODE, AgentError, AgentUnavailable
+from edge_agent.wire import MODES, SOURCE_NAMES, decode_reply, encode_request
+from protocols import local_api_pb2 as pb
+
+Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray
+
+
+@dataclass
+class AgentAnswer:
+    """The agent's answer: where it came from, labels and confidences per row, outputs when asked."""
+
+    source: str                     # edge | cloud | edge-degraded
+    labels: list[int]
+    confidence: list[float]
+    model_name: str
+    model_version: str
+    latency_ms: float               # inside the agent
+    threshold: float
+    detail: str = ""
+    edge_confidence: list[float] = field(default_factory=list)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    request_id: str = ""
+
+    @property
+    def label(self) -> int:
+        return self.labels[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "outputs"}
+        data["outputs"] = {k: v.tolist() for k, v in self.outputs.items()}
+        return data
+
+
+def _inputs(inputs: Inputs) -> Mapping[str, np.ndarray] | Sequence[np.ndarray]:
+    return [inputs] if isinstance(inputs, np.ndarray) else inputs
+
+
+def _mode(mode: str) -> int:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(sorted(MODES))}")
+    return MODES[mode]
+
+
+def parse_reply(frames: Sequence[Any]) -> AgentAnswer:
+    """Turn reply frames into an AgentAnswer, or raise the agent's error."""
+    header, outputs = decode_reply(frames)
+    if header.source == pb.SOURCE_ERROR:
+        cls = ERRORS_BY_CODE.get(header.error.code, AgentError)
+        raise cls(header.error.message or f"the agent returned error {header.error.code!r}")
+    return AgentAnswer(
+        source=SOURCE_NAMES.get(header.source, "unspecified"), labels=list(header.label),
+        confidence=list(header.confidence), model_name=header.model_name, model_version=header.model_version,
+        latency_ms=header.latency_ms, threshold=header.threshold, detail=header.detail,
+        edge_confidence=list(header.edge_confidence), outputs={k: np.array(v) for k, v in outputs.items()},
+        request_id=header.request_id,
+    )
+
+
+def _new_ids() -> itertools.count:
+    return itertools.count(1)
+
+
+class AgentClient:
+    """Blocking client; one request at a time per instance (use one per thread)."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout_s = timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._prefix = f"{os.getpid():x}-{id(self):x}-"
+        self._ids = _new_ids()
+        self._sock = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
+              return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None) -> AgentAnswer:
+        """Send one request (a dict by input name, a list by position, or one array) and wait for the answer.
+
+        Raises BadRequestError etc. for error replies and AgentUnavailable on timeout.
+        """
+        request_id = self._prefix + str(next(self._ids))
+        frames = encode_request(_inputs(inputs), request_id=request_id, model_name=model_name, threshold=threshold,
+                                mode=_mode(mode), return_outputs=return_outputs)
+        self._sock.send_multipart(frames, copy=False)
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
+                # a late reply would confuse the next request: start over on a fresh socket
+                self._sock.close(0)
+                self._sock = self._connect()
+                raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within "
+                                       f"{(self.timeout_s if timeout_s is None else timeout_s):.1f} s; is it running?")
+            reply = self._sock.recv_multipart(copy=False)
+            answer_id = _peek_request_id(reply)
+            if answer_id in (request_id, ""):
+                return parse_reply(reply)
+            # a stale reply to an earlier, abandoned request: skip it
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def __enter__(self) -> "AgentClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncAgentClient:
+    """asyncio client; many concurrent `infer` calls share one socket."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout_s: float = 5.0,
+                 context: zmq.asyncio.Context | None = None) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout_s = timeout_s
+        self._own_ctx = context is None
+        self._ctx = context or zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.endpoint)
+        self._prefix = f"{os.getpid():x}-{id(self):x}-"
+        self._ids = _new_ids()
+        self._waiters: dict[str, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
+                    return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None) -> AgentAnswer:
+        request_id = self._prefix + str(next(self._ids))
+        frames = encode_request(_inputs(inputs), request_id=request_id, model_name=model_name, threshold=threshold,
+                                mode=_mode(mode), return_outputs=return_outputs)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters[request_id] = waiter
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read())
+        try:
+            await self._sock.send_multipart(frames, copy=False)
+            limit = self.timeout_s if timeout_s is None else timeout_s
+            try:
+                reply = await asyncio.wait_for(waiter, limit)
+            except asyncio.TimeoutError:
+                raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within {limit:.1f} s; "
+                                       "is it running?") from None
+        finally:
+            self._waiters.pop(request_id, None)
+        return parse_reply(reply)
+
+    async def _read(self) -> None:
+        while self._waiters:
+            reply = await self._sock.recv_multipart(copy=False)
+            waiter = self._waiters.get(_peek_request_id(reply))
+            if waiter is None and len(self._waiters) == 1 and not _peek_request_id(reply):
+                waiter = next(iter(self._waiters.values()))  # an error reply the agent could not attribute
+            if waiter is not None and not waiter.done():
+                waiter.set_result(reply)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._sock.close(0)
+        if self._own_ctx:
+            self._ctx.term()
+
+    async def __aenter__(self) -> "AsyncAgentClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _peek_request_id(frames: Sequence[Any]) -> str:
+    header = pb.ReplyHeader()
+    try:
+        header.ParseFromString(bytes(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]))
+    except Exception:
+        return ""
+    return header.request_id

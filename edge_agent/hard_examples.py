@@ -1,0 +1,170 @@
+"""A bounded on-disk queue of hard examples (inputs the edge model was unsure about).
+
+SQLite in WAL mode; when full the oldest rows go and a counter says how many. Writes
+happen on one writer thread fed by a bounded in-memory queue, so serving never
+waits on the disk; if even that queue is full the example is dropped and counted.
+Tensors are stored as .npz bytes (no pickle), to be uploaded to the hub later.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hard_examples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    label INTEGER,
+    confidence REAL,
+    source TEXT NOT NULL,
+    tensors BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class HardExample:
+    id: int
+    created_at: float
+    request_id: str
+    model: str
+    version: str
+    label: int | None
+    confidence: float | None
+    source: str
+    inputs: dict[str, np.ndarray]
+
+
+def encode_tensors(inputs: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in inputs.items()})
+    return buf.getvalue()
+
+
+def decode_tensors(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+class HardExampleQueue:
+    """Bounded FIFO of low-confidence inputs in `path` (SQLite); thread-safe `put`."""
+
+    def __init__(self, path: str | Path, max_rows: int = 1000, *, pending_max: int = 256) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_rows = max_rows
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._pending: queue.Queue = queue.Queue(maxsize=pending_max)
+        self._not_queued = 0
+        self._thread = threading.Thread(target=self._writer, name="hard-examples", daemon=True)
+        self._thread.start()
+
+    # -- producer ---------------------------------------------------------------
+
+    def put(self, inputs: Mapping[str, np.ndarray], *, request_id: str, model: str, version: str,
+            label: int | None, confidence: float | None, source: str) -> bool:
+        """Queue one example for writing; False (and counted) when the writer is too far behind."""
+        # copy now: the arrays may be views over a network frame that is reused after the reply
+        row = (time.time(), request_id, model, version, label, confidence, source,
+               {k: np.array(v) for k, v in inputs.items()})
+        try:
+            self._pending.put_nowait(row)
+            return True
+        except queue.Full:
+            with self._lock:
+                self._not_queued += 1
+            return False
+
+    # -- reader side (upload later) ---------------------------------------------------
+
+    def depth(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM hard_examples").fetchone()[0])
+
+    def dropped(self) -> int:
+        """Examples lost: evicted as oldest when full, or not queued because the writer lagged."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
+            return (row[0] if row else 0) + self._not_queued
+
+    def peek(self, limit: int = 100) -> list[HardExample]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, created_at, request_id, model, version, label, confidence, source, tensors "
+                "FROM hard_examples ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [HardExample(*r[:8], inputs=decode_tensors(r[8])) for r in rows]
+
+    def ack(self, ids: list[int]) -> None:
+        """Delete uploaded examples."""
+        with self._lock:
+            self._db.executemany("DELETE FROM hard_examples WHERE id = ?", [(i,) for i in ids])
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every queued example is on disk."""
+        deadline = time.monotonic() + timeout
+        while self._pending.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self._pending.put(_STOP)
+        self._thread.join(10)
+        with self._lock:
+            self._db.close()
+
+    # -- writer thread ---------------------------------------------------------------
+
+    def _writer(self) -> None:
+        while True:
+            item = self._pending.get()
+            try:
+                if item is _STOP:
+                    return
+                self._write(item)
+            except sqlite3.Error as exc:
+                log.warning("hard example not stored path=%s error=%s", self.path, exc)
+            finally:
+                self._pending.task_done()
+
+    def _write(self, item: tuple) -> None:
+        *meta, inputs = item
+        blob = encode_tensors(inputs)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO hard_examples (created_at, request_id, model, version, label, confidence, source, "
+                    "tensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*meta, blob))
+                count = self._db.execute("SELECT COUNT(*) FROM hard_examples").fetchone()[0]
+                excess = count - self.max_rows
+                if excess > 0:
+                    self._db.execute("DELETE FROM hard_examples WHERE id IN "
+                                     "(SELECT id FROM hard_examples ORDER BY id LIMIT ?)", (excess,))
+                    self._db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+                                     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (excess,))
+                self._db.execute("COMMIT")
+            except Exception:
+                self._db.execute("ROLLBACK")
+                raise
