@@ -1,13 +1,238 @@
-"""tandem-hub command line (placeholder until its issue lands)."""
+"""tandem-hub: run the hub and manage its models, devices and tokens.
+
+Everything but `serve` and a local `tokens create` goes through the REST API
+(URL and token from --url/--token or TANDEM_HUB_URL/TANDEM_HUB_TOKEN).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import signal
 import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from cloud_hub.cli_output import ago, table
+from cloud_hub.client import DEFAULT_URL, HubClient
+from cloud_hub.errors import HubError
+
+EPILOG = """examples:
+  tandem-hub tokens create --scope admin --name me --data-dir ./tandem-data   # first admin token
+  tandem-hub serve --model-dir compiled/digits-cloud
+  export TANDEM_HUB_URL=http://127.0.0.1:8080 TANDEM_HUB_TOKEN=tdm_...
+  tandem-hub models register compiled/digits
+  tandem-hub devices list --status offline --tag site=lyon
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("tandem-hub: not built yet", file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except HubError as exc:
+        print(f"tandem-hub: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem-hub", description="The Tandem cloud hub: fleet home and cloud inference.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the hub (REST console, MQTT broker, gRPC inference)",
+                           description="Run the hub in the foreground until Ctrl-C. Flags override TANDEM_HUB_* env "
+                                       "vars, which override --config.")
+    serve.add_argument("--config", type=Path, help="TOML file with hub settings (a [hub] table or top-level keys)")
+    serve.add_argument("--data-dir", type=Path, help="database, artifacts and keys (default ./tandem-data)")
+    serve.add_argument("--http-host", help="REST listen address (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="REST port (default 8080; 0 = any free port)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC inference port (default 8001; 0 = any free port)")
+    serve.add_argument("--model-dir", type=Path, action="append", dest="model_dirs",
+                       help="compiled model directory to serve over gRPC (repeatable)")
+    serve.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")
+    serve.add_argument("--broker", choices=("auto", "mosquitto", "embedded"),
+                       help="which broker to start when --mqtt-url is not given (default auto: Mosquitto if installed)")
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="register and list models").add_subparsers(metavar="ACTION")
+    p = _remote(models.add_parser("register", help="upload a compiled model directory (versions are immutable)"))
+    p.add_argument("dir", type=Path, help="a directory written by tandem-compile (with manifest.json)")
+    p.set_defaults(func=cmd_models_register)
+    p = _remote(_paged(models.add_parser("list", help="list models, or the versions of one with --name")))
+    p.add_argument("--name", help="show the versions of this model")
+    p.set_defaults(func=cmd_models_list)
+
+    devices = sub.add_parser("devices", help="list devices").add_subparsers(metavar="ACTION")
+    p = _remote(_paged(devices.add_parser("list", help="list devices with status and model")))
+    p.add_argument("--status", choices=("online", "offline"))
+    p.add_argument("--profile")
+    p.add_argument("--tag", action="append", default=[], help="key=value (repeatable; all must match)")
+    p.set_defaults(func=cmd_devices_list)
+
+    tokens = sub.add_parser("tokens", help="create, list and revoke API tokens").add_subparsers(metavar="ACTION")
+    p = _remote(tokens.add_parser("create", help="create a token (shown once)",
+                                  description="With --data-dir (or without a hub URL) the token is written straight into "
+                                              "that data dir's database: this is how the first admin token is made. "
+                                              "Otherwise it is created over REST with an admin token."))
+    p.add_argument("--scope", required=True, choices=("read", "operate", "admin"))
+    p.add_argument("--name", required=True, help="who or what uses it, e.g. ci, grafana, fleet-agents")
+    p.add_argument("--data-dir", type=Path, help="create it in this local hub data dir instead of over REST")
+    p.set_defaults(func=cmd_tokens_create)
+    p = _remote(tokens.add_parser("list", help="list tokens (never their secrets)"))
+    p.set_defaults(func=cmd_tokens_list)
+    p = _remote(tokens.add_parser("revoke", help="revoke a token by id"))
+    p.add_argument("token_id")
+    p.set_defaults(func=cmd_tokens_revoke)
+    return parser
+
+
+def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--url", help=f"hub URL (env TANDEM_HUB_URL, default {DEFAULT_URL})")
+    p.add_argument("--token", help="bearer token (env TANDEM_HUB_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def _paged(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    return p
+
+
+def _client(args: argparse.Namespace) -> HubClient:
+    return HubClient(args.url, args.token)
+
+
+def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render(data))
+    return 0
+
+
+def _page_footer(page: dict[str, Any]) -> str:
+    shown = len(page["items"])
+    if page["total"] > shown:
+        return f"\n({shown} of {page['total']}; --offset {page['offset'] + shown} for more)"
+    return ""
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.config import HubConfig
+    from cloud_hub.hub import Hub
+
+    config = HubConfig.load(args.config, data_dir=args.data_dir, http_host=args.http_host, http_port=args.http_port,
+                            grpc_port=args.grpc_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
+                            mqtt_url=args.mqtt_url, broker=args.broker)
+    hub = Hub(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        hub.start()
+        urls = hub.urls()
+        print(f"tandem-hub serving (data dir {config.data_dir.resolve()})")
+        for name in ("http", "docs", "grpc", "mqtt"):
+            if name in urls:
+                print(f"  {name:<5} {urls[name]}")
+        if not hub.tokens.list(include_revoked=False):
+            print(f"no API tokens yet: tandem-hub tokens create --scope admin --name admin --data-dir {config.data_dir}")
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        hub.stop()
+    return 0
+
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.register_model_dir(args.dir)
+    verb = "registered" if result["created"] else "already registered (same content)"
+    return _emit(args, result, lambda r: f"{verb}: {r['name']} {r['version']} (content sha256 {r['content_sha256'][:16]}…)")
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.name:
+            page = client.list_versions(args.name, args.limit, args.offset)
+            cols = [("version", "version"), ("size", "size"), ("created_at", "created"), ("registered", "registered")]
+            render = lambda p: table([{**v, "size": _size(v["size_bytes"]), "registered": ago(v["registered_at"])}
+                                      for v in p["items"]], cols) + _page_footer(p)
+        else:
+            page = client.list_models(None, args.limit, args.offset)
+            cols = [("name", "name"), ("latest_version", "latest"), ("versions", "versions"), ("updated", "updated")]
+            render = lambda p: table([{**m, "updated": ago(m["updated_at"])} for m in p["items"]], cols) + _page_footer(p)
+    return _emit(args, page, render)
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_devices(args.status, args.profile, args.tag, args.limit, args.offset)
+    cols = [("device_id", "device"), ("status", "status"), ("profile", "profile"), ("model", "model"),
+            ("agent_version", "agent"), ("seen", "last seen"), ("tags", "tags")]
+
+    def render(p: dict[str, Any]) -> str:
+        rows = [{**d, "model": f"{d['model_name']} {d['model_version'] or ''}".strip() if d["model_name"] else None,
+                 "seen": ago(d["last_seen"]), "tags": ",".join(f"{k}={v}" for k, v in sorted(d["tags"].items())) or None}
+                for d in p["items"]]
+        return table(rows, cols) + _page_footer(p)
+
+    return _emit(args, page, render)
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    import os
+
+    if args.data_dir is not None or not (args.url or os.environ.get("TANDEM_HUB_URL")):
+        from cloud_hub.auth import TokenStore
+        from cloud_hub.config import HubConfig
+        from cloud_hub.storage import open_database
+
+        config = HubConfig.load(data_dir=args.data_dir)
+        db = open_database(config.db_path)
+        try:
+            new = TokenStore(db).create(args.name, args.scope)
+        finally:
+            db.close()
+        result = {**new.info.to_dict(), "token": new.token}
+    else:
+        with _client(args) as client:
+            result = client.create_token(args.name, args.scope)
+    return _emit(args, result, lambda r: f"token {r['token_id']} ({r['name']}, scope {r['scope']}); shown once, keep it:\n"
+                                         f"{r['token']}")
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        tokens = client.list_tokens()
+    cols = [("token_id", "id"), ("name", "name"), ("scope", "scope"), ("state", "state"), ("used", "last used")]
+    return _emit(args, tokens, lambda ts: table([{**t, "state": "revoked" if t["revoked"] else "active",
+                                                  "used": ago(t["last_used_at"])} for t in ts], cols))
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.revoke_token(args.token_id)
+    return _emit(args, result, lambda r: f"revoked token {r['token_id']} ({r['name']})")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 if __name__ == "__main__":

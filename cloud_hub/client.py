@@ -1,0 +1,123 @@
+"""A small synchronous client for the hub's REST API (used by the CLI, tests and the simulator)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cloud_hub.errors import HubError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class HubClientError(HubError):
+    """The hub answered with an error, or could not be reached; `status` is the HTTP code (0: no answer)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HubClient:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+        self.url = (url or os.environ.get("TANDEM_HUB_URL") or DEFAULT_URL).rstrip("/")
+        token = token or os.environ.get("TANDEM_HUB_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "HubClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; return the decoded JSON (None for 204) or raise HubClientError."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise HubClientError(f"cannot reach the hub at {self.url} ({exc}); is `tandem-hub serve` running?") from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            if not isinstance(detail, str):
+                detail = str(detail)
+            raise HubClientError(f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/healthz")
+
+    def info(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/hub")
+
+    def release_key(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/keys/release")
+
+    def register_model_dir(self, model_dir: str | Path) -> dict[str, Any]:
+        """Upload a compiled model directory as a .tar.gz (POST /v1/models)."""
+        model_dir = Path(model_dir)
+        if not (model_dir / "manifest.json").is_file():
+            raise HubClientError(f"{model_dir}: no manifest.json here; is this a directory written by tandem-compile?")
+        return self.request("POST", "/v1/models", content=tar_gz_dir(model_dir),
+                            headers={"Content-Type": "application/gzip"})
+
+    def list_models(self, name: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self.request("GET", "/v1/models", params=_params(name=name, limit=limit, offset=offset))
+
+    def list_versions(self, name: str, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self.request("GET", f"/v1/models/{name}/versions", params=_params(limit=limit, offset=offset))
+
+    def manifest(self, name: str, version: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/models/{name}/versions/{version}/manifest")
+
+    def list_variants(self, **filters: Any) -> dict[str, Any]:
+        return self.request("GET", "/v1/variants", params=_params(**filters))
+
+    def list_devices(self, status: str | None = None, profile: str | None = None, tags: list[str] | None = None,
+                     limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        params = _params(status=status, profile=profile, limit=limit, offset=offset)
+        params["tag"] = list(tags or [])
+        return self.request("GET", "/v1/devices", params=params)
+
+    def register_device(self, device_id: str, profile: str, agent_version: str, **fields: Any) -> dict[str, Any]:
+        return self.request("POST", "/v1/devices", json={"device_id": device_id, "profile": profile,
+                                                         "agent_version": agent_version, **fields})
+
+    def heartbeat(self, device_id: str, **fields: Any) -> dict[str, Any]:
+        return self.request("POST", f"/v1/devices/{device_id}/heartbeat", json=fields)
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/tokens")
+
+    def create_token(self, name: str, scope: str) -> dict[str, Any]:
+        return self.request("POST", "/v1/tokens", json={"name": name, "scope": scope})
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/tokens/{token_id}")
+
+
+def tar_gz_dir(directory: Path) -> bytes:
+    """The directory's contents as a gzip'd tar with paths relative to it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    return buf.getvalue()
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,129 @@
+"""Registering compiled models: validation, immutability, upload, and signatures agents can check."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hub_registry_fixtures import hub_config, hub_model_dir, make_model_dir, running_hub  # noqa: F401
+from protocols import signing
+from protocols.manifest import Manifest
+
+
+def client(hub, scope: str = "operate") -> httpx.Client:
+    token = hub.tokens.create(f"test-{scope}", scope).token
+    return httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def tar_gz(directory: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(directory, arcname=".")
+    return buf.getvalue()
+
+
+def test_registered_manifest_is_signed_by_the_key_the_hub_publishes(running_hub, hub_model_dir):
+    result = running_hub.registry.register_dir(hub_model_dir)
+    assert result.created
+    with client(running_hub, "read") as c:
+        key = c.get("/v1/keys/release").json()
+        served = c.get("/v1/models/digits/versions/1.0.0/manifest").json()
+    public = signing.load_public_key(key["public_key_pem"])
+    signing.verify_manifest(served, public)  # raises if not signed by the published key
+    assert served["signature"]["key_id"] == key["key_id"]
+    original = json.loads((hub_model_dir / "manifest.json").read_text())
+    assert {k: v for k, v in served.items() if k != "signature"} == original
+    # Any change breaks it: an agent would refuse a tampered manifest.
+    served["version"] = "1.0.1"
+    with pytest.raises(signing.SignatureError):
+        signing.verify_manifest(served, public)
+
+
+def test_release_key_is_private_to_its_owner(running_hub):
+    mode = running_hub.config.release_key_path.stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_files_are_stored_content_addressed_and_downloadable(running_hub, hub_model_dir):
+    running_hub.registry.register_dir(hub_model_dir)
+    manifest = Manifest.from_json((hub_model_dir / "manifest.json").read_text())
+    entry = manifest.variants[0].files[0]
+    blob = running_hub.config.artifacts_dir / "sha256" / entry.sha256[:2] / entry.sha256
+    assert blob.read_bytes() == (hub_model_dir / entry.path).read_bytes()
+    with client(running_hub, "read") as c:
+        got = c.get(f"/v1/artifacts/{entry.sha256}")
+    assert got.status_code == 200 and got.content == blob.read_bytes()
+
+
+def test_same_version_same_content_is_idempotent_and_different_content_is_refused(running_hub, hub_model_dir, tmp_path):
+    assert running_hub.registry.register_dir(hub_model_dir).created
+    assert not running_hub.registry.register_dir(hub_model_dir).created
+    changed = json.loads((hub_model_dir / "manifest.json").read_text())
+    changed["task"]["classes"] = 11
+    (hub_model_dir / "manifest.json").write_text(json.dumps(changed))
+    with client(running_hub) as c:
+        r = c.post("/v1/models", content=tar_gz(hub_model_dir), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 409
+    assert "immutable" in r.json()["detail"] and "1.0.0" in r.json()["detail"]
+    # The stored manifest is unchanged.
+    assert running_hub.registry.manifest("digits", "1.0.0")["task"]["classes"] == 10
+
+
+def test_a_file_that_does_not_match_its_manifest_is_rejected(running_hub, hub_model_dir):
+    model = hub_model_dir / "variants" / "ort-fp32" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[100] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with client(running_hub) as c:
+        r = c.post("/v1/models", content=tar_gz(hub_model_dir), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 422
+    assert "sha256" in r.json()["detail"]
+    assert running_hub.registry.list_models()[1] == 0
+
+
+def test_upload_over_rest_then_list_models_versions_and_variants(running_hub, digits_dir, tmp_path):
+    with client(running_hub) as c:
+        for version in ("1.0.0", "1.2.0", "1.10.0"):
+            d = make_model_dir(digits_dir, tmp_path / version, version=version)
+            r = c.post("/v1/models", content=tar_gz(d), headers={"Content-Type": "application/gzip"})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"name": "digits", "version": version, "created": True,
+                                "content_sha256": r.json()["content_sha256"]}
+        models = c.get("/v1/models").json()
+        assert models["total"] == 1
+        assert models["items"][0]["latest_version"] == "1.10.0"  # semantic, not string order
+        versions = c.get("/v1/models/digits/versions", params={"limit": 2}).json()
+        assert [v["version"] for v in versions["items"]] == ["1.10.0", "1.2.0"] and versions["total"] == 3
+        detail = c.get("/v1/models/digits/versions/1.2.0").json()
+        assert detail["files"][0]["path"] == "variants/ort-fp32/model.onnx"
+        variants = c.get("/v1/variants", params={"profile": "cpu-x86", "model": "digits"}).json()
+        assert variants["total"] == 3 and all(v["runtime"] == "onnxruntime" for v in variants["items"])
+        assert c.get("/v1/variants", params={"profile": "npu-intel"}).json()["total"] == 0
+        assert c.get("/v1/models/digits/versions/9.9.9").status_code == 404
+        assert c.get("/v1/models/nope/versions").status_code == 404
+
+
+def test_archives_that_escape_or_are_garbage_are_refused(running_hub, hub_model_dir):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../../escape.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with client(running_hub) as c:
+        r = c.post("/v1/models", content=buf.getvalue(), headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 422
+        r = c.post("/v1/models", content=b"not a tar at all", headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 422
+    assert not (running_hub.config.data_dir.parent / "escape.txt").exists()
+    assert not (running_hub.config.data_dir / "escape.txt").exists()
+
+
+def test_read_scope_cannot_register(running_hub, hub_model_dir):
+    with client(running_hub, "read") as c:
+        r = c.post("/v1/models", content=tar_gz(hub_model_dir), headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 403
