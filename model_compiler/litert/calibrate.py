@@ -1,0 +1,52 @@
+"""Activation ranges for int8: run the float TFLite model on calibration samples and
+record each tensor's min and max (the interpreter keeps intermediates when asked).
+
+Running our own float model, rather than the ONNX one, covers the tensors the
+lowering added (pads, transposes, HardSigmoid steps) with no name mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+from hardware_profiles.runtimes.litert import interpreter_class
+from model_compiler.errors import CalibrationDataError
+from model_compiler.litert.ir import Graph
+
+logger = logging.getLogger(__name__)
+
+Ranges = dict[int, tuple[float, float]]
+
+
+def collect_ranges(model_bytes: bytes, graph: Graph, calib: Mapping[str, np.ndarray], input_names: list[str],
+                   max_samples: int = 256) -> Ranges:
+    """min/max of every non-constant tensor over up to `max_samples` calibration samples (batch 1 each)."""
+    Interpreter = interpreter_class()
+    with warnings.catch_warnings():  # the "debugging only" warning: keeping intermediates is the point here
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    missing = [n for n in input_names if n not in calib]
+    if missing:
+        raise CalibrationDataError(f"calibration data lacks input(s) {missing} (has {sorted(calib)})")
+    count = min(min(len(calib[n]) for n in input_names), max_samples)
+    if count == 0:
+        raise CalibrationDataError("calibration data is empty; int8 needs at least one sample")
+    watch = [i for i, t in enumerate(graph.tensors) if t.data is None and t.dtype == "float32"]
+    lo = {i: np.inf for i in watch}
+    hi = {i: -np.inf for i in watch}
+    for k in range(count):
+        for name, index in zip(input_names, graph.inputs):
+            sample = np.asarray(calib[name][k:k + 1], dtype=np.float32).reshape(graph.tensors[index].shape)
+            it.set_tensor(index, sample)
+        it.invoke()
+        for i in watch:
+            value = it.get_tensor(i)
+            lo[i] = min(lo[i], float(value.min()))
+            hi[i] = max(hi[i], float(value.max()))
+    logger.debug("collected ranges of %d tensors over %d samples", len(watch), count)
+    return {i: (lo[i], hi[i]) for i in watch}
