@@ -55,8 +55,8 @@ class TensorLimits:
 
     max_elements: int = _limits.MAX_TENSOR_ELEMENTS
     max_bytes: int = _limits.MAX_TENSOR_BYTES
-    max_dims: int = _limits.MAX_TENSOR_RANK
-    max_tensors: int = _limits.MAX_TENSORS
+    max_dims: int = _limits.MAX_TENSOR_DIMS
+    max_tensors: int = _limits.MAX_TENSORS_PER_REQUEST
 
 
 DEFAULT_LIMITS = TensorLimits()
