@@ -1,0 +1,134 @@
+"""LiteRT (TFLite) variants: FP32 and full-integer INT8, lowered from ONNX by our own
+converter (model_compiler.litert), so no TensorFlow is needed.
+
+TFLite wants static shapes: a variant is lowered at batch 1 (unless the model fixes
+its batch) with other dynamic dims taken from the calibration data; the LiteRT
+session runs a batched request sample by sample. Inputs and outputs keep the ONNX
+names, NCHW layout and float32 dtype unless the profile demands int8 I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from hardware_profiles import Profile
+from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+from model_compiler.errors import CompileError, UnsupportedOpError, VariantSkipped
+from model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
+from model_compiler.variants.calibration import check_calibration, model_input_shapes
+
+logger = logging.getLogger(__name__)
+
+RUNTIME = "litert"
+MAX_CALIB_SAMPLES = 256
+
+
+class LiteRTBuilder:
+    runtime = RUNTIME
+
+    def recipes(self, profile: Profile) -> list[Recipe]:
+        if RUNTIME not in profile.runtime_names:
+            return []
+        common = {"batch": 1, "layout": "as the ONNX model (NCHW inputs are transposed inside the graph)"}
+        out: list[Recipe] = []
+        if "fp32" in profile.precisions:
+            out.append(Recipe(f"{RUNTIME}-fp32", RUNTIME, "fp32", {**common, "io": "float32"}))
+        if "int8" in profile.precisions:
+            int8_io = profile.constraints.int8_only_io
+            out.append(Recipe(f"{RUNTIME}-int8" + ("-int8io" if int8_io else ""), RUNTIME, "int8", {
+                **common, "io": "int8" if int8_io else "float32",
+                "weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",
+                "bias": "int32", "calibration": "minmax",
+            }))
+        return out
+
+    def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
+        import onnx
+
+        from model_compiler.litert import lower, write
+
+        if recipe.precision not in ("fp32", "int8"):
+            raise VariantSkipped(f"litert builder has no recipe for precision {recipe.precision!r}")
+        model = onnx.load(str(ctx.model_path))
+        shapes = static_shapes(model, ctx.calib)
+        try:
+            lowered = lower(model, shapes)
+        except UnsupportedOpError as exc:
+            raise VariantSkipped(f"LiteRT lowering stopped at operator {exc.op_type}: {exc}") from exc
+        except CompileError as exc:
+            raise VariantSkipped(f"LiteRT lowering failed: {exc}") from exc
+        notes = [f"lowered at static input shape(s) {_fmt(shapes)}; a batch > 1 runs sample by sample",
+                 "TFLite ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(op.kind for op in lowered.graph.ops).items()))]
+        float_bytes = write(lowered.graph)
+        if recipe.precision == "fp32":
+            data = float_bytes
+        else:
+            data, more = _int8(lowered, float_bytes, ctx, recipe.options.get("io") == "int8")
+            notes += more
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        out = ctx.out_dir / f"{recipe.id}.tflite"
+        out.write_bytes(data)
+        session_options = {"float_io": True}
+        _check_loads(out, session_options)
+        ctx.log(f"{recipe.id}: wrote {out.name} ({len(data)} bytes)")
+        return BuiltVariant(recipe=recipe, files=[out], notes=notes, session_options=session_options)
+
+
+def static_shapes(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    """Input shapes for lowering: the model's static dims, batch 1 when dynamic, other
+    dynamic dims from the calibration samples."""
+    shapes = {}
+    for name, dims in model_input_shapes(model).items():
+        sample = np.asarray(calib[name]).shape if name in calib else None
+        out = []
+        for k, d in enumerate(dims):
+            if d > 0:
+                out.append(d)
+            elif k == 0:
+                out.append(1)
+            elif sample is not None and len(sample) == len(dims):
+                out.append(int(sample[k]))
+            else:
+                raise VariantSkipped(f"input {name!r} has a dynamic dimension {k} and no calibration sample to fix it; "
+                                     "LiteRT needs static shapes")
+        shapes[name] = out
+    return shapes
+
+
+def _int8(lowered, float_bytes: bytes, ctx: BuildContext, int8_io: bool) -> tuple[bytes, list[str]]:
+    from model_compiler.litert import write
+    from model_compiler.litert.calibrate import collect_ranges
+    from model_compiler.litert.quantize import quantize
+
+    import onnx
+
+    check_calibration(onnx.load(str(ctx.model_path)), ctx.calib)
+    try:
+        ranges = collect_ranges(float_bytes, lowered.graph, ctx.calib, lowered.input_names, MAX_CALIB_SAMPLES)
+        graph = quantize(lowered.graph, ranges, int8_io=int8_io)
+    except RuntimeUnavailableError as exc:
+        raise VariantSkipped(f"LiteRT is not installed here, so INT8 cannot be calibrated: {exc}") from exc
+    except CompileError as exc:
+        raise VariantSkipped(f"LiteRT INT8 quantization failed: {exc}") from exc
+    n = min(len(np.asarray(ctx.calib[name])) for name in lowered.input_names)
+    notes = [f"full-integer INT8 calibrated (minmax) on {min(n, MAX_CALIB_SAMPLES)} samples; "
+             f"I/O {'int8 (the session quantizes float feeds with the input scale)' if int8_io else 'float32 with QUANTIZE/DEQUANTIZE inside'}"]
+    if ctx.calibration_method != "minmax":
+        notes.append(f"calibration method {ctx.calibration_method!r} is not implemented for LiteRT; used minmax")
+    return write(graph), notes
+
+
+def _check_loads(path: Path, session_options: dict) -> None:
+    try:
+        load_session(RUNTIME, path, **session_options).close()
+    except RuntimeUnavailableError as exc:
+        raise VariantSkipped(str(exc)) from exc
+
+
+def _fmt(shapes: Mapping[str, list[int]]) -> str:
+    return ", ".join(f"{name}={list(dims)}" for name, dims in shapes.items())
