@@ -1,0 +1,95 @@
+"""Device registry: registration, heartbeats, online/offline by last-seen age, filters, pages."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cloud_hub.devices import DeviceFilter, DeviceRegistry, device_status
+from cloud_hub.errors import InvalidInputError, NotFoundError
+from cloud_hub.hub import Hub
+from hub_registry_fixtures import hub_config  # noqa: F401
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def hub(hub_config):
+    h = Hub(hub_config)
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def registry(hub):
+    return DeviceRegistry(hub.db, offline_after_s=60, known_profiles={"cpu-x86", "cpu-arm"}, clock=Clock())
+
+
+def test_status_rule():
+    assert device_status(100.0, 160.0, 60) == "online"
+    assert device_status(100.0, 160.1, 60) == "offline"
+
+
+def test_devices_go_offline_without_heartbeats_and_come_back(registry):
+    registry.register("cam-1", "cpu-x86", "0.1.0", {"site": "lyon"})
+    registry.register("cam-2", "cpu-arm", "0.1.0", {"site": "oslo"})
+    registry.clock.now += 45
+    registry.heartbeat("cam-2", model_name="digits", model_version="1.0.0")
+    registry.clock.now += 30  # cam-1 silent 75 s, cam-2 30 s
+    assert registry.get("cam-1").status == "offline"
+    cam2 = registry.get("cam-2")
+    assert cam2.status == "online" and cam2.model_version == "1.0.0"
+    online, total = registry.list(DeviceFilter(status="online"))
+    assert [d.device_id for d in online] == ["cam-2"] and total == 1
+    offline, _ = registry.list(DeviceFilter(status="offline"))
+    assert [d.device_id for d in offline] == ["cam-1"]
+    registry.heartbeat("cam-1")
+    assert registry.get("cam-1").status == "online"
+    assert registry.counts() == {"total": 2, "online": 2, "offline": 0}
+
+
+def test_re_registering_keeps_first_registration_time(registry):
+    first = registry.register("cam-1", "cpu-x86", "0.1.0")
+    registry.clock.now += 10
+    again = registry.register("cam-1", "cpu-x86", "0.2.0")
+    assert again.registered_at == first.registered_at and again.last_seen == first.last_seen + 10
+    assert again.agent_version == "0.2.0"
+
+
+def test_bad_registrations_name_the_field(registry):
+    with pytest.raises(InvalidInputError, match="profile"):
+        registry.register("cam-1", "tpu-9000", "0.1.0")
+    with pytest.raises(InvalidInputError, match="device_id"):
+        registry.register("../etc", "cpu-x86", "0.1.0")
+    with pytest.raises(InvalidInputError, match="tags"):
+        registry.register("cam-1", "cpu-x86", "0.1.0", {"bad key!": "x"})
+    with pytest.raises(NotFoundError, match="registers on start"):
+        registry.heartbeat("never-registered")
+
+
+def test_rest_filters_and_pages(hub):
+    token = hub.tokens.create("agents", "operate").token
+    api = TestClient(hub.app, headers={"Authorization": f"Bearer {token}"})
+    for i in range(7):
+        r = api.post("/v1/devices", json={"device_id": f"dev-{i}", "profile": "cpu-x86" if i % 2 else "cpu-arm",
+                                          "agent_version": "0.1.0", "tags": {"site": "lyon" if i < 3 else "oslo"}})
+        assert r.status_code == 200, r.text
+    page = api.get("/v1/devices", params={"limit": 3, "offset": 3}).json()
+    assert [d["device_id"] for d in page["items"]] == ["dev-3", "dev-4", "dev-5"] and page["total"] == 7
+    lyon_x86 = api.get("/v1/devices", params={"tag": "site=lyon", "profile": "cpu-x86"}).json()
+    assert [d["device_id"] for d in lyon_x86["items"]] == ["dev-1"]
+    assert api.get("/v1/devices", params={"status": "online"}).json()["total"] == 7
+    assert api.get("/v1/devices", params={"tag": "no-equals-sign"}).status_code == 422
+    assert api.get("/v1/devices", params={"limit": 0}).status_code == 422
+    r = api.post("/v1/devices/dev-1/heartbeat", json={"model_name": "digits", "model_version": "1.2.0"})
+    assert r.status_code == 200 and r.json()["model_version"] == "1.2.0"
+    assert api.get("/v1/devices", params={"model_version": "1.2.0"}).json()["total"] == 1
+    assert api.post("/v1/devices/nope/heartbeat", json={}).status_code == 404
+    assert api.delete("/v1/devices/dev-1").status_code == 204
+    assert api.get("/v1/devices/dev-1").status_code == 404
