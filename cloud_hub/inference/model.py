@@ -1,0 +1,150 @@
+"""A cloud model the hub serves: one variant of a compiled model directory behind a micro-batcher.
+
+Loading checks the manifest, the variant's file hashes and the runtime's view of the
+inputs and outputs; `check_inputs` turns a decoded request into feeds or a message
+naming what is wrong, before anything reaches the runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from cloud_hub.errors import InvalidInputError
+from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+from hardware_profiles.runtimes.base import IOSpec, RuntimeSession
+from hardware_profiles.runtimes.batching import MicroBatcher
+from protocols.manifest import Manifest, ManifestError, Variant, load_manifest
+from protocols.tensor_codec import TensorCodecError, datatype_of
+
+log = logging.getLogger(__name__)
+
+# Triton's platform names where one exists, so stock clients recognise them.
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "litert": "tensorflow_lite"}
+
+
+class ModelDirError(InvalidInputError):
+    """A model directory cannot be served (manifest, variant, hashes, runtime)."""
+
+
+class BadInputError(ValueError):
+    """A request's tensors do not fit the model; the message names the tensor and the problem."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    max_batch: int = 8
+    window_ms: float = 1.0
+    max_queue: int = 128
+
+
+class CloudModel:
+    """One loaded variant with its batcher; `submit` is safe from many threads."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, variant: Variant, session: RuntimeSession,
+                 batch: BatchOptions) -> None:
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.variant = variant
+        self.session = session
+        self.name = manifest.name
+        self.version = manifest.version
+        self.platform = _PLATFORMS.get(variant.runtime, variant.runtime)
+        self.inputs: list[IOSpec] = list(session.inputs)
+        self.outputs: list[IOSpec] = list(session.outputs)
+        self.output_names = [o.name for o in self.outputs]
+        self.batcher = MicroBatcher(session, max_batch=batch.max_batch, window_ms=batch.window_ms,
+                                    max_queue=batch.max_queue, name=f"hub-batcher-{self.name}")
+
+    def check_inputs(self, tensors: Mapping[str, np.ndarray], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
+        """Feeds for the runtime, or BadInputError naming a missing/unknown tensor, dtype or shape."""
+        expected = {spec.name: spec for spec in self.inputs}
+        missing = sorted(set(expected) - set(tensors))
+        unknown = sorted(set(tensors) - set(expected))
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown input(s) {', '.join(unknown)}")
+            raise BadInputError(f"model {self.name!r}: {'; '.join(parts)} (expects: {', '.join(expected)})")
+        feeds: dict[str, np.ndarray] = {}
+        for name, spec in expected.items():
+            array = tensors[name]
+            want = _datatype_name(spec.dtype)
+            got = datatype_of(array.dtype)
+            if got != want:
+                raise BadInputError(f"input {name!r}: datatype {got}, model {self.name!r} expects {want}")
+            if len(array.shape) != len(spec.shape) or any(
+                    s != -1 and s != d for s, d in zip(spec.shape, array.shape)):
+                shown = [d if d != -1 else "N" for d in spec.shape]
+                raise BadInputError(f"input {name!r}: shape {list(array.shape)} does not fit {shown}")
+            if array.size == 0:
+                raise BadInputError(f"input {name!r}: shape {list(array.shape)} has no elements")
+            if not allow_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise BadInputError(f"input {name!r}: contains NaN or infinity")
+            feeds[name] = array
+        if len({a.shape[0] for a in feeds.values() if a.ndim}) > 1:
+            raise BadInputError(f"model {self.name!r}: inputs disagree on the batch size (leading axis)")
+        return feeds
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.session.close()
+
+
+def load_cloud_model(model_dir: str | Path, *, hub_profile: str = "cpu-x86", variant_id: str | None = None,
+                     batch: BatchOptions = BatchOptions(), threads: int | None = None,
+                     verify_hashes: bool = True) -> CloudModel:
+    """Load the variant compiled for `hub_profile` (or `variant_id`) from a model directory."""
+    path = Path(model_dir)
+    try:
+        manifest = load_manifest(path)
+        variant = manifest.variant(variant_id) if variant_id else manifest.variant_for_profile(hub_profile)
+    except ManifestError as exc:
+        raise ModelDirError(f"{path}: {exc}") from exc
+    if verify_hashes:
+        for entry in variant.files:
+            _verify_file(path, entry.path, entry.sha256, entry.size)
+    options = dict(variant.options.get("session", {}))  # the compiler's session options
+    if threads is not None:
+        options["threads"] = threads
+    try:
+        session = load_session(variant.runtime, path / variant.model_file.path, **options)
+    except (RuntimeUnavailableError, TypeError) as exc:
+        raise ModelDirError(f"{path}: variant {variant.id!r} ({variant.runtime}) cannot be loaded: {exc}") from exc
+    try:
+        for spec in list(session.inputs) + list(session.outputs):
+            _datatype_name(spec.dtype)
+    except BadInputError as exc:
+        session.close()
+        raise ModelDirError(f"{path}: variant {variant.id!r}: {exc}") from exc
+    log.info("loaded model=%s version=%s variant=%s runtime=%s from %s",
+             manifest.name, manifest.version, variant.id, variant.runtime, path)
+    return CloudModel(path, manifest, variant, session, batch)
+
+
+def _verify_file(model_dir: Path, rel: str, sha256: str, size: int) -> None:
+    file = model_dir / rel
+    if not file.is_file():
+        raise ModelDirError(f"{model_dir}: {rel} is listed in the manifest but missing")
+    if file.stat().st_size != size:
+        raise ModelDirError(f"{model_dir}: {rel} is {file.stat().st_size} bytes, the manifest says {size}")
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise ModelDirError(f"{model_dir}: {rel} does not match its sha256 in the manifest (corrupt or replaced)")
+
+
+def _datatype_name(dtype: str) -> str:
+    try:
+        return datatype_of(dtype)
+    except (TensorCodecError, TypeError) as exc:
+        raise BadInputError(f"dtype {dtype!r} is not servable over v2: {exc}") from exc

@@ -1,0 +1,212 @@
+"""The agent's way to the hub: one v2 ModelInfer call, bounded by a deadline and a breaker.
+
+Any KServe v2 gRPC server works (the Tandem hub, Triton, KServe); Tandem's extras go in
+`parameters`. Every failure (hub down, deadline passed, overload, breaker open, a
+malformed answer) surfaces as FallbackUnavailable so the agent answers degraded
+instead of waiting; an open breaker fails before touching the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import grpc
+import numpy as np
+
+from edge_agent.breaker import CircuitBreaker
+from edge_agent.errors import ConfigError, FallbackUnavailable
+from protocols import inference_params as params
+from protocols import inference_pb2 as pb
+from protocols import inference_pb2_grpc as pb_grpc
+from protocols.limits import MAX_GRPC_MESSAGE_BYTES
+from protocols.tensor_codec import TensorCodecError, decode_response_outputs, encode_request_inputs
+
+log = logging.getLogger(__name__)
+
+# Only UNAVAILABLE is retried: the hub was unreachable (no answer computed), and a
+# ModelInfer has no side effects worth guarding. Overload is not retried: it would
+# add load to a hub that is shedding it.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+# The hub answered, so it is alive: these do not count against the breaker.
+_HUB_ALIVE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED,
+              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+_REASONS = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable",
+            grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded"}
+# No second attempt when less than this is left of the deadline.
+_MIN_RETRY_BUDGET_S = 0.01
+
+
+@dataclass(frozen=True)
+class FallbackResult:
+    """The hub's answer: outputs by name, the round-trip latency, and where it came from."""
+
+    outputs: dict[str, np.ndarray]
+    latency_ms: float
+    model_name: str = ""
+    model_version: str = ""
+    variant: str | None = None
+    hub_compute_ms: float | None = None
+    attempts: int = 1
+
+
+def unavailable(reason: str, message: str) -> FallbackUnavailable:
+    """A FallbackUnavailable with a machine-readable `reason` (breaker_open, deadline, unavailable, ...)."""
+    exc = FallbackUnavailable(message)
+    exc.reason = reason  # type: ignore[attr-defined]
+    return exc
+
+
+def parse_target(url: str) -> tuple[str, bool]:
+    """(gRPC target, use TLS) from "host:port", "grpc://host:port" or "grpcs://host:port".
+
+    gRPC's own target forms (dns:///host:port, unix:/path, ipv4:...) pass through.
+    """
+    url = url.strip()
+    if url.startswith(("dns:", "unix:", "ipv4:", "ipv6:")):
+        return url, False
+    target, tls = url, False
+    for prefix, is_tls in (("grpcs://", True), ("grpc://", False)):
+        if url.startswith(prefix):
+            target, tls = url[len(prefix):].rstrip("/"), is_tls
+            break
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit() or "/" in target:
+        raise ValueError(f"hub url {url!r}: expected host:port, grpc://host:port or grpcs://host:port")
+    return target, tls
+
+
+def build_request(model_name: str, inputs: Mapping[str, np.ndarray], edge: params.EdgeContext,
+                  request_id: str = "") -> pb.ModelInferRequest:
+    """The ModelInferRequest for a fallback: raw tensors plus the edge's context in parameters."""
+    request = pb.ModelInferRequest(model_name=model_name, id=request_id)
+    encode_request_inputs(request, inputs)
+    params.set_edge_context(request, edge)
+    return request
+
+
+def parse_response(response: pb.ModelInferResponse, latency_ms: float, attempts: int) -> FallbackResult:
+    """A FallbackResult from the hub's answer (raw or typed outputs)."""
+    outputs = decode_response_outputs(response)
+    extras = {k: params.parameter_value(v) for k, v in response.parameters.items()}
+    variant = extras.get(params.VARIANT)
+    compute = extras.get(params.COMPUTE_MS)
+    return FallbackResult(
+        outputs=outputs, latency_ms=latency_ms, model_name=response.model_name, model_version=response.model_version,
+        variant=variant if isinstance(variant, str) else None,
+        hub_compute_ms=float(compute) if isinstance(compute, (int, float)) and not isinstance(compute, bool) else None,
+        attempts=attempts,
+    )
+
+
+class FallbackClient:
+    """Ask a v2 gRPC server for an answer within `deadline_ms`, over one long-lived channel.
+
+    Thread-safe: the agent calls `infer` from several worker threads at once.
+    """
+
+    def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
+                 max_attempts: int = 2) -> None:
+        if deadline_ms <= 0:
+            raise ConfigError(f"fallback.deadline_ms: must be positive, got {deadline_ms}")
+        if max_attempts < 1:
+            raise ConfigError(f"fallback max_attempts: must be >= 1, got {max_attempts}")
+        self.url = url
+        self.deadline_ms = deadline_ms
+        self.breaker = breaker
+        self.max_attempts = max_attempts
+        try:
+            target, tls = parse_target(url)
+        except ValueError as exc:
+            raise ConfigError(f"fallback.hub_url: {exc}") from exc
+        # Reconnect quickly once the hub is back, so a half-open probe finds a live
+        # connection instead of a channel still sitting in its (default 120 s) backoff.
+        # gRPC also uses min_reconnect_backoff as the minimum time a connection attempt
+        # may take (TCP + TLS + SETTINGS): keep it well above a slow WAN handshake.
+        options = [
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 1000),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+        ]
+        if tls:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
+              edge_label: int | None = None, edge_confidence: float | None = None,
+              deadline_ms: float | None = None, request_id: str = "") -> FallbackResult:
+        """The hub's answer for `inputs`, or FallbackUnavailable within the deadline (plus gRPC's own slack)."""
+        start = time.perf_counter()
+        budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
+        edge = params.EdgeContext(device_id=device_id, model_version=model_version, edge_label=edge_label,
+                                  edge_confidence=edge_confidence)
+        try:
+            request = build_request(model_name, inputs, edge, request_id)
+        except TensorCodecError as exc:
+            raise unavailable("bad_request", f"cannot send this input to the hub: {exc}") from exc
+        if self.breaker is not None and not self.breaker.allow():
+            raise unavailable("breaker_open", f"hub at {self.url} is failing; circuit breaker open, not calling it")
+        attempts = 0
+        while True:
+            attempts += 1
+            remaining = budget_s - (time.perf_counter() - start)
+            try:
+                response = self._stub.ModelInfer(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+                left = budget_s - (time.perf_counter() - start)
+                if code in _RETRYABLE and attempts < self.max_attempts and left > _MIN_RETRY_BUDGET_S:
+                    log.debug("hub %s unavailable (attempt %d), retrying within %.0f ms", self.url, attempts, left * 1000)
+                    continue
+                raise self._failure(code, exc, model_name, budget_s) from None
+            break
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        try:
+            result = parse_response(response, latency_ms, attempts)
+        except TensorCodecError as exc:
+            if self.breaker is not None:
+                self.breaker.record_failure()
+            raise unavailable("bad_answer", f"hub at {self.url} sent a malformed answer: {exc}") from exc
+        if self.breaker is not None:
+            self.breaker.record_success()
+        return result
+
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        """Is the hub up and ready? (ServerReady; False on any error.)"""
+        try:
+            return self._stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s).ready
+        except grpc.RpcError:
+            return False
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "FallbackClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _failure(self, code: grpc.StatusCode, exc: grpc.RpcError, model_name: str,
+                 budget_s: float) -> FallbackUnavailable:
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in _HUB_ALIVE:
+            if self.breaker is not None:
+                self.breaker.record_success()  # it answered: alive, even if it refused this request
+            return unavailable("rejected", f"hub at {self.url} rejected the request for {model_name!r}: "
+                                           f"{code.name}: {details}")
+        if self.breaker is not None:
+            self.breaker.record_failure()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message = f"hub at {self.url} did not answer within {budget_s * 1000:.0f} ms"
+        else:
+            message = f"hub at {self.url} failed: {code.name}: {details}"
+        return unavailable(_REASONS.get(code, "error"), message)
