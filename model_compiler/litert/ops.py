@@ -328,6 +328,9 @@ def _as_plain_reshape(low: Lowering, node: Node, out_shape: tuple[int, ...]) -> 
     shape = low.shape(x_name)
     if int(np.prod(shape)) != int(np.prod(out_shape)):
         raise LoweringError(f"{node.op_type} node {node.name!r}: cannot reshape {list(shape)} to {list(out_shape)}")
+    if tuple(shape) == tuple(out_shape) and "plain" in low.value(x_name).tensors:
+        low.alias(node.outputs[0], x_name)  # a no-op reshape (version converters add them around Softmax)
+        return
     # A [N, C, 1, 1] tensor has the same memory order in NHWC: reshape it directly.
     if low.native_layout(x_name) == "nhwc" and shape[2] * shape[3] == 1:
         x = low.tensor(x_name, "nhwc")
