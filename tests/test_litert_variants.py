@@ -91,7 +91,6 @@ def ocr_cls(ocr_cls_model, tmp_path_factory):
     return prepared, {"x": calib_x}, val_x, val_y, out
 
 
-@pytest.mark.slow
 def test_ocr_classifier_fp32_and_int8_lower_and_run(ocr_cls):
     prepared, calib, val_x, _, out = ocr_cls
     ref = _ort(prepared, {"x": val_x})

@@ -1,0 +1,158 @@
+"""Property tests: random small Conv and Gemm graphs built with onnx.helper, lowered to
+TFLite FP32, must compute what ONNX Runtime computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from model_compiler.litert import lower, write
+
+pytest.importorskip("ai_edge_litert")
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _run_both(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = onnx.shape_inference.infer_shapes(model)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    it = Interpreter(model_content=write(lower(model, {"x": x.shape}).graph), num_threads=1)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"]), ref
+
+
+def _close(got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.shape == ref.shape
+    scale = max(1.0, float(np.abs(ref).max()))
+    assert float(np.abs(got - ref).max()) <= 1e-4 * scale, float(np.abs(got - ref).max())
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+@st.composite
+def conv_graphs(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    c_in = draw(st.integers(1, 4))
+    kind = draw(st.sampled_from(["dense", "depthwise", "grouped"]))
+    if kind == "depthwise":
+        group, c_out = c_in, c_in * draw(st.integers(1, 2))
+    elif kind == "grouped" and c_in % 2 == 0:
+        group, c_out = 2, 2 * draw(st.integers(1, 3))
+    else:
+        group, c_out = 1, draw(st.integers(1, 6))
+    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    strides = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    dil = [draw(st.integers(1, 2)), 1]
+    pads = [draw(st.integers(0, 1)) for _ in range(4)]
+    h = draw(st.integers(max(k[0] * dil[0], 3), 10))
+    w = draw(st.integers(max(k[1], 3), 10))
+    nodes, inits = [], []
+    weight = rng.standard_normal((c_out, c_in // group, *k)).astype(np.float32)
+    inits.append(_init("w", weight))
+    conv_inputs = ["x", "w"]
+    if draw(st.booleans()):
+        inits.append(_init("b", rng.standard_normal(c_out)))
+        conv_inputs.append("b")
+    nodes.append(helper.make_node("Conv", conv_inputs, ["c"], group=group, kernel_shape=list(k), strides=strides,
+                                  dilations=dil, pads=pads))
+    cur = "c"
+    if draw(st.booleans()):
+        inits += [_init("g", rng.uniform(0.5, 1.5, c_out)), _init("be", rng.standard_normal(c_out)),
+                  _init("m", rng.standard_normal(c_out)), _init("v", rng.uniform(0.5, 2, c_out))]
+        nodes.append(helper.make_node("BatchNormalization", [cur, "g", "be", "m", "v"], ["bn"]))
+        cur = "bn"
+    act = draw(st.sampled_from(["none", "Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid"]))
+    if act == "Clip":
+        inits += [_init("lo", np.array(0.0)), _init("hi", np.array(6.0))]
+        nodes.append(helper.make_node("Clip", [cur, "lo", "hi"], ["act"]))
+        cur = "act"
+    elif act != "none":
+        nodes.append(helper.make_node(act, [cur], ["act"]))
+        cur = "act"
+    out_h = (h + pads[0] + pads[2] - ((k[0] - 1) * dil[0] + 1)) // strides[0] + 1
+    out_w = (w + pads[1] + pads[3] - k[1]) // strides[1] + 1
+    pool = draw(st.sampled_from(["none", "MaxPool", "AveragePool", "GlobalAveragePool"]))
+    if pool in ("MaxPool", "AveragePool") and out_h >= 2 and out_w >= 2:
+        nodes.append(helper.make_node(pool, [cur], ["pool"], kernel_shape=[2, 2], strides=[1, 1]))
+        cur = "pool"
+    elif pool == "GlobalAveragePool":
+        nodes.append(helper.make_node(pool, [cur], ["pool"]))
+        cur = "pool"
+    if draw(st.booleans()):  # classifier head: Flatten -> Gemm -> Softmax
+        nodes.append(helper.make_node("GlobalAveragePool", [cur], ["gap"]))
+        nodes.append(helper.make_node("Flatten", ["gap"], ["flat"]))
+        inits.append(_init("fw", rng.standard_normal((c_out, 3))))
+        nodes.append(helper.make_node("Gemm", ["flat", "fw"], ["logits"]))
+        nodes.append(helper.make_node("Softmax", ["logits"], ["y"], axis=-1))
+    else:
+        nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, rng.standard_normal((1, c_in, h, w)).astype(np.float32)
+
+
+@st.composite
+def gemm_graphs(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    sizes = [draw(st.integers(1, 12)) for _ in range(draw(st.integers(2, 4)))]
+    batch = draw(st.integers(1, 3))
+    nodes, inits = [], []
+    cur = "x"
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        op = draw(st.sampled_from(["Gemm", "MatMulAdd", "MatMul"]))
+        w = rng.standard_normal((n_in, n_out)).astype(np.float32)
+        b = rng.standard_normal(n_out).astype(np.float32)
+        if op == "Gemm":
+            trans_b = draw(st.booleans())
+            inits += [_init(f"w{i}", w.T if trans_b else w), _init(f"b{i}", b)]
+            nodes.append(helper.make_node("Gemm", [cur, f"w{i}", f"b{i}"], [f"h{i}"], transB=int(trans_b),
+                                          alpha=draw(st.sampled_from([1.0, 0.5])), beta=draw(st.sampled_from([1.0, 2.0]))))
+        elif op == "MatMulAdd":
+            inits += [_init(f"w{i}", w), _init(f"b{i}", b)]
+            nodes.append(helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"]))
+            nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i}"]))
+        else:
+            inits.append(_init(f"w{i}", w))
+            nodes.append(helper.make_node("MatMul", [cur, f"w{i}"], [f"h{i}"]))
+        cur = f"h{i}"
+        act = draw(st.sampled_from(["none", "Relu", "Sigmoid", "Tanh", "Mul"]))
+        if act == "Mul":
+            inits.append(_init(f"s{i}", rng.standard_normal(n_out)))
+            nodes.append(helper.make_node("Mul", [cur, f"s{i}"], [f"a{i}"]))
+            cur = f"a{i}"
+        elif act != "none":
+            nodes.append(helper.make_node(act, [cur], [f"a{i}"]))
+            cur = f"a{i}"
+    nodes.append(helper.make_node("Softmax" if draw(st.booleans()) else "Identity", [cur], ["y"]))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, sizes[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, rng.standard_normal((batch, sizes[0])).astype(np.float32)
+
+
+@SETTINGS
+@given(conv_graphs())
+def test_random_conv_graphs_match_onnxruntime(case):
+    model, x = case
+    _close(*_run_both(model, x))
+
+
+@SETTINGS
+@given(gemm_graphs())
+def test_random_gemm_graphs_match_onnxruntime(case):
+    model, x = case
+    _close(*_run_both(model, x))
