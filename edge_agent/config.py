@@ -23,7 +23,7 @@ SECTIONS = {
     "server": ("endpoint", "device_id"),
     "policy": ("policy", "threshold", "policy_output", "transform"),
     "batch": ("window_us", "max_batch", "max_queue"),
-    "fallback": ("hub_url", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
+    "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
     "health": ("http_port", "http_host"),
     "hard_examples": ("data_dir", "hard_examples_max"),
 }
@@ -60,6 +60,7 @@ class AgentConfig:
     max_batch: int = 8
     max_queue: int = 256
     hub_url: str | None = None          # host:port of a KServe v2 gRPC server; None: edge only
+    hub_model: str | None = None        # the model name to ask the hub for; None: the manifest's name
     deadline_ms: float = 200.0
     breaker_failures: int = 3
     breaker_cooldown_s: float = 5.0

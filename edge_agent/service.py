@@ -111,7 +111,7 @@ class InferenceService:
             edge.detail = "below threshold; no hub is configured"
             self._keep_hard_example(header.request_id, feeds, scores, "edge")
             return edge
-        answer = await self._ask_hub(feeds, scores)
+        answer = await self._ask_hub(feeds, scores, header.request_id)
         if not scores.all_confident:
             self._keep_hard_example(header.request_id, feeds, scores, _SOURCE_NAMES[answer.source])
         if answer.source == pb.SOURCE_EDGE_DEGRADED:
@@ -136,12 +136,12 @@ class InferenceService:
         self.metrics.observe_runtime(time.perf_counter() - t0)
         return outputs
 
-    async def _ask_hub(self, feeds: dict[str, np.ndarray], scores: Scores) -> Answer:
+    async def _ask_hub(self, feeds: dict[str, np.ndarray], scores: Scores, request_id: str) -> Answer:
         one_row = scores.labels.shape[0] == 1
         call = lambda: self.fallback.infer(  # noqa: E731
             self.hub_model, feeds, device_id=self.device_id, model_version=self.model.version,
             edge_label=int(scores.labels[0]) if one_row else None,
-            edge_confidence=float(scores.confidence[0]) if one_row else None,
+            edge_confidence=float(scores.confidence[0]) if one_row else None, request_id=request_id,
         )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()

@@ -1,0 +1,139 @@
+"""The agent falls back to a real hub (v2 gRPC on loopback) when unsure, and degrades when the hub fails."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from agent_fixtures import make_model_dir
+from cloud_hub.inference import InferenceServer
+from edge_agent import Agent, AgentClient, AgentConfig
+from hardware_profiles.runtimes import load_session
+
+DEADLINE_MS = 150
+MARGIN_S = 0.25  # thread hand-offs on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(digits_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("models")
+    edge = make_model_dir(digits_dir / "edge.onnx", tmp / "edge", name="digits")
+    cloud = make_model_dir(digits_dir / "cloud.onnx", tmp / "cloud", name="digits-cloud")
+    return edge, cloud
+
+
+@pytest.fixture(scope="module")
+def cloud_reference(models):
+    session = load_session("onnxruntime", models[1] / "variants" / "ort-fp32.onnx")
+    return lambda x: session.run({"input": x})[0]
+
+
+@pytest.fixture(scope="module")
+def test_x(digits_dir):
+    return np.load(digits_dir / "test.npz")["x"].astype(np.float32)
+
+
+def agent_config(models, tmp_path, hub_url: str, **extra) -> AgentConfig:
+    return AgentConfig(model_dir=models[0], endpoint=f"ipc://{tmp_path}/agent.sock", data_dir=tmp_path / "data",
+                       hub_url=hub_url, hub_model="digits-cloud", deadline_ms=DEADLINE_MS, device_id="dev-1",
+                       http_port=0, **extra)
+
+
+@pytest.fixture(scope="module")
+def hub(models):
+    server = InferenceServer(models[1])
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_unsure_answers_come_from_the_cloud_model(models, hub, cloud_reference, test_x, tmp_path):
+    with Agent(agent_config(models, tmp_path, hub.address)) as agent, AgentClient(agent.endpoint) as client:
+        for i in range(10):
+            x = test_x[i:i + 1]
+            answer = client.infer(x, threshold=1.0, return_outputs=True)  # nothing is that confident
+            assert answer.source == "cloud", answer.detail
+            want = cloud_reference(x)
+            assert answer.labels == [int(np.argmax(want))]
+            np.testing.assert_allclose(answer.outputs["probabilities"], want, atol=1e-5)
+            assert len(answer.edge_confidence) == 1 and answer.edge_confidence[0] < 1.0
+        confident = client.infer(test_x[:1], threshold=0.0)
+        assert confident.source == "edge"
+        assert client.infer(test_x[:1], threshold=1.0, mode="edge").source == "edge"
+        assert client.infer(test_x[:1], threshold=0.0, mode="cloud").source == "cloud"
+        agent.hard_examples.flush()
+        kept = agent.hard_examples.peek(100)
+        assert len(kept) >= 10 and all(k.source == "cloud" for k in kept)
+        np.testing.assert_array_equal(kept[0].inputs["input"], test_x[0:1])
+        text = urllib.request.urlopen(agent.health_url + "/metrics", timeout=5).read().decode()
+        assert 'tandem_agent_requests_total{source="cloud"} 11' in text
+        assert "tandem_agent_breaker_state 0" in text
+    stats = hub.stats()
+    assert stats.fallback_requests >= 11 and stats.by_device["dev-1"] >= 11  # the edge context reached the hub
+
+
+def test_hub_that_never_answers_costs_one_deadline_then_the_breaker_opens(models, test_x, tmp_path):
+    # A TCP listener that never speaks HTTP/2: every call runs into the deadline.
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        url = "127.0.0.1:%d" % black_hole.getsockname()[1]
+        cfg = agent_config(models, tmp_path, url, breaker_failures=2, breaker_cooldown_s=30)
+        with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                answer = client.infer(test_x[:1], threshold=1.0)
+                times.append(time.perf_counter() - t0)
+                assert answer.source == "edge-degraded"
+                assert answer.detail.startswith("hub unavailable")
+            assert max(times[:2]) < DEADLINE_MS / 1000 + MARGIN_S
+            assert agent.breaker.state == "open"
+            # with the breaker open the hub is not called at all
+            assert max(times[2:]) < 0.05, times
+            body = urllib.request.urlopen(agent.health_url + "/healthz", timeout=5).read().decode()
+            assert '"breaker": "open"' in body
+
+
+def test_hub_down_degrades_and_the_breaker_closes_when_the_hub_returns(models, test_x, tmp_path):
+    port = free_port()
+    cfg = agent_config(models, tmp_path, f"127.0.0.1:{port}", breaker_failures=2, breaker_cooldown_s=0.3)
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            answer = client.infer(test_x[:1], threshold=1.0)
+            assert answer.source == "edge-degraded"
+            assert time.perf_counter() - t0 < DEADLINE_MS / 1000 + MARGIN_S
+        assert agent.breaker.state == "open"
+        hub = InferenceServer(models[1], port=port)
+        hub.start()
+        try:
+            sources = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                sources.append(client.infer(test_x[:1], threshold=1.0).source)
+                if sources[-1] == "cloud":
+                    break
+                time.sleep(0.1)
+            assert sources[-1] == "cloud", sources
+            assert agent.breaker.state == "closed"
+        finally:
+            hub.stop()
+
+
+def test_confident_answers_never_touch_the_hub(models, test_x, tmp_path):
+    port = free_port()  # nothing listens here
+    with Agent(agent_config(models, tmp_path, f"127.0.0.1:{port}")) as agent, AgentClient(agent.endpoint) as client:
+        for i in range(20):
+            assert client.infer(test_x[i:i + 1], threshold=0.0).source == "edge"
+        assert agent.breaker.state == "closed" and agent.metrics.fallback_attempts == 0
