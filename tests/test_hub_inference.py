@@ -404,3 +404,53 @@ def test_model_directories_that_cannot_be_served_are_refused_with_the_reason(clo
 def test_a_port_in_use_is_reported(cloud_dir, hub):
     with pytest.raises(ConfigError, match="cannot listen"):
         InferenceServer(cloud_dir, port=hub.port).start()
+
+
+def test_typed_contents_requests_are_answered_too(stub, reference, test_x):
+    """Some v2 clients send fp32_contents instead of raw bytes."""
+    request = pb.ModelInferRequest(model_name=CLOUD_NAME)
+    encode_request_inputs(request, {"input": test_x[:4]}, raw=False)
+    assert not request.raw_input_contents
+    got = decode_response_outputs(stub.ModelInfer(request, timeout=10))["probabilities"]
+    np.testing.assert_allclose(got, reference(test_x[:4]), rtol=1e-5, atol=1e-6)
+
+
+def test_fallback_spreads_over_hub_replicas_and_survives_losing_one(cloud_dir, reference, test_x):
+    replicas = [InferenceServer(cloud_dir), InferenceServer(cloud_dir)]
+    for r in replicas:
+        r.start()
+    try:
+        target = "ipv4:" + ",".join(r.address for r in replicas)
+        with FallbackClient(target, deadline_ms=1000) as client:
+            x = test_x[:1]
+            call = lambda: client.infer(CLOUD_NAME, {"input": x}, device_id="d", model_version="1.0.0")  # noqa: E731
+            for _ in range(20):
+                call()
+            assert all(r.stats().ok >= 3 for r in replicas), [r.stats().ok for r in replicas]
+            replicas[0].stop()
+            answers = [call() for _ in range(10)]  # the safe retry moves a call off the dead replica
+            np.testing.assert_allclose(answers[-1].outputs["probabilities"], reference(x), rtol=1e-5, atol=1e-6)
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+def test_serve_forever_returns_when_asked_to_stop(cloud_dir):
+    from cloud_hub.inference import serve_forever
+
+    server = InferenceServer(cloud_dir)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_forever, args=(server, stop))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while server.port is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with FallbackClient(server.address, deadline_ms=2000) as client:
+            assert client.ready()
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    with FallbackClient(server.address, deadline_ms=100) as client:
+        assert not client.ready(timeout_s=0.2)
