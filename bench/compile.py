@@ -176,8 +176,6 @@ def bench_model(model: BenchModel, recipes: dict[str, list[Recipe]], work: Path,
     input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
     ref_session = load_session("onnxruntime", prepared)
     reference = _run_all(ref_session, [model.val], 8)
-    timing = dict(lat=dict(warmup=2, runs=10, max_seconds=0.5), thr=dict(warmup=1, runs=4, max_seconds=0.5)) if quick \
-        else dict(lat=dict(warmup=5, runs=50, max_seconds=3.0), thr=dict(warmup=2, runs=20, max_seconds=3.0))
     result: dict[str, Any] = {
         "model": model.name, "source": model.source.name, "input_shape": [1, *model.val.shape[1:]],
         "fp32_weight_bytes_source": weight_bytes([prepared]), "prepare_notes": prep_notes,
@@ -186,9 +184,11 @@ def bench_model(model: BenchModel, recipes: dict[str, list[Recipe]], work: Path,
     if model.labels is not None:
         result["reference_accuracy"] = float(np.mean(reference.argmax(axis=1) == model.labels))
     ctx_calib = {input_name: model.calib}
+    loaded: list[tuple[dict[str, Any], Any]] = []
     for runtime, runtime_recipes in recipes.items():
         for recipe in runtime_recipes:
             row: dict[str, Any] = {"runtime": runtime, "recipe": recipe.id, "precision": recipe.precision}
+            result["variants"].append(row)
             ctx = BuildContext(model_path=prepared, calib=ctx_calib, out_dir=mdir / "variants",
                                calibration_method=calibration, log=log)
             log(f"{model.name}: building {recipe.id}")
@@ -197,42 +197,68 @@ def bench_model(model: BenchModel, recipes: dict[str, list[Recipe]], work: Path,
                 built = get_builder(runtime).build(recipe, ctx)
                 row["build_s"] = round(time.perf_counter() - start, 2)
                 session = load_session(runtime, built.files[0], **built.session_options)
-                row.update(_measure(session, model, reference, timing))
+                row.update(_quality(session, model, reference))
             except VariantSkipped as exc:
                 row["skipped"] = exc.reason
                 log(f"{model.name}: {recipe.id} skipped: {exc.reason}")
-                result["variants"].append(row)
                 continue
             except Exception as exc:  # a runtime that rejects its own variant is a finding, not a crash
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 log(f"{model.name}: {recipe.id} failed: {row['error']}")
-                result["variants"].append(row)
                 continue
             row["file_bytes"] = sum(f.stat().st_size for f in built.files)
             row["weight_bytes"] = weight_bytes(built.files)
             row["session_options"] = built.session_options
             row["notes"] = built.notes
-            result["variants"].append(row)
-            log(f"{model.name}: {recipe.id}: p50 {row['latency_p50_ms']:.2f} ms, {row['throughput_b8']:.0f}/s, "
-                f"agreement {row['agreement']:.4f}")
+            loaded.append((row, session))
+    _time_interleaved(loaded, model, quick)
+    for row, session in loaded:
+        session.close()
+        log(f"{model.name}: {row['recipe']}: p50 {row['latency_p50_ms']:.3f} ms, {row['throughput_b8']:.0f}/s, "
+            f"agreement {row['agreement']:.4f}")
     result["ratios"] = ratios(result["variants"])
     return result
 
 
-def _measure(session, model: BenchModel, reference: np.ndarray, timing: dict) -> dict[str, Any]:
-    names = [spec.name for spec in session.inputs]
+def _quality(session, model: BenchModel, reference: np.ndarray) -> dict[str, Any]:
     out = _run_all(session, [model.val], 8)
-    lat = measure_latency(session, batch_of({names[0]: model.val}, 1), **timing["lat"])
-    thr = measure_throughput(session, batch_of({names[0]: model.val}, 8), **timing["thr"])
     row: dict[str, Any] = {
-        "latency_p50_ms": round(lat.p50_ms, 4), "latency_p95_ms": round(lat.p95_ms, 4), "latency_runs": lat.runs,
-        "throughput_b8": round(thr, 2),
         "agreement": agreement(model.kind, out, reference),
         "max_abs_error": float(np.abs(out.astype(np.float32) - reference).max()),
     }
     if model.labels is not None:
         row["accuracy"] = float(np.mean(out.argmax(axis=1) == model.labels))
     return row
+
+
+def _time_interleaved(loaded: list[tuple[dict[str, Any], Any]], model: BenchModel, quick: bool) -> None:
+    """Latency at batch 1 and throughput at batch 8, in rounds that visit every variant in
+    turn; the median over rounds. On a shared machine the load drifts over minutes, and
+    timing variants one after another would put that drift into the ratios."""
+    rounds = 2 if quick else 5
+    lat_kw = dict(warmup=1, runs=5, max_seconds=0.2) if quick else dict(warmup=3, runs=25, max_seconds=0.8)
+    thr_kw = dict(warmup=1, runs=2, max_seconds=0.2) if quick else dict(warmup=1, runs=6, max_seconds=1.0)
+    samples: dict[int, dict[str, list[float]]] = {i: {"p50": [], "p95": [], "thr": [], "runs": []} for i in range(len(loaded))}
+    for r in range(rounds):
+        order = list(range(len(loaded)))
+        order = order[r % max(len(order), 1):] + order[:r % max(len(order), 1)]
+        for i in order:
+            _, session = loaded[i]
+            name = session.inputs[0].name
+            lat = measure_latency(session, batch_of({name: model.val}, 1), **lat_kw)
+            thr = measure_throughput(session, batch_of({name: model.val}, 8), **thr_kw)
+            samples[i]["p50"].append(lat.p50_ms)
+            samples[i]["p95"].append(lat.p95_ms)
+            samples[i]["runs"].append(lat.runs)
+            samples[i]["thr"].append(thr)
+    for i, (row, _) in enumerate(loaded):
+        s = samples[i]
+        row.update({
+            "latency_p50_ms": round(float(np.median(s["p50"])), 4),
+            "latency_p95_ms": round(float(np.median(s["p95"])), 4),
+            "latency_runs": int(sum(s["runs"])), "timing_rounds": rounds,
+            "throughput_b8": round(float(np.median(s["thr"])), 2),
+        })
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -8,7 +8,9 @@ BatchNorm fusion), with activation/weight types chosen per CPU feature set.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -173,20 +175,25 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[ctx.calibration_method]
+    # Histogram calibrators (percentile, entropy) stack per-batch arrays and need equal
+    # batch sizes; batch 1 guarantees that. MinMax takes any batch.
+    batches = iter_batches(ctx.calib, input_shapes, max_batch=8 if ctx.calibration_method == "minmax" else 1)
     try:
-        quantize_static(
-            str(pre), str(out), _Reader(iter_batches(ctx.calib, input_shapes)),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(opts.get("op_types", QUANTIZED_OP_TYPES)),
-            per_channel=bool(opts.get("per_channel", True)),
-            reduce_range=bool(opts.get("reduce_range", False)),
-            activation_type=qtype[opts.get("activation_type", "uint8")],
-            weight_type=qtype[opts.get("weight_type", "int8")],
-            calibrate_method=method,
-            # Float biases: ORT folds them into QLinearConv/MatMulInteger at load time, so
-            # int32 bias + scale + zero point initializers would only grow the file.
-            extra_options={"QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True},
-        )
+        # ORT's calibrators print progress to stdout, which would corrupt a CLI's --json output.
+        with contextlib.redirect_stdout(sys.stderr):
+            quantize_static(
+                str(pre), str(out), _Reader(batches),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(opts.get("op_types", QUANTIZED_OP_TYPES)),
+                per_channel=bool(opts.get("per_channel", True)),
+                reduce_range=bool(opts.get("reduce_range", False)),
+                activation_type=qtype[opts.get("activation_type", "uint8")],
+                weight_type=qtype[opts.get("weight_type", "int8")],
+                calibrate_method=method,
+                # Float biases: ORT folds them into QLinearConv/MatMulInteger at load time, so
+                # int32 bias + scale + zero point initializers would only grow the file.
+                extra_options={"QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True},
+            )
     except Exception as exc:
         raise VariantSkipped(f"onnxruntime's quantizer cannot quantize this model: {_first_line(exc)}") from exc
     finally:

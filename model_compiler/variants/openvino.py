@@ -9,7 +9,9 @@ plugin fuses it into integer kernels.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 
 from hardware_profiles import Profile
@@ -107,8 +109,11 @@ def _quantize(model, recipe: Recipe, ctx: BuildContext, xml: Path) -> list[str]:
     if ctx.calibration_method != "minmax":
         kwargs["advanced_parameters"] = _range_estimator(ctx.calibration_method)
     try:
-        quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(items),
-                                  fast_bias_correction=bool(recipe.options.get("fast_bias_correction", True)), **kwargs)
+        # NNCF draws progress bars on stdout, which would corrupt a CLI's --json output.
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(items),
+                                      fast_bias_correction=bool(recipe.options.get("fast_bias_correction", True)),
+                                      **kwargs)
     except Exception as exc:
         raise VariantSkipped(f"NNCF cannot quantize this model: {_first_line(exc)}") from exc
     biases = compress_biases(quantized)
