@@ -3,6 +3,8 @@ TFLite FP32, must compute what ONNX Runtime computes."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +16,9 @@ from model_compiler.litert import lower, write
 
 pytest.importorskip("ai_edge_litert")
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# LITERT_PROP_EXAMPLES=300 for a deeper local search; CI keeps 25 per property.
+MAX_EXAMPLES = int(os.environ.get("LITERT_PROP_EXAMPLES", "25"))
+SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _run_both(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,5 +158,55 @@ def test_random_conv_graphs_match_onnxruntime(case):
 @SETTINGS
 @given(gemm_graphs())
 def test_random_gemm_graphs_match_onnxruntime(case):
+    model, x = case
+    _close(*_run_both(model, x))
+
+
+@st.composite
+def layout_graphs(draw):
+    """Two conv branches joined by Add/Mul/Concat, then ops that need the ONNX (NCHW) order back."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    c, h, w = draw(st.integers(1, 3)), draw(st.integers(2, 6)), draw(st.integers(2, 6))
+    c_out = draw(st.integers(1, 4))
+    inits = [_init("w1", rng.standard_normal((c_out, c, 3, 3))), _init("w2", rng.standard_normal((c_out, c, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"])]
+    join = draw(st.sampled_from(["Add", "Mul", "Sub", "Concat", "AddInput"]))
+    if join == "Concat":
+        nodes.append(helper.make_node("Concat", ["a", "b"], ["j"], axis=draw(st.sampled_from([1, 2, 3, -1]))))
+    elif join == "AddInput" and c == c_out:
+        nodes.append(helper.make_node("Add", ["a", "x"], ["j"]))  # a residual: NHWC conv output + NCHW graph input
+    else:
+        nodes.append(helper.make_node(join if join != "AddInput" else "Add", ["a", "b"], ["j"]))
+    if draw(st.booleans()):
+        inits.append(_init("chan", rng.standard_normal((1, c_out if join != "Concat" else 1, 1, 1))))
+        nodes.append(helper.make_node("Mul", ["j", "chan"], ["j2"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["j"], ["j2"]))
+    tail = draw(st.sampled_from(["Transpose", "TransposeNHWC", "Reshape", "Flatten", "SoftmaxC", "Clip"]))
+    if tail == "Transpose":
+        nodes.append(helper.make_node("Transpose", ["j2"], ["y"], perm=draw(st.permutations([0, 1, 2, 3]))))
+    elif tail == "TransposeNHWC":
+        nodes.append(helper.make_node("Transpose", ["j2"], ["t"], perm=[0, 2, 3, 1]))
+        nodes.append(helper.make_node("Relu", ["t"], ["y"]))
+    elif tail == "Reshape":
+        inits.append(numpy_helper.from_array(np.array([1, -1, 2], dtype=np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["j2", "shape"], ["y"]))
+    elif tail == "Flatten":
+        nodes.append(helper.make_node("Flatten", ["j2"], ["y"], axis=draw(st.integers(1, 3))))
+    elif tail == "SoftmaxC":
+        nodes.append(helper.make_node("Softmax", ["j2"], ["y"], axis=1))
+    else:
+        inits += [_init("lo", np.array(-0.5)), _init("hi", np.array(0.7))]
+        nodes.append(helper.make_node("Clip", ["j2", "lo", "hi"], ["y"]))
+    x = rng.standard_normal((1, c, h, 2 * w)).astype(np.float32)  # even element counts for Reshape [1, -1, 2]
+    graph = helper.make_graph(nodes, "layout", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+
+
+@SETTINGS
+@given(layout_graphs())
+def test_layout_changes_between_nchw_and_nhwc_keep_results(case):
     model, x = case
     _close(*_run_both(model, x))
