@@ -28,3 +28,13 @@ MAX_REQUEST_ID_CHARS = 128
 ZMQ_MAX_MSG_BYTES = 2 * MAX_REQUEST_BYTES
 # dtypes the local API carries, by numpy name (the manifest's dtypes plus float64).
 WIRE_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
+
+# Telemetry (protocols.telemetry_codec: agent windows over MQTT, decoded by the hub).
+# A window over a limit is counted as bad and dropped by the hub; ingestion goes on.
+TELEMETRY_SCHEMA_VERSION = 1
+MAX_TELEMETRY_BYTES = 256 * 1024
+MAX_TELEMETRY_CLASSES = 4096          # class_counts entries; larger class indices go to class_overflow
+MAX_TELEMETRY_SUMMARIES = 64          # (input, summary) histograms per window
+MAX_HISTOGRAM_BINS = 256
+MAX_TELEMETRY_TAGS = 32
+MAX_TAG_CHARS = 128
