@@ -454,3 +454,18 @@ def test_serve_forever_returns_when_asked_to_stop(cloud_dir):
     assert not thread.is_alive()
     with FallbackClient(server.address, deadline_ms=100) as client:
         assert not client.ready(timeout_s=0.2)
+
+
+def test_a_request_whose_deadline_passes_while_queued_is_answered_deadline_exceeded(slow_model_dir):
+    from cloud_hub.inference.servicer import RpcFailure
+
+    x = np.random.default_rng(2).random((4, 3, 48, 192), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="ocr-cls")
+    encode_request_inputs(request, {"x": x})
+    with InferenceServer(slow_model_dir) as server:
+        seen = []
+        with pytest.raises(RpcFailure) as err:
+            server.servicer.infer(request, timeout_s=0.0, on_submit=seen.append)
+        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(seen) == 1  # the batcher future was handed out (ModelInfer cancels it on disconnect)
+        assert server.servicer.infer(request, timeout_s=10).outputs  # and the model still answers

@@ -36,7 +36,7 @@ class InferenceServer:
                  max_concurrent_rpcs: int = 64, max_queue: int = 128, max_batch: int = 8,
                  batch_window_ms: float = 1.0, hub_profile: str = "cpu-x86",
                  aliases: Mapping[str, str] | None = None, variants: Mapping[str, str] | None = None,
-                 threads: int | None = None, allow_non_finite: bool = False) -> None:
+                 threads: int | None = None, allow_non_finite: bool = False, max_request_s: float = 30.0) -> None:
         dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
         if not dirs:
             raise ConfigError("model_dirs: give at least one compiled model directory to serve")
@@ -52,6 +52,7 @@ class InferenceServer:
         self.variants = dict(variants or {})
         self.threads = threads
         self.allow_non_finite = allow_non_finite
+        self.max_request_s = max_request_s
         self.port: int | None = None
         self.servicer: InferenceServicer | None = None
         self._server: grpc.Server | None = None
@@ -75,7 +76,8 @@ class InferenceServer:
             raise RuntimeError("InferenceServer.start: already started")
         try:
             self._load_models()
-            self.servicer = InferenceServicer(self._models, self.aliases, allow_non_finite=self.allow_non_finite)
+            self.servicer = InferenceServicer(self._models, self.aliases, allow_non_finite=self.allow_non_finite,
+                                              max_request_s=self.max_request_s)
         except ValueError as exc:  # a bad alias; ModelDirError is not a ValueError
             self._close_models()
             raise ConfigError(f"aliases: {exc}") from exc

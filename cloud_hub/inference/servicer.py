@@ -12,10 +12,11 @@ import logging
 import threading
 import time
 from collections import Counter
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Mapping
+from typing import Callable, Mapping
 
 import grpc
 import numpy as np
@@ -68,7 +69,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Serves `models` by manifest name; `aliases` map other names (e.g. the edge's) onto them."""
 
     def __init__(self, models: Mapping[str, CloudModel], aliases: Mapping[str, str] | None = None, *,
-                 limits: TensorLimits = DEFAULT_LIMITS, allow_non_finite: bool = False) -> None:
+                 limits: TensorLimits = DEFAULT_LIMITS, allow_non_finite: bool = False,
+                 max_request_s: float = 30.0) -> None:
         self.models = dict(models)
         self.aliases = dict(aliases or {})
         for alias, target in self.aliases.items():
@@ -76,6 +78,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise ValueError(f"alias {alias!r} -> {target!r}: no such model (serving: {', '.join(self.models)})")
         self.limits = limits
         self.allow_non_finite = allow_non_finite
+        self.max_request_s = max_request_s  # cap for callers that set no deadline
         self.ready = True
         self._lock = threading.Lock()
         self._stats = InferenceStats()
@@ -118,7 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         with self._lock:
             self._stats.requests += 1
         try:
-            response = self.infer(request, context.time_remaining())
+            response = self.infer(request, context.time_remaining(), on_submit=lambda f: context.add_callback(f.cancel))
         except RpcFailure as failure:
             with self._lock:
                 self._stats.errors[failure.code.name] += 1
@@ -129,8 +132,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._stats.ok += 1
         return response
 
-    def infer(self, request: pb.ModelInferRequest, timeout_s: float | None = None) -> pb.ModelInferResponse:
-        """Answer one request, or raise RpcFailure; the core of ModelInfer without the gRPC context."""
+    def infer(self, request: pb.ModelInferRequest, timeout_s: float | None = None, *,
+              on_submit: Callable[[Future], object] | None = None) -> pb.ModelInferResponse:
+        """Answer one request, or raise RpcFailure; the core of ModelInfer without the gRPC context.
+
+        `on_submit` sees the batcher's future (ModelInfer cancels it when the caller goes
+        away, so a queued request of a vanished client never runs).
+        """
         start = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
         try:
@@ -151,12 +159,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"hub is overloaded: {exc}; retry later") from None
         except BatcherClosedError:
             raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "hub is shutting down") from None
+        if on_submit is not None:
+            on_submit(future)
+        wait_s = self.max_request_s if timeout_s is None else min(max(timeout_s, 0.0), self.max_request_s)
         try:
-            outputs = future.result(timeout=None if timeout_s is None else max(timeout_s, 0.0))
+            outputs = future.result(timeout=wait_s)
         except FutureTimeout:
             future.cancel()
             raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"model {model.name!r} did not answer within the request's deadline") from None
+                             f"model {model.name!r} did not answer within {wait_s * 1000:.0f} ms") from None
+        except CancelledError:
+            raise RpcFailure(grpc.StatusCode.CANCELLED, "the caller went away") from None
         except BatcherClosedError:
             raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "hub is shutting down") from None
         except Exception as exc:  # the runtime failed on inputs that passed validation
