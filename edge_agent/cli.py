@@ -1,13 +1,179 @@
-"""tandem-agent command line (placeholder until its issue lands)."""
+"""tandem-agent: a thin command line over edge_agent (run the daemon, check a config, send a request)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
 import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.config import ENV_PREFIX, AgentConfig, default_endpoint
+from edge_agent.errors import AgentError
+
+EPILOG = f"""\
+examples:
+  tandem-agent run --config /etc/tandem/agent.toml
+  tandem-agent check --config agent.toml
+  tandem-agent infer --input x.npy
+  tandem-agent infer --input batch.npz --endpoint tcp://127.0.0.1:5555 --threshold 0.9 --json
+
+configuration: a TOML file (see examples/agent/agent.toml); every key can also be set
+with an environment variable {ENV_PREFIX}<KEY>, e.g. {ENV_PREFIX}MODEL_DIR=/var/lib/tandem/model
+or {ENV_PREFIX}DEADLINE_MS=150, which wins over the file.
+default endpoint: {default_endpoint()}
+"""
+
+
+def _load_config(args: argparse.Namespace) -> AgentConfig:
+    """The file (or env vars alone), then command-line flags on top."""
+    if args.config is not None:
+        config = AgentConfig.load(args.config)
+    else:
+        config = AgentConfig.from_mapping({"model_dir": str(args.model_dir)} if args.model_dir else {})
+    overrides = {k: v for k, v in (("model_dir", args.model_dir), ("endpoint", args.endpoint),
+                                    ("http_port", args.http_port)) if v is not None}
+    return config.with_overrides(**overrides) if overrides else config
+
+
+def _notify_systemd(message: str) -> None:
+    """sd_notify(3) without libsystemd: Type=notify units learn we are ready."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), path)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("sd_notify failed: %s", exc)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import Agent
+
+    agent = Agent(_load_config(args))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.start()
+    model = agent.model
+    print(f"tandem-agent: serving {model.name} {model.version} ({model.variant.id}, {model.variant.runtime}) "
+          f"on {agent.endpoint}" + (f", health on {agent.health_url}" if agent.health_url else ""),
+          file=sys.stderr, flush=True)
+    _notify_systemd("READY=1")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        _notify_systemd("STOPPING=1")
+        agent.stop()
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from edge_agent.model import load_model
+
+    config = _load_config(args)
+    model = load_model(config.model_dir, config.profile, config.variant, threads=config.threads)
+    try:
+        info = {"model": model.name, "version": model.version, "variant": model.variant.id,
+                "runtime": model.variant.runtime, "precision": model.variant.precision,
+                "inputs": [{"name": s.name, "dtype": s.dtype, "shape": s.shape} for s in model.input_specs],
+                "endpoint": config.endpoint, "hub_url": config.hub_url, "policy": config.policy,
+                "threshold": config.threshold}
+    finally:
+        model.close()
+    print(json.dumps(info, indent=2) if args.json else
+          f"ok: {info['model']} {info['version']} runs as {info['variant']} ({info['runtime']}) on profile "
+          f"{config.profile}; serving on {config.endpoint}")
+    return 0
+
+
+def _read_input(path: Path) -> dict[str, np.ndarray] | list[np.ndarray]:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        return [np.load(path, allow_pickle=False)]
+    except (OSError, ValueError) as exc:
+        raise AgentError(f"{path}: cannot read a .npy/.npz array ({exc})") from exc
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from edge_agent.client import AgentClient
+
+    inputs = _read_input(args.input)
+    endpoint = args.endpoint or os.environ.get(ENV_PREFIX + "ENDPOINT") or default_endpoint()
+    with AgentClient(endpoint, timeout_s=args.timeout) as client:
+        answer = client.infer(inputs, threshold=args.threshold, mode=args.mode, return_outputs=args.outputs)
+    if args.json:
+        print(json.dumps(answer.to_dict()))
+        return 0
+    for i, (label, conf) in enumerate(zip(answer.labels, answer.confidence)):
+        print(f"row {i}: label {label}  confidence {conf:.4f}")
+    print(f"source {answer.source}  model {answer.model_name} {answer.model_version}  threshold {answer.threshold:.3f}"
+          f"  {answer.latency_ms:.2f} ms in the agent" + (f"  ({answer.detail})" if answer.detail else ""))
+    for name, value in answer.outputs.items():
+        print(f"{name} {list(value.shape)}: {np.array2string(value, precision=4, threshold=50)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem-agent", description="Serve a compiled model on this device; fall back to the hub when unsure.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="agent.toml (optional when TANDEM_AGENT_* variables say enough)")
+        p.add_argument("--model-dir", type=Path, help="compiled model directory (overrides the config)")
+        p.add_argument("--endpoint", help="ipc://PATH or tcp://127.0.0.1:PORT (overrides the config)")
+        p.add_argument("--http-port", type=int, help="health/metrics port, 0 for any (overrides the config)")
+
+    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT", description="Load the model and serve the local API.")
+    config_args(run)
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="validate the config and load the model, then exit",
+                           description="Validate the configuration, verify the model files and open the runtime.")
+    config_args(check)
+    check.add_argument("--json", action="store_true", help="print what would be served as JSON")
+    check.set_defaults(func=_check)
+
+    infer = sub.add_parser("infer", help="send one request to a running agent",
+                           description="Send a .npy (one input, by position) or .npz (inputs by name) to the agent.")
+    infer.add_argument("--input", type=Path, required=True, help="x.npy or inputs.npz; the leading axis is rows")
+    infer.add_argument("--endpoint", help=f"agent endpoint (default: {ENV_PREFIX}ENDPOINT or {default_endpoint()})")
+    infer.add_argument("--threshold", type=float, help="override the confidence threshold for this request")
+    infer.add_argument("--mode", default="auto", choices=["auto", "edge", "cloud"],
+                       help="auto: hub when unsure; edge: never the hub; cloud: always the hub")
+    infer.add_argument("--outputs", action="store_true", help="also print the output tensors")
+    infer.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    infer.add_argument("--json", action="store_true", help="print the answer as one JSON object")
+    infer.set_defaults(func=_infer)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("tandem-agent: not built yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return args.func(args)
+    except AgentError as exc:
+        print(f"tandem-agent: {exc}", file=sys.stderr)
+        return 2 if exc.code in ("config", "model_load") else 1
+    except ValueError as exc:
+        print(f"tandem-agent: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
