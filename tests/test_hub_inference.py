@@ -164,10 +164,6 @@ def test_a_stock_triton_client_gets_the_same_answers(hub, reference, test_x):
 # -- bad requests -----------------------------------------------------------------------
 
 
-def _bad(x: np.ndarray, **kw) -> pb.ModelInferRequest:
-    return infer_request(x, **kw)
-
-
 def _mutate(request: pb.ModelInferRequest, fn) -> pb.ModelInferRequest:
     fn(request)
     return request
@@ -186,6 +182,10 @@ BAD_REQUESTS = {
                       "unknown input(s) pixels"),
     "NaN": (lambda x: infer_request(np.where(np.arange(64) == 3, np.nan, x).astype(np.float32)), "NaN or infinity"),
     "unknown output": (lambda x: _mutate(infer_request(x), lambda r: r.outputs.add(name="logits")), "no output(s) logits"),
+    "classification extension": (
+        lambda x: _mutate(infer_request(x), lambda r: r.outputs.add(name="probabilities").parameters["classification"]
+                          .__setattr__("int64_param", 3)),
+        "classification"),
     "empty batch": (lambda x: infer_request(x[:0]), "has no elements"),
     "empty model name": (lambda x: infer_request(x, model=""), "model name is empty"),
 }

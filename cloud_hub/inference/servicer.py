@@ -152,6 +152,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
                              f"model {model.name!r} has no output(s) {', '.join(unknown)} "
                              f"(outputs: {', '.join(model.output_names)})")
+        for out in request.outputs:
+            if "classification" in out.parameters:  # Triton's top-k extension: not offered here
+                raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"output {out.name!r}: the classification (top-k) extension is not supported; "
+                                 "request the raw output and take the top-k client-side")
         edge = params.read_edge_context(request.parameters)
         try:
             future = model.batcher.submit(feeds)
