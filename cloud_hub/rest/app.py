@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from cloud_hub.errors import AuthError, HubError
@@ -35,6 +36,20 @@ def create_app(hub: Any) -> FastAPI:
             log.error("request failed path=%s error=%s", request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One error shape everywhere ({"detail": str}), so clients and the CLI print it as is.
+        return JSONResponse({"detail": describe_validation_errors(exc.errors())}, status_code=422)
+
     for module in (routes_system, routes_devices, routes_models, routes_artifacts, routes_tokens, routes_placeholders):
         app.include_router(module.router)
     return app
+
+
+def describe_validation_errors(errors: Any) -> str:
+    """'query.limit: Input should be ...; body.device_id: Field required'."""
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"

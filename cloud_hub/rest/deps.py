@@ -19,6 +19,7 @@ _bearer = HTTPBearer(auto_error=False, description="a token from `tandem-hub tok
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing, invalid or revoked token"},
     403: {"model": ErrorBody, "description": "the token's scope does not allow this"},
+    422: {"model": ErrorBody, "description": "invalid parameters or body; `detail` names the field"},
 }
 
 
