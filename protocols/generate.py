@@ -35,18 +35,19 @@ def use_private_pool(text: str) -> str:
     return text.replace(marker, "_descriptor_pool.DescriptorPool().AddSerializedFile(", 1)
 
 
-def generate(proto: Path) -> list[Path]:
+def generate(proto: Path, out: Path = HERE) -> list[Path]:
+    """Run protoc on `proto` (inside protocols/), writing the modules to `out`."""
     from grpc_tools import protoc
 
-    args = ["protoc", f"-I{HERE}", f"--python_out={HERE}", f"--pyi_out={HERE}", str(proto)]
+    args = ["protoc", f"-I{HERE}", f"--python_out={out}", f"--pyi_out={out}", str(proto)]
     has_service = "service " in proto.read_text()
     if has_service:
-        args.insert(3, f"--grpc_python_out={HERE}")
+        args.insert(3, f"--grpc_python_out={out}")
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {proto.name}")
-    written = [HERE / f"{proto.stem}_pb2.py", HERE / f"{proto.stem}_pb2.pyi"]
+    written = [out / f"{proto.stem}_pb2.py", out / f"{proto.stem}_pb2.pyi"]
     if has_service:
-        written.append(HERE / f"{proto.stem}_pb2_grpc.py")
+        written.append(out / f"{proto.stem}_pb2_grpc.py")
     for path in written:
         text = fix_imports(path.read_text())
         if path.suffix == ".py" and path.name.endswith("_pb2.py") and proto.name in PRIVATE_POOL:
