@@ -79,7 +79,7 @@ def _convert(model_path: Path):
     try:
         return ov.convert_model(str(model_path))
     except Exception as exc:  # OpConversionFailure and friends
-        raise VariantSkipped(f"OpenVINO cannot convert the ONNX model: {_first_line(exc)}") from exc
+        raise VariantSkipped(f"OpenVINO cannot convert the ONNX model: {_conversion_summary(exc)}") from exc
 
 
 def _save(model, xml: Path, *, compress_to_fp16: bool) -> None:
@@ -168,6 +168,14 @@ def _check_loads(xml: Path, session_options: dict[str, object]) -> None:
         load_session(RUNTIME, xml, **session_options).close()
     except RuntimeUnavailableError as exc:
         raise VariantSkipped(f"OpenVINO cannot load the built {xml.name} on CPU: {_first_line(exc)}") from exc
+
+
+def _conversion_summary(exc: BaseException) -> str:
+    """OpenVINO's useful line (e.g. 'No conversion rule found for operations: X') rather
+    than its first, which only names a C++ source file."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "conversion rule" in line or "not supported" in line.lower()]
+    return "; ".join(useful)[:400] if useful else _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
