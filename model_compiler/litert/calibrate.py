@@ -24,7 +24,7 @@ Ranges = dict[int, tuple[float, float]]
 
 def collect_ranges(model_bytes: bytes, graph: Graph, calib: Mapping[str, np.ndarray], input_names: list[str],
                    max_samples: int = 256) -> Ranges:
-    """min/max of every non-constant tensor over up to `max_samples` calibration samples (batch 1 each)."""
+    """min/max of every non-constant tensor over up to `max_samples` calibration samples, fed at the model's batch."""
     Interpreter = interpreter_class()
     with warnings.catch_warnings():  # the "debugging only" warning: keeping intermediates is the point here
         warnings.simplefilter("ignore")
@@ -39,9 +39,11 @@ def collect_ranges(model_bytes: bytes, graph: Graph, calib: Mapping[str, np.ndar
     watch = [i for i, t in enumerate(graph.tensors) if t.data is None and t.dtype == "float32"]
     lo = {i: np.inf for i in watch}
     hi = {i: -np.inf for i in watch}
-    for k in range(count):
+    batch = graph.tensors[graph.inputs[0]].shape[0] if graph.tensors[graph.inputs[0]].shape else 1
+    for k in range(0, count, batch):
         for name, index in zip(input_names, graph.inputs):
-            sample = np.asarray(calib[name][k:k + 1], dtype=np.float32).reshape(graph.tensors[index].shape)
+            rows = np.arange(k, k + batch) % len(calib[name])  # a fixed batch > 1 wraps around the samples
+            sample = np.asarray(calib[name][rows], dtype=np.float32).reshape(graph.tensors[index].shape)
             it.set_tensor(index, sample)
         it.invoke()
         for i in watch:

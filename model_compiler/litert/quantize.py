@@ -21,6 +21,10 @@ SAME_AS_INPUT = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD"
 FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
 _EPS = 1e-8
+_MIN_RANGE = 1e-6
+# Kernels (XNNPACK's in particular) reject a requantization multiplier
+# input_scale * weight_scale / output_scale of 256 or more; keep a margin.
+_MAX_MULTIPLIER = 128.0
 
 
 def affine(lo: float, hi: float) -> Quant:
@@ -28,7 +32,9 @@ def affine(lo: float, hi: float) -> Quant:
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise LoweringError(f"calibration range [{lo}, {hi}] is not finite")
-    scale = max((hi - lo) / 255.0, _EPS)
+    if hi - lo < _MIN_RANGE:  # a dead tensor (e.g. a ReLU that never fired): any scale holds its zeros
+        hi = lo + 1.0
+    scale = (hi - lo) / 255.0
     zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
     return Quant.per_tensor(scale, zero_point)
 
@@ -73,7 +79,7 @@ def _activation(graph: Graph, index: int, ranges: dict[int, tuple[float, float]]
 
 def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -> None:
     tensors = graph.tensors
-    first = tensors[op.inputs[0]]
+    first = tensors[op.inputs[1] if op.kind == "SPLIT" else op.inputs[0]]  # SPLIT takes (axis, data)
     for out in op.outputs:
         t = tensors[out]
         if op.kind in FIXED_OUTPUT:
@@ -86,6 +92,13 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
     if op.kind in WEIGHT_AXIS:
         weight = tensors[op.inputs[1]]
         _weights(weight, WEIGHT_AXIS[op.kind])
+        out_q = tensors[op.outputs[0]].quant
+        floor = float(first.quant.scale[0] * weight.quant.scale.max()) / _MAX_MULTIPLIER
+        if out_q.scale[0] < floor:
+            lo = float((-128 - out_q.zero_point[0]) * out_q.scale[0])
+            hi = float((127 - out_q.zero_point[0]) * out_q.scale[0])
+            mid = (lo + hi) / 2
+            tensors[op.outputs[0]].quant = affine(mid - floor * 127.5, mid + floor * 127.5)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             _bias(tensors[op.inputs[2]], first.quant, weight.quant)
         return
@@ -95,15 +108,47 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
             _const(t, first.quant if op.kind in SAME_AS_INPUT else None)
 
 
+def _unify_concat_ranges(graph: Graph, ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+    """One range for a CONCATENATION's inputs and output: XNNPACK's int8 concat needs equal parameters."""
+    ranges = dict(ranges)
+    for op in graph.ops:
+        if op.kind != "CONCATENATION":
+            continue
+        members = [i for i in [*op.inputs, *op.outputs] if i in ranges]
+        lo = min(ranges[i][0] for i in members)
+        hi = max(ranges[i][1] for i in members)
+        for i in members:
+            ranges[i] = (lo, hi)
+    return ranges
+
+
+def _requantize_concat_inputs(graph: Graph, op: Op) -> list[Op]:
+    """QUANTIZE (int8 -> int8) ops for concat inputs whose parameters still differ from the output's
+    (e.g. a softmax output, whose scale is fixed)."""
+    out_q = graph.tensors[op.outputs[0]].quant
+    extra = []
+    for k, i in enumerate(op.inputs):
+        t = graph.tensors[i]
+        if t.quant is not None and (t.quant.scale[0] != out_q.scale[0] or t.quant.zero_point[0] != out_q.zero_point[0]):
+            r = graph.add_tensor(Tensor(f"{t.name}/requant", t.shape, "int8", None, copy.deepcopy(out_q)))
+            extra.append(Op("QUANTIZE", [i], [r], {}, op.source))
+            op.inputs[k] = r
+    return extra
+
+
 def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool = False) -> Graph:
     """A full-integer copy of `graph`. With int8_io the model's inputs/outputs are int8 too."""
     q = copy.deepcopy(graph)
+    ranges = _unify_concat_ranges(q, ranges)
     for index in q.inputs:
         q.tensors[index].quant = _activation(q, index, ranges)
         q.tensors[index].dtype = "int8"
-    body = list(q.ops)
-    for op in body:
+    body: list[Op] = []
+    for op in q.ops:
         _quantize_op(q, op, ranges)
+        if op.kind == "CONCATENATION":
+            body += _requantize_concat_inputs(q, op)
+        body.append(op)
     if int8_io:
         return q
     head: list[Op] = []
