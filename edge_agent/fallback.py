@@ -162,6 +162,9 @@ class FallbackClient:
             remaining = budget_s - (time.perf_counter() - start)
             try:
                 response = self._stub.ModelInfer(request, timeout=max(remaining, 0.001))
+            except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+                self._release_probe()
+                raise unavailable("closed", f"the fallback client for {self.url} is closed") from exc
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
                 left = budget_s - (time.perf_counter() - start)
@@ -196,6 +199,11 @@ class FallbackClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _release_probe(self) -> None:
+        # No call reached the hub: give a half-open probe slot back rather than wedge it.
+        if self.breaker is not None and self.breaker.state == "half-open":
+            self.breaker.record_failure()
 
     def _failure(self, code: grpc.StatusCode, exc: grpc.RpcError, model_name: str,
                  budget_s: float) -> FallbackUnavailable:

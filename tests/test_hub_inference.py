@@ -469,3 +469,19 @@ def test_a_request_whose_deadline_passes_while_queued_is_answered_deadline_excee
         assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert len(seen) == 1  # the batcher future was handed out (ModelInfer cancels it on disconnect)
         assert server.servicer.infer(request, timeout_s=10).outputs  # and the model still answers
+
+
+def test_a_closed_fallback_client_raises_fallback_unavailable(hub, test_x):
+    client = FallbackClient(hub.address, deadline_ms=500)
+    client.close()
+    with pytest.raises(FallbackUnavailable, match="closed") as err:
+        client.infer(CLOUD_NAME, {"input": test_x[:1]}, device_id="d", model_version="1.0.0")
+    assert err.value.reason == "closed"
+
+
+def test_inputs_the_protocol_cannot_carry_fail_before_the_breaker_or_the_network(hub):
+    breaker = CircuitBreaker(failure_threshold=1, cool_down_s=60)
+    with FallbackClient(hub.address, deadline_ms=500, breaker=breaker) as client:
+        with pytest.raises(FallbackUnavailable, match="complex64") as err:
+            client.infer(CLOUD_NAME, {"input": np.zeros((1, 64), np.complex64)}, device_id="d", model_version="1")
+    assert err.value.reason == "bad_request" and breaker.state == "closed"
