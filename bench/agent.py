@@ -1,0 +1,338 @@
+"""Benchmark the edge agent against the bare runtime and the ZeroMQ transport floor, in one run.
+
+For the digits edge model (input [1,64]) and the PP-OCR orientation classifier
+(input [1,3,48,192]) it measures:
+  bare      the runtime called in-process, one request at a time (p50, p99, throughput)
+  echo      a bare ZeroMQ ROUTER echo server in another process, same request frames (the transport floor)
+  agent-1   the same request through a real agent process over ipc://, one client
+  agent-8   eight concurrent clients (closed loop, one DEALER socket each)
+and, with a real hub process serving the digits cloud model, the fallback round trip:
+  hub compute (the cloud model in-process), FallbackClient -> hub, and agent requests forced to the hub.
+
+Targets (issue 3): digits agent-1 p50 <= bare p50 + 1.3 x echo p50; OCR agent-8 throughput
+>= 0.9 x bare single-stream throughput.
+
+Usage: python bench/agent.py [--json] [--quick] [--seconds S]
+Progress goes to stderr; a table (or JSON with --json) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for extra in (ROOT, ROOT / "tests", ROOT / "examples" / "digits"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+import zmq  # noqa: E402
+import zmq.asyncio  # noqa: E402
+
+from agent_fixtures import make_model_dir  # noqa: E402  (tests/agent_fixtures.py: the one model-dir maker)
+from edge_agent.client import AgentClient, AsyncAgentClient  # noqa: E402
+from edge_agent.wire import encode_request  # noqa: E402
+from hardware_profiles.runtimes import load_session  # noqa: E402
+
+CLIENTS = 8
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def summarize(latencies_s: list[float], wall_s: float, rows: int = 1) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {"n": int(ms.size), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "throughput_rps": float(ms.size * rows / wall_s)}
+
+
+def timed_loop(fn: Callable[[], Any], iterations: int, seconds: float, warmup: int = 20) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    lat: list[float] = []
+    start = time.perf_counter()
+    while len(lat) < iterations and time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t0)
+    return summarize(lat, time.perf_counter() - start)
+
+
+# -- the transport floor: an echo server in another process -----------------------------------
+
+
+def _echo_server(endpoint: str, ready: Any) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        if len(frames) == 2 and frames[1].bytes == b"stop":
+            break
+        sock.send_multipart(frames, copy=False)
+    sock.close(0)
+    ctx.term()
+
+
+def measure_echo(frames: list[Any], endpoint: str, iterations: int, seconds: float) -> dict[str, float]:
+    ready = mp.Event()
+    proc = mp.Process(target=_echo_server, args=(endpoint, ready), daemon=True)
+    proc.start()
+    ready.wait(10)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        def once() -> None:
+            sock.send_multipart(frames, copy=False)
+            sock.recv_multipart(copy=False)
+
+        return timed_loop(once, iterations, seconds)
+    finally:
+        sock.send_multipart([b"stop"])
+        proc.join(5)
+        if proc.is_alive():
+            proc.terminate()
+        sock.close(0)
+
+
+# -- the agent in its own process ------------------------------------------------------------
+
+
+class AgentProcess:
+    """`tandem-agent run` as a child process, as on a device."""
+
+    def __init__(self, model_dir: Path, workdir: Path, *, hub_url: str | None = None, hub_model: str | None = None,
+                 window_us: float = 300, max_batch: int = 8) -> None:
+        self.endpoint = f"ipc://{workdir}/agent.sock"
+        lines = [f'model_dir = "{model_dir}"', f'endpoint = "{self.endpoint}"', f'data_dir = "{workdir}/data"',
+                 "threshold = 0.0", f"window_us = {window_us}", f"max_batch = {max_batch}", "max_queue = 1024"]
+        if hub_url:
+            lines += [f'hub_url = "{hub_url}"', f'hub_model = "{hub_model}"', "deadline_ms = 1000"]
+        self.config = workdir / "agent.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "AgentProcess":
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
+                                     stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.proc.stderr.readline()
+        if "serving" not in line:
+            raise RuntimeError(f"agent did not start: {line}{self.proc.stderr.read()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc.stderr.close()
+
+
+def measure_agent_1(endpoint: str, x: np.ndarray, iterations: int, seconds: float, **kw: Any) -> dict[str, float]:
+    with AgentClient(endpoint, timeout_s=30) as client:
+        result = timed_loop(lambda: client.infer(x, **kw), iterations, seconds)
+        answer = client.infer(x, **kw)
+    result["source"] = answer.source
+    result["agent_internal_ms"] = answer.latency_ms
+    return result
+
+
+def measure_agent_n(endpoint: str, x: np.ndarray, total: int, seconds: float, clients: int = CLIENTS) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        ctx = zmq.asyncio.Context()
+        lat: list[float] = []
+        conns = [AsyncAgentClient(endpoint, context=ctx, timeout_s=30) for _ in range(clients)]
+        for c in conns:  # warm up each connection
+            await c.infer(x)
+        start = time.perf_counter()
+
+        async def client_loop(c: AsyncAgentClient) -> None:
+            while len(lat) < total and time.perf_counter() - start < seconds:
+                t0 = time.perf_counter()
+                await c.infer(x)
+                lat.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*[client_loop(c) for c in conns])
+        wall = time.perf_counter() - start
+        for c in conns:
+            await c.close()
+        ctx.term()
+        return summarize(lat, wall)
+
+    return asyncio.run(main())
+
+
+# -- the hub in its own process --------------------------------------------------------------
+
+
+def _hub_server(model_dir: str, port: int, ready: Any, stop: Any) -> None:
+    from cloud_hub.inference import InferenceServer
+
+    server = InferenceServer(model_dir, port=port)
+    server.start()
+    ready.set()
+    stop.wait()
+    server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def ocr_cls_path() -> Path:
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or spec.origin is None:
+        raise SystemExit("rapidocr-onnxruntime is needed (pip install rapidocr-onnxruntime)")
+    return Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+
+
+def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[str, int], seconds: float) -> dict:
+    variant_path = model_dir / "variants" / "ort-fp32.onnx"
+    session = load_session("onnxruntime", variant_path)
+    input_name = session.inputs[0].name
+    log(f"{name}: bare runtime")
+    bare = timed_loop(lambda: session.run({input_name: x}), n["bare"], seconds)
+    xb = np.concatenate([x] * CLIENTS)
+    bare_b8 = timed_loop(lambda: session.run({input_name: xb}), max(10, n["bare"] // 8), seconds)
+    bare_b8["throughput_rps"] *= CLIENTS  # rows per second
+    session.close()
+    log(f"{name}: echo floor")
+    frames = encode_request({input_name: x}, request_id="bench-0000000001")
+    echo = measure_echo(frames, f"ipc://{work}/echo-{name}.sock", n["echo"], seconds)
+    log(f"{name}: agent, 1 client and {CLIENTS} clients")
+    agent_dir = work / f"agent-{name}"
+    agent_dir.mkdir()
+    with AgentProcess(model_dir, agent_dir) as agent:
+        one = measure_agent_1(agent.endpoint, x, n["agent"], seconds)
+        many = measure_agent_n(agent.endpoint, x, n["agent8"], seconds)
+    return {"input_shape": list(x.shape), "payload_bytes": int(x.nbytes), "bare": bare, "bare_batch8": bare_b8,
+            "echo": echo, "agent_1": one, f"agent_{CLIENTS}": many,
+            "agent_overhead_p50_ms": one["p50_ms"] - bare["p50_ms"],
+            "overhead_over_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo["p50_ms"],
+            f"agent_{CLIENTS}_over_bare_throughput": many["throughput_rps"] / bare["throughput_rps"]}
+
+
+def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n: int, seconds: float) -> dict:
+    from edge_agent.fallback import FallbackClient
+
+    cloud = load_session("onnxruntime", cloud_dir / "variants" / "ort-fp32.onnx")
+    log("fallback: hub compute (cloud model in-process)")
+    compute = timed_loop(lambda: cloud.run({"input": x}), n, seconds)
+    cloud.close()
+    port = free_port()
+    ready, stop = mp.Event(), mp.Event()
+    hub = mp.Process(target=_hub_server, args=(str(cloud_dir), port, ready, stop), daemon=True)
+    hub.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the hub did not start")
+        log("fallback: FallbackClient -> hub, and the agent forced to the hub")
+        with FallbackClient(f"127.0.0.1:{port}", deadline_ms=2000) as client:
+            call = lambda: client.infer("digits-cloud", {"input": x}, device_id="bench", model_version="1.0.0",  # noqa: E731
+                                        edge_label=0, edge_confidence=0.1)
+            rpc = timed_loop(call, n, seconds)
+        agent_dir = work / "agent-fallback"
+        agent_dir.mkdir()
+        with AgentProcess(edge_dir, agent_dir, hub_url=f"127.0.0.1:{port}", hub_model="digits-cloud") as agent:
+            edge = measure_agent_1(agent.endpoint, x, n, seconds)
+            forced = measure_agent_1(agent.endpoint, x, n, seconds, threshold=1.0)
+    finally:
+        stop.set()
+        hub.join(10)
+        if hub.is_alive():
+            hub.terminate()
+    return {"hub_compute": compute, "fallback_rpc": rpc, "agent_edge": edge, "agent_via_hub": forced,
+            "rpc_over_compute_p50_ms": rpc["p50_ms"] - compute["p50_ms"],
+            "agent_fallback_extra_p50_ms": forced["p50_ms"] - edge["p50_ms"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time cap per measurement (default 8)")
+    parser.add_argument("--skip-fallback", action="store_true", help="do not start a hub")
+    args = parser.parse_args(argv)
+    scale = 0.2 if args.quick else 1.0
+    ndig = {k: max(50, int(v * scale)) for k, v in {"bare": 3000, "echo": 2000, "agent": 2000, "agent8": 4000}.items()}
+    nocr = {k: max(30, int(v * scale)) for k, v in {"bare": 300, "echo": 600, "agent": 300, "agent8": 800}.items()}
+
+    import train  # examples/digits/train.py
+
+    with tempfile.TemporaryDirectory(prefix="tandem-bench-agent-") as tmp:
+        work = Path(tmp)
+        log("training the digits models")
+        digits = work / "digits"
+        train.train(digits)
+        edge_dir = make_model_dir(digits / "edge.onnx", work / "m-digits", name="digits")
+        cloud_dir = make_model_dir(digits / "cloud.onnx", work / "m-digits-cloud", name="digits-cloud")
+        ocr_dir = make_model_dir(ocr_cls_path(), work / "m-ocr-cls", name="ocr-cls")
+        x_digits = np.load(digits / "test.npz")["x"][:1].astype(np.float32)
+        x_ocr = np.random.default_rng(0).random((1, 3, 48, 192), dtype=np.float32)
+        result: dict[str, Any] = {
+            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "digits": bench_model("digits", edge_dir, x_digits, work, ndig, args.seconds),
+            "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds),
+        }
+        if not args.skip_fallback:
+            result["fallback"] = bench_fallback(edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds)
+    d, o = result["digits"], result["ocr_cls"]
+    result["targets"] = {
+        "digits_agent_p50_le_bare_plus_1.3x_echo": {
+            "value": d["overhead_over_echo_p50"], "limit": 1.3, "met": d["overhead_over_echo_p50"] <= 1.3},
+        f"ocr_agent_{CLIENTS}_throughput_ge_0.9x_bare": {
+            "value": o[f"agent_{CLIENTS}_over_bare_throughput"], "limit": 0.9,
+            "met": o[f"agent_{CLIENTS}_over_bare_throughput"] >= 0.9},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+    return 0
+
+
+def print_table(result: dict) -> None:
+    print(f"{'model':8} {'measure':14} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    for model in ("digits", "ocr_cls"):
+        r = result[model]
+        for key in ("bare", "bare_batch8", "echo", "agent_1", f"agent_{CLIENTS}"):
+            m = r[key]
+            print(f"{model:8} {key:14} {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} {m['throughput_rps']:9.1f}")
+    if "fallback" in result:
+        f = result["fallback"]
+        for key in ("hub_compute", "fallback_rpc", "agent_edge", "agent_via_hub"):
+            m = f[key]
+            print(f"{'fallback':8} {key:14} {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} {m['throughput_rps']:9.1f}")
+    for name, t in result["targets"].items():
+        print(f"target {name}: {t['value']:.3f} (limit {t['limit']}) {'met' if t['met'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
