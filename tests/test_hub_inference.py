@@ -187,6 +187,9 @@ BAD_REQUESTS = {
                           .__setattr__("int64_param", 3)),
         "classification"),
     "empty batch": (lambda x: infer_request(x[:0]), "has no elements"),
+    "shape over the size limit": (
+        lambda x: _mutate(infer_request(x), lambda r: (r.inputs[0].ClearField("shape"), r.inputs[0].shape.extend([2**40, 64]))),
+        "exceeds the limit"),
     "empty model name": (lambda x: infer_request(x, model=""), "model name is empty"),
 }
 
