@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(func=cmd_serve)
 
-    models = sub.add_parser("models", help="register and list models").add_subparsers(metavar="ACTION")
+    models = _group(sub, "models", "register and list models")
     p = _remote(models.add_parser("register", help="upload a compiled model directory (versions are immutable)"))
     p.add_argument("dir", type=Path, help="a directory written by tandem-compile (with manifest.json)")
     p.set_defaults(func=cmd_models_register)
@@ -74,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="show the versions of this model")
     p.set_defaults(func=cmd_models_list)
 
-    devices = sub.add_parser("devices", help="list devices").add_subparsers(metavar="ACTION")
+    devices = _group(sub, "devices", "list devices")
     p = _remote(_paged(devices.add_parser("list", help="list devices with status and model")))
     p.add_argument("--status", choices=("online", "offline"))
     p.add_argument("--profile")
     p.add_argument("--tag", action="append", default=[], help="key=value (repeatable; all must match)")
     p.set_defaults(func=cmd_devices_list)
 
-    tokens = sub.add_parser("tokens", help="create, list and revoke API tokens").add_subparsers(metavar="ACTION")
+    tokens = _group(sub, "tokens", "create, list and revoke API tokens")
     p = _remote(tokens.add_parser("create", help="create a token (shown once)",
                                   description="With --data-dir (or without a hub URL) the token is written straight into "
                                               "that data dir's database: this is how the first admin token is made. "
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("token_id")
     p.set_defaults(func=cmd_tokens_revoke)
     return parser
+
+
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    """A command with actions; run without one, it prints its own help."""
+    group = sub.add_parser(name, help=help_text, description=help_text)
+    group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+    return group.add_subparsers(metavar="ACTION")
 
 
 def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -82,7 +82,9 @@ def test_a_file_that_does_not_match_its_manifest_is_rejected(running_hub, hub_mo
     with client(running_hub) as c:
         r = c.post("/v1/models", content=tar_gz(hub_model_dir), headers={"Content-Type": "application/gzip"})
     assert r.status_code == 422
-    assert "sha256" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert "sha256" in detail and "variants/ort-fp32/model.onnx" in detail
+    assert str(running_hub.config.data_dir) not in detail  # names the file as the uploader knows it
     assert running_hub.registry.list_models()[1] == 0
 
 

@@ -74,7 +74,11 @@ def _register_archive(hub: Any, archive: Path, dest: Path) -> Any:
         children = [p for p in dest.iterdir() if p.is_dir()]
         if len(children) == 1 and (children[0] / "manifest.json").is_file():
             root = children[0]
-    return hub.registry.register_dir(root)
+    try:
+        return hub.registry.register_dir(root)
+    except InvalidInputError as exc:
+        # Name files as the uploader knows them, not by this hub's temp path.
+        raise InvalidInputError(str(exc).replace(f"{root}/", "").replace(str(root), "<upload>")) from exc
 
 
 @router.get("/v1/models/{name}/versions", response_model=Page[ModelVersionOut], responses=_404,
