@@ -227,15 +227,15 @@ def _run_tflite(model_bytes: bytes, xs: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=max(MAX_EXAMPLES // 2, 5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(conv_graphs(), layout_graphs(), gemm_graphs()))
-def test_int8_stays_within_int8_noise_of_fp32_on_random_graphs(case):
+@given(st.one_of(conv_graphs(), layout_graphs(), gemm_graphs()), st.booleans())
+def test_int8_stays_within_int8_noise_of_fp32_on_random_graphs(case, for_int8):
     """Every op kind the lowering emits must quantize to kernels that load and compute the
     float function up to int8 noise: the error stays a small fraction of the output range."""
     from model_compiler.litert.calibrate import collect_ranges
     from model_compiler.litert.quantize import quantize
 
     model, x = case
-    lowered = lower(model, {"x": x.shape})
+    lowered = lower(model, {"x": x.shape}, for_int8=for_int8)
     float_bytes = write(lowered.graph)
     rng = np.random.default_rng(0)
     xs = np.concatenate([x] + [rng.standard_normal(x.shape).astype(np.float32) for _ in range(7)])

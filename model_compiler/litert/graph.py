@@ -41,7 +41,8 @@ class Value:
 class Lowering:
     """State of one lowering: the IR being built and where each ONNX value lives."""
 
-    def __init__(self, consts: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, consts: Mapping[str, np.ndarray], for_int8: bool = False) -> None:
+        self.for_int8 = for_int8  # prefer ops whose int8 kernels CPU delegates (XNNPACK) take
         self.graph = Graph()
         self.values: dict[str, Value] = {name: Value(tuple(np.shape(v)), np.asarray(v)) for name, v in consts.items()}
         self.node: Node | None = None
@@ -205,13 +206,17 @@ class Lowered:
     notes: list[str] = field(default_factory=list)
 
 
-def lower(model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Lowered:
-    """ONNX ModelProto -> float32 IR at static shapes. Raises UnsupportedOpError naming the node."""
+def lower(model, input_shapes: Mapping[str, Sequence[int]] | None = None, for_int8: bool = False) -> Lowered:
+    """ONNX ModelProto -> float32 IR at static shapes. Raises UnsupportedOpError naming the node.
+
+    for_int8 lowers for later quantization: HardSwish becomes ADD/MUL, because XNNPACK
+    does not take int8 HARD_SWISH and each one would split the delegated graph.
+    """
     from model_compiler.litert.ops import LOWERINGS
 
     shapes = static_input_shapes(model, input_shapes)
     nodes, consts = prepare(model)
-    low = Lowering(consts)
+    low = Lowering(consts, for_int8)
     for name, shape in shapes.items():
         vi = next(v for v in model.graph.input if v.name == name)
         if vi.type.tensor_type.elem_type != 1:

@@ -57,7 +57,7 @@ class LiteRTBuilder:
         model = onnx.load(str(ctx.model_path))
         shapes = static_shapes(model, ctx.calib)
         try:
-            lowered = lower(model, shapes)
+            lowered = lower(model, shapes, for_int8=recipe.precision == "int8")
         except UnsupportedOpError as exc:
             raise VariantSkipped(f"LiteRT lowering stopped at operator {exc.op_type}: {exc}") from exc
         except CompileError as exc:
