@@ -129,3 +129,26 @@ def test_read_scope_cannot_register(running_hub, hub_model_dir):
     with client(running_hub, "read") as c:
         r = c.post("/v1/models", content=tar_gz(hub_model_dir), headers={"Content-Type": "application/gzip"})
     assert r.status_code == 403
+
+
+@pytest.mark.slow
+def test_a_real_compiler_output_registers_and_every_file_downloads(running_hub, digits_dir, tmp_path):
+    from hub_fixtures import compile_digits
+
+    out = compile_digits(digits_dir, "edge", tmp_path / "compiled", name="digits-edge", key=tmp_path / "compiler.pem",
+                         profiles=("cpu-x86", "cpu-arm"))
+    compiled = Manifest.from_json((out / "manifest.json").read_text())
+    with client(running_hub) as c:
+        r = c.post("/v1/models", content=tar_gz(out), headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 200, r.text
+        served = c.get(f"/v1/models/digits-edge/versions/{compiled.version}/manifest").json()
+        public = signing.load_public_key(c.get("/v1/keys/release").json()["public_key_pem"])
+        signing.verify_manifest(served, public)  # re-signed by the hub, whoever signed it before
+        assert served["signature"]["key_id"] != (compiled.signature or {}).get("key_id")
+        entries = [f for v in compiled.variants for f in v.files] + ([compiled.golden.file] if compiled.golden else [])
+        assert len(entries) >= 2
+        for entry in entries:
+            blob = c.get(f"/v1/artifacts/{entry.sha256}")
+            assert blob.status_code == 200 and blob.content == (out / entry.path).read_bytes()
+        variants = c.get("/v1/variants", params={"model": "digits-edge", "profile": "cpu-arm"}).json()["items"]
+        assert compiled.profiles["cpu-arm"].chosen in {v["variant_id"] for v in variants}
