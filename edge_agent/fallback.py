@@ -4,6 +4,7 @@ Any KServe v2 gRPC server works (the Tandem hub, Triton, KServe); Tandem's extra
 `parameters`. Every failure (hub down, deadline passed, overload, breaker open, a
 malformed answer) surfaces as FallbackUnavailable so the agent answers degraded
 instead of waiting; an open breaker fails before touching the network.
+`FallbackClient` is for threads, `AsyncFallbackClient` (grpc.aio) for asyncio shells.
 """
 
 from __future__ import annotations
@@ -101,14 +102,29 @@ def parse_response(response: pb.ModelInferResponse, latency_ms: float, attempts:
     )
 
 
-class FallbackClient:
-    """Ask a v2 gRPC server for an answer within `deadline_ms`, over one long-lived channel.
+def channel_options() -> list[tuple[str, object]]:
+    """gRPC channel options for a fallback channel (shared by the sync and asyncio clients)."""
+    # Reconnect quickly once the hub is back, so a half-open probe finds a live
+    # connection instead of a channel still sitting in its (default 120 s) backoff.
+    # gRPC also uses min_reconnect_backoff as the minimum time a connection attempt
+    # may take (TCP + TLS + SETTINGS): keep it well above a slow WAN handshake.
+    return [
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 1000),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        # With a dns:///name target resolving to several hub replicas, spread calls.
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+    ]
 
-    Thread-safe: the agent calls `infer` from several worker threads at once.
-    """
 
-    def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
-                 max_attempts: int = 2) -> None:
+class _FallbackCore:
+    """Everything but the transport: settings, request building, retry and breaker bookkeeping."""
+
+    def __init__(self, url: str, deadline_ms: float, breaker: CircuitBreaker | None, max_attempts: int) -> None:
         if deadline_ms <= 0:
             raise ConfigError(f"fallback.deadline_ms: must be positive, got {deadline_ms}")
         if max_attempts < 1:
@@ -118,62 +134,28 @@ class FallbackClient:
         self.breaker = breaker
         self.max_attempts = max_attempts
         try:
-            target, tls = parse_target(url)
+            self._target, self._tls = parse_target(url)
         except ValueError as exc:
             raise ConfigError(f"fallback.hub_url: {exc}") from exc
-        # Reconnect quickly once the hub is back, so a half-open probe finds a live
-        # connection instead of a channel still sitting in its (default 120 s) backoff.
-        # gRPC also uses min_reconnect_backoff as the minimum time a connection attempt
-        # may take (TCP + TLS + SETTINGS): keep it well above a slow WAN handshake.
-        options = [
-            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 1000),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            # With a dns:///name target resolving to several hub replicas, spread calls.
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
-        ]
-        if tls:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
-              edge_label: int | None = None, edge_confidence: float | None = None,
-              deadline_ms: float | None = None, request_id: str = "") -> FallbackResult:
-        """The hub's answer for `inputs`, or FallbackUnavailable within the deadline (plus gRPC's own slack)."""
-        start = time.perf_counter()
-        budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
-        edge = params.EdgeContext(device_id=device_id, model_version=model_version, edge_label=edge_label,
-                                  edge_confidence=edge_confidence)
+    def _prepare(self, model_name: str, inputs: Mapping[str, np.ndarray], edge: params.EdgeContext,
+                 request_id: str) -> pb.ModelInferRequest:
         try:
             request = build_request(model_name, inputs, edge, request_id)
         except TensorCodecError as exc:
             raise unavailable("bad_request", f"cannot send this input to the hub: {exc}") from exc
+        # After encoding, so an input the protocol cannot carry never takes a half-open probe slot.
         if self.breaker is not None and not self.breaker.allow():
             raise unavailable("breaker_open", f"hub at {self.url} is failing; circuit breaker open, not calling it")
-        attempts = 0
-        while True:
-            attempts += 1
-            remaining = budget_s - (time.perf_counter() - start)
-            try:
-                response = self._stub.ModelInfer(request, timeout=max(remaining, 0.001))
-            except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
-                self._release_probe()
-                raise unavailable("closed", f"the fallback client for {self.url} is closed") from exc
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-                left = budget_s - (time.perf_counter() - start)
-                if code in _RETRYABLE and attempts < self.max_attempts and left > _MIN_RETRY_BUDGET_S:
-                    log.debug("hub %s unavailable (attempt %d), retrying within %.0f ms", self.url, attempts, left * 1000)
-                    continue
-                raise self._failure(code, exc, model_name, budget_s) from None
-            break
-        latency_ms = (time.perf_counter() - start) * 1000.0
+        return request
+
+    def _retry(self, code: grpc.StatusCode, attempts: int, left_s: float) -> bool:
+        if code in _RETRYABLE and attempts < self.max_attempts and left_s > _MIN_RETRY_BUDGET_S:
+            log.debug("hub %s unavailable (attempt %d), retrying within %.0f ms", self.url, attempts, left_s * 1000)
+            return True
+        return False
+
+    def _answer(self, response: pb.ModelInferResponse, latency_ms: float, attempts: int) -> FallbackResult:
         try:
             result = parse_response(response, latency_ms, attempts)
         except TensorCodecError as exc:
@@ -184,29 +166,14 @@ class FallbackClient:
             self.breaker.record_success()
         return result
 
-    def ready(self, timeout_s: float = 1.0) -> bool:
-        """Is the hub up and ready? (ServerReady; False on any error.)"""
-        try:
-            return self._stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s).ready
-        except grpc.RpcError:
-            return False
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> "FallbackClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _release_probe(self) -> None:
+    def _closed(self, exc: Exception) -> FallbackUnavailable:
         # No call reached the hub: give a half-open probe slot back rather than wedge it.
         if self.breaker is not None and self.breaker.state == "half-open":
             self.breaker.record_failure()
+        return unavailable("closed", f"the fallback client for {self.url} is closed")
 
-    def _failure(self, code: grpc.StatusCode, exc: grpc.RpcError, model_name: str,
-                 budget_s: float) -> FallbackUnavailable:
+    def _failure(self, exc: grpc.RpcError, model_name: str, budget_s: float) -> FallbackUnavailable:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code in _HUB_ALIVE:
             if self.breaker is not None:
@@ -220,3 +187,117 @@ class FallbackClient:
         else:
             message = f"hub at {self.url} failed: {code.name}: {details}"
         return unavailable(_REASONS.get(code, "error"), message)
+
+
+class FallbackClient(_FallbackCore):
+    """Ask a v2 gRPC server for an answer within `deadline_ms`, over one long-lived channel.
+
+    Thread-safe: the agent calls `infer` from several worker threads at once.
+    """
+
+    def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
+                 max_attempts: int = 2) -> None:
+        super().__init__(url, deadline_ms, breaker, max_attempts)
+        if self._tls:
+            self._channel = grpc.secure_channel(self._target, grpc.ssl_channel_credentials(), options=channel_options())
+        else:
+            self._channel = grpc.insecure_channel(self._target, options=channel_options())
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
+              edge_label: int | None = None, edge_confidence: float | None = None,
+              deadline_ms: float | None = None, request_id: str = "") -> FallbackResult:
+        """The hub's answer for `inputs`, or FallbackUnavailable within the deadline (plus gRPC's own slack)."""
+        start = time.perf_counter()
+        budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
+        edge = params.EdgeContext(device_id=device_id, model_version=model_version, edge_label=edge_label,
+                                  edge_confidence=edge_confidence)
+        request = self._prepare(model_name, inputs, edge, request_id)
+        attempts = 0
+        while True:
+            attempts += 1
+            remaining = budget_s - (time.perf_counter() - start)
+            try:
+                response = self._stub.ModelInfer(request, timeout=max(remaining, 0.001))
+                break
+            except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+                raise self._closed(exc) from exc
+            except grpc.RpcError as exc:
+                if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
+                    continue
+                raise self._failure(exc, model_name, budget_s) from None
+        return self._answer(response, (time.perf_counter() - start) * 1000.0, attempts)
+
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        """Is the hub up and ready? (ServerReady; False on any error.)"""
+        try:
+            return self._stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s).ready
+        except (grpc.RpcError, ValueError):
+            return False
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "FallbackClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncFallbackClient(_FallbackCore):
+    """The asyncio (grpc.aio) twin of FallbackClient, for asyncio shells: no thread hop per call.
+
+    Create, use and close it on one running event loop.
+    """
+
+    def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
+                 max_attempts: int = 2) -> None:
+        super().__init__(url, deadline_ms, breaker, max_attempts)
+        if self._tls:
+            self._channel = grpc.aio.secure_channel(self._target, grpc.ssl_channel_credentials(),
+                                                    options=channel_options())
+        else:
+            self._channel = grpc.aio.insecure_channel(self._target, options=channel_options())
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._is_closed = False
+
+    async def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
+                    edge_label: int | None = None, edge_confidence: float | None = None,
+                    deadline_ms: float | None = None, request_id: str = "") -> FallbackResult:
+        """Same contract as FallbackClient.infer."""
+        start = time.perf_counter()
+        budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
+        edge = params.EdgeContext(device_id=device_id, model_version=model_version, edge_label=edge_label,
+                                  edge_confidence=edge_confidence)
+        request = self._prepare(model_name, inputs, edge, request_id)
+        if self._is_closed:
+            raise self._closed(RuntimeError("closed"))
+        attempts = 0
+        while True:
+            attempts += 1
+            remaining = budget_s - (time.perf_counter() - start)
+            try:
+                response = await self._stub.ModelInfer(request, timeout=max(remaining, 0.001))
+                break
+            except grpc.aio.AioRpcError as exc:
+                if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
+                    continue
+                raise self._failure(exc, model_name, budget_s) from None
+        return self._answer(response, (time.perf_counter() - start) * 1000.0, attempts)
+
+    async def ready(self, timeout_s: float = 1.0) -> bool:
+        try:
+            return (await self._stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s)).ready
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def close(self) -> None:
+        self._is_closed = True
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncFallbackClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

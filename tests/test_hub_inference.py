@@ -488,3 +488,39 @@ def test_inputs_the_protocol_cannot_carry_fail_before_the_breaker_or_the_network
         with pytest.raises(FallbackUnavailable, match="complex64") as err:
             client.infer(CLOUD_NAME, {"input": np.zeros((1, 64), np.complex64)}, device_id="d", model_version="1")
     assert err.value.reason == "bad_request" and breaker.state == "closed"
+
+
+def test_the_asyncio_client_answers_fails_within_the_deadline_and_trips_its_breaker(cloud_dir, reference, test_x):
+    import asyncio
+
+    from edge_agent.fallback import AsyncFallbackClient
+
+    x = test_x[:1]
+
+    async def story(server: InferenceServer) -> None:
+        breaker = CircuitBreaker(failure_threshold=2, cool_down_s=60)
+        async with AsyncFallbackClient(server.address, deadline_ms=200, breaker=breaker) as client:
+            assert await client.ready()
+            answers = await asyncio.gather(*[
+                client.infer(EDGE_NAME, {"input": test_x[i:i + 1]}, device_id="a", model_version="1.0.0")
+                for i in range(16)])
+            for i, answer in enumerate(answers):
+                np.testing.assert_allclose(answer.outputs["probabilities"], reference(test_x[i:i + 1]),
+                                           rtol=1e-5, atol=1e-6)
+            server.stop()
+            for _ in range(2):
+                start = time.perf_counter()
+                with pytest.raises(FallbackUnavailable):
+                    await client.infer(EDGE_NAME, {"input": x}, device_id="a", model_version="1.0.0")
+                assert time.perf_counter() - start < 0.2 + DEADLINE_MARGIN_S
+            assert breaker.state == "open"
+            with pytest.raises(FallbackUnavailable) as err:
+                await client.infer(EDGE_NAME, {"input": x}, device_id="a", model_version="1.0.0")
+            assert err.value.reason == "breaker_open"
+
+    server = InferenceServer(cloud_dir, aliases={EDGE_NAME: CLOUD_NAME})
+    server.start()
+    try:
+        asyncio.run(story(server))
+    finally:
+        server.stop()
