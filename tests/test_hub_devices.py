@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -93,3 +99,31 @@ def test_rest_filters_and_pages(hub):
     assert api.post("/v1/devices/nope/heartbeat", json={}).status_code == 404
     assert api.delete("/v1/devices/dev-1").status_code == 204
     assert api.get("/v1/devices/dev-1").status_code == 404
+
+
+def test_concurrent_agents_and_a_cli_writing_the_same_database(hub_config, tmp_path):
+    with Hub(hub_config).start() as hub:
+        token = hub.tokens.create("agents", "operate").token
+
+        def agent(i: int) -> list[int]:
+            codes = []
+            with httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=20) as c:
+                codes.append(c.post("/v1/devices", json={"device_id": f"a-{i}", "profile": "cpu-x86",
+                                                         "agent_version": "0.1.0"}).status_code)
+                for _ in range(15):
+                    codes.append(c.post(f"/v1/devices/a-{i}/heartbeat", json={"model_version": "1.0.0"}).status_code)
+            return codes
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(agent, i) for i in range(8)]
+            # Meanwhile an operator bootstraps a token on the same data dir from another process.
+            cli = subprocess.run([sys.executable, "-m", "cloud_hub.cli", "tokens", "create", "--scope", "read",
+                                  "--name", "side", "--data-dir", str(hub_config.data_dir), "--json"],
+                                 capture_output=True, text=True, timeout=60)
+            codes = [code for f in futures for code in f.result(timeout=120)]
+        assert cli.returncode == 0, cli.stderr
+        assert set(codes) == {200} and len(codes) == 8 * 16
+        side = json.loads(cli.stdout)["token"]
+        r = httpx.get(f"{hub.http_url}/v1/devices", headers={"Authorization": f"Bearer {side}"},
+                      params={"model_version": "1.0.0"})
+        assert r.status_code == 200 and r.json()["total"] == 8

@@ -152,3 +152,40 @@ def test_a_real_compiler_output_registers_and_every_file_downloads(running_hub, 
             assert blob.status_code == 200 and blob.content == (out / entry.path).read_bytes()
         variants = c.get("/v1/variants", params={"model": "digits-edge", "profile": "cpu-arm"}).json()["items"]
         assert compiled.profiles["cpu-arm"].chosen in {v["variant_id"] for v in variants}
+
+
+def test_racing_registrations_of_one_version_store_exactly_one(running_hub, digits_dir, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloud_hub.errors import ConflictError
+
+    dirs = []
+    for i, onnx in enumerate(["edge.onnx", "cloud.onnx"] * 3):
+        dirs.append(make_model_dir(digits_dir, tmp_path / f"d{i}", version="2.0.0", onnx_name=onnx))
+
+    def register(d):
+        try:
+            return running_hub.registry.register_dir(d)
+        except ConflictError as exc:
+            return exc
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(register, dirs))
+    created = [r for r in results if not isinstance(r, Exception) and r.created]
+    conflicts = [r for r in results if isinstance(r, ConflictError)]
+    assert len(created) == 1 and len(conflicts) == 3
+    winner = created[0].content_sha256
+    assert all(r.content_sha256 == winner for r in results if not isinstance(r, Exception))
+    assert running_hub.registry.list_versions("digits")[1] == 1
+
+
+def test_a_release_key_others_can_read_is_tightened(hub_config):
+    from cloud_hub.hub import Hub
+
+    Hub(hub_config).stop()
+    hub_config.release_key_path.chmod(0o644)
+    hub = Hub(hub_config)
+    try:
+        assert hub_config.release_key_path.stat().st_mode & 0o777 == 0o600
+    finally:
+        hub.stop()
