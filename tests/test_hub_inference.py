@@ -304,6 +304,8 @@ def test_fallback_client_gets_the_cloud_answer_and_the_hub_counts_the_edge_conte
     assert after.by_device["cam-42"] - before.by_device["cam-42"] == 2
     assert after.edge_disagreements - before.edge_disagreements == 1
     assert after.edge_agreements - before.edge_agreements == 1
+    summary = json.loads(json.dumps(after.to_dict()))
+    assert summary["top_devices"]["cam-42"] >= 2 and summary["mean_compute_ms"] > 0
 
 
 def test_fallback_client_reports_a_rejected_request_without_tripping_the_breaker(hub, test_x):

@@ -57,6 +57,16 @@ class InferenceStats:
     by_device: Counter = field(default_factory=Counter)
     compute_ms_total: float = 0.0
 
+    def to_dict(self, top_devices: int = 20) -> dict:
+        """JSON-able summary for the REST console (the busiest devices only)."""
+        return {
+            "requests": self.requests, "ok": self.ok, "errors": dict(self.errors),
+            "fallback_requests": self.fallback_requests, "edge_agreements": self.edge_agreements,
+            "edge_disagreements": self.edge_disagreements,
+            "mean_compute_ms": self.compute_ms_total / self.ok if self.ok else None,
+            "top_devices": dict(self.by_device.most_common(top_devices)),
+        }
+
 
 def _version() -> str:
     try:
