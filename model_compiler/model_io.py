@@ -82,12 +82,19 @@ def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def weight_bytes(model) -> int:
-    """Bytes of all initializers: what quantization shrinks."""
+    """Bytes of all initializers and Constant-node tensors: what quantization shrinks.
+
+    Some exporters (Paddle2ONNX for PP-OCR) store weights as Constant nodes rather
+    than initializers, so both count.
+    """
     from onnx import numpy_helper
 
-    total = 0
-    for init in model.graph.initializer:
-        total += numpy_helper.to_array(init).nbytes
+    total = sum(numpy_helper.to_array(init).nbytes for init in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    total += numpy_helper.to_array(attr.t).nbytes
     return total
 
 
