@@ -65,7 +65,7 @@ class Agent:
             self.service = InferenceService(
                 self.model, self.batcher, self.policy, self.metrics, device_id=cfg.device_id, allow_nan=cfg.allow_nan,
                 fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
-                hub_model=cfg.hub_model, hard_examples=self.hard_examples,
+                hub_model=cfg.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.inline_max_us,
             )
             self.server = ZmqServer(cfg.endpoint, self.service.handle, max_inflight=cfg.max_queue * 4).start()
             self._register_gauges()

@@ -64,7 +64,10 @@ def _mode(mode: str) -> int:
 
 def parse_reply(frames: Sequence[Any]) -> AgentAnswer:
     """Turn reply frames into an AgentAnswer, or raise the agent's error."""
-    header, outputs = decode_reply(frames)
+    return _answer(*decode_reply(frames))
+
+
+def _answer(header: pb.ReplyHeader, outputs: dict[str, np.ndarray]) -> AgentAnswer:
     if header.source == pb.SOURCE_ERROR:
         cls = ERRORS_BY_CODE.get(header.error.code, AgentError)
         raise cls(header.error.message or f"the agent returned error {header.error.code!r}")
@@ -117,10 +120,9 @@ class AgentClient:
                 self._sock = self._connect()
                 raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within "
                                        f"{(self.timeout_s if timeout_s is None else timeout_s):.1f} s; is it running?")
-            reply = self._sock.recv_multipart(copy=False)
-            answer_id = _peek_request_id(reply)
-            if answer_id in (request_id, ""):
-                return parse_reply(reply)
+            header, outputs = decode_reply(self._sock.recv_multipart(copy=False))
+            if header.request_id in (request_id, ""):
+                return _answer(header, outputs)
             # a stale reply to an earlier, abandoned request: skip it
 
     def close(self) -> None:
@@ -164,19 +166,23 @@ class AsyncAgentClient:
             await self._sock.send_multipart(frames, copy=False)
             limit = self.timeout_s if timeout_s is None else timeout_s
             try:
-                reply = await asyncio.wait_for(waiter, limit)
+                header, outputs = await asyncio.wait_for(waiter, limit)
             except asyncio.TimeoutError:
                 raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within {limit:.1f} s; "
                                        "is it running?") from None
         finally:
             self._waiters.pop(request_id, None)
-        return parse_reply(reply)
+        return _answer(header, outputs)
 
     async def _read(self) -> None:
         while self._waiters:
-            reply = await self._sock.recv_multipart(copy=False)
-            waiter = self._waiters.get(_peek_request_id(reply))
-            if waiter is None and len(self._waiters) == 1 and not _peek_request_id(reply):
+            frames = await self._sock.recv_multipart(copy=False)
+            try:
+                reply = decode_reply(frames)
+            except AgentError:
+                continue  # not a reply we can read; its request times out
+            waiter = self._waiters.get(reply[0].request_id)
+            if waiter is None and len(self._waiters) == 1 and not reply[0].request_id:
                 waiter = next(iter(self._waiters.values()))  # an error reply the agent could not attribute
             if waiter is not None and not waiter.done():
                 waiter.set_result(reply)
@@ -197,12 +203,3 @@ class AsyncAgentClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _peek_request_id(frames: Sequence[Any]) -> str:
-    header = pb.ReplyHeader()
-    try:
-        header.ParseFromString(bytes(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]))
-    except Exception:
-        return ""
-    return header.request_id

@@ -22,7 +22,7 @@ SECTIONS = {
     "model": ("model_dir", "profile", "variant", "allow_nan", "threads"),
     "server": ("endpoint", "device_id"),
     "policy": ("policy", "threshold", "policy_output", "transform"),
-    "batch": ("window_us", "max_batch", "max_queue"),
+    "batch": ("window_us", "max_batch", "max_queue", "inline_max_us"),
     "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
     "health": ("http_port", "http_host"),
     "hard_examples": ("data_dir", "hard_examples_max"),
@@ -59,6 +59,7 @@ class AgentConfig:
     window_us: float = 300.0
     max_batch: int = 8
     max_queue: int = 256
+    inline_max_us: float = 200.0        # faster models run on the I/O loop when idle; 0: always the worker
     hub_url: str | None = None          # host:port of a KServe v2 gRPC server; None: edge only
     hub_model: str | None = None        # the model name to ask the hub for; None: the manifest's name
     deadline_ms: float = 200.0
@@ -87,7 +88,7 @@ class AgentConfig:
             raise bad("threshold", f"{self.threshold} must be between 0 and 1")
         if not self.endpoint.startswith(("ipc://", "tcp://", "inproc://")):
             raise bad("endpoint", f"{self.endpoint!r} must start with ipc://, tcp:// or inproc://")
-        for key, low in (("window_us", 0), ("deadline_ms", 1), ("breaker_cooldown_s", 0)):
+        for key, low in (("window_us", 0), ("inline_max_us", 0), ("deadline_ms", 1), ("breaker_cooldown_s", 0)):
             if getattr(self, key) < low:
                 raise bad(key, f"{getattr(self, key)} must be >= {low}")
         for key in ("max_batch", "max_queue", "breaker_failures", "hard_examples_max"):

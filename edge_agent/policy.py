@@ -36,7 +36,8 @@ def sigmoid_pair(x: np.ndarray) -> np.ndarray:
 
 def _auto(x: np.ndarray) -> np.ndarray:
     """Probabilities pass through; anything else is treated as logits."""
-    if x.size and np.all(x >= 0) and np.all(x <= 1) and np.allclose(x.sum(axis=-1), 1.0, atol=1e-3):
+    # min/max/sum, not np.allclose: this runs on every request and the arrays are tiny
+    if x.size and x.min() >= 0.0 and x.max() <= 1.0 and float(np.abs(x.sum(axis=-1) - 1.0).max()) <= 1e-3:
         return x
     if x.shape[-1] == 1:
         return sigmoid_pair(x)
@@ -88,13 +89,16 @@ class ConfidencePolicy:
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """The scored output, transformed to probabilities with shape [rows, classes]."""
-        arr = np.asarray(raw, dtype=np.float32)
+        arr = raw if isinstance(raw, np.ndarray) and raw.dtype == np.float32 else np.asarray(raw, dtype=np.float32)
         if arr.ndim == 0:
             raise PolicyError("the scored output is a scalar; expected [rows, classes]")
         if arr.ndim == 1:
             arr = arr.reshape(-1, 1) if self._transform is sigmoid_pair else arr.reshape(1, -1)
-        arr = arr.reshape(arr.shape[0], -1)
-        probs = np.asarray(self._transform(arr), dtype=np.float32)
+        if arr.ndim > 2:
+            arr = arr.reshape(arr.shape[0], -1)
+        probs = self._transform(arr)
+        if probs.dtype != np.float32:
+            probs = np.asarray(probs, dtype=np.float32)
         if probs.ndim != 2 or probs.shape[0] != arr.shape[0] or probs.shape[1] < 1:
             raise PolicyError(f"transform returned shape {probs.shape}; expected [rows, classes] with {arr.shape[0]} rows")
         return probs
@@ -110,20 +114,25 @@ class ConfidencePolicy:
         _check_threshold(t)
         probs = self.probabilities(raw)
         confidence = self.measure(probs)
-        with np.errstate(invalid="ignore"):
-            confident = confidence >= t  # NaN compares False: a NaN answer is never confident
-        if probs.shape[0]:
-            labels = np.argmax(np.nan_to_num(probs, nan=-np.inf), axis=-1).astype(np.int64)
+        if not probs.shape[0]:
+            return Scores(np.zeros(0, np.int64), confidence, np.zeros(0, bool), t)
+        nan = np.isnan(confidence)
+        if nan.any():  # NaN compares False below, so a NaN answer is never confident
+            probs = np.where(np.isnan(probs), -np.inf, probs)
+            confidence = np.where(nan, np.float32(0.0), confidence)
+            confident = (confidence >= t) & ~nan
+            confidence = np.where(nan, np.float32(np.nan), confidence)
         else:
-            labels = np.zeros(0, np.int64)
-        return Scores(labels=labels, confidence=confidence, confident=np.asarray(confident, bool), threshold=t)
+            confident = confidence >= t
+        labels = probs.argmax(axis=-1).astype(np.int64)
+        return Scores(labels=labels, confidence=confidence, confident=confident, threshold=t)
 
     def measure(self, probs: np.ndarray) -> np.ndarray:
         rows, k = probs.shape
         if rows == 0:
             return np.zeros(0, np.float32)
         if self.kind == "max_prob":
-            c = probs.max(axis=-1)
+            return probs.max(axis=-1)
         elif self.kind == "margin":
             if k < 2:
                 c = probs[:, 0]

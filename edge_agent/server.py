@@ -1,7 +1,7 @@
 """The local API's I/O shell: a ZeroMQ ROUTER socket served by an asyncio loop on its own thread.
 
-Each request becomes a task, so a request waiting on the runtime or on the hub never
-holds up the next one. Frames are received without copying (zmq.Frame) and handed
+A request that has to wait (on the runtime's worker thread or on the hub) becomes a
+task, so it never holds up the next one; one the handler answers at once is sent at once. Frames are received without copying (zmq.Frame) and handed
 to the handler as they are; the handler returns the reply frames. Clients may be
 DEALER sockets (frames: header, tensors...) or REQ sockets (an empty delimiter first).
 """
@@ -23,7 +23,8 @@ from protocols import limits
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Sequence[Any]], Awaitable[list[Any]]]
+# Returns the reply frames, or an awaitable of them when the answer has to wait.
+Handler = Callable[[Sequence[Any]], "list[Any] | Awaitable[list[Any]]"]
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 
 
@@ -119,15 +120,23 @@ class ZmqServer:
             exc = OverloadedError(f"the agent has {self.inflight} requests in flight (limit {self._max_inflight})")
             sock.send_multipart(envelope + error_reply("", exc.code, str(exc)), copy=False)
             return
-        task = asyncio.ensure_future(self._answer(sock, envelope, body))
+        try:
+            result = self._handler(body)
+        except Exception as exc:  # the handler should not raise; never let one request kill the loop
+            log.exception("request handler failed")
+            result = error_reply("", "internal", f"internal error: {type(exc).__name__}: {exc}")
+        if isinstance(result, list):  # answered synchronously: no task, no extra loop turn
+            sock.send_multipart(envelope + result, copy=False)
+            return
+        task = asyncio.ensure_future(self._answer(sock, envelope, result))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, sock: zmq.asyncio.Socket, envelope: list[bytes], body: list[zmq.Frame]) -> None:
+    async def _answer(self, sock: zmq.asyncio.Socket, envelope: list[bytes], pending: Awaitable[list[Any]]) -> None:
         self.inflight += 1
         try:
             try:
-                reply = await self._handler(body)
+                reply = await pending
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the handler should not raise; never let one request kill the loop

@@ -11,7 +11,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,13 @@ FALLBACK_GRACE_S = 0.05
 
 
 @dataclass
+class _Prepared:
+    header: pb.RequestHeader
+    feeds: dict[str, np.ndarray]
+    threshold: float | None
+
+
+@dataclass
 class Answer:
     source: int
     scores: Scores
@@ -46,7 +53,7 @@ class InferenceService:
     def __init__(self, model: LoadedModel, batcher: MicroBatcher, policy: ConfidencePolicy, metrics: AgentMetrics, *,
                  device_id: str, allow_nan: bool = False, fallback: Any = None, fallback_executor: Executor | None = None,
                  deadline_ms: float = 200.0, hub_model: str | None = None,
-                 hard_examples: HardExampleQueue | None = None) -> None:
+                 hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0) -> None:
         self.model = model
         self.batcher = batcher
         self.policy = policy
@@ -58,68 +65,118 @@ class InferenceService:
         self.deadline_s = deadline_ms / 1000.0
         self.hub_model = hub_model or model.name
         self.hard_examples = hard_examples
+        # Models whose calls take less than this run on the loop thread when the batcher is
+        # idle: for them the hand-off to the worker thread costs more than the model.
+        self.inline_max_s = inline_max_us / 1e6
+        self._runtime_ewma_s: float | None = None  # unknown until measured: the first run goes to the worker
 
-    async def handle(self, frames: Sequence[Any]) -> list[Any]:
+    def handle(self, frames: Sequence[Any]) -> list[Any] | Awaitable[list[Any]]:
+        """Reply frames, at once when no waiting is needed (fast model, confident), else an awaitable.
+
+        The synchronous path saves the event loop a task and a turn per request; see server.py.
+        """
         t0 = time.perf_counter()
-        request_id = ""
         try:
-            header, arrays = decode_request(frames)
-            request_id = header.request_id
-            answer = await self._answer(header, arrays)
-        except AgentError as exc:
-            return self._error(getattr(exc, "request_id", request_id), exc.code, str(exc), t0)
-        except Exception as exc:  # a bug, not the client's fault: say so, keep serving
-            log.exception("request failed request_id=%s", request_id)
-            return self._error(request_id, "internal", f"internal error: {type(exc).__name__}: {exc}", t0)
+            request = self._prepare(frames)
+            outputs = self._run_inline(request.feeds)
+            if outputs is not None:
+                edge, wants_hub = self._score(request, outputs)
+                if not wants_hub or self.fallback is None:
+                    return self._reply(request, self._edge_only(request, edge, wants_hub), t0)
+        except Exception as exc:
+            return self._failure(exc, t0)
+        return self._finish(request, t0, outputs)
+
+    async def _finish(self, request: "_Prepared", t0: float, outputs: list[np.ndarray] | None) -> list[Any]:
+        try:
+            if outputs is None:
+                outputs = await self._run_worker(request.feeds)
+            edge, wants_hub = self._score(request, outputs)
+            if not wants_hub or self.fallback is None:
+                return self._reply(request, self._edge_only(request, edge, wants_hub), t0)
+            answer = await self._ask_hub(request.feeds, edge.scores, request.header.request_id)
+            if not edge.scores.all_confident:
+                self._keep_hard_example(request.header.request_id, request.feeds, edge.scores,
+                                        _SOURCE_NAMES[answer.source])
+            if answer.source == pb.SOURCE_EDGE_DEGRADED:
+                edge.source, edge.detail = pb.SOURCE_EDGE_DEGRADED, answer.detail
+                answer = edge
+            return self._reply(request, answer, t0)
+        except Exception as exc:
+            return self._failure(exc, t0, request.header.request_id)
+
+    def _failure(self, exc: Exception, t0: float, request_id: str = "") -> list[Any]:
+        request_id = getattr(exc, "request_id", request_id)
+        if isinstance(exc, AgentError):
+            return self._error(request_id, exc.code, str(exc), t0)
+        # a bug, not the client's fault: say so, keep serving
+        log.error("request failed request_id=%s", request_id, exc_info=exc)
+        return self._error(request_id, "internal", f"internal error: {type(exc).__name__}: {exc}", t0)
+
+    def _reply(self, request: "_Prepared", answer: Answer, t0: float) -> list[Any]:
         elapsed = time.perf_counter() - t0
-        source_name = _SOURCE_NAMES[answer.source]
-        self.metrics.observe_request(source_name, elapsed)
+        self.metrics.observe_request(_SOURCE_NAMES[answer.source], elapsed)
         reply = pb.ReplyHeader(
-            request_id=request_id, source=answer.source, confidence=answer.scores.confidence.tolist(),
-            label=answer.scores.labels.tolist(), latency_ms=elapsed * 1000.0, model_name=self.model.name,
-            model_version=self.model.version, detail=answer.detail, threshold=answer.scores.threshold,
+            request_id=request.header.request_id, source=answer.source,
+            confidence=answer.scores.confidence.tolist(), label=answer.scores.labels.tolist(),
+            latency_ms=elapsed * 1000.0, model_name=self.model.name, model_version=self.model.version,
+            detail=answer.detail, threshold=answer.scores.threshold,
         )
         if answer.edge_confidence is not None:
             reply.edge_confidence.extend(answer.edge_confidence.tolist())
-        return encode_reply(reply, answer.outputs if header.options.return_outputs else ())
+        return encode_reply(reply, answer.outputs if request.header.options.return_outputs else ())
 
     def _error(self, request_id: str, code: str, message: str, t0: float) -> list[Any]:
         self.metrics.observe_request("error", time.perf_counter() - t0, code)
         log.debug("error reply request_id=%s code=%s message=%s", request_id, code, message)
         return error_reply(request_id, code, message)
 
-    async def _answer(self, header: pb.RequestHeader, arrays: list[np.ndarray]) -> Answer:
-        if header.model_name and header.model_name != self.model.name:
-            raise BadRequestError(f"unknown model {header.model_name!r}: this agent serves "
-                                  f"{self.model.name!r} version {self.model.version}")
-        threshold = header.options.threshold if header.options.HasField("threshold") else None
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise BadRequestError(f"threshold {threshold} must be between 0 and 1")
-        feeds = match_inputs(self.model.input_specs, [t.name for t in header.inputs], arrays, allow_nan=self.allow_nan)
-        outputs = await self._run(feeds)
+    def _prepare(self, frames: Sequence[Any]) -> "_Prepared":
+        header, arrays = decode_request(frames)
+        try:
+            if header.model_name and header.model_name != self.model.name:
+                raise BadRequestError(f"unknown model {header.model_name!r}: this agent serves "
+                                      f"{self.model.name!r} version {self.model.version}")
+            threshold = header.options.threshold if header.options.HasField("threshold") else None
+            if threshold is not None and not 0.0 <= threshold <= 1.0:
+                raise BadRequestError(f"threshold {threshold} must be between 0 and 1")
+            feeds = match_inputs(self.model.input_specs, [t.name for t in header.inputs], arrays,
+                                 allow_nan=self.allow_nan)
+        except AgentError as exc:
+            exc.request_id = header.request_id  # type: ignore[attr-defined]
+            raise
+        return _Prepared(header, feeds, threshold)
+
+    def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, bool]:
         names = self.model.output_names
         try:
-            scores = self.policy.score(outputs, names, threshold)
+            scores = self.policy.score(outputs, names, request.threshold)
         except PolicyError as exc:
             raise InferenceError(f"cannot score the model's outputs: {exc}") from exc
-        edge = Answer(pb.SOURCE_EDGE, scores, list(zip(names, outputs)))
-        mode = header.options.mode
+        mode = request.header.options.mode
         wants_hub = mode == pb.MODE_CLOUD_ONLY or (mode == pb.MODE_AUTO and not scores.all_confident)
-        if not wants_hub:
-            return edge
-        if self.fallback is None:
-            edge.detail = "below threshold; no hub is configured"
-            self._keep_hard_example(header.request_id, feeds, scores, "edge")
-            return edge
-        answer = await self._ask_hub(feeds, scores, header.request_id)
-        if not scores.all_confident:
-            self._keep_hard_example(header.request_id, feeds, scores, _SOURCE_NAMES[answer.source])
-        if answer.source == pb.SOURCE_EDGE_DEGRADED:
-            edge.source, edge.detail = pb.SOURCE_EDGE_DEGRADED, answer.detail
-            return edge
-        return answer
+        return Answer(pb.SOURCE_EDGE, scores, list(zip(names, outputs))), wants_hub
 
-    async def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _edge_only(self, request: "_Prepared", edge: Answer, wants_hub: bool) -> Answer:
+        if wants_hub:  # and no hub is configured
+            edge.detail = "below threshold; no hub is configured"
+            self._keep_hard_example(request.header.request_id, request.feeds, edge.scores, "edge")
+        return edge
+
+    def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        """Run on this (the loop's) thread when the model is known to be faster than a hand-off."""
+        if self._runtime_ewma_s is None or self._runtime_ewma_s >= self.inline_max_s:
+            return None
+        t0 = time.perf_counter()
+        try:
+            outputs = self.batcher.try_run_inline(feeds)
+        except Exception as exc:
+            raise InferenceError(f"the runtime rejected the request: {str(exc).splitlines()[0][:500]}") from exc
+        if outputs is not None:
+            self._observe_runtime(time.perf_counter() - t0)
+        return outputs
+
+    async def _run_worker(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         t0 = time.perf_counter()
         try:
             future = self.batcher.submit(feeds)
@@ -133,8 +190,16 @@ class InferenceService:
             raise AgentError("the agent is shutting down") from exc
         except Exception as exc:
             raise InferenceError(f"the runtime rejected the request: {str(exc).splitlines()[0][:500]}") from exc
-        self.metrics.observe_runtime(time.perf_counter() - t0)
+        self._observe_runtime(time.perf_counter() - t0)
         return outputs
+
+    def _observe_runtime(self, seconds: float) -> None:
+        self.metrics.observe_runtime(seconds)
+        # includes queueing when run by the worker, which only makes inlining rarer under load
+        if self._runtime_ewma_s is None:
+            self._runtime_ewma_s = seconds
+        else:
+            self._runtime_ewma_s += 0.1 * (seconds - self._runtime_ewma_s)
 
     async def _ask_hub(self, feeds: dict[str, np.ndarray], scores: Scores, request_id: str) -> Answer:
         one_row = scores.labels.shape[0] == 1

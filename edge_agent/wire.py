@@ -7,6 +7,7 @@ agree on what is valid and the error messages name the broken limit.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ from protocols import limits
 from protocols import local_api_pb2 as pb
 
 Frame = Any  # bytes, memoryview or zmq.Frame: anything exposing the buffer protocol
+
+_WIRE_NP_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in limits.WIRE_DTYPES}
 
 
 def _buffer(frame: Frame) -> memoryview:
@@ -94,10 +97,10 @@ def _arrays(headers: Sequence[pb.TensorHeader], frames: Sequence[Frame], what: s
             raise BadRequestError(f"{label}: rank {len(shape)} exceeds the limit of {limits.MAX_TENSOR_DIMS}")
         if any(d < 0 for d in shape):
             raise BadRequestError(f"{label}: shape {list(shape)} has a negative dimension")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         if count > limits.MAX_TENSOR_ELEMENTS:
             raise BadRequestError(f"{label}: {count} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")
-        dtype = np.dtype(th.dtype).newbyteorder("<")
+        dtype = _WIRE_NP_DTYPES[th.dtype]
         buf = _buffer(frame)
         if buf.nbytes != count * dtype.itemsize:
             raise BadRequestError(f"{label}: shape {list(shape)} of {th.dtype} needs {count * dtype.itemsize} bytes "

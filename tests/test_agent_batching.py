@@ -137,3 +137,33 @@ def test_many_threads_get_their_own_answers(session):
         for t in threads:
             t.join(20)
     assert not errors
+
+
+def test_inline_run_only_when_idle(session):
+    gate = threading.Event()
+
+    class Blocking:
+        inputs, outputs = session.inputs, session.outputs
+
+        def run(self, feeds):
+            gate.wait(5)
+            return session.run(feeds)
+
+    x = {"x": np.ones((1, 4), np.float32)}
+    with MicroBatcher(session, max_batch=8, window_ms=0) as idle:
+        out = idle.try_run_inline(x)
+        assert out is not None and out[0].shape == (1, 3) and idle.stats().batches == 1
+    busy = MicroBatcher(Blocking(), max_batch=1, window_ms=0)
+    try:
+        first = busy.submit(x)
+        for _ in range(200):  # until the worker holds the runtime
+            if busy.queue_depth == 0:
+                break
+            threading.Event().wait(0.005)
+        threading.Event().wait(0.02)
+        assert busy.try_run_inline(x) is None, "must not run beside the worker"
+        gate.set()
+        first.result(5)
+    finally:
+        gate.set()
+        busy.close()
