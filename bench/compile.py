@@ -285,8 +285,9 @@ def targets(models: list[dict[str, Any]]) -> dict[str, Any]:
     det_faster: list[str] = []
     digits_agreement = {}
     for m in models:
+        int8_recipes = {v["recipe"] for v in m["variants"] if v["precision"] == "int8"}
         for key, r in m["ratios"].items():
-            if "-int8-" in key:
+            if key.rsplit("/", 1)[0] in int8_recipes:
                 worst_weight[f"{m['model']}:{key}"] = r["weight_bytes"]
                 if m["model"] == "ocr-det" and r["latency_p50"] < 1.0:
                     det_faster.append(f"{key} latency x{r['latency_p50']}")
