@@ -526,3 +526,13 @@ def test_the_asyncio_client_answers_fails_within_the_deadline_and_trips_its_brea
         asyncio.run(story(server))
     finally:
         server.stop()
+
+
+def test_with_a_trusted_key_only_manifests_it_signed_are_served(cloud_dir):
+    from protocols.signing import generate_private_key, load_private_key
+
+    release = load_private_key(cloud_dir.parent / "release.pem").public_key()
+    with InferenceServer(cloud_dir, trusted_key=release) as server:
+        assert server.models[CLOUD_NAME].variant.id == "onnxruntime-fp32"
+    with pytest.raises(ModelDirError, match="signature does not match the trusted key"):
+        InferenceServer(cloud_dir, trusted_key=generate_private_key().public_key()).start()

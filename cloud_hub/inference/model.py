@@ -8,10 +8,11 @@ naming what is wrong, before anything reaches the runtime.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -19,7 +20,8 @@ from cloud_hub.errors import InvalidInputError
 from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
 from hardware_profiles.runtimes.base import IOSpec, RuntimeSession
 from hardware_profiles.runtimes.batching import MicroBatcher
-from protocols.manifest import Manifest, ManifestError, Variant, load_manifest
+from protocols.manifest import MANIFEST_FILENAME, Manifest, ManifestError, Variant, load_manifest
+from protocols.signing import SignatureError, verify_manifest
 from protocols.tensor_codec import TensorCodecError, datatype_of
 
 log = logging.getLogger(__name__)
@@ -100,14 +102,22 @@ class CloudModel:
 
 def load_cloud_model(model_dir: str | Path, *, hub_profile: str = "cpu-x86", variant_id: str | None = None,
                      batch: BatchOptions = BatchOptions(), threads: int | None = None,
-                     verify_hashes: bool = True) -> CloudModel:
-    """Load the variant compiled for `hub_profile` (or `variant_id`) from a model directory."""
+                     verify_hashes: bool = True, trusted_key: Any = None) -> CloudModel:
+    """Load the variant compiled for `hub_profile` (or `variant_id`) from a model directory.
+
+    With `trusted_key` (an ed25519 public key) the manifest's signature must verify.
+    """
     path = Path(model_dir)
     try:
         manifest = load_manifest(path)
         variant = manifest.variant(variant_id) if variant_id else manifest.variant_for_profile(hub_profile)
     except ManifestError as exc:
         raise ModelDirError(f"{path}: {exc}") from exc
+    if trusted_key is not None:
+        try:
+            verify_manifest(json.loads((path / MANIFEST_FILENAME).read_bytes()), trusted_key)
+        except SignatureError as exc:
+            raise ModelDirError(f"{path}: {exc}") from exc
     if verify_hashes:
         for entry in variant.files:
             _verify_file(path, entry.path, entry.sha256, entry.size)

@@ -11,7 +11,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grpc
 
@@ -36,7 +36,8 @@ class InferenceServer:
                  max_concurrent_rpcs: int = 64, max_queue: int = 128, max_batch: int = 8,
                  batch_window_ms: float = 1.0, hub_profile: str = "cpu-x86",
                  aliases: Mapping[str, str] | None = None, variants: Mapping[str, str] | None = None,
-                 threads: int | None = None, allow_non_finite: bool = False, max_request_s: float = 30.0) -> None:
+                 threads: int | None = None, allow_non_finite: bool = False, max_request_s: float = 30.0,
+                 trusted_key: Any = None) -> None:
         dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
         if not dirs:
             raise ConfigError("model_dirs: give at least one compiled model directory to serve")
@@ -53,6 +54,7 @@ class InferenceServer:
         self.threads = threads
         self.allow_non_finite = allow_non_finite
         self.max_request_s = max_request_s
+        self.trusted_key = trusted_key  # ed25519 public key: serve only manifests it signed
         self.port: int | None = None
         self.servicer: InferenceServicer | None = None
         self._server: grpc.Server | None = None
@@ -139,7 +141,7 @@ class InferenceServer:
     def _load_models(self) -> None:
         for model_dir in self.model_dirs:
             model = load_cloud_model(model_dir, hub_profile=self.hub_profile, batch=self.batch, threads=self.threads,
-                                     variant_id=self._variant_for(model_dir))
+                                     variant_id=self._variant_for(model_dir), trusted_key=self.trusted_key)
             if model.name in self._models:
                 model.close()
                 raise ModelDirError(f"{model_dir}: model {model.name!r} is already served from "
