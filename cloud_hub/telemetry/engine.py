@@ -1,0 +1,253 @@
+"""The drift engine: merges windows per (model version, cohort) into time buckets and
+compares a sliding current span with the manifest's reference.
+
+Kept free of I/O: `add` takes decoded windows, `evaluate(now)` returns status rows and
+alert transitions; the service stores and announces them. Buckets (default 10 s)
+bound memory by time, not by fleet size: 20,000 devices in one cohort cost the same
+as one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from cloud_hub.telemetry.alerts import AlertState, Hysteresis, Transition, step
+from cloud_hub.telemetry.drift import compare, rate_rise
+from protocols.telemetry_codec import TelemetryWindow
+
+log = logging.getLogger(__name__)
+
+# (model_name, model_version) -> the manifest (object with .drift_reference, or its dict), or None if unknown.
+ManifestsProvider = Callable[[str, str], Any]
+
+FALLBACK_RATE = "fallback_rate"
+ERROR_RATE = "error_rate"
+CONFIDENCE = "confidence"
+CLASSES = "classes"
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Thresholds and spans; every number here is a knob an operator may turn."""
+
+    span_s: float = 300.0               # the sliding "current" span
+    baseline_s: float = 3600.0          # rates: the span before `current` is the baseline
+    bucket_s: float = 10.0
+    min_samples: int = 200              # per distribution signal, in the current span
+    min_requests: int = 100             # per rate signal, in current and baseline
+    distribution: Hysteresis = field(default_factory=lambda: Hysteresis(open_above=0.25, close_below=0.10))
+    rate: Hysteresis = field(default_factory=lambda: Hysteresis(open_above=0.10, close_below=0.05))
+    p_max: float = 1e-3                 # chi-square p-value under which a rise counts as significant
+    cohort_tags: tuple[str, ...] | None = None  # tag keys that split cohorts; None = all tags
+    max_future_s: float = 60.0          # device clocks ahead of the hub are clamped to receipt time
+
+    def __post_init__(self) -> None:
+        if self.span_s <= 0 or self.bucket_s <= 0 or self.baseline_s < 0:
+            raise ValueError("span_s and bucket_s must be > 0, baseline_s >= 0")
+
+
+@dataclass(frozen=True)
+class CohortKey:
+    model_name: str
+    model_version: str
+    profile: str
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def cohort(self) -> str:
+        """The cohort as stored and shown: JSON of profile and tags."""
+        return json.dumps({"profile": self.profile, "tags": dict(self.tags)}, sort_keys=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "model_version": self.model_version, "profile": self.profile,
+                "tags": dict(self.tags)}
+
+
+def cohort_of(window: TelemetryWindow, cohort_tags: tuple[str, ...] | None = None) -> CohortKey:
+    tags = {k: v for k, v in window.tags.items() if cohort_tags is None or k in cohort_tags}
+    return CohortKey(window.model_name, window.model_version, window.profile, tuple(sorted(tags.items())))
+
+
+class Counts:
+    """Summed histograms of a set of windows; vectors grow to the longest seen."""
+
+    __slots__ = ("requests", "confidence", "classes", "inputs", "windows")
+
+    def __init__(self) -> None:
+        self.requests = np.zeros(4, dtype=np.int64)   # edge, cloud, edge-degraded, error
+        self.confidence = np.zeros(20, dtype=np.int64)
+        self.classes = np.zeros(0, dtype=np.int64)
+        self.inputs: dict[str, np.ndarray] = {}
+        self.windows = 0
+
+    def add_window(self, w: TelemetryWindow) -> None:
+        r = w.requests
+        self.requests += (r.edge, r.cloud, r.edge_degraded, r.error)
+        if len(w.confidence_counts) == 20:
+            self.confidence += np.fromiter(w.confidence_counts, dtype=np.int64, count=20)
+        if len(w.class_counts):
+            self.classes = _add(self.classes, np.fromiter(w.class_counts, dtype=np.int64, count=len(w.class_counts)))
+        for s in w.inputs:
+            key = f"{s.input}.{s.summary}"
+            self.inputs[key] = _add(self.inputs.get(key, np.zeros(0, dtype=np.int64)),
+                                    np.fromiter(s.counts, dtype=np.int64, count=len(s.counts)))
+        self.windows += 1
+
+    def add(self, other: "Counts") -> None:
+        self.requests += other.requests
+        self.confidence += other.confidence
+        self.classes = _add(self.classes, other.classes)
+        for key, arr in other.inputs.items():
+            self.inputs[key] = _add(self.inputs.get(key, np.zeros(0, dtype=np.int64)), arr)
+        self.windows += other.windows
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if len(a) < len(b):
+        a = np.concatenate([a, np.zeros(len(b) - len(a), dtype=np.int64)])
+    a[: len(b)] += b
+    return a
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The manifest's drift reference, flattened to signal -> counts (and edges for inputs)."""
+
+    counts: Mapping[str, np.ndarray]
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> "Reference":
+        ref = manifest.get("drift_reference") if isinstance(manifest, Mapping) else manifest.drift_reference
+        ref = ref or {}
+        counts: dict[str, np.ndarray] = {}
+        for inp, per in (ref.get("inputs") or {}).items():
+            for summ, spec in per.items():
+                counts[f"input:{inp}.{summ}"] = np.asarray(spec["counts"], dtype=np.int64)
+        if ref.get("confidence"):
+            counts[CONFIDENCE] = np.asarray(ref["confidence"]["counts"], dtype=np.int64)
+        if ref.get("classes"):
+            counts[CLASSES] = np.asarray(ref["classes"]["counts"], dtype=np.int64)
+        return cls(counts)
+
+
+@dataclass(frozen=True)
+class AlertChange:
+    transition: Transition
+    key: CohortKey
+    signal: str
+    stats: dict[str, Any]
+
+
+@dataclass
+class Evaluation:
+    at: float
+    status: list[dict[str, Any]]
+    changes: list[AlertChange]
+
+
+class DriftEngine:
+    """Per-cohort buckets, evaluation and hysteresis. Not thread-safe: the service locks."""
+
+    def __init__(self, manifests: ManifestsProvider, config: DriftConfig = DriftConfig()) -> None:
+        self.config = config
+        self._manifests = manifests
+        self._refs: dict[tuple[str, str], Reference | None] = {}
+        self._buckets: dict[CohortKey, dict[int, Counts]] = defaultdict(dict)
+        self._alerts: dict[tuple[CohortKey, str], AlertState] = {}
+        self.last: Evaluation | None = None
+
+    # -- input ----------------------------------------------------------------------
+
+    def add(self, window: TelemetryWindow, received_at: float) -> CohortKey:
+        t = window.end_unix
+        if not math.isfinite(t) or t > received_at + self.config.max_future_s:
+            t = received_at
+        key = cohort_of(window, self.config.cohort_tags)
+        bucket = int(t // self.config.bucket_s)
+        per = self._buckets[key]
+        counts = per.get(bucket)
+        if counts is None:
+            counts = per[bucket] = Counts()
+        counts.add_window(window)
+        return key
+
+    def restore_open(self, key: CohortKey, signal: str) -> None:
+        """Mark an alert open (after a hub restart, from the alerts table)."""
+        self._alerts[(key, signal)] = AlertState(is_open=True)
+
+    def reference(self, model_name: str, model_version: str) -> Reference | None:
+        k = (model_name, model_version)
+        if k not in self._refs:
+            try:
+                manifest = self._manifests(model_name, model_version)
+            except Exception as exc:  # unknown model or registry error: evaluate rates only
+                log.warning("no manifest for drift model=%s version=%s error=%s", model_name, model_version, exc)
+                manifest = None
+            self._refs[k] = Reference.from_manifest(manifest) if manifest is not None else None
+        return self._refs[k]
+
+    def forget_reference(self, model_name: str, model_version: str) -> None:
+        self._refs.pop((model_name, model_version), None)
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self, now: float) -> Evaluation:
+        cfg = self.config
+        cur_from = int((now - cfg.span_s) // cfg.bucket_s)
+        base_from = int((now - cfg.span_s - cfg.baseline_s) // cfg.bucket_s)
+        status: list[dict[str, Any]] = []
+        changes: list[AlertChange] = []
+        for key in list(self._buckets):
+            per = self._buckets[key]
+            for b in [b for b in per if b <= base_from]:
+                del per[b]  # older than the baseline: memory stays bounded by time
+            if not per:
+                del self._buckets[key]
+                continue
+            current, baseline = Counts(), Counts()
+            for b, counts in per.items():
+                (current if b > cur_from else baseline).add(counts)
+            for signal, value, significant, stats in self._signals(key, current, baseline):
+                rule = cfg.rate if signal in (FALLBACK_RATE, ERROR_RATE) else cfg.distribution
+                state, transition = step(self._alerts.get((key, signal), AlertState()), value, rule, significant)
+                self._alerts[(key, signal)] = state
+                row = {**key.as_dict(), "signal": signal, "value": value, "significant": significant,
+                       "alert": "open" if state.is_open else "closed", **stats}
+                status.append(row)
+                if transition is not None:
+                    changes.append(AlertChange(transition, key, signal, row))
+        self.last = Evaluation(now, status, changes)
+        return self.last
+
+    def _signals(self, key: CohortKey, cur: Counts, base: Counts):
+        cfg = self.config
+        ref = self.reference(key.model_name, key.model_version)
+        if ref is not None:
+            observed: dict[str, np.ndarray] = {CONFIDENCE: cur.confidence, CLASSES: cur.classes}
+            observed.update({f"input:{k}": v for k, v in cur.inputs.items()})
+            for signal, ref_counts in ref.counts.items():
+                counts = observed.get(signal)
+                if counts is None or (signal.startswith("input:") and len(counts) != len(ref_counts)):
+                    continue  # this device population did not send it, or binned over other edges
+                n = int(counts.sum())
+                if n < cfg.min_samples:
+                    yield signal, None, False, {"n_cur": n}
+                    continue
+                st = compare(ref_counts, counts)
+                yield signal, st.psi, st.p_value < cfg.p_max, st.as_dict()
+        total, btotal = int(cur.requests.sum()), int(base.requests.sum())
+        for signal, hits, bhits in ((FALLBACK_RATE, cur.requests[1] + cur.requests[2], base.requests[1] + base.requests[2]),
+                                    (ERROR_RATE, cur.requests[3], base.requests[3])):
+            if total < cfg.min_requests or btotal < cfg.min_requests:
+                yield signal, None, False, {"n_cur": total, "n_base": btotal}
+                continue
+            rise, p = rate_rise(int(bhits), btotal, int(hits), total)
+            yield signal, rise, p < cfg.p_max, {"rate": hits / total, "baseline_rate": bhits / btotal,
+                                                "p_value": p, "n_cur": total, "n_base": btotal}

@@ -1,0 +1,178 @@
+"""TelemetryIngestService: ingestion + drift engine + alert announcements, for one hub process.
+
+Alerts are stored (REST), published on the hub's /events topic and, when configured,
+POSTed to a webhook from a worker thread so a slow receiver never stalls evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.storage.db import HubDatabase
+from cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider,
+                                       cohort_of)
+from cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
+from cloud_hub.telemetry.store import TelemetryStore
+from protocols.telemetry_codec import TelemetryWindow, decode_window
+from protocols.topics import events_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TelemetryServiceConfig:
+    eval_interval_s: float = 10.0
+    retention_s: float = 24 * 3600.0      # windows older than this are purged (about 0.5 KB each)
+    webhook_url: str | None = None
+    webhook_timeout_s: float = 3.0
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    ingest: dict[str, Any] = field(default_factory=dict)  # extra IngestConfig fields (client_id, share_group, ...)
+
+
+class TelemetryIngestService:
+    """Start/stop the telemetry side of a hub; `status()` and `store` serve the REST routes."""
+
+    def __init__(self, db: HubDatabase | TelemetryStore | str | Path, mqtt_url: str,
+                 manifests_provider: ManifestsProvider, config: TelemetryServiceConfig = TelemetryServiceConfig()) -> None:
+        """`db`: a telemetry DB path or data dir (telemetry.sqlite), an opened TelemetryStore, or a HubDatabase
+        already migrated with TELEMETRY_MIGRATIONS."""
+        self.config = config
+        if isinstance(db, TelemetryStore):
+            self.store, self._owns_store = db, False
+        elif isinstance(db, HubDatabase):
+            self.store, self._owns_store = TelemetryStore(db), False
+        else:
+            self.store, self._owns_store = TelemetryStore.open(db), True
+        self.engine = DriftEngine(manifests_provider, config.drift)
+        self._lock = threading.Lock()
+        self._alert_ids: dict[tuple[CohortKey, str], int] = {}
+        self.ingest = TelemetryIngest(IngestConfig(mqtt_url=mqtt_url, cohort_tags=config.drift.cohort_tags,
+                                                   **config.ingest),
+                                      self.store, on_windows=self._on_windows,
+                                      cohort_of=lambda w: self._cohort(w))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._webhook = ThreadPoolExecutor(1, thread_name_prefix="drift-webhook") if config.webhook_url else None
+        self.evaluations = 0
+
+    def _cohort(self, w: TelemetryWindow) -> str:
+        return cohort_of(w, self.config.drift.cohort_tags).cohort
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "TelemetryIngestService":
+        self._rebuild(time.time())
+        self.ingest.start()
+        self._thread = threading.Thread(target=self._run, name="drift-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self.ingest.stop()
+        if self._webhook is not None:
+            self._webhook.shutdown(wait=True, cancel_futures=False)
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> "TelemetryIngestService":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _rebuild(self, now: float) -> None:
+        """Refill the engine from stored windows and re-arm alerts that were open (hub restart)."""
+        cfg = self.config.drift
+        n = 0
+        for payload, _, received_at in self.store.windows_since(now - cfg.span_s - cfg.baseline_s):
+            try:
+                self.engine.add(decode_window(payload), received_at)
+                n += 1
+            except Exception as exc:
+                log.warning("stored window unreadable error=%s", exc)
+        for row in self.store.open_alerts():
+            c = json.loads(row["cohort"])
+            key = CohortKey(row["model_name"], row["model_version"], c["profile"], tuple(sorted(c["tags"].items())))
+            self.engine.restore_open(key, row["signal"])
+            self._alert_ids[(key, row["signal"])] = row["id"]
+        log.info("drift engine rebuilt windows=%d open_alerts=%d", n, len(self._alert_ids))
+
+    # -- work -------------------------------------------------------------------------
+
+    def _on_windows(self, windows: list[tuple[TelemetryWindow, float]]) -> None:
+        with self._lock:
+            for window, received_at in windows:
+                self.engine.add(window, received_at)
+
+    def _run(self) -> None:
+        last_purge = 0.0
+        while not self._stop.wait(self.config.eval_interval_s):
+            try:
+                self.evaluate(time.time())
+                if time.monotonic() - last_purge > 600:
+                    last_purge = time.monotonic()
+                    purged = self.store.purge(time.time() - self.config.retention_s)
+                    if purged:
+                        log.info("telemetry retention purged=%d", purged)
+            except Exception:
+                log.exception("drift evaluation failed")
+
+    def evaluate(self, now: float) -> Evaluation:
+        """Evaluate every cohort now; store, publish and POST alert changes."""
+        with self._lock:
+            evaluation = self.engine.evaluate(now)
+        self.evaluations += 1
+        for change in evaluation.changes:
+            self._announce(change, now)
+        return evaluation
+
+    def _announce(self, change: AlertChange, now: float) -> None:
+        k = (change.key, change.signal)
+        if change.transition == "opened":
+            alert_id = self.store.open_alert(change.key.model_name, change.key.model_version, change.key.cohort,
+                                             change.signal, change.stats, at=now)
+            self._alert_ids[k] = alert_id
+        else:
+            alert_id = self._alert_ids.pop(k, 0)
+            if alert_id:
+                self.store.close_alert(alert_id, change.stats, at=now)
+        event = {"type": f"drift.alert.{change.transition}", "alert_id": alert_id, "at": now,
+                 "signal": change.signal, **change.stats}
+        log.warning("drift alert %s model=%s version=%s cohort=%s signal=%s value=%s", change.transition,
+                    change.key.model_name, change.key.model_version, change.key.cohort, change.signal,
+                    change.stats.get("value"))
+        body = json.dumps(event, default=float).encode()
+        self.ingest.client.publish(events_topic(), body, qos=1)
+        if self._webhook is not None:
+            self._webhook.submit(self._post_webhook, body)
+
+    def _post_webhook(self, body: bytes) -> None:
+        import httpx
+
+        try:
+            httpx.post(self.config.webhook_url, content=body, headers={"content-type": "application/json"},
+                       timeout=self.config.webhook_timeout_s).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("drift webhook failed url=%s error=%s", self.config.webhook_url, exc)
+
+    # -- what REST reads ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        last = self.engine.last
+        return {
+            "evaluated_at": last.at if last else None,
+            "signals": list(last.status) if last else [],
+            "ingest": self.ingest.stats.as_dict(),
+            "subscribed": self.ingest.subscribed,
+        }

@@ -1,0 +1,196 @@
+"""Telemetry and drift-alert tables in the hub's telemetry database (its own SQLite file).
+
+Windows are stored idempotently on (device_id, sequence): INSERT OR IGNORE, so an
+MQTT redelivery or an agent resending after a crash changes nothing. The file is
+separate from the hub's registry DB so the high-rate ingest never waits on (or
+blocks) the console's writes; it uses the hub's migration mechanism all the same.
+synchronous=FULL: the hub acknowledges a window to the broker only after its batch
+commits, so a commit must survive a power cut; one fsync per batch is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cloud_hub.storage.db import HubDatabase, Migration, open_database
+from protocols.telemetry_codec import TelemetryWindow
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_DB_FILENAME = "telemetry.sqlite"
+
+TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "telemetry windows, drift alerts", (
+        """CREATE TABLE telemetry_windows (
+            device_id TEXT NOT NULL,
+            sequence INTEGER NOT NULL,
+            model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            profile TEXT NOT NULL,
+            cohort TEXT NOT NULL,
+            start_unix REAL NOT NULL,
+            end_unix REAL NOT NULL,
+            received_at REAL NOT NULL,
+            n_edge INTEGER NOT NULL,
+            n_cloud INTEGER NOT NULL,
+            n_degraded INTEGER NOT NULL,
+            n_error INTEGER NOT NULL,
+            samples INTEGER NOT NULL,
+            latency_sum_ms REAL NOT NULL,
+            latency_max_ms REAL NOT NULL,
+            outbox_dropped_total INTEGER NOT NULL,
+            payload BLOB NOT NULL,
+            PRIMARY KEY (device_id, sequence)) WITHOUT ROWID""",
+        "CREATE INDEX telemetry_windows_model ON telemetry_windows (model_name, model_version, end_unix)",
+        "CREATE INDEX telemetry_windows_end ON telemetry_windows (end_unix)",
+        """CREATE TABLE drift_alerts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            cohort TEXT NOT NULL,
+            signal TEXT NOT NULL,
+            state TEXT NOT NULL,
+            opened_at REAL NOT NULL,
+            closed_at REAL,
+            open_stats TEXT NOT NULL,
+            last_stats TEXT NOT NULL)""",
+        "CREATE INDEX drift_alerts_state ON drift_alerts (state, model_name, model_version)",
+    )),
+)
+
+
+@dataclass(frozen=True)
+class StoredWindow:
+    window: TelemetryWindow
+    payload: bytes
+    cohort: str
+    received_at: float
+
+
+class TelemetryStore:
+    """Reads and writes the telemetry tables; thread-safe through HubDatabase's lock."""
+
+    def __init__(self, db: HubDatabase) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, path: str | Path) -> "TelemetryStore":
+        """Open (creating and migrating) a telemetry DB; a directory means <dir>/telemetry.sqlite."""
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / TELEMETRY_DB_FILENAME
+        db = open_database(path, TELEMETRY_MIGRATIONS)
+        with db.lock:
+            db.db.conn.execute("PRAGMA synchronous=FULL")
+        return cls(db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- windows ------------------------------------------------------------------------
+
+    def insert_windows(self, items: Sequence[StoredWindow]) -> list[bool]:
+        """Store a batch in one transaction; True for each window that was new."""
+        new: list[bool] = []
+        with self.db.transaction() as db:
+            conn = db.conn
+            for item in items:
+                w, r = item.window, item.window.requests
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO telemetry_windows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [w.device_id, w.sequence, w.model_name, w.model_version, w.profile, item.cohort, w.start_unix,
+                     w.end_unix, item.received_at, r.edge, r.cloud, r.edge_degraded, r.error, w.samples,
+                     w.latency_sum_ms, w.latency_max_ms, w.outbox_dropped_total, item.payload])
+                new.append(cur.rowcount == 1)
+        return new
+
+    def device_windows(self, device_id: str, since: float = 0.0, until: float | None = None,
+                       limit: int = 500, offset: int = 0) -> list[dict[str, Any]]:
+        """One device's windows, oldest first (a per-device time series)."""
+        return self.db.query(
+            f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE device_id=? AND end_unix>=? AND end_unix<=? "
+            "ORDER BY sequence LIMIT ? OFFSET ?", [device_id, since, until if until is not None else 1e18, limit, offset])
+
+    def device_sequences(self, device_id: str) -> list[int]:
+        return [r["sequence"] for r in self.db.query(
+            "SELECT sequence FROM telemetry_windows WHERE device_id=? ORDER BY sequence", [device_id])]
+
+    def count_windows(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            return int(self.db.query("SELECT COUNT(*) AS n FROM telemetry_windows")[0]["n"])
+        return int(self.db.query("SELECT COUNT(*) AS n FROM telemetry_windows WHERE device_id=?", [device_id])[0]["n"])
+
+    def model_series(self, model_name: str, model_version: str | None = None, since: float = 0.0,
+                     until: float | None = None, bucket_s: float = 60.0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Per time bucket: windows, devices, requests by source, mean latency (a per-model time series)."""
+        params: list[Any] = [bucket_s, bucket_s, model_name, since, until if until is not None else 1e18]
+        where = "model_name=? AND end_unix>=? AND end_unix<=?"
+        if model_version:
+            where += " AND model_version=?"
+            params.append(model_version)
+        params.append(limit)
+        return self.db.query(
+            "SELECT CAST(end_unix / ? AS INTEGER) * ? AS bucket_start, model_version, COUNT(*) AS windows, "
+            "COUNT(DISTINCT device_id) AS devices, SUM(n_edge) AS edge, SUM(n_cloud) AS cloud, "
+            "SUM(n_degraded) AS edge_degraded, SUM(n_error) AS error, SUM(samples) AS samples, "
+            "SUM(latency_sum_ms) / MAX(1, SUM(n_edge + n_cloud + n_degraded + n_error)) AS latency_mean_ms, "
+            f"MAX(latency_max_ms) AS latency_max_ms FROM telemetry_windows WHERE {where} "
+            "GROUP BY bucket_start, model_version ORDER BY bucket_start LIMIT ?", params)
+
+    def windows_since(self, since: float) -> Iterable[tuple[bytes, str, float]]:
+        """(payload, cohort, received_at) of windows that ended after `since` (engine rebuild on start)."""
+        return [(r["payload"], r["cohort"], r["received_at"]) for r in self.db.query(
+            "SELECT payload, cohort, received_at FROM telemetry_windows WHERE end_unix>=? ORDER BY end_unix", [since])]
+
+    def purge(self, before: float) -> int:
+        """Delete windows that ended before `before` (retention); returns how many."""
+        with self.db.transaction() as db:
+            return db.conn.execute("DELETE FROM telemetry_windows WHERE end_unix<?", [before]).rowcount
+
+    # -- alerts -------------------------------------------------------------------------
+
+    def open_alert(self, model_name: str, model_version: str, cohort: str, signal: str, stats: dict[str, Any],
+                   at: float | None = None) -> int:
+        with self.db.transaction() as db:
+            cur = db.conn.execute(
+                "INSERT INTO drift_alerts (model_name, model_version, cohort, signal, state, opened_at, open_stats, "
+                "last_stats) VALUES (?,?,?,?, 'open', ?, ?, ?)",
+                [model_name, model_version, cohort, signal, at or time.time(), json.dumps(stats), json.dumps(stats)])
+            return int(cur.lastrowid)
+
+    def close_alert(self, alert_id: int, stats: dict[str, Any], at: float | None = None) -> None:
+        with self.db.transaction() as db:
+            db.conn.execute("UPDATE drift_alerts SET state='closed', closed_at=?, last_stats=? WHERE id=?",
+                            [at or time.time(), json.dumps(stats), alert_id])
+
+    def alerts(self, state: str | None = None, model_name: str | None = None, limit: int = 50,
+               offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        clauses, params = [], []
+        if state:
+            clauses.append("state=?")
+            params.append(state)
+        if model_name:
+            clauses.append("model_name=?")
+            params.append(model_name)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        total = int(self.db.query(f"SELECT COUNT(*) AS n FROM drift_alerts {where}", params)[0]["n"])
+        rows = self.db.query(f"SELECT * FROM drift_alerts {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                             params + [limit, offset])
+        for row in rows:
+            row["cohort"] = json.loads(row["cohort"])
+            row["open_stats"] = json.loads(row["open_stats"])
+            row["last_stats"] = json.loads(row["last_stats"])
+        return rows, total
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        return self.db.query("SELECT id, model_name, model_version, cohort, signal FROM drift_alerts WHERE state='open'")
+
+
+_SUMMARY_COLUMNS = ("device_id, sequence, model_name, model_version, profile, cohort, start_unix, end_unix, received_at, "
+                    "n_edge AS edge, n_cloud AS cloud, n_degraded AS edge_degraded, n_error AS error, samples, "
+                    "latency_sum_ms, latency_max_ms, outbox_dropped_total")

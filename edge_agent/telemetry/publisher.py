@@ -1,0 +1,190 @@
+"""Moves outbox windows to the broker: paho-mqtt 2.x, MQTT 5, QoS 1, persistent session.
+
+A window leaves the outbox only when the broker's PUBACK for it arrives. paho's
+callbacks only enqueue; the sender thread owns the mid -> sequence map and the
+outbox deletes, so no lock is held across paho's own mutexes and no fsync runs on
+paho's network thread. /status is retained "online"; the last will says "offline".
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.telemetry.outbox import Outbox
+from protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
+from protocols.topics import parse_mqtt_url, status_topic, telemetry_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    """MQTT session settings; reconnect_max_s is low so an agent is back seconds after the broker."""
+
+    mqtt_url: str
+    client_id: str = ""                        # default tandem-agent-<device>; must be stable for the session
+    session_expiry_s: int = 7 * 24 * 3600      # clean_start=False alone does not keep an MQTT 5 session
+    keepalive_s: int = 10
+    reconnect_min_s: float = 0.2
+    reconnect_max_s: float = 2.0
+    max_inflight: int = 20                     # windows handed to paho at once (mosquitto's default receive max)
+
+
+class TelemetryPublisher:
+    """Publishes everything in `outbox`, oldest first; call `wake()` after an append."""
+
+    def __init__(self, config: PublisherConfig, outbox: Outbox, device_id: str,
+                 status_info: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.device_id = device_id
+        self._topic = telemetry_topic(device_id)
+        self._status_topic = status_topic(device_id)
+        self._status_info = dict(status_info or {})
+        self._host, self._port = parse_mqtt_url(config.mqtt_url)
+        self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._inflight: dict[int, int] = {}     # mid -> sequence (sender thread only)
+        self._last_handed = 0
+        self._thread: threading.Thread | None = None
+        self.acked = 0
+        self.connects = 0
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        client_id = self.config.client_id or f"tandem-agent-{self.device_id}"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(self.config.max_inflight)
+        client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        client.will_set(self._status_topic, encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
+                        qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> "TelemetryPublisher":
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        self._client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False,
+                                   properties=props)
+        self._client.loop_start()  # paho's thread: connects, and reconnects with the capped backoff
+        self._thread = threading.Thread(target=self._run, name=f"telemetry-pub-{self.device_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty (every window acknowledged) or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.outbox) > 0:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Say offline (retained), disconnect, stop threads; unsent windows stay in the outbox."""
+        if self._connected.is_set():
+            info = self._client.publish(self._status_topic,
+                                        encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
+                                        qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError):
+                pass
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s + 2)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread): record and wake, nothing else ---------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("telemetry connect refused device=%s reason=%s", self.device_id, reason_code)
+            return
+        self.connects += 1
+        client.publish(self._status_topic, encode_status(STATUS_ONLINE, self.device_id, **self._status_info),
+                       qos=1, retain=True)
+        self._connected.set()
+        self._wake.set()
+        log.info("telemetry connected device=%s session_present=%s", self.device_id,
+                 getattr(flags, "session_present", None))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.info("telemetry disconnected device=%s reason=%s; reconnecting", self.device_id, reason_code)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self._acks.put((mid, not reason_code.is_failure))
+        self._wake.set()
+
+    # -- sender thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._drain_acks()
+                if self._connected.is_set():
+                    self._hand_out()
+            except Exception:  # a disk or client error must not kill the sender; retry next round
+                log.exception("telemetry sender error device=%s", self.device_id)
+                self._stop.wait(0.5)
+        self._drain_acks()
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                mid, ok = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue  # the retained status message, or an ack for a mid we never mapped
+            if ok:
+                self.outbox.ack(seq)
+                self.acked += 1
+            else:
+                log.warning("broker refused telemetry window device=%s seq=%d; will resend", self.device_id, seq)
+                self._last_handed = min(self._last_handed, seq - 1)
+
+    def _hand_out(self) -> None:
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        handed = set(self._inflight.values())
+        for seq, payload in self.outbox.pending(after=self._last_handed, limit=room):
+            if seq in handed:
+                self._last_handed = seq
+                continue
+            info = self._client.publish(self._topic, payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                break
+            # NO_CONN: paho keeps the message and sends it after the reconnect (same mid).
+            self._inflight[info.mid] = seq
+            self._last_handed = seq

@@ -1,0 +1,126 @@
+"""MQTT topic names: the one place that spells `tandem/v1/...`.
+
+Every topic is `tandem/v1/{scope}/{kind}` where scope is a device id (or HUB_SCOPE
+for fleet-wide hub events). Builders validate the device id so a hostile or buggy id
+can never inject wildcards or extra levels; `parse_topic` validates what arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "tandem/v1"
+MAX_DEVICE_ID_CHARS = 128
+HUB_SCOPE = "_hub"  # not a valid device id (device ids may not start with '_')
+DEFAULT_SHARE_GROUP = "tandem-hub"
+
+TELEMETRY = "telemetry"
+STATUS = "status"
+OTA_CMD = "ota/cmd"
+OTA_STATUS = "ota/status"
+EVENTS = "events"
+KINDS = (TELEMETRY, STATUS, OTA_CMD, OTA_STATUS, EVENTS)
+
+_FORBIDDEN = ("+", "#", "/", "\x00")
+
+
+class TopicError(ValueError):
+    """A device id or topic is not one Tandem accepts; the message says why."""
+
+
+def check_device_id(device_id: str) -> str:
+    """Return `device_id` if it is safe as one topic level, else raise TopicError."""
+    if not isinstance(device_id, str) or not device_id:
+        raise TopicError("device id: must be a non-empty string")
+    if len(device_id) > MAX_DEVICE_ID_CHARS:
+        raise TopicError(f"device id: {len(device_id)} characters, the limit is {MAX_DEVICE_ID_CHARS}")
+    bad = [c for c in _FORBIDDEN if c in device_id]
+    if bad:
+        raise TopicError(f"device id {device_id!r}: may not contain {' '.join(repr(c) for c in bad)}")
+    if device_id[0] in "$_" or not device_id.isprintable():
+        raise TopicError(f"device id {device_id!r}: may not start with '$' or '_' or hold control characters")
+    return device_id
+
+
+def _topic(device_id: str, kind: str) -> str:
+    return f"{PREFIX}/{check_device_id(device_id)}/{kind}"
+
+
+def telemetry_topic(device_id: str) -> str:
+    """Where a device publishes its telemetry windows (QoS 1)."""
+    return _topic(device_id, TELEMETRY)
+
+
+def status_topic(device_id: str) -> str:
+    """A device's retained online/offline status; its last will says offline."""
+    return _topic(device_id, STATUS)
+
+
+def ota_cmd_topic(device_id: str) -> str:
+    """Hub -> device OTA commands."""
+    return _topic(device_id, OTA_CMD)
+
+
+def ota_status_topic(device_id: str) -> str:
+    """Device -> hub OTA progress."""
+    return _topic(device_id, OTA_STATUS)
+
+
+def events_topic(device_id: str | None = None) -> str:
+    """Events about one device, or (None) fleet-wide hub events such as drift alerts."""
+    if device_id is None:
+        return f"{PREFIX}/{HUB_SCOPE}/{EVENTS}"
+    return _topic(device_id, EVENTS)
+
+
+def all_devices(kind: str) -> str:
+    """Subscription filter for `kind` from every device, e.g. `tandem/v1/+/telemetry`."""
+    if kind not in KINDS:
+        raise TopicError(f"topic kind {kind!r} is not one of {', '.join(KINDS)}")
+    return f"{PREFIX}/+/{kind}"
+
+
+def shared(topic_filter: str, group: str = DEFAULT_SHARE_GROUP) -> str:
+    """MQTT 5 shared subscription: the broker hands each message to one member of `group`."""
+    if not group or any(c in group for c in _FORBIDDEN):
+        raise TopicError(f"share group {group!r}: must be non-empty without '+', '#' or '/'")
+    return f"$share/{group}/{topic_filter}"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    scope: str  # a device id, or HUB_SCOPE
+    kind: str
+
+    @property
+    def device_id(self) -> str | None:
+        return None if self.scope == HUB_SCOPE else self.scope
+
+
+def parse_topic(topic: str) -> ParsedTopic:
+    """Split a received topic into (device id, kind); raise TopicError on anything else."""
+    if not isinstance(topic, str) or not topic.startswith(PREFIX + "/"):
+        raise TopicError(f"topic {topic!r}: does not start with {PREFIX}/")
+    rest = topic[len(PREFIX) + 1:]
+    scope, sep, kind = rest.partition("/")
+    if not sep or kind not in KINDS:
+        raise TopicError(f"topic {topic!r}: unknown kind {kind!r}")
+    if scope == HUB_SCOPE:
+        if kind != EVENTS:
+            raise TopicError(f"topic {topic!r}: the hub scope only carries {EVENTS}")
+        return ParsedTopic(scope, kind)
+    return ParsedTopic(check_device_id(scope), kind)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """`mqtt://host[:port]` -> (host, port); port defaults to 1883. TLS is not handled here."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url or "")
+    if parts.scheme != "mqtt" or not parts.hostname:
+        raise TopicError(f"mqtt url {url!r}: expected mqtt://host[:port]")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise TopicError(f"mqtt url {url!r}: bad port") from exc
+    return parts.hostname, port

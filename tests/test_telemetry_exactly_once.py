@@ -1,0 +1,149 @@
+"""Telemetry is never lost and never stored twice, through outages and an agent SIGKILL.
+
+Real parts only: Mosquitto on loopback (restarted on the same port with its persistence),
+the agent's TelemetryService in a separate process, the hub's ingest writing a real
+SQLite file. The issue's 60 s outage is scaled to OUTAGE_S here; the code path is the
+same (windows wait in the agent's disk outbox, paho reconnects with a capped 1-2 s
+backoff), only the number of windows waiting differs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceConfig
+from protocols.topics import DEFAULT_SHARE_GROUP
+from telemetry_fixtures import Mosquitto, needs_mosquitto, python_env
+
+OUTAGE_S = 6.0
+PROC = Path(__file__).with_name("telemetry_agent_proc.py")
+
+
+def start_agent(url: str, data_dir: Path, device: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(PROC), "--mqtt-url", url, "--device", device,
+                             "--data-dir", str(data_dir), "--window-s", "0.2", "--rate", "100"],
+                            env=python_env(), stdout=subprocess.PIPE, stderr=open(data_dir / "agent.log", "ab"))
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
+def outbox_state(data_dir: Path) -> tuple[int, int, int]:
+    """(last sequence, windows still pending, dropped) straight from the agent's outbox file."""
+    conn = sqlite3.connect(str(data_dir / "telemetry_outbox.sqlite"))
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        (pending,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
+    finally:
+        conn.close()
+    return meta["last_sequence"], pending, meta["dropped_total"]
+
+
+def wait_for(predicate, timeout_s: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def start_hub(data_dir: Path, url: str, share_group: str | None) -> TelemetryIngestService:
+    hub = TelemetryIngestService(data_dir, url, lambda name, version: None,
+                                 TelemetryServiceConfig(eval_interval_s=3600, ingest={"share_group": share_group}))
+    hub.start()
+    assert hub.ingest.wait_subscribed(10), "hub did not subscribe"
+    return hub
+
+
+def finish_and_check(agent: subprocess.Popen, agent_dir: Path, hub: TelemetryIngestService, device: str) -> int:
+    """Stop the agent gracefully, then: every sequence 1..last stored exactly once."""
+    agent.terminate()                                   # graceful: flush the open window, drain
+    assert agent.wait(30) == 0
+    last_seq, pending, dropped = outbox_state(agent_dir)
+    assert pending == 0, f"{pending} windows never acknowledged by the broker"
+    assert dropped == 0
+    wait_for(lambda: hub.store.count_windows(device) >= last_seq, 20)
+    time.sleep(0.5)                                     # a late redelivery would land now
+    stored = hub.store.device_sequences(device)
+    expected = list(range(1, last_seq + 1))
+    assert stored == expected, (f"gaps={sorted(set(expected) - set(stored))[:20]} "
+                                f"extra={sorted(set(stored) - set(expected))[:20]}")
+    assert hub.ingest.stats.bad == 0
+    return last_seq
+
+
+@needs_mosquitto
+@pytest.mark.slow
+def test_broker_outage_and_agent_sigkill_lose_and_duplicate_nothing(tmp_path):
+    """Broker down OUTAGE_S; the agent is SIGKILLed and restarted during it; a plain subscription."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    agent_dir = tmp_path / "agent"
+    agent_dir.mkdir()
+    device = "dev-crash-1"
+    hub = start_hub(tmp_path / "hub", broker.url, None)
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(start_agent(broker.url, agent_dir, device))
+        assert wait_for(lambda: hub.store.count_windows(device) >= 5, 15), "no windows reached the hub"
+
+        broker.stop()                                  # outage starts
+        outage_started = time.monotonic()
+        time.sleep(OUTAGE_S / 3)
+        procs[0].kill()                                # SIGKILL mid-outage: unsent windows only on disk
+        procs[0].wait(10)
+        _, pending_at_kill, _ = outbox_state(agent_dir)
+        assert pending_at_kill >= 3, "the outage should have left windows in the outbox"
+        procs.append(start_agent(broker.url, agent_dir, device))
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
+        broker.start()                                 # outage ends
+        time.sleep(2.0)                                # live traffic after recovery
+
+        last_seq = finish_and_check(procs[1], agent_dir, hub, device)
+        assert last_seq >= 20
+        assert hub.ingest.stats.stored == last_seq
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        hub.stop()
+        broker.stop()
+
+
+@needs_mosquitto
+@pytest.mark.slow
+def test_shared_subscription_hub_outage_and_agent_sigkill_lose_and_duplicate_nothing(tmp_path):
+    """$share/tandem-hub: the hub is down OUTAGE_S (its session queues at the broker) while the
+    agent is SIGKILLed and restarted; a new hub process on the same data dir gets everything."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    agent_dir = tmp_path / "agent"
+    agent_dir.mkdir()
+    device = "dev-crash-2"
+    hub = start_hub(tmp_path / "hub", broker.url, DEFAULT_SHARE_GROUP)
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(start_agent(broker.url, agent_dir, device))
+        assert wait_for(lambda: hub.store.count_windows(device) >= 5, 15), "no windows reached the hub"
+        hub.stop()                                     # hub outage: the broker queues for its session
+        time.sleep(OUTAGE_S / 2)
+        procs[0].kill()
+        procs[0].wait(10)
+        procs.append(start_agent(broker.url, agent_dir, device))
+        time.sleep(OUTAGE_S / 2)
+        hub = start_hub(tmp_path / "hub", broker.url, DEFAULT_SHARE_GROUP)
+        time.sleep(1.0)
+        last_seq = finish_and_check(procs[1], agent_dir, hub, device)
+        assert last_seq >= 20
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        hub.stop()
+        broker.stop()
