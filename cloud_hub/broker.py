@@ -124,6 +124,10 @@ class EmbeddedBroker:
             from amqtt.broker import Broker
         except ImportError as exc:
             raise BrokerError("no MQTT broker available: install mosquitto, or `pip install amqtt`, or pass --mqtt-url") from exc
+        for noisy in ("amqtt", "transitions"):
+            # Their INFO logs narrate every state change; the hub's own lines say what matters.
+            if logging.getLogger(noisy).level == logging.NOTSET:
+                logging.getLogger(noisy).setLevel(logging.WARNING)
         self = cls(host, port or free_port(host))
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},

@@ -32,11 +32,15 @@ class Hub:
         self.config = config or HubConfig()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = open_database(self.config.db_path)
-        self.artifacts = ArtifactStore(self.config.artifacts_dir)
-        self.key = ReleaseKey.load_or_create(self.config.release_key_path)
-        self.registry = ModelRegistry(self.db, self.artifacts, self.key)
-        self.devices = DeviceRegistry(self.db, self.config.offline_after_s, _known_profiles(self.config))
-        self.tokens = TokenStore(self.db)
+        try:
+            self.artifacts = ArtifactStore(self.config.artifacts_dir)
+            self.key = ReleaseKey.load_or_create(self.config.release_key_path)
+            self.registry = ModelRegistry(self.db, self.artifacts, self.key)
+            self.devices = DeviceRegistry(self.db, self.config.offline_after_s, _known_profiles(self.config))
+            self.tokens = TokenStore(self.db)
+        except BaseException:
+            self.db.close()
+            raise
         self._app: Any = None
         self._broker: BrokerHandle | None = None
         self._inference: Any = None
@@ -44,6 +48,7 @@ class Hub:
         self._http_server: Any = None
         self._http_thread: threading.Thread | None = None
         self._http_port: int | None = None
+        self._http_sock: socket.socket | None = None
         self._closed = False
 
     @property
@@ -147,8 +152,10 @@ class Hub:
             self._http_server.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(10)
-            self._http_sock.close()
-            self._http_server = self._http_thread = None
+            if self._http_sock is not None:
+                self._http_sock.close()
+            self._http_server = self._http_thread = self._http_sock = None
+            self._http_port = None
         if self._inference is not None:
             try:
                 self._inference.stop()

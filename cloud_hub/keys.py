@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_hub.errors import ConfigError
 from protocols import signing
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,13 @@ class ReleaseKey:
     def load_or_create(cls, path: str | Path) -> "ReleaseKey":
         path = Path(path)
         created = not path.exists()
-        key = signing.load_or_create_private_key(path)
+        try:
+            key = signing.load_or_create_private_key(path)
+        except (signing.SignatureError, OSError) as exc:
+            raise ConfigError(
+                f"release key {path}: {exc}; restore it from backup (agents trust only its public half) "
+                "or move it away to create a new one and re-register models"
+            ) from exc
         mode = stat.S_IMODE(os.stat(path).st_mode)
         if mode & 0o077:
             # A key others can read is not a secret any more; tighten it and say so.

@@ -71,3 +71,13 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path):
     db = open_database(path)
     assert db.schema_version() == MIGRATIONS[-1].version and "ok_table" not in db.db.table_names()
     db.close()
+
+
+def test_a_corrupt_release_key_is_a_clear_error_not_a_new_key(hub_config):
+    from cloud_hub.errors import ConfigError
+
+    Hub(hub_config).stop()
+    hub_config.release_key_path.write_text("garbage")
+    with pytest.raises(ConfigError, match="restore it from backup"):
+        Hub(hub_config)
+    assert hub_config.release_key_path.read_text() == "garbage"  # never silently replaced
