@@ -66,7 +66,7 @@ class InferenceServer:
         """host:port to dial (valid after `start`)."""
         if self.port is None:
             raise RuntimeError("InferenceServer.address: call start() first")
-        return f"{self.host}:{self.port}"
+        return _host_port(self.host, self.port)
 
     @property
     def models(self) -> dict[str, CloudModel]:
@@ -97,13 +97,14 @@ class InferenceServer:
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         try:
-            port = server.add_insecure_port(f"{self.host}:{self.requested_port}")
+            port = server.add_insecure_port(_host_port(self.host, self.requested_port))
         except RuntimeError as exc:
             port = 0
             log.debug("bind failed: %s", exc)
         if not port:
             self._close_models()
-            raise ConfigError(f"grpc: cannot listen on {self.host}:{self.requested_port} (in use, or not an address here)")
+            raise ConfigError(f"grpc: cannot listen on {_host_port(self.host, self.requested_port)} "
+                              "(in use, or not an address of this machine)")
         server.start()
         self._server = server
         self.port = port
@@ -163,6 +164,13 @@ class InferenceServer:
         models, self._models = self._models, {}
         for model in models.values():
             model.close()
+
+
+def _host_port(host: str, port: int) -> str:
+    """host:port, with an IPv6 literal in brackets as gRPC expects."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 def serve_forever(server: InferenceServer, stop: threading.Event | None = None) -> None:
