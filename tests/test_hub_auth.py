@@ -43,9 +43,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_health_needs_no_token(api):
+def test_health_and_docs_need_no_token(api):
     r = api.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    r = api.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/docs"
+    assert api.get("/docs").status_code == 200
+    assert "/v1/devices" in api.get("/openapi.json").json()["paths"]
 
 
 @pytest.mark.parametrize("method,path,body,scope", ROUTES)

@@ -5,11 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import RedirectResponse
 
 from cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
 from cloud_hub.rest.schemas import Health, HubInfo, ReleaseKeyOut
 
 router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+def root() -> RedirectResponse:
+    """A browser pointed at the hub lands on the API docs (they need no token; the data does)."""
+    return RedirectResponse("/docs")
 
 
 @router.get("/healthz", response_model=Health, tags=["system"])
