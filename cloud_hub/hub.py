@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from cloud_hub.auth import TokenStore
 from cloud_hub.broker import BrokerHandle, start_broker
@@ -25,6 +25,18 @@ from cloud_hub.storage import ArtifactStore, open_database
 log = logging.getLogger(__name__)
 
 HTTP_START_TIMEOUT_S = 15.0
+
+
+class HubService(Protocol):
+    """Something that lives as long as the hub's network side (e.g. telemetry ingestion).
+
+    `start` runs after the broker is up (so `hub.mqtt_url` is known) and before HTTP;
+    `stop` runs in reverse order of start.
+    """
+
+    def start(self, hub: "Hub") -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class Hub:
@@ -49,7 +61,13 @@ class Hub:
         self._http_thread: threading.Thread | None = None
         self._http_port: int | None = None
         self._http_sock: socket.socket | None = None
+        self._services: list[HubService] = []
+        self._started_services: list[HubService] = []
         self._closed = False
+
+    def add_service(self, service: HubService) -> None:
+        """Register a service to start with the hub (call before `start`)."""
+        self._services.append(service)
 
     @property
     def app(self) -> Any:
@@ -104,6 +122,10 @@ class Hub:
                                             self.config.mqtt_host, self.config.mqtt_port)
             if self.config.model_dirs and self._inference is None:
                 self._start_inference()
+            for service in self._services:
+                if service not in self._started_services:
+                    service.start(self)
+                    self._started_services.append(service)
             if http and self._http_server is None:
                 self._start_http()
         except BaseException:
@@ -156,6 +178,12 @@ class Hub:
                 self._http_sock.close()
             self._http_server = self._http_thread = self._http_sock = None
             self._http_port = None
+        while self._started_services:
+            service = self._started_services.pop()
+            try:
+                service.stop()
+            except Exception as exc:  # one failing service must not keep the others running
+                log.error("service stop failed service=%r error=%r", service, exc)
         if self._inference is not None:
             try:
                 self._inference.stop()

@@ -43,3 +43,34 @@ def test_a_failed_start_stops_what_it_started(tmp_path):
     assert hub.mqtt_url is None and hub.http_url is None  # the broker it had started is gone
     with pytest.raises(HubError, match="create a new Hub"):
         hub.start()
+
+
+class Recorder:
+    def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
+        self.name, self.log, self.fail = name, log, fail
+
+    def start(self, hub: Hub) -> None:
+        if self.fail:
+            raise HubError(f"{self.name} cannot start")
+        self.log.append(f"start {self.name} mqtt={hub.mqtt_url is not None}")
+
+    def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+
+
+def test_services_start_after_the_broker_and_stop_in_reverse(tmp_path):
+    events: list[str] = []
+    hub = Hub(HubConfig(data_dir=tmp_path / "a", http_port=0, broker="embedded"))
+    hub.add_service(Recorder("ingest", events))
+    hub.add_service(Recorder("drift", events))
+    with hub.start():
+        pass
+    assert events == ["start ingest mqtt=True", "start drift mqtt=True", "stop drift", "stop ingest"]
+
+    events.clear()
+    hub = Hub(HubConfig(data_dir=tmp_path / "b", http_port=0, mqtt_url="mqtt://127.0.0.1:1"))
+    hub.add_service(Recorder("ok", events))
+    hub.add_service(Recorder("broken", events, fail=True))
+    with pytest.raises(HubError, match="broken cannot start"):
+        hub.start()
+    assert events == ["start ok mqtt=True", "stop ok"]
