@@ -189,6 +189,8 @@ def prune(graph: Graph) -> Graph:
     for op in kept:
         op.inputs = [remap[i] if i >= 0 else -1 for i in op.inputs]
         op.outputs = [remap[o] for o in op.outputs]
+        if "clamp_output" in op.options:  # a tensor index kept in options (see ops.clip)
+            op.options["clamp_output"] = remap[op.options["clamp_output"]]
     graph.ops = kept
     graph.inputs = [remap[i] for i in graph.inputs]
     graph.outputs = [remap[o] for o in graph.outputs]

@@ -129,6 +129,75 @@ def _grouped_conv(low: Lowering, node: Node, x: int, weight: np.ndarray, bias: n
     low.emit("CONCATENATION", outs, [out], axis=3)
 
 
+def conv_transpose(low: Lowering, node: Node) -> None:
+    """ConvTranspose -> TRANSPOSE_CONV when ONNX's output size is TFLite's VALID or SAME size."""
+    x_name = node.inputs[0]
+    weight = low.const(node.inputs[1])
+    if weight is None or weight.ndim != 4 or len(low.shape(x_name)) != 4:
+        raise unsupported("ConvTranspose", node.name, "needs constant 2-D weights")
+    if int(node.attrs.get("group", 1)) != 1 or any(d != 1 for d in node.attrs.get("dilations", [1, 1])):
+        raise unsupported("ConvTranspose", node.name, "grouped or dilated transposed convolution")
+    if any(node.attrs.get("output_padding", [0, 0])) or "output_shape" in node.attrs:
+        raise unsupported("ConvTranspose", node.name, "output_padding / output_shape")
+    n, c, h, w = low.shape(x_name)
+    c_in, c_out, kh, kw = weight.shape
+    strides = _attr_pair(node, "strides", 1)
+    pads = [int(p) for p in node.attrs.get("pads", [0, 0, 0, 0])]
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or any(pads):
+        raise unsupported("ConvTranspose", node.name, f"padding {pads} / auto_pad (only unpadded)")
+    oh, ow = (h - 1) * strides[0] + kh, (w - 1) * strides[1] + kw
+    bias = low.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(c_out, np.float32)
+    if bias is None:
+        raise unsupported("ConvTranspose", node.name, "bias must be constant")
+    x = low.tensor(x_name, "nhwc")
+    out = low.define(node.outputs[0], (n, c_out, oh, ow), "nhwc")
+    low.emit("TRANSPOSE_CONV", [low.graph.const(f"{node.name}/output_shape", np.array([n, oh, ow, c_out], dtype=np.int32)),
+                                low.graph.const(f"{node.name}/weight", weight.transpose(1, 2, 3, 0).astype(np.float32)), x,
+                                low.graph.const(f"{node.name}/bias", bias.astype(np.float32))], [out],
+             padding="VALID", stride_h=strides[0], stride_w=strides[1])
+
+
+_RESIZE_MODES = {  # (mode, coordinate_transformation_mode, nearest_mode) -> (kind, align_corners, half_pixel)
+    ("nearest", "asymmetric", "floor"): ("RESIZE_NEAREST_NEIGHBOR", False, False),
+    ("nearest", "align_corners", "round_prefer_ceil"): ("RESIZE_NEAREST_NEIGHBOR", True, False),
+    ("nearest", "half_pixel", "round_prefer_ceil"): ("RESIZE_NEAREST_NEIGHBOR", False, True),
+    ("linear", "asymmetric", None): ("RESIZE_BILINEAR", False, False),
+    ("linear", "align_corners", None): ("RESIZE_BILINEAR", True, False),
+    ("linear", "half_pixel", None): ("RESIZE_BILINEAR", False, True),
+    ("linear", "pytorch_half_pixel", None): ("RESIZE_BILINEAR", False, True),  # same unless an output dim is 1
+}
+
+
+def resize(low: Lowering, node: Node) -> None:
+    x_name = node.inputs[0]
+    shape = low.shape(x_name)
+    if len(shape) != 4:
+        raise unsupported("Resize", node.name, "only 4-D NCHW input")
+    mode = node.attrs.get("mode", "nearest")
+    ctm = node.attrs.get("coordinate_transformation_mode", "half_pixel")
+    nearest = node.attrs.get("nearest_mode", "round_prefer_floor") if mode == "nearest" else None
+    rule = _RESIZE_MODES.get((mode, ctm, nearest))
+    if rule is None:
+        raise unsupported("Resize", node.name, f"mode={mode} coordinate_transformation_mode={ctm} nearest_mode={nearest}")
+    scales = low.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    sizes = low.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+    if sizes is not None and sizes.size:
+        out_hw = [int(sizes[-2]), int(sizes[-1])]
+        if int(sizes[0]) != shape[0] or int(sizes[1]) != shape[1]:
+            raise unsupported("Resize", node.name, "resizing the batch or channel axis")
+    elif scales is not None and scales.size:
+        if scales[0] != 1 or scales[1] != 1:
+            raise unsupported("Resize", node.name, "resizing the batch or channel axis")
+        out_hw = [int(np.floor(shape[2] * scales[2])), int(np.floor(shape[3] * scales[3]))]
+    else:
+        raise unsupported("Resize", node.name, "scales or sizes must be constant")
+    kind, align, half = rule
+    x = low.tensor(x_name, "nhwc")
+    out = low.define(node.outputs[0], (shape[0], shape[1], *out_hw), "nhwc")
+    low.emit(kind, [x, low.graph.const(f"{node.name}/size", np.array(out_hw, dtype=np.int32))], [out],
+             align_corners=align, half_pixel_centers=half)
+
+
 def _fully_connected(low: Lowering, node: Node, a_name: str, weight: np.ndarray, bias: np.ndarray) -> None:
     """weight is [out, in] (TFLite's FULLY_CONNECTED layout)."""
     a_shape = low.shape(a_name)
@@ -265,9 +334,10 @@ def clip(low: Lowering, node: Node) -> None:
     x = low.tensor(x_name, layout)
     shape = low.graph.tensors[x].shape
     mid = low.temp(f"{node.name}/max", shape)
-    low.emit("MAXIMUM", [x, low.graph.const(f"{node.name}/lo", np.array(lo, dtype=np.float32))], [mid])
     out = low.define(node.outputs[0], low.shape(x_name), layout)
-    low.emit("MINIMUM", [mid, low.graph.const(f"{node.name}/hi", np.array(hi, dtype=np.float32))], [out])
+    # clamp_output tells the int8 quantizer which range the pair finally produces.
+    low.emit("MAXIMUM", [x, low.graph.const(f"{node.name}/lo", np.array(lo, dtype=np.float32))], [mid], clamp_output=out)
+    low.emit("MINIMUM", [mid, low.graph.const(f"{node.name}/hi", np.array(hi, dtype=np.float32))], [out], clamp_output=out)
 
 
 def leaky_relu(low: Lowering, node: Node) -> None:
@@ -464,6 +534,8 @@ def _fold_or(rule: Rule) -> Rule:
 
 LOWERINGS: dict[str, Rule] = {
     "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Resize": resize,
     "Gemm": gemm,
     "MatMul": matmul,
     "BatchNormalization": batchnorm,

@@ -162,6 +162,36 @@ def fold_bias_add(nodes: list[Node], consts: dict[str, np.ndarray], graph_output
     return [n for k, n in enumerate(nodes) if k not in drop]
 
 
+def fold_scale_mul(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Conv -> Mul(constant per-channel) becomes one Conv with scaled weights and bias
+    (PP-LCNetV3's learnable affine layers export this way)."""
+    uses = _uses(nodes, graph_outputs)
+    drop: set[int] = set()
+    for i, node in enumerate(nodes):
+        if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in consts:
+            continue
+        found = _single_consumer(nodes, i, uses)
+        if found is None or found[1].op_type != "Mul":
+            continue
+        j, mul = found
+        other = mul.inputs[1] if mul.inputs[0] == node.outputs[0] else mul.inputs[0]
+        if other not in consts:
+            continue
+        weight = consts[node.inputs[1]].astype(np.float64)
+        factor = _channel_bias(consts[other], weight.shape[0], weight.ndim)
+        if factor is None:
+            continue
+        has_bias = len(node.inputs) > 2 and node.inputs[2]
+        bias = consts[node.inputs[2]].astype(np.float64) if has_bias else np.zeros(weight.shape[0])
+        w_name, b_name = f"{node.name}/scaled_weight", f"{node.name}/scaled_bias"
+        consts[w_name] = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
+        consts[b_name] = (bias * factor).astype(np.float32)
+        node.inputs = [node.inputs[0], w_name, b_name]
+        node.outputs = [mul.outputs[0]]
+        drop.add(j)
+    return [n for k, n in enumerate(nodes) if k not in drop]
+
+
 def _scalar(consts: dict[str, np.ndarray], name: str) -> float | None:
     if name in consts and np.asarray(consts[name]).size == 1:
         return float(np.asarray(consts[name]).reshape(-1)[0])
@@ -212,6 +242,7 @@ def prepare(model) -> tuple[list[Node], dict[str, np.ndarray]]:
     outputs = {o.name for o in model.graph.output}
     nodes = fold_constants(nodes, consts)
     nodes = fold_batchnorm(nodes, consts, outputs)
+    nodes = fold_scale_mul(nodes, consts, outputs)
     nodes = fold_bias_add(nodes, consts, outputs)
     nodes = match_hardswish(nodes, consts, outputs)
     return nodes, consts

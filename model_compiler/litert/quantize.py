@@ -17,9 +17,12 @@ from model_compiler.litert.errors import LoweringError
 from model_compiler.litert.ir import Graph, Op, Quant, Tensor
 
 SAME_AS_INPUT = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD", "PADV2", "SPLIT",
-                 "MAXIMUM", "MINIMUM", "REDUCE_MAX"}
+                 "MAXIMUM", "MINIMUM", "REDUCE_MAX", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"}
 FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
-WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
+WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+# Where each op keeps its data, weight and bias inputs when not at 0, 1, 2.
+DATA_INPUT = {"SPLIT": 1, "TRANSPOSE_CONV": 2}
+WEIGHT_BIAS_INPUTS = {"TRANSPOSE_CONV": (1, 3)}
 _EPS = 1e-8
 _MIN_RANGE = 1e-6
 # Kernels (XNNPACK's in particular) reject a requantization multiplier
@@ -79,7 +82,7 @@ def _activation(graph: Graph, index: int, ranges: dict[int, tuple[float, float]]
 
 def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -> None:
     tensors = graph.tensors
-    first = tensors[op.inputs[1] if op.kind == "SPLIT" else op.inputs[0]]  # SPLIT takes (axis, data)
+    first = tensors[op.inputs[DATA_INPUT.get(op.kind, 0)]]
     for out in op.outputs:
         t = tensors[out]
         if op.kind in FIXED_OUTPUT:
@@ -90,7 +93,8 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
             t.quant = _activation(graph, out, ranges)
         t.dtype = "int8"
     if op.kind in WEIGHT_AXIS:
-        weight = tensors[op.inputs[1]]
+        w_at, b_at = WEIGHT_BIAS_INPUTS.get(op.kind, (1, 2))
+        weight = tensors[op.inputs[w_at]]
         _weights(weight, WEIGHT_AXIS[op.kind])
         out_q = tensors[op.outputs[0]].quant
         floor = float(first.quant.scale[0] * weight.quant.scale.max()) / _MAX_MULTIPLIER
@@ -99,8 +103,8 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
             hi = float((127 - out_q.zero_point[0]) * out_q.scale[0])
             mid = (lo + hi) / 2
             tensors[op.outputs[0]].quant = affine(mid - floor * 127.5, mid + floor * 127.5)
-        if len(op.inputs) > 2 and op.inputs[2] >= 0:
-            _bias(tensors[op.inputs[2]], first.quant, weight.quant)
+        if len(op.inputs) > b_at and op.inputs[b_at] >= 0:
+            _bias(tensors[op.inputs[b_at]], first.quant, weight.quant)
         return
     for i in op.inputs:
         t = tensors[i]
@@ -136,6 +140,24 @@ def _requantize_concat_inputs(graph: Graph, op: Op) -> list[Op]:
     return extra
 
 
+def _narrow_clamp_input(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -> list[Op]:
+    """MAXIMUM/MINIMUM kernels compare raw int8 values, so input, bound and output share one
+    scale. When the input's range is much wider than the clamped output's (Clip(-0.5, 0.7) after
+    a conv reaching +-60), requantize the input to the output's parameters first so the bound
+    keeps its precision; the QUANTIZE saturates what lies outside."""
+    src = graph.tensors[op.inputs[0]]
+    out = op.options.get("clamp_output", op.outputs[0])
+    if src.quant is None or out not in ranges:
+        return []
+    narrow = affine(*ranges[out])
+    if src.quant.scale[0] <= 2 * narrow.scale[0]:
+        return []
+    original = op.inputs[0]
+    r = graph.add_tensor(Tensor(f"{src.name}/narrowed", src.shape, "int8", None, narrow))
+    op.inputs[0] = r
+    return [Op("QUANTIZE", [original], [r], {}, op.source)]
+
+
 def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool = False) -> Graph:
     """A full-integer copy of `graph`. With int8_io the model's inputs/outputs are int8 too."""
     q = copy.deepcopy(graph)
@@ -145,6 +167,8 @@ def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool
         q.tensors[index].dtype = "int8"
     body: list[Op] = []
     for op in q.ops:
+        if op.kind in ("MAXIMUM", "MINIMUM"):
+            body += _narrow_clamp_input(q, op, ranges)
         _quantize_op(q, op, ranges)
         if op.kind == "CONCATENATION":
             body += _requantize_concat_inputs(q, op)

@@ -85,6 +85,21 @@ def _concat(s, o: dict[str, Any]):
     return t
 
 
+def _tconv(s, o: dict[str, Any]):
+    t = s.TransposeConvOptionsT()
+    t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
+    t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
+    return t
+
+
+def _resize(cls: str) -> Callable:
+    def make(s, o: dict[str, Any]):
+        t = getattr(s, cls)()
+        t.alignCorners, t.halfPixelCenters = bool(o.get("align_corners")), bool(o.get("half_pixel_centers"))
+        return t
+    return make
+
+
 # kind -> (BuiltinOptions member or None, options factory, float version, int8 version)
 OPS: dict[str, tuple[str | None, Callable | None, int, int]] = {
     "CONV_2D": ("Conv2DOptions", _conv, 1, 3),
@@ -110,6 +125,9 @@ OPS: dict[str, tuple[str | None, Callable | None, int, int]] = {
     "HARD_SWISH": ("HardSwishOptions", _plain("HardSwishOptionsT"), 1, 1),
     "QUANTIZE": ("QuantizeOptions", _plain("QuantizeOptionsT"), 1, 1),
     "DEQUANTIZE": ("DequantizeOptions", _plain("DequantizeOptionsT"), 1, 2),
+    "TRANSPOSE_CONV": ("TransposeConvOptions", _tconv, 3, 3),
+    "RESIZE_NEAREST_NEIGHBOR": ("ResizeNearestNeighborOptions", _resize("ResizeNearestNeighborOptionsT"), 3, 3),
+    "RESIZE_BILINEAR": ("ResizeBilinearOptions", _resize("ResizeBilinearOptionsT"), 3, 3),
     "RELU": (None, None, 1, 2),
     "RELU6": (None, None, 1, 2),
     "RELU_N1_TO_1": (None, None, 1, 1),
