@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import threading
 import urllib.request
 
@@ -118,3 +119,100 @@ def test_health_and_metrics_report_traffic(agent, digits_test):
     assert 'tandem_agent_request_seconds_bucket{source="edge",le="+Inf"}' in text
     assert "tandem_agent_batch_queue_depth 0" in text
     assert "tandem_agent_fallback_ratio" in text
+
+
+@pytest.fixture(scope="module")
+def ocr_model_dir(ocr_cls_model, tmp_path_factory):
+    return make_model_dir(ocr_cls_model, tmp_path_factory.mktemp("model") / "ocr", name="ocr-cls")
+
+
+def test_concurrent_requests_are_micro_batched_on_the_ocr_classifier(ocr_model_dir, tmp_path):
+    cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
+                      threshold=0.0, window_us=2000, max_batch=8)
+    rng = np.random.default_rng(0)
+    xs = [rng.random((1, 3, 48, 192), dtype=np.float32) for _ in range(24)]
+    bare = load_session("onnxruntime", ocr_model_dir / "variants" / "ort-fp32.onnx")
+    want = [bare.run({"x": x})[0] for x in xs]
+
+    async def main(endpoint):
+        clients = [AsyncAgentClient(endpoint) for _ in range(8)]
+        try:
+            return await asyncio.gather(*[clients[i % 8].infer(x, return_outputs=True) for i, x in enumerate(xs)])
+        finally:
+            for c in clients:
+                await c.close()
+
+    with Agent(cfg) as agent:
+        answers = asyncio.run(main(agent.endpoint))
+        stats = agent.batcher.stats()
+    for answer, w in zip(answers, want):
+        (out,) = answer.outputs.values()
+        np.testing.assert_allclose(out, w, atol=1e-4)
+        assert answer.labels == [int(np.argmax(w))]
+    assert stats.batches < len(xs) and max(stats.batch_sizes) > 1, stats
+
+
+def test_overload_gets_an_error_reply_not_a_hang(ocr_model_dir, tmp_path):
+    from edge_agent.errors import OverloadedError
+
+    cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
+                      threshold=0.0, max_batch=1, max_queue=1)
+    x = np.zeros((1, 3, 48, 192), np.float32)
+
+    async def main(endpoint):
+        async with AsyncAgentClient(endpoint) as client:
+            return await asyncio.gather(*[client.infer(x) for _ in range(12)], return_exceptions=True)
+
+    with Agent(cfg) as agent:
+        results = asyncio.run(main(agent.endpoint))
+        overloaded = [r for r in results if isinstance(r, OverloadedError)]
+        served = [r for r in results if not isinstance(r, Exception)]
+        assert overloaded and served, results
+        assert "queue is full" in str(overloaded[0])
+        assert len(overloaded) + len(served) == len(results)
+        with AgentClient(agent.endpoint) as client:
+            assert client.infer(x).source == "edge"
+
+
+def test_logits_model_scored_through_a_named_output_and_softmax(tmp_path):
+    from agent_fixtures import make_linear_softmax
+    from edge_agent.policy import softmax
+
+    onnx_path = make_linear_softmax(tmp_path / "src" / "logits.onnx", n_in=4, n_out=3, softmax=False)
+    model_dir = make_model_dir(onnx_path, tmp_path / "model", name="logits")
+    cfg = AgentConfig(model_dir=model_dir, endpoint=f"ipc://{tmp_path}/l.sock", data_dir=tmp_path / "data",
+                      policy_output="y", transform="softmax", policy="margin", threshold=0.0)
+    x = np.array([[1.0, -2.0, 0.5, 3.0]], np.float32)
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        answer = client.infer(x, return_outputs=True)
+    p = np.sort(softmax(answer.outputs["y"])[0])
+    assert answer.confidence[0] == pytest.approx(float(p[-1] - p[-2]), rel=1e-5)
+
+
+def test_stop_with_requests_in_flight_is_clean(ocr_model_dir, tmp_path):
+    from edge_agent.errors import AgentError
+
+    cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
+                      threshold=0.0)
+    agent = Agent(cfg).start()
+    x = np.zeros((4, 3, 48, 192), np.float32)
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            with AgentClient(agent.endpoint, timeout_s=1.0) as c:
+                for _ in range(20):
+                    c.infer(x)
+        except AgentError as exc:  # unavailable once the agent is gone: expected
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    agent.stop()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert agent.server is None and agent.batcher is None
+    agent.stop()  # twice is fine
