@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _remote(_paged(models.add_parser("list", help="list models, or the versions of one with --name")))
     p.add_argument("--name", help="show the versions of this model")
     p.set_defaults(func=cmd_models_list)
+    p = _remote(models.add_parser("show", help="a version's variants per profile (--json: the signed manifest)"))
+    p.add_argument("name")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_models_show)
 
     devices = _group(sub, "devices", "list devices")
     p = _remote(_paged(devices.add_parser("list", help="list devices with status and model")))
@@ -80,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile")
     p.add_argument("--tag", action="append", default=[], help="key=value (repeatable; all must match)")
     p.set_defaults(func=cmd_devices_list)
+
+    keys = _group(sub, "keys", "the release key agents trust")
+    p = _remote(keys.add_parser("release", help="print (or save) the hub's public release key, PEM",
+                                description="Agents verify every manifest with this key: copy it to each device "
+                                            "(e.g. --out /etc/tandem/release.pub.pem)."))
+    p.add_argument("--out", type=Path, help="write the PEM to this file instead of printing it")
+    p.set_defaults(func=cmd_keys_release)
 
     tokens = _group(sub, "tokens", "create, list and revoke API tokens")
     p = _remote(tokens.add_parser("create", help="create a token (shown once)",
@@ -181,6 +192,36 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             cols = [("name", "name"), ("latest_version", "latest"), ("versions", "versions"), ("updated", "updated")]
             render = lambda p: table([{**m, "updated": ago(m["updated_at"])} for m in p["items"]], cols) + _page_footer(p)
     return _emit(args, page, render)
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        manifest = client.manifest(args.name, args.version)
+    if args.json:
+        return _emit(args, manifest, str)
+    variants = {v["id"]: v for v in manifest["variants"]}
+    rows = []
+    for profile, choice in sorted(manifest["profiles"].items()):
+        variant = variants.get(choice.get("chosen") or "", {})
+        rows.append({"profile": profile, "variant": choice.get("chosen"), "runtime": variant.get("runtime"),
+                     "precision": variant.get("precision"), "reason": choice.get("reason")})
+    head = (f"{manifest['name']} {manifest['version']}  signed by key {manifest.get('signature', {}).get('key_id', '-')}"
+            f"  expires {manifest.get('expires_at') or 'never'}")
+    cols = [("profile", "profile"), ("variant", "variant"), ("runtime", "runtime"), ("precision", "precision"),
+            ("reason", "reason")]
+    print(head + "\n" + table(rows, cols))
+    return 0
+
+
+def cmd_keys_release(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        key = client.release_key()
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(key["public_key_pem"])
+        print(f"wrote release key {key['key_id']} to {args.out}", file=sys.stderr)
+        return 0
+    return _emit(args, key, lambda k: k["public_key_pem"].rstrip())
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from cloud_hub.cli import main
 from cloud_hub.config import HubConfig
 from cloud_hub.hub import Hub
 from hub_registry_fixtures import hub_model_dir  # noqa: F401
+from protocols.signing import load_public_key, verify_manifest
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -40,6 +41,14 @@ def test_bootstrap_token_then_manage_models_devices_and_tokens(tmp_path, capsys,
         assert out.splitlines()[1].split()[:3] == ["digits", "1.0.0", "1"]
         code, out, _ = run(capsys, "models", "list", "--name", "digits", "--json", *remote)
         assert [v["version"] for v in json.loads(out)["items"]] == ["1.0.0"]
+        code, out, _ = run(capsys, "models", "show", "digits", "1.0.0", *remote)
+        assert f"signed by key {hub.key.key_id}" in out
+        assert out.splitlines()[2].split()[:4] == ["cpu-x86", "ort-fp32", "onnxruntime", "fp32"]
+        pem = tmp_path / "trust" / "release.pub.pem"
+        code, _, _ = run(capsys, "keys", "release", "--out", str(pem), *remote)
+        assert code == 0
+        code, out, _ = run(capsys, "models", "show", "digits", "1.0.0", "--json", *remote)
+        verify_manifest(json.loads(out), load_public_key(pem))
 
         hub.devices.register("cam-1", "cpu-x86", "0.1.0", {"site": "lyon"}, "digits", "1.0.0")
         code, out, _ = run(capsys, "devices", "list", "--tag", "site=lyon", *remote)
