@@ -70,7 +70,11 @@ class Agent:
             self.server = ZmqServer(cfg.endpoint, self.service.handle, max_inflight=cfg.max_queue * 4).start()
             self._register_gauges()
             if cfg.http_port is not None:
-                self.health = HealthServer(self.healthz, self.metrics.render, cfg.http_host, cfg.http_port).start()
+                try:
+                    self.health = HealthServer(self.healthz, self.metrics.render, cfg.http_host, cfg.http_port).start()
+                except OSError as exc:
+                    raise ConfigError(f"health.http_port: cannot listen on {cfg.http_host}:{cfg.http_port} "
+                                      f"({exc.strerror or exc}); pick another port or 0 for any") from exc
         except BaseException:
             self.stop()
             raise

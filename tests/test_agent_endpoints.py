@@ -1,0 +1,53 @@
+"""Where the agent listens: tcp and ipc endpoints, and the errors an operator sees when it cannot."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from agent_fixtures import make_linear_softmax, make_model_dir
+from edge_agent import Agent, AgentClient, AgentConfig
+from edge_agent.errors import ConfigError, ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    return make_model_dir(make_linear_softmax(tmp / "src" / "lin.onnx"), tmp / "model", name="lin")
+
+
+def config(tiny_dir, tmp_path, **kw) -> AgentConfig:
+    kw.setdefault("endpoint", f"ipc://{tmp_path}/a.sock")
+    return AgentConfig(model_dir=tiny_dir, data_dir=tmp_path / "data", threshold=0.0, **kw)
+
+
+def test_tcp_endpoint_with_any_port_reports_the_bound_one(tiny_dir, tmp_path):
+    with Agent(config(tiny_dir, tmp_path, endpoint="tcp://127.0.0.1:0")) as agent:
+        assert agent.endpoint.startswith("tcp://127.0.0.1:") and not agent.endpoint.endswith(":0")
+        with AgentClient(agent.endpoint) as client:
+            assert client.infer(np.ones((2, 4), np.float32)).labels.__len__() == 2
+
+
+def test_busy_tcp_port_and_busy_health_port_name_the_key(tiny_dir, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match="server.endpoint: cannot bind"):
+            Agent(config(tiny_dir, tmp_path, endpoint=f"tcp://127.0.0.1:{port}")).start()
+        with pytest.raises(ConfigError, match="health.http_port"):
+            Agent(config(tiny_dir, tmp_path, http_port=port)).start()
+    # a failed start released everything: the same ipc endpoint serves again
+    with Agent(config(tiny_dir, tmp_path)) as agent, AgentClient(agent.endpoint) as client:
+        assert client.infer(np.ones((1, 4), np.float32)).source == "edge"
+
+
+def test_too_long_ipc_path_and_bad_model_dir_fail_at_start(tiny_dir, tmp_path):
+    with pytest.raises(ConfigError, match="longer than"):
+        Agent(config(tiny_dir, tmp_path, endpoint="ipc:///tmp/" + "x" * 120)).start()
+    with pytest.raises(ModelLoadError, match="no manifest here"):
+        Agent(config(tmp_path, tmp_path)).start()
+    with pytest.raises(ModelLoadError, match="not compiled for profile 'cpu-arm'"):
+        Agent(config(tiny_dir, tmp_path, profile="cpu-arm")).start()
