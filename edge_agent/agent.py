@@ -20,6 +20,7 @@ from edge_agent.model import LoadedModel, load_model
 from edge_agent.policy import ConfidencePolicy, PolicyError
 from edge_agent.server import ZmqServer
 from edge_agent.service import InferenceService
+from hardware_profiles import ProfileError, get_profile
 from hardware_profiles.runtimes.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ class Agent:
         try:
             self.model = load_model(cfg.model_dir, cfg.profile, cfg.variant, threads=cfg.threads)
             self.policy = self._make_policy(self.model)
-            self.batcher = MicroBatcher(self.model.session, max_batch=cfg.max_batch, window_ms=cfg.window_us / 1000.0,
-                                        max_queue=cfg.max_queue, name="agent-batcher")
+            max_batch, batching = self._batch_limits()
+            self.batcher = MicroBatcher(self.model.session, max_batch=max_batch, window_ms=cfg.window_us / 1000.0,
+                                        max_queue=cfg.max_queue, batching=batching, name="agent-batcher")
             if self.fallback is None and cfg.hub_url:
                 self.fallback = self._make_fallback()
             if self.fallback is not None:
@@ -131,6 +133,16 @@ class Agent:
             return ConfidencePolicy(cfg.policy, threshold, output=cfg.policy_output, transform=cfg.transform)
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from exc
+
+    def _batch_limits(self) -> tuple[int, bool]:
+        """The config's max_batch, capped by the hardware profile's constraints when the profile is known."""
+        try:
+            profile = get_profile(self.config.profile)
+        except ProfileError:
+            return self.config.max_batch, True  # a profile only the manifest knows: no extra limits
+        cons = profile.constraints
+        max_batch = min(self.config.max_batch, cons.max_batch) if cons.max_batch else self.config.max_batch
+        return max_batch, not cons.static_shapes
 
     def _make_fallback(self) -> Any:
         try:

@@ -51,3 +51,12 @@ def test_too_long_ipc_path_and_bad_model_dir_fail_at_start(tiny_dir, tmp_path):
         Agent(config(tmp_path, tmp_path)).start()
     with pytest.raises(ModelLoadError, match="not compiled for profile 'cpu-arm'"):
         Agent(config(tiny_dir, tmp_path, profile="cpu-arm")).start()
+
+
+def test_static_shape_profiles_turn_batching_off(tmp_path):
+    onnx_path = make_linear_softmax(tmp_path / "src" / "lin.onnx")
+    model_dir = make_model_dir(onnx_path, tmp_path / "model", name="lin", profile="npu-intel")
+    with Agent(config(model_dir, tmp_path, profile="npu-intel", max_batch=8)) as agent:
+        assert agent.batcher.max_batch == 1 and not agent.batcher.batching
+        with AgentClient(agent.endpoint) as client:
+            assert client.infer(np.ones((1, 4), np.float32)).source == "edge"
