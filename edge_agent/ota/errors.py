@@ -1,0 +1,35 @@
+"""The OTA client's exceptions; each message names the file, field or step that failed."""
+
+from __future__ import annotations
+
+from edge_agent.errors import AgentError
+
+
+class OtaError(AgentError):
+    """Base of every OTA failure; the update is abandoned and the active model kept."""
+
+    code = "ota"
+
+
+class VerificationError(OtaError):
+    """Signature, hash, size, profile, expiry or version check failed, e.g. 'variants/x/model.onnx: sha256 mismatch'."""
+
+    code = "ota_verification"
+
+
+class DownloadError(OtaError):
+    """A manifest or file could not be fetched within the retry and size bounds."""
+
+    code = "ota_download"
+
+
+class SelfTestError(OtaError):
+    """The staged variant did not reproduce the manifest's golden outputs."""
+
+    code = "ota_self_test"
+
+
+class StoreError(OtaError):
+    """The on-disk A/B model store is unusable (unreadable state file, missing slot)."""
+
+    code = "ota_store"
