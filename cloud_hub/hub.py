@@ -40,6 +40,8 @@ class HubService(Protocol):
 
 
 class Hub:
+    """The fleet's home on one machine; every component is reachable as an attribute."""
+
     def __init__(self, config: HubConfig | None = None) -> None:
         self.config = config or HubConfig()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,8 @@ class Hub:
             raise ConfigError(
                 f"http_port (env TANDEM_HUB_HTTP_PORT): cannot listen on {self.config.http_host}:{self.config.http_port} ({exc})"
             ) from exc
-        server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off"))
+        server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                                timeout_graceful_shutdown=5))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tandem-hub-http", daemon=True)
         thread.start()
         deadline = time.monotonic() + HTTP_START_TIMEOUT_S

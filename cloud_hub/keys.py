@@ -39,6 +39,8 @@ class ReleaseKey:
     def load_or_create(cls, path: str | Path) -> "ReleaseKey":
         path = Path(path)
         created = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
         try:
             key = signing.load_or_create_private_key(path)
         except (signing.SignatureError, OSError) as exc:

@@ -47,6 +47,7 @@ def test_registered_manifest_is_signed_by_the_key_the_hub_publishes(running_hub,
 def test_release_key_is_private_to_its_owner(running_hub):
     mode = running_hub.config.release_key_path.stat().st_mode & 0o777
     assert mode == 0o600
+    assert running_hub.config.keys_dir.stat().st_mode & 0o777 == 0o700
 
 
 def test_files_are_stored_content_addressed_and_downloadable(running_hub, hub_model_dir):
