@@ -4,6 +4,7 @@ For the digits edge model (input [1,64]) and the PP-OCR orientation classifier
 (input [1,3,48,192]) it measures:
   bare      the runtime called in-process, one request at a time (p50, p99, throughput)
   echo      a bare ZeroMQ ROUTER echo server in another process, same request frames (the transport floor)
+            (both measured before and after the agent; the lower p50 / higher throughput is used)
   agent-1   the same request through a real agent process over ipc://, one client
   agent-8   eight concurrent clients (closed loop, one DEALER socket each)
 and, with a real hub process serving the digits cloud model, the fallback round trip:
@@ -217,23 +218,33 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[s
     variant_path = model_dir / "variants" / "ort-fp32.onnx"
     session = load_session("onnxruntime", variant_path)
     input_name = session.inputs[0].name
-    log(f"{name}: bare runtime")
-    bare = timed_loop(lambda: session.run({input_name: x}), n["bare"], seconds)
     xb = np.concatenate([x] * CLIENTS)
+    frames = encode_request({input_name: x}, request_id="bench-0000000001")
+    bares, echoes = [], []
+
+    def baselines(round_: int) -> None:
+        log(f"{name}: bare runtime and echo floor (round {round_})")
+        bares.append(timed_loop(lambda: session.run({input_name: x}), n["bare"], seconds))
+        echoes.append(measure_echo(frames, f"ipc://{work}/echo-{name}-{round_}.sock", n["echo"], seconds))
+
+    # Baselines before and after the agent, and the kinder of each is compared with the agent:
+    # on a shared machine load comes and goes, and this keeps the comparison conservative.
+    baselines(1)
     bare_b8 = timed_loop(lambda: session.run({input_name: xb}), max(10, n["bare"] // 8), seconds)
     bare_b8["throughput_rps"] *= CLIENTS  # rows per second
-    session.close()
-    log(f"{name}: echo floor")
-    frames = encode_request({input_name: x}, request_id="bench-0000000001")
-    echo = measure_echo(frames, f"ipc://{work}/echo-{name}.sock", n["echo"], seconds)
     log(f"{name}: agent, 1 client and {CLIENTS} clients")
     agent_dir = work / f"agent-{name}"
     agent_dir.mkdir()
     with AgentProcess(model_dir, agent_dir) as agent:
         one = measure_agent_1(agent.endpoint, x, n["agent"], seconds)
         many = measure_agent_n(agent.endpoint, x, n["agent8"], seconds)
+    baselines(2)
+    session.close()
+    bare = dict(min(bares, key=lambda b: b["p50_ms"]))
+    bare["throughput_rps"] = max(b["throughput_rps"] for b in bares)
+    echo = min(echoes, key=lambda e: e["p50_ms"])
     return {"input_shape": list(x.shape), "payload_bytes": int(x.nbytes), "bare": bare, "bare_batch8": bare_b8,
-            "echo": echo, "agent_1": one, f"agent_{CLIENTS}": many,
+            "echo": echo, "agent_1": one, f"agent_{CLIENTS}": many, "bare_rounds": bares, "echo_rounds": echoes,
             "agent_overhead_p50_ms": one["p50_ms"] - bare["p50_ms"],
             "overhead_over_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo["p50_ms"],
             f"agent_{CLIENTS}_over_bare_throughput": many["throughput_rps"] / bare["throughput_rps"]}
@@ -297,12 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         x_digits = np.load(digits / "test.npz")["x"][:1].astype(np.float32)
         x_ocr = np.random.default_rng(0).random((1, 3, 48, 192), dtype=np.float32)
         result: dict[str, Any] = {
-            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                     "loadavg_at_start": list(os.getloadavg())},
             "digits": bench_model("digits", edge_dir, x_digits, work, ndig, args.seconds),
             "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds),
         }
         if not args.skip_fallback:
             result["fallback"] = bench_fallback(edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds)
+    result["host"]["loadavg_at_end"] = list(os.getloadavg())
     d, o = result["digits"], result["ocr_cls"]
     result["targets"] = {
         "digits_agent_p50_le_bare_plus_1.3x_echo": {
