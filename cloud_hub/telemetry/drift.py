@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 DEFAULT_ALPHA = 0.5
+DEFAULT_MIN_REF_COUNT = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,38 @@ def chi2_sf(x: float, dof: int) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-def compare(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray,
-            alpha: float = DEFAULT_ALPHA) -> DriftStats:
-    """All three statistics for one (reference, current) pair."""
+def merge_sparse(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray,
+                 min_ref_count: float = DEFAULT_MIN_REF_COUNT) -> tuple[np.ndarray, np.ndarray]:
+    """Merge adjacent bins until each holds >= min_ref_count reference samples.
+
+    Sparse reference bins (a confident classifier puts almost all its confidence mass
+    in the top one or two of 20 bins) make PSI and chi-square noisy and anti-
+    conservative; grouping by the fixed reference keeps the grouping deterministic.
+    """
     r, c = _as_counts(ref, cur)
+    if not len(r) or r.sum() < 2 * min_ref_count:
+        return r, c
+    groups: list[int] = []
+    acc = 0.0
+    for i, v in enumerate(r):
+        acc += v
+        if acc >= min_ref_count:
+            groups.append(i + 1)
+            acc = 0.0
+    if not groups or groups[-1] != len(r):
+        if groups:
+            groups[-1] = len(r)  # the short tail joins the last full group
+        else:
+            groups = [len(r)]
+    starts = [0] + groups[:-1]
+    return (np.array([r[a:b].sum() for a, b in zip(starts, groups)]),
+            np.array([c[a:b].sum() for a, b in zip(starts, groups)]))
+
+
+def compare(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray,
+            alpha: float = DEFAULT_ALPHA, min_ref_count: float = DEFAULT_MIN_REF_COUNT) -> DriftStats:
+    """All three statistics for one (reference, current) pair, over bins merged by `merge_sparse`."""
+    r, c = merge_sparse(ref, cur, min_ref_count) if min_ref_count > 0 else _as_counts(ref, cur)
     stat, dof, p = chi_square(r, c)
     return DriftStats(psi=psi(r, c, alpha), js=js_divergence(r, c, alpha), chi2=stat, dof=dof, p_value=p,
                       n_ref=int(r.sum()), n_cur=int(c.sum()))
