@@ -194,8 +194,36 @@ def resize(low: Lowering, node: Node) -> None:
     kind, align, half = rule
     x = low.tensor(x_name, "nhwc")
     out = low.define(node.outputs[0], (shape[0], shape[1], *out_hw), "nhwc")
+    fh, fw = out_hw[0] // shape[2], out_hw[1] // shape[3]
+    if (kind == "RESIZE_NEAREST_NEIGHBOR" and not align and not half and (fh, fw) != (1, 1)
+            and (fh * shape[2], fw * shape[3]) == tuple(out_hw)):
+        _repeat_upsample(low, node, x, (shape[0], shape[2], shape[3], shape[1]), fh, fw, out)
+        return
     low.emit(kind, [x, low.graph.const(f"{node.name}/size", np.array(out_hw, dtype=np.int32))], [out],
              align_corners=align, half_pixel_centers=half)
+
+
+def _repeat_upsample(low: Lowering, node: Node, x: int, nhwc: tuple[int, int, int, int], fh: int, fw: int, out: int) -> None:
+    """Nearest upsampling by integer factors as RESHAPE + CONCATENATION copies: the same
+    values as RESIZE_NEAREST_NEIGHBOR (asymmetric, floor), but XNNPACK delegates these
+    ops and not that one, so the graph is not split around every upsample."""
+    n, h, w, c = nhwc
+
+    def repeat(src: int, shape5: tuple[int, ...], axis: int, times: int, tag: str) -> int:
+        shaped = low.temp(f"{node.name}/{tag}_in", shape5)
+        low.emit("RESHAPE", [src, low.graph.const(f"{node.name}/{tag}_shape", np.array(shape5, dtype=np.int32))], [shaped],
+                 new_shape=list(shape5))
+        grown = list(shape5)
+        grown[axis] *= times
+        joined = low.temp(f"{node.name}/{tag}", grown)
+        low.emit("CONCATENATION", [shaped] * times, [joined], axis=axis, activation="NONE")
+        return joined
+
+    cur = repeat(x, (n, h, w, 1, c), 3, fw, "w") if fw > 1 else x
+    cur = repeat(cur, (n, h, 1, w * fw, c), 2, fh, "h") if fh > 1 else cur
+    final = (n, h * fh, w * fw, c)
+    low.emit("RESHAPE", [cur, low.graph.const(f"{node.name}/out_shape", np.array(final, dtype=np.int32))], [out],
+             new_shape=list(final))
 
 
 def _fully_connected(low: Lowering, node: Node, a_name: str, weight: np.ndarray, bias: np.ndarray) -> None:
