@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, help="gRPC inference port (default 8001; 0 = any free port)")
     serve.add_argument("--model-dir", type=Path, action="append", dest="model_dirs",
                        help="compiled model directory to serve over gRPC (repeatable)")
+    serve.add_argument("--inference-profile", help="hardware profile whose variant gRPC inference runs (default cpu-x86)")
     serve.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")
     serve.add_argument("--broker", choices=("auto", "mosquitto", "embedded"),
                        help="which broker to start when --mqtt-url is not given (default auto: Mosquitto if installed)")
@@ -152,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = HubConfig.load(args.config, data_dir=args.data_dir, http_host=args.http_host, http_port=args.http_port,
                             grpc_port=args.grpc_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
-                            mqtt_url=args.mqtt_url, broker=args.broker)
+                            mqtt_url=args.mqtt_url, broker=args.broker, inference_profile=args.inference_profile)
     hub = Hub(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

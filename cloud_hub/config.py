@@ -29,6 +29,8 @@ class HubConfig:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 0
     model_dirs: tuple[Path, ...] = ()
+    # The hardware profile whose chosen variant the hub's gRPC server runs (gpu-cuda on a GPU host).
+    inference_profile: str = "cpu-x86"
     # A device is offline when it has not been heard from for this long.
     offline_after_s: float = 90.0
     max_upload_mb: float = 2048.0

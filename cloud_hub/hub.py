@@ -140,7 +140,7 @@ class Hub:
         from cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
 
         server = InferenceServer([str(p) for p in self.config.model_dirs], host=self.config.grpc_host,
-                                 port=self.config.grpc_port)
+                                 port=self.config.grpc_port, hub_profile=self.config.inference_profile)
         self._grpc_port = server.start()
         self._inference = server
 
