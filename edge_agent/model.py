@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +22,8 @@ from protocols.manifest import Manifest, ManifestError, TensorSpec, Variant, loa
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+# Runtimes whose ports carry several names and report any one of them.
+_ALIASING_RUNTIMES = ("openvino",)
 
 
 @dataclass
@@ -32,6 +34,13 @@ class LoadedModel:
     variant: Variant
     session: RuntimeSession
     model_dir: Path
+    renames: dict[str, str] = field(default_factory=dict)  # manifest input name -> runtime's, where they differ
+
+    def runtime_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Feeds keyed by the names the runtime knows its inputs by."""
+        if not self.renames:
+            return feeds
+        return {self.renames.get(k, k): v for k, v in feeds.items()}
 
     @property
     def name(self) -> str:
@@ -81,12 +90,22 @@ def verify_files(model_dir: Path, variant: Variant) -> None:
             raise ModelLoadError(f"{path}: sha256 does not match the manifest; the file is corrupt or was modified")
 
 
-def check_io(variant: Variant, session: RuntimeSession) -> None:
-    """The runtime must see the inputs and outputs the manifest promises (names, dtypes, ranks)."""
+def check_io(variant: Variant, session: RuntimeSession) -> dict[str, str]:
+    """The runtime must see the inputs and outputs the manifest promises (dtypes, ranks).
+
+    Names are matched; on OpenVINO, which keeps several names per port and may report
+    any one of them, an unmatched name falls back to the tensor at the same position. Returns manifest input name -> the runtime's name for it.
+    """
+    feed_names: dict[str, str] = {}
     for what, declared, actual in (("input", variant.inputs, session.inputs), ("output", variant.outputs, session.outputs)):
+        actual = list(actual)
         by_name = {s.name: s for s in actual}
-        for spec in declared:
+        for i, spec in enumerate(declared):
             got = by_name.get(spec.name)
+            if got is None and session.runtime in _ALIASING_RUNTIMES and len(actual) == len(declared):
+                got = actual[i]
+                log.debug("variant=%s %s %s matched by position to the runtime's %s", variant.id, what, spec.name,
+                          got.name)
             if got is None:
                 raise ModelLoadError(f"variant {variant.id!r}: {what} {spec.name!r} of the manifest is not in the model "
                                      f"(the runtime sees: {', '.join(by_name)})")
@@ -96,6 +115,9 @@ def check_io(variant: Variant, session: RuntimeSession) -> None:
             if len(got.shape) != len(spec.shape):
                 raise ModelLoadError(f"variant {variant.id!r}: {what} {spec.name!r} has rank {len(got.shape)} in the "
                                      f"model but {len(spec.shape)} in the manifest")
+            if what == "input":
+                feed_names[spec.name] = got.name
+    return feed_names
 
 
 def load_model(model_dir: str | Path, profile: str, variant_id: str | None = None, *,
@@ -118,13 +140,14 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
     except TypeError as exc:
         raise ModelLoadError(f"variant {variant.id!r}: bad session options {options} for {variant.runtime}: {exc}") from exc
     try:
-        check_io(variant, session)
+        feed_names = check_io(variant, session)
     except ModelLoadError:
         session.close()
         raise
     log.info("model loaded name=%s version=%s variant=%s runtime=%s", manifest.name, manifest.version,
              variant.id, variant.runtime)
-    return LoadedModel(manifest=manifest, variant=variant, session=session, model_dir=model_dir)
+    renames = {k: v for k, v in feed_names.items() if k != v}
+    return LoadedModel(manifest=manifest, variant=variant, session=session, model_dir=model_dir, renames=renames)
 
 
 def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequence[np.ndarray], *,

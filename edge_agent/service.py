@@ -78,7 +78,7 @@ class InferenceService:
         t0 = time.perf_counter()
         try:
             request = self._prepare(frames)
-            outputs = self._run_inline(request.feeds)
+            outputs = self._run_inline(self.model.runtime_feeds(request.feeds))
             if outputs is not None:
                 edge, wants_hub = self._score(request, outputs)
                 if not wants_hub or self.fallback is None:
@@ -90,7 +90,7 @@ class InferenceService:
     async def _finish(self, request: "_Prepared", t0: float, outputs: list[np.ndarray] | None) -> list[Any]:
         try:
             if outputs is None:
-                outputs = await self._run_worker(request.feeds)
+                outputs = await self._run_worker(self.model.runtime_feeds(request.feeds))
             edge, wants_hub = self._score(request, outputs)
             if not wants_hub or self.fallback is None:
                 return self._reply(request, self._edge_only(request, edge, wants_hub), t0)
