@@ -184,3 +184,34 @@ def test_op_onnxruntime_cannot_run_skips_every_precision(tmp_path):
         with pytest.raises(VariantSkipped) as info:
             builder.build(recipe, _ctx(model, {"x": np.ones((4, 4), np.float32)}, tmp_path / "out"))
         assert "Frobnicate" in info.value.reason or "com.example" in info.value.reason, info.value.reason
+
+
+# --- calibration batching (pure) ---------------------------------------------------------
+
+def test_calibration_batches_respect_a_fixed_batch_dimension():
+    from model_compiler.variants.calibration import iter_batches
+
+    calib = {"x": np.arange(24, dtype=np.float32).reshape(6, 4)}
+    fixed1 = list(iter_batches(calib, {"x": [1, 4]}))
+    assert len(fixed1) == 6 and all(b["x"].shape == (1, 4) for b in fixed1)
+    fixed4 = list(iter_batches(calib, {"x": [4, 4]}))
+    assert [b["x"].shape for b in fixed4] == [(4, 4)]  # a partial batch cannot be fed
+    few = list(iter_batches({"x": calib["x"][:2]}, {"x": [4, 4]}))
+    assert [b["x"].shape for b in few] == [(4, 4)]  # too few samples: repeated to fill one batch
+    dynamic = list(iter_batches({"x": np.zeros((19, 4), np.float32)}, {"x": [-1, 4]}, max_batch=8))
+    assert [len(b["x"]) for b in dynamic] == [8, 8, 3]
+
+
+def test_int8_of_a_fixed_batch_model_calibrates_in_that_batch(tmp_path):
+    rng = np.random.default_rng(1)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    recipe = get_builder("onnxruntime").recipes(_profile())[-1]
+    variant = get_builder("onnxruntime").build(recipe, _ctx(path, {"x": x}, tmp_path / "out"))
+    out = load_session("onnxruntime", variant.files[0]).run({"x": x[:1]})[0]
+    np.testing.assert_allclose(out, x[:1] @ onnx.numpy_helper.to_array(w), atol=0.1)
