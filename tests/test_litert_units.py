@@ -149,6 +149,7 @@ def test_session_runs_a_batch_on_a_batch1_model_sample_by_sample(mlp_tflite):
     got = session.run({"x": x})[0]
     ref = load_session("onnxruntime", onnx_path).run({"x": x})[0]
     assert got.shape == (7, 3) and np.abs(got - ref).max() < 1e-5
+    assert session._batched[7] is not None  # an FC model resizes to the batch: one invoke, not seven
     with pytest.raises(ValueError, match="missing input 'x'"):
         session.run({"a": x, "b": x})
     session.close()
@@ -166,3 +167,25 @@ def test_session_rejects_a_file_that_is_not_tflite(tmp_path):
     bad.write_bytes(b"not a flatbuffer at all")
     with pytest.raises(RuntimeUnavailableError, match="LiteRT cannot load"):
         load_session("litert", bad)
+
+
+def test_session_falls_back_to_sample_by_sample_when_the_batch_is_baked_in(tmp_path):
+    """A Reshape that folds the batch axis into others cannot be resized: each sample runs alone."""
+    import onnxruntime as ort
+
+    shape = numpy_helper.from_array(np.array([2, 2], dtype=np.int64), "s22")
+    back = numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "s14")
+    nodes = [helper.make_node("Reshape", ["x", "s22"], ["sq"]), helper.make_node("Transpose", ["sq"], ["t"], perm=[1, 0]),
+             helper.make_node("Reshape", ["t", "s14"], ["y"])]
+    graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [shape, back])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "fold.tflite"
+    path.write_bytes(write(lower(model).graph))
+    x = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)
+    session = load_session("litert", path)
+    got = session.run({"x": x})[0]
+    ort_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([ort_session.run(None, {"x": x[i:i + 1]})[0] for i in range(5)])
+    assert got.shape == (5, 4) and np.array_equal(got, ref)
+    assert session._batched[5] is None

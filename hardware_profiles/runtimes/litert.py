@@ -1,7 +1,8 @@
 """LiteRT (TFLite) adapter: ai_edge_litert's Interpreter, or tflite_runtime's where that is installed.
 
-TFLite models have static shapes; Tandem's are lowered at batch 1, so a batched
-request runs sample by sample. Int8 inputs/outputs are quantized/dequantized here
+TFLite models have static shapes; Tandem's are lowered at batch 1. A batched request
+runs on a copy of the interpreter resized to that batch when the model allows it (checked
+once per size against the batch-1 answer), otherwise sample by sample. Int8 inputs/outputs are quantized/dequantized here
 with the tensor's own scale and zero point (float_io=True), so callers feed the same
 float arrays they would feed ONNX Runtime.
 """
@@ -43,11 +44,15 @@ class LiteRTSession:
 
     def __init__(self, path: str | Path, threads: int | None = None, float_io: bool = True, **_: Any) -> None:
         Interpreter = interpreter_class()
+        self._open = lambda: Interpreter(model_path=str(path), num_threads=threads)
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self._interpreter = self._open()
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeUnavailableError(f"LiteRT cannot load {path}: {exc}") from exc
+        # Batch size -> an interpreter resized to it, or None when resizing proved impossible
+        # or wrong for this model (a RESHAPE with the batch baked in, for instance).
+        self._batched: dict[int, Any] = {}
         self._in = self._interpreter.get_input_details()
         self._out = self._interpreter.get_output_details()
         self._float_io = float_io
@@ -88,8 +93,8 @@ class LiteRTSession:
         except KeyError as exc:
             raise ValueError(f"missing input {exc.args[0]!r} (model inputs: {[d['name'] for d in self._in]})") from None
 
-    def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        it = self._interpreter
+    def _invoke(self, arrays: list[np.ndarray], it: Any = None) -> list[np.ndarray]:
+        it = it or self._interpreter
         for detail, value in zip(self._in, arrays):
             it.set_tensor(detail["index"], self._to_model(detail, value))
         it.invoke()
@@ -103,8 +108,35 @@ class LiteRTSession:
                 return self._invoke(arrays)
             if self.batch != 1:
                 raise ValueError(f"this LiteRT model takes batches of exactly {self.batch}, got {n}")
+            batched = self._resized(n, arrays)
+            if batched is not None:
+                return self._invoke(arrays, batched)
             parts = [self._invoke([a[i:i + 1] for a in arrays]) for i in range(n)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self._out))]
 
+    def _resized(self, n: int, arrays: list[np.ndarray]) -> Any:
+        """An interpreter for batch n, tried once per size and kept only if its first row
+        equals the batch-1 answer; otherwise None and the caller runs sample by sample."""
+        if n in self._batched:
+            return self._batched[n]
+        if len(self._batched) >= 4:  # a few sizes (the micro-batcher's); others run sample by sample
+            return None
+        it = None
+        try:
+            it = self._open()
+            for d in self._in:
+                it.resize_tensor_input(d["index"], [n, *d["shape"][1:]])
+            it.allocate_tensors()
+            out = self._invoke(arrays, it)
+            first = self._invoke([a[:1] for a in arrays])
+            if any(o.shape[0] != n or not np.allclose(o[:1], f, rtol=1e-5, atol=1e-6) for o, f in zip(out, first)):
+                it = None
+        except (ValueError, RuntimeError) as exc:
+            logger.debug("litert: batch %d by resizing is not possible here (%s); running sample by sample", n, exc)
+            it = None
+        self._batched[n] = it
+        return it
+
     def close(self) -> None:
         self._interpreter = None
+        self._batched.clear()

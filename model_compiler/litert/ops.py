@@ -196,8 +196,11 @@ def _as_plain_reshape(low: Lowering, node: Node, out_shape: tuple[int, ...]) -> 
     else:
         x = low.tensor(x_name, "plain")
     out = low.define(node.outputs[0], out_shape)
-    low.emit("RESHAPE", [x, low.graph.const(f"{node.name}/shape", np.array(out_shape, dtype=np.int32))], [out],
-             new_shape=list(out_shape))
+    target = list(out_shape)
+    if shape and target and shape[0] == target[0] == 1:
+        target[0] = -1  # keeps the batch axis free, so the session can resize the model to a batch
+    low.emit("RESHAPE", [x, low.graph.const(f"{node.name}/shape", np.array(target, dtype=np.int32))], [out],
+             new_shape=target)
 
 
 def reshape(low: Lowering, node: Node) -> None:

@@ -206,8 +206,9 @@ def _repeat_upsample(low: Lowering, node: Node, x: int, nhwc: tuple[int, int, in
 
     def repeat(src: int, shape5: tuple[int, ...], axis: int, times: int, tag: str) -> int:
         shaped = low.temp(f"{node.name}/{tag}_in", shape5)
-        low.emit("RESHAPE", [src, low.graph.const(f"{node.name}/{tag}_shape", np.array(shape5, dtype=np.int32))], [shaped],
-                 new_shape=list(shape5))
+        target = [-1, *shape5[1:]]  # batch left free for a resized session
+        low.emit("RESHAPE", [src, low.graph.const(f"{node.name}/{tag}_shape", np.array(target, dtype=np.int32))], [shaped],
+                 new_shape=target)
         grown = list(shape5)
         grown[axis] *= times
         joined = low.temp(f"{node.name}/{tag}", grown)
@@ -216,9 +217,9 @@ def _repeat_upsample(low: Lowering, node: Node, x: int, nhwc: tuple[int, int, in
 
     cur = repeat(x, (n, h, w, 1, c), 3, fw, "w") if fw > 1 else x
     cur = repeat(cur, (n, h, 1, w * fw, c), 2, fh, "h") if fh > 1 else cur
-    final = (n, h * fh, w * fw, c)
+    final = [-1, h * fh, w * fw, c]
     low.emit("RESHAPE", [cur, low.graph.const(f"{node.name}/out_shape", np.array(final, dtype=np.int32))], [out],
-             new_shape=list(final))
+             new_shape=final)
 
 
 def pool(kind: str) -> Rule:
