@@ -19,13 +19,10 @@ _TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int64": 4, "int8": 9, "int16": 
 
 
 def _schema():
-    try:
+    try:  # tflite_runtime can run models but does not ship the schema module
         from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - depends on the installed extra
-        try:
-            from tflite_runtime import schema_py_generated as schema  # type: ignore[no-redef]
-        except ImportError as exc:
-            raise LoweringError("writing TFLite needs ai-edge-litert (pip install 'tandem[litert]')") from exc
+    except ImportError as exc:  # pragma: no cover - depends on the installed extra
+        raise LoweringError("writing TFLite needs ai-edge-litert and flatbuffers (pip install 'tandem[litert]')") from exc
     return schema
 
 
@@ -157,9 +154,9 @@ def _quantization(s, tensor):
 
 def write(graph: Graph, description: str = "tandem onnx->tflite lowering") -> bytes:
     """The TFLite flatbuffer (file identifier TFL3) for `graph`."""
+    s = _schema()
     import flatbuffers
 
-    s = _schema()
     model = s.ModelT()
     model.version = 3
     model.description = description

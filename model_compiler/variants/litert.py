@@ -64,7 +64,10 @@ class LiteRTBuilder:
             raise VariantSkipped(f"LiteRT lowering failed: {exc}") from exc
         notes = [f"lowered at static input shape(s) {_fmt(shapes)}; a batch > 1 runs sample by sample",
                  "TFLite ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(op.kind for op in lowered.graph.ops).items()))]
-        float_bytes = write(lowered.graph)
+        try:
+            float_bytes = write(lowered.graph)
+        except CompileError as exc:
+            raise VariantSkipped(f"LiteRT lowering failed: {exc}") from exc
         if recipe.precision == "fp32":
             data = float_bytes
         else:
