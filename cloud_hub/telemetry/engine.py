@@ -14,6 +14,7 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -60,7 +61,7 @@ class CohortKey:
     profile: str
     tags: tuple[tuple[str, str], ...] = ()
 
-    @property
+    @cached_property
     def cohort(self) -> str:
         """The cohort as stored and shown: JSON of profile and tags."""
         return json.dumps({"profile": self.profile, "tags": dict(self.tags)}, sort_keys=True)
@@ -87,18 +88,21 @@ class Counts:
         self.inputs: dict[str, np.ndarray] = {}
         self.windows = 0
 
-    def add_window(self, w: TelemetryWindow) -> None:
-        r = w.requests
-        self.requests += (r.edge, r.cloud, r.edge_degraded, r.error)
-        if len(w.confidence_counts) == 20:
-            self.confidence += np.fromiter(w.confidence_counts, dtype=np.int64, count=20)
-        if len(w.class_counts):
-            self.classes = _add(self.classes, np.fromiter(w.class_counts, dtype=np.int64, count=len(w.class_counts)))
-        for s in w.inputs:
-            key = f"{s.input}.{s.summary}"
-            self.inputs[key] = _add(self.inputs.get(key, np.zeros(0, dtype=np.int64)),
-                                    np.fromiter(s.counts, dtype=np.int64, count=len(s.counts)))
-        self.windows += 1
+    def add_flat(self, layout: tuple, flat: np.ndarray, windows: int) -> None:
+        """Add summed rows laid out by `_flatten`: requests, confidence, classes, then each input histogram."""
+        n_conf, n_classes, inputs = layout
+        self.requests += flat[:4]
+        i = 4
+        if n_conf == 20:
+            self.confidence += flat[i:i + 20]
+        i += n_conf
+        if n_classes:
+            self.classes = _add(self.classes, flat[i:i + n_classes])
+        i += n_classes
+        for key, n in inputs:
+            self.inputs[key] = _add(self.inputs.get(key, np.zeros(0, dtype=np.int64)), flat[i:i + n])
+            i += n
+        self.windows += windows
 
     def add(self, other: "Counts") -> None:
         self.requests += other.requests
@@ -107,6 +111,19 @@ class Counts:
         for key, arr in other.inputs.items():
             self.inputs[key] = _add(self.inputs.get(key, np.zeros(0, dtype=np.int64)), arr)
         self.windows += other.windows
+
+
+def _flatten(w: TelemetryWindow) -> tuple[tuple, list[int]]:
+    """(layout, one flat row of counts): rows with equal layouts can be summed as a matrix."""
+    r = w.requests
+    row = [r.edge, r.cloud, r.edge_degraded, r.error]
+    row += w.confidence_counts
+    row += w.class_counts
+    inputs = []
+    for s in w.inputs:
+        row += s.counts
+        inputs.append((f"{s.input}.{s.summary}", len(s.counts)))
+    return (len(w.confidence_counts), len(w.class_counts), tuple(inputs)), row
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -161,21 +178,43 @@ class DriftEngine:
         self._refs: dict[tuple[str, str], Reference | None] = {}
         self._buckets: dict[CohortKey, dict[int, Counts]] = defaultdict(dict)
         self._alerts: dict[tuple[CohortKey, str], AlertState] = {}
+        self._keys: dict[tuple, CohortKey] = {}
         self.last: Evaluation | None = None
 
     # -- input ----------------------------------------------------------------------
 
     def add(self, window: TelemetryWindow, received_at: float) -> CohortKey:
-        t = window.end_unix
-        if not math.isfinite(t) or t > received_at + self.config.max_future_s:
-            t = received_at
-        key = cohort_of(window, self.config.cohort_tags)
-        bucket = int(t // self.config.bucket_s)
-        per = self._buckets[key]
-        counts = per.get(bucket)
-        if counts is None:
-            counts = per[bucket] = Counts()
-        counts.add_window(window)
+        return self.add_many([(window, received_at)])[0]
+
+    def add_many(self, windows: list[tuple[TelemetryWindow, float]]) -> list[CohortKey]:
+        """Add a batch: windows of one cohort, bucket and histogram layout are summed in one numpy call."""
+        cfg = self.config
+        groups: dict[tuple[CohortKey, int, tuple], list[list[int]]] = defaultdict(list)
+        keys: list[CohortKey] = []
+        for window, received_at in windows:
+            t = window.end_unix
+            if not math.isfinite(t) or t > received_at + cfg.max_future_s:
+                t = received_at
+            key = self.cohort_key(window)
+            keys.append(key)
+            layout, row = _flatten(window)
+            groups[(key, int(t // cfg.bucket_s), layout)].append(row)
+        for (key, bucket, layout), rows in groups.items():
+            per = self._buckets[key]
+            counts = per.get(bucket)
+            if counts is None:
+                counts = per[bucket] = Counts()
+            counts.add_flat(layout, np.asarray(rows, dtype=np.int64).sum(axis=0), len(rows))
+        return keys
+
+    def cohort_key(self, window: TelemetryWindow) -> CohortKey:
+        """The cohort a window belongs to (cached: building it costs more than the lookup)."""
+        raw = (window.model_name, window.model_version, window.profile, tuple(window.tags.items()))
+        key = self._keys.get(raw)
+        if key is None:
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            key = self._keys[raw] = cohort_of(window, self.config.cohort_tags)
         return key
 
     def restore_open(self, key: CohortKey, signal: str) -> None:

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.storage.db import HubDatabase
-from cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider,
-                                       cohort_of)
+from cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
 from cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
 from cloud_hub.telemetry.store import TelemetryStore
 from protocols.telemetry_codec import TelemetryWindow, decode_window
@@ -56,14 +55,11 @@ class TelemetryIngestService:
         self.ingest = TelemetryIngest(IngestConfig(mqtt_url=mqtt_url, cohort_tags=config.drift.cohort_tags,
                                                    **config.ingest),
                                       self.store, on_windows=self._on_windows,
-                                      cohort_of=lambda w: self._cohort(w))
+                                      cohort_of=lambda w: self.engine.cohort_key(w).cohort)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._webhook = ThreadPoolExecutor(1, thread_name_prefix="drift-webhook") if config.webhook_url else None
         self.evaluations = 0
-
-    def _cohort(self, w: TelemetryWindow) -> str:
-        return cohort_of(w, self.config.drift.cohort_tags).cohort
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,8 +108,7 @@ class TelemetryIngestService:
 
     def _on_windows(self, windows: list[tuple[TelemetryWindow, float]]) -> None:
         with self._lock:
-            for window, received_at in windows:
-                self.engine.add(window, received_at)
+            self.engine.add_many(windows)
 
     def _run(self) -> None:
         last_purge = 0.0
