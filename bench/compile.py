@@ -329,6 +329,13 @@ def table(report: dict[str, Any]) -> str:
                          f"{v['throughput_b8']:>8.0f} {v['agreement']:>7.4f}{rs}")
     for name, runtimes in report["unavailable"].items():
         lines.append(f"{name}: {runtimes}")
+    t = report["targets"]
+    over = [f"{k} ({v['ratio']})" for k, v in t["int8_weight_ratio_le_0.3"].items() if not v["ok"]]
+    low = [f"{k} ({v['agreement']:.4f})" for k, v in t["digits_int8_agreement_ge_0.99"].items() if not v["ok"]]
+    lines += ["", "targets:",
+              f"  INT8 weights <= 0.3x FP32: {'all' if not over else 'missed by ' + ', '.join(over)}",
+              f"  detection INT8 faster than FP32: {', '.join(t['det_int8_faster_than_fp32']) or 'none (or not measured)'}",
+              f"  digits INT8 top-1 agreement >= 0.99: {'all' if not low else 'missed by ' + ', '.join(low)}"]
     return "\n".join(lines)
 
 
