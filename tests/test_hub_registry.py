@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import tarfile
 from pathlib import Path
@@ -190,3 +191,21 @@ def test_a_release_key_others_can_read_is_tightened(hub_config):
         assert hub_config.release_key_path.stat().st_mode & 0o777 == 0o600
     finally:
         hub.stop()
+
+
+def test_oversized_uploads_and_gzip_bombs_get_413(tmp_path):
+    from cloud_hub.config import HubConfig
+    from cloud_hub.hub import Hub
+
+    config = HubConfig(data_dir=tmp_path / "d", http_port=0, mqtt_url="mqtt://127.0.0.1:1", max_upload_mb=0.05)
+    with Hub(config).start() as hub, client(hub) as c:
+        bomb_dir = tmp_path / "bomb"
+        bomb_dir.mkdir()
+        (bomb_dir / "zeros.bin").write_bytes(bytes(2 * 1024 * 1024))  # gzips to a few KB
+        bomb = tar_gz(bomb_dir)
+        assert len(bomb) < 50 * 1024
+        r = c.post("/v1/models", content=bomb, headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 413 and "unpacks to" in r.json()["detail"]
+        r = c.post("/v1/models", content=os.urandom(100 * 1024), headers={"Content-Type": "application/gzip"})
+        assert r.status_code == 413 and "max_upload_mb" in r.json()["detail"]
+        assert not list(hub.config.data_dir.glob("upload-*"))  # temp files cleaned up

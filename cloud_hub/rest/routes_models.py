@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["models"], responses=AUTH_RESPONSES)
 _404 = {404: {"model": ErrorBody, "description": "no such model or version"}}
+MAX_MEMBERS = 10_000
+EXPANSION_LIMIT = 2  # unpacked bytes may be at most this many times max_upload_mb
 UPLOAD_TYPES = ("application/gzip", "application/x-gzip", "application/x-tar", "application/octet-stream")
 
 
@@ -50,7 +52,7 @@ async def upload_model(request: Request, hub: Any = Depends(get_hub)) -> dict[st
                 if size > limit:
                     raise _TooLarge(f"upload exceeds max_upload_mb={hub.config.max_upload_mb:g}")
                 fh.write(chunk)
-        result = await run_in_threadpool(_register_archive, hub, archive, Path(tmp) / "model")
+        result = await run_in_threadpool(_register_archive, hub, archive, Path(tmp) / "model", limit * EXPANSION_LIMIT)
     return {"name": result.name, "version": result.version, "created": result.created,
             "content_sha256": result.content_sha256}
 
@@ -59,13 +61,20 @@ class _TooLarge(InvalidInputError):
     status = 413
 
 
-def _register_archive(hub: Any, archive: Path, dest: Path) -> Any:
+def _register_archive(hub: Any, archive: Path, dest: Path, max_unpacked: float) -> Any:
     dest.mkdir()
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar.getmembers():
+            members = tar.getmembers()
+            if len(members) > MAX_MEMBERS:
+                raise InvalidInputError(f"archive has {len(members)} entries; a compiled model has far fewer (max {MAX_MEMBERS})")
+            unpacked = 0
+            for member in members:
                 if not (member.isfile() or member.isdir()):
                     raise InvalidInputError(f"archive member {member.name!r}: only files and directories are accepted")
+                unpacked += member.size
+            if unpacked > max_unpacked:  # a small gzip can hide a huge tar
+                raise _TooLarge(f"archive unpacks to {unpacked} bytes, over the limit of {int(max_unpacked)}")
             tar.extractall(dest, filter="data")  # refuses absolute paths and '..'
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise InvalidInputError(f"not a readable tar(.gz) archive of a compiled model directory ({exc})") from exc
