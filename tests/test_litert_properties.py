@@ -263,3 +263,45 @@ def test_int8_stays_within_int8_noise_of_fp32_on_random_graphs(case, for_int8):
     # A Clip(-0.5, 0.7) after a conv reaching +-60 can only be as fine as the conv's int8 step.
     # A wrong scale or zero point gives errors of the order of the range itself.
     assert float(np.abs(got - ref).max()) <= max(0.3 * spread, 1.5 * widest_step)
+
+
+@st.composite
+def attention_graphs(draw):
+    """LayerNorm written out (ReduceMean, Sub, Pow, Sqrt, Div), then self-attention (MatMul of
+    two computed tensors, Transpose, Softmax) and a dynamic Slice, like PP-OCRv4 rec's neck."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    t, d = draw(st.integers(1, 6)), draw(st.integers(2, 8))
+    inits = [_init("two", 2.0), _init("eps", 1e-5), _init("wq", rng.standard_normal((d, d))),
+             _init("wk", rng.standard_normal((d, d)))]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+        helper.make_node("Sub", ["x", "mu"], ["xc"]),
+        helper.make_node("Pow", ["xc", "two"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["xc", "sd"], ["ln"]),
+        helper.make_node("MatMul", ["ln", "wq"], ["q"]),
+        helper.make_node("MatMul", ["ln", "wk"], ["k"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["attn"], axis=-1),
+        helper.make_node("MatMul", ["attn", "ln"], ["ctx"]),
+    ]
+    lo = draw(st.integers(0, d - 1))
+    hi = draw(st.integers(lo + 1, d))
+    inits += [numpy_helper.from_array(np.array([lo], np.int64), "starts"),
+              numpy_helper.from_array(np.array([hi], np.int64), "ends"),
+              numpy_helper.from_array(np.array([2], np.int64), "axes")]
+    nodes.append(helper.make_node("Slice", ["ctx", "starts", "ends", "axes"], ["y"]))
+    x = (rng.standard_normal((1, t, d)) * draw(st.sampled_from([0.1, 1.0, 10.0]))).astype(np.float32)
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+
+
+@SETTINGS
+@given(attention_graphs())
+def test_attention_and_layernorm_graphs_match_onnxruntime(case):
+    model, x = case
+    _close(*_run_both(model, x))

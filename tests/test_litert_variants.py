@@ -199,3 +199,19 @@ def test_ocr_detector_lowers_with_resize_and_transposed_conv(ocr_det_model, tmp_
     text_ref, text_q = ref > 0.3, q > 0.3
     iou = (text_ref & text_q).sum() / max((text_ref | text_q).sum(), 1)
     assert iou > 0.8, iou  # measured 0.95 at 320x320 with 16 calibration pages
+
+
+def test_ocr_recognizer_fp32_lowers_and_int8_is_skipped_naming_the_float_only_op(tmp_path):
+    """PP-OCRv4 rec (SVTR neck: LayerNorm written out, attention MatMuls) at 48x320."""
+    spec_dir = Path(__import__("rapidocr_onnxruntime").__file__).parent / "models"
+    prepared = tmp_path / "rec.prepared.onnx"
+    prepare_model(load_model(spec_dir / "ch_PP-OCRv4_rec_infer.onnx"), prepared)
+    rng = np.random.default_rng(5)
+    calib = {"x": rng.uniform(-1, 1, (2, 3, 48, 320)).astype(np.float32)}
+    x = rng.uniform(-1, 1, (2, 3, 48, 320)).astype(np.float32)
+    fp32 = _build(prepared, calib, tmp_path, "litert-fp32")
+    got = load_session("litert", fp32.files[0]).run({"x": x})[0]
+    ref = _ort(prepared, {"x": x})
+    assert got.shape == ref.shape and float(np.abs(got - ref).max()) < 1e-4  # measured ~6e-6
+    with pytest.raises(VariantSkipped, match="no int8 (DIV|SQRT) kernel"):
+        _build(prepared, calib, tmp_path, "litert-int8")

@@ -13,6 +13,7 @@ from model_compiler.litert.fold import fold, reshape_target
 from model_compiler.litert.graph import Lowering
 from model_compiler.litert.prepass import Node
 from model_compiler.litert.spatial import F32_MIN, Rule, conv, conv_transpose, global_pool, pool, resize
+from model_compiler.litert.tensor_ops import batch_matmul, pow_op, reduce_mean, slice_op
 
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 
@@ -32,8 +33,11 @@ def _fully_connected(low: Lowering, node: Node, a_name: str, weight: np.ndarray,
 
 def matmul(low: Lowering, node: Node) -> None:
     b = low.const(node.inputs[1])
-    if b is None or b.ndim != 2:
-        raise unsupported("MatMul", node.name, "the second operand must be a constant 2-D matrix")
+    if b is None:
+        batch_matmul(low, node)
+        return
+    if b.ndim != 2:
+        raise unsupported("MatMul", node.name, "a constant second operand must be a 2-D matrix")
     bias = low.const(node.inputs[2]) if len(node.inputs) > 2 else np.zeros(b.shape[1], np.float32)
     _fully_connected(low, node, node.inputs[0], b.T, bias)
 
@@ -67,10 +71,8 @@ def _elementwise(kind: str) -> Rule:
     def rule(low: Lowering, node: Node) -> None:
         a_name, b_name = node.inputs[0], node.inputs[1]
         op_kind = kind
-        if kind == "DIV":
+        if kind == "DIV" and low.const(b_name) is not None:  # by a constant: MUL by its reciprocal (int8-capable)
             divisor = low.const(b_name)
-            if divisor is None:
-                raise unsupported("Div", node.name, "the divisor must be a constant (TFLite int8 has no general DIV)")
             low.set_const(f"{b_name}/reciprocal", (1.0 / divisor.astype(np.float64)).astype(np.float32))
             b_name, op_kind = f"{b_name}/reciprocal", "MUL"
         layout, rank = _binary_layout(low, [a_name, b_name])
@@ -340,6 +342,9 @@ LOWERINGS: dict[str, Rule] = {
     "Dropout": identity,
     "Cast": _fold_or(cast),
     "Shape": shape_op,
-    "Slice": constant_fold,
+    "Slice": _fold_or(slice_op),
+    "ReduceMean": reduce_mean,
+    "Pow": _fold_or(pow_op),
+    "Sqrt": _fold_or(_unary("SQRT")),
     "Gather": constant_fold,
 }

@@ -80,7 +80,12 @@ def _activation(graph: Graph, index: int, ranges: dict[int, tuple[float, float]]
     return affine(*ranges[index])
 
 
+FLOAT_ONLY = {"DIV", "SQRT"}  # no int8 TFLite kernels
+
+
 def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -> None:
+    if op.kind in FLOAT_ONLY:
+        raise LoweringError(f"TFLite has no int8 {op.kind} kernel (from {op.source}); this model gets FP32 LiteRT only")
     tensors = graph.tensors
     first = tensors[op.inputs[DATA_INPUT.get(op.kind, 0)]]
     for out in op.outputs:
