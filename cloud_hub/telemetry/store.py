@@ -116,6 +116,23 @@ class TelemetryStore:
             f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE device_id=? AND end_unix>=? AND end_unix<=? "
             "ORDER BY sequence LIMIT ? OFFSET ?", [device_id, since, until if until is not None else 1e18, limit, offset])
 
+    def list_windows(self, device_id: str | None = None, model_name: str | None = None,
+                     model_version: str | None = None, since: float = 0.0, until: float | None = None,
+                     limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Windows matching the filters, newest first, and how many match in all."""
+        clauses, params = ["end_unix>=?", "end_unix<=?"], [since, until if until is not None else 1e18]
+        for column, value in (("device_id", device_id), ("model_name", model_name), ("model_version", model_version)):
+            if value:
+                clauses.append(f"{column}=?")
+                params.append(value)
+        where = " AND ".join(clauses)
+        total = int(self.db.query(f"SELECT COUNT(*) AS n FROM telemetry_windows WHERE {where}", params)[0]["n"])
+        rows = self.db.query(f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE {where} "
+                             "ORDER BY end_unix DESC LIMIT ? OFFSET ?", params + [limit, offset])
+        for row in rows:
+            row["cohort"] = json.loads(row["cohort"])
+        return rows, total
+
     def device_sequences(self, device_id: str) -> list[int]:
         return [r["sequence"] for r in self.db.query(
             "SELECT sequence FROM telemetry_windows WHERE device_id=? ORDER BY sequence", [device_id])]
