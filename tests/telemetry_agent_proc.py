@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--window-s", type=float, default=0.2)
     p.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    p.add_argument("--keepalive", type=int, default=10, help="MQTT keepalive (the will fires after 1.5x)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng()
     service = TelemetryService(args.mqtt_url, args.device, model, args.data_dir, window_s=args.window_s,
                                profile="cpu-x86", tags={"site": "lab"},
-                               publisher=PublisherConfig(mqtt_url=args.mqtt_url, reconnect_max_s=1.0)).start()
+                               publisher=PublisherConfig(mqtt_url=args.mqtt_url, reconnect_max_s=1.0,
+                                                         keepalive_s=args.keepalive)).start()
     print("ready", flush=True)
     period = 1.0 / args.rate
     while not stop.wait(period):
