@@ -80,3 +80,102 @@ def other_profile(doc: dict[str, Any], root: Path) -> None:
     """Retarget the manifest at cpu-arm only."""
     doc["profiles"] = {"cpu-arm": doc["profiles"][PROFILE]}
     doc["target_profiles"] = ["cpu-arm"]
+
+
+# -- a real broker and simulated devices (OTA client + store + a model served through load_session) --
+
+import getpass  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+class Broker:
+    """Mosquitto on a free loopback port, config and persistence in `workdir`."""
+
+    def __init__(self, workdir: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nuser {getpass.getuser()}\nallow_anonymous true\n"
+                        "max_queued_messages 100000\nlog_dest stderr\nlog_type error\n")
+        log = open(workdir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("mosquitto did not start")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class SimDevice:
+    """One device: the real OTA client and A/B store; `probe` serves a batch of digits through the
+    active model (real load_session) and counts answers below `threshold` as fallbacks."""
+
+    def __init__(self, device_id: str, root: Path, initial_dir: Path, mqtt_url: str, token: str, trusted_pem: str,
+                 inputs: np.ndarray, watch: Any, threshold: float = 0.5, batch: int = 32) -> None:
+        from edge_agent.model import load_model
+        from edge_agent.ota.client import OtaClient, OtaClientConfig
+
+        self.device_id = device_id
+        self._load = load_model
+        self.client = OtaClient(OtaClientConfig(device_id, PROFILE, mqtt_url, root / device_id, trusted_pem,
+                                                hub_token=token, watch=watch, poll_s=0.05),
+                                on_switch=self.swap, health=self.probe)
+        self.client.open_store()
+        if self.client.store.active_version is None:
+            self.client.store.install_initial(initial_dir)
+        self.model = load_model(self.client.store.active_dir, PROFILE)
+        self.inputs = inputs[:batch]
+        self.threshold = threshold
+        self.switches = 0
+
+    @property
+    def serving(self) -> str:
+        return self.model.version
+
+    def swap(self, model_dir: Path) -> None:
+        new = self._load(model_dir, PROFILE)
+        new.session.run({new.variant.inputs[0].name: self.inputs[:1]})  # warm up, as an agent does before serving
+        old, self.model = self.model, new
+        old.close()
+        self.switches += 1
+
+    def probe(self) -> Any:
+        from edge_agent.ota.machine import HealthFigures
+
+        name = self.model.variant.inputs[0].name
+        t0 = time.perf_counter()
+        probs = self.model.session.run({name: self.inputs})[0]
+        ms = (time.perf_counter() - t0) * 1000 / len(self.inputs)
+        return HealthFigures(len(self.inputs), 0, int((probs.max(axis=1) < self.threshold).sum()), ms)
+
+    def start(self) -> "SimDevice":
+        self.client.start()
+        return self
+
+    def stop(self) -> None:
+        self.client.stop()
+        self.model.close()

@@ -1,4 +1,4 @@
-"""Routes the telemetry, drift and OTA issues fill in; until then they answer empty pages.
+"""Routes the telemetry and drift issues fill in; until then they answer empty pages.
 
 Empty lists (not 501) so dashboards and scripts written now keep working when the
 data arrives; `note` says which issue brings it.
@@ -30,6 +30,4 @@ def drift_alerts(page: Paging = Depends(paging)) -> dict[str, Any]:
     return _empty(page, "drift alerts arrive with the telemetry/drift issue; this list is empty until then")
 
 
-@router.get("/v1/rollouts", response_model=Page[dict[str, Any]], tags=["ota"])
-def rollouts(page: Paging = Depends(paging)) -> dict[str, Any]:
-    return _empty(page, "OTA rollouts arrive with the OTA issue; this list is empty until then")
+# /v1/rollouts is served by cloud_hub/rollouts/routes.py (the OTA issue).

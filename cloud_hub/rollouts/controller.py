@@ -1,0 +1,300 @@
+"""The rollout controller: a pure state machine over one rollout's waves and devices.
+
+Functions take the rollout, an input (a device's status, a tick of the clock, an
+operator's request) and `now`, update the rollout and return what to do: commands to
+send and events to record. No I/O, no clock of its own: the service shell does that.
+
+Waves are cumulative percentages of the selected devices (5, 25, 100). A wave's gate
+opens the next wave once enough of its devices reported and the figures pass; any
+failure beyond the allowed rate halts at once, and with `auto_rollback` the devices
+that took the new version are told to go back.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from statistics import median
+from typing import Any, Literal
+
+DeviceState = Literal["pending", "sent", "in_progress", "committed", "failed", "rejected", "rolled_back",
+                      "rollback_sent"]
+Status = Literal["running", "paused", "halted", "completed", "aborted", "rolled_back"]
+ACTIVE_STATUSES = ("running", "paused")
+DEVICE_TERMINAL = ("committed", "failed", "rejected", "rolled_back")
+DEVICE_FAILURES = ("failed", "rejected", "rolled_back")
+
+
+class RolloutError(ValueError):
+    """A request does not fit the rollout's state (e.g. resuming a completed rollout)."""
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When a wave may open the next one. Rates are fractions 0..1."""
+
+    max_failure_rate: float = 0.0      # failed, rejected or self-rolled-back devices over the opened devices
+    max_fallback_rise: float = 0.10    # mean rise of committed devices' fallback rate over their previous version
+    max_latency_ratio: float = 2.0     # median of committed devices' p95 over their previous version's
+    max_drift_alerts: int = 0          # open drift alerts on the new version
+    min_reporting: float = 0.8         # share of opened devices with a final answer before the gate decides
+    min_devices: int = 1               # and at least this many (or all opened, if fewer)
+    wave_timeout_s: float | None = 900.0  # halt if a wave has not reported enough by then; None: wait
+    auto_rollback: bool = True         # on a halt, tell devices that took the version to go back
+
+    def __post_init__(self) -> None:
+        for name in ("max_failure_rate", "max_fallback_rise", "min_reporting"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RolloutError(f"gate {name}: {getattr(self, name)!r} must be between 0 and 1")
+        if self.max_latency_ratio <= 0 or self.max_drift_alerts < 0 or self.min_devices < 1:
+            raise RolloutError("gate: max_latency_ratio must be > 0, max_drift_alerts >= 0, min_devices >= 1")
+        if self.wave_timeout_s is not None and self.wave_timeout_s <= 0:
+            raise RolloutError("gate wave_timeout_s: must be positive (or None to wait)")
+
+
+@dataclass(frozen=True)
+class Send:
+    device_id: str
+    action: Literal["install", "rollback"]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    detail: dict[str, Any]
+    device_id: str | None = None
+
+
+@dataclass
+class DeviceProgress:
+    device_id: str
+    wave: int
+    state: DeviceState = "pending"
+    step: str | None = None
+    reason: str = ""
+    sent_at: float | None = None
+    updated_at: float | None = None
+    health: dict[str, Any] = field(default_factory=dict)
+    rollback_requested: bool = False
+
+
+@dataclass
+class Rollout:
+    rollout_id: str
+    model: str
+    version: str
+    waves: list[int]
+    gates: GatePolicy
+    created_at: float
+    devices: dict[str, DeviceProgress]
+    status: Status = "running"
+    wave: int = 0
+    wave_opened_at: float = 0.0
+    reason: str = ""
+    updated_at: float = 0.0
+
+    def opened(self) -> list[DeviceProgress]:
+        return [d for d in self.devices.values() if d.wave <= self.wave]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.devices.values():
+            out[d.state] = out.get(d.state, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["devices"] = list(data["devices"].values())
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Rollout":
+        data = dict(data)
+        data["gates"] = GatePolicy(**data["gates"])
+        data["devices"] = {d["device_id"]: DeviceProgress(**d) for d in data["devices"]}
+        return cls(**data)
+
+
+def parse_waves(waves: list[int] | str) -> list[int]:
+    """'5,25,100' -> [5, 25, 100]: increasing percentages ending at 100."""
+    items = [int(w) for w in waves.split(",")] if isinstance(waves, str) else [int(w) for w in waves]
+    if not items or items[-1] != 100 or any(not 0 < w <= 100 for w in items) or items != sorted(set(items)):
+        raise RolloutError(f"waves {waves!r}: expected increasing percentages ending at 100, e.g. 5,25,100")
+    return items
+
+
+def wave_cutoffs(n: int, waves: list[int]) -> list[int]:
+    """Cumulative device counts per wave: at least one device in the first, every device in the last."""
+    cut = [min(n, max(1, math.ceil(n * w / 100))) for w in waves]
+    for i in range(1, len(cut)):
+        cut[i] = max(cut[i], cut[i - 1])
+    return cut
+
+
+def new_rollout(rollout_id: str, model: str, version: str, device_ids: list[str], waves: list[int],
+                gates: GatePolicy, now: float, seed: int | None = None) -> tuple[Rollout, list[Send], list[Event]]:
+    """Assign devices to waves (a shuffle seeded by the rollout id) and open the first wave."""
+    if not device_ids:
+        raise RolloutError("no devices match the selection; nothing to roll out")
+    waves = parse_waves(waves)
+    order = sorted(set(device_ids))
+    random.Random(seed if seed is not None else rollout_id).shuffle(order)
+    cut = wave_cutoffs(len(order), waves)
+    devices: dict[str, DeviceProgress] = {}
+    for i, dev in enumerate(order):
+        devices[dev] = DeviceProgress(dev, next(w for w, c in enumerate(cut) if i < c))
+    r = Rollout(rollout_id, model, version, waves, gates, now, devices, wave_opened_at=now, updated_at=now)
+    events = [Event("created", {"devices": len(order), "waves": waves, "wave_sizes": cut})]
+    return r, _send_wave(r, now, events), events
+
+
+def _send_wave(r: Rollout, now: float, events: list[Event]) -> list[Send]:
+    sends = []
+    for d in r.opened():
+        if d.state == "pending":
+            d.state, d.sent_at = "sent", now
+            sends.append(Send(d.device_id, "install"))
+    events.append(Event("wave_opened", {"wave": r.wave + 1, "percent": r.waves[r.wave], "sent": len(sends)}))
+    return sends
+
+
+def on_status(r: Rollout, device_id: str, step: str, result: str, reason: str, health: dict[str, Any],
+              now: float) -> tuple[list[Send], list[Event]]:
+    """A device reported a step of this rollout; a failure may halt it at once."""
+    d = r.devices.get(device_id)
+    if d is None:
+        return [], [Event("unknown_device", {"step": step}, device_id)]
+    d.step, d.reason, d.updated_at = step, reason, now
+    if health:
+        d.health = health
+    if d.rollback_requested:
+        if step == "rolled_back":
+            d.state = "rolled_back"
+        return [], [Event("device_step", {"step": step, "result": result, "reason": reason}, device_id)]
+    if step in DEVICE_TERMINAL or step == "rejected":
+        d.state = step  # type: ignore[assignment]
+    elif d.state in ("pending", "sent", "in_progress"):
+        d.state = "in_progress"
+    r.updated_at = now
+    events = [Event("device_step", {"step": step, "result": result, "reason": reason}, device_id)]
+    sends: list[Send] = []
+    if r.status in ACTIVE_STATUSES:
+        failures = [x for x in r.opened() if x.state in DEVICE_FAILURES]
+        if len(failures) > r.gates.max_failure_rate * len(r.opened()):
+            sends += halt(r, f"wave {r.wave + 1}: {len(failures)} of {len(r.opened())} devices failed "
+                             f"(last: {device_id}: {step}: {reason})", now, events)
+    return sends, events
+
+
+def tick(r: Rollout, now: float, drift_alerts: int = 0) -> tuple[list[Send], list[Event]]:
+    """Evaluate the open wave's gate: open the next wave, complete, halt, or keep waiting."""
+    events: list[Event] = []
+    if r.status != "running":
+        return [], events
+    opened = r.opened()
+    reported = [d for d in opened if d.state in DEVICE_TERMINAL]
+    needed = max(math.ceil(r.gates.min_reporting * len(opened)), min(r.gates.min_devices, len(opened)))
+    if len(reported) < needed:
+        if r.gates.wave_timeout_s is not None and now - r.wave_opened_at > r.gates.wave_timeout_s:
+            return halt(r, f"wave {r.wave + 1}: only {len(reported)} of {len(opened)} devices reported within "
+                           f"{r.gates.wave_timeout_s:g}s (need {needed})", now, events), events
+        return [], events
+    problem = gate_problem(r, drift_alerts)
+    if problem:
+        return halt(r, f"wave {r.wave + 1}: {problem}", now, events), events
+    events.append(Event("gate_passed", {"wave": r.wave + 1, "reported": len(reported), "opened": len(opened)}))
+    if r.wave + 1 >= len(r.waves):
+        r.status, r.updated_at = "completed", now
+        events.append(Event("completed", {"devices": len(r.devices)}))
+        return [], events
+    r.wave += 1
+    r.wave_opened_at = r.updated_at = now
+    return _send_wave(r, now, events), events
+
+
+def gate_problem(r: Rollout, drift_alerts: int) -> str | None:
+    """The first gate figure out of bounds for the opened devices, or None."""
+    g = r.gates
+    committed = [d for d in r.opened() if d.state == "committed"]
+    rises, ratios = [], []
+    for d in committed:
+        base, cur = d.health.get("baseline") or {}, d.health.get("current") or {}
+        if cur.get("requests"):
+            rises.append(cur.get("fallback_rate", 0.0) - (base.get("fallback_rate", 0.0) if base.get("requests") else 0.0))
+            if base.get("latency_p95_ms") and cur.get("latency_p95_ms") is not None:
+                ratios.append(cur["latency_p95_ms"] / base["latency_p95_ms"])
+    if rises and sum(rises) / len(rises) > g.max_fallback_rise:
+        return f"fallback rate rose by {sum(rises) / len(rises):.3f} on average, above {g.max_fallback_rise:.3f}"
+    if ratios and median(ratios) > g.max_latency_ratio:
+        return f"p95 latency is {median(ratios):.2f}x the previous version's, above {g.max_latency_ratio:.2f}x"
+    if drift_alerts > g.max_drift_alerts:
+        return f"{drift_alerts} open drift alert(s) on {r.model} {r.version}, allowed {g.max_drift_alerts}"
+    return None
+
+
+def halt(r: Rollout, reason: str, now: float, events: list[Event]) -> list[Send]:
+    """Stop opening waves; by policy, roll back the devices that took (or may take) the version."""
+    r.status, r.reason, r.updated_at = "halted", reason, now
+    events.append(Event("halted", {"reason": reason, "wave": r.wave + 1}))
+    return _roll_back_devices(r, now, events) if r.gates.auto_rollback else []
+
+
+def _roll_back_devices(r: Rollout, now: float, events: list[Event]) -> list[Send]:
+    sends = []
+    for d in r.devices.values():
+        if d.state in ("sent", "in_progress", "committed") and not d.rollback_requested:
+            d.rollback_requested, d.state, d.sent_at = True, "rollback_sent", now
+            sends.append(Send(d.device_id, "rollback"))
+    events.append(Event("rollback_sent", {"devices": len(sends)}))
+    return sends
+
+
+def pause(r: Rollout, now: float) -> list[Event]:
+    if r.status != "running":
+        raise RolloutError(f"rollout {r.rollout_id} is {r.status}; only a running rollout can be paused")
+    r.status, r.updated_at = "paused", now
+    return [Event("paused", {})]
+
+
+def resume(r: Rollout, now: float) -> list[Event]:
+    if r.status not in ("paused", "halted"):
+        raise RolloutError(f"rollout {r.rollout_id} is {r.status}; only a paused or halted rollout can be resumed")
+    if r.status == "halted" and any(d.rollback_requested for d in r.devices.values()):
+        raise RolloutError(f"rollout {r.rollout_id} was rolled back; start a new rollout (with a higher version)")
+    r.status, r.reason, r.updated_at = "running", "", now
+    r.wave_opened_at = now  # the wave's timeout starts again
+    return [Event("resumed", {})]
+
+
+def abort(r: Rollout, now: float) -> list[Event]:
+    """Stop for good; devices keep whatever they run now."""
+    if r.status in ("aborted", "rolled_back"):
+        raise RolloutError(f"rollout {r.rollout_id} is already {r.status}")
+    r.status, r.updated_at = "aborted", now
+    for d in r.devices.values():
+        if d.state == "pending":
+            d.reason = "rollout aborted before this device's wave"
+    return [Event("aborted", {})]
+
+
+def rollback(r: Rollout, now: float) -> tuple[list[Send], list[Event]]:
+    """The operator asks every device that took the version to go back."""
+    if r.status == "rolled_back":
+        raise RolloutError(f"rollout {r.rollout_id} is already rolled back")
+    events: list[Event] = []
+    sends = _roll_back_devices(r, now, events)
+    r.status, r.updated_at = "rolled_back", now
+    events.append(Event("rolled_back", {"by": "operator"}))
+    return sends, events
+
+
+def catch_up(r: Rollout) -> list[Send]:
+    """A device came back online: repeat what it has not answered yet."""
+    return [Send(d.device_id, "rollback" if d.rollback_requested else "install")
+            for d in r.devices.values() if d.state in ("sent", "in_progress", "rollback_sent")
+            and (r.status in ("running", "completed") or d.rollback_requested)]
+
+
+def catch_up_device(r: Rollout, device_id: str) -> list[Send]:
+    return [s for s in catch_up(r) if s.device_id == device_id]

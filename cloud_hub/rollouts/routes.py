@@ -1,0 +1,96 @@
+"""REST: /v1/rollouts — start (operate), list and inspect (read), pause/resume/abort/rollback (operate)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from cloud_hub.errors import HubError
+from cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from cloud_hub.rest.schemas import ErrorBody
+from cloud_hub.rollouts.controller import GatePolicy, RolloutError
+from cloud_hub.rollouts.service import rollout_detail, rollout_summary
+
+router = APIRouter(prefix="/v1/rollouts", tags=["ota"], responses=AUTH_RESPONSES)
+_404 = {404: {"model": ErrorBody, "description": "no such rollout"}}
+_409 = {409: {"model": ErrorBody, "description": "the rollout's state does not allow this"}}
+
+
+class GatesIn(BaseModel):
+    max_failure_rate: float = Field(0.0, ge=0, le=1)
+    max_fallback_rise: float = Field(0.10, ge=0, le=1)
+    max_latency_ratio: float = Field(2.0, gt=0, le=1000)
+    max_drift_alerts: int = Field(0, ge=0, le=1_000_000)
+    min_reporting: float = Field(0.8, ge=0, le=1)
+    min_devices: int = Field(1, ge=1, le=1_000_000)
+    wave_timeout_s: float | None = Field(900.0, gt=0, le=30 * 86400)
+    auto_rollback: bool = True
+
+
+class RolloutIn(BaseModel):
+    model: str = Field(..., min_length=1, max_length=128)
+    version: str = Field(..., min_length=5, max_length=32)
+    select: dict[str, str] = Field(default_factory=dict, description="profile=..., and tag key=value pairs")
+    waves: list[int] = Field(default_factory=lambda: [5, 25, 100], min_length=1, max_length=20)
+    gates: GatesIn = Field(default_factory=GatesIn)
+    device_ids: list[str] | None = Field(None, max_length=100_000, description="restrict to these devices")
+
+
+class _Unprocessable(HubError):
+    status = 422
+
+
+def _service(hub: Any) -> Any:
+    service = getattr(hub, "rollouts", None)
+    if service is None:
+        raise HubError("OTA rollouts are not running on this hub")
+    return service
+
+
+@router.post("", status_code=201, dependencies=[Depends(require("operate"))],
+             responses={404: {"model": ErrorBody, "description": "model version not registered"},
+                        422: {"model": ErrorBody, "description": "bad waves, gates or no matching device"}})
+def start_rollout(body: RolloutIn, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    """Roll a registered version out in waves; wave 1 is sent at once."""
+    try:
+        gates = GatePolicy(**body.gates.model_dump())
+    except RolloutError as exc:
+        raise _Unprocessable(str(exc)) from exc
+    r = _service(hub).create(body.model, body.version, body.select, body.waves, gates, body.device_ids)
+    return rollout_detail(r)
+
+
+@router.get("", dependencies=[Depends(require("read"))])
+def list_rollouts(status: Literal["running", "paused", "halted", "completed", "aborted", "rolled_back"] | None = Query(None),
+                  page: Paging = Depends(paging), hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    items, total = _service(hub).list(status, page.limit, page.offset)
+    return {"items": [rollout_summary(r) for r in items], "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{rollout_id}", responses=_404, dependencies=[Depends(require("read"))])
+def get_rollout(rollout_id: str, events: int = Query(50, ge=0, le=1000, description="recent events to include"),
+                hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    service = _service(hub)
+    data = rollout_detail(service.get(rollout_id))
+    if events:
+        data["events"] = service.store.recent_events(rollout_id, events)
+    return data
+
+
+def _action(name: str):
+    def act(rollout_id: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+        return rollout_detail(getattr(_service(hub), name)(rollout_id))
+
+    act.__name__ = f"{name}_rollout"
+    act.__doc__ = {"pause": "Send no more commands and open no wave until resumed.",
+                   "resume": "Continue a paused (or halted, not rolled back) rollout.",
+                   "abort": "Stop for good; devices keep what they run.",
+                   "rollback": "Tell every device that took this version to go back to its previous one."}[name]
+    return act
+
+
+for _name in ("pause", "resume", "abort", "rollback"):
+    router.add_api_route(f"/{{rollout_id}}/{_name}", _action(_name), methods=["POST"], responses={**_404, **_409},
+                         dependencies=[Depends(require("operate"))])

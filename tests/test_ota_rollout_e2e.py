@@ -1,0 +1,136 @@
+"""End to end: a real hub (HTTP artifacts with Range, SQLite, signing key), real Mosquitto, and
+simulated devices running the real OTA client, A/B store and models loaded through load_session."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from ota_fixtures import (
+    MODEL, MOSQUITTO, Broker, SimDevice, collapsed_onnx, compile_digits, derive, scramble_golden,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
+
+N_DEVICES = 8
+
+
+@pytest.fixture(scope="module")
+def releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ota-releases")
+    key = root / "compiler.pem"
+    v1 = compile_digits(digits_dir, root / "1.0.0", "1.0.0", key)
+    return {
+        "1.0.0": v1,
+        "1.1.0": derive(v1, root / "1.1.0", "1.1.0"),
+        "1.2.0": derive(v1, root / "1.2.0", "1.2.0", scramble_golden),  # fails its self-test
+        "1.3.0": compile_digits(digits_dir, root / "1.3.0", "1.3.0", key,  # passes it, then answers with no confidence
+                                onnx_path=collapsed_onnx(digits_dir, root / "collapsed.onnx")),
+    }
+
+
+@pytest.fixture(scope="module")
+def fleet(releases, digits_dir, tmp_path_factory):
+    from cloud_hub.config import HubConfig
+    from cloud_hub.hub import Hub
+    from cloud_hub.rollouts.attach import attach_rollouts
+    from edge_agent.ota.machine import WatchPolicy
+
+    root = tmp_path_factory.mktemp("ota-fleet")
+    broker = Broker(root / "mosquitto")
+    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url)).start()
+    devices: list[SimDevice] = []
+    try:
+        for path in releases.values():
+            hub.registry.register_dir(path)
+        device_token = hub.tokens.create("fleet", "read").token
+        operator = hub.tokens.create("operator", "operate").token
+        service = attach_rollouts(hub, tick_s=0.1, watch_s=0.6)
+        assert service.wait_subscribed(10)
+        x = np.load(digits_dir / "test.npz")
+        inputs = x[x.files[0]].astype(np.float32)
+        # latency is left loose here: two shared CPU cores make sub-millisecond p95 ratios noisy
+        watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0)
+        for i in range(N_DEVICES):
+            dev_id = f"dev-{i:02d}"
+            hub.devices.register(dev_id, "cpu-x86", "test", {"site": "lab"})
+            devices.append(SimDevice(dev_id, root / "devices", releases["1.0.0"], broker.url, device_token,
+                                     hub.key.public_pem, inputs, watch).start())
+        assert all(d.client.wait_subscribed(10) for d in devices)
+        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
+        yield hub, devices, http
+        http.close()
+    finally:
+        for d in devices:
+            d.stop()
+        if getattr(hub, "rollouts", None) is not None:
+            hub.rollouts.stop()
+            hub.rollouts.store.close()
+        hub.stop()
+        broker.stop()
+
+
+def _start(http: httpx.Client, version: str) -> str:
+    resp = http.post("/v1/rollouts", json={"model": MODEL, "version": version, "select": {"profile": "cpu-x86", "site": "lab"},
+                                           "waves": [25, 50, 100], "gates": {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["rollout_id"]
+
+
+def _wait(http: httpx.Client, rollout_id: str, statuses: tuple[str, ...], settle=lambda body: True, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = http.get(f"/v1/rollouts/{rollout_id}", params={"events": 200}).json()
+        if body["status"] in statuses and settle(body):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"rollout {rollout_id} did not reach {statuses}: {body.get('status')} {body.get('counts')} {body.get('reason')}")
+
+
+def _wave_devices(body: dict, wave: int) -> set[str]:
+    return {d["device_id"] for d in body["device_states"] if d["wave"] == wave}
+
+
+def test_good_model_rolls_out_through_three_waves_to_every_device(fleet):
+    hub, devices, http = fleet
+    rid = _start(http, "1.1.0")
+    body = _wait(http, rid, ("completed",))
+    opened = [e for e in body["events"] if e["kind"] == "wave_opened"]
+    assert [e["detail"]["percent"] for e in opened] == [25, 50, 100]
+    assert [len(_wave_devices(body, w)) for w in (1, 2, 3)] == [2, 2, 4]
+    assert body["counts"] == {"committed": N_DEVICES}
+    assert {d.serving for d in devices} == {"1.1.0"}
+    assert all(d.client.store.active_version == "1.1.0" and d.client.store.previous_version == "1.0.0" for d in devices)
+    # every step was recorded, and the console lists the rollout
+    steps = {e["detail"]["step"] for e in body["events"] if e["kind"] == "device_step"}
+    assert {"downloading", "verifying", "staged", "self_test", "switched", "watching", "committed"} <= steps
+    assert rid in [r["rollout_id"] for r in http.get("/v1/rollouts").json()["items"]]
+    assert hub.devices.get(devices[0].device_id).model_version == "1.1.0"
+
+
+@pytest.mark.parametrize("version, why", [("1.2.0", "self-test"), ("1.3.0", "fallback rate")])
+def test_bad_model_halts_at_first_wave_and_devices_end_on_previous_version(fleet, version, why):
+    hub, devices, http = fleet
+    before = {d.device_id: d.serving for d in devices}
+    assert set(before.values()) == {"1.1.0"}, "runs after the good rollout"
+    rid = _start(http, version)
+    body = _wait(http, rid, ("halted",), settle=lambda b: all(
+        d["state"] in ("failed", "rolled_back", "pending") for d in b["device_states"]))
+    assert why in body["reason"]
+    wave1 = _wave_devices(body, 1)
+    assert len(wave1) == 2
+    # nobody past the first wave was sent anything
+    assert all(d["state"] == "pending" for d in body["device_states"] if d["device_id"] not in wave1)
+    time.sleep(0.3)
+    assert {d.device_id: d.serving for d in devices} == before
+    assert all(d.client.store.active_version == "1.1.0" for d in devices)
+    got_it = [d for d in devices if d.device_id in wave1]
+    if version == "1.3.0":  # it was served, judged by its fallback rate, and rolled back on the device
+        assert all(d.client.store.state.max_accepted == "1.3.0" for d in got_it)
+    else:  # never switched to
+        assert all(d.client.store.state.max_accepted == "1.1.0" for d in got_it)
