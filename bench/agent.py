@@ -13,7 +13,7 @@ and, with a real hub process serving the digits cloud model, the fallback round 
 Targets (issue 3): digits agent-1 p50 <= bare p50 + 1.3 x echo p50; OCR agent-8 throughput
 >= 0.9 x bare single-stream throughput.
 
-Usage: python bench/agent.py [--json] [--quick] [--seconds S]
+Usage: python bench/agent.py [--json] [--quick] [--seconds S] [--threads N] [--skip-fallback]
 Progress goes to stderr; a table (or JSON with --json) to stdout.
 """
 
@@ -122,10 +122,12 @@ class AgentProcess:
     """`tandem-agent run` as a child process, as on a device."""
 
     def __init__(self, model_dir: Path, workdir: Path, *, hub_url: str | None = None, hub_model: str | None = None,
-                 window_us: float = 300, max_batch: int = 8) -> None:
+                 window_us: float = 300, max_batch: int = 8, threads: int | None = None) -> None:
         self.endpoint = f"ipc://{workdir}/agent.sock"
         lines = [f'model_dir = "{model_dir}"', f'endpoint = "{self.endpoint}"', f'data_dir = "{workdir}/data"',
                  "threshold = 0.0", f"window_us = {window_us}", f"max_batch = {max_batch}", "max_queue = 1024"]
+        if threads:
+            lines.append(f"threads = {threads}")
         if hub_url:
             lines += [f'hub_url = "{hub_url}"', f'hub_model = "{hub_model}"', "deadline_ms = 1000"]
         self.config = workdir / "agent.toml"
@@ -214,9 +216,10 @@ def ocr_cls_path() -> Path:
     return Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 
 
-def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[str, int], seconds: float) -> dict:
+def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[str, int], seconds: float,
+                threads: int | None = None) -> dict:
     variant_path = model_dir / "variants" / "ort-fp32.onnx"
-    session = load_session("onnxruntime", variant_path)
+    session = load_session("onnxruntime", variant_path, **({"threads": threads} if threads else {}))
     input_name = session.inputs[0].name
     xb = np.concatenate([x] * CLIENTS)
     frames = encode_request({input_name: x}, request_id="bench-0000000001")
@@ -235,7 +238,7 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[s
     log(f"{name}: agent, 1 client and {CLIENTS} clients")
     agent_dir = work / f"agent-{name}"
     agent_dir.mkdir()
-    with AgentProcess(model_dir, agent_dir) as agent:
+    with AgentProcess(model_dir, agent_dir, threads=threads) as agent:
         one = measure_agent_1(agent.endpoint, x, n["agent"], seconds)
         many = measure_agent_n(agent.endpoint, x, n["agent8"], seconds)
     baselines(2)
@@ -290,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--seconds", type=float, default=8.0, help="time cap per measurement (default 8)")
     parser.add_argument("--skip-fallback", action="store_true", help="do not start a hub")
+    parser.add_argument("--threads", type=int, help="runtime intra-op threads, bare and agent alike (default: ORT's)")
     args = parser.parse_args(argv)
     scale = 0.2 if args.quick else 1.0
     ndig = {k: max(50, int(v * scale)) for k, v in {"bare": 3000, "echo": 2000, "agent": 2000, "agent8": 4000}.items()}
@@ -310,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {
             "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                      "loadavg_at_start": list(os.getloadavg())},
-            "digits": bench_model("digits", edge_dir, x_digits, work, ndig, args.seconds),
-            "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds),
+            "threads": args.threads,
+            "digits": bench_model("digits", edge_dir, x_digits, work, ndig, args.seconds, args.threads),
+            "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds, args.threads),
         }
         if not args.skip_fallback:
             result["fallback"] = bench_fallback(edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds)
