@@ -201,7 +201,7 @@ def test_ocr_detector_lowers_with_resize_and_transposed_conv(ocr_det_model, tmp_
     assert iou > 0.8, iou  # measured 0.95 at 320x320 with 16 calibration pages
 
 
-def test_ocr_recognizer_fp32_lowers_and_int8_is_skipped_naming_the_float_only_op(tmp_path):
+def test_ocr_recognizer_lowers_in_fp32_and_int8(tmp_path):
     """PP-OCRv4 rec (SVTR neck: LayerNorm written out, attention MatMuls) at 48x320."""
     spec_dir = Path(__import__("rapidocr_onnxruntime").__file__).parent / "models"
     prepared = tmp_path / "rec.prepared.onnx"
@@ -213,5 +213,19 @@ def test_ocr_recognizer_fp32_lowers_and_int8_is_skipped_naming_the_float_only_op
     got = load_session("litert", fp32.files[0]).run({"x": x})[0]
     ref = _ort(prepared, {"x": x})
     assert got.shape == ref.shape and float(np.abs(got - ref).max()) < 1e-4  # measured ~6e-6
-    with pytest.raises(VariantSkipped, match="no int8 (DIV|SQRT) kernel"):
-        _build(prepared, calib, tmp_path, "litert-int8")
+    int8 = _build(prepared, calib, tmp_path, "litert-int8")  # LayerNorm's x / Sqrt(v) became x * RSQRT(v)
+    q = load_session("litert", int8.files[0]).run({"x": x})[0]
+    assert q.shape == ref.shape and np.isfinite(q).all()
+    assert int8.files[0].stat().st_size < 0.35 * fp32.files[0].stat().st_size
+
+
+def test_int8_skips_a_model_whose_op_has_no_int8_kernel_naming_it(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sqrt", ["r"], ["y"], name="root")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+    path = tmp_path / "sqrt.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    calib = {"x": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)}
+    assert _build(path, calib, tmp_path, "litert-fp32").files[0].is_file()
+    with pytest.raises(VariantSkipped, match="no int8 SQRT kernel.*'root'"):
+        _build(path, calib, tmp_path, "litert-int8")

@@ -346,5 +346,6 @@ LOWERINGS: dict[str, Rule] = {
     "ReduceMean": reduce_mean,
     "Pow": _fold_or(pow_op),
     "Sqrt": _fold_or(_unary("SQRT")),
+    "Rsqrt": _unary("RSQRT"),  # from prepass.match_rsqrt
     "Gather": constant_fold,
 }

@@ -236,6 +236,22 @@ def match_hardswish(nodes: list[Node], consts: dict[str, np.ndarray], graph_outp
     return [n for k, n in enumerate(nodes) if k not in drop]
 
 
+def match_rsqrt(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """a / Sqrt(b) (LayerNorm written out) becomes a * Rsqrt(b): TFLite has int8 RSQRT and MUL,
+    but no int8 SQRT or DIV."""
+    uses = _uses(nodes, graph_outputs)
+    by_output = {n.outputs[0]: n for n in nodes if n.outputs}
+    for k, node in enumerate(nodes):
+        if node.op_type != "Div" or len(node.inputs) != 2 or node.inputs[1] in consts:
+            continue
+        sqrt = by_output.get(node.inputs[1])
+        if sqrt is None or sqrt.op_type != "Sqrt" or uses.get(sqrt.outputs[0]) != 1:
+            continue
+        sqrt.op_type = "Rsqrt"  # a Tandem-internal op type, lowered to RSQRT
+        nodes[k] = Node("Mul", list(node.inputs), list(node.outputs), {}, node.name)
+    return nodes
+
+
 def prepare(model) -> tuple[list[Node], dict[str, np.ndarray]]:
     """All rewrites in order; the result is what ops.py lowers."""
     nodes, consts = from_onnx(model)
@@ -245,4 +261,5 @@ def prepare(model) -> tuple[list[Node], dict[str, np.ndarray]]:
     nodes = fold_scale_mul(nodes, consts, outputs)
     nodes = fold_bias_add(nodes, consts, outputs)
     nodes = match_hardswish(nodes, consts, outputs)
+    nodes = match_rsqrt(nodes, consts, outputs)
     return nodes, consts

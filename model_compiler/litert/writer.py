@@ -130,6 +130,7 @@ OPS: dict[str, tuple[str | None, Callable | None, int, int]] = {
     "BATCH_MATMUL": ("BatchMatMulOptions", _plain("BatchMatMulOptionsT", adjX=lambda o: bool(o.get("adj_x")),
                                                   adjY=lambda o: bool(o.get("adj_y"))), 1, 2),
     "SQRT": (None, None, 1, 1),
+    "RSQRT": (None, None, 1, 2),
     "RELU": (None, None, 1, 2),
     "RELU6": (None, None, 1, 2),
     "RELU_N1_TO_1": (None, None, 1, 1),
