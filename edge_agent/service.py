@@ -159,8 +159,10 @@ class InferenceService:
 
     def _edge_only(self, request: "_Prepared", edge: Answer, wants_hub: bool) -> Answer:
         if wants_hub:  # and no hub is configured
-            edge.detail = "below threshold; no hub is configured"
-            self._keep_hard_example(request.header.request_id, request.feeds, edge.scores, "edge")
+            unsure = not edge.scores.all_confident
+            edge.detail = ("below threshold; " if unsure else "cloud answer requested; ") + "no hub is configured"
+            if unsure:
+                self._keep_hard_example(request.header.request_id, request.feeds, edge.scores, "edge")
         return edge
 
     def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
