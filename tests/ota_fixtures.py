@@ -179,3 +179,24 @@ class SimDevice:
     def stop(self) -> None:
         self.client.stop()
         self.model.close()
+
+
+_RELEASES: dict[str, dict[str, Path]] = {}
+
+
+def releases(digits_dir: Path, root_factory: Callable[[], Path]) -> dict[str, Path]:
+    """The OTA tests' releases, compiled once per test session: 1.0.0 and 1.1.0 (good), 1.2.0 (fails
+    its self-test), 1.3.0 (collapsed: passes its self-test, answers with no confidence)."""
+    key = str(digits_dir)
+    if key not in _RELEASES:
+        root = root_factory()
+        pem = root / "compiler.pem"
+        v1 = compile_digits(digits_dir, root / "1.0.0", "1.0.0", pem)
+        _RELEASES[key] = {
+            "1.0.0": v1,
+            "1.1.0": derive(v1, root / "1.1.0", "1.1.0"),
+            "1.2.0": derive(v1, root / "1.2.0", "1.2.0", scramble_golden),
+            "1.3.0": compile_digits(digits_dir, root / "1.3.0", "1.3.0", pem,
+                                    onnx_path=collapsed_onnx(digits_dir, root / "collapsed.onnx")),
+        }
+    return _RELEASES[key]

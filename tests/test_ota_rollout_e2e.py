@@ -10,9 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ota_fixtures import (
-    MODEL, MOSQUITTO, Broker, SimDevice, collapsed_onnx, compile_digits, derive, scramble_golden,
-)
+from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, releases
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
 
@@ -20,21 +18,12 @@ N_DEVICES = 8
 
 
 @pytest.fixture(scope="module")
-def releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ota-releases")
-    key = root / "compiler.pem"
-    v1 = compile_digits(digits_dir, root / "1.0.0", "1.0.0", key)
-    return {
-        "1.0.0": v1,
-        "1.1.0": derive(v1, root / "1.1.0", "1.1.0"),
-        "1.2.0": derive(v1, root / "1.2.0", "1.2.0", scramble_golden),  # fails its self-test
-        "1.3.0": compile_digits(digits_dir, root / "1.3.0", "1.3.0", key,  # passes it, then answers with no confidence
-                                onnx_path=collapsed_onnx(digits_dir, root / "collapsed.onnx")),
-    }
+def ota_releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
+    return releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
 
 
 @pytest.fixture(scope="module")
-def fleet(releases, digits_dir, tmp_path_factory):
+def fleet(ota_releases, digits_dir, tmp_path_factory):
     from cloud_hub.config import HubConfig
     from cloud_hub.hub import Hub
     from cloud_hub.rollouts.attach import attach_rollouts
@@ -45,7 +34,7 @@ def fleet(releases, digits_dir, tmp_path_factory):
     hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url)).start()
     devices: list[SimDevice] = []
     try:
-        for path in releases.values():
+        for path in ota_releases.values():
             hub.registry.register_dir(path)
         device_token = hub.tokens.create("fleet", "read").token
         operator = hub.tokens.create("operator", "operate").token
@@ -58,7 +47,7 @@ def fleet(releases, digits_dir, tmp_path_factory):
         for i in range(N_DEVICES):
             dev_id = f"dev-{i:02d}"
             hub.devices.register(dev_id, "cpu-x86", "test", {"site": "lab"})
-            devices.append(SimDevice(dev_id, root / "devices", releases["1.0.0"], broker.url, device_token,
+            devices.append(SimDevice(dev_id, root / "devices", ota_releases["1.0.0"], broker.url, device_token,
                                      hub.key.public_pem, inputs, watch).start())
         assert all(d.client.wait_subscribed(10) for d in devices)
         http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
