@@ -182,3 +182,27 @@ def test_hard_example_queue_is_bounded_drops_oldest_and_survives_reopen(tmp_path
         assert first.inputs["x"].shape == (1, 4) and first.model == "m" and first.source == "edge"
     finally:
         q2.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=20))
+def test_decoding_arbitrary_frames_raises_only_bad_request(frames):
+    try:
+        decode_request(frames)
+    except BadRequestError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["float32", "int64", "uint8", "bool", "complex64", ""]),
+                          st.lists(st.integers(-2, 5), max_size=4)), max_size=3),
+       st.lists(st.binary(max_size=48), max_size=3))
+def test_decoding_wellformed_headers_with_mismatched_frames_raises_only_bad_request(tensors, payloads):
+    from protocols import local_api_pb2 as pb
+
+    header = pb.RequestHeader(schema_version=1, inputs=[pb.TensorHeader(name="t", dtype=d, shape=s) for d, s in tensors])
+    try:
+        _, arrays = decode_request([header.SerializeToString(), *payloads])
+    except BadRequestError:
+        return
+    assert [list(a.shape) for a in arrays] == [s for _, s in tensors]
