@@ -227,44 +227,6 @@ def test_layout_changes_between_nchw_and_nhwc_keep_results(case):
     _close(*_run_both(model, x))
 
 
-def _run_tflite(model_bytes: bytes, xs: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=model_bytes, num_threads=1)
-    it.allocate_tensors()
-    batch = it.get_input_details()[0]["shape"][0]
-    outs = []
-    for k in range(0, len(xs), batch):
-        it.set_tensor(it.get_input_details()[0]["index"], xs[k:k + batch])
-        it.invoke()
-        outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
-    return np.concatenate(outs)
-
-
-@settings(max_examples=max(MAX_EXAMPLES // 2, 5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(conv_graphs(), layout_graphs(), gemm_graphs()), st.booleans())
-def test_int8_stays_within_int8_noise_of_fp32_on_random_graphs(case, for_int8):
-    """Every op kind the lowering emits must quantize to kernels that load and compute the
-    float function up to int8 noise: the error stays a small fraction of the output range."""
-    from model_compiler.litert.calibrate import collect_ranges
-    from model_compiler.litert.quantize import quantize
-
-    model, x = case
-    lowered = lower(model, {"x": x.shape}, for_int8=for_int8)
-    float_bytes = write(lowered.graph)
-    rng = np.random.default_rng(0)
-    xs = np.concatenate([x] + [rng.standard_normal(x.shape).astype(np.float32) for _ in range(7)])
-    ranges = collect_ranges(float_bytes, lowered.graph, {"x": xs}, ["x"])
-    ref = _run_tflite(float_bytes, xs)
-    got = _run_tflite(write(quantize(lowered.graph, ranges)), xs)
-    spread = max(float(np.ptp(ref)), float(np.abs(ref).max()), 1e-2)
-    widest_step = max(hi - lo for lo, hi in ranges.values()) / 255  # one int8 step of the widest tensor
-    # Measured over 600 random graphs: worst 0.21 of the output range (FC chains with Tanh/Sigmoid).
-    # A Clip(-0.5, 0.7) after a conv reaching +-60 can only be as fine as the conv's int8 step.
-    # A wrong scale or zero point gives errors of the order of the range itself.
-    assert float(np.abs(got - ref).max()) <= max(0.3 * spread, 1.5 * widest_step)
-
-
 @st.composite
 def attention_graphs(draw):
     """LayerNorm written out (ReduceMean, Sub, Pow, Sqrt, Div), then self-attention (MatMul of
@@ -305,3 +267,43 @@ def attention_graphs(draw):
 def test_attention_and_layernorm_graphs_match_onnxruntime(case):
     model, x = case
     _close(*_run_both(model, x))
+
+
+def _run_tflite(model_bytes: bytes, xs: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model_bytes, num_threads=1)
+    it.allocate_tensors()
+    batch = it.get_input_details()[0]["shape"][0]
+    outs = []
+    for k in range(0, len(xs), batch):
+        it.set_tensor(it.get_input_details()[0]["index"], xs[k:k + batch])
+        it.invoke()
+        outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    return np.concatenate(outs)
+
+
+@settings(max_examples=max(MAX_EXAMPLES // 2, 5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(conv_graphs(), layout_graphs(), gemm_graphs()), st.booleans())
+def test_int8_stays_within_int8_noise_of_fp32_on_random_graphs(case, for_int8):
+    """Every op kind the lowering emits must quantize to kernels that load and compute the
+    float function up to int8 noise: the error stays a small fraction of the output range.
+    (Attention graphs are left out: per-tensor int8 of sharp random attention flips the
+    softmax, a known limit of the scheme rather than a lowering bug.)"""
+    from model_compiler.litert.calibrate import collect_ranges
+    from model_compiler.litert.quantize import quantize
+
+    model, x = case
+    lowered = lower(model, {"x": x.shape}, for_int8=for_int8)
+    float_bytes = write(lowered.graph)
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([x] + [rng.standard_normal(x.shape).astype(np.float32) for _ in range(7)])
+    ranges = collect_ranges(float_bytes, lowered.graph, {"x": xs}, ["x"])
+    ref = _run_tflite(float_bytes, xs)
+    got = _run_tflite(write(quantize(lowered.graph, ranges)), xs)
+    spread = max(float(np.ptp(ref)), float(np.abs(ref).max()), 1e-2)
+    widest_step = max(hi - lo for lo, hi in ranges.values()) / 255  # one int8 step of the widest tensor
+    # Measured over 600 random graphs: worst 0.21 of the output range (FC chains with Tanh/Sigmoid).
+    # A Clip(-0.5, 0.7) after a conv reaching +-60 can only be as fine as the conv's int8 step.
+    # A wrong scale or zero point gives errors of the order of the range itself.
+    assert float(np.abs(got - ref).max()) <= max(0.3 * spread, 1.5 * widest_step)
