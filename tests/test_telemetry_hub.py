@@ -105,7 +105,8 @@ def test_bad_messages_are_counted_duplicates_ignored_and_drift_alerts_everywhere
             *[(telemetry_topic("dev-b"), p) for p in good[6:]],
             (telemetry_topic("dev-a"), good[2]),                  # a redelivery
         ])
-        assert wait_for(lambda: service.ingest.stats.received >= 16, 15)
+        s = service.ingest.stats
+        assert wait_for(lambda: s.bad + s.stored + s.duplicates >= 16, 15)
         stats = service.ingest.stats
         assert (stats.bad, stats.stored, stats.duplicates) == (3, 12, 1)
         assert service.store.device_sequences("dev-a") == [1, 2, 3, 4, 5, 6]
@@ -138,3 +139,34 @@ def test_bad_messages_are_counted_duplicates_ignored_and_drift_alerts_everywhere
         listener.disconnect()
         listener.loop_stop()
         http.shutdown()
+
+
+@needs_mosquitto
+def test_hub_with_telemetry_service_stores_an_agents_windows_behind_token_auth(tmp_path):
+    """The wiring a deployment uses: Hub + HubTelemetry (its broker, its registry) and an agent's TelemetryService."""
+    from cloud_hub.config import HubConfig
+    from cloud_hub.hub import Hub
+    from cloud_hub.telemetry.hub_service import HubTelemetry
+    from edge_agent.telemetry import TelemetryService
+
+    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, broker="mosquitto"))
+    hub.add_service(HubTelemetry())
+    hub.app.include_router(routes.router)
+    hub.start(http=False)
+    try:
+        service = hub.app.state.telemetry
+        assert service.ingest.wait_subscribed(10)
+        with TelemetryService(hub.mqtt_url, "dev-h1", MODEL, tmp_path / "agent", window_s=60, profile="cpu-x86") as t:
+            for i in range(3):
+                for _ in range(10):
+                    t.record("cloud" if i == 2 else "edge", 3.0, 0.8, 1, {"x": np.zeros((1, 4))})
+                t.flush()
+            assert t.publisher.wait_drained(10)
+        assert wait_for(lambda: service.store.count_windows("dev-h1") == 3, 10)
+        token = hub.tokens.create("ops", "read").token
+        client = TestClient(hub.app)
+        assert client.get("/v1/telemetry/devices/dev-h1").status_code == 401
+        rows = client.get("/v1/telemetry/devices/dev-h1", headers={"Authorization": f"Bearer {token}"}).json()["items"]
+        assert [(r["sequence"], r["edge"], r["cloud"]) for r in rows] == [(1, 10, 0), (2, 10, 0), (3, 0, 10)]
+    finally:
+        hub.stop()

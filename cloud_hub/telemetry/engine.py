@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +33,7 @@ FALLBACK_RATE = "fallback_rate"
 ERROR_RATE = "error_rate"
 CONFIDENCE = "confidence"
 CLASSES = "classes"
+UNKNOWN_RETRY_S = 60.0  # a model registered after its first telemetry gets its reference within this
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class DriftEngine:
     def __init__(self, manifests: ManifestsProvider, config: DriftConfig = DriftConfig()) -> None:
         self.config = config
         self._manifests = manifests
-        self._refs: dict[tuple[str, str], Reference | None] = {}
+        self._refs: dict[tuple[str, str], tuple[Reference | None, float]] = {}
         self._buckets: dict[CohortKey, dict[int, Counts]] = defaultdict(dict)
         self._alerts: dict[tuple[CohortKey, str], AlertState] = {}
         self._keys: dict[tuple, CohortKey] = {}
@@ -222,15 +224,19 @@ class DriftEngine:
         self._alerts[(key, signal)] = AlertState(is_open=True)
 
     def reference(self, model_name: str, model_version: str) -> Reference | None:
+        """The version's reference; an unknown model is asked for again after UNKNOWN_RETRY_S."""
         k = (model_name, model_version)
-        if k not in self._refs:
-            try:
-                manifest = self._manifests(model_name, model_version)
-            except Exception as exc:  # unknown model or registry error: evaluate rates only
-                log.warning("no manifest for drift model=%s version=%s error=%s", model_name, model_version, exc)
-                manifest = None
-            self._refs[k] = Reference.from_manifest(manifest) if manifest is not None else None
-        return self._refs[k]
+        cached = self._refs.get(k)
+        if cached is not None and (cached[0] is not None or time.monotonic() - cached[1] < UNKNOWN_RETRY_S):
+            return cached[0]
+        try:
+            manifest = self._manifests(model_name, model_version)
+        except Exception as exc:  # unknown model or registry error: evaluate rates only, for now
+            log.warning("no manifest for drift model=%s version=%s error=%s", model_name, model_version, exc)
+            manifest = None
+        ref = Reference.from_manifest(manifest) if manifest is not None else None
+        self._refs[k] = (ref, time.monotonic())
+        return ref
 
     def forget_reference(self, model_name: str, model_version: str) -> None:
         self._refs.pop((model_name, model_version), None)
