@@ -1,0 +1,278 @@
+"""The pure cores: the device's OTA state machine and health watch, the hub's rollout controller,
+and the wire contract's strict decoding."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloud_hub.rollouts import controller as ctl
+from cloud_hub.rollouts.controller import GatePolicy, RolloutError, Send
+from edge_agent.ota.machine import (
+    TERMINAL, TRANSITIONS, HealthFigures, TransitionError, WatchPolicy, advance, decide_health,
+)
+from protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, decode_status, encode_command, encode_status
+from protocols.signing import generate_private_key
+
+# -- device state machine ---------------------------------------------------------------------
+
+
+def test_happy_path_walks_every_step_in_order():
+    state, seen = "idle", []
+    while state not in TERMINAL:
+        state = advance(state, "ok")
+        seen.append(state)
+    assert seen == ["downloading", "verifying", "staged", "self_test", "switched", "watching", "committed"]
+
+
+@pytest.mark.parametrize("state", ["downloading", "verifying", "staged", "self_test"])
+def test_errors_before_the_switch_fail_without_touching_the_model(state):
+    assert advance(state, "error") == "failed"
+
+
+@pytest.mark.parametrize("state", ["switched", "watching"])
+def test_errors_after_the_switch_roll_back(state):
+    assert advance(state, "error") == "rolled_back"
+
+
+@pytest.mark.parametrize("state", TERMINAL)
+def test_terminal_states_take_no_outcome(state):
+    for outcome in ("ok", "error"):
+        with pytest.raises(TransitionError, match=state):
+            advance(state, outcome)
+
+
+def test_every_non_terminal_state_is_reachable_and_leads_to_a_terminal_one():
+    reachable = {"idle"} | set(TRANSITIONS.values())
+    assert {s for s, _ in TRANSITIONS} <= reachable
+    assert set(TERMINAL) <= reachable
+
+
+# -- health watch -----------------------------------------------------------------------------
+
+POLICY = WatchPolicy(watch_s=10, min_requests=20, max_error_rate=0.05, max_fallback_rise=0.15, max_latency_ratio=2.0)
+BASE = HealthFigures(requests=100, errors=0, fallbacks=5, latency_p95_ms=2.0)
+
+
+def test_healthy_model_is_committed_only_at_the_end_of_the_watch():
+    good = HealthFigures(100, 1, 6, 2.1)
+    assert decide_health(BASE, good, 5, POLICY).verdict == "wait"
+    assert decide_health(BASE, good, 10, POLICY).verdict == "commit"
+
+
+@pytest.mark.parametrize("current, why", [
+    (HealthFigures(100, 6, 5, 2.0), "error rate"),
+    (HealthFigures(100, 0, 25, 2.0), "fallback rate"),
+    (HealthFigures(100, 0, 5, 4.5), "latency"),
+])
+def test_a_breach_rolls_back_at_once(current, why):
+    decision = decide_health(BASE, current, 1, POLICY)
+    assert decision.verdict == "rollback" and why in decision.reason
+
+
+def test_too_few_requests_say_nothing_until_the_watch_ends():
+    sparse = HealthFigures(10, 10, 10, 100.0)  # all bad, but only 10 requests
+    assert decide_health(BASE, sparse, 1, POLICY).verdict == "wait"
+    assert decide_health(BASE, sparse, 10, POLICY).verdict == "commit"
+    strict = WatchPolicy(**{**POLICY.__dict__, "commit_without_traffic": False})
+    assert decide_health(BASE, sparse, 10, strict).verdict == "rollback"
+
+
+def test_without_a_baseline_the_fallback_rise_is_the_rate_itself():
+    assert decide_health(HealthFigures(), HealthFigures(100, 0, 10, 1.0), 10, POLICY).verdict == "commit"
+    assert decide_health(HealthFigures(), HealthFigures(100, 0, 20, 1.0), 1, POLICY).verdict == "rollback"
+
+
+@settings(max_examples=200, deadline=None)
+@given(base=st.builds(HealthFigures, st.integers(0, 500), st.just(0), st.integers(0, 500), st.floats(0.1, 50)),
+       n=st.integers(0, 500), errors=st.integers(0, 500), fallbacks=st.integers(0, 500),
+       p95=st.floats(0.1, 50), elapsed=st.floats(0, 20))
+def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapsed):
+    base = HealthFigures(base.requests, 0, min(base.fallbacks, base.requests), base.latency_p95_ms)
+    cur = HealthFigures(n, min(errors, n), min(fallbacks, n), p95)
+    d = decide_health(base, cur, elapsed, POLICY)
+    breach = n >= POLICY.min_requests and (
+        cur.error_rate > POLICY.max_error_rate
+        or cur.fallback_rate - (base.fallback_rate if base.requests else 0) > POLICY.max_fallback_rise
+        or p95 / base.latency_p95_ms > POLICY.max_latency_ratio)
+    assert d.verdict == ("rollback" if breach else "commit" if elapsed >= POLICY.watch_s else "wait")
+
+
+# -- rollout controller -------------------------------------------------------------------------
+
+DEVICES = [f"d{i:03d}" for i in range(40)]
+
+
+def _healthy(fallback=0.05):
+    return {"baseline": {"requests": 50, "fallback_rate": 0.05, "latency_p95_ms": 1.0},
+            "current": {"requests": 50, "fallback_rate": fallback, "latency_p95_ms": 1.0}}
+
+
+def _report_all(r, step="committed", health=None, now=1.0):
+    sends = []
+    for d in list(r.opened()):
+        if d.state in ("sent", "in_progress"):
+            s, _ = ctl.on_status(r, d.device_id, step, "ok" if step == "committed" else "error", "",
+                                 health if health is not None else _healthy(), now)
+            sends += s
+    return sends
+
+
+def test_wave_cutoffs_are_cumulative_and_cover_everyone():
+    assert ctl.wave_cutoffs(40, [5, 25, 100]) == [2, 10, 40]
+    assert ctl.wave_cutoffs(3, [5, 25, 100]) == [1, 1, 3]
+    assert ctl.wave_cutoffs(1, [50, 100]) == [1, 1]
+    for bad in ("0,100", "50,25,100", "5,25", "", "5,5,100"):
+        with pytest.raises((RolloutError, ValueError)):
+            ctl.parse_waves(bad)
+
+
+def test_good_rollout_opens_every_wave_then_completes():
+    r, sends, events = ctl.new_rollout("ro-1", "m", "1.1.0", DEVICES, [5, 25, 100], GatePolicy(), now=0.0)
+    assert len(sends) == 2 and all(s.action == "install" for s in sends)
+    opened = [len(sends)]
+    for _ in range(3):
+        assert ctl.tick(r, 1.0) == ([], [])  # nobody reported yet: wait
+        _report_all(r)
+        sends, events = ctl.tick(r, 2.0)
+        if r.status == "completed":
+            break
+        opened.append(len(sends))
+    assert opened == [2, 8, 30]
+    assert r.status == "completed" and r.counts() == {"committed": 40}
+    assert [e.kind for e in events] == ["gate_passed", "completed"]
+
+
+def test_one_failure_halts_at_once_and_rolls_back_the_wave():
+    r, sends, _ = ctl.new_rollout("ro-2", "m", "1.1.0", DEVICES, [5, 25, 100], GatePolicy(), now=0.0)
+    first, second = [s.device_id for s in sends]
+    ctl.on_status(r, first, "committed", "ok", "", _healthy(), 1.0)
+    sends, events = ctl.on_status(r, second, "failed", "error", "self-test: output 'probabilities'", {}, 1.0)
+    assert r.status == "halted" and "self-test" in r.reason
+    assert sends == [Send(first, "rollback")]  # the failed device never switched; it is not 'sent' any more
+    assert [d.state for d in r.devices.values() if d.wave > 0] == ["pending"] * 38
+    ctl.on_status(r, first, "rolled_back", "ok", "the hub rolled back", {}, 2.0)
+    assert r.devices[first].state == "rolled_back"
+    assert ctl.tick(r, 3.0) == ([], [])  # a halted rollout opens nothing
+    with pytest.raises(RolloutError, match="rolled back"):
+        ctl.resume(r, 4.0)
+
+
+def test_fallback_rise_over_the_gate_halts_after_the_wave_reports():
+    r, _, _ = ctl.new_rollout("ro-3", "m", "1.1.0", DEVICES, [10, 100], GatePolicy(max_fallback_rise=0.1), now=0.0)
+    _report_all(r, health=_healthy(fallback=0.4))
+    sends, events = ctl.tick(r, 2.0)
+    assert r.status == "halted" and "fallback rate rose by 0.350" in r.reason
+    assert {s.action for s in sends} == {"rollback"} and len(sends) == 4
+
+
+def test_drift_alerts_and_latency_are_gates_too():
+    r, _, _ = ctl.new_rollout("ro-4", "m", "1.1.0", DEVICES, [10, 100], GatePolicy(), now=0.0)
+    _report_all(r)
+    ctl.tick(r, 2.0, drift_alerts=1)
+    assert r.status == "halted" and "drift alert" in r.reason
+    r, _, _ = ctl.new_rollout("ro-5", "m", "1.1.0", DEVICES, [10, 100], GatePolicy(max_latency_ratio=1.5), now=0.0)
+    slow = _healthy()
+    slow["current"]["latency_p95_ms"] = 3.0
+    _report_all(r, health=slow)
+    ctl.tick(r, 2.0)
+    assert r.status == "halted" and "p95 latency is 3.00x" in r.reason
+
+
+def test_a_silent_wave_halts_at_its_timeout_and_late_devices_catch_up():
+    gates = GatePolicy(min_reporting=1.0, wave_timeout_s=30, auto_rollback=False)
+    r, sends, _ = ctl.new_rollout("ro-6", "m", "1.1.0", DEVICES, [5, 100], gates, now=0.0)
+    ctl.on_status(r, sends[0].device_id, "committed", "ok", "", _healthy(), 1.0)
+    assert ctl.tick(r, 20.0) == ([], [])
+    assert ctl.catch_up_device(r, sends[1].device_id) == [Send(sends[1].device_id, "install")]
+    assert ctl.catch_up_device(r, sends[0].device_id) == []  # it already answered
+    ctl.tick(r, 31.0)
+    assert r.status == "halted" and "only 1 of 2 devices reported within 30s" in r.reason
+    ctl.resume(r, 40.0)  # not rolled back: the operator may resume, and the timeout restarts
+    ctl.on_status(r, sends[1].device_id, "committed", "ok", "", _healthy(), 41.0)
+    sends, _ = ctl.tick(r, 42.0)
+    assert len(sends) == 38 and r.wave == 1
+
+
+def test_min_reporting_lets_a_wave_pass_with_devices_offline():
+    r, sends, _ = ctl.new_rollout("ro-7", "m", "1.1.0", DEVICES, [25, 100], GatePolicy(min_reporting=0.8), now=0.0)
+    for s in sends[:7]:  # 7 of 10: below 80%
+        ctl.on_status(r, s.device_id, "committed", "ok", "", _healthy(), 1.0)
+    assert ctl.tick(r, 2.0)[0] == []
+    ctl.on_status(r, sends[7].device_id, "committed", "ok", "", _healthy(), 1.0)
+    assert len(ctl.tick(r, 2.0)[0]) == 30
+
+
+def test_pause_resume_abort_and_operator_rollback():
+    r, sends, _ = ctl.new_rollout("ro-8", "m", "1.1.0", DEVICES, [5, 100], GatePolicy(), now=0.0)
+    ctl.pause(r, 1.0)
+    _report_all(r)
+    assert ctl.tick(r, 2.0) == ([], [])  # paused: no wave opens
+    with pytest.raises(RolloutError):
+        ctl.pause(r, 2.0)
+    ctl.resume(r, 3.0)
+    assert len(ctl.tick(r, 4.0)[0]) == 38
+    sends, events = ctl.rollback(r, 5.0)
+    assert r.status == "rolled_back" and len(sends) == 40 and {s.action for s in sends} == {"rollback"}
+    assert ctl.catch_up(r) and all(s.action == "rollback" for s in ctl.catch_up(r))
+    with pytest.raises(RolloutError):
+        ctl.abort(r, 6.0)
+
+
+def test_rollout_round_trips_through_its_dict_form():
+    r, _, _ = ctl.new_rollout("ro-9", "m", "1.1.0", DEVICES, [5, 25, 100], GatePolicy(max_drift_alerts=2), now=0.0)
+    _report_all(r)
+    assert ctl.Rollout.from_dict(r.to_dict()) == r
+
+
+def test_gate_policy_names_a_bad_value():
+    with pytest.raises(RolloutError, match="max_failure_rate"):
+        GatePolicy(max_failure_rate=1.5)
+
+
+# -- wire contract ------------------------------------------------------------------------------
+
+KEY = generate_private_key()
+
+
+def _command(**over):
+    now = time.time()
+    fields = dict(rollout_id="ro-1", action="install", model="digits", version="1.2.0",
+                  manifest_url="http://hub/v1/models/digits/versions/1.2.0/manifest", manifest_sha256="a" * 64,
+                  artifact_base_url="http://hub/v1/artifacts", issued_at=now, deadline=now + 60)
+    fields.update(over)
+    return OtaCommand(**fields)
+
+
+def test_command_round_trips_and_any_change_breaks_the_signature():
+    cmd = _command()
+    payload = encode_command(cmd, KEY)
+    assert decode_command(payload, KEY.public_key()) == cmd
+    tampered = payload.replace(b"1.2.0", b"1.9.0")
+    with pytest.raises(OtaMessageError, match="signature"):
+        decode_command(tampered, KEY.public_key())
+    with pytest.raises(OtaMessageError, match="signature"):
+        decode_command(payload, generate_private_key().public_key())
+
+
+def test_expired_or_malformed_commands_are_refused():
+    with pytest.raises(OtaMessageError, match="deadline passed"):
+        decode_command(encode_command(_command(issued_at=0, deadline=1), KEY), KEY.public_key())
+    for bad, why in ((dict(action="format"), "action"), (dict(version="1.2"), "version"),
+                     (dict(manifest_url="file:///etc/passwd"), "manifest_url"), (dict(rollout_id="a/b"), "rollout_id")):
+        with pytest.raises(OtaMessageError, match=why):
+            encode_command(_command(**bad), KEY)
+    with pytest.raises(OtaMessageError, match="limit"):
+        decode_command(b"{" + b" " * 20000 + b"}", KEY.public_key())
+
+
+def test_status_must_match_its_topic_and_schema():
+    st_ = OtaStatus("dev-1", 5, "ro-1", "committed", "ok", "digits", "1.2.0", "1.2.0", "1.1.0")
+    assert decode_status(encode_status(st_), "dev-1") == st_
+    with pytest.raises(OtaMessageError, match="does not match the topic"):
+        decode_status(encode_status(st_), "dev-2")
+    with pytest.raises(OtaMessageError, match="step"):
+        encode_status(OtaStatus("dev-1", 5, "ro-1", "exploded", "ok", "digits", "1.2.0"))
