@@ -80,6 +80,11 @@ def _answer(header: pb.ReplyHeader, outputs: dict[str, np.ndarray]) -> AgentAnsw
     )
 
 
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError())
+
+
 def _new_ids() -> itertools.count:
     return itertools.count(1)
 
@@ -162,15 +167,18 @@ class AsyncAgentClient:
         self._waiters[request_id] = waiter
         if self._reader is None or self._reader.done():
             self._reader = asyncio.ensure_future(self._read())
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        # a timer on the waiter instead of asyncio.wait_for: one handle, no extra task per request
+        timer = loop.call_later(limit, _expire, waiter)
         try:
             await self._sock.send_multipart(frames, copy=False)
-            limit = self.timeout_s if timeout_s is None else timeout_s
             try:
-                header, outputs = await asyncio.wait_for(waiter, limit)
+                header, outputs = await waiter
             except asyncio.TimeoutError:
                 raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within {limit:.1f} s; "
                                        "is it running?") from None
         finally:
+            timer.cancel()
             self._waiters.pop(request_id, None)
         return _answer(header, outputs)
 

@@ -216,3 +216,14 @@ def test_stop_with_requests_in_flight_is_clean(ocr_model_dir, tmp_path):
     assert not any(t.is_alive() for t in threads)
     assert agent.server is None and agent.batcher is None
     agent.stop()  # twice is fine
+
+
+def test_async_client_times_out_with_a_clear_error(tmp_path):
+    from edge_agent.errors import AgentUnavailable
+
+    async def main():
+        async with AsyncAgentClient(f"ipc://{tmp_path}/nobody.sock", timeout_s=0.2) as client:
+            with pytest.raises(AgentUnavailable, match="no answer from the agent"):
+                await client.infer(np.zeros((1, 64), np.float32))
+
+    asyncio.run(main())
