@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from edge_agent.errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (tandem[edge] pulls it in)
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ENV_PREFIX = "TANDEM_AGENT_"
 SECTIONS = {
