@@ -101,7 +101,7 @@ class Lowering:
         """A new IR tensor for ONNX value `name` (logical `shape`) stored in `layout`."""
         shape = tuple(int(d) for d in shape)
         physical = nhwc_shape(shape) if layout == "nhwc" else shape
-        index = self.graph.add_tensor(Tensor(name if layout == "plain" else f"{name}", physical, dtype))
+        index = self.graph.add_tensor(Tensor(name, physical, dtype))
         self.values[name] = Value(shape, None, {layout: index})
         return index
 
