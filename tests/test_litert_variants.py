@@ -108,7 +108,6 @@ def test_ocr_classifier_fp32_and_int8_lower_and_run(ocr_cls):
 
 
 def test_int8_only_io_profile_gets_int8_io_that_the_session_quantizes(digits_dir, tmp_path):
-    from hardware_profiles.loader import Constraints
     import dataclasses
 
     profile = get_profile("npu-litert")
