@@ -90,7 +90,8 @@ class AgentMetrics:
             for s, h in sorted(self.latency.items()):
                 if h.count:
                     lines += h.lines("tandem_agent_request_seconds", f'source="{s}"')
-            lines += ["# HELP tandem_agent_runtime_seconds Per request, from handing it to the runtime to its outputs (queue wait + batch run).",
+            lines += ["# HELP tandem_agent_runtime_seconds Per request: handed to the runtime until its outputs "
+                      "(queue wait + batch run).",
                       "# TYPE tandem_agent_runtime_seconds histogram"]
             lines += self.runtime_latency.lines("tandem_agent_runtime_seconds")
             lines += ["# HELP tandem_agent_fallback_seconds Hub round trips, including failed ones.",
