@@ -1,9 +1,14 @@
 """The local API's I/O shell: a ZeroMQ ROUTER socket served by an asyncio loop on its own thread.
 
 A request that has to wait (on the runtime's worker thread or on the hub) becomes a
-task, so it never holds up the next one; one the handler answers at once is sent at once. Frames are received without copying (zmq.Frame) and handed
-to the handler as they are; the handler returns the reply frames. Clients may be
-DEALER sockets (frames: header, tensors...) or REQ sockets (an empty delimiter first).
+task, so it never holds up the next one; one the handler answers at once is sent at
+once. Frames are received without copying (zmq.Frame) and handed to the handler as
+they are; the handler returns the reply frames. Clients may be DEALER sockets
+(frames: header, tensors...) or REQ sockets (an empty delimiter first).
+
+Measured on the 2-core dev VM: zmq.asyncio costs about 50-70 us per request over a
+blocking zmq loop (echo p50 0.10-0.125 ms vs 0.05 ms); the price of one loop serving
+many clients, timers and the hub calls without a thread per client.
 """
 
 from __future__ import annotations
