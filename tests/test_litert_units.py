@@ -189,3 +189,22 @@ def test_session_falls_back_to_sample_by_sample_when_the_batch_is_baked_in(tmp_p
     ref = np.concatenate([ort_session.run(None, {"x": x[i:i + 1]})[0] for i in range(5)])
     assert got.shape == (5, 4) and np.array_equal(got, ref)
     assert session._batched[5] is None
+
+
+def test_percentile_ranges_sit_inside_minmax_ranges_and_clip_an_outlier():
+    from model_compiler.litert.calibrate import collect_ranges
+
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    lowered = lower(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model_bytes = write(lowered.graph)
+    x = np.random.default_rng(0).uniform(-1, 1, (256, 64)).astype(np.float32)
+    x[3, 7] = 1000.0  # one outlier among 16384 values: above the 99.99th percentile
+    minmax = collect_ranges(model_bytes, lowered.graph, {"x": x}, ["x"])
+    pct = collect_ranges(model_bytes, lowered.graph, {"x": x}, ["x"], method="percentile")
+    out = lowered.graph.outputs[0]
+    assert minmax[out][1] == 1000.0 and pct[out][1] < 2.0
+    assert all(minmax[i][0] <= pct[i][0] <= pct[i][1] <= minmax[i][1] for i in minmax)
+    with pytest.raises(Exception, match="entropy"):
+        collect_ranges(model_bytes, lowered.graph, {"x": x}, ["x"], method="entropy")

@@ -43,7 +43,7 @@ class LiteRTBuilder:
             out.append(Recipe(f"{RUNTIME}-int8" + ("-int8io" if int8_io else ""), RUNTIME, "int8", {
                 **common, "io": "int8" if int8_io else "float32",
                 "weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",
-                "bias": "int32", "calibration": "minmax",
+                "bias": "int32",
             }))
         return out
 
@@ -111,18 +111,19 @@ def _int8(lowered, float_bytes: bytes, ctx: BuildContext, int8_io: bool) -> tupl
     import onnx
 
     check_calibration(onnx.load(str(ctx.model_path)), ctx.calib)
+    method = ctx.calibration_method if ctx.calibration_method in ("minmax", "percentile") else "minmax"
     try:
-        ranges = collect_ranges(float_bytes, lowered.graph, ctx.calib, lowered.input_names, MAX_CALIB_SAMPLES)
+        ranges = collect_ranges(float_bytes, lowered.graph, ctx.calib, lowered.input_names, MAX_CALIB_SAMPLES, method)
         graph = quantize(lowered.graph, ranges, int8_io=int8_io)
     except RuntimeUnavailableError as exc:
         raise VariantSkipped(f"LiteRT is not installed here, so INT8 cannot be calibrated: {exc}") from exc
     except CompileError as exc:
         raise VariantSkipped(f"LiteRT INT8 quantization failed: {exc}") from exc
     n = min(len(np.asarray(ctx.calib[name])) for name in lowered.input_names)
-    notes = [f"full-integer INT8 calibrated (minmax) on {min(n, MAX_CALIB_SAMPLES)} samples; "
+    notes = [f"full-integer INT8 calibrated ({method}) on {min(n, MAX_CALIB_SAMPLES)} samples; "
              f"I/O {'int8 (the session quantizes float feeds with the input scale)' if int8_io else 'float32 with QUANTIZE/DEQUANTIZE inside'}"]
-    if ctx.calibration_method != "minmax":
-        notes.append(f"calibration method {ctx.calibration_method!r} is not implemented for LiteRT; used minmax")
+    if ctx.calibration_method != method:
+        notes.append(f"calibration method {ctx.calibration_method!r} is not implemented for LiteRT; used {method}")
     return write(graph), notes
 
 
