@@ -1,10 +1,10 @@
 """LiteRT (TFLite) adapter: ai_edge_litert's Interpreter, or tflite_runtime's where that is installed.
 
-TFLite models have static shapes; Tandem's are lowered at batch 1. A batched request
-runs on a copy of the interpreter resized to that batch when the model allows it (checked
-once per size against the batch-1 answer), otherwise sample by sample. Int8 inputs/outputs are quantized/dequantized here
-with the tensor's own scale and zero point (float_io=True), so callers feed the same
-float arrays they would feed ONNX Runtime.
+TFLite models have static shapes; Tandem's are lowered at batch 1. A batched request runs
+on a copy of the interpreter resized to that batch when the model allows it (checked once
+per size against the batch-1 answer), otherwise sample by sample. Int8 inputs/outputs are
+quantized/dequantized here with the tensor's own scale and zero point (float_io=True), so
+callers feed the same float arrays they would feed ONNX Runtime.
 """
 
 from __future__ import annotations
