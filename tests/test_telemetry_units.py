@@ -171,3 +171,23 @@ def test_full_outbox_drops_oldest_counts_and_reports_it(tmp_path):
     newest = decode_window(box.pending()[-1][1])
     assert newest.outbox_dropped_total == 2           # the hub learns of the drop on the next window
     box.close()
+
+
+def test_buffered_binning_matches_direct_binning_across_many_folds():
+    """record() buffers values and bins them in bulk; over several folds the counts are exact."""
+    rng = np.random.default_rng(3)
+    a = agg(max_requests=10**6)
+    xs, confs = [], []
+    for _ in range(3000):
+        x = rng.normal(size=(3, 5))
+        c = rng.uniform(0, 1, 3)
+        xs.append(x)
+        confs.append(c)
+        a.record("edge", 1.0, c, rng.integers(0, 3, 3), {"x": x})
+    w = a.close(200.0)
+    x = np.concatenate(xs)
+    assert w.samples == 9000 and sum(w.class_counts) == 9000
+    by_key = {(s.input, s.summary): list(s.counts) for s in w.inputs}
+    assert by_key[("x", "std")] == bin_counts(summarize_inputs(x)["std"], EDGES)
+    from protocols.drift import confidence_counts
+    assert list(w.confidence_counts) == confidence_counts(np.concatenate(confs))

@@ -9,6 +9,7 @@ drive it without sleeping.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,9 @@ import numpy as np
 from protocols import limits
 from protocols.drift import bin_counts, confidence_counts, summarize_inputs
 from protocols.telemetry_codec import LATENCY_EDGES_MS, SOURCE_FIELDS, TelemetryWindow
+
+FOLD_SAMPLES = 4096              # buffered values before they are binned; bounds memory on a busy device
+RAW_BUFFER_BYTES = 4 * 1024 * 1024  # small input rows kept (in memory only) until summarized in bulk
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,12 @@ class WindowAggregator:
         self._classes = np.zeros(self._num_classes, dtype=np.int64)
         self._class_overflow = 0
         self._inputs = {key: np.zeros(len(edges) + 1, dtype=np.int64) for key, edges in self._edges.items()}
+        self._conf_buf: list = []
+        self._label_buf: list = []
+        self._pending: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in self._edges}
+        self._pending_rows = 0
+        self._raw: list[tuple[str, np.ndarray]] = []
+        self._raw_bytes = 0
 
     @property
     def requests(self) -> int:
@@ -97,24 +107,58 @@ class WindowAggregator:
             raise ValueError(f"source: {source!r} is not one of {', '.join(SOURCE_FIELDS)}")
         self._requests[field_name] += 1
         self._n += 1
-        lat = float(latency_ms) if np.isfinite(latency_ms) and latency_ms >= 0 else 0.0
+        lat = float(latency_ms)
+        if not 0.0 <= lat < math.inf:  # NaN, negative or infinite: counted as 0 ms, never poisons the sums
+            lat = 0.0
         self._latency[bisect.bisect_right(LATENCY_EDGES_MS, lat)] += 1
         self._latency_sum += lat
         self._latency_max = max(self._latency_max, lat)
         rows = 0
+        # Values are buffered and binned in bulk (_fold): one vectorized pass per few thousand
+        # samples instead of ~30 small numpy calls on every request's hot path.
         if confidence is not None:
-            conf = np.atleast_1d(np.asarray(confidence, dtype=np.float64))
-            rows = len(conf)
-            conf = conf[np.isfinite(conf)]
-            if len(conf):
-                self._confidence += np.asarray(confidence_counts(conf), dtype=np.int64)
+            conf = confidence.tolist() if isinstance(confidence, np.ndarray) else confidence
+            if isinstance(conf, (list, tuple)):
+                self._conf_buf.extend(conf)
+                rows = len(conf)
+            else:
+                self._conf_buf.append(conf)
+                rows = 1
         if label is not None:
-            self._add_labels(np.atleast_1d(np.asarray(label)).astype(np.int64, copy=False))
-            rows = max(rows, int(np.size(label)))
+            lab = label.tolist() if isinstance(label, np.ndarray) else label
+            if isinstance(lab, (list, tuple)):
+                self._label_buf.extend(lab)
+                rows = max(rows, len(lab))
+            else:
+                self._label_buf.append(lab)
+                rows = max(rows, 1)
         if inputs is not None and (self._n - 1) % self.config.input_every == 0:
             rows = max(rows, self._add_inputs(inputs))
         self._samples += max(rows, 1)
+        if len(self._conf_buf) + len(self._label_buf) + self._pending_rows >= FOLD_SAMPLES:
+            self._fold()
         return self._n >= self.config.max_requests
+
+    def _fold(self) -> None:
+        """Bin the buffered confidences, labels and input summaries into the window's counts."""
+        if self._raw:
+            self._summarize_raw()
+        if self._conf_buf:
+            conf = np.asarray(self._conf_buf, dtype=np.float64).ravel()
+            conf = conf[np.isfinite(conf)]
+            if len(conf):
+                self._confidence += np.asarray(confidence_counts(conf), dtype=np.int64)
+            self._conf_buf = []
+        if self._label_buf:
+            self._add_labels(np.asarray(self._label_buf, dtype=np.int64).ravel())
+            self._label_buf = []
+        for key, chunks in self._pending.items():
+            if chunks:
+                values = np.concatenate(chunks)
+                values = values[np.isfinite(values)]
+                self._inputs[key] += np.asarray(bin_counts(values, self._edges[key]), dtype=np.int64)
+                chunks.clear()
+        self._pending_rows = 0
 
     def _add_labels(self, labels: np.ndarray) -> None:
         ok = (labels >= 0) & (labels < limits.MAX_TELEMETRY_CLASSES)
@@ -139,15 +183,34 @@ class WindowAggregator:
             arr = np.asarray(arr)
             if arr.ndim == 0 or len(arr) == 0:
                 continue
-            summaries = summarize_inputs(arr)
             rows = max(rows, len(arr))
-            for summ, values in summaries.items():
-                key = (name, summ)
-                if key in self._inputs:
-                    values = values[np.isfinite(values)]
-                    self._inputs[key] += np.asarray(bin_counts(values, self._edges[key]), dtype=np.int64)
+            if arr.nbytes <= RAW_BUFFER_BYTES // 64:
+                # small rows: keep a copy (the caller's buffer may be a reused network frame) and
+                # summarize them all at once in _fold; a few microseconds instead of ~35
+                self._raw.append((name, np.array(arr)))
+                self._raw_bytes += arr.nbytes
+            else:
+                self._add_summaries(name, arr)
         self._input_samples += rows
+        self._pending_rows += rows
+        if self._raw_bytes >= RAW_BUFFER_BYTES:
+            self._fold()
         return rows
+
+    def _add_summaries(self, name: str, arr: np.ndarray) -> None:
+        for summ, values in summarize_inputs(arr).items():
+            chunks = self._pending.get((name, summ))
+            if chunks is not None:
+                chunks.append(values)
+
+    def _summarize_raw(self) -> None:
+        groups: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
+        for name, arr in self._raw:
+            groups.setdefault((name, arr.shape[1:]), []).append(arr)
+        for (name, _), arrays in groups.items():
+            self._add_summaries(name, np.concatenate(arrays))
+        self._raw = []
+        self._raw_bytes = 0
 
     def due(self, now: float) -> bool:
         """The open window has lasted window_s (whether or not it holds requests)."""
@@ -158,6 +221,7 @@ class WindowAggregator:
         if self._n == 0 and not self.config.emit_empty:
             self._reset(now)
             return None
+        self._fold()
         w = TelemetryWindow(
             schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id=self.device_id, model_name=self.model.name,
             model_version=self.model.version, variant=self.model.variant, profile=self.profile,
