@@ -3,12 +3,12 @@
 SQLite in WAL mode; when full the oldest rows go and a counter says how many. Writes
 happen on one writer thread fed by a bounded in-memory queue, so serving never
 waits on the disk; if even that queue is full the example is dropped and counted.
-Tensors are stored as .npz bytes (no pickle), to be uploaded to the hub later.
+Tensors are stored as raw bytes behind a JSON index (no pickle), to be uploaded later.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import logging
 import queue
 import sqlite3
@@ -53,14 +53,21 @@ class HardExample:
 
 
 def encode_tensors(inputs: Mapping[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in inputs.items()})
-    return buf.getvalue()
+    """A JSON index line, then the raw C-order bytes of each tensor (no zip, no pickle: cheap to write)."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+    index = [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]
+    return json.dumps(index).encode() + b"\n" + b"".join(a.tobytes() for a in arrays.values())
 
 
 def decode_tensors(blob: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    head, _, body = blob.partition(b"\n")
+    out, offset = {}, 0
+    for name, dtype, shape in json.loads(head):
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape)) if shape else 1
+        out[name] = np.frombuffer(body, dtype=dt, count=count, offset=offset).reshape(tuple(shape)).copy()
+        offset += count * dt.itemsize
+    return out
 
 
 class HardExampleQueue:
@@ -79,6 +86,7 @@ class HardExampleQueue:
         self._lock = threading.Lock()
         self._pending: queue.Queue = queue.Queue(maxsize=pending_max)
         self._not_queued = 0
+        self._rows: int | None = None  # cached row count; None: count on the next write
         self._thread = threading.Thread(target=self._writer, name="hard-examples", daemon=True)
         self._thread.start()
 
@@ -121,6 +129,7 @@ class HardExampleQueue:
         """Delete uploaded examples."""
         with self._lock:
             self._db.executemany("DELETE FROM hard_examples WHERE id = ?", [(i,) for i in ids])
+            self._rows = None
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every queued example is on disk."""
@@ -157,14 +166,19 @@ class HardExampleQueue:
                 self._db.execute(
                     "INSERT INTO hard_examples (created_at, request_id, model, version, label, confidence, source, "
                     "tensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*meta, blob))
-                count = self._db.execute("SELECT COUNT(*) FROM hard_examples").fetchone()[0]
-                excess = count - self.max_rows
+                if self._rows is None:
+                    self._rows = int(self._db.execute("SELECT COUNT(*) FROM hard_examples").fetchone()[0])
+                else:
+                    self._rows += 1
+                excess = self._rows - self.max_rows
                 if excess > 0:
                     self._db.execute("DELETE FROM hard_examples WHERE id IN "
                                      "(SELECT id FROM hard_examples ORDER BY id LIMIT ?)", (excess,))
                     self._db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) "
                                      "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (excess,))
+                    self._rows -= excess
                 self._db.execute("COMMIT")
             except Exception:
                 self._db.execute("ROLLBACK")
+                self._rows = None  # recount next time
                 raise

@@ -206,3 +206,17 @@ def test_decoding_wellformed_headers_with_mismatched_frames_raises_only_bad_requ
     except BadRequestError:
         return
     assert [list(a.shape) for a in arrays] == [s for _, s in tensors]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.text("abcxyz_", min_size=1, max_size=6),
+                       hnp.arrays(st.sampled_from([np.float32, np.float16, np.int64, np.uint8, np.bool_]),
+                                  hnp.array_shapes(min_dims=0, max_dims=3, max_side=4)), max_size=3))
+def test_hard_example_tensor_encoding_round_trips(inputs):
+    from edge_agent.hard_examples import decode_tensors, encode_tensors
+
+    back = decode_tensors(encode_tensors(inputs))
+    assert list(back) == list(inputs)
+    for k, v in inputs.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        np.testing.assert_array_equal(back[k], v)
