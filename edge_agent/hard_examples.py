@@ -54,7 +54,7 @@ class HardExample:
 
 def encode_tensors(inputs: Mapping[str, np.ndarray]) -> bytes:
     """A JSON index line, then the raw C-order bytes of each tensor (no zip, no pickle: cheap to write)."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in inputs.items()}  # (ascontiguousarray turns 0-d into 1-d)
     index = [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]
     return json.dumps(index).encode() + b"\n" + b"".join(a.tobytes() for a in arrays.values())
 
