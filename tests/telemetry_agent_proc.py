@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng()
     service = TelemetryService(args.mqtt_url, args.device, model, args.data_dir, window_s=args.window_s,
                                profile="cpu-x86", tags={"site": "lab"},
-                               publisher=PublisherConfig(mqtt_url=args.mqtt_url, reconnect_max_s=1.0,
-                                                         keepalive_s=args.keepalive)).start()
+                               publisher=PublisherConfig(mqtt_url=args.mqtt_url, keepalive_s=args.keepalive)).start()
     print("ready", flush=True)
     period = 1.0 / args.rate
     while not stop.wait(period):
