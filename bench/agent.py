@@ -253,7 +253,8 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[s
             f"agent_{CLIENTS}_over_bare_throughput": many["throughput_rps"] / bare["throughput_rps"]}
 
 
-def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n: int, seconds: float) -> dict:
+def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n: int, seconds: float,
+                   threads: int | None = None) -> dict:
     from edge_agent.fallback import FallbackClient
 
     cloud = load_session("onnxruntime", cloud_dir / "variants" / "ort-fp32.onnx")
@@ -274,7 +275,8 @@ def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n
             rpc = timed_loop(call, n, seconds)
         agent_dir = work / "agent-fallback"
         agent_dir.mkdir()
-        with AgentProcess(edge_dir, agent_dir, hub_url=f"127.0.0.1:{port}", hub_model="digits-cloud") as agent:
+        with AgentProcess(edge_dir, agent_dir, hub_url=f"127.0.0.1:{port}", hub_model="digits-cloud",
+                          threads=threads) as agent:
             edge = measure_agent_1(agent.endpoint, x, n, seconds)
             forced = measure_agent_1(agent.endpoint, x, n, seconds, threshold=1.0)
     finally:
@@ -319,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds, args.threads),
         }
         if not args.skip_fallback:
-            result["fallback"] = bench_fallback(edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds)
+            result["fallback"] = bench_fallback(edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds,
+                                                args.threads)
     result["host"]["loadavg_at_end"] = list(os.getloadavg())
     d, o = result["digits"], result["ocr_cls"]
     result["targets"] = {
