@@ -40,7 +40,7 @@ def test_bench_quick_json_on_digits_edge(tmp_path):
     for rid in int8_ids + ["openvino-int8-nncf"]:
         assert rows[rid]["agreement"] >= 0.99, (rid, rows[rid]["agreement"])
         ratio = model["ratios"][f"{rid}/fp32"]
-        assert set(ratio) == {"file_bytes", "weight_bytes", "latency_p50", "throughput_b8"}
+        assert {"file_bytes", "weight_bytes", "latency_p50", "throughput_b8"} <= set(ratio)
         assert 0 < ratio["weight_bytes"] <= 0.3
         assert ratio["weight_bytes"] == pytest.approx(rows[rid]["weight_bytes"] / rows[rid.split("-")[0] + "-fp32"]["weight_bytes"], abs=1e-3)
     assert model["ratios"]["onnxruntime-fp16/fp32"]["weight_bytes"] == pytest.approx(0.5, abs=0.01)
