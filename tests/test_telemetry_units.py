@@ -191,3 +191,19 @@ def test_buffered_binning_matches_direct_binning_across_many_folds():
     assert by_key[("x", "std")] == bin_counts(summarize_inputs(x)["std"], EDGES)
     from protocols.drift import confidence_counts
     assert list(w.confidence_counts) == confidence_counts(np.concatenate(confs))
+
+
+def test_hub_store_purges_by_age_in_chunks_and_keeps_newer(tmp_path):
+    from cloud_hub.telemetry.store import StoredWindow, TelemetryStore
+
+    store = TelemetryStore.open(tmp_path)
+    items = []
+    for seq in range(1, 26):
+        w = window(seq)
+        w.start_unix, w.end_unix = float(seq), float(seq) + 0.5
+        items.append(StoredWindow(w, encode_window(w), "{}", 0.0))
+    assert store.insert_windows(items) == [True] * 25
+    assert store.insert_windows(items[:3]) == [False] * 3          # idempotent on (device, sequence)
+    assert store.purge(before=20.0, chunk=4) == 19
+    assert store.device_sequences("dev-1") == list(range(20, 26))
+    store.close()

@@ -106,6 +106,13 @@ class Counts:
             i += n
         self.windows += windows
 
+    def compact(self) -> None:
+        """Keep only the request counts (what the rate baseline needs)."""
+        if self.inputs or len(self.classes):
+            self.confidence = np.zeros(20, dtype=np.int64)
+            self.classes = np.zeros(0, dtype=np.int64)
+            self.inputs = {}
+
     def add(self, other: "Counts") -> None:
         self.requests += other.requests
         self.confidence += other.confidence
@@ -258,7 +265,11 @@ class DriftEngine:
                 continue
             current, baseline = Counts(), Counts()
             for b, counts in per.items():
-                (current if b > cur_from else baseline).add(counts)
+                if b > cur_from:
+                    current.add(counts)
+                else:
+                    counts.compact()  # baseline buckets only feed the rates: drop their histograms
+                    baseline.add(counts)
             for signal, value, significant, stats in self._signals(key, current, baseline):
                 rule = cfg.rate if signal in (FALLBACK_RATE, ERROR_RATE) else cfg.distribution
                 state, transition = step(self._alerts.get((key, signal), AlertState()), value, rule, significant)

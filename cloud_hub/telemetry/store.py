@@ -164,10 +164,18 @@ class TelemetryStore:
         return [(r["payload"], r["cohort"], r["received_at"]) for r in self.db.query(
             "SELECT payload, cohort, received_at FROM telemetry_windows WHERE end_unix>=? ORDER BY end_unix", [since])]
 
-    def purge(self, before: float) -> int:
-        """Delete windows that ended before `before` (retention); returns how many."""
-        with self.db.transaction() as db:
-            return db.conn.execute("DELETE FROM telemetry_windows WHERE end_unix<?", [before]).rowcount
+    def purge(self, before: float, chunk: int = 5000) -> int:
+        """Delete windows that ended before `before` (retention), in short transactions so the
+        ingest writer never waits long for the lock; returns how many."""
+        total = 0
+        while True:
+            with self.db.transaction() as db:
+                n = db.conn.execute(
+                    "DELETE FROM telemetry_windows WHERE (device_id, sequence) IN (SELECT device_id, sequence "
+                    "FROM telemetry_windows WHERE end_unix<? LIMIT ?)", [before, chunk]).rowcount
+            total += n
+            if n < chunk:
+                return total
 
     # -- alerts -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -17,11 +18,13 @@ import numpy as np
 from edge_agent.telemetry.outbox import DEFAULT_MAX_ROWS, Outbox
 from edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
 from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
+from protocols.telemetry_codec import TelemetryWindow
 from protocols.topics import check_device_id
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILENAME = "telemetry_outbox.sqlite"
+MAX_UNSTORED = 1000  # closed windows waiting for a failing disk; beyond this the oldest are lost
 
 
 class TelemetryService:
@@ -46,33 +49,54 @@ class TelemetryService:
         self.publisher = TelemetryPublisher(pub_config, self.outbox, device_id,
                                             status_info={"model": model.name, "version": model.version,
                                                          "profile": profile})
+        self._append_lock = threading.Lock()
+        self._closed: deque[TelemetryWindow] = deque(maxlen=MAX_UNSTORED)  # closed, not yet in the outbox
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self.windows_closed = 0
+        self.unstored_dropped = 0
 
     def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
                label: int | Sequence[int] | np.ndarray | None = None,
                inputs: Mapping[str, np.ndarray] | np.ndarray | None = None) -> None:
-        """Count one answered request (source: edge, cloud, edge-degraded or error)."""
+        """Count one answered request (source: edge, cloud, edge-degraded or error).
+
+        Cheap on the request path: a full window is handed to the ticker thread, which
+        pays the outbox's fsync, so no request ever waits on the disk.
+        """
         with self._lock:
             full = self.aggregator.record(source, latency_ms, confidence, label, inputs)
             if full:
-                self._close_locked()
+                self._hand_off(self.aggregator.close(self._clock()))
+                self._wake.set()
 
     def flush(self) -> int | None:
-        """Close the open window now; returns its sequence (None if it was empty)."""
+        """Close the open window now and store it with any handed-off ones; returns the last sequence."""
         with self._lock:
-            return self._close_locked()
+            self._hand_off(self.aggregator.close(self._clock()))
+        return self._store_closed()
 
-    def _close_locked(self) -> int | None:
-        window = self.aggregator.close(self._clock())
+    def _hand_off(self, window: TelemetryWindow | None) -> None:
         if window is None:
-            return None
-        seq = self.outbox.append(window)
-        self.windows_closed += 1
-        self.publisher.wake()
-        log.debug("telemetry window closed device=%s seq=%d requests=%d", self.device_id, seq,
-                  self.aggregator.requests)
+            return
+        if len(self._closed) == self._closed.maxlen:
+            self.unstored_dropped += 1  # the outbox has been failing for MAX_UNSTORED windows
+            log.error("telemetry window lost: outbox unwritable device=%s lost_total=%d", self.device_id,
+                      self.unstored_dropped)
+        self._closed.append(window)
+
+    def _store_closed(self) -> int | None:
+        """Append handed-off windows to the outbox in the order they closed."""
+        seq = None
+        with self._append_lock:
+            while self._closed:
+                window = self._closed.popleft()
+                seq = self.outbox.append(window)
+                self.windows_closed += 1
+                log.debug("telemetry window stored device=%s seq=%d", self.device_id, seq)
+        if seq is not None:
+            self.publisher.wake()
         return seq
 
     def start(self) -> "TelemetryService":
@@ -85,17 +109,21 @@ class TelemetryService:
 
     def _tick(self) -> None:
         step = min(0.5, self.window_config.window_s / 4)
-        while not self._stop.wait(step):
+        while not self._stop.is_set():
+            self._wake.wait(step)
+            self._wake.clear()
             try:
                 with self._lock:
                     if self.aggregator.due(self._clock()):
-                        self._close_locked()
-            except Exception:  # e.g. disk full: keep the agent serving, try again next tick
-                log.exception("telemetry window close failed device=%s", self.device_id)
+                        self._hand_off(self.aggregator.close(self._clock()))
+                self._store_closed()
+            except Exception:  # e.g. disk full: keep the agent serving, retry on the next tick
+                log.exception("telemetry window store failed device=%s pending=%d", self.device_id, len(self._closed))
 
     def stop(self, flush: bool = True, drain_timeout_s: float = 2.0) -> None:
         """Close the open window, give the publisher `drain_timeout_s` to deliver, then stop."""
         self._stop.set()
+        self._wake.set()
         if self._ticker is not None:
             self._ticker.join(5)
             self._ticker = None
