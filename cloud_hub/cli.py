@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _remote(tokens.add_parser("revoke", help="revoke a token by id"))
     p.add_argument("token_id")
     p.set_defaults(func=cmd_tokens_revoke)
+
+    from cloud_hub.ota_cli import add_ota_commands
+
+    add_ota_commands(sub)
     return parser
 
 
