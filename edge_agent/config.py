@@ -1,13 +1,15 @@
 """The agent's configuration: one dataclass, loaded from TOML, overridable by env vars.
 
 TOML may group keys in sections ([model], [server], [policy], [batch], [fallback],
-[health], [hard_examples]) or list them at the top level; each key also reads from
-`TANDEM_AGENT_<KEY>` (e.g. TANDEM_AGENT_DEADLINE_MS=150), which wins over the file.
+[health], [hard_examples], [telemetry], [ota]) or list them at the top level; each key
+also reads from `TANDEM_AGENT_<KEY>` (e.g. TANDEM_AGENT_DEADLINE_MS=150, or
+TANDEM_AGENT_TAGS=site=lab,line=2 for a table), which wins over the file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 from dataclasses import dataclass, field, fields, replace
@@ -24,14 +26,21 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (tandem[ed
 ENV_PREFIX = "TANDEM_AGENT_"
 SECTIONS = {
     "model": ("model_dir", "profile", "variant", "allow_nan", "threads"),
-    "server": ("endpoint", "device_id"),
+    "server": ("endpoint", "device_id", "tags"),
     "policy": ("policy", "threshold", "policy_output", "transform"),
     "batch": ("window_us", "max_batch", "max_queue", "inline_max_us"),
     "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
     "health": ("http_port", "http_host"),
     "hard_examples": ("data_dir", "hard_examples_max"),
+    "telemetry": ("mqtt_url", "telemetry_enabled", "telemetry_window_s", "telemetry_max_requests",
+                  "telemetry_outbox_max", "telemetry_input_every"),
+    "ota": ("ota_enabled", "ota_store_dir", "ota_trusted_key", "ota_hub_token", "ota_watch_s", "ota_min_requests",
+            "ota_max_error_rate", "ota_max_fallback_rise", "ota_max_latency_ratio", "ota_commit_without_traffic"),
 }
 _SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")  # what the hub's device registry accepts
+MAX_TAGS = 32
+MAX_TAG_VALUE = 128
 
 
 def default_endpoint() -> str:
@@ -56,6 +65,7 @@ class AgentConfig:
     threads: int | None = None          # runtime intra-op threads
     endpoint: str = field(default_factory=default_endpoint)
     device_id: str = field(default_factory=socket.gethostname)
+    tags: dict[str, str] = field(default_factory=dict)  # cohort labels (site, line...) on telemetry windows
     policy: str = "max_prob"
     threshold: float | None = None      # None: the manifest's task.threshold, else the policy default
     policy_output: str | None = None    # output to score; None: the first
@@ -73,6 +83,30 @@ class AgentConfig:
     http_host: str = "127.0.0.1"
     data_dir: Path = field(default_factory=lambda: Path(_default_data_dir()))
     hard_examples_max: int = 1000
+    mqtt_url: str | None = None         # the hub's broker (mqtt://host:port); None: no telemetry, no OTA
+    telemetry_enabled: bool = True      # with mqtt_url: stream telemetry windows
+    telemetry_window_s: float = 10.0
+    telemetry_max_requests: int = 10_000  # a busy device closes its window early
+    telemetry_outbox_max: int = 8640    # windows kept on disk while the broker is away; oldest dropped beyond
+    telemetry_input_every: int = 1      # summarize the inputs of every Nth request
+    ota_enabled: bool = False           # accept signed model updates on /ota/cmd (needs mqtt_url, ota_trusted_key)
+    ota_store_dir: Path | None = None   # A/B model slots; None: <data_dir>/models
+    ota_trusted_key: Path | None = None  # the hub's release public key PEM (tandem-hub keys release)
+    ota_hub_token: str | None = None    # bearer token (scope read) for manifests and artifacts
+    ota_watch_s: float = 60.0           # health watch after a switch, then commit or roll back
+    ota_min_requests: int = 20
+    ota_max_error_rate: float = 0.05
+    ota_max_fallback_rise: float = 0.15
+    ota_max_latency_ratio: float = 2.0
+    ota_commit_without_traffic: bool = True
+
+    @property
+    def telemetry_on(self) -> bool:
+        return bool(self.mqtt_url) and self.telemetry_enabled
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.ota_store_dir if self.ota_store_dir is not None else self.data_dir / "models"
 
     def validate(self) -> "AgentConfig":
         from edge_agent.policy import KINDS, TRANSFORMS
@@ -104,7 +138,59 @@ class AgentConfig:
             raise bad("http_port", f"{self.http_port} is not a TCP port")
         if self.hub_url is not None and not self.hub_url.strip():
             raise bad("hub_url", "empty; leave it out for edge-only serving")
+        self._validate_identity(bad)
+        self._validate_telemetry(bad)
+        self._validate_ota(bad)
         return self
+
+    def _validate_identity(self, bad: Any) -> None:
+        from protocols.topics import TopicError, check_device_id
+
+        try:
+            check_device_id(self.device_id)
+        except TopicError as exc:
+            raise bad("device_id", str(exc)) from None
+        if len(self.tags) > MAX_TAGS:
+            raise bad("tags", f"{len(self.tags)} tags; at most {MAX_TAGS}")
+        for key, value in self.tags.items():
+            if not TAG_KEY_RE.match(key):
+                raise bad("tags", f"key {key!r} may use letters, digits, '.', '_', '/' and '-' (max 64)")
+            if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
+                raise bad("tags", f"{key}: value must be a string of at most {MAX_TAG_VALUE} characters")
+
+    def _validate_telemetry(self, bad: Any) -> None:
+        if self.mqtt_url is not None:
+            from protocols.topics import parse_mqtt_url
+
+            try:
+                parse_mqtt_url(self.mqtt_url)
+            except ValueError as exc:
+                raise bad("mqtt_url", f"{exc} (e.g. mqtt://hub.example.net:1883); leave it out for no broker") from None
+        if self.telemetry_window_s <= 0:
+            raise bad("telemetry_window_s", f"{self.telemetry_window_s} must be > 0")
+        for key in ("telemetry_max_requests", "telemetry_outbox_max", "telemetry_input_every", "ota_min_requests"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"{getattr(self, key)} must be a positive integer")
+
+    def _validate_ota(self, bad: Any) -> None:
+        for key in ("ota_max_error_rate", "ota_max_fallback_rise"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise bad(key, f"{getattr(self, key)} must be a fraction between 0 and 1")
+        if self.ota_max_latency_ratio <= 0:
+            raise bad("ota_max_latency_ratio", f"{self.ota_max_latency_ratio} must be > 0")
+        if self.ota_watch_s < 0:
+            raise bad("ota_watch_s", f"{self.ota_watch_s} must be >= 0")
+        if not self.ota_enabled:
+            return
+        if not self.mqtt_url:
+            raise bad("ota_enabled", "OTA needs the hub's broker: set telemetry.mqtt_url")
+        if self.ota_trusted_key is None:
+            raise bad("ota_trusted_key", "required with ota_enabled: the hub's release public key PEM "
+                                         "(tandem-hub keys release > release.pem)")
+        if not self.ota_trusted_key.is_file():
+            raise bad("ota_trusted_key", f"{self.ota_trusted_key} is not a readable file")
+        if self.ota_hub_token is not None and not self.ota_hub_token.strip():
+            raise bad("ota_hub_token", "empty; leave it out when the hub serves artifacts without a token")
 
     def with_overrides(self, **changes: Any) -> "AgentConfig":
         return replace(self, **changes).validate()
@@ -132,8 +218,8 @@ class AgentConfig:
                 values[key] = _coerce(key, types[key], raw, from_env=True)
         if "model_dir" not in values:
             raise ConfigError(f"model.model_dir: required (or set {ENV_PREFIX}MODEL_DIR)")
-        for key in ("model_dir", "data_dir"):
-            if key in values and base_dir is not None and not Path(values[key]).is_absolute():
+        for key in ("model_dir", "data_dir", "ota_store_dir", "ota_trusted_key"):
+            if values.get(key) is not None and base_dir is not None and not Path(values[key]).is_absolute():
                 values[key] = base_dir / values[key]
         return cls(**values).validate()
 
@@ -167,6 +253,8 @@ def _coerce(key: str, type_name: Any, value: Any, *, from_env: bool) -> Any:
     if optional and (value is None or (from_env and value.strip().lower() in ("", "none", "null"))):
         return None
     try:
+        if t.startswith("dict"):
+            return _coerce_table(value, from_env)
         if "Path" in t:
             if not isinstance(value, (str, Path)):
                 raise TypeError
@@ -189,5 +277,18 @@ def _coerce(key: str, type_name: Any, value: Any, *, from_env: bool) -> Any:
             raise TypeError
         return value
     except (TypeError, ValueError):
-        kind = t.split(" ")[0].split("|")[0]
+        kind = "a table of strings (k=v,k2=v2 in env)" if t.startswith("dict") else t.split(" ")[0].split("|")[0]
         raise ConfigError(f"{_where(key)}{origin}: expected {kind}, got {value!r}") from None
+
+
+def _coerce_table(value: Any, from_env: bool) -> dict[str, str]:
+    """A TOML table of strings, or `k=v,k2=v2` from the environment."""
+    if from_env and isinstance(value, str):
+        items = [part.split("=", 1) for part in value.split(",") if part.strip()]
+        if any(len(kv) != 2 for kv in items):
+            raise ValueError
+        return {k.strip(): v.strip() for k, v in items}
+    if not isinstance(value, Mapping) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                                 for v in value.values()):
+        raise TypeError
+    return {str(k): str(v) for k, v in value.items()}
