@@ -121,6 +121,24 @@ class DeviceRegistry:
                 raise NotFoundError(f"device {device_id!r} is not registered; the agent registers on start (POST /v1/devices)")
         return self.get(device_id)
 
+    def exists(self, device_id: str) -> bool:
+        return bool(self.db.query("SELECT 1 AS x FROM devices WHERE device_id=?", [device_id]))
+
+    def touch(self, device_ids: Iterable[str]) -> int:
+        """Mark many registered devices seen now in one statement; unknown ids are skipped. Returns rows updated."""
+        ids = sorted(set(device_ids))
+        if not ids:
+            return 0
+        now = self.clock()
+        updated = 0
+        with self.db.transaction() as db:
+            for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                updated += db.execute(f"UPDATE devices SET last_seen = ? WHERE device_id IN ({marks})",
+                                      [now, *chunk]).rowcount
+        return updated
+
     def get(self, device_id: str) -> DeviceRecord:
         rows = self.db.query("SELECT * FROM devices WHERE device_id=?", [device_id])
         if not rows:
