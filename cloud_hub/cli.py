@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokens_revoke)
 
     from cloud_hub.ota_cli import add_ota_commands
+    from cloud_hub.pki_cli import add_pki_commands
 
     add_ota_commands(sub)
+    add_pki_commands(sub)
     return parser
 
 

@@ -38,3 +38,8 @@ MAX_TELEMETRY_SUMMARIES = 64          # (input, summary) histograms per window
 MAX_HISTOGRAM_BINS = 256
 MAX_TELEMETRY_TAGS = 32
 MAX_TAG_CHARS = 128
+
+# MQTT (the broker's message_size_limit, and what every Tandem MQTT consumer accepts).
+# Telemetry windows and OTA commands/status are each far smaller; the broker drops bigger.
+MAX_MQTT_PAYLOAD_BYTES = 1024 * 1024
+MQTT_PACKET_OVERHEAD_BYTES = 64 * 1024    # topic + MQTT 5 properties on top of the payload (max_packet_size)

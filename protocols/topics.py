@@ -112,15 +112,46 @@ def parse_topic(topic: str) -> ParsedTopic:
     return ParsedTopic(check_device_id(scope), kind)
 
 
+_MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """`mqtt://host[:port]` -> (host, port); port defaults to 1883. TLS is not handled here."""
+    """`mqtt://host[:port]` or `mqtts://host[:port]` -> (host, port); ports default to 1883 / 8883.
+
+    Whether to use TLS is `mqtt_url_uses_tls(url)`; protocols.tls applies it.
+    """
     from urllib.parse import urlsplit
 
     parts = urlsplit(url or "")
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise TopicError(f"mqtt url {url!r}: expected mqtt://host[:port]")
+    if parts.scheme not in _MQTT_PORTS or not parts.hostname:
+        raise TopicError(f"mqtt url {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
     try:
-        port = parts.port or 1883
+        port = parts.port or _MQTT_PORTS[parts.scheme]
     except ValueError as exc:
         raise TopicError(f"mqtt url {url!r}: bad port") from exc
     return parts.hostname, port
+
+
+def mqtt_url_uses_tls(url: str) -> bool:
+    """True for mqtts://."""
+    return (url or "").lower().startswith("mqtts://")
+
+
+# -- broker ACL patterns (cloud_hub.mqtt_security writes them into Mosquitto's acl_file) ----------
+
+# `%u` is Mosquitto's pattern substitution for the username, which is the client
+# certificate's CN (use_identity_as_username); device ids can't hold '+', '#' or '/'.
+ACL_USERNAME = "%u"
+DEVICE_PUBLISHES = (TELEMETRY, STATUS, OTA_STATUS, EVENTS)
+DEVICE_READS = (OTA_CMD,)
+
+
+def device_acl_patterns() -> tuple[list[str], list[str]]:
+    """(write patterns, read patterns) for any device: only its own `tandem/v1/%u/...` topics."""
+    return ([f"{PREFIX}/{ACL_USERNAME}/{k}" for k in DEVICE_PUBLISHES],
+            [f"{PREFIX}/{ACL_USERNAME}/{k}" for k in DEVICE_READS])
+
+
+def hub_acl_topics() -> list[str]:
+    """What the hub's own identity may read and write: everything under the prefix."""
+    return [f"{PREFIX}/#"]
