@@ -1,0 +1,83 @@
+"""Smoke run of bench/hybrid.py's core on the digits models: report structure and hybrid accuracy bounds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_hybrid", ROOT / "bench" / "hybrid.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+hybrid = _load_bench()
+
+
+@pytest.mark.slow
+def test_compiled_digits_variants_reach_cloud_accuracy_at_the_default_threshold(digits_dir, tmp_path):
+    # cpu-x86 and npu-litert: an FP32 (or FP16/INT8) ONNX Runtime variant and the LiteRT INT8 one
+    report = hybrid.run(digits_dir, tmp_path, profiles=["cpu-x86", "npu-litert"], say=lambda m: None)
+    json.dumps(report)  # --json must be able to print it
+    assert report["split"] == "test" and report["samples"] == len(np.load(digits_dir / "test.npz")["y"])
+    assert report["agent_default_kind"] == "max_prob"
+    variants = {e["variant"]: e for e in report["edges"]}
+    assert "litert-int8" in variants, sorted(variants)
+    for edge in report["edges"]:
+        assert edge["profiles"] and set(edge["kinds"]) == {"max_prob", "margin", "entropy"}
+        lo, hi = sorted((edge["edge_accuracy"], edge["cloud_accuracy"]))
+        for kind, res in edge["kinds"].items():
+            points = res["sweep"]
+            assert [p["threshold"] for p in points] == sorted(p["threshold"] for p in points)
+            assert sum(p["default"] for p in points) == 1 and res["default"]["threshold"] == res["default_threshold"]
+            fallbacks = [p["fallback_fraction"] for p in points]
+            assert fallbacks == sorted(fallbacks), (kind, fallbacks)  # higher threshold, more fallback
+            assert points[0]["threshold"] == 0.0 and fallbacks[0] == 0.0
+            assert points[0]["hybrid_accuracy"] == edge["edge_accuracy"]
+            assert lo - 1e-9 <= res["default"]["hybrid_accuracy"] <= hi + 1e-9, (edge["variant"], kind, res["default"])
+        # the issue's target, at the agent's default policy and threshold
+        target = report["targets"]["default_threshold_within_0.5_points_of_cloud_with_fallback_le_0.25"]
+        assert target[edge["variant"]]["met"], (edge["variant"], target[edge["variant"]])
+    assert report["targets"]["met"]
+
+
+def test_sweep_marks_the_manifest_threshold_as_the_default():
+    labels = np.array([0, 1, 1, 0])
+    edge = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]], np.float32)  # rows 1 and 3 wrong
+    cloud = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]], np.float32)
+    result = hybrid.sweep(edge, cloud, labels, manifest_task={"threshold": 0.85}, thresholds=[0.0, 0.7])
+    assert result["edge_accuracy"] == 0.5 and result["cloud_accuracy"] == 1.0
+    mp = result["kinds"]["max_prob"]
+    assert mp["default_threshold"] == 0.85
+    by_t = {p["threshold"]: p for p in mp["sweep"]}
+    assert set(by_t) == {0.0, 0.7, 0.85} and by_t[0.85]["default"] and not by_t[0.7]["default"]
+    assert by_t[0.7]["fallback_fraction"] == 0.5 and by_t[0.7]["hybrid_accuracy"] == 1.0
+    assert by_t[0.85]["fallback_fraction"] == 0.75 and by_t[0.85]["meets_target"] is False  # > 25% fallback
+    # no manifest threshold: the policy's own default
+    plain = hybrid.sweep(edge, cloud, labels, thresholds=[0.5])
+    assert plain["kinds"]["margin"]["default_threshold"] == hybrid.ConfidencePolicy("margin").threshold
+
+
+def test_cli_json_on_fp32_models_keeps_progress_on_stderr(digits_dir):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "hybrid.py"), "--json", "--fp32",
+                           "--digits-dir", str(digits_dir), "--thresholds", "0.5,0.9"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    (edge,) = report["edges"]
+    assert edge["variant"] == "edge.onnx" and report["cloud"]["variant"] == "cloud.onnx"
+    assert [p["threshold"] for p in edge["kinds"]["max_prob"]["sweep"]] == [0.5, 0.8, 0.9]
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "hybrid.py"), "--thresholds", "0.5,2"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "thresholds must be numbers in [0, 1]" in bad.stderr
