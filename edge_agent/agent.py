@@ -1,7 +1,10 @@
-"""The edge agent: wires config, model, micro-batcher, policy, fallback, hard examples and health.
+"""The edge agent: wires config, model, micro-batcher, policy, fallback, hard examples, health,
+and (when configured) telemetry and OTA updates.
 
 `Agent(config).start()` serves on background threads and returns, so tests and the
 simulator run agents in-process; `tandem-agent run` starts one and waits for a signal.
+With OTA on, the model comes from the A/B store's active slot and an update hot-swaps
+it (`_on_switch`) without dropping requests in flight.
 """
 
 from __future__ import annotations
@@ -9,17 +12,21 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError
 from edge_agent.hard_examples import HardExampleQueue
 from edge_agent.health import HealthServer
 from edge_agent.metrics import AgentMetrics
+from edge_agent.errors import ModelLoadError
 from edge_agent.model import LoadedModel, load_model
+from edge_agent.observe import RequestObserver
 from edge_agent.policy import ConfidencePolicy, PolicyError
 from edge_agent.server import ZmqServer
 from edge_agent.service import InferenceService
+from edge_agent.serving import Serving
 from hardware_profiles import ProfileError, get_profile
 from hardware_profiles.runtimes.batching import MicroBatcher
 
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 FALLBACK_THREADS = 8
+SWAP_FLIP_TIMEOUT_S = 5.0
+DRAIN_GRACE_S = 5.0  # beyond the fallback deadline, for requests of the old model still in flight
 
 
 class Agent:
@@ -45,6 +54,12 @@ class Agent:
         self.service: InferenceService | None = None
         self.server: ZmqServer | None = None
         self.health: HealthServer | None = None
+        self.observer = RequestObserver()
+        self.telemetry: Any = None      # TelemetryService when mqtt_url is set
+        self.ota: Any = None            # OtaClient when ota_enabled
+        self.serving: Serving | None = None
+        self.swaps = 0
+        self._swap_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
 
@@ -54,22 +69,24 @@ class Agent:
         """Load the model and serve; raises ModelLoadError / ConfigError with what to fix."""
         cfg = self.config
         try:
-            self.model = load_model(cfg.model_dir, cfg.profile, cfg.variant, threads=cfg.threads)
-            self.policy = self._make_policy(self.model)
-            max_batch, batching = self._batch_limits()
-            self.batcher = MicroBatcher(self.model.session, max_batch=max_batch, window_ms=cfg.window_us / 1000.0,
-                                        max_queue=cfg.max_queue, batching=batching, name="agent-batcher")
+            model_dir = cfg.model_dir
+            if cfg.ota_enabled:
+                from edge_agent.uplink import make_ota_client
+
+                self.ota = make_ota_client(cfg, self._on_switch, self.observer.take_health)
+                model_dir = self.ota.active_dir
             if self.fallback is None and cfg.hub_url:
                 self.fallback = self._make_fallback()
             if self.fallback is not None:
                 self._executor = ThreadPoolExecutor(FALLBACK_THREADS, thread_name_prefix="agent-fallback")
             self.hard_examples = HardExampleQueue(cfg.data_dir / "hard_examples.sqlite", cfg.hard_examples_max)
-            self.service = InferenceService(
-                self.model, self.batcher, self.policy, self.metrics, device_id=cfg.device_id, allow_nan=cfg.allow_nan,
-                fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
-                hub_model=cfg.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.inline_max_us,
-            )
-            self.server = ZmqServer(cfg.endpoint, self.service.handle, max_inflight=cfg.max_queue * 4).start()
+            self._set_serving(self._build_serving(model_dir))
+            if cfg.telemetry_on:
+                from edge_agent.uplink import make_telemetry
+
+                self.telemetry = make_telemetry(cfg, self.model)
+                self.observer.telemetry = self.telemetry
+            self.server = ZmqServer(cfg.endpoint, self._handle, max_inflight=cfg.max_queue * 4).start()
             self._register_gauges()
             if cfg.http_port is not None:
                 try:
@@ -77,20 +94,23 @@ class Agent:
                 except OSError as exc:
                     raise ConfigError(f"health.http_port: cannot listen on {cfg.http_host}:{cfg.http_port} "
                                       f"({exc.strerror or exc}); pick another port or 0 for any") from exc
+            if self.ota is not None:
+                self.ota.start()
         except BaseException:
             self.stop()
             raise
         self._started.set()
-        log.info("agent serving model=%s version=%s variant=%s endpoint=%s batching=%s hub=%s",
+        log.info("agent serving model=%s version=%s variant=%s endpoint=%s batching=%s hub=%s telemetry=%s ota=%s",
                  self.model.name, self.model.version, self.model.variant.id, self.endpoint,
-                 self.batcher.batching, cfg.hub_url or "-")
+                 self.batcher.batching, cfg.hub_url or "-", cfg.mqtt_url if self.telemetry else "-",
+                 self.ota.store.root if self.ota else "-")
         return self
 
     def stop(self) -> None:
         """Stop serving and release everything; safe to call twice or after a failed start."""
         self._started.clear()
-        for step in (self._stop_health, self._stop_server, self._stop_batcher, self._stop_executor,
-                     self._stop_hard_examples, self._close_fallback, self._close_model):
+        for step in (self._stop_ota, self._stop_health, self._stop_server, self._stop_telemetry, self._stop_serving,
+                     self._stop_executor, self._stop_hard_examples, self._close_fallback):
             try:
                 step()
             except Exception:
@@ -120,7 +140,101 @@ class Agent:
                         runtime=self.model.variant.runtime)
         body["breaker"] = self.breaker.state if self.breaker is not None else None
         body["hub"] = self.config.hub_url
+        from edge_agent.uplink import ota_status, telemetry_status
+
+        body["telemetry"] = telemetry_status(self.telemetry) if self.telemetry is not None else None
+        body["ota"] = ota_status(self.ota) if self.ota is not None else None
+        body["swaps"] = self.swaps
         return serving, body
+
+    # -- serving and hot swaps -----------------------------------------------------------
+
+    def _handle(self, frames: Sequence[Any]) -> Any:
+        return self.service.handle(frames)  # type: ignore[union-attr]  # read per request: swaps flip it
+
+    def _build_serving(self, model_dir: Path) -> Serving:
+        """Load, and wrap in policy, batcher and service, the model in `model_dir` (not yet served)."""
+        cfg = self.config
+        model = load_model(model_dir, cfg.profile, self._variant_for(model_dir), threads=cfg.threads)
+        try:
+            policy = self._make_policy(model)
+            max_batch, batching = self._batch_limits()
+            batcher = MicroBatcher(model.session, max_batch=max_batch, window_ms=cfg.window_us / 1000.0,
+                                   max_queue=cfg.max_queue, batching=batching, name="agent-batcher")
+        except BaseException:
+            model.close()
+            raise
+        service = InferenceService(
+            model, batcher, policy, self.metrics, device_id=cfg.device_id, allow_nan=cfg.allow_nan,
+            fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
+            hub_model=cfg.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.inline_max_us,
+            observer=self.observer,
+        )
+        return Serving(model, policy, batcher, service)
+
+    def _variant_for(self, model_dir: Path) -> str | None:
+        """The configured variant id, unless an OTA release no longer has it (then the profile's choice)."""
+        if self.config.variant is None or self.ota is None:
+            return self.config.variant
+        from protocols.manifest import ManifestError, load_manifest
+
+        try:
+            ids = {v.id for v in load_manifest(model_dir).variants}
+        except ManifestError:
+            return self.config.variant  # load_model reports it
+        if self.config.variant in ids:
+            return self.config.variant
+        log.warning("configured variant=%s is not in %s; serving the profile's choice", self.config.variant, model_dir)
+        return None
+
+    def _set_serving(self, serving: Serving) -> None:
+        self.serving = serving
+        self.model, self.policy, self.batcher, self.service = (serving.model, serving.policy, serving.batcher,
+                                                               serving.service)
+
+    def _on_switch(self, model_dir: Path) -> None:
+        """OTA hook (its worker thread): serve `model_dir` in place of the current model, losing no request.
+
+        Build and warm the new model beside the old; flip the references on the I/O loop's
+        thread, between two requests; drain what the old one still has in flight; close it.
+        """
+        with self._swap_lock:
+            new = self._build_serving(model_dir)
+            try:
+                new.warm_up()
+            except Exception as exc:
+                new.close()
+                raise ModelLoadError(f"{model_dir}: the warm-up run failed ({exc})") from exc
+            old = self.serving
+            self._flip(new)
+            if self.telemetry is not None:
+                self.telemetry.switch_model(new.model.manifest, new.model.variant.id)
+            self.swaps += 1
+            log.info("model swapped from=%s to=%s variant=%s", old.version if old else "-", new.version,
+                     new.model.variant.id)
+            if old is not None:
+                if not old.drain(self.config.deadline_ms / 1000.0 + DRAIN_GRACE_S):
+                    log.warning("model swap: %d requests of version %s still in flight; closing it anyway",
+                                old.service.pending, old.version)
+                old.close()
+
+    def _flip(self, new: Serving) -> None:
+        try:
+            loop = self.server.loop if self.server is not None else None
+        except AssertionError:  # not started yet
+            loop = None
+        if loop is None or not loop.is_running():
+            self._set_serving(new)
+            return
+        done = threading.Event()
+
+        def flip() -> None:
+            self._set_serving(new)
+            done.set()
+
+        loop.call_soon_threadsafe(flip)
+        if not done.wait(SWAP_FLIP_TIMEOUT_S):
+            self._set_serving(new)  # the loop is stuck or gone; requests read the reference anyway
 
     # -- construction helpers ----------------------------------------------------------
 
@@ -181,10 +295,22 @@ class Agent:
             self.server.stop()
             self.server = None
 
-    def _stop_batcher(self) -> None:
-        if self.batcher:
-            self.batcher.close()
-            self.batcher = None
+    def _stop_ota(self) -> None:
+        if self.ota is not None:
+            self.ota.stop()
+            self.ota = None
+
+    def _stop_telemetry(self) -> None:
+        if self.telemetry is not None:
+            self.observer.telemetry = None
+            self.telemetry.stop()
+            self.telemetry = None
+
+    def _stop_serving(self) -> None:
+        serving, self.serving = self.serving, None
+        if serving is not None:
+            serving.close()
+        self.model = self.batcher = self.policy = self.service = None
 
     def _stop_executor(self) -> None:
         if self._executor:
@@ -200,8 +326,3 @@ class Agent:
         close = getattr(self.fallback, "close", None)
         if callable(close):
             close()
-
-    def _close_model(self) -> None:
-        if self.model:
-            self.model.close()
-            self.model = None

@@ -19,6 +19,7 @@ from edge_agent.errors import AgentError, BadRequestError, FallbackUnavailable, 
 from edge_agent.hard_examples import HardExampleQueue
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import LoadedModel, match_inputs
+from edge_agent.observe import RequestObserver
 from edge_agent.policy import ConfidencePolicy, PolicyError, Scores
 from edge_agent.wire import decode_request, encode_reply, error_reply
 from hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
@@ -53,7 +54,8 @@ class InferenceService:
     def __init__(self, model: LoadedModel, batcher: MicroBatcher, policy: ConfidencePolicy, metrics: AgentMetrics, *,
                  device_id: str, allow_nan: bool = False, fallback: Any = None, fallback_executor: Executor | None = None,
                  deadline_ms: float = 200.0, hub_model: str | None = None,
-                 hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0) -> None:
+                 hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0,
+                 observer: RequestObserver | None = None) -> None:
         self.model = model
         self.batcher = batcher
         self.policy = policy
@@ -65,6 +67,8 @@ class InferenceService:
         self.deadline_s = deadline_ms / 1000.0
         self.hub_model = hub_model or model.name
         self.hard_examples = hard_examples
+        self.observer = observer  # health-watch figures and telemetry, one call per reply
+        self.pending = 0          # requests waiting on the runtime or the hub (loop thread only); drained on a swap
         # Models whose calls take less than this run on the loop thread when the batcher is
         # idle: for them the hand-off to the worker thread costs more than the model.
         self.inline_max_s = inline_max_us / 1e6
@@ -85,6 +89,7 @@ class InferenceService:
                     return self._reply(request, self._edge_only(request, edge, wants_hub), t0)
         except Exception as exc:
             return self._failure(exc, t0)
+        self.pending += 1
         return self._finish(request, t0, outputs)
 
     async def _finish(self, request: "_Prepared", t0: float, outputs: list[np.ndarray] | None) -> list[Any]:
@@ -104,6 +109,8 @@ class InferenceService:
             return self._reply(request, answer, t0)
         except Exception as exc:
             return self._failure(exc, t0, request.header.request_id)
+        finally:
+            self.pending -= 1
 
     def _failure(self, exc: Exception, t0: float, request_id: str = "") -> list[Any]:
         request_id = getattr(exc, "request_id", request_id)
@@ -116,6 +123,10 @@ class InferenceService:
     def _reply(self, request: "_Prepared", answer: Answer, t0: float) -> list[Any]:
         elapsed = time.perf_counter() - t0
         self.metrics.observe_request(_SOURCE_NAMES[answer.source], elapsed)
+        if self.observer is not None:
+            scores = answer.scores
+            self.observer.answered(_SOURCE_NAMES[answer.source], elapsed, scores.confidence, scores.labels,
+                                   request.feeds, answer.source != pb.SOURCE_EDGE or not scores.all_confident)
         reply = pb.ReplyHeader(
             request_id=request.header.request_id, source=answer.source,
             confidence=answer.scores.confidence.tolist(), label=answer.scores.labels.tolist(),
@@ -127,7 +138,10 @@ class InferenceService:
         return encode_reply(reply, answer.outputs if request.header.options.return_outputs else ())
 
     def _error(self, request_id: str, code: str, message: str, t0: float) -> list[Any]:
-        self.metrics.observe_request("error", time.perf_counter() - t0, code)
+        elapsed = time.perf_counter() - t0
+        self.metrics.observe_request("error", elapsed, code)
+        if self.observer is not None:
+            self.observer.failed(elapsed)
         log.debug("error reply request_id=%s code=%s message=%s", request_id, code, message)
         return error_reply(request_id, code, message)
 

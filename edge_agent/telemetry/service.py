@@ -71,6 +71,17 @@ class TelemetryService:
                 self._hand_off(self.aggregator.close(self._clock()))
                 self._wake.set()
 
+    def switch_model(self, manifest: Any, variant: str = "") -> None:
+        """The agent now serves another model version: close the open window, count the next ones under it."""
+        model = manifest if isinstance(manifest, ModelInfo) else ModelInfo.from_manifest(manifest, variant)
+        with self._lock:
+            old = self.aggregator
+            self._hand_off(old.close(self._clock()))
+            self.aggregator = WindowAggregator(self.device_id, model, profile=old.profile, tags=old.tags,
+                                               config=self.window_config, now=self._clock())
+        self._wake.set()
+        self.publisher._status_info.update(model=model.name, version=model.version)  # said on the next connect
+
     def flush(self) -> int | None:
         """Close the open window now and store it with any handed-off ones; returns the last sequence."""
         with self._lock:

@@ -1,0 +1,76 @@
+"""The per-request hook: every answered request feeds the OTA health watch and, when on, telemetry.
+
+Called by InferenceService on the I/O loop thread once per reply, so it stays a few
+counter bumps plus TelemetryService.record (~10 us); `take_health` runs on the OTA
+thread and swaps the counters out under a lock held for nanoseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Mapping
+
+import numpy as np
+
+from edge_agent.ota.machine import HealthFigures
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLES = 4096  # latencies kept for the p95 between two probes (the newest win)
+
+
+class RequestObserver:
+    """Counts answers for the health watch and forwards them to `telemetry` (a TelemetryService) if set."""
+
+    def __init__(self, telemetry: Any = None, latency_samples: int = LATENCY_SAMPLES) -> None:
+        self.telemetry = telemetry
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._errors = 0
+        self._unsure = 0
+        self._latency_ms: deque[float] = deque(maxlen=latency_samples)
+        self._telemetry_failures = 0
+
+    def answered(self, source: str, seconds: float, confidence: np.ndarray, labels: np.ndarray,
+                 feeds: Mapping[str, np.ndarray] | None, unsure: bool) -> None:
+        """One answer; `unsure`: the edge model was not confident (sent to the hub, or would have been)."""
+        ms = seconds * 1000.0
+        with self._lock:
+            self._requests += 1
+            self._unsure += unsure
+            self._latency_ms.append(ms)
+        if self.telemetry is not None:
+            try:
+                self.telemetry.record(source, ms, confidence, labels, feeds)
+            except Exception:  # telemetry must never fail a request
+                self._telemetry_failed()
+
+    def failed(self, seconds: float) -> None:
+        """One error reply (bad input, overload, runtime failure)."""
+        ms = seconds * 1000.0
+        with self._lock:
+            self._requests += 1
+            self._errors += 1
+            self._latency_ms.append(ms)
+        if self.telemetry is not None:
+            try:
+                self.telemetry.record("error", ms)
+            except Exception:
+                self._telemetry_failed()
+
+    def take_health(self) -> HealthFigures:
+        """Figures since the previous call (the OTA watch's HealthProbe contract)."""
+        with self._lock:
+            requests, errors, unsure = self._requests, self._errors, self._unsure
+            latencies = list(self._latency_ms)
+            self._requests = self._errors = self._unsure = 0
+            self._latency_ms.clear()
+        p95 = float(np.percentile(latencies, 95)) if latencies else None
+        return HealthFigures(requests, errors, unsure, p95)
+
+    def _telemetry_failed(self) -> None:
+        self._telemetry_failures += 1
+        if self._telemetry_failures in (1, 10, 100) or self._telemetry_failures % 1000 == 0:
+            log.exception("telemetry record failed failures=%d", self._telemetry_failures)

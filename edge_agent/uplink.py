@@ -1,0 +1,82 @@
+"""The agent's links to the hub over MQTT, built from AgentConfig: telemetry out, OTA commands in.
+
+Both are optional: no `mqtt_url`, no broker needed. Imported only when configured, so an
+edge-only agent never loads paho.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_agent.config import AgentConfig
+from edge_agent.errors import ConfigError
+from edge_agent.model import LoadedModel
+from edge_agent.ota.machine import HealthFigures, WatchPolicy
+
+log = logging.getLogger(__name__)
+
+
+def make_telemetry(cfg: AgentConfig, model: LoadedModel) -> Any:
+    """A started TelemetryService for `model`, its outbox under cfg.data_dir."""
+    from edge_agent.telemetry import OutboxError, PublisherConfig, TelemetryService
+
+    try:
+        service = TelemetryService(
+            cfg.mqtt_url, cfg.device_id, model.manifest, cfg.data_dir, window_s=cfg.telemetry_window_s,
+            max_requests=cfg.telemetry_max_requests, profile=cfg.profile, tags=cfg.tags, variant=model.variant.id,
+            input_every=cfg.telemetry_input_every, outbox_max_rows=cfg.telemetry_outbox_max,
+            publisher=PublisherConfig(mqtt_url=cfg.mqtt_url))  # type: ignore[arg-type]
+    except OutboxError as exc:
+        raise ConfigError(f"hard_examples.data_dir: {exc}") from exc
+    return service.start()
+
+
+def watch_policy(cfg: AgentConfig) -> WatchPolicy:
+    return WatchPolicy(watch_s=cfg.ota_watch_s, min_requests=cfg.ota_min_requests,
+                       max_error_rate=cfg.ota_max_error_rate, max_fallback_rise=cfg.ota_max_fallback_rise,
+                       max_latency_ratio=cfg.ota_max_latency_ratio,
+                       commit_without_traffic=cfg.ota_commit_without_traffic)
+
+
+def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
+                    health: Callable[[], HealthFigures]) -> Any:
+    """An OtaClient (not started) whose store is opened and repaired; install the first version before start."""
+    from edge_agent.ota.client import OtaClient, OtaClientConfig
+    from edge_agent.ota.errors import StoreError
+
+    config = OtaClientConfig(cfg.device_id, cfg.profile, cfg.mqtt_url, cfg.model_store_dir,  # type: ignore[arg-type]
+                             cfg.ota_trusted_key, hub_token=cfg.ota_hub_token,  # type: ignore[arg-type]
+                             watch=watch_policy(cfg))
+    try:
+        client = OtaClient(config, on_switch=on_switch, health=health)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigError(f"ota.ota_trusted_key: {cfg.ota_trusted_key} is not an ed25519 public key PEM ({exc}); "
+                          "get it with `tandem-hub keys release`") from exc
+    try:
+        recovery = client.open_store()
+        if recovery.rolled_back_trial is not None:
+            log.warning("ota: the agent stopped during a trial of %s; serving %s again",
+                        recovery.rolled_back_trial.get("version"), client.store.active_version)
+        if client.store.active_version is None:
+            client.store.install_initial(cfg.model_dir)
+            log.info("ota store initialised store=%s version=%s from=%s", cfg.model_store_dir,
+                     client.store.active_version, cfg.model_dir)
+    except (StoreError, OSError) as exc:
+        raise ConfigError(f"ota.ota_store_dir: {exc}") from exc
+    return client
+
+
+def telemetry_status(service: Any) -> dict[str, Any]:
+    publisher, outbox = service.publisher, service.outbox
+    return {"mqtt_url": publisher.config.mqtt_url, "connected": publisher.connected, "outbox_depth": len(outbox),
+            "last_sequence": outbox.last_sequence, "outbox_dropped_total": outbox.dropped_total,
+            "windows_closed": service.windows_closed, "model_version": service.aggregator.model.version}
+
+
+def ota_status(client: Any) -> dict[str, Any]:
+    state = client.store.state
+    return {"state": client.updater.state, "store_dir": str(client.store.root),
+            "active_version": client.store.active_version, "previous_version": client.store.previous_version,
+            "max_accepted": state.max_accepted, "on_trial": state.trial is not None}
