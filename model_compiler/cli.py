@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from hardware_profiles import ProfileError, load_profiles
+from model_compiler.confidence import DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD
 from model_compiler.errors import CompileError
 from protocols.manifest import ManifestError
 from protocols.signing import SignatureError
@@ -62,6 +63,9 @@ def _compile(args: argparse.Namespace) -> int:
         calibration_method=args.calibration, calib_samples=args.calib_samples, dense_threshold=args.dense_threshold,
         expires_days=args.expires_days, signing_key=args.signing_key, profile_dirs=list(args.profile_dir),
         timing=not args.no_timing, force=args.force,
+        confidence_calibration=not args.no_confidence_calibration, confidence_goal=args.confidence_goal,
+        fallback_budget=args.fallback_budget, reference_threshold=args.reference_threshold,
+        cloud_model=args.cloud_model, hybrid_within=args.hybrid_within,
     )
     result = compile_model(opts, progress=_progress_printer(args.quiet))
     if args.json:
@@ -98,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $TANDEM_HOME/keys/release-ed25519.pem, created on first use)")
     parser.add_argument("--profile-dir", type=Path, action="append", default=[],
                         help="extra folder of profile YAML files (repeatable; also $TANDEM_PROFILE_PATH)")
+    conf = parser.add_argument_group(
+        "confidence calibration",
+        "per classification variant: a temperature fitted on half of --val and a fallback threshold chosen on that "
+        "half for a goal; expected fallback rate and accuracy measured on the other half; all written to the manifest")
+    conf.add_argument("--confidence-goal", choices=["match-reference", "fallback-budget", "hybrid-accuracy"],
+                      help="what each variant's threshold is chosen for: match-reference = the fallback rate the FP32 "
+                           "reference has at --reference-threshold; fallback-budget = --fallback-budget; "
+                           "hybrid-accuracy = least fallback with hybrid accuracy within --hybrid-within points of "
+                           "--cloud-model (default: hybrid-accuracy with --cloud-model, else fallback-budget with "
+                           "--fallback-budget, else match-reference)")
+    conf.add_argument("--fallback-budget", type=float, metavar="FRACTION",
+                      help="share of requests a variant may send to the cloud, e.g. 0.05")
+    conf.add_argument("--reference-threshold", type=float, default=DEFAULT_REFERENCE_THRESHOLD, metavar="T",
+                      help="the shared FP32 max-probability threshold match-reference keeps the fallback rate of "
+                           f"(default: {DEFAULT_REFERENCE_THRESHOLD:g}, the agent's default)")
+    conf.add_argument("--cloud-model", type=Path, metavar="ONNX",
+                      help="the cloud model fallbacks go to (same inputs), for hybrid accuracy figures and goal")
+    conf.add_argument("--hybrid-within", type=float, default=DEFAULT_HYBRID_WITHIN_POINTS, metavar="POINTS",
+                      help="hybrid-accuracy goal: accuracy points below the cloud model allowed (default: 0.5)")
+    conf.add_argument("--no-confidence-calibration", action="store_true",
+                      help="write no per-variant temperature and threshold (agents use their configured threshold)")
     parser.add_argument("--no-timing", action="store_true", help="skip host latency/throughput measurement (faster)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")

@@ -18,6 +18,9 @@ import numpy as np
 from hardware_profiles import Profile, resolve_profiles
 from hardware_profiles.runtimes import load_session
 from model_compiler import model_io
+from model_compiler.confidence import (
+    DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_variant, split_fit_eval,
+)
 from model_compiler.data import Dataset, load_dataset
 from model_compiler.drift_reference import build_drift_reference
 from model_compiler.errors import CompileError, VariantSkipped
@@ -27,7 +30,7 @@ from model_compiler.select import Candidate, choose_for_profile
 from model_compiler.validate import Task, confidences, infer_task, run_dataset, validate_variant
 from model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
 from protocols.manifest import (
-    MANIFEST_FILENAME, FileEntry, Golden, Manifest, ProfileChoice, Variant, parse_version,
+    MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, Variant, parse_version,
 )
 from protocols.signing import load_or_create_private_key, sign_manifest
 
@@ -62,6 +65,19 @@ class CompileOptions:
     timing: bool = True
     timing_seconds: float = 2.0
     force: bool = False
+    # per-variant confidence calibration (model_compiler/confidence.py)
+    confidence_calibration: bool = True
+    confidence_goal: str | None = None  # None: hybrid-accuracy with cloud_model, else fallback-budget when set, else match-reference
+    fallback_budget: float | None = None
+    reference_threshold: float = DEFAULT_REFERENCE_THRESHOLD
+    cloud_model: Path | None = None
+    hybrid_within: float = DEFAULT_HYBRID_WITHIN_POINTS
+
+    def goal(self) -> Goal:
+        kind = self.confidence_goal or ("hybrid-accuracy" if self.cloud_model else
+                                        "fallback-budget" if self.fallback_budget is not None else "match-reference")
+        return Goal(kind=kind, budget=self.fallback_budget, reference_threshold=self.reference_threshold,
+                    within_points=self.hybrid_within).check()
 
 
 @dataclass
@@ -75,6 +91,7 @@ class VariantOutcome:
     outputs: list[np.ndarray] | None = None
     skipped: str | None = None
     build_seconds: float = 0.0
+    calibration: dict[str, Any] | None = None
 
 
 @dataclass
@@ -105,6 +122,12 @@ def _check_options(opts: CompileOptions) -> None:
     if opts.max_accuracy_drop < 0:
         raise CompileError("--max-accuracy-drop must be >= 0 (points of accuracy)")
     parse_version(opts.version)
+    if opts.confidence_calibration:
+        opts.goal()
+        if opts.goal().kind == "hybrid-accuracy" and opts.cloud_model is None:
+            raise CompileError("--confidence-goal hybrid-accuracy needs --cloud-model (the model fallbacks go to)")
+        if opts.cloud_model is not None and not opts.cloud_model.is_file():
+            raise CompileError(f"--cloud-model {opts.cloud_model}: no such file")
     if not opts.profiles:
         raise CompileError("--profiles: name at least one profile (see `tandem-compile profiles`)")
     if opts.out.exists() and any(opts.out.iterdir()) and not opts.force:
@@ -176,6 +199,8 @@ def compile_model(opts: CompileOptions, progress: Progress | None = None) -> Com
     buildable = [p for p in profiles if p.name not in blocked]
     recipes, wanted_by, skipped = _plan(buildable, say)
     outcomes = _build_and_validate(recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say)
+    if opts.confidence_calibration and task.kind == "classification":
+        _calibrate(outcomes, opts, task, val, reference, outputs[task.output_index].name, ref_metrics, say)
 
     choices: dict[str, ProfileChoice] = {}
     for profile in profiles:
@@ -253,6 +278,48 @@ def _build_and_validate(recipes: dict[str, Recipe], wanted_by: dict[str, list[st
     return outcomes
 
 
+def _cloud_predictions(opts: CompileOptions, val: Dataset) -> np.ndarray:
+    """The cloud model's answers on the validation inputs (argmax of its first output)."""
+    assert opts.cloud_model is not None
+    try:
+        session = load_session("onnxruntime", opts.cloud_model)
+    except Exception as exc:
+        raise CompileError(f"--cloud-model {opts.cloud_model}: ONNX Runtime cannot load it ({exc})") from exc
+    try:
+        names = {s.name for s in session.inputs}
+        if names != set(val.inputs):
+            raise CompileError(f"--cloud-model {opts.cloud_model}: its inputs ({', '.join(sorted(names))}) are not the "
+                               f"edge model's ({', '.join(sorted(val.inputs))}); hybrid accuracy needs the same inputs")
+        out = run_dataset(session, val.inputs)[0]
+    finally:
+        session.close()
+    if out.ndim != 2 or out.shape[0] != len(val):
+        raise CompileError(f"--cloud-model {opts.cloud_model}: first output has shape {list(out.shape)}; "
+                           "expected [samples, classes]")
+    return out.argmax(axis=1)
+
+
+def _calibrate(outcomes: list[VariantOutcome], opts: CompileOptions, task: Task, val: Dataset,
+               reference: list[np.ndarray], output_name: str, ref_metrics: dict[str, Any], say: Progress) -> None:
+    """Fit every validated variant's temperature and threshold for the goal (see model_compiler/confidence.py)."""
+    goal = opts.goal()
+    fit, evaluation, how = split_fit_eval(len(val), val.labels)
+    cloud_pred = _cloud_predictions(opts, val) if opts.cloud_model is not None else None
+    if cloud_pred is not None and val.labels is not None:
+        ref_metrics["cloud_accuracy"] = float((cloud_pred == val.labels).mean())
+    data = CalibrationInputs(fit=fit, evaluation=evaluation, split=how, labels=val.labels,
+                             reference_conf=confidences(task, reference[task.output_index]), cloud_pred=cloud_pred)
+    say(f"confidence calibration: goal {goal.kind}; {how}")
+    for o in outcomes:
+        if not o.built or o.skipped or not o.outputs:
+            continue
+        o.calibration = calibrate_variant(o.outputs[task.output_index], task.probabilities, goal, data, output_name)
+        c = o.calibration
+        say(f"  {o.recipe.id}: temperature {c['temperature']:.3f}, threshold {c['threshold']:.4f}, "
+            f"expected fallback {c['expected_fallback_rate']:.3f}"
+            + (f", hybrid accuracy {c['expected_hybrid_accuracy']:.4f}" if c["expected_hybrid_accuracy"] is not None else ""))
+
+
 def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, task: Task,
                     outcomes: list[VariantOutcome], choices: dict[str, ProfileChoice], val: Dataset,
                     reference: list[np.ndarray], ref_metrics: dict[str, Any]) -> Manifest:
@@ -271,6 +338,7 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
             files=_file_entries(o.built.files, out), inputs=list(inputs), outputs=list(outputs),
             profiles=sorted(set(o.profiles) | set(chosen_for)), options=options,
             metrics={k: (round(v, 6) if isinstance(v, float) else v) for k, v in o.metrics.items()},
+            calibration=Calibration.from_dict(o.calibration, o.recipe.id) if o.calibration else None,
         ))
 
     golden = None

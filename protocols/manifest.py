@@ -80,6 +80,58 @@ class FileEntry:
         return cls(path=path, sha256=sha, size=size)
 
 
+CALIBRATION_GOALS = ("match-reference", "fallback-budget", "hybrid-accuracy")
+CONFIDENCE_MEASURES = ("max_prob", "margin", "entropy")
+
+
+@dataclass
+class Calibration:
+    """A variant's own confidence calibration: the temperature and fallback threshold
+    fitted on held-out data for `goal`, with what they are expected to give.
+
+    The threshold applies to `measure` of the temperature-scaled probabilities of the
+    task output; the two were fitted together and are applied together.
+    """
+
+    temperature: float
+    threshold: float
+    goal: dict[str, Any]
+    expected_fallback_rate: float
+    measure: str = "max_prob"
+    output: str | None = None
+    expected_accuracy: float | None = None
+    expected_hybrid_accuracy: float | None = None
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> "Calibration":
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"{where}: expected an object")
+        temperature = _req_number(data, "temperature", where)
+        if not temperature > 0:
+            raise ManifestError(f"{where}.temperature: expected a positive number, got {temperature!r}")
+        threshold = _req_number(data, "threshold", where)
+        if not 0.0 <= threshold <= 1.0:
+            raise ManifestError(f"{where}.threshold: {threshold!r} must be between 0 and 1")
+        goal = _req_dict(data, "goal", where)
+        if goal.get("kind") not in CALIBRATION_GOALS:
+            raise ManifestError(f"{where}.goal.kind: {goal.get('kind')!r} is not one of {', '.join(CALIBRATION_GOALS)}")
+        measure = data.get("measure", "max_prob")
+        if measure not in CONFIDENCE_MEASURES:
+            raise ManifestError(f"{where}.measure: {measure!r} is not one of {', '.join(CONFIDENCE_MEASURES)}")
+        output = data.get("output")
+        if output is not None and not isinstance(output, str):
+            raise ManifestError(f"{where}.output: expected an output name or null")
+        return cls(
+            temperature=temperature, threshold=threshold, goal=dict(goal),
+            expected_fallback_rate=_req_number(data, "expected_fallback_rate", where),
+            measure=measure, output=output,
+            expected_accuracy=_opt_number(data, "expected_accuracy", where),
+            expected_hybrid_accuracy=_opt_number(data, "expected_hybrid_accuracy", where),
+            fit=dict(data.get("fit", {})),
+        )
+
+
 @dataclass
 class Variant:
     """One runnable form of the model: a runtime, a precision and its files."""
@@ -93,6 +145,7 @@ class Variant:
     profiles: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None  # absent in manifests from before per-variant calibration
 
     @property
     def model_file(self) -> FileEntry:
@@ -123,6 +176,8 @@ class Variant:
             profiles=[str(p) for p in data.get("profiles", [])],
             options=dict(data.get("options", {})),
             metrics=dict(data.get("metrics", {})),
+            calibration=(Calibration.from_dict(data["calibration"], f"{where}.calibration")
+                         if data.get("calibration") is not None else None),
         )
 
 
@@ -209,6 +264,9 @@ class Manifest:
         data = asdict(self)
         if data["signature"] is None:
             del data["signature"]
+        for variant in data["variants"]:  # keep older manifests byte-identical (their signatures cover them)
+            if variant.get("calibration") is None:
+                variant.pop("calibration", None)
         return data
 
     def to_json(self) -> str:
@@ -297,6 +355,10 @@ def _req_dict(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any
     if not isinstance(value, Mapping):
         raise ManifestError(f"{where}.{key}: expected an object")
     return value
+
+
+def _opt_number(data: Mapping[str, Any], key: str, where: str) -> float | None:
+    return _req_number(data, key, where) if data.get(key) is not None else None
 
 
 def _req_number(data: Mapping[str, Any], key: str, where: str) -> float:
