@@ -47,7 +47,7 @@ def test_health_and_docs_need_no_token(api):
     r = api.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     r = api.get("/", follow_redirects=False)
-    assert r.status_code == 307 and r.headers["location"] == "/docs"
+    assert r.status_code == 307 and r.headers["location"] == "/console/"
     assert api.get("/docs").status_code == 200
     assert "/v1/devices" in api.get("/openapi.json").json()["paths"]
 

@@ -11,12 +11,18 @@ from fastapi.responses import JSONResponse
 
 from cloud_hub.errors import AuthError, HubError
 from cloud_hub.rest import (
-    routes_artifacts, routes_devices, routes_models, routes_placeholders, routes_system, routes_tokens,
+    routes_artifacts, routes_devices, routes_models, routes_system, routes_tokens, routes_whoami,
 )
+from cloud_hub.rest.schemas import ErrorBody
+from cloud_hub.rollouts import routes as rollout_routes
+from cloud_hub.telemetry import routes as telemetry_routes
+from cloud_hub.web import mount_console
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "telemetry or rollouts are not running on this hub"}}
 
 
 def create_app(hub: Any) -> FastAPI:
@@ -24,7 +30,8 @@ def create_app(hub: Any) -> FastAPI:
     app = FastAPI(
         title="Tandem hub",
         version=API_VERSION,
-        description="Fleet console: devices, models, variants, artifacts. Every route but /healthz needs a bearer token "
+        description="Fleet console: devices, models, variants, artifacts, telemetry, drift alerts, OTA rollouts. "
+                    "Every route but /healthz needs a bearer token "
                     "(scopes read < operate < admin) from `tandem-hub tokens create`.",
     )
     app.state.hub = hub
@@ -41,8 +48,11 @@ def create_app(hub: Any) -> FastAPI:
         # One error shape everywhere ({"detail": str}), so clients and the CLI print it as is.
         return JSONResponse({"detail": describe_validation_errors(exc.errors())}, status_code=422)
 
-    for module in (routes_system, routes_devices, routes_models, routes_artifacts, routes_tokens, routes_placeholders):
+    for module in (routes_system, routes_devices, routes_models, routes_artifacts, routes_tokens, routes_whoami):
         app.include_router(module.router)
+    for module in (telemetry_routes, rollout_routes):  # 503 while that part of the hub is not running
+        app.include_router(module.router, responses=_UNAVAILABLE)
+    mount_console(app)
     return app
 
 

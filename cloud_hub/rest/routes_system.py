@@ -15,8 +15,8 @@ router = APIRouter()
 
 @router.get("/", include_in_schema=False)
 def root() -> RedirectResponse:
-    """A browser pointed at the hub lands on the API docs (they need no token; the data does)."""
-    return RedirectResponse("/docs")
+    """A browser pointed at the hub lands on the console page (it asks for a token; /docs still works)."""
+    return RedirectResponse("/console/")
 
 
 @router.get("/healthz", response_model=Health, tags=["system"])
