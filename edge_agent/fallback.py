@@ -23,6 +23,7 @@ from protocols import inference_params as params
 from protocols import inference_pb2 as pb
 from protocols import inference_pb2_grpc as pb_grpc
 from protocols.limits import MAX_GRPC_MESSAGE_BYTES
+from protocols.tls import TlsConfigError, TlsFiles, grpc_channel_credentials, warn_plain_text
 from protocols.tensor_codec import TensorCodecError, decode_response_outputs, encode_request_inputs
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 # The hub answered, so it is alive: these do not count against the breaker.
 _HUB_ALIVE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED,
-              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
+              grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 _REASONS = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable",
             grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded"}
 # No second attempt when less than this is left of the deadline.
@@ -124,7 +126,8 @@ def channel_options() -> list[tuple[str, object]]:
 class _FallbackCore:
     """Everything but the transport: settings, request building, retry and breaker bookkeeping."""
 
-    def __init__(self, url: str, deadline_ms: float, breaker: CircuitBreaker | None, max_attempts: int) -> None:
+    def __init__(self, url: str, deadline_ms: float, breaker: CircuitBreaker | None, max_attempts: int,
+                 tls: TlsFiles | None = None) -> None:
         if deadline_ms <= 0:
             raise ConfigError(f"fallback.deadline_ms: must be positive, got {deadline_ms}")
         if max_attempts < 1:
@@ -137,6 +140,19 @@ class _FallbackCore:
             self._target, self._tls = parse_target(url)
         except ValueError as exc:
             raise ConfigError(f"fallback.hub_url: {exc}") from exc
+        self.tls = tls
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        """Mutual TLS with `tls`; grpcs:// alone: TLS against the system roots; else None (plain text)."""
+        if self.tls is not None:
+            try:
+                return grpc_channel_credentials(self.tls)
+            except (TlsConfigError, OSError) as exc:
+                raise ConfigError(f"fallback tls: {exc}") from exc
+        if self._tls:
+            return grpc.ssl_channel_credentials()
+        warn_plain_text("fallback client", self.url)
+        return None
 
     def _prepare(self, model_name: str, inputs: Mapping[str, np.ndarray], edge: params.EdgeContext,
                  request_id: str) -> pb.ModelInferRequest:
@@ -196,10 +212,11 @@ class FallbackClient(_FallbackCore):
     """
 
     def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
-                 max_attempts: int = 2) -> None:
-        super().__init__(url, deadline_ms, breaker, max_attempts)
-        if self._tls:
-            self._channel = grpc.secure_channel(self._target, grpc.ssl_channel_credentials(), options=channel_options())
+                 max_attempts: int = 2, tls: TlsFiles | None = None) -> None:
+        super().__init__(url, deadline_ms, breaker, max_attempts, tls)
+        credentials = self._credentials()
+        if credentials is not None:
+            self._channel = grpc.secure_channel(self._target, credentials, options=channel_options())
         else:
             self._channel = grpc.insecure_channel(self._target, options=channel_options())
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
@@ -252,11 +269,11 @@ class AsyncFallbackClient(_FallbackCore):
     """
 
     def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
-                 max_attempts: int = 2) -> None:
-        super().__init__(url, deadline_ms, breaker, max_attempts)
-        if self._tls:
-            self._channel = grpc.aio.secure_channel(self._target, grpc.ssl_channel_credentials(),
-                                                    options=channel_options())
+                 max_attempts: int = 2, tls: TlsFiles | None = None) -> None:
+        super().__init__(url, deadline_ms, breaker, max_attempts, tls)
+        credentials = self._credentials()
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(self._target, credentials, options=channel_options())
         else:
             self._channel = grpc.aio.insecure_channel(self._target, options=channel_options())
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)

@@ -43,3 +43,18 @@ MAX_TAG_CHARS = 128
 # Telemetry windows and OTA commands/status are each far smaller; the broker drops bigger.
 MAX_MQTT_PAYLOAD_BYTES = 1024 * 1024
 MQTT_PACKET_OVERHEAD_BYTES = 64 * 1024    # topic + MQTT 5 properties on top of the payload (max_packet_size)
+
+# Per-device rate limits at the hub (cloud_hub.ratelimit token buckets, keyed by device id).
+# Telemetry: the burst holds a full day's outbox backlog (edge_agent's 8640 windows) so a
+# device back from an outage drains it; beyond that a flood is dropped at RATE per second.
+DEVICE_TELEMETRY_PER_S = 20.0
+DEVICE_TELEMETRY_BURST = 2 * 8640
+# gRPC fallback ModelInfer per authenticated device (client-certificate CN): beyond it,
+# RESOURCE_EXHAUSTED, which the agent answers locally (degraded) without retrying.
+DEVICE_INFER_PER_S = 200.0
+DEVICE_INFER_BURST = 400
+# How many devices' buckets a hub keeps; the idlest are forgotten first (memory bound).
+RATE_LIMIT_MAX_DEVICES = 100_000
+
+# Artifacts: the largest single model file an agent downloads or the hub stores.
+MAX_ARTIFACT_BYTES = 2 * 1024 * 1024 * 1024

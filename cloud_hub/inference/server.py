@@ -2,7 +2,9 @@
 
 Overload is bounded twice: gRPC's `maximum_concurrent_rpcs` answers RESOURCE_EXHAUSTED
 as soon as that many RPCs are in flight, and each model's micro-batcher refuses work
-beyond `max_queue`; nothing waits in an unbounded queue.
+beyond `max_queue`; nothing waits in an unbounded queue. With `tls`, clients must
+present a certificate the fleet CA signed; `_ClientCertGate` refuses revoked ones,
+pins a device's requests to its certificate's CN and rate-limits each device.
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 
 from cloud_hub.errors import ConfigError
 from cloud_hub.inference.model import BatchOptions, CloudModel, ModelDirError, load_cloud_model
 from cloud_hub.inference.servicer import InferenceServicer, InferenceStats
+from cloud_hub.pki import HUB_IDENTITY, RevocationList
+from cloud_hub.ratelimit import RateLimiter
+from protocols import inference_params as params
 from protocols import inference_pb2_grpc as pb_grpc
+from protocols import limits
 from protocols.limits import MAX_GRPC_MESSAGE_BYTES
+from protocols.tls import TlsFiles, grpc_server_credentials, warn_plain_text
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,9 @@ class InferenceServer:
                  batch_window_ms: float = 1.0, hub_profile: str = "cpu-x86",
                  aliases: Mapping[str, str] | None = None, variants: Mapping[str, str] | None = None,
                  threads: int | None = None, allow_non_finite: bool = False, max_request_s: float = 30.0,
-                 trusted_key: Any = None) -> None:
+                 trusted_key: Any = None, tls: TlsFiles | None = None,
+                 device_rate_per_s: float = limits.DEVICE_INFER_PER_S,
+                 device_burst: int = limits.DEVICE_INFER_BURST) -> None:
         dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
         if not dirs:
             raise ConfigError("model_dirs: give at least one compiled model directory to serve")
@@ -55,6 +64,9 @@ class InferenceServer:
         self.allow_non_finite = allow_non_finite
         self.max_request_s = max_request_s
         self.trusted_key = trusted_key  # ed25519 public key: serve only manifests it signed
+        self.tls = tls                  # mutual TLS (server cert + the CA clients must be signed by + CRL)
+        self.device_rate_per_s = device_rate_per_s
+        self.device_burst = device_burst
         self.port: int | None = None
         self.servicer: InferenceServicer | None = None
         self._server: grpc.Server | None = None
@@ -86,8 +98,13 @@ class InferenceServer:
         except BaseException:
             self._close_models()
             raise
+        interceptors = []
+        if self.tls is not None:
+            crl = RevocationList(self.tls.crl, self.tls.ca) if self.tls.crl is not None else None
+            interceptors.append(_ClientCertGate(crl, RateLimiter(self.device_rate_per_s, self.device_burst)))
         server = grpc.server(
             ThreadPoolExecutor(max_workers=self.max_concurrent_rpcs, thread_name_prefix="hub-grpc"),
+            interceptors=interceptors,
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
@@ -97,7 +114,12 @@ class InferenceServer:
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         try:
-            port = server.add_insecure_port(_host_port(self.host, self.requested_port))
+            address = _host_port(self.host, self.requested_port)
+            if self.tls is None:
+                warn_plain_text("inference server", f"grpc://{address}")
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, grpc_server_credentials(self.tls))
         except RuntimeError as exc:
             port = 0
             log.debug("bind failed: %s", exc)
@@ -164,6 +186,44 @@ class InferenceServer:
         models, self._models = self._models, {}
         for model in models.values():
             model.close()
+
+
+class _ClientCertGate(grpc.ServerInterceptor):
+    """Per call, on a mutual-TLS server: refuse revoked certificates (UNAUTHENTICATED), a device asking
+    as another device (PERMISSION_DENIED), and a device over its rate (RESOURCE_EXHAUSTED).
+
+    The handshake already refused clients without a CA-signed certificate; gRPC Python
+    has no CRL option, so revocation is checked here against the CRL file (re-read when it changes).
+    """
+
+    def __init__(self, crl: RevocationList | None, limiter: RateLimiter) -> None:
+        self.crl = crl
+        self.limiter = limiter
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        def gated(request: Any, context: grpc.ServicerContext) -> Any:
+            auth = context.auth_context()
+            pem = (auth.get("x509_pem_cert") or [b""])[0]
+            if not pem or (self.crl is not None and self.crl.is_revoked(pem)):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate revoked or missing")
+            cn = (auth.get("x509_common_name") or [b""])[0].decode("utf-8", "replace")
+            if cn != HUB_IDENTITY:
+                claimed = request.parameters.get(params.DEVICE_ID) if hasattr(request, "parameters") else None
+                if claimed is not None and params.parameter_value(claimed) not in (None, cn):
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"certificate of {cn!r} may not ask as {params.parameter_value(claimed)!r}")
+                if not self.limiter.allow(cn):
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"device {cn!r} is over {self.limiter.rate:g} requests/s")
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(gated, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
 
 
 def _host_port(host: str, port: int) -> str:

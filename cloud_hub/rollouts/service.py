@@ -31,6 +31,7 @@ from protocols.ota import OtaCommand, OtaMessageError, decode_status, encode_com
 from protocols.signing import canonical_bytes
 from protocols.telemetry_codec import STATUS_ONLINE
 from protocols.telemetry_codec import decode_status as decode_device_status
+from protocols.tls import TlsFiles, configure_mqtt_client
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class RolloutServiceConfig:
     command_ttl_s: float = 3600.0    # a command's deadline; catch-up re-issues fresh ones
     watch_s: float | None = None     # health-watch length sent to devices; None: each device's default
     client_id: str = "tandem-hub-rollouts"
+    tls: TlsFiles | None = None      # the hub's MQTT identity (mqtts://); None: plain text, development only
 
 
 class RolloutService:
@@ -66,9 +68,8 @@ class RolloutService:
         self._worker: threading.Thread | None = None
         self.sent = 0
         self._digests: dict[tuple[str, str], str] = {}
-        host, port = topics.parse_mqtt_url(config.mqtt_url)
-        self._mqtt_addr = (host, port)
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5)
+        self._mqtt_addr = configure_mqtt_client(self._client, config.mqtt_url, config.tls, "rollouts")
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(0.2, 2.0)
         self._client.on_connect = self._on_connect

@@ -19,9 +19,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud_hub.ratelimit import RateLimiter
 from cloud_hub.telemetry.store import StoredWindow, TelemetryStore
+from protocols import limits
 from protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
-from protocols.topics import TELEMETRY, TopicError, all_devices, parse_mqtt_url, parse_topic, shared
+from protocols.tls import TlsFiles, configure_mqtt_client
+from protocols.topics import TELEMETRY, TopicError, all_devices, parse_topic, shared
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ class IngestConfig:
     keepalive_s: int = 10
     reconnect_max_s: float = 2.0
     cohort_tags: tuple[str, ...] | None = None
+    device_rate_per_s: float = limits.DEVICE_TELEMETRY_PER_S   # per-device flood bound; beyond it windows are dropped
+    device_burst: int = limits.DEVICE_TELEMETRY_BURST
+    tls: TlsFiles | None = None                # the hub's MQTT identity (mqtts://); None: plain text, development only
 
     @property
     def topic_filter(self) -> str:
@@ -60,6 +66,7 @@ class IngestStats:
     bad: int = 0
     batches: int = 0
     store_errors: int = 0
+    rate_limited: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -75,15 +82,16 @@ class TelemetryIngest:
         self.stats = IngestStats()
         self._on_windows = on_windows
         self._cohort_of = cohort_of or (lambda w: "{}")
-        self._host, self._port = parse_mqtt_url(config.mqtt_url)
         self._queue: queue.SimpleQueue[tuple[int, int, str, bytes, int]] = queue.SimpleQueue()
         self._generation = 0      # bumps on every connect: acks for an older connection's mids are skipped
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._writer: threading.Thread | None = None
         self._last_bad_log = 0.0
+        self._limiter = RateLimiter(config.device_rate_per_s, config.device_burst)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
+        self._host, self._port = configure_mqtt_client(self.client, config.mqtt_url, config.tls, "telemetry ingest")
         self.client.reconnect_delay_set(0.2, config.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
@@ -171,6 +179,13 @@ class TelemetryIngest:
                 self.stats.bad += 1
                 if now - self._last_bad_log > 5.0:  # rate-limited: a flood of garbage must not flood the log
                     log.warning("bad telemetry message topic=%r error=%s bad_total=%d", topic[:200], exc, self.stats.bad)
+                    self._last_bad_log = now
+                continue
+            if not self._limiter.allow(window.device_id):
+                self.stats.rate_limited += 1
+                if now - self._last_bad_log > 5.0:
+                    log.warning("telemetry rate limit device=%s rate=%g/s burst=%d dropped_total=%d", window.device_id,
+                                self.config.device_rate_per_s, self.config.device_burst, self.stats.rate_limited)
                     self._last_bad_log = now
                 continue
             items.append(StoredWindow(window, payload, self._cohort_of(window), now))

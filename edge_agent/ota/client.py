@@ -27,7 +27,8 @@ from edge_agent.ota.store import ModelStore, Recovery
 from edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
 from protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_status
 from protocols.signing import load_public_key
-from protocols.topics import ota_cmd_topic, ota_status_topic, parse_mqtt_url
+from protocols.tls import TlsFiles, configure_mqtt_client
+from protocols.topics import ota_cmd_topic, ota_status_topic
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class OtaClientConfig:
     keepalive_s: int = 10
     session_expiry_s: int = 7 * 24 * 3600
     poll_s: float = 0.25
+    tls: TlsFiles | None = None                  # mutual TLS (mqtts://); None: plain text, development only
 
 
 class OtaClient:
@@ -71,9 +73,10 @@ class OtaClient:
                                on_switch, self._publish_step, health or HealthFigures, clock, self._cancel)
         self._cmd_topic = ota_cmd_topic(config.device_id)
         self._status_topic = ota_status_topic(config.device_id)
-        self._host, self._port = parse_mqtt_url(config.mqtt_url)
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tandem-ota-{config.device_id}",
                                    protocol=mqtt.MQTTv5)
+        self._host, self._port = configure_mqtt_client(self._client, config.mqtt_url, config.tls,
+                                                       f"OTA client (device {config.device_id})")
         self._client.reconnect_delay_set(0.2, 2.0)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message

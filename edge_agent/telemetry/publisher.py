@@ -21,7 +21,8 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.telemetry.outbox import Outbox
 from protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
-from protocols.topics import parse_mqtt_url, status_topic, telemetry_topic
+from protocols.tls import TlsFiles, configure_mqtt_client
+from protocols.topics import status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class PublisherConfig:
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 2.0
     max_inflight: int = 20                     # windows handed to paho at once (mosquitto's default receive max)
+    tls: TlsFiles | None = None                # mutual TLS (mqtts://); None: plain text, development only
 
 
 class TelemetryPublisher:
@@ -50,7 +52,6 @@ class TelemetryPublisher:
         self._topic = telemetry_topic(device_id)
         self._status_topic = status_topic(device_id)
         self._status_info = dict(status_info or {})
-        self._host, self._port = parse_mqtt_url(config.mqtt_url)
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -61,6 +62,8 @@ class TelemetryPublisher:
         self.acked = 0
         self.connects = 0
         self._client = self._make_client()
+        self._host, self._port = configure_mqtt_client(self._client, config.mqtt_url, config.tls,
+                                                       f"telemetry publisher (device {device_id})")
 
     def _make_client(self) -> mqtt.Client:
         client_id = self.config.client_id or f"tandem-agent-{self.device_id}"
