@@ -7,7 +7,7 @@ agent, the benchmarks and the simulator all run this same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -73,6 +73,10 @@ class Scores:
     confidence: np.ndarray   # float32 [rows]; NaN counts as not confident
     confident: np.ndarray    # bool [rows]
     threshold: float
+    # With a temperature: the temperature-scaled measure that `confident` compares with
+    # `threshold`. `confidence` stays the model's own measure, comparable with the
+    # manifest's drift reference (built from unscaled FP32 outputs).
+    calibrated: np.ndarray | None = None
 
     @property
     def all_confident(self) -> bool:
@@ -86,15 +90,21 @@ class ConfidencePolicy:
     1 - H/log(K)), so one threshold rule fits all three. For models whose output is
     not a softmax, name the output to score and a transform (softmax for logits,
     sigmoid for one binary logit, or any callable returning probabilities).
+
+    `temperature` (a variant's calibration from the manifest) rescales the
+    probabilities as softmax(log p / T) before the decision; labels do not change.
     """
 
     def __init__(self, kind: str = "max_prob", threshold: float | None = None, *, output: str | int | None = None,
-                 transform: str | Transform = "auto") -> None:
+                 transform: str | Transform = "auto", temperature: float | None = None) -> None:
         if kind not in KINDS:
             raise PolicyError(f"policy: {kind!r} is not one of {', '.join(KINDS)}")
         self.kind = kind
         self.threshold = DEFAULT_THRESHOLDS[kind] if threshold is None else float(threshold)
         _check_threshold(self.threshold)
+        if temperature is not None and not (0.0 < float(temperature) < float("inf")):
+            raise PolicyError(f"temperature: {temperature!r} must be a positive number")
+        self.temperature = None if temperature is None or float(temperature) == 1.0 else float(temperature)
         self.output = output
         if isinstance(transform, str):
             if transform not in _TRANSFORMS:
@@ -133,17 +143,18 @@ class ConfidencePolicy:
         probs = self.probabilities(raw)
         confidence = self.measure(probs)
         if not probs.shape[0]:
-            return Scores(np.zeros(0, np.int64), confidence, np.zeros(0, bool), t)
-        nan = np.isnan(confidence)
+            return Scores(np.zeros(0, np.int64), confidence, np.zeros(0, bool), t,
+                          None if self.temperature is None else confidence)
+        calibrated = None if self.temperature is None else self.measure(temper(probs, self.temperature))
+        decided = confidence if calibrated is None else calibrated
+        nan = np.isnan(decided) | np.isnan(confidence)
         if nan.any():  # NaN compares False below, so a NaN answer is never confident
             probs = np.where(np.isnan(probs), -np.inf, probs)
-            confidence = np.where(nan, np.float32(0.0), confidence)
-            confident = (confidence >= t) & ~nan
-            confidence = np.where(nan, np.float32(np.nan), confidence)
+            confident = (np.where(nan, np.float32(0.0), decided) >= t) & ~nan
         else:
-            confident = confidence >= t
+            confident = decided >= t
         labels = probs.argmax(axis=-1).astype(np.int64)
-        return Scores(labels=labels, confidence=confidence, confident=confident, threshold=t)
+        return Scores(labels=labels, confidence=confidence, confident=confident, threshold=t, calibrated=calibrated)
 
     def measure(self, probs: np.ndarray) -> np.ndarray:
         rows, k = probs.shape
@@ -180,6 +191,40 @@ class ConfidencePolicy:
         if self.output not in names:
             raise PolicyError(f"policy output {self.output!r} is not an output of the model (have: {', '.join(names)})")
         return outputs[list(names).index(self.output)]
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): temperature scaling on probabilities (for logits, softmax(z / T))."""
+    with np.errstate(divide="ignore"):
+        z = np.log(np.clip(probs, 1e-12, None)) / np.float32(temperature)
+    return softmax(z).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The threshold (None: the policy's default) and temperature an agent scores with, and where they came from."""
+
+    threshold: float | None
+    temperature: float | None
+    source: str  # "config" | "calibration" | "manifest task" | "policy default"
+
+
+def resolve_threshold(kind: str, config_threshold: float | None, calibration: Any = None,
+                      task_threshold: Any = None, output: str | int | None = None) -> ThresholdChoice:
+    """Config threshold > the variant's calibrated threshold > manifest task.threshold > policy default.
+
+    A calibration (protocols.manifest.Calibration) counts only for the measure and
+    output it was fitted on; its temperature comes with its threshold and only then,
+    because a configured threshold was set against unscaled confidences.
+    """
+    if config_threshold is not None:
+        return ThresholdChoice(float(config_threshold), None, "config")
+    if calibration is not None and calibration.measure == kind and \
+            (output is None or calibration.output is None or output == calibration.output):
+        return ThresholdChoice(float(calibration.threshold), float(calibration.temperature), "calibration")
+    if isinstance(task_threshold, (int, float)) and not isinstance(task_threshold, bool):
+        return ThresholdChoice(float(task_threshold), None, "manifest task")
+    return ThresholdChoice(None, None, "policy default")
 
 
 def _check_threshold(t: float) -> None:
