@@ -23,7 +23,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.errors import ModelLoadError
 from edge_agent.model import LoadedModel, load_model
 from edge_agent.observe import RequestObserver
-from edge_agent.policy import ConfidencePolicy, PolicyError
+from edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold
 from edge_agent.server import ZmqServer
 from edge_agent.service import InferenceService
 from edge_agent.serving import Serving
@@ -240,11 +240,12 @@ class Agent:
 
     def _make_policy(self, model: LoadedModel) -> ConfidencePolicy:
         cfg = self.config
-        threshold = cfg.threshold
-        if threshold is None and isinstance(model.manifest.task.get("threshold"), (int, float)):
-            threshold = float(model.manifest.task["threshold"])
+        choice = resolve_threshold(cfg.policy, cfg.threshold, model.variant.calibration,
+                                   model.manifest.task.get("threshold"), cfg.policy_output)
+        log.info("policy threshold=%s temperature=%s source=%s", choice.threshold, choice.temperature, choice.source)
         try:
-            return ConfidencePolicy(cfg.policy, threshold, output=cfg.policy_output, transform=cfg.transform)
+            return ConfidencePolicy(cfg.policy, choice.threshold, output=cfg.policy_output, transform=cfg.transform,
+                                    temperature=choice.temperature)
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from exc
 
