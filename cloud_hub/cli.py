@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the hub (REST console, MQTT broker, gRPC inference)",
+    serve = sub.add_parser("serve", help="run the hub (REST console, MQTT broker, telemetry, rollouts, gRPC inference)",
                            description="Run the hub in the foreground until Ctrl-C. Flags override TANDEM_HUB_* env "
                                        "vars, which override --config.")
     serve.add_argument("--config", type=Path, help="TOML file with hub settings (a [hub] table or top-level keys)")
@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")
     serve.add_argument("--broker", choices=("auto", "mosquitto", "embedded"),
                        help="which broker to start when --mqtt-url is not given (default auto: Mosquitto if installed)")
+    serve.add_argument("--public-url", help="the hub's HTTP URL as devices reach it, for OTA downloads "
+                                            "(default: the URL it listens on)")
+    serve.add_argument("--telemetry", action=argparse.BooleanOptionalAction, default=None,
+                       help="ingest device telemetry over MQTT and run the drift engine (default on)")
+    serve.add_argument("--rollouts", action=argparse.BooleanOptionalAction, default=None,
+                       help="run staged OTA rollouts: /v1/rollouts and `tandem-hub ota` (default on)")
+    serve.add_argument("--drift-eval-interval", type=float, dest="drift_eval_interval_s", metavar="SECONDS",
+                       help="how often the drift engine evaluates every cohort (default 10)")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(func=cmd_serve)
 
@@ -159,7 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = HubConfig.load(args.config, data_dir=args.data_dir, http_host=args.http_host, http_port=args.http_port,
                             grpc_port=args.grpc_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
-                            mqtt_url=args.mqtt_url, broker=args.broker, inference_profile=args.inference_profile)
+                            mqtt_url=args.mqtt_url, broker=args.broker, inference_profile=args.inference_profile,
+                            public_url=args.public_url, telemetry=args.telemetry, rollouts=args.rollouts,
+                            drift_eval_interval_s=args.drift_eval_interval_s)
     hub = Hub(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -168,9 +178,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         hub.start()
         urls = hub.urls()
         print(f"tandem-hub serving (data dir {config.data_dir.resolve()})")
-        for name in ("http", "docs", "grpc", "mqtt"):
-            if name in urls:
-                print(f"  {name:<5} {urls[name]}")
+        for name, url in urls.items():
+            print(f"  {name:<9} {url}")
         if not hub.tokens.list(include_revoked=False):
             print(f"no API tokens yet: tandem-hub tokens create --scope admin --name admin --data-dir {config.data_dir}")
         sys.stdout.flush()

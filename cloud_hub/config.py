@@ -13,6 +13,16 @@ from cloud_hub.errors import ConfigError
 ENV_PREFIX = "TANDEM_HUB_"
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 
+_INTS = ("http_port", "grpc_port", "mqtt_port", "drift_min_samples", "drift_min_requests")
+_FLOATS = ("offline_after_s", "max_upload_mb", "telemetry_retention_s", "drift_eval_interval_s", "drift_span_s",
+           "drift_baseline_s", "drift_open_above", "drift_close_below", "drift_rate_open_above",
+           "drift_rate_close_below", "rollout_tick_s", "rollout_watch_s")
+_POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
+             "drift_min_requests", "drift_open_above", "drift_rate_open_above", "rollout_tick_s", "rollout_watch_s")
+_BOOLS = ("telemetry", "rollouts")
+_OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
 
 @dataclass(frozen=True)
 class HubConfig:
@@ -35,6 +45,27 @@ class HubConfig:
     offline_after_s: float = 90.0
     max_upload_mb: float = 2048.0
     profile_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    # The hub's HTTP base URL as devices reach it (OTA manifests and artifacts); None: the URL it listens on.
+    public_url: str | None = None
+    # Telemetry ingestion (MQTT -> SQLite) with the drift engine and alerts; the knobs below tune the drift engine.
+    telemetry: bool = True
+    # None: a plain subscription (survives a Mosquitto restart); a name: $share/<name>/... for hub replicas.
+    telemetry_share_group: str | None = None
+    telemetry_retention_s: float = 24 * 3600.0
+    drift_eval_interval_s: float = 10.0
+    drift_span_s: float = 300.0
+    drift_baseline_s: float = 3600.0
+    drift_min_samples: int = 200
+    drift_min_requests: int = 100
+    drift_open_above: float = 0.25       # PSI/JS/chi-square signals: open an alert above, close below
+    drift_close_below: float = 0.10
+    drift_rate_open_above: float = 0.10  # fallback- and error-rate rises
+    drift_rate_close_below: float = 0.05
+    drift_webhook_url: str | None = None
+    # Staged OTA rollouts (/v1/rollouts, MQTT commands); needs the HTTP server or public_url.
+    rollouts: bool = True
+    rollout_tick_s: float = 0.5
+    rollout_watch_s: float | None = None  # health-watch length sent to devices; None: each device's own
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -52,6 +83,27 @@ class HubConfig:
             raise ConfigError(f"offline_after_s (env {ENV_PREFIX}OFFLINE_AFTER_S): must be positive")
         if self.max_upload_mb <= 0:
             raise ConfigError(f"max_upload_mb (env {ENV_PREFIX}MAX_UPLOAD_MB): must be positive")
+        for name in ("telemetry", "rollouts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {getattr(self, name)!r} is not true or false")
+        for name in ("public_url", "drift_webhook_url"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
+                raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} should look like http://host:8080")
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} must be a positive number")
+        if isinstance(self.drift_baseline_s, bool) or not isinstance(self.drift_baseline_s, (int, float)) \
+                or self.drift_baseline_s < 0:
+            raise ConfigError(f"drift_baseline_s (env {ENV_PREFIX}DRIFT_BASELINE_S): {self.drift_baseline_s!r} must be >= 0")
+        if self.drift_close_below > self.drift_open_above:
+            raise ConfigError(f"drift_close_below (env {ENV_PREFIX}DRIFT_CLOSE_BELOW): {self.drift_close_below} must be "
+                              f"<= drift_open_above ({self.drift_open_above})")
+        if self.drift_rate_close_below > self.drift_rate_open_above:
+            raise ConfigError(f"drift_rate_close_below (env {ENV_PREFIX}DRIFT_RATE_CLOSE_BELOW): "
+                              f"{self.drift_rate_close_below} must be <= drift_rate_open_above "
+                              f"({self.drift_rate_open_above})")
 
     @property
     def db_path(self) -> Path:
@@ -107,9 +159,17 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
         try:
-            if key in ("http_port", "grpc_port", "mqtt_port"):
+            if key in _OPTIONAL and isinstance(value, str) and value.lower() in ("none", "null"):
+                out[key] = None
+            elif key in _BOOLS:
+                out[key] = _bool(value)
+            elif key in _INTS:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError("not an integer")
                 out[key] = int(value)
-            elif key in ("offline_after_s", "max_upload_mb"):
+            elif key in _FLOATS:
+                if isinstance(value, bool):
+                    raise ValueError("not a number")
                 out[key] = float(value)
             elif key in ("model_dirs", "profile_dirs"):
                 items = value.split(os.pathsep) if isinstance(value, str) else list(value)
@@ -121,3 +181,11 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key} (env {ENV_PREFIX}{key.upper()}): cannot use {value!r} ({exc})") from exc
     return out
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("expected true or false")

@@ -1,5 +1,6 @@
 """The Hub: one process holding storage, registries, auth, the fleet's MQTT broker,
-the REST console (uvicorn in a thread) and the gRPC inference server.
+the REST console (uvicorn in a thread), the gRPC inference server, telemetry ingestion
+with the drift engine, and OTA rollouts.
 
 It prints nothing; `tandem-hub serve` prints `urls()`. Construct it to use the
 registries in-process (the CLI and tests do); `start()` opens the network side.
@@ -65,6 +66,9 @@ class Hub:
         self._http_sock: socket.socket | None = None
         self._services: list[HubService] = []
         self._started_services: list[HubService] = []
+        self._late_services: list[HubService] = []  # started after HTTP (rollouts need its URL), stopped before it
+        self.telemetry: Any = None  # TelemetryIngestService while telemetry runs (set by HubTelemetry)
+        self.rollouts: Any = None   # RolloutService while rollouts run (set by attach_rollouts)
         self._closed = False
 
     def add_service(self, service: HubService) -> None:
@@ -103,11 +107,19 @@ class Hub:
         return self._grpc_port
 
     def urls(self) -> dict[str, str]:
-        """What this hub serves: http (REST + /docs), grpc (v2 inference), mqtt (the fleet's broker)."""
+        """What this hub serves: http (REST + /docs), telemetry/drift/rollouts (their REST routes, when running),
+        public (the URL devices download from, when set), grpc (v2 inference), mqtt (the fleet's broker)."""
         out: dict[str, str] = {}
         if self.http_url:
             out["http"] = self.http_url
             out["docs"] = self.http_url + "/docs"
+            if self.telemetry is not None:
+                out["telemetry"] = self.http_url + "/v1/telemetry/windows"
+                out["drift"] = self.http_url + "/v1/drift/status"
+            if self.rollouts is not None:
+                out["rollouts"] = self.http_url + "/v1/rollouts"
+        if self.config.public_url:
+            out["public"] = self.config.public_url
         if self._grpc_port:
             out["grpc"] = f"{_url_host(self.config.grpc_host)}:{self._grpc_port}"
         if self.mqtt_url:
@@ -115,7 +127,12 @@ class Hub:
         return out
 
     def start(self, http: bool = True) -> "Hub":
-        """Start the broker (unless mqtt_url is set), gRPC inference (if model dirs) and HTTP."""
+        """Start the broker (unless mqtt_url is set), gRPC inference (if model dirs), telemetry and the added
+        services, HTTP, then rollouts (they need the URL devices download from).
+
+        Telemetry and rollouts only connect in the background, so a hub whose broker is unreachable still starts
+        (they reconnect when it comes); HubConfig.telemetry / .rollouts turn them off.
+        """
         if self._closed:
             raise HubError("this Hub was stopped; create a new Hub on the same data dir to restart")
         try:
@@ -124,17 +141,48 @@ class Hub:
                                             self.config.mqtt_host, self.config.mqtt_port)
             if self.config.model_dirs and self._inference is None:
                 self._start_inference()
+            self._add_default_telemetry()
             for service in self._services:
                 if service not in self._started_services:
                     service.start(self)
                     self._started_services.append(service)
             if http and self._http_server is None:
                 self._start_http()
+            self._start_rollouts()
         except BaseException:
             self.stop()
             raise
         log.info("hub started %s", " ".join(f"{k}={v}" for k, v in self.urls().items()))
         return self
+
+    def _add_default_telemetry(self) -> None:
+        from cloud_hub.telemetry.hub_service import HubTelemetry
+
+        if not self.config.telemetry or any(isinstance(s, HubTelemetry) for s in self._services):
+            return
+        if self._mqtt5_missing("telemetry"):
+            return
+        self._services.insert(0, HubTelemetry())  # first: other services may read hub.telemetry
+
+    def _mqtt5_missing(self, what: str) -> bool:
+        """The embedded broker (amqtt) speaks MQTT 3.1.1 only; telemetry's persistent sessions and OTA need 5."""
+        if self._broker is not None and self._broker.kind == "embedded":
+            log.warning("%s not started: it needs MQTT 5 and the embedded broker speaks 3.1.1; install Mosquitto "
+                        "(broker = \"mosquitto\") or point mqtt_url (env TANDEM_HUB_MQTT_URL) at an MQTT 5 broker", what)
+            return True
+        return False
+
+    def _start_rollouts(self) -> None:
+        if not self.config.rollouts or self._late_services or self._mqtt5_missing("rollouts"):
+            return
+        if not (self.config.public_url or self.http_url):
+            log.info("rollouts not started: no HTTP server and no public_url for devices to download from")
+            return
+        from cloud_hub.rollouts.attach import HubRollouts
+
+        service = HubRollouts(tick_s=self.config.rollout_tick_s, watch_s=self.config.rollout_watch_s)
+        service.start(self)
+        self._late_services.append(service)
 
     def _start_inference(self) -> None:
         from cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
@@ -172,7 +220,8 @@ class Hub:
         self._http_sock = sock
 
     def stop(self) -> None:
-        """Stop every server this hub started and close the database; safe to call twice."""
+        """Stop every server this hub started, in reverse order, and close the database; safe to call twice."""
+        _stop_all(self._late_services)
         if self._http_server is not None:
             self._http_server.should_exit = True
             if self._http_thread is not None:
@@ -181,12 +230,7 @@ class Hub:
                 self._http_sock.close()
             self._http_server = self._http_thread = self._http_sock = None
             self._http_port = None
-        while self._started_services:
-            service = self._started_services.pop()
-            try:
-                service.stop()
-            except Exception as exc:  # one failing service must not keep the others running
-                log.error("service stop failed service=%r error=%r", service, exc)
+        _stop_all(self._started_services)
         if self._inference is not None:
             try:
                 self._inference.stop()
@@ -207,6 +251,15 @@ class Hub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _stop_all(services: list[HubService]) -> None:
+    while services:
+        service = services.pop()
+        try:
+            service.stop()
+        except Exception as exc:  # one failing service must not keep the others running
+            log.error("service stop failed service=%r error=%r", service, exc)
 
 
 def _url_host(host: str) -> str:

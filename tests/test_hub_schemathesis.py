@@ -34,7 +34,8 @@ def schema_hub(tmp_path_factory, digits_dir):
     from cloud_hub.config import HubConfig
 
     root = tmp_path_factory.mktemp("schemathesis")
-    hub = Hub(HubConfig(data_dir=root / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1"))
+    # started, as `tandem-hub serve` runs it: telemetry and rollouts serve their routes (their broker is unreachable)
+    hub = Hub(HubConfig(data_dir=root / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1")).start()
     hub.registry.register_dir(make_model_dir(digits_dir, root / "model"))
     hub.devices.register("cam-1", "cpu-x86", "0.1.0", {"site": "lyon"})
     token = hub.tokens.create("schemathesis", "admin").token

@@ -1,32 +1,100 @@
-"""Plug rollouts into a running Hub: store next to its database, service on its broker, routes on its app."""
+"""Plug rollouts into a Hub: store next to its database, service on its broker, routes on its app.
+
+`Hub.start()` does this by default (HubConfig.rollouts) once its HTTP server is up,
+through `HubRollouts`; `attach_rollouts` is the same step for code that wants its own
+settings (it replaces a rollout service the hub already runs).
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from cloud_hub.errors import HubError
 from cloud_hub.rollouts.service import DriftAlerts, RolloutService, RolloutServiceConfig
 from cloud_hub.rollouts.store import RolloutStore
 
+log = logging.getLogger(__name__)
 
 def attach_rollouts(hub: Any, *, public_url: str | None = None, drift_alerts: DriftAlerts | None = None,
                     **config: Any) -> RolloutService:
     """After `hub.start()`: start the rollout service and serve /v1/rollouts; `hub.rollouts` is set.
 
-    `public_url` is the hub's HTTP URL as devices see it (default: hub.http_url).
-    The caller stops it (`hub.rollouts.stop()`, `hub.rollouts.store.close()`) before `hub.stop()`.
+    `public_url` is the hub's HTTP URL as devices see it (default: HubConfig.public_url, else hub.http_url);
+    `config` are RolloutServiceConfig fields (tick_s, watch_s, command_ttl_s, client_id). `hub.stop()` stops it.
     """
-    from cloud_hub.rollouts.routes import router
-
-    url = public_url or hub.http_url
+    url = public_url or hub.config.public_url or hub.http_url
     if not url or not hub.mqtt_url:
-        raise HubError("rollouts need the hub's HTTP server and MQTT broker: call hub.start() first")
+        raise HubError("rollouts need the hub's HTTP server (or public_url) and MQTT broker: call hub.start() first")
+    previous = getattr(hub, "rollouts", None)
+    if previous is not None:  # one rollout service per hub: its MQTT client id and its store are the hub's
+        _stop(previous)
+    if drift_alerts is None:
+        drift_alerts = _drift_alerts_of(hub)
     store = RolloutStore.open(hub.config.data_dir / "rollouts.sqlite")
-    service = RolloutService(store, hub.registry, hub.devices, hub.key,
-                             RolloutServiceConfig(mqtt_url=hub.mqtt_url, public_url=url, **config),
-                             drift_alerts=drift_alerts)
+    try:
+        service = RolloutService(store, hub.registry, hub.devices, hub.key,
+                                 RolloutServiceConfig(mqtt_url=hub.mqtt_url, public_url=url, **config),
+                                 drift_alerts=drift_alerts)
+    except BaseException:
+        store.close()
+        raise
     app = hub.app
-    app.include_router(router)
-    app.openapi_schema = None
+    if not _serves_rollouts(app):  # create_app includes the routes; an app built elsewhere may not
+        from cloud_hub.rollouts.routes import router
+
+        app.include_router(router)
+        app.openapi_schema = None
     hub.rollouts = service
-    return service.start()
+    service.start()
+    log.info("rollouts started mqtt=%s public_url=%s", hub.mqtt_url, url)
+    return service
+
+
+class HubRollouts:
+    """The hub's own rollout service, started after HTTP and stopped before it (see Hub.start)."""
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+        self._hub: Any = None
+
+    def start(self, hub: Any) -> None:
+        attach_rollouts(hub, **self.config)
+        self._hub = hub
+
+    def stop(self) -> None:
+        if self._hub is not None:
+            service, self._hub.rollouts = self._hub.rollouts, None
+            self._hub = None
+            if service is not None:
+                _stop(service)
+
+
+def _serves_rollouts(app: Any) -> bool:
+    from starlette.routing import NoMatchFound
+
+    try:
+        app.url_path_for("list_rollouts")
+        return True
+    except NoMatchFound:
+        return False
+
+
+def _stop(service: RolloutService) -> None:
+    """Stop and close; safe on a service its owner already stopped."""
+    try:
+        service.stop()
+    finally:
+        service.store.close()
+
+
+def _drift_alerts_of(hub: Any) -> DriftAlerts | None:
+    """Open drift alerts per (model, version) from the hub's telemetry, read when a gate is evaluated."""
+    def count(model: str, version: str) -> int:
+        telemetry = getattr(hub, "telemetry", None)
+        if telemetry is None:
+            return 0
+        return sum(1 for a in telemetry.store.open_alerts()
+                   if a["model_name"] == model and a["model_version"] == version)
+
+    return count

@@ -42,10 +42,14 @@ class _Unprocessable(HubError):
     status = 422
 
 
+class _Unavailable(HubError):
+    status = 503
+
+
 def _service(hub: Any) -> Any:
     service = getattr(hub, "rollouts", None)
     if service is None:
-        raise HubError("OTA rollouts are not running on this hub")
+        raise _Unavailable("OTA rollouts are not running on this hub (HubConfig.rollouts, env TANDEM_HUB_ROLLOUTS)")
     return service
 
 

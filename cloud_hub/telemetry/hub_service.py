@@ -1,8 +1,10 @@
 """The hub's telemetry component: plugs TelemetryIngestService into `Hub.add_service`.
 
 It starts once the hub's broker is up (so the MQTT URL is known), keeps its windows in
-<data_dir>/telemetry.sqlite, reads drift references from the model registry, and puts
-itself at `hub.app.state.telemetry` for the REST routes in cloud_hub.telemetry.routes.
+<data_dir>/telemetry.sqlite, reads drift references from the model registry, and is
+reachable as `hub.telemetry` (and `hub.app.state.telemetry`) for the REST routes in
+cloud_hub.telemetry.routes and the rollout gates. `Hub.start()` adds one by default
+(HubConfig.telemetry); a hub given its own HubTelemetry uses that one instead.
 """
 
 from __future__ import annotations
@@ -11,28 +13,50 @@ import logging
 from typing import Any
 
 from cloud_hub.errors import ConfigError
+from cloud_hub.telemetry.alerts import Hysteresis
+from cloud_hub.telemetry.engine import DriftConfig
 from cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
 
 log = logging.getLogger(__name__)
 
 
+def telemetry_config(config: Any) -> TelemetryServiceConfig:
+    """The TelemetryServiceConfig a HubConfig's telemetry_* and drift_* settings describe."""
+    drift = DriftConfig(span_s=config.drift_span_s, baseline_s=config.drift_baseline_s,
+                        min_samples=config.drift_min_samples, min_requests=config.drift_min_requests,
+                        distribution=Hysteresis(config.drift_open_above, config.drift_close_below),
+                        rate=Hysteresis(config.drift_rate_open_above, config.drift_rate_close_below))
+    ingest = {"share_group": config.telemetry_share_group} if config.telemetry_share_group else {}
+    return TelemetryServiceConfig(eval_interval_s=config.drift_eval_interval_s, retention_s=config.telemetry_retention_s,
+                                  webhook_url=config.drift_webhook_url, drift=drift, ingest=ingest)
+
+
 class HubTelemetry:
-    """`hub.add_service(HubTelemetry())` before `hub.start()`."""
+    """`hub.add_service(HubTelemetry())` before `hub.start()`; without a config it follows the hub's."""
 
     def __init__(self, config: TelemetryServiceConfig | None = None) -> None:
-        self.config = config or TelemetryServiceConfig()
+        self.config = config
         self.service: TelemetryIngestService | None = None
+        self._hub: Any = None
 
     def start(self, hub: Any) -> None:
         if not hub.mqtt_url:
             raise ConfigError("telemetry needs an MQTT broker: set mqtt_url (env TANDEM_HUB_MQTT_URL) or let the hub start one")
+        config = self.config or telemetry_config(hub.config)
         self.service = TelemetryIngestService(hub.config.data_dir, hub.mqtt_url,
-                                              lambda name, version: hub.registry.manifest(name, version), self.config)
+                                              lambda name, version: hub.registry.manifest(name, version), config)
         self.service.start()
+        self._hub = hub
+        hub.telemetry = self.service
         hub.app.state.telemetry = self.service
         log.info("hub telemetry started mqtt=%s db=%s", hub.mqtt_url, self.service.store.db.path)
 
     def stop(self) -> None:
+        if self._hub is not None:
+            # the routes answer 503 from now on instead of reading a closed store
+            self._hub.telemetry = None
+            self._hub.app.state.telemetry = None
+            self._hub = None
         if self.service is not None:
             self.service.stop()
             self.service = None
