@@ -207,8 +207,6 @@ class Agent:
                 raise ModelLoadError(f"{model_dir}: the warm-up run failed ({exc})") from exc
             old = self.serving
             self._flip(new)
-            if self.telemetry is not None:
-                self.telemetry.switch_model(new.model.manifest, new.model.variant.id)
             self.swaps += 1
             log.info("model swapped from=%s to=%s variant=%s", old.version if old else "-", new.version,
                      new.model.variant.id)
@@ -219,22 +217,28 @@ class Agent:
                 old.close()
 
     def _flip(self, new: Serving) -> None:
+        """Serve `new` from the next request on: on the loop thread, where every reply is made, so the
+        telemetry window of the old version closes exactly at the flip."""
+        done = threading.Event()
+
+        def flip() -> None:
+            if not done.is_set():
+                self._set_serving(new)
+                if self.telemetry is not None:
+                    self.telemetry.switch_model(new.model.manifest, new.model.variant.id)
+                done.set()
+
         try:
             loop = self.server.loop if self.server is not None else None
         except AssertionError:  # not started yet
             loop = None
-        if loop is None or not loop.is_running():
-            self._set_serving(new)
-            return
-        done = threading.Event()
-
-        def flip() -> None:
-            self._set_serving(new)
-            done.set()
-
-        loop.call_soon_threadsafe(flip)
-        if not done.wait(SWAP_FLIP_TIMEOUT_S):
-            self._set_serving(new)  # the loop is stuck or gone; requests read the reference anyway
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(flip)
+            if done.wait(SWAP_FLIP_TIMEOUT_S):
+                return
+            log.warning("model swap: the I/O loop did not run the flip within %.0f s; flipping here",
+                        SWAP_FLIP_TIMEOUT_S)
+        flip()
 
     # -- construction helpers ----------------------------------------------------------
 

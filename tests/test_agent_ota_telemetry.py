@@ -1,0 +1,304 @@
+"""The real agent daemon streams telemetry to a real hub and takes OTA updates from it.
+
+Agents run in-process (`Agent(config).start()`) with their real ZeroMQ API, A/B store,
+OTA client and telemetry outbox; the hub is the real Hub with telemetry ingestion and
+rollouts on a real Mosquitto. A client thread keeps sending requests through every switch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from agent_fixtures import make_model_dir
+from agent_load import Load, version_runs
+from edge_agent import Agent, AgentConfig
+from edge_agent.errors import ConfigError
+from edge_agent.observe import RequestObserver
+from ota_fixtures import MODEL, MOSQUITTO, PROFILE, Broker, releases
+
+needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
+WATCH_S = 1.0
+GATES = {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}
+
+
+def _inputs(digits_dir: Path) -> np.ndarray:
+    x = np.load(digits_dir / "test.npz")
+    return x[x.files[0]].astype(np.float32)
+
+
+def _wait(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())
+
+
+def _healthz(agent: Agent) -> dict:
+    with urllib.request.urlopen(agent.health_url + "/healthz", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+# -- no broker: configuration, the observer, and a hot swap under load ------------------------------
+
+
+def test_new_config_sections_are_validated_naming_the_key(tmp_path):
+    base = {"model_dir": str(tmp_path)}
+    cases = [
+        ({"ota": {"ota_enabled": True}}, "ota.ota_enabled: OTA needs the hub's broker"),
+        ({"telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}, "ota": {"ota_enabled": True}}, "ota.ota_trusted_key"),
+        ({"telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"},
+          "ota": {"ota_enabled": True, "ota_trusted_key": str(tmp_path / "missing.pem")}}, "not a readable file"),
+        ({"telemetry": {"mqtt_url": "http://hub:1883"}}, "telemetry.mqtt_url"),
+        ({"telemetry": {"telemetry_window_s": 0}}, "telemetry.telemetry_window_s"),
+        ({"ota": {"ota_max_fallback_rise": 2}}, "ota.ota_max_fallback_rise"),
+        ({"server": {"tags": {"bad key": "x"}}}, "server.tags: key 'bad key'"),
+        ({"server": {"tags": "site"}}, "server.tags: expected a table"),
+        ({"server": {"device_id": "a/b"}}, "server.device_id"),
+        ({"telemetry": {"bogus": 1}}, "telemetry.bogus: unknown key"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            AgentConfig.from_mapping({**base, **extra}, env={})
+    cfg = AgentConfig.from_mapping({**base, "telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}},
+                                   env={"TANDEM_AGENT_TAGS": "site=lab, line=2", "TANDEM_AGENT_TELEMETRY_WINDOW_S": "2.5",
+                                        "TANDEM_AGENT_TELEMETRY_ENABLED": "false"})
+    assert cfg.tags == {"site": "lab", "line": "2"} and cfg.telemetry_window_s == 2.5
+    assert not cfg.telemetry_on and cfg.model_store_dir == cfg.data_dir / "models"
+    assert not AgentConfig(model_dir=tmp_path).telemetry_on  # no broker: edge-only
+
+
+def test_example_config_loads(tmp_path):
+    cfg = AgentConfig.load(Path(__file__).resolve().parents[1] / "examples" / "agent" / "agent.toml", env={})
+    assert cfg.mqtt_url and cfg.telemetry_on and cfg.tags
+    assert not cfg.ota_enabled  # turned on once the release key is in place
+
+
+def test_observer_reports_figures_since_the_previous_probe():
+    obs = RequestObserver()
+    conf, labels = np.array([0.9], np.float32), np.array([1])
+    for i in range(10):
+        obs.answered("edge", 0.001 * (i + 1), conf, labels, None, unsure=i < 3)
+    obs.failed(0.02)
+    first = obs.take_health()
+    assert (first.requests, first.errors, first.fallbacks) == (11, 1, 3)
+    assert 10.0 <= first.latency_p95_ms <= 20.0
+    assert obs.take_health().requests == 0 and obs.take_health().latency_p95_ms is None
+
+
+@pytest.fixture(scope="module")
+def two_versions(digits_dir, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("swap-models")
+    return (make_model_dir(digits_dir / "edge.onnx", root / "v1", version="1.0.0"),
+            make_model_dir(digits_dir / "edge.onnx", root / "v2", version="1.1.0"))
+
+
+def test_hot_swap_under_load_drops_no_request_and_flips_once(two_versions, digits_dir, tmp_path):
+    v1, v2 = two_versions
+    cfg = AgentConfig(model_dir=v1, endpoint=f"ipc://{tmp_path}/swap.sock", data_dir=tmp_path / "data",
+                      device_id="swap-dev", threshold=0.5)
+    inputs = _inputs(digits_dir)
+    with Agent(cfg) as agent:
+        loads = [Load(agent.endpoint, inputs[i::2], pause_s=0.0005).start() for i in range(2)]
+        try:
+            assert all(load.wait_answers(100) for load in loads)
+            old_batcher = agent.batcher
+            agent._on_switch(v2)
+            assert agent.model.version == "1.1.0" and agent.batcher is not old_batcher
+            assert all(load.wait_answers(len(load.versions) + 100) for load in loads)
+        finally:
+            for load in loads:
+                load.stop()
+        assert agent.swaps == 1
+    for load in loads:
+        assert load.failures == []
+        assert [v for v, _ in version_runs(load.versions)] == ["1.0.0", "1.1.0"]
+
+
+# -- a real hub and broker ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ota_releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
+    return releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
+
+
+@pytest.fixture(scope="module")
+def hub_env(ota_releases, tmp_path_factory):
+    import httpx
+
+    from cloud_hub.config import HubConfig
+    from cloud_hub.hub import Hub
+    from cloud_hub.rollouts.attach import attach_rollouts
+    from cloud_hub.telemetry.hub_service import HubTelemetry
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto not installed")
+    root = tmp_path_factory.mktemp("agent-hub")
+    broker = Broker(root / "mosquitto")
+    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url))
+    hub.add_service(HubTelemetry())
+    http = None
+    try:
+        hub.start()
+        for path in ota_releases.values():
+            hub.registry.register_dir(path)
+        rollouts = attach_rollouts(hub, tick_s=0.1, watch_s=WATCH_S)
+        assert rollouts.wait_subscribed(10)
+        telemetry = hub.app.state.telemetry
+        assert telemetry.ingest.wait_subscribed(10)
+        pem = root / "release.pem"
+        pem.write_text(hub.key.public_pem if isinstance(hub.key.public_pem, str) else hub.key.public_pem.decode())
+        operator = hub.tokens.create("operator", "operate").token
+        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
+        yield SimpleNamespace(hub=hub, broker=broker, telemetry=telemetry, http=http, pem=pem,
+                              device_token=hub.tokens.create("fleet", "read").token, releases=ota_releases)
+    finally:
+        if http is not None:
+            http.close()
+        service = getattr(hub, "rollouts", None)
+        if service is not None:
+            service.stop()
+            service.store.close()
+            hub.rollouts = None
+        hub.stop()
+        broker.stop()
+
+
+def _agent(env: SimpleNamespace, device_id: str, ring: str, tmp_path: Path, **overrides) -> Agent:
+    env.hub.devices.register(device_id, PROFILE, "test", {"ring": ring})
+    values = dict(
+        model_dir=env.releases["1.0.0"], profile=PROFILE, endpoint=f"ipc://{tmp_path}/{device_id}.sock",
+        device_id=device_id, tags={"ring": ring}, threshold=0.5, data_dir=tmp_path / device_id, http_port=0,
+        mqtt_url=env.broker.url, telemetry_window_s=0.3, ota_enabled=True, ota_trusted_key=env.pem,
+        ota_hub_token=env.device_token, ota_watch_s=WATCH_S, ota_min_requests=20, ota_max_fallback_rise=0.3,
+        ota_max_latency_ratio=100.0)  # latency loose: p95 ratios on two shared cores are noise
+    values.update(overrides)
+    return Agent(AgentConfig(**values)).start()
+
+
+def _stored(env: SimpleNamespace, device_id: str) -> list[dict]:
+    return env.telemetry.store.device_windows(device_id, limit=5000)
+
+
+def _answered(rows: list[dict]) -> int:
+    return sum(r["edge"] + r["cloud"] + r["edge_degraded"] + r["error"] for r in rows)
+
+
+def _rollout(env: SimpleNamespace, version: str, ring: str) -> str:
+    resp = env.http.post("/v1/rollouts", json={"model": MODEL, "version": version, "waves": [100], "gates": GATES,
+                                               "select": {"profile": PROFILE, "ring": ring}})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["rollout_id"]
+
+
+def _rollout_reaches(env: SimpleNamespace, rollout_id: str, statuses: tuple[str, ...], settle=lambda b: True,
+                     timeout_s: float = 60) -> dict:
+    body: dict = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = env.http.get(f"/v1/rollouts/{rollout_id}", params={"events": 200}).json()
+        if body["status"] in statuses and settle(body):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"rollout {rollout_id} did not reach {statuses}: {body.get('status')} {body.get('reason')}")
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub_env, digits_dir, tmp_path):
+    agent = _agent(hub_env, "agent-tel", "tel", tmp_path, ota_enabled=False)
+    inputs = _inputs(digits_dir)
+    try:
+        from edge_agent.client import AgentClient
+
+        with AgentClient(agent.endpoint) as client:
+            for i in range(30):
+                client.infer(inputs[i:i + 1])
+            with pytest.raises(Exception, match="shape"):
+                client.infer(np.zeros((1, 10), np.float32))  # an error reply is counted too
+        assert _wait(lambda: _answered(_stored(hub_env, "agent-tel")) >= 1, 15), "no window reached the hub"
+        body = _healthz(agent)
+        assert body["telemetry"]["connected"] and body["telemetry"]["model_version"] == "1.0.0"
+        assert "outbox_depth" in body["telemetry"] and body["ota"] is None
+    finally:
+        agent.stop()  # closes the open window and waits for the broker to have it
+    assert _wait(lambda: _answered(_stored(hub_env, "agent-tel")) == 31, 15)
+    rows = _stored(hub_env, "agent-tel")
+    assert {(r["device_id"], r["model_name"], r["model_version"], r["profile"]) for r in rows} == \
+        {("agent-tel", MODEL, "1.0.0", PROFILE)}
+    assert sum(r["edge"] for r in rows) == 30 and sum(r["error"] for r in rows) == 1
+    assert [r["sequence"] for r in rows] == list(range(1, len(rows) + 1))  # every window, in order, once
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_rollout_over_rest_moves_a_serving_agent_to_the_new_version_without_a_failed_request(
+        hub_env, digits_dir, tmp_path):
+    agent = _agent(hub_env, "agent-swap", "swap", tmp_path)
+    load = None
+    try:
+        assert agent.ota.wait_subscribed(10)
+        assert _healthz(agent)["ota"]["active_version"] == "1.0.0"
+        load = Load(agent.endpoint, _inputs(digits_dir)).start()
+        assert load.wait_answers(50)
+        rid = _rollout(hub_env, "1.1.0", "swap")
+        body = _rollout_reaches(hub_env, rid, ("completed",))
+        assert body["counts"] == {"committed": 1}
+        assert load.wait_answers(len(load.versions) + 50)
+        load.stop()
+        health = _healthz(agent)
+        assert health["version"] == "1.1.0" and health["swaps"] == 1
+        assert health["ota"]["active_version"] == "1.1.0" and health["ota"]["previous_version"] == "1.0.0"
+        assert health["ota"]["state"] == "committed" and not health["ota"]["on_trial"]
+    finally:
+        if load is not None:
+            load.stop()
+        agent.stop()
+    assert load.failures == []
+    runs = version_runs(load.versions)
+    assert [v for v, _ in runs] == ["1.0.0", "1.1.0"], runs  # one switch, never back
+    # telemetry: every answer is in exactly one stored window, under the version that gave it
+    # (the window closes at the flip; a request already on the old batcher then may land in either)
+    assert _wait(lambda: _answered(_stored(hub_env, "agent-swap")) == len(load.versions), 15)
+    rows = _stored(hub_env, "agent-swap")
+    per_version = {v: sum(_answered([r]) for r in rows if r["model_version"] == v) for v in ("1.0.0", "1.1.0")}
+    assert abs(per_version["1.1.0"] - runs[1][1]) <= 1 and sum(per_version.values()) == len(load.versions)
+    assert hub_env.hub.devices.get("agent-swap").model_version == "1.1.0"
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_collapsed_release_is_rolled_back_by_the_agents_health_watch(hub_env, digits_dir, tmp_path):
+    agent = _agent(hub_env, "agent-bad", "bad", tmp_path)
+    load = None
+    try:
+        assert agent.ota.wait_subscribed(10)
+        load = Load(agent.endpoint, _inputs(digits_dir)).start()
+        assert load.wait_answers(50)
+        rid = _rollout(hub_env, "1.3.0", "bad")
+        body = _rollout_reaches(hub_env, rid, ("halted",),
+                                settle=lambda b: all(d["state"] == "rolled_back" for d in b["device_states"]))
+        assert "fallback rate" in body["device_states"][0]["reason"], body["device_states"]
+        assert load.wait_answers(len(load.versions) + 50)
+        load.stop()
+        assert agent.model.version == "1.0.0"
+        state = agent.ota.store.state
+        assert (state.active.version, state.previous, state.max_accepted) == ("1.0.0", None, "1.3.0")
+        assert _healthz(agent)["ota"]["state"] == "rolled_back"
+    finally:
+        if load is not None:
+            load.stop()
+        agent.stop()
+    assert load.failures == []
+    runs = version_runs(load.versions)
+    # served 1.3.0 during its trial, judged by its fallback rate, and went back to 1.0.0 for good
+    assert [v for v, _ in runs] == ["1.0.0", "1.3.0", "1.0.0"], runs
