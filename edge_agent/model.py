@@ -11,11 +11,13 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from edge_agent.errors import BadRequestError, ModelLoadError
+from hardware_profiles import Profile, ProfileError, get_profile
+from hardware_profiles.probe import DeviceProbe, Placement, placement_available, placements, probe_device
 from hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
 from protocols.manifest import Manifest, ManifestError, TensorSpec, Variant, load_manifest
 
@@ -35,6 +37,9 @@ class LoadedModel:
     session: RuntimeSession
     model_dir: Path
     renames: dict[str, str] = field(default_factory=dict)  # manifest input name -> runtime's, where they differ
+    # Which variant and placement were chosen, why, and every one tried before it
+    # ({"variant", "runtime", "tier", "placement", "reason", "tried": [...], "probe": {...}}).
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def runtime_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feeds keyed by the names the runtime knows its inputs by."""
@@ -120,17 +125,55 @@ def check_io(variant: Variant, session: RuntimeSession) -> dict[str, str]:
     return feed_names
 
 
-def load_model(model_dir: str | Path, profile: str, variant_id: str | None = None, *,
-               threads: int | None = None) -> LoadedModel:
-    """Open the variant of `model_dir` for `profile` (or `variant_id`); raises ModelLoadError."""
-    model_dir = Path(model_dir)
+@dataclass(frozen=True)
+class Attempt:
+    """One step of the fallback chain: a variant on a placement."""
+
+    variant: Variant
+    placement: Placement
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant.id} on {self.placement.label}"
+
+
+def variant_order(manifest: Manifest, profile: str, variant_id: str | None = None) -> list[Variant]:
+    """The configured variant alone, else the compiler's choice for `profile`, then its other
+    ranked candidates, then any other variant listed for `profile`."""
+    first = choose_variant(manifest, profile, variant_id)
+    if variant_id:
+        return [first]
+    choice = manifest.profiles[profile]
+    ids = [first.id] + [c for c in choice.candidates if c != first.id]
+    ids += [v.id for v in manifest.variants if profile in v.profiles and v.id not in ids]
+    known = {v.id for v in manifest.variants}
+    return [manifest.variant(i) for i in ids if i in known]
+
+
+def plan_attempts(variants: Sequence[Variant], hw: Profile | None) -> list[Attempt]:
+    """The fallback chain, NPU -> GPU -> CPU: every variant on its best tier before any on the next.
+
+    Pure. A runtime the profile does not list (or an unknown profile) gets the CPU placement only.
+    """
+    attempts = []
+    for v in variants:
+        target = hw.runtime_target(v.runtime) if hw is not None else None
+        attempts += [Attempt(v, p) for p in placements(target, v.runtime)]
+    tiers = ("npu", "gpu", "cpu")
+    return sorted(attempts, key=lambda a: tiers.index(a.placement.tier))  # stable: variant order within a tier
+
+
+def _hardware_profile(profile: str) -> Profile | None:
     try:
-        manifest = load_manifest(model_dir)
-    except ManifestError as exc:
-        raise ModelLoadError(str(exc)) from exc
-    variant = choose_variant(manifest, profile, variant_id)
-    verify_files(model_dir, variant)
+        return get_profile(profile)
+    except ProfileError:
+        return None  # a profile only the manifest knows: the manifest's options, CPU placement
+
+
+def _open(model_dir: Path, attempt: Attempt, threads: int | None) -> tuple[RuntimeSession, dict[str, str]]:
+    variant = attempt.variant
     options = dict(variant.options.get("session", {}))
+    options.update(attempt.placement.options)
     if threads is not None:
         options["threads"] = threads
     try:
@@ -140,14 +183,93 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
     except TypeError as exc:
         raise ModelLoadError(f"variant {variant.id!r}: bad session options {options} for {variant.runtime}: {exc}") from exc
     try:
-        feed_names = check_io(variant, session)
+        return session, check_io(variant, session)
     except ModelLoadError:
         session.close()
         raise
-    log.info("model loaded name=%s version=%s variant=%s runtime=%s", manifest.name, manifest.version,
-             variant.id, variant.runtime)
-    renames = {k: v for k, v in feed_names.items() if k != v}
-    return LoadedModel(manifest=manifest, variant=variant, session=session, model_dir=model_dir, renames=renames)
+
+
+def load_model(model_dir: str | Path, profile: str, variant_id: str | None = None, *,
+               threads: int | None = None, probe: DeviceProbe | None = None,
+               hardware_profile: Profile | None = None) -> LoadedModel:
+    """Open the best variant of `model_dir` that `profile` allows and this device can run.
+
+    Walks the fallback chain (`plan_attempts`): placements the probe says are absent
+    are skipped; a variant whose files fail their size/sha256 check, or whose runtime
+    fails to load it, is recorded and the next one tried. `variant_id` pins the variant
+    (its placements still fall back). `probe` and `hardware_profile` default to this
+    device's probe and the named built-in/TANDEM_PROFILE_PATH profile. Raises
+    ModelLoadError naming every attempt when none loads.
+    """
+    model_dir = Path(model_dir)
+    try:
+        manifest = load_manifest(model_dir)
+    except ManifestError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    variants = variant_order(manifest, profile, variant_id)
+    hw = hardware_profile if hardware_profile is not None else _hardware_profile(profile)
+    attempts = plan_attempts(variants, hw)
+    probed: set[str] = set()
+    tried: list[dict[str, str]] = []
+    bad_files: dict[str, str] = {}
+    for attempt in attempts:
+        variant, placement = attempt.variant, attempt.placement
+        step = {"variant": variant.id, "placement": placement.label, "tier": placement.tier}
+        if probe is None or (variant.runtime not in probed and probe.problems.get(variant.runtime) == "not probed"):
+            probed.add(variant.runtime)  # lazily: a start that loads ONNX Runtime need not import OpenVINO
+            probe = probe_device(probed)
+        available, why = placement_available(placement, probe)
+        if not available:
+            tried.append({**step, "outcome": "absent", "reason": why})
+            continue
+        if variant.id not in bad_files:
+            try:
+                verify_files(model_dir, variant)
+            except ModelLoadError as exc:
+                bad_files[variant.id] = str(exc)
+        if variant.id in bad_files:
+            tried.append({**step, "outcome": "rejected", "reason": bad_files[variant.id]})
+            continue
+        try:
+            session, feed_names = _open(model_dir, attempt, threads)
+        except ModelLoadError as exc:
+            log.warning("variant failed to load variant=%s placement=%s reason=%s", variant.id, placement.label, exc)
+            tried.append({**step, "outcome": "failed", "reason": str(exc)})
+            continue
+        selection = {"variant": variant.id, "runtime": variant.runtime, "tier": placement.tier,
+                     "placement": placement.label, "reason": _reason(attempt, why, tried, variants[0], hw, pinned=bool(variant_id)),
+                     "tried": tried, "probe": probe.summary()}
+        if hw is not None and hw.cpu_features:
+            missing = [f for f in hw.cpu_features if f not in probe.cpu_features]
+            if missing:
+                selection["missing_cpu_features"] = missing
+        log.info("model loaded name=%s version=%s variant=%s runtime=%s placement=%s tried=%d", manifest.name,
+                 manifest.version, variant.id, variant.runtime, placement.label, len(tried))
+        renames = {k: v for k, v in feed_names.items() if k != v}
+        return LoadedModel(manifest=manifest, variant=variant, session=session, model_dir=model_dir,
+                           renames=renames, selection=selection)
+    detail = "; ".join(f"{t['variant']} on {t['placement']}: {t['reason']}" for t in tried)
+    raise ModelLoadError(f"{manifest.name} {manifest.version}: no variant loads for profile {profile!r} ({detail})")
+
+
+def _reason(chosen: Attempt, why: str, tried: list[dict[str, str]], preferred: Variant, hw: Profile | None, *,
+            pinned: bool) -> str:
+    if chosen.variant.id != preferred.id:
+        head = f"{chosen.label}: fallback from {preferred.id}"
+    else:
+        head = f"{chosen.label}: " + ("the configured variant" if pinned else "the compiler's choice for this profile")
+    head += f" ({why})"
+    seen: list[str] = []
+    for t in tried:  # one line per distinct cause: the same absent NPU is not repeated per variant
+        cause = f"{t['placement']} {t['outcome']}: {t['reason']}" if t["outcome"] == "absent" else \
+            f"{t['variant']} on {t['placement']} {t['outcome']}: {t['reason']}"
+        if cause not in seen:
+            seen.append(cause)
+    if seen:
+        head += "; passed over: " + "; ".join(seen)
+    if hw is None:
+        head += "; profile unknown to this agent: CPU placement only"
+    return head
 
 
 def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequence[np.ndarray], *,
