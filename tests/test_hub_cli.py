@@ -14,6 +14,7 @@ from cloud_hub.cli import main
 from cloud_hub.config import HubConfig
 from cloud_hub.hub import Hub
 from hub_registry_fixtures import hub_model_dir  # noqa: F401
+from ota_fixtures import MOSQUITTO
 from protocols.signing import load_public_key, verify_manifest
 
 
@@ -82,7 +83,7 @@ def test_serve_prints_its_urls_and_stops_on_sigterm(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloud_hub.cli", "serve", "--data-dir", str(tmp_path / "d"), "--http-port", "0",
-         "--broker", "embedded", "--log-level", "WARNING"],
+         "--broker", "auto", "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         urls: dict[str, str] = {}
@@ -92,11 +93,14 @@ def test_serve_prints_its_urls_and_stops_on_sigterm(tmp_path):
             if not line:
                 break
             parts = line.split()
-            if len(parts) == 2 and parts[0] in ("http", "docs", "mqtt", "grpc"):
+            if len(parts) == 2 and parts[0] in ("http", "docs", "telemetry", "drift", "rollouts", "mqtt", "grpc"):
                 urls[parts[0]] = parts[1]
         assert {"http", "docs", "mqtt"} <= set(urls), proc.stderr.read() if proc.poll() is not None else urls
         assert httpx.get(urls["http"] + "/healthz", timeout=5).json()["status"] == "ok"
         assert httpx.get(urls["docs"], timeout=5).status_code == 200
+        if MOSQUITTO:  # auto picked Mosquitto (MQTT 5): telemetry, drift and rollouts run and print their routes
+            assert urls["rollouts"] == urls["http"] + "/v1/rollouts" and "telemetry" in urls and "drift" in urls
+            assert httpx.get(urls["rollouts"], timeout=5).status_code == 401  # there, behind a token
         assert "tokens create" in proc.stdout.readline()  # the hint when no token exists yet
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

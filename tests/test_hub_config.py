@@ -41,3 +41,37 @@ def test_unknown_keys_in_a_file_are_refused(tmp_path):
     path.write_text("http_prot = 1\n")
     with pytest.raises(ConfigError, match="http_prot"):
         HubConfig.load(path, env={})
+
+
+def test_telemetry_drift_and_rollout_settings_from_file_env_and_flags(tmp_path):
+    path = tmp_path / "hub.toml"
+    path.write_text('[hub]\ntelemetry = false\ndrift_eval_interval_s = 2\ndrift_min_samples = 50\n'
+                    'public_url = "http://hub.lan:8080"\nrollout_watch_s = 20\n')
+    config = HubConfig.load(path, env={"TANDEM_HUB_TELEMETRY": "yes", "TANDEM_HUB_ROLLOUT_WATCH_S": "none",
+                                       "TANDEM_HUB_DRIFT_OPEN_ABOVE": "0.3"}, rollouts=False)
+    assert config.telemetry is True and config.rollouts is False
+    assert (config.drift_eval_interval_s, config.drift_min_samples, config.drift_open_above) == (2.0, 50, 0.3)
+    assert config.public_url == "http://hub.lan:8080" and config.rollout_watch_s is None
+    defaults = HubConfig.load(env={})
+    assert defaults.telemetry and defaults.rollouts and defaults.public_url is None
+
+
+@pytest.mark.parametrize("env,key", [
+    ({"TANDEM_HUB_TELEMETRY": "maybe"}, "TANDEM_HUB_TELEMETRY"),
+    ({"TANDEM_HUB_ROLLOUTS": "2"}, "TANDEM_HUB_ROLLOUTS"),
+    ({"TANDEM_HUB_PUBLIC_URL": "hub.lan:8080"}, "TANDEM_HUB_PUBLIC_URL"),
+    ({"TANDEM_HUB_DRIFT_EVAL_INTERVAL_S": "0"}, "TANDEM_HUB_DRIFT_EVAL_INTERVAL_S"),
+    ({"TANDEM_HUB_DRIFT_MIN_SAMPLES": "1.5"}, "TANDEM_HUB_DRIFT_MIN_SAMPLES"),
+    ({"TANDEM_HUB_DRIFT_CLOSE_BELOW": "0.9"}, "TANDEM_HUB_DRIFT_CLOSE_BELOW"),
+    ({"TANDEM_HUB_DRIFT_WEBHOOK_URL": "ftp://x"}, "TANDEM_HUB_DRIFT_WEBHOOK_URL"),
+])
+def test_bad_telemetry_and_rollout_values_name_the_env_var(env, key):
+    with pytest.raises(ConfigError, match=key):
+        HubConfig.load(env=env)
+
+
+def test_a_toml_string_where_a_switch_belongs_is_refused(tmp_path):
+    path = tmp_path / "hub.toml"
+    path.write_text('telemetry = "off-ish"\n')
+    with pytest.raises(ConfigError, match="telemetry"):
+        HubConfig.load(path, env={})
