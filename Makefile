@@ -14,13 +14,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Tests run a real Mosquitto broker. Install it when missing and we may (root + apt).
+# Tests run a real Mosquitto broker, and the web console's tests Debian's Chromium (driven by
+# Playwright; never `playwright install`). Install what is missing when we may (root + apt).
 system-deps:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	@missing=""; \
+	if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing=" mosquitto"; fi; \
+	if [ ! -x /usr/bin/chromium ]; then missing="$$missing chromium chromium-driver"; fi; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing mosquitto (apt-get)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
-	else echo "note: mosquitto is not installed and cannot be installed here; install it for the broker tests"; fi
+	  echo "installing:$$missing (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "note: not installed and cannot be installed here:$$missing (the broker / browser tests skip without them)"; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/tandem-sim demo
