@@ -1,0 +1,84 @@
+"""tandem-compile on the digits models writes a calibration for every variant, and an
+agent serving the result scores with its variant's own temperature and threshold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_agent import Agent, AgentClient, AgentConfig
+from model_compiler.cli import main as compile_main
+from model_compiler.confidence import fallback_rate, log_probs, scaled_probs
+from protocols.manifest import load_manifest
+
+
+@pytest.fixture(scope="module")
+def hybrid_compiled(digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibrated") / "digits"
+    rc = compile_main([str(digits_dir / "edge.onnx"), "--profiles", "cpu-x86,cpu-arm", "--calib",
+                       str(digits_dir / "calib.npz"), "--val", str(digits_dir / "val.npz"), "--out", str(out),
+                       "--cloud-model", str(digits_dir / "cloud.onnx"), "--hybrid-within", "0.5", "--no-timing",
+                       "--quiet", "--signing-key", str(out.parent / "key.pem"), "--json"])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_every_digits_variant_gets_a_calibration_for_the_hybrid_goal(hybrid_compiled, digits_dir):
+    manifest = load_manifest(hybrid_compiled)
+    assert {v.precision for v in manifest.variants} >= {"fp32", "int8"}
+    cloud_accuracy = manifest.source["reference"]["cloud_accuracy"]
+    for v in manifest.variants:
+        c = v.calibration
+        assert c is not None, v.id
+        assert 0.05 <= c.temperature <= 20 and 0.0 <= c.threshold <= 1.0 and c.measure == "max_prob"
+        assert c.goal["kind"] == "hybrid-accuracy" and c.goal["within_points"] == 0.5
+        assert c.output == "probabilities" and 0.0 <= c.expected_fallback_rate <= 1.0
+        assert c.expected_hybrid_accuracy is not None and c.expected_accuracy is not None
+        # held-out half: the goal may miss by a sample or two there, not by more
+        assert c.expected_hybrid_accuracy >= cloud_accuracy - 0.005 - 3 / c.fit["samples_eval"], (v.id, c)
+        assert c.fit["samples_fit"] + c.fit["samples_eval"] == len(np.load(digits_dir / "val.npz")["y"])
+        assert c.fit["nll_eval_calibrated"] <= c.fit["nll_eval_uncalibrated"] + 0.05
+    report = json.loads((hybrid_compiled / "report.json").read_text())
+    assert report  # the report still writes with calibrated variants
+
+
+@pytest.mark.slow
+def test_fallback_budget_goal_and_no_calibration(digits_dir, tmp_path):
+    args = [str(digits_dir / "edge.onnx"), "--profiles", "cpu-x86", "--calib", str(digits_dir / "calib.npz"),
+            "--val", str(digits_dir / "val.npz"), "--no-timing", "--quiet", "--signing-key", str(tmp_path / "k.pem"),
+            "--json"]
+    assert compile_main(args + ["--out", str(tmp_path / "budget"), "--fallback-budget", "0.1"]) == 0
+    for v in load_manifest(tmp_path / "budget").variants:
+        assert v.calibration.goal == {"kind": "fallback-budget", "budget": 0.1, "met_on_fit": True}
+        assert abs(v.calibration.expected_fallback_rate - 0.1) <= 0.05, (v.id, v.calibration)
+    assert compile_main(args + ["--out", str(tmp_path / "plain"), "--no-confidence-calibration"]) == 0
+    assert all(v.calibration is None for v in load_manifest(tmp_path / "plain").variants)
+    raw = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert all("calibration" not in v for v in raw["variants"])
+
+
+@pytest.mark.slow
+def test_agent_serves_with_its_variants_calibrated_threshold(hybrid_compiled, digits_dir, tmp_path):
+    manifest = load_manifest(hybrid_compiled)
+    int8 = next(v for v in manifest.variants if v.precision == "int8" and v.runtime == "onnxruntime")
+    x = np.load(digits_dir / "test.npz")["x"].astype(np.float32)
+    cfg = AgentConfig(model_dir=hybrid_compiled, variant=int8.id, endpoint=f"ipc://{tmp_path}/a.sock",
+                      data_dir=tmp_path / "data")
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        assert agent.policy.threshold == pytest.approx(int8.calibration.threshold)
+        assert agent.policy.temperature == pytest.approx(int8.calibration.temperature)
+        raw = agent.model.session.run({"input": x})[0]
+        reply = client.infer(x)
+    conf = scaled_probs(log_probs(raw, True), int8.calibration.temperature).max(axis=1)
+    expected_fallback = fallback_rate(conf, int8.calibration.threshold)
+    # no hub configured: the agent answers locally, marking what it would have sent to the cloud
+    assert np.allclose(reply.confidence, raw.max(axis=1), atol=1e-5)  # replies carry the unscaled confidence
+    assert reply.threshold == pytest.approx(int8.calibration.threshold)
+    assert 0.0 <= expected_fallback <= 0.2
+    cfg2 = AgentConfig(model_dir=hybrid_compiled, variant=int8.id, endpoint=f"ipc://{tmp_path}/b.sock",
+                       data_dir=tmp_path / "data2", threshold=0.8)
+    with Agent(cfg2) as agent:
+        assert agent.policy.threshold == 0.8 and agent.policy.temperature is None  # config wins, unscaled
