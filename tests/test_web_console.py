@@ -299,6 +299,8 @@ class TestConsoleInChromium:
                                        ("#/rollouts", "tr[data-rollout]", "narrow-rollouts")):
                 p.goto(console["url"] + route)
                 expect(p.locator(ready).first).to_be_visible(timeout=15_000)
+                if route == "#/rollouts":
+                    expect(p.locator("#ro-version option")).not_to_have_count(0, timeout=10_000)
                 overflow = p.evaluate("document.documentElement.scrollWidth - window.innerWidth")
                 assert overflow <= 1, f"{route}: {overflow}px wider than the window"
                 shot(p, name)

@@ -2,8 +2,7 @@
 
 import { h, svg } from "./dom.js";
 
-const W = 600;
-const H = 200;
+const narrow = () => window.innerWidth < 640;
 const PAD = { left: 52, right: 12, top: 12, bottom: 26 };
 export const COLORS = ["#2f6fde", "#e0712c", "#2a9d6f", "#b5489c", "#8a6d1f", "#5b5b5b"];
 
@@ -45,6 +44,8 @@ export function lineChart({ title, series, yMax, format = (v) => String(v), thre
     figure.append(h("p", { class: "muted empty" }, "no data yet"));
     return figure;
   }
+  const W = narrow() ? 380 : 600;
+  const H = narrow() ? 180 : 200;
   let x0 = Math.min(...xs);
   let x1 = Math.max(...xs);
   if (x1 === x0) { x0 -= 1; x1 += 1; }

@@ -47,7 +47,7 @@ export function mount(el, ctx, { id }) {
       replace(charts,
         h("p", { class: "muted" }, pts.length + " windows; last " + ago(last.end_unix) + ", " + num(last.requests) +
           " requests, fallback " + pct(last.fallback_rate) + ", input PSI max " + num(last.input_psi_max)),
-        lineChart({ id: "chart-latency", title: "Latency (ms)", format: (v) => num(v, 2),
+        lineChart({ id: "chart-latency", title: "Latency (ms)", format: (v) => num(v, 3),
           series: [{ name: "mean", points: at("latency_mean_ms") }, { name: "p95 (bin edge)", points: at("latency_p95_ms") }] }),
         lineChart({ id: "chart-fallback", title: "Fallback rate (cloud + degraded)", yMax: 1, format: pct,
           series: [{ name: "fallback", points: at("fallback_rate") }, { name: "errors", points: at("error_rate") }] }),

@@ -80,7 +80,7 @@ export function mount(el) {
         const items = byProfile.get(p);
         const up = items.filter((d) => d.status === "online").length;
         return h("section", { class: "group", "data-profile": p },
-          h("h2", {}, p, h("span", { class: "muted" }, " · " + items.length + " devices, " + up + " online")),
+          h("h2", {}, p, h("span", { class: "muted" }, " · " + items.length + (items.length === 1 ? " device, " : " devices, ") + up + " online")),
           table(COLUMNS, items, { rowAttrs: (d) => ({ "data-device": d.device_id }) }));
       }));
       if (page.total > page.items.length) {

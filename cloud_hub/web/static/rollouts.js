@@ -136,28 +136,39 @@ function mountList(el, ctx) {
     form ? form.form : h("p", { class: "muted", id: "read-only-note" }, "Your token has read scope: starting and steering rollouts needs operate."),
     h("h2", {}, "Recent"), list);
   let formLoaded = false;
+  async function loadForm() {
+    if (!form || formLoaded) return;
+    await form.refresh();
+    formLoaded = true; // once: a poll must not reset what the operator is choosing
+  }
   return {
     async refresh() {
-      let page;
-      try {
-        page = await api("/v1/rollouts", { params: { limit: 50 } });
-      } catch (err) {
-        if (err instanceof ApiError && err.status !== 401) {
-          replace(list, h("p", { class: "muted" }, "Rollouts: " + err.message));
-          return;
-        }
-        throw err;
+      const [page] = await Promise.all([
+        api("/v1/rollouts", { params: { limit: 50 } }).catch((err) => ({ error: err })),
+        loadForm(),
+      ]);
+      if (page.error) {
+        if (page.error.status === 401) throw page.error;
+        replace(list, h("p", { class: "muted" }, "Rollouts: " + page.error.message));
+        return;
       }
       replace(list, table(LIST_COLUMNS, page.items, { empty: "No rollout yet.", rowAttrs: (r) => ({ "data-rollout": r.rollout_id }) }));
-      if (form && !formLoaded) {
-        await form.refresh();
-        formLoaded = true;
-      }
     },
   };
 }
 
 // -- one rollout ---------------------------------------------------------------------------
+
+function eventDetail(detail) {
+  const { step, result, reason, ...rest } = detail;
+  const parts = [];
+  if (step) parts.push(h("b", {}, step));
+  if (result && result !== "ok") parts.push(badge(result, "bad"));
+  if (reason) parts.push(reason);
+  const more = Object.entries(rest).map(([k, v]) => k + " " + (typeof v === "object" ? JSON.stringify(v) : v));
+  if (more.length) parts.push(h("span", { class: "muted" }, more.join(", ")));
+  return h("span", { class: "detail" }, parts.flatMap((p, i) => (i ? [" · ", p] : [p])));
+}
 
 function mountDetail(el, ctx, id) {
   const head = h("div", { class: "card", id: "rollout-head" });
@@ -227,7 +238,7 @@ function mountDetail(el, ctx, id) {
         { label: "When", cell: (e) => h("span", { title: when(e.at) }, ago(e.at)) },
         { label: "Event", cell: (e) => e.kind },
         { label: "Device", cell: (e) => e.device_id || "" },
-        { label: "Detail", cell: (e) => h("code", { class: "detail" }, JSON.stringify(e.detail || {})) },
+        { label: "Detail", cell: (e) => eventDetail(e.detail || {}) },
       ], (r.events || []).slice().reverse(), { empty: "No events yet." }));
     },
   };
