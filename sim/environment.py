@@ -1,0 +1,127 @@
+"""The real parts a simulation runs against: a broker, a hub (inference, telemetry + drift,
+rollouts) on embedded defaults, and a FaultProxy in front of the hub's gRPC and the broker.
+
+Devices connect through the proxies; the hub's own clients connect to the broker
+directly, so an "outage" cuts the devices off the hub the way a WAN failure would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.broker import BrokerHandle, start_broker
+from cloud_hub.config import HubConfig
+from cloud_hub.hub import Hub
+from cloud_hub.telemetry.alerts import Hysteresis
+from cloud_hub.telemetry.engine import DriftConfig
+from cloud_hub.telemetry.hub_service import HubTelemetry
+from cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
+from protocols.topics import parse_mqtt_url
+from sim.netfault import FaultProxy
+from sim.releases import Models
+from sim.scenario import DriftSettings
+
+log = logging.getLogger(__name__)
+
+
+class Environment:
+    """`Environment(workdir, models, drift).start()`; `stop()` tears everything down in reverse."""
+
+    def __init__(self, workdir: Path, models: Models, drift: DriftSettings, *, window_s: float = 1.0,
+                 rollout_tick_s: float = 0.2, watch_s: float | None = None) -> None:
+        self.workdir = workdir
+        self.models = models
+        self.drift = drift
+        self.window_s = window_s
+        self.rollout_tick_s = rollout_tick_s
+        self.watch_s = watch_s
+        self.broker: BrokerHandle | None = None
+        self.hub: Hub | None = None
+        self._telemetry = HubTelemetry(TelemetryServiceConfig(
+            eval_interval_s=drift.eval_interval_s,
+            drift=DriftConfig(span_s=drift.span_s, baseline_s=drift.baseline_s, bucket_s=window_s,
+                              min_samples=drift.min_samples, min_requests=drift.min_requests,
+                              distribution=Hysteresis(drift.open_above, drift.close_below, k_open=drift.k_open),
+                              rate=Hysteresis(0.10, 0.05, k_open=drift.k_open))))
+        self.grpc_proxy: FaultProxy | None = None
+        self.mqtt_proxy: FaultProxy | None = None
+        self._own_rollouts = False
+        self.device_token = ""
+
+    def start(self) -> "Environment":
+        shutil.rmtree(self.workdir / "hub", ignore_errors=True)
+        self.broker = start_broker("auto", self.workdir / "broker", "127.0.0.1", 0)
+        fields = {f.name for f in dataclasses.fields(HubConfig)}
+        extra: dict[str, Any] = {}
+        if "rollout_tick_s" in fields:  # hubs that start rollouts themselves take the settings here
+            extra.update(rollout_tick_s=self.rollout_tick_s, rollout_watch_s=self.watch_s)
+        self.hub = Hub(HubConfig(data_dir=self.workdir / "hub", http_port=0, grpc_port=0, mqtt_url=self.broker.url,
+                                 model_dirs=(self.models.cloud,), **extra))
+        self.hub.add_service(self._telemetry)  # ours, with the scenario's drift settings
+        self.hub.start()
+        if getattr(self.hub, "rollouts", None) is None:
+            from cloud_hub.rollouts.attach import attach_rollouts
+
+            attach_rollouts(self.hub, tick_s=self.rollout_tick_s, watch_s=self.watch_s)
+            self._own_rollouts = "rollouts" not in fields  # older hubs leave stopping it to the caller
+        self.hub.registry.register_dir(self.models.edge)
+        self.device_token = self.hub.tokens.create("sim-fleet", "read").token
+        self.grpc_proxy = FaultProxy("127.0.0.1", self.hub.grpc_port, name="grpc").start()
+        self.mqtt_proxy = FaultProxy(*parse_mqtt_url(self.broker.url), name="mqtt").start()
+        return self
+
+    @property
+    def telemetry(self) -> TelemetryIngestService:
+        assert self._telemetry.service is not None, "the environment is not started"
+        return self._telemetry.service
+
+    @property
+    def rollouts(self) -> Any:
+        return self.hub.rollouts
+
+    @property
+    def grpc_url(self) -> str:
+        return self.grpc_proxy.url_hostport
+
+    @property
+    def mqtt_url(self) -> str:
+        """The broker as devices reach it (through the fault proxy)."""
+        return f"mqtt://{self.mqtt_proxy.url_hostport}"
+
+    def register(self, kind: str) -> tuple[str, str]:
+        """Register release `kind` (good, bad, selftest_fail) with the hub; (model, version)."""
+        record = self.hub.registry.register_dir(self.models.release(kind))
+        return _name_version(record)
+
+    def outage(self, on: bool) -> None:
+        for p in (self.grpc_proxy, self.mqtt_proxy):
+            p.partition(on)
+
+    def network(self, target: str = "both", **faults: Any) -> None:
+        for name, p in (("grpc", self.grpc_proxy), ("mqtt", self.mqtt_proxy)):
+            if target in (name, "both"):
+                p.set(**faults)
+
+    def stop(self) -> None:
+        for p in (self.grpc_proxy, self.mqtt_proxy):
+            if p is not None:
+                p.stop()
+        if self.hub is not None:
+            if self._own_rollouts and getattr(self.hub, "rollouts", None) is not None:
+                self.hub.rollouts.stop()
+                self.hub.rollouts.store.close()
+            self.hub.stop()
+            self.hub = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+
+def _name_version(record: Any) -> tuple[str, str]:
+    if isinstance(record, dict):
+        return record["name"], record["version"]
+    return getattr(record, "name"), getattr(record, "version")
