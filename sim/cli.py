@@ -7,27 +7,90 @@ import logging
 import sys
 from pathlib import Path
 
+EPILOG = """\
+examples:
+  tandem-sim list                                   the built-in scenarios
+  tandem-sim run drift --report out/drift           run one, write out/drift/report.md + plots
+  tandem-sim run steady --devices 200 --duration 60 --report out/steady
+  tandem-sim run my-scenario.yaml --report out/mine
+  tandem-sim demo                                   train, compile, run a mixed fleet (a few minutes)
+"""
+
+
+def _say(quiet: bool):
+    return (lambda m: None) if quiet else (lambda m: (sys.stderr.write(m), sys.stderr.flush()))
+
 
 def _demo(args: argparse.Namespace) -> int:
     from sim.demo import format_summary, run_demo
 
-    summary = run_demo(args.workdir, say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+    summary = run_demo(args.workdir, say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)),
+                       progress=_say(args.quiet))
     print(format_summary(summary))
+    return 0 if summary.get("passed", True) else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    from sim.scenario import builtin_names, load_scenario
+
+    for name in builtin_names():
+        sc = load_scenario(name)
+        print(f"{name:14} {sc.device_count:4d} devices {sc.duration_s:5.0f}s  {sc.description.split('.')[0]}.")
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from sim.report import write_report
+    from sim.runner import run_scenario
+    from sim.scenario import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario).scaled(args.devices, args.duration)
+    except ScenarioError as exc:
+        print(f"tandem-sim: {exc}", file=sys.stderr)
+        return 2
+    report = args.report or Path("tandem-sim-reports") / scenario.name
+    say = _say(args.quiet)
+    say(f"running {scenario.name}: {scenario.device_count} devices for {scenario.duration_s:g}s "
+        f"(work dir {args.workdir})\n")
+    result = run_scenario(scenario, args.workdir, data_dir=args.data_dir, progress=say)
+    path = write_report(result, report)
+    for c in result.checks:
+        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['detail']}")
+    print(f"report: {path}")
+    return 0 if result.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tandem-sim", description="Tandem's hardware and fleet simulator.")
+    parser = argparse.ArgumentParser(prog="tandem-sim", description="Tandem's hardware and fleet simulator: virtual "
+                                     "devices running the real agent logic against a real hub and broker.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train, compile and run the digits demo end to end on this machine")
+    demo = sub.add_parser("demo", help="train, compile and run a mixed fleet through drift and a canary rollout")
     demo.add_argument("--workdir", type=Path, default=Path("tandem-demo"), help="where everything is written (default: ./tandem-demo)")
     demo.add_argument("--quiet", action="store_true", help="print only the final summary")
     demo.set_defaults(handler=_demo)
+
+    run = sub.add_parser("run", help="run a scenario and write its report",
+                         description="Run a scenario (a built-in name or a YAML file) against a fresh hub and broker.",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("scenario", help="built-in name (see `tandem-sim list`) or path to a scenario .yaml")
+    run.add_argument("--report", type=Path, help="report folder (default: tandem-sim-reports/<scenario>)")
+    run.add_argument("--devices", type=int, help="total devices, groups kept in proportion")
+    run.add_argument("--duration", type=float, help="seconds of simulated traffic; event times scale with it")
+    run.add_argument("--workdir", type=Path, default=Path("tandem-sim-work"),
+                     help="models, hub data and device outboxes (default: ./tandem-sim-work; models are cached)")
+    run.add_argument("--data-dir", type=Path, help="an examples/digits/train.py output to use instead of training")
+    run.add_argument("--quiet", action="store_true", help="no live progress line")
+    run.set_defaults(handler=_run)
+
+    lst = sub.add_parser("list", help="list the built-in scenarios")
+    lst.set_defaults(handler=_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
