@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast bench clean
+.PHONY: install system-deps demo test test-fast bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/compile.py --json
+
+# atheris targets in fuzz/ (one per network decoder), FUZZ_SECONDS each; skips without atheris.
+fuzz: $(STAMP)
+	$(PY) fuzz/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

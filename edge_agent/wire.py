@@ -97,6 +97,8 @@ def _arrays(headers: Sequence[pb.TensorHeader], frames: Sequence[Frame], what: s
             raise BadRequestError(f"{label}: rank {len(shape)} exceeds the limit of {limits.MAX_TENSOR_DIMS}")
         if any(d < 0 for d in shape):
             raise BadRequestError(f"{label}: shape {list(shape)} has a negative dimension")
+        if any(d > limits.MAX_TENSOR_ELEMENTS for d in shape):  # [2**62, 0] holds 0 elements but cannot exist
+            raise BadRequestError(f"{label}: a dimension of {list(shape)} exceeds the limit of {limits.MAX_TENSOR_ELEMENTS}")
         count = math.prod(shape)
         if count > limits.MAX_TENSOR_ELEMENTS:
             raise BadRequestError(f"{label}: {count} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")

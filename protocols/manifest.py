@@ -32,7 +32,7 @@ class ManifestError(ValueError):
 
 def parse_version(version: str) -> tuple[int, int, int]:
     """Parse MAJOR.MINOR.PATCH into a tuple that orders versions (anti-rollback)."""
-    match = _VERSION_RE.match(version or "")
+    match = _VERSION_RE.match(version) if isinstance(version, str) else None
     if not match:
         raise ManifestError(f"version: {version!r} is not MAJOR.MINOR.PATCH (e.g. 1.2.0)")
     return tuple(int(part) for part in match.groups())  # type: ignore[return-value]

@@ -86,6 +86,8 @@ def check_shape(name: str, shape: Sequence[int], limits: TensorLimits = DEFAULT_
         raise TensorCodecError(f"tensor {name!r}: {len(dims)} dimensions, at most {limits.max_dims} allowed")
     if any(d < 0 for d in dims):
         raise TensorCodecError(f"tensor {name!r}: shape {dims} has a negative dimension; send the concrete shape")
+    if any(d > limits.max_elements for d in dims):  # [2**62, 0] holds 0 elements but no array can have it
+        raise TensorCodecError(f"tensor {name!r}: a dimension of {dims} exceeds the limit of {limits.max_elements}")
     count = math.prod(dims)
     if count > limits.max_elements:
         raise TensorCodecError(f"tensor {name!r}: {count} elements exceeds the limit of {limits.max_elements}")
