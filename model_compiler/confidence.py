@@ -127,12 +127,13 @@ def fit_temperature(logp: np.ndarray, labels: np.ndarray,
 def candidate_thresholds(conf: np.ndarray) -> np.ndarray:
     """Thresholds that give every distinct fallback rate on `conf` (fallback when conf < t), ascending.
 
-    Midpoints between neighbouring confidences, so the choice does not sit on a sample.
+    Midpoints between neighbouring confidences, so the choice does not sit on a sample;
+    the lowest confidence seen stands for "no fallback".
     """
     u = np.unique(conf[np.isfinite(conf)])
     if not len(u):
         return np.array([0.0])
-    cands = [0.0] + list((u[:-1] + u[1:]) / 2.0) + [float(u[-1])]
+    cands = [float(u[0])] + list((u[:-1] + u[1:]) / 2.0) + [float(u[-1])]
     if u[-1] < 1.0:
         cands.append(1.0)
     return np.clip(np.array(sorted(set(cands))), 0.0, 1.0)
