@@ -48,7 +48,7 @@ def report_dict(result: "CompileResult") -> dict[str, Any]:
         "variants": [
             {"id": o.recipe.id, "runtime": o.recipe.runtime, "precision": o.recipe.precision, "profiles": o.profiles,
              "status": "skipped" if o.skipped else "ok", "reason": o.skipped, "build_seconds": round(o.build_seconds, 2),
-             "metrics": o.metrics}
+             "metrics": o.metrics, "calibration": o.calibration}
             for o in result.outcomes
         ],
     }
@@ -86,6 +86,19 @@ def render_markdown(result: "CompileResult") -> str:
             f"{_fmt(x.get('max_abs_error'), 5)} | {_fmt(x.get('latency_p50_ms'))} | {_fmt(x.get('latency_p95_ms'))} | "
             f"{_fmt(x.get('throughput_b8'), 0)} | {', '.join(o.profiles)} |"
         )
+    calibrated = [o for o in result.outcomes if o.calibration and not o.skipped]
+    if calibrated:
+        goal = calibrated[0].calibration["goal"]
+        lines += ["", "## Confidence calibration (per variant)", "",
+                  f"Goal: {goal['kind']} ({', '.join(f'{k} {v}' for k, v in goal.items() if k not in ('kind', 'met_on_fit') and v is not None)}). "
+                  f"{calibrated[0].calibration['fit']['split']}.", "",
+                  "| variant | temperature | threshold | expected fallback | expected accuracy | expected hybrid accuracy |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for o in calibrated:
+            c = o.calibration
+            lines.append(f"| {o.recipe.id} | {_fmt(c['temperature'])} | {_fmt(c['threshold'], 4)} | "
+                         f"{_fmt(c['expected_fallback_rate'], 4)} | {_fmt(c.get('expected_accuracy'), 4)} | "
+                         f"{_fmt(c.get('expected_hybrid_accuracy'), 4)} |")
     skipped = [o for o in result.outcomes if o.skipped]
     per_profile = [(name, s) for name, c in m.profiles.items() for s in c.skipped]
     if skipped or per_profile:
