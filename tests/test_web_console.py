@@ -117,6 +117,8 @@ def page(browser, console):
     p = context.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
+    # CSP violations ("Refused to ...") and other console errors, but not the API's own 4xx answers
+    p.on("console", lambda msg: msg.type == "error" and "status of 4" not in msg.text and errors.append(msg.text))
     p.on("dialog", lambda dialog: dialog.accept())
     yield p
     context.close()
@@ -152,6 +154,16 @@ class TestConsoleInChromium:
         page.click("#logout")
         expect(page.locator("#login")).to_be_visible()
         assert page.evaluate("sessionStorage.getItem('tandem.token')") is None
+
+        # a token revoked while the page is open sends it back to the login with the reason
+        hub = console["hub"]
+        temp = hub.tokens.create("web-temp", "read")
+        page.fill("#token", temp.token)
+        page.click("#login-form button[type=submit]")
+        expect(page.locator("#nav")).to_be_visible(timeout=10_000)
+        hub.tokens.revoke(temp.info.token_id)
+        expect(page.locator("#login-error")).to_contain_text("no longer accepted", timeout=10_000)
+        expect(page.locator("#login-error")).to_contain_text("revoked")
 
     def test_a_device_appears_when_its_agent_registers_and_api_text_is_never_markup(self, page, console):
         from playwright.sync_api import expect
@@ -255,6 +267,28 @@ class TestConsoleInChromium:
         assert max(p["fallback_rate"] for p in before) < min(p["fallback_rate"] for p in after)
         assert max(p["confidence_mean"] for p in after) < min(p["confidence_mean"] for p in before)
         shot(page, "device-drift")
+
+    def test_pause_resume_and_abort_buttons_steer_a_running_rollout(self, page, console):
+        from playwright.sync_api import expect
+
+        login(page, console)
+        page.click("#nav a[data-view=rollouts]")
+        expect(page.locator("#ro-version option[value='1.1.0']")).to_have_count(1, timeout=10_000)
+        page.select_option("#ro-version", "1.1.0")
+        page.fill("#ro-select", "site=field")  # cam-drift: registered, but no OTA client answers it
+        page.fill("#ro-waves", "100")
+        page.click("#ro-start")
+        page.wait_for_url(re.compile(r"#/rollouts/[^/]+$"), timeout=10_000)
+        status = page.locator("#rollout-status")
+        expect(status).to_have_text("running", timeout=10_000)
+        expect(page.locator("li.chip[data-device='cam-drift']")).to_be_visible()
+        expect(page.locator("button[data-action=resume]")).to_be_disabled()
+        for action, after in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
+            page.click(f"button[data-action={action}]")
+            expect(status).to_have_text(after, timeout=10_000)
+        for action in ("pause", "resume", "abort", "rollback"):
+            expect(page.locator(f"button[data-action={action}]")).to_be_disabled()
+        expect(page.locator("#rollout-events")).to_contain_text("aborted")
 
     def test_a_read_token_sees_no_action_buttons_and_no_start_form(self, page, console):
         from playwright.sync_api import expect

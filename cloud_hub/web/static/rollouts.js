@@ -223,7 +223,8 @@ function mountDetail(el, ctx, id) {
       replace(waves, r.waves.map((percent, i) => {
         const n = i + 1;
         const devs = (byWave.get(n) || []).sort((a, b) => a.device_id.localeCompare(b.device_id));
-        const state = n < r.wave ? "done" : n === r.wave ? "current" : "later";
+        const moving = r.status === "running" || r.status === "paused";
+        const state = n < r.wave || (n === r.wave && !moving) ? "done" : n === r.wave ? "current" : "later";
         return h("section", { class: "wave " + state, "data-wave": n },
           h("h3", {}, "Wave " + n + " · up to " + percent + "% · " + devs.length + " devices"),
           devs.length ? h("ul", { class: "chips" }, devs.map((d) => h("li", {
