@@ -303,6 +303,11 @@ def _calibrate(outcomes: list[VariantOutcome], opts: CompileOptions, task: Task,
                reference: list[np.ndarray], output_name: str, ref_metrics: dict[str, Any], say: Progress) -> None:
     """Fit every validated variant's temperature and threshold for the goal (see model_compiler/confidence.py)."""
     goal = opts.goal()
+    rows = reference[task.output_index].shape[0]
+    if rows != len(val) or reference[task.output_index].ndim != 2:
+        say(f"confidence calibration skipped: the output has {rows} rows for {len(val)} validation samples "
+            "(the leading input axis is not a batch of samples)")
+        return
     fit, evaluation, how = split_fit_eval(len(val), val.labels)
     cloud_pred = _cloud_predictions(opts, val) if opts.cloud_model is not None else None
     if cloud_pred is not None and val.labels is not None:
