@@ -144,10 +144,11 @@ def variant_order(manifest: Manifest, profile: str, variant_id: str | None = Non
     if variant_id:
         return [first]
     choice = manifest.profiles[profile]
+    rejected = {s.get("variant") for s in choice.skipped}  # over a budget: never served, not even as a fallback
     ids = [first.id] + [c for c in choice.candidates if c != first.id]
     ids += [v.id for v in manifest.variants if profile in v.profiles and v.id not in ids]
     known = {v.id for v in manifest.variants}
-    return [manifest.variant(i) for i in ids if i in known]
+    return [manifest.variant(i) for i in ids if i in known and (i == first.id or i not in rejected)]
 
 
 def plan_attempts(variants: Sequence[Variant], hw: Profile | None) -> list[Attempt]:
@@ -209,13 +210,14 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
     variants = variant_order(manifest, profile, variant_id)
     hw = hardware_profile if hardware_profile is not None else _hardware_profile(profile)
     attempts = plan_attempts(variants, hw)
+    own_probe = probe is None
     probed: set[str] = set()
     tried: list[dict[str, str]] = []
     bad_files: dict[str, str] = {}
     for attempt in attempts:
         variant, placement = attempt.variant, attempt.placement
         step = {"variant": variant.id, "placement": placement.label, "tier": placement.tier}
-        if probe is None or (variant.runtime not in probed and probe.problems.get(variant.runtime) == "not probed"):
+        if probe is None or (own_probe and variant.runtime not in probed):
             probed.add(variant.runtime)  # lazily: a start that loads ONNX Runtime need not import OpenVINO
             probe = probe_device(probed)
         available, why = placement_available(placement, probe)
@@ -236,9 +238,9 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
             log.warning("variant failed to load variant=%s placement=%s reason=%s", variant.id, placement.label, exc)
             tried.append({**step, "outcome": "failed", "reason": str(exc)})
             continue
+        reason = _reason(attempt, why, tried, variants[0], hw, pinned=bool(variant_id))
         selection = {"variant": variant.id, "runtime": variant.runtime, "tier": placement.tier,
-                     "placement": placement.label, "reason": _reason(attempt, why, tried, variants[0], hw, pinned=bool(variant_id)),
-                     "tried": tried, "probe": probe.summary()}
+                     "placement": placement.label, "reason": reason, "tried": tried, "probe": probe.summary()}
         if hw is not None and hw.cpu_features:
             missing = [f for f in hw.cpu_features if f not in probe.cpu_features]
             if missing:

@@ -217,3 +217,13 @@ def test_agent_start_finds_a_user_profile_and_records_the_choice(two_variant_dir
     with Agent(cfg) as agent:
         assert agent.model.selection["placement"] == "openvino@CPU"
         assert agent.model.selection["tried"][0]["outcome"] == "absent"
+
+
+def test_a_variant_over_the_profiles_budgets_is_never_a_fallback(two_variant_dir):
+    from protocols.manifest import load_manifest
+
+    model_dir, _ = two_variant_dir
+    manifest = load_manifest(model_dir)
+    manifest.profiles["npu-mock"].skipped = [{"variant": "onnxruntime-fp32", "reason": "quality drop 3.1 points > budget 1"}]
+    assert [v.id for v in variant_order(manifest, "npu-mock")] == ["openvino-fp32"]
+    assert [v.id for v in variant_order(manifest, "npu-mock", "onnxruntime-fp32")] == ["onnxruntime-fp32"]  # pinned
