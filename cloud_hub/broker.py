@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from cloud_hub.errors import BrokerError
+from protocols import limits
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class MosquittoBroker:
             f"persistence_location {workdir / 'data'}/\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
+            f"max_packet_size {limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES}\n"
         )
         log_file = open(workdir / "mosquitto.log", "ab")
         process = subprocess.Popen([exe, "-c", str(conf)], stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)

@@ -58,3 +58,8 @@ RATE_LIMIT_MAX_DEVICES = 100_000
 
 # Artifacts: the largest single model file an agent downloads or the hub stores.
 MAX_ARTIFACT_BYTES = 2 * 1024 * 1024 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024      # a signed manifest fetched by an agent
+
+# OTA messages over MQTT (protocols.ota) and the retained /status payload (telemetry_codec).
+MAX_OTA_MESSAGE_BYTES = 16 * 1024
+MAX_STATUS_BYTES = 4096

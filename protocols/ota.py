@@ -17,11 +17,11 @@ from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protocols.limits import MAX_OTA_MESSAGE_BYTES
 from protocols.manifest import ManifestError, parse_version
 from protocols.signing import SignatureError, sign_manifest, verify_manifest
 
 OTA_SCHEMA_VERSION = 1
-MAX_OTA_MESSAGE_BYTES = 16 * 1024
 
 ACTIONS = ("install", "rollback")
 # Device-side steps, in the order an install walks them; the last four are terminal.

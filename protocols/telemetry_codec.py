@@ -122,8 +122,8 @@ def encode_status(state: str, device_id: str, **info: Any) -> bytes:
 
 
 def decode_status(payload: bytes) -> dict[str, Any]:
-    if len(payload) > 4096:
-        raise TelemetryDecodeError("status: over 4096 bytes")
+    if len(payload) > limits.MAX_STATUS_BYTES:
+        raise TelemetryDecodeError(f"status: over MAX_STATUS_BYTES={limits.MAX_STATUS_BYTES}")
     try:
         data = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

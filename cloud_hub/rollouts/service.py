@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud_hub.devices import DeviceFilter, DeviceRegistry
 from cloud_hub.errors import InvalidInputError, NotFoundError
@@ -26,7 +28,7 @@ from cloud_hub.registry import ModelRegistry
 from cloud_hub.rollouts import controller as ctl
 from cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError, Send
 from cloud_hub.rollouts.store import RolloutStore
-from protocols import topics
+from protocols import limits, topics
 from protocols.ota import OtaCommand, OtaMessageError, decode_status, encode_command
 from protocols.signing import canonical_bytes
 from protocols.telemetry_codec import STATUS_ONLINE
@@ -79,7 +81,9 @@ class RolloutService:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> "RolloutService":
-        self._client.connect_async(*self._mqtt_addr, keepalive=10)
+        props = Properties(PacketTypes.CONNECT)
+        props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES  # broker drops bigger
+        self._client.connect_async(*self._mqtt_addr, keepalive=10, properties=props)
         self._client.loop_start()
         self._worker = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
         self._worker.start()

@@ -109,6 +109,7 @@ class TelemetryIngest:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
         props.ReceiveMaximum = self.config.receive_maximum
+        props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES
         self.client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False,
                                   properties=props)
         self._writer = threading.Thread(target=self._write_loop, name="telemetry-ingest-writer", daemon=True)

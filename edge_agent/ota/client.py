@@ -25,6 +25,7 @@ from edge_agent.ota.download import DownloadConfig
 from edge_agent.ota.machine import HealthFigures, WatchPolicy
 from edge_agent.ota.store import ModelStore, Recovery
 from edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
+from protocols import limits
 from protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_status
 from protocols.signing import load_public_key
 from protocols.tls import TlsFiles, configure_mqtt_client
@@ -103,6 +104,7 @@ class OtaClient:
                                  "the agent restarted while this version was on trial"))
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
+        props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES  # broker drops bigger
         self._client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False,
                                    properties=props)
         self._client.loop_start()

@@ -21,10 +21,11 @@ from typing import Any, Callable
 import httpx
 
 from edge_agent.ota.errors import DownloadError
+from protocols import limits
 
 log = logging.getLogger(__name__)
 
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_MANIFEST_BYTES = limits.MAX_MANIFEST_BYTES
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class DownloadConfig:
     attempts: int = 5                        # per file, counting the first
     backoff_s: float = 0.2                   # doubled after each failed attempt
     chunk_bytes: int = 256 * 1024
-    max_file_bytes: int = 2 * 1024 ** 3
+    max_file_bytes: int = limits.MAX_ARTIFACT_BYTES
     rate_limit_bps: float | None = None      # cap for metered links; None: as fast as the link goes
 
 

@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from hardware_profiles.runtimes.base import IOSpec, RuntimeSession, RuntimeUnavailableError
+from hardware_profiles.runtimes.model_files import ModelFileError, check_model_file
 
 
 def load_session(runtime: str, path: str | Path, **options: Any) -> RuntimeSession:
     """Open `path` with `runtime`; options go to that adapter (providers, device, threads).
 
-    Raises RuntimeUnavailableError when the runtime is missing or rejects the file.
+    Raises RuntimeUnavailableError when the runtime is missing or rejects the file, and
+    its ModelFileError when the file is not an allowed format or reaches outside its folder.
     """
+    check_model_file(runtime, path)
     if runtime == "onnxruntime":
         from hardware_profiles.runtimes.onnxruntime import OnnxRuntimeSession
 
@@ -28,4 +31,4 @@ def load_session(runtime: str, path: str | Path, **options: Any) -> RuntimeSessi
     raise RuntimeUnavailableError(f"unknown runtime {runtime!r} (known: onnxruntime, openvino, litert)")
 
 
-__all__ = ["IOSpec", "RuntimeSession", "RuntimeUnavailableError", "load_session"]
+__all__ = ["IOSpec", "ModelFileError", "RuntimeSession", "RuntimeUnavailableError", "check_model_file", "load_session"]
