@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cloud_hub.telemetry.drift import compare
+from cloud_hub.telemetry.drift import merge_sparse, psi
 from protocols.telemetry_codec import LATENCY_EDGES_MS, TelemetryWindow
 
 CONFIDENCE_BINS = 20
@@ -50,7 +50,7 @@ def window_point(w: TelemetryWindow, reference: Mapping[str, Sequence[int]]) -> 
         ref = reference.get(key)
         counts = np.asarray(s.counts, dtype=np.int64)
         if ref and counts.sum() >= MIN_INPUT_SAMPLES:
-            drift[key] = round(compare(ref, counts).psi, 4)
+            drift[key] = round(psi(*merge_sparse(ref, counts)), 4)  # the bins the drift engine compares
     return {
         "sequence": w.sequence, "start_unix": w.start_unix, "end_unix": w.end_unix,
         "model_name": w.model_name, "model_version": w.model_version, "requests": total,
