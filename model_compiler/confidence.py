@@ -223,7 +223,9 @@ def calibrate_variant(output: np.ndarray, probabilities: bool, goal: Goal, data:
     else:
         temperature = 1.0
         fit_info["temperature"] = "not fitted: the validation data has no labels"
-    probs = scaled_probs(logp, temperature)
+    # T = 1 leaves probabilities as the model gives them, as the agent's policy does (no renormalizing)
+    probs = scaled_probs(logp, temperature) if temperature != 1.0 or not probabilities else \
+        np.asarray(output, dtype=np.float64).reshape(len(output), -1)
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
 
     resolved_budget: float | None = None
