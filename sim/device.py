@@ -220,7 +220,7 @@ class VirtualDevice:
             self.telemetry.record("error", 0.0, np.zeros(0, np.float32), np.zeros(0, np.int64), {})
             self._count("error", 0.0)
             return Outcome(self.device_id, self.profile.name, "error", 0.0, len(x), 0, handle.version)
-        latency = emulated_latency_ms(handle.shared.host_ms_per_row, len(x), self.profile, self.rng)
+        latency = edge_ms = emulated_latency_ms(handle.shared.host_ms_per_row, len(x), self.profile, self.rng)
         scores = self.policy.score_array(out)
         labels, conf, source = scores.labels, scores.confidence, "edge"
         if not scores.all_confident:
@@ -236,7 +236,7 @@ class VirtualDevice:
                 except FallbackUnavailable:
                     pass
         self.telemetry.record(source, latency, conf, labels, {name: x})
-        self._count(source, latency)
+        self._count(source, edge_ms)
         return Outcome(self.device_id, self.profile.name, source, latency, len(x), int((labels == y).sum()),
                        handle.version)
 
@@ -245,7 +245,10 @@ class VirtualDevice:
             self._health.add(source, latency)
 
     def health(self) -> HealthFigures:
-        """The OTA client's health probe: figures since the previous call."""
+        """The OTA client's health probe: figures since the previous call.
+
+        Its p95 is the model's own (emulated) compute time: the fallback round trip is the
+        hub's, and would make a version's latency depend on how many of its answers fell back."""
         with self._health_lock:
             counter, self._health = self._health, _HealthCounter()
         return counter.figures()

@@ -104,7 +104,7 @@ class _Timeline:
     def _note(self, t: float, text: str) -> None:
         self.log.append(f"t={t:5.1f}s {text}")
         if self.progress:
-            self.progress(f"\n  t={t:.0f}s {text}")
+            self.progress(f"\r  t={t:.0f}s {text}\033[K\n")
 
     def _apply(self, e: Event, t: float) -> None:
         if e.kind == "outage":
@@ -209,7 +209,7 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
         if any(s.ota for s in specs):
             ota = OtaSettings(env.device_token, env.hub.key.public_pem,
                               WatchPolicy(watch_s=scenario.watch_s, min_requests=10, max_fallback_rise=0.3,
-                                          max_latency_ratio=100.0), env.mqtt_url)
+                                          max_latency_ratio=3.0), env.mqtt_url)
         config = fleet_config or FleetConfig()
         from dataclasses import replace
 
