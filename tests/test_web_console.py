@@ -185,6 +185,10 @@ class TestConsoleInChromium:
         page.select_option("#filter-profile", "cpu-arm")
         expect(page.locator("tr[data-device]")).to_have_count(1, timeout=10_000)
         page.select_option("#filter-profile", "")
+        page.select_option("#filter-status", "offline")  # everyone was heard from just now
+        expect(page.locator("#fleet-groups")).to_contain_text("No device matches", timeout=10_000)
+        page.select_option("#filter-status", "online")
+        expect(page.locator("tr[data-device]")).to_have_count(N_DEVICES + 1, timeout=10_000)
         page.fill("#filter-tag", "site=lab")
         page.press("#filter-tag", "Enter")
         expect(page.locator("tr[data-device]")).to_have_count(N_DEVICES, timeout=10_000)
