@@ -253,3 +253,44 @@ def test_grpc_rate_limits_each_device(pki, tls_hub):
                 codes.append("limited" if "RESOURCE_EXHAUSTED" in str(exc) else str(exc))
     assert codes[:3] == ["ok"] * 3 and codes.count("limited") >= 5, codes
     assert infer(tls_hub, pki.device_files("dev-b"), "dev-b").outputs["y"].shape == (1, 3)  # others unaffected
+
+
+# -- the real shells over mutual TLS ----------------------------------------------------------------
+
+
+def wait_for(predicate, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_agent_publisher_and_hub_ingest_work_over_mutual_tls(pki, broker, tmp_path):
+    from cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
+    from cloud_hub.telemetry.store import TelemetryStore
+    from edge_agent.telemetry.outbox import Outbox
+    from edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
+    from protocols.telemetry_pb2 import TelemetryWindow
+
+    store = TelemetryStore.open(tmp_path / "hub")
+    ingest = TelemetryIngest(IngestConfig(broker, client_id="hub-ingest-tls", tls=pki.hub_client_files()), store).start()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    for _ in range(3):
+        w = TelemetryWindow(schema_version=1, device_id="dev-a", model_name="m", model_version="1.0.0",
+                            start_unix=1.0, end_unix=2.0)
+        outbox.append(w)
+    publisher = TelemetryPublisher(PublisherConfig(broker, tls=pki.device_files("dev-a")), outbox, "dev-a")
+    try:
+        assert ingest.wait_subscribed(CONNECT_TIMEOUT_S)
+        publisher.start()
+        assert publisher.wait_drained(CONNECT_TIMEOUT_S), "the broker never acknowledged dev-a's windows"
+        assert wait_for(lambda: store.count_windows("dev-a") == 3), ingest.stats.as_dict()
+    finally:
+        publisher.stop()
+        ingest.stop()
+        store.close()
+
