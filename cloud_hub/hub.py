@@ -222,6 +222,10 @@ class Hub:
     def stop(self) -> None:
         """Stop every server this hub started, in reverse order, and close the database; safe to call twice."""
         _stop_all(self._late_services)
+        if self.rollouts is not None:  # attached by attach_rollouts on a hub not running its own
+            from cloud_hub.rollouts.attach import HubRollouts
+
+            _stop_all([HubRollouts.adopt(self)])
         if self._http_server is not None:
             self._http_server.should_exit = True
             if self._http_thread is not None:

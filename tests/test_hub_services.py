@@ -168,3 +168,13 @@ def test_without_http_or_public_url_rollouts_wait_for_a_url(tmp_path):
         assert hub.telemetry is not None and hub.rollouts is None
         hub.start()  # HTTP now: rollouts follow
         assert hub.rollouts is not None and hub.rollouts.config.public_url == hub.http_url
+
+
+def test_rollouts_attached_to_a_hub_configured_without_them_are_stopped_with_it(tmp_path):
+    from cloud_hub.rollouts.attach import attach_rollouts
+
+    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE, rollouts=False)).start()
+    service = attach_rollouts(hub, tick_s=0.2)
+    assert hub.rollouts is service
+    hub.stop()
+    assert hub.rollouts is None and not service._worker.is_alive()

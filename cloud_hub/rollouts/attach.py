@@ -58,6 +58,13 @@ class HubRollouts:
         self.config = config
         self._hub: Any = None
 
+    @classmethod
+    def adopt(cls, hub: Any) -> "HubRollouts":
+        """The stopper for a service `attach_rollouts` started on its own."""
+        handle = cls()
+        handle._hub = hub
+        return handle
+
     def start(self, hub: Any) -> None:
         attach_rollouts(hub, **self.config)
         self._hub = hub
