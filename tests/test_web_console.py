@@ -132,7 +132,7 @@ def login(page, console, scope: str = "operate") -> None:
     page.wait_for_selector("#nav", state="visible", timeout=10_000)
 
 
-@pytest.mark.usefixtures("console")
+@pytest.mark.usefixtures("browser", "console")  # browser first: a missing chromium skips before the fleet starts
 class TestConsoleInChromium:
     pytestmark = browser_tests
 
@@ -172,7 +172,8 @@ class TestConsoleInChromium:
         expect(page.locator("#count-total")).to_have_text(str(N_DEVICES), timeout=10_000)
         assert page.locator("tr[data-device='cam-new']").count() == 0
         # what an agent does on start: POST /v1/devices with its operate token
-        r = httpx.post(console["hub"].http_url + "/v1/devices", headers={"Authorization": "Bearer " + console["tokens"]["operate"]},
+        r = httpx.post(console["hub"].http_url + "/v1/devices",
+                       headers={"Authorization": "Bearer " + console["tokens"]["operate"]},
                        json={"device_id": "cam-new", "profile": "cpu-arm", "agent_version": "0.2.0",
                              "tags": {"site": "lyon", "note": XSS}, "model_name": MODEL, "model_version": "1.0.0"})
         assert r.status_code == 200, r.text
