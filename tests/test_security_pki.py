@@ -76,3 +76,16 @@ def test_tls_files_name_what_is_missing(tmp_path):
     with pytest.raises(TlsConfigError, match="tls.ca"):
         TlsFiles.in_dir(tmp_path).check()
     assert topics.parse_mqtt_url("mqtts://hub") == ("hub", 8883) and topics.mqtt_url_uses_tls("mqtts://hub")
+
+
+def test_plain_text_is_logged_loudly_once_per_component(caplog):
+    import paho.mqtt.client as mqtt
+
+    from protocols.tls import PLAIN_TEXT_WARNING, configure_mqtt_client
+
+    for _ in range(3):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        assert configure_mqtt_client(client, "mqtt://127.0.0.1:1883", None, "test component x") == ("127.0.0.1", 1883)
+    warnings = [r for r in caplog.records if "test component x" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert PLAIN_TEXT_WARNING.upper() in warnings[0].getMessage()
