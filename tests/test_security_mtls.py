@@ -294,3 +294,35 @@ def test_agent_publisher_and_hub_ingest_work_over_mutual_tls(pki, broker, tmp_pa
         ingest.stop()
         store.close()
 
+
+
+def test_ota_client_reads_its_signed_commands_and_reports_over_mutual_tls(pki, conns, broker, tmp_path):
+    """The hub identity sends dev-a an (expired) signed command; dev-a's OtaClient answers 'rejected' on its status."""
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_agent.ota.client import OtaClient, OtaClientConfig
+    from protocols.ota import OtaCommand, decode_status, encode_command
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    client = OtaClient(OtaClientConfig("dev-a", "cpu-x86", broker, tmp_path / "store", pem, tls=pki.device_files("dev-a")),
+                       on_switch=lambda model_dir: None)
+    hub = conns(pki.hub_client_files(), "hub-ota")
+    assert hub.connect() == "connected"
+    hub.subscribe(topics.all_devices(topics.OTA_STATUS))
+    client.start()
+    try:
+        assert client.wait_subscribed(CONNECT_TIMEOUT_S)
+        now = time.time()
+        cmd = OtaCommand(rollout_id="ro-tls", action="install", model="digits", version="1.2.0",
+                         manifest_url="http://127.0.0.1:1/m", manifest_sha256="a" * 64,
+                         artifact_base_url="http://127.0.0.1:1/a", issued_at=now - 100, deadline=now - 50)
+        hub.publish(topics.ota_cmd_topic("dev-a"), encode_command(cmd, key))
+        topic, payload = hub.messages.get(timeout=CONNECT_TIMEOUT_S)
+        status = decode_status(payload, topics.parse_topic(topic).device_id)
+        assert (status.device_id, status.rollout_id, status.step) == ("dev-a", "ro-tls", "rejected")
+    finally:
+        client.stop()
