@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast bench fuzz clean
+.PHONY: install system-deps browser-deps demo test test-fast bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,22 +14,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Tests run a real Mosquitto broker, and the web console's tests Debian's Chromium (driven by
-# Playwright; never `playwright install`). Install what is missing when we may (root + apt).
-system-deps:
-	@missing=""; \
-	if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing=" mosquitto"; fi; \
-	if [ ! -x /usr/bin/chromium ]; then missing="$$missing chromium chromium-driver"; fi; \
-	if [ -z "$$missing" ]; then :; \
+# The hub's fleet broker is Mosquitto (MQTT 5; the embedded amqtt fallback speaks only 3.1.1, so
+# telemetry and rollouts need Mosquitto), and the web console's tests drive Debian's Chromium
+# (through Playwright; never `playwright install`). Install what is missing when we may (root + apt).
+APT_INSTALL = if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing:$$missing (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	else echo "note: not installed and cannot be installed here:$$missing (the broker / browser tests skip without them)"; fi
+	else echo "note: not installed and cannot be installed here:$$missing (what needs it is skipped)"; fi
 
-demo: $(STAMP)
+system-deps:
+	@missing=""; \
+	if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing=" mosquitto"; fi; \
+	$(APT_INSTALL)
+
+browser-deps:
+	@missing=""; \
+	if [ ! -x /usr/bin/chromium ]; then missing=" chromium chromium-driver"; fi; \
+	$(APT_INSTALL)
+
+demo: $(STAMP) system-deps
 	$(VENV)/bin/tandem-sim demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps browser-deps
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
