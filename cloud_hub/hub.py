@@ -69,6 +69,7 @@ class Hub:
         self._late_services: list[HubService] = []  # started after HTTP (rollouts need its URL), stopped before it
         self.telemetry: Any = None  # TelemetryIngestService while telemetry runs (set by HubTelemetry)
         self.rollouts: Any = None   # RolloutService while rollouts run (set by attach_rollouts)
+        self.presence: Any = None   # DevicePresence while it runs (devices from their MQTT status)
         self._closed = False
 
     def add_service(self, service: HubService) -> None:
@@ -142,10 +143,13 @@ class Hub:
             if self.config.model_dirs and self._inference is None:
                 self._start_inference()
             self._add_default_telemetry()
+            self._add_default_presence()
             for service in self._services:
                 if service not in self._started_services:
                     service.start(self)
                     self._started_services.append(service)
+            if self.telemetry is not None and self.presence is not None:
+                self.telemetry.on_seen = self.presence.note_seen  # every stored window is a heartbeat
             if http and self._http_server is None:
                 self._start_http()
             self._start_rollouts()
@@ -163,6 +167,14 @@ class Hub:
         if self._mqtt5_missing("telemetry"):
             return
         self._services.insert(0, HubTelemetry())  # first: other services may read hub.telemetry
+
+    def _add_default_presence(self) -> None:
+        """Devices register themselves from their retained MQTT status (MQTT 3.1.1 is enough: any broker)."""
+        from cloud_hub.presence import DevicePresence
+
+        if not self.mqtt_url or any(isinstance(s, DevicePresence) for s in self._services):
+            return
+        self._services.append(DevicePresence())
 
     def _mqtt5_missing(self, what: str) -> bool:
         """The embedded broker (amqtt) speaks MQTT 3.1.1 only; telemetry's persistent sessions and OTA need 5."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -74,9 +75,10 @@ def apply_status(devices: DeviceRegistry, action: StatusAction) -> None:
 class DevicePresence:
     """Hub service: subscribes to every device's retained status; `note_seen` takes telemetry heartbeats."""
 
-    def __init__(self, flush_s: float = 2.0, client_id: str = "tandem-hub-presence") -> None:
+    def __init__(self, flush_s: float = 2.0, client_id: str | None = None) -> None:
         self.flush_s = flush_s
-        self.client_id = client_id
+        # clean session and nothing queued for it: a unique id lets several hubs share a broker
+        self.client_id = client_id or f"tandem-hub-presence-{uuid.uuid4().hex[:12]}"
         self.devices: DeviceRegistry | None = None
         self.statuses = 0
         self.bad = 0
@@ -85,6 +87,7 @@ class DevicePresence:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._hub: Any = None
 
     # -- HubService -------------------------------------------------------------------
 
@@ -92,9 +95,12 @@ class DevicePresence:
         if not hub.mqtt_url:
             raise HubError("device presence needs the hub's MQTT broker")
         self.devices = hub.devices
+        self._hub = hub
         hub.presence = self
         host, port = parse_mqtt_url(hub.mqtt_url)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        # MQTT 3.1.1 on purpose: retained statuses need nothing newer, and the embedded broker speaks only 3.1.1
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
+                             clean_session=True)
         client.reconnect_delay_set(0.2, 2.0)
         client.on_connect = lambda c, userdata, flags, rc, props=None: c.subscribe(all_devices(STATUS), qos=1)
         client.on_message = self._on_message
@@ -106,6 +112,9 @@ class DevicePresence:
         log.info("device presence started mqtt=%s", hub.mqtt_url)
 
     def stop(self) -> None:
+        if self._hub is not None:
+            self._hub.presence = None
+            self._hub = None
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join(5)

@@ -92,3 +92,35 @@ def test_presence_service_registers_device_from_retained_status(mosquitto, tmp_p
         pub.loop_stop()
         pub.disconnect()
         db.close()
+
+
+def test_a_default_hub_lists_an_agent_that_only_speaks_mqtt_and_keeps_it_online_from_telemetry(tmp_path, digits_dir):
+    """No REST registration: the agent's retained status registers it; its windows are heartbeats."""
+    from hub_registry_fixtures import make_model_dir
+    from telemetry_fixtures import MOSQUITTO
+
+    from cloud_hub.config import HubConfig
+    from cloud_hub.hub import Hub
+    from edge_agent.telemetry import TelemetryService
+    from protocols.manifest import load_manifest
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto not installed")
+    model_dir = make_model_dir(digits_dir, tmp_path / "model")
+    with Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto")).start() as hub:
+        assert hub.presence is not None and hub.telemetry.on_seen == hub.presence.note_seen
+        with TelemetryService(hub.mqtt_url, "cam-9", load_manifest(model_dir), tmp_path / "agent", window_s=60,
+                              profile="cpu-x86") as agent:
+            assert wait_registered(hub.devices, "cam-9", 10)
+            record = hub.devices.get("cam-9")
+            assert (record.profile, record.model_name, record.model_version) == ("cpu-x86", "digits", "1.0.0")
+            first_seen = record.last_seen
+            time.sleep(0.05)
+            agent.record("edge", 2.0, 0.9, 1)
+            agent.flush()
+            assert agent.publisher.wait_drained(10)
+            deadline = time.monotonic() + 10
+            while hub.devices.get("cam-9").last_seen <= first_seen and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert hub.devices.get("cam-9").last_seen > first_seen, "a stored window did not count as a heartbeat"
+    assert hub.presence is None

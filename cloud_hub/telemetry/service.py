@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from cloud_hub.storage.db import HubDatabase
 from cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
@@ -60,6 +60,8 @@ class TelemetryIngestService:
         self._thread: threading.Thread | None = None
         self._webhook = ThreadPoolExecutor(1, thread_name_prefix="drift-webhook") if config.webhook_url else None
         self.evaluations = 0
+        # Called with the device ids of each committed batch (the hub's presence heartbeats).
+        self.on_seen: Callable[[Iterable[str]], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,6 +111,11 @@ class TelemetryIngestService:
     def _on_windows(self, windows: list[tuple[TelemetryWindow, float]]) -> None:
         with self._lock:
             self.engine.add_many(windows)
+        if self.on_seen is not None:
+            try:
+                self.on_seen({w.device_id for w, _ in windows})
+            except Exception:  # presence is best effort; ingestion must go on
+                log.exception("telemetry on_seen hook failed")
 
     def _run(self) -> None:
         last_purge = 0.0
