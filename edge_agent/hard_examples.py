@@ -3,7 +3,10 @@
 SQLite in WAL mode; when full the oldest rows go and a counter says how many. Writes
 happen on one writer thread fed by a bounded in-memory queue, so serving never
 waits on the disk; if even that queue is full the example is dropped and counted.
-Tensors are stored as raw bytes behind a JSON index (no pickle), to be uploaded later.
+Tensors are stored as raw bytes behind a JSON index (no pickle). Uploads go through the
+telemetry outbox as its class 1 (TelemetryService moves batches in while that class has
+room), so they share its budget, priorities and delete-on-ack; this queue is the cheap
+capture buffer in front of it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +129,31 @@ class HardExampleQueue:
                 "SELECT id, created_at, request_id, model, version, label, confidence, source, tensors "
                 "FROM hard_examples ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [HardExample(*r[:8], inputs=decode_tensors(r[8])) for r in rows]
+
+    def peek_uploads(self, device_id: str, limit: int = 32) -> list[tuple[int, bytes]]:
+        """The oldest examples as upload payloads (protocols.telemetry_codec.encode_hard_example), oldest first.
+
+        Built from the stored bytes without decoding the tensors; an example too big for one
+        MQTT message can never be sent, so it is deleted here and counted as dropped.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, created_at, request_id, model, version, label, confidence, source, tensors "
+                "FROM hard_examples ORDER BY id LIMIT ?", (limit,)).fetchall()
+        out, too_big = [], []
+        for r in rows:
+            header = {"device_id": device_id, "id": r[0], "created_at": r[1], "request_id": r[2], "model": r[3],
+                      "version": r[4], "label": r[5], "confidence": r[6], "source": r[7]}
+            try:
+                out.append((r[0], encode_hard_example(header, r[8])))
+            except TelemetryDecodeError as exc:
+                log.warning("hard example too big to upload id=%d error=%s", r[0], exc)
+                too_big.append(r[0])
+        if too_big:
+            self.ack(too_big)
+            with self._lock:
+                self._not_queued += len(too_big)
+        return out
 
     def ack(self, ids: list[int]) -> None:
         """Delete uploaded examples."""

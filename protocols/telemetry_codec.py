@@ -27,8 +27,8 @@ STATUS_OFFLINE = "offline"
 
 __all__ = [
     "LATENCY_EDGES_MS", "SOURCES", "SOURCE_FIELDS", "STATUS_OFFLINE", "STATUS_ONLINE", "SourceCounts",
-    "SummaryCounts", "TelemetryDecodeError", "TelemetryWindow", "decode_status", "decode_window",
-    "encode_status", "encode_window", "window_to_dict",
+    "SummaryCounts", "TelemetryDecodeError", "TelemetryWindow", "decode_hard_example", "decode_status",
+    "decode_window", "encode_hard_example", "encode_status", "encode_window", "window_to_dict",
 ]
 
 
@@ -85,6 +85,9 @@ def _validate(w: TelemetryWindow, topic_device: str | None) -> None:
     for s in w.inputs:
         if len(s.counts) > limits.MAX_HISTOGRAM_BINS:
             raise TelemetryDecodeError(f"inputs[{s.input}.{s.summary}]: over MAX_HISTOGRAM_BINS={limits.MAX_HISTOGRAM_BINS}")
+    if len(w.outbox_dropped) > limits.MAX_TELEMETRY_TAGS or any(len(k) > limits.MAX_TAG_CHARS for k in w.outbox_dropped):
+        raise TelemetryDecodeError(f"outbox_dropped: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS} classes "
+                                   f"or a name over MAX_TAG_CHARS={limits.MAX_TAG_CHARS}")
     if len(w.tags) > limits.MAX_TELEMETRY_TAGS:
         raise TelemetryDecodeError(f"tags: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS}")
     for k, v in w.tags.items():
@@ -105,12 +108,47 @@ def window_to_dict(w: TelemetryWindow) -> dict[str, Any]:
         "class_overflow": w.class_overflow,
         "inputs": {f"{s.input}.{s.summary}": list(s.counts) for s in w.inputs},
         "input_samples": w.input_samples, "outbox_dropped_total": w.outbox_dropped_total,
+        "outbox_dropped": dict(w.outbox_dropped),
     }
 
 
 def _total_requests(w: TelemetryWindow) -> int:
     r = w.requests
     return r.edge + r.cloud + r.edge_degraded + r.error
+
+
+def encode_hard_example(header: dict[str, Any], tensors: bytes) -> bytes:
+    """One hard example for upload: a JSON header line (device_id, id, model, version, ...) then the tensors.
+
+    `tensors` is edge_agent.hard_examples' encoding (a JSON index line, then raw C-order bytes);
+    (device_id, id) is unique per device, so a receiver dedupes a redelivery on it.
+    """
+    for key in ("device_id", "id", "model", "version"):
+        if key not in header:
+            raise ValueError(f"hard example header: {key!r} is required")
+    data = json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + tensors
+    if len(data) > limits.MAX_MQTT_PAYLOAD_BYTES:
+        raise TelemetryDecodeError(f"hard example: {len(data)} bytes, over MAX_MQTT_PAYLOAD_BYTES="
+                                   f"{limits.MAX_MQTT_PAYLOAD_BYTES}")
+    return data
+
+
+def decode_hard_example(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header, tensors blob); the header is checked, the tensors are left to their decoder."""
+    if len(payload) > limits.MAX_MQTT_PAYLOAD_BYTES:
+        raise TelemetryDecodeError(f"hard example: over MAX_MQTT_PAYLOAD_BYTES={limits.MAX_MQTT_PAYLOAD_BYTES}")
+    head, sep, body = payload.partition(b"\n")
+    try:
+        header = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TelemetryDecodeError(f"hard example: header is not JSON ({exc})") from exc
+    if not sep or not isinstance(header, dict) or not isinstance(header.get("id"), int):
+        raise TelemetryDecodeError("hard example: expected a JSON header with an integer id, a newline, then tensors")
+    try:
+        check_device_id(header.get("device_id"))
+    except TopicError as exc:
+        raise TelemetryDecodeError(f"hard example: {exc}") from exc
+    return header, body
 
 
 def encode_status(state: str, device_id: str, **info: Any) -> bytes:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ftelemetry.proto\x12\x13tandem.telemetry.v1\"Q\n\x0cSourceCounts\x12\x0c\n\x04\x65\x64ge\x18\x01 \x01(\x04\x12\r\n\x05\x63loud\x18\x02 \x01(\x04\x12\x15\n\redge_degraded\x18\x03 \x01(\x04\x12\r\n\x05\x65rror\x18\x04 \x01(\x04\"?\n\rSummaryCounts\x12\r\n\x05input\x18\x01 \x01(\t\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x04\"\xec\x04\n\x0fTelemetryWindow\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12<\n\x04tags\x18\x08 \x03(\x0b\x32..tandem.telemetry.v1.TelemetryWindow.TagsEntry\x12\x12\n\nstart_unix\x18\t \x01(\x01\x12\x10\n\x08\x65nd_unix\x18\n \x01(\x01\x12\x33\n\x08requests\x18\x0b \x01(\x0b\x32!.tandem.telemetry.v1.SourceCounts\x12\x0f\n\x07samples\x18\x0c \x01(\x04\x12\x16\n\x0elatency_counts\x18\r \x03(\x04\x12\x16\n\x0elatency_sum_ms\x18\x0e \x01(\x01\x12\x16\n\x0elatency_max_ms\x18\x0f \x01(\x01\x12\x19\n\x11\x63onfidence_counts\x18\x10 \x03(\x04\x12\x14\n\x0c\x63lass_counts\x18\x11 \x03(\x04\x12\x16\n\x0e\x63lass_overflow\x18\x12 \x01(\x04\x12\x32\n\x06inputs\x18\x13 \x03(\x0b\x32\".tandem.telemetry.v1.SummaryCounts\x12\x1c\n\x14outbox_dropped_total\x18\x14 \x01(\x04\x12\x15\n\rinput_samples\x18\x15 \x01(\x04\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ftelemetry.proto\x12\x13tandem.telemetry.v1\"Q\n\x0cSourceCounts\x12\x0c\n\x04\x65\x64ge\x18\x01 \x01(\x04\x12\r\n\x05\x63loud\x18\x02 \x01(\x04\x12\x15\n\redge_degraded\x18\x03 \x01(\x04\x12\r\n\x05\x65rror\x18\x04 \x01(\x04\"?\n\rSummaryCounts\x12\r\n\x05input\x18\x01 \x01(\t\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x04\"\xf3\x05\n\x0fTelemetryWindow\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\x12<\n\x04tags\x18\x08 \x03(\x0b\x32..tandem.telemetry.v1.TelemetryWindow.TagsEntry\x12\x12\n\nstart_unix\x18\t \x01(\x01\x12\x10\n\x08\x65nd_unix\x18\n \x01(\x01\x12\x33\n\x08requests\x18\x0b \x01(\x0b\x32!.tandem.telemetry.v1.SourceCounts\x12\x0f\n\x07samples\x18\x0c \x01(\x04\x12\x16\n\x0elatency_counts\x18\r \x03(\x04\x12\x16\n\x0elatency_sum_ms\x18\x0e \x01(\x01\x12\x16\n\x0elatency_max_ms\x18\x0f \x01(\x01\x12\x19\n\x11\x63onfidence_counts\x18\x10 \x03(\x04\x12\x14\n\x0c\x63lass_counts\x18\x11 \x03(\x04\x12\x16\n\x0e\x63lass_overflow\x18\x12 \x01(\x04\x12\x32\n\x06inputs\x18\x13 \x03(\x0b\x32\".tandem.telemetry.v1.SummaryCounts\x12\x1c\n\x14outbox_dropped_total\x18\x14 \x01(\x04\x12\x15\n\rinput_samples\x18\x15 \x01(\x04\x12O\n\x0eoutbox_dropped\x18\x16 \x03(\x0b\x32\x37.tandem.telemetry.v1.TelemetryWindow.OutboxDroppedEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12OutboxDroppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TELEMETRYWINDOW_TAGSENTRY']._loaded_options = None
   _globals['_TELEMETRYWINDOW_TAGSENTRY']._serialized_options = b'8\001'
+  _globals['_TELEMETRYWINDOW_OUTBOXDROPPEDENTRY']._loaded_options = None
+  _globals['_TELEMETRYWINDOW_OUTBOXDROPPEDENTRY']._serialized_options = b'8\001'
   _globals['_SOURCECOUNTS']._serialized_start=40
   _globals['_SOURCECOUNTS']._serialized_end=121
   _globals['_SUMMARYCOUNTS']._serialized_start=123
   _globals['_SUMMARYCOUNTS']._serialized_end=186
   _globals['_TELEMETRYWINDOW']._serialized_start=189
-  _globals['_TELEMETRYWINDOW']._serialized_end=809
-  _globals['_TELEMETRYWINDOW_TAGSENTRY']._serialized_start=766
-  _globals['_TELEMETRYWINDOW_TAGSENTRY']._serialized_end=809
+  _globals['_TELEMETRYWINDOW']._serialized_end=944
+  _globals['_TELEMETRYWINDOW_TAGSENTRY']._serialized_start=847
+  _globals['_TELEMETRYWINDOW_TAGSENTRY']._serialized_end=890
+  _globals['_TELEMETRYWINDOW_OUTBOXDROPPEDENTRY']._serialized_start=892
+  _globals['_TELEMETRYWINDOW_OUTBOXDROPPEDENTRY']._serialized_end=944
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,8 @@ STATUS = "status"
 OTA_CMD = "ota/cmd"
 OTA_STATUS = "ota/status"
 EVENTS = "events"
-KINDS = (TELEMETRY, STATUS, OTA_CMD, OTA_STATUS, EVENTS)
+HARD_EXAMPLES = "hard_examples"
+KINDS = (TELEMETRY, STATUS, OTA_CMD, OTA_STATUS, EVENTS, HARD_EXAMPLES)
 
 _FORBIDDEN = ("+", "#", "/", "\x00")
 
@@ -64,6 +65,18 @@ def ota_cmd_topic(device_id: str) -> str:
 def ota_status_topic(device_id: str) -> str:
     """Device -> hub OTA progress."""
     return _topic(device_id, OTA_STATUS)
+
+
+def hard_examples_topic(device_id: str) -> str:
+    """Device -> hub uploads of low-confidence inputs (QoS 1, from the agent's outbox)."""
+    return _topic(device_id, HARD_EXAMPLES)
+
+
+def device_topic(device_id: str, kind: str) -> str:
+    """The topic of `kind` (one a device publishes) for `device_id`: the outbox routes rows by kind."""
+    if kind not in DEVICE_PUBLISHES:
+        raise TopicError(f"topic kind {kind!r} is not one a device publishes ({', '.join(DEVICE_PUBLISHES)})")
+    return _topic(device_id, kind)
 
 
 def events_topic(device_id: str | None = None) -> str:
@@ -142,7 +155,7 @@ def mqtt_url_uses_tls(url: str) -> bool:
 # `%u` is Mosquitto's pattern substitution for the username, which is the client
 # certificate's CN (use_identity_as_username); device ids can't hold '+', '#' or '/'.
 ACL_USERNAME = "%u"
-DEVICE_PUBLISHES = (TELEMETRY, STATUS, OTA_STATUS, EVENTS)
+DEVICE_PUBLISHES = (TELEMETRY, STATUS, OTA_STATUS, EVENTS, HARD_EXAMPLES)
 DEVICE_READS = (OTA_CMD,)
 
 

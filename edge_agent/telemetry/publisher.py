@@ -1,6 +1,7 @@
-"""Moves outbox windows to the broker: paho-mqtt 2.x, MQTT 5, QoS 1, persistent session.
+"""Moves outbox messages to the broker: paho-mqtt 2.x, MQTT 5, QoS 1, persistent session.
 
-A window leaves the outbox only when the broker's PUBACK for it arrives. paho's
+A message leaves the outbox only when the broker's PUBACK for it arrives; the outbox
+hands out the most important class first, each row to the topic of its kind. paho's
 callbacks only enqueue; the sender thread owns the mid -> sequence map and the
 outbox deletes, so no lock is held across paho's own mutexes and no fsync runs on
 paho's network thread. /status is retained "online"; the last will says "offline".
@@ -22,7 +23,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.telemetry.outbox import Outbox
 from protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
 from protocols.tls import TlsFiles, configure_mqtt_client
-from protocols.topics import status_topic, telemetry_topic
+from protocols.topics import device_topic, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,14 @@ class TelemetryPublisher:
         self.config = config
         self.outbox = outbox
         self.device_id = device_id
-        self._topic = telemetry_topic(device_id)
+        self._topics: dict[str, str] = {}       # kind -> this device's topic
         self._status_topic = status_topic(device_id)
         self._status_info = dict(status_info or {})
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
-        self._inflight: dict[int, int] = {}     # mid -> sequence (sender thread only)
-        self._last_handed = 0
+        self._inflight: dict[int, int] = {}     # mid -> outbox row (sender thread only)
         self._thread: threading.Thread | None = None
         self.acked = 0
         self.connects = 0
@@ -173,21 +173,16 @@ class TelemetryPublisher:
                 self.outbox.ack(seq)
                 self.acked += 1
             else:
-                log.warning("broker refused telemetry window device=%s seq=%d; will resend", self.device_id, seq)
-                self._last_handed = min(self._last_handed, seq - 1)
+                log.warning("broker refused outbox row device=%s row=%d; will resend", self.device_id, seq)
 
     def _hand_out(self) -> None:
         room = self.config.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        handed = set(self._inflight.values())
-        for seq, payload in self.outbox.pending(after=self._last_handed, limit=room):
-            if seq in handed:
-                self._last_handed = seq
-                continue
-            info = self._client.publish(self._topic, payload, qos=1)
+        for row, _, kind, payload in self.outbox.next_batch(limit=room, exclude=self._inflight.values()):
+            topic = self._topics.get(kind) or self._topics.setdefault(kind, device_topic(self.device_id, kind))
+            info = self._client.publish(topic, payload, qos=1)
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 break
             # NO_CONN: paho keeps the message and sends it after the reconnect (same mid).
-            self._inflight[info.mid] = seq
-            self._last_handed = seq
+            self._inflight[info.mid] = row

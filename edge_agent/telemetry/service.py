@@ -1,7 +1,9 @@
-"""TelemetryService: the agent's one telemetry object (aggregate -> outbox -> MQTT).
+"""TelemetryService: the agent's one uplink object (aggregate -> classed outbox -> MQTT).
 
 `record` is called once per answered request from any thread; a ticker thread
 closes windows on time. Closed windows go to the disk outbox before anything is sent.
+The same outbox carries OTA status (`enqueue`, class 0) and hard examples (moved in
+batches from a HardExampleQueue on each tick, class 1) ahead of the windows (class 2).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edge_agent.telemetry.outbox import DEFAULT_MAX_ROWS, Outbox
+from edge_agent.telemetry.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, HARD_EXAMPLES, ClassQuota, Outbox
 from edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
 from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
 from protocols.telemetry_codec import TelemetryWindow
+from protocols import topics
 from protocols.topics import check_device_id
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILENAME = "telemetry_outbox.sqlite"
 MAX_UNSTORED = 1000  # closed windows waiting for a failing disk; beyond this the oldest are lost
+HARD_EXAMPLE_BATCH = 64  # moved into the outbox per tick, in one transaction (one fsync)
 
 
 class TelemetryService:
@@ -33,9 +37,14 @@ class TelemetryService:
     def __init__(self, mqtt_url: str, device_id: str, manifest: Any, data_dir: str | Path, *,
                  window_s: float = 10.0, max_requests: int = 10_000, profile: str = "",
                  tags: Mapping[str, str] | None = None, variant: str = "", input_every: int = 1,
-                 outbox_max_rows: int = DEFAULT_MAX_ROWS, publisher: PublisherConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        """`manifest` is a protocols Manifest (or a ModelInfo); its drift_reference gives the bin edges."""
+                 outbox_max_rows: int = DEFAULT_MAX_ROWS, outbox_max_bytes: int = DEFAULT_MAX_BYTES,
+                 outbox_quotas: Mapping[int, ClassQuota] | None = None, hard_examples: Any = None,
+                 publisher: PublisherConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`manifest` is a protocols Manifest (or a ModelInfo); its drift_reference gives the bin edges.
+
+        `hard_examples` (an edge_agent.hard_examples.HardExampleQueue) is drained into the
+        outbox's class 1 while that class has room; the queue keeps (and bounds) the rest.
+        """
         check_device_id(device_id)
         self.device_id = device_id
         model = manifest if isinstance(manifest, ModelInfo) else ModelInfo.from_manifest(manifest, variant)
@@ -44,7 +53,10 @@ class TelemetryService:
         self.window_config = WindowConfig(window_s=window_s, max_requests=max_requests, input_every=input_every)
         self.aggregator = WindowAggregator(device_id, model, profile=profile, tags=tags, config=self.window_config,
                                            now=clock())
-        self.outbox = Outbox(Path(data_dir) / OUTBOX_FILENAME, outbox_max_rows)
+        self.outbox = Outbox(Path(data_dir) / OUTBOX_FILENAME, outbox_max_rows, max_bytes=outbox_max_bytes,
+                             quotas=outbox_quotas)
+        self.hard_examples = hard_examples
+        self._move_lock = threading.Lock()
         pub_config = publisher or PublisherConfig(mqtt_url=mqtt_url)
         self.publisher = TelemetryPublisher(pub_config, self.outbox, device_id,
                                             status_info={"model": model.name, "version": model.version,
@@ -56,6 +68,7 @@ class TelemetryService:
         self._ticker: threading.Thread | None = None
         self.windows_closed = 0
         self.unstored_dropped = 0
+        self.hard_examples_moved = 0
 
     def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
                label: int | Sequence[int] | np.ndarray | None = None,
@@ -81,6 +94,40 @@ class TelemetryService:
                                                config=self.window_config, now=self._clock())
         self._wake.set()
         self.publisher._status_info.update(model=model.name, version=model.version)  # said on the next connect
+
+    def enqueue(self, kind: str, payload: bytes) -> int | None:
+        """Store one message for topic `kind` (e.g. topics.OTA_STATUS: class 0, sent before any window).
+
+        Durable before it returns; the row id, or None when the outbox had to drop it.
+        """
+        row = self.outbox.append_message(kind, payload)
+        self.publisher.wake()
+        return row
+
+    def move_hard_examples(self, limit: int = HARD_EXAMPLE_BATCH) -> int:
+        """Move the oldest hard examples into the outbox (class 1) while its quota has room; how many.
+
+        Outbox first, queue delete second: a crash in between uploads an example twice
+        (the receiver dedupes on device and id), never zero times.
+        """
+        queue = self.hard_examples
+        if queue is None:
+            return 0
+        with self._move_lock:  # the ticker and a caller must not both move the same rows
+            return self._move_hard_examples(queue, limit)
+
+    def _move_hard_examples(self, queue: Any, limit: int) -> int:
+        room = min(limit, self.outbox.room(HARD_EXAMPLES))
+        if room <= 0:
+            return 0
+        items = queue.peek_uploads(self.device_id, room)
+        if not items:
+            return 0
+        self.outbox.append_many(topics.HARD_EXAMPLES, [payload for _, payload in items])
+        queue.ack([i for i, _ in items])
+        self.hard_examples_moved += len(items)
+        self.publisher.wake()
+        return len(items)
 
     def flush(self) -> int | None:
         """Close the open window now and store it with any handed-off ones; returns the last sequence."""
@@ -128,6 +175,7 @@ class TelemetryService:
                     if self.aggregator.due(self._clock()):
                         self._hand_off(self.aggregator.close(self._clock()))
                 self._store_closed()
+                self.move_hard_examples()
             except Exception:  # e.g. disk full: keep the agent serving, retry on the next tick
                 log.exception("telemetry window store failed device=%s pending=%d", self.device_id, len(self._closed))
 
