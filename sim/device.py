@@ -84,16 +84,20 @@ class DeviceTelemetry:
     """The agent's window aggregator and outbox for one device; `tick` closes due windows into the outbox."""
 
     def __init__(self, device_id: str, model: ModelInfo, outbox_path: Path, *, profile: str, tags: dict[str, str],
-                 window_s: float, clock: Callable[[], float] = time.time) -> None:
+                 window_s: float, clock: Callable[[], float] = time.time, phase_s: float = 0.0) -> None:
+        """`phase_s` shortens the first window, so a fleet started at once does not close every window together."""
         self._clock = clock
         self._lock = threading.Lock()
         self.config = WindowConfig(window_s=window_s)
         self.profile = profile
         self.tags = tags
         self.aggregator = WindowAggregator(device_id, model, profile=profile, tags=tags, config=self.config,
-                                           now=clock())
+                                           now=clock() - phase_s)
         self.outbox = Outbox(outbox_path)
         self.on_stored: Callable[[], None] = lambda: None
+        # Where closed windows go: None stores on the caller's thread; the fleet hands them to its
+        # store thread instead (the outbox fsyncs, as the agent's ticker does off the request path).
+        self.defer: Callable[["DeviceTelemetry", Any], None] | None = None
 
     def record(self, source: str, latency_ms: float, confidence: np.ndarray, label: np.ndarray,
                inputs: dict[str, np.ndarray]) -> None:
@@ -127,9 +131,15 @@ class DeviceTelemetry:
     def _store(self, window: Any) -> bool:
         if window is None:
             return False
+        if self.defer is not None:
+            self.defer(self, window)
+        else:
+            self.store_now(window)
+        return True
+
+    def store_now(self, window: Any) -> None:
         self.outbox.append(window)
         self.on_stored()
-        return True
 
     @property
     def sent(self) -> int:
@@ -191,7 +201,8 @@ class VirtualDevice:
         info = ModelInfo.from_manifest(handle.manifest, handle.variant.id)
         if self.telemetry is None:
             self.telemetry = DeviceTelemetry(self.device_id, info, self.workdir / "telemetry_outbox.sqlite",
-                                             profile=self.profile.name, tags=self.spec.tags, window_s=self.window_s)
+                                             profile=self.profile.name, tags=self.spec.tags, window_s=self.window_s,
+                                             phase_s=float(self.rng.uniform(0, self.window_s)))
         else:
             self.telemetry.switch_model(info)
         self.handle = handle

@@ -12,6 +12,7 @@ OTA-enabled devices each run the agent's full OtaClient with their own MQTT sess
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class Fleet:
         self._mqtt_url = mqtt_url
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._closed: queue.Queue[tuple[Any, Any] | None] = queue.Queue()
+        self._storer: threading.Thread | None = None
         self.t0 = time.monotonic()
 
     @property
@@ -102,23 +105,32 @@ class Fleet:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, model_dir: Path) -> "Fleet":
-        """Install `model_dir` on every device (OTA devices through their A/B store), connect telemetry."""
-        for dev in self.devices:
-            dev.workdir.mkdir(parents=True, exist_ok=True)
-            if dev.spec.ota and self.ota is not None:
-                self._start_ota(dev, model_dir)
-            else:
-                dev.install(model_dir)
+        """Connect telemetry uplinks, then install `model_dir` on every device (OTA devices through their
+        A/B store) and start OTA clients.
+
+        Uplinks connect first so their sockets get low file descriptors (see SharedUplink)."""
         per = max(1, self.config.devices_per_uplink)
-        serving = [d for d in self.devices if d.telemetry is not None]
-        for k in range(0, len(serving), per):
-            uplink = SharedUplink(self._mqtt_url, f"{self.workdir.name}-{k // per}")
-            for dev in serving[k:k + per]:
+        groups = [self.devices[k:k + per] for k in range(0, len(self.devices), per)]
+        self.uplinks = [SharedUplink(self._mqtt_url, f"{self.workdir.name}-{i}").start() for i in range(len(groups))]
+        deadline = time.monotonic() + 10
+        while not all(u.connected for u in self.uplinks) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for uplink, group in zip(self.uplinks, groups):
+            for dev in group:
+                dev.workdir.mkdir(parents=True, exist_ok=True)
+                if dev.spec.ota and self.ota is not None:
+                    self._start_ota(dev, model_dir)
+                else:
+                    dev.install(model_dir)
+                if dev.telemetry is None:
+                    continue  # refused: nothing to serve, nothing to report
                 uplink.add(dev.device_id, dev.telemetry.outbox, online=self._online_fn(dev),
                            status={"model": dev.handle.manifest.name, "version": dev.version,
                                    "profile": dev.profile.name})
                 dev.telemetry.on_stored = self._marker(uplink, dev.device_id)
-            self.uplinks.append(uplink.start())
+                dev.telemetry.defer = lambda tel, window: self._closed.put((tel, window))
+        self._storer = threading.Thread(target=self._store_closed, name="sim-telemetry-store", daemon=True)
+        self._storer.start()
         for dev in self.devices:
             if dev.ota is not None:
                 dev.ota.start()
@@ -165,13 +177,31 @@ class Fleet:
                 self._threads.append(t)
 
     def stop_serving(self) -> None:
+        """Stop the workers, store every closed window, then close and store each device's open one."""
         self._stop.set()
         for t in self._threads:
             t.join(10)
         self._threads = []
+        self._closed.join()
         for dev in self.devices:
             if dev.telemetry is not None:
                 dev.telemetry.flush()
+        self._closed.join()
+
+    def _store_closed(self) -> None:
+        """One thread pays every outbox's fsync, in the order windows closed."""
+        while True:
+            item = self._closed.get()
+            try:
+                if item is None:
+                    return
+                tel, window = item
+                try:
+                    tel.store_now(window)
+                except Exception:  # a full disk must not stop the fleet; the window is lost, and counted
+                    log.exception("telemetry window store failed")
+            finally:
+                self._closed.task_done()
 
     def run_for(self, seconds: float) -> None:
         self.start_serving()
@@ -233,6 +263,10 @@ class Fleet:
             if dev.ota is not None:
                 dev.ota.stop()
                 dev.ota = None
+        if self._storer is not None:
+            self._closed.put(None)
+            self._storer.join(10)
+            self._storer = None
         for u in self.uplinks:
             u.stop()
         for dev in self.devices:

@@ -37,13 +37,18 @@ class _Member:
 
 
 class SharedUplink:
-    """Publishes the outboxes of `add`ed devices; `mark(device_id)` after a window is stored."""
+    """Publishes the outboxes of `add`ed devices; `mark(device_id)` after a window is stored.
+
+    Start it (and let it connect) before opening many outboxes: paho waits on its socket
+    with select(), which cannot take file descriptors above 1024, and every SQLite outbox
+    holds three.
+    """
 
     def __init__(self, mqtt_url: str, name: str, max_inflight: int = 100) -> None:
         self.name = name
         self.max_inflight = max_inflight
         self._host, self._port = parse_mqtt_url(mqtt_url)
-        self._members: dict[str, _Member] = {}
+        self._members: dict[str, _Member] = {}  # added from the fleet's thread, read by the sender: copy to iterate
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
@@ -65,8 +70,11 @@ class SharedUplink:
 
     def add(self, device_id: str, outbox: Outbox, online: Callable[[], bool] = lambda: True,
             status: dict[str, Any] | None = None) -> None:
-        self._members[device_id] = _Member(device_id, outbox, online, telemetry_topic(device_id),
-                                           status=dict(status or {}))
+        member = _Member(device_id, outbox, online, telemetry_topic(device_id), status=dict(status or {}))
+        self._members[device_id] = member
+        if self._connected.is_set():  # joined after the connect: say online now (a reconnect says it again)
+            self._client.publish(status_topic(device_id), encode_status(STATUS_ONLINE, device_id, **member.status),
+                                 qos=1, retain=True)
         self.mark(device_id)
 
     def mark(self, device_id: str) -> None:
@@ -76,7 +84,7 @@ class SharedUplink:
 
     def mark_all(self) -> None:
         with self._dirty_lock:
-            self._dirty.update(self._members)
+            self._dirty.update(list(self._members))
         self._wake.set()
 
     @property
@@ -85,7 +93,7 @@ class SharedUplink:
 
     def pending(self) -> int:
         """Windows not yet acknowledged, over all members."""
-        return sum(len(m.outbox) for m in self._members.values())
+        return sum(len(m.outbox) for m in list(self._members.values()))
 
     def start(self) -> "SharedUplink":
         self._client.connect_async(self._host, self._port, keepalive=10)
@@ -130,12 +138,12 @@ class SharedUplink:
     def _restart(self) -> None:
         """(Re)connected: say every device is online and send everything unacknowledged again."""
         self._inflight.clear()
-        for m in self._members.values():
+        for m in list(self._members.values()):
             m.last_handed = 0
             self._client.publish(status_topic(m.device_id), encode_status(STATUS_ONLINE, m.device_id, **m.status),
                                  qos=1, retain=True)
         with self._dirty_lock:
-            self._dirty.update(self._members)
+            self._dirty.update(list(self._members))
 
     def _drain_acks(self) -> None:
         while True:
