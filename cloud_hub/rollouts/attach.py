@@ -35,7 +35,7 @@ def attach_rollouts(hub: Any, *, public_url: str | None = None, drift_alerts: Dr
     try:
         service = RolloutService(store, hub.registry, hub.devices, hub.key,
                                  RolloutServiceConfig(mqtt_url=hub.mqtt_url, public_url=url, **config),
-                                 drift_alerts=drift_alerts)
+                                 drift_alerts=drift_alerts, device_windows=_device_windows_of(hub))
     except BaseException:
         store.close()
         raise
@@ -93,6 +93,18 @@ def _stop(service: RolloutService) -> None:
         service.stop()
     finally:
         service.store.close()
+
+
+def _device_windows_of(hub: Any) -> Any:
+    """Stored window payloads per device from the hub's telemetry (quality gates against a control cohort)."""
+    if not getattr(hub.config, "telemetry", False):
+        return None
+
+    def windows(device_ids: list[str], since: float) -> list[bytes]:
+        telemetry = getattr(hub, "telemetry", None)
+        return [] if telemetry is None else telemetry.store.device_payloads(device_ids, since)
+
+    return windows
 
 
 def _drift_alerts_of(hub: Any) -> DriftAlerts | None:

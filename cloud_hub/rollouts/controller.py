@@ -7,7 +7,10 @@ send and events to record. No I/O, no clock of its own: the service shell does t
 Waves are cumulative percentages of the selected devices (5, 25, 100). A wave's gate
 opens the next wave once enough of its devices reported and the figures pass; any
 failure beyond the allowed rate halts at once, and with `auto_rollback` the devices
-that took the new version are told to go back.
+that took the new version are told to go back. With a control cohort (`control_fraction`
+or `control_devices`), those devices are set aside before the waves, are never sent a
+command, and each wave must also match them on ML quality over the same span
+(`quality.verdict` on figures the shell fetches from telemetry).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any, Literal
+
+from cloud_hub.rollouts.quality import Comparison, QualityQuery, verdict
 
 DeviceState = Literal["pending", "sent", "in_progress", "committed", "failed", "rejected", "rolled_back",
                       "rollback_sent"]
@@ -42,13 +47,29 @@ class GatePolicy:
     min_devices: int = 1               # and at least this many (or all opened, if fewer)
     wave_timeout_s: float | None = 900.0  # halt if a wave has not reported enough by then; None: wait
     auto_rollback: bool = True         # on a halt, tell devices that took the version to go back
+    # The control cohort and the quality gates against it (off while both control settings are 0).
+    control_fraction: float = 0.0      # share of the selected devices kept on their current version
+    control_devices: int = 0           # or at least this many
+    min_quality_requests: int = 200    # requests in each cohort over the span before quality decides
+    max_fallback_rise_vs_control: float = 0.10
+    max_error_rise_vs_control: float = 0.05
+    max_confidence_drop_vs_control: float = 0.10   # mean top-class confidence
+    max_confidence_psi_vs_control: float | None = 0.25  # confidence histogram shift; None: not gated
+    max_class_psi_vs_control: float | None = 0.25       # predicted-class mix shift; None: not gated
 
     def __post_init__(self) -> None:
-        for name in ("max_failure_rate", "max_fallback_rise", "min_reporting"):
+        for name in ("max_failure_rate", "max_fallback_rise", "min_reporting", "max_fallback_rise_vs_control",
+                     "max_error_rise_vs_control", "max_confidence_drop_vs_control"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RolloutError(f"gate {name}: {getattr(self, name)!r} must be between 0 and 1")
         if self.max_latency_ratio <= 0 or self.max_drift_alerts < 0 or self.min_devices < 1:
             raise RolloutError("gate: max_latency_ratio must be > 0, max_drift_alerts >= 0, min_devices >= 1")
+        if not 0.0 <= self.control_fraction < 1.0 or self.control_devices < 0 or self.min_quality_requests < 1:
+            raise RolloutError("gate: control_fraction must be in [0, 1), control_devices >= 0, "
+                               "min_quality_requests >= 1")
+        for name in ("max_confidence_psi_vs_control", "max_class_psi_vs_control"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise RolloutError(f"gate {name}: must be >= 0 (or None to skip it)")
         if self.wave_timeout_s is not None and self.wave_timeout_s <= 0:
             raise RolloutError("gate wave_timeout_s: must be positive (or None to wait)")
 
@@ -93,6 +114,8 @@ class Rollout:
     wave_opened_at: float = 0.0
     reason: str = ""
     updated_at: float = 0.0
+    control: list[str] = field(default_factory=list)       # kept on their version; never sent a command
+    quality: dict[str, Any] = field(default_factory=dict)  # the last quality figures the gate judged
 
     def opened(self) -> list[DeviceProgress]:
         return [d for d in self.devices.values() if d.wave <= self.wave]
@@ -132,20 +155,34 @@ def wave_cutoffs(n: int, waves: list[int]) -> list[int]:
     return cut
 
 
+def control_size(n: int, gates: GatePolicy) -> int:
+    """How many of `n` selected devices form the control cohort (at least one when asked for)."""
+    if gates.control_fraction <= 0 and gates.control_devices <= 0:
+        return 0
+    k = max(gates.control_devices, math.ceil(gates.control_fraction * n))
+    if k >= n:
+        raise RolloutError(f"control cohort of {k} would leave none of the {n} selected devices to roll out to; "
+                           "lower control_fraction / control_devices or select more devices")
+    return k
+
+
 def new_rollout(rollout_id: str, model: str, version: str, device_ids: list[str], waves: list[int],
                 gates: GatePolicy, now: float, seed: int | None = None) -> tuple[Rollout, list[Send], list[Event]]:
-    """Assign devices to waves (a shuffle seeded by the rollout id) and open the first wave."""
+    """Set the control cohort aside, assign the rest to waves (one shuffle seeded by the rollout id), open wave 1."""
     if not device_ids:
         raise RolloutError("no devices match the selection; nothing to roll out")
     waves = parse_waves(waves)
     order = sorted(set(device_ids))
     random.Random(seed if seed is not None else rollout_id).shuffle(order)
+    k = control_size(len(order), gates)
+    control, order = sorted(order[len(order) - k:]), order[:len(order) - k]
     cut = wave_cutoffs(len(order), waves)
     devices: dict[str, DeviceProgress] = {}
     for i, dev in enumerate(order):
         devices[dev] = DeviceProgress(dev, next(w for w, c in enumerate(cut) if i < c))
-    r = Rollout(rollout_id, model, version, waves, gates, now, devices, wave_opened_at=now, updated_at=now)
-    events = [Event("created", {"devices": len(order), "waves": waves, "wave_sizes": cut})]
+    r = Rollout(rollout_id, model, version, waves, gates, now, devices, wave_opened_at=now, updated_at=now,
+                control=control)
+    events = [Event("created", {"devices": len(order), "waves": waves, "wave_sizes": cut, "control": len(control)})]
     return r, _send_wave(r, now, events), events
 
 
@@ -187,26 +224,61 @@ def on_status(r: Rollout, device_id: str, step: str, result: str, reason: str, h
     return sends, events
 
 
-def tick(r: Rollout, now: float, drift_alerts: int = 0) -> tuple[list[Send], list[Event]]:
-    """Evaluate the open wave's gate: open the next wave, complete, halt, or keep waiting."""
+def _reported(r: Rollout) -> tuple[list[DeviceProgress], int]:
+    opened = r.opened()
+    needed = max(math.ceil(r.gates.min_reporting * len(opened)), min(r.gates.min_devices, len(opened)))
+    return [d for d in opened if d.state in DEVICE_TERMINAL], needed
+
+
+def quality_query(r: Rollout) -> QualityQuery | None:
+    """The windows the quality gate needs now, or None (no control cohort, not running, wave still reporting)."""
+    if not r.control or r.status != "running":
+        return None
+    reported, needed = _reported(r)
+    if len(reported) < needed:
+        return None
+    wave = tuple(sorted(d.device_id for d in r.opened() if d.state == "committed"))
+    return QualityQuery(wave, tuple(r.control), r.version, r.wave_opened_at)
+
+
+def tick(r: Rollout, now: float, drift_alerts: int = 0,
+         quality: Comparison | None = None) -> tuple[list[Send], list[Event]]:
+    """Evaluate the open wave's gate: open the next wave, complete, halt, or keep waiting.
+
+    With a control cohort, `quality` is the wave-vs-control comparison for `quality_query(r)`;
+    until it has enough requests the wave waits (within wave_timeout_s).
+    """
     events: list[Event] = []
     if r.status != "running":
         return [], events
     opened = r.opened()
-    reported = [d for d in opened if d.state in DEVICE_TERMINAL]
-    needed = max(math.ceil(r.gates.min_reporting * len(opened)), min(r.gates.min_devices, len(opened)))
+    reported, needed = _reported(r)
+    timed_out = r.gates.wave_timeout_s is not None and now - r.wave_opened_at > r.gates.wave_timeout_s
     if len(reported) < needed:
-        if r.gates.wave_timeout_s is not None and now - r.wave_opened_at > r.gates.wave_timeout_s:
+        if timed_out:
             return halt(r, f"wave {r.wave + 1}: only {len(reported)} of {len(opened)} devices reported within "
                            f"{r.gates.wave_timeout_s:g}s (need {needed})", now, events), events
         return [], events
     problem = gate_problem(r, drift_alerts)
     if problem:
         return halt(r, f"wave {r.wave + 1}: {problem}", now, events), events
-    events.append(Event("gate_passed", {"wave": r.wave + 1, "reported": len(reported), "opened": len(opened)}))
+    detail: dict[str, Any] = {"wave": r.wave + 1, "reported": len(reported), "opened": len(opened)}
+    if r.control:
+        decision, why = verdict(quality, r.gates)
+        if quality is not None:
+            r.quality = {"wave": r.wave + 1, **quality.as_dict()}
+        if decision == "wait":
+            if timed_out:
+                return halt(r, f"wave {r.wave + 1}: {why} within {r.gates.wave_timeout_s:g}s", now, events), events
+            return [], events
+        if decision == "halt":
+            events.append(Event("quality_gate", {"verdict": "halt", "reason": why, **r.quality}))
+            return halt(r, f"wave {r.wave + 1}: {why}", now, events), events
+        detail["quality"] = r.quality
+    events.append(Event("gate_passed", detail))
     if r.wave + 1 >= len(r.waves):
         r.status, r.updated_at = "completed", now
-        events.append(Event("completed", {"devices": len(r.devices)}))
+        events.append(Event("completed", {"devices": len(r.devices), "control": len(r.control)}))
         return [], events
     r.wave += 1
     r.wave_opened_at = r.updated_at = now

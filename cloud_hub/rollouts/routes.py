@@ -27,6 +27,15 @@ class GatesIn(BaseModel):
     min_devices: int = Field(1, ge=1, le=1_000_000)
     wave_timeout_s: float | None = Field(900.0, gt=0, le=30 * 86400)
     auto_rollback: bool = True
+    control_fraction: float = Field(0.0, ge=0, lt=1, description="share of the selection kept on its current "
+                                    "version as a control cohort (never sent a command)")
+    control_devices: int = Field(0, ge=0, le=1_000_000, description="or at least this many control devices")
+    min_quality_requests: int = Field(200, ge=1, le=10**9, description="requests per cohort before quality decides")
+    max_fallback_rise_vs_control: float = Field(0.10, ge=0, le=1)
+    max_error_rise_vs_control: float = Field(0.05, ge=0, le=1)
+    max_confidence_drop_vs_control: float = Field(0.10, ge=0, le=1)
+    max_confidence_psi_vs_control: float | None = Field(0.25, ge=0, le=100, description="null: not gated")
+    max_class_psi_vs_control: float | None = Field(0.25, ge=0, le=100, description="null: not gated")
 
 
 class RolloutIn(BaseModel):

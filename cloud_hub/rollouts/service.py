@@ -26,6 +26,7 @@ from cloud_hub.errors import InvalidInputError, NotFoundError
 from cloud_hub.keys import ReleaseKey
 from cloud_hub.registry import ModelRegistry
 from cloud_hub.rollouts import controller as ctl
+from cloud_hub.rollouts import quality
 from cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError, Send
 from cloud_hub.rollouts.store import RolloutStore
 from protocols import limits, topics
@@ -38,6 +39,7 @@ from protocols.tls import TlsFiles, configure_mqtt_client
 log = logging.getLogger(__name__)
 
 DriftAlerts = Callable[[str, str], int]   # (model, version) -> open drift alerts
+DeviceWindows = Callable[[list[str], float], list[bytes]]  # (device ids, since) -> stored window payloads
 
 
 @dataclass(frozen=True)
@@ -49,18 +51,21 @@ class RolloutServiceConfig:
     watch_s: float | None = None     # health-watch length sent to devices; None: each device's default
     client_id: str = "tandem-hub-rollouts"
     tls: TlsFiles | None = None      # the hub's MQTT identity (mqtts://); None: plain text, development only
+    quality_interval_s: float = 2.0  # how often a waiting wave's quality figures are re-read from telemetry
 
 
 class RolloutService:
     def __init__(self, store: RolloutStore, registry: ModelRegistry, devices: DeviceRegistry, key: ReleaseKey,
                  config: RolloutServiceConfig, drift_alerts: DriftAlerts | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, device_windows: DeviceWindows | None = None) -> None:
         self.store = store
         self.registry = registry
         self.devices = devices
         self.key = key
         self.config = config
         self.drift_alerts = drift_alerts
+        self.device_windows = device_windows
+        self._quality: dict[str, tuple[Any, float, quality.Comparison]] = {}  # rollout -> (query, at, figures)
         self.clock = clock
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {r.rollout_id: r for r in store.active()}
@@ -117,11 +122,15 @@ class RolloutService:
         if not chosen:
             raise InvalidInputError(f"no registered device matches the selection {dict(select, profile=profile)} "
                                     f"and a target profile of {model} {version} ({', '.join(sorted(targets))})")
+        gates = gates or GatePolicy()
+        if (gates.control_fraction or gates.control_devices) and self.device_windows is None:
+            raise InvalidInputError("a control cohort needs the hub's telemetry to compare against "
+                                    "(HubConfig.telemetry, env TANDEM_HUB_TELEMETRY)")
         rollout_id = f"ro-{secrets.token_hex(5)}"
         now = self.clock()
         try:
             r, sends, events = ctl.new_rollout(rollout_id, model, version, chosen, ctl.parse_waves(waves),
-                                               gates or GatePolicy(), now)
+                                               gates, now)
         except RolloutError as exc:
             raise InvalidInputError(str(exc)) from exc
         with self._lock:
@@ -251,9 +260,25 @@ class RolloutService:
                 if r.status != "running":
                     continue
                 drift = self.drift_alerts(r.model, r.version) if self.drift_alerts else 0
-                sends, events = ctl.tick(r, self.clock(), drift)
+                sends, events = ctl.tick(r, self.clock(), drift, self._figures(r))
+                if r.status != "running":
+                    self._quality.pop(r.rollout_id, None)
                 if sends or events:
                     self._commit(r, sends, events)
+
+    def _figures(self, r: Rollout) -> quality.Comparison | None:
+        """The wave-vs-control figures from stored telemetry, re-read at most every quality_interval_s."""
+        q = ctl.quality_query(r)
+        if q is None or self.device_windows is None:
+            return None
+        now = self.clock()
+        cached = self._quality.get(r.rollout_id)
+        if cached is not None and cached[0] == q and now - cached[1] < self.config.quality_interval_s:
+            return cached[2]
+        figures = quality.compare_cohorts(q, self.device_windows(list(q.wave_devices), q.since),
+                                          self.device_windows(list(q.control_devices), q.since), now)
+        self._quality[r.rollout_id] = (q, now, figures)
+        return figures
 
     def _commit(self, r: Rollout, sends: list[Send], events: list[ctl.Event]) -> None:
         self.store.save(r, events, self.clock())
@@ -294,6 +319,8 @@ def rollout_summary(r: Rollout) -> dict[str, Any]:
 def rollout_detail(r: Rollout) -> dict[str, Any]:
     data = rollout_summary(r)
     data["gates"] = r.gates.__dict__.copy()
+    data["control"] = list(r.control)
+    data["quality"] = r.quality
     data["device_states"] = [{"device_id": d.device_id, "wave": d.wave + 1, "state": d.state, "step": d.step,
                               "reason": d.reason, "updated_at": d.updated_at} for d in r.devices.values()]
     return data

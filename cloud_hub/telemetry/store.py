@@ -159,6 +159,17 @@ class TelemetryStore:
             f"MAX(latency_max_ms) AS latency_max_ms FROM telemetry_windows WHERE {where} "
             "GROUP BY bucket_start, model_version ORDER BY bucket_start LIMIT ?", params)
 
+    def device_payloads(self, device_ids: Sequence[str], since: float) -> list[bytes]:
+        """Payloads of these devices' windows that ended at or after `since` (rollout quality gates)."""
+        ids = list(dict.fromkeys(device_ids))
+        out: list[bytes] = []
+        for i in range(0, len(ids), 500):  # under SQLite's host-parameter limit
+            chunk = ids[i:i + 500]
+            out += [r["payload"] for r in self.db.query(
+                f"SELECT payload FROM telemetry_windows WHERE device_id IN ({','.join('?' * len(chunk))}) "
+                "AND end_unix>=? ORDER BY device_id, sequence", [*chunk, since])]
+        return out
+
     def windows_since(self, since: float) -> Iterable[tuple[bytes, str, float]]:
         """(payload, cohort, received_at) of windows that ended after `since` (engine rebuild on start)."""
         return [(r["payload"], r["cohort"], r["received_at"]) for r in self.db.query(
