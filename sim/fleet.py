@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,7 +25,7 @@ from edge_agent.breaker import CircuitBreaker
 from edge_agent.fallback import channel_options, parse_target
 from edge_agent.policy import ConfidencePolicy
 from protocols import inference_pb2_grpc as pb_grpc
-from sim.device import DeviceSpec, Outcome, VirtualDevice
+from sim.device import ChannelFallback, DeviceSpec, VirtualDevice
 from sim.metrics import Recorder
 from sim.sessions import SessionPool
 from sim.streams import Change, Dataset, DeviceStream
@@ -77,8 +77,6 @@ class Fleet:
                           for _ in range(max(1, config.grpc_channels))]
         stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
         policy = ConfidencePolicy(config.policy_kind, config.threshold)
-        from sim.device import ChannelFallback
-
         self.devices: list[VirtualDevice] = []
         for i, spec in enumerate(specs):
             breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)

@@ -7,9 +7,10 @@ and the demo write it out with sim.report. Progress lines go to a callback.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,8 +53,6 @@ def device_specs(scenario: Scenario) -> list[DeviceSpec]:
         for _ in range(g.count):
             conn = g.connectivity
             if conn.every_s:  # spread devices over the cycle, so they are not all offline at once
-                from dataclasses import replace
-
                 conn = replace(conn, phase_s=(n * 0.37 * conn.every_s) % conn.every_s)
             specs.append(DeviceSpec(f"sim-{g.profile}-{n:04d}", profiles[g.profile], g.rate_hz, g.rows,
                                     dict(g.tags), conn, g.ota, seed=scenario.seed * 100_003 + n))
@@ -194,8 +193,6 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
                          say=lambda m: say(m + "\n"))
     data = Dataset.load(Path(scenario.data) if scenario.data else models.data_dir / "test.npz")
     run_dir = workdir / "run"
-    import shutil
-
     shutil.rmtree(run_dir, ignore_errors=True)
     env = Environment(run_dir, models, scenario.drift, window_s=scenario.window_s, watch_s=scenario.watch_s)
     fleet: Fleet | None = None
@@ -211,8 +208,6 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
                               WatchPolicy(watch_s=scenario.watch_s, min_requests=10, max_fallback_rise=0.3,
                                           max_latency_ratio=3.0), env.mqtt_url)
         config = fleet_config or FleetConfig()
-        from dataclasses import replace
-
         config = replace(config, window_s=scenario.window_s, threshold=scenario.threshold,
                          fallback_deadline_ms=scenario.fallback_deadline_ms, hub_model=CLOUD_MODEL)
         fleet = Fleet(specs, data=data, changes=changes_for(scenario), hub_grpc=env.grpc_url, mqtt_url=env.mqtt_url,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import socket
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
