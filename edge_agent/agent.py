@@ -284,6 +284,13 @@ class Agent:
                 lambda: self.hard_examples.dropped() if self.hard_examples else 0)
         m.gauge("tandem_agent_batches_total", "Runtime calls made by the micro-batcher.",
                 lambda: self.batcher.stats().batches if self.batcher else 0)
+        m.gauge("tandem_agent_model_swaps", "Models swapped in by OTA since start (switches and rollbacks).",
+                lambda: self.swaps)
+        if self.telemetry is not None:
+            m.gauge("tandem_agent_telemetry_outbox_depth", "Telemetry windows on disk not yet acknowledged by the broker.",
+                    lambda: len(self.telemetry.outbox) if self.telemetry else 0)
+            m.gauge("tandem_agent_telemetry_outbox_dropped", "Telemetry windows dropped because the outbox was full.",
+                    lambda: self.telemetry.outbox.dropped_total if self.telemetry else 0)
         if self.breaker is not None:
             m.gauge("tandem_agent_breaker_state", "Hub circuit breaker: 0 closed, 1 half-open, 2 open.",
                     lambda: BREAKER_STATE_VALUES.get(self.breaker.state, -1))

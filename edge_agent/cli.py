@@ -11,11 +11,15 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.config import ENV_PREFIX, AgentConfig, default_endpoint
 from edge_agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
 
 EPILOG = f"""\
 examples:
@@ -23,6 +27,7 @@ examples:
   tandem-agent check --config agent.toml
   tandem-agent infer --input x.npy
   tandem-agent infer --input batch.npz --endpoint tcp://127.0.0.1:5555 --threshold 0.9 --json
+  tandem-agent status --config agent.toml        (model version, OTA state, telemetry outbox)
 
 configuration: a TOML file (see examples/agent/agent.toml); every key can also be set
 with an environment variable {ENV_PREFIX}<KEY>, e.g. {ENV_PREFIX}MODEL_DIR=/var/lib/tandem/model
@@ -64,10 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.start()
-    model = agent.model
-    print(f"tandem-agent: serving {model.name} {model.version} ({model.variant.id}, {model.variant.runtime}) "
-          f"on {agent.endpoint}" + (f", health on {agent.health_url}" if agent.health_url else ""),
-          file=sys.stderr, flush=True)
+    print(f"tandem-agent: {_describe(agent)}", file=sys.stderr, flush=True)
     _notify_systemd("READY=1")
     try:
         while not stop.wait(0.5):
@@ -76,6 +78,54 @@ def _run(args: argparse.Namespace) -> int:
         _notify_systemd("STOPPING=1")
         agent.stop()
     return 0
+
+
+def _describe(agent: "Agent") -> str:
+    """The ready line: what is served, where, and where telemetry and OTA go."""
+    model, cfg = agent.model, agent.config
+    assert model is not None
+    parts = [f"serving {model.name} {model.version} ({model.variant.id}, {model.variant.runtime}) on {agent.endpoint}"]
+    if agent.health_url:
+        parts.append(f"health on {agent.health_url}")
+    parts.append(f"telemetry to {cfg.mqtt_url} every {cfg.telemetry_window_s:g}s" if agent.telemetry is not None
+                 else "telemetry off")
+    parts.append(f"OTA from {cfg.mqtt_url}, store {cfg.model_store_dir}" if agent.ota is not None else "OTA off")
+    return "; ".join(parts)
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Ask a running agent's /healthz (its health port) and print it."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url
+    if url is None:
+        config = _load_config(args)
+        if not config.http_port:
+            raise AgentError("status needs the agent's health server: set health.http_port in the config, or --url")
+        url = f"http://{config.http_host}:{config.http_port}"
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=args.timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 while starting still carries the body
+        body = json.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise AgentError(f"no agent answers at {url} ({getattr(exc, 'reason', exc)}); is it running?") from exc
+    if args.json:
+        print(json.dumps(body))
+        return 0 if body.get("status") == "ok" else 1
+    print(f"{body.get('status')}: device {body.get('device_id')} serves {body.get('model')} {body.get('version')} "
+          f"({body.get('variant')}); hub {body.get('hub') or '-'}, breaker {body.get('breaker') or '-'}")
+    tel = body.get("telemetry")
+    print("telemetry: off" if not tel else
+          f"telemetry: {tel['mqtt_url']} {'connected' if tel['connected'] else 'DISCONNECTED'}, outbox "
+          f"{tel['outbox_depth']} windows waiting, last sequence {tel['last_sequence']}, "
+          f"dropped {tel['outbox_dropped_total']}")
+    ota = body.get("ota")
+    print("ota: off" if not ota else
+          f"ota: {ota['state']}, active {ota['active_version']}, previous {ota['previous_version'] or '-'}, "
+          f"highest accepted {ota['max_accepted']}" + (" (on trial)" if ota["on_trial"] else ""))
+    return 0 if body.get("status") == "ok" else 1
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -148,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(check)
     check.add_argument("--json", action="store_true", help="print what would be served as JSON")
     check.set_defaults(func=_check)
+
+    status = sub.add_parser("status", help="show a running agent's model, OTA state and telemetry outbox",
+                            description="Read /healthz of a running agent (its health.http_port).")
+    config_args(status)
+    status.add_argument("--url", help="health server URL, e.g. http://127.0.0.1:9464 (default: from the config)")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    status.add_argument("--json", action="store_true", help="print /healthz as JSON")
+    status.set_defaults(func=_status)
 
     infer = sub.add_parser("infer", help="send one request to a running agent",
                            description="Send a .npy (one input, by position) or .npz (inputs by name) to the agent.")

@@ -8,6 +8,7 @@ rollouts on a real Mosquitto. A client thread keeps sending requests through eve
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -101,19 +102,21 @@ def two_versions(digits_dir, tmp_path_factory) -> tuple[Path, Path]:
             make_model_dir(digits_dir / "edge.onnx", root / "v2", version="1.1.0"))
 
 
-def test_hot_swap_under_load_drops_no_request_and_flips_once(two_versions, digits_dir, tmp_path):
+@pytest.mark.parametrize("inline_max_us", [200.0, 0.0], ids=["inline", "worker"])
+def test_hot_swap_under_load_drops_no_request_and_flips_once(two_versions, digits_dir, tmp_path, inline_max_us):
+    """Requests keep coming from 8 clients; on the worker path some wait in the old batcher's queue at the flip."""
     v1, v2 = two_versions
     cfg = AgentConfig(model_dir=v1, endpoint=f"ipc://{tmp_path}/swap.sock", data_dir=tmp_path / "data",
-                      device_id="swap-dev", threshold=0.5)
+                      device_id="swap-dev", threshold=0.5, inline_max_us=inline_max_us)
     inputs = _inputs(digits_dir)
     with Agent(cfg) as agent:
-        loads = [Load(agent.endpoint, inputs[i::2], pause_s=0.0005).start() for i in range(2)]
+        loads = [Load(agent.endpoint, inputs[i::8], pause_s=0.0).start() for i in range(8)]
         try:
-            assert all(load.wait_answers(100) for load in loads)
+            assert all(load.wait_answers(30) for load in loads)
             old_batcher = agent.batcher
             agent._on_switch(v2)
             assert agent.model.version == "1.1.0" and agent.batcher is not old_batcher
-            assert all(load.wait_answers(len(load.versions) + 100) for load in loads)
+            assert all(load.wait_answers(len(load.versions) + 30) for load in loads)
         finally:
             for load in loads:
                 load.stop()
@@ -302,3 +305,65 @@ def test_collapsed_release_is_rolled_back_by_the_agents_health_watch(hub_env, di
     runs = version_runs(load.versions)
     # served 1.3.0 during its trial, judged by its fallback rate, and went back to 1.0.0 for good
     assert [v for v, _ in runs] == ["1.0.0", "1.3.0", "1.0.0"], runs
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_cli_run_says_what_it_serves_and_status_shows_ota_and_telemetry(two_versions, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from telemetry_fixtures import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    pem = tmp_path / "release.pem"
+    pem.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    broker = Broker(tmp_path / "mosquitto")
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[model]\nmodel_dir = "{two_versions[0]}"\n[server]\nendpoint = "ipc://{tmp_path}/a.sock"\n'
+                      f'device_id = "cli-dev"\ntags = {{ site = "lab" }}\n[health]\nhttp_port = {port}\n'
+                      f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{broker.url}"\n'
+                      f'[ota]\nota_enabled = true\nota_trusted_key = "release.pem"\n')
+    cli = [sys.executable, "-m", "edge_agent.cli"]
+    proc = subprocess.Popen([*cli, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=root, env=dict(os.environ))
+    lines: list[str] = []
+
+    def read_stderr() -> None:  # on a thread: the test never blocks on a pipe
+        for text in proc.stderr:
+            lines.append(text)
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    try:
+        assert _wait(lambda: any(x.startswith("tandem-agent:") for x in lines) or proc.poll() is not None, 60)
+        line = next((x for x in lines if x.startswith("tandem-agent:")), "")
+        assert "serving digits 1.0.0" in line and f"telemetry to {broker.url}" in line, "".join(lines)
+        assert f"store {tmp_path / 'state' / 'models'}" in line, line
+        done = None
+        for _ in range(50):  # the health line says connected once the MQTT session is up
+            done = subprocess.run([*cli, "status", "--config", str(config)], capture_output=True, text=True,
+                                  cwd=root, timeout=30)
+            if "DISCONNECTED" not in done.stdout:
+                break
+            time.sleep(0.2)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "device cli-dev serves digits 1.0.0" in done.stdout
+        assert f"telemetry: {broker.url} connected, outbox 0 windows waiting" in done.stdout, done.stdout
+        assert "ota: idle, active 1.0.0, previous -, highest accepted 1.0.0" in done.stdout, done.stdout
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "tandem_agent_telemetry_outbox_depth 0" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            broker.stop()
