@@ -310,30 +310,6 @@ def _wait(http: httpx.Client, rollout_id: str, statuses: tuple[str, ...], settle
 
 
 @pytest.mark.slow
-def test_collapsed_model_halts_on_quality_against_control_and_control_is_never_sent_a_command(fleet):
-    hub, devices, http, commands = fleet
-    first = len(commands)
-    rid = _start(http, "1.3.0")
-    body = _wait(http, rid, ("halted",), settle=lambda b: all(
-        d["state"] in ("rolled_back", "pending") for d in b["device_states"]))
-    control = set(body["control"])
-    assert len(control) == 2 and not control & {d["device_id"] for d in body["device_states"]}
-    # the devices committed it themselves (their watch is loose); the hub's gate named the figures
-    assert re.fullmatch(r"wave 1: fallback rate (\d\.\d\d) vs control (\d\.\d\d) \(max rise 0\.10\)", body["reason"]), \
-        body["reason"]
-    q = body["quality"]
-    assert q["wave"]["fallback_rate"] > 0.5 and q["control"]["fallback_rate"] < 0.2
-    assert q["wave"]["mean_confidence"] < q["control"]["mean_confidence"]
-    assert q["wave"]["requests"] >= 150 and q["control"]["requests"] >= 150
-    steps = [e for e in body["events"] if e["kind"] == "device_step" and e["detail"]["step"] == "committed"]
-    assert len(steps) == 2                                          # wave 1 (2 of the 4 rolled out to) took it
-    time.sleep(0.5)
-    assert {d.serving for d in devices} == {"1.0.0"}
-    assert all(d.switches == 0 for d in devices if d.device_id in control)
-    assert commands[first:] and not set(commands[first:]) & control  # not one command reached the control
-
-
-@pytest.mark.slow
 def test_good_model_passes_each_wave_against_control_and_control_stays_on_its_version(fleet):
     hub, devices, http, commands = fleet
     first = len(commands)
@@ -351,3 +327,30 @@ def test_good_model_passes_each_wave_against_control_and_control_stays_on_its_ve
     assert {serving[c] for c in control} == {"1.0.0"}
     assert {v for k, v in serving.items() if k not in control} == {"1.1.0"}
     assert commands[first:] and not set(commands[first:]) & control
+
+
+@pytest.mark.slow
+def test_collapsed_model_halts_on_quality_against_control_and_control_is_never_sent_a_command(fleet):
+    hub, devices, http, commands = fleet
+    before = {d.device_id: d.serving for d in devices}
+    switches = {d.device_id: d.switches for d in devices}
+    assert set(before.values()) == {"1.0.0", "1.1.0"}, "runs after the good rollout"
+    first = len(commands)
+    rid = _start(http, "1.3.0")
+    body = _wait(http, rid, ("halted",), settle=lambda b: all(
+        d["state"] in ("rolled_back", "pending") for d in b["device_states"]))
+    control = set(body["control"])
+    assert len(control) == 2 and not control & {d["device_id"] for d in body["device_states"]}
+    # the devices committed it themselves (their watch is loose); the hub's gate named the figures
+    assert re.fullmatch(r"wave 1: fallback rate (\d\.\d\d) vs control (\d\.\d\d) \(max rise 0\.10\)", body["reason"]), \
+        body["reason"]
+    q = body["quality"]
+    assert q["wave"]["fallback_rate"] > 0.5 and q["control"]["fallback_rate"] < 0.2
+    assert q["wave"]["mean_confidence"] < q["control"]["mean_confidence"]
+    assert q["wave"]["requests"] >= 150 and q["control"]["requests"] >= 150
+    steps = [e for e in body["events"] if e["kind"] == "device_step" and e["detail"]["step"] == "committed"]
+    assert len(steps) == 2                                          # wave 1 (2 of the 4 rolled out to) took it
+    time.sleep(0.5)
+    assert {d.device_id: d.serving for d in devices} == before      # the wave went back, the control never moved
+    assert all(d.switches == switches[d.device_id] for d in devices if d.device_id in control)
+    assert commands[first:] and not set(commands[first:]) & control  # not one command reached the control
