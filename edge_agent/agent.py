@@ -59,6 +59,7 @@ class Agent:
         self.ota: Any = None            # OtaClient when ota_enabled
         self.serving: Serving | None = None
         self.swaps = 0
+        self._ota_started = False
         self._swap_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
@@ -96,6 +97,7 @@ class Agent:
                                       f"({exc.strerror or exc}); pick another port or 0 for any") from exc
             if self.ota is not None:
                 self.ota.start()
+                self._ota_started = True
         except BaseException:
             self.stop()
             raise
@@ -308,9 +310,10 @@ class Agent:
             self.server = None
 
     def _stop_ota(self) -> None:
-        if self.ota is not None:
-            self.ota.stop()
-            self.ota = None
+        ota, self.ota = self.ota, None
+        if ota is not None and self._ota_started:
+            self._ota_started = False
+            ota.stop()
 
     def _stop_telemetry(self) -> None:
         if self.telemetry is not None:

@@ -63,6 +63,9 @@ def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
             client.store.install_initial(cfg.model_dir)
             log.info("ota store initialised store=%s version=%s from=%s", cfg.model_store_dir,
                      client.store.active_version, cfg.model_dir)
+        else:
+            log.info("ota store serves version=%s (model_dir is only the first install) store=%s",
+                     client.store.active_version, cfg.model_store_dir)
     except (StoreError, OSError) as exc:
         raise ConfigError(f"ota.ota_store_dir: {exc}") from exc
     return client
@@ -72,7 +75,8 @@ def telemetry_status(service: Any) -> dict[str, Any]:
     publisher, outbox = service.publisher, service.outbox
     return {"mqtt_url": publisher.config.mqtt_url, "connected": publisher.connected, "outbox_depth": len(outbox),
             "last_sequence": outbox.last_sequence, "outbox_dropped_total": outbox.dropped_total,
-            "windows_closed": service.windows_closed, "model_version": service.aggregator.model.version}
+            "windows_closed": service.windows_closed, "model_version": service.aggregator.model.version,
+            "outbox": outbox.stats()}
 
 
 def ota_status(client: Any) -> dict[str, Any]:

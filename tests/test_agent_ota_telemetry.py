@@ -276,6 +276,12 @@ def test_rollout_over_rest_moves_a_serving_agent_to_the_new_version_without_a_fa
     per_version = {v: sum(_answered([r]) for r in rows if r["model_version"] == v) for v in ("1.0.0", "1.1.0")}
     assert abs(per_version["1.1.0"] - runs[1][1]) <= 1 and sum(per_version.values()) == len(load.versions)
     assert hub_env.hub.devices.get("agent-swap").model_version == "1.1.0"
+    # restarted with the same config (model_dir still 1.0.0), the agent serves what its store committed
+    again = Agent(agent.config).start()
+    try:
+        assert again.model.version == "1.1.0" and again.ota.store.previous_version == "1.0.0"
+    finally:
+        again.stop()
 
 
 @pytest.mark.slow
