@@ -287,3 +287,21 @@ def test_outage_beyond_budget_delivers_every_status_first_and_drops_only_old_win
         queue.close()
         recorder.stop()
         broker.stop()
+
+
+def test_per_class_gauges_render_on_the_agents_metrics_page(tmp_path):
+    from edge_agent.metrics import AgentMetrics
+
+    service = TelemetryService("mqtt://127.0.0.1:1", "dev-1", MODEL, tmp_path, window_s=60, outbox_max_rows=2)
+    try:
+        metrics = AgentMetrics()
+        service.register_metrics(metrics)
+        for _ in range(2):
+            service.enqueue(topics.OTA_STATUS, status(1))
+        service.record("edge", 1.0, 0.9, 1)
+        service.flush()                                   # only statuses left: the window itself is dropped
+        page = metrics.render()
+        assert "tandem_agent_outbox_status_rows 2" in page and "tandem_agent_outbox_telemetry_dropped 1" in page
+        assert "tandem_agent_outbox_hard_examples_dropped 0" in page
+    finally:
+        service.outbox.close()

@@ -129,6 +129,17 @@ class TelemetryService:
         self.publisher.wake()
         return len(items)
 
+    def register_metrics(self, metrics: Any) -> None:
+        """Per outbox class gauges on an AgentMetrics: rows waiting and messages dropped under pressure."""
+        from edge_agent.telemetry.outbox import CLASS_NAMES
+
+        for klass, name in CLASS_NAMES.items():
+            metrics.gauge(f"tandem_agent_outbox_{name}_rows", f"Outbox class {klass} ({name}) rows waiting for the "
+                          "broker's ack.", lambda k=klass: self.outbox.depth(k))
+            metrics.gauge(f"tandem_agent_outbox_{name}_dropped", f"Outbox class {klass} ({name}) messages dropped "
+                          "under pressure (lowest class first).", lambda n=name: self.outbox.dropped()[n])
+        metrics.gauge("tandem_agent_outbox_bytes", "Payload bytes in the outbox.", lambda: self.outbox.bytes)
+
     def flush(self) -> int | None:
         """Close the open window now and store it with any handed-off ones; returns the last sequence."""
         with self._lock:
