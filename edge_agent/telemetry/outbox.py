@@ -99,8 +99,7 @@ class Outbox:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._migrate()
-            for klass, rows, size in self._conn.execute("SELECT klass, COUNT(*), SUM(size) FROM outbox GROUP BY klass"):
-                self._usage.setdefault(int(klass), [0, 0])[:] = [int(rows), int(size or 0)]
+            self._reload_usage()
         except sqlite3.Error as exc:
             raise OutboxError(f"{self.path}: cannot open the telemetry outbox ({exc})") from exc
 
