@@ -224,11 +224,15 @@ class Agent:
         done = threading.Event()
 
         def flip() -> None:
-            if not done.is_set():
-                self._set_serving(new)
-                if self.telemetry is not None:
+            if done.is_set():
+                return
+            self._set_serving(new)
+            done.set()
+            if self.telemetry is not None:
+                try:
                     self.telemetry.switch_model(new.model.manifest, new.model.variant.id)
-                done.set()
+                except Exception:  # the swap stands; windows keep the old version until the next one
+                    log.exception("telemetry could not switch to version=%s", new.version)
 
         try:
             loop = self.server.loop if self.server is not None else None
