@@ -220,13 +220,16 @@ class Agent:
 
     def _flip(self, new: Serving) -> None:
         """Serve `new` from the next request on: on the loop thread, where every reply is made, so the
-        telemetry window of the old version closes exactly at the flip."""
+        health figures restart and the old version's telemetry window closes exactly at the flip."""
         done = threading.Event()
 
         def flip() -> None:
             if done.is_set():
                 return
             self._set_serving(new)
+            # The watch judges the new version from here: what the old one served since the
+            # updater's baseline probe (download, warm-up) is not the new one's.
+            self.observer.take_health()
             done.set()
             if self.telemetry is not None:
                 try:
