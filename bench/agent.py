@@ -137,9 +137,12 @@ class AgentProcess:
     def __enter__(self) -> "AgentProcess":
         self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
                                      stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        line = self.proc.stderr.readline()
-        if "serving" not in line:
-            raise RuntimeError(f"agent did not start: {line}{self.proc.stderr.read()}")
+        seen = []  # warnings (e.g. plain-text gRPC to the hub) may come before the ready line
+        while not seen or "serving" not in seen[-1]:
+            line = self.proc.stderr.readline()
+            if not line:  # EOF: the agent exited
+                raise RuntimeError(f"agent did not start: {''.join(seen)}")
+            seen.append(line)
         return self
 
     def __exit__(self, *exc: object) -> None:
