@@ -83,8 +83,9 @@ def sweep(edge_out: np.ndarray, cloud_out: np.ndarray, labels: np.ndarray, *, ma
     probe = ConfidencePolicy(DEFAULT_KIND)  # labels are the argmax whatever the kind
     edge_acc = accuracy(labels, probe.score_array(edge_out, 0.0).labels)
     cloud_acc = accuracy(labels, probe.score_array(cloud_out, 0.0).labels)
+    # when the edge alone is within the target's margin, the split cannot show what fallback buys
     result: dict[str, Any] = {"samples": int(labels.size), "edge_accuracy": edge_acc, "cloud_accuracy": cloud_acc,
-                              "kinds": {}}
+                              "edge_gap_to_cloud_points": (cloud_acc - edge_acc) * 100.0, "kinds": {}}
     for kind in kinds:
         policy = ConfidencePolicy(kind)
         default = default_threshold(kind, manifest_task)
@@ -236,7 +237,8 @@ def print_table(report: dict[str, Any]) -> None:
     for edge in report["edges"]:
         kinds = list(edge["kinds"])
         print(f"\nedge {edge['variant']} ({', '.join(edge['profiles']) or 'no profile'}): edge "
-              f"{edge['edge_accuracy'] * 100:.2f}%, cloud {edge['cloud_accuracy'] * 100:.2f}%")
+              f"{edge['edge_accuracy'] * 100:.2f}%, cloud {edge['cloud_accuracy'] * 100:.2f}% "
+              f"(gap {edge['edge_gap_to_cloud_points']:.2f} points)")
         print(f"{'threshold':>9} " + " ".join(f"{k + ' hybrid / fallback':>28}" for k in kinds))
         rows: dict[float, dict[str, dict[str, Any]]] = {}
         for kind in kinds:

@@ -57,7 +57,7 @@ def test_sweep_marks_the_manifest_threshold_as_the_default():
     edge = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]], np.float32)  # rows 1 and 3 wrong
     cloud = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]], np.float32)
     result = hybrid.sweep(edge, cloud, labels, manifest_task={"threshold": 0.85}, thresholds=[0.0, 0.7])
-    assert result["edge_accuracy"] == 0.5 and result["cloud_accuracy"] == 1.0
+    assert result["edge_accuracy"] == 0.5 and result["cloud_accuracy"] == 1.0 and result["edge_gap_to_cloud_points"] == 50.0
     mp = result["kinds"]["max_prob"]
     assert mp["default_threshold"] == 0.85
     by_t = {p["threshold"]: p for p in mp["sweep"]}
