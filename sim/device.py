@@ -65,6 +65,7 @@ class DeviceSpec:
     connectivity: Connectivity = field(default_factory=Connectivity)
     ota: bool = False
     seed: int = 0
+    process: bool = False      # served by a real tandem-agent process (sim.agent_proc), not emulated
 
 
 @dataclass(frozen=True)

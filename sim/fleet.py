@@ -65,7 +65,8 @@ class Fleet:
     def __init__(self, specs: Sequence[DeviceSpec], *, data: Dataset, changes: Callable[[DeviceSpec], Sequence[Change]],
                  hub_grpc: str, mqtt_url: str, workdir: Path, config: FleetConfig = FleetConfig(),
                  ota: OtaSettings | None = None, pool: SessionPool | None = None,
-                 recorder: Recorder | None = None) -> None:
+                 recorder: Recorder | None = None, external: Sequence[Any] = ()) -> None:
+        """`external`: devices served by real agent processes (sim.agent_proc); the workers drive them too."""
         self.config = config
         self.workdir = workdir
         self.pool = pool or SessionPool()
@@ -85,6 +86,7 @@ class Fleet:
             stream = DeviceStream(data, changes(spec), seed=spec.seed)
             self.devices.append(VirtualDevice(spec, self.pool, stream, policy, fallback, config.hub_model,
                                               workdir / spec.device_id, config.window_s))
+        self.external = list(external)
         self.uplinks: list[SharedUplink] = []
         self._mqtt_url = mqtt_url
         self._stop = threading.Event()
@@ -167,7 +169,8 @@ class Fleet:
     def start_serving(self) -> None:
         """Worker threads begin serving; simulated time restarts at 0."""
         self.t0 = time.monotonic()
-        shards = [self.devices[i::self.config.workers] for i in range(self.config.workers)]
+        everyone: list[Any] = [*self.devices, *self.external]
+        shards = [everyone[i::self.config.workers] for i in range(self.config.workers)]
         for i, shard in enumerate(shards):
             if shard:
                 t = threading.Thread(target=self._work, args=(shard,), name=f"sim-worker-{i}", daemon=True)
@@ -206,7 +209,7 @@ class Fleet:
         self._stop.wait(seconds)
         self.stop_serving()
 
-    def _work(self, shard: list[VirtualDevice]) -> None:
+    def _work(self, shard: list[Any]) -> None:
         next_tick = 0.0
         while not self._stop.is_set():
             now = self.sim_time()

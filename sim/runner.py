@@ -17,12 +17,13 @@ from typing import Any, Callable
 from cloud_hub.rollouts.controller import GatePolicy
 from edge_agent.ota.machine import WatchPolicy
 from hardware_profiles import load_profiles
+from sim.agent_proc import AgentProcess
 from sim.device import DeviceSpec
 from sim.fleet import Fleet, FleetConfig, OtaSettings
 from sim.environment import Environment
 from sim.releases import BASE_VERSION, CLOUD_MODEL, Models, prepare
 from sim.scenario import Event, Scenario
-from sim.streams import Change, Dataset
+from sim.streams import Change, Dataset, DeviceStream
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,14 @@ def device_specs(scenario: Scenario) -> list[DeviceSpec]:
     profiles = load_profiles()
     specs, n = [], 0
     for g in scenario.devices:
-        for _ in range(g.count):
+        for k in range(g.count):
             conn = g.connectivity
             if conn.every_s:  # spread devices over the cycle, so they are not all offline at once
                 conn = replace(conn, phase_s=(n * 0.37 * conn.every_s) % conn.every_s)
-            specs.append(DeviceSpec(f"sim-{g.profile}-{n:04d}", profiles[g.profile], g.rate_hz, g.rows,
-                                    dict(g.tags), conn, g.ota, seed=scenario.seed * 100_003 + n))
+            process = k < g.agents
+            specs.append(DeviceSpec(f"{'agent' if process else 'sim'}-{g.profile}-{n:04d}", profiles[g.profile],
+                                    g.rate_hz, g.rows, dict(g.tags), conn, g.ota, seed=scenario.seed * 100_003 + n,
+                                    process=process))
             n += 1
     return specs
 
@@ -135,6 +138,7 @@ class _Timeline:
                                           "max_latency_ratio", "min_devices") if k in e.params}
         gates.setdefault("wave_timeout_s", 60.0)
         ids = [d.device_id for d in self.fleet.devices if d.ota is not None]
+        ids += [a.device_id for a in self.fleet.external if a.spec.ota]
         r = self.env.rollouts.create(model, version, None, e.params.get("waves", [25, 50, 100]), GatePolicy(**gates),
                                      device_ids=ids)
         self.rollouts.append({"rollout_id": r.rollout_id, "release": e.params["release"], "version": version,
@@ -161,7 +165,7 @@ class _Timeline:
             r = self.env.rollouts.get(self.rollouts[-1]["rollout_id"])
             s["rollout"] = {"status": r.status, "wave": r.wave, "counts": r.counts(), "reason": r.reason}
         versions: dict[str, int] = {}
-        for d in self.fleet.devices:
+        for d in [*self.fleet.devices, *self.fleet.external]:
             versions[d.version or "none"] = versions.get(d.version or "none", 0) + 1
         s["serving"] = versions
         self.samples.append(s)
@@ -196,6 +200,7 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
     shutil.rmtree(run_dir, ignore_errors=True)
     env = Environment(run_dir, models, scenario.drift, window_s=scenario.window_s, watch_s=scenario.watch_s)
     fleet: Fleet | None = None
+    agents: list[AgentProcess] = []
     try:
         env.start()
         specs = device_specs(scenario)
@@ -210,9 +215,17 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
         config = fleet_config or FleetConfig()
         config = replace(config, window_s=scenario.window_s, threshold=scenario.threshold,
                          fallback_deadline_ms=scenario.fallback_deadline_ms, hub_model=CLOUD_MODEL)
-        fleet = Fleet(specs, data=data, changes=changes_for(scenario), hub_grpc=env.grpc_url, mqtt_url=env.mqtt_url,
-                      workdir=run_dir / "devices", config=config, ota=ota)
+        changes = changes_for(scenario)
+        agents = [AgentProcess(s, DeviceStream(data, changes(s), seed=s.seed), run_dir / "agents" / s.device_id,
+                               models.edge, hub_grpc=env.grpc_url, mqtt_url=env.mqtt_url, hub_model=CLOUD_MODEL,
+                               window_s=scenario.window_s, threshold=scenario.threshold,
+                               deadline_ms=scenario.fallback_deadline_ms, ota=ota).launch()
+                  for s in specs if s.process]
+        fleet = Fleet([s for s in specs if not s.process], data=data, changes=changes, hub_grpc=env.grpc_url,
+                      mqtt_url=env.mqtt_url, workdir=run_dir / "devices", config=config, ota=ota, external=agents)
         fleet.start(models.edge)
+        for a in agents:
+            a.wait_ready()
         if not fleet.wait_connected(20):
             log.warning("not every device connected within 20 s; running anyway")
         timeline = _Timeline(scenario, env, fleet, progress)
@@ -234,22 +247,33 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
         timeline.apply_due(float("inf"))  # heal everything still open
         fleet.stop_serving()
         say("\n")
+        for a in agents:
+            a.stop()  # SIGTERM: the agent closes its window and drains its outbox
         drained = fleet.wait_drained(DRAIN_TIMEOUT_S)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while env.telemetry.store.count_windows() < fleet.sent_windows() and time.monotonic() < deadline:
+        while env.telemetry.store.count_windows() < _sent(fleet) and time.monotonic() < deadline:
             time.sleep(0.1)
         if timeline.rollouts:
             _settle(env, fleet, timeline.rollouts[-1]["rollout_id"])
         env.telemetry.evaluate(time.time())
         final = timeline.sample(fleet.sim_time())
+        final["sent_windows"] = _sent(fleet)
+        final["outbox_pending"] += sum(a.pending() for a in agents)
         summary = _summary(scenario, env, fleet, timeline, final, wall_t0, drained, models)
         checks = _checks(scenario, summary)
         timeline_rows = _merge(fleet.recorder.rows(), timeline.samples)
         return RunResult(scenario, timeline_rows, summary, checks)
     finally:
+        for a in agents:
+            a.stop()
         if fleet is not None:
             fleet.close()
         env.stop()
+
+
+def _sent(fleet: Fleet) -> int:
+    """Windows numbered by every device: virtual ones, and agent processes (read from their outboxes)."""
+    return fleet.sent_windows() + sum(a.sent() for a in fleet.external)
 
 
 def _settle(env: Environment, fleet: Fleet, rollout_id: str) -> None:
@@ -270,7 +294,8 @@ def _summary(scenario: Scenario, env: Environment, fleet: Fleet, timeline: _Time
     first_alert = min((a["opened_at"] - wall_t0 for a in alerts), default=None)
     fleet_total = fleet.recorder.summary()
     out: dict[str, Any] = {
-        "scenario": scenario.name, "description": scenario.description, "devices": len(fleet.devices),
+        "scenario": scenario.name, "description": scenario.description,
+        "devices": len(fleet.devices) + len(fleet.external),
         "duration_s": scenario.duration_s, "window_s": scenario.window_s,
         "profiles": {g.profile: g.count for g in scenario.devices},
         "variants": {d.profile.name: d.handle.variant.id for d in fleet.devices if d.handle is not None},
@@ -288,6 +313,9 @@ def _summary(scenario: Scenario, env: Environment, fleet: Fleet, timeline: _Time
         "drift_at_s": drift_at,
         "events": timeline.log,
         "serving": final["serving"],
+        "agent_processes": [{"device_id": a.device_id, "profile": a.profile.name, "answers": a.answers,
+                             "version": a.version, "windows_sent": a.sent(), "windows_pending": a.pending()}
+                            for a in fleet.external],
         "sessions": [{"variant": s.model.variant.id, "version": s.model.version, "users": s.users,
                       "host_ms_per_row": round(s.host_ms_per_row, 5), "batches": s.batcher.stats().batches,
                       "rows": s.batcher.stats().rows} for s in fleet.pool.sessions()],
@@ -297,11 +325,13 @@ def _summary(scenario: Scenario, env: Environment, fleet: Fleet, timeline: _Time
         info = timeline.rollouts[-1]
         r = env.rollouts.get(info["rollout_id"])
         ota_devices = [d for d in fleet.devices if d.ota is not None]
+        ota_agents = [a for a in fleet.external if a.spec.ota]  # their version: the one their last answer named
+        everyone = [*ota_devices, *ota_agents]
         out["rollout"] = {**info, "status": r.status, "reason": r.reason, "wave": r.wave, "counts": r.counts(),
-                          "devices_on_new": sum(1 for d in ota_devices if d.version == info["version"]),
-                          "devices_on_base": sum(1 for d in ota_devices if d.version == BASE_VERSION),
+                          "devices_on_new": sum(1 for d in everyone if d.version == info["version"]),
+                          "devices_on_base": sum(1 for d in everyone if d.version == BASE_VERSION),
                           "store_active": sorted({d.ota.store.active_version for d in ota_devices}),
-                          "ota_devices": len(ota_devices)}
+                          "ota_devices": len(everyone)}
     return out
 
 

@@ -36,6 +36,7 @@ class DeviceGroup:
     tags: dict[str, str] = field(default_factory=dict)
     connectivity: Connectivity = field(default_factory=Connectivity)
     ota: bool = False
+    agents: int = 0           # how many of `count` run as real tandem-agent processes
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class Scenario:
             while sum(counts) > devices:
                 j = max(range(len(counts)), key=lambda k: counts[k])
                 counts[j] -= 1
-            out = replace(out, devices=tuple(replace(g, count=c) for g, c in zip(self.devices, counts)))
+            out = replace(out, devices=tuple(replace(g, count=c, agents=min(g.agents, c))
+                                             for g, c in zip(self.devices, counts)))
         if duration_s is not None:
             if duration_s <= 0:
                 raise ScenarioError(f"--duration {duration_s}: must be positive")
@@ -175,7 +177,8 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
     groups = []
     for i, item in enumerate(raw_devices):
         w = f"devices[{i}]."
-        g = r.mapping(item, f"devices[{i}]", {"profile", "count", "rate_hz", "rows", "tags", "connectivity", "ota"})
+        g = r.mapping(item, f"devices[{i}]", {"profile", "count", "rate_hz", "rows", "tags", "connectivity", "ota",
+                                                         "agents"})
         profile = g.get("profile")
         if profile not in known_profiles:
             raise r.fail(w + "profile", f"{profile!r} is not a known profile ({', '.join(sorted(known_profiles))})")
@@ -191,9 +194,15 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
         ota = g.get("ota", False)
         if not isinstance(ota, bool):
             raise r.fail(w + "ota", f"expected true or false, got {ota!r}")
-        groups.append(DeviceGroup(profile, r.number(g, "count", w, minimum=1, integer=True),
-                                  float(r.number(g, "rate_hz", w, 2.0, strict=True)),
-                                  r.number(g, "rows", w, 1, minimum=1, integer=True), dict(tags), connectivity, ota))
+        count = r.number(g, "count", w, minimum=1, integer=True)
+        agents = r.number(g, "agents", w, 0, integer=True)
+        if agents > count:
+            raise r.fail(w + "agents", f"{agents} agent processes is more than the group's count ({count})")
+        if agents and (connectivity.every_s or g.get("rows", 1) != 1):
+            raise r.fail(w + "agents", "agent processes take neither connectivity cycles nor rows > 1 (yet)")
+        groups.append(DeviceGroup(profile, count, float(r.number(g, "rate_hz", w, 2.0, strict=True)),
+                                  r.number(g, "rows", w, 1, minimum=1, integer=True), dict(tags), connectivity, ota,
+                                  agents))
 
     events = []
     for i, item in enumerate(top.get("events") or []):

@@ -54,6 +54,9 @@ def test_hub_outage_devices_keep_serving_and_telemetry_arrives_after(sim_models,
     assert sum(r.get("edge_degraded", 0) for r in during) > 0, "fallbacks during the outage were not degraded"
     # nothing lost: the hub stored exactly the windows the devices numbered
     assert s["telemetry"]["hub"] == s["telemetry"]["sent"] and s["telemetry"]["pending"] == 0
+    # one of them was a real tandem-agent process: it served throughout and its windows are counted in
+    (agent,) = s["agent_processes"]
+    assert agent["answers"] > 20 and agent["windows_sent"] > 0 and agent["windows_pending"] == 0
 
 
 def test_drift_injected_mid_run_raises_an_alert_within_bounded_windows(sim_models, tmp_path):
@@ -78,6 +81,7 @@ def test_bad_rollout_is_halted_and_devices_end_on_the_old_version(sim_models, tm
     assert r["status"] == "halted" and "fallback rate" in r["reason"]
     assert r["store_active"] == [BASE_VERSION] and s["serving"] == {BASE_VERSION: 4}
     assert r["counts"].get("pending", 0) >= 2, "later waves must never receive the bad release"
+    assert [a["version"] for a in s["agent_processes"]] == [BASE_VERSION]  # the real agent too
 
 
 def test_mixed_profiles_each_serve_their_own_variant_through_faults(sim_models, tmp_path):

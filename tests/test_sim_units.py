@@ -125,6 +125,7 @@ BASE = {"name": "t", "duration_s": 10, "devices": [{"profile": "cpu-arm", "count
     ({"expect": {"rollout": "completed"}}, "expect.rollout"),
     ({"drift": {"span_s": -1}}, "drift.span_s"),
     ({"threshold": 1.5}, "threshold"),
+    ({"devices": [{"profile": "cpu-arm", "count": 1, "agents": 2}]}, "devices[0].agents"),
 ])
 def test_scenario_errors_name_the_key(patch, key):
     with pytest.raises(ScenarioError) as info:
