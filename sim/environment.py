@@ -46,7 +46,7 @@ class Environment:
             drift=DriftConfig(span_s=drift.span_s, baseline_s=drift.baseline_s, bucket_s=window_s,
                               min_samples=drift.min_samples, min_requests=drift.min_requests,
                               distribution=Hysteresis(drift.open_above, drift.close_below, k_open=drift.k_open),
-                              rate=Hysteresis(0.10, 0.05, k_open=drift.k_open))))
+                              rate=Hysteresis(drift.rate_open_above, drift.rate_close_below, k_open=drift.k_open))))
         self.grpc_proxy: FaultProxy | None = None
         self.mqtt_proxy: FaultProxy | None = None
         self._own_rollouts = False

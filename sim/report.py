@@ -134,12 +134,13 @@ def _plots(result: RunResult, out: Path) -> list[str]:
     ax.set_ylim(0, 1.05)
     save(fig, ax, "fallback")
 
-    fig, ax = figure("drift", "Drift scores at the hub (alert above the dashed line)", "score")
+    fig, ax = figure("drift", "Drift scores at the hub (dashed: alert thresholds)", "score")
     signals = sorted({k for r in rows for k in (r.get("drift") or {})})
     for sig in signals:
         pts = [(x, r["drift"][sig]) for x, r in zip(t, rows) if sig in (r.get("drift") or {})]
         ax.plot(*zip(*pts), label=sig)
-    ax.axhline(result.scenario.drift.open_above, color="tab:red", ls="--", lw=1)
+    ax.axhline(result.scenario.drift.open_above, color="tab:red", ls="--", lw=1, label="distribution alert")
+    ax.axhline(result.scenario.drift.rate_open_above, color="tab:gray", ls="--", lw=1, label="rate-rise alert")
     save(fig, ax, "drift")
 
     if any("rollout" in r for r in rows):

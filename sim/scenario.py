@@ -59,6 +59,8 @@ class DriftSettings:
     close_below: float = 0.2
     k_open: int = 3
     eval_interval_s: float = 1.0
+    rate_open_above: float = 0.10     # fallback- and error-rate rises over the baseline span
+    rate_close_below: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -209,10 +211,12 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
         events.append(_parse_event(r, item, i, duration))
 
     d = r.mapping(top.get("drift"), "drift", set(DriftSettings.__dataclass_fields__))
-    drift = DriftSettings(**{k: r.number(d, k, "drift.", getattr(DriftSettings(), k), strict=k != "close_below",
+    drift = DriftSettings(**{k: r.number(d, k, "drift.", getattr(DriftSettings(), k), strict=k not in ("close_below", "rate_close_below"),
                                          integer=k in ("min_samples", "min_requests", "k_open")) for k in d})
     if drift.close_below > drift.open_above:
         raise r.fail("drift.close_below", f"must be <= open_above ({drift.open_above})")
+    if drift.rate_close_below > drift.rate_open_above:
+        raise r.fail("drift.rate_close_below", f"must be <= rate_open_above ({drift.rate_open_above})")
     e = r.mapping(top.get("expect"), "expect", set(Expect.__dataclass_fields__))
     rollout = e.get("rollout")
     if rollout is not None and rollout not in ROLLOUT_OUTCOMES:
