@@ -7,11 +7,13 @@ relative names inside the file's folder (no absolute paths, no '..', no symlinks
 crafted model cannot make ONNX Runtime read /etc/shadow or a device key as weights.
 
 The ONNX scan reads the protobuf wire format directly (the `onnx` package is not on
-devices) and skips tensor payloads by length, so it costs one read of the file.
+devices) over an mmap and skips tensor payloads by length, so a large model is not read twice.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator
 
@@ -166,7 +168,16 @@ def _walk(buf: memoryview, kind: str, depth: int = 0) -> Iterator[str]:
 def onnx_external_locations(path: str | Path) -> list[str]:
     """Every external-data `location` an ONNX file references (duplicates removed, in order)."""
     with open(path, "rb") as f:
-        data = memoryview(f.read())
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return []
+        # mmap: a multi-GB model is scanned without being read into memory first. Not closed
+        # explicitly: an error's traceback still holds slices of it; refcounting unmaps it.
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return _scan(memoryview(mapped), Path(path).name)
+
+
+def _scan(data: memoryview, name: str) -> list[str]:
     seen: dict[str, None] = {}
     try:
         for field, wire, value in _fields(data):
@@ -181,9 +192,9 @@ def onnx_external_locations(path: str | Path) -> list[str]:
             for location in locations:
                 seen[location] = None
                 if len(seen) > MAX_EXTERNAL_FILES:
-                    raise ModelFileError(f"{Path(path).name}: over {MAX_EXTERNAL_FILES} external data files")
+                    raise ModelFileError(f"{name}: over {MAX_EXTERNAL_FILES} external data files")
     except _Truncated as exc:
-        raise ModelFileError(f"{Path(path).name}: not a valid ONNX file ({exc})") from exc
+        raise ModelFileError(f"{name}: not a valid ONNX file ({exc})") from exc
     return list(seen)
 
 
