@@ -1,9 +1,10 @@
-"""A loopback TCP proxy the simulator controls: latency, jitter, loss, bandwidth cap, partition.
+"""A loopback TCP proxy the simulator controls: latency, jitter, loss, bandwidth cap, stall, partition.
 
 Devices reach the hub's gRPC port and the broker through one FaultProxy each, so a
 scenario can degrade or cut the network without touching either. TCP cannot lose
 bytes, so `loss` is the probability, per forwarded chunk, that the connection is
-reset (what a device sees when packets stop for longer than its timeouts). A
+reset (what a device sees when packets stop for longer than its timeouts); a stall
+keeps connections open and moves nothing, so callers wait out their deadlines. A
 partition (hub outage) closes every open connection and refuses new ones until
 healed. Runs an asyncio loop on its own thread; the setters are thread-safe.
 """
@@ -33,6 +34,7 @@ class Faults:
     loss: float = 0.0             # per-chunk probability the connection is reset
     bandwidth_bps: float | None = None  # bytes per second per direction; None: unlimited
     partitioned: bool = False
+    stalled: bool = False         # connections stay open but nothing moves (a black hole): deadlines expire
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0 or self.jitter_ms < 0:
@@ -97,7 +99,7 @@ class FaultProxy:
         self.set(partitioned=on)
 
     def clear(self) -> None:
-        self.set(latency_ms=0.0, jitter_ms=0.0, loss=0.0, bandwidth_bps=None, partitioned=False)
+        self.set(latency_ms=0.0, jitter_ms=0.0, loss=0.0, bandwidth_bps=None, partitioned=False, stalled=False)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -183,6 +185,11 @@ class FaultProxy:
                     break
                 f = self._faults
                 if f.partitioned or (f.loss and self._rng.random() < f.loss):
+                    self.reset += 1
+                    break
+                while self._faults.stalled and not self._faults.partitioned:
+                    await asyncio.sleep(0.02)  # hold the bytes; they move again when the stall clears
+                if self._faults.partitioned:
                     self.reset += 1
                     break
                 at = delivery_time(time.monotonic(), previous, len(data), f, self._rng)

@@ -115,12 +115,13 @@ class _Timeline:
             self._note(t, f"hub outage begins ({e.for_s:g}s)")
             self.undo.append((e.at_s + (e.for_s or 0), lambda: self._end_outage()))
         elif e.kind == "network":
-            p = {k: e.params[k] for k in ("latency_ms", "jitter_ms", "loss", "bandwidth_bps") if k in e.params}
+            p = {k: e.params[k] for k in ("latency_ms", "jitter_ms", "loss", "bandwidth_bps", "stalled") if k in e.params}
             self.env.network(e.params.get("target", "both"), **p)
             self._note(t, f"network faults {p}")
             if e.for_s:
                 self.undo.append((e.at_s + e.for_s, lambda: (self.env.network("both", latency_ms=0.0, jitter_ms=0.0,
-                                                                               loss=0.0, bandwidth_bps=None),
+                                                                               loss=0.0, bandwidth_bps=None,
+                                                                               stalled=False),
                                                               self._note(self.fleet.sim_time(), "network healed"))))
         elif e.kind == "drift":
             self._note(t, f"drift injected: {e.params['change']} {e.params.get('value', e.params.get('classes'))}")

@@ -254,7 +254,7 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
 _EVENT_KEYS = {
     "drift": {"change", "value", "classes", "fraction", "profiles", "until_s"},
     "outage": set(),
-    "network": {"latency_ms", "jitter_ms", "loss", "bandwidth_bps", "target"},
+    "network": {"latency_ms", "jitter_ms", "loss", "bandwidth_bps", "stalled", "target"},
     "rollout": {"release", "waves", "max_fallback_rise", "max_failure_rate", "min_reporting", "wave_timeout_s",
                 "max_latency_ratio", "min_devices"},
 }
@@ -291,6 +291,8 @@ def _parse_event(r: _Reader, item: Any, i: int, duration: float) -> Event:
             r.number(params, key, w + ".", None, strict=key == "bandwidth_bps")
         if params.get("loss", 0) > 1:
             raise r.fail(f"{w}.loss", "a probability, must be <= 1")
+        if not isinstance(params.get("stalled", False), bool):
+            raise r.fail(f"{w}.stalled", f"expected true or false, got {params['stalled']!r}")
         if params.get("target", "both") not in ("grpc", "mqtt", "both"):
             raise r.fail(f"{w}.target", f"{params['target']!r} is not one of grpc, mqtt, both")
     elif kind == "rollout":

@@ -90,3 +90,4 @@ def test_mixed_profiles_each_serve_their_own_variant_through_faults(sim_models, 
     assert s["variants"] == {"cpu-arm": "litert-fp32", "gpu-cuda": "onnxruntime-fp16", "npu-litert": "litert-int8"}
     assert len(s["sessions"]) == 3 and sum(x["users"] for x in s["sessions"]) == 6
     assert s["telemetry"]["hub"] == s["telemetry"]["sent"]
+    assert any("stalled" in e for e in s["events"]) and any("healed" in e for e in s["events"])

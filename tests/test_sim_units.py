@@ -229,6 +229,27 @@ def test_proxy_forwards_then_partition_cuts_and_refuses_then_heals(echo_server):
         proxy.stop()
 
 
+def test_a_stalled_proxy_holds_bytes_until_the_stall_clears(echo_server):
+    proxy = FaultProxy("127.0.0.1", echo_server, name="stall").start()
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as c:
+            c.sendall(b"a")
+            assert c.recv(1) == b"a"
+            proxy.set(stalled=True)
+            c.sendall(b"held")
+            c.settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                c.recv(10)  # open, but nothing moves
+            proxy.set(stalled=False)
+            c.settimeout(2)
+            got = b""
+            while len(got) < 4:
+                got += c.recv(10)
+            assert got == b"held"
+    finally:
+        proxy.stop()
+
+
 # -- one virtual device ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
