@@ -373,3 +373,69 @@ def test_cli_run_says_what_it_serves_and_status_shows_ota_and_telemetry(two_vers
             if proc.poll() is None:
                 proc.kill()
             broker.stop()
+
+
+def _daemon(config: Path, lines: list[str]):
+    """`tandem-agent run --config` as a child process; its stderr lines land in `lines` (read on a thread)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+
+    def read_stderr() -> None:
+        for text in proc.stderr:
+            lines.append(text)
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    assert _wait(lambda: any(x.startswith("tandem-agent:") for x in lines) or proc.poll() is not None, 60), lines
+    assert proc.poll() is None, "".join(lines)
+    return proc
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(hub_env, digits_dir, tmp_path):
+    import signal
+
+    from edge_agent.client import AgentClient
+    from telemetry_fixtures import free_port
+
+    hub_env.hub.devices.register("agent-kill", PROFILE, "test", {"ring": "kill"})
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[model]\nmodel_dir = "{hub_env.releases["1.0.0"]}"\n[server]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
+        f'device_id = "agent-kill"\ntags = {{ ring = "kill" }}\n[policy]\nthreshold = 0.5\n[health]\nhttp_port = {port}\n'
+        f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{hub_env.broker.url}"\n'
+        f'[ota]\nota_enabled = true\nota_trusted_key = "{hub_env.pem}"\nota_hub_token = "{hub_env.device_token}"\n')
+
+    def ota() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            return json.loads(resp.read())["ota"]
+
+    lines: list[str] = []
+    proc = _daemon(config, lines)
+    relines: list[str] = []
+    try:
+        time.sleep(0.5)  # its OTA session subscribes
+        rid = _rollout(hub_env, "1.1.0", "kill")
+        assert _wait(lambda: ota()["on_trial"], 30, step_s=0.01), f"never on trial: {ota()}"
+        proc.send_signal(signal.SIGKILL)  # mid-watch: switched to 1.1.0, not committed
+        proc.wait(10)
+        restarted = _daemon(config, relines)
+        try:
+            state = ota()
+            assert (state["active_version"], state["on_trial"], state["max_accepted"]) == ("1.0.0", False, "1.1.0")
+            with AgentClient(f"ipc://{tmp_path}/k.sock") as client:
+                answer = client.infer(_inputs(digits_dir)[:4])
+            assert answer.model_version == "1.0.0" and len(answer.labels) == 4
+            body = _rollout_reaches(hub_env, rid, ("halted",))
+            assert "agent-kill: rolled_back: the agent restarted while this version was on trial" in body["reason"]
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            assert restarted.wait(20) == 0, "".join(lines + ["--- restarted:\n"] + relines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
