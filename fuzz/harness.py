@@ -23,7 +23,7 @@ from protocols import inference_pb2 as pb  # noqa: E402
 from protocols.ota import OtaMessageError  # noqa: E402
 from protocols.ota import decode_command as _decode_command  # noqa: E402
 from protocols.ota import decode_status as _decode_ota_status  # noqa: E402
-from protocols.telemetry_codec import TelemetryDecodeError, decode_status, decode_window  # noqa: E402
+from protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example, decode_status, decode_window  # noqa: E402
 from protocols.tensor_codec import TensorCodecError, decode_request_inputs  # noqa: E402
 from edge_agent.wire import decode_request  # noqa: E402
 
@@ -61,6 +61,11 @@ def telemetry(payload: bytes) -> None:
 def telemetry_status(payload: bytes) -> None:
     """The retained /status payload decoder (hub presence and rollouts read it)."""
     decode_status(payload)
+
+
+def hard_example(payload: bytes) -> None:
+    """A device's hard-example upload: JSON header line, then the tensors blob."""
+    decode_hard_example(payload)
 
 
 def ota_command_signed(payload: bytes) -> None:
@@ -105,11 +110,12 @@ def model_infer(payload: bytes) -> None:
 DECODERS: dict[str, Callable[..., None]] = {
     "wire": wire, "telemetry": telemetry, "telemetry_status": telemetry_status, "ota_command": ota_command,
     "ota_command_signed": ota_command_signed, "ota_status": ota_status, "model_infer": model_infer,
+    "hard_example": hard_example,
 }
 EXPECTED: dict[str, tuple[type[BaseException], ...]] = {
     "wire": (BadRequestError,), "telemetry": (TelemetryDecodeError,), "telemetry_status": (TelemetryDecodeError,),
     "ota_command": (OtaMessageError,), "ota_command_signed": (OtaMessageError,), "ota_status": (OtaMessageError,),
-    "model_infer": (TensorCodecError,),
+    "model_infer": (TensorCodecError,), "hard_example": (TelemetryDecodeError,),
 }
 
 

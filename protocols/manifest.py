@@ -317,7 +317,7 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> "Manifest":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ManifestError(f"manifest: not valid JSON ({exc})") from exc
         return cls.from_dict(data)
 

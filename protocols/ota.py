@@ -193,7 +193,7 @@ def _load(payload: bytes, what: str) -> dict[str, Any]:
         raise OtaMessageError(f"{what}: {len(payload)} bytes, the limit is {MAX_OTA_MESSAGE_BYTES}")
     try:
         data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise OtaMessageError(f"{what}: not JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise OtaMessageError(f"{what}: expected a JSON object")

@@ -140,7 +140,7 @@ def decode_hard_example(payload: bytes) -> tuple[dict[str, Any], bytes]:
     head, sep, body = payload.partition(b"\n")
     try:
         header = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise TelemetryDecodeError(f"hard example: header is not JSON ({exc})") from exc
     if not sep or not isinstance(header, dict) or not isinstance(header.get("id"), int):
         raise TelemetryDecodeError("hard example: expected a JSON header with an integer id, a newline, then tensors")
@@ -164,7 +164,7 @@ def decode_status(payload: bytes) -> dict[str, Any]:
         raise TelemetryDecodeError(f"status: over MAX_STATUS_BYTES={limits.MAX_STATUS_BYTES}")
     try:
         data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise TelemetryDecodeError(f"status: not JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("state") not in (STATUS_ONLINE, STATUS_OFFLINE):
         raise TelemetryDecodeError("status: expected an object with state online|offline")

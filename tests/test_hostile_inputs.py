@@ -47,7 +47,9 @@ SEED = 20261201
 # the full count (passes, ~135 s on the 2-core CI host).
 N_REST = int(os.environ.get("TANDEM_HOSTILE_REST_N", "2000"))
 
+# Deep nesting: Python's json raises RecursionError (not JSONDecodeError) past ~1000 levels.
 INTERESTING = [b"\x00", b"\xff" * 8, b"\x7f", b"\x80" * 10, b"\xff\xff\xff\xff\x0f", b"[" * 64, b"{" * 64,
+               b"[" * 3000, b'{"a":' * 2000,
                b'"\\ud800"', b"NaN", b"Infinity", b"-1", b"1e309", b"\x00" * 64]
 
 
@@ -189,6 +191,17 @@ def test_telemetry_decoders_survive_10k_malformed_messages():
                                          lambda r: json.dumps({"state": r.choice(["online", 1, None]),
                                                                "x": [[[]]] * r.randint(0, 5)}).encode()))
     assert decode_window(seeds[0], topic_device="dev-1").sequence == 1
+
+
+def test_hard_example_upload_decoder_survives_10k_malformed_messages():
+    from edge_agent.hard_examples import encode_tensors
+    from protocols.telemetry_codec import decode_hard_example, encode_hard_example
+
+    rng = random.Random(SEED + 6)
+    header = {"device_id": "dev-1", "id": 7, "model": "digits", "version": "1.0.0", "label": 3, "confidence": 0.4}
+    seeds = [encode_hard_example(header, encode_tensors({"input": np.ones((1, 64), np.float32)}))]
+    run_all("hard_example", messages(rng, seeds, lambda r: b"[" * r.randint(900, 20_000) + b"\n" + r.randbytes(16)))
+    assert decode_hard_example(seeds[0])[0]["id"] == 7
 
 
 def command(**over) -> OtaCommand:

@@ -57,7 +57,7 @@ class Downloader:
         body = self._with_retries(url, lambda: self._get_small(url, max_bytes))
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise DownloadError(f"{url}: not JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise DownloadError(f"{url}: expected a JSON object")
