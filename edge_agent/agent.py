@@ -296,7 +296,7 @@ class Agent:
         m.gauge("tandem_agent_model_swaps", "Models swapped in by OTA since start (switches and rollbacks).",
                 lambda: self.swaps)
         if self.telemetry is not None:
-            m.gauge("tandem_agent_telemetry_outbox_depth", "Telemetry windows on disk not yet acknowledged by the broker.",
+            m.gauge("tandem_agent_telemetry_outbox_depth", "Telemetry windows on disk, not yet acked by the broker.",
                     lambda: len(self.telemetry.outbox) if self.telemetry else 0)
             m.gauge("tandem_agent_telemetry_outbox_dropped", "Telemetry windows dropped because the outbox was full.",
                     lambda: self.telemetry.outbox.dropped_total if self.telemetry else 0)

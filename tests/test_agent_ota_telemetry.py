@@ -70,7 +70,8 @@ def test_new_config_sections_are_validated_naming_the_key(tmp_path):
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             AgentConfig.from_mapping({**base, **extra}, env={})
     cfg = AgentConfig.from_mapping({**base, "telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}},
-                                   env={"TANDEM_AGENT_TAGS": "site=lab, line=2", "TANDEM_AGENT_TELEMETRY_WINDOW_S": "2.5",
+                                   env={"TANDEM_AGENT_TAGS": "site=lab, line=2",
+                                        "TANDEM_AGENT_TELEMETRY_WINDOW_S": "2.5",
                                         "TANDEM_AGENT_TELEMETRY_ENABLED": "false"})
     assert cfg.tags == {"site": "lab", "line": "2"} and cfg.telemetry_window_s == 2.5
     assert not cfg.telemetry_on and cfg.model_store_dir == cfg.data_dir / "models"
@@ -407,7 +408,8 @@ def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(h
     config = tmp_path / "agent.toml"
     config.write_text(
         f'[model]\nmodel_dir = "{hub_env.releases["1.0.0"]}"\n[server]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
-        f'device_id = "agent-kill"\ntags = {{ ring = "kill" }}\n[policy]\nthreshold = 0.5\n[health]\nhttp_port = {port}\n'
+        f'device_id = "agent-kill"\ntags = {{ ring = "kill" }}\n[policy]\nthreshold = 0.5\n'
+        f'[health]\nhttp_port = {port}\n'
         f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{hub_env.broker.url}"\n'
         f'[ota]\nota_enabled = true\nota_trusted_key = "{hub_env.pem}"\nota_hub_token = "{hub_env.device_token}"\n')
 
