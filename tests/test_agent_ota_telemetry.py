@@ -217,6 +217,34 @@ def _rollout_reaches(env: SimpleNamespace, rollout_id: str, statuses: tuple[str,
 
 
 @pytest.mark.slow
+def test_windows_summarize_inputs_over_the_manifests_drift_edges_and_wait_on_disk_without_a_broker(
+        ota_releases, digits_dir, tmp_path):
+    from telemetry_fixtures import free_port
+
+    from edge_agent.client import AgentClient
+    from protocols.telemetry_codec import decode_window, window_to_dict
+
+    cfg = AgentConfig(model_dir=ota_releases["1.0.0"], endpoint=f"ipc://{tmp_path}/d.sock", data_dir=tmp_path / "d",
+                      device_id="no-broker", tags={"site": "lab"}, threshold=0.5,
+                      mqtt_url=f"mqtt://127.0.0.1:{free_port()}", telemetry_window_s=3600)  # nobody listens there
+    inputs = _inputs(digits_dir)
+    with Agent(cfg) as agent:
+        with AgentClient(agent.endpoint) as client:
+            for i in range(5):
+                assert client.infer(inputs[i:i + 1]).model_version == "1.0.0"
+            client.infer(inputs[5:8])  # one request, three rows
+        agent.telemetry.flush()
+        [(seq, payload)] = agent.telemetry.outbox.pending()
+    window = window_to_dict(decode_window(payload))
+    assert (window["device_id"], window["model_version"], window["tags"]) == ("no-broker", "1.0.0", {"site": "lab"})
+    assert window["requests"]["edge"] == 6 and window["samples"] == 8
+    reference = json.loads((ota_releases["1.0.0"] / "manifest.json").read_text())["drift_reference"]["inputs"]
+    expected = {f"{name}.{summary}" for name, per in reference.items() for summary in per}
+    assert set(window["inputs"]) == expected and all(sum(c) == 8 for c in window["inputs"].values())
+    assert sum(window["confidence_counts"]) == 8 and sum(window["class_counts"]) == 8
+
+
+@pytest.mark.slow
 @needs_mosquitto
 def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub_env, digits_dir, tmp_path):
     agent = _agent(hub_env, "agent-tel", "tel", tmp_path, ota_enabled=False)
