@@ -35,7 +35,7 @@ def _list(args: argparse.Namespace) -> int:
 
     for name in builtin_names():
         sc = load_scenario(name)
-        print(f"{name:14} {sc.device_count:4d} devices {sc.duration_s:5.0f}s  {sc.description.split('.')[0]}.")
+        print(f"{name:14} {sc.device_count:4d} devices {sc.duration_s:5.0f}s  {_first_sentence(sc.description)}")
     return 0
 
 
@@ -59,6 +59,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['detail']}")
     print(f"report: {path}")
     return 0 if result.passed else 1
+
+
+def _first_sentence(text: str) -> str:
+    """Up to the first '. ' (so version numbers like 1.1.0 stay whole)."""
+    head, sep, _ = text.strip().partition(". ")
+    return head + "." if sep else head
 
 
 def build_parser() -> argparse.ArgumentParser:
