@@ -32,8 +32,8 @@ SECTIONS = {
     "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
     "health": ("http_port", "http_host"),
     "hard_examples": ("data_dir", "hard_examples_max"),
-    "telemetry": ("mqtt_url", "telemetry_enabled", "telemetry_window_s", "telemetry_max_requests",
-                  "telemetry_outbox_max", "telemetry_input_every"),
+    "telemetry": ("mqtt_url", "mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key", "telemetry_enabled",
+                  "telemetry_window_s", "telemetry_max_requests", "telemetry_outbox_max", "telemetry_input_every"),
     "ota": ("ota_enabled", "ota_store_dir", "ota_trusted_key", "ota_hub_token", "ota_watch_s", "ota_min_requests",
             "ota_max_error_rate", "ota_max_fallback_rise", "ota_max_latency_ratio", "ota_commit_without_traffic"),
 }
@@ -84,6 +84,9 @@ class AgentConfig:
     data_dir: Path = field(default_factory=lambda: Path(_default_data_dir()))
     hard_examples_max: int = 1000
     mqtt_url: str | None = None         # the hub's broker (mqtt://host:port); None: no telemetry, no OTA
+    mqtt_tls_ca: Path | None = None     # mqtts://: the CA that signed the broker's certificate
+    mqtt_tls_cert: Path | None = None   # this device's client certificate and key (tandem-hub pki issue DEVICE)
+    mqtt_tls_key: Path | None = None
     telemetry_enabled: bool = True      # with mqtt_url: stream telemetry windows
     telemetry_window_s: float = 10.0
     telemetry_max_requests: int = 10_000  # a busy device closes its window early
@@ -103,6 +106,15 @@ class AgentConfig:
     @property
     def telemetry_on(self) -> bool:
         return bool(self.mqtt_url) and self.telemetry_enabled
+
+    @property
+    def mqtt_tls(self) -> Any:
+        """protocols.tls.TlsFiles for the MQTT clients, or None for plain mqtt://."""
+        if self.mqtt_tls_ca is None:
+            return None
+        from protocols.tls import TlsFiles
+
+        return TlsFiles(self.mqtt_tls_ca, self.mqtt_tls_cert, self.mqtt_tls_key)
 
     @property
     def model_store_dir(self) -> Path:
@@ -166,11 +178,28 @@ class AgentConfig:
                 parse_mqtt_url(self.mqtt_url)
             except ValueError as exc:
                 raise bad("mqtt_url", f"{exc} (e.g. mqtt://hub.example.net:1883); leave it out for no broker") from None
+        self._validate_tls(bad)
         if self.telemetry_window_s <= 0:
             raise bad("telemetry_window_s", f"{self.telemetry_window_s} must be > 0")
         for key in ("telemetry_max_requests", "telemetry_outbox_max", "telemetry_input_every", "ota_min_requests"):
             if getattr(self, key) < 1:
                 raise bad(key, f"{getattr(self, key)} must be a positive integer")
+
+    def _validate_tls(self, bad: Any) -> None:
+        secure = (self.mqtt_url or "").lower().startswith("mqtts://")
+        if secure and self.mqtt_tls_ca is None:
+            raise bad("mqtt_tls_ca", f"{self.mqtt_url} is mqtts://: give the broker's CA (and mqtt_tls_cert, "
+                                     "mqtt_tls_key for mutual TLS)")
+        if self.mqtt_tls_ca is not None and self.mqtt_url and not secure:
+            raise bad("mqtt_url", f"{self.mqtt_url}: TLS files are set, so use mqtts:// (no silent plain text)")
+        if (self.mqtt_tls_cert is None) != (self.mqtt_tls_key is None):
+            raise bad("mqtt_tls_cert", "give both mqtt_tls_cert and mqtt_tls_key, or neither")
+        if self.mqtt_tls_cert is not None and self.mqtt_tls_ca is None:
+            raise bad("mqtt_tls_ca", "required with mqtt_tls_cert: the CA that signed the broker's certificate")
+        for key in ("mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                raise bad(key, f"{path} is not a readable file (tandem-hub pki issue {self.device_id})")
 
     def _validate_ota(self, bad: Any) -> None:
         for key in ("ota_max_error_rate", "ota_max_fallback_rise"):
@@ -218,7 +247,8 @@ class AgentConfig:
                 values[key] = _coerce(key, types[key], raw, from_env=True)
         if "model_dir" not in values:
             raise ConfigError(f"model.model_dir: required (or set {ENV_PREFIX}MODEL_DIR)")
-        for key in ("model_dir", "data_dir", "ota_store_dir", "ota_trusted_key"):
+        for key in ("model_dir", "data_dir", "ota_store_dir", "ota_trusted_key", "mqtt_tls_ca", "mqtt_tls_cert",
+                    "mqtt_tls_key"):
             if values.get(key) is not None and base_dir is not None and not Path(values[key]).is_absolute():
                 values[key] = base_dir / values[key]
         return cls(**values).validate()

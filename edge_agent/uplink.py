@@ -21,15 +21,18 @@ log = logging.getLogger(__name__)
 def make_telemetry(cfg: AgentConfig, model: LoadedModel) -> Any:
     """A started TelemetryService for `model`, its outbox under cfg.data_dir."""
     from edge_agent.telemetry import OutboxError, PublisherConfig, TelemetryService
+    from protocols.tls import TlsConfigError
 
     try:
         service = TelemetryService(
             cfg.mqtt_url, cfg.device_id, model.manifest, cfg.data_dir, window_s=cfg.telemetry_window_s,
             max_requests=cfg.telemetry_max_requests, profile=cfg.profile, tags=cfg.tags, variant=model.variant.id,
             input_every=cfg.telemetry_input_every, outbox_max_rows=cfg.telemetry_outbox_max,
-            publisher=PublisherConfig(mqtt_url=cfg.mqtt_url))  # type: ignore[arg-type]
+            publisher=PublisherConfig(mqtt_url=cfg.mqtt_url, tls=cfg.mqtt_tls))  # type: ignore[arg-type]
     except OutboxError as exc:
         raise ConfigError(f"hard_examples.data_dir: {exc}") from exc
+    except TlsConfigError as exc:
+        raise ConfigError(f"telemetry.mqtt_tls_*: {exc}") from exc
     return service.start()
 
 
@@ -45,12 +48,15 @@ def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
     """An OtaClient (not started) whose store is opened and repaired; install the first version before start."""
     from edge_agent.ota.client import OtaClient, OtaClientConfig
     from edge_agent.ota.errors import StoreError
+    from protocols.tls import TlsConfigError
 
     config = OtaClientConfig(cfg.device_id, cfg.profile, cfg.mqtt_url, cfg.model_store_dir,  # type: ignore[arg-type]
                              cfg.ota_trusted_key, hub_token=cfg.ota_hub_token,  # type: ignore[arg-type]
-                             watch=watch_policy(cfg))
+                             watch=watch_policy(cfg), tls=cfg.mqtt_tls)
     try:
         client = OtaClient(config, on_switch=on_switch, health=health)
+    except TlsConfigError as exc:
+        raise ConfigError(f"telemetry.mqtt_tls_*: {exc}") from exc
     except (ValueError, TypeError, OSError) as exc:
         raise ConfigError(f"ota.ota_trusted_key: {cfg.ota_trusted_key} is not an ed25519 public key PEM ({exc}); "
                           "get it with `tandem-hub keys release`") from exc

@@ -65,6 +65,13 @@ def test_new_config_sections_are_validated_naming_the_key(tmp_path):
         ({"server": {"tags": "site"}}, "server.tags: expected a table"),
         ({"server": {"device_id": "a/b"}}, "server.device_id"),
         ({"telemetry": {"bogus": 1}}, "telemetry.bogus: unknown key"),
+        ({"telemetry": {"mqtt_url": "mqtts://hub:8883"}}, "telemetry.mqtt_tls_ca: mqtts://hub:8883 is mqtts://"),
+        ({"telemetry": {"mqtt_url": "mqtt://hub:1883", "mqtt_tls_ca": str(tmp_path / "ca.crt")}},
+         "telemetry.mqtt_url: .* use mqtts://"),
+        ({"telemetry": {"mqtt_url": "mqtts://hub:8883", "mqtt_tls_ca": str(tmp_path / "ca.crt")}},
+         "telemetry.mqtt_tls_ca: .* is not a readable file"),
+        ({"telemetry": {"mqtt_url": "mqtts://hub:8883", "mqtt_tls_ca": str(tmp_path / "ca.crt"),
+                        "mqtt_tls_cert": str(tmp_path / "c.crt")}}, "give both mqtt_tls_cert and mqtt_tls_key"),
     ]
     for extra, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -469,3 +476,43 @@ def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(h
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_agent_telemetry_and_ota_connect_over_mutual_tls(two_versions, tmp_path):
+    """mqtts:// with the device's certificate from `tandem-hub pki issue`, against a broker that requires it."""
+    import subprocess
+
+    from cloud_hub.broker import free_port, wait_for_port
+    from cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
+    from cloud_hub.pki import Pki
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pki = Pki.init(tmp_path / "pki", ["hub.test"])
+    files = pki.issue_device("tls-dev")
+    port = free_port()
+    conf = write_mosquitto_config(pki, MosquittoTlsConfig(tmp_path / "mq", port=port, persistence=False))
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)
+    pem = tmp_path / "release.pem"
+    pem.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    try:
+        assert wait_for_port("127.0.0.1", port, 10, alive=lambda: broker.poll() is None)
+        cfg = AgentConfig(model_dir=two_versions[0], endpoint=f"ipc://{tmp_path}/t.sock", data_dir=tmp_path / "d",
+                          device_id="tls-dev", mqtt_url=f"mqtts://127.0.0.1:{port}", mqtt_tls_ca=files.ca,
+                          mqtt_tls_cert=files.cert, mqtt_tls_key=files.key, ota_enabled=True, ota_trusted_key=pem)
+        with Agent(cfg) as agent:
+            from edge_agent.client import AgentClient
+
+            with AgentClient(agent.endpoint) as client:
+                client.infer(np.zeros((1, 64), np.float32))
+            assert agent.ota.wait_subscribed(10), "the OTA client never subscribed over TLS"
+            agent.telemetry.flush()
+            assert agent.telemetry.publisher.wait_drained(10), "the broker never acknowledged the window"
+            assert agent.healthz()[1]["telemetry"]["connected"]
+    finally:
+        broker.terminate()
+        broker.wait(10)
