@@ -276,3 +276,18 @@ def test_status_must_match_its_topic_and_schema():
         decode_status(encode_status(st_), "dev-2")
     with pytest.raises(OtaMessageError, match="step"):
         encode_status(OtaStatus("dev-1", 5, "ro-1", "exploded", "ok", "digits", "1.2.0"))
+
+
+def test_an_anti_rollback_rejection_of_a_catch_up_resend_keeps_the_devices_real_outcome():
+    """A device that rolled 1.1.0 back on trial, restarted, and got the install again refuses it as
+    'not higher than accepted': the rollout must keep 'rolled_back' (what happened), not 'rejected'."""
+    r, sends, _ = ctl.new_rollout("ro-rr", "m", "1.1.0", DEVICES, [5, 100], GatePolicy(max_failure_rate=1.0), now=0.0)
+    first = sends[0].device_id
+    ctl.on_status(r, first, "rolled_back", "error", "restarted while this version was on trial", {}, 1.0)
+    _, events = ctl.on_status(r, first, "rejected", "error", "1.1.0 is not higher than 1.1.0", {}, 2.0)
+    assert r.devices[first].state == "rolled_back"
+    assert r.devices[first].reason == "restarted while this version was on trial"
+    assert events[0].detail["kept"] == "rolled_back"
+    other = sends[1].device_id if len(sends) > 1 else next(d for d in r.devices if d != first)
+    ctl.on_status(r, other, "rejected", "error", "manifest for another profile", {}, 3.0)
+    assert r.devices[other].state == "rejected"  # a first answer of 'rejected' still counts as such

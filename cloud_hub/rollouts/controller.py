@@ -202,6 +202,11 @@ def on_status(r: Rollout, device_id: str, step: str, result: str, reason: str, h
     d = r.devices.get(device_id)
     if d is None:
         return [], [Event("unknown_device", {"step": step}, device_id)]
+    if step == "rejected" and d.state in ("committed", "failed", "rolled_back"):
+        # A catch-up resend after a restart is refused by anti-rollback; the device's earlier,
+        # more precise outcome for this version stands.
+        return [], [Event("device_step", {"step": step, "result": result, "reason": reason, "kept": d.state},
+                          device_id)]
     d.step, d.reason, d.updated_at = step, reason, now
     if health:
         d.health = health
