@@ -1,0 +1,119 @@
+"""The pure serving-mode decision and the fallback budget: unit and property tests (no I/O, no clock)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.modes import BUDGET_REASON, HOUR_S, Action, FallbackBudget, ServingMode, decide
+
+
+def test_each_mode_decides_as_documented():
+    rng = random.Random(0)
+    for confident in (True, False):
+        assert decide(ServingMode.EDGE_ONLY, confident, FallbackBudget(), 0.0).action is Action.EDGE
+        assert decide(ServingMode.CLOUD_ONLY, confident, FallbackBudget(), 0.0).action is Action.CLOUD
+        assert decide(ServingMode.SHADOW, confident, None, 0.0, 1.0, rng).action is Action.SHADOW
+        assert decide(ServingMode.SHADOW, confident, None, 0.0, 0.0, rng).action is Action.EDGE
+    assert decide(ServingMode.HYBRID, True, None, 0.0).action is Action.EDGE
+    assert decide(ServingMode.HYBRID, False, None, 0.0).action is Action.CLOUD
+
+
+def test_modes_parse_by_name_and_bad_names_list_the_choices():
+    assert ServingMode.parse("shadow") is ServingMode.SHADOW
+    with pytest.raises(ValueError, match="edge-only, cloud-only, hybrid, shadow"):
+        ServingMode.parse("cloud")
+
+
+def test_confident_hybrid_and_edge_only_never_spend_the_budget():
+    budget = FallbackBudget(rps=1, burst=1)
+    for _ in range(5):
+        decide(ServingMode.HYBRID, True, budget, 0.0)
+        decide(ServingMode.EDGE_ONLY, False, budget, 0.0)
+    assert budget.tokens(0.0) == 1.0
+
+
+def test_spent_budget_degrades_with_the_reason_and_refills_with_time():
+    budget = FallbackBudget(rps=2, burst=2, now=0.0)
+    actions = [decide(ServingMode.HYBRID, False, budget, 0.0).action for _ in range(4)]
+    assert actions == [Action.CLOUD, Action.CLOUD, Action.BUDGET_SPENT, Action.BUDGET_SPENT]
+    spent = decide(ServingMode.CLOUD_ONLY, True, budget, 0.1)
+    assert spent.action is Action.BUDGET_SPENT
+    assert spent.detail.startswith(BUDGET_REASON) and "2 hub requests/s (burst 2)" in spent.detail
+    assert decide(ServingMode.CLOUD_ONLY, True, budget, 0.5).action is Action.CLOUD  # 0.5 s * 2/s = one token
+    assert budget.spent["requests"] == 3
+
+
+def test_bytes_per_hour_refuses_big_payloads_until_the_hour_has_passed():
+    budget = FallbackBudget(bytes_per_hour=1000)
+    assert budget.take(0.0, 600) is None
+    reason = budget.take(10.0, 600)
+    assert reason is not None and "1000 request bytes/hour" in reason
+    assert budget.take(20.0, 400) is None and budget.bytes_left() == 0
+    assert budget.take(HOUR_S - 1, 1) is not None       # still inside the hour
+    assert budget.take(HOUR_S + 61, 600) is None        # the first admissions have left the window
+    assert budget.take(0.0, 2000) is not None           # bigger than the whole budget: never admitted
+
+
+def test_shadow_samples_at_the_rate_and_skips_samples_over_budget():
+    rng = random.Random(7)
+    picks = [decide(ServingMode.SHADOW, True, None, 0.0, 0.25, rng).action for _ in range(4000)]
+    share = picks.count(Action.SHADOW) / len(picks)
+    assert 0.2 < share < 0.3
+    budget = FallbackBudget(rps=1, burst=1)
+    assert decide(ServingMode.SHADOW, False, budget, 0.0, 1.0, rng).action is Action.SHADOW
+    assert decide(ServingMode.SHADOW, False, budget, 0.0, 1.0, rng).action is Action.EDGE  # never degraded
+
+
+def test_bad_budget_settings_name_the_key():
+    with pytest.raises(ValueError, match="budget_rps"):
+        FallbackBudget(rps=0)
+    with pytest.raises(ValueError, match="budget_burst"):
+        FallbackBudget(rps=1, burst=0.5)
+    with pytest.raises(ValueError, match="budget_bytes_per_hour"):
+        FallbackBudget(bytes_per_hour=0)
+
+
+def test_a_clock_stepping_back_refills_nothing():
+    budget = FallbackBudget(rps=1, burst=1, now=100.0)
+    assert budget.take(100.0) is None
+    assert budget.take(50.0) is not None
+    assert budget.take(100.5) is not None
+    assert budget.take(101.0) is None
+
+
+gaps = st.lists(st.floats(min_value=0.0, max_value=2.0, allow_nan=False), min_size=1, max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(gaps=gaps, rps=st.floats(min_value=0.1, max_value=50.0), burst=st.integers(min_value=1, max_value=10))
+def test_the_bucket_never_admits_more_than_rate_times_t_plus_burst(gaps, rps, burst):
+    budget = FallbackBudget(rps=rps, burst=burst, now=0.0)
+    now, admitted = 0.0, []
+    for gap in gaps:
+        now += gap
+        if budget.take(now) is None:
+            admitted.append(now)
+    # over every span between two admissions (inclusive), count <= burst + rps * span
+    for i in range(len(admitted)):
+        for j in range(i, len(admitted)):
+            assert j - i + 1 <= burst + rps * (admitted[j] - admitted[i]) + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(min_value=0.0, max_value=900.0, allow_nan=False),
+                                st.integers(min_value=0, max_value=400)), min_size=1, max_size=200),
+       limit=st.integers(min_value=1, max_value=2000))
+def test_no_hour_ever_carries_more_than_the_bytes_budget(steps, limit):
+    budget = FallbackBudget(bytes_per_hour=limit)
+    now, admitted = 0.0, []
+    for gap, nbytes in steps:
+        now += gap
+        if budget.take(now, nbytes) is None:
+            admitted.append((now, nbytes))
+    for i, (start, _) in enumerate(admitted):
+        in_hour = sum(n for t, n in admitted[i:] if t - start <= HOUR_S)
+        assert in_hour <= limit
