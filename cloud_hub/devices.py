@@ -118,7 +118,8 @@ class DeviceRegistry:
         with self.db.transaction() as db:
             cursor = db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", [*updates.values(), device_id])
             if cursor.rowcount == 0:
-                raise NotFoundError(f"device {device_id!r} is not registered; the agent registers on start (POST /v1/devices)")
+                raise NotFoundError(f"device {device_id!r} is not registered; devices register from their retained MQTT "
+                                    "status (agent with telemetry on) or via POST /v1/devices")
         return self.get(device_id)
 
     def exists(self, device_id: str) -> bool:

@@ -75,7 +75,7 @@ def test_bad_registrations_name_the_field(registry):
         registry.register("../etc", "cpu-x86", "0.1.0")
     with pytest.raises(InvalidInputError, match="tags"):
         registry.register("cam-1", "cpu-x86", "0.1.0", {"bad key!": "x"})
-    with pytest.raises(NotFoundError, match="registers on start"):
+    with pytest.raises(NotFoundError, match="not registered; devices register from their retained MQTT status"):
         registry.heartbeat("never-registered")
 
 

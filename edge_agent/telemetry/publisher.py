@@ -94,6 +94,16 @@ class TelemetryPublisher:
     def wake(self) -> None:
         self._wake.set()
 
+    def update_status(self, **info: Any) -> None:
+        """Change what /status says (e.g. the model version after an OTA switch) and, when connected,
+        republish the retained "online" status now; the last will follows from the next connect."""
+        self._status_info.update(info)
+        self._client.will_set(self._status_topic, encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
+                              qos=1, retain=True)
+        if self._connected.is_set():
+            self._client.publish(self._status_topic,
+                                 encode_status(STATUS_ONLINE, self.device_id, **self._status_info), qos=1, retain=True)
+
     def wait_drained(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (every window acknowledged) or the timeout passes."""
         deadline = time.monotonic() + timeout_s

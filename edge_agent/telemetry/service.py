@@ -20,7 +20,8 @@ import numpy as np
 from edge_agent.telemetry.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, HARD_EXAMPLES, ClassQuota, Outbox
 from edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
 from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-from protocols.telemetry_codec import TelemetryWindow
+from protocols import limits
+from protocols.telemetry_codec import STATUS_ONLINE, TelemetryWindow, encode_status
 from protocols import topics
 from protocols.topics import check_device_id
 
@@ -29,6 +30,31 @@ log = logging.getLogger(__name__)
 OUTBOX_FILENAME = "telemetry_outbox.sqlite"
 MAX_UNSTORED = 1000  # closed windows waiting for a failing disk; beyond this the oldest are lost
 HARD_EXAMPLE_BATCH = 64  # moved into the outbox per tick, in one transaction (one fsync)
+UNKNOWN_AGENT_VERSION = "unknown"
+
+
+def agent_version() -> str:
+    """The installed tandem package's version (what the hub's registry shows), or "unknown" from a source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tandem")
+    except PackageNotFoundError:
+        return UNKNOWN_AGENT_VERSION
+
+
+def status_info(device_id: str, model: ModelInfo, profile: str, tags: Mapping[str, str] | None) -> dict[str, Any]:
+    """What the retained /status says: enough for the hub to register the device from MQTT alone
+    (profile, tags for rollout selection, agent and model versions). Tags that would push the
+    status past MAX_STATUS_BYTES are left out (the hub would refuse the whole status)."""
+    info: dict[str, Any] = {"model": model.name, "version": model.version, "profile": profile,
+                            "agent_version": agent_version(), "tags": dict(tags or {})}
+    if len(encode_status(STATUS_ONLINE, device_id, **info)) > limits.MAX_STATUS_BYTES:
+        log.warning("status: %d tags make it longer than MAX_STATUS_BYTES=%d; sent without tags device=%s "
+                    "(register the device's tags over REST instead)", len(info["tags"]), limits.MAX_STATUS_BYTES,
+                    device_id)
+        info["tags"] = {}
+    return info
 
 
 class TelemetryService:
@@ -59,8 +85,7 @@ class TelemetryService:
         self._move_lock = threading.Lock()
         pub_config = publisher or PublisherConfig(mqtt_url=mqtt_url)
         self.publisher = TelemetryPublisher(pub_config, self.outbox, device_id,
-                                            status_info={"model": model.name, "version": model.version,
-                                                         "profile": profile})
+                                            status_info=status_info(device_id, model, profile, tags))
         self._append_lock = threading.Lock()
         self._closed: deque[TelemetryWindow] = deque(maxlen=MAX_UNSTORED)  # closed, not yet in the outbox
         self._wake = threading.Event()
@@ -93,7 +118,7 @@ class TelemetryService:
             self.aggregator = WindowAggregator(self.device_id, model, profile=old.profile, tags=old.tags,
                                                config=self.window_config, now=self._clock())
         self._wake.set()
-        self.publisher._status_info.update(model=model.name, version=model.version)  # said on the next connect
+        self.publisher.update_status(model=model.name, version=model.version)  # the registry sees it at once
 
     def enqueue(self, kind: str, payload: bytes) -> int | None:
         """Store one message for topic `kind` (e.g. topics.OTA_STATUS: class 0, sent before any window).

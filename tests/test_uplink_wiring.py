@@ -1,0 +1,146 @@
+"""The agent's uplink wired end to end: presence from its retained status, OTA status through the outbox.
+
+A real Agent (ZeroMQ, A/B store, OTA client, telemetry outbox) against a Hub running its default services
+(telemetry, presence, rollouts) on a real Mosquitto that the tests can stop and restart on the same port.
+No device is registered by hand: the agent's retained /status is all the hub gets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from edge_agent import Agent, AgentConfig
+from ota_fixtures import MODEL, PROFILE, releases
+from telemetry_fixtures import MOSQUITTO, Mosquitto
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
+WATCH_S = 1.0
+GATES = {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}
+
+
+def _wait(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())
+
+
+@pytest.fixture(scope="module")
+def env(digits_dir, tmp_path_factory):
+    import httpx
+
+    from cloud_hub.config import HubConfig
+    from cloud_hub.hub import Hub
+
+    root = tmp_path_factory.mktemp("uplink-wiring")
+    broker = Mosquitto(root / "mosquitto").start()
+    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url, rollout_tick_s=0.1))
+    http = None
+    try:
+        hub.start()
+        built = releases(digits_dir, lambda: tmp_path_factory.mktemp("uplink-releases"))
+        for version in ("1.0.0", "1.1.0"):
+            hub.registry.register_dir(built[version])
+        assert hub.rollouts.wait_subscribed(10) and hub.telemetry.ingest.wait_subscribed(10)
+        pem = root / "release.pem"
+        key = hub.key.public_pem
+        pem.write_text(key if isinstance(key, str) else key.decode())
+        operator = hub.tokens.create("operator", "operate").token
+        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
+        yield SimpleNamespace(hub=hub, broker=broker, http=http, pem=pem, releases=built,
+                              device_token=hub.tokens.create("fleet", "read").token)
+    finally:
+        if http is not None:
+            http.close()
+        hub.stop()
+        broker.stop()
+
+
+def _agent(env: SimpleNamespace, device_id: str, site: str, tmp_path: Path, **overrides) -> Agent:
+    values = dict(model_dir=env.releases["1.0.0"], profile=PROFILE, endpoint=f"ipc://{tmp_path}/{device_id}.sock",
+                  device_id=device_id, tags={"site": site, "line": "2"}, threshold=0.5, data_dir=tmp_path / device_id,
+                  mqtt_url=env.broker.url, telemetry_window_s=0.5, ota_enabled=True, ota_trusted_key=env.pem,
+                  ota_hub_token=env.device_token, ota_watch_s=WATCH_S, ota_max_latency_ratio=100.0)
+    values.update(overrides)
+    return Agent(AgentConfig(**values)).start()
+
+
+def _rollout(env: SimpleNamespace, version: str, site: str) -> str:
+    resp = env.http.post("/v1/rollouts", json={"model": MODEL, "version": version, "waves": [100], "gates": GATES,
+                                               "select": {"site": site}})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["rollout_id"]
+
+
+def _rollout_body(env: SimpleNamespace, rollout_id: str) -> dict:
+    return env.http.get(f"/v1/rollouts/{rollout_id}", params={"events": 200}).json()
+
+
+def _completes(env: SimpleNamespace, rollout_id: str, timeout_s: float = 60) -> dict:
+    body: dict = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = _rollout_body(env, rollout_id)
+        if body["status"] in ("completed", "halted", "aborted"):
+            break
+        time.sleep(0.1)
+    assert body.get("status") == "completed", (body.get("status"), body.get("reason"), body.get("device_states"))
+    return body
+
+
+def test_agent_registers_from_its_status_alone_and_a_rollout_selected_by_tag_reaches_it(env, tmp_path):
+    from cloud_hub.presence import wait_registered
+    from edge_agent.telemetry.service import agent_version
+
+    agent = _agent(env, "wired-a", "lab-a", tmp_path)
+    try:
+        assert wait_registered(env.hub.devices, "wired-a", 15), "the hub never registered the agent from MQTT"
+        record = env.hub.devices.get("wired-a")
+        assert record.tags == {"site": "lab-a", "line": "2"} and record.profile == PROFILE
+        assert record.agent_version == agent_version() != "unknown"
+        assert (record.model_name, record.model_version) == (MODEL, "1.0.0")
+        assert agent.ota.wait_subscribed(10)
+        body = _completes(env, _rollout(env, "1.1.0", "lab-a"))
+        assert body["counts"] == {"committed": 1}
+        assert agent.model.version == "1.1.0"
+        # the retained status says the new version at once (not at the next reconnect)
+        assert _wait(lambda: env.hub.devices.get("wired-a").model_version == "1.1.0", 10)
+        status = json.loads(_retained_status(env.broker.url, "wired-a"))
+        assert (status["state"], status["version"], status["tags"]["site"]) == ("online", "1.1.0", "lab-a")
+    finally:
+        agent.stop()
+
+
+def _retained_status(url: str, device_id: str, timeout_s: float = 10) -> bytes:
+    """The broker's retained /status for `device_id`, read by a fresh subscriber."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from protocols.topics import parse_mqtt_url, status_topic
+
+    got: list[bytes] = []
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.on_connect = lambda c, *a: c.subscribe(status_topic(device_id), qos=1)
+
+    def on_message(c, userdata, msg):
+        got.append(msg.payload)
+        done.set()
+
+    client.on_message = on_message
+    client.connect(*parse_mqtt_url(url))
+    client.loop_start()
+    try:
+        assert done.wait(timeout_s), "no retained status"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0]
