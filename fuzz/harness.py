@@ -126,3 +126,12 @@ def run_one(name: str, message: object) -> str:
     except EXPECTED[name]:
         return "refused"
     return "ok"
+
+
+MULTIPART = frozenset({"wire"})  # decoders that take ZeroMQ frames, spelled in bytes by split_frames
+
+
+def run_bytes(name: str, data: bytes) -> str:
+    """run_one for a fuzzer's raw bytes: multipart decoders get them split into frames first."""
+    return run_one(name, split_frames(data) if name in MULTIPART else data)
+
