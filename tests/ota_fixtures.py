@@ -6,14 +6,13 @@ golden outputs); the hub re-signs whatever it registers, which is what devices t
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from sim import releases as sim_releases
 
 PROFILE = "cpu-x86"
 MODEL = "digits"
@@ -30,46 +29,12 @@ def compile_digits(digits_dir: Path, out: Path, version: str, key: Path, onnx_pa
 
 def collapsed_onnx(digits_dir: Path, out: Path) -> Path:
     """edge.onnx with every weight scaled to ~0: it still runs, its answers are near-uniform (low confidence)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(digits_dir / "edge.onnx"))
-    for init in model.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        if arr.dtype.kind == "f":
-            init.CopyFrom(numpy_helper.from_array((arr * 1e-3).astype(arr.dtype), init.name))
-    onnx.save(model, str(out))
-    return out
+    return sim_releases.collapsed_onnx(digits_dir / "edge.onnx", out)
 
 
-def _sha(path: Path) -> tuple[str, int]:
-    data = path.read_bytes()
-    return hashlib.sha256(data).hexdigest(), len(data)
-
-
-def derive(src: Path, dst: Path, version: str, edit: Callable[[dict[str, Any], Path], None] | None = None) -> Path:
-    """A copy of `src` released as `version`, with `edit(manifest_dict, dir)` applied."""
-    shutil.copytree(src, dst)
-    path = dst / "manifest.json"
-    doc = json.loads(path.read_text())
-    doc["version"] = version
-    doc.pop("signature", None)
-    if edit is not None:
-        edit(doc, dst)
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    return dst
-
-
-def scramble_golden(doc: dict[str, Any], root: Path) -> None:
-    """Roll the golden outputs by one row: the model is fine, its self-test fails."""
-    gpath = root / doc["golden"]["file"]["path"]
-    with np.load(gpath) as npz:
-        arrays = {k: (np.roll(npz[k], 1, axis=0) if k.startswith("output/") else npz[k]) for k in npz.files}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    gpath.write_bytes(buf.getvalue())
-    sha, size = _sha(gpath)
-    doc["golden"]["file"].update(sha256=sha, size=size)
+# derive(src, dst, version, edit) and scramble_golden(doc, dir): the simulator's, so both build bad releases alike
+derive = sim_releases.derive
+scramble_golden = sim_releases.scramble_golden
 
 
 def expire(doc: dict[str, Any], root: Path) -> None:
