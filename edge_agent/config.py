@@ -1,7 +1,7 @@
 """The agent's configuration: one dataclass, loaded from TOML, overridable by env vars.
 
 TOML may group keys in sections ([model], [server], [policy], [batch], [fallback],
-[health], [hard_examples], [telemetry], [ota]) or list them at the top level; each key
+[mode], [health], [hard_examples], [telemetry], [ota]) or list them at the top level; each key
 also reads from `TANDEM_AGENT_<KEY>` (e.g. TANDEM_AGENT_DEADLINE_MS=150, or
 TANDEM_AGENT_TAGS=site=lab,line=2 for a table), which wins over the file.
 """
@@ -30,6 +30,7 @@ SECTIONS = {
     "policy": ("policy", "threshold", "policy_output", "transform"),
     "batch": ("window_us", "max_batch", "max_queue", "inline_max_us"),
     "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
+    "mode": ("mode", "shadow_sample_rate", "budget_rps", "budget_burst", "budget_bytes_per_hour"),
     "health": ("http_port", "http_host"),
     "hard_examples": ("data_dir", "hard_examples_max"),
     "telemetry": ("mqtt_url", "mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key", "telemetry_enabled",
@@ -79,6 +80,11 @@ class AgentConfig:
     deadline_ms: float = 200.0
     breaker_failures: int = 3
     breaker_cooldown_s: float = 5.0
+    mode: str = "hybrid"                # edge-only | cloud-only | hybrid | shadow (edge_agent/modes.py)
+    shadow_sample_rate: float = 0.1     # shadow: share of requests also sent to the hub for agreement
+    budget_rps: float | None = None     # fallback budget: hub calls per second; None: no limit
+    budget_burst: float | None = None   # calls allowed at once; None: max(1, budget_rps)
+    budget_bytes_per_hour: int | None = None  # request payload bytes sent to the hub per hour; None: no limit
     http_port: int | None = None        # None: no health server; 0: any free port
     http_host: str = "127.0.0.1"
     data_dir: Path = field(default_factory=lambda: Path(_default_data_dir()))
@@ -151,6 +157,7 @@ class AgentConfig:
         if self.hub_url is not None and not self.hub_url.strip():
             raise bad("hub_url", "empty; leave it out for edge-only serving")
         self._validate_identity(bad)
+        self._validate_mode(bad)
         self._validate_telemetry(bad)
         self._validate_ota(bad)
         return self
@@ -169,6 +176,29 @@ class AgentConfig:
                 raise bad("tags", f"key {key!r} may use letters, digits, '.', '_', '/' and '-' (max 64)")
             if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
                 raise bad("tags", f"{key}: value must be a string of at most {MAX_TAG_VALUE} characters")
+
+    def _validate_mode(self, bad: Any) -> None:
+        from edge_agent.modes import FallbackBudget, ServingMode
+
+        try:
+            ServingMode.parse(self.mode)
+        except ValueError as exc:
+            raise bad("mode", str(exc)) from None
+        if not 0.0 <= self.shadow_sample_rate <= 1.0:
+            raise bad("shadow_sample_rate", f"{self.shadow_sample_rate} must be a fraction between 0 and 1")
+        if self.budget_burst is not None and self.budget_rps is None:
+            raise bad("budget_burst", "needs budget_rps (the rate the burst refills at)")
+        try:
+            FallbackBudget(self.budget_rps, self.budget_burst, self.budget_bytes_per_hour)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise bad(key, problem) from None
+
+    def fallback_budget(self, now: float = 0.0) -> Any:
+        """A fresh edge_agent.modes.FallbackBudget from the [mode] keys (unlimited when none is set)."""
+        from edge_agent.modes import FallbackBudget
+
+        return FallbackBudget(self.budget_rps, self.budget_burst, self.budget_bytes_per_hour, now=now)
 
     def _validate_telemetry(self, bad: Any) -> None:
         if self.mqtt_url is not None:

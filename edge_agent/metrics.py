@@ -9,6 +9,8 @@ import bisect
 import threading
 from typing import Callable, Iterable
 
+from edge_agent.modes import ACTIONS
+
 # seconds; fine at the low end where edge answers live, coarse where fallbacks do
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SOURCES = ("edge", "cloud", "edge-degraded", "error")
@@ -51,6 +53,11 @@ class AgentMetrics:
         self.runtime_latency = Histogram()
         self.fallback_latency = Histogram()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.decisions = {a: 0 for a in ACTIONS}  # the serving mode's decision per request
+        self.shadow_samples = 0   # rows compared with the hub in shadow mode
+        self.shadow_agree = 0     # of those, rows whose top-1 class matched
+        self.shadow_failed = 0    # shadow calls the hub did not answer
+        self.shadow_skipped = 0   # shadow samples not taken: too many already in flight
 
     def observe_request(self, source: str, seconds: float, error_code: str | None = None) -> None:
         with self._lock:
@@ -67,6 +74,26 @@ class AgentMetrics:
         with self._lock:
             self.fallback_attempts += 1
             self.fallback_latency.observe(seconds)
+
+    def observe_decision(self, action: str) -> None:
+        # I/O loop thread only (one writer); a plain bump keeps the per-request cost at ~50 ns
+        self.decisions[action] += 1
+
+    def observe_shadow(self, samples: int, agree: int) -> None:
+        with self._lock:
+            self.shadow_samples += samples
+            self.shadow_agree += agree
+
+    def observe_shadow_failed(self, skipped: bool = False) -> None:
+        with self._lock:
+            if skipped:
+                self.shadow_skipped += 1
+            else:
+                self.shadow_failed += 1
+
+    def shadow_agreement(self) -> float | None:
+        with self._lock:
+            return self.shadow_agree / self.shadow_samples if self.shadow_samples else None
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
@@ -101,6 +128,23 @@ class AgentMetrics:
                       "# TYPE tandem_agent_fallback_total counter", f"tandem_agent_fallback_total {self.fallback_attempts}",
                       "# HELP tandem_agent_fallback_ratio Fraction of answered requests sent to the hub.",
                       "# TYPE tandem_agent_fallback_ratio gauge", f"tandem_agent_fallback_ratio {rate:.6f}"]
+            lines += ["# HELP tandem_agent_mode_decisions_total Requests by the serving mode's decision "
+                      "(edge, cloud, shadow, budget-spent).", "# TYPE tandem_agent_mode_decisions_total counter"]
+            lines += [f'tandem_agent_mode_decisions_total{{decision="{a}"}} {n}' for a, n in self.decisions.items()]
+            agreement = self.shadow_agree / self.shadow_samples if self.shadow_samples else 0.0
+            lines += ["# HELP tandem_agent_shadow_samples_total Rows also answered by the hub in shadow mode.",
+                      "# TYPE tandem_agent_shadow_samples_total counter",
+                      f"tandem_agent_shadow_samples_total {self.shadow_samples}",
+                      "# HELP tandem_agent_shadow_agree_total Shadow rows whose edge top-1 class matched the hub's.",
+                      "# TYPE tandem_agent_shadow_agree_total counter",
+                      f"tandem_agent_shadow_agree_total {self.shadow_agree}",
+                      "# HELP tandem_agent_shadow_agreement_ratio Shadow agreement with the hub (0 before any sample).",
+                      "# TYPE tandem_agent_shadow_agreement_ratio gauge",
+                      f"tandem_agent_shadow_agreement_ratio {agreement:.6f}",
+                      "# HELP tandem_agent_shadow_failures_total Shadow calls lost: the hub failed, or too many "
+                      "were in flight.", "# TYPE tandem_agent_shadow_failures_total counter",
+                      f'tandem_agent_shadow_failures_total{{why="hub"}} {self.shadow_failed}',
+                      f'tandem_agent_shadow_failures_total{{why="inflight"}} {self.shadow_skipped}']
             gauges = list(self.gauges.items())
         for name, (help_text, read) in gauges:
             try:

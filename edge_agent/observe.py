@@ -34,8 +34,9 @@ class RequestObserver:
         self._telemetry_failures = 0
 
     def answered(self, source: str, seconds: float, confidence: np.ndarray, labels: np.ndarray,
-                 feeds: Mapping[str, np.ndarray] | None, unsure: bool) -> None:
-        """One answer; `unsure`: the edge model was not confident (sent to the hub, or would have been)."""
+                 feeds: Mapping[str, np.ndarray] | None, unsure: bool, budget_spent: bool = False) -> None:
+        """One answer; `unsure`: the edge model was not confident (sent to the hub, or would have been);
+        `budget_spent`: degraded because the fallback budget was spent."""
         ms = seconds * 1000.0
         with self._lock:
             self._requests += 1
@@ -43,8 +44,19 @@ class RequestObserver:
             self._latency_ms.append(ms)
         if self.telemetry is not None:
             try:
-                self.telemetry.record(source, ms, confidence, labels, feeds)
+                if budget_spent:
+                    self.telemetry.record(source, ms, confidence, labels, feeds, budget_spent=True)
+                else:
+                    self.telemetry.record(source, ms, confidence, labels, feeds)
             except Exception:  # telemetry must never fail a request
+                self._telemetry_failed()
+
+    def shadowed(self, samples: int, agree: int) -> None:
+        """A shadow comparison came back (any thread): `agree` of `samples` rows matched the hub's top-1."""
+        if self.telemetry is not None:
+            try:
+                self.telemetry.record_shadow(samples, agree)
+            except Exception:
                 self._telemetry_failed()
 
     def failed(self, seconds: float) -> None:

@@ -88,6 +88,11 @@ def _validate(w: TelemetryWindow, topic_device: str | None) -> None:
     if len(w.outbox_dropped) > limits.MAX_TELEMETRY_TAGS or any(len(k) > limits.MAX_TAG_CHARS for k in w.outbox_dropped):
         raise TelemetryDecodeError(f"outbox_dropped: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS} classes "
                                    f"or a name over MAX_TAG_CHARS={limits.MAX_TAG_CHARS}")
+    if w.shadow_agree > w.shadow_samples:
+        raise TelemetryDecodeError(f"shadow_agree: {w.shadow_agree} is over shadow_samples={w.shadow_samples}")
+    if w.budget_spent > w.requests.edge_degraded:
+        raise TelemetryDecodeError(f"budget_spent: {w.budget_spent} is over requests.edge_degraded="
+                                   f"{w.requests.edge_degraded} (a budget-spent answer is a degraded one)")
     if len(w.tags) > limits.MAX_TELEMETRY_TAGS:
         raise TelemetryDecodeError(f"tags: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS}")
     for k, v in w.tags.items():
@@ -109,6 +114,7 @@ def window_to_dict(w: TelemetryWindow) -> dict[str, Any]:
         "inputs": {f"{s.input}.{s.summary}": list(s.counts) for s in w.inputs},
         "input_samples": w.input_samples, "outbox_dropped_total": w.outbox_dropped_total,
         "outbox_dropped": dict(w.outbox_dropped),
+        "shadow_samples": w.shadow_samples, "shadow_agree": w.shadow_agree, "budget_spent": w.budget_spent,
     }
 
 

@@ -29,7 +29,7 @@ class SummaryCounts(_message.Message):
     def __init__(self, input: _Optional[str] = ..., summary: _Optional[str] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TelemetryWindow(_message.Message):
-    __slots__ = ("schema_version", "device_id", "sequence", "model_name", "model_version", "variant", "profile", "tags", "start_unix", "end_unix", "requests", "samples", "latency_counts", "latency_sum_ms", "latency_max_ms", "confidence_counts", "class_counts", "class_overflow", "inputs", "outbox_dropped_total", "input_samples", "outbox_dropped")
+    __slots__ = ("schema_version", "device_id", "sequence", "model_name", "model_version", "variant", "profile", "tags", "start_unix", "end_unix", "requests", "samples", "latency_counts", "latency_sum_ms", "latency_max_ms", "confidence_counts", "class_counts", "class_overflow", "inputs", "outbox_dropped_total", "input_samples", "outbox_dropped", "shadow_samples", "shadow_agree", "budget_spent")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,9 @@ class TelemetryWindow(_message.Message):
     OUTBOX_DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INPUT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_AGREE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SPENT_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     device_id: str
     sequence: int
@@ -88,4 +91,7 @@ class TelemetryWindow(_message.Message):
     outbox_dropped_total: int
     input_samples: int
     outbox_dropped: _containers.ScalarMap[str, int]
-    def __init__(self, schema_version: _Optional[int] = ..., device_id: _Optional[str] = ..., sequence: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ..., profile: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_unix: _Optional[float] = ..., end_unix: _Optional[float] = ..., requests: _Optional[_Union[SourceCounts, _Mapping]] = ..., samples: _Optional[int] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_ms: _Optional[float] = ..., latency_max_ms: _Optional[float] = ..., confidence_counts: _Optional[_Iterable[int]] = ..., class_counts: _Optional[_Iterable[int]] = ..., class_overflow: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[SummaryCounts, _Mapping]]] = ..., outbox_dropped_total: _Optional[int] = ..., input_samples: _Optional[int] = ..., outbox_dropped: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    shadow_samples: int
+    shadow_agree: int
+    budget_spent: int
+    def __init__(self, schema_version: _Optional[int] = ..., device_id: _Optional[str] = ..., sequence: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ..., profile: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_unix: _Optional[float] = ..., end_unix: _Optional[float] = ..., requests: _Optional[_Union[SourceCounts, _Mapping]] = ..., samples: _Optional[int] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_ms: _Optional[float] = ..., latency_max_ms: _Optional[float] = ..., confidence_counts: _Optional[_Iterable[int]] = ..., class_counts: _Optional[_Iterable[int]] = ..., class_overflow: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[SummaryCounts, _Mapping]]] = ..., outbox_dropped_total: _Optional[int] = ..., input_samples: _Optional[int] = ..., outbox_dropped: _Optional[_Mapping[str, int]] = ..., shadow_samples: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., budget_spent: _Optional[int] = ...) -> None: ...

@@ -97,17 +97,22 @@ class TelemetryService:
 
     def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
                label: int | Sequence[int] | np.ndarray | None = None,
-               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None) -> None:
-        """Count one answered request (source: edge, cloud, edge-degraded or error).
+               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False) -> None:
+        """Count one answered request (source: edge, cloud, edge-degraded or error; `budget_spent`: see the window).
 
         Cheap on the request path: a full window is handed to the ticker thread, which
         pays the outbox's fsync, so no request ever waits on the disk.
         """
         with self._lock:
-            full = self.aggregator.record(source, latency_ms, confidence, label, inputs)
+            full = self.aggregator.record(source, latency_ms, confidence, label, inputs, budget_spent)
             if full:
                 self._hand_off(self.aggregator.close(self._clock()))
                 self._wake.set()
+
+    def record_shadow(self, samples: int, agree: int) -> None:
+        """Count one shadow comparison (from a fallback thread, after its request was answered)."""
+        with self._lock:
+            self.aggregator.record_shadow(samples, agree)
 
     def switch_model(self, manifest: Any, variant: str = "") -> None:
         """The agent now serves another model version: close the open window, count the next ones under it."""

@@ -93,6 +93,9 @@ class WindowAggregator:
         self._pending_rows = 0
         self._raw: list[tuple[str, np.ndarray]] = []
         self._raw_bytes = 0
+        self._shadow_samples = 0
+        self._shadow_agree = 0
+        self._budget_spent = 0
 
     @property
     def requests(self) -> int:
@@ -100,11 +103,18 @@ class WindowAggregator:
 
     def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
                label: int | Sequence[int] | np.ndarray | None = None,
-               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None) -> bool:
-        """Count one answered request; True when it filled the window (close it now)."""
+               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False) -> bool:
+        """Count one answered request; True when it filled the window (close it now).
+
+        `budget_spent`: an edge-degraded answer given because the fallback budget was spent.
+        """
         field_name = SOURCE_FIELDS.get(source)
         if field_name is None:
             raise ValueError(f"source: {source!r} is not one of {', '.join(SOURCE_FIELDS)}")
+        if budget_spent:
+            if field_name != "edge_degraded":
+                raise ValueError(f"budget_spent: only an edge-degraded answer can be budget-spent, not {source!r}")
+            self._budget_spent += 1
         self._requests[field_name] += 1
         self._n += 1
         lat = float(latency_ms)
@@ -138,6 +148,13 @@ class WindowAggregator:
         if len(self._conf_buf) + len(self._label_buf) + self._pending_rows >= FOLD_SAMPLES:
             self._fold()
         return self._n >= self.config.max_requests
+
+    def record_shadow(self, samples: int, agree: int) -> None:
+        """A shadow comparison came back: `samples` rows, `agree` of them with the hub's top-1 class."""
+        if not 0 <= agree <= samples:
+            raise ValueError(f"shadow: agree={agree} must be between 0 and samples={samples}")
+        self._shadow_samples += samples
+        self._shadow_agree += agree
 
     def _fold(self) -> None:
         """Bin the buffered confidences, labels and input summaries into the window's counts."""
@@ -218,7 +235,7 @@ class WindowAggregator:
 
     def close(self, now: float) -> TelemetryWindow | None:
         """End the open window and start the next; None when it was empty (unless emit_empty)."""
-        if self._n == 0 and not self.config.emit_empty:
+        if self._n == 0 and self._shadow_samples == 0 and not self.config.emit_empty:
             self._reset(now)
             return None
         self._fold()
@@ -227,7 +244,8 @@ class WindowAggregator:
             model_version=self.model.version, variant=self.model.variant, profile=self.profile,
             start_unix=self.start, end_unix=max(now, self.start), samples=self._samples,
             latency_sum_ms=self._latency_sum, latency_max_ms=self._latency_max, class_overflow=self._class_overflow,
-            input_samples=self._input_samples,
+            input_samples=self._input_samples, shadow_samples=self._shadow_samples,
+            shadow_agree=self._shadow_agree, budget_spent=self._budget_spent,
         )
         w.tags.update(self.tags)
         for f, n in self._requests.items():
