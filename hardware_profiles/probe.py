@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 TIERS = ("npu", "gpu", "cpu")  # best first: the fallback chain runs down this list
 
 # Linux arm64 /proc/cpuinfo "Features" names -> the names profiles use.
+# arm64 /proc/cpuinfo names -> the names profiles use (x86 flags are used as they are)
 _ARM_ALIASES = {"asimd": "neon", "asimddp": "dotprod", "asimdhp": "fp16"}
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 # The features that decide which kernels run fast (INT8 dot products, FP16, wide vectors).
@@ -88,8 +89,8 @@ def normalize_machine(machine: str) -> str:
     return _MACHINES.get(machine.strip().lower(), machine.strip().lower())
 
 
-def parse_cpu_features(cpuinfo_text: str, machine: str) -> tuple[str, tuple[str, ...]]:
-    """(isa, the REPORTED_CPU_FEATURES present) from /proc/cpuinfo ("flags" on x86, "Features" on arm64)."""
+def cpu_flags(cpuinfo_text: str, machine: str) -> tuple[str, frozenset[str]]:
+    """(isa, every CPU flag) from /proc/cpuinfo ("flags" on x86, "Features" on arm64, arm names aliased)."""
     isa = normalize_machine(machine)
     flags: set[str] = set()
     for line in cpuinfo_text.splitlines():
@@ -99,7 +100,22 @@ def parse_cpu_features(cpuinfo_text: str, machine: str) -> tuple[str, tuple[str,
             break  # every core lists the same flags
     if isa == "arm64":
         flags.add("neon")  # Advanced SIMD is mandatory on AArch64
+    return isa, frozenset(flags)
+
+
+def parse_cpu_features(cpuinfo_text: str, machine: str) -> tuple[str, tuple[str, ...]]:
+    """(isa, the REPORTED_CPU_FEATURES present) from /proc/cpuinfo."""
+    isa, flags = cpu_flags(cpuinfo_text, machine)
     return isa, tuple(f for f in REPORTED_CPU_FEATURES if f in flags)
+
+
+def read_cpuinfo(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> str:
+    """/proc/cpuinfo's text, or "" where there is none (macOS, Windows): features then read as unknown."""
+    try:
+        return cpuinfo_path.read_text(errors="replace")
+    except OSError as exc:
+        log.info("cannot read %s (%s); CPU features unknown", cpuinfo_path, exc)
+        return ""
 
 
 def provider_tier(provider: str) -> str:
@@ -228,12 +244,7 @@ def placement_available(placement: Placement, probe: DeviceProbe,
 
 
 def probe_cpu(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> tuple[str, tuple[str, ...]]:
-    try:
-        text = cpuinfo_path.read_text(errors="replace")
-    except OSError as exc:
-        log.info("cannot read %s (%s); CPU features unknown", cpuinfo_path, exc)
-        text = ""
-    return parse_cpu_features(text, platform.machine())
+    return parse_cpu_features(read_cpuinfo(cpuinfo_path), platform.machine())
 
 
 def probe_onnxruntime() -> tuple[tuple[str, ...] | None, str | None]:

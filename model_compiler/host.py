@@ -7,18 +7,15 @@ the thin shell that reads /proc/cpuinfo.
 
 from __future__ import annotations
 
-import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-logger = logging.getLogger(__name__)
+from hardware_profiles.probe import cpu_flags, normalize_machine, read_cpuinfo
 
-# Linux arm64 /proc/cpuinfo "Features" names -> the names profiles use.
-_ARM_ALIASES = {"asimd": "neon", "asimddp": "dotprod", "asimdhp": "fp16", "i8mm": "i8mm", "sve": "sve",
-                "sve2": "sve2", "bf16": "bf16", "fphp": "fphp"}
-_MACHINE_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+__all__ = ["INT8_FEATURES", "HostInfo", "normalize_machine", "parse_cpu_features", "read_host"]
+
 # Features that decide which INT8 kernels a CPU has (see model_compiler/variants/onnxruntime.py).
 INT8_FEATURES = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "dotprod", "i8mm")
 
@@ -47,34 +44,12 @@ class HostInfo:
         return f"{self.isa} [{', '.join(shown) or 'no SIMD features found'}]"
 
 
-def normalize_machine(machine: str) -> str:
-    """platform.machine() -> 'x86_64' | 'arm64' | the lower-cased name when unknown."""
-    return _MACHINE_ALIASES.get(machine.strip().lower(), machine.strip().lower())
-
-
 def parse_cpu_features(cpuinfo_text: str, machine: str) -> HostInfo:
-    """Features from /proc/cpuinfo text ("flags" on x86, "Features" on arm64)."""
-    isa = normalize_machine(machine)
-    features: set[str] = set()
-    for line in cpuinfo_text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep or key.strip().lower() not in ("flags", "features"):
-            continue
-        for flag in value.split():
-            flag = flag.strip().lower()
-            features.add(_ARM_ALIASES.get(flag, flag) if isa == "arm64" else flag)
-        # every core lists the same flags; the first line is enough
-        break
-    if isa == "arm64":
-        features.add("neon")  # Advanced SIMD is mandatory on AArch64
-    return HostInfo(isa=isa, cpu_features=frozenset(features))
+    """Features from /proc/cpuinfo text (parsed where the agent's capability probe parses it)."""
+    isa, flags = cpu_flags(cpuinfo_text, machine)
+    return HostInfo(isa=isa, cpu_features=flags)
 
 
 def read_host(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> HostInfo:
     """This machine's HostInfo; without /proc/cpuinfo (macOS, Windows) only the ISA is known."""
-    try:
-        text = cpuinfo_path.read_text(errors="replace")
-    except OSError as exc:
-        logger.info("cannot read %s (%s); CPU features unknown", cpuinfo_path, exc)
-        text = ""
-    return parse_cpu_features(text, platform.machine())
+    return parse_cpu_features(read_cpuinfo(cpuinfo_path), platform.machine())
