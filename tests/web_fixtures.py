@@ -7,7 +7,6 @@ run offline; without /usr/bin/chromium (or Playwright) they skip with the reason
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,64 +63,15 @@ DRIFT = dict(span_s=60.0, baseline_s=120.0, min_samples=100, min_requests=50)
 
 
 def start_console_hub(data_dir: Path, mqtt_url: str) -> tuple[Any, list]:
-    """A started Hub with telemetry (fast drift evaluation) and rollouts; returns (hub, cleanups).
-
-    Uses the hub's own default wiring when HubConfig has it, else plugs HubTelemetry and
-    attach_rollouts in by hand as the OTA end-to-end test does.
-    """
+    """A started Hub (telemetry with fast drift evaluation, presence, rollouts); returns (hub, cleanups)."""
     from cloud_hub.config import HubConfig
     from cloud_hub.hub import Hub
 
-    names = {f.name for f in dataclasses.fields(HubConfig)}
-    cleanups: list = []
-    if "telemetry" in names and "rollout_tick_s" in names:
-        hub = Hub(HubConfig(data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url=mqtt_url,
-                            drift_eval_interval_s=1.0, drift_span_s=DRIFT["span_s"], drift_baseline_s=DRIFT["baseline_s"],
-                            drift_min_samples=DRIFT["min_samples"], drift_min_requests=DRIFT["min_requests"],
-                            rollout_tick_s=0.1, rollout_watch_s=0.6))
-    else:
-        from cloud_hub.telemetry import DriftConfig, TelemetryServiceConfig
-        from cloud_hub.telemetry.hub_service import HubTelemetry
-
-        hub = Hub(HubConfig(data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url=mqtt_url))
-        hub.add_service(HubTelemetry(TelemetryServiceConfig(eval_interval_s=1.0, drift=DriftConfig(**DRIFT))))
-    hub.start()
-    try:
-        _serve_telemetry_routes(hub.app)
-        if getattr(hub, "rollouts", None) is None:
-            from cloud_hub.rollouts.attach import attach_rollouts
-
-            attach_rollouts(hub, tick_s=0.1, watch_s=0.6)
-
-            def stop_rollouts() -> None:
-                if getattr(hub, "rollouts", None) is not None:
-                    hub.rollouts.stop()
-                    hub.rollouts.store.close()
-                    hub.rollouts = None
-
-            cleanups.append(stop_rollouts)
-    except BaseException:
-        hub.stop()
-        raise
-    return hub, cleanups
-
-
-def _serve_telemetry_routes(app: Any) -> None:
-    """Make sure /v1/telemetry/* and /v1/drift/* are the telemetry routes (ahead of any placeholder)."""
-    from starlette.routing import NoMatchFound
-
-    from cloud_hub.telemetry import routes
-
-    try:
-        if app.url_path_for("drift_status"):
-            return
-    except NoMatchFound:
-        pass
-    before = list(app.router.routes)
-    app.include_router(routes.router)
-    added = app.router.routes[len(before):]
-    app.router.routes[:] = added + before  # first match wins: ahead of an older hub's empty placeholders
-    app.openapi_schema = None
+    hub = Hub(HubConfig(data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url=mqtt_url,
+                        drift_eval_interval_s=1.0, drift_span_s=DRIFT["span_s"], drift_baseline_s=DRIFT["baseline_s"],
+                        drift_min_samples=DRIFT["min_samples"], drift_min_requests=DRIFT["min_requests"],
+                        rollout_tick_s=0.1, rollout_watch_s=0.6)).start()
+    return hub, []
 
 
 # -- telemetry windows ----------------------------------------------------------------------
