@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,6 +59,7 @@ class Agent:
         self.telemetry: Any = None      # TelemetryService when mqtt_url is set
         self.ota: Any = None            # OtaClient when ota_enabled
         self.serving: Serving | None = None
+        self.budget = config.fallback_budget(time.monotonic())  # [mode]: shared by every model swapped in
         self.swaps = 0
         self._ota_started = False
         self._swap_lock = threading.Lock()
@@ -170,7 +172,7 @@ class Agent:
             model, batcher, policy, self.metrics, device_id=cfg.device_id, allow_nan=cfg.allow_nan,
             fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
             hub_model=cfg.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.inline_max_us,
-            observer=self.observer,
+            observer=self.observer, mode=cfg.mode, budget=self.budget, shadow_sample_rate=cfg.shadow_sample_rate,
         )
         return Serving(model, policy, batcher, service)
 
@@ -300,6 +302,12 @@ class Agent:
                     lambda: len(self.telemetry.outbox) if self.telemetry else 0)
             m.gauge("tandem_agent_telemetry_outbox_dropped", "Telemetry windows dropped because the outbox was full.",
                     lambda: self.telemetry.outbox.dropped_total if self.telemetry else 0)
+        if self.budget.rps is not None:
+            m.gauge("tandem_agent_budget_request_tokens", "Fallback budget: hub calls it would admit now.",
+                    lambda: self.budget.tokens(time.monotonic()))
+        if self.budget.bytes_per_hour is not None:
+            m.gauge("tandem_agent_budget_bytes_left", "Fallback budget: request bytes left for the hub this hour.",
+                    self.budget.bytes_left)
         if self.breaker is not None:
             m.gauge("tandem_agent_breaker_state", "Hub circuit breaker: 0 closed, 1 half-open, 2 open.",
                     lambda: BREAKER_STATE_VALUES.get(self.breaker.state, -1))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from edge_agent.errors import AgentError, BadRequestError, FallbackUnavailable, 
 from edge_agent.hard_examples import HardExampleQueue
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import LoadedModel, match_inputs
+from edge_agent.modes import Action, Decision, FallbackBudget, ServingMode, decide
 from edge_agent.observe import RequestObserver
 from edge_agent.policy import ConfidencePolicy, PolicyError, Scores
 from edge_agent.wire import decode_request, encode_reply, error_reply
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 # How long past the fallback deadline the agent waits before answering degraded anyway
 # (covers thread hand-off; the fallback client enforces the deadline itself).
 FALLBACK_GRACE_S = 0.05
+SHADOW_MAX_INFLIGHT = 4  # shadow calls waiting on the hub at once; more are skipped, never queued
 
 
 @dataclass
@@ -55,7 +59,10 @@ class InferenceService:
                  device_id: str, allow_nan: bool = False, fallback: Any = None, fallback_executor: Executor | None = None,
                  deadline_ms: float = 200.0, hub_model: str | None = None,
                  hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0,
-                 observer: RequestObserver | None = None) -> None:
+                 observer: RequestObserver | None = None, mode: ServingMode | str = ServingMode.HYBRID,
+                 budget: FallbackBudget | None = None, shadow_sample_rate: float = 0.0,
+                 rng: random.Random | None = None) -> None:
+        """`budget` is shared by every service the agent builds (hot swaps keep what was spent)."""
         self.model = model
         self.batcher = batcher
         self.policy = policy
@@ -72,7 +79,12 @@ class InferenceService:
         # Models whose calls take less than this run on the loop thread when the batcher is
         # idle: for them the hand-off to the worker thread costs more than the model.
         self.inline_max_s = inline_max_us / 1e6
-        self._runtime_ewma_s: float | None = None  # unknown until measured: the first run goes to the worker
+        self.mode = ServingMode.parse(mode)
+        self.budget = budget if budget is not None and budget.limited else None
+        self._count_bytes = self.budget is not None and self.budget.bytes_per_hour is not None
+        self.shadow_sample_rate = shadow_sample_rate
+        self._rng = rng or random.Random()
+        self._shadow_slots = threading.BoundedSemaphore(SHADOW_MAX_INFLIGHT)
 
     def handle(self, frames: Sequence[Any]) -> list[Any] | Awaitable[list[Any]]:
         """Reply frames, at once when no waiting is needed (fast model, confident), else an awaitable.
@@ -84,9 +96,10 @@ class InferenceService:
             request = self._prepare(frames)
             outputs = self._run_inline(self.model.runtime_feeds(request.feeds))
             if outputs is not None:
-                edge, wants_hub = self._score(request, outputs)
-                if not wants_hub or self.fallback is None:
-                    return self._reply(request, self._edge_only(request, edge, wants_hub), t0)
+                edge, decision = self._score(request, outputs)
+                if decision.action is not Action.CLOUD:
+                    return self._reply(request, self._edge_only(request, edge, decision), t0,
+                                       decision.action is Action.BUDGET_SPENT)
         except Exception as exc:
             return self._failure(exc, t0)
         self.pending += 1
@@ -96,9 +109,10 @@ class InferenceService:
         try:
             if outputs is None:
                 outputs = await self._run_worker(self.model.runtime_feeds(request.feeds))
-            edge, wants_hub = self._score(request, outputs)
-            if not wants_hub or self.fallback is None:
-                return self._reply(request, self._edge_only(request, edge, wants_hub), t0)
+            edge, decision = self._score(request, outputs)
+            if decision.action is not Action.CLOUD:
+                return self._reply(request, self._edge_only(request, edge, decision), t0,
+                                   decision.action is Action.BUDGET_SPENT)
             answer = await self._ask_hub(request.feeds, edge.scores, request.header.request_id)
             if not edge.scores.all_confident:
                 self._keep_hard_example(request.header.request_id, request.feeds, edge.scores,
@@ -120,13 +134,14 @@ class InferenceService:
         log.error("request failed request_id=%s", request_id, exc_info=exc)
         return self._error(request_id, "internal", f"internal error: {type(exc).__name__}: {exc}", t0)
 
-    def _reply(self, request: "_Prepared", answer: Answer, t0: float) -> list[Any]:
+    def _reply(self, request: "_Prepared", answer: Answer, t0: float, budget_spent: bool = False) -> list[Any]:
         elapsed = time.perf_counter() - t0
         self.metrics.observe_request(_SOURCE_NAMES[answer.source], elapsed)
         if self.observer is not None:
             scores = answer.scores
             self.observer.answered(_SOURCE_NAMES[answer.source], elapsed, scores.confidence, scores.labels,
-                                   request.feeds, answer.source != pb.SOURCE_EDGE or not scores.all_confident)
+                                   request.feeds, answer.source != pb.SOURCE_EDGE or not scores.all_confident,
+                                   budget_spent)
         reply = pb.ReplyHeader(
             request_id=request.header.request_id, source=answer.source,
             confidence=answer.scores.confidence.tolist(), label=answer.scores.labels.tolist(),
@@ -161,27 +176,76 @@ class InferenceService:
             raise
         return _Prepared(header, feeds, threshold)
 
-    def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, bool]:
+    def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, Decision]:
         names = self.model.output_names
         try:
             scores = self.policy.score(outputs, names, request.threshold)
         except PolicyError as exc:
             raise InferenceError(f"cannot score the model's outputs: {exc}") from exc
-        mode = request.header.options.mode
-        wants_hub = mode == pb.MODE_CLOUD_ONLY or (mode == pb.MODE_AUTO and not scores.all_confident)
-        return Answer(pb.SOURCE_EDGE, scores, list(zip(names, outputs))), wants_hub
+        edge = Answer(pb.SOURCE_EDGE, scores, list(zip(names, outputs)))
+        decision = self._decide(request, scores.all_confident)
+        self.metrics.observe_decision(decision.action.value)
+        return edge, decision
 
-    def _edge_only(self, request: "_Prepared", edge: Answer, wants_hub: bool) -> Answer:
-        if wants_hub:  # and no hub is configured
-            unsure = not edge.scores.all_confident
-            edge.detail = ("below threshold; " if unsure else "cloud answer requested; ") + "no hub is configured"
-            if unsure:
-                self._keep_hard_example(request.header.request_id, request.feeds, edge.scores, "edge")
+    def _decide(self, request: "_Prepared", confident: bool) -> Decision:
+        """The serving mode's decision: the request's own mode (edge or cloud) wins over the device's."""
+        mode = _REQUEST_MODES.get(request.header.options.mode) or self.mode
+        if self.fallback is None:
+            if mode is ServingMode.CLOUD_ONLY:
+                return _NO_HUB_ASKED
+            return _NO_HUB_UNSURE if mode is ServingMode.HYBRID and not confident else _EDGE
+        nbytes = sum(a.nbytes for a in request.feeds.values()) if self._count_bytes else 0
+        return decide(mode, confident, self.budget, time.monotonic(), self.shadow_sample_rate, self._rng, nbytes)
+
+    def _edge_only(self, request: "_Prepared", edge: Answer, decision: Decision) -> Answer:
+        """The edge answer, for every decision but CLOUD: flagged when the hub was wanted and not asked."""
+        action = decision.action
+        if action is Action.SHADOW:
+            self._start_shadow(request, edge.scores)
+        elif decision.detail:  # no hub configured, or the budget is spent
+            edge.detail = decision.detail
+            if action is Action.BUDGET_SPENT:
+                edge.source = pb.SOURCE_EDGE_DEGRADED
+            if not edge.scores.all_confident:
+                self._keep_hard_example(request.header.request_id, request.feeds, edge.scores,
+                                        _SOURCE_NAMES[edge.source])
         return edge
+
+    def _start_shadow(self, request: "_Prepared", scores: Scores) -> None:
+        """Ask the hub too, on the fallback executor, after the edge answer has gone; compare top-1 labels."""
+        if self.fallback_executor is None or not self._shadow_slots.acquire(blocking=False):
+            self.metrics.observe_shadow_failed(skipped=True)
+            return
+        # the request's buffers may be network frames that the server reuses once it has replied
+        feeds = {name: np.array(a) for name, a in request.feeds.items()}
+        labels = scores.labels.copy()
+        try:
+            self.fallback_executor.submit(self._shadow, feeds, labels, scores.threshold, request.header.request_id)
+        except RuntimeError:  # the executor is shutting down
+            self._shadow_slots.release()
+
+    def _shadow(self, feeds: dict[str, np.ndarray], labels: np.ndarray, threshold: float, request_id: str) -> None:
+        try:
+            result = self.fallback.infer(self.hub_model, feeds, device_id=self.device_id,
+                                         model_version=self.model.version, request_id=request_id)
+            cloud = self._score_cloud(dict(result.outputs), threshold)
+        except Exception as exc:  # FallbackUnavailable, or a hub answer the policy cannot score
+            self.metrics.observe_shadow_failed()
+            log.debug("shadow call failed request_id=%s error=%s", request_id, exc)
+            return
+        finally:
+            self._shadow_slots.release()
+        rows = len(labels)
+        agree = int(np.count_nonzero(cloud.labels[:rows] == labels[:len(cloud.labels)]))
+        self.metrics.observe_shadow(rows, agree)
+        if self.observer is not None:
+            self.observer.shadowed(rows, agree)
 
     def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
         """Run on this (the loop's) thread when the model is known to be faster than a hand-off."""
-        if self._runtime_ewma_s is None or self._runtime_ewma_s >= self.inline_max_s:
+        # the runtime's own time, not ours: hand-offs on a busy machine must not keep a fast model off this path
+        run_s = self.batcher.run_ewma_s  # None until measured: the first run goes to the worker
+        if run_s is None or run_s >= self.inline_max_s:
             return None
         t0 = time.perf_counter()
         try:
@@ -210,12 +274,7 @@ class InferenceService:
         return outputs
 
     def _observe_runtime(self, seconds: float) -> None:
-        self.metrics.observe_runtime(seconds)
-        # includes queueing when run by the worker, which only makes inlining rarer under load
-        if self._runtime_ewma_s is None:
-            self._runtime_ewma_s = seconds
-        else:
-            self._runtime_ewma_s += 0.1 * (seconds - self._runtime_ewma_s)
+        self.metrics.observe_runtime(seconds)  # includes queueing when run by the worker
 
     async def _ask_hub(self, feeds: dict[str, np.ndarray], scores: Scores, request_id: str) -> Answer:
         one_row = scores.labels.shape[0] == 1
@@ -266,5 +325,9 @@ class InferenceService:
                                label=int(scores.labels[i]), confidence=float(scores.confidence[i]), source=source)
 
 
+_REQUEST_MODES = {pb.MODE_EDGE_ONLY: ServingMode.EDGE_ONLY, pb.MODE_CLOUD_ONLY: ServingMode.CLOUD_ONLY}
+_EDGE = Decision(Action.EDGE)
+_NO_HUB_UNSURE = Decision(Action.EDGE, "below threshold; no hub is configured")
+_NO_HUB_ASKED = Decision(Action.EDGE, "cloud answer requested; no hub is configured")
 _SOURCE_NAMES = {pb.SOURCE_EDGE: "edge", pb.SOURCE_CLOUD: "cloud", pb.SOURCE_EDGE_DEGRADED: "edge-degraded",
                  pb.SOURCE_ERROR: "error"}

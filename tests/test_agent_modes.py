@@ -1,0 +1,185 @@
+"""Serving modes and the fallback budget on a real agent with a real hub (v2 gRPC on loopback, digits models)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from agent_fixtures import make_model_dir
+from cloud_hub.inference import InferenceServer
+from edge_agent import Agent, AgentClient, AgentConfig
+from edge_agent.errors import ConfigError
+from edge_agent.modes import BUDGET_REASON
+from hardware_profiles.runtimes import load_session
+from protocols.telemetry_codec import decode_window
+
+DEADLINE_MS = 150
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def models(digits_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("models")
+    edge = make_model_dir(digits_dir / "edge.onnx", tmp / "edge", name="digits")
+    cloud = make_model_dir(digits_dir / "cloud.onnx", tmp / "cloud", name="digits-cloud")
+    return edge, cloud
+
+
+@pytest.fixture(scope="module")
+def hub(models):
+    server = InferenceServer(models[1])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def test_x(digits_dir):
+    return np.load(digits_dir / "test.npz")["x"].astype(np.float32)
+
+
+def config(models, tmp_path, hub_url: str, device_id: str, **extra) -> AgentConfig:
+    return AgentConfig(model_dir=models[0], endpoint=f"ipc://{tmp_path}/agent.sock", data_dir=tmp_path / "data",
+                       hub_url=hub_url, hub_model="digits-cloud", deadline_ms=DEADLINE_MS, device_id=device_id,
+                       http_port=0, **extra)
+
+
+def hub_calls(hub, device_id: str) -> int:
+    return hub.stats().by_device.get(device_id, 0)
+
+
+def metrics_text(agent: Agent) -> str:
+    return urllib.request.urlopen(agent.health_url + "/metrics", timeout=5).read().decode()
+
+
+def one_window(agent: Agent):
+    """The agent's open telemetry window, closed and read back from its on-disk outbox (no broker needed)."""
+    agent.telemetry.flush()
+    [(_, payload)] = agent.telemetry.outbox.pending()
+    return decode_window(payload)
+
+
+def test_edge_only_never_calls_the_hub_even_when_unsure(models, hub, test_x, tmp_path):
+    with Agent(config(models, tmp_path, hub.address, "edge-only-1", mode="edge-only")) as agent, \
+            AgentClient(agent.endpoint) as client:
+        for i in range(10):
+            answer = client.infer(test_x[i:i + 1], threshold=1.0)  # nothing is that confident
+            assert answer.source == "edge" and answer.detail == ""
+        assert agent.metrics.fallback_attempts == 0
+        assert 'tandem_agent_mode_decisions_total{decision="edge"} 10' in metrics_text(agent)
+    assert hub_calls(hub, "edge-only-1") == 0
+
+
+def test_cloud_only_always_answers_from_the_cloud_and_degrades_when_the_hub_is_down(models, hub, test_x, tmp_path):
+    cloud = load_session("onnxruntime", models[1] / "variants" / "ort-fp32.onnx")
+    with Agent(config(models, tmp_path, hub.address, "cloud-only-1", mode="cloud-only")) as agent, \
+            AgentClient(agent.endpoint) as client:
+        for i in range(10):
+            x = test_x[i:i + 1]
+            answer = client.infer(x, threshold=0.0)  # confident, and still the cloud's answer
+            assert answer.source == "cloud", answer.detail
+            assert answer.labels == [int(np.argmax(cloud.run({"input": x})[0]))]
+        assert client.infer(test_x[:1], mode="edge").source == "edge"  # the request's own mode wins
+    assert hub_calls(hub, "cloud-only-1") == 10
+    down = config(models, tmp_path / "down", f"127.0.0.1:{free_port()}", "cloud-only-2", mode="cloud-only")
+    with Agent(down) as agent, AgentClient(agent.endpoint) as client:
+        answer = client.infer(test_x[:1], threshold=0.0)
+        assert answer.source == "edge-degraded" and answer.detail.startswith("hub unavailable")
+        assert len(answer.labels) == 1  # the edge model still answered
+
+
+def test_shadow_answers_on_the_edge_and_reports_agreement_with_the_cloud(models, hub, test_x, tmp_path):
+    n = 30
+    cfg = config(models, tmp_path, hub.address, "shadow-1", mode="shadow", shadow_sample_rate=1.0,
+                 mqtt_url=f"mqtt://127.0.0.1:{free_port()}", telemetry_window_s=3600)  # windows wait on disk
+    edge = load_session("onnxruntime", models[0] / "variants" / "ort-fp32.onnx")
+    cloud = load_session("onnxruntime", models[1] / "variants" / "ort-fp32.onnx")
+    x = test_x[:n]
+    want_agree = int((np.argmax(edge.run({"input": x})[0], 1) == np.argmax(cloud.run({"input": x})[0], 1)).sum())
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        m = agent.metrics
+        for i in range(n):
+            answer = client.infer(x[i:i + 1], threshold=1.0)  # unsure: shadow still serves the edge answer
+            assert answer.source == "edge" and answer.detail == ""
+            # one shadow call at a time, so none is skipped for too many in flight
+            deadline = time.monotonic() + 10
+            while m.shadow_samples + m.shadow_failed + m.shadow_skipped <= i and time.monotonic() < deadline:
+                time.sleep(0.005)
+        assert (m.shadow_samples, m.shadow_failed, m.shadow_skipped) == (n, 0, 0)
+        assert agent.metrics.shadow_agree == want_agree
+        text = metrics_text(agent)
+        assert f"tandem_agent_shadow_samples_total {n}" in text
+        assert f"tandem_agent_shadow_agreement_ratio {want_agree / n:.6f}" in text
+        assert f'tandem_agent_mode_decisions_total{{decision="shadow"}} {n}' in text
+        window = one_window(agent)
+    assert (window.shadow_samples, window.shadow_agree, window.requests.edge) == (n, want_agree, n)
+    assert hub_calls(hub, "shadow-1") == n
+
+
+def test_shadow_never_waits_for_a_hub_that_does_not_answer(models, test_x, tmp_path):
+    with socket.socket() as black_hole:  # accepts TCP, never speaks HTTP/2: every call runs into the deadline
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        cfg = config(models, tmp_path, "127.0.0.1:%d" % black_hole.getsockname()[1], "shadow-2", mode="shadow",
+                     shadow_sample_rate=1.0, breaker_failures=100)
+        with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+            for i in range(8):
+                answer = client.infer(test_x[i:i + 1], threshold=1.0)
+                assert answer.source == "edge"
+                # a shadow call on the request path would cost the whole deadline
+                assert answer.latency_ms < DEADLINE_MS / 2, answer.latency_ms
+            deadline = time.monotonic() + 10
+            lost = lambda: agent.metrics.shadow_failed + agent.metrics.shadow_skipped  # noqa: E731
+            while lost() < 8 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert lost() == 8 and agent.metrics.shadow_samples == 0
+
+
+def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x, tmp_path):
+    n = 20
+    cfg = config(models, tmp_path, hub.address, "budget-1", budget_rps=2, budget_burst=2,
+                 mqtt_url=f"mqtt://127.0.0.1:{free_port()}", telemetry_window_s=3600)
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        t0 = time.monotonic()
+        answers = [client.infer(test_x[i:i + 1], threshold=1.0) for i in range(n)]  # all unsure
+        elapsed = time.monotonic() - t0
+        cloud = [a for a in answers if a.source == "cloud"]
+        spent = [a for a in answers if a.source == "edge-degraded"]
+        assert len(cloud) + len(spent) == n
+        assert 2 <= len(cloud) <= 2 + 2 * elapsed + 1e-9, (len(cloud), elapsed)
+        assert spent and all(a.detail.startswith(BUDGET_REASON) and "2 hub requests/s" in a.detail for a in spent)
+        text = metrics_text(agent)
+        assert f'tandem_agent_mode_decisions_total{{decision="budget-spent"}} {len(spent)}' in text
+        assert "tandem_agent_budget_request_tokens" in text
+        window = one_window(agent)
+    assert hub_calls(hub, "budget-1") == len(cloud)
+    assert window.budget_spent == len(spent) == window.requests.edge_degraded
+
+
+def test_mode_keys_live_in_their_own_section_and_bad_values_name_the_key(models, tmp_path):
+    cfg = AgentConfig.from_mapping({"model": {"model_dir": str(models[0])},
+                                    "mode": {"mode": "shadow", "shadow_sample_rate": 0.5, "budget_rps": 5,
+                                             "budget_burst": 10, "budget_bytes_per_hour": 1_000_000}}, env={})
+    assert (cfg.mode, cfg.shadow_sample_rate, cfg.budget_rps, cfg.budget_burst) == ("shadow", 0.5, 5.0, 10.0)
+    assert cfg.fallback_budget().bytes_per_hour == 1_000_000
+    env = {"TANDEM_AGENT_MODEL_DIR": str(models[0])}
+    for key, value, message in (("mode", "cloud", "mode.mode: 'cloud' is not one of edge-only"),
+                                ("shadow_sample_rate", 1.5, "mode.shadow_sample_rate"),
+                                ("budget_rps", -1, "mode.budget_rps"),
+                                ("budget_bytes_per_hour", 0, "mode.budget_bytes_per_hour")):
+        with pytest.raises(ConfigError, match=message):
+            AgentConfig.from_mapping({"mode": {key: value}}, env=env)
+    with pytest.raises(ConfigError, match="mode.budget_burst: needs budget_rps"):
+        AgentConfig.from_mapping({"mode": {"budget_burst": 3}}, env=env)
+    assert AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE": "edge-only"}).mode == "edge-only"
+    with pytest.raises(ConfigError, match=r"mode\.budget_rps \(from TANDEM_AGENT_BUDGET_RPS\): expected float"):
+        AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_BUDGET_RPS": "fast"})
