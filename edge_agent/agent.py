@@ -76,7 +76,8 @@ class Agent:
             if cfg.ota_enabled:
                 from edge_agent.uplink import make_ota_client
 
-                self.ota = make_ota_client(cfg, self._on_switch, self.observer.take_health)
+                self.ota = make_ota_client(cfg, self._on_switch, self.observer.take_health,
+                                           status_sink=self._ota_status_sink if cfg.telemetry_on else None)
                 model_dir = self.ota.active_dir
             if self.fallback is None and cfg.hub_url:
                 self.fallback = self._make_fallback()
@@ -87,7 +88,8 @@ class Agent:
             if cfg.telemetry_on:
                 from edge_agent.uplink import make_telemetry
 
-                self.telemetry = make_telemetry(cfg, self.model)
+                self.telemetry = make_telemetry(cfg, self.model, hard_examples=self.hard_examples,
+                                                metrics=self.metrics)
                 self.observer.telemetry = self.telemetry
             self.server = ZmqServer(cfg.endpoint, self._handle, max_inflight=cfg.max_queue * 4).start()
             self._register_gauges()
@@ -250,6 +252,17 @@ class Agent:
             log.warning("model swap: the I/O loop did not run the flip within %.0f s; flipping here",
                         SWAP_FLIP_TIMEOUT_S)
         flip()
+
+    # -- uplink (telemetry, OTA) ---------------------------------------------------------
+
+    def _ota_status_sink(self, payload: bytes) -> None:
+        """OTA status into the telemetry outbox's class 0: on disk first, sent before any window."""
+        from protocols import topics
+
+        telemetry = self.telemetry
+        if telemetry is None:  # telemetry not started (yet) or stopped: the OtaClient publishes it itself
+            raise RuntimeError("telemetry is not running")
+        telemetry.enqueue(topics.OTA_STATUS, payload)
 
     # -- construction helpers ----------------------------------------------------------
 

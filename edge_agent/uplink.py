@@ -18,8 +18,12 @@ from edge_agent.ota.machine import HealthFigures, WatchPolicy
 log = logging.getLogger(__name__)
 
 
-def make_telemetry(cfg: AgentConfig, model: LoadedModel) -> Any:
-    """A started TelemetryService for `model`, its outbox under cfg.data_dir."""
+def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = None, metrics: Any = None) -> Any:
+    """A started TelemetryService for `model`, its outbox under cfg.data_dir.
+
+    `hard_examples` (the agent's HardExampleQueue) is uploaded through the outbox's class 1;
+    `metrics` (AgentMetrics) gains the per-class outbox gauges.
+    """
     from edge_agent.telemetry import OutboxError, PublisherConfig, TelemetryService
     from protocols.tls import TlsConfigError
 
@@ -27,12 +31,14 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel) -> Any:
         service = TelemetryService(
             cfg.mqtt_url, cfg.device_id, model.manifest, cfg.data_dir, window_s=cfg.telemetry_window_s,
             max_requests=cfg.telemetry_max_requests, profile=cfg.profile, tags=cfg.tags, variant=model.variant.id,
-            input_every=cfg.telemetry_input_every, outbox_max_rows=cfg.telemetry_outbox_max,
+            input_every=cfg.telemetry_input_every, outbox_max_rows=cfg.telemetry_outbox_max, hard_examples=hard_examples,
             publisher=PublisherConfig(mqtt_url=cfg.mqtt_url, tls=cfg.mqtt_tls))  # type: ignore[arg-type]
     except OutboxError as exc:
         raise ConfigError(f"hard_examples.data_dir: {exc}") from exc
     except TlsConfigError as exc:
         raise ConfigError(f"telemetry.mqtt_tls_*: {exc}") from exc
+    if metrics is not None:
+        service.register_metrics(metrics)
     return service.start()
 
 
@@ -44,8 +50,11 @@ def watch_policy(cfg: AgentConfig) -> WatchPolicy:
 
 
 def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
-                    health: Callable[[], HealthFigures]) -> Any:
-    """An OtaClient (not started) whose store is opened and repaired; install the first version before start."""
+                    health: Callable[[], HealthFigures], status_sink: Callable[[bytes], None] | None = None) -> Any:
+    """An OtaClient (not started) whose store is opened and repaired; install the first version before start.
+
+    `status_sink` stores each OTA status durably (the telemetry outbox's class 0) instead of publishing it.
+    """
     from edge_agent.ota.client import OtaClient, OtaClientConfig
     from edge_agent.ota.errors import StoreError
     from protocols.tls import TlsConfigError
@@ -54,7 +63,7 @@ def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
                              cfg.ota_trusted_key, hub_token=cfg.ota_hub_token,  # type: ignore[arg-type]
                              watch=watch_policy(cfg), tls=cfg.mqtt_tls)
     try:
-        client = OtaClient(config, on_switch=on_switch, health=health)
+        client = OtaClient(config, on_switch=on_switch, health=health, status_sink=status_sink)
     except TlsConfigError as exc:
         raise ConfigError(f"telemetry.mqtt_tls_*: {exc}") from exc
     except (ValueError, TypeError, OSError) as exc:

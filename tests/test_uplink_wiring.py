@@ -144,3 +144,42 @@ def _retained_status(url: str, device_id: str, timeout_s: float = 10) -> bytes:
         client.disconnect()
         client.loop_stop()
     return got[0]
+
+
+def test_ota_status_made_while_the_broker_is_down_survives_a_restart_and_reaches_the_rollout(env, tmp_path):
+    """The committed status is made during an outage, sits in outbox class 0 across an agent restart and,
+    once the broker is back, is what completes the rollout (not a catch-up's 'already active' answer)."""
+    from cloud_hub.presence import wait_registered
+    from edge_agent.telemetry.outbox import STATUS
+
+    agent = _agent(env, "wired-b", "lab-b", tmp_path, ota_watch_s=5.0)
+    again = None
+    try:
+        assert agent.telemetry.hard_examples is agent.hard_examples  # hard examples go out as class 1
+        assert "tandem_agent_outbox_status_rows" in agent.metrics.render()
+        assert wait_registered(env.hub.devices, "wired-b", 15) and agent.ota.wait_subscribed(10)
+        rid = _rollout(env, "1.1.0", "lab-b")
+        assert _wait(lambda: agent.ota.updater.state == "watching", 60), agent.ota.updater.state
+        env.broker.stop()
+        assert _wait(lambda: agent.ota.updater.state == "committed", 30), agent.ota.updater.state
+        assert _wait(lambda: agent.telemetry.outbox.depth(STATUS) >= 1, 5)  # on disk, not in paho's memory
+        agent.stop()
+        assert _rollout_body(env, rid)["status"] == "running"
+        env.broker.start()
+        # the hub's rollout subscriber first, so a catch-up command cannot answer in the outbox's place
+        assert _wait(lambda: env.hub.rollouts._client.is_connected(), 15)
+        again = Agent(agent.config).start()
+        assert again.model.version == "1.1.0"
+        body = _completes(env, rid)
+        assert body["counts"] == {"committed": 1}
+        kinds = [(e["kind"], e["detail"].get("step"), e["detail"].get("reason", "")) for e in body["events"]]
+        first = next(i for i, (kind, step, _) in enumerate(kinds) if step == "committed")
+        assert kinds[first][2].startswith("healthy over"), kinds  # the watch's own verdict, from the outbox
+        assert first < [k for k, _, _ in kinds].index("completed"), kinds
+        assert _wait(lambda: again.telemetry.outbox.depth(STATUS) == 0, 15)
+    finally:
+        if env.broker.proc is None:
+            env.broker.start()
+        agent.stop()
+        if again is not None:
+            again.stop()

@@ -4,7 +4,9 @@ paho's network thread only decodes and enqueues; one worker thread runs the comm
 in order through an `Updater`. The MQTT session is persistent (clean_start=False with
 an expiry), so commands the hub sent while the device was away arrive when it returns.
 Status sequence numbers are max(last + 1, wall-clock ms), so they keep growing across
-restarts without a write per status.
+restarts without a write per status. With a `status_sink` (the agent's telemetry outbox,
+class 0) statuses are stored on disk and sent ahead of routine telemetry instead of being
+published here, so they survive a restart while the broker is away.
 """
 
 from __future__ import annotations
@@ -50,12 +52,20 @@ class OtaClientConfig:
     tls: TlsFiles | None = None                  # mutual TLS (mqtts://); None: plain text, development only
 
 
+StatusSink = Callable[[bytes], None]  # takes an encoded OtaStatus for /ota/status and must store it durably
+
+
 class OtaClient:
-    """Start after the agent can serve; `on_switch(model_dir)` must hot-swap without dropping requests."""
+    """Start after the agent can serve; `on_switch(model_dir)` must hot-swap without dropping requests.
+
+    `status_sink`, when given, receives every encoded status instead of this client's own MQTT
+    publish (the agent passes its telemetry outbox's `enqueue` for topics.OTA_STATUS).
+    """
 
     def __init__(self, config: OtaClientConfig, on_switch: SwitchHook, health: HealthProbe | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, status_sink: StatusSink | None = None) -> None:
         self.config = config
+        self.status_sink = status_sink
         self.store = ModelStore(config.store_dir)
         self.clock = clock
         self._cancel = threading.Event()
@@ -102,6 +112,9 @@ class OtaClient:
                                  "rolled_back", "ok", self.store.state.active.model if self.store.state.active else "unknown",
                                  trial["version"], self.store.active_version, self.store.previous_version,
                                  "the agent restarted while this version was on trial"))
+        if self.status_sink is not None:  # durable now; no need to wait for our own connection
+            while self._pending:
+                self._send(self._pending.pop(0))
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
         props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES  # broker drops bigger
@@ -183,8 +196,16 @@ class OtaClient:
                              at=self.clock()))
 
     def _send(self, status: OtaStatus) -> None:
+        payload = encode_status(status)
+        if self.status_sink is not None:
+            try:
+                self.status_sink(payload)
+                return
+            except Exception:  # e.g. the outbox's disk failed: say it over our own session rather than not at all
+                log.exception("ota status sink failed device=%s step=%s; publishing directly", self.config.device_id,
+                              status.step)
         # QoS 1: paho keeps it while disconnected and sends it after the reconnect.
-        self._client.publish(self._status_topic, encode_status(status), qos=1)
+        self._client.publish(self._status_topic, payload, qos=1)
 
     def _next_seq(self) -> int:
         with self._seq_lock:
