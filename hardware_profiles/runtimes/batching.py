@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # How many recent batches count as "recent" for the adaptive window.
 _OVERLAP_MEMORY = 32
+# Weight of the newest session.run time in `run_ewma_s`.
+_RUN_EWMA_WEIGHT = 0.1
 
 
 class BatcherError(RuntimeError):
@@ -94,6 +96,9 @@ class MicroBatcher:
         self._closed = False
         self._overlap_recent = 0  # batches left during which we keep lingering
         self._stats = BatcherStats()
+        # session.run's own time per call, queueing and thread hand-offs excluded (an upper
+        # bound for one row when batches ran): what callers compare with a hand-off's cost.
+        self.run_ewma_s: float | None = None
         self._thread = threading.Thread(target=self._worker, name=name, daemon=True)
         self._thread.start()
 
@@ -139,7 +144,7 @@ class MicroBatcher:
                 self._stats.rows += _rows(feeds) if self.batching else 1
                 self._stats.batch_sizes[1] = self._stats.batch_sizes.get(1, 0) + 1
             try:
-                return list(self.session.run(feeds))
+                return list(self._timed_run(feeds))
             except Exception:
                 with self._cond:
                     self._stats.failed += 1
@@ -252,7 +257,7 @@ class MicroBatcher:
         names = list(batch[0].feeds)
         try:
             feeds = {n: np.concatenate([r.feeds[n] for r in batch], axis=0) for n in names}
-            outputs = self.session.run(feeds)
+            outputs = self._timed_run(feeds)
         except Exception as exc:  # one bad request must not fail its neighbours: retry alone
             log.debug("batch of %d failed (%s); running its requests one by one", len(batch), exc)
             for req in batch:
@@ -264,9 +269,18 @@ class MicroBatcher:
             req.future.set_result([o[start:stop] for o in outputs])
             start = stop
 
+    def _timed_run(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+        """session.run, timed into `run_ewma_s` (callers hold `_run_lock`, so one writer at a time)."""
+        t0 = time.perf_counter()
+        outputs = self.session.run(feeds)
+        seconds = time.perf_counter() - t0
+        ewma = self.run_ewma_s
+        self.run_ewma_s = seconds if ewma is None else ewma + _RUN_EWMA_WEIGHT * (seconds - ewma)
+        return outputs
+
     def _run_one(self, req: _Request) -> None:
         try:
-            outputs = self.session.run(req.feeds)
+            outputs = self._timed_run(req.feeds)
         except Exception as exc:
             with self._cond:
                 self._stats.failed += 1
