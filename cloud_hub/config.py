@@ -13,12 +13,12 @@ from cloud_hub.errors import ConfigError
 ENV_PREFIX = "TANDEM_HUB_"
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 
-_INTS = ("http_port", "grpc_port", "mqtt_port", "drift_min_samples", "drift_min_requests")
+_INTS = ("http_port", "grpc_port", "mqtt_port", "drift_min_samples", "drift_min_requests", "hard_examples_max")
 _FLOATS = ("offline_after_s", "max_upload_mb", "telemetry_retention_s", "drift_eval_interval_s", "drift_span_s",
            "drift_baseline_s", "drift_open_above", "drift_close_below", "drift_rate_open_above",
            "drift_rate_close_below", "rollout_tick_s", "rollout_watch_s")
 _POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
-             "drift_min_requests", "drift_open_above", "drift_rate_open_above", "rollout_tick_s", "rollout_watch_s")
+             "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s", "rollout_watch_s")
 _BOOLS = ("telemetry", "rollouts")
 _OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -66,6 +66,8 @@ class HubConfig:
     rollouts: bool = True
     rollout_tick_s: float = 0.5
     rollout_watch_s: float | None = None  # health-watch length sent to devices; None: each device's own
+    # Hard examples agents upload (with telemetry): <data_dir>/hard_examples.sqlite keeps the newest this many.
+    hard_examples_max: int = 100_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -70,6 +70,7 @@ class Hub:
         self.telemetry: Any = None  # TelemetryIngestService while telemetry runs (set by HubTelemetry)
         self.rollouts: Any = None   # RolloutService while rollouts run (set by attach_rollouts)
         self.presence: Any = None   # DevicePresence while it runs (devices from their MQTT status)
+        self.hard_examples: Any = None  # HardExampleIngest while it runs (what agents upload)
         self._closed = False
 
     def add_service(self, service: HubService) -> None:
@@ -144,6 +145,7 @@ class Hub:
                 self._start_inference()
             self._add_default_telemetry()
             self._add_default_presence()
+            self._add_default_hard_examples()
             for service in self._services:
                 if service not in self._started_services:
                     service.start(self)
@@ -175,6 +177,18 @@ class Hub:
         if not self.mqtt_url or any(isinstance(s, DevicePresence) for s in self._services):
             return
         self._services.append(DevicePresence())
+
+    def _add_default_hard_examples(self) -> None:
+        """Store what agents upload on /hard_examples (with telemetry; MQTT 5 for manual acks)."""
+        from cloud_hub.hard_examples import HardExampleIngest, HardExampleIngestConfig
+
+        if not self.config.telemetry or not self.mqtt_url or any(isinstance(s, HardExampleIngest)
+                                                                  for s in self._services):
+            return
+        if self._mqtt5_missing("hard-example ingestion"):
+            return
+        self._services.append(HardExampleIngest(HardExampleIngestConfig(self.mqtt_url,
+                                                                        max_rows=self.config.hard_examples_max)))
 
     def _mqtt5_missing(self, what: str) -> bool:
         """The embedded broker (amqtt) speaks MQTT 3.1.1 only; telemetry's persistent sessions and OTA need 5."""

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 
 from cloud_hub.errors import AuthError, HubError
 from cloud_hub.rest import (
-    routes_artifacts, routes_devices, routes_models, routes_system, routes_tokens, routes_whoami,
+    routes_artifacts, routes_devices, routes_hard_examples, routes_models, routes_system, routes_tokens,
+    routes_whoami,
 )
 from cloud_hub.rest.schemas import ErrorBody
 from cloud_hub.rollouts import routes as rollout_routes
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "1"
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "telemetry or rollouts are not running on this hub"}}
+    503: {"model": ErrorBody, "description": "telemetry, rollouts or hard examples are not running on this hub"}}
 
 
 def create_app(hub: Any) -> FastAPI:
@@ -50,7 +51,7 @@ def create_app(hub: Any) -> FastAPI:
 
     for module in (routes_system, routes_devices, routes_models, routes_artifacts, routes_tokens, routes_whoami):
         app.include_router(module.router)
-    for module in (telemetry_routes, rollout_routes):  # 503 while that part of the hub is not running
+    for module in (telemetry_routes, rollout_routes, routes_hard_examples):  # 503 while that part is not running
         app.include_router(module.router, responses=_UNAVAILABLE)
     mount_console(app)
     return app

@@ -1,0 +1,386 @@
+"""Hard examples at the hub: what agents upload on `/hard_examples`, kept for labelling and retraining.
+
+MQTT 5, QoS 1, persistent session, manual acks: a message is acked to the broker only
+after the batch holding it has committed to <data_dir>/hard_examples.sqlite, so a hub
+crash loses nothing. Rows are keyed on (device, id), so a redelivery or an agent that
+re-sends after a crash stores nothing twice; beyond `max_rows` the oldest go. Bad
+messages are counted, logged (rate-limited) and acked. `decode_tensor_index` is the
+pure check of the tensor blob (the hub never trusts a device's bytes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud_hub.errors import HubError, NotFoundError
+from cloud_hub.storage.db import HubDatabase, Migration, open_database
+from protocols import limits
+from protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
+from protocols.tls import TlsFiles, configure_mqtt_client
+from protocols.topics import HARD_EXAMPLES, TopicError, all_devices, parse_topic
+
+log = logging.getLogger(__name__)
+
+HARD_EXAMPLES_DB_FILENAME = "hard_examples.sqlite"
+DEFAULT_MAX_ROWS = 100_000
+_DTYPE_KINDS = "biufc"  # bool, ints, floats, complex: nothing that needs pickle
+_MAX_INDEX_BYTES = 64 * 1024
+_MAX_TEXT = 256
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "hard examples", (
+        """CREATE TABLE hard_examples (
+            n INTEGER PRIMARY KEY AUTOINCREMENT,
+            device_id TEXT NOT NULL,
+            example_id INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            label INTEGER,
+            confidence REAL,
+            source TEXT,
+            request_id TEXT,
+            created_at REAL,
+            received_at REAL NOT NULL,
+            tensors TEXT NOT NULL,
+            blob BLOB NOT NULL,
+            UNIQUE (device_id, example_id))""",
+        "CREATE INDEX hard_examples_model ON hard_examples (model, version, n)",
+    )),
+)
+
+
+class HardExampleError(TelemetryDecodeError):
+    """A hard-example upload that cannot be stored; the message says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HardExampleRecord:
+    """One decoded, checked upload (header fields + the tensor index); `blob` is stored as received."""
+
+    device_id: str
+    example_id: int
+    model: str
+    version: str
+    label: int | None
+    confidence: float | None
+    source: str | None
+    request_id: str | None
+    created_at: float | None
+    tensors: tuple[TensorInfo, ...]
+    blob: bytes
+
+
+def decode_tensor_index(blob: bytes) -> tuple[tuple[TensorInfo, ...], int]:
+    """Check the agent's tensor encoding (a JSON index line [[name, dtype, shape], ...], then raw C-order bytes):
+    numeric dtypes only, bounded dims and counts, and the byte count must match exactly. Returns (index, offset)."""
+    head, sep, body = blob.partition(b"\n")
+    if not sep or len(head) > _MAX_INDEX_BYTES:
+        raise HardExampleError("hard example tensors: expected a JSON index line, then the raw bytes")
+    try:
+        index = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise HardExampleError(f"hard example tensors: index is not JSON ({exc})") from exc
+    if not isinstance(index, list) or not 1 <= len(index) <= limits.MAX_TENSORS_PER_REQUEST:
+        raise HardExampleError(f"hard example tensors: expected 1 to {limits.MAX_TENSORS_PER_REQUEST} tensors")
+    out, total, names = [], 0, set()
+    for entry in index:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], str)
+                and isinstance(entry[2], list)):
+            raise HardExampleError("hard example tensors: each index entry is [name, dtype, shape]")
+        name, dtype_str, shape = entry
+        if not name or len(name) > _MAX_TEXT or name in names:
+            raise HardExampleError(f"hard example tensors: bad or repeated name {name[:64]!r}")
+        names.add(name)
+        try:
+            dtype = np.dtype(dtype_str) if len(dtype_str) <= 8 else None
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind not in _DTYPE_KINDS:
+            raise HardExampleError(f"hard example tensors: {name}: dtype {dtype_str[:16]!r} is not numeric")
+        if len(shape) > limits.MAX_TENSOR_DIMS or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                          and 0 <= d <= limits.MAX_TENSOR_ELEMENTS for d in shape):
+            raise HardExampleError(f"hard example tensors: {name}: bad shape")
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if count > limits.MAX_TENSOR_ELEMENTS:
+            raise HardExampleError(f"hard example tensors: {name}: over MAX_TENSOR_ELEMENTS")
+        total += count * dtype.itemsize
+        out.append(TensorInfo(name, dtype.str, tuple(shape)))
+    if total != len(body):
+        raise HardExampleError(f"hard example tensors: the index says {total} bytes, {len(body)} follow")
+    return tuple(out), len(head) + 1
+
+
+def decode_upload(payload: bytes, topic_device: str | None) -> HardExampleRecord:
+    """Decode one MQTT message; the header must name the topic's device (no uploads in another's name)."""
+    header, blob = decode_hard_example(payload)
+    if topic_device is not None and header["device_id"] != topic_device:
+        raise HardExampleError(f"hard example: names device {header['device_id']!r} on {topic_device!r}'s topic")
+    for key in ("model", "version"):
+        if not isinstance(header.get(key), str) or not 0 < len(header[key]) <= _MAX_TEXT:
+            raise HardExampleError(f"hard example: {key} must be a non-empty string")
+    tensors, _ = decode_tensor_index(blob)
+
+    def opt(key: str, kind: Any) -> Any:
+        value = header.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, kind):
+            return None
+        return value[:_MAX_TEXT] if isinstance(value, str) else value
+
+    confidence = opt("confidence", (int, float))
+    return HardExampleRecord(header["device_id"], header["id"], header["model"], header["version"], opt("label", int),
+                             None if confidence is None else float(confidence), opt("source", str),
+                             opt("request_id", str), opt("created_at", (int, float)), tensors, blob)
+
+
+def to_npz(blob: bytes) -> bytes:
+    """The stored tensors as .npz bytes (np.load(..., allow_pickle=False) reads them)."""
+    index, offset = decode_tensor_index(blob)
+    arrays = {}
+    for t in index:
+        dtype = np.dtype(t.dtype)
+        count = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
+        arrays[t.name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(t.shape)
+        offset += count * dtype.itemsize
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+_COLUMNS = ("device_id, example_id, model, version, label, confidence, source, request_id, created_at, received_at, "
+            "tensors")
+
+
+class HardExampleStore:
+    """The hub's hard-example table (its own SQLite file, synchronous=FULL: acks follow commits)."""
+
+    def __init__(self, db: HubDatabase, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        if max_rows < 1:
+            raise HubError("hard_examples_max: must be a positive integer")
+        self.db = db
+        self.max_rows = max_rows
+
+    @classmethod
+    def open(cls, path: str | Path, max_rows: int = DEFAULT_MAX_ROWS) -> "HardExampleStore":
+        """A directory means <dir>/hard_examples.sqlite."""
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / HARD_EXAMPLES_DB_FILENAME
+        db = open_database(path, MIGRATIONS)
+        with db.lock:
+            db.db.conn.execute("PRAGMA synchronous=FULL")
+        return cls(db, max_rows)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def insert(self, records: Sequence[HardExampleRecord], received_at: float) -> list[bool]:
+        """Store a batch in one transaction (True for each new one), then trim to `max_rows`, oldest first."""
+        new = []
+        with self.db.transaction() as db:
+            conn = db.conn
+            for r in records:
+                tensors = json.dumps([[t.name, t.dtype, list(t.shape)] for t in r.tensors])
+                cur = conn.execute(
+                    f"INSERT OR IGNORE INTO hard_examples ({_COLUMNS}, blob) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [r.device_id, r.example_id, r.model, r.version, r.label, r.confidence, r.source, r.request_id,
+                     r.created_at, received_at, tensors, r.blob])
+                new.append(cur.rowcount == 1)
+            if any(new):
+                top = conn.execute("SELECT MAX(n) FROM hard_examples").fetchone()[0] or 0
+                conn.execute("DELETE FROM hard_examples WHERE n <= ?", [top - self.max_rows])
+        return new
+
+    def count(self) -> int:
+        return int(self.db.query("SELECT COUNT(*) AS c FROM hard_examples")[0]["c"])
+
+    def list(self, device_id: str | None = None, model: str | None = None, version: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Newest first, without the tensor bytes; and how many match in all."""
+        clauses, params = ["1=1"], []
+        for column, value in (("device_id", device_id), ("model", model), ("version", version)):
+            if value:
+                clauses.append(f"{column}=?")
+                params.append(value)
+        where = " AND ".join(clauses)
+        total = int(self.db.query(f"SELECT COUNT(*) AS c FROM hard_examples WHERE {where}", params)[0]["c"])
+        rows = self.db.query(f"SELECT {_COLUMNS}, LENGTH(blob) AS bytes FROM hard_examples WHERE {where} "
+                             "ORDER BY n DESC LIMIT ? OFFSET ?", params + [limit, offset])
+        for row in rows:
+            row["id"] = row.pop("example_id")
+            row["tensors"] = [{"name": n, "dtype": d, "shape": s} for n, d, s in json.loads(row["tensors"])]
+        return rows, total
+
+    def npz(self, device_id: str, example_id: int) -> bytes:
+        rows = self.db.query("SELECT blob FROM hard_examples WHERE device_id=? AND example_id=?",
+                             [device_id, example_id])
+        if not rows:
+            raise NotFoundError(f"no hard example {example_id} from device {device_id!r} (it may have aged out)")
+        return to_npz(rows[0]["blob"])
+
+
+@dataclass(frozen=True)
+class HardExampleIngestConfig:
+    mqtt_url: str
+    client_id: str = "tandem-hub-hard-examples"   # stable: the broker keeps this session while the hub is away
+    max_rows: int = DEFAULT_MAX_ROWS
+    session_expiry_s: int = 24 * 3600
+    receive_maximum: int = 200
+    batch_max: int = 100
+    batch_wait_s: float = 0.05
+    keepalive_s: int = 10
+    tls: TlsFiles | None = None                    # the hub's MQTT identity (mqtts://); None: plain text
+
+
+@dataclass
+class HardExampleStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    bad: int = 0
+    store_errors: int = 0
+
+
+class HardExampleIngest:
+    """Hub service (`Hub.add_service`): subscribes every device's /hard_examples; `hub.hard_examples` is this."""
+
+    def __init__(self, config: HardExampleIngestConfig | None = None, store: HardExampleStore | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.stats = HardExampleStats()
+        self._owns_store = store is None
+        self._queue: queue.SimpleQueue[tuple[int, int, str, bytes, int]] = queue.SimpleQueue()
+        self._generation = 0
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self._hub: Any = None
+        self._last_bad_log = 0.0
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        return self._subscribed.wait(timeout_s)
+
+    # -- HubService --------------------------------------------------------------------
+
+    def start(self, hub: Any) -> None:
+        config = self.config or HardExampleIngestConfig(mqtt_url=hub.mqtt_url)
+        if not config.mqtt_url:
+            raise HubError("hard-example ingestion needs the hub's MQTT broker")
+        self.config = config
+        if self.store is None:
+            self.store = HardExampleStore.open(hub.config.data_dir / HARD_EXAMPLES_DB_FILENAME, config.max_rows)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=True)
+        host, port = configure_mqtt_client(client, config.mqtt_url, config.tls, "hard-example ingest")
+        client.reconnect_delay_set(0.2, 2.0)
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *a: self._subscribed.set()
+        client.on_disconnect = lambda *a: self._subscribed.clear()
+        client.on_message = lambda c, u, msg: self._queue.put((self._generation, msg.mid, msg.topic, msg.payload,
+                                                               msg.qos))
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = config.session_expiry_s
+        props.ReceiveMaximum = config.receive_maximum
+        props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES
+        client.connect_async(host, port, keepalive=config.keepalive_s, clean_start=False, properties=props)
+        self._client = client
+        self._writer = threading.Thread(target=self._write_loop, name="hub-hard-examples", daemon=True)
+        self._writer.start()
+        client.loop_start()
+        self._hub = hub
+        hub.hard_examples = self
+        log.info("hard-example ingest started mqtt=%s db=%s max_rows=%d", config.mqtt_url, self.store.db.path,
+                 config.max_rows)
+
+    def stop(self) -> None:
+        if self._hub is not None:
+            self._hub.hard_examples = None  # the routes answer 503 from now on
+            self._hub = None
+        self._stop.set()
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        if self._writer is not None:
+            self._writer.join(10)
+            self._writer = None
+        if self._owns_store and self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # -- paho thread ----------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("hard-example ingest connect refused reason=%s", reason_code)
+            return
+        self._generation += 1
+        client.subscribe(all_devices(HARD_EXAMPLES), qos=1)
+
+    # -- writer thread ----------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            deadline = time.monotonic() + self.config.batch_wait_s  # type: ignore[union-attr]
+            while len(batch) < self.config.batch_max:  # type: ignore[union-attr]
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            self._process(batch)
+
+    def _process(self, batch: list[tuple[int, int, str, bytes, int]]) -> None:
+        now = time.time()
+        records = []
+        for _, _, topic, payload, _ in batch:
+            self.stats.received += 1
+            try:
+                records.append(decode_upload(payload, parse_topic(topic).device_id))
+            except (TopicError, TelemetryDecodeError) as exc:
+                self.stats.bad += 1
+                if now - self._last_bad_log > 5.0:  # a flood of garbage must not flood the log
+                    log.warning("bad hard example topic=%r error=%s bad_total=%d", topic[:200], exc, self.stats.bad)
+                    self._last_bad_log = now
+        while not self._stop.is_set():
+            try:
+                new = self.store.insert(records, now) if records else []  # type: ignore[union-attr]
+                break
+            except Exception as exc:  # disk full, locked: keep the batch unacked and retry
+                self.stats.store_errors += 1
+                log.error("hard-example store failed batch=%d error=%s; retrying", len(records), exc)
+                self._stop.wait(1.0)
+        else:
+            return  # stopping without a commit: no acks, the broker redelivers to the next session
+        self.stats.stored += sum(new)
+        self.stats.duplicates += len(new) - sum(new)
+        client, generation = self._client, self._generation
+        if client is None:
+            return
+        for gen, mid, _, _, qos in batch:
+            if qos > 0 and gen == generation:
+                client.ack(mid, qos)
