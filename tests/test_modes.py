@@ -117,3 +117,76 @@ def test_no_hour_ever_carries_more_than_the_bytes_budget(steps, limit):
     for i, (start, _) in enumerate(admitted):
         in_hour = sum(n for t, n in admitted[i:] if t - start <= HOUR_S)
         assert in_hour <= limit
+
+
+# -- the hub's agreement gate (cloud_hub/rollouts/quality.py) -----------------------------------------------------
+
+
+def _window(device: str, seq: int, version: str, requests: int, shadow: int, agree: int) -> bytes:
+    from protocols import limits
+    from protocols.telemetry_codec import TelemetryWindow, encode_window
+
+    w = TelemetryWindow(schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id=device, sequence=seq,
+                        model_name="digits", model_version=version, start_unix=0.0, end_unix=10.0,
+                        shadow_samples=shadow, shadow_agree=agree)
+    w.requests.edge = requests
+    w.confidence_counts.extend([0] * 19 + [requests])
+    return encode_window(w)
+
+
+def _compare(wave_agree: int, control_agree: int, shadow: int = 200):
+    from cloud_hub.rollouts.quality import QualityQuery, compare_cohorts
+
+    q = QualityQuery(("w1",), ("c1",), "2.0.0", 0.0)
+    return compare_cohorts(q, [_window("w1", 1, "2.0.0", 300, shadow, wave_agree)],
+                           [_window("c1", 1, "1.0.0", 300, shadow, control_agree)], 10.0)
+
+
+def test_agreement_gate_halts_a_wave_that_agrees_with_the_cloud_less_than_the_control():
+    from cloud_hub.rollouts.controller import GatePolicy
+    from cloud_hub.rollouts.quality import verdict
+
+    gates = GatePolicy(min_quality_requests=100, max_agreement_drop_vs_control=0.05, min_shadow_samples=100)
+    halt = verdict(_compare(150, 190), gates)  # 0.75 vs 0.95
+    assert halt == ("halt", "shadow agreement with the cloud model 0.75 vs control 0.95 (max drop 0.05; "
+                            "200 wave and 200 control shadow samples)")
+    assert verdict(_compare(182, 190), gates) == ("pass", "")  # 0.91 vs 0.95: within the drop
+    assert verdict(_compare(30, 95, shadow=99), gates) == ("pass", "")  # too few samples: not judged
+    assert verdict(_compare(150, 190), GatePolicy(min_quality_requests=100, max_agreement_drop_vs_control=None)) \
+        == ("pass", "")
+    figures = _compare(150, 190).as_dict()
+    assert (figures["wave"]["agreement"], figures["control"]["shadow_samples"]) == (0.75, 200)
+
+
+def test_agreement_gate_settings_are_checked():
+    from cloud_hub.rollouts.controller import GatePolicy, RolloutError
+
+    with pytest.raises(RolloutError, match="max_agreement_drop_vs_control"):
+        GatePolicy(max_agreement_drop_vs_control=1.5)
+    with pytest.raises(RolloutError, match="min_shadow_samples"):
+        GatePolicy(min_shadow_samples=0)
+
+
+def test_windows_count_shadow_and_budget_figures_and_the_codec_checks_them():
+    from edge_agent.telemetry.window import ModelInfo, WindowAggregator
+    from protocols.telemetry_codec import TelemetryDecodeError, decode_window, encode_window, window_to_dict
+
+    agg = WindowAggregator("dev-1", ModelInfo("digits", "1.0.0"), now=0.0)
+    agg.record("edge", 1.0, 0.9, 3)
+    agg.record("edge-degraded", 1.0, 0.4, 2, budget_spent=True)
+    agg.record_shadow(3, 2)
+    with pytest.raises(ValueError, match="budget_spent"):
+        agg.record("cloud", 1.0, budget_spent=True)
+    w = agg.close(5.0)
+    w.sequence = 1
+    back = window_to_dict(decode_window(encode_window(w)))
+    assert (back["shadow_samples"], back["shadow_agree"], back["budget_spent"]) == (3, 2, 1)
+    w.shadow_agree = 4
+    with pytest.raises(TelemetryDecodeError, match="shadow_agree"):
+        decode_window(encode_window(w))
+    w.shadow_agree, w.budget_spent = 2, 5
+    with pytest.raises(TelemetryDecodeError, match="budget_spent"):
+        decode_window(encode_window(w))
+    agg.record_shadow(2, 2)  # a shadow answer that comes back after its request's window closed still counts
+    late = agg.close(9.0)
+    assert late is not None and (late.shadow_samples, late.requests.edge) == (2, 0)

@@ -56,6 +56,8 @@ class GatePolicy:
     max_confidence_drop_vs_control: float = 0.10   # mean top-class confidence
     max_confidence_psi_vs_control: float | None = 0.25  # confidence histogram shift; None: not gated
     max_class_psi_vs_control: float | None = 0.25       # predicted-class mix shift; None: not gated
+    max_agreement_drop_vs_control: float | None = 0.05  # shadow top-1 agreement with the cloud; None: not gated
+    min_shadow_samples: int = 100      # shadow samples in each cohort before the agreement gate judges
 
     def __post_init__(self) -> None:
         for name in ("max_failure_rate", "max_fallback_rise", "min_reporting", "max_fallback_rise_vs_control",
@@ -70,6 +72,12 @@ class GatePolicy:
         for name in ("max_confidence_psi_vs_control", "max_class_psi_vs_control"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise RolloutError(f"gate {name}: must be >= 0 (or None to skip it)")
+        drop = self.max_agreement_drop_vs_control
+        if drop is not None and not 0.0 <= drop <= 1.0:
+            raise RolloutError(f"gate max_agreement_drop_vs_control: {drop!r} must be between 0 and 1 "
+                               "(or None to skip it)")
+        if self.min_shadow_samples < 1:
+            raise RolloutError(f"gate min_shadow_samples: {self.min_shadow_samples!r} must be >= 1")
         if self.wave_timeout_s is not None and self.wave_timeout_s <= 0:
             raise RolloutError("gate wave_timeout_s: must be positive (or None to wait)")
 

@@ -5,8 +5,8 @@ same hours, traffic and input drift as the wave; comparing the two over the same
 separates "the new model is worse" from "the world changed". Figures come from the
 windows the hub already stores: request sources (fallback and error rates), the
 confidence histogram and the predicted-class mix (PSI over the binned counts, as the
-drift engine computes it). Windows carry no agreement-with-the-cloud figure, so there
-is no agreement gate yet.
+drift engine computes it), and agreement with the cloud model from the shadow samples
+that devices in shadow mode report (edge_agent/modes.py).
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ class CohortFigures:
     errors: int = 0
     confidence: tuple[int, ...] = field(default_factory=lambda: (0,) * 20)
     classes: tuple[int, ...] = ()
+    shadow_samples: int = 0       # rows also answered by the hub (shadow mode)
+    shadow_agree: int = 0         # of those, rows whose edge top-1 class matched the hub's
+    budget_spent: int = 0         # degraded answers because a device's fallback budget was spent
+
+    @property
+    def agreement(self) -> float | None:
+        return self.shadow_agree / self.shadow_samples if self.shadow_samples else None
 
     @property
     def fallback_rate(self) -> float:
@@ -51,16 +58,18 @@ class CohortFigures:
         return float(np.dot(self.confidence, _CENTRES[:len(self.confidence)]) / n) if n else None
 
     def as_dict(self) -> dict[str, Any]:
-        mean = self.mean_confidence
+        mean, agreement = self.mean_confidence, self.agreement
         return {"devices": self.devices, "windows": self.windows, "requests": self.requests,
                 "fallback_rate": round(self.fallback_rate, 4), "error_rate": round(self.error_rate, 4),
-                "mean_confidence": None if mean is None else round(mean, 4)}
+                "mean_confidence": None if mean is None else round(mean, 4),
+                "shadow_samples": self.shadow_samples,
+                "agreement": None if agreement is None else round(agreement, 4), "budget_spent": self.budget_spent}
 
 
 def figures(windows: Iterable[TelemetryWindow]) -> CohortFigures:
     """Sum decoded windows into one cohort's figures."""
     devices: set[str] = set()
-    n = requests = fallbacks = errors = 0
+    n = requests = fallbacks = errors = shadow_samples = shadow_agree = budget_spent = 0
     conf = np.zeros(20, dtype=np.int64)
     classes = np.zeros(0, dtype=np.int64)
     for w in windows:
@@ -70,13 +79,17 @@ def figures(windows: Iterable[TelemetryWindow]) -> CohortFigures:
         requests += r.edge + r.cloud + r.edge_degraded + r.error
         fallbacks += r.cloud + r.edge_degraded
         errors += r.error
+        shadow_samples += w.shadow_samples
+        shadow_agree += w.shadow_agree
+        budget_spent += w.budget_spent
         if len(w.confidence_counts) == 20:
             conf += np.asarray(w.confidence_counts, dtype=np.int64)
         if len(w.class_counts):
             if len(w.class_counts) > len(classes):
                 classes = np.concatenate([classes, np.zeros(len(w.class_counts) - len(classes), dtype=np.int64)])
             classes[:len(w.class_counts)] += np.asarray(w.class_counts, dtype=np.int64)
-    return CohortFigures(len(devices), n, requests, fallbacks, errors, tuple(conf.tolist()), tuple(classes.tolist()))
+    return CohortFigures(len(devices), n, requests, fallbacks, errors, tuple(conf.tolist()), tuple(classes.tolist()),
+                         shadow_samples, shadow_agree, budget_spent)
 
 
 @dataclass(frozen=True)
@@ -147,6 +160,9 @@ def verdict(c: Comparison | None, gates: Any) -> tuple[Verdict, str]:
     if wm is not None and km is not None and km - wm > gates.max_confidence_drop_vs_control:
         return "halt", (f"mean confidence {wm:.2f} vs control {km:.2f} "
                         f"(max drop {gates.max_confidence_drop_vs_control:.2f})")
+    halt = _agreement_gate(w, k, gates)
+    if halt:
+        return "halt", halt
     s = shifts(c)
     if gates.max_confidence_psi_vs_control is not None and s["confidence_psi"] > gates.max_confidence_psi_vs_control:
         return "halt", (f"confidence distribution PSI {s['confidence_psi']:.2f} vs control "
@@ -154,3 +170,20 @@ def verdict(c: Comparison | None, gates: Any) -> tuple[Verdict, str]:
     if gates.max_class_psi_vs_control is not None and s["class_psi"] > gates.max_class_psi_vs_control:
         return "halt", f"class mix PSI {s['class_psi']:.2f} vs control (max {gates.max_class_psi_vs_control:.2f})"
     return "pass", ""
+
+
+def _agreement_gate(w: CohortFigures, k: CohortFigures, gates: Any) -> str:
+    """The halt reason when the wave agrees with the cloud model less than the control does; '' otherwise.
+
+    Skipped (passes) while either cohort has fewer than `min_shadow_samples`: most fleets
+    shadow only a few devices, and a handful of samples says nothing.
+    """
+    limit = getattr(gates, "max_agreement_drop_vs_control", None)
+    need = getattr(gates, "min_shadow_samples", 1)
+    if limit is None or w.shadow_samples < need or k.shadow_samples < need:
+        return ""
+    wa, ka = w.agreement, k.agreement
+    if wa is None or ka is None or ka - wa <= limit:
+        return ""
+    return (f"shadow agreement with the cloud model {wa:.2f} vs control {ka:.2f} (max drop {limit:.2f}; "
+            f"{w.shadow_samples} wave and {k.shadow_samples} control shadow samples)")

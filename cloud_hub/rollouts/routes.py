@@ -36,6 +36,9 @@ class GatesIn(BaseModel):
     max_confidence_drop_vs_control: float = Field(0.10, ge=0, le=1)
     max_confidence_psi_vs_control: float | None = Field(0.25, ge=0, le=100, description="null: not gated")
     max_class_psi_vs_control: float | None = Field(0.25, ge=0, le=100, description="null: not gated")
+    max_agreement_drop_vs_control: float | None = Field(0.05, ge=0, le=1, description="shadow agreement with the "
+                                                        "cloud model, wave below control; null: not gated")
+    min_shadow_samples: int = Field(100, ge=1, le=10**9, description="shadow samples per cohort before it decides")
 
 
 class RolloutIn(BaseModel):
