@@ -1,6 +1,10 @@
 """SIGKILL a real process in the middle of an update, at seeded points spread over the whole
 update (download, verify, stage, self-test, switch, watch, commit); on restart the device
-must hold exactly the old or the new version, complete, and a later run must finish the job."""
+must hold exactly the old or the new version, complete, and a later run must finish the job.
+
+Kills are aimed at steps, not at clock times: each kill waits for the child to report a
+step (cycling through every step an undisturbed update reports), then a seeded random delay,
+so a slow or busy machine still spreads the kills over the whole update."""
 
 from __future__ import annotations
 
@@ -70,17 +74,36 @@ class Child:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
         self.ready = threading.Event()
+        self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:  # type: ignore[union-attr]
-            self.lines.append(line.strip())
+            with self._changed:
+                self.lines.append(line.strip())
+                self._changed.notify_all()
             if line.startswith("READY"):
                 self.ready.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def steps(self) -> list[str]:
+        return [ln.split()[1] for ln in self.lines if ln.startswith("STEP")]
+
+    def wait_step(self, step: str, timeout: float = 60) -> bool:
+        """Until the child reports `step` (True) or exits or times out (False)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while step not in self.steps():
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    return False
+                self._changed.wait(min(left, 0.5))
+        return True
 
     def last_step(self) -> str:
-        steps = [ln.split()[1] for ln in self.lines if ln.startswith("STEP")]
+        steps = self.steps()
         return steps[-1] if steps else "before-download"
 
     def wait(self, timeout: float = 60) -> int:
@@ -110,16 +133,16 @@ def _max_accepted(store_dir: Path) -> str | None:
 
 def test_sigkill_at_seeded_points_always_restarts_into_a_complete_version(job, tmp_path):
     job_path, template = job
-    # One undisturbed run measures how long an update takes from READY to exit.
+    # One undisturbed run lists the steps an update reports; kills then aim at each in turn.
     store = tmp_path / "measure"
     shutil.copytree(template, store)
     child = Child(store, job_path)
     assert child.ready.wait(30), child.lines
-    t0 = time.monotonic()
     assert child.wait() == 0, child.lines
-    duration = time.monotonic() - t0
     assert child.lines[-1].startswith("DONE committed active=1.1.0"), child.lines
     assert _check_complete(store) == "1.1.0"
+    targets = ["ready"] + list(dict.fromkeys(child.steps()))
+    assert len(targets) >= 6, targets
 
     rng = random.Random(SEED)
     outcomes: Counter[str] = Counter()
@@ -129,7 +152,10 @@ def test_sigkill_at_seeded_points_always_restarts_into_a_complete_version(job, t
         shutil.copytree(template, store)
         child = Child(store, job_path)
         assert child.ready.wait(30), child.lines
-        time.sleep(duration * (i + rng.random()) / KILLS)  # stratified: every part of the update gets kills
+        target = targets[i % len(targets)]
+        if target != "ready":
+            child.wait_step(target)
+        time.sleep(rng.uniform(0, 0.05))  # somewhere inside (or just past) the step it reported
         child.proc.send_signal(signal.SIGKILL)
         child.wait()
         killed_in[child.last_step()] += 1
