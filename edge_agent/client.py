@@ -20,7 +20,7 @@ import zmq.asyncio
 
 from edge_agent.config import default_endpoint
 from edge_agent.errors import ERRORS_BY_CODE, AgentError, AgentUnavailable
-from edge_agent.wire import MODES, SOURCE_NAMES, decode_reply, encode_request
+from edge_agent.wire import MODES, SOURCE_NAMES, RequestTemplates, decode_reply
 from protocols import local_api_pb2 as pb
 
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray
@@ -90,7 +90,12 @@ def _new_ids() -> itertools.count:
 
 
 class AgentClient:
-    """Blocking client; one request at a time per instance (use one per thread)."""
+    """Blocking client; one request at a time per instance (use one per thread).
+
+    The hot path is kept short because it is most of what the agent costs a caller
+    beyond the transport: header templates (wire.RequestTemplates) and one blocking
+    receive with RCVTIMEO instead of poll + receive.
+    """
 
     def __init__(self, endpoint: str | None = None, *, timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
         self.endpoint = endpoint or default_endpoint()
@@ -98,12 +103,15 @@ class AgentClient:
         self._ctx = context or zmq.Context.instance()
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._ids = _new_ids()
+        self._templates = RequestTemplates()
+        self._rcvtimeo = -2  # what RCVTIMEO is set to now, in ms (-2: not yet set)
         self._sock = self._connect()
 
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.endpoint)
+        self._rcvtimeo = -2
         return sock
 
     def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
@@ -113,21 +121,35 @@ class AgentClient:
         Raises BadRequestError etc. for error replies and AgentUnavailable on timeout.
         """
         request_id = self._prefix + str(next(self._ids))
-        frames = encode_request(_inputs(inputs), request_id=request_id, model_name=model_name, threshold=threshold,
-                                mode=_mode(mode), return_outputs=return_outputs)
-        self._sock.send_multipart(frames, copy=False)
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        frames = self._templates.frames(_inputs(inputs), request_id=request_id, model_name=model_name,
+                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs)
+        sock = self._sock
+        sock.send_multipart(frames, copy=False)
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        remaining = limit  # the first wait uses the whole limit: the same RCVTIMEO request after request
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
+            reply = None
+            if remaining > 0:
+                timeo = max(1, int(remaining * 1000))
+                if timeo != self._rcvtimeo:
+                    sock.setsockopt(zmq.RCVTIMEO, timeo)
+                    self._rcvtimeo = timeo
+                try:
+                    # small replies: a copy into bytes is cheaper than a zmq.Frame; outputs: no copy here
+                    reply = sock.recv_multipart(copy=not return_outputs)
+                except zmq.Again:
+                    pass
+            if reply is None:
                 # a late reply would confuse the next request: start over on a fresh socket
                 self._sock.close(0)
                 self._sock = self._connect()
                 raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within "
-                                       f"{(self.timeout_s if timeout_s is None else timeout_s):.1f} s; is it running?")
-            header, outputs = decode_reply(self._sock.recv_multipart(copy=False))
+                                       f"{limit:.1f} s; is it running?")
+            header, outputs = decode_reply(reply)
             if header.request_id in (request_id, ""):
                 return _answer(header, outputs)
+            remaining = deadline - time.monotonic()
             # a stale reply to an earlier, abandoned request: skip it
 
     def close(self) -> None:
@@ -154,14 +176,15 @@ class AsyncAgentClient:
         self._sock.connect(self.endpoint)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._ids = _new_ids()
+        self._templates = RequestTemplates()
         self._waiters: dict[str, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
 
     async def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
                     return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None) -> AgentAnswer:
         request_id = self._prefix + str(next(self._ids))
-        frames = encode_request(_inputs(inputs), request_id=request_id, model_name=model_name, threshold=threshold,
-                                mode=_mode(mode), return_outputs=return_outputs)
+        frames = self._templates.frames(_inputs(inputs), request_id=request_id, model_name=model_name,
+                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters[request_id] = waiter
