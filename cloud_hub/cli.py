@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run staged OTA rollouts: /v1/rollouts and `tandem-hub ota` (default on)")
     serve.add_argument("--drift-eval-interval", type=float, dest="drift_eval_interval_s", metavar="SECONDS",
                        help="how often the drift engine evaluates every cohort (default 10)")
+    serve.add_argument("--tls-dir", type=Path, help="mutual TLS from a `tandem-hub pki init` folder: Mosquitto with "
+                       "the fleet ACL, mqtts:// for the hub's clients, device certificates on gRPC (default: plain text)")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(func=cmd_serve)
 
@@ -169,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             grpc_port=args.grpc_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
                             mqtt_url=args.mqtt_url, broker=args.broker, inference_profile=args.inference_profile,
                             public_url=args.public_url, telemetry=args.telemetry, rollouts=args.rollouts,
-                            drift_eval_interval_s=args.drift_eval_interval_s)
+                            drift_eval_interval_s=args.drift_eval_interval_s, tls_dir=args.tls_dir)
     hub = Hub(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -180,6 +182,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tandem-hub serving (data dir {config.data_dir.resolve()})")
         for name, url in urls.items():
             print(f"  {name:<9} {url}")
+        if config.tls_dir is None:
+            print("tandem-hub: WARNING: PLAIN TEXT, development only: MQTT and gRPC run without TLS or client "
+                  "certificates, so anyone on the network can read them and pose as a device; for a fleet run "
+                  "`tandem-hub pki init` and serve with --tls-dir (docs/security.md)", file=sys.stderr)
+        else:
+            print(f"  mutual TLS from {config.tls_dir.resolve()}")
         if not hub.tokens.list(include_revoked=False):
             print(f"no API tokens yet: tandem-hub tokens create --scope admin --name admin --data-dir {config.data_dir}")
         sys.stdout.flush()

@@ -20,7 +20,7 @@ _FLOATS = ("offline_after_s", "max_upload_mb", "telemetry_retention_s", "drift_e
 _POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
              "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s", "rollout_watch_s")
 _BOOLS = ("telemetry", "rollouts")
-_OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s")
+_OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s", "tls_dir")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -68,11 +68,17 @@ class HubConfig:
     rollout_watch_s: float | None = None  # health-watch length sent to devices; None: each device's own
     # Hard examples agents upload (with telemetry): <data_dir>/hard_examples.sqlite keeps the newest this many.
     hard_examples_max: int = 100_000
+    # Mutual TLS: a `tandem-hub pki init` folder. Set, the hub's Mosquitto listens with TLS and the fleet ACL,
+    # its MQTT clients connect as the hub identity over mqtts://, and gRPC inference demands device certificates.
+    # None: plain text, development only.
+    tls_dir: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "model_dirs", tuple(Path(p) for p in self.model_dirs))
         object.__setattr__(self, "profile_dirs", tuple(Path(p) for p in self.profile_dirs))
+        if self.tls_dir is not None:
+            object.__setattr__(self, "tls_dir", Path(self.tls_dir))
         for name in ("http_port", "grpc_port", "mqtt_port"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= 65535:
@@ -81,6 +87,9 @@ class HubConfig:
             raise ConfigError(f"broker (env {ENV_PREFIX}BROKER): {self.broker!r} is not one of {', '.join(BROKER_KINDS)}")
         if self.mqtt_url is not None and not self.mqtt_url.startswith(("mqtt://", "mqtts://", "tcp://")):
             raise ConfigError(f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} should look like mqtt://host:1883")
+        if self.tls_dir is not None and self.mqtt_url is not None and not self.mqtt_url.startswith("mqtts://"):
+            raise ConfigError(f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} must be mqtts:// with tls_dir "
+                              "(no silent plain text)")
         if self.offline_after_s <= 0:
             raise ConfigError(f"offline_after_s (env {ENV_PREFIX}OFFLINE_AFTER_S): must be positive")
         if self.max_upload_mb <= 0:
@@ -176,7 +185,7 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
             elif key in ("model_dirs", "profile_dirs"):
                 items = value.split(os.pathsep) if isinstance(value, str) else list(value)
                 out[key] = tuple(Path(p) for p in items if str(p))
-            elif key == "data_dir":
+            elif key in ("data_dir", "tls_dir"):
                 out[key] = Path(value)
             else:
                 out[key] = value

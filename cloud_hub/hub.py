@@ -58,6 +58,7 @@ class Hub:
             raise
         self._app: Any = None
         self._broker: BrokerHandle | None = None
+        self._pki: Any = None  # cloud_hub.pki.Pki when config.tls_dir is set
         self._inference: Any = None
         self._grpc_port: int | None = None
         self._http_server: Any = None
@@ -91,6 +92,11 @@ class Hub:
         if self._broker is not None:
             return self._broker.kind
         return "external" if self.config.mqtt_url else None
+
+    @property
+    def mqtt_tls(self) -> Any:
+        """The hub's own MQTT identity (protocols.tls.TlsFiles) with tls_dir; None: plain text."""
+        return self._pki.hub_client_files() if self._pki is not None else None
 
     @property
     def mqtt_url(self) -> str | None:
@@ -138,9 +144,10 @@ class Hub:
         if self._closed:
             raise HubError("this Hub was stopped; create a new Hub on the same data dir to restart")
         try:
+            self._load_pki()
             if self.config.mqtt_url is None and self._broker is None:
                 self._broker = start_broker(self.config.broker, self.config.data_dir / "mosquitto",
-                                            self.config.mqtt_host, self.config.mqtt_port)
+                                            self.config.mqtt_host, self.config.mqtt_port, tls_pki=self._pki)
             if self.config.model_dirs and self._inference is None:
                 self._start_inference()
             self._add_default_telemetry()
@@ -161,6 +168,24 @@ class Hub:
         log.info("hub started %s", " ".join(f"{k}={v}" for k, v in self.urls().items()))
         return self
 
+    def _load_pki(self) -> None:
+        """Open tls_dir (mutual TLS on MQTT and gRPC), or say once, loudly, that this hub talks plain text."""
+        if self.config.tls_dir is None:
+            from protocols.tls import warn_plain_text
+
+            warn_plain_text("tandem hub", "its devices (MQTT, gRPC; set tls_dir, env TANDEM_HUB_TLS_DIR)")
+            return
+        if self._pki is None:
+            from cloud_hub.pki import Pki, PkiError
+
+            try:
+                self._pki = Pki(self.config.tls_dir)
+                self._pki.hub_server_files().check()
+                self._pki.hub_client_files().check()
+            except (PkiError, ValueError) as exc:
+                self._pki = None
+                raise ConfigError(f"tls_dir (env TANDEM_HUB_TLS_DIR): {exc}") from exc
+
     def _add_default_telemetry(self) -> None:
         from cloud_hub.telemetry.hub_service import HubTelemetry
 
@@ -176,7 +201,7 @@ class Hub:
 
         if not self.mqtt_url or any(isinstance(s, DevicePresence) for s in self._services):
             return
-        self._services.append(DevicePresence())
+        self._services.append(DevicePresence())  # connects with hub.mqtt_tls
 
     def _add_default_hard_examples(self) -> None:
         """Store what agents upload on /hard_examples (with telemetry; MQTT 5 for manual acks)."""
@@ -187,7 +212,7 @@ class Hub:
             return
         if self._mqtt5_missing("hard-example ingestion"):
             return
-        self._services.append(HardExampleIngest(HardExampleIngestConfig(self.mqtt_url,
+        self._services.append(HardExampleIngest(HardExampleIngestConfig(self.mqtt_url, tls=self.mqtt_tls,
                                                                         max_rows=self.config.hard_examples_max)))
 
     def _mqtt5_missing(self, what: str) -> bool:
@@ -206,7 +231,8 @@ class Hub:
             return
         from cloud_hub.rollouts.attach import HubRollouts
 
-        service = HubRollouts(tick_s=self.config.rollout_tick_s, watch_s=self.config.rollout_watch_s)
+        service = HubRollouts(tick_s=self.config.rollout_tick_s, watch_s=self.config.rollout_watch_s,
+                              tls=self.mqtt_tls)
         service.start(self)
         self._late_services.append(service)
 
@@ -214,7 +240,8 @@ class Hub:
         from cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
 
         server = InferenceServer([str(p) for p in self.config.model_dirs], host=self.config.grpc_host,
-                                 port=self.config.grpc_port, hub_profile=self.config.inference_profile)
+                                 port=self.config.grpc_port, hub_profile=self.config.inference_profile,
+                                 tls=self._pki.hub_server_files() if self._pki is not None else None)
         self._grpc_port = server.start()
         self._inference = server
 

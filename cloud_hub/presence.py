@@ -21,7 +21,8 @@ import paho.mqtt.client as mqtt
 from cloud_hub.devices import DeviceRegistry
 from cloud_hub.errors import HubError
 from protocols.telemetry_codec import STATUS_ONLINE, TelemetryDecodeError, decode_status
-from protocols.topics import STATUS, TopicError, all_devices, parse_mqtt_url, parse_topic
+from protocols.tls import configure_mqtt_client
+from protocols.topics import STATUS, TopicError, all_devices, parse_topic
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,10 @@ class DevicePresence:
         self.devices = hub.devices
         self._hub = hub
         hub.presence = self
-        host, port = parse_mqtt_url(hub.mqtt_url)
         # MQTT 3.1.1 on purpose: retained statuses need nothing newer, and the embedded broker speaks only 3.1.1
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
                              clean_session=True)
+        host, port = configure_mqtt_client(client, hub.mqtt_url, getattr(hub, "mqtt_tls", None), "device presence")
         client.reconnect_delay_set(0.2, 2.0)
         client.on_connect = lambda c, userdata, flags, rc, props=None: c.subscribe(all_devices(STATUS), qos=1)
         client.on_message = self._on_message

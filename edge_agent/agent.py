@@ -294,7 +294,8 @@ class Agent:
         except ImportError as exc:
             raise ConfigError(f"fallback.hub_url is set but the fallback client cannot load ({exc})") from exc
         self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
-        return FallbackClient(self.config.hub_url, deadline_ms=self.config.deadline_ms, breaker=self.breaker)
+        return FallbackClient(self.config.hub_url, deadline_ms=self.config.deadline_ms, breaker=self.breaker,
+                              tls=self.config.fallback_tls)  # the device's mqtt_tls_* identity, on gRPC too
 
     def _register_gauges(self) -> None:
         m = self.metrics

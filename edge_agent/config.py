@@ -123,6 +123,15 @@ class AgentConfig:
         return TlsFiles(self.mqtt_tls_ca, self.mqtt_tls_cert, self.mqtt_tls_key)
 
     @property
+    def fallback_tls(self) -> Any:
+        """TlsFiles for the gRPC fallback: the same device identity as MQTT (mqtt_tls_ca/cert/key, one
+        `tandem-hub pki issue` folder), used whenever hub_url is set and mqtt_tls_ca is given (without
+        mqtt_tls_cert the channel verifies the hub but presents no identity, which a Tandem hub refuses)."""
+        if self.hub_url is None or self.mqtt_tls_ca is None:
+            return None
+        return self.mqtt_tls
+
+    @property
     def model_store_dir(self) -> Path:
         return self.ota_store_dir if self.ota_store_dir is not None else self.data_dir / "models"
 

@@ -10,6 +10,7 @@ cloud_hub.telemetry.routes and the rollout gates. `Hub.start()` adds one by defa
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from cloud_hub.errors import ConfigError
@@ -43,6 +44,9 @@ class HubTelemetry:
         if not hub.mqtt_url:
             raise ConfigError("telemetry needs an MQTT broker: set mqtt_url (env TANDEM_HUB_MQTT_URL) or let the hub start one")
         config = self.config or telemetry_config(hub.config)
+        tls = getattr(hub, "mqtt_tls", None)
+        if tls is not None and "tls" not in config.ingest:  # the hub's mutual-TLS identity (HubConfig.tls_dir)
+            config = replace(config, ingest={**config.ingest, "tls": tls})
         self.service = TelemetryIngestService(hub.config.data_dir, hub.mqtt_url,
                                               lambda name, version: hub.registry.manifest(name, version), config)
         self.service.start()

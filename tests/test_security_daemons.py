@@ -1,0 +1,159 @@
+"""Mutual TLS through the daemons' own configs: `tandem-hub pki` files -> HubConfig.tls_dir and AgentConfig mqtt_tls_*.
+
+A real Hub started with tls_dir runs its own Mosquitto with the TLS listener and the fleet ACL, its
+telemetry, presence, hard-example and rollout clients on mqtts:// as the hub identity, and gRPC inference
+demanding device certificates. A real Agent holding dev-a's files streams telemetry and falls back to the
+cloud model; an agent without a certificate gets neither.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent_fixtures import make_model_dir
+from cloud_hub.config import HubConfig
+from cloud_hub.errors import ConfigError
+from edge_agent import Agent, AgentClient, AgentConfig
+from telemetry_fixtures import MOSQUITTO
+
+needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
+
+
+def _wait(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())
+
+
+def _pki(root: Path, *devices: str) -> Path:
+    """The operator's steps, through the CLI: `tandem-hub pki init`, then `pki issue DEVICE`."""
+    from cloud_hub.cli import main
+
+    folder = root / "pki"
+    assert main(["pki", "init", "--dir", str(folder)]) == 0
+    for device in devices:
+        assert main(["pki", "issue", device, "--dir", str(folder)]) == 0
+    return folder
+
+
+def test_tls_dir_comes_from_env_or_flag_and_refuses_a_plain_broker_url(tmp_path):
+    assert HubConfig.load(env={"TANDEM_HUB_TLS_DIR": str(tmp_path)}).tls_dir == tmp_path
+    assert HubConfig.load(env={}, tls_dir=tmp_path).tls_dir == tmp_path
+    assert HubConfig.load(env={}).tls_dir is None
+    with pytest.raises(ConfigError, match="mqtt_url .* must be mqtts:// with tls_dir"):
+        HubConfig(tls_dir=tmp_path, mqtt_url="mqtt://127.0.0.1:1883")
+
+
+def test_a_tls_dir_without_a_ca_stops_the_hub_naming_the_setting(tmp_path):
+    from cloud_hub.hub import Hub
+
+    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, tls_dir=tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r"tls_dir \(env TANDEM_HUB_TLS_DIR\): .* no CA here"):
+        hub.start(http=False)
+    hub.stop()
+
+
+def test_agent_fallback_uses_the_devices_mqtt_identity(tmp_path):
+    files = {k: tmp_path / f"{k}.pem" for k in ("ca", "cert", "key")}
+    for path in files.values():
+        path.write_text("x")
+    tls = dict(mqtt_url="mqtts://127.0.0.1:8883", mqtt_tls_ca=files["ca"], mqtt_tls_cert=files["cert"],
+               mqtt_tls_key=files["key"])
+    cfg = AgentConfig(model_dir=tmp_path, hub_url="127.0.0.1:8001", **tls).validate()
+    assert cfg.fallback_tls == cfg.mqtt_tls and cfg.fallback_tls.cert == files["cert"]
+    assert AgentConfig(model_dir=tmp_path, **tls).fallback_tls is None            # no hub_url: no fallback
+    assert AgentConfig(model_dir=tmp_path, hub_url="127.0.0.1:8001").fallback_tls is None  # plain text
+
+
+@pytest.fixture(scope="module")
+def tls_hub(digits_dir, tmp_path_factory):
+    from cloud_hub.hub import Hub
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto not installed")
+    root = tmp_path_factory.mktemp("tls-hub")
+    pki = _pki(root, "dev-a")
+    models = root / "models"
+    edge = make_model_dir(digits_dir / "edge.onnx", models / "edge", name="digits")
+    cloud = make_model_dir(digits_dir / "cloud.onnx", models / "cloud", name="digits-cloud")
+    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, model_dirs=(cloud,), tls_dir=pki,
+                        rollout_tick_s=0.1))
+    try:
+        hub.start()
+        assert hub.mqtt_url.startswith("mqtts://") and hub.broker_kind == "mosquitto"
+        assert hub.telemetry.ingest.wait_subscribed(15), "the hub's own client could not connect over mutual TLS"
+        assert hub.hard_examples.wait_subscribed(10) and hub.rollouts.wait_subscribed(10)
+        hub.test_pki, hub.test_edge = pki, edge
+        yield hub
+    finally:
+        hub.stop()
+
+
+def _agent_config(hub, tmp_path: Path, device_id: str, *, cert: bool) -> AgentConfig:
+    folder = hub.test_pki / "devices" / "dev-a"
+    identity = dict(mqtt_tls_cert=folder / "client.crt", mqtt_tls_key=folder / "client.key") if cert else {}
+    return AgentConfig(model_dir=hub.test_edge, endpoint=f"ipc://{tmp_path}/{device_id}.sock",
+                       data_dir=tmp_path / device_id, device_id=device_id, tags={"site": "secure"},
+                       mqtt_url=hub.mqtt_url, mqtt_tls_ca=folder / "ca.crt", telemetry_window_s=0.3,
+                       hub_url=f"127.0.0.1:{hub.grpc_port}", hub_model="digits-cloud", deadline_ms=2000,
+                       **identity)
+
+
+def _inputs(digits_dir: Path) -> np.ndarray:
+    return np.load(digits_dir / "test.npz")["x"].astype(np.float32)
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_a_device_with_its_certificate_streams_telemetry_and_falls_back_over_mutual_tls(tls_hub, digits_dir,
+                                                                                          tmp_path):
+    from cloud_hub.presence import wait_registered
+
+    x = _inputs(digits_dir)
+    with Agent(_agent_config(tls_hub, tmp_path, "dev-a", cert=True)) as agent, AgentClient(agent.endpoint) as client:
+        answers = [client.infer(x[i:i + 1], threshold=1.0) for i in range(5)]  # nothing is that sure: ask the hub
+        assert [a.source for a in answers] == ["cloud"] * 5, [a.detail for a in answers]
+        assert wait_registered(tls_hub.devices, "dev-a", 15)
+        assert tls_hub.devices.get("dev-a").tags == {"site": "secure"}
+        agent.telemetry.flush()
+        assert _wait(lambda: sum(r["cloud"] for r in tls_hub.telemetry.store.device_windows("dev-a")) == 5, 15)
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_an_agent_without_a_certificate_is_refused_on_mqtt_and_on_grpc(tls_hub, digits_dir, tmp_path):
+    import paho.mqtt.client as mqtt
+
+    from protocols.topics import parse_mqtt_url
+
+    cfg = _agent_config(tls_hub, tmp_path, "dev-b", cert=False)
+    x = _inputs(digits_dir)
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        answer = client.infer(x[:1], threshold=1.0)
+        assert answer.source == "edge-degraded", answer.detail  # the hub's gRPC handshake wants a certificate
+        # MQTT: the same trust and no identity, from a client we can watch: the broker ends every attempt
+        outcome: list[str] = []
+        done = threading.Event()
+        probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        probe.tls_set_context(cfg.mqtt_tls.client_context())
+        probe.on_connect = lambda c, u, f, rc, p=None: (outcome.append(f"connect {rc}"), done.set())
+        probe.on_disconnect = lambda c, u, f, rc, p=None: (outcome.append(f"disconnect {rc}"), done.set())
+        try:
+            probe.connect(*parse_mqtt_url(cfg.mqtt_url))
+            probe.loop_start()
+            assert done.wait(15)
+        except OSError as exc:  # refused during the handshake itself
+            outcome.append(f"error {exc}")
+        finally:
+            probe.loop_stop()
+        assert not any(o == "connect Success" for o in outcome), outcome
+        assert agent.telemetry.publisher.connects == 0 and not agent.telemetry.publisher.connected
+    assert not tls_hub.devices.exists("dev-b")
