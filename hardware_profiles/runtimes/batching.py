@@ -275,7 +275,10 @@ class MicroBatcher:
         outputs = self.session.run(feeds)
         seconds = time.perf_counter() - t0
         ewma = self.run_ewma_s
-        self.run_ewma_s = seconds if ewma is None else ewma + _RUN_EWMA_WEIGHT * (seconds - ewma)
+        if ewma is None:
+            self.run_ewma_s = seconds
+        else:  # one sample counts at most double: a preempted run must not look like a slow model for long
+            self.run_ewma_s = ewma + _RUN_EWMA_WEIGHT * (min(seconds, 2.0 * ewma) - ewma)
         return outputs
 
     def _run_one(self, req: _Request) -> None:
