@@ -157,3 +157,40 @@ def test_an_agent_without_a_certificate_is_refused_on_mqtt_and_on_grpc(tls_hub, 
         assert not any(o == "connect Success" for o in outcome), outcome
         assert agent.telemetry.publisher.connects == 0 and not agent.telemetry.publisher.connected
     assert not tls_hub.devices.exists("dev-b")
+
+
+def _serve_output(data_dir: Path, *extra: str) -> tuple[str, str]:
+    """Run `tandem-hub serve` until it has printed its URLs, stop it with SIGTERM; (stdout, stderr)."""
+    import signal
+    import subprocess
+    import sys
+
+    from telemetry_fixtures import python_env
+
+    cmd = [sys.executable, "-m", "cloud_hub.cli", "serve", "--data-dir", str(data_dir), "--http-port", "0",
+           "--grpc-port", "0", "--no-telemetry", "--no-rollouts", "--log-level", "ERROR", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda s=s, d=d: d.extend(s), daemon=True)
+               for s, d in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    try:
+        assert _wait(lambda: any("no API tokens" in line for line in out) or proc.poll() is not None, 60), out + err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        for reader in readers:
+            reader.join(5)
+    return "".join(out), "".join(err)
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_serve_warns_loudly_in_plain_text_and_runs_mqtts_with_tls_dir(tmp_path):
+    out, err = _serve_output(tmp_path / "plain")
+    assert "WARNING: PLAIN TEXT, development only" in err and "mqtt://" in out, (out, err)
+    pki = _pki(tmp_path)
+    out, err = _serve_output(tmp_path / "tls", "--tls-dir", str(pki))
+    assert "PLAIN TEXT" not in err and "mqtts://127.0.0.1:" in out and f"mutual TLS from {pki}" in out, (out, err)
