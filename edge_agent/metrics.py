@@ -76,7 +76,8 @@ class AgentMetrics:
             self.fallback_latency.observe(seconds)
 
     def observe_decision(self, action: str) -> None:
-        # I/O loop thread only (one writer); a plain bump keeps the per-request cost at ~50 ns
+        # `action`: an edge_agent.modes.Action (a str enum, same hash) or its value. I/O loop thread
+        # only (one writer), so a plain bump without the lock: ~50 ns per request
         self.decisions[action] += 1
 
     def observe_shadow(self, samples: int, agree: int) -> None:

@@ -184,12 +184,14 @@ class InferenceService:
             raise InferenceError(f"cannot score the model's outputs: {exc}") from exc
         edge = Answer(pb.SOURCE_EDGE, scores, list(zip(names, outputs)))
         decision = self._decide(request, scores.all_confident)
-        self.metrics.observe_decision(decision.action.value)
+        self.metrics.observe_decision(decision.action)
         return edge, decision
 
     def _decide(self, request: "_Prepared", confident: bool) -> Decision:
         """The serving mode's decision: the request's own mode (edge or cloud) wins over the device's."""
-        mode = _REQUEST_MODES.get(request.header.options.mode) or self.mode
+        mode = _REQUEST_MODES.get(request.header.options.mode, self.mode)
+        if mode is ServingMode.EDGE_ONLY or (confident and mode is ServingMode.HYBRID):
+            return _EDGE  # the common case: no clock, no budget
         if self.fallback is None:
             if mode is ServingMode.CLOUD_ONLY:
                 return _NO_HUB_ASKED

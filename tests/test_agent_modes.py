@@ -152,17 +152,18 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
         t0 = time.monotonic()
         answers = [client.infer(test_x[i:i + 1], threshold=1.0) for i in range(n)]  # all unsure
         elapsed = time.monotonic() - t0
-        cloud = [a for a in answers if a.source == "cloud"]
-        spent = [a for a in answers if a.source == "edge-degraded"]
-        assert len(cloud) + len(spent) == n
-        assert 2 <= len(cloud) <= 2 + 2 * elapsed + 1e-9, (len(cloud), elapsed)
-        assert spent and all(a.detail.startswith(BUDGET_REASON) and "2 hub requests/s" in a.detail for a in spent)
+        seen = (elapsed, [(a.source, a.detail) for a in answers])
+        spent = [a for a in answers if a.detail.startswith(BUDGET_REASON)]
+        asked = [a for a in answers if not a.detail.startswith(BUDGET_REASON)]  # cloud, or a hub failure
+        cloud = [a for a in asked if a.source == "cloud"]
+        assert 2 <= len(asked) <= 2 + 2 * elapsed + 1e-9 and cloud, seen
+        assert all(a.source == "edge-degraded" and "2 hub requests/s (burst 2)" in a.detail for a in spent), seen
         text = metrics_text(agent)
         assert f'tandem_agent_mode_decisions_total{{decision="budget-spent"}} {len(spent)}' in text
         assert "tandem_agent_budget_request_tokens" in text
         window = one_window(agent)
-    assert hub_calls(hub, "budget-1") == len(cloud)
-    assert window.budget_spent == len(spent) == window.requests.edge_degraded
+    assert len(cloud) <= hub_calls(hub, "budget-1") <= len(asked)
+    assert window.budget_spent == len(spent) == n - len(asked)
 
 
 def test_mode_keys_live_in_their_own_section_and_bad_values_name_the_key(models, tmp_path):
