@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -108,7 +109,8 @@ def decode_tensor_index(blob: bytes) -> tuple[tuple[TensorInfo, ...], int]:
                 and isinstance(entry[2], list)):
             raise HardExampleError("hard example tensors: each index entry is [name, dtype, shape]")
         name, dtype_str, shape = entry
-        if not name or len(name) > _MAX_TEXT or name in names:
+        if (not name or len(name) > _MAX_TEXT or name in names or name.startswith(".")
+                or any(c in "/\\" or ord(c) < 32 for c in name)):  # names become .npz member paths
             raise HardExampleError(f"hard example tensors: bad or repeated name {name[:64]!r}")
         names.add(name)
         try:
@@ -162,7 +164,12 @@ def to_npz(blob: bytes) -> bytes:
         arrays[t.name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(t.shape)
         offset += count * dtype.itemsize
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    # written member by member, not np.savez(**arrays): a tensor named "file" or "allow_pickle" would
+    # collide with savez's own parameters
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as npz:
+        for name, array in arrays.items():
+            with npz.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return buf.getvalue()
 
 

@@ -12,10 +12,12 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud_hub.hard_examples import (HardExampleError, HardExampleStore, decode_tensor_index, decode_upload, to_npz)
 from edge_agent.hard_examples import encode_tensors
-from protocols.telemetry_codec import encode_hard_example
+from protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
 from telemetry_fixtures import MOSQUITTO, Mosquitto
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
@@ -45,6 +47,9 @@ def test_tensor_index_accepts_the_agents_encoding_and_refuses_what_does_not_add_
     assert [(t.name, t.dtype, t.shape) for t in index] == [("input", "<f4", (3, 4)), ("mask", "|b1", (2,))]
     with np.load(io.BytesIO(to_npz(encode_tensors(x))), allow_pickle=False) as npz:
         assert np.array_equal(npz["input"], x["input"]) and np.array_equal(npz["mask"], x["mask"])
+    odd = {"file": np.ones(2, np.uint8), "allow_pickle": np.zeros(1, np.float64)}  # savez's own parameter names
+    with np.load(io.BytesIO(to_npz(encode_tensors(odd))), allow_pickle=False) as npz:
+        assert npz["file"].tolist() == [1, 1] and npz["allow_pickle"].tolist() == [0.0]
     good = encode_tensors({"a": np.zeros(4, np.float32)})
     head = good.partition(b"\n")[0]
     bad = [
@@ -57,10 +62,27 @@ def test_tensor_index_accepts_the_agents_encoding_and_refuses_what_does_not_add_
         b"not json\n",
         head,                                                 # no newline
         b"[" * 5000 + b"\n",                                  # deep nesting
+        b'[["../../etc/x", "<f4", [4]]]\n' + good.partition(b"\n")[2],  # a name that is a path in the .npz
     ]
     for blob in bad:
         with pytest.raises(HardExampleError):
             decode_tensor_index(blob)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=st.binary(max_size=512), cut=st.integers(0, 600), flip=st.integers(0, 600))
+def test_any_bytes_are_accepted_or_refused_with_the_decoders_own_error(data, cut, flip):
+    valid = bytearray(_upload("cam-1", 1, {"x": np.arange(6, dtype=np.int16).reshape(2, 3)}))
+    if flip < len(valid):
+        valid[flip] ^= 0x5A
+    for payload in (data, bytes(valid[:cut]), bytes(valid), b'{"device_id":"cam-1","id":1,"model":"m",'
+                    b'"version":"1"}\n' + data):
+        try:
+            record = decode_upload(payload, "cam-1")
+        except TelemetryDecodeError:
+            continue
+        with np.load(io.BytesIO(to_npz(record.blob)), allow_pickle=False) as npz:
+            assert sorted(npz.files) == sorted(t.name for t in record.tensors)
 
 
 def test_an_upload_must_name_its_topics_device():
