@@ -134,30 +134,48 @@ def _parse(message: Any, frame: Frame, what: str) -> Any:
     return message
 
 
+def _tensor_layout(th: pb.TensorHeader, label: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, bytes) of a tensor header, or BadRequestError naming the broken limit."""
+    if th.dtype not in limits.WIRE_DTYPES:
+        raise BadRequestError(f"{label}: dtype {th.dtype!r} is not one of {', '.join(limits.WIRE_DTYPES)}")
+    shape = tuple(int(d) for d in th.shape)
+    if len(shape) > limits.MAX_TENSOR_DIMS:
+        raise BadRequestError(f"{label}: rank {len(shape)} exceeds the limit of {limits.MAX_TENSOR_DIMS}")
+    if any(d < 0 for d in shape):
+        raise BadRequestError(f"{label}: shape {list(shape)} has a negative dimension")
+    if any(d > limits.MAX_TENSOR_ELEMENTS for d in shape):  # [2**62, 0] holds 0 elements but cannot exist
+        raise BadRequestError(f"{label}: a dimension of {list(shape)} exceeds the limit of {limits.MAX_TENSOR_ELEMENTS}")
+    count = math.prod(shape)
+    if count > limits.MAX_TENSOR_ELEMENTS:
+        raise BadRequestError(f"{label}: {count} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")
+    dtype = _WIRE_NP_DTYPES[th.dtype]
+    return dtype, shape, count * dtype.itemsize
+
+
+# Layouts that passed _tensor_layout, by (dtype, shape): a daemon sees the same few again and
+# again, so their checks run once (bounded; cleared when full, never holds a rejected layout).
+_LAYOUTS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, tuple[int, ...], int]] = {}
+LAYOUTS_MAX = 256
+
+
 def _arrays(headers: Sequence[pb.TensorHeader], frames: Sequence[Frame], what: str) -> list[np.ndarray]:
     if len(frames) != len(headers):
         raise BadRequestError(f"{what} header lists {len(headers)} tensors but {len(frames)} tensor frames followed")
     arrays = []
     for i, (th, frame) in enumerate(zip(headers, frames)):
-        label = f"{what} tensor {th.name or i!r}"
-        if th.dtype not in limits.WIRE_DTYPES:
-            raise BadRequestError(f"{label}: dtype {th.dtype!r} is not one of {', '.join(limits.WIRE_DTYPES)}")
-        shape = tuple(int(d) for d in th.shape)
-        if len(shape) > limits.MAX_TENSOR_DIMS:
-            raise BadRequestError(f"{label}: rank {len(shape)} exceeds the limit of {limits.MAX_TENSOR_DIMS}")
-        if any(d < 0 for d in shape):
-            raise BadRequestError(f"{label}: shape {list(shape)} has a negative dimension")
-        if any(d > limits.MAX_TENSOR_ELEMENTS for d in shape):  # [2**62, 0] holds 0 elements but cannot exist
-            raise BadRequestError(f"{label}: a dimension of {list(shape)} exceeds the limit of {limits.MAX_TENSOR_ELEMENTS}")
-        count = math.prod(shape)
-        if count > limits.MAX_TENSOR_ELEMENTS:
-            raise BadRequestError(f"{label}: {count} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")
-        dtype = _WIRE_NP_DTYPES[th.dtype]
+        key = (th.dtype, tuple(th.shape))
+        layout = _LAYOUTS.get(key)
+        if layout is None:
+            layout = _tensor_layout(th, f"{what} tensor {th.name or i!r}")
+            if len(_LAYOUTS) >= LAYOUTS_MAX:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = layout
+        dtype, shape, nbytes = layout
         buf = _buffer(frame)
-        if buf.nbytes != count * dtype.itemsize:
-            raise BadRequestError(f"{label}: shape {list(shape)} of {th.dtype} needs {count * dtype.itemsize} bytes "
-                                  f"but its frame has {buf.nbytes}")
-        arrays.append(np.frombuffer(buf, dtype=dtype, count=count).reshape(shape))
+        if buf.nbytes != nbytes:
+            raise BadRequestError(f"{what} tensor {th.name or i!r}: shape {list(shape)} of {th.dtype} needs {nbytes} "
+                                  f"bytes but its frame has {buf.nbytes}")
+        arrays.append(np.frombuffer(buf, dtype=dtype).reshape(shape))
     return arrays
 
 

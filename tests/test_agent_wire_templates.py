@@ -78,3 +78,15 @@ def test_reply_headers_decode_from_bytes_and_from_views():
         got, outputs = decode_reply(form)
         assert got.request_id == "r1" and list(got.label) == [3]
         assert np.array_equal(outputs["probs"], np.eye(2, dtype=np.float32))
+
+
+def test_a_known_layout_still_checks_every_frame_size():
+    good = encode_request([np.zeros((1, 4), np.float32)], request_id="ok")
+    decode_request(good)  # the layout is now known
+    with pytest.raises(BadRequestError, match=r"needs 16 bytes but its frame has 12"):
+        decode_request([good[0], b"\0" * 12])
+    with pytest.raises(BadRequestError, match="negative dimension"):  # never cached: refused every time
+        for _ in range(2):
+            header = pb.RequestHeader(schema_version=limits.LOCAL_API_SCHEMA_VERSION,
+                                      inputs=[pb.TensorHeader(dtype="float32", shape=[-1, 4])])
+            decode_request([header.SerializeToString(), b""])
