@@ -108,7 +108,8 @@ def format_summary(summary: dict) -> str:
                      f"{100 * src['edge_degraded'] / n:.1f}% degraded (hub not reachable in time)")
         if fleet.get("accuracy") is not None:
             lines.append(f"  accuracy of the answers the apps got: {fleet['accuracy']:.3f}")
-        lines.append(f"  telemetry: every device sent {tel['sent']} windows in all; the hub stored {tel['hub']}")
+        lost = "none lost" if tel["sent"] == tel["hub"] else f"{tel['sent'] - tel['hub']} not (yet) at the hub"
+        lines.append(f"  telemetry: the devices sent {tel['sent']} windows in all; the hub stored {tel['hub']} ({lost})")
         r = summary.get("rollout")
         if r:
             lines.append(f"  canary rollout of {r['version']}: {r['status']} ({r['counts']}); each device downloaded, "
