@@ -115,7 +115,7 @@ class Hub:
         return self._grpc_port
 
     def urls(self) -> dict[str, str]:
-        """What this hub serves: http (REST + /docs), telemetry/drift/rollouts (their REST routes, when running),
+        """What this hub serves: http (REST + /docs), telemetry/drift/rollouts/hard_examples (their REST routes, when running),
         public (the URL devices download from, when set), grpc (v2 inference), mqtt (the fleet's broker)."""
         out: dict[str, str] = {}
         if self.http_url:
@@ -126,6 +126,8 @@ class Hub:
                 out["drift"] = self.http_url + "/v1/drift/status"
             if self.rollouts is not None:
                 out["rollouts"] = self.http_url + "/v1/rollouts"
+            if self.hard_examples is not None:
+                out["hard_examples"] = self.http_url + "/v1/hard-examples"
         if self.config.public_url:
             out["public"] = self.config.public_url
         if self._grpc_port:

@@ -129,6 +129,7 @@ def hub(tmp_path_factory):
     try:
         hub.start()
         assert hub.hard_examples is not None and hub.hard_examples.wait_subscribed(10)
+        assert hub.urls()["hard_examples"] == hub.http_url + "/v1/hard-examples"
         token = hub.tokens.create("reader", "read").token
         with httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
             hub.test_http, hub.test_broker = http, broker
