@@ -18,7 +18,8 @@ _FLOATS = ("offline_after_s", "max_upload_mb", "telemetry_retention_s", "drift_e
            "drift_baseline_s", "drift_open_above", "drift_close_below", "drift_rate_open_above",
            "drift_rate_close_below", "rollout_tick_s", "rollout_watch_s")
 _POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
-             "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s", "rollout_watch_s")
+             "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s",
+             "rollout_watch_s")
 _BOOLS = ("telemetry", "rollouts")
 _OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s", "tls_dir")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")

@@ -115,8 +115,8 @@ class Hub:
         return self._grpc_port
 
     def urls(self) -> dict[str, str]:
-        """What this hub serves: http (REST + /docs), telemetry/drift/rollouts/hard_examples (their REST routes, when running),
-        public (the URL devices download from, when set), grpc (v2 inference), mqtt (the fleet's broker)."""
+        """What this hub serves: http (REST + /docs), telemetry/drift/rollouts/hard_examples (their REST routes,
+        when running), public (the URL devices download from, when set), grpc (v2 inference), mqtt (the broker)."""
         out: dict[str, str] = {}
         if self.http_url:
             out["http"] = self.http_url

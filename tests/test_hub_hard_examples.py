@@ -195,7 +195,8 @@ def test_redeliveries_store_nothing_twice_and_garbage_is_counted_without_stoppin
         good = _upload("dup-dev", 1, {"x": np.ones(3, np.float32)})
         for payload, topic in [(good, "dup-dev"), (good, "dup-dev"), (b"garbage", "dup-dev"),
                                (_upload("someone-else", 2, {"x": np.ones(1, np.float32)}), "dup-dev"),
-                               (good[:-2], "dup-dev"), (_upload("dup-dev", 3, {"x": np.ones(1, np.float32)}), "dup-dev")]:
+                               (good[:-2], "dup-dev"),
+                               (_upload("dup-dev", 3, {"x": np.ones(1, np.float32)}), "dup-dev")]:
             client.publish(hard_examples_topic(topic), payload, qos=1).wait_for_publish(5)
     finally:
         client.disconnect()
