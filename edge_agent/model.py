@@ -284,23 +284,32 @@ def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequ
     if len(arrays) != len(specs):
         raise BadRequestError(f"the model takes {len(specs)} input(s) ({', '.join(s.name for s in specs)}); "
                               f"the request sent {len(arrays)}")
+    # runs on every request: the cheap comparisons first, names and messages only on failure
     feeds: dict[str, np.ndarray] = {}
-    by_name = {s.name: s for s in specs}
+    by_name: dict[str, TensorSpec] | None = None
     for i, (name, array) in enumerate(zip(names, arrays)):
-        spec = by_name.get(name) if name else specs[i]
-        if spec is None:
-            raise BadRequestError(f"input {name!r} is not an input of the model (inputs: {', '.join(by_name)})")
+        if name:
+            if by_name is None:
+                by_name = {s.name: s for s in specs}
+            spec = by_name.get(name)
+            if spec is None:
+                raise BadRequestError(f"input {name!r} is not an input of the model (inputs: {', '.join(by_name)})")
+        else:
+            spec = specs[i]
         if spec.name in feeds:
             raise BadRequestError(f"input {spec.name!r} was sent twice")
-        if array.dtype.name != spec.dtype:
-            raise BadRequestError(f"input {spec.name!r}: dtype {array.dtype.name}, the model expects {spec.dtype}")
-        if array.ndim != len(spec.shape) or any(d != -1 and d != a for d, a in zip(spec.shape, array.shape)):
+        dtype = array.dtype
+        if dtype != spec.dtype and dtype.name != spec.dtype:  # dtype.name alone costs ~1.5 us
+            raise BadRequestError(f"input {spec.name!r}: dtype {dtype.name}, the model expects {spec.dtype}")
+        shape = array.shape
+        if len(shape) != len(spec.shape) or not all(d == -1 or d == a for d, a in zip(spec.shape, shape)):
             want = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
-            raise BadRequestError(f"input {spec.name!r}: shape {list(array.shape)}, the model expects {want}")
-        if not allow_nan and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise BadRequestError(f"input {spec.name!r}: shape {list(shape)}, the model expects {want}")
+        if not allow_nan and dtype.kind == "f" and not np.isfinite(array).all():
             raise BadRequestError(f"input {spec.name!r}: contains NaN or infinity, which this agent does not accept")
         feeds[spec.name] = array
-    rows = {a.shape[0] for a in feeds.values() if a.ndim}
-    if len(rows) > 1:
-        raise BadRequestError(f"inputs disagree on the batch size (leading axes: {sorted(rows)})")
+    if len(feeds) > 1:
+        rows = {a.shape[0] for a in feeds.values() if a.ndim}
+        if len(rows) > 1:
+            raise BadRequestError(f"inputs disagree on the batch size (leading axes: {sorted(rows)})")
     return feeds
