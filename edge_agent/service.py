@@ -92,6 +92,7 @@ class InferenceService:
         The synchronous path saves the event loop a task and a turn per request; see server.py.
         """
         t0 = time.perf_counter()
+        edge: Answer | None = None
         try:
             request = self._prepare(frames)
             outputs = self._run_inline(self.model.runtime_feeds(request.feeds))
@@ -103,16 +104,17 @@ class InferenceService:
         except Exception as exc:
             return self._failure(exc, t0)
         self.pending += 1
-        return self._finish(request, t0, outputs)
+        return self._finish(request, t0, edge)
 
-    async def _finish(self, request: "_Prepared", t0: float, outputs: list[np.ndarray] | None) -> list[Any]:
+    async def _finish(self, request: "_Prepared", t0: float, edge: Answer | None) -> list[Any]:
+        """Run on the worker unless `edge` (already scored inline, decided CLOUD), then ask the hub."""
         try:
-            if outputs is None:
+            if edge is None:  # decide once per request: the decision spends the budget
                 outputs = await self._run_worker(self.model.runtime_feeds(request.feeds))
-            edge, decision = self._score(request, outputs)
-            if decision.action is not Action.CLOUD:
-                return self._reply(request, self._edge_only(request, edge, decision), t0,
-                                   decision.action is Action.BUDGET_SPENT)
+                edge, decision = self._score(request, outputs)
+                if decision.action is not Action.CLOUD:
+                    return self._reply(request, self._edge_only(request, edge, decision), t0,
+                                       decision.action is Action.BUDGET_SPENT)
             answer = await self._ask_hub(request.feeds, edge.scores, request.header.request_id)
             if not edge.scores.all_confident:
                 self._keep_hard_example(request.header.request_id, request.feeds, edge.scores,

@@ -146,7 +146,9 @@ def test_shadow_never_waits_for_a_hub_that_does_not_answer(models, test_x, tmp_p
 
 def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x, tmp_path):
     n = 20
-    cfg = config(models, tmp_path, hub.address, "budget-1", budget_rps=2, budget_burst=2,
+    # inline_max_us: from the second request on, the model runs on the loop thread (the path that must
+    # decide, and so spend the budget, once per request like the worker path)
+    cfg = config(models, tmp_path, hub.address, "budget-1", budget_rps=2, budget_burst=2, inline_max_us=1e6,
                  mqtt_url=f"mqtt://127.0.0.1:{free_port()}", telemetry_window_s=3600)
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         t0 = time.monotonic()
@@ -158,6 +160,7 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
         cloud = [a for a in asked if a.source == "cloud"]
         assert 2 <= len(asked) <= 2 + 2 * elapsed + 1e-9 and cloud, seen
         assert all(a.source == "edge-degraded" and "2 hub requests/s (burst 2)" in a.detail for a in spent), seen
+        assert sum(agent.metrics.decisions.values()) == n  # one decision per request
         text = metrics_text(agent)
         assert f'tandem_agent_mode_decisions_total{{decision="budget-spent"}} {len(spent)}' in text
         assert "tandem_agent_budget_request_tokens" in text
