@@ -293,10 +293,19 @@ class MicroBatcher:
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:
-    rows = {int(np.shape(v)[0]) if np.ndim(v) else -1 for v in feeds.values()}
-    if len(rows) != 1 or -1 in rows:
-        raise ValueError(f"all inputs must share one leading batch axis, got leading sizes {sorted(rows)}")
-    return rows.pop()
+    # per request on the agent's hot path: plain attribute reads, the set only for the message
+    first = -2
+    for v in feeds.values():
+        shape = v.shape if type(v) is np.ndarray else np.shape(v)
+        rows = int(shape[0]) if shape else -1
+        if first == -2:
+            first = rows
+        elif rows != first:
+            first = -1
+    if first < 0:
+        sizes = {int(np.shape(v)[0]) if np.ndim(v) else -1 for v in feeds.values()}
+        raise ValueError(f"all inputs must share one leading batch axis, got leading sizes {sorted(sizes)}")
+    return first
 
 
 def _group_key(feeds: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
