@@ -151,7 +151,18 @@ class Agent:
         body["telemetry"] = telemetry_status(self.telemetry) if self.telemetry is not None else None
         body["ota"] = ota_status(self.ota) if self.ota is not None else None
         body["swaps"] = self.swaps
+        body["mode"] = self._mode_status()
         return serving, body
+
+    def _mode_status(self) -> dict[str, Any]:
+        """The serving mode and what is left of the fallback budget (None: that limit is off)."""
+        cfg, budget = self.config, self.budget
+        return {"mode": cfg.mode, "shadow_sample_rate": cfg.shadow_sample_rate,
+                "budget": {"rps": budget.rps, "burst": budget.burst if budget.rps is not None else None,
+                           "bytes_per_hour": budget.bytes_per_hour,
+                           "tokens": round(budget.tokens(time.monotonic()), 3) if budget.rps is not None else None,
+                           "bytes_left": int(budget.bytes_left()) if budget.bytes_per_hour is not None else None,
+                           "spent": dict(budget.spent)}}
 
     # -- serving and hot swaps -----------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.request
@@ -164,6 +165,8 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
         text = metrics_text(agent)
         assert f'tandem_agent_mode_decisions_total{{decision="budget-spent"}} {len(spent)}' in text
         assert "tandem_agent_budget_request_tokens" in text
+        health = json.loads(urllib.request.urlopen(agent.health_url + "/healthz", timeout=5).read())
+        assert health["mode"]["mode"] == "hybrid" and health["mode"]["budget"]["spent"]["requests"] == len(spent)
         window = one_window(agent)
     assert len(cloud) <= hub_calls(hub, "budget-1") <= len(asked)
     assert window.budget_spent == len(spent) == n - len(asked)
