@@ -291,3 +291,32 @@ def test_an_anti_rollback_rejection_of_a_catch_up_resend_keeps_the_devices_real_
     other = sends[1].device_id if len(sends) > 1 else next(d for d in r.devices if d != first)
     ctl.on_status(r, other, "rejected", "error", "manifest for another profile", {}, 3.0)
     assert r.devices[other].state == "rejected"  # a first answer of 'rejected' still counts as such
+
+
+def test_the_rollout_service_catches_up_a_new_boot_or_a_return_but_not_a_status_republish(tmp_path):
+    """An agent republishes its retained status after an OTA switch (same boot): repeating the install
+    then would only earn a '(repeat)'; a new boot, or a return after 'offline', gets the catch-up."""
+    from cloud_hub.rollouts.service import RolloutService, RolloutServiceConfig
+    from cloud_hub.rollouts.store import RolloutStore
+    from protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
+    from protocols.topics import status_topic
+
+    store = RolloutStore.open(tmp_path)
+    service = RolloutService(store, None, None, None, RolloutServiceConfig(mqtt_url="mqtt://127.0.0.1:1",
+                                                                           public_url="http://127.0.0.1:1"))
+    caught: list[str] = []
+    service.catch_up = lambda device_id: caught.append(device_id) or 0  # type: ignore[method-assign]
+
+    def say(state: str, **info: object) -> None:
+        service._handle(status_topic("cam-1"), encode_status(state, "cam-1", **info))
+
+    try:
+        say(STATUS_ONLINE, boot="b1")   # first sight (e.g. the retained status when the hub subscribes)
+        say(STATUS_ONLINE, boot="b1")   # republished after a switch
+        say(STATUS_ONLINE, boot="b2")   # the agent restarted
+        say(STATUS_OFFLINE)
+        say(STATUS_ONLINE, boot="b2")   # back after being offline
+        say(STATUS_ONLINE)              # an agent that does not say its boot: always caught up
+        assert caught == ["cam-1"] * 4
+    finally:
+        store.close()

@@ -69,6 +69,7 @@ class RolloutService:
         self.clock = clock
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {r.rollout_id: r for r in store.active()}
+        self._boots: dict[str, str] = {}  # device -> the agent process (status "boot") last seen online
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._stop = threading.Event()
         self._subscribed = threading.Event()
@@ -237,11 +238,18 @@ class RolloutService:
                     pass
         elif parsed.kind == topics.STATUS and parsed.device_id is not None:
             try:
-                online = decode_device_status(payload).get("state") == STATUS_ONLINE
+                status = decode_device_status(payload)
             except Exception:
                 return
-            if online:
-                self.catch_up(parsed.device_id)
+            if status.get("state") != STATUS_ONLINE:
+                self._boots.pop(parsed.device_id, None)
+                return
+            boot = status.get("boot")
+            if boot is not None and self._boots.get(parsed.device_id) == boot:
+                return  # the same agent process republished its status (e.g. after a switch): nothing was lost
+            if boot is not None:
+                self._boots[parsed.device_id] = boot
+            self.catch_up(parsed.device_id)
 
     def catch_up(self, device_id: str) -> int:
         """Repeat unanswered commands to a device that came back; returns how many were sent."""

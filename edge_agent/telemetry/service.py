@@ -9,6 +9,7 @@ batches from a HardExampleQueue on each tick, class 1) ahead of the windows (cla
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -43,12 +44,17 @@ def agent_version() -> str:
         return UNKNOWN_AGENT_VERSION
 
 
+# Names this agent process in its status: the hub repeats unanswered OTA commands to a device that
+# came back (a new boot, or after an offline), not to one that only republished its status.
+BOOT_ID = f"{os.getpid()}-{int(time.time() * 1000)}"
+
+
 def status_info(device_id: str, model: ModelInfo, profile: str, tags: Mapping[str, str] | None) -> dict[str, Any]:
     """What the retained /status says: enough for the hub to register the device from MQTT alone
     (profile, tags for rollout selection, agent and model versions). Tags that would push the
     status past MAX_STATUS_BYTES are left out (the hub would refuse the whole status)."""
     info: dict[str, Any] = {"model": model.name, "version": model.version, "profile": profile,
-                            "agent_version": agent_version(), "tags": dict(tags or {})}
+                            "agent_version": agent_version(), "tags": dict(tags or {}), "boot": BOOT_ID}
     if len(encode_status(STATUS_ONLINE, device_id, **info)) > limits.MAX_STATUS_BYTES:
         log.warning("status: %d tags make it longer than MAX_STATUS_BYTES=%d; sent without tags device=%s "
                     "(register the device's tags over REST instead)", len(info["tags"]), limits.MAX_STATUS_BYTES,
