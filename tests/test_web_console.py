@@ -101,7 +101,7 @@ def console(digits_dir, tmp_path_factory):
         assert all(d.client.wait_subscribed(10) for d in devices)
         assert hub.rollouts.wait_subscribed(10)
         yield {"hub": hub, "url": hub.http_url + "/console/" + POLL, "tokens": tokens, "devices": devices,
-               "broker": broker, "releases": rel}
+               "broker": broker, "releases": rel, "cleanups": cleanups}
     finally:
         for d in devices:
             d.stop()
@@ -165,18 +165,19 @@ class TestConsoleInChromium:
         expect(page.locator("#login-error")).to_contain_text("no longer accepted", timeout=10_000)
         expect(page.locator("#login-error")).to_contain_text("revoked")
 
-    def test_a_device_appears_when_its_agent_registers_and_api_text_is_never_markup(self, page, console):
+    def test_a_device_appears_when_its_agent_starts_and_api_text_is_never_markup(self, page, console, tmp_path):
         from playwright.sync_api import expect
+
+        from edge_agent.telemetry import TelemetryService
+        from protocols.manifest import load_manifest
 
         login(page, console, "read")
         expect(page.locator("#count-total")).to_have_text(str(N_DEVICES), timeout=10_000)
         assert page.locator("tr[data-device='cam-new']").count() == 0
-        # what an agent does on start: POST /v1/devices with its operate token
-        r = httpx.post(console["hub"].http_url + "/v1/devices",
-                       headers={"Authorization": "Bearer " + console["tokens"]["operate"]},
-                       json={"device_id": "cam-new", "profile": "cpu-arm", "agent_version": "0.2.0",
-                             "tags": {"site": "lyon", "note": XSS}, "model_name": MODEL, "model_version": "1.0.0"})
-        assert r.status_code == 200, r.text
+        # an agent starting with telemetry on: its retained MQTT status is all the hub needs to list it
+        agent = TelemetryService(console["broker"].url, "cam-new", load_manifest(console["releases"]["1.0.0"]),
+                                 tmp_path / "cam-new", profile="cpu-arm", tags={"site": "lyon", "note": XSS}).start()
+        console["cleanups"].append(agent.stop)
         row = page.locator("tr[data-device='cam-new']")
         expect(row).to_be_visible(timeout=10_000)  # polling picks it up without a reload
         expect(row).to_contain_text("online")
