@@ -75,7 +75,8 @@ def _answer(header: pb.ReplyHeader, outputs: dict[str, np.ndarray]) -> AgentAnsw
         source=SOURCE_NAMES.get(header.source, "unspecified"), labels=list(header.label),
         confidence=list(header.confidence), model_name=header.model_name, model_version=header.model_version,
         latency_ms=header.latency_ms, threshold=header.threshold, detail=header.detail,
-        edge_confidence=list(header.edge_confidence), outputs={k: np.array(v) for k, v in outputs.items()},
+        edge_confidence=list(header.edge_confidence),
+        outputs={k: np.array(v) for k, v in outputs.items()} if outputs else {},
         request_id=header.request_id,
     )
 

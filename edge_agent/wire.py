@@ -203,8 +203,10 @@ def decode_request(frames: Sequence[Frame]) -> tuple[pb.RequestHeader, list[np.n
 
 
 def encode_reply(header: pb.ReplyHeader, outputs: Sequence[tuple[str, np.ndarray]] = ()) -> list[Any]:
-    arrays = [np.asarray(a) for _, a in outputs]
     header.schema_version = limits.LOCAL_API_SCHEMA_VERSION
+    if not outputs and not header.outputs:  # the usual reply: labels and confidences only
+        return [header.SerializeToString()]
+    arrays = [np.asarray(a) for _, a in outputs]
     del header.outputs[:]
     header.outputs.extend(tensor_header(n, a) for (n, _), a in zip(outputs, arrays))
     return [header.SerializeToString(), *tensor_frames(arrays)]
@@ -220,6 +222,8 @@ def decode_reply(frames: Sequence[Frame]) -> tuple[pb.ReplyHeader, dict[str, np.
     if not frames:
         raise BadRequestError("empty reply from the agent")
     header = _parse(pb.ReplyHeader(), frames[0], "reply")
+    if len(frames) == 1 and not header.outputs:  # the usual reply: labels and confidences only
+        return header, {}
     arrays = _arrays(header.outputs, frames[1:], "reply")
     return header, {th.name: a for th, a in zip(header.outputs, arrays)}
 
