@@ -157,11 +157,18 @@ class AgentProcess:
 
 
 def measure_agent_1(endpoint: str, x: np.ndarray, iterations: int, seconds: float, **kw: Any) -> dict[str, float]:
+    """One client; also splits each p50 into the agent's own time (receive to reply, as it reports) and the rest."""
+    internal: list[float] = []
     with AgentClient(endpoint, timeout_s=30) as client:
-        result = timed_loop(lambda: client.infer(x, **kw), iterations, seconds)
+        def once() -> None:
+            internal.append(client.infer(x, **kw).latency_ms)
+
+        result = timed_loop(once, iterations, seconds)
         answer = client.infer(x, **kw)
     result["source"] = answer.source
     result["agent_internal_ms"] = answer.latency_ms
+    result["agent_internal_p50_ms"] = float(np.percentile(internal, 50))
+    result["client_and_transport_p50_ms"] = result["p50_ms"] - result["agent_internal_p50_ms"]
     return result
 
 
