@@ -4,8 +4,8 @@ MQTT 5, QoS 1, persistent session, manual acks: a message is acked to the broker
 after the batch holding it has committed to <data_dir>/hard_examples.sqlite, so a hub
 crash loses nothing. Rows are keyed on (device, id), so a redelivery or an agent that
 re-sends after a crash stores nothing twice; beyond `max_rows` the oldest go. Bad
-messages are counted, logged (rate-limited) and acked. `decode_tensor_index` is the
-pure check of the tensor blob (the hub never trusts a device's bytes).
+messages are counted, logged (rate-limited) and acked. `decode_tensor_index`
+(protocols/tensor_blob.py) checks the tensor blob: the hub never trusts a device's bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cloud_hub.errors import HubError, NotFoundError
 from cloud_hub.storage.db import HubDatabase, Migration, open_database
 from protocols import limits
 from protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
+from protocols.tensor_blob import TensorBlobError, TensorInfo, decode_index, decode_tensors
 from protocols.tls import TlsFiles, configure_mqtt_client
 from protocols.topics import HARD_EXAMPLES, TopicError, all_devices, parse_topic
 
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 HARD_EXAMPLES_DB_FILENAME = "hard_examples.sqlite"
 DEFAULT_MAX_ROWS = 100_000
-_DTYPE_KINDS = "biufc"  # bool, ints, floats, complex: nothing that needs pickle
-_MAX_INDEX_BYTES = 64 * 1024
 _MAX_TEXT = 256
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -68,13 +67,6 @@ class HardExampleError(TelemetryDecodeError):
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class HardExampleRecord:
     """One decoded, checked upload (header fields + the tensor index); `blob` is stored as received."""
 
@@ -92,44 +84,14 @@ class HardExampleRecord:
 
 
 def decode_tensor_index(blob: bytes) -> tuple[tuple[TensorInfo, ...], int]:
-    """Check the agent's tensor encoding (a JSON index line [[name, dtype, shape], ...], then raw C-order bytes):
-    numeric dtypes only, bounded dims and counts, and the byte count must match exactly. Returns (index, offset)."""
-    head, sep, body = blob.partition(b"\n")
-    if not sep or len(head) > _MAX_INDEX_BYTES:
-        raise HardExampleError("hard example tensors: expected a JSON index line, then the raw bytes")
+    """protocols.tensor_blob's checked index of a device's blob, as this module's error type."""
     try:
-        index = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise HardExampleError(f"hard example tensors: index is not JSON ({exc})") from exc
-    if not isinstance(index, list) or not 1 <= len(index) <= limits.MAX_TENSORS_PER_REQUEST:
-        raise HardExampleError(f"hard example tensors: expected 1 to {limits.MAX_TENSORS_PER_REQUEST} tensors")
-    out, total, names = [], 0, set()
-    for entry in index:
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], str)
-                and isinstance(entry[2], list)):
-            raise HardExampleError("hard example tensors: each index entry is [name, dtype, shape]")
-        name, dtype_str, shape = entry
-        if (not name or len(name) > _MAX_TEXT or name in names or name.startswith(".")
-                or any(c in "/\\" or ord(c) < 32 for c in name)):  # names become .npz member paths
-            raise HardExampleError(f"hard example tensors: bad or repeated name {name[:64]!r}")
-        names.add(name)
-        try:
-            dtype = np.dtype(dtype_str) if len(dtype_str) <= 8 else None
-        except TypeError:
-            dtype = None
-        if dtype is None or dtype.kind not in _DTYPE_KINDS:
-            raise HardExampleError(f"hard example tensors: {name}: dtype {dtype_str[:16]!r} is not numeric")
-        if len(shape) > limits.MAX_TENSOR_DIMS or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                          and 0 <= d <= limits.MAX_TENSOR_ELEMENTS for d in shape):
-            raise HardExampleError(f"hard example tensors: {name}: bad shape")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if count > limits.MAX_TENSOR_ELEMENTS:
-            raise HardExampleError(f"hard example tensors: {name}: over MAX_TENSOR_ELEMENTS")
-        total += count * dtype.itemsize
-        out.append(TensorInfo(name, dtype.str, tuple(shape)))
-    if total != len(body):
-        raise HardExampleError(f"hard example tensors: the index says {total} bytes, {len(body)} follow")
-    return tuple(out), len(head) + 1
+        index, offset = decode_index(blob)
+    except TensorBlobError as exc:
+        raise HardExampleError(f"hard example {exc}") from exc
+    if not index:
+        raise HardExampleError("hard example tensors: none in the upload")
+    return index, offset
 
 
 def decode_upload(payload: bytes, topic_device: str | None) -> HardExampleRecord:
@@ -156,13 +118,8 @@ def decode_upload(payload: bytes, topic_device: str | None) -> HardExampleRecord
 
 def to_npz(blob: bytes) -> bytes:
     """The stored tensors as .npz bytes (np.load(..., allow_pickle=False) reads them)."""
-    index, offset = decode_tensor_index(blob)
-    arrays = {}
-    for t in index:
-        dtype = np.dtype(t.dtype)
-        count = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
-        arrays[t.name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(t.shape)
-        offset += count * dtype.itemsize
+    decode_tensor_index(blob)  # the hub's error type for a bad blob
+    arrays = decode_tensors(blob, copy=False)
     buf = io.BytesIO()
     # written member by member, not np.savez(**arrays): a tensor named "file" or "allow_pickle" would
     # collide with savez's own parameters

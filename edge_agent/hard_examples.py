@@ -24,6 +24,8 @@ from typing import Mapping
 import numpy as np
 
 from protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
+# the blob format lives in protocols (the hub decodes it); re-exported for callers of this module
+from protocols.tensor_blob import decode_tensors, encode_tensors
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +57,6 @@ class HardExample:
     confidence: float | None
     source: str
     inputs: dict[str, np.ndarray]
-
-
-def encode_tensors(inputs: Mapping[str, np.ndarray]) -> bytes:
-    """A JSON index line, then the raw C-order bytes of each tensor (no zip, no pickle: cheap to write)."""
-    arrays = {k: np.asarray(v, order="C") for k, v in inputs.items()}  # (ascontiguousarray turns 0-d into 1-d)
-    index = [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]
-    return json.dumps(index).encode() + b"\n" + b"".join(a.tobytes() for a in arrays.values())
-
-
-def decode_tensors(blob: bytes) -> dict[str, np.ndarray]:
-    head, _, body = blob.partition(b"\n")
-    out, offset = {}, 0
-    for name, dtype, shape in json.loads(head):
-        dt = np.dtype(dtype)
-        count = int(np.prod(shape)) if shape else 1
-        out[name] = np.frombuffer(body, dtype=dt, count=count, offset=offset).reshape(tuple(shape)).copy()
-        offset += count * dt.itemsize
-    return out
 
 
 class HardExampleQueue:
