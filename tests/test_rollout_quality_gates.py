@@ -349,7 +349,9 @@ def test_collapsed_model_halts_on_quality_against_control_and_control_is_never_s
     assert q["wave"]["mean_confidence"] < q["control"]["mean_confidence"]
     assert q["wave"]["requests"] >= 150 and q["control"]["requests"] >= 150
     steps = [e for e in body["events"] if e["kind"] == "device_step" and e["detail"]["step"] == "committed"]
-    assert len(steps) == 2                                          # wave 1 (2 of the 4 rolled out to) took it
+    # wave 1 (2 of the 4 rolled out to) took it; a device may report it twice (an at-least-once status, or
+    # its answer to a catch-up repeat), so count devices
+    assert len({e["device_id"] for e in steps}) == 2, steps
     time.sleep(0.5)
     assert {d.device_id: d.serving for d in devices} == before      # the wave went back, the control never moved
     assert all(d.switches == switches[d.device_id] for d in devices if d.device_id in control)
