@@ -5,7 +5,9 @@ For the digits edge model (input [1,64]) and the PP-OCR orientation classifier
   bare      the runtime called in-process, one request at a time (p50, p99, throughput)
   echo      a bare ZeroMQ ROUTER echo server in another process, same request frames (the transport floor)
             (both measured before and after the agent; the lower p50 / higher throughput is used)
-  agent-1   the same request through a real agent process over ipc://, one client
+  agent-1   the same request through a real agent process over ipc://, one client (its p50 also split
+            into the agent's own time, receive to reply as each reply reports it, and the rest:
+            client library + transport + the I/O loop)
   agent-8   eight concurrent clients (closed loop, one DEALER socket each)
 and, with a real hub process serving the digits cloud model, the fallback round trip:
   hub compute (the cloud model in-process), FallbackClient -> hub, and agent requests forced to the hub.
