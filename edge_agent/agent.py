@@ -143,7 +143,7 @@ class Agent:
         body: dict[str, Any] = {"status": "ok" if serving else "starting", "device_id": self.config.device_id}
         if self.model is not None:
             body.update(model=self.model.name, version=self.model.version, variant=self.model.variant.id,
-                        runtime=self.model.variant.runtime)
+                        runtime=self.model.variant.runtime, selection=self.model.selection)
         body["breaker"] = self.breaker.state if self.breaker is not None else None
         body["hub"] = self.config.hub_url
         from edge_agent.uplink import ota_status, telemetry_status
@@ -248,7 +248,7 @@ class Agent:
             done.set()
             if self.telemetry is not None:
                 try:
-                    self.telemetry.switch_model(new.model.manifest, new.model.variant.id)
+                    self.telemetry.switch_model(new.model.manifest, new.model.variant.id, new.model.selection)
                 except Exception:  # the swap stands; windows keep the old version until the next one
                     log.exception("telemetry could not switch to version=%s", new.version)
 

@@ -31,6 +31,7 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
         service = TelemetryService(
             cfg.mqtt_url, cfg.device_id, model.manifest, cfg.data_dir, window_s=cfg.telemetry_window_s,
             max_requests=cfg.telemetry_max_requests, profile=cfg.profile, tags=cfg.tags, variant=model.variant.id,
+            selection=model.selection,
             input_every=cfg.telemetry_input_every, outbox_max_rows=cfg.telemetry_outbox_max,
             hard_examples=hard_examples,
             publisher=PublisherConfig(mqtt_url=cfg.mqtt_url, tls=cfg.mqtt_tls))  # type: ignore[arg-type]

@@ -60,3 +60,18 @@ def test_static_shape_profiles_turn_batching_off(tmp_path):
         assert agent.batcher.max_batch == 1 and not agent.batcher.batching
         with AgentClient(agent.endpoint) as client:
             assert client.infer(np.ones((1, 4), np.float32)).source == "edge"
+
+
+def test_healthz_and_the_mqtt_status_say_which_variant_was_chosen_and_why(tiny_dir, tmp_path):
+    from edge_agent.telemetry.service import MAX_SELECTION_REASON, selection_summary, status_info
+    from edge_agent.telemetry.window import ModelInfo
+
+    with Agent(config(tiny_dir, tmp_path)) as agent:
+        ok, body = agent.healthz()
+        assert ok and body["selection"]["variant"] == body["variant"]
+        assert body["selection"]["runtime"] == body["runtime"] and body["selection"]["reason"]
+        info = status_info("cam-1", ModelInfo("lin", "1.0.0"), "cpu-x86", {}, agent.model.selection)
+    assert set(info["selection"]) <= {"variant", "runtime", "tier", "placement", "reason"}
+    assert info["selection"]["variant"] == body["variant"] and "tried" not in info["selection"]
+    long = selection_summary({"variant": "v", "reason": "x" * 5000, "probe": {"big": 1}})
+    assert long == {"variant": "v", "reason": "x" * MAX_SELECTION_REASON}

@@ -49,12 +49,28 @@ def agent_version() -> str:
 BOOT_ID = f"{os.getpid()}-{int(time.time() * 1000)}"
 
 
-def status_info(device_id: str, model: ModelInfo, profile: str, tags: Mapping[str, str] | None) -> dict[str, Any]:
+SELECTION_KEYS = ("variant", "runtime", "tier", "placement", "reason")
+MAX_SELECTION_REASON = 400
+
+
+def selection_summary(selection: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The capability-probing choice (edge_agent.model LoadedModel.selection) as status carries it:
+    which variant on which runtime and placement, and why; the probe and the attempts stay local."""
+    out = {k: selection[k] for k in SELECTION_KEYS if selection and k in selection}
+    if isinstance(out.get("reason"), str):
+        out["reason"] = out["reason"][:MAX_SELECTION_REASON]
+    return out
+
+
+def status_info(device_id: str, model: ModelInfo, profile: str, tags: Mapping[str, str] | None,
+                selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the retained /status says: enough for the hub to register the device from MQTT alone
-    (profile, tags for rollout selection, agent and model versions). Tags that would push the
-    status past MAX_STATUS_BYTES are left out (the hub would refuse the whole status)."""
+    (profile, tags for rollout selection, agent and model versions) and which variant the agent
+    chose and why. Tags that would push the status past MAX_STATUS_BYTES are left out (the hub
+    would refuse the whole status)."""
     info: dict[str, Any] = {"model": model.name, "version": model.version, "profile": profile,
-                            "agent_version": agent_version(), "tags": dict(tags or {}), "boot": BOOT_ID}
+                            "agent_version": agent_version(), "tags": dict(tags or {}), "boot": BOOT_ID,
+                            "selection": selection_summary(selection)}
     if len(encode_status(STATUS_ONLINE, device_id, **info)) > limits.MAX_STATUS_BYTES:
         log.warning("status: %d tags make it longer than MAX_STATUS_BYTES=%d; sent without tags device=%s "
                     "(register the device's tags over REST instead)", len(info["tags"]), limits.MAX_STATUS_BYTES,
@@ -71,11 +87,13 @@ class TelemetryService:
                  tags: Mapping[str, str] | None = None, variant: str = "", input_every: int = 1,
                  outbox_max_rows: int = DEFAULT_MAX_ROWS, outbox_max_bytes: int = DEFAULT_MAX_BYTES,
                  outbox_quotas: Mapping[int, ClassQuota] | None = None, hard_examples: Any = None,
-                 publisher: PublisherConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+                 selection: Mapping[str, Any] | None = None, publisher: PublisherConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         """`manifest` is a protocols Manifest (or a ModelInfo); its drift_reference gives the bin edges.
 
         `hard_examples` (an edge_agent.hard_examples.HardExampleQueue) is drained into the
         outbox's class 1 while that class has room; the queue keeps (and bounds) the rest.
+        `selection` (LoadedModel.selection) says in the status which variant was chosen and why.
         """
         check_device_id(device_id)
         self.device_id = device_id
@@ -91,7 +109,7 @@ class TelemetryService:
         self._move_lock = threading.Lock()
         pub_config = publisher or PublisherConfig(mqtt_url=mqtt_url)
         self.publisher = TelemetryPublisher(pub_config, self.outbox, device_id,
-                                            status_info=status_info(device_id, model, profile, tags))
+                                            status_info=status_info(device_id, model, profile, tags, selection))
         self._append_lock = threading.Lock()
         self._closed: deque[TelemetryWindow] = deque(maxlen=MAX_UNSTORED)  # closed, not yet in the outbox
         self._wake = threading.Event()
@@ -120,7 +138,7 @@ class TelemetryService:
         with self._lock:
             self.aggregator.record_shadow(samples, agree)
 
-    def switch_model(self, manifest: Any, variant: str = "") -> None:
+    def switch_model(self, manifest: Any, variant: str = "", selection: Mapping[str, Any] | None = None) -> None:
         """The agent now serves another model version: close the open window, count the next ones under it."""
         model = manifest if isinstance(manifest, ModelInfo) else ModelInfo.from_manifest(manifest, variant)
         with self._lock:
@@ -129,7 +147,8 @@ class TelemetryService:
             self.aggregator = WindowAggregator(self.device_id, model, profile=old.profile, tags=old.tags,
                                                config=self.window_config, now=self._clock())
         self._wake.set()
-        self.publisher.update_status(model=model.name, version=model.version)  # the registry sees it at once
+        self.publisher.update_status(model=model.name, version=model.version,  # the registry sees it at once
+                                     selection=selection_summary(selection))
 
     def enqueue(self, kind: str, payload: bytes) -> int | None:
         """Store one message for topic `kind` (e.g. topics.OTA_STATUS: class 0, sent before any window).
