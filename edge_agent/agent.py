@@ -279,8 +279,11 @@ class Agent:
 
     def _make_policy(self, model: LoadedModel) -> ConfidencePolicy:
         cfg = self.config
-        choice = resolve_threshold(cfg.policy, cfg.threshold, model.variant.calibration,
-                                   model.manifest.task.get("threshold"), cfg.policy_output)
+        task = model.manifest.task
+        # a dense task's "threshold" binarizes its maps for the compiler's agreement; it is no confidence threshold
+        task_threshold = task.get("threshold") if task.get("kind") != "dense" else None
+        choice = resolve_threshold(cfg.policy, cfg.threshold, model.variant.calibration, task_threshold,
+                                   cfg.policy_output)
         log.info("policy threshold=%s temperature=%s source=%s", choice.threshold, choice.temperature, choice.source)
         try:
             return ConfidencePolicy(cfg.policy, choice.threshold, output=cfg.policy_output, transform=cfg.transform,

@@ -75,3 +75,21 @@ def test_healthz_and_the_mqtt_status_say_which_variant_was_chosen_and_why(tiny_d
     assert info["selection"]["variant"] == body["variant"] and "tried" not in info["selection"]
     long = selection_summary({"variant": "v", "reason": "x" * 5000, "probe": {"big": 1}})
     assert long == {"variant": "v", "reason": "x" * MAX_SELECTION_REASON}
+
+
+@pytest.mark.parametrize("kind, expected", [("dense", None), ("classification", 0.3)])
+def test_a_dense_tasks_map_threshold_is_not_taken_for_a_confidence_threshold(tiny_dir, tmp_path, kind, expected):
+    """The compiler writes task.threshold for dense models to binarize maps (e.g. 0.3 for text maps)."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_dir, model_dir)
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    doc["task"] = {**doc["task"], "kind": kind, "threshold": 0.3}
+    (model_dir / "manifest.json").write_text(json.dumps(doc))
+    cfg = AgentConfig(model_dir=model_dir, data_dir=tmp_path / "data", endpoint=f"ipc://{tmp_path}/a.sock")
+    with Agent(cfg) as agent:
+        from edge_agent.policy import DEFAULT_THRESHOLDS
+
+        assert agent.policy.threshold == (expected if expected is not None else DEFAULT_THRESHOLDS["max_prob"])
