@@ -12,14 +12,15 @@ from cloud_hub.errors import ConfigError
 
 ENV_PREFIX = "TANDEM_HUB_"
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
+REST_CLIENT_CERTS = ("none", "optional", "required")
 
 _INTS = ("http_port", "grpc_port", "mqtt_port", "drift_min_samples", "drift_min_requests", "hard_examples_max")
 _FLOATS = ("offline_after_s", "max_upload_mb", "telemetry_retention_s", "drift_eval_interval_s", "drift_span_s",
            "drift_baseline_s", "drift_open_above", "drift_close_below", "drift_rate_open_above",
-           "drift_rate_close_below", "rollout_tick_s", "rollout_watch_s")
+           "drift_rate_close_below", "rollout_tick_s", "rollout_watch_s", "rest_rate_per_s", "rest_burst")
 _POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
              "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s",
-             "rollout_watch_s")
+             "rollout_watch_s", "rest_rate_per_s")
 _BOOLS = ("telemetry", "rollouts")
 _OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s", "tls_dir")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -73,6 +74,12 @@ class HubConfig:
     # its MQTT clients connect as the hub identity over mqtts://, and gRPC inference demands device certificates.
     # None: plain text, development only.
     tls_dir: Path | None = None
+    # With tls_dir, REST/console/artifacts are HTTPS with the hub's server certificate; client certificates there:
+    # "none" (bearer tokens only, browsers), "optional" (asked for, checked against the fleet CA if sent), "required".
+    rest_client_certs: str = "none"
+    # Per-token token bucket on REST (429 + Retry-After beyond it); /healthz is exempt.
+    rest_rate_per_s: float = 20.0
+    rest_burst: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -91,6 +98,14 @@ class HubConfig:
         if self.tls_dir is not None and self.mqtt_url is not None and not self.mqtt_url.startswith("mqtts://"):
             raise ConfigError(f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} must be mqtts:// with tls_dir "
                               "(no silent plain text)")
+        if self.rest_client_certs not in REST_CLIENT_CERTS:
+            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} is not "
+                              f"one of {', '.join(REST_CLIENT_CERTS)}")
+        if self.rest_client_certs != "none" and self.tls_dir is None:
+            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} needs "
+                              "tls_dir (the fleet CA that signs client certificates)")
+        if isinstance(self.rest_burst, bool) or not isinstance(self.rest_burst, (int, float)) or self.rest_burst < 1:
+            raise ConfigError(f"rest_burst (env {ENV_PREFIX}REST_BURST): {self.rest_burst!r} must be a number >= 1")
         if self.offline_after_s <= 0:
             raise ConfigError(f"offline_after_s (env {ENV_PREFIX}OFFLINE_AFTER_S): must be positive")
         if self.max_upload_mb <= 0:

@@ -107,8 +107,13 @@ class Hub:
         return self._http_port
 
     @property
+    def http_scheme(self) -> str:
+        """https with tls_dir (the hub's server certificate), http otherwise."""
+        return "https" if self.config.tls_dir is not None else "http"
+
+    @property
     def http_url(self) -> str | None:
-        return f"http://{_url_host(self.config.http_host)}:{self._http_port}" if self._http_port else None
+        return f"{self.http_scheme}://{_url_host(self.config.http_host)}:{self._http_port}" if self._http_port else None
 
     @property
     def grpc_port(self) -> int | None:
@@ -259,8 +264,13 @@ class Hub:
             raise ConfigError(
                 f"http_port (env TANDEM_HUB_HTTP_PORT): cannot listen on {self.config.http_host}:{self.config.http_port} ({exc})"
             ) from exc
-        server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                                timeout_graceful_shutdown=5))
+        try:
+            server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                                    timeout_graceful_shutdown=5, **self._http_tls_options()))
+            server.config.load()  # builds the SSL context now, so a bad certificate is a ConfigError, not a dead thread
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            sock.close()
+            raise ConfigError(f"tls_dir (env TANDEM_HUB_TLS_DIR): cannot serve HTTPS ({exc})") from exc
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tandem-hub-http", daemon=True)
         thread.start()
         deadline = time.monotonic() + HTTP_START_TIMEOUT_S
@@ -273,6 +283,21 @@ class Hub:
         self._http_server, self._http_thread = server, thread
         self._http_port = sock.getsockname()[1]
         self._http_sock = sock
+
+    def _http_tls_options(self) -> dict[str, Any]:
+        """uvicorn's TLS settings: the hub's server certificate with tls_dir; client certificates per
+        rest_client_certs (none: bearer tokens only, so browsers work); nothing without tls_dir."""
+        if self._pki is None:
+            return {}
+        import ssl
+
+        files = self._pki.hub_server_files()
+        options: dict[str, Any] = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
+        mode = self.config.rest_client_certs
+        if mode != "none":
+            options["ssl_ca_certs"] = str(files.ca)
+            options["ssl_cert_reqs"] = ssl.CERT_OPTIONAL if mode == "optional" else ssl.CERT_REQUIRED
+        return options
 
     def stop(self) -> None:
         """Stop every server this hub started, in reverse order, and close the database; safe to call twice."""

@@ -1,4 +1,6 @@
-"""Per-device token buckets: the hub's rate limits (values in protocols/limits.py).
+"""Token buckets per key (a device id, a REST token id): the hub's rate limits.
+
+Device limits live in protocols/limits.py; REST limits in HubConfig (rest_rate_per_s, rest_burst).
 
 Pure and clocked from outside, so tests step time; memory is bounded by forgetting
 the buckets touched longest ago (a forgotten device starts with a full bucket again).
@@ -30,19 +32,25 @@ class RateLimiter:
         self.refused = 0
 
     def allow(self, key: str, cost: float = 1.0) -> bool:
+        return self.take(key, cost) == 0.0
+
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """Take `cost` tokens and return 0.0, or take nothing and return the seconds until they are there
+        (what a 429's Retry-After says)."""
         now = self.clock()
         with self._lock:
             tokens, at = self._buckets.pop(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - at) * self.rate)
-            ok = tokens >= cost
-            if ok:
+            wait = 0.0
+            if tokens >= cost:
                 tokens -= cost
             else:
                 self.refused += 1
+                wait = (cost - tokens) / self.rate
             self._buckets[key] = (tokens, now)
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
-            return ok
+            return wait
 
     def __len__(self) -> int:
         return len(self._buckets)

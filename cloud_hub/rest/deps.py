@@ -1,15 +1,21 @@
-"""Shared route dependencies: the hub behind the app, scope checks, pagination."""
+"""Shared route dependencies: the hub behind the app, scope checks with per-token rate limits, pagination."""
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud_hub.auth import TokenInfo
+from cloud_hub.ratelimit import RateLimiter
 from cloud_hub.rest.schemas import ErrorBody
+
+log = logging.getLogger(__name__)
 
 MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000_000
@@ -20,7 +26,13 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing, invalid or revoked token"},
     403: {"model": ErrorBody, "description": "the token's scope does not allow this"},
     422: {"model": ErrorBody, "description": "invalid parameters or body; `detail` names the field"},
+    429: {"model": ErrorBody, "description": "this token is over its request rate; retry after `Retry-After` seconds",
+          "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
 }
+# HubConfig's defaults, for a hub object without them (tests build the app around stand-ins).
+DEFAULT_REST_RATE_PER_S = 20.0
+DEFAULT_REST_BURST = 60.0
+_limiter_lock = threading.Lock()
 
 
 def get_hub(request: Request) -> Any:
@@ -34,10 +46,34 @@ def require(scope: str) -> Callable[..., TokenInfo]:
         token = credentials.credentials if credentials is not None else None
         info = request.app.state.hub.tokens.authorize(token, scope)
         request.state.token = info
+        if getattr(request.state, "rate_counted", False):  # a route with two scope checks counts once
+            return info
+        request.state.rate_counted = True
+        wait = rest_limiter(request).take(info.token_id)
+        if wait > 0:
+            raise HTTPException(429, detail=f"token {info.token_id} is over its rate limit; retry in {wait:.2f} s "
+                                            "(hub settings rest_rate_per_s, rest_burst)",
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
         return info
 
     check.__name__ = f"require_{scope}"
     return check
+
+
+def rest_limiter(request: Request) -> RateLimiter:
+    """The app's one per-token bucket set, made on first use from the hub's config."""
+    state = request.app.state
+    limiter = getattr(state, "rest_limiter", None)
+    if limiter is None:
+        with _limiter_lock:
+            limiter = getattr(state, "rest_limiter", None)
+            if limiter is None:
+                config = getattr(state.hub, "config", None)
+                limiter = RateLimiter(getattr(config, "rest_rate_per_s", DEFAULT_REST_RATE_PER_S),
+                                      getattr(config, "rest_burst", DEFAULT_REST_BURST))
+                state.rest_limiter = limiter
+                log.info("REST rate limit per token rate_per_s=%s burst=%s", limiter.rate, limiter.burst)
+    return limiter
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ def attach_rollouts(hub: Any, *, public_url: str | None = None, drift_alerts: Dr
     url = public_url or hub.config.public_url or hub.http_url
     if not url or not hub.mqtt_url:
         raise HubError("rollouts need the hub's HTTP server (or public_url) and MQTT broker: call hub.start() first")
+    if getattr(hub.config, "tls_dir", None) is not None and url.startswith("http://"):
+        log.warning("rollouts: public_url %s is plain http on a TLS hub; devices will send their token in clear "
+                    "(use https://)", url)
     previous = getattr(hub, "rollouts", None)
     if previous is not None:  # one rollout service per hub: its MQTT client id and its store are the hub's
         _stop(previous)
