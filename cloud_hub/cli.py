@@ -136,6 +136,8 @@ def _group(sub: Any, name: str, help_text: str) -> Any:
 def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--url", help=f"hub URL (env TANDEM_HUB_URL, default {DEFAULT_URL})")
     p.add_argument("--token", help="bearer token (env TANDEM_HUB_TOKEN)")
+    p.add_argument("--ca", type=Path, help="CA that verifies an https:// hub, e.g. <tls_dir>/ca.crt "
+                                           "(env TANDEM_HUB_CA; default: the system trust store)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -148,7 +150,7 @@ def _paged(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> HubClient:
-    return HubClient(args.url, args.token)
+    return HubClient(args.url, args.token, ca=getattr(args, "ca", None))
 
 
 def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> int:
@@ -187,7 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "certificates, so anyone on the network can read them and pose as a device; for a fleet run "
                   "`tandem-hub pki init` and serve with --tls-dir (docs/security.md)", file=sys.stderr)
         else:
-            print(f"  mutual TLS from {config.tls_dir.resolve()}")
+            print(f"  mutual TLS from {config.tls_dir.resolve()}; REST is HTTPS: clients verify it with "
+                  f"--ca {(config.tls_dir / 'ca.crt').resolve()} (env TANDEM_HUB_CA)")
         if not hub.tokens.list(include_revoked=False):
             print(f"no API tokens yet: tandem-hub tokens create --scope admin --name admin --data-dir {config.data_dir}")
         sys.stdout.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import ssl
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,16 @@ class HubClientError(HubError):
 
 
 class HubClient:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+    """`ca` (env TANDEM_HUB_CA): the PEM that verifies an https:// hub, e.g. `<tls_dir>/ca.crt`; None: the
+    system trust store."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
+                 ca: str | Path | None = None) -> None:
         self.url = (url or os.environ.get("TANDEM_HUB_URL") or DEFAULT_URL).rstrip("/")
         token = token or os.environ.get("TANDEM_HUB_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        ca = ca or os.environ.get("TANDEM_HUB_CA") or None
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=trust_context(ca))
 
     def close(self) -> None:
         self._http.close()
@@ -107,6 +113,19 @@ class HubClient:
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/v1/tokens/{token_id}")
+
+
+def trust_context(ca: str | Path | None) -> ssl.SSLContext:
+    """Verify servers against `ca` (a PEM file), or the system trust store without one."""
+    if ca is None:
+        return ssl.create_default_context()
+    path = Path(ca)
+    if not path.is_file():
+        raise HubClientError(f"--ca / TANDEM_HUB_CA: {path} does not exist (the hub's CA is <tls_dir>/ca.crt)")
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise HubClientError(f"--ca / TANDEM_HUB_CA: {path} is not a PEM certificate ({exc})") from exc
 
 
 def tar_gz_dir(directory: Path) -> bytes:
