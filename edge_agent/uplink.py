@@ -58,12 +58,14 @@ def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
     `status_sink` stores each OTA status durably (the telemetry outbox's class 0) instead of publishing it.
     """
     from edge_agent.ota.client import OtaClient, OtaClientConfig
+    from edge_agent.ota.download import DownloadConfig
     from edge_agent.ota.errors import StoreError
     from protocols.tls import TlsConfigError
 
     config = OtaClientConfig(cfg.device_id, cfg.profile, cfg.mqtt_url, cfg.model_store_dir,  # type: ignore[arg-type]
                              cfg.ota_trusted_key, hub_token=cfg.ota_hub_token,  # type: ignore[arg-type]
-                             watch=watch_policy(cfg), tls=cfg.mqtt_tls)
+                             watch=watch_policy(cfg), tls=cfg.mqtt_tls,
+                             download=DownloadConfig(tls=cfg.mqtt_tls))  # https: the same CA and identity as MQTT
     try:
         client = OtaClient(config, on_switch=on_switch, health=health, status_sink=status_sink)
     except TlsConfigError as exc:

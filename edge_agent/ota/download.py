@@ -5,6 +5,11 @@ killed and restarted) the next attempt asks for `Range: bytes=<have>-` with `If-
 on the expected sha256 (the hub's ETag), so nothing already received is fetched again.
 The `.part` is renamed to its final name only at the expected size; hashes are checked
 by `verify`.
+
+https:// is verified against `tls.ca` (the fleet CA the agent already holds for MQTT), and the
+device's client certificate is presented, so a hub may demand it; without `tls`, against the system
+trust store. A 429 waits the hub's Retry-After without using up an attempt, within
+`max_rate_limited_s`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ import httpx
 
 from edge_agent.ota.errors import DownloadError
 from protocols import limits
+from protocols.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,8 @@ class DownloadConfig:
     chunk_bytes: int = 256 * 1024
     max_file_bytes: int = limits.MAX_ARTIFACT_BYTES
     rate_limit_bps: float | None = None      # cap for metered links; None: as fast as the link goes
+    tls: TlsFiles | None = None              # https: trust `ca`, present cert+key; None: system trust store
+    max_rate_limited_s: float = 120.0        # total time a transfer may wait on the hub's 429 Retry-After
 
 
 class Downloader:
@@ -48,7 +57,8 @@ class Downloader:
         self.cancel = cancel or threading.Event()
         self.on_progress = on_progress
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
-        self._http = httpx.Client(headers=headers, timeout=config.timeout_s, follow_redirects=False)
+        self._http = httpx.Client(headers=headers, timeout=config.timeout_s, follow_redirects=False,
+                                  verify=https_context(config.tls))
 
     def close(self) -> None:
         self._http.close()
@@ -78,17 +88,32 @@ class Downloader:
 
     def _with_retries(self, url: str, attempt: Callable[[], Any]) -> Any:
         delay = self.config.backoff_s
-        for n in range(1, self.config.attempts + 1):
+        waited = 0.0  # on 429s
+        n = 1
+        while n <= self.config.attempts:
             if self.cancel.is_set():
                 raise DownloadError(f"{url}: cancelled")
             try:
                 return attempt()
+            except _RateLimited as exc:
+                if waited + exc.retry_after_s > self.config.max_rate_limited_s:
+                    raise DownloadError(f"{url}: the hub kept answering 429 (rate limited) for {waited:.0f} s; "
+                                        "give this device its own token or raise the hub's rest_rate_per_s") from exc
+                log.info("download rate limited url=%s retry_after_s=%.1f", url, exc.retry_after_s)
+                waited += exc.retry_after_s
+                self.cancel.wait(exc.retry_after_s)
+                continue
             except (httpx.TransportError, _Retry) as exc:
+                if _is_certificate_error(exc):  # no retry can fix a certificate; say what to check
+                    raise DownloadError(f"{url}: the hub's TLS certificate does not verify ({exc}); the agent trusts "
+                                        f"{self.config.tls.ca if self.config.tls else 'the system trust store'} "
+                                        "(telemetry.mqtt_tls_ca)") from exc
                 if n == self.config.attempts:
                     raise DownloadError(f"{url}: failed after {n} attempts ({exc})") from exc
                 log.info("download retry url=%s attempt=%d error=%s", url, n, exc)
                 self.cancel.wait(delay)
                 delay *= 2
+            n += 1
         raise DownloadError(f"{url}: no attempts")  # attempts < 1
 
     def _get_small(self, url: str, max_bytes: int) -> bytes:
@@ -144,13 +169,58 @@ class Downloader:
                 self.cancel.wait(ahead)
 
 
+def https_context(tls: TlsFiles | None) -> ssl.SSLContext:
+    """Verify the hub against tls.ca and present tls.cert/key; without tls, the system trust store.
+
+    Unused for http:// (development; the OTA client already warns that it runs in plain text)."""
+    if tls is None:
+        return ssl.create_default_context()
+    try:
+        return tls.client_context()
+    except (OSError, ValueError) as exc:  # TlsConfigError is a ValueError, ssl.SSLError an OSError
+        raise DownloadError(f"https: cannot use the TLS files {tls.ca}, {tls.cert}, {tls.key} ({exc})") from exc
+
+
 class _Retry(Exception):
-    """A transient failure worth another attempt (short read, 5xx, 429)."""
+    """A transient failure worth another attempt (short read, 5xx)."""
+
+
+class _RateLimited(Exception):
+    """HTTP 429: wait the server's Retry-After, then ask again."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"HTTP 429, retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+MAX_RETRY_AFTER_S = 30.0
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """Retry-After in seconds (the hub sends an integer), bounded to [0.1, MAX_RETRY_AFTER_S]; 1 s if absent."""
+    try:
+        value = float(resp.headers.get("retry-after", "1"))
+    except ValueError:
+        value = 1.0
+    return min(MAX_RETRY_AFTER_S, max(0.1, value)) if value == value else 1.0  # NaN -> 1
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps the ssl error; follow a bounded chain of causes
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _check_status(url: str, resp: httpx.Response, ok: tuple[int, ...]) -> None:
     if resp.status_code in ok:
         return
-    if resp.status_code >= 500 or resp.status_code == 429:
+    if resp.status_code == 429:
+        raise _RateLimited(_retry_after(resp))
+    if resp.status_code >= 500:
         raise _Retry(f"HTTP {resp.status_code}")
     raise DownloadError(f"{url}: HTTP {resp.status_code}")
