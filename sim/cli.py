@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 EPILOG = """\
 examples:
@@ -17,8 +19,34 @@ examples:
 """
 
 
-def _say(quiet: bool):
-    return (lambda m: None) if quiet else (lambda m: (sys.stderr.write(m), sys.stderr.flush()))
+class _Progress:
+    """The live progress line: redrawn in place on a terminal; in a log (CI, `make demo > log`) one plain
+    line per `log_every_s` instead of thousands of carriage returns, and every event line as it happens."""
+
+    def __init__(self, stream: Any = sys.stderr, log_every_s: float = 10.0) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.log_every_s = log_every_s
+        self._last = float("-inf")
+
+    def __call__(self, message: str) -> None:
+        if not self.tty:
+            text = message.replace("\r", "").replace("\033[K", "")
+            if not text.strip():
+                return
+            redraw = not message.endswith("\n")
+            if redraw:
+                now = time.monotonic()
+                if now - self._last < self.log_every_s:
+                    return
+                self._last = now
+            message = text.rstrip("\n") + "\n"
+        self.stream.write(message)
+        self.stream.flush()
+
+
+def _say(quiet: bool) -> Callable[[str], None]:
+    return (lambda m: None) if quiet else _Progress()
 
 
 def _demo(args: argparse.Namespace) -> int:

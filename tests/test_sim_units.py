@@ -334,3 +334,25 @@ def test_recorder_buckets_outcomes():
     assert [row["requests"] for row in rows] == [2, 2]
     assert rows[1]["fallback_rate"] == 1.0 and rows[1]["degraded_rate"] == 0.5
     assert r.summary()["requests"] == 4 and r.summary()["accuracy"] == 1.0
+
+
+def test_progress_redraws_on_a_terminal_and_writes_plain_lines_to_a_log():
+    import io
+
+    from sim.cli import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    p = _Progress(tty)
+    p("\rt=1/50s devices=20\033[K")
+    assert tty.getvalue() == "\rt=1/50s devices=20\033[K"
+    log = io.StringIO()
+    p = _Progress(log, log_every_s=3600)
+    p("\rt=1/50s devices=20\033[K")
+    p("\rt=2/50s devices=20\033[K")   # within log_every_s: not repeated
+    p("\r  t=3s drift injected\033[K\n")  # events always
+    p("\n")
+    assert log.getvalue() == "t=1/50s devices=20\n  t=3s drift injected\n"
