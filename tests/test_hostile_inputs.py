@@ -322,7 +322,9 @@ def rest_api(tmp_path):
     from cloud_hub.config import HubConfig
     from cloud_hub.hub import Hub
 
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1"))
+    # the per-token REST limit raised, or nearly every body would stop at 429 before being parsed
+    hub = Hub(HubConfig(data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1",
+                        rest_rate_per_s=1e6, rest_burst=1e6))
     token = hub.tokens.create("fuzz", "admin").token
     client = TestClient(hub.app, raise_server_exceptions=False)
     client.headers["Authorization"] = f"Bearer {token}"
