@@ -99,11 +99,11 @@ class HubConfig:
             raise ConfigError(f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} must be mqtts:// with tls_dir "
                               "(no silent plain text)")
         if self.rest_client_certs not in REST_CLIENT_CERTS:
-            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} is not "
-                              f"one of {', '.join(REST_CLIENT_CERTS)}")
+            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
+                              f"is not one of {', '.join(REST_CLIENT_CERTS)}")
         if self.rest_client_certs != "none" and self.tls_dir is None:
-            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} needs "
-                              "tls_dir (the fleet CA that signs client certificates)")
+            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
+                              "needs tls_dir (the fleet CA that signs client certificates)")
         if isinstance(self.rest_burst, bool) or not isinstance(self.rest_burst, (int, float)) or self.rest_burst < 1:
             raise ConfigError(f"rest_burst (env {ENV_PREFIX}REST_BURST): {self.rest_burst!r} must be a number >= 1")
         if self.offline_after_s <= 0:
