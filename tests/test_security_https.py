@@ -205,6 +205,26 @@ def test_a_burst_over_the_rest_limit_gets_429_with_retry_after_and_other_tokens_
             assert err.value.status == 429
 
 
+def test_a_rollout_waves_downloads_on_one_shared_token_are_not_metered(tmp_path, digits_dir):
+    """Manifests and artifacts are the fleet's data plane: a wave of devices on one token must not get 429s."""
+    from cloud_hub.hub import Hub
+
+    model_dir = make_model_dir(digits_dir, tmp_path / "model")
+    with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
+                       rollouts=False, rest_rate_per_s=0.01, rest_burst=2)).start() as hub:
+        hub.registry.register_dir(model_dir)
+        fleet = hub.tokens.create("fleet", "read").token
+        auth = {"Authorization": f"Bearer {fleet}"}
+        manifest = Manifest.from_dict(hub.registry.manifest("digits", "1.0.0"))
+        sha = manifest.variants[0].files[0].sha256
+        with httpx.Client(base_url=hub.http_url, timeout=10, headers=auth) as http:
+            for _ in range(20):  # 20 devices of one wave
+                assert http.get("/v1/models/digits/versions/1.0.0/manifest").status_code == 200
+                assert http.head(f"/v1/artifacts/{sha}").status_code == 200
+                assert http.get(f"/v1/artifacts/{sha}", headers={"Range": "bytes=0-9"}).status_code == 206
+            assert [http.get("/v1/models").status_code for _ in range(3)] == [200, 200, 429]  # the API still is
+
+
 def test_429_is_documented_on_authenticated_routes():
     from cloud_hub.rest import create_app
 

@@ -39,14 +39,19 @@ def get_hub(request: Request) -> Any:
     return request.app.state.hub
 
 
-def require(scope: str) -> Callable[..., TokenInfo]:
-    """A dependency that authenticates the bearer token and checks it allows `scope`."""
+def require(scope: str, rate_limited: bool = True) -> Callable[..., TokenInfo]:
+    """A dependency that authenticates the bearer token and checks it allows `scope`.
+
+    `rate_limited=False` is for the fleet's data plane (manifests and artifacts that a whole
+    rollout wave fetches, often on one shared device token): the per-token limit protects the
+    control plane, and downloads are bounded by artifact sizes and each device's retry budget.
+    """
 
     def check(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> TokenInfo:
         token = credentials.credentials if credentials is not None else None
         info = request.app.state.hub.tokens.authorize(token, scope)
         request.state.token = info
-        if getattr(request.state, "rate_counted", False):  # a route with two scope checks counts once
+        if not rate_limited or getattr(request.state, "rate_counted", False):  # two scope checks count once
             return info
         request.state.rate_counted = True
         wait = rest_limiter(request).take(info.token_id)
@@ -56,7 +61,7 @@ def require(scope: str) -> Callable[..., TokenInfo]:
                                 headers={"Retry-After": str(max(1, math.ceil(wait)))})
         return info
 
-    check.__name__ = f"require_{scope}"
+    check.__name__ = f"require_{scope}" + ("" if rate_limited else "_unmetered")
     return check
 
 

@@ -55,7 +55,7 @@ def _json_safe(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-@router.get("/{sha256}", response_class=Response, responses=_RESPONSES, dependencies=[Depends(require("read"))])
+@router.get("/{sha256}", response_class=Response, responses=_RESPONSES, dependencies=[Depends(require("read", rate_limited=False))])
 def get_artifact(
     request: Request,
     sha256: str = Path(..., pattern=SHA_PATTERN, description="the file's sha256 (from a manifest)"),
@@ -68,7 +68,7 @@ def get_artifact(
     return _serve(sha256, request, range_header, if_range, if_none_match, hub, head=False)
 
 
-@router.head("/{sha256}", response_class=Response, responses=_RESPONSES, dependencies=[Depends(require("read"))])
+@router.head("/{sha256}", response_class=Response, responses=_RESPONSES, dependencies=[Depends(require("read", rate_limited=False))])
 def head_artifact(
     request: Request,
     sha256: str = Path(..., pattern=SHA_PATTERN),

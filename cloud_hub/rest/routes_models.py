@@ -104,7 +104,7 @@ def get_version(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[st
 
 
 @router.get("/v1/models/{name}/versions/{version}/manifest", response_model=dict[str, Any], responses=_404,
-            dependencies=[Depends(require("read"))])
+            dependencies=[Depends(require("read", rate_limited=False))])
 def get_manifest(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     """The manifest signed by this hub's release key (verify with GET /v1/keys/release)."""
     return hub.registry.manifest(name, version)
