@@ -20,7 +20,8 @@ install: $(STAMP)
 APT_INSTALL = if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing:$$missing (apt-get)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	    || echo "note: apt-get could not install$$missing (what needs it is skipped)"; \
 	else echo "note: not installed and cannot be installed here:$$missing (what needs it is skipped)"; fi
 
 system-deps:
