@@ -6,6 +6,7 @@ agent, the benchmarks and the simulator all run this same code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -80,7 +81,7 @@ class Scores:
 
     @property
     def all_confident(self) -> bool:
-        return bool(np.all(self.confident))
+        return bool(self.confident.all())  # the method, not np.all(): ~1 us less, twice per request
 
 
 class ConfidencePolicy:
@@ -102,6 +103,7 @@ class ConfidencePolicy:
         self.kind = kind
         self.threshold = DEFAULT_THRESHOLDS[kind] if threshold is None else float(threshold)
         _check_threshold(self.threshold)
+        self._threshold32 = (self.threshold, _float32(self.threshold))  # (t, t as float32), last one asked
         if temperature is not None and not (0.0 < float(temperature) < float("inf")):
             raise PolicyError(f"temperature: {temperature!r} must be a positive number")
         self.temperature = None if temperature is None or float(temperature) == 1.0 else float(temperature)
@@ -140,6 +142,11 @@ class ConfidencePolicy:
         """Score one already-selected output (e.g. the hub's answer)."""
         t = self.threshold if threshold is None else float(threshold)
         _check_threshold(t)
+        if type(raw) is np.ndarray and raw.dtype == np.float32 and raw.shape[0:1] == (1,) and raw.ndim == 2 \
+                and raw.shape[1] >= 2 and self._transform is _auto:
+            fast = self._score_one_row(raw, t)
+            if fast is not None:
+                return fast
         probs = self.probabilities(raw)
         confidence = self.measure(probs)
         if not probs.shape[0]:
@@ -155,6 +162,69 @@ class ConfidencePolicy:
             confident = decided >= t
         labels = probs.argmax(axis=-1).astype(np.int64)
         return Scores(labels=labels, confidence=confidence, confident=confident, threshold=t, calibrated=calibrated)
+
+    def _score_one_row(self, raw: np.ndarray, t: float) -> Scores | None:
+        """score_array() for the common request (one row, 'auto' transform) with plain floats: same result.
+
+        numpy costs ~1 us per call on a 10-class row, which made the policy 10-25 us per request.
+        Identical to the general path because every value is a float32 held exactly in a float,
+        float32 comparisons and max are exact in double, and a double difference rounded to float32
+        is the float32 difference (double rounding is innocuous for 53 vs 24 bits). What cannot be
+        reproduced bit for bit in Python (numpy's float32 sums, log and exp) still runs in numpy: the
+        transform when the row is not a probability vector beyond doubt, entropy, temperature.
+        None: a row this path does not decide (NaN, inf, a sum too close to the 'auto' cut-off).
+        """
+        row = raw[0].tolist()
+        total = math.fsum(row)
+        if total != total or total in (math.inf, -math.inf):
+            return None
+        k = len(row)
+        # numpy's float32 sum lies within k * 2**-23 of the exact sum (values in [0, 1], sum ~ 1)
+        slack = k * 2.4e-7
+        drift = abs(total - 1.0)
+        if not (min(row) >= 0.0 and max(row) <= 1.0):
+            probs = softmax(raw)  # logits: what _auto does with them
+        elif drift <= 1e-3 - slack:
+            probs = raw  # probabilities: _auto passes them through untouched
+        elif 1e-3 + slack < drift <= quantized_sum_tolerance(k) - slack and total > 0.0:
+            probs = raw / raw.sum(axis=-1, keepdims=True)  # 8-bit probabilities: _auto renormalizes
+        elif drift > quantized_sum_tolerance(k) + slack:
+            probs = softmax(raw)
+        else:
+            return None  # numpy's float32 sum decides which; leave it to _auto
+        if probs is not raw:
+            row = probs[0].tolist()
+            total = math.fsum(row)
+            if total != total or total in (math.inf, -math.inf):
+                return None
+        top = max(row)
+        label = row.index(top)
+        kind = self.kind
+        if kind == "max_prob":
+            confidence = np.array((top,), np.float32)
+            c = top
+        elif kind == "margin":
+            second = sorted(row)[-2]
+            confidence = np.array((top - second,), np.float32)
+            c = confidence.item()
+        else:
+            confidence = self.measure(probs)
+            c = confidence.item()
+            if c != c:
+                return None
+        if self.temperature is None:
+            calibrated, decided = None, c
+        else:
+            calibrated = self.measure(temper(probs, self.temperature))
+            decided = calibrated.item()
+            if decided != decided:
+                return None
+        # numpy compares a float32 array with a Python float in float32 (NEP 50), so round t too
+        cached = self._threshold32
+        if cached[0] != t:
+            cached = self._threshold32 = (t, _float32(t))
+        confident = decided >= cached[1]
+        return Scores(np.array((label,), np.int64), confidence, np.array((confident,)), t, calibrated)
 
     def measure(self, probs: np.ndarray) -> np.ndarray:
         rows, k = probs.shape
@@ -225,6 +295,11 @@ def resolve_threshold(kind: str, config_threshold: float | None, calibration: An
     if isinstance(task_threshold, (int, float)) and not isinstance(task_threshold, bool):
         return ThresholdChoice(float(task_threshold), None, "manifest task")
     return ThresholdChoice(None, None, "policy default")
+
+
+def _float32(x: float) -> float:
+    """`x` rounded to float32 (and back to a Python float)."""
+    return float(np.float32(x))
 
 
 def _check_threshold(t: float) -> None:
