@@ -60,15 +60,25 @@ class AgentMetrics:
         self.shadow_skipped = 0   # shadow samples not taken: too many already in flight
 
     def observe_request(self, source: str, seconds: float, error_code: str | None = None) -> None:
+        # every reply comes here: Histogram.observe inlined, and no Histogram() built per call
+        # for setdefault (0.67 -> 0.35 us on the dev VM)
+        h = self.latency.get(source)
         with self._lock:
+            if h is None:
+                h = self.latency.setdefault(source, Histogram())
             self.requests[source] = self.requests.get(source, 0) + 1
-            self.latency.setdefault(source, Histogram()).observe(seconds)
+            h.counts[bisect.bisect_left(h.buckets, seconds)] += 1
+            h.sum += seconds
+            h.count += 1
             if error_code:
                 self.errors[error_code] = self.errors.get(error_code, 0) + 1
 
     def observe_runtime(self, seconds: float) -> None:
+        h = self.runtime_latency
         with self._lock:
-            self.runtime_latency.observe(seconds)
+            h.counts[bisect.bisect_left(h.buckets, seconds)] += 1
+            h.sum += seconds
+            h.count += 1
 
     def observe_fallback(self, seconds: float) -> None:
         with self._lock:
