@@ -23,9 +23,9 @@ class _Progress:
     """The live progress line: redrawn in place on a terminal; in a log (CI, `make demo > log`) one plain
     line per `log_every_s` instead of thousands of carriage returns, and every event line as it happens."""
 
-    def __init__(self, stream: Any = sys.stderr, log_every_s: float = 10.0) -> None:
-        self.stream = stream
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+    def __init__(self, stream: Any = None, log_every_s: float = 10.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # looked up now: tests and tools swap it
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.log_every_s = log_every_s
         self._last = float("-inf")
 
