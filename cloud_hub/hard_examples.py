@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_hub.errors import HubError, NotFoundError
+from cloud_hub.mqtt_batches import ack_batch, take_batch
 from cloud_hub.storage.db import HubDatabase, Migration, open_database
 from protocols import limits
 from protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
@@ -305,18 +306,9 @@ class HardExampleIngest:
 
     def _write_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            batch = [first]
-            deadline = time.monotonic() + self.config.batch_wait_s  # type: ignore[union-attr]
-            while len(batch) < self.config.batch_max:  # type: ignore[union-attr]
-                try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            self._process(batch)
+            batch = take_batch(self._queue, self.config.batch_max, self.config.batch_wait_s)  # type: ignore[union-attr]
+            if batch:
+                self._process(batch)
 
     def _process(self, batch: list[tuple[int, int, str, bytes, int]]) -> None:
         now = time.time()
@@ -342,9 +334,5 @@ class HardExampleIngest:
             return  # stopping without a commit: no acks, the broker redelivers to the next session
         self.stats.stored += sum(new)
         self.stats.duplicates += len(new) - sum(new)
-        client, generation = self._client, self._generation
-        if client is None:
-            return
-        for gen, mid, _, _, qos in batch:
-            if qos > 0 and gen == generation:
-                client.ack(mid, qos)
+        if self._client is not None:
+            ack_batch(self._client, batch, self._generation)

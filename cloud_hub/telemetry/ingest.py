@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_hub.ratelimit import RateLimiter
+from cloud_hub.mqtt_batches import ack_batch, take_batch
 from cloud_hub.telemetry.store import StoredWindow, TelemetryStore
 from protocols import limits
 from protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
@@ -149,24 +150,9 @@ class TelemetryIngest:
 
     def _write_loop(self) -> None:
         while not self._stop.is_set():
-            batch = self._take_batch()
+            batch = take_batch(self._queue, self.config.batch_max, self.config.batch_wait_s)
             if batch:
                 self._process(batch)
-
-    def _take_batch(self) -> list[tuple[int, int, str, bytes, int]]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.config.batch_wait_s
-        while len(batch) < self.config.batch_max:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
 
     def _process(self, batch: list[tuple[int, int, str, bytes, int]]) -> None:
         now = time.time()
@@ -204,10 +190,7 @@ class TelemetryIngest:
         fresh = [(it.window, it.received_at) for it, is_new in zip(items, new) if is_new]
         self.stats.stored += len(fresh)
         self.stats.duplicates += len(items) - len(fresh)
-        generation = self._generation
-        for gen, mid, _, _, qos in batch:
-            if qos > 0 and gen == generation:
-                self.client.ack(mid, qos)
+        ack_batch(self.client, batch, self._generation)
         if fresh and self._on_windows is not None:
             try:
                 self._on_windows(fresh)
