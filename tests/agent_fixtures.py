@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,18 @@ def make_linear_softmax(path: Path, n_in: int = 4, n_out: int = 3, *, seed: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for a dead hub or broker)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def digits_edge_and_cloud(digits_dir: Path, out: Path) -> tuple[Path, Path]:
+    """Model dirs of the digits edge model (served by agents) and cloud model (served by the hub)."""
+    edge = make_model_dir(digits_dir / "edge.onnx", out / "edge", name="digits")
+    cloud = make_model_dir(digits_dir / "cloud.onnx", out / "cloud", name="digits-cloud")
+    return edge, cloud
+

@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from agent_fixtures import make_model_dir
+from agent_fixtures import digits_edge_and_cloud, free_port
 from cloud_hub.inference import InferenceServer
 from edge_agent import Agent, AgentClient, AgentConfig
 from edge_agent.errors import ConfigError
@@ -21,18 +21,10 @@ from protocols.telemetry_codec import decode_window
 DEADLINE_MS = 150
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def models(digits_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("models")
-    edge = make_model_dir(digits_dir / "edge.onnx", tmp / "edge", name="digits")
-    cloud = make_model_dir(digits_dir / "cloud.onnx", tmp / "cloud", name="digits-cloud")
-    return edge, cloud
+    return digits_edge_and_cloud(digits_dir, tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
