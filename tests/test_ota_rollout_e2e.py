@@ -26,20 +26,19 @@ def ota_releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
 def fleet(ota_releases, digits_dir, tmp_path_factory):
     from cloud_hub.config import HubConfig
     from cloud_hub.hub import Hub
-    from cloud_hub.rollouts.attach import attach_rollouts
     from edge_agent.ota.machine import WatchPolicy
 
     root = tmp_path_factory.mktemp("ota-fleet")
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url)).start()
+    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url,
+                        rollout_tick_s=0.1, rollout_watch_s=0.6)).start()
     devices: list[SimDevice] = []
     try:
         for path in ota_releases.values():
             hub.registry.register_dir(path)
         device_token = hub.tokens.create("fleet", "read").token
         operator = hub.tokens.create("operator", "operate").token
-        service = attach_rollouts(hub, tick_s=0.1, watch_s=0.6)
-        assert service.wait_subscribed(10)
+        assert hub.rollouts.wait_subscribed(10)
         x = np.load(digits_dir / "test.npz")
         inputs = x[x.files[0]].astype(np.float32)
         # latency is left loose here: two shared CPU cores make sub-millisecond p95 ratios noisy
@@ -56,10 +55,7 @@ def fleet(ota_releases, digits_dir, tmp_path_factory):
     finally:
         for d in devices:
             d.stop()
-        if getattr(hub, "rollouts", None) is not None:
-            hub.rollouts.stop()
-            hub.rollouts.store.close()
-        hub.stop()
+        hub.stop()  # rollouts first, in reverse start order
         broker.stop()
 
 

@@ -279,10 +279,7 @@ def fleet(digits_dir, tmp_path_factory):
         sniffer.loop_stop()
         for d in devices:
             d.stop()
-        if getattr(hub, "rollouts", None) is not None:
-            hub.rollouts.stop()
-            hub.rollouts.store.close()
-        hub.stop()
+        hub.stop()  # also stops the rollout service attach_rollouts put in place
         broker.stop()
 
 
