@@ -91,7 +91,8 @@ class Agent:
                 self.telemetry = make_telemetry(cfg, self.model, hard_examples=self.hard_examples,
                                                 metrics=self.metrics)
                 self.observer.telemetry = self.telemetry
-            self.server = ZmqServer(cfg.endpoint, self._handle, max_inflight=cfg.max_queue * 4).start()
+            self.server = ZmqServer(cfg.endpoint, self._handle, max_inflight=cfg.max_queue * 4,
+                                     spin_us=cfg.spin_us).start()
             self._register_gauges()
             if cfg.http_port is not None:
                 try:

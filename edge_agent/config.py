@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (tandem[ed
 ENV_PREFIX = "TANDEM_AGENT_"
 SECTIONS = {
     "model": ("model_dir", "profile", "variant", "allow_nan", "threads"),
-    "server": ("endpoint", "device_id", "tags"),
+    "server": ("endpoint", "device_id", "tags", "spin_us"),
     "policy": ("policy", "threshold", "policy_output", "transform"),
     "batch": ("window_us", "max_batch", "max_queue", "inline_max_us"),
     "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
@@ -67,6 +67,7 @@ class AgentConfig:
     endpoint: str = field(default_factory=default_endpoint)
     device_id: str = field(default_factory=socket.gethostname)
     tags: dict[str, str] = field(default_factory=dict)  # cohort labels (site, line...) on telemetry windows
+    spin_us: float = 300.0              # after a reply, poll this long for the next request before sleeping; 0: off
     policy: str = "max_prob"
     threshold: float | None = None      # None: the manifest's task.threshold, else the policy default
     policy_output: str | None = None    # output to score; None: the first
@@ -153,7 +154,7 @@ class AgentConfig:
             raise bad("threshold", f"{self.threshold} must be between 0 and 1")
         if not self.endpoint.startswith(("ipc://", "tcp://", "inproc://")):
             raise bad("endpoint", f"{self.endpoint!r} must start with ipc://, tcp:// or inproc://")
-        for key, low in (("window_us", 0), ("inline_max_us", 0), ("deadline_ms", 1), ("breaker_cooldown_s", 0)):
+        for key, low in (("window_us", 0), ("inline_max_us", 0), ("spin_us", 0), ("deadline_ms", 1), ("breaker_cooldown_s", 0)):
             if getattr(self, key) < low:
                 raise bad(key, f"{getattr(self, key)} must be >= {low}")
         for key in ("max_batch", "max_queue", "breaker_failures", "hard_examples_max"):

@@ -1,0 +1,104 @@
+"""The local API's post-reply spin (edge_agent/server.py): it must never cost a caller its answer.
+
+The spin polls for the next request after each reply. These tests give it a long spin
+(tens of milliseconds) so that any way it could block shows up as a whole spin per
+request: holding the GIL from a client in the same process, delaying an answer that
+comes back through the loop, or losing a request that arrives while it polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from edge_agent.config import AgentConfig
+from edge_agent.errors import ConfigError
+from edge_agent.server import ZmqServer
+
+LONG_SPIN_US = 50_000  # 50 ms: a request that waited for the spin to end would take at least this long
+REQUESTS = 20
+
+
+def _echo(frames):
+    return [f.bytes for f in frames]
+
+
+def _round_trips(endpoint: str, count: int) -> list[float]:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(endpoint)
+    try:
+        seconds = []
+        for i in range(count):
+            t0 = time.perf_counter()
+            sock.send_multipart([f"req-{i}".encode()])
+            assert sock.recv_multipart() == [f"req-{i}".encode()]
+            seconds.append(time.perf_counter() - t0)
+        return seconds
+    finally:
+        sock.close(0)
+
+
+def test_a_client_in_the_same_process_is_not_held_up_by_the_spin(tmp_path: Path) -> None:
+    # The spin polls with the GIL released; if it held the GIL, this thread could not read
+    # its reply until the spin ended (or the interpreter's switch interval forced a hand-over,
+    # hence the long interval here), and every round trip would take ~50 ms.
+    server = ZmqServer(f"ipc://{tmp_path}/spin.sock", _echo, spin_us=LONG_SPIN_US).start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(LONG_SPIN_US / 1e6)
+    try:
+        seconds = _round_trips(server.endpoint, REQUESTS)
+    finally:
+        sys.setswitchinterval(interval)
+        server.stop()
+    assert sorted(seconds)[REQUESTS // 2] < LONG_SPIN_US / 1e6 / 5, seconds
+
+
+def test_requests_that_arrive_during_the_spin_are_all_answered(tmp_path: Path) -> None:
+    # Two clients take turns, so requests keep landing while the server is mid-spin.
+    server = ZmqServer(f"ipc://{tmp_path}/spin.sock", _echo, spin_us=LONG_SPIN_US).start()
+    results: list[list[float]] = []
+    try:
+        threads = [threading.Thread(target=lambda: results.append(_round_trips(server.endpoint, REQUESTS)))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        server.stop()
+    assert [len(r) for r in results] == [REQUESTS, REQUESTS]
+
+
+def test_no_spin_while_an_answer_waits_on_the_loop(tmp_path: Path) -> None:
+    # A handler that answers later (as the worker thread or the hub do) resolves through the
+    # loop; a spin at that moment would delay the answer by the whole spin.
+    def later(frames):
+        async def answer():
+            await asyncio.sleep(0.001)
+            return _echo(frames)
+        return answer()
+
+    server = ZmqServer(f"ipc://{tmp_path}/spin.sock", later, spin_us=LONG_SPIN_US).start()
+    try:
+        seconds = _round_trips(server.endpoint, 10)
+    finally:
+        server.stop()
+    assert sorted(seconds)[5] < LONG_SPIN_US / 1e6 / 2, seconds
+
+
+def test_spin_us_is_configurable_and_checked(tmp_path: Path) -> None:
+    cfg = AgentConfig.from_mapping({"model_dir": str(tmp_path), "server": {"spin_us": 0}})
+    assert cfg.spin_us == 0
+    cfg = AgentConfig.from_mapping({"model_dir": str(tmp_path)}, env={"TANDEM_AGENT_SPIN_US": "120"})
+    assert cfg.spin_us == 120
+    with pytest.raises(ConfigError, match="spin_us"):
+        AgentConfig.from_mapping({"model_dir": str(tmp_path), "server": {"spin_us": -1}}).validate()
