@@ -187,6 +187,7 @@ class Agent:
             fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
             hub_model=cfg.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.inline_max_us,
             observer=self.observer, mode=cfg.mode, budget=self.budget, shadow_sample_rate=cfg.shadow_sample_rate,
+            fast_lane=cfg.fast_lane,
         )
         return Serving(model, policy, batcher, service)
 

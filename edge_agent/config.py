@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (tandem[ed
 ENV_PREFIX = "TANDEM_AGENT_"
 SECTIONS = {
     "model": ("model_dir", "profile", "variant", "allow_nan", "threads"),
-    "server": ("endpoint", "device_id", "tags", "spin_us"),
+    "server": ("endpoint", "device_id", "tags", "spin_us", "fast_lane"),
     "policy": ("policy", "threshold", "policy_output", "transform"),
     "batch": ("window_us", "max_batch", "max_queue", "inline_max_us"),
     "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
@@ -68,6 +68,7 @@ class AgentConfig:
     device_id: str = field(default_factory=socket.gethostname)
     tags: dict[str, str] = field(default_factory=dict)  # cohort labels (site, line...) on telemetry windows
     spin_us: float = 300.0              # after a reply, poll this long for the next request before sleeping; 0: off
+    fast_lane: bool = True              # answer repeated request layouts without re-checking them (fast_lane.py)
     policy: str = "max_prob"
     threshold: float | None = None      # None: the manifest's task.threshold, else the policy default
     policy_output: str | None = None    # output to score; None: the first

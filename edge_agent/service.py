@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Sequence
 import numpy as np
 
 from edge_agent.errors import AgentError, BadRequestError, FallbackUnavailable, InferenceError, OverloadedError
+from edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes, request_id_tail
 from edge_agent.hard_examples import HardExampleQueue
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import LoadedModel, match_inputs
@@ -61,7 +62,7 @@ class InferenceService:
                  hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0,
                  observer: RequestObserver | None = None, mode: ServingMode | str = ServingMode.HYBRID,
                  budget: FallbackBudget | None = None, shadow_sample_rate: float = 0.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, fast_lane: bool = True) -> None:
         """`budget` is shared by every service the agent builds (hot swaps keep what was spent)."""
         self.model = model
         self.batcher = batcher
@@ -85,6 +86,10 @@ class InferenceService:
         self.shadow_sample_rate = shadow_sample_rate
         self._rng = rng or random.Random()
         self._shadow_slots = threading.BoundedSemaphore(SHADOW_MAX_INFLIGHT)
+        # repeated request layouts skip the general path's parsing and checks (edge_agent/fast_lane.py)
+        self.lane: FastLane | None = FastLane(
+            model_name=model.name, model_version=model.version, output_names=model.output_names, policy=policy,
+            run_inline=self._run_inline, metrics=metrics, observer=observer) if fast_lane else None
 
     def handle(self, frames: Sequence[Any]) -> list[Any] | Awaitable[list[Any]]:
         """Reply frames, at once when no waiting is needed (fast model, confident), else an awaitable.
@@ -94,8 +99,13 @@ class InferenceService:
         t0 = time.perf_counter()
         edge: Answer | None = None
         try:
+            ran = None
+            if self.lane is not None:
+                reply, ran = self.lane.answer(frames, t0)
+                if reply is not None:
+                    return reply
             request = self._prepare(frames)
-            outputs = self._run_inline(self.model.runtime_feeds(request.feeds))
+            outputs = ran if ran is not None else self._run_inline(self.model.runtime_feeds(request.feeds))
             if outputs is not None:
                 edge, decision = self._score(request, outputs)
                 if decision.action is not Action.CLOUD:
@@ -176,7 +186,26 @@ class InferenceService:
         except AgentError as exc:
             exc.request_id = header.request_id  # type: ignore[attr-defined]
             raise
+        if self.lane is not None:
+            self._teach_lane(frames[0], header, feeds)
         return _Prepared(header, feeds, threshold)
+
+    def _teach_lane(self, head: Any, header: pb.RequestHeader, feeds: dict[str, np.ndarray]) -> None:
+        """Give the fast lane a plan for this accepted header layout (once per layout)."""
+        header_bytes = frame_bytes(head)
+        if not request_id_tail(header_bytes, header.request_id):
+            return  # not a templated header: the lane cannot recognise the next one either
+        request_mode = header.options.mode
+        if request_mode == pb.MODE_EDGE_ONLY or (request_mode == pb.MODE_AUTO and self.mode is ServingMode.EDGE_ONLY):
+            edge_only: bool | None = True
+        elif request_mode == pb.MODE_AUTO and self.mode is ServingMode.HYBRID:
+            edge_only = False
+        else:
+            edge_only = None  # cloud-only or shadow: decisions the lane leaves to this class
+        renames = self.model.renames
+        tensors = [TensorPlan(renames.get(name, name), name, a.dtype, a.shape, a.nbytes,
+                              not self.allow_nan and a.dtype.kind == "f") for name, a in feeds.items()]
+        self.lane.learn(header_bytes, header, tensors, edge_only)
 
     def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, Decision]:
         names = self.model.output_names

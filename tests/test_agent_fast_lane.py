@@ -1,0 +1,195 @@
+"""The fast lane (edge_agent/fast_lane.py) answers exactly as the general path would, or not at all.
+
+Each request goes through the same InferenceService twice: with its lane (after the lane
+has learnt the layout) and with the lane switched off. The replies must be the same
+message but for latency_ms; requests the lane must not take (NaN, wrong sizes, bad ids,
+unsure answers, outputs asked for) must get the general path's answer, errors included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent_fixtures import make_linear_softmax, make_model_dir
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig
+from edge_agent.fast_lane import request_id_tail
+from edge_agent.wire import RequestTemplates, encode_request
+from protocols import local_api_pb2 as pb
+
+
+def _agent(model_dir: Path, run: Path, **overrides) -> Agent:
+    cfg = AgentConfig(model_dir=model_dir, endpoint=f"ipc://{run}/agent.sock", data_dir=run / "data",
+                      **{"threshold": 0.8, **overrides})
+    agent = Agent(cfg).start()
+    batcher = agent.service.batcher
+    feeds = {spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], np.dtype(spec.dtype))
+             for spec in agent.model.input_specs}
+    for _ in range(30):  # until the batcher's runtime estimate puts this model on the inline path
+        batcher.run(agent.model.runtime_feeds(feeds))
+    return agent
+
+
+def _reply(frames: list) -> pb.ReplyHeader:
+    assert len(frames) == 1, "these requests do not ask for outputs"
+    header = pb.ReplyHeader()
+    header.ParseFromString(bytes(frames[0]))
+    header.latency_ms = 0.0
+    return header
+
+
+def _both_paths(service, frames: list) -> tuple[pb.ReplyHeader, pb.ReplyHeader, bool]:
+    """(reply with the lane, reply without it, whether the lane answered)."""
+    lane = service.lane
+    before = lane.answered
+    with_lane = _reply(service.handle(frames))
+    took = lane.answered > before
+    service.lane = None
+    try:
+        general = _reply(service.handle(frames))
+    finally:
+        service.lane = lane
+    return with_lane, general, took
+
+
+@pytest.fixture(scope="module")
+def digits_agent(digits_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("lane")
+    model_dir = make_model_dir(digits_dir / "edge.onnx", run / "model", name="digits")
+    agent = _agent(model_dir, run)
+    yield agent, np.load(digits_dir / "test.npz")["x"].astype(np.float32)
+    agent.stop()
+
+
+def test_the_lane_replies_as_the_general_path_for_every_test_row(digits_agent):
+    agent, rows = digits_agent
+    service = agent.service
+    templates = RequestTemplates()
+    taken = 0
+    for i, row in enumerate(rows[:200]):
+        frames = templates.frames([row[None, :]], request_id=f"client-{i}")
+        with_lane, general, took = _both_paths(service, frames)
+        assert with_lane == general, f"row {i}"
+        assert with_lane.request_id == f"client-{i}"
+        taken += took
+    # the first request teaches the lane; unsure rows (below 0.8) stay on the general path
+    confident = sum(1 for row in rows[:200] if not _reply(service.handle(
+        templates.frames([row[None, :]], request_id="x"))).detail)  # unsure ones say "no hub is configured"
+    assert service.lane.plans == 1
+    assert taken >= confident - 1 and taken > 150
+
+
+@pytest.mark.parametrize("threshold", [None, 0.0, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("mode", ["auto", "edge"])
+def test_thresholds_and_modes_match_the_general_path(digits_agent, threshold, mode):
+    agent, rows = digits_agent
+    templates = RequestTemplates()
+    for i, row in enumerate(rows[200:240]):
+        frames = templates.frames([row[None, :]], request_id=f"t-{i}", threshold=threshold,
+                                  mode=pb.MODE_EDGE_ONLY if mode == "edge" else pb.MODE_AUTO)
+        with_lane, general, _ = _both_paths(agent.service, frames)
+        assert with_lane == general
+
+
+def test_ids_of_other_lengths_share_the_plan_and_bad_ids_are_refused(digits_agent):
+    agent, rows = digits_agent
+    service = agent.service
+    templates = RequestTemplates()
+    x = rows[:1]
+    service.handle(templates.frames([x], request_id="short"))
+    for rid in ("a", "x" * 100, "ünïcode-id"):
+        with_lane, general, took = _both_paths(service, templates.frames([x], request_id=rid))
+        assert took and with_lane == general and with_lane.request_id == rid
+    head, tensor = templates.frames([x], request_id="abc")
+    bad_utf8 = head[:-3] + b"\xff\xfe\xfd"  # same length byte, not UTF-8: the general path's error
+    reply = _reply(service.handle([bad_utf8, tensor]))
+    assert reply.source == pb.SOURCE_ERROR and reply.error.code == "bad_request"
+
+
+def test_requests_the_lane_must_not_take_get_the_general_answer(digits_agent):
+    agent, rows = digits_agent
+    service = agent.service
+    templates = RequestTemplates()
+    x = rows[:1].copy()
+    service.handle(templates.frames([x], request_id="learn"))
+    nan = x.copy()
+    nan[0, 3] = np.nan
+    inf = x.copy()
+    inf[0, 0] = -np.inf
+    cases = {
+        "nan": templates.frames([nan], request_id="r1"),
+        "inf": templates.frames([inf], request_id="r2"),
+        "short frame": [templates.frames([x], request_id="r3")[0], bytes(255)],
+        "extra frame": [*templates.frames([x], request_id="r4"), bytes(256)],
+    }
+    lane, run = service.lane, service.lane._run_inline
+    confident = np.eye(1, 10, 3, dtype=np.float32)
+    lane._run_inline = lambda feeds: [confident]  # a model that would answer NaN confidently: the lane must check
+    try:
+        for name, frames in cases.items():
+            assert lane.answer(frames, 0.0) == (None, None), name
+    finally:
+        lane._run_inline = run
+    for name, frames in cases.items():
+        with_lane, general, took = _both_paths(service, frames)
+        assert not took, name
+        assert with_lane == general, name
+        assert with_lane.source == pb.SOURCE_ERROR and with_lane.error.code == "bad_request", name
+    assert "NaN" in _reply(service.handle(cases["nan"])).error.message
+
+
+def test_an_unsure_answer_runs_the_model_once_and_says_no_hub(digits_agent):
+    agent, rows = digits_agent
+    service = agent.service
+    templates = RequestTemplates()
+    service.handle(templates.frames([rows[:1]], request_id="learn", threshold=1.0))
+    runs = service.batcher.stats().requests
+    reply = _reply(service.handle(templates.frames([rows[1:2]], request_id="unsure", threshold=1.0)))
+    assert service.batcher.stats().requests == runs + 1
+    assert reply.source == pb.SOURCE_EDGE and "no hub" in reply.detail
+
+
+def test_headers_not_ending_in_the_request_id_never_get_a_plan(digits_agent, tmp_path):
+    agent, rows = digits_agent
+    service = agent.service
+    header = pb.RequestHeader()
+    header.ParseFromString(encode_request([rows[:1]], request_id="")[0])
+    # the same header with the id first: a valid request that a template-matching lane cannot recognise
+    first = pb.RequestHeader(request_id="id-first").SerializeToString() + header.SerializeToString()
+    plans = service.lane.plans
+    reply = _reply(service.handle([first, memoryview(rows[:1].tobytes())]))
+    assert reply.source == pb.SOURCE_EDGE and reply.request_id == "id-first"
+    assert not request_id_tail(first, "id-first")
+    assert service.lane.plans == plans
+
+
+def test_batched_rows_and_a_dynamic_axis_match_the_general_path(tmp_path):
+    model = make_linear_softmax(tmp_path / "linear.onnx", n_in=4, n_out=3)
+    model_dir = make_model_dir(model, tmp_path / "model", name="linear")
+    agent = _agent(model_dir, tmp_path, threshold=0.0)
+    try:
+        rng = np.random.default_rng(1)
+        templates = RequestTemplates()
+        for rows in (1, 3, 1, 5, 3):
+            for i in range(5):
+                x = rng.normal(size=(rows, 4)).astype(np.float32)
+                with_lane, general, _ = _both_paths(agent.service, templates.frames([x], request_id=f"b{rows}-{i}"))
+                assert with_lane == general
+                assert len(with_lane.label) == rows
+        assert agent.service.lane.plans == 3  # one per shape
+    finally:
+        agent.stop()
+
+
+def test_an_agent_can_turn_the_lane_off(digits_dir, tmp_path):
+    model_dir = make_model_dir(digits_dir / "edge.onnx", tmp_path / "model", name="digits")
+    agent = _agent(model_dir, tmp_path, fast_lane=False)
+    try:
+        assert agent.service.lane is None
+        reply = _reply(agent.service.handle(RequestTemplates().frames([np.zeros((1, 64), np.float32)], request_id="z")))
+        assert reply.request_id == "z"
+    finally:
+        agent.stop()
