@@ -100,8 +100,9 @@ class FastLane:
     """Plans by header prefix, and the lane that answers with them; one per served model version."""
 
     def __init__(self, *, model_name: str, model_version: str, output_names: Sequence[str], policy: Any,
-                 run_inline: Callable[[dict[str, np.ndarray]], list[np.ndarray] | None], metrics: Any,
-                 observer: Any, max_plans: int = PLANS_MAX) -> None:
+                 run_inline: Callable[[dict[str, np.ndarray]], list[np.ndarray] | None],
+                 inline_ready: Callable[[], bool], metrics: Any, observer: Any, max_plans: int = PLANS_MAX) -> None:
+        """`run_inline` runs the model on this thread (None: it cannot now); `inline_ready` says whether it may."""
         self._plans: dict[bytes, Plan | None] = {}  # None: a prefix seen and not fit for the lane
         self.answered = 0  # requests this lane answered (the rest went the general path)
         self._prefix_lengths: list[int] = []
@@ -109,6 +110,7 @@ class FastLane:
         self._output_names = list(output_names)
         self._policy = policy
         self._run_inline = run_inline
+        self._inline_ready = inline_ready
         self._metrics = metrics
         self._observer = observer
         self._reply_head = pb.ReplyHeader(schema_version=limits.LOCAL_API_SCHEMA_VERSION, source=pb.SOURCE_EDGE,
@@ -144,6 +146,8 @@ class FastLane:
         Outputs come back when the model already ran (an unsure answer), so it does not run twice.
         Runtime failures raise as in InferenceService._run_inline.
         """
+        if not self._inline_ready():  # a model for the worker thread: nothing here would save time
+            return None, None
         hb = frame_bytes(frames[0])
         for length in self._prefix_lengths:
             plan = self._plans.get(hb[:length])

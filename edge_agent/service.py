@@ -89,7 +89,8 @@ class InferenceService:
         # repeated request layouts skip the general path's parsing and checks (edge_agent/fast_lane.py)
         self.lane: FastLane | None = FastLane(
             model_name=model.name, model_version=model.version, output_names=model.output_names, policy=policy,
-            run_inline=self._run_inline, metrics=metrics, observer=observer) if fast_lane else None
+            run_inline=self._run_inline, inline_ready=self.inline_ready, metrics=metrics,
+            observer=observer) if fast_lane else None
 
     def handle(self, frames: Sequence[Any]) -> list[Any] | Awaitable[list[Any]]:
         """Reply frames, at once when no waiting is needed (fast model, confident), else an awaitable.
@@ -274,11 +275,15 @@ class InferenceService:
         if self.observer is not None:
             self.observer.shadowed(rows, agree)
 
-    def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
-        """Run on this (the loop's) thread when the model is known to be faster than a hand-off."""
+    def inline_ready(self) -> bool:
+        """True when the model is known to be faster than a hand-off to the worker (inline_max_us)."""
         # the runtime's own time, not ours: hand-offs on a busy machine must not keep a fast model off this path
         run_s = self.batcher.run_ewma_s  # None until measured: the first run goes to the worker
-        if run_s is None or run_s >= self.inline_max_s:
+        return run_s is not None and run_s < self.inline_max_s
+
+    def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        """Run on this (the loop's) thread when the model is known to be faster than a hand-off."""
+        if not self.inline_ready():
             return None
         t0 = time.perf_counter()
         try:
