@@ -25,7 +25,7 @@ from edge_agent.errors import ModelLoadError
 from edge_agent.model import LoadedModel, load_model
 from edge_agent.observe import RequestObserver
 from edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold
-from edge_agent.server import ZmqServer
+from edge_agent.server import Concurrency, ZmqServer
 from edge_agent.service import InferenceService
 from edge_agent.serving import Serving
 from hardware_profiles import ProfileError, get_profile
@@ -56,6 +56,7 @@ class Agent:
         self.server: ZmqServer | None = None
         self.health: HealthServer | None = None
         self.observer = RequestObserver()
+        self.concurrency = Concurrency()  # the server's view, read by every service swapped in
         self.telemetry: Any = None      # TelemetryService when mqtt_url is set
         self.ota: Any = None            # OtaClient when ota_enabled
         self.serving: Serving | None = None
@@ -92,7 +93,7 @@ class Agent:
                                                 metrics=self.metrics)
                 self.observer.telemetry = self.telemetry
             self.server = ZmqServer(cfg.endpoint, self._handle, max_inflight=cfg.max_queue * 4,
-                                     spin_us=cfg.spin_us).start()
+                                     spin_us=cfg.spin_us, concurrency=self.concurrency).start()
             self._register_gauges()
             if cfg.http_port is not None:
                 try:
@@ -187,7 +188,7 @@ class Agent:
             fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
             hub_model=cfg.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.inline_max_us,
             observer=self.observer, mode=cfg.mode, budget=self.budget, shadow_sample_rate=cfg.shadow_sample_rate,
-            fast_lane=cfg.fast_lane,
+            fast_lane=cfg.fast_lane, solo_inline_max_us=cfg.solo_inline_max_us, concurrency=self.concurrency,
         )
         return Serving(model, policy, batcher, service)
 
@@ -325,6 +326,8 @@ class Agent:
                 lambda: self.hard_examples.dropped() if self.hard_examples else 0)
         m.gauge("tandem_agent_batches_total", "Runtime calls made by the micro-batcher.",
                 lambda: self.batcher.stats().batches if self.batcher else 0)
+        m.gauge("tandem_agent_inline_runs_total", "Runtime calls made on the I/O loop instead of the batcher's worker.",
+                lambda: self.batcher.stats().inline if self.batcher else 0)
         m.gauge("tandem_agent_model_swaps", "Models swapped in by OTA since start (switches and rollbacks).",
                 lambda: self.swaps)
         if self.telemetry is not None:

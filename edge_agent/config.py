@@ -28,7 +28,7 @@ SECTIONS = {
     "model": ("model_dir", "profile", "variant", "allow_nan", "threads"),
     "server": ("endpoint", "device_id", "tags", "spin_us", "fast_lane"),
     "policy": ("policy", "threshold", "policy_output", "transform"),
-    "batch": ("window_us", "max_batch", "max_queue", "inline_max_us"),
+    "batch": ("window_us", "max_batch", "max_queue", "inline_max_us", "solo_inline_max_us"),
     "fallback": ("hub_url", "hub_model", "deadline_ms", "breaker_failures", "breaker_cooldown_s"),
     "mode": ("mode", "shadow_sample_rate", "budget_rps", "budget_burst", "budget_bytes_per_hour"),
     "health": ("http_port", "http_host"),
@@ -77,6 +77,7 @@ class AgentConfig:
     max_batch: int = 8
     max_queue: int = 256
     inline_max_us: float = 200.0        # faster models run on the I/O loop when idle; 0: always the worker
+    solo_inline_max_us: float = 20_000.0  # models up to this run there too while clients come one at a time
     hub_url: str | None = None          # host:port of a KServe v2 gRPC server; None: edge only
     hub_model: str | None = None        # the model name to ask the hub for; None: the manifest's name
     deadline_ms: float = 200.0
@@ -155,7 +156,7 @@ class AgentConfig:
             raise bad("threshold", f"{self.threshold} must be between 0 and 1")
         if not self.endpoint.startswith(("ipc://", "tcp://", "inproc://")):
             raise bad("endpoint", f"{self.endpoint!r} must start with ipc://, tcp:// or inproc://")
-        for key, low in (("window_us", 0), ("inline_max_us", 0), ("spin_us", 0), ("deadline_ms", 1), ("breaker_cooldown_s", 0)):
+        for key, low in (("window_us", 0), ("inline_max_us", 0), ("solo_inline_max_us", 0), ("spin_us", 0), ("deadline_ms", 1), ("breaker_cooldown_s", 0)):
             if getattr(self, key) < low:
                 raise bad(key, f"{getattr(self, key)} must be >= {low}")
         for key in ("max_batch", "max_queue", "breaker_failures", "hard_examples_max"):

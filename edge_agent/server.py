@@ -40,14 +40,41 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Sequence[Any]], "list[Any] | Awaitable[list[Any]]"]
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 DRAIN_BATCH = 64    # requests handled per loop callback before other callbacks get a turn
+OVERLAP_CHECK_AFTER_S = 50e-6  # synchronous answers slower than this look for requests queued meanwhile
+
+
+class Concurrency:
+    """Whether requests have lately overlapped at the local API, as the server sees them.
+
+    A request overlaps when it arrives while another waits on the worker or the hub, or
+    while a long synchronous one ran (it was queued before that one's answer left). The service runs models too big
+    for `inline_max_us` on the I/O loop only while clients come alone (`alone`): then the
+    two thread hand-offs are pure cost, while with company the worker is what batches.
+    """
+
+    def __init__(self, memory: int = 64) -> None:
+        self.memory = memory  # lone requests it takes to forget an overlap
+        self.recent = 0
+
+    @property
+    def alone(self) -> bool:
+        return self.recent == 0
+
+    def seen(self, overlapped: bool) -> None:
+        if overlapped:
+            self.recent = self.memory
+        elif self.recent:
+            self.recent -= 1
 
 
 class ZmqServer:
     """Bind `endpoint`, call `handler(frames)` per request, send back what it returns."""
 
-    def __init__(self, endpoint: str, handler: Handler, *, max_inflight: int = 1024, spin_us: float = 0.0) -> None:
+    def __init__(self, endpoint: str, handler: Handler, *, max_inflight: int = 1024, spin_us: float = 0.0,
+                 concurrency: Concurrency | None = None) -> None:
         self.requested_endpoint = endpoint
         self._spin_s = spin_us / 1e6
+        self.concurrency = concurrency if concurrency is not None else Concurrency()
         self.endpoint = endpoint
         self._handler = handler
         self._max_inflight = max_inflight
@@ -194,14 +221,22 @@ class ZmqServer:
             exc = OverloadedError(f"the agent has {self.inflight} requests in flight (limit {self._max_inflight})")
             self._send(sock, envelope + error_reply("", exc.code, str(exc)))
             return
+        overlapped = self.inflight > 0  # another request waits on the worker or the hub
+        started = time.perf_counter()
         try:
             result = self._handler(body)
         except Exception as exc:  # the handler should not raise; never let one request kill the loop
             log.exception("request handler failed")
             result = error_reply("", "internal", f"internal error: {type(exc).__name__}: {exc}")
         if isinstance(result, list):  # answered synchronously: no task, no extra loop turn
+            # a request that came in while this one ran (before its answer left, so not the same
+            # client's next one); asked only after long runs, where it decides worker vs loop
+            if not overlapped and time.perf_counter() - started > OVERLAP_CHECK_AFTER_S:
+                overlapped = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+            self.concurrency.seen(overlapped)
             self._send(sock, envelope + result)
             return
+        self.concurrency.seen(overlapped)
         task = asyncio.ensure_future(self._answer(envelope, result))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

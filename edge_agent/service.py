@@ -62,7 +62,8 @@ class InferenceService:
                  hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0,
                  observer: RequestObserver | None = None, mode: ServingMode | str = ServingMode.HYBRID,
                  budget: FallbackBudget | None = None, shadow_sample_rate: float = 0.0,
-                 rng: random.Random | None = None, fast_lane: bool = True) -> None:
+                 rng: random.Random | None = None, fast_lane: bool = True, solo_inline_max_us: float = 0.0,
+                 concurrency: Any = None) -> None:
         """`budget` is shared by every service the agent builds (hot swaps keep what was spent)."""
         self.model = model
         self.batcher = batcher
@@ -80,6 +81,8 @@ class InferenceService:
         # Models whose calls take less than this run on the loop thread when the batcher is
         # idle: for them the hand-off to the worker thread costs more than the model.
         self.inline_max_s = inline_max_us / 1e6
+        self.solo_inline_max_s = solo_inline_max_us / 1e6
+        self.concurrency = concurrency  # the server's view of overlapping requests (server.Concurrency)
         self.mode = ServingMode.parse(mode)
         self.budget = budget if budget is not None and budget.limited else None
         self._count_bytes = self.budget is not None and self.budget.bytes_per_hour is not None
@@ -276,10 +279,21 @@ class InferenceService:
             self.observer.shadowed(rows, agree)
 
     def inline_ready(self) -> bool:
-        """True when the model is known to be faster than a hand-off to the worker (inline_max_us)."""
+        """True when this request may run on the loop thread instead of the batcher's worker.
+
+        Always for models faster than a hand-off (inline_max_us); for models up to
+        solo_inline_max_us only while clients come one at a time and nothing waits on the
+        worker or the hub: a lone client gains the two hand-offs, and has no one to batch with.
+        """
         # the runtime's own time, not ours: hand-offs on a busy machine must not keep a fast model off this path
         run_s = self.batcher.run_ewma_s  # None until measured: the first run goes to the worker
-        return run_s is not None and run_s < self.inline_max_s
+        if run_s is None:
+            return False
+        if run_s < self.inline_max_s:
+            return True
+        concurrency = self.concurrency
+        return (run_s < self.solo_inline_max_s and concurrency is not None and concurrency.alone
+                and self.pending == 0)
 
     def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
         """Run on this (the loop's) thread when the model is known to be faster than a hand-off."""

@@ -18,8 +18,10 @@ from protocols import local_api_pb2 as pb
 def agent(digits_dir, tmp_path_factory):
     model_dir = make_model_dir(digits_dir / "edge.onnx", tmp_path_factory.mktemp("model") / "digits")
     run = tmp_path_factory.mktemp("run")
-    # inline_max_us=0: every request goes through the batcher's worker thread (the serving tests cover inline runs)
-    cfg = AgentConfig(model_dir=model_dir, endpoint=f"ipc://{run}/agent.sock", data_dir=run / "data", inline_max_us=0)
+    # inline_max_us=0, solo_inline_max_us=0: every request goes through the batcher's worker thread
+    # (the serving tests cover inline runs)
+    cfg = AgentConfig(model_dir=model_dir, endpoint=f"ipc://{run}/agent.sock", data_dir=run / "data", inline_max_us=0,
+                      solo_inline_max_us=0)
     with Agent(cfg) as a:
         yield a
 

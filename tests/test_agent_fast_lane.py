@@ -199,7 +199,7 @@ def test_models_for_the_worker_thread_never_take_the_lane(digits_dir, tmp_path):
     from edge_agent.client import AgentClient
 
     model_dir = make_model_dir(digits_dir / "edge.onnx", tmp_path / "model", name="digits")
-    agent = _agent(model_dir, tmp_path, inline_max_us=0)  # every run on the batcher's worker
+    agent = _agent(model_dir, tmp_path, inline_max_us=0, solo_inline_max_us=0)  # every run on the worker
     try:
         with AgentClient(agent.endpoint, timeout_s=10) as client:
             answers = [client.infer(np.full((1, 64), i / 10, np.float32)) for i in range(5)]

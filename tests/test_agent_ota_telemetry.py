@@ -115,7 +115,8 @@ def test_hot_swap_under_load_drops_no_request_and_flips_once(two_versions, digit
     """Requests keep coming from 8 clients; on the worker path some wait in the old batcher's queue at the flip."""
     v1, v2 = two_versions
     cfg = AgentConfig(model_dir=v1, endpoint=f"ipc://{tmp_path}/swap.sock", data_dir=tmp_path / "data",
-                      device_id="swap-dev", threshold=0.5, inline_max_us=inline_max_us)
+                      device_id="swap-dev", threshold=0.5, inline_max_us=inline_max_us,
+                      solo_inline_max_us=inline_max_us * 100)  # worker: no solo inline runs either
     inputs = _inputs(digits_dir)
     with Agent(cfg) as agent:
         loads = [Load(agent.endpoint, inputs[i::8], pause_s=0.0).start() for i in range(8)]

@@ -60,6 +60,7 @@ class BatcherStats:
     rejected: int = 0
     failed: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)
+    inline: int = 0  # of `requests`, those run in the caller's thread (try_run_inline)
 
 
 def batch_axis_supported(inputs: Sequence[Any], outputs: Sequence[Any]) -> bool:
@@ -143,6 +144,7 @@ class MicroBatcher:
                 self._stats.batches += 1
                 self._stats.rows += _rows(feeds) if self.batching else 1
                 self._stats.batch_sizes[1] = self._stats.batch_sizes.get(1, 0) + 1
+                self._stats.inline += 1
             try:
                 return list(self._timed_run(feeds))
             except Exception:
@@ -163,7 +165,7 @@ class MicroBatcher:
     def stats(self) -> BatcherStats:
         with self._cond:
             s = self._stats
-            return BatcherStats(s.requests, s.batches, s.rows, s.rejected, s.failed, dict(s.batch_sizes))
+            return BatcherStats(s.requests, s.batches, s.rows, s.rejected, s.failed, dict(s.batch_sizes), s.inline)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker; requests still queued fail with BatcherClosedError."""
