@@ -11,7 +11,9 @@ For the digits edge model (input [1,64]) and the PP-OCR orientation classifier
             into the agent's own time, receive to reply as each reply reports it, and the rest:
             client library + transport + the I/O loop)
   agent-8   eight concurrent clients (closed loop, one DEALER socket each)
-and, with a real hub process serving the digits cloud model, the fallback round trip:
+the post-reply spin's trade on digits (p50 and the agent process's CPU per request, back to
+back and paced at 100 requests/s, with spin_us off and at its default), and, with a real hub
+process serving the digits cloud model, the fallback round trip:
   hub compute (the cloud model in-process), FallbackClient -> hub, and agent requests forced to the hub.
 
 Targets (issue 3): digits agent-1 p50 <= bare p50 + 1.3 x echo p50; OCR agent-8 throughput
@@ -136,12 +138,15 @@ class AgentProcess:
     """`tandem-agent run` as a child process, as on a device."""
 
     def __init__(self, model_dir: Path, workdir: Path, *, hub_url: str | None = None, hub_model: str | None = None,
-                 window_us: float = 300, max_batch: int = 8, threads: int | None = None) -> None:
+                 window_us: float = 300, max_batch: int = 8, threads: int | None = None,
+                 spin_us: float | None = None) -> None:
         self.endpoint = f"ipc://{workdir}/agent.sock"
         lines = [f'model_dir = "{model_dir}"', f'endpoint = "{self.endpoint}"', f'data_dir = "{workdir}/data"',
                  "threshold = 0.0", f"window_us = {window_us}", f"max_batch = {max_batch}", "max_queue = 1024"]
         if threads:
             lines.append(f"threads = {threads}")
+        if spin_us is not None:
+            lines.append(f"spin_us = {spin_us}")
         if hub_url:
             lines += [f'hub_url = "{hub_url}"', f'hub_model = "{hub_model}"', "deadline_ms = 1000"]
         self.config = workdir / "agent.toml"
@@ -209,6 +214,48 @@ def measure_agent_n(endpoint: str, x: np.ndarray, total: int, seconds: float, cl
         return summarize(lat, wall)
 
     return asyncio.run(main())
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_spin_tradeoff(model_dir: Path, x: np.ndarray, work: Path, seconds: float, paced_rps: float = 100.0,
+                          threads: int | None = None) -> dict[str, Any]:
+    """What the post-reply spin buys and costs: p50 and agent CPU per request, back to back and paced.
+
+    Paced requests (a camera's frame rate) come long after a spin would end: the agent
+    should notice (spin_hit_rate) and stop spinning, so both settings cost about the same.
+    """
+    result: dict[str, Any] = {"paced_rps": paced_rps}
+    for label, spin in (("spin_off", 0.0), ("spin_default", AGENT_SPIN_US)):
+        agent_dir = work / f"agent-{label}"
+        agent_dir.mkdir()
+        with AgentProcess(model_dir, agent_dir, spin_us=spin, threads=threads) as agent:
+            assert agent.proc is not None
+            with AgentClient(agent.endpoint, timeout_s=30) as client:
+                for _ in range(50):
+                    client.infer(x)
+                row: dict[str, Any] = {"spin_us": spin}
+                for mode in ("back_to_back", "paced"):
+                    lat: list[float] = []
+                    cpu0, start = process_cpu_s(agent.proc.pid), time.perf_counter()
+                    next_at = start
+                    while time.perf_counter() - start < seconds:
+                        if mode == "paced":
+                            next_at += 1.0 / paced_rps
+                            time.sleep(max(0.0, next_at - time.perf_counter()))
+                        t0 = time.perf_counter()
+                        client.infer(x)
+                        lat.append(time.perf_counter() - t0)
+                    cpu = process_cpu_s(agent.proc.pid) - cpu0
+                    row[mode] = {"n": len(lat), "p50_ms": float(np.percentile(lat, 50) * 1000),
+                                 "p99_ms": float(np.percentile(lat, 99) * 1000),
+                                 "agent_cpu_us_per_request": cpu / len(lat) * 1e6}
+        result[label] = row
+    return result
 
 
 # -- the hub in its own process --------------------------------------------------------------
@@ -351,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
             "digits": bench_model("digits", edge_dir, x_digits, work, ndig, args.seconds, args.threads),
             "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds, args.threads),
         }
+        log("digits: the post-reply spin, back to back and paced")
+        result["spin"] = measure_spin_tradeoff(edge_dir, x_digits, work, min(args.seconds, 3.0) * scale,
+                                               threads=args.threads)
         if not args.skip_fallback:
             result["fallback"] = bench_fallback(edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds,
                                                 args.threads)
@@ -382,6 +432,12 @@ def print_table(result: dict) -> None:
         for key in ("hub_compute", "fallback_rpc", "agent_edge", "agent_via_hub"):
             m = f[key]
             print(f"{'fallback':8} {key:14} {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} {m['throughput_rps']:9.1f}")
+    for label in ("spin_off", "spin_default"):
+        row = result["spin"][label]
+        for mode in ("back_to_back", "paced"):
+            m = row[mode]
+            print(f"spin {row['spin_us']:>5.0f} us {mode:12} p50 {m['p50_ms']:.3f} ms  agent CPU "
+                  f"{m['agent_cpu_us_per_request']:.0f} us/request")
     print(f"digits (agent - bare) / spinning echo p50: {result['digits']['overhead_over_spinning_echo_p50']:.3f} "
           "(not a target: the floor with the agent's own post-reply poll)")
     for name, t in result["targets"].items():

@@ -16,7 +16,9 @@ to sleep in epoll. A thread that sleeps pays the CPU's wake-up on the next reque
 the dev VM (cpuidle haltpoll) that is most of the round trip, digits agent p50 287-319 us
 without the spin and 133-137 us with 300 us of it. The spin releases the GIL while it
 polls, never runs while a request waits on the worker or the hub, and costs at most
-`spin_us` of CPU per reply; 0 turns it off (battery devices).
+`spin_us` of CPU per reply; 0 turns it off (battery devices). It also stops by itself
+while it does not pay: when fewer than a quarter of recent requests came within
+`spin_us` of the reply before (`spin_hit_rate`), as with a client that paces itself.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ Handler = Callable[[Sequence[Any]], "list[Any] | Awaitable[list[Any]]"]
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 DRAIN_BATCH = 64    # requests handled per loop callback before other callbacks get a turn
 OVERLAP_CHECK_AFTER_S = 50e-6  # synchronous answers slower than this look for requests queued meanwhile
+SPIN_HIT_WEIGHT = 0.1     # weight of the newest reply-to-request gap in spin_hit_rate
+SPIN_MIN_HIT_RATE = 0.25  # below it the loop sleeps at once: most requests came after the spin would end
 
 
 class Concurrency:
@@ -74,6 +78,10 @@ class ZmqServer:
                  concurrency: Concurrency | None = None) -> None:
         self.requested_endpoint = endpoint
         self._spin_s = spin_us / 1e6
+        # share of recent replies whose next request came within spin_us (an EWMA): the spin runs
+        # only while it pays, so a client pacing its requests (a 30 fps camera) costs no CPU for it
+        self.spin_hit_rate = 1.0
+        self._replied_at = 0.0  # when the last synchronous reply left (0: no gap being timed)
         self.concurrency = concurrency if concurrency is not None else Concurrency()
         self.endpoint = endpoint
         self._handler = handler
@@ -182,6 +190,10 @@ class ZmqServer:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            if self._replied_at:
+                hit = time.perf_counter() - self._replied_at < self._spin_s
+                self.spin_hit_rate += SPIN_HIT_WEIGHT * (hit - self.spin_hit_rate)
+                self._replied_at = 0.0
             self._dispatch(sock, frames)
         self._schedule_drain()
 
@@ -191,7 +203,7 @@ class ZmqServer:
         zmq_poll with a zero timeout releases the GIL, so other threads run meanwhile. No
         spin while tasks are in flight: their answers come back through this loop.
         """
-        if not self._spin_s or self._tasks:
+        if not self._spin_s or self._tasks or self.spin_hit_rate < SPIN_MIN_HIT_RATE:
             return False
         items = [(sock, zmq.POLLIN)]
         deadline = time.perf_counter() + self._spin_s
@@ -235,6 +247,8 @@ class ZmqServer:
                 overlapped = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
             self.concurrency.seen(overlapped)
             self._send(sock, envelope + result)
+            if self._spin_s:
+                self._replied_at = time.perf_counter()
             return
         self.concurrency.seen(overlapped)
         task = asyncio.ensure_future(self._answer(envelope, result))

@@ -102,3 +102,32 @@ def test_spin_us_is_configurable_and_checked(tmp_path: Path) -> None:
     assert cfg.spin_us == 120
     with pytest.raises(ConfigError, match="spin_us"):
         AgentConfig.from_mapping({"model_dir": str(tmp_path), "server": {"spin_us": -1}}).validate()
+
+
+def test_the_spin_stops_for_a_client_that_paces_itself_and_resumes_for_one_that_does_not(tmp_path: Path) -> None:
+    from edge_agent.server import SPIN_MIN_HIT_RATE
+
+    spin_us, gap_s, count = 20_000, 0.03, 30  # a 20 ms spin; requests every 30 ms (a camera at ~33 fps)
+    server = ZmqServer(f"ipc://{tmp_path}/spin.sock", _echo, spin_us=spin_us).start()
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(server.endpoint)
+    try:
+        cpu0 = time.process_time()
+        for i in range(count):
+            sock.send(b"%d" % i)
+            sock.recv()
+            time.sleep(gap_s)
+        paced_cpu_s = time.process_time() - cpu0
+        assert server.spin_hit_rate < SPIN_MIN_HIT_RATE
+        # a spin after every reply would have burnt count x 20 ms = 0.6 s of CPU
+        assert paced_cpu_s < 0.5 * count * spin_us / 1e6, paced_cpu_s
+        for i in range(count):  # back to back: each request comes well within the spin
+            sock.send(b"%d" % i)
+            sock.recv()
+        assert server.spin_hit_rate >= SPIN_MIN_HIT_RATE
+    finally:
+        sock.close(0)
+        server.stop()
