@@ -244,32 +244,43 @@ class MicroBatcher:
                 return
             live = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if live:
-                with self._run_lock:
-                    self._run_batch(live)
+                try:
+                    with self._run_lock:
+                        outcomes = self._run_batch(live)
+                except Exception as exc:  # a bug here must not leave its callers waiting forever
+                    log.exception("micro-batcher failed a batch of %d", len(live))
+                    outcomes = [(req, exc) for req in live]
+                # resolved after the lock is released: a waiter woken by its result (the agent's loop,
+                # answering and then taking the next request inline) must not find the session still held
+                for req, outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        req.future.set_exception(outcome)
+                    else:
+                        req.future.set_result(outcome)
 
-    def _run_batch(self, batch: list[_Request]) -> None:
+    def _run_batch(self, batch: list[_Request]) -> list[tuple[_Request, Any]]:
+        """Each request with its outputs (or its exception); the caller resolves the futures."""
         with self._cond:
             self._stats.batches += 1
             size = sum(r.rows for r in batch)
             self._stats.rows += size
             self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
         if len(batch) == 1:
-            self._run_one(batch[0])
-            return
+            return [self._run_one(batch[0])]
         names = list(batch[0].feeds)
         try:
             feeds = {n: np.concatenate([r.feeds[n] for r in batch], axis=0) for n in names}
             outputs = self._timed_run(feeds)
         except Exception as exc:  # one bad request must not fail its neighbours: retry alone
             log.debug("batch of %d failed (%s); running its requests one by one", len(batch), exc)
-            for req in batch:
-                self._run_one(req)
-            return
+            return [self._run_one(req) for req in batch]
+        outcomes: list[tuple[_Request, Any]] = []
         start = 0
         for req in batch:
             stop = start + req.rows
-            req.future.set_result([o[start:stop] for o in outputs])
+            outcomes.append((req, [o[start:stop] for o in outputs]))
             start = stop
+        return outcomes
 
     def _timed_run(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
         """session.run, timed into `run_ewma_s` (callers hold `_run_lock`, so one writer at a time)."""
@@ -283,15 +294,14 @@ class MicroBatcher:
             self.run_ewma_s = ewma + _RUN_EWMA_WEIGHT * (min(seconds, 2.0 * ewma) - ewma)
         return outputs
 
-    def _run_one(self, req: _Request) -> None:
+    def _run_one(self, req: _Request) -> tuple[_Request, Any]:
         try:
             outputs = self._timed_run(req.feeds)
         except Exception as exc:
             with self._cond:
                 self._stats.failed += 1
-            req.future.set_exception(exc)
-            return
-        req.future.set_result(list(outputs))
+            return req, exc
+        return req, list(outputs)
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:
