@@ -9,13 +9,14 @@ import os
 import signal
 import socket
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.config import ENV_PREFIX, AgentConfig, default_endpoint
+from edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
 from edge_agent.errors import AgentError
 
 if TYPE_CHECKING:
@@ -34,6 +35,15 @@ with an environment variable {ENV_PREFIX}<KEY>, e.g. {ENV_PREFIX}MODEL_DIR=/var/
 or {ENV_PREFIX}DEADLINE_MS=150, which wins over the file.
 default endpoint: {default_endpoint()}
 """
+
+
+def config_keys_help() -> str:
+    """Every config key by TOML section, for `run --help` and `check --help`."""
+    lines = [f"config keys by TOML section (each also {ENV_PREFIX}<KEY>; commented sample: examples/agent/agent.toml):"]
+    for section, keys in SECTIONS.items():
+        lines.append(textwrap.fill(f"[{section}] " + ", ".join(keys), width=88, initial_indent="  ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines) + "\n"
 
 
 def _load_config(args: argparse.Namespace) -> AgentConfig:
@@ -189,12 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--endpoint", help="ipc://PATH or tcp://127.0.0.1:PORT (overrides the config)")
         p.add_argument("--http-port", type=int, help="health/metrics port, 0 for any (overrides the config)")
 
-    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT", description="Load the model and serve the local API.")
+    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT", description="Load the model and serve the local API.",
+                         epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     config_args(run)
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check", help="validate the config and load the model, then exit",
-                           description="Validate the configuration, verify the model files and open the runtime.")
+                           description="Validate the configuration, verify the model files and open the runtime.",
+                           epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     config_args(check)
     check.add_argument("--json", action="store_true", help="print what would be served as JSON")
     check.set_defaults(func=_check)

@@ -91,3 +91,18 @@ def test_help_lists_the_commands():
     assert done.returncode == 0
     for word in ("run", "check", "infer", "TANDEM_AGENT_"):
         assert word in done.stdout
+
+
+def test_run_help_lists_every_config_key_and_the_sample_has_each():
+    import re
+
+    from edge_agent.config import SECTIONS
+
+    done = cli("run", "--help")
+    assert done.returncode == 0
+    sample = (Path(__file__).resolve().parents[1] / "examples" / "agent" / "agent.toml").read_text()
+    for section, keys in SECTIONS.items():
+        assert f"[{section}]" in done.stdout
+        for key in keys:
+            assert re.search(rf"\b{key}\b", done.stdout), key
+            assert re.search(rf"^#?\s*{key}\s*=", sample, re.M), f"examples/agent/agent.toml lacks {key}"
