@@ -51,9 +51,10 @@ class Concurrency:
     """Whether requests have lately overlapped at the local API, as the server sees them.
 
     A request overlaps when it arrives while another waits on the worker or the hub, or
-    while a long synchronous one ran (it was queued before that one's answer left). The service runs models too big
-    for `inline_max_us` on the I/O loop only while clients come alone (`alone`): then the
-    two thread hand-offs are pure cost, while with company the worker is what batches.
+    while a long synchronous one ran (it was queued before that one's answer left). The
+    service runs models too big for `inline_max_us` on the I/O loop only while clients
+    come alone (`alone`): then the two thread hand-offs are pure cost, while with company
+    the worker is what batches.
     """
 
     def __init__(self, memory: int = 64) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from edge_agent.policy import ConfidencePolicy, PolicyError, Scores
 from edge_agent.wire import decode_request, encode_reply, error_reply
 from hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
 from protocols import local_api_pb2 as pb
+
+if TYPE_CHECKING:
+    from edge_agent.server import Concurrency
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class InferenceService:
                  observer: RequestObserver | None = None, mode: ServingMode | str = ServingMode.HYBRID,
                  budget: FallbackBudget | None = None, shadow_sample_rate: float = 0.0,
                  rng: random.Random | None = None, fast_lane: bool = True, solo_inline_max_us: float = 0.0,
-                 concurrency: Any = None) -> None:
+                 concurrency: "Concurrency | None" = None) -> None:
         """`budget` is shared by every service the agent builds (hot swaps keep what was spent)."""
         self.model = model
         self.batcher = batcher
@@ -296,7 +299,7 @@ class InferenceService:
                 and self.pending == 0)
 
     def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
-        """Run on this (the loop's) thread when the model is known to be faster than a hand-off."""
+        """Run on this (the loop's) thread when inline_ready() allows and the batcher is idle; else None."""
         if not self.inline_ready():
             return None
         t0 = time.perf_counter()
