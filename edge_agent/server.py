@@ -255,6 +255,7 @@ class ZmqServer:
         task = asyncio.ensure_future(self._answer(envelope, result))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: _close_unstarted(done, result))
 
     async def _answer(self, envelope: list[bytes], pending: Awaitable[list[Any]]) -> None:
         self.inflight += 1
@@ -272,6 +273,12 @@ class ZmqServer:
                 self._schedule_drain()  # the send may have taken the FD's edge for a waiting request
         finally:
             self.inflight -= 1
+
+
+def _close_unstarted(task: asyncio.Task, pending: Awaitable[Any]) -> None:
+    """A task cancelled before it ran (the server stopping) never awaited its handler's coroutine: close it."""
+    if task.cancelled() and asyncio.iscoroutine(pending):
+        pending.close()  # no-op when it ran; otherwise no 'never awaited' warning at shutdown
 
 
 def _prepare_ipc(endpoint: str) -> None:

@@ -220,3 +220,36 @@ def test_hard_example_tensor_encoding_round_trips(inputs):
     for k, v in inputs.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape
         np.testing.assert_array_equal(back[k], v)
+
+
+def test_a_handler_coroutine_cancelled_before_it_ran_is_closed_not_leaked():
+    # The server stopping cancels answer tasks; one cancelled before its first step never awaited
+    # the handler's coroutine, which Python then reports as 'never awaited' (and never runs its finally).
+    import asyncio
+    import gc
+    import warnings
+
+    from edge_agent.server import _close_unstarted
+
+    async def handler_answer() -> list:
+        return []
+
+    async def answer(pending) -> list:
+        return await pending
+
+    async def main():
+        pending = handler_answer()
+        task = asyncio.ensure_future(answer(pending))
+        task.add_done_callback(lambda done: _close_unstarted(done, pending))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callbacks
+        return pending
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pending = asyncio.run(main())
+        assert pending.cr_frame is None  # closed
+        del pending
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
