@@ -23,6 +23,7 @@ from edge_agent import Agent, AgentConfig
 from edge_agent.errors import ConfigError
 from edge_agent.observe import RequestObserver
 from ota_fixtures import MODEL, MOSQUITTO, PROFILE, Broker, releases
+from waiting import wait_for
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
 WATCH_S = 1.0
@@ -32,15 +33,6 @@ GATES = {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}
 def _inputs(digits_dir: Path) -> np.ndarray:
     x = np.load(digits_dir / "test.npz")
     return x[x.files[0]].astype(np.float32)
-
-
-def _wait(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step_s)
-    return bool(predicate())
 
 
 def _healthz(agent: Agent) -> dict:
@@ -265,13 +257,13 @@ def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub
                 client.infer(inputs[i:i + 1])
             with pytest.raises(Exception, match="shape"):
                 client.infer(np.zeros((1, 10), np.float32))  # an error reply is counted too
-        assert _wait(lambda: _answered(_stored(hub_env, "agent-tel")) >= 1, 15), "no window reached the hub"
+        assert wait_for(lambda: _answered(_stored(hub_env, "agent-tel")) >= 1, 15), "no window reached the hub"
         body = _healthz(agent)
         assert body["telemetry"]["connected"] and body["telemetry"]["model_version"] == "1.0.0"
         assert "outbox_depth" in body["telemetry"] and body["ota"] is None
     finally:
         agent.stop()  # closes the open window and waits for the broker to have it
-    assert _wait(lambda: _answered(_stored(hub_env, "agent-tel")) == 31, 15)
+    assert wait_for(lambda: _answered(_stored(hub_env, "agent-tel")) == 31, 15)
     rows = _stored(hub_env, "agent-tel")
     assert {(r["device_id"], r["model_name"], r["model_version"], r["profile"]) for r in rows} == \
         {("agent-tel", MODEL, "1.0.0", PROFILE)}
@@ -308,7 +300,7 @@ def test_rollout_over_rest_moves_a_serving_agent_to_the_new_version_without_a_fa
     assert [v for v, _ in runs] == ["1.0.0", "1.1.0"], runs  # one switch, never back
     # telemetry: every answer is in exactly one stored window, under the version that gave it
     # (the window closes at the flip; a request already on the old batcher then may land in either)
-    assert _wait(lambda: _answered(_stored(hub_env, "agent-swap")) == len(load.versions), 15)
+    assert wait_for(lambda: _answered(_stored(hub_env, "agent-swap")) == len(load.versions), 15)
     rows = _stored(hub_env, "agent-swap")
     per_version = {v: sum(_answered([r]) for r in rows if r["model_version"] == v) for v in ("1.0.0", "1.1.0")}
     assert abs(per_version["1.1.0"] - runs[1][1]) <= 1 and sum(per_version.values()) == len(load.versions)
@@ -385,7 +377,7 @@ def test_cli_run_says_what_it_serves_and_status_shows_ota_and_telemetry(two_vers
 
     threading.Thread(target=read_stderr, daemon=True).start()
     try:
-        assert _wait(lambda: any(x.startswith("tandem-agent:") for x in lines) or proc.poll() is not None, 60)
+        assert wait_for(lambda: any(x.startswith("tandem-agent:") for x in lines) or proc.poll() is not None, 60)
         line = next((x for x in lines if x.startswith("tandem-agent:")), "")
         assert "serving digits 1.0.0" in line and f"telemetry to {broker.url}" in line, "".join(lines)
         assert f"store {tmp_path / 'state' / 'models'}" in line, line
@@ -426,7 +418,7 @@ def _daemon(config: Path, lines: list[str]):
             lines.append(text)
 
     threading.Thread(target=read_stderr, daemon=True).start()
-    assert _wait(lambda: any(x.startswith("tandem-agent:") for x in lines) or proc.poll() is not None, 60), lines
+    assert wait_for(lambda: any(x.startswith("tandem-agent:") for x in lines) or proc.poll() is not None, 60), lines
     assert proc.poll() is None, "".join(lines)
     return proc
 
@@ -459,7 +451,7 @@ def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(h
     try:
         time.sleep(0.5)  # its OTA session subscribes
         rid = _rollout(hub_env, "1.1.0", "kill")
-        assert _wait(lambda: ota()["on_trial"], 30, step_s=0.01), f"never on trial: {ota()}"
+        assert wait_for(lambda: ota()["on_trial"], 30, step_s=0.01), f"never on trial: {ota()}"
         proc.send_signal(signal.SIGKILL)  # mid-watch: switched to 1.1.0, not committed
         proc.wait(10)
         restarted = _daemon(config, relines)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
@@ -19,17 +18,9 @@ from cloud_hub.hard_examples import (HardExampleError, HardExampleStore, decode_
 from edge_agent.hard_examples import encode_tensors
 from protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
 from telemetry_fixtures import MOSQUITTO, Mosquitto
+from waiting import wait_for
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
-
-
-def _wait(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step_s)
-    return bool(predicate())
 
 
 def _upload(device: str, example_id: int, inputs: dict, model: str = "digits", version: str = "1.0.0") -> bytes:
@@ -157,8 +148,8 @@ def test_agent_hard_examples_reach_the_hub_once_and_come_back_as_npz(hub, tmp_pa
                              confidence=0.3, source="edge")
         queue.flush()
         service.start()
-        assert _wait(lambda: hub.hard_examples.store.count() == 5, 20), hub.hard_examples.stats
-        assert _wait(lambda: queue.depth() == 0 and len(service.outbox) == 0, 10)
+        assert wait_for(lambda: hub.hard_examples.store.count() == 5, 20), hub.hard_examples.stats
+        assert wait_for(lambda: queue.depth() == 0 and len(service.outbox) == 0, 10)
     finally:
         service.stop()
         queue.close()
@@ -202,7 +193,7 @@ def test_redeliveries_store_nothing_twice_and_garbage_is_counted_without_stoppin
         client.disconnect()
         client.loop_stop()
     # the last message is a good one: once it is stored, everything before it has been judged
-    assert _wait(lambda: hub.test_http.get("/v1/hard-examples", params={"device_id": "dup-dev"}).json()["total"] == 2,
+    assert wait_for(lambda: hub.test_http.get("/v1/hard-examples", params={"device_id": "dup-dev"}).json()["total"] == 2,
                  15)
     assert ingest.stats.bad - before_bad == 3 and ingest.store.count() - before == 2
 

@@ -13,17 +13,9 @@ from cloud_hub.config import HubConfig
 from cloud_hub.hub import Hub
 from hub_registry_fixtures import make_model_dir
 from telemetry_fixtures import needs_mosquitto
+from waiting import wait_for
 
 UNREACHABLE = "mqtt://127.0.0.1:1"
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def api(hub: Hub, scope: str = "read") -> httpx.Client:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, releases
+from waiting import wait_for_rollout
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
 
@@ -66,17 +67,6 @@ def _start(http: httpx.Client, version: str) -> str:
     return resp.json()["rollout_id"]
 
 
-def _wait(http: httpx.Client, rollout_id: str, statuses: tuple[str, ...], settle=lambda body: True, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = http.get(f"/v1/rollouts/{rollout_id}", params={"events": 200}).json()
-        if body["status"] in statuses and settle(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"rollout {rollout_id} did not reach {statuses}: {body.get('status')} {body.get('counts')} {body.get('reason')}")
-
-
 def _wave_devices(body: dict, wave: int) -> set[str]:
     return {d["device_id"] for d in body["device_states"] if d["wave"] == wave}
 
@@ -84,7 +74,7 @@ def _wave_devices(body: dict, wave: int) -> set[str]:
 def test_good_model_rolls_out_through_three_waves_to_every_device(fleet):
     hub, devices, http = fleet
     rid = _start(http, "1.1.0")
-    body = _wait(http, rid, ("completed",))
+    body = wait_for_rollout(http, rid, ("completed",))
     opened = [e for e in body["events"] if e["kind"] == "wave_opened"]
     assert [e["detail"]["percent"] for e in opened] == [25, 50, 100]
     assert [len(_wave_devices(body, w)) for w in (1, 2, 3)] == [2, 2, 4]
@@ -104,7 +94,7 @@ def test_bad_model_halts_at_first_wave_and_devices_end_on_previous_version(fleet
     before = {d.device_id: d.serving for d in devices}
     assert set(before.values()) == {"1.1.0"}, "runs after the good rollout"
     rid = _start(http, version)
-    body = _wait(http, rid, ("halted",), settle=lambda b: all(
+    body = wait_for_rollout(http, rid, ("halted",), settle=lambda b: all(
         d["state"] in ("failed", "rolled_back", "pending") for d in b["device_states"]))
     assert why in body["reason"]
     wave1 = _wave_devices(body, 1)

@@ -25,6 +25,7 @@ from protocols import topics
 from protocols.ota import OtaStatus, decode_status, encode_status
 from protocols.telemetry_codec import TelemetryWindow, decode_hard_example, decode_window
 from telemetry_fixtures import MOSQUITTO, Mosquitto, needs_mosquitto
+from waiting import wait_for
 
 MODEL = ModelInfo("toy", "1.0.0", {"inputs": {}, "classes": {"counts": [1, 1]}}, "toy-fp32")
 
@@ -218,13 +219,6 @@ class Recorder:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.05)
-    return predicate()
 
 
 @needs_mosquitto

@@ -20,6 +20,7 @@ from cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError
 from cloud_hub.rollouts.quality import CohortFigures, Comparison, compare_cohorts, figures, verdict
 from protocols.telemetry_codec import TelemetryWindow, encode_window
 from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, releases
+from waiting import wait_for_rollout
 
 DEVICES = [f"dev-{i:02d}" for i in range(10)]
 GATES = GatePolicy(control_fraction=0.2, min_quality_requests=100, wave_timeout_s=60)
@@ -293,25 +294,12 @@ def _start(http: httpx.Client, version: str) -> str:
     return resp.json()["rollout_id"]
 
 
-def _wait(http: httpx.Client, rollout_id: str, statuses: tuple[str, ...], settle=lambda body: True,
-          timeout_s: float = 90) -> dict:
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = http.get(f"/v1/rollouts/{rollout_id}", params={"events": 200}).json()
-        if body["status"] in statuses and settle(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"rollout {rollout_id} did not reach {statuses}: {body.get('status')} {body.get('counts')} "
-                         f"{body.get('reason')} {body.get('quality')}")
-
-
 @pytest.mark.slow
 def test_good_model_passes_each_wave_against_control_and_control_stays_on_its_version(fleet):
     hub, devices, http, commands = fleet
     first = len(commands)
     rid = _start(http, "1.1.0")
-    body = _wait(http, rid, ("completed",))
+    body = wait_for_rollout(http, rid, ("completed",), timeout_s=90)
     control = set(body["control"])
     passed = [e for e in body["events"] if e["kind"] == "gate_passed"]
     assert [e["detail"]["wave"] for e in passed] == [1, 2]
@@ -334,7 +322,7 @@ def test_collapsed_model_halts_on_quality_against_control_and_control_is_never_s
     assert set(before.values()) == {"1.0.0", "1.1.0"}, "runs after the good rollout"
     first = len(commands)
     rid = _start(http, "1.3.0")
-    body = _wait(http, rid, ("halted",), settle=lambda b: all(
+    body = wait_for_rollout(http, rid, ("halted",), settle=lambda b: all(
         d["state"] in ("rolled_back", "pending") for d in b["device_states"]))
     control = set(body["control"])
     assert len(control) == 2 and not control & {d["device_id"] for d in body["device_states"]}

@@ -9,7 +9,6 @@ cloud model; an agent without a certificate gets neither.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,9 @@ from cloud_hub.config import HubConfig
 from cloud_hub.errors import ConfigError
 from edge_agent import Agent, AgentClient, AgentConfig
 from telemetry_fixtures import MOSQUITTO
+from waiting import wait_for
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
-
-
-def _wait(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step_s)
-    return bool(predicate())
 
 
 def _pki(root: Path, *devices: str) -> Path:
@@ -124,7 +115,7 @@ def test_a_device_with_its_certificate_streams_telemetry_and_falls_back_over_mut
         assert wait_registered(tls_hub.devices, "dev-a", 15)
         assert tls_hub.devices.get("dev-a").tags == {"site": "secure"}
         agent.telemetry.flush()
-        assert _wait(lambda: sum(r["cloud"] for r in tls_hub.telemetry.store.device_windows("dev-a")) == 5, 15)
+        assert wait_for(lambda: sum(r["cloud"] for r in tls_hub.telemetry.store.device_windows("dev-a")) == 5, 15)
 
 
 @pytest.mark.slow
@@ -177,7 +168,7 @@ def _serve_output(data_dir: Path, *extra: str) -> tuple[str, str]:
     for reader in readers:
         reader.start()
     try:
-        assert _wait(lambda: any("no API tokens" in line for line in out) or proc.poll() is not None, 60), out + err
+        assert wait_for(lambda: any("no API tokens" in line for line in out) or proc.poll() is not None, 60), out + err
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -30,6 +30,7 @@ from edge_agent.fallback import FallbackClient
 from protocols import topics
 from protocols.tls import TlsConfigError, TlsFiles, configure_mqtt_client
 from telemetry_fixtures import MOSQUITTO
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -258,17 +259,6 @@ def test_grpc_rate_limits_each_device(pki, tls_hub):
 # -- the real shells over mutual TLS ----------------------------------------------------------------
 
 
-def wait_for(predicate, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_agent_publisher_and_hub_ingest_work_over_mutual_tls(pki, broker, tmp_path):
     from cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
     from cloud_hub.telemetry.store import TelemetryStore
@@ -288,12 +278,11 @@ def test_agent_publisher_and_hub_ingest_work_over_mutual_tls(pki, broker, tmp_pa
         assert ingest.wait_subscribed(CONNECT_TIMEOUT_S)
         publisher.start()
         assert publisher.wait_drained(CONNECT_TIMEOUT_S), "the broker never acknowledged dev-a's windows"
-        assert wait_for(lambda: store.count_windows("dev-a") == 3), ingest.stats.as_dict()
+        assert wait_for(lambda: store.count_windows("dev-a") == 3, CONNECT_TIMEOUT_S), ingest.stats.as_dict()
     finally:
         publisher.stop()
         ingest.stop()
         store.close()
-
 
 
 def test_ota_client_reads_its_signed_commands_and_reports_over_mutual_tls(pki, conns, broker, tmp_path):

@@ -21,6 +21,7 @@ import pytest
 from cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceConfig
 from protocols.topics import DEFAULT_SHARE_GROUP
 from telemetry_fixtures import Mosquitto, needs_mosquitto, python_env
+from waiting import wait_for
 
 OUTAGE_S = float(os.environ.get("TANDEM_TEST_OUTAGE_S", "6"))  # the 60 s, scaled; set 60 to run it
 PROC = Path(__file__).with_name("telemetry_agent_proc.py")
@@ -44,15 +45,6 @@ def outbox_state(data_dir: Path) -> tuple[int, int, int]:
     finally:
         conn.close()
     return meta["last_sequence"], pending, meta["dropped_total"]
-
-
-def wait_for(predicate, timeout_s: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def start_hub(data_dir: Path, url: str, share_group: str | None) -> TelemetryIngestService:

@@ -20,6 +20,7 @@ from protocols import limits
 from protocols.telemetry_codec import encode_window
 from protocols.topics import events_topic, parse_mqtt_url, telemetry_topic
 from telemetry_fixtures import mosquitto, needs_mosquitto  # noqa: F401  (fixture)
+from waiting import wait_for
 
 EDGES = [-0.5, 0.0, 0.5]
 REFERENCE = {"inputs": {"x": {"mean": {"edges": EDGES, "counts": [250, 250, 250, 250]}}},
@@ -65,13 +66,6 @@ def publish_all(url: str, messages: list[tuple[str, bytes]]) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.05)
-    return predicate()
 
 
 @needs_mosquitto

@@ -17,19 +17,11 @@ import pytest
 from edge_agent import Agent, AgentConfig
 from ota_fixtures import MODEL, PROFILE, releases
 from telemetry_fixtures import MOSQUITTO, Mosquitto
+from waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
 WATCH_S = 1.0
 GATES = {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}
-
-
-def _wait(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step_s)
-    return bool(predicate())
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +103,7 @@ def test_agent_registers_from_its_status_alone_and_a_rollout_selected_by_tag_rea
         assert body["counts"] == {"committed": 1}
         assert agent.model.version == "1.1.0"
         # the retained status says the new version at once (not at the next reconnect)
-        assert _wait(lambda: env.hub.devices.get("wired-a").model_version == "1.1.0", 10)
+        assert wait_for(lambda: env.hub.devices.get("wired-a").model_version == "1.1.0", 10)
         status = json.loads(_retained_status(env.broker.url, "wired-a"))
         assert (status["state"], status["version"], status["tags"]["site"]) == ("online", "1.1.0", "lab-a")
     finally:
@@ -159,15 +151,15 @@ def test_ota_status_made_while_the_broker_is_down_survives_a_restart_and_reaches
         assert "tandem_agent_outbox_status_rows" in agent.metrics.render()
         assert wait_registered(env.hub.devices, "wired-b", 15) and agent.ota.wait_subscribed(10)
         rid = _rollout(env, "1.1.0", "lab-b")
-        assert _wait(lambda: agent.ota.updater.state == "watching", 60), agent.ota.updater.state
+        assert wait_for(lambda: agent.ota.updater.state == "watching", 60), agent.ota.updater.state
         env.broker.stop()
-        assert _wait(lambda: agent.ota.updater.state == "committed", 30), agent.ota.updater.state
-        assert _wait(lambda: agent.telemetry.outbox.depth(STATUS) >= 1, 5)  # on disk, not in paho's memory
+        assert wait_for(lambda: agent.ota.updater.state == "committed", 30), agent.ota.updater.state
+        assert wait_for(lambda: agent.telemetry.outbox.depth(STATUS) >= 1, 5)  # on disk, not in paho's memory
         agent.stop()
         assert _rollout_body(env, rid)["status"] == "running"
         env.broker.start()
         # the hub's rollout subscriber first, so a catch-up command cannot answer in the outbox's place
-        assert _wait(lambda: env.hub.rollouts._client.is_connected(), 15)
+        assert wait_for(lambda: env.hub.rollouts._client.is_connected(), 15)
         again = Agent(agent.config).start()
         assert again.model.version == "1.1.0"
         body = _completes(env, rid)
@@ -176,7 +168,7 @@ def test_ota_status_made_while_the_broker_is_down_survives_a_restart_and_reaches
         first = next(i for i, (kind, step, _) in enumerate(kinds) if step == "committed")
         assert kinds[first][2].startswith("healthy over"), kinds  # the watch's own verdict, from the outbox
         assert first < [k for k, _, _ in kinds].index("completed"), kinds
-        assert _wait(lambda: again.telemetry.outbox.depth(STATUS) == 0, 15)
+        assert wait_for(lambda: again.telemetry.outbox.depth(STATUS) == 0, 15)
     finally:
         if env.broker.proc is None:
             env.broker.start()
