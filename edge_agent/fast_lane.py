@@ -120,15 +120,22 @@ class FastLane:
     def plans(self) -> int:
         return sum(plan is not None for plan in self._plans.values())
 
-    def learn(self, header_bytes: bytes, header: pb.RequestHeader, tensors: Sequence[TensorPlan],
-              edge_only: bool | None) -> None:
-        """Keep a plan for a header the general path accepted; `edge_only` None: the lane must not answer it."""
-        tail = request_id_tail(header_bytes, header.request_id)
+    def new_prefix(self, header_bytes: bytes, request_id: str) -> bytes | None:
+        """The header's bytes before its trailing request-id field, if it has one and the lane has not seen them.
+
+        The general path asks this for every request it checks, so a layout already planned
+        (or found unfit) costs a comparison, not a new plan.
+        """
+        tail = request_id_tail(header_bytes, request_id)
         if not tail:
-            return
+            return None
         prefix = header_bytes[:-tail]
-        if prefix in self._plans:
-            return
+        return None if prefix in self._plans else prefix
+
+    def learn(self, prefix: bytes, header: pb.RequestHeader, tensors: Sequence[TensorPlan],
+              edge_only: bool | None) -> None:
+        """Keep a plan for `prefix` (from `new_prefix`) of a header the general path accepted;
+        `edge_only` None: the lane must not answer it."""
         plan = None
         if edge_only is not None and not header.options.return_outputs and _splits_cleanly(prefix, header):
             threshold = header.options.threshold if header.options.HasField("threshold") else None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 import numpy as np
 
 from edge_agent.errors import AgentError, BadRequestError, FallbackUnavailable, InferenceError, OverloadedError
-from edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes, request_id_tail
+from edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes
 from edge_agent.hard_examples import HardExampleQueue
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import LoadedModel, match_inputs
@@ -199,9 +199,9 @@ class InferenceService:
 
     def _teach_lane(self, head: Any, header: pb.RequestHeader, feeds: dict[str, np.ndarray]) -> None:
         """Give the fast lane a plan for this accepted header layout (once per layout)."""
-        header_bytes = frame_bytes(head)
-        if not request_id_tail(header_bytes, header.request_id):
-            return  # not a templated header: the lane cannot recognise the next one either
+        prefix = self.lane.new_prefix(frame_bytes(head), header.request_id)
+        if prefix is None:
+            return  # planned already, or not a templated header (the lane could not recognise the next one)
         request_mode = header.options.mode
         if request_mode == pb.MODE_EDGE_ONLY or (request_mode == pb.MODE_AUTO and self.mode is ServingMode.EDGE_ONLY):
             edge_only: bool | None = True
@@ -212,7 +212,7 @@ class InferenceService:
         renames = self.model.renames
         tensors = [TensorPlan(renames.get(name, name), name, a.dtype, a.shape, a.nbytes,
                               not self.allow_nan and a.dtype.kind == "f") for name, a in feeds.items()]
-        self.lane.learn(header_bytes, header, tensors, edge_only)
+        self.lane.learn(prefix, header, tensors, edge_only)
 
     def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, Decision]:
         names = self.model.output_names

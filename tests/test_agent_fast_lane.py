@@ -100,6 +100,7 @@ def test_ids_of_other_lengths_share_the_plan_and_bad_ids_are_refused(digits_agen
     templates = RequestTemplates()
     x = rows[:1]
     service.handle(templates.frames([x], request_id="short"))
+    assert service.lane.new_prefix(templates.frames([x], request_id="q")[0], "q") is None  # planned: nothing new
     for rid in ("a", "x" * 100, "ünïcode-id"):
         with_lane, general, took = _both_paths(service, templates.frames([x], request_id=rid))
         assert took and with_lane == general and with_lane.request_id == rid
