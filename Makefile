@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps browser-deps demo test test-fast bench fuzz clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all,dev]'

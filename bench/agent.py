@@ -52,10 +52,10 @@ import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
 from agent_fixtures import make_model_dir  # noqa: E402  (tests/agent_fixtures.py: the one model-dir maker)
-from edge_agent.client import AgentClient, AsyncAgentClient  # noqa: E402
-from edge_agent.config import AgentConfig  # noqa: E402
-from edge_agent.wire import encode_request  # noqa: E402
-from hardware_profiles.runtimes import load_session  # noqa: E402
+from tandem.edge_agent.client import AgentClient, AsyncAgentClient  # noqa: E402
+from tandem.edge_agent.config import AgentConfig  # noqa: E402
+from tandem.edge_agent.wire import encode_request  # noqa: E402
+from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 
 CLIENTS = 8
 # the agent's default spin_us, for the spinning echo
@@ -154,7 +154,7 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "AgentProcess":
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(self.config)],
                                      stderr=subprocess.PIPE, text=True, cwd=ROOT)
         seen = []  # warnings (e.g. plain-text gRPC to the hub) may come before the ready line
         while not seen or "serving" not in seen[-1]:
@@ -266,7 +266,7 @@ def measure_spin_tradeoff(model_dir: Path, x: np.ndarray, work: Path, seconds: f
 
 
 def _hub_server(model_dir: str, port: int, ready: Any, stop: Any) -> None:
-    from cloud_hub.inference import InferenceServer
+    from tandem.cloud_hub.inference import InferenceServer
 
     server = InferenceServer(model_dir, port=port)
     server.start()
@@ -337,7 +337,7 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[s
 
 def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n: int, seconds: float,
                    threads: int | None = None) -> dict:
-    from edge_agent.fallback import FallbackClient
+    from tandem.edge_agent.fallback import FallbackClient
 
     cloud = load_session("onnxruntime", cloud_dir / "variants" / "ort-fp32.onnx")
     log("fallback: hub compute (cloud model in-process)")

@@ -35,11 +35,11 @@ for extra in (ROOT, ROOT / "examples" / "digits"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from edge_agent.policy import ConfidencePolicy  # noqa: E402
-from hardware_profiles.runtimes import load_session  # noqa: E402
-from model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
-from model_compiler.validate import run_dataset  # noqa: E402
-from protocols.manifest import load_manifest  # noqa: E402
+from tandem.edge_agent.policy import ConfidencePolicy  # noqa: E402
+from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
+from tandem.model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
+from tandem.model_compiler.validate import run_dataset  # noqa: E402
+from tandem.protocols.manifest import load_manifest  # noqa: E402
 
 TOLERANCE_POINTS = 2.0  # the issue's bar: within 2 points of FP32's fallback rate
 

@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hardware_profiles import RuntimeTarget, get_profile  # noqa: E402
-from hardware_profiles.runtimes import load_session  # noqa: E402
-from model_compiler.errors import VariantSkipped  # noqa: E402
-from model_compiler.host import HostInfo, read_host  # noqa: E402
-from model_compiler.measure import batch_of, measure_latency, measure_throughput  # noqa: E402
-from model_compiler.model_io import prepare_model  # noqa: E402
-from model_compiler.variants import BUILDERS, BuildContext, Recipe, get_builder  # noqa: E402
+from tandem.hardware_profiles import RuntimeTarget, get_profile  # noqa: E402
+from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
+from tandem.model_compiler.errors import VariantSkipped  # noqa: E402
+from tandem.model_compiler.host import HostInfo, read_host  # noqa: E402
+from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput  # noqa: E402
+from tandem.model_compiler.model_io import prepare_model  # noqa: E402
+from tandem.model_compiler.variants import BUILDERS, BuildContext, Recipe, get_builder  # noqa: E402
 
 DET_SIZE = 320
 DET_THRESHOLD = 0.3  # PP-OCR's DB post-processing binarizes the probability map at 0.3

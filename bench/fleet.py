@@ -35,12 +35,12 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from sim.environment import Environment  # noqa: E402
-from sim.fleet import Fleet, FleetConfig  # noqa: E402
-from sim.releases import CLOUD_MODEL, prepare  # noqa: E402
-from sim.runner import DEFAULT_PROFILES, changes_for, device_specs  # noqa: E402
-from sim.scenario import DeviceGroup, DriftSettings, Scenario  # noqa: E402
-from sim.streams import Dataset  # noqa: E402
+from tandem.sim.environment import Environment  # noqa: E402
+from tandem.sim.fleet import Fleet, FleetConfig  # noqa: E402
+from tandem.sim.releases import CLOUD_MODEL, prepare  # noqa: E402
+from tandem.sim.runner import DEFAULT_PROFILES, changes_for, device_specs  # noqa: E402
+from tandem.sim.scenario import DeviceGroup, DriftSettings, Scenario  # noqa: E402
+from tandem.sim.streams import Dataset  # noqa: E402
 
 
 def _scenario(n: int, rate: float, window_s: float, duration: float, prefix: str) -> Scenario:

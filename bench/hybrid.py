@@ -36,8 +36,8 @@ for extra in (ROOT, ROOT / "examples" / "digits"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from edge_agent.config import AgentConfig  # noqa: E402
-from edge_agent.policy import KINDS, ConfidencePolicy  # noqa: E402
+from tandem.edge_agent.config import AgentConfig  # noqa: E402
+from tandem.edge_agent.policy import KINDS, ConfidencePolicy  # noqa: E402
 
 EDGE_PROFILES = ("cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu-litert")
 HUB_PROFILE = "cpu-x86"
@@ -126,7 +126,7 @@ class Outputs:
 
 
 def compile_digits(digits: Path, work: Path, edge_profiles: Sequence[str], say: Progress) -> tuple[Path, Path]:
-    from model_compiler.pipeline import CompileOptions, compile_model
+    from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
     dirs = {}
     for name, profiles in (("edge", list(edge_profiles)), ("cloud", [HUB_PROFILE])):
@@ -140,15 +140,15 @@ def compile_digits(digits: Path, work: Path, edge_profiles: Sequence[str], say: 
 
 def run_rows(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """All rows through the session, in the chunks it accepts (a fixed batch axis: its size); the first output."""
-    from model_compiler.validate import run_dataset
+    from tandem.model_compiler.validate import run_dataset
 
     return np.asarray(run_dataset(session, feeds)[0], dtype=np.float32)
 
 
 def edge_outputs(model_dir: Path, profiles: Sequence[str], x: np.ndarray, say: Progress) -> list[Outputs]:
     """Each distinct variant the profiles get, loaded by the agent's own loader."""
-    from edge_agent.model import load_model
-    from protocols.manifest import load_manifest
+    from tandem.edge_agent.model import load_model
+    from tandem.protocols.manifest import load_manifest
 
     manifest = load_manifest(model_dir)
     by_variant: dict[str, list[str]] = {}
@@ -172,7 +172,7 @@ def edge_outputs(model_dir: Path, profiles: Sequence[str], x: np.ndarray, say: P
 
 
 def cloud_outputs(model_dir: Path, x: np.ndarray, say: Progress) -> Outputs:
-    from cloud_hub.inference.model import load_cloud_model
+    from tandem.cloud_hub.inference.model import load_cloud_model
 
     model = load_cloud_model(model_dir, hub_profile=HUB_PROFILE)
     try:
@@ -186,7 +186,7 @@ def cloud_outputs(model_dir: Path, x: np.ndarray, say: Progress) -> Outputs:
 
 def fp32_outputs(digits: Path, x: np.ndarray) -> tuple[list[Outputs], Outputs]:
     """The trained ONNX files themselves, through the same runtime adapter (no compile)."""
-    from hardware_profiles.runtimes import load_session
+    from tandem.hardware_profiles.runtimes import load_session
 
     outs = []
     for name in ("edge", "cloud"):

@@ -27,7 +27,7 @@ def _cases(work: Path) -> list[dict]:
     import train
     from make_data import make_cls_data, make_det_data
 
-    from model_compiler.model_io import load_model, prepare_model
+    from tandem.model_compiler.model_io import load_model, prepare_model
 
     digits = work / "digits"
     train.train(digits)
@@ -67,11 +67,11 @@ def _accuracy(out: np.ndarray, y) -> float | None:
 
 
 def run(threads: int) -> dict:
-    from hardware_profiles import get_profile
-    from hardware_profiles.runtimes import load_session
-    from model_compiler.errors import VariantSkipped
-    from model_compiler.measure import measure_latency
-    from model_compiler.variants import BuildContext, get_builder
+    from tandem.hardware_profiles import get_profile
+    from tandem.hardware_profiles.runtimes import load_session
+    from tandem.model_compiler.errors import VariantSkipped
+    from tandem.model_compiler.measure import measure_latency
+    from tandem.model_compiler.variants import BuildContext, get_builder
 
     builder = get_builder("litert")
     rows = []

@@ -36,9 +36,9 @@ for extra in (ROOT, ROOT / "tests", ROOT / "examples" / "digits"):
 
 import httpx  # noqa: E402
 
-from cloud_hub.config import HubConfig  # noqa: E402
-from cloud_hub.hub import Hub  # noqa: E402
-from edge_agent.ota.machine import WatchPolicy  # noqa: E402
+from tandem.cloud_hub.config import HubConfig  # noqa: E402
+from tandem.cloud_hub.hub import Hub  # noqa: E402
+from tandem.edge_agent.ota.machine import WatchPolicy  # noqa: E402
 from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, derive, releases, scramble_golden  # noqa: E402
 
 BAD_KINDS = ("collapsed", "self-test")

@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from agent_fixtures import make_linear_softmax, make_model_dir  # noqa: E402
-from cloud_hub.inference import InferenceServer  # noqa: E402
-from cloud_hub.pki import Pki  # noqa: E402
-from edge_agent.fallback import FallbackClient  # noqa: E402
-from hardware_profiles.runtimes import check_model_file, load_session  # noqa: E402
+from tandem.cloud_hub.inference import InferenceServer  # noqa: E402
+from tandem.cloud_hub.pki import Pki  # noqa: E402
+from tandem.edge_agent.fallback import FallbackClient  # noqa: E402
+from tandem.hardware_profiles.runtimes import check_model_file, load_session  # noqa: E402
 
 
 def infer_ms(url: str, tls, n: int) -> list[float]:

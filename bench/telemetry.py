@@ -35,10 +35,10 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from cloud_hub.telemetry import DriftConfig, TelemetryIngestService, TelemetryServiceConfig  # noqa: E402
-from protocols import limits  # noqa: E402
-from protocols.telemetry_codec import LATENCY_EDGES_MS, TelemetryWindow, encode_window  # noqa: E402
-from protocols.topics import all_devices, parse_mqtt_url, telemetry_topic  # noqa: E402
+from tandem.cloud_hub.telemetry import DriftConfig, TelemetryIngestService, TelemetryServiceConfig  # noqa: E402
+from tandem.protocols import limits  # noqa: E402
+from tandem.protocols.telemetry_codec import LATENCY_EDGES_MS, TelemetryWindow, encode_window  # noqa: E402
+from tandem.protocols.topics import all_devices, parse_mqtt_url, telemetry_topic  # noqa: E402
 
 SUMMARIES = ("mean", "std", "min", "max", "l2")
 EDGES = [float(e) for e in np.linspace(-1, 1, 10)]

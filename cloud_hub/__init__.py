@@ -13,15 +13,15 @@ __all__ = ["Hub", "HubConfig", "HubError"]
 
 def __getattr__(name: str) -> Any:
     if name == "Hub":
-        from cloud_hub.hub import Hub
+        from tandem.cloud_hub.hub import Hub
 
         return Hub
     if name == "HubConfig":
-        from cloud_hub.config import HubConfig
+        from tandem.cloud_hub.config import HubConfig
 
         return HubConfig
     if name == "HubError":
-        from cloud_hub.errors import HubError
+        from tandem.cloud_hub.errors import HubError
 
         return HubError
     raise AttributeError(f"module 'cloud_hub' has no attribute {name!r}")

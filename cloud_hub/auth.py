@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cloud_hub.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
-from cloud_hub.storage.db import HubDatabase
+from tandem.cloud_hub.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
+from tandem.cloud_hub.storage.db import HubDatabase
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from cloud_hub.errors import BrokerError
-from protocols import limits
+from tandem.cloud_hub.errors import BrokerError
+from tandem.protocols import limits
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class MosquittoBroker:
         port = port or free_port(host)
         conf = workdir / "mosquitto.conf"
         if tls_pki is not None:
-            from cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
+            from tandem.cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
 
             conf = write_mosquitto_config(tls_pki, MosquittoTlsConfig(workdir, port=port, host=host))
         else:

@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from cloud_hub.cli_output import ago, table
-from cloud_hub.client import DEFAULT_URL, HubClient
-from cloud_hub.errors import HubError
+from tandem.cloud_hub.cli_output import ago, table
+from tandem.cloud_hub.client import DEFAULT_URL, HubClient
+from tandem.cloud_hub.errors import HubError
 
 EPILOG = """examples:
   tandem-hub tokens create --scope admin --name me --data-dir ./tandem-data   # first admin token
@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("token_id")
     p.set_defaults(func=cmd_tokens_revoke)
 
-    from cloud_hub.ota_cli import add_ota_commands
-    from cloud_hub.pki_cli import add_pki_commands
+    from tandem.cloud_hub.ota_cli import add_ota_commands
+    from tandem.cloud_hub.pki_cli import add_pki_commands
 
     add_ota_commands(sub)
     add_pki_commands(sub)
@@ -166,8 +166,8 @@ def _page_footer(page: dict[str, Any]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     config = HubConfig.load(args.config, data_dir=args.data_dir, http_host=args.http_host, http_port=args.http_port,
                             grpc_port=args.grpc_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
@@ -270,9 +270,9 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     import os
 
     if args.data_dir is not None or not (args.url or os.environ.get("TANDEM_HUB_URL")):
-        from cloud_hub.auth import TokenStore
-        from cloud_hub.config import HubConfig
-        from cloud_hub.storage import open_database
+        from tandem.cloud_hub.auth import TokenStore
+        from tandem.cloud_hub.config import HubConfig
+        from tandem.cloud_hub.storage import open_database
 
         config = HubConfig.load(data_dir=args.data_dir)
         db = open_database(config.db_path)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from cloud_hub.errors import HubError
+from tandem.cloud_hub.errors import HubError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from cloud_hub.errors import ConfigError
+from tandem.cloud_hub.errors import ConfigError
 
 ENV_PREFIX = "TANDEM_HUB_"
 BROKER_KINDS = ("auto", "mosquitto", "embedded")

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from cloud_hub.errors import InvalidInputError, NotFoundError
-from cloud_hub.storage.db import HubDatabase
+from tandem.cloud_hub.errors import InvalidInputError, NotFoundError
+from tandem.cloud_hub.storage.db import HubDatabase
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_hub.errors import HubError, NotFoundError
-from cloud_hub.mqtt_batches import ack_batch, take_batch
-from cloud_hub.storage.db import HubDatabase, Migration, open_database
-from protocols import limits
-from protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
-from protocols.tensor_blob import TensorBlobError, TensorInfo, decode_index, decode_tensors
-from protocols.tls import TlsFiles, configure_mqtt_client
-from protocols.topics import HARD_EXAMPLES, TopicError, all_devices, parse_topic
+from tandem.cloud_hub.errors import HubError, NotFoundError
+from tandem.cloud_hub.mqtt_batches import ack_batch, take_batch
+from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
+from tandem.protocols import limits
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
+from tandem.protocols.tensor_blob import TensorBlobError, TensorInfo, decode_index, decode_tensors
+from tandem.protocols.tls import TlsFiles, configure_mqtt_client
+from tandem.protocols.topics import HARD_EXAMPLES, TopicError, all_devices, parse_topic
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ import threading
 import time
 from typing import Any, Protocol
 
-from cloud_hub.auth import TokenStore
-from cloud_hub.broker import BrokerHandle, start_broker
-from cloud_hub.config import HubConfig
-from cloud_hub.devices import DeviceRegistry
-from cloud_hub.errors import ConfigError, HubError
-from cloud_hub.keys import ReleaseKey
-from cloud_hub.registry import ModelRegistry
-from cloud_hub.storage import ArtifactStore, open_database
+from tandem.cloud_hub.auth import TokenStore
+from tandem.cloud_hub.broker import BrokerHandle, start_broker
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.devices import DeviceRegistry
+from tandem.cloud_hub.errors import ConfigError, HubError
+from tandem.cloud_hub.keys import ReleaseKey
+from tandem.cloud_hub.registry import ModelRegistry
+from tandem.cloud_hub.storage import ArtifactStore, open_database
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Hub:
     def app(self) -> Any:
         """The FastAPI app (built on first use; other issues may add routers to it before start)."""
         if self._app is None:
-            from cloud_hub.rest import create_app
+            from tandem.cloud_hub.rest import create_app
 
             self._app = create_app(self)
         return self._app
@@ -178,12 +178,12 @@ class Hub:
     def _load_pki(self) -> None:
         """Open tls_dir (mutual TLS on MQTT and gRPC), or say once, loudly, that this hub talks plain text."""
         if self.config.tls_dir is None:
-            from protocols.tls import warn_plain_text
+            from tandem.protocols.tls import warn_plain_text
 
             warn_plain_text("tandem hub", "its devices (MQTT, gRPC; set tls_dir, env TANDEM_HUB_TLS_DIR)")
             return
         if self._pki is None:
-            from cloud_hub.pki import Pki, PkiError
+            from tandem.cloud_hub.pki import Pki, PkiError
 
             try:
                 self._pki = Pki(self.config.tls_dir)
@@ -194,7 +194,7 @@ class Hub:
                 raise ConfigError(f"tls_dir (env TANDEM_HUB_TLS_DIR): {exc}") from exc
 
     def _add_default_telemetry(self) -> None:
-        from cloud_hub.telemetry.hub_service import HubTelemetry
+        from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
 
         if not self.config.telemetry or any(isinstance(s, HubTelemetry) for s in self._services):
             return
@@ -204,7 +204,7 @@ class Hub:
 
     def _add_default_presence(self) -> None:
         """Devices register themselves from their retained MQTT status (MQTT 3.1.1 is enough: any broker)."""
-        from cloud_hub.presence import DevicePresence
+        from tandem.cloud_hub.presence import DevicePresence
 
         if not self.mqtt_url or any(isinstance(s, DevicePresence) for s in self._services):
             return
@@ -212,7 +212,7 @@ class Hub:
 
     def _add_default_hard_examples(self) -> None:
         """Store what agents upload on /hard_examples (with telemetry; MQTT 5 for manual acks)."""
-        from cloud_hub.hard_examples import HardExampleIngest, HardExampleIngestConfig
+        from tandem.cloud_hub.hard_examples import HardExampleIngest, HardExampleIngestConfig
 
         if not self.config.telemetry or not self.mqtt_url or any(isinstance(s, HardExampleIngest)
                                                                   for s in self._services):
@@ -236,7 +236,7 @@ class Hub:
         if not (self.config.public_url or self.http_url):
             log.info("rollouts not started: no HTTP server and no public_url for devices to download from")
             return
-        from cloud_hub.rollouts.attach import HubRollouts
+        from tandem.cloud_hub.rollouts.attach import HubRollouts
 
         service = HubRollouts(tick_s=self.config.rollout_tick_s, watch_s=self.config.rollout_watch_s,
                               tls=self.mqtt_tls)
@@ -244,7 +244,7 @@ class Hub:
         self._late_services.append(service)
 
     def _start_inference(self) -> None:
-        from cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
+        from tandem.cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
 
         server = InferenceServer([str(p) for p in self.config.model_dirs], host=self.config.grpc_host,
                                  port=self.config.grpc_port, hub_profile=self.config.inference_profile,
@@ -303,7 +303,7 @@ class Hub:
         """Stop every server this hub started, in reverse order, and close the database; safe to call twice."""
         _stop_all(self._late_services)
         if self.rollouts is not None:  # attached by attach_rollouts on a hub not running its own
-            from cloud_hub.rollouts.attach import HubRollouts
+            from tandem.cloud_hub.rollouts.attach import HubRollouts
 
             _stop_all([HubRollouts.adopt(self)])
         if self._http_server is not None:
@@ -353,7 +353,7 @@ def _url_host(host: str) -> str:
 
 
 def _known_profiles(config: HubConfig) -> set[str] | None:
-    from hardware_profiles import ProfileError, load_profiles
+    from tandem.hardware_profiles import ProfileError, load_profiles
 
     try:
         return set(load_profiles(config.profile_dirs))

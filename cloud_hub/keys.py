@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_hub.errors import ConfigError
-from protocols import signing
+from tandem.cloud_hub.errors import ConfigError
+from tandem.protocols import signing
 
 log = logging.getLogger(__name__)
 

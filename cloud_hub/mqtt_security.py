@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud_hub.pki import HUB_IDENTITY, Pki
-from protocols import topics
-from protocols.limits import MAX_MQTT_PAYLOAD_BYTES, MQTT_PACKET_OVERHEAD_BYTES
+from tandem.cloud_hub.pki import HUB_IDENTITY, Pki
+from tandem.protocols import topics
+from tandem.protocols.limits import MAX_MQTT_PAYLOAD_BYTES, MQTT_PACKET_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import dataclasses
 import json
 from typing import Any
 
-from cloud_hub.cli_output import ago, table
-from cloud_hub.client import DEFAULT_URL, HubClient
-from cloud_hub.errors import InvalidInputError
-from cloud_hub.rollouts.controller import GatePolicy
+from tandem.cloud_hub.cli_output import ago, table
+from tandem.cloud_hub.client import DEFAULT_URL, HubClient
+from tandem.cloud_hub.errors import InvalidInputError
+from tandem.cloud_hub.rollouts.controller import GatePolicy
 
 GATE_KEYS = {f.name: f.type for f in dataclasses.fields(GatePolicy)}
 

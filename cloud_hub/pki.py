@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cloud_hub.errors import ConflictError, HubError, InvalidInputError, NotFoundError
-from protocols.tls import TlsFiles
-from protocols.topics import HUB_SCOPE, TopicError, check_device_id
+from tandem.cloud_hub.errors import ConflictError, HubError, InvalidInputError, NotFoundError
+from tandem.protocols.tls import TlsFiles
+from tandem.protocols.topics import HUB_SCOPE, TopicError, check_device_id
 
 log = logging.getLogger(__name__)
 

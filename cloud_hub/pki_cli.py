@@ -10,9 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.cli_output import table
-from cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
-from cloud_hub.pki import Pki
+from tandem.cloud_hub.cli_output import table
+from tandem.cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
+from tandem.cloud_hub.pki import Pki
 
 DEFAULT_DIR = Path("tandem-data") / "pki"
 

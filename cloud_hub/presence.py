@@ -18,11 +18,11 @@ from typing import Any, Iterable
 
 import paho.mqtt.client as mqtt
 
-from cloud_hub.devices import DeviceRegistry
-from cloud_hub.errors import HubError
-from protocols.telemetry_codec import STATUS_ONLINE, TelemetryDecodeError, decode_status
-from protocols.tls import configure_mqtt_client
-from protocols.topics import STATUS, TopicError, all_devices, parse_topic
+from tandem.cloud_hub.devices import DeviceRegistry
+from tandem.cloud_hub.errors import HubError
+from tandem.protocols.telemetry_codec import STATUS_ONLINE, TelemetryDecodeError, decode_status
+from tandem.protocols.tls import configure_mqtt_client
+from tandem.protocols.topics import STATUS, TopicError, all_devices, parse_topic
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from protocols import limits
+from tandem.protocols import limits
 
 
 class RateLimiter:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.errors import ConflictError, InvalidInputError, NotFoundError
-from cloud_hub.keys import ReleaseKey
-from cloud_hub.storage.artifacts import ArtifactStore, sha256_file
-from cloud_hub.storage.db import HubDatabase
-from protocols import signing
-from protocols.manifest import FileEntry, Manifest, ManifestError, load_manifest, parse_version
+from tandem.cloud_hub.errors import ConflictError, InvalidInputError, NotFoundError
+from tandem.cloud_hub.keys import ReleaseKey
+from tandem.cloud_hub.storage.artifacts import ArtifactStore, sha256_file
+from tandem.cloud_hub.storage.db import HubDatabase
+from tandem.protocols import signing
+from tandem.protocols.manifest import FileEntry, Manifest, ManifestError, load_manifest, parse_version
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ Public names: `Agent` (the daemon, in-process), `AgentConfig`, `AgentClient` and
 `AsyncAgentClient` (the local API's clients). Everything else is internal.
 """
 
-from edge_agent.agent import Agent
-from edge_agent.client import AgentAnswer, AgentClient, AsyncAgentClient
-from edge_agent.config import AgentConfig
+from tandem.edge_agent.agent import Agent
+from tandem.edge_agent.client import AgentAnswer, AgentClient, AsyncAgentClient
+from tandem.edge_agent.config import AgentConfig
 
 __all__ = ["Agent", "AgentAnswer", "AgentClient", "AgentConfig", "AsyncAgentClient"]

@@ -16,20 +16,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from edge_agent.config import AgentConfig
-from edge_agent.errors import ConfigError
-from edge_agent.hard_examples import HardExampleQueue
-from edge_agent.health import HealthServer
-from edge_agent.metrics import AgentMetrics
-from edge_agent.errors import ModelLoadError
-from edge_agent.model import LoadedModel, load_model
-from edge_agent.observe import RequestObserver
-from edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold
-from edge_agent.server import Concurrency, ZmqServer
-from edge_agent.service import InferenceService
-from edge_agent.serving import Serving
-from hardware_profiles import ProfileError, get_profile
-from hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.errors import ConfigError
+from tandem.edge_agent.hard_examples import HardExampleQueue
+from tandem.edge_agent.health import HealthServer
+from tandem.edge_agent.metrics import AgentMetrics
+from tandem.edge_agent.errors import ModelLoadError
+from tandem.edge_agent.model import LoadedModel, load_model
+from tandem.edge_agent.observe import RequestObserver
+from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold
+from tandem.edge_agent.server import Concurrency, ZmqServer
+from tandem.edge_agent.service import InferenceService
+from tandem.edge_agent.serving import Serving
+from tandem.hardware_profiles import ProfileError, get_profile
+from tandem.hardware_profiles.runtimes.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Agent:
         try:
             model_dir = cfg.model_dir
             if cfg.ota_enabled:
-                from edge_agent.uplink import make_ota_client
+                from tandem.edge_agent.uplink import make_ota_client
 
                 self.ota = make_ota_client(cfg, self._on_switch, self.observer.take_health,
                                            status_sink=self._ota_status_sink if cfg.telemetry_on else None)
@@ -87,7 +87,7 @@ class Agent:
             self.hard_examples = HardExampleQueue(cfg.data_dir / "hard_examples.sqlite", cfg.hard_examples_max)
             self._set_serving(self._build_serving(model_dir))
             if cfg.telemetry_on:
-                from edge_agent.uplink import make_telemetry
+                from tandem.edge_agent.uplink import make_telemetry
 
                 self.telemetry = make_telemetry(cfg, self.model, hard_examples=self.hard_examples,
                                                 metrics=self.metrics)
@@ -148,7 +148,7 @@ class Agent:
                         runtime=self.model.variant.runtime, selection=self.model.selection)
         body["breaker"] = self.breaker.state if self.breaker is not None else None
         body["hub"] = self.config.hub_url
-        from edge_agent.uplink import ota_status, telemetry_status
+        from tandem.edge_agent.uplink import ota_status, telemetry_status
 
         body["telemetry"] = telemetry_status(self.telemetry) if self.telemetry is not None else None
         body["ota"] = ota_status(self.ota) if self.ota is not None else None
@@ -196,7 +196,7 @@ class Agent:
         """The configured variant id, unless an OTA release no longer has it (then the profile's choice)."""
         if self.config.variant is None or self.ota is None:
             return self.config.variant
-        from protocols.manifest import ManifestError, load_manifest
+        from tandem.protocols.manifest import ManifestError, load_manifest
 
         try:
             ids = {v.id for v in load_manifest(model_dir).variants}
@@ -271,7 +271,7 @@ class Agent:
 
     def _ota_status_sink(self, payload: bytes) -> None:
         """OTA status into the telemetry outbox's class 0: on disk first, sent before any window."""
-        from protocols import topics
+        from tandem.protocols import topics
 
         telemetry = self.telemetry
         if telemetry is None:  # telemetry not started (yet) or stopped: the OtaClient publishes it itself
@@ -306,8 +306,8 @@ class Agent:
 
     def _make_fallback(self) -> Any:
         try:
-            from edge_agent.breaker import CircuitBreaker
-            from edge_agent.fallback import FallbackClient
+            from tandem.edge_agent.breaker import CircuitBreaker
+            from tandem.edge_agent.fallback import FallbackClient
         except ImportError as exc:
             raise ConfigError(f"fallback.hub_url is set but the fallback client cannot load ({exc})") from exc
         self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)

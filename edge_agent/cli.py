@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
-from edge_agent.errors import AgentError
+from tandem.edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
+from tandem.edge_agent.errors import AgentError
 
 if TYPE_CHECKING:
-    from edge_agent.agent import Agent
+    from tandem.edge_agent.agent import Agent
 
 EPILOG = f"""\
 examples:
@@ -72,7 +72,7 @@ def _notify_systemd(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import Agent
+    from tandem.edge_agent.agent import Agent
 
     agent = Agent(_load_config(args))
     stop = threading.Event()
@@ -139,7 +139,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from edge_agent.model import load_model
+    from tandem.edge_agent.model import load_model
 
     config = _load_config(args)
     model = load_model(config.model_dir, config.profile, config.variant, threads=config.threads)
@@ -168,7 +168,7 @@ def _read_input(path: Path) -> dict[str, np.ndarray] | list[np.ndarray]:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from edge_agent.client import AgentClient
+    from tandem.edge_agent.client import AgentClient
 
     inputs = _read_input(args.input)
     endpoint = args.endpoint or os.environ.get(ENV_PREFIX + "ENDPOINT") or default_endpoint()

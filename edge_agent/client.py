@@ -18,10 +18,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from edge_agent.config import default_endpoint
-from edge_agent.errors import ERRORS_BY_CODE, AgentError, AgentUnavailable
-from edge_agent.wire import MODES, SOURCE_NAMES, RequestTemplates, decode_reply
-from protocols import local_api_pb2 as pb
+from tandem.edge_agent.config import default_endpoint
+from tandem.edge_agent.errors import ERRORS_BY_CODE, AgentError, AgentUnavailable
+from tandem.edge_agent.wire import MODES, SOURCE_NAMES, RequestTemplates, decode_reply
+from tandem.protocols import local_api_pb2 as pb
 
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge_agent.errors import ConfigError
+from tandem.edge_agent.errors import ConfigError
 
 try:
     import tomllib
@@ -121,7 +121,7 @@ class AgentConfig:
         """protocols.tls.TlsFiles for the MQTT clients, or None for plain mqtt://."""
         if self.mqtt_tls_ca is None:
             return None
-        from protocols.tls import TlsFiles
+        from tandem.protocols.tls import TlsFiles
 
         return TlsFiles(self.mqtt_tls_ca, self.mqtt_tls_cert, self.mqtt_tls_key)
 
@@ -139,7 +139,7 @@ class AgentConfig:
         return self.ota_store_dir if self.ota_store_dir is not None else self.data_dir / "models"
 
     def validate(self) -> "AgentConfig":
-        from edge_agent.policy import KINDS, TRANSFORMS
+        from tandem.edge_agent.policy import KINDS, TRANSFORMS
 
         def bad(key: str, problem: str) -> ConfigError:
             return ConfigError(f"{_where(key)}: {problem}")
@@ -175,7 +175,7 @@ class AgentConfig:
         return self
 
     def _validate_identity(self, bad: Any) -> None:
-        from protocols.topics import TopicError, check_device_id
+        from tandem.protocols.topics import TopicError, check_device_id
 
         try:
             check_device_id(self.device_id)
@@ -190,7 +190,7 @@ class AgentConfig:
                 raise bad("tags", f"{key}: value must be a string of at most {MAX_TAG_VALUE} characters")
 
     def _validate_mode(self, bad: Any) -> None:
-        from edge_agent.modes import FallbackBudget, ServingMode
+        from tandem.edge_agent.modes import FallbackBudget, ServingMode
 
         try:
             ServingMode.parse(self.mode)
@@ -208,13 +208,13 @@ class AgentConfig:
 
     def fallback_budget(self, now: float = 0.0) -> Any:
         """A fresh edge_agent.modes.FallbackBudget from the [mode] keys (unlimited when none is set)."""
-        from edge_agent.modes import FallbackBudget
+        from tandem.edge_agent.modes import FallbackBudget
 
         return FallbackBudget(self.budget_rps, self.budget_burst, self.budget_bytes_per_hour, now=now)
 
     def _validate_telemetry(self, bad: Any) -> None:
         if self.mqtt_url is not None:
-            from protocols.topics import parse_mqtt_url
+            from tandem.protocols.topics import parse_mqtt_url
 
             try:
                 parse_mqtt_url(self.mqtt_url)

@@ -17,14 +17,14 @@ from typing import Mapping
 import grpc
 import numpy as np
 
-from edge_agent.breaker import CircuitBreaker
-from edge_agent.errors import ConfigError, FallbackUnavailable
-from protocols import inference_params as params
-from protocols import inference_pb2 as pb
-from protocols import inference_pb2_grpc as pb_grpc
-from protocols.limits import MAX_GRPC_MESSAGE_BYTES
-from protocols.tls import TlsConfigError, TlsFiles, grpc_channel_credentials, warn_plain_text
-from protocols.tensor_codec import TensorCodecError, decode_response_outputs, encode_request_inputs
+from tandem.edge_agent.breaker import CircuitBreaker
+from tandem.edge_agent.errors import ConfigError, FallbackUnavailable
+from tandem.protocols import inference_params as params
+from tandem.protocols import inference_pb2 as pb
+from tandem.protocols import inference_pb2_grpc as pb_grpc
+from tandem.protocols.limits import MAX_GRPC_MESSAGE_BYTES
+from tandem.protocols.tls import TlsConfigError, TlsFiles, grpc_channel_credentials, warn_plain_text
+from tandem.protocols.tensor_codec import TensorCodecError, decode_response_outputs, encode_request_inputs
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from protocols import limits
-from protocols import local_api_pb2 as pb
+from tandem.protocols import limits
+from tandem.protocols import local_api_pb2 as pb
 
 PLANS_MAX = 64  # distinct header layouts kept before starting over
 _REQUEST_ID_TAG = 0x12  # field 2, length-delimited: request_id in RequestHeader and in ReplyHeader

@@ -23,9 +23,9 @@ from typing import Mapping
 
 import numpy as np
 
-from protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
 # the blob format lives in protocols (the hub decodes it); re-exported for callers of this module
-from protocols.tensor_blob import decode_tensors, encode_tensors
+from tandem.protocols.tensor_blob import decode_tensors, encode_tensors
 
 log = logging.getLogger(__name__)
 

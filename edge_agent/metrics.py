@@ -9,7 +9,7 @@ import bisect
 import threading
 from typing import Callable, Iterable
 
-from edge_agent.modes import ACTIONS
+from tandem.edge_agent.modes import ACTIONS
 
 # seconds; fine at the low end where edge answers live, coarse where fallbacks do
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

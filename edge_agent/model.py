@@ -15,11 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edge_agent.errors import BadRequestError, ModelLoadError
-from hardware_profiles import Profile, ProfileError, get_profile
-from hardware_profiles.probe import DeviceProbe, Placement, placement_available, placements, probe_device
-from hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
-from protocols.manifest import Manifest, ManifestError, TensorSpec, Variant, load_manifest
+from tandem.edge_agent.errors import BadRequestError, ModelLoadError
+from tandem.hardware_profiles import Profile, ProfileError, get_profile
+from tandem.hardware_profiles.probe import DeviceProbe, Placement, placement_available, placements, probe_device
+from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
+from tandem.protocols.manifest import Manifest, ManifestError, TensorSpec, Variant, load_manifest
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge_agent.ota.machine import HealthFigures
+from tandem.edge_agent.ota.machine import HealthFigures
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import zmq
 
-from edge_agent.errors import AgentError, ConfigError, OverloadedError
-from edge_agent.wire import error_reply
-from protocols import limits
+from tandem.edge_agent.errors import AgentError, ConfigError, OverloadedError
+from tandem.edge_agent.wire import error_reply
+from tandem.protocols import limits
 
 log = logging.getLogger(__name__)
 

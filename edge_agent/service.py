@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 
 import numpy as np
 
-from edge_agent.errors import AgentError, BadRequestError, FallbackUnavailable, InferenceError, OverloadedError
-from edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes
-from edge_agent.hard_examples import HardExampleQueue
-from edge_agent.metrics import AgentMetrics
-from edge_agent.model import LoadedModel, match_inputs
-from edge_agent.modes import Action, Decision, FallbackBudget, ServingMode, decide
-from edge_agent.observe import RequestObserver
-from edge_agent.policy import ConfidencePolicy, PolicyError, Scores
-from edge_agent.wire import decode_request, encode_reply, error_reply
-from hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
-from protocols import local_api_pb2 as pb
+from tandem.edge_agent.errors import AgentError, BadRequestError, FallbackUnavailable, InferenceError, OverloadedError
+from tandem.edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes
+from tandem.edge_agent.hard_examples import HardExampleQueue
+from tandem.edge_agent.metrics import AgentMetrics
+from tandem.edge_agent.model import LoadedModel, match_inputs
+from tandem.edge_agent.modes import Action, Decision, FallbackBudget, ServingMode, decide
+from tandem.edge_agent.observe import RequestObserver
+from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, Scores
+from tandem.edge_agent.wire import decode_request, encode_reply, error_reply
+from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
+from tandem.protocols import local_api_pb2 as pb
 
 if TYPE_CHECKING:
-    from edge_agent.server import Concurrency
+    from tandem.edge_agent.server import Concurrency
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.model import LoadedModel
-from edge_agent.policy import ConfidencePolicy
-from edge_agent.service import InferenceService
-from hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.edge_agent.model import LoadedModel
+from tandem.edge_agent.policy import ConfidencePolicy
+from tandem.edge_agent.service import InferenceService
+from tandem.hardware_profiles.runtimes.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 

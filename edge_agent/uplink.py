@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from edge_agent.config import AgentConfig
-from edge_agent.errors import ConfigError
-from edge_agent.model import LoadedModel
-from edge_agent.ota.machine import HealthFigures, WatchPolicy
+from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.errors import ConfigError
+from tandem.edge_agent.model import LoadedModel
+from tandem.edge_agent.ota.machine import HealthFigures, WatchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
     `hard_examples` (the agent's HardExampleQueue) is uploaded through the outbox's class 1;
     `metrics` (AgentMetrics) gains the per-class outbox gauges.
     """
-    from edge_agent.telemetry import OutboxError, PublisherConfig, TelemetryService
-    from protocols.tls import TlsConfigError
+    from tandem.edge_agent.telemetry import OutboxError, PublisherConfig, TelemetryService
+    from tandem.protocols.tls import TlsConfigError
 
     try:
         service = TelemetryService(
@@ -57,10 +57,10 @@ def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
 
     `status_sink` stores each OTA status durably (the telemetry outbox's class 0) instead of publishing it.
     """
-    from edge_agent.ota.client import OtaClient, OtaClientConfig
-    from edge_agent.ota.download import DownloadConfig
-    from edge_agent.ota.errors import StoreError
-    from protocols.tls import TlsConfigError
+    from tandem.edge_agent.ota.client import OtaClient, OtaClientConfig
+    from tandem.edge_agent.ota.download import DownloadConfig
+    from tandem.edge_agent.ota.errors import StoreError
+    from tandem.protocols.tls import TlsConfigError
 
     config = OtaClientConfig(cfg.device_id, cfg.profile, cfg.mqtt_url, cfg.model_store_dir,  # type: ignore[arg-type]
                              cfg.ota_trusted_key, hub_token=cfg.ota_hub_token,  # type: ignore[arg-type]

@@ -12,9 +12,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from edge_agent.errors import BadRequestError
-from protocols import limits
-from protocols import local_api_pb2 as pb
+from tandem.edge_agent.errors import BadRequestError
+from tandem.protocols import limits
+from tandem.protocols import local_api_pb2 as pb
 
 Frame = Any  # bytes, memoryview or zmq.Frame: anything exposing the buffer protocol
 

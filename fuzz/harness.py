@@ -18,14 +18,14 @@ if str(ROOT) not in sys.path:  # `python fuzz/fuzz_wire.py` from a checkout
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from edge_agent.errors import BadRequestError  # noqa: E402
-from protocols import inference_pb2 as pb  # noqa: E402
-from protocols.ota import OtaMessageError  # noqa: E402
-from protocols.ota import decode_command as _decode_command  # noqa: E402
-from protocols.ota import decode_status as _decode_ota_status  # noqa: E402
-from protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example, decode_status, decode_window  # noqa: E402
-from protocols.tensor_codec import TensorCodecError, decode_request_inputs  # noqa: E402
-from edge_agent.wire import decode_request  # noqa: E402
+from tandem.edge_agent.errors import BadRequestError  # noqa: E402
+from tandem.protocols import inference_pb2 as pb  # noqa: E402
+from tandem.protocols.ota import OtaMessageError  # noqa: E402
+from tandem.protocols.ota import decode_command as _decode_command  # noqa: E402
+from tandem.protocols.ota import decode_status as _decode_ota_status  # noqa: E402
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example, decode_status, decode_window  # noqa: E402
+from tandem.protocols.tensor_codec import TensorCodecError, decode_request_inputs  # noqa: E402
+from tandem.edge_agent.wire import decode_request  # noqa: E402
 
 # A fixed key: commands signed by anyone else must be refused, so fuzzed ones always are
 # unless the fuzzer forges ed25519 (it won't).
@@ -72,7 +72,7 @@ def ota_command_signed(payload: bytes) -> None:
     """`payload` as a JSON object signed by the trusted key: what's left to check is the schema."""
     import json
 
-    from protocols.signing import sign_manifest
+    from tandem.protocols.signing import sign_manifest
 
     try:
         body = json.loads(payload)

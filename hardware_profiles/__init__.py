@@ -1,6 +1,6 @@
 """Hardware profiles (what each class of device runs well) and the runtime adapters."""
 
-from hardware_profiles.loader import (
+from tandem.hardware_profiles.loader import (
     Constraints, Profile, ProfileError, RuntimeTarget, get_profile, load_profile_file, load_profiles, resolve_profiles,
 )
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from hardware_profiles.loader import RuntimeTarget
+from tandem.hardware_profiles.loader import RuntimeTarget
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def probe_onnxruntime() -> tuple[tuple[str, ...] | None, str | None]:
 
 def probe_openvino() -> tuple[tuple[str, ...] | None, str | None]:
     try:
-        from hardware_profiles.runtimes.openvino import _get_core  # the adapter's cached Core
+        from tandem.hardware_profiles.runtimes.openvino import _get_core  # the adapter's cached Core
 
         return tuple(_get_core().available_devices), None
     except Exception as exc:

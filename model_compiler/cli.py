@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from hardware_profiles import ProfileError, load_profiles
-from model_compiler.confidence import DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD
-from model_compiler.errors import CompileError
-from protocols.manifest import ManifestError
-from protocols.signing import SignatureError
+from tandem.hardware_profiles import ProfileError, load_profiles
+from tandem.model_compiler.confidence import DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD
+from tandem.model_compiler.errors import CompileError
+from tandem.protocols.manifest import ManifestError
+from tandem.protocols.signing import SignatureError
 
 EPILOG = """\
 examples:
@@ -54,8 +54,8 @@ def _list_profiles(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from model_compiler.pipeline import CompileOptions, compile_model
-    from model_compiler.report import REPORT_MD, report_dict
+    from tandem.model_compiler.pipeline import CompileOptions, compile_model
+    from tandem.model_compiler.report import REPORT_MD, report_dict
 
     opts = CompileOptions(
         model=args.model, profiles=[p for p in args.profiles.split(",") if p.strip()], calib=args.calib, val=args.val,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model_compiler.errors import CompileError
+from tandem.model_compiler.errors import CompileError
 
 GOALS = ("match-reference", "fallback-budget", "hybrid-accuracy")
 MEASURE = "max_prob"  # the agent's default policy measure; the threshold is on this scale

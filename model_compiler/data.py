@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_compiler.errors import CalibrationDataError
-from protocols.manifest import TensorSpec
+from tandem.model_compiler.errors import CalibrationDataError
+from tandem.protocols.manifest import TensorSpec
 
 LABEL_KEY = "y"
 SINGLE_INPUT_KEY = "x"

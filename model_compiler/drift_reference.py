@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.drift import CONFIDENCE_EDGES, DEFAULT_BINS, bin_counts, confidence_counts, reference_edges, summarize_inputs
+from tandem.protocols.drift import CONFIDENCE_EDGES, DEFAULT_BINS, bin_counts, confidence_counts, reference_edges, summarize_inputs
 
 
 def build_drift_reference(inputs: dict[str, np.ndarray], confidence: np.ndarray | None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from hardware_profiles.probe import cpu_flags, normalize_machine, read_cpuinfo
+from tandem.hardware_profiles.probe import cpu_flags, normalize_machine, read_cpuinfo
 
 __all__ = ["INT8_FEATURES", "HostInfo", "normalize_machine", "parse_cpu_features", "read_host"]
 

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hardware_profiles.runtimes import RuntimeSession
+from tandem.hardware_profiles.runtimes import RuntimeSession
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_compiler.errors import InvalidModelError
-from protocols.manifest import TensorSpec
+from tandem.model_compiler.errors import InvalidModelError
+from tandem.protocols.manifest import TensorSpec
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
 

@@ -15,24 +15,24 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hardware_profiles import Profile, resolve_profiles
-from hardware_profiles.runtimes import load_session
-from model_compiler import model_io
-from model_compiler.confidence import (
+from tandem.hardware_profiles import Profile, resolve_profiles
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.model_compiler import model_io
+from tandem.model_compiler.confidence import (
     DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_variant, split_fit_eval,
 )
-from model_compiler.data import Dataset, load_dataset
-from model_compiler.drift_reference import build_drift_reference
-from model_compiler.errors import CompileError, VariantSkipped
-from model_compiler.report import write_reports
-from model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
-from model_compiler.select import Candidate, choose_for_profile
-from model_compiler.validate import Task, confidences, infer_task, run_dataset, validate_variant
-from model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
-from protocols.manifest import (
+from tandem.model_compiler.data import Dataset, load_dataset
+from tandem.model_compiler.drift_reference import build_drift_reference
+from tandem.model_compiler.errors import CompileError, VariantSkipped
+from tandem.model_compiler.report import write_reports
+from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
+from tandem.model_compiler.select import Candidate, choose_for_profile
+from tandem.model_compiler.validate import Task, confidences, infer_task, run_dataset, validate_variant
+from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
+from tandem.protocols.manifest import (
     MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, Variant, parse_version,
 )
-from protocols.signing import load_or_create_private_key, sign_manifest
+from tandem.protocols.signing import load_or_create_private_key, sign_manifest
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def compile_model(opts: CompileOptions, progress: Progress | None = None) -> Com
 
 def _host_dict() -> dict[str, Any]:
     """What the report says about the machine that measured the variants."""
-    from model_compiler.host import INT8_FEATURES, read_host
+    from tandem.model_compiler.host import INT8_FEATURES, read_host
 
     host = read_host()
     cpu_model = ""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model_compiler.pipeline import CompileResult
+    from tandem.model_compiler.pipeline import CompileResult
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"

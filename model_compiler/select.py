@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hardware_profiles import Profile
-from protocols.manifest import ProfileChoice
+from tandem.hardware_profiles import Profile
+from tandem.protocols.manifest import ProfileChoice
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
-from model_compiler.data import Dataset
-from model_compiler.errors import VariantSkipped
-from model_compiler.measure import batch_of, measure_latency, measure_throughput
+from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
+from tandem.model_compiler.data import Dataset
+from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput
 
 VALIDATION_CHUNK = 64
 
@@ -102,7 +102,7 @@ def weight_bytes(runtime: str, files: list[Path]) -> int:
     if runtime == "onnxruntime":
         import onnx
 
-        from model_compiler.model_io import weight_bytes as onnx_weight_bytes
+        from tandem.model_compiler.model_io import weight_bytes as onnx_weight_bytes
 
         return onnx_weight_bytes(onnx.load(str(files[0])))
     if runtime == "openvino":

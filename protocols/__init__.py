@@ -1,5 +1,5 @@
 """Wire contracts shared by every Tandem component: manifest, signatures, drift bins."""
 
-from protocols.manifest import MANIFEST_FILENAME, Manifest, ManifestError, load_manifest, parse_version
+from tandem.protocols.manifest import MANIFEST_FILENAME, Manifest, ManifestError, load_manifest, parse_version
 
 __all__ = ["MANIFEST_FILENAME", "Manifest", "ManifestError", "load_manifest", "parse_version"]

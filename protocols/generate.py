@@ -1,7 +1,7 @@
 """Regenerate the committed *_pb2.py / *_pb2_grpc.py modules from protocols/*.proto.
 
 protoc writes `import foo_pb2` in the gRPC stubs, which only works with protocols/ on
-sys.path; we rewrite it to `from protocols import foo_pb2` so the package imports
+sys.path; we rewrite it to `from tandem.protocols import foo_pb2` so the package imports
 cleanly. Usage: python protocols/generate.py [NAME.proto ...]  (default: every .proto).
 Needs grpcio-tools (dev extra).
 """
@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 def fix_imports(text: str) -> str:
     """Make protoc's flat `import x_pb2 as ...` lines package-relative to `protocols`."""
-    return re.sub(r"^import (\w+_pb2) as ", r"from protocols import \1 as ", text, flags=re.MULTILINE)
+    return re.sub(r"^import (\w+_pb2) as ", r"from tandem.protocols import \1 as ", text, flags=re.MULTILINE)
 
 
 # `inference` is also the package of Triton's and KServe's own generated modules

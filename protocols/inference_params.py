@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from protocols import inference_pb2 as pb
+from tandem.protocols import inference_pb2 as pb
 
 # Request parameters (edge -> hub).
 DEVICE_ID = "tandem.device_id"

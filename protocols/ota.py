@@ -17,9 +17,9 @@ from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocols.limits import MAX_OTA_MESSAGE_BYTES
-from protocols.manifest import ManifestError, parse_version
-from protocols.signing import SignatureError, sign_manifest, verify_manifest
+from tandem.protocols.limits import MAX_OTA_MESSAGE_BYTES
+from tandem.protocols.manifest import ManifestError, parse_version
+from tandem.protocols.signing import SignatureError, sign_manifest, verify_manifest
 
 OTA_SCHEMA_VERSION = 1
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from protocols import limits
-from protocols.telemetry_pb2 import SourceCounts, SummaryCounts, TelemetryWindow
-from protocols.topics import TopicError, check_device_id
+from tandem.protocols import limits
+from tandem.protocols.telemetry_pb2 import SourceCounts, SummaryCounts, TelemetryWindow
+from tandem.protocols.topics import TopicError, check_device_id
 
 # Per-request latency, milliseconds: inner edges of open-ended bins (last bin is >= 5000 ms).
 LATENCY_EDGES_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]

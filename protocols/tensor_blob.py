@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from protocols import limits
+from tandem.protocols import limits
 
 DTYPE_KINDS = "biufc"  # bool, ints, floats, complex: nothing that needs pickle
 MAX_INDEX_BYTES = 64 * 1024

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from protocols import inference_pb2 as pb
-from protocols import limits as _limits
+from tandem.protocols import inference_pb2 as pb
+from tandem.protocols import limits as _limits
 
 
 class TensorCodecError(ValueError):

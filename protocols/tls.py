@@ -92,7 +92,7 @@ def configure_mqtt_client(client: Any, url: str, tls: TlsFiles | None, component
     mqtts:// needs TLS files; mqtt:// with TLS files is refused too, so a config can't
     silently downgrade.
     """
-    from protocols.topics import mqtt_url_uses_tls, parse_mqtt_url
+    from tandem.protocols.topics import mqtt_url_uses_tls, parse_mqtt_url
 
     host, port = parse_mqtt_url(url)
     secure = mqtt_url_uses_tls(url)

@@ -11,8 +11,8 @@ runner (the timeline and checks), report (markdown, JSON, plots), demo, cli.
 from typing import Any
 
 __all__ = ["RunResult", "Scenario", "ScenarioError", "load_scenario", "run_scenario"]
-_HOME = {"RunResult": "sim.runner", "run_scenario": "sim.runner", "Scenario": "sim.scenario",
-         "ScenarioError": "sim.scenario", "load_scenario": "sim.scenario"}
+_HOME = {"RunResult": "tandem.sim.runner", "run_scenario": "tandem.sim.runner", "Scenario": "tandem.sim.scenario",
+         "ScenarioError": "tandem.sim.scenario", "load_scenario": "tandem.sim.scenario"}
 
 
 def __getattr__(name: str) -> Any:

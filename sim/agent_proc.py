@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.device import DeviceSpec, Outcome
-from sim.streams import DeviceStream
+from tandem.sim.device import DeviceSpec, Outcome
+from tandem.sim.streams import DeviceStream
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,13 @@ class AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in self._settings.items()))
         log_file = open(self.log_path, "ab")
-        self._proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config_path)],
+        self._proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(self.config_path)],
                                       stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
         log_file.close()
         return self
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        from edge_agent.client import AgentClient
+        from tandem.edge_agent.client import AgentClient
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -120,7 +120,7 @@ class AgentProcess:
         return True
 
     def serve(self, t: float) -> Outcome | None:
-        from edge_agent.errors import AgentError
+        from tandem.edge_agent.errors import AgentError
 
         if self._client is None:
             return None

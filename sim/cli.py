@@ -50,7 +50,7 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sim.demo import format_summary, run_demo
+    from tandem.sim.demo import format_summary, run_demo
 
     summary = run_demo(args.workdir, say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)),
                        progress=_say(args.quiet))
@@ -59,7 +59,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from sim.scenario import builtin_names, load_scenario
+    from tandem.sim.scenario import builtin_names, load_scenario
 
     for name in builtin_names():
         sc = load_scenario(name)
@@ -68,9 +68,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sim.report import write_report
-    from sim.runner import run_scenario
-    from sim.scenario import ScenarioError, load_scenario
+    from tandem.sim.report import write_report
+    from tandem.sim.runner import run_scenario
+    from tandem.sim.scenario import ScenarioError, load_scenario
 
     try:
         scenario = load_scenario(args.scenario).scaled(args.devices, args.duration)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from model_compiler.pipeline import CompileOptions, CompileResult, compile_model
+from tandem.model_compiler.pipeline import CompileOptions, CompileResult, compile_model
 
 EDGE_PROFILES = ["cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu-litert"]
 CLOUD_PROFILES = ["cpu-x86"]
@@ -34,10 +34,10 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print,
 
     `say` gets one line per step; `progress` gets the fleet's live progress line (with \\r).
     """
-    from sim.releases import prepare
-    from sim.report import write_report
-    from sim.runner import DEFAULT_PROFILES, run_scenario
-    from sim.scenario import load_scenario
+    from tandem.sim.releases import prepare
+    from tandem.sim.report import write_report
+    from tandem.sim.runner import DEFAULT_PROFILES, run_scenario
+    from tandem.sim.scenario import load_scenario
 
     started = time.perf_counter()
     data = workdir / "digits"

@@ -19,17 +19,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_agent.breaker import CircuitBreaker
-from edge_agent.errors import FallbackUnavailable, ModelLoadError
-from edge_agent.fallback import FallbackClient
-from edge_agent.ota.machine import HealthFigures
-from edge_agent.policy import ConfidencePolicy
-from edge_agent.telemetry.outbox import Outbox
-from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-from hardware_profiles import Profile
-from sim.emulation import Connectivity, ModelRefused, emulated_latency_ms, percentile
-from sim.sessions import ModelHandle, SessionPool
-from sim.streams import DeviceStream
+from tandem.edge_agent.breaker import CircuitBreaker
+from tandem.edge_agent.errors import FallbackUnavailable, ModelLoadError
+from tandem.edge_agent.fallback import FallbackClient
+from tandem.edge_agent.ota.machine import HealthFigures
+from tandem.edge_agent.policy import ConfidencePolicy
+from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
+from tandem.hardware_profiles import Profile
+from tandem.sim.emulation import Connectivity, ModelRefused, emulated_latency_ms, percentile
+from tandem.sim.sessions import ModelHandle, SessionPool
+from tandem.sim.streams import DeviceStream
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hardware_profiles import Profile
+from tandem.hardware_profiles import Profile
 
 # Resident size of a loaded model relative to its file (weights + arena + runtime); an estimate.
 RESIDENT_FACTOR = 3.0

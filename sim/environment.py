@@ -13,17 +13,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.broker import BrokerHandle, start_broker
-from cloud_hub.config import HubConfig
-from cloud_hub.hub import Hub
-from cloud_hub.telemetry.alerts import Hysteresis
-from cloud_hub.telemetry.engine import DriftConfig
-from cloud_hub.telemetry.hub_service import HubTelemetry
-from cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
-from protocols.topics import parse_mqtt_url
-from sim.netfault import FaultProxy
-from sim.releases import Models
-from sim.scenario import DriftSettings
+from tandem.cloud_hub.broker import BrokerHandle, start_broker
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.hub import Hub
+from tandem.cloud_hub.telemetry.alerts import Hysteresis
+from tandem.cloud_hub.telemetry.engine import DriftConfig
+from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
+from tandem.cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
+from tandem.protocols.topics import parse_mqtt_url
+from tandem.sim.netfault import FaultProxy
+from tandem.sim.releases import Models
+from tandem.sim.scenario import DriftSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Environment:
         self.hub.add_service(self._telemetry)  # ours, with the scenario's drift settings
         self.hub.start()
         if getattr(self.hub, "rollouts", None) is None:
-            from cloud_hub.rollouts.attach import attach_rollouts
+            from tandem.cloud_hub.rollouts.attach import attach_rollouts
 
             attach_rollouts(self.hub, tick_s=self.rollout_tick_s, watch_s=self.watch_s)
             self._own_rollouts = "rollouts" not in fields  # older hubs leave stopping it to the caller

@@ -21,15 +21,15 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
-from edge_agent.breaker import CircuitBreaker
-from edge_agent.fallback import channel_options, parse_target
-from edge_agent.policy import ConfidencePolicy
-from protocols import inference_pb2_grpc as pb_grpc
-from sim.device import ChannelFallback, DeviceSpec, VirtualDevice
-from sim.metrics import Recorder
-from sim.sessions import SessionPool
-from sim.streams import Change, Dataset, DeviceStream
-from sim.uplink import SharedUplink
+from tandem.edge_agent.breaker import CircuitBreaker
+from tandem.edge_agent.fallback import channel_options, parse_target
+from tandem.edge_agent.policy import ConfidencePolicy
+from tandem.protocols import inference_pb2_grpc as pb_grpc
+from tandem.sim.device import ChannelFallback, DeviceSpec, VirtualDevice
+from tandem.sim.metrics import Recorder
+from tandem.sim.sessions import SessionPool
+from tandem.sim.streams import Change, Dataset, DeviceStream
+from tandem.sim.uplink import SharedUplink
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Fleet:
         return lambda: uplink.mark(device_id)
 
     def _start_ota(self, dev: VirtualDevice, model_dir: Path) -> None:
-        from edge_agent.ota.client import OtaClient, OtaClientConfig
+        from tandem.edge_agent.ota.client import OtaClient, OtaClientConfig
 
         assert self.ota is not None
         client = OtaClient(OtaClientConfig(dev.device_id, dev.profile.name, self.ota.mqtt_url, dev.workdir / "ota",

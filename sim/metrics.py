@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.device import Outcome
+from tandem.sim.device import Outcome
 
 SOURCES = ("edge", "cloud", "edge-degraded", "error")
 

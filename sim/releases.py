@@ -64,7 +64,7 @@ def train_digits(out: Path) -> Path:
 
 def _compile(onnx_path: Path, data_dir: Path, out: Path, name: str, version: str, profiles: list[str],
              key: Path) -> Path:
-    from model_compiler.pipeline import CompileOptions, compile_model
+    from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sim.runner import RunResult
+from tandem.sim.runner import RunResult
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from cloud_hub.rollouts.controller import GatePolicy
-from edge_agent.ota.machine import WatchPolicy
-from hardware_profiles import load_profiles
-from sim.agent_proc import AgentProcess
-from sim.device import DeviceSpec
-from sim.fleet import Fleet, FleetConfig, OtaSettings
-from sim.environment import Environment
-from sim.releases import BASE_VERSION, CLOUD_MODEL, Models, prepare
-from sim.scenario import Event, Scenario
-from sim.streams import Change, Dataset, DeviceStream
+from tandem.cloud_hub.rollouts.controller import GatePolicy
+from tandem.edge_agent.ota.machine import WatchPolicy
+from tandem.hardware_profiles import load_profiles
+from tandem.sim.agent_proc import AgentProcess
+from tandem.sim.device import DeviceSpec
+from tandem.sim.fleet import Fleet, FleetConfig, OtaSettings
+from tandem.sim.environment import Environment
+from tandem.sim.releases import BASE_VERSION, CLOUD_MODEL, Models, prepare
+from tandem.sim.scenario import Event, Scenario
+from tandem.sim.streams import Change, Dataset, DeviceStream
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from hardware_profiles import ProfileError, load_profiles
-from sim.emulation import Connectivity
-from sim.streams import CHANGE_KINDS
+from tandem.hardware_profiles import ProfileError, load_profiles
+from tandem.sim.emulation import Connectivity
+from tandem.sim.streams import CHANGE_KINDS
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 EVENT_KINDS = ("drift", "outage", "network", "rollout")

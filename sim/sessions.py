@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.model import LoadedModel, choose_variant, load_model
-from hardware_profiles import Profile
-from hardware_profiles.runtimes.batching import MicroBatcher
-from protocols.manifest import Manifest, Variant, load_manifest
-from sim.emulation import check_fits
+from tandem.edge_agent.model import LoadedModel, choose_variant, load_model
+from tandem.hardware_profiles import Profile
+from tandem.hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.protocols.manifest import Manifest, Variant, load_manifest
+from tandem.sim.emulation import check_fits
 
 log = logging.getLogger(__name__)
 

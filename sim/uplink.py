@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.telemetry.outbox import Outbox
-from protocols.telemetry_codec import STATUS_ONLINE, encode_status
-from protocols.topics import parse_mqtt_url, status_topic, telemetry_topic
+from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.protocols.telemetry_codec import STATUS_ONLINE, encode_status
+from tandem.protocols.topics import parse_mqtt_url, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from protocols.manifest import FileEntry, Manifest, ProfileChoice, TensorSpec, Variant
+from tandem.protocols.manifest import FileEntry, Manifest, ProfileChoice, TensorSpec, Variant
 
 
 def _specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    from model_compiler.model_io import io_specs
+    from tandem.model_compiler.model_io import io_specs
 
     return io_specs(model)
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from edge_agent.client import AgentClient
+from tandem.edge_agent.client import AgentClient
 
 
 class Load:

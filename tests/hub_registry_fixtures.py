@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from protocols.manifest import FileEntry, Manifest, ProfileChoice, TensorSpec, Variant
+from tandem.protocols.manifest import FileEntry, Manifest, ProfileChoice, TensorSpec, Variant
 
 
 def sha256_of(path: Path) -> str:
@@ -54,7 +54,7 @@ def hub_model_dir(digits_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def hub_config(tmp_path: Path):
-    from cloud_hub.config import HubConfig
+    from tandem.cloud_hub.config import HubConfig
 
     # An external (never contacted) MQTT URL keeps REST tests free of a broker.
     return HubConfig(data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")
@@ -63,7 +63,7 @@ def hub_config(tmp_path: Path):
 @pytest.fixture
 def running_hub(hub_config) -> Iterator[object]:
     """A Hub with its HTTP server on a free loopback port, stopped after the test."""
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     hub = Hub(hub_config).start()
     try:

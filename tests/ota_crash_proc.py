@@ -10,12 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from edge_agent.ota.download import DownloadConfig
-from edge_agent.ota.machine import HealthFigures, WatchPolicy
-from edge_agent.ota.store import ModelStore
-from edge_agent.ota.updater import Updater, UpdaterConfig
-from protocols.ota import OtaCommand
-from protocols.signing import load_public_key
+from tandem.edge_agent.ota.download import DownloadConfig
+from tandem.edge_agent.ota.machine import HealthFigures, WatchPolicy
+from tandem.edge_agent.ota.store import ModelStore
+from tandem.edge_agent.ota.updater import Updater, UpdaterConfig
+from tandem.protocols.ota import OtaCommand
+from tandem.protocols.signing import load_public_key
 
 
 def main() -> int:

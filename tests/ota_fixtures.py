@@ -12,14 +12,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sim import releases as sim_releases
+from tandem.sim import releases as sim_releases
 
 PROFILE = "cpu-x86"
 MODEL = "digits"
 
 
 def compile_digits(digits_dir: Path, out: Path, version: str, key: Path, onnx_path: Path | None = None) -> Path:
-    from model_compiler.pipeline import CompileOptions, compile_model
+    from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
     compile_model(CompileOptions(model=onnx_path or digits_dir / "edge.onnx", profiles=[PROFILE],
                                  calib=digits_dir / "calib.npz", val=digits_dir / "val.npz", out=out, name=MODEL,
@@ -101,8 +101,8 @@ class SimDevice:
 
     def __init__(self, device_id: str, root: Path, initial_dir: Path, mqtt_url: str, token: str, trusted_pem: str,
                  inputs: np.ndarray, watch: Any, threshold: float = 0.5, batch: int = 32) -> None:
-        from edge_agent.model import load_model
-        from edge_agent.ota.client import OtaClient, OtaClientConfig
+        from tandem.edge_agent.model import load_model
+        from tandem.edge_agent.ota.client import OtaClient, OtaClientConfig
 
         self.device_id = device_id
         self._load = load_model
@@ -129,7 +129,7 @@ class SimDevice:
         self.switches += 1
 
     def probe(self) -> Any:
-        from edge_agent.ota.machine import HealthFigures
+        from tandem.edge_agent.ota.machine import HealthFigures
 
         name = self.model.variant.inputs[0].name
         t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from edge_agent.telemetry import ModelInfo, PublisherConfig, TelemetryService
+from tandem.edge_agent.telemetry import ModelInfo, PublisherConfig, TelemetryService
 
 REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
              "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]}, "classes": {"counts": [10, 10, 10]}}

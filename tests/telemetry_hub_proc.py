@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceConfig
+from tandem.cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceConfig
 
 
 def main(argv: list[str] | None = None) -> int:

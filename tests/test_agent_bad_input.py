@@ -7,11 +7,11 @@ import pytest
 import zmq
 
 from agent_fixtures import make_model_dir
-from edge_agent import Agent, AgentClient, AgentConfig
-from edge_agent.errors import BadRequestError
-from edge_agent.wire import decode_reply, encode_request
-from protocols import limits
-from protocols import local_api_pb2 as pb
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
+from tandem.edge_agent.errors import BadRequestError
+from tandem.edge_agent.wire import decode_reply, encode_request
+from tandem.protocols import limits
+from tandem.protocols import local_api_pb2 as pb
 
 
 @pytest.fixture(scope="module")

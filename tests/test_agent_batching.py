@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from agent_fixtures import make_linear_softmax
-from hardware_profiles.runtimes import load_session
-from hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tandem.edge_agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
 
@@ -35,7 +35,7 @@ def test_run_infer_and_stop_from_the_shell(model_dir, digits_dir, tmp_path):
     config.write_text(f'[model]\nmodel_dir = "{model_dir}"\n[server]\nendpoint = "ipc://{sock}"\n'
                       f'[policy]\nthreshold = 0.5\n[hard_examples]\ndata_dir = "state"\n')
     env = dict(os.environ, TANDEM_AGENT_DEVICE_ID="shell-dev", TANDEM_AGENT_HTTP_PORT="0")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         line = proc.stderr.readline()  # the ready line
@@ -96,7 +96,7 @@ def test_help_lists_the_commands():
 def test_run_help_lists_every_config_key_and_the_sample_has_each():
     import re
 
-    from edge_agent.config import SECTIONS
+    from tandem.edge_agent.config import SECTIONS
 
     done = cli("run", "--help")
     assert done.returncode == 0

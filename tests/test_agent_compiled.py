@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_agent import Agent, AgentClient, AgentConfig
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from hub_fixtures import compile_digits
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from agent_fixtures import make_linear_softmax, make_model_dir
-from edge_agent import Agent, AgentClient, AgentConfig
-from edge_agent.errors import ConfigError, ModelLoadError
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
+from tandem.edge_agent.errors import ConfigError, ModelLoadError
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_static_shape_profiles_turn_batching_off(tmp_path):
 
 
 def test_healthz_and_the_mqtt_status_say_which_variant_was_chosen_and_why(tiny_dir, tmp_path):
-    from edge_agent.telemetry.service import MAX_SELECTION_REASON, selection_summary, status_info
-    from edge_agent.telemetry.window import ModelInfo
+    from tandem.edge_agent.telemetry.service import MAX_SELECTION_REASON, selection_summary, status_info
+    from tandem.edge_agent.telemetry.window import ModelInfo
 
     with Agent(config(tiny_dir, tmp_path)) as agent:
         ok, body = agent.healthz()
@@ -90,6 +90,6 @@ def test_a_dense_tasks_map_threshold_is_not_taken_for_a_confidence_threshold(tin
     (model_dir / "manifest.json").write_text(json.dumps(doc))
     cfg = AgentConfig(model_dir=model_dir, data_dir=tmp_path / "data", endpoint=f"ipc://{tmp_path}/a.sock")
     with Agent(cfg) as agent:
-        from edge_agent.policy import DEFAULT_THRESHOLDS
+        from tandem.edge_agent.policy import DEFAULT_THRESHOLDS
 
         assert agent.policy.threshold == (expected if expected is not None else DEFAULT_THRESHOLDS["max_prob"])

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from agent_fixtures import digits_edge_and_cloud, free_port
-from cloud_hub.inference import InferenceServer
-from edge_agent import Agent, AgentClient, AgentConfig
-from hardware_profiles.runtimes import load_session
+from tandem.cloud_hub.inference import InferenceServer
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
+from tandem.hardware_profiles.runtimes import load_session
 
 DEADLINE_MS = 150
 MARGIN_S = 0.25  # thread hand-offs on a busy 2-core machine

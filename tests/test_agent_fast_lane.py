@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from agent_fixtures import make_linear_softmax, make_model_dir
-from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig
-from edge_agent.fast_lane import request_id_tail
-from edge_agent.wire import RequestTemplates, encode_request
-from protocols import local_api_pb2 as pb
+from tandem.edge_agent.agent import Agent
+from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.fast_lane import request_id_tail
+from tandem.edge_agent.wire import RequestTemplates, encode_request
+from tandem.protocols import local_api_pb2 as pb
 
 
 def _agent(model_dir: Path, run: Path, **overrides) -> Agent:
@@ -197,7 +197,7 @@ def test_an_agent_can_turn_the_lane_off(digits_dir, tmp_path):
 
 
 def test_models_for_the_worker_thread_never_take_the_lane(digits_dir, tmp_path):
-    from edge_agent.client import AgentClient
+    from tandem.edge_agent.client import AgentClient
 
     model_dir = make_model_dir(digits_dir / "edge.onnx", tmp_path / "model", name="digits")
     agent = _agent(model_dir, tmp_path, inline_max_us=0, solo_inline_max_us=0)  # every run on the worker

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.errors import BadRequestError
-from edge_agent.model import match_inputs
-from protocols.manifest import TensorSpec
+from tandem.edge_agent.errors import BadRequestError
+from tandem.edge_agent.model import match_inputs
+from tandem.protocols.manifest import TensorSpec
 
 F16 = [TensorSpec(name="x", dtype="float16", shape=[-1, 4])]
 F32 = [TensorSpec(name="x", dtype="float32", shape=[-1, 4])]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from agent_fixtures import digits_edge_and_cloud, free_port
-from cloud_hub.inference import InferenceServer
-from edge_agent import Agent, AgentClient, AgentConfig
-from edge_agent.errors import ConfigError
-from edge_agent.modes import BUDGET_REASON
-from hardware_profiles.runtimes import load_session
-from protocols.telemetry_codec import decode_window
+from tandem.cloud_hub.inference import InferenceServer
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
+from tandem.edge_agent.errors import ConfigError
+from tandem.edge_agent.modes import BUDGET_REASON
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.protocols.telemetry_codec import decode_window
 
 DEADLINE_MS = 150
 

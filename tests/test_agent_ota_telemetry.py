@@ -19,9 +19,9 @@ import pytest
 
 from agent_fixtures import make_model_dir
 from agent_load import Load, version_runs
-from edge_agent import Agent, AgentConfig
-from edge_agent.errors import ConfigError
-from edge_agent.observe import RequestObserver
+from tandem.edge_agent import Agent, AgentConfig
+from tandem.edge_agent.errors import ConfigError
+from tandem.edge_agent.observe import RequestObserver
 from ota_fixtures import MODEL, MOSQUITTO, PROFILE, Broker, releases
 from waiting import wait_for
 
@@ -139,10 +139,10 @@ def ota_releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
 def hub_env(ota_releases, tmp_path_factory):
     import httpx
 
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
-    from cloud_hub.rollouts.attach import attach_rollouts
-    from cloud_hub.telemetry.hub_service import HubTelemetry
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+    from tandem.cloud_hub.rollouts.attach import attach_rollouts
+    from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
 
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
@@ -221,8 +221,8 @@ def test_windows_summarize_inputs_over_the_manifests_drift_edges_and_wait_on_dis
         ota_releases, digits_dir, tmp_path):
     from telemetry_fixtures import free_port
 
-    from edge_agent.client import AgentClient
-    from protocols.telemetry_codec import decode_window, window_to_dict
+    from tandem.edge_agent.client import AgentClient
+    from tandem.protocols.telemetry_codec import decode_window, window_to_dict
 
     cfg = AgentConfig(model_dir=ota_releases["1.0.0"], endpoint=f"ipc://{tmp_path}/d.sock", data_dir=tmp_path / "d",
                       device_id="no-broker", tags={"site": "lab"}, threshold=0.5,
@@ -250,7 +250,7 @@ def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub
     agent = _agent(hub_env, "agent-tel", "tel", tmp_path, ota_enabled=False)
     inputs = _inputs(digits_dir)
     try:
-        from edge_agent.client import AgentClient
+        from tandem.edge_agent.client import AgentClient
 
         with AgentClient(agent.endpoint) as client:
             for i in range(30):
@@ -366,7 +366,7 @@ def test_cli_run_says_what_it_serves_and_status_shows_ota_and_telemetry(two_vers
                       f'device_id = "cli-dev"\ntags = {{ site = "lab" }}\n[health]\nhttp_port = {port}\n'
                       f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{broker.url}"\n'
                       f'[ota]\nota_enabled = true\nota_trusted_key = "release.pem"\n')
-    cli = [sys.executable, "-m", "edge_agent.cli"]
+    cli = [sys.executable, "-m", "tandem.edge_agent.cli"]
     proc = subprocess.Popen([*cli, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=root, env=dict(os.environ))
     lines: list[str] = []
@@ -409,7 +409,7 @@ def _daemon(config: Path, lines: list[str]):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
 
@@ -428,7 +428,7 @@ def _daemon(config: Path, lines: list[str]):
 def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(hub_env, digits_dir, tmp_path):
     import signal
 
-    from edge_agent.client import AgentClient
+    from tandem.edge_agent.client import AgentClient
     from telemetry_fixtures import free_port
 
     hub_env.hub.devices.register("agent-kill", PROFILE, "test", {"ring": "kill"})
@@ -477,9 +477,9 @@ def test_agent_telemetry_and_ota_connect_over_mutual_tls(two_versions, tmp_path)
     """mqtts:// with the device's certificate from `tandem-hub pki issue`, against a broker that requires it."""
     import subprocess
 
-    from cloud_hub.broker import free_port, wait_for_port
-    from cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
-    from cloud_hub.pki import Pki
+    from tandem.cloud_hub.broker import free_port, wait_for_port
+    from tandem.cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
+    from tandem.cloud_hub.pki import Pki
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -498,7 +498,7 @@ def test_agent_telemetry_and_ota_connect_over_mutual_tls(two_versions, tmp_path)
                           device_id="tls-dev", mqtt_url=f"mqtts://127.0.0.1:{port}", mqtt_tls_ca=files.ca,
                           mqtt_tls_cert=files.cert, mqtt_tls_key=files.key, ota_enabled=True, ota_trusted_key=pem)
         with Agent(cfg) as agent:
-            from edge_agent.client import AgentClient
+            from tandem.edge_agent.client import AgentClient
 
             with AgentClient(agent.endpoint) as client:
                 client.infer(np.zeros((1, 64), np.float32))

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from edge_agent.config import AgentConfig
-from edge_agent.errors import ConfigError
-from edge_agent.server import ZmqServer
+from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.errors import ConfigError
+from tandem.edge_agent.server import ZmqServer
 
 LONG_SPIN_US = 50_000  # 50 ms: a request that waited for the spin to end would take at least this long
 REQUESTS = 20
@@ -105,7 +105,7 @@ def test_spin_us_is_configurable_and_checked(tmp_path: Path) -> None:
 
 
 def test_the_spin_stops_for_a_client_that_paces_itself_and_resumes_for_one_that_does_not(tmp_path: Path) -> None:
-    from edge_agent.server import SPIN_MIN_HIT_RATE
+    from tandem.edge_agent.server import SPIN_MIN_HIT_RATE
 
     spin_us, gap_s, count = 20_000, 0.03, 30  # a 20 ms spin; requests every 30 ms (a camera at ~33 fps)
     server = ZmqServer(f"ipc://{tmp_path}/spin.sock", _echo, spin_us=spin_us).start()

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from agent_fixtures import make_model_dir
-from edge_agent import Agent, AgentClient, AgentConfig, AsyncAgentClient
-from hardware_profiles.runtimes import load_session
+from tandem.edge_agent import Agent, AgentClient, AgentConfig, AsyncAgentClient
+from tandem.hardware_profiles.runtimes import load_session
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_concurrent_requests_are_micro_batched_on_the_ocr_classifier(ocr_model_d
 
 
 def test_overload_gets_an_error_reply_not_a_hang(ocr_model_dir, tmp_path):
-    from edge_agent.errors import OverloadedError
+    from tandem.edge_agent.errors import OverloadedError
 
     cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
                       threshold=0.0, max_batch=1, max_queue=1)
@@ -176,7 +176,7 @@ def test_overload_gets_an_error_reply_not_a_hang(ocr_model_dir, tmp_path):
 
 def test_logits_model_scored_through_a_named_output_and_softmax(tmp_path):
     from agent_fixtures import make_linear_softmax
-    from edge_agent.policy import softmax
+    from tandem.edge_agent.policy import softmax
 
     onnx_path = make_linear_softmax(tmp_path / "src" / "logits.onnx", n_in=4, n_out=3, softmax=False)
     model_dir = make_model_dir(onnx_path, tmp_path / "model", name="logits")
@@ -190,7 +190,7 @@ def test_logits_model_scored_through_a_named_output_and_softmax(tmp_path):
 
 
 def test_stop_with_requests_in_flight_is_clean(ocr_model_dir, tmp_path):
-    from edge_agent.errors import AgentError
+    from tandem.edge_agent.errors import AgentError
 
     cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
                       threshold=0.0)
@@ -219,7 +219,7 @@ def test_stop_with_requests_in_flight_is_clean(ocr_model_dir, tmp_path):
 
 
 def test_async_client_times_out_with_a_clear_error(tmp_path):
-    from edge_agent.errors import AgentUnavailable
+    from tandem.edge_agent.errors import AgentUnavailable
 
     async def main():
         async with AsyncAgentClient(f"ipc://{tmp_path}/nobody.sock", timeout_s=0.2) as client:

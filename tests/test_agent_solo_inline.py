@@ -17,10 +17,10 @@ import pytest
 import zmq
 
 from agent_fixtures import make_model_dir
-from edge_agent.agent import Agent
-from edge_agent.client import AgentClient, AsyncAgentClient
-from edge_agent.config import AgentConfig
-from edge_agent.server import Concurrency, ZmqServer
+from tandem.edge_agent.agent import Agent
+from tandem.edge_agent.client import AgentClient, AsyncAgentClient
+from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.server import Concurrency, ZmqServer
 
 
 @pytest.fixture(scope="module")

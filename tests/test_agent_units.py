@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from agent_fixtures import make_linear_softmax, make_model_dir
-from edge_agent.config import AgentConfig
-from edge_agent.errors import BadRequestError, ConfigError, ModelLoadError
-from edge_agent.hard_examples import HardExampleQueue
-from edge_agent.model import load_model, match_inputs
-from edge_agent.policy import ConfidencePolicy, PolicyError, softmax
-from edge_agent.wire import decode_request, encode_request
-from protocols.manifest import TensorSpec
+from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.errors import BadRequestError, ConfigError, ModelLoadError
+from tandem.edge_agent.hard_examples import HardExampleQueue
+from tandem.edge_agent.model import load_model, match_inputs
+from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, softmax
+from tandem.edge_agent.wire import decode_request, encode_request
+from tandem.protocols.manifest import TensorSpec
 
 # -- policy -------------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ def test_decoding_arbitrary_frames_raises_only_bad_request(frames):
                           st.lists(st.integers(-2, 5), max_size=4)), max_size=3),
        st.lists(st.binary(max_size=48), max_size=3))
 def test_decoding_wellformed_headers_with_mismatched_frames_raises_only_bad_request(tensors, payloads):
-    from protocols import local_api_pb2 as pb
+    from tandem.protocols import local_api_pb2 as pb
 
     header = pb.RequestHeader(schema_version=1, inputs=[pb.TensorHeader(name="t", dtype=d, shape=s) for d, s in tensors])
     try:
@@ -213,7 +213,7 @@ def test_decoding_wellformed_headers_with_mismatched_frames_raises_only_bad_requ
                        hnp.arrays(st.sampled_from([np.float32, np.float16, np.int64, np.uint8, np.bool_]),
                                   hnp.array_shapes(min_dims=0, max_dims=3, max_side=4)), max_size=3))
 def test_hard_example_tensor_encoding_round_trips(inputs):
-    from edge_agent.hard_examples import decode_tensors, encode_tensors
+    from tandem.edge_agent.hard_examples import decode_tensors, encode_tensors
 
     back = decode_tensors(encode_tensors(inputs))
     assert list(back) == list(inputs)
@@ -229,7 +229,7 @@ def test_a_handler_coroutine_cancelled_before_it_ran_is_closed_not_leaked():
     import gc
     import warnings
 
-    from edge_agent.server import _close_unstarted
+    from tandem.edge_agent.server import _close_unstarted
 
     async def handler_answer() -> list:
         return []

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.errors import BadRequestError
-from edge_agent.wire import RequestTemplates, decode_reply, decode_request, encode_reply, encode_request
-from protocols import limits
-from protocols import local_api_pb2 as pb
+from tandem.edge_agent.errors import BadRequestError
+from tandem.edge_agent.wire import RequestTemplates, decode_reply, decode_request, encode_reply, encode_request
+from tandem.protocols import limits
+from tandem.protocols import local_api_pb2 as pb
 
 _DTYPES = ["float32", "float16", "int8", "uint8", "int64", "bool"]
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from hardware_profiles.runtimes import batching
-from hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.hardware_profiles.runtimes import batching
+from tandem.hardware_profiles.runtimes.batching import MicroBatcher
 
 
 @dataclass

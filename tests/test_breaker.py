@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from edge_agent.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from tandem.edge_agent.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class FakeClock:

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_agent.policy import DEFAULT_THRESHOLDS, ConfidencePolicy, PolicyError, resolve_threshold
-from model_compiler.confidence import (
+from tandem.edge_agent.policy import DEFAULT_THRESHOLDS, ConfidencePolicy, PolicyError, resolve_threshold
+from tandem.model_compiler.confidence import (
     DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_variant, fallback_rate, fit_temperature,
     hybrid_accuracy, log_probs, nll, scaled_probs, split_fit_eval, threshold_for_budget, threshold_for_hybrid,
 )
-from model_compiler.errors import CompileError
-from protocols.manifest import Calibration, FileEntry, Manifest, ManifestError, ProfileChoice, TensorSpec, Variant
+from tandem.model_compiler.errors import CompileError
+from tandem.protocols.manifest import Calibration, FileEntry, Manifest, ManifestError, ProfileChoice, TensorSpec, Variant
 
 SHA = "cd" * 32
 
@@ -146,7 +146,7 @@ def test_compiler_default_threshold_is_the_agents():
 
 
 def test_cli_help_names_the_calibration_flags():
-    from model_compiler.cli import build_parser
+    from tandem.model_compiler.cli import build_parser
 
     text = build_parser().format_help()
     for flag in ("--confidence-goal", "--fallback-budget", "--reference-threshold", "--cloud-model",

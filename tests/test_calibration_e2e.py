@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from edge_agent import Agent, AgentClient, AgentConfig
-from model_compiler.cli import main as compile_main
-from model_compiler.confidence import fallback_rate, log_probs, scaled_probs
-from protocols.manifest import load_manifest
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
+from tandem.model_compiler.cli import main as compile_main
+from tandem.model_compiler.confidence import fallback_rate, log_probs, scaled_probs
+from tandem.protocols.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")

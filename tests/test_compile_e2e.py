@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hardware_profiles.runtimes import load_session
-from model_compiler.golden import read_golden
-from model_compiler.pipeline import CompileOptions, compile_model
-from protocols.manifest import load_manifest
-from protocols.signing import load_private_key, verify_manifest
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.model_compiler.golden import read_golden
+from tandem.model_compiler.pipeline import CompileOptions, compile_model
+from tandem.protocols.manifest import load_manifest
+from tandem.protocols.signing import load_private_key, verify_manifest
 
 ALL_PROFILES = ["cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu-litert"]
 
@@ -92,7 +92,7 @@ def test_ocr_orientation_classifier_opset11_compiles(tmp_path, ocr_cls_model):
 def test_cli_reports_bad_model_and_bad_data_clearly(tmp_path, digits_dir):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf")
-    cmd = [sys.executable, "-m", "model_compiler.cli"]
+    cmd = [sys.executable, "-m", "tandem.model_compiler.cli"]
     run = subprocess.run(cmd + [str(bad), "--calib", str(digits_dir / "calib.npz"), "--val", str(digits_dir / "val.npz"),
                                 "--out", str(tmp_path / "o1")], capture_output=True, text=True)
     assert run.returncode == 2 and "not an ONNX model" in run.stderr and "Traceback" not in run.stderr

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hardware_profiles import load_profiles
-from model_compiler.data import load_dataset
-from model_compiler.errors import CalibrationDataError
-from model_compiler.select import Candidate, choose_for_profile
-from protocols.drift import bin_counts, confidence_counts, reference_edges
-from protocols.manifest import TensorSpec
+from tandem.hardware_profiles import load_profiles
+from tandem.model_compiler.data import load_dataset
+from tandem.model_compiler.errors import CalibrationDataError
+from tandem.model_compiler.select import Candidate, choose_for_profile
+from tandem.protocols.drift import bin_counts, confidence_counts, reference_edges
+from tandem.protocols.manifest import TensorSpec
 
 SPEC = [TensorSpec("input", "float32", [-1, 64])]
 

@@ -13,11 +13,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cloud_hub.telemetry.alerts import Hysteresis
-from cloud_hub.telemetry.engine import DriftConfig, DriftEngine
-from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-from protocols.manifest import load_manifest
-from protocols.telemetry_codec import decode_window, encode_window
+from tandem.cloud_hub.telemetry.alerts import Hysteresis
+from tandem.cloud_hub.telemetry.engine import DriftConfig, DriftEngine
+from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
+from tandem.protocols.manifest import load_manifest
+from tandem.protocols.telemetry_codec import decode_window, encode_window
 
 WINDOW_S = 10.0
 PER_WINDOW = 60            # samples per window (requests of 1-4 rows)
@@ -30,7 +30,7 @@ CONFIG = DriftConfig(span_s=60.0, baseline_s=600.0, bucket_s=WINDOW_S, min_sampl
 
 @pytest.fixture(scope="module")
 def compiled(digits_dir, tmp_path_factory):
-    from model_compiler.pipeline import CompileOptions, compile_model
+    from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
     out = tmp_path_factory.mktemp("digits-compiled")
     compile_model(CompileOptions(model=digits_dir / "edge.onnx", profiles=["cpu-x86"], calib=digits_dir / "calib.npz",

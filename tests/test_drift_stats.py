@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.telemetry.alerts import AlertState, Hysteresis, step
-from cloud_hub.telemetry.drift import chi2_sf, chi_square, compare, js_divergence, merge_sparse, psi, rate_rise
+from tandem.cloud_hub.telemetry.alerts import AlertState, Hysteresis, step
+from tandem.cloud_hub.telemetry.drift import chi2_sf, chi_square, compare, js_divergence, merge_sparse, psi, rate_rise
 
 counts = st.lists(st.integers(0, 10_000), min_size=2, max_size=30)
 

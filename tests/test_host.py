@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from model_compiler.host import HostInfo, normalize_machine, parse_cpu_features, read_host
+from tandem.model_compiler.host import HostInfo, normalize_machine, parse_cpu_features, read_host
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD

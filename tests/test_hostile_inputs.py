@@ -26,15 +26,15 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 
 import harness  # noqa: E402  (fuzz/harness.py)
-from edge_agent import wire  # noqa: E402
-from protocols import inference_pb2 as pb  # noqa: E402
-from protocols import limits  # noqa: E402
-from protocols import local_api_pb2 as lpb  # noqa: E402
-from protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_command  # noqa: E402
-from protocols.ota import encode_status as encode_ota_status  # noqa: E402
-from protocols.telemetry_codec import TelemetryDecodeError, decode_window, encode_status, encode_window  # noqa: E402
-from protocols.telemetry_pb2 import TelemetryWindow  # noqa: E402
-from protocols.tensor_codec import encode_request_inputs  # noqa: E402
+from tandem.edge_agent import wire  # noqa: E402
+from tandem.protocols import inference_pb2 as pb  # noqa: E402
+from tandem.protocols import limits  # noqa: E402
+from tandem.protocols import local_api_pb2 as lpb  # noqa: E402
+from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_command  # noqa: E402
+from tandem.protocols.ota import encode_status as encode_ota_status  # noqa: E402
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window, encode_status, encode_window  # noqa: E402
+from tandem.protocols.telemetry_pb2 import TelemetryWindow  # noqa: E402
+from tandem.protocols.tensor_codec import encode_request_inputs  # noqa: E402
 
 N_MESSAGES = 10_000
 # tracemalloc peak over one decoder's 10,000 messages. Each message is < 64 KiB and is
@@ -194,8 +194,8 @@ def test_telemetry_decoders_survive_10k_malformed_messages():
 
 
 def test_hard_example_upload_decoder_survives_10k_malformed_messages():
-    from edge_agent.hard_examples import encode_tensors
-    from protocols.telemetry_codec import decode_hard_example, encode_hard_example
+    from tandem.edge_agent.hard_examples import encode_tensors
+    from tandem.protocols.telemetry_codec import decode_hard_example, encode_hard_example
 
     rng = random.Random(SEED + 6)
     header = {"device_id": "dev-1", "id": 7, "model": "digits", "version": "1.0.0", "label": 3, "confidence": 0.4}
@@ -273,7 +273,7 @@ def test_model_infer_decoder_survives_10k_malformed_messages():
 @pytest.fixture(scope="module")
 def grpc_hub(tmp_path_factory):
     from agent_fixtures import make_linear_softmax, make_model_dir
-    from cloud_hub.inference import InferenceServer
+    from tandem.cloud_hub.inference import InferenceServer
 
     tmp = tmp_path_factory.mktemp("hostile-grpc")
     server = InferenceServer([make_model_dir(make_linear_softmax(tmp / "lin.onnx"), tmp / "lin", name="lin")], port=0)
@@ -319,8 +319,8 @@ REST_ROUTES = [
 def rest_api(tmp_path):
     from fastapi.testclient import TestClient
 
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     # the per-token REST limit raised, or nearly every body would stop at 429 before being parsed
     hub = Hub(HubConfig(data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1",

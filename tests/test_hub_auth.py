@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud_hub.auth import SCOPES, scope_allows
-from cloud_hub.hub import Hub
+from tandem.cloud_hub.auth import SCOPES, scope_allows
+from tandem.cloud_hub.hub import Hub
 from hub_registry_fixtures import hub_config  # noqa: F401
 
 # (method, path, json body, scope it needs)

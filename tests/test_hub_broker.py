@@ -9,9 +9,9 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_hub.broker import EmbeddedBroker, MosquittoBroker, start_broker
-from cloud_hub.config import HubConfig
-from cloud_hub.hub import Hub
+from tandem.cloud_hub.broker import EmbeddedBroker, MosquittoBroker, start_broker
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.hub import Hub
 
 
 def round_trip(url: str, timeout: float = 5.0) -> bytes:

@@ -10,12 +10,12 @@ import sys
 import time
 
 import httpx
-from cloud_hub.cli import main
-from cloud_hub.config import HubConfig
-from cloud_hub.hub import Hub
+from tandem.cloud_hub.cli import main
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.hub import Hub
 from hub_registry_fixtures import hub_model_dir  # noqa: F401
 from ota_fixtures import MOSQUITTO
-from protocols.signing import load_public_key, verify_manifest
+from tandem.protocols.signing import load_public_key, verify_manifest
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -82,7 +82,7 @@ def test_unreachable_hub_is_a_clear_error(capsys):
 def test_serve_prints_its_urls_and_stops_on_sigterm(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloud_hub.cli", "serve", "--data-dir", str(tmp_path / "d"), "--http-port", "0",
+        [sys.executable, "-m", "tandem.cloud_hub.cli", "serve", "--data-dir", str(tmp_path / "d"), "--http-port", "0",
          "--broker", "auto", "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

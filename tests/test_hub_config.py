@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.config import HubConfig
-from cloud_hub.errors import ConfigError
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.errors import ConfigError
 
 
 def test_defaults_are_a_first_run_on_one_machine():

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud_hub.devices import DeviceFilter, DeviceRegistry, device_status
-from cloud_hub.errors import InvalidInputError, NotFoundError
-from cloud_hub.hub import Hub
+from tandem.cloud_hub.devices import DeviceFilter, DeviceRegistry, device_status
+from tandem.cloud_hub.errors import InvalidInputError, NotFoundError
+from tandem.cloud_hub.hub import Hub
 from hub_registry_fixtures import hub_config  # noqa: F401
 
 
@@ -120,7 +120,7 @@ def test_concurrent_agents_and_a_cli_writing_the_same_database(hub_config, tmp_p
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(agent, i) for i in range(8)]
             # Meanwhile an operator bootstraps a token on the same data dir from another process.
-            cli = subprocess.run([sys.executable, "-m", "cloud_hub.cli", "tokens", "create", "--scope", "read",
+            cli = subprocess.run([sys.executable, "-m", "tandem.cloud_hub.cli", "tokens", "create", "--scope", "read",
                                   "--name", "side", "--data-dir", str(hub_config.data_dir), "--json"],
                                  capture_output=True, text=True, timeout=60)
             codes = [code for f in futures for code in f.result(timeout=120)]

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.hard_examples import (HardExampleError, HardExampleStore, decode_tensor_index, decode_upload, to_npz)
-from edge_agent.hard_examples import encode_tensors
-from protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
+from tandem.cloud_hub.hard_examples import (HardExampleError, HardExampleStore, decode_tensor_index, decode_upload, to_npz)
+from tandem.edge_agent.hard_examples import encode_tensors
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
 from telemetry_fixtures import MOSQUITTO, Mosquitto
 from waiting import wait_for
 
@@ -94,7 +94,7 @@ def test_store_is_idempotent_on_device_and_id_and_keeps_the_newest_max_rows(tmp_
         assert total == 3 and [r["id"] for r in items] == [4, 3, 2]  # newest first, the oldest two aged out
         with np.load(io.BytesIO(store.npz("cam-1", 3))) as npz:
             assert npz["x"].tolist() == [3.0, 3.0]
-        from cloud_hub.errors import NotFoundError
+        from tandem.cloud_hub.errors import NotFoundError
 
         with pytest.raises(NotFoundError, match="aged out"):
             store.npz("cam-1", 0)
@@ -109,8 +109,8 @@ def test_store_is_idempotent_on_device_and_id_and_keeps_the_newest_max_rows(tmp_
 def hub(tmp_path_factory):
     import httpx
 
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
@@ -133,9 +133,9 @@ def hub(tmp_path_factory):
 @pytest.mark.slow
 @needs_mosquitto
 def test_agent_hard_examples_reach_the_hub_once_and_come_back_as_npz(hub, tmp_path):
-    from edge_agent.hard_examples import HardExampleQueue
-    from edge_agent.telemetry import TelemetryService
-    from edge_agent.telemetry.window import ModelInfo
+    from tandem.edge_agent.hard_examples import HardExampleQueue
+    from tandem.edge_agent.telemetry import TelemetryService
+    from tandem.edge_agent.telemetry.window import ModelInfo
 
     queue = HardExampleQueue(tmp_path / "hard.sqlite", max_rows=100)
     service = TelemetryService(hub.test_broker.url, "hx-dev", ModelInfo("digits", "1.0.0"), tmp_path / "agent",
@@ -175,7 +175,7 @@ def test_agent_hard_examples_reach_the_hub_once_and_come_back_as_npz(hub, tmp_pa
 def test_redeliveries_store_nothing_twice_and_garbage_is_counted_without_stopping_ingestion(hub):
     import paho.mqtt.client as mqtt
 
-    from protocols.topics import hard_examples_topic, parse_mqtt_url
+    from tandem.protocols.topics import hard_examples_topic, parse_mqtt_url
 
     ingest = hub.hard_examples
     before_bad, before = ingest.stats.bad, ingest.store.count()
@@ -201,8 +201,8 @@ def test_redeliveries_store_nothing_twice_and_garbage_is_counted_without_stoppin
 def test_routes_answer_503_while_hard_example_ingestion_is_not_running(tmp_path):
     from fastapi.testclient import TestClient
 
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     hub = Hub(HubConfig(data_dir=tmp_path / "hub"))
     try:

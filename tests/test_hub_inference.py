@@ -19,17 +19,17 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud_hub.errors import ConfigError
-from cloud_hub.inference import InferenceServer, ModelDirError
-from edge_agent.breaker import CircuitBreaker
-from edge_agent.errors import FallbackUnavailable
-from edge_agent.fallback import FallbackClient
-from hardware_profiles.runtimes import load_session
-from protocols import inference_params as params
-from protocols import inference_pb2 as pb
-from protocols import inference_pb2_grpc as pb_grpc
-from protocols.manifest import load_manifest
-from protocols.tensor_codec import decode_response_outputs, encode_request_inputs
+from tandem.cloud_hub.errors import ConfigError
+from tandem.cloud_hub.inference import InferenceServer, ModelDirError
+from tandem.edge_agent.breaker import CircuitBreaker
+from tandem.edge_agent.errors import FallbackUnavailable
+from tandem.edge_agent.fallback import FallbackClient
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.protocols import inference_params as params
+from tandem.protocols import inference_pb2 as pb
+from tandem.protocols import inference_pb2_grpc as pb_grpc
+from tandem.protocols.manifest import load_manifest
+from tandem.protocols.tensor_codec import decode_response_outputs, encode_request_inputs
 from agent_fixtures import make_model_dir
 from hub_fixtures import CLOUD_NAME, EDGE_NAME, compile_digits
 
@@ -441,7 +441,7 @@ def test_fallback_spreads_over_hub_replicas_and_survives_losing_one(cloud_dir, r
 
 
 def test_serve_forever_returns_when_asked_to_stop(cloud_dir):
-    from cloud_hub.inference import serve_forever
+    from tandem.cloud_hub.inference import serve_forever
 
     server = InferenceServer(cloud_dir)
     stop = threading.Event()
@@ -462,7 +462,7 @@ def test_serve_forever_returns_when_asked_to_stop(cloud_dir):
 
 
 def test_a_request_whose_deadline_passes_while_queued_is_answered_deadline_exceeded(slow_model_dir):
-    from cloud_hub.inference.servicer import RpcFailure
+    from tandem.cloud_hub.inference.servicer import RpcFailure
 
     x = np.random.default_rng(2).random((4, 3, 48, 192), dtype=np.float32)
     request = pb.ModelInferRequest(model_name="ocr-cls")
@@ -495,7 +495,7 @@ def test_inputs_the_protocol_cannot_carry_fail_before_the_breaker_or_the_network
 def test_the_asyncio_client_answers_fails_within_the_deadline_and_trips_its_breaker(cloud_dir, reference, test_x):
     import asyncio
 
-    from edge_agent.fallback import AsyncFallbackClient
+    from tandem.edge_agent.fallback import AsyncFallbackClient
 
     x = test_x[:1]
 
@@ -529,7 +529,7 @@ def test_the_asyncio_client_answers_fails_within_the_deadline_and_trips_its_brea
 
 
 def test_with_a_trusted_key_only_manifests_it_signed_are_served(cloud_dir):
-    from protocols.signing import generate_private_key, load_private_key
+    from tandem.protocols.signing import generate_private_key, load_private_key
 
     release = load_private_key(cloud_dir.parent / "release.pem").public_key()
     with InferenceServer(cloud_dir, trusted_key=release) as server:

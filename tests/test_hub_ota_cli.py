@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_hub.cli import main
+from tandem.cloud_hub.cli import main
 from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, compile_digits, derive, scramble_golden
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
@@ -20,9 +20,9 @@ N_DEVICES = 3
 
 @pytest.fixture(scope="module")
 def fleet(digits_dir, tmp_path_factory):
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
-    from edge_agent.ota.machine import WatchPolicy
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+    from tandem.edge_agent.ota.machine import WatchPolicy
 
     root = tmp_path_factory.mktemp("ota-cli")
     v1 = compile_digits(digits_dir, root / "rel" / "1.0.0", "1.0.0", root / "rel" / "compiler.pem")

@@ -9,11 +9,11 @@ import pytest
 
 from telemetry_fixtures import mosquitto  # noqa: F401  (fixture)
 
-from cloud_hub.devices import DeviceRegistry
-from cloud_hub.presence import DevicePresence, plan_status, wait_registered
-from cloud_hub.storage import open_database
-from protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
-from protocols.topics import status_topic
+from tandem.cloud_hub.devices import DeviceRegistry
+from tandem.cloud_hub.presence import DevicePresence, plan_status, wait_registered
+from tandem.cloud_hub.storage import open_database
+from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
+from tandem.protocols.topics import status_topic
 
 
 class _FakeClock:
@@ -99,10 +99,10 @@ def test_a_default_hub_lists_an_agent_that_only_speaks_mqtt_and_keeps_it_online_
     from hub_registry_fixtures import make_model_dir
     from telemetry_fixtures import MOSQUITTO
 
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
-    from edge_agent.telemetry import TelemetryService
-    from protocols.manifest import load_manifest
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+    from tandem.edge_agent.telemetry import TelemetryService
+    from tandem.protocols.manifest import load_manifest
 
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")

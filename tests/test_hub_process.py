@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from cloud_hub.config import HubConfig
-from cloud_hub.errors import HubError
-from cloud_hub.hub import Hub
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.hub import Hub
 from hub_registry_fixtures import make_model_dir
 
 

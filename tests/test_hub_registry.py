@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from hub_registry_fixtures import hub_config, hub_model_dir, make_model_dir, running_hub  # noqa: F401
-from protocols import signing
-from protocols.manifest import Manifest
+from tandem.protocols import signing
+from tandem.protocols.manifest import Manifest
 
 
 def client(hub, scope: str = "operate") -> httpx.Client:
@@ -159,7 +159,7 @@ def test_a_real_compiler_output_registers_and_every_file_downloads(running_hub, 
 def test_racing_registrations_of_one_version_store_exactly_one(running_hub, digits_dir, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from cloud_hub.errors import ConflictError
+    from tandem.cloud_hub.errors import ConflictError
 
     dirs = []
     for i, onnx in enumerate(["edge.onnx", "cloud.onnx"] * 3):
@@ -182,7 +182,7 @@ def test_racing_registrations_of_one_version_store_exactly_one(running_hub, digi
 
 
 def test_a_release_key_others_can_read_is_tightened(hub_config):
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     Hub(hub_config).stop()
     hub_config.release_key_path.chmod(0o644)
@@ -194,8 +194,8 @@ def test_a_release_key_others_can_read_is_tightened(hub_config):
 
 
 def test_oversized_uploads_and_gzip_bombs_get_413(tmp_path):
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     config = HubConfig(data_dir=tmp_path / "d", http_port=0, mqtt_url="mqtt://127.0.0.1:1", max_upload_mb=0.05)
     with Hub(config).start() as hub, client(hub) as c:

@@ -7,10 +7,10 @@ import hashlib
 import httpx
 import pytest
 
-from cloud_hub.hub import Hub
-from cloud_hub.storage.db import MIGRATIONS, DatabaseError, Migration, open_database
+from tandem.cloud_hub.hub import Hub
+from tandem.cloud_hub.storage.db import MIGRATIONS, DatabaseError, Migration, open_database
 from hub_registry_fixtures import hub_config, hub_model_dir  # noqa: F401
-from protocols import signing
+from tandem.protocols import signing
 
 
 def test_restart_keeps_everything(hub_config, hub_model_dir):
@@ -74,7 +74,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path):
 
 
 def test_a_corrupt_release_key_is_a_clear_error_not_a_new_key(hub_config):
-    from cloud_hub.errors import ConfigError
+    from tandem.cloud_hub.errors import ConfigError
 
     Hub(hub_config).stop()
     hub_config.release_key_path.write_text("garbage")

@@ -19,8 +19,8 @@ from schemathesis.checks import (
     content_type_conformance, not_a_server_error, response_schema_conformance, status_code_conformance,
 )
 
-from cloud_hub.hub import Hub
-from cloud_hub.rest import create_app
+from tandem.cloud_hub.hub import Hub
+from tandem.cloud_hub.rest import create_app
 from hub_registry_fixtures import make_model_dir
 
 # Bounded for CI; raise it for a deeper local run: TANDEM_FUZZ_EXAMPLES=300 pytest tests/test_hub_schemathesis.py
@@ -31,7 +31,7 @@ OPERATIONS = [(method.upper(), path) for path, item in create_app(None).openapi(
 
 @pytest.fixture(scope="module")
 def schema_hub(tmp_path_factory, digits_dir):
-    from cloud_hub.config import HubConfig
+    from tandem.cloud_hub.config import HubConfig
 
     root = tmp_path_factory.mktemp("schemathesis")
     # started, as `tandem-hub serve` runs it: telemetry and rollouts serve their routes (their broker is unreachable);

@@ -9,8 +9,8 @@ import time
 import httpx
 import numpy as np
 
-from cloud_hub.config import HubConfig
-from cloud_hub.hub import Hub
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.hub import Hub
 from hub_registry_fixtures import make_model_dir
 from telemetry_fixtures import needs_mosquitto
 from waiting import wait_for
@@ -25,8 +25,8 @@ def api(hub: Hub, scope: str = "read") -> httpx.Client:
 
 @needs_mosquitto
 def test_a_default_hub_ingests_an_agents_telemetry_window_and_serves_it_on_rest(tmp_path, digits_dir):
-    from edge_agent.telemetry import TelemetryService
-    from protocols.manifest import load_manifest
+    from tandem.edge_agent.telemetry import TelemetryService
+    from tandem.protocols.manifest import load_manifest
 
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
     with Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto")).start() as hub:
@@ -103,7 +103,7 @@ def test_telemetry_and_rollouts_turned_off_answer_503_saying_so(tmp_path):
 
 
 def test_the_embedded_broker_runs_without_telemetry_and_rollouts_and_says_why(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="cloud_hub.hub"):
+    with caplog.at_level(logging.WARNING, logger="tandem.cloud_hub.hub"):
         with Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, broker="embedded")).start() as hub:
             assert hub.broker_kind == "embedded" and hub.telemetry is None and hub.rollouts is None
     assert "telemetry not started: it needs MQTT 5" in caplog.text and "install Mosquitto" in caplog.text
@@ -135,9 +135,9 @@ def test_rollout_gates_count_the_hubs_open_drift_alerts_per_version(tmp_path):
 
 
 def test_own_telemetry_and_rollout_settings_replace_the_defaults_without_doubling(tmp_path):
-    from cloud_hub.rollouts.attach import attach_rollouts
-    from cloud_hub.telemetry import TelemetryServiceConfig
-    from cloud_hub.telemetry.hub_service import HubTelemetry
+    from tandem.cloud_hub.rollouts.attach import attach_rollouts
+    from tandem.cloud_hub.telemetry import TelemetryServiceConfig
+    from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
 
     hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE))
     own = HubTelemetry(TelemetryServiceConfig(eval_interval_s=1.5))
@@ -163,7 +163,7 @@ def test_without_http_or_public_url_rollouts_wait_for_a_url(tmp_path):
 
 
 def test_rollouts_attached_to_a_hub_configured_without_them_are_stopped_with_it(tmp_path):
-    from cloud_hub.rollouts.attach import attach_rollouts
+    from tandem.cloud_hub.rollouts.attach import attach_rollouts
 
     hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE, rollouts=False)).start()
     service = attach_rollouts(hub, tick_s=0.2)

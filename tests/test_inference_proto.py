@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols import inference_pb2 as ours
+from tandem.protocols import inference_pb2 as ours
 
 MESSAGES = [
     "ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "ServerReadyResponse", "ModelReadyRequest",
@@ -51,7 +51,7 @@ def test_service_methods_have_tritons_paths_and_types():
 
 def test_committed_modules_are_what_generate_py_writes(tmp_path):
     pytest.importorskip("grpc_tools")
-    from protocols import generate
+    from tandem.protocols import generate
 
     here = Path(generate.__file__).parent
     for path in generate.generate(here / "inference.proto", out=tmp_path):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from model_compiler.litert import lower, write
+from tandem.model_compiler.litert import lower, write
 
 pytest.importorskip("ai_edge_litert")
 
@@ -290,8 +290,8 @@ def test_int8_stays_within_int8_noise_of_fp32_on_random_graphs(case, for_int8):
     float function up to int8 noise: the error stays a small fraction of the output range.
     (Attention graphs are left out: per-tensor int8 of sharp random attention flips the
     softmax, a known limit of the scheme rather than a lowering bug.)"""
-    from model_compiler.litert.calibrate import collect_ranges
-    from model_compiler.litert.quantize import quantize
+    from tandem.model_compiler.litert.calibrate import collect_ranges
+    from tandem.model_compiler.litert.quantize import quantize
 
     model, x = case
     lowered = lower(model, {"x": x.shape}, for_int8=for_int8)

@@ -10,11 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
-from model_compiler.errors import VariantSkipped
-from model_compiler.litert import LoweringError, lower, write
-from model_compiler.litert.prepass import Node, fold_batchnorm, match_hardswish
-from model_compiler.litert.quantize import affine
+from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.litert import LoweringError, lower, write
+from tandem.model_compiler.litert.prepass import Node, fold_batchnorm, match_hardswish
+from tandem.model_compiler.litert.quantize import affine
 
 pytest.importorskip("ai_edge_litert")
 
@@ -112,8 +112,8 @@ def test_dynamic_spatial_dims_need_static_shapes():
 
 
 def test_builder_skips_a_dynamic_model_without_calibration_samples(tmp_path):
-    from hardware_profiles import get_profile
-    from model_compiler.variants import BuildContext, get_builder
+    from tandem.hardware_profiles import get_profile
+    from tandem.model_compiler.variants import BuildContext, get_builder
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, "h", "w"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
@@ -192,7 +192,7 @@ def test_session_falls_back_to_sample_by_sample_when_the_batch_is_baked_in(tmp_p
 
 
 def test_percentile_ranges_sit_inside_minmax_ranges_and_clip_an_outlier():
-    from model_compiler.litert.calibrate import collect_ranges
+    from tandem.model_compiler.litert.calibrate import collect_ranges
 
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
     graph = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],

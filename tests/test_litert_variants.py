@@ -11,11 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from hardware_profiles import get_profile
-from hardware_profiles.runtimes import load_session
-from model_compiler.errors import UnsupportedOpError, VariantSkipped
-from model_compiler.model_io import load_model, prepare_model
-from model_compiler.variants import BuildContext, get_builder
+from tandem.hardware_profiles import get_profile
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.model_compiler.errors import UnsupportedOpError, VariantSkipped
+from tandem.model_compiler.model_io import load_model, prepare_model
+from tandem.model_compiler.variants import BuildContext, get_builder
 
 pytest.importorskip("ai_edge_litert")
 
@@ -166,7 +166,7 @@ def test_made_up_op_from_another_domain_is_named(tmp_path):
 
 
 def test_lstm_is_reported_as_unsupported():
-    from model_compiler.litert import lower
+    from tandem.model_compiler.litert import lower
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.manifest import FileEntry, Manifest, ManifestError, ProfileChoice, TensorSpec, Variant, parse_version
-from protocols.signing import SignatureError, generate_private_key, load_private_key, load_public_key, public_key_pem, \
+from tandem.protocols.manifest import FileEntry, Manifest, ManifestError, ProfileChoice, TensorSpec, Variant, parse_version
+from tandem.protocols.signing import SignatureError, generate_private_key, load_private_key, load_public_key, public_key_pem, \
     save_private_key, sign_manifest, verify_manifest
 
 SHA = "ab" * 32

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.modes import BUDGET_REASON, HOUR_S, Action, FallbackBudget, ServingMode, decide
+from tandem.edge_agent.modes import BUDGET_REASON, HOUR_S, Action, FallbackBudget, ServingMode, decide
 
 
 def test_each_mode_decides_as_documented():
@@ -123,8 +123,8 @@ def test_no_hour_ever_carries_more_than_the_bytes_budget(steps, limit):
 
 
 def _window(device: str, seq: int, version: str, requests: int, shadow: int, agree: int) -> bytes:
-    from protocols import limits
-    from protocols.telemetry_codec import TelemetryWindow, encode_window
+    from tandem.protocols import limits
+    from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
 
     w = TelemetryWindow(schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id=device, sequence=seq,
                         model_name="digits", model_version=version, start_unix=0.0, end_unix=10.0,
@@ -135,7 +135,7 @@ def _window(device: str, seq: int, version: str, requests: int, shadow: int, agr
 
 
 def _compare(wave_agree: int, control_agree: int, shadow: int = 200):
-    from cloud_hub.rollouts.quality import QualityQuery, compare_cohorts
+    from tandem.cloud_hub.rollouts.quality import QualityQuery, compare_cohorts
 
     q = QualityQuery(("w1",), ("c1",), "2.0.0", 0.0)
     return compare_cohorts(q, [_window("w1", 1, "2.0.0", 300, shadow, wave_agree)],
@@ -143,8 +143,8 @@ def _compare(wave_agree: int, control_agree: int, shadow: int = 200):
 
 
 def test_agreement_gate_halts_a_wave_that_agrees_with_the_cloud_less_than_the_control():
-    from cloud_hub.rollouts.controller import GatePolicy
-    from cloud_hub.rollouts.quality import verdict
+    from tandem.cloud_hub.rollouts.controller import GatePolicy
+    from tandem.cloud_hub.rollouts.quality import verdict
 
     gates = GatePolicy(min_quality_requests=100, max_agreement_drop_vs_control=0.05, min_shadow_samples=100)
     halt = verdict(_compare(150, 190), gates)  # 0.75 vs 0.95
@@ -159,7 +159,7 @@ def test_agreement_gate_halts_a_wave_that_agrees_with_the_cloud_less_than_the_co
 
 
 def test_agreement_gate_settings_are_checked():
-    from cloud_hub.rollouts.controller import GatePolicy, RolloutError
+    from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError
 
     with pytest.raises(RolloutError, match="max_agreement_drop_vs_control"):
         GatePolicy(max_agreement_drop_vs_control=1.5)
@@ -168,8 +168,8 @@ def test_agreement_gate_settings_are_checked():
 
 
 def test_windows_count_shadow_and_budget_figures_and_the_codec_checks_them():
-    from edge_agent.telemetry.window import ModelInfo, WindowAggregator
-    from protocols.telemetry_codec import TelemetryDecodeError, decode_window, encode_window, window_to_dict
+    from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator
+    from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window, encode_window, window_to_dict
 
     agg = WindowAggregator("dev-1", ModelInfo("digits", "1.0.0"), now=0.0)
     agg.record("edge", 1.0, 0.9, 3)

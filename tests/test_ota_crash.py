@@ -24,9 +24,9 @@ import pytest
 
 from ota_fixtures import MODEL, PROFILE, releases
 
-from edge_agent.model import load_model
-from edge_agent.ota.store import ModelStore
-from edge_agent.ota.verify import manifest_digest
+from tandem.edge_agent.model import load_model
+from tandem.edge_agent.ota.store import ModelStore
+from tandem.edge_agent.ota.verify import manifest_digest
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,8 @@ SEED = 6
 
 @pytest.fixture(scope="module")
 def job(digits_dir, tmp_path_factory):
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("ota-crash")

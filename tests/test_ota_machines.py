@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.rollouts import controller as ctl
-from cloud_hub.rollouts.controller import GatePolicy, RolloutError, Send
-from edge_agent.ota.machine import (
+from tandem.cloud_hub.rollouts import controller as ctl
+from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError, Send
+from tandem.edge_agent.ota.machine import (
     TERMINAL, TRANSITIONS, HealthFigures, TransitionError, WatchPolicy, advance, decide_health,
 )
-from protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, decode_status, encode_command, encode_status
-from protocols.signing import generate_private_key
+from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, decode_status, encode_command, encode_status
+from tandem.protocols.signing import generate_private_key
 
 # -- device state machine ---------------------------------------------------------------------
 
@@ -296,10 +296,10 @@ def test_an_anti_rollback_rejection_of_a_catch_up_resend_keeps_the_devices_real_
 def test_the_rollout_service_catches_up_a_new_boot_or_a_return_but_not_a_status_republish(tmp_path):
     """An agent republishes its retained status after an OTA switch (same boot): repeating the install
     then would only earn a '(repeat)'; a new boot, or a return after 'offline', gets the catch-up."""
-    from cloud_hub.rollouts.service import RolloutService, RolloutServiceConfig
-    from cloud_hub.rollouts.store import RolloutStore
-    from protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
-    from protocols.topics import status_topic
+    from tandem.cloud_hub.rollouts.service import RolloutService, RolloutServiceConfig
+    from tandem.cloud_hub.rollouts.store import RolloutStore
+    from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
+    from tandem.protocols.topics import status_topic
 
     store = RolloutStore.open(tmp_path)
     service = RolloutService(store, None, None, None, RolloutServiceConfig(mqtt_url="mqtt://127.0.0.1:1",

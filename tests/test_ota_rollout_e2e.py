@@ -25,9 +25,9 @@ def ota_releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def fleet(ota_releases, digits_dir, tmp_path_factory):
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
-    from edge_agent.ota.machine import WatchPolicy
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+    from tandem.edge_agent.ota.machine import WatchPolicy
 
     root = tmp_path_factory.mktemp("ota-fleet")
     broker = Broker(root / "mosquitto")

@@ -14,20 +14,20 @@ import pytest
 
 from ota_fixtures import MODEL, PROFILE, derive, expire, other_profile, releases
 
-from edge_agent.ota.download import DownloadConfig, Downloader
-from edge_agent.ota.errors import DownloadError, VerificationError
-from edge_agent.ota.machine import WatchPolicy
-from edge_agent.ota.store import ModelStore
-from edge_agent.ota.updater import Updater, UpdaterConfig
-from edge_agent.ota.verify import manifest_digest, verify_manifest_doc
-from protocols.ota import OtaCommand
-from protocols.signing import generate_private_key, load_public_key, public_key_pem
+from tandem.edge_agent.ota.download import DownloadConfig, Downloader
+from tandem.edge_agent.ota.errors import DownloadError, VerificationError
+from tandem.edge_agent.ota.machine import WatchPolicy
+from tandem.edge_agent.ota.store import ModelStore
+from tandem.edge_agent.ota.updater import Updater, UpdaterConfig
+from tandem.edge_agent.ota.verify import manifest_digest, verify_manifest_doc
+from tandem.protocols.ota import OtaCommand
+from tandem.protocols.signing import generate_private_key, load_public_key, public_key_pem
 
 
 @pytest.fixture(scope="module")
 def hub(digits_dir, tmp_path_factory):
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("ota-verify")

@@ -14,16 +14,16 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.hard_examples import HardExampleQueue, decode_tensors
-from edge_agent.telemetry.outbox import (
+from tandem.edge_agent.hard_examples import HardExampleQueue, decode_tensors
+from tandem.edge_agent.telemetry.outbox import (
     HARD_EXAMPLES, STATUS, TELEMETRY, ClassQuota, Outbox, OutboxError,
 )
-from edge_agent.telemetry.publisher import PublisherConfig
-from edge_agent.telemetry.service import TelemetryService
-from edge_agent.telemetry.window import ModelInfo
-from protocols import topics
-from protocols.ota import OtaStatus, decode_status, encode_status
-from protocols.telemetry_codec import TelemetryWindow, decode_hard_example, decode_window
+from tandem.edge_agent.telemetry.publisher import PublisherConfig
+from tandem.edge_agent.telemetry.service import TelemetryService
+from tandem.edge_agent.telemetry.window import ModelInfo
+from tandem.protocols import topics
+from tandem.protocols.ota import OtaStatus, decode_status, encode_status
+from tandem.protocols.telemetry_codec import TelemetryWindow, decode_hard_example, decode_window
 from telemetry_fixtures import MOSQUITTO, Mosquitto, needs_mosquitto
 from waiting import wait_for
 
@@ -284,7 +284,7 @@ def test_outage_beyond_budget_delivers_every_status_first_and_drops_only_old_win
 
 
 def test_per_class_gauges_render_on_the_agents_metrics_page(tmp_path):
-    from edge_agent.metrics import AgentMetrics
+    from tandem.edge_agent.metrics import AgentMetrics
 
     service = TelemetryService("mqtt://127.0.0.1:1", "dev-1", MODEL, tmp_path, window_s=60, outbox_max_rows=2)
     try:

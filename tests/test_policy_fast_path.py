@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.policy import KINDS, ConfidencePolicy, Scores
+from tandem.edge_agent.policy import KINDS, ConfidencePolicy, Scores
 
 FLOATS = st.floats(-30.0, 30.0, allow_nan=False, width=32)
 

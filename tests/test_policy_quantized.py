@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from edge_agent.policy import ConfidencePolicy, quantized_sum_tolerance, softmax
+from tandem.edge_agent.policy import ConfidencePolicy, quantized_sum_tolerance, softmax
 
 
 def quantize_u8(p: np.ndarray) -> np.ndarray:

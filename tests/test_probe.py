@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from agent_fixtures import _specs, make_linear_softmax
-from edge_agent.errors import ModelLoadError
-from edge_agent.model import load_model, plan_attempts, variant_order
-from hardware_profiles import get_profile, load_profile_file
-from hardware_profiles.probe import (
+from tandem.edge_agent.errors import ModelLoadError
+from tandem.edge_agent.model import load_model, plan_attempts, variant_order
+from tandem.hardware_profiles import get_profile, load_profile_file
+from tandem.hardware_profiles.probe import (
     DeviceProbe, Placement, delegates_from_files, openvino_device_present, parse_cpu_features, placement_available,
     placements, probe_device,
 )
-from protocols.manifest import FileEntry, Manifest, ProfileChoice, Variant
+from tandem.protocols.manifest import FileEntry, Manifest, ProfileChoice, Variant
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -110,7 +110,7 @@ def test_a_missing_runtime_is_reported_not_raised(monkeypatch):
 
 def test_probe_entry_point_prints_json():
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "hardware_profiles.probe", "--runtime", "onnxruntime"], cwd=root,
+    out = subprocess.run([sys.executable, "-m", "tandem.hardware_profiles.probe", "--runtime", "onnxruntime"], cwd=root,
                          capture_output=True, text=True, timeout=60, check=True)
     data = json.loads(out.stdout)
     assert "CPUExecutionProvider" in data["onnxruntime_providers"] and data["isa"]
@@ -165,7 +165,7 @@ def two_variant_dir(tmp_path):
 
 def test_chain_plans_every_variant_on_the_npu_before_any_on_the_cpu(two_variant_dir):
     model_dir, hw = two_variant_dir
-    from protocols.manifest import load_manifest
+    from tandem.protocols.manifest import load_manifest
 
     manifest = load_manifest(model_dir)
     steps = [(a.variant.id, a.placement.label) for a in plan_attempts(variant_order(manifest, "npu-mock"), hw)]
@@ -208,7 +208,7 @@ def test_absent_npu_is_skipped_without_trying_and_a_corrupt_variant_is_passed_ov
 
 
 def test_agent_start_finds_a_user_profile_and_records_the_choice(two_variant_dir, monkeypatch, tmp_path):
-    from edge_agent import Agent, AgentConfig
+    from tandem.edge_agent import Agent, AgentConfig
 
     model_dir, hw = two_variant_dir
     monkeypatch.setenv("TANDEM_PROFILE_PATH", str(Path(hw.source).parent))
@@ -220,7 +220,7 @@ def test_agent_start_finds_a_user_profile_and_records_the_choice(two_variant_dir
 
 
 def test_a_variant_over_the_profiles_budgets_is_never_a_fallback(two_variant_dir):
-    from protocols.manifest import load_manifest
+    from tandem.protocols.manifest import load_manifest
 
     model_dir, _ = two_variant_dir
     manifest = load_manifest(model_dir)

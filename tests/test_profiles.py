@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hardware_profiles import ProfileError, load_profile_file, load_profiles, resolve_profiles
+from tandem.hardware_profiles import ProfileError, load_profile_file, load_profiles, resolve_profiles
 
 REQUIRED = {"cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu-litert"}
 
@@ -73,6 +73,6 @@ def test_unknown_profile_lists_known_ones():
 
 
 def test_cli_lists_profiles():
-    out = subprocess.run([sys.executable, "-m", "model_compiler.cli", "profiles"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", "profiles"], capture_output=True, text=True, check=True).stdout
     for name in REQUIRED:
         assert name in out

@@ -14,11 +14,11 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_hub.ota_cli import parse_gates
-from cloud_hub.rollouts import controller as ctl
-from cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError
-from cloud_hub.rollouts.quality import CohortFigures, Comparison, compare_cohorts, figures, verdict
-from protocols.telemetry_codec import TelemetryWindow, encode_window
+from tandem.cloud_hub.ota_cli import parse_gates
+from tandem.cloud_hub.rollouts import controller as ctl
+from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError
+from tandem.cloud_hub.rollouts.quality import CohortFigures, Comparison, compare_cohorts, figures, verdict
+from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
 from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, releases
 from waiting import wait_for_rollout
 
@@ -192,7 +192,7 @@ class TelemetryDevice(SimDevice):
 
     def __init__(self, *args, telemetry_dir: Path, **kwargs) -> None:
         super().__init__(*args, threshold=THRESHOLD, **kwargs)
-        from edge_agent.telemetry import TelemetryService
+        from tandem.edge_agent.telemetry import TelemetryService
 
         self._serve_lock = threading.Lock()
         self.telemetry = TelemetryService(self.client.config.mqtt_url, self.device_id, self.model.manifest,
@@ -226,10 +226,10 @@ class TelemetryDevice(SimDevice):
 def fleet(digits_dir, tmp_path_factory):
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
-    from cloud_hub.rollouts.attach import attach_rollouts
-    from edge_agent.ota.machine import WatchPolicy
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+    from tandem.cloud_hub.rollouts.attach import attach_rollouts
+    from tandem.edge_agent.ota.machine import WatchPolicy
 
     ota_releases = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("quality-fleet")

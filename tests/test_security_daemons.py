@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from agent_fixtures import make_model_dir
-from cloud_hub.config import HubConfig
-from cloud_hub.errors import ConfigError
-from edge_agent import Agent, AgentClient, AgentConfig
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.errors import ConfigError
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from telemetry_fixtures import MOSQUITTO
 from waiting import wait_for
 
@@ -26,7 +26,7 @@ needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not in
 
 def _pki(root: Path, *devices: str) -> Path:
     """The operator's steps, through the CLI: `tandem-hub pki init`, then `pki issue DEVICE`."""
-    from cloud_hub.cli import main
+    from tandem.cloud_hub.cli import main
 
     folder = root / "pki"
     assert main(["pki", "init", "--dir", str(folder)]) == 0
@@ -44,7 +44,7 @@ def test_tls_dir_comes_from_env_or_flag_and_refuses_a_plain_broker_url(tmp_path)
 
 
 def test_a_tls_dir_without_a_ca_stops_the_hub_naming_the_setting(tmp_path):
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, tls_dir=tmp_path / "empty"))
     with pytest.raises(ConfigError, match=r"tls_dir \(env TANDEM_HUB_TLS_DIR\): .* no CA here"):
@@ -66,7 +66,7 @@ def test_agent_fallback_uses_the_devices_mqtt_identity(tmp_path):
 
 @pytest.fixture(scope="module")
 def tls_hub(digits_dir, tmp_path_factory):
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
@@ -106,7 +106,7 @@ def _inputs(digits_dir: Path) -> np.ndarray:
 @needs_mosquitto
 def test_a_device_with_its_certificate_streams_telemetry_and_falls_back_over_mutual_tls(tls_hub, digits_dir,
                                                                                           tmp_path):
-    from cloud_hub.presence import wait_registered
+    from tandem.cloud_hub.presence import wait_registered
 
     x = _inputs(digits_dir)
     with Agent(_agent_config(tls_hub, tmp_path, "dev-a", cert=True)) as agent, AgentClient(agent.endpoint) as client:
@@ -123,7 +123,7 @@ def test_a_device_with_its_certificate_streams_telemetry_and_falls_back_over_mut
 def test_an_agent_without_a_certificate_is_refused_on_mqtt_and_on_grpc(tls_hub, digits_dir, tmp_path):
     import paho.mqtt.client as mqtt
 
-    from protocols.topics import parse_mqtt_url
+    from tandem.protocols.topics import parse_mqtt_url
 
     cfg = _agent_config(tls_hub, tmp_path, "dev-b", cert=False)
     x = _inputs(digits_dir)
@@ -158,7 +158,7 @@ def _serve_output(data_dir: Path, *extra: str) -> tuple[str, str]:
 
     from telemetry_fixtures import python_env
 
-    cmd = [sys.executable, "-m", "cloud_hub.cli", "serve", "--data-dir", str(data_dir), "--http-port", "0",
+    cmd = [sys.executable, "-m", "tandem.cloud_hub.cli", "serve", "--data-dir", str(data_dir), "--http-port", "0",
            "--grpc-port", "0", "--no-telemetry", "--no-rollouts", "--log-level", "ERROR", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
     out: list[str] = []

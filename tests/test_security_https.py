@@ -13,22 +13,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud_hub.client import HubClient, HubClientError
-from cloud_hub.config import HubConfig
-from cloud_hub.errors import ConfigError
-from cloud_hub.ratelimit import RateLimiter
-from edge_agent.ota.download import DownloadConfig, Downloader
-from edge_agent.ota.errors import DownloadError
-from edge_agent.ota.verify import files_for, verify_files
+from tandem.cloud_hub.client import HubClient, HubClientError
+from tandem.cloud_hub.config import HubConfig
+from tandem.cloud_hub.errors import ConfigError
+from tandem.cloud_hub.ratelimit import RateLimiter
+from tandem.edge_agent.ota.download import DownloadConfig, Downloader
+from tandem.edge_agent.ota.errors import DownloadError
+from tandem.edge_agent.ota.verify import files_for, verify_files
 from hub_registry_fixtures import make_model_dir
-from protocols.manifest import Manifest
+from tandem.protocols.manifest import Manifest
 
 NOWHERE = "mqtts://127.0.0.1:1"  # never reached: telemetry off, rollouts connect in the background
 
 
 @pytest.fixture(scope="module")
 def pki_dir(tmp_path_factory) -> Path:
-    from cloud_hub.cli import main
+    from tandem.cloud_hub.cli import main
 
     folder = tmp_path_factory.mktemp("https-pki") / "pki"
     assert main(["pki", "init", "--dir", str(folder)]) == 0
@@ -38,7 +38,7 @@ def pki_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tls_hub(pki_dir, digits_dir, tmp_path_factory):
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     root = tmp_path_factory.mktemp("https-hub")
     hub = Hub(HubConfig(data_dir=root / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False,
@@ -52,7 +52,7 @@ def tls_hub(pki_dir, digits_dir, tmp_path_factory):
 
 
 def _device_tls(pki_dir: Path):
-    from cloud_hub.pki import Pki
+    from tandem.cloud_hub.pki import Pki
 
     return Pki(pki_dir).device_files("dev-a")
 
@@ -80,7 +80,7 @@ def test_rest_over_https_verifies_with_the_fleet_ca_and_fails_without_it(tls_hub
 
 
 def test_the_cli_takes_ca(tls_hub, pki_dir, capsys):
-    from cloud_hub.cli import main
+    from tandem.cloud_hub.cli import main
 
     remote = ["--url", tls_hub.http_url, "--token", tls_hub.test_token, "--json"]
     assert main(["models", "list", *remote, "--ca", str(pki_dir / "ca.crt")]) == 0
@@ -93,7 +93,7 @@ def test_plain_http_to_the_https_port_gets_no_answer(tls_hub):
 
 
 def test_optional_client_certificates_accept_a_device_identity_and_refuse_a_foreign_one(tls_hub, pki_dir, tmp_path):
-    from cloud_hub.pki import Pki
+    from tandem.cloud_hub.pki import Pki
 
     ctx = _device_tls(pki_dir).client_context()
     assert httpx.get(f"{tls_hub.http_url}/healthz", verify=ctx, timeout=5).status_code == 200
@@ -140,7 +140,7 @@ def test_the_downloader_refuses_an_unverifiable_hub_at_once(tls_hub):
 
 
 def test_required_client_certificates(pki_dir, tmp_path):
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False, rollouts=False,
                        tls_dir=pki_dir, rest_client_certs="required")).start() as hub:
@@ -182,7 +182,7 @@ def test_the_bucket_says_how_long_to_wait():
 
 
 def test_a_burst_over_the_rest_limit_gets_429_with_retry_after_and_other_tokens_go_on(tmp_path):
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     # 0.01/s: the bucket cannot refill within this test, so the counts below are exact
     with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
@@ -207,7 +207,7 @@ def test_a_burst_over_the_rest_limit_gets_429_with_retry_after_and_other_tokens_
 
 def test_a_rollout_waves_downloads_on_one_shared_token_are_not_metered(tmp_path, digits_dir):
     """Manifests and artifacts are the fleet's data plane: a wave of devices on one token must not get 429s."""
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
     with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
@@ -226,7 +226,7 @@ def test_a_rollout_waves_downloads_on_one_shared_token_are_not_metered(tmp_path,
 
 
 def test_429_is_documented_on_authenticated_routes():
-    from cloud_hub.rest import create_app
+    from tandem.cloud_hub.rest import create_app
 
     spec = create_app(None).openapi()
     assert "429" in spec["paths"]["/v1/models"]["get"]["responses"]
@@ -234,7 +234,7 @@ def test_429_is_documented_on_authenticated_routes():
 
 
 def test_the_downloader_waits_out_a_429_without_spending_attempts(tmp_path):
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.hub import Hub
 
     with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
                        rollouts=False)).start() as hub:

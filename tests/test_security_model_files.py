@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from hardware_profiles.runtimes import ModelFileError, RuntimeUnavailableError, check_model_file, load_session
-from hardware_profiles.runtimes.model_files import onnx_external_locations
+from tandem.hardware_profiles.runtimes import ModelFileError, RuntimeUnavailableError, check_model_file, load_session
+from tandem.hardware_profiles.runtimes.model_files import onnx_external_locations
 
 ROOT = Path(__file__).resolve().parents[1]
 W = np.arange(16, dtype=np.float32).reshape(4, 4)

@@ -20,15 +20,15 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent_fixtures import make_linear_softmax, make_model_dir
-from cloud_hub.broker import free_port, wait_for_port
-from cloud_hub.inference import InferenceServer
-from cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
-from cloud_hub.pki import HUB_IDENTITY, Pki, RevocationList, common_name
-from cloud_hub.errors import ConflictError, InvalidInputError
-from edge_agent.errors import FallbackUnavailable
-from edge_agent.fallback import FallbackClient
-from protocols import topics
-from protocols.tls import TlsConfigError, TlsFiles, configure_mqtt_client
+from tandem.cloud_hub.broker import free_port, wait_for_port
+from tandem.cloud_hub.inference import InferenceServer
+from tandem.cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
+from tandem.cloud_hub.pki import HUB_IDENTITY, Pki, RevocationList, common_name
+from tandem.cloud_hub.errors import ConflictError, InvalidInputError
+from tandem.edge_agent.errors import FallbackUnavailable
+from tandem.edge_agent.fallback import FallbackClient
+from tandem.protocols import topics
+from tandem.protocols.tls import TlsConfigError, TlsFiles, configure_mqtt_client
 from telemetry_fixtures import MOSQUITTO
 from waiting import wait_for
 
@@ -260,11 +260,11 @@ def test_grpc_rate_limits_each_device(pki, tls_hub):
 
 
 def test_agent_publisher_and_hub_ingest_work_over_mutual_tls(pki, broker, tmp_path):
-    from cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
-    from cloud_hub.telemetry.store import TelemetryStore
-    from edge_agent.telemetry.outbox import Outbox
-    from edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
-    from protocols.telemetry_pb2 import TelemetryWindow
+    from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
+    from tandem.cloud_hub.telemetry.store import TelemetryStore
+    from tandem.edge_agent.telemetry.outbox import Outbox
+    from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
+    from tandem.protocols.telemetry_pb2 import TelemetryWindow
 
     store = TelemetryStore.open(tmp_path / "hub")
     ingest = TelemetryIngest(IngestConfig(broker, client_id="hub-ingest-tls", tls=pki.hub_client_files()), store).start()
@@ -292,8 +292,8 @@ def test_ota_client_reads_its_signed_commands_and_reports_over_mutual_tls(pki, c
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edge_agent.ota.client import OtaClient, OtaClientConfig
-    from protocols.ota import OtaCommand, decode_status, encode_command
+    from tandem.edge_agent.ota.client import OtaClient, OtaClientConfig
+    from tandem.protocols.ota import OtaCommand, decode_status, encode_command
 
     key = Ed25519PrivateKey.generate()
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -7,12 +7,12 @@ import stat
 import pytest
 from cryptography import x509
 
-from cloud_hub.cli import main
-from cloud_hub.mqtt_security import acl_text
-from cloud_hub.pki import HUB_IDENTITY, Pki
-from cloud_hub.ratelimit import RateLimiter
-from protocols import topics
-from protocols.tls import TlsConfigError, TlsFiles
+from tandem.cloud_hub.cli import main
+from tandem.cloud_hub.mqtt_security import acl_text
+from tandem.cloud_hub.pki import HUB_IDENTITY, Pki
+from tandem.cloud_hub.ratelimit import RateLimiter
+from tandem.protocols import topics
+from tandem.protocols.tls import TlsConfigError, TlsFiles
 
 
 def test_pki_commands_make_a_ca_device_certificates_a_crl_and_a_broker_config(tmp_path, capsys):
@@ -81,7 +81,7 @@ def test_tls_files_name_what_is_missing(tmp_path):
 def test_plain_text_is_logged_loudly_once_per_component(caplog):
     import paho.mqtt.client as mqtt
 
-    from protocols.tls import PLAIN_TEXT_WARNING, configure_mqtt_client
+    from tandem.protocols.tls import PLAIN_TEXT_WARNING, configure_mqtt_client
 
     for _ in range(3):
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)

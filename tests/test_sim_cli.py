@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sim.cli import build_parser, main
+from tandem.sim.cli import build_parser, main
 
 
 def test_help_explains_the_run_options(capsys):
@@ -58,7 +58,7 @@ def test_run_writes_report_summary_and_plots(digits_dir, tmp_path, capsys):
 
 
 def test_demo_summary_reads_for_a_newcomer():
-    from sim.demo import format_summary
+    from tandem.sim.demo import format_summary
 
     text = format_summary({
         "seconds": 90.0, "edge_report": "e/report.md", "cloud_report": "c/report.md", "fleet_report": "r/report.md",

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import pytest
 
-from sim.releases import BASE_VERSION
-from sim.runner import DEFAULT_PROFILES, run_scenario
-from sim.scenario import load_scenario
+from tandem.sim.releases import BASE_VERSION
+from tandem.sim.runner import DEFAULT_PROFILES, run_scenario
+from tandem.sim.scenario import load_scenario
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def sim_models(digits_dir, tmp_path_factory):
-    from sim.releases import prepare
+    from tandem.sim.releases import prepare
 
     return prepare(tmp_path_factory.mktemp("sim-models"), DEFAULT_PROFILES, digits_dir)
 

@@ -10,11 +10,11 @@ import threading
 import numpy as np
 import pytest
 
-from hardware_profiles import get_profile
-from sim.emulation import Connectivity, ModelRefused, check_fits, emulated_latency_ms
-from sim.netfault import FaultProxy, Faults, NetFaultError, delivery_time
-from sim.scenario import ScenarioError, builtin_names, load_scenario, parse_scenario
-from sim.streams import Change, Dataset, DeviceStream, StreamError
+from tandem.hardware_profiles import get_profile
+from tandem.sim.emulation import Connectivity, ModelRefused, check_fits, emulated_latency_ms
+from tandem.sim.netfault import FaultProxy, Faults, NetFaultError, delivery_time
+from tandem.sim.scenario import ScenarioError, builtin_names, load_scenario, parse_scenario
+from tandem.sim.streams import Change, Dataset, DeviceStream, StreamError
 
 
 def _data(n: int = 200) -> Dataset:
@@ -254,17 +254,17 @@ def test_a_stalled_proxy_holds_bytes_until_the_stall_clears(echo_server):
 
 @pytest.fixture(scope="module")
 def compiled(digits_dir, tmp_path_factory):
-    from sim.releases import prepare
+    from tandem.sim.releases import prepare
 
     return prepare(tmp_path_factory.mktemp("sim-models"), ["cpu-arm", "npu-litert"], digits_dir)
 
 
 def _device(compiled, tmp_path, profile, hub_url="127.0.0.1:1"):
-    from edge_agent.breaker import CircuitBreaker
-    from edge_agent.fallback import FallbackClient
-    from edge_agent.policy import ConfidencePolicy
-    from sim.device import DeviceSpec, VirtualDevice
-    from sim.sessions import SessionPool
+    from tandem.edge_agent.breaker import CircuitBreaker
+    from tandem.edge_agent.fallback import FallbackClient
+    from tandem.edge_agent.policy import ConfidencePolicy
+    from tandem.sim.device import DeviceSpec, VirtualDevice
+    from tandem.sim.sessions import SessionPool
 
     pool = SessionPool()
     spec = DeviceSpec("dev-1", profile, rate_hz=10)
@@ -308,7 +308,7 @@ def test_device_refuses_a_model_over_its_budget(compiled, tmp_path):
 
 
 def test_devices_share_one_session_per_variant(compiled, tmp_path):
-    from sim.sessions import SessionPool
+    from tandem.sim.sessions import SessionPool
 
     pool = SessionPool()
     try:
@@ -324,8 +324,8 @@ def test_devices_share_one_session_per_variant(compiled, tmp_path):
 
 
 def test_recorder_buckets_outcomes():
-    from sim.device import Outcome
-    from sim.metrics import Recorder
+    from tandem.sim.device import Outcome
+    from tandem.sim.metrics import Recorder
 
     r = Recorder(1.0)
     for i, src in enumerate(["edge", "edge", "cloud", "edge-degraded"]):
@@ -339,7 +339,7 @@ def test_recorder_buckets_outcomes():
 def test_progress_redraws_on_a_terminal_and_writes_plain_lines_to_a_log():
     import io
 
-    from sim.cli import _Progress
+    from tandem.sim.cli import _Progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceConfig
-from protocols.topics import DEFAULT_SHARE_GROUP
+from tandem.cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceConfig
+from tandem.protocols.topics import DEFAULT_SHARE_GROUP
 from telemetry_fixtures import Mosquitto, needs_mosquitto, python_env
 from waiting import wait_for
 

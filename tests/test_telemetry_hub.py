@@ -13,12 +13,12 @@ import paho.mqtt.client as mqtt
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from cloud_hub.telemetry import DriftConfig, Hysteresis, TelemetryIngestService, TelemetryServiceConfig
-from cloud_hub.telemetry import routes
-from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-from protocols import limits
-from protocols.telemetry_codec import encode_window
-from protocols.topics import events_topic, parse_mqtt_url, telemetry_topic
+from tandem.cloud_hub.telemetry import DriftConfig, Hysteresis, TelemetryIngestService, TelemetryServiceConfig
+from tandem.cloud_hub.telemetry import routes
+from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
+from tandem.protocols import limits
+from tandem.protocols.telemetry_codec import encode_window
+from tandem.protocols.topics import events_topic, parse_mqtt_url, telemetry_topic
 from telemetry_fixtures import mosquitto, needs_mosquitto  # noqa: F401  (fixture)
 from waiting import wait_for
 
@@ -138,10 +138,10 @@ def test_bad_messages_are_counted_duplicates_ignored_and_drift_alerts_everywhere
 @needs_mosquitto
 def test_hub_with_telemetry_service_stores_an_agents_windows_behind_token_auth(tmp_path):
     """The wiring a deployment uses: Hub + HubTelemetry (its broker, its registry) and an agent's TelemetryService."""
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
-    from cloud_hub.telemetry.hub_service import HubTelemetry
-    from edge_agent.telemetry import TelemetryService
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+    from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
+    from tandem.edge_agent.telemetry import TelemetryService
 
     hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, broker="mosquitto"))
     hub.add_service(HubTelemetry())

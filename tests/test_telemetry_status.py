@@ -12,8 +12,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from protocols.telemetry_codec import decode_status
-from protocols.topics import parse_mqtt_url, status_topic
+from tandem.protocols.telemetry_codec import decode_status
+from tandem.protocols.topics import parse_mqtt_url, status_topic
 from telemetry_fixtures import mosquitto, needs_mosquitto, python_env  # noqa: F401  (fixture)
 
 PROC = Path(__file__).with_name("telemetry_agent_proc.py")

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.telemetry.outbox import Outbox
-from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-from protocols import limits
-from protocols.drift import bin_counts, summarize_inputs
-from protocols.telemetry_codec import (
+from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
+from tandem.protocols import limits
+from tandem.protocols.drift import bin_counts, summarize_inputs
+from tandem.protocols.telemetry_codec import (
     LATENCY_EDGES_MS, TelemetryDecodeError, TelemetryWindow, decode_status, decode_window, encode_status, encode_window,
 )
-from protocols.topics import (
+from tandem.protocols.topics import (
     TopicError, all_devices, check_device_id, events_topic, ota_cmd_topic, parse_mqtt_url, parse_topic, shared,
     status_topic, telemetry_topic,
 )
@@ -189,12 +189,12 @@ def test_buffered_binning_matches_direct_binning_across_many_folds():
     assert w.samples == 9000 and sum(w.class_counts) == 9000
     by_key = {(s.input, s.summary): list(s.counts) for s in w.inputs}
     assert by_key[("x", "std")] == bin_counts(summarize_inputs(x)["std"], EDGES)
-    from protocols.drift import confidence_counts
+    from tandem.protocols.drift import confidence_counts
     assert list(w.confidence_counts) == confidence_counts(np.concatenate(confs))
 
 
 def test_hub_store_purges_by_age_in_chunks_and_keeps_newer(tmp_path):
-    from cloud_hub.telemetry.store import StoredWindow, TelemetryStore
+    from tandem.cloud_hub.telemetry.store import StoredWindow, TelemetryStore
 
     store = TelemetryStore.open(tmp_path)
     items = []

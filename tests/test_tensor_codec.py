@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protocols import inference_pb2 as pb
-from protocols import tensor_codec as tc
+from tandem.protocols import inference_pb2 as pb
+from tandem.protocols import tensor_codec as tc
 
 DTYPES = [np.bool_, np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32]
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)

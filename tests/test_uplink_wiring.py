@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge_agent import Agent, AgentConfig
+from tandem.edge_agent import Agent, AgentConfig
 from ota_fixtures import MODEL, PROFILE, releases
 from telemetry_fixtures import MOSQUITTO, Mosquitto
 from waiting import wait_for
@@ -28,8 +28,8 @@ GATES = {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}
 def env(digits_dir, tmp_path_factory):
     import httpx
 
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     root = tmp_path_factory.mktemp("uplink-wiring")
     broker = Mosquitto(root / "mosquitto").start()
@@ -88,8 +88,8 @@ def _completes(env: SimpleNamespace, rollout_id: str, timeout_s: float = 60) -> 
 
 
 def test_agent_registers_from_its_status_alone_and_a_rollout_selected_by_tag_reaches_it(env, tmp_path):
-    from cloud_hub.presence import wait_registered
-    from edge_agent.telemetry.service import agent_version
+    from tandem.cloud_hub.presence import wait_registered
+    from tandem.edge_agent.telemetry.service import agent_version
 
     agent = _agent(env, "wired-a", "lab-a", tmp_path)
     try:
@@ -116,7 +116,7 @@ def _retained_status(url: str, device_id: str, timeout_s: float = 10) -> bytes:
 
     import paho.mqtt.client as mqtt
 
-    from protocols.topics import parse_mqtt_url, status_topic
+    from tandem.protocols.topics import parse_mqtt_url, status_topic
 
     got: list[bytes] = []
     done = threading.Event()
@@ -141,8 +141,8 @@ def _retained_status(url: str, device_id: str, timeout_s: float = 10) -> bytes:
 def test_ota_status_made_while_the_broker_is_down_survives_a_restart_and_reaches_the_rollout(env, tmp_path):
     """The committed status is made during an outage, sits in outbox class 0 across an agent restart and,
     once the broker is back, is what completes the rollout (not a catch-up's 'already active' answer)."""
-    from cloud_hub.presence import wait_registered
-    from edge_agent.telemetry.outbox import STATUS
+    from tandem.cloud_hub.presence import wait_registered
+    from tandem.edge_agent.telemetry.outbox import STATUS
 
     agent = _agent(env, "wired-b", "lab-b", tmp_path, ota_watch_s=5.0)
     again = None

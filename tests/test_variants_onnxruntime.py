@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from hardware_profiles import get_profile
-from hardware_profiles.runtimes import load_session
-from model_compiler.errors import VariantSkipped
-from model_compiler.model_io import prepare_model, weight_bytes
-from model_compiler.variants import BuildContext, get_builder
-from model_compiler.variants.onnxruntime import int8_types
+from tandem.hardware_profiles import get_profile
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.model_io import prepare_model, weight_bytes
+from tandem.model_compiler.variants import BuildContext, get_builder
+from tandem.model_compiler.variants.onnxruntime import int8_types
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "ocr"))
@@ -189,7 +189,7 @@ def test_op_onnxruntime_cannot_run_skips_every_precision(tmp_path):
 # --- calibration batching (pure) ---------------------------------------------------------
 
 def test_calibration_batches_respect_a_fixed_batch_dimension():
-    from model_compiler.variants.calibration import iter_batches
+    from tandem.model_compiler.variants.calibration import iter_batches
 
     calib = {"x": np.arange(24, dtype=np.float32).reshape(6, 4)}
     fixed1 = list(iter_batches(calib, {"x": [1, 4]}))

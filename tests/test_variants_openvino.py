@@ -11,12 +11,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from hardware_profiles import get_profile
-from hardware_profiles.runtimes import load_session
-from hardware_profiles.runtimes.openvino import OpenVINOSession
-from model_compiler.errors import VariantSkipped
-from model_compiler.model_io import prepare_model
-from model_compiler.variants import BuildContext, get_builder
+from tandem.hardware_profiles import get_profile
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.hardware_profiles.runtimes.openvino import OpenVINOSession
+from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.model_io import prepare_model
+from tandem.model_compiler.variants import BuildContext, get_builder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "ocr"))

@@ -26,8 +26,8 @@ POLL = "?poll=1000"
 # -- fast checks of the page's server side (no browser) --------------------------------------
 
 def test_console_is_served_with_a_strict_csp_and_the_root_lands_on_it(tmp_path):
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     with Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, mqtt_url="mqtt://127.0.0.1:1")) as hub:
         api = TestClient(hub.app)
@@ -46,8 +46,8 @@ def test_console_is_served_with_a_strict_csp_and_the_root_lands_on_it(tmp_path):
 
 
 def test_chart_point_of_a_window_has_rates_confidence_and_input_psi():
-    from cloud_hub.web.series import histogram_quantile, window_point
-    from edge_agent.telemetry.window import ModelInfo, WindowAggregator
+    from tandem.cloud_hub.web.series import histogram_quantile, window_point
+    from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator
 
     ref = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [250, 250, 250, 250]}}}}
     agg = WindowAggregator("d1", ModelInfo("toy", "1.0.0", ref), now=0.0)
@@ -67,7 +67,7 @@ def test_chart_point_of_a_window_has_rates_confidence_and_input_psi():
 
 
 def _empty_window():
-    from protocols.telemetry_codec import TelemetryWindow
+    from tandem.protocols.telemetry_codec import TelemetryWindow
 
     return TelemetryWindow(device_id="d1", sequence=3, model_name="toy", model_version="1.0.0")
 
@@ -79,7 +79,7 @@ browser_tests = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason=
 
 @pytest.fixture(scope="module")
 def console(digits_dir, tmp_path_factory):
-    from edge_agent.ota.machine import WatchPolicy
+    from tandem.edge_agent.ota.machine import WatchPolicy
 
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("web-releases"))
     root = tmp_path_factory.mktemp("web-console")
@@ -168,8 +168,8 @@ class TestConsoleInChromium:
     def test_a_device_appears_when_its_agent_starts_and_api_text_is_never_markup(self, page, console, tmp_path):
         from playwright.sync_api import expect
 
-        from edge_agent.telemetry import TelemetryService
-        from protocols.manifest import load_manifest
+        from tandem.edge_agent.telemetry import TelemetryService
+        from tandem.protocols.manifest import load_manifest
 
         login(page, console, "read")
         expect(page.locator("#count-total")).to_have_text(str(N_DEVICES), timeout=10_000)

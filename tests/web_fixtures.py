@@ -64,8 +64,8 @@ DRIFT = dict(span_s=60.0, baseline_s=120.0, min_samples=100, min_requests=50)
 
 def start_console_hub(data_dir: Path, mqtt_url: str) -> tuple[Any, list]:
     """A started Hub (telemetry with fast drift evaluation, presence, rollouts); returns (hub, cleanups)."""
-    from cloud_hub.config import HubConfig
-    from cloud_hub.hub import Hub
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
 
     hub = Hub(HubConfig(data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url=mqtt_url,
                         drift_eval_interval_s=1.0, drift_span_s=DRIFT["span_s"], drift_baseline_s=DRIFT["baseline_s"],
@@ -81,9 +81,9 @@ def digits_windows(manifest_dir: Path, digits_dir: Path, device_id: str, tags: d
     """Encoded windows from a device serving the digits model: `normal` windows of test digits,
     then `shifted` windows of the same digits brightened by +0.5 (a camera's exposure gone wrong),
     with less confident answers and more fallbacks. The last window ends at `t_end`."""
-    from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-    from protocols.manifest import load_manifest
-    from protocols.telemetry_codec import encode_window
+    from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
+    from tandem.protocols.manifest import load_manifest
+    from tandem.protocols.telemetry_codec import encode_window
 
     manifest = load_manifest(manifest_dir)
     input_name = next(iter(manifest.drift_reference["inputs"]))
@@ -113,7 +113,7 @@ def digits_windows(manifest_dir: Path, digits_dir: Path, device_id: str, tags: d
 def publish(mqtt_url: str, device_id: str, payloads: list[bytes]) -> None:
     import paho.mqtt.client as mqtt
 
-    from protocols.topics import parse_mqtt_url, telemetry_topic
+    from tandem.protocols.topics import parse_mqtt_url, telemetry_topic
 
     host, port = parse_mqtt_url(mqtt_url)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"web-test-{device_id}", protocol=mqtt.MQTTv5)

@@ -16,13 +16,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cloud_hub.errors import InvalidInputError
-from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
-from hardware_profiles.runtimes.base import IOSpec, RuntimeSession
-from hardware_profiles.runtimes.batching import MicroBatcher
-from protocols.manifest import MANIFEST_FILENAME, Manifest, ManifestError, Variant, load_manifest
-from protocols.signing import SignatureError, verify_manifest
-from protocols.tensor_codec import TensorCodecError, datatype_of
+from tandem.cloud_hub.errors import InvalidInputError
+from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeSession
+from tandem.hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.protocols.manifest import MANIFEST_FILENAME, Manifest, ManifestError, Variant, load_manifest
+from tandem.protocols.signing import SignatureError, verify_manifest
+from tandem.protocols.tensor_codec import TensorCodecError, datatype_of
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 
-from cloud_hub.errors import ConfigError
-from cloud_hub.inference.model import BatchOptions, CloudModel, ModelDirError, load_cloud_model
-from cloud_hub.inference.servicer import InferenceServicer, InferenceStats
-from cloud_hub.pki import HUB_IDENTITY, RevocationList
-from cloud_hub.ratelimit import RateLimiter
-from protocols import inference_params as params
-from protocols import inference_pb2_grpc as pb_grpc
-from protocols import limits
-from protocols.limits import MAX_GRPC_MESSAGE_BYTES
-from protocols.tls import TlsFiles, grpc_server_credentials, warn_plain_text
+from tandem.cloud_hub.errors import ConfigError
+from tandem.cloud_hub.inference.model import BatchOptions, CloudModel, ModelDirError, load_cloud_model
+from tandem.cloud_hub.inference.servicer import InferenceServicer, InferenceStats
+from tandem.cloud_hub.pki import HUB_IDENTITY, RevocationList
+from tandem.cloud_hub.ratelimit import RateLimiter
+from tandem.protocols import inference_params as params
+from tandem.protocols import inference_pb2_grpc as pb_grpc
+from tandem.protocols import limits
+from tandem.protocols.limits import MAX_GRPC_MESSAGE_BYTES
+from tandem.protocols.tls import TlsFiles, grpc_server_credentials, warn_plain_text
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class InferenceServer:
     def _variant_for(self, model_dir: Path) -> str | None:
         if not self.variants:
             return None
-        from protocols.manifest import load_manifest  # cheap: a small JSON file
+        from tandem.protocols.manifest import load_manifest  # cheap: a small JSON file
 
         try:
             name = load_manifest(model_dir).name

@@ -21,12 +21,12 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
-from cloud_hub.inference.model import BadInputError, CloudModel
-from hardware_profiles.runtimes.batching import BatcherClosedError, QueueFullError
-from protocols import inference_params as params
-from protocols import inference_pb2 as pb
-from protocols import inference_pb2_grpc as pb_grpc
-from protocols.tensor_codec import (DEFAULT_LIMITS, TensorCodecError, TensorLimits, datatype_of,
+from tandem.cloud_hub.inference.model import BadInputError, CloudModel
+from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, QueueFullError
+from tandem.protocols import inference_params as params
+from tandem.protocols import inference_pb2 as pb
+from tandem.protocols import inference_pb2_grpc as pb_grpc
+from tandem.protocols.tensor_codec import (DEFAULT_LIMITS, TensorCodecError, TensorLimits, datatype_of,
                                     decode_request_inputs, encode_response_outputs)
 
 log = logging.getLogger(__name__)

@@ -9,15 +9,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cloud_hub.errors import AuthError, HubError
-from cloud_hub.rest import (
+from tandem.cloud_hub.errors import AuthError, HubError
+from tandem.cloud_hub.rest import (
     routes_artifacts, routes_devices, routes_hard_examples, routes_models, routes_system, routes_tokens,
     routes_whoami,
 )
-from cloud_hub.rest.schemas import ErrorBody
-from cloud_hub.rollouts import routes as rollout_routes
-from cloud_hub.telemetry import routes as telemetry_routes
-from cloud_hub.web import mount_console
+from tandem.cloud_hub.rest.schemas import ErrorBody
+from tandem.cloud_hub.rollouts import routes as rollout_routes
+from tandem.cloud_hub.telemetry import routes as telemetry_routes
+from tandem.cloud_hub.web import mount_console
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any, Callable
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cloud_hub.auth import TokenInfo
-from cloud_hub.ratelimit import RateLimiter
-from cloud_hub.rest.schemas import ErrorBody
+from tandem.cloud_hub.auth import TokenInfo
+from tandem.cloud_hub.ratelimit import RateLimiter
+from tandem.cloud_hub.rest.schemas import ErrorBody
 
 log = logging.getLogger(__name__)
 

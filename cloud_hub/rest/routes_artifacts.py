@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
-from cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
-from cloud_hub.rest.ranges import RangeNotSatisfiable, parse_range
-from cloud_hub.rest.schemas import ErrorBody
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.ranges import RangeNotSatisfiable, parse_range
+from tandem.cloud_hub.rest.schemas import ErrorBody
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], responses=AUTH_RESPONSES)
 

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from cloud_hub.devices import TAG_KEY_RE, DeviceFilter
-from cloud_hub.errors import InvalidInputError
-from cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
-from cloud_hub.rest.schemas import DeviceIn, DeviceOut, ErrorBody, HeartbeatIn, Page
+from tandem.cloud_hub.devices import TAG_KEY_RE, DeviceFilter
+from tandem.cloud_hub.errors import InvalidInputError
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from tandem.cloud_hub.rest.schemas import DeviceIn, DeviceOut, ErrorBody, HeartbeatIn, Page
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=AUTH_RESPONSES)
 _404 = {404: {"model": ErrorBody, "description": "no such device"}}

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from cloud_hub.errors import HubError
-from cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
-from cloud_hub.rest.schemas import Page
+from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
+from tandem.cloud_hub.rest.schemas import Page
 
 router = APIRouter(responses=AUTH_RESPONSES, dependencies=[Depends(require("read"))], tags=["hard examples"])
 

@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from cloud_hub.errors import InvalidInputError
-from cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
-from cloud_hub.rest.schemas import ErrorBody, ModelSummary, ModelVersionOut, Page, RegisterOut, VariantOut
+from tandem.cloud_hub.errors import InvalidInputError
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from tandem.cloud_hub.rest.schemas import ErrorBody, ModelSummary, ModelVersionOut, Page, RegisterOut, VariantOut
 
 log = logging.getLogger(__name__)
 

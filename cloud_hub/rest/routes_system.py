@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import RedirectResponse
 
-from cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
-from cloud_hub.rest.schemas import Health, HubInfo, ReleaseKeyOut
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.schemas import Health, HubInfo, ReleaseKeyOut
 
 router = APIRouter()
 

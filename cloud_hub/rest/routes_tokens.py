@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
-from cloud_hub.rest.schemas import ErrorBody, NewTokenOut, TokenIn, TokenOut
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.schemas import ErrorBody, NewTokenOut, TokenIn, TokenOut
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], responses=AUTH_RESPONSES,
                    dependencies=[Depends(require("admin"))])

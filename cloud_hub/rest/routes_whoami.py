@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from cloud_hub.auth import SCOPES, TokenInfo, scope_allows
-from cloud_hub.rest.deps import AUTH_RESPONSES, require
+from tandem.cloud_hub.auth import SCOPES, TokenInfo, scope_allows
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, require
 
 router = APIRouter(prefix="/v1/auth", tags=["tokens"], responses=AUTH_RESPONSES)
 

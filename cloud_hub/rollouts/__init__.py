@@ -1,7 +1,7 @@
 """Staged OTA rollouts: a pure controller, its SQLite store, the MQTT shell, REST routes."""
 
-from cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError
-from cloud_hub.rollouts.service import RolloutService, RolloutServiceConfig
-from cloud_hub.rollouts.store import RolloutStore
+from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError
+from tandem.cloud_hub.rollouts.service import RolloutService, RolloutServiceConfig
+from tandem.cloud_hub.rollouts.store import RolloutStore
 
 __all__ = ["GatePolicy", "Rollout", "RolloutError", "RolloutService", "RolloutServiceConfig", "RolloutStore"]

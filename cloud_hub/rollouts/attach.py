@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cloud_hub.errors import HubError
-from cloud_hub.rollouts.service import DriftAlerts, RolloutService, RolloutServiceConfig
-from cloud_hub.rollouts.store import RolloutStore
+from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.rollouts.service import DriftAlerts, RolloutService, RolloutServiceConfig
+from tandem.cloud_hub.rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def attach_rollouts(hub: Any, *, public_url: str | None = None, drift_alerts: Dr
         raise
     app = hub.app
     if not _serves_rollouts(app):  # create_app includes the routes; an app built elsewhere may not
-        from cloud_hub.rollouts.routes import router
+        from tandem.cloud_hub.rollouts.routes import router
 
         app.include_router(router)
         app.openapi_schema = None

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any, Literal
 
-from cloud_hub.rollouts.quality import Comparison, QualityQuery, verdict
+from tandem.cloud_hub.rollouts.quality import Comparison, QualityQuery, verdict
 
 DeviceState = Literal["pending", "sent", "in_progress", "committed", "failed", "rejected", "rolled_back",
                       "rollback_sent"]

@@ -16,9 +16,9 @@ from typing import Any, Iterable, Literal
 
 import numpy as np
 
-from cloud_hub.telemetry.drift import compare
-from protocols.drift import CONFIDENCE_EDGES
-from protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
+from tandem.cloud_hub.telemetry.drift import compare
+from tandem.protocols.drift import CONFIDENCE_EDGES
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
 
 Verdict = Literal["wait", "pass", "halt"]
 # Bin centres of the confidence histogram (20 bins over [0, 1]), for the mean confidence.

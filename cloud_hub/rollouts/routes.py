@@ -7,11 +7,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from cloud_hub.errors import HubError
-from cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
-from cloud_hub.rest.schemas import ErrorBody
-from cloud_hub.rollouts.controller import GatePolicy, RolloutError
-from cloud_hub.rollouts.service import rollout_detail, rollout_summary
+from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from tandem.cloud_hub.rest.schemas import ErrorBody
+from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError
+from tandem.cloud_hub.rollouts.service import rollout_detail, rollout_summary
 
 router = APIRouter(prefix="/v1/rollouts", tags=["ota"], responses=AUTH_RESPONSES)
 _404 = {404: {"model": ErrorBody, "description": "no such rollout"}}

@@ -21,20 +21,20 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_hub.devices import DeviceFilter, DeviceRegistry
-from cloud_hub.errors import InvalidInputError, NotFoundError
-from cloud_hub.keys import ReleaseKey
-from cloud_hub.registry import ModelRegistry
-from cloud_hub.rollouts import controller as ctl
-from cloud_hub.rollouts import quality
-from cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError, Send
-from cloud_hub.rollouts.store import RolloutStore
-from protocols import limits, topics
-from protocols.ota import OtaCommand, OtaMessageError, decode_status, encode_command
-from protocols.signing import canonical_bytes
-from protocols.telemetry_codec import STATUS_ONLINE
-from protocols.telemetry_codec import decode_status as decode_device_status
-from protocols.tls import TlsFiles, configure_mqtt_client
+from tandem.cloud_hub.devices import DeviceFilter, DeviceRegistry
+from tandem.cloud_hub.errors import InvalidInputError, NotFoundError
+from tandem.cloud_hub.keys import ReleaseKey
+from tandem.cloud_hub.registry import ModelRegistry
+from tandem.cloud_hub.rollouts import controller as ctl
+from tandem.cloud_hub.rollouts import quality
+from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError, Send
+from tandem.cloud_hub.rollouts.store import RolloutStore
+from tandem.protocols import limits, topics
+from tandem.protocols.ota import OtaCommand, OtaMessageError, decode_status, encode_command
+from tandem.protocols.signing import canonical_bytes
+from tandem.protocols.telemetry_codec import STATUS_ONLINE
+from tandem.protocols.telemetry_codec import decode_status as decode_device_status
+from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 
 log = logging.getLogger(__name__)
 

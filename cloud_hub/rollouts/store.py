@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.errors import NotFoundError
-from cloud_hub.rollouts.controller import Event, Rollout
-from cloud_hub.storage.db import HubDatabase, Migration, open_database
+from tandem.cloud_hub.errors import NotFoundError
+from tandem.cloud_hub.rollouts.controller import Event, Rollout
+from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
 
 ROLLOUTS_DB_FILENAME = "rollouts.sqlite"
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from cloud_hub.errors import InvalidInputError, NotFoundError
+from tandem.cloud_hub.errors import InvalidInputError, NotFoundError
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import sqlite_utils
 
-from cloud_hub.errors import HubError
+from tandem.cloud_hub.errors import HubError
 
 log = logging.getLogger(__name__)
 

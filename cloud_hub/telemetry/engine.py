@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from cloud_hub.telemetry.alerts import AlertState, Hysteresis, Transition, step
-from cloud_hub.telemetry.drift import compare, rate_rise
-from protocols.telemetry_codec import TelemetryWindow
+from tandem.cloud_hub.telemetry.alerts import AlertState, Hysteresis, Transition, step
+from tandem.cloud_hub.telemetry.drift import compare, rate_rise
+from tandem.protocols.telemetry_codec import TelemetryWindow
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from cloud_hub.errors import ConfigError
-from cloud_hub.telemetry.alerts import Hysteresis
-from cloud_hub.telemetry.engine import DriftConfig
-from cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
+from tandem.cloud_hub.errors import ConfigError
+from tandem.cloud_hub.telemetry.alerts import Hysteresis
+from tandem.cloud_hub.telemetry.engine import DriftConfig
+from tandem.cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_hub.ratelimit import RateLimiter
-from cloud_hub.mqtt_batches import ack_batch, take_batch
-from cloud_hub.telemetry.store import StoredWindow, TelemetryStore
-from protocols import limits
-from protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
-from protocols.tls import TlsFiles, configure_mqtt_client
-from protocols.topics import TELEMETRY, TopicError, all_devices, parse_topic, shared
+from tandem.cloud_hub.ratelimit import RateLimiter
+from tandem.cloud_hub.mqtt_batches import ack_batch, take_batch
+from tandem.cloud_hub.telemetry.store import StoredWindow, TelemetryStore
+from tandem.protocols import limits
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
+from tandem.protocols.tls import TlsFiles, configure_mqtt_client
+from tandem.protocols.topics import TELEMETRY, TopicError, all_devices, parse_topic, shared
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from cloud_hub.errors import HubError
-from cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
-from cloud_hub.rest.schemas import Page
+from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
+from tandem.cloud_hub.rest.schemas import Page
 
 router = APIRouter(responses=AUTH_RESPONSES, dependencies=[Depends(require("read"))])
 

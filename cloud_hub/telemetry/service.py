@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cloud_hub.storage.db import HubDatabase
-from cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
-from cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
-from cloud_hub.telemetry.store import TelemetryStore
-from protocols.telemetry_codec import TelemetryWindow, decode_window
-from protocols.topics import events_topic
+from tandem.cloud_hub.storage.db import HubDatabase
+from tandem.cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
+from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
+from tandem.cloud_hub.telemetry.store import TelemetryStore
+from tandem.protocols.telemetry_codec import TelemetryWindow, decode_window
+from tandem.protocols.topics import events_topic
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from cloud_hub.storage.db import HubDatabase, Migration, open_database
-from protocols.telemetry_codec import TelemetryWindow
+from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
+from tandem.protocols.telemetry_codec import TelemetryWindow
 
 log = logging.getLogger(__name__)
 

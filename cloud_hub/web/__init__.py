@@ -38,7 +38,7 @@ class _ConsoleFiles(StaticFiles):
 
 def mount_console(app: FastAPI) -> None:
     """Serve the page at /console/ and its JSON helpers under /v1/console."""
-    from cloud_hub.web.routes import router
+    from tandem.cloud_hub.web.routes import router
 
     @app.get(CONSOLE_PATH, include_in_schema=False)
     def console_root() -> RedirectResponse:

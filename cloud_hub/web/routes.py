@@ -10,12 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from cloud_hub.errors import NotFoundError
-from cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
-from cloud_hub.rest.schemas import ErrorBody
-from cloud_hub.telemetry.routes import get_telemetry
-from cloud_hub.web.series import input_reference, window_point
-from protocols.telemetry_codec import TelemetryDecodeError, decode_window
+from tandem.cloud_hub.errors import NotFoundError
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.schemas import ErrorBody
+from tandem.cloud_hub.telemetry.routes import get_telemetry
+from tandem.cloud_hub.web.series import input_reference, window_point
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window
 
 log = logging.getLogger(__name__)
 

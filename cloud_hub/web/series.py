@@ -11,8 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cloud_hub.telemetry.drift import merge_sparse, psi
-from protocols.telemetry_codec import LATENCY_EDGES_MS, TelemetryWindow
+from tandem.cloud_hub.telemetry.drift import merge_sparse, psi
+from tandem.protocols.telemetry_codec import LATENCY_EDGES_MS, TelemetryWindow
 
 CONFIDENCE_BINS = 20
 MIN_INPUT_SAMPLES = 10  # fewer samples than this in a window: its PSI is noise, left out

@@ -23,15 +23,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.ota.download import DownloadConfig
-from edge_agent.ota.machine import HealthFigures, WatchPolicy
-from edge_agent.ota.store import ModelStore, Recovery
-from edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
-from protocols import limits
-from protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_status
-from protocols.signing import load_public_key
-from protocols.tls import TlsFiles, configure_mqtt_client
-from protocols.topics import ota_cmd_topic, ota_status_topic
+from tandem.edge_agent.ota.download import DownloadConfig
+from tandem.edge_agent.ota.machine import HealthFigures, WatchPolicy
+from tandem.edge_agent.ota.store import ModelStore, Recovery
+from tandem.edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
+from tandem.protocols import limits
+from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_status
+from tandem.protocols.signing import load_public_key
+from tandem.protocols.tls import TlsFiles, configure_mqtt_client
+from tandem.protocols.topics import ota_cmd_topic, ota_status_topic
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Any, Callable
 
 import httpx
 
-from edge_agent.ota.errors import DownloadError
-from protocols import limits
-from protocols.tls import TlsFiles
+from tandem.edge_agent.ota.errors import DownloadError
+from tandem.protocols import limits
+from tandem.protocols.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 

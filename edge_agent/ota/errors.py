@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_agent.errors import AgentError
+from tandem.edge_agent.errors import AgentError
 
 
 class OtaError(AgentError):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.ota.errors import SelfTestError
-from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
-from protocols.manifest import Manifest, Variant
+from tandem.edge_agent.ota.errors import SelfTestError
+from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+from tandem.protocols.manifest import Manifest, Variant
 
 log = logging.getLogger(__name__)
 

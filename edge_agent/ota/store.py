@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.ota.errors import StoreError
-from protocols.manifest import ManifestError, load_manifest, parse_version
+from tandem.edge_agent.ota.errors import StoreError
+from tandem.protocols.manifest import ManifestError, load_manifest, parse_version
 
 log = logging.getLogger(__name__)
 

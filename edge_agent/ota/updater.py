@@ -17,14 +17,14 @@ from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_agent.ota.download import DownloadConfig, Downloader
-from edge_agent.ota.errors import OtaError, SelfTestError, VerificationError
-from edge_agent.ota.machine import HealthFigures, State, WatchPolicy, advance, decide_health
-from edge_agent.ota.selftest import run_selftest
-from edge_agent.ota.store import ModelStore, atomic_write
-from edge_agent.ota.verify import files_for, verify_files, verify_manifest_doc
-from protocols.manifest import MANIFEST_FILENAME, parse_version
-from protocols.ota import OtaCommand
+from tandem.edge_agent.ota.download import DownloadConfig, Downloader
+from tandem.edge_agent.ota.errors import OtaError, SelfTestError, VerificationError
+from tandem.edge_agent.ota.machine import HealthFigures, State, WatchPolicy, advance, decide_health
+from tandem.edge_agent.ota.selftest import run_selftest
+from tandem.edge_agent.ota.store import ModelStore, atomic_write
+from tandem.edge_agent.ota.verify import files_for, verify_files, verify_manifest_doc
+from tandem.protocols.manifest import MANIFEST_FILENAME, parse_version
+from tandem.protocols.ota import OtaCommand
 
 log = logging.getLogger(__name__)
 

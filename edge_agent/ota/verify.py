@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_agent.ota.errors import VerificationError
-from protocols.manifest import FileEntry, Manifest, ManifestError, Variant, parse_version
-from protocols.ota import OtaCommand
-from protocols.signing import SignatureError, canonical_bytes, verify_manifest
+from tandem.edge_agent.ota.errors import VerificationError
+from tandem.protocols.manifest import FileEntry, Manifest, ManifestError, Variant, parse_version
+from tandem.protocols.ota import OtaCommand
+from tandem.protocols.signing import SignatureError, canonical_bytes, verify_manifest
 
 _CHUNK = 1 << 20
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
 
-from edge_agent.errors import AgentError
-from protocols import topics
-from protocols.telemetry_codec import TelemetryWindow, encode_window
+from tandem.edge_agent.errors import AgentError
+from tandem.protocols import topics
+from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.telemetry.outbox import Outbox
-from protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
-from protocols.tls import TlsFiles, configure_mqtt_client
-from protocols.topics import device_topic, status_topic
+from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
+from tandem.protocols.tls import TlsFiles, configure_mqtt_client
+from tandem.protocols.topics import device_topic, status_topic
 
 log = logging.getLogger(__name__)
 

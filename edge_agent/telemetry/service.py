@@ -18,13 +18,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edge_agent.telemetry.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, HARD_EXAMPLES, ClassQuota, Outbox
-from edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
-from edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-from protocols import limits
-from protocols.telemetry_codec import STATUS_ONLINE, TelemetryWindow, encode_status
-from protocols import topics
-from protocols.topics import check_device_id
+from tandem.edge_agent.telemetry.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, HARD_EXAMPLES, ClassQuota, Outbox
+from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
+from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
+from tandem.protocols import limits
+from tandem.protocols.telemetry_codec import STATUS_ONLINE, TelemetryWindow, encode_status
+from tandem.protocols import topics
+from tandem.protocols.topics import check_device_id
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class TelemetryService:
 
     def register_metrics(self, metrics: Any) -> None:
         """Per outbox class gauges on an AgentMetrics: rows waiting and messages dropped under pressure."""
-        from edge_agent.telemetry.outbox import CLASS_NAMES
+        from tandem.edge_agent.telemetry.outbox import CLASS_NAMES
 
         for klass, name in CLASS_NAMES.items():
             metrics.gauge(f"tandem_agent_outbox_{name}_rows", f"Outbox class {klass} ({name}) rows waiting for the "

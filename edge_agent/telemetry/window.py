@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from protocols import limits
-from protocols.drift import bin_counts, confidence_counts, summarize_inputs
-from protocols.telemetry_codec import LATENCY_EDGES_MS, SOURCE_FIELDS, TelemetryWindow
+from tandem.protocols import limits
+from tandem.protocols.drift import bin_counts, confidence_counts, summarize_inputs
+from tandem.protocols.telemetry_codec import LATENCY_EDGES_MS, SOURCE_FIELDS, TelemetryWindow
 
 FOLD_SAMPLES = 4096              # buffered values before they are binned; bounds memory on a busy device
 RAW_BUFFER_BYTES = 4 * 1024 * 1024  # small input rows kept (in memory only) until summarized in bulk

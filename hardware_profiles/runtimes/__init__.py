@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hardware_profiles.runtimes.base import IOSpec, RuntimeSession, RuntimeUnavailableError
-from hardware_profiles.runtimes.model_files import ModelFileError, check_model_file
+from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeSession, RuntimeUnavailableError
+from tandem.hardware_profiles.runtimes.model_files import ModelFileError, check_model_file
 
 
 def load_session(runtime: str, path: str | Path, **options: Any) -> RuntimeSession:
@@ -17,15 +17,15 @@ def load_session(runtime: str, path: str | Path, **options: Any) -> RuntimeSessi
     """
     check_model_file(runtime, path)
     if runtime == "onnxruntime":
-        from hardware_profiles.runtimes.onnxruntime import OnnxRuntimeSession
+        from tandem.hardware_profiles.runtimes.onnxruntime import OnnxRuntimeSession
 
         return OnnxRuntimeSession(path, **options)
     if runtime == "openvino":
-        from hardware_profiles.runtimes.openvino import OpenVINOSession
+        from tandem.hardware_profiles.runtimes.openvino import OpenVINOSession
 
         return OpenVINOSession(path, **options)
     if runtime == "litert":
-        from hardware_profiles.runtimes.litert import LiteRTSession
+        from tandem.hardware_profiles.runtimes.litert import LiteRTSession
 
         return LiteRTSession(path, **options)
     raise RuntimeUnavailableError(f"unknown runtime {runtime!r} (known: onnxruntime, openvino, litert)")

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
+from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator
 
-from hardware_profiles.runtimes.base import RuntimeUnavailableError
+from tandem.hardware_profiles.runtimes.base import RuntimeUnavailableError
 
 ALLOWED_SUFFIXES = {
     "onnxruntime": (".onnx",),

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
+from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",

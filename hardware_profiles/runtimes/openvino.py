@@ -7,7 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
+from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
 
 _core = None
 

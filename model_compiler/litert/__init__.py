@@ -15,8 +15,8 @@ Identity/Dropout/Cast/Shape/Gather where they fold to constants or aliases.
 Anything else raises UnsupportedOpError naming the op and the node.
 """
 
-from model_compiler.litert.errors import LoweringError
-from model_compiler.litert.graph import Lowered, lower
-from model_compiler.litert.writer import write
+from tandem.model_compiler.litert.errors import LoweringError
+from tandem.model_compiler.litert.graph import Lowered, lower
+from tandem.model_compiler.litert.writer import write
 
 __all__ = ["Lowered", "LoweringError", "lower", "write"]

@@ -13,9 +13,9 @@ from typing import Mapping
 
 import numpy as np
 
-from hardware_profiles.runtimes.litert import interpreter_class
-from model_compiler.errors import CalibrationDataError
-from model_compiler.litert.ir import Graph
+from tandem.hardware_profiles.runtimes.litert import interpreter_class
+from tandem.model_compiler.errors import CalibrationDataError
+from tandem.model_compiler.litert.ir import Graph
 
 logger = logging.getLogger(__name__)
 

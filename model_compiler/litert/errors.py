@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model_compiler.errors import CompileError, UnsupportedOpError
+from tandem.model_compiler.errors import CompileError, UnsupportedOpError
 
 RUNTIME = "litert"
 

@@ -15,9 +15,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from model_compiler.litert.errors import LoweringError, unsupported
-from model_compiler.litert.ir import Graph, Tensor
-from model_compiler.litert.prepass import Node, prepare
+from tandem.model_compiler.litert.errors import LoweringError, unsupported
+from tandem.model_compiler.litert.ir import Graph, Tensor
+from tandem.model_compiler.litert.prepass import Node, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def lower(model, input_shapes: Mapping[str, Sequence[int]] | None = None, for_in
     for_int8 lowers for later quantization: HardSwish becomes ADD/MUL, because XNNPACK
     does not take int8 HARD_SWISH and each one would split the delegated graph.
     """
-    from model_compiler.litert.ops import LOWERINGS
+    from tandem.model_compiler.litert.ops import LOWERINGS
 
     shapes = static_input_shapes(model, input_shapes)
     nodes, consts = prepare(model)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_compiler.litert.errors import LoweringError, unsupported
-from model_compiler.litert.fold import fold, reshape_target
-from model_compiler.litert.graph import Lowering
-from model_compiler.litert.prepass import Node
-from model_compiler.litert.spatial import F32_MIN, Rule, conv, conv_transpose, global_pool, pool, resize
-from model_compiler.litert.tensor_ops import batch_matmul, pow_op, reduce_mean, slice_op
+from tandem.model_compiler.litert.errors import LoweringError, unsupported
+from tandem.model_compiler.litert.fold import fold, reshape_target
+from tandem.model_compiler.litert.graph import Lowering
+from tandem.model_compiler.litert.prepass import Node
+from tandem.model_compiler.litert.spatial import F32_MIN, Rule, conv, conv_transpose, global_pool, pool, resize
+from tandem.model_compiler.litert.tensor_ops import batch_matmul, pow_op, reduce_mean, slice_op
 
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 

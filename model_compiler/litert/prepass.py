@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from model_compiler.litert.fold import fold
+from tandem.model_compiler.litert.fold import fold
 
 
 @dataclass

@@ -13,8 +13,8 @@ import copy
 
 import numpy as np
 
-from model_compiler.litert.errors import LoweringError
-from model_compiler.litert.ir import Graph, Op, Quant, Tensor
+from tandem.model_compiler.litert.errors import LoweringError
+from tandem.model_compiler.litert.ir import Graph, Op, Quant, Tensor
 
 SAME_AS_INPUT = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD", "PADV2", "SPLIT",
                  "MAXIMUM", "MINIMUM", "REDUCE_MAX", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "STRIDED_SLICE"}

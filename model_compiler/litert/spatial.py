@@ -8,9 +8,9 @@ from typing import Callable
 
 import numpy as np
 
-from model_compiler.litert.errors import unsupported
-from model_compiler.litert.graph import Lowering
-from model_compiler.litert.prepass import Node
+from tandem.model_compiler.litert.errors import unsupported
+from tandem.model_compiler.litert.graph import Lowering
+from tandem.model_compiler.litert.prepass import Node
 
 Rule = Callable[[Lowering, Node], None]
 F32_MIN = float(np.finfo(np.float32).min)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_compiler.litert.errors import unsupported
-from model_compiler.litert.fold import fold
-from model_compiler.litert.graph import Lowering
-from model_compiler.litert.prepass import Node
+from tandem.model_compiler.litert.errors import unsupported
+from tandem.model_compiler.litert.fold import fold
+from tandem.model_compiler.litert.graph import Lowering
+from tandem.model_compiler.litert.prepass import Node
 
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 

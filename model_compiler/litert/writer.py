@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from model_compiler.litert.errors import LoweringError
-from model_compiler.litert.ir import Graph, Op
+from tandem.model_compiler.litert.errors import LoweringError
+from tandem.model_compiler.litert.ir import Graph, Op
 
 _PADDING = {"SAME": 0, "VALID": 1}
 _ACTIVATION = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}

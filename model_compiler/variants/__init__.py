@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib
 
-from model_compiler.variants.base import BuildContext, BuiltVariant, Recipe, VariantBuilder
+from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe, VariantBuilder
 
 BUILDERS: dict[str, str] = {
-    "onnxruntime": "model_compiler.variants.onnxruntime:OnnxRuntimeBuilder",
-    "openvino": "model_compiler.variants.openvino:OpenVINOBuilder",
-    "litert": "model_compiler.variants.litert:LiteRTBuilder",
+    "onnxruntime": "tandem.model_compiler.variants.onnxruntime:OnnxRuntimeBuilder",
+    "openvino": "tandem.model_compiler.variants.openvino:OpenVINOBuilder",
+    "litert": "tandem.model_compiler.variants.litert:LiteRTBuilder",
 }
 
 

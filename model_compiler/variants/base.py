@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from hardware_profiles import Profile
+from tandem.hardware_profiles import Profile
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from model_compiler.errors import VariantSkipped
+from tandem.model_compiler.errors import VariantSkipped
 
 MAX_CALIB_BATCH = 8
 

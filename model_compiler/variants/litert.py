@@ -16,11 +16,11 @@ from typing import Mapping
 
 import numpy as np
 
-from hardware_profiles import Profile
-from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
-from model_compiler.errors import CompileError, UnsupportedOpError, VariantSkipped
-from model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
-from model_compiler.variants.calibration import check_calibration, model_input_shapes
+from tandem.hardware_profiles import Profile
+from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+from tandem.model_compiler.errors import CompileError, UnsupportedOpError, VariantSkipped
+from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
+from tandem.model_compiler.variants.calibration import check_calibration, model_input_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LiteRTBuilder:
     def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
         import onnx
 
-        from model_compiler.litert import lower, write
+        from tandem.model_compiler.litert import lower, write
 
         if recipe.precision not in ("fp32", "int8"):
             raise VariantSkipped(f"litert builder has no recipe for precision {recipe.precision!r}")
@@ -104,9 +104,9 @@ def static_shapes(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]
 
 
 def _int8(lowered, float_bytes: bytes, ctx: BuildContext, int8_io: bool) -> tuple[bytes, list[str]]:
-    from model_compiler.litert import write
-    from model_compiler.litert.calibrate import collect_ranges
-    from model_compiler.litert.quantize import quantize
+    from tandem.model_compiler.litert import write
+    from tandem.model_compiler.litert.calibrate import collect_ranges
+    from tandem.model_compiler.litert.quantize import quantize
 
     import onnx
 

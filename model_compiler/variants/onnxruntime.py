@@ -17,10 +17,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from hardware_profiles import Profile
-from model_compiler.errors import VariantSkipped
-from model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
-from model_compiler.variants.calibration import check_calibration, iter_batches
+from tandem.hardware_profiles import Profile
+from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
+from tandem.model_compiler.variants.calibration import check_calibration, iter_batches
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-from hardware_profiles import Profile
-from model_compiler.errors import VariantSkipped
-from model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
-from model_compiler.variants.calibration import check_calibration, iter_batches
+from tandem.hardware_profiles import Profile
+from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
+from tandem.model_compiler.variants.calibration import check_calibration, iter_batches
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _range_estimator(method: str):
 
 
 def _check_loads(xml: Path, session_options: dict[str, object]) -> None:
-    from hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+    from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
 
     try:
         load_session(RUNTIME, xml, **session_options).close()
