@@ -3,12 +3,15 @@
 Both the hub (decoding requests, encoding answers) and the agent's fallback client
 (the reverse) go through here, so a malformed tensor is rejected with the same
 message on either side. Raw contents are little-endian, row-major, unpadded; a
-decoded raw tensor is a read-only view over the received bytes (no copy).
+decoded raw tensor is a read-only view over the received bytes (no copy). Every
+standard v2 datatype is spoken (BF16 when ml_dtypes is installed); every error
+names the tensor.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -22,26 +25,54 @@ class TensorCodecError(ValueError):
     """A tensor cannot be encoded or decoded; the message names the tensor and the problem."""
 
 
-# v2 datatype name -> numpy dtype (explicitly little-endian where it matters).
+def _bfloat16() -> np.dtype | None:
+    """numpy has no bfloat16; ml_dtypes (an onnx/jax dependency) adds one when installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+# Every standard v2 datatype -> numpy dtype (explicitly little-endian where it matters).
+# BYTES is an object array of `bytes`; on the raw wire each element is a 4-byte
+# little-endian length and its bytes. BF16 needs ml_dtypes.
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
     "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
     "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"),
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
 }
-_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in DATATYPES.items()}
+_BF16 = _bfloat16()
+if _BF16 is not None:
+    DATATYPES["BF16"] = _BF16
+STANDARD_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                      "FP16", "FP32", "FP64", "BF16", "BYTES")
+_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name not in ("BYTES", "BF16")}
 
-# Which repeated field of InferTensorContents carries each datatype (FP16 has none).
+# Which repeated field of InferTensorContents carries each datatype (FP16 and BF16 have none).
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
     "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
     "INT8": "int_contents",
+    "INT16": "int_contents",
     "INT32": "int_contents",
     "INT64": "int64_contents",
     "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _ALL_CONTENTS_FIELDS = (
     "bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
@@ -63,19 +94,28 @@ DEFAULT_LIMITS = TensorLimits()
 
 
 def datatype_of(dtype: Any) -> str:
-    """The v2 datatype name for a numpy dtype (e.g. float32 -> "FP32")."""
+    """The v2 datatype name for a numpy dtype (e.g. float32 -> "FP32"; object or bytes_ -> "BYTES")."""
+    if isinstance(dtype, str) and dtype in ("string", "str", "object", "bytes"):  # runtimes' names for BYTES
+        return "BYTES"
     dt = np.dtype(dtype)
+    if dt.kind in "OSU":
+        return "BYTES"
+    if _BF16 is not None and dt == _BF16:
+        return "BF16"
     name = _BY_KIND.get((dt.kind, dt.itemsize))
     if name is None:
         raise TensorCodecError(f"dtype {dt.name} has no Tandem v2 datatype (supported: {', '.join(DATATYPES)})")
     return name
 
 
-def dtype_of(datatype: str) -> np.dtype:
-    """The numpy dtype for a v2 datatype name (e.g. "FP32" -> float32)."""
+def dtype_of(datatype: str, name: str | None = None) -> np.dtype:
+    """The numpy dtype for a v2 datatype name (e.g. "FP32" -> float32); `name` is the tensor, for the message."""
     dt = DATATYPES.get(datatype)
     if dt is None:
-        raise TensorCodecError(f"unknown datatype {datatype!r} (supported: {', '.join(DATATYPES)})")
+        where = f"tensor {name!r}: " if name is not None else ""
+        if datatype == "BF16":
+            raise TensorCodecError(f"{where}BF16 needs the ml_dtypes package on this side (pip install ml_dtypes)")
+        raise TensorCodecError(f"{where}unknown datatype {datatype!r} (supported: {', '.join(DATATYPES)})")
     return dt
 
 
@@ -97,8 +137,10 @@ def check_shape(name: str, shape: Sequence[int], limits: TensorLimits = DEFAULT_
 def to_raw(name: str, array: np.ndarray, limits: TensorLimits = DEFAULT_LIMITS) -> tuple[str, list[int], bytes]:
     """Encode one array as (datatype, shape, little-endian bytes)."""
     arr = np.asarray(array)
-    datatype = datatype_of(arr.dtype)
+    datatype = _datatype_for(name, arr.dtype)
     count = check_shape(name, arr.shape, limits)
+    if datatype == "BYTES":
+        return datatype, list(arr.shape), _bytes_to_raw(name, arr, limits)
     dt = DATATYPES[datatype]
     if count * dt.itemsize > limits.max_bytes:
         raise TensorCodecError(f"tensor {name!r}: {count * dt.itemsize} bytes exceeds the limit of {limits.max_bytes}")
@@ -109,8 +151,10 @@ def to_raw(name: str, array: np.ndarray, limits: TensorLimits = DEFAULT_LIMITS) 
 def from_raw(name: str, datatype: str, shape: Sequence[int], data: bytes,
              limits: TensorLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode raw bytes into a read-only array; the byte size must match shape and datatype."""
-    dt = dtype_of(datatype)
+    dt = dtype_of(datatype, name)
     count = check_shape(name, shape, limits)
+    if datatype == "BYTES":
+        return _bytes_from_raw(name, shape, count, data, limits)
     expected = count * dt.itemsize
     if expected > limits.max_bytes:
         raise TensorCodecError(f"tensor {name!r}: {expected} bytes exceeds the limit of {limits.max_bytes}")
@@ -128,19 +172,20 @@ def to_contents(name: str, array: np.ndarray, contents: pb.InferTensorContents,
                 limits: TensorLimits = DEFAULT_LIMITS) -> tuple[str, list[int]]:
     """Fill `contents` with the array's values in the typed field for its datatype."""
     arr = np.asarray(array)
-    datatype = datatype_of(arr.dtype)
+    datatype = _datatype_for(name, arr.dtype)
     check_shape(name, arr.shape, limits)
     field_name = _CONTENTS_FIELD.get(datatype)
     if field_name is None:
         raise TensorCodecError(f"tensor {name!r}: {datatype} has no typed contents in v2; send it as raw bytes")
-    getattr(contents, field_name).extend(arr.ravel().tolist())
+    values = [_as_bytes(name, v) for v in arr.ravel()] if datatype == "BYTES" else arr.ravel().tolist()
+    getattr(contents, field_name).extend(values)
     return datatype, list(arr.shape)
 
 
 def from_contents(name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents,
                   limits: TensorLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode typed contents; exactly the field for `datatype` may be set, with one value per element."""
-    dt = dtype_of(datatype)
+    dt = dtype_of(datatype, name)
     count = check_shape(name, shape, limits)
     field_name = _CONTENTS_FIELD.get(datatype)
     if field_name is None:
@@ -159,7 +204,66 @@ def from_contents(name: str, datatype: str, shape: Sequence[int], contents: pb.I
         if wide.min() < info.min or wide.max() > info.max:
             raise TensorCodecError(f"tensor {name!r}: values outside the {datatype} range [{info.min}, {info.max}]")
         return wide.astype(dt).reshape([int(d) for d in shape])
+    if datatype == "BYTES":
+        if sum(len(v) for v in values) > limits.max_bytes:
+            raise TensorCodecError(f"tensor {name!r}: BYTES elements exceed the limit of {limits.max_bytes} bytes")
+        out = np.empty(count, dtype=object)
+        out[:] = list(values)
+        return out.reshape([int(d) for d in shape])
     return np.fromiter(values, dtype=dt, count=count).reshape([int(d) for d in shape])
+
+
+def _datatype_for(name: str, dtype: np.dtype) -> str:
+    try:
+        return datatype_of(dtype)
+    except TensorCodecError as exc:
+        raise TensorCodecError(f"tensor {name!r}: {exc}") from None
+
+
+def _as_bytes(name: str, value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    raise TensorCodecError(f"tensor {name!r}: BYTES elements must be bytes or str, not {type(value).__name__}")
+
+
+def _bytes_to_raw(name: str, arr: np.ndarray, limits: TensorLimits) -> bytes:
+    """v2's raw BYTES layout: per element a uint32 little-endian length, then the bytes."""
+    parts: list[bytes] = []
+    total = 0
+    for value in arr.ravel():
+        item = _as_bytes(name, value)
+        total += 4 + len(item)
+        if total > limits.max_bytes:
+            raise TensorCodecError(f"tensor {name!r}: more than {limits.max_bytes} bytes exceeds the limit")
+        parts.append(struct.pack("<I", len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def _bytes_from_raw(name: str, shape: Sequence[int], count: int, data: bytes, limits: TensorLimits) -> np.ndarray:
+    if len(data) > limits.max_bytes:
+        raise TensorCodecError(f"tensor {name!r}: {len(data)} bytes exceeds the limit of {limits.max_bytes}")
+    view = memoryview(data)
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise TensorCodecError(f"tensor {name!r}: raw BYTES end after {i} of {count} elements "
+                                   "(each element is a 4-byte little-endian length, then its bytes)")
+        (size,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + size > len(view):
+            raise TensorCodecError(f"tensor {name!r}: raw BYTES element {i} claims {size} bytes, "
+                                   f"{len(view) - offset} remain")
+        out[i] = bytes(view[offset:offset + size])
+        offset += size
+    if offset != len(view):
+        raise TensorCodecError(f"tensor {name!r}: {len(view) - offset} raw bytes left over after {count} BYTES elements")
+    return out.reshape([int(d) for d in shape])
 
 
 def _decode_tensors(kind: str, tensors: Sequence[Any], raw: Sequence[bytes],
@@ -221,7 +325,7 @@ def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[st
 
 
 __all__ = [
-    "DATATYPES", "DEFAULT_LIMITS", "TensorCodecError", "TensorLimits", "check_shape", "datatype_of",
+    "DATATYPES", "DEFAULT_LIMITS", "STANDARD_DATATYPES", "TensorCodecError", "TensorLimits", "check_shape", "datatype_of",
     "decode_request_inputs", "decode_response_outputs", "dtype_of", "encode_request_inputs",
     "encode_response_outputs", "from_contents", "from_raw", "to_contents", "to_raw",
 ]

@@ -46,7 +46,48 @@ def test_service_methods_have_tritons_paths_and_types():
         assert (method.input_type.full_name, method.output_type.full_name) == \
             (other.input_type.full_name, other.output_type.full_name)
     assert [m.name for m in mine.methods] == [
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"]
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "ModelStreamInfer", "ModelConfig", "ModelStatistics", "RepositoryIndex"]
+    stream = mine.methods_by_name["ModelStreamInfer"]
+    assert stream.client_streaming and stream.server_streaming
+
+
+# Served extras: every field we define is Triton's field (same number, type, label); Triton has more.
+SUBSET_MESSAGES = [
+    "ModelStreamInferResponse", "ModelConfigRequest", "ModelConfigResponse", "ModelStatisticsRequest",
+    "ModelStatisticsResponse", "ModelStatistics", "StatisticDuration", "InferStatistics", "InferBatchStatistics",
+    "MemoryUsage", "RepositoryIndexRequest", "RepositoryIndexResponse",
+]
+CONFIG_MESSAGES = ["ModelConfig", "ModelInput", "ModelOutput", "ModelDynamicBatching"]
+
+
+def _is_subset(mine: dict, theirs: dict) -> bool:
+    for name, value in mine.items():
+        if name not in theirs:
+            return False
+        if isinstance(value, dict):
+            if not _is_subset(value, theirs[name]):
+                return False
+        elif value != theirs[name]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", SUBSET_MESSAGES + CONFIG_MESSAGES)
+def test_extra_messages_are_wire_compatible_subsets_of_tritons(name):
+    service = pytest.importorskip("tritonclient.grpc.service_pb2")
+    config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    theirs = (config if name in CONFIG_MESSAGES else service).DESCRIPTOR.message_types_by_name[name]
+    mine = ours.DESCRIPTOR.message_types_by_name[name]
+    assert mine.full_name == theirs.full_name
+    assert _is_subset(_fields(mine), _fields(theirs))
+
+
+def test_datatype_enum_matches_tritons():
+    config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    mine = {v.name: v.number for v in ours.DESCRIPTOR.enum_types_by_name["DataType"].values}
+    theirs = {v.name: v.number for v in config.DESCRIPTOR.enum_types_by_name["DataType"].values}
+    assert mine == theirs
 
 
 def test_committed_modules_are_what_generate_py_writes(tmp_path):
