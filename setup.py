@@ -6,7 +6,7 @@ found, not written by hand, so a new subpackage cannot be left out).
 
 from setuptools import find_packages, setup
 
-TOP_LEVEL = ("protocols", "hardware_profiles", "model_compiler", "edge_agent", "cloud_hub", "sim")
+TOP_LEVEL = ("protocols", "hardware_profiles", "tasks", "model_compiler", "edge_agent", "cloud_hub", "sim")
 
 setup(
     packages=["tandem", *(f"tandem.{name}" for name in find_packages(include=[f"{top}*" for top in TOP_LEVEL]))],

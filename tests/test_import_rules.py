@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"protocols", "hardware_profiles", "model_compiler", "edge_agent", "cloud_hub", "sim"}
+OURS = {"protocols", "hardware_profiles", "tasks", "model_compiler", "edge_agent", "cloud_hub", "sim"}
 ALLOWED = {
     "protocols": set(),
     "hardware_profiles": set(),
-    "model_compiler": {"protocols", "hardware_profiles"},
-    "edge_agent": {"protocols", "hardware_profiles"},
-    "cloud_hub": {"protocols", "hardware_profiles", "model_compiler"},
+    "tasks": set(),
+    "model_compiler": {"protocols", "hardware_profiles", "tasks"},
+    "edge_agent": {"protocols", "hardware_profiles", "tasks"},
+    "cloud_hub": {"protocols", "hardware_profiles", "tasks", "model_compiler"},
     "sim": OURS - {"sim"},
 }
 

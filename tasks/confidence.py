@@ -1,0 +1,77 @@
+"""How sure an answer is, per task: one figure per row in [0, 1] (higher is surer),
+with the task's own detail, or an explicit "no confidence" for tasks that have none.
+
+binary sigmoid: max(p, 1-p). multi-label: the least decided label's max(p, 1-p).
+detection: 1 - share of boxes whose score sits in the ambiguity band (uncertain boxes
+are counted). dense: share of pixels outside the band. CTC: the weakest step's
+probability (the sequence probability comes beside it). Embedding, regression, custom:
+None, and the agent keeps them on the edge unless a rule is configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tandem.tasks.decode import _candidates, class_probabilities, ctc_step_probabilities, sigmoid
+from tandem.tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class TaskConfidence:
+    """Per-row confidence (None: this task has none) and labels, plus task details per row."""
+
+    confidence: np.ndarray | None       # float32 [rows]
+    labels: np.ndarray                  # int64 [rows]: class, boxes kept, sequence length, ...
+    detail: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
+    """Confidence of each row of the task output `out`."""
+    x = np.asarray(out)
+    rows = x.shape[0] if x.ndim else 1
+    kind = spec.kind
+    if kind == "classification":
+        probs = class_probabilities(spec, x)
+        if spec.scores == "multi_label":
+            sure = np.maximum(probs, 1.0 - probs).min(axis=1) if probs.shape[1] else np.ones(rows)
+            positives = (probs >= spec.positive_threshold).sum(axis=1)
+            return TaskConfidence(sure.astype(np.float32), positives.astype(np.int64))
+        if spec.scores == "sigmoid":
+            p = probs[:, 1]
+            return TaskConfidence(np.maximum(p, 1.0 - p).astype(np.float32),
+                                  (p >= spec.positive_threshold).astype(np.int64))
+        return TaskConfidence(probs.max(axis=1).astype(np.float32), probs.argmax(axis=1).astype(np.int64))
+    if kind == "detection":
+        low, high = spec.ambiguity
+        found = _candidates(spec, x, min(low, spec.score_threshold))
+        uncertain = np.array([np.count_nonzero((d.scores >= low) & (d.scores < high)) for d in found], np.int64)
+        sure = np.array([np.count_nonzero(d.scores >= high) for d in found], np.int64)
+        kept = np.array([np.count_nonzero(d.scores >= spec.score_threshold) for d in found], np.int64)
+        total = uncertain + sure
+        conf = np.where(total > 0, 1.0 - uncertain / np.maximum(total, 1), 1.0)
+        return TaskConfidence(conf.astype(np.float32), kept, {"uncertain_boxes": uncertain})
+    if kind == "dense":
+        p = x.reshape(rows, -1).astype(np.float64)
+        if x.ndim == 4 and x.shape[1] > 1:
+            top = np.sort(x.reshape(rows, x.shape[1], -1), axis=1)
+            p = (top[:, -1] - top[:, -2]).reshape(rows, -1)  # margin per pixel
+            conf = (p >= spec.ambiguity[1] - spec.ambiguity[0]).mean(axis=1)
+        else:
+            if p.size and not (p.min() >= 0.0 and p.max() <= 1.0):
+                p = sigmoid(p)
+            low, high = spec.ambiguity
+            band = (p >= low) & (p < high)
+            conf = 1.0 - band.mean(axis=1)
+        fg = (x.reshape(rows, -1) > (0.5 if spec.threshold is None else spec.threshold)).sum(axis=1)
+        return TaskConfidence(conf.astype(np.float32), fg.astype(np.int64))
+    if kind == "ctc":
+        probs = ctc_step_probabilities(spec, x)
+        best = probs.max(axis=2)
+        path = probs.argmax(axis=2)
+        lengths = np.array([np.count_nonzero((r != spec.blank) & np.r_[True, r[1:] != r[:-1]]) for r in path], np.int64)
+        seq_prob = np.exp(np.log(np.clip(best, 1e-12, 1.0)).sum(axis=1))
+        return TaskConfidence(best.min(axis=1).astype(np.float32), lengths,
+                              {"sequence_probability": seq_prob.astype(np.float32)})
+    return TaskConfidence(None, np.zeros(rows, np.int64))
