@@ -75,6 +75,8 @@ class HardExampleQueue:
         self._lock = threading.Lock()
         self._pending: queue.Queue = queue.Queue(maxsize=pending_max)
         self._not_queued = 0
+        self.write_failed = 0                 # examples lost because the file could not be written
+        self.write_error: str | None = None   # why it cannot be written now (None: it can)
         self._rows: int | None = None  # cached row count; None: count on the next write
         self._thread = threading.Thread(target=self._writer, name="hard-examples", daemon=True)
         self._thread.start()
@@ -102,10 +104,16 @@ class HardExampleQueue:
             return int(self._db.execute("SELECT COUNT(*) FROM hard_examples").fetchone()[0])
 
     def dropped(self) -> int:
-        """Examples lost: evicted as oldest when full, or not queued because the writer lagged."""
+        """Examples lost: evicted as oldest when full, not queued because the writer lagged, or not written
+        because the file could not be (disk full, read-only)."""
         with self._lock:
             row = self._db.execute("SELECT value FROM counters WHERE name='dropped'").fetchone()
-            return (row[0] if row else 0) + self._not_queued
+            return (row[0] if row else 0) + self._not_queued + self.write_failed
+
+    @property
+    def degraded(self) -> str | None:
+        """Why hard examples are not being stored now (None: they are)."""
+        return f"hard examples unwritable: {self.write_error}" if self.write_error else None
 
     def peek(self, limit: int = 100) -> list[HardExample]:
         with self._lock:
@@ -167,7 +175,16 @@ class HardExampleQueue:
                     return
                 self._write(item)
             except sqlite3.Error as exc:
-                log.warning("hard example not stored path=%s error=%s", self.path, exc)
+                with self._lock:
+                    self.write_failed += 1
+                if self.write_error is None:  # logged once per state change
+                    log.error("hard examples unwritable path=%s error=%s; each one is counted (write_failed)",
+                              self.path, exc)
+                self.write_error = str(exc)
+            else:
+                if self.write_error is not None and item is not _STOP:
+                    log.warning("hard examples writable again path=%s lost=%d", self.path, self.write_failed)
+                    self.write_error = None
             finally:
                 self._pending.task_done()
 
@@ -193,6 +210,7 @@ class HardExampleQueue:
                     self._rows -= excess
                 self._db.execute("COMMIT")
             except Exception:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                    self._db.execute("ROLLBACK")
                 self._rows = None  # recount next time
                 raise

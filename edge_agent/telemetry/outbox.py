@@ -132,12 +132,23 @@ class Outbox:
 
     # -- writers -------------------------------------------------------------------------
 
-    def append(self, window: TelemetryWindow) -> int:
-        """Number the window, store it (class 2), and return its sequence; room is made by `_evict`."""
+    def append(self, window: TelemetryWindow, lost_before: int = 0) -> int:
+        """Number the window, store it (class 2), and return its sequence; room is made by `_evict`.
+
+        `lost_before`: windows that closed before this one but never reached the disk (the
+        outbox could not be written, e.g. a full disk, for longer than the caller could hold
+        them). Their sequence numbers are skipped, so the hub sees the gap, and they are
+        counted as telemetry drops in the same transaction, so the window that follows says
+        the gap is a counted local loss, not a lost message.
+        """
+        if lost_before < 0:
+            raise OutboxError(f"outbox append: lost_before must be >= 0, got {lost_before}")
         with self._lock:
             try:
                 with self._transaction():
-                    seq = self._meta("last_sequence") + 1
+                    seq = self._meta("last_sequence") + 1 + lost_before
+                    if lost_before:
+                        self._count_drop(TELEMETRY, lost_before)
                     window.sequence = seq
                     self._stamp_drops(window)
                     size = len(encode_window(window))

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tandem.edge_agent.telemetry.outbox import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, HARD_EXAMPLES, ClassQuota, Outbox
+from tandem.edge_agent.telemetry.outbox import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, HARD_EXAMPLES, ClassQuota, Outbox,
+                                                OutboxError)
 from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
 from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
 from tandem.protocols import limits
@@ -29,7 +30,7 @@ from tandem.protocols.topics import check_device_id
 log = logging.getLogger(__name__)
 
 OUTBOX_FILENAME = "telemetry_outbox.sqlite"
-MAX_UNSTORED = 1000  # closed windows waiting for a failing disk; beyond this the oldest are lost
+MAX_UNSTORED = 1000  # closed windows held in memory while the disk fails (2.7 h of 10 s windows); beyond, the oldest are lost
 HARD_EXAMPLE_BATCH = 64  # moved into the outbox per tick, in one transaction (one fsync)
 UNKNOWN_AGENT_VERSION = "unknown"
 
@@ -88,12 +89,15 @@ class TelemetryService:
                  outbox_max_rows: int = DEFAULT_MAX_ROWS, outbox_max_bytes: int = DEFAULT_MAX_BYTES,
                  outbox_quotas: Mapping[int, ClassQuota] | None = None, hard_examples: Any = None,
                  selection: Mapping[str, Any] | None = None, publisher: PublisherConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, unstored_max: int = MAX_UNSTORED) -> None:
         """`manifest` is a protocols Manifest (or a ModelInfo); its drift_reference gives the bin edges.
 
         `hard_examples` (an edge_agent.hard_examples.HardExampleQueue) is drained into the
         outbox's class 1 while that class has room; the queue keeps (and bounds) the rest.
         `selection` (LoadedModel.selection) says in the status which variant was chosen and why.
+        `unstored_max`: closed windows held in memory while the outbox cannot be written
+        (disk full, read-only, corrupt); past it the oldest is lost, counted, and its sequence
+        number skipped so the hub sees the gap.
         """
         check_device_id(device_id)
         self.device_id = device_id
@@ -111,7 +115,11 @@ class TelemetryService:
         self.publisher = TelemetryPublisher(pub_config, self.outbox, device_id,
                                             status_info=status_info(device_id, model, profile, tags, selection))
         self._append_lock = threading.Lock()
-        self._closed: deque[TelemetryWindow] = deque(maxlen=MAX_UNSTORED)  # closed, not yet in the outbox
+        self._closed_lock = threading.Lock()  # guards _closed and _lost_unstored only (never held across I/O)
+        self._closed: deque[TelemetryWindow] = deque(maxlen=max(1, unstored_max))  # closed, not yet in the outbox
+        self._lost_unstored = 0          # lost from _closed since the last append: sequence numbers to skip
+        self.write_error: str | None = None       # why the outbox cannot be written now (None: it can)
+        self.write_failures = 0                   # failed outbox writes (windows or hard examples), ever
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -178,7 +186,11 @@ class TelemetryService:
         items = queue.peek_uploads(self.device_id, room)
         if not items:
             return 0
-        self.outbox.append_many(topics.HARD_EXAMPLES, [payload for _, payload in items])
+        try:  # on failure the examples stay in their queue (nothing lost) and the state turns degraded
+            self.outbox.append_many(topics.HARD_EXAMPLES, [payload for _, payload in items])
+        except OutboxError as exc:
+            self._write_failed(exc)
+            raise
         queue.ack([i for i, _ in items])
         self.hard_examples_moved += len(items)
         self.publisher.wake()
@@ -194,6 +206,14 @@ class TelemetryService:
             metrics.gauge(f"tandem_agent_outbox_{name}_dropped", f"Outbox class {klass} ({name}) messages dropped "
                           "under pressure (lowest class first).", lambda n=name: self.outbox.dropped()[n])
         metrics.gauge("tandem_agent_outbox_bytes", "Payload bytes in the outbox.", lambda: self.outbox.bytes)
+        metrics.gauge("tandem_agent_outbox_write_failing", "1 while the outbox cannot be written (disk full, "
+                      "read-only, corrupt).", lambda: int(self.write_error is not None))
+        metrics.gauge("tandem_agent_outbox_write_failures", "Failed outbox writes since start.",
+                      lambda: self.write_failures)
+        metrics.gauge("tandem_agent_telemetry_unstored", "Closed windows held in memory for a failing outbox.",
+                      lambda: len(self._closed))
+        metrics.gauge("tandem_agent_telemetry_lost_local", "Windows lost because the outbox stayed unwritable "
+                      "past unstored_max (their sequence numbers are skipped).", lambda: self.unstored_dropped)
 
     def flush(self) -> int | None:
         """Close the open window now and store it with any handed-off ones; returns the last sequence."""
@@ -204,24 +224,64 @@ class TelemetryService:
     def _hand_off(self, window: TelemetryWindow | None) -> None:
         if window is None:
             return
-        if len(self._closed) == self._closed.maxlen:
-            self.unstored_dropped += 1  # the outbox has been failing for MAX_UNSTORED windows
-            log.error("telemetry window lost: outbox unwritable device=%s lost_total=%d", self.device_id,
-                      self.unstored_dropped)
-        self._closed.append(window)
+        with self._closed_lock:
+            if len(self._closed) == self._closed.maxlen:
+                self._closed.popleft()
+                self._lost_unstored += 1  # its number is skipped by the next append: the hub sees the gap
+                self.unstored_dropped += 1
+                if self.unstored_dropped == 1 or self.unstored_dropped % 100 == 0:
+                    log.error("telemetry window lost: outbox unwritable for %d windows device=%s lost_total=%d "
+                              "error=%s", self._closed.maxlen, self.device_id, self.unstored_dropped, self.write_error)
+            self._closed.append(window)
 
     def _store_closed(self) -> int | None:
-        """Append handed-off windows to the outbox in the order they closed."""
+        """Append handed-off windows to the outbox in the order they closed.
+
+        A window leaves memory only once its append committed; a failing disk keeps it
+        here (bounded by unstored_max) and raises OutboxError to the caller.
+        """
         seq = None
-        with self._append_lock:
-            while self._closed:
-                window = self._closed.popleft()
-                seq = self.outbox.append(window)
+        with self._append_lock:  # the fsync runs outside _closed_lock: record() never waits on the disk
+            while True:
+                with self._closed_lock:
+                    if not self._closed:
+                        break
+                    window, lost = self._closed[0], self._lost_unstored
+                try:
+                    seq = self.outbox.append(window, lost_before=lost)
+                except OutboxError as exc:
+                    self._write_failed(exc)
+                    raise
+                with self._closed_lock:
+                    self._lost_unstored -= lost
+                    if self._closed and self._closed[0] is window:
+                        self._closed.popleft()
+                    else:  # _hand_off evicted it as lost while it was being stored: it was not lost
+                        self._lost_unstored -= 1
+                        self.unstored_dropped -= 1
                 self.windows_closed += 1
                 log.debug("telemetry window stored device=%s seq=%d", self.device_id, seq)
         if seq is not None:
             self.publisher.wake()
         return seq
+
+    def _write_failed(self, exc: Exception) -> None:
+        self.write_failures += 1
+        if self.write_error is None:  # logged once per state change, not once per tick
+            log.error("telemetry outbox unwritable device=%s error=%s; holding up to %d windows in memory",
+                      self.device_id, exc, self._closed.maxlen)
+        self.write_error = str(exc)
+
+    def _write_ok(self) -> None:
+        if self.write_error is not None:
+            log.warning("telemetry outbox writable again device=%s held=%d lost_total=%d", self.device_id,
+                        len(self._closed), self.unstored_dropped)
+            self.write_error = None
+
+    @property
+    def degraded(self) -> str | None:
+        """Why this device's telemetry is not being stored now (None: it is)."""
+        return f"telemetry outbox unwritable: {self.write_error}" if self.write_error else None
 
     def start(self) -> "TelemetryService":
         self.publisher.start()
@@ -242,7 +302,10 @@ class TelemetryService:
                         self._hand_off(self.aggregator.close(self._clock()))
                 self._store_closed()
                 self.move_hard_examples()
-            except Exception:  # e.g. disk full: keep the agent serving, retry on the next tick
+                self._write_ok()
+            except OutboxError:  # disk full, read-only, corrupt: counted and logged in _write_failed; retry next tick
+                pass
+            except Exception:  # anything else: keep the agent serving, retry on the next tick
                 log.exception("telemetry window store failed device=%s pending=%d", self.device_id, len(self._closed))
 
     def stop(self, flush: bool = True, drain_timeout_s: float = 2.0) -> None:
@@ -254,7 +317,11 @@ class TelemetryService:
             self._ticker = None
         try:
             if flush:
-                self.flush()
+                try:
+                    self.flush()
+                except OutboxError as exc:  # already logged and counted; what memory held is lost with the process
+                    log.error("telemetry stop: %d windows not stored device=%s error=%s", len(self._closed),
+                              self.device_id, exc)
                 if self.publisher.connected:
                     self.publisher.wait_drained(drain_timeout_s)
         finally:
