@@ -70,7 +70,6 @@ def test_digits_edge_compiles_for_every_profile(tmp_path, digits_dir):
 
 @pytest.mark.slow
 def test_ocr_orientation_classifier_opset11_compiles(tmp_path, ocr_cls_model):
-    sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "ocr"))
     from make_data import make_cls_data
 
     x, y = make_cls_data(96, seed=1)

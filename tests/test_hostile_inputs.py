@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import tracemalloc
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,18 +21,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
-
-import harness  # noqa: E402  (fuzz/harness.py)
-from tandem.edge_agent import wire  # noqa: E402
-from tandem.protocols import inference_pb2 as pb  # noqa: E402
-from tandem.protocols import limits  # noqa: E402
-from tandem.protocols import local_api_pb2 as lpb  # noqa: E402
-from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_command  # noqa: E402
-from tandem.protocols.ota import encode_status as encode_ota_status  # noqa: E402
-from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window, encode_status, encode_window  # noqa: E402
-from tandem.protocols.telemetry_pb2 import TelemetryWindow  # noqa: E402
-from tandem.protocols.tensor_codec import encode_request_inputs  # noqa: E402
+import harness  # fuzz/harness.py
+from tandem.edge_agent import wire
+from tandem.protocols import inference_pb2 as pb
+from tandem.protocols import limits
+from tandem.protocols import local_api_pb2 as lpb
+from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_command
+from tandem.protocols.ota import encode_status as encode_ota_status
+from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window, encode_status, encode_window
+from tandem.protocols.telemetry_pb2 import TelemetryWindow
+from tandem.protocols.tensor_codec import encode_request_inputs
 
 N_MESSAGES = 10_000
 # tracemalloc peak over one decoder's 10,000 messages. Each message is < 64 KiB and is

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tandem.cloud_hub.rest.ranges import RangeNotSatisfiable, parse_range
-from hub_registry_fixtures import hub_config, running_hub  # noqa: F401
 
 SIZE = 3 * 1024 * 1024 + 17  # not a multiple of any chunk size
 

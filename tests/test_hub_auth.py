@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 
 from tandem.cloud_hub.auth import SCOPES, scope_allows
 from tandem.cloud_hub.hub import Hub
-from hub_registry_fixtures import hub_config  # noqa: F401
 
 # (method, path, json body, scope it needs)
 ROUTES = [

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from tandem.cloud_hub.devices import DeviceFilter, DeviceRegistry, device_status
 from tandem.cloud_hub.errors import InvalidInputError, NotFoundError
 from tandem.cloud_hub.hub import Hub
-from hub_registry_fixtures import hub_config  # noqa: F401
 
 
 class Clock:

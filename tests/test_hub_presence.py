@@ -7,7 +7,6 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from telemetry_fixtures import mosquitto  # noqa: F401  (fixture)
 
 from tandem.cloud_hub.devices import DeviceRegistry
 from tandem.cloud_hub.presence import DevicePresence, plan_status, wait_registered

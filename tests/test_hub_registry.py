@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub_registry_fixtures import hub_config, hub_model_dir, make_model_dir, running_hub  # noqa: F401
+from hub_registry_fixtures import make_model_dir
 from tandem.protocols import signing
 from tandem.protocols.manifest import Manifest
 

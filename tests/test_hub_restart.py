@@ -9,7 +9,6 @@ import pytest
 
 from tandem.cloud_hub.hub import Hub
 from tandem.cloud_hub.storage.db import MIGRATIONS, DatabaseError, Migration, open_database
-from hub_registry_fixtures import hub_config, hub_model_dir  # noqa: F401
 from tandem.protocols import signing
 
 

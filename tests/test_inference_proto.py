@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from dependencies import require_module
 from tandem.protocols import inference_pb2 as ours
 
 MESSAGES = [
@@ -29,7 +30,7 @@ def _fields(descriptor) -> dict:
 
 @pytest.mark.parametrize("name", MESSAGES)
 def test_messages_match_tritons_field_for_field(name):
-    triton = pytest.importorskip("tritonclient.grpc.service_pb2")
+    triton = require_module("tritonclient.grpc.service_pb2")
     mine = ours.DESCRIPTOR.message_types_by_name[name]
     theirs = triton.DESCRIPTOR.message_types_by_name[name]
     assert mine.full_name == theirs.full_name == f"inference.{name}"
@@ -37,7 +38,7 @@ def test_messages_match_tritons_field_for_field(name):
 
 
 def test_service_methods_have_tritons_paths_and_types():
-    triton = pytest.importorskip("tritonclient.grpc.service_pb2")
+    triton = require_module("tritonclient.grpc.service_pb2")
     mine = ours.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     theirs = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert mine.full_name == theirs.full_name == "inference.GRPCInferenceService"
@@ -75,8 +76,8 @@ def _is_subset(mine: dict, theirs: dict) -> bool:
 
 @pytest.mark.parametrize("name", SUBSET_MESSAGES + CONFIG_MESSAGES)
 def test_extra_messages_are_wire_compatible_subsets_of_tritons(name):
-    service = pytest.importorskip("tritonclient.grpc.service_pb2")
-    config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    service = require_module("tritonclient.grpc.service_pb2")
+    config = require_module("tritonclient.grpc.model_config_pb2")
     theirs = (config if name in CONFIG_MESSAGES else service).DESCRIPTOR.message_types_by_name[name]
     mine = ours.DESCRIPTOR.message_types_by_name[name]
     assert mine.full_name == theirs.full_name
@@ -84,14 +85,14 @@ def test_extra_messages_are_wire_compatible_subsets_of_tritons(name):
 
 
 def test_datatype_enum_matches_tritons():
-    config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    config = require_module("tritonclient.grpc.model_config_pb2")
     mine = {v.name: v.number for v in ours.DESCRIPTOR.enum_types_by_name["DataType"].values}
     theirs = {v.name: v.number for v in config.DESCRIPTOR.enum_types_by_name["DataType"].values}
     assert mine == theirs
 
 
 def test_committed_modules_are_what_generate_py_writes(tmp_path):
-    pytest.importorskip("grpc_tools")
+    require_module("grpc_tools")
     from tandem.protocols import generate
 
     here = Path(generate.__file__).parent

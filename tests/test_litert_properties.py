@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from dependencies import require_module
 from tandem.model_compiler.litert import lower, write
 
-pytest.importorskip("ai_edge_litert")
+require_module("ai_edge_litert")
 
 # LITERT_PROP_EXAMPLES=300 for a deeper local search; CI keeps 25 per property.
 MAX_EXAMPLES = int(os.environ.get("LITERT_PROP_EXAMPLES", "25"))

@@ -10,13 +10,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from dependencies import require_module
 from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
 from tandem.model_compiler.errors import VariantSkipped
 from tandem.model_compiler.litert import LoweringError, lower, write
 from tandem.model_compiler.litert.prepass import Node, fold_batchnorm, match_hardswish
 from tandem.model_compiler.litert.quantize import affine
 
-pytest.importorskip("ai_edge_litert")
+require_module("ai_edge_litert")
 
 
 def _init(name: str, array) -> onnx.TensorProto:

@@ -3,7 +3,6 @@ from ONNX by our converter, run under the LiteRT interpreter, compared with ONNX
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from dependencies import require_module
 from tandem.hardware_profiles import get_profile
 from tandem.hardware_profiles.runtimes import load_session
 from tandem.model_compiler.errors import UnsupportedOpError, VariantSkipped
 from tandem.model_compiler.model_io import load_model, prepare_model
 from tandem.model_compiler.variants import BuildContext, get_builder
 
-pytest.importorskip("ai_edge_litert")
-
-ROOT = Path(__file__).resolve().parents[1]
+require_module("ai_edge_litert")
 
 
 def _ort(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -80,7 +78,6 @@ def test_int8_model_is_full_integer_inside(digits_variants):
 
 @pytest.fixture(scope="module")
 def ocr_cls(ocr_cls_model, tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "examples" / "ocr"))
     from make_data import make_cls_data
 
     out = tmp_path_factory.mktemp("litert-ocr")
@@ -181,7 +178,6 @@ def test_lstm_is_reported_as_unsupported():
 
 def test_ocr_detector_lowers_with_resize_and_transposed_conv(ocr_det_model, tmp_path):
     """PP-OCRv4 det: nearest Resize, ConvTranspose and Conv->Mul->Add affine layers, at 160x160."""
-    sys.path.insert(0, str(ROOT / "examples" / "ocr"))
     from make_data import make_det_data
 
     prepared = tmp_path / "det.prepared.onnx"

@@ -19,7 +19,7 @@ from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, Wind
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import encode_window
 from tandem.protocols.topics import events_topic, parse_mqtt_url, telemetry_topic
-from telemetry_fixtures import mosquitto, needs_mosquitto  # noqa: F401  (fixture)
+from telemetry_fixtures import needs_mosquitto
 from waiting import wait_for
 
 EDGES = [-0.5, 0.0, 0.5]

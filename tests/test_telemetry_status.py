@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 
 from tandem.protocols.telemetry_codec import decode_status
 from tandem.protocols.topics import parse_mqtt_url, status_topic
-from telemetry_fixtures import mosquitto, needs_mosquitto, python_env  # noqa: F401  (fixture)
+from telemetry_fixtures import needs_mosquitto, python_env
 
 PROC = Path(__file__).with_name("telemetry_agent_proc.py")
 

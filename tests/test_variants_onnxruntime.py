@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from tandem.model_compiler.model_io import prepare_model, weight_bytes
 from tandem.model_compiler.variants import BuildContext, get_builder
 from tandem.model_compiler.variants.onnxruntime import int8_types
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples" / "ocr"))
 
 ALL = ("fp32", "fp16", "int8")
 

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, releases
-from web_fixtures import browser, digits_windows, publish, shot, start_console_hub  # noqa: F401  (fixture)
+from web_fixtures import digits_windows, publish, shot, start_console_hub
 
 N_DEVICES = 4
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
