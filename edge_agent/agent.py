@@ -24,7 +24,7 @@ from tandem.edge_agent.metrics import AgentMetrics
 from tandem.edge_agent.errors import ModelLoadError
 from tandem.edge_agent.model import LoadedModel, load_model
 from tandem.edge_agent.observe import RequestObserver
-from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold
+from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold, task_policy_for
 from tandem.edge_agent.server import Concurrency, ZmqServer
 from tandem.edge_agent.service import InferenceService
 from tandem.edge_agent.serving import Serving
@@ -293,6 +293,9 @@ class Agent:
                                    cfg.policy_output)
         log.info("policy threshold=%s temperature=%s source=%s", choice.threshold, choice.temperature, choice.source)
         try:
+            by_task = task_policy_for(task, cfg.threshold, cfg.policy_output, cfg.transform)
+            if by_task is not None:  # not a softmax classifier: the task's own confidence (tandem.tasks)
+                return by_task
             return ConfidencePolicy(cfg.policy, choice.threshold, output=cfg.policy_output, transform=cfg.transform,
                                     temperature=choice.temperature)
         except PolicyError as exc:

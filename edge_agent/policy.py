@@ -6,17 +6,21 @@ agent, the benchmarks and the simulator all run this same code.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from tandem.tasks import TaskError, TaskSpec, task_confidence
+
 KINDS = ("max_prob", "margin", "entropy")
 TRANSFORMS = ("auto", "none", "softmax", "sigmoid")
 DEFAULT_THRESHOLDS = {"max_prob": 0.8, "margin": 0.5, "entropy": 0.6}
 
 Transform = Callable[[np.ndarray], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 class PolicyError(ValueError):
@@ -261,6 +265,73 @@ class ConfidencePolicy:
         if self.output not in names:
             raise PolicyError(f"policy output {self.output!r} is not an output of the model (have: {', '.join(names)})")
         return outputs[list(names).index(self.output)]
+
+
+# a task's own confidence (tandem.tasks.confidence) is compared with these unless configured
+TASK_DEFAULT_THRESHOLDS = {"sigmoid": 0.8, "multi_label": 0.8, "detection": 0.8, "dense": 0.9, "ctc": 0.5}
+NO_CONFIDENCE_RULES = ("edge", "cloud")
+
+
+def uses_task_policy(spec: TaskSpec) -> bool:
+    """False for softmax classifiers, which keep ConfidencePolicy (and its measured fast path)."""
+    return not (spec.kind == "classification" and spec.scores in ("probabilities", "logits"))
+
+
+class TaskPolicy(ConfidencePolicy):
+    """Confidence per task from the manifest's task spec, for outputs that are not one softmax per row:
+    a single sigmoid [N, 1] scores max(p, 1-p) (label p >= 0.5), multi-label its least decided label,
+    a detector the share of boxes outside the ambiguity band (label: boxes kept), CTC [N, T, C] its
+    weakest step (label: sequence length), a dense map the share of pixels outside the band.
+
+    Embeddings, regression and custom tasks have no confidence: `no_confidence` "edge" keeps every
+    answer on the device (confidence reported as 1.0), "cloud" sends every one to the hub.
+    """
+
+    def __init__(self, spec: TaskSpec, threshold: float | None = None, *, output: str | int | None = None,
+                 no_confidence: str = "edge") -> None:
+        key = spec.scores if spec.kind == "classification" else spec.kind
+        super().__init__("max_prob", TASK_DEFAULT_THRESHOLDS.get(key, 0.8) if threshold is None else threshold,
+                         output=output if output is not None else spec.output, transform="none")
+        if no_confidence not in NO_CONFIDENCE_RULES:
+            raise PolicyError(f"no_confidence: {no_confidence!r} is not one of {', '.join(NO_CONFIDENCE_RULES)}")
+        self.spec = spec
+        self.kind = key
+        self.no_confidence = no_confidence
+
+    def score_array(self, raw: np.ndarray, threshold: float | None = None) -> Scores:
+        t = self.threshold if threshold is None else float(threshold)
+        _check_threshold(t)
+        try:
+            found = task_confidence(self.spec, np.asarray(raw))
+        except (TaskError, ValueError, IndexError) as exc:
+            raise PolicyError(f"{self.spec.kind} output of shape {list(np.shape(raw))}: {exc}") from exc
+        if found.confidence is None:
+            rows = found.labels.shape[0]
+            stay = self.no_confidence == "edge"
+            return Scores(found.labels, np.ones(rows, np.float32), np.full(rows, stay), t)
+        conf = found.confidence
+        confident = np.where(np.isnan(conf), False, conf >= _float32(t))
+        return Scores(found.labels, conf, confident, t)
+
+
+def task_policy_for(task: Mapping[str, Any], config_threshold: float | None, output: str | int | None,
+                    transform: str | Transform) -> TaskPolicy | None:
+    """The TaskPolicy the manifest's task calls for, or None for a softmax classifier, for a
+    configured transform (the operator's choice wins) or for a task object this agent cannot read
+    (logged; the configured ConfidencePolicy then scores as before)."""
+    if transform != "auto":
+        return None
+    try:
+        spec = TaskSpec.from_dict(task, "manifest task")
+    except TaskError as exc:
+        log.warning("manifest task not understood, scoring with the configured policy: %s", exc)
+        return None
+    if not uses_task_policy(spec):
+        return None
+    policy = TaskPolicy(spec, config_threshold, output=output)
+    log.info("policy: %s task scored by its own confidence (threshold=%s%s)", spec.kind, policy.threshold,
+             "; no confidence: answers stay on the edge" if not spec.has_confidence else "")
+    return policy
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:

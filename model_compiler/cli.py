@@ -66,6 +66,7 @@ def _compile(args: argparse.Namespace) -> int:
         confidence_calibration=not args.no_confidence_calibration, confidence_goal=args.confidence_goal,
         fallback_budget=args.fallback_budget, reference_threshold=args.reference_threshold,
         cloud_model=args.cloud_model, hybrid_within=args.hybrid_within,
+        task=_task_spec(args), budgets=_pairs(args.budget, "--budget", float),
     )
     result = compile_model(opts, progress=_progress_printer(args.quiet))
     if args.json:
@@ -74,6 +75,35 @@ def _compile(args: argparse.Namespace) -> int:
         print((result.out / REPORT_MD).read_text(encoding="utf-8"))
         print(f"manifest: {result.out / 'manifest.json'}")
     return 0 if any(c.chosen for c in result.manifest.profiles.values()) else 3
+
+
+def _pairs(items: list[str], flag: str, convert=str) -> dict:
+    """NAME=VALUE strings (repeatable flags) as a dict, refusing a malformed one by flag."""
+    found = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise CompileError(f"{flag} {item!r}: expected NAME=VALUE")
+        try:
+            found[name.strip()] = convert(value.strip())
+        except ValueError as exc:
+            raise CompileError(f"{flag} {item!r}: {exc}") from exc
+    return found
+
+
+def _task_spec(args: argparse.Namespace):
+    """The --task and --task-option flags as a task spec (None: infer it from the outputs)."""
+    from tandem.tasks import TaskError, TaskSpec
+
+    options = _pairs(args.task_option, "--task-option")
+    if args.task is None:
+        if options:
+            raise CompileError("--task-option needs --task (the options depend on the task)")
+        return None
+    try:
+        return TaskSpec(args.task).with_options(options)
+    except TaskError as exc:
+        raise CompileError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $TANDEM_HOME/keys/release-ed25519.pem, created on first use)")
     parser.add_argument("--profile-dir", type=Path, action="append", default=[],
                         help="extra folder of profile YAML files (repeatable; also $TANDEM_PROFILE_PATH)")
+    task = parser.add_argument_group(
+        "task", "what the outputs mean and the budget each task metric must meet against FP32 (docs/tasks.md); "
+                "without --task it is inferred from the outputs and the reason printed")
+    task.add_argument("--task", choices=["classification", "detection", "dense", "ctc", "embedding", "regression", "custom"],
+                      help="the model's task (default: inferred where the outputs make it unambiguous)")
+    task.add_argument("--task-option", action="append", default=[], metavar="NAME=VALUE",
+                      help="a task option, repeatable: output=NAME, scores=probabilities|logits|sigmoid|multi_label, "
+                           "layout=channels_first|anchors_first|nms, box_format=cxcywh|xyxy, score_threshold=0.25, "
+                           "iou_threshold=0.45, ambiguity=LOW,HIGH, threshold=0.5 (dense), blank=0 (ctc), top_k=5, "
+                           "metric=module:function (a user metric hook)")
+    task.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                      help="a budget per task metric, repeatable, e.g. map50=0.9, exact_match=0.95, cer=0.02, "
+                           "mask_iou=0.9, cosine_p5=0.98, rel_error_p95=0.05 (defaults: docs/tasks.md)")
     conf = parser.add_argument_group(
         "confidence calibration",
         "per classification variant: a temperature fitted on half of --val and a fallback threshold chosen on that "

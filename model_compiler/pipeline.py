@@ -27,12 +27,13 @@ from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.report import write_reports
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
-from tandem.model_compiler.validate import Task, confidences, infer_task, run_dataset, validate_variant
+from tandem.model_compiler.validate import Task, confidences, resolve_task, run_dataset, validate_variant
 from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
 from tandem.protocols.manifest import (
     MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, Variant, parse_version,
 )
 from tandem.protocols.signing import load_or_create_private_key, sign_manifest
+from tandem.tasks import TaskSpec, class_labels
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class CompileOptions:
     reference_threshold: float = DEFAULT_REFERENCE_THRESHOLD
     cloud_model: Path | None = None
     hybrid_within: float = DEFAULT_HYBRID_WITHIN_POINTS
+    # what the outputs mean (None: inferred from them) and budgets per task metric (docs/tasks.md)
+    task: TaskSpec | None = None
+    budgets: dict[str, float] = field(default_factory=dict)
 
     def goal(self) -> Goal:
         kind = self.confidence_goal or ("hybrid-accuracy" if self.cloud_model else
@@ -189,17 +193,21 @@ def compile_model(opts: CompileOptions, progress: Progress | None = None) -> Com
     ref_session = load_session("onnxruntime", prepared_path, graph_optimization=False)
     reference = run_dataset(ref_session, val.inputs)
     ref_session.close()
-    task = infer_task(reference, opts.dense_threshold)
-    ref_metrics: dict[str, Any] = {"task": task.kind}
-    if task.kind == "classification" and val.labels is not None:
-        ref_metrics["accuracy"] = float((reference[task.output_index].argmax(axis=1) == val.labels).mean())
+    task = _resolve_task(opts, prepared, outputs, reference, val)
+    say(f"task: {task.kind} on output {outputs[task.output_index].name!r} ({task.reason})")
+    say("task gate: " + (", ".join(f"{k} {'<=' if k in ('cer', 'rel_error_p95', 'rel_error_mean') else '>='} {v:g}"
+                                   for k, v in task.budgets.items()) or "no task budget")
+        + ("; accuracy within --max-accuracy-drop points of FP32" if task.kind == "classification" and val.labels is not None else ""))
+    ref_metrics: dict[str, Any] = {"task": task.kind, "task_budgets": dict(task.budgets), "task_reason": task.reason}
+    if task.kind == "classification" and val.labels is not None and task.spec.scores != "multi_label":
+        ref_metrics["accuracy"] = float((class_labels(task.spec, reference[task.output_index]) == val.labels).mean())
         say(f"reference accuracy on validation data: {ref_metrics['accuracy']:.4f}")
 
     blocked = _profiles_blocked_by_ops(profiles, model_io.op_types(prepared))
     buildable = [p for p in profiles if p.name not in blocked]
     recipes, wanted_by, skipped = _plan(buildable, say)
     outcomes = _build_and_validate(recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say)
-    if opts.confidence_calibration and task.kind == "classification":
+    if opts.confidence_calibration and task.calibratable:
         _calibrate(outcomes, opts, task, val, reference, outputs[task.output_index].name, ref_metrics, say)
 
     choices: dict[str, ProfileChoice] = {}
@@ -220,6 +228,21 @@ def compile_model(opts: CompileOptions, progress: Progress | None = None) -> Com
     write_reports(result)
     say(f"done in {time.perf_counter() - started:.1f}s: {out / MANIFEST_FILENAME}")
     return result
+
+
+def _resolve_task(opts: CompileOptions, prepared, outputs, reference: list[np.ndarray], val: Dataset) -> Task:
+    """The stated or inferred task; a classifier's default budget follows --max-accuracy-drop."""
+    producers = {out: node.op_type for node in prepared.graph.node for out in node.output}
+    names = [o.name for o in outputs]
+    task = resolve_task(names, reference, [producers.get(n) for n in names], opts.task, dict(opts.budgets))
+    if task.kind == "classification" and "top1_agreement" not in opts.budgets:
+        derived = dict(task.budgets)
+        if val.labels is not None and task.spec.scores != "multi_label":
+            derived.pop("top1_agreement", None)  # with labels, accuracy against FP32's decides (select.py)
+        else:
+            derived["top1_agreement"] = max(0.0, 1.0 - opts.max_accuracy_drop / 100.0)
+        task = Task(task.spec, task.output_index, derived, task.reason)
+    return task
 
 
 def _host_dict() -> dict[str, Any]:
@@ -267,9 +290,11 @@ def _build_and_validate(recipes: dict[str, Recipe], wanted_by: dict[str, list[st
             outcome.build_seconds = time.perf_counter() - t0
             say(f"[{i}/{total}] validating {rid} (built in {outcome.build_seconds:.1f}s)")
             metrics, outputs = validate_variant(recipe.runtime, built.files, built.session_options, task, reference, val,
-                                                timing=opts.timing, timing_seconds=opts.timing_seconds)
+                                                timing=opts.timing, timing_seconds=opts.timing_seconds,
+                                                dense_threshold=opts.dense_threshold)
             outcome.built, outcome.metrics, outcome.outputs = built, metrics, outputs
-            say(f"[{i}/{total}] {rid}: agreement {metrics['agreement']:.4f}"
+            say(f"[{i}/{total}] {rid}: task {metrics['task_gate']}: {metrics['task_reason']}"
+                + f" (element agreement {metrics['agreement']:.4f}, informational)"
                 + (f", p50 {metrics['latency_p50_ms']:.3f} ms" if "latency_p50_ms" in metrics else ""))
         except VariantSkipped as exc:
             outcome.skipped = exc.reason
@@ -355,9 +380,11 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
                         atol=0.05, min_top1_agreement=0.9)
 
     ref_out = reference[task.output_index]
-    conf = confidences(task, ref_out) if task.kind == "classification" else None
-    pred = ref_out.argmax(axis=1) if task.kind == "classification" else None
-    drift = build_drift_reference(val.inputs, conf, pred, ref_out.shape[1] if task.kind == "classification" else None)
+    conf = confidences(task, ref_out)
+    single_label = task.kind == "classification" and task.spec.scores != "multi_label"
+    pred = class_labels(task.spec, ref_out) if single_label else None
+    classes = (2 if task.spec.scores == "sigmoid" else ref_out.reshape(len(ref_out), -1).shape[1]) if single_label else None
+    drift = build_drift_reference(val.inputs, conf, pred, classes)
 
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     manifest = Manifest(

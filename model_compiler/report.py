@@ -31,6 +31,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _task_figure(x: dict[str, Any]) -> str:
+    """The gated task metric of a variant, e.g. `map50 0.9312`."""
+    if x.get("task_metric") is None:
+        return "-"
+    return f"{x['task_metric']} {_fmt(x.get('task_value'), 4)}"
+
+
 def report_dict(result: "CompileResult") -> dict[str, Any]:
     """Everything the Markdown shows, for machines (`tandem-compile --json`)."""
     m = result.manifest
@@ -64,6 +71,9 @@ def render_markdown(result: "CompileResult") -> str:
         f"- source: `{m.source.get('file')}` (opset {m.source.get('opset')}, weights {_fmt_bytes(m.source.get('weight_bytes'))})",
         f"- task: {m.task.get('kind')} on output `{m.task.get('output')}`"
         + (f"; FP32 reference accuracy {ref['accuracy']:.4f}" if "accuracy" in ref else ""),
+        f"- task spec: `{json.dumps(m.task, sort_keys=True)}` ({ref.get('task_reason', 'from the manifest')})",
+        "- task gate: " + (", ".join(f"{k} {v:g}" for k, v in ref.get("task_budgets", {}).items()) or "none")
+        + ". The gate decides; `agreement` is top-1 for classifiers and element-wise (informational) otherwise.",
         f"- host: {host.get('cpu_model', '?')} ({host.get('machine', '?')}; features: {', '.join(host.get('features', [])) or 'none detected'})."
         " Latency and throughput are measured on this host, not on the target devices.",
     ]
@@ -73,8 +83,8 @@ def render_markdown(result: "CompileResult") -> str:
         lines.append(f"| {name} | {choice.chosen or '**none**'} | {choice.reason} |")
     lines += [
         "", "## Variants (validated against the FP32 reference)", "",
-        "| variant | runtime | precision | size | weights | agreement | accuracy | max abs err | p50 ms (b1) | p95 ms | samples/s (b8) | profiles |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| variant | runtime | precision | size | weights | task metric | gate | agreement | accuracy | max abs err | p50 ms (b1) | p95 ms | samples/s (b8) | profiles |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for o in result.outcomes:
         if o.skipped:
@@ -82,7 +92,8 @@ def render_markdown(result: "CompileResult") -> str:
         x = o.metrics
         lines.append(
             f"| {o.recipe.id} | {o.recipe.runtime} | {o.recipe.precision} | {_fmt_bytes(x.get('file_bytes'))} | "
-            f"{_fmt_bytes(x.get('weight_bytes'))} | {_fmt(x.get('agreement'), 4)} | {_fmt(x.get('accuracy'), 4)} | "
+            f"{_fmt_bytes(x.get('weight_bytes'))} | {_task_figure(x)} | {x.get('task_gate', '-')} | "
+            f"{_fmt(x.get('agreement'), 4)} | {_fmt(x.get('accuracy'), 4)} | "
             f"{_fmt(x.get('max_abs_error'), 5)} | {_fmt(x.get('latency_p50_ms'))} | {_fmt(x.get('latency_p95_ms'))} | "
             f"{_fmt(x.get('throughput_b8'), 0)} | {', '.join(o.profiles)} |"
         )

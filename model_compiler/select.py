@@ -25,7 +25,13 @@ class Candidate:
 
 
 def quality_drop_points(metrics: dict[str, Any], reference_accuracy: float | None) -> float:
-    """Accuracy lost against the FP32 reference, in points; disagreement when there are no labels."""
+    """Accuracy lost against the FP32 reference, in points; disagreement when there are no labels.
+
+    Classifiers only: for other tasks the element-wise "agreement" is informational and the
+    task gate (tandem.tasks) decides, so the drop is 0 here.
+    """
+    if "task_gate" in metrics and "top1_agreement" not in metrics:
+        return 0.0
     if reference_accuracy is not None and "accuracy" in metrics:
         return (reference_accuracy - float(metrics["accuracy"])) * 100.0
     return (1.0 - float(metrics.get("agreement", 0.0))) * 100.0
@@ -42,7 +48,9 @@ def choose_for_profile(profile: Profile, candidates: list[Candidate], *, max_acc
             continue
         drop = quality_drop_points(cand.metrics, reference_accuracy)
         size = float(cand.metrics.get("file_bytes", 0))
-        if drop > max_accuracy_drop:
+        if cand.metrics.get("task_gate") == "fail":
+            rejected.append({"variant": cand.id, "reason": f"breaks the task: {cand.metrics.get('task_reason')}"})
+        elif drop > max_accuracy_drop:
             rejected.append({"variant": cand.id, "reason": f"quality drop {drop:.2f} points > budget {max_accuracy_drop:g}"})
         elif size > budget_bytes:
             rejected.append({"variant": cand.id, "reason": f"size {size / 2**20:.1f} MiB > profile budget {profile.model_size_budget_mb:g} MiB"})
@@ -56,13 +64,31 @@ def choose_for_profile(profile: Profile, candidates: list[Candidate], *, max_acc
         return float(c.metrics.get("latency_p50_ms", float("inf")))
 
     if profile.device_class == "cpu":
-        ranked = sorted(eligible, key=lambda c: (latency(c), c.id))
+        ranked = sorted(eligible, key=lambda c: (latency(c), float(c.metrics.get("file_bytes", 0)), c.id))
         best = ranked[0]
-        reason = f"fastest on this host ({latency(best):.3f} ms p50) within a {max_accuracy_drop:g}-point quality budget"
+        if latency(best) == float("inf"):  # --no-timing: never report "inf ms"
+            reason = f"smallest file ({_size_mib(best)}) with no host timing (--no-timing), within " \
+                     f"{_budget_words(best, max_accuracy_drop)}"
+        else:
+            reason = f"fastest on this host ({latency(best):.3f} ms p50) within {_budget_words(best, max_accuracy_drop)}"
     else:
         order = {p: i for i, p in enumerate(profile.precisions)}
         ranked = sorted(eligible, key=lambda c: (order.get(c.precision, len(order)), latency(c), c.id))
         best = ranked[0]
         reason = (f"{profile.device_class.upper()} not on this host: preferred precision {best.precision} "
-                  f"(profile order {', '.join(profile.precisions)}), then host latency, within budgets")
+                  f"(profile order {', '.join(profile.precisions)}), then host latency, within {_budget_words(best, max_accuracy_drop)}")
     return ProfileChoice(chosen=best.id, reason=reason, candidates=[c.id for c in ranked], skipped=rejected)
+
+
+def _budget_words(cand: Candidate, max_accuracy_drop: float) -> str:
+    """The budget the chosen variant met, in the words of its task."""
+    m = cand.metrics
+    if "top1_agreement" in m or "task_gate" not in m:
+        return f"a {max_accuracy_drop:g}-point quality budget"
+    if m.get("task_metric") is None:
+        return "its budgets (no task metric)"
+    return f"the task budget ({m['task_reason']}, margin {float(m['task_margin']):+.4f})"
+
+
+def _size_mib(cand: Candidate) -> str:
+    return f"{float(cand.metrics.get('file_bytes', 0)) / 2**20:.1f} MiB"

@@ -1,13 +1,14 @@
 """Validate a built variant against the FP32 reference on held-out data.
 
-Agreement, accuracy (when labels are given), output error, size and host timing:
+The task's own figures and gate (tandem.tasks), output error, size and host timing:
 the figures the per-profile choice and the report are made from.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import numpy as np
 
 from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
 from tandem.model_compiler.data import Dataset
-from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.errors import CompileError, VariantSkipped
+from tandem.tasks import TaskError, TaskSpec, budgets_for, gate, infer_task, task_confidence, task_metrics
 from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput
 
 VALIDATION_CHUNK = 64
@@ -23,30 +25,51 @@ VALIDATION_CHUNK = 64
 
 @dataclass(frozen=True)
 class Task:
-    """How outputs are compared: classification (argmax of `output_index`) or dense maps."""
+    """The model's task (tandem.tasks spec), which output it reads, and the budgets its gate holds."""
 
-    kind: str  # "classification" | "dense"
+    spec: TaskSpec
     output_index: int = 0
-    dense_threshold: float = 0.5
-    probabilities: bool = True  # classification output already sums to 1
+    budgets: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def probabilities(self) -> bool:
+        """Classification output already sums to 1 (per-variant calibration works on it as such)."""
+        return self.spec.scores == "probabilities"
+
+    @property
+    def calibratable(self) -> bool:
+        """Softmax classifiers get a per-variant temperature and threshold (model_compiler/confidence.py)."""
+        return self.kind == "classification" and self.spec.scores in ("probabilities", "logits")
 
     def to_dict(self, output_name: str) -> dict[str, Any]:
-        data: dict[str, Any] = {"kind": self.kind, "output": output_name}
-        if self.kind == "classification":
-            data["probabilities"] = self.probabilities
-        else:
-            data["threshold"] = self.dense_threshold
-        return data
+        return replace(self.spec, output=output_name).to_dict()
 
 
-def infer_task(reference_outputs: list[np.ndarray], dense_threshold: float = 0.5) -> Task:
-    """Classification when the first output is (N, C>=2); otherwise a dense map."""
-    first = reference_outputs[0]
-    if first.ndim == 2 and first.shape[1] >= 2:
-        row_sums = first.sum(axis=1)
-        probs = bool(np.all(first >= -1e-6) and np.allclose(row_sums, 1.0, atol=1e-3))
-        return Task("classification", probabilities=probs)
-    return Task("dense", dense_threshold=dense_threshold)
+def resolve_task(names: list[str], reference_outputs: list[np.ndarray], producers: list[str | None],
+                 stated: TaskSpec | None, budgets: dict[str, float] | None) -> Task:
+    """The stated task (checked against the outputs) or the one the outputs show, with its budgets."""
+    if stated is not None:
+        if stated.output is not None and stated.output not in names:
+            raise CompileError(f"--task-option output={stated.output}: the model's outputs are {', '.join(names)}")
+        index = names.index(stated.output) if stated.output else 0
+        spec, reason = replace(stated, output=names[index]), "stated with --task"
+        try:  # decode once: a wrong layout, blank index or shape fails here, not after building every variant
+            task_metrics(spec, reference_outputs[index][:2], reference_outputs[index][:2])
+        except (TaskError, ValueError, IndexError) as exc:
+            raise CompileError(f"--task {spec.kind}: output {names[index]!r} of shape "
+                               f"{list(reference_outputs[index].shape)} cannot be read that way ({exc})") from exc
+    else:
+        found = infer_task(names, reference_outputs, producers)
+        spec, index, reason = found.spec, 0, "inferred: " + found.reason
+    try:
+        return Task(spec, index, budgets_for(spec, budgets), reason)
+    except TaskError as exc:
+        raise CompileError(f"--budget: {exc}") from exc
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -55,10 +78,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def confidences(task: Task, output: np.ndarray) -> np.ndarray:
-    """Max class probability per sample (softmax applied to logits first)."""
-    probs = output if task.probabilities else softmax(output.astype(np.float64))
-    return probs.max(axis=1)
+def confidences(task: Task, output: np.ndarray) -> np.ndarray | None:
+    """The task's confidence per sample (max class probability for a classifier); None when it has none."""
+    return task_confidence(task.spec, output).confidence
 
 
 def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -75,22 +97,46 @@ def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray]) -> list[np
 
 
 def compare_outputs(task: Task, reference: list[np.ndarray], outputs: list[np.ndarray],
-                    labels: np.ndarray | None) -> dict[str, float]:
-    """Agreement and error of `outputs` against `reference` (and accuracy against labels)."""
-    ref = reference[task.output_index].astype(np.float64)
-    out = np.asarray(outputs[task.output_index], dtype=np.float64).reshape(ref.shape)
+                    labels: np.ndarray | None, dense_threshold: float = 0.5) -> dict[str, Any]:
+    """The task's figures and gate verdict for `outputs` against `reference`, beside the old
+    element-wise figures (max error; "agreement": top-1 for a classifier, else thresholded
+    element agreement), which are informational and decide nothing."""
+    ref_raw = reference[task.output_index]
+    out_raw = np.asarray(outputs[task.output_index]).reshape(ref_raw.shape)
+    ref = ref_raw.astype(np.float64)
+    out = out_raw.astype(np.float64)
     diff = np.abs(ref - out)
-    metrics: dict[str, float] = {"max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean())}
+    metrics: dict[str, Any] = {"max_abs_error": float(diff.max()) if diff.size else 0.0,
+                               "mean_abs_error": float(diff.mean()) if diff.size else 0.0}
+    figures = task_metrics(task.spec, ref_raw, out_raw, labels if task.kind == "classification" else None)
     if task.kind == "classification":
-        pred = out.argmax(axis=1)
-        metrics["agreement"] = float((pred == ref.argmax(axis=1)).mean())
-        if labels is not None:
-            metrics["accuracy"] = float((pred == labels).mean())
-        metrics["mean_confidence"] = float(confidences(task, out).mean())
+        metrics["agreement"] = figures["top1_agreement"]
+        if "accuracy" in figures:
+            metrics["accuracy"] = figures["accuracy"]
+        conf = confidences(task, out)
+        if conf is not None:
+            metrics["mean_confidence"] = float(conf.mean())
     else:
-        thr = task.dense_threshold
-        metrics["agreement"] = float(((ref > thr) == (out > thr)).mean())
+        metrics["agreement"] = float(((ref > dense_threshold) == (out > dense_threshold)).mean())
+    metrics.update({k: v for k, v in figures.items() if k not in ("accuracy",)})
+    if task.spec.metric:
+        metrics.update(user_metric(task.spec.metric, reference, outputs))
+    verdict = gate(task.spec, metrics, task.budgets)
+    metrics.update(task_gate="pass" if verdict.passed else "fail", task_metric=verdict.metric,
+                   task_value=verdict.value, task_budget=verdict.budget, task_margin=verdict.margin,
+                   task_reason=verdict.reason)
     return metrics
+
+
+def user_metric(path: str, reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, float]:
+    """Call the user's `module:function(reference_outputs, variant_outputs) -> {name: float}` hook."""
+    module_name, _, func_name = path.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        figures = func(reference, outputs)
+        return {str(k): float(v) for k, v in dict(figures).items()}
+    except Exception as exc:  # the user's code: any failure is reported with its path
+        raise CompileError(f"task metric hook {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def file_bytes(files: list[Path]) -> int:
@@ -112,7 +158,7 @@ def weight_bytes(runtime: str, files: list[Path]) -> int:
 
 def validate_variant(runtime: str, files: list[Path], session_options: dict[str, Any], task: Task,
                      reference: list[np.ndarray], val: Dataset, *, timing: bool = True,
-                     timing_seconds: float = 2.0) -> tuple[dict[str, float], list[np.ndarray]]:
+                     timing_seconds: float = 2.0, dense_threshold: float = 0.5) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Load the variant, compare it on `val`, time it; returns (metrics, outputs on val).
 
     Raises VariantSkipped when the runtime cannot load or run it, so one broken
@@ -128,7 +174,7 @@ def validate_variant(runtime: str, files: list[Path], session_options: dict[str,
         outputs = run_dataset(session, val.inputs)
     except Exception as exc:  # a runtime's own error types vary; the message is what matters
         raise VariantSkipped(f"fails on validation data: {type(exc).__name__}: {exc}") from exc
-    metrics = compare_outputs(task, reference, outputs, val.labels)
+    metrics = compare_outputs(task, reference, outputs, val.labels, dense_threshold)
     metrics.update(file_bytes=file_bytes(files), weight_bytes=weight_bytes(runtime, files), load_ms=round(load_ms, 2))
     if timing:
         lat = measure_latency(session, batch_of(val.inputs, 1), max_seconds=timing_seconds)

@@ -84,6 +84,24 @@ def make_cls_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+REC_HEIGHT = 48
+
+
+def make_rec_data(n: int, seed: int, width: int = 320) -> np.ndarray:
+    """n text lines for PP-OCRv4 rec: height 48, aspect kept, width <= `width`, padded right:
+    x (n,3,48,width) float32, normalized (x/255-0.5)/0.5 like PP-OCR rec."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 3, REC_HEIGHT, width), dtype=np.float32)
+    for i in range(n):
+        img = _render_line(rng)
+        w = min(width, max(1, int(np.ceil(REC_HEIGHT * img.width / img.height))))
+        arr = np.asarray(img.resize((w, REC_HEIGHT), Image.BILINEAR), dtype=np.float32)
+        x[i, :, :, :w] = (arr.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+    return x
+
+
 def make_det_data(n: int, seed: int, size: int = 320) -> np.ndarray:
     """n pages of size x size with 2-6 text lines each: x (n,3,size,size) float32."""
     from PIL import Image, ImageDraw
