@@ -27,6 +27,7 @@ APT_INSTALL = if [ -z "$$missing" ]; then :; \
 system-deps:
 	@missing=""; \
 	if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing=" mosquitto"; fi; \
+	if ! command -v promtool >/dev/null 2>&1; then missing="$$missing prometheus"; fi; \
 	$(APT_INSTALL)
 
 browser-deps:
