@@ -107,3 +107,9 @@ def ocr_cls_model() -> Path:
 def ocr_det_model() -> Path:
     """PP-OCRv4 text detection (input [N,3,H,W], H and W multiples of 32)."""
     return rapidocr_model("ch_PP-OCRv4_det_infer.onnx")
+
+
+@pytest.fixture(scope="session")
+def ocr_rec_model() -> Path:
+    """PP-OCRv4 text recognition, CTC (input [N,3,48,W], output [N,W/8,6625] step probabilities)."""
+    return rapidocr_model("ch_PP-OCRv4_rec_infer.onnx")

@@ -1,0 +1,153 @@
+"""The compiler's task gate on real models and faithful hand-built ones: each task is inferred
+(or stated), its INT8 variant judged by the task's own metric against FP32, and a deliberately
+broken INT8 variant (starved calibration: constant inputs) rejected with its figure while the
+old element-wise agreement would have let it through."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import write_all
+from tandem.model_compiler.pipeline import CompileOptions, compile_model
+from tandem.tasks import TaskSpec
+
+PROFILE = """\
+name: ort-tasks
+description: test profile, ONNX Runtime FP32 and INT8 only (keeps each compile short)
+device_class: cpu
+isa: x86_64
+cpu_features: [avx2, fma, f16c]
+runtimes:
+  - runtime: onnxruntime
+    execution_providers: [CPUExecutionProvider]
+precisions: [int8, fp32]
+memory_budget_mb: 4096
+model_size_budget_mb: 500
+latency_slo_ms: 20
+relative_speed: 1.0
+power_watts: {idle: 15, active: 65}
+constraints:
+  static_shapes: false
+"""
+
+
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("task-models")
+    write_all(out)
+    (out / "profiles").mkdir()
+    (out / "profiles" / "ort-tasks.yaml").write_text(PROFILE)
+    return out
+
+
+def _compile(tmp: Path, models: Path, model: Path, calib: Path, val: Path, **kw):
+    opts = CompileOptions(model=model, profiles=["ort-tasks"], calib=calib, val=val, out=tmp / "out",
+                          signing_key=tmp / "key.pem", timing=False, profile_dirs=[models / "profiles"], force=True, **kw)
+    messages: list[str] = []
+    return compile_model(opts, progress=messages.append), messages
+
+
+def _starved(tmp: Path, like: Path) -> Path:
+    """Calibration that sees only constant inputs: activation ranges far too narrow for real data."""
+    x = np.load(like)["x"]
+    path = tmp / "starved.npz"
+    np.savez(path, x=np.full_like(x[:4], float(np.median(x))))
+    return path
+
+
+def _int8(result):
+    [variant] = [o for o in result.outcomes if o.recipe.precision == "int8"]
+    return variant.metrics
+
+
+def _rejected(result, profile="ort-tasks"):
+    return {s["variant"]: s["reason"] for s in result.manifest.profiles[profile].skipped}
+
+
+def test_sigmoid_classifier_is_inferred_and_a_starved_int8_is_rejected(tmp_path, task_models):
+    m = task_models
+    good, messages = _compile(tmp_path, m, m / "sigmoid.onnx", m / "sigmoid_calib.npz", m / "sigmoid_val.npz")
+    assert good.manifest.task == {"kind": "classification", "output": "p", "scores": "sigmoid", "positive_threshold": 0.5}
+    assert any("task: classification" in line and "sigmoid" in line for line in messages)
+    assert _int8(good)["task_gate"] == "pass" and _int8(good)["top1_agreement"] >= 0.99
+    assert any(c.startswith("onnxruntime-int8") for c in good.manifest.profiles["ort-tasks"].candidates)
+
+    bad, _ = _compile(tmp_path, m, m / "sigmoid.onnx", _starved(tmp_path, m / "sigmoid_calib.npz"), m / "sigmoid_val.npz")
+    figures = _int8(bad)
+    assert figures["task_gate"] == "fail" and figures["top1_agreement"] < 0.9
+    [(vid, reason)] = _rejected(bad).items()
+    assert vid.startswith("onnxruntime-int8") and f"top1_agreement {figures['top1_agreement']:.4f} misses" in reason
+    assert bad.manifest.profiles["ort-tasks"].chosen == "onnxruntime-fp32"
+
+
+def test_yolo_style_detector_is_gated_on_map_against_fp32_boxes(tmp_path, task_models):
+    m = task_models
+    good, messages = _compile(tmp_path, m, m / "yolo.onnx", m / "yolo_calib.npz", m / "yolo_val.npz")
+    assert good.manifest.task["kind"] == "detection" and good.manifest.task["layout"] == "channels_first"
+    assert _int8(good)["task_gate"] == "pass", _int8(good)
+    bad, _ = _compile(tmp_path, m, m / "yolo.onnx", _starved(tmp_path, m / "yolo_calib.npz"), m / "yolo_val.npz")
+    figures = _int8(bad)
+    assert figures["task_gate"] == "fail" and figures["map50"] < 0.9 and "map50" in next(iter(_rejected(bad).values()))
+    assert figures["agreement"] > figures["map50"]  # the element-wise figure looks far better than the task is
+    assert bad.manifest.profiles["ort-tasks"].chosen == "onnxruntime-fp32"
+    report = (bad.out / "report.md").read_text()
+    assert "| map50 " in report and "| fail |" in report
+
+
+@pytest.mark.slow
+def test_ppocr_rec_ctc_starved_int8_rejected_though_dense_agreement_is_perfect(tmp_path, task_models, ocr_rec_model):
+    from make_data import make_rec_data
+
+    x = make_rec_data(40, seed=5)
+    np.savez(tmp_path / "calib.npz", x=x[:16])
+    np.savez(tmp_path / "val.npz", x=x[16:])
+    result, messages = _compile(tmp_path, task_models, ocr_rec_model, _starved(tmp_path, tmp_path / "calib.npz"),
+                                tmp_path / "val.npz")
+    assert result.manifest.task["kind"] == "ctc" and result.manifest.task["blank"] == 0
+    assert any("CTC" in line for line in messages)
+    figures = _int8(result)
+    assert figures["task_gate"] == "fail" and figures["exact_match"] < 0.9 and figures["cer"] > 0.0
+    assert result.manifest.profiles["ort-tasks"].chosen == "onnxruntime-fp32"
+
+
+@pytest.mark.slow
+def test_ppocr_det_dense_map_gated_on_mask_iou(tmp_path, task_models, ocr_det_model):
+    from make_data import make_det_data
+
+    x = make_det_data(24, seed=6)
+    np.savez(tmp_path / "calib.npz", x=x[:8])
+    np.savez(tmp_path / "val.npz", x=x[8:])
+    result, _ = _compile(tmp_path, task_models, ocr_det_model, _starved(tmp_path, tmp_path / "calib.npz"),
+                         tmp_path / "val.npz")
+    assert result.manifest.task["kind"] == "dense"
+    figures = _int8(result)
+    assert figures["task_gate"] == "fail" and figures["mask_iou"] < 0.9, figures
+    assert "mask_iou" in next(iter(_rejected(result).values()))
+
+
+def test_stated_task_that_does_not_fit_the_outputs_is_refused_by_the_cli(tmp_path, task_models):
+    m = task_models
+    cmd = [sys.executable, "-m", "tandem.model_compiler.cli", str(m / "sigmoid.onnx"), "--profiles", "ort-tasks",
+           "--profile-dir", str(m / "profiles"), "--calib", str(m / "sigmoid_calib.npz"), "--val", str(m / "sigmoid_val.npz"),
+           "--signing-key", str(tmp_path / "k.pem"), "--no-timing"]
+    run = subprocess.run(cmd + ["--out", str(tmp_path / "o1"), "--task", "ctc"], capture_output=True, text=True)
+    assert run.returncode == 2 and "--task ctc" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run(cmd + ["--out", str(tmp_path / "o2"), "--task", "classification", "--task-option", "blank=3"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "blank" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run(cmd + ["--out", str(tmp_path / "o3"), "--budget", "map50=0.9"], capture_output=True, text=True)
+    assert run.returncode == 2 and "map50" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_budget_override_changes_the_verdict(tmp_path, task_models):
+    m = task_models
+    strict, _ = _compile(tmp_path, m, m / "yolo.onnx", m / "yolo_calib.npz", m / "yolo_val.npz",
+                         budgets={"map50": 1.01 - 1e-9})
+    assert _int8(strict)["task_gate"] == "fail" and _int8(strict)["task_budget"] == pytest.approx(1.01 - 1e-9)
+    spec = TaskSpec.from_dict(strict.manifest.task)
+    assert spec.kind == "detection" and strict.manifest.source["reference"]["task_budgets"]["map50"] > 1.0
