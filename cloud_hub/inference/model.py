@@ -19,10 +19,10 @@ import numpy as np
 from tandem.cloud_hub.errors import InvalidInputError
 from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
 from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeSession
-from tandem.hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.hardware_profiles.runtimes.batching import MicroBatcher, batch_axis_supported
 from tandem.protocols.manifest import MANIFEST_FILENAME, Manifest, ManifestError, Variant, load_manifest
 from tandem.protocols.signing import SignatureError, verify_manifest
-from tandem.protocols.tensor_codec import TensorCodecError, datatype_of
+from tandem.protocols.tensor_codec import TensorCodecError, datatype_of, dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,13 @@ class CloudModel:
         self.output_names = [o.name for o in self.outputs]
         self.batcher = MicroBatcher(session, max_batch=batch.max_batch, window_ms=batch.window_ms,
                                     max_queue=batch.max_queue, name=f"hub-batcher-{self.name}")
+        # A zero-row request is answered without the runtime when every input and output batches on axis 0.
+        self.empty_batch_ok = batch_axis_supported(self.inputs, self.outputs)
+
+    def empty_outputs(self) -> dict[str, np.ndarray]:
+        """Zero-row outputs for a zero-row batch (other dynamic axes are 0 too)."""
+        return {spec.name: np.zeros([0] + [max(d, 0) for d in spec.shape[1:]], dtype=_numpy_dtype(spec.dtype))
+                for spec in self.outputs}
 
     def check_inputs(self, tensors: Mapping[str, np.ndarray], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
         """Feeds for the runtime, or BadInputError naming a missing/unknown tensor, dtype or shape."""
@@ -86,11 +93,12 @@ class CloudModel:
                     s != -1 and s != d for s, d in zip(spec.shape, array.shape)):
                 shown = [d if d != -1 else "N" for d in spec.shape]
                 raise BadInputError(f"input {name!r}: shape {list(array.shape)} does not fit {shown}")
-            if array.size == 0:
-                raise BadInputError(f"input {name!r}: shape {list(array.shape)} has no elements")
+            if array.size == 0 and not (self.empty_batch_ok and array.shape[0] == 0 and 0 not in array.shape[1:]):
+                why = "" if self.empty_batch_ok else f" (model {self.name!r} has no batch axis)"
+                raise BadInputError(f"input {name!r}: shape {list(array.shape)} has no elements{why}")
             if not allow_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise BadInputError(f"input {name!r}: contains NaN or infinity")
-            feeds[name] = array
+            feeds[name] = _as_text(name, array) if spec.dtype == "string" else array
         if len({a.shape[0] for a in feeds.values() if a.ndim}) > 1:
             raise BadInputError(f"model {self.name!r}: inputs disagree on the batch size (leading axis)")
         return feeds
@@ -158,3 +166,19 @@ def _datatype_name(dtype: str) -> str:
         return datatype_of(dtype)
     except (TensorCodecError, TypeError) as exc:
         raise BadInputError(f"dtype {dtype!r} is not servable over v2: {exc}") from exc
+
+
+def _numpy_dtype(dtype: str) -> np.dtype:
+    return dtype_of(datatype_of(dtype))
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES for a string input: ONNX Runtime wants str elements (it would feed bytes as "b'...'")."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, value in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError as exc:
+            raise BadInputError(f"input {name!r}: element {i} is not UTF-8 text ({exc.reason})") from None
+    return out

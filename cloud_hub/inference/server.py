@@ -19,6 +19,7 @@ import grpc
 
 from tandem.cloud_hub.errors import ConfigError
 from tandem.cloud_hub.inference.model import BatchOptions, CloudModel, ModelDirError, load_cloud_model
+from tandem.cloud_hub.inference.health import add_health_and_reflection
 from tandem.cloud_hub.inference.servicer import InferenceServicer, InferenceStats
 from tandem.cloud_hub.pki import HUB_IDENTITY, RevocationList
 from tandem.cloud_hub.ratelimit import RateLimiter
@@ -69,6 +70,7 @@ class InferenceServer:
         self.device_burst = device_burst
         self.port: int | None = None
         self.servicer: InferenceServicer | None = None
+        self.health: Any = None  # grpc_health HealthServicer while serving
         self._server: grpc.Server | None = None
         self._models: dict[str, CloudModel] = {}
         self._stopped = threading.Event()
@@ -113,6 +115,7 @@ class InferenceServer:
             ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        self.health = add_health_and_reflection(server, self.servicer)
         try:
             address = _host_port(self.host, self.requested_port)
             if self.tls is None:
@@ -140,6 +143,8 @@ class InferenceServer:
         if server is not None:
             if self.servicer is not None:
                 self.servicer.ready = False
+            if self.health is not None:
+                self.health.enter_graceful_shutdown()  # Watch streams see NOT_SERVING before the port closes
             server.stop(grace).wait(grace + 5.0)
             log.info("inference server on %s:%s stopped", self.host, self.port)
         self._close_models()
@@ -202,28 +207,54 @@ class _ClientCertGate(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
+        kw = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        def gated(request: Any, context: grpc.ServicerContext) -> Any:
-            auth = context.auth_context()
-            pem = (auth.get("x509_pem_cert") or [b""])[0]
-            if not pem or (self.crl is not None and self.crl.is_revoked(pem)):
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate revoked or missing")
-            cn = (auth.get("x509_common_name") or [b""])[0].decode("utf-8", "replace")
-            if cn != HUB_IDENTITY:
-                claimed = request.parameters.get(params.DEVICE_ID) if hasattr(request, "parameters") else None
-                if claimed is not None and params.parameter_value(claimed) not in (None, cn):
-                    context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                  f"certificate of {cn!r} may not ask as {params.parameter_value(claimed)!r}")
-                if not self.limiter.allow(cn):
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"device {cn!r} is over {self.limiter.rate:g} requests/s")
-            return inner(request, context)
+            def gated(request: Any, context: grpc.ServicerContext) -> Any:
+                self._check(request, context, self._identity(context))
+                return inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(gated, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(gated, **kw)
+        if handler.unary_stream is not None:  # health Watch
+            inner_us = handler.unary_stream
+
+            def gated_us(request: Any, context: grpc.ServicerContext) -> Any:
+                self._identity(context)
+                return inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(gated_us, **kw)
+        if handler.stream_stream is not None:  # ModelStreamInfer, reflection: each request is checked
+            inner_ss = handler.stream_stream
+
+            def gated_ss(requests: Any, context: grpc.ServicerContext) -> Any:
+                cn = self._identity(context)
+                return inner_ss((self._check(r, context, cn) for r in requests), context)
+
+            return grpc.stream_stream_rpc_method_handler(gated_ss, **kw)
+        return handler
+
+    def _identity(self, context: grpc.ServicerContext) -> str:
+        """The caller's certificate CN, after refusing a revoked or missing certificate."""
+        auth = context.auth_context()
+        pem = (auth.get("x509_pem_cert") or [b""])[0]
+        if not pem or (self.crl is not None and self.crl.is_revoked(pem)):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate revoked or missing")
+        return (auth.get("x509_common_name") or [b""])[0].decode("utf-8", "replace")
+
+    def _check(self, request: Any, context: grpc.ServicerContext, cn: str) -> Any:
+        if cn != HUB_IDENTITY:
+            claimed = request.parameters.get(params.DEVICE_ID) if hasattr(request, "parameters") else None
+            if claimed is not None and params.parameter_value(claimed) not in (None, cn):
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"certificate of {cn!r} may not ask as {params.parameter_value(claimed)!r}")
+            if not self.limiter.allow(cn):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"device {cn!r} is over {self.limiter.rate:g} requests/s")
+        return request
 
 
 def _host_port(host: str, port: int) -> str:

@@ -2,8 +2,10 @@
 
 Every failure maps to one gRPC status a v2 client understands: unknown model
 NOT_FOUND, malformed request INVALID_ARGUMENT (the message names the tensor),
-full queue RESOURCE_EXHAUSTED, deadline passed DEADLINE_EXCEEDED. The edge's extras
-(device, edge answer and confidence) are read from `parameters`, logged and counted.
+full queue RESOURCE_EXHAUSTED (with a `grpc-retry-pushback-ms` hint), deadline passed
+DEADLINE_EXCEEDED. The edge's extras (device, edge answer and confidence) are read
+from `parameters`, logged and counted. `infer` is the one core: gRPC unary, gRPC
+stream and REST (cloud_hub.inference.rest) all answer through it.
 """
 
 from __future__ import annotations
@@ -16,32 +18,39 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import grpc
 import numpy as np
 
+from tandem.cloud_hub.inference import describe
+from tandem.cloud_hub.inference.counters import InferenceCounters
 from tandem.cloud_hub.inference.model import BadInputError, CloudModel
 from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, QueueFullError
 from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2 as pb
 from tandem.protocols import inference_pb2_grpc as pb_grpc
-from tandem.protocols.tensor_codec import (DEFAULT_LIMITS, TensorCodecError, TensorLimits, datatype_of,
+from tandem.protocols.tensor_codec import (DEFAULT_LIMITS, TensorCodecError, TensorLimits,
                                     decode_request_inputs, encode_response_outputs)
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "tandem-hub"
+# The v2 extensions this server speaks (ServerMetadata.extensions, GET /v2).
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "health", "metrics"]
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRFC A6: how long a client should wait before retrying
 _MAX_TRACKED_DEVICES = 10_000
+_MIN_PUSHBACK_MS = 10
 
 
 class RpcFailure(Exception):
-    """An RPC answer other than OK: a status code and a message for the caller."""
+    """An RPC answer other than OK: a status code, a message for the caller, and a retry hint when overloaded."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_ms = retry_after_ms
 
 
 @dataclass
@@ -93,6 +102,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._lock = threading.Lock()
         self._stats = InferenceStats()
         self._version = _version()
+        self.counters = InferenceCounters()
 
     # -- health and metadata ----------------------------------------------------------
 
@@ -111,7 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ServerMetadata(self, request: pb.ServerMetadataRequest,
                        context: grpc.ServicerContext) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
 
     def ModelMetadata(self, request: pb.ModelMetadataRequest,
                       context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
@@ -119,28 +129,82 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self.resolve(request.name, request.version)
         except RpcFailure as failure:
             context.abort(failure.code, failure.message)
-        response = pb.ModelMetadataResponse(name=model.name, versions=[model.version], platform=model.platform)
-        for specs, target in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
-            for spec in specs:
-                target.add(name=spec.name, datatype=datatype_of(spec.dtype), shape=list(spec.shape))
+        return describe.model_metadata(model)
+
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext) -> pb.ModelConfigResponse:
+        try:
+            model = self.resolve(request.name, request.version)
+        except RpcFailure as failure:
+            context.abort(failure.code, failure.message)
+        return pb.ModelConfigResponse(config=describe.model_config(model))
+
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                        context: grpc.ServicerContext) -> pb.ModelStatisticsResponse:
+        try:
+            return self.statistics(request.name, request.version)
+        except RpcFailure as failure:
+            context.abort(failure.code, failure.message)
+
+    def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
+                        context: grpc.ServicerContext) -> pb.RepositoryIndexResponse:
+        return describe.repository_index(self.models.values(), self.ready)
+
+    def statistics(self, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
+        """ModelStatistics for one model (or all with an empty name); RpcFailure for an unknown one."""
+        models = [self.resolve(name, version)] if name else list(self.models.values())
+        response = pb.ModelStatisticsResponse()
+        for model in models:
+            response.model_stats.append(describe.model_statistics(model, self.counters.get(model.name)))
         return response
 
     # -- inference --------------------------------------------------------------------------
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
-        with self._lock:
-            self._stats.requests += 1
         try:
-            response = self.infer(request, context.time_remaining(), on_submit=lambda f: context.add_callback(f.cancel))
+            return self.answer(request, context.time_remaining(),
+                               on_submit=lambda f: context.add_callback(f.cancel))
         except RpcFailure as failure:
-            with self._lock:
-                self._stats.errors[failure.code.name] += 1
             log.debug("ModelInfer model=%s id=%s -> %s: %s", request.model_name, request.id,
                       failure.code.name, failure.message)
+            if failure.retry_after_ms is not None:
+                context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(failure.retry_after_ms)),))
             context.abort(failure.code, failure.message)
+
+    def ModelStreamInfer(self, requests: Iterator[pb.ModelInferRequest],
+                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
+        """One answer per request, in order; a failed request answers error_message and the stream goes on."""
+        for request in requests:
+            try:
+                response = self.answer(request, context.time_remaining())
+            except RpcFailure as failure:
+                yield pb.ModelStreamInferResponse(error_message=f"{failure.code.name}: {failure.message}")
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    def answer(self, request: pb.ModelInferRequest, timeout_s: float | None = None, *,
+               on_submit: Callable[[Future], object] | None = None) -> pb.ModelInferResponse:
+        """`infer` with the books kept: request, error and latency counters (every door calls this)."""
+        start = time.perf_counter()
+        try:
+            response = self.infer(request, timeout_s, on_submit=on_submit)
+        except RpcFailure as failure:
+            self.note_failure(request.model_name, failure, time.perf_counter() - start)
+            raise
         with self._lock:
+            self._stats.requests += 1
             self._stats.ok += 1
+        rows = int(response.outputs[0].shape[0]) if response.outputs and response.outputs[0].shape else 1
+        self.counters.record(response.model_name, time.perf_counter() - start, rows=rows)
         return response
+
+    def note_failure(self, model_name: str, failure: RpcFailure, seconds: float = 0.0) -> None:
+        """Count a request that failed, also before it reached `answer` (a REST body that did not parse)."""
+        with self._lock:
+            self._stats.requests += 1
+            self._stats.errors[failure.code.name] += 1
+        model = self.models.get(self.aliases.get(model_name, model_name))
+        if model is not None:  # unknown names are not labels: a scanner must not grow the series without bound
+            self.counters.record(model.name, seconds, error=failure.code.name)
 
     def infer(self, request: pb.ModelInferRequest, timeout_s: float | None = None, *,
               on_submit: Callable[[Future], object] | None = None) -> pb.ModelInferResponse:
@@ -168,10 +232,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                  f"output {out.name!r}: the classification (top-k) extension is not supported; "
                                  "request the raw output and take the top-k client-side")
         edge = params.read_edge_context(request.parameters)
+        if feeds and all(a.ndim and a.shape[0] == 0 for a in feeds.values()):
+            return self._empty_answer(request, model, wanted, start)
         try:
             future = model.batcher.submit(feeds)
         except QueueFullError as exc:
-            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, f"hub is overloaded: {exc}; retry later") from None
+            pushback = _pushback_ms(model)
+            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"hub is overloaded: {exc}; retry in {pushback} ms", retry_after_ms=pushback) from None
         except BatcherClosedError:
             raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "hub is shutting down") from None
         if on_submit is not None:
@@ -202,17 +270,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._count_edge(model, edge, outputs, compute_ms)
         return response
 
+    def _empty_answer(self, request: pb.ModelInferRequest, model: CloudModel, wanted: list[str],
+                      start: float) -> pb.ModelInferResponse:
+        """A zero-row batch answers zero-row outputs without running the model (check_inputs allowed it)."""
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        empty = model.empty_outputs()
+        encode_response_outputs(response, {name: empty[name] for name in wanted}, limits=self.limits)
+        params.set_parameter(response.parameters, params.VARIANT, model.variant.id)
+        params.set_parameter(response.parameters, params.COMPUTE_MS, (time.perf_counter() - start) * 1000.0)
+        return response
+
     def resolve(self, name: str, version: str = "") -> CloudModel:
-        """The model for a requested name (or alias) and optional version; RpcFailure if none."""
+        """The model for a requested name (or alias) and optional version; RpcFailure if none.
+
+        A version is the manifest's semver ("1.2.0") or, as Triton clients send, an integer:
+        the served version's major ("1").
+        """
         if not name:
             raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "model name is empty")
         model = self.models.get(self.aliases.get(name, name))
         if model is None:
             served = sorted(set(self.models) | set(self.aliases))
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {', '.join(served)})")
-        if version and version != model.version:
+        if version and version not in describe.version_names(model):
             raise RpcFailure(grpc.StatusCode.NOT_FOUND,
-                             f"model {model.name!r} version {version!r} is not served (serving {model.version})")
+                             f"model {model.name!r} version {version!r} is not served "
+                             f"(serving {' or '.join(describe.version_names(model))})")
         return model
 
     def _count_edge(self, model: CloudModel, edge: params.EdgeContext, outputs: list[np.ndarray],
@@ -236,8 +319,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                       "compute_ms=%.2f", edge.device_id, model.name, edge.model_version, edge.edge_label,
                       edge.edge_confidence, agree, compute_ms)
 
+    def queue_depths(self) -> dict[str, int]:
+        """Requests waiting in each model's batcher now (for /metrics)."""
+        return {name: model.batcher.queue_depth for name, model in self.models.items()}
+
     def stats(self) -> InferenceStats:
         with self._lock:
             s = self._stats
             return InferenceStats(s.requests, s.ok, Counter(s.errors), s.fallback_requests, s.edge_agreements,
                                   s.edge_disagreements, Counter(s.by_device), s.compute_ms_total)
+
+
+def _pushback_ms(model: CloudModel) -> int:
+    """How long until the queue has room: a full queue's worth of batches at the measured run time."""
+    run_s = getattr(model.batcher, "run_ewma_s", None) or 0.001
+    batches = model.batcher.queue_depth / max(1, model.batcher.max_batch)
+    return max(_MIN_PUSHBACK_MS, int(batches * run_s * 1000.0))

@@ -10,9 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tandem.cloud_hub.errors import AuthError, HubError
+from tandem.cloud_hub.inference import rest as inference_rest
 from tandem.cloud_hub.rest import (
-    routes_artifacts, routes_devices, routes_hard_examples, routes_models, routes_system, routes_tokens,
-    routes_whoami,
+    routes_artifacts, routes_devices, routes_hard_examples, routes_metrics, routes_models, routes_system,
+    routes_tokens, routes_whoami,
 )
 from tandem.cloud_hub.rest.schemas import ErrorBody
 from tandem.cloud_hub.rollouts import routes as rollout_routes
@@ -51,6 +52,8 @@ def create_app(hub: Any) -> FastAPI:
 
     for module in (routes_system, routes_devices, routes_models, routes_artifacts, routes_tokens, routes_whoami):
         app.include_router(module.router)
+    app.include_router(inference_rest.router)  # Open Inference Protocol (v2) REST beside the gRPC service
+    app.include_router(routes_metrics.router)
     for module in (telemetry_routes, rollout_routes, routes_hard_examples):  # 503 while that part is not running
         app.include_router(module.router, responses=_UNAVAILABLE)
     mount_console(app)
