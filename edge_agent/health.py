@@ -11,10 +11,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from tandem.protocols.prom import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, wants_openmetrics
+
 log = logging.getLogger(__name__)
 
 HealthFn = Callable[[], tuple[bool, dict]]
-MetricsFn = Callable[[], str]
+MetricsFn = Callable[..., str]  # (openmetrics: bool = False) -> exposition text
 
 
 class HealthServer:
@@ -31,7 +33,10 @@ class HealthServer:
                         ok, body = outer._health()
                         self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
                     elif path == "/metrics":
-                        self._send(200, "text/plain; version=0.0.4; charset=utf-8", outer._metrics().encode())
+                        if wants_openmetrics(self.headers.get("Accept")):
+                            self._send(200, OPENMETRICS_CONTENT_TYPE, outer._metrics(openmetrics=True).encode())
+                        else:
+                            self._send(200, TEXT_CONTENT_TYPE, outer._metrics().encode())
                     else:
                         self._send(404, "text/plain", b"not found: try /healthz or /metrics\n")
                 except Exception as exc:  # report, never kill the server thread

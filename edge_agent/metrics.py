@@ -1,15 +1,33 @@
-"""The agent's metrics: counters and latency histograms, rendered as Prometheus text.
+"""The agent's metrics: counters and latency histograms, rendered as Prometheus text or OpenMetrics.
 
-Plain and thread-safe; no client library, so `tandem[edge]` stays small.
+Plain and thread-safe; no client library, so `tandem[edge]` stays small (protocols.prom
+renders). Counters end in `_total` and are counters; values read at scrape time are
+registered with `gauge()` or `counter()`; `build_info`, the served model (`model_info`
+and model/version/variant labels on requests) and process_* metrics come with every scrape.
 """
 
 from __future__ import annotations
 
 import bisect
+import platform
 import threading
+from importlib import metadata
 from typing import Callable, Iterable
 
 from tandem.edge_agent.modes import ACTIONS
+from tandem.protocols.prom import Family, process_families
+from tandem.protocols.prom import render as render_families
+
+# Counts registered through gauge() by callers written before the names were fixed, and the
+# counter each really is; None drops a duplicate of another family (the outbox's per-class
+# drops cover the telemetry class). New code calls counter() with the right name.
+_LEGACY_GAUGES: dict[str, str | None] = {
+    "tandem_agent_batches_total": "tandem_agent_batches_total",
+    "tandem_agent_inline_runs_total": "tandem_agent_inline_runs_total",
+    "tandem_agent_model_swaps": "tandem_agent_model_swaps_total",
+    "tandem_agent_hard_examples_dropped": "tandem_agent_hard_examples_dropped_total",
+    "tandem_agent_telemetry_outbox_dropped": None,
+}
 
 # seconds; fine at the low end where edge answers live, coarse where fallbacks do
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -52,7 +70,9 @@ class AgentMetrics:
         self.latency = {s: Histogram() for s in SOURCES}
         self.runtime_latency = Histogram()
         self.fallback_latency = Histogram()
-        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        # name -> (type, help, [(labels, read)]): values read at scrape time
+        self.gauges: dict[str, tuple[str, str, list[tuple[dict[str, str], Callable[[], float]]]]] = {}
+        self.model_info: Callable[[], tuple[str, str, str]] | None = None  # (model, version, variant) now
         self.decisions = {a: 0 for a in ACTIONS}  # the serving mode's decision per request
         self.shadow_samples = 0   # rows compared with the hub in shadow mode
         self.shadow_agree = 0     # of those, rows whose top-1 class matched
@@ -106,61 +126,110 @@ class AgentMetrics:
         with self._lock:
             return self.shadow_agree / self.shadow_samples if self.shadow_samples else None
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = (help_text, read)
+    def gauge(self, name: str, help_text: str, read: Callable[[], float], labels: dict[str, str] | None = None) -> None:
+        """A value read at scrape time; several registrations of one name with different labels form one family."""
+        if name in _LEGACY_GAUGES:
+            fixed = _LEGACY_GAUGES[name]
+            if fixed is not None:
+                self.counter(fixed, help_text, read, labels)
+            return
+        self._register(name, "gauge", help_text, read, labels)
+
+    def counter(self, name: str, help_text: str, read: Callable[[], float], labels: dict[str, str] | None = None) -> None:
+        """A monotonic count read at scrape time (its name ends in _total)."""
+        self._register(name, "counter", help_text, read, labels)
+
+    def _register(self, name: str, kind: str, help_text: str, read: Callable[[], float],
+                  labels: dict[str, str] | None) -> None:
+        Family(name, kind, help_text)  # validates the name against the type now, not at the first scrape
+        with self._lock:
+            _, _, series = self.gauges.get(name, (kind, help_text, []))
+            series = [(lb, fn) for lb, fn in series if lb != (labels or {})] + [(dict(labels or {}), read)]
+            self.gauges[name] = (kind, help_text, series)
 
     def fallback_rate(self) -> float:
         with self._lock:
             answered = sum(v for k, v in self.requests.items() if k != "error")
             return self.fallback_attempts / answered if answered else 0.0
 
-    def render(self) -> str:
+    def families(self) -> list[Family]:
+        """Every family, read now (gauge callbacks run outside the lock: they may take other locks)."""
         rate = self.fallback_rate()
+        model = self._model_labels()  # on model_info only: per-series labels would misattribute counts across an OTA swap
         with self._lock:
-            lines = ["# HELP tandem_agent_requests_total Requests answered, by where the answer came from.",
-                     "# TYPE tandem_agent_requests_total counter"]
-            lines += [f'tandem_agent_requests_total{{source="{s}"}} {n}' for s, n in sorted(self.requests.items())]
-            lines += ["# HELP tandem_agent_errors_total Error replies, by error code.",
-                      "# TYPE tandem_agent_errors_total counter"]
-            lines += [f'tandem_agent_errors_total{{code="{c}"}} {n}' for c, n in sorted(self.errors.items())]
-            lines += ["# HELP tandem_agent_request_seconds Time inside the agent, receive to reply.",
-                      "# TYPE tandem_agent_request_seconds histogram"]
+            requests = Family("tandem_agent_requests_total", "counter",
+                              "Requests answered, by where the answer came from.")
+            for s, n in sorted(self.requests.items()):
+                requests.add(n, {"source": s})
+            errors = Family("tandem_agent_errors_total", "counter", "Error replies, by error code.")
+            for c, n in sorted(self.errors.items()):
+                errors.add(n, {"code": c})
+            latency = Family("tandem_agent_request_seconds", "histogram", "Time inside the agent, receive to reply.")
             for s, h in sorted(self.latency.items()):
                 if h.count:
-                    lines += h.lines("tandem_agent_request_seconds", f'source="{s}"')
-            lines += ["# HELP tandem_agent_runtime_seconds Per request: handed to the runtime until its outputs "
-                      "(queue wait + batch run).",
-                      "# TYPE tandem_agent_runtime_seconds histogram"]
-            lines += self.runtime_latency.lines("tandem_agent_runtime_seconds")
-            lines += ["# HELP tandem_agent_fallback_seconds Hub round trips, including failed ones.",
-                      "# TYPE tandem_agent_fallback_seconds histogram"]
-            lines += self.fallback_latency.lines("tandem_agent_fallback_seconds")
-            lines += ["# HELP tandem_agent_fallback_total Requests sent to the hub.",
-                      "# TYPE tandem_agent_fallback_total counter", f"tandem_agent_fallback_total {self.fallback_attempts}",
-                      "# HELP tandem_agent_fallback_ratio Fraction of answered requests sent to the hub.",
-                      "# TYPE tandem_agent_fallback_ratio gauge", f"tandem_agent_fallback_ratio {rate:.6f}"]
-            lines += ["# HELP tandem_agent_mode_decisions_total Requests by the serving mode's decision "
-                      "(edge, cloud, shadow, budget-spent).", "# TYPE tandem_agent_mode_decisions_total counter"]
-            lines += [f'tandem_agent_mode_decisions_total{{decision="{a}"}} {n}' for a, n in self.decisions.items()]
+                    latency.histogram(h.buckets, h.counts, h.sum, {"source": s})
+            runtime = Family("tandem_agent_runtime_seconds", "histogram", "Per request: handed to the runtime until "
+                             "its outputs (queue wait + batch run).")
+            runtime.histogram(self.runtime_latency.buckets, self.runtime_latency.counts, self.runtime_latency.sum)
+            fallback = Family("tandem_agent_fallback_seconds", "histogram", "Hub round trips, including failed ones.")
+            fallback.histogram(self.fallback_latency.buckets, self.fallback_latency.counts, self.fallback_latency.sum)
+            out = [
+                requests, errors, latency, runtime, fallback,
+                Family("tandem_agent_fallback_total", "counter", "Requests sent to the hub.").add(self.fallback_attempts),
+                Family("tandem_agent_fallback_ratio", "gauge", "Fraction of answered requests sent to the hub.").add(f"{rate:.6f}"),
+            ]
+            decisions = Family("tandem_agent_mode_decisions_total", "counter", "Requests by the serving mode's "
+                               "decision (edge, cloud, shadow, budget-spent).")
+            for a, n in self.decisions.items():
+                decisions.add(n, {"decision": str(getattr(a, "value", a))})
             agreement = self.shadow_agree / self.shadow_samples if self.shadow_samples else 0.0
-            lines += ["# HELP tandem_agent_shadow_samples_total Rows also answered by the hub in shadow mode.",
-                      "# TYPE tandem_agent_shadow_samples_total counter",
-                      f"tandem_agent_shadow_samples_total {self.shadow_samples}",
-                      "# HELP tandem_agent_shadow_agree_total Shadow rows whose edge top-1 class matched the hub's.",
-                      "# TYPE tandem_agent_shadow_agree_total counter",
-                      f"tandem_agent_shadow_agree_total {self.shadow_agree}",
-                      "# HELP tandem_agent_shadow_agreement_ratio Shadow agreement with the hub (0 before any sample).",
-                      "# TYPE tandem_agent_shadow_agreement_ratio gauge",
-                      f"tandem_agent_shadow_agreement_ratio {agreement:.6f}",
-                      "# HELP tandem_agent_shadow_failures_total Shadow calls lost: the hub failed, or too many "
-                      "were in flight.", "# TYPE tandem_agent_shadow_failures_total counter",
-                      f'tandem_agent_shadow_failures_total{{why="hub"}} {self.shadow_failed}',
-                      f'tandem_agent_shadow_failures_total{{why="inflight"}} {self.shadow_skipped}']
-            gauges = list(self.gauges.items())
-        for name, (help_text, read) in gauges:
-            try:
-                value = float(read())
-            except Exception:  # a gauge must never break the scrape
-                continue
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"
+            out += [
+                decisions,
+                Family("tandem_agent_shadow_samples_total", "counter",
+                       "Rows also answered by the hub in shadow mode.").add(self.shadow_samples),
+                Family("tandem_agent_shadow_agree_total", "counter",
+                       "Shadow rows whose edge top-1 class matched the hub's.").add(self.shadow_agree),
+                Family("tandem_agent_shadow_agreement_ratio", "gauge",
+                       "Shadow agreement with the hub (0 before any sample).").add(f"{agreement:.6f}"),
+                Family("tandem_agent_shadow_failures_total", "counter", "Shadow calls lost: the hub failed, or too "
+                       "many were in flight.").add(self.shadow_failed, {"why": "hub"})
+                .add(self.shadow_skipped, {"why": "inflight"}),
+            ]
+            registered = [(name, kind, help_text, list(series)) for name, (kind, help_text, series)
+                          in self.gauges.items()]
+        for name, kind, help_text, series in registered:
+            family = Family(name, kind, help_text)
+            for labels, read in series:
+                try:
+                    family.add(float(read()), labels)
+                except Exception:  # a gauge must never break the scrape
+                    continue
+            out.append(family)
+        out.append(_build_info())
+        if model:
+            out.append(Family("tandem_agent_model_info", "gauge", "Always 1; labels name the model and variant "
+                              "served now.").add(1, model))
+        return out + process_families()
+
+    def render(self, openmetrics: bool = False) -> str:
+        """The /metrics page: Prometheus text 0.0.4, or OpenMetrics 1.0 when the scraper asks for it."""
+        return render_families(self.families(), openmetrics=openmetrics)
+
+    def _model_labels(self) -> dict[str, str]:
+        if self.model_info is None:
+            return {}
+        try:
+            name, version, variant = self.model_info()
+        except Exception:  # mid-swap: scrape without the labels rather than fail
+            return {}
+        return {"model": name, "version": version, "variant": variant}
+
+
+def _build_info() -> Family:
+    versions = {"python": platform.python_version()}
+    for dist, label in (("tandem", "version"), ("onnxruntime", "onnxruntime")):
+        try:
+            versions[label] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[label] = "none"
+    return Family("tandem_agent_build_info", "gauge", "Always 1; labels carry the agent's versions.").add(1, versions)

@@ -72,6 +72,7 @@ class InferenceService:
         self.batcher = batcher
         self.policy = policy
         self.metrics = metrics
+        metrics.model_info = lambda: (model.name, model.version, model.variant.id)  # the newest service is serving
         self.device_id = device_id
         self.allow_nan = allow_nan
         self.fallback = fallback

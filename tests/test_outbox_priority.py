@@ -295,7 +295,8 @@ def test_per_class_gauges_render_on_the_agents_metrics_page(tmp_path):
         service.record("edge", 1.0, 0.9, 1)
         service.flush()                                   # only statuses left: the window itself is dropped
         page = metrics.render()
-        assert "tandem_agent_outbox_status_rows 2" in page and "tandem_agent_outbox_telemetry_dropped 1" in page
-        assert "tandem_agent_outbox_hard_examples_dropped 0" in page
+        assert "tandem_agent_outbox_status_rows 2" in page and "tandem_agent_outbox_telemetry_dropped_total 1" in page
+        assert "tandem_agent_outbox_hard_examples_dropped_total 0" in page
+        assert "# TYPE tandem_agent_outbox_telemetry_dropped_total counter" in page
     finally:
         service.outbox.close()

@@ -203,16 +203,16 @@ class TelemetryService:
         for klass, name in CLASS_NAMES.items():
             metrics.gauge(f"tandem_agent_outbox_{name}_rows", f"Outbox class {klass} ({name}) rows waiting for the "
                           "broker's ack.", lambda k=klass: self.outbox.depth(k))
-            metrics.gauge(f"tandem_agent_outbox_{name}_dropped", f"Outbox class {klass} ({name}) messages dropped "
-                          "under pressure (lowest class first).", lambda n=name: self.outbox.dropped()[n])
+            metrics.counter(f"tandem_agent_outbox_{name}_dropped_total", f"Outbox class {klass} ({name}) messages "
+                            "dropped under pressure (lowest class first).", lambda n=name: self.outbox.dropped()[n])
         metrics.gauge("tandem_agent_outbox_bytes", "Payload bytes in the outbox.", lambda: self.outbox.bytes)
         metrics.gauge("tandem_agent_outbox_write_failing", "1 while the outbox cannot be written (disk full, "
                       "read-only, corrupt).", lambda: int(self.write_error is not None))
-        metrics.gauge("tandem_agent_outbox_write_failures", "Failed outbox writes since start.",
+        metrics.counter("tandem_agent_outbox_write_failures_total", "Failed outbox writes since start.",
                       lambda: self.write_failures)
         metrics.gauge("tandem_agent_telemetry_unstored", "Closed windows held in memory for a failing outbox.",
                       lambda: len(self._closed))
-        metrics.gauge("tandem_agent_telemetry_lost_local", "Windows lost because the outbox stayed unwritable "
+        metrics.counter("tandem_agent_telemetry_lost_local_total", "Windows lost because the outbox stayed unwritable "
                       "past unstored_max (their sequence numbers are skipped).", lambda: self.unstored_dropped)
 
     def flush(self) -> int | None:
