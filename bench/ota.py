@@ -71,7 +71,7 @@ def prepare_releases(root: Path) -> dict[str, Path]:
 class Fleet:
     def __init__(self, root: Path, rel: dict[str, Path], n: int, watch_s: float) -> None:
         self.broker = Broker(root / "mosquitto")
-        self.hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=self.broker.url,
+        self.hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=self.broker.url,
                                  rollout_tick_s=0.1, rollout_watch_s=watch_s)).start()
         self.devices: list[SimDevice] = []
         try:

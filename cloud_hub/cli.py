@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tandem.cloud_hub.ota_cli import add_ota_commands
     from tandem.cloud_hub.pki_cli import add_pki_commands
+    from tandem.cloud_hub.publishers_cli import add_publisher_commands
 
     add_ota_commands(sub)
     add_pki_commands(sub)
+    add_publisher_commands(sub)
     return parser
 
 

@@ -79,6 +79,9 @@ class HubConfig:
     rest_client_certs: str = "none"
     # Per-token token bucket on REST (429 + Retry-After beyond it); /healthz is exempt.
     rest_rate_per_s: float = 20.0
+    # DEV ONLY: register uploads signed by an unknown publisher key and trust that key from then on (logged at
+    # WARNING each time). Off: only keys added with `tandem-hub publishers add` are accepted.
+    publisher_trust_on_first_use: bool = False
     rest_burst: float = 60.0
 
     def __post_init__(self) -> None:
@@ -147,6 +150,11 @@ class HubConfig:
     @property
     def release_key_path(self) -> Path:
         return self.keys_dir / "release.ed25519.pem"
+    @property
+    def publishers_dir(self) -> Path:
+        """Trusted publisher public keys, one <key_id>.pem each (tandem-hub publishers)."""
+        return self.keys_dir / "publishers"
+
 
     @classmethod
     def load(

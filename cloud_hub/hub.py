@@ -20,6 +20,7 @@ from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.devices import DeviceRegistry
 from tandem.cloud_hub.errors import ConfigError, HubError
 from tandem.cloud_hub.keys import ReleaseKey
+from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.registry import ModelRegistry
 from tandem.cloud_hub.storage import ArtifactStore, open_database
 
@@ -50,7 +51,12 @@ class Hub:
         try:
             self.artifacts = ArtifactStore(self.config.artifacts_dir)
             self.key = ReleaseKey.load_or_create(self.config.release_key_path)
-            self.registry = ModelRegistry(self.db, self.artifacts, self.key)
+            self.publishers = TrustedPublishers(self.config.publishers_dir)
+            if self.config.publisher_trust_on_first_use:
+                log.warning("publisher_trust_on_first_use is ON: unknown publisher keys are trusted on first upload "
+                            "(development only)")
+            self.registry = ModelRegistry(self.db, self.artifacts, self.key, self.publishers,
+                                          trust_on_first_use=self.config.publisher_trust_on_first_use)
             self.devices = DeviceRegistry(self.db, self.config.offline_after_s, _known_profiles(self.config))
             self.tokens = TokenStore(self.db)
         except BaseException:

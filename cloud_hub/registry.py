@@ -1,9 +1,11 @@
 """Model registry: register compiler output directories as immutable, hub-signed versions.
 
-Files listed in the manifest are checked against their sha256/size and stored
-content-addressed; the manifest is re-signed with the hub's release key, which is the
-key agents trust. Re-registering identical content is a no-op; different content
-under an existing name+version is refused.
+Nothing is counter-signed unverified: the manifest's publisher signature must verify
+against a trusted publisher key (cloud_hub/publishers.py) and every file must match its
+sha256/size; only then are the files stored content-addressed and the manifest
+counter-signed with the hub's release key (the publisher's signature kept inside).
+Re-registering identical content is a no-op; different content under an existing
+name+version is refused.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 from tandem.cloud_hub.errors import ConflictError, InvalidInputError, NotFoundError
 from tandem.cloud_hub.keys import ReleaseKey
+from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.storage.artifacts import ArtifactStore, sha256_file
 from tandem.cloud_hub.storage.db import HubDatabase
 from tandem.protocols import signing
-from tandem.protocols.manifest import FileEntry, Manifest, ManifestError, load_manifest, parse_version
+from tandem.protocols.manifest import MANIFEST_FILENAME, FileEntry, Manifest, ManifestError, load_manifest, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +62,24 @@ def manifest_files(manifest: Manifest) -> list[FileEntry]:
 
 
 class ModelRegistry:
-    def __init__(self, db: HubDatabase, artifacts: ArtifactStore, key: ReleaseKey) -> None:
+    def __init__(self, db: HubDatabase, artifacts: ArtifactStore, key: ReleaseKey,
+                 publishers: TrustedPublishers | None = None, *, trust_on_first_use: bool = False) -> None:
         self.db = db
         self.artifacts = artifacts
         self.key = key
+        self.publishers = publishers
+        # Dev only: trust the key an upload carries when it is unknown (logged at WARNING every time).
+        self.trust_on_first_use = trust_on_first_use
 
     def register_dir(self, model_dir: str | Path) -> RegisterResult:
-        """Validate, store and sign the compiled model in `model_dir`."""
+        """Verify (publisher signature, then every file), store and counter-sign the compiled model in `model_dir`."""
         model_dir = Path(model_dir)
         try:
             manifest = load_manifest(model_dir)
-        except ManifestError as exc:
+            doc = json.loads((model_dir / MANIFEST_FILENAME).read_bytes())
+        except (ManifestError, OSError, ValueError) as exc:
             raise InvalidInputError(f"{model_dir}: {exc}") from exc
+        publisher = self._verify_publisher(doc, manifest)
         files = manifest_files(manifest)
         for entry in files:
             _check_file(model_dir, entry)
@@ -80,9 +89,7 @@ class ModelRegistry:
             return self._same_or_conflict(manifest, digest, existing)
         for entry in files:
             self.artifacts.put_file(model_dir / entry.path, expected_sha256=entry.sha256)
-        body = manifest.to_dict()
-        body.pop("signature", None)
-        signed = self.key.sign(body)
+        signed = signing.countersign(manifest.to_dict(), self.key.private_key)
         with self.db.transaction() as db:
             # Checked again under the write lock: two registrations may race.
             row = db.execute("SELECT content_sha256 FROM models WHERE name=? AND version=?", [manifest.name, manifest.version]).fetchone()
@@ -102,8 +109,40 @@ class ModelRegistry:
             db["model_files"].insert_all([{
                 "model": manifest.name, "version": manifest.version, "path": f.path, "sha256": f.sha256, "size": f.size,
             } for f in files])
-        log.info("registered model=%s version=%s variants=%d", manifest.name, manifest.version, len(manifest.variants))
+        log.info("registered model=%s version=%s variants=%d publisher=%s", manifest.name, manifest.version,
+                 len(manifest.variants), publisher)
         return RegisterResult(manifest.name, manifest.version, True, digest)
+
+    def _verify_publisher(self, doc: dict[str, Any], manifest: Manifest) -> str:
+        """The trusted publisher key id that signed `doc`, or InvalidInputError (422) naming why not."""
+        what = f"model {manifest.name} {manifest.version}"
+        if doc.get(signing.PUBLISHER_FIELD) is not None:
+            raise InvalidInputError(f"{what}: the manifest is already counter-signed by a hub; upload the compiler's "
+                                    "output (tandem-compile), not a manifest downloaded from a hub")
+        keys = self.publishers.keys() if self.publishers is not None else []
+        try:
+            return signing.verify_by_any(doc, keys)
+        except signing.UnsignedError as exc:
+            raise InvalidInputError(f"{what}: unsigned: the manifest carries no publisher signature; sign it with "
+                                    "tandem-compile --publisher-key") from exc
+        except signing.UntrustedKeyError as exc:
+            embedded = signing.embedded_public_key(doc)
+            if not self.trust_on_first_use or embedded is None:
+                raise InvalidInputError(
+                    f"{what}: untrusted publisher: signed by key {exc.key_id!r}, which this hub does not trust; "
+                    "trust it with `tandem-hub publishers add KEY.pub.pem` if you know who holds it") from exc
+            try:
+                signing.verify_by_any(doc, [embedded])
+            except signing.SignatureError as inner:
+                raise InvalidInputError(f"{what}: tampered: {inner}") from inner
+            added = self.publishers.add(signing.public_key_pem(embedded), "trust-on-first-use") \
+                if self.publishers is not None else None
+            log.warning("TRUST ON FIRST USE: trusting unknown publisher key_id=%s for model=%s version=%s; "
+                        "dev flag publisher_trust_on_first_use is on, never use it for a real fleet",
+                        added.key_id if added else signing.key_id(embedded), manifest.name, manifest.version)
+            return signing.key_id(embedded)
+        except signing.SignatureError as exc:
+            raise InvalidInputError(f"{what}: tampered: {exc}") from exc
 
     def _existing_digest(self, name: str, version: str) -> str | None:
         rows = self.db.query("SELECT content_sha256 FROM models WHERE name=? AND version=?", [name, version])

@@ -128,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dense-threshold", type=float, default=0.5,
                         help="threshold for agreement of non-classification outputs, e.g. 0.3 for text maps (default: 0.5)")
     parser.add_argument("--expires-days", type=int, default=365, help="manifest expiry in days, 0 for none (default: 365)")
-    parser.add_argument("--signing-key", type=Path, help="ed25519 PEM key that signs the manifest "
-                        "(default: $TANDEM_HOME/keys/release-ed25519.pem, created on first use)")
+    parser.add_argument("--publisher-key", "--signing-key", dest="signing_key", type=Path,
+                        help="the publisher's ed25519 PEM key that signs the manifest (default: "
+                        "$TANDEM_HOME/keys/publisher.ed25519.pem, ~/.tandem without TANDEM_HOME, created on first use "
+                        "with its public half beside it as *.pub.pem for `tandem-hub publishers add`)")
     parser.add_argument("--profile-dir", type=Path, action="append", default=[],
                         help="extra folder of profile YAML files (repeatable; also $TANDEM_PROFILE_PATH)")
     task = parser.add_argument_group(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tandem.hardware_profiles import Profile, resolve_profiles
 from tandem.hardware_profiles.runtimes import load_session
@@ -32,7 +33,7 @@ from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, g
 from tandem.protocols.manifest import (
     MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, Variant, parse_version,
 )
-from tandem.protocols.signing import load_or_create_private_key, sign_manifest
+from tandem.protocols.signing import key_id, load_or_create_private_key, public_key_pem, sign_manifest
 from tandem.tasks import TaskSpec, class_labels
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,23 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def default_signing_key() -> Path:
+    """The publisher key tandem-compile signs with unless told otherwise (created on first use)."""
     home = Path(os.environ.get("TANDEM_HOME", Path.home() / ".tandem"))
-    return home / "keys" / "release-ed25519.pem"
+    return home / "keys" / "publisher.ed25519.pem"
+
+
+def publisher_key(path: Path | None) -> Ed25519PrivateKey:
+    """Load (or create, 0600) the publisher key, with its public half beside it for `tandem-hub publishers add`."""
+    path = path or default_signing_key()
+    created = not path.exists()
+    key = load_or_create_private_key(path)
+    public = path.with_name(path.name.removesuffix(".pem") + ".pub.pem")
+    if not public.exists():
+        public.write_bytes(public_key_pem(key))
+    if created:
+        log.warning("created publisher key path=%s key_id=%s; trust it at the hub with: tandem-hub publishers add %s",
+                    path, key_id(key.public_key()), public)
+    return key
 
 
 @dataclass
@@ -398,8 +414,7 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
         source={"file": opts.model.name, "sha256": _sha256(opts.model), "opset": model_io.default_opset(prepared),
                 "weight_bytes": model_io.weight_bytes(prepared), "reference": ref_metrics},
     )
-    key = load_or_create_private_key(opts.signing_key or default_signing_key())
-    signed = sign_manifest(manifest.to_dict(), key)
+    signed = sign_manifest(manifest.to_dict(), publisher_key(opts.signing_key))
     manifest = Manifest.from_dict(signed)
     (out / MANIFEST_FILENAME).write_text(manifest.to_json() + "\n", encoding="utf-8")
     return manifest

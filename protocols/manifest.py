@@ -245,6 +245,8 @@ class Manifest:
     signature: dict[str, str] | None = None
     schema_version: int = SCHEMA_VERSION
 
+    # The compiler's publisher signature, kept by the hub under its release `signature` (protocols/signing.py).
+    publisher_signature: dict[str, str] | None = None
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
             if v.id == variant_id:
@@ -262,8 +264,9 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["signature"] is None:
-            del data["signature"]
+        for key in ("signature", "publisher_signature"):
+            if data[key] is None:
+                del data[key]
         for variant in data["variants"]:  # keep older manifests byte-identical (their signatures cover them)
             if variant.get("calibration") is None:
                 variant.pop("calibration", None)
@@ -298,6 +301,9 @@ class Manifest:
             raise ManifestError("signature: expected an object")
         return cls(
             name=name,
+        publisher_signature = data.get("publisher_signature")
+        if publisher_signature is not None and not isinstance(publisher_signature, Mapping):
+            raise ManifestError("publisher_signature: expected an object")
             version=version,
             created_at=_req_str(data, "created_at", "manifest"),
             expires_at=data.get("expires_at"),
@@ -313,6 +319,7 @@ class Manifest:
             signature=dict(signature) if signature is not None else None,
         )
 
+            publisher_signature=dict(publisher_signature) if publisher_signature is not None else None,
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
         try:

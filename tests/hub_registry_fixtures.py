@@ -11,6 +11,11 @@ from typing import Iterator
 import pytest
 
 from tandem.protocols.manifest import FileEntry, Manifest, ProfileChoice, TensorSpec, Variant
+from tandem.protocols.signing import generate_private_key, public_key_pem, sign_manifest
+
+# The publisher that signs these hand-made folders, as tandem-compile signs its output.
+TEST_PUBLISHER = generate_private_key()
+TEST_PUBLISHER_PEM = public_key_pem(TEST_PUBLISHER).decode("ascii")
 
 
 def sha256_of(path: Path) -> str:
@@ -43,7 +48,7 @@ def make_model_dir(digits_dir: Path, out: Path, name: str = "digits", version: s
                                            candidates=["ort-fp32"])},
         target_profiles=["cpu-x86"],
     )
-    (out / "manifest.json").write_text(manifest.to_json())
+    (out / "manifest.json").write_text(Manifest.from_dict(sign_manifest(manifest.to_dict(), TEST_PUBLISHER)).to_json())
     return out
 
 
@@ -57,7 +62,7 @@ def hub_config(tmp_path: Path):
     from tandem.cloud_hub.config import HubConfig
 
     # An external (never contacted) MQTT URL keeps REST tests free of a broker.
-    return HubConfig(data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")
+    return HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def fleet(digits_dir, tmp_path_factory):
     v1 = compile_digits(digits_dir, root / "rel" / "1.0.0", "1.0.0", root / "rel" / "compiler.pem")
     releases = [v1, derive(v1, root / "rel" / "1.1.0", "1.1.0"), derive(v1, root / "rel" / "1.2.0", "1.2.0", scramble_golden)]
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url,
+    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url,
                         rollout_tick_s=0.1, rollout_watch_s=0.6)).start()
     devices: list[SimDevice] = []
     try:

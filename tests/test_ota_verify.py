@@ -33,7 +33,7 @@ def hub(digits_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ota-verify")
     extra = {"1.5.0": derive(rel["1.0.0"], root / "1.5.0", "1.5.0", expire),
              "1.6.0": derive(rel["1.0.0"], root / "1.6.0", "1.6.0", other_profile)}
-    h = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")).start(http=True)
+    h = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")).start(http=True)
     try:
         for path in [*rel.values(), *extra.values()]:
             h.registry.register_dir(path)

@@ -234,7 +234,7 @@ def fleet(digits_dir, tmp_path_factory):
     ota_releases = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("quality-fleet")
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url)).start()
+    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url)).start()
     devices: list[TelemetryDevice] = []
     stop = threading.Event()
     commands: list[str] = []

@@ -41,7 +41,7 @@ def tls_hub(pki_dir, digits_dir, tmp_path_factory):
     from tandem.cloud_hub.hub import Hub
 
     root = tmp_path_factory.mktemp("https-hub")
-    hub = Hub(HubConfig(data_dir=root / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False,
+    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False,
                         tls_dir=pki_dir, rest_client_certs="optional")).start()
     try:
         hub.registry.register_dir(make_model_dir(digits_dir, root / "model"))
@@ -142,7 +142,7 @@ def test_the_downloader_refuses_an_unverifiable_hub_at_once(tls_hub):
 def test_required_client_certificates(pki_dir, tmp_path):
     from tandem.cloud_hub.hub import Hub
 
-    with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False, rollouts=False,
+    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False, rollouts=False,
                        tls_dir=pki_dir, rest_client_certs="required")).start() as hub:
         ca_only = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
         with pytest.raises(httpx.TransportError):
@@ -185,7 +185,7 @@ def test_a_burst_over_the_rest_limit_gets_429_with_retry_after_and_other_tokens_
     from tandem.cloud_hub.hub import Hub
 
     # 0.01/s: the bucket cannot refill within this test, so the counts below are exact
-    with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
+    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
                        rollouts=False, rest_rate_per_s=0.01, rest_burst=5)).start() as hub:
         busy, calm = hub.tokens.create("busy", "read").token, hub.tokens.create("calm", "read").token
         with httpx.Client(base_url=hub.http_url, timeout=10) as http:
@@ -210,7 +210,7 @@ def test_a_rollout_waves_downloads_on_one_shared_token_are_not_metered(tmp_path,
     from tandem.cloud_hub.hub import Hub
 
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
-    with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
+    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
                        rollouts=False, rest_rate_per_s=0.01, rest_burst=2)).start() as hub:
         hub.registry.register_dir(model_dir)
         fleet = hub.tokens.create("fleet", "read").token
@@ -236,7 +236,7 @@ def test_429_is_documented_on_authenticated_routes():
 def test_the_downloader_waits_out_a_429_without_spending_attempts(tmp_path):
     from tandem.cloud_hub.hub import Hub
 
-    with Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
+    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
                        rollouts=False)).start() as hub:
         token = hub.tokens.create("device", "read").token
         hub.app.state.rest_limiter = limiter = RateLimiter(1.0, 1)  # a 429 on the second call, 1 s later a token

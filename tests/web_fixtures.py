@@ -67,7 +67,7 @@ def start_console_hub(data_dir: Path, mqtt_url: str) -> tuple[Any, list]:
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
 
-    hub = Hub(HubConfig(data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url=mqtt_url,
+    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url=mqtt_url,
                         drift_eval_interval_s=1.0, drift_span_s=DRIFT["span_s"], drift_baseline_s=DRIFT["baseline_s"],
                         drift_min_samples=DRIFT["min_samples"], drift_min_requests=DRIFT["min_requests"],
                         rollout_tick_s=0.1, rollout_watch_s=0.6)).start()
