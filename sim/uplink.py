@@ -19,8 +19,9 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import STATUS_ONLINE, encode_status
-from tandem.protocols.topics import parse_mqtt_url, status_topic, telemetry_topic
+from tandem.protocols.topics import STATUS, TELEMETRY, parse_mqtt_url, status_topic, telemetry_topic
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class SharedUplink:
         self._members[device_id] = member
         if self._connected.is_set():  # joined after the connect: say online now (a reconnect says it again)
             self._client.publish(status_topic(device_id), encode_status(STATUS_ONLINE, device_id, **member.status),
-                                 qos=1, retain=True)
+                                 qos=1, retain=True, properties=publish_properties(STATUS))
         self.mark(device_id)
 
     def mark(self, device_id: str) -> None:
@@ -141,7 +142,7 @@ class SharedUplink:
         for m in list(self._members.values()):
             m.last_handed = 0
             self._client.publish(status_topic(m.device_id), encode_status(STATUS_ONLINE, m.device_id, **m.status),
-                                 qos=1, retain=True)
+                                 qos=1, retain=True, properties=publish_properties(STATUS))
         with self._dirty_lock:
             self._dirty.update(list(self._members))
 
@@ -175,7 +176,7 @@ class SharedUplink:
                 continue
             rows = member.outbox.pending(after=member.last_handed, limit=room)
             for seq, payload in rows:
-                info = self._client.publish(member.topic, payload, qos=1)
+                info = self._client.publish(member.topic, payload, qos=1, properties=publish_properties(TELEMETRY))
                 if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                     keep.add(device_id)
                     break

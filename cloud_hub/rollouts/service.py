@@ -30,6 +30,7 @@ from tandem.cloud_hub.rollouts import quality
 from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError, Send
 from tandem.cloud_hub.rollouts.store import RolloutStore
 from tandem.protocols import limits, topics
+from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.ota import OtaCommand, OtaMessageError, decode_status, encode_command
 from tandem.protocols.signing import canonical_bytes
 from tandem.protocols.telemetry_codec import STATUS_ONLINE
@@ -309,7 +310,8 @@ class RolloutService:
             artifact_base_url=f"{base}/v1/artifacts", issued_at=now, deadline=now + self.config.command_ttl_s,
             watch_s=self.config.watch_s,
         )
-        self._client.publish(topics.ota_cmd_topic(s.device_id), encode_command(cmd, self.key.private_key), qos=1)
+        self._client.publish(topics.ota_cmd_topic(s.device_id), encode_command(cmd, self.key.private_key), qos=1,
+                             properties=publish_properties(topics.OTA_CMD))
         self.sent += 1
 
 

@@ -19,8 +19,9 @@ from tandem.cloud_hub.storage.db import HubDatabase
 from tandem.cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
 from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
 from tandem.cloud_hub.telemetry.store import TelemetryStore
+from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import TelemetryWindow, decode_window
-from tandem.protocols.topics import events_topic
+from tandem.protocols.topics import EVENTS, events_topic
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class TelemetryIngestService:
                     change.key.model_name, change.key.model_version, change.key.cohort, change.signal,
                     change.stats.get("value"))
         body = json.dumps(event, default=float).encode()
-        self.ingest.client.publish(events_topic(), body, qos=1)
+        self.ingest.client.publish(events_topic(), body, qos=1, properties=publish_properties(EVENTS))
         if self._webhook is not None:
             self._webhook.submit(self._post_webhook, body)
 

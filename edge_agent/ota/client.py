@@ -28,10 +28,11 @@ from tandem.edge_agent.ota.machine import HealthFigures, WatchPolicy
 from tandem.edge_agent.ota.store import ModelStore, Recovery
 from tandem.edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
 from tandem.protocols import limits
+from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_status
 from tandem.protocols.signing import load_public_key
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
-from tandem.protocols.topics import ota_cmd_topic, ota_status_topic
+from tandem.protocols.topics import OTA_STATUS, ota_cmd_topic, ota_status_topic
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class OtaClient:
                 log.exception("ota status sink failed device=%s step=%s; publishing directly", self.config.device_id,
                               status.step)
         # QoS 1: paho keeps it while disconnected and sends it after the reconnect.
-        self._client.publish(self._status_topic, payload, qos=1)
+        self._client.publish(self._status_topic, payload, qos=1, properties=publish_properties(OTA_STATUS))
 
     def _next_seq(self) -> int:
         with self._seq_lock:

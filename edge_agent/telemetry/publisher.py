@@ -21,9 +21,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
-from tandem.protocols.topics import device_topic, status_topic
+from tandem.protocols.topics import STATUS, device_topic, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class TelemetryPublisher:
         client.max_inflight_messages_set(self.config.max_inflight)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
         client.will_set(self._status_topic, encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
-                        qos=1, retain=True)
+                        qos=1, retain=True, properties=publish_properties(STATUS, will=True))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -99,10 +100,10 @@ class TelemetryPublisher:
         republish the retained "online" status now; the last will follows from the next connect."""
         self._status_info.update(info)
         self._client.will_set(self._status_topic, encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
-                              qos=1, retain=True)
+                              qos=1, retain=True, properties=publish_properties(STATUS, will=True))
         if self._connected.is_set():
             self._client.publish(self._status_topic,
-                                 encode_status(STATUS_ONLINE, self.device_id, **self._status_info), qos=1, retain=True)
+                                 encode_status(STATUS_ONLINE, self.device_id, **self._status_info), qos=1, retain=True, properties=publish_properties(STATUS))
 
     def wait_drained(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (every window acknowledged) or the timeout passes."""
@@ -119,7 +120,7 @@ class TelemetryPublisher:
         if self._connected.is_set():
             info = self._client.publish(self._status_topic,
                                         encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
-                                        qos=1, retain=True)
+                                        qos=1, retain=True, properties=publish_properties(STATUS))
             try:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError):
@@ -139,7 +140,7 @@ class TelemetryPublisher:
             return
         self.connects += 1
         client.publish(self._status_topic, encode_status(STATUS_ONLINE, self.device_id, **self._status_info),
-                       qos=1, retain=True)
+                       qos=1, retain=True, properties=publish_properties(STATUS))
         self._connected.set()
         self._wake.set()
         log.info("telemetry connected device=%s session_present=%s", self.device_id,
@@ -191,7 +192,7 @@ class TelemetryPublisher:
             return
         for row, _, kind, payload in self.outbox.next_batch(limit=room, exclude=self._inflight.values()):
             topic = self._topics.get(kind) or self._topics.setdefault(kind, device_topic(self.device_id, kind))
-            info = self._client.publish(topic, payload, qos=1)
+            info = self._client.publish(topic, payload, qos=1, properties=publish_properties(kind))
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 break
             # NO_CONN: paho keeps the message and sends it after the reconnect (same mid).
