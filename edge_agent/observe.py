@@ -79,8 +79,7 @@ class RequestObserver:
             latencies = list(self._latency_ms)
             self._requests = self._errors = self._unsure = 0
             self._latency_ms.clear()
-        p95 = float(np.percentile(latencies, 95)) if latencies else None
-        return HealthFigures(requests, errors, unsure, p95)
+        return HealthFigures.of(requests, errors, unsure, latencies)
 
     def _telemetry_failed(self) -> None:
         self._telemetry_failures += 1

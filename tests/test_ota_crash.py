@@ -162,15 +162,14 @@ def test_sigkill_at_seeded_points_always_restarts_into_a_complete_version(job, t
         version = _check_complete(store)
         outcomes[version] += 1
         if i % 4 == 0:  # and the next start finishes the update from where the crash left it
-            trial_lost = version == "1.0.0" and ModelStore(store).state is not None and _max_accepted(store) == "1.1.0"
+            # a trial cut short (killed while 1.1.0 was watched) rolled back without banning 1.1.0:
+            # the floor rises only on commit, so running the same job again installs and commits it
+            assert _max_accepted(store) in (None, "1.0.0", "1.1.0")
+            assert _max_accepted(store) != "1.1.0" or version == "1.1.0", "floor raised without a commit"
             again = Child(store, job_path)
             assert again.wait() == 0, again.lines
-            if trial_lost:  # killed while 1.1.0 was on trial: that trial failed, and 1.1.0 is not taken again
-                assert "STEP rejected" in " ".join(again.lines), again.lines
-                assert _check_complete(store) == "1.0.0"
-            else:
-                assert again.lines[-1].startswith("DONE committed active=1.1.0"), again.lines
-                assert _check_complete(store) == "1.1.0"
+            assert again.lines[-1].startswith("DONE committed active=1.1.0"), again.lines
+            assert _check_complete(store) == "1.1.0"
     print(f"\nkills by last step reported: {dict(killed_in)}; versions after restart: {dict(outcomes)}")
     assert sum(outcomes.values()) == KILLS
     assert len(killed_in) >= 4, f"kills did not spread over the update: {dict(killed_in)}"

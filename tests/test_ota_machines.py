@@ -66,11 +66,44 @@ def test_healthy_model_is_committed_only_at_the_end_of_the_watch():
 @pytest.mark.parametrize("current, why", [
     (HealthFigures(100, 6, 5, 2.0), "error rate"),
     (HealthFigures(100, 0, 25, 2.0), "fallback rate"),
-    (HealthFigures(100, 0, 5, 4.5), "latency"),
 ])
 def test_a_breach_rolls_back_at_once(current, why):
     decision = decide_health(BASE, current, 1, POLICY)
     assert decision.verdict == "rollback" and why in decision.reason
+
+
+def test_latency_is_judged_once_over_the_whole_watch_not_on_early_polls():
+    slow = HealthFigures(100, 0, 5, 4.5)
+    assert decide_health(BASE, slow, 1, POLICY).verdict == "wait"
+    decision = decide_health(BASE, slow, 10, POLICY)
+    assert decision.verdict == "rollback" and "latency" in decision.reason
+
+
+def test_many_short_polls_pool_their_latencies_instead_of_keeping_the_worst_p95():
+    """The issue's false rollback: 0.25 s polls of 2-3 requests, one of them hit by CPU noise."""
+    base = HealthFigures.of(200, 0, 0, [1.0] * 200)
+    watch = HealthFigures()
+    for i in range(80):  # 80 polls of 3 requests; every 10th poll has one 8 ms outlier
+        watch = watch.merge(HealthFigures.of(3, 0, 0, [1.0, 1.1, 8.0 if i % 10 == 0 else 1.0]))
+    assert watch.requests == 240 and watch.latency_p95_ms == pytest.approx(1.1)
+    old_way = max(HealthFigures.of(3, 0, 0, [1.0, 1.1, 8.0]).latency_p95_ms or 0, 0)
+    assert old_way / 1.0 > POLICY.max_latency_ratio  # the max of tiny-sample p95s would have rolled back
+    assert decide_health(base, watch, 10, POLICY).verdict == "commit"
+
+
+def test_a_stretched_tail_alone_is_host_noise_a_shifted_median_is_a_slower_model():
+    base = HealthFigures.of(200, 0, 0, [1.0] * 190 + [2.0] * 10)
+    noisy_tail = HealthFigures.of(200, 0, 0, [1.0] * 180 + [9.0] * 20)   # p95 9x, p50 unchanged
+    assert decide_health(base, noisy_tail, 10, POLICY).verdict == "commit"
+    slower = HealthFigures.of(200, 0, 0, [3.0] * 180 + [9.0] * 20)       # p95 and p50 both 3x and more
+    decision = decide_health(base, slower, 10, POLICY)
+    assert decision.verdict == "rollback" and "p50" in decision.reason
+
+
+def test_latency_needs_min_requests_on_both_sides():
+    thin_base = HealthFigures.of(5, 0, 0, [1.0] * 5)
+    slower = HealthFigures.of(200, 0, 0, [5.0] * 200)
+    assert decide_health(thin_base, slower, 10, POLICY).verdict == "commit"
 
 
 def test_too_few_requests_say_nothing_until_the_watch_ends():
@@ -96,9 +129,10 @@ def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapse
     d = decide_health(base, cur, elapsed, POLICY)
     breach = n >= POLICY.min_requests and (
         cur.error_rate > POLICY.max_error_rate
-        or cur.fallback_rate - (base.fallback_rate if base.requests else 0) > POLICY.max_fallback_rise
-        or p95 / base.latency_p95_ms > POLICY.max_latency_ratio)
-    assert d.verdict == ("rollback" if breach else "commit" if elapsed >= POLICY.watch_s else "wait")
+        or cur.fallback_rate - (base.fallback_rate if base.requests else 0) > POLICY.max_fallback_rise)
+    slow = (elapsed >= POLICY.watch_s and min(n, base.requests) >= POLICY.min_requests
+            and p95 / base.latency_p95_ms > POLICY.max_latency_ratio)  # no p50 here: p95 alone decides
+    assert d.verdict == ("rollback" if breach or slow else "commit" if elapsed >= POLICY.watch_s else "wait")
 
 
 # -- rollout controller -------------------------------------------------------------------------
@@ -119,6 +153,20 @@ def _report_all(r, step="committed", health=None, now=1.0):
                                  health if health is not None else _healthy(), now)
             sends += s
     return sends
+
+
+def test_a_commit_without_health_figures_does_not_pass_a_gate():
+    """After a hub crash, devices answer a resent install with "committed, already active": without
+    the figures it was committed on, that answer must not open the next wave."""
+    r, _, _ = ctl.new_rollout("ro-blind", "m", "2.0.0", DEVICES, [5, 100],
+                              GatePolicy(min_reporting=1.0, wave_timeout_s=60), now=0.0)
+    _report_all(r, health={}, now=1.0)
+    sends, _ = ctl.tick(r, 2.0)
+    assert sends == [] and r.wave == 0 and r.status == "running"  # neither passed nor failed: waiting
+    for d in r.opened():
+        ctl.on_status(r, d.device_id, "committed", "ok", "already active", _healthy(), 3.0)
+    sends, _ = ctl.tick(r, 4.0)
+    assert r.wave == 1 and len(sends) == len(DEVICES) - 2
 
 
 def test_wave_cutoffs_are_cumulative_and_cover_everyone():

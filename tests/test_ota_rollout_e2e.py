@@ -105,7 +105,6 @@ def test_bad_model_halts_at_first_wave_and_devices_end_on_previous_version(fleet
     assert {d.device_id: d.serving for d in devices} == before
     assert all(d.client.store.active_version == "1.1.0" for d in devices)
     got_it = [d for d in devices if d.device_id in wave1]
-    if version == "1.3.0":  # it was served, judged by its fallback rate, and rolled back on the device
-        assert all(d.client.store.state.max_accepted == "1.3.0" for d in got_it)
-    else:  # never switched to
-        assert all(d.client.store.state.max_accepted == "1.1.0" for d in got_it)
+    # served and rolled back for health (1.3.0) or never switched to: either way not banned, the
+    # anti-rollback floor rises only on commit, so an operator may retry the same version
+    assert all(d.client.store.state.max_accepted == "1.1.0" for d in got_it)

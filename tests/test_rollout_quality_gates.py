@@ -38,10 +38,15 @@ def cohort(requests: int, fallback: float, bins: tuple[int, ...] = SPREAD, error
                          confidence=tuple(conf), classes=classes)
 
 
+WATCH_FIGURES = {"baseline": {"requests": 50, "fallback_rate": 0.0, "latency_p95_ms": 1.0},
+                 "current": {"requests": 50, "fallback_rate": 0.0, "latency_p95_ms": 1.0}}
+
+
 def commit_open_wave(r: Rollout, now: float) -> None:
     for d in r.opened():
         if d.state == "sent":
-            ctl.on_status(r, d.device_id, "committed", "ok", "", {}, now)
+            # with the watch figures a device commits on (a commit without them does not pass a gate)
+            ctl.on_status(r, d.device_id, "committed", "ok", "", WATCH_FIGURES, now)
 
 
 def sent_to(sends: list[ctl.Send]) -> set[str]:

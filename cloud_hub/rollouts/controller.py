@@ -237,10 +237,17 @@ def on_status(r: Rollout, device_id: str, step: str, result: str, reason: str, h
     return sends, events
 
 
+def has_figures(d: DeviceProgress) -> bool:
+    """A commit counts toward a gate only with the watch figures it was made on (a repeated
+    "already active" answer from a device without them says nothing about health)."""
+    return d.state != "committed" or isinstance((d.health or {}).get("current"), dict)
+
+
 def _reported(r: Rollout) -> tuple[list[DeviceProgress], int]:
+    """Devices that reported an outcome the gate can judge, and how many the gate needs: never passed without data."""
     opened = r.opened()
     needed = max(math.ceil(r.gates.min_reporting * len(opened)), min(r.gates.min_devices, len(opened)))
-    return [d for d in opened if d.state in DEVICE_TERMINAL], needed
+    return [d for d in opened if d.state in DEVICE_TERMINAL and has_figures(d)], needed
 
 
 def quality_query(r: Rollout) -> QualityQuery | None:
@@ -269,8 +276,10 @@ def tick(r: Rollout, now: float, drift_alerts: int = 0,
     timed_out = r.gates.wave_timeout_s is not None and now - r.wave_opened_at > r.gates.wave_timeout_s
     if len(reported) < needed:
         if timed_out:
+            blind = sum(1 for d in opened if not has_figures(d))
             return halt(r, f"wave {r.wave + 1}: only {len(reported)} of {len(opened)} devices reported within "
-                           f"{r.gates.wave_timeout_s:g}s (need {needed})", now, events), events
+                           f"{r.gates.wave_timeout_s:g}s (need {needed})"
+                           + (f"; {blind} committed without health figures" if blind else ""), now, events), events
         return [], events
     problem = gate_problem(r, drift_alerts)
     if problem:

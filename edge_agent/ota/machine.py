@@ -8,8 +8,8 @@ outcome here; the same core runs in the agent, in tests and in simulated fleets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 State = Literal["idle", "downloading", "verifying", "staged", "self_test", "switched", "watching",
                 "committed", "rolled_back", "failed"]
@@ -48,14 +48,36 @@ def advance(state: str, outcome: str) -> State:
         raise TransitionError(f"OTA state {state!r} has no transition on {outcome!r}") from None
 
 
+WATCH_SAMPLES = 8192  # latencies a watch keeps (the newest): its percentiles are over the whole watch
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank on sorted values), None for no values; numpy-free so the core stays pure."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))])
+
+
 @dataclass(frozen=True)
 class HealthFigures:
-    """What the agent served in one window: counts and the p95 latency."""
+    """What the agent served in one span: counts, p95 and p50 latency, and the latencies themselves.
+
+    `merge` pools the latencies (up to WATCH_SAMPLES, newest kept), so a watch made of many
+    short polls is judged on percentiles of the whole watch, never the worst of tiny samples.
+    """
 
     requests: int = 0
     errors: int = 0
     fallbacks: int = 0
     latency_p95_ms: float | None = None
+    latency_p50_ms: float | None = None
+    latencies_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def of(cls, requests: int, errors: int, fallbacks: int, latencies_ms: Sequence[float]) -> "HealthFigures":
+        samples = tuple(float(x) for x in latencies_ms)[-WATCH_SAMPLES:]
+        return cls(requests, errors, fallbacks, percentile(samples, 95), percentile(samples, 50), samples)
 
     @property
     def error_rate(self) -> float:
@@ -66,14 +88,26 @@ class HealthFigures:
         return self.fallbacks / self.requests if self.requests else 0.0
 
     def merge(self, other: "HealthFigures") -> "HealthFigures":
-        p95 = [x for x in (self.latency_p95_ms, other.latency_p95_ms) if x is not None]
-        return HealthFigures(self.requests + other.requests, self.errors + other.errors,
-                             self.fallbacks + other.fallbacks, max(p95) if p95 else None)
+        """Both spans as one: counts add, percentiles are recomputed over the pooled latencies (or,
+        for figures that carry none, the request-weighted mean of their percentiles, never the max)."""
+        requests = self.requests + other.requests
+        errors, fallbacks = self.errors + other.errors, self.fallbacks + other.fallbacks
+        if self.latencies_ms or other.latencies_ms:
+            return HealthFigures.of(requests, errors, fallbacks, self.latencies_ms + other.latencies_ms)
+        return HealthFigures(requests, errors, fallbacks, _weighted(self, other, "latency_p95_ms"),
+                             _weighted(self, other, "latency_p50_ms"))
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {"requests": self.requests, "errors": self.errors, "fallbacks": self.fallbacks,
                 "error_rate": round(self.error_rate, 6), "fallback_rate": round(self.fallback_rate, 6),
-                "latency_p95_ms": self.latency_p95_ms}
+                "latency_p95_ms": self.latency_p95_ms, "latency_p50_ms": self.latency_p50_ms}
+
+
+def _weighted(a: HealthFigures, b: HealthFigures, name: str) -> float | None:
+    pairs = [(getattr(f, name), max(f.requests, 1)) for f in (a, b) if getattr(f, name) is not None]
+    if not pairs:
+        return None
+    return sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
 
 
 @dataclass(frozen=True)
@@ -94,6 +128,25 @@ class WatchPolicy:
             raise ValueError("max_error_rate and max_fallback_rise are fractions 0..1, max_latency_ratio > 0")
 
 
+def latency_regression(baseline: HealthFigures, current: HealthFigures, policy: WatchPolicy) -> str | None:
+    """Why the new version is slower than the old on this host, or None (also when either side has too few requests)."""
+    if min(baseline.requests, current.requests) < policy.min_requests:
+        return None
+    if not baseline.latency_p95_ms or current.latency_p95_ms is None:
+        return None
+    p95 = current.latency_p95_ms / baseline.latency_p95_ms
+    if p95 <= policy.max_latency_ratio:
+        return None
+    if baseline.latency_p50_ms and current.latency_p50_ms is not None:
+        p50 = current.latency_p50_ms / baseline.latency_p50_ms
+        if p50 <= policy.max_latency_ratio:
+            return None  # only the tail moved: load on the host, not a slower model
+        return (f"p95 latency {current.latency_p95_ms:.2f} ms is {p95:.1f}x and p50 {current.latency_p50_ms:.2f} ms "
+                f"{p50:.1f}x the previous version's over {current.requests} requests, above {policy.max_latency_ratio:.1f}x")
+    return (f"p95 latency {current.latency_p95_ms:.2f} ms is {p95:.1f}x the previous version's over "
+            f"{current.requests} requests, above {policy.max_latency_ratio:.1f}x")
+
+
 @dataclass(frozen=True)
 class HealthDecision:
     verdict: Literal["commit", "rollback", "wait"]
@@ -103,7 +156,11 @@ class HealthDecision:
 def decide_health(baseline: HealthFigures, current: HealthFigures, elapsed_s: float, policy: WatchPolicy) -> HealthDecision:
     """Commit, roll back, or keep watching, comparing the new version with the previous one's figures.
 
-    A breach rolls back as soon as enough requests were seen; a commit waits for the end of the watch.
+    An error or fallback breach rolls back as soon as min_requests were seen. Latency is judged
+    once, at the end of the watch, over the whole watch's pooled latencies, against the same
+    host's recent baseline, and only when both sides have min_requests: a regression needs the
+    p95 ratio AND the p50 ratio (where both have one) over max_latency_ratio, so CPU noise that
+    only stretches the tail does not roll a healthy release back. A commit waits for the end.
     """
     if current.requests >= policy.min_requests:
         if current.error_rate > policy.max_error_rate:
@@ -112,13 +169,11 @@ def decide_health(baseline: HealthFigures, current: HealthFigures, elapsed_s: fl
         if rise > policy.max_fallback_rise:
             return HealthDecision("rollback", f"fallback rate {current.fallback_rate:.3f} rose by {rise:.3f} "
                                               f"(previous version {baseline.fallback_rate:.3f}), above {policy.max_fallback_rise:.3f}")
-        if baseline.latency_p95_ms and current.latency_p95_ms is not None:
-            ratio = current.latency_p95_ms / baseline.latency_p95_ms
-            if ratio > policy.max_latency_ratio:
-                return HealthDecision("rollback", f"p95 latency {current.latency_p95_ms:.2f} ms is {ratio:.1f}x the "
-                                                  f"previous version's, above {policy.max_latency_ratio:.1f}x")
     if elapsed_s < policy.watch_s:
         return HealthDecision("wait", f"watching {elapsed_s:.1f}/{policy.watch_s:.1f}s")
+    slow = latency_regression(baseline, current, policy)
+    if slow:
+        return HealthDecision("rollback", slow)
     if current.requests < policy.min_requests and not policy.commit_without_traffic:
         return HealthDecision("rollback", f"only {current.requests} requests during the watch (need {policy.min_requests})")
     return HealthDecision("commit", f"healthy over {current.requests} requests in {elapsed_s:.1f}s")

@@ -42,6 +42,8 @@ class StoreState:
     previous: SlotRef | None = None
     max_accepted: str | None = None           # anti-rollback: never install a version <= this
     trial: dict[str, Any] | None = None       # set between switch and commit: {"rollout_id", "version", "switched_at"}
+    health: dict[str, Any] | None = None      # the watch figures the active version was committed on (repeated to
+                                              # a hub that asks again after its own restart: a gate needs data)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": STATE_SCHEMA, **asdict(self)}
@@ -52,7 +54,7 @@ class StoreState:
             raise StoreError(f"state.json: schema {data.get('schema')!r} is not {STATE_SCHEMA}")
         ref = lambda d: SlotRef(**d) if d else None  # noqa: E731
         return cls(active=ref(data.get("active")), previous=ref(data.get("previous")),
-                   max_accepted=data.get("max_accepted"), trial=data.get("trial"))
+                   max_accepted=data.get("max_accepted"), trial=data.get("trial"), health=data.get("health"))
 
 
 @dataclass
@@ -185,18 +187,19 @@ class ModelStore:
         shutil.rmtree(self.slots / slot, ignore_errors=True)
 
     def switch(self, slot: str, rollout_id: str) -> StoreState:
-        """Atomically make `slot` active (on trial); the old active becomes previous."""
+        """Atomically make `slot` active (on trial); the old active becomes previous.
+
+        The anti-rollback floor (`max_accepted`) does not move here: a trial may still be
+        rolled back for health, and that version must stay installable (see `commit`).
+        """
         try:
             manifest = load_manifest(self.slots / slot)
         except ManifestError as exc:
             raise StoreError(f"slot {slot}: {exc}") from exc
         old_previous = self.state.previous
-        max_accepted = self.state.max_accepted
-        if _newer(manifest.version, max_accepted):
-            max_accepted = manifest.version
         new = StoreState(
             active=SlotRef(slot, manifest.name, manifest.version), previous=self.state.active,
-            max_accepted=max_accepted,
+            max_accepted=self.state.max_accepted,
             trial={"rollout_id": rollout_id, "version": manifest.version, "switched_at": time.time()},
         )
         self._write(new)
@@ -204,14 +207,21 @@ class ModelStore:
             shutil.rmtree(self.slots / old_previous.slot, ignore_errors=True)
         return new
 
-    def commit(self) -> StoreState:
-        """End the trial: the active version stays."""
-        return self._write(StoreState(self.state.active, self.state.previous, self.state.max_accepted, None))
+    def commit(self, health: dict[str, Any] | None = None) -> StoreState:
+        """End the trial: the active version stays, and only now the anti-rollback floor rises to it.
+
+        `health`: the watch figures it was committed on, kept so a repeated command is answered with them.
+        """
+        active, max_accepted = self.state.active, self.state.max_accepted
+        if active is not None and _newer(active.version, max_accepted):
+            max_accepted = active.version
+        return self._write(StoreState(active, self.state.previous, max_accepted, None, health))
 
     def rollback(self) -> StoreState:
         """Make the previous version active again; the version rolled back from is removed.
 
-        `max_accepted` keeps the higher version, so the rolled-back release is never reinstalled.
+        `max_accepted` is untouched: it only rises on commit, so a version rolled back for
+        health (a loaded host, a hub restart) is not banned and an operator can retry it.
         """
         if self.state.previous is None:
             raise StoreError("rollback: no previous version in the store")

@@ -67,7 +67,9 @@ class Updater:
     def install(self, cmd: OtaCommand) -> State:
         """Download, verify, stage, self-test, switch, watch; returns the terminal state."""
         if self.store.active_version == cmd.version and self.store.state.trial is None:
-            self.publish("committed", "ok", f"{cmd.model} {cmd.version} is already active", {})
+            # the figures it was committed on: a hub that lost them (its own crash) must not pass a gate blind
+            self.publish("committed", "ok", f"{cmd.model} {cmd.version} is already active",
+                         dict(self.store.state.health or {}))
             return "committed"
         accepted = self.store.state.max_accepted
         if accepted is not None and parse_version(cmd.version) <= parse_version(accepted):
@@ -139,7 +141,7 @@ class Updater:
             decision = decide_health(baseline, current, self.clock() - started, policy)
             figures = {"baseline": baseline.to_dict(), "current": current.to_dict()}
             if decision.verdict == "commit":
-                self.store.commit()
+                self.store.commit(figures)
                 self._enter("ok", decision.reason, figures)
                 return self.state
             if decision.verdict == "rollback":
