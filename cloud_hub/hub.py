@@ -23,6 +23,7 @@ from tandem.cloud_hub.keys import ReleaseKey
 from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.registry import ModelRegistry
 from tandem.cloud_hub.storage import ArtifactStore, open_database
+from tandem.cloud_hub.storage.datadir import DataDirLock, sweep_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,13 @@ class Hub:
     def __init__(self, config: HubConfig | None = None) -> None:
         self.config = config or HubConfig()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_database(self.config.db_path)
+        self._lock = DataDirLock(self.config.data_dir).acquire()  # one writer per data dir, before any file is opened
+        try:
+            sweep_leftovers(self.config.data_dir)
+            self.db = open_database(self.config.db_path)
+        except BaseException:
+            self._lock.release()
+            raise
         try:
             self.artifacts = ArtifactStore(self.config.artifacts_dir)
             self.key = ReleaseKey.load_or_create(self.config.release_key_path)
@@ -61,6 +68,7 @@ class Hub:
             self.tokens = TokenStore(self.db)
         except BaseException:
             self.db.close()
+            self._lock.release()
             raise
         self._app: Any = None
         self._broker: BrokerHandle | None = None
@@ -333,6 +341,7 @@ class Hub:
                 self._broker = None
         if not self._closed:
             self.db.close()
+            self._lock.release()
             self._closed = True
         log.info("hub stopped")
 
