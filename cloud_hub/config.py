@@ -14,13 +14,13 @@ ENV_PREFIX = "TANDEM_HUB_"
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 REST_CLIENT_CERTS = ("none", "optional", "required")
 
-_INTS = ("http_port", "grpc_port", "mqtt_port", "drift_min_samples", "drift_min_requests", "hard_examples_max")
+_INTS = ("http_port", "grpc_port", "mqtt_port", "drift_min_samples", "drift_min_requests", "hard_examples_max", "max_json_body_bytes")
 _FLOATS = ("offline_after_s", "max_upload_mb", "telemetry_retention_s", "drift_eval_interval_s", "drift_span_s",
            "drift_baseline_s", "drift_open_above", "drift_close_below", "drift_rate_open_above",
            "drift_rate_close_below", "rollout_tick_s", "rollout_watch_s", "rest_rate_per_s", "rest_burst")
 _POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
              "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s",
-             "rollout_watch_s", "rest_rate_per_s")
+             "rollout_watch_s", "rest_rate_per_s", "max_json_body_bytes")
 _BOOLS = ("telemetry", "rollouts")
 _OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s", "tls_dir")
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -83,6 +83,8 @@ class HubConfig:
     # WARNING each time). Off: only keys added with `tandem-hub publishers add` are accepted.
     publisher_trust_on_first_use: bool = False
     rest_burst: float = 60.0
+    # REST request bodies (JSON) larger than this are refused with 413 before they are read; uploads have max_upload_mb.
+    max_json_body_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))

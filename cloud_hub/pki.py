@@ -94,12 +94,41 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+# Names a device certificate must never carry: they are host names the hub's own certificate (or a
+# client's TLS check) would match, or names that read as the hub or a broker account.
+RESERVED_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "broker", "hub",
+                            "mosquitto", "admin", "root"})
+MAX_CERT_DAYS = 3650
+
+
 def check_device_name(device_id: str) -> str:
-    """A device id usable as a certificate CN and MQTT username (protocols.topics' rule)."""
+    """A device id usable as a certificate CN and MQTT username (protocols.topics' rule), not a reserved name."""
     try:
-        return check_device_id(device_id)
+        name = check_device_id(device_id)
     except TopicError as exc:
         raise InvalidInputError(str(exc)) from exc
+    lowered = name.lower()
+    if lowered in RESERVED_NAMES or lowered.endswith((".localhost", ".local")) or _looks_like_ip(lowered):
+        raise InvalidInputError(f"device id {name!r} is reserved (a host name, address or service account); "
+                                "name devices after what they are, e.g. cam-017")
+    return name
+
+
+def check_days(days: int) -> int:
+    """Validity in whole days, 1..MAX_CERT_DAYS: 0 would issue an already expired certificate."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_CERT_DAYS:
+        raise InvalidInputError(f"--days {days!r}: a certificate's validity must be 1 to {MAX_CERT_DAYS} days")
+    return days
+
+
+def _looks_like_ip(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _san(names: Iterable[str]) -> x509.SubjectAlternativeName:
@@ -196,6 +225,7 @@ class Pki:
     def issue_device(self, device_id: str, *, days: int = CERT_DAYS) -> TlsFiles:
         """A client certificate with CN = device id; refuses an id that already has a valid certificate."""
         check_device_name(device_id)
+        check_days(days)
         live = [r for r in self.issued() if r.name == device_id and r.kind == "device" and r.revoked_at is None]
         if live:
             raise ConflictError(f"device {device_id!r} already has a certificate (serial {live[0].serial:x}); "

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from tandem.hardware_profiles import ProfileError, load_profiles
 from tandem.model_compiler.confidence import DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD
@@ -106,6 +108,32 @@ def _task_spec(args: argparse.Namespace):
         raise CompileError(str(exc)) from exc
 
 
+def number(low: float, high: float) -> "Callable[[str], float]":
+    """An argparse type: a finite number in [low, high] (NaN, inf and out-of-range values are refused by name)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number from {low:g} to {high:g}")
+        return value
+    return parse
+
+
+def whole(low: int, high: int | None = None) -> "Callable[[str], int]":
+    """An argparse type: an integer >= low (and <= high)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low}" + (f" to {high}" if high is not None else " up"))
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem-compile",
@@ -120,14 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--name", help="model name in the manifest (default: the file's stem)")
     parser.add_argument("--version", default="1.0.0", help="model version MAJOR.MINOR.PATCH (default: 1.0.0)")
-    parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
+    parser.add_argument("--max-accuracy-drop", type=number(0, 100), default=1.0,
                         help="accuracy points a chosen variant may lose against FP32 (default: 1)")
     parser.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"],
                         help="INT8 activation range calibration (default: minmax)")
-    parser.add_argument("--calib-samples", type=int, default=256, help="at most this many calibration samples (default: 256)")
-    parser.add_argument("--dense-threshold", type=float, default=0.5,
+    parser.add_argument("--calib-samples", type=whole(1), default=256, help="at most this many calibration samples (default: 256)")
+    parser.add_argument("--dense-threshold", type=number(0, 1), default=0.5,
                         help="threshold for agreement of non-classification outputs, e.g. 0.3 for text maps (default: 0.5)")
-    parser.add_argument("--expires-days", type=int, default=365, help="manifest expiry in days, 0 for none (default: 365)")
+    parser.add_argument("--expires-days", type=whole(0, 36500), default=365, help="manifest expiry in days, 0 for none (default: 365)")
     parser.add_argument("--publisher-key", "--signing-key", dest="signing_key", type=Path,
                         help="the publisher's ed25519 PEM key that signs the manifest (default: "
                         "$TANDEM_HOME/keys/publisher.ed25519.pem, ~/.tandem without TANDEM_HOME, created on first use "
@@ -157,14 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "hybrid-accuracy = least fallback with hybrid accuracy within --hybrid-within points of "
                            "--cloud-model (default: hybrid-accuracy with --cloud-model, else fallback-budget with "
                            "--fallback-budget, else match-reference)")
-    conf.add_argument("--fallback-budget", type=float, metavar="FRACTION",
+    conf.add_argument("--fallback-budget", type=number(0, 1), metavar="FRACTION",
                       help="share of requests a variant may send to the cloud, e.g. 0.05")
-    conf.add_argument("--reference-threshold", type=float, default=DEFAULT_REFERENCE_THRESHOLD, metavar="T",
+    conf.add_argument("--reference-threshold", type=number(0, 1), default=DEFAULT_REFERENCE_THRESHOLD, metavar="T",
                       help="the shared FP32 max-probability threshold match-reference keeps the fallback rate of "
                            f"(default: {DEFAULT_REFERENCE_THRESHOLD:g}, the agent's default)")
     conf.add_argument("--cloud-model", type=Path, metavar="ONNX",
                       help="the cloud model fallbacks go to (same inputs), for hybrid accuracy figures and goal")
-    conf.add_argument("--hybrid-within", type=float, default=DEFAULT_HYBRID_WITHIN_POINTS, metavar="POINTS",
+    conf.add_argument("--hybrid-within", type=number(0, 100), default=DEFAULT_HYBRID_WITHIN_POINTS, metavar="POINTS",
                       help="hybrid-accuracy goal: accuracy points below the cloud model allowed (default: 0.5)")
     conf.add_argument("--no-confidence-calibration", action="store_true",
                       help="write no per-variant temperature and threshold (agents use their configured threshold)")

@@ -95,7 +95,7 @@ def test_upload_over_rest_then_list_models_versions_and_variants(running_hub, di
         for version in ("1.0.0", "1.2.0", "1.10.0"):
             d = make_model_dir(digits_dir, tmp_path / version, version=version)
             r = c.post("/v1/models", content=tar_gz(d), headers={"Content-Type": "application/gzip"})
-            assert r.status_code == 200, r.text
+            assert r.status_code == 201, r.text
             assert r.json() == {"name": "digits", "version": version, "created": True,
                                 "content_sha256": r.json()["content_sha256"]}
         models = c.get("/v1/models").json()

@@ -57,6 +57,11 @@ def create_app(hub: Any) -> FastAPI:
     for module in (telemetry_routes, rollout_routes, routes_hard_examples):  # 503 while that part is not running
         app.include_router(module.router, responses=_UNAVAILABLE)
     mount_console(app)
+    from tandem.cloud_hub.rest.body_limit import BodyLimitMiddleware
+    from tandem.protocols.limits import DEFAULT_MAX_JSON_BODY_BYTES
+
+    app.add_middleware(BodyLimitMiddleware, max_json_body_bytes=getattr(
+        getattr(hub, "config", None), "max_json_body_bytes", DEFAULT_MAX_JSON_BODY_BYTES))
     return app
 
 

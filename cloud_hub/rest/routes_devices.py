@@ -42,11 +42,15 @@ def list_devices(
     return {"items": [r.to_dict() for r in records], "total": total, "limit": page.limit, "offset": page.offset}
 
 
-@router.post("", response_model=DeviceOut, responses=_422, dependencies=[Depends(require("operate"))])
-def register_device(body: DeviceIn, hub: Any = Depends(get_hub)) -> dict[str, Any]:
-    """Create or update a device; agents call this on every start."""
+@router.post("", response_model=DeviceOut, status_code=201, dependencies=[Depends(require("operate"))],
+             responses={**_422, 200: {"model": DeviceOut, "description": "an existing device, updated"}})
+def register_device(body: DeviceIn, response: Response, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    """Create (201) or update (200) a device; agents call this on every start."""
+    existed = hub.devices.exists(body.device_id)
     record = hub.devices.register(body.device_id, body.profile, body.agent_version, body.tags,
                                   body.model_name, body.model_version)
+    if existed:
+        response.status_code = 200
     return record.to_dict()
 
 

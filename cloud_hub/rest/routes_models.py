@@ -9,7 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from tandem.cloud_hub.errors import InvalidInputError
@@ -33,14 +33,15 @@ def list_models(name: str | None = Query(None, max_length=128), page: Paging = D
 
 
 @router.post(
-    "/v1/models", response_model=RegisterOut, dependencies=[Depends(require("operate"))],
-    responses={409: {"model": ErrorBody, "description": "this name+version exists with other content"},
+    "/v1/models", response_model=RegisterOut, status_code=201, dependencies=[Depends(require("operate"))],
+    responses={200: {"model": RegisterOut, "description": "this exact version was already registered"},
+               409: {"model": ErrorBody, "description": "this name+version exists with other content"},
                413: {"model": ErrorBody, "description": "upload too large"},
                422: {"model": ErrorBody, "description": "not a valid compiled model archive"}},
     openapi_extra={"requestBody": {"required": True, "description": "a .tar.gz of a tandem-compile output directory",
                                    "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_TYPES}}},
 )
-async def upload_model(request: Request, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+async def upload_model(request: Request, response: Response, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     """Register a compiled model sent as a tar archive (gzip optional); versions are immutable."""
     limit = int(hub.config.max_upload_mb * 1024 * 1024)
     with tempfile.TemporaryDirectory(dir=hub.config.data_dir, prefix="upload-") as tmp:
@@ -53,6 +54,8 @@ async def upload_model(request: Request, hub: Any = Depends(get_hub)) -> dict[st
                     raise _TooLarge(f"upload exceeds max_upload_mb={hub.config.max_upload_mb:g}")
                 fh.write(chunk)
         result = await run_in_threadpool(_register_archive, hub, archive, Path(tmp) / "model", limit * EXPANSION_LIMIT)
+    if not result.created:
+        response.status_code = 200
     return {"name": result.name, "version": result.version, "created": result.created,
             "content_sha256": result.content_sha256}
 

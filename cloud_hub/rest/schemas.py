@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
+
+
+class StrictIn(BaseModel):
+    """Base of every request body: an unknown field is a 422 naming it, never silently dropped
+    (`{"selct": ...}` must not become "the whole fleet")."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorBody(BaseModel):
@@ -43,7 +50,7 @@ class ReleaseKeyOut(BaseModel):
     public_key_pem: str
 
 
-class DeviceIn(BaseModel):
+class DeviceIn(StrictIn):
     device_id: str = Field(..., max_length=128, examples=["cam-0001"])
     profile: str = Field(..., max_length=64, examples=["cpu-x86"])
     agent_version: str = Field(..., min_length=1, max_length=64, examples=["0.1.0"])
@@ -52,7 +59,7 @@ class DeviceIn(BaseModel):
     model_version: str | None = Field(None, max_length=32)
 
 
-class HeartbeatIn(BaseModel):
+class HeartbeatIn(StrictIn):
     model_name: str | None = Field(None, max_length=128)
     model_version: str | None = Field(None, max_length=32)
     agent_version: str | None = Field(None, max_length=64)
@@ -110,7 +117,7 @@ class VariantOut(BaseModel):
     size_bytes: int
 
 
-class TokenIn(BaseModel):
+class TokenIn(StrictIn):
     name: str = Field(..., max_length=64, examples=["ci"])
     scope: str = Field(..., examples=["operate"])
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from tandem.cloud_hub.errors import HubError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
-from tandem.cloud_hub.rest.schemas import ErrorBody
+from tandem.cloud_hub.rest.schemas import ErrorBody, StrictIn
 from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError
 from tandem.cloud_hub.rollouts.service import rollout_detail, rollout_summary
 
@@ -18,7 +18,7 @@ _404 = {404: {"model": ErrorBody, "description": "no such rollout"}}
 _409 = {409: {"model": ErrorBody, "description": "the rollout's state does not allow this"}}
 
 
-class GatesIn(BaseModel):
+class GatesIn(StrictIn):
     max_failure_rate: float = Field(0.0, ge=0, le=1)
     max_fallback_rise: float = Field(0.10, ge=0, le=1)
     max_latency_ratio: float = Field(2.0, gt=0, le=1000)
@@ -41,7 +41,7 @@ class GatesIn(BaseModel):
     min_shadow_samples: int = Field(100, ge=1, le=10**9, description="shadow samples per cohort before it decides")
 
 
-class RolloutIn(BaseModel):
+class RolloutIn(StrictIn):
     model: str = Field(..., min_length=1, max_length=128)
     version: str = Field(..., min_length=5, max_length=32)
     select: dict[str, str] = Field(default_factory=dict, description="profile=..., and tag key=value pairs")

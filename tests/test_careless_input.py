@@ -1,0 +1,43 @@
+"""Careless input at the CLIs: a bad number or a reserved name is one line naming it, never a
+traceback and never a silently odd result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "101", "lots"])
+def test_compile_refuses_a_meaningless_accuracy_budget(value):
+    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", "m.onnx", "--profiles", "cpu-x86",
+                           "--max-accuracy-drop", value], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and "--max-accuracy-drop" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["--dense-threshold=1.5", "--fallback-budget=-0.1", "--calib-samples=0",
+                                  "--reference-threshold=nan", "--expires-days=-3"])
+def test_compile_refuses_other_out_of_range_numbers(flag):
+    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", "m.onnx", "--profiles", "cpu-x86", flag],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and flag.split("=")[0] in done.stderr and "Traceback" not in done.stderr
+
+
+def test_pki_issue_validates_days_and_refuses_reserved_names(tmp_path, capsys):
+    from tandem.cloud_hub.cli import main
+
+    root = ["--dir", str(tmp_path / "pki")]
+    assert main(["pki", "init", *root]) == 0
+    for days in ("-1", "0", "99999"):
+        assert main(["pki", "issue", "cam-1", "--days", days, *root]) == 1
+        err = capsys.readouterr().err
+        assert "validity must be 1 to 3650 days" in err and "Traceback" not in err
+    assert not (tmp_path / "pki" / "devices" / "cam-1").exists()  # nothing half-issued
+    for name in ("localhost", "LOCALHOST", "127.0.0.1", "hub", "printer.local"):
+        assert main(["pki", "issue", name, *root]) == 1
+        assert "reserved" in capsys.readouterr().err
+    assert main(["pki", "issue", "cam-1", "--days", "30", *root]) == 0
