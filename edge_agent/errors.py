@@ -31,6 +31,12 @@ class ModelLoadError(AgentError):
     code = "model_load"
 
 
+class UntrustedModelError(ModelLoadError):
+    """A model folder's manifest is unsigned, signed by no trusted key, or altered after signing (edge_agent/trust.py)."""
+
+    code = "model_untrusted"
+
+
 class InferenceError(AgentError):
     """The runtime failed on a request that passed validation; the message carries the runtime's reason."""
 
@@ -57,11 +63,11 @@ class AgentUnavailable(AgentError):
 
 ERRORS_BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
-    for cls in (AgentError, BadRequestError, FallbackUnavailable, ModelLoadError, InferenceError, ConfigError,
-                OverloadedError, AgentUnavailable)
+    for cls in (AgentError, BadRequestError, FallbackUnavailable, ModelLoadError, UntrustedModelError, InferenceError,
+                ConfigError, OverloadedError, AgentUnavailable)
 }
 
 __all__ = [
     "AgentError", "AgentUnavailable", "BadRequestError", "ConfigError", "ERRORS_BY_CODE",
-    "FallbackUnavailable", "InferenceError", "ModelLoadError", "OverloadedError",
+    "FallbackUnavailable", "InferenceError", "ModelLoadError", "OverloadedError", "UntrustedModelError",
 ]

@@ -196,8 +196,9 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
     """Open the best variant of `model_dir` that `profile` allows and this device can run.
 
     Walks the fallback chain (`plan_attempts`): placements the probe says are absent
-    are skipped; a variant whose files fail their size/sha256 check, or whose runtime
-    fails to load it, is recorded and the next one tried. `variant_id` pins the variant
+    are skipped; a variant whose runtime fails to open it is recorded and the next one
+    tried (logged at WARNING, the reason in `selection`, shown by /healthz). A file that is
+    missing or fails its size/sha256 check raises ModelLoadError: never silently another variant. `variant_id` pins the variant
     (its placements still fall back). `probe` and `hardware_profile` default to this
     device's probe and the named built-in/TANDEM_PROFILE_PATH profile. Raises
     ModelLoadError naming every attempt when none loads.
@@ -213,7 +214,7 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
     own_probe = probe is None
     probed: set[str] = set()
     tried: list[dict[str, str]] = []
-    bad_files: dict[str, str] = {}
+    verified: set[str] = set()
     for attempt in attempts:
         variant, placement = attempt.variant, attempt.placement
         step = {"variant": variant.id, "placement": placement.label, "tier": placement.tier}
@@ -224,14 +225,10 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
         if not available:
             tried.append({**step, "outcome": "absent", "reason": why})
             continue
-        if variant.id not in bad_files:
-            try:
-                verify_files(model_dir, variant)
-            except ModelLoadError as exc:
-                bad_files[variant.id] = str(exc)
-        if variant.id in bad_files:
-            tried.append({**step, "outcome": "rejected", "reason": bad_files[variant.id]})
-            continue
+        if variant.id not in verified:
+            # A file that is missing or not as signed is an error, never a reason to serve another variant.
+            verify_files(model_dir, variant)
+            verified.add(variant.id)
         try:
             session, feed_names = _open(model_dir, attempt, threads)
         except ModelLoadError as exc:
@@ -247,6 +244,9 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
                 selection["missing_cpu_features"] = missing
         log.info("model loaded name=%s version=%s variant=%s runtime=%s placement=%s tried=%d", manifest.name,
                  manifest.version, variant.id, variant.runtime, placement.label, len(tried))
+        if variant.id != variants[0].id:
+            log.warning("serving a fallback variant name=%s version=%s variant=%s instead of %s: %s", manifest.name,
+                        manifest.version, variant.id, variants[0].id, reason)
         renames = {k: v for k, v in feed_names.items() if k != v}
         return LoadedModel(manifest=manifest, variant=variant, session=session, model_dir=model_dir,
                            renames=renames, selection=selection)
