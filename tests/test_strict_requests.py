@@ -81,3 +81,35 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(hub):
     r = httpx.post(f"{h.http_url}/v1/models", headers={**headers, "Content-Type": "application/gzip"}, timeout=30,
                    content=b"\0" * (200 * 1024))
     assert r.status_code == 422 and "manifest" in r.json()["detail"], r.text  # read whole, refused as a model
+
+
+def _bomb(declared: int, body: int) -> bytes:
+    """A .tar.gz whose one member declares `declared` bytes (its first `body` zeros present): a gzip bomb."""
+    import gzip
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo("model/weights.bin")
+    info.size = declared
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9) as gz:
+        gz.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        zeros = bytes(1 << 20)
+        for _ in range(body >> 20):
+            gz.write(zeros)
+    return raw.getvalue()
+
+
+def test_a_gzip_bomb_is_refused_at_once_writing_nothing_big(hub):
+    h, headers = hub
+    bomb = _bomb(3 * 1024**3, 64 * 1024**2)  # says 3 GiB, carries 64 MiB of zeros: ~64 KB on the wire
+    assert len(bomb) < 200 * 1024
+    t0 = time.perf_counter()
+    r = httpx.post(f"{h.http_url}/v1/models", headers={**headers, "Content-Type": "application/gzip"}, timeout=30,
+                   content=bomb)
+    seconds = time.perf_counter() - t0
+    assert r.status_code == 413 and "unpacks to more than" in r.json()["detail"], r.text
+    assert seconds < 1.0, seconds
+    leftovers = [p for p in h.config.data_dir.rglob("*") if p.is_file() and p.stat().st_size > 1024**2]
+    assert not [p for p in leftovers if "upload-" in str(p)], leftovers
+    assert not list(h.config.data_dir.glob("upload-*"))

@@ -22,6 +22,8 @@ router = APIRouter(tags=["models"], responses=AUTH_RESPONSES)
 _404 = {404: {"model": ErrorBody, "description": "no such model or version"}}
 MAX_MEMBERS = 10_000
 EXPANSION_LIMIT = 2  # unpacked bytes may be at most this many times max_upload_mb
+MAX_EXPANSION_RATIO = 100  # ... and this many times the compressed upload
+RATIO_FLOOR_BYTES = 64 * 1024 * 1024  # the ratio bound never goes below this (tiny uploads of sparse files)
 UPLOAD_TYPES = ("application/gzip", "application/x-gzip", "application/x-tar", "application/octet-stream")
 
 
@@ -66,19 +68,25 @@ class _TooLarge(InvalidInputError):
 
 def _register_archive(hub: Any, archive: Path, dest: Path, max_unpacked: float) -> Any:
     dest.mkdir()
+    compressed = archive.stat().st_size
+    # The ratio bound: a compiled model (weights, JSON, npz) gzips by a few times at most; a bomb by thousands.
+    max_unpacked = min(max_unpacked, max(RATIO_FLOOR_BYTES, compressed * MAX_EXPANSION_RATIO))
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_MEMBERS:
-                raise InvalidInputError(f"archive has {len(members)} entries; a compiled model has far fewer (max {MAX_MEMBERS})")
-            unpacked = 0
-            for member in members:
+        # Streaming mode ('r|*'): each header is read, checked and its member extracted before the next is
+        # decompressed, so a bomb is refused at its first oversized header with nothing big written.
+        with tarfile.open(archive, "r|*") as tar:
+            count = unpacked = 0
+            for member in tar:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise InvalidInputError(f"archive has more than {MAX_MEMBERS} entries; a compiled model has far fewer")
                 if not (member.isfile() or member.isdir()):
                     raise InvalidInputError(f"archive member {member.name!r}: only files and directories are accepted")
                 unpacked += member.size
-            if unpacked > max_unpacked:  # a small gzip can hide a huge tar
-                raise _TooLarge(f"archive unpacks to {unpacked} bytes, over the limit of {int(max_unpacked)}")
-            tar.extractall(dest, filter="data")  # refuses absolute paths and '..'
+                if unpacked > max_unpacked:  # a small gzip can hide a huge tar
+                    raise _TooLarge(f"archive unpacks to more than {int(max_unpacked)} bytes ({compressed} compressed; "
+                                    f"limits: {EXPANSION_LIMIT}x max_upload_mb, {MAX_EXPANSION_RATIO}x the upload)")
+                tar.extract(member, dest, filter="data")  # refuses absolute paths and '..'
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise InvalidInputError(f"not a readable tar(.gz) archive of a compiled model directory ({exc})") from exc
     root = dest
