@@ -84,6 +84,7 @@ class MosquittoBroker:
         if exe is None:
             raise BrokerError("mosquitto is not on PATH (install it, e.g. `apt-get install mosquitto`, or use broker=embedded)")
         workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o700)  # a root Mosquitto reads its config from here: nobody else may write it
         (workdir / "data").mkdir(exist_ok=True)
         check_persistence_dir(workdir / "data")
         if port:
@@ -108,6 +109,7 @@ class MosquittoBroker:
                 "log_type error\nlog_type warning\n"
                 f"max_packet_size {limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES}\n"
             )
+        os.chmod(conf, 0o600)
         with open(conf, "a") as fh:  # both the plain and the TLS config: queue limits and saves, stated
             fh.write(queue_config())
         log_file = open(workdir / "mosquitto.log", "ab")

@@ -20,6 +20,7 @@ from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.devices import DeviceRegistry
 from tandem.cloud_hub.errors import ConfigError, HubError
 from tandem.cloud_hub.keys import ReleaseKey
+from tandem.cloud_hub.private_files import private_tree
 from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.registry import ModelRegistry
 from tandem.cloud_hub.storage import ArtifactStore, open_database
@@ -55,6 +56,7 @@ class Hub:
         except BaseException:
             self._lock.release()
             raise
+        private_tree(self.config.data_dir)  # 0700/0600 whatever the umask (tokens, keys, device inputs)
         try:
             self.artifacts = ArtifactStore(self.config.artifacts_dir)
             self.key = ReleaseKey.load_or_create(self.config.release_key_path)
@@ -186,6 +188,7 @@ class Hub:
         except BaseException:
             self.stop()
             raise
+        private_tree(self.config.data_dir)  # what the services created (databases, broker files)
         log.info("hub started %s", " ".join(f"{k}={v}" for k, v in self.urls().items()))
         return self
 

@@ -83,4 +83,6 @@ def write_mosquitto_config(pki: Pki, config: MosquittoTlsConfig) -> Path:
     os.chmod(acl, 0o600)  # mosquitto 2.x warns about (and later refuses) world-readable ACL files
     conf = config.workdir / "mosquitto.conf"
     conf.write_text(mosquitto_conf_text(pki, config, acl))
+    os.chmod(conf, 0o600)  # Mosquitto may start as root: a config others could write would be root for them
+    os.chmod(config.workdir, 0o700)
     return conf

@@ -41,3 +41,27 @@ def test_pki_issue_validates_days_and_refuses_reserved_names(tmp_path, capsys):
         assert main(["pki", "issue", name, *root]) == 1
         assert "reserved" in capsys.readouterr().err
     assert main(["pki", "issue", "cam-1", "--days", "30", *root]) == 0
+
+
+def test_hub_data_is_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+
+    old = os.umask(0)
+    try:
+        hub = Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, grpc_port=0, broker="mosquitto",
+                            telemetry=True, rollouts=False)).start()
+        try:
+            hub.tokens.create("admin", "admin")
+            modes = {p: stat.S_IMODE(p.lstat().st_mode) for p in [tmp_path / "data", *(tmp_path / "data").rglob("*")]
+                     if not p.is_symlink() and not p.is_socket()}
+        finally:
+            hub.stop()
+    finally:
+        os.umask(old)
+    loose = {str(p): oct(m) for p, m in modes.items() if m & 0o077}
+    assert not loose, loose
+    assert any(p.name == "mosquitto.conf" for p in modes) and any(p.suffix == ".sqlite" for p in modes)
