@@ -119,6 +119,15 @@ def _telemetry(hub: Any) -> list[Family]:
                    .add(max(0.0, float(row[0]["lag"]))))
     out.append(Family("tandem_hub_telemetry_subscribed", "gauge", "1 while ingestion is subscribed to the broker.")
                .add(1 if telemetry.ingest.subscribed else 0))
+    gaps = getattr(telemetry, "gaps", None)
+    if gaps is not None:  # end-to-end delivery (cloud_hub.telemetry.gaps)
+        g = gaps.stats()
+        missing = Family("tandem_hub_telemetry_missing_windows", "gauge",
+                         "Window sequence numbers the hub has not received: open (being asked for again) or lost "
+                         "(asked max_asks times, or past what one jump may open).")
+        missing.add(g["open"], {"state": "open"}).add(g["lost"], {"state": "lost"})
+        out += [missing, Family("tandem_hub_telemetry_resend_requests_total", "counter",
+                                "Resend requests published to devices since start.").add(g["resend_requests"])]
     return out
 
 

@@ -96,7 +96,8 @@ def telemetry_status(service: Any) -> dict[str, Any]:
             "last_sequence": outbox.last_sequence, "outbox_dropped_total": outbox.dropped_total,
             "windows_closed": service.windows_closed, "model_version": service.aggregator.model.version,
             "outbox": outbox.stats(), "write_error": service.write_error, "write_failures": service.write_failures,
-            "unstored": len(service._closed), "lost_local": service.unstored_dropped}
+            "unstored": len(service._closed), "lost_local": service.unstored_dropped,
+            "replay": outbox.replay_stats(), "clock_offset_s": publisher.clock_offset_s}
 
 
 def ota_status(client: Any) -> dict[str, Any]:

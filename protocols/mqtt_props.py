@@ -24,6 +24,8 @@ STATUS_SCHEMA_VERSION = 1
 EVENTS_SCHEMA_VERSION = 1
 HARD_EXAMPLES_SCHEMA_VERSION = 1
 EVENTS_EXPIRY_S = 3600  # a drift event nobody received within the hour is in REST anyway
+RESEND_SCHEMA_VERSION = 1
+RESEND_EXPIRY_S = 3600  # the hub asks again for a gap still open; a stale request only repeats work
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ MESSAGE_SPECS: dict[str, MessageSpec] = {s.kind: s for s in (
     MessageSpec(topics.HARD_EXAMPLES, "device -> hub", "application/vnd.tandem.hard-example", False,
                 HARD_EXAMPLES_SCHEMA_VERSION, 1, False, None,
                 "a JSON header line, a newline, then framed tensors (protocols/tensor_blob.py)"),
+    MessageSpec(topics.TELEMETRY_RESEND, "hub -> device", "application/json", True, RESEND_SCHEMA_VERSION, 1, False,
+                RESEND_EXPIRY_S, "JSON {sequences, hub_time}: send these windows again (protocols/resend.py)"),
 )}
 
 

@@ -20,7 +20,8 @@ OTA_CMD = "ota/cmd"
 OTA_STATUS = "ota/status"
 EVENTS = "events"
 HARD_EXAMPLES = "hard_examples"
-KINDS = (TELEMETRY, STATUS, OTA_CMD, OTA_STATUS, EVENTS, HARD_EXAMPLES)
+TELEMETRY_RESEND = "telemetry/resend"
+KINDS = (TELEMETRY, STATUS, OTA_CMD, OTA_STATUS, EVENTS, HARD_EXAMPLES, TELEMETRY_RESEND)
 
 _FORBIDDEN = ("+", "#", "/", "\x00")
 
@@ -65,6 +66,11 @@ def ota_cmd_topic(device_id: str) -> str:
 def ota_status_topic(device_id: str) -> str:
     """Device -> hub OTA progress."""
     return _topic(device_id, OTA_STATUS)
+
+
+def telemetry_resend_topic(device_id: str) -> str:
+    """Hub -> device: send these telemetry windows again (protocols.resend; QoS 1)."""
+    return _topic(device_id, TELEMETRY_RESEND)
 
 
 def hard_examples_topic(device_id: str) -> str:
@@ -156,7 +162,7 @@ def mqtt_url_uses_tls(url: str) -> bool:
 # certificate's CN (use_identity_as_username); device ids can't hold '+', '#' or '/'.
 ACL_USERNAME = "%u"
 DEVICE_PUBLISHES = (TELEMETRY, STATUS, OTA_STATUS, EVENTS, HARD_EXAMPLES)
-DEVICE_READS = (OTA_CMD,)
+DEVICE_READS = (OTA_CMD, TELEMETRY_RESEND)
 
 
 def device_acl_patterns() -> tuple[list[str], list[str]]:

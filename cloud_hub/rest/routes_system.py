@@ -22,7 +22,9 @@ def root() -> RedirectResponse:
 @router.get("/healthz", response_model=Health, tags=["system"])
 def healthz(hub: Any = Depends(get_hub)) -> Health:
     """Liveness for load balancers and `tandem-hub serve` scripts; needs no token."""
-    return Health(status="ok", schema_version=hub.db.schema_version())
+    telemetry = getattr(hub, "telemetry", None)
+    gaps = telemetry.gaps.stats() if telemetry is not None and getattr(telemetry, "gaps", None) is not None else None
+    return Health(status="ok", schema_version=hub.db.schema_version(), telemetry_gaps=gaps)
 
 
 @router.get("/v1/hub", response_model=HubInfo, tags=["system"], responses=AUTH_RESPONSES,

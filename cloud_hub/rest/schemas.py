@@ -33,6 +33,7 @@ class Page(BaseModel, Generic[T]):
 class Health(BaseModel):
     status: str
     schema_version: int
+    telemetry_gaps: dict[str, Any] | None = None  # windows missing end to end (open, lost); None without telemetry
 
 
 class HubInfo(BaseModel):

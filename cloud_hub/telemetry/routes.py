@@ -83,6 +83,16 @@ def drift_status(
     return {**status, "signals": rows}
 
 
+@router.get("/v1/telemetry/gaps", tags=["telemetry"])
+def telemetry_gaps(device_id: str | None = Query(None, max_length=128),
+                   telemetry: Any = Depends(get_telemetry)) -> dict[str, Any]:
+    """Windows missing end to end: fleet counts (open: being asked for again; lost: given up), or one
+    device's last sequence and its open and lost sequences."""
+    if device_id is not None:
+        return telemetry.gaps.device_gaps(device_id)
+    return telemetry.gaps.stats()
+
+
 @router.get("/v1/drift/alerts", response_model=Page[dict[str, Any]], tags=["drift"])
 def drift_alerts(
     state: Literal["open", "closed"] | None = Query(None), model_name: str | None = Query(None, max_length=128),

@@ -17,11 +17,12 @@ from typing import Any, Callable, Iterable
 
 from tandem.cloud_hub.storage.db import HubDatabase
 from tandem.cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
+from tandem.cloud_hub.telemetry.gaps import GapPolicy, GapTracker
 from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
 from tandem.cloud_hub.telemetry.store import TelemetryStore
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import TelemetryWindow, decode_window
-from tandem.protocols.topics import EVENTS, events_topic
+from tandem.protocols.topics import EVENTS, TELEMETRY_RESEND, events_topic, telemetry_resend_topic
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class TelemetryServiceConfig:
     webhook_timeout_s: float = 3.0
     drift: DriftConfig = field(default_factory=DriftConfig)
     ingest: dict[str, Any] = field(default_factory=dict)  # extra IngestConfig fields (client_id, share_group, ...)
+    gaps: GapPolicy = field(default_factory=GapPolicy)     # when missing windows are asked for again, and given up
+    gap_tick_s: float = 1.0
 
 
 class TelemetryIngestService:
@@ -57,6 +60,7 @@ class TelemetryIngestService:
                                                    **config.ingest),
                                       self.store, on_windows=self._on_windows,
                                       cohort_of=lambda w: self.engine.cohort_key(w).cohort)
+        self.gaps = GapTracker(self.store, self._ask_resend, config.gaps)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._webhook = ThreadPoolExecutor(1, thread_name_prefix="drift-webhook") if config.webhook_url else None
@@ -109,7 +113,15 @@ class TelemetryIngestService:
 
     # -- work -------------------------------------------------------------------------
 
+    def _ask_resend(self, device_id: str, payload: bytes) -> None:
+        self.ingest.client.publish(telemetry_resend_topic(device_id), payload, qos=1,
+                                   properties=publish_properties(TELEMETRY_RESEND))
+
     def _on_windows(self, windows: list[tuple[TelemetryWindow, float]]) -> None:
+        try:
+            self.gaps.note((w.device_id, w.sequence) for w, _ in windows)
+        except Exception:  # gap tracking must not stop drift or presence
+            log.exception("telemetry gap tracking failed")
         with self._lock:
             self.engine.add_many(windows)
         if self.on_seen is not None:
@@ -120,7 +132,15 @@ class TelemetryIngestService:
 
     def _run(self) -> None:
         last_purge = 0.0
-        while not self._stop.wait(self.config.eval_interval_s):
+        next_eval = time.monotonic() + self.config.eval_interval_s
+        while not self._stop.wait(min(self.config.gap_tick_s, self.config.eval_interval_s)):
+            try:
+                self.gaps.tick()
+            except Exception:
+                log.exception("telemetry gap tick failed")
+            if time.monotonic() < next_eval:
+                continue
+            next_eval = time.monotonic() + self.config.eval_interval_s
             try:
                 self.evaluate(time.time())
                 if time.monotonic() - last_purge > 600:
@@ -178,4 +198,5 @@ class TelemetryIngestService:
             "signals": list(last.status) if last else [],
             "ingest": self.ingest.stats.as_dict(),
             "subscribed": self.ingest.subscribed,
+            "gaps": self.gaps.stats(),  # windows missing end to end: open (being asked for) and finally lost
         }

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 8640                 # one day of 10 s windows
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024    # the whole outbox on disk (payload bytes)
+DEFAULT_REPLAY_S = 3600.0               # acknowledged windows kept this long for the hub's resend requests
+DEFAULT_REPLAY_BYTES = 16 * 1024 * 1024  # ... and at most this many payload bytes of them (oldest go first)
 
 STATUS, HARD_EXAMPLES, TELEMETRY = 0, 1, 2
 CLASS_NAMES = {STATUS: "status", HARD_EXAMPLES: "hard_examples", TELEMETRY: "telemetry"}
@@ -81,9 +83,18 @@ class Outbox:
     """Classed, budgeted messages on disk; thread-safe (one connection behind a lock)."""
 
     def __init__(self, path: str | Path, max_rows: int = DEFAULT_MAX_ROWS, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 quotas: Mapping[int, ClassQuota] | None = None) -> None:
+                 quotas: Mapping[int, ClassQuota] | None = None, replay_s: float = DEFAULT_REPLAY_S,
+                 replay_bytes: int = DEFAULT_REPLAY_BYTES) -> None:
+        """`replay_s` / `replay_bytes`: how long, and how much, acknowledged windows are kept so
+        the hub can ask for them again (a broker that lost them after its PUBACK); 0 keeps none."""
         if max_rows < 1 or max_bytes < 1:
             raise OutboxError(f"outbox: max_rows and max_bytes must be >= 1, got {max_rows}, {max_bytes}")
+        if replay_s < 0 or replay_bytes < 0:
+            raise OutboxError(f"outbox: replay_s and replay_bytes must be >= 0, got {replay_s}, {replay_bytes}")
+        self.replay_s, self.replay_bytes = replay_s, replay_bytes
+        self._replay_size = 0
+        self.resent = 0              # windows sent again on the hub's request
+        self.resend_missing = 0      # asked for but no longer here (past the replay bounds, or dropped)
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
@@ -119,6 +130,9 @@ class Outbox:
                 c.execute("ALTER TABLE outbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
                 c.execute("UPDATE outbox SET size=length(payload)")
             c.execute("CREATE INDEX IF NOT EXISTS outbox_class ON outbox (klass, seq)")
+            # acknowledged telemetry windows by their sequence, kept for the hub's resend requests
+            c.execute("CREATE TABLE IF NOT EXISTS sent (sequence INTEGER PRIMARY KEY, payload BLOB NOT NULL, "
+                      "sent_at REAL NOT NULL, size INTEGER NOT NULL)")
             # Row ids never repeat (the sender's in-flight map is keyed by them): a counter, not max(seq)+1.
             c.execute("INSERT OR IGNORE INTO meta SELECT 'last_row', MAX(COALESCE(MAX(seq), 0), "
                       "(SELECT value FROM meta WHERE key='last_sequence')) FROM outbox")
@@ -188,15 +202,49 @@ class Outbox:
         return out
 
     def ack(self, row: int) -> None:
-        """The broker has the message: forget it (a no-op if it was already dropped or acked)."""
+        """The broker has the message: take it off the queue (a no-op if it was already dropped or acked).
+
+        A telemetry window moves to the replay store, where it stays for replay_s / replay_bytes
+        in case the hub finds it missing (the broker's ack is not the hub's).
+        """
         with self._lock:
             try:
-                found = self._conn.execute("SELECT klass, size FROM outbox WHERE seq=?", [row]).fetchone()
-                if found is not None:
+                found = self._conn.execute("SELECT klass, size, kind, payload FROM outbox WHERE seq=?", [row]).fetchone()
+                if found is None:
+                    return
+                with self._transaction():
                     self._conn.execute("DELETE FROM outbox WHERE seq=?", [row])
                     self._account(int(found[0]), -1, -int(found[1]))
+                    if found[2] == topics.TELEMETRY and self.replay_s > 0 and self.replay_bytes > 0:
+                        self._keep_for_replay(bytes(found[3]))
             except sqlite3.Error as exc:
                 raise OutboxError(f"{self.path}: cannot delete acknowledged message {row} ({exc})") from exc
+
+    def resend(self, sequences: Iterable[int]) -> tuple[int, int]:
+        """Queue these acknowledged windows again (class 2, same bytes: the hub dedupes on sequence);
+        (found, missing). Missing ones are past the replay bounds or were dropped under pressure."""
+        wanted = sorted(set(int(s) for s in sequences))
+        found = 0
+        with self._lock:
+            try:
+                with self._transaction():
+                    self._prune_replay(time.time())
+                    for seq in wanted:
+                        hit = self._conn.execute("SELECT payload FROM sent WHERE sequence=?", [seq]).fetchone()
+                        if hit is not None:
+                            self._insert(TELEMETRY, topics.TELEMETRY, bytes(hit[0]))
+                            found += 1
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: cannot queue resent windows ({exc})") from exc
+            self.resent += found
+            self.resend_missing += len(wanted) - found
+        return found, len(wanted) - found
+
+    def replay_stats(self) -> dict[str, float | int]:
+        with self._lock:
+            n = int(self._conn.execute("SELECT COUNT(*) FROM sent").fetchone()[0])
+            return {"windows": n, "bytes": self._replay_size, "replay_s": self.replay_s,
+                    "replay_bytes": self.replay_bytes, "resent": self.resent, "resend_missing": self.resend_missing}
 
     # -- readers -------------------------------------------------------------------------
 
@@ -308,6 +356,29 @@ class Outbox:
             log.warning("outbox under pressure class=%s dropped_oldest=%d dropped_total=%d rows=%d bytes=%d",
                         CLASS_NAMES[klass], dropped, total, sum(r for r, _ in self._usage.values()),
                         sum(b for _, b in self._usage.values()))
+
+    def _keep_for_replay(self, payload: bytes) -> None:
+        from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window
+
+        try:
+            sequence = decode_window(payload).sequence
+        except TelemetryDecodeError:
+            return
+        self._conn.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)", [sequence, payload, time.time(), len(payload)])
+        self._replay_size += len(payload)
+        self._prune_replay(time.time())
+
+    def _prune_replay(self, now: float) -> None:
+        """Forget replayable windows older than replay_s, then the oldest past replay_bytes."""
+        self._conn.execute("DELETE FROM sent WHERE sent_at < ?", [now - self.replay_s])
+        size = int(self._conn.execute("SELECT COALESCE(SUM(size), 0) FROM sent").fetchone()[0])
+        while size > self.replay_bytes:
+            row = self._conn.execute("SELECT sequence, size FROM sent ORDER BY sequence LIMIT 1").fetchone()
+            if row is None:
+                break
+            self._conn.execute("DELETE FROM sent WHERE sequence=?", [row[0]])
+            size -= int(row[1])
+        self._replay_size = size
 
     def _insert(self, klass: int, kind: str, payload: bytes) -> int:
         row = self._meta("last_row") + 1

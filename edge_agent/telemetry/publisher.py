@@ -24,7 +24,8 @@ from tandem.edge_agent.telemetry.outbox import Outbox
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
-from tandem.protocols.topics import STATUS, device_topic, status_topic
+from tandem.protocols.resend import ResendDecodeError, decode_resend
+from tandem.protocols.topics import STATUS, device_topic, status_topic, telemetry_resend_topic
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class TelemetryPublisher:
         self._thread: threading.Thread | None = None
         self.acked = 0
         self.connects = 0
+        self._resends: queue.SimpleQueue[tuple[bytes, float]] = queue.SimpleQueue()
+        self.clock_offset_s: float | None = None  # hub clock minus ours, from the hub's last resend request
         self._client = self._make_client()
         self._host, self._port = configure_mqtt_client(self._client, config.mqtt_url, config.tls,
                                                        f"telemetry publisher (device {device_id})")
@@ -76,6 +79,7 @@ class TelemetryPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message  # the hub's resend requests (telemetry/resend)
         return client
 
     @property
@@ -141,6 +145,7 @@ class TelemetryPublisher:
         self.connects += 1
         client.publish(self._status_topic, encode_status(STATUS_ONLINE, self.device_id, **self._status_info),
                        qos=1, retain=True, properties=publish_properties(STATUS))
+        client.subscribe(telemetry_resend_topic(self.device_id), qos=1)  # kept by the persistent session too
         self._connected.set()
         self._wake.set()
         log.info("telemetry connected device=%s session_present=%s", self.device_id,
@@ -151,6 +156,10 @@ class TelemetryPublisher:
         self._connected.clear()
         if not self._stop.is_set():
             log.info("telemetry disconnected device=%s reason=%s; reconnecting", self.device_id, reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: Any) -> None:
+        self._resends.put((msg.payload, time.time()))
+        self._wake.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acks.put((mid, not reason_code.is_failure))
@@ -164,12 +173,30 @@ class TelemetryPublisher:
             self._wake.clear()
             try:
                 self._drain_acks()
+                self._drain_resends()
                 if self._connected.is_set():
                     self._hand_out()
             except Exception:  # a disk or client error must not kill the sender; retry next round
                 log.exception("telemetry sender error device=%s", self.device_id)
                 self._stop.wait(0.5)
         self._drain_acks()
+
+    def _drain_resends(self) -> None:
+        """Answer the hub's resend requests from the outbox's replay store; note its clock offset."""
+        while True:
+            try:
+                payload, received = self._resends.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                req = decode_resend(payload)
+            except ResendDecodeError as exc:
+                log.warning("bad resend request device=%s error=%s", self.device_id, exc)
+                continue
+            self.clock_offset_s = req.hub_time - received  # + the one-way delay, which the hub's own stamp bounds
+            found, missing = self.outbox.resend(req.sequences)
+            log.warning("hub asked for %d windows again device=%s resent=%d gone=%d", len(req.sequences),
+                        self.device_id, found, missing)
 
     def _drain_acks(self) -> None:
         while True:

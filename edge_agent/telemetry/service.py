@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tandem.edge_agent.telemetry.outbox import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, HARD_EXAMPLES, ClassQuota, Outbox,
-                                                OutboxError)
+from tandem.edge_agent.telemetry.outbox import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_REPLAY_BYTES,
+                                                DEFAULT_REPLAY_S, HARD_EXAMPLES, ClassQuota, Outbox, OutboxError)
 from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
 from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
 from tandem.protocols import limits
@@ -89,7 +89,8 @@ class TelemetryService:
                  outbox_max_rows: int = DEFAULT_MAX_ROWS, outbox_max_bytes: int = DEFAULT_MAX_BYTES,
                  outbox_quotas: Mapping[int, ClassQuota] | None = None, hard_examples: Any = None,
                  selection: Mapping[str, Any] | None = None, publisher: PublisherConfig | None = None,
-                 clock: Callable[[], float] = time.time, unstored_max: int = MAX_UNSTORED) -> None:
+                 clock: Callable[[], float] = time.time, unstored_max: int = MAX_UNSTORED,
+                 replay_s: float = DEFAULT_REPLAY_S, replay_bytes: int = DEFAULT_REPLAY_BYTES) -> None:
         """`manifest` is a protocols Manifest (or a ModelInfo); its drift_reference gives the bin edges.
 
         `hard_examples` (an edge_agent.hard_examples.HardExampleQueue) is drained into the
@@ -98,6 +99,7 @@ class TelemetryService:
         `unstored_max`: closed windows held in memory while the outbox cannot be written
         (disk full, read-only, corrupt); past it the oldest is lost, counted, and its sequence
         number skipped so the hub sees the gap.
+        `replay_s` / `replay_bytes`: acknowledged windows kept to answer the hub's resend requests.
         """
         check_device_id(device_id)
         self.device_id = device_id
@@ -108,7 +110,7 @@ class TelemetryService:
         self.aggregator = WindowAggregator(device_id, model, profile=profile, tags=tags, config=self.window_config,
                                            now=clock())
         self.outbox = Outbox(Path(data_dir) / OUTBOX_FILENAME, outbox_max_rows, max_bytes=outbox_max_bytes,
-                             quotas=outbox_quotas)
+                             quotas=outbox_quotas, replay_s=replay_s, replay_bytes=replay_bytes)
         self.hard_examples = hard_examples
         self._move_lock = threading.Lock()
         pub_config = publisher or PublisherConfig(mqtt_url=mqtt_url)
