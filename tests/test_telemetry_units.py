@@ -201,7 +201,7 @@ def test_hub_store_purges_by_age_in_chunks_and_keeps_newer(tmp_path):
     for seq in range(1, 26):
         w = window(seq)
         w.start_unix, w.end_unix = float(seq), float(seq) + 0.5
-        items.append(StoredWindow(w, encode_window(w), "{}", 0.0))
+        items.append(StoredWindow(w, encode_window(w), "{}", float(seq) + 0.6))  # retention is on the hub's clock
     assert store.insert_windows(items) == [True] * 25
     assert store.insert_windows(items[:3]) == [False] * 3          # idempotent on (device, sequence)
     assert store.purge(before=20.0, chunk=4) == 19

@@ -49,7 +49,7 @@ class DriftConfig:
     rate: Hysteresis = field(default_factory=lambda: Hysteresis(open_above=0.10, close_below=0.05))
     p_max: float = 1e-3                 # chi-square p-value under which a rise counts as significant
     cohort_tags: tuple[str, ...] | None = None  # tag keys that split cohorts; None = all tags
-    max_future_s: float = 60.0          # device clocks ahead of the hub are clamped to receipt time
+    max_future_s: float = 60.0          # unused: windows are filed on the hub's time (telemetry.clocks); kept for configs
 
     def __post_init__(self) -> None:
         if self.span_s <= 0 or self.bucket_s <= 0 or self.baseline_s < 0:
@@ -201,9 +201,11 @@ class DriftEngine:
         groups: dict[tuple[CohortKey, int, tuple], list[list[int]]] = defaultdict(list)
         keys: list[CohortKey] = []
         for window, received_at in windows:
-            t = window.end_unix
-            if not math.isfinite(t) or t > received_at + cfg.max_future_s:
-                t = received_at
+            # `received_at`: the hub time the window belongs to (its receipt, or the device's time corrected
+            # by its clock offset: cloud_hub.telemetry.clocks); the device's own clock never files it
+            t = received_at
+            if not math.isfinite(t):
+                t = window.end_unix
             key = self.cohort_key(window)
             keys.append(key)
             layout, row = _flatten(window)

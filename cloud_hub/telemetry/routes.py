@@ -93,6 +93,13 @@ def telemetry_gaps(device_id: str | None = Query(None, max_length=128),
     return telemetry.gaps.stats()
 
 
+@router.get("/v1/telemetry/clocks", tags=["telemetry"])
+def telemetry_clocks(telemetry: Any = Depends(get_telemetry)) -> dict[str, Any]:
+    """Each device's clock offset (hub time minus device time, delivery delay included, seconds), from
+    its recent windows; windows are filed and filtered on the hub's receipt time whatever this says."""
+    return {"offsets_s": telemetry.clocks.offsets()}
+
+
 @router.get("/v1/drift/alerts", response_model=Page[dict[str, Any]], tags=["drift"])
 def drift_alerts(
     state: Literal["open", "closed"] | None = Query(None), model_name: str | None = Query(None, max_length=128),

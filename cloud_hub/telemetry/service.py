@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 from tandem.cloud_hub.storage.db import HubDatabase
 from tandem.cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
+from tandem.cloud_hub.telemetry.clocks import DeviceClocks
 from tandem.cloud_hub.telemetry.gaps import GapPolicy, GapTracker
 from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
 from tandem.cloud_hub.telemetry.store import TelemetryStore
@@ -61,6 +62,7 @@ class TelemetryIngestService:
                                       self.store, on_windows=self._on_windows,
                                       cohort_of=lambda w: self.engine.cohort_key(w).cohort)
         self.gaps = GapTracker(self.store, self._ask_resend, config.gaps)
+        self.clocks = DeviceClocks()  # each device's clock offset: windows are filed on the hub's time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._webhook = ThreadPoolExecutor(1, thread_name_prefix="drift-webhook") if config.webhook_url else None
@@ -122,8 +124,9 @@ class TelemetryIngestService:
             self.gaps.note((w.device_id, w.sequence) for w, _ in windows)
         except Exception:  # gap tracking must not stop drift or presence
             log.exception("telemetry gap tracking failed")
+        filed = [(w, self.clocks.observe(w.device_id, w.end_unix, received)) for w, received in windows]
         with self._lock:
-            self.engine.add_many(windows)
+            self.engine.add_many(filed)
         if self.on_seen is not None:
             try:
                 self.on_seen({w.device_id for w, _ in windows})

@@ -1,6 +1,8 @@
 """Telemetry and drift-alert tables in the hub's telemetry database (its own SQLite file).
 
-Windows are stored idempotently on (device_id, sequence): INSERT OR IGNORE, so an
+Time filters, orders and buckets use `received_at`, the hub's clock (the device's start/end
+times are kept beside it): a device whose clock is an hour off is neither hidden from `since`
+nor filed into the past. Windows are stored idempotently on (device_id, sequence): INSERT OR IGNORE, so an
 MQTT redelivery or an agent resending after a crash changes nothing. The file is
 separate from the hub's registry DB so the high-rate ingest never waits on (or
 blocks) the console's writes; it uses the hub's migration mechanism all the same.
@@ -87,6 +89,10 @@ class TelemetryStore:
         db = open_database(path, TELEMETRY_MIGRATIONS)
         with db.lock:
             db.db.conn.execute("PRAGMA synchronous=FULL")
+            # time filters and buckets use the hub's receipt time (device clocks may be hours off)
+            db.db.conn.execute("CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)")
+            db.db.conn.execute("CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
+                               "(model_name, model_version, received_at)")
         return cls(db)
 
     def close(self) -> None:
@@ -113,14 +119,14 @@ class TelemetryStore:
                        limit: int = 500, offset: int = 0) -> list[dict[str, Any]]:
         """One device's windows, oldest first (a per-device time series)."""
         return self.db.query(
-            f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE device_id=? AND end_unix>=? AND end_unix<=? "
+            f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE device_id=? AND received_at>=? AND received_at<=? "
             "ORDER BY sequence LIMIT ? OFFSET ?", [device_id, since, until if until is not None else 1e18, limit, offset])
 
     def list_windows(self, device_id: str | None = None, model_name: str | None = None,
                      model_version: str | None = None, since: float = 0.0, until: float | None = None,
                      limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Windows matching the filters, newest first, and how many match in all."""
-        clauses, params = ["end_unix>=?", "end_unix<=?"], [since, until if until is not None else 1e18]
+        clauses, params = ["received_at>=?", "received_at<=?"], [since, until if until is not None else 1e18]
         for column, value in (("device_id", device_id), ("model_name", model_name), ("model_version", model_version)):
             if value:
                 clauses.append(f"{column}=?")
@@ -128,7 +134,7 @@ class TelemetryStore:
         where = " AND ".join(clauses)
         total = int(self.db.query(f"SELECT COUNT(*) AS n FROM telemetry_windows WHERE {where}", params)[0]["n"])
         rows = self.db.query(f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE {where} "
-                             "ORDER BY end_unix DESC LIMIT ? OFFSET ?", params + [limit, offset])
+                             "ORDER BY received_at DESC LIMIT ? OFFSET ?", params + [limit, offset])
         for row in rows:
             row["cohort"] = json.loads(row["cohort"])
         return rows, total
@@ -146,13 +152,13 @@ class TelemetryStore:
                      until: float | None = None, bucket_s: float = 60.0, limit: int = 1000) -> list[dict[str, Any]]:
         """Per time bucket: windows, devices, requests by source, mean latency (a per-model time series)."""
         params: list[Any] = [bucket_s, bucket_s, model_name, since, until if until is not None else 1e18]
-        where = "model_name=? AND end_unix>=? AND end_unix<=?"
+        where = "model_name=? AND received_at>=? AND received_at<=?"
         if model_version:
             where += " AND model_version=?"
             params.append(model_version)
         params.append(limit)
         return self.db.query(
-            "SELECT CAST(end_unix / ? AS INTEGER) * ? AS bucket_start, model_version, COUNT(*) AS windows, "
+            "SELECT CAST(received_at / ? AS INTEGER) * ? AS bucket_start, model_version, COUNT(*) AS windows, "
             "COUNT(DISTINCT device_id) AS devices, SUM(n_edge) AS edge, SUM(n_cloud) AS cloud, "
             "SUM(n_degraded) AS edge_degraded, SUM(n_error) AS error, SUM(samples) AS samples, "
             "SUM(latency_sum_ms) / MAX(1, SUM(n_edge + n_cloud + n_degraded + n_error)) AS latency_mean_ms, "
@@ -167,13 +173,13 @@ class TelemetryStore:
             chunk = ids[i:i + 500]
             out += [r["payload"] for r in self.db.query(
                 f"SELECT payload FROM telemetry_windows WHERE device_id IN ({','.join('?' * len(chunk))}) "
-                "AND end_unix>=? ORDER BY device_id, sequence", [*chunk, since])]
+                "AND received_at>=? ORDER BY device_id, sequence", [*chunk, since])]
         return out
 
     def windows_since(self, since: float) -> Iterable[tuple[bytes, str, float]]:
         """(payload, cohort, received_at) of windows that ended after `since` (engine rebuild on start)."""
         return [(r["payload"], r["cohort"], r["received_at"]) for r in self.db.query(
-            "SELECT payload, cohort, received_at FROM telemetry_windows WHERE end_unix>=? ORDER BY end_unix", [since])]
+            "SELECT payload, cohort, received_at FROM telemetry_windows WHERE received_at>=? ORDER BY received_at", [since])]
 
     def purge(self, before: float, chunk: int = 5000) -> int:
         """Delete windows that ended before `before` (retention), in short transactions so the
@@ -183,7 +189,7 @@ class TelemetryStore:
             with self.db.transaction() as db:
                 n = db.conn.execute(
                     "DELETE FROM telemetry_windows WHERE (device_id, sequence) IN (SELECT device_id, sequence "
-                    "FROM telemetry_windows WHERE end_unix<? LIMIT ?)", [before, chunk]).rowcount
+                    "FROM telemetry_windows WHERE received_at<? LIMIT ?)", [before, chunk]).rowcount
             total += n
             if n < chunk:
                 return total

@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from tandem.edge_agent.ota.download import DownloadConfig
 from tandem.edge_agent.ota.machine import HealthFigures, WatchPolicy
 from tandem.edge_agent.ota.store import ModelStore, Recovery
+from tandem.edge_agent.ota.hubclock import CLOCK_TOLERANCE_S, HubClock
 from tandem.edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
 from tandem.protocols import limits
 from tandem.protocols.mqtt_props import publish_properties
@@ -69,6 +70,7 @@ class OtaClient:
         self.status_sink = status_sink
         self.store = ModelStore(config.store_dir)
         self.clock = clock
+        self.hub_clock = HubClock()  # OTA deadlines are checked on the hub's time
         self._cancel = threading.Event()
         self._queue: queue.Queue[OtaCommand | None] = queue.Queue()
         self._seq = 0
@@ -155,6 +157,7 @@ class OtaClient:
         except OtaMessageError as exc:
             log.warning("ota command dropped device=%s error=%s", self.config.device_id, exc)
             return
+        self.hub_clock.observe(cmd.issued_at, self.clock())
         self._queue.put(cmd)
 
     # -- worker --------------------------------------------------------------------------
@@ -177,10 +180,14 @@ class OtaClient:
         key = (cmd.rollout_id, cmd.action, cmd.version)
         if key in self._done:
             step, result, reason = self._done[key]
-            self._publish_step(step, result, f"(repeat) {reason}", {})
+            # a committed repeat carries the figures it was committed on: a restarted hub's gate needs them
+            health = dict(self.store.state.health or {}) if step == "committed" else {}
+            self._publish_step(step, result, f"(repeat) {reason}", health)
             return
-        if self.clock() > cmd.deadline:
-            self._publish_step("rejected", "error", f"command deadline passed {self.clock() - cmd.deadline:.0f}s ago", {})
+        late = self.hub_clock.expired(cmd.deadline, self.clock())
+        if late is not None:  # on the hub's clock (estimated from its commands), with a stated tolerance
+            self._publish_step("rejected", "error", f"command deadline passed {late:.0f}s ago on the hub's clock "
+                               f"(offset {self.hub_clock.offset_s or 0.0:+.0f}s, tolerance {CLOCK_TOLERANCE_S:g}s)", {})
             return
         self.updater.run(cmd)
 
