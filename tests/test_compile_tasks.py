@@ -151,3 +151,13 @@ def test_budget_override_changes_the_verdict(tmp_path, task_models):
     assert _int8(strict)["task_gate"] == "fail" and _int8(strict)["task_budget"] == pytest.approx(1.01 - 1e-9)
     spec = TaskSpec.from_dict(strict.manifest.task)
     assert spec.kind == "detection" and strict.manifest.source["reference"]["task_budgets"]["map50"] > 1.0
+
+
+def test_int32_token_classifier_gets_an_int8_variant(tmp_path, task_models):
+    m = task_models
+    result, _ = _compile(tmp_path, m, m / "tokens.onnx", m / "tokens_calib.npz", m / "tokens_val.npz")
+    int8 = [o for o in result.outcomes if o.recipe.precision == "int8"]
+    assert int8 and all(o.built and not o.skipped for o in int8), [o.skipped for o in int8]
+    figures = int8[0].metrics
+    assert figures["task_gate"] == "pass" and figures["top1_agreement"] >= 0.99, figures
+    assert figures["weight_bytes"] <= 0.3 * result.manifest.source["weight_bytes"]
