@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib.util
 import json
 import multiprocessing as mp
@@ -53,13 +52,13 @@ import zmq.asyncio  # noqa: E402
 
 from agent_fixtures import make_model_dir  # noqa: E402  (tests/agent_fixtures.py: the one model-dir maker)
 from tandem.edge_agent.client import AgentClient, AsyncAgentClient  # noqa: E402
-from tandem.edge_agent.config import AgentConfig  # noqa: E402
+from tandem.edge_agent.config import ServerConfig  # noqa: E402
 from tandem.edge_agent.wire import encode_request  # noqa: E402
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 
 CLIENTS = 8
 # the agent's default spin_us, for the spinning echo
-AGENT_SPIN_US = next(f.default for f in dataclasses.fields(AgentConfig) if f.name == "spin_us")
+AGENT_SPIN_US = ServerConfig().spin_us
 
 
 def log(message: str) -> None:
@@ -141,14 +140,16 @@ class AgentProcess:
                  window_us: float = 300, max_batch: int = 8, threads: int | None = None,
                  spin_us: float | None = None) -> None:
         self.endpoint = f"ipc://{workdir}/agent.sock"
-        lines = [f'model_dir = "{model_dir}"', f'endpoint = "{self.endpoint}"', f'data_dir = "{workdir}/data"',
-                 "threshold = 0.0", f"window_us = {window_us}", f"max_batch = {max_batch}", "max_queue = 1024"]
+        lines = [f'model.dir = "{model_dir}"', f'server.endpoint = "{self.endpoint}"',  # dotted keys: [model] dir
+                 f'hard_examples.data_dir = "{workdir}/data"', "policy.threshold = 0.0",
+                 f"batch.window_us = {window_us}", f"batch.max_batch = {max_batch}", "batch.max_queue = 1024"]
         if threads:
-            lines.append(f"threads = {threads}")
+            lines.append(f"model.threads = {threads}")
         if spin_us is not None:
-            lines.append(f"spin_us = {spin_us}")
+            lines.append(f"server.spin_us = {spin_us}")
         if hub_url:
-            lines += [f'hub_url = "{hub_url}"', f'hub_model = "{hub_model}"', "deadline_ms = 1000"]
+            lines += [f'fallback.hub_url = "{hub_url}"', f'fallback.hub_model = "{hub_model}"',
+                      "fallback.deadline_ms = 1000"]
         self.config = workdir / "agent.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None

@@ -36,7 +36,7 @@ for extra in (ROOT, ROOT / "examples" / "digits"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from tandem.edge_agent.config import AgentConfig  # noqa: E402
+from tandem.edge_agent.config import PolicyConfig  # noqa: E402
 from tandem.edge_agent.policy import KINDS, ConfidencePolicy  # noqa: E402
 
 EDGE_PROFILES = ("cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu-litert")
@@ -44,7 +44,7 @@ HUB_PROFILE = "cpu-x86"
 THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999)
 MAX_GAP_POINTS = 0.5
 MAX_FALLBACK = 0.25
-DEFAULT_KIND = AgentConfig.__dataclass_fields__["policy"].default  # the agent's default policy kind
+DEFAULT_KIND = PolicyConfig().kind  # the agent's default policy kind
 
 Progress = Callable[[str], None]
 

@@ -1,29 +1,28 @@
-"""Typed hub configuration: defaults for a first run, a TOML file, TANDEM_HUB_* env vars."""
+"""Typed hub configuration: defaults for a first run, a TOML file ([hub] table), TANDEM_HUB_<KEY> env vars.
+
+Loaded by protocols/config_loader.py, the agent's loader too: each value coerced from the field's type hint.
+"""
 
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from tandem.cloud_hub.errors import ConfigError
+from tandem.protocols import config_loader
+
+__all__ = ["BROKER_KINDS", "ENV_PREFIX", "REST_CLIENT_CERTS", "HubConfig"]
 
 ENV_PREFIX = "TANDEM_HUB_"
+CLIENT_ENV = ("TANDEM_HUB_URL", "TANDEM_HUB_TOKEN", "TANDEM_HUB_CA")  # read by cloud_hub/client.py, not settings
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 REST_CLIENT_CERTS = ("none", "optional", "required")
 
-_INTS = ("http_port", "grpc_port", "mqtt_port", "drift_min_samples", "drift_min_requests", "hard_examples_max", "max_json_body_bytes")
-_FLOATS = ("offline_after_s", "max_upload_mb", "telemetry_retention_s", "drift_eval_interval_s", "drift_span_s",
-           "drift_baseline_s", "drift_open_above", "drift_close_below", "drift_rate_open_above",
-           "drift_rate_close_below", "rollout_tick_s", "rollout_watch_s", "rest_rate_per_s", "rest_burst")
 _POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
              "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s",
              "rollout_watch_s", "rest_rate_per_s", "max_json_body_bytes")
-_BOOLS = ("telemetry", "rollouts")
-_OPTIONAL = ("public_url", "telemetry_share_group", "drift_webhook_url", "rollout_watch_s", "tls_dir")
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,10 @@ class HubConfig:
     rest_client_certs: str = "none"
     # Per-token token bucket on REST (429 + Retry-After beyond it); /healthz is exempt.
     rest_rate_per_s: float = 20.0
+    rest_burst: float = 60.0
     # DEV ONLY: register uploads signed by an unknown publisher key and trust that key from then on (logged at
     # WARNING each time). Off: only keys added with `tandem-hub publishers add` are accepted.
     publisher_trust_on_first_use: bool = False
-    rest_burst: float = 60.0
     # REST request bodies (JSON) larger than this are refused with 413 before they are read; uploads have max_upload_mb.
     max_json_body_bytes: int = 1024 * 1024
 
@@ -152,11 +151,11 @@ class HubConfig:
     @property
     def release_key_path(self) -> Path:
         return self.keys_dir / "release.ed25519.pem"
+
     @property
     def publishers_dir(self) -> Path:
         """Trusted publisher public keys, one <key_id>.pem each (tandem-hub publishers)."""
         return self.keys_dir / "publishers"
-
 
     @classmethod
     def load(
@@ -164,65 +163,16 @@ class HubConfig:
         path: str | Path | None = None,
         env: Mapping[str, str] | None = None,
         **overrides: Any,
-    ) -> "HubConfig":
-        """Defaults, then the TOML file, then TANDEM_HUB_* env vars, then explicit overrides."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                data = tomllib.loads(Path(path).read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"{path}: cannot read hub config ({exc})") from exc
-            values.update(data.get("hub", data))
-        values.update(_from_env(os.environ if env is None else env))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown hub setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return replace(cls(), **_coerce(values))
-
-
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(HubConfig):
-        raw = env.get(ENV_PREFIX + f.name.upper())
-        if raw is not None and raw != "":
-            out[f.name] = raw
-    return out
-
-
-def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn strings from env/TOML into the field types, naming the key on failure."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
+    ) -> HubConfig:
+        """Defaults, then the TOML file, then TANDEM_HUB_* env vars (None: os.environ, where unknown names are
+        logged with the closest key), then explicit overrides (None: not given)."""
+        if env is None:
+            env = os.environ
+            config_loader.unknown_env(cls, env, ENV_PREFIX, also=CLIENT_ENV)
         try:
-            if key in _OPTIONAL and isinstance(value, str) and value.lower() in ("none", "null"):
-                out[key] = None
-            elif key in _BOOLS:
-                out[key] = _bool(value)
-            elif key in _INTS:
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError("not an integer")
-                out[key] = int(value)
-            elif key in _FLOATS:
-                if isinstance(value, bool):
-                    raise ValueError("not a number")
-                out[key] = float(value)
-            elif key in ("model_dirs", "profile_dirs"):
-                items = value.split(os.pathsep) if isinstance(value, str) else list(value)
-                out[key] = tuple(Path(p) for p in items if str(p))
-            elif key in ("data_dir", "tls_dir"):
-                out[key] = Path(value)
-            else:
-                out[key] = value
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{key} (env {ENV_PREFIX}{key.upper()}): cannot use {value!r} ({exc})") from exc
-    return out
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError("expected true or false")
+            data = config_loader.read_toml(path) if path is not None else {}
+            table = data["hub"] if isinstance(data.get("hub"), Mapping) else data
+            return config_loader.build(cls, table, env=env, prefix=ENV_PREFIX,
+                                       overrides={k: v for k, v in overrides.items() if v is not None})
+        except config_loader.ConfigValueError as exc:
+            raise ConfigError(f"{path}: {exc}" if path is not None and exc.key else str(exc)) from None

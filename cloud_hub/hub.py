@@ -25,7 +25,6 @@ from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.registry import ModelRegistry
 from tandem.cloud_hub.storage import ArtifactStore, open_database
 from tandem.cloud_hub.storage.datadir import DataDirLock, sweep_leftovers
-from tandem.cloud_hub.storage.doctor import refuse_if_corrupt
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,6 @@ class Hub:
         self._lock = DataDirLock(self.config.data_dir).acquire()  # one writer per data dir, before any file is opened
         try:
             sweep_leftovers(self.config.data_dir)
-            refuse_if_corrupt(self.config.data_dir)  # one line naming file and table, not a 500 on every request
             self.db = open_database(self.config.db_path)
         except BaseException:
             self._lock.release()

@@ -43,7 +43,7 @@ class Agent:
     """One model served on one endpoint. Use as a context manager or call start()/stop()."""
 
     def __init__(self, config: AgentConfig, *, fallback: Any = None) -> None:
-        """`fallback` replaces the client built from `config.hub_url` (anything with FallbackClient's `infer`)."""
+        """`fallback` replaces the client built from `config.fallback.hub_url` (anything with FallbackClient's `infer`)."""
         self.config = config.validate()
         self.metrics = AgentMetrics()
         self.model: LoadedModel | None = None
@@ -60,7 +60,7 @@ class Agent:
         self.telemetry: Any = None      # TelemetryService when mqtt_url is set
         self.ota: Any = None            # OtaClient when ota_enabled
         self.serving: Serving | None = None
-        self.budget = config.fallback_budget(time.monotonic())  # [mode]: shared by every model swapped in
+        self.budget = config.mode.fallback_budget(time.monotonic())  # [mode]: shared by every model swapped in
         self.swaps = 0
         self._ota_started = False
         self._swap_lock = threading.Lock()
@@ -73,18 +73,18 @@ class Agent:
         """Load the model and serve; raises ModelLoadError / ConfigError with what to fix."""
         cfg = self.config
         try:
-            model_dir = cfg.model_dir
-            if cfg.ota_enabled:
+            model_dir = cfg.model.dir
+            if cfg.ota.enabled:
                 from tandem.edge_agent.uplink import make_ota_client
 
                 self.ota = make_ota_client(cfg, self._on_switch, self.observer.take_health,
                                            status_sink=self._ota_status_sink if cfg.telemetry_on else None)
                 model_dir = self.ota.active_dir
-            if self.fallback is None and cfg.hub_url:
+            if self.fallback is None and cfg.fallback.hub_url:
                 self.fallback = self._make_fallback()
             if self.fallback is not None:
                 self._executor = ThreadPoolExecutor(FALLBACK_THREADS, thread_name_prefix="agent-fallback")
-            self.hard_examples = HardExampleQueue(cfg.data_dir / "hard_examples.sqlite", cfg.hard_examples_max)
+            self.hard_examples = HardExampleQueue(cfg.hard_examples.data_dir / "hard_examples.sqlite", cfg.hard_examples.max)
             self._set_serving(self._build_serving(model_dir))
             if cfg.telemetry_on:
                 from tandem.edge_agent.uplink import make_telemetry
@@ -92,14 +92,14 @@ class Agent:
                 self.telemetry = make_telemetry(cfg, self.model, hard_examples=self.hard_examples,
                                                 metrics=self.metrics)
                 self.observer.telemetry = self.telemetry
-            self.server = ZmqServer(cfg.endpoint, self._handle, max_inflight=cfg.max_queue * 4,
-                                     spin_us=cfg.spin_us, concurrency=self.concurrency).start()
+            self.server = ZmqServer(cfg.server.endpoint, self._handle, max_inflight=cfg.batch.max_queue * 4,
+                                     spin_us=cfg.server.spin_us, concurrency=self.concurrency).start()
             self._register_gauges()
-            if cfg.http_port is not None:
+            if cfg.health.http_port is not None:
                 try:
-                    self.health = HealthServer(self.healthz, self.metrics.render, cfg.http_host, cfg.http_port).start()
+                    self.health = HealthServer(self.healthz, self.metrics.render, cfg.health.http_host, cfg.health.http_port).start()
                 except OSError as exc:
-                    raise ConfigError(f"health.http_port: cannot listen on {cfg.http_host}:{cfg.http_port} "
+                    raise ConfigError(f"health.http_port: cannot listen on {cfg.health.http_host}:{cfg.health.http_port} "
                                       f"({exc.strerror or exc}); pick another port or 0 for any") from exc
             if self.ota is not None:
                 self.ota.start()
@@ -110,7 +110,7 @@ class Agent:
         self._started.set()
         log.info("agent serving model=%s version=%s variant=%s endpoint=%s batching=%s hub=%s telemetry=%s ota=%s",
                  self.model.name, self.model.version, self.model.variant.id, self.endpoint,
-                 self.batcher.batching, cfg.hub_url or "-", cfg.mqtt_url if self.telemetry else "-",
+                 self.batcher.batching, cfg.fallback.hub_url or "-", cfg.telemetry.mqtt_url if self.telemetry else "-",
                  self.ota.store.root if self.ota else "-")
         return self
 
@@ -134,7 +134,7 @@ class Agent:
 
     @property
     def endpoint(self) -> str:
-        return self.server.endpoint if self.server else self.config.endpoint
+        return self.server.endpoint if self.server else self.config.server.endpoint
 
     @property
     def health_url(self) -> str | None:
@@ -142,12 +142,12 @@ class Agent:
 
     def healthz(self) -> tuple[bool, dict]:
         serving = self._started.is_set() and self.model is not None
-        body: dict[str, Any] = {"status": "ok" if serving else "starting", "device_id": self.config.device_id}
+        body: dict[str, Any] = {"status": "ok" if serving else "starting", "device_id": self.config.server.device_id}
         if self.model is not None:
             body.update(model=self.model.name, version=self.model.version, variant=self.model.variant.id,
                         runtime=self.model.variant.runtime, selection=self.model.selection)
         body["breaker"] = self.breaker.state if self.breaker is not None else None
-        body["hub"] = self.config.hub_url
+        body["hub"] = self.config.fallback.hub_url
         from tandem.edge_agent.uplink import ota_status, telemetry_status
 
         body["telemetry"] = telemetry_status(self.telemetry) if self.telemetry is not None else None
@@ -163,7 +163,7 @@ class Agent:
     def _mode_status(self) -> dict[str, Any]:
         """The serving mode and what is left of the fallback budget (None: that limit is off)."""
         cfg, budget = self.config, self.budget
-        return {"mode": cfg.mode, "shadow_sample_rate": cfg.shadow_sample_rate,
+        return {"mode": cfg.mode.default, "shadow_sample_rate": cfg.mode.shadow_sample_rate,
                 "budget": {"rps": budget.rps, "burst": budget.burst if budget.rps is not None else None,
                            "bytes_per_hour": budget.bytes_per_hour,
                            "tokens": round(budget.tokens(time.monotonic()), 3) if budget.rps is not None else None,
@@ -178,37 +178,37 @@ class Agent:
     def _build_serving(self, model_dir: Path) -> Serving:
         """Load, and wrap in policy, batcher and service, the model in `model_dir` (not yet served)."""
         cfg = self.config
-        model = load_model(model_dir, cfg.profile, self._variant_for(model_dir), threads=cfg.threads)
+        model = load_model(model_dir, cfg.model.profile, self._variant_for(model_dir), threads=cfg.model.threads)
         try:
             policy = self._make_policy(model)
             max_batch, batching = self._batch_limits()
-            batcher = MicroBatcher(model.session, max_batch=max_batch, window_ms=cfg.window_us / 1000.0,
-                                   max_queue=cfg.max_queue, batching=batching, name="agent-batcher")
+            batcher = MicroBatcher(model.session, max_batch=max_batch, window_ms=cfg.batch.window_us / 1000.0,
+                                   max_queue=cfg.batch.max_queue, batching=batching, name="agent-batcher")
         except BaseException:
             model.close()
             raise
         service = InferenceService(
-            model, batcher, policy, self.metrics, device_id=cfg.device_id, allow_nan=cfg.allow_nan,
-            fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.deadline_ms,
-            hub_model=cfg.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.inline_max_us,
-            observer=self.observer, mode=cfg.mode, budget=self.budget, shadow_sample_rate=cfg.shadow_sample_rate,
-            fast_lane=cfg.fast_lane, solo_inline_max_us=cfg.solo_inline_max_us, concurrency=self.concurrency,
+            model, batcher, policy, self.metrics, device_id=cfg.server.device_id, allow_nan=cfg.model.allow_nan,
+            fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.fallback.deadline_ms,
+            hub_model=cfg.fallback.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.batch.inline_max_us,
+            observer=self.observer, mode=cfg.mode.default, budget=self.budget, shadow_sample_rate=cfg.mode.shadow_sample_rate,
+            fast_lane=cfg.server.fast_lane, solo_inline_max_us=cfg.batch.solo_inline_max_us, concurrency=self.concurrency,
         )
         return Serving(model, policy, batcher, service)
 
     def _variant_for(self, model_dir: Path) -> str | None:
         """The configured variant id, unless an OTA release no longer has it (then the profile's choice)."""
-        if self.config.variant is None or self.ota is None:
-            return self.config.variant
+        if self.config.model.variant is None or self.ota is None:
+            return self.config.model.variant
         from tandem.protocols.manifest import ManifestError, load_manifest
 
         try:
             ids = {v.id for v in load_manifest(model_dir).variants}
         except ManifestError:
-            return self.config.variant  # load_model reports it
-        if self.config.variant in ids:
-            return self.config.variant
-        log.warning("configured variant=%s is not in %s; serving the profile's choice", self.config.variant, model_dir)
+            return self.config.model.variant  # load_model reports it
+        if self.config.model.variant in ids:
+            return self.config.model.variant
+        log.warning("configured variant=%s is not in %s; serving the profile's choice", self.config.model.variant, model_dir)
         return None
 
     def _set_serving(self, serving: Serving) -> None:
@@ -235,7 +235,7 @@ class Agent:
             log.info("model swapped from=%s to=%s variant=%s", old.version if old else "-", new.version,
                      new.model.variant.id)
             if old is not None:
-                if not old.drain(self.config.deadline_ms / 1000.0 + DRAIN_GRACE_S):
+                if not old.drain(self.config.fallback.deadline_ms / 1000.0 + DRAIN_GRACE_S):
                     log.warning("model swap: %d requests of version %s still in flight; closing it anyway",
                                 old.service.pending, old.version)
                 old.close()
@@ -289,14 +289,14 @@ class Agent:
         task = model.manifest.task
         # a dense task's "threshold" binarizes its maps for the compiler's agreement; it is no confidence threshold
         task_threshold = task.get("threshold") if task.get("kind") != "dense" else None
-        choice = resolve_threshold(cfg.policy, cfg.threshold, model.variant.calibration, task_threshold,
-                                   cfg.policy_output)
+        choice = resolve_threshold(cfg.policy.kind, cfg.policy.threshold, model.variant.calibration, task_threshold,
+                                   cfg.policy.output)
         log.info("policy threshold=%s temperature=%s source=%s", choice.threshold, choice.temperature, choice.source)
         try:
-            by_task = task_policy_for(task, cfg.threshold, cfg.policy_output, cfg.transform)
+            by_task = task_policy_for(task, cfg.policy.threshold, cfg.policy.output, cfg.policy.transform)
             if by_task is not None:  # not a softmax classifier: the task's own confidence (tandem.tasks)
                 return by_task
-            return ConfidencePolicy(cfg.policy, choice.threshold, output=cfg.policy_output, transform=cfg.transform,
+            return ConfidencePolicy(cfg.policy.kind, choice.threshold, output=cfg.policy.output, transform=cfg.policy.transform,
                                     temperature=choice.temperature)
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from exc
@@ -304,11 +304,11 @@ class Agent:
     def _batch_limits(self) -> tuple[int, bool]:
         """The config's max_batch, capped by the hardware profile's constraints when the profile is known."""
         try:
-            profile = get_profile(self.config.profile)
+            profile = get_profile(self.config.model.profile)
         except ProfileError:
-            return self.config.max_batch, True  # a profile only the manifest knows: no extra limits
+            return self.config.batch.max_batch, True  # a profile only the manifest knows: no extra limits
         cons = profile.constraints
-        max_batch = min(self.config.max_batch, cons.max_batch) if cons.max_batch else self.config.max_batch
+        max_batch = min(self.config.batch.max_batch, cons.max_batch) if cons.max_batch else self.config.batch.max_batch
         return max_batch, not cons.static_shapes
 
     def _make_fallback(self) -> Any:
@@ -317,8 +317,8 @@ class Agent:
             from tandem.edge_agent.fallback import FallbackClient
         except ImportError as exc:
             raise ConfigError(f"fallback.hub_url is set but the fallback client cannot load ({exc})") from exc
-        self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_cooldown_s)
-        return FallbackClient(self.config.hub_url, deadline_ms=self.config.deadline_ms, breaker=self.breaker,
+        self.breaker = CircuitBreaker(self.config.fallback.breaker_failures, self.config.fallback.breaker_cooldown_s)
+        return FallbackClient(self.config.fallback.hub_url, deadline_ms=self.config.fallback.deadline_ms, breaker=self.breaker,
                               tls=self.config.fallback_tls)  # the device's mqtt_tls_* identity, on gRPC too
 
     def _register_gauges(self) -> None:

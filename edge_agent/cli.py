@@ -31,15 +31,16 @@ examples:
   tandem-agent status --config agent.toml        (model version, OTA state, telemetry outbox)
 
 configuration: a TOML file (see examples/agent/agent.toml); every key can also be set
-with an environment variable {ENV_PREFIX}<KEY>, e.g. {ENV_PREFIX}MODEL_DIR=/var/lib/tandem/model
-or {ENV_PREFIX}DEADLINE_MS=150, which wins over the file.
+with an environment variable {ENV_PREFIX}<SECTION>_<KEY>, e.g. {ENV_PREFIX}MODEL_DIR=/var/lib/tandem/model
+or {ENV_PREFIX}FALLBACK_DEADLINE_MS=150, which wins over the file.
 default endpoint: {default_endpoint()}
 """
 
 
 def config_keys_help() -> str:
     """Every config key by TOML section, for `run --help` and `check --help`."""
-    lines = [f"config keys by TOML section (each also {ENV_PREFIX}<KEY>; commented sample: examples/agent/agent.toml):"]
+    lines = [f"config keys by TOML section (each also {ENV_PREFIX}<SECTION>_<KEY>; commented sample: "
+             "examples/agent/agent.toml):"]
     for section, keys in SECTIONS.items():
         lines.append(textwrap.fill(f"[{section}] " + ", ".join(keys), width=88, initial_indent="  ",
                                    subsequent_indent="      "))
@@ -51,10 +52,10 @@ def _load_config(args: argparse.Namespace) -> AgentConfig:
     if args.config is not None:
         config = AgentConfig.load(args.config)
     else:
-        config = AgentConfig.from_mapping({"model_dir": str(args.model_dir)} if args.model_dir else {})
-    overrides = {k: v for k, v in (("model_dir", args.model_dir), ("endpoint", args.endpoint),
-                                    ("http_port", args.http_port)) if v is not None}
-    return config.with_overrides(**overrides) if overrides else config
+        config = AgentConfig.from_mapping({"model": {"dir": str(args.model_dir)}} if args.model_dir else {})
+    overrides = {k: v for k, v in (("model.dir", args.model_dir), ("server.endpoint", args.endpoint),
+                                    ("health.http_port", args.http_port)) if v is not None}
+    return config.with_overrides(overrides) if overrides else config
 
 
 def _notify_systemd(message: str) -> None:
@@ -97,9 +98,9 @@ def _describe(agent: "Agent") -> str:
     parts = [f"serving {model.name} {model.version} ({model.variant.id}, {model.variant.runtime}) on {agent.endpoint}"]
     if agent.health_url:
         parts.append(f"health on {agent.health_url}")
-    parts.append(f"telemetry to {cfg.mqtt_url} every {cfg.telemetry_window_s:g}s" if agent.telemetry is not None
+    parts.append(f"telemetry to {cfg.telemetry.mqtt_url} every {cfg.telemetry.window_s:g}s" if agent.telemetry is not None
                  else "telemetry off")
-    parts.append(f"OTA from {cfg.mqtt_url}, store {cfg.model_store_dir}" if agent.ota is not None else "OTA off")
+    parts.append(f"OTA from {cfg.telemetry.mqtt_url}, store {cfg.model_store_dir}" if agent.ota is not None else "OTA off")
     return "; ".join(parts)
 
 
@@ -111,9 +112,9 @@ def _status(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
         config = _load_config(args)
-        if not config.http_port:
+        if not config.health.http_port:
             raise AgentError("status needs the agent's health server: set health.http_port in the config, or --url")
-        url = f"http://{config.http_host}:{config.http_port}"
+        url = f"http://{config.health.http_host}:{config.health.http_port}"
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=args.timeout) as resp:
             body = json.loads(resp.read())
@@ -142,18 +143,18 @@ def _check(args: argparse.Namespace) -> int:
     from tandem.edge_agent.model import load_model
 
     config = _load_config(args)
-    model = load_model(config.model_dir, config.profile, config.variant, threads=config.threads)
+    model = load_model(config.model.dir, config.model.profile, config.model.variant, threads=config.model.threads)
     try:
         info = {"model": model.name, "version": model.version, "variant": model.variant.id,
                 "runtime": model.variant.runtime, "precision": model.variant.precision,
                 "inputs": [{"name": s.name, "dtype": s.dtype, "shape": s.shape} for s in model.input_specs],
-                "endpoint": config.endpoint, "hub_url": config.hub_url, "policy": config.policy,
-                "threshold": config.threshold}
+                "endpoint": config.server.endpoint, "hub_url": config.fallback.hub_url, "policy": config.policy.kind,
+                "threshold": config.policy.threshold}
     finally:
         model.close()
     print(json.dumps(info, indent=2) if args.json else
           f"ok: {info['model']} {info['version']} runs as {info['variant']} ({info['runtime']}) on profile "
-          f"{config.profile}; serving on {config.endpoint}")
+          f"{config.model.profile}; serving on {config.server.endpoint}")
     return 0
 
 

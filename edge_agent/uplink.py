@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = None, metrics: Any = None) -> Any:
-    """A started TelemetryService for `model`, its outbox under cfg.data_dir.
+    """A started TelemetryService for `model`, its outbox under cfg.hard_examples.data_dir.
 
     `hard_examples` (the agent's HardExampleQueue) is uploaded through the outbox's class 1;
     `metrics` (AgentMetrics) gains the per-class outbox gauges.
@@ -29,12 +29,12 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
 
     try:
         service = TelemetryService(
-            cfg.mqtt_url, cfg.device_id, model.manifest, cfg.data_dir, window_s=cfg.telemetry_window_s,
-            max_requests=cfg.telemetry_max_requests, profile=cfg.profile, tags=cfg.tags, variant=model.variant.id,
+            cfg.telemetry.mqtt_url, cfg.server.device_id, model.manifest, cfg.hard_examples.data_dir, window_s=cfg.telemetry.window_s,
+            max_requests=cfg.telemetry.max_requests, profile=cfg.model.profile, tags=cfg.server.tags, variant=model.variant.id,
             selection=model.selection,
-            input_every=cfg.telemetry_input_every, outbox_max_rows=cfg.telemetry_outbox_max,
+            input_every=cfg.telemetry.input_every, outbox_max_rows=cfg.telemetry.outbox_max,
             hard_examples=hard_examples,
-            publisher=PublisherConfig(mqtt_url=cfg.mqtt_url, tls=cfg.mqtt_tls))  # type: ignore[arg-type]
+            publisher=PublisherConfig(mqtt_url=cfg.telemetry.mqtt_url, tls=cfg.telemetry.tls))  # type: ignore[arg-type]
     except OutboxError as exc:
         raise ConfigError(f"hard_examples.data_dir: {exc}") from exc
     except TlsConfigError as exc:
@@ -45,10 +45,10 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
 
 
 def watch_policy(cfg: AgentConfig) -> WatchPolicy:
-    return WatchPolicy(watch_s=cfg.ota_watch_s, min_requests=cfg.ota_min_requests,
-                       max_error_rate=cfg.ota_max_error_rate, max_fallback_rise=cfg.ota_max_fallback_rise,
-                       max_latency_ratio=cfg.ota_max_latency_ratio,
-                       commit_without_traffic=cfg.ota_commit_without_traffic)
+    return WatchPolicy(watch_s=cfg.ota.watch_s, min_requests=cfg.ota.min_requests,
+                       max_error_rate=cfg.ota.max_error_rate, max_fallback_rise=cfg.ota.max_fallback_rise,
+                       max_latency_ratio=cfg.ota.max_latency_ratio,
+                       commit_without_traffic=cfg.ota.commit_without_traffic)
 
 
 def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
@@ -62,16 +62,16 @@ def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
     from tandem.edge_agent.ota.errors import StoreError
     from tandem.protocols.tls import TlsConfigError
 
-    config = OtaClientConfig(cfg.device_id, cfg.profile, cfg.mqtt_url, cfg.model_store_dir,  # type: ignore[arg-type]
-                             cfg.ota_trusted_key, hub_token=cfg.ota_hub_token,  # type: ignore[arg-type]
-                             watch=watch_policy(cfg), tls=cfg.mqtt_tls,
-                             download=DownloadConfig(tls=cfg.mqtt_tls))  # https: the same CA and identity as MQTT
+    config = OtaClientConfig(cfg.server.device_id, cfg.model.profile, cfg.telemetry.mqtt_url, cfg.model_store_dir,  # type: ignore[arg-type]
+                             cfg.ota.trusted_key, hub_token=cfg.ota.hub_token,  # type: ignore[arg-type]
+                             watch=watch_policy(cfg), tls=cfg.telemetry.tls,
+                             download=DownloadConfig(tls=cfg.telemetry.tls))  # https: the same CA and identity as MQTT
     try:
         client = OtaClient(config, on_switch=on_switch, health=health, status_sink=status_sink)
     except TlsConfigError as exc:
         raise ConfigError(f"telemetry.mqtt_tls_*: {exc}") from exc
     except (ValueError, TypeError, OSError) as exc:
-        raise ConfigError(f"ota.ota_trusted_key: {cfg.ota_trusted_key} is not an ed25519 public key PEM ({exc}); "
+        raise ConfigError(f"ota.trusted_key: {cfg.ota.trusted_key} is not an ed25519 public key PEM ({exc}); "
                           "get it with `tandem-hub keys release`") from exc
     try:
         recovery = client.open_store()
@@ -79,9 +79,9 @@ def make_ota_client(cfg: AgentConfig, on_switch: Callable[[Path], None],
             log.warning("ota: the agent stopped during a trial of %s; serving %s again",
                         recovery.rolled_back_trial.get("version"), client.store.active_version)
         if client.store.active_version is None:
-            client.store.install_initial(cfg.model_dir)
+            client.store.install_initial(cfg.model.dir)
             log.info("ota store initialised store=%s version=%s from=%s", cfg.model_store_dir,
-                     client.store.active_version, cfg.model_dir)
+                     client.store.active_version, cfg.model.dir)
         else:
             log.info("ota store serves version=%s (model_dir is only the first install) store=%s",
                      client.store.active_version, cfg.model_store_dir)

@@ -48,6 +48,8 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(str(value))
 
 
@@ -56,7 +58,7 @@ class AgentProcess:
 
     def __init__(self, spec: DeviceSpec, stream: DeviceStream, workdir: Path, model_dir: Path, *, hub_grpc: str,
                  mqtt_url: str, hub_model: str, window_s: float, threshold: float, deadline_ms: float,
-                 ota: Any = None) -> None:
+                 ota: Any = None, trusted_pem: str | None = None) -> None:
         self.spec = spec
         self.device_id = spec.device_id
         self.profile = spec.profile
@@ -72,22 +74,27 @@ class AgentProcess:
         self._proc: subprocess.Popen | None = None
         self._client: Any = None
         self.log_path = workdir / "agent.log"
-        settings: dict[str, Any] = {
-            "model_dir": str(model_dir), "profile": spec.profile.name, "endpoint": self.endpoint,
-            "device_id": spec.device_id, "threshold": threshold, "hub_url": hub_grpc, "hub_model": hub_model,
-            "deadline_ms": deadline_ms, "data_dir": str(workdir / "data"), "mqtt_url": mqtt_url,
-            "telemetry_window_s": window_s, "threads": 1,
+        settings: dict[str, Any] = {  # dotted TOML keys: "model.dir = ..." is key dir of [model]
+            "model.dir": str(model_dir), "model.profile": spec.profile.name, "server.endpoint": self.endpoint,
+            "server.device_id": spec.device_id, "policy.threshold": threshold, "fallback.hub_url": hub_grpc,
+            "fallback.hub_model": hub_model, "fallback.deadline_ms": deadline_ms,
+            "hard_examples.data_dir": str(workdir / "data"), "telemetry.mqtt_url": mqtt_url,
+            "telemetry.window_s": window_s, "model.threads": 1,
         }
         if spec.tags:
-            settings["tags"] = dict(spec.tags)
+            settings["server.tags"] = dict(spec.tags)
+        if trusted_pem is not None:  # the publisher that signed model_dir (OTA releases: ota.trusted_key)
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "publisher.pem").write_text(trusted_pem)
+            settings["trust.keys"] = [str(workdir / "publisher.pem")]
         if spec.ota and ota is not None:
             key = workdir / "hub-release.pem"
             workdir.mkdir(parents=True, exist_ok=True)
             key.write_text(ota.trusted_pem if isinstance(ota.trusted_pem, str) else ota.trusted_pem.decode())
-            settings.update(ota_enabled=True, ota_trusted_key=str(key), ota_hub_token=ota.token,
-                            ota_watch_s=ota.watch.watch_s, ota_min_requests=ota.watch.min_requests,
-                            ota_max_fallback_rise=ota.watch.max_fallback_rise,
-                            ota_max_latency_ratio=ota.watch.max_latency_ratio)
+            settings.update({"ota.enabled": True, "ota.trusted_key": str(key), "ota.hub_token": ota.token,
+                             "ota.watch_s": ota.watch.watch_s, "ota.min_requests": ota.watch.min_requests,
+                             "ota.max_fallback_rise": ota.watch.max_fallback_rise,
+                             "ota.max_latency_ratio": ota.watch.max_latency_ratio})
         self.config_path = workdir / "agent.toml"
         self._settings = settings
 

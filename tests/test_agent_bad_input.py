@@ -20,8 +20,8 @@ def agent(digits_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     # inline_max_us=0, solo_inline_max_us=0: every request goes through the batcher's worker thread
     # (the serving tests cover inline runs)
-    cfg = AgentConfig(model_dir=model_dir, endpoint=f"ipc://{run}/agent.sock", data_dir=run / "data", inline_max_us=0,
-                      solo_inline_max_us=0)
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data", "batch.inline_max_us": 0,
+                      "batch.solo_inline_max_us": 0})
     with Agent(cfg) as a:
         yield a
 

@@ -32,9 +32,9 @@ def model_dir(digits_dir, tmp_path_factory):
 def test_run_infer_and_stop_from_the_shell(model_dir, digits_dir, tmp_path):
     sock = tmp_path / "agent.sock"
     config = tmp_path / "agent.toml"
-    config.write_text(f'[model]\nmodel_dir = "{model_dir}"\n[server]\nendpoint = "ipc://{sock}"\n'
-                      f'[policy]\nthreshold = 0.5\n[hard_examples]\ndata_dir = "state"\n')
-    env = dict(os.environ, TANDEM_AGENT_DEVICE_ID="shell-dev", TANDEM_AGENT_HTTP_PORT="0")
+    config.write_text(f'[model]\ndir = "{model_dir}"\n[server]\nendpoint = "ipc://{sock}"\n'
+                      f'[policy]\nthreshold = 0.5\n[hard_examples]\ndata_dir = "state"\n[trust]\nallow_unsigned = true\n')
+    env = dict(os.environ, TANDEM_AGENT_SERVER_DEVICE_ID="shell-dev", TANDEM_AGENT_HEALTH_HTTP_PORT="0")
     proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
@@ -74,16 +74,17 @@ def test_infer_with_no_agent_says_so(tmp_path):
 
 
 def test_check_reports_the_variant_and_bad_configs_name_the_key(model_dir, tmp_path):
-    done = cli("check", "--model-dir", str(model_dir), "--json")
+    done = cli("check", "--model-dir", str(model_dir), "--json",
+               env=dict(os.environ, TANDEM_AGENT_TRUST_ALLOW_UNSIGNED="true"))  # the folder is unsigned
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["variant"] == "ort-fp32"
     bad = tmp_path / "bad.toml"
-    bad.write_text(f'model_dir = "{model_dir}"\n[batch]\nmax_batch = 0\n')
+    bad.write_text(f'model.dir = "{model_dir}"\n[batch]\nmax_batch = 0\n')
     done = cli("check", "--config", str(bad))
     assert done.returncode == 2 and "batch.max_batch" in done.stderr
-    env = dict(os.environ, TANDEM_AGENT_DEADLINE_MS="soon")
+    env = dict(os.environ, TANDEM_AGENT_FALLBACK_DEADLINE_MS="soon")
     done = cli("check", "--model-dir", str(model_dir), env=env)
-    assert done.returncode == 2 and "TANDEM_AGENT_DEADLINE_MS" in done.stderr
+    assert done.returncode == 2 and "fallback.deadline_ms (from TANDEM_AGENT_FALLBACK_DEADLINE_MS)" in done.stderr
 
 
 def test_help_lists_the_commands():
@@ -101,8 +102,14 @@ def test_run_help_lists_every_config_key_and_the_sample_has_each():
     done = cli("run", "--help")
     assert done.returncode == 0
     sample = (Path(__file__).resolve().parents[1] / "examples" / "agent" / "agent.toml").read_text()
+    # the sample's text under each [section] header, up to the next one (keys may be commented out)
+    parts = re.split(r"^\[([a-z_]+)\]\s*$", sample, flags=re.M)
+    by_section = dict(zip(parts[1::2], parts[2::2]))
     for section, keys in SECTIONS.items():
         assert f"[{section}]" in done.stdout
+        line = next(text for text in done.stdout.split("  [")[1:] if text.startswith(f"{section}]"))
+        assert section in by_section, f"examples/agent/agent.toml lacks [{section}]"
         for key in keys:
-            assert re.search(rf"\b{key}\b", done.stdout), key
-            assert re.search(rf"^#?\s*{key}\s*=", sample, re.M), f"examples/agent/agent.toml lacks {key}"
+            assert re.search(rf"\b{key}\b", line), f"{section}.{key}"
+            assert re.search(rf"^#?\s*{key}\s*=", by_section[section], re.M), \
+                f"examples/agent/agent.toml lacks {key} in [{section}]"

@@ -18,13 +18,14 @@ def tiny_dir(tmp_path_factory):
     return make_model_dir(make_linear_softmax(tmp / "src" / "lin.onnx"), tmp / "model", name="lin")
 
 
-def config(tiny_dir, tmp_path, **kw) -> AgentConfig:
-    kw.setdefault("endpoint", f"ipc://{tmp_path}/a.sock")
-    return AgentConfig(model_dir=tiny_dir, data_dir=tmp_path / "data", threshold=0.0, **kw)
+def config(tiny_dir, tmp_path, keys: dict | None = None) -> AgentConfig:
+    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tiny_dir, "hard_examples.data_dir": tmp_path / "data",
+                                  "policy.threshold": 0.0, "server.endpoint": f"ipc://{tmp_path}/a.sock",
+                                  **(keys or {})})
 
 
 def test_tcp_endpoint_with_any_port_reports_the_bound_one(tiny_dir, tmp_path):
-    with Agent(config(tiny_dir, tmp_path, endpoint="tcp://127.0.0.1:0")) as agent:
+    with Agent(config(tiny_dir, tmp_path, {"server.endpoint": "tcp://127.0.0.1:0"})) as agent:
         assert agent.endpoint.startswith("tcp://127.0.0.1:") and not agent.endpoint.endswith(":0")
         with AgentClient(agent.endpoint) as client:
             assert client.infer(np.ones((2, 4), np.float32)).labels.__len__() == 2
@@ -36,9 +37,9 @@ def test_busy_tcp_port_and_busy_health_port_name_the_key(tiny_dir, tmp_path):
         busy.listen(1)
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match="server.endpoint: cannot bind"):
-            Agent(config(tiny_dir, tmp_path, endpoint=f"tcp://127.0.0.1:{port}")).start()
+            Agent(config(tiny_dir, tmp_path, {"server.endpoint": f"tcp://127.0.0.1:{port}"})).start()
         with pytest.raises(ConfigError, match="health.http_port"):
-            Agent(config(tiny_dir, tmp_path, http_port=port)).start()
+            Agent(config(tiny_dir, tmp_path, {"health.http_port": port})).start()
     # a failed start released everything: the same ipc endpoint serves again
     with Agent(config(tiny_dir, tmp_path)) as agent, AgentClient(agent.endpoint) as client:
         assert client.infer(np.ones((1, 4), np.float32)).source == "edge"
@@ -46,17 +47,17 @@ def test_busy_tcp_port_and_busy_health_port_name_the_key(tiny_dir, tmp_path):
 
 def test_too_long_ipc_path_and_bad_model_dir_fail_at_start(tiny_dir, tmp_path):
     with pytest.raises(ConfigError, match="longer than"):
-        Agent(config(tiny_dir, tmp_path, endpoint="ipc:///tmp/" + "x" * 120)).start()
+        Agent(config(tiny_dir, tmp_path, {"server.endpoint": "ipc:///tmp/" + "x" * 120})).start()
     with pytest.raises(ModelLoadError, match="no manifest here"):
         Agent(config(tmp_path, tmp_path)).start()
     with pytest.raises(ModelLoadError, match="not compiled for profile 'cpu-arm'"):
-        Agent(config(tiny_dir, tmp_path, profile="cpu-arm")).start()
+        Agent(config(tiny_dir, tmp_path, {"model.profile": "cpu-arm"})).start()
 
 
 def test_static_shape_profiles_turn_batching_off(tmp_path):
     onnx_path = make_linear_softmax(tmp_path / "src" / "lin.onnx")
     model_dir = make_model_dir(onnx_path, tmp_path / "model", name="lin", profile="npu-intel")
-    with Agent(config(model_dir, tmp_path, profile="npu-intel", max_batch=8)) as agent:
+    with Agent(config(model_dir, tmp_path, {"model.profile": "npu-intel", "batch.max_batch": 8})) as agent:
         assert agent.batcher.max_batch == 1 and not agent.batcher.batching
         with AgentClient(agent.endpoint) as client:
             assert client.infer(np.ones((1, 4), np.float32)).source == "edge"
@@ -88,7 +89,7 @@ def test_a_dense_tasks_map_threshold_is_not_taken_for_a_confidence_threshold(tin
     doc = json.loads((model_dir / "manifest.json").read_text())
     doc["task"] = {**doc["task"], "kind": kind, "threshold": 0.3}
     (model_dir / "manifest.json").write_text(json.dumps(doc))
-    cfg = AgentConfig(model_dir=model_dir, data_dir=tmp_path / "data", endpoint=f"ipc://{tmp_path}/a.sock")
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "hard_examples.data_dir": tmp_path / "data", "server.endpoint": f"ipc://{tmp_path}/a.sock"})
     with Agent(cfg) as agent:
         from tandem.edge_agent.policy import DEFAULT_THRESHOLDS
 

@@ -35,10 +35,10 @@ def test_x(digits_dir):
     return np.load(digits_dir / "test.npz")["x"].astype(np.float32)
 
 
-def agent_config(models, tmp_path, hub_url: str, **extra) -> AgentConfig:
-    return AgentConfig(model_dir=models[0], endpoint=f"ipc://{tmp_path}/agent.sock", data_dir=tmp_path / "data",
-                       hub_url=hub_url, hub_model="digits-cloud", deadline_ms=DEADLINE_MS, device_id="dev-1",
-                       http_port=0, **extra)
+def agent_config(models, tmp_path, hub_url: str, extra: dict | None = None) -> AgentConfig:
+    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": models[0], "server.endpoint": f"ipc://{tmp_path}/agent.sock", "hard_examples.data_dir": tmp_path / "data",
+                       "fallback.hub_url": hub_url, "fallback.hub_model": "digits-cloud", "fallback.deadline_ms": DEADLINE_MS, "server.device_id": "dev-1",
+                       "health.http_port": 0, **(extra or {})})
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_hub_that_never_answers_costs_one_deadline_then_the_breaker_opens(models
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(16)
         url = "127.0.0.1:%d" % black_hole.getsockname()[1]
-        cfg = agent_config(models, tmp_path, url, breaker_failures=2, breaker_cooldown_s=30)
+        cfg = agent_config(models, tmp_path, url, {"fallback.breaker_failures": 2, "fallback.breaker_cooldown_s": 30})
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
             times = []
             for _ in range(5):
@@ -101,7 +101,8 @@ def test_hub_that_never_answers_costs_one_deadline_then_the_breaker_opens(models
 
 def test_hub_down_degrades_and_the_breaker_closes_when_the_hub_returns(models, test_x, tmp_path):
     port = free_port()
-    cfg = agent_config(models, tmp_path, f"127.0.0.1:{port}", breaker_failures=2, breaker_cooldown_s=0.3)
+    cfg = agent_config(models, tmp_path, f"127.0.0.1:{port}",
+                       {"fallback.breaker_failures": 2, "fallback.breaker_cooldown_s": 0.3})
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         for _ in range(3):
             t0 = time.perf_counter()

@@ -21,9 +21,9 @@ from tandem.edge_agent.wire import RequestTemplates, encode_request
 from tandem.protocols import local_api_pb2 as pb
 
 
-def _agent(model_dir: Path, run: Path, **overrides) -> Agent:
-    cfg = AgentConfig(model_dir=model_dir, endpoint=f"ipc://{run}/agent.sock", data_dir=run / "data",
-                      **{"threshold": 0.8, **overrides})
+def _agent(model_dir: Path, run: Path, overrides: dict | None = None) -> Agent:
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data",
+                      "policy.threshold": 0.8, **(overrides or {})})
     agent = Agent(cfg).start()
     batcher = agent.service.batcher
     feeds = {spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], np.dtype(spec.dtype))
@@ -87,11 +87,20 @@ def test_the_lane_replies_as_the_general_path_for_every_test_row(digits_agent):
 def test_thresholds_and_modes_match_the_general_path(digits_agent, threshold, mode):
     agent, rows = digits_agent
     templates = RequestTemplates()
+    taken = expected = 0
     for i, row in enumerate(rows[200:240]):
         frames = templates.frames([row[None, :]], request_id=f"t-{i}", threshold=threshold,
                                   mode=pb.MODE_EDGE_ONLY if mode == "edge" else pb.MODE_AUTO)
-        with_lane, general, _ = _both_paths(agent.service, frames)
+        with_lane, general, took = _both_paths(agent.service, frames)
         assert with_lane == general
+        # the lane answers what the edge answers confidently, everything in edge-only mode, and the
+        # rest goes to the general path; the first request of a new layout teaches the lane
+        should = mode == "edge" or not general.detail  # unsure ones say "no hub is configured"
+        if i > 0:
+            assert took == should, (i, general)
+        taken += took
+        expected += should
+    assert taken >= expected - 1 and (taken > 0 or expected <= 1), (taken, expected)
 
 
 def test_ids_of_other_lengths_share_the_plan_and_bad_ids_are_refused(digits_agent):
@@ -170,7 +179,7 @@ def test_headers_not_ending_in_the_request_id_never_get_a_plan(digits_agent, tmp
 def test_batched_rows_and_a_dynamic_axis_match_the_general_path(tmp_path):
     model = make_linear_softmax(tmp_path / "linear.onnx", n_in=4, n_out=3)
     model_dir = make_model_dir(model, tmp_path / "model", name="linear")
-    agent = _agent(model_dir, tmp_path, threshold=0.0)
+    agent = _agent(model_dir, tmp_path, {"policy.threshold": 0.0})
     try:
         rng = np.random.default_rng(1)
         templates = RequestTemplates()
@@ -187,7 +196,7 @@ def test_batched_rows_and_a_dynamic_axis_match_the_general_path(tmp_path):
 
 def test_an_agent_can_turn_the_lane_off(digits_dir, tmp_path):
     model_dir = make_model_dir(digits_dir / "edge.onnx", tmp_path / "model", name="digits")
-    agent = _agent(model_dir, tmp_path, fast_lane=False)
+    agent = _agent(model_dir, tmp_path, {"server.fast_lane": False})
     try:
         assert agent.service.lane is None
         reply = _reply(agent.service.handle(RequestTemplates().frames([np.zeros((1, 64), np.float32)], request_id="z")))
@@ -200,7 +209,7 @@ def test_models_for_the_worker_thread_never_take_the_lane(digits_dir, tmp_path):
     from tandem.edge_agent.client import AgentClient
 
     model_dir = make_model_dir(digits_dir / "edge.onnx", tmp_path / "model", name="digits")
-    agent = _agent(model_dir, tmp_path, inline_max_us=0, solo_inline_max_us=0)  # every run on the worker
+    agent = _agent(model_dir, tmp_path, {"batch.inline_max_us": 0, "batch.solo_inline_max_us": 0})  # every run on the worker
     try:
         with AgentClient(agent.endpoint, timeout_s=10) as client:
             answers = [client.infer(np.full((1, 64), i / 10, np.float32)) for i in range(5)]

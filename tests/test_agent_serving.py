@@ -30,8 +30,8 @@ def digits_test(digits_dir):
 @pytest.fixture(scope="module")
 def agent(digits_model_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    cfg = AgentConfig(model_dir=digits_model_dir, endpoint=f"ipc://{run}/agent.sock", data_dir=run / "data",
-                      http_port=0, device_id="test-device", threshold=0.0)
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": digits_model_dir, "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data",
+                      "health.http_port": 0, "server.device_id": "test-device", "policy.threshold": 0.0})
     with Agent(cfg) as a:
         yield a
 
@@ -127,8 +127,8 @@ def ocr_model_dir(ocr_cls_model, tmp_path_factory):
 
 
 def test_concurrent_requests_are_micro_batched_on_the_ocr_classifier(ocr_model_dir, tmp_path):
-    cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
-                      threshold=0.0, window_us=2000, max_batch=8)
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ocr_model_dir, "server.endpoint": f"ipc://{tmp_path}/ocr.sock", "hard_examples.data_dir": tmp_path / "data",
+                      "policy.threshold": 0.0, "batch.window_us": 2000, "batch.max_batch": 8})
     rng = np.random.default_rng(0)
     xs = [rng.random((1, 3, 48, 192), dtype=np.float32) for _ in range(24)]
     bare = load_session("onnxruntime", ocr_model_dir / "variants" / "ort-fp32.onnx")
@@ -155,8 +155,8 @@ def test_concurrent_requests_are_micro_batched_on_the_ocr_classifier(ocr_model_d
 def test_overload_gets_an_error_reply_not_a_hang(ocr_model_dir, tmp_path):
     from tandem.edge_agent.errors import OverloadedError
 
-    cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
-                      threshold=0.0, max_batch=1, max_queue=1)
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ocr_model_dir, "server.endpoint": f"ipc://{tmp_path}/ocr.sock", "hard_examples.data_dir": tmp_path / "data",
+                      "policy.threshold": 0.0, "batch.max_batch": 1, "batch.max_queue": 1})
     x = np.zeros((1, 3, 48, 192), np.float32)
 
     async def main(endpoint):
@@ -180,8 +180,8 @@ def test_logits_model_scored_through_a_named_output_and_softmax(tmp_path):
 
     onnx_path = make_linear_softmax(tmp_path / "src" / "logits.onnx", n_in=4, n_out=3, softmax=False)
     model_dir = make_model_dir(onnx_path, tmp_path / "model", name="logits")
-    cfg = AgentConfig(model_dir=model_dir, endpoint=f"ipc://{tmp_path}/l.sock", data_dir=tmp_path / "data",
-                      policy_output="y", transform="softmax", policy="margin", threshold=0.0)
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "server.endpoint": f"ipc://{tmp_path}/l.sock", "hard_examples.data_dir": tmp_path / "data",
+                      "policy.output": "y", "policy.transform": "softmax", "policy.kind": "margin", "policy.threshold": 0.0})
     x = np.array([[1.0, -2.0, 0.5, 3.0]], np.float32)
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         answer = client.infer(x, return_outputs=True)
@@ -192,8 +192,8 @@ def test_logits_model_scored_through_a_named_output_and_softmax(tmp_path):
 def test_stop_with_requests_in_flight_is_clean(ocr_model_dir, tmp_path):
     from tandem.edge_agent.errors import AgentError
 
-    cfg = AgentConfig(model_dir=ocr_model_dir, endpoint=f"ipc://{tmp_path}/ocr.sock", data_dir=tmp_path / "data",
-                      threshold=0.0)
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ocr_model_dir, "server.endpoint": f"ipc://{tmp_path}/ocr.sock", "hard_examples.data_dir": tmp_path / "data",
+                      "policy.threshold": 0.0})
     agent = Agent(cfg).start()
     x = np.zeros((4, 3, 48, 192), np.float32)
     errors: list[BaseException] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -81,19 +82,21 @@ def test_every_measure_lies_in_0_1_and_labels_are_the_argmax(logits, kind):
 
 def test_env_overrides_the_file_and_errors_name_the_key(tmp_path):
     path = tmp_path / "agent.toml"
-    path.write_text('[model]\nmodel_dir = "models/digits"\n[fallback]\ndeadline_ms = 200\nhub_url = "h:1"\n')
-    cfg = AgentConfig.load(path, env={"TANDEM_AGENT_DEADLINE_MS": "120", "TANDEM_AGENT_ALLOW_NAN": "true",
-                                      "TANDEM_AGENT_HUB_URL": ""})
-    assert cfg.deadline_ms == 120 and cfg.allow_nan is True and cfg.hub_url is None
-    assert cfg.model_dir == tmp_path / "models" / "digits"
-    for text, key in [('model_dir = "x"\n[policy]\npolicy = "vote"\n', "policy.policy"),
-                      ('model_dir = "x"\n[batch]\nmax_batch = 1.5\n', "batch.max_batch"),
-                      ('model_dir = "x"\n[server]\nendpoint = "http://x"\n', "server.endpoint"),
-                      ('model_dir = "x"\nthreshhold = 0.3\n', "threshhold: unknown key"),
-                      ('model_dir = "x"\n[health]\nhttp_port = 70000\n', "health.http_port"),
-                      ("model_dir = [\n", "not valid TOML")]:
+    path.write_text('[model]\ndir = "models/digits"\n[fallback]\ndeadline_ms = 200\nhub_url = "h:1"\n')
+    cfg = AgentConfig.load(path, env={"TANDEM_AGENT_FALLBACK_DEADLINE_MS": "120", "TANDEM_AGENT_MODEL_ALLOW_NAN": "true",
+                                      "TANDEM_AGENT_FALLBACK_HUB_URL": ""})
+    assert cfg.fallback.deadline_ms == 120 and cfg.model.allow_nan is True and cfg.fallback.hub_url is None
+    assert cfg.model.dir == tmp_path / "models" / "digits"
+    for text, key in [('model.dir = "x"\n[policy]\nkind = "vote"\n', "policy.kind"),
+                      ('model.dir = "x"\n[batch]\nmax_batch = 1.5\n', "batch.max_batch"),
+                      ('model.dir = "x"\n[server]\nendpoint = "http://x"\n', "server.endpoint"),
+                      ('model.dir = "x"\n[policy]\nthreshhold = 0.3\n', "policy.threshhold: unknown key (did you mean 'threshold'?"),
+                      ('model.dir = "x"\nthreshold = 0.3\n', "threshold: unknown key"),
+                      ('model.dir = "x"\n[health]\nhttp_port = 70000\n', "health.http_port"),
+                      ("[model]\nprofile = 'cpu-x86'\n", "model.dir: required"),
+                      ("model.dir = [\n", "not valid TOML")]:
         path.write_text(text)
-        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
             AgentConfig.load(path, env={})
 
 

@@ -211,8 +211,8 @@ def test_agent_start_finds_a_user_profile_and_records_the_choice(two_variant_dir
 
     model_dir, hw = two_variant_dir
     monkeypatch.setenv("TANDEM_PROFILE_PATH", str(Path(hw.source).parent))
-    cfg = AgentConfig(model_dir=model_dir, profile="npu-mock", endpoint=f"ipc://{tmp_path}/a.sock",
-                      data_dir=tmp_path / "data")
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "model.profile": "npu-mock", "server.endpoint": f"ipc://{tmp_path}/a.sock",
+                      "hard_examples.data_dir": tmp_path / "data"})
     with Agent(cfg) as agent:
         assert agent.model.selection["placement"] == "openvino@CPU"
         assert agent.model.selection["tried"][0]["outcome"] == "absent"

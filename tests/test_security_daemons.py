@@ -1,4 +1,4 @@
-"""Mutual TLS through the daemons' own configs: `tandem-hub pki` files -> HubConfig.tls_dir and AgentConfig mqtt_tls_*.
+"""Mutual TLS through the daemons' own configs: `tandem-hub pki` files -> HubConfig.tls_dir and AgentConfig telemetry.mqtt_tls_*.
 
 A real Hub started with tls_dir runs its own Mosquitto with the TLS listener and the fleet ACL, its
 telemetry, presence, hard-example and rollout clients on mqtts:// as the hub identity, and gRPC inference
@@ -56,12 +56,12 @@ def test_agent_fallback_uses_the_devices_mqtt_identity(tmp_path):
     files = {k: tmp_path / f"{k}.pem" for k in ("ca", "cert", "key")}
     for path in files.values():
         path.write_text("x")
-    tls = dict(mqtt_url="mqtts://127.0.0.1:8883", mqtt_tls_ca=files["ca"], mqtt_tls_cert=files["cert"],
-               mqtt_tls_key=files["key"])
-    cfg = AgentConfig(model_dir=tmp_path, hub_url="127.0.0.1:8001", **tls).validate()
-    assert cfg.fallback_tls == cfg.mqtt_tls and cfg.fallback_tls.cert == files["cert"]
-    assert AgentConfig(model_dir=tmp_path, **tls).fallback_tls is None            # no hub_url: no fallback
-    assert AgentConfig(model_dir=tmp_path, hub_url="127.0.0.1:8001").fallback_tls is None  # plain text
+    tls = {"telemetry.mqtt_url": "mqtts://127.0.0.1:8883", "telemetry.mqtt_tls_ca": files["ca"],
+           "telemetry.mqtt_tls_cert": files["cert"], "telemetry.mqtt_tls_key": files["key"]}
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path, "fallback.hub_url": "127.0.0.1:8001", **tls}).validate()
+    assert cfg.fallback_tls == cfg.telemetry.tls and cfg.fallback_tls.cert == files["cert"]
+    assert AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path, **tls}).fallback_tls is None            # no hub_url: no fallback
+    assert AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path, "fallback.hub_url": "127.0.0.1:8001"}).fallback_tls is None  # plain text
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,13 @@ def tls_hub(digits_dir, tmp_path_factory):
 
 def _agent_config(hub, tmp_path: Path, device_id: str, *, cert: bool) -> AgentConfig:
     folder = hub.test_pki / "devices" / "dev-a"
-    identity = dict(mqtt_tls_cert=folder / "client.crt", mqtt_tls_key=folder / "client.key") if cert else {}
-    return AgentConfig(model_dir=hub.test_edge, endpoint=f"ipc://{tmp_path}/{device_id}.sock",
-                       data_dir=tmp_path / device_id, device_id=device_id, tags={"site": "secure"},
-                       mqtt_url=hub.mqtt_url, mqtt_tls_ca=folder / "ca.crt", telemetry_window_s=0.3,
-                       hub_url=f"127.0.0.1:{hub.grpc_port}", hub_model="digits-cloud", deadline_ms=2000,
-                       **identity)
+    identity = ({"telemetry.mqtt_tls_cert": folder / "client.crt", "telemetry.mqtt_tls_key": folder / "client.key"}
+                if cert else {})
+    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": hub.test_edge, "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock",
+                       "hard_examples.data_dir": tmp_path / device_id, "server.device_id": device_id, "server.tags": {"site": "secure"},
+                       "telemetry.mqtt_url": hub.mqtt_url, "telemetry.mqtt_tls_ca": folder / "ca.crt", "telemetry.window_s": 0.3,
+                       "fallback.hub_url": f"127.0.0.1:{hub.grpc_port}", "fallback.hub_model": "digits-cloud", "fallback.deadline_ms": 2000,
+                       **identity})
 
 
 def _inputs(digits_dir: Path) -> np.ndarray:
@@ -134,11 +135,11 @@ def test_an_agent_without_a_certificate_is_refused_on_mqtt_and_on_grpc(tls_hub, 
         outcome: list[str] = []
         done = threading.Event()
         probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        probe.tls_set_context(cfg.mqtt_tls.client_context())
+        probe.tls_set_context(cfg.telemetry.tls.client_context())
         probe.on_connect = lambda c, u, f, rc, p=None: (outcome.append(f"connect {rc}"), done.set())
         probe.on_disconnect = lambda c, u, f, rc, p=None: (outcome.append(f"disconnect {rc}"), done.set())
         try:
-            probe.connect(*parse_mqtt_url(cfg.mqtt_url))
+            probe.connect(*parse_mqtt_url(cfg.telemetry.mqtt_url))
             probe.loop_start()
             assert done.wait(15)
         except OSError as exc:  # refused during the handshake itself

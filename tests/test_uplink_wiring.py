@@ -33,7 +33,7 @@ def env(digits_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("uplink-wiring")
     broker = Mosquitto(root / "mosquitto").start()
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url, rollout_tick_s=0.1))
+    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url, rollout_tick_s=0.1))
     http = None
     try:
         hub.start()
@@ -55,13 +55,15 @@ def env(digits_dir, tmp_path_factory):
         broker.stop()
 
 
-def _agent(env: SimpleNamespace, device_id: str, site: str, tmp_path: Path, **overrides) -> Agent:
-    values = dict(model_dir=env.releases["1.0.0"], profile=PROFILE, endpoint=f"ipc://{tmp_path}/{device_id}.sock",
-                  device_id=device_id, tags={"site": site, "line": "2"}, threshold=0.5, data_dir=tmp_path / device_id,
-                  mqtt_url=env.broker.url, telemetry_window_s=0.5, ota_enabled=True, ota_trusted_key=env.pem,
-                  ota_hub_token=env.device_token, ota_watch_s=WATCH_S, ota_max_latency_ratio=100.0)
-    values.update(overrides)
-    return Agent(AgentConfig(**values)).start()
+def _agent(env: SimpleNamespace, device_id: str, site: str, tmp_path: Path, overrides: dict | None = None) -> Agent:
+    values = {"trust.allow_unsigned": True, "model.dir": env.releases["1.0.0"], "model.profile": PROFILE,
+              "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock", "server.device_id": device_id,
+              "server.tags": {"site": site, "line": "2"}, "policy.threshold": 0.5,
+              "hard_examples.data_dir": tmp_path / device_id, "telemetry.mqtt_url": env.broker.url,
+              "telemetry.window_s": 0.5, "ota.enabled": True, "ota.trusted_key": env.pem,
+              "ota.hub_token": env.device_token, "ota.watch_s": WATCH_S, "ota.max_latency_ratio": 100.0}
+    values.update(overrides or {})
+    return Agent(AgentConfig.from_keys(values)).start()
 
 
 def _rollout(env: SimpleNamespace, version: str, site: str) -> str:
@@ -144,7 +146,7 @@ def test_ota_status_made_while_the_broker_is_down_survives_a_restart_and_reaches
     from tandem.cloud_hub.presence import wait_registered
     from tandem.edge_agent.telemetry.outbox import STATUS
 
-    agent = _agent(env, "wired-b", "lab-b", tmp_path, ota_watch_s=5.0)
+    agent = _agent(env, "wired-b", "lab-b", tmp_path, {"ota.watch_s": 5.0})
     again = None
     try:
         assert agent.telemetry.hard_examples is agent.hard_examples  # hard examples go out as class 1
