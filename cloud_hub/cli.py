@@ -118,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("token_id")
     p.set_defaults(func=cmd_tokens_revoke)
 
+    from tandem.cloud_hub.check_cli import add_check_command
     from tandem.cloud_hub.ota_cli import add_ota_commands
     from tandem.cloud_hub.pki_cli import add_pki_commands
     from tandem.cloud_hub.publishers_cli import add_publisher_commands
 
+    add_check_command(sub)
     add_ota_commands(sub)
     add_pki_commands(sub)
     add_publisher_commands(sub)

@@ -23,8 +23,10 @@ from tandem.cloud_hub.keys import ReleaseKey
 from tandem.cloud_hub.private_files import private_tree
 from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.registry import ModelRegistry
+from tandem.cloud_hub.revocation import RevocationWatch
 from tandem.cloud_hub.storage import ArtifactStore, open_database
 from tandem.cloud_hub.storage.datadir import DataDirLock, sweep_leftovers
+from tandem.cloud_hub.storage.doctor import refuse_if_corrupt
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Hub:
         self._lock = DataDirLock(self.config.data_dir).acquire()  # one writer per data dir, before any file is opened
         try:
             sweep_leftovers(self.config.data_dir)
+            refuse_if_corrupt(self.config.data_dir)  # one line naming file and table, not a 500 on every request
             self.db = open_database(self.config.db_path)
         except BaseException:
             self._lock.release()
@@ -173,6 +176,7 @@ class Hub:
                                             self.config.mqtt_host, self.config.mqtt_port, tls_pki=self._pki)
             if self.config.model_dirs and self._inference is None:
                 self._start_inference()
+            self._add_revocation_watch()
             self._add_default_telemetry()
             self._add_default_presence()
             self._add_default_hard_examples()
@@ -347,6 +351,23 @@ class Hub:
             self._lock.release()
             self._closed = True
         log.info("hub stopped")
+
+    def _add_revocation_watch(self) -> None:
+        if self._pki is None or self._broker is None or self._broker.kind != "mosquitto":
+            return
+        if not any(isinstance(s, RevocationWatch) for s in self._services):
+            self._services.append(RevocationWatch(self._pki.crl_path))
+
+    def restart_broker(self) -> None:
+        """Restart the hub's own Mosquitto on the same port: every open session is cut, the CRL is read again
+        (revoked certificates are refused when they reconnect), persisted sessions and retained messages stay."""
+        old = self._broker
+        if old is None or old.kind != "mosquitto":
+            return
+        old.stop()
+        self._broker = start_broker("mosquitto", self.config.data_dir / "mosquitto", old.host, old.port,  # type: ignore[attr-defined]
+                                    tls_pki=self._pki)
+        log.warning("broker restarted url=%s", self._broker.url)
 
     def __enter__(self) -> "Hub":
         return self

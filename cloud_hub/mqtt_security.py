@@ -3,8 +3,8 @@ certificate, the certificate's CN as username, and an ACL that pins each device 
 own topics.
 
 Topic patterns come from protocols.topics; this module only writes them in Mosquitto's
-syntax. Mosquitto reads the CRL at start-up: after `tandem-hub pki revoke`, restart
-(or SIGHUP) the broker.
+syntax. Mosquitto reads the CRL at start-up and checks it only at the handshake: the hub
+restarts its own broker when the CRL changes (cloud_hub/revocation.py), which cuts open sessions.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ DEFAULT_DIR = Path("tandem-data") / "pki"
 EPILOG = """examples:
   tandem-hub pki init --hostname hub.example.org      # CA, hub certificate, empty CRL
   tandem-hub pki issue cam-017                        # -> tandem-data/pki/devices/cam-017/{ca,client}.crt, client.key
-  tandem-hub pki revoke cam-017                       # CRL rewritten; restart the broker to apply on MQTT
+  tandem-hub pki revoke cam-017                       # CRL rewritten; a running hub cuts its MQTT session
   tandem-hub pki mosquitto-conf --port 8883 --out tandem-data/mosquitto-tls
   mosquitto -c tandem-data/mosquitto-tls/mosquitto.conf
 """
@@ -84,7 +84,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     pki = Pki(args.dir)
     serials = pki.revoke(args.device_id)
     print(f"revoked {len(serials)} certificate(s) of {args.device_id}; CRL: {pki.crl_path}")
-    print("gRPC refuses them now; restart (or SIGHUP) Mosquitto so MQTT does too")
+    print("gRPC refuses them now; a running hub restarts its own Mosquitto within seconds, cutting their open "
+          "MQTT sessions (an external broker: restart it; SIGHUP alone refuses only new connections)")
     return 0
 
 

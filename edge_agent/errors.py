@@ -43,6 +43,12 @@ class InferenceError(AgentError):
     code = "inference"
 
 
+class NonFiniteOutputError(InferenceError):
+    """The model answered NaN or infinity: an error, never a label with a NaN confidence."""
+
+    code = "non_finite_output"
+
+
 class ConfigError(AgentError):
     """The agent configuration is invalid; the message names the key."""
 
@@ -64,10 +70,11 @@ class AgentUnavailable(AgentError):
 ERRORS_BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
     for cls in (AgentError, BadRequestError, FallbackUnavailable, ModelLoadError, UntrustedModelError, InferenceError,
-                ConfigError, OverloadedError, AgentUnavailable)
+                NonFiniteOutputError, ConfigError, OverloadedError, AgentUnavailable)
 }
 
 __all__ = [
     "AgentError", "AgentUnavailable", "BadRequestError", "ConfigError", "ERRORS_BY_CODE",
-    "FallbackUnavailable", "InferenceError", "ModelLoadError", "OverloadedError", "UntrustedModelError",
+    "FallbackUnavailable", "InferenceError", "ModelLoadError", "NonFiniteOutputError", "OverloadedError",
+    "UntrustedModelError",
 ]

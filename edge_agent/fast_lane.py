@@ -188,6 +188,9 @@ class FastLane:
         outputs = self._run_inline(feeds)
         if outputs is None:  # the batcher is busy or the model is not fast enough: the worker runs it
             return None, None
+        for out in outputs:  # NaN/inf out: the general path answers the non_finite_output error
+            if out.dtype.kind == "f" and not math.isfinite(out.sum(dtype=np.float64)):
+                return None, outputs
         try:
             scores = self._policy.score(outputs, self._output_names, plan.threshold)
         except Exception:

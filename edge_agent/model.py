@@ -19,6 +19,7 @@ from tandem.edge_agent.errors import BadRequestError, ModelLoadError
 from tandem.hardware_profiles import Profile, ProfileError, get_profile
 from tandem.hardware_profiles.probe import DeviceProbe, Placement, placement_available, placements, probe_device
 from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
+from tandem.protocols.limits import MAX_BATCH_ROWS
 from tandem.protocols.manifest import Manifest, ManifestError, TensorSpec, Variant, load_manifest
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,9 @@ def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequ
         if len(shape) != len(spec.shape) or not all(d == -1 or d == a for d, a in zip(spec.shape, shape)):
             want = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
             raise BadRequestError(f"input {spec.name!r}: shape {list(shape)}, the model expects {want}")
+        if shape and shape[0] > MAX_BATCH_ROWS and spec.shape[0] == -1:
+            raise BadRequestError(f"input {spec.name!r}: {shape[0]} rows; at most {MAX_BATCH_ROWS} per request "
+                                  "(protocols/limits.py MAX_BATCH_ROWS): split the batch")
         if not allow_nan and dtype.kind == "f" and not np.isfinite(array).all():
             raise BadRequestError(f"input {spec.name!r}: contains NaN or infinity, which this agent does not accept")
         feeds[spec.name] = array

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 
 import numpy as np
 
-from tandem.edge_agent.errors import AgentError, BadRequestError, FallbackUnavailable, InferenceError, OverloadedError
+from tandem.edge_agent.errors import (
+    AgentError, BadRequestError, FallbackUnavailable, InferenceError, NonFiniteOutputError, OverloadedError,
+)
 from tandem.edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes
 from tandem.edge_agent.hard_examples import HardExampleQueue
 from tandem.edge_agent.metrics import AgentMetrics
@@ -217,6 +219,7 @@ class InferenceService:
 
     def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, Decision]:
         names = self.model.output_names
+        check_finite(outputs, names, "the model")
         try:
             scores = self.policy.score(outputs, names, request.threshold)
         except PolicyError as exc:
@@ -368,6 +371,7 @@ class InferenceService:
             raw = values[wanted]
         else:
             raw = values[0]
+        check_finite(values, list(outputs), "the hub")  # -> the edge answer, flagged degraded
         try:
             return self.policy.score_array(raw, threshold)
         except PolicyError as exc:
@@ -387,3 +391,12 @@ _NO_HUB_UNSURE = Decision(Action.EDGE, "below threshold; no hub is configured")
 _NO_HUB_ASKED = Decision(Action.EDGE, "cloud answer requested; no hub is configured")
 _SOURCE_NAMES = {pb.SOURCE_EDGE: "edge", pb.SOURCE_CLOUD: "cloud", pb.SOURCE_EDGE_DEGRADED: "edge-degraded",
                  pb.SOURCE_ERROR: "error"}
+
+
+def check_finite(outputs: Sequence[np.ndarray], names: Sequence[str], who: str) -> None:
+    """NonFiniteOutputError naming the first float output holding NaN or infinity (finite inputs can overflow)."""
+    for name, array in zip(names, outputs):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise NonFiniteOutputError(f"{who} answered {bad} non-finite value(s) (NaN or infinity) in output "
+                                       f"{name!r}; the input may be out of the range the model was trained on")

@@ -125,8 +125,9 @@ class RequestTemplates:
 def _parse(message: Any, frame: Frame, what: str) -> Any:
     data = frame if type(frame) is bytes else _buffer(frame)  # upb parses any buffer: no copy
     size = len(data) if type(data) is bytes else data.nbytes
-    if size > limits.MAX_HEADER_BYTES:
-        raise BadRequestError(f"{what} header is {size} bytes; the limit is {limits.MAX_HEADER_BYTES}")
+    limit = limits.MAX_REPLY_HEADER_BYTES if what == "reply" else limits.MAX_HEADER_BYTES
+    if size > limit:
+        raise BadRequestError(f"{what} header is {size} bytes; the limit is {limit}")
     try:
         message.ParseFromString(data)
     except Exception as exc:  # google.protobuf.message.DecodeError

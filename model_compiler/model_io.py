@@ -21,6 +21,13 @@ def load_model(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise InvalidModelError(f"{path}: no such model file")
+    if is_tflite(path):
+        onnx_path = path.with_suffix(".onnx")
+        raise InvalidModelError(
+            f"{path}: a TFLite model; tandem-compile starts from ONNX (every runtime's variant, LiteRT's "
+            f"included, is built and validated from it). Convert it first, then compile {onnx_path.name}:\n"
+            f"  pip install tf2onnx tensorflow\n"
+            f"  python -m tf2onnx.convert --tflite {path} --output {onnx_path} --opset 17")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError
@@ -32,6 +39,16 @@ def load_model(path: str | Path):
     except Exception as exc:
         raise InvalidModelError(f"{path}: the ONNX checker rejects it: {str(exc).splitlines()[0]}") from exc
     return model
+
+
+def is_tflite(path: Path) -> bool:
+    """A TFLite flatbuffer: the 'TFL3' file identifier at bytes 4-8 (whatever the suffix)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return head[4:8] == b"TFL3" or path.suffix.lower() == ".tflite"
 
 
 def default_opset(model) -> int:

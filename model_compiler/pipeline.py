@@ -31,7 +31,7 @@ from tandem.model_compiler.select import Candidate, choose_for_profile
 from tandem.model_compiler.validate import Task, confidences, resolve_task, run_dataset, validate_variant
 from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
 from tandem.protocols.manifest import (
-    MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, Variant, parse_version,
+    MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, TensorSpec, Variant, parse_version,
 )
 from tandem.protocols.signing import key_id, load_or_create_private_key, public_key_pem, sign_manifest
 from tandem.tasks import TaskSpec, class_labels
@@ -261,6 +261,18 @@ def _resolve_task(opts: CompileOptions, prepared, outputs, reference: list[np.nd
     return task
 
 
+def _served_inputs(inputs: list[TensorSpec], frozen: dict[str, list[int]]) -> list[TensorSpec]:
+    """The model's input specs with the dims a variant fixed (LiteRT's static shapes), so the
+    manifest never advertises a shape the variant cannot take."""
+    served = []
+    for spec in inputs:
+        got = frozen.get(spec.name)
+        if got and len(got) == len(spec.shape) and any(m < 0 < g for m, g in zip(spec.shape, got)):
+            spec = TensorSpec(spec.name, spec.dtype, [g if m < 0 < g else m for m, g in zip(spec.shape, got)])
+        served.append(spec)
+    return served
+
+
 def _host_dict() -> dict[str, Any]:
     """What the report says about the machine that measured the variants."""
     from tandem.model_compiler.host import INT8_FEATURES, read_host
@@ -379,11 +391,16 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
         if o.built.notes:
             options["notes"] = list(o.built.notes)
         chosen_for = [p for p, c in choices.items() if c.chosen == o.recipe.id]
+        served = _served_inputs(inputs, o.metrics.get("input_shapes", {}))
+        if served != list(inputs):
+            options.setdefault("notes", []).append(
+                "takes only " + ", ".join(f"{s.name} {s.shape}" for s in served if s not in inputs)
+                + " (shapes fixed when the variant was built; the model itself takes -1 there)")
         variants.append(Variant(
             id=o.recipe.id, runtime=o.recipe.runtime, precision=o.recipe.precision,
-            files=_file_entries(o.built.files, out), inputs=list(inputs), outputs=list(outputs),
+            files=_file_entries(o.built.files, out), inputs=served, outputs=list(outputs),
             profiles=sorted(set(o.profiles) | set(chosen_for)), options=options,
-            metrics={k: (round(v, 6) if isinstance(v, float) else v) for k, v in o.metrics.items()},
+            metrics={k: (round(v, 6) if isinstance(v, float) else v) for k, v in o.metrics.items() if k != "input_shapes"},
             calibration=Calibration.from_dict(o.calibration, o.recipe.id) if o.calibration else None,
         ))
 

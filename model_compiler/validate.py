@@ -139,6 +139,21 @@ def user_metric(path: str, reference: list[np.ndarray], outputs: list[np.ndarray
         raise CompileError(f"task metric hook {path}: {type(exc).__name__}: {exc}") from exc
 
 
+def frozen_input_shapes(session: RuntimeSession, val: Dataset) -> dict[str, list[int]]:
+    """Inputs whose shape the variant fixed where the validation data (the model's) varies: a
+    LiteRT variant lowered at the calibration width takes only that width, so the manifest must
+    advertise that shape, not the model's -1."""
+    frozen = {}
+    for spec in session.inputs:
+        data = val.inputs.get(spec.name)
+        shape = [int(d) for d in spec.shape]
+        if data is None or len(shape) != data.ndim:
+            continue
+        if any(d > 0 for d in shape[1:]):
+            frozen[spec.name] = [-1, *shape[1:]] if shape and shape[0] in (-1, 1) else shape
+    return frozen
+
+
 def file_bytes(files: list[Path]) -> int:
     return sum(f.stat().st_size for f in files)
 
@@ -176,6 +191,9 @@ def validate_variant(runtime: str, files: list[Path], session_options: dict[str,
         raise VariantSkipped(f"fails on validation data: {type(exc).__name__}: {exc}") from exc
     metrics = compare_outputs(task, reference, outputs, val.labels, dense_threshold)
     metrics.update(file_bytes=file_bytes(files), weight_bytes=weight_bytes(runtime, files), load_ms=round(load_ms, 2))
+    frozen = frozen_input_shapes(session, val)
+    if frozen:
+        metrics["input_shapes"] = frozen
     if timing:
         lat = measure_latency(session, batch_of(val.inputs, 1), max_seconds=timing_seconds)
         metrics.update(latency_p50_ms=lat.p50_ms, latency_p95_ms=lat.p95_ms)

@@ -21,6 +21,10 @@ MAX_GRPC_MESSAGE_BYTES = 80 * 1024 * 1024
 LOCAL_API_SCHEMA_VERSION = 1
 MAX_FRAMES = 1 + MAX_TENSORS_PER_REQUEST   # 1 header frame + tensor frames
 MAX_HEADER_BYTES = 64 * 1024                # the protobuf header frame
+MAX_BATCH_ROWS = 65_536                     # rows (leading axis) of one request; the reply carries a score per row
+# A reply header holds per row a label (varint, at most 10 bytes), a confidence and an edge confidence
+# (4 bytes each): sized so the largest batch allowed always round-trips.
+MAX_REPLY_HEADER_BYTES = MAX_HEADER_BYTES + 24 * MAX_BATCH_ROWS
 MAX_REQUEST_BYTES = MAX_TENSOR_BYTES        # all tensor frames of one request together
 MAX_REQUEST_ID_CHARS = 128
 # ZeroMQ drops (and disconnects) any frame larger than this before the agent sees it;

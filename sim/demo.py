@@ -50,7 +50,7 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print,
         say(f"{step}/4 compiling digits-{name} for {', '.join(profiles)}")
         opts = CompileOptions(model=data / f"{name}.onnx", profiles=profiles, calib=data / "calib.npz",
                               val=data / "val.npz", out=workdir / "models" / f"digits-{name}", name=f"digits-{name}",
-                              signing_key=workdir / "keys" / "release-ed25519.pem", timing_seconds=0.5, force=True)
+                              signing_key=workdir / "keys" / "publisher.ed25519.pem", timing_seconds=0.5, force=True)
         results[name] = compile_model(opts, progress=lambda m: say(f"    {m}"))
 
     scenario = load_scenario(DEMO_SCENARIO)

@@ -68,6 +68,7 @@ class Environment:
 
             attach_rollouts(self.hub, tick_s=self.rollout_tick_s, watch_s=self.watch_s)
             self._own_rollouts = "rollouts" not in fields  # older hubs leave stopping it to the caller
+        self.hub.publishers.add(self.models.publisher_pem, "sim")  # the sim's compiler is a trusted publisher
         self.hub.registry.register_dir(self.models.edge)
         self.device_token = self.hub.tokens.create("sim-fleet", "read").token
         self.grpc_proxy = FaultProxy("127.0.0.1", self.hub.grpc_port, name="grpc").start()

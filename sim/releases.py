@@ -34,18 +34,31 @@ class Models:
     cloud: Path             # compiled digits-cloud for the hub
     root: Path
 
+    @property
+    def publisher_key(self) -> Path:
+        """The sim's publisher key (private PEM) that signs every compiled and derived folder."""
+        return self.root / "sim-compiler.pem"
+
+    @property
+    def publisher_pem(self) -> str:
+        """Its public half: the hub and the agents trust it (tandem-hub publishers add, trust.keys)."""
+        from tandem.protocols.signing import load_private_key, public_key_pem
+
+        return public_key_pem(load_private_key(self.publisher_key)).decode("ascii")
+
     def release(self, kind: str) -> Path:
         """The compiled dir of release `kind` (good, bad, selftest_fail), built on first use."""
         if kind not in RELEASES:
             raise ValueError(f"release {kind!r} is not one of {', '.join(RELEASES)}")
         version = RELEASES[kind]
         out = self.root / f"{EDGE_MODEL}-{version}"
-        if (out / "manifest.json").exists():
+        if (out / "manifest.json").exists() and "signature" in json.loads((out / "manifest.json").read_text()):
             return out
+        shutil.rmtree(out, ignore_errors=True)  # an unsigned one cached by an older Tandem: build it again
         if kind == "good":
-            return derive(self.edge, out, version)
+            return derive(self.edge, out, version, key=self.publisher_key)
         if kind == "selftest_fail":
-            return derive(self.edge, out, version, scramble_golden)
+            return derive(self.edge, out, version, scramble_golden, key=self.publisher_key)
         profiles = list(json.loads((self.edge / "manifest.json").read_text())["target_profiles"])
         collapsed = collapsed_onnx(self.data_dir / "edge.onnx", self.root / "collapsed.onnx")
         return _compile(collapsed, self.data_dir, out, EDGE_MODEL, version, profiles, self.root / "sim-compiler.pem")
@@ -100,8 +113,10 @@ def prepare(root: Path, profiles: Iterable[str], data_dir: Path | None = None,
     return Models(data_dir, edge, cloud, root)
 
 
-def derive(src: Path, dst: Path, version: str, edit: Callable[[dict[str, Any], Path], None] | None = None) -> Path:
-    """A copy of `src` released as `version`, with `edit(manifest, dir)` applied; the hub re-signs it."""
+def derive(src: Path, dst: Path, version: str, edit: Callable[[dict[str, Any], Path], None] | None = None, *,
+           key: Any = None) -> Path:
+    """A copy of `src` released as `version`, with `edit(manifest, dir)` applied, signed again by the publisher
+    `key` (None: left unsigned, which a hub refuses); the hub verifies and counter-signs it."""
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
@@ -111,6 +126,10 @@ def derive(src: Path, dst: Path, version: str, edit: Callable[[dict[str, Any], P
     doc.pop("signature", None)
     if edit is not None:
         edit(doc, tmp)
+    if key is not None:  # a private key, or the path of its PEM
+        from tandem.protocols.signing import load_private_key, sign_manifest
+
+        doc = sign_manifest(doc, load_private_key(key) if isinstance(key, (str, Path)) else key)
     path.write_text(json.dumps(doc, indent=2, sort_keys=True))
     tmp.rename(dst)
     return dst

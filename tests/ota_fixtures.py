@@ -32,8 +32,14 @@ def collapsed_onnx(digits_dir: Path, out: Path) -> Path:
     return sim_releases.collapsed_onnx(digits_dir / "edge.onnx", out)
 
 
-# derive(src, dst, version, edit) and scramble_golden(doc, dir): the simulator's, so both build bad releases alike
-derive = sim_releases.derive
+# derive(src, dst, version, edit) and scramble_golden(doc, dir): the simulator's, so both build bad releases alike;
+# derived releases are signed by the tests' publisher, as a publisher would sign a release it edited.
+def derive(src: Path, dst: Path, version: str, edit: Callable[[dict[str, Any], Path], None] | None = None) -> Path:
+    from hub_registry_fixtures import TEST_PUBLISHER
+
+    return sim_releases.derive(src, dst, version, edit, key=TEST_PUBLISHER)
+
+
 scramble_golden = sim_releases.scramble_golden
 
 

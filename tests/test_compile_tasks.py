@@ -151,3 +151,45 @@ def test_budget_override_changes_the_verdict(tmp_path, task_models):
     assert _int8(strict)["task_gate"] == "fail" and _int8(strict)["task_budget"] == pytest.approx(1.01 - 1e-9)
     spec = TaskSpec.from_dict(strict.manifest.task)
     assert spec.kind == "detection" and strict.manifest.source["reference"]["task_budgets"]["map50"] > 1.0
+
+
+def test_int32_token_classifier_gets_an_int8_variant(tmp_path, task_models):
+    m = task_models
+    result, _ = _compile(tmp_path, m, m / "tokens.onnx", m / "tokens_calib.npz", m / "tokens_val.npz")
+    int8 = [o for o in result.outcomes if o.recipe.precision == "int8"]
+    assert int8 and all(o.built and not o.skipped for o in int8), [o.skipped for o in int8]
+    figures = int8[0].metrics
+    assert figures["task_gate"] == "pass" and figures["top1_agreement"] >= 0.99, figures
+    assert figures["weight_bytes"] <= 0.3 * result.manifest.source["weight_bytes"]
+
+
+def _dynamic_width_model(path: Path) -> Path:
+    """x [N, 4, W] (W dynamic) -> ReduceMean over W -> MatMul -> Softmax [N, 3]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "W")
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=0),
+             helper.make_node("MatMul", ["m", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1)]
+    graph = helper.make_graph(nodes, "width", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "w"])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])], initializer=[w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_litert_variant_advertises_the_shape_it_was_built_for(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    model = _dynamic_width_model(tmp_path / "width.onnx")
+    x = np.random.default_rng(1).normal(size=(48, 4, 20)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    opts = CompileOptions(model=model, profiles=["npu-litert", "cpu-x86"], calib=tmp_path / "d.npz",
+                          val=tmp_path / "d.npz", out=tmp_path / "out", signing_key=tmp_path / "k.pem", timing=False)
+    manifest = compile_model(opts).manifest
+    assert manifest.inputs[0].shape == [-1, 4, -1]  # the model takes any width
+    litert = [v for v in manifest.variants if v.runtime == "litert"]
+    assert litert, "no LiteRT variant was built"
+    for v in litert:
+        assert v.inputs[0].shape == [-1, 4, 20], (v.id, v.inputs)  # frozen at the calibration width
+        assert any("takes only x [-1, 4, 20]" in n for n in v.options.get("notes", []))
+    onnx_variants = [v for v in manifest.variants if v.runtime == "onnxruntime"]
+    assert onnx_variants and all(v.inputs[0].shape == [-1, 4, -1] for v in onnx_variants)

@@ -169,6 +169,21 @@ def test_a_commit_without_health_figures_does_not_pass_a_gate():
     assert r.wave == 1 and len(sends) == len(DEVICES) - 2
 
 
+def test_hub_downtime_does_not_time_a_wave_out():
+    r, _, _ = ctl.new_rollout("ro-down", "m", "2.0.0", DEVICES, [5, 100],
+                              GatePolicy(min_reporting=1.0, wave_timeout_s=60), now=0.0)
+    ctl.resume_after_restart(r, 500.0)          # the hub was down from ~0 to 500 s
+    sends, _ = ctl.tick(r, 510.0)
+    assert r.status == "running" and sends == []
+    _report_all(r, now=520.0)
+    ctl.tick(r, 530.0)
+    assert r.wave == 1                          # passed on its devices' figures, not on the crash
+    back = ctl.Rollout.from_dict(r.to_dict())
+    assert back.wave_clock_from == 500.0
+    ctl.tick(r, 2000.0)                         # a silent wave still times out, counted from the restart
+    assert r.status == "halted" and "within 60s" in r.reason
+
+
 def test_wave_cutoffs_are_cumulative_and_cover_everyone():
     assert ctl.wave_cutoffs(40, [5, 25, 100]) == [2, 10, 40]
     assert ctl.wave_cutoffs(3, [5, 25, 100]) == [1, 1, 3]

@@ -123,6 +123,7 @@ class Rollout:
     reason: str = ""
     updated_at: float = 0.0
     control: list[str] = field(default_factory=list)       # kept on their version; never sent a command
+    wave_clock_from: float = 0.0  # the wave's timeout counts from max(wave_opened_at, this): a hub restart resets it
     quality: dict[str, Any] = field(default_factory=dict)  # the last quality figures the gate judged
 
     def opened(self) -> list[DeviceProgress]:
@@ -273,7 +274,8 @@ def tick(r: Rollout, now: float, drift_alerts: int = 0,
         return [], events
     opened = r.opened()
     reported, needed = _reported(r)
-    timed_out = r.gates.wave_timeout_s is not None and now - r.wave_opened_at > r.gates.wave_timeout_s
+    timed_out = (r.gates.wave_timeout_s is not None
+                 and now - max(r.wave_opened_at, r.wave_clock_from) > r.gates.wave_timeout_s)
     if len(reported) < needed:
         if timed_out:
             blind = sum(1 for d in opened if not has_figures(d))
@@ -305,6 +307,13 @@ def tick(r: Rollout, now: float, drift_alerts: int = 0,
     r.wave += 1
     r.wave_opened_at = r.updated_at = now
     return _send_wave(r, now, events), events
+
+
+def resume_after_restart(r: Rollout, now: float) -> None:
+    """The hub was down: its own downtime must not time a wave out (a crash neither fails nor passes a wave).
+    The wave's data window (wave_opened_at) stays; only its timeout starts again from now."""
+    if r.status == "running":
+        r.wave_clock_from = now
 
 
 def gate_problem(r: Rollout, drift_alerts: int) -> str | None:

@@ -70,6 +70,8 @@ class RolloutService:
         self.clock = clock
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {r.rollout_id: r for r in store.active()}
+        for r in self._rollouts.values():  # loaded after a hub restart: downtime does not count against a wave
+            ctl.resume_after_restart(r, clock())
         self._boots: dict[str, str] = {}  # device -> the agent process (status "boot") last seen online
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._stop = threading.Event()

@@ -6,6 +6,8 @@
 - yolo: a detector of bright squares on 32x32 images whose head has YOLOv8's layout,
   [N, 4 + C, anchors] (cx, cy, w, h in pixels, then per-class sigmoid scores), one anchor
   per 4x4 cell; decoding it needs NMS, like the real thing.
+- tokens: an int32-token text classifier (Gather embedding, mean, MatMul, Softmax): INT8
+  quantizes its weights and the float activations downstream of the integer input.
 
 Usage: python examples/tasks/models.py --out DIR  (writes <name>.onnx, <name>_calib.npz, <name>_val.npz)
 """
@@ -108,6 +110,40 @@ def yolo_detector(path: Path) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
+TOKENS, VOCAB = 16, 2000
+
+
+def token_data(n: int, seed: int) -> np.ndarray:
+    """n sequences of int32 token ids [n, 16]; each class draws its tokens from its own quarter of the vocabulary
+    (with noise), so the classifier below has something real to tell apart."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 4, size=n)
+    ids = rng.integers(0, VOCAB // 4, size=(n, TOKENS)) + (cls[:, None] * (VOCAB // 4))
+    noise = rng.random((n, TOKENS)) < 0.3
+    ids[noise] = rng.integers(0, VOCAB, size=int(noise.sum()))
+    return ids.astype(np.int32)
+
+
+def token_classifier(path: Path, seed: int = 0) -> Path:
+    """int32 token ids [N, 16] -> Gather(embedding 2000x64) -> mean -> MatMul -> Softmax [N, 4]:
+    the shape of a small text classifier whose input is not float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(scale=0.5, size=(VOCAB, 64)).astype(np.float32)
+    emb[:, :4] += np.repeat(np.eye(4, dtype=np.float32), VOCAB // 4, axis=0) * 2.0  # a class signal per quarter
+    w = (rng.normal(scale=0.1, size=(64, 4)) + np.pad(np.eye(4), ((0, 60), (0, 0))) * 3.0).astype(np.float32)
+    inits = [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(w, "W"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "B")]
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["vec"], axis=0),
+             helper.make_node("ReduceMean", ["vec"], ["pooled"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W"], ["z0"]), helper.make_node("Add", ["z0", "B"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["probs"], axis=1)]
+    graph = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["n", TOKENS])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 4])], initializer=inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def write_all(out: Path) -> dict[str, Path]:
     """Both models and their calibration and validation data under `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +154,10 @@ def write_all(out: Path) -> dict[str, Path]:
     yolo_detector(out / "yolo.onnx")
     np.savez(out / "yolo_calib.npz", x=yolo_data(64, 1))
     np.savez(out / "yolo_val.npz", x=yolo_data(96, 2))
-    return {"sigmoid": out / "sigmoid.onnx", "yolo": out / "yolo.onnx"}
+    token_classifier(out / "tokens.onnx")
+    np.savez(out / "tokens_calib.npz", x=token_data(64, 3))
+    np.savez(out / "tokens_val.npz", x=token_data(128, 4))
+    return {"sigmoid": out / "sigmoid.onnx", "yolo": out / "yolo.onnx", "tokens": out / "tokens.onnx"}
 
 
 def main(argv: list[str] | None = None) -> int:

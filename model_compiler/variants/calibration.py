@@ -27,9 +27,23 @@ def model_input_shapes(model) -> dict[str, list[int]]:
     return shapes
 
 
+def _input_kinds(model) -> dict[str, str]:
+    """Graph inputs -> numpy dtype kind ('f', 'i', 'u', 'b'); inputs of unknown type are left out."""
+    from onnx import helper
+
+    kinds = {}
+    for value in model.graph.input:
+        try:
+            kinds[value.name] = np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)).kind
+        except (KeyError, TypeError, ValueError):
+            continue
+    return kinds
+
+
 def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
     """Check calib against the model's inputs; returns the input shapes. Raises VariantSkipped."""
     shapes = model_input_shapes(model)
+    kinds = _input_kinds(model)
     missing = [name for name in shapes if name not in calib]
     if missing:
         raise VariantSkipped(f"calibration data lacks input(s) {', '.join(map(repr, missing))} "
@@ -37,14 +51,18 @@ def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[
     counts = set()
     for name, dims in shapes.items():
         arr = np.asarray(calib[name])
-        if arr.dtype.kind != "f":
-            raise VariantSkipped(f"calibration input {name!r} is {arr.dtype}; INT8 calibration needs float samples")
+        # integer inputs (token ids, indices) are not quantized themselves; the float activations
+        # they lead to (embeddings, everything downstream) are calibrated on these real samples
+        want = kinds.get(name)
+        if arr.dtype.kind not in "fiub" or (want == "f") != (arr.dtype.kind == "f"):
+            needs = "float samples for a float input" if want == "f" else "samples of the input's integer type"
+            raise VariantSkipped(f"calibration input {name!r} is {arr.dtype}; INT8 calibration needs {needs}")
         if arr.ndim != len(dims) or any(d > 0 and d != a for d, a in zip(dims[1:], arr.shape[1:])):
             raise VariantSkipped(f"calibration input {name!r} has shape {list(arr.shape)}; the model expects {dims} "
                                  "(axis 0 = samples, -1 = any)")
         if len(arr) == 0:
             raise VariantSkipped(f"calibration input {name!r} has no samples")
-        if not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise VariantSkipped(f"calibration input {name!r} contains NaN or infinite values")
         counts.add(len(arr))
     if len(counts) > 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def _convert(model_path: Path):
         import openvino as ov
     except ImportError as exc:
         raise VariantSkipped("openvino is not installed (pip install 'tandem[openvino]')") from exc
+    telemetry_off()
     try:
         return ov.convert_model(str(model_path))
     except Exception as exc:  # OpConversionFailure and friends
@@ -170,11 +172,36 @@ def _check_loads(xml: Path, session_options: dict[str, object]) -> None:
         raise VariantSkipped(f"OpenVINO cannot load the built {xml.name} on CPU: {_first_line(exc)}") from exc
 
 
+def telemetry_off() -> None:
+    """Decline OpenVINO's (and NNCF's) usage telemetry for this process before either starts it.
+
+    Its first instantiation decides for the whole process (a singleton), and with no consent
+    file it sends at exit, which holds an offline machine's exit for ~30 s. The check
+    declines when CI=true, so the singleton is created under that setting, then restored.
+    """
+    try:
+        from openvino_telemetry import Telemetry
+    except ImportError:
+        return
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        Telemetry(app_name="tandem", app_version="0", tid="off", enable_opt_in_dialog=False, disable_in_ci=True)
+    except Exception as exc:  # telemetry must never stop a compile
+        logger.debug("openvino telemetry: %s", exc)
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
+
+
 def _conversion_summary(exc: BaseException) -> str:
-    """OpenVINO's useful line (e.g. 'No conversion rule found for operations: X') rather
-    than its first, which only names a C++ source file."""
+    """OpenVINO's useful lines ('Conversion is failed for: LSTM-16', 'No conversion rule found
+    for operations: X') rather than its first, which only names a C++ source file."""
     lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if "conversion rule" in line or "not supported" in line.lower()]
+    useful = [line for line in lines if "conversion rule" in line or "not supported" in line.lower()
+              or "conversion is failed for" in line.lower() or "failed for:" in line.lower()]
     return "; ".join(useful)[:400] if useful else _first_line(exc)
 
 

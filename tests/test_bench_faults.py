@@ -1,0 +1,30 @@
+"""bench/faults.py runs its fast faults against real processes and reports no window missing or duplicated."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from telemetry_fixtures import python_env
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "faults.py"
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto not installed")
+def test_fast_faults_lose_and_duplicate_nothing():
+    done = subprocess.run([sys.executable, str(BENCH), "--json", "--only", "broker_sigterm,broker_sigkill,two_hubs",
+                           "--devices", "2", "--restarts", "1", "--between-s", "1.5", "--settle-s", "30"],
+                          env=python_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    faults = json.loads(done.stdout)["faults"]
+    for name in ("broker_sigterm", "broker_sigkill"):
+        r = faults[name]
+        assert "error" not in r, r
+        assert r["sent"] > 0 and r["missing"] == 0 and r["duplicated"] == 0, (name, r)
+        assert r["gaps_open"] == 0 and r["gaps_lost_hub"] == 0 and r["lost_local_agents"] == 0, (name, r)
+    assert faults["two_hubs"]["second_hub_refused"] is True
