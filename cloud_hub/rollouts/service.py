@@ -40,6 +40,8 @@ from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 log = logging.getLogger(__name__)
 
 DriftAlerts = Callable[[str, str], int]   # (model, version) -> open drift alerts
+SESSION_EXPIRY_S = 24 * 3600  # the broker keeps the rollouts session (and queues statuses) this long
+
 DeviceWindows = Callable[[list[str], float], list[bytes]]  # (device ids, since) -> stored window payloads
 
 
@@ -92,7 +94,9 @@ class RolloutService:
     def start(self) -> "RolloutService":
         props = Properties(PacketTypes.CONNECT)
         props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES  # broker drops bigger
-        self._client.connect_async(*self._mqtt_addr, keepalive=10, properties=props)
+        # persistent, like telemetry's: device statuses sent while the hub is down wait in the broker for it
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._client.connect_async(*self._mqtt_addr, keepalive=10, clean_start=False, properties=props)
         self._client.loop_start()
         self._worker = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
         self._worker.start()
