@@ -23,6 +23,7 @@ from tandem.edge_agent.health import HealthServer
 from tandem.edge_agent.metrics import AgentMetrics
 from tandem.edge_agent.errors import ModelLoadError
 from tandem.edge_agent.model import LoadedModel, load_model
+from tandem.edge_agent.trust import TrustPolicy, check_model_dir
 from tandem.edge_agent.observe import RequestObserver
 from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold, task_policy_for
 from tandem.edge_agent.server import Concurrency, ZmqServer
@@ -178,7 +179,9 @@ class Agent:
     def _build_serving(self, model_dir: Path) -> Serving:
         """Load, and wrap in policy, batcher and service, the model in `model_dir` (not yet served)."""
         cfg = self.config
+        verdict = check_model_dir(model_dir, self._trust_policy())  # refuses an untrusted folder before anything runs
         model = load_model(model_dir, cfg.model.profile, self._variant_for(model_dir), threads=cfg.model.threads)
+        model.selection["trust"] = verdict.as_dict()
         try:
             policy = self._make_policy(model)
             max_batch, batching = self._batch_limits()
@@ -195,6 +198,11 @@ class Agent:
             fast_lane=cfg.server.fast_lane, solo_inline_max_us=cfg.batch.solo_inline_max_us, concurrency=self.concurrency,
         )
         return Serving(model, policy, batcher, service)
+
+    def _trust_policy(self) -> TrustPolicy:
+        t = self.config.trust
+        return TrustPolicy.from_files(self.config.trusted_key_files, t.publisher_keys, require_publisher=t.require_publisher,
+                                      allow_unsigned=t.allow_unsigned)
 
     def _variant_for(self, model_dir: Path) -> str | None:
         """The configured variant id, unless an OTA release no longer has it (then the profile's choice)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import tandem
 from tandem.edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
 from tandem.edge_agent.errors import AgentError
 
@@ -142,10 +143,15 @@ def _status(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from tandem.edge_agent.model import load_model
 
+    from tandem.edge_agent.trust import TrustPolicy, check_model_dir
+
     config = _load_config(args)
+    t = config.trust
+    verdict = check_model_dir(config.model.dir, TrustPolicy.from_files(
+        config.trusted_key_files, t.publisher_keys, require_publisher=t.require_publisher, allow_unsigned=t.allow_unsigned))
     model = load_model(config.model.dir, config.model.profile, config.model.variant, threads=config.model.threads)
     try:
-        info = {"model": model.name, "version": model.version, "variant": model.variant.id,
+        info = {"model": model.name, "version": model.version, "variant": model.variant.id, "trust": verdict.as_dict(),
                 "runtime": model.variant.runtime, "precision": model.variant.precision,
                 "inputs": [{"name": s.name, "dtype": s.dtype, "shape": s.shape} for s in model.input_specs],
                 "endpoint": config.server.endpoint, "hub_url": config.fallback.hub_url, "policy": config.policy.kind,
@@ -154,7 +160,9 @@ def _check(args: argparse.Namespace) -> int:
         model.close()
     print(json.dumps(info, indent=2) if args.json else
           f"ok: {info['model']} {info['version']} runs as {info['variant']} ({info['runtime']}) on profile "
-          f"{config.model.profile}; serving on {config.server.endpoint}")
+          f"{config.model.profile}; serving on {config.server.endpoint}; "
+          + (verdict.detail if verdict.trusted else f"{verdict.status.upper()} ({verdict.detail}), allowed by "
+             "trust.allow_unsigned"))
     return 0
 
 
@@ -191,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem-agent", description="Serve a compiled model on this device; fall back to the hub when unsure.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 

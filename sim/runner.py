@@ -220,7 +220,8 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
         agents = [AgentProcess(s, DeviceStream(data, changes(s), seed=s.seed), run_dir / "agents" / s.device_id,
                                models.edge, hub_grpc=env.grpc_url, mqtt_url=env.mqtt_url, hub_model=CLOUD_MODEL,
                                window_s=scenario.window_s, threshold=scenario.threshold,
-                               deadline_ms=scenario.fallback_deadline_ms, ota=ota).launch()
+                               deadline_ms=scenario.fallback_deadline_ms, ota=ota,
+                               trusted_pem=models.publisher_pem).launch()
                   for s in specs if s.process]
         fleet = Fleet([s for s in specs if not s.process], data=data, changes=changes, hub_grpc=env.grpc_url,
                       mqtt_url=env.mqtt_url, workdir=run_dir / "devices", config=config, ota=ota, external=agents)

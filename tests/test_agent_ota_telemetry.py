@@ -148,7 +148,7 @@ def hub_env(ota_releases, tmp_path_factory):
         pytest.skip("mosquitto not installed")
     root = tmp_path_factory.mktemp("agent-hub")
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url))
+    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url))
     hub.add_service(HubTelemetry())
     http = None
     try:

@@ -65,7 +65,7 @@ def test_agent_serves_with_its_variants_calibrated_threshold(hybrid_compiled, di
     manifest = load_manifest(hybrid_compiled)
     int8 = next(v for v in manifest.variants if v.precision == "int8" and v.runtime == "onnxruntime")
     x = np.load(digits_dir / "test.npz")["x"].astype(np.float32)
-    cfg = AgentConfig.from_keys({"model.dir": hybrid_compiled, "model.variant": int8.id, "server.endpoint": f"ipc://{tmp_path}/a.sock",
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": hybrid_compiled, "model.variant": int8.id, "server.endpoint": f"ipc://{tmp_path}/a.sock",
                       "hard_examples.data_dir": tmp_path / "data"})
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         assert agent.policy.threshold == pytest.approx(int8.calibration.threshold)
@@ -78,7 +78,7 @@ def test_agent_serves_with_its_variants_calibrated_threshold(hybrid_compiled, di
     assert np.allclose(reply.confidence, raw.max(axis=1), atol=1e-5)  # replies carry the unscaled confidence
     assert reply.threshold == pytest.approx(int8.calibration.threshold)
     assert 0.0 <= expected_fallback <= 0.2
-    cfg2 = AgentConfig.from_keys({"model.dir": hybrid_compiled, "model.variant": int8.id, "server.endpoint": f"ipc://{tmp_path}/b.sock",
+    cfg2 = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": hybrid_compiled, "model.variant": int8.id, "server.endpoint": f"ipc://{tmp_path}/b.sock",
                        "hard_examples.data_dir": tmp_path / "data2", "policy.threshold": 0.8})
     with Agent(cfg2) as agent:
         assert agent.policy.threshold == 0.8 and agent.policy.temperature is None  # config wins, unscaled

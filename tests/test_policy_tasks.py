@@ -108,7 +108,7 @@ def test_agent_serves_compiled_task_models_with_their_own_confidence(tmp_path, k
         x = yolo_data(40, 3)
         model = yolo_detector(tmp_path / "m.onnx")
     out = _compiled(tmp_path, model, x)
-    cfg = AgentConfig.from_keys({"model.dir": out, "model.variant": "onnxruntime-fp32", "server.endpoint": f"ipc://{tmp_path}/a.sock",
+    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": out, "model.variant": "onnxruntime-fp32", "server.endpoint": f"ipc://{tmp_path}/a.sock",
                                  "hard_examples.data_dir": tmp_path / "data"})
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         answer = client.infer(x[:16], return_outputs=True)

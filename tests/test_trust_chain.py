@@ -123,3 +123,72 @@ def test_publishers_cli_adds_lists_and_removes(tmp_path, capsys):
     assert "is not trusted" in capsys.readouterr().err
     (tmp_path / "junk.pem").write_text("not a key")
     assert main(["publishers", "add", str(tmp_path / "junk.pem"), *data]) == 1
+
+
+def agent_check(model_dir: Path, tmp_path: Path, trust: str = "", ota_key: Path | None = None):
+    """`tandem-agent check` on `model_dir` with a [trust] section (and optionally ota.trusted_key)."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "agent.toml"
+    ota = f'[ota]\ntrusted_key = "{ota_key}"\n' if ota_key else ""
+    config.write_text(f'[model]\ndir = "{model_dir}"\n[hard_examples]\ndata_dir = "{tmp_path / "state"}"\n{ota}'
+                      f'[trust]\n{trust}\n')
+    return subprocess.run([sys.executable, "-m", "tandem.edge_agent.cli", "check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_attacker_release_is_refused_by_the_hub_and_again_by_the_agent_it_was_copied_to(strict_hub, digits_dir,
+                                                                                         tmp_path):
+    hub, client = strict_hub
+    attacker = resign(make_model_dir(digits_dir, tmp_path / "evil", version="6.6.6"), ATTACKER)
+    assert "untrusted publisher" in refusal(client, attacker)
+    release_pem = tmp_path / "release.pem"
+    release_pem.write_text(client.release_key()["public_key_pem"])
+    publisher_pem = tmp_path / "publisher.pem"
+    publisher_pem.write_text(TEST_PUBLISHER_PEM)
+    # Placed by hand on a device that trusts the hub's release key (as ota.trusted_key) and the publisher.
+    done = agent_check(attacker, tmp_path, f'keys = ["{publisher_pem}"]', ota_key=release_pem)
+    assert done.returncode == 1 and "UNTRUSTED" in done.stderr and "not trusted" in done.stderr, done.stderr
+    done = agent_check(resign(attacker, None), tmp_path, ota_key=release_pem)
+    assert done.returncode == 1 and "UNSIGNED" in done.stderr, done.stderr
+    # Only the explicit development switch serves it, and says so.
+    done = agent_check(attacker, tmp_path, "allow_unsigned = true")
+    assert done.returncode == 0 and "UNSIGNED" in done.stdout and "allowed by trust.allow_unsigned" in done.stdout
+    # The genuine folder, published by the trusted key, passes; so does the same file edited by the attacker: no.
+    good = make_model_dir(digits_dir, tmp_path / "good")
+    done = agent_check(good, tmp_path, f'keys = ["{publisher_pem}"]')
+    assert done.returncode == 0 and "signed by trusted key" in done.stdout, done.stderr
+    doc = json.loads((good / "manifest.json").read_text())
+    doc["profiles"]["cpu-x86"]["reason"] = "edited"
+    (good / "manifest.json").write_text(json.dumps(doc))
+    done = agent_check(good, tmp_path, f'keys = ["{publisher_pem}"]')
+    assert done.returncode == 1 and "TAMPERED" in done.stderr, done.stderr
+
+
+def test_a_device_can_require_both_signatures(strict_hub, digits_dir, tmp_path):
+    from tandem.edge_agent.trust import TrustPolicy, trust_verdict
+
+    hub, client = strict_hub
+    client.register_model_dir(make_model_dir(digits_dir, tmp_path / "m"))
+    stored = client.manifest("digits", "1.0.0")
+    release = signing.load_public_key(client.release_key()["public_key_pem"])
+    publisher = signing.load_public_key(TEST_PUBLISHER_PEM)
+    both = TrustPolicy(keys=(release,), publisher_keys=(publisher,), require_publisher=True)
+    assert trust_verdict(stored, both).trusted
+    assert trust_verdict(stored, TrustPolicy(keys=(release,))).trusted
+    # A release counter-signed by the hub over an unknown publisher's signature is refused by such a device.
+    other = TrustPolicy(keys=(release,), publisher_keys=(ATTACKER.public_key(),), require_publisher=True)
+    assert trust_verdict(stored, other).status == "untrusted"
+    # So is a manifest with only the hub's signature.
+    lone = signing.sign_manifest({k: v for k, v in stored.items() if k not in ("signature", signing.PUBLISHER_FIELD)},
+                                 hub.key.private_key)
+    assert trust_verdict(lone, both).status == "untrusted"
+    # And a publisher signature swapped in under the hub's signature breaks the hub's signature.
+    swapped = dict(stored, publisher_signature=resign_doc(stored, ATTACKER))
+    assert trust_verdict(swapped, both).status == "tampered"
+
+
+def resign_doc(doc: dict, key) -> dict:
+    body = {k: v for k, v in doc.items() if k not in ("signature", signing.PUBLISHER_FIELD)}
+    return signing.sign_manifest(body, key)["signature"]

@@ -33,7 +33,7 @@ def env(digits_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("uplink-wiring")
     broker = Mosquitto(root / "mosquitto").start()
-    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url, rollout_tick_s=0.1))
+    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url, rollout_tick_s=0.1))
     http = None
     try:
         hub.start()
