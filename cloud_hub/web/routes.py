@@ -57,6 +57,9 @@ def _cache(request: Request) -> _PointCache:
 class SeriesOut(BaseModel):
     device_id: str
     points: list[dict[str, Any]]
+    # end-to-end delivery: last sequence, sequences being asked for again (open) and given up (lost),
+    # and the device's clock offset (hub minus device, seconds); None without that data
+    delivery: dict[str, Any] | None = None
 
 
 @router.get("/devices/{device_id}/series", response_model=SeriesOut,
@@ -91,4 +94,9 @@ def device_series(device_id: str, since: float = Query(0.0, ge=0, le=1e12, descr
         if refs[key] or not len(w.inputs):  # a model registered later gets its input PSI on the next poll
             cache.put((device_id, row["sequence"]), point)
         points.append(point)
-    return {"device_id": device_id, "points": points}
+    delivery = None
+    if getattr(telemetry, "gaps", None) is not None:
+        gaps = telemetry.gaps.device_gaps(device_id)
+        delivery = {"last_sequence": gaps["last_sequence"], "missing_open": len(gaps["open"]),
+                    "lost": len(gaps["lost"]), "clock_offset_s": telemetry.clocks.offset(device_id)}
+    return {"device_id": device_id, "points": points, "delivery": delivery}

@@ -44,9 +44,13 @@ export function mount(el, ctx, { id }) {
       const at = (key) => pts.map((p) => [p.end_unix, p[key]]);
       const inputs = [...new Set(pts.flatMap((p) => Object.keys(p.input_psi)))].sort();
       const last = pts[pts.length - 1];
+      const d = series.delivery;
       replace(charts,
         h("p", { class: "muted" }, pts.length + " windows; last " + ago(last.end_unix) + ", " + num(last.requests) +
           " requests, fallback " + pct(last.fallback_rate) + ", input PSI max " + num(last.input_psi_max)),
+        d ? h("p", { class: d.lost || d.missing_open ? "error" : "muted", id: "device-delivery" },
+          "Delivery: last window " + d.last_sequence + ", " + d.missing_open + " missing (asked for again), " +
+          d.lost + " lost; clock offset " + (d.clock_offset_s == null ? "unknown" : num(d.clock_offset_s, 3) + " s")) : null,
         lineChart({ id: "chart-latency", title: "Latency (ms)", format: (v) => num(v, 3),
           series: [{ name: "mean", points: at("latency_mean_ms") }, { name: "p95 (bin edge)", points: at("latency_p95_ms") }] }),
         lineChart({ id: "chart-fallback", title: "Fallback rate (cloud + degraded)", yMax: 1, format: pct,
