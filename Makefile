@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps browser-deps demo test test-fast bench fuzz clean
+.PHONY: install system-deps browser-deps demo test test-fast lint bench fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ demo: $(STAMP) system-deps
 
 test: $(STAMP) system-deps browser-deps
 	$(PY) -m pytest -q
+
+# ruff (lint) and mypy (types), configured in pyproject.toml; .ci/run runs it before the tests.
+lint: $(STAMP)
+	PY=$(PY) bash .ci/lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

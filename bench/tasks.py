@@ -34,7 +34,6 @@ from tandem.hardware_profiles import resolve_profiles  # noqa: E402
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 from tandem.model_compiler import model_io  # noqa: E402
 from tandem.model_compiler.data import load_dataset  # noqa: E402
-from tandem.model_compiler.errors import VariantSkipped  # noqa: E402
 from tandem.model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
 from tandem.model_compiler.validate import Task, run_dataset, validate_variant  # noqa: E402
 from tandem.model_compiler.variants import BuildContext, get_builder  # noqa: E402

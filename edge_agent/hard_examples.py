@@ -11,7 +11,6 @@ capture buffer in front of it.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sqlite3

@@ -13,7 +13,6 @@ import httpx
 from tandem.cloud_hub.cli import main
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.hub import Hub
-from hub_registry_fixtures import hub_model_dir  # noqa: F401
 from ota_fixtures import MOSQUITTO
 from tandem.protocols.signing import load_public_key, verify_manifest
 

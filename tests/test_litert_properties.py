@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import onnx
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from tandem.edge_agent.telemetry.outbox import Outbox
 from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher

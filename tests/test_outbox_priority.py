@@ -24,7 +24,7 @@ from tandem.edge_agent.telemetry.window import ModelInfo
 from tandem.protocols import topics
 from tandem.protocols.ota import OtaStatus, decode_status, encode_status
 from tandem.protocols.telemetry_codec import TelemetryWindow, decode_hard_example, decode_window
-from telemetry_fixtures import MOSQUITTO, Mosquitto, needs_mosquitto
+from telemetry_fixtures import Mosquitto, needs_mosquitto
 from waiting import wait_for
 
 MODEL = ModelInfo("toy", "1.0.0", {"inputs": {}, "classes": {"counts": [1, 1]}}, "toy-fp32")

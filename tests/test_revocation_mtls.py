@@ -13,7 +13,6 @@ import pytest
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.hub import Hub
 from tandem.cloud_hub.pki import Pki
-from tandem.protocols import topics
 from tandem.protocols.tls import configure_mqtt_client
 from telemetry_fixtures import MOSQUITTO
 

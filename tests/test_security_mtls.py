@@ -14,7 +14,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import grpc
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest

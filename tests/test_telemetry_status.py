@@ -3,7 +3,6 @@ broker's last will says offline when the agent dies without a word (SIGKILL)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading

@@ -27,7 +27,7 @@ def interpreter_class() -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import Interpreter
         except ImportError as exc:
             raise RuntimeUnavailableError(
                 "LiteRT is not installed: pip install ai-edge-litert (or tflite-runtime)") from exc

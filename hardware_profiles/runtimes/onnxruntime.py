@@ -51,4 +51,4 @@ class OnnxRuntimeSession:
         return self._session.run(self._output_names, dict(feeds))
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None

@@ -53,7 +53,7 @@ def _out_size(size: int, k_eff: int, stride: int, before: int, after: int, ceil:
 
 def _pad(low: Lowering, x: int, shape_nhwc: tuple[int, ...], pads: list[int], value: float | None = None) -> tuple[int, tuple[int, ...]]:
     """An explicit PAD (zeros) or PADV2 (`value`) before a VALID conv/pool."""
-    t, l, b, r = pads
+    t, l, b, r = pads  # noqa: E741  (top, left, bottom, right: the ONNX pads order)
     paddings = np.array([[0, 0], [t, b], [l, r], [0, 0]], dtype=np.int32)
     n, h, w, c = shape_nhwc
     out_shape = (n, h + t + b, w + l + r, c)
