@@ -13,10 +13,10 @@ policy's own scoring and a reply assembled from pre-encoded bytes.
 The lane only ever answers what the general path would answer the same way (a
 confident edge answer, or any edge answer when the request or device is edge-only);
 everything else goes back to the general path (`None`), which decides and words every
-error. It exists because each Python step costs the agent more than the model: on the
-dev VM the general path took 40 us per digits request in a hot loop, the lane 17 us,
-for a runtime call of 6 us. `tests/test_agent_fast_lane.py` checks both paths reply the
-same.
+error. It exists because each Python step costs the agent more than the model: the lane
+takes about half the general path's time per digits request, for a runtime call a
+fraction of either (figures with date and host in docs/figures.md).
+`tests/test_agent_fast_lane.py` checks both paths reply the same.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The per-request hook: every answered request feeds the OTA health watch and, when on, telemetry.
 
 Called by InferenceService on the I/O loop thread once per reply, so it stays a few
-counter bumps plus TelemetryService.record (~10 us); `take_health` runs on the OTA
+counter bumps plus TelemetryService.record (figures: docs/figures.md); `take_health` runs on the OTA
 thread and swaps the counters out under a lock held for nanoseconds.
 """
 

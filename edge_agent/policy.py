@@ -170,7 +170,7 @@ class ConfidencePolicy:
     def _score_one_row(self, raw: np.ndarray, t: float) -> Scores | None:
         """score_array() for the common request (one row, 'auto' transform) with plain floats: same result.
 
-        numpy costs ~1 us per call on a 10-class row, which made the policy 10-25 us per request.
+        numpy's per-call overhead on a 10-class row made the policy cost more than the model (docs/figures.md).
         Identical to the general path because every value is a float32 held exactly in a float,
         float32 comparisons and max are exact in double, and a double difference rounded to float32
         is the float32 difference (double rounding is innocuous for 53 vs 24 bits). What cannot be

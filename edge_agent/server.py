@@ -8,13 +8,12 @@ they are; the handler returns the reply frames. Clients may be DEALER sockets
 
 The socket is a plain (blocking-API) zmq socket whose FD is registered with the loop
 (`add_reader`), drained with non-blocking receives: zmq.asyncio wraps every receive
-in a Future and a poller turn. Measured on the 2-core dev VM (echo of a 256-byte
-request, another process): blocking loop 29-31 us p50, this 35 us, zmq.asyncio 61 us.
+in a Future and a poller turn, close to twice this loop's echo round trip (docs/figures.md).
 
 After a reply the thread may poll for the next request for `spin_us` before it goes back
 to sleep in epoll. A thread that sleeps pays the CPU's wake-up on the next request: on
-the dev VM (cpuidle haltpoll) that is most of the round trip, digits agent p50 287-319 us
-without the spin and 133-137 us with 300 us of it. The spin releases the GIL while it
+a host with cpuidle haltpoll that is most of the round trip (the spin halves the digits
+agent's p50; figures with date and host in docs/figures.md). The spin releases the GIL while it
 polls, never runs while a request waits on the worker or the hub, and costs at most
 `spin_us` of CPU per reply; 0 turns it off (battery devices). It also stops by itself
 while it does not pay: when fewer than a quarter of recent requests came within

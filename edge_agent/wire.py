@@ -93,7 +93,7 @@ class RequestTemplates:
 
     A client sending the same kind of request again pays for its request id and its
     tensor buffers only: the checks, the TensorHeaders and the serialization ran when
-    the template was made (measured on the dev VM: 2 us vs 8-12 us per request for one [1, 64] input).
+    the template was made (a fraction of the cost per request: docs/figures.md).
     """
 
     def __init__(self, max_templates: int = TEMPLATES_MAX) -> None:
