@@ -110,13 +110,15 @@ def test_full_queue_rejects_and_close_fails_pending(session):
 def test_lone_caller_pays_no_window(session):
     import time
 
-    with MicroBatcher(session, max_batch=8, window_ms=200) as batcher:
+    # a 1 s window: a caller that waited for it would take 1 s; half of that is left as margin
+    # for a loaded machine (the model itself runs in microseconds)
+    with MicroBatcher(session, max_batch=8, window_ms=1000) as batcher:
         x = {"x": np.ones((1, 4), np.float32)}
         batcher.run(x, timeout=5)
         t0 = time.perf_counter()
         for _ in range(5):
             batcher.run(x, timeout=5)
-        assert (time.perf_counter() - t0) / 5 < 0.1, "a lone caller must not wait for the 200 ms window"
+        assert (time.perf_counter() - t0) / 5 < 0.5, "a lone caller must not wait for the 1 s window"
 
 
 def test_many_threads_get_their_own_answers(session):
