@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CompileError, ProfileError, ManifestError, SignatureError) as exc:
         print(f"tandem-compile: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable --out, a full disk, a file that vanished: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tandem-compile: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tandem-compile: interrupted", file=sys.stderr)
         return 130

@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -179,9 +179,30 @@ def _plan(profiles: list[Profile], progress: Progress) -> tuple[dict[str, Recipe
 
 
 def compile_model(opts: CompileOptions, progress: Progress | None = None) -> CompileResult:
-    """Compile `opts.model` for `opts.profiles` into `opts.out`; see docs/architecture.md."""
-    say = progress or (lambda message: log.info(message))
+    """Compile `opts.model` for `opts.profiles` into `opts.out`; see docs/architecture.md.
+
+    Built in a hidden sibling folder and renamed into place at the end, so a failed or interrupted
+    compile leaves nothing behind (never a half-written --out that blocks the re-run).
+    """
     _check_options(opts)
+    final = opts.out
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        result = _compile_into(replace(opts, out=tmp, force=True), progress)
+        if final.exists():  # --force, or a previous tandem-compile output (_check_options refused anything else)
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.out = final
+    write_reports(result)  # again: the reports name the folder
+    return result
+
+
+def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> CompileResult:
+    say = progress or (lambda message: log.info(message))
     profiles = resolve_profiles(opts.profiles, opts.profile_dirs)
     started = time.perf_counter()
 

@@ -65,3 +65,28 @@ def test_hub_data_is_private_whatever_the_umask(tmp_path):
     loose = {str(p): oct(m) for p, m in modes.items() if m & 0o077}
     assert not loose, loose
     assert any(p.name == "mosquitto.conf" for p in modes) and any(p.suffix == ".sqlite" for p in modes)
+
+
+def _tiny_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    import numpy as np
+
+    from agent_fixtures import make_linear_softmax
+
+    model = make_linear_softmax(tmp_path / "lin.onnx", n_in=4, n_out=3)
+    bad = tmp_path / "calib.npz"
+    np.savez(bad, x=np.ones((8, 5), np.float32))  # 5 features: the model takes 4
+    return model, bad
+
+
+def test_a_failed_compile_leaves_nothing_behind_and_an_unwritable_out_is_one_line(tmp_path):
+    model, bad = _tiny_inputs(tmp_path)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", str(model), "--profiles", "cpu-x86",
+                           "--calib", str(bad), "--val", str(bad), "--out", str(out), "--no-timing"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out*")), list(tmp_path.iterdir())
+    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", str(model), "--profiles", "cpu-x86",
+                           "--calib", str(bad), "--val", str(bad), "--out", "/proc/tandem-out", "--no-timing"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3, done.stderr
