@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+import tandem
 from tandem.cloud_hub.cli_output import ago, table
 from tandem.cloud_hub.client import DEFAULT_URL, HubClient
 from tandem.cloud_hub.errors import HubError
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem-hub", description="The Tandem cloud hub: fleet home and cloud inference.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the hub (REST console, MQTT broker, telemetry, rollouts, gRPC inference)",
@@ -58,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-host", help="REST listen address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="REST port (default 8080; 0 = any free port)")
     serve.add_argument("--grpc-port", type=int, help="gRPC inference port (default 8001; 0 = any free port)")
+    serve.add_argument("--grpc-host", help="gRPC inference listen address (default 127.0.0.1; 0.0.0.0 for a fleet)")
+    serve.add_argument("--mqtt-host", help="listen address of the broker the hub starts (default 127.0.0.1)")
+    serve.add_argument("--mqtt-port", type=int, help="port of the broker the hub starts (default: 1883 when free, "
+                       "else a free port; chosen once and kept in the data dir)")
     serve.add_argument("--model-dir", type=Path, action="append", dest="model_dirs",
                        help="compiled model directory to serve over gRPC (repeatable)")
     serve.add_argument("--inference-profile", help="hardware profile whose variant gRPC inference runs (default cpu-x86)")
@@ -174,7 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tandem.cloud_hub.hub import Hub
 
     config = HubConfig.load(args.config, data_dir=args.data_dir, http_host=args.http_host, http_port=args.http_port,
-                            grpc_port=args.grpc_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
+                            grpc_port=args.grpc_port, grpc_host=args.grpc_host, mqtt_host=args.mqtt_host,
+                            mqtt_port=args.mqtt_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
                             mqtt_url=args.mqtt_url, broker=args.broker, inference_profile=args.inference_profile,
                             public_url=args.public_url, telemetry=args.telemetry, rollouts=args.rollouts,
                             drift_eval_interval_s=args.drift_eval_interval_s, tls_dir=args.tls_dir)

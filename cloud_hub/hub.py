@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from tandem.cloud_hub.auth import TokenStore
 from tandem.cloud_hub.broker import BrokerHandle, start_broker
+from tandem.cloud_hub.endpoints import stable_mqtt_port
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.devices import DeviceRegistry
 from tandem.cloud_hub.errors import ConfigError, HubError
@@ -172,8 +173,9 @@ class Hub:
         try:
             self._load_pki()
             if self.config.mqtt_url is None and self._broker is None:
+                port = stable_mqtt_port(self.config.data_dir, self.config.mqtt_host, self.config.mqtt_port)
                 self._broker = start_broker(self.config.broker, self.config.data_dir / "mosquitto",
-                                            self.config.mqtt_host, self.config.mqtt_port, tls_pki=self._pki)
+                                            self.config.mqtt_host, port, tls_pki=self._pki)
             if self.config.model_dirs and self._inference is None:
                 self._start_inference()
             self._add_revocation_watch()

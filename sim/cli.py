@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import tandem
+
 EPILOG = """\
 examples:
   tandem-sim list                                   the built-in scenarios
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem-sim", description="Tandem's hardware and fleet simulator: virtual "
                                      "devices running the real agent logic against a real hub and broker.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train, compile and run a mixed fleet through drift and a canary rollout")
     demo.add_argument("--workdir", type=Path, default=Path("tandem-demo"), help="where everything is written (default: ./tandem-demo)")
