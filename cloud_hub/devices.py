@@ -1,6 +1,10 @@
-"""Device registry: agents register and heartbeat; status is derived from last-seen age.
+"""Device registry: agents register and heartbeat; status comes from MQTT presence, else last-seen age.
 
-`device_status` is the pure rule; `DeviceRegistry` is the SQLite shell around it.
+A device whose MQTT status or last will said something is online or offline as it said
+(an idle but connected agent stays online; a dead one is offline as soon as the broker
+publishes its will, 1.5x its keepalive after it went silent). Devices never heard on MQTT
+age out after `offline_after_s`. `device_status` and `newer_presence` are the pure rules;
+`DeviceRegistry` is the SQLite shell around them.
 """
 
 from __future__ import annotations
@@ -24,9 +28,21 @@ MAX_TAG_VALUE = 256
 STATUSES = ("online", "offline")
 
 
-def device_status(last_seen: float, now: float, offline_after_s: float) -> str:
-    """online when heard from within `offline_after_s`, else offline."""
+def device_status(last_seen: float, now: float, offline_after_s: float, presence: str | None = None) -> str:
+    """What MQTT presence said, if anything; else online when heard from within `offline_after_s`."""
+    if presence in STATUSES:
+        return presence
     return "online" if now - last_seen <= offline_after_s else "offline"
+
+
+PresenceKey = tuple[int, int, int]  # (boot, connection, 1 for offline) from the agent's status
+
+
+def newer_presence(key: PresenceKey | None, stored: PresenceKey | None) -> bool:
+    """Does a status with `key` replace the stored one? Ordered by boot, then connection, offline after online
+    of the same connection (the will of connection n is older than the online of n+1); never by wall time.
+    A status without a key (an older agent, the simulator) always applies."""
+    return key is None or stored is None or tuple(key) >= tuple(stored)
 
 
 def validate_tags(tags: dict[str, str]) -> dict[str, str]:
@@ -122,6 +138,21 @@ class DeviceRegistry:
                                     "status (agent with telemetry on) or via POST /v1/devices")
         return self.get(device_id)
 
+    def set_presence(self, device_id: str, state: str, key: PresenceKey | None = None) -> bool:
+        """Record what a device's MQTT status said, unless a newer status already did; True when applied."""
+        if state not in STATUSES:
+            raise InvalidInputError(f"presence: {state!r} is not one of {', '.join(STATUSES)}")
+        with self.db.transaction() as db:
+            row = db.execute("SELECT presence_key FROM devices WHERE device_id=?", [device_id]).fetchone()
+            if row is None:
+                return False
+            stored = tuple(json.loads(row[0])) if row[0] else None
+            if not newer_presence(key, stored):  # type: ignore[arg-type]
+                return False
+            db.execute("UPDATE devices SET presence=?, presence_key=? WHERE device_id=?",
+                       [state, json.dumps(list(key)) if key is not None else None, device_id])
+        return True
+
     def exists(self, device_id: str) -> bool:
         return bool(self.db.query("SELECT 1 AS x FROM devices WHERE device_id=?", [device_id]))
 
@@ -168,8 +199,8 @@ class DeviceRegistry:
             if filt.status not in STATUSES:
                 raise InvalidInputError(f"status: {filt.status!r} is not one of {', '.join(STATUSES)}")
             op = ">=" if filt.status == "online" else "<"
-            clauses.append(f"last_seen {op} ?")
-            params.append(now - self.offline_after_s)
+            clauses.append(f"(presence = ? OR (presence IS NULL AND last_seen {op} ?))")
+            params.extend([filt.status, now - self.offline_after_s])
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         total = self.db.query(f"SELECT COUNT(*) AS n FROM devices {where}", params)[0]["n"]
         rows = self.db.query(f"SELECT * FROM devices {where} ORDER BY device_id LIMIT ? OFFSET ?", params + [limit, offset])
@@ -177,8 +208,8 @@ class DeviceRegistry:
 
     def counts(self) -> dict[str, int]:
         now = self.clock()
-        rows = self.db.query("SELECT last_seen FROM devices")
-        online = sum(1 for r in rows if device_status(r["last_seen"], now, self.offline_after_s) == "online")
+        rows = self.db.query("SELECT last_seen, presence FROM devices")
+        online = sum(1 for r in rows if device_status(r["last_seen"], now, self.offline_after_s, r["presence"]) == "online")
         return {"total": len(rows), "online": online, "offline": len(rows) - online}
 
     def _record(self, row: dict[str, Any], now: float) -> DeviceRecord:
@@ -186,5 +217,5 @@ class DeviceRegistry:
             device_id=row["device_id"], profile=row["profile"], agent_version=row["agent_version"],
             tags=json.loads(row["tags"]), model_name=row["model_name"], model_version=row["model_version"],
             registered_at=row["registered_at"], last_seen=row["last_seen"],
-            status=device_status(row["last_seen"], now, self.offline_after_s),
+            status=device_status(row["last_seen"], now, self.offline_after_s, row.get("presence")),
         )

@@ -1,7 +1,10 @@
 """Device presence: agents appear in the device registry from what they send over MQTT.
 
 An agent's retained `/status` ("online", with model, version, profile) registers it or
-updates what it runs; every telemetry window it sends counts as a heartbeat. Heartbeats
+updates what it runs, and marks it online while connected; its last will (or a clean
+stop) marks it offline. Statuses are ordered by the agent's (boot, connection) and never
+by wall time, so a will delivered late cannot override a newer online (and a stale will of
+an earlier boot is ignored). Every telemetry window it sends counts as a heartbeat. Heartbeats
 are batched (one UPDATE per flush, not one per window), so 20,000 devices at one window
 per 10 s cost a few statements a second. `plan_status` is the pure rule; `DevicePresence`
 is the MQTT shell, started as a hub service.
@@ -18,7 +21,7 @@ from typing import Any, Iterable
 
 import paho.mqtt.client as mqtt
 
-from tandem.cloud_hub.devices import DeviceRegistry
+from tandem.cloud_hub.devices import DeviceRegistry, PresenceKey
 from tandem.cloud_hub.errors import HubError
 from tandem.protocols.telemetry_codec import STATUS_ONLINE, TelemetryDecodeError, decode_status
 from tandem.protocols.tls import configure_mqtt_client
@@ -33,7 +36,7 @@ UNKNOWN_AGENT_VERSION = "unknown"
 class StatusAction:
     """What one status message asks of the registry."""
 
-    kind: str                     # "register" | "heartbeat" | "ignore"
+    kind: str                     # "register" | "heartbeat" | "offline" | "ignore"
     device_id: str
     profile: str | None = None
     agent_version: str | None = None
@@ -41,23 +44,36 @@ class StatusAction:
     model_name: str | None = None
     model_version: str | None = None
     reason: str = ""
+    key: PresenceKey | None = None  # the status's order (boot, connection, offline)
+
+
+def presence_key(status: dict[str, Any]) -> PresenceKey | None:
+    """(boot, connection, 1 if offline) from an agent's status; None when it carries no order (older agents)."""
+    boot, conn = status.get("boot"), status.get("conn")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (boot, conn)):
+        return None
+    return (boot, conn, 0 if status.get("state") == STATUS_ONLINE else 1)
 
 
 def plan_status(device_id: str, status: dict[str, Any], registered: bool) -> StatusAction:
-    """Decide what an online/offline status does; offline is left to last-seen ageing."""
+    """Decide what an online/offline status (or last will) does to the registry."""
+    key = presence_key(status)
     if status.get("state") != STATUS_ONLINE:
-        return StatusAction("ignore", device_id, reason="offline: status follows from last seen")
+        if not registered:
+            return StatusAction("ignore", device_id, reason="offline status of an unregistered device")
+        return StatusAction("offline", device_id, key=key)
     model = status.get("model") if isinstance(status.get("model"), str) else None
     version = status.get("version") if isinstance(status.get("version"), str) else None
     agent_version = status.get("agent_version") if isinstance(status.get("agent_version"), str) else None
     if registered:  # keep what an operator or the agent's own REST registration set (tags, profile)
-        return StatusAction("heartbeat", device_id, agent_version=agent_version, model_name=model, model_version=version)
+        return StatusAction("heartbeat", device_id, agent_version=agent_version, model_name=model, model_version=version,
+                            key=key)
     profile = status.get("profile")
     if not isinstance(profile, str) or not profile:
         return StatusAction("ignore", device_id, reason="unregistered device without a profile in its status")
     tags = status.get("tags") if isinstance(status.get("tags"), dict) else None
     return StatusAction("register", device_id, profile=profile, agent_version=agent_version or UNKNOWN_AGENT_VERSION,
-                        tags=tags, model_name=model, model_version=version)
+                        tags=tags, model_name=model, model_version=version, key=key)
 
 
 def apply_status(devices: DeviceRegistry, action: StatusAction) -> None:
@@ -67,8 +83,14 @@ def apply_status(devices: DeviceRegistry, action: StatusAction) -> None:
             devices.register(action.device_id, action.profile or "", action.agent_version or UNKNOWN_AGENT_VERSION,
                              action.tags, model_name=action.model_name, model_version=action.model_version)
         elif action.kind == "heartbeat":
+            if not devices.set_presence(action.device_id, "online", action.key):
+                return  # an older online than what the registry holds (e.g. replayed after the will)
             devices.heartbeat(action.device_id, model_name=action.model_name, model_version=action.model_version,
                               agent_version=action.agent_version)
+        elif action.kind == "offline":
+            devices.set_presence(action.device_id, "offline", action.key)
+        if action.kind == "register":
+            devices.set_presence(action.device_id, "online", action.key)
     except HubError as exc:
         log.warning("device status not applied device=%s reason=%s", action.device_id, exc)
 

@@ -42,8 +42,9 @@ def test_plan_keeps_registered_devices_tags_and_only_heartbeats():
     assert action.kind == "heartbeat" and action.model_version == "2.0.0" and action.tags is None
 
 
-def test_plan_ignores_offline_and_profileless_strangers():
-    assert plan_status("cam-1", {"state": STATUS_OFFLINE}, True).kind == "ignore"
+def test_plan_marks_offline_and_ignores_profileless_strangers():
+    assert plan_status("cam-1", {"state": STATUS_OFFLINE}, True).kind == "offline"
+    assert plan_status("cam-1", {"state": STATUS_OFFLINE}, False).kind == "ignore"
     assert "profile" in plan_status("cam-1", {"state": STATUS_ONLINE}, False).reason
 
 

@@ -81,6 +81,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             revoked_at REAL,
             last_used_at REAL)""",
     )),
+    # Presence from MQTT: the newest retained status or last will ('online'/'offline', NULL: never said) and its
+    # order key (boot, connection, offline), so a late will never overrides a newer online (cloud_hub/presence.py).
+    Migration(2, "device presence from MQTT status and last will", (
+        "ALTER TABLE devices ADD COLUMN presence TEXT",
+        "ALTER TABLE devices ADD COLUMN presence_key TEXT",
+    )),
 )
 
 

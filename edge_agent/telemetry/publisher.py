@@ -4,7 +4,8 @@ A message leaves the outbox only when the broker's PUBACK for it arrives; the ou
 hands out the most important class first, each row to the topic of its kind. paho's
 callbacks only enqueue; the sender thread owns the mid -> sequence map and the
 outbox deletes, so no lock is held across paho's own mutexes and no fsync runs on
-paho's network thread. /status is retained "online"; the last will says "offline".
+paho's network thread. /status is retained "online"; the last will says "offline"; both carry (boot, conn) so the
+hub orders them without trusting clocks.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class TelemetryPublisher:
         self._topics: dict[str, str] = {}       # kind -> this device's topic
         self._status_topic = status_topic(device_id)
         self._status_info = dict(status_info or {})
+        # The order of this agent's statuses, which the hub follows instead of wall time: boot (start time, ms)
+        # and connection number; the will of connection n is set before it connects, the next one's after it drops.
+        self._boot = int(time.time() * 1000)
+        self._conn = 1
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -74,13 +79,16 @@ class TelemetryPublisher:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
-        client.will_set(self._status_topic, encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
+        client.will_set(self._status_topic, self._status(STATUS_OFFLINE),
                         qos=1, retain=True, properties=publish_properties(STATUS, will=True))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message  # the hub's resend requests (telemetry/resend)
         return client
+
+    def _status(self, state: str) -> bytes:
+        return encode_status(state, self.device_id, boot=self._boot, conn=self._conn, **self._status_info)
 
     @property
     def connected(self) -> bool:
@@ -103,11 +111,11 @@ class TelemetryPublisher:
         """Change what /status says (e.g. the model version after an OTA switch) and, when connected,
         republish the retained "online" status now; the last will follows from the next connect."""
         self._status_info.update(info)
-        self._client.will_set(self._status_topic, encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
+        self._client.will_set(self._status_topic, self._status(STATUS_OFFLINE),
                               qos=1, retain=True, properties=publish_properties(STATUS, will=True))
         if self._connected.is_set():
             self._client.publish(self._status_topic,
-                                 encode_status(STATUS_ONLINE, self.device_id, **self._status_info), qos=1, retain=True, properties=publish_properties(STATUS))
+                                 self._status(STATUS_ONLINE), qos=1, retain=True, properties=publish_properties(STATUS))
 
     def wait_drained(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (every window acknowledged) or the timeout passes."""
@@ -123,7 +131,7 @@ class TelemetryPublisher:
         """Say offline (retained), disconnect, stop threads; unsent windows stay in the outbox."""
         if self._connected.is_set():
             info = self._client.publish(self._status_topic,
-                                        encode_status(STATUS_OFFLINE, self.device_id, **self._status_info),
+                                        self._status(STATUS_OFFLINE),
                                         qos=1, retain=True, properties=publish_properties(STATUS))
             try:
                 info.wait_for_publish(timeout_s)
@@ -143,7 +151,7 @@ class TelemetryPublisher:
             log.warning("telemetry connect refused device=%s reason=%s", self.device_id, reason_code)
             return
         self.connects += 1
-        client.publish(self._status_topic, encode_status(STATUS_ONLINE, self.device_id, **self._status_info),
+        client.publish(self._status_topic, self._status(STATUS_ONLINE),
                        qos=1, retain=True, properties=publish_properties(STATUS))
         client.subscribe(telemetry_resend_topic(self.device_id), qos=1)  # kept by the persistent session too
         self._connected.set()
@@ -154,6 +162,9 @@ class TelemetryPublisher:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         self._connected.clear()
+        self._conn += 1  # the next connection's will must be newer than this connection's online
+        client.will_set(self._status_topic, self._status(STATUS_OFFLINE), qos=1, retain=True,
+                        properties=publish_properties(STATUS, will=True))
         if not self._stop.is_set():
             log.info("telemetry disconnected device=%s reason=%s; reconnecting", self.device_id, reason_code)
 
