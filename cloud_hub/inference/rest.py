@@ -138,7 +138,7 @@ class InferTensorOut(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    data: list[Any] | None = Field(None, description="flattened row-major values (JSON form)")
+    data: list[float | int | bool | str] | None = Field(None, description="flattened row-major values (JSON form)")
     parameters: dict[str, int] | None = Field(None, description="binary_data_size when the tensor follows the JSON")
 
 
@@ -153,7 +153,7 @@ class InferResponseOut(BaseModel):
 _V2_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": V2Error, "description": "malformed request; the message names the tensor"},
     404: {"model": V2Error, "description": "no such model or version"},
-    **{code: spec for code, spec in AUTH_RESPONSES.items() if code in (401, 403)},
+    **{code: spec for code, spec in AUTH_RESPONSES.items() if code in (401, 403, 422)},
 }
 _READ = [Depends(require("read"))]
 _INFER_BODY = {
