@@ -2,13 +2,17 @@
 
 An .npz holds one array per model input, named like the input; a single-input model
 may use the key `x` instead. Optional `y` holds integer labels (validation only).
+Samples lie along each input's batch axis: the first dynamic axis of the model's input
+(a streaming state `[2, N, 128]` is batched on axis 1), axis 0 when every axis is fixed,
+none for a 0-d scalar input (one value, fed with every batch).
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -19,25 +23,63 @@ LABEL_KEY = "y"
 SINGLE_INPUT_KEY = "x"
 
 
+Axes = Mapping[str, "int | None"]
+
+
+def batch_axis(shape: Sequence[int]) -> int | None:
+    """The axis samples lie along: the first dynamic one, 0 when all are fixed, None for a scalar."""
+    if not len(shape):
+        return None
+    return next((i for i, d in enumerate(shape) if d is None or d < 0), 0)
+
+
+def take(arr: np.ndarray, axis: int | None, start: int, stop: int | None) -> np.ndarray:
+    """Samples [start:stop] along `axis`; an unbatched (scalar) input is the same for every slice."""
+    if axis is None:
+        return arr
+    index = [slice(None)] * arr.ndim
+    index[axis] = slice(start, stop)
+    return arr[tuple(index)]
+
+
+def sample_count(data: Mapping[str, np.ndarray], axes: Axes | None = None) -> int:
+    """Samples along the batch axis of the first batched input (1 when every input is a scalar)."""
+    axes = axes or {}
+    for name, arr in data.items():
+        axis = axes.get(name, 0)
+        if axis is not None and np.ndim(arr):
+            return int(np.shape(arr)[axis])
+    return 1
+
+
 @dataclass
 class Dataset:
-    """Input arrays by model input name, plus optional labels; axis 0 is the sample."""
+    """Input arrays by model input name, plus optional labels; samples lie along `axes[name]`
+    (0 when not listed; None for a scalar input, the same for every sample)."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    axes: dict[str, int | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return sample_count(self.inputs, self.axes)
+
+    def _slice(self, start: int, stop: int | None) -> "Dataset":
+        return Dataset({k: take(v, self.axes.get(k, 0), start, stop) for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[start:stop], self.source, dict(self.axes))
 
     def head(self, n: int) -> "Dataset":
-        return Dataset({k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n], self.source)
+        return self._slice(0, n)
 
     def split(self, n: int) -> tuple["Dataset", "Dataset"]:
         """The first n samples and the rest."""
-        first = Dataset({k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n], self.source)
-        rest = Dataset({k: v[n:] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[n:], self.source)
-        return first, rest
+        return self._slice(0, n), self._slice(n, None)
+
+    def samples_first(self) -> dict[str, np.ndarray]:
+        """Batched inputs with their samples on axis 0 (for per-sample summaries); scalars left out."""
+        return {k: np.moveaxis(v, self.axes.get(k, 0), 0) for k, v in self.inputs.items()
+                if self.axes.get(k, 0) is not None}
 
 
 def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Dataset:
@@ -61,9 +103,11 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
             f"(found keys: {', '.join(sorted(arrays)) or 'none'}; a single-input model may use 'x')"
         )
     checked: dict[str, np.ndarray] = {}
+    axes: dict[str, int | None] = {}
     count = None
     for spec in inputs:
         arr = arrays[spec.name]
+        axis = axes[spec.name] = batch_axis(spec.shape)
         where = f"{role} data {path}: input {spec.name!r}"
         expected = np.dtype(spec.dtype)
         if arr.dtype != expected:
@@ -73,20 +117,24 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
                 raise CalibrationDataError(f"{where}: dtype {arr.dtype} does not match the model's {expected}")
         if arr.ndim != len(spec.shape):
             raise CalibrationDataError(f"{where}: shape {arr.shape} has rank {arr.ndim}, the model expects rank {len(spec.shape)} {tuple(spec.shape)}")
-        for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
-            if axis > 0 and want > 0 and got != want:
-                raise CalibrationDataError(f"{where}: shape {arr.shape} differs from the model's {tuple(spec.shape)} on axis {axis}")
+        for i, (got, want) in enumerate(zip(arr.shape, spec.shape)):
+            if i != axis and want > 0 and got != want:
+                raise CalibrationDataError(f"{where}: shape {arr.shape} differs from the model's {tuple(spec.shape)} on axis {i}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise CalibrationDataError(f"{where}: contains NaN or infinite values")
+        checked[spec.name] = np.asarray(arr, order="C")  # not ascontiguousarray: it turns a 0-d scalar into [1]
+        if axis is None:
+            continue  # a scalar: one value for every sample
         if count is None:
-            count = arr.shape[0]
-        elif arr.shape[0] != count:
-            raise CalibrationDataError(f"{where}: {arr.shape[0]} samples, other inputs have {count}")
-        checked[spec.name] = np.ascontiguousarray(arr)
+            count = arr.shape[axis]
+        elif arr.shape[axis] != count:
+            raise CalibrationDataError(f"{where}: {arr.shape[axis]} samples along axis {axis}, other inputs have {count}")
+    if count is None:
+        count = 1  # every input is a scalar: one sample
     if not count:
         raise CalibrationDataError(f"{role} data {path}: holds no samples")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.shape[0] != count or labels.dtype.kind not in "iu":
             raise CalibrationDataError(f"{role} data {path}: 'y' must be {count} integer labels, got shape {labels.shape} dtype {labels.dtype}")
-    return Dataset(checked, labels, str(path))
+    return Dataset(checked, labels, str(path), axes)

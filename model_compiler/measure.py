@@ -38,9 +38,9 @@ def measure_latency(session: RuntimeSession, feeds: Mapping[str, np.ndarray], *,
 
 
 def measure_throughput(session: RuntimeSession, feeds: Mapping[str, np.ndarray], *, warmup: int = 3,
-                       runs: int = 20, max_seconds: float = 3.0) -> float:
-    """Samples per second running the batched `feeds` back to back (batch = axis 0)."""
-    batch = len(next(iter(feeds.values())))
+                       runs: int = 20, max_seconds: float = 3.0, batch: int | None = None) -> float:
+    """Samples per second running the batched `feeds` back to back (batch = `batch` or axis 0 of the first input)."""
+    batch = batch or len(next(iter(feeds.values())))
     for _ in range(warmup):
         session.run(feeds)
     done = 0
@@ -53,10 +53,18 @@ def measure_throughput(session: RuntimeSession, feeds: Mapping[str, np.ndarray],
     return batch * done / elapsed if elapsed > 0 else float("inf")
 
 
-def batch_of(data: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """The first `size` samples of every input, repeated when the data has fewer."""
+def batch_of(data: Mapping[str, np.ndarray], size: int,
+             axes: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+    """The first `size` samples of every input along its batch axis (`axes`, default 0), repeated
+    when the data has fewer; a scalar input (axis None) is passed as it is."""
+    axes = axes or {}
     out = {}
     for name, arr in data.items():
-        reps = int(np.ceil(size / len(arr)))
-        out[name] = np.ascontiguousarray(np.concatenate([arr] * reps)[:size]) if reps > 1 else np.ascontiguousarray(arr[:size])
+        axis = axes.get(name, 0)
+        if axis is None or not np.ndim(arr):
+            out[name] = np.asarray(arr, order="C")
+            continue
+        reps = int(np.ceil(size / arr.shape[axis]))
+        tiled = np.concatenate([arr] * reps, axis=axis) if reps > 1 else arr
+        out[name] = np.ascontiguousarray(np.take(tiled, np.arange(size), axis=axis))
     return out

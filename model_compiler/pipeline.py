@@ -22,7 +22,7 @@ from tandem.model_compiler import model_io
 from tandem.model_compiler.confidence import (
     DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_variant, split_fit_eval,
 )
-from tandem.model_compiler.data import Dataset, load_dataset
+from tandem.model_compiler.data import Dataset, batch_axis, load_dataset, take
 from tandem.model_compiler.drift_reference import build_drift_reference
 from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.report import write_reports
@@ -228,7 +228,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
 
     say("running the FP32 reference")
     ref_session = load_session("onnxruntime", prepared_path, graph_optimization=False)
-    reference = run_dataset(ref_session, val.inputs)
+    reference = run_dataset(ref_session, val.inputs, val.axes)
     ref_session.close()
     task = _resolve_task(opts, prepared, outputs, reference, val)
     say(f"task: {task.kind} on output {outputs[task.output_index].name!r} ({task.reason})")
@@ -364,7 +364,7 @@ def _cloud_predictions(opts: CompileOptions, val: Dataset) -> np.ndarray:
         if names != set(val.inputs):
             raise CompileError(f"--cloud-model {opts.cloud_model}: its inputs ({', '.join(sorted(names))}) are not the "
                                f"edge model's ({', '.join(sorted(val.inputs))}); hybrid accuracy needs the same inputs")
-        out = run_dataset(session, val.inputs)[0]
+        out = run_dataset(session, val.inputs, val.axes)[0]
     finally:
         session.close()
     if out.ndim != 2 or out.shape[0] != len(val):
@@ -428,8 +428,11 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
     golden = None
     if ok:
         count = min(opts.golden_count, len(val))
-        golden_inputs = {k: v[:count] for k, v in val.inputs.items()}
-        write_golden(out / GOLDEN_FILENAME, golden_inputs, {o.recipe.id: [x[:count] for x in o.outputs or []] for o in ok})
+        golden_inputs = val.head(count).inputs
+        out_axes = [batch_axis(spec.shape) for spec in outputs]
+        write_golden(out / GOLDEN_FILENAME, golden_inputs,
+                     {o.recipe.id: [take(x, out_axes[i] if i < len(out_axes) else 0, 0, count) if x.ndim else x
+                                    for i, x in enumerate(o.outputs or [])] for o in ok})
         golden = Golden(file=_file_entries([out / GOLDEN_FILENAME], out)[0], count=count,
                         atol=0.05, min_top1_agreement=0.9)
 
@@ -438,7 +441,7 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
     single_label = task.kind == "classification" and task.spec.scores != "multi_label"
     pred = class_labels(task.spec, ref_out) if single_label else None
     classes = (2 if task.spec.scores == "sigmoid" else ref_out.reshape(len(ref_out), -1).shape[1]) if single_label else None
-    drift = build_drift_reference(val.inputs, conf, pred, classes)
+    drift = build_drift_reference(val.samples_first(), conf, pred, classes)
 
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     manifest = Manifest(

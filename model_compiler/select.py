@@ -64,11 +64,11 @@ def choose_for_profile(profile: Profile, candidates: list[Candidate], *, max_acc
         return float(c.metrics.get("latency_p50_ms", float("inf")))
 
     if profile.device_class == "cpu":
-        ranked = sorted(eligible, key=lambda c: (latency(c), float(c.metrics.get("file_bytes", 0)), c.id))
+        ranked = sorted(eligible, key=lambda c: (latency(c), c.id))
         best = ranked[0]
         if latency(best) == float("inf"):  # --no-timing: never report "inf ms"
-            reason = f"smallest file ({_size_mib(best)}) with no host timing (--no-timing), within " \
-                     f"{_budget_words(best, max_accuracy_drop)}"
+            reason = f"no host timing (--no-timing), so the first eligible variant by name ({_size_mib(best)}), " \
+                     f"within {_budget_words(best, max_accuracy_drop)}"
         else:
             reason = f"fastest on this host ({latency(best):.3f} ms p50) within {_budget_words(best, max_accuracy_drop)}"
     else:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
-from tandem.model_compiler.data import Dataset
+from tandem.model_compiler.data import Axes, Dataset, batch_axis, sample_count, take
 from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.tasks import TaskError, TaskSpec, budgets_for, gate, infer_task, task_confidence, task_metrics
 from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput
@@ -83,17 +83,36 @@ def confidences(task: Task, output: np.ndarray) -> np.ndarray | None:
     return task_confidence(task.spec, output).confidence
 
 
-def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run all samples, in chunks the variant accepts (batch 1 for a fixed-batch model)."""
-    first_dim = session.inputs[0].shape[0] if session.inputs and session.inputs[0].shape else -1
-    chunk = first_dim if first_dim and first_dim > 0 else VALIDATION_CHUNK
-    n = len(next(iter(data.values())))
+def fixed_batch(session: RuntimeSession, axes: Axes | None = None) -> int | None:
+    """The batch size the variant insists on along an input's batch axis, if any."""
+    axes = axes or {}
+    for spec in session.inputs:
+        axis = axes.get(spec.name, 0)
+        if axis is not None and len(spec.shape) > axis and spec.shape[axis] > 0:
+            return int(spec.shape[axis])
+    return None
+
+
+def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray], axes: Axes | None = None) -> list[np.ndarray]:
+    """Run all samples, in chunks the variant accepts (its fixed batch, e.g. 1), sliced along each
+    input's batch axis (scalars fed whole); outputs joined along their own batch axis."""
+    axes = axes or {}
+    chunk = fixed_batch(session, axes) or VALIDATION_CHUNK
+    n = sample_count(data, axes)
     parts: list[list[np.ndarray]] = []
     for start in range(0, n, chunk):
-        feeds = {name: np.ascontiguousarray(arr[start:start + chunk]) for name, arr in data.items()}
+        feeds = {name: np.asarray(take(arr, axes.get(name, 0), start, start + chunk), order="C")
+                 for name, arr in data.items()}
         outs = session.run(feeds)
         parts.append([np.asarray(o) for o in outs])
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    if len(parts) == 1:
+        return parts[0]
+    out_axes = [batch_axis(spec.shape) for spec in session.outputs]
+    joined = []
+    for i in range(len(parts[0])):
+        axis = out_axes[i] if i < len(out_axes) else 0
+        joined.append(np.concatenate([p[i] for p in parts], axis=axis or 0) if parts[0][i].ndim else parts[0][i])
+    return joined
 
 
 def compare_outputs(task: Task, reference: list[np.ndarray], outputs: list[np.ndarray],
@@ -154,6 +173,22 @@ def frozen_input_shapes(session: RuntimeSession, val: Dataset) -> dict[str, list
     return frozen
 
 
+def _timing(session: RuntimeSession, val: Dataset, seconds: float) -> dict[str, Any]:
+    """Latency at batch 1 and throughput at batch 8, by the model's batch rules: a fixed batch is
+    timed at that batch only; a runtime error while timing is reported, never fatal."""
+    fixed = fixed_batch(session, val.axes)
+    figures: dict[str, Any] = {}
+    try:
+        lat = measure_latency(session, batch_of(val.inputs, fixed or 1, val.axes), max_seconds=seconds)
+        figures.update(latency_p50_ms=lat.p50_ms, latency_p95_ms=lat.p95_ms)
+        if fixed is None:
+            figures["throughput_b8"] = measure_throughput(session, batch_of(val.inputs, 8, val.axes),
+                                                          max_seconds=seconds, batch=8)
+    except Exception as exc:  # a runtime's own error types vary; the figure is optional, the variant is fine
+        figures["timing_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+    return figures
+
+
 def file_bytes(files: list[Path]) -> int:
     return sum(f.stat().st_size for f in files)
 
@@ -186,7 +221,7 @@ def validate_variant(runtime: str, files: list[Path], session_options: dict[str,
         raise VariantSkipped(f"does not load: {exc}") from exc
     load_ms = (time.perf_counter() - started) * 1000.0
     try:
-        outputs = run_dataset(session, val.inputs)
+        outputs = run_dataset(session, val.inputs, val.axes)
     except Exception as exc:  # a runtime's own error types vary; the message is what matters
         raise VariantSkipped(f"fails on validation data: {type(exc).__name__}: {exc}") from exc
     metrics = compare_outputs(task, reference, outputs, val.labels, dense_threshold)
@@ -195,8 +230,6 @@ def validate_variant(runtime: str, files: list[Path], session_options: dict[str,
     if frozen:
         metrics["input_shapes"] = frozen
     if timing:
-        lat = measure_latency(session, batch_of(val.inputs, 1), max_seconds=timing_seconds)
-        metrics.update(latency_p50_ms=lat.p50_ms, latency_p95_ms=lat.p95_ms)
-        metrics["throughput_b8"] = measure_throughput(session, batch_of(val.inputs, 8), max_seconds=timing_seconds)
+        metrics.update(_timing(session, val, timing_seconds))
     session.close()
     return metrics, outputs

@@ -193,3 +193,22 @@ def test_litert_variant_advertises_the_shape_it_was_built_for(tmp_path):
         assert any("takes only x [-1, 4, 20]" in n for n in v.options.get("notes", []))
     onnx_variants = [v for v in manifest.variants if v.runtime == "onnxruntime"]
     assert onnx_variants and all(v.inputs[0].shape == [-1, 4, -1] for v in onnx_variants)
+
+
+def test_stateful_model_with_state_on_axis_1_and_a_scalar_input_compiles(tmp_path, task_models):
+    """Calibration, validation and timing slice each input along its own batch axis; the 0-d
+    sample rate goes whole with every batch; LiteRT refuses with the reason."""
+    m = task_models
+    opts = CompileOptions(model=m / "stream.onnx", profiles=["ort-tasks", "npu-litert"], calib=m / "stream_calib.npz",
+                          val=m / "stream_val.npz", out=tmp_path / "out", signing_key=tmp_path / "key.pem",
+                          profile_dirs=[m / "profiles"], timing_seconds=0.1)
+    result = compile_model(opts)
+    assert result.manifest.task["kind"] == "classification" and result.manifest.task["scores"] == "sigmoid"
+    built = [o for o in result.outcomes if o.built and not o.skipped]
+    assert {o.recipe.precision for o in built} >= {"fp32", "int8"}
+    for o in built:
+        assert o.outputs[0].shape == (96, 1) and o.outputs[1].shape == (2, 96, 128), o.recipe.id
+        assert "latency_p50_ms" in o.metrics and "timing_error" not in o.metrics, o.metrics
+    litert = [o for o in result.outcomes if o.recipe.runtime == "litert"]
+    assert litert and all(o.skipped and "'state' is batched on axis 1" in o.skipped for o in litert)
+    assert result.manifest.profiles["ort-tasks"].chosen is not None

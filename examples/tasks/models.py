@@ -6,6 +6,8 @@
 - yolo: a detector of bright squares on 32x32 images whose head has YOLOv8's layout,
   [N, 4 + C, anchors] (cx, cy, w, h in pixels, then per-class sigmoid scores), one anchor
   per 4x4 cell; decoding it needs NMS, like the real thing.
+- stream: a stateful streaming model shaped like Silero VAD (state batched on axis 1, a 0-d
+  sample-rate input), for the compiler's per-input batch axes and scalar inputs.
 - tokens: an int32-token text classifier (Gather embedding, mean, MatMul, Softmax): INT8
   quantizes its weights and the float activations downstream of the integer input.
 
@@ -144,6 +146,54 @@ def token_classifier(path: Path, seed: int = 0) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
+def stream_data(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Inputs of the streaming model: audio [n, 512], state [2, n, 128] (batched on axis 1), sr a 0-d scalar."""
+    rng = np.random.default_rng(seed)
+    return {"audio": rng.normal(scale=0.3, size=(n, 512)).astype(np.float32),
+            "state": rng.normal(scale=0.5, size=(2, n, 128)).astype(np.float32),
+            "sr": np.array(16000, dtype=np.int64)}
+
+
+def stream_model(path: Path, seed: int = 0) -> Path:
+    """A stateful streaming detector shaped like Silero VAD: audio [N, 512], state [2, N, 128]
+    batched on axis 1, a 0-d sample-rate scalar; outputs a speech probability [N, 1] and the
+    next state [2, N, 128]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    arrays = {"Wa": rng.normal(scale=0.05, size=(512, 128)), "Wh": rng.normal(scale=0.05, size=(128, 128)),
+              "Wo": rng.normal(scale=0.3, size=(128, 1)), "half": np.array(0.5), "sr_scale": np.array(1e-5)}
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
+    inits += [numpy_helper.from_array(np.array(0, np.int64), "i0"), numpy_helper.from_array(np.array(1, np.int64), "i1"),
+              numpy_helper.from_array(np.array([0], np.int64), "ax0")]
+    nodes = [
+        helper.make_node("MatMul", ["audio", "Wa"], ["a"]),
+        helper.make_node("Gather", ["state", "i0"], ["h"], axis=0),
+        helper.make_node("Gather", ["state", "i1"], ["c"], axis=0),
+        helper.make_node("MatMul", ["h", "Wh"], ["hh"]),
+        helper.make_node("Add", ["a", "hh"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["h2"]),
+        helper.make_node("Add", ["c", "h2"], ["c_sum"]),
+        helper.make_node("Mul", ["c_sum", "half"], ["c2"]),
+        helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sr_f", "sr_scale"], ["bias"]),
+        helper.make_node("MatMul", ["h2", "Wo"], ["logit0"]),
+        helper.make_node("Add", ["logit0", "bias"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["prob"]),
+        helper.make_node("Unsqueeze", ["h2", "ax0"], ["h2u"]),
+        helper.make_node("Unsqueeze", ["c2", "ax0"], ["c2u"]),
+        helper.make_node("Concat", ["h2u", "c2u"], ["stateN"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "stream",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["n", 512]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 128]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "n", 128])], initializer=inits)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def write_all(out: Path) -> dict[str, Path]:
     """Both models and their calibration and validation data under `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +207,11 @@ def write_all(out: Path) -> dict[str, Path]:
     token_classifier(out / "tokens.onnx")
     np.savez(out / "tokens_calib.npz", x=token_data(64, 3))
     np.savez(out / "tokens_val.npz", x=token_data(128, 4))
-    return {"sigmoid": out / "sigmoid.onnx", "yolo": out / "yolo.onnx", "tokens": out / "tokens.onnx"}
+    stream_model(out / "stream.onnx")
+    np.savez(out / "stream_calib.npz", **stream_data(64, 5))
+    np.savez(out / "stream_val.npz", **stream_data(96, 6))
+    return {"sigmoid": out / "sigmoid.onnx", "yolo": out / "yolo.onnx", "tokens": out / "tokens.onnx",
+            "stream": out / "stream.onnx"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from tandem.model_compiler.data import batch_axis, sample_count, take
 from tandem.model_compiler.errors import VariantSkipped
 
 MAX_CALIB_BATCH = 8
@@ -57,14 +58,17 @@ def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[
         if arr.dtype.kind not in "fiub" or (want == "f") != (arr.dtype.kind == "f"):
             needs = "float samples for a float input" if want == "f" else "samples of the input's integer type"
             raise VariantSkipped(f"calibration input {name!r} is {arr.dtype}; INT8 calibration needs {needs}")
-        if arr.ndim != len(dims) or any(d > 0 and d != a for d, a in zip(dims[1:], arr.shape[1:])):
+        axis = batch_axis(dims)
+        if arr.ndim != len(dims) or any(i != axis and d > 0 and d != a for i, (d, a) in enumerate(zip(dims, arr.shape))):
             raise VariantSkipped(f"calibration input {name!r} has shape {list(arr.shape)}; the model expects {dims} "
-                                 "(axis 0 = samples, -1 = any)")
-        if len(arr) == 0:
+                                 f"(samples on axis {axis}, -1 = any)")
+        if axis is None:
+            continue  # a scalar input: one value fed with every batch
+        if arr.shape[axis] == 0:
             raise VariantSkipped(f"calibration input {name!r} has no samples")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise VariantSkipped(f"calibration input {name!r} contains NaN or infinite values")
-        counts.add(len(arr))
+        counts.add(arr.shape[axis])
     if len(counts) > 1:
         raise VariantSkipped(f"calibration inputs have different sample counts {sorted(counts)}")
     return shapes
@@ -74,15 +78,17 @@ def iter_batches(calib: Mapping[str, np.ndarray], shapes: Mapping[str, list[int]
                  max_batch: int = MAX_CALIB_BATCH) -> Iterator[dict[str, np.ndarray]]:
     """Calibration feeds in batches: the model's fixed batch size if it has one (samples
     repeated when there are fewer), else chunks of up to max_batch."""
-    fixed = sorted({dims[0] for dims in shapes.values() if dims and dims[0] > 0})
-    n = len(np.asarray(calib[next(iter(shapes))]))
+    axes = {name: batch_axis(dims) for name, dims in shapes.items()}
+    fixed = sorted({dims[axes[name]] for name, dims in shapes.items()
+                    if axes[name] is not None and dims[axes[name]] > 0})
+    n = sample_count({name: np.asarray(calib[name]) for name in shapes}, axes)
     if fixed:
         batch = fixed[0]
         reps = -(-batch // n)
-        data = {name: np.concatenate([np.asarray(calib[name])] * reps) if reps > 1 else np.asarray(calib[name])
-                for name in shapes}
-        stop = max(len(next(iter(data.values()))) - batch + 1, 1)
+        data = {name: np.concatenate([np.asarray(calib[name])] * reps, axis=axes[name])
+                if reps > 1 and axes[name] is not None else np.asarray(calib[name]) for name in shapes}
+        stop = max(sample_count(data, axes) - batch + 1, 1)
     else:
         batch, data, stop = max_batch, {name: np.asarray(calib[name]) for name in shapes}, n
     for start in range(0, stop, batch):
-        yield {name: np.ascontiguousarray(arr[start:start + batch]) for name, arr in data.items()}
+        yield {name: np.asarray(take(arr, axes[name], start, start + batch), order="C") for name, arr in data.items()}

@@ -20,6 +20,7 @@ from tandem.hardware_profiles import Profile
 from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
 from tandem.model_compiler.errors import CompileError, UnsupportedOpError, VariantSkipped
 from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
+from tandem.model_compiler.data import batch_axis
 from tandem.model_compiler.variants.calibration import check_calibration, model_input_shapes
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ class LiteRTBuilder:
         if recipe.precision not in ("fp32", "int8"):
             raise VariantSkipped(f"litert builder has no recipe for precision {recipe.precision!r}")
         model = onnx.load(str(ctx.model_path))
+        off_axis = {name: batch_axis(dims) for name, dims in model_input_shapes(model).items() if batch_axis(dims) != 0}
+        if off_axis:  # TFLite resizes and batches on axis 0 only
+            raise VariantSkipped("LiteRT variants batch every input on axis 0; " + ", ".join(
+                f"{name!r} is {'a scalar' if axis is None else f'batched on axis {axis}'}" for name, axis in off_axis.items()))
         shapes = static_shapes(model, ctx.calib)
         try:
             lowered = lower(model, shapes, for_int8=recipe.precision == "int8")
