@@ -9,6 +9,8 @@ instead of waiting; an open breaker fails before touching the network.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from tandem.protocols import inference_pb2_grpc as pb_grpc
 from tandem.protocols.limits import MAX_GRPC_MESSAGE_BYTES
 from tandem.protocols.tls import TlsConfigError, TlsFiles, grpc_channel_credentials, warn_plain_text
 from tandem.protocols.tensor_codec import TensorCodecError, decode_response_outputs, encode_request_inputs
+from tandem.protocols.tracing import TRACEPARENT, SpanContext, new_trace, parse_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class FallbackResult:
     variant: str | None = None
     hub_compute_ms: float | None = None
     attempts: int = 1
+    trace: SpanContext | None = None  # the fallback call's span; the hub's span is its child
 
 
 def unavailable(reason: str, message: str) -> FallbackUnavailable:
@@ -102,6 +106,11 @@ def parse_response(response: pb.ModelInferResponse, latency_ms: float, attempts:
         hub_compute_ms=float(compute) if isinstance(compute, (int, float)) and not isinstance(compute, bool) else None,
         attempts=attempts,
     )
+
+
+def _span_for(traceparent: str | None) -> SpanContext:
+    parent = parse_traceparent(traceparent)
+    return parent.child() if parent is not None else new_trace()
 
 
 def channel_options() -> list[tuple[str, object]]:
@@ -223,19 +232,25 @@ class FallbackClient(_FallbackCore):
 
     def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
               edge_label: int | None = None, edge_confidence: float | None = None,
-              deadline_ms: float | None = None, request_id: str = "") -> FallbackResult:
-        """The hub's answer for `inputs`, or FallbackUnavailable within the deadline (plus gRPC's own slack)."""
+              deadline_ms: float | None = None, request_id: str = "",
+              traceparent: str | None = None) -> FallbackResult:
+        """The hub's answer for `inputs`, or FallbackUnavailable within the deadline (plus gRPC's own slack).
+
+        The call is a span of the trace in `traceparent` (a new trace without one), sent to the hub as W3C
+        `traceparent` metadata."""
         start = time.perf_counter()
         budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
         edge = params.EdgeContext(device_id=device_id, model_version=model_version, edge_label=edge_label,
                                   edge_confidence=edge_confidence)
         request = self._prepare(model_name, inputs, edge, request_id)
+        span = _span_for(traceparent)
+        metadata = ((TRACEPARENT, span.traceparent),)
         attempts = 0
         while True:
             attempts += 1
             remaining = budget_s - (time.perf_counter() - start)
             try:
-                response = self._stub.ModelInfer(request, timeout=max(remaining, 0.001))
+                response = self._stub.ModelInfer(request, timeout=max(remaining, 0.001), metadata=metadata)
                 break
             except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
                 raise self._closed(exc) from exc
@@ -243,7 +258,7 @@ class FallbackClient(_FallbackCore):
                 if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
                     continue
                 raise self._failure(exc, model_name, budget_s) from None
-        return self._answer(response, (time.perf_counter() - start) * 1000.0, attempts)
+        return dataclasses.replace(self._answer(response, (time.perf_counter() - start) * 1000.0, attempts), trace=span)
 
     def ready(self, timeout_s: float = 1.0) -> bool:
         """Is the hub up and ready? (ServerReady; False on any error.)"""
@@ -281,7 +296,8 @@ class AsyncFallbackClient(_FallbackCore):
 
     async def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
                     edge_label: int | None = None, edge_confidence: float | None = None,
-                    deadline_ms: float | None = None, request_id: str = "") -> FallbackResult:
+                    deadline_ms: float | None = None, request_id: str = "",
+                    traceparent: str | None = None) -> FallbackResult:
         """Same contract as FallbackClient.infer."""
         start = time.perf_counter()
         budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
@@ -290,18 +306,20 @@ class AsyncFallbackClient(_FallbackCore):
         request = self._prepare(model_name, inputs, edge, request_id)
         if self._is_closed:
             raise self._closed(RuntimeError("closed"))
+        span = _span_for(traceparent)
+        metadata = ((TRACEPARENT, span.traceparent),)
         attempts = 0
         while True:
             attempts += 1
             remaining = budget_s - (time.perf_counter() - start)
             try:
-                response = await self._stub.ModelInfer(request, timeout=max(remaining, 0.001))
+                response = await self._stub.ModelInfer(request, timeout=max(remaining, 0.001), metadata=metadata)
                 break
             except grpc.aio.AioRpcError as exc:
                 if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
                     continue
                 raise self._failure(exc, model_name, budget_s) from None
-        return self._answer(response, (time.perf_counter() - start) * 1000.0, attempts)
+        return dataclasses.replace(self._answer(response, (time.perf_counter() - start) * 1000.0, attempts), trace=span)
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:

@@ -26,12 +26,14 @@ import numpy as np
 from tandem.cloud_hub.inference import describe
 from tandem.cloud_hub.inference.counters import InferenceCounters
 from tandem.cloud_hub.inference.model import BadInputError, CloudModel
+from tandem.cloud_hub.inference.tracing import SpanRecorder
 from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, QueueFullError
 from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2 as pb
 from tandem.protocols import inference_pb2_grpc as pb_grpc
 from tandem.protocols.tensor_codec import (DEFAULT_LIMITS, TensorCodecError, TensorLimits,
                                     decode_request_inputs, encode_response_outputs)
+from tandem.tasks import TaskError, TaskSpec, task_confidence
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._stats = InferenceStats()
         self._version = _version()
         self.counters = InferenceCounters()
+        self.spans = SpanRecorder()  # W3C trace context continued from the caller (cloud_hub/inference/tracing.py)
 
     # -- health and metadata ----------------------------------------------------------
 
@@ -160,15 +163,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference --------------------------------------------------------------------------
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        span, parent = self.spans.start(context.invocation_metadata())
+        start = time.perf_counter()
+        code = "OK"
         try:
             return self.answer(request, context.time_remaining(),
                                on_submit=lambda f: context.add_callback(f.cancel))
         except RpcFailure as failure:
+            code = failure.code.name
             log.debug("ModelInfer model=%s id=%s -> %s: %s", request.model_name, request.id,
                       failure.code.name, failure.message)
             if failure.retry_after_ms is not None:
                 context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(failure.retry_after_ms)),))
             context.abort(failure.code, failure.message)
+        finally:
+            self.spans.finish("inference.GRPCInferenceService/ModelInfer", span, parent, request.model_name, code,
+                              time.perf_counter() - start)
 
     def ModelStreamInfer(self, requests: Iterator[pb.ModelInferRequest],
                          context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
@@ -301,9 +311,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _count_edge(self, model: CloudModel, edge: params.EdgeContext, outputs: list[np.ndarray],
                     compute_ms: float) -> None:
         agree: bool | None = None
-        first = outputs[0] if outputs else None
-        if edge.edge_label is not None and first is not None and first.ndim == 2 and first.shape[0] == 1:
-            agree = int(np.argmax(first[0])) == edge.edge_label
+        if edge.edge_label is not None and outputs:
+            agree = edge_agrees(model, outputs, edge.edge_label)
         with self._lock:
             s = self._stats
             s.compute_ms_total += compute_ms
@@ -335,3 +344,21 @@ def _pushback_ms(model: CloudModel) -> int:
     run_s = getattr(model.batcher, "run_ewma_s", None) or 0.001
     batches = model.batcher.queue_depth / max(1, model.batcher.max_batch)
     return max(_MIN_PUSHBACK_MS, int(batches * run_s * 1000.0))
+
+
+def edge_agrees(model: CloudModel, outputs: list[np.ndarray], edge_label: int) -> bool | None:
+    """Whether the hub's answer (one row) has the edge's label, both read by the model's task
+    (tandem.tasks: a class, a sigmoid's 0/1, boxes kept, a CTC sequence's length); None when
+    the task has no label to compare or the answer is not one row."""
+    try:
+        spec = TaskSpec.from_dict(model.manifest.task)
+    except TaskError:
+        spec = TaskSpec("classification", scores="logits")  # a manifest task this hub cannot read: argmax, as before
+    names = list(model.output_names)
+    raw = outputs[names.index(spec.output)] if spec.output in names else outputs[0]
+    if raw.ndim < 2 or raw.shape[0] != 1 or not spec.has_confidence:
+        return None
+    try:
+        return int(task_confidence(spec, raw).labels[0]) == edge_label
+    except (TaskError, ValueError, IndexError):
+        return None
