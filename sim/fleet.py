@@ -241,6 +241,15 @@ class Fleet:
             if delay > 0:
                 self._stop.wait(min(delay, 0.05))
 
+    def backlog(self, until: float) -> float:
+        """Requests offered by `until` but not yet served: a device behind its schedule owes
+        (until - next_at) x rate of them (Poisson arrivals: the expected count)."""
+        return sum(max(0.0, until - d.next_at) * d.spec.rate_hz for d in self.devices
+                   if d.spec.rate_hz > 0 and d.next_at != float("inf"))
+
+    def delivered(self) -> int:
+        return int(self.recorder.summary()["requests"])
+
     def sent_windows(self) -> int:
         return sum(d.telemetry.sent for d in self.devices if d.telemetry is not None)
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PROFILES = ("cpu-arm", "gpu-cuda", "npu-litert")
 SAMPLE_S = 1.0
 DRAIN_TIMEOUT_S = 30.0
+MIN_DELIVERED_RATIO = 0.99  # delivered / offered requests every scenario must reach
 SETTLE_TIMEOUT_S = 30.0
 
 Progress = Callable[[str], None]
@@ -176,10 +177,12 @@ class _Timeline:
 def _line(s: dict[str, Any], fleet_row: dict[str, Any] | None, duration: float, n: int) -> str:
     f = fleet_row or {}
     p99 = f.get("latency_p99_ms")
-    parts = [f"t={s['t']:4.0f}/{duration:.0f}s", f"devices={n}", f"req/s={f.get('requests', 0):4d}",
-             f"p99={p99:6.2f}ms" if p99 is not None else "p99=   -  ",
-             f"fallback={100 * f.get('fallback_rate', 0.0):4.1f}%", f"degraded={100 * f.get('degraded_rate', 0.0):4.1f}%",
-             f"windows hub={s['hub_windows']} pending={s['outbox_pending']}", f"alerts={s['alerts_open']}"]
+    parts = [f"t={s['t']:4.0f}/{duration:.0f}s", f"devices={n}", f"req/s={f.get('requests', 0):4d}"]
+    if s.get("offered"):
+        parts.append(f"delivered={s['delivered']}/{s['offered']:.0f} offered ({s['delivered'] / s['offered']:.1%})")
+    parts += [f"p99={p99:6.2f}ms" if p99 is not None else "p99=   -  ",
+              f"fallback={100 * f.get('fallback_rate', 0.0):4.1f}%", f"degraded={100 * f.get('degraded_rate', 0.0):4.1f}%",
+              f"windows hub={s['hub_windows']} pending={s['outbox_pending']}", f"alerts={s['alerts_open']}"]
     if s.get("outage"):
         parts.append("HUB OUTAGE")
     if "rollout" in s:
@@ -243,9 +246,12 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
                 s = timeline.sample(t)
                 rows = fleet.recorder.rows()
                 last = rows[-2] if len(rows) >= 2 else (rows[-1] if rows else None)
+                delivered = fleet.delivered()
+                s["offered"], s["delivered"] = delivered + fleet.backlog(t), delivered
                 say("\r" + _line(s, last, scenario.duration_s, len(specs)) + "\033[K")
                 next_sample += SAMPLE_S
             time.sleep(0.05)
+        backlog = fleet.backlog(scenario.duration_s)
         timeline.apply_due(float("inf"))  # heal everything still open
         fleet.stop_serving()
         say("\n")
@@ -262,6 +268,8 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
         final["sent_windows"] = _sent(fleet)
         final["outbox_pending"] += sum(a.pending() for a in agents)
         summary = _summary(scenario, env, fleet, timeline, final, wall_t0, drained, models)
+        summary["offered"] = round(summary["requests"] + backlog, 1)
+        summary["delivered_ratio"] = summary["requests"] / summary["offered"] if summary["offered"] else 1.0
         checks = _checks(scenario, summary)
         timeline_rows = _merge(fleet.recorder.rows(), timeline.samples)
         return RunResult(scenario, timeline_rows, summary, checks)
@@ -344,6 +352,10 @@ def _checks(scenario: Scenario, s: dict[str, Any]) -> list[dict[str, Any]]:
     def check(name: str, passed: bool, detail: str) -> None:
         checks.append({"name": name, "passed": bool(passed), "detail": detail})
 
+    if "offered" in s:  # every scenario: a fleet that fell behind its request rate did not run the scenario
+        check("requests delivered", s["delivered_ratio"] >= MIN_DELIVERED_RATIO,
+              f"delivered {s['requests']} of {s['offered']:.0f} offered requests ({s['delivered_ratio']:.1%}; "
+              f"at least {MIN_DELIVERED_RATIO:.0%} needed: the host could not keep up with the fleet's rate)")
     tel = s["telemetry"]
     if ex.telemetry_complete:
         check("telemetry complete", tel["hub"] == tel["sent"] and tel["pending"] == 0,
