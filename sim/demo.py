@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from tandem.model_compiler.pipeline import CompileOptions, CompileResult, compile_model
 
@@ -21,11 +21,36 @@ CLOUD_PROFILES = ["cpu-x86"]
 DEMO_SCENARIO = "demo"
 
 
-def _train_digits(out: Path) -> dict[str, float]:
+def _digits_example() -> Any:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "digits"))
     import train  # examples/digits/train.py
 
-    return train.train(out)
+    return train
+
+
+def _train_digits(out: Path) -> dict[str, float]:
+    return _digits_example().train(out)
+
+
+def _side_by_side(results: dict[str, CompileResult], data: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The same test digits served edge-only, cloud-only and hybrid (tandem.sim.sidebyside)."""
+    import numpy as np
+
+    from tandem.sim.sidebyside import side_by_side
+
+    test = np.load(data / "test.npz")
+    sbs = side_by_side(results["edge"].out, results["cloud"].out, np.ascontiguousarray(test["x"], dtype=np.float32),
+                       test["y"].astype(np.int64), say=lambda m: say(f"    {m}"))
+    t = sbs["targets"]
+    # accuracy and fallback are deterministic (fixed seeds); the p50 ratio is shown, not checked (a busy host moves it)
+    sbs["check"] = {"name": "hybrid: cloud >= edge + 1.5 points, hybrid within 0.3 points of cloud at <= 10% fallback",
+                    "passed": all(t[k]["met"] for k in ("cloud_beats_edge_by_1.5_points",
+                                                        "hybrid_within_0.3_points_of_cloud",
+                                                        "hybrid_fallback_le_0.10")),
+                    "detail": f"gain {t['cloud_beats_edge_by_1.5_points']['points']:.2f} points, gap "
+                              f"{t['hybrid_within_0.3_points_of_cloud']['points']:.2f} points, fallback "
+                              f"{t['hybrid_fallback_le_0.10']['fraction']:.1%}"}
+    return sbs
 
 
 def run_demo(workdir: Path, say: Callable[[str], None] = print,
@@ -50,8 +75,11 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print,
         say(f"{step}/4 compiling digits-{name} for {', '.join(profiles)}")
         opts = CompileOptions(model=data / f"{name}.onnx", profiles=profiles, calib=data / "calib.npz",
                               val=data / "val.npz", out=workdir / "models" / f"digits-{name}", name=f"digits-{name}",
-                              signing_key=workdir / "keys" / "publisher.ed25519.pem", timing_seconds=0.5, force=True)
+                              signing_key=workdir / "keys" / "publisher.ed25519.pem", timing_seconds=0.5, force=True,
+                              fallback_budget=_digits_example().FALLBACK_BUDGET if name == "edge" else None)
         results[name] = compile_model(opts, progress=lambda m: say(f"    {m}"))
+    say("    the same test digits served edge-only, cloud-only and hybrid, side by side")
+    sbs = _side_by_side(results, data, say)
 
     scenario = load_scenario(DEMO_SCENARIO)
     say(f"4/4 starting a broker and a hub, then {scenario.device_count} virtual devices "
@@ -78,16 +106,21 @@ def run_demo(workdir: Path, say: Callable[[str], None] = print,
                                         "degraded_rate", "accuracy", "telemetry", "first_alert_s", "drift_at_s",
                                         "alerts") if k in fleet},
         "rollout": fleet.get("rollout"),
-        "checks": result.checks,
-        "passed": result.passed,
+        "side_by_side": sbs,
+        "checks": [sbs["check"], *result.checks],
+        "passed": result.passed and sbs["check"]["passed"],
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    lines = ["", "Tandem demo finished in {seconds}s.".format(**summary), "",
-             "The digits edge model was compiled into these variants (validated against FP32 on held-out digits):", ""]
+    lines = ["", "Tandem demo finished in {seconds}s.".format(**summary), ""]
+    if summary.get("side_by_side"):
+        from tandem.sim.sidebyside import format_side_by_side
+
+        lines += ["What the hybrid buys:", *format_side_by_side(summary["side_by_side"]), ""]
+    lines += ["The digits edge model was compiled into these variants (validated against FP32 on held-out digits):", ""]
     lines.append(f"  {'variant':28} {'agreement':>9} {'accuracy':>8} {'p50 ms':>8} {'size':>9}")
     for vid, m in summary["variants"].items():
         acc = f"{m['accuracy']:.3f}" if m.get("accuracy") is not None else "-"

@@ -1,4 +1,5 @@
-"""Smoke run of bench/hybrid.py's core on the digits models: report structure and hybrid accuracy bounds."""
+"""bench/hybrid.py on the digits models: the side-by-side's targets, the sweep's structure, and that a
+policy which never falls back cannot pass (the cloud model is clearly stronger than the edge)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,46 @@ def test_compiled_digits_variants_reach_cloud_accuracy_at_the_default_threshold(
             assert points[0]["threshold"] == 0.0 and fallbacks[0] == 0.0
             assert points[0]["hybrid_accuracy"] == edge["edge_accuracy"]
             assert lo - 1e-9 <= res["default"]["hybrid_accuracy"] <= hi + 1e-9, (edge["variant"], kind, res["default"])
+        # a policy that never falls back (threshold 0) is the edge alone: it must miss the target
+        assert edge["edge_gap_to_cloud_points"] >= 1.5, edge["edge_gap_to_cloud_points"]
+        assert all(not res["sweep"][0]["meets_target"] for res in edge["kinds"].values())
         # the issue's target, at the agent's default policy and threshold
         target = report["targets"]["default_threshold_within_0.5_points_of_cloud_with_fallback_le_0.25"]
         assert target[edge["variant"]]["met"], (edge["variant"], target[edge["variant"]])
+        assert target[edge["variant"]]["fallback_fraction"] > 0.0
+    # the side-by-side: the same requests edge-only, cloud-only, hybrid (issue 24's targets)
+    sbs = report["side_by_side"]
+    modes = sbs["modes"]
+    assert list(modes) == ["edge-only", "cloud-only", "hybrid"] and sbs["requests"] == report["samples"]
+    assert modes["edge-only"]["hub_calls_per_1000"] == 0 and modes["edge-only"]["bytes_sent"] == 0
+    assert modes["cloud-only"]["hub_calls_per_1000"] == 1000 and modes["cloud-only"]["bytes_sent"] == \
+        sbs["requests"] * sbs["request_bytes"]
+    assert 0 < modes["hybrid"]["bytes_sent"] < modes["cloud-only"]["bytes_sent"]
+    assert sbs["policy"]["source"] == "calibration"  # the compiled threshold, as the agent would use it
+    assert {k: t["met"] for k, t in sbs["targets"].items() if k != "met"} == dict.fromkeys(
+        ["cloud_beats_edge_by_1.5_points", "hybrid_within_0.3_points_of_cloud", "hybrid_fallback_le_0.10",
+         "hybrid_p50_within_1.2x_of_edge_only"], True), sbs["targets"]
     assert report["targets"]["met"]
+
+
+def _mode(acc: float, p50: float, calls: int, n: int = 1000) -> dict:
+    labels = np.zeros(n, np.int64)
+    predicted = np.where(np.arange(n) < round(acc * n), 0, 1)
+    return hybrid.summarize_mode(labels, predicted, [p50] * n, calls, calls * 354)
+
+
+def test_side_by_side_targets_refuse_a_hybrid_that_never_falls_back_or_always_does():
+    edge, cloud = _mode(0.960, 0.03, 0), _mode(0.985, 0.8, 1000)
+    good = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": _mode(0.983, 0.033, 80)})
+    assert good["met"], good
+    never = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": edge})
+    assert not never["met"] and not never["hybrid_within_0.3_points_of_cloud"]["met"]
+    assert never["hybrid_within_0.3_points_of_cloud"]["points"] == pytest.approx(2.5)
+    always = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": _mode(0.985, 0.8, 1000)})
+    assert not always["hybrid_fallback_le_0.10"]["met"] and not always["hybrid_p50_within_1.2x_of_edge_only"]["met"]
+    weak_cloud = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": _mode(0.965, 0.8, 1000),
+                                            "hybrid": _mode(0.965, 0.033, 80)})
+    assert not weak_cloud["cloud_beats_edge_by_1.5_points"]["met"]
 
 
 def test_sweep_marks_the_manifest_threshold_as_the_default():
@@ -81,3 +118,21 @@ def test_cli_json_on_fp32_models_keeps_progress_on_stderr(digits_dir):
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "hybrid.py"), "--thresholds", "0.5,2"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "thresholds must be numbers in [0, 1]" in bad.stderr
+
+
+def test_demo_summary_leads_with_the_side_by_side():
+    from tandem.sim.demo import format_summary
+
+    edge, cloud, mixed = _mode(0.960, 0.03, 0), _mode(0.985, 0.8, 1000), _mode(0.983, 0.033, 80)
+    modes = {"edge-only": edge, "cloud-only": cloud, "hybrid": mixed}
+    sbs = {"requests": 1000, "edge_variant": "onnxruntime-fp32", "profile": "cpu-x86", "hub_model": "digits-cloud",
+           "hub_variant": "onnxruntime-int8", "policy": {"kind": "max_prob", "threshold": 0.77, "source": "calibration"},
+           "request_bytes": 354, "modes": modes, "targets": hybrid.judge_side_by_side(modes)}
+    text = format_summary({"seconds": 90.0, "edge_report": "e/report.md", "cloud_report": "c/report.md",
+                           "variants": {}, "chosen": {}, "side_by_side": sbs})
+    first = text.index("What the hybrid buys")
+    assert first < text.index("compiled into these variants")
+    lines = text[first:].splitlines()[:6]
+    rows = {line.split()[0]: line.split() for line in lines if line.strip()}
+    assert rows["edge-only"][1] == "96.00%" and rows["cloud-only"][1] == "98.50%" and rows["hybrid"][1] == "98.30%"
+    assert rows["hybrid"][4] == "80.0" and rows["hybrid"][5] == str(80 * 354)  # hub calls per 1,000, bytes sent
