@@ -126,9 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Relative --workdir/--report/--data-dir against the current folder, once: the paths are written into
+    each agent's config, where a relative one would be read against that config's own folder."""
+    for name in ("workdir", "report", "data_dir"):
+        value = getattr(args, name, None)
+        if isinstance(value, Path):
+            setattr(args, name, value.resolve())
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = absolute_paths(build_parser().parse_args(argv))
     try:
         return args.handler(args)
     except KeyboardInterrupt:

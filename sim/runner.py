@@ -194,6 +194,7 @@ def _line(s: dict[str, Any], fleet_row: dict[str, Any] | None, duration: float, 
 def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = None, data_dir: Path | None = None,
                  progress: Progress | None = None, fleet_config: FleetConfig | None = None) -> RunResult:
     """Run `scenario` against a fresh hub and broker under `workdir`; the result says what happened."""
+    workdir = Path(workdir).resolve()  # agent configs name paths under it; relative, they would resolve elsewhere
     workdir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda m: None)
     if models is None:

@@ -35,3 +35,11 @@ def test_progress_shows_offered_and_delivered():
     sample = {"t": 30.0, "hub_windows": 3, "outbox_pending": 0, "alerts_open": 0, "offered": 240.0, "delivered": 120}
     line = _line(sample, {"requests": 13}, 60.0, 500)
     assert "delivered=120/240 offered (50.0%)" in line
+
+
+def test_relative_sim_paths_are_made_absolute_once(tmp_path, monkeypatch):
+    from tandem.sim.cli import absolute_paths, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    args = absolute_paths(build_parser().parse_args(["run", "hub_outage", "--report", "out/outage"]))
+    assert args.workdir == tmp_path / "tandem-sim-work" and args.report == tmp_path / "out" / "outage"
