@@ -7,5 +7,6 @@ Public names: `Agent` (the daemon, in-process), `AgentConfig`, `AgentClient` and
 from tandem.edge_agent.agent import Agent
 from tandem.edge_agent.client import AgentAnswer, AgentClient, AsyncAgentClient
 from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.errors import AgentError
 
-__all__ = ["Agent", "AgentAnswer", "AgentClient", "AgentConfig", "AsyncAgentClient"]
+__all__ = ["Agent", "AgentAnswer", "AgentClient", "AgentConfig", "AgentError", "AsyncAgentClient"]

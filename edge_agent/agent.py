@@ -47,20 +47,16 @@ class Agent:
         """`fallback` replaces the client built from `config.fallback.hub_url` (anything with FallbackClient's `infer`)."""
         self.config = config.validate()
         self.metrics = AgentMetrics()
-        self.model: LoadedModel | None = None
-        self.batcher: MicroBatcher | None = None
-        self.policy: ConfidencePolicy | None = None
         self.breaker: Any = None
         self.fallback = fallback
         self.hard_examples: HardExampleQueue | None = None
-        self.service: InferenceService | None = None
         self.server: ZmqServer | None = None
         self.health: HealthServer | None = None
         self.observer = RequestObserver()
         self.concurrency = Concurrency()  # the server's view, read by every service swapped in
         self.telemetry: Any = None      # TelemetryService when mqtt_url is set
         self.ota: Any = None            # OtaClient when ota_enabled
-        self.serving: Serving | None = None
+        self.serving: Serving | None = None  # model, policy, batcher, service: one reference, swapped at once
         self.budget = config.mode.fallback_budget(time.monotonic())  # [mode]: shared by every model swapped in
         self.swaps = 0
         self._ota_started = False
@@ -173,8 +169,32 @@ class Agent:
 
     # -- serving and hot swaps -----------------------------------------------------------
 
+    # What is served now, each read from the one `serving` reference: a swap (OTA) replaces that
+    # reference in one assignment, so no thread sees the new model with the old policy or batcher.
+    @property
+    def model(self) -> LoadedModel | None:
+        serving = self.serving
+        return serving.model if serving is not None else None
+
+    @property
+    def policy(self) -> ConfidencePolicy | None:
+        serving = self.serving
+        return serving.policy if serving is not None else None
+
+    @property
+    def batcher(self) -> MicroBatcher | None:
+        serving = self.serving
+        return serving.batcher if serving is not None else None
+
+    @property
+    def service(self) -> InferenceService | None:
+        serving = self.serving
+        return serving.service if serving is not None else None
+
     def _handle(self, frames: Sequence[Any]) -> Any:
-        return self.service.handle(frames)  # type: ignore[union-attr]  # read per request: swaps flip it
+        serving = self.serving  # read per request: a swap flips it
+        assert serving is not None, "requests are served only once a model is"
+        return serving.service.handle(frames)
 
     def _build_serving(self, model_dir: Path) -> Serving:
         """Load, and wrap in policy, batcher and service, the model in `model_dir` (not yet served)."""
@@ -221,8 +241,6 @@ class Agent:
 
     def _set_serving(self, serving: Serving) -> None:
         self.serving = serving
-        self.model, self.policy, self.batcher, self.service = (serving.model, serving.policy, serving.batcher,
-                                                               serving.service)
 
     def _on_switch(self, model_dir: Path) -> None:
         """OTA hook (its worker thread): serve `model_dir` in place of the current model, losing no request.
@@ -388,7 +406,6 @@ class Agent:
         serving, self.serving = self.serving, None
         if serving is not None:
             serving.close()
-        self.model = self.batcher = self.policy = self.service = None
 
     def _stop_executor(self) -> None:
         if self._executor:

@@ -33,11 +33,36 @@ from tandem.protocols import limits
 from tandem.protocols import local_api_pb2 as pb
 
 PLANS_MAX = 64  # distinct header layouts kept before starting over
-_REQUEST_ID_TAG = 0x12  # field 2, length-delimited: request_id in RequestHeader and in ReplyHeader
-_CONFIDENCE_TAG = b"\x22"  # ReplyHeader.confidence: field 4, packed floats
-_LABEL_TAG = b"\x2a"  # ReplyHeader.label: field 5, packed varints
-_LATENCY = struct.Struct("<Bd")  # ReplyHeader.latency_ms: field 7, fixed64 (tag 0x39)
-_THRESHOLD = struct.Struct("<Bf")  # ReplyHeader.threshold: field 12, fixed32 (tag 0x65)
+_FIXED64, _LENGTH_DELIMITED, _FIXED32 = 1, 2, 5  # protobuf wire types
+
+
+def _key(message: Any, field: str) -> int:
+    """The one-byte key protobuf writes before `field` of `message` (field number << 3 | wire type), read
+    from local_api.proto's descriptors so the pre-encoded reply cannot drift from the schema."""
+    f = message.DESCRIPTOR.fields_by_name[field]
+    if f.is_packed or f.type in (f.TYPE_STRING, f.TYPE_BYTES):
+        wire = _LENGTH_DELIMITED
+    elif f.type in (f.TYPE_DOUBLE, f.TYPE_FIXED64):
+        wire = _FIXED64
+    elif f.type in (f.TYPE_FLOAT, f.TYPE_FIXED32):
+        wire = _FIXED32
+    else:
+        raise TypeError(f"{message.DESCRIPTOR.name}.{field}: the fast lane does not pre-encode this field type")
+    key = f.number << 3 | wire
+    if key > 0x7F:
+        raise TypeError(f"{message.DESCRIPTOR.name}.{field}: field {f.number} needs a two-byte key")
+    return key
+
+
+_REQUEST_ID_TAG = _key(pb.ReplyHeader, "request_id")  # the same key ends a RequestHeader (checked below)
+if _key(pb.RequestHeader, "request_id") != _REQUEST_ID_TAG:
+    raise ImportError("local_api.proto: request_id must have the same field number in RequestHeader and ReplyHeader")
+_CONFIDENCE_TAG = bytes((_key(pb.ReplyHeader, "confidence"),))  # packed floats
+_LABEL_TAG = bytes((_key(pb.ReplyHeader, "label"),))  # packed varints
+_LATENCY_TAG = _key(pb.ReplyHeader, "latency_ms")
+_THRESHOLD_TAG = _key(pb.ReplyHeader, "threshold")
+_LATENCY = struct.Struct("<Bd")  # key, then the double
+_THRESHOLD = struct.Struct("<Bf")  # key, then the float
 _FLOATS = {n: struct.Struct(f"<{n}f") for n in range(1, 9)}
 
 
@@ -216,9 +241,9 @@ class FastLane:
         if rows:
             parts += [_CONFIDENCE_TAG, _length(4 * rows), floats.pack(*confidence),
                       _LABEL_TAG, _length(len(labels)), labels]
-        parts.append(_LATENCY.pack(0x39, latency_ms))
+        parts.append(_LATENCY.pack(_LATENCY_TAG, latency_ms))
         if scores.threshold != 0.0:
-            parts.append(_THRESHOLD.pack(0x65, scores.threshold))
+            parts.append(_THRESHOLD.pack(_THRESHOLD_TAG, scores.threshold))
         return b"".join(parts)
 
 

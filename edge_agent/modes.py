@@ -131,6 +131,12 @@ class FallbackBudget:
         return math.inf if self.bytes_per_hour is None else float(self.bytes_per_hour - self._bytes)
 
 
+def effective_mode(requested: ServingMode | None, device: ServingMode) -> ServingMode:
+    """The mode a request is served in: its own (edge-only or cloud-only) wins over the device's; None (auto)
+    keeps the device's. The one precedence rule, for the general path and the fast lane alike."""
+    return requested if requested is not None else device
+
+
 def decide(mode: ServingMode, confident: bool, budget: FallbackBudget | None, now: float,
            shadow_sample_rate: float = 0.0, rng: random.Random | None = None, nbytes: int = 0) -> Decision:
     """What to do with one scored request; spends the budget only when the hub will be asked."""

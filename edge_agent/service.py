@@ -24,7 +24,7 @@ from tandem.edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes
 from tandem.edge_agent.hard_examples import HardExampleQueue
 from tandem.edge_agent.metrics import AgentMetrics
 from tandem.edge_agent.model import LoadedModel, match_inputs
-from tandem.edge_agent.modes import Action, Decision, FallbackBudget, ServingMode, decide
+from tandem.edge_agent.modes import Action, Decision, FallbackBudget, ServingMode, decide, effective_mode
 from tandem.edge_agent.observe import RequestObserver
 from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, Scores
 from tandem.edge_agent.wire import decode_request, encode_reply, error_reply
@@ -205,10 +205,10 @@ class InferenceService:
         prefix = self.lane.new_prefix(frame_bytes(head), header.request_id)
         if prefix is None:
             return  # planned already, or not a templated header (the lane could not recognise the next one)
-        request_mode = header.options.mode
-        if request_mode == pb.MODE_EDGE_ONLY or (request_mode == pb.MODE_AUTO and self.mode is ServingMode.EDGE_ONLY):
+        mode = effective_mode(_REQUEST_MODES.get(header.options.mode), self.mode)
+        if mode is ServingMode.EDGE_ONLY:
             edge_only: bool | None = True
-        elif request_mode == pb.MODE_AUTO and self.mode is ServingMode.HYBRID:
+        elif mode is ServingMode.HYBRID:
             edge_only = False
         else:
             edge_only = None  # cloud-only or shadow: decisions the lane leaves to this class
@@ -231,7 +231,7 @@ class InferenceService:
 
     def _decide(self, request: "_Prepared", confident: bool) -> Decision:
         """The serving mode's decision: the request's own mode (edge or cloud) wins over the device's."""
-        mode = _REQUEST_MODES.get(request.header.options.mode, self.mode)
+        mode = effective_mode(_REQUEST_MODES.get(request.header.options.mode), self.mode)
         if mode is ServingMode.EDGE_ONLY or (confident and mode is ServingMode.HYBRID):
             return _EDGE  # the common case: no clock, no budget
         if self.fallback is None:
@@ -385,6 +385,7 @@ class InferenceService:
                                label=int(scores.labels[i]), confidence=float(scores.confidence[i]), source=source)
 
 
+# A request's own mode on the wire; MODE_AUTO (absent here) defers to the device's (modes.effective_mode).
 _REQUEST_MODES = {pb.MODE_EDGE_ONLY: ServingMode.EDGE_ONLY, pb.MODE_CLOUD_ONLY: ServingMode.CLOUD_ONLY}
 _EDGE = Decision(Action.EDGE)
 _NO_HUB_UNSURE = Decision(Action.EDGE, "below threshold; no hub is configured")

@@ -23,7 +23,9 @@ import types
 from pathlib import Path, PurePath
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigValueError", "build", "env_name", "nest", "override", "read_toml", "section_keys", "unknown_env"]
+from tandem.protocols.errors import ContractError
+
+__all__ = ["ConfigValueError", "build", "coerce", "env_name", "nest", "override", "read_toml", "section_keys", "unknown_env"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,7 +33,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _NONE = ("", "none", "null")
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(ContractError):
     """A config value or key is wrong; `key` is its dotted name (`fallback.deadline_ms`).
 
     Each package turns it into its own ConfigError at its load() (the loader knows no package)."""

@@ -11,6 +11,9 @@ from typing import Callable
 
 import numpy as np
 
+__all__ = ["CONFIDENCE_EDGES", "DEFAULT_BINS", "INPUT_SUMMARIES", "bin_counts", "confidence_counts",
+           "reference_edges", "summarize_inputs"]
+
 # name -> per-sample statistic over the flattened input (one float per sample).
 INPUT_SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda x: x.mean(axis=1),

@@ -19,6 +19,10 @@ from tandem.protocols import limits
 from tandem.protocols import topics
 from tandem.protocols.ota import OTA_SCHEMA_VERSION
 
+__all__ = ["EVENTS_EXPIRY_S", "EVENTS_SCHEMA_VERSION", "HARD_EXAMPLES_SCHEMA_VERSION", "MESSAGE_SPECS",
+           "MessageSpec", "RESEND_EXPIRY_S", "RESEND_SCHEMA_VERSION", "SCHEMA_PROPERTY", "STATUS_SCHEMA_VERSION",
+           "properties_of", "publish_properties", "spec_for"]
+
 SCHEMA_PROPERTY = "tandem-schema"
 STATUS_SCHEMA_VERSION = 1
 EVENTS_SCHEMA_VERSION = 1

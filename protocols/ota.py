@@ -20,6 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from tandem.protocols.limits import MAX_OTA_MESSAGE_BYTES
 from tandem.protocols.manifest import ManifestError, parse_version
 from tandem.protocols.signing import SignatureError, sign_manifest, verify_manifest
+from tandem.protocols.errors import ContractError
+
+__all__ = ["ACTIONS", "OTA_SCHEMA_VERSION", "OtaCommand", "OtaMessageError", "OtaStatus", "RESULTS", "STEPS",
+           "TERMINAL_STEPS", "decode_command", "decode_status", "encode_command", "encode_status"]
 
 OTA_SCHEMA_VERSION = 1
 
@@ -35,7 +39,7 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
-class OtaMessageError(ValueError):
+class OtaMessageError(ContractError):
     """An OTA command or status is malformed, unsigned, expired or not for this device."""
 
 

@@ -14,6 +14,9 @@ import resource
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+__all__ = ["Family", "Labels", "OPENMETRICS_CONTENT_TYPE", "TEXT_CONTENT_TYPE", "TYPES", "process_families",
+           "render", "wants_openmetrics"]
+
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TYPES = ("counter", "gauge", "histogram", "info")

@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from tandem.protocols.errors import ContractError
+
+__all__ = ["MAX_RESEND_BYTES", "MAX_RESEND_SEQUENCES", "ResendDecodeError", "ResendRequest", "decode_resend"]
+
 MAX_RESEND_SEQUENCES = 1000
 MAX_RESEND_BYTES = 16 * 1024
 
 
-class ResendDecodeError(ValueError):
+class ResendDecodeError(ContractError):
     """A resend request that is not one (malformed, too big, bad sequences)."""
 
 

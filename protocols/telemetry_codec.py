@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from tandem.protocols import limits
 from tandem.protocols.telemetry_pb2 import SourceCounts, SummaryCounts, TelemetryWindow
 from tandem.protocols.topics import TopicError, check_device_id
+from tandem.protocols.errors import ContractError
 
 # Per-request latency, milliseconds: inner edges of open-ended bins (last bin is >= 5000 ms).
 LATENCY_EDGES_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 
-class TelemetryDecodeError(ValueError):
+class TelemetryDecodeError(ContractError):
     """A telemetry payload is malformed or over a limit; the message names what."""
 
 

@@ -15,13 +15,17 @@ from typing import Mapping
 import numpy as np
 
 from tandem.protocols import limits
+from tandem.protocols.errors import ContractError
+
+__all__ = ["DTYPE_KINDS", "MAX_INDEX_BYTES", "MAX_NAME", "TensorBlobError", "TensorInfo", "decode_index",
+           "decode_tensors", "encode_tensors"]
 
 DTYPE_KINDS = "biufc"  # bool, ints, floats, complex: nothing that needs pickle
 MAX_INDEX_BYTES = 64 * 1024
 MAX_NAME = 256
 
 
-class TensorBlobError(ValueError):
+class TensorBlobError(ContractError):
     """A tensor blob that does not match its own index; the message says what is wrong."""
 
 

@@ -19,9 +19,10 @@ import numpy as np
 
 from tandem.protocols import inference_pb2 as pb
 from tandem.protocols import limits as _limits
+from tandem.protocols.errors import ContractError
 
 
-class TensorCodecError(ValueError):
+class TensorCodecError(ContractError):
     """A tensor cannot be encoded or decoded; the message names the tensor and the problem."""
 
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tandem.protocols.errors import ContractError
+
+__all__ = ["PLAIN_TEXT_WARNING", "TlsConfigError", "TlsFiles", "configure_mqtt_client", "grpc_channel_credentials",
+           "grpc_server_credentials", "warn_plain_text"]
+
 log = logging.getLogger(__name__)
 
 PLAIN_TEXT_WARNING = "plain-text, development only"
@@ -21,7 +26,7 @@ _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
 
-class TlsConfigError(ValueError):
+class TlsConfigError(ContractError):
     """A TLS file is missing or unreadable, or TLS settings contradict the URL; the message names the file."""
 
 

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tandem.protocols.errors import ContractError
+
+__all__ = ["ACL_USERNAME", "DEFAULT_SHARE_GROUP", "DEVICE_PUBLISHES", "DEVICE_READS", "EVENTS", "HARD_EXAMPLES",
+           "HUB_SCOPE", "KINDS", "MAX_DEVICE_ID_CHARS", "OTA_CMD", "OTA_STATUS", "PREFIX", "ParsedTopic", "STATUS",
+           "TELEMETRY", "TELEMETRY_RESEND", "TopicError", "all_devices", "check_device_id", "device_acl_patterns",
+           "device_topic", "events_topic", "hard_examples_topic", "hub_acl_topics", "mqtt_url_uses_tls",
+           "ota_cmd_topic", "ota_status_topic", "parse_mqtt_url", "parse_topic", "shared", "status_topic",
+           "telemetry_resend_topic", "telemetry_topic"]
+
 PREFIX = "tandem/v1"
 MAX_DEVICE_ID_CHARS = 128
 HUB_SCOPE = "_hub"  # not a valid device id (device ids may not start with '_')
@@ -26,7 +35,7 @@ KINDS = (TELEMETRY, STATUS, OTA_CMD, OTA_STATUS, EVENTS, HARD_EXAMPLES, TELEMETR
 _FORBIDDEN = ("+", "#", "/", "\x00")
 
 
-class TopicError(ValueError):
+class TopicError(ContractError):
     """A device id or topic is not one Tandem accepts; the message says why."""
 
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.edge_agent.modes import BUDGET_REASON, HOUR_S, Action, FallbackBudget, ServingMode, decide
+from tandem.edge_agent.modes import (
+    BUDGET_REASON, HOUR_S, Action, FallbackBudget, ServingMode, decide, effective_mode,
+)
 
 
 def test_each_mode_decides_as_documented():
@@ -20,6 +22,13 @@ def test_each_mode_decides_as_documented():
         assert decide(ServingMode.SHADOW, confident, None, 0.0, 0.0, rng).action is Action.EDGE
     assert decide(ServingMode.HYBRID, True, None, 0.0).action is Action.EDGE
     assert decide(ServingMode.HYBRID, False, None, 0.0).action is Action.CLOUD
+
+
+def test_a_requests_own_mode_wins_over_the_devices_and_auto_keeps_the_devices():
+    for device in ServingMode:
+        assert effective_mode(None, device) is device
+        for requested in (ServingMode.EDGE_ONLY, ServingMode.CLOUD_ONLY):
+            assert effective_mode(requested, device) is requested
 
 
 def test_modes_parse_by_name_and_bad_names_list_the_choices():

@@ -11,23 +11,17 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.errors import ServiceUnavailableError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
 from tandem.cloud_hub.rest.schemas import Page
 
 router = APIRouter(responses=AUTH_RESPONSES, dependencies=[Depends(require("read"))], tags=["hard examples"])
 
 
-class HardExamplesUnavailable(HubError):
-    """The hub runs without hard-example ingestion."""
-
-    status = 503
-
-
 def get_hard_examples(request: Request) -> Any:
     service = getattr(getattr(request.app.state, "hub", None), "hard_examples", None)
     if service is None or service.store is None:
-        raise HardExamplesUnavailable("hard-example ingestion is not running on this hub (it needs an MQTT 5 broker "
+        raise ServiceUnavailableError("hard-example ingestion is not running on this hub (it needs an MQTT 5 broker "
                                       "and telemetry on)")
     return service
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
-from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.errors import InvalidInputError, ServiceUnavailableError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
 from tandem.cloud_hub.rest.schemas import ErrorBody, StrictIn
 from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError
@@ -50,18 +50,10 @@ class RolloutIn(StrictIn):
     device_ids: list[str] | None = Field(None, max_length=100_000, description="restrict to these devices")
 
 
-class _Unprocessable(HubError):
-    status = 422
-
-
-class _Unavailable(HubError):
-    status = 503
-
-
 def _service(hub: Any) -> Any:
     service = getattr(hub, "rollouts", None)
     if service is None:
-        raise _Unavailable("OTA rollouts are not running on this hub (HubConfig.rollouts, env TANDEM_HUB_ROLLOUTS)")
+        raise ServiceUnavailableError("OTA rollouts are not running on this hub (HubConfig.rollouts, env TANDEM_HUB_ROLLOUTS)")
     return service
 
 
@@ -73,7 +65,7 @@ def start_rollout(body: RolloutIn, hub: Any = Depends(get_hub)) -> dict[str, Any
     try:
         gates = GatePolicy(**body.gates.model_dump())
     except RolloutError as exc:
-        raise _Unprocessable(str(exc)) from exc
+        raise InvalidInputError(str(exc)) from exc
     r = _service(hub).create(body.model, body.version, body.select, body.waves, gates, body.device_ids)
     return rollout_detail(r)
 

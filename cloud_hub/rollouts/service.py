@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tandem.cloud_hub.devices import DeviceFilter, DeviceRegistry
-from tandem.cloud_hub.errors import InvalidInputError, NotFoundError
+from tandem.cloud_hub.errors import ConflictError, InvalidInputError, NotFoundError
 from tandem.cloud_hub.keys import ReleaseKey
 from tandem.cloud_hub.registry import ModelRegistry
 from tandem.cloud_hub.rollouts import controller as ctl
@@ -179,7 +179,7 @@ class RolloutService:
             try:
                 sends, events = op(r, self.clock())
             except RolloutError as exc:
-                raise _Conflict(str(exc)) from exc
+                raise ConflictError(str(exc)) from exc
             self._commit(r, sends, events)
             return Rollout.from_dict(r.to_dict())
 
@@ -319,10 +319,6 @@ class RolloutService:
         self._client.publish(topics.ota_cmd_topic(s.device_id), encode_command(cmd, self.key.private_key), qos=1,
                              properties=publish_properties(topics.OTA_CMD))
         self.sent += 1
-
-
-class _Conflict(InvalidInputError):
-    status = 409
 
 
 def rollout_summary(r: Rollout) -> dict[str, Any]:

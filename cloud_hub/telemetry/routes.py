@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.errors import ServiceUnavailableError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
 from tandem.cloud_hub.rest.schemas import Page
 
@@ -19,18 +19,12 @@ router = APIRouter(responses=AUTH_RESPONSES, dependencies=[Depends(require("read
 MAX_SERIES_POINTS = 5000
 
 
-class TelemetryUnavailable(HubError):
-    """The hub runs without telemetry ingestion (no MQTT broker configured or it failed to start)."""
-
-    status = 503
-
-
 def get_telemetry(request: Request) -> Any:
     service = getattr(request.app.state, "telemetry", None)
     if service is None:
         service = getattr(getattr(request.app.state, "hub", None), "telemetry", None)
     if service is None:
-        raise TelemetryUnavailable("telemetry ingestion is not running on this hub (it needs an MQTT broker)")
+        raise ServiceUnavailableError("telemetry ingestion is not running on this hub (it needs an MQTT broker)")
     return service
 
 
