@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0
 READY_MARK = "tandem-agent: serving"
+TAIL_LINES = 20  # of an agent's output, in the error when it does not start
 OUTBOX_FILENAME = "telemetry_outbox.sqlite"  # edge_agent.telemetry.service.OUTBOX_FILENAME
 
 
@@ -111,16 +112,21 @@ class AgentProcess:
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         from tandem.edge_agent.client import AgentClient
 
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
+        status = None
         while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
+            if self._proc is not None and (status := self._proc.poll()) is not None:
                 break
             if READY_MARK in self.log_path.read_text(errors="replace"):
                 self._client = AgentClient(self.endpoint, timeout_s=5.0)
                 return
             time.sleep(0.1)
-        tail = self.log_path.read_text(errors="replace")[-1500:]
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-TAIL_LINES:])
         self.stop()
+        if status is not None:
+            raise AgentProcessError(f"tandem-agent for {self.device_id} exited with status {status} after "
+                                    f"{time.monotonic() - started:.1f}s; its last output:\n{tail}")
         raise AgentProcessError(f"tandem-agent for {self.device_id} did not start within {timeout_s:g}s:\n{tail}")
 
     def online(self, t: float) -> bool:

@@ -43,3 +43,27 @@ def test_relative_sim_paths_are_made_absolute_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = absolute_paths(build_parser().parse_args(["run", "hub_outage", "--report", "out/outage"]))
     assert args.workdir == tmp_path / "tandem-sim-work" and args.report == tmp_path / "out" / "outage"
+
+
+def test_an_agent_that_exits_at_once_is_reported_as_exited_with_its_last_lines(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    from tandem.sim.agent_proc import AgentProcess, AgentProcessError
+
+    agent = AgentProcess.__new__(AgentProcess)  # the process only: what launch() would start, failing at once
+    agent.device_id, agent._client, agent.log_path = "dev-1", None, tmp_path / "agent.log"
+    with open(agent.log_path, "wb") as log_file:
+        agent._proc = subprocess.Popen([sys.executable, "-c", "import sys\nfor i in range(40): print('line', i)\n"
+                                        "print('tandem-agent: model.dir: no manifest.json', file=sys.stderr)\n"
+                                        "sys.exit(2)"], stdout=log_file, stderr=log_file)
+    started = time.monotonic()
+    with pytest.raises(AgentProcessError) as info:
+        agent.wait_ready(timeout_s=60)
+    assert time.monotonic() - started < 30  # not the whole start timeout
+    text = str(info.value)
+    assert "dev-1 exited with status 2" in text and "did not start" not in text
+    assert text.rstrip().endswith("tandem-agent: model.dir: no manifest.json") and "line 20" not in text
