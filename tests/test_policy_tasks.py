@@ -121,3 +121,19 @@ def test_agent_serves_compiled_task_models_with_their_own_confidence(tmp_path, k
     else:
         assert answer.labels == [len(d) for d in detections(spec, raw)]
         assert all(0.0 <= c <= 1.0 for c in answer.confidence)
+
+
+def test_hub_reads_edge_agreement_by_the_task():
+    from types import SimpleNamespace
+
+    from tandem.cloud_hub.inference.servicer import edge_agrees
+
+    def model(task):
+        return SimpleNamespace(manifest=SimpleNamespace(task=task), output_names=["p"])
+
+    sigmoid = model({"kind": "classification", "output": "p", "scores": "sigmoid"})
+    assert edge_agrees(sigmoid, [np.array([[0.9]], np.float32)], 1) is True  # argmax of [N, 1] would say 0
+    assert edge_agrees(sigmoid, [np.array([[0.1]], np.float32)], 1) is False
+    softmax = model({"kind": "classification", "output": "p"})
+    assert edge_agrees(softmax, [np.array([[0.1, 0.7, 0.2]], np.float32)], 1) is True
+    assert edge_agrees(model({"kind": "embedding"}), [np.ones((1, 8), np.float32)], 0) is None
