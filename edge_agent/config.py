@@ -143,6 +143,9 @@ class TelemetryConfig:
     max_requests: int = 10_000          # a busy device closes its window early
     outbox_max: int = 8640              # windows kept on disk while the broker is away; oldest dropped beyond
     input_every: int = 1                # summarize the inputs of every Nth request
+    replay_s: float = 3600.0            # acknowledged windows kept this long for the hub's resend requests
+    replay_bytes: int = 16 * 1024 * 1024  # ...and at most this many bytes of them (0: keep none)
+    unstored_max: int = 1000            # closed windows held in memory while the outbox cannot be written
 
     @property
     def tls(self) -> TlsFiles | None:
@@ -303,7 +306,11 @@ class AgentConfig:
         if t.window_s <= 0:
             raise _bad("telemetry.window_s", f"{t.window_s} must be > 0")
         _positive(("telemetry.max_requests", t.max_requests), ("telemetry.outbox_max", t.outbox_max),
-                  ("telemetry.input_every", t.input_every), ("ota.min_requests", self.ota.min_requests))
+                  ("telemetry.input_every", t.input_every), ("ota.min_requests", self.ota.min_requests),
+                  ("telemetry.unstored_max", t.unstored_max))
+        if t.replay_s < 0 or t.replay_bytes < 0:
+            raise _bad("telemetry.replay_s" if t.replay_s < 0 else "telemetry.replay_bytes",
+                       "must be >= 0 (0 keeps no acknowledged windows for the hub's resend requests)")
 
     def _validate_tls(self) -> None:
         t = self.telemetry

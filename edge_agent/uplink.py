@@ -33,7 +33,8 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
             max_requests=cfg.telemetry.max_requests, profile=cfg.model.profile, tags=cfg.server.tags, variant=model.variant.id,
             selection=model.selection,
             input_every=cfg.telemetry.input_every, outbox_max_rows=cfg.telemetry.outbox_max,
-            hard_examples=hard_examples,
+            replay_s=cfg.telemetry.replay_s, replay_bytes=cfg.telemetry.replay_bytes,
+            unstored_max=cfg.telemetry.unstored_max, hard_examples=hard_examples,
             publisher=PublisherConfig(mqtt_url=cfg.telemetry.mqtt_url, tls=cfg.telemetry.tls))  # type: ignore[arg-type]
     except OutboxError as exc:
         raise ConfigError(f"hard_examples.data_dir: {exc}") from exc
