@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from tandem.cloud_hub.cli_output import ago, table
@@ -64,6 +65,8 @@ def add_ota_commands(sub: Any) -> None:
 def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--url", help=f"hub URL (env TANDEM_HUB_URL, default {DEFAULT_URL})")
     p.add_argument("--token", help="bearer token (env TANDEM_HUB_TOKEN); operate scope to change, read to view")
+    p.add_argument("--ca", type=Path, help="CA that verifies an https:// hub, e.g. <tls_dir>/ca.crt "
+                                           "(env TANDEM_HUB_CA; default: the system trust store)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -109,7 +112,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             "waves": [int(w) for w in args.waves.split(",") if w.strip()] if all(
                 w.strip().isdigit() for w in args.waves.split(",")) else _bad_waves(args.waves),
             "gates": parse_gates(args.gate), "device_ids": args.devices}
-    with HubClient(args.url, args.token) as client:
+    with HubClient(args.url, args.token, ca=args.ca) as client:
         result = client.request("POST", "/v1/rollouts", json=body)
     return _emit(args, result, render_detail)
 
@@ -119,7 +122,7 @@ def _bad_waves(text: str) -> list[int]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with HubClient(args.url, args.token) as client:
+    with HubClient(args.url, args.token, ca=args.ca) as client:
         if args.rollout_id:
             result = client.request("GET", f"/v1/rollouts/{args.rollout_id}", params={"events": args.events})
             return _emit(args, result, render_detail)
@@ -128,7 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_action(args: argparse.Namespace) -> int:
-    with HubClient(args.url, args.token) as client:
+    with HubClient(args.url, args.token, ca=args.ca) as client:
         result = client.request("POST", f"/v1/rollouts/{args.rollout_id}/{args.action}")
     return _emit(args, result, render_detail)
 

@@ -70,3 +70,29 @@ def test_every_daemon_cli_says_its_version(module):
                            "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(tandem.__version__), proc.stdout
+
+
+def _leaves(parser, path=()):
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaves(child, path + (name,))
+
+
+def test_every_subcommand_that_talks_to_the_hub_takes_url_token_and_ca():
+    from tandem.cloud_hub.cli import build_parser
+
+    remote = []
+    for path, parser in _leaves(build_parser()):
+        flags = {s for a in parser._actions for s in a.option_strings}
+        if "--url" in flags:
+            remote.append(" ".join(path))
+            assert {"--token", "--ca"} <= flags, (path, sorted(flags))
+    assert "ota rollout start" in remote and "devices list" in remote, remote
+    args = build_parser().parse_args(["ota", "rollout", "start", "--model", "m", "--version", "1.0.0",
+                                      "--ca", "ca.crt"])
+    assert str(args.ca) == "ca.crt"
