@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tandem.edge_agent.config import AgentConfig
 from tandem.edge_agent.errors import ConfigError
@@ -32,6 +32,9 @@ from tandem.edge_agent.serving import Serving
 from tandem.hardware_profiles import ProfileError, get_profile
 from tandem.hardware_profiles.runtimes.batching import MicroBatcher
 
+if TYPE_CHECKING:
+    from tandem.edge_agent.fallback import Fallback
+
 log = logging.getLogger(__name__)
 
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
@@ -43,7 +46,7 @@ DRAIN_GRACE_S = 5.0  # beyond the fallback deadline, for requests of the old mod
 class Agent:
     """One model served on one endpoint. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, config: AgentConfig, *, fallback: Any = None) -> None:
+    def __init__(self, config: AgentConfig, *, fallback: Fallback | None = None) -> None:
         """`fallback` replaces the client built from `config.fallback.hub_url` (anything with FallbackClient's `infer`)."""
         self.config = config.validate()
         self.metrics = AgentMetrics()

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import grpc
 import numpy as np
@@ -43,6 +43,15 @@ _REASONS = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVA
             grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded"}
 # No second attempt when less than this is left of the deadline.
 _MIN_RETRY_BUDGET_S = 0.01
+
+
+class Fallback(Protocol):
+    """What the agent asks the hub through: FallbackClient, or a test's stand-in with the same `infer`."""
+
+    def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
+              edge_label: int | None = None, edge_confidence: float | None = None,
+              deadline_ms: float | None = None, request_id: str = "",
+              traceparent: str | None = None) -> FallbackResult: ...
 
 
 @dataclass(frozen=True)

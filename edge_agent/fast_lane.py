@@ -25,12 +25,17 @@ import math
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from tandem.protocols import limits
 from tandem.protocols import local_api_pb2 as pb
+
+if TYPE_CHECKING:  # collaborators, typed without importing them at run time
+    from tandem.edge_agent.metrics import AgentMetrics
+    from tandem.edge_agent.observe import RequestObserver
+    from tandem.edge_agent.policy import ConfidencePolicy
 
 PLANS_MAX = 64  # distinct header layouts kept before starting over
 _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 1, 2, 5  # protobuf wire types
@@ -124,9 +129,10 @@ def _length(n: int) -> bytes:
 class FastLane:
     """Plans by header prefix, and the lane that answers with them; one per served model version."""
 
-    def __init__(self, *, model_name: str, model_version: str, output_names: Sequence[str], policy: Any,
+    def __init__(self, *, model_name: str, model_version: str, output_names: Sequence[str], policy: ConfidencePolicy,
                  run_inline: Callable[[dict[str, np.ndarray]], list[np.ndarray] | None],
-                 inline_ready: Callable[[], bool], metrics: Any, observer: Any, max_plans: int = PLANS_MAX) -> None:
+                 inline_ready: Callable[[], bool], metrics: AgentMetrics,
+                 observer: RequestObserver | None, max_plans: int = PLANS_MAX) -> None:
         """`run_inline` runs the model on this thread (None: it cannot now); `inline_ready` says whether it may."""
         self._plans: dict[bytes, Plan | None] = {}  # None: a prefix seen and not fit for the lane
         self.answered = 0  # requests this lane answered (the rest went the general path)

@@ -32,6 +32,7 @@ from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, Micro
 from tandem.protocols import local_api_pb2 as pb
 
 if TYPE_CHECKING:
+    from tandem.edge_agent.fallback import Fallback
     from tandem.edge_agent.server import Concurrency
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class InferenceService:
     """Answers local-API requests for one loaded model."""
 
     def __init__(self, model: LoadedModel, batcher: MicroBatcher, policy: ConfidencePolicy, metrics: AgentMetrics, *,
-                 device_id: str, allow_nan: bool = False, fallback: Any = None, fallback_executor: Executor | None = None,
+                 device_id: str, allow_nan: bool = False, fallback: Fallback | None = None, fallback_executor: Executor | None = None,
                  deadline_ms: float = 200.0, hub_model: str | None = None,
                  hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0,
                  observer: RequestObserver | None = None, mode: ServingMode | str = ServingMode.HYBRID,
