@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
+# `make demo` installs only the demo extra (no pytest, playwright, schemathesis, atheris);
+# `make test`'s stamp installs everything on top.
+DEMO_STAMP := $(VENV)/.installed-demo
+$(DEMO_STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
+
 # The hub's fleet broker is Mosquitto (MQTT 5; the embedded amqtt fallback speaks only 3.1.1, so
 # telemetry and rollouts need Mosquitto), and the web console's tests drive Debian's Chromium
 # (through Playwright; never `playwright install`). Install what is missing when we may (root + apt).
@@ -35,7 +44,7 @@ browser-deps:
 	if [ ! -x /usr/bin/chromium ]; then missing=" chromium chromium-driver"; fi; \
 	$(APT_INSTALL)
 
-demo: $(STAMP) system-deps
+demo: $(DEMO_STAMP) system-deps
 	$(VENV)/bin/tandem-sim demo
 
 test: $(STAMP) system-deps browser-deps
