@@ -13,6 +13,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
+__all__ = ["SpanContext", "TRACEPARENT", "new_trace", "parse_traceparent"]
+
 TRACEPARENT = "traceparent"  # gRPC metadata key and HTTP header (lower case, as gRPC requires)
 _RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
