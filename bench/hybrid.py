@@ -43,7 +43,7 @@ for extra in (ROOT, ROOT / "examples" / "digits"):
 from tandem.edge_agent.config import PolicyConfig  # noqa: E402
 from tandem.edge_agent.policy import KINDS, ConfidencePolicy  # noqa: E402
 from tandem.sim.sidebyside import (  # noqa: E402
-    SIDE_BY_SIDE_PROFILE, format_side_by_side, judge_side_by_side, side_by_side, summarize_mode)
+    SIDE_BY_SIDE_PROFILE, format_side_by_side, side_by_side)
 
 EDGE_PROFILES = ("cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu-litert")
 HUB_PROFILE = "cpu-x86"
