@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-host", help="REST listen address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="REST port (default 8080; 0 = any free port)")
     serve.add_argument("--grpc-port", type=int, help="gRPC inference port (default 8001; 0 = any free port)")
+    serve.add_argument("--alias", action="append", dest="model_aliases", metavar="ASKED=SERVED",
+                       help="answer gRPC requests for model ASKED with model SERVED, e.g. digits-edge=digits-cloud "
+                            "(repeatable)")
     serve.add_argument("--grpc-host", help="gRPC inference listen address (default 127.0.0.1; 0.0.0.0 for a fleet)")
     serve.add_argument("--mqtt-host", help="listen address of the broker the hub starts (default 127.0.0.1)")
     serve.add_argument("--mqtt-port", type=int, help="port of the broker the hub starts (default: 1883 when free, "
@@ -181,7 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = HubConfig.load(args.config, data_dir=args.data_dir, http_host=args.http_host, http_port=args.http_port,
                             grpc_port=args.grpc_port, grpc_host=args.grpc_host, mqtt_host=args.mqtt_host,
-                            mqtt_port=args.mqtt_port, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
+                            mqtt_port=args.mqtt_port,
+                            model_aliases=tuple(args.model_aliases) if args.model_aliases else None, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
                             mqtt_url=args.mqtt_url, broker=args.broker, inference_profile=args.inference_profile,
                             public_url=args.public_url, telemetry=args.telemetry, rollouts=args.rollouts,
                             drift_eval_interval_s=args.drift_eval_interval_s, tls_dir=args.tls_dir)

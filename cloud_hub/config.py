@@ -40,6 +40,9 @@ class HubConfig:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 0
     model_dirs: tuple[Path, ...] = ()
+    # "asked=served" pairs: a request for model `asked` is answered by model `served` (e.g. digits-edge=digits-cloud,
+    # so an agent's fallback naming its own model reaches the cloud pair). `--alias` on `tandem-hub serve`.
+    model_aliases: tuple[str, ...] = ()
     # The hardware profile whose chosen variant the hub's gRPC server runs (gpu-cuda on a GPU host).
     inference_profile: str = "cpu-x86"
     # A device is offline when it has not been heard from for this long.
@@ -85,6 +88,17 @@ class HubConfig:
     # REST request bodies (JSON) larger than this are refused with 413 before they are read; uploads have max_upload_mb.
     max_json_body_bytes: int = 1024 * 1024
 
+    def aliases(self) -> dict[str, str]:
+        """model_aliases as {asked: served}; ConfigError naming a pair that is not NAME=NAME."""
+        out: dict[str, str] = {}
+        for pair in self.model_aliases:
+            asked, sep, served = (part.strip() for part in pair.partition("="))
+            if not sep or not asked or not served or asked == served:
+                raise ConfigError(f"model_aliases (--alias): {pair!r} is not ASKED=SERVED with two different model "
+                                  "names, e.g. digits-edge=digits-cloud")
+            out[asked] = served
+        return out
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "model_dirs", tuple(Path(p) for p in self.model_dirs))
@@ -95,6 +109,8 @@ class HubConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= 65535:
                 raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} is not a port 0-65535")
+        object.__setattr__(self, "model_aliases", tuple(str(a) for a in self.model_aliases))
+        self.aliases()  # refuses a malformed pair at start-up
         if self.broker not in BROKER_KINDS:
             raise ConfigError(f"broker (env {ENV_PREFIX}BROKER): {self.broker!r} is not one of {', '.join(BROKER_KINDS)}")
         if self.mqtt_url is not None and not self.mqtt_url.startswith(("mqtt://", "mqtts://", "tcp://")):

@@ -271,6 +271,7 @@ class Hub:
 
         server = InferenceServer([str(p) for p in self.config.model_dirs], host=self.config.grpc_host,
                                  port=self.config.grpc_port, hub_profile=self.config.inference_profile,
+                                 aliases=self.config.aliases() or None,
                                  tls=self._pki.hub_server_files() if self._pki is not None else None)
         self._grpc_port = server.start()
         self._inference = server

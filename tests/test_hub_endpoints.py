@@ -96,3 +96,17 @@ def test_every_subcommand_that_talks_to_the_hub_takes_url_token_and_ca():
     args = build_parser().parse_args(["ota", "rollout", "start", "--model", "m", "--version", "1.0.0",
                                       "--ca", "ca.crt"])
     assert str(args.ca) == "ca.crt"
+
+
+def test_model_aliases_by_flag_config_and_env():
+    from tandem.cloud_hub.cli import build_parser
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.errors import ConfigError
+
+    args = build_parser().parse_args(["serve", "--alias", "digits-edge=digits-cloud", "--alias", "ocr-edge=ocr"])
+    config = HubConfig.load(None, env={}, model_aliases=tuple(args.model_aliases))
+    assert config.aliases() == {"digits-edge": "digits-cloud", "ocr-edge": "ocr"}
+    assert HubConfig.load(None, env={"TANDEM_HUB_MODEL_ALIASES": "a=b"}).aliases() == {"a": "b"}
+    for bad in ("digits-edge", "=x", "a=a"):
+        with pytest.raises(ConfigError, match="ASKED=SERVED"):
+            HubConfig(model_aliases=(bad,))
