@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 # ModelInfer has no side effects worth guarding. Overload is not retried: it would
 # add load to a hub that is shedding it.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
-# The hub answered, so it is alive: these do not count against the breaker.
+# The hub answered, so it is alive: these do not count against the breaker. INTERNAL included: KServe's
+# ModelServer (and other v2 servers) answer INTERNAL to a request they cannot decode, which says nothing
+# about whether the server is up; a dead or hung server shows as UNAVAILABLE or DEADLINE_EXCEEDED.
 _HUB_ALIVE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED,
+              grpc.StatusCode.INTERNAL,
               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
               grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 _REASONS = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable",
