@@ -14,6 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from tandem.protocols.errors import ContractError
+
+__all__ = ["CALIBRATION_GOALS", "CONFIDENCE_MEASURES", "Calibration", "DTYPES", "FileEntry", "Golden",
+           "MANIFEST_FILENAME", "Manifest", "ManifestError", "PRECISIONS", "ProfileChoice", "RUNTIMES",
+           "SCHEMA_VERSION", "TensorSpec", "Variant", "load_manifest", "parse_version"]
+
 SCHEMA_VERSION = 1
 MANIFEST_FILENAME = "manifest.json"
 
@@ -26,7 +32,7 @@ _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ManifestError(ValueError):
+class ManifestError(ContractError):
     """A manifest is malformed; the message names the offending field."""
 
 
@@ -299,11 +305,11 @@ class Manifest:
         signature = data.get("signature")
         if signature is not None and not isinstance(signature, Mapping):
             raise ManifestError("signature: expected an object")
-        return cls(
-            name=name,
         publisher_signature = data.get("publisher_signature")
         if publisher_signature is not None and not isinstance(publisher_signature, Mapping):
             raise ManifestError("publisher_signature: expected an object")
+        return cls(
+            name=name,
             version=version,
             created_at=_req_str(data, "created_at", "manifest"),
             expires_at=data.get("expires_at"),
@@ -317,9 +323,9 @@ class Manifest:
             drift_reference=dict(data.get("drift_reference", {})),
             source=dict(data.get("source", {})),
             signature=dict(signature) if signature is not None else None,
+            publisher_signature=dict(publisher_signature) if publisher_signature is not None else None,
         )
 
-            publisher_signature=dict(publisher_signature) if publisher_signature is not None else None,
     @classmethod
     def from_json(cls, text: str | bytes) -> "Manifest":
         try:
