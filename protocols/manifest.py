@@ -134,7 +134,7 @@ class Calibration:
             measure=measure, output=output,
             expected_accuracy=_opt_number(data, "expected_accuracy", where),
             expected_hybrid_accuracy=_opt_number(data, "expected_hybrid_accuracy", where),
-            fit=dict(data.get("fit", {})),
+            fit=dict(_opt_dict(data, "fit", where)),
         )
 
 
@@ -179,9 +179,9 @@ class Variant:
             files=files,
             inputs=[TensorSpec.from_dict(t, f"{where}.inputs[{i}]") for i, t in enumerate(_req_list(data, "inputs", where))],
             outputs=[TensorSpec.from_dict(t, f"{where}.outputs[{i}]") for i, t in enumerate(_req_list(data, "outputs", where))],
-            profiles=[str(p) for p in data.get("profiles", [])],
-            options=dict(data.get("options", {})),
-            metrics=dict(data.get("metrics", {})),
+            profiles=[str(p) for p in _opt_list(data, "profiles", where)],
+            options=dict(_opt_dict(data, "options", where)),
+            metrics=dict(_opt_dict(data, "metrics", where)),
             calibration=(Calibration.from_dict(data["calibration"], f"{where}.calibration")
                          if data.get("calibration") is not None else None),
         )
@@ -198,14 +198,15 @@ class ProfileChoice:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "ProfileChoice":
+        _check_object(data, where)
         chosen = data.get("chosen")
         if chosen is not None and not isinstance(chosen, str):
             raise ManifestError(f"{where}.chosen: expected a variant id or null")
         return cls(
             chosen=chosen,
             reason=str(data.get("reason", "")),
-            candidates=[str(c) for c in data.get("candidates", [])],
-            skipped=[dict(s) for s in data.get("skipped", [])],
+            candidates=[str(c) for c in _opt_list(data, "candidates", where)],
+            skipped=[dict(_check_object(s, f"{where}.skipped[{i}]")) for i, s in enumerate(_opt_list(data, "skipped", where))],
         )
 
 
@@ -220,6 +221,7 @@ class Golden:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> "Golden":
+        _check_object(data, where)
         count = data.get("count")
         if not isinstance(count, int) or count < 1:
             raise ManifestError(f"{where}.count: expected a positive integer")
@@ -320,8 +322,8 @@ class Manifest:
             profiles=profiles,
             target_profiles=[str(p) for p in _req_list(data, "target_profiles", "manifest")],
             golden=Golden.from_dict(golden, "golden") if golden is not None else None,
-            drift_reference=dict(data.get("drift_reference", {})),
-            source=dict(data.get("source", {})),
+            drift_reference=dict(_opt_dict(data, "drift_reference", "manifest")),
+            source=dict(_opt_dict(data, "source", "manifest")),
             signature=dict(signature) if signature is not None else None,
             publisher_signature=dict(publisher_signature) if publisher_signature is not None else None,
         )
@@ -343,8 +345,14 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     return Manifest.from_json(path.read_bytes())
 
 
+def _check_object(data: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ManifestError(f"{where}: expected an object, got {type(data).__name__}")
+    return data
+
+
 def _req(data: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in data:
+    if key not in _check_object(data, where):
         raise ManifestError(f"{where}.{key}: required field is missing")
     return data[key]
 
@@ -368,6 +376,20 @@ def _req_dict(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any
     if not isinstance(value, Mapping):
         raise ManifestError(f"{where}.{key}: expected an object")
     return value
+
+
+def _opt_list(data: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = data.get(key)
+    if value is not None and not isinstance(value, list):
+        raise ManifestError(f"{where}.{key}: expected a list, got {type(value).__name__}")
+    return value or []
+
+
+def _opt_dict(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise ManifestError(f"{where}.{key}: expected an object, got {type(value).__name__}")
+    return value or {}
 
 
 def _opt_number(data: Mapping[str, Any], key: str, where: str) -> float | None:

@@ -87,8 +87,46 @@ def test_signature_verifies_and_detects_tampering(tmp_path):
         verify_manifest(make_manifest(), public)
 
 
+def _paths(node, prefix=()) -> list[tuple]:
+    """Every key or index path inside a manifest dict, parents before children."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    out = []
+    for key, value in items:
+        out.append(prefix + (key,))
+        out.extend(_paths(value, prefix + (key,)))
+    return out
+
+
+VALID_PATHS = _paths(make_manifest())
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=12),
+                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(VALID_PATHS), st.one_of(st.just("delete"), JUNK))
+def test_any_field_of_a_valid_manifest_deleted_or_replaced_is_accepted_or_named(path, junk):
+    """Start from a valid manifest (schema_version first) so every check is reached, not just the first."""
+    data = make_manifest()
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    if junk == "delete":
+        if isinstance(parent, list):
+            parent.pop(path[-1])
+        else:
+            del parent[path[-1]]
+    else:
+        parent[path[-1]] = junk
+    try:
+        Manifest.from_dict(data)
+    except ManifestError as exc:
+        assert str(exc), path
+    # anything else (TypeError, KeyError, AttributeError ...) propagates and fails the test
+
+
 @settings(max_examples=40, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(st.integers(), st.text(max_size=8), st.none()), max_size=5))
+@given(st.dictionaries(st.one_of(st.sampled_from(sorted(make_manifest())), st.text(min_size=1, max_size=8)),
+                       st.one_of(st.integers(), st.text(max_size=8), st.none()), max_size=5))
 def test_arbitrary_objects_never_crash_the_loader(junk):
     try:
         Manifest.from_dict(junk)
