@@ -19,6 +19,26 @@ from tandem.protocols import signing
 ATTACKER = signing.generate_private_key()
 
 
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> Path:
+    """A folder holding edge.onnx shaped as hub_registry_fixtures.make_model_dir describes it (input [N, 64],
+    probabilities [N, 10]): a small real softmax model, so these tests need not train the digits models."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = tmp_path_factory.mktemp("trust-model")
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(out / "edge.onnx"))
+    return out
+
+
 @pytest.fixture
 def strict_hub(tmp_path: Path):
     """A hub without trust-on-first-use that trusts TEST_PUBLISHER only."""
