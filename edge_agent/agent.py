@@ -148,6 +148,9 @@ class Agent:
                         runtime=self.model.variant.runtime, selection=self.model.selection)
         body["breaker"] = self.breaker.state if self.breaker is not None else None
         body["hub"] = self.config.fallback.hub_url
+        hub_error = getattr(self.fallback, "config_error", None)
+        if hub_error:
+            body["hub_error"] = hub_error
         from tandem.edge_agent.uplink import ota_status, telemetry_status
 
         body["telemetry"] = telemetry_status(self.telemetry) if self.telemetry is not None else None
@@ -155,7 +158,7 @@ class Agent:
         body["swaps"] = self.swaps
         body["mode"] = self._mode_status()
         reasons = [r for r in (getattr(self.telemetry, "degraded", None),
-                               getattr(self.hard_examples, "degraded", None)) if r]
+                               getattr(self.hard_examples, "degraded", None), hub_error) if r]
         if serving and reasons:  # still serving (200), but a supervisor sees what is failing
             body["status"], body["degraded"] = "degraded", reasons
         return serving, body

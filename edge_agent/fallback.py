@@ -38,7 +38,9 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 # The hub answered, so it is alive: these do not count against the breaker. INTERNAL included: KServe's
 # ModelServer (and other v2 servers) answer INTERNAL to a request they cannot decode, which says nothing
 # about whether the server is up; a dead or hung server shows as UNAVAILABLE or DEADLINE_EXCEEDED.
-_HUB_ALIVE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED,
+# NOT_FOUND is not among them: a hub that serves no such model cannot answer any fallback, which is a
+# configuration error (the agent's hub_model, or the hub's aliases), logged once and kept in `config_error`.
+_HUB_ALIVE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
               grpc.StatusCode.INTERNAL,
               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
               grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -162,6 +164,7 @@ class _FallbackCore:
         except ValueError as exc:
             raise ConfigError(f"fallback.hub_url: {exc}") from exc
         self.tls = tls
+        self.config_error: str | None = None  # set on the hub's NOT_FOUND: /healthz and `check` show it
 
     def _credentials(self) -> grpc.ChannelCredentials | None:
         """Mutual TLS with `tls`; grpcs:// alone: TLS against the system roots; else None (plain text)."""
@@ -212,6 +215,17 @@ class _FallbackCore:
     def _failure(self, exc: grpc.RpcError, model_name: str, budget_s: float) -> FallbackUnavailable:
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.NOT_FOUND:
+            message = (f"hub at {self.url} serves no model {model_name!r} (NOT_FOUND: {details}): a configuration "
+                       f"error; set "
+                       f"[fallback] hub_model to a model the hub serves, or start the hub with --alias "
+                       f"{model_name}=<its model>")
+            if self.config_error != message:
+                log.error("fallback %s", message)
+                self.config_error = message
+            if self.breaker is not None:
+                self.breaker.record_failure()  # not 'alive' for us: every fallback would fail the same way
+            return unavailable("model_not_found", message)
         if code in _HUB_ALIVE:
             if self.breaker is not None:
                 self.breaker.record_success()  # it answered: alive, even if it refused this request

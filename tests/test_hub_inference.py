@@ -308,13 +308,14 @@ def test_fallback_client_gets_the_cloud_answer_and_the_hub_counts_the_edge_conte
     assert summary["top_devices"]["cam-42"] >= 2 and summary["mean_compute_ms"] > 0
 
 
-def test_fallback_client_reports_a_rejected_request_without_tripping_the_breaker(hub, test_x):
+def test_fallback_client_reports_a_missing_model_as_a_configuration_error(hub, test_x):
+    # NOT_FOUND: every fallback to this name would fail alike, so it is no sign of a live hub (issue 24)
     breaker = CircuitBreaker(failure_threshold=1, cool_down_s=60)
     with FallbackClient(hub.address, deadline_ms=2000, breaker=breaker) as client:
         with pytest.raises(FallbackUnavailable, match="NOT_FOUND") as err:
             client.infer("no-such-model", {"input": test_x[:1]}, device_id="d", model_version="1.0.0")
-        assert err.value.reason == "rejected"
-        assert breaker.state == "closed"
+        assert err.value.reason == "model_not_found" and "no-such-model" in (client.config_error or "")
+        assert breaker.state == "open"
 
 
 def test_a_stopped_hub_fails_within_the_deadline(cloud_dir, test_x):
@@ -337,14 +338,12 @@ def test_a_hung_hub_fails_at_the_deadline(test_x):
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)  # never accept(): the kernel completes handshakes, nobody speaks HTTP/2
         address = "127.0.0.1:%d" % listener.getsockname()[1]
-        # a 1 s deadline, so a second of margin for a loaded machine still tells "at the deadline"
-        # from "hangs on" (gRPC never fails a deadline early; 0.99 allows for clock rounding)
-        with FallbackClient(address, deadline_ms=1000) as client:
+        with FallbackClient(address, deadline_ms=150) as client:
             start = time.perf_counter()
             with pytest.raises(FallbackUnavailable) as err:
                 client.infer(CLOUD_NAME, {"input": test_x[:1]}, device_id="d", model_version="1.0.0")
             elapsed = time.perf_counter() - start
-    assert 0.99 <= elapsed < 2.0, elapsed
+    assert 0.14 <= elapsed < 0.15 + DEADLINE_MARGIN_S
     assert err.value.reason == "deadline"
 
 
@@ -363,9 +362,7 @@ def test_breaker_opens_while_the_hub_is_down_and_closes_when_it_returns(cloud_di
             with pytest.raises(FallbackUnavailable) as err:
                 call()
             assert err.value.reason == "breaker_open"
-        # no network while open: all 20 refusals together take less than the one call's 200 ms
-        # deadline they skip (about 100x what they cost on an idle machine)
-        assert time.perf_counter() - start < 0.2
+        assert (time.perf_counter() - start) / 20 < 0.005  # no network while open
 
         server = InferenceServer(cloud_dir, port=port)
         server.start()
