@@ -338,12 +338,14 @@ def test_a_hung_hub_fails_at_the_deadline(test_x):
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)  # never accept(): the kernel completes handshakes, nobody speaks HTTP/2
         address = "127.0.0.1:%d" % listener.getsockname()[1]
-        with FallbackClient(address, deadline_ms=150) as client:
+        # a 1 s deadline, so a second of margin for a loaded machine still tells "at the deadline"
+        # from "hangs on" (gRPC never fails a deadline early; 0.99 allows for clock rounding)
+        with FallbackClient(address, deadline_ms=1000) as client:
             start = time.perf_counter()
             with pytest.raises(FallbackUnavailable) as err:
                 client.infer(CLOUD_NAME, {"input": test_x[:1]}, device_id="d", model_version="1.0.0")
             elapsed = time.perf_counter() - start
-    assert 0.14 <= elapsed < 0.15 + DEADLINE_MARGIN_S
+    assert 0.99 <= elapsed < 2.0, elapsed
     assert err.value.reason == "deadline"
 
 
@@ -362,7 +364,9 @@ def test_breaker_opens_while_the_hub_is_down_and_closes_when_it_returns(cloud_di
             with pytest.raises(FallbackUnavailable) as err:
                 call()
             assert err.value.reason == "breaker_open"
-        assert (time.perf_counter() - start) / 20 < 0.005  # no network while open
+        # no network while open: all 20 refusals together take less than the one call's 200 ms
+        # deadline they skip (about 100x what they cost on an idle machine)
+        assert time.perf_counter() - start < 0.2
 
         server = InferenceServer(cloud_dir, port=port)
         server.start()
