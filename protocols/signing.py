@@ -102,7 +102,7 @@ def embedded_public_key(manifest: Mapping[str, Any], field: str = "signature") -
 
 def verify_manifest(manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:
     """Raise SignatureError unless `manifest` carries a valid signature by `public_key`."""
-    _verify(manifest, "signature", canonical_bytes(manifest), public_key)
+    _verify(manifest, "signature", _signed_bytes(manifest, "signature"), public_key)
 
 
 def _signature_value(manifest: Mapping[str, Any], field: str) -> bytes:
@@ -115,6 +115,15 @@ def _signature_value(manifest: Mapping[str, Any], field: str) -> bytes:
         return base64.b64decode(str(sig.get("value", "")), validate=True)
     except ValueError as exc:
         raise SignatureError(f"{field}.value: not valid base64") from exc
+
+
+def _signed_bytes(manifest: Mapping[str, Any], field: str) -> bytes:
+    """The bytes `field` signs; text that cannot be UTF-8 (a lone surrogate) was never signed."""
+    _signature_value(manifest, field)  # unsigned or malformed: say so before looking at the content
+    try:
+        return canonical_bytes(manifest) if field == "signature" else publisher_bytes(manifest)
+    except (UnicodeEncodeError, ValueError, RecursionError) as exc:
+        raise SignatureError(f"the manifest holds content that cannot be signed ({type(exc).__name__})") from exc
 
 
 def _verify(manifest: Mapping[str, Any], field: str, signed: bytes, public_key: Ed25519PublicKey) -> None:
@@ -142,8 +151,7 @@ def verify_by_any(manifest: Mapping[str, Any], keys: Sequence[Ed25519PublicKey],
     `field` "signature" checks the outer signature (canonical bytes); PUBLISHER_FIELD checks a
     counter-signed manifest's publisher signature over the bytes the publisher signed.
     """
-    signed = canonical_bytes(manifest) if field == "signature" else publisher_bytes(manifest)
-    _signature_value(manifest, field)  # unsigned or malformed before any key is tried
+    signed = _signed_bytes(manifest, field)  # unsigned or malformed before any key is tried
     claimed = signer_key_id(manifest, field)
     by_id = {key_id(k): k for k in keys}
     if claimed in by_id:
