@@ -88,7 +88,9 @@ class TelemetryPublisher:
         return client
 
     def _status(self, state: str) -> bytes:
-        return encode_status(state, self.device_id, boot=self._boot, conn=self._conn, **self._status_info)
+        # status_info (TelemetryService's) carries its own "boot": the publisher's (boot, conn) order wins,
+        # passed once (a duplicate keyword made every TelemetryService fail to start)
+        return encode_status(state, self.device_id, **{**self._status_info, "boot": self._boot, "conn": self._conn})
 
     @property
     def connected(self) -> bool:
