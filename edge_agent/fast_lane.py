@@ -234,7 +234,8 @@ class FastLane:
         elapsed = time.perf_counter() - t0
         self._metrics.observe_request("edge", elapsed)
         if self._observer is not None:
-            self._observer.answered("edge", elapsed, scores.confidence, scores.labels, inputs, not confident, False)
+            self._observer.answered("edge", elapsed, scores.confidence, scores.labels, inputs, not confident, False,
+                                    scores.signals)
         return [self._reply(tail, scores, elapsed * 1000.0)], None
 
     def _reply(self, request_id_field: bytes, scores: Any, latency_ms: float) -> bytes:

@@ -34,9 +34,10 @@ class RequestObserver:
         self._telemetry_failures = 0
 
     def answered(self, source: str, seconds: float, confidence: np.ndarray, labels: np.ndarray,
-                 feeds: Mapping[str, np.ndarray] | None, unsure: bool, budget_spent: bool = False) -> None:
+                 feeds: Mapping[str, np.ndarray] | None, unsure: bool, budget_spent: bool = False,
+                 signals: Mapping[str, np.ndarray] | None = None) -> None:
         """One answer; `unsure`: the edge model was not confident (sent to the hub, or would have been);
-        `budget_spent`: degraded because the fallback budget was spent."""
+        `budget_spent`: degraded because the fallback budget was spent; `signals`: the task's drift signals."""
         ms = seconds * 1000.0
         with self._lock:
             self._requests += 1
@@ -44,7 +45,10 @@ class RequestObserver:
             self._latency_ms.append(ms)
         if self.telemetry is not None:
             try:
-                if budget_spent:
+                if signals:
+                    self.telemetry.record(source, ms, confidence, labels, feeds, budget_spent=budget_spent,
+                                          signals=signals)
+                elif budget_spent:
                     self.telemetry.record(source, ms, confidence, labels, feeds, budget_spent=True)
                 else:
                     self.telemetry.record(source, ms, confidence, labels, feeds)

@@ -82,6 +82,8 @@ class Scores:
     # `threshold`. `confidence` stays the model's own measure, comparable with the
     # manifest's drift reference (built from unscaled FP32 outputs).
     calibrated: np.ndarray | None = None
+    # Task drift signals (TaskPolicy only): name -> values, binned by the agent's telemetry window.
+    signals: Mapping[str, np.ndarray] | None = None
 
     @property
     def all_confident(self) -> bool:
@@ -308,10 +310,10 @@ class TaskPolicy(ConfidencePolicy):
         if found.confidence is None:
             rows = found.labels.shape[0]
             stay = self.no_confidence == "edge"
-            return Scores(found.labels, np.ones(rows, np.float32), np.full(rows, stay), t)
+            return Scores(found.labels, np.ones(rows, np.float32), np.full(rows, stay), t, signals=found.signals)
         conf = found.confidence
         confident = np.where(np.isnan(conf), False, conf >= _float32(t))
-        return Scores(found.labels, conf, confident, t)
+        return Scores(found.labels, conf, confident, t, signals=found.signals or None)
 
 
 def task_policy_for(task: Mapping[str, Any], config_threshold: float | None, output: str | int | None,

@@ -164,7 +164,7 @@ class InferenceService:
             scores = answer.scores
             self.observer.answered(_SOURCE_NAMES[answer.source], elapsed, scores.confidence, scores.labels,
                                    request.feeds, answer.source != pb.SOURCE_EDGE or not scores.all_confident,
-                                   budget_spent)
+                                   budget_spent, scores.signals)
         reply = pb.ReplyHeader(
             request_id=request.header.request_id, source=answer.source,
             confidence=answer.scores.confidence.tolist(), label=answer.scores.labels.tolist(),

@@ -34,7 +34,7 @@ from tandem.protocols.manifest import (
     MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, TensorSpec, Variant, parse_version,
 )
 from tandem.protocols.signing import key_id, load_or_create_private_key, public_key_pem, sign_manifest
-from tandem.tasks import TaskSpec, class_labels
+from tandem.tasks import TaskSpec, class_labels, task_confidence
 
 log = logging.getLogger(__name__)
 
@@ -437,11 +437,12 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
                         atol=0.05, min_top1_agreement=0.9)
 
     ref_out = reference[task.output_index]
-    conf = confidences(task, ref_out)
+    found = task_confidence(task.spec, ref_out)  # confidence and task drift signals of FP32, as the agent reads them
+    conf = found.confidence
     single_label = task.kind == "classification" and task.spec.scores != "multi_label"
     pred = class_labels(task.spec, ref_out) if single_label else None
     classes = (2 if task.spec.scores == "sigmoid" else ref_out.reshape(len(ref_out), -1).shape[1]) if single_label else None
-    drift = build_drift_reference(val.samples_first(), conf, pred, classes)
+    drift = build_drift_reference(val.samples_first(), conf, pred, classes, signals=found.signals)
 
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     manifest = Manifest(

@@ -11,8 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["CONFIDENCE_EDGES", "DEFAULT_BINS", "INPUT_SUMMARIES", "bin_counts", "confidence_counts",
-           "reference_edges", "summarize_inputs"]
+__all__ = ["CONFIDENCE_EDGES", "DEFAULT_BINS", "INPUT_SUMMARIES", "TASK_SIGNAL_EDGES", "bin_counts",
+           "confidence_counts", "reference_edges", "summarize_inputs", "task_signal_counts"]
 
 # name -> per-sample statistic over the flattened input (one float per sample).
 INPUT_SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -25,6 +25,20 @@ INPUT_SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 CONFIDENCE_EDGES: list[float] = [round(i / 20, 2) for i in range(21)]  # 0.00, 0.05, ... 1.00
 DEFAULT_BINS = 10
+
+_COUNT_EDGES = [0.5, 1.5, 2.5, 3.5, 5.5, 8.5, 12.5, 20.5, 32.5, 64.5, 128.5]  # 0, 1, 2, 3, 4-5, ... > 128
+_UNIT_EDGES = CONFIDENCE_EDGES[1:-1]  # 20 bins over [0, 1]
+
+# Task signals (tandem.tasks.task_signals): name -> fixed inner edges over open-ended bins. Fixed,
+# not quantiles, so windows of any task model bin alike and the manifest's reference matches them.
+TASK_SIGNAL_EDGES: dict[str, list[float]] = {
+    "boxes": _COUNT_EDGES,              # detection: boxes kept per image
+    "box_score": _UNIT_EDGES,           # detection: score of each kept box
+    "sequence_length": _COUNT_EDGES,    # CTC: decoded symbols per row
+    "sequence_probability": _UNIT_EDGES,  # CTC: product of the best step probabilities
+    "foreground": _UNIT_EDGES,          # dense: share of pixels over the threshold
+    "positives": _COUNT_EDGES,          # multi-label: labels over the threshold per row
+}
 
 
 def summarize_inputs(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -55,3 +69,9 @@ def confidence_counts(confidence: np.ndarray) -> list[int]:
     c = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
     idx = np.minimum((c * 20).astype(int), 19)
     return np.bincount(idx, minlength=20).astype(int).tolist()
+
+
+def task_signal_counts(name: str, values: np.ndarray) -> list[int]:
+    """Counts of one task signal's values over its fixed TASK_SIGNAL_EDGES (finite values only)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return bin_counts(v[np.isfinite(v)], TASK_SIGNAL_EDGES[name])

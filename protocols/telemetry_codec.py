@@ -86,6 +86,12 @@ def _validate(w: TelemetryWindow, topic_device: str | None) -> None:
     for s in w.inputs:
         if len(s.counts) > limits.MAX_HISTOGRAM_BINS:
             raise TelemetryDecodeError(f"inputs[{s.input}.{s.summary}]: over MAX_HISTOGRAM_BINS={limits.MAX_HISTOGRAM_BINS}")
+    if len(w.task_signals) > limits.MAX_TELEMETRY_SUMMARIES:
+        raise TelemetryDecodeError(f"task_signals: over MAX_TELEMETRY_SUMMARIES={limits.MAX_TELEMETRY_SUMMARIES}")
+    for t in w.task_signals:
+        if len(t.counts) > limits.MAX_HISTOGRAM_BINS or len(t.signal) > limits.MAX_TAG_CHARS:
+            raise TelemetryDecodeError(f"task_signals[{t.signal[:limits.MAX_TAG_CHARS]}]: over "
+                                       f"MAX_HISTOGRAM_BINS={limits.MAX_HISTOGRAM_BINS} or a name over MAX_TAG_CHARS")
     if len(w.outbox_dropped) > limits.MAX_TELEMETRY_TAGS or any(len(k) > limits.MAX_TAG_CHARS for k in w.outbox_dropped):
         raise TelemetryDecodeError(f"outbox_dropped: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS} classes "
                                    f"or a name over MAX_TAG_CHARS={limits.MAX_TAG_CHARS}")
@@ -113,6 +119,7 @@ def window_to_dict(w: TelemetryWindow) -> dict[str, Any]:
         "confidence_counts": list(w.confidence_counts), "class_counts": list(w.class_counts),
         "class_overflow": w.class_overflow,
         "inputs": {f"{s.input}.{s.summary}": list(s.counts) for s in w.inputs},
+        "task_signals": {t.signal: list(t.counts) for t in w.task_signals},
         "input_samples": w.input_samples, "outbox_dropped_total": w.outbox_dropped_total,
         "outbox_dropped": dict(w.outbox_dropped),
         "shadow_samples": w.shadow_samples, "shadow_agree": w.shadow_agree, "budget_spent": w.budget_spent,

@@ -6,6 +6,11 @@ detection: 1 - share of boxes whose score sits in the ambiguity band (uncertain 
 are counted). dense: share of pixels outside the band. CTC: the weakest step's
 probability (the sequence probability comes beside it). Embedding, regression, custom:
 None, and the agent keeps them on the edge unless a rule is configured.
+
+`signals` are the values the agent's telemetry bins for drift (names and edges:
+tandem.protocols.drift.TASK_SIGNAL_EDGES; the compiler's reference bins the same):
+detection boxes per image and each kept box's score, CTC sequence length and
+probability, dense foreground share, multi-label positives per row.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class TaskConfidence:
     confidence: np.ndarray | None       # float32 [rows]
     labels: np.ndarray                  # int64 [rows]: class, boxes kept, sequence length, ...
     detail: dict[str, np.ndarray] = field(default_factory=dict)
+    signals: dict[str, np.ndarray] = field(default_factory=dict)  # drift signal -> values (per row or per box)
 
 
 def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
@@ -37,7 +43,8 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         if spec.scores == "multi_label":
             sure = np.maximum(probs, 1.0 - probs).min(axis=1) if probs.shape[1] else np.ones(rows)
             positives = (probs >= spec.positive_threshold).sum(axis=1)
-            return TaskConfidence(sure.astype(np.float32), positives.astype(np.int64))
+            return TaskConfidence(sure.astype(np.float32), positives.astype(np.int64),
+                                  signals={"positives": positives.astype(np.float64)})
         if spec.scores == "sigmoid":
             p = probs[:, 1]
             return TaskConfidence(np.maximum(p, 1.0 - p).astype(np.float32),
@@ -51,7 +58,10 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         kept = np.array([np.count_nonzero(d.scores >= spec.score_threshold) for d in found], np.int64)
         total = uncertain + sure
         conf = np.where(total > 0, 1.0 - uncertain / np.maximum(total, 1), 1.0)
-        return TaskConfidence(conf.astype(np.float32), kept, {"uncertain_boxes": uncertain})
+        scores = [d.scores[d.scores >= spec.score_threshold] for d in found]
+        return TaskConfidence(conf.astype(np.float32), kept, {"uncertain_boxes": uncertain},
+                              {"boxes": kept.astype(np.float64),
+                               "box_score": np.concatenate(scores) if scores else np.zeros(0)})
     if kind == "dense":
         p = x.reshape(rows, -1).astype(np.float64)
         if x.ndim == 4 and x.shape[1] > 1:
@@ -65,7 +75,8 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
             band = (p >= low) & (p < high)
             conf = 1.0 - band.mean(axis=1)
         fg = (x.reshape(rows, -1) > (0.5 if spec.threshold is None else spec.threshold)).sum(axis=1)
-        return TaskConfidence(conf.astype(np.float32), fg.astype(np.int64))
+        pixels = max(1, x.reshape(rows, -1).shape[1])
+        return TaskConfidence(conf.astype(np.float32), fg.astype(np.int64), signals={"foreground": fg / pixels})
     if kind == "ctc":
         probs = ctc_step_probabilities(spec, x)
         best = probs.max(axis=2)
@@ -73,5 +84,6 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         lengths = np.array([np.count_nonzero((r != spec.blank) & np.r_[True, r[1:] != r[:-1]]) for r in path], np.int64)
         seq_prob = np.exp(np.log(np.clip(best, 1e-12, 1.0)).sum(axis=1))
         return TaskConfidence(best.min(axis=1).astype(np.float32), lengths,
-                              {"sequence_probability": seq_prob.astype(np.float32)})
+                              {"sequence_probability": seq_prob.astype(np.float32)},
+                              {"sequence_length": lengths.astype(np.float64), "sequence_probability": seq_prob})
     return TaskConfidence(None, np.zeros(rows, np.int64))

@@ -33,6 +33,7 @@ FALLBACK_RATE = "fallback_rate"
 ERROR_RATE = "error_rate"
 CONFIDENCE = "confidence"
 CLASSES = "classes"
+TASK_PREFIX = "task:"  # task drift signals: "task:boxes", "task:sequence_length", ... (protocols.drift.TASK_SIGNAL_EDGES)
 UNKNOWN_RETRY_S = 60.0  # a model registered after its first telemetry gets its reference within this
 
 
@@ -132,6 +133,9 @@ def _flatten(w: TelemetryWindow) -> tuple[tuple, list[int]]:
     for s in w.inputs:
         row += s.counts
         inputs.append((f"{s.input}.{s.summary}", len(s.counts)))
+    for t in w.task_signals:  # summed beside the input histograms, under their own prefix
+        row += t.counts
+        inputs.append((TASK_PREFIX + t.signal, len(t.counts)))
     return (len(w.confidence_counts), len(w.class_counts), tuple(inputs)), row
 
 
@@ -160,6 +164,8 @@ class Reference:
             counts[CONFIDENCE] = np.asarray(ref["confidence"]["counts"], dtype=np.int64)
         if ref.get("classes"):
             counts[CLASSES] = np.asarray(ref["classes"]["counts"], dtype=np.int64)
+        for name, spec in (ref.get("tasks") or {}).items():
+            counts[TASK_PREFIX + name] = np.asarray(spec["counts"], dtype=np.int64)
         return cls(counts)
 
 
@@ -289,10 +295,10 @@ class DriftEngine:
         ref = self.reference(key.model_name, key.model_version)
         if ref is not None:
             observed: dict[str, np.ndarray] = {CONFIDENCE: cur.confidence, CLASSES: cur.classes}
-            observed.update({f"input:{k}": v for k, v in cur.inputs.items()})
+            observed.update({k if k.startswith(TASK_PREFIX) else f"input:{k}": v for k, v in cur.inputs.items()})
             for signal, ref_counts in ref.counts.items():
                 counts = observed.get(signal)
-                if counts is None or (signal.startswith("input:") and len(counts) != len(ref_counts)):
+                if counts is None or (signal.startswith(("input:", TASK_PREFIX)) and len(counts) != len(ref_counts)):
                     continue  # this device population did not send it, or binned over other edges
                 n = int(counts.sum())
                 if n < cfg.min_samples:

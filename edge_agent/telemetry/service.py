@@ -131,14 +131,15 @@ class TelemetryService:
 
     def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
                label: int | Sequence[int] | np.ndarray | None = None,
-               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False) -> None:
-        """Count one answered request (source: edge, cloud, edge-degraded or error; `budget_spent`: see the window).
+               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False,
+               signals: Mapping[str, np.ndarray] | None = None) -> None:
+        """Count one answered request (source: edge, cloud, edge-degraded or error; `budget_spent`, `signals`: see the window).
 
         Cheap on the request path: a full window is handed to the ticker thread, which
         pays the outbox's fsync, so no request ever waits on the disk.
         """
         with self._lock:
-            full = self.aggregator.record(source, latency_ms, confidence, label, inputs, budget_spent)
+            full = self.aggregator.record(source, latency_ms, confidence, label, inputs, budget_spent, signals)
             if full:
                 self._hand_off(self.aggregator.close(self._clock()))
                 self._wake.set()

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tandem.protocols import limits
-from tandem.protocols.drift import bin_counts, confidence_counts, summarize_inputs
+from tandem.protocols.drift import TASK_SIGNAL_EDGES, bin_counts, confidence_counts, summarize_inputs, task_signal_counts
 from tandem.protocols.telemetry_codec import LATENCY_EDGES_MS, SOURCE_FIELDS, TelemetryWindow
 
 FOLD_SAMPLES = 4096              # buffered values before they are binned; bounds memory on a busy device
@@ -96,6 +96,9 @@ class WindowAggregator:
         self._shadow_samples = 0
         self._shadow_agree = 0
         self._budget_spent = 0
+        self._task_buf: dict[str, list[np.ndarray]] = {}
+        self._task_values = 0
+        self._tasks: dict[str, np.ndarray] = {}
 
     @property
     def requests(self) -> int:
@@ -103,10 +106,13 @@ class WindowAggregator:
 
     def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
                label: int | Sequence[int] | np.ndarray | None = None,
-               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False) -> bool:
+               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False,
+               signals: Mapping[str, np.ndarray] | None = None) -> bool:
         """Count one answered request; True when it filled the window (close it now).
 
         `budget_spent`: an edge-degraded answer given because the fallback budget was spent.
+        `signals`: task drift signals (tandem.tasks TaskConfidence.signals); names outside
+        protocols.drift.TASK_SIGNAL_EDGES are ignored.
         """
         field_name = SOURCE_FIELDS.get(source)
         if field_name is None:
@@ -142,10 +148,16 @@ class WindowAggregator:
             else:
                 self._label_buf.append(lab)
                 rows = max(rows, 1)
+        if signals:
+            for name, values in signals.items():
+                if name in TASK_SIGNAL_EDGES:
+                    arr = np.asarray(values, dtype=np.float64).ravel()
+                    self._task_buf.setdefault(name, []).append(arr)
+                    self._task_values += arr.size
         if inputs is not None and (self._n - 1) % self.config.input_every == 0:
             rows = max(rows, self._add_inputs(inputs))
         self._samples += max(rows, 1)
-        if len(self._conf_buf) + len(self._label_buf) + self._pending_rows >= FOLD_SAMPLES:
+        if len(self._conf_buf) + len(self._label_buf) + self._pending_rows + self._task_values >= FOLD_SAMPLES:
             self._fold()
         return self._n >= self.config.max_requests
 
@@ -176,6 +188,12 @@ class WindowAggregator:
                 self._inputs[key] += np.asarray(bin_counts(values, self._edges[key]), dtype=np.int64)
                 chunks.clear()
         self._pending_rows = 0
+        for name, parts in self._task_buf.items():
+            if parts:
+                counts = np.asarray(task_signal_counts(name, np.concatenate(parts)), dtype=np.int64)
+                self._tasks[name] = self._tasks[name] + counts if name in self._tasks else counts
+                parts.clear()
+        self._task_values = 0
 
     def _add_labels(self, labels: np.ndarray) -> None:
         ok = (labels >= 0) & (labels < limits.MAX_TELEMETRY_CLASSES)
@@ -255,5 +273,7 @@ class WindowAggregator:
         w.class_counts.extend(self._classes.tolist())
         for (inp, summ), counts in sorted(self._inputs.items()):
             w.inputs.add(input=inp, summary=summ, counts=counts.tolist())
+        for name, counts in sorted(self._tasks.items()):
+            w.task_signals.add(signal=name, counts=counts.tolist())
         self._reset(now)
         return w
