@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from tandem.edge_agent.ota.machine import HealthFigures
+from tandem.tasks import row_agreement
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,19 @@ class RequestObserver:
             except Exception:
                 self._telemetry_failed()
 
+    def compared(self, policy: Any, edge_outputs: Sequence[tuple[str, np.ndarray]], edge_labels: np.ndarray,
+                 cloud_outputs: Sequence[tuple[str, np.ndarray]], cloud_labels: np.ndarray) -> None:
+        """The hub answered: count how far the edge's own answer was from it, by the task
+        (tandem.tasks.row_agreement on a TaskPolicy's output; same top-1 label for a softmax classifier)."""
+        if self.telemetry is None:
+            return
+        try:
+            values = edge_cloud_agreement(policy, edge_outputs, edge_labels, cloud_outputs, cloud_labels)
+            if values is not None:
+                self.telemetry.record_agreement(values)
+        except Exception:  # an answer the task cannot compare (other shapes): never fails the request
+            self._telemetry_failed()
+
     def failed(self, seconds: float) -> None:
         """One error reply (bad input, overload, runtime failure)."""
         ms = seconds * 1000.0
@@ -89,3 +103,19 @@ class RequestObserver:
         self._telemetry_failures += 1
         if self._telemetry_failures in (1, 10, 100) or self._telemetry_failures % 1000 == 0:
             log.exception("telemetry record failed failures=%d", self._telemetry_failures)
+
+
+def edge_cloud_agreement(policy: Any, edge_outputs: Sequence[tuple[str, np.ndarray]], edge_labels: np.ndarray,
+                         cloud_outputs: Sequence[tuple[str, np.ndarray]], cloud_labels: np.ndarray) -> np.ndarray | None:
+    """Per-row agreement in [0, 1] of the edge's answer with the hub's; None when the task has no measure."""
+    spec = getattr(policy, "spec", None)
+    if spec is None:  # ConfidencePolicy: a softmax classifier, compared by its labels
+        if edge_labels.shape != cloud_labels.shape:
+            return None
+        return (edge_labels == cloud_labels).astype(np.float64)
+    edge, cloud = dict(edge_outputs), dict(cloud_outputs)
+    e = edge.get(spec.output, next(iter(edge.values()), None))
+    c = cloud.get(spec.output, next(iter(cloud.values()), None))
+    if e is None or c is None:
+        return None
+    return row_agreement(spec, e, c)

@@ -137,6 +137,8 @@ class InferenceService:
                     return self._reply(request, self._edge_only(request, edge, decision), t0,
                                        decision.action is Action.BUDGET_SPENT)
             answer = await self._ask_hub(request.feeds, edge.scores, request.header.request_id)
+            if answer.source == pb.SOURCE_CLOUD and self.observer is not None:
+                self.observer.compared(self.policy, edge.outputs, edge.scores.labels, answer.outputs, answer.scores.labels)
             if not edge.scores.all_confident:
                 self._keep_hard_example(request.header.request_id, request.feeds, edge.scores,
                                         _SOURCE_NAMES[answer.source])

@@ -77,6 +77,9 @@ def _validate(w: TelemetryWindow, topic_device: str | None) -> None:
         raise TelemetryDecodeError("end_unix: before start_unix")
     if len(w.latency_counts) not in (0, len(LATENCY_EDGES_MS) + 1):
         raise TelemetryDecodeError(f"latency_counts: {len(w.latency_counts)} bins, expected {len(LATENCY_EDGES_MS) + 1}")
+    if len(w.agreement_counts) not in (0, 20) or not 0.0 <= w.agreement_sum <= sum(w.agreement_counts):
+        raise TelemetryDecodeError(f"agreement_counts: {len(w.agreement_counts)} bins (expected 20) and "
+                                   f"agreement_sum {w.agreement_sum} must lie in [0, rows]")
     if len(w.confidence_counts) not in (0, 20):
         raise TelemetryDecodeError(f"confidence_counts: {len(w.confidence_counts)} bins, expected 20")
     if len(w.class_counts) > limits.MAX_TELEMETRY_CLASSES:
@@ -120,6 +123,7 @@ def window_to_dict(w: TelemetryWindow) -> dict[str, Any]:
         "class_overflow": w.class_overflow,
         "inputs": {f"{s.input}.{s.summary}": list(s.counts) for s in w.inputs},
         "task_signals": {t.signal: list(t.counts) for t in w.task_signals},
+        "agreement_counts": list(w.agreement_counts), "agreement_sum": w.agreement_sum,
         "input_samples": w.input_samples, "outbox_dropped_total": w.outbox_dropped_total,
         "outbox_dropped": dict(w.outbox_dropped),
         "shadow_samples": w.shadow_samples, "shadow_agree": w.shadow_agree, "budget_spent": w.budget_spent,

@@ -37,7 +37,7 @@ class TaskSignalCounts(_message.Message):
     def __init__(self, signal: _Optional[str] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TelemetryWindow(_message.Message):
-    __slots__ = ("schema_version", "device_id", "sequence", "model_name", "model_version", "variant", "profile", "tags", "start_unix", "end_unix", "requests", "samples", "latency_counts", "latency_sum_ms", "latency_max_ms", "confidence_counts", "class_counts", "class_overflow", "inputs", "outbox_dropped_total", "input_samples", "outbox_dropped", "shadow_samples", "shadow_agree", "budget_spent", "task_signals")
+    __slots__ = ("schema_version", "device_id", "sequence", "model_name", "model_version", "variant", "profile", "tags", "start_unix", "end_unix", "requests", "samples", "latency_counts", "latency_sum_ms", "latency_max_ms", "confidence_counts", "class_counts", "class_overflow", "inputs", "outbox_dropped_total", "input_samples", "outbox_dropped", "shadow_samples", "shadow_agree", "budget_spent", "task_signals", "agreement_counts", "agreement_sum")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class TelemetryWindow(_message.Message):
     SHADOW_AGREE_FIELD_NUMBER: _ClassVar[int]
     BUDGET_SPENT_FIELD_NUMBER: _ClassVar[int]
     TASK_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_SUM_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     device_id: str
     sequence: int
@@ -104,4 +106,6 @@ class TelemetryWindow(_message.Message):
     shadow_agree: int
     budget_spent: int
     task_signals: _containers.RepeatedCompositeFieldContainer[TaskSignalCounts]
-    def __init__(self, schema_version: _Optional[int] = ..., device_id: _Optional[str] = ..., sequence: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ..., profile: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_unix: _Optional[float] = ..., end_unix: _Optional[float] = ..., requests: _Optional[_Union[SourceCounts, _Mapping]] = ..., samples: _Optional[int] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_ms: _Optional[float] = ..., latency_max_ms: _Optional[float] = ..., confidence_counts: _Optional[_Iterable[int]] = ..., class_counts: _Optional[_Iterable[int]] = ..., class_overflow: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[SummaryCounts, _Mapping]]] = ..., outbox_dropped_total: _Optional[int] = ..., input_samples: _Optional[int] = ..., outbox_dropped: _Optional[_Mapping[str, int]] = ..., shadow_samples: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., budget_spent: _Optional[int] = ..., task_signals: _Optional[_Iterable[_Union[TaskSignalCounts, _Mapping]]] = ...) -> None: ...
+    agreement_counts: _containers.RepeatedScalarFieldContainer[int]
+    agreement_sum: float
+    def __init__(self, schema_version: _Optional[int] = ..., device_id: _Optional[str] = ..., sequence: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ..., profile: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., start_unix: _Optional[float] = ..., end_unix: _Optional[float] = ..., requests: _Optional[_Union[SourceCounts, _Mapping]] = ..., samples: _Optional[int] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_ms: _Optional[float] = ..., latency_max_ms: _Optional[float] = ..., confidence_counts: _Optional[_Iterable[int]] = ..., class_counts: _Optional[_Iterable[int]] = ..., class_overflow: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[SummaryCounts, _Mapping]]] = ..., outbox_dropped_total: _Optional[int] = ..., input_samples: _Optional[int] = ..., outbox_dropped: _Optional[_Mapping[str, int]] = ..., shadow_samples: _Optional[int] = ..., shadow_agree: _Optional[int] = ..., budget_spent: _Optional[int] = ..., task_signals: _Optional[_Iterable[_Union[TaskSignalCounts, _Mapping]]] = ..., agreement_counts: _Optional[_Iterable[int]] = ..., agreement_sum: _Optional[float] = ...) -> None: ...

@@ -1,4 +1,4 @@
-"""Task drift signals end to end for a detector: the compiler writes the reference of boxes per
+"""Task drift signals and edge/cloud agreement end to end for a detector: the compiler writes the reference of boxes per
 image and box scores (FP32 on validation data), a real agent serves the compiled detector over
 ZeroMQ and its telemetry window bins the same signals, every window goes through the wire codec,
 and the hub's DriftEngine evaluates them. Unchanged images: no task-signal alert. Images with
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from models import YOLO_SIZE, yolo_data, yolo_detector
+from tandem.cloud_hub.inference import InferenceServer
 from tandem.cloud_hub.telemetry.alerts import Hysteresis
 from tandem.cloud_hub.telemetry.engine import DriftConfig, DriftEngine
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
@@ -18,7 +19,7 @@ from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, Wind
 from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.protocols.drift import TASK_SIGNAL_EDGES
 from tandem.protocols.telemetry_codec import decode_window, encode_window
-from tandem.tasks import TaskSpec, task_confidence
+from tandem.tasks import TaskSpec, row_agreement, task_confidence
 
 from test_policy_tasks import PROFILE
 
@@ -102,3 +103,46 @@ def test_detector_box_signals_reference_telemetry_and_drift(detector):
         opened = run(SHIFT_WINDOWS, NULL_WINDOWS, shifted=True)
     assert opened, "a crowded scene (5-7 objects per image) did not open a task:boxes drift alert"
     assert opened[0] - NULL_WINDOWS < 6, opened
+
+
+def test_row_agreement_by_task_falls_with_the_answer():
+    spec = TaskSpec("detection", output="y", layout="nms")
+    hub = np.array([[[0, 0, 10, 10, 0.9, 1], [20, 20, 30, 30, 0.8, 0]]], np.float32)
+    assert row_agreement(spec, hub, hub).tolist() == [1.0]
+    one_lost = hub.copy()
+    one_lost[0, 1, 4] = 0.0  # the edge misses one of two boxes: F1 = 2 * 1 / (2 + 1)
+    assert np.isclose(row_agreement(spec, one_lost, hub)[0], 2 / 3)
+    ctc = TaskSpec("ctc", output="y", blank=0, step_scores="probabilities")
+    steps = np.eye(4, dtype=np.float32)[[1, 0, 2, 0, 3]][None]  # "1 2 3"
+    edit = np.eye(4, dtype=np.float32)[[1, 0, 2, 0, 2]][None]   # "1 2 2": one edit in three
+    assert np.isclose(row_agreement(ctc, edit, steps)[0], 2 / 3)
+    assert row_agreement(TaskSpec("custom", output="y"), hub, hub) is None
+
+
+def test_answers_from_the_hub_are_compared_with_the_edge_by_the_task(detector):
+    tmp, result = detector
+    manifest = result.manifest
+    hub = InferenceServer(result.out, hub_profile="ort-fp32")
+    hub.start()
+    try:
+        cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": result.out,
+                                     "model.variant": "onnxruntime-fp32", "server.endpoint": f"ipc://{tmp}/b.sock",
+                                     "hard_examples.data_dir": tmp / "data-b", "fallback.hub_url": hub.address,
+                                     "fallback.hub_model": manifest.name})
+        with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+            window = WindowAggregator("dev-det", ModelInfo.from_manifest(manifest), config=WindowConfig(), now=0.0)
+            agent.observer.telemetry = window
+            x = yolo_data(24, 7)
+            sources = [client.infer(x[j:j + 4], mode="cloud").source for j in range(0, 24, 4)]
+            w = window.close(1.0)
+    finally:
+        hub.stop()
+    assert sources == ["cloud"] * 6
+    assert w is not None and sum(w.agreement_counts) == 24  # one figure per row the hub answered
+    assert w.agreement_counts[-1] == 24 and w.agreement_sum == pytest.approx(24.0)  # the same model: F1 = 1
+    assert decode_window(encode_window(_numbered(w)), "dev-det").agreement_sum == pytest.approx(24.0)
+
+
+def _numbered(w):
+    w.sequence = 1
+    return w

@@ -144,6 +144,11 @@ class TelemetryService:
                 self._hand_off(self.aggregator.close(self._clock()))
                 self._wake.set()
 
+    def record_agreement(self, values: np.ndarray) -> None:
+        """Count the edge's per-row agreement with an answer the hub gave (see the window)."""
+        with self._lock:
+            self.aggregator.record_agreement(values)
+
     def record_shadow(self, samples: int, agree: int) -> None:
         """Count one shadow comparison (from a fallback thread, after its request was answered)."""
         with self._lock:

@@ -99,6 +99,8 @@ class WindowAggregator:
         self._task_buf: dict[str, list[np.ndarray]] = {}
         self._task_values = 0
         self._tasks: dict[str, np.ndarray] = {}
+        self._agreement = np.zeros(20, dtype=np.int64)
+        self._agreement_sum = 0.0
 
     @property
     def requests(self) -> int:
@@ -167,6 +169,14 @@ class WindowAggregator:
             raise ValueError(f"shadow: agree={agree} must be between 0 and samples={samples}")
         self._shadow_samples += samples
         self._shadow_agree += agree
+
+    def record_agreement(self, values: np.ndarray) -> None:
+        """Rows the hub answered: the edge's agreement with it per row, in [0, 1] (tandem.tasks.row_agreement)."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = np.clip(v[np.isfinite(v)], 0.0, 1.0)
+        if len(v):
+            self._agreement += np.asarray(confidence_counts(v), dtype=np.int64)
+            self._agreement_sum += float(v.sum())
 
     def _fold(self) -> None:
         """Bin the buffered confidences, labels and input summaries into the window's counts."""
@@ -275,5 +285,8 @@ class WindowAggregator:
             w.inputs.add(input=inp, summary=summ, counts=counts.tolist())
         for name, counts in sorted(self._tasks.items()):
             w.task_signals.add(signal=name, counts=counts.tolist())
+        if self._agreement.any():
+            w.agreement_counts.extend(self._agreement.tolist())
+            w.agreement_sum = min(self._agreement_sum, float(self._agreement.sum()))
         self._reset(now)
         return w
