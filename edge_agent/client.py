@@ -116,14 +116,17 @@ class AgentClient:
         return sock
 
     def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
-              return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None) -> AgentAnswer:
+              return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None,
+              stream_id: str = "") -> AgentAnswer:
         """Send one request (a dict by input name, a list by position, or one array) and wait for the answer.
 
-        Raises BadRequestError etc. for error replies and AgentUnavailable on timeout.
+        Raises BadRequestError etc. for error replies and AgentUnavailable on timeout. `stream_id`:
+        a stateful model's stream; the agent keeps its state between requests (docs/tasks.md).
         """
         request_id = self._prefix + str(next(self._ids))
         frames = self._templates.frames(_inputs(inputs), request_id=request_id, model_name=model_name,
-                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs)
+                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs,
+                                        stream_id=stream_id)
         sock = self._sock
         sock.send_multipart(frames, copy=False)
         limit = self.timeout_s if timeout_s is None else timeout_s
@@ -182,10 +185,12 @@ class AsyncAgentClient:
         self._reader: asyncio.Task | None = None
 
     async def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
-                    return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None) -> AgentAnswer:
+                    return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None,
+                    stream_id: str = "") -> AgentAnswer:
         request_id = self._prefix + str(next(self._ids))
         frames = self._templates.frames(_inputs(inputs), request_id=request_id, model_name=model_name,
-                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs)
+                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs,
+                                        stream_id=stream_id)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters[request_id] = waiter

@@ -168,7 +168,8 @@ class FastLane:
         """Keep a plan for `prefix` (from `new_prefix`) of a header the general path accepted;
         `edge_only` None: the lane must not answer it."""
         plan = None
-        if edge_only is not None and not header.options.return_outputs and _splits_cleanly(prefix, header):
+        if (edge_only is not None and not header.options.return_outputs and not header.stream_id
+                and _splits_cleanly(prefix, header)):
             threshold = header.options.threshold if header.options.HasField("threshold") else None
             plan = Plan(tuple(tensors), threshold, edge_only)
         if len(self._plans) >= self._max_plans:

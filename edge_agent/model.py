@@ -313,7 +313,10 @@ def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequ
             raise BadRequestError(f"input {spec.name!r}: contains NaN or infinity, which this agent does not accept")
         feeds[spec.name] = array
     if len(feeds) > 1:
-        rows = {a.shape[0] for a in feeds.values() if a.ndim}
+        # each input's batch axis is its first dynamic one (a state [2, N, 128]: axis 1), else axis 0
+        axes = {s.name: (s.shape.index(-1) if -1 in s.shape else 0) for s in specs}
+        rows = {a.shape[axes[n]] for n, a in feeds.items() if a.ndim > axes[n]}
         if len(rows) > 1:
-            raise BadRequestError(f"inputs disagree on the batch size (leading axes: {sorted(rows)})")
+            raise BadRequestError(f"inputs disagree on the batch size (sizes along each input's batch axis: "
+                                  f"{sorted(rows)})")
     return feeds

@@ -27,6 +27,7 @@ from tandem.edge_agent.model import LoadedModel, match_inputs
 from tandem.edge_agent.modes import Action, Decision, FallbackBudget, ServingMode, decide, effective_mode
 from tandem.edge_agent.observe import RequestObserver
 from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, Scores
+from tandem.edge_agent.streams import StreamStates, state_pairs
 from tandem.edge_agent.wire import decode_request, encode_reply, error_reply
 from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
 from tandem.protocols import local_api_pb2 as pb
@@ -96,6 +97,8 @@ class InferenceService:
         self.shadow_sample_rate = shadow_sample_rate
         self._rng = rng or random.Random()
         self._shadow_slots = threading.BoundedSemaphore(SHADOW_MAX_INFLIGHT)
+        # stateful models: per-stream state, fed in and kept from the edge run only (edge_agent/streams.py)
+        self.streams = StreamStates(state_pairs([s.name for s in model.input_specs], model.output_names))
         # repeated request layouts skip the general path's parsing and checks (edge_agent/fast_lane.py)
         self.lane: FastLane | None = FastLane(
             model_name=model.name, model_version=model.version, output_names=model.output_names, policy=policy,
@@ -194,12 +197,14 @@ class InferenceService:
             threshold = header.options.threshold if header.options.HasField("threshold") else None
             if threshold is not None and not 0.0 <= threshold <= 1.0:
                 raise BadRequestError(f"threshold {threshold} must be between 0 and 1")
-            feeds = match_inputs(self.model.input_specs, [t.name for t in header.inputs], arrays,
-                                 allow_nan=self.allow_nan)
+            names = [t.name for t in header.inputs]
+            if header.stream_id:
+                names, arrays = self.streams.feeds(header.stream_id, names, list(arrays), self.model.input_specs)
+            feeds = match_inputs(self.model.input_specs, names, arrays, allow_nan=self.allow_nan)
         except AgentError as exc:
             exc.request_id = header.request_id  # type: ignore[attr-defined]
             raise
-        if self.lane is not None:
+        if self.lane is not None and not header.stream_id:  # a stream's state is the general path's job
             self._teach_lane(frames[0], header, feeds)
         return _Prepared(header, feeds, threshold)
 
@@ -223,6 +228,8 @@ class InferenceService:
     def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, Decision]:
         names = self.model.output_names
         check_finite(outputs, names, "the model")
+        if request.header.stream_id:  # the next state is the edge run's, whatever answers this request
+            self.streams.keep(request.header.stream_id, dict(zip(names, outputs)))
         try:
             scores = self.policy.score(outputs, names, request.threshold)
         except PolicyError as exc:

@@ -53,7 +53,7 @@ def check_array(name: str, array: np.ndarray) -> None:
 
 def encode_request(inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, request_id: str = "",
                    model_name: str = "", threshold: float | None = None, mode: int = pb.MODE_AUTO,
-                   return_outputs: bool = False) -> list[Any]:
+                   return_outputs: bool = False, stream_id: str = "") -> list[Any]:
     """Frames of one request; a sequence of arrays matches model inputs by position."""
     items = list(inputs.items()) if isinstance(inputs, Mapping) else [("", a) for a in inputs]
     if len(items) > limits.MAX_TENSORS_PER_REQUEST:
@@ -68,7 +68,7 @@ def encode_request(inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, r
         options.threshold = threshold
     header = pb.RequestHeader(
         schema_version=limits.LOCAL_API_SCHEMA_VERSION, request_id=request_id, model_name=model_name,
-        inputs=[tensor_header(n, a) for (n, _), a in zip(items, arrays)], options=options,
+        inputs=[tensor_header(n, a) for (n, _), a in zip(items, arrays)], options=options, stream_id=stream_id,
     )
     return [header.SerializeToString(), *tensor_frames(arrays)]
 
@@ -102,19 +102,19 @@ class RequestTemplates:
 
     def frames(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, request_id: str = "",
                model_name: str = "", threshold: float | None = None, mode: int = pb.MODE_AUTO,
-               return_outputs: bool = False) -> list[Any]:
+               return_outputs: bool = False, stream_id: str = "") -> list[Any]:
         if isinstance(inputs, Mapping):
             names: tuple[str, ...] | None = tuple(inputs)
             arrays = [v if type(v) is np.ndarray else np.asarray(v) for v in inputs.values()]
         else:
             names = None
             arrays = [v if type(v) is np.ndarray else np.asarray(v) for v in inputs]
-        key = (names, model_name, threshold, mode, return_outputs, *[(a.dtype, a.shape) for a in arrays])
+        key = (names, model_name, threshold, mode, return_outputs, stream_id, *[(a.dtype, a.shape) for a in arrays])
         template = self._templates.get(key)
         if template is None:
             items = dict(zip(names, arrays)) if names is not None else arrays
             template = encode_request(items, model_name=model_name, threshold=threshold, mode=mode,
-                                      return_outputs=return_outputs)[0]  # checks every limit; raises
+                                      return_outputs=return_outputs, stream_id=stream_id)[0]  # checks every limit; raises
             if len(self._templates) >= self._max:
                 self._templates.clear()
             self._templates[key] = template

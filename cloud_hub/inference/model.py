@@ -99,8 +99,10 @@ class CloudModel:
             if not allow_non_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise BadInputError(f"input {name!r}: contains NaN or infinity")
             feeds[name] = _as_text(name, array) if spec.dtype == "string" else array
-        if len({a.shape[0] for a in feeds.values() if a.ndim}) > 1:
-            raise BadInputError(f"model {self.name!r}: inputs disagree on the batch size (leading axis)")
+        # each input's batch axis is its first dynamic one (a state [2, N, 128]: axis 1), else axis 0
+        axes = {n: (list(spec.shape).index(-1) if -1 in spec.shape else 0) for n, spec in expected.items()}
+        if len({a.shape[axes[n]] for n, a in feeds.items() if a.ndim > axes[n]}) > 1:
+            raise BadInputError(f"model {self.name!r}: inputs disagree on the batch size (along each input's batch axis)")
         return feeds
 
     def close(self) -> None:
