@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub_registry_fixtures import make_model_dir
+from hub_registry_fixtures import TEST_PUBLISHER, make_model_dir
 from tandem.protocols import signing
 from tandem.protocols.manifest import Manifest
 
@@ -38,7 +38,9 @@ def test_registered_manifest_is_signed_by_the_key_the_hub_publishes(running_hub,
     signing.verify_manifest(served, public)  # raises if not signed by the published key
     assert served["signature"]["key_id"] == key["key_id"]
     original = json.loads((hub_model_dir / "manifest.json").read_text())
-    assert {k: v for k, v in served.items() if k != "signature"} == original
+    # Counter-signed: the publisher's signature kept inside, covered by the hub's.
+    expected = {k: v for k, v in original.items() if k != "signature"} | {"publisher_signature": original["signature"]}
+    assert {k: v for k, v in served.items() if k != "signature"} == expected
     # Any change breaks it: an agent would refuse a tampered manifest.
     served["version"] = "1.0.1"
     with pytest.raises(signing.SignatureError):
@@ -67,7 +69,8 @@ def test_same_version_same_content_is_idempotent_and_different_content_is_refuse
     assert not running_hub.registry.register_dir(hub_model_dir).created
     changed = json.loads((hub_model_dir / "manifest.json").read_text())
     changed["task"]["classes"] = 11
-    (hub_model_dir / "manifest.json").write_text(json.dumps(changed))
+    changed.pop("signature")  # the publisher signs the changed content: the version, not the signature, is at stake
+    (hub_model_dir / "manifest.json").write_text(json.dumps(signing.sign_manifest(changed, TEST_PUBLISHER)))
     with client(running_hub) as c:
         r = c.post("/v1/models", content=tar_gz(hub_model_dir), headers={"Content-Type": "application/gzip"})
     assert r.status_code == 409
@@ -142,7 +145,7 @@ def test_a_real_compiler_output_registers_and_every_file_downloads(running_hub, 
     compiled = Manifest.from_json((out / "manifest.json").read_text())
     with client(running_hub) as c:
         r = c.post("/v1/models", content=tar_gz(out), headers={"Content-Type": "application/gzip"})
-        assert r.status_code == 200, r.text
+        assert r.status_code == 201, r.text
         served = c.get(f"/v1/models/digits-edge/versions/{compiled.version}/manifest").json()
         public = signing.load_public_key(c.get("/v1/keys/release").json()["public_key_pem"])
         signing.verify_manifest(served, public)  # re-signed by the hub, whoever signed it before
