@@ -80,7 +80,10 @@ def test_hub_that_never_answers_costs_one_deadline_then_the_breaker_opens(models
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(16)
         url = "127.0.0.1:%d" % black_hole.getsockname()[1]
-        cfg = agent_config(models, tmp_path, url, {"fallback.breaker_failures": 2, "fallback.breaker_cooldown_s": 30})
+        # a 1 s deadline here: waiting for it or not differs by far more than a loaded machine's noise
+        deadline_s = 1.0
+        cfg = agent_config(models, tmp_path, url, {"fallback.breaker_failures": 2, "fallback.breaker_cooldown_s": 30,
+                                                   "fallback.deadline_ms": deadline_s * 1000})
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
             times = []
             for _ in range(5):
@@ -89,12 +92,14 @@ def test_hub_that_never_answers_costs_one_deadline_then_the_breaker_opens(models
                 times.append(time.perf_counter() - t0)
                 assert answer.source == "edge-degraded"
                 assert answer.detail.startswith("hub unavailable")
-            assert max(times[:2]) < DEADLINE_MS / 1000 + MARGIN_S
+            # the first call waits out the deadline (the second fails fast on the broken channel);
+            # neither takes much more (a second of margin)
+            assert 0.9 * deadline_s <= times[0] and max(times[:2]) < deadline_s + 1.0, times
             assert agent.breaker.state == "open"
             # with the breaker open the hub is not called at all: no waiting for the deadline
             answer = client.infer(test_x[:1], threshold=1.0)
             assert answer.source == "edge-degraded" and "breaker open" in answer.detail, answer.detail
-            assert max(times[2:]) < DEADLINE_MS / 1000, times
+            assert max(times[2:]) < deadline_s / 2, times  # half a deadline of margin for scheduling
             body = urllib.request.urlopen(agent.health_url + "/healthz", timeout=5).read().decode()
             assert '"breaker": "open"' in body
 
