@@ -15,7 +15,6 @@ from tandem.cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceC
 from tandem.cloud_hub.telemetry.clocks import DeviceClocks
 from tandem.edge_agent.ota.hubclock import CLOCK_TOLERANCE_S, HubClock
 from tandem.edge_agent.telemetry import ModelInfo, TelemetryService
-from telemetry_fixtures import mosquitto  # noqa: F401  (fixture)
 from waiting import wait_for
 
 REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},

@@ -15,7 +15,7 @@ from tandem.cloud_hub.devices import DeviceFilter, DeviceRegistry, newer_presenc
 from tandem.cloud_hub.presence import DevicePresence, apply_status, plan_status, wait_registered
 from tandem.cloud_hub.storage import open_database
 from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE
-from telemetry_fixtures import mosquitto, python_env  # noqa: F401  (fixture)
+from telemetry_fixtures import python_env
 
 KEEPALIVE_S = 2
 SLACK_S = 1.5  # message delivery and the hub's MQTT thread on a loaded 2-core CI machine

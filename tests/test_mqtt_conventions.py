@@ -14,7 +14,6 @@ from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPubl
 from tandem.protocols import topics
 from tandem.protocols.mqtt_props import MESSAGE_SPECS, properties_of
 from tandem.protocols.telemetry_codec import TelemetryWindow, encode_hard_example
-from telemetry_fixtures import mosquitto  # noqa: F401  (fixture)
 from waiting import wait_for
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"

@@ -21,7 +21,6 @@ from tandem.cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceC
 from tandem.edge_agent.telemetry import ModelInfo, TelemetryService
 from tandem.edge_agent.uplink import telemetry_status
 from tandem.protocols.telemetry_codec import decode_window
-from telemetry_fixtures import mosquitto  # noqa: F401  (fixture)
 from waiting import wait_for
 
 REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
