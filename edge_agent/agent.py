@@ -325,7 +325,8 @@ class Agent:
                                    cfg.policy.output)
         log.info("policy threshold=%s temperature=%s source=%s", choice.threshold, choice.temperature, choice.source)
         try:
-            by_task = task_policy_for(task, cfg.policy.threshold, cfg.policy.output, cfg.policy.transform)
+            by_task = task_policy_for(task, cfg.policy.threshold, cfg.policy.output, cfg.policy.transform,
+                                      model.variant.calibration)
             if by_task is not None:  # not a softmax classifier: the task's own confidence (tandem.tasks)
                 return by_task
             return ConfidencePolicy(cfg.policy.kind, choice.threshold, output=cfg.policy.output, transform=cfg.policy.transform,

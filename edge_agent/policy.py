@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tandem.tasks import TaskError, TaskSpec, task_confidence
+from tandem.tasks import DEFAULT_THRESHOLDS as TASK_THRESHOLDS
+from tandem.tasks import TaskError, TaskSpec, confidence_measure, task_confidence
 
 KINDS = ("max_prob", "margin", "entropy")
 TRANSFORMS = ("auto", "none", "softmax", "sigmoid")
@@ -270,7 +271,7 @@ class ConfidencePolicy:
 
 
 # a task's own confidence (tandem.tasks.confidence) is compared with these unless configured
-TASK_DEFAULT_THRESHOLDS = {"sigmoid": 0.8, "multi_label": 0.8, "detection": 0.8, "dense": 0.9, "ctc": 0.5}
+TASK_DEFAULT_THRESHOLDS = TASK_THRESHOLDS  # tandem.tasks: the compiler's calibration starts from the same
 NO_CONFIDENCE_RULES = ("edge", "cloud")
 
 
@@ -317,10 +318,13 @@ class TaskPolicy(ConfidencePolicy):
 
 
 def task_policy_for(task: Mapping[str, Any], config_threshold: float | None, output: str | int | None,
-                    transform: str | Transform) -> TaskPolicy | None:
+                    transform: str | Transform, calibration: Any = None) -> TaskPolicy | None:
     """The TaskPolicy the manifest's task calls for, or None for a softmax classifier, for a
     configured transform (the operator's choice wins) or for a task object this agent cannot read
-    (logged; the configured ConfidencePolicy then scores as before)."""
+    (logged; the configured ConfidencePolicy then scores as before).
+
+    Threshold: the config's, else the variant's calibration when it was fitted on this task's
+    measure ("task:ctc", ...: model_compiler/confidence.py), else the task's default."""
     if transform != "auto":
         return None
     try:
@@ -330,7 +334,10 @@ def task_policy_for(task: Mapping[str, Any], config_threshold: float | None, out
         return None
     if not uses_task_policy(spec):
         return None
-    policy = TaskPolicy(spec, config_threshold, output=output)
+    threshold = config_threshold
+    if threshold is None and calibration is not None and calibration.measure == confidence_measure(spec):
+        threshold = float(calibration.threshold)
+    policy = TaskPolicy(spec, threshold, output=output)
     log.info("policy: %s task scored by its own confidence (threshold=%s%s)", spec.kind, policy.threshold,
              "; no confidence: answers stay on the edge" if not spec.has_confidence else "")
     return policy

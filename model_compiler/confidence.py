@@ -263,5 +263,40 @@ def calibrate_variant(output: np.ndarray, probabilities: bool, goal: Goal, data:
     return record
 
 
+def calibrate_task_variant(conf: np.ndarray, measure: str, default_threshold: float, goal: Goal,
+                           data: CalibrationInputs, output_name: str | None = None) -> dict[str, Any]:
+    """Threshold and expected fallback rate for one variant of a task with its own confidence
+    (a sigmoid's max(p, 1-p), a detector's share of sure boxes, a CTC line's weakest step).
+
+    No temperature (these measures are not one softmax): quantization moves the confidence,
+    so the threshold is chosen per variant on the fit half for the goal: match-reference (the
+    fallback rate FP32 has at the task's default threshold) or fallback-budget.
+    """
+    if goal.kind == "hybrid-accuracy":
+        raise CompileError(f"--confidence-goal hybrid-accuracy compares class answers; the {measure} confidence "
+                           "is calibrated for match-reference or fallback-budget")
+    conf = np.asarray(conf, dtype=np.float64)
+    fit, ev = data.fit, data.evaluation
+    if goal.kind == "match-reference":
+        reference = goal.reference_threshold if goal.reference_threshold != DEFAULT_REFERENCE_THRESHOLD \
+            else default_threshold
+        resolved_budget = fallback_rate(data.reference_conf[fit], reference)
+    else:
+        resolved_budget = float(goal.budget)  # type: ignore[arg-type]
+    threshold = threshold_for_budget(conf[fit], resolved_budget)
+    record: dict[str, Any] = {
+        "temperature": 1.0, "threshold": _round(threshold), "measure": measure, "output": output_name,
+        "goal": {**goal.to_dict(resolved_budget), "met_on_fit": True},
+        "expected_fallback_rate": _round(fallback_rate(conf[ev], threshold)),
+        "expected_accuracy": None, "expected_hybrid_accuracy": None,
+        "fit": {"samples_fit": int(len(fit)), "samples_eval": int(len(ev)), "split": data.split,
+                "temperature": "not fitted: the task's confidence is not a softmax"},
+    }
+    if goal.kind == "match-reference":
+        record["fit"]["reference_fallback_rate_eval"] = _round(fallback_rate(data.reference_conf[ev], reference))
+        record["fit"]["reference_threshold"] = reference  # the task's default unless --reference-threshold
+    return record
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)

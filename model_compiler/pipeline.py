@@ -20,7 +20,8 @@ from tandem.hardware_profiles import Profile, resolve_profiles
 from tandem.hardware_profiles.runtimes import load_session
 from tandem.model_compiler import model_io
 from tandem.model_compiler.confidence import (
-    DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_variant, split_fit_eval,
+    DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_task_variant,
+    calibrate_variant, split_fit_eval,
 )
 from tandem.model_compiler.data import Dataset, batch_axis, load_dataset, take
 from tandem.model_compiler.drift_reference import build_drift_reference
@@ -34,7 +35,7 @@ from tandem.protocols.manifest import (
     MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, TensorSpec, Variant, parse_version,
 )
 from tandem.protocols.signing import key_id, load_or_create_private_key, public_key_pem, sign_manifest
-from tandem.tasks import TaskSpec, class_labels, task_confidence
+from tandem.tasks import DEFAULT_THRESHOLDS, TaskSpec, class_labels, confidence_measure, task_confidence
 
 log = logging.getLogger(__name__)
 
@@ -373,11 +374,41 @@ def _cloud_predictions(opts: CompileOptions, val: Dataset) -> np.ndarray:
     return out.argmax(axis=1)
 
 
+def _calibrate_task(outcomes: list[VariantOutcome], goal: Goal, task: Task, val: Dataset, reference: list[np.ndarray],
+                    output_name: str, measure: str, say: Progress) -> None:
+    """Per-variant threshold on the task's own confidence (model_compiler/confidence.calibrate_task_variant)."""
+    ref_conf = confidences(task, reference[task.output_index])
+    if ref_conf is None or len(ref_conf) != len(val):
+        say(f"confidence calibration skipped: the {measure} confidence has "
+            f"{0 if ref_conf is None else len(ref_conf)} rows for {len(val)} validation samples")
+        return
+    if goal.kind == "hybrid-accuracy":
+        say(f"confidence calibration skipped: hybrid-accuracy compares class answers, not the {measure} confidence")
+        return
+    fit, evaluation, how = split_fit_eval(len(val), None)
+    data = CalibrationInputs(fit=fit, evaluation=evaluation, split=how, labels=None, reference_conf=ref_conf)
+    key = measure.split(":", 1)[1]
+    say(f"confidence calibration ({measure}): goal {goal.kind}; {how}")
+    for o in outcomes:
+        if not o.built or o.skipped or not o.outputs:
+            continue
+        conf = confidences(task, o.outputs[task.output_index])
+        if conf is None:
+            continue
+        o.calibration = calibrate_task_variant(conf, measure, DEFAULT_THRESHOLDS[key], goal, data, output_name)
+        c = o.calibration
+        say(f"  {o.recipe.id}: threshold {c['threshold']:.4f}, expected fallback {c['expected_fallback_rate']:.3f}")
+
+
 def _calibrate(outcomes: list[VariantOutcome], opts: CompileOptions, task: Task, val: Dataset,
                reference: list[np.ndarray], output_name: str, ref_metrics: dict[str, Any], say: Progress) -> None:
     """Fit every validated variant's temperature and threshold for the goal (see model_compiler/confidence.py)."""
     goal = opts.goal()
     rows = reference[task.output_index].shape[0]
+    measure = confidence_measure(task.spec)
+    if measure is not None:
+        _calibrate_task(outcomes, goal, task, val, reference, output_name, measure, say)
+        return
     if rows != len(val) or reference[task.output_index].ndim != 2:
         say(f"confidence calibration skipped: the output has {rows} rows for {len(val)} validation samples "
             "(the leading input axis is not a batch of samples)")

@@ -17,7 +17,8 @@ import numpy as np
 from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
 from tandem.model_compiler.data import Axes, Dataset, batch_axis, sample_count, take
 from tandem.model_compiler.errors import CompileError, VariantSkipped
-from tandem.tasks import TaskError, TaskSpec, budgets_for, gate, infer_task, task_confidence, task_metrics
+from tandem.tasks import (TaskError, TaskSpec, budgets_for, confidence_measure, gate, infer_task, task_confidence,
+                          task_metrics)
 from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput
 
 VALIDATION_CHUNK = 64
@@ -43,8 +44,11 @@ class Task:
 
     @property
     def calibratable(self) -> bool:
-        """Softmax classifiers get a per-variant temperature and threshold (model_compiler/confidence.py)."""
-        return self.kind == "classification" and self.spec.scores in ("probabilities", "logits")
+        """Softmax classifiers get a per-variant temperature and threshold, tasks with their own
+        confidence (sigmoid, multi-label, detection, dense, CTC) a per-variant threshold on it
+        (model_compiler/confidence.py); embeddings, regression and custom tasks have none."""
+        return (self.kind == "classification" and self.spec.scores in ("probabilities", "logits")) or \
+            confidence_measure(self.spec) is not None
 
     def to_dict(self, output_name: str) -> dict[str, Any]:
         return replace(self.spec, output=output_name).to_dict()

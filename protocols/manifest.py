@@ -123,8 +123,11 @@ class Calibration:
         if goal.get("kind") not in CALIBRATION_GOALS:
             raise ManifestError(f"{where}.goal.kind: {goal.get('kind')!r} is not one of {', '.join(CALIBRATION_GOALS)}")
         measure = data.get("measure", "max_prob")
-        if measure not in CONFIDENCE_MEASURES:
-            raise ManifestError(f"{where}.measure: {measure!r} is not one of {', '.join(CONFIDENCE_MEASURES)}")
+        # "task:KEY": a task's own confidence (tandem.tasks.confidence_measure: task:sigmoid, task:ctc, ...)
+        if measure not in CONFIDENCE_MEASURES and not (isinstance(measure, str) and measure.startswith("task:")
+                                                       and measure[5:].replace("_", "").isalpha()):
+            raise ManifestError(f"{where}.measure: {measure!r} is not one of {', '.join(CONFIDENCE_MEASURES)} "
+                                "or task:KIND")
         output = data.get("output")
         if output is not None and not isinstance(output, str):
             raise ManifestError(f"{where}.output: expected an output name or null")

@@ -23,6 +23,19 @@ from tandem.tasks.decode import _candidates, class_probabilities, ctc_step_proba
 from tandem.tasks.spec import TaskSpec
 
 
+# The agent's threshold per task confidence when neither config nor a calibration sets one.
+DEFAULT_THRESHOLDS = {"sigmoid": 0.8, "multi_label": 0.8, "detection": 0.8, "dense": 0.9, "ctc": 0.5}
+
+
+def confidence_measure(spec: TaskSpec) -> str | None:
+    """The name of a task's own confidence measure ("task:sigmoid", "task:ctc", ...); None for
+    softmax classifiers (max_prob) and for tasks with no confidence."""
+    if spec.kind == "classification" and spec.scores in ("probabilities", "logits"):
+        return None
+    key = spec.scores if spec.kind == "classification" else spec.kind
+    return f"task:{key}" if key in DEFAULT_THRESHOLDS else None
+
+
 @dataclass(frozen=True)
 class TaskConfidence:
     """Per-row confidence (None: this task has none) and labels, plus task details per row."""
