@@ -15,6 +15,6 @@ from tandem.tasks.spec import KINDS, TaskSpec
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "DIRECTIONS", "Detections", "GateResult", "Inferred", "KINDS", "PRIMARY", "TaskConfidence", "TaskError", "TaskSpec",
-    "budgets_for", "class_labels", "confidence_measure", "class_probabilities", "ctc_greedy", "dense_masks", "detections", "gate",
+    "budgets_for", "class_labels", "class_probabilities", "confidence_measure", "ctc_greedy", "dense_masks", "detections", "gate",
     "infer_task", "row_agreement", "task_confidence", "task_metrics",
 ]
