@@ -254,10 +254,10 @@ class Manifest:
     drift_reference: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     signature: dict[str, str] | None = None
-    schema_version: int = SCHEMA_VERSION
-
     # The compiler's publisher signature, kept by the hub under its release `signature` (protocols/signing.py).
     publisher_signature: dict[str, str] | None = None
+    schema_version: int = SCHEMA_VERSION
+
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
             if v.id == variant_id:
