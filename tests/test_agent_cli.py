@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,25 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tandem.edge_agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
+
+
+def _lines_until_ready(proc: subprocess.Popen, timeout_s: float = 60.0) -> list[str]:
+    """stderr lines up to the ready line; never blocks past timeout_s on an agent that stays silent."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "tandem-agent: serving" in line:
+                found.set()
+                return
+        found.set()  # EOF: the agent exited
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout_s), f"no ready line within {timeout_s}s: {lines}"
+    assert lines, f"the agent exited with {proc.poll()} and printed nothing"
+    return lines
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +57,9 @@ def test_run_infer_and_stop_from_the_shell(model_dir, digits_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        line = proc.stderr.readline()  # the ready line
-        assert "serving digits 1.0.0" in line, line + proc.stderr.read()
+        before = _lines_until_ready(proc)  # log lines (the allow_unsigned warning) come before the ready line
+        assert "serving digits 1.0.0" in before[-1], before
+        assert any("unsigned" in line for line in before[:-1]), before  # allow_unsigned is said out loud
         x = np.load(digits_dir / "test.npz")["x"][:3].astype(np.float32)
         np.save(tmp_path / "x.npy", x)
         done = cli("infer", "--input", str(tmp_path / "x.npy"), "--endpoint", f"ipc://{sock}", "--json")
