@@ -86,8 +86,11 @@ def trust_verdict(doc: Mapping[str, Any], policy: TrustPolicy) -> TrustVerdict:
 
 def check_model_dir(model_dir: Path, policy: TrustPolicy) -> TrustVerdict:
     """The verdict for `model_dir`; UntrustedModelError unless trusted or `policy.allow_unsigned`."""
+    path = Path(model_dir) / MANIFEST_FILENAME
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no manifest here; is this a directory written by tandem-compile?")
     try:
-        doc = json.loads((Path(model_dir) / MANIFEST_FILENAME).read_bytes())
+        doc = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{model_dir}/{MANIFEST_FILENAME}: cannot read it ({exc})") from exc
     if not isinstance(doc, dict):

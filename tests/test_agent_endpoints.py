@@ -91,6 +91,7 @@ def test_a_dense_tasks_map_threshold_is_not_taken_for_a_confidence_threshold(tin
     (model_dir / "manifest.json").write_text(json.dumps(doc))
     cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "hard_examples.data_dir": tmp_path / "data", "server.endpoint": f"ipc://{tmp_path}/a.sock"})
     with Agent(cfg) as agent:
-        from tandem.edge_agent.policy import DEFAULT_THRESHOLDS
+        from tandem.tasks import DEFAULT_THRESHOLDS
 
-        assert agent.policy.threshold == (expected if expected is not None else DEFAULT_THRESHOLDS["max_prob"])
+        # a dense model is scored by its own confidence (tandem.tasks), at that measure's default
+        assert agent.policy.threshold == (expected if expected is not None else DEFAULT_THRESHOLDS["dense"])
