@@ -23,7 +23,7 @@ def test_restart_keeps_everything(hub_config, hub_model_dir):
         r = httpx.post(f"{first.http_url}/v1/devices", headers=headers, timeout=10,
                        json={"device_id": "cam-7", "profile": "cpu-x86", "agent_version": "0.1.0", "tags": {"site": "lyon"},
                              "model_name": "digits", "model_version": "1.0.0"})
-        assert r.status_code == 200
+        assert r.status_code == 201  # created
         key_pem = first.key.public_pem
         manifest_before = first.registry.manifest("digits", "1.0.0")
 
