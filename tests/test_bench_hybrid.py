@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tandem.sim.sidebyside import judge_side_by_side, summarize_mode
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,19 +74,19 @@ def test_compiled_digits_variants_reach_cloud_accuracy_at_the_default_threshold(
 def _mode(acc: float, p50: float, calls: int, n: int = 1000) -> dict:
     labels = np.zeros(n, np.int64)
     predicted = np.where(np.arange(n) < round(acc * n), 0, 1)
-    return hybrid.summarize_mode(labels, predicted, [p50] * n, calls, calls * 354)
+    return summarize_mode(labels, predicted, [p50] * n, calls, calls * 354)
 
 
 def test_side_by_side_targets_refuse_a_hybrid_that_never_falls_back_or_always_does():
     edge, cloud = _mode(0.960, 0.03, 0), _mode(0.985, 0.8, 1000)
-    good = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": _mode(0.983, 0.033, 80)})
+    good = judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": _mode(0.983, 0.033, 80)})
     assert good["met"], good
-    never = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": edge})
+    never = judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": edge})
     assert not never["met"] and not never["hybrid_within_0.3_points_of_cloud"]["met"]
     assert never["hybrid_within_0.3_points_of_cloud"]["points"] == pytest.approx(2.5)
-    always = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": _mode(0.985, 0.8, 1000)})
+    always = judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": _mode(0.985, 0.8, 1000)})
     assert not always["hybrid_fallback_le_0.10"]["met"] and not always["hybrid_p50_within_1.2x_of_edge_only"]["met"]
-    weak_cloud = hybrid.judge_side_by_side({"edge-only": edge, "cloud-only": _mode(0.965, 0.8, 1000),
+    weak_cloud = judge_side_by_side({"edge-only": edge, "cloud-only": _mode(0.965, 0.8, 1000),
                                             "hybrid": _mode(0.965, 0.033, 80)})
     assert not weak_cloud["cloud_beats_edge_by_1.5_points"]["met"]
 
@@ -127,7 +129,7 @@ def test_demo_summary_leads_with_the_side_by_side():
     modes = {"edge-only": edge, "cloud-only": cloud, "hybrid": mixed}
     sbs = {"requests": 1000, "edge_variant": "onnxruntime-fp32", "profile": "cpu-x86", "hub_model": "digits-cloud",
            "hub_variant": "onnxruntime-int8", "policy": {"kind": "max_prob", "threshold": 0.77, "source": "calibration"},
-           "request_bytes": 354, "modes": modes, "targets": hybrid.judge_side_by_side(modes)}
+           "request_bytes": 354, "modes": modes, "targets": judge_side_by_side(modes)}
     text = format_summary({"seconds": 90.0, "edge_report": "e/report.md", "cloud_report": "c/report.md",
                            "variants": {}, "chosen": {}, "side_by_side": sbs})
     first = text.index("What the hybrid buys")
