@@ -212,8 +212,12 @@ class _FallbackCore:
             self.breaker.record_failure()
         return unavailable("closed", f"the fallback client for {self.url} is closed")
 
-    def _failure(self, exc: grpc.RpcError, model_name: str, budget_s: float) -> FallbackUnavailable:
+    def _failure(self, exc: grpc.RpcError, model_name: str, budget_s: float, spent_s: float = 0.0) -> FallbackUnavailable:
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        if code == grpc.StatusCode.UNAVAILABLE and budget_s - spent_s <= _MIN_RETRY_BUDGET_S:
+            # retried UNAVAILABLE until the budget ran out (a host that accepts TCP but never speaks
+            # HTTP/2): what the caller met is the deadline, as a single hung call would report it
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.NOT_FOUND:
             message = (f"hub at {self.url} serves no model {model_name!r} (NOT_FOUND: {details}): a configuration "
@@ -283,7 +287,7 @@ class FallbackClient(_FallbackCore):
             except grpc.RpcError as exc:
                 if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
                     continue
-                raise self._failure(exc, model_name, budget_s) from None
+                raise self._failure(exc, model_name, budget_s, time.perf_counter() - start) from None
         return dataclasses.replace(self._answer(response, (time.perf_counter() - start) * 1000.0, attempts), trace=span)
 
     def ready(self, timeout_s: float = 1.0) -> bool:
@@ -344,7 +348,7 @@ class AsyncFallbackClient(_FallbackCore):
             except grpc.aio.AioRpcError as exc:
                 if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
                     continue
-                raise self._failure(exc, model_name, budget_s) from None
+                raise self._failure(exc, model_name, budget_s, time.perf_counter() - start) from None
         return dataclasses.replace(self._answer(response, (time.perf_counter() - start) * 1000.0, attempts), trace=span)
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
