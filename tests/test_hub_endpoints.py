@@ -23,7 +23,10 @@ def test_an_explicit_port_wins_and_records_nothing(tmp_path):
 def test_the_port_chosen_on_first_start_is_kept_across_restarts(tmp_path):
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        try:  # make 1883 busy (or find it busy already): the hub must choose another, once
+        # make 1883 busy (or find it busy already): the hub must choose another, once. SO_REUSEADDR so a
+        # connection of an earlier test in TIME_WAIT on 1883 cannot stop us holding it (the hub's check allows those)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
             holder.bind(("127.0.0.1", MQTT_DEFAULT_PORT))
             holder.listen()
         except OSError:
