@@ -307,7 +307,10 @@ def test_ota_client_reads_its_signed_commands_and_reports_over_mutual_tls(pki, c
         now = time.time()
         cmd = OtaCommand(rollout_id="ro-tls", action="install", model="digits", version="1.2.0",
                          manifest_url="http://127.0.0.1:1/m", manifest_sha256="a" * 64,
-                         artifact_base_url="http://127.0.0.1:1/a", issued_at=now - 100, deadline=now - 50)
+                         artifact_base_url="http://127.0.0.1:1/a", issued_at=now - 700, deadline=now - 600)
+        # expiry is judged on the hub's clock, estimated from the commands' issued_at: this device has
+        # heard the hub's time before (in step with its own), so a command held 700 s is seen as expired
+        client.hub_clock.observe(now, now)
         hub.publish(topics.ota_cmd_topic("dev-a"), encode_command(cmd, key))
         topic, payload = hub.messages.get(timeout=CONNECT_TIMEOUT_S)
         status = decode_status(payload, topics.parse_topic(topic).device_id)
