@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +51,16 @@ class TrustedPublishers:
         self._ensure_folder()
         text = signing.public_key_pem(key).decode("ascii")
         path = self.folder / f"{kid}.pem"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"# name: {name}\n" + text if name else text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        # a temporary file of this call's own (mkstemp: 0600, unique), so two uploads trusting the
+        # same key at once (trust on first use) cannot rename each other's file away
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{kid}.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"# name: {name}\n" + text if name else text)
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
         log.info("trusted publisher added key_id=%s name=%s", kid, name or "-")
         return Publisher(kid, name, text)
 
