@@ -8,6 +8,8 @@ outcome here; the same core runs in the agent, in tests and in simulated fleets.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -128,6 +130,15 @@ class WatchPolicy:
             raise ValueError("max_error_rate and max_fallback_rise are fractions 0..1, max_latency_ratio > 0")
 
 
+def wilson_lower_bound(rate: float, n: int, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval for a proportion `rate` seen over `n` trials."""
+    if n <= 0:
+        return 0.0
+    centre = rate + z * z / (2 * n)
+    spread = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
 def latency_regression(baseline: HealthFigures, current: HealthFigures, policy: WatchPolicy) -> str | None:
     """Why the new version is slower than the old on this host, or None (also when either side has too few requests)."""
     if min(baseline.requests, current.requests) < policy.min_requests:
@@ -165,8 +176,11 @@ def decide_health(baseline: HealthFigures, current: HealthFigures, elapsed_s: fl
     if current.requests >= policy.min_requests:
         if current.error_rate > policy.max_error_rate:
             return HealthDecision("rollback", f"error rate {current.error_rate:.3f} above {policy.max_error_rate:.3f}")
-        rise = current.fallback_rate - (baseline.fallback_rate if baseline.requests else 0.0)
-        if rise > policy.max_fallback_rise:
+        previous = baseline.fallback_rate if baseline.requests else 0.0
+        rise = current.fallback_rate - previous
+        # judged on the rate's Wilson lower bound one standard error down, so a short run of hard
+        # inputs over a few dozen requests (0.5 over 20 where the old version had 0.19) is not a regression
+        if wilson_lower_bound(current.fallback_rate, current.requests, z=1.0) - previous > policy.max_fallback_rise:
             return HealthDecision("rollback", f"fallback rate {current.fallback_rate:.3f} rose by {rise:.3f} "
                                               f"(previous version {baseline.fallback_rate:.3f}), above {policy.max_fallback_rise:.3f}")
     if elapsed_s < policy.watch_s:
