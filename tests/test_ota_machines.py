@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tandem.cloud_hub.rollouts import controller as ctl
 from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError, Send
 from tandem.edge_agent.ota.machine import (
+    wilson_lower_bound,
     TERMINAL, TRANSITIONS, HealthFigures, TransitionError, WatchPolicy, advance, decide_health,
 )
 from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, decode_status, encode_command, encode_status
@@ -129,7 +130,9 @@ def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapse
     d = decide_health(base, cur, elapsed, POLICY)
     breach = n >= POLICY.min_requests and (
         cur.error_rate > POLICY.max_error_rate
-        or cur.fallback_rate - (base.fallback_rate if base.requests else 0) > POLICY.max_fallback_rise)
+        # the fallback rise is judged on the rate's Wilson lower bound, one standard error down
+        or wilson_lower_bound(cur.fallback_rate, n, z=1.0) - (base.fallback_rate if base.requests else 0)
+        > POLICY.max_fallback_rise)
     slow = (elapsed >= POLICY.watch_s and min(n, base.requests) >= POLICY.min_requests
             and p95 / base.latency_p95_ms > POLICY.max_latency_ratio)  # no p50 here: p95 alone decides
     assert d.verdict == ("rollback" if breach or slow else "commit" if elapsed >= POLICY.watch_s else "wait")
