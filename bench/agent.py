@@ -67,8 +67,13 @@ def log(message: str) -> None:
 
 def summarize(latencies_s: list[float], wall_s: float, rows: int = 1) -> dict[str, float]:
     ms = np.asarray(latencies_s) * 1000.0
-    return {"n": int(ms.size), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "throughput_rps": float(ms.size * rows / wall_s)}
+    return {
+        "n": int(ms.size),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "throughput_rps": float(ms.size * rows / wall_s),
+    }
 
 
 def timed_loop(fn: Callable[[], Any], iterations: int, seconds: float, warmup: int = 20) -> dict[str, float]:
@@ -106,8 +111,9 @@ def _echo_server(endpoint: str, ready: Any, spin_us: float = 0.0) -> None:
     ctx.term()
 
 
-def measure_echo(frames: list[Any], endpoint: str, iterations: int, seconds: float,
-                 spin_us: float = 0.0) -> dict[str, float]:
+def measure_echo(
+    frames: list[Any], endpoint: str, iterations: int, seconds: float, spin_us: float = 0.0
+) -> dict[str, float]:
     ready = mp.Event()
     proc = mp.Process(target=_echo_server, args=(endpoint, ready, spin_us), daemon=True)
     proc.start()
@@ -117,6 +123,7 @@ def measure_echo(frames: list[Any], endpoint: str, iterations: int, seconds: flo
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     try:
+
         def once() -> None:
             sock.send_multipart(frames, copy=False)
             sock.recv_multipart(copy=False)
@@ -136,28 +143,50 @@ def measure_echo(frames: list[Any], endpoint: str, iterations: int, seconds: flo
 class AgentProcess:
     """`tandem-agent run` as a child process, as on a device."""
 
-    def __init__(self, model_dir: Path, workdir: Path, *, hub_url: str | None = None, hub_model: str | None = None,
-                 window_us: float = 300, max_batch: int = 8, threads: int | None = None,
-                 spin_us: float | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        workdir: Path,
+        *,
+        hub_url: str | None = None,
+        hub_model: str | None = None,
+        window_us: float = 300,
+        max_batch: int = 8,
+        threads: int | None = None,
+        spin_us: float | None = None,
+    ) -> None:
         self.endpoint = f"ipc://{workdir}/agent.sock"
-        lines = [f'model.dir = "{model_dir}"', f'server.endpoint = "{self.endpoint}"',  # dotted keys: [model] dir
-                 f'hard_examples.data_dir = "{workdir}/data"', "policy.threshold = 0.0",
-                 f"batch.window_us = {window_us}", f"batch.max_batch = {max_batch}", "batch.max_queue = 1024",
-                 "trust.allow_unsigned = true"]  # hand-made unsigned model folders: the bench measures latency
+        lines = [
+            f'model.dir = "{model_dir}"',
+            f'server.endpoint = "{self.endpoint}"',  # dotted keys: [model] dir
+            f'hard_examples.data_dir = "{workdir}/data"',
+            "policy.threshold = 0.0",
+            f"batch.window_us = {window_us}",
+            f"batch.max_batch = {max_batch}",
+            "batch.max_queue = 1024",
+            "trust.allow_unsigned = true",
+        ]  # hand-made unsigned model folders: the bench measures latency
         if threads:
             lines.append(f"model.threads = {threads}")
         if spin_us is not None:
             lines.append(f"server.spin_us = {spin_us}")
         if hub_url:
-            lines += [f'fallback.hub_url = "{hub_url}"', f'fallback.hub_model = "{hub_model}"',
-                      "fallback.deadline_ms = 1000"]
+            lines += [
+                f'fallback.hub_url = "{hub_url}"',
+                f'fallback.hub_model = "{hub_model}"',
+                "fallback.deadline_ms = 1000",
+            ]
         self.config = workdir / "agent.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "AgentProcess":
-        self.proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(self.config)],
-                                     stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(self.config)],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         seen = []  # warnings (e.g. plain-text gRPC to the hub) may come before the ready line
         while not seen or "serving" not in seen[-1]:
             line = self.proc.stderr.readline()
@@ -181,6 +210,7 @@ def measure_agent_1(endpoint: str, x: np.ndarray, iterations: int, seconds: floa
     """One client; also splits each p50 into the agent's own time (receive to reply, as it reports) and the rest."""
     internal: list[float] = []
     with AgentClient(endpoint, timeout_s=30) as client:
+
         def once() -> None:
             internal.append(client.infer(x, **kw).latency_ms)
 
@@ -193,7 +223,9 @@ def measure_agent_1(endpoint: str, x: np.ndarray, iterations: int, seconds: floa
     return result
 
 
-def measure_agent_n(endpoint: str, x: np.ndarray, total: int, seconds: float, clients: int = CLIENTS) -> dict[str, float]:
+def measure_agent_n(
+    endpoint: str, x: np.ndarray, total: int, seconds: float, clients: int = CLIENTS
+) -> dict[str, float]:
     async def main() -> dict[str, float]:
         ctx = zmq.asyncio.Context()
         lat: list[float] = []
@@ -221,15 +253,17 @@ def measure_agent_n(endpoint: str, x: np.ndarray, total: int, seconds: float, cl
 def process_cpu_s(pid: int) -> float:
     """CPU seconds a process's threads have run so far: schedstat's nanoseconds, else stat's 10 ms ticks."""
     try:
-        return sum(int((task / "schedstat").read_text().split()[0])
-                   for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+        return (
+            sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+        )
     except (OSError, ValueError, IndexError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_spin_tradeoff(model_dir: Path, x: np.ndarray, work: Path, seconds: float, paced_rps: float = 100.0,
-                          threads: int | None = None) -> dict[str, Any]:
+def measure_spin_tradeoff(
+    model_dir: Path, x: np.ndarray, work: Path, seconds: float, paced_rps: float = 100.0, threads: int | None = None
+) -> dict[str, Any]:
     """What the post-reply spin buys and costs: p50 and agent CPU per request, back to back and paced.
 
     Paced requests (a camera's frame rate) come long after a spin would end: the agent
@@ -257,9 +291,12 @@ def measure_spin_tradeoff(model_dir: Path, x: np.ndarray, work: Path, seconds: f
                         client.infer(x)
                         lat.append(time.perf_counter() - t0)
                     cpu = process_cpu_s(agent.proc.pid) - cpu0
-                    row[mode] = {"n": len(lat), "p50_ms": float(np.percentile(lat, 50) * 1000),
-                                 "p99_ms": float(np.percentile(lat, 99) * 1000),
-                                 "agent_cpu_us_per_request": cpu / len(lat) * 1e6}
+                    row[mode] = {
+                        "n": len(lat),
+                        "p50_ms": float(np.percentile(lat, 50) * 1000),
+                        "p99_ms": float(np.percentile(lat, 99) * 1000),
+                        "agent_cpu_us_per_request": cpu / len(lat) * 1e6,
+                    }
         result[label] = row
     return result
 
@@ -293,8 +330,9 @@ def ocr_cls_path() -> Path:
     return Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 
 
-def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[str, int], seconds: float,
-                threads: int | None = None) -> dict:
+def bench_model(
+    name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[str, int], seconds: float, threads: int | None = None
+) -> dict:
     variant_path = model_dir / "variants" / "ort-fp32.onnx"
     session = load_session("onnxruntime", variant_path, **({"threads": threads} if threads else {}))
     input_name = session.inputs[0].name
@@ -306,8 +344,11 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[s
         log(f"{name}: bare runtime and echo floor (round {round_})")
         bares.append(timed_loop(lambda: session.run({input_name: x}), n["bare"], seconds))
         echoes.append(measure_echo(frames, f"ipc://{work}/echo-{name}-{round_}.sock", n["echo"], seconds))
-        spinning_echoes.append(measure_echo(frames, f"ipc://{work}/echo-spin-{name}-{round_}.sock", n["echo"],
-                                            seconds, spin_us=AGENT_SPIN_US))
+        spinning_echoes.append(
+            measure_echo(
+                frames, f"ipc://{work}/echo-spin-{name}-{round_}.sock", n["echo"], seconds, spin_us=AGENT_SPIN_US
+            )
+        )
 
     # Baselines before and after the agent, and the kinder of each is compared with the agent:
     # on a shared machine load comes and goes, and this keeps the comparison conservative.
@@ -326,19 +367,30 @@ def bench_model(name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[s
     bare["throughput_rps"] = max(b["throughput_rps"] for b in bares)
     echo = min(echoes, key=lambda e: e["p50_ms"])
     echo_spin = min(spinning_echoes, key=lambda e: e["p50_ms"])
-    return {"input_shape": list(x.shape), "payload_bytes": int(x.nbytes), "bare": bare, "bare_batch8": bare_b8,
-            "echo": echo, "echo_spinning": echo_spin, "agent_1": one, f"agent_{CLIENTS}": many,
-            "bare_rounds": bares, "echo_rounds": echoes, "echo_spinning_rounds": spinning_echoes,
-            "agent_overhead_p50_ms": one["p50_ms"] - bare["p50_ms"],
-            "overhead_over_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo["p50_ms"],
-            # the same ratio against an echo server that polls after each reply as the agent does: what
-            # the agent costs beyond a floor that uses the same trick (not a target; reported for honesty)
-            "overhead_over_spinning_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo_spin["p50_ms"],
-            f"agent_{CLIENTS}_over_bare_throughput": many["throughput_rps"] / bare["throughput_rps"]}
+    return {
+        "input_shape": list(x.shape),
+        "payload_bytes": int(x.nbytes),
+        "bare": bare,
+        "bare_batch8": bare_b8,
+        "echo": echo,
+        "echo_spinning": echo_spin,
+        "agent_1": one,
+        f"agent_{CLIENTS}": many,
+        "bare_rounds": bares,
+        "echo_rounds": echoes,
+        "echo_spinning_rounds": spinning_echoes,
+        "agent_overhead_p50_ms": one["p50_ms"] - bare["p50_ms"],
+        "overhead_over_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo["p50_ms"],
+        # the same ratio against an echo server that polls after each reply as the agent does: what
+        # the agent costs beyond a floor that uses the same trick (not a target; reported for honesty)
+        "overhead_over_spinning_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo_spin["p50_ms"],
+        f"agent_{CLIENTS}_over_bare_throughput": many["throughput_rps"] / bare["throughput_rps"],
+    }
 
 
-def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n: int, seconds: float,
-                   threads: int | None = None) -> dict:
+def bench_fallback(
+    edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n: int, seconds: float, threads: int | None = None
+) -> dict:
     from tandem.edge_agent.fallback import FallbackClient
 
     cloud = load_session("onnxruntime", cloud_dir / "variants" / "ort-fp32.onnx")
@@ -354,13 +406,20 @@ def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n
             raise RuntimeError("the hub did not start")
         log("fallback: FallbackClient -> hub, and the agent forced to the hub")
         with FallbackClient(f"127.0.0.1:{port}", deadline_ms=2000) as client:
-            call = lambda: client.infer("digits-cloud", {"input": x}, device_id="bench", model_version="1.0.0",  # noqa: E731
-                                        edge_label=0, edge_confidence=0.1)
+            call = lambda: client.infer(
+                "digits-cloud",
+                {"input": x},
+                device_id="bench",
+                model_version="1.0.0",  # noqa: E731
+                edge_label=0,
+                edge_confidence=0.1,
+            )
             rpc = timed_loop(call, n, seconds)
         agent_dir = work / "agent-fallback"
         agent_dir.mkdir()
-        with AgentProcess(edge_dir, agent_dir, hub_url=f"127.0.0.1:{port}", hub_model="digits-cloud",
-                          threads=threads) as agent:
+        with AgentProcess(
+            edge_dir, agent_dir, hub_url=f"127.0.0.1:{port}", hub_model="digits-cloud", threads=threads
+        ) as agent:
             edge = measure_agent_1(agent.endpoint, x, n, seconds)
             forced = measure_agent_1(agent.endpoint, x, n, seconds, threshold=1.0)
     finally:
@@ -368,9 +427,14 @@ def bench_fallback(edge_dir: Path, cloud_dir: Path, x: np.ndarray, work: Path, n
         hub.join(10)
         if hub.is_alive():
             hub.terminate()
-    return {"hub_compute": compute, "fallback_rpc": rpc, "agent_edge": edge, "agent_via_hub": forced,
-            "rpc_over_compute_p50_ms": rpc["p50_ms"] - compute["p50_ms"],
-            "agent_fallback_extra_p50_ms": forced["p50_ms"] - edge["p50_ms"]}
+    return {
+        "hub_compute": compute,
+        "fallback_rpc": rpc,
+        "agent_edge": edge,
+        "agent_via_hub": forced,
+        "rpc_over_compute_p50_ms": rpc["p50_ms"] - compute["p50_ms"],
+        "agent_fallback_extra_p50_ms": forced["p50_ms"] - edge["p50_ms"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,26 +462,37 @@ def main(argv: list[str] | None = None) -> int:
         x_digits = np.load(digits / "test.npz")["x"][:1].astype(np.float32)
         x_ocr = np.random.default_rng(0).random((1, 3, 48, 192), dtype=np.float32)
         result: dict[str, Any] = {
-            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                     "loadavg_at_start": list(os.getloadavg())},
+            "host": {
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "loadavg_at_start": list(os.getloadavg()),
+            },
             "threads": args.threads,
             "digits": bench_model("digits", edge_dir, x_digits, work, ndig, args.seconds, args.threads),
             "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds, args.threads),
         }
         log("digits: the post-reply spin, back to back and paced")
-        result["spin"] = measure_spin_tradeoff(edge_dir, x_digits, work, min(args.seconds, 3.0) * scale,
-                                               threads=args.threads)
+        result["spin"] = measure_spin_tradeoff(
+            edge_dir, x_digits, work, min(args.seconds, 3.0) * scale, threads=args.threads
+        )
         if not args.skip_fallback:
-            result["fallback"] = bench_fallback(edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds,
-                                                args.threads)
+            result["fallback"] = bench_fallback(
+                edge_dir, cloud_dir, x_digits, work, ndig["agent"] // 2, args.seconds, args.threads
+            )
     result["host"]["loadavg_at_end"] = list(os.getloadavg())
     d, o = result["digits"], result["ocr_cls"]
     result["targets"] = {
         "digits_agent_p50_le_bare_plus_1.3x_echo": {
-            "value": d["overhead_over_echo_p50"], "limit": 1.3, "met": d["overhead_over_echo_p50"] <= 1.3},
+            "value": d["overhead_over_echo_p50"],
+            "limit": 1.3,
+            "met": d["overhead_over_echo_p50"] <= 1.3,
+        },
         f"ocr_agent_{CLIENTS}_throughput_ge_0.9x_bare": {
-            "value": o[f"agent_{CLIENTS}_over_bare_throughput"], "limit": 0.9,
-            "met": o[f"agent_{CLIENTS}_over_bare_throughput"] >= 0.9},
+            "value": o[f"agent_{CLIENTS}_over_bare_throughput"],
+            "limit": 0.9,
+            "met": o[f"agent_{CLIENTS}_over_bare_throughput"] >= 0.9,
+        },
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -442,10 +517,14 @@ def print_table(result: dict) -> None:
         row = result["spin"][label]
         for mode in ("back_to_back", "paced"):
             m = row[mode]
-            print(f"spin {row['spin_us']:>5.0f} us {mode:12} p50 {m['p50_ms']:.3f} ms  agent CPU "
-                  f"{m['agent_cpu_us_per_request']:.0f} us/request")
-    print(f"digits (agent - bare) / spinning echo p50: {result['digits']['overhead_over_spinning_echo_p50']:.3f} "
-          "(not a target: the floor with the agent's own post-reply poll)")
+            print(
+                f"spin {row['spin_us']:>5.0f} us {mode:12} p50 {m['p50_ms']:.3f} ms  agent CPU "
+                f"{m['agent_cpu_us_per_request']:.0f} us/request"
+            )
+    print(
+        f"digits (agent - bare) / spinning echo p50: {result['digits']['overhead_over_spinning_echo_p50']:.3f} "
+        "(not a target: the floor with the agent's own post-reply poll)"
+    )
     for name, t in result["targets"].items():
         print(f"target {name}: {t['value']:.3f} (limit {t['limit']}) {'met' if t['met'] else 'NOT met'}")
 

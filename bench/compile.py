@@ -78,13 +78,23 @@ def load_models(names: list[str], work: Path, quick: bool) -> list[BenchModel]:
         calib, val = np.load(work / "digits" / "calib.npz"), np.load(work / "digits" / "val.npz")
         for which in ("edge", "cloud"):
             if f"digits-{which}" in names:
-                out.append(BenchModel(f"digits-{which}", work / "digits" / f"{which}.onnx", "classifier",
-                                      calib["x"], val["x"], val["y"]))
+                out.append(
+                    BenchModel(
+                        f"digits-{which}",
+                        work / "digits" / f"{which}.onnx",
+                        "classifier",
+                        calib["x"],
+                        val["x"],
+                        val["y"],
+                    )
+                )
     if any(n.startswith("ocr") for n in names):
         spec = importlib.util.find_spec("rapidocr_onnxruntime")
         if spec is None or spec.origin is None:
-            raise SystemExit("rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime); "
-                             "or leave the ocr models out with --models digits-edge,digits-cloud")
+            raise SystemExit(
+                "rapidocr-onnxruntime is not installed (pip install rapidocr-onnxruntime); "
+                "or leave the ocr models out with --models digits-edge,digits-cloud"
+            )
         models_dir = Path(spec.origin).parent / "models"
         data = _import_path("tandem_ocr_data", ROOT / "examples" / "ocr" / "make_data.py")
         n_calib, n_val = (8, 16) if quick else (32, 64)
@@ -92,12 +102,20 @@ def load_models(names: list[str], work: Path, quick: bool) -> list[BenchModel]:
             log("rendering orientation-classifier data")
             xc, _ = data.make_cls_data(n_calib * 2, seed=1)
             xv, yv = data.make_cls_data(n_val * 2, seed=2)
-            out.append(BenchModel("ocr-cls", models_dir / "ch_ppocr_mobile_v2.0_cls_infer.onnx", "classifier", xc, xv, yv))
+            out.append(
+                BenchModel("ocr-cls", models_dir / "ch_ppocr_mobile_v2.0_cls_infer.onnx", "classifier", xc, xv, yv)
+            )
         if "ocr-det" in names:
             log(f"rendering detection pages ({DET_SIZE}x{DET_SIZE})")
-            out.append(BenchModel("ocr-det", models_dir / "ch_PP-OCRv4_det_infer.onnx", "detector",
-                                  data.make_det_data(n_calib, seed=3, size=DET_SIZE),
-                                  data.make_det_data(n_val // 2, seed=4, size=DET_SIZE)))
+            out.append(
+                BenchModel(
+                    "ocr-det",
+                    models_dir / "ch_PP-OCRv4_det_infer.onnx",
+                    "detector",
+                    data.make_det_data(n_calib, seed=3, size=DET_SIZE),
+                    data.make_det_data(n_val // 2, seed=4, size=DET_SIZE),
+                )
+            )
     return out
 
 
@@ -105,9 +123,15 @@ def host_profile(host: HostInfo, runtimes: list[str]):
     """A profile describing this host: its ISA and CPU features, every runtime, every precision."""
     base = get_profile("cpu-x86")
     return dataclasses.replace(
-        base, name="host", description="this machine", isa=host.isa, cpu_features=tuple(sorted(host.cpu_features)),
+        base,
+        name="host",
+        description="this machine",
+        isa=host.isa,
+        cpu_features=tuple(sorted(host.cpu_features)),
         runtimes=tuple(RuntimeTarget(r, device="CPU" if r == "openvino" else None) for r in runtimes),
-        precisions=("fp32", "fp16", "int8"), source="bench")
+        precisions=("fp32", "fp16", "int8"),
+        source="bench",
+    )
 
 
 def weight_bytes(files: list[Path]) -> int:
@@ -141,8 +165,10 @@ def _run_all(session, feeds_in_order: list[np.ndarray], batch: int) -> np.ndarra
     """Run val through a session in chunks of `batch`; feeds by position (runtimes rename inputs)."""
     names = [spec.name for spec in session.inputs]
     n = len(feeds_in_order[0])
-    outs = [session.run({name: arr[i:i + batch] for name, arr in zip(names, feeds_in_order)})[0]
-            for i in range(0, n, batch)]
+    outs = [
+        session.run({name: arr[i : i + batch] for name, arr in zip(names, feeds_in_order)})[0]
+        for i in range(0, n, batch)
+    ]
     return np.concatenate(outs)
 
 
@@ -166,8 +192,9 @@ def collect_recipes(profile_names: list[str], runtimes: list[str], host: HostInf
     return recipes, unavailable
 
 
-def bench_model(model: BenchModel, recipes: dict[str, list[Recipe]], work: Path, quick: bool,
-                calibration: str) -> dict[str, Any]:
+def bench_model(
+    model: BenchModel, recipes: dict[str, list[Recipe]], work: Path, quick: bool, calibration: str
+) -> dict[str, Any]:
     import onnx
 
     mdir = work / model.name
@@ -177,9 +204,14 @@ def bench_model(model: BenchModel, recipes: dict[str, list[Recipe]], work: Path,
     ref_session = load_session("onnxruntime", prepared)
     reference = _run_all(ref_session, [model.val], 8)
     result: dict[str, Any] = {
-        "model": model.name, "source": model.source.name, "input_shape": [1, *model.val.shape[1:]],
-        "fp32_weight_bytes_source": weight_bytes([prepared]), "prepare_notes": prep_notes,
-        "calib_samples": len(model.calib), "val_samples": len(model.val), "variants": [],
+        "model": model.name,
+        "source": model.source.name,
+        "input_shape": [1, *model.val.shape[1:]],
+        "fp32_weight_bytes_source": weight_bytes([prepared]),
+        "prepare_notes": prep_notes,
+        "calib_samples": len(model.calib),
+        "val_samples": len(model.val),
+        "variants": [],
     }
     if model.labels is not None:
         result["reference_accuracy"] = float(np.mean(reference.argmax(axis=1) == model.labels))
@@ -189,8 +221,9 @@ def bench_model(model: BenchModel, recipes: dict[str, list[Recipe]], work: Path,
         for recipe in runtime_recipes:
             row: dict[str, Any] = {"runtime": runtime, "recipe": recipe.id, "precision": recipe.precision}
             result["variants"].append(row)
-            ctx = BuildContext(model_path=prepared, calib=ctx_calib, out_dir=mdir / "variants",
-                               calibration_method=calibration, log=log)
+            ctx = BuildContext(
+                model_path=prepared, calib=ctx_calib, out_dir=mdir / "variants", calibration_method=calibration, log=log
+            )
             log(f"{model.name}: building {recipe.id}")
             start = time.perf_counter()
             try:
@@ -214,8 +247,10 @@ def bench_model(model: BenchModel, recipes: dict[str, list[Recipe]], work: Path,
     _time_interleaved(loaded, model, quick)
     for row, session in loaded:
         session.close()
-        log(f"{model.name}: {row['recipe']}: p50 {row['latency_p50_ms']:.3f} ms, {row['throughput_b8']:.0f}/s, "
-            f"agreement {row['agreement']:.4f}")
+        log(
+            f"{model.name}: {row['recipe']}: p50 {row['latency_p50_ms']:.3f} ms, {row['throughput_b8']:.0f}/s, "
+            f"agreement {row['agreement']:.4f}"
+        )
     result["ratios"] = ratios(result["variants"])
     return result
 
@@ -238,10 +273,12 @@ def _time_interleaved(loaded: list[tuple[dict[str, Any], Any]], model: BenchMode
     rounds = 2 if quick else 5
     lat_kw = dict(warmup=1, runs=5, max_seconds=0.2) if quick else dict(warmup=3, runs=25, max_seconds=0.8)
     thr_kw = dict(warmup=1, runs=2, max_seconds=0.2) if quick else dict(warmup=1, runs=6, max_seconds=1.0)
-    samples: dict[int, dict[str, list[float]]] = {i: {"p50": [], "p95": [], "thr": [], "runs": []} for i in range(len(loaded))}
+    samples: dict[int, dict[str, list[float]]] = {
+        i: {"p50": [], "p95": [], "thr": [], "runs": []} for i in range(len(loaded))
+    }
     for r in range(rounds):
         order = list(range(len(loaded)))
-        order = order[r % max(len(order), 1):] + order[:r % max(len(order), 1)]
+        order = order[r % max(len(order), 1) :] + order[: r % max(len(order), 1)]
         for i in order:
             _, session = loaded[i]
             name = session.inputs[0].name
@@ -253,15 +290,18 @@ def _time_interleaved(loaded: list[tuple[dict[str, Any], Any]], model: BenchMode
             samples[i]["thr"].append(thr)
     for i, (row, _) in enumerate(loaded):
         s = samples[i]
-        row.update({
-            "latency_p50_ms": round(float(np.median(s["p50"])), 4),
-            "latency_p95_ms": round(float(np.median(s["p95"])), 4),
-            "latency_runs": int(sum(s["runs"])), "timing_rounds": rounds,
-            "throughput_b8": round(float(np.median(s["thr"])), 2),
-            # best round: on a shared host the least-disturbed round is the closest to the machine's speed
-            "latency_p50_best_ms": round(float(np.min(s["p50"])), 4),
-            "throughput_b8_best": round(float(np.max(s["thr"])), 2),
-        })
+        row.update(
+            {
+                "latency_p50_ms": round(float(np.median(s["p50"])), 4),
+                "latency_p95_ms": round(float(np.median(s["p95"])), 4),
+                "latency_runs": int(sum(s["runs"])),
+                "timing_rounds": rounds,
+                "throughput_b8": round(float(np.median(s["thr"])), 2),
+                # best round: on a shared host the least-disturbed round is the closest to the machine's speed
+                "latency_p50_best_ms": round(float(np.min(s["p50"])), 4),
+                "throughput_b8_best": round(float(np.max(s["thr"])), 2),
+            }
+        )
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -275,7 +315,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         key = f"{row['recipe']}/fp32"
         out[key] = {
             "file_bytes": round(row["file_bytes"] / base["file_bytes"], 4),
-            "weight_bytes": round(row["weight_bytes"] / base["weight_bytes"], 4) if base["weight_bytes"] else float("nan"),
+            "weight_bytes": round(row["weight_bytes"] / base["weight_bytes"], 4)
+            if base["weight_bytes"]
+            else float("nan"),
             "latency_p50": round(row["latency_p50_ms"] / base["latency_p50_ms"], 4),
             "throughput_b8": round(row["throughput_b8"] / base["throughput_b8"], 4),
             "latency_p50_best": round(row["latency_p50_best_ms"] / base["latency_p50_best_ms"], 4),
@@ -309,13 +351,19 @@ def targets(models: list[dict[str, Any]]) -> dict[str, Any]:
                 if "agreement" in v:
                     digits_agreement[name] = {"agreement": v["agreement"], "ok": v["agreement"] >= 0.99}
                 else:
-                    digits_agreement[name] = {"agreement": None, "ok": False,
-                                              "missing": v.get("skipped") or v.get("error") or "not measured"}
+                    digits_agreement[name] = {
+                        "agreement": None,
+                        "ok": False,
+                        "missing": v.get("skipped") or v.get("error") or "not measured",
+                    }
         if not int8_rows:
             worst_weight[f"{m['model']}:int8"] = {"ratio": None, "ok": False, "missing": "no INT8 recipe was built"}
             if m["model"].startswith("digits"):
-                digits_agreement[f"{m['model']}:int8"] = {"agreement": None, "ok": False,
-                                                          "missing": "no INT8 recipe was built"}
+                digits_agreement[f"{m['model']}:int8"] = {
+                    "agreement": None,
+                    "ok": False,
+                    "missing": "no INT8 recipe was built",
+                }
     return {
         "int8_weight_ratio_le_0.3": worst_weight,
         "det_int8_faster_than_fp32": det_faster,
@@ -346,19 +394,30 @@ def table(report: dict[str, Any]) -> str:
                 continue
             r = m["ratios"].get(f"{v['recipe']}/fp32")
             rs = f"  {r['weight_bytes']:.3f} {r['latency_p50']:.2f} {r['throughput_b8']:.2f}" if r else ""
-            lines.append(f"{m['model']:<13} {v['recipe']:<26} {v['weight_bytes']:>10} {v['latency_p50_ms']:>8.3f} "
-                         f"{v['throughput_b8']:>8.0f} {v['agreement']:>7.4f}{rs}")
+            lines.append(
+                f"{m['model']:<13} {v['recipe']:<26} {v['weight_bytes']:>10} {v['latency_p50_ms']:>8.3f} "
+                f"{v['throughput_b8']:>8.0f} {v['agreement']:>7.4f}{rs}"
+            )
     for name, runtimes in report["unavailable"].items():
         lines.append(f"{name}: {runtimes}")
     t = report["targets"]
-    over = [f"{k} ({v['ratio'] if v['ratio'] is not None else v['missing']})"
-            for k, v in t["int8_weight_ratio_le_0.3"].items() if not v["ok"]]
-    low = [f"{k} ({v['agreement']:.4f})" if v["agreement"] is not None else f"{k} ({v['missing']})"
-           for k, v in t["digits_int8_agreement_ge_0.99"].items() if not v["ok"]]
-    lines += ["", "targets:",
-              f"  INT8 weights <= 0.3x FP32: {'all' if not over else 'missed by ' + ', '.join(over)}",
-              f"  detection INT8 faster than FP32: {', '.join(t['det_int8_faster_than_fp32']) or 'none (or not measured)'}",
-              f"  digits INT8 top-1 agreement >= 0.99: {'all' if not low else 'missed by ' + ', '.join(low)}"]
+    over = [
+        f"{k} ({v['ratio'] if v['ratio'] is not None else v['missing']})"
+        for k, v in t["int8_weight_ratio_le_0.3"].items()
+        if not v["ok"]
+    ]
+    low = [
+        f"{k} ({v['agreement']:.4f})" if v["agreement"] is not None else f"{k} ({v['missing']})"
+        for k, v in t["digits_int8_agreement_ge_0.99"].items()
+        if not v["ok"]
+    ]
+    lines += [
+        "",
+        "targets:",
+        f"  INT8 weights <= 0.3x FP32: {'all' if not over else 'missed by ' + ', '.join(over)}",
+        f"  detection INT8 faster than FP32: {', '.join(t['det_int8_faster_than_fp32']) or 'none (or not measured)'}",
+        f"  digits INT8 top-1 agreement >= 0.99: {'all' if not low else 'missed by ' + ', '.join(low)}",
+    ]
     return "\n".join(lines)
 
 
@@ -368,8 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples and runs (a smoke test, noisy figures)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--runtimes", default=",".join(BUILDERS), help=f"comma-separated, from {', '.join(BUILDERS)}")
-    parser.add_argument("--profiles", default=",".join(DEFAULT_PROFILES),
-                        help="whose recipes to build: 'host' (this CPU's features) and/or profile names")
+    parser.add_argument(
+        "--profiles",
+        default=",".join(DEFAULT_PROFILES),
+        help="whose recipes to build: 'host' (this CPU's features) and/or profile names",
+    )
     parser.add_argument("--calibration", default="minmax", choices=("minmax", "percentile", "entropy"))
     parser.add_argument("--keep", type=Path, help="keep the built variants in this folder")
     args = parser.parse_args(argv)
@@ -386,17 +448,28 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         recipes, unavailable = collect_recipes([p for p in args.profiles.split(",") if p], runtimes, host)
-        models = [bench_model(m, recipes, work, args.quick, args.calibration) for m in load_models(names, work, args.quick)]
+        models = [
+            bench_model(m, recipes, work, args.quick, args.calibration) for m in load_models(names, work, args.quick)
+        ]
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     report = {
-        "host": host.summary(), "host_features": sorted(host.cpu_features & {
-            "avx2", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "f16c", "fma", "neon", "dotprod", "i8mm"}),
-        "versions": versions(), "quick": args.quick, "calibration": args.calibration,
-        "det_input": [1, 3, DET_SIZE, DET_SIZE], "det_threshold": DET_THRESHOLD,
-        "profiles": args.profiles.split(","), "unavailable": unavailable, "models": models,
-        "targets": targets(models), "elapsed_s": round(time.perf_counter() - started, 1),
+        "host": host.summary(),
+        "host_features": sorted(
+            host.cpu_features
+            & {"avx2", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "f16c", "fma", "neon", "dotprod", "i8mm"}
+        ),
+        "versions": versions(),
+        "quick": args.quick,
+        "calibration": args.calibration,
+        "det_input": [1, 3, DET_SIZE, DET_SIZE],
+        "det_threshold": DET_THRESHOLD,
+        "profiles": args.profiles.split(","),
+        "unavailable": unavailable,
+        "models": models,
+        "targets": targets(models),
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0

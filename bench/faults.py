@@ -56,8 +56,11 @@ from tandem.cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceC
 from tandem.cloud_hub.telemetry.gaps import GapPolicy  # noqa: E402
 from tandem.edge_agent.telemetry import ModelInfo, TelemetryService  # noqa: E402
 
-REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
-             "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]}, "classes": {"counts": [10, 10, 10]}}
+REFERENCE = {
+    "inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
+    "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]},
+    "classes": {"counts": [10, 10, 10]},
+}
 MODEL = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
 GAPS = GapPolicy(ask_after_s=1.0, ask_every_s=2.0, max_asks=5)
 FAULTS = ("broker_sigkill", "broker_sigterm", "hub_down", "disk_full", "clock_skew", "two_hubs")
@@ -70,8 +73,15 @@ def say(msg: str) -> None:
 class Fleet:
     """A broker, the hub's telemetry service and `n` agents with a traffic thread each."""
 
-    def __init__(self, root: Path, n: int, window_s: float, rate: float, agent_dir: Callable[[int], Path] | None = None,
-                 skews: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        n: int,
+        window_s: float,
+        rate: float,
+        agent_dir: Callable[[int], Path] | None = None,
+        skews: list[float] | None = None,
+    ) -> None:
         self.root = root
         self.broker = MosquittoBroker.start(root / "mosquitto")
         self.port = self.broker.port
@@ -79,17 +89,28 @@ class Fleet:
         self.agents: list[TelemetryService] = []
         for i in range(n):
             skew = (skews or [0.0] * n)[i]
-            self.agents.append(TelemetryService(
-                self.broker.url, f"dev-{i:04d}", MODEL, agent_dir(i) if agent_dir else root / f"agent-{i}",
-                window_s=window_s, clock=lambda s=skew: time.time() + s).start())
+            self.agents.append(
+                TelemetryService(
+                    self.broker.url,
+                    f"dev-{i:04d}",
+                    MODEL,
+                    agent_dir(i) if agent_dir else root / f"agent-{i}",
+                    window_s=window_s,
+                    clock=lambda s=skew: time.time() + s,
+                ).start()
+            )
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._traffic, args=(a, rate), daemon=True) for a in self.agents]
         for t in self._threads:
             t.start()
 
     def _hub(self) -> TelemetryIngestService:
-        hub = TelemetryIngestService(self.root / "hub", self.broker.url, lambda name, version: None,
-                                     TelemetryServiceConfig(eval_interval_s=3600, gaps=GAPS, gap_tick_s=0.5))
+        hub = TelemetryIngestService(
+            self.root / "hub",
+            self.broker.url,
+            lambda name, version: None,
+            TelemetryServiceConfig(eval_interval_s=3600, gaps=GAPS, gap_tick_s=0.5),
+        )
         hub.start()
         hub.ingest.wait_subscribed(20)
         return hub
@@ -125,18 +146,26 @@ class Fleet:
                 break
             time.sleep(0.5)
         time.sleep(1.0)  # late redeliveries would land now
-        stored_rows = self.hub.store.db.query("SELECT device_id, COUNT(*) AS n, COUNT(DISTINCT sequence) AS d "
-                                              "FROM telemetry_windows GROUP BY device_id")
+        stored_rows = self.hub.store.db.query(
+            "SELECT device_id, COUNT(*) AS n, COUNT(DISTINCT sequence) AS d FROM telemetry_windows GROUP BY device_id"
+        )
         stored = sum(r["d"] for r in stored_rows)
         gaps = self.hub.gaps.stats()
-        out = {"agents": len(self.agents), "sent": sum(sent.values()), "stored": stored,
-               "missing": sum(sent.values()) - stored, "duplicated": sum(r["n"] - r["d"] for r in stored_rows),
-               "redeliveries_dropped_as_duplicates": self.hub.ingest.stats.duplicates,
-               "gaps_recovered_by_resend": gaps["recovered_since_start"], "gaps_open": gaps["open"],
-               "gaps_lost_hub": gaps["lost"], "resend_requests": gaps["resend_requests"],
-               "lost_local_agents": sum(a.unstored_dropped for a in self.agents),
-               "outbox_dropped_agents": sum(a.outbox.dropped_total for a in self.agents),
-               "resent_by_agents": sum(a.outbox.resent for a in self.agents)}
+        out = {
+            "agents": len(self.agents),
+            "sent": sum(sent.values()),
+            "stored": stored,
+            "missing": sum(sent.values()) - stored,
+            "duplicated": sum(r["n"] - r["d"] for r in stored_rows),
+            "redeliveries_dropped_as_duplicates": self.hub.ingest.stats.duplicates,
+            "gaps_recovered_by_resend": gaps["recovered_since_start"],
+            "gaps_open": gaps["open"],
+            "gaps_lost_hub": gaps["lost"],
+            "resend_requests": gaps["resend_requests"],
+            "lost_local_agents": sum(a.unstored_dropped for a in self.agents),
+            "outbox_dropped_agents": sum(a.outbox.dropped_total for a in self.agents),
+            "resent_by_agents": sum(a.outbox.resent for a in self.agents),
+        }
         return out
 
     def close(self) -> None:
@@ -198,8 +227,12 @@ def disk_full(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         failing = {"write_error_seen": agent.write_error is not None, "held_in_memory": len(agent._closed)}
         filler.unlink()
         time.sleep(args.between_s)
-        return {"disk_full_s": args.disk_full_s, **failing, "recovered": agent.write_error is None,
-                **fleet.finish(args.settle_s)}
+        return {
+            "disk_full_s": args.disk_full_s,
+            **failing,
+            "recovered": agent.write_error is None,
+            **fleet.finish(args.settle_s),
+        }
     finally:
         if fleet is not None:
             fleet.close()
@@ -215,9 +248,13 @@ def clock_skew(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         bucket_s = fleet.hub.engine.config.bucket_s
         current = int(time.time() // bucket_s)
         buckets = [b for per in fleet.hub.engine._buckets.values() for b in per]
-        return {"skews_s": [-3600, 3600], **result, "visible_in_last_2_min": recent,
-                "drift_buckets_outside_the_last_minute": sum(1 for b in buckets if b < current - 60 / bucket_s),
-                "offsets_s": fleet.hub.clocks.offsets()}
+        return {
+            "skews_s": [-3600, 3600],
+            **result,
+            "visible_in_last_2_min": recent,
+            "drift_buckets_outside_the_last_minute": sum(1 for b in buckets if b < current - 60 / bucket_s),
+            "offsets_s": fleet.hub.clocks.offsets(),
+        }
     finally:
         fleet.close()
 
@@ -255,10 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(wanted) - set(FAULTS)
     if unknown:
         p.error(f"unknown fault(s) {sorted(unknown)}; choose from {', '.join(FAULTS)}")
-    runners = {"broker_sigkill": lambda r: broker_restarts(r, args, signal.SIGKILL),
-               "broker_sigterm": lambda r: broker_restarts(r, args, signal.SIGTERM),
-               "hub_down": lambda r: hub_down(r, args), "disk_full": lambda r: disk_full(r, args),
-               "clock_skew": lambda r: clock_skew(r, args), "two_hubs": lambda r: two_hubs(r, args)}
+    runners = {
+        "broker_sigkill": lambda r: broker_restarts(r, args, signal.SIGKILL),
+        "broker_sigterm": lambda r: broker_restarts(r, args, signal.SIGTERM),
+        "hub_down": lambda r: hub_down(r, args),
+        "disk_full": lambda r: disk_full(r, args),
+        "clock_skew": lambda r: clock_skew(r, args),
+        "two_hubs": lambda r: two_hubs(r, args),
+    }
     results: dict[str, Any] = {}
     for name in wanted:
         say(f"fault {name}")
@@ -269,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # one broken fault must not hide the others' figures
                 results[name] = {"error": repr(exc)}
         results[name]["wall_s"] = round(time.monotonic() - started, 1)
-    report = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
-              "params": {k: v for k, v in vars(args).items() if k not in ("json", "only")}, "faults": results}
+    report = {
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "params": {k: v for k, v in vars(args).items() if k not in ("json", "only")},
+        "faults": results,
+    }
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:

@@ -49,7 +49,9 @@ def _scenario(n: int, rate: float, window_s: float, duration: float, prefix: str
     return Scenario(name=prefix, description="", duration_s=duration, devices=groups, window_s=window_s)
 
 
-def run_step(env: Environment, models: Any, data: Dataset, n: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def run_step(
+    env: Environment, models: Any, data: Dataset, n: int, args: argparse.Namespace, root: Path
+) -> dict[str, Any]:
     sc = _scenario(n, args.rate, args.window, args.duration, f"n{n}")
     specs = device_specs(sc)
     from dataclasses import replace
@@ -60,8 +62,15 @@ def run_step(env: Environment, models: Any, data: Dataset, n: int, args: argpars
     config = FleetConfig(workers=args.workers, window_s=args.window, hub_model=CLOUD_MODEL)
     before = env.telemetry.store.count_windows()
     t_setup = time.perf_counter()
-    fleet = Fleet(specs, data=data, changes=changes_for(sc), hub_grpc=env.grpc_url, mqtt_url=env.mqtt_url,
-                  workdir=root / sc.name, config=config)
+    fleet = Fleet(
+        specs,
+        data=data,
+        changes=changes_for(sc),
+        hub_grpc=env.grpc_url,
+        mqtt_url=env.mqtt_url,
+        workdir=root / sc.name,
+        config=config,
+    )
     try:
         fleet.start(models.edge)
         fleet.wait_connected(30)
@@ -81,17 +90,26 @@ def run_step(env: Environment, models: Any, data: Dataset, n: int, args: argpars
         lag_p95 = float(np.percentile([r["max_lag_s"] for r in rows], 95)) if rows else None
         expected = n * args.rate * args.duration
         out = {
-            "devices": n, "requests": total["requests"], "requests_per_s": round(total["requests"] / args.duration, 1),
+            "devices": n,
+            "requests": total["requests"],
+            "requests_per_s": round(total["requests"] / args.duration, 1),
             "served_share": round(total["requests"] / expected, 3) if expected else None,
-            "latency_p50_ms": _r(total["latency_p50_ms"]), "latency_p99_ms": _r(total["latency_p99_ms"]),
-            "fallback_rate": round(total["fallback_rate"], 4), "lag_p95_s": _r(lag_p95),
-            "windows_sent": sent, "windows_stored": stored, "drain_s": round(drain_s, 2), "setup_s": round(setup_s, 2),
+            "latency_p50_ms": _r(total["latency_p50_ms"]),
+            "latency_p99_ms": _r(total["latency_p99_ms"]),
+            "fallback_rate": round(total["fallback_rate"], 4),
+            "lag_p95_s": _r(lag_p95),
+            "windows_sent": sent,
+            "windows_stored": stored,
+            "drain_s": round(drain_s, 2),
+            "setup_s": round(setup_s, 2),
             "cpu_s_per_s": round(((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / args.duration, 2),
             "sessions": len(fleet.pool.sessions()),
         }
-        out["slo"] = {"p99": out["latency_p99_ms"] is not None and out["latency_p99_ms"] <= args.p99_ms,
-                      "lag": lag_p95 is not None and lag_p95 <= args.lag_s,
-                      "telemetry": stored == sent}
+        out["slo"] = {
+            "p99": out["latency_p99_ms"] is not None and out["latency_p99_ms"] <= args.p99_ms,
+            "lag": lag_p95 is not None and lag_p95 <= args.lag_s,
+            "telemetry": stored == sent,
+        }
         out["holds"] = all(out["slo"].values())
         return out
     finally:
@@ -131,8 +149,11 @@ def main() -> int:
                 print(f"step: {n} devices for {args.duration:g}s", file=sys.stderr)
                 r = run_step(env, models, data, n, args, root)
                 results.append(r)
-                print(f"  -> p99 {r['latency_p99_ms']} ms, lag p95 {r['lag_p95_s']} s, windows {r['windows_stored']}/"
-                      f"{r['windows_sent']}, cpu {r['cpu_s_per_s']} s/s, holds={r['holds']}", file=sys.stderr)
+                print(
+                    f"  -> p99 {r['latency_p99_ms']} ms, lag p95 {r['lag_p95_s']} s, windows {r['windows_stored']}/"
+                    f"{r['windows_sent']}, cpu {r['cpu_s_per_s']} s/s, holds={r['holds']}",
+                    file=sys.stderr,
+                )
                 if not r["holds"] and not args.keep_going:
                     break
         finally:
@@ -149,11 +170,15 @@ def main() -> int:
         }
     holding = [r["devices"] for r in results if r["holds"]]
     report = {
-        "bench": "fleet", "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                   "machine": platform.machine()},
-        "settings": {"rate_per_device": args.rate, "window_s": args.window, "duration_s": args.duration,
-                     "workers": args.workers, "slo": {"p99_ms": args.p99_ms, "lag_p95_s": args.lag_s,
-                                                      "drain_s": args.drain_s}},
+        "bench": "fleet",
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
+        "settings": {
+            "rate_per_device": args.rate,
+            "window_s": args.window,
+            "duration_s": args.duration,
+            "workers": args.workers,
+            "slo": {"p99_ms": args.p99_ms, "lag_p95_s": args.lag_s, "drain_s": args.drain_s},
+        },
         "baseline": {"devices": base["devices"]},
         "largest_fleet_holding_slo": max(holding) if holding else 0,
         "steps": results,
@@ -163,8 +188,10 @@ def main() -> int:
     else:
         print(f"{'devices':>8} {'req/s':>8} {'p99 ms':>8} {'lag p95':>8} {'windows':>13} {'cpu s/s':>8}  holds")
         for r in results:
-            print(f"{r['devices']:8d} {r['requests_per_s']:8.1f} {r['latency_p99_ms'] or 0:8.2f} {r['lag_p95_s'] or 0:8.3f} "
-                  f"{r['windows_stored']:6d}/{r['windows_sent']:<6d} {r['cpu_s_per_s']:8.2f}  {r['holds']}")
+            print(
+                f"{r['devices']:8d} {r['requests_per_s']:8.1f} {r['latency_p99_ms'] or 0:8.2f} {r['lag_p95_s'] or 0:8.3f} "
+                f"{r['windows_stored']:6d}/{r['windows_sent']:<6d} {r['cpu_s_per_s']:8.2f}  {r['holds']}"
+            )
         print(f"largest fleet holding its SLOs: {report['largest_fleet_holding_slo']} devices")
     return 0
 

@@ -43,7 +43,10 @@ for extra in (ROOT, ROOT / "examples" / "digits"):
 from tandem.edge_agent.config import PolicyConfig  # noqa: E402
 from tandem.edge_agent.policy import KINDS, ConfidencePolicy  # noqa: E402
 from tandem.sim.sidebyside import (  # noqa: E402
-    SIDE_BY_SIDE_PROFILE, format_side_by_side, side_by_side)
+    SIDE_BY_SIDE_PROFILE,
+    format_side_by_side,
+    side_by_side,
+)
 
 EDGE_PROFILES = ("cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu-litert")
 HUB_PROFILE = "cpu-x86"
@@ -72,8 +75,9 @@ def default_threshold(kind: str, manifest_task: dict[str, Any]) -> float:
     return ConfidencePolicy(kind, float(t) if isinstance(t, (int, float)) else None).threshold
 
 
-def evaluate_point(policy: ConfidencePolicy, edge_out: np.ndarray, cloud_out: np.ndarray, labels: np.ndarray,
-                   threshold: float) -> dict[str, float]:
+def evaluate_point(
+    policy: ConfidencePolicy, edge_out: np.ndarray, cloud_out: np.ndarray, labels: np.ndarray, threshold: float
+) -> dict[str, float]:
     """One threshold: rows the policy keeps get the edge label, the rest the cloud's (scored by the same policy)."""
     edge = policy.score_array(edge_out, threshold)
     cloud_labels = policy.score_array(cloud_out, threshold).labels
@@ -82,16 +86,28 @@ def evaluate_point(policy: ConfidencePolicy, edge_out: np.ndarray, cloud_out: np
     return {"threshold": float(threshold), "hybrid_accuracy": accuracy(labels, hybrid), "fallback_fraction": fallback}
 
 
-def sweep(edge_out: np.ndarray, cloud_out: np.ndarray, labels: np.ndarray, *, manifest_task: dict[str, Any] | None = None,
-          kinds: Sequence[str] = KINDS, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
+def sweep(
+    edge_out: np.ndarray,
+    cloud_out: np.ndarray,
+    labels: np.ndarray,
+    *,
+    manifest_task: dict[str, Any] | None = None,
+    kinds: Sequence[str] = KINDS,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> dict[str, Any]:
     """Edge, cloud and hybrid accuracy for every kind and threshold, the default threshold marked and judged."""
     manifest_task = manifest_task or {}
     probe = ConfidencePolicy(DEFAULT_KIND)  # labels are the argmax whatever the kind
     edge_acc = accuracy(labels, probe.score_array(edge_out, 0.0).labels)
     cloud_acc = accuracy(labels, probe.score_array(cloud_out, 0.0).labels)
     # when the edge alone is within the target's margin, the split cannot show what fallback buys
-    result: dict[str, Any] = {"samples": int(labels.size), "edge_accuracy": edge_acc, "cloud_accuracy": cloud_acc,
-                              "edge_gap_to_cloud_points": (cloud_acc - edge_acc) * 100.0, "kinds": {}}
+    result: dict[str, Any] = {
+        "samples": int(labels.size),
+        "edge_accuracy": edge_acc,
+        "cloud_accuracy": cloud_acc,
+        "edge_gap_to_cloud_points": (cloud_acc - edge_acc) * 100.0,
+        "kinds": {},
+    }
     for kind in kinds:
         policy = ConfidencePolicy(kind)
         default = default_threshold(kind, manifest_task)
@@ -108,7 +124,8 @@ def sweep(edge_out: np.ndarray, cloud_out: np.ndarray, labels: np.ndarray, *, ma
             "default": next(p for p in points if p["default"]),
             # the cheapest threshold that meets the target on this split (in-sample: a hint, not a tuned value)
             "least_fallback_meeting_target": min(meeting, key=lambda p: (p["fallback_fraction"], p["threshold"]))
-            if meeting else None,
+            if meeting
+            else None,
             "sweep": points,
         }
     return result
@@ -140,10 +157,18 @@ def compile_digits(digits: Path, work: Path, edge_profiles: Sequence[str], say: 
     dirs = {}
     for name, profiles in (("edge", list(edge_profiles)), ("cloud", [HUB_PROFILE])):
         say(f"compiling digits-{name} for {', '.join(profiles)}")
-        opts = CompileOptions(model=digits / f"{name}.onnx", profiles=profiles, calib=digits / "calib.npz",
-                              val=digits / "val.npz", out=work / f"digits-{name}", name=f"digits-{name}",
-                              signing_key=work / "keys" / "release-ed25519.pem", timing_seconds=0.5, force=True,
-                              fallback_budget=train.FALLBACK_BUDGET if name == "edge" else None)
+        opts = CompileOptions(
+            model=digits / f"{name}.onnx",
+            profiles=profiles,
+            calib=digits / "calib.npz",
+            val=digits / "val.npz",
+            out=work / f"digits-{name}",
+            name=f"digits-{name}",
+            signing_key=work / "keys" / "release-ed25519.pem",
+            timing_seconds=0.5,
+            force=True,
+            fallback_budget=train.FALLBACK_BUDGET if name == "edge" else None,
+        )
         dirs[name] = compile_model(opts, progress=lambda m: None).out
     return dirs["edge"], dirs["cloud"]
 
@@ -176,8 +201,9 @@ def edge_outputs(model_dir: Path, profiles: Sequence[str], x: np.ndarray, say: P
             probs = run_rows(model.session, model.runtime_feeds({model.input_specs[0].name: x}))
         finally:
             model.close()
-        found.append(Outputs(variant_id, model.variant.runtime, model.variant.precision, users,
-                             dict(manifest.task), probs))
+        found.append(
+            Outputs(variant_id, model.variant.runtime, model.variant.precision, users, dict(manifest.task), probs)
+        )
     return found
 
 
@@ -190,8 +216,14 @@ def cloud_outputs(model_dir: Path, x: np.ndarray, say: Progress) -> Outputs:
         probs = run_rows(model.session, {model.session.inputs[0].name: x})
     finally:
         model.close()
-    return Outputs(model.variant.id, model.variant.runtime, model.variant.precision, [HUB_PROFILE],
-                   dict(model.manifest.task), probs)
+    return Outputs(
+        model.variant.id,
+        model.variant.runtime,
+        model.variant.precision,
+        [HUB_PROFILE],
+        dict(model.manifest.task),
+        probs,
+    )
 
 
 def fp32_outputs(digits: Path, x: np.ndarray) -> tuple[list[Outputs], Outputs]:
@@ -202,15 +234,25 @@ def fp32_outputs(digits: Path, x: np.ndarray) -> tuple[list[Outputs], Outputs]:
     for name in ("edge", "cloud"):
         session = load_session("onnxruntime", digits / f"{name}.onnx")
         try:
-            outs.append(Outputs(f"{name}.onnx", "onnxruntime", "fp32", [], {},
-                                run_rows(session, {session.inputs[0].name: x})))
+            outs.append(
+                Outputs(f"{name}.onnx", "onnxruntime", "fp32", [], {}, run_rows(session, {session.inputs[0].name: x}))
+            )
         finally:
             session.close()
     return [outs[0]], outs[1]
 
 
-def run(digits: Path, work: Path, *, profiles: Sequence[str] = EDGE_PROFILES, split: str = "test", fp32: bool = False,
-        thresholds: Sequence[float] = THRESHOLDS, side: bool = True, say: Progress = log) -> dict[str, Any]:
+def run(
+    digits: Path,
+    work: Path,
+    *,
+    profiles: Sequence[str] = EDGE_PROFILES,
+    split: str = "test",
+    fp32: bool = False,
+    thresholds: Sequence[float] = THRESHOLDS,
+    side: bool = True,
+    say: Progress = log,
+) -> dict[str, Any]:
     """The whole benchmark on a folder written by examples/digits/train.py; returns the JSON report."""
     data = np.load(digits / f"{split}.npz")
     x, y = np.ascontiguousarray(data["x"], dtype=np.float32), data["y"].astype(np.int64)
@@ -223,38 +265,63 @@ def run(digits: Path, work: Path, *, profiles: Sequence[str] = EDGE_PROFILES, sp
     if not fp32 and side and SIDE_BY_SIDE_PROFILE in profiles:
         report["side_by_side"] = side_by_side(edge_dir, cloud_dir, x, y, say=say)
     report |= {
-        "split": split, "samples": int(y.size), "one_sample_points": 100.0 / max(1, y.size),
-        "agent_default_kind": DEFAULT_KIND, "max_gap_points": MAX_GAP_POINTS, "max_fallback_fraction": MAX_FALLBACK,
-        "cloud": {"variant": cloud.variant, "runtime": cloud.runtime, "precision": cloud.precision,
-                  "profile": HUB_PROFILE if not fp32 else None},
+        "split": split,
+        "samples": int(y.size),
+        "one_sample_points": 100.0 / max(1, y.size),
+        "agent_default_kind": DEFAULT_KIND,
+        "max_gap_points": MAX_GAP_POINTS,
+        "max_fallback_fraction": MAX_FALLBACK,
+        "cloud": {
+            "variant": cloud.variant,
+            "runtime": cloud.runtime,
+            "precision": cloud.precision,
+            "profile": HUB_PROFILE if not fp32 else None,
+        },
         "edges": [],
     }
     targets: dict[str, Any] = {}
     for edge in edges:
         result = sweep(edge.probabilities, cloud.probabilities, y, manifest_task=edge.task, thresholds=thresholds)
-        report["edges"].append({"variant": edge.variant, "runtime": edge.runtime, "precision": edge.precision,
-                                "profiles": edge.profiles, "manifest_threshold": edge.task.get("threshold"), **result})
+        report["edges"].append(
+            {
+                "variant": edge.variant,
+                "runtime": edge.runtime,
+                "precision": edge.precision,
+                "profiles": edge.profiles,
+                "manifest_threshold": edge.task.get("threshold"),
+                **result,
+            }
+        )
         point = result["kinds"][DEFAULT_KIND]["default"]
-        targets[edge.variant] = {"kind": DEFAULT_KIND, "threshold": point["threshold"],
-                                 "gap_to_cloud_points": point["gap_to_cloud_points"],
-                                 "fallback_fraction": point["fallback_fraction"], "met": point["meets_target"]}
+        targets[edge.variant] = {
+            "kind": DEFAULT_KIND,
+            "threshold": point["threshold"],
+            "gap_to_cloud_points": point["gap_to_cloud_points"],
+            "fallback_fraction": point["fallback_fraction"],
+            "met": point["meets_target"],
+        }
     report["targets"] = {"default_threshold_within_0.5_points_of_cloud_with_fallback_le_0.25": targets}
     if "side_by_side" in report:
         report["targets"]["side_by_side"] = report["side_by_side"]["targets"]
-    report["targets"]["met"] = all(t["met"] for t in targets.values()) and \
-        report["targets"].get("side_by_side", {}).get("met", True)
+    report["targets"]["met"] = all(t["met"] for t in targets.values()) and report["targets"].get(
+        "side_by_side", {}
+    ).get("met", True)
     return report
 
 
 def print_table(report: dict[str, Any]) -> None:
     """One block per edge variant: a row per threshold, hybrid accuracy / fallback per kind; * marks the default."""
-    print(f"split {report['split']}: {report['samples']} samples (one sample = {report['one_sample_points']:.2f} points); "
-          f"cloud {report['cloud']['variant']}")
+    print(
+        f"split {report['split']}: {report['samples']} samples (one sample = {report['one_sample_points']:.2f} points); "
+        f"cloud {report['cloud']['variant']}"
+    )
     for edge in report["edges"]:
         kinds = list(edge["kinds"])
-        print(f"\nedge {edge['variant']} ({', '.join(edge['profiles']) or 'no profile'}): edge "
-              f"{edge['edge_accuracy'] * 100:.2f}%, cloud {edge['cloud_accuracy'] * 100:.2f}% "
-              f"(gap {edge['edge_gap_to_cloud_points']:.2f} points)")
+        print(
+            f"\nedge {edge['variant']} ({', '.join(edge['profiles']) or 'no profile'}): edge "
+            f"{edge['edge_accuracy'] * 100:.2f}%, cloud {edge['cloud_accuracy'] * 100:.2f}% "
+            f"(gap {edge['edge_gap_to_cloud_points']:.2f} points)"
+        )
         print(f"{'threshold':>9} " + " ".join(f"{k + ' hybrid / fallback':>28}" for k in kinds))
         rows: dict[float, dict[str, dict[str, Any]]] = {}
         for kind in kinds:
@@ -264,16 +331,23 @@ def print_table(report: dict[str, Any]) -> None:
             cells = []
             for kind in kinds:
                 p = rows[t].get(kind)
-                cells.append(f"{'':>28}" if p is None else
-                             f"{p['hybrid_accuracy'] * 100:14.2f}% / {p['fallback_fraction'] * 100:5.1f}%"
-                             f"{'*' if p['default'] else ' '}{'ok' if p['meets_target'] else '  '}")
+                cells.append(
+                    f"{'':>28}"
+                    if p is None
+                    else f"{p['hybrid_accuracy'] * 100:14.2f}% / {p['fallback_fraction'] * 100:5.1f}%"
+                    f"{'*' if p['default'] else ' '}{'ok' if p['meets_target'] else '  '}"
+                )
             print(f"{t:9.3f} " + " ".join(cells))
     targets = report["targets"]
-    print(f"\n* default threshold; ok: within {report['max_gap_points']} points of the cloud with at most "
-          f"{report['max_fallback_fraction']:.0%} fallback")
+    print(
+        f"\n* default threshold; ok: within {report['max_gap_points']} points of the cloud with at most "
+        f"{report['max_fallback_fraction']:.0%} fallback"
+    )
     for variant, t in targets["default_threshold_within_0.5_points_of_cloud_with_fallback_le_0.25"].items():
-        print(f"target {variant}: {t['kind']} {t['threshold']:.3f}: gap {t['gap_to_cloud_points']:.2f} points, "
-              f"fallback {t['fallback_fraction'] * 100:.1f}%: {'met' if t['met'] else 'NOT met'}")
+        print(
+            f"target {variant}: {t['kind']} {t['threshold']:.3f}: gap {t['gap_to_cloud_points']:.2f} points, "
+            f"fallback {t['fallback_fraction'] * 100:.1f}%: {'met' if t['met'] else 'NOT met'}"
+        )
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -294,8 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("val", "test"), help="the split to score (default test)")
     parser.add_argument("--digits-dir", type=Path, help="a folder from examples/digits/train.py (default: train anew)")
     parser.add_argument("--fp32", action="store_true", help="score edge.onnx and cloud.onnx directly, no compile")
-    parser.add_argument("--thresholds", type=parse_thresholds, default=list(THRESHOLDS),
-                        help="comma-separated thresholds to sweep (the default threshold is always added)")
+    parser.add_argument(
+        "--thresholds",
+        type=parse_thresholds,
+        default=list(THRESHOLDS),
+        help="comma-separated thresholds to sweep (the default threshold is always added)",
+    )
     args = parser.parse_args(argv)
     profiles = [p for p in args.profiles.split(",") if p]
     started = time.perf_counter()

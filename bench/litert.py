@@ -33,8 +33,17 @@ def _cases(work: Path) -> list[dict]:
     train.train(digits)
     calib = np.load(digits / "calib.npz")
     test = np.load(digits / "test.npz")
-    cases = [{"model": name, "path": digits / f"{name}.onnx", "input": "input", "calib": calib["x"],
-              "x": test["x"], "y": test["y"]} for name in ("edge", "cloud")]
+    cases = [
+        {
+            "model": name,
+            "path": digits / f"{name}.onnx",
+            "input": "input",
+            "calib": calib["x"],
+            "x": test["x"],
+            "y": test["y"],
+        }
+        for name in ("edge", "cloud")
+    ]
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     src = Path(spec.origin).parent / "models" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
     prepared = work / "ocr_cls.onnx"
@@ -44,13 +53,29 @@ def _cases(work: Path) -> list[dict]:
     cases.append({"model": "ocr_cls", "path": prepared, "input": "x", "calib": cx, "x": vx, "y": vy})
     det = work / "ocr_det.onnx"
     prepare_model(load_model(src.parent / "ch_PP-OCRv4_det_infer.onnx"), det)
-    cases.append({"model": "ocr_det", "path": det, "input": "x", "calib": make_det_data(16, seed=1),
-                  "x": make_det_data(8, seed=2), "y": None})
+    cases.append(
+        {
+            "model": "ocr_det",
+            "path": det,
+            "input": "x",
+            "calib": make_det_data(16, seed=1),
+            "x": make_det_data(8, seed=2),
+            "y": None,
+        }
+    )
     rec = work / "ocr_rec.onnx"
     prepare_model(load_model(src.parent / "ch_PP-OCRv4_rec_infer.onnx"), rec)
     rng = np.random.default_rng(3)  # no synthetic rec data yet: agreement of per-step argmax on noise images
-    cases.append({"model": "ocr_rec", "path": rec, "input": "x", "calib": rng.uniform(-1, 1, (8, 3, 48, 320)).astype(np.float32),
-                  "x": rng.uniform(-1, 1, (8, 3, 48, 320)).astype(np.float32), "y": None})
+    cases.append(
+        {
+            "model": "ocr_rec",
+            "path": rec,
+            "input": "x",
+            "calib": rng.uniform(-1, 1, (8, 3, 48, 320)).astype(np.float32),
+            "x": rng.uniform(-1, 1, (8, 3, 48, 320)).astype(np.float32),
+            "y": None,
+        }
+    )
     return cases
 
 
@@ -83,11 +108,17 @@ def run(threads: int) -> dict:
             runs = 20 if case["model"] in ("ocr_det", "ocr_rec") else 200
             ref_session = load_session("onnxruntime", case["path"], threads=threads)
             ref = ref_session.run(feeds_all)[0]
-            base = {"model": case["model"], "variant": "onnxruntime-fp32 (baseline)", "bytes": case["path"].stat().st_size,
-                    "p50_ms": round(measure_latency(ref_session, one, runs=runs).p50_ms, 4),
-                    "accuracy": _accuracy(ref, case["y"])}
+            base = {
+                "model": case["model"],
+                "variant": "onnxruntime-fp32 (baseline)",
+                "bytes": case["path"].stat().st_size,
+                "p50_ms": round(measure_latency(ref_session, one, runs=runs).p50_ms, 4),
+                "accuracy": _accuracy(ref, case["y"]),
+            }
             rows.append(base)
-            ctx = BuildContext(model_path=case["path"], calib={case["input"]: case["calib"]}, out_dir=work / case["model"])
+            ctx = BuildContext(
+                model_path=case["path"], calib={case["input"]: case["calib"]}, out_dir=work / case["model"]
+            )
             for recipe in builder.recipes(get_profile("npu-litert")):
                 try:
                     built = builder.build(recipe, ctx)
@@ -97,19 +128,27 @@ def run(threads: int) -> dict:
                 session = load_session("litert", built.files[0], threads=threads, **built.session_options)
                 out = session.run(feeds_all)[0]
                 p50 = measure_latency(session, one, runs=runs).p50_ms
-                rows.append({
-                    "model": case["model"], "variant": recipe.id, "bytes": built.files[0].stat().st_size,
-                    "size_ratio": round(built.files[0].stat().st_size / base["bytes"], 3),
-                    "p50_ms": round(p50, 4), "speedup_vs_ort": round(base["p50_ms"] / p50, 2),
-                    "agreement": round(_agreement(out, ref), 4),
-                    "max_abs_err": float(np.abs(out - ref).max()),
-                    "accuracy": _accuracy(out, case["y"]),
-                })
-    return {"threads": threads, "rows": rows,
-            "samples": "digits test split (270); ocr_cls 128 synthetic lines; ocr_det 8 synthetic 320x320 pages; "
-                       "ocr_rec 8 uniform-noise 48x320 images",
-            "agreement": "top-1 vs ONNX Runtime FP32 (classifiers; per time step for rec); "
-                         "IoU of p > 0.3 text masks (detector)"}
+                rows.append(
+                    {
+                        "model": case["model"],
+                        "variant": recipe.id,
+                        "bytes": built.files[0].stat().st_size,
+                        "size_ratio": round(built.files[0].stat().st_size / base["bytes"], 3),
+                        "p50_ms": round(p50, 4),
+                        "speedup_vs_ort": round(base["p50_ms"] / p50, 2),
+                        "agreement": round(_agreement(out, ref), 4),
+                        "max_abs_err": float(np.abs(out - ref).max()),
+                        "accuracy": _accuracy(out, case["y"]),
+                    }
+                )
+    return {
+        "threads": threads,
+        "rows": rows,
+        "samples": "digits test split (270); ocr_cls 128 synthetic lines; ocr_det 8 synthetic 320x320 pages; "
+        "ocr_rec 8 uniform-noise 48x320 images",
+        "agreement": "top-1 vs ONNX Runtime FP32 (classifiers; per time step for rec); "
+        "IoU of p > 0.3 text masks (detector)",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['model']:8} {r['variant']:28} skipped: {r['skipped']}")
                 continue
             acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-            print(f"{r['model']:8} {r['variant']:28} {r['bytes']:>9} B  p50 {r['p50_ms']:8.4f} ms  "
-                  f"agree {r.get('agreement', 1.0):.4f}  err {r.get('max_abs_err', 0.0):.2e}  acc {acc}")
+            print(
+                f"{r['model']:8} {r['variant']:28} {r['bytes']:>9} B  p50 {r['p50_ms']:8.4f} ms  "
+                f"agree {r.get('agreement', 1.0):.4f}  err {r.get('max_abs_err', 0.0):.2e}  acc {acc}"
+            )
     return 0
 
 

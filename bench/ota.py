@@ -61,26 +61,36 @@ def prepare_releases(root: Path) -> dict[str, Path]:
     return {
         "digits": digits,
         "1.0.0": base["1.0.0"],
-        "2.0.0": derive(base["1.0.0"], out / "2.0.0", "2.0.0"),                     # all-at-once (good)
-        "2.1.0": derive(base["1.0.0"], out / "2.1.0", "2.1.0"),                     # staged (good)
-        "2.2.0": derive(base["1.3.0"], out / "2.2.0", "2.2.0"),                     # collapsed
-        "2.3.0": derive(base["1.0.0"], out / "2.3.0", "2.3.0", scramble_golden),    # fails its self-test
+        "2.0.0": derive(base["1.0.0"], out / "2.0.0", "2.0.0"),  # all-at-once (good)
+        "2.1.0": derive(base["1.0.0"], out / "2.1.0", "2.1.0"),  # staged (good)
+        "2.2.0": derive(base["1.3.0"], out / "2.2.0", "2.2.0"),  # collapsed
+        "2.3.0": derive(base["1.0.0"], out / "2.3.0", "2.3.0", scramble_golden),  # fails its self-test
     }
 
 
 class Fleet:
     def __init__(self, root: Path, rel: dict[str, Path], n: int, watch_s: float) -> None:
         self.broker = Broker(root / "mosquitto")
-        self.hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=self.broker.url,
-                                 rollout_tick_s=0.1, rollout_watch_s=watch_s)).start()
+        self.hub = Hub(
+            HubConfig(
+                publisher_trust_on_first_use=True,
+                data_dir=root / "hub",
+                http_port=0,
+                grpc_port=0,
+                mqtt_url=self.broker.url,
+                rollout_tick_s=0.1,
+                rollout_watch_s=watch_s,
+            )
+        ).start()
         self.devices: list[SimDevice] = []
         try:
             for version in ("1.0.0", "2.0.0", "2.1.0", "2.2.0", "2.3.0"):
                 self.hub.registry.register_dir(rel[version])
             fleet_token = self.hub.tokens.create("fleet", "read").token
             operator = self.hub.tokens.create("bench", "operate").token
-            self.http = httpx.Client(base_url=self.hub.http_url, headers={"Authorization": f"Bearer {operator}"},
-                                     timeout=30)
+            self.http = httpx.Client(
+                base_url=self.hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=30
+            )
             if not self.hub.rollouts.wait_subscribed(10):
                 raise RuntimeError("the hub's rollout service did not subscribe")
             x = np.load(rel["digits"] / "test.npz")
@@ -91,8 +101,16 @@ class Fleet:
             for i in range(n):
                 dev_id = f"bench-{i:03d}"
                 self.hub.devices.register(dev_id, "cpu-x86", "bench", {"site": "bench"})
-                device = SimDevice(dev_id, root / "devices", rel["1.0.0"], self.broker.url, fleet_token,
-                                   self.hub.key.public_pem, inputs, watch)
+                device = SimDevice(
+                    dev_id,
+                    root / "devices",
+                    rel["1.0.0"],
+                    self.broker.url,
+                    fleet_token,
+                    self.hub.key.public_pem,
+                    inputs,
+                    watch,
+                )
                 self.devices.append(device.start())
                 if (i + 1) % 25 == 0:
                     log(f"{i + 1}/{n} devices up")
@@ -114,8 +132,13 @@ class Fleet:
         self.broker.stop()
 
     def rollout(self, version: str, waves: list[int], timeout_s: float) -> dict[str, Any]:
-        body = {"model": MODEL, "version": version, "select": {"profile": "cpu-x86", "site": "bench"}, "waves": waves,
-                "gates": {"min_reporting": 1.0, "wave_timeout_s": timeout_s, "max_latency_ratio": 1000.0}}
+        body = {
+            "model": MODEL,
+            "version": version,
+            "select": {"profile": "cpu-x86", "site": "bench"},
+            "waves": waves,
+            "gates": {"min_reporting": 1.0, "wave_timeout_s": timeout_s, "max_latency_ratio": 1000.0},
+        }
         t0 = time.time()
         resp = self.http.post("/v1/rollouts", json=body)
         if resp.status_code != 201:
@@ -125,8 +148,9 @@ class Fleet:
         last = ""
         while time.monotonic() < deadline:
             r = self.http.get(f"/v1/rollouts/{rid}", params={"events": 0}).json()
-            settled = all(d["state"] in ("pending", "committed", "failed", "rejected", "rolled_back")
-                          for d in r["device_states"])
+            settled = all(
+                d["state"] in ("pending", "committed", "failed", "rejected", "rolled_back") for d in r["device_states"]
+            )
             if r["status"] in ("completed", "halted", "aborted", "rolled_back") and settled:
                 wall_s = time.time() - t0
                 r["events"] = self.hub.rollouts.events(rid, 1_000_000)  # every step, in order (REST pages them)
@@ -147,9 +171,17 @@ def wave_timings(result: dict[str, Any]) -> list[dict[str, Any]]:
     for i, at in enumerate(opened_at):
         states = [d for d in r["device_states"] if d["wave"] == i + 1]
         done = max((d["updated_at"] for d in states), default=at)
-        out.append({"wave": i + 1, "percent": percents[i], "devices": len(states),
-                    "committed": sum(d["state"] == "committed" for d in states),
-                    "opened_s": round(at - t0, 3), "settled_s": round(done - t0, 3), "duration_s": round(done - at, 3)})
+        out.append(
+            {
+                "wave": i + 1,
+                "percent": percents[i],
+                "devices": len(states),
+                "committed": sum(d["state"] == "committed" for d in states),
+                "opened_s": round(at - t0, 3),
+                "settled_s": round(done - t0, 3),
+                "duration_s": round(done - at, 3),
+            }
+        )
     return out
 
 
@@ -157,32 +189,57 @@ def good_rollout(fleet: Fleet, version: str, waves: list[int], timeout_s: float)
     res = fleet.rollout(version, waves, timeout_s)
     r = res["rollout"]
     serving = sorted({d.serving for d in fleet.devices})
-    out = {"version": version, "waves": waves, "status": r["status"], "counts": r["counts"],
-           "total_s": round(res["wall_s"], 3), "per_wave": wave_timings(res), "devices_serving": serving}
+    out = {
+        "version": version,
+        "waves": waves,
+        "status": r["status"],
+        "counts": r["counts"],
+        "total_s": round(res["wall_s"], 3),
+        "per_wave": wave_timings(res),
+        "devices_serving": serving,
+    }
     if r["status"] != "completed" or serving != [version]:
-        raise RuntimeError(f"good rollout of {version} ended {r['status']} {r['counts']} serving={serving} {r['reason']}")
+        raise RuntimeError(
+            f"good rollout of {version} ended {r['status']} {r['counts']} serving={serving} {r['reason']}"
+        )
     log(f"{version} through waves {waves}: {out['total_s']:.1f}s")
     return out
 
 
-def bad_rollout(fleet: Fleet, kind: str, version: str, previous: str, waves: list[int], timeout_s: float) -> dict[str, Any]:
+def bad_rollout(
+    fleet: Fleet, kind: str, version: str, previous: str, waves: list[int], timeout_s: float
+) -> dict[str, Any]:
     before = {d.device_id: d.client.store.state.max_accepted for d in fleet.devices}
     res = fleet.rollout(version, waves, timeout_s)
     r = res["rollout"]
     time.sleep(0.3)  # a rollback's swap finishing on the device side
     sent = [d for d in r["device_states"] if d["state"] != "pending"]
-    switched = [d.device_id for d in fleet.devices if d.client.store.state.max_accepted == version
-                and before[d.device_id] != version]
+    switched = [
+        d.device_id
+        for d in fleet.devices
+        if d.client.store.state.max_accepted == version and before[d.device_id] != version
+    ]
     halt = next((e for e in r["events"] if e["kind"] == "halted"), None)
     ended = sorted({d.serving for d in fleet.devices})
-    out = {"kind": kind, "version": version, "status": r["status"], "halted_at_wave": r["wave"],
-           "reason": r["reason"], "devices": len(r["device_states"]), "sent_the_command": len(sent),
-           "switched_to_it": len(switched), "counts": r["counts"],
-           "time_to_halt_s": round((halt["at"] - res["t0"]) if halt else res["wall_s"], 3),
-           "ended_on": ended, "ended_on_previous": ended == [previous] and all(
-               d.client.store.active_version == previous for d in fleet.devices)}
-    log(f"bad ({kind}) {version}: {r['status']} at wave {r['wave']}, sent to {len(sent)}, switched {len(switched)}, "
-        f"fleet on {ended}")
+    out = {
+        "kind": kind,
+        "version": version,
+        "status": r["status"],
+        "halted_at_wave": r["wave"],
+        "reason": r["reason"],
+        "devices": len(r["device_states"]),
+        "sent_the_command": len(sent),
+        "switched_to_it": len(switched),
+        "counts": r["counts"],
+        "time_to_halt_s": round((halt["at"] - res["t0"]) if halt else res["wall_s"], 3),
+        "ended_on": ended,
+        "ended_on_previous": ended == [previous]
+        and all(d.client.store.active_version == previous for d in fleet.devices),
+    }
+    log(
+        f"bad ({kind}) {version}: {r['status']} at wave {r['wave']}, sent to {len(sent)}, switched {len(switched)}, "
+        f"fleet on {ended}"
+    )
     return out
 
 
@@ -192,7 +249,9 @@ def main() -> int:
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--waves", default="10,50,100")
     ap.add_argument("--watch-s", type=float, default=1.0, help="each device's health watch after a switch")
-    ap.add_argument("--bad", default=",".join(BAD_KINDS), help=f"bad releases to try, of {', '.join(BAD_KINDS)} ('' for none)")
+    ap.add_argument(
+        "--bad", default=",".join(BAD_KINDS), help=f"bad releases to try, of {', '.join(BAD_KINDS)} ('' for none)"
+    )
     ap.add_argument("--timeout-s", type=float, default=600)
     args = ap.parse_args()
     if MOSQUITTO is None:
@@ -213,17 +272,25 @@ def main() -> int:
             log(f"{args.devices} devices up and subscribed in {fleet.setup_s:.1f}s")
             baseline = good_rollout(fleet, "2.0.0", [100], args.timeout_s)
             staged = good_rollout(fleet, "2.1.0", waves, args.timeout_s)
-            bads = [bad_rollout(fleet, kind, {"collapsed": "2.2.0", "self-test": "2.3.0"}[kind], "2.1.0", waves,
-                                args.timeout_s) for kind in bad]
+            bads = [
+                bad_rollout(
+                    fleet, kind, {"collapsed": "2.2.0", "self-test": "2.3.0"}[kind], "2.1.0", waves, args.timeout_s
+                )
+                for kind in bad
+            ]
         finally:
             fleet.stop()
 
     result = {
-        "bench": "ota", "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
-        "devices": args.devices, "waves": waves, "watch_s": args.watch_s,
+        "bench": "ota",
+        "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
+        "devices": args.devices,
+        "waves": waves,
+        "watch_s": args.watch_s,
         "device_model": "digits edge MLP, one ONNX Runtime session per device (real OTA client + A/B store on disk)",
         "fleet_setup_s": round(fleet.setup_s, 3),
-        "all_at_once": baseline, "staged": staged,
+        "all_at_once": baseline,
+        "staged": staged,
         "ratio_staged_vs_all_at_once": round(staged["total_s"] / baseline["total_s"], 3),
         "bad": bads,
     }
@@ -234,11 +301,15 @@ def main() -> int:
         print(f"  all at once   {baseline['total_s']:7.1f}s")
         print(f"  staged {waves}  {staged['total_s']:7.1f}s  (x{result['ratio_staged_vs_all_at_once']:.2f})")
         for w in staged["per_wave"]:
-            print(f"    wave {w['wave']} ({w['percent']}%, {w['devices']} devices): opened {w['opened_s']:.1f}s, "
-                  f"settled {w['settled_s']:.1f}s")
+            print(
+                f"    wave {w['wave']} ({w['percent']}%, {w['devices']} devices): opened {w['opened_s']:.1f}s, "
+                f"settled {w['settled_s']:.1f}s"
+            )
         for b in bads:
-            print(f"  bad ({b['kind']}): {b['status']} at wave {b['halted_at_wave']} after {b['time_to_halt_s']:.1f}s; "
-                  f"sent to {b['sent_the_command']}, switched {b['switched_to_it']}; ended on {b['ended_on']}")
+            print(
+                f"  bad ({b['kind']}): {b['status']} at wave {b['halted_at_wave']} after {b['time_to_halt_s']:.1f}s; "
+                f"sent to {b['sent_the_command']}, switched {b['switched_to_it']}; ended on {b['ended_on']}"
+            )
     return 0
 
 

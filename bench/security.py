@@ -51,8 +51,9 @@ def main() -> int:
         pki.issue_device("dev-a")
         model_dir = make_model_dir(make_linear_softmax(tmp / "lin.onnx"), tmp / "lin", name="lin")
         plain = InferenceServer([model_dir], port=0)
-        secure = InferenceServer([model_dir], port=0, tls=pki.hub_server_files(), device_rate_per_s=1e9,
-                                 device_burst=10**9)
+        secure = InferenceServer(
+            [model_dir], port=0, tls=pki.hub_server_files(), device_rate_per_s=1e9, device_burst=10**9
+        )
         plain.start()
         secure.start()
         try:
@@ -76,9 +77,13 @@ def main() -> int:
     p99 = {k: float(np.percentile(v, 99)) for k, v in rounds.items()}
     report = {
         "requests_per_mode": len(rounds["plain"]),
-        "infer_p50_ms": p50, "infer_p99_ms": p99,
-        "mtls_over_plain_p50": p50["mtls"] / p50["plain"], "mtls_over_plain_p99": p99["mtls"] / p99["plain"],
-        "model_file_check_us": check_us, "load_session_us": load_us, "check_over_load": check_us / load_us,
+        "infer_p50_ms": p50,
+        "infer_p99_ms": p99,
+        "mtls_over_plain_p50": p50["mtls"] / p50["plain"],
+        "mtls_over_plain_p99": p99["mtls"] / p99["plain"],
+        "model_file_check_us": check_us,
+        "load_session_us": load_us,
+        "check_over_load": check_us / load_us,
     }
     print(json.dumps(report, indent=None if args.json else 2))
     return 0

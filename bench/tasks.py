@@ -79,8 +79,9 @@ def prepare(name: str, work: Path, quick: bool) -> tuple[Path, Path, Path]:
     return work / f"{name}.onnx", work / f"{name}_calib.npz", work / f"{name}_val.npz"
 
 
-def broken_int8(model: Path, calib: Path, val: Path, spec: TaskSpec, budgets: dict[str, float], work: Path,
-                profile: str) -> dict[str, Any]:
+def broken_int8(
+    model: Path, calib: Path, val: Path, spec: TaskSpec, budgets: dict[str, float], work: Path, profile: str
+) -> dict[str, Any]:
     """An ONNX Runtime INT8 built from four constant calibration inputs, judged by the same gate."""
     prepared_path = work / "prepared.onnx"
     prepared, _ = model_io.prepare_model(model_io.load_model(model), prepared_path)
@@ -95,16 +96,23 @@ def broken_int8(model: Path, calib: Path, val: Path, spec: TaskSpec, budgets: di
     recipe = next(r for r in builder.recipes(resolve_profiles([profile])[0]) if r.precision == "int8")
     built = builder.build(recipe, BuildContext(model_path=prepared_path, calib=starved, out_dir=work / "broken"))
     index = [o.name for o in outputs].index(spec.output) if spec.output else 0
-    metrics, _ = validate_variant("onnxruntime", built.files, built.session_options, Task(spec, index, budgets),
-                                  reference, val_data, timing=False)
+    metrics, _ = validate_variant(
+        "onnxruntime", built.files, built.session_options, Task(spec, index, budgets), reference, val_data, timing=False
+    )
     return {"variant": recipe.id + " (starved calibration)", **_row(metrics)}
 
 
 def _row(m: dict[str, Any]) -> dict[str, Any]:
-    return {"task_metric": m.get("task_metric"), "task_value": _r(m.get("task_value")),
-            "task_budget": m.get("task_budget"), "gate": m.get("task_gate"), "margin": _r(m.get("task_margin")),
-            "dense_agreement": _r(m.get("agreement")), "max_abs_error": _r(m.get("max_abs_error")),
-            "latency_p50_ms": _r(m.get("latency_p50_ms"))}
+    return {
+        "task_metric": m.get("task_metric"),
+        "task_value": _r(m.get("task_value")),
+        "task_budget": m.get("task_budget"),
+        "gate": m.get("task_gate"),
+        "margin": _r(m.get("task_margin")),
+        "dense_agreement": _r(m.get("agreement")),
+        "max_abs_error": _r(m.get("max_abs_error")),
+        "latency_p50_ms": _r(m.get("latency_p50_ms")),
+    }
 
 
 def _r(v: Any) -> Any:
@@ -115,8 +123,17 @@ def bench_model(name: str, profiles: list[str], work: Path, quick: bool) -> dict
     model, calib, val = prepare(name, work, quick)
     log(f"{name}: compiling {model.name} for {', '.join(profiles)}")
     t0 = time.perf_counter()
-    opts = CompileOptions(model=model, profiles=profiles, calib=calib, val=val, out=work / f"{name}-out",
-                          signing_key=work / "key.pem", timing=not quick, timing_seconds=0.3, force=True)
+    opts = CompileOptions(
+        model=model,
+        profiles=profiles,
+        calib=calib,
+        val=val,
+        out=work / f"{name}-out",
+        signing_key=work / "key.pem",
+        timing=not quick,
+        timing_seconds=0.3,
+        force=True,
+    )
     result = compile_model(opts, progress=lambda m: log(f"  {m}"))
     spec = TaskSpec.from_dict(result.manifest.task)
     budgets = result.manifest.source["reference"].get("task_budgets", {})
@@ -124,17 +141,27 @@ def bench_model(name: str, profiles: list[str], work: Path, quick: bool) -> dict
     chosen = {}
     for profile, choice in result.manifest.profiles.items():
         metrics = next((o.metrics for o in result.outcomes if o.recipe.id == choice.chosen), {})
-        chosen[profile] = {"chosen": choice.chosen, "margin": _r(metrics.get("task_margin")),
-                           "rejected": {s["variant"]: s["reason"] for s in choice.skipped}}
+        chosen[profile] = {
+            "chosen": choice.chosen,
+            "margin": _r(metrics.get("task_margin")),
+            "rejected": {s["variant"]: s["reason"] for s in choice.skipped},
+        }
     log(f"{name}: building a broken INT8 (starved calibration)")
     broken = broken_int8(model, calib, val, spec, budgets, work, profiles[0])
-    missed = [v["variant"] for v in variants + [broken]
-              if v["gate"] == "fail" and (v["dense_agreement"] or 0) >= 0.99]
-    return {"model": name, "file": model.name, "task": result.manifest.task,
-            "task_reason": result.manifest.source["reference"].get("task_reason"), "budgets": budgets,
-            "variants": variants, "profiles": chosen, "broken": broken,
-            "broken_rejected": broken["gate"] == "fail",
-            "dense_agreement_would_have_passed": missed, "seconds": round(time.perf_counter() - t0, 1)}
+    missed = [v["variant"] for v in variants + [broken] if v["gate"] == "fail" and (v["dense_agreement"] or 0) >= 0.99]
+    return {
+        "model": name,
+        "file": model.name,
+        "task": result.manifest.task,
+        "task_reason": result.manifest.source["reference"].get("task_reason"),
+        "budgets": budgets,
+        "variants": variants,
+        "profiles": chosen,
+        "broken": broken,
+        "broken_rejected": broken["gate"] == "fail",
+        "dense_agreement_would_have_passed": missed,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,9 +182,13 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) / name
             work.mkdir()
             rows.append(bench_model(name, profiles, work, args.quick))
-    result = {"host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine()},
-              "quick": args.quick, "profiles": profiles, "models": rows,
-              "all_broken_rejected": all(r["broken_rejected"] for r in rows)}
+    result = {
+        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine()},
+        "quick": args.quick,
+        "profiles": profiles,
+        "models": rows,
+        "all_broken_rejected": all(r["broken_rejected"] for r in rows),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -165,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{r['model']} ({r['file']}): task {r['task']['kind']}, budgets {r['budgets']}")
         print(f"  {'variant':44} {'task metric':>24} {'gate':>5} {'dense agr.':>10}")
         for v in r["variants"] + [r["broken"]]:
-            print(f"  {v['variant']:44} {str(v['task_metric']) + ' ' + str(v['task_value']):>24} {v['gate']:>5} "
-                  f"{v['dense_agreement']:>10}")
+            print(
+                f"  {v['variant']:44} {str(v['task_metric']) + ' ' + str(v['task_value']):>24} {v['gate']:>5} "
+                f"{v['dense_agreement']:>10}"
+            )
         for profile, c in r["profiles"].items():
             print(f"  profile {profile}: {c['chosen']} (margin {c['margin']})")
     print(f"\nall broken variants rejected: {result['all_broken_rejected']}")

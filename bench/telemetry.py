@@ -65,8 +65,10 @@ class Broker:
             self.port = s.getsockname()[1]
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-                        "max_queued_messages 1000000\nmax_inflight_messages 1000\n")
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
+        )
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -91,13 +93,26 @@ def log(message: str) -> None:
 
 
 def make_window(rng: np.random.Generator, device: str, seq: int, t: float) -> bytes:
-    w = TelemetryWindow(schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id=device, sequence=seq,
-                        model_name="digits", model_version="1.0.0", variant="ort-int8", profile="cpu-x86",
-                        start_unix=t - 10, end_unix=t, samples=40, latency_sum_ms=80.0, latency_max_ms=9.0,
-                        input_samples=40)
+    w = TelemetryWindow(
+        schema_version=limits.TELEMETRY_SCHEMA_VERSION,
+        device_id=device,
+        sequence=seq,
+        model_name="digits",
+        model_version="1.0.0",
+        variant="ort-int8",
+        profile="cpu-x86",
+        start_unix=t - 10,
+        end_unix=t,
+        samples=40,
+        latency_sum_ms=80.0,
+        latency_max_ms=9.0,
+        input_samples=40,
+    )
     w.tags["site"] = f"site-{int(device[-6:]) % COHORTS}"
     w.requests.edge, w.requests.cloud = 36, 4
-    w.latency_counts.extend(rng.multinomial(40, [1 / (len(LATENCY_EDGES_MS) + 1)] * (len(LATENCY_EDGES_MS) + 1)).tolist())
+    w.latency_counts.extend(
+        rng.multinomial(40, [1 / (len(LATENCY_EDGES_MS) + 1)] * (len(LATENCY_EDGES_MS) + 1)).tolist()
+    )
     w.confidence_counts.extend(rng.multinomial(40, np.array(REFERENCE["confidence"]["counts"]) / 345).tolist())
     w.class_counts.extend(rng.multinomial(40, [0.1] * 10).tolist())
     for s in SUMMARIES:
@@ -109,11 +124,15 @@ def publisher(url: str, first: int, count: int, windows_per_device: int, ready: 
     """One process: `count` devices, `windows_per_device` windows each, QoS 1, as fast as acks allow."""
     rng = np.random.default_rng(idx)
     now = time.time()
-    messages = [(telemetry_topic(f"sim-{d:06d}"), make_window(rng, f"sim-{d:06d}", seq, now + seq * 10))
-                for seq in range(1, windows_per_device + 1) for d in range(first, first + count)]
+    messages = [
+        (telemetry_topic(f"sim-{d:06d}"), make_window(rng, f"sim-{d:06d}", seq, now + seq * 10))
+        for seq in range(1, windows_per_device + 1)
+        for d in range(first, first + count)
+    ]
     host, port = parse_mqtt_url(url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{idx}-{os.getpid()}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{idx}-{os.getpid()}", protocol=mqtt.MQTTv5
+    )
     client.max_inflight_messages_set(1000)
     client.connect(host, port, keepalive=30)
     client.loop_start()
@@ -133,8 +152,11 @@ def run_publishers(url: str, devices: int, windows_per_device: int, procs: int) 
     per = devices // procs
     for i in range(procs):
         ready = ctx.Event()
-        p = ctx.Process(target=publisher, args=(url, i * per, per if i < procs - 1 else devices - i * per,
-                                                windows_per_device, ready, go, i), daemon=True)
+        p = ctx.Process(
+            target=publisher,
+            args=(url, i * per, per if i < procs - 1 else devices - i * per, windows_per_device, ready, go, i),
+            daemon=True,
+        )
         p.start()
         ps.append(p)
         readies.append(ready)
@@ -147,9 +169,12 @@ def run_publishers(url: str, devices: int, windows_per_device: int, procs: int) 
 def measure_hub(url: str, data_dir: Path, devices: int, wpd: int, procs: int, eval_interval: float) -> dict[str, Any]:
     total = devices * wpd
     drift = DriftConfig(span_s=300, bucket_s=10, cohort_tags=("site",))
-    hub = TelemetryIngestService(data_dir, url, lambda name, version: {"drift_reference": REFERENCE},
-                                 TelemetryServiceConfig(eval_interval_s=eval_interval, drift=drift,
-                                                        ingest={"client_id": "bench-hub"}))
+    hub = TelemetryIngestService(
+        data_dir,
+        url,
+        lambda name, version: {"drift_reference": REFERENCE},
+        TelemetryServiceConfig(eval_interval_s=eval_interval, drift=drift, ingest={"client_id": "bench-hub"}),
+    )
     hub.start()
     eval_times: list[float] = []
     original = hub.evaluate
@@ -178,8 +203,12 @@ def measure_hub(url: str, data_dir: Path, devices: int, wpd: int, procs: int, ev
         stats = hub.ingest.stats.as_dict()
         last = hub.engine.last
         result = {
-            "windows": total, "stored": stats["stored"], "duplicates": stats["duplicates"], "bad": stats["bad"],
-            "batches": stats["batches"], "seconds": round(elapsed, 3),
+            "windows": total,
+            "stored": stats["stored"],
+            "duplicates": stats["duplicates"],
+            "bad": stats["bad"],
+            "batches": stats["batches"],
+            "seconds": round(elapsed, 3),
             "windows_per_s": round(stats["stored"] / elapsed, 1),
             "evaluations": len(eval_times),
             "evaluation_ms_max": round(1000 * max(eval_times, default=0.0), 2),
@@ -220,22 +249,28 @@ def measure_baseline(url: str, devices: int, wpd: int, procs: int) -> dict[str, 
         p.join(30)
     client.disconnect()
     client.loop_stop()
-    return {"windows": total, "received": count[0], "seconds": round(elapsed, 3),
-            "windows_per_s": round(count[0] / elapsed, 1)}
+    return {
+        "windows": total,
+        "received": count[0],
+        "seconds": round(elapsed, 3),
+        "windows_per_s": round(count[0] / elapsed, 1),
+    }
 
 
 def table(report: dict[str, Any]) -> str:
     h, b = report["hub"], report["baseline"]
-    return "\n".join([
-        f"host: {report['host']['cpus']} CPUs, {report['host']['python']}",
-        f"{'':24}{'windows':>10}{'seconds':>10}{'windows/s':>12}",
-        f"{'hub ingest + drift':24}{h['stored']:>10}{h['seconds']:>10}{h['windows_per_s']:>12}",
-        f"{'bare subscriber':24}{b['received']:>10}{b['seconds']:>10}{b['windows_per_s']:>12}",
-        f"hub / bare: {report['ratio_hub_to_bare']}",
-        f"devices per hub process at one window per 10 s: {report['devices_at_10s']} (target >= 20000)",
-        f"duplicates={h['duplicates']} bad={h['bad']} evaluations={h['evaluations']} "
-        f"max evaluation={h['evaluation_ms_max']} ms",
-    ])
+    return "\n".join(
+        [
+            f"host: {report['host']['cpus']} CPUs, {report['host']['python']}",
+            f"{'':24}{'windows':>10}{'seconds':>10}{'windows/s':>12}",
+            f"{'hub ingest + drift':24}{h['stored']:>10}{h['seconds']:>10}{h['windows_per_s']:>12}",
+            f"{'bare subscriber':24}{b['received']:>10}{b['seconds']:>10}{b['windows_per_s']:>12}",
+            f"hub / bare: {report['ratio_hub_to_bare']}",
+            f"devices per hub process at one window per 10 s: {report['devices_at_10s']} (target >= 20000)",
+            f"duplicates={h['duplicates']} bad={h['bad']} evaluations={h['evaluations']} "
+            f"max evaluation={h['evaluation_ms_max']} ms",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,14 +287,21 @@ def main(argv: list[str] | None = None) -> int:
             log(f"broker {broker.url}; baseline (bare subscriber)")
             baseline = measure_baseline(broker.url, args.devices, args.windows_per_device, args.publishers)
             log(f"baseline {baseline['windows_per_s']} windows/s; hub ingest with drift evaluation")
-            hub = measure_hub(broker.url, Path(tmp) / "hub", args.devices, args.windows_per_device,
-                              args.publishers, args.eval_interval)
+            hub = measure_hub(
+                broker.url,
+                Path(tmp) / "hub",
+                args.devices,
+                args.windows_per_device,
+                args.publishers,
+                args.eval_interval,
+            )
         finally:
             broker.stop()
     report = {
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
         "config": vars(args),
-        "hub": hub, "baseline": baseline,
+        "hub": hub,
+        "baseline": baseline,
         "ratio_hub_to_bare": round(hub["windows_per_s"] / max(baseline["windows_per_s"], 1e-9), 3),
         "devices_at_10s": int(hub["windows_per_s"] * 10),
         "meets_target_20000": hub["windows_per_s"] * 10 >= 20_000,

@@ -44,8 +44,15 @@ class TokenInfo:
     last_used_at: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"token_id": self.token_id, "name": self.name, "scope": self.scope, "created_at": self.created_at,
-                "revoked_at": self.revoked_at, "last_used_at": self.last_used_at, "revoked": self.revoked_at is not None}
+        return {
+            "token_id": self.token_id,
+            "name": self.name,
+            "scope": self.scope,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
+            "revoked": self.revoked_at is not None,
+        }
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,17 @@ class TokenStore:
         token = f"tdm_{token_id}_{secrets.token_urlsafe(32)}"
         now = self.clock()
         with self.db.transaction() as db:
-            db["tokens"].insert({"token_id": token_id, "name": name, "scope": scope, "secret_sha256": hash_token(token),
-                                 "created_at": now, "revoked_at": None, "last_used_at": None})
+            db["tokens"].insert(
+                {
+                    "token_id": token_id,
+                    "name": name,
+                    "scope": scope,
+                    "secret_sha256": hash_token(token),
+                    "created_at": now,
+                    "revoked_at": None,
+                    "last_used_at": None,
+                }
+            )
         log.info("token created id=%s name=%s scope=%s", token_id, name, scope)
         return NewToken(TokenInfo(token_id, name, scope, now, None, None), token)
 
@@ -99,7 +115,9 @@ class TokenStore:
     def authenticate(self, token: str | None) -> TokenInfo:
         """The token's info, or AuthError (401) when missing, unknown or revoked."""
         if not token:
-            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>' (create one with `tandem-hub tokens create`)")
+            raise AuthError(
+                "missing bearer token: send 'Authorization: Bearer <token>' (create one with `tandem-hub tokens create`)"
+            )
         match = TOKEN_RE.match(token)
         rows = self.db.query("SELECT * FROM tokens WHERE token_id=?", [match.group(1)]) if match else []
         # Compare even when no row matched, so timing says nothing about which ids exist.
@@ -124,4 +142,6 @@ class TokenStore:
 
 
 def _info(row: dict[str, Any]) -> TokenInfo:
-    return TokenInfo(row["token_id"], row["name"], row["scope"], row["created_at"], row["revoked_at"], row["last_used_at"])
+    return TokenInfo(
+        row["token_id"], row["name"], row["scope"], row["created_at"], row["revoked_at"], row["last_used_at"]
+    )

@@ -32,7 +32,7 @@ START_TIMEOUT_S = 10.0
 # (about 2.8 h of downtime at 1,000 devices, 10 s windows) within 2 GiB; past either bound the
 # broker drops the newest for that client and the hub counts the gap in sequence numbers.
 MAX_QUEUED_MESSAGES = 1_000_000
-MAX_QUEUED_BYTES = 2 * 1024 ** 3
+MAX_QUEUED_BYTES = 2 * 1024**3
 # Mosquitto writes its persistence file on this period and on a clean stop; a SIGKILL loses what it
 # accepted since the last save (the agents' replay answers that, see docs/architecture.md).
 AUTOSAVE_INTERVAL_S = 5
@@ -41,6 +41,8 @@ AUTOSAVE_INTERVAL_S = 5
 class BrokerHandle(Protocol):
     kind: str
     url: str
+    host: str
+    port: int
 
     def stop(self) -> None: ...
 
@@ -82,7 +84,9 @@ class MosquittoBroker:
         instead of the plain anonymous one."""
         exe = shutil.which("mosquitto")
         if exe is None:
-            raise BrokerError("mosquitto is not on PATH (install it, e.g. `apt-get install mosquitto`, or use broker=embedded)")
+            raise BrokerError(
+                "mosquitto is not on PATH (install it, e.g. `apt-get install mosquitto`, or use broker=embedded)"
+            )
         workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(workdir, 0o700)  # a root Mosquitto reads its config from here: nobody else may write it
         (workdir / "data").mkdir(exist_ok=True)
@@ -141,18 +145,22 @@ class MosquittoBroker:
 
 
 def queue_config() -> str:
-    return ("# queue limits sized for the fleet (cloud_hub.broker.MAX_QUEUED_*), saves every few seconds\n"
-            f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
-            f"max_queued_bytes {MAX_QUEUED_BYTES}\n"
-            f"autosave_interval {AUTOSAVE_INTERVAL_S}\n")
+    return (
+        "# queue limits sized for the fleet (cloud_hub.broker.MAX_QUEUED_*), saves every few seconds\n"
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
+        f"max_queued_bytes {MAX_QUEUED_BYTES}\n"
+        f"autosave_interval {AUTOSAVE_INTERVAL_S}\n"
+    )
 
 
 def check_persistence_dir(path: Path) -> None:
     """Mosquitto runs as this process's user (the config says so); it must be able to write `path`."""
     if not os.access(path, os.W_OK | os.X_OK):
-        raise BrokerError(f"{path}: the broker cannot write its persistence here (owner uid {path.stat().st_uid}, "
-                          f"this process runs as uid {os.getuid()}); without it a broker restart loses the hub's "
-                          "session and every window queued for it. Fix the owner or choose another data dir")
+        raise BrokerError(
+            f"{path}: the broker cannot write its persistence here (owner uid {path.stat().st_uid}, "
+            f"this process runs as uid {os.getuid()}); without it a broker restart loses the hub's "
+            "session and every window queued for it. Fix the owner or choose another data dir"
+        )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -163,9 +171,11 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise BrokerError(f"cannot start mosquitto on {host}:{port}: {exc.strerror or exc} (another broker, "
-                              "perhaps one a killed hub left running, holds it: stop it, or choose another "
-                              "mqtt_port)") from None
+            raise BrokerError(
+                f"cannot start mosquitto on {host}:{port}: {exc.strerror or exc} (another broker, "
+                "perhaps one a killed hub left running, holds it: stop it, or choose another "
+                "mqtt_port)"
+            ) from None
 
 
 class EmbeddedBroker:
@@ -189,7 +199,9 @@ class EmbeddedBroker:
         try:
             from amqtt.broker import Broker
         except ImportError as exc:
-            raise BrokerError("no MQTT broker available: install mosquitto, or `pip install amqtt`, or pass --mqtt-url") from exc
+            raise BrokerError(
+                "no MQTT broker available: install mosquitto, or `pip install amqtt`, or pass --mqtt-url"
+            ) from exc
         for noisy in ("amqtt", "transitions"):
             # Their INFO logs narrate every state change; the hub's own lines say what matters.
             if logging.getLogger(noisy).level == logging.NOTSET:
@@ -217,7 +229,9 @@ class EmbeddedBroker:
         self._thread = threading.Thread(target=run, name="tandem-mqtt-broker", daemon=True)
         self._thread.start()
         if not started.wait(START_TIMEOUT_S) or errors:
-            raise BrokerError(f"embedded MQTT broker did not start on {self.host}:{self.port}: {errors[0] if errors else 'timeout'}")
+            raise BrokerError(
+                f"embedded MQTT broker did not start on {self.host}:{self.port}: {errors[0] if errors else 'timeout'}"
+            )
         log.info("embedded MQTT broker started url=%s", self.url)
         return self
 
@@ -235,15 +249,16 @@ class EmbeddedBroker:
         log.info("embedded MQTT broker stopped")
 
 
-def start_broker(kind: str, workdir: Path, host: str = "127.0.0.1", port: int = 0,
-                 tls_pki: Any = None) -> BrokerHandle:
+def start_broker(kind: str, workdir: Path, host: str = "127.0.0.1", port: int = 0, tls_pki: Any = None) -> BrokerHandle:
     """Start the broker `kind` asks for: auto = Mosquitto if installed, else embedded.
 
     With `tls_pki` only Mosquitto will do: the embedded broker has no client-certificate ACL.
     """
     if tls_pki is not None and (kind == "embedded" or not shutil.which("mosquitto")):
-        raise BrokerError("tls_dir needs Mosquitto (the embedded broker cannot check client certificates): "
-                          "install mosquitto, or point mqtt_url at an mqtts:// broker")
+        raise BrokerError(
+            "tls_dir needs Mosquitto (the embedded broker cannot check client certificates): "
+            "install mosquitto, or point mqtt_url at an mqtts:// broker"
+        )
     if kind == "mosquitto" or (kind == "auto" and shutil.which("mosquitto")):
         return MosquittoBroker.start(workdir, host, port, tls_pki=tls_pki)
     return EmbeddedBroker.start(host, port)

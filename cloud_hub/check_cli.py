@@ -9,11 +9,14 @@ from typing import Any
 
 
 def add_check_command(sub: Any) -> None:
-    p = sub.add_parser("check", help="check every database in a data dir and re-verify stored manifest signatures",
-                       description="Integrity check and a full read of every table of every *.sqlite in the data dir, "
-                                   "then each registered manifest's signature against the hub's release key. One "
-                                   "line per problem naming file and table; exit 1 if any. Safe beside a running hub "
-                                   "(read-only).")
+    p = sub.add_parser(
+        "check",
+        help="check every database in a data dir and re-verify stored manifest signatures",
+        description="Integrity check and a full read of every table of every *.sqlite in the data dir, "
+        "then each registered manifest's signature against the hub's release key. One "
+        "line per problem naming file and table; exit 1 if any. Safe beside a running hub "
+        "(read-only).",
+    )
     p.add_argument("--data-dir", type=Path, help="the hub's data dir (default: the hub config's)")
     p.add_argument("--config", type=Path, help="hub config TOML (for its data_dir)")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")

@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except HubError as exc:
@@ -47,42 +48,86 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tandem-hub", description="The Tandem cloud hub: fleet home and cloud inference.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tandem-hub",
+        description="The Tandem cloud hub: fleet home and cloud inference.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the hub (REST console, MQTT broker, telemetry, rollouts, gRPC inference)",
-                           description="Run the hub in the foreground until Ctrl-C. Flags override TANDEM_HUB_* env "
-                                       "vars, which override --config.")
+    serve = sub.add_parser(
+        "serve",
+        help="run the hub (REST console, MQTT broker, telemetry, rollouts, gRPC inference)",
+        description="Run the hub in the foreground until Ctrl-C. Flags override TANDEM_HUB_* env "
+        "vars, which override --config.",
+    )
     serve.add_argument("--config", type=Path, help="TOML file with hub settings (a [hub] table or top-level keys)")
     serve.add_argument("--data-dir", type=Path, help="database, artifacts and keys (default ./tandem-data)")
     serve.add_argument("--http-host", help="REST listen address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="REST port (default 8080; 0 = any free port)")
     serve.add_argument("--grpc-port", type=int, help="gRPC inference port (default 8001; 0 = any free port)")
-    serve.add_argument("--alias", action="append", dest="model_aliases", metavar="ASKED=SERVED",
-                       help="answer gRPC requests for model ASKED with model SERVED, e.g. digits-edge=digits-cloud "
-                            "(repeatable)")
+    serve.add_argument(
+        "--alias",
+        action="append",
+        dest="model_aliases",
+        metavar="ASKED=SERVED",
+        help="answer gRPC requests for model ASKED with model SERVED, e.g. digits-edge=digits-cloud (repeatable)",
+    )
     serve.add_argument("--grpc-host", help="gRPC inference listen address (default 127.0.0.1; 0.0.0.0 for a fleet)")
     serve.add_argument("--mqtt-host", help="listen address of the broker the hub starts (default 127.0.0.1)")
-    serve.add_argument("--mqtt-port", type=int, help="port of the broker the hub starts (default: 1883 when free, "
-                       "else a free port; chosen once and kept in the data dir)")
-    serve.add_argument("--model-dir", type=Path, action="append", dest="model_dirs",
-                       help="compiled model directory to serve over gRPC (repeatable)")
-    serve.add_argument("--inference-profile", help="hardware profile whose variant gRPC inference runs (default cpu-x86)")
+    serve.add_argument(
+        "--mqtt-port",
+        type=int,
+        help="port of the broker the hub starts (default: 1883 when free, "
+        "else a free port; chosen once and kept in the data dir)",
+    )
+    serve.add_argument(
+        "--model-dir",
+        type=Path,
+        action="append",
+        dest="model_dirs",
+        help="compiled model directory to serve over gRPC (repeatable)",
+    )
+    serve.add_argument(
+        "--inference-profile", help="hardware profile whose variant gRPC inference runs (default cpu-x86)"
+    )
     serve.add_argument("--mqtt-url", help="use this broker (mqtt://host:port) instead of starting one")
-    serve.add_argument("--broker", choices=("auto", "mosquitto", "embedded"),
-                       help="which broker to start when --mqtt-url is not given (default auto: Mosquitto if installed)")
-    serve.add_argument("--public-url", help="the hub's HTTP URL as devices reach it, for OTA downloads "
-                                            "(default: the URL it listens on)")
-    serve.add_argument("--telemetry", action=argparse.BooleanOptionalAction, default=None,
-                       help="ingest device telemetry over MQTT and run the drift engine (default on)")
-    serve.add_argument("--rollouts", action=argparse.BooleanOptionalAction, default=None,
-                       help="run staged OTA rollouts: /v1/rollouts and `tandem-hub ota` (default on)")
-    serve.add_argument("--drift-eval-interval", type=float, dest="drift_eval_interval_s", metavar="SECONDS",
-                       help="how often the drift engine evaluates every cohort (default 10)")
-    serve.add_argument("--tls-dir", type=Path, help="mutual TLS from a `tandem-hub pki init` folder: Mosquitto with "
-                       "the fleet ACL, mqtts:// for the hub's clients, device certificates on gRPC (default: plain text)")
+    serve.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        help="which broker to start when --mqtt-url is not given (default auto: Mosquitto if installed)",
+    )
+    serve.add_argument(
+        "--public-url",
+        help="the hub's HTTP URL as devices reach it, for OTA downloads (default: the URL it listens on)",
+    )
+    serve.add_argument(
+        "--telemetry",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ingest device telemetry over MQTT and run the drift engine (default on)",
+    )
+    serve.add_argument(
+        "--rollouts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run staged OTA rollouts: /v1/rollouts and `tandem-hub ota` (default on)",
+    )
+    serve.add_argument(
+        "--drift-eval-interval",
+        type=float,
+        dest="drift_eval_interval_s",
+        metavar="SECONDS",
+        help="how often the drift engine evaluates every cohort (default 10)",
+    )
+    serve.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="mutual TLS from a `tandem-hub pki init` folder: Mosquitto with "
+        "the fleet ACL, mqtts:// for the hub's clients, device certificates on gRPC (default: plain text)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     serve.set_defaults(func=cmd_serve)
 
@@ -106,17 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_devices_list)
 
     keys = _group(sub, "keys", "the release key agents trust")
-    p = _remote(keys.add_parser("release", help="print (or save) the hub's public release key, PEM",
-                                description="Agents verify every manifest with this key: copy it to each device "
-                                            "(e.g. --out /etc/tandem/release.pub.pem)."))
+    p = _remote(
+        keys.add_parser(
+            "release",
+            help="print (or save) the hub's public release key, PEM",
+            description="Agents verify every manifest with this key: copy it to each device "
+            "(e.g. --out /etc/tandem/release.pub.pem).",
+        )
+    )
     p.add_argument("--out", type=Path, help="write the PEM to this file instead of printing it")
     p.set_defaults(func=cmd_keys_release)
 
     tokens = _group(sub, "tokens", "create, list and revoke API tokens")
-    p = _remote(tokens.add_parser("create", help="create a token (shown once)",
-                                  description="With --data-dir (or without a hub URL) the token is written straight into "
-                                              "that data dir's database: this is how the first admin token is made. "
-                                              "Otherwise it is created over REST with an admin token."))
+    p = _remote(
+        tokens.add_parser(
+            "create",
+            help="create a token (shown once)",
+            description="With --data-dir (or without a hub URL) the token is written straight into "
+            "that data dir's database: this is how the first admin token is made. "
+            "Otherwise it is created over REST with an admin token.",
+        )
+    )
     p.add_argument("--scope", required=True, choices=("read", "operate", "admin"))
     p.add_argument("--name", required=True, help="who or what uses it, e.g. ci, grafana, fleet-agents")
     p.add_argument("--data-dir", type=Path, help="create it in this local hub data dir instead of over REST")
@@ -149,8 +204,12 @@ def _group(sub: Any, name: str, help_text: str) -> Any:
 def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--url", help=f"hub URL (env TANDEM_HUB_URL, default {DEFAULT_URL})")
     p.add_argument("--token", help="bearer token (env TANDEM_HUB_TOKEN)")
-    p.add_argument("--ca", type=Path, help="CA that verifies an https:// hub, e.g. <tls_dir>/ca.crt "
-                                           "(env TANDEM_HUB_CA; default: the system trust store)")
+    p.add_argument(
+        "--ca",
+        type=Path,
+        help="CA that verifies an https:// hub, e.g. <tls_dir>/ca.crt "
+        "(env TANDEM_HUB_CA; default: the system trust store)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -182,13 +241,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
 
-    config = HubConfig.load(args.config, data_dir=args.data_dir, http_host=args.http_host, http_port=args.http_port,
-                            grpc_port=args.grpc_port, grpc_host=args.grpc_host, mqtt_host=args.mqtt_host,
-                            mqtt_port=args.mqtt_port,
-                            model_aliases=tuple(args.model_aliases) if args.model_aliases else None, model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
-                            mqtt_url=args.mqtt_url, broker=args.broker, inference_profile=args.inference_profile,
-                            public_url=args.public_url, telemetry=args.telemetry, rollouts=args.rollouts,
-                            drift_eval_interval_s=args.drift_eval_interval_s, tls_dir=args.tls_dir)
+    config = HubConfig.load(
+        args.config,
+        data_dir=args.data_dir,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        grpc_host=args.grpc_host,
+        mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port,
+        model_aliases=tuple(args.model_aliases) if args.model_aliases else None,
+        model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
+        mqtt_url=args.mqtt_url,
+        broker=args.broker,
+        inference_profile=args.inference_profile,
+        public_url=args.public_url,
+        telemetry=args.telemetry,
+        rollouts=args.rollouts,
+        drift_eval_interval_s=args.drift_eval_interval_s,
+        tls_dir=args.tls_dir,
+    )
     hub = Hub(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -200,14 +272,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for name, url in urls.items():
             print(f"  {name:<9} {url}")
         if config.tls_dir is None:
-            print("tandem-hub: WARNING: PLAIN TEXT, development only: MQTT and gRPC run without TLS or client "
-                  "certificates, so anyone on the network can read them and pose as a device; for a fleet run "
-                  "`tandem-hub pki init` and serve with --tls-dir (docs/security.md)", file=sys.stderr)
+            print(
+                "tandem-hub: WARNING: PLAIN TEXT, development only: MQTT and gRPC run without TLS or client "
+                "certificates, so anyone on the network can read them and pose as a device; for a fleet run "
+                "`tandem-hub pki init` and serve with --tls-dir (docs/security.md)",
+                file=sys.stderr,
+            )
         else:
-            print(f"  mutual TLS from {config.tls_dir.resolve()}; REST is HTTPS: clients verify it with "
-                  f"--ca {(config.tls_dir / 'ca.crt').resolve()} (env TANDEM_HUB_CA)")
+            print(
+                f"  mutual TLS from {config.tls_dir.resolve()}; REST is HTTPS: clients verify it with "
+                f"--ca {(config.tls_dir / 'ca.crt').resolve()} (env TANDEM_HUB_CA)"
+            )
         if not hub.tokens.list(include_revoked=False):
-            print(f"no API tokens yet: tandem-hub tokens create --scope admin --name admin --data-dir {config.data_dir}")
+            print(
+                f"no API tokens yet: tandem-hub tokens create --scope admin --name admin --data-dir {config.data_dir}"
+            )
         sys.stdout.flush()
         stop.wait()
     finally:
@@ -219,7 +298,9 @@ def cmd_models_register(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.register_model_dir(args.dir)
     verb = "registered" if result["created"] else "already registered (same content)"
-    return _emit(args, result, lambda r: f"{verb}: {r['name']} {r['version']} (content sha256 {r['content_sha256'][:16]}…)")
+    return _emit(
+        args, result, lambda r: f"{verb}: {r['name']} {r['version']} (content sha256 {r['content_sha256'][:16]}…)"
+    )
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -227,12 +308,19 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         if args.name:
             page = client.list_versions(args.name, args.limit, args.offset)
             cols = [("version", "version"), ("size", "size"), ("created_at", "created"), ("registered", "registered")]
-            render = lambda p: table([{**v, "size": _size(v["size_bytes"]), "registered": ago(v["registered_at"])}
-                                      for v in p["items"]], cols) + _page_footer(p)
+            render = lambda p: (
+                table(
+                    [{**v, "size": _size(v["size_bytes"]), "registered": ago(v["registered_at"])} for v in p["items"]],
+                    cols,
+                )
+                + _page_footer(p)
+            )
         else:
             page = client.list_models(None, args.limit, args.offset)
             cols = [("name", "name"), ("latest_version", "latest"), ("versions", "versions"), ("updated", "updated")]
-            render = lambda p: table([{**m, "updated": ago(m["updated_at"])} for m in p["items"]], cols) + _page_footer(p)
+            render = lambda p: (
+                table([{**m, "updated": ago(m["updated_at"])} for m in p["items"]], cols) + _page_footer(p)
+            )
     return _emit(args, page, render)
 
 
@@ -245,12 +333,26 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     rows = []
     for profile, choice in sorted(manifest["profiles"].items()):
         variant = variants.get(choice.get("chosen") or "", {})
-        rows.append({"profile": profile, "variant": choice.get("chosen"), "runtime": variant.get("runtime"),
-                     "precision": variant.get("precision"), "reason": choice.get("reason")})
-    head = (f"{manifest['name']} {manifest['version']}  signed by key {manifest.get('signature', {}).get('key_id', '-')}"
-            f"  expires {manifest.get('expires_at') or 'never'}")
-    cols = [("profile", "profile"), ("variant", "variant"), ("runtime", "runtime"), ("precision", "precision"),
-            ("reason", "reason")]
+        rows.append(
+            {
+                "profile": profile,
+                "variant": choice.get("chosen"),
+                "runtime": variant.get("runtime"),
+                "precision": variant.get("precision"),
+                "reason": choice.get("reason"),
+            }
+        )
+    head = (
+        f"{manifest['name']} {manifest['version']}  signed by key {manifest.get('signature', {}).get('key_id', '-')}"
+        f"  expires {manifest.get('expires_at') or 'never'}"
+    )
+    cols = [
+        ("profile", "profile"),
+        ("variant", "variant"),
+        ("runtime", "runtime"),
+        ("precision", "precision"),
+        ("reason", "reason"),
+    ]
     print(head + "\n" + table(rows, cols))
     return 0
 
@@ -269,13 +371,26 @@ def cmd_keys_release(args: argparse.Namespace) -> int:
 def cmd_devices_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         page = client.list_devices(args.status, args.profile, args.tag, args.limit, args.offset)
-    cols = [("device_id", "device"), ("status", "status"), ("profile", "profile"), ("model", "model"),
-            ("agent_version", "agent"), ("seen", "last seen"), ("tags", "tags")]
+    cols = [
+        ("device_id", "device"),
+        ("status", "status"),
+        ("profile", "profile"),
+        ("model", "model"),
+        ("agent_version", "agent"),
+        ("seen", "last seen"),
+        ("tags", "tags"),
+    ]
 
     def render(p: dict[str, Any]) -> str:
-        rows = [{**d, "model": f"{d['model_name']} {d['model_version'] or ''}".strip() if d["model_name"] else None,
-                 "seen": ago(d["last_seen"]), "tags": ",".join(f"{k}={v}" for k, v in sorted(d["tags"].items())) or None}
-                for d in p["items"]]
+        rows = [
+            {
+                **d,
+                "model": f"{d['model_name']} {d['model_version'] or ''}".strip() if d["model_name"] else None,
+                "seen": ago(d["last_seen"]),
+                "tags": ",".join(f"{k}={v}" for k, v in sorted(d["tags"].items())) or None,
+            }
+            for d in p["items"]
+        ]
         return table(rows, cols) + _page_footer(p)
 
     return _emit(args, page, render)
@@ -299,16 +414,24 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     else:
         with _client(args) as client:
             result = client.create_token(args.name, args.scope)
-    return _emit(args, result, lambda r: f"token {r['token_id']} ({r['name']}, scope {r['scope']}); shown once, keep it:\n"
-                                         f"{r['token']}")
+    return _emit(
+        args,
+        result,
+        lambda r: f"token {r['token_id']} ({r['name']}, scope {r['scope']}); shown once, keep it:\n{r['token']}",
+    )
 
 
 def cmd_tokens_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         tokens = client.list_tokens()
     cols = [("token_id", "id"), ("name", "name"), ("scope", "scope"), ("state", "state"), ("used", "last used")]
-    return _emit(args, tokens, lambda ts: table([{**t, "state": "revoked" if t["revoked"] else "active",
-                                                  "used": ago(t["last_used_at"])} for t in ts], cols))
+    return _emit(
+        args,
+        tokens,
+        lambda ts: table(
+            [{**t, "state": "revoked" if t["revoked"] else "active", "used": ago(t["last_used_at"])} for t in ts], cols
+        ),
+    )
 
 
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:

@@ -28,8 +28,9 @@ class HubClient:
     """`ca` (env TANDEM_HUB_CA): the PEM that verifies an https:// hub, e.g. `<tls_dir>/ca.crt`; None: the
     system trust store."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
-                 ca: str | Path | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0, ca: str | Path | None = None
+    ) -> None:
         self.url = (url or os.environ.get("TANDEM_HUB_URL") or DEFAULT_URL).rstrip("/")
         token = token or os.environ.get("TANDEM_HUB_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -77,8 +78,9 @@ class HubClient:
         model_dir = Path(model_dir)
         if not (model_dir / "manifest.json").is_file():
             raise HubClientError(f"{model_dir}: no manifest.json here; is this a directory written by tandem-compile?")
-        return self.request("POST", "/v1/models", content=tar_gz_dir(model_dir),
-                            headers={"Content-Type": "application/gzip"})
+        return self.request(
+            "POST", "/v1/models", content=tar_gz_dir(model_dir), headers={"Content-Type": "application/gzip"}
+        )
 
     def list_models(self, name: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         return self.request("GET", "/v1/models", params=_params(name=name, limit=limit, offset=offset))
@@ -92,15 +94,24 @@ class HubClient:
     def list_variants(self, **filters: Any) -> dict[str, Any]:
         return self.request("GET", "/v1/variants", params=_params(**filters))
 
-    def list_devices(self, status: str | None = None, profile: str | None = None, tags: list[str] | None = None,
-                     limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    def list_devices(
+        self,
+        status: str | None = None,
+        profile: str | None = None,
+        tags: list[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
         params = _params(status=status, profile=profile, limit=limit, offset=offset)
         params["tag"] = list(tags or [])
         return self.request("GET", "/v1/devices", params=params)
 
     def register_device(self, device_id: str, profile: str, agent_version: str, **fields: Any) -> dict[str, Any]:
-        return self.request("POST", "/v1/devices", json={"device_id": device_id, "profile": profile,
-                                                         "agent_version": agent_version, **fields})
+        return self.request(
+            "POST",
+            "/v1/devices",
+            json={"device_id": device_id, "profile": profile, "agent_version": agent_version, **fields},
+        )
 
     def heartbeat(self, device_id: str, **fields: Any) -> dict[str, Any]:
         return self.request("POST", f"/v1/devices/{device_id}/heartbeat", json=fields)

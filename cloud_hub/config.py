@@ -20,9 +20,20 @@ CLIENT_ENV = ("TANDEM_HUB_URL", "TANDEM_HUB_TOKEN", "TANDEM_HUB_CA")  # read by 
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 REST_CLIENT_CERTS = ("none", "optional", "required")
 
-_POSITIVE = ("telemetry_retention_s", "drift_eval_interval_s", "drift_span_s", "drift_min_samples",
-             "drift_min_requests", "hard_examples_max", "drift_open_above", "drift_rate_open_above", "rollout_tick_s",
-             "rollout_watch_s", "rest_rate_per_s", "max_json_body_bytes")
+_POSITIVE = (
+    "telemetry_retention_s",
+    "drift_eval_interval_s",
+    "drift_span_s",
+    "drift_min_samples",
+    "drift_min_requests",
+    "hard_examples_max",
+    "drift_open_above",
+    "drift_rate_open_above",
+    "rollout_tick_s",
+    "rollout_watch_s",
+    "rest_rate_per_s",
+    "max_json_body_bytes",
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class HubConfig:
     drift_baseline_s: float = 3600.0
     drift_min_samples: int = 200
     drift_min_requests: int = 100
-    drift_open_above: float = 0.25       # PSI/JS/chi-square signals: open an alert above, close below
+    drift_open_above: float = 0.25  # PSI/JS/chi-square signals: open an alert above, close below
     drift_close_below: float = 0.10
     drift_rate_open_above: float = 0.10  # fallback- and error-rate rises
     drift_rate_close_below: float = 0.05
@@ -94,8 +105,10 @@ class HubConfig:
         for pair in self.model_aliases:
             asked, sep, served = (part.strip() for part in pair.partition("="))
             if not sep or not asked or not served or asked == served:
-                raise ConfigError(f"model_aliases (--alias): {pair!r} is not ASKED=SERVED with two different model "
-                                  "names, e.g. digits-edge=digits-cloud")
+                raise ConfigError(
+                    f"model_aliases (--alias): {pair!r} is not ASKED=SERVED with two different model "
+                    "names, e.g. digits-edge=digits-cloud"
+                )
             out[asked] = served
         return out
 
@@ -112,18 +125,28 @@ class HubConfig:
         object.__setattr__(self, "model_aliases", tuple(str(a) for a in self.model_aliases))
         self.aliases()  # refuses a malformed pair at start-up
         if self.broker not in BROKER_KINDS:
-            raise ConfigError(f"broker (env {ENV_PREFIX}BROKER): {self.broker!r} is not one of {', '.join(BROKER_KINDS)}")
+            raise ConfigError(
+                f"broker (env {ENV_PREFIX}BROKER): {self.broker!r} is not one of {', '.join(BROKER_KINDS)}"
+            )
         if self.mqtt_url is not None and not self.mqtt_url.startswith(("mqtt://", "mqtts://", "tcp://")):
-            raise ConfigError(f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} should look like mqtt://host:1883")
+            raise ConfigError(
+                f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} should look like mqtt://host:1883"
+            )
         if self.tls_dir is not None and self.mqtt_url is not None and not self.mqtt_url.startswith("mqtts://"):
-            raise ConfigError(f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} must be mqtts:// with tls_dir "
-                              "(no silent plain text)")
+            raise ConfigError(
+                f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} must be mqtts:// with tls_dir "
+                "(no silent plain text)"
+            )
         if self.rest_client_certs not in REST_CLIENT_CERTS:
-            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
-                              f"is not one of {', '.join(REST_CLIENT_CERTS)}")
+            raise ConfigError(
+                f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
+                f"is not one of {', '.join(REST_CLIENT_CERTS)}"
+            )
         if self.rest_client_certs != "none" and self.tls_dir is None:
-            raise ConfigError(f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
-                              "needs tls_dir (the fleet CA that signs client certificates)")
+            raise ConfigError(
+                f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
+                "needs tls_dir (the fleet CA that signs client certificates)"
+            )
         if isinstance(self.rest_burst, bool) or not isinstance(self.rest_burst, (int, float)) or self.rest_burst < 1:
             raise ConfigError(f"rest_burst (env {ENV_PREFIX}REST_BURST): {self.rest_burst!r} must be a number >= 1")
         if self.offline_after_s <= 0:
@@ -132,25 +155,38 @@ class HubConfig:
             raise ConfigError(f"max_upload_mb (env {ENV_PREFIX}MAX_UPLOAD_MB): must be positive")
         for name in ("telemetry", "rollouts"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {getattr(self, name)!r} is not true or false")
+                raise ConfigError(
+                    f"{name} (env {ENV_PREFIX}{name.upper()}): {getattr(self, name)!r} is not true or false"
+                )
         for name in ("public_url", "drift_webhook_url"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
-                raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} should look like http://host:8080")
+                raise ConfigError(
+                    f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} should look like http://host:8080"
+                )
         for name in _POSITIVE:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} must be a positive number")
-        if isinstance(self.drift_baseline_s, bool) or not isinstance(self.drift_baseline_s, (int, float)) \
-                or self.drift_baseline_s < 0:
-            raise ConfigError(f"drift_baseline_s (env {ENV_PREFIX}DRIFT_BASELINE_S): {self.drift_baseline_s!r} must be >= 0")
+        if (
+            isinstance(self.drift_baseline_s, bool)
+            or not isinstance(self.drift_baseline_s, (int, float))
+            or self.drift_baseline_s < 0
+        ):
+            raise ConfigError(
+                f"drift_baseline_s (env {ENV_PREFIX}DRIFT_BASELINE_S): {self.drift_baseline_s!r} must be >= 0"
+            )
         if self.drift_close_below > self.drift_open_above:
-            raise ConfigError(f"drift_close_below (env {ENV_PREFIX}DRIFT_CLOSE_BELOW): {self.drift_close_below} must be "
-                              f"<= drift_open_above ({self.drift_open_above})")
+            raise ConfigError(
+                f"drift_close_below (env {ENV_PREFIX}DRIFT_CLOSE_BELOW): {self.drift_close_below} must be "
+                f"<= drift_open_above ({self.drift_open_above})"
+            )
         if self.drift_rate_close_below > self.drift_rate_open_above:
-            raise ConfigError(f"drift_rate_close_below (env {ENV_PREFIX}DRIFT_RATE_CLOSE_BELOW): "
-                              f"{self.drift_rate_close_below} must be <= drift_rate_open_above "
-                              f"({self.drift_rate_open_above})")
+            raise ConfigError(
+                f"drift_rate_close_below (env {ENV_PREFIX}DRIFT_RATE_CLOSE_BELOW): "
+                f"{self.drift_rate_close_below} must be <= drift_rate_open_above "
+                f"({self.drift_rate_open_above})"
+            )
 
     @property
     def db_path(self) -> Path:
@@ -188,7 +224,8 @@ class HubConfig:
         try:
             data = config_loader.read_toml(path) if path is not None else {}
             table = data["hub"] if isinstance(data.get("hub"), Mapping) else data
-            return config_loader.build(cls, table, env=env, prefix=ENV_PREFIX,
-                                       overrides={k: v for k, v in overrides.items() if v is not None})
+            return config_loader.build(
+                cls, table, env=env, prefix=ENV_PREFIX, overrides={k: v for k, v in overrides.items() if v is not None}
+            )
         except config_loader.ConfigValueError as exc:
             raise ConfigError(f"{path}: {exc}" if path is not None and exc.key else str(exc)) from None

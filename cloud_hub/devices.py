@@ -70,9 +70,15 @@ class DeviceRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "device_id": self.device_id, "profile": self.profile, "agent_version": self.agent_version,
-            "tags": self.tags, "model_name": self.model_name, "model_version": self.model_version,
-            "registered_at": self.registered_at, "last_seen": self.last_seen, "status": self.status,
+            "device_id": self.device_id,
+            "profile": self.profile,
+            "agent_version": self.agent_version,
+            "tags": self.tags,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+            "status": self.status,
         }
 
 
@@ -87,7 +93,10 @@ class DeviceFilter:
 
 class DeviceRegistry:
     def __init__(
-        self, db: HubDatabase, offline_after_s: float, known_profiles: Iterable[str] | None = None,
+        self,
+        db: HubDatabase,
+        offline_after_s: float,
+        known_profiles: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -96,30 +105,50 @@ class DeviceRegistry:
         self.clock = clock
 
     def register(
-        self, device_id: str, profile: str, agent_version: str, tags: dict[str, str] | None = None,
-        model_name: str | None = None, model_version: str | None = None,
+        self,
+        device_id: str,
+        profile: str,
+        agent_version: str,
+        tags: dict[str, str] | None = None,
+        model_name: str | None = None,
+        model_version: str | None = None,
     ) -> DeviceRecord:
         """Create or update a device (agents re-register on every start); counts as a heartbeat."""
         if not DEVICE_ID_RE.match(device_id or ""):
-            raise InvalidInputError(f"device_id: {device_id!r} may use letters, digits, '.', '_', ':' and '-' (max 128)")
+            raise InvalidInputError(
+                f"device_id: {device_id!r} may use letters, digits, '.', '_', ':' and '-' (max 128)"
+            )
         if self.known_profiles is not None and profile not in self.known_profiles:
-            raise InvalidInputError(f"profile: {profile!r} is not a known hardware profile (have: {', '.join(sorted(self.known_profiles))})")
+            raise InvalidInputError(
+                f"profile: {profile!r} is not a known hardware profile (have: {', '.join(sorted(self.known_profiles))})"
+            )
         if not agent_version:
             raise InvalidInputError("agent_version: required")
         tags = validate_tags(tags or {})
         now = self.clock()
         with self.db.transaction() as db:
             row = db.execute("SELECT registered_at FROM devices WHERE device_id=?", [device_id]).fetchone()
-            db["devices"].upsert({
-                "device_id": device_id, "profile": profile, "agent_version": agent_version,
-                "tags": json.dumps(tags, sort_keys=True), "model_name": model_name, "model_version": model_version,
-                "registered_at": row[0] if row else now, "last_seen": now,
-            }, pk="device_id")
+            db["devices"].upsert(
+                {
+                    "device_id": device_id,
+                    "profile": profile,
+                    "agent_version": agent_version,
+                    "tags": json.dumps(tags, sort_keys=True),
+                    "model_name": model_name,
+                    "model_version": model_version,
+                    "registered_at": row[0] if row else now,
+                    "last_seen": now,
+                },
+                pk="device_id",
+            )
         log.info("device registered device=%s profile=%s agent=%s", device_id, profile, agent_version)
         return self.get(device_id)
 
     def heartbeat(
-        self, device_id: str, model_name: str | None = None, model_version: str | None = None,
+        self,
+        device_id: str,
+        model_name: str | None = None,
+        model_version: str | None = None,
         agent_version: str | None = None,
     ) -> DeviceRecord:
         """Mark a device seen now; optionally update what it runs."""
@@ -134,8 +163,10 @@ class DeviceRegistry:
         with self.db.transaction() as db:
             cursor = db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", [*updates.values(), device_id])
             if cursor.rowcount == 0:
-                raise NotFoundError(f"device {device_id!r} is not registered; devices register from their retained MQTT "
-                                    "status (agent with telemetry on) or via POST /v1/devices")
+                raise NotFoundError(
+                    f"device {device_id!r} is not registered; devices register from their retained MQTT "
+                    "status (agent with telemetry on) or via POST /v1/devices"
+                )
         return self.get(device_id)
 
     def set_presence(self, device_id: str, state: str, key: PresenceKey | None = None) -> bool:
@@ -149,8 +180,10 @@ class DeviceRegistry:
             stored = tuple(json.loads(row[0])) if row[0] else None
             if not newer_presence(key, stored):  # type: ignore[arg-type]
                 return False
-            db.execute("UPDATE devices SET presence=?, presence_key=? WHERE device_id=?",
-                       [state, json.dumps(list(key)) if key is not None else None, device_id])
+            db.execute(
+                "UPDATE devices SET presence=?, presence_key=? WHERE device_id=?",
+                [state, json.dumps(list(key)) if key is not None else None, device_id],
+            )
         return True
 
     def exists(self, device_id: str) -> bool:
@@ -165,10 +198,11 @@ class DeviceRegistry:
         updated = 0
         with self.db.transaction() as db:
             for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-                chunk = ids[start:start + 500]
+                chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                updated += db.execute(f"UPDATE devices SET last_seen = ? WHERE device_id IN ({marks})",
-                                      [now, *chunk]).rowcount
+                updated += db.execute(
+                    f"UPDATE devices SET last_seen = ? WHERE device_id IN ({marks})", [now, *chunk]
+                ).rowcount
         return updated
 
     def get(self, device_id: str) -> DeviceRecord:
@@ -182,7 +216,9 @@ class DeviceRegistry:
             if db.execute("DELETE FROM devices WHERE device_id=?", [device_id]).rowcount == 0:
                 raise NotFoundError(f"device {device_id!r} is not registered")
 
-    def list(self, filt: DeviceFilter | None = None, limit: int = 50, offset: int = 0) -> tuple[list[DeviceRecord], int]:
+    def list(
+        self, filt: DeviceFilter | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[DeviceRecord], int]:
         filt = filt or DeviceFilter()
         now = self.clock()
         clauses: list[str] = []
@@ -203,19 +239,28 @@ class DeviceRegistry:
             params.extend([filt.status, now - self.offline_after_s])
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         total = self.db.query(f"SELECT COUNT(*) AS n FROM devices {where}", params)[0]["n"]
-        rows = self.db.query(f"SELECT * FROM devices {where} ORDER BY device_id LIMIT ? OFFSET ?", params + [limit, offset])
+        rows = self.db.query(
+            f"SELECT * FROM devices {where} ORDER BY device_id LIMIT ? OFFSET ?", params + [limit, offset]
+        )
         return [self._record(r, now) for r in rows], total
 
     def counts(self) -> dict[str, int]:
         now = self.clock()
         rows = self.db.query("SELECT last_seen, presence FROM devices")
-        online = sum(1 for r in rows if device_status(r["last_seen"], now, self.offline_after_s, r["presence"]) == "online")
+        online = sum(
+            1 for r in rows if device_status(r["last_seen"], now, self.offline_after_s, r["presence"]) == "online"
+        )
         return {"total": len(rows), "online": online, "offline": len(rows) - online}
 
     def _record(self, row: dict[str, Any], now: float) -> DeviceRecord:
         return DeviceRecord(
-            device_id=row["device_id"], profile=row["profile"], agent_version=row["agent_version"],
-            tags=json.loads(row["tags"]), model_name=row["model_name"], model_version=row["model_version"],
-            registered_at=row["registered_at"], last_seen=row["last_seen"],
+            device_id=row["device_id"],
+            profile=row["profile"],
+            agent_version=row["agent_version"],
+            tags=json.loads(row["tags"]),
+            model_name=row["model_name"],
+            model_version=row["model_version"],
+            registered_at=row["registered_at"],
+            last_seen=row["last_seen"],
             status=device_status(row["last_seen"], now, self.offline_after_s, row.get("presence")),
         )

@@ -23,8 +23,6 @@ class HubError(Exception):
     status: int = 500
 
 
-
-
 class NotFoundError(HubError):
     """A model, version, device, token or artifact does not exist."""
 
@@ -70,5 +68,14 @@ class ConfigError(ServiceUnavailableError):
     while answering a request it is a 503 (the operator must fix a setting), never a 500."""
 
 
-__all__ = ["AuthError", "BrokerError", "ConfigError", "ConflictError", "ForbiddenError", "HubError",
-           "InvalidInputError", "NotFoundError", "ServiceUnavailableError"]
+__all__ = [
+    "AuthError",
+    "BrokerError",
+    "ConfigError",
+    "ConflictError",
+    "ForbiddenError",
+    "HubError",
+    "InvalidInputError",
+    "NotFoundError",
+    "ServiceUnavailableError",
+]

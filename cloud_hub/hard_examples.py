@@ -42,8 +42,11 @@ DEFAULT_MAX_ROWS = 100_000
 _MAX_TEXT = 256
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "hard examples", (
-        """CREATE TABLE hard_examples (
+    Migration(
+        1,
+        "hard examples",
+        (
+            """CREATE TABLE hard_examples (
             n INTEGER PRIMARY KEY AUTOINCREMENT,
             device_id TEXT NOT NULL,
             example_id INTEGER NOT NULL,
@@ -58,8 +61,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             tensors TEXT NOT NULL,
             blob BLOB NOT NULL,
             UNIQUE (device_id, example_id))""",
-        "CREATE INDEX hard_examples_model ON hard_examples (model, version, n)",
-    )),
+            "CREATE INDEX hard_examples_model ON hard_examples (model, version, n)",
+        ),
+    ),
 )
 
 
@@ -112,9 +116,19 @@ def decode_upload(payload: bytes, topic_device: str | None) -> HardExampleRecord
         return value[:_MAX_TEXT] if isinstance(value, str) else value
 
     confidence = opt("confidence", (int, float))
-    return HardExampleRecord(header["device_id"], header["id"], header["model"], header["version"], opt("label", int),
-                             None if confidence is None else float(confidence), opt("source", str),
-                             opt("request_id", str), opt("created_at", (int, float)), tensors, blob)
+    return HardExampleRecord(
+        header["device_id"],
+        header["id"],
+        header["model"],
+        header["version"],
+        opt("label", int),
+        None if confidence is None else float(confidence),
+        opt("source", str),
+        opt("request_id", str),
+        opt("created_at", (int, float)),
+        tensors,
+        blob,
+    )
 
 
 def to_npz(blob: bytes) -> bytes:
@@ -131,8 +145,9 @@ def to_npz(blob: bytes) -> bytes:
     return buf.getvalue()
 
 
-_COLUMNS = ("device_id, example_id, model, version, label, confidence, source, request_id, created_at, received_at, "
-            "tensors")
+_COLUMNS = (
+    "device_id, example_id, model, version, label, confidence, source, request_id, created_at, received_at, tensors"
+)
 
 
 class HardExampleStore:
@@ -167,8 +182,21 @@ class HardExampleStore:
                 tensors = json.dumps([[t.name, t.dtype, list(t.shape)] for t in r.tensors])
                 cur = conn.execute(
                     f"INSERT OR IGNORE INTO hard_examples ({_COLUMNS}, blob) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [r.device_id, r.example_id, r.model, r.version, r.label, r.confidence, r.source, r.request_id,
-                     r.created_at, received_at, tensors, r.blob])
+                    [
+                        r.device_id,
+                        r.example_id,
+                        r.model,
+                        r.version,
+                        r.label,
+                        r.confidence,
+                        r.source,
+                        r.request_id,
+                        r.created_at,
+                        received_at,
+                        tensors,
+                        r.blob,
+                    ],
+                )
                 new.append(cur.rowcount == 1)
             if any(new):
                 top = conn.execute("SELECT MAX(n) FROM hard_examples").fetchone()[0] or 0
@@ -178,8 +206,14 @@ class HardExampleStore:
     def count(self) -> int:
         return int(self.db.query("SELECT COUNT(*) AS c FROM hard_examples")[0]["c"])
 
-    def list(self, device_id: str | None = None, model: str | None = None, version: str | None = None,
-             limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def list(
+        self,
+        device_id: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
         """Newest first, without the tensor bytes; and how many match in all."""
         clauses, params = ["1=1"], []
         for column, value in (("device_id", device_id), ("model", model), ("version", version)):
@@ -188,16 +222,20 @@ class HardExampleStore:
                 params.append(value)
         where = " AND ".join(clauses)
         total = int(self.db.query(f"SELECT COUNT(*) AS c FROM hard_examples WHERE {where}", params)[0]["c"])
-        rows = self.db.query(f"SELECT {_COLUMNS}, LENGTH(blob) AS bytes FROM hard_examples WHERE {where} "
-                             "ORDER BY n DESC LIMIT ? OFFSET ?", params + [limit, offset])
+        rows = self.db.query(
+            f"SELECT {_COLUMNS}, LENGTH(blob) AS bytes FROM hard_examples WHERE {where} "
+            "ORDER BY n DESC LIMIT ? OFFSET ?",
+            params + [limit, offset],
+        )
         for row in rows:
             row["id"] = row.pop("example_id")
             row["tensors"] = [{"name": n, "dtype": d, "shape": s} for n, d, s in json.loads(row["tensors"])]
         return rows, total
 
     def npz(self, device_id: str, example_id: int) -> bytes:
-        rows = self.db.query("SELECT blob FROM hard_examples WHERE device_id=? AND example_id=?",
-                             [device_id, example_id])
+        rows = self.db.query(
+            "SELECT blob FROM hard_examples WHERE device_id=? AND example_id=?", [device_id, example_id]
+        )
         if not rows:
             raise NotFoundError(f"no hard example {example_id} from device {device_id!r} (it may have aged out)")
         return to_npz(rows[0]["blob"])
@@ -206,14 +244,14 @@ class HardExampleStore:
 @dataclass(frozen=True)
 class HardExampleIngestConfig:
     mqtt_url: str
-    client_id: str = "tandem-hub-hard-examples"   # stable: the broker keeps this session while the hub is away
+    client_id: str = "tandem-hub-hard-examples"  # stable: the broker keeps this session while the hub is away
     max_rows: int = DEFAULT_MAX_ROWS
     session_expiry_s: int = 24 * 3600
     receive_maximum: int = 200
     batch_max: int = 100
     batch_wait_s: float = 0.05
     keepalive_s: int = 10
-    tls: TlsFiles | None = None                    # the hub's MQTT identity (mqtts://); None: plain text
+    tls: TlsFiles | None = None  # the hub's MQTT identity (mqtts://); None: plain text
 
 
 @dataclass
@@ -254,15 +292,17 @@ class HardExampleIngest:
         self.config = config
         if self.store is None:
             self.store = HardExampleStore.open(hub.config.data_dir / HARD_EXAMPLES_DB_FILENAME, config.max_rows)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5,
-                             manual_ack=True)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
         host, port = configure_mqtt_client(client, config.mqtt_url, config.tls, "hard-example ingest")
         client.reconnect_delay_set(0.2, 2.0)
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *a: self._subscribed.set()
         client.on_disconnect = lambda *a: self._subscribed.clear()
-        client.on_message = lambda c, u, msg: self._queue.put((self._generation, msg.mid, msg.topic, msg.payload,
-                                                               msg.qos))
+        client.on_message = lambda c, u, msg: self._queue.put(
+            (self._generation, msg.mid, msg.topic, msg.payload, msg.qos)
+        )
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = config.session_expiry_s
         props.ReceiveMaximum = config.receive_maximum
@@ -274,8 +314,12 @@ class HardExampleIngest:
         client.loop_start()
         self._hub = hub
         hub.hard_examples = self
-        log.info("hard-example ingest started mqtt=%s db=%s max_rows=%d", config.mqtt_url, self.store.db.path,
-                 config.max_rows)
+        log.info(
+            "hard-example ingest started mqtt=%s db=%s max_rows=%d",
+            config.mqtt_url,
+            self.store.db.path,
+            config.max_rows,
+        )
 
     def stop(self) -> None:
         if self._hub is not None:

@@ -66,10 +66,17 @@ class Hub:
             self.key = ReleaseKey.load_or_create(self.config.release_key_path)
             self.publishers = TrustedPublishers(self.config.publishers_dir)
             if self.config.publisher_trust_on_first_use:
-                log.warning("publisher_trust_on_first_use is ON: unknown publisher keys are trusted on first upload "
-                            "(development only)")
-            self.registry = ModelRegistry(self.db, self.artifacts, self.key, self.publishers,
-                                          trust_on_first_use=self.config.publisher_trust_on_first_use)
+                log.warning(
+                    "publisher_trust_on_first_use is ON: unknown publisher keys are trusted on first upload "
+                    "(development only)"
+                )
+            self.registry = ModelRegistry(
+                self.db,
+                self.artifacts,
+                self.key,
+                self.publishers,
+                trust_on_first_use=self.config.publisher_trust_on_first_use,
+            )
             self.devices = DeviceRegistry(self.db, self.config.offline_after_s, _known_profiles(self.config))
             self.tokens = TokenStore(self.db)
         except BaseException:
@@ -89,8 +96,8 @@ class Hub:
         self._started_services: list[HubService] = []
         self._late_services: list[HubService] = []  # started after HTTP (rollouts need its URL), stopped before it
         self.telemetry: Any = None  # TelemetryIngestService while telemetry runs (set by HubTelemetry)
-        self.rollouts: Any = None   # RolloutService while rollouts run (set by attach_rollouts)
-        self.presence: Any = None   # DevicePresence while it runs (devices from their MQTT status)
+        self.rollouts: Any = None  # RolloutService while rollouts run (set by attach_rollouts)
+        self.presence: Any = None  # DevicePresence while it runs (devices from their MQTT status)
         self.hard_examples: Any = None  # HardExampleIngest while it runs (what agents upload)
         self._closed = False
 
@@ -174,8 +181,13 @@ class Hub:
             self._load_pki()
             if self.config.mqtt_url is None and self._broker is None:
                 port = stable_mqtt_port(self.config.data_dir, self.config.mqtt_host, self.config.mqtt_port)
-                self._broker = start_broker(self.config.broker, self.config.data_dir / "mosquitto",
-                                            self.config.mqtt_host, port, tls_pki=self._pki)
+                self._broker = start_broker(
+                    self.config.broker,
+                    self.config.data_dir / "mosquitto",
+                    self.config.mqtt_host,
+                    port,
+                    tls_pki=self._pki,
+                )
             if self.config.model_dirs and self._inference is None:
                 self._start_inference()
             self._add_revocation_watch()
@@ -237,19 +249,28 @@ class Hub:
         """Store what agents upload on /hard_examples (with telemetry; MQTT 5 for manual acks)."""
         from tandem.cloud_hub.hard_examples import HardExampleIngest, HardExampleIngestConfig
 
-        if not self.config.telemetry or not self.mqtt_url or any(isinstance(s, HardExampleIngest)
-                                                                  for s in self._services):
+        if (
+            not self.config.telemetry
+            or not self.mqtt_url
+            or any(isinstance(s, HardExampleIngest) for s in self._services)
+        ):
             return
         if self._mqtt5_missing("hard-example ingestion"):
             return
-        self._services.append(HardExampleIngest(HardExampleIngestConfig(self.mqtt_url, tls=self.mqtt_tls,
-                                                                        max_rows=self.config.hard_examples_max)))
+        self._services.append(
+            HardExampleIngest(
+                HardExampleIngestConfig(self.mqtt_url, tls=self.mqtt_tls, max_rows=self.config.hard_examples_max)
+            )
+        )
 
     def _mqtt5_missing(self, what: str) -> bool:
         """The embedded broker (amqtt) speaks MQTT 3.1.1 only; telemetry's persistent sessions and OTA need 5."""
         if self._broker is not None and self._broker.kind == "embedded":
-            log.warning("%s not started: it needs MQTT 5 and the embedded broker speaks 3.1.1; install Mosquitto "
-                        "(broker = \"mosquitto\") or point mqtt_url (env TANDEM_HUB_MQTT_URL) at an MQTT 5 broker", what)
+            log.warning(
+                "%s not started: it needs MQTT 5 and the embedded broker speaks 3.1.1; install Mosquitto "
+                '(broker = "mosquitto") or point mqtt_url (env TANDEM_HUB_MQTT_URL) at an MQTT 5 broker',
+                what,
+            )
             return True
         return False
 
@@ -261,18 +282,21 @@ class Hub:
             return
         from tandem.cloud_hub.rollouts.attach import HubRollouts
 
-        service = HubRollouts(tick_s=self.config.rollout_tick_s, watch_s=self.config.rollout_watch_s,
-                              tls=self.mqtt_tls)
+        service = HubRollouts(tick_s=self.config.rollout_tick_s, watch_s=self.config.rollout_watch_s, tls=self.mqtt_tls)
         service.start(self)
         self._late_services.append(service)
 
     def _start_inference(self) -> None:
         from tandem.cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
 
-        server = InferenceServer([str(p) for p in self.config.model_dirs], host=self.config.grpc_host,
-                                 port=self.config.grpc_port, hub_profile=self.config.inference_profile,
-                                 aliases=self.config.aliases() or None,
-                                 tls=self._pki.hub_server_files() if self._pki is not None else None)
+        server = InferenceServer(
+            [str(p) for p in self.config.model_dirs],
+            host=self.config.grpc_host,
+            port=self.config.grpc_port,
+            hub_profile=self.config.inference_profile,
+            aliases=self.config.aliases() or None,
+            tls=self._pki.hub_server_files() if self._pki is not None else None,
+        )
         self._grpc_port = server.start()
         self._inference = server
 
@@ -289,8 +313,16 @@ class Hub:
                 f"http_port (env TANDEM_HUB_HTTP_PORT): cannot listen on {self.config.http_host}:{self.config.http_port} ({exc})"
             ) from exc
         try:
-            server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                                    timeout_graceful_shutdown=5, **self._http_tls_options()))
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    self.app,
+                    log_level="warning",
+                    access_log=False,
+                    lifespan="off",
+                    timeout_graceful_shutdown=5,
+                    **self._http_tls_options(),
+                )
+            )
             server.config.load()  # builds the SSL context now, so a bad certificate is a ConfigError, not a dead thread
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             sock.close()
@@ -368,8 +400,13 @@ class Hub:
         if old is None or old.kind != "mosquitto":
             return
         old.stop()
-        self._broker = start_broker("mosquitto", self.config.data_dir / "mosquitto", old.host, old.port,  # type: ignore[attr-defined]
-                                    tls_pki=self._pki)
+        self._broker = start_broker(
+            "mosquitto",
+            self.config.data_dir / "mosquitto",
+            old.host,
+            old.port,
+            tls_pki=self._pki,
+        )
         log.warning("broker restarted url=%s", self._broker.url)
 
     def __enter__(self) -> "Hub":

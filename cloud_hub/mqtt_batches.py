@@ -15,8 +15,12 @@ from typing import Any
 Received = tuple[int, int, str, bytes, int]  # (connection generation, mid, topic, payload, qos)
 
 
-def take_batch(inbox: "queue.SimpleQueue[Received] | queue.Queue[Received]", batch_max: int, batch_wait_s: float,
-               first_wait_s: float = 0.2) -> list[Received]:
+def take_batch(
+    inbox: "queue.SimpleQueue[Received] | queue.Queue[Received]",
+    batch_max: int,
+    batch_wait_s: float,
+    first_wait_s: float = 0.2,
+) -> list[Received]:
     """Up to `batch_max` messages: wait `first_wait_s` for one, then at most `batch_wait_s` for more."""
     try:
         first = inbox.get(timeout=first_wait_s)

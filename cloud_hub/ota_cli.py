@@ -30,22 +30,34 @@ EPILOG = """examples:
 
 def add_ota_commands(sub: Any) -> None:
     """Add the `ota` command group to tandem-hub's subparsers."""
-    ota = sub.add_parser("ota", help="roll models out to devices in waves, and steer rollouts",
-                         description="Signed OTA rollouts in waves with gates and automatic rollback.",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ota = sub.add_parser(
+        "ota",
+        help="roll models out to devices in waves, and steer rollouts",
+        description="Signed OTA rollouts in waves with gates and automatic rollback.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ota.set_defaults(func=lambda args: (ota.print_help(), 2)[1])
     actions = ota.add_subparsers(metavar="ACTION")
 
     rollout = actions.add_parser("rollout", help="start a rollout", description="start a rollout")
     rollout.set_defaults(func=lambda args: (rollout.print_help(), 2)[1])
-    start = _remote(rollout.add_subparsers(metavar="ACTION").add_parser(
-        "start", help="roll a registered model version out in waves"))
+    start = _remote(
+        rollout.add_subparsers(metavar="ACTION").add_parser(
+            "start", help="roll a registered model version out in waves"
+        )
+    )
     start.add_argument("--model", required=True)
     start.add_argument("--version", required=True)
     start.add_argument("--select", default="", help="profile=...,KEY=VALUE (device tags); all must match")
     start.add_argument("--waves", default="5,25,100", help="cumulative percentages ending at 100 (default 5,25,100)")
-    start.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"gate setting (repeatable): {', '.join(GATE_KEYS)}")
+    start.add_argument(
+        "--gate",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"gate setting (repeatable): {', '.join(GATE_KEYS)}",
+    )
     start.add_argument("--device", action="append", dest="devices", help="only these device ids (repeatable)")
     start.set_defaults(func=cmd_start)
 
@@ -54,9 +66,12 @@ def add_ota_commands(sub: Any) -> None:
     status.add_argument("--events", type=int, default=20, help="recent steps to show for one rollout")
     status.set_defaults(func=cmd_status)
 
-    for name, text in (("pause", "send no more commands until resumed"), ("resume", "continue a paused or halted rollout"),
-                       ("abort", "stop for good; devices keep what they run"),
-                       ("rollback", "tell every device that took the version to go back")):
+    for name, text in (
+        ("pause", "send no more commands until resumed"),
+        ("resume", "continue a paused or halted rollout"),
+        ("abort", "stop for good; devices keep what they run"),
+        ("rollback", "tell every device that took the version to go back"),
+    ):
         p = _remote(actions.add_parser(name, help=text))
         p.add_argument("rollout_id")
         p.set_defaults(func=cmd_action, action=name)
@@ -65,8 +80,12 @@ def add_ota_commands(sub: Any) -> None:
 def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--url", help=f"hub URL (env TANDEM_HUB_URL, default {DEFAULT_URL})")
     p.add_argument("--token", help="bearer token (env TANDEM_HUB_TOKEN); operate scope to change, read to view")
-    p.add_argument("--ca", type=Path, help="CA that verifies an https:// hub, e.g. <tls_dir>/ca.crt "
-                                           "(env TANDEM_HUB_CA; default: the system trust store)")
+    p.add_argument(
+        "--ca",
+        type=Path,
+        help="CA that verifies an https:// hub, e.g. <tls_dir>/ca.crt "
+        "(env TANDEM_HUB_CA; default: the system trust store)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -108,10 +127,16 @@ def parse_gates(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    body = {"model": args.model, "version": args.version, "select": parse_select(args.select),
-            "waves": [int(w) for w in args.waves.split(",") if w.strip()] if all(
-                w.strip().isdigit() for w in args.waves.split(",")) else _bad_waves(args.waves),
-            "gates": parse_gates(args.gate), "device_ids": args.devices}
+    body = {
+        "model": args.model,
+        "version": args.version,
+        "select": parse_select(args.select),
+        "waves": [int(w) for w in args.waves.split(",") if w.strip()]
+        if all(w.strip().isdigit() for w in args.waves.split(","))
+        else _bad_waves(args.waves),
+        "gates": parse_gates(args.gate),
+        "device_ids": args.devices,
+    }
     with HubClient(args.url, args.token, ca=args.ca) as client:
         result = client.request("POST", "/v1/rollouts", json=body)
     return _emit(args, result, render_detail)
@@ -146,21 +171,51 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def render_list(page: dict[str, Any]) -> str:
-    rows = [{**r, "what": f"{r['model']} {r['version']}", "wave_of": f"{r['wave']}/{len(r['waves'])}",
-             "devices_by_state": _counts(r["counts"]), "updated": ago(r["updated_at"])} for r in page["items"]]
-    return table(rows, [("rollout_id", "rollout"), ("what", "model"), ("status", "status"), ("wave_of", "wave"),
-                        ("devices_by_state", "devices"), ("updated", "updated"), ("reason", "reason")])
+    rows = [
+        {
+            **r,
+            "what": f"{r['model']} {r['version']}",
+            "wave_of": f"{r['wave']}/{len(r['waves'])}",
+            "devices_by_state": _counts(r["counts"]),
+            "updated": ago(r["updated_at"]),
+        }
+        for r in page["items"]
+    ]
+    return table(
+        rows,
+        [
+            ("rollout_id", "rollout"),
+            ("what", "model"),
+            ("status", "status"),
+            ("wave_of", "wave"),
+            ("devices_by_state", "devices"),
+            ("updated", "updated"),
+            ("reason", "reason"),
+        ],
+    )
 
 
 def render_detail(r: dict[str, Any]) -> str:
-    lines = [f"rollout {r['rollout_id']}: {r['model']} {r['version']} — {r['status']}, wave {r['wave']} of "
-             f"{len(r['waves'])} ({', '.join(f'{w}%' for w in r['waves'])})"]
+    lines = [
+        f"rollout {r['rollout_id']}: {r['model']} {r['version']} — {r['status']}, wave {r['wave']} of "
+        f"{len(r['waves'])} ({', '.join(f'{w}%' for w in r['waves'])})"
+    ]
     if r.get("reason"):
         lines.append(f"reason: {r['reason']}")
     lines.append(f"devices: {_counts(r['counts'])}")
     lines.append("")
-    lines.append(table(r.get("device_states", []), [("device_id", "device"), ("wave", "wave"), ("state", "state"),
-                                                     ("step", "last step"), ("reason", "reason")]))
+    lines.append(
+        table(
+            r.get("device_states", []),
+            [
+                ("device_id", "device"),
+                ("wave", "wave"),
+                ("state", "state"),
+                ("step", "last step"),
+                ("reason", "reason"),
+            ],
+        )
+    )
     events = r.get("events") or []
     if events:
         lines.append("")

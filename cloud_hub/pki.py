@@ -57,7 +57,7 @@ class PkiError(HubError):
 class Issued:
     name: str
     serial: int
-    kind: str            # "device", "hub-server", "hub-client"
+    kind: str  # "device", "hub-server", "hub-client"
     not_after: str
     revoked_at: str | None = None
 
@@ -86,8 +86,9 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
@@ -96,8 +97,19 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 # Names a device certificate must never carry: they are host names the hub's own certificate (or a
 # client's TLS check) would match, or names that read as the hub or a broker account.
-RESERVED_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", "broker", "hub",
-                            "mosquitto", "admin", "root"})
+RESERVED_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "ip6-localhost",
+        "ip6-loopback",
+        "broker",
+        "hub",
+        "mosquitto",
+        "admin",
+        "root",
+    }
+)
 MAX_CERT_DAYS = 3650
 
 
@@ -109,8 +121,10 @@ def check_device_name(device_id: str) -> str:
         raise InvalidInputError(str(exc)) from exc
     lowered = name.lower()
     if lowered in RESERVED_NAMES or lowered.endswith((".localhost", ".local")) or _looks_like_ip(lowered):
-        raise InvalidInputError(f"device id {name!r} is reserved (a host name, address or service account); "
-                                "name devices after what they are, e.g. cam-017")
+        raise InvalidInputError(
+            f"device id {name!r} is reserved (a host name, address or service account); "
+            "name devices after what they are, e.g. cam-017"
+        )
     return name
 
 
@@ -170,8 +184,12 @@ class Pki:
 
     def hub_server_files(self) -> TlsFiles:
         """What the broker's TLS listener and the gRPC server present (clients verified against the CA)."""
-        return TlsFiles(self.root / "hub" / "ca.crt", self.root / "hub" / "server.crt", self.root / "hub" / "server.key",
-                        crl=self.crl_path)
+        return TlsFiles(
+            self.root / "hub" / "ca.crt",
+            self.root / "hub" / "server.crt",
+            self.root / "hub" / "server.key",
+            crl=self.crl_path,
+        )
 
     def hub_client_files(self) -> TlsFiles:
         """The hub's own MQTT identity (CN=HUB_IDENTITY): wider ACL rights than any device."""
@@ -192,19 +210,39 @@ class Pki:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tandem"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, "Tandem fleet CA")])
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tandem"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "Tandem fleet CA"),
+            ]
+        )
         now = _now()
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(days=CA_DAYS))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                             content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                             key_agreement=False, encipher_only=False, decipher_only=False),
-                               critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
         _write_private(root / "ca.key", _key_pem(key))
         _write_public(root / "ca.crt", _cert_pem(cert))
         _write_public(root / "index.json", b"[]\n")
@@ -228,8 +266,10 @@ class Pki:
         check_days(days)
         live = [r for r in self.issued() if r.name == device_id and r.kind == "device" and r.revoked_at is None]
         if live:
-            raise ConflictError(f"device {device_id!r} already has a certificate (serial {live[0].serial:x}); "
-                                f"revoke it first: tandem-hub pki revoke {device_id}")
+            raise ConflictError(
+                f"device {device_id!r} already has a certificate (serial {live[0].serial:x}); "
+                f"revoke it first: tandem-hub pki revoke {device_id}"
+            )
         files = self.device_files(device_id)
         self._issue("device", device_id, files, days=days)
         log.info("device certificate issued device=%s", device_id)
@@ -249,13 +289,17 @@ class Pki:
                 raise NotFoundError(f"no live certificate for {name!r} (see `tandem-hub pki list`)")
             self._save_index(records)
         self.write_crl()
-        log.warning("certificate revoked name=%s serials=%s; restart or SIGHUP the broker to apply",
-                    name, ",".join(f"{s:x}" for s in serials))
+        log.warning(
+            "certificate revoked name=%s serials=%s; restart or SIGHUP the broker to apply",
+            name,
+            ",".join(f"{s:x}" for s in serials),
+        )
         return serials
 
     def issued(self) -> list[Issued]:
-        return [Issued(r["name"], r["serial"], r["kind"], r["not_after"], r.get("revoked_at"))
-                for r in self._load_index()]
+        return [
+            Issued(r["name"], r["serial"], r["kind"], r["not_after"], r.get("revoked_at")) for r in self._load_index()
+        ]
 
     def revoked_serials(self) -> set[int]:
         return {r.serial for r in self.issued() if r.revoked_at is not None}
@@ -264,13 +308,20 @@ class Pki:
         """Rewrite crl.pem from the index, signed by the CA."""
         ca_cert, ca_key = self._ca()
         now = _now()
-        builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
-                   .last_update(now - dt.timedelta(minutes=5)).next_update(now + dt.timedelta(days=days)))
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=days))
+        )
         for rec in self.issued():
             if rec.revoked_at is not None:
                 builder = builder.add_revoked_certificate(
-                    x509.RevokedCertificateBuilder().serial_number(rec.serial)
-                    .revocation_date(dt.datetime.fromisoformat(rec.revoked_at)).build())
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(rec.serial)
+                    .revocation_date(dt.datetime.fromisoformat(rec.revoked_at))
+                    .build()
+                )
         crl = builder.sign(ca_key, hashes.SHA256())
         _write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
         return self.crl_path
@@ -284,23 +335,40 @@ class Pki:
             raise PkiError(f"{self.ca_key_path}: not an EC key")
         return cert, key
 
-    def _issue(self, kind: str, common_name: str, files: TlsFiles, *, server_names: list[str] | None = None,
-               days: int = CERT_DAYS) -> None:
+    def _issue(
+        self,
+        kind: str,
+        common_name: str,
+        files: TlsFiles,
+        *,
+        server_names: list[str] | None = None,
+        days: int = CERT_DAYS,
+    ) -> None:
         ca_cert, ca_key = self._ca()
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         serial = x509.random_serial_number()
         not_after = now + dt.timedelta(days=days)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tandem"),
-                                            x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-                   .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(serial)
-                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(not_after)
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                                  critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tandem"),
+                        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                    ]
+                )
+            )
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
         if server_names:
             builder = builder.add_extension(_san(server_names), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
@@ -314,8 +382,15 @@ class Pki:
                 for rec in records:
                     if rec["kind"] == kind and rec.get("revoked_at") is None:
                         rec["revoked_at"] = now.isoformat()
-            records.append({"name": common_name, "serial": serial, "kind": kind, "not_after": not_after.isoformat(),
-                            "revoked_at": None})
+            records.append(
+                {
+                    "name": common_name,
+                    "serial": serial,
+                    "kind": kind,
+                    "not_after": not_after.isoformat(),
+                    "revoked_at": None,
+                }
+            )
             self._save_index(records)
 
     def _load_index(self) -> list[dict]:

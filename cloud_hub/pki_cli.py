@@ -27,16 +27,26 @@ EPILOG = """examples:
 
 def add_pki_commands(sub: Any) -> None:
     """Add the `pki` command group to tandem-hub's subparsers."""
-    pki = sub.add_parser("pki", help="certificates for mutual TLS (CA, hub, per-device), revocation, broker config",
-                         description="A private CA for the fleet: one client certificate per device (CN = device id).",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pki = sub.add_parser(
+        "pki",
+        help="certificates for mutual TLS (CA, hub, per-device), revocation, broker config",
+        description="A private CA for the fleet: one client certificate per device (CN = device id).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     pki.set_defaults(func=lambda args: (pki.print_help(), 2)[1])
     actions = pki.add_subparsers(metavar="ACTION")
 
     p = _dir(actions.add_parser("init", help="create the CA, the hub's certificates and an empty CRL"))
-    p.add_argument("--hostname", action="append", default=[],
-                   help="extra name or IP the hub is reached by (repeatable; localhost and 127.0.0.1 are always in)")
-    p.add_argument("--force", action="store_true", help="replace an existing CA (every issued certificate stops working)")
+    p.add_argument(
+        "--hostname",
+        action="append",
+        default=[],
+        help="extra name or IP the hub is reached by (repeatable; localhost and 127.0.0.1 are always in)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing CA (every issued certificate stops working)"
+    )
     p.set_defaults(func=cmd_init)
 
     p = _dir(actions.add_parser("issue", help="issue a device's client certificate (CN = device id)"))
@@ -84,22 +94,37 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     pki = Pki(args.dir)
     serials = pki.revoke(args.device_id)
     print(f"revoked {len(serials)} certificate(s) of {args.device_id}; CRL: {pki.crl_path}")
-    print("gRPC refuses them now; a running hub restarts its own Mosquitto within seconds, cutting their open "
-          "MQTT sessions (an external broker: restart it; SIGHUP alone refuses only new connections)")
+    print(
+        "gRPC refuses them now; a running hub restarts its own Mosquitto within seconds, cutting their open "
+        "MQTT sessions (an external broker: restart it; SIGHUP alone refuses only new connections)"
+    )
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [{"name": r.name, "kind": r.kind, "serial": f"{r.serial:x}"[:16], "expires": r.not_after[:10],
-             "revoked": r.revoked_at[:19] if r.revoked_at else None} for r in Pki(args.dir).issued()]
-    print(table(rows, [("name", "name"), ("kind", "kind"), ("serial", "serial"), ("expires", "expires"),
-                       ("revoked", "revoked")]))
+    rows = [
+        {
+            "name": r.name,
+            "kind": r.kind,
+            "serial": f"{r.serial:x}"[:16],
+            "expires": r.not_after[:10],
+            "revoked": r.revoked_at[:19] if r.revoked_at else None,
+        }
+        for r in Pki(args.dir).issued()
+    ]
+    print(
+        table(
+            rows,
+            [("name", "name"), ("kind", "kind"), ("serial", "serial"), ("expires", "expires"), ("revoked", "revoked")],
+        )
+    )
     return 0
 
 
 def cmd_mosquitto_conf(args: argparse.Namespace) -> int:
-    conf = write_mosquitto_config(Pki(args.dir), MosquittoTlsConfig(args.out.resolve(), args.port, args.host,
-                                                                   persistence=not args.no_persistence))
+    conf = write_mosquitto_config(
+        Pki(args.dir), MosquittoTlsConfig(args.out.resolve(), args.port, args.host, persistence=not args.no_persistence)
+    )
     print(f"wrote {conf} and {conf.parent / 'acl'}; run: mosquitto -c {conf}")
     print(f"agents connect with mqtts://<hub>:{args.port}; the hub's MQTT clients use {DEFAULT_DIR / 'hub'}/hub.crt")
     return 0

@@ -36,7 +36,7 @@ UNKNOWN_AGENT_VERSION = "unknown"
 class StatusAction:
     """What one status message asks of the registry."""
 
-    kind: str                     # "register" | "heartbeat" | "offline" | "ignore"
+    kind: str  # "register" | "heartbeat" | "offline" | "ignore"
     device_id: str
     profile: str | None = None
     agent_version: str | None = None
@@ -66,27 +66,46 @@ def plan_status(device_id: str, status: dict[str, Any], registered: bool) -> Sta
     version = status.get("version") if isinstance(status.get("version"), str) else None
     agent_version = status.get("agent_version") if isinstance(status.get("agent_version"), str) else None
     if registered:  # keep what an operator or the agent's own REST registration set (tags, profile)
-        return StatusAction("heartbeat", device_id, agent_version=agent_version, model_name=model, model_version=version,
-                            key=key)
+        return StatusAction(
+            "heartbeat", device_id, agent_version=agent_version, model_name=model, model_version=version, key=key
+        )
     profile = status.get("profile")
     if not isinstance(profile, str) or not profile:
         return StatusAction("ignore", device_id, reason="unregistered device without a profile in its status")
     tags = status.get("tags") if isinstance(status.get("tags"), dict) else None
-    return StatusAction("register", device_id, profile=profile, agent_version=agent_version or UNKNOWN_AGENT_VERSION,
-                        tags=tags, model_name=model, model_version=version, key=key)
+    return StatusAction(
+        "register",
+        device_id,
+        profile=profile,
+        agent_version=agent_version or UNKNOWN_AGENT_VERSION,
+        tags=tags,
+        model_name=model,
+        model_version=version,
+        key=key,
+    )
 
 
 def apply_status(devices: DeviceRegistry, action: StatusAction) -> None:
     """Carry out `action` on the registry; a bad field is logged, never raised to the MQTT thread."""
     try:
         if action.kind == "register":
-            devices.register(action.device_id, action.profile or "", action.agent_version or UNKNOWN_AGENT_VERSION,
-                             action.tags, model_name=action.model_name, model_version=action.model_version)
+            devices.register(
+                action.device_id,
+                action.profile or "",
+                action.agent_version or UNKNOWN_AGENT_VERSION,
+                action.tags,
+                model_name=action.model_name,
+                model_version=action.model_version,
+            )
         elif action.kind == "heartbeat":
             if not devices.set_presence(action.device_id, "online", action.key):
                 return  # an older online than what the registry holds (e.g. replayed after the will)
-            devices.heartbeat(action.device_id, model_name=action.model_name, model_version=action.model_version,
-                              agent_version=action.agent_version)
+            devices.heartbeat(
+                action.device_id,
+                model_name=action.model_name,
+                model_version=action.model_version,
+                agent_version=action.agent_version,
+            )
         elif action.kind == "offline":
             devices.set_presence(action.device_id, "offline", action.key)
         if action.kind == "register":
@@ -121,8 +140,9 @@ class DevicePresence:
         self._hub = hub
         hub.presence = self
         # MQTT 3.1.1 on purpose: retained statuses need nothing newer, and the embedded broker speaks only 3.1.1
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
-                             clean_session=True)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True
+        )
         host, port = configure_mqtt_client(client, hub.mqtt_url, getattr(hub, "mqtt_tls", None), "device presence")
         client.reconnect_delay_set(0.2, 2.0)
         client.on_connect = lambda c, userdata, flags, rc, props=None: c.subscribe(all_devices(STATUS), qos=1)

@@ -46,7 +46,9 @@ class TrustedPublishers:
         except signing.SignatureError as exc:
             raise InvalidInputError(f"publisher key: {exc}") from exc
         if name and not re.fullmatch(r"[\w .@-]{1,64}", name):
-            raise InvalidInputError(f"publisher name {name!r}: letters, digits, space, '.', '@', '_' and '-', at most 64")
+            raise InvalidInputError(
+                f"publisher name {name!r}: letters, digits, space, '.', '@', '_' and '-', at most 64"
+            )
         kid = signing.key_id(key)
         self._ensure_folder()
         text = signing.public_key_pem(key).decode("ascii")

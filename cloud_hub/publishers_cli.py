@@ -24,10 +24,14 @@ EPILOG = """examples:
 
 def add_publisher_commands(sub: Any) -> None:
     """Add the `publishers` command group to tandem-hub's subparsers."""
-    group = sub.add_parser("publishers", help="trusted publisher keys (who may have models registered)",
-                           description="ed25519 public keys whose tandem-compile signatures the hub verifies before "
-                                       "counter-signing with its release key.",
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = sub.add_parser(
+        "publishers",
+        help="trusted publisher keys (who may have models registered)",
+        description="ed25519 public keys whose tandem-compile signatures the hub verifies before "
+        "counter-signing with its release key.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
     actions = group.add_subparsers(metavar="ACTION")
     p = _dir(actions.add_parser("add", help="trust a publisher's public key (a *.pub.pem file)"))
@@ -63,8 +67,11 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     rows = [{"key_id": p.key_id, "name": p.name or None} for p in _store(args).list()]
-    print(table(rows, [("key_id", "KEY ID"), ("name", "NAME")]) if rows else "no trusted publishers: every upload is refused "
-          "(tandem-hub publishers add KEY.pub.pem)")
+    print(
+        table(rows, [("key_id", "KEY ID"), ("name", "NAME")])
+        if rows
+        else "no trusted publishers: every upload is refused (tandem-hub publishers add KEY.pub.pem)"
+    )
     return 0
 
 

@@ -19,8 +19,14 @@ from tandem.protocols import limits
 class RateLimiter:
     """`allow(key)` takes one token from key's bucket (rate per second, capacity `burst`)."""
 
-    def __init__(self, rate_per_s: float, burst: float, *, max_keys: int = limits.RATE_LIMIT_MAX_DEVICES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float,
+        *,
+        max_keys: int = limits.RATE_LIMIT_MAX_DEVICES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if rate_per_s <= 0 or burst < 1 or max_keys < 1:
             raise ValueError("rate limiter: rate_per_s > 0, burst >= 1 and max_keys >= 1 are required")
         self.rate = float(rate_per_s)

@@ -24,7 +24,14 @@ from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.storage.artifacts import ArtifactStore, sha256_file
 from tandem.cloud_hub.storage.db import HubDatabase
 from tandem.protocols import signing
-from tandem.protocols.manifest import MANIFEST_FILENAME, FileEntry, Manifest, ManifestError, load_manifest, parse_version
+from tandem.protocols.manifest import (
+    MANIFEST_FILENAME,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    load_manifest,
+    parse_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +69,15 @@ def manifest_files(manifest: Manifest) -> list[FileEntry]:
 
 
 class ModelRegistry:
-    def __init__(self, db: HubDatabase, artifacts: ArtifactStore, key: ReleaseKey,
-                 publishers: TrustedPublishers | None = None, *, trust_on_first_use: bool = False) -> None:
+    def __init__(
+        self,
+        db: HubDatabase,
+        artifacts: ArtifactStore,
+        key: ReleaseKey,
+        publishers: TrustedPublishers | None = None,
+        *,
+        trust_on_first_use: bool = False,
+    ) -> None:
         self.db = db
         self.artifacts = artifacts
         self.key = key
@@ -92,54 +106,97 @@ class ModelRegistry:
         signed = signing.countersign(manifest.to_dict(), self.key.private_key)
         with self.db.transaction() as db:
             # Checked again under the write lock: two registrations may race.
-            row = db.execute("SELECT content_sha256 FROM models WHERE name=? AND version=?", [manifest.name, manifest.version]).fetchone()
+            row = db.execute(
+                "SELECT content_sha256 FROM models WHERE name=? AND version=?", [manifest.name, manifest.version]
+            ).fetchone()
             if row is not None:
                 return self._same_or_conflict(manifest, digest, row[0])
-            db["models"].insert({
-                "name": manifest.name, "version": manifest.version, "version_key": version_key(manifest.version),
-                "content_sha256": digest, "manifest": json.dumps(signed, sort_keys=True),
-                "created_at": manifest.created_at, "registered_at": time.time(),
-                "size_bytes": sum(f.size for f in files),
-            })
-            db["variants"].insert_all([{
-                "model": manifest.name, "version": manifest.version, "variant_id": v.id, "runtime": v.runtime,
-                "precision": v.precision, "profiles": json.dumps(_variant_profiles(manifest, v.id)),
-                "size_bytes": sum(f.size for f in v.files),
-            } for v in manifest.variants])
-            db["model_files"].insert_all([{
-                "model": manifest.name, "version": manifest.version, "path": f.path, "sha256": f.sha256, "size": f.size,
-            } for f in files])
-        log.info("registered model=%s version=%s variants=%d publisher=%s", manifest.name, manifest.version,
-                 len(manifest.variants), publisher)
+            db["models"].insert(
+                {
+                    "name": manifest.name,
+                    "version": manifest.version,
+                    "version_key": version_key(manifest.version),
+                    "content_sha256": digest,
+                    "manifest": json.dumps(signed, sort_keys=True),
+                    "created_at": manifest.created_at,
+                    "registered_at": time.time(),
+                    "size_bytes": sum(f.size for f in files),
+                }
+            )
+            db["variants"].insert_all(
+                [
+                    {
+                        "model": manifest.name,
+                        "version": manifest.version,
+                        "variant_id": v.id,
+                        "runtime": v.runtime,
+                        "precision": v.precision,
+                        "profiles": json.dumps(_variant_profiles(manifest, v.id)),
+                        "size_bytes": sum(f.size for f in v.files),
+                    }
+                    for v in manifest.variants
+                ]
+            )
+            db["model_files"].insert_all(
+                [
+                    {
+                        "model": manifest.name,
+                        "version": manifest.version,
+                        "path": f.path,
+                        "sha256": f.sha256,
+                        "size": f.size,
+                    }
+                    for f in files
+                ]
+            )
+        log.info(
+            "registered model=%s version=%s variants=%d publisher=%s",
+            manifest.name,
+            manifest.version,
+            len(manifest.variants),
+            publisher,
+        )
         return RegisterResult(manifest.name, manifest.version, True, digest)
 
     def _verify_publisher(self, doc: dict[str, Any], manifest: Manifest) -> str:
         """The trusted publisher key id that signed `doc`, or InvalidInputError (422) naming why not."""
         what = f"model {manifest.name} {manifest.version}"
         if doc.get(signing.PUBLISHER_FIELD) is not None:
-            raise InvalidInputError(f"{what}: the manifest is already counter-signed by a hub; upload the compiler's "
-                                    "output (tandem-compile), not a manifest downloaded from a hub")
+            raise InvalidInputError(
+                f"{what}: the manifest is already counter-signed by a hub; upload the compiler's "
+                "output (tandem-compile), not a manifest downloaded from a hub"
+            )
         keys = self.publishers.keys() if self.publishers is not None else []
         try:
             return signing.verify_by_any(doc, keys)
         except signing.UnsignedError as exc:
-            raise InvalidInputError(f"{what}: unsigned: the manifest carries no publisher signature; sign it with "
-                                    "tandem-compile --publisher-key") from exc
+            raise InvalidInputError(
+                f"{what}: unsigned: the manifest carries no publisher signature; sign it with "
+                "tandem-compile --publisher-key"
+            ) from exc
         except signing.UntrustedKeyError as exc:
             embedded = signing.embedded_public_key(doc)
             if not self.trust_on_first_use or embedded is None:
                 raise InvalidInputError(
                     f"{what}: untrusted publisher: signed by key {exc.key_id!r}, which this hub does not trust; "
-                    "trust it with `tandem-hub publishers add KEY.pub.pem` if you know who holds it") from exc
+                    "trust it with `tandem-hub publishers add KEY.pub.pem` if you know who holds it"
+                ) from exc
             try:
                 signing.verify_by_any(doc, [embedded])
             except signing.SignatureError as inner:
                 raise InvalidInputError(f"{what}: tampered: {inner}") from inner
-            added = self.publishers.add(signing.public_key_pem(embedded), "trust-on-first-use") \
-                if self.publishers is not None else None
-            log.warning("TRUST ON FIRST USE: trusting unknown publisher key_id=%s for model=%s version=%s; "
-                        "dev flag publisher_trust_on_first_use is on, never use it for a real fleet",
-                        added.key_id if added else signing.key_id(embedded), manifest.name, manifest.version)
+            added = (
+                self.publishers.add(signing.public_key_pem(embedded), "trust-on-first-use")
+                if self.publishers is not None
+                else None
+            )
+            log.warning(
+                "TRUST ON FIRST USE: trusting unknown publisher key_id=%s for model=%s version=%s; "
+                "dev flag publisher_trust_on_first_use is on, never use it for a real fleet",
+                added.key_id if added else signing.key_id(embedded),
+                manifest.name,
+                manifest.version,
+            )
             return signing.key_id(embedded)
         except signing.SignatureError as exc:
             raise InvalidInputError(f"{what}: tampered: {exc}") from exc
@@ -157,7 +214,9 @@ class ModelRegistry:
             )
         return RegisterResult(manifest.name, manifest.version, False, digest)
 
-    def list_models(self, name: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def list_models(
+        self, name: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
         """One row per model name with its versions count and latest version."""
         where, params = ("WHERE name = ?", [name]) if name else ("", [])
         total = self.db.query(f"SELECT COUNT(DISTINCT name) AS n FROM models {where}", params)[0]["n"]
@@ -168,9 +227,17 @@ class ModelRegistry:
         )
         items = []
         for row in rows:
-            latest = self.db.query("SELECT version FROM models WHERE name=? AND version_key=?", [row["name"], row["latest_key"]])
-            items.append({"name": row["name"], "versions": row["versions"], "latest_version": latest[0]["version"],
-                          "updated_at": row["updated_at"]})
+            latest = self.db.query(
+                "SELECT version FROM models WHERE name=? AND version_key=?", [row["name"], row["latest_key"]]
+            )
+            items.append(
+                {
+                    "name": row["name"],
+                    "versions": row["versions"],
+                    "latest_version": latest[0]["version"],
+                    "updated_at": row["updated_at"],
+                }
+            )
         return items, total
 
     def list_versions(self, name: str, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
@@ -188,12 +255,15 @@ class ModelRegistry:
     def get_version(self, name: str, version: str) -> dict[str, Any]:
         rows = self.db.query(
             """SELECT name, version, content_sha256, created_at, registered_at, size_bytes FROM models
-               WHERE name=? AND version=?""", [name, version])
+               WHERE name=? AND version=?""",
+            [name, version],
+        )
         if not rows:
             raise NotFoundError(f"model {name!r} version {version!r} is not registered")
         row = rows[0]
-        row["files"] = self.db.query("SELECT path, sha256, size FROM model_files WHERE model=? AND version=? ORDER BY path",
-                                     [name, version])
+        row["files"] = self.db.query(
+            "SELECT path, sha256, size FROM model_files WHERE model=? AND version=? ORDER BY path", [name, version]
+        )
         return row
 
     def manifest(self, name: str, version: str) -> dict[str, Any]:
@@ -204,8 +274,14 @@ class ModelRegistry:
         return json.loads(rows[0]["manifest"])
 
     def list_variants(
-        self, model: str | None = None, version: str | None = None, profile: str | None = None,
-        runtime: str | None = None, precision: str | None = None, limit: int = 50, offset: int = 0,
+        self,
+        model: str | None = None,
+        version: str | None = None,
+        profile: str | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
         clauses, params = [], []
         for column, value in (("model", model), ("version", version), ("runtime", runtime), ("precision", precision)):

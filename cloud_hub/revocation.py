@@ -48,8 +48,11 @@ class RevocationWatch:
                 if now == seen:
                     continue
                 seen = now
-                log.warning("certificate revocation list changed path=%s: restarting the broker to cut open "
-                            "sessions of revoked devices", self.crl_path)
+                log.warning(
+                    "certificate revocation list changed path=%s: restarting the broker to cut open "
+                    "sessions of revoked devices",
+                    self.crl_path,
+                )
                 try:
                     hub.restart_broker()
                     self.restarts += 1

@@ -57,8 +57,8 @@ class Agent:
         self.health: HealthServer | None = None
         self.observer = RequestObserver()
         self.concurrency = Concurrency()  # the server's view, read by every service swapped in
-        self.telemetry: Any = None      # TelemetryService when mqtt_url is set
-        self.ota: Any = None            # OtaClient when ota_enabled
+        self.telemetry: Any = None  # TelemetryService when mqtt_url is set
+        self.ota: Any = None  # OtaClient when ota_enabled
         self.serving: Serving | None = None  # model, policy, batcher, service: one reference, swapped at once
         self.budget = config.mode.fallback_budget(time.monotonic())  # [mode]: shared by every model swapped in
         self.swaps = 0
@@ -77,30 +77,44 @@ class Agent:
             if cfg.ota.enabled:
                 from tandem.edge_agent.uplink import make_ota_client
 
-                self.ota = make_ota_client(cfg, self._on_switch, self.observer.take_health,
-                                           status_sink=self._ota_status_sink if cfg.telemetry_on else None)
+                self.ota = make_ota_client(
+                    cfg,
+                    self._on_switch,
+                    self.observer.take_health,
+                    status_sink=self._ota_status_sink if cfg.telemetry_on else None,
+                )
                 model_dir = self.ota.active_dir
             if self.fallback is None and cfg.fallback.hub_url:
                 self.fallback = self._make_fallback()
             if self.fallback is not None:
                 self._executor = ThreadPoolExecutor(FALLBACK_THREADS, thread_name_prefix="agent-fallback")
-            self.hard_examples = HardExampleQueue(cfg.hard_examples.data_dir / "hard_examples.sqlite", cfg.hard_examples.max)
+            self.hard_examples = HardExampleQueue(
+                cfg.hard_examples.data_dir / "hard_examples.sqlite", cfg.hard_examples.max
+            )
             self._set_serving(self._build_serving(model_dir))
             if cfg.telemetry_on:
                 from tandem.edge_agent.uplink import make_telemetry
 
-                self.telemetry = make_telemetry(cfg, self.model, hard_examples=self.hard_examples,
-                                                metrics=self.metrics)
+                self.telemetry = make_telemetry(cfg, self.model, hard_examples=self.hard_examples, metrics=self.metrics)
                 self.observer.telemetry = self.telemetry
-            self.server = ZmqServer(cfg.server.endpoint, self._handle, max_inflight=cfg.batch.max_queue * 4,
-                                     spin_us=cfg.server.spin_us, concurrency=self.concurrency).start()
+            self.server = ZmqServer(
+                cfg.server.endpoint,
+                self._handle,
+                max_inflight=cfg.batch.max_queue * 4,
+                spin_us=cfg.server.spin_us,
+                concurrency=self.concurrency,
+            ).start()
             self._register_gauges()
             if cfg.health.http_port is not None:
                 try:
-                    self.health = HealthServer(self.healthz, self.metrics.render, cfg.health.http_host, cfg.health.http_port).start()
+                    self.health = HealthServer(
+                        self.healthz, self.metrics.render, cfg.health.http_host, cfg.health.http_port
+                    ).start()
                 except OSError as exc:
-                    raise ConfigError(f"health.http_port: cannot listen on {cfg.health.http_host}:{cfg.health.http_port} "
-                                      f"({exc.strerror or exc}); pick another port or 0 for any") from exc
+                    raise ConfigError(
+                        f"health.http_port: cannot listen on {cfg.health.http_host}:{cfg.health.http_port} "
+                        f"({exc.strerror or exc}); pick another port or 0 for any"
+                    ) from exc
             if self.ota is not None:
                 self.ota.start()
                 self._ota_started = True
@@ -108,17 +122,32 @@ class Agent:
             self.stop()
             raise
         self._started.set()
-        log.info("agent serving model=%s version=%s variant=%s endpoint=%s batching=%s hub=%s telemetry=%s ota=%s",
-                 self.model.name, self.model.version, self.model.variant.id, self.endpoint,
-                 self.batcher.batching, cfg.fallback.hub_url or "-", cfg.telemetry.mqtt_url if self.telemetry else "-",
-                 self.ota.store.root if self.ota else "-")
+        log.info(
+            "agent serving model=%s version=%s variant=%s endpoint=%s batching=%s hub=%s telemetry=%s ota=%s",
+            self.model.name,
+            self.model.version,
+            self.model.variant.id,
+            self.endpoint,
+            self.batcher.batching,
+            cfg.fallback.hub_url or "-",
+            cfg.telemetry.mqtt_url if self.telemetry else "-",
+            self.ota.store.root if self.ota else "-",
+        )
         return self
 
     def stop(self) -> None:
         """Stop serving and release everything; safe to call twice or after a failed start."""
         self._started.clear()
-        for step in (self._stop_ota, self._stop_health, self._stop_server, self._stop_telemetry, self._stop_serving,
-                     self._stop_executor, self._stop_hard_examples, self._close_fallback):
+        for step in (
+            self._stop_ota,
+            self._stop_health,
+            self._stop_server,
+            self._stop_telemetry,
+            self._stop_serving,
+            self._stop_executor,
+            self._stop_hard_examples,
+            self._close_fallback,
+        ):
             try:
                 step()
             except Exception:
@@ -144,8 +173,13 @@ class Agent:
         serving = self._started.is_set() and self.model is not None
         body: dict[str, Any] = {"status": "ok" if serving else "starting", "device_id": self.config.server.device_id}
         if self.model is not None:
-            body.update(model=self.model.name, version=self.model.version, variant=self.model.variant.id,
-                        runtime=self.model.variant.runtime, selection=self.model.selection)
+            body.update(
+                model=self.model.name,
+                version=self.model.version,
+                variant=self.model.variant.id,
+                runtime=self.model.variant.runtime,
+                selection=self.model.selection,
+            )
         body["breaker"] = self.breaker.state if self.breaker is not None else None
         body["hub"] = self.config.fallback.hub_url
         hub_error = getattr(self.fallback, "config_error", None)
@@ -157,8 +191,15 @@ class Agent:
         body["ota"] = ota_status(self.ota) if self.ota is not None else None
         body["swaps"] = self.swaps
         body["mode"] = self._mode_status()
-        reasons = [r for r in (getattr(self.telemetry, "degraded", None),
-                               getattr(self.hard_examples, "degraded", None), hub_error) if r]
+        reasons = [
+            r
+            for r in (
+                getattr(self.telemetry, "degraded", None),
+                getattr(self.hard_examples, "degraded", None),
+                hub_error,
+            )
+            if r
+        ]
         if serving and reasons:  # still serving (200), but a supervisor sees what is failing
             body["status"], body["degraded"] = "degraded", reasons
         return serving, body
@@ -166,12 +207,18 @@ class Agent:
     def _mode_status(self) -> dict[str, Any]:
         """The serving mode and what is left of the fallback budget (None: that limit is off)."""
         cfg, budget = self.config, self.budget
-        return {"mode": cfg.mode.default, "shadow_sample_rate": cfg.mode.shadow_sample_rate,
-                "budget": {"rps": budget.rps, "burst": budget.burst if budget.rps is not None else None,
-                           "bytes_per_hour": budget.bytes_per_hour,
-                           "tokens": round(budget.tokens(time.monotonic()), 3) if budget.rps is not None else None,
-                           "bytes_left": int(budget.bytes_left()) if budget.bytes_per_hour is not None else None,
-                           "spent": dict(budget.spent)}}
+        return {
+            "mode": cfg.mode.default,
+            "shadow_sample_rate": cfg.mode.shadow_sample_rate,
+            "budget": {
+                "rps": budget.rps,
+                "burst": budget.burst if budget.rps is not None else None,
+                "bytes_per_hour": budget.bytes_per_hour,
+                "tokens": round(budget.tokens(time.monotonic()), 3) if budget.rps is not None else None,
+                "bytes_left": int(budget.bytes_left()) if budget.bytes_per_hour is not None else None,
+                "spent": dict(budget.spent),
+            },
+        }
 
     # -- serving and hot swaps -----------------------------------------------------------
 
@@ -211,24 +258,48 @@ class Agent:
         try:
             policy = self._make_policy(model)
             max_batch, batching = self._batch_limits()
-            batcher = MicroBatcher(model.session, max_batch=max_batch, window_ms=cfg.batch.window_us / 1000.0,
-                                   max_queue=cfg.batch.max_queue, batching=batching, name="agent-batcher")
+            batcher = MicroBatcher(
+                model.session,
+                max_batch=max_batch,
+                window_ms=cfg.batch.window_us / 1000.0,
+                max_queue=cfg.batch.max_queue,
+                batching=batching,
+                name="agent-batcher",
+            )
         except BaseException:
             model.close()
             raise
         service = InferenceService(
-            model, batcher, policy, self.metrics, device_id=cfg.server.device_id, allow_nan=cfg.model.allow_nan,
-            fallback=self.fallback, fallback_executor=self._executor, deadline_ms=cfg.fallback.deadline_ms,
-            hub_model=cfg.fallback.hub_model, hard_examples=self.hard_examples, inline_max_us=cfg.batch.inline_max_us,
-            observer=self.observer, mode=cfg.mode.default, budget=self.budget, shadow_sample_rate=cfg.mode.shadow_sample_rate,
-            fast_lane=cfg.server.fast_lane, solo_inline_max_us=cfg.batch.solo_inline_max_us, concurrency=self.concurrency,
+            model,
+            batcher,
+            policy,
+            self.metrics,
+            device_id=cfg.server.device_id,
+            allow_nan=cfg.model.allow_nan,
+            fallback=self.fallback,
+            fallback_executor=self._executor,
+            deadline_ms=cfg.fallback.deadline_ms,
+            hub_model=cfg.fallback.hub_model,
+            hard_examples=self.hard_examples,
+            inline_max_us=cfg.batch.inline_max_us,
+            observer=self.observer,
+            mode=cfg.mode.default,
+            budget=self.budget,
+            shadow_sample_rate=cfg.mode.shadow_sample_rate,
+            fast_lane=cfg.server.fast_lane,
+            solo_inline_max_us=cfg.batch.solo_inline_max_us,
+            concurrency=self.concurrency,
         )
         return Serving(model, policy, batcher, service)
 
     def _trust_policy(self) -> TrustPolicy:
         t = self.config.trust
-        return TrustPolicy.from_files(self.config.trusted_key_files, t.publisher_keys, require_publisher=t.require_publisher,
-                                      allow_unsigned=t.allow_unsigned)
+        return TrustPolicy.from_files(
+            self.config.trusted_key_files,
+            t.publisher_keys,
+            require_publisher=t.require_publisher,
+            allow_unsigned=t.allow_unsigned,
+        )
 
     def _variant_for(self, model_dir: Path) -> str | None:
         """The configured variant id, unless an OTA release no longer has it (then the profile's choice)."""
@@ -242,7 +313,9 @@ class Agent:
             return self.config.model.variant  # load_model reports it
         if self.config.model.variant in ids:
             return self.config.model.variant
-        log.warning("configured variant=%s is not in %s; serving the profile's choice", self.config.model.variant, model_dir)
+        log.warning(
+            "configured variant=%s is not in %s; serving the profile's choice", self.config.model.variant, model_dir
+        )
         return None
 
     def _set_serving(self, serving: Serving) -> None:
@@ -264,12 +337,16 @@ class Agent:
             old = self.serving
             self._flip(new)
             self.swaps += 1
-            log.info("model swapped from=%s to=%s variant=%s", old.version if old else "-", new.version,
-                     new.model.variant.id)
+            log.info(
+                "model swapped from=%s to=%s variant=%s", old.version if old else "-", new.version, new.model.variant.id
+            )
             if old is not None:
                 if not old.drain(self.config.fallback.deadline_ms / 1000.0 + DRAIN_GRACE_S):
-                    log.warning("model swap: %d requests of version %s still in flight; closing it anyway",
-                                old.service.pending, old.version)
+                    log.warning(
+                        "model swap: %d requests of version %s still in flight; closing it anyway",
+                        old.service.pending,
+                        old.version,
+                    )
                 old.close()
 
     def _flip(self, new: Serving) -> None:
@@ -299,8 +376,9 @@ class Agent:
             loop.call_soon_threadsafe(flip)
             if done.wait(SWAP_FLIP_TIMEOUT_S):
                 return
-            log.warning("model swap: the I/O loop did not run the flip within %.0f s; flipping here",
-                        SWAP_FLIP_TIMEOUT_S)
+            log.warning(
+                "model swap: the I/O loop did not run the flip within %.0f s; flipping here", SWAP_FLIP_TIMEOUT_S
+            )
         flip()
 
     # -- uplink (telemetry, OTA) ---------------------------------------------------------
@@ -321,16 +399,23 @@ class Agent:
         task = model.manifest.task
         # a dense task's "threshold" binarizes its maps for the compiler's agreement; it is no confidence threshold
         task_threshold = task.get("threshold") if task.get("kind") != "dense" else None
-        choice = resolve_threshold(cfg.policy.kind, cfg.policy.threshold, model.variant.calibration, task_threshold,
-                                   cfg.policy.output)
+        choice = resolve_threshold(
+            cfg.policy.kind, cfg.policy.threshold, model.variant.calibration, task_threshold, cfg.policy.output
+        )
         log.info("policy threshold=%s temperature=%s source=%s", choice.threshold, choice.temperature, choice.source)
         try:
-            by_task = task_policy_for(task, cfg.policy.threshold, cfg.policy.output, cfg.policy.transform,
-                                      model.variant.calibration)
+            by_task = task_policy_for(
+                task, cfg.policy.threshold, cfg.policy.output, cfg.policy.transform, model.variant.calibration
+            )
             if by_task is not None:  # not a softmax classifier: the task's own confidence (tandem.tasks)
                 return by_task
-            return ConfidencePolicy(cfg.policy.kind, choice.threshold, output=cfg.policy.output, transform=cfg.policy.transform,
-                                    temperature=choice.temperature)
+            return ConfidencePolicy(
+                cfg.policy.kind,
+                choice.threshold,
+                output=cfg.policy.output,
+                transform=cfg.policy.transform,
+                temperature=choice.temperature,
+            )
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from exc
 
@@ -351,39 +436,79 @@ class Agent:
         except ImportError as exc:
             raise ConfigError(f"fallback.hub_url is set but the fallback client cannot load ({exc})") from exc
         self.breaker = CircuitBreaker(self.config.fallback.breaker_failures, self.config.fallback.breaker_cooldown_s)
-        return FallbackClient(self.config.fallback.hub_url, deadline_ms=self.config.fallback.deadline_ms, breaker=self.breaker,
-                              tls=self.config.fallback_tls)  # the device's mqtt_tls_* identity, on gRPC too
+        return FallbackClient(
+            self.config.fallback.hub_url,
+            deadline_ms=self.config.fallback.deadline_ms,
+            breaker=self.breaker,
+            tls=self.config.fallback_tls,
+        )  # the device's mqtt_tls_* identity, on gRPC too
 
     def _register_gauges(self) -> None:
         m = self.metrics
-        m.gauge("tandem_agent_batch_queue_depth", "Requests waiting for the runtime.",
-                lambda: self.batcher.queue_depth if self.batcher else 0)
-        m.gauge("tandem_agent_inflight_requests", "Requests received and not yet answered.",
-                lambda: self.server.inflight if self.server else 0)
-        m.gauge("tandem_agent_hard_examples_queued", "Low-confidence inputs kept on disk for upload.",
-                lambda: self.hard_examples.depth() if self.hard_examples else 0)
-        m.gauge("tandem_agent_hard_examples_dropped", "Hard examples evicted or not stored (queue full).",
-                lambda: self.hard_examples.dropped() if self.hard_examples else 0)
-        m.gauge("tandem_agent_batches_total", "Runtime calls made by the micro-batcher.",
-                lambda: self.batcher.stats().batches if self.batcher else 0)
-        m.gauge("tandem_agent_inline_runs_total", "Runtime calls made on the I/O loop instead of the batcher's worker.",
-                lambda: self.batcher.stats().inline if self.batcher else 0)
-        m.gauge("tandem_agent_model_swaps", "Models swapped in by OTA since start (switches and rollbacks).",
-                lambda: self.swaps)
+        m.gauge(
+            "tandem_agent_batch_queue_depth",
+            "Requests waiting for the runtime.",
+            lambda: self.batcher.queue_depth if self.batcher else 0,
+        )
+        m.gauge(
+            "tandem_agent_inflight_requests",
+            "Requests received and not yet answered.",
+            lambda: self.server.inflight if self.server else 0,
+        )
+        m.gauge(
+            "tandem_agent_hard_examples_queued",
+            "Low-confidence inputs kept on disk for upload.",
+            lambda: self.hard_examples.depth() if self.hard_examples else 0,
+        )
+        m.gauge(
+            "tandem_agent_hard_examples_dropped",
+            "Hard examples evicted or not stored (queue full).",
+            lambda: self.hard_examples.dropped() if self.hard_examples else 0,
+        )
+        m.gauge(
+            "tandem_agent_batches_total",
+            "Runtime calls made by the micro-batcher.",
+            lambda: self.batcher.stats().batches if self.batcher else 0,
+        )
+        m.gauge(
+            "tandem_agent_inline_runs_total",
+            "Runtime calls made on the I/O loop instead of the batcher's worker.",
+            lambda: self.batcher.stats().inline if self.batcher else 0,
+        )
+        m.gauge(
+            "tandem_agent_model_swaps",
+            "Models swapped in by OTA since start (switches and rollbacks).",
+            lambda: self.swaps,
+        )
         if self.telemetry is not None:
-            m.gauge("tandem_agent_telemetry_outbox_depth", "Telemetry windows on disk, not yet acked by the broker.",
-                    lambda: len(self.telemetry.outbox) if self.telemetry else 0)
-            m.gauge("tandem_agent_telemetry_outbox_dropped", "Telemetry windows dropped because the outbox was full.",
-                    lambda: self.telemetry.outbox.dropped_total if self.telemetry else 0)
+            m.gauge(
+                "tandem_agent_telemetry_outbox_depth",
+                "Telemetry windows on disk, not yet acked by the broker.",
+                lambda: len(self.telemetry.outbox) if self.telemetry else 0,
+            )
+            m.gauge(
+                "tandem_agent_telemetry_outbox_dropped",
+                "Telemetry windows dropped because the outbox was full.",
+                lambda: self.telemetry.outbox.dropped_total if self.telemetry else 0,
+            )
         if self.budget.rps is not None:
-            m.gauge("tandem_agent_budget_request_tokens", "Fallback budget: hub calls it would admit now.",
-                    lambda: self.budget.tokens(time.monotonic()))
+            m.gauge(
+                "tandem_agent_budget_request_tokens",
+                "Fallback budget: hub calls it would admit now.",
+                lambda: self.budget.tokens(time.monotonic()),
+            )
         if self.budget.bytes_per_hour is not None:
-            m.gauge("tandem_agent_budget_bytes_left", "Fallback budget: request bytes left for the hub this hour.",
-                    self.budget.bytes_left)
+            m.gauge(
+                "tandem_agent_budget_bytes_left",
+                "Fallback budget: request bytes left for the hub this hour.",
+                self.budget.bytes_left,
+            )
         if self.breaker is not None:
-            m.gauge("tandem_agent_breaker_state", "Hub circuit breaker: 0 closed, 1 half-open, 2 open.",
-                    lambda: BREAKER_STATE_VALUES.get(self.breaker.state, -1))
+            m.gauge(
+                "tandem_agent_breaker_state",
+                "Hub circuit breaker: 0 closed, 1 half-open, 2 open.",
+                lambda: BREAKER_STATE_VALUES.get(self.breaker.state, -1),
+            )
 
     # -- stop steps ----------------------------------------------------------------------
 

@@ -24,8 +24,9 @@ HALF_OPEN = "half-open"
 class CircuitBreaker:
     """Consecutive-failure circuit breaker with a single half-open probe."""
 
-    def __init__(self, failure_threshold: int = 5, cool_down_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, failure_threshold: int = 5, cool_down_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold}")
         if cool_down_s < 0:
@@ -43,7 +44,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> str:
-        """"closed", "open" or "half-open" (open turns half-open once the cool-down has passed)."""
+        """ "closed", "open" or "half-open" (open turns half-open once the cool-down has passed)."""
         with self._lock:
             return self._current_state()
 
@@ -81,8 +82,11 @@ class CircuitBreaker:
             if self._state == CLOSED:
                 if self._failures < self.failure_threshold:
                     return
-                log.warning("circuit breaker opened after %d consecutive failures; probing again in %.1f s",
-                            self._failures, self.cool_down_s)
+                log.warning(
+                    "circuit breaker opened after %d consecutive failures; probing again in %.1f s",
+                    self._failures,
+                    self.cool_down_s,
+                )
                 self.opened_count += 1
             elif self._state == OPEN:
                 return  # a late failure of a call sent before the trip: keep the cool-down as is

@@ -40,11 +40,14 @@ default endpoint: {default_endpoint()}
 
 def config_keys_help() -> str:
     """Every config key by TOML section, for `run --help` and `check --help`."""
-    lines = [f"config keys by TOML section (each also {ENV_PREFIX}<SECTION>_<KEY>; commented sample: "
-             "examples/agent/agent.toml):"]
+    lines = [
+        f"config keys by TOML section (each also {ENV_PREFIX}<SECTION>_<KEY>; commented sample: "
+        "examples/agent/agent.toml):"
+    ]
     for section, keys in SECTIONS.items():
-        lines.append(textwrap.fill(f"[{section}] " + ", ".join(keys), width=88, initial_indent="  ",
-                                   subsequent_indent="      "))
+        lines.append(
+            textwrap.fill(f"[{section}] " + ", ".join(keys), width=88, initial_indent="  ", subsequent_indent="      ")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -54,8 +57,15 @@ def _load_config(args: argparse.Namespace) -> AgentConfig:
         config = AgentConfig.load(args.config)
     else:
         config = AgentConfig.from_mapping({"model": {"dir": str(args.model_dir)}} if args.model_dir else {})
-    overrides = {k: v for k, v in (("model.dir", args.model_dir), ("server.endpoint", args.endpoint),
-                                    ("health.http_port", args.http_port)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("model.dir", args.model_dir),
+            ("server.endpoint", args.endpoint),
+            ("health.http_port", args.http_port),
+        )
+        if v is not None
+    }
     return config.with_overrides(overrides) if overrides else config
 
 
@@ -99,9 +109,14 @@ def _describe(agent: "Agent") -> str:
     parts = [f"serving {model.name} {model.version} ({model.variant.id}, {model.variant.runtime}) on {agent.endpoint}"]
     if agent.health_url:
         parts.append(f"health on {agent.health_url}")
-    parts.append(f"telemetry to {cfg.telemetry.mqtt_url} every {cfg.telemetry.window_s:g}s" if agent.telemetry is not None
-                 else "telemetry off")
-    parts.append(f"OTA from {cfg.telemetry.mqtt_url}, store {cfg.model_store_dir}" if agent.ota is not None else "OTA off")
+    parts.append(
+        f"telemetry to {cfg.telemetry.mqtt_url} every {cfg.telemetry.window_s:g}s"
+        if agent.telemetry is not None
+        else "telemetry off"
+    )
+    parts.append(
+        f"OTA from {cfg.telemetry.mqtt_url}, store {cfg.model_store_dir}" if agent.ota is not None else "OTA off"
+    )
     return "; ".join(parts)
 
 
@@ -126,17 +141,25 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body))
         return 0 if body.get("status") == "ok" else 1
-    print(f"{body.get('status')}: device {body.get('device_id')} serves {body.get('model')} {body.get('version')} "
-          f"({body.get('variant')}); hub {body.get('hub') or '-'}, breaker {body.get('breaker') or '-'}")
+    print(
+        f"{body.get('status')}: device {body.get('device_id')} serves {body.get('model')} {body.get('version')} "
+        f"({body.get('variant')}); hub {body.get('hub') or '-'}, breaker {body.get('breaker') or '-'}"
+    )
     tel = body.get("telemetry")
-    print("telemetry: off" if not tel else
-          f"telemetry: {tel['mqtt_url']} {'connected' if tel['connected'] else 'DISCONNECTED'}, outbox "
-          f"{tel['outbox_depth']} windows waiting, last sequence {tel['last_sequence']}, "
-          f"dropped {tel['outbox_dropped_total']}")
+    print(
+        "telemetry: off"
+        if not tel
+        else f"telemetry: {tel['mqtt_url']} {'connected' if tel['connected'] else 'DISCONNECTED'}, outbox "
+        f"{tel['outbox_depth']} windows waiting, last sequence {tel['last_sequence']}, "
+        f"dropped {tel['outbox_dropped_total']}"
+    )
     ota = body.get("ota")
-    print("ota: off" if not ota else
-          f"ota: {ota['state']}, active {ota['active_version']}, previous {ota['previous_version'] or '-'}, "
-          f"highest accepted {ota['max_accepted']}" + (" (on trial)" if ota["on_trial"] else ""))
+    print(
+        "ota: off"
+        if not ota
+        else f"ota: {ota['state']}, active {ota['active_version']}, previous {ota['previous_version'] or '-'}, "
+        f"highest accepted {ota['max_accepted']}" + (" (on trial)" if ota["on_trial"] else "")
+    )
     return 0 if body.get("status") == "ok" else 1
 
 
@@ -147,22 +170,43 @@ def _check(args: argparse.Namespace) -> int:
 
     config = _load_config(args)
     t = config.trust
-    verdict = check_model_dir(config.model.dir, TrustPolicy.from_files(
-        config.trusted_key_files, t.publisher_keys, require_publisher=t.require_publisher, allow_unsigned=t.allow_unsigned))
+    verdict = check_model_dir(
+        config.model.dir,
+        TrustPolicy.from_files(
+            config.trusted_key_files,
+            t.publisher_keys,
+            require_publisher=t.require_publisher,
+            allow_unsigned=t.allow_unsigned,
+        ),
+    )
     model = load_model(config.model.dir, config.model.profile, config.model.variant, threads=config.model.threads)
     try:
-        info = {"model": model.name, "version": model.version, "variant": model.variant.id, "trust": verdict.as_dict(),
-                "runtime": model.variant.runtime, "precision": model.variant.precision,
-                "inputs": [{"name": s.name, "dtype": s.dtype, "shape": s.shape} for s in model.input_specs],
-                "endpoint": config.server.endpoint, "hub_url": config.fallback.hub_url, "policy": config.policy.kind,
-                "threshold": config.policy.threshold}
+        info = {
+            "model": model.name,
+            "version": model.version,
+            "variant": model.variant.id,
+            "trust": verdict.as_dict(),
+            "runtime": model.variant.runtime,
+            "precision": model.variant.precision,
+            "inputs": [{"name": s.name, "dtype": s.dtype, "shape": s.shape} for s in model.input_specs],
+            "endpoint": config.server.endpoint,
+            "hub_url": config.fallback.hub_url,
+            "policy": config.policy.kind,
+            "threshold": config.policy.threshold,
+        }
     finally:
         model.close()
-    print(json.dumps(info, indent=2) if args.json else
-          f"ok: {info['model']} {info['version']} runs as {info['variant']} ({info['runtime']}) on profile "
-          f"{config.model.profile}; serving on {config.server.endpoint}; "
-          + (verdict.detail if verdict.trusted else f"{verdict.status.upper()} ({verdict.detail}), allowed by "
-             "trust.allow_unsigned"))
+    print(
+        json.dumps(info, indent=2)
+        if args.json
+        else f"ok: {info['model']} {info['version']} runs as {info['variant']} ({info['runtime']}) on profile "
+        f"{config.model.profile}; serving on {config.server.endpoint}; "
+        + (
+            verdict.detail
+            if verdict.trusted
+            else f"{verdict.status.upper()} ({verdict.detail}), allowed by trust.allow_unsigned"
+        )
+    )
     return 0
 
 
@@ -188,8 +232,10 @@ def _infer(args: argparse.Namespace) -> int:
         return 0
     for i, (label, conf) in enumerate(zip(answer.labels, answer.confidence)):
         print(f"row {i}: label {label}  confidence {conf:.4f}")
-    print(f"source {answer.source}  model {answer.model_name} {answer.model_version}  threshold {answer.threshold:.3f}"
-          f"  {answer.latency_ms:.2f} ms in the agent" + (f"  ({answer.detail})" if answer.detail else ""))
+    print(
+        f"source {answer.source}  model {answer.model_name} {answer.model_version}  threshold {answer.threshold:.3f}"
+        f"  {answer.latency_ms:.2f} ms in the agent" + (f"  ({answer.detail})" if answer.detail else "")
+    )
     for name, value in answer.outputs.items():
         print(f"{name} {list(value.shape)}: {np.array2string(value, precision=4, threshold=50)}")
     return 0
@@ -197,8 +243,11 @@ def _infer(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tandem-agent", description="Serve a compiled model on this device; fall back to the hub when unsure.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="tandem-agent",
+        description="Serve a compiled model on this device; fall back to the hub when unsure.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,33 +258,52 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--endpoint", help="ipc://PATH or tcp://127.0.0.1:PORT (overrides the config)")
         p.add_argument("--http-port", type=int, help="health/metrics port, 0 for any (overrides the config)")
 
-    run = sub.add_parser("run", help="serve until SIGTERM/SIGINT", description="Load the model and serve the local API.",
-                         epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="serve until SIGTERM/SIGINT",
+        description="Load the model and serve the local API.",
+        epilog=config_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     config_args(run)
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check", help="validate the config and load the model, then exit",
-                           description="Validate the configuration, verify the model files and open the runtime.",
-                           epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    check = sub.add_parser(
+        "check",
+        help="validate the config and load the model, then exit",
+        description="Validate the configuration, verify the model files and open the runtime.",
+        epilog=config_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     config_args(check)
     check.add_argument("--json", action="store_true", help="print what would be served as JSON")
     check.set_defaults(func=_check)
 
-    status = sub.add_parser("status", help="show a running agent's model, OTA state and telemetry outbox",
-                            description="Read /healthz of a running agent (its health.http_port).")
+    status = sub.add_parser(
+        "status",
+        help="show a running agent's model, OTA state and telemetry outbox",
+        description="Read /healthz of a running agent (its health.http_port).",
+    )
     config_args(status)
     status.add_argument("--url", help="health server URL, e.g. http://127.0.0.1:9464 (default: from the config)")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
     status.add_argument("--json", action="store_true", help="print /healthz as JSON")
     status.set_defaults(func=_status)
 
-    infer = sub.add_parser("infer", help="send one request to a running agent",
-                           description="Send a .npy (one input, by position) or .npz (inputs by name) to the agent.")
+    infer = sub.add_parser(
+        "infer",
+        help="send one request to a running agent",
+        description="Send a .npy (one input, by position) or .npz (inputs by name) to the agent.",
+    )
     infer.add_argument("--input", type=Path, required=True, help="x.npy or inputs.npz; the leading axis is rows")
     infer.add_argument("--endpoint", help=f"agent endpoint (default: {ENV_PREFIX}ENDPOINT or {default_endpoint()})")
     infer.add_argument("--threshold", type=float, help="override the confidence threshold for this request")
-    infer.add_argument("--mode", default="auto", choices=["auto", "edge", "cloud"],
-                       help="auto: hub when unsure; edge: never the hub; cloud: always the hub")
+    infer.add_argument(
+        "--mode",
+        default="auto",
+        choices=["auto", "edge", "cloud"],
+        help="auto: hub when unsure; edge: never the hub; cloud: always the hub",
+    )
     infer.add_argument("--outputs", action="store_true", help="also print the output tensors")
     infer.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
     infer.add_argument("--json", action="store_true", help="print the answer as one JSON object")

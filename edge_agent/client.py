@@ -30,12 +30,12 @@ Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray
 class AgentAnswer:
     """The agent's answer: where it came from, labels and confidences per row, outputs when asked."""
 
-    source: str                     # edge | cloud | edge-degraded
+    source: str  # edge | cloud | edge-degraded
     labels: list[int]
     confidence: list[float]
     model_name: str
     model_version: str
-    latency_ms: float               # inside the agent
+    latency_ms: float  # inside the agent
     threshold: float
     detail: str = ""
     edge_confidence: list[float] = field(default_factory=list)
@@ -72,9 +72,14 @@ def _answer(header: pb.ReplyHeader, outputs: dict[str, np.ndarray]) -> AgentAnsw
         cls = ERRORS_BY_CODE.get(header.error.code, AgentError)
         raise cls(header.error.message or f"the agent returned error {header.error.code!r}")
     return AgentAnswer(
-        source=SOURCE_NAMES.get(header.source, "unspecified"), labels=list(header.label),
-        confidence=list(header.confidence), model_name=header.model_name, model_version=header.model_version,
-        latency_ms=header.latency_ms, threshold=header.threshold, detail=header.detail,
+        source=SOURCE_NAMES.get(header.source, "unspecified"),
+        labels=list(header.label),
+        confidence=list(header.confidence),
+        model_name=header.model_name,
+        model_version=header.model_version,
+        latency_ms=header.latency_ms,
+        threshold=header.threshold,
+        detail=header.detail,
         edge_confidence=list(header.edge_confidence),
         outputs={k: np.array(v) for k, v in outputs.items()} if outputs else {},
         request_id=header.request_id,
@@ -98,7 +103,9 @@ class AgentClient:
     receive with RCVTIMEO instead of poll + receive.
     """
 
-    def __init__(self, endpoint: str | None = None, *, timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, endpoint: str | None = None, *, timeout_s: float = 5.0, context: zmq.Context | None = None
+    ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.timeout_s = timeout_s
         self._ctx = context or zmq.Context.instance()
@@ -115,18 +122,32 @@ class AgentClient:
         self._rcvtimeo = -2
         return sock
 
-    def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
-              return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None,
-              stream_id: str = "") -> AgentAnswer:
+    def infer(
+        self,
+        inputs: Inputs,
+        *,
+        threshold: float | None = None,
+        mode: str = "auto",
+        return_outputs: bool = False,
+        model_name: str = "",
+        timeout_s: float | None = None,
+        stream_id: str = "",
+    ) -> AgentAnswer:
         """Send one request (a dict by input name, a list by position, or one array) and wait for the answer.
 
         Raises BadRequestError etc. for error replies and AgentUnavailable on timeout. `stream_id`:
         a stateful model's stream; the agent keeps its state between requests (docs/tasks.md).
         """
         request_id = self._prefix + str(next(self._ids))
-        frames = self._templates.frames(_inputs(inputs), request_id=request_id, model_name=model_name,
-                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs,
-                                        stream_id=stream_id)
+        frames = self._templates.frames(
+            _inputs(inputs),
+            request_id=request_id,
+            model_name=model_name,
+            threshold=threshold,
+            mode=_mode(mode),
+            return_outputs=return_outputs,
+            stream_id=stream_id,
+        )
         sock = self._sock
         sock.send_multipart(frames, copy=False)
         limit = self.timeout_s if timeout_s is None else timeout_s
@@ -148,8 +169,9 @@ class AgentClient:
                 # a late reply would confuse the next request: start over on a fresh socket
                 self._sock.close(0)
                 self._sock = self._connect()
-                raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within "
-                                       f"{limit:.1f} s; is it running?")
+                raise AgentUnavailable(
+                    f"no answer from the agent at {self.endpoint} within {limit:.1f} s; is it running?"
+                )
             header, outputs = decode_reply(reply)
             if header.request_id in (request_id, ""):
                 return _answer(header, outputs)
@@ -169,8 +191,9 @@ class AgentClient:
 class AsyncAgentClient:
     """asyncio client; many concurrent `infer` calls share one socket."""
 
-    def __init__(self, endpoint: str | None = None, *, timeout_s: float = 5.0,
-                 context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(
+        self, endpoint: str | None = None, *, timeout_s: float = 5.0, context: zmq.asyncio.Context | None = None
+    ) -> None:
         self.endpoint = endpoint or default_endpoint()
         self.timeout_s = timeout_s
         self._own_ctx = context is None
@@ -184,13 +207,27 @@ class AsyncAgentClient:
         self._waiters: dict[str, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
 
-    async def infer(self, inputs: Inputs, *, threshold: float | None = None, mode: str = "auto",
-                    return_outputs: bool = False, model_name: str = "", timeout_s: float | None = None,
-                    stream_id: str = "") -> AgentAnswer:
+    async def infer(
+        self,
+        inputs: Inputs,
+        *,
+        threshold: float | None = None,
+        mode: str = "auto",
+        return_outputs: bool = False,
+        model_name: str = "",
+        timeout_s: float | None = None,
+        stream_id: str = "",
+    ) -> AgentAnswer:
         request_id = self._prefix + str(next(self._ids))
-        frames = self._templates.frames(_inputs(inputs), request_id=request_id, model_name=model_name,
-                                        threshold=threshold, mode=_mode(mode), return_outputs=return_outputs,
-                                        stream_id=stream_id)
+        frames = self._templates.frames(
+            _inputs(inputs),
+            request_id=request_id,
+            model_name=model_name,
+            threshold=threshold,
+            mode=_mode(mode),
+            return_outputs=return_outputs,
+            stream_id=stream_id,
+        )
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters[request_id] = waiter
@@ -204,8 +241,9 @@ class AsyncAgentClient:
             try:
                 header, outputs = await waiter
             except asyncio.TimeoutError:
-                raise AgentUnavailable(f"no answer from the agent at {self.endpoint} within {limit:.1f} s; "
-                                       "is it running?") from None
+                raise AgentUnavailable(
+                    f"no answer from the agent at {self.endpoint} within {limit:.1f} s; is it running?"
+                ) from None
         finally:
             timer.cancel()
             self._waiters.pop(request_id, None)

@@ -22,9 +22,23 @@ if TYPE_CHECKING:
     from tandem.edge_agent.modes import FallbackBudget
     from tandem.protocols.tls import TlsFiles
 
-__all__ = ["ENV_PREFIX", "SECTIONS", "AgentConfig", "BatchConfig", "FallbackConfig", "HardExamplesConfig",
-           "HealthConfig", "ModeConfig", "ModelConfig", "OtaConfig", "PolicyConfig", "ServerConfig",
-           "TelemetryConfig", "TrustConfig", "default_endpoint"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECTIONS",
+    "AgentConfig",
+    "BatchConfig",
+    "FallbackConfig",
+    "HardExamplesConfig",
+    "HealthConfig",
+    "ModeConfig",
+    "ModelConfig",
+    "OtaConfig",
+    "PolicyConfig",
+    "ServerConfig",
+    "TelemetryConfig",
+    "TrustConfig",
+    "default_endpoint",
+]
 
 ENV_PREFIX = "TANDEM_AGENT_"
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")  # what the hub's device registry accepts
@@ -47,11 +61,11 @@ def _default_data_dir() -> Path:
 class ModelConfig:
     """[model]: what to serve."""
 
-    dir: Path                           # the directory tandem-compile wrote
+    dir: Path  # the directory tandem-compile wrote
     profile: str = "cpu-x86"
-    variant: str | None = None          # a variant id that overrides the profile's choice
+    variant: str | None = None  # a variant id that overrides the profile's choice
     allow_nan: bool = False
-    threads: int | None = None          # runtime intra-op threads
+    threads: int | None = None  # runtime intra-op threads
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,8 @@ class ServerConfig:
     endpoint: str = field(default_factory=default_endpoint)
     device_id: str = field(default_factory=socket.gethostname)
     tags: dict[str, str] = field(default_factory=dict)  # cohort labels (site, line...) on telemetry windows
-    spin_us: float = 300.0              # after a reply, poll this long for the next request before sleeping; 0: off
-    fast_lane: bool = True              # answer repeated request layouts without re-checking them (fast_lane.py)
+    spin_us: float = 300.0  # after a reply, poll this long for the next request before sleeping; 0: off
+    fast_lane: bool = True  # answer repeated request layouts without re-checking them (fast_lane.py)
 
 
 @dataclass(frozen=True)
@@ -70,9 +84,9 @@ class PolicyConfig:
     """[policy]: when the edge answer is not good enough."""
 
     kind: str = "max_prob"
-    threshold: float | None = None      # None: the manifest's task.threshold, else the policy default
-    output: str | None = None           # output to score; None: the first
-    transform: str = "auto"             # auto|none|softmax|sigmoid
+    threshold: float | None = None  # None: the manifest's task.threshold, else the policy default
+    output: str | None = None  # output to score; None: the first
+    transform: str = "auto"  # auto|none|softmax|sigmoid
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ class BatchConfig:
     window_us: float = 300.0
     max_batch: int = 8
     max_queue: int = 256
-    inline_max_us: float = 200.0        # faster models run on the I/O loop when idle; 0: always the worker
+    inline_max_us: float = 200.0  # faster models run on the I/O loop when idle; 0: always the worker
     solo_inline_max_us: float = 20_000.0  # models up to this run there too while clients come one at a time
 
 
@@ -90,8 +104,8 @@ class BatchConfig:
 class FallbackConfig:
     """[fallback]: the hub over KServe v2 gRPC."""
 
-    hub_url: str | None = None          # host:port of a KServe v2 gRPC server; None: edge only
-    hub_model: str | None = None        # the model name to ask the hub for; None: the manifest's name
+    hub_url: str | None = None  # host:port of a KServe v2 gRPC server; None: edge only
+    hub_model: str | None = None  # the model name to ask the hub for; None: the manifest's name
     deadline_ms: float = 200.0
     breaker_failures: int = 3
     breaker_cooldown_s: float = 5.0
@@ -101,10 +115,10 @@ class FallbackConfig:
 class ModeConfig:
     """[mode]: the serving mode and the fallback budget."""
 
-    default: str = "hybrid"             # edge-only | cloud-only | hybrid | shadow (edge_agent/modes.py)
-    shadow_sample_rate: float = 0.1     # shadow: share of requests also sent to the hub for agreement
-    budget_rps: float | None = None     # fallback budget: hub calls per second; None: no limit
-    budget_burst: float | None = None   # calls allowed at once; None: max(1, budget_rps)
+    default: str = "hybrid"  # edge-only | cloud-only | hybrid | shadow (edge_agent/modes.py)
+    shadow_sample_rate: float = 0.1  # shadow: share of requests also sent to the hub for agreement
+    budget_rps: float | None = None  # fallback budget: hub calls per second; None: no limit
+    budget_burst: float | None = None  # calls allowed at once; None: max(1, budget_rps)
     budget_bytes_per_hour: int | None = None  # request payload bytes sent to the hub per hour; None: no limit
 
     def fallback_budget(self, now: float = 0.0) -> FallbackBudget:
@@ -118,7 +132,7 @@ class ModeConfig:
 class HealthConfig:
     """[health]: /healthz and /metrics."""
 
-    http_port: int | None = None        # None: no health server; 0: any free port
+    http_port: int | None = None  # None: no health server; 0: any free port
     http_host: str = "127.0.0.1"
 
 
@@ -134,18 +148,18 @@ class HardExamplesConfig:
 class TelemetryConfig:
     """[telemetry]: the hub's broker and the windows streamed to it."""
 
-    mqtt_url: str | None = None         # the hub's broker (mqtt://host:port); None: no telemetry, no OTA
-    mqtt_tls_ca: Path | None = None     # mqtts://: the CA that signed the broker's certificate
-    mqtt_tls_cert: Path | None = None   # this device's client certificate and key (tandem-hub pki issue DEVICE)
+    mqtt_url: str | None = None  # the hub's broker (mqtt://host:port); None: no telemetry, no OTA
+    mqtt_tls_ca: Path | None = None  # mqtts://: the CA that signed the broker's certificate
+    mqtt_tls_cert: Path | None = None  # this device's client certificate and key (tandem-hub pki issue DEVICE)
     mqtt_tls_key: Path | None = None
-    enabled: bool = True                # with mqtt_url: stream telemetry windows
+    enabled: bool = True  # with mqtt_url: stream telemetry windows
     window_s: float = 10.0
-    max_requests: int = 10_000          # a busy device closes its window early
-    outbox_max: int = 8640              # windows kept on disk while the broker is away; oldest dropped beyond
-    input_every: int = 1                # summarize the inputs of every Nth request
-    replay_s: float = 3600.0            # acknowledged windows kept this long for the hub's resend requests
+    max_requests: int = 10_000  # a busy device closes its window early
+    outbox_max: int = 8640  # windows kept on disk while the broker is away; oldest dropped beyond
+    input_every: int = 1  # summarize the inputs of every Nth request
+    replay_s: float = 3600.0  # acknowledged windows kept this long for the hub's resend requests
     replay_bytes: int = 16 * 1024 * 1024  # ...and at most this many bytes of them (0: keep none)
-    unstored_max: int = 1000            # closed windows held in memory while the outbox cannot be written
+    unstored_max: int = 1000  # closed windows held in memory while the outbox cannot be written
 
     @property
     def tls(self) -> TlsFiles | None:
@@ -161,11 +175,11 @@ class TelemetryConfig:
 class OtaConfig:
     """[ota]: signed model updates from the hub's rollouts."""
 
-    enabled: bool = False               # accept signed model updates on /ota/cmd (needs mqtt_url, trusted_key)
-    store_dir: Path | None = None       # A/B model slots; None: <data_dir>/models
-    trusted_key: Path | None = None     # the hub's release public key PEM (tandem-hub keys release)
-    hub_token: str | None = None        # bearer token (scope read) for manifests and artifacts
-    watch_s: float = 60.0               # health watch after a switch, then commit or roll back
+    enabled: bool = False  # accept signed model updates on /ota/cmd (needs mqtt_url, trusted_key)
+    store_dir: Path | None = None  # A/B model slots; None: <data_dir>/models
+    trusted_key: Path | None = None  # the hub's release public key PEM (tandem-hub keys release)
+    hub_token: str | None = None  # bearer token (scope read) for manifests and artifacts
+    watch_s: float = 60.0  # health watch after a switch, then commit or roll back
     min_requests: int = 20
     max_error_rate: float = 0.05
     max_fallback_rise: float = 0.15
@@ -177,10 +191,10 @@ class OtaConfig:
 class TrustConfig:
     """[trust]: whose signatures make a model folder servable, OTA or placed by hand (edge_agent/trust.py)."""
 
-    keys: tuple[Path, ...] = ()         # public key PEMs that may sign a served manifest (ota.trusted_key is added)
+    keys: tuple[Path, ...] = ()  # public key PEMs that may sign a served manifest (ota.trusted_key is added)
     publisher_keys: tuple[Path, ...] = ()  # with require_publisher: the publishers whose signature must be inside
-    require_publisher: bool = False     # demand both signatures: the hub's release key and a trusted publisher
-    allow_unsigned: bool = False        # DEVELOPMENT ONLY: serve unsigned/untrusted models with a WARNING
+    require_publisher: bool = False  # demand both signatures: the hub's release key and a trusted publisher
+    allow_unsigned: bool = False  # DEVELOPMENT ONLY: serve unsigned/untrusted models with a WARNING
 
 
 @dataclass(frozen=True)
@@ -240,14 +254,22 @@ class AgentConfig:
             raise _bad("policy.threshold", f"{p.threshold} must be between 0 and 1")
         if not self.server.endpoint.startswith(("ipc://", "tcp://", "inproc://")):
             raise _bad("server.endpoint", f"{self.server.endpoint!r} must start with ipc://, tcp:// or inproc://")
-        for key, value, low in (("batch.window_us", b.window_us, 0), ("batch.inline_max_us", b.inline_max_us, 0),
-                                ("batch.solo_inline_max_us", b.solo_inline_max_us, 0),
-                                ("server.spin_us", self.server.spin_us, 0), ("fallback.deadline_ms", f.deadline_ms, 1),
-                                ("fallback.breaker_cooldown_s", f.breaker_cooldown_s, 0)):
+        for key, value, low in (
+            ("batch.window_us", b.window_us, 0),
+            ("batch.inline_max_us", b.inline_max_us, 0),
+            ("batch.solo_inline_max_us", b.solo_inline_max_us, 0),
+            ("server.spin_us", self.server.spin_us, 0),
+            ("fallback.deadline_ms", f.deadline_ms, 1),
+            ("fallback.breaker_cooldown_s", f.breaker_cooldown_s, 0),
+        ):
             if value < low:
                 raise _bad(key, f"{value} must be >= {low}")
-        _positive(("batch.max_batch", b.max_batch), ("batch.max_queue", b.max_queue),
-                  ("fallback.breaker_failures", f.breaker_failures), ("hard_examples.max", self.hard_examples.max))
+        _positive(
+            ("batch.max_batch", b.max_batch),
+            ("batch.max_queue", b.max_queue),
+            ("fallback.breaker_failures", f.breaker_failures),
+            ("hard_examples.max", self.hard_examples.max),
+        )
         if self.health.http_port is not None and not 0 <= self.health.http_port <= 65535:
             raise _bad("health.http_port", f"{self.health.http_port} is not a TCP port")
         if f.hub_url is not None and not f.hub_url.strip():
@@ -300,35 +322,50 @@ class AgentConfig:
             try:
                 parse_mqtt_url(t.mqtt_url)
             except ValueError as exc:
-                raise _bad("telemetry.mqtt_url",
-                           f"{exc} (e.g. mqtt://hub.example.net:1883); leave it out for no broker") from None
+                raise _bad(
+                    "telemetry.mqtt_url", f"{exc} (e.g. mqtt://hub.example.net:1883); leave it out for no broker"
+                ) from None
         self._validate_tls()
         if t.window_s <= 0:
             raise _bad("telemetry.window_s", f"{t.window_s} must be > 0")
-        _positive(("telemetry.max_requests", t.max_requests), ("telemetry.outbox_max", t.outbox_max),
-                  ("telemetry.input_every", t.input_every), ("ota.min_requests", self.ota.min_requests),
-                  ("telemetry.unstored_max", t.unstored_max))
+        _positive(
+            ("telemetry.max_requests", t.max_requests),
+            ("telemetry.outbox_max", t.outbox_max),
+            ("telemetry.input_every", t.input_every),
+            ("ota.min_requests", self.ota.min_requests),
+            ("telemetry.unstored_max", t.unstored_max),
+        )
         if t.replay_s < 0 or t.replay_bytes < 0:
-            raise _bad("telemetry.replay_s" if t.replay_s < 0 else "telemetry.replay_bytes",
-                       "must be >= 0 (0 keeps no acknowledged windows for the hub's resend requests)")
+            raise _bad(
+                "telemetry.replay_s" if t.replay_s < 0 else "telemetry.replay_bytes",
+                "must be >= 0 (0 keeps no acknowledged windows for the hub's resend requests)",
+            )
 
     def _validate_tls(self) -> None:
         t = self.telemetry
         secure = (t.mqtt_url or "").lower().startswith("mqtts://")
         if secure and t.mqtt_tls_ca is None:
-            raise _bad("telemetry.mqtt_tls_ca", f"{t.mqtt_url} is mqtts://: give the broker's CA (and mqtt_tls_cert, "
-                                                "mqtt_tls_key for mutual TLS)")
+            raise _bad(
+                "telemetry.mqtt_tls_ca",
+                f"{t.mqtt_url} is mqtts://: give the broker's CA (and mqtt_tls_cert, mqtt_tls_key for mutual TLS)",
+            )
         if t.mqtt_tls_ca is not None and t.mqtt_url and not secure:
             raise _bad("telemetry.mqtt_url", f"{t.mqtt_url}: TLS files are set, so use mqtts:// (no silent plain text)")
         if (t.mqtt_tls_cert is None) != (t.mqtt_tls_key is None):
             raise _bad("telemetry.mqtt_tls_cert", "give both mqtt_tls_cert and mqtt_tls_key, or neither")
         if t.mqtt_tls_cert is not None and t.mqtt_tls_ca is None:
-            raise _bad("telemetry.mqtt_tls_ca", "required with mqtt_tls_cert: the CA that signed the broker's certificate")
-        for key, path in (("mqtt_tls_ca", t.mqtt_tls_ca), ("mqtt_tls_cert", t.mqtt_tls_cert),
-                          ("mqtt_tls_key", t.mqtt_tls_key)):
+            raise _bad(
+                "telemetry.mqtt_tls_ca", "required with mqtt_tls_cert: the CA that signed the broker's certificate"
+            )
+        for key, path in (
+            ("mqtt_tls_ca", t.mqtt_tls_ca),
+            ("mqtt_tls_cert", t.mqtt_tls_cert),
+            ("mqtt_tls_key", t.mqtt_tls_key),
+        ):
             if path is not None and not path.is_file():
-                raise _bad(f"telemetry.{key}",
-                           f"{path} is not a readable file (tandem-hub pki issue {self.server.device_id})")
+                raise _bad(
+                    f"telemetry.{key}", f"{path} is not a readable file (tandem-hub pki issue {self.server.device_id})"
+                )
 
     def _validate_ota(self) -> None:
         o = self.ota
@@ -344,8 +381,10 @@ class AgentConfig:
         if not self.telemetry.mqtt_url:
             raise _bad("ota.enabled", "OTA needs the hub's broker: set telemetry.mqtt_url")
         if o.trusted_key is None:
-            raise _bad("ota.trusted_key", "required with ota.enabled: the hub's release public key PEM "
-                                          "(tandem-hub keys release > release.pem)")
+            raise _bad(
+                "ota.trusted_key",
+                "required with ota.enabled: the hub's release public key PEM (tandem-hub keys release > release.pem)",
+            )
         if not o.trusted_key.is_file():
             raise _bad("ota.trusted_key", f"{o.trusted_key} is not a readable file")
         if o.hub_token is not None and not o.hub_token.strip():
@@ -356,15 +395,17 @@ class AgentConfig:
         return _loading(lambda: config_loader.override(self, changes)).validate()
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], env: Mapping[str, str] | None = None,
-                     base_dir: Path | None = None) -> AgentConfig:
+    def from_mapping(
+        cls, data: Mapping[str, Any], env: Mapping[str, str] | None = None, base_dir: Path | None = None
+    ) -> AgentConfig:
         """Build from a TOML-shaped mapping plus `TANDEM_AGENT_<SECTION>_<KEY>` variables in `env` (None:
         os.environ, where unknown TANDEM_AGENT_* names are logged with the closest key)."""
         if env is None:
             env = os.environ
             config_loader.unknown_env(cls, env, ENV_PREFIX)
-        return _loading(lambda: config_loader.build(cls, data, env=env, prefix=ENV_PREFIX,
-                                                    base_dir=base_dir)).validate()
+        return _loading(
+            lambda: config_loader.build(cls, data, env=env, prefix=ENV_PREFIX, base_dir=base_dir)
+        ).validate()
 
     @classmethod
     def from_keys(cls, keys: Mapping[str, Any]) -> AgentConfig:

@@ -69,12 +69,30 @@ class AgentUnavailable(AgentError):
 
 ERRORS_BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
-    for cls in (AgentError, BadRequestError, FallbackUnavailable, ModelLoadError, UntrustedModelError, InferenceError,
-                NonFiniteOutputError, ConfigError, OverloadedError, AgentUnavailable)
+    for cls in (
+        AgentError,
+        BadRequestError,
+        FallbackUnavailable,
+        ModelLoadError,
+        UntrustedModelError,
+        InferenceError,
+        NonFiniteOutputError,
+        ConfigError,
+        OverloadedError,
+        AgentUnavailable,
+    )
 }
 
 __all__ = [
-    "AgentError", "AgentUnavailable", "BadRequestError", "ConfigError", "ERRORS_BY_CODE",
-    "FallbackUnavailable", "InferenceError", "ModelLoadError", "NonFiniteOutputError", "OverloadedError",
+    "AgentError",
+    "AgentUnavailable",
+    "BadRequestError",
+    "ConfigError",
+    "ERRORS_BY_CODE",
+    "FallbackUnavailable",
+    "InferenceError",
+    "ModelLoadError",
+    "NonFiniteOutputError",
+    "OverloadedError",
     "UntrustedModelError",
 ]

@@ -40,12 +40,20 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 # about whether the server is up; a dead or hung server shows as UNAVAILABLE or DEADLINE_EXCEEDED.
 # NOT_FOUND is not among them: a hub that serves no such model cannot answer any fallback, which is a
 # configuration error (the agent's hub_model, or the hub's aliases), logged once and kept in `config_error`.
-_HUB_ALIVE = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
-              grpc.StatusCode.INTERNAL,
-              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
-              grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
-_REASONS = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable",
-            grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded"}
+_HUB_ALIVE = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+_REASONS = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded",
+}
 # No second attempt when less than this is left of the deadline.
 _MIN_RETRY_BUDGET_S = 0.01
 
@@ -53,10 +61,19 @@ _MIN_RETRY_BUDGET_S = 0.01
 class Fallback(Protocol):
     """What the agent asks the hub through: FallbackClient, or a test's stand-in with the same `infer`."""
 
-    def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
-              edge_label: int | None = None, edge_confidence: float | None = None,
-              deadline_ms: float | None = None, request_id: str = "",
-              traceparent: str | None = None) -> FallbackResult: ...
+    def infer(
+        self,
+        model_name: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        device_id: str,
+        model_version: str,
+        edge_label: int | None = None,
+        edge_confidence: float | None = None,
+        deadline_ms: float | None = None,
+        request_id: str = "",
+        traceparent: str | None = None,
+    ) -> FallbackResult: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +108,7 @@ def parse_target(url: str) -> tuple[str, bool]:
     target, tls = url, False
     for prefix, is_tls in (("grpcs://", True), ("grpc://", False)):
         if url.startswith(prefix):
-            target, tls = url[len(prefix):].rstrip("/"), is_tls
+            target, tls = url[len(prefix) :].rstrip("/"), is_tls
             break
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit() or "/" in target:
@@ -99,8 +116,9 @@ def parse_target(url: str) -> tuple[str, bool]:
     return target, tls
 
 
-def build_request(model_name: str, inputs: Mapping[str, np.ndarray], edge: params.EdgeContext,
-                  request_id: str = "") -> pb.ModelInferRequest:
+def build_request(
+    model_name: str, inputs: Mapping[str, np.ndarray], edge: params.EdgeContext, request_id: str = ""
+) -> pb.ModelInferRequest:
     """The ModelInferRequest for a fallback: raw tensors plus the edge's context in parameters."""
     request = pb.ModelInferRequest(model_name=model_name, id=request_id)
     encode_request_inputs(request, inputs)
@@ -115,7 +133,10 @@ def parse_response(response: pb.ModelInferResponse, latency_ms: float, attempts:
     variant = extras.get(params.VARIANT)
     compute = extras.get(params.COMPUTE_MS)
     return FallbackResult(
-        outputs=outputs, latency_ms=latency_ms, model_name=response.model_name, model_version=response.model_version,
+        outputs=outputs,
+        latency_ms=latency_ms,
+        model_name=response.model_name,
+        model_version=response.model_version,
         variant=variant if isinstance(variant, str) else None,
         hub_compute_ms=float(compute) if isinstance(compute, (int, float)) and not isinstance(compute, bool) else None,
         attempts=attempts,
@@ -149,8 +170,14 @@ def channel_options() -> list[tuple[str, object]]:
 class _FallbackCore:
     """Everything but the transport: settings, request building, retry and breaker bookkeeping."""
 
-    def __init__(self, url: str, deadline_ms: float, breaker: CircuitBreaker | None, max_attempts: int,
-                 tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        deadline_ms: float,
+        breaker: CircuitBreaker | None,
+        max_attempts: int,
+        tls: TlsFiles | None = None,
+    ) -> None:
         if deadline_ms <= 0:
             raise ConfigError(f"fallback.deadline_ms: must be positive, got {deadline_ms}")
         if max_attempts < 1:
@@ -178,8 +205,9 @@ class _FallbackCore:
         warn_plain_text("fallback client", self.url)
         return None
 
-    def _prepare(self, model_name: str, inputs: Mapping[str, np.ndarray], edge: params.EdgeContext,
-                 request_id: str) -> pb.ModelInferRequest:
+    def _prepare(
+        self, model_name: str, inputs: Mapping[str, np.ndarray], edge: params.EdgeContext, request_id: str
+    ) -> pb.ModelInferRequest:
         try:
             request = build_request(model_name, inputs, edge, request_id)
         except TensorCodecError as exc:
@@ -212,7 +240,9 @@ class _FallbackCore:
             self.breaker.record_failure()
         return unavailable("closed", f"the fallback client for {self.url} is closed")
 
-    def _failure(self, exc: grpc.RpcError, model_name: str, budget_s: float, spent_s: float = 0.0) -> FallbackUnavailable:
+    def _failure(
+        self, exc: grpc.RpcError, model_name: str, budget_s: float, spent_s: float = 0.0
+    ) -> FallbackUnavailable:
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         if code == grpc.StatusCode.UNAVAILABLE and budget_s - spent_s <= _MIN_RETRY_BUDGET_S:
             # retried UNAVAILABLE until the budget ran out (a host that accepts TCP but never speaks
@@ -220,10 +250,12 @@ class _FallbackCore:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.NOT_FOUND:
-            message = (f"hub at {self.url} serves no model {model_name!r} (NOT_FOUND: {details}): a configuration "
-                       f"error; set "
-                       f"[fallback] hub_model to a model the hub serves, or start the hub with --alias "
-                       f"{model_name}=<its model>")
+            message = (
+                f"hub at {self.url} serves no model {model_name!r} (NOT_FOUND: {details}): a configuration "
+                f"error; set "
+                f"[fallback] hub_model to a model the hub serves, or start the hub with --alias "
+                f"{model_name}=<its model>"
+            )
             if self.config_error != message:
                 log.error("fallback %s", message)
                 self.config_error = message
@@ -233,8 +265,9 @@ class _FallbackCore:
         if code in _HUB_ALIVE:
             if self.breaker is not None:
                 self.breaker.record_success()  # it answered: alive, even if it refused this request
-            return unavailable("rejected", f"hub at {self.url} rejected the request for {model_name!r}: "
-                                           f"{code.name}: {details}")
+            return unavailable(
+                "rejected", f"hub at {self.url} rejected the request for {model_name!r}: {code.name}: {details}"
+            )
         if self.breaker is not None:
             self.breaker.record_failure()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -250,8 +283,15 @@ class FallbackClient(_FallbackCore):
     Thread-safe: the agent calls `infer` from several worker threads at once.
     """
 
-    def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
-                 max_attempts: int = 2, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        deadline_ms: float = 200,
+        breaker: CircuitBreaker | None = None,
+        max_attempts: int = 2,
+        tls: TlsFiles | None = None,
+    ) -> None:
         super().__init__(url, deadline_ms, breaker, max_attempts, tls)
         credentials = self._credentials()
         if credentials is not None:
@@ -260,18 +300,28 @@ class FallbackClient(_FallbackCore):
             self._channel = grpc.insecure_channel(self._target, options=channel_options())
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
 
-    def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
-              edge_label: int | None = None, edge_confidence: float | None = None,
-              deadline_ms: float | None = None, request_id: str = "",
-              traceparent: str | None = None) -> FallbackResult:
+    def infer(
+        self,
+        model_name: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        device_id: str,
+        model_version: str,
+        edge_label: int | None = None,
+        edge_confidence: float | None = None,
+        deadline_ms: float | None = None,
+        request_id: str = "",
+        traceparent: str | None = None,
+    ) -> FallbackResult:
         """The hub's answer for `inputs`, or FallbackUnavailable within the deadline (plus gRPC's own slack).
 
         The call is a span of the trace in `traceparent` (a new trace without one), sent to the hub as W3C
         `traceparent` metadata."""
         start = time.perf_counter()
         budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
-        edge = params.EdgeContext(device_id=device_id, model_version=model_version, edge_label=edge_label,
-                                  edge_confidence=edge_confidence)
+        edge = params.EdgeContext(
+            device_id=device_id, model_version=model_version, edge_label=edge_label, edge_confidence=edge_confidence
+        )
         request = self._prepare(model_name, inputs, edge, request_id)
         span = _span_for(traceparent)
         metadata = ((TRACEPARENT, span.traceparent),)
@@ -313,8 +363,15 @@ class AsyncFallbackClient(_FallbackCore):
     Create, use and close it on one running event loop.
     """
 
-    def __init__(self, url: str, *, deadline_ms: float = 200, breaker: CircuitBreaker | None = None,
-                 max_attempts: int = 2, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        deadline_ms: float = 200,
+        breaker: CircuitBreaker | None = None,
+        max_attempts: int = 2,
+        tls: TlsFiles | None = None,
+    ) -> None:
         super().__init__(url, deadline_ms, breaker, max_attempts, tls)
         credentials = self._credentials()
         if credentials is not None:
@@ -324,15 +381,25 @@ class AsyncFallbackClient(_FallbackCore):
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._is_closed = False
 
-    async def infer(self, model_name: str, inputs: Mapping[str, np.ndarray], *, device_id: str, model_version: str,
-                    edge_label: int | None = None, edge_confidence: float | None = None,
-                    deadline_ms: float | None = None, request_id: str = "",
-                    traceparent: str | None = None) -> FallbackResult:
+    async def infer(
+        self,
+        model_name: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        device_id: str,
+        model_version: str,
+        edge_label: int | None = None,
+        edge_confidence: float | None = None,
+        deadline_ms: float | None = None,
+        request_id: str = "",
+        traceparent: str | None = None,
+    ) -> FallbackResult:
         """Same contract as FallbackClient.infer."""
         start = time.perf_counter()
         budget_s = (deadline_ms if deadline_ms is not None else self.deadline_ms) / 1000.0
-        edge = params.EdgeContext(device_id=device_id, model_version=model_version, edge_label=edge_label,
-                                  edge_confidence=edge_confidence)
+        edge = params.EdgeContext(
+            device_id=device_id, model_version=model_version, edge_label=edge_label, edge_confidence=edge_confidence
+        )
         request = self._prepare(model_name, inputs, edge, request_id)
         if self._is_closed:
             raise self._closed(RuntimeError("closed"))

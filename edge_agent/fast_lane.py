@@ -73,8 +73,8 @@ _FLOATS = {n: struct.Struct(f"<{n}f") for n in range(1, 9)}
 
 @dataclass(frozen=True)
 class TensorPlan:
-    feed_name: str      # the name the runtime knows the input by
-    spec_name: str      # the model's input name (what telemetry and hard examples see)
+    feed_name: str  # the name the runtime knows the input by
+    spec_name: str  # the model's input name (what telemetry and hard examples see)
     dtype: np.dtype
     shape: tuple[int, ...]
     nbytes: int
@@ -87,7 +87,7 @@ class Plan:
 
     tensors: tuple[TensorPlan, ...]
     threshold: float | None  # the request's own threshold, or None: the model's
-    edge_only: bool          # the request or the device is edge-only: every edge answer is final
+    edge_only: bool  # the request or the device is edge-only: every edge answer is final
 
 
 def request_id_tail(header_bytes: bytes, request_id: str) -> int:
@@ -129,10 +129,19 @@ def _length(n: int) -> bytes:
 class FastLane:
     """Plans by header prefix, and the lane that answers with them; one per served model version."""
 
-    def __init__(self, *, model_name: str, model_version: str, output_names: Sequence[str], policy: ConfidencePolicy,
-                 run_inline: Callable[[dict[str, np.ndarray]], list[np.ndarray] | None],
-                 inline_ready: Callable[[], bool], metrics: AgentMetrics,
-                 observer: RequestObserver | None, max_plans: int = PLANS_MAX) -> None:
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        model_version: str,
+        output_names: Sequence[str],
+        policy: ConfidencePolicy,
+        run_inline: Callable[[dict[str, np.ndarray]], list[np.ndarray] | None],
+        inline_ready: Callable[[], bool],
+        metrics: AgentMetrics,
+        observer: RequestObserver | None,
+        max_plans: int = PLANS_MAX,
+    ) -> None:
         """`run_inline` runs the model on this thread (None: it cannot now); `inline_ready` says whether it may."""
         self._plans: dict[bytes, Plan | None] = {}  # None: a prefix seen and not fit for the lane
         self.answered = 0  # requests this lane answered (the rest went the general path)
@@ -144,8 +153,12 @@ class FastLane:
         self._inline_ready = inline_ready
         self._metrics = metrics
         self._observer = observer
-        self._reply_head = pb.ReplyHeader(schema_version=limits.LOCAL_API_SCHEMA_VERSION, source=pb.SOURCE_EDGE,
-                                          model_name=model_name, model_version=model_version).SerializeToString()
+        self._reply_head = pb.ReplyHeader(
+            schema_version=limits.LOCAL_API_SCHEMA_VERSION,
+            source=pb.SOURCE_EDGE,
+            model_name=model_name,
+            model_version=model_version,
+        ).SerializeToString()
 
     @property
     def plans(self) -> int:
@@ -163,13 +176,18 @@ class FastLane:
         prefix = header_bytes[:-tail]
         return None if prefix in self._plans else prefix
 
-    def learn(self, prefix: bytes, header: pb.RequestHeader, tensors: Sequence[TensorPlan],
-              edge_only: bool | None) -> None:
+    def learn(
+        self, prefix: bytes, header: pb.RequestHeader, tensors: Sequence[TensorPlan], edge_only: bool | None
+    ) -> None:
         """Keep a plan for `prefix` (from `new_prefix`) of a header the general path accepted;
         `edge_only` None: the lane must not answer it."""
         plan = None
-        if (edge_only is not None and not header.options.return_outputs and not header.stream_id
-                and _splits_cleanly(prefix, header)):
+        if (
+            edge_only is not None
+            and not header.options.return_outputs
+            and not header.stream_id
+            and _splits_cleanly(prefix, header)
+        ):
             threshold = header.options.threshold if header.options.HasField("threshold") else None
             plan = Plan(tuple(tensors), threshold, edge_only)
         if len(self._plans) >= self._max_plans:
@@ -235,8 +253,9 @@ class FastLane:
         elapsed = time.perf_counter() - t0
         self._metrics.observe_request("edge", elapsed)
         if self._observer is not None:
-            self._observer.answered("edge", elapsed, scores.confidence, scores.labels, inputs, not confident, False,
-                                    scores.signals)
+            self._observer.answered(
+                "edge", elapsed, scores.confidence, scores.labels, inputs, not confident, False, scores.signals
+            )
         return [self._reply(tail, scores, elapsed * 1000.0)], None
 
     def _reply(self, request_id_field: bytes, scores: Any, latency_ms: float) -> bytes:
@@ -247,8 +266,14 @@ class FastLane:
         labels = _varints(scores.labels.tolist())
         parts = [self._reply_head, request_id_field]
         if rows:
-            parts += [_CONFIDENCE_TAG, _length(4 * rows), floats.pack(*confidence),
-                      _LABEL_TAG, _length(len(labels)), labels]
+            parts += [
+                _CONFIDENCE_TAG,
+                _length(4 * rows),
+                floats.pack(*confidence),
+                _LABEL_TAG,
+                _length(len(labels)),
+                labels,
+            ]
         parts.append(_LATENCY.pack(_LATENCY_TAG, latency_ms))
         if scores.threshold != 0.0:
             parts.append(_THRESHOLD.pack(_THRESHOLD_TAG, scores.threshold))

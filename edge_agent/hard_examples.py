@@ -23,6 +23,7 @@ from typing import Mapping
 import numpy as np
 
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
+
 # the blob format lives in protocols (the hub decodes it); re-exported for callers of this module
 from tandem.protocols.tensor_blob import decode_tensors, encode_tensors
 
@@ -74,20 +75,37 @@ class HardExampleQueue:
         self._lock = threading.Lock()
         self._pending: queue.Queue = queue.Queue(maxsize=pending_max)
         self._not_queued = 0
-        self.write_failed = 0                 # examples lost because the file could not be written
-        self.write_error: str | None = None   # why it cannot be written now (None: it can)
+        self.write_failed = 0  # examples lost because the file could not be written
+        self.write_error: str | None = None  # why it cannot be written now (None: it can)
         self._rows: int | None = None  # cached row count; None: count on the next write
         self._thread = threading.Thread(target=self._writer, name="hard-examples", daemon=True)
         self._thread.start()
 
     # -- producer ---------------------------------------------------------------
 
-    def put(self, inputs: Mapping[str, np.ndarray], *, request_id: str, model: str, version: str,
-            label: int | None, confidence: float | None, source: str) -> bool:
+    def put(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        request_id: str,
+        model: str,
+        version: str,
+        label: int | None,
+        confidence: float | None,
+        source: str,
+    ) -> bool:
         """Queue one example for writing; False (and counted) when the writer is too far behind."""
         # copy now: the arrays may be views over a network frame that is reused after the reply
-        row = (time.time(), request_id, model, version, label, confidence, source,
-               {k: np.array(v) for k, v in inputs.items()})
+        row = (
+            time.time(),
+            request_id,
+            model,
+            version,
+            label,
+            confidence,
+            source,
+            {k: np.array(v) for k, v in inputs.items()},
+        )
         try:
             self._pending.put_nowait(row)
             return True
@@ -118,7 +136,9 @@ class HardExampleQueue:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, created_at, request_id, model, version, label, confidence, source, tensors "
-                "FROM hard_examples ORDER BY id LIMIT ?", (limit,)).fetchall()
+                "FROM hard_examples ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
         return [HardExample(*r[:8], inputs=decode_tensors(r[8])) for r in rows]
 
     def peek_uploads(self, device_id: str, limit: int = 32) -> list[tuple[int, bytes]]:
@@ -130,11 +150,22 @@ class HardExampleQueue:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, created_at, request_id, model, version, label, confidence, source, tensors "
-                "FROM hard_examples ORDER BY id LIMIT ?", (limit,)).fetchall()
+                "FROM hard_examples ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
         out, too_big = [], []
         for r in rows:
-            header = {"device_id": device_id, "id": r[0], "created_at": r[1], "request_id": r[2], "model": r[3],
-                      "version": r[4], "label": r[5], "confidence": r[6], "source": r[7]}
+            header = {
+                "device_id": device_id,
+                "id": r[0],
+                "created_at": r[1],
+                "request_id": r[2],
+                "model": r[3],
+                "version": r[4],
+                "label": r[5],
+                "confidence": r[6],
+                "source": r[7],
+            }
             try:
                 out.append((r[0], encode_hard_example(header, r[8])))
             except TelemetryDecodeError as exc:
@@ -177,8 +208,9 @@ class HardExampleQueue:
                 with self._lock:
                     self.write_failed += 1
                 if self.write_error is None:  # logged once per state change
-                    log.error("hard examples unwritable path=%s error=%s; each one is counted (write_failed)",
-                              self.path, exc)
+                    log.error(
+                        "hard examples unwritable path=%s error=%s; each one is counted (write_failed)", self.path, exc
+                    )
                 self.write_error = str(exc)
             else:
                 if self.write_error is not None and item is not _STOP:
@@ -195,17 +227,24 @@ class HardExampleQueue:
             try:
                 self._db.execute(
                     "INSERT INTO hard_examples (created_at, request_id, model, version, label, confidence, source, "
-                    "tensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*meta, blob))
+                    "tensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*meta, blob),
+                )
                 if self._rows is None:
                     self._rows = int(self._db.execute("SELECT COUNT(*) FROM hard_examples").fetchone()[0])
                 else:
                     self._rows += 1
                 excess = self._rows - self.max_rows
                 if excess > 0:
-                    self._db.execute("DELETE FROM hard_examples WHERE id IN "
-                                     "(SELECT id FROM hard_examples ORDER BY id LIMIT ?)", (excess,))
-                    self._db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) "
-                                     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (excess,))
+                    self._db.execute(
+                        "DELETE FROM hard_examples WHERE id IN (SELECT id FROM hard_examples ORDER BY id LIMIT ?)",
+                        (excess,),
+                    )
+                    self._db.execute(
+                        "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                        (excess,),
+                    )
                     self._rows -= excess
                 self._db.execute("COMMIT")
             except Exception:

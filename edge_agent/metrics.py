@@ -74,10 +74,10 @@ class AgentMetrics:
         self.gauges: dict[str, tuple[str, str, list[tuple[dict[str, str], Callable[[], float]]]]] = {}
         self.model_info: Callable[[], tuple[str, str, str]] | None = None  # (model, version, variant) now
         self.decisions = {a: 0 for a in ACTIONS}  # the serving mode's decision per request
-        self.shadow_samples = 0   # rows compared with the hub in shadow mode
-        self.shadow_agree = 0     # of those, rows whose top-1 class matched
-        self.shadow_failed = 0    # shadow calls the hub did not answer
-        self.shadow_skipped = 0   # shadow samples not taken: too many already in flight
+        self.shadow_samples = 0  # rows compared with the hub in shadow mode
+        self.shadow_agree = 0  # of those, rows whose top-1 class matched
+        self.shadow_failed = 0  # shadow calls the hub did not answer
+        self.shadow_skipped = 0  # shadow samples not taken: too many already in flight
 
     def observe_request(self, source: str, seconds: float, error_code: str | None = None) -> None:
         # every reply comes here: Histogram.observe inlined, and no Histogram() built per call
@@ -135,12 +135,15 @@ class AgentMetrics:
             return
         self._register(name, "gauge", help_text, read, labels)
 
-    def counter(self, name: str, help_text: str, read: Callable[[], float], labels: dict[str, str] | None = None) -> None:
+    def counter(
+        self, name: str, help_text: str, read: Callable[[], float], labels: dict[str, str] | None = None
+    ) -> None:
         """A monotonic count read at scrape time (its name ends in _total)."""
         self._register(name, "counter", help_text, read, labels)
 
-    def _register(self, name: str, kind: str, help_text: str, read: Callable[[], float],
-                  labels: dict[str, str] | None) -> None:
+    def _register(
+        self, name: str, kind: str, help_text: str, read: Callable[[], float], labels: dict[str, str] | None
+    ) -> None:
         Family(name, kind, help_text)  # validates the name against the type now, not at the first scrape
         with self._lock:
             _, _, series = self.gauges.get(name, (kind, help_text, []))
@@ -155,10 +158,13 @@ class AgentMetrics:
     def families(self) -> list[Family]:
         """Every family, read now (gauge callbacks run outside the lock: they may take other locks)."""
         rate = self.fallback_rate()
-        model = self._model_labels()  # on model_info only: per-series labels would misattribute counts across an OTA swap
+        model = (
+            self._model_labels()
+        )  # on model_info only: per-series labels would misattribute counts across an OTA swap
         with self._lock:
-            requests = Family("tandem_agent_requests_total", "counter",
-                              "Requests answered, by where the answer came from.")
+            requests = Family(
+                "tandem_agent_requests_total", "counter", "Requests answered, by where the answer came from."
+            )
             for s, n in sorted(self.requests.items()):
                 requests.add(n, {"source": s})
             errors = Family("tandem_agent_errors_total", "counter", "Error replies, by error code.")
@@ -168,35 +174,61 @@ class AgentMetrics:
             for s, h in sorted(self.latency.items()):
                 if h.count:
                     latency.histogram(h.buckets, h.counts, h.sum, {"source": s})
-            runtime = Family("tandem_agent_runtime_seconds", "histogram", "Per request: handed to the runtime until "
-                             "its outputs (queue wait + batch run).")
+            runtime = Family(
+                "tandem_agent_runtime_seconds",
+                "histogram",
+                "Per request: handed to the runtime until its outputs (queue wait + batch run).",
+            )
             runtime.histogram(self.runtime_latency.buckets, self.runtime_latency.counts, self.runtime_latency.sum)
             fallback = Family("tandem_agent_fallback_seconds", "histogram", "Hub round trips, including failed ones.")
             fallback.histogram(self.fallback_latency.buckets, self.fallback_latency.counts, self.fallback_latency.sum)
             out = [
-                requests, errors, latency, runtime, fallback,
-                Family("tandem_agent_fallback_total", "counter", "Requests sent to the hub.").add(self.fallback_attempts),
-                Family("tandem_agent_fallback_ratio", "gauge", "Fraction of answered requests sent to the hub.").add(f"{rate:.6f}"),
+                requests,
+                errors,
+                latency,
+                runtime,
+                fallback,
+                Family("tandem_agent_fallback_total", "counter", "Requests sent to the hub.").add(
+                    self.fallback_attempts
+                ),
+                Family("tandem_agent_fallback_ratio", "gauge", "Fraction of answered requests sent to the hub.").add(
+                    f"{rate:.6f}"
+                ),
             ]
-            decisions = Family("tandem_agent_mode_decisions_total", "counter", "Requests by the serving mode's "
-                               "decision (edge, cloud, shadow, budget-spent).")
+            decisions = Family(
+                "tandem_agent_mode_decisions_total",
+                "counter",
+                "Requests by the serving mode's decision (edge, cloud, shadow, budget-spent).",
+            )
             for a, n in self.decisions.items():
                 decisions.add(n, {"decision": str(getattr(a, "value", a))})
             agreement = self.shadow_agree / self.shadow_samples if self.shadow_samples else 0.0
             out += [
                 decisions,
-                Family("tandem_agent_shadow_samples_total", "counter",
-                       "Rows also answered by the hub in shadow mode.").add(self.shadow_samples),
-                Family("tandem_agent_shadow_agree_total", "counter",
-                       "Shadow rows whose edge top-1 class matched the hub's.").add(self.shadow_agree),
-                Family("tandem_agent_shadow_agreement_ratio", "gauge",
-                       "Shadow agreement with the hub (0 before any sample).").add(f"{agreement:.6f}"),
-                Family("tandem_agent_shadow_failures_total", "counter", "Shadow calls lost: the hub failed, or too "
-                       "many were in flight.").add(self.shadow_failed, {"why": "hub"})
+                Family(
+                    "tandem_agent_shadow_samples_total", "counter", "Rows also answered by the hub in shadow mode."
+                ).add(self.shadow_samples),
+                Family(
+                    "tandem_agent_shadow_agree_total",
+                    "counter",
+                    "Shadow rows whose edge top-1 class matched the hub's.",
+                ).add(self.shadow_agree),
+                Family(
+                    "tandem_agent_shadow_agreement_ratio",
+                    "gauge",
+                    "Shadow agreement with the hub (0 before any sample).",
+                ).add(f"{agreement:.6f}"),
+                Family(
+                    "tandem_agent_shadow_failures_total",
+                    "counter",
+                    "Shadow calls lost: the hub failed, or too many were in flight.",
+                )
+                .add(self.shadow_failed, {"why": "hub"})
                 .add(self.shadow_skipped, {"why": "inflight"}),
             ]
-            registered = [(name, kind, help_text, list(series)) for name, (kind, help_text, series)
-                          in self.gauges.items()]
+            registered = [
+                (name, kind, help_text, list(series)) for name, (kind, help_text, series) in self.gauges.items()
+            ]
         for name, kind, help_text, series in registered:
             family = Family(name, kind, help_text)
             for labels, read in series:
@@ -207,8 +239,11 @@ class AgentMetrics:
             out.append(family)
         out.append(_build_info())
         if model:
-            out.append(Family("tandem_agent_model_info", "gauge", "Always 1; labels name the model and variant "
-                              "served now.").add(1, model))
+            out.append(
+                Family(
+                    "tandem_agent_model_info", "gauge", "Always 1; labels name the model and variant served now."
+                ).add(1, model)
+            )
         return out + process_families()
 
     def render(self, openmetrics: bool = False) -> str:

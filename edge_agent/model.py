@@ -103,24 +103,34 @@ def check_io(variant: Variant, session: RuntimeSession) -> dict[str, str]:
     any one of them, an unmatched name falls back to the tensor at the same position. Returns manifest input name -> the runtime's name for it.
     """
     feed_names: dict[str, str] = {}
-    for what, declared, actual in (("input", variant.inputs, session.inputs), ("output", variant.outputs, session.outputs)):
+    for what, declared, actual in (
+        ("input", variant.inputs, session.inputs),
+        ("output", variant.outputs, session.outputs),
+    ):
         actual = list(actual)
         by_name = {s.name: s for s in actual}
         for i, spec in enumerate(declared):
             got = by_name.get(spec.name)
             if got is None and session.runtime in _ALIASING_RUNTIMES and len(actual) == len(declared):
                 got = actual[i]
-                log.debug("variant=%s %s %s matched by position to the runtime's %s", variant.id, what, spec.name,
-                          got.name)
+                log.debug(
+                    "variant=%s %s %s matched by position to the runtime's %s", variant.id, what, spec.name, got.name
+                )
             if got is None:
-                raise ModelLoadError(f"variant {variant.id!r}: {what} {spec.name!r} of the manifest is not in the model "
-                                     f"(the runtime sees: {', '.join(by_name)})")
+                raise ModelLoadError(
+                    f"variant {variant.id!r}: {what} {spec.name!r} of the manifest is not in the model "
+                    f"(the runtime sees: {', '.join(by_name)})"
+                )
             if got.dtype != spec.dtype:
-                raise ModelLoadError(f"variant {variant.id!r}: {what} {spec.name!r} is {got.dtype} in the model "
-                                     f"but {spec.dtype} in the manifest")
+                raise ModelLoadError(
+                    f"variant {variant.id!r}: {what} {spec.name!r} is {got.dtype} in the model "
+                    f"but {spec.dtype} in the manifest"
+                )
             if len(got.shape) != len(spec.shape):
-                raise ModelLoadError(f"variant {variant.id!r}: {what} {spec.name!r} has rank {len(got.shape)} in the "
-                                     f"model but {len(spec.shape)} in the manifest")
+                raise ModelLoadError(
+                    f"variant {variant.id!r}: {what} {spec.name!r} has rank {len(got.shape)} in the "
+                    f"model but {len(spec.shape)} in the manifest"
+                )
             if what == "input":
                 feed_names[spec.name] = got.name
     return feed_names
@@ -183,7 +193,9 @@ def _open(model_dir: Path, attempt: Attempt, threads: int | None) -> tuple[Runti
     except RuntimeUnavailableError as exc:
         raise ModelLoadError(f"variant {variant.id!r} ({variant.runtime}): {exc}") from exc
     except TypeError as exc:
-        raise ModelLoadError(f"variant {variant.id!r}: bad session options {options} for {variant.runtime}: {exc}") from exc
+        raise ModelLoadError(
+            f"variant {variant.id!r}: bad session options {options} for {variant.runtime}: {exc}"
+        ) from exc
     try:
         return session, check_io(variant, session)
     except ModelLoadError:
@@ -191,9 +203,15 @@ def _open(model_dir: Path, attempt: Attempt, threads: int | None) -> tuple[Runti
         raise
 
 
-def load_model(model_dir: str | Path, profile: str, variant_id: str | None = None, *,
-               threads: int | None = None, probe: DeviceProbe | None = None,
-               hardware_profile: Profile | None = None) -> LoadedModel:
+def load_model(
+    model_dir: str | Path,
+    profile: str,
+    variant_id: str | None = None,
+    *,
+    threads: int | None = None,
+    probe: DeviceProbe | None = None,
+    hardware_profile: Profile | None = None,
+) -> LoadedModel:
     """Open the best variant of `model_dir` that `profile` allows and this device can run.
 
     Walks the fallback chain (`plan_attempts`): placements the probe says are absent
@@ -237,26 +255,53 @@ def load_model(model_dir: str | Path, profile: str, variant_id: str | None = Non
             tried.append({**step, "outcome": "failed", "reason": str(exc)})
             continue
         reason = _reason(attempt, why, tried, variants[0], hw, pinned=bool(variant_id))
-        selection = {"variant": variant.id, "runtime": variant.runtime, "tier": placement.tier,
-                     "placement": placement.label, "reason": reason, "tried": tried, "probe": probe.summary()}
+        selection = {
+            "variant": variant.id,
+            "runtime": variant.runtime,
+            "tier": placement.tier,
+            "placement": placement.label,
+            "reason": reason,
+            "tried": tried,
+            "probe": probe.summary(),
+        }
         if hw is not None and hw.cpu_features:
             missing = [f for f in hw.cpu_features if f not in probe.cpu_features]
             if missing:
                 selection["missing_cpu_features"] = missing
-        log.info("model loaded name=%s version=%s variant=%s runtime=%s placement=%s tried=%d", manifest.name,
-                 manifest.version, variant.id, variant.runtime, placement.label, len(tried))
+        log.info(
+            "model loaded name=%s version=%s variant=%s runtime=%s placement=%s tried=%d",
+            manifest.name,
+            manifest.version,
+            variant.id,
+            variant.runtime,
+            placement.label,
+            len(tried),
+        )
         if variant.id != variants[0].id:
-            log.warning("serving a fallback variant name=%s version=%s variant=%s instead of %s: %s", manifest.name,
-                        manifest.version, variant.id, variants[0].id, reason)
+            log.warning(
+                "serving a fallback variant name=%s version=%s variant=%s instead of %s: %s",
+                manifest.name,
+                manifest.version,
+                variant.id,
+                variants[0].id,
+                reason,
+            )
         renames = {k: v for k, v in feed_names.items() if k != v}
-        return LoadedModel(manifest=manifest, variant=variant, session=session, model_dir=model_dir,
-                           renames=renames, selection=selection)
+        return LoadedModel(
+            manifest=manifest,
+            variant=variant,
+            session=session,
+            model_dir=model_dir,
+            renames=renames,
+            selection=selection,
+        )
     detail = "; ".join(f"{t['variant']} on {t['placement']}: {t['reason']}" for t in tried)
     raise ModelLoadError(f"{manifest.name} {manifest.version}: no variant loads for profile {profile!r} ({detail})")
 
 
-def _reason(chosen: Attempt, why: str, tried: list[dict[str, str]], preferred: Variant, hw: Profile | None, *,
-            pinned: bool) -> str:
+def _reason(
+    chosen: Attempt, why: str, tried: list[dict[str, str]], preferred: Variant, hw: Profile | None, *, pinned: bool
+) -> str:
     if chosen.variant.id != preferred.id:
         head = f"{chosen.label}: fallback from {preferred.id}"
     else:
@@ -264,8 +309,11 @@ def _reason(chosen: Attempt, why: str, tried: list[dict[str, str]], preferred: V
     head += f" ({why})"
     seen: list[str] = []
     for t in tried:  # one line per distinct cause: the same absent NPU is not repeated per variant
-        cause = f"{t['placement']} {t['outcome']}: {t['reason']}" if t["outcome"] == "absent" else \
-            f"{t['variant']} on {t['placement']} {t['outcome']}: {t['reason']}"
+        cause = (
+            f"{t['placement']} {t['outcome']}: {t['reason']}"
+            if t["outcome"] == "absent"
+            else f"{t['variant']} on {t['placement']} {t['outcome']}: {t['reason']}"
+        )
         if cause not in seen:
             seen.append(cause)
     if seen:
@@ -275,16 +323,19 @@ def _reason(chosen: Attempt, why: str, tried: list[dict[str, str]], preferred: V
     return head
 
 
-def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequence[np.ndarray], *,
-                 allow_nan: bool) -> dict[str, np.ndarray]:
+def match_inputs(
+    specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequence[np.ndarray], *, allow_nan: bool
+) -> dict[str, np.ndarray]:
     """Check request tensors against the model's inputs; BadRequestError names what is wrong.
 
     Empty names match by position. Dynamic axes (-1) accept any size; a batch axis
     must agree across inputs.
     """
     if len(arrays) != len(specs):
-        raise BadRequestError(f"the model takes {len(specs)} input(s) ({', '.join(s.name for s in specs)}); "
-                              f"the request sent {len(arrays)}")
+        raise BadRequestError(
+            f"the model takes {len(specs)} input(s) ({', '.join(s.name for s in specs)}); "
+            f"the request sent {len(arrays)}"
+        )
     # runs on every request: the cheap comparisons first, names and messages only on failure
     feeds: dict[str, np.ndarray] = {}
     by_name: dict[str, TensorSpec] | None = None
@@ -307,8 +358,10 @@ def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequ
             want = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
             raise BadRequestError(f"input {spec.name!r}: shape {list(shape)}, the model expects {want}")
         if shape and shape[0] > MAX_BATCH_ROWS and spec.shape[0] == -1:
-            raise BadRequestError(f"input {spec.name!r}: {shape[0]} rows; at most {MAX_BATCH_ROWS} per request "
-                                  "(protocols/limits.py MAX_BATCH_ROWS): split the batch")
+            raise BadRequestError(
+                f"input {spec.name!r}: {shape[0]} rows; at most {MAX_BATCH_ROWS} per request "
+                "(protocols/limits.py MAX_BATCH_ROWS): split the batch"
+            )
         if not allow_nan and dtype.kind == "f" and not np.isfinite(array).all():
             raise BadRequestError(f"input {spec.name!r}: contains NaN or infinity, which this agent does not accept")
         feeds[spec.name] = array
@@ -317,6 +370,7 @@ def match_inputs(specs: Sequence[TensorSpec], names: Sequence[str], arrays: Sequ
         axes = {s.name: (s.shape.index(-1) if -1 in s.shape else 0) for s in specs}
         rows = {a.shape[axes[n]] for n, a in feeds.items() if a.ndim > axes[n]}
         if len(rows) > 1:
-            raise BadRequestError(f"inputs disagree on the batch size (sizes along each input's batch axis: "
-                                  f"{sorted(rows)})")
+            raise BadRequestError(
+                f"inputs disagree on the batch size (sizes along each input's batch axis: {sorted(rows)})"
+            )
     return feeds

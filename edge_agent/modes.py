@@ -33,9 +33,9 @@ class ServingMode(str, Enum):
 
 
 class Action(str, Enum):
-    EDGE = "edge"                  # answer on the edge; the hub is not asked
-    CLOUD = "cloud"                # ask the hub and answer with it (the edge answer, degraded, if it fails)
-    SHADOW = "shadow"              # answer on the edge now; ask the hub in the background and compare
+    EDGE = "edge"  # answer on the edge; the hub is not asked
+    CLOUD = "cloud"  # ask the hub and answer with it (the edge answer, degraded, if it fails)
+    SHADOW = "shadow"  # answer on the edge now; ask the hub in the background and compare
     BUDGET_SPENT = "budget-spent"  # the hub was wanted but the budget is spent: edge answer, degraded
 
 
@@ -64,8 +64,9 @@ class FallbackBudget:
     agent's I/O loop is its only caller.
     """
 
-    def __init__(self, rps: float | None = None, burst: float | None = None, bytes_per_hour: int | None = None,
-                 now: float = 0.0) -> None:
+    def __init__(
+        self, rps: float | None = None, burst: float | None = None, bytes_per_hour: int | None = None, now: float = 0.0
+    ) -> None:
         if rps is not None and not (rps > 0 and math.isfinite(rps)):
             raise ValueError(f"budget_rps: {rps!r} must be a positive number (or None for no limit)")
         if burst is not None and not (burst >= 1 and math.isfinite(burst)):
@@ -79,7 +80,7 @@ class FallbackBudget:
         self._last = now
         self._slot_s = HOUR_S / HOUR_SLOTS
         self._slots: deque[list[int]] = deque()  # [slot index, bytes admitted in it], oldest first
-        self._bytes = 0                           # sum over _slots
+        self._bytes = 0  # sum over _slots
         self.spent = {"requests": 0, "bytes": 0}  # refusals by limit
         burst_text = f"{self.burst:g}"
         self._reasons = {
@@ -137,8 +138,15 @@ def effective_mode(requested: ServingMode | None, device: ServingMode) -> Servin
     return requested if requested is not None else device
 
 
-def decide(mode: ServingMode, confident: bool, budget: FallbackBudget | None, now: float,
-           shadow_sample_rate: float = 0.0, rng: random.Random | None = None, nbytes: int = 0) -> Decision:
+def decide(
+    mode: ServingMode,
+    confident: bool,
+    budget: FallbackBudget | None,
+    now: float,
+    shadow_sample_rate: float = 0.0,
+    rng: random.Random | None = None,
+    nbytes: int = 0,
+) -> Decision:
     """What to do with one scored request; spends the budget only when the hub will be asked."""
     if mode is ServingMode.EDGE_ONLY or (mode is ServingMode.HYBRID and confident):
         return EDGE

@@ -34,9 +34,17 @@ class RequestObserver:
         self._latency_ms: deque[float] = deque(maxlen=latency_samples)
         self._telemetry_failures = 0
 
-    def answered(self, source: str, seconds: float, confidence: np.ndarray, labels: np.ndarray,
-                 feeds: Mapping[str, np.ndarray] | None, unsure: bool, budget_spent: bool = False,
-                 signals: Mapping[str, np.ndarray] | None = None) -> None:
+    def answered(
+        self,
+        source: str,
+        seconds: float,
+        confidence: np.ndarray,
+        labels: np.ndarray,
+        feeds: Mapping[str, np.ndarray] | None,
+        unsure: bool,
+        budget_spent: bool = False,
+        signals: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """One answer; `unsure`: the edge model was not confident (sent to the hub, or would have been);
         `budget_spent`: degraded because the fallback budget was spent; `signals`: the task's drift signals."""
         ms = seconds * 1000.0
@@ -47,8 +55,9 @@ class RequestObserver:
         if self.telemetry is not None:
             try:
                 if signals:
-                    self.telemetry.record(source, ms, confidence, labels, feeds, budget_spent=budget_spent,
-                                          signals=signals)
+                    self.telemetry.record(
+                        source, ms, confidence, labels, feeds, budget_spent=budget_spent, signals=signals
+                    )
                 elif budget_spent:
                     self.telemetry.record(source, ms, confidence, labels, feeds, budget_spent=True)
                 else:
@@ -64,8 +73,14 @@ class RequestObserver:
             except Exception:
                 self._telemetry_failed()
 
-    def compared(self, policy: Any, edge_outputs: Sequence[tuple[str, np.ndarray]], edge_labels: np.ndarray,
-                 cloud_outputs: Sequence[tuple[str, np.ndarray]], cloud_labels: np.ndarray) -> None:
+    def compared(
+        self,
+        policy: Any,
+        edge_outputs: Sequence[tuple[str, np.ndarray]],
+        edge_labels: np.ndarray,
+        cloud_outputs: Sequence[tuple[str, np.ndarray]],
+        cloud_labels: np.ndarray,
+    ) -> None:
         """The hub answered: count how far the edge's own answer was from it, by the task
         (tandem.tasks.row_agreement on a TaskPolicy's output; same top-1 label for a softmax classifier)."""
         if self.telemetry is None:
@@ -105,8 +120,13 @@ class RequestObserver:
             log.exception("telemetry record failed failures=%d", self._telemetry_failures)
 
 
-def edge_cloud_agreement(policy: Any, edge_outputs: Sequence[tuple[str, np.ndarray]], edge_labels: np.ndarray,
-                         cloud_outputs: Sequence[tuple[str, np.ndarray]], cloud_labels: np.ndarray) -> np.ndarray | None:
+def edge_cloud_agreement(
+    policy: Any,
+    edge_outputs: Sequence[tuple[str, np.ndarray]],
+    edge_labels: np.ndarray,
+    cloud_outputs: Sequence[tuple[str, np.ndarray]],
+    cloud_labels: np.ndarray,
+) -> np.ndarray | None:
     """Per-row agreement in [0, 1] of the edge's answer with the hub's; None when the task has no measure."""
     spec = getattr(policy, "spec", None)
     if spec is None:  # ConfidencePolicy: a softmax classifier, compared by its labels

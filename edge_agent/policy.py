@@ -75,9 +75,9 @@ _TRANSFORMS: dict[str, Transform] = {"none": lambda x: x, "softmax": softmax, "s
 class Scores:
     """Per-row answer of the policy; `confident[i]` says row i may stay on the edge."""
 
-    labels: np.ndarray       # int64 [rows]
-    confidence: np.ndarray   # float32 [rows]; NaN counts as not confident
-    confident: np.ndarray    # bool [rows]
+    labels: np.ndarray  # int64 [rows]
+    confidence: np.ndarray  # float32 [rows]; NaN counts as not confident
+    confident: np.ndarray  # bool [rows]
     threshold: float
     # With a temperature: the temperature-scaled measure that `confident` compares with
     # `threshold`. `confidence` stays the model's own measure, comparable with the
@@ -103,8 +103,15 @@ class ConfidencePolicy:
     probabilities as softmax(log p / T) before the decision; labels do not change.
     """
 
-    def __init__(self, kind: str = "max_prob", threshold: float | None = None, *, output: str | int | None = None,
-                 transform: str | Transform = "auto", temperature: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: str = "max_prob",
+        threshold: float | None = None,
+        *,
+        output: str | int | None = None,
+        transform: str | Transform = "auto",
+        temperature: float | None = None,
+    ) -> None:
         if kind not in KINDS:
             raise PolicyError(f"policy: {kind!r} is not one of {', '.join(KINDS)}")
         self.kind = kind
@@ -137,11 +144,17 @@ class ConfidencePolicy:
         if probs.dtype != np.float32:
             probs = np.asarray(probs, dtype=np.float32)
         if probs.ndim != 2 or probs.shape[0] != arr.shape[0] or probs.shape[1] < 1:
-            raise PolicyError(f"transform returned shape {probs.shape}; expected [rows, classes] with {arr.shape[0]} rows")
+            raise PolicyError(
+                f"transform returned shape {probs.shape}; expected [rows, classes] with {arr.shape[0]} rows"
+            )
         return probs
 
-    def score(self, outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray], names: Sequence[str] = (),
-              threshold: float | None = None) -> Scores:
+    def score(
+        self,
+        outputs: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+        names: Sequence[str] = (),
+        threshold: float | None = None,
+    ) -> Scores:
         """Labels, confidences and the per-row decision; `threshold` overrides the model's."""
         return self.score_array(self.select(outputs, names), threshold)
 
@@ -149,16 +162,27 @@ class ConfidencePolicy:
         """Score one already-selected output (e.g. the hub's answer)."""
         t = self.threshold if threshold is None else float(threshold)
         _check_threshold(t)
-        if type(raw) is np.ndarray and raw.dtype == np.float32 and raw.shape[0:1] == (1,) and raw.ndim == 2 \
-                and raw.shape[1] >= 2 and self._transform is _auto:
+        if (
+            type(raw) is np.ndarray
+            and raw.dtype == np.float32
+            and raw.shape[0:1] == (1,)
+            and raw.ndim == 2
+            and raw.shape[1] >= 2
+            and self._transform is _auto
+        ):
             fast = self._score_one_row(raw, t)
             if fast is not None:
                 return fast
         probs = self.probabilities(raw)
         confidence = self.measure(probs)
         if not probs.shape[0]:
-            return Scores(np.zeros(0, np.int64), confidence, np.zeros(0, bool), t,
-                          None if self.temperature is None else confidence)
+            return Scores(
+                np.zeros(0, np.int64),
+                confidence,
+                np.zeros(0, bool),
+                t,
+                None if self.temperature is None else confidence,
+            )
         calibrated = None if self.temperature is None else self.measure(temper(probs, self.temperature))
         decided = confidence if calibrated is None else calibrated
         nan = np.isnan(decided) | np.isnan(confidence)
@@ -290,11 +314,21 @@ class TaskPolicy(ConfidencePolicy):
     answer on the device (confidence reported as 1.0), "cloud" sends every one to the hub.
     """
 
-    def __init__(self, spec: TaskSpec, threshold: float | None = None, *, output: str | int | None = None,
-                 no_confidence: str = "edge") -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        threshold: float | None = None,
+        *,
+        output: str | int | None = None,
+        no_confidence: str = "edge",
+    ) -> None:
         key = spec.scores if spec.kind == "classification" else spec.kind
-        super().__init__("max_prob", TASK_DEFAULT_THRESHOLDS.get(key, 0.8) if threshold is None else threshold,
-                         output=output if output is not None else spec.output, transform="none")
+        super().__init__(
+            "max_prob",
+            TASK_DEFAULT_THRESHOLDS.get(key, 0.8) if threshold is None else threshold,
+            output=output if output is not None else spec.output,
+            transform="none",
+        )
         if no_confidence not in NO_CONFIDENCE_RULES:
             raise PolicyError(f"no_confidence: {no_confidence!r} is not one of {', '.join(NO_CONFIDENCE_RULES)}")
         self.spec = spec
@@ -317,8 +351,13 @@ class TaskPolicy(ConfidencePolicy):
         return Scores(found.labels, conf, confident, t, signals=found.signals or None)
 
 
-def task_policy_for(task: Mapping[str, Any], config_threshold: float | None, output: str | int | None,
-                    transform: str | Transform, calibration: Any = None) -> TaskPolicy | None:
+def task_policy_for(
+    task: Mapping[str, Any],
+    config_threshold: float | None,
+    output: str | int | None,
+    transform: str | Transform,
+    calibration: Any = None,
+) -> TaskPolicy | None:
     """The TaskPolicy the manifest's task calls for, or None for a softmax classifier, for a
     configured transform (the operator's choice wins) or for a task object this agent cannot read
     (logged; the configured ConfidencePolicy then scores as before).
@@ -338,8 +377,12 @@ def task_policy_for(task: Mapping[str, Any], config_threshold: float | None, out
     if threshold is None and calibration is not None and calibration.measure == confidence_measure(spec):
         threshold = float(calibration.threshold)
     policy = TaskPolicy(spec, threshold, output=output)
-    log.info("policy: %s task scored by its own confidence (threshold=%s%s)", spec.kind, policy.threshold,
-             "; no confidence: answers stay on the edge" if not spec.has_confidence else "")
+    log.info(
+        "policy: %s task scored by its own confidence (threshold=%s%s)",
+        spec.kind,
+        policy.threshold,
+        "; no confidence: answers stay on the edge" if not spec.has_confidence else "",
+    )
     return policy
 
 
@@ -359,8 +402,13 @@ class ThresholdChoice:
     source: str  # "config" | "calibration" | "manifest task" | "policy default"
 
 
-def resolve_threshold(kind: str, config_threshold: float | None, calibration: Any = None,
-                      task_threshold: Any = None, output: str | int | None = None) -> ThresholdChoice:
+def resolve_threshold(
+    kind: str,
+    config_threshold: float | None,
+    calibration: Any = None,
+    task_threshold: Any = None,
+    output: str | int | None = None,
+) -> ThresholdChoice:
     """Config threshold > the variant's calibrated threshold > manifest task.threshold > policy default.
 
     A calibration (protocols.manifest.Calibration) counts only for the measure and
@@ -369,8 +417,11 @@ def resolve_threshold(kind: str, config_threshold: float | None, calibration: An
     """
     if config_threshold is not None:
         return ThresholdChoice(float(config_threshold), None, "config")
-    if calibration is not None and calibration.measure == kind and \
-            (output is None or calibration.output is None or output == calibration.output):
+    if (
+        calibration is not None
+        and calibration.measure == kind
+        and (output is None or calibration.output is None or output == calibration.output)
+    ):
         return ThresholdChoice(float(calibration.threshold), float(calibration.temperature), "calibration")
     if isinstance(task_threshold, (int, float)) and not isinstance(task_threshold, bool):
         return ThresholdChoice(float(task_threshold), None, "manifest task")

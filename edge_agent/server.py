@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 # Returns the reply frames, or an awaitable of them when the answer has to wait.
 Handler = Callable[[Sequence[Any]], "list[Any] | Awaitable[list[Any]]"]
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
-DRAIN_BATCH = 64    # requests handled per loop callback before other callbacks get a turn
+DRAIN_BATCH = 64  # requests handled per loop callback before other callbacks get a turn
 OVERLAP_CHECK_AFTER_S = 50e-6  # synchronous answers slower than this look for requests queued meanwhile
-SPIN_HIT_WEIGHT = 0.1     # weight of the newest reply-to-request gap in spin_hit_rate
+SPIN_HIT_WEIGHT = 0.1  # weight of the newest reply-to-request gap in spin_hit_rate
 SPIN_MIN_HIT_RATE = 0.25  # below it the loop sleeps at once: most requests came after the spin would end
 
 
@@ -74,8 +74,15 @@ class Concurrency:
 class ZmqServer:
     """Bind `endpoint`, call `handler(frames)` per request, send back what it returns."""
 
-    def __init__(self, endpoint: str, handler: Handler, *, max_inflight: int = 1024, spin_us: float = 0.0,
-                 concurrency: Concurrency | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        handler: Handler,
+        *,
+        max_inflight: int = 1024,
+        spin_us: float = 0.0,
+        concurrency: Concurrency | None = None,
+    ) -> None:
         self.requested_endpoint = endpoint
         self._spin_s = spin_us / 1e6
         # share of recent replies whose next request came within spin_us (an EWMA): the spin runs
@@ -117,7 +124,7 @@ class ZmqServer:
             self._loop.call_soon_threadsafe(self._main.cancel)
             self._thread.join(timeout)
         if self.requested_endpoint.startswith("ipc://"):
-            Path(self.requested_endpoint[len("ipc://"):]).unlink(missing_ok=True)
+            Path(self.requested_endpoint[len("ipc://") :]).unlink(missing_ok=True)
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -147,8 +154,9 @@ class ZmqServer:
             try:
                 sock.bind(self.requested_endpoint)
             except zmq.ZMQError as exc:
-                raise ConfigError(f"server.endpoint: cannot bind {self.requested_endpoint} ({exc}); "
-                                  "is another agent running there?") from exc
+                raise ConfigError(
+                    f"server.endpoint: cannot bind {self.requested_endpoint} ({exc}); is another agent running there?"
+                ) from exc
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or self.requested_endpoint
             self._sock = sock
             loop.add_reader(fd, self._drain)
@@ -284,7 +292,7 @@ def _prepare_ipc(endpoint: str) -> None:
     """ipc:// needs its folder to exist and a path short enough for a Unix socket."""
     if not endpoint.startswith("ipc://"):
         return
-    path = endpoint[len("ipc://"):]
+    path = endpoint[len("ipc://") :]
     if len(path.encode()) > IPC_PATH_MAX:
         raise ConfigError(f"server.endpoint: ipc path {path!r} is longer than {IPC_PATH_MAX} bytes; use a shorter one")
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 import numpy as np
 
 from tandem.edge_agent.errors import (
-    AgentError, BadRequestError, FallbackUnavailable, InferenceError, NonFiniteOutputError, OverloadedError,
+    AgentError,
+    BadRequestError,
+    FallbackUnavailable,
+    InferenceError,
+    NonFiniteOutputError,
+    OverloadedError,
 )
 from tandem.edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes
 from tandem.edge_agent.hard_examples import HardExampleQueue
@@ -63,14 +68,30 @@ class Answer:
 class InferenceService:
     """Answers local-API requests for one loaded model."""
 
-    def __init__(self, model: LoadedModel, batcher: MicroBatcher, policy: ConfidencePolicy, metrics: AgentMetrics, *,
-                 device_id: str, allow_nan: bool = False, fallback: Fallback | None = None, fallback_executor: Executor | None = None,
-                 deadline_ms: float = 200.0, hub_model: str | None = None,
-                 hard_examples: HardExampleQueue | None = None, inline_max_us: float = 0.0,
-                 observer: RequestObserver | None = None, mode: ServingMode | str = ServingMode.HYBRID,
-                 budget: FallbackBudget | None = None, shadow_sample_rate: float = 0.0,
-                 rng: random.Random | None = None, fast_lane: bool = True, solo_inline_max_us: float = 0.0,
-                 concurrency: "Concurrency | None" = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        batcher: MicroBatcher,
+        policy: ConfidencePolicy,
+        metrics: AgentMetrics,
+        *,
+        device_id: str,
+        allow_nan: bool = False,
+        fallback: Fallback | None = None,
+        fallback_executor: Executor | None = None,
+        deadline_ms: float = 200.0,
+        hub_model: str | None = None,
+        hard_examples: HardExampleQueue | None = None,
+        inline_max_us: float = 0.0,
+        observer: RequestObserver | None = None,
+        mode: ServingMode | str = ServingMode.HYBRID,
+        budget: FallbackBudget | None = None,
+        shadow_sample_rate: float = 0.0,
+        rng: random.Random | None = None,
+        fast_lane: bool = True,
+        solo_inline_max_us: float = 0.0,
+        concurrency: "Concurrency | None" = None,
+    ) -> None:
         """`budget` is shared by every service the agent builds (hot swaps keep what was spent)."""
         self.model = model
         self.batcher = batcher
@@ -85,7 +106,7 @@ class InferenceService:
         self.hub_model = hub_model or model.name
         self.hard_examples = hard_examples
         self.observer = observer  # health-watch figures and telemetry, one call per reply
-        self.pending = 0          # requests waiting on the runtime or the hub (loop thread only); drained on a swap
+        self.pending = 0  # requests waiting on the runtime or the hub (loop thread only); drained on a swap
         # Models whose calls take less than this run on the loop thread when the batcher is
         # idle: for them the hand-off to the worker thread costs more than the model.
         self.inline_max_s = inline_max_us / 1e6
@@ -100,10 +121,20 @@ class InferenceService:
         # stateful models: per-stream state, fed in and kept from the edge run only (edge_agent/streams.py)
         self.streams = StreamStates(state_pairs([s.name for s in model.input_specs], model.output_names))
         # repeated request layouts skip the general path's parsing and checks (edge_agent/fast_lane.py)
-        self.lane: FastLane | None = FastLane(
-            model_name=model.name, model_version=model.version, output_names=model.output_names, policy=policy,
-            run_inline=self._run_inline, inline_ready=self.inline_ready, metrics=metrics,
-            observer=observer) if fast_lane else None
+        self.lane: FastLane | None = (
+            FastLane(
+                model_name=model.name,
+                model_version=model.version,
+                output_names=model.output_names,
+                policy=policy,
+                run_inline=self._run_inline,
+                inline_ready=self.inline_ready,
+                metrics=metrics,
+                observer=observer,
+            )
+            if fast_lane
+            else None
+        )
 
     def handle(self, frames: Sequence[Any]) -> list[Any] | Awaitable[list[Any]]:
         """Reply frames, at once when no waiting is needed (fast model, confident), else an awaitable.
@@ -123,8 +154,9 @@ class InferenceService:
             if outputs is not None:
                 edge, decision = self._score(request, outputs)
                 if decision.action is not Action.CLOUD:
-                    return self._reply(request, self._edge_only(request, edge, decision), t0,
-                                       decision.action is Action.BUDGET_SPENT)
+                    return self._reply(
+                        request, self._edge_only(request, edge, decision), t0, decision.action is Action.BUDGET_SPENT
+                    )
         except Exception as exc:
             return self._failure(exc, t0)
         self.pending += 1
@@ -137,14 +169,18 @@ class InferenceService:
                 outputs = await self._run_worker(self.model.runtime_feeds(request.feeds))
                 edge, decision = self._score(request, outputs)
                 if decision.action is not Action.CLOUD:
-                    return self._reply(request, self._edge_only(request, edge, decision), t0,
-                                       decision.action is Action.BUDGET_SPENT)
+                    return self._reply(
+                        request, self._edge_only(request, edge, decision), t0, decision.action is Action.BUDGET_SPENT
+                    )
             answer = await self._ask_hub(request.feeds, edge.scores, request.header.request_id)
             if answer.source == pb.SOURCE_CLOUD and self.observer is not None:
-                self.observer.compared(self.policy, edge.outputs, edge.scores.labels, answer.outputs, answer.scores.labels)
+                self.observer.compared(
+                    self.policy, edge.outputs, edge.scores.labels, answer.outputs, answer.scores.labels
+                )
             if not edge.scores.all_confident:
-                self._keep_hard_example(request.header.request_id, request.feeds, edge.scores,
-                                        _SOURCE_NAMES[answer.source])
+                self._keep_hard_example(
+                    request.header.request_id, request.feeds, edge.scores, _SOURCE_NAMES[answer.source]
+                )
             if answer.source == pb.SOURCE_EDGE_DEGRADED:
                 edge.source, edge.detail = pb.SOURCE_EDGE_DEGRADED, answer.detail
                 answer = edge
@@ -167,14 +203,26 @@ class InferenceService:
         self.metrics.observe_request(_SOURCE_NAMES[answer.source], elapsed)
         if self.observer is not None:
             scores = answer.scores
-            self.observer.answered(_SOURCE_NAMES[answer.source], elapsed, scores.confidence, scores.labels,
-                                   request.feeds, answer.source != pb.SOURCE_EDGE or not scores.all_confident,
-                                   budget_spent, scores.signals)
+            self.observer.answered(
+                _SOURCE_NAMES[answer.source],
+                elapsed,
+                scores.confidence,
+                scores.labels,
+                request.feeds,
+                answer.source != pb.SOURCE_EDGE or not scores.all_confident,
+                budget_spent,
+                scores.signals,
+            )
         reply = pb.ReplyHeader(
-            request_id=request.header.request_id, source=answer.source,
-            confidence=answer.scores.confidence.tolist(), label=answer.scores.labels.tolist(),
-            latency_ms=elapsed * 1000.0, model_name=self.model.name, model_version=self.model.version,
-            detail=answer.detail, threshold=answer.scores.threshold,
+            request_id=request.header.request_id,
+            source=answer.source,
+            confidence=answer.scores.confidence.tolist(),
+            label=answer.scores.labels.tolist(),
+            latency_ms=elapsed * 1000.0,
+            model_name=self.model.name,
+            model_version=self.model.version,
+            detail=answer.detail,
+            threshold=answer.scores.threshold,
         )
         if answer.edge_confidence is not None:
             reply.edge_confidence.extend(answer.edge_confidence.tolist())
@@ -192,8 +240,10 @@ class InferenceService:
         header, arrays = decode_request(frames)
         try:
             if header.model_name and header.model_name != self.model.name:
-                raise BadRequestError(f"unknown model {header.model_name!r}: this agent serves "
-                                      f"{self.model.name!r} version {self.model.version}")
+                raise BadRequestError(
+                    f"unknown model {header.model_name!r}: this agent serves "
+                    f"{self.model.name!r} version {self.model.version}"
+                )
             threshold = header.options.threshold if header.options.HasField("threshold") else None
             if threshold is not None and not 0.0 <= threshold <= 1.0:
                 raise BadRequestError(f"threshold {threshold} must be between 0 and 1")
@@ -221,8 +271,12 @@ class InferenceService:
         else:
             edge_only = None  # cloud-only or shadow: decisions the lane leaves to this class
         renames = self.model.renames
-        tensors = [TensorPlan(renames.get(name, name), name, a.dtype, a.shape, a.nbytes,
-                              not self.allow_nan and a.dtype.kind == "f") for name, a in feeds.items()]
+        tensors = [
+            TensorPlan(
+                renames.get(name, name), name, a.dtype, a.shape, a.nbytes, not self.allow_nan and a.dtype.kind == "f"
+            )
+            for name, a in feeds.items()
+        ]
         self.lane.learn(prefix, header, tensors, edge_only)
 
     def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, Decision]:
@@ -261,8 +315,9 @@ class InferenceService:
             if action is Action.BUDGET_SPENT:
                 edge.source = pb.SOURCE_EDGE_DEGRADED
             if not edge.scores.all_confident:
-                self._keep_hard_example(request.header.request_id, request.feeds, edge.scores,
-                                        _SOURCE_NAMES[edge.source])
+                self._keep_hard_example(
+                    request.header.request_id, request.feeds, edge.scores, _SOURCE_NAMES[edge.source]
+                )
         return edge
 
     def _start_shadow(self, request: "_Prepared", scores: Scores) -> None:
@@ -280,8 +335,9 @@ class InferenceService:
 
     def _shadow(self, feeds: dict[str, np.ndarray], labels: np.ndarray, threshold: float, request_id: str) -> None:
         try:
-            result = self.fallback.infer(self.hub_model, feeds, device_id=self.device_id,
-                                         model_version=self.model.version, request_id=request_id)
+            result = self.fallback.infer(
+                self.hub_model, feeds, device_id=self.device_id, model_version=self.model.version, request_id=request_id
+            )
             cloud = self._score_cloud(dict(result.outputs), threshold)
         except Exception as exc:  # FallbackUnavailable, or a hub answer the policy cannot score
             self.metrics.observe_shadow_failed()
@@ -290,7 +346,7 @@ class InferenceService:
         finally:
             self._shadow_slots.release()
         rows = len(labels)
-        agree = int(np.count_nonzero(cloud.labels[:rows] == labels[:len(cloud.labels)]))
+        agree = int(np.count_nonzero(cloud.labels[:rows] == labels[: len(cloud.labels)]))
         self.metrics.observe_shadow(rows, agree)
         if self.observer is not None:
             self.observer.shadowed(rows, agree)
@@ -309,8 +365,7 @@ class InferenceService:
         if run_s < self.inline_max_s:
             return True
         concurrency = self.concurrency
-        return (run_s < self.solo_inline_max_s and concurrency is not None and concurrency.alone
-                and self.pending == 0)
+        return run_s < self.solo_inline_max_s and concurrency is not None and concurrency.alone and self.pending == 0
 
     def _run_inline(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
         """Run on this (the loop's) thread when inline_ready() allows and the batcher is idle; else None."""
@@ -348,15 +403,20 @@ class InferenceService:
     async def _ask_hub(self, feeds: dict[str, np.ndarray], scores: Scores, request_id: str) -> Answer:
         one_row = scores.labels.shape[0] == 1
         call = lambda: self.fallback.infer(  # noqa: E731
-            self.hub_model, feeds, device_id=self.device_id, model_version=self.model.version,
+            self.hub_model,
+            feeds,
+            device_id=self.device_id,
+            model_version=self.model.version,
             edge_label=int(scores.labels[0]) if one_row else None,
-            edge_confidence=float(scores.confidence[0]) if one_row else None, request_id=request_id,
+            edge_confidence=float(scores.confidence[0]) if one_row else None,
+            request_id=request_id,
         )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(loop.run_in_executor(self.fallback_executor, call),
-                                            self.deadline_s + FALLBACK_GRACE_S)
+            result = await asyncio.wait_for(
+                loop.run_in_executor(self.fallback_executor, call), self.deadline_s + FALLBACK_GRACE_S
+            )
             cloud_outputs = dict(result.outputs)
             cloud_scores = self._score_cloud(cloud_outputs, scores.threshold)
         except (FallbackUnavailable, asyncio.TimeoutError, InferenceError) as exc:
@@ -391,8 +451,15 @@ class InferenceService:
         if self.hard_examples is None:
             return
         i = int(np.nanargmin(scores.confidence)) if np.isfinite(scores.confidence).any() else 0
-        self.hard_examples.put(feeds, request_id=request_id, model=self.model.name, version=self.model.version,
-                               label=int(scores.labels[i]), confidence=float(scores.confidence[i]), source=source)
+        self.hard_examples.put(
+            feeds,
+            request_id=request_id,
+            model=self.model.name,
+            version=self.model.version,
+            label=int(scores.labels[i]),
+            confidence=float(scores.confidence[i]),
+            source=source,
+        )
 
 
 # A request's own mode on the wire; MODE_AUTO (absent here) defers to the device's (modes.effective_mode).
@@ -400,8 +467,12 @@ _REQUEST_MODES = {pb.MODE_EDGE_ONLY: ServingMode.EDGE_ONLY, pb.MODE_CLOUD_ONLY: 
 _EDGE = Decision(Action.EDGE)
 _NO_HUB_UNSURE = Decision(Action.EDGE, "below threshold; no hub is configured")
 _NO_HUB_ASKED = Decision(Action.EDGE, "cloud answer requested; no hub is configured")
-_SOURCE_NAMES = {pb.SOURCE_EDGE: "edge", pb.SOURCE_CLOUD: "cloud", pb.SOURCE_EDGE_DEGRADED: "edge-degraded",
-                 pb.SOURCE_ERROR: "error"}
+_SOURCE_NAMES = {
+    pb.SOURCE_EDGE: "edge",
+    pb.SOURCE_CLOUD: "cloud",
+    pb.SOURCE_EDGE_DEGRADED: "edge-degraded",
+    pb.SOURCE_ERROR: "error",
+}
 
 
 def check_finite(outputs: Sequence[np.ndarray], names: Sequence[str], who: str) -> None:
@@ -409,5 +480,7 @@ def check_finite(outputs: Sequence[np.ndarray], names: Sequence[str], who: str) 
     for name, array in zip(names, outputs):
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            raise NonFiniteOutputError(f"{who} answered {bad} non-finite value(s) (NaN or infinity) in output "
-                                       f"{name!r}; the input may be out of the range the model was trained on")
+            raise NonFiniteOutputError(
+                f"{who} answered {bad} non-finite value(s) (NaN or infinity) in output "
+                f"{name!r}; the input may be out of the range the model was trained on"
+            )

@@ -40,9 +40,12 @@ class Serving:
         The first runs of a fresh session pay allocation and kernel selection; a swapped-in
         model pays them here, not on a user's request.
         """
-        feeds = {spec.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in spec.shape],
-                                     dtype=np.dtype(spec.dtype))
-                 for spec in self.model.input_specs}
+        feeds = {
+            spec.name: np.zeros(
+                [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape], dtype=np.dtype(spec.dtype)
+            )
+            for spec in self.model.input_specs
+        }
         elapsed = 0.0
         for _ in range(runs):
             t0 = time.perf_counter()

@@ -22,8 +22,8 @@ import numpy as np
 from tandem.edge_agent.errors import BadRequestError
 
 STATE_SUFFIXES = ("N", "n", "_out", "_next", "Next", "_new", "_o")
-STREAMS_MAX = 1024        # streams kept at once; the least recently used goes first
-STREAM_IDLE_S = 300.0     # a stream unused this long starts again from zeros
+STREAMS_MAX = 1024  # streams kept at once; the least recently used goes first
+STREAM_IDLE_S = 300.0  # a stream unused this long starts again from zeros
 STREAM_ID_MAX_CHARS = 128
 
 
@@ -54,12 +54,20 @@ class StreamStates:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def feeds(self, stream_id: str, names: list[str], arrays: list[np.ndarray], specs: Sequence[object],
-              now: float | None = None) -> tuple[list[str], list[np.ndarray]]:
+    def feeds(
+        self,
+        stream_id: str,
+        names: list[str],
+        arrays: list[np.ndarray],
+        specs: Sequence[object],
+        now: float | None = None,
+    ) -> tuple[list[str], list[np.ndarray]]:
         """The request's tensors plus the stream's state for every state input the request did not send."""
         if not self.pairs:
-            raise BadRequestError("stream_id: this model keeps no state (no output carries an input's next value, "
-                                  "e.g. 'state' -> 'stateN'); send the request without a stream id")
+            raise BadRequestError(
+                "stream_id: this model keeps no state (no output carries an input's next value, "
+                "e.g. 'state' -> 'stateN'); send the request without a stream id"
+            )
         if len(stream_id) > STREAM_ID_MAX_CHARS:
             raise BadRequestError(f"stream_id: {len(stream_id)} characters, the limit is {STREAM_ID_MAX_CHARS}")
         if any(not n for n in names):

@@ -37,18 +37,29 @@ class TrustPolicy:
     allow_unsigned: bool = False
 
     @classmethod
-    def from_files(cls, keys: Sequence[Path], publisher_keys: Sequence[Path] = (), *, require_publisher: bool = False,
-                   allow_unsigned: bool = False, where: str = "trust.keys") -> "TrustPolicy":
-        return cls(tuple(_load(p, where) for p in keys), tuple(_load(p, "trust.publisher_keys") for p in publisher_keys),
-                   require_publisher, allow_unsigned)
+    def from_files(
+        cls,
+        keys: Sequence[Path],
+        publisher_keys: Sequence[Path] = (),
+        *,
+        require_publisher: bool = False,
+        allow_unsigned: bool = False,
+        where: str = "trust.keys",
+    ) -> "TrustPolicy":
+        return cls(
+            tuple(_load(p, where) for p in keys),
+            tuple(_load(p, "trust.publisher_keys") for p in publisher_keys),
+            require_publisher,
+            allow_unsigned,
+        )
 
 
 @dataclass(frozen=True)
 class TrustVerdict:
-    status: str                      # trusted | unsigned | untrusted | tampered
+    status: str  # trusted | unsigned | untrusted | tampered
     detail: str
-    signer: str | None = None        # key id of the trusted key that made the outer signature
-    publisher: str | None = None     # key id of the trusted publisher, when checked
+    signer: str | None = None  # key id of the trusted key that made the outer signature
+    publisher: str | None = None  # key id of the trusted publisher, when checked
     checked: list[str] = field(default_factory=list)
 
     @property
@@ -72,16 +83,24 @@ def trust_verdict(doc: Mapping[str, Any], policy: TrustPolicy) -> TrustVerdict:
     publisher = None
     if policy.require_publisher:
         if doc.get(signing.PUBLISHER_FIELD) is None:
-            return TrustVerdict(UNTRUSTED, "trust.require_publisher is on, but the manifest carries only one signature "
-                                           "(a hub's counter-signed release has two)", signer=signer)
+            return TrustVerdict(
+                UNTRUSTED,
+                "trust.require_publisher is on, but the manifest carries only one signature "
+                "(a hub's counter-signed release has two)",
+                signer=signer,
+            )
         try:
             publisher = signing.verify_by_any(doc, list(policy.publisher_keys), field=signing.PUBLISHER_FIELD)
         except signing.UntrustedKeyError as exc:
             return TrustVerdict(UNTRUSTED, str(exc), signer=signer)
         except signing.SignatureError as exc:
             return TrustVerdict(TAMPERED, str(exc), signer=signer)
-    return TrustVerdict(TRUSTED, f"signed by trusted key {signer}" + (f", published by {publisher}" if publisher else ""),
-                        signer=signer, publisher=publisher)
+    return TrustVerdict(
+        TRUSTED,
+        f"signed by trusted key {signer}" + (f", published by {publisher}" if publisher else ""),
+        signer=signer,
+        publisher=publisher,
+    )
 
 
 def check_model_dir(model_dir: Path, policy: TrustPolicy) -> TrustVerdict:
@@ -99,15 +118,22 @@ def check_model_dir(model_dir: Path, policy: TrustPolicy) -> TrustVerdict:
     if verdict.trusted:
         return verdict
     if not policy.keys and verdict.status != UNSIGNED:
-        verdict = TrustVerdict(UNTRUSTED, f"{verdict.detail}; no trusted key is configured (trust.keys, ota.trusted_key)")
+        verdict = TrustVerdict(
+            UNTRUSTED, f"{verdict.detail}; no trusted key is configured (trust.keys, ota.trusted_key)"
+        )
     if policy.allow_unsigned:
-        log.warning("SERVING AN UNVERIFIED MODEL dir=%s status=%s reason=%s (trust.allow_unsigned is on)",
-                    model_dir, verdict.status, verdict.detail)
+        log.warning(
+            "SERVING AN UNVERIFIED MODEL dir=%s status=%s reason=%s (trust.allow_unsigned is on)",
+            model_dir,
+            verdict.status,
+            verdict.detail,
+        )
         return verdict
     raise UntrustedModelError(
         f"{model_dir}: refusing to serve a model that is {verdict.status.upper()}: {verdict.detail}. Trust its signer "
         "with trust.keys (the hub's release key: tandem-hub keys release; or the publisher's *.pub.pem), or set "
-        "trust.allow_unsigned = true for development")
+        "trust.allow_unsigned = true for development"
+    )
 
 
 def _load(path: Path, where: str) -> Ed25519PublicKey:

@@ -43,17 +43,25 @@ def tensor_frames(arrays: Sequence[np.ndarray]) -> list[memoryview]:
 def check_array(name: str, array: np.ndarray) -> None:
     """Raise BadRequestError when `array` breaks a wire limit (so clients fail before sending)."""
     if array.dtype.name not in limits.WIRE_DTYPES:
-        raise BadRequestError(f"input {name!r}: dtype {array.dtype.name} is not supported "
-                              f"(use one of {', '.join(limits.WIRE_DTYPES)})")
+        raise BadRequestError(
+            f"input {name!r}: dtype {array.dtype.name} is not supported (use one of {', '.join(limits.WIRE_DTYPES)})"
+        )
     if array.ndim > limits.MAX_TENSOR_DIMS:
         raise BadRequestError(f"input {name!r}: rank {array.ndim} exceeds the limit of {limits.MAX_TENSOR_DIMS}")
     if array.size > limits.MAX_TENSOR_ELEMENTS:
         raise BadRequestError(f"input {name!r}: {array.size} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")
 
 
-def encode_request(inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, request_id: str = "",
-                   model_name: str = "", threshold: float | None = None, mode: int = pb.MODE_AUTO,
-                   return_outputs: bool = False, stream_id: str = "") -> list[Any]:
+def encode_request(
+    inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    request_id: str = "",
+    model_name: str = "",
+    threshold: float | None = None,
+    mode: int = pb.MODE_AUTO,
+    return_outputs: bool = False,
+    stream_id: str = "",
+) -> list[Any]:
     """Frames of one request; a sequence of arrays matches model inputs by position."""
     items = list(inputs.items()) if isinstance(inputs, Mapping) else [("", a) for a in inputs]
     if len(items) > limits.MAX_TENSORS_PER_REQUEST:
@@ -67,8 +75,12 @@ def encode_request(inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, r
     if threshold is not None:
         options.threshold = threshold
     header = pb.RequestHeader(
-        schema_version=limits.LOCAL_API_SCHEMA_VERSION, request_id=request_id, model_name=model_name,
-        inputs=[tensor_header(n, a) for (n, _), a in zip(items, arrays)], options=options, stream_id=stream_id,
+        schema_version=limits.LOCAL_API_SCHEMA_VERSION,
+        request_id=request_id,
+        model_name=model_name,
+        inputs=[tensor_header(n, a) for (n, _), a in zip(items, arrays)],
+        options=options,
+        stream_id=stream_id,
     )
     return [header.SerializeToString(), *tensor_frames(arrays)]
 
@@ -100,9 +112,17 @@ class RequestTemplates:
         self._max = max_templates
         self._templates: dict[tuple[Any, ...], bytes] = {}
 
-    def frames(self, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, request_id: str = "",
-               model_name: str = "", threshold: float | None = None, mode: int = pb.MODE_AUTO,
-               return_outputs: bool = False, stream_id: str = "") -> list[Any]:
+    def frames(
+        self,
+        inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+        *,
+        request_id: str = "",
+        model_name: str = "",
+        threshold: float | None = None,
+        mode: int = pb.MODE_AUTO,
+        return_outputs: bool = False,
+        stream_id: str = "",
+    ) -> list[Any]:
         if isinstance(inputs, Mapping):
             names: tuple[str, ...] | None = tuple(inputs)
             arrays = [v if type(v) is np.ndarray else np.asarray(v) for v in inputs.values()]
@@ -113,8 +133,14 @@ class RequestTemplates:
         template = self._templates.get(key)
         if template is None:
             items = dict(zip(names, arrays)) if names is not None else arrays
-            template = encode_request(items, model_name=model_name, threshold=threshold, mode=mode,
-                                      return_outputs=return_outputs, stream_id=stream_id)[0]  # checks every limit; raises
+            template = encode_request(
+                items,
+                model_name=model_name,
+                threshold=threshold,
+                mode=mode,
+                return_outputs=return_outputs,
+                stream_id=stream_id,
+            )[0]  # checks every limit; raises
             if len(self._templates) >= self._max:
                 self._templates.clear()
             self._templates[key] = template
@@ -145,7 +171,9 @@ def _tensor_layout(th: pb.TensorHeader, label: str) -> tuple[np.dtype, tuple[int
     if any(d < 0 for d in shape):
         raise BadRequestError(f"{label}: shape {list(shape)} has a negative dimension")
     if any(d > limits.MAX_TENSOR_ELEMENTS for d in shape):  # [2**62, 0] holds 0 elements but cannot exist
-        raise BadRequestError(f"{label}: a dimension of {list(shape)} exceeds the limit of {limits.MAX_TENSOR_ELEMENTS}")
+        raise BadRequestError(
+            f"{label}: a dimension of {list(shape)} exceeds the limit of {limits.MAX_TENSOR_ELEMENTS}"
+        )
     count = math.prod(shape)
     if count > limits.MAX_TENSOR_ELEMENTS:
         raise BadRequestError(f"{label}: {count} elements exceed the limit of {limits.MAX_TENSOR_ELEMENTS}")
@@ -174,8 +202,10 @@ def _arrays(headers: Sequence[pb.TensorHeader], frames: Sequence[Frame], what: s
         dtype, shape, nbytes = layout
         buf = _buffer(frame)
         if buf.nbytes != nbytes:
-            raise BadRequestError(f"{what} tensor {th.name or i!r}: shape {list(shape)} of {th.dtype} needs {nbytes} "
-                                  f"bytes but its frame has {buf.nbytes}")
+            raise BadRequestError(
+                f"{what} tensor {th.name or i!r}: shape {list(shape)} of {th.dtype} needs {nbytes} "
+                f"bytes but its frame has {buf.nbytes}"
+            )
         arrays.append(np.frombuffer(buf, dtype=dtype).reshape(shape))
     return arrays
 
@@ -185,15 +215,19 @@ def decode_request(frames: Sequence[Frame]) -> tuple[pb.RequestHeader, list[np.n
     if not frames:
         raise BadRequestError("empty message: expected a header frame and tensor frames")
     if len(frames) > limits.MAX_FRAMES:
-        raise BadRequestError(f"{len(frames)} frames exceed the limit of {limits.MAX_FRAMES} "
-                              f"(1 header + at most {limits.MAX_TENSORS_PER_REQUEST} tensors)")
+        raise BadRequestError(
+            f"{len(frames)} frames exceed the limit of {limits.MAX_FRAMES} "
+            f"(1 header + at most {limits.MAX_TENSORS_PER_REQUEST} tensors)"
+        )
     total = sum(_buffer(f).nbytes for f in frames[1:])
     if total > limits.MAX_REQUEST_BYTES:
         raise BadRequestError(f"request tensors total {total} bytes; the limit is {limits.MAX_REQUEST_BYTES}")
     header = _parse(pb.RequestHeader(), frames[0], "request")
     if header.schema_version != limits.LOCAL_API_SCHEMA_VERSION:
-        raise BadRequestError(f"schema_version {header.schema_version} is not supported "
-                              f"(this agent speaks {limits.LOCAL_API_SCHEMA_VERSION})")
+        raise BadRequestError(
+            f"schema_version {header.schema_version} is not supported "
+            f"(this agent speaks {limits.LOCAL_API_SCHEMA_VERSION})"
+        )
     if len(header.request_id) > limits.MAX_REQUEST_ID_CHARS:
         raise BadRequestError(f"request_id is longer than {limits.MAX_REQUEST_ID_CHARS} characters")
     try:
@@ -214,8 +248,9 @@ def encode_reply(header: pb.ReplyHeader, outputs: Sequence[tuple[str, np.ndarray
 
 
 def error_reply(request_id: str, code: str, message: str) -> list[Any]:
-    header = pb.ReplyHeader(request_id=request_id, source=pb.SOURCE_ERROR,
-                            error=pb.ErrorInfo(code=code, message=message))
+    header = pb.ReplyHeader(
+        request_id=request_id, source=pb.SOURCE_ERROR, error=pb.ErrorInfo(code=code, message=message)
+    )
     return encode_reply(header)
 
 
@@ -229,7 +264,17 @@ def decode_reply(frames: Sequence[Frame]) -> tuple[pb.ReplyHeader, dict[str, np.
     return header, {th.name: a for th, a in zip(header.outputs, arrays)}
 
 
-SOURCE_NAMES = {pb.SOURCE_EDGE: "edge", pb.SOURCE_CLOUD: "cloud", pb.SOURCE_EDGE_DEGRADED: "edge-degraded",
-                pb.SOURCE_ERROR: "error", pb.SOURCE_UNSPECIFIED: "unspecified"}
-MODES = {"auto": pb.MODE_AUTO, "edge": pb.MODE_EDGE_ONLY, "edge-only": pb.MODE_EDGE_ONLY,
-         "cloud": pb.MODE_CLOUD_ONLY, "cloud-only": pb.MODE_CLOUD_ONLY}
+SOURCE_NAMES = {
+    pb.SOURCE_EDGE: "edge",
+    pb.SOURCE_CLOUD: "cloud",
+    pb.SOURCE_EDGE_DEGRADED: "edge-degraded",
+    pb.SOURCE_ERROR: "error",
+    pb.SOURCE_UNSPECIFIED: "unspecified",
+}
+MODES = {
+    "auto": pb.MODE_AUTO,
+    "edge": pb.MODE_EDGE_ONLY,
+    "edge-only": pb.MODE_EDGE_ONLY,
+    "cloud": pb.MODE_CLOUD_ONLY,
+    "cloud-only": pb.MODE_CLOUD_ONLY,
+}

@@ -39,7 +39,7 @@ def split_frames(data: bytes) -> list[bytes]:
     while i + 2 <= len(data) and len(frames) < 64:
         (n,) = struct.unpack_from(">H", data, i)
         i += 2
-        frames.append(data[i:i + n])
+        frames.append(data[i : i + n])
         i += n
     return frames or [data]
 
@@ -108,14 +108,24 @@ def model_infer(payload: bytes) -> None:
 
 
 DECODERS: dict[str, Callable[..., None]] = {
-    "wire": wire, "telemetry": telemetry, "telemetry_status": telemetry_status, "ota_command": ota_command,
-    "ota_command_signed": ota_command_signed, "ota_status": ota_status, "model_infer": model_infer,
+    "wire": wire,
+    "telemetry": telemetry,
+    "telemetry_status": telemetry_status,
+    "ota_command": ota_command,
+    "ota_command_signed": ota_command_signed,
+    "ota_status": ota_status,
+    "model_infer": model_infer,
     "hard_example": hard_example,
 }
 EXPECTED: dict[str, tuple[type[BaseException], ...]] = {
-    "wire": (BadRequestError,), "telemetry": (TelemetryDecodeError,), "telemetry_status": (TelemetryDecodeError,),
-    "ota_command": (OtaMessageError,), "ota_command_signed": (OtaMessageError,), "ota_status": (OtaMessageError,),
-    "model_infer": (TensorCodecError,), "hard_example": (TelemetryDecodeError,),
+    "wire": (BadRequestError,),
+    "telemetry": (TelemetryDecodeError,),
+    "telemetry_status": (TelemetryDecodeError,),
+    "ota_command": (OtaMessageError,),
+    "ota_command_signed": (OtaMessageError,),
+    "ota_status": (OtaMessageError,),
+    "model_infer": (TensorCodecError,),
+    "hard_example": (TelemetryDecodeError,),
 }
 
 
@@ -134,4 +144,3 @@ MULTIPART = frozenset({"wire"})  # decoders that take ZeroMQ frames, spelled in 
 def run_bytes(name: str, data: bytes) -> str:
     """run_one for a fuzzer's raw bytes: multipart decoders get them split into frames first."""
     return run_one(name, split_frames(data) if name in MULTIPART else data)
-

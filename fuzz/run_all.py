@@ -28,8 +28,16 @@ def main() -> int:
         corpus = corpus_root / target.stem
         corpus.mkdir(parents=True, exist_ok=True)
         print(f"== {target.name}: {seconds}s", flush=True)
-        rc = subprocess.call([sys.executable, str(target), f"-max_total_time={seconds}", "-rss_limit_mb=2048",
-                              f"-artifact_prefix={corpus_root}/{target.stem}-", str(corpus)])
+        rc = subprocess.call(
+            [
+                sys.executable,
+                str(target),
+                f"-max_total_time={seconds}",
+                "-rss_limit_mb=2048",
+                f"-artifact_prefix={corpus_root}/{target.stem}-",
+                str(corpus),
+            ]
+        )
         if rc != 0:
             failed.append(target.name)
     if failed:

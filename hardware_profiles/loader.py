@@ -112,8 +112,19 @@ def parse_profile(data: Any, source: str = "<memory>") -> Profile:
         return tuple(value)
 
     known = {
-        "name", "description", "device_class", "isa", "cpu_features", "runtimes", "precisions",
-        "memory_budget_mb", "model_size_budget_mb", "latency_slo_ms", "relative_speed", "power_watts", "constraints",
+        "name",
+        "description",
+        "device_class",
+        "isa",
+        "cpu_features",
+        "runtimes",
+        "precisions",
+        "memory_budget_mb",
+        "model_size_budget_mb",
+        "latency_slo_ms",
+        "relative_speed",
+        "power_watts",
+        "constraints",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -131,12 +142,14 @@ def parse_profile(data: Any, source: str = "<memory>") -> Profile:
         key = f"runtimes[{i}]"
         if not isinstance(item, Mapping) or "runtime" not in item:
             raise fail(key, "expected a mapping with a 'runtime' field")
-        runtimes.append(RuntimeTarget(
-            runtime=choice(f"{key}.runtime", RUNTIME_NAMES, item["runtime"]),
-            execution_providers=str_list(f"{key}.execution_providers", item.get("execution_providers")),
-            device=item.get("device"),
-            delegates=str_list(f"{key}.delegates", item.get("delegates")),
-        ))
+        runtimes.append(
+            RuntimeTarget(
+                runtime=choice(f"{key}.runtime", RUNTIME_NAMES, item["runtime"]),
+                execution_providers=str_list(f"{key}.execution_providers", item.get("execution_providers")),
+                device=item.get("device"),
+                delegates=str_list(f"{key}.delegates", item.get("delegates")),
+            )
+        )
 
     precisions = str_list("precisions", req("precisions"))
     if not precisions:

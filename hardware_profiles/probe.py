@@ -30,23 +30,53 @@ TIERS = ("npu", "gpu", "cpu")  # best first: the fallback chain runs down this l
 _ARM_ALIASES = {"asimd": "neon", "asimddp": "dotprod", "asimdhp": "fp16"}
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 # The features that decide which kernels run fast (INT8 dot products, FP16, wide vectors).
-REPORTED_CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
-                         "neon", "dotprod", "i8mm", "fp16", "sve", "sve2")
+REPORTED_CPU_FEATURES = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "neon",
+    "dotprod",
+    "i8mm",
+    "fp16",
+    "sve",
+    "sve2",
+)
 
 # ONNX Runtime execution providers by the tier of hardware they run on.
 _EP_TIERS = {
-    "TensorrtExecutionProvider": "gpu", "CUDAExecutionProvider": "gpu", "ROCMExecutionProvider": "gpu",
-    "MIGraphXExecutionProvider": "gpu", "DmlExecutionProvider": "gpu", "WebGpuExecutionProvider": "gpu",
-    "QNNExecutionProvider": "npu", "VitisAIExecutionProvider": "npu", "CoreMLExecutionProvider": "npu",
-    "NnapiExecutionProvider": "npu", "RknpuExecutionProvider": "npu", "OpenVINOExecutionProvider": "npu",
-    "CPUExecutionProvider": "cpu", "XnnpackExecutionProvider": "cpu", "ACLExecutionProvider": "cpu",
-    "DnnlExecutionProvider": "cpu", "AzureExecutionProvider": "cpu",
+    "TensorrtExecutionProvider": "gpu",
+    "CUDAExecutionProvider": "gpu",
+    "ROCMExecutionProvider": "gpu",
+    "MIGraphXExecutionProvider": "gpu",
+    "DmlExecutionProvider": "gpu",
+    "WebGpuExecutionProvider": "gpu",
+    "QNNExecutionProvider": "npu",
+    "VitisAIExecutionProvider": "npu",
+    "CoreMLExecutionProvider": "npu",
+    "NnapiExecutionProvider": "npu",
+    "RknpuExecutionProvider": "npu",
+    "OpenVINOExecutionProvider": "npu",
+    "CPUExecutionProvider": "cpu",
+    "XnnpackExecutionProvider": "cpu",
+    "ACLExecutionProvider": "cpu",
+    "DnnlExecutionProvider": "cpu",
+    "AzureExecutionProvider": "cpu",
 }
 # LiteRT delegate libraries by file-name fragment -> (delegate name, tier).
 _DELEGATE_FILES = {
-    "libedgetpu": ("edgetpu", "npu"), "libvx_delegate": ("vx", "npu"), "libqnntflitedelegate": ("qnn", "npu"),
-    "libethosu_delegate": ("ethos-u", "npu"), "libneuron": ("neuron", "npu"), "libarmnndelegate": ("armnn", "npu"),
-    "libtensorflowlite_gpu_delegate": ("gpu", "gpu"), "libtensorflowlite_hexagon": ("hexagon", "npu"),
+    "libedgetpu": ("edgetpu", "npu"),
+    "libvx_delegate": ("vx", "npu"),
+    "libqnntflitedelegate": ("qnn", "npu"),
+    "libethosu_delegate": ("ethos-u", "npu"),
+    "libneuron": ("neuron", "npu"),
+    "libarmnndelegate": ("armnn", "npu"),
+    "libtensorflowlite_gpu_delegate": ("gpu", "gpu"),
+    "libtensorflowlite_hexagon": ("hexagon", "npu"),
 }
 _DELEGATE_DIRS = ("/usr/lib", "/usr/lib/*-linux-gnu", "/usr/local/lib", "/usr/lib64")
 # Delegate names profiles use that stand for a tier rather than one library.
@@ -71,15 +101,21 @@ class DeviceProbe:
         return asdict(self)
 
     def runtime_present(self, runtime: str) -> bool:
-        return {"onnxruntime": self.onnxruntime_providers is not None, "openvino": self.openvino_devices is not None,
-                "litert": self.litert_module is not None}.get(runtime, False)
+        return {
+            "onnxruntime": self.onnxruntime_providers is not None,
+            "openvino": self.openvino_devices is not None,
+            "litert": self.litert_module is not None,
+        }.get(runtime, False)
 
     def summary(self) -> dict:
         """The short form status and telemetry report."""
-        return {"isa": self.isa, "cpu_features": list(self.cpu_features),
-                "onnxruntime": list(self.onnxruntime_providers) if self.onnxruntime_providers is not None else None,
-                "openvino": list(self.openvino_devices) if self.openvino_devices is not None else None,
-                "litert": list(self.litert_delegates) if self.litert_module else None}
+        return {
+            "isa": self.isa,
+            "cpu_features": list(self.cpu_features),
+            "onnxruntime": list(self.onnxruntime_providers) if self.onnxruntime_providers is not None else None,
+            "openvino": list(self.openvino_devices) if self.openvino_devices is not None else None,
+            "litert": list(self.litert_delegates) if self.litert_module else None,
+        }
 
 
 # -- pure parsing ------------------------------------------------------------------------
@@ -171,8 +207,12 @@ class Placement:
 
     @property
     def label(self) -> str:
-        where = self.options.get("device") or ",".join(self.options.get("providers", ())) or \
-            ",".join(self.delegates) or "CPU"
+        where = (
+            self.options.get("device")
+            or ",".join(self.options.get("providers", ()))
+            or ",".join(self.delegates)
+            or "CPU"
+        )
         return f"{self.runtime}@{where}"
 
 
@@ -205,8 +245,9 @@ def placements(target: RuntimeTarget | None, runtime: str) -> list[Placement]:
     return sorted(out, key=lambda p: TIERS.index(p.tier))
 
 
-def placement_available(placement: Placement, probe: DeviceProbe,
-                        loadable_delegates: Iterable[str] = BUILTIN_LITERT_DELEGATES) -> tuple[bool, str]:
+def placement_available(
+    placement: Placement, probe: DeviceProbe, loadable_delegates: Iterable[str] = BUILTIN_LITERT_DELEGATES
+) -> tuple[bool, str]:
     """Can `placement` run on this device? (yes/no, and why, in the probe's words).
 
     `loadable_delegates`: the LiteRT delegates the session adapter can attach.
@@ -219,8 +260,10 @@ def placement_available(placement: Placement, probe: DeviceProbe,
         have = [p for p in wanted if p in (probe.onnxruntime_providers or ())]
         if have:
             return True, f"ONNX Runtime has {', '.join(have)}"
-        return False, (f"ONNX Runtime lacks {', '.join(wanted) or 'a ' + placement.tier.upper() + ' provider'} "
-                       f"(has {', '.join(probe.onnxruntime_providers or ()) or 'none'})")
+        return False, (
+            f"ONNX Runtime lacks {', '.join(wanted) or 'a ' + placement.tier.upper() + ' provider'} "
+            f"(has {', '.join(probe.onnxruntime_providers or ()) or 'none'})"
+        )
     if rt == "openvino":
         device = placement.options.get("device", "CPU")
         if openvino_device_present(device, probe.openvino_devices or ()):
@@ -228,15 +271,20 @@ def placement_available(placement: Placement, probe: DeviceProbe,
         return False, f"OpenVINO has no {device} device (has {', '.join(probe.openvino_devices or ()) or 'none'})"
     if placement.tier == "cpu":
         return True, f"LiteRT ({probe.litert_module}) with its built-in XNNPACK"
-    found = [d for d in probe.litert_delegates if delegate_tier(d) == placement.tier
-             and d not in BUILTIN_LITERT_DELEGATES]
+    found = [
+        d for d in probe.litert_delegates if delegate_tier(d) == placement.tier and d not in BUILTIN_LITERT_DELEGATES
+    ]
     if not found:
-        return False, (f"no LiteRT {placement.tier.upper()} delegate library found "
-                       f"(profile wants {', '.join(placement.delegates)})")
+        return False, (
+            f"no LiteRT {placement.tier.upper()} delegate library found "
+            f"(profile wants {', '.join(placement.delegates)})"
+        )
     loadable = [d for d in found if d in set(loadable_delegates)]
     if not loadable:
-        return False, (f"LiteRT delegate {', '.join(found)} found, but the LiteRT adapter attaches only "
-                       f"{', '.join(loadable_delegates)}")
+        return False, (
+            f"LiteRT delegate {', '.join(found)} found, but the LiteRT adapter attaches only "
+            f"{', '.join(loadable_delegates)}"
+        )
     return True, f"LiteRT delegate {', '.join(loadable)}"
 
 
@@ -265,7 +313,9 @@ def probe_openvino() -> tuple[tuple[str, ...] | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def probe_litert(search_dirs: Iterable[str] = _DELEGATE_DIRS) -> tuple[str | None, tuple[str, ...], tuple[str, ...], str | None]:
+def probe_litert(
+    search_dirs: Iterable[str] = _DELEGATE_DIRS,
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...], str | None]:
     """(module, delegates, delegate files, problem); finds the module without importing it."""
     module = None
     for name in ("ai_edge_litert", "tflite_runtime"):
@@ -315,19 +365,31 @@ def probe_device(runtimes: Iterable[str] | None = None) -> DeviceProbe:
             problems["litert"] = problem
     else:
         problems["litert"] = "not probed"
-    return DeviceProbe(isa=isa, cpu_features=features, onnxruntime_providers=ort_eps, openvino_devices=ov_devices,
-                       litert_module=litert_module, litert_delegates=delegates, delegate_files=files,
-                       problems=problems)
+    return DeviceProbe(
+        isa=isa,
+        cpu_features=features,
+        onnxruntime_providers=ort_eps,
+        openvino_devices=ov_devices,
+        litert_module=litert_module,
+        litert_delegates=delegates,
+        delegate_files=files,
+        problems=problems,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m hardware_profiles.probe",
-                                     description="Print what this device has (runtimes, devices, delegates, CPU "
-                                                 "features) as JSON.")
-    parser.add_argument("--runtime", action="append", choices=["onnxruntime", "openvino", "litert"],
-                        help="probe only this runtime (repeatable; default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m hardware_profiles.probe",
+        description="Print what this device has (runtimes, devices, delegates, CPU features) as JSON.",
+    )
+    parser.add_argument(
+        "--runtime",
+        action="append",
+        choices=["onnxruntime", "openvino", "litert"],
+        help="probe only this runtime (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     print(json.dumps(probe_device(args.runtime).to_dict(), indent=2))
     return 0

@@ -1,5 +1,11 @@
 """tandem-compile: one ONNX model in, validated quantized variants per hardware profile out."""
 
-from tandem.model_compiler.errors import CalibrationDataError, CompileError, InvalidModelError, UnsupportedOpError, VariantSkipped
+from tandem.model_compiler.errors import (
+    CalibrationDataError,
+    CompileError,
+    InvalidModelError,
+    UnsupportedOpError,
+    VariantSkipped,
+)
 
 __all__ = ["CalibrationDataError", "CompileError", "InvalidModelError", "UnsupportedOpError", "VariantSkipped"]

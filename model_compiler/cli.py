@@ -41,14 +41,36 @@ def _progress_printer(quiet: bool):
 def _list_profiles(args: argparse.Namespace) -> int:
     profiles = load_profiles(args.profile_dir)
     if args.json:
-        print(json.dumps({name: {"device_class": p.device_class, "isa": p.isa, "runtimes": list(p.runtime_names),
-                                 "precisions": list(p.precisions), "model_size_budget_mb": p.model_size_budget_mb,
-                                 "latency_slo_ms": p.latency_slo_ms, "source": p.source} for name, p in profiles.items()}, indent=2))
+        print(
+            json.dumps(
+                {
+                    name: {
+                        "device_class": p.device_class,
+                        "isa": p.isa,
+                        "runtimes": list(p.runtime_names),
+                        "precisions": list(p.precisions),
+                        "model_size_budget_mb": p.model_size_budget_mb,
+                        "latency_slo_ms": p.latency_slo_ms,
+                        "source": p.source,
+                    }
+                    for name, p in profiles.items()
+                },
+                indent=2,
+            )
+        )
         return 0
     rows = [("PROFILE", "CLASS", "RUNTIMES", "PRECISIONS", "SIZE BUDGET", "DESCRIPTION")]
     for name, p in sorted(profiles.items()):
-        rows.append((name, p.device_class, ",".join(p.runtime_names), ",".join(p.precisions),
-                     f"{p.model_size_budget_mb:g} MiB", p.description))
+        rows.append(
+            (
+                name,
+                p.device_class,
+                ",".join(p.runtime_names),
+                ",".join(p.precisions),
+                f"{p.model_size_budget_mb:g} MiB",
+                p.description,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
@@ -60,15 +82,30 @@ def _compile(args: argparse.Namespace) -> int:
     from tandem.model_compiler.report import REPORT_MD, report_dict
 
     opts = CompileOptions(
-        model=args.model, profiles=[p for p in args.profiles.split(",") if p.strip()], calib=args.calib, val=args.val,
-        out=args.out, name=args.name, version=args.version, max_accuracy_drop=args.max_accuracy_drop,
-        calibration_method=args.calibration, calib_samples=args.calib_samples, dense_threshold=args.dense_threshold,
-        expires_days=args.expires_days, signing_key=args.signing_key, profile_dirs=list(args.profile_dir),
-        timing=not args.no_timing, force=args.force,
-        confidence_calibration=not args.no_confidence_calibration, confidence_goal=args.confidence_goal,
-        fallback_budget=args.fallback_budget, reference_threshold=args.reference_threshold,
-        cloud_model=args.cloud_model, hybrid_within=args.hybrid_within,
-        task=_task_spec(args), budgets=_pairs(args.budget, "--budget", float),
+        model=args.model,
+        profiles=[p for p in args.profiles.split(",") if p.strip()],
+        calib=args.calib,
+        val=args.val,
+        out=args.out,
+        name=args.name,
+        version=args.version,
+        max_accuracy_drop=args.max_accuracy_drop,
+        calibration_method=args.calibration,
+        calib_samples=args.calib_samples,
+        dense_threshold=args.dense_threshold,
+        expires_days=args.expires_days,
+        signing_key=args.signing_key,
+        profile_dirs=list(args.profile_dir),
+        timing=not args.no_timing,
+        force=args.force,
+        confidence_calibration=not args.no_confidence_calibration,
+        confidence_goal=args.confidence_goal,
+        fallback_budget=args.fallback_budget,
+        reference_threshold=args.reference_threshold,
+        cloud_model=args.cloud_model,
+        hybrid_within=args.hybrid_within,
+        task=_task_spec(args),
+        budgets=_pairs(args.budget, "--budget", float),
     )
     result = compile_model(opts, progress=_progress_printer(args.quiet))
     if args.json:
@@ -110,6 +147,7 @@ def _task_spec(args: argparse.Namespace):
 
 def number(low: float, high: float) -> "Callable[[str], float]":
     """An argparse type: a finite number in [low, high] (NaN, inf and out-of-range values are refused by name)."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -118,19 +156,24 @@ def number(low: float, high: float) -> "Callable[[str], float]":
         if not math.isfinite(value) or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text!r} must be a finite number from {low:g} to {high:g}")
         return value
+
     return parse
 
 
 def whole(low: int, high: int | None = None) -> "Callable[[str], int]":
     """An argparse type: an integer >= low (and <= high)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r} must be from {low}" + (f" to {high}" if high is not None else " up"))
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be from {low}" + (f" to {high}" if high is not None else " up")
+            )
         return value
+
     return parse
 
 
@@ -138,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem-compile",
         description="Turn one ONNX model into validated, quantized variants for each hardware profile, "
-                    "with a signed manifest and a report.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "with a signed manifest and a report.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, help="the FP32 ONNX model, or 'profiles' to list the hardware profiles")
     parser.add_argument("--profiles", default="cpu-x86", help="comma-separated profile names (default: cpu-x86)")
@@ -148,54 +192,120 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--name", help="model name in the manifest (default: the file's stem)")
     parser.add_argument("--version", default="1.0.0", help="model version MAJOR.MINOR.PATCH (default: 1.0.0)")
-    parser.add_argument("--max-accuracy-drop", type=number(0, 100), default=1.0,
-                        help="accuracy points a chosen variant may lose against FP32 (default: 1)")
-    parser.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"],
-                        help="INT8 activation range calibration (default: minmax)")
-    parser.add_argument("--calib-samples", type=whole(1), default=256, help="at most this many calibration samples (default: 256)")
-    parser.add_argument("--dense-threshold", type=number(0, 1), default=0.5,
-                        help="threshold for agreement of non-classification outputs, e.g. 0.3 for text maps (default: 0.5)")
-    parser.add_argument("--expires-days", type=whole(0, 36500), default=365, help="manifest expiry in days, 0 for none (default: 365)")
-    parser.add_argument("--publisher-key", "--signing-key", dest="signing_key", type=Path,
-                        help="the publisher's ed25519 PEM key that signs the manifest (default: "
-                        "$TANDEM_HOME/keys/publisher.ed25519.pem, ~/.tandem without TANDEM_HOME, created on first use "
-                        "with its public half beside it as *.pub.pem for `tandem-hub publishers add`)")
-    parser.add_argument("--profile-dir", type=Path, action="append", default=[],
-                        help="extra folder of profile YAML files (repeatable; also $TANDEM_PROFILE_PATH)")
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=number(0, 100),
+        default=1.0,
+        help="accuracy points a chosen variant may lose against FP32 (default: 1)",
+    )
+    parser.add_argument(
+        "--calibration",
+        default="minmax",
+        choices=["minmax", "percentile", "entropy"],
+        help="INT8 activation range calibration (default: minmax)",
+    )
+    parser.add_argument(
+        "--calib-samples", type=whole(1), default=256, help="at most this many calibration samples (default: 256)"
+    )
+    parser.add_argument(
+        "--dense-threshold",
+        type=number(0, 1),
+        default=0.5,
+        help="threshold for agreement of non-classification outputs, e.g. 0.3 for text maps (default: 0.5)",
+    )
+    parser.add_argument(
+        "--expires-days", type=whole(0, 36500), default=365, help="manifest expiry in days, 0 for none (default: 365)"
+    )
+    parser.add_argument(
+        "--publisher-key",
+        "--signing-key",
+        dest="signing_key",
+        type=Path,
+        help="the publisher's ed25519 PEM key that signs the manifest (default: "
+        "$TANDEM_HOME/keys/publisher.ed25519.pem, ~/.tandem without TANDEM_HOME, created on first use "
+        "with its public half beside it as *.pub.pem for `tandem-hub publishers add`)",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra folder of profile YAML files (repeatable; also $TANDEM_PROFILE_PATH)",
+    )
     task = parser.add_argument_group(
-        "task", "what the outputs mean and the budget each task metric must meet against FP32 (docs/tasks.md); "
-                "without --task it is inferred from the outputs and the reason printed")
-    task.add_argument("--task", choices=["classification", "detection", "dense", "ctc", "embedding", "regression", "custom"],
-                      help="the model's task (default: inferred where the outputs make it unambiguous)")
-    task.add_argument("--task-option", action="append", default=[], metavar="NAME=VALUE",
-                      help="a task option, repeatable: output=NAME, scores=probabilities|logits|sigmoid|multi_label, "
-                           "layout=channels_first|anchors_first|nms, box_format=cxcywh|xyxy, score_threshold=0.25, "
-                           "iou_threshold=0.45, ambiguity=LOW,HIGH, threshold=0.5 (dense), blank=0 (ctc), top_k=5, "
-                           "metric=module:function (a user metric hook)")
-    task.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
-                      help="a budget per task metric, repeatable, e.g. map50=0.9, exact_match=0.95, cer=0.02, "
-                           "mask_iou=0.9, cosine_p5=0.98, rel_error_p95=0.05 (defaults: docs/tasks.md)")
+        "task",
+        "what the outputs mean and the budget each task metric must meet against FP32 (docs/tasks.md); "
+        "without --task it is inferred from the outputs and the reason printed",
+    )
+    task.add_argument(
+        "--task",
+        choices=["classification", "detection", "dense", "ctc", "embedding", "regression", "custom"],
+        help="the model's task (default: inferred where the outputs make it unambiguous)",
+    )
+    task.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a task option, repeatable: output=NAME, scores=probabilities|logits|sigmoid|multi_label, "
+        "layout=channels_first|anchors_first|nms, box_format=cxcywh|xyxy, score_threshold=0.25, "
+        "iou_threshold=0.45, ambiguity=LOW,HIGH, threshold=0.5 (dense), blank=0 (ctc), top_k=5, "
+        "metric=module:function (a user metric hook)",
+    )
+    task.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="a budget per task metric, repeatable, e.g. map50=0.9, exact_match=0.95, cer=0.02, "
+        "mask_iou=0.9, cosine_p5=0.98, rel_error_p95=0.05 (defaults: docs/tasks.md)",
+    )
     conf = parser.add_argument_group(
         "confidence calibration",
         "per classification variant: a temperature fitted on half of --val and a fallback threshold chosen on that "
-        "half for a goal; expected fallback rate and accuracy measured on the other half; all written to the manifest")
-    conf.add_argument("--confidence-goal", choices=["match-reference", "fallback-budget", "hybrid-accuracy"],
-                      help="what each variant's threshold is chosen for: match-reference = the fallback rate the FP32 "
-                           "reference has at --reference-threshold; fallback-budget = --fallback-budget; "
-                           "hybrid-accuracy = least fallback with hybrid accuracy within --hybrid-within points of "
-                           "--cloud-model (default: hybrid-accuracy with --cloud-model, else fallback-budget with "
-                           "--fallback-budget, else match-reference)")
-    conf.add_argument("--fallback-budget", type=number(0, 1), metavar="FRACTION",
-                      help="share of requests a variant may send to the cloud, e.g. 0.05")
-    conf.add_argument("--reference-threshold", type=number(0, 1), default=DEFAULT_REFERENCE_THRESHOLD, metavar="T",
-                      help="the shared FP32 max-probability threshold match-reference keeps the fallback rate of "
-                           f"(default: {DEFAULT_REFERENCE_THRESHOLD:g}, the agent's default)")
-    conf.add_argument("--cloud-model", type=Path, metavar="ONNX",
-                      help="the cloud model fallbacks go to (same inputs), for hybrid accuracy figures and goal")
-    conf.add_argument("--hybrid-within", type=number(0, 100), default=DEFAULT_HYBRID_WITHIN_POINTS, metavar="POINTS",
-                      help="hybrid-accuracy goal: accuracy points below the cloud model allowed (default: 0.5)")
-    conf.add_argument("--no-confidence-calibration", action="store_true",
-                      help="write no per-variant temperature and threshold (agents use their configured threshold)")
+        "half for a goal; expected fallback rate and accuracy measured on the other half; all written to the manifest",
+    )
+    conf.add_argument(
+        "--confidence-goal",
+        choices=["match-reference", "fallback-budget", "hybrid-accuracy"],
+        help="what each variant's threshold is chosen for: match-reference = the fallback rate the FP32 "
+        "reference has at --reference-threshold; fallback-budget = --fallback-budget; "
+        "hybrid-accuracy = least fallback with hybrid accuracy within --hybrid-within points of "
+        "--cloud-model (default: hybrid-accuracy with --cloud-model, else fallback-budget with "
+        "--fallback-budget, else match-reference)",
+    )
+    conf.add_argument(
+        "--fallback-budget",
+        type=number(0, 1),
+        metavar="FRACTION",
+        help="share of requests a variant may send to the cloud, e.g. 0.05",
+    )
+    conf.add_argument(
+        "--reference-threshold",
+        type=number(0, 1),
+        default=DEFAULT_REFERENCE_THRESHOLD,
+        metavar="T",
+        help="the shared FP32 max-probability threshold match-reference keeps the fallback rate of "
+        f"(default: {DEFAULT_REFERENCE_THRESHOLD:g}, the agent's default)",
+    )
+    conf.add_argument(
+        "--cloud-model",
+        type=Path,
+        metavar="ONNX",
+        help="the cloud model fallbacks go to (same inputs), for hybrid accuracy figures and goal",
+    )
+    conf.add_argument(
+        "--hybrid-within",
+        type=number(0, 100),
+        default=DEFAULT_HYBRID_WITHIN_POINTS,
+        metavar="POINTS",
+        help="hybrid-accuracy goal: accuracy points below the cloud model allowed (default: 0.5)",
+    )
+    conf.add_argument(
+        "--no-confidence-calibration",
+        action="store_true",
+        help="write no per-variant temperature and threshold (agents use their configured threshold)",
+    )
     parser.add_argument("--no-timing", action="store_true", help="skip host latency/throughput measurement (faster)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -209,13 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] == "profiles":
         sub = argparse.ArgumentParser(prog="tandem-compile profiles", description="List the known hardware profiles.")
-        sub.add_argument("--profile-dir", type=Path, action="append", default=[], help="extra folder of profile YAML files")
+        sub.add_argument(
+            "--profile-dir", type=Path, action="append", default=[], help="extra folder of profile YAML files"
+        )
         sub.add_argument("--json", action="store_true")
         args = sub.parse_args(argv[1:])
         handler = _list_profiles
     else:
         args = parser.parse_args(argv)
-        missing = [flag for flag, value in (("--calib", args.calib), ("--val", args.val), ("--out", args.out)) if value is None]
+        missing = [
+            flag for flag, value in (("--calib", args.calib), ("--val", args.val), ("--out", args.out)) if value is None
+        ]
         if missing:
             parser.error(f"compiling needs {', '.join(missing)}")
         handler = _compile

@@ -96,8 +96,7 @@ def nll(logp: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(np.mean(lse - z[np.arange(len(z)), labels]))
 
 
-def fit_temperature(logp: np.ndarray, labels: np.ndarray,
-                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+def fit_temperature(logp: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature in `bounds` that minimizes NLL on (logp, labels).
 
     NLL is convex in 1/T, hence unimodal in log T, so a golden-section search finds
@@ -153,14 +152,16 @@ def threshold_for_budget(conf: np.ndarray, budget: float) -> float:
     return float(cands[int(np.argmin(np.abs(rates - budget) + 1e-9 * rates))])
 
 
-def hybrid_accuracy(conf: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray, labels: np.ndarray,
-                    threshold: float) -> float:
+def hybrid_accuracy(
+    conf: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray, labels: np.ndarray, threshold: float
+) -> float:
     keep = conf >= threshold
     return float(np.mean(np.where(keep, edge_pred == labels, cloud_pred == labels)))
 
 
-def threshold_for_hybrid(conf: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray, labels: np.ndarray,
-                         within_points: float) -> tuple[float, bool]:
+def threshold_for_hybrid(
+    conf: np.ndarray, edge_pred: np.ndarray, cloud_pred: np.ndarray, labels: np.ndarray, within_points: float
+) -> tuple[float, bool]:
     """The least-fallback threshold with hybrid accuracy >= cloud accuracy - within_points.
 
     Returns (threshold, goal met); when no threshold meets it, the most accurate one.
@@ -181,7 +182,11 @@ def split_fit_eval(n: int, labels: np.ndarray | None, seed: int = SPLIT_SEED) ->
     """
     if n < MIN_SPLIT_SAMPLES:
         idx = np.arange(n)
-        return idx, idx, f"all {n} validation samples for fit and evaluation (fewer than {MIN_SPLIT_SAMPLES}: too few to split)"
+        return (
+            idx,
+            idx,
+            f"all {n} validation samples for fit and evaluation (fewer than {MIN_SPLIT_SAMPLES}: too few to split)",
+        )
     rng = np.random.default_rng(seed)
     groups = [np.nonzero(labels == c)[0] for c in np.unique(labels)] if labels is not None else [np.arange(n)]
     fit, evaluation = [], []
@@ -189,8 +194,10 @@ def split_fit_eval(n: int, labels: np.ndarray | None, seed: int = SPLIT_SEED) ->
         shuffled = rng.permutation(group)
         fit.extend(shuffled[0::2])
         evaluation.extend(shuffled[1::2])
-    how = "validation split halved" + (", stratified by label" if labels is not None else "") + f" (seed {seed}): " \
-          "temperature and threshold fitted on one half, expected figures measured on the other"
+    how = (
+        "validation split halved" + (", stratified by label" if labels is not None else "") + f" (seed {seed}): "
+        "temperature and threshold fitted on one half, expected figures measured on the other"
+    )
     return np.sort(np.array(fit, dtype=np.int64)), np.sort(np.array(evaluation, dtype=np.int64)), how
 
 
@@ -206,8 +213,9 @@ class CalibrationInputs:
     cloud_pred: np.ndarray | None = None
 
 
-def calibrate_variant(output: np.ndarray, probabilities: bool, goal: Goal, data: CalibrationInputs,
-                      output_name: str | None = None) -> dict[str, Any]:
+def calibrate_variant(
+    output: np.ndarray, probabilities: bool, goal: Goal, data: CalibrationInputs, output_name: str | None = None
+) -> dict[str, Any]:
     """Temperature, threshold and expected figures for one variant's outputs on the validation set.
 
     Returns the manifest's `variants[].calibration` mapping.
@@ -218,14 +226,19 @@ def calibrate_variant(output: np.ndarray, probabilities: bool, goal: Goal, data:
     fit_info: dict[str, Any] = {"samples_fit": int(len(fit)), "samples_eval": int(len(ev)), "split": data.split}
     if labels is not None:
         temperature = fit_temperature(logp[fit], labels[fit])
-        fit_info.update(nll_eval_uncalibrated=_round(nll(logp[ev], labels[ev], 1.0)),
-                        nll_eval_calibrated=_round(nll(logp[ev], labels[ev], temperature)))
+        fit_info.update(
+            nll_eval_uncalibrated=_round(nll(logp[ev], labels[ev], 1.0)),
+            nll_eval_calibrated=_round(nll(logp[ev], labels[ev], temperature)),
+        )
     else:
         temperature = 1.0
         fit_info["temperature"] = "not fitted: the validation data has no labels"
     # T = 1 leaves probabilities as the model gives them, as the agent's policy does (no renormalizing)
-    probs = scaled_probs(logp, temperature) if temperature != 1.0 or not probabilities else \
-        np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+    probs = (
+        scaled_probs(logp, temperature)
+        if temperature != 1.0 or not probabilities
+        else np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+    )
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
 
     resolved_budget: float | None = None
@@ -235,8 +248,9 @@ def calibrate_variant(output: np.ndarray, probabilities: bool, goal: Goal, data:
     if goal.kind == "hybrid-accuracy":
         if data.cloud_pred is None or truth is None:
             raise CompileError("--confidence-goal hybrid-accuracy needs --cloud-model")
-        threshold, goal_met = threshold_for_hybrid(conf[fit], pred[fit], data.cloud_pred[fit], truth[fit],
-                                                   goal.within_points)
+        threshold, goal_met = threshold_for_hybrid(
+            conf[fit], pred[fit], data.cloud_pred[fit], truth[fit], goal.within_points
+        )
     else:
         if goal.kind == "match-reference":
             resolved_budget = fallback_rate(data.reference_conf[fit], goal.reference_threshold)
@@ -252,19 +266,28 @@ def calibrate_variant(output: np.ndarray, probabilities: bool, goal: Goal, data:
         "goal": {**goal.to_dict(resolved_budget), "met_on_fit": goal_met},
         "expected_fallback_rate": _round(fallback_rate(conf[ev], threshold)),
         "expected_accuracy": _round(float(np.mean(pred[ev] == labels[ev]))) if labels is not None else None,
-        "expected_hybrid_accuracy": (_round(hybrid_accuracy(conf[ev], pred[ev], data.cloud_pred[ev], truth[ev],
-                                                            threshold))
-                                     if hybrid_possible and truth is not None else None),
+        "expected_hybrid_accuracy": (
+            _round(hybrid_accuracy(conf[ev], pred[ev], data.cloud_pred[ev], truth[ev], threshold))
+            if hybrid_possible and truth is not None
+            else None
+        ),
         "fit": fit_info,
     }
     if goal.kind == "match-reference":
-        record["fit"]["reference_fallback_rate_eval"] = _round(fallback_rate(data.reference_conf[ev],
-                                                                              goal.reference_threshold))
+        record["fit"]["reference_fallback_rate_eval"] = _round(
+            fallback_rate(data.reference_conf[ev], goal.reference_threshold)
+        )
     return record
 
 
-def calibrate_task_variant(conf: np.ndarray, measure: str, default_threshold: float, goal: Goal,
-                           data: CalibrationInputs, output_name: str | None = None) -> dict[str, Any]:
+def calibrate_task_variant(
+    conf: np.ndarray,
+    measure: str,
+    default_threshold: float,
+    goal: Goal,
+    data: CalibrationInputs,
+    output_name: str | None = None,
+) -> dict[str, Any]:
     """Threshold and expected fallback rate for one variant of a task with its own confidence
     (a sigmoid's max(p, 1-p), a detector's share of sure boxes, a CTC line's weakest step).
 
@@ -273,24 +296,35 @@ def calibrate_task_variant(conf: np.ndarray, measure: str, default_threshold: fl
     fallback rate FP32 has at the task's default threshold) or fallback-budget.
     """
     if goal.kind == "hybrid-accuracy":
-        raise CompileError(f"--confidence-goal hybrid-accuracy compares class answers; the {measure} confidence "
-                           "is calibrated for match-reference or fallback-budget")
+        raise CompileError(
+            f"--confidence-goal hybrid-accuracy compares class answers; the {measure} confidence "
+            "is calibrated for match-reference or fallback-budget"
+        )
     conf = np.asarray(conf, dtype=np.float64)
     fit, ev = data.fit, data.evaluation
     if goal.kind == "match-reference":
-        reference = goal.reference_threshold if goal.reference_threshold != DEFAULT_REFERENCE_THRESHOLD \
-            else default_threshold
+        reference = (
+            goal.reference_threshold if goal.reference_threshold != DEFAULT_REFERENCE_THRESHOLD else default_threshold
+        )
         resolved_budget = fallback_rate(data.reference_conf[fit], reference)
     else:
         resolved_budget = float(goal.budget)  # type: ignore[arg-type]
     threshold = threshold_for_budget(conf[fit], resolved_budget)
     record: dict[str, Any] = {
-        "temperature": 1.0, "threshold": _round(threshold), "measure": measure, "output": output_name,
+        "temperature": 1.0,
+        "threshold": _round(threshold),
+        "measure": measure,
+        "output": output_name,
         "goal": {**goal.to_dict(resolved_budget), "met_on_fit": True},
         "expected_fallback_rate": _round(fallback_rate(conf[ev], threshold)),
-        "expected_accuracy": None, "expected_hybrid_accuracy": None,
-        "fit": {"samples_fit": int(len(fit)), "samples_eval": int(len(ev)), "split": data.split,
-                "temperature": "not fitted: the task's confidence is not a softmax"},
+        "expected_accuracy": None,
+        "expected_hybrid_accuracy": None,
+        "fit": {
+            "samples_fit": int(len(fit)),
+            "samples_eval": int(len(ev)),
+            "split": data.split,
+            "temperature": "not fitted: the task's confidence is not a softmax",
+        },
     }
     if goal.kind == "match-reference":
         record["fit"]["reference_fallback_rate_eval"] = _round(fallback_rate(data.reference_conf[ev], reference))

@@ -66,8 +66,12 @@ class Dataset:
         return sample_count(self.inputs, self.axes)
 
     def _slice(self, start: int, stop: int | None) -> "Dataset":
-        return Dataset({k: take(v, self.axes.get(k, 0), start, stop) for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[start:stop], self.source, dict(self.axes))
+        return Dataset(
+            {k: take(v, self.axes.get(k, 0), start, stop) for k, v in self.inputs.items()},
+            None if self.labels is None else self.labels[start:stop],
+            self.source,
+            dict(self.axes),
+        )
 
     def head(self, n: int) -> "Dataset":
         return self._slice(0, n)
@@ -78,8 +82,9 @@ class Dataset:
 
     def samples_first(self) -> dict[str, np.ndarray]:
         """Batched inputs with their samples on axis 0 (for per-sample summaries); scalars left out."""
-        return {k: np.moveaxis(v, self.axes.get(k, 0), 0) for k, v in self.inputs.items()
-                if self.axes.get(k, 0) is not None}
+        return {
+            k: np.moveaxis(v, self.axes.get(k, 0), 0) for k, v in self.inputs.items() if self.axes.get(k, 0) is not None
+        }
 
 
 def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Dataset:
@@ -116,10 +121,14 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
             else:
                 raise CalibrationDataError(f"{where}: dtype {arr.dtype} does not match the model's {expected}")
         if arr.ndim != len(spec.shape):
-            raise CalibrationDataError(f"{where}: shape {arr.shape} has rank {arr.ndim}, the model expects rank {len(spec.shape)} {tuple(spec.shape)}")
+            raise CalibrationDataError(
+                f"{where}: shape {arr.shape} has rank {arr.ndim}, the model expects rank {len(spec.shape)} {tuple(spec.shape)}"
+            )
         for i, (got, want) in enumerate(zip(arr.shape, spec.shape)):
             if i != axis and want > 0 and got != want:
-                raise CalibrationDataError(f"{where}: shape {arr.shape} differs from the model's {tuple(spec.shape)} on axis {i}")
+                raise CalibrationDataError(
+                    f"{where}: shape {arr.shape} differs from the model's {tuple(spec.shape)} on axis {i}"
+                )
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise CalibrationDataError(f"{where}: contains NaN or infinite values")
         checked[spec.name] = np.asarray(arr, order="C")  # not ascontiguousarray: it turns a 0-d scalar into [1]
@@ -128,7 +137,9 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
         if count is None:
             count = arr.shape[axis]
         elif arr.shape[axis] != count:
-            raise CalibrationDataError(f"{where}: {arr.shape[axis]} samples along axis {axis}, other inputs have {count}")
+            raise CalibrationDataError(
+                f"{where}: {arr.shape[axis]} samples along axis {axis}, other inputs have {count}"
+            )
     if count is None:
         count = 1  # every input is a scalar: one sample
     if not count:
@@ -136,5 +147,7 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or labels.shape[0] != count or labels.dtype.kind not in "iu":
-            raise CalibrationDataError(f"{role} data {path}: 'y' must be {count} integer labels, got shape {labels.shape} dtype {labels.dtype}")
+            raise CalibrationDataError(
+                f"{role} data {path}: 'y' must be {count} integer labels, got shape {labels.shape} dtype {labels.dtype}"
+            )
     return Dataset(checked, labels, str(path), axes)

@@ -10,13 +10,26 @@ from typing import Any
 
 import numpy as np
 
-from tandem.protocols.drift import (CONFIDENCE_EDGES, DEFAULT_BINS, TASK_SIGNAL_EDGES, bin_counts, confidence_counts,
-                                    reference_edges, summarize_inputs, task_signal_counts)
+from tandem.protocols.drift import (
+    CONFIDENCE_EDGES,
+    DEFAULT_BINS,
+    TASK_SIGNAL_EDGES,
+    bin_counts,
+    confidence_counts,
+    reference_edges,
+    summarize_inputs,
+    task_signal_counts,
+)
 
 
-def build_drift_reference(inputs: dict[str, np.ndarray], confidence: np.ndarray | None,
-                          predicted: np.ndarray | None, num_classes: int | None,
-                          bins: int = DEFAULT_BINS, signals: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def build_drift_reference(
+    inputs: dict[str, np.ndarray],
+    confidence: np.ndarray | None,
+    predicted: np.ndarray | None,
+    num_classes: int | None,
+    bins: int = DEFAULT_BINS,
+    signals: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Edges and counts per input summary; confidence and class-mix counts for classifiers;
     task drift signals (`signals`: tandem.tasks TaskConfidence.signals of the FP32 outputs) over
     their fixed edges, under "tasks"."""
@@ -31,8 +44,11 @@ def build_drift_reference(inputs: dict[str, np.ndarray], confidence: np.ndarray 
         ref["confidence"] = {"edges": CONFIDENCE_EDGES, "counts": confidence_counts(confidence)}
     if predicted is not None and num_classes:
         ref["classes"] = {"counts": np.bincount(predicted, minlength=num_classes).astype(int).tolist()}
-    tasks = {name: {"edges": TASK_SIGNAL_EDGES[name], "counts": task_signal_counts(name, values)}
-             for name, values in sorted((signals or {}).items()) if name in TASK_SIGNAL_EDGES}
+    tasks = {
+        name: {"edges": TASK_SIGNAL_EDGES[name], "counts": task_signal_counts(name, values)}
+        for name, values in sorted((signals or {}).items())
+        if name in TASK_SIGNAL_EDGES
+    }
     if tasks:
         ref["tasks"] = tasks
     return ref

@@ -28,7 +28,9 @@ def write_golden(path: Path, inputs: dict[str, np.ndarray], outputs_by_variant: 
         np.savez_compressed(fh, **arrays)
 
 
-def read_golden(path: Path, variant_id: str, input_names: list[str], n_outputs: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+def read_golden(
+    path: Path, variant_id: str, input_names: list[str], n_outputs: int
+) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     with np.load(path, allow_pickle=False) as npz:
         inputs = {name: npz[input_key(name)] for name in input_names}
         outputs = [npz[output_key(variant_id, i)] for i in range(n_outputs)]

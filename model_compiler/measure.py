@@ -22,8 +22,14 @@ class LatencyStats:
     runs: int
 
 
-def measure_latency(session: RuntimeSession, feeds: Mapping[str, np.ndarray], *, warmup: int = 5,
-                    runs: int = 50, max_seconds: float = 3.0) -> LatencyStats:
+def measure_latency(
+    session: RuntimeSession,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    warmup: int = 5,
+    runs: int = 50,
+    max_seconds: float = 3.0,
+) -> LatencyStats:
     """Per-call latency of `feeds` (usually batch 1) after `warmup` untimed calls."""
     for _ in range(warmup):
         session.run(feeds)
@@ -37,8 +43,15 @@ def measure_latency(session: RuntimeSession, feeds: Mapping[str, np.ndarray], *,
     return LatencyStats(float(np.percentile(arr, 50)), float(np.percentile(arr, 95)), len(samples))
 
 
-def measure_throughput(session: RuntimeSession, feeds: Mapping[str, np.ndarray], *, warmup: int = 3,
-                       runs: int = 20, max_seconds: float = 3.0, batch: int | None = None) -> float:
+def measure_throughput(
+    session: RuntimeSession,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    warmup: int = 3,
+    runs: int = 20,
+    max_seconds: float = 3.0,
+    batch: int | None = None,
+) -> float:
     """Samples per second running the batched `feeds` back to back (batch = `batch` or axis 0 of the first input)."""
     batch = batch or len(next(iter(feeds.values())))
     for _ in range(warmup):
@@ -53,8 +66,9 @@ def measure_throughput(session: RuntimeSession, feeds: Mapping[str, np.ndarray],
     return batch * done / elapsed if elapsed > 0 else float("inf")
 
 
-def batch_of(data: Mapping[str, np.ndarray], size: int,
-             axes: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+def batch_of(
+    data: Mapping[str, np.ndarray], size: int, axes: Mapping[str, int | None] | None = None
+) -> dict[str, np.ndarray]:
     """The first `size` samples of every input along its batch axis (`axes`, default 0), repeated
     when the data has fewer; a scalar input (axis None) is passed as it is."""
     axes = axes or {}

@@ -27,7 +27,8 @@ def load_model(path: str | Path):
             f"{path}: a TFLite model; tandem-compile starts from ONNX (every runtime's variant, LiteRT's "
             f"included, is built and validated from it). Convert it first, then compile {onnx_path.name}:\n"
             f"  pip install tf2onnx tensorflow\n"
-            f"  python -m tf2onnx.convert --tflite {path} --output {onnx_path} --opset 17")
+            f"  python -m tf2onnx.convert --tflite {path} --output {onnx_path} --opset 17"
+        )
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError

@@ -20,8 +20,13 @@ from tandem.hardware_profiles import Profile, resolve_profiles
 from tandem.hardware_profiles.runtimes import load_session
 from tandem.model_compiler import model_io
 from tandem.model_compiler.confidence import (
-    DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_task_variant,
-    calibrate_variant, split_fit_eval,
+    DEFAULT_HYBRID_WITHIN_POINTS,
+    DEFAULT_REFERENCE_THRESHOLD,
+    CalibrationInputs,
+    Goal,
+    calibrate_task_variant,
+    calibrate_variant,
+    split_fit_eval,
 )
 from tandem.model_compiler.data import Dataset, batch_axis, load_dataset, take
 from tandem.model_compiler.drift_reference import build_drift_reference
@@ -32,7 +37,15 @@ from tandem.model_compiler.select import Candidate, choose_for_profile
 from tandem.model_compiler.validate import Task, confidences, resolve_task, run_dataset, validate_variant
 from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
 from tandem.protocols.manifest import (
-    MANIFEST_FILENAME, Calibration, FileEntry, Golden, Manifest, ProfileChoice, TensorSpec, Variant, parse_version,
+    MANIFEST_FILENAME,
+    Calibration,
+    FileEntry,
+    Golden,
+    Manifest,
+    ProfileChoice,
+    TensorSpec,
+    Variant,
+    parse_version,
 )
 from tandem.protocols.signing import key_id, load_or_create_private_key, public_key_pem, sign_manifest
 from tandem.tasks import DEFAULT_THRESHOLDS, TaskSpec, class_labels, confidence_measure, task_confidence
@@ -58,8 +71,12 @@ def publisher_key(path: Path | None) -> Ed25519PrivateKey:
     if not public.exists():
         public.write_bytes(public_key_pem(key))
     if created:
-        log.warning("created publisher key path=%s key_id=%s; trust it at the hub with: tandem-hub publishers add %s",
-                    path, key_id(key.public_key()), public)
+        log.warning(
+            "created publisher key path=%s key_id=%s; trust it at the hub with: tandem-hub publishers add %s",
+            path,
+            key_id(key.public_key()),
+            public,
+        )
     return key
 
 
@@ -85,7 +102,9 @@ class CompileOptions:
     force: bool = False
     # per-variant confidence calibration (model_compiler/confidence.py)
     confidence_calibration: bool = True
-    confidence_goal: str | None = None  # None: hybrid-accuracy with cloud_model, else fallback-budget when set, else match-reference
+    confidence_goal: str | None = (
+        None  # None: hybrid-accuracy with cloud_model, else fallback-budget when set, else match-reference
+    )
     fallback_budget: float | None = None
     reference_threshold: float = DEFAULT_REFERENCE_THRESHOLD
     cloud_model: Path | None = None
@@ -95,10 +114,19 @@ class CompileOptions:
     budgets: dict[str, float] = field(default_factory=dict)
 
     def goal(self) -> Goal:
-        kind = self.confidence_goal or ("hybrid-accuracy" if self.cloud_model else
-                                        "fallback-budget" if self.fallback_budget is not None else "match-reference")
-        return Goal(kind=kind, budget=self.fallback_budget, reference_threshold=self.reference_threshold,
-                    within_points=self.hybrid_within).check()
+        kind = self.confidence_goal or (
+            "hybrid-accuracy"
+            if self.cloud_model
+            else "fallback-budget"
+            if self.fallback_budget is not None
+            else "match-reference"
+        )
+        return Goal(
+            kind=kind,
+            budget=self.fallback_budget,
+            reference_threshold=self.reference_threshold,
+            within_points=self.hybrid_within,
+        ).check()
 
 
 @dataclass
@@ -153,10 +181,14 @@ def _check_options(opts: CompileOptions) -> None:
         raise CompileError("--profiles: name at least one profile (see `tandem-compile profiles`)")
     if opts.out.exists() and any(opts.out.iterdir()) and not opts.force:
         if not (opts.out / MANIFEST_FILENAME).exists():
-            raise CompileError(f"--out {opts.out}: folder exists and is not a previous tandem-compile output; use --force or another folder")
+            raise CompileError(
+                f"--out {opts.out}: folder exists and is not a previous tandem-compile output; use --force or another folder"
+            )
 
 
-def _plan(profiles: list[Profile], progress: Progress) -> tuple[dict[str, Recipe], dict[str, list[str]], dict[str, list[dict[str, str]]]]:
+def _plan(
+    profiles: list[Profile], progress: Progress
+) -> tuple[dict[str, Recipe], dict[str, list[str]], dict[str, list[dict[str, str]]]]:
     """Recipes by id, the profiles that want each, and runtime-level skips per profile."""
     recipes: dict[str, Recipe] = {}
     wanted_by: dict[str, list[str]] = {}
@@ -224,8 +256,10 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     val = load_dataset(opts.val, inputs, "validation")
     if len(calib) > opts.calib_samples:
         calib = calib.head(opts.calib_samples)
-    say(f"data: {len(calib)} calibration and {len(val)} validation samples"
-        + (" with labels" if val.labels is not None else " (no labels: agreement only)"))
+    say(
+        f"data: {len(calib)} calibration and {len(val)} validation samples"
+        + (" with labels" if val.labels is not None else " (no labels: agreement only)")
+    )
 
     say("running the FP32 reference")
     ref_session = load_session("onnxruntime", prepared_path, graph_optimization=False)
@@ -233,9 +267,21 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     ref_session.close()
     task = _resolve_task(opts, prepared, outputs, reference, val)
     say(f"task: {task.kind} on output {outputs[task.output_index].name!r} ({task.reason})")
-    say("task gate: " + (", ".join(f"{k} {'<=' if k in ('cer', 'rel_error_p95', 'rel_error_mean') else '>='} {v:g}"
-                                   for k, v in task.budgets.items()) or "no task budget")
-        + ("; accuracy within --max-accuracy-drop points of FP32" if task.kind == "classification" and val.labels is not None else ""))
+    say(
+        "task gate: "
+        + (
+            ", ".join(
+                f"{k} {'<=' if k in ('cer', 'rel_error_p95', 'rel_error_mean') else '>='} {v:g}"
+                for k, v in task.budgets.items()
+            )
+            or "no task budget"
+        )
+        + (
+            "; accuracy within --max-accuracy-drop points of FP32"
+            if task.kind == "classification" and val.labels is not None
+            else ""
+        )
+    )
     ref_metrics: dict[str, Any] = {"task": task.kind, "task_budgets": dict(task.budgets), "task_reason": task.reason}
     if task.kind == "classification" and val.labels is not None and task.spec.scores != "multi_label":
         ref_metrics["accuracy"] = float((class_labels(task.spec, reference[task.output_index]) == val.labels).mean())
@@ -254,13 +300,28 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
             choices[profile.name] = ProfileChoice(chosen=None, reason=blocked[profile.name])
             continue
         mine = [o for o in outcomes if profile.name in o.profiles]
-        prof_skipped = skipped[profile.name] + [{"variant": o.recipe.id, "reason": o.skipped} for o in mine if o.skipped]
-        candidates = [Candidate(o.recipe.id, o.recipe.runtime, o.recipe.precision, o.metrics) for o in mine if o.built and not o.skipped]
-        choices[profile.name] = choose_for_profile(profile, candidates, max_accuracy_drop=opts.max_accuracy_drop,
-                                                   reference_accuracy=ref_metrics.get("accuracy"), skipped=prof_skipped)
-        say(f"profile {profile.name}: {choices[profile.name].chosen or 'nothing fits'} ({choices[profile.name].reason})")
+        prof_skipped = skipped[profile.name] + [
+            {"variant": o.recipe.id, "reason": o.skipped} for o in mine if o.skipped
+        ]
+        candidates = [
+            Candidate(o.recipe.id, o.recipe.runtime, o.recipe.precision, o.metrics)
+            for o in mine
+            if o.built and not o.skipped
+        ]
+        choices[profile.name] = choose_for_profile(
+            profile,
+            candidates,
+            max_accuracy_drop=opts.max_accuracy_drop,
+            reference_accuracy=ref_metrics.get("accuracy"),
+            skipped=prof_skipped,
+        )
+        say(
+            f"profile {profile.name}: {choices[profile.name].chosen or 'nothing fits'} ({choices[profile.name].reason})"
+        )
 
-    manifest = _write_manifest(opts, out, prepared, inputs, outputs, task, outcomes, choices, val, reference, ref_metrics)
+    manifest = _write_manifest(
+        opts, out, prepared, inputs, outputs, task, outcomes, choices, val, reference, ref_metrics
+    )
     shutil.rmtree(work, ignore_errors=True)
     result = CompileResult(out, manifest, outcomes, ref_metrics, notes, _host_dict())
     write_reports(result)
@@ -321,9 +382,18 @@ def _profiles_blocked_by_ops(profiles: list[Profile], ops: set[str]) -> dict[str
     return blocked
 
 
-def _build_and_validate(recipes: dict[str, Recipe], wanted_by: dict[str, list[str]], prepared_path: Path,
-                        calib: Dataset, val: Dataset, task: Task, reference: list[np.ndarray],
-                        opts: CompileOptions, out: Path, say: Progress) -> list[VariantOutcome]:
+def _build_and_validate(
+    recipes: dict[str, Recipe],
+    wanted_by: dict[str, list[str]],
+    prepared_path: Path,
+    calib: Dataset,
+    val: Dataset,
+    task: Task,
+    reference: list[np.ndarray],
+    opts: CompileOptions,
+    out: Path,
+    say: Progress,
+) -> list[VariantOutcome]:
     outcomes = []
     total = len(recipes)
     for i, (rid, recipe) in enumerate(recipes.items(), start=1):
@@ -331,21 +401,36 @@ def _build_and_validate(recipes: dict[str, Recipe], wanted_by: dict[str, list[st
         outcomes.append(outcome)
         variant_dir = out / "variants" / rid
         variant_dir.mkdir(parents=True, exist_ok=True)
-        ctx = BuildContext(model_path=prepared_path, calib=calib.inputs, out_dir=variant_dir,
-                           calibration_method=opts.calibration_method, log=lambda m, rid=rid: say(f"  {rid}: {m}"))
+        ctx = BuildContext(
+            model_path=prepared_path,
+            calib=calib.inputs,
+            out_dir=variant_dir,
+            calibration_method=opts.calibration_method,
+            log=lambda m, rid=rid: say(f"  {rid}: {m}"),
+        )
         say(f"[{i}/{total}] building {rid}")
         t0 = time.perf_counter()
         try:
             built = get_builder(recipe.runtime).build(recipe, ctx)
             outcome.build_seconds = time.perf_counter() - t0
             say(f"[{i}/{total}] validating {rid} (built in {outcome.build_seconds:.1f}s)")
-            metrics, outputs = validate_variant(recipe.runtime, built.files, built.session_options, task, reference, val,
-                                                timing=opts.timing, timing_seconds=opts.timing_seconds,
-                                                dense_threshold=opts.dense_threshold)
+            metrics, outputs = validate_variant(
+                recipe.runtime,
+                built.files,
+                built.session_options,
+                task,
+                reference,
+                val,
+                timing=opts.timing,
+                timing_seconds=opts.timing_seconds,
+                dense_threshold=opts.dense_threshold,
+            )
             outcome.built, outcome.metrics, outcome.outputs = built, metrics, outputs
-            say(f"[{i}/{total}] {rid}: task {metrics['task_gate']}: {metrics['task_reason']}"
+            say(
+                f"[{i}/{total}] {rid}: task {metrics['task_gate']}: {metrics['task_reason']}"
                 + f" (element agreement {metrics['agreement']:.4f}, informational)"
-                + (f", p50 {metrics['latency_p50_ms']:.3f} ms" if "latency_p50_ms" in metrics else ""))
+                + (f", p50 {metrics['latency_p50_ms']:.3f} ms" if "latency_p50_ms" in metrics else "")
+            )
         except VariantSkipped as exc:
             outcome.skipped = exc.reason
             shutil.rmtree(variant_dir, ignore_errors=True)
@@ -363,24 +448,37 @@ def _cloud_predictions(opts: CompileOptions, val: Dataset) -> np.ndarray:
     try:
         names = {s.name for s in session.inputs}
         if names != set(val.inputs):
-            raise CompileError(f"--cloud-model {opts.cloud_model}: its inputs ({', '.join(sorted(names))}) are not the "
-                               f"edge model's ({', '.join(sorted(val.inputs))}); hybrid accuracy needs the same inputs")
+            raise CompileError(
+                f"--cloud-model {opts.cloud_model}: its inputs ({', '.join(sorted(names))}) are not the "
+                f"edge model's ({', '.join(sorted(val.inputs))}); hybrid accuracy needs the same inputs"
+            )
         out = run_dataset(session, val.inputs, val.axes)[0]
     finally:
         session.close()
     if out.ndim != 2 or out.shape[0] != len(val):
-        raise CompileError(f"--cloud-model {opts.cloud_model}: first output has shape {list(out.shape)}; "
-                           "expected [samples, classes]")
+        raise CompileError(
+            f"--cloud-model {opts.cloud_model}: first output has shape {list(out.shape)}; expected [samples, classes]"
+        )
     return out.argmax(axis=1)
 
 
-def _calibrate_task(outcomes: list[VariantOutcome], goal: Goal, task: Task, val: Dataset, reference: list[np.ndarray],
-                    output_name: str, measure: str, say: Progress) -> None:
+def _calibrate_task(
+    outcomes: list[VariantOutcome],
+    goal: Goal,
+    task: Task,
+    val: Dataset,
+    reference: list[np.ndarray],
+    output_name: str,
+    measure: str,
+    say: Progress,
+) -> None:
     """Per-variant threshold on the task's own confidence (model_compiler/confidence.calibrate_task_variant)."""
     ref_conf = confidences(task, reference[task.output_index])
     if ref_conf is None or len(ref_conf) != len(val):
-        say(f"confidence calibration skipped: the {measure} confidence has "
-            f"{0 if ref_conf is None else len(ref_conf)} rows for {len(val)} validation samples")
+        say(
+            f"confidence calibration skipped: the {measure} confidence has "
+            f"{0 if ref_conf is None else len(ref_conf)} rows for {len(val)} validation samples"
+        )
         return
     if goal.kind == "hybrid-accuracy":
         say(f"confidence calibration skipped: hybrid-accuracy compares class answers, not the {measure} confidence")
@@ -400,8 +498,16 @@ def _calibrate_task(outcomes: list[VariantOutcome], goal: Goal, task: Task, val:
         say(f"  {o.recipe.id}: threshold {c['threshold']:.4f}, expected fallback {c['expected_fallback_rate']:.3f}")
 
 
-def _calibrate(outcomes: list[VariantOutcome], opts: CompileOptions, task: Task, val: Dataset,
-               reference: list[np.ndarray], output_name: str, ref_metrics: dict[str, Any], say: Progress) -> None:
+def _calibrate(
+    outcomes: list[VariantOutcome],
+    opts: CompileOptions,
+    task: Task,
+    val: Dataset,
+    reference: list[np.ndarray],
+    output_name: str,
+    ref_metrics: dict[str, Any],
+    say: Progress,
+) -> None:
     """Fit every validated variant's temperature and threshold for the goal (see model_compiler/confidence.py)."""
     goal = opts.goal()
     rows = reference[task.output_index].shape[0]
@@ -410,29 +516,53 @@ def _calibrate(outcomes: list[VariantOutcome], opts: CompileOptions, task: Task,
         _calibrate_task(outcomes, goal, task, val, reference, output_name, measure, say)
         return
     if rows != len(val) or reference[task.output_index].ndim != 2:
-        say(f"confidence calibration skipped: the output has {rows} rows for {len(val)} validation samples "
-            "(the leading input axis is not a batch of samples)")
+        say(
+            f"confidence calibration skipped: the output has {rows} rows for {len(val)} validation samples "
+            "(the leading input axis is not a batch of samples)"
+        )
         return
     fit, evaluation, how = split_fit_eval(len(val), val.labels)
     cloud_pred = _cloud_predictions(opts, val) if opts.cloud_model is not None else None
     if cloud_pred is not None and val.labels is not None:
         ref_metrics["cloud_accuracy"] = float((cloud_pred == val.labels).mean())
-    data = CalibrationInputs(fit=fit, evaluation=evaluation, split=how, labels=val.labels,
-                             reference_conf=confidences(task, reference[task.output_index]), cloud_pred=cloud_pred)
+    data = CalibrationInputs(
+        fit=fit,
+        evaluation=evaluation,
+        split=how,
+        labels=val.labels,
+        reference_conf=confidences(task, reference[task.output_index]),
+        cloud_pred=cloud_pred,
+    )
     say(f"confidence calibration: goal {goal.kind}; {how}")
     for o in outcomes:
         if not o.built or o.skipped or not o.outputs:
             continue
         o.calibration = calibrate_variant(o.outputs[task.output_index], task.probabilities, goal, data, output_name)
         c = o.calibration
-        say(f"  {o.recipe.id}: temperature {c['temperature']:.3f}, threshold {c['threshold']:.4f}, "
+        say(
+            f"  {o.recipe.id}: temperature {c['temperature']:.3f}, threshold {c['threshold']:.4f}, "
             f"expected fallback {c['expected_fallback_rate']:.3f}"
-            + (f", hybrid accuracy {c['expected_hybrid_accuracy']:.4f}" if c["expected_hybrid_accuracy"] is not None else ""))
+            + (
+                f", hybrid accuracy {c['expected_hybrid_accuracy']:.4f}"
+                if c["expected_hybrid_accuracy"] is not None
+                else ""
+            )
+        )
 
 
-def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, task: Task,
-                    outcomes: list[VariantOutcome], choices: dict[str, ProfileChoice], val: Dataset,
-                    reference: list[np.ndarray], ref_metrics: dict[str, Any]) -> Manifest:
+def _write_manifest(
+    opts: CompileOptions,
+    out: Path,
+    prepared,
+    inputs,
+    outputs,
+    task: Task,
+    outcomes: list[VariantOutcome],
+    choices: dict[str, ProfileChoice],
+    val: Dataset,
+    reference: list[np.ndarray],
+    ref_metrics: dict[str, Any],
+) -> Manifest:
     ok = [o for o in outcomes if o.built and not o.skipped]
     variants = []
     for o in ok:
@@ -446,33 +576,55 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
         served = _served_inputs(inputs, o.metrics.get("input_shapes", {}))
         if served != list(inputs):
             options.setdefault("notes", []).append(
-                "takes only " + ", ".join(f"{s.name} {s.shape}" for s in served if s not in inputs)
-                + " (shapes fixed when the variant was built; the model itself takes -1 there)")
-        variants.append(Variant(
-            id=o.recipe.id, runtime=o.recipe.runtime, precision=o.recipe.precision,
-            files=_file_entries(o.built.files, out), inputs=served, outputs=list(outputs),
-            profiles=sorted(set(o.profiles) | set(chosen_for)), options=options,
-            metrics={k: (round(v, 6) if isinstance(v, float) else v) for k, v in o.metrics.items() if k != "input_shapes"},
-            calibration=Calibration.from_dict(o.calibration, o.recipe.id) if o.calibration else None,
-        ))
+                "takes only "
+                + ", ".join(f"{s.name} {s.shape}" for s in served if s not in inputs)
+                + " (shapes fixed when the variant was built; the model itself takes -1 there)"
+            )
+        variants.append(
+            Variant(
+                id=o.recipe.id,
+                runtime=o.recipe.runtime,
+                precision=o.recipe.precision,
+                files=_file_entries(o.built.files, out),
+                inputs=served,
+                outputs=list(outputs),
+                profiles=sorted(set(o.profiles) | set(chosen_for)),
+                options=options,
+                metrics={
+                    k: (round(v, 6) if isinstance(v, float) else v) for k, v in o.metrics.items() if k != "input_shapes"
+                },
+                calibration=Calibration.from_dict(o.calibration, o.recipe.id) if o.calibration else None,
+            )
+        )
 
     golden = None
     if ok:
         count = min(opts.golden_count, len(val))
         golden_inputs = val.head(count).inputs
         out_axes = [batch_axis(spec.shape) for spec in outputs]
-        write_golden(out / GOLDEN_FILENAME, golden_inputs,
-                     {o.recipe.id: [take(x, out_axes[i] if i < len(out_axes) else 0, 0, count) if x.ndim else x
-                                    for i, x in enumerate(o.outputs or [])] for o in ok})
-        golden = Golden(file=_file_entries([out / GOLDEN_FILENAME], out)[0], count=count,
-                        atol=0.05, min_top1_agreement=0.9)
+        write_golden(
+            out / GOLDEN_FILENAME,
+            golden_inputs,
+            {
+                o.recipe.id: [
+                    take(x, out_axes[i] if i < len(out_axes) else 0, 0, count) if x.ndim else x
+                    for i, x in enumerate(o.outputs or [])
+                ]
+                for o in ok
+            },
+        )
+        golden = Golden(
+            file=_file_entries([out / GOLDEN_FILENAME], out)[0], count=count, atol=0.05, min_top1_agreement=0.9
+        )
 
     ref_out = reference[task.output_index]
     found = task_confidence(task.spec, ref_out)  # confidence and task drift signals of FP32, as the agent reads them
     conf = found.confidence
     single_label = task.kind == "classification" and task.spec.scores != "multi_label"
     pred = class_labels(task.spec, ref_out) if single_label else None
-    classes = (2 if task.spec.scores == "sigmoid" else ref_out.reshape(len(ref_out), -1).shape[1]) if single_label else None
+    classes = (
+        (2 if task.spec.scores == "sigmoid" else ref_out.reshape(len(ref_out), -1).shape[1]) if single_label else None
+    )
     drift = build_drift_reference(val.samples_first(), conf, pred, classes, signals=found.signals)
 
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -482,10 +634,20 @@ def _write_manifest(opts: CompileOptions, out: Path, prepared, inputs, outputs, 
         created_at=now.isoformat(),
         expires_at=(now + dt.timedelta(days=opts.expires_days)).isoformat() if opts.expires_days > 0 else None,
         task=task.to_dict(outputs[task.output_index].name),
-        inputs=list(inputs), outputs=list(outputs), variants=variants, profiles=choices,
-        target_profiles=list(choices), golden=golden, drift_reference=drift,
-        source={"file": opts.model.name, "sha256": _sha256(opts.model), "opset": model_io.default_opset(prepared),
-                "weight_bytes": model_io.weight_bytes(prepared), "reference": ref_metrics},
+        inputs=list(inputs),
+        outputs=list(outputs),
+        variants=variants,
+        profiles=choices,
+        target_profiles=list(choices),
+        golden=golden,
+        drift_reference=drift,
+        source={
+            "file": opts.model.name,
+            "sha256": _sha256(opts.model),
+            "opset": model_io.default_opset(prepared),
+            "weight_bytes": model_io.weight_bytes(prepared),
+            "reference": ref_metrics,
+        },
     )
     signed = sign_manifest(manifest.to_dict(), publisher_key(opts.signing_key))
     manifest = Manifest.from_dict(signed)

@@ -50,12 +50,22 @@ def report_dict(result: "CompileResult") -> dict[str, Any]:
         "source": m.source,
         "host": result.host,
         "notes": result.notes,
-        "profiles": {name: {"chosen": c.chosen, "reason": c.reason, "candidates": c.candidates, "skipped": c.skipped}
-                     for name, c in m.profiles.items()},
+        "profiles": {
+            name: {"chosen": c.chosen, "reason": c.reason, "candidates": c.candidates, "skipped": c.skipped}
+            for name, c in m.profiles.items()
+        },
         "variants": [
-            {"id": o.recipe.id, "runtime": o.recipe.runtime, "precision": o.recipe.precision, "profiles": o.profiles,
-             "status": "skipped" if o.skipped else "ok", "reason": o.skipped, "build_seconds": round(o.build_seconds, 2),
-             "metrics": o.metrics, "calibration": o.calibration}
+            {
+                "id": o.recipe.id,
+                "runtime": o.recipe.runtime,
+                "precision": o.recipe.precision,
+                "profiles": o.profiles,
+                "status": "skipped" if o.skipped else "ok",
+                "reason": o.skipped,
+                "build_seconds": round(o.build_seconds, 2),
+                "metrics": o.metrics,
+                "calibration": o.calibration,
+            }
             for o in result.outcomes
         ],
     }
@@ -72,7 +82,8 @@ def render_markdown(result: "CompileResult") -> str:
         f"- task: {m.task.get('kind')} on output `{m.task.get('output')}`"
         + (f"; FP32 reference accuracy {ref['accuracy']:.4f}" if "accuracy" in ref else ""),
         f"- task spec: `{json.dumps(m.task, sort_keys=True)}` ({ref.get('task_reason', 'from the manifest')})",
-        "- task gate: " + (", ".join(f"{k} {v:g}" for k, v in ref.get("task_budgets", {}).items()) or "none")
+        "- task gate: "
+        + (", ".join(f"{k} {v:g}" for k, v in ref.get("task_budgets", {}).items()) or "none")
         + ". The gate decides; `agreement` is top-1 for classifiers and element-wise (informational) otherwise.",
         f"- host: {host.get('cpu_model', '?')} ({host.get('machine', '?')}; features: {', '.join(host.get('features', [])) or 'none detected'})."
         " Latency and throughput are measured on this host, not on the target devices.",
@@ -82,7 +93,9 @@ def render_markdown(result: "CompileResult") -> str:
     for name, choice in m.profiles.items():
         lines.append(f"| {name} | {choice.chosen or '**none**'} | {choice.reason} |")
     lines += [
-        "", "## Variants (validated against the FP32 reference)", "",
+        "",
+        "## Variants (validated against the FP32 reference)",
+        "",
         "| variant | runtime | precision | size | weights | task metric | gate | agreement | accuracy | max abs err | p50 ms (b1) | p95 ms | samples/s (b8) | profiles |",
         "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -100,16 +113,23 @@ def render_markdown(result: "CompileResult") -> str:
     calibrated = [o for o in result.outcomes if o.calibration and not o.skipped]
     if calibrated:
         goal = calibrated[0].calibration["goal"]
-        lines += ["", "## Confidence calibration (per variant)", "",
-                  f"Goal: {goal['kind']} ({', '.join(f'{k} {v}' for k, v in goal.items() if k not in ('kind', 'met_on_fit') and v is not None)}). "
-                  f"{calibrated[0].calibration['fit']['split']}.", "",
-                  "| variant | temperature | threshold | expected fallback | expected accuracy | expected hybrid accuracy |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## Confidence calibration (per variant)",
+            "",
+            f"Goal: {goal['kind']} ({', '.join(f'{k} {v}' for k, v in goal.items() if k not in ('kind', 'met_on_fit') and v is not None)}). "
+            f"{calibrated[0].calibration['fit']['split']}.",
+            "",
+            "| variant | temperature | threshold | expected fallback | expected accuracy | expected hybrid accuracy |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for o in calibrated:
             c = o.calibration
-            lines.append(f"| {o.recipe.id} | {_fmt(c['temperature'])} | {_fmt(c['threshold'], 4)} | "
-                         f"{_fmt(c['expected_fallback_rate'], 4)} | {_fmt(c.get('expected_accuracy'), 4)} | "
-                         f"{_fmt(c.get('expected_hybrid_accuracy'), 4)} |")
+            lines.append(
+                f"| {o.recipe.id} | {_fmt(c['temperature'])} | {_fmt(c['threshold'], 4)} | "
+                f"{_fmt(c['expected_fallback_rate'], 4)} | {_fmt(c.get('expected_accuracy'), 4)} | "
+                f"{_fmt(c.get('expected_hybrid_accuracy'), 4)} |"
+            )
     skipped = [o for o in result.outcomes if o.skipped]
     per_profile = [(name, s) for name, c in m.profiles.items() for s in c.skipped]
     if skipped or per_profile:

@@ -37,8 +37,14 @@ def quality_drop_points(metrics: dict[str, Any], reference_accuracy: float | Non
     return (1.0 - float(metrics.get("agreement", 0.0))) * 100.0
 
 
-def choose_for_profile(profile: Profile, candidates: list[Candidate], *, max_accuracy_drop: float,
-                       reference_accuracy: float | None, skipped: list[dict[str, str]] | None = None) -> ProfileChoice:
+def choose_for_profile(
+    profile: Profile,
+    candidates: list[Candidate],
+    *,
+    max_accuracy_drop: float,
+    reference_accuracy: float | None,
+    skipped: list[dict[str, str]] | None = None,
+) -> ProfileChoice:
     """The fastest candidate the profile can run within its accuracy and size budgets."""
     rejected = list(skipped or [])
     eligible: list[Candidate] = []
@@ -51,14 +57,25 @@ def choose_for_profile(profile: Profile, candidates: list[Candidate], *, max_acc
         if cand.metrics.get("task_gate") == "fail":
             rejected.append({"variant": cand.id, "reason": f"breaks the task: {cand.metrics.get('task_reason')}"})
         elif drop > max_accuracy_drop:
-            rejected.append({"variant": cand.id, "reason": f"quality drop {drop:.2f} points > budget {max_accuracy_drop:g}"})
+            rejected.append(
+                {"variant": cand.id, "reason": f"quality drop {drop:.2f} points > budget {max_accuracy_drop:g}"}
+            )
         elif size > budget_bytes:
-            rejected.append({"variant": cand.id, "reason": f"size {size / 2**20:.1f} MiB > profile budget {profile.model_size_budget_mb:g} MiB"})
+            rejected.append(
+                {
+                    "variant": cand.id,
+                    "reason": f"size {size / 2**20:.1f} MiB > profile budget {profile.model_size_budget_mb:g} MiB",
+                }
+            )
         else:
             eligible.append(cand)
     if not eligible:
-        return ProfileChoice(chosen=None, reason="no variant passes this profile's runtimes, precisions and budgets",
-                             candidates=[], skipped=rejected)
+        return ProfileChoice(
+            chosen=None,
+            reason="no variant passes this profile's runtimes, precisions and budgets",
+            candidates=[],
+            skipped=rejected,
+        )
 
     def latency(c: Candidate) -> float:
         return float(c.metrics.get("latency_p50_ms", float("inf")))
@@ -67,16 +84,22 @@ def choose_for_profile(profile: Profile, candidates: list[Candidate], *, max_acc
         ranked = sorted(eligible, key=lambda c: (latency(c), c.id))
         best = ranked[0]
         if latency(best) == float("inf"):  # --no-timing: never report "inf ms"
-            reason = f"no host timing (--no-timing), so the first eligible variant by name ({_size_mib(best)}), " \
-                     f"within {_budget_words(best, max_accuracy_drop)}"
+            reason = (
+                f"no host timing (--no-timing), so the first eligible variant by name ({_size_mib(best)}), "
+                f"within {_budget_words(best, max_accuracy_drop)}"
+            )
         else:
-            reason = f"fastest on this host ({latency(best):.3f} ms p50) within {_budget_words(best, max_accuracy_drop)}"
+            reason = (
+                f"fastest on this host ({latency(best):.3f} ms p50) within {_budget_words(best, max_accuracy_drop)}"
+            )
     else:
         order = {p: i for i, p in enumerate(profile.precisions)}
         ranked = sorted(eligible, key=lambda c: (order.get(c.precision, len(order)), latency(c), c.id))
         best = ranked[0]
-        reason = (f"{profile.device_class.upper()} not on this host: preferred precision {best.precision} "
-                  f"(profile order {', '.join(profile.precisions)}), then host latency, within {_budget_words(best, max_accuracy_drop)}")
+        reason = (
+            f"{profile.device_class.upper()} not on this host: preferred precision {best.precision} "
+            f"(profile order {', '.join(profile.precisions)}), then host latency, within {_budget_words(best, max_accuracy_drop)}"
+        )
     return ProfileChoice(chosen=best.id, reason=reason, candidates=[c.id for c in ranked], skipped=rejected)
 
 

@@ -17,8 +17,16 @@ import numpy as np
 from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
 from tandem.model_compiler.data import Axes, Dataset, batch_axis, sample_count, take
 from tandem.model_compiler.errors import CompileError, VariantSkipped
-from tandem.tasks import (TaskError, TaskSpec, budgets_for, confidence_measure, gate, infer_task, task_confidence,
-                          task_metrics)
+from tandem.tasks import (
+    TaskError,
+    TaskSpec,
+    budgets_for,
+    confidence_measure,
+    gate,
+    infer_task,
+    task_confidence,
+    task_metrics,
+)
 from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput
 
 VALIDATION_CHUNK = 64
@@ -47,15 +55,21 @@ class Task:
         """Softmax classifiers get a per-variant temperature and threshold, tasks with their own
         confidence (sigmoid, multi-label, detection, dense, CTC) a per-variant threshold on it
         (model_compiler/confidence.py); embeddings, regression and custom tasks have none."""
-        return (self.kind == "classification" and self.spec.scores in ("probabilities", "logits")) or \
-            confidence_measure(self.spec) is not None
+        return (
+            self.kind == "classification" and self.spec.scores in ("probabilities", "logits")
+        ) or confidence_measure(self.spec) is not None
 
     def to_dict(self, output_name: str) -> dict[str, Any]:
         return replace(self.spec, output=output_name).to_dict()
 
 
-def resolve_task(names: list[str], reference_outputs: list[np.ndarray], producers: list[str | None],
-                 stated: TaskSpec | None, budgets: dict[str, float] | None) -> Task:
+def resolve_task(
+    names: list[str],
+    reference_outputs: list[np.ndarray],
+    producers: list[str | None],
+    stated: TaskSpec | None,
+    budgets: dict[str, float] | None,
+) -> Task:
     """The stated task (checked against the outputs) or the one the outputs show, with its budgets."""
     if stated is not None:
         if stated.output is not None and stated.output not in names:
@@ -65,8 +79,10 @@ def resolve_task(names: list[str], reference_outputs: list[np.ndarray], producer
         try:  # decode once: a wrong layout, blank index or shape fails here, not after building every variant
             task_metrics(spec, reference_outputs[index][:2], reference_outputs[index][:2])
         except (TaskError, ValueError, IndexError) as exc:
-            raise CompileError(f"--task {spec.kind}: output {names[index]!r} of shape "
-                               f"{list(reference_outputs[index].shape)} cannot be read that way ({exc})") from exc
+            raise CompileError(
+                f"--task {spec.kind}: output {names[index]!r} of shape "
+                f"{list(reference_outputs[index].shape)} cannot be read that way ({exc})"
+            ) from exc
     else:
         found = infer_task(names, reference_outputs, producers)
         spec, index, reason = found.spec, 0, "inferred: " + found.reason
@@ -105,8 +121,10 @@ def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray], axes: Axes
     n = sample_count(data, axes)
     parts: list[list[np.ndarray]] = []
     for start in range(0, n, chunk):
-        feeds = {name: np.asarray(take(arr, axes.get(name, 0), start, start + chunk), order="C")
-                 for name, arr in data.items()}
+        feeds = {
+            name: np.asarray(take(arr, axes.get(name, 0), start, start + chunk), order="C")
+            for name, arr in data.items()
+        }
         outs = session.run(feeds)
         parts.append([np.asarray(o) for o in outs])
     if len(parts) == 1:
@@ -119,8 +137,13 @@ def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray], axes: Axes
     return joined
 
 
-def compare_outputs(task: Task, reference: list[np.ndarray], outputs: list[np.ndarray],
-                    labels: np.ndarray | None, dense_threshold: float = 0.5) -> dict[str, Any]:
+def compare_outputs(
+    task: Task,
+    reference: list[np.ndarray],
+    outputs: list[np.ndarray],
+    labels: np.ndarray | None,
+    dense_threshold: float = 0.5,
+) -> dict[str, Any]:
     """The task's figures and gate verdict for `outputs` against `reference`, beside the old
     element-wise figures (max error; "agreement": top-1 for a classifier, else thresholded
     element agreement), which are informational and decide nothing."""
@@ -129,8 +152,10 @@ def compare_outputs(task: Task, reference: list[np.ndarray], outputs: list[np.nd
     ref = ref_raw.astype(np.float64)
     out = out_raw.astype(np.float64)
     diff = np.abs(ref - out)
-    metrics: dict[str, Any] = {"max_abs_error": float(diff.max()) if diff.size else 0.0,
-                               "mean_abs_error": float(diff.mean()) if diff.size else 0.0}
+    metrics: dict[str, Any] = {
+        "max_abs_error": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
+    }
     figures = task_metrics(task.spec, ref_raw, out_raw, labels if task.kind == "classification" else None)
     if task.kind == "classification":
         metrics["agreement"] = figures["top1_agreement"]
@@ -145,9 +170,14 @@ def compare_outputs(task: Task, reference: list[np.ndarray], outputs: list[np.nd
     if task.spec.metric:
         metrics.update(user_metric(task.spec.metric, reference, outputs))
     verdict = gate(task.spec, metrics, task.budgets)
-    metrics.update(task_gate="pass" if verdict.passed else "fail", task_metric=verdict.metric,
-                   task_value=verdict.value, task_budget=verdict.budget, task_margin=verdict.margin,
-                   task_reason=verdict.reason)
+    metrics.update(
+        task_gate="pass" if verdict.passed else "fail",
+        task_metric=verdict.metric,
+        task_value=verdict.value,
+        task_budget=verdict.budget,
+        task_margin=verdict.margin,
+        task_reason=verdict.reason,
+    )
     return metrics
 
 
@@ -186,10 +216,13 @@ def _timing(session: RuntimeSession, val: Dataset, seconds: float) -> dict[str, 
         lat = measure_latency(session, batch_of(val.inputs, fixed or 1, val.axes), max_seconds=seconds)
         figures.update(latency_p50_ms=lat.p50_ms, latency_p95_ms=lat.p95_ms)
         if fixed is None:
-            figures["throughput_b8"] = measure_throughput(session, batch_of(val.inputs, 8, val.axes),
-                                                          max_seconds=seconds, batch=8)
+            figures["throughput_b8"] = measure_throughput(
+                session, batch_of(val.inputs, 8, val.axes), max_seconds=seconds, batch=8
+            )
     except Exception as exc:  # a runtime's own error types vary; the figure is optional, the variant is fine
-        figures["timing_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+        figures["timing_error"] = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+        )
     return figures
 
 
@@ -210,9 +243,18 @@ def weight_bytes(runtime: str, files: list[Path]) -> int:
     return file_bytes(files)
 
 
-def validate_variant(runtime: str, files: list[Path], session_options: dict[str, Any], task: Task,
-                     reference: list[np.ndarray], val: Dataset, *, timing: bool = True,
-                     timing_seconds: float = 2.0, dense_threshold: float = 0.5) -> tuple[dict[str, Any], list[np.ndarray]]:
+def validate_variant(
+    runtime: str,
+    files: list[Path],
+    session_options: dict[str, Any],
+    task: Task,
+    reference: list[np.ndarray],
+    val: Dataset,
+    *,
+    timing: bool = True,
+    timing_seconds: float = 2.0,
+    dense_threshold: float = 0.5,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Load the variant, compare it on `val`, time it; returns (metrics, outputs on val).
 
     Raises VariantSkipped when the runtime cannot load or run it, so one broken

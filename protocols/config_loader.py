@@ -25,7 +25,17 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, 
 
 from tandem.protocols.errors import ContractError
 
-__all__ = ["ConfigValueError", "build", "coerce", "env_name", "nest", "override", "read_toml", "section_keys", "unknown_env"]
+__all__ = [
+    "ConfigValueError",
+    "build",
+    "coerce",
+    "env_name",
+    "nest",
+    "override",
+    "read_toml",
+    "section_keys",
+    "unknown_env",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,8 +157,9 @@ def _table(value: Any, from_env: bool) -> dict[str, str]:
         if any(len(kv) != 2 for kv in items):
             raise ValueError("expected a table of strings (k=v,k2=v2 in env)")
         return {k.strip(): v.strip() for k, v in items}
-    if not isinstance(value, Mapping) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                                                 for v in value.values()):
+    if not isinstance(value, Mapping) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()
+    ):
         raise ValueError("expected a table of strings (k=v,k2=v2 in env)")
     return {str(k): str(v) for k, v in value.items()}
 
@@ -179,8 +190,15 @@ def nest(keys: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(cls: type[T], data: Mapping[str, Any], *, env: Mapping[str, str] | None = None, prefix: str = "",
-          base_dir: Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:
+def build(
+    cls: type[T],
+    data: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    prefix: str = "",
+    base_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
     """An instance of `cls` from a TOML-shaped mapping, then `prefix` variables from `env`, then `overrides`
     (dotted keys, e.g. command-line flags) on top; constructed (and so validated) once, from the result.
 
@@ -263,9 +281,14 @@ def _construct(section: str, cls: type[T], kwargs: dict[str, Any]) -> T:
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required key is missing
-        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-                   if f.init and f.name not in kwargs and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.init
+            and f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if not missing:
             raise
         name = f"{section}.{missing[0]}" if section else missing[0]

@@ -11,8 +11,17 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["CONFIDENCE_EDGES", "DEFAULT_BINS", "INPUT_SUMMARIES", "TASK_SIGNAL_EDGES", "bin_counts",
-           "confidence_counts", "reference_edges", "summarize_inputs", "task_signal_counts"]
+__all__ = [
+    "CONFIDENCE_EDGES",
+    "DEFAULT_BINS",
+    "INPUT_SUMMARIES",
+    "TASK_SIGNAL_EDGES",
+    "bin_counts",
+    "confidence_counts",
+    "reference_edges",
+    "summarize_inputs",
+    "task_signal_counts",
+]
 
 # name -> per-sample statistic over the flattened input (one float per sample).
 INPUT_SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -32,12 +41,12 @@ _UNIT_EDGES = CONFIDENCE_EDGES[1:-1]  # 20 bins over [0, 1]
 # Task signals (tandem.tasks.task_signals): name -> fixed inner edges over open-ended bins. Fixed,
 # not quantiles, so windows of any task model bin alike and the manifest's reference matches them.
 TASK_SIGNAL_EDGES: dict[str, list[float]] = {
-    "boxes": _COUNT_EDGES,              # detection: boxes kept per image
-    "box_score": _UNIT_EDGES,           # detection: score of each kept box
-    "sequence_length": _COUNT_EDGES,    # CTC: decoded symbols per row
+    "boxes": _COUNT_EDGES,  # detection: boxes kept per image
+    "box_score": _UNIT_EDGES,  # detection: score of each kept box
+    "sequence_length": _COUNT_EDGES,  # CTC: decoded symbols per row
     "sequence_probability": _UNIT_EDGES,  # CTC: product of the best step probabilities
-    "foreground": _UNIT_EDGES,          # dense: share of pixels over the threshold
-    "positives": _COUNT_EDGES,          # multi-label: labels over the threshold per row
+    "foreground": _UNIT_EDGES,  # dense: share of pixels over the threshold
+    "positives": _COUNT_EDGES,  # multi-label: labels over the threshold per row
 }
 
 

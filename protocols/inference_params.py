@@ -56,8 +56,12 @@ def set_parameter(params: Any, key: str, value: Any) -> None:
 
 def set_edge_context(request: pb.ModelInferRequest, ctx: EdgeContext) -> None:
     """Write the edge's context into a request's parameters (None fields are left out)."""
-    for key, value in ((DEVICE_ID, ctx.device_id), (MODEL_VERSION, ctx.model_version),
-                       (EDGE_LABEL, ctx.edge_label), (EDGE_CONFIDENCE, ctx.edge_confidence)):
+    for key, value in (
+        (DEVICE_ID, ctx.device_id),
+        (MODEL_VERSION, ctx.model_version),
+        (EDGE_LABEL, ctx.edge_label),
+        (EDGE_CONFIDENCE, ctx.edge_confidence),
+    ):
         if value is not None:
             set_parameter(request.parameters, key, float(value) if key == EDGE_CONFIDENCE else value)
 
@@ -81,6 +85,15 @@ def read_edge_context(params: Mapping[str, pb.InferParameter]) -> EdgeContext:
 
 
 __all__ = [
-    "COMPUTE_MS", "DEVICE_ID", "EDGE_CONFIDENCE", "EDGE_LABEL", "EdgeContext", "MODEL_VERSION", "VARIANT",
-    "parameter_value", "read_edge_context", "set_edge_context", "set_parameter",
+    "COMPUTE_MS",
+    "DEVICE_ID",
+    "EDGE_CONFIDENCE",
+    "EDGE_LABEL",
+    "EdgeContext",
+    "MODEL_VERSION",
+    "VARIANT",
+    "parameter_value",
+    "read_edge_context",
+    "set_edge_context",
+    "set_parameter",
 ]

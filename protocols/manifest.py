@@ -16,9 +16,25 @@ from typing import Any, Mapping
 
 from tandem.protocols.errors import ContractError
 
-__all__ = ["CALIBRATION_GOALS", "CONFIDENCE_MEASURES", "Calibration", "DTYPES", "FileEntry", "Golden",
-           "MANIFEST_FILENAME", "Manifest", "ManifestError", "PRECISIONS", "ProfileChoice", "RUNTIMES",
-           "SCHEMA_VERSION", "TensorSpec", "Variant", "load_manifest", "parse_version"]
+__all__ = [
+    "CALIBRATION_GOALS",
+    "CONFIDENCE_MEASURES",
+    "Calibration",
+    "DTYPES",
+    "FileEntry",
+    "Golden",
+    "MANIFEST_FILENAME",
+    "Manifest",
+    "ManifestError",
+    "PRECISIONS",
+    "ProfileChoice",
+    "RUNTIMES",
+    "SCHEMA_VERSION",
+    "TensorSpec",
+    "Variant",
+    "load_manifest",
+    "parse_version",
+]
 
 SCHEMA_VERSION = 1
 MANIFEST_FILENAME = "manifest.json"
@@ -124,17 +140,22 @@ class Calibration:
             raise ManifestError(f"{where}.goal.kind: {goal.get('kind')!r} is not one of {', '.join(CALIBRATION_GOALS)}")
         measure = data.get("measure", "max_prob")
         # "task:KEY": a task's own confidence (tandem.tasks.confidence_measure: task:sigmoid, task:ctc, ...)
-        if measure not in CONFIDENCE_MEASURES and not (isinstance(measure, str) and measure.startswith("task:")
-                                                       and measure[5:].replace("_", "").isalpha()):
-            raise ManifestError(f"{where}.measure: {measure!r} is not one of {', '.join(CONFIDENCE_MEASURES)} "
-                                "or task:KIND")
+        if measure not in CONFIDENCE_MEASURES and not (
+            isinstance(measure, str) and measure.startswith("task:") and measure[5:].replace("_", "").isalpha()
+        ):
+            raise ManifestError(
+                f"{where}.measure: {measure!r} is not one of {', '.join(CONFIDENCE_MEASURES)} or task:KIND"
+            )
         output = data.get("output")
         if output is not None and not isinstance(output, str):
             raise ManifestError(f"{where}.output: expected an output name or null")
         return cls(
-            temperature=temperature, threshold=threshold, goal=dict(goal),
+            temperature=temperature,
+            threshold=threshold,
+            goal=dict(goal),
             expected_fallback_rate=_req_number(data, "expected_fallback_rate", where),
-            measure=measure, output=output,
+            measure=measure,
+            output=output,
             expected_accuracy=_opt_number(data, "expected_accuracy", where),
             expected_hybrid_accuracy=_opt_number(data, "expected_hybrid_accuracy", where),
             fit=dict(_opt_dict(data, "fit", where)),
@@ -180,13 +201,21 @@ class Variant:
             runtime=runtime,
             precision=precision,
             files=files,
-            inputs=[TensorSpec.from_dict(t, f"{where}.inputs[{i}]") for i, t in enumerate(_req_list(data, "inputs", where))],
-            outputs=[TensorSpec.from_dict(t, f"{where}.outputs[{i}]") for i, t in enumerate(_req_list(data, "outputs", where))],
+            inputs=[
+                TensorSpec.from_dict(t, f"{where}.inputs[{i}]") for i, t in enumerate(_req_list(data, "inputs", where))
+            ],
+            outputs=[
+                TensorSpec.from_dict(t, f"{where}.outputs[{i}]")
+                for i, t in enumerate(_req_list(data, "outputs", where))
+            ],
             profiles=[str(p) for p in _opt_list(data, "profiles", where)],
             options=dict(_opt_dict(data, "options", where)),
             metrics=dict(_opt_dict(data, "metrics", where)),
-            calibration=(Calibration.from_dict(data["calibration"], f"{where}.calibration")
-                         if data.get("calibration") is not None else None),
+            calibration=(
+                Calibration.from_dict(data["calibration"], f"{where}.calibration")
+                if data.get("calibration") is not None
+                else None
+            ),
         )
 
 
@@ -209,7 +238,9 @@ class ProfileChoice:
             chosen=chosen,
             reason=str(data.get("reason", "")),
             candidates=[str(c) for c in _opt_list(data, "candidates", where)],
-            skipped=[dict(_check_object(s, f"{where}.skipped[{i}]")) for i, s in enumerate(_opt_list(data, "skipped", where))],
+            skipped=[
+                dict(_check_object(s, f"{where}.skipped[{i}]")) for i, s in enumerate(_opt_list(data, "skipped", where))
+            ],
         )
 
 
@@ -262,13 +293,17 @@ class Manifest:
         for v in self.variants:
             if v.id == variant_id:
                 return v
-        raise ManifestError(f"variants: no variant with id {variant_id!r} (have: {', '.join(v.id for v in self.variants)})")
+        raise ManifestError(
+            f"variants: no variant with id {variant_id!r} (have: {', '.join(v.id for v in self.variants)})"
+        )
 
     def variant_for_profile(self, profile: str) -> Variant:
         """The variant the compiler chose for `profile`."""
         choice = self.profiles.get(profile)
         if choice is None:
-            raise ManifestError(f"profiles: this model was not compiled for profile {profile!r} (have: {', '.join(self.profiles)})")
+            raise ManifestError(
+                f"profiles: this model was not compiled for profile {profile!r} (have: {', '.join(self.profiles)})"
+            )
         if choice.chosen is None:
             raise ManifestError(f"profiles.{profile}: no variant fits this profile ({choice.reason})")
         return self.variant(choice.chosen)
@@ -298,11 +333,16 @@ class Manifest:
             raise ManifestError(f"name: {name!r} may use letters, digits, '.', '_' and '-' only")
         version = _req_str(data, "version", "manifest")
         parse_version(version)
-        variants = [Variant.from_dict(v, f"variants[{i}]") for i, v in enumerate(_req_list(data, "variants", "manifest"))]
+        variants = [
+            Variant.from_dict(v, f"variants[{i}]") for i, v in enumerate(_req_list(data, "variants", "manifest"))
+        ]
         ids = [v.id for v in variants]
         if len(set(ids)) != len(ids):
             raise ManifestError("variants: variant ids must be unique")
-        profiles = {str(k): ProfileChoice.from_dict(v, f"profiles.{k}") for k, v in _req_dict(data, "profiles", "manifest").items()}
+        profiles = {
+            str(k): ProfileChoice.from_dict(v, f"profiles.{k}")
+            for k, v in _req_dict(data, "profiles", "manifest").items()
+        }
         for pname, choice in profiles.items():
             if choice.chosen is not None and choice.chosen not in ids:
                 raise ManifestError(f"profiles.{pname}.chosen: {choice.chosen!r} is not a variant id of this manifest")
@@ -319,8 +359,12 @@ class Manifest:
             created_at=_req_str(data, "created_at", "manifest"),
             expires_at=data.get("expires_at"),
             task=dict(_req_dict(data, "task", "manifest")),
-            inputs=[TensorSpec.from_dict(t, f"inputs[{i}]") for i, t in enumerate(_req_list(data, "inputs", "manifest"))],
-            outputs=[TensorSpec.from_dict(t, f"outputs[{i}]") for i, t in enumerate(_req_list(data, "outputs", "manifest"))],
+            inputs=[
+                TensorSpec.from_dict(t, f"inputs[{i}]") for i, t in enumerate(_req_list(data, "inputs", "manifest"))
+            ],
+            outputs=[
+                TensorSpec.from_dict(t, f"outputs[{i}]") for i, t in enumerate(_req_list(data, "outputs", "manifest"))
+            ],
             variants=variants,
             profiles=profiles,
             target_profiles=[str(p) for p in _req_list(data, "target_profiles", "manifest")],

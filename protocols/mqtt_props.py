@@ -19,9 +19,20 @@ from tandem.protocols import limits
 from tandem.protocols import topics
 from tandem.protocols.ota import OTA_SCHEMA_VERSION
 
-__all__ = ["EVENTS_EXPIRY_S", "EVENTS_SCHEMA_VERSION", "HARD_EXAMPLES_SCHEMA_VERSION", "MESSAGE_SPECS",
-           "MessageSpec", "RESEND_EXPIRY_S", "RESEND_SCHEMA_VERSION", "SCHEMA_PROPERTY", "STATUS_SCHEMA_VERSION",
-           "properties_of", "publish_properties", "spec_for"]
+__all__ = [
+    "EVENTS_EXPIRY_S",
+    "EVENTS_SCHEMA_VERSION",
+    "HARD_EXAMPLES_SCHEMA_VERSION",
+    "MESSAGE_SPECS",
+    "MessageSpec",
+    "RESEND_EXPIRY_S",
+    "RESEND_SCHEMA_VERSION",
+    "SCHEMA_PROPERTY",
+    "STATUS_SCHEMA_VERSION",
+    "properties_of",
+    "publish_properties",
+    "spec_for",
+]
 
 SCHEMA_PROPERTY = "tandem-schema"
 STATUS_SCHEMA_VERSION = 1
@@ -37,34 +48,98 @@ class MessageSpec:
     """How messages of one topic kind travel."""
 
     kind: str
-    direction: str          # "device -> hub" or "hub -> device(s)"
+    direction: str  # "device -> hub" or "hub -> device(s)"
     content_type: str
-    utf8: bool              # PayloadFormatIndicator 1
+    utf8: bool  # PayloadFormatIndicator 1
     schema_version: int
     qos: int
     retain: bool
-    expiry_s: int | None    # MessageExpiryInterval; None: kept until delivered
-    payload: str            # what the bytes are, for the docs
+    expiry_s: int | None  # MessageExpiryInterval; None: kept until delivered
+    payload: str  # what the bytes are, for the docs
 
 
-MESSAGE_SPECS: dict[str, MessageSpec] = {s.kind: s for s in (
-    MessageSpec(topics.TELEMETRY, "device -> hub", "application/x-protobuf; proto=tandem.telemetry.v1.TelemetryWindow",
-                False, limits.TELEMETRY_SCHEMA_VERSION, 1, False, None,
-                "protobuf TelemetryWindow (protocols/telemetry.proto)"),
-    MessageSpec(topics.STATUS, "device -> hub", "application/json", True, STATUS_SCHEMA_VERSION, 1, True, None,
-                "JSON {state, device_id, at, ...}; the last will says offline"),
-    MessageSpec(topics.OTA_CMD, "hub -> device", "application/json", True, OTA_SCHEMA_VERSION, 1, False, None,
-                "JSON OTA command signed with the hub's release key (protocols/ota.py)"),
-    MessageSpec(topics.OTA_STATUS, "device -> hub", "application/json", True, OTA_SCHEMA_VERSION, 1, False, None,
-                "JSON OTA progress (protocols/ota.py)"),
-    MessageSpec(topics.EVENTS, "hub or device -> subscribers", "application/json", True, EVENTS_SCHEMA_VERSION, 1, False,
-                EVENTS_EXPIRY_S, "JSON hub event (drift alert opened/closed)"),
-    MessageSpec(topics.HARD_EXAMPLES, "device -> hub", "application/vnd.tandem.hard-example", False,
-                HARD_EXAMPLES_SCHEMA_VERSION, 1, False, None,
-                "a JSON header line, a newline, then framed tensors (protocols/tensor_blob.py)"),
-    MessageSpec(topics.TELEMETRY_RESEND, "hub -> device", "application/json", True, RESEND_SCHEMA_VERSION, 1, False,
-                RESEND_EXPIRY_S, "JSON {sequences, hub_time}: send these windows again (protocols/resend.py)"),
-)}
+MESSAGE_SPECS: dict[str, MessageSpec] = {
+    s.kind: s
+    for s in (
+        MessageSpec(
+            topics.TELEMETRY,
+            "device -> hub",
+            "application/x-protobuf; proto=tandem.telemetry.v1.TelemetryWindow",
+            False,
+            limits.TELEMETRY_SCHEMA_VERSION,
+            1,
+            False,
+            None,
+            "protobuf TelemetryWindow (protocols/telemetry.proto)",
+        ),
+        MessageSpec(
+            topics.STATUS,
+            "device -> hub",
+            "application/json",
+            True,
+            STATUS_SCHEMA_VERSION,
+            1,
+            True,
+            None,
+            "JSON {state, device_id, at, ...}; the last will says offline",
+        ),
+        MessageSpec(
+            topics.OTA_CMD,
+            "hub -> device",
+            "application/json",
+            True,
+            OTA_SCHEMA_VERSION,
+            1,
+            False,
+            None,
+            "JSON OTA command signed with the hub's release key (protocols/ota.py)",
+        ),
+        MessageSpec(
+            topics.OTA_STATUS,
+            "device -> hub",
+            "application/json",
+            True,
+            OTA_SCHEMA_VERSION,
+            1,
+            False,
+            None,
+            "JSON OTA progress (protocols/ota.py)",
+        ),
+        MessageSpec(
+            topics.EVENTS,
+            "hub or device -> subscribers",
+            "application/json",
+            True,
+            EVENTS_SCHEMA_VERSION,
+            1,
+            False,
+            EVENTS_EXPIRY_S,
+            "JSON hub event (drift alert opened/closed)",
+        ),
+        MessageSpec(
+            topics.HARD_EXAMPLES,
+            "device -> hub",
+            "application/vnd.tandem.hard-example",
+            False,
+            HARD_EXAMPLES_SCHEMA_VERSION,
+            1,
+            False,
+            None,
+            "a JSON header line, a newline, then framed tensors (protocols/tensor_blob.py)",
+        ),
+        MessageSpec(
+            topics.TELEMETRY_RESEND,
+            "hub -> device",
+            "application/json",
+            True,
+            RESEND_SCHEMA_VERSION,
+            1,
+            False,
+            RESEND_EXPIRY_S,
+            "JSON {sequences, hub_time}: send these windows again (protocols/resend.py)",
+        ),
+    )
+}
 
 
 def spec_for(kind: str) -> MessageSpec:
@@ -97,8 +172,9 @@ def properties_of(message: Any) -> dict[str, Any]:
     user = dict(getattr(props, "UserProperty", None) or [])
     return {
         "content_type": getattr(props, "ContentType", None),
-        "utf8": getattr(props, "PayloadFormatIndicator", None) == 1 if props is not None and hasattr(
-            props, "PayloadFormatIndicator") else None,
+        "utf8": getattr(props, "PayloadFormatIndicator", None) == 1
+        if props is not None and hasattr(props, "PayloadFormatIndicator")
+        else None,
         "schema": user.get(SCHEMA_PROPERTY),
         "expiry_s": getattr(props, "MessageExpiryInterval", None),
     }

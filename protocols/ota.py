@@ -22,15 +22,38 @@ from tandem.protocols.manifest import ManifestError, parse_version
 from tandem.protocols.signing import SignatureError, sign_manifest, verify_manifest
 from tandem.protocols.errors import ContractError
 
-__all__ = ["ACTIONS", "OTA_SCHEMA_VERSION", "OtaCommand", "OtaMessageError", "OtaStatus", "RESULTS", "STEPS",
-           "TERMINAL_STEPS", "decode_command", "decode_status", "encode_command", "encode_status"]
+__all__ = [
+    "ACTIONS",
+    "OTA_SCHEMA_VERSION",
+    "OtaCommand",
+    "OtaMessageError",
+    "OtaStatus",
+    "RESULTS",
+    "STEPS",
+    "TERMINAL_STEPS",
+    "decode_command",
+    "decode_status",
+    "encode_command",
+    "encode_status",
+]
 
 OTA_SCHEMA_VERSION = 1
 
 ACTIONS = ("install", "rollback")
 # Device-side steps, in the order an install walks them; the last four are terminal.
-STEPS = ("received", "downloading", "verifying", "staged", "self_test", "switched", "watching",
-         "committed", "rolled_back", "failed", "rejected")
+STEPS = (
+    "received",
+    "downloading",
+    "verifying",
+    "staged",
+    "self_test",
+    "switched",
+    "watching",
+    "committed",
+    "rolled_back",
+    "failed",
+    "rejected",
+)
 TERMINAL_STEPS = ("committed", "rolled_back", "failed", "rejected")
 RESULTS = ("ok", "error")
 
@@ -52,10 +75,10 @@ class OtaCommand:
     model: str
     version: str
     manifest_url: str
-    manifest_sha256: str          # sha256 of the manifest's canonical bytes (protocols.signing)
-    artifact_base_url: str        # a file is fetched from f"{artifact_base_url}/{sha256}"
+    manifest_sha256: str  # sha256 of the manifest's canonical bytes (protocols.signing)
+    artifact_base_url: str  # a file is fetched from f"{artifact_base_url}/{sha256}"
     issued_at: float
-    deadline: float               # unix seconds; a device refuses the command after this
+    deadline: float  # unix seconds; a device refuses the command after this
     nonce: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     watch_s: float | None = None  # the health-watch length for this rollout; None: the device's default
     schema_version: int = OTA_SCHEMA_VERSION
@@ -116,7 +139,9 @@ def _check_command(d: Mapping[str, Any]) -> None:
     if not isinstance(d.get("nonce"), str) or not _NONCE_RE.match(d["nonce"]):
         raise OtaMessageError("command.nonce: expected 8-64 URL-safe characters")
     watch = d.get("watch_s")
-    if watch is not None and (isinstance(watch, bool) or not isinstance(watch, (int, float)) or not 0 <= watch <= 86400):
+    if watch is not None and (
+        isinstance(watch, bool) or not isinstance(watch, (int, float)) or not 0 <= watch <= 86400
+    ):
         raise OtaMessageError(f"command.watch_s: {watch!r} must be seconds between 0 and 86400")
 
 
@@ -130,7 +155,7 @@ class OtaStatus:
     step: str
     result: str
     model: str
-    version: str                       # the version the command is about
+    version: str  # the version the command is about
     active_version: str | None = None  # what the device serves after this step
     previous_version: str | None = None
     reason: str = ""

@@ -14,8 +14,16 @@ import resource
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-__all__ = ["Family", "Labels", "OPENMETRICS_CONTENT_TYPE", "TEXT_CONTENT_TYPE", "TYPES", "process_families",
-           "render", "wants_openmetrics"]
+__all__ = [
+    "Family",
+    "Labels",
+    "OPENMETRICS_CONTENT_TYPE",
+    "TEXT_CONTENT_TYPE",
+    "TYPES",
+    "process_families",
+    "render",
+    "wants_openmetrics",
+]
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -48,8 +56,9 @@ class Family:
         self.samples.append((suffix, dict(labels or {}), value if isinstance(value, str) else float(value)))
         return self
 
-    def histogram(self, bounds: Sequence[float], counts: Sequence[int], total: float,
-                  labels: Labels | None = None) -> "Family":
+    def histogram(
+        self, bounds: Sequence[float], counts: Sequence[int], total: float, labels: Labels | None = None
+    ) -> "Family":
         """Add one histogram series: per-bucket (not cumulative) `counts`, len(bounds) or +1 for the overflow."""
         base = dict(labels or {})
         cumulative = 0
@@ -95,8 +104,11 @@ def render(families: Iterable[Family], openmetrics: bool = False) -> str:
 def process_families(prefix: str = "process") -> list[Family]:
     """process_cpu_seconds_total, memory, open fds, start time: what every Prometheus target exports."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    out = [Family(f"{prefix}_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.")
-           .add(usage.ru_utime + usage.ru_stime)]
+    out = [
+        Family(f"{prefix}_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.").add(
+            usage.ru_utime + usage.ru_stime
+        )
+    ]
     try:
         with open("/proc/self/stat", "rb") as fh:
             stat = fh.read().rsplit(b")", 1)[1].split()
@@ -104,14 +116,24 @@ def process_families(prefix: str = "process") -> list[Family]:
         page = resource.getpagesize()
         with open("/proc/stat", "rb") as fh:
             boot = next(float(line.split()[1]) for line in fh if line.startswith(b"btime"))
-        out.append(Family(f"{prefix}_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.")
-                   .add(float(stat[20])))
-        out.append(Family(f"{prefix}_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
-                   .add(float(stat[21]) * page))
-        out.append(Family(f"{prefix}_start_time_seconds", "gauge", "Start time of the process since the epoch.")
-                   .add(boot + float(stat[19]) / ticks))
-        out.append(Family(f"{prefix}_open_fds", "gauge", "Number of open file descriptors.")
-                   .add(len(os.listdir("/proc/self/fd"))))
+        out.append(
+            Family(f"{prefix}_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.").add(float(stat[20]))
+        )
+        out.append(
+            Family(f"{prefix}_resident_memory_bytes", "gauge", "Resident memory size in bytes.").add(
+                float(stat[21]) * page
+            )
+        )
+        out.append(
+            Family(f"{prefix}_start_time_seconds", "gauge", "Start time of the process since the epoch.").add(
+                boot + float(stat[19]) / ticks
+            )
+        )
+        out.append(
+            Family(f"{prefix}_open_fds", "gauge", "Number of open file descriptors.").add(
+                len(os.listdir("/proc/self/fd"))
+            )
+        )
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         out.append(Family(f"{prefix}_max_fds", "gauge", "Maximum number of open file descriptors.").add(soft))
     except (OSError, ValueError, IndexError, StopIteration):  # not Linux: CPU time only

@@ -35,8 +35,9 @@ class ResendRequest:
     def encode(self) -> bytes:
         if len(self.sequences) > MAX_RESEND_SEQUENCES:
             raise ResendDecodeError(f"resend: {len(self.sequences)} sequences, the limit is {MAX_RESEND_SEQUENCES}")
-        return json.dumps({"sequences": list(self.sequences), "hub_time": self.hub_time},
-                          separators=(",", ":")).encode()
+        return json.dumps(
+            {"sequences": list(self.sequences), "hub_time": self.hub_time}, separators=(",", ":")
+        ).encode()
 
 
 def decode_resend(payload: bytes) -> ResendRequest:
@@ -47,7 +48,10 @@ def decode_resend(payload: bytes) -> ResendRequest:
         seqs, hub_time = doc["sequences"], float(doc["hub_time"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ResendDecodeError(f"resend: not a request ({exc})") from None
-    if (not isinstance(seqs, list) or len(seqs) > MAX_RESEND_SEQUENCES
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in seqs)):
+    if (
+        not isinstance(seqs, list)
+        or len(seqs) > MAX_RESEND_SEQUENCES
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in seqs)
+    ):
         raise ResendDecodeError(f"resend: sequences must be a list of at most {MAX_RESEND_SEQUENCES} integers >= 1")
     return ResendRequest(tuple(seqs), hub_time)

@@ -25,10 +25,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from tandem.protocols.errors import ContractError
 
-__all__ = ["ALGORITHM", "PUBLISHER_FIELD", "SignatureError", "UnsignedError", "UntrustedKeyError",
-           "canonical_bytes", "countersign", "embedded_public_key", "generate_private_key", "key_id",
-           "load_or_create_private_key", "load_private_key", "load_public_key", "public_key_pem", "publisher_bytes",
-           "save_private_key", "sign_manifest", "signer_key_id", "verify_by_any", "verify_manifest"]
+__all__ = [
+    "ALGORITHM",
+    "PUBLISHER_FIELD",
+    "SignatureError",
+    "UnsignedError",
+    "UntrustedKeyError",
+    "canonical_bytes",
+    "countersign",
+    "embedded_public_key",
+    "generate_private_key",
+    "key_id",
+    "load_or_create_private_key",
+    "load_private_key",
+    "load_public_key",
+    "public_key_pem",
+    "publisher_bytes",
+    "save_private_key",
+    "sign_manifest",
+    "signer_key_id",
+    "verify_by_any",
+    "verify_manifest",
+]
 
 ALGORITHM = "ed25519"
 PUBLISHER_FIELD = "publisher_signature"
@@ -82,8 +100,9 @@ def sign_manifest(manifest: Mapping[str, Any], private_key: Ed25519PrivateKey) -
         "key_id": key_id(private_key.public_key()),
         "value": base64.b64encode(signature).decode("ascii"),
         # A hint for trust-on-first-use only: a verifier trusts keys it was given, never this one.
-        "public_key": base64.b64encode(private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode("ascii"),
+        "public_key": base64.b64encode(
+            private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        ).decode("ascii"),
     }
     return signed
 
@@ -144,8 +163,7 @@ def signer_key_id(manifest: Mapping[str, Any], field: str = "signature") -> str 
     return str(sig.get("key_id")) if isinstance(sig, Mapping) and sig.get("key_id") is not None else None
 
 
-def verify_by_any(manifest: Mapping[str, Any], keys: Sequence[Ed25519PublicKey], *,
-                  field: str = "signature") -> str:
+def verify_by_any(manifest: Mapping[str, Any], keys: Sequence[Ed25519PublicKey], *, field: str = "signature") -> str:
     """The key id of the trusted key that made `field`; UnsignedError, UntrustedKeyError or SignatureError.
 
     `field` "signature" checks the outer signature (canonical bytes); PUBLISHER_FIELD checks a
@@ -164,8 +182,11 @@ def verify_by_any(manifest: Mapping[str, Any], keys: Sequence[Ed25519PublicKey],
             continue
         return key_id(key)
     trusted = ", ".join(sorted(by_id)) or "none configured"
-    raise UntrustedKeyError(f"{field} is by key {claimed!r}, which is not trusted (trusted: {trusted}); "
-                            "the manifest was altered or signed by an unknown key", key_id=claimed)
+    raise UntrustedKeyError(
+        f"{field} is by key {claimed!r}, which is not trusted (trusted: {trusted}); "
+        "the manifest was altered or signed by an unknown key",
+        key_id=claimed,
+    )
 
 
 def countersign(manifest: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:

@@ -27,9 +27,22 @@ STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 
 __all__ = [
-    "LATENCY_EDGES_MS", "SOURCES", "SOURCE_FIELDS", "STATUS_OFFLINE", "STATUS_ONLINE", "SourceCounts",
-    "SummaryCounts", "TelemetryDecodeError", "TelemetryWindow", "decode_hard_example", "decode_status",
-    "decode_window", "encode_hard_example", "encode_status", "encode_window", "window_to_dict",
+    "LATENCY_EDGES_MS",
+    "SOURCES",
+    "SOURCE_FIELDS",
+    "STATUS_OFFLINE",
+    "STATUS_ONLINE",
+    "SourceCounts",
+    "SummaryCounts",
+    "TelemetryDecodeError",
+    "TelemetryWindow",
+    "decode_hard_example",
+    "decode_status",
+    "decode_window",
+    "encode_hard_example",
+    "encode_status",
+    "encode_window",
+    "window_to_dict",
 ]
 
 
@@ -47,7 +60,9 @@ def encode_window(window: TelemetryWindow) -> bytes:
 def decode_window(payload: bytes, topic_device: str | None = None) -> TelemetryWindow:
     """Parse and validate one window; `topic_device` (from the topic) must match its device_id."""
     if len(payload) > limits.MAX_TELEMETRY_BYTES:
-        raise TelemetryDecodeError(f"payload: {len(payload)} bytes, over MAX_TELEMETRY_BYTES={limits.MAX_TELEMETRY_BYTES}")
+        raise TelemetryDecodeError(
+            f"payload: {len(payload)} bytes, over MAX_TELEMETRY_BYTES={limits.MAX_TELEMETRY_BYTES}"
+        )
     window = TelemetryWindow()
     try:
         window.ParseFromString(payload)
@@ -76,10 +91,14 @@ def _validate(w: TelemetryWindow, topic_device: str | None) -> None:
     if w.end_unix < w.start_unix:
         raise TelemetryDecodeError("end_unix: before start_unix")
     if len(w.latency_counts) not in (0, len(LATENCY_EDGES_MS) + 1):
-        raise TelemetryDecodeError(f"latency_counts: {len(w.latency_counts)} bins, expected {len(LATENCY_EDGES_MS) + 1}")
+        raise TelemetryDecodeError(
+            f"latency_counts: {len(w.latency_counts)} bins, expected {len(LATENCY_EDGES_MS) + 1}"
+        )
     if len(w.agreement_counts) not in (0, 20) or not 0.0 <= w.agreement_sum <= sum(w.agreement_counts):
-        raise TelemetryDecodeError(f"agreement_counts: {len(w.agreement_counts)} bins (expected 20) and "
-                                   f"agreement_sum {w.agreement_sum} must lie in [0, rows]")
+        raise TelemetryDecodeError(
+            f"agreement_counts: {len(w.agreement_counts)} bins (expected 20) and "
+            f"agreement_sum {w.agreement_sum} must lie in [0, rows]"
+        )
     if len(w.confidence_counts) not in (0, 20):
         raise TelemetryDecodeError(f"confidence_counts: {len(w.confidence_counts)} bins, expected 20")
     if len(w.class_counts) > limits.MAX_TELEMETRY_CLASSES:
@@ -88,21 +107,31 @@ def _validate(w: TelemetryWindow, topic_device: str | None) -> None:
         raise TelemetryDecodeError(f"inputs: over MAX_TELEMETRY_SUMMARIES={limits.MAX_TELEMETRY_SUMMARIES}")
     for s in w.inputs:
         if len(s.counts) > limits.MAX_HISTOGRAM_BINS:
-            raise TelemetryDecodeError(f"inputs[{s.input}.{s.summary}]: over MAX_HISTOGRAM_BINS={limits.MAX_HISTOGRAM_BINS}")
+            raise TelemetryDecodeError(
+                f"inputs[{s.input}.{s.summary}]: over MAX_HISTOGRAM_BINS={limits.MAX_HISTOGRAM_BINS}"
+            )
     if len(w.task_signals) > limits.MAX_TELEMETRY_SUMMARIES:
         raise TelemetryDecodeError(f"task_signals: over MAX_TELEMETRY_SUMMARIES={limits.MAX_TELEMETRY_SUMMARIES}")
     for t in w.task_signals:
         if len(t.counts) > limits.MAX_HISTOGRAM_BINS or len(t.signal) > limits.MAX_TAG_CHARS:
-            raise TelemetryDecodeError(f"task_signals[{t.signal[:limits.MAX_TAG_CHARS]}]: over "
-                                       f"MAX_HISTOGRAM_BINS={limits.MAX_HISTOGRAM_BINS} or a name over MAX_TAG_CHARS")
-    if len(w.outbox_dropped) > limits.MAX_TELEMETRY_TAGS or any(len(k) > limits.MAX_TAG_CHARS for k in w.outbox_dropped):
-        raise TelemetryDecodeError(f"outbox_dropped: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS} classes "
-                                   f"or a name over MAX_TAG_CHARS={limits.MAX_TAG_CHARS}")
+            raise TelemetryDecodeError(
+                f"task_signals[{t.signal[: limits.MAX_TAG_CHARS]}]: over "
+                f"MAX_HISTOGRAM_BINS={limits.MAX_HISTOGRAM_BINS} or a name over MAX_TAG_CHARS"
+            )
+    if len(w.outbox_dropped) > limits.MAX_TELEMETRY_TAGS or any(
+        len(k) > limits.MAX_TAG_CHARS for k in w.outbox_dropped
+    ):
+        raise TelemetryDecodeError(
+            f"outbox_dropped: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS} classes "
+            f"or a name over MAX_TAG_CHARS={limits.MAX_TAG_CHARS}"
+        )
     if w.shadow_agree > w.shadow_samples:
         raise TelemetryDecodeError(f"shadow_agree: {w.shadow_agree} is over shadow_samples={w.shadow_samples}")
     if w.budget_spent > w.requests.edge_degraded:
-        raise TelemetryDecodeError(f"budget_spent: {w.budget_spent} is over requests.edge_degraded="
-                                   f"{w.requests.edge_degraded} (a budget-spent answer is a degraded one)")
+        raise TelemetryDecodeError(
+            f"budget_spent: {w.budget_spent} is over requests.edge_degraded="
+            f"{w.requests.edge_degraded} (a budget-spent answer is a degraded one)"
+        )
     if len(w.tags) > limits.MAX_TELEMETRY_TAGS:
         raise TelemetryDecodeError(f"tags: over MAX_TELEMETRY_TAGS={limits.MAX_TELEMETRY_TAGS}")
     for k, v in w.tags.items():
@@ -113,20 +142,34 @@ def _validate(w: TelemetryWindow, topic_device: str | None) -> None:
 def window_to_dict(w: TelemetryWindow) -> dict[str, Any]:
     """A JSON-friendly view (REST, logs)."""
     return {
-        "device_id": w.device_id, "sequence": w.sequence, "model_name": w.model_name,
-        "model_version": w.model_version, "variant": w.variant, "profile": w.profile, "tags": dict(w.tags),
-        "start_unix": w.start_unix, "end_unix": w.end_unix,
+        "device_id": w.device_id,
+        "sequence": w.sequence,
+        "model_name": w.model_name,
+        "model_version": w.model_version,
+        "variant": w.variant,
+        "profile": w.profile,
+        "tags": dict(w.tags),
+        "start_unix": w.start_unix,
+        "end_unix": w.end_unix,
         "requests": {src: getattr(w.requests, f) for src, f in SOURCE_FIELDS.items()},
-        "samples": w.samples, "latency_edges_ms": LATENCY_EDGES_MS, "latency_counts": list(w.latency_counts),
-        "latency_mean_ms": (w.latency_sum_ms / max(1, _total_requests(w))), "latency_max_ms": w.latency_max_ms,
-        "confidence_counts": list(w.confidence_counts), "class_counts": list(w.class_counts),
+        "samples": w.samples,
+        "latency_edges_ms": LATENCY_EDGES_MS,
+        "latency_counts": list(w.latency_counts),
+        "latency_mean_ms": (w.latency_sum_ms / max(1, _total_requests(w))),
+        "latency_max_ms": w.latency_max_ms,
+        "confidence_counts": list(w.confidence_counts),
+        "class_counts": list(w.class_counts),
         "class_overflow": w.class_overflow,
         "inputs": {f"{s.input}.{s.summary}": list(s.counts) for s in w.inputs},
         "task_signals": {t.signal: list(t.counts) for t in w.task_signals},
-        "agreement_counts": list(w.agreement_counts), "agreement_sum": w.agreement_sum,
-        "input_samples": w.input_samples, "outbox_dropped_total": w.outbox_dropped_total,
+        "agreement_counts": list(w.agreement_counts),
+        "agreement_sum": w.agreement_sum,
+        "input_samples": w.input_samples,
+        "outbox_dropped_total": w.outbox_dropped_total,
         "outbox_dropped": dict(w.outbox_dropped),
-        "shadow_samples": w.shadow_samples, "shadow_agree": w.shadow_agree, "budget_spent": w.budget_spent,
+        "shadow_samples": w.shadow_samples,
+        "shadow_agree": w.shadow_agree,
+        "budget_spent": w.budget_spent,
     }
 
 
@@ -146,8 +189,9 @@ def encode_hard_example(header: dict[str, Any], tensors: bytes) -> bytes:
             raise ValueError(f"hard example header: {key!r} is required")
     data = json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + tensors
     if len(data) > limits.MAX_MQTT_PAYLOAD_BYTES:
-        raise TelemetryDecodeError(f"hard example: {len(data)} bytes, over MAX_MQTT_PAYLOAD_BYTES="
-                                   f"{limits.MAX_MQTT_PAYLOAD_BYTES}")
+        raise TelemetryDecodeError(
+            f"hard example: {len(data)} bytes, over MAX_MQTT_PAYLOAD_BYTES={limits.MAX_MQTT_PAYLOAD_BYTES}"
+        )
     return data
 
 
@@ -173,8 +217,9 @@ def encode_status(state: str, device_id: str, **info: Any) -> bytes:
     """The retained /status payload: small JSON so any MQTT tool can read it."""
     if state not in (STATUS_ONLINE, STATUS_OFFLINE):
         raise ValueError(f"status: {state!r} is not {STATUS_ONLINE} or {STATUS_OFFLINE}")
-    return json.dumps({"state": state, "device_id": device_id, "at": round(time.time(), 3), **info},
-                      sort_keys=True).encode()
+    return json.dumps(
+        {"state": state, "device_id": device_id, "at": round(time.time(), 3), **info}, sort_keys=True
+    ).encode()
 
 
 def decode_status(payload: bytes) -> dict[str, Any]:

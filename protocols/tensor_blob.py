@@ -17,8 +17,16 @@ import numpy as np
 from tandem.protocols import limits
 from tandem.protocols.errors import ContractError
 
-__all__ = ["DTYPE_KINDS", "MAX_INDEX_BYTES", "MAX_NAME", "TensorBlobError", "TensorInfo", "decode_index",
-           "decode_tensors", "encode_tensors"]
+__all__ = [
+    "DTYPE_KINDS",
+    "MAX_INDEX_BYTES",
+    "MAX_NAME",
+    "TensorBlobError",
+    "TensorInfo",
+    "decode_index",
+    "decode_tensors",
+    "encode_tensors",
+]
 
 DTYPE_KINDS = "biufc"  # bool, ints, floats, complex: nothing that needs pickle
 MAX_INDEX_BYTES = 64 * 1024
@@ -59,12 +67,22 @@ def decode_index(blob: bytes) -> tuple[tuple[TensorInfo, ...], int]:
         raise TensorBlobError(f"tensors: expected a list of at most {limits.MAX_TENSORS_PER_REQUEST} tensors")
     out, total, names = [], 0, set()
     for entry in index:
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], str)
-                and isinstance(entry[2], list)):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str)
+            and isinstance(entry[2], list)
+        ):
             raise TensorBlobError("tensors: each index entry is [name, dtype, shape]")
         name, dtype_str, shape = entry
-        if (not name or len(name) > MAX_NAME or name in names or name.startswith(".")
-                or any(c in "/\\" or ord(c) < 32 for c in name)):  # names become .npz member paths
+        if (
+            not name
+            or len(name) > MAX_NAME
+            or name in names
+            or name.startswith(".")
+            or any(c in "/\\" or ord(c) < 32 for c in name)
+        ):  # names become .npz member paths
             raise TensorBlobError(f"tensors: bad or repeated name {name[:64]!r}")
         names.add(name)
         try:
@@ -73,8 +91,9 @@ def decode_index(blob: bytes) -> tuple[tuple[TensorInfo, ...], int]:
             dtype = None
         if dtype is None or dtype.kind not in DTYPE_KINDS:
             raise TensorBlobError(f"tensors: {name}: dtype {dtype_str[:16]!r} is not numeric")
-        if len(shape) > limits.MAX_TENSOR_DIMS or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                          and 0 <= d <= limits.MAX_TENSOR_ELEMENTS for d in shape):
+        if len(shape) > limits.MAX_TENSOR_DIMS or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limits.MAX_TENSOR_ELEMENTS for d in shape
+        ):
             raise TensorBlobError(f"tensors: {name}: bad shape")
         info = TensorInfo(name, dtype.str, tuple(shape))
         if info.count > limits.MAX_TENSOR_ELEMENTS:

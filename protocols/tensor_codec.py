@@ -56,8 +56,22 @@ DATATYPES: dict[str, np.dtype] = {
 _BF16 = _bfloat16()
 if _BF16 is not None:
     DATATYPES["BF16"] = _BF16
-STANDARD_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                      "FP16", "FP32", "FP64", "BF16", "BYTES")
+STANDARD_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+)
 _BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name not in ("BYTES", "BF16")}
 
 # Which repeated field of InferTensorContents carries each datatype (FP16 and BF16 have none).
@@ -76,8 +90,14 @@ _CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 _ALL_CONTENTS_FIELDS = (
-    "bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
-    "fp32_contents", "fp64_contents", "bytes_contents",
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
 )
 
 
@@ -149,8 +169,9 @@ def to_raw(name: str, array: np.ndarray, limits: TensorLimits = DEFAULT_LIMITS) 
     return datatype, list(arr.shape), data
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], data: bytes,
-             limits: TensorLimits = DEFAULT_LIMITS) -> np.ndarray:
+def from_raw(
+    name: str, datatype: str, shape: Sequence[int], data: bytes, limits: TensorLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """Decode raw bytes into a read-only array; the byte size must match shape and datatype."""
     dt = dtype_of(datatype, name)
     count = check_shape(name, shape, limits)
@@ -162,15 +183,17 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], data: bytes,
     if len(data) != expected:
         raise TensorCodecError(
             f"tensor {name!r}: {len(data)} raw bytes do not match {datatype} shape {list(shape)} "
-            f"(expected {expected} bytes)")
+            f"(expected {expected} bytes)"
+        )
     array = np.frombuffer(data, dtype=dt, count=count).reshape([int(d) for d in shape])
     if datatype == "BOOL" and count and np.frombuffer(data, dtype=np.uint8).max() > 1:
         raise TensorCodecError(f"tensor {name!r}: BOOL bytes must be 0 or 1")
     return array
 
 
-def to_contents(name: str, array: np.ndarray, contents: pb.InferTensorContents,
-                limits: TensorLimits = DEFAULT_LIMITS) -> tuple[str, list[int]]:
+def to_contents(
+    name: str, array: np.ndarray, contents: pb.InferTensorContents, limits: TensorLimits = DEFAULT_LIMITS
+) -> tuple[str, list[int]]:
     """Fill `contents` with the array's values in the typed field for its datatype."""
     arr = np.asarray(array)
     datatype = _datatype_for(name, arr.dtype)
@@ -183,8 +206,13 @@ def to_contents(name: str, array: np.ndarray, contents: pb.InferTensorContents,
     return datatype, list(arr.shape)
 
 
-def from_contents(name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents,
-                  limits: TensorLimits = DEFAULT_LIMITS) -> np.ndarray:
+def from_contents(
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    contents: pb.InferTensorContents,
+    limits: TensorLimits = DEFAULT_LIMITS,
+) -> np.ndarray:
     """Decode typed contents; exactly the field for `datatype` may be set, with one value per element."""
     dt = dtype_of(datatype, name)
     count = check_shape(name, shape, limits)
@@ -197,8 +225,8 @@ def from_contents(name: str, datatype: str, shape: Sequence[int], contents: pb.I
     values = getattr(contents, field_name)
     if len(values) != count:
         raise TensorCodecError(
-            f"tensor {name!r}: {len(values)} values in {field_name} do not match shape {list(shape)} "
-            f"({count} elements)")
+            f"tensor {name!r}: {len(values)} values in {field_name} do not match shape {list(shape)} ({count} elements)"
+        )
     if dt.kind in "iu" and count:
         info = np.iinfo(dt)
         wide = np.fromiter(values, dtype=np.int64 if dt.kind == "i" else np.uint64, count=count)
@@ -253,26 +281,34 @@ def _bytes_from_raw(name: str, shape: Sequence[int], count: int, data: bytes, li
     offset = 0
     for i in range(count):
         if offset + 4 > len(view):
-            raise TensorCodecError(f"tensor {name!r}: raw BYTES end after {i} of {count} elements "
-                                   "(each element is a 4-byte little-endian length, then its bytes)")
+            raise TensorCodecError(
+                f"tensor {name!r}: raw BYTES end after {i} of {count} elements "
+                "(each element is a 4-byte little-endian length, then its bytes)"
+            )
         (size,) = struct.unpack_from("<I", view, offset)
         offset += 4
         if offset + size > len(view):
-            raise TensorCodecError(f"tensor {name!r}: raw BYTES element {i} claims {size} bytes, "
-                                   f"{len(view) - offset} remain")
-        out[i] = bytes(view[offset:offset + size])
+            raise TensorCodecError(
+                f"tensor {name!r}: raw BYTES element {i} claims {size} bytes, {len(view) - offset} remain"
+            )
+        out[i] = bytes(view[offset : offset + size])
         offset += size
     if offset != len(view):
-        raise TensorCodecError(f"tensor {name!r}: {len(view) - offset} raw bytes left over after {count} BYTES elements")
+        raise TensorCodecError(
+            f"tensor {name!r}: {len(view) - offset} raw bytes left over after {count} BYTES elements"
+        )
     return out.reshape([int(d) for d in shape])
 
 
-def _decode_tensors(kind: str, tensors: Sequence[Any], raw: Sequence[bytes],
-                    limits: TensorLimits) -> dict[str, np.ndarray]:
+def _decode_tensors(
+    kind: str, tensors: Sequence[Any], raw: Sequence[bytes], limits: TensorLimits
+) -> dict[str, np.ndarray]:
     if len(tensors) > limits.max_tensors:
         raise TensorCodecError(f"{len(tensors)} {kind} tensors exceed the limit of {limits.max_tensors}")
     if raw and len(raw) != len(tensors):
-        raise TensorCodecError(f"{len(raw)} raw contents for {len(tensors)} {kind} tensors; send one per tensor, in order")
+        raise TensorCodecError(
+            f"{len(raw)} raw contents for {len(tensors)} {kind} tensors; send one per tensor, in order"
+        )
     out: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(tensors):
         name = tensor.name
@@ -290,20 +326,27 @@ def _decode_tensors(kind: str, tensors: Sequence[Any], raw: Sequence[bytes],
     return out
 
 
-def decode_request_inputs(request: pb.ModelInferRequest,
-                          limits: TensorLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+def decode_request_inputs(
+    request: pb.ModelInferRequest, limits: TensorLimits = DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
     """The input tensors of a ModelInferRequest, by name, validated against `limits`."""
     return _decode_tensors("input", request.inputs, request.raw_input_contents, limits)
 
 
-def decode_response_outputs(response: pb.ModelInferResponse,
-                            limits: TensorLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+def decode_response_outputs(
+    response: pb.ModelInferResponse, limits: TensorLimits = DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
     """The output tensors of a ModelInferResponse, by name (raw or typed, as the server sent them)."""
     return _decode_tensors("output", response.outputs, response.raw_output_contents, limits)
 
 
-def encode_request_inputs(request: pb.ModelInferRequest, inputs: Mapping[str, np.ndarray], *,
-                          raw: bool = True, limits: TensorLimits = DEFAULT_LIMITS) -> None:
+def encode_request_inputs(
+    request: pb.ModelInferRequest,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    raw: bool = True,
+    limits: TensorLimits = DEFAULT_LIMITS,
+) -> None:
     """Append `inputs` to `request`, as raw contents (default, fastest) or typed contents."""
     for name, array in inputs.items():
         tensor = request.inputs.add(name=name)
@@ -315,8 +358,9 @@ def encode_request_inputs(request: pb.ModelInferRequest, inputs: Mapping[str, np
         tensor.shape.extend(shape)
 
 
-def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray], *,
-                            limits: TensorLimits = DEFAULT_LIMITS) -> None:
+def encode_response_outputs(
+    response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray], *, limits: TensorLimits = DEFAULT_LIMITS
+) -> None:
     """Append `outputs` to `response` as raw contents."""
     for name, array in outputs.items():
         tensor = response.outputs.add(name=name)
@@ -326,7 +370,20 @@ def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[st
 
 
 __all__ = [
-    "DATATYPES", "DEFAULT_LIMITS", "STANDARD_DATATYPES", "TensorCodecError", "TensorLimits", "check_shape", "datatype_of",
-    "decode_request_inputs", "decode_response_outputs", "dtype_of", "encode_request_inputs",
-    "encode_response_outputs", "from_contents", "from_raw", "to_contents", "to_raw",
+    "DATATYPES",
+    "DEFAULT_LIMITS",
+    "STANDARD_DATATYPES",
+    "TensorCodecError",
+    "TensorLimits",
+    "check_shape",
+    "datatype_of",
+    "decode_request_inputs",
+    "decode_response_outputs",
+    "dtype_of",
+    "encode_request_inputs",
+    "encode_response_outputs",
+    "from_contents",
+    "from_raw",
+    "to_contents",
+    "to_raw",
 ]

@@ -16,8 +16,15 @@ from typing import Any
 
 from tandem.protocols.errors import ContractError
 
-__all__ = ["PLAIN_TEXT_WARNING", "TlsConfigError", "TlsFiles", "configure_mqtt_client", "grpc_channel_credentials",
-           "grpc_server_credentials", "warn_plain_text"]
+__all__ = [
+    "PLAIN_TEXT_WARNING",
+    "TlsConfigError",
+    "TlsFiles",
+    "configure_mqtt_client",
+    "grpc_channel_credentials",
+    "grpc_server_credentials",
+    "warn_plain_text",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +74,11 @@ class TlsFiles:
     def read(self) -> tuple[bytes, bytes | None, bytes | None]:
         """(ca, cert, key) PEM bytes, for gRPC credentials."""
         self.check()
-        return (self.ca.read_bytes(), self.cert.read_bytes() if self.cert else None,
-                self.key.read_bytes() if self.key else None)
+        return (
+            self.ca.read_bytes(),
+            self.cert.read_bytes() if self.cert else None,
+            self.key.read_bytes() if self.key else None,
+        )
 
     def client_context(self) -> ssl.SSLContext:
         """A client context: verify the server against `ca` and its host name, present cert+key."""
@@ -87,8 +97,13 @@ def warn_plain_text(component: str, where: str) -> None:
         if component in _warned:
             return
         _warned.add(component)
-    log.warning("%s talks to %s in %s: no TLS, no client certificate, anyone on the network can read and "
-                "spoof it (set tls files for production)", component, where, PLAIN_TEXT_WARNING.upper())
+    log.warning(
+        "%s talks to %s in %s: no TLS, no client certificate, anyone on the network can read and "
+        "spoof it (set tls files for production)",
+        component,
+        where,
+        PLAIN_TEXT_WARNING.upper(),
+    )
 
 
 def configure_mqtt_client(client: Any, url: str, tls: TlsFiles | None, component: str) -> tuple[str, int]:

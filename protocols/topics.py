@@ -11,12 +11,41 @@ from dataclasses import dataclass
 
 from tandem.protocols.errors import ContractError
 
-__all__ = ["ACL_USERNAME", "DEFAULT_SHARE_GROUP", "DEVICE_PUBLISHES", "DEVICE_READS", "EVENTS", "HARD_EXAMPLES",
-           "HUB_SCOPE", "KINDS", "MAX_DEVICE_ID_CHARS", "OTA_CMD", "OTA_STATUS", "PREFIX", "ParsedTopic", "STATUS",
-           "TELEMETRY", "TELEMETRY_RESEND", "TopicError", "all_devices", "check_device_id", "device_acl_patterns",
-           "device_topic", "events_topic", "hard_examples_topic", "hub_acl_topics", "mqtt_url_uses_tls",
-           "ota_cmd_topic", "ota_status_topic", "parse_mqtt_url", "parse_topic", "shared", "status_topic",
-           "telemetry_resend_topic", "telemetry_topic"]
+__all__ = [
+    "ACL_USERNAME",
+    "DEFAULT_SHARE_GROUP",
+    "DEVICE_PUBLISHES",
+    "DEVICE_READS",
+    "EVENTS",
+    "HARD_EXAMPLES",
+    "HUB_SCOPE",
+    "KINDS",
+    "MAX_DEVICE_ID_CHARS",
+    "OTA_CMD",
+    "OTA_STATUS",
+    "PREFIX",
+    "ParsedTopic",
+    "STATUS",
+    "TELEMETRY",
+    "TELEMETRY_RESEND",
+    "TopicError",
+    "all_devices",
+    "check_device_id",
+    "device_acl_patterns",
+    "device_topic",
+    "events_topic",
+    "hard_examples_topic",
+    "hub_acl_topics",
+    "mqtt_url_uses_tls",
+    "ota_cmd_topic",
+    "ota_status_topic",
+    "parse_mqtt_url",
+    "parse_topic",
+    "shared",
+    "status_topic",
+    "telemetry_resend_topic",
+    "telemetry_topic",
+]
 
 PREFIX = "tandem/v1"
 MAX_DEVICE_ID_CHARS = 128
@@ -129,7 +158,7 @@ def parse_topic(topic: str) -> ParsedTopic:
     """Split a received topic into (device id, kind); raise TopicError on anything else."""
     if not isinstance(topic, str) or not topic.startswith(PREFIX + "/"):
         raise TopicError(f"topic {topic!r}: does not start with {PREFIX}/")
-    rest = topic[len(PREFIX) + 1:]
+    rest = topic[len(PREFIX) + 1 :]
     scope, sep, kind = rest.partition("/")
     if not sep or kind not in KINDS:
         raise TopicError(f"topic {topic!r}: unknown kind {kind!r}")
@@ -176,8 +205,10 @@ DEVICE_READS = (OTA_CMD, TELEMETRY_RESEND)
 
 def device_acl_patterns() -> tuple[list[str], list[str]]:
     """(write patterns, read patterns) for any device: only its own `tandem/v1/%u/...` topics."""
-    return ([f"{PREFIX}/{ACL_USERNAME}/{k}" for k in DEVICE_PUBLISHES],
-            [f"{PREFIX}/{ACL_USERNAME}/{k}" for k in DEVICE_READS])
+    return (
+        [f"{PREFIX}/{ACL_USERNAME}/{k}" for k in DEVICE_PUBLISHES],
+        [f"{PREFIX}/{ACL_USERNAME}/{k}" for k in DEVICE_READS],
+    )
 
 
 def hub_acl_topics() -> list[str]:

@@ -21,8 +21,8 @@ _RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 @dataclass(frozen=True)
 class SpanContext:
-    trace_id: str   # 32 lowercase hex digits, not all zero
-    span_id: str    # 16 lowercase hex digits, not all zero
+    trace_id: str  # 32 lowercase hex digits, not all zero
+    span_id: str  # 16 lowercase hex digits, not all zero
     sampled: bool = True
 
     @property

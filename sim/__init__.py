@@ -11,8 +11,13 @@ runner (the timeline and checks), report (markdown, JSON, plots), demo, cli.
 from typing import Any
 
 __all__ = ["RunResult", "Scenario", "ScenarioError", "load_scenario", "run_scenario"]
-_HOME = {"RunResult": "tandem.sim.runner", "run_scenario": "tandem.sim.runner", "Scenario": "tandem.sim.scenario",
-         "ScenarioError": "tandem.sim.scenario", "load_scenario": "tandem.sim.scenario"}
+_HOME = {
+    "RunResult": "tandem.sim.runner",
+    "run_scenario": "tandem.sim.runner",
+    "Scenario": "tandem.sim.scenario",
+    "ScenarioError": "tandem.sim.scenario",
+    "load_scenario": "tandem.sim.scenario",
+}
 
 
 def __getattr__(name: str) -> Any:

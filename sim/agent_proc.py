@@ -57,9 +57,22 @@ def _toml(value: Any) -> str:
 class AgentProcess:
     """One device served by a real agent process; the fleet's workers call `serve(t)` like a virtual device's."""
 
-    def __init__(self, spec: DeviceSpec, stream: DeviceStream, workdir: Path, model_dir: Path, *, hub_grpc: str,
-                 mqtt_url: str, hub_model: str, window_s: float, threshold: float, deadline_ms: float,
-                 ota: Any = None, trusted_pem: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        stream: DeviceStream,
+        workdir: Path,
+        model_dir: Path,
+        *,
+        hub_grpc: str,
+        mqtt_url: str,
+        hub_model: str,
+        window_s: float,
+        threshold: float,
+        deadline_ms: float,
+        ota: Any = None,
+        trusted_pem: str | None = None,
+    ) -> None:
         self.spec = spec
         self.device_id = spec.device_id
         self.profile = spec.profile
@@ -76,11 +89,18 @@ class AgentProcess:
         self._client: Any = None
         self.log_path = workdir / "agent.log"
         settings: dict[str, Any] = {  # dotted TOML keys: "model.dir = ..." is key dir of [model]
-            "model.dir": str(model_dir), "model.profile": spec.profile.name, "server.endpoint": self.endpoint,
-            "server.device_id": spec.device_id, "policy.threshold": threshold, "fallback.hub_url": hub_grpc,
-            "fallback.hub_model": hub_model, "fallback.deadline_ms": deadline_ms,
-            "hard_examples.data_dir": str(workdir / "data"), "telemetry.mqtt_url": mqtt_url,
-            "telemetry.window_s": window_s, "model.threads": 1,
+            "model.dir": str(model_dir),
+            "model.profile": spec.profile.name,
+            "server.endpoint": self.endpoint,
+            "server.device_id": spec.device_id,
+            "policy.threshold": threshold,
+            "fallback.hub_url": hub_grpc,
+            "fallback.hub_model": hub_model,
+            "fallback.deadline_ms": deadline_ms,
+            "hard_examples.data_dir": str(workdir / "data"),
+            "telemetry.mqtt_url": mqtt_url,
+            "telemetry.window_s": window_s,
+            "model.threads": 1,
         }
         if spec.tags:
             settings["server.tags"] = dict(spec.tags)
@@ -92,10 +112,17 @@ class AgentProcess:
             key = workdir / "hub-release.pem"
             workdir.mkdir(parents=True, exist_ok=True)
             key.write_text(ota.trusted_pem if isinstance(ota.trusted_pem, str) else ota.trusted_pem.decode())
-            settings.update({"ota.enabled": True, "ota.trusted_key": str(key), "ota.hub_token": ota.token,
-                             "ota.watch_s": ota.watch.watch_s, "ota.min_requests": ota.watch.min_requests,
-                             "ota.max_fallback_rise": ota.watch.max_fallback_rise,
-                             "ota.max_latency_ratio": ota.watch.max_latency_ratio})
+            settings.update(
+                {
+                    "ota.enabled": True,
+                    "ota.trusted_key": str(key),
+                    "ota.hub_token": ota.token,
+                    "ota.watch_s": ota.watch.watch_s,
+                    "ota.min_requests": ota.watch.min_requests,
+                    "ota.max_fallback_rise": ota.watch.max_fallback_rise,
+                    "ota.max_latency_ratio": ota.watch.max_latency_ratio,
+                }
+            )
         self.config_path = workdir / "agent.toml"
         self._settings = settings
 
@@ -104,8 +131,12 @@ class AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in self._settings.items()))
         log_file = open(self.log_path, "ab")
-        self._proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(self.config_path)],
-                                      stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(self.config_path)],
+            stdout=log_file,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
+        )
         log_file.close()
         return self
 
@@ -125,8 +156,10 @@ class AgentProcess:
         tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-TAIL_LINES:])
         self.stop()
         if status is not None:
-            raise AgentProcessError(f"tandem-agent for {self.device_id} exited with status {status} after "
-                                    f"{time.monotonic() - started:.1f}s; its last output:\n{tail}")
+            raise AgentProcessError(
+                f"tandem-agent for {self.device_id} exited with status {status} after "
+                f"{time.monotonic() - started:.1f}s; its last output:\n{tail}"
+            )
         raise AgentProcessError(f"tandem-agent for {self.device_id} did not start within {timeout_s:g}s:\n{tail}")
 
     def online(self, t: float) -> bool:
@@ -145,8 +178,15 @@ class AgentProcess:
             return Outcome(self.device_id, self.profile.name, "error", 0.0, len(x), 0, self.version or "")
         self.version = answer.model_version
         self.answers += 1
-        return Outcome(self.device_id, self.profile.name, answer.source, answer.latency_ms, len(x),
-                       int((np.asarray(answer.labels) == y).sum()), answer.model_version)
+        return Outcome(
+            self.device_id,
+            self.profile.name,
+            answer.source,
+            answer.latency_ms,
+            len(x),
+            int((np.asarray(answer.labels) == y).sum()),
+            answer.model_version,
+        )
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM and wait: the agent flushes its open window and drains its outbox to the broker."""

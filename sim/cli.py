@@ -54,8 +54,11 @@ def _say(quiet: bool) -> Callable[[str], None]:
 def _demo(args: argparse.Namespace) -> int:
     from tandem.sim.demo import format_summary, run_demo
 
-    summary = run_demo(args.workdir, say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)),
-                       progress=_say(args.quiet))
+    summary = run_demo(
+        args.workdir,
+        say=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)),
+        progress=_say(args.quiet),
+    )
     print(format_summary(summary))
     return 0 if summary.get("passed", True) else 1
 
@@ -81,8 +84,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     report = args.report or Path("tandem-sim-reports") / scenario.name
     say = _say(args.quiet)
-    say(f"running {scenario.name}: {scenario.device_count} devices for {scenario.duration_s:g}s "
-        f"(work dir {args.workdir})\n")
+    say(
+        f"running {scenario.name}: {scenario.device_count} devices for {scenario.duration_s:g}s "
+        f"(work dir {args.workdir})\n"
+    )
     result = run_scenario(scenario, args.workdir, data_dir=args.data_dir, progress=say)
     path = write_report(result, report)
     for c in result.checks:
@@ -98,25 +103,39 @@ def _first_sentence(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tandem-sim", description="Tandem's hardware and fleet simulator: virtual "
-                                     "devices running the real agent logic against a real hub and broker.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tandem-sim",
+        description="Tandem's hardware and fleet simulator: virtual "
+        "devices running the real agent logic against a real hub and broker.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train, compile and run a mixed fleet through drift and a canary rollout")
-    demo.add_argument("--workdir", type=Path, default=Path("tandem-demo"), help="where everything is written (default: ./tandem-demo)")
+    demo.add_argument(
+        "--workdir", type=Path, default=Path("tandem-demo"), help="where everything is written (default: ./tandem-demo)"
+    )
     demo.add_argument("--quiet", action="store_true", help="print only the final summary")
     demo.set_defaults(handler=_demo)
 
-    run = sub.add_parser("run", help="run a scenario and write its report",
-                         description="Run a scenario (a built-in name or a YAML file) against a fresh hub and broker.",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run a scenario and write its report",
+        description="Run a scenario (a built-in name or a YAML file) against a fresh hub and broker.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("scenario", help="built-in name (see `tandem-sim list`) or path to a scenario .yaml")
     run.add_argument("--report", type=Path, help="report folder (default: tandem-sim-reports/<scenario>)")
     run.add_argument("--devices", type=int, help="total devices, groups kept in proportion")
     run.add_argument("--duration", type=float, help="seconds of simulated traffic; event times scale with it")
-    run.add_argument("--workdir", type=Path, default=Path("tandem-sim-work"),
-                     help="models, hub data and device outboxes (default: ./tandem-sim-work; models are cached)")
+    run.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("tandem-sim-work"),
+        help="models, hub data and device outboxes (default: ./tandem-sim-work; models are cached)",
+    )
     run.add_argument("--data-dir", type=Path, help="an examples/digits/train.py output to use instead of training")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.set_defaults(handler=_run)

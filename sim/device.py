@@ -43,8 +43,9 @@ class ChannelFallback(FallbackClient):
     shared (one TCP connection per group of devices instead of one per device).
     """
 
-    def __init__(self, url: str, stub: Any, *, deadline_ms: float, breaker: CircuitBreaker,
-                 max_attempts: int = 2) -> None:
+    def __init__(
+        self, url: str, stub: Any, *, deadline_ms: float, breaker: CircuitBreaker, max_attempts: int = 2
+    ) -> None:
         super(FallbackClient, self).__init__(url, deadline_ms, breaker, max_attempts)  # the core, not a new channel
         self._channel = None
         self._stub = stub
@@ -65,7 +66,7 @@ class DeviceSpec:
     connectivity: Connectivity = field(default_factory=Connectivity)
     ota: bool = False
     seed: int = 0
-    process: bool = False      # served by a real tandem-agent process (sim.agent_proc), not emulated
+    process: bool = False  # served by a real tandem-agent process (sim.agent_proc), not emulated
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Outcome:
 
     device_id: str
     profile: str
-    source: str          # edge, cloud, edge-degraded, error
+    source: str  # edge, cloud, edge-degraded, error
     latency_ms: float
     rows: int
     correct: int
@@ -84,24 +85,36 @@ class Outcome:
 class DeviceTelemetry:
     """The agent's window aggregator and outbox for one device; `tick` closes due windows into the outbox."""
 
-    def __init__(self, device_id: str, model: ModelInfo, outbox_path: Path, *, profile: str, tags: dict[str, str],
-                 window_s: float, clock: Callable[[], float] = time.time, phase_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        model: ModelInfo,
+        outbox_path: Path,
+        *,
+        profile: str,
+        tags: dict[str, str],
+        window_s: float,
+        clock: Callable[[], float] = time.time,
+        phase_s: float = 0.0,
+    ) -> None:
         """`phase_s` shortens the first window, so a fleet started at once does not close every window together."""
         self._clock = clock
         self._lock = threading.Lock()
         self.config = WindowConfig(window_s=window_s)
         self.profile = profile
         self.tags = tags
-        self.aggregator = WindowAggregator(device_id, model, profile=profile, tags=tags, config=self.config,
-                                           now=clock() - phase_s)
+        self.aggregator = WindowAggregator(
+            device_id, model, profile=profile, tags=tags, config=self.config, now=clock() - phase_s
+        )
         self.outbox = Outbox(outbox_path)
         self.on_stored: Callable[[], None] = lambda: None
         # Where closed windows go: None stores on the caller's thread; the fleet hands them to its
         # store thread instead (the outbox fsyncs, as the agent's ticker does off the request path).
         self.defer: Callable[["DeviceTelemetry", Any], None] | None = None
 
-    def record(self, source: str, latency_ms: float, confidence: np.ndarray, label: np.ndarray,
-               inputs: dict[str, np.ndarray]) -> None:
+    def record(
+        self, source: str, latency_ms: float, confidence: np.ndarray, label: np.ndarray, inputs: dict[str, np.ndarray]
+    ) -> None:
         with self._lock:
             full = self.aggregator.record(source, latency_ms, confidence, label, inputs)
             window = self.aggregator.close(self._clock()) if full else None
@@ -120,8 +133,9 @@ class DeviceTelemetry:
         now = self._clock()
         with self._lock:
             window = self.aggregator.close(now)
-            self.aggregator = WindowAggregator(self.aggregator.device_id, model, profile=self.profile, tags=self.tags,
-                                               config=self.config, now=now)
+            self.aggregator = WindowAggregator(
+                self.aggregator.device_id, model, profile=self.profile, tags=self.tags, config=self.config, now=now
+            )
         self._store(window)
 
     def flush(self) -> None:
@@ -154,8 +168,17 @@ class DeviceTelemetry:
 class VirtualDevice:
     """One device of the fleet; `serve(t)` answers one request at simulated time t (seconds)."""
 
-    def __init__(self, spec: DeviceSpec, pool: SessionPool, stream: DeviceStream, policy: ConfidencePolicy,
-                 fallback: FallbackClient, hub_model: str, workdir: Path, window_s: float) -> None:
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        pool: SessionPool,
+        stream: DeviceStream,
+        policy: ConfidencePolicy,
+        fallback: FallbackClient,
+        hub_model: str,
+        workdir: Path,
+        window_s: float,
+    ) -> None:
         self.spec = spec
         self.device_id = spec.device_id
         self.profile = spec.profile
@@ -201,9 +224,15 @@ class VirtualDevice:
     def _serve_handle(self, handle: ModelHandle) -> None:
         info = ModelInfo.from_manifest(handle.manifest, handle.variant.id)
         if self.telemetry is None:
-            self.telemetry = DeviceTelemetry(self.device_id, info, self.workdir / "telemetry_outbox.sqlite",
-                                             profile=self.profile.name, tags=self.spec.tags, window_s=self.window_s,
-                                             phase_s=float(self.rng.uniform(0, self.window_s)))
+            self.telemetry = DeviceTelemetry(
+                self.device_id,
+                info,
+                self.workdir / "telemetry_outbox.sqlite",
+                profile=self.profile.name,
+                tags=self.spec.tags,
+                window_s=self.window_s,
+                phase_s=float(self.rng.uniform(0, self.window_s)),
+            )
         else:
             self.telemetry.switch_model(info)
         self.handle = handle
@@ -239,9 +268,14 @@ class VirtualDevice:
             source = "edge-degraded"
             if self.online(t):
                 try:
-                    res = self.fallback.infer(self.hub_model, {name: x}, device_id=self.device_id,
-                                              model_version=handle.version, edge_label=int(labels[0]),
-                                              edge_confidence=float(conf[0]))
+                    res = self.fallback.infer(
+                        self.hub_model,
+                        {name: x},
+                        device_id=self.device_id,
+                        model_version=handle.version,
+                        edge_label=int(labels[0]),
+                        edge_confidence=float(conf[0]),
+                    )
                     cloud = self.policy.score_array(next(iter(res.outputs.values())))
                     labels, source = cloud.labels, "cloud"
                     latency += res.latency_ms
@@ -249,8 +283,9 @@ class VirtualDevice:
                     pass
         self.telemetry.record(source, latency, conf, labels, {name: x})
         self._count(source, edge_ms)
-        return Outcome(self.device_id, self.profile.name, source, latency, len(x), int((labels == y).sum()),
-                       handle.version)
+        return Outcome(
+            self.device_id, self.profile.name, source, latency, len(x), int((labels == y).sum()), handle.version
+        )
 
     def _count(self, source: str, latency: float) -> None:
         with self._health_lock:

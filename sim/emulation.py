@@ -26,8 +26,9 @@ class ModelRefused(RuntimeError):
     """The variant does not fit this device's hardware budgets; the message names the budget."""
 
 
-def emulated_latency_ms(host_ms_per_row: float, rows: int, profile: Profile, rng: np.random.Generator | None = None,
-                        jitter: float = 0.1) -> float:
+def emulated_latency_ms(
+    host_ms_per_row: float, rows: int, profile: Profile, rng: np.random.Generator | None = None, jitter: float = 0.1
+) -> float:
     """What `rows` rows cost on `profile`, from the host's per-row time (batch 1 cost for one row)."""
     base = host_ms_per_row * max(rows, 1) / profile.relative_speed
     if rng is None or jitter <= 0:
@@ -39,12 +40,16 @@ def check_fits(file_bytes: int, profile: Profile, *, resident_factor: float = RE
     """Raise ModelRefused when a variant of `file_bytes` does not fit `profile`."""
     size_mb = file_bytes / (1024 * 1024)
     if size_mb > profile.model_size_budget_mb:
-        raise ModelRefused(f"{profile.name}: the variant is {size_mb:.2f} MB, over the model_size_budget_mb of "
-                           f"{profile.model_size_budget_mb:g} MB")
+        raise ModelRefused(
+            f"{profile.name}: the variant is {size_mb:.2f} MB, over the model_size_budget_mb of "
+            f"{profile.model_size_budget_mb:g} MB"
+        )
     resident = AGENT_OVERHEAD_MB + size_mb * resident_factor
     if resident > profile.memory_budget_mb:
-        raise ModelRefused(f"{profile.name}: the model needs about {resident:.0f} MB resident, over the "
-                           f"memory_budget_mb of {profile.memory_budget_mb:g} MB")
+        raise ModelRefused(
+            f"{profile.name}: the model needs about {resident:.0f} MB resident, over the "
+            f"memory_budget_mb of {profile.memory_budget_mb:g} MB"
+        )
 
 
 @dataclass(frozen=True)

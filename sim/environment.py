@@ -31,8 +31,16 @@ log = logging.getLogger(__name__)
 class Environment:
     """`Environment(workdir, models, drift).start()`; `stop()` tears everything down in reverse."""
 
-    def __init__(self, workdir: Path, models: Models, drift: DriftSettings, *, window_s: float = 1.0,
-                 rollout_tick_s: float = 0.2, watch_s: float | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        models: Models,
+        drift: DriftSettings,
+        *,
+        window_s: float = 1.0,
+        rollout_tick_s: float = 0.2,
+        watch_s: float | None = None,
+    ) -> None:
         self.workdir = workdir
         self.models = models
         self.drift = drift
@@ -41,12 +49,20 @@ class Environment:
         self.watch_s = watch_s
         self.broker: BrokerHandle | None = None
         self.hub: Hub | None = None
-        self._telemetry = HubTelemetry(TelemetryServiceConfig(
-            eval_interval_s=drift.eval_interval_s,
-            drift=DriftConfig(span_s=drift.span_s, baseline_s=drift.baseline_s, bucket_s=window_s,
-                              min_samples=drift.min_samples, min_requests=drift.min_requests,
-                              distribution=Hysteresis(drift.open_above, drift.close_below, k_open=drift.k_open),
-                              rate=Hysteresis(drift.rate_open_above, drift.rate_close_below, k_open=drift.k_open))))
+        self._telemetry = HubTelemetry(
+            TelemetryServiceConfig(
+                eval_interval_s=drift.eval_interval_s,
+                drift=DriftConfig(
+                    span_s=drift.span_s,
+                    baseline_s=drift.baseline_s,
+                    bucket_s=window_s,
+                    min_samples=drift.min_samples,
+                    min_requests=drift.min_requests,
+                    distribution=Hysteresis(drift.open_above, drift.close_below, k_open=drift.k_open),
+                    rate=Hysteresis(drift.rate_open_above, drift.rate_close_below, k_open=drift.k_open),
+                ),
+            )
+        )
         self.grpc_proxy: FaultProxy | None = None
         self.mqtt_proxy: FaultProxy | None = None
         self._own_rollouts = False
@@ -59,8 +75,16 @@ class Environment:
         extra: dict[str, Any] = {}
         if "rollout_tick_s" in fields:  # hubs that start rollouts themselves take the settings here
             extra.update(rollout_tick_s=self.rollout_tick_s, rollout_watch_s=self.watch_s)
-        self.hub = Hub(HubConfig(data_dir=self.workdir / "hub", http_port=0, grpc_port=0, mqtt_url=self.broker.url,
-                                 model_dirs=(self.models.cloud,), **extra))
+        self.hub = Hub(
+            HubConfig(
+                data_dir=self.workdir / "hub",
+                http_port=0,
+                grpc_port=0,
+                mqtt_url=self.broker.url,
+                model_dirs=(self.models.cloud,),
+                **extra,
+            )
+        )
         self.hub.add_service(self._telemetry)  # ours, with the scenario's drift settings
         self.hub.start()
         if getattr(self.hub, "rollouts", None) is None:

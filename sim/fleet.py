@@ -54,7 +54,7 @@ class OtaSettings:
 
     token: str
     trusted_pem: str
-    watch: Any                     # edge_agent.ota.machine.WatchPolicy
+    watch: Any  # edge_agent.ota.machine.WatchPolicy
     mqtt_url: str
     poll_s: float = 0.05
 
@@ -62,10 +62,21 @@ class OtaSettings:
 class Fleet:
     """Build with specs, `start(model_dir)`, `run_for(seconds)` or `start_serving()` / `stop()`."""
 
-    def __init__(self, specs: Sequence[DeviceSpec], *, data: Dataset, changes: Callable[[DeviceSpec], Sequence[Change]],
-                 hub_grpc: str, mqtt_url: str, workdir: Path, config: FleetConfig = FleetConfig(),
-                 ota: OtaSettings | None = None, pool: SessionPool | None = None,
-                 recorder: Recorder | None = None, external: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        specs: Sequence[DeviceSpec],
+        *,
+        data: Dataset,
+        changes: Callable[[DeviceSpec], Sequence[Change]],
+        hub_grpc: str,
+        mqtt_url: str,
+        workdir: Path,
+        config: FleetConfig = FleetConfig(),
+        ota: OtaSettings | None = None,
+        pool: SessionPool | None = None,
+        recorder: Recorder | None = None,
+        external: Sequence[Any] = (),
+    ) -> None:
         """`external`: devices served by real agent processes (sim.agent_proc); the workers drive them too."""
         self.config = config
         self.workdir = workdir
@@ -74,18 +85,30 @@ class Fleet:
         self.recorder = recorder or Recorder()
         self.ota = ota
         target, _ = parse_target(hub_grpc)
-        self._channels = [grpc.insecure_channel(target, options=channel_options())
-                          for _ in range(max(1, config.grpc_channels))]
+        self._channels = [
+            grpc.insecure_channel(target, options=channel_options()) for _ in range(max(1, config.grpc_channels))
+        ]
         stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
         policy = ConfidencePolicy(config.policy_kind, config.threshold)
         self.devices: list[VirtualDevice] = []
         for i, spec in enumerate(specs):
             breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
-            fallback = ChannelFallback(hub_grpc, stubs[i % len(stubs)], deadline_ms=config.fallback_deadline_ms,
-                                       breaker=breaker)
+            fallback = ChannelFallback(
+                hub_grpc, stubs[i % len(stubs)], deadline_ms=config.fallback_deadline_ms, breaker=breaker
+            )
             stream = DeviceStream(data, changes(spec), seed=spec.seed)
-            self.devices.append(VirtualDevice(spec, self.pool, stream, policy, fallback, config.hub_model,
-                                              workdir / spec.device_id, config.window_s))
+            self.devices.append(
+                VirtualDevice(
+                    spec,
+                    self.pool,
+                    stream,
+                    policy,
+                    fallback,
+                    config.hub_model,
+                    workdir / spec.device_id,
+                    config.window_s,
+                )
+            )
         self.external = list(external)
         self.uplinks: list[SharedUplink] = []
         self._mqtt_url = mqtt_url
@@ -110,7 +133,7 @@ class Fleet:
 
         Uplinks connect first so their sockets get low file descriptors (see SharedUplink)."""
         per = max(1, self.config.devices_per_uplink)
-        groups = [self.devices[k:k + per] for k in range(0, len(self.devices), per)]
+        groups = [self.devices[k : k + per] for k in range(0, len(self.devices), per)]
         self.uplinks = [SharedUplink(self._mqtt_url, f"{self.workdir.name}-{i}").start() for i in range(len(groups))]
         deadline = time.monotonic() + 10
         while not all(u.connected for u in self.uplinks) and time.monotonic() < deadline:
@@ -124,9 +147,12 @@ class Fleet:
                     dev.install(model_dir)
                 if dev.telemetry is None:
                     continue  # refused: nothing to serve, nothing to report
-                uplink.add(dev.device_id, dev.telemetry.outbox, online=self._online_fn(dev),
-                           status={"model": dev.handle.manifest.name, "version": dev.version,
-                                   "profile": dev.profile.name})
+                uplink.add(
+                    dev.device_id,
+                    dev.telemetry.outbox,
+                    online=self._online_fn(dev),
+                    status={"model": dev.handle.manifest.name, "version": dev.version, "profile": dev.profile.name},
+                )
                 dev.telemetry.on_stored = self._marker(uplink, dev.device_id)
                 dev.telemetry.defer = lambda tel, window: self._closed.put((tel, window))
         self._storer = threading.Thread(target=self._store_closed, name="sim-telemetry-store", daemon=True)
@@ -147,10 +173,20 @@ class Fleet:
         from tandem.edge_agent.ota.client import OtaClient, OtaClientConfig
 
         assert self.ota is not None
-        client = OtaClient(OtaClientConfig(dev.device_id, dev.profile.name, self.ota.mqtt_url, dev.workdir / "ota",
-                                           self.ota.trusted_pem, hub_token=self.ota.token, watch=self.ota.watch,
-                                           poll_s=self.ota.poll_s),
-                           on_switch=dev.swap, health=dev.health)
+        client = OtaClient(
+            OtaClientConfig(
+                dev.device_id,
+                dev.profile.name,
+                self.ota.mqtt_url,
+                dev.workdir / "ota",
+                self.ota.trusted_pem,
+                hub_token=self.ota.token,
+                watch=self.ota.watch,
+                poll_s=self.ota.poll_s,
+            ),
+            on_switch=dev.swap,
+            health=dev.health,
+        )
         client.open_store()
         if client.store.active_version is None:
             client.store.install_initial(model_dir)
@@ -170,7 +206,7 @@ class Fleet:
         """Worker threads begin serving; simulated time restarts at 0."""
         self.t0 = time.monotonic()
         everyone: list[Any] = [*self.devices, *self.external]
-        shards = [everyone[i::self.config.workers] for i in range(self.config.workers)]
+        shards = [everyone[i :: self.config.workers] for i in range(self.config.workers)]
         for i, shard in enumerate(shards):
             if shard:
                 t = threading.Thread(target=self._work, args=(shard,), name=f"sim-worker-{i}", daemon=True)
@@ -224,8 +260,11 @@ class Fleet:
                         outcome = None
                     if outcome is not None:
                         self.recorder.add(at, outcome, lag_s=max(0.0, self.sim_time() - at))
-                    dev.next_at = at + float(dev.rng.exponential(1.0 / dev.spec.rate_hz)) if dev.spec.rate_hz > 0 \
+                    dev.next_at = (
+                        at + float(dev.rng.exponential(1.0 / dev.spec.rate_hz))
+                        if dev.spec.rate_hz > 0
                         else float("inf")
+                    )
                     if self._stop.is_set():
                         break
                 soonest = min(soonest, dev.next_at)
@@ -244,8 +283,11 @@ class Fleet:
     def backlog(self, until: float) -> float:
         """Requests offered by `until` but not yet served: a device behind its schedule owes
         (until - next_at) x rate of them (Poisson arrivals: the expected count)."""
-        return sum(max(0.0, until - d.next_at) * d.spec.rate_hz for d in self.devices
-                   if d.spec.rate_hz > 0 and d.next_at != float("inf"))
+        return sum(
+            max(0.0, until - d.next_at) * d.spec.rate_hz
+            for d in self.devices
+            if d.spec.rate_hz > 0 and d.next_at != float("inf")
+        )
 
     def delivered(self) -> int:
         return int(self.recorder.summary()["requests"])

@@ -29,12 +29,12 @@ class NetFaultError(RuntimeError):
 
 @dataclass(frozen=True)
 class Faults:
-    latency_ms: float = 0.0       # one way, added to every chunk
-    jitter_ms: float = 0.0        # uniform 0..jitter on top of latency (order is kept)
-    loss: float = 0.0             # per-chunk probability the connection is reset
+    latency_ms: float = 0.0  # one way, added to every chunk
+    jitter_ms: float = 0.0  # uniform 0..jitter on top of latency (order is kept)
+    loss: float = 0.0  # per-chunk probability the connection is reset
     bandwidth_bps: float | None = None  # bytes per second per direction; None: unlimited
     partitioned: bool = False
-    stalled: bool = False         # connections stay open but nothing moves (a black hole): deadlines expire
+    stalled: bool = False  # connections stay open but nothing moves (a black hole): deadlines expire
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0 or self.jitter_ms < 0:
@@ -58,8 +58,9 @@ def delivery_time(now: float, previous: float, nbytes: int, faults: Faults, rng:
 class FaultProxy:
     """`FaultProxy(host, port).start()`; connect to `proxy.port` instead of `port`."""
 
-    def __init__(self, target_host: str, target_port: int, *, name: str = "proxy", seed: int = 0,
-                 listen_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, name: str = "proxy", seed: int = 0, listen_host: str = "127.0.0.1"
+    ) -> None:
         self.target = (target_host, target_port)
         self.listen_host = listen_host
         self.name = name
@@ -131,10 +132,12 @@ class FaultProxy:
     def stop(self) -> None:
         if self._loop is None:
             return
+
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
             self._cut_all()
+
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
         except Exception:  # already stopping
@@ -169,14 +172,19 @@ class FaultProxy:
         self.accepted += 1
         self._conns.update((writer, up_writer))
         pair = (writer, up_writer)
-        await asyncio.gather(self._pipe(reader, up_writer, pair), self._pipe(up_reader, writer, pair),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(reader, up_writer, pair), self._pipe(up_reader, writer, pair), return_exceptions=True
+        )
         for w in pair:
             self._conns.discard(w)
             _abort(w)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+    ) -> None:
         previous = 0.0
         try:
             while True:

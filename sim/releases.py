@@ -29,9 +29,9 @@ RELEASES = {"good": "1.1.0", "bad": "1.2.0", "selftest_fail": "1.3.0"}
 
 @dataclass(frozen=True)
 class Models:
-    data_dir: Path          # edge.onnx, cloud.onnx, calib/val/test.npz
-    edge: Path              # compiled digits 1.0.0 for the fleet's profiles
-    cloud: Path             # compiled digits-cloud for the hub
+    data_dir: Path  # edge.onnx, cloud.onnx, calib/val/test.npz
+    edge: Path  # compiled digits 1.0.0 for the fleet's profiles
+    cloud: Path  # compiled digits-cloud for the hub
     root: Path
 
     @property
@@ -75,21 +75,34 @@ def train_digits(out: Path) -> Path:
     return out
 
 
-def _compile(onnx_path: Path, data_dir: Path, out: Path, name: str, version: str, profiles: list[str],
-             key: Path) -> Path:
+def _compile(
+    onnx_path: Path, data_dir: Path, out: Path, name: str, version: str, profiles: list[str], key: Path
+) -> Path:
     from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    compile_model(CompileOptions(model=onnx_path, profiles=profiles, calib=data_dir / "calib.npz",
-                                 val=data_dir / "val.npz", out=tmp, name=name, version=version, signing_key=key,
-                                 timing=False, force=True))
+    compile_model(
+        CompileOptions(
+            model=onnx_path,
+            profiles=profiles,
+            calib=data_dir / "calib.npz",
+            val=data_dir / "val.npz",
+            out=tmp,
+            name=name,
+            version=version,
+            signing_key=key,
+            timing=False,
+            force=True,
+        )
+    )
     tmp.rename(out)
     return out
 
 
-def prepare(root: Path, profiles: Iterable[str], data_dir: Path | None = None,
-            say: Callable[[str], None] = lambda m: None) -> Models:
+def prepare(
+    root: Path, profiles: Iterable[str], data_dir: Path | None = None, say: Callable[[str], None] = lambda m: None
+) -> Models:
     """Train (if needed) and compile the edge model for `profiles` and the cloud model; cached."""
     root.mkdir(parents=True, exist_ok=True)
     if data_dir is None:
@@ -113,8 +126,9 @@ def prepare(root: Path, profiles: Iterable[str], data_dir: Path | None = None,
     return Models(data_dir, edge, cloud, root)
 
 
-def derive(src: Path, dst: Path, version: str, edit: Callable[[dict[str, Any], Path], None] | None = None, *,
-           key: Any = None) -> Path:
+def derive(
+    src: Path, dst: Path, version: str, edit: Callable[[dict[str, Any], Path], None] | None = None, *, key: Any = None
+) -> Path:
     """A copy of `src` released as `version`, with `edit(manifest, dir)` applied, signed again by the publisher
     `key` (None: left unsigned, which a hub refuses); the hub verifies and counter-signs it."""
     tmp = dst.with_name(dst.name + ".partial")

@@ -45,39 +45,65 @@ def render_markdown(result: RunResult, plots: list[str]) -> str:
     s = result.summary
     sc = result.scenario
     tel = s["telemetry"]
-    lines = [f"# Tandem simulation: {s['scenario']}", "", s["description"], "",
-             f"**Outcome: {'PASSED' if result.passed else 'FAILED'}** "
-             f"({sum(c['passed'] for c in result.checks)}/{len(result.checks)} checks)", "",
-             "| | |", "| --- | --- |",
-             f"| devices | {s['devices']} ({', '.join(f'{n} {p}' for p, n in s['profiles'].items())}) |",
-             f"| duration | {s['duration_s']:g} s, telemetry windows of {s['window_s']:g} s |",
-             f"| variants served | {', '.join(f'{p}: {v}' for p, v in sorted(s['variants'].items()))} |",
-             f"| requests | {s['requests']} (edge {s['by_source']['edge']}, cloud {s['by_source']['cloud']}, "
-             f"degraded {s['by_source']['edge_degraded']}, errors {s['by_source']['error']}) |",
-             f"| fallback rate | {100 * s['fallback_rate']:.1f}% (degraded {100 * s['degraded_rate']:.1f}%) |",
-             f"| accuracy | {_fmt(s['accuracy'])} |",
-             f"| latency p50 / p99 | {_fmt(s['latency_p50_ms'])} / {_fmt(s['latency_p99_ms'])} ms |",
-             f"| telemetry windows | sent {tel['sent']}, stored by the hub {tel['hub']}, left in outboxes {tel['pending']} |",
-             f"| drift alerts | {len(s['alerts'])}"
-             + (f" (first at {s['first_alert_s']:g} s)" if s["first_alert_s"] is not None else "") + " |"]
+    lines = [
+        f"# Tandem simulation: {s['scenario']}",
+        "",
+        s["description"],
+        "",
+        f"**Outcome: {'PASSED' if result.passed else 'FAILED'}** "
+        f"({sum(c['passed'] for c in result.checks)}/{len(result.checks)} checks)",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| devices | {s['devices']} ({', '.join(f'{n} {p}' for p, n in s['profiles'].items())}) |",
+        f"| duration | {s['duration_s']:g} s, telemetry windows of {s['window_s']:g} s |",
+        f"| variants served | {', '.join(f'{p}: {v}' for p, v in sorted(s['variants'].items()))} |",
+        f"| requests | {s['requests']} (edge {s['by_source']['edge']}, cloud {s['by_source']['cloud']}, "
+        f"degraded {s['by_source']['edge_degraded']}, errors {s['by_source']['error']}) |",
+        f"| fallback rate | {100 * s['fallback_rate']:.1f}% (degraded {100 * s['degraded_rate']:.1f}%) |",
+        f"| accuracy | {_fmt(s['accuracy'])} |",
+        f"| latency p50 / p99 | {_fmt(s['latency_p50_ms'])} / {_fmt(s['latency_p99_ms'])} ms |",
+        f"| telemetry windows | sent {tel['sent']}, stored by the hub {tel['hub']}, left in outboxes {tel['pending']} |",
+        f"| drift alerts | {len(s['alerts'])}"
+        + (f" (first at {s['first_alert_s']:g} s)" if s["first_alert_s"] is not None else "")
+        + " |",
+    ]
     if "rollout" in s:
         r = s["rollout"]
-        lines.append(f"| rollout | {r['version']} ({r['release']}): {r['status']}"
-                     + (f" — {r['reason']}" if r["reason"] else "") + f"; devices {r['counts']} |")
+        lines.append(
+            f"| rollout | {r['version']} ({r['release']}): {r['status']}"
+            + (f" — {r['reason']}" if r["reason"] else "")
+            + f"; devices {r['counts']} |"
+        )
     if s["refused"]:
         lines.append(f"| refused models | {len(s['refused'])} device(s): {next(iter(s['refused'].values()))} |")
     lines += ["", "## Checks", ""]
     lines += [f"- {'✅' if c['passed'] else '❌'} **{c['name']}**: {c['detail']}" for c in result.checks] or ["- none"]
     lines += ["", "## Events", ""] + ([f"- {e}" for e in s["events"]] or ["- none"])
     if s["alerts"]:
-        lines += ["", "## Drift alerts", "", "| signal | profile | version | opened at | state |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {a['signal']} | {a['profile']} | {a['version']} | {a['opened_s']:g} s | {a['state']} |"
-                  for a in s["alerts"][:30]]
-    lines += ["", "## Shared sessions", "", "| variant | version | devices | host ms/row | batches | rows |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {x['variant']} | {x['version']} | {x['users']} | {x['host_ms_per_row']:.4f} | {x['batches']} | "
-              f"{x['rows']} |" for x in s["sessions"]]
+        lines += [
+            "",
+            "## Drift alerts",
+            "",
+            "| signal | profile | version | opened at | state |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {a['signal']} | {a['profile']} | {a['version']} | {a['opened_s']:g} s | {a['state']} |"
+            for a in s["alerts"][:30]
+        ]
+    lines += [
+        "",
+        "## Shared sessions",
+        "",
+        "| variant | version | devices | host ms/row | batches | rows |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {x['variant']} | {x['version']} | {x['users']} | {x['host_ms_per_row']:.4f} | {x['batches']} | "
+        f"{x['rows']} |"
+        for x in s["sessions"]
+    ]
     if plots:
         lines += ["", "## Over time", ""] + [f"![{p}]({p}.png)" for p in plots]
     lines += ["", f"Scenario file: `{sc.source}`. Raw data: `summary.json`, `timeline.json`.", ""]

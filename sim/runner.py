@@ -57,15 +57,26 @@ def device_specs(scenario: Scenario) -> list[DeviceSpec]:
             if conn.every_s:  # spread devices over the cycle, so they are not all offline at once
                 conn = replace(conn, phase_s=(n * 0.37 * conn.every_s) % conn.every_s)
             process = k < g.agents
-            specs.append(DeviceSpec(f"{'agent' if process else 'sim'}-{g.profile}-{n:04d}", profiles[g.profile],
-                                    g.rate_hz, g.rows, dict(g.tags), conn, g.ota, seed=scenario.seed * 100_003 + n,
-                                    process=process))
+            specs.append(
+                DeviceSpec(
+                    f"{'agent' if process else 'sim'}-{g.profile}-{n:04d}",
+                    profiles[g.profile],
+                    g.rate_hz,
+                    g.rows,
+                    dict(g.tags),
+                    conn,
+                    g.ota,
+                    seed=scenario.seed * 100_003 + n,
+                    process=process,
+                )
+            )
             n += 1
     return specs
 
 
 def changes_for(scenario: Scenario) -> Callable[[DeviceSpec], list[Change]]:
     """Which stream changes each device gets: drift events by profile and by a stable share of devices."""
+
     def pick(spec: DeviceSpec) -> list[Change]:
         out = []
         for i, e in enumerate(ev for ev in scenario.events if ev.kind == "drift"):
@@ -76,9 +87,9 @@ def changes_for(scenario: Scenario) -> Callable[[DeviceSpec], list[Change]]:
             if share < 1.0 and (zlib.crc32(f"{spec.device_id}/{i}".encode()) % 10_000) / 10_000 >= share:
                 continue
             until = p.get("until_s") or (e.at_s + e.for_s if e.for_s else None)
-            out.append(Change(p["change"], e.at_s, float(p.get("value", 0.0)), until,
-                              tuple(p.get("classes") or ())))
+            out.append(Change(p["change"], e.at_s, float(p.get("value", 0.0)), until, tuple(p.get("classes") or ())))
         return out
+
     return pick
 
 
@@ -116,14 +127,23 @@ class _Timeline:
             self._note(t, f"hub outage begins ({e.for_s:g}s)")
             self.undo.append((e.at_s + (e.for_s or 0), lambda: self._end_outage()))
         elif e.kind == "network":
-            p = {k: e.params[k] for k in ("latency_ms", "jitter_ms", "loss", "bandwidth_bps", "stalled") if k in e.params}
+            p = {
+                k: e.params[k] for k in ("latency_ms", "jitter_ms", "loss", "bandwidth_bps", "stalled") if k in e.params
+            }
             self.env.network(e.params.get("target", "both"), **p)
             self._note(t, f"network faults {p}")
             if e.for_s:
-                self.undo.append((e.at_s + e.for_s, lambda: (self.env.network("both", latency_ms=0.0, jitter_ms=0.0,
-                                                                               loss=0.0, bandwidth_bps=None,
-                                                                               stalled=False),
-                                                              self._note(self.fleet.sim_time(), "network healed"))))
+                self.undo.append(
+                    (
+                        e.at_s + e.for_s,
+                        lambda: (
+                            self.env.network(
+                                "both", latency_ms=0.0, jitter_ms=0.0, loss=0.0, bandwidth_bps=None, stalled=False
+                            ),
+                            self._note(self.fleet.sim_time(), "network healed"),
+                        ),
+                    )
+                )
         elif e.kind == "drift":
             self._note(t, f"drift injected: {e.params['change']} {e.params.get('value', e.params.get('classes'))}")
         elif e.kind == "rollout":
@@ -136,17 +156,32 @@ class _Timeline:
 
     def _start_rollout(self, e: Event, t: float) -> None:
         model, version = self.env.register(e.params["release"])
-        gates = {k: e.params[k] for k in ("max_fallback_rise", "max_failure_rate", "min_reporting", "wave_timeout_s",
-                                          "max_latency_ratio", "min_devices") if k in e.params}
+        gates = {
+            k: e.params[k]
+            for k in (
+                "max_fallback_rise",
+                "max_failure_rate",
+                "min_reporting",
+                "wave_timeout_s",
+                "max_latency_ratio",
+                "min_devices",
+            )
+            if k in e.params
+        }
         gates.setdefault("wave_timeout_s", 60.0)
         ids = [d.device_id for d in self.fleet.devices if d.ota is not None]
         ids += [a.device_id for a in self.fleet.external if a.spec.ota]
-        r = self.env.rollouts.create(model, version, None, e.params.get("waves", [25, 50, 100]), GatePolicy(**gates),
-                                     device_ids=ids)
-        self.rollouts.append({"rollout_id": r.rollout_id, "release": e.params["release"], "version": version,
-                              "at_s": t})
-        self._note(t, f"rollout {r.rollout_id} of {model} {version} ({e.params['release']}) "
-                      f"waves {e.params.get('waves', [25, 50, 100])} to {len(ids)} devices")
+        r = self.env.rollouts.create(
+            model, version, None, e.params.get("waves", [25, 50, 100]), GatePolicy(**gates), device_ids=ids
+        )
+        self.rollouts.append(
+            {"rollout_id": r.rollout_id, "release": e.params["release"], "version": version, "at_s": t}
+        )
+        self._note(
+            t,
+            f"rollout {r.rollout_id} of {model} {version} ({e.params['release']}) "
+            f"waves {e.params.get('waves', [25, 50, 100])} to {len(ids)} devices",
+        )
 
     def sample(self, t: float) -> dict[str, Any]:
         tel = self.env.telemetry
@@ -158,9 +193,13 @@ class _Timeline:
             key = "input" if row["signal"].startswith("input:") else row["signal"]
             drift[key] = max(drift.get(key, 0.0), float(row["value"]))
         s: dict[str, Any] = {
-            "t": round(t, 2), "hub_windows": tel.store.count_windows(), "sent_windows": self.fleet.sent_windows(),
-            "outbox_pending": self.fleet.pending_windows(), "alerts_open": len(tel.store.open_alerts()),
-            "drift": drift, "outage": self.outage,
+            "t": round(t, 2),
+            "hub_windows": tel.store.count_windows(),
+            "sent_windows": self.fleet.sent_windows(),
+            "outbox_pending": self.fleet.pending_windows(),
+            "alerts_open": len(tel.store.open_alerts()),
+            "drift": drift,
+            "outage": self.outage,
             "breakers_open": sum(1 for d in self.fleet.devices if d.fallback.breaker.state != "closed"),
         }
         if self.rollouts:
@@ -180,9 +219,13 @@ def _line(s: dict[str, Any], fleet_row: dict[str, Any] | None, duration: float, 
     parts = [f"t={s['t']:4.0f}/{duration:.0f}s", f"devices={n}", f"req/s={f.get('requests', 0):4d}"]
     if s.get("offered"):
         parts.append(f"delivered={s['delivered']}/{s['offered']:.0f} offered ({s['delivered'] / s['offered']:.1%})")
-    parts += [f"p99={p99:6.2f}ms" if p99 is not None else "p99=   -  ",
-              f"fallback={100 * f.get('fallback_rate', 0.0):4.1f}%", f"degraded={100 * f.get('degraded_rate', 0.0):4.1f}%",
-              f"windows hub={s['hub_windows']} pending={s['outbox_pending']}", f"alerts={s['alerts_open']}"]
+    parts += [
+        f"p99={p99:6.2f}ms" if p99 is not None else "p99=   -  ",
+        f"fallback={100 * f.get('fallback_rate', 0.0):4.1f}%",
+        f"degraded={100 * f.get('degraded_rate', 0.0):4.1f}%",
+        f"windows hub={s['hub_windows']} pending={s['outbox_pending']}",
+        f"alerts={s['alerts_open']}",
+    ]
     if s.get("outage"):
         parts.append("HUB OUTAGE")
     if "rollout" in s:
@@ -191,15 +234,23 @@ def _line(s: dict[str, Any], fleet_row: dict[str, Any] | None, duration: float, 
     return "  ".join(parts)
 
 
-def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = None, data_dir: Path | None = None,
-                 progress: Progress | None = None, fleet_config: FleetConfig | None = None) -> RunResult:
+def run_scenario(
+    scenario: Scenario,
+    workdir: Path,
+    *,
+    models: Models | None = None,
+    data_dir: Path | None = None,
+    progress: Progress | None = None,
+    fleet_config: FleetConfig | None = None,
+) -> RunResult:
     """Run `scenario` against a fresh hub and broker under `workdir`; the result says what happened."""
     workdir = Path(workdir).resolve()  # agent configs name paths under it; relative, they would resolve elsewhere
     workdir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda m: None)
     if models is None:
-        models = prepare(workdir / "models", set(DEFAULT_PROFILES) | set(scenario.profiles), data_dir,
-                         say=lambda m: say(m + "\n"))
+        models = prepare(
+            workdir / "models", set(DEFAULT_PROFILES) | set(scenario.profiles), data_dir, say=lambda m: say(m + "\n")
+        )
     data = Dataset.load(Path(scenario.data) if scenario.data else models.data_dir / "test.npz")
     run_dir = workdir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -210,25 +261,60 @@ def run_scenario(scenario: Scenario, workdir: Path, *, models: Models | None = N
         env.start()
         specs = device_specs(scenario)
         for spec in specs:
-            env.hub.devices.register(spec.device_id, spec.profile.name, "tandem-sim", spec.tags,
-                                     model_name="digits", model_version=BASE_VERSION)
+            env.hub.devices.register(
+                spec.device_id,
+                spec.profile.name,
+                "tandem-sim",
+                spec.tags,
+                model_name="digits",
+                model_version=BASE_VERSION,
+            )
         ota = None
         if any(s.ota for s in specs):
-            ota = OtaSettings(env.device_token, env.hub.key.public_pem,
-                              WatchPolicy(watch_s=scenario.watch_s, min_requests=10, max_fallback_rise=0.3,
-                                          max_latency_ratio=3.0), env.mqtt_url)
+            ota = OtaSettings(
+                env.device_token,
+                env.hub.key.public_pem,
+                WatchPolicy(watch_s=scenario.watch_s, min_requests=10, max_fallback_rise=0.3, max_latency_ratio=3.0),
+                env.mqtt_url,
+            )
         config = fleet_config or FleetConfig()
-        config = replace(config, window_s=scenario.window_s, threshold=scenario.threshold,
-                         fallback_deadline_ms=scenario.fallback_deadline_ms, hub_model=CLOUD_MODEL)
+        config = replace(
+            config,
+            window_s=scenario.window_s,
+            threshold=scenario.threshold,
+            fallback_deadline_ms=scenario.fallback_deadline_ms,
+            hub_model=CLOUD_MODEL,
+        )
         changes = changes_for(scenario)
-        agents = [AgentProcess(s, DeviceStream(data, changes(s), seed=s.seed), run_dir / "agents" / s.device_id,
-                               models.edge, hub_grpc=env.grpc_url, mqtt_url=env.mqtt_url, hub_model=CLOUD_MODEL,
-                               window_s=scenario.window_s, threshold=scenario.threshold,
-                               deadline_ms=scenario.fallback_deadline_ms, ota=ota,
-                               trusted_pem=models.publisher_pem).launch()
-                  for s in specs if s.process]
-        fleet = Fleet([s for s in specs if not s.process], data=data, changes=changes, hub_grpc=env.grpc_url,
-                      mqtt_url=env.mqtt_url, workdir=run_dir / "devices", config=config, ota=ota, external=agents)
+        agents = [
+            AgentProcess(
+                s,
+                DeviceStream(data, changes(s), seed=s.seed),
+                run_dir / "agents" / s.device_id,
+                models.edge,
+                hub_grpc=env.grpc_url,
+                mqtt_url=env.mqtt_url,
+                hub_model=CLOUD_MODEL,
+                window_s=scenario.window_s,
+                threshold=scenario.threshold,
+                deadline_ms=scenario.fallback_deadline_ms,
+                ota=ota,
+                trusted_pem=models.publisher_pem,
+            ).launch()
+            for s in specs
+            if s.process
+        ]
+        fleet = Fleet(
+            [s for s in specs if not s.process],
+            data=data,
+            changes=changes,
+            hub_grpc=env.grpc_url,
+            mqtt_url=env.mqtt_url,
+            workdir=run_dir / "devices",
+            config=config,
+            ota=ota,
+            external=agents,
+        )
         fleet.start(models.edge)
         for a in agents:
             a.wait_ready()
@@ -298,38 +384,79 @@ def _settle(env: Environment, fleet: Fleet, rollout_id: str) -> None:
         time.sleep(0.2)
 
 
-def _summary(scenario: Scenario, env: Environment, fleet: Fleet, timeline: _Timeline, final: dict[str, Any],
-             wall_t0: float, drained: bool, models: Models) -> dict[str, Any]:
+def _summary(
+    scenario: Scenario,
+    env: Environment,
+    fleet: Fleet,
+    timeline: _Timeline,
+    final: dict[str, Any],
+    wall_t0: float,
+    drained: bool,
+    models: Models,
+) -> dict[str, Any]:
     alerts, _ = env.telemetry.store.alerts(limit=200)
     drift_at = min((e.at_s for e in scenario.events if e.kind == "drift"), default=None)
     first_alert = min((a["opened_at"] - wall_t0 for a in alerts), default=None)
     fleet_total = fleet.recorder.summary()
     out: dict[str, Any] = {
-        "scenario": scenario.name, "description": scenario.description,
+        "scenario": scenario.name,
+        "description": scenario.description,
         "devices": len(fleet.devices) + len(fleet.external),
-        "duration_s": scenario.duration_s, "window_s": scenario.window_s,
+        "duration_s": scenario.duration_s,
+        "window_s": scenario.window_s,
         "profiles": {g.profile: g.count for g in scenario.devices},
         "variants": {d.profile.name: d.handle.variant.id for d in fleet.devices if d.handle is not None},
         "refused": {d.device_id: d.refused for d in fleet.devices if d.refused},
-        "requests": fleet_total["requests"], "by_source": {k: fleet_total[k] for k in ("edge", "cloud", "edge_degraded",
-                                                                                    "error")},
-        "fallback_rate": fleet_total["fallback_rate"], "degraded_rate": fleet_total["degraded_rate"],
-        "accuracy": fleet_total["accuracy"], "latency_p50_ms": fleet_total["latency_p50_ms"],
-        "latency_p99_ms": fleet_total["latency_p99_ms"], "max_scheduling_lag_s": fleet_total["max_lag_s"],
-        "telemetry": {"sent": final["sent_windows"], "hub": final["hub_windows"], "pending": final["outbox_pending"],
-                      "drained": drained},
-        "alerts": [{"signal": a["signal"], "profile": a["cohort"].get("profile"), "version": a["model_version"],
-                    "opened_s": round(a["opened_at"] - wall_t0, 1), "state": a["state"]} for a in alerts],
+        "requests": fleet_total["requests"],
+        "by_source": {k: fleet_total[k] for k in ("edge", "cloud", "edge_degraded", "error")},
+        "fallback_rate": fleet_total["fallback_rate"],
+        "degraded_rate": fleet_total["degraded_rate"],
+        "accuracy": fleet_total["accuracy"],
+        "latency_p50_ms": fleet_total["latency_p50_ms"],
+        "latency_p99_ms": fleet_total["latency_p99_ms"],
+        "max_scheduling_lag_s": fleet_total["max_lag_s"],
+        "telemetry": {
+            "sent": final["sent_windows"],
+            "hub": final["hub_windows"],
+            "pending": final["outbox_pending"],
+            "drained": drained,
+        },
+        "alerts": [
+            {
+                "signal": a["signal"],
+                "profile": a["cohort"].get("profile"),
+                "version": a["model_version"],
+                "opened_s": round(a["opened_at"] - wall_t0, 1),
+                "state": a["state"],
+            }
+            for a in alerts
+        ],
         "first_alert_s": None if first_alert is None else round(first_alert, 1),
         "drift_at_s": drift_at,
         "events": timeline.log,
         "serving": final["serving"],
-        "agent_processes": [{"device_id": a.device_id, "profile": a.profile.name, "answers": a.answers,
-                             "version": a.version, "windows_sent": a.sent(), "windows_pending": a.pending()}
-                            for a in fleet.external],
-        "sessions": [{"variant": s.model.variant.id, "version": s.model.version, "users": s.users,
-                      "host_ms_per_row": round(s.host_ms_per_row, 5), "batches": s.batcher.stats().batches,
-                      "rows": s.batcher.stats().rows} for s in fleet.pool.sessions()],
+        "agent_processes": [
+            {
+                "device_id": a.device_id,
+                "profile": a.profile.name,
+                "answers": a.answers,
+                "version": a.version,
+                "windows_sent": a.sent(),
+                "windows_pending": a.pending(),
+            }
+            for a in fleet.external
+        ],
+        "sessions": [
+            {
+                "variant": s.model.variant.id,
+                "version": s.model.version,
+                "users": s.users,
+                "host_ms_per_row": round(s.host_ms_per_row, 5),
+                "batches": s.batcher.stats().batches,
+                "rows": s.batcher.stats().rows,
+            }
+            for s in fleet.pool.sessions()
+        ],
         "models": str(models.root),
     }
     if timeline.rollouts:
@@ -338,11 +465,17 @@ def _summary(scenario: Scenario, env: Environment, fleet: Fleet, timeline: _Time
         ota_devices = [d for d in fleet.devices if d.ota is not None]
         ota_agents = [a for a in fleet.external if a.spec.ota]  # their version: the one their last answer named
         everyone = [*ota_devices, *ota_agents]
-        out["rollout"] = {**info, "status": r.status, "reason": r.reason, "wave": r.wave, "counts": r.counts(),
-                          "devices_on_new": sum(1 for d in everyone if d.version == info["version"]),
-                          "devices_on_base": sum(1 for d in everyone if d.version == BASE_VERSION),
-                          "store_active": sorted({d.ota.store.active_version for d in ota_devices}),
-                          "ota_devices": len(everyone)}
+        out["rollout"] = {
+            **info,
+            "status": r.status,
+            "reason": r.reason,
+            "wave": r.wave,
+            "counts": r.counts(),
+            "devices_on_new": sum(1 for d in everyone if d.version == info["version"]),
+            "devices_on_base": sum(1 for d in everyone if d.version == BASE_VERSION),
+            "store_active": sorted({d.ota.store.active_version for d in ota_devices}),
+            "ota_devices": len(everyone),
+        }
     return out
 
 
@@ -354,24 +487,36 @@ def _checks(scenario: Scenario, s: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append({"name": name, "passed": bool(passed), "detail": detail})
 
     if "offered" in s:  # every scenario: a fleet that fell behind its request rate did not run the scenario
-        check("requests delivered", s["delivered_ratio"] >= MIN_DELIVERED_RATIO,
-              f"delivered {s['requests']} of {s['offered']:.0f} offered requests ({s['delivered_ratio']:.1%}; "
-              f"at least {MIN_DELIVERED_RATIO:.0%} needed: the host could not keep up with the fleet's rate)")
+        check(
+            "requests delivered",
+            s["delivered_ratio"] >= MIN_DELIVERED_RATIO,
+            f"delivered {s['requests']} of {s['offered']:.0f} offered requests ({s['delivered_ratio']:.1%}; "
+            f"at least {MIN_DELIVERED_RATIO:.0%} needed: the host could not keep up with the fleet's rate)",
+        )
     tel = s["telemetry"]
     if ex.telemetry_complete:
-        check("telemetry complete", tel["hub"] == tel["sent"] and tel["pending"] == 0,
-              f"hub stored {tel['hub']} windows; devices sent {tel['sent']}; {tel['pending']} still in outboxes")
+        check(
+            "telemetry complete",
+            tel["hub"] == tel["sent"] and tel["pending"] == 0,
+            f"hub stored {tel['hub']} windows; devices sent {tel['sent']}; {tel['pending']} still in outboxes",
+        )
     if ex.no_alert:
-        check("no drift alert", not s["alerts"], f"{len(s['alerts'])} alert(s): "
-              + ", ".join(f"{a['signal']}@{a['opened_s']}s" for a in s["alerts"][:5]))
+        check(
+            "no drift alert",
+            not s["alerts"],
+            f"{len(s['alerts'])} alert(s): " + ", ".join(f"{a['signal']}@{a['opened_s']}s" for a in s["alerts"][:5]),
+        )
     if ex.alert_within_windows is not None:
         at, first = s["drift_at_s"], s["first_alert_s"]
         limit = at + ex.alert_within_windows * scenario.window_s
         early = [a for a in s["alerts"] if a["opened_s"] < at]
         ok = first is not None and not early and first <= limit
-        detail = ("no alert was raised" if first is None else
-                  f"drift at {at:g}s, first alert at {first:g}s ({(first - at) / scenario.window_s:.1f} windows; "
-                  f"limit {ex.alert_within_windows})" + (f"; {len(early)} alert(s) before the drift" if early else ""))
+        detail = (
+            "no alert was raised"
+            if first is None
+            else f"drift at {at:g}s, first alert at {first:g}s ({(first - at) / scenario.window_s:.1f} windows; "
+            f"limit {ex.alert_within_windows})" + (f"; {len(early)} alert(s) before the drift" if early else "")
+        )
         check("drift alerted in time", ok, detail)
     if ex.rollout is not None:
         r = s.get("rollout") or {}
@@ -379,10 +524,15 @@ def _checks(scenario: Scenario, s: dict[str, Any]) -> list[dict[str, Any]]:
             ok = r.get("status") == "completed" and r.get("devices_on_new") == r.get("ota_devices")
             detail = f"rollout {r.get('status')}; {r.get('devices_on_new')}/{r.get('ota_devices')} devices on {r.get('version')}"
         else:
-            ok = r.get("status") == "halted" and r.get("devices_on_base") == r.get("ota_devices") \
+            ok = (
+                r.get("status") == "halted"
+                and r.get("devices_on_base") == r.get("ota_devices")
                 and r.get("store_active") == [BASE_VERSION]
-            detail = (f"rollout {r.get('status')} ({r.get('reason')}); {r.get('devices_on_base')}/{r.get('ota_devices')} "
-                      f"devices back on {BASE_VERSION}")
+            )
+            detail = (
+                f"rollout {r.get('status')} ({r.get('reason')}); {r.get('devices_on_base')}/{r.get('ota_devices')} "
+                f"devices back on {BASE_VERSION}"
+            )
         check(f"rollout {ex.rollout}", ok, detail)
     if ex.max_p99_ms is not None:
         p99 = s["latency_p99_ms"]

@@ -36,7 +36,7 @@ class DeviceGroup:
     tags: dict[str, str] = field(default_factory=dict)
     connectivity: Connectivity = field(default_factory=Connectivity)
     ota: bool = False
-    agents: int = 0           # how many of `count` run as real tandem-agent processes
+    agents: int = 0  # how many of `count` run as real tandem-agent processes
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,16 @@ class DriftSettings:
     close_below: float = 0.2
     k_open: int = 3
     eval_interval_s: float = 1.0
-    rate_open_above: float = 0.10     # fallback- and error-rate rises over the baseline span
+    rate_open_above: float = 0.10  # fallback- and error-rate rises over the baseline span
     rate_close_below: float = 0.05
 
 
 @dataclass(frozen=True)
 class Expect:
-    alert_within_windows: int | None = None   # after the first drift event
+    alert_within_windows: int | None = None  # after the first drift event
     no_alert: bool = False
-    rollout: str | None = None                # completed or halted
-    telemetry_complete: bool = True           # the hub stored every window the devices sent
+    rollout: str | None = None  # completed or halted
+    telemetry_complete: bool = True  # the hub stored every window the devices sent
     max_p99_ms: float | None = None
 
 
@@ -81,10 +81,10 @@ class Scenario:
     events: tuple[Event, ...] = ()
     window_s: float = 1.0
     seed: int = 0
-    data: str | None = None                   # .npz with x (and y); None: the digits test split
+    data: str | None = None  # .npz with x (and y); None: the digits test split
     threshold: float = 0.8
     fallback_deadline_ms: float = 200.0
-    watch_s: float = 3.0                      # OTA health watch on devices
+    watch_s: float = 3.0  # OTA health watch on devices
     drift: DriftSettings = field(default_factory=DriftSettings)
     expect: Expect = field(default_factory=Expect)
     source: str = ""
@@ -103,8 +103,9 @@ class Scenario:
         out = self
         if devices is not None:
             if devices < len(self.devices):
-                raise ScenarioError(f"--devices {devices}: this scenario has {len(self.devices)} device groups; "
-                                    f"use at least that many")
+                raise ScenarioError(
+                    f"--devices {devices}: this scenario has {len(self.devices)} device groups; use at least that many"
+                )
             total = self.device_count
             counts = [max(1, math.floor(g.count * devices / total)) for g in self.devices]
             i = 0
@@ -114,14 +115,20 @@ class Scenario:
             while sum(counts) > devices:
                 j = max(range(len(counts)), key=lambda k: counts[k])
                 counts[j] -= 1
-            out = replace(out, devices=tuple(replace(g, count=c, agents=min(g.agents, c))
-                                             for g, c in zip(self.devices, counts)))
+            out = replace(
+                out, devices=tuple(replace(g, count=c, agents=min(g.agents, c)) for g, c in zip(self.devices, counts))
+            )
         if duration_s is not None:
             if duration_s <= 0:
                 raise ScenarioError(f"--duration {duration_s}: must be positive")
             k = duration_s / self.duration_s
-            out = replace(out, duration_s=duration_s, events=tuple(
-                replace(e, at_s=e.at_s * k, for_s=None if e.for_s is None else e.for_s * k) for e in out.events))
+            out = replace(
+                out,
+                duration_s=duration_s,
+                events=tuple(
+                    replace(e, at_s=e.at_s * k, for_s=None if e.for_s is None else e.for_s * k) for e in out.events
+                ),
+            )
         return out
 
 
@@ -142,12 +149,22 @@ class _Reader:
             raise self.fail(key, f"expected a mapping, got {type(data).__name__}")
         unknown = sorted(set(data) - known)
         if unknown:
-            raise self.fail(f"{key}.{unknown[0]}" if key else unknown[0],
-                            f"unknown key (known: {', '.join(sorted(known))})")
+            raise self.fail(
+                f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key (known: {', '.join(sorted(known))})"
+            )
         return data
 
-    def number(self, data: Mapping[str, Any], key: str, where: str, default: Any = ..., *, minimum: float = 0.0,
-               strict: bool = False, integer: bool = False) -> Any:
+    def number(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        where: str,
+        default: Any = ...,
+        *,
+        minimum: float = 0.0,
+        strict: bool = False,
+        integer: bool = False,
+    ) -> Any:
         if key not in data or data[key] is None:
             if default is ...:
                 raise self.fail(f"{where}{key}", "required")
@@ -162,8 +179,25 @@ class _Reader:
 
 def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
     r = _Reader(source)
-    top = r.mapping(data, "", {"name", "description", "duration_s", "devices", "events", "window_s", "seed", "data",
-                               "threshold", "fallback_deadline_ms", "watch_s", "drift", "expect"})
+    top = r.mapping(
+        data,
+        "",
+        {
+            "name",
+            "description",
+            "duration_s",
+            "devices",
+            "events",
+            "window_s",
+            "seed",
+            "data",
+            "threshold",
+            "fallback_deadline_ms",
+            "watch_s",
+            "drift",
+            "expect",
+        },
+    )
     name = top.get("name")
     if not isinstance(name, str) or not name:
         raise r.fail("name", "required: a short name for the scenario")
@@ -179,8 +213,9 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
     groups = []
     for i, item in enumerate(raw_devices):
         w = f"devices[{i}]."
-        g = r.mapping(item, f"devices[{i}]", {"profile", "count", "rate_hz", "rows", "tags", "connectivity", "ota",
-                                                         "agents"})
+        g = r.mapping(
+            item, f"devices[{i}]", {"profile", "count", "rate_hz", "rows", "tags", "connectivity", "ota", "agents"}
+        )
         profile = g.get("profile")
         if profile not in known_profiles:
             raise r.fail(w + "profile", f"{profile!r} is not a known profile ({', '.join(sorted(known_profiles))})")
@@ -189,8 +224,10 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
             raise r.fail(w + "tags", "expected a mapping of strings to strings")
         conn = r.mapping(g.get("connectivity"), w + "connectivity", {"every_s", "offline_s"})
         try:
-            connectivity = Connectivity(float(r.number(conn, "every_s", w + "connectivity.", 0.0)),
-                                        float(r.number(conn, "offline_s", w + "connectivity.", 0.0)))
+            connectivity = Connectivity(
+                float(r.number(conn, "every_s", w + "connectivity.", 0.0)),
+                float(r.number(conn, "offline_s", w + "connectivity.", 0.0)),
+            )
         except ValueError as exc:
             raise r.fail(w + "connectivity", str(exc)) from exc
         ota = g.get("ota", False)
@@ -202,17 +239,37 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
             raise r.fail(w + "agents", f"{agents} agent processes is more than the group's count ({count})")
         if agents and (connectivity.every_s or g.get("rows", 1) != 1):
             raise r.fail(w + "agents", "agent processes take neither connectivity cycles nor rows > 1 (yet)")
-        groups.append(DeviceGroup(profile, count, float(r.number(g, "rate_hz", w, 2.0, strict=True)),
-                                  r.number(g, "rows", w, 1, minimum=1, integer=True), dict(tags), connectivity, ota,
-                                  agents))
+        groups.append(
+            DeviceGroup(
+                profile,
+                count,
+                float(r.number(g, "rate_hz", w, 2.0, strict=True)),
+                r.number(g, "rows", w, 1, minimum=1, integer=True),
+                dict(tags),
+                connectivity,
+                ota,
+                agents,
+            )
+        )
 
     events = []
     for i, item in enumerate(top.get("events") or []):
         events.append(_parse_event(r, item, i, duration))
 
     d = r.mapping(top.get("drift"), "drift", set(DriftSettings.__dataclass_fields__))
-    drift = DriftSettings(**{k: r.number(d, k, "drift.", getattr(DriftSettings(), k), strict=k not in ("close_below", "rate_close_below"),
-                                         integer=k in ("min_samples", "min_requests", "k_open")) for k in d})
+    drift = DriftSettings(
+        **{
+            k: r.number(
+                d,
+                k,
+                "drift.",
+                getattr(DriftSettings(), k),
+                strict=k not in ("close_below", "rate_close_below"),
+                integer=k in ("min_samples", "min_requests", "k_open"),
+            )
+            for k in d
+        }
+    )
     if drift.close_below > drift.open_above:
         raise r.fail("drift.close_below", f"must be <= open_above ({drift.open_above})")
     if drift.rate_close_below > drift.rate_open_above:
@@ -229,11 +286,15 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
     for flag in ("no_alert", "telemetry_complete"):
         if flag in e and not isinstance(e[flag], bool):
             raise r.fail(f"expect.{flag}", f"expected true or false, got {e[flag]!r}")
-    expect = Expect(alert_within_windows=None if within is None else r.number(e, "alert_within_windows", "expect.",
-                                                                              minimum=1, integer=True),
-                    no_alert=bool(e.get("no_alert", False)), rollout=rollout,
-                    telemetry_complete=bool(e.get("telemetry_complete", True)),
-                    max_p99_ms=r.number(e, "max_p99_ms", "expect.", None, strict=True))
+    expect = Expect(
+        alert_within_windows=None
+        if within is None
+        else r.number(e, "alert_within_windows", "expect.", minimum=1, integer=True),
+        no_alert=bool(e.get("no_alert", False)),
+        rollout=rollout,
+        telemetry_complete=bool(e.get("telemetry_complete", True)),
+        max_p99_ms=r.number(e, "max_p99_ms", "expect.", None, strict=True),
+    )
     if any(ev.kind == "rollout" for ev in events) and not any(g.ota for g in groups):
         raise r.fail("events", "a rollout needs devices with `ota: true`")
     data_path = top.get("data")
@@ -243,20 +304,37 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
     if threshold > 1:
         raise r.fail("threshold", f"must be between 0 and 1, got {threshold}")
     return Scenario(
-        name=name, description=str(top.get("description", "")).strip(), duration_s=float(duration),
-        devices=tuple(groups), events=tuple(sorted(events, key=lambda ev: ev.at_s)),
+        name=name,
+        description=str(top.get("description", "")).strip(),
+        duration_s=float(duration),
+        devices=tuple(groups),
+        events=tuple(sorted(events, key=lambda ev: ev.at_s)),
         window_s=float(r.number(top, "window_s", "", 1.0, strict=True)),
-        seed=r.number(top, "seed", "", 0, integer=True), data=data_path, threshold=float(threshold),
+        seed=r.number(top, "seed", "", 0, integer=True),
+        data=data_path,
+        threshold=float(threshold),
         fallback_deadline_ms=float(r.number(top, "fallback_deadline_ms", "", 200.0, strict=True)),
-        watch_s=float(r.number(top, "watch_s", "", 3.0, strict=True)), drift=drift, expect=expect, source=source)
+        watch_s=float(r.number(top, "watch_s", "", 3.0, strict=True)),
+        drift=drift,
+        expect=expect,
+        source=source,
+    )
 
 
 _EVENT_KEYS = {
     "drift": {"change", "value", "classes", "fraction", "profiles", "until_s"},
     "outage": set(),
     "network": {"latency_ms", "jitter_ms", "loss", "bandwidth_bps", "stalled", "target"},
-    "rollout": {"release", "waves", "max_fallback_rise", "max_failure_rate", "min_reporting", "wave_timeout_s",
-                "max_latency_ratio", "min_devices"},
+    "rollout": {
+        "release",
+        "waves",
+        "max_fallback_rise",
+        "max_failure_rate",
+        "min_reporting",
+        "wave_timeout_s",
+        "max_latency_ratio",
+        "min_devices",
+    },
 }
 
 
@@ -299,8 +377,13 @@ def _parse_event(r: _Reader, item: Any, i: int, duration: float) -> Event:
         if params.get("release") not in RELEASE_KINDS:
             raise r.fail(f"{w}.release", f"{params.get('release')!r} is not one of {', '.join(RELEASE_KINDS)}")
         waves = params.get("waves", [25, 50, 100])
-        if not isinstance(waves, list) or not waves or waves[-1] != 100 or waves != sorted(set(waves)) or \
-                not all(isinstance(x, int) and 0 < x <= 100 for x in waves):
+        if (
+            not isinstance(waves, list)
+            or not waves
+            or waves[-1] != 100
+            or waves != sorted(set(waves))
+            or not all(isinstance(x, int) and 0 < x <= 100 for x in waves)
+        ):
             raise r.fail(f"{w}.waves", f"expected increasing percentages ending at 100, got {waves!r}")
         for key in ("max_fallback_rise", "max_failure_rate", "min_reporting", "wave_timeout_s", "max_latency_ratio"):
             r.number(params, key, w + ".", None)

@@ -78,7 +78,11 @@ class SessionPool:
         manifest = load_manifest(model_dir)
         variant = choose_variant(manifest, profile.name)
         check_fits(sum(f.size for f in variant.files), profile)
-        key = (variant.model_file.sha256, variant.runtime, json.dumps(variant.options.get("session", {}), sort_keys=True))
+        key = (
+            variant.model_file.sha256,
+            variant.runtime,
+            json.dumps(variant.options.get("session", {}), sort_keys=True),
+        )
         with self._lock:
             shared = self._sessions.get(key)
             if shared is None:
@@ -102,10 +106,20 @@ class SessionPool:
         max_batch = self.max_batch
         if profile.constraints.max_batch:
             max_batch = min(max_batch, profile.constraints.max_batch)
-        batcher = MicroBatcher(model.session, max_batch=max_batch, window_ms=self.window_ms,
-                               max_queue=self.max_queue, name=f"sim-batcher-{variant.id}")
-        log.info("shared session loaded model=%s version=%s variant=%s host_ms_per_row=%.4f", model.name,
-                 model.version, variant.id, host_ms)
+        batcher = MicroBatcher(
+            model.session,
+            max_batch=max_batch,
+            window_ms=self.window_ms,
+            max_queue=self.max_queue,
+            name=f"sim-batcher-{variant.id}",
+        )
+        log.info(
+            "shared session loaded model=%s version=%s variant=%s host_ms_per_row=%.4f",
+            model.name,
+            model.version,
+            variant.id,
+            host_ms,
+        )
         return SharedSession(model, batcher, host_ms)
 
     def sessions(self) -> list[SharedSession]:

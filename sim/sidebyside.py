@@ -51,22 +51,32 @@ def agent_policy(model: Any, kind: str = DEFAULT_KIND) -> tuple[ConfidencePolicy
     task = model.manifest.task
     choice = resolve_threshold(kind, None, model.variant.calibration, task.get("threshold"), None)
     policy = ConfidencePolicy(kind, choice.threshold, temperature=choice.temperature)
-    return policy, {"kind": kind, "threshold": policy.threshold, "temperature": choice.temperature,
-                    "source": choice.source}
+    return policy, {
+        "kind": kind,
+        "threshold": policy.threshold,
+        "temperature": choice.temperature,
+        "source": choice.source,
+    }
 
 
 def percentile_ms(samples: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples, dtype=np.float64), q)) if samples else float("nan")
 
 
-def summarize_mode(labels: np.ndarray, predicted: Sequence[int], latencies_ms: Sequence[float], hub_calls: int,
-                   bytes_sent: int) -> dict[str, Any]:
+def summarize_mode(
+    labels: np.ndarray, predicted: Sequence[int], latencies_ms: Sequence[float], hub_calls: int, bytes_sent: int
+) -> dict[str, Any]:
     """One mode's line of the side-by-side (pure: answers and measurements in)."""
     n = max(1, len(predicted))
-    return {"accuracy": accuracy(labels, np.asarray(predicted, dtype=np.int64)),
-            "p50_ms": percentile_ms(latencies_ms, 50), "p99_ms": percentile_ms(latencies_ms, 99),
-            "hub_calls_per_1000": 1000.0 * hub_calls / n, "fallback_fraction": hub_calls / n,
-            "bytes_sent": int(bytes_sent), "bytes_sent_per_request": bytes_sent / n}
+    return {
+        "accuracy": accuracy(labels, np.asarray(predicted, dtype=np.int64)),
+        "p50_ms": percentile_ms(latencies_ms, 50),
+        "p99_ms": percentile_ms(latencies_ms, 99),
+        "hub_calls_per_1000": 1000.0 * hub_calls / n,
+        "fallback_fraction": hub_calls / n,
+        "bytes_sent": int(bytes_sent),
+        "bytes_sent_per_request": bytes_sent / n,
+    }
 
 
 def judge_side_by_side(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -78,8 +88,10 @@ def judge_side_by_side(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     targets = {
         "cloud_beats_edge_by_1.5_points": {"points": gain, "met": gain >= MIN_CLOUD_GAIN_POINTS - 1e-9},
         "hybrid_within_0.3_points_of_cloud": {"points": gap, "met": gap <= HYBRID_MAX_GAP_POINTS + 1e-9},
-        "hybrid_fallback_le_0.10": {"fraction": hybrid["fallback_fraction"],
-                                    "met": hybrid["fallback_fraction"] <= HYBRID_MAX_FALLBACK + 1e-9},
+        "hybrid_fallback_le_0.10": {
+            "fraction": hybrid["fallback_fraction"],
+            "met": hybrid["fallback_fraction"] <= HYBRID_MAX_FALLBACK + 1e-9,
+        },
         "hybrid_p50_within_1.2x_of_edge_only": {"ratio": ratio, "met": ratio <= HYBRID_MAX_P50_RATIO},
     }
     targets["met"] = all(t["met"] for t in targets.values())
@@ -101,8 +113,12 @@ class HubProcess:
     """The hub's inference server in its own process, as on its own machine: its threads do not share our GIL."""
 
     def __init__(self, cloud_dir: Path) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-c", _HUB_CHILD, str(cloud_dir), HUB_PROFILE],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _HUB_CHILD, str(cloud_dir), HUB_PROFILE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self._proc.stdout.readline().strip()  # type: ignore[union-attr]
         if not line:
             self._proc.kill()
@@ -117,8 +133,15 @@ class HubProcess:
             self._proc.wait()
 
 
-def side_by_side(edge_dir: Path, cloud_dir: Path, x: np.ndarray, y: np.ndarray, *,
-                 profile: str = SIDE_BY_SIDE_PROFILE, say: Progress = log) -> dict[str, Any]:
+def side_by_side(
+    edge_dir: Path,
+    cloud_dir: Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    profile: str = SIDE_BY_SIDE_PROFILE,
+    say: Progress = log,
+) -> dict[str, Any]:
     """Serve every row three ways, one request at a time, interleaved so load hits all modes alike.
 
     The edge half is the agent's own loader and policy; the cloud half is the hub's own
@@ -162,8 +185,10 @@ def side_by_side(edge_dir: Path, cloud_dir: Path, x: np.ndarray, y: np.ndarray, 
         return label if mode == "edge-only" or confident else hub_answer(row, mode)
 
     try:
-        say(f"side-by-side: {len(x)} requests x {len(SIDE_MODES)} modes ({model.variant.id} on {profile}, "
-            f"hub model {hub_model} at {server.address})")
+        say(
+            f"side-by-side: {len(x)} requests x {len(SIDE_MODES)} modes ({model.variant.id} on {profile}, "
+            f"hub model {hub_model} at {server.address})"
+        )
         for m in SIDE_MODES:  # warm each path once (sessions, channel), outside the figures
             serve(m, x[:1])
         calls = dict.fromkeys(SIDE_MODES, 0)
@@ -171,7 +196,7 @@ def side_by_side(edge_dir: Path, cloud_dir: Path, x: np.ndarray, y: np.ndarray, 
         for b, first in enumerate(range(0, len(x), BLOCK)):
             for mode in orders[b % len(orders)]:
                 for i in range(first, min(first + BLOCK, len(x))):
-                    row = x[i:i + 1]
+                    row = x[i : i + 1]
                     start = time.perf_counter()
                     answers[mode].append(serve(mode, row))
                     latency[mode].append((time.perf_counter() - start) * 1000.0)
@@ -180,9 +205,17 @@ def side_by_side(edge_dir: Path, cloud_dir: Path, x: np.ndarray, y: np.ndarray, 
         server.stop()
         model.close()
     modes = {m: summarize_mode(y, answers[m], latency[m], calls[m], calls[m] * request_bytes) for m in SIDE_MODES}
-    return {"requests": int(len(x)), "edge_variant": model.variant.id, "profile": profile, "hub_model": hub_model,
-            "hub_variant": server_variant(cloud_dir), "policy": policy_info, "request_bytes": request_bytes,
-            "modes": modes, "targets": judge_side_by_side(modes)}
+    return {
+        "requests": int(len(x)),
+        "edge_variant": model.variant.id,
+        "profile": profile,
+        "hub_model": hub_model,
+        "hub_variant": server_variant(cloud_dir),
+        "policy": policy_info,
+        "request_bytes": request_bytes,
+        "modes": modes,
+        "targets": judge_side_by_side(modes),
+    }
 
 
 def server_variant(cloud_dir: Path) -> str | None:
@@ -195,13 +228,17 @@ def server_variant(cloud_dir: Path) -> str | None:
 def format_side_by_side(sbs: dict[str, Any]) -> list[str]:
     """The table a reader sees first: the same requests, three ways."""
     p = sbs["policy"]
-    lines = [f"The same {sbs['requests']} requests, one at a time: edge {sbs['edge_variant']} ({sbs['profile']}), "
-             f"hub {sbs['hub_model']} ({sbs['hub_variant']}); hybrid policy {p['kind']} threshold {p['threshold']:.3f} "
-             f"({p['source']})",
-             f"  {'mode':11} {'accuracy':>9} {'p50 ms':>8} {'p99 ms':>8} {'hub calls/1k':>13} {'bytes sent':>11}"]
+    lines = [
+        f"The same {sbs['requests']} requests, one at a time: edge {sbs['edge_variant']} ({sbs['profile']}), "
+        f"hub {sbs['hub_model']} ({sbs['hub_variant']}); hybrid policy {p['kind']} threshold {p['threshold']:.3f} "
+        f"({p['source']})",
+        f"  {'mode':11} {'accuracy':>9} {'p50 ms':>8} {'p99 ms':>8} {'hub calls/1k':>13} {'bytes sent':>11}",
+    ]
     for mode, m in sbs["modes"].items():
-        lines.append(f"  {mode:11} {m['accuracy'] * 100:8.2f}% {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} "
-                     f"{m['hub_calls_per_1000']:13.1f} {m['bytes_sent']:11d}")
+        lines.append(
+            f"  {mode:11} {m['accuracy'] * 100:8.2f}% {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} "
+            f"{m['hub_calls_per_1000']:13.1f} {m['bytes_sent']:11d}"
+        )
     for name, t in sbs["targets"].items():
         if name != "met":
             figure = ", ".join(f"{k} {v:.3f}" for k, v in t.items() if k != "met")

@@ -53,7 +53,7 @@ class SharedUplink:
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
         self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
-        self._inflight: dict[int, tuple[str, int]] = {}   # mid -> (device, seq); sender thread only
+        self._inflight: dict[int, tuple[str, int]] = {}  # mid -> (device, seq); sender thread only
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -61,21 +61,32 @@ class SharedUplink:
         self._thread: threading.Thread | None = None
         self.connects = 0
         self.acked = 0
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tandem-sim-{name}",
-                                   protocol=mqtt.MQTTv5)
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"tandem-sim-{name}", protocol=mqtt.MQTTv5
+        )
         self._client.max_inflight_messages_set(max_inflight)
         self._client.reconnect_delay_set(0.2, 2.0)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self._connected.clear()
         self._client.on_publish = lambda c, u, mid, rc, p: (self._acks.put((mid, not rc.is_failure)), self._wake.set())
 
-    def add(self, device_id: str, outbox: Outbox, online: Callable[[], bool] = lambda: True,
-            status: dict[str, Any] | None = None) -> None:
+    def add(
+        self,
+        device_id: str,
+        outbox: Outbox,
+        online: Callable[[], bool] = lambda: True,
+        status: dict[str, Any] | None = None,
+    ) -> None:
         member = _Member(device_id, outbox, online, telemetry_topic(device_id), status=dict(status or {}))
         self._members[device_id] = member
         if self._connected.is_set():  # joined after the connect: say online now (a reconnect says it again)
-            self._client.publish(status_topic(device_id), encode_status(STATUS_ONLINE, device_id, **member.status),
-                                 qos=1, retain=True, properties=publish_properties(STATUS))
+            self._client.publish(
+                status_topic(device_id),
+                encode_status(STATUS_ONLINE, device_id, **member.status),
+                qos=1,
+                retain=True,
+                properties=publish_properties(STATUS),
+            )
         self.mark(device_id)
 
     def mark(self, device_id: str) -> None:
@@ -141,8 +152,13 @@ class SharedUplink:
         self._inflight.clear()
         for m in list(self._members.values()):
             m.last_handed = 0
-            self._client.publish(status_topic(m.device_id), encode_status(STATUS_ONLINE, m.device_id, **m.status),
-                                 qos=1, retain=True, properties=publish_properties(STATUS))
+            self._client.publish(
+                status_topic(m.device_id),
+                encode_status(STATUS_ONLINE, m.device_id, **m.status),
+                qos=1,
+                retain=True,
+                properties=publish_properties(STATUS),
+            )
         with self._dirty_lock:
             self._dirty.update(list(self._members))
 

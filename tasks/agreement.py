@@ -38,8 +38,9 @@ def row_agreement(spec: TaskSpec, edge: np.ndarray, cloud: np.ndarray) -> np.nda
         return np.asarray(figures, np.float64)
     if kind == "ctc":
         pairs = zip(ctc_greedy(spec, c), ctc_greedy(spec, e))
-        return np.asarray([1.0 - min(1.0, edit_distance(r, o) / max(len(r), 1)) if (r or o) else 1.0
-                           for r, o in pairs], np.float64)
+        return np.asarray(
+            [1.0 - min(1.0, edit_distance(r, o) / max(len(r), 1)) if (r or o) else 1.0 for r, o in pairs], np.float64
+        )
     if kind == "dense":
         return np.asarray([_mask_pair(r, o)[0] for r, o in zip(dense_masks(spec, c), dense_masks(spec, e))], np.float64)
     if kind == "embedding":

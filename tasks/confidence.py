@@ -40,8 +40,8 @@ def confidence_measure(spec: TaskSpec) -> str | None:
 class TaskConfidence:
     """Per-row confidence (None: this task has none) and labels, plus task details per row."""
 
-    confidence: np.ndarray | None       # float32 [rows]
-    labels: np.ndarray                  # int64 [rows]: class, boxes kept, sequence length, ...
+    confidence: np.ndarray | None  # float32 [rows]
+    labels: np.ndarray  # int64 [rows]: class, boxes kept, sequence length, ...
     detail: dict[str, np.ndarray] = field(default_factory=dict)
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # drift signal -> values (per row or per box)
 
@@ -56,12 +56,14 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         if spec.scores == "multi_label":
             sure = np.maximum(probs, 1.0 - probs).min(axis=1) if probs.shape[1] else np.ones(rows)
             positives = (probs >= spec.positive_threshold).sum(axis=1)
-            return TaskConfidence(sure.astype(np.float32), positives.astype(np.int64),
-                                  signals={"positives": positives.astype(np.float64)})
+            return TaskConfidence(
+                sure.astype(np.float32), positives.astype(np.int64), signals={"positives": positives.astype(np.float64)}
+            )
         if spec.scores == "sigmoid":
             p = probs[:, 1]
-            return TaskConfidence(np.maximum(p, 1.0 - p).astype(np.float32),
-                                  (p >= spec.positive_threshold).astype(np.int64))
+            return TaskConfidence(
+                np.maximum(p, 1.0 - p).astype(np.float32), (p >= spec.positive_threshold).astype(np.int64)
+            )
         return TaskConfidence(probs.max(axis=1).astype(np.float32), probs.argmax(axis=1).astype(np.int64))
     if kind == "detection":
         low, high = spec.ambiguity
@@ -72,9 +74,12 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         total = uncertain + sure
         conf = np.where(total > 0, 1.0 - uncertain / np.maximum(total, 1), 1.0)
         scores = [d.scores[d.scores >= spec.score_threshold] for d in found]
-        return TaskConfidence(conf.astype(np.float32), kept, {"uncertain_boxes": uncertain},
-                              {"boxes": kept.astype(np.float64),
-                               "box_score": np.concatenate(scores) if scores else np.zeros(0)})
+        return TaskConfidence(
+            conf.astype(np.float32),
+            kept,
+            {"uncertain_boxes": uncertain},
+            {"boxes": kept.astype(np.float64), "box_score": np.concatenate(scores) if scores else np.zeros(0)},
+        )
     if kind == "dense":
         p = x.reshape(rows, -1).astype(np.float64)
         if x.ndim == 4 and x.shape[1] > 1:
@@ -96,7 +101,10 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         path = probs.argmax(axis=2)
         lengths = np.array([np.count_nonzero((r != spec.blank) & np.r_[True, r[1:] != r[:-1]]) for r in path], np.int64)
         seq_prob = np.exp(np.log(np.clip(best, 1e-12, 1.0)).sum(axis=1))
-        return TaskConfidence(best.min(axis=1).astype(np.float32), lengths,
-                              {"sequence_probability": seq_prob.astype(np.float32)},
-                              {"sequence_length": lengths.astype(np.float64), "sequence_probability": seq_prob})
+        return TaskConfidence(
+            best.min(axis=1).astype(np.float32),
+            lengths,
+            {"sequence_probability": seq_prob.astype(np.float32)},
+            {"sequence_length": lengths.astype(np.float64), "sequence_probability": seq_prob},
+        )
     return TaskConfidence(None, np.zeros(rows, np.int64))

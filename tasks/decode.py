@@ -35,6 +35,7 @@ def _sums_to_one(x: np.ndarray, axis: int = -1, tol: float = 2e-2) -> bool:
 
 # -- classification --------------------------------------------------------------------
 
+
 def class_probabilities(spec: TaskSpec, out: np.ndarray) -> np.ndarray:
     """[N, K] probabilities; a single sigmoid becomes [P(0), P(1)], multi-label stays per label."""
     x = np.asarray(out, dtype=np.float64)
@@ -61,6 +62,7 @@ def class_labels(spec: TaskSpec, out: np.ndarray) -> np.ndarray:
 
 
 # -- detection -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -107,7 +109,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int)
         if order.size == 1:
             break
         rest = order[1:]
-        ious = iou_matrix(boxes[best:best + 1], boxes[rest])[0]
+        ious = iou_matrix(boxes[best : best + 1], boxes[rest])[0]
         order = rest[ious <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
@@ -118,8 +120,10 @@ def _candidates(spec: TaskSpec, out: np.ndarray, min_score: float) -> list[Detec
     layout = detection_layout(spec, x)
     if layout == "nms":
         if x.ndim != 3 or x.shape[2] < 6:
-            raise TaskError(f"detection (nms layout) output has shape {list(x.shape)}; expected [N, K, 6] rows "
-                            "(x1, y1, x2, y2, score, class)")
+            raise TaskError(
+                f"detection (nms layout) output has shape {list(x.shape)}; expected [N, K, 6] rows "
+                "(x1, y1, x2, y2, score, class)"
+            )
         found = []
         for img in x:
             keep = img[:, 4] >= min_score
@@ -161,6 +165,7 @@ def detections(spec: TaskSpec, out: np.ndarray, min_score: float | None = None) 
 
 # -- dense maps ------------------------------------------------------------------------
 
+
 def dense_masks(spec: TaskSpec, out: np.ndarray) -> np.ndarray:
     """Integer label maps: binarized at `threshold` for one channel, argmax over axis 1 otherwise."""
     x = np.asarray(out)
@@ -171,6 +176,7 @@ def dense_masks(spec: TaskSpec, out: np.ndarray) -> np.ndarray:
 
 
 # -- CTC -------------------------------------------------------------------------------
+
 
 def ctc_step_probabilities(spec: TaskSpec, out: np.ndarray) -> np.ndarray:
     """[N, T, C] probabilities per step (softmax applied to logits)."""
@@ -198,6 +204,7 @@ def ctc_greedy(spec: TaskSpec, out: np.ndarray) -> list[tuple[int, ...]]:
 
 
 # -- embeddings ------------------------------------------------------------------------
+
 
 def normalized_embeddings(out: np.ndarray) -> np.ndarray:
     x = np.asarray(out, dtype=np.float64).reshape(np.asarray(out).shape[0], -1)

@@ -1,6 +1,6 @@
 """The one exception of the tasks package.
 
-    TaskError (ValueError)   a task spec, an option or an output the task cannot read; the message says which
+TaskError (ValueError)   a task spec, an option or an output the task cannot read; the message says which
 """
 
 from __future__ import annotations

@@ -38,49 +38,84 @@ def infer_task(names: Sequence[str], outputs: Sequence[np.ndarray], producers: S
     fixed = " (state --task to change it)"
     if x.ndim == 2 and x.shape[1] == 1:
         if op == "Sigmoid" or _unit(x):
-            return Inferred(TaskSpec("classification", output=name, scores="sigmoid"),
-                            f"{where} with values in [0, 1]" + (" from a Sigmoid" if op == "Sigmoid" else "")
-                            + ": one sigmoid probability per row, binary classification" + fixed, op == "Sigmoid")
-        return Inferred(TaskSpec("regression", output=name),
-                        f"{where} with values outside [0, 1]: one number per row, read as regression"
-                        " (--task classification --task-option scores=sigmoid if it is a binary logit)", False)
+            return Inferred(
+                TaskSpec("classification", output=name, scores="sigmoid"),
+                f"{where} with values in [0, 1]"
+                + (" from a Sigmoid" if op == "Sigmoid" else "")
+                + ": one sigmoid probability per row, binary classification"
+                + fixed,
+                op == "Sigmoid",
+            )
+        return Inferred(
+            TaskSpec("regression", output=name),
+            f"{where} with values outside [0, 1]: one number per row, read as regression"
+            " (--task classification --task-option scores=sigmoid if it is a binary logit)",
+            False,
+        )
     if x.ndim == 2:
         if _sums_to_one(x, 1):
-            return Inferred(TaskSpec("classification", output=name, scores="probabilities"),
-                            f"{where} and every row sums to 1: class probabilities", True)
+            return Inferred(
+                TaskSpec("classification", output=name, scores="probabilities"),
+                f"{where} and every row sums to 1: class probabilities",
+                True,
+            )
         if op == "Sigmoid" or _unit(x):
-            return Inferred(TaskSpec("classification", output=name, scores="multi_label"),
-                            f"{where} with values in [0, 1] that do not sum to 1: independent sigmoids, "
-                            "multi-label classification" + fixed, op == "Sigmoid")
+            return Inferred(
+                TaskSpec("classification", output=name, scores="multi_label"),
+                f"{where} with values in [0, 1] that do not sum to 1: independent sigmoids, "
+                "multi-label classification" + fixed,
+                op == "Sigmoid",
+            )
         norms = np.linalg.norm(x.astype(np.float64), axis=1)
         if x.shape[1] >= 16 and np.allclose(norms, 1.0, atol=1e-2):
-            return Inferred(TaskSpec("embedding", output=name),
-                            f"{where} and every row has unit L2 norm: an embedding" + fixed, True)
-        return Inferred(TaskSpec("classification", output=name, scores="logits"),
-                        f"{where} with unbounded values: read as class logits"
-                        " (--task embedding or --task regression if they are not)", False)
+            return Inferred(
+                TaskSpec("embedding", output=name),
+                f"{where} and every row has unit L2 norm: an embedding" + fixed,
+                True,
+            )
+        return Inferred(
+            TaskSpec("classification", output=name, scores="logits"),
+            f"{where} with unbounded values: read as class logits"
+            " (--task embedding or --task regression if they are not)",
+            False,
+        )
     if x.ndim == 3:
         small, large = sorted(x.shape[1:])
         if _sums_to_one(x, 2) and x.shape[2] >= 2:
-            return Inferred(TaskSpec("ctc", output=name, blank=0, step_scores="probabilities"),
-                            f"{where} and each of the {x.shape[1]} steps sums to 1 over {x.shape[2]} classes: "
-                            "per-step probabilities, read as CTC sequence recognition with blank 0"
-                            " (--task-option blank=N if the blank is elsewhere)", True)
+            return Inferred(
+                TaskSpec("ctc", output=name, blank=0, step_scores="probabilities"),
+                f"{where} and each of the {x.shape[1]} steps sums to 1 over {x.shape[2]} classes: "
+                "per-step probabilities, read as CTC sequence recognition with blank 0"
+                " (--task-option blank=N if the blank is elsewhere)",
+                True,
+            )
         coords = x[:, :4, :] if x.shape[1] < x.shape[2] else x[:, :, :4]
         if small >= 5 and large >= 8 * small and float(np.abs(coords).max()) > 1.5:
             layout = "channels_first" if x.shape[1] < x.shape[2] else "anchors_first"
-            return Inferred(TaskSpec("detection", output=name, layout=layout),
-                            f"{where}: {large} anchors of 4 box coordinates + {small - 4} class scores "
-                            f"({layout}), read as a YOLO-style detection head decoded with NMS" + fixed, True)
+            return Inferred(
+                TaskSpec("detection", output=name, layout=layout),
+                f"{where}: {large} anchors of 4 box coordinates + {small - 4} class scores "
+                f"({layout}), read as a YOLO-style detection head decoded with NMS" + fixed,
+                True,
+            )
     if x.ndim == 4:
         if x.shape[1] == 1 and _unit(x):
-            return Inferred(TaskSpec("dense", output=name, threshold=0.5),
-                            f"{where} with values in [0, 1]: a one-channel probability map (segmentation / text "
-                            "detection), binarized at 0.5 (--task-option threshold=T to change)", True)
+            return Inferred(
+                TaskSpec("dense", output=name, threshold=0.5),
+                f"{where} with values in [0, 1]: a one-channel probability map (segmentation / text "
+                "detection), binarized at 0.5 (--task-option threshold=T to change)",
+                True,
+            )
         if x.shape[1] > 1 and x.shape[2] > 1 and x.shape[3] > 1:
-            return Inferred(TaskSpec("dense", output=name),
-                            f"{where}: per-pixel scores over {x.shape[1]} classes, read as segmentation "
-                            "(argmax over axis 1)" + fixed, False)
-    return Inferred(TaskSpec("custom", output=name),
-                    f"{where}: no task reads this shape unambiguously; validated as custom (output error only, "
-                    "no task gate). State --task and its options, or a --task-option metric=module:function hook", False)
+            return Inferred(
+                TaskSpec("dense", output=name),
+                f"{where}: per-pixel scores over {x.shape[1]} classes, read as segmentation "
+                "(argmax over axis 1)" + fixed,
+                False,
+            )
+    return Inferred(
+        TaskSpec("custom", output=name),
+        f"{where}: no task reads this shape unambiguously; validated as custom (output error only, "
+        "no task gate). State --task and its options, or a --task-option metric=module:function hook",
+        False,
+    )

@@ -12,7 +12,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from tandem.tasks.decode import (
-    Detections, class_labels, ctc_greedy, ctc_step_probabilities, dense_masks, detections, iou_matrix,
+    Detections,
+    class_labels,
+    ctc_greedy,
+    ctc_step_probabilities,
+    dense_masks,
+    detections,
+    iou_matrix,
     normalized_embeddings,
 )
 from tandem.tasks.errors import TaskError
@@ -40,8 +46,9 @@ DIRECTIONS: dict[str, dict[str, str]] = {
 }
 
 
-def task_metrics(spec: TaskSpec, reference: np.ndarray, output: np.ndarray,
-                 labels: np.ndarray | None = None) -> dict[str, float]:
+def task_metrics(
+    spec: TaskSpec, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None = None
+) -> dict[str, float]:
     """The task's figures for `output` against `reference` (both the task output, all samples)."""
     ref = np.asarray(reference)
     out = np.asarray(output)
@@ -106,8 +113,11 @@ def average_precision(refs: list[Detections], outs: list[Detections], iou: float
             p = precision[recall >= t]
             ap += float(p.max()) if p.size else 0.0
         aps.append(ap / 101.0)
-    return {"map50": float(np.mean(aps)), "recall": matched_total / total_ref,
-            "matched_iou": float(np.mean(matched_ious)) if matched_ious else 0.0}
+    return {
+        "map50": float(np.mean(aps)),
+        "recall": matched_total / total_ref,
+        "matched_iou": float(np.mean(matched_ious)) if matched_ious else 0.0,
+    }
 
 
 def _detection(spec: TaskSpec, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
@@ -143,8 +153,11 @@ def _mask_pair(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def _dense(spec: TaskSpec, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
     a, b = dense_masks(spec, ref), dense_masks(spec, out)
     pairs = [_mask_pair(x, y) for x, y in zip(a, b)]
-    return {"mask_iou": float(np.mean([p[0] for p in pairs])), "dice": float(np.mean([p[1] for p in pairs])),
-            "pixel_agreement": float((a == b).mean())}
+    return {
+        "mask_iou": float(np.mean([p[0] for p in pairs])),
+        "dice": float(np.mean([p[1] for p in pairs])),
+        "pixel_agreement": float((a == b).mean()),
+    }
 
 
 def edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -176,14 +189,19 @@ def _ctc(spec: TaskSpec, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | 
 def _embedding(spec: TaskSpec, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
     a, b = normalized_embeddings(ref), normalized_embeddings(out)
     cos = np.sum(a * b, axis=1)
-    figures = {"cosine_p5": float(np.percentile(cos, 5)), "cosine_p50": float(np.percentile(cos, 50)),
-               "cosine_min": float(cos.min())}
+    figures = {
+        "cosine_p5": float(np.percentile(cos, 5)),
+        "cosine_p50": float(np.percentile(cos, 50)),
+        "cosine_min": float(cos.min()),
+    }
     k = min(spec.top_k, len(a) - 1)
     if k >= 1:
+
         def neighbours(e: np.ndarray) -> np.ndarray:
             sim = e @ e.T
             np.fill_diagonal(sim, -np.inf)
             return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
         na, nb = neighbours(a), neighbours(b)
         figures["topk_agreement"] = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
     return figures
@@ -202,11 +220,19 @@ def _custom(spec: TaskSpec, ref: np.ndarray, out: np.ndarray, labels: np.ndarray
     return {}
 
 
-_METRICS = {"classification": _classification, "detection": _detection, "dense": _dense, "ctc": _ctc,
-            "embedding": _embedding, "regression": _regression, "custom": _custom}
+_METRICS = {
+    "classification": _classification,
+    "detection": _detection,
+    "dense": _dense,
+    "ctc": _ctc,
+    "embedding": _embedding,
+    "regression": _regression,
+    "custom": _custom,
+}
 
 
 # -- the gate --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GateResult:
@@ -229,7 +255,9 @@ def budgets_for(spec: TaskSpec, overrides: Mapping[str, float] | None = None) ->
         budgets[primary[0]] = primary[2]
     for name, value in (overrides or {}).items():
         if name not in allowed:
-            raise TaskError(f"budget {name!r} is not a {spec.kind} metric (have: {', '.join(sorted(allowed)) or 'none'})")
+            raise TaskError(
+                f"budget {name!r} is not a {spec.kind} metric (have: {', '.join(sorted(allowed)) or 'none'})"
+            )
         budgets[name] = float(value)
     return budgets
 
@@ -249,8 +277,14 @@ def gate(spec: TaskSpec, figures: Mapping[str, Any], budgets: Mapping[str, float
             return GateResult(False, name, None, budget, None, f"{name} was not measured")
         margin = float(value) - budget if direction == "min" else budget - float(value)
         sign = ">=" if direction == "min" else "<="
-        result = GateResult(margin >= 0, name, float(value), budget, margin,
-                            f"{name} {float(value):.4f} {'meets' if margin >= 0 else 'misses'} budget {sign} {budget:g}")
+        result = GateResult(
+            margin >= 0,
+            name,
+            float(value),
+            budget,
+            margin,
+            f"{name} {float(value):.4f} {'meets' if margin >= 0 else 'misses'} budget {sign} {budget:g}",
+        )
         if margin < 0:
             return result
         shown = shown or result

@@ -111,8 +111,10 @@ class TaskSpec:
         allowed = set(_COMMON) | set(FIELDS[kind])
         unknown = sorted(set(values) - allowed)
         if unknown:
-            raise TaskError(f"{where}: unknown field(s) {', '.join(unknown)} for a {kind} task "
-                            f"(allowed: {', '.join(sorted(allowed))})")
+            raise TaskError(
+                f"{where}: unknown field(s) {', '.join(unknown)} for a {kind} task "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
         if "ambiguity" in values and isinstance(values["ambiguity"], list):
             values["ambiguity"] = tuple(values["ambiguity"])
         try:
@@ -134,8 +136,9 @@ class TaskSpec:
         allowed = set(FIELDS[self.kind]) | {"output", "metric"}
         for name, text in options.items():
             if name not in allowed:
-                raise TaskError(f"task option {name!r} does not apply to a {self.kind} task "
-                                f"(allowed: {', '.join(sorted(allowed))})")
+                raise TaskError(
+                    f"task option {name!r} does not apply to a {self.kind} task (allowed: {', '.join(sorted(allowed))})"
+                )
             changes[name] = _parse_option(name, text)
         return replace(self, **changes)
 
@@ -164,8 +167,12 @@ def _parse_option(name: str, text: str) -> Any:
 def _unit(where: str, value: Any, *, optional: bool = False) -> None:
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= float(value) <= 1.0) \
-            or math.isnan(float(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (0.0 <= float(value) <= 1.0)
+        or math.isnan(float(value))
+    ):
         raise TaskError(f"{where}: {value!r} must be a number between 0 and 1")
 
 
@@ -174,11 +181,16 @@ def _check(spec: TaskSpec) -> None:
         raise TaskError(f"task.kind: {spec.kind!r} is not one of {', '.join(KINDS)}")
     if spec.output is not None and (not isinstance(spec.output, str) or not spec.output):
         raise TaskError(f"task.output: {spec.output!r} must be an output name")
-    if spec.metric is not None and (not isinstance(spec.metric, str) or spec.metric.count(":") != 1
-                                    or not all(spec.metric.split(":"))):
+    if spec.metric is not None and (
+        not isinstance(spec.metric, str) or spec.metric.count(":") != 1 or not all(spec.metric.split(":"))
+    ):
         raise TaskError(f"task.metric: {spec.metric!r} must be 'module:function'")
-    for name, choices in (("scores", CLASSIFICATION_SCORES), ("layout", DETECTION_LAYOUTS),
-                          ("box_format", BOX_FORMATS), ("step_scores", PROBABILITY_FORMS)):
+    for name, choices in (
+        ("scores", CLASSIFICATION_SCORES),
+        ("layout", DETECTION_LAYOUTS),
+        ("box_format", BOX_FORMATS),
+        ("step_scores", PROBABILITY_FORMS),
+    ):
         if getattr(spec, name) not in choices:
             raise TaskError(f"task.{name}: {getattr(spec, name)!r} is not one of {', '.join(choices)}")
     _unit("task.threshold", spec.threshold, optional=True)

@@ -23,8 +23,15 @@ def _specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return io_specs(model)
 
 
-def make_model_dir(onnx_path: Path, out: Path, *, name: str = "digits", version: str = "1.0.0",
-                   profile: str = "cpu-x86", variant_id: str = "ort-fp32") -> Path:
+def make_model_dir(
+    onnx_path: Path,
+    out: Path,
+    *,
+    name: str = "digits",
+    version: str = "1.0.0",
+    profile: str = "cpu-x86",
+    variant_id: str = "ort-fp32",
+) -> Path:
     """A compiled-model directory holding `onnx_path` as its only variant."""
     import onnx
 
@@ -35,15 +42,24 @@ def make_model_dir(onnx_path: Path, out: Path, *, name: str = "digits", version:
     data = (out / rel).read_bytes()
     inputs, outputs = _specs(onnx.load(str(out / rel)))
     variant = Variant(
-        id=variant_id, runtime="onnxruntime", precision="fp32",
+        id=variant_id,
+        runtime="onnxruntime",
+        precision="fp32",
         files=[FileEntry(path=rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data))],
-        inputs=inputs, outputs=outputs, profiles=[profile],
+        inputs=inputs,
+        outputs=outputs,
+        profiles=[profile],
         options={"session": {"providers": ["CPUExecutionProvider"]}},
     )
     manifest = Manifest(
-        name=name, version=version, created_at="2026-11-22T00:00:00Z", expires_at=None,
+        name=name,
+        version=version,
+        created_at="2026-11-22T00:00:00Z",
+        expires_at=None,
         task={"kind": "classification", "output": outputs[0].name},
-        inputs=inputs, outputs=outputs, variants=[variant],
+        inputs=inputs,
+        outputs=outputs,
+        variants=[variant],
         profiles={profile: ProfileChoice(chosen=variant_id, reason="only variant")},
         target_profiles=[profile],
     )
@@ -51,8 +67,9 @@ def make_model_dir(onnx_path: Path, out: Path, *, name: str = "digits", version:
     return out
 
 
-def make_linear_softmax(path: Path, n_in: int = 4, n_out: int = 3, *, seed: int = 0, softmax: bool = True,
-                        batch: int | None = None) -> Path:
+def make_linear_softmax(
+    path: Path, n_in: int = 4, n_out: int = 3, *, seed: int = 0, softmax: bool = True, batch: int | None = None
+) -> Path:
     """A tiny MatMul(+Softmax) model with a dynamic batch axis (or a fixed one with `batch`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -64,7 +81,8 @@ def make_linear_softmax(path: Path, n_in: int = 4, n_out: int = 3, *, seed: int 
     if softmax:
         nodes.append(helper.make_node("Softmax", ["logits"], ["y"], axis=-1))
     graph = helper.make_graph(
-        nodes, "linear",
+        nodes,
+        "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim, n_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dim, n_out])],
         initializer=[numpy_helper.from_array(w, "w")],
@@ -89,4 +107,3 @@ def digits_edge_and_cloud(digits_dir: Path, out: Path) -> tuple[Path, Path]:
     edge = make_model_dir(digits_dir / "edge.onnx", out / "edge", name="digits")
     cloud = make_model_dir(digits_dir / "cloud.onnx", out / "cloud", name="digits-cloud")
     return edge, cloud
-

@@ -13,14 +13,15 @@ from tandem.edge_agent.client import AgentClient
 class Load:
     """One sequential client: requests one row at a time (rows cycle over `inputs`) until stop()."""
 
-    def __init__(self, endpoint: str, inputs: np.ndarray, pause_s: float = 0.002, timeout_s: float = 10.0,
-                 mode: str = "auto") -> None:
+    def __init__(
+        self, endpoint: str, inputs: np.ndarray, pause_s: float = 0.002, timeout_s: float = 10.0, mode: str = "auto"
+    ) -> None:
         self.endpoint = endpoint
         self.inputs = inputs
         self.pause_s = pause_s
         self.timeout_s = timeout_s
         self.mode = mode
-        self.versions: list[str] = []      # model version of each answer, in order
+        self.versions: list[str] = []  # model version of each answer, in order
         self.sources: list[str] = []
         self.failures: list[str] = []
         self._stop = threading.Event()

@@ -75,7 +75,9 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     if _dependency_skips and not require_all():
         terminalreporter.write_sep("!", f"{len(_dependency_skips)} skipped for a missing dependency", yellow=True)
-        terminalreporter.write_line(f"CI sets {REQUIRE_ALL_ENV}=1, which fails these; `make test` installs what they need.")
+        terminalreporter.write_line(
+            f"CI sets {REQUIRE_ALL_ENV}=1, which fails these; `make test` installs what they need."
+        )
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,22 @@ CLOUD_NAME = "digits-cloud"
 EDGE_NAME = "digits-edge"
 
 
-def compile_digits(digits_dir: Path, which: str, out: Path, *, name: str, key: Path,
-                   profiles: tuple[str, ...] = ("cpu-x86",)) -> Path:
+def compile_digits(
+    digits_dir: Path, which: str, out: Path, *, name: str, key: Path, profiles: tuple[str, ...] = ("cpu-x86",)
+) -> Path:
     """Compile examples/digits' `which` model ("cloud" or "edge") into `out`."""
     from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
-    compile_model(CompileOptions(
-        model=digits_dir / f"{which}.onnx", profiles=list(profiles), calib=digits_dir / "calib.npz",
-        val=digits_dir / "val.npz", out=out, name=name, signing_key=key, timing=False,
-    ))
+    compile_model(
+        CompileOptions(
+            model=digits_dir / f"{which}.onnx",
+            profiles=list(profiles),
+            calib=digits_dir / "calib.npz",
+            val=digits_dir / "val.npz",
+            out=out,
+            name=name,
+            signing_key=key,
+            timing=False,
+        )
+    )
     return out

@@ -22,8 +22,9 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def make_model_dir(digits_dir: Path, out: Path, name: str = "digits", version: str = "1.0.0",
-                   onnx_name: str = "edge.onnx") -> Path:
+def make_model_dir(
+    digits_dir: Path, out: Path, name: str = "digits", version: str = "1.0.0", onnx_name: str = "edge.onnx"
+) -> Path:
     """Copy a digits ONNX model into `out` and write a valid manifest.json for it."""
     out.mkdir(parents=True, exist_ok=True)
     model = out / "variants" / "ort-fp32" / "model.onnx"
@@ -39,13 +40,22 @@ def make_model_dir(digits_dir: Path, out: Path, name: str = "digits", version: s
         task={"kind": "classification", "classes": 10},
         inputs=inputs,
         outputs=outputs,
-        variants=[Variant(
-            id="ort-fp32", runtime="onnxruntime", precision="fp32",
-            files=[FileEntry(str(model.relative_to(out)), sha256_of(model), model.stat().st_size)],
-            inputs=inputs, outputs=outputs, profiles=["cpu-x86"],
-        )],
-        profiles={"cpu-x86": ProfileChoice(chosen="ort-fp32", reason="only variant; fp32 fits cpu-x86",
-                                           candidates=["ort-fp32"])},
+        variants=[
+            Variant(
+                id="ort-fp32",
+                runtime="onnxruntime",
+                precision="fp32",
+                files=[FileEntry(str(model.relative_to(out)), sha256_of(model), model.stat().st_size)],
+                inputs=inputs,
+                outputs=outputs,
+                profiles=["cpu-x86"],
+            )
+        ],
+        profiles={
+            "cpu-x86": ProfileChoice(
+                chosen="ort-fp32", reason="only variant; fp32 fits cpu-x86", candidates=["ort-fp32"]
+            )
+        },
         target_profiles=["cpu-x86"],
     )
     (out / "manifest.json").write_text(Manifest.from_dict(sign_manifest(manifest.to_dict(), TEST_PUBLISHER)).to_json())
@@ -62,7 +72,13 @@ def hub_config(tmp_path: Path):
     from tandem.cloud_hub.config import HubConfig
 
     # An external (never contacted) MQTT URL keeps REST tests free of a broker.
-    return HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")
+    return HubConfig(
+        publisher_trust_on_first_use=True,
+        data_dir=tmp_path / "hub-data",
+        http_port=0,
+        grpc_port=0,
+        mqtt_url="mqtt://127.0.0.1:1",
+    )
 
 
 @pytest.fixture

@@ -24,11 +24,20 @@ def main() -> int:
     store = ModelStore(store_dir)
     recovery = store.open()
     print(f"READY active={store.active_version} rolled_back_trial={bool(recovery.rolled_back_trial)}", flush=True)
-    config = UpdaterConfig(job["profile"], DownloadConfig(token=job["token"], rate_limit_bps=job["rate_bps"], chunk_bytes=4096),
-                           WatchPolicy(watch_s=job["watch_s"], min_requests=1), poll_s=0.02)
-    updater = Updater(store, load_public_key(job["public_pem"]), config, on_switch=lambda path: None,
-                      publish=lambda step, result, reason, health: print(f"STEP {step} {reason[:120]}", flush=True),
-                      health=lambda: HealthFigures(10, 0, 0, 1.0))
+    config = UpdaterConfig(
+        job["profile"],
+        DownloadConfig(token=job["token"], rate_limit_bps=job["rate_bps"], chunk_bytes=4096),
+        WatchPolicy(watch_s=job["watch_s"], min_requests=1),
+        poll_s=0.02,
+    )
+    updater = Updater(
+        store,
+        load_public_key(job["public_pem"]),
+        config,
+        on_switch=lambda path: None,
+        publish=lambda step, result, reason, health: print(f"STEP {step} {reason[:120]}", flush=True),
+        health=lambda: HealthFigures(10, 0, 0, 1.0),
+    )
     state = updater.run(OtaCommand(**job["command"]))
     print(f"DONE {state} active={store.active_version}", flush=True)
     return 0

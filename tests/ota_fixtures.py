@@ -21,9 +21,19 @@ MODEL = "digits"
 def compile_digits(digits_dir: Path, out: Path, version: str, key: Path, onnx_path: Path | None = None) -> Path:
     from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
-    compile_model(CompileOptions(model=onnx_path or digits_dir / "edge.onnx", profiles=[PROFILE],
-                                 calib=digits_dir / "calib.npz", val=digits_dir / "val.npz", out=out, name=MODEL,
-                                 version=version, signing_key=key, timing=False))
+    compile_model(
+        CompileOptions(
+            model=onnx_path or digits_dir / "edge.onnx",
+            profiles=[PROFILE],
+            calib=digits_dir / "calib.npz",
+            val=digits_dir / "val.npz",
+            out=out,
+            name=MODEL,
+            version=version,
+            signing_key=key,
+            timing=False,
+        )
+    )
     return out
 
 
@@ -72,8 +82,10 @@ class Broker:
             self.port = s.getsockname()[1]
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nuser {getpass.getuser()}\nallow_anonymous true\n"
-                        "max_queued_messages 100000\nlog_dest stderr\nlog_type error\n")
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nuser {getpass.getuser()}\nallow_anonymous true\n"
+            "max_queued_messages 100000\nlog_dest stderr\nlog_type error\n"
+        )
         log = open(workdir / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -105,16 +117,31 @@ class SimDevice:
     """One device: the real OTA client and A/B store; `probe` serves a batch of digits through the
     active model (real load_session) and counts answers below `threshold` as fallbacks."""
 
-    def __init__(self, device_id: str, root: Path, initial_dir: Path, mqtt_url: str, token: str, trusted_pem: str,
-                 inputs: np.ndarray, watch: Any, threshold: float = 0.5, batch: int = 32) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        root: Path,
+        initial_dir: Path,
+        mqtt_url: str,
+        token: str,
+        trusted_pem: str,
+        inputs: np.ndarray,
+        watch: Any,
+        threshold: float = 0.5,
+        batch: int = 32,
+    ) -> None:
         from tandem.edge_agent.model import load_model
         from tandem.edge_agent.ota.client import OtaClient, OtaClientConfig
 
         self.device_id = device_id
         self._load = load_model
-        self.client = OtaClient(OtaClientConfig(device_id, PROFILE, mqtt_url, root / device_id, trusted_pem,
-                                                hub_token=token, watch=watch, poll_s=0.05),
-                                on_switch=self.swap, health=self.probe)
+        self.client = OtaClient(
+            OtaClientConfig(
+                device_id, PROFILE, mqtt_url, root / device_id, trusted_pem, hub_token=token, watch=watch, poll_s=0.05
+            ),
+            on_switch=self.swap,
+            health=self.probe,
+        )
         self.client.open_store()
         if self.client.store.active_version is None:
             self.client.store.install_initial(initial_dir)
@@ -167,7 +194,8 @@ def releases(digits_dir: Path, root_factory: Callable[[], Path]) -> dict[str, Pa
             "1.0.0": v1,
             "1.1.0": derive(v1, root / "1.1.0", "1.1.0"),
             "1.2.0": derive(v1, root / "1.2.0", "1.2.0", scramble_golden),
-            "1.3.0": compile_digits(digits_dir, root / "1.3.0", "1.3.0", pem,
-                                    onnx_path=collapsed_onnx(digits_dir, root / "collapsed.onnx")),
+            "1.3.0": compile_digits(
+                digits_dir, root / "1.3.0", "1.3.0", pem, onnx_path=collapsed_onnx(digits_dir, root / "collapsed.onnx")
+            ),
         }
     return _RELEASES[key]

@@ -13,8 +13,11 @@ import numpy as np
 
 from tandem.edge_agent.telemetry import ModelInfo, PublisherConfig, TelemetryService
 
-REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
-             "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]}, "classes": {"counts": [10, 10, 10]}}
+REFERENCE = {
+    "inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
+    "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]},
+    "classes": {"counts": [10, 10, 10]},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,14 +34,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     model = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
     rng = np.random.default_rng()
-    service = TelemetryService(args.mqtt_url, args.device, model, args.data_dir, window_s=args.window_s,
-                               profile="cpu-x86", tags={"site": "lab"},
-                               publisher=PublisherConfig(mqtt_url=args.mqtt_url, keepalive_s=args.keepalive)).start()
+    service = TelemetryService(
+        args.mqtt_url,
+        args.device,
+        model,
+        args.data_dir,
+        window_s=args.window_s,
+        profile="cpu-x86",
+        tags={"site": "lab"},
+        publisher=PublisherConfig(mqtt_url=args.mqtt_url, keepalive_s=args.keepalive),
+    ).start()
     print("ready", flush=True)
     period = 1.0 / args.rate
     while not stop.wait(period):
-        service.record("edge", float(rng.uniform(1, 20)), confidence=float(rng.uniform(0.8, 1.0)),
-                       label=int(rng.integers(0, 3)), inputs=rng.normal(size=(1, 8)).astype(np.float32))
+        service.record(
+            "edge",
+            float(rng.uniform(1, 20)),
+            confidence=float(rng.uniform(0.8, 1.0)),
+            label=int(rng.integers(0, 3)),
+            inputs=rng.normal(size=(1, 8)).astype(np.float32),
+        )
     service.stop(drain_timeout_s=10.0)
     return 0
 

@@ -64,8 +64,9 @@ class Mosquitto:
 
     def start(self) -> "Mosquitto":
         log = open(self.workdir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
         log.close()
         if not wait_port(self.port, 10):
             self.stop()

@@ -21,9 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    service = TelemetryIngestService(args.data_dir, args.mqtt_url, lambda name, version: None,
-                                     TelemetryServiceConfig(eval_interval_s=3600,
-                                                            ingest={"share_group": args.share_group}))
+    service = TelemetryIngestService(
+        args.data_dir,
+        args.mqtt_url,
+        lambda name, version: None,
+        TelemetryServiceConfig(eval_interval_s=3600, ingest={"share_group": args.share_group}),
+    )
     service.start()
     if not service.ingest.wait_subscribed(10):
         return 1

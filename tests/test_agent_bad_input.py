@@ -20,8 +20,16 @@ def agent(digits_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     # inline_max_us=0, solo_inline_max_us=0: every request goes through the batcher's worker thread
     # (the serving tests cover inline runs)
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data", "batch.inline_max_us": 0,
-                      "batch.solo_inline_max_us": 0})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "server.endpoint": f"ipc://{run}/agent.sock",
+            "hard_examples.data_dir": run / "data",
+            "batch.inline_max_us": 0,
+            "batch.solo_inline_max_us": 0,
+        }
+    )
     with Agent(cfg) as a:
         yield a
 
@@ -67,25 +75,35 @@ CASES = {
     "infinity": (lambda: encode_request({"input": np.full((1, 64), np.inf, np.float32)}), "infinity"),
     "unknown input name": (lambda: encode_request({"pixels": np.zeros((1, 64), np.float32)}), "'pixels'"),
     "missing input": (lambda: encode_request({}), "takes 1 input"),
-    "unknown model": (lambda: encode_request({"input": np.zeros((1, 64), np.float32)}, model_name="resnet"),
-                      "unknown model 'resnet'"),
+    "unknown model": (
+        lambda: encode_request({"input": np.zeros((1, 64), np.float32)}, model_name="resnet"),
+        "unknown model 'resnet'",
+    ),
     "garbage header": (lambda: [b"\xff\xfe\x00garbage-not-protobuf", b"1234"], "not a valid RequestHeader"),
     "too many frames": (lambda: [header_bytes()] + [b"x"] * limits.MAX_FRAMES, "frames exceed the limit"),
     "frame shorter than its shape": (
-        lambda: [header_bytes(inputs=[tensor("input", "float32", [1, 64])]), b"\0" * 100], "needs 256 bytes"),
+        lambda: [header_bytes(inputs=[tensor("input", "float32", [1, 64])]), b"\0" * 100],
+        "needs 256 bytes",
+    ),
     "header lists more tensors than frames": (
-        lambda: [header_bytes(inputs=[tensor("input", "float32", [1, 64])] * 2), b"\0" * 256], "lists 2 tensors"),
-    "unsupported dtype": (lambda: [header_bytes(inputs=[tensor("input", "complex64", [1])]), b"\0" * 8],
-                          "'complex64'"),
-    "negative dimension": (lambda: [header_bytes(inputs=[tensor("input", "float32", [-1, 64])]), b""],
-                           "negative dimension"),
-    "rank over the limit": (lambda: [header_bytes(inputs=[tensor("input", "float32", [1] * 9)]), b"\0" * 4],
-                            "rank 9"),
-    "too many elements": (lambda: [header_bytes(inputs=[tensor("input", "float32", [1 << 20, 64])]), b"\0" * 4],
-                          "elements exceed the limit"),
+        lambda: [header_bytes(inputs=[tensor("input", "float32", [1, 64])] * 2), b"\0" * 256],
+        "lists 2 tensors",
+    ),
+    "unsupported dtype": (lambda: [header_bytes(inputs=[tensor("input", "complex64", [1])]), b"\0" * 8], "'complex64'"),
+    "negative dimension": (
+        lambda: [header_bytes(inputs=[tensor("input", "float32", [-1, 64])]), b""],
+        "negative dimension",
+    ),
+    "rank over the limit": (lambda: [header_bytes(inputs=[tensor("input", "float32", [1] * 9)]), b"\0" * 4], "rank 9"),
+    "too many elements": (
+        lambda: [header_bytes(inputs=[tensor("input", "float32", [1 << 20, 64])]), b"\0" * 4],
+        "elements exceed the limit",
+    ),
     "wrong schema version": (lambda: [header_bytes(schema_version=99)], "schema_version 99"),
     "threshold out of range": (
-        lambda: encode_request({"input": np.zeros((1, 64), np.float32)}, threshold=1.5), "threshold 1.5"),
+        lambda: encode_request({"input": np.zeros((1, 64), np.float32)}, threshold=1.5),
+        "threshold 1.5",
+    ),
 }
 
 

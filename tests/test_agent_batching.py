@@ -125,6 +125,7 @@ def test_many_threads_get_their_own_answers(session):
     rng = np.random.default_rng(3)
     errors: list[str] = []
     with MicroBatcher(session, max_batch=8, window_ms=1) as batcher:
+
         def client(seed: int) -> None:
             r = np.random.default_rng(seed)
             for _ in range(30):

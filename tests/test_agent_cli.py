@@ -19,8 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tandem.edge_agent.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "tandem.edge_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def _lines_until_ready(proc: subprocess.Popen, timeout_s: float = 60.0) -> list[str]:
@@ -51,11 +57,19 @@ def model_dir(digits_dir, tmp_path_factory):
 def test_run_infer_and_stop_from_the_shell(model_dir, digits_dir, tmp_path):
     sock = tmp_path / "agent.sock"
     config = tmp_path / "agent.toml"
-    config.write_text(f'[model]\ndir = "{model_dir}"\n[server]\nendpoint = "ipc://{sock}"\n'
-                      f'[policy]\nthreshold = 0.5\n[hard_examples]\ndata_dir = "state"\n[trust]\nallow_unsigned = true\n')
+    config.write_text(
+        f'[model]\ndir = "{model_dir}"\n[server]\nendpoint = "ipc://{sock}"\n'
+        f'[policy]\nthreshold = 0.5\n[hard_examples]\ndata_dir = "state"\n[trust]\nallow_unsigned = true\n'
+    )
     env = dict(os.environ, TANDEM_AGENT_SERVER_DEVICE_ID="shell-dev", TANDEM_AGENT_HEALTH_HTTP_PORT="0")
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         before = _lines_until_ready(proc)  # log lines (the allow_unsigned warning) come before the ready line
         assert "serving digits 1.0.0" in before[-1], before
@@ -88,14 +102,16 @@ def test_run_infer_and_stop_from_the_shell(model_dir, digits_dir, tmp_path):
 
 def test_infer_with_no_agent_says_so(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
-    done = cli("infer", "--input", str(tmp_path / "x.npy"), "--endpoint", f"ipc://{tmp_path}/none.sock",
-               "--timeout", "0.3")
+    done = cli(
+        "infer", "--input", str(tmp_path / "x.npy"), "--endpoint", f"ipc://{tmp_path}/none.sock", "--timeout", "0.3"
+    )
     assert done.returncode == 1 and "no answer from the agent" in done.stderr
 
 
 def test_check_reports_the_variant_and_bad_configs_name_the_key(model_dir, tmp_path):
-    done = cli("check", "--model-dir", str(model_dir), "--json",
-               env=dict(os.environ, TANDEM_AGENT_TRUST_ALLOW_UNSIGNED="true"))  # the folder is unsigned
+    done = cli(
+        "check", "--model-dir", str(model_dir), "--json", env=dict(os.environ, TANDEM_AGENT_TRUST_ALLOW_UNSIGNED="true")
+    )  # the folder is unsigned
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["variant"] == "ort-fp32"
     bad = tmp_path / "bad.toml"
@@ -131,5 +147,6 @@ def test_run_help_lists_every_config_key_and_the_sample_has_each():
         assert section in by_section, f"examples/agent/agent.toml lacks [{section}]"
         for key in keys:
             assert re.search(rf"\b{key}\b", line), f"{section}.{key}"
-            assert re.search(rf"^#?\s*{key}\s*=", by_section[section], re.M), \
+            assert re.search(rf"^#?\s*{key}\s*=", by_section[section], re.M), (
                 f"examples/agent/agent.toml lacks {key} in [{section}]"
+            )

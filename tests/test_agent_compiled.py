@@ -23,8 +23,16 @@ def test_every_compiled_variant_serves_and_agrees_with_fp32(compiled, digits_dir
     x = np.load(digits_dir / "test.npz")["x"][:40].astype(np.float32)
     labels = {}
     for variant in (v["id"] for v in manifest["variants"]):
-        cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": compiled, "model.variant": variant, "server.endpoint": f"ipc://{tmp_path}/a.sock",
-                          "hard_examples.data_dir": tmp_path / "data", "policy.threshold": 0.0})
+        cfg = AgentConfig.from_keys(
+            {
+                "trust.allow_unsigned": True,
+                "model.dir": compiled,
+                "model.variant": variant,
+                "server.endpoint": f"ipc://{tmp_path}/a.sock",
+                "hard_examples.data_dir": tmp_path / "data",
+                "policy.threshold": 0.0,
+            }
+        )
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
             assert agent.model.variant.id == variant
             labels[variant] = np.array(client.infer(x).labels)

@@ -19,9 +19,16 @@ def tiny_dir(tmp_path_factory):
 
 
 def config(tiny_dir, tmp_path, keys: dict | None = None) -> AgentConfig:
-    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tiny_dir, "hard_examples.data_dir": tmp_path / "data",
-                                  "policy.threshold": 0.0, "server.endpoint": f"ipc://{tmp_path}/a.sock",
-                                  **(keys or {})})
+    return AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": tiny_dir,
+            "hard_examples.data_dir": tmp_path / "data",
+            "policy.threshold": 0.0,
+            "server.endpoint": f"ipc://{tmp_path}/a.sock",
+            **(keys or {}),
+        }
+    )
 
 
 def test_tcp_endpoint_with_any_port_reports_the_bound_one(tiny_dir, tmp_path):
@@ -89,7 +96,14 @@ def test_a_dense_tasks_map_threshold_is_not_taken_for_a_confidence_threshold(tin
     doc = json.loads((model_dir / "manifest.json").read_text())
     doc["task"] = {**doc["task"], "kind": kind, "threshold": 0.3}
     (model_dir / "manifest.json").write_text(json.dumps(doc))
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "hard_examples.data_dir": tmp_path / "data", "server.endpoint": f"ipc://{tmp_path}/a.sock"})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "hard_examples.data_dir": tmp_path / "data",
+            "server.endpoint": f"ipc://{tmp_path}/a.sock",
+        }
+    )
     with Agent(cfg) as agent:
         from tandem.tasks import DEFAULT_THRESHOLDS
 

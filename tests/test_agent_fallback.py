@@ -18,7 +18,6 @@ DEADLINE_MS = 150
 MARGIN_S = 0.25  # thread hand-offs on a busy 2-core machine
 
 
-
 @pytest.fixture(scope="module")
 def models(digits_dir, tmp_path_factory):
     return digits_edge_and_cloud(digits_dir, tmp_path_factory.mktemp("models"))
@@ -36,9 +35,20 @@ def test_x(digits_dir):
 
 
 def agent_config(models, tmp_path, hub_url: str, extra: dict | None = None) -> AgentConfig:
-    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": models[0], "server.endpoint": f"ipc://{tmp_path}/agent.sock", "hard_examples.data_dir": tmp_path / "data",
-                       "fallback.hub_url": hub_url, "fallback.hub_model": "digits-cloud", "fallback.deadline_ms": DEADLINE_MS, "server.device_id": "dev-1",
-                       "health.http_port": 0, **(extra or {})})
+    return AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": models[0],
+            "server.endpoint": f"ipc://{tmp_path}/agent.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+            "fallback.hub_url": hub_url,
+            "fallback.hub_model": "digits-cloud",
+            "fallback.deadline_ms": DEADLINE_MS,
+            "server.device_id": "dev-1",
+            "health.http_port": 0,
+            **(extra or {}),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def hub(models):
 def test_unsure_answers_come_from_the_cloud_model(models, hub, cloud_reference, test_x, tmp_path):
     with Agent(agent_config(models, tmp_path, hub.address)) as agent, AgentClient(agent.endpoint) as client:
         for i in range(10):
-            x = test_x[i:i + 1]
+            x = test_x[i : i + 1]
             answer = client.infer(x, threshold=1.0, return_outputs=True)  # nothing is that confident
             assert answer.source == "cloud", answer.detail
             want = cloud_reference(x)
@@ -82,8 +92,16 @@ def test_hub_that_never_answers_costs_one_deadline_then_the_breaker_opens(models
         url = "127.0.0.1:%d" % black_hole.getsockname()[1]
         # a 1 s deadline here: waiting for it or not differs by far more than a loaded machine's noise
         deadline_s = 1.0
-        cfg = agent_config(models, tmp_path, url, {"fallback.breaker_failures": 2, "fallback.breaker_cooldown_s": 30,
-                                                   "fallback.deadline_ms": deadline_s * 1000})
+        cfg = agent_config(
+            models,
+            tmp_path,
+            url,
+            {
+                "fallback.breaker_failures": 2,
+                "fallback.breaker_cooldown_s": 30,
+                "fallback.deadline_ms": deadline_s * 1000,
+            },
+        )
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
             times = []
             for _ in range(5):
@@ -106,8 +124,9 @@ def test_hub_that_never_answers_costs_one_deadline_then_the_breaker_opens(models
 
 def test_hub_down_degrades_and_the_breaker_closes_when_the_hub_returns(models, test_x, tmp_path):
     port = free_port()
-    cfg = agent_config(models, tmp_path, f"127.0.0.1:{port}",
-                       {"fallback.breaker_failures": 2, "fallback.breaker_cooldown_s": 0.3})
+    cfg = agent_config(
+        models, tmp_path, f"127.0.0.1:{port}", {"fallback.breaker_failures": 2, "fallback.breaker_cooldown_s": 0.3}
+    )
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         for _ in range(3):
             t0 = time.perf_counter()
@@ -135,5 +154,5 @@ def test_confident_answers_never_touch_the_hub(models, test_x, tmp_path):
     port = free_port()  # nothing listens here
     with Agent(agent_config(models, tmp_path, f"127.0.0.1:{port}")) as agent, AgentClient(agent.endpoint) as client:
         for i in range(20):
-            assert client.infer(test_x[i:i + 1], threshold=0.0).source == "edge"
+            assert client.infer(test_x[i : i + 1], threshold=0.0).source == "edge"
         assert agent.breaker.state == "closed" and agent.metrics.fallback_attempts == 0

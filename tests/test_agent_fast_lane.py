@@ -22,12 +22,22 @@ from tandem.protocols import local_api_pb2 as pb
 
 
 def _agent(model_dir: Path, run: Path, overrides: dict | None = None) -> Agent:
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data",
-                      "policy.threshold": 0.8, **(overrides or {})})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "server.endpoint": f"ipc://{run}/agent.sock",
+            "hard_examples.data_dir": run / "data",
+            "policy.threshold": 0.8,
+            **(overrides or {}),
+        }
+    )
     agent = Agent(cfg).start()
     batcher = agent.service.batcher
-    feeds = {spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], np.dtype(spec.dtype))
-             for spec in agent.model.input_specs}
+    feeds = {
+        spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], np.dtype(spec.dtype))
+        for spec in agent.model.input_specs
+    }
     for _ in range(30):  # until the batcher's runtime estimate puts this model on the inline path
         batcher.run(agent.model.runtime_feeds(feeds))
     return agent
@@ -76,8 +86,9 @@ def test_the_lane_replies_as_the_general_path_for_every_test_row(digits_agent):
         assert with_lane.request_id == f"client-{i}"
         taken += took
     # the first request teaches the lane; unsure rows (below 0.8) stay on the general path
-    confident = sum(1 for row in rows[:200] if not _reply(service.handle(
-        templates.frames([row[None, :]], request_id="x"))).detail)  # unsure ones say "no hub is configured"
+    confident = sum(
+        1 for row in rows[:200] if not _reply(service.handle(templates.frames([row[None, :]], request_id="x"))).detail
+    )  # unsure ones say "no hub is configured"
     assert service.lane.plans == 1
     assert taken >= confident - 1 and taken > 150
 
@@ -89,8 +100,12 @@ def test_thresholds_and_modes_match_the_general_path(digits_agent, threshold, mo
     templates = RequestTemplates()
     taken = expected = 0
     for i, row in enumerate(rows[200:240]):
-        frames = templates.frames([row[None, :]], request_id=f"t-{i}", threshold=threshold,
-                                  mode=pb.MODE_EDGE_ONLY if mode == "edge" else pb.MODE_AUTO)
+        frames = templates.frames(
+            [row[None, :]],
+            request_id=f"t-{i}",
+            threshold=threshold,
+            mode=pb.MODE_EDGE_ONLY if mode == "edge" else pb.MODE_AUTO,
+        )
         with_lane, general, took = _both_paths(agent.service, frames)
         assert with_lane == general
         # the lane answers what the edge answers confidently, everything in edge-only mode, and the
@@ -209,7 +224,9 @@ def test_models_for_the_worker_thread_never_take_the_lane(digits_dir, tmp_path):
     from tandem.edge_agent.client import AgentClient
 
     model_dir = make_model_dir(digits_dir / "edge.onnx", tmp_path / "model", name="digits")
-    agent = _agent(model_dir, tmp_path, {"batch.inline_max_us": 0, "batch.solo_inline_max_us": 0})  # every run on the worker
+    agent = _agent(
+        model_dir, tmp_path, {"batch.inline_max_us": 0, "batch.solo_inline_max_us": 0}
+    )  # every run on the worker
     try:
         with AgentClient(agent.endpoint, timeout_s=10) as client:
             answers = [client.infer(np.full((1, 64), i / 10, np.float32)) for i in range(5)]

@@ -21,8 +21,15 @@ from tandem.protocols import local_api_pb2 as pb
 def agent(tmp_path_factory):
     run = tmp_path_factory.mktemp("finite")
     model_dir = make_model_dir(make_linear_softmax(run / "lin.onnx", n_in=4, n_out=3), run / "lin", name="lin")
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "policy.threshold": 0.0,
-                                 "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data"})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "policy.threshold": 0.0,
+            "server.endpoint": f"ipc://{run}/agent.sock",
+            "hard_examples.data_dir": run / "data",
+        }
+    )
     with Agent(cfg) as running:
         yield running
 

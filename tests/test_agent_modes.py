@@ -21,7 +21,6 @@ from tandem.protocols.telemetry_codec import decode_window
 DEADLINE_MS = 150
 
 
-
 @pytest.fixture(scope="module")
 def models(digits_dir, tmp_path_factory):
     return digits_edge_and_cloud(digits_dir, tmp_path_factory.mktemp("models"))
@@ -41,9 +40,20 @@ def test_x(digits_dir):
 
 
 def config(models, tmp_path, hub_url: str, device_id: str, extra: dict | None = None) -> AgentConfig:
-    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": models[0], "server.endpoint": f"ipc://{tmp_path}/agent.sock", "hard_examples.data_dir": tmp_path / "data",
-                       "fallback.hub_url": hub_url, "fallback.hub_model": "digits-cloud", "fallback.deadline_ms": DEADLINE_MS, "server.device_id": device_id,
-                       "health.http_port": 0, **(extra or {})})
+    return AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": models[0],
+            "server.endpoint": f"ipc://{tmp_path}/agent.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+            "fallback.hub_url": hub_url,
+            "fallback.hub_model": "digits-cloud",
+            "fallback.deadline_ms": DEADLINE_MS,
+            "server.device_id": device_id,
+            "health.http_port": 0,
+            **(extra or {}),
+        }
+    )
 
 
 def hub_calls(hub, device_id: str) -> int:
@@ -62,10 +72,12 @@ def one_window(agent: Agent):
 
 
 def test_edge_only_never_calls_the_hub_even_when_unsure(models, hub, test_x, tmp_path):
-    with Agent(config(models, tmp_path, hub.address, "edge-only-1", {"mode.default": "edge-only"})) as agent, \
-            AgentClient(agent.endpoint) as client:
+    with (
+        Agent(config(models, tmp_path, hub.address, "edge-only-1", {"mode.default": "edge-only"})) as agent,
+        AgentClient(agent.endpoint) as client,
+    ):
         for i in range(10):
-            answer = client.infer(test_x[i:i + 1], threshold=1.0)  # nothing is that confident
+            answer = client.infer(test_x[i : i + 1], threshold=1.0)  # nothing is that confident
             assert answer.source == "edge" and answer.detail == ""
         assert agent.metrics.fallback_attempts == 0
         assert 'tandem_agent_mode_decisions_total{decision="edge"} 10' in metrics_text(agent)
@@ -74,10 +86,12 @@ def test_edge_only_never_calls_the_hub_even_when_unsure(models, hub, test_x, tmp
 
 def test_cloud_only_always_answers_from_the_cloud_and_degrades_when_the_hub_is_down(models, hub, test_x, tmp_path):
     cloud = load_session("onnxruntime", models[1] / "variants" / "ort-fp32.onnx")
-    with Agent(config(models, tmp_path, hub.address, "cloud-only-1", {"mode.default": "cloud-only"})) as agent, \
-            AgentClient(agent.endpoint) as client:
+    with (
+        Agent(config(models, tmp_path, hub.address, "cloud-only-1", {"mode.default": "cloud-only"})) as agent,
+        AgentClient(agent.endpoint) as client,
+    ):
         for i in range(10):
-            x = test_x[i:i + 1]
+            x = test_x[i : i + 1]
             answer = client.infer(x, threshold=0.0)  # confident, and still the cloud's answer
             assert answer.source == "cloud", answer.detail
             assert answer.labels == [int(np.argmax(cloud.run({"input": x})[0]))]
@@ -92,8 +106,18 @@ def test_cloud_only_always_answers_from_the_cloud_and_degrades_when_the_hub_is_d
 
 def test_shadow_answers_on_the_edge_and_reports_agreement_with_the_cloud(models, hub, test_x, tmp_path):
     n = 30
-    cfg = config(models, tmp_path, hub.address, "shadow-1", {"mode.default": "shadow", "mode.shadow_sample_rate": 1.0,
-                 "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}", "telemetry.window_s": 3600})  # windows wait on disk
+    cfg = config(
+        models,
+        tmp_path,
+        hub.address,
+        "shadow-1",
+        {
+            "mode.default": "shadow",
+            "mode.shadow_sample_rate": 1.0,
+            "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}",
+            "telemetry.window_s": 3600,
+        },
+    )  # windows wait on disk
     edge = load_session("onnxruntime", models[0] / "variants" / "ort-fp32.onnx")
     cloud = load_session("onnxruntime", models[1] / "variants" / "ort-fp32.onnx")
     x = test_x[:n]
@@ -101,7 +125,7 @@ def test_shadow_answers_on_the_edge_and_reports_agreement_with_the_cloud(models,
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         m = agent.metrics
         for i in range(n):
-            answer = client.infer(x[i:i + 1], threshold=1.0)  # unsure: shadow still serves the edge answer
+            answer = client.infer(x[i : i + 1], threshold=1.0)  # unsure: shadow still serves the edge answer
             assert answer.source == "edge" and answer.detail == ""
             # one shadow call at a time, so none is skipped for too many in flight
             deadline = time.monotonic() + 10
@@ -125,12 +149,21 @@ def test_shadow_never_waits_for_a_hub_that_does_not_answer(models, test_x, tmp_p
         # a 1 s deadline: a shadow call on the request path would cost all of it, far above a
         # loaded machine's noise (the bound below leaves half of it as margin)
         deadline_ms = 1000
-        cfg = config(models, tmp_path, "127.0.0.1:%d" % black_hole.getsockname()[1], "shadow-2",
-                     {"mode.default": "shadow", "mode.shadow_sample_rate": 1.0, "fallback.breaker_failures": 100,
-                      "fallback.deadline_ms": deadline_ms})
+        cfg = config(
+            models,
+            tmp_path,
+            "127.0.0.1:%d" % black_hole.getsockname()[1],
+            "shadow-2",
+            {
+                "mode.default": "shadow",
+                "mode.shadow_sample_rate": 1.0,
+                "fallback.breaker_failures": 100,
+                "fallback.deadline_ms": deadline_ms,
+            },
+        )
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
             for i in range(8):
-                answer = client.infer(test_x[i:i + 1], threshold=1.0)
+                answer = client.infer(test_x[i : i + 1], threshold=1.0)
                 assert answer.source == "edge"
                 assert answer.latency_ms < deadline_ms / 2, answer.latency_ms
             deadline = time.monotonic() + 8 * deadline_ms / 1000 + 10  # even if every shadow call ran its deadline
@@ -144,12 +177,22 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
     n = 20
     # inline_max_us: from the second request on, the model runs on the loop thread (the path that must
     # decide, and so spend the budget, once per request like the worker path)
-    cfg = config(models, tmp_path, hub.address, "budget-1", {"mode.budget_rps": 2, "mode.budget_burst": 2,
-                 "batch.inline_max_us": 1e6, "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}",
-                 "telemetry.window_s": 3600})
+    cfg = config(
+        models,
+        tmp_path,
+        hub.address,
+        "budget-1",
+        {
+            "mode.budget_rps": 2,
+            "mode.budget_burst": 2,
+            "batch.inline_max_us": 1e6,
+            "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}",
+            "telemetry.window_s": 3600,
+        },
+    )
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         t0 = time.monotonic()
-        answers = [client.infer(test_x[i:i + 1], threshold=1.0) for i in range(n)]  # all unsure
+        answers = [client.infer(test_x[i : i + 1], threshold=1.0) for i in range(n)]  # all unsure
         elapsed = time.monotonic() - t0
         seen = (elapsed, [(a.source, a.detail) for a in answers])
         spent = [a for a in answers if a.detail.startswith(BUDGET_REASON)]
@@ -169,21 +212,35 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
 
 
 def test_mode_keys_live_in_their_own_section_and_bad_values_name_the_key(models, tmp_path):
-    cfg = AgentConfig.from_mapping({"model": {"dir": str(models[0])},
-                                    "mode": {"default": "shadow", "shadow_sample_rate": 0.5, "budget_rps": 5,
-                                             "budget_burst": 10, "budget_bytes_per_hour": 1_000_000}}, env={})
+    cfg = AgentConfig.from_mapping(
+        {
+            "model": {"dir": str(models[0])},
+            "mode": {
+                "default": "shadow",
+                "shadow_sample_rate": 0.5,
+                "budget_rps": 5,
+                "budget_burst": 10,
+                "budget_bytes_per_hour": 1_000_000,
+            },
+        },
+        env={},
+    )
     mode = cfg.mode
     assert (mode.default, mode.shadow_sample_rate, mode.budget_rps, mode.budget_burst) == ("shadow", 0.5, 5.0, 10.0)
     assert mode.fallback_budget().bytes_per_hour == 1_000_000
     env = {"TANDEM_AGENT_MODEL_DIR": str(models[0])}
-    for key, value, message in (("default", "cloud", "mode.default: 'cloud' is not one of edge-only"),
-                                ("shadow_sample_rate", 1.5, "mode.shadow_sample_rate"),
-                                ("budget_rps", -1, "mode.budget_rps"),
-                                ("budget_bytes_per_hour", 0, "mode.budget_bytes_per_hour")):
+    for key, value, message in (
+        ("default", "cloud", "mode.default: 'cloud' is not one of edge-only"),
+        ("shadow_sample_rate", 1.5, "mode.shadow_sample_rate"),
+        ("budget_rps", -1, "mode.budget_rps"),
+        ("budget_bytes_per_hour", 0, "mode.budget_bytes_per_hour"),
+    ):
         with pytest.raises(ConfigError, match=message):
             AgentConfig.from_mapping({"mode": {key: value}}, env=env)
     with pytest.raises(ConfigError, match="mode.budget_burst: needs budget_rps"):
         AgentConfig.from_mapping({"mode": {"budget_burst": 3}}, env=env)
-    assert AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE_DEFAULT": "edge-only"}).mode.default == "edge-only"
+    assert (
+        AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE_DEFAULT": "edge-only"}).mode.default == "edge-only"
+    )
     with pytest.raises(ConfigError, match=r"mode\.budget_rps \(from TANDEM_AGENT_MODE_BUDGET_RPS\): expected a number"):
         AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE_BUDGET_RPS": "fast"})

@@ -48,8 +48,13 @@ def test_new_config_sections_are_validated_naming_the_key(tmp_path):
     cases = [
         ({"ota": {"enabled": True}}, "ota.enabled: OTA needs the hub's broker"),
         ({"telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}, "ota": {"enabled": True}}, "ota.trusted_key"),
-        ({"telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"},
-          "ota": {"enabled": True, "trusted_key": str(tmp_path / "missing.pem")}}, "not a readable file"),
+        (
+            {
+                "telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"},
+                "ota": {"enabled": True, "trusted_key": str(tmp_path / "missing.pem")},
+            },
+            "not a readable file",
+        ),
         ({"telemetry": {"mqtt_url": "http://hub:1883"}}, "telemetry.mqtt_url"),
         ({"telemetry": {"window_s": 0}}, "telemetry.window_s"),
         ({"ota": {"max_fallback_rise": 2}}, "ota.max_fallback_rise"),
@@ -58,23 +63,41 @@ def test_new_config_sections_are_validated_naming_the_key(tmp_path):
         ({"server": {"device_id": "a/b"}}, "server.device_id"),
         ({"telemetry": {"bogus": 1}}, "telemetry.bogus: unknown key"),
         ({"telemetry": {"mqtt_url": "mqtts://hub:8883"}}, "telemetry.mqtt_tls_ca: mqtts://hub:8883 is mqtts://"),
-        ({"telemetry": {"mqtt_url": "mqtt://hub:1883", "mqtt_tls_ca": str(tmp_path / "ca.crt")}},
-         "telemetry.mqtt_url: .* use mqtts://"),
-        ({"telemetry": {"mqtt_url": "mqtts://hub:8883", "mqtt_tls_ca": str(tmp_path / "ca.crt")}},
-         "telemetry.mqtt_tls_ca: .* is not a readable file"),
-        ({"telemetry": {"mqtt_url": "mqtts://hub:8883", "mqtt_tls_ca": str(tmp_path / "ca.crt"),
-                        "mqtt_tls_cert": str(tmp_path / "c.crt")}}, "give both mqtt_tls_cert and mqtt_tls_key"),
+        (
+            {"telemetry": {"mqtt_url": "mqtt://hub:1883", "mqtt_tls_ca": str(tmp_path / "ca.crt")}},
+            "telemetry.mqtt_url: .* use mqtts://",
+        ),
+        (
+            {"telemetry": {"mqtt_url": "mqtts://hub:8883", "mqtt_tls_ca": str(tmp_path / "ca.crt")}},
+            "telemetry.mqtt_tls_ca: .* is not a readable file",
+        ),
+        (
+            {
+                "telemetry": {
+                    "mqtt_url": "mqtts://hub:8883",
+                    "mqtt_tls_ca": str(tmp_path / "ca.crt"),
+                    "mqtt_tls_cert": str(tmp_path / "c.crt"),
+                }
+            },
+            "give both mqtt_tls_cert and mqtt_tls_key",
+        ),
     ]
     for extra, message in cases:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             AgentConfig.from_mapping({**base, **extra}, env={})
-    cfg = AgentConfig.from_mapping({**base, "telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}},
-                                   env={"TANDEM_AGENT_SERVER_TAGS": "site=lab, line=2",
-                                        "TANDEM_AGENT_TELEMETRY_WINDOW_S": "2.5",
-                                        "TANDEM_AGENT_TELEMETRY_ENABLED": "false"})
+    cfg = AgentConfig.from_mapping(
+        {**base, "telemetry": {"mqtt_url": "mqtt://127.0.0.1:1883"}},
+        env={
+            "TANDEM_AGENT_SERVER_TAGS": "site=lab, line=2",
+            "TANDEM_AGENT_TELEMETRY_WINDOW_S": "2.5",
+            "TANDEM_AGENT_TELEMETRY_ENABLED": "false",
+        },
+    )
     assert cfg.server.tags == {"site": "lab", "line": "2"} and cfg.telemetry.window_s == 2.5
     assert not cfg.telemetry_on and cfg.model_store_dir == cfg.hard_examples.data_dir / "models"
-    assert not AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path}).telemetry_on  # no broker: edge-only
+    assert not AgentConfig.from_keys(
+        {"trust.allow_unsigned": True, "model.dir": tmp_path}
+    ).telemetry_on  # no broker: edge-only
 
 
 def test_example_config_loads(tmp_path):
@@ -98,17 +121,28 @@ def test_observer_reports_figures_since_the_previous_probe():
 @pytest.fixture(scope="module")
 def two_versions(digits_dir, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("swap-models")
-    return (make_model_dir(digits_dir / "edge.onnx", root / "v1", version="1.0.0"),
-            make_model_dir(digits_dir / "edge.onnx", root / "v2", version="1.1.0"))
+    return (
+        make_model_dir(digits_dir / "edge.onnx", root / "v1", version="1.0.0"),
+        make_model_dir(digits_dir / "edge.onnx", root / "v2", version="1.1.0"),
+    )
 
 
 @pytest.mark.parametrize("inline_max_us", [200.0, 0.0], ids=["inline", "worker"])
 def test_hot_swap_under_load_drops_no_request_and_flips_once(two_versions, digits_dir, tmp_path, inline_max_us):
     """Requests keep coming from 8 clients; on the worker path some wait in the old batcher's queue at the flip."""
     v1, v2 = two_versions
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": v1, "server.endpoint": f"ipc://{tmp_path}/swap.sock", "hard_examples.data_dir": tmp_path / "data",
-                      "server.device_id": "swap-dev", "policy.threshold": 0.5, "batch.inline_max_us": inline_max_us,
-                      "batch.solo_inline_max_us": inline_max_us * 100})  # worker: no solo inline runs either
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": v1,
+            "server.endpoint": f"ipc://{tmp_path}/swap.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+            "server.device_id": "swap-dev",
+            "policy.threshold": 0.5,
+            "batch.inline_max_us": inline_max_us,
+            "batch.solo_inline_max_us": inline_max_us * 100,
+        }
+    )  # worker: no solo inline runs either
     inputs = _inputs(digits_dir)
     with Agent(cfg) as agent:
         loads = [Load(agent.endpoint, inputs[i::8], pause_s=0.0).start() for i in range(8)]
@@ -148,7 +182,11 @@ def hub_env(ota_releases, tmp_path_factory):
         pytest.skip("mosquitto not installed")
     root = tmp_path_factory.mktemp("agent-hub")
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url))
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url
+        )
+    )
     hub.add_service(HubTelemetry())
     http = None
     try:
@@ -163,8 +201,15 @@ def hub_env(ota_releases, tmp_path_factory):
         pem.write_text(hub.key.public_pem if isinstance(hub.key.public_pem, str) else hub.key.public_pem.decode())
         operator = hub.tokens.create("operator", "operate").token
         http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
-        yield SimpleNamespace(hub=hub, broker=broker, telemetry=telemetry, http=http, pem=pem,
-                              device_token=hub.tokens.create("fleet", "read").token, releases=ota_releases)
+        yield SimpleNamespace(
+            hub=hub,
+            broker=broker,
+            telemetry=telemetry,
+            http=http,
+            pem=pem,
+            device_token=hub.tokens.create("fleet", "read").token,
+            releases=ota_releases,
+        )
     finally:
         if http is not None:
             http.close()
@@ -180,12 +225,25 @@ def hub_env(ota_releases, tmp_path_factory):
 def _agent(env: SimpleNamespace, device_id: str, ring: str, tmp_path: Path, overrides: dict | None = None) -> Agent:
     env.hub.devices.register(device_id, PROFILE, "test", {"ring": ring})
     values = {
-        "trust.allow_unsigned": True, "model.dir": env.releases["1.0.0"], "model.profile": PROFILE, "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock",
-        "server.device_id": device_id, "server.tags": {"ring": ring}, "policy.threshold": 0.5,
-        "hard_examples.data_dir": tmp_path / device_id, "health.http_port": 0, "telemetry.mqtt_url": env.broker.url,
-        "telemetry.window_s": 0.3, "ota.enabled": True, "ota.trusted_key": env.pem, "ota.hub_token": env.device_token,
-        "ota.watch_s": WATCH_S, "ota.min_requests": 20, "ota.max_fallback_rise": 0.3,
-        "ota.max_latency_ratio": 100.0}  # latency loose: p95 ratios on two shared cores are noise
+        "trust.allow_unsigned": True,
+        "model.dir": env.releases["1.0.0"],
+        "model.profile": PROFILE,
+        "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock",
+        "server.device_id": device_id,
+        "server.tags": {"ring": ring},
+        "policy.threshold": 0.5,
+        "hard_examples.data_dir": tmp_path / device_id,
+        "health.http_port": 0,
+        "telemetry.mqtt_url": env.broker.url,
+        "telemetry.window_s": 0.3,
+        "ota.enabled": True,
+        "ota.trusted_key": env.pem,
+        "ota.hub_token": env.device_token,
+        "ota.watch_s": WATCH_S,
+        "ota.min_requests": 20,
+        "ota.max_fallback_rise": 0.3,
+        "ota.max_latency_ratio": 100.0,
+    }  # latency loose: p95 ratios on two shared cores are noise
     values.update(overrides or {})
     return Agent(AgentConfig.from_keys(values)).start()
 
@@ -199,14 +257,23 @@ def _answered(rows: list[dict]) -> int:
 
 
 def _rollout(env: SimpleNamespace, version: str, ring: str) -> str:
-    resp = env.http.post("/v1/rollouts", json={"model": MODEL, "version": version, "waves": [100], "gates": GATES,
-                                               "select": {"profile": PROFILE, "ring": ring}})
+    resp = env.http.post(
+        "/v1/rollouts",
+        json={
+            "model": MODEL,
+            "version": version,
+            "waves": [100],
+            "gates": GATES,
+            "select": {"profile": PROFILE, "ring": ring},
+        },
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["rollout_id"]
 
 
-def _rollout_reaches(env: SimpleNamespace, rollout_id: str, statuses: tuple[str, ...], settle=lambda b: True,
-                     timeout_s: float = 60) -> dict:
+def _rollout_reaches(
+    env: SimpleNamespace, rollout_id: str, statuses: tuple[str, ...], settle=lambda b: True, timeout_s: float = 60
+) -> dict:
     body: dict = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -219,20 +286,31 @@ def _rollout_reaches(env: SimpleNamespace, rollout_id: str, statuses: tuple[str,
 
 @pytest.mark.slow
 def test_windows_summarize_inputs_over_the_manifests_drift_edges_and_wait_on_disk_without_a_broker(
-        ota_releases, digits_dir, tmp_path):
+    ota_releases, digits_dir, tmp_path
+):
     from telemetry_fixtures import free_port
 
     from tandem.edge_agent.client import AgentClient
     from tandem.protocols.telemetry_codec import decode_window, window_to_dict
 
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ota_releases["1.0.0"], "server.endpoint": f"ipc://{tmp_path}/d.sock", "hard_examples.data_dir": tmp_path / "d",
-                      "server.device_id": "no-broker", "server.tags": {"site": "lab"}, "policy.threshold": 0.5,
-                      "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}", "telemetry.window_s": 3600})  # nobody listens there
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": ota_releases["1.0.0"],
+            "server.endpoint": f"ipc://{tmp_path}/d.sock",
+            "hard_examples.data_dir": tmp_path / "d",
+            "server.device_id": "no-broker",
+            "server.tags": {"site": "lab"},
+            "policy.threshold": 0.5,
+            "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}",
+            "telemetry.window_s": 3600,
+        }
+    )  # nobody listens there
     inputs = _inputs(digits_dir)
     with Agent(cfg) as agent:
         with AgentClient(agent.endpoint) as client:
             for i in range(5):
-                assert client.infer(inputs[i:i + 1]).model_version == "1.0.0"
+                assert client.infer(inputs[i : i + 1]).model_version == "1.0.0"
             client.infer(inputs[5:8])  # one request, three rows
         agent.telemetry.flush()
         [(seq, payload)] = agent.telemetry.outbox.pending()
@@ -255,7 +333,7 @@ def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub
 
         with AgentClient(agent.endpoint) as client:
             for i in range(30):
-                client.infer(inputs[i:i + 1])
+                client.infer(inputs[i : i + 1])
             with pytest.raises(Exception, match="shape"):
                 client.infer(np.zeros((1, 10), np.float32))  # an error reply is counted too
         assert wait_for(lambda: _answered(_stored(hub_env, "agent-tel")) >= 1, 15), "no window reached the hub"
@@ -266,8 +344,9 @@ def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub
         agent.stop()  # closes the open window and waits for the broker to have it
     assert wait_for(lambda: _answered(_stored(hub_env, "agent-tel")) == 31, 15)
     rows = _stored(hub_env, "agent-tel")
-    assert {(r["device_id"], r["model_name"], r["model_version"], r["profile"]) for r in rows} == \
-        {("agent-tel", MODEL, "1.0.0", PROFILE)}
+    assert {(r["device_id"], r["model_name"], r["model_version"], r["profile"]) for r in rows} == {
+        ("agent-tel", MODEL, "1.0.0", PROFILE)
+    }
     assert sum(r["edge"] for r in rows) == 30 and sum(r["error"] for r in rows) == 1
     assert [r["sequence"] for r in rows] == list(range(1, len(rows) + 1))  # every window, in order, once
 
@@ -275,7 +354,8 @@ def test_agent_streams_windows_the_hub_stores_with_device_version_and_counts(hub
 @pytest.mark.slow
 @needs_mosquitto
 def test_rollout_over_rest_moves_a_serving_agent_to_the_new_version_without_a_failed_request(
-        hub_env, digits_dir, tmp_path):
+    hub_env, digits_dir, tmp_path
+):
     agent = _agent(hub_env, "agent-swap", "swap", tmp_path)
     load = None
     try:
@@ -324,8 +404,9 @@ def test_collapsed_release_is_rolled_back_by_the_agents_health_watch(hub_env, di
         load = Load(agent.endpoint, _inputs(digits_dir)).start()
         assert load.wait_answers(50)
         rid = _rollout(hub_env, "1.3.0", "bad")
-        body = _rollout_reaches(hub_env, rid, ("halted",),
-                                settle=lambda b: all(d["state"] == "rolled_back" for d in b["device_states"]))
+        body = _rollout_reaches(
+            hub_env, rid, ("halted",), settle=lambda b: all(d["state"] == "rolled_back" for d in b["device_states"])
+        )
         assert "fallback rate" in body["device_states"][0]["reason"], body["device_states"]
         assert load.wait_answers(len(load.versions) + 50)
         load.stop()
@@ -359,18 +440,29 @@ def test_cli_run_says_what_it_serves_and_status_shows_ota_and_telemetry(two_vers
 
     root = Path(__file__).resolve().parents[1]
     pem = tmp_path / "release.pem"
-    pem.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     broker = Broker(tmp_path / "mosquitto")
     port = free_port()
     config = tmp_path / "agent.toml"
-    config.write_text(f'[model]\ndir = "{two_versions[0]}"\n[server]\nendpoint = "ipc://{tmp_path}/a.sock"\n'
-                      f'device_id = "cli-dev"\ntags = {{ site = "lab" }}\n[health]\nhttp_port = {port}\n'
-                      f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{broker.url}"\n'
-                      f'[ota]\nenabled = true\ntrusted_key = "release.pem"\n[trust]\nallow_unsigned = true\n')
+    config.write_text(
+        f'[model]\ndir = "{two_versions[0]}"\n[server]\nendpoint = "ipc://{tmp_path}/a.sock"\n'
+        f'device_id = "cli-dev"\ntags = {{ site = "lab" }}\n[health]\nhttp_port = {port}\n'
+        f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{broker.url}"\n'
+        f'[ota]\nenabled = true\ntrusted_key = "release.pem"\n[trust]\nallow_unsigned = true\n'
+    )
     cli = [sys.executable, "-m", "tandem.edge_agent.cli"]
-    proc = subprocess.Popen([*cli, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=root, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [*cli, "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env=dict(os.environ),
+    )
     lines: list[str] = []
 
     def read_stderr() -> None:  # on a thread: the test never blocks on a pipe
@@ -385,8 +477,9 @@ def test_cli_run_says_what_it_serves_and_status_shows_ota_and_telemetry(two_vers
         assert f"store {tmp_path / 'state' / 'models'}" in line, line
         done = None
         for _ in range(50):  # the health line says connected once the MQTT session is up
-            done = subprocess.run([*cli, "status", "--config", str(config)], capture_output=True, text=True,
-                                  cwd=root, timeout=30)
+            done = subprocess.run(
+                [*cli, "status", "--config", str(config)], capture_output=True, text=True, cwd=root, timeout=30
+            )
             if "DISCONNECTED" not in done.stdout:
                 break
             time.sleep(0.2)
@@ -411,9 +504,13 @@ def _daemon(config: Path, lines: list[str]):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tandem.edge_agent.cli", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
     def read_stderr() -> None:
         for text in proc.stderr:
@@ -439,10 +536,11 @@ def test_daemon_killed_during_the_watch_restarts_into_the_complete_old_version(h
     config.write_text(
         f'[model]\ndir = "{hub_env.releases["1.0.0"]}"\n[server]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
         f'device_id = "agent-kill"\ntags = {{ ring = "kill" }}\n[policy]\nthreshold = 0.5\n'
-        f'[health]\nhttp_port = {port}\n'
+        f"[health]\nhttp_port = {port}\n"
         f'[hard_examples]\ndata_dir = "state"\n[telemetry]\nmqtt_url = "{hub_env.broker.url}"\n'
         f'[ota]\nenabled = true\ntrusted_key = "{hub_env.pem}"\nhub_token = "{hub_env.device_token}"\n'
-        '[trust]\nallow_unsigned = true\n')
+        "[trust]\nallow_unsigned = true\n"
+    )
 
     def ota() -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
@@ -490,16 +588,32 @@ def test_agent_telemetry_and_ota_connect_over_mutual_tls(two_versions, tmp_path)
     files = pki.issue_device("tls-dev")
     port = free_port()
     conf = write_mosquitto_config(pki, MosquittoTlsConfig(tmp_path / "mq", port=port, persistence=False))
-    broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL)
+    broker = subprocess.Popen(
+        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
     pem = tmp_path / "release.pem"
-    pem.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     try:
         assert wait_for_port("127.0.0.1", port, 10, alive=lambda: broker.poll() is None)
-        cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": two_versions[0], "server.endpoint": f"ipc://{tmp_path}/t.sock", "hard_examples.data_dir": tmp_path / "d",
-                          "server.device_id": "tls-dev", "telemetry.mqtt_url": f"mqtts://127.0.0.1:{port}", "telemetry.mqtt_tls_ca": files.ca,
-                          "telemetry.mqtt_tls_cert": files.cert, "telemetry.mqtt_tls_key": files.key, "ota.enabled": True, "ota.trusted_key": pem})
+        cfg = AgentConfig.from_keys(
+            {
+                "trust.allow_unsigned": True,
+                "model.dir": two_versions[0],
+                "server.endpoint": f"ipc://{tmp_path}/t.sock",
+                "hard_examples.data_dir": tmp_path / "d",
+                "server.device_id": "tls-dev",
+                "telemetry.mqtt_url": f"mqtts://127.0.0.1:{port}",
+                "telemetry.mqtt_tls_ca": files.ca,
+                "telemetry.mqtt_tls_cert": files.cert,
+                "telemetry.mqtt_tls_key": files.key,
+                "ota.enabled": True,
+                "ota.trusted_key": pem,
+            }
+        )
         with Agent(cfg) as agent:
             from tandem.edge_agent.client import AgentClient
 

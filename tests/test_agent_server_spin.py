@@ -77,8 +77,9 @@ def test_requests_that_arrive_during_the_spin_are_all_answered(tmp_path: Path) -
     server = ZmqServer(f"ipc://{tmp_path}/spin.sock", _echo, spin_us=LONG_SPIN_US).start()
     results: list[list[float]] = []
     try:
-        threads = [threading.Thread(target=lambda: results.append(_round_trips(server.endpoint, REQUESTS)))
-                   for _ in range(2)]
+        threads = [
+            threading.Thread(target=lambda: results.append(_round_trips(server.endpoint, REQUESTS))) for _ in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -95,6 +96,7 @@ def test_no_spin_while_an_answer_waits_on_the_loop(tmp_path: Path) -> None:
         async def answer():
             await asyncio.sleep(0.001)
             return _echo(frames)
+
         return answer()
 
     medians = {}

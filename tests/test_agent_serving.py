@@ -30,8 +30,17 @@ def digits_test(digits_dir):
 @pytest.fixture(scope="module")
 def agent(digits_model_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": digits_model_dir, "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data",
-                      "health.http_port": 0, "server.device_id": "test-device", "policy.threshold": 0.0})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": digits_model_dir,
+            "server.endpoint": f"ipc://{run}/agent.sock",
+            "hard_examples.data_dir": run / "data",
+            "health.http_port": 0,
+            "server.device_id": "test-device",
+            "policy.threshold": 0.0,
+        }
+    )
     with Agent(cfg) as a:
         yield a
 
@@ -42,11 +51,11 @@ def test_local_answers_match_the_runtime_called_directly(agent, digits_model_dir
     want = bare.run({"input": x[:40]})[0]
     with AgentClient(agent.endpoint) as client:
         for i in range(40):
-            answer = client.infer({"input": x[i:i + 1]}, return_outputs=True)
+            answer = client.infer({"input": x[i : i + 1]}, return_outputs=True)
             assert answer.source == "edge"
             assert answer.labels == [int(np.argmax(want[i]))]
             assert answer.confidence[0] == pytest.approx(float(want[i].max()), abs=1e-5)
-            np.testing.assert_allclose(answer.outputs["probabilities"], want[i:i + 1], atol=1e-6)
+            np.testing.assert_allclose(answer.outputs["probabilities"], want[i : i + 1], atol=1e-6)
             assert answer.model_name == "digits" and answer.model_version == "1.0.0"
     accuracy = np.mean(np.argmax(want, axis=1) == y[:40])
     assert accuracy > 0.8
@@ -75,26 +84,26 @@ def test_async_client_keeps_many_requests_in_flight(agent, digits_test):
 
     async def main():
         async with AsyncAgentClient(agent.endpoint) as client:
-            answers = await asyncio.gather(*[client.infer(x[i:i + 1]) for i in range(64)])
+            answers = await asyncio.gather(*[client.infer(x[i : i + 1]) for i in range(64)])
         return answers
 
     answers = asyncio.run(main())
     with AgentClient(agent.endpoint) as client:
-        expected = [client.infer(x[i:i + 1]).labels for i in range(64)]
+        expected = [client.infer(x[i : i + 1]).labels for i in range(64)]
     assert [a.labels for a in answers] == expected
 
 
 def test_concurrent_threads_each_get_their_own_answers(agent, digits_test):
     x, _ = digits_test
     with AgentClient(agent.endpoint) as client:
-        expected = [client.infer(x[i:i + 1]).labels[0] for i in range(50)]
+        expected = [client.infer(x[i : i + 1]).labels[0] for i in range(50)]
     errors: list[str] = []
 
     def worker(offset: int) -> None:
         with AgentClient(agent.endpoint) as client:
             for k in range(50):
                 i = (k + offset) % 50
-                got = client.infer(x[i:i + 1]).labels[0]
+                got = client.infer(x[i : i + 1]).labels[0]
                 if got != expected[i]:
                     errors.append(f"row {i}: {got} != {expected[i]}")
 
@@ -127,8 +136,17 @@ def ocr_model_dir(ocr_cls_model, tmp_path_factory):
 
 
 def test_concurrent_requests_are_micro_batched_on_the_ocr_classifier(ocr_model_dir, tmp_path):
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ocr_model_dir, "server.endpoint": f"ipc://{tmp_path}/ocr.sock", "hard_examples.data_dir": tmp_path / "data",
-                      "policy.threshold": 0.0, "batch.window_us": 2000, "batch.max_batch": 8})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": ocr_model_dir,
+            "server.endpoint": f"ipc://{tmp_path}/ocr.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+            "policy.threshold": 0.0,
+            "batch.window_us": 2000,
+            "batch.max_batch": 8,
+        }
+    )
     rng = np.random.default_rng(0)
     xs = [rng.random((1, 3, 48, 192), dtype=np.float32) for _ in range(24)]
     bare = load_session("onnxruntime", ocr_model_dir / "variants" / "ort-fp32.onnx")
@@ -155,8 +173,17 @@ def test_concurrent_requests_are_micro_batched_on_the_ocr_classifier(ocr_model_d
 def test_overload_gets_an_error_reply_not_a_hang(ocr_model_dir, tmp_path):
     from tandem.edge_agent.errors import OverloadedError
 
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ocr_model_dir, "server.endpoint": f"ipc://{tmp_path}/ocr.sock", "hard_examples.data_dir": tmp_path / "data",
-                      "policy.threshold": 0.0, "batch.max_batch": 1, "batch.max_queue": 1})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": ocr_model_dir,
+            "server.endpoint": f"ipc://{tmp_path}/ocr.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+            "policy.threshold": 0.0,
+            "batch.max_batch": 1,
+            "batch.max_queue": 1,
+        }
+    )
     x = np.zeros((1, 3, 48, 192), np.float32)
 
     async def main(endpoint):
@@ -180,8 +207,18 @@ def test_logits_model_scored_through_a_named_output_and_softmax(tmp_path):
 
     onnx_path = make_linear_softmax(tmp_path / "src" / "logits.onnx", n_in=4, n_out=3, softmax=False)
     model_dir = make_model_dir(onnx_path, tmp_path / "model", name="logits")
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "server.endpoint": f"ipc://{tmp_path}/l.sock", "hard_examples.data_dir": tmp_path / "data",
-                      "policy.output": "y", "policy.transform": "softmax", "policy.kind": "margin", "policy.threshold": 0.0})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "server.endpoint": f"ipc://{tmp_path}/l.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+            "policy.output": "y",
+            "policy.transform": "softmax",
+            "policy.kind": "margin",
+            "policy.threshold": 0.0,
+        }
+    )
     x = np.array([[1.0, -2.0, 0.5, 3.0]], np.float32)
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         answer = client.infer(x, return_outputs=True)
@@ -192,8 +229,15 @@ def test_logits_model_scored_through_a_named_output_and_softmax(tmp_path):
 def test_stop_with_requests_in_flight_is_clean(ocr_model_dir, tmp_path):
     from tandem.edge_agent.errors import AgentError
 
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": ocr_model_dir, "server.endpoint": f"ipc://{tmp_path}/ocr.sock", "hard_examples.data_dir": tmp_path / "data",
-                      "policy.threshold": 0.0})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": ocr_model_dir,
+            "server.endpoint": f"ipc://{tmp_path}/ocr.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+            "policy.threshold": 0.0,
+        }
+    )
     agent = Agent(cfg).start()
     x = np.zeros((4, 3, 48, 192), np.float32)
     errors: list[BaseException] = []

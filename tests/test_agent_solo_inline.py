@@ -29,9 +29,18 @@ def ocr_dir(ocr_cls_model, tmp_path_factory) -> Path:
 
 
 def _config(model_dir: Path, run: Path, overrides: dict | None = None) -> AgentConfig:
-    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "server.endpoint": f"ipc://{run}/agent.sock", "hard_examples.data_dir": run / "data",
-                       "policy.threshold": 0.0, "batch.window_us": 2000, "batch.max_batch": 8,
-                                  **(overrides or {})})
+    return AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "server.endpoint": f"ipc://{run}/agent.sock",
+            "hard_examples.data_dir": run / "data",
+            "policy.threshold": 0.0,
+            "batch.window_us": 2000,
+            "batch.max_batch": 8,
+            **(overrides or {}),
+        }
+    )
 
 
 def _serial(agent: Agent, xs: list[np.ndarray]) -> list:
@@ -46,7 +55,9 @@ def test_a_lone_client_runs_a_1ms_model_inline_with_the_same_answers(ocr_dir, tm
         inline = _serial(agent, xs)
         stats = agent.batcher.stats()
         run_s = agent.batcher.run_ewma_s
-        assert run_s is not None and run_s > agent.config.batch.inline_max_us / 1e6, "the model must be above inline_max_us"
+        assert run_s is not None and run_s > agent.config.batch.inline_max_us / 1e6, (
+            "the model must be above inline_max_us"
+        )
     with Agent(_config(ocr_dir, tmp_path / "worker", {"batch.solo_inline_max_us": 0})) as agent:
         worker = _serial(agent, xs)
         worker_stats = agent.batcher.stats()
@@ -91,6 +102,7 @@ def test_the_server_tells_lone_requests_from_overlapping_ones(tmp_path):
 
     server = ZmqServer(f"ipc://{tmp_path}/c.sock", slow_echo, concurrency=concurrency).start()
     try:
+
         def client(count: int) -> None:
             sock = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)

@@ -26,8 +26,16 @@ def _compile(tmp, seed: int):
     d.mkdir()
     model = stream_model(d / "vad.onnx", seed=seed)
     np.savez(d / "d.npz", **stream_data(64, 1))
-    opts = CompileOptions(model=model, profiles=["ort-fp32"], calib=d / "d.npz", val=d / "d.npz", out=d / "out",
-                          signing_key=tmp / "k.pem", timing=False, profile_dirs=[tmp / "profiles"])
+    opts = CompileOptions(
+        model=model,
+        profiles=["ort-fp32"],
+        calib=d / "d.npz",
+        val=d / "d.npz",
+        out=d / "out",
+        signing_key=tmp / "k.pem",
+        timing=False,
+        profile_dirs=[tmp / "profiles"],
+    )
     return model, compile_model(opts).out
 
 
@@ -56,11 +64,19 @@ def test_streams_keep_the_edge_state_and_a_fallback_never_replaces_it(compiled):
     hub = InferenceServer(cloud_dir, hub_profile="ort-fp32")
     hub.start()
     try:
-        cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": edge_dir,
-                                     "model.variant": "onnxruntime-fp32", "server.endpoint": f"ipc://{tmp}/a.sock",
-                                     "hard_examples.data_dir": tmp / "data",
-                                     "fallback.hub_url": hub.address, "fallback.hub_model": "vad"})
+        cfg = AgentConfig.from_keys(
+            {
+                "trust.allow_unsigned": True,
+                "model.dir": edge_dir,
+                "model.variant": "onnxruntime-fp32",
+                "server.endpoint": f"ipc://{tmp}/a.sock",
+                "hard_examples.data_dir": tmp / "data",
+                "fallback.hub_url": hub.address,
+                "fallback.hub_model": "vad",
+            }
+        )
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+
             def step(stream, audio, mode="edge"):
                 return client.infer({"audio": audio, "sr": sr}, stream_id=stream, mode=mode, return_outputs=True)
 
@@ -72,7 +88,9 @@ def test_streams_keep_the_edge_state_and_a_fallback_never_replaces_it(compiled):
                 client.infer([chunks[0], sr], stream_id="c")
     finally:
         hub.stop()
-    p = lambda ans: float(ans.outputs["output"][0, 0]) if "output" in ans.outputs else float(next(iter(ans.outputs.values()))[0, 0])  # noqa: E731
+    p = lambda ans: (
+        float(ans.outputs["output"][0, 0]) if "output" in ans.outputs else float(next(iter(ans.outputs.values()))[0, 0])
+    )  # noqa: E731
     ref_a = reference([chunks[0], chunks[1], chunks[2], chunks[5]])
     ref_b = reference([chunks[3], chunks[4]])
     assert [p(a[0]), p(a[2])] == pytest.approx(ref_a[:2], abs=1e-5)

@@ -66,9 +66,10 @@ def test_nan_outputs_are_never_confident():
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(2, 12)),
-                  elements=st.floats(-20, 20, width=32)),
-       st.sampled_from(["max_prob", "margin", "entropy"]))
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(2, 12)), elements=st.floats(-20, 20, width=32)),
+    st.sampled_from(["max_prob", "margin", "entropy"]),
+)
 def test_every_measure_lies_in_0_1_and_labels_are_the_argmax(logits, kind):
     policy = ConfidencePolicy(kind, 0.5, transform="softmax")
     scores = policy.score([logits])
@@ -83,18 +84,26 @@ def test_every_measure_lies_in_0_1_and_labels_are_the_argmax(logits, kind):
 def test_env_overrides_the_file_and_errors_name_the_key(tmp_path):
     path = tmp_path / "agent.toml"
     path.write_text('[model]\ndir = "models/digits"\n[fallback]\ndeadline_ms = 200\nhub_url = "h:1"\n')
-    cfg = AgentConfig.load(path, env={"TANDEM_AGENT_FALLBACK_DEADLINE_MS": "120", "TANDEM_AGENT_MODEL_ALLOW_NAN": "true",
-                                      "TANDEM_AGENT_FALLBACK_HUB_URL": ""})
+    cfg = AgentConfig.load(
+        path,
+        env={
+            "TANDEM_AGENT_FALLBACK_DEADLINE_MS": "120",
+            "TANDEM_AGENT_MODEL_ALLOW_NAN": "true",
+            "TANDEM_AGENT_FALLBACK_HUB_URL": "",
+        },
+    )
     assert cfg.fallback.deadline_ms == 120 and cfg.model.allow_nan is True and cfg.fallback.hub_url is None
     assert cfg.model.dir == tmp_path / "models" / "digits"
-    for text, key in [('model.dir = "x"\n[policy]\nkind = "vote"\n', "policy.kind"),
-                      ('model.dir = "x"\n[batch]\nmax_batch = 1.5\n', "batch.max_batch"),
-                      ('model.dir = "x"\n[server]\nendpoint = "http://x"\n', "server.endpoint"),
-                      ('model.dir = "x"\n[policy]\nthreshhold = 0.3\n', "policy.threshhold: unknown key (did you mean 'threshold'?"),
-                      ('model.dir = "x"\nthreshold = 0.3\n', "threshold: unknown key"),
-                      ('model.dir = "x"\n[health]\nhttp_port = 70000\n', "health.http_port"),
-                      ("[model]\nprofile = 'cpu-x86'\n", "model.dir: required"),
-                      ("model.dir = [\n", "not valid TOML")]:
+    for text, key in [
+        ('model.dir = "x"\n[policy]\nkind = "vote"\n', "policy.kind"),
+        ('model.dir = "x"\n[batch]\nmax_batch = 1.5\n', "batch.max_batch"),
+        ('model.dir = "x"\n[server]\nendpoint = "http://x"\n', "server.endpoint"),
+        ('model.dir = "x"\n[policy]\nthreshhold = 0.3\n', "policy.threshhold: unknown key (did you mean 'threshold'?"),
+        ('model.dir = "x"\nthreshold = 0.3\n', "threshold: unknown key"),
+        ('model.dir = "x"\n[health]\nhttp_port = 70000\n', "health.http_port"),
+        ("[model]\nprofile = 'cpu-x86'\n", "model.dir: required"),
+        ("model.dir = [\n", "not valid TOML"),
+    ]:
         path.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(key)):
             AgentConfig.load(path, env={})
@@ -104,8 +113,12 @@ def test_env_overrides_the_file_and_errors_name_the_key(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(hnp.arrays(st.sampled_from([np.float32, np.float16, np.int8, np.uint8, np.int64, np.bool_]),
-                  hnp.array_shapes(min_dims=0, max_dims=4, max_side=5)))
+@given(
+    hnp.arrays(
+        st.sampled_from([np.float32, np.float16, np.int8, np.uint8, np.int64, np.bool_]),
+        hnp.array_shapes(min_dims=0, max_dims=4, max_side=5),
+    )
+)
 def test_request_round_trips_without_copying(array):
     frames = encode_request({"x": array}, request_id="r", threshold=0.25)
     header, arrays = decode_request([bytes(f) for f in frames])
@@ -164,10 +177,23 @@ def test_match_inputs_names_the_problem():
 def test_hard_example_queue_is_bounded_drops_oldest_and_survives_reopen(tmp_path):
     path = tmp_path / "hard.sqlite"
     q = HardExampleQueue(path, max_rows=5)
-    threads = [threading.Thread(target=lambda k=k: [q.put({"x": np.full((1, 4), k * 10 + i, np.float32)},
-                                                          request_id=f"{k}-{i}", model="m", version="1.0.0",
-                                                          label=i, confidence=0.1, source="edge")
-                                                    for i in range(4)]) for k in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda k=k: [
+                q.put(
+                    {"x": np.full((1, 4), k * 10 + i, np.float32)},
+                    request_id=f"{k}-{i}",
+                    model="m",
+                    version="1.0.0",
+                    label=i,
+                    confidence=0.1,
+                    source="edge",
+                )
+                for i in range(4)
+            ]
+        )
+        for k in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -197,13 +223,22 @@ def test_decoding_arbitrary_frames_raises_only_bad_request(frames):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["float32", "int64", "uint8", "bool", "complex64", ""]),
-                          st.lists(st.integers(-2, 5), max_size=4)), max_size=3),
-       st.lists(st.binary(max_size=48), max_size=3))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["float32", "int64", "uint8", "bool", "complex64", ""]),
+            st.lists(st.integers(-2, 5), max_size=4),
+        ),
+        max_size=3,
+    ),
+    st.lists(st.binary(max_size=48), max_size=3),
+)
 def test_decoding_wellformed_headers_with_mismatched_frames_raises_only_bad_request(tensors, payloads):
     from tandem.protocols import local_api_pb2 as pb
 
-    header = pb.RequestHeader(schema_version=1, inputs=[pb.TensorHeader(name="t", dtype=d, shape=s) for d, s in tensors])
+    header = pb.RequestHeader(
+        schema_version=1, inputs=[pb.TensorHeader(name="t", dtype=d, shape=s) for d, s in tensors]
+    )
     try:
         _, arrays = decode_request([header.SerializeToString(), *payloads])
     except BadRequestError:
@@ -212,9 +247,16 @@ def test_decoding_wellformed_headers_with_mismatched_frames_raises_only_bad_requ
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.dictionaries(st.text("abcxyz_", min_size=1, max_size=6),
-                       hnp.arrays(st.sampled_from([np.float32, np.float16, np.int64, np.uint8, np.bool_]),
-                                  hnp.array_shapes(min_dims=0, max_dims=3, max_side=4)), max_size=3))
+@given(
+    st.dictionaries(
+        st.text("abcxyz_", min_size=1, max_size=6),
+        hnp.arrays(
+            st.sampled_from([np.float32, np.float16, np.int64, np.uint8, np.bool_]),
+            hnp.array_shapes(min_dims=0, max_dims=3, max_side=4),
+        ),
+        max_size=3,
+    )
+)
 def test_hard_example_tensor_encoding_round_trips(inputs):
     from tandem.edge_agent.hard_examples import decode_tensors, encode_tensors
 

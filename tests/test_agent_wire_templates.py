@@ -25,17 +25,24 @@ def _same_request(a: list, b: list) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(request_id=st.text(max_size=limits.MAX_REQUEST_ID_CHARS), model_name=st.text(max_size=20),
-       threshold=st.none() | st.floats(0, 1, width=32), mode=st.sampled_from([pb.MODE_AUTO, pb.MODE_EDGE_ONLY,
-                                                                           pb.MODE_CLOUD_ONLY]),
-       return_outputs=st.booleans(), dtype=st.sampled_from(_DTYPES),
-       shape=st.lists(st.integers(0, 5), min_size=0, max_size=4), named=st.booleans())
-def test_template_frames_decode_like_encode_request(request_id, model_name, threshold, mode, return_outputs, dtype,
-                                                    shape, named):
+@given(
+    request_id=st.text(max_size=limits.MAX_REQUEST_ID_CHARS),
+    model_name=st.text(max_size=20),
+    threshold=st.none() | st.floats(0, 1, width=32),
+    mode=st.sampled_from([pb.MODE_AUTO, pb.MODE_EDGE_ONLY, pb.MODE_CLOUD_ONLY]),
+    return_outputs=st.booleans(),
+    dtype=st.sampled_from(_DTYPES),
+    shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
+    named=st.booleans(),
+)
+def test_template_frames_decode_like_encode_request(
+    request_id, model_name, threshold, mode, return_outputs, dtype, shape, named
+):
     x = (np.arange(int(np.prod(shape)), dtype=np.int64) % 7).astype(dtype).reshape(shape)
     inputs = {"input": x, "other": x.copy()} if named else [x]
-    kw = dict(request_id=request_id, model_name=model_name, threshold=threshold, mode=mode,
-              return_outputs=return_outputs)
+    kw = dict(
+        request_id=request_id, model_name=model_name, threshold=threshold, mode=mode, return_outputs=return_outputs
+    )
     templates = RequestTemplates()
     first = templates.frames(inputs, **kw)
     again = templates.frames(inputs, **{**kw, "request_id": request_id[::-1]})  # from the cached template
@@ -87,6 +94,7 @@ def test_a_known_layout_still_checks_every_frame_size():
         decode_request([good[0], b"\0" * 12])
     with pytest.raises(BadRequestError, match="negative dimension"):  # never cached: refused every time
         for _ in range(2):
-            header = pb.RequestHeader(schema_version=limits.LOCAL_API_SCHEMA_VERSION,
-                                      inputs=[pb.TensorHeader(dtype="float32", shape=[-1, 4])])
+            header = pb.RequestHeader(
+                schema_version=limits.LOCAL_API_SCHEMA_VERSION, inputs=[pb.TensorHeader(dtype="float32", shape=[-1, 4])]
+            )
             decode_request([header.SerializeToString(), b""])

@@ -19,9 +19,22 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_bench_quick_json_on_digits_edge(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compile.py"), "--quick", "--json", "--models", "digits-edge",
-         "--runtimes", "onnxruntime,openvino", "--profiles", "host,cpu-x86"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,  # ~150 s on a loaded 2-core VM
+        [
+            sys.executable,
+            str(ROOT / "bench" / "compile.py"),
+            "--quick",
+            "--json",
+            "--models",
+            "digits-edge",
+            "--runtimes",
+            "onnxruntime,openvino",
+            "--profiles",
+            "host,cpu-x86",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,  # ~150 s on a loaded 2-core VM
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)  # progress must stay on stderr
@@ -53,7 +66,9 @@ def test_bench_quick_json_on_digits_edge(tmp_path):
         ratio = model["ratios"][f"{rid}/fp32"]
         assert {"file_bytes", "weight_bytes", "latency_p50", "throughput_b8"} <= set(ratio)
         assert 0 < ratio["weight_bytes"] <= 0.3
-        assert ratio["weight_bytes"] == pytest.approx(rows[rid]["weight_bytes"] / rows[rid.split("-")[0] + "-fp32"]["weight_bytes"], abs=1e-3)
+        assert ratio["weight_bytes"] == pytest.approx(
+            rows[rid]["weight_bytes"] / rows[rid.split("-")[0] + "-fp32"]["weight_bytes"], abs=1e-3
+        )
     assert model["ratios"]["onnxruntime-fp16/fp32"]["weight_bytes"] == pytest.approx(0.5, abs=0.01)
     targets = report["targets"]
     built_int8 = {f"digits-edge:{r}" for r in int8_ids + ["openvino-int8-nncf"]}
@@ -73,9 +88,18 @@ def _bench_module():
 
 def test_a_skipped_or_failed_int8_recipe_is_a_missed_target():
     bench = _bench_module()
-    fp32 = {"runtime": "onnxruntime", "recipe": "onnxruntime-fp32", "precision": "fp32", "agreement": 1.0,
-            "latency_p50_ms": 1.0, "latency_p50_best_ms": 1.0, "throughput_b8": 100.0, "throughput_b8_best": 100.0,
-            "file_bytes": 1000, "weight_bytes": 1000}
+    fp32 = {
+        "runtime": "onnxruntime",
+        "recipe": "onnxruntime-fp32",
+        "precision": "fp32",
+        "agreement": 1.0,
+        "latency_p50_ms": 1.0,
+        "latency_p50_best_ms": 1.0,
+        "throughput_b8": 100.0,
+        "throughput_b8_best": 100.0,
+        "file_bytes": 1000,
+        "weight_bytes": 1000,
+    }
     good = {**fp32, "recipe": "onnxruntime-int8-u8s8", "precision": "int8", "agreement": 0.995, "weight_bytes": 260}
     failed = {"runtime": "onnxruntime", "recipe": "onnxruntime-int8-s8s8", "precision": "int8", "error": "Fail: boom"}
     skipped = {"runtime": "openvino", "recipe": "openvino-int8-nncf", "precision": "int8", "skipped": "nncf missing"}
@@ -84,9 +108,15 @@ def test_a_skipped_or_failed_int8_recipe_is_a_missed_target():
     t = bench.targets([model])
     assert t["int8_weight_ratio_le_0.3"]["digits-edge:onnxruntime-int8-u8s8/fp32"] == {"ratio": 0.26, "ok": True}
     assert t["int8_weight_ratio_le_0.3"]["digits-edge:onnxruntime-int8-s8s8/fp32"] == {
-        "ratio": None, "ok": False, "missing": "Fail: boom"}
+        "ratio": None,
+        "ok": False,
+        "missing": "Fail: boom",
+    }
     assert t["digits_int8_agreement_ge_0.99"]["digits-edge:openvino-int8-nncf"] == {
-        "agreement": None, "ok": False, "missing": "nncf missing"}
+        "agreement": None,
+        "ok": False,
+        "missing": "nncf missing",
+    }
     # every INT8 build failed: the targets are missed, and the table says so
     only_failed = {"model": "digits-edge", "variants": [fp32, failed], "ratios": bench.ratios([fp32, failed])}
     none_built = {"model": "digits-cloud", "variants": [fp32], "ratios": bench.ratios([fp32])}

@@ -17,9 +17,27 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "faults.py"
 
 @pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto not installed")
 def test_fast_faults_lose_and_duplicate_nothing():
-    done = subprocess.run([sys.executable, str(BENCH), "--json", "--only", "broker_sigterm,broker_sigkill,two_hubs",
-                           "--devices", "2", "--restarts", "1", "--between-s", "1.5", "--settle-s", "30"],
-                          env=python_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--json",
+            "--only",
+            "broker_sigterm,broker_sigkill,two_hubs",
+            "--devices",
+            "2",
+            "--restarts",
+            "1",
+            "--between-s",
+            "1.5",
+            "--settle-s",
+            "30",
+        ],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     faults = json.loads(done.stdout)["faults"]
     for name in ("broker_sigterm", "broker_sigkill"):

@@ -61,13 +61,21 @@ def test_compiled_digits_variants_reach_cloud_accuracy_at_the_default_threshold(
     modes = sbs["modes"]
     assert list(modes) == ["edge-only", "cloud-only", "hybrid"] and sbs["requests"] == report["samples"]
     assert modes["edge-only"]["hub_calls_per_1000"] == 0 and modes["edge-only"]["bytes_sent"] == 0
-    assert modes["cloud-only"]["hub_calls_per_1000"] == 1000 and modes["cloud-only"]["bytes_sent"] == \
-        sbs["requests"] * sbs["request_bytes"]
+    assert (
+        modes["cloud-only"]["hub_calls_per_1000"] == 1000
+        and modes["cloud-only"]["bytes_sent"] == sbs["requests"] * sbs["request_bytes"]
+    )
     assert 0 < modes["hybrid"]["bytes_sent"] < modes["cloud-only"]["bytes_sent"]
     assert sbs["policy"]["source"] == "calibration"  # the compiled threshold, as the agent would use it
     assert {k: t["met"] for k, t in sbs["targets"].items() if k != "met"} == dict.fromkeys(
-        ["cloud_beats_edge_by_1.5_points", "hybrid_within_0.3_points_of_cloud", "hybrid_fallback_le_0.10",
-         "hybrid_p50_within_1.2x_of_edge_only"], True), sbs["targets"]
+        [
+            "cloud_beats_edge_by_1.5_points",
+            "hybrid_within_0.3_points_of_cloud",
+            "hybrid_fallback_le_0.10",
+            "hybrid_p50_within_1.2x_of_edge_only",
+        ],
+        True,
+    ), sbs["targets"]
     assert report["targets"]["met"]
 
 
@@ -86,8 +94,9 @@ def test_side_by_side_targets_refuse_a_hybrid_that_never_falls_back_or_always_do
     assert never["hybrid_within_0.3_points_of_cloud"]["points"] == pytest.approx(2.5)
     always = judge_side_by_side({"edge-only": edge, "cloud-only": cloud, "hybrid": _mode(0.985, 0.8, 1000)})
     assert not always["hybrid_fallback_le_0.10"]["met"] and not always["hybrid_p50_within_1.2x_of_edge_only"]["met"]
-    weak_cloud = judge_side_by_side({"edge-only": edge, "cloud-only": _mode(0.965, 0.8, 1000),
-                                            "hybrid": _mode(0.965, 0.033, 80)})
+    weak_cloud = judge_side_by_side(
+        {"edge-only": edge, "cloud-only": _mode(0.965, 0.8, 1000), "hybrid": _mode(0.965, 0.033, 80)}
+    )
     assert not weak_cloud["cloud_beats_edge_by_1.5_points"]["met"]
 
 
@@ -96,7 +105,11 @@ def test_sweep_marks_the_manifest_threshold_as_the_default():
     edge = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]], np.float32)  # rows 1 and 3 wrong
     cloud = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]], np.float32)
     result = hybrid.sweep(edge, cloud, labels, manifest_task={"threshold": 0.85}, thresholds=[0.0, 0.7])
-    assert result["edge_accuracy"] == 0.5 and result["cloud_accuracy"] == 1.0 and result["edge_gap_to_cloud_points"] == 50.0
+    assert (
+        result["edge_accuracy"] == 0.5
+        and result["cloud_accuracy"] == 1.0
+        and result["edge_gap_to_cloud_points"] == 50.0
+    )
     mp = result["kinds"]["max_prob"]
     assert mp["default_threshold"] == 0.85
     by_t = {p["threshold"]: p for p in mp["sweep"]}
@@ -109,16 +122,32 @@ def test_sweep_marks_the_manifest_threshold_as_the_default():
 
 
 def test_cli_json_on_fp32_models_keeps_progress_on_stderr(digits_dir):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "hybrid.py"), "--json", "--fp32",
-                           "--digits-dir", str(digits_dir), "--thresholds", "0.5,0.9"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "hybrid.py"),
+            "--json",
+            "--fp32",
+            "--digits-dir",
+            str(digits_dir),
+            "--thresholds",
+            "0.5,0.9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     (edge,) = report["edges"]
     assert edge["variant"] == "edge.onnx" and report["cloud"]["variant"] == "cloud.onnx"
     assert [p["threshold"] for p in edge["kinds"]["max_prob"]["sweep"]] == [0.5, 0.8, 0.9]
-    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "hybrid.py"), "--thresholds", "0.5,2"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hybrid.py"), "--thresholds", "0.5,2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "thresholds must be numbers in [0, 1]" in bad.stderr
 
 
@@ -127,11 +156,27 @@ def test_demo_summary_leads_with_the_side_by_side():
 
     edge, cloud, mixed = _mode(0.960, 0.03, 0), _mode(0.985, 0.8, 1000), _mode(0.983, 0.033, 80)
     modes = {"edge-only": edge, "cloud-only": cloud, "hybrid": mixed}
-    sbs = {"requests": 1000, "edge_variant": "onnxruntime-fp32", "profile": "cpu-x86", "hub_model": "digits-cloud",
-           "hub_variant": "onnxruntime-int8", "policy": {"kind": "max_prob", "threshold": 0.77, "source": "calibration"},
-           "request_bytes": 354, "modes": modes, "targets": judge_side_by_side(modes)}
-    text = format_summary({"seconds": 90.0, "edge_report": "e/report.md", "cloud_report": "c/report.md",
-                           "variants": {}, "chosen": {}, "side_by_side": sbs})
+    sbs = {
+        "requests": 1000,
+        "edge_variant": "onnxruntime-fp32",
+        "profile": "cpu-x86",
+        "hub_model": "digits-cloud",
+        "hub_variant": "onnxruntime-int8",
+        "policy": {"kind": "max_prob", "threshold": 0.77, "source": "calibration"},
+        "request_bytes": 354,
+        "modes": modes,
+        "targets": judge_side_by_side(modes),
+    }
+    text = format_summary(
+        {
+            "seconds": 90.0,
+            "edge_report": "e/report.md",
+            "cloud_report": "c/report.md",
+            "variants": {},
+            "chosen": {},
+            "side_by_side": sbs,
+        }
+    )
     first = text.index("What the hybrid buys")
     assert first < text.index("compiled into these variants")
     lines = text[first:].splitlines()[:6]

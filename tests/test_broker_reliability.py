@@ -58,10 +58,10 @@ def test_restart_keeps_the_hub_session_and_queues_a_burst_past_the_old_default(t
         hub = _session(port, got, subscribe=True)
         hub.disconnect()
         hub.loop_stop()
-        broker.stop()                                        # SIGTERM: writes its persistence
-        broker = MosquittoBroker.start(workdir, port=port)   # same port, same data
-        _publish(port, BURST)                                # the hub is away: the broker must queue for it
-        hub = _session(port, got, subscribe=False)           # no resubscribe: the session came back from disk
+        broker.stop()  # SIGTERM: writes its persistence
+        broker = MosquittoBroker.start(workdir, port=port)  # same port, same data
+        _publish(port, BURST)  # the hub is away: the broker must queue for it
+        hub = _session(port, got, subscribe=False)  # no resubscribe: the session came back from disk
         assert wait_for(lambda: len(got) >= BURST, 30), f"{len(got)} of {BURST} delivered"
         hub.disconnect()
         hub.loop_stop()

@@ -13,11 +13,30 @@ from hypothesis.extra import numpy as hnp
 
 from tandem.edge_agent.policy import DEFAULT_THRESHOLDS, ConfidencePolicy, PolicyError, resolve_threshold
 from tandem.model_compiler.confidence import (
-    DEFAULT_REFERENCE_THRESHOLD, CalibrationInputs, Goal, calibrate_variant, fallback_rate, fit_temperature,
-    hybrid_accuracy, log_probs, nll, scaled_probs, split_fit_eval, threshold_for_budget, threshold_for_hybrid,
+    DEFAULT_REFERENCE_THRESHOLD,
+    CalibrationInputs,
+    Goal,
+    calibrate_variant,
+    fallback_rate,
+    fit_temperature,
+    hybrid_accuracy,
+    log_probs,
+    nll,
+    scaled_probs,
+    split_fit_eval,
+    threshold_for_budget,
+    threshold_for_hybrid,
 )
 from tandem.model_compiler.errors import CompileError
-from tandem.protocols.manifest import Calibration, FileEntry, Manifest, ManifestError, ProfileChoice, TensorSpec, Variant
+from tandem.protocols.manifest import (
+    Calibration,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    ProfileChoice,
+    TensorSpec,
+    Variant,
+)
 
 SHA = "cd" * 32
 
@@ -51,17 +70,22 @@ def test_probabilities_and_logits_calibrate_the_same():
     from_logits = fit_temperature(log_probs(logits, False), labels)
     from_probs = fit_temperature(log_probs(_softmax(logits).astype(np.float32), True), labels)
     assert from_probs == pytest.approx(from_logits, rel=1e-3)
-    np.testing.assert_allclose(scaled_probs(log_probs(_softmax(logits), True), 2.0),
-                               scaled_probs(log_probs(logits, False), 2.0), atol=1e-6)
+    np.testing.assert_allclose(
+        scaled_probs(log_probs(_softmax(logits), True), 2.0), scaled_probs(log_probs(logits, False), 2.0), atol=1e-6
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(2, 6)),
-                  elements=st.floats(-30, 30, allow_nan=False)),
-       st.data())
+@given(
+    hnp.arrays(
+        np.float64, st.tuples(st.integers(2, 40), st.integers(2, 6)), elements=st.floats(-30, 30, allow_nan=False)
+    ),
+    st.data(),
+)
 def test_calibrated_nll_never_exceeds_uncalibrated_on_the_fit_set(logits, data):
-    labels = np.array(data.draw(st.lists(st.integers(0, logits.shape[1] - 1), min_size=len(logits),
-                                         max_size=len(logits))))
+    labels = np.array(
+        data.draw(st.lists(st.integers(0, logits.shape[1] - 1), min_size=len(logits), max_size=len(logits)))
+    )
     logp = log_probs(logits, probabilities=False)
     t = fit_temperature(logp, labels)
     assert 0.05 <= t <= 20.0
@@ -149,8 +173,14 @@ def test_cli_help_names_the_calibration_flags():
     from tandem.model_compiler.cli import build_parser
 
     text = build_parser().format_help()
-    for flag in ("--confidence-goal", "--fallback-budget", "--reference-threshold", "--cloud-model",
-                 "--hybrid-within", "--no-confidence-calibration"):
+    for flag in (
+        "--confidence-goal",
+        "--fallback-budget",
+        "--reference-threshold",
+        "--cloud-model",
+        "--hybrid-within",
+        "--no-confidence-calibration",
+    ):
         assert flag in text
 
 
@@ -159,18 +189,39 @@ def test_cli_help_names_the_calibration_flags():
 
 def _manifest(calibration: Calibration | None) -> Manifest:
     spec = TensorSpec("input", "float32", [-1, 64])
-    variant = Variant(id="onnxruntime-int8", runtime="onnxruntime", precision="int8",
-                      files=[FileEntry("variants/m.onnx", SHA, 10)], inputs=[spec],
-                      outputs=[TensorSpec("probabilities", "float32", [-1, 10])], calibration=calibration)
-    return Manifest(name="digits", version="1.0.0", created_at="2026-12-01T00:00:00+00:00", expires_at=None,
-                    task={"kind": "classification", "output": "probabilities"}, inputs=[spec],
-                    outputs=variant.outputs, variants=[variant],
-                    profiles={"cpu-x86": ProfileChoice(chosen=variant.id, reason="only")}, target_profiles=["cpu-x86"])
+    variant = Variant(
+        id="onnxruntime-int8",
+        runtime="onnxruntime",
+        precision="int8",
+        files=[FileEntry("variants/m.onnx", SHA, 10)],
+        inputs=[spec],
+        outputs=[TensorSpec("probabilities", "float32", [-1, 10])],
+        calibration=calibration,
+    )
+    return Manifest(
+        name="digits",
+        version="1.0.0",
+        created_at="2026-12-01T00:00:00+00:00",
+        expires_at=None,
+        task={"kind": "classification", "output": "probabilities"},
+        inputs=[spec],
+        outputs=variant.outputs,
+        variants=[variant],
+        profiles={"cpu-x86": ProfileChoice(chosen=variant.id, reason="only")},
+        target_profiles=["cpu-x86"],
+    )
 
 
-CAL = Calibration(temperature=1.3, threshold=0.74, goal={"kind": "match-reference", "reference_threshold": 0.8},
-                  expected_fallback_rate=0.052, output="probabilities", expected_accuracy=0.98,
-                  expected_hybrid_accuracy=0.99, fit={"samples_fit": 135})
+CAL = Calibration(
+    temperature=1.3,
+    threshold=0.74,
+    goal={"kind": "match-reference", "reference_threshold": 0.8},
+    expected_fallback_rate=0.052,
+    output="probabilities",
+    expected_accuracy=0.98,
+    expected_hybrid_accuracy=0.99,
+    fit={"samples_fit": 135},
+)
 
 
 def test_manifest_round_trips_calibration_and_old_manifests_stay_identical():
@@ -182,13 +233,16 @@ def test_manifest_round_trips_calibration_and_old_manifests_stay_identical():
     assert Manifest.from_dict(old).to_dict() == old and Manifest.from_dict(old).variants[0].calibration is None
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda c: c.update(temperature=0), "calibration.temperature"),
-    (lambda c: c.update(threshold=1.5), "calibration.threshold"),
-    (lambda c: c.update(goal={"kind": "cheapest"}), "calibration.goal.kind"),
-    (lambda c: c.pop("expected_fallback_rate"), "calibration.expected_fallback_rate"),
-    (lambda c: c.update(measure="vibes"), "calibration.measure"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda c: c.update(temperature=0), "calibration.temperature"),
+        (lambda c: c.update(threshold=1.5), "calibration.threshold"),
+        (lambda c: c.update(goal={"kind": "cheapest"}), "calibration.goal.kind"),
+        (lambda c: c.pop("expected_fallback_rate"), "calibration.expected_fallback_rate"),
+        (lambda c: c.update(measure="vibes"), "calibration.measure"),
+    ],
+)
 def test_bad_calibration_names_the_field(mutate, field):
     data = copy.deepcopy(_manifest(CAL).to_dict())
     mutate(data["variants"][0]["calibration"])

@@ -18,10 +18,28 @@ from tandem.protocols.manifest import load_manifest
 @pytest.fixture(scope="module")
 def hybrid_compiled(digits_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("calibrated") / "digits"
-    rc = compile_main([str(digits_dir / "edge.onnx"), "--profiles", "cpu-x86,cpu-arm", "--calib",
-                       str(digits_dir / "calib.npz"), "--val", str(digits_dir / "val.npz"), "--out", str(out),
-                       "--cloud-model", str(digits_dir / "cloud.onnx"), "--hybrid-within", "0.5", "--no-timing",
-                       "--quiet", "--signing-key", str(out.parent / "key.pem"), "--json"])
+    rc = compile_main(
+        [
+            str(digits_dir / "edge.onnx"),
+            "--profiles",
+            "cpu-x86,cpu-arm",
+            "--calib",
+            str(digits_dir / "calib.npz"),
+            "--val",
+            str(digits_dir / "val.npz"),
+            "--out",
+            str(out),
+            "--cloud-model",
+            str(digits_dir / "cloud.onnx"),
+            "--hybrid-within",
+            "0.5",
+            "--no-timing",
+            "--quiet",
+            "--signing-key",
+            str(out.parent / "key.pem"),
+            "--json",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -67,7 +85,8 @@ def test_every_digits_variant_gets_a_calibration_for_the_hybrid_goal(hybrid_comp
         # the expected figures are what this variant really does on the other half
         assert c.expected_fallback_rate == pytest.approx(float(np.mean(conf[ev] < c.threshold)), abs=1.5 / len(ev))
         assert c.expected_hybrid_accuracy == pytest.approx(
-            _hybrid(conf[ev], pred[ev], cloud_pred[ev], y[ev], c.threshold), abs=1.5 / len(ev))
+            _hybrid(conf[ev], pred[ev], cloud_pred[ev], y[ev], c.threshold), abs=1.5 / len(ev)
+        )
         assert c.expected_accuracy == pytest.approx(float(np.mean(pred[ev] == y[ev])), abs=1.5 / len(ev))
         # the report lists every calibrated variant with the manifest's figures
         assert reported[v.id]["threshold"] == c.threshold and reported[v.id]["temperature"] == c.temperature, v.id
@@ -75,9 +94,20 @@ def test_every_digits_variant_gets_a_calibration_for_the_hybrid_goal(hybrid_comp
 
 @pytest.mark.slow
 def test_fallback_budget_goal_and_no_calibration(digits_dir, tmp_path):
-    args = [str(digits_dir / "edge.onnx"), "--profiles", "cpu-x86", "--calib", str(digits_dir / "calib.npz"),
-            "--val", str(digits_dir / "val.npz"), "--no-timing", "--quiet", "--signing-key", str(tmp_path / "k.pem"),
-            "--json"]
+    args = [
+        str(digits_dir / "edge.onnx"),
+        "--profiles",
+        "cpu-x86",
+        "--calib",
+        str(digits_dir / "calib.npz"),
+        "--val",
+        str(digits_dir / "val.npz"),
+        "--no-timing",
+        "--quiet",
+        "--signing-key",
+        str(tmp_path / "k.pem"),
+        "--json",
+    ]
     assert compile_main(args + ["--out", str(tmp_path / "budget"), "--fallback-budget", "0.1"]) == 0
     for v in load_manifest(tmp_path / "budget").variants:
         assert v.calibration.goal == {"kind": "fallback-budget", "budget": 0.1, "met_on_fit": True}
@@ -93,8 +123,15 @@ def test_agent_serves_with_its_variants_calibrated_threshold(hybrid_compiled, di
     manifest = load_manifest(hybrid_compiled)
     int8 = next(v for v in manifest.variants if v.precision == "int8" and v.runtime == "onnxruntime")
     x = np.load(digits_dir / "test.npz")["x"].astype(np.float32)
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": hybrid_compiled, "model.variant": int8.id, "server.endpoint": f"ipc://{tmp_path}/a.sock",
-                      "hard_examples.data_dir": tmp_path / "data"})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": hybrid_compiled,
+            "model.variant": int8.id,
+            "server.endpoint": f"ipc://{tmp_path}/a.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+        }
+    )
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         assert agent.policy.threshold == pytest.approx(int8.calibration.threshold)
         assert agent.policy.temperature == pytest.approx(int8.calibration.temperature)
@@ -106,7 +143,15 @@ def test_agent_serves_with_its_variants_calibrated_threshold(hybrid_compiled, di
     assert np.allclose(reply.confidence, raw.max(axis=1), atol=1e-5)  # replies carry the unscaled confidence
     assert reply.threshold == pytest.approx(int8.calibration.threshold)
     assert 0.0 <= expected_fallback <= 0.2
-    cfg2 = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": hybrid_compiled, "model.variant": int8.id, "server.endpoint": f"ipc://{tmp_path}/b.sock",
-                       "hard_examples.data_dir": tmp_path / "data2", "policy.threshold": 0.8})
+    cfg2 = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": hybrid_compiled,
+            "model.variant": int8.id,
+            "server.endpoint": f"ipc://{tmp_path}/b.sock",
+            "hard_examples.data_dir": tmp_path / "data2",
+            "policy.threshold": 0.8,
+        }
+    )
     with Agent(cfg2) as agent:
         assert agent.policy.threshold == 0.8 and agent.policy.temperature is None  # config wins, unscaled

@@ -14,16 +14,43 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("value", ["nan", "-1", "inf", "101", "lots"])
 def test_compile_refuses_a_meaningless_accuracy_budget(value):
-    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", "m.onnx", "--profiles", "cpu-x86",
-                           "--max-accuracy-drop", value], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tandem.model_compiler.cli",
+            "m.onnx",
+            "--profiles",
+            "cpu-x86",
+            "--max-accuracy-drop",
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and "--max-accuracy-drop" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--dense-threshold=1.5", "--fallback-budget=-0.1", "--calib-samples=0",
-                                  "--reference-threshold=nan", "--expires-days=-3"])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--dense-threshold=1.5",
+        "--fallback-budget=-0.1",
+        "--calib-samples=0",
+        "--reference-threshold=nan",
+        "--expires-days=-3",
+    ],
+)
 def test_compile_refuses_other_out_of_range_numbers(flag):
-    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", "m.onnx", "--profiles", "cpu-x86", flag],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "tandem.model_compiler.cli", "m.onnx", "--profiles", "cpu-x86", flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and flag.split("=")[0] in done.stderr and "Traceback" not in done.stderr
 
 
@@ -52,12 +79,18 @@ def test_hub_data_is_private_whatever_the_umask(tmp_path):
 
     old = os.umask(0)
     try:
-        hub = Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, grpc_port=0, broker="mosquitto",
-                            telemetry=True, rollouts=False)).start()
+        hub = Hub(
+            HubConfig(
+                data_dir=tmp_path / "data", http_port=0, grpc_port=0, broker="mosquitto", telemetry=True, rollouts=False
+            )
+        ).start()
         try:
             hub.tokens.create("admin", "admin")
-            modes = {p: stat.S_IMODE(p.lstat().st_mode) for p in [tmp_path / "data", *(tmp_path / "data").rglob("*")]
-                     if not p.is_symlink() and not p.is_socket()}
+            modes = {
+                p: stat.S_IMODE(p.lstat().st_mode)
+                for p in [tmp_path / "data", *(tmp_path / "data").rglob("*")]
+                if not p.is_symlink() and not p.is_socket()
+            }
         finally:
             hub.stop()
     finally:
@@ -81,12 +114,50 @@ def _tiny_inputs(tmp_path: Path) -> tuple[Path, Path]:
 def test_a_failed_compile_leaves_nothing_behind_and_an_unwritable_out_is_one_line(tmp_path):
     model, bad = _tiny_inputs(tmp_path)
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", str(model), "--profiles", "cpu-x86",
-                           "--calib", str(bad), "--val", str(bad), "--out", str(out), "--no-timing"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tandem.model_compiler.cli",
+            str(model),
+            "--profiles",
+            "cpu-x86",
+            "--calib",
+            str(bad),
+            "--val",
+            str(bad),
+            "--out",
+            str(out),
+            "--no-timing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert not out.exists() and not list(tmp_path.glob(".out*")), list(tmp_path.iterdir())
-    done = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", str(model), "--profiles", "cpu-x86",
-                           "--calib", str(bad), "--val", str(bad), "--out", "/proc/tandem-out", "--no-timing"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3, done.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tandem.model_compiler.cli",
+            str(model),
+            "--profiles",
+            "cpu-x86",
+            "--calib",
+            str(bad),
+            "--val",
+            str(bad),
+            "--out",
+            "/proc/tandem-out",
+            "--no-timing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 3, (
+        done.stderr
+    )

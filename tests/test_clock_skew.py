@@ -17,8 +17,11 @@ from tandem.edge_agent.ota.hubclock import CLOCK_TOLERANCE_S, HubClock
 from tandem.edge_agent.telemetry import ModelInfo, TelemetryService
 from waiting import wait_for
 
-REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
-             "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]}, "classes": {"counts": [10, 10, 10]}}
+REFERENCE = {
+    "inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
+    "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]},
+    "classes": {"counts": [10, 10, 10]},
+}
 MODEL = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
 HOUR = 3600.0
 
@@ -26,13 +29,14 @@ HOUR = 3600.0
 def test_a_device_an_hour_ahead_accepts_a_fresh_command_and_rejects_a_stale_one():
     hub_now = 1_000_000.0
     clock = HubClock()
-    clock.observe(hub_time=hub_now, local_time=hub_now + HOUR + 0.05)   # 50 ms delivery
+    clock.observe(hub_time=hub_now, local_time=hub_now + HOUR + 0.05)  # 50 ms delivery
     assert clock.offset_s == pytest.approx(-HOUR - 0.05)
-    deadline = hub_now + 600                                             # the hub gave it 10 minutes
+    deadline = hub_now + 600  # the hub gave it 10 minutes
     assert clock.expired(deadline, local_now=hub_now + HOUR + 1) is None  # the device clock alone says 59 min late
     assert clock.expired(deadline, local_now=hub_now + HOUR + 600 + CLOCK_TOLERANCE_S - 1) is None
     assert clock.expired(deadline, local_now=hub_now + HOUR + 600 + CLOCK_TOLERANCE_S + 60) == pytest.approx(
-        CLOCK_TOLERANCE_S + 60 - 0.05, abs=0.01)
+        CLOCK_TOLERANCE_S + 60 - 0.05, abs=0.01
+    )
 
 
 def test_the_least_delayed_sample_wins():
@@ -51,26 +55,31 @@ def test_device_clocks_file_a_skewed_window_at_hub_time_and_a_backlog_at_its_own
     # after an outage: a window that ended 300 s ago (device clock right) keeps its real time
     clocks.observe("ok", end_unix=now - 0.1, received_at=now)
     assert clocks.observe("ok", end_unix=now - 300, received_at=now + 1) == pytest.approx(now - 300 + 0.1)
-    assert clocks.offsets() == {"behind": pytest.approx(HOUR + 0.1), "ahead": pytest.approx(-HOUR + 0.1),
-                                "ok": pytest.approx(0.1)}
+    assert clocks.offsets() == {
+        "behind": pytest.approx(HOUR + 0.1),
+        "ahead": pytest.approx(-HOUR + 0.1),
+        "ok": pytest.approx(0.1),
+    }
 
 
 def test_windows_of_devices_an_hour_off_are_visible_and_in_the_current_drift_window(tmp_path, mosquitto):  # noqa: F811
-    hub = TelemetryIngestService(tmp_path / "hub", mosquitto.url, lambda name, version: None,
-                                 TelemetryServiceConfig(eval_interval_s=3600))
+    hub = TelemetryIngestService(
+        tmp_path / "hub", mosquitto.url, lambda name, version: None, TelemetryServiceConfig(eval_interval_s=3600)
+    )
     hub.start()
     agents = []
     try:
         assert hub.ingest.wait_subscribed(10)
         for device, skew in (("behind", -HOUR), ("ahead", HOUR)):
-            agent = TelemetryService(mosquitto.url, device, MODEL, tmp_path / device, window_s=3600,
-                                     clock=lambda s=skew: time.time() + s).start()
+            agent = TelemetryService(
+                mosquitto.url, device, MODEL, tmp_path / device, window_s=3600, clock=lambda s=skew: time.time() + s
+            ).start()
             agents.append(agent)
             for _ in range(3):
                 agent.record("edge", 2.0, confidence=0.9, label=1, inputs=np.zeros((1, 8), np.float32))
                 agent.flush()
         assert wait_for(lambda: hub.store.count_windows() == 6, 20)
-        since = time.time() - 120                                   # "the last two minutes" on the hub's clock
+        since = time.time() - 120  # "the last two minutes" on the hub's clock
         rows, total = hub.store.list_windows(since=since, limit=50)
         assert total == 6 and {r["device_id"] for r in rows} == {"behind", "ahead"}
         offsets = hub.clocks.offsets()

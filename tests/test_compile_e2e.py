@@ -22,8 +22,16 @@ ALL_PROFILES = ["cpu-x86", "cpu-arm", "gpu-cuda", "gpu-intel", "npu-intel", "npu
 
 def _compile(tmp_path: Path, model: Path, calib: Path, val: Path, profiles=ALL_PROFILES, **kw):
     key = tmp_path / "key.pem"
-    opts = CompileOptions(model=model, profiles=list(profiles), calib=calib, val=val, out=tmp_path / "out",
-                          signing_key=key, timing_seconds=0.2, **kw)
+    opts = CompileOptions(
+        model=model,
+        profiles=list(profiles),
+        calib=calib,
+        val=val,
+        out=tmp_path / "out",
+        signing_key=key,
+        timing_seconds=0.2,
+        **kw,
+    )
     messages: list[str] = []
     result = compile_model(opts, progress=messages.append)
     return result, key, messages
@@ -39,19 +47,31 @@ def _check_chosen_variants_agree(out: Path, source: Path, val_x: np.ndarray, min
         assert choice.chosen, f"{profile}: nothing chosen ({choice.reason}; skipped: {choice.skipped})"
         variant = manifest.variant(choice.chosen)
         session = load_session(variant.runtime, out / variant.model_file.path, **variant.options.get("session", {}))
-        inputs, expected = read_golden(out / manifest.golden.file.path, variant.id, [s.name for s in manifest.inputs], len(manifest.outputs))
+        inputs, expected = read_golden(
+            out / manifest.golden.file.path, variant.id, [s.name for s in manifest.inputs], len(manifest.outputs)
+        )
         got = session.run(inputs)
-        assert np.allclose(got[0], expected[0], atol=manifest.golden.atol), f"{variant.id} drifts from its golden outputs"
+        assert np.allclose(got[0], expected[0], atol=manifest.golden.atol), (
+            f"{variant.id} drifts from its golden outputs"
+        )
         outputs = session.run({manifest.inputs[0].name: val_x})[0]
         assert outputs.shape == reference.shape, (variant.id, outputs.shape, reference.shape)
-        agreement = float(np.mean(outputs.reshape(len(val_x), -1).argmax(axis=1) == reference.reshape(len(val_x), -1).argmax(axis=1)))
+        agreement = float(
+            np.mean(outputs.reshape(len(val_x), -1).argmax(axis=1) == reference.reshape(len(val_x), -1).argmax(axis=1))
+        )
         assert agreement >= min_agreement, (profile, variant.id, agreement)
-        assert variant.metrics["agreement"] == pytest.approx(agreement, abs=0.02), (variant.id, variant.metrics, agreement)
+        assert variant.metrics["agreement"] == pytest.approx(agreement, abs=0.02), (
+            variant.id,
+            variant.metrics,
+            agreement,
+        )
 
 
 @pytest.mark.slow
 def test_digits_edge_compiles_for_every_profile(tmp_path, digits_dir):
-    result, key, messages = _compile(tmp_path, digits_dir / "edge.onnx", digits_dir / "calib.npz", digits_dir / "val.npz")
+    result, key, messages = _compile(
+        tmp_path, digits_dir / "edge.onnx", digits_dir / "calib.npz", digits_dir / "val.npz"
+    )
     out = result.out
     manifest = load_manifest(out)
     verify_manifest(json.loads((out / "manifest.json").read_text()), load_private_key(key).public_key())
@@ -81,8 +101,14 @@ def test_ocr_orientation_classifier_opset11_compiles(tmp_path, ocr_cls_model):
     x, y = make_cls_data(96, seed=1)
     np.savez(tmp_path / "calib.npz", x=x[:48])
     np.savez(tmp_path / "val.npz", x=x[48:], y=y[48:])
-    result, _, messages = _compile(tmp_path, ocr_cls_model, tmp_path / "calib.npz", tmp_path / "val.npz",
-                                   profiles=["cpu-x86", "npu-intel"], max_accuracy_drop=5.0)
+    result, _, messages = _compile(
+        tmp_path,
+        ocr_cls_model,
+        tmp_path / "calib.npz",
+        tmp_path / "val.npz",
+        profiles=["cpu-x86", "npu-intel"],
+        max_accuracy_drop=5.0,
+    )
     assert any("opset raised from 11 to 13" in m for m in messages)
     manifest = load_manifest(result.out)
     assert manifest.source["opset"] >= 13
@@ -98,16 +124,53 @@ def test_cli_reports_bad_model_and_bad_data_clearly(tmp_path, digits_dir):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf")
     cmd = [sys.executable, "-m", "tandem.model_compiler.cli"]
-    run = subprocess.run(cmd + [str(bad), "--calib", str(digits_dir / "calib.npz"), "--val", str(digits_dir / "val.npz"),
-                                "--out", str(tmp_path / "o1")], capture_output=True, text=True)
+    run = subprocess.run(
+        cmd
+        + [
+            str(bad),
+            "--calib",
+            str(digits_dir / "calib.npz"),
+            "--val",
+            str(digits_dir / "val.npz"),
+            "--out",
+            str(tmp_path / "o1"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "not an ONNX model" in run.stderr and "Traceback" not in run.stderr
     np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 60), np.float32))
-    run = subprocess.run(cmd + [str(digits_dir / "edge.onnx"), "--calib", str(tmp_path / "wrong.npz"), "--val",
-                                str(digits_dir / "val.npz"), "--out", str(tmp_path / "o2")], capture_output=True, text=True)
+    run = subprocess.run(
+        cmd
+        + [
+            str(digits_dir / "edge.onnx"),
+            "--calib",
+            str(tmp_path / "wrong.npz"),
+            "--val",
+            str(digits_dir / "val.npz"),
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "calibration data" in run.stderr and "(4, 60)" in run.stderr
-    run = subprocess.run(cmd + [str(digits_dir / "edge.onnx"), "--profiles", "cpu-x86,npu-nope", "--calib",
-                                str(digits_dir / "calib.npz"), "--val", str(digits_dir / "val.npz"), "--out",
-                                str(tmp_path / "o3")], capture_output=True, text=True)
+    run = subprocess.run(
+        cmd
+        + [
+            str(digits_dir / "edge.onnx"),
+            "--profiles",
+            "cpu-x86,npu-nope",
+            "--calib",
+            str(digits_dir / "calib.npz"),
+            "--val",
+            str(digits_dir / "val.npz"),
+            "--out",
+            str(tmp_path / "o3"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "npu-nope" in run.stderr
 
 
@@ -119,20 +182,33 @@ def test_profile_that_cannot_run_an_op_gets_no_variant(tmp_path):
     hidden, inp = 4, 3
     rng = np.random.default_rng(0)
     w = helper.make_tensor("W", TensorProto.FLOAT, [1, 4 * hidden, inp], rng.normal(size=4 * hidden * inp).tolist())
-    r = helper.make_tensor("R", TensorProto.FLOAT, [1, 4 * hidden, hidden], rng.normal(size=4 * hidden * hidden).tolist())
+    r = helper.make_tensor(
+        "R", TensorProto.FLOAT, [1, 4 * hidden, hidden], rng.normal(size=4 * hidden * hidden).tolist()
+    )
     lstm = helper.make_node("LSTM", ["x", "W", "R"], ["", "y_h"], hidden_size=hidden)
     flat = helper.make_node("Flatten", ["y_h"], ["flat"], axis=1)
     soft = helper.make_node("Softmax", ["flat"], ["p"], axis=1)
-    graph = helper.make_graph([lstm, flat, soft], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, -1, inp])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [-1, hidden])], initializer=[w, r])
+    graph = helper.make_graph(
+        [lstm, flat, soft],
+        "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, -1, inp])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [-1, hidden])],
+        initializer=[w, r],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "batch"
     onnx.save(model, tmp_path / "lstm.onnx")
     x = rng.normal(size=(5, 16, inp)).astype(np.float32)
     # the LSTM input is [seq, batch, feature]: batch is axis 1, so feed one fixed batch per file
     np.savez(tmp_path / "d.npz", x=x)
-    result, _, _ = _compile(tmp_path, tmp_path / "lstm.onnx", tmp_path / "d.npz", tmp_path / "d.npz",
-                            profiles=["npu-litert", "cpu-x86"], timing=False)
+    result, _, _ = _compile(
+        tmp_path,
+        tmp_path / "lstm.onnx",
+        tmp_path / "d.npz",
+        tmp_path / "d.npz",
+        profiles=["npu-litert", "cpu-x86"],
+        timing=False,
+    )
     choices = result.manifest.profiles
     assert choices["npu-litert"].chosen is None and "LSTM" in choices["npu-litert"].reason
     assert choices["cpu-x86"].chosen is not None

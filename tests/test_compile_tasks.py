@@ -46,8 +46,18 @@ def task_models(tmp_path_factory) -> Path:
 
 
 def _compile(tmp: Path, models: Path, model: Path, calib: Path, val: Path, **kw):
-    opts = CompileOptions(model=model, profiles=["ort-tasks"], calib=calib, val=val, out=tmp / "out",
-                          signing_key=tmp / "key.pem", timing=False, profile_dirs=[models / "profiles"], force=True, **kw)
+    opts = CompileOptions(
+        model=model,
+        profiles=["ort-tasks"],
+        calib=calib,
+        val=val,
+        out=tmp / "out",
+        signing_key=tmp / "key.pem",
+        timing=False,
+        profile_dirs=[models / "profiles"],
+        force=True,
+        **kw,
+    )
     messages: list[str] = []
     return compile_model(opts, progress=messages.append), messages
 
@@ -72,12 +82,19 @@ def _rejected(result, profile="ort-tasks"):
 def test_sigmoid_classifier_is_inferred_and_a_starved_int8_is_rejected(tmp_path, task_models):
     m = task_models
     good, messages = _compile(tmp_path, m, m / "sigmoid.onnx", m / "sigmoid_calib.npz", m / "sigmoid_val.npz")
-    assert good.manifest.task == {"kind": "classification", "output": "p", "scores": "sigmoid", "positive_threshold": 0.5}
+    assert good.manifest.task == {
+        "kind": "classification",
+        "output": "p",
+        "scores": "sigmoid",
+        "positive_threshold": 0.5,
+    }
     assert any("task: classification" in line and "sigmoid" in line for line in messages)
     assert _int8(good)["task_gate"] == "pass" and _int8(good)["top1_agreement"] >= 0.99
     assert any(c.startswith("onnxruntime-int8") for c in good.manifest.profiles["ort-tasks"].candidates)
 
-    bad, _ = _compile(tmp_path, m, m / "sigmoid.onnx", _starved(tmp_path, m / "sigmoid_calib.npz"), m / "sigmoid_val.npz")
+    bad, _ = _compile(
+        tmp_path, m, m / "sigmoid.onnx", _starved(tmp_path, m / "sigmoid_calib.npz"), m / "sigmoid_val.npz"
+    )
     figures = _int8(bad)
     assert figures["task_gate"] == "fail" and figures["top1_agreement"] < 0.9
     [(vid, reason)] = _rejected(bad).items()
@@ -106,8 +123,9 @@ def test_ppocr_rec_ctc_starved_int8_rejected_though_dense_agreement_is_perfect(t
     x = make_rec_data(40, seed=5)
     np.savez(tmp_path / "calib.npz", x=x[:16])
     np.savez(tmp_path / "val.npz", x=x[16:])
-    result, messages = _compile(tmp_path, task_models, ocr_rec_model, _starved(tmp_path, tmp_path / "calib.npz"),
-                                tmp_path / "val.npz")
+    result, messages = _compile(
+        tmp_path, task_models, ocr_rec_model, _starved(tmp_path, tmp_path / "calib.npz"), tmp_path / "val.npz"
+    )
     assert result.manifest.task["kind"] == "ctc" and result.manifest.task["blank"] == 0
     assert any("CTC" in line for line in messages)
     figures = _int8(result)
@@ -122,8 +140,9 @@ def test_ppocr_det_dense_map_gated_on_mask_iou(tmp_path, task_models, ocr_det_mo
     x = make_det_data(24, seed=6)
     np.savez(tmp_path / "calib.npz", x=x[:8])
     np.savez(tmp_path / "val.npz", x=x[8:])
-    result, _ = _compile(tmp_path, task_models, ocr_det_model, _starved(tmp_path, tmp_path / "calib.npz"),
-                         tmp_path / "val.npz")
+    result, _ = _compile(
+        tmp_path, task_models, ocr_det_model, _starved(tmp_path, tmp_path / "calib.npz"), tmp_path / "val.npz"
+    )
     assert result.manifest.task["kind"] == "dense"
     figures = _int8(result)
     assert figures["task_gate"] == "fail" and figures["mask_iou"] < 0.9, figures
@@ -132,13 +151,30 @@ def test_ppocr_det_dense_map_gated_on_mask_iou(tmp_path, task_models, ocr_det_mo
 
 def test_stated_task_that_does_not_fit_the_outputs_is_refused_by_the_cli(tmp_path, task_models):
     m = task_models
-    cmd = [sys.executable, "-m", "tandem.model_compiler.cli", str(m / "sigmoid.onnx"), "--profiles", "ort-tasks",
-           "--profile-dir", str(m / "profiles"), "--calib", str(m / "sigmoid_calib.npz"), "--val", str(m / "sigmoid_val.npz"),
-           "--signing-key", str(tmp_path / "k.pem"), "--no-timing"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tandem.model_compiler.cli",
+        str(m / "sigmoid.onnx"),
+        "--profiles",
+        "ort-tasks",
+        "--profile-dir",
+        str(m / "profiles"),
+        "--calib",
+        str(m / "sigmoid_calib.npz"),
+        "--val",
+        str(m / "sigmoid_val.npz"),
+        "--signing-key",
+        str(tmp_path / "k.pem"),
+        "--no-timing",
+    ]
     run = subprocess.run(cmd + ["--out", str(tmp_path / "o1"), "--task", "ctc"], capture_output=True, text=True)
     assert run.returncode == 2 and "--task ctc" in run.stderr and "Traceback" not in run.stderr
-    run = subprocess.run(cmd + ["--out", str(tmp_path / "o2"), "--task", "classification", "--task-option", "blank=3"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        cmd + ["--out", str(tmp_path / "o2"), "--task", "classification", "--task-option", "blank=3"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and "blank" in run.stderr and "Traceback" not in run.stderr
     run = subprocess.run(cmd + ["--out", str(tmp_path / "o3"), "--budget", "map50=0.9"], capture_output=True, text=True)
     assert run.returncode == 2 and "map50" in run.stderr and "Traceback" not in run.stderr
@@ -146,8 +182,9 @@ def test_stated_task_that_does_not_fit_the_outputs_is_refused_by_the_cli(tmp_pat
 
 def test_budget_override_changes_the_verdict(tmp_path, task_models):
     m = task_models
-    strict, _ = _compile(tmp_path, m, m / "yolo.onnx", m / "yolo_calib.npz", m / "yolo_val.npz",
-                         budgets={"map50": 1.01 - 1e-9})
+    strict, _ = _compile(
+        tmp_path, m, m / "yolo.onnx", m / "yolo_calib.npz", m / "yolo_val.npz", budgets={"map50": 1.01 - 1e-9}
+    )
     assert _int8(strict)["task_gate"] == "fail" and _int8(strict)["task_budget"] == pytest.approx(1.01 - 1e-9)
     spec = TaskSpec.from_dict(strict.manifest.task)
     assert spec.kind == "detection" and strict.manifest.source["reference"]["task_budgets"]["map50"] > 1.0
@@ -169,10 +206,18 @@ def _dynamic_width_model(path: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "W")
-    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=0),
-             helper.make_node("MatMul", ["m", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1)]
-    graph = helper.make_graph(nodes, "width", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "w"])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])], initializer=[w])
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=0),
+        helper.make_node("MatMul", ["m", "W"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["p"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "width",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "w"])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])],
+        initializer=[w],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -182,8 +227,15 @@ def test_litert_variant_advertises_the_shape_it_was_built_for(tmp_path):
     model = _dynamic_width_model(tmp_path / "width.onnx")
     x = np.random.default_rng(1).normal(size=(48, 4, 20)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
-    opts = CompileOptions(model=model, profiles=["npu-litert", "cpu-x86"], calib=tmp_path / "d.npz",
-                          val=tmp_path / "d.npz", out=tmp_path / "out", signing_key=tmp_path / "k.pem", timing=False)
+    opts = CompileOptions(
+        model=model,
+        profiles=["npu-litert", "cpu-x86"],
+        calib=tmp_path / "d.npz",
+        val=tmp_path / "d.npz",
+        out=tmp_path / "out",
+        signing_key=tmp_path / "k.pem",
+        timing=False,
+    )
     manifest = compile_model(opts).manifest
     assert manifest.inputs[0].shape == [-1, 4, -1]  # the model takes any width
     litert = [v for v in manifest.variants if v.runtime == "litert"]
@@ -199,9 +251,16 @@ def test_stateful_model_with_state_on_axis_1_and_a_scalar_input_compiles(tmp_pat
     """Calibration, validation and timing slice each input along its own batch axis; the 0-d
     sample rate goes whole with every batch; LiteRT refuses with the reason."""
     m = task_models
-    opts = CompileOptions(model=m / "stream.onnx", profiles=["ort-tasks", "npu-litert"], calib=m / "stream_calib.npz",
-                          val=m / "stream_val.npz", out=tmp_path / "out", signing_key=tmp_path / "key.pem",
-                          profile_dirs=[m / "profiles"], timing_seconds=0.1)
+    opts = CompileOptions(
+        model=m / "stream.onnx",
+        profiles=["ort-tasks", "npu-litert"],
+        calib=m / "stream_calib.npz",
+        val=m / "stream_val.npz",
+        out=tmp_path / "out",
+        signing_key=tmp_path / "key.pem",
+        profile_dirs=[m / "profiles"],
+        timing_seconds=0.1,
+    )
     result = compile_model(opts)
     assert result.manifest.task["kind"] == "classification" and result.manifest.task["scores"] == "sigmoid"
     built = [o for o in result.outcomes if o.built and not o.skipped]

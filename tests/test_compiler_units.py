@@ -45,13 +45,19 @@ def test_dataset_not_an_npz(tmp_path):
 
 
 def cand(vid, runtime, precision, p50, acc=0.97, size=1000):
-    return Candidate(vid, runtime, precision, {"latency_p50_ms": p50, "accuracy": acc, "agreement": 0.99, "file_bytes": size})
+    return Candidate(
+        vid, runtime, precision, {"latency_p50_ms": p50, "accuracy": acc, "agreement": 0.99, "file_bytes": size}
+    )
 
 
 def test_cpu_profile_picks_fastest_within_budget():
     profile = load_profiles()["cpu-x86"]
-    cands = [cand("ort-fp32", "onnxruntime", "fp32", 1.0), cand("ort-int8", "onnxruntime", "int8", 0.5, acc=0.90),
-             cand("ov-int8", "openvino", "int8", 0.7, acc=0.965), cand("lite-int8", "litert", "int8", 0.1)]
+    cands = [
+        cand("ort-fp32", "onnxruntime", "fp32", 1.0),
+        cand("ort-int8", "onnxruntime", "int8", 0.5, acc=0.90),
+        cand("ov-int8", "openvino", "int8", 0.7, acc=0.965),
+        cand("lite-int8", "litert", "int8", 0.1),
+    ]
     choice = choose_for_profile(profile, cands, max_accuracy_drop=1.0, reference_accuracy=0.97)
     assert choice.chosen == "ov-int8"
     assert choice.candidates == ["ov-int8", "ort-fp32"]  # litert is not a cpu-x86 runtime

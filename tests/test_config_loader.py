@@ -34,13 +34,16 @@ def test_values_are_coerced_from_their_hints_and_env_wins_over_the_file():
     assert app == App("x", Net(8080, "b", (Path("/a"), Path("/b")), None))  # "" on a required key: no value
 
 
-@pytest.mark.parametrize("data, env, message", [
-    ({"name": "x", "net": {"prot": 1}}, {}, "net.prot: unknown key (did you mean 'port'?"),
-    ({"name": "x", "net": {"port": "80"}}, {}, "net.port: expected an integer"),  # a TOML string is not a port
-    ({"name": "x"}, {"T_NET_PORT": "eighty"}, "net.port (from T_NET_PORT): expected an integer"),
-    ({"name": "x", "net": {"mode": "c"}}, {}, "net.mode: 'c' is not one of a, b"),
-    ({}, {}, "name: required"),
-])
+@pytest.mark.parametrize(
+    "data, env, message",
+    [
+        ({"name": "x", "net": {"prot": 1}}, {}, "net.prot: unknown key (did you mean 'port'?"),
+        ({"name": "x", "net": {"port": "80"}}, {}, "net.port: expected an integer"),  # a TOML string is not a port
+        ({"name": "x"}, {"T_NET_PORT": "eighty"}, "net.port (from T_NET_PORT): expected an integer"),
+        ({"name": "x", "net": {"mode": "c"}}, {}, "net.mode: 'c' is not one of a, b"),
+        ({}, {}, "name: required"),
+    ],
+)
 def test_errors_name_the_dotted_key_and_the_variable(data, env, message):
     with pytest.raises(cl.ConfigValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
         cl.build(App, data, env=env, prefix="T_")
@@ -49,8 +52,9 @@ def test_errors_name_the_dotted_key_and_the_variable(data, env, message):
 
 def test_unknown_variables_are_logged_with_the_closest_key(caplog):
     with caplog.at_level(logging.WARNING, logger="tandem.protocols.config_loader"):
-        stray = cl.unknown_env(App, {"T_NET_PROT": "1", "T_NET_PORT": "2", "T_URL": "x", "OTHER": "y"}, "T_",
-                               also=("T_URL",))
+        stray = cl.unknown_env(
+            App, {"T_NET_PROT": "1", "T_NET_PORT": "2", "T_URL": "x", "OTHER": "y"}, "T_", also=("T_URL",)
+        )
     assert stray == ["T_NET_PROT"] and "did you mean T_NET_PORT?" in caplog.text
 
 

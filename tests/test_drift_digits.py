@@ -20,12 +20,20 @@ from tandem.protocols.manifest import load_manifest
 from tandem.protocols.telemetry_codec import decode_window, encode_window
 
 WINDOW_S = 10.0
-PER_WINDOW = 60            # samples per window (requests of 1-4 rows)
+PER_WINDOW = 60  # samples per window (requests of 1-4 rows)
 NULL_WINDOWS = 60
 SHIFT_WINDOWS = 20
-MAX_WINDOWS_TO_ALERT = 8   # measured: 4 to 6 (median 5) over seeds 0-9 (k_open=3 evaluations once the 60 s span tips over)
-CONFIG = DriftConfig(span_s=60.0, baseline_s=600.0, bucket_s=WINDOW_S, min_samples=200, min_requests=50,
-                     distribution=Hysteresis(open_above=0.25, close_below=0.10, k_open=3, k_close=3))
+MAX_WINDOWS_TO_ALERT = (
+    8  # measured: 4 to 6 (median 5) over seeds 0-9 (k_open=3 evaluations once the 60 s span tips over)
+)
+CONFIG = DriftConfig(
+    span_s=60.0,
+    baseline_s=600.0,
+    bucket_s=WINDOW_S,
+    min_samples=200,
+    min_requests=50,
+    distribution=Hysteresis(open_above=0.25, close_below=0.10, k_open=3, k_close=3),
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,16 @@ def compiled(digits_dir, tmp_path_factory):
     from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
     out = tmp_path_factory.mktemp("digits-compiled")
-    compile_model(CompileOptions(model=digits_dir / "edge.onnx", profiles=["cpu-x86"], calib=digits_dir / "calib.npz",
-                                 val=digits_dir / "val.npz", out=out, timing=False))
+    compile_model(
+        CompileOptions(
+            model=digits_dir / "edge.onnx",
+            profiles=["cpu-x86"],
+            calib=digits_dir / "calib.npz",
+            val=digits_dir / "val.npz",
+            out=out,
+            timing=False,
+        )
+    )
     return out
 
 
@@ -46,8 +62,13 @@ def stream(compiled, digits_dir, shift_at: int | None, windows: int, seed: int):
     test = np.load(digits_dir / "test.npz")
     x_all = test["x"].astype(np.float32)
     rng = np.random.default_rng(seed)
-    agg = WindowAggregator("dev-digits", ModelInfo.from_manifest(manifest, "v"), profile="cpu-x86",
-                           config=WindowConfig(window_s=WINDOW_S), now=0.0)
+    agg = WindowAggregator(
+        "dev-digits",
+        ModelInfo.from_manifest(manifest, "v"),
+        profile="cpu-x86",
+        config=WindowConfig(window_s=WINDOW_S),
+        now=0.0,
+    )
     engine = DriftEngine(lambda name, version: manifest, CONFIG)
     input_name = next(iter(manifest.drift_reference["inputs"]))
     for i in range(windows):
@@ -59,8 +80,9 @@ def stream(compiled, digits_dir, shift_at: int | None, windows: int, seed: int):
             if shift_at is not None and i >= shift_at:
                 x = np.clip(x + rng.normal(0, 0.2, size=x.shape), 0, 1).astype(np.float32)
             probs = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-            agg.record("edge", float(rng.uniform(1, 5)), confidence=probs.max(1), label=probs.argmax(1),
-                       inputs={input_name: x})
+            agg.record(
+                "edge", float(rng.uniform(1, 5)), confidence=probs.max(1), label=probs.argmax(1), inputs={input_name: x}
+            )
             done += rows
         closed = agg.close(t0 + WINDOW_S)
         closed.sequence = i + 1

@@ -61,7 +61,9 @@ def test_a_shift_of_mass_raises_psi_js_and_significance_monotonically():
     assert previous[0] > 0.25 and previous[2] < 1e-6
 
 
-@pytest.mark.parametrize("x,dof,expected", [(3.841, 1, 0.05), (18.307, 10, 0.05), (23.209, 10, 0.01), (10.0, 10, 0.4405)])
+@pytest.mark.parametrize(
+    "x,dof,expected", [(3.841, 1, 0.05), (18.307, 10, 0.05), (23.209, 10, 0.01), (10.0, 10, 0.4405)]
+)
 def test_chi2_upper_tail_matches_tables(x, dof, expected):
     assert chi2_sf(x, dof) == pytest.approx(expected, rel=0.08)
 

@@ -41,8 +41,9 @@ def _defined_public_names(path: Path) -> set[str]:
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             names.add(node.name)
-        elif isinstance(node, ast.Assign) and not (isinstance(node.value, ast.Call)
-                                                   and getattr(node.value.func, "id", "") in ("TypeVar",)):
+        elif isinstance(node, ast.Assign) and not (
+            isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") in ("TypeVar",)
+        ):
             names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
@@ -50,8 +51,11 @@ def _defined_public_names(path: Path) -> set[str]:
 
 
 def _protocol_modules() -> list[Path]:
-    return sorted(p for p in (ROOT / "protocols").glob("*.py")
-                  if not p.name.endswith(GENERATED) and p.name not in SCRIPTS and p.name != "__init__.py")
+    return sorted(
+        p
+        for p in (ROOT / "protocols").glob("*.py")
+        if not p.name.endswith(GENERATED) and p.name not in SCRIPTS and p.name != "__init__.py"
+    )
 
 
 @pytest.mark.parametrize("path", _protocol_modules(), ids=lambda p: p.name)
@@ -88,4 +92,6 @@ def test_the_hub_has_one_503_type_and_config_errors_are_never_500():
                 for stmt in node.body:
                     if isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == "status" for t in stmt.targets):
                         value = getattr(stmt.value, "value", None)
-                        assert value != 503, f"{path.relative_to(ROOT)}: {node.name} invents a 503 (use ServiceUnavailableError)"
+                        assert value != 503, (
+                            f"{path.relative_to(ROOT)}: {node.name} invents a 503 (use ServiceUnavailableError)"
+                        )

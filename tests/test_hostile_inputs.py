@@ -45,9 +45,23 @@ SEED = 20261201
 N_REST = int(os.environ.get("TANDEM_HOSTILE_REST_N", "2000"))
 
 # Deep nesting: Python's json raises RecursionError (not JSONDecodeError) past ~1000 levels.
-INTERESTING = [b"\x00", b"\xff" * 8, b"\x7f", b"\x80" * 10, b"\xff\xff\xff\xff\x0f", b"[" * 64, b"{" * 64,
-               b"[" * 3000, b'{"a":' * 2000,
-               b'"\\ud800"', b"NaN", b"Infinity", b"-1", b"1e309", b"\x00" * 64]
+INTERESTING = [
+    b"\x00",
+    b"\xff" * 8,
+    b"\x7f",
+    b"\x80" * 10,
+    b"\xff\xff\xff\xff\x0f",
+    b"[" * 64,
+    b"{" * 64,
+    b"[" * 3000,
+    b'{"a":' * 2000,
+    b'"\\ud800"',
+    b"NaN",
+    b"Infinity",
+    b"-1",
+    b"1e309",
+    b"\x00" * 64,
+]
 
 
 def mutate(rng: random.Random, data: bytes, seeds: list[bytes]) -> bytes:
@@ -56,23 +70,23 @@ def mutate(rng: random.Random, data: bytes, seeds: list[bytes]) -> bytes:
     for _ in range(rng.randint(1, 4)):
         op = rng.randrange(8)
         pos = rng.randrange(len(out) + 1)
-        if op == 0 and out:                       # flip a bit
+        if op == 0 and out:  # flip a bit
             i = rng.randrange(len(out))
             out[i] ^= 1 << rng.randrange(8)
-        elif op == 1:                             # truncate
+        elif op == 1:  # truncate
             del out[pos:]
-        elif op == 2:                             # insert random bytes
+        elif op == 2:  # insert random bytes
             out[pos:pos] = rng.randbytes(rng.randint(1, 16))
-        elif op == 3:                             # delete a range
-            del out[pos:pos + rng.randint(1, 16)]
-        elif op == 4:                             # duplicate a chunk
-            out[pos:pos] = out[pos:pos + rng.randint(1, 64)] * rng.randint(1, 8)
-        elif op == 5:                             # an interesting token
+        elif op == 3:  # delete a range
+            del out[pos : pos + rng.randint(1, 16)]
+        elif op == 4:  # duplicate a chunk
+            out[pos:pos] = out[pos : pos + rng.randint(1, 64)] * rng.randint(1, 8)
+        elif op == 5:  # an interesting token
             out[pos:pos] = rng.choice(INTERESTING)
-        elif op == 6 and seeds:                   # splice with another seed
+        elif op == 6 and seeds:  # splice with another seed
             other = rng.choice(seeds)
-            out = out[:pos] + other[rng.randrange(len(other) + 1):]
-        elif out:                                 # overwrite a byte with an extreme
+            out = out[:pos] + other[rng.randrange(len(other) + 1) :]
+        elif out:  # overwrite a byte with an extreme
             out[rng.randrange(len(out))] = rng.choice((0, 0x7F, 0x80, 0xFF))
     return bytes(out[:60_000])
 
@@ -113,20 +127,26 @@ def extreme_int(rng: random.Random) -> int:
 
 
 def wire_seeds() -> list[list[bytes]]:
-    return [[bytes(f) for f in wire.encode_request(inputs, request_id=rid)] for inputs, rid in (
-        ({"x": np.ones((2, 3), np.float32)}, "r1"),
-        ({"a": np.arange(6, dtype=np.int64).reshape(3, 2), "b": np.zeros((1,), np.uint8)}, "r-2"),
-        ({"img": np.zeros((1, 3, 4, 4), np.float16)}, ""),
-    )]
+    return [
+        [bytes(f) for f in wire.encode_request(inputs, request_id=rid)]
+        for inputs, rid in (
+            ({"x": np.ones((2, 3), np.float32)}, "r1"),
+            ({"a": np.arange(6, dtype=np.int64).reshape(3, 2), "b": np.zeros((1,), np.uint8)}, "r-2"),
+            ({"img": np.zeros((1, 3, 4, 4), np.float16)}, ""),
+        )
+    ]
 
 
 def wire_structured(rng: random.Random) -> list[bytes]:
-    header = lpb.RequestHeader(schema_version=rng.choice([1, 1, 1, 0, 2, 2**31 - 1]),
-                               request_id=rng.choice(["", "r", "x" * 200, "\u2603"]))
+    header = lpb.RequestHeader(
+        schema_version=rng.choice([1, 1, 1, 0, 2, 2**31 - 1]), request_id=rng.choice(["", "r", "x" * 200, "\u2603"])
+    )
     frames = []
     for _ in range(rng.randint(0, limits.MAX_TENSORS_PER_REQUEST + 3)):
-        th = header.inputs.add(name=rng.choice(["x", "", "a" * 300]),
-                               dtype=rng.choice(list(limits.WIRE_DTYPES) + ["object", "complex128", "", "float32\x00"]))
+        th = header.inputs.add(
+            name=rng.choice(["x", "", "a" * 300]),
+            dtype=rng.choice(list(limits.WIRE_DTYPES) + ["object", "complex128", "", "float32\x00"]),
+        )
         th.shape.extend(extreme_int(rng) for _ in range(rng.randint(0, limits.MAX_TENSOR_DIMS + 2)))
         frames.append(rng.randbytes(rng.choice([0, 1, 4, 24, 96])))
     return [header.SerializeToString(), *frames]
@@ -142,7 +162,7 @@ def test_zeromq_request_decoder_survives_10k_malformed_messages():
             frames = list(rng.choice(seeds))
             frames[0] = mutate(rng, frames[0], [s[0] for s in seeds])
             if rng.random() < 0.3:
-                frames = frames[:rng.randint(0, len(frames))] + [rng.randbytes(rng.randint(0, 64))] * rng.randint(0, 3)
+                frames = frames[: rng.randint(0, len(frames))] + [rng.randbytes(rng.randint(0, 64))] * rng.randint(0, 3)
             msgs.append(frames)
         elif r < 0.85:
             msgs.append(wire_structured(rng))
@@ -155,9 +175,17 @@ def test_zeromq_request_decoder_survives_10k_malformed_messages():
 
 
 def window(seq: int = 1, device: str = "dev-1") -> TelemetryWindow:
-    w = TelemetryWindow(schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id=device, sequence=seq,
-                        model_name="digits", model_version="1.0.0", start_unix=1000.0, end_unix=1010.0,
-                        latency_sum_ms=5.0, latency_max_ms=2.0)
+    w = TelemetryWindow(
+        schema_version=limits.TELEMETRY_SCHEMA_VERSION,
+        device_id=device,
+        sequence=seq,
+        model_name="digits",
+        model_version="1.0.0",
+        start_unix=1000.0,
+        end_unix=1010.0,
+        latency_sum_ms=5.0,
+        latency_max_ms=2.0,
+    )
     w.confidence_counts.extend([1] * 20)
     w.class_counts.extend([3, 4, 5])
     w.tags["site"] = "lyon"
@@ -175,7 +203,7 @@ def telemetry_structured(rng: random.Random) -> bytes:
         s.counts.extend([1] * rng.choice([3, limits.MAX_HISTOGRAM_BINS + 1]))
     for i in range(rng.choice([0, limits.MAX_TELEMETRY_TAGS + 1])):
         w.tags[f"k{i}"] = "v" * rng.choice([1, limits.MAX_TAG_CHARS + 1])
-    return w.SerializeToString()[:limits.MAX_TELEMETRY_BYTES + 10]
+    return w.SerializeToString()[: limits.MAX_TELEMETRY_BYTES + 10]
 
 
 def test_telemetry_decoders_survive_10k_malformed_messages():
@@ -184,9 +212,14 @@ def test_telemetry_decoders_survive_10k_malformed_messages():
     counts = run_all("telemetry", messages(rng, seeds, telemetry_structured))
     assert counts["refused"] > N_MESSAGES * 0.5, counts
     status_seeds = [encode_status("online", "dev-1", model="digits"), encode_status("offline", "dev-1")]
-    run_all("telemetry_status", messages(rng, status_seeds,
-                                         lambda r: json.dumps({"state": r.choice(["online", 1, None]),
-                                                               "x": [[[]]] * r.randint(0, 5)}).encode()))
+    run_all(
+        "telemetry_status",
+        messages(
+            rng,
+            status_seeds,
+            lambda r: json.dumps({"state": r.choice(["online", 1, None]), "x": [[[]]] * r.randint(0, 5)}).encode(),
+        ),
+    )
     assert decode_window(seeds[0], topic_device="dev-1").sequence == 1
 
 
@@ -202,9 +235,17 @@ def test_hard_example_upload_decoder_survives_10k_malformed_messages():
 
 
 def command(**over) -> OtaCommand:
-    fields = dict(rollout_id="ro-1", action="install", model="digits", version="1.2.0",
-                  manifest_url="http://hub/v1/models/digits/versions/1.2.0/manifest", manifest_sha256="a" * 64,
-                  artifact_base_url="http://hub/v1/artifacts", issued_at=100.0, deadline=200.0)
+    fields = dict(
+        rollout_id="ro-1",
+        action="install",
+        model="digits",
+        version="1.2.0",
+        manifest_url="http://hub/v1/models/digits/versions/1.2.0/manifest",
+        manifest_sha256="a" * 64,
+        artifact_base_url="http://hub/v1/artifacts",
+        issued_at=100.0,
+        deadline=200.0,
+    )
     fields.update(over)
     return OtaCommand(**fields)
 
@@ -212,8 +253,24 @@ def command(**over) -> OtaCommand:
 def command_structured(rng: random.Random) -> bytes:
     body = command().to_dict()
     key = rng.choice(list(body) + ["extra", "signature"])
-    body[key] = rng.choice([None, True, -1, 2**70, 1e308, "", "x" * 3000, [], {}, {"a": [1]}, "\ud800",
-                            "file:///etc/passwd", "1.2", "../../x"])
+    body[key] = rng.choice(
+        [
+            None,
+            True,
+            -1,
+            2**70,
+            1e308,
+            "",
+            "x" * 3000,
+            [],
+            {},
+            {"a": [1]},
+            "\ud800",
+            "file:///etc/passwd",
+            "1.2",
+            "../../x",
+        ]
+    )
     return json.dumps(body).encode("utf-8", "surrogatepass")
 
 
@@ -231,7 +288,9 @@ def test_ota_decoders_survive_10k_malformed_messages():
     # Signed by the trusted key: the schema checks are what stands between a message and the updater.
     bodies = [json.dumps(command().to_dict()).encode()]
     run_all("ota_command_signed", messages(rng, bodies, command_structured))
-    st_seeds = [encode_ota_status(OtaStatus("dev-1", 5, "ro-1", "committed", "ok", "digits", "1.2.0", "1.2.0", "1.1.0"))]
+    st_seeds = [
+        encode_ota_status(OtaStatus("dev-1", 5, "ro-1", "committed", "ok", "digits", "1.2.0", "1.2.0", "1.1.0"))
+    ]
     run_all("ota_status", messages(rng, st_seeds, command_structured))
     assert decode_command(seeds[0], harness.TRUSTED, now=150.0).action == "install"
 
@@ -245,8 +304,10 @@ def infer_request(rng: random.Random | None = None) -> pb.ModelInferRequest:
 def infer_structured(rng: random.Random) -> bytes:
     request = pb.ModelInferRequest(model_name=rng.choice(["lin", "", "nope", "x" * 500]))
     for i in range(rng.randint(0, limits.MAX_TENSORS_PER_REQUEST + 2)):
-        t = request.inputs.add(name=rng.choice([f"x{i}", "", "x"]),
-                               datatype=rng.choice(["FP32", "INT64", "BOOL", "BYTES", "FP16", "", "FP128"]))
+        t = request.inputs.add(
+            name=rng.choice([f"x{i}", "", "x"]),
+            datatype=rng.choice(["FP32", "INT64", "BOOL", "BYTES", "FP16", "", "FP128"]),
+        )
         t.shape.extend(extreme_int(rng) for _ in range(rng.randint(0, limits.MAX_TENSOR_DIMS + 2)))
         if rng.random() < 0.5:
             request.raw_input_contents.append(rng.randbytes(rng.choice([0, 4, 16, 1000])))
@@ -286,12 +347,18 @@ def test_hub_grpc_server_answers_malformed_model_infer_bytes_and_stays_up(grpc_h
     seeds = [infer_request().SerializeToString()]
     codes: dict[str, int] = {}
     with grpc.insecure_channel(grpc_hub.address) as channel:
-        raw_call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                       request_serializer=None, response_deserializer=None)
+        raw_call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", request_serializer=None, response_deserializer=None
+        )
         for _ in range(2000):  # 2,000 over the socket; the in-process test above covers 10,000
             r = rng.random()
-            msg = mutate(rng, seeds[0], seeds) if r < 0.7 else infer_structured(rng) if r < 0.85 else \
-                rng.randbytes(rng.randint(0, 256))
+            msg = (
+                mutate(rng, seeds[0], seeds)
+                if r < 0.7
+                else infer_structured(rng)
+                if r < 0.85
+                else rng.randbytes(rng.randint(0, 256))
+            )
             try:
                 raw_call(msg, timeout=10)
                 codes["OK"] = codes.get("OK", 0) + 1
@@ -304,7 +371,10 @@ def test_hub_grpc_server_answers_malformed_model_infer_bytes_and_stays_up(grpc_h
     # (INTERNAL ones never parsed); the final good request is one more OK
     stats = grpc_hub.stats()
     assert stats.ok == codes.get("OK", 0) + 1, (stats, codes)
-    assert dict(stats.errors) == {k: v for k, v in codes.items() if k in ("INVALID_ARGUMENT", "NOT_FOUND")}, (stats, codes)
+    assert dict(stats.errors) == {k: v for k, v in codes.items() if k in ("INVALID_ARGUMENT", "NOT_FOUND")}, (
+        stats,
+        codes,
+    )
     assert stats.requests == stats.ok + sum(stats.errors.values())
 
 
@@ -325,8 +395,16 @@ def rest_api(tmp_path):
     from tandem.cloud_hub.hub import Hub
 
     # the per-token REST limit raised, or nearly every body would stop at 429 before being parsed
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub-data", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1",
-                        rest_rate_per_s=1e6, rest_burst=1e6))
+    hub = Hub(
+        HubConfig(
+            data_dir=tmp_path / "hub-data",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+            rest_rate_per_s=1e6,
+            rest_burst=1e6,
+        )
+    )
     token = hub.tokens.create("fuzz", "admin").token
     client = TestClient(hub.app, raise_server_exceptions=False)
     client.headers["Authorization"] = f"Bearer {token}"
@@ -343,8 +421,9 @@ def rest_body(rng: random.Random, body: dict | None) -> tuple[bytes, str]:
         return b"[" * rng.randint(1, 5000) + b"]" * rng.randint(0, 5000), "application/json"
     if r < 0.9:
         k = rng.choice(list(body or {"x": 1}))
-        return json.dumps({**(body or {}), k: rng.choice([None, 2**80, "x" * 100_000, [[]] * 50, {"$": "#"},
-                                                          "a/b+#", -1e308])}).encode(), "application/json"
+        return json.dumps(
+            {**(body or {}), k: rng.choice([None, 2**80, "x" * 100_000, [[]] * 50, {"$": "#"}, "a/b+#", -1e308])}
+        ).encode(), "application/json"
     return rng.randbytes(rng.randint(0, 2048)), rng.choice(["application/json", "text/plain", "application/x-tar"])
 
 
@@ -395,7 +474,7 @@ def _wire_layout_ok(dtype: str, shape: list[int], data: bytes) -> bool:
 def wire_tensors(draw):
     """Mostly small dims (so some headers are valid), now and then any int64."""
     dtype = draw(st.sampled_from(list(limits.WIRE_DTYPES) + ["str", ""]))
-    shape = draw(st.lists(st.one_of(st.integers(0, 4), st.integers(-2**63, 2**63 - 1)), max_size=10))
+    shape = draw(st.lists(st.one_of(st.integers(0, 4), st.integers(-(2**63), 2**63 - 1)), max_size=10))
     if draw(st.booleans()) and dtype in limits.WIRE_DTYPES and all(0 <= d <= 4 for d in shape):
         data = bytes(math.prod(shape) * np.dtype(dtype).itemsize)  # the size the header promises
     else:
@@ -411,8 +490,11 @@ def test_wire_headers_with_any_dtype_and_shape_are_refused_cleanly(tensors, vers
     for dtype, shape, _ in tensors:
         header.inputs.add(name="t", dtype=dtype, shape=shape)
     frames = [header.SerializeToString(), *(data for _, _, data in tensors)]
-    valid = (version == limits.LOCAL_API_SCHEMA_VERSION and len(tensors) <= limits.MAX_TENSORS_PER_REQUEST
-             and all(_wire_layout_ok(*t) for t in tensors))
+    valid = (
+        version == limits.LOCAL_API_SCHEMA_VERSION
+        and len(tensors) <= limits.MAX_TENSORS_PER_REQUEST
+        and all(_wire_layout_ok(*t) for t in tensors)
+    )
     assert harness.run_one("wire", frames) == ("ok" if valid else "refused"), (version, tensors)
     if valid:
         _, arrays = wire.decode_request(frames)
@@ -420,9 +502,12 @@ def test_wire_headers_with_any_dtype_and_shape_are_refused_cleanly(tensors, vers
 
 
 @decoder_settings
-@given(seq=st.integers(1, 2**63 - 1), classes=st.lists(st.integers(0, 2**32), max_size=50),
-       tags=st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=20), max_size=5),
-       span=st.floats(0, 1e6))
+@given(
+    seq=st.integers(1, 2**63 - 1),
+    classes=st.lists(st.integers(0, 2**32), max_size=50),
+    tags=st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=20), max_size=5),
+    span=st.floats(0, 1e6),
+)
 def test_valid_telemetry_windows_round_trip_and_bind_to_their_topic(seq, classes, tags, span):
     w = window(seq)
     w.end_unix = w.start_unix + span
@@ -436,9 +521,13 @@ def test_valid_telemetry_windows_round_trip_and_bind_to_their_topic(seq, classes
 
 
 @decoder_settings
-@given(rollout=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True),
-       version=st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
-       ttl=st.floats(0, 1e6), index=st.integers(0, 10_000), bit=st.integers(0, 7))
+@given(
+    rollout=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True),
+    version=st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
+    ttl=st.floats(0, 1e6),
+    index=st.integers(0, 10_000),
+    bit=st.integers(0, 7),
+)
 def test_signed_commands_round_trip_and_any_flipped_bit_is_refused(rollout, version, ttl, index, bit):
     cmd = command(rollout_id=rollout, version=".".join(map(str, version)), deadline=100.0 + ttl)
     payload = encode_command(cmd, harness.HUB_KEY)
@@ -453,9 +542,16 @@ def test_signed_commands_round_trip_and_any_flipped_bit_is_refused(rollout, vers
 
 
 @decoder_settings
-@given(st.lists(st.tuples(st.sampled_from(["FP32", "INT8", "BOOL", "BYTES", "X"]),
-                          st.lists(st.integers(-2**63, 2**63 - 1), max_size=9), st.binary(max_size=64)),
-                max_size=18))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["FP32", "INT8", "BOOL", "BYTES", "X"]),
+            st.lists(st.integers(-(2**63), 2**63 - 1), max_size=9),
+            st.binary(max_size=64),
+        ),
+        max_size=18,
+    )
+)
 def test_model_infer_requests_with_any_shapes_are_refused_cleanly(tensors):
     request = pb.ModelInferRequest(model_name="m")
     for i, (datatype, shape, data) in enumerate(tensors):

@@ -69,18 +69,27 @@ def test_stale_if_range_gets_the_whole_file(http, blob):
     assert r.status_code == 200 and r.content == data
 
 
-@pytest.mark.parametrize("header,first,last", [("bytes=0-0", 0, 0), ("bytes=-10", SIZE - 10, SIZE - 1),
-                                               ("bytes=10-19", 10, 19), (f"bytes={SIZE - 5}-{SIZE + 100}", SIZE - 5, SIZE - 1)])
+@pytest.mark.parametrize(
+    "header,first,last",
+    [
+        ("bytes=0-0", 0, 0),
+        ("bytes=-10", SIZE - 10, SIZE - 1),
+        ("bytes=10-19", 10, 19),
+        (f"bytes={SIZE - 5}-{SIZE + 100}", SIZE - 5, SIZE - 1),
+    ],
+)
 def test_ranges_return_exactly_the_requested_bytes(http, blob, header, first, last):
     sha, data = blob
     r = http.get(f"/v1/artifacts/{sha}", headers={"Range": header})
     assert r.status_code == 206
-    assert r.content == data[first:last + 1]
+    assert r.content == data[first : last + 1]
     assert r.headers["content-range"] == f"bytes {first}-{last}/{SIZE}"
     assert r.headers["content-length"] == str(last - first + 1)
 
 
-@pytest.mark.parametrize("header", [f"bytes={SIZE}-", "bytes=20-10", "bytes=0-1,5-6", "items=0-1", "bytes=-0", "bytes=-"])
+@pytest.mark.parametrize(
+    "header", [f"bytes={SIZE}-", "bytes=20-10", "bytes=0-1,5-6", "items=0-1", "bytes=-0", "bytes=-"]
+)
 def test_unsatisfiable_or_malformed_ranges_get_416(http, blob, header):
     sha, _ = blob
     r = http.get(f"/v1/artifacts/{sha}", headers={"Range": header})
@@ -101,7 +110,9 @@ def test_path_traversal_is_rejected(running_hub, http):
     port = running_hub.http_port
     for target in ("/v1/artifacts/..%2F..%2Fhub.db", "/v1/artifacts/../../hub.db", "/v1/artifacts/%2e%2e%2fhub.db"):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n".encode())
+            s.sendall(
+                f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n".encode()
+            )
             reply = b""
             while chunk := s.recv(65536):
                 reply += chunk

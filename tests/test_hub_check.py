@@ -71,8 +71,10 @@ def test_a_stored_manifest_whose_signature_fails_is_named(tmp_path, capsys):
     root = tmp_path / "hub"
     Hub(_config(root)).stop()
     conn = sqlite3.connect(root / "hub.db")
-    conn.execute("INSERT INTO models VALUES ('digits', '9.9.9', '9.9.9', 'x', ?, 'now', 0, 0)",
-                 [json.dumps({"name": "digits", "version": "9.9.9", "signature": {"key_id": "k", "sig": "AAAA"}})])
+    conn.execute(
+        "INSERT INTO models VALUES ('digits', '9.9.9', '9.9.9', 'x', ?, 'now', 0, 0)",
+        [json.dumps({"name": "digits", "version": "9.9.9", "signature": {"key_id": "k", "sig": "AAAA"}})],
+    )
     conn.commit()
     conn.close()
     assert main(["check", "--data-dir", str(root)]) == 1

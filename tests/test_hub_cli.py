@@ -27,10 +27,14 @@ def test_bootstrap_token_then_manage_models_devices_and_tokens(tmp_path, capsys,
     monkeypatch.delenv("TANDEM_HUB_URL", raising=False)
     monkeypatch.delenv("TANDEM_HUB_TOKEN", raising=False)
     data = tmp_path / "data"
-    code, out, _ = run(capsys, "tokens", "create", "--scope", "admin", "--name", "me", "--data-dir", str(data), "--json")
+    code, out, _ = run(
+        capsys, "tokens", "create", "--scope", "admin", "--name", "me", "--data-dir", str(data), "--json"
+    )
     assert code == 0
     admin = json.loads(out)["token"]
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=data, http_port=0, mqtt_url="mqtt://127.0.0.1:1")).start() as hub:
+    with Hub(
+        HubConfig(publisher_trust_on_first_use=True, data_dir=data, http_port=0, mqtt_url="mqtt://127.0.0.1:1")
+    ).start() as hub:
         remote = ["--url", hub.http_url, "--token", admin]
         code, out, _ = run(capsys, "models", "register", str(hub_model_dir), *remote)
         assert code == 0 and out.startswith("registered: digits 1.0.0")
@@ -61,7 +65,10 @@ def test_bootstrap_token_then_manage_models_devices_and_tokens(tmp_path, capsys,
         monkeypatch.setenv("TANDEM_HUB_TOKEN", admin)
         code, out, _ = run(capsys, "tokens", "create", "--scope", "read", "--name", "grafana", "--json")
         reader = json.loads(out)
-        assert httpx.get(f"{hub.http_url}/v1/models", headers={"Authorization": f"Bearer {reader['token']}"}).status_code == 200
+        assert (
+            httpx.get(f"{hub.http_url}/v1/models", headers={"Authorization": f"Bearer {reader['token']}"}).status_code
+            == 200
+        )
         code, out, _ = run(capsys, "tokens", "revoke", reader["token_id"])
         assert code == 0 and "revoked" in out
         code, out, _ = run(capsys, "tokens", "list")
@@ -81,9 +88,25 @@ def test_unreachable_hub_is_a_clear_error(capsys):
 def test_serve_prints_its_urls_and_stops_on_sigterm(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tandem.cloud_hub.cli", "serve", "--data-dir", str(tmp_path / "d"), "--http-port", "0",
-         "--broker", "auto", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "tandem.cloud_hub.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--http-port",
+            "0",
+            "--broker",
+            "auto",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         urls: dict[str, str] = {}
         deadline = time.monotonic() + 60

@@ -31,9 +31,11 @@ def test_a_second_hub_on_the_same_data_dir_is_refused_by_name(tmp_path):
 
 
 def test_a_killed_hub_does_not_block_its_restart(tmp_path):
-    code = ("import sys, time; from tandem.cloud_hub.config import HubConfig; from tandem.cloud_hub.hub import Hub; "
-            f"Hub(HubConfig(data_dir={str(tmp_path / 'hub')!r}, mqtt_url='mqtt://127.0.0.1:1')); "
-            "print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from tandem.cloud_hub.config import HubConfig; from tandem.cloud_hub.hub import Hub; "
+        f"Hub(HubConfig(data_dir={str(tmp_path / 'hub')!r}, mqtt_url='mqtt://127.0.0.1:1')); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], env=python_env(), stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"locked"

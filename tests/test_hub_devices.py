@@ -82,8 +82,15 @@ def test_rest_filters_and_pages(hub):
     token = hub.tokens.create("agents", "operate").token
     api = TestClient(hub.app, headers={"Authorization": f"Bearer {token}"})
     for i in range(7):
-        r = api.post("/v1/devices", json={"device_id": f"dev-{i}", "profile": "cpu-x86" if i % 2 else "cpu-arm",
-                                          "agent_version": "0.1.0", "tags": {"site": "lyon" if i < 3 else "oslo"}})
+        r = api.post(
+            "/v1/devices",
+            json={
+                "device_id": f"dev-{i}",
+                "profile": "cpu-x86" if i % 2 else "cpu-arm",
+                "agent_version": "0.1.0",
+                "tags": {"site": "lyon" if i < 3 else "oslo"},
+            },
+        )
         assert r.status_code == 201, r.text
     page = api.get("/v1/devices", params={"limit": 3, "offset": 3}).json()
     assert [d["device_id"] for d in page["items"]] == ["dev-3", "dev-4", "dev-5"] and page["total"] == 7
@@ -110,8 +117,11 @@ def test_concurrent_agents_and_a_cli_writing_the_same_database(hub_config, tmp_p
         def agent(i: int) -> list[int]:
             codes = []
             with httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=20) as c:
-                codes.append(c.post("/v1/devices", json={"device_id": f"a-{i}", "profile": "cpu-x86",
-                                                         "agent_version": "0.1.0"}).status_code)
+                codes.append(
+                    c.post(
+                        "/v1/devices", json={"device_id": f"a-{i}", "profile": "cpu-x86", "agent_version": "0.1.0"}
+                    ).status_code
+                )
                 for _ in range(15):
                     codes.append(c.post(f"/v1/devices/a-{i}/heartbeat", json={"model_version": "1.0.0"}).status_code)
             return codes
@@ -119,13 +129,30 @@ def test_concurrent_agents_and_a_cli_writing_the_same_database(hub_config, tmp_p
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(agent, i) for i in range(8)]
             # Meanwhile an operator bootstraps a token on the same data dir from another process.
-            cli = subprocess.run([sys.executable, "-m", "tandem.cloud_hub.cli", "tokens", "create", "--scope", "read",
-                                  "--name", "side", "--data-dir", str(hub_config.data_dir), "--json"],
-                                 capture_output=True, text=True, timeout=60)
+            cli = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tandem.cloud_hub.cli",
+                    "tokens",
+                    "create",
+                    "--scope",
+                    "read",
+                    "--name",
+                    "side",
+                    "--data-dir",
+                    str(hub_config.data_dir),
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             codes = [code for f in futures for code in f.result(timeout=120)]
         assert cli.returncode == 0, cli.stderr
         assert set(codes) == {200, 201} and codes.count(201) == 8 and len(codes) == 8 * 16
         side = json.loads(cli.stdout)["token"]
-        r = httpx.get(f"{hub.http_url}/v1/devices", headers={"Authorization": f"Bearer {side}"},
-                      params={"model_version": "1.0.0"})
+        r = httpx.get(
+            f"{hub.http_url}/v1/devices", headers={"Authorization": f"Bearer {side}"}, params={"model_version": "1.0.0"}
+        )
         assert r.status_code == 200 and r.json()["total"] == 8

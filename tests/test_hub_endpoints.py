@@ -62,15 +62,21 @@ def test_a_garbled_record_is_chosen_anew(tmp_path):
 def test_serve_takes_listen_addresses_and_ports_by_flag():
     from tandem.cloud_hub.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "--grpc-host", "0.0.0.0", "--mqtt-host", "0.0.0.0",
-                                      "--mqtt-port", "8883"])
+    args = build_parser().parse_args(
+        ["serve", "--grpc-host", "0.0.0.0", "--mqtt-host", "0.0.0.0", "--mqtt-port", "8883"]
+    )
     assert (args.grpc_host, args.mqtt_host, args.mqtt_port) == ("0.0.0.0", "0.0.0.0", 8883)
 
 
 @pytest.mark.parametrize("module", ["tandem.cloud_hub.cli", "tandem.edge_agent.cli", "tandem.sim.cli"])
 def test_every_daemon_cli_says_its_version(module):
-    proc = subprocess.run([sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())",
-                           "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(tandem.__version__), proc.stdout
 
@@ -96,8 +102,9 @@ def test_every_subcommand_that_talks_to_the_hub_takes_url_token_and_ca():
             remote.append(" ".join(path))
             assert {"--token", "--ca"} <= flags, (path, sorted(flags))
     assert "ota rollout start" in remote and "devices list" in remote, remote
-    args = build_parser().parse_args(["ota", "rollout", "start", "--model", "m", "--version", "1.0.0",
-                                      "--ca", "ca.crt"])
+    args = build_parser().parse_args(
+        ["ota", "rollout", "start", "--model", "m", "--version", "1.0.0", "--ca", "ca.crt"]
+    )
     assert str(args.ca) == "ca.crt"
 
 

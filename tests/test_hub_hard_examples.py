@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.cloud_hub.hard_examples import (HardExampleError, HardExampleStore, decode_tensor_index, decode_upload, to_npz)
+from tandem.cloud_hub.hard_examples import (
+    HardExampleError,
+    HardExampleStore,
+    decode_tensor_index,
+    decode_upload,
+    to_npz,
+)
 from tandem.edge_agent.hard_examples import encode_tensors
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
 from telemetry_fixtures import MOSQUITTO, Mosquitto
@@ -24,9 +30,19 @@ needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not in
 
 
 def _upload(device: str, example_id: int, inputs: dict, model: str = "digits", version: str = "1.0.0") -> bytes:
-    return encode_hard_example({"device_id": device, "id": example_id, "model": model, "version": version,
-                                "label": 3, "confidence": 0.41, "source": "edge", "request_id": f"r{example_id}"},
-                               encode_tensors(inputs))
+    return encode_hard_example(
+        {
+            "device_id": device,
+            "id": example_id,
+            "model": model,
+            "version": version,
+            "label": 3,
+            "confidence": 0.41,
+            "source": "edge",
+            "request_id": f"r{example_id}",
+        },
+        encode_tensors(inputs),
+    )
 
 
 # -- pure checks and the store ----------------------------------------------------------------------------
@@ -44,15 +60,15 @@ def test_tensor_index_accepts_the_agents_encoding_and_refuses_what_does_not_add_
     good = encode_tensors({"a": np.zeros(4, np.float32)})
     head = good.partition(b"\n")[0]
     bad = [
-        good[:-1],                                            # one byte short
-        good + b"\0",                                         # one byte too many
-        b'[["a", "|O", [1]]]\n' + b"\0" * 8,                  # object dtype: would need pickle
-        b'[["a", "<f4", [-1]]]\n',                            # negative dimension
+        good[:-1],  # one byte short
+        good + b"\0",  # one byte too many
+        b'[["a", "|O", [1]]]\n' + b"\0" * 8,  # object dtype: would need pickle
+        b'[["a", "<f4", [-1]]]\n',  # negative dimension
         b'[["a", "<f4", [4]], ["a", "<f4", [0]]]\n' + good.partition(b"\n")[2],  # repeated name
-        b'[["a", "<f4", [4294967296, 4294967296]]]\n',       # absurd element count
+        b'[["a", "<f4", [4294967296, 4294967296]]]\n',  # absurd element count
         b"not json\n",
-        head,                                                 # no newline
-        b"[" * 5000 + b"\n",                                  # deep nesting
+        head,  # no newline
+        b"[" * 5000 + b"\n",  # deep nesting
         b'[["../../etc/x", "<f4", [4]]]\n' + good.partition(b"\n")[2],  # a name that is a path in the .npz
     ]
     for blob in bad:
@@ -66,8 +82,12 @@ def test_any_bytes_are_accepted_or_refused_with_the_decoders_own_error(data, cut
     valid = bytearray(_upload("cam-1", 1, {"x": np.arange(6, dtype=np.int16).reshape(2, 3)}))
     if flip < len(valid):
         valid[flip] ^= 0x5A
-    for payload in (data, bytes(valid[:cut]), bytes(valid), b'{"device_id":"cam-1","id":1,"model":"m",'
-                    b'"version":"1"}\n' + data):
+    for payload in (
+        data,
+        bytes(valid[:cut]),
+        bytes(valid),
+        b'{"device_id":"cam-1","id":1,"model":"m","version":"1"}\n' + data,
+    ):
         try:
             record = decode_upload(payload, "cam-1")
         except TelemetryDecodeError:
@@ -138,14 +158,27 @@ def test_agent_hard_examples_reach_the_hub_once_and_come_back_as_npz(hub, tmp_pa
     from tandem.edge_agent.telemetry.window import ModelInfo
 
     queue = HardExampleQueue(tmp_path / "hard.sqlite", max_rows=100)
-    service = TelemetryService(hub.test_broker.url, "hx-dev", ModelInfo("digits", "1.0.0"), tmp_path / "agent",
-                               window_s=3600, hard_examples=queue)
+    service = TelemetryService(
+        hub.test_broker.url,
+        "hx-dev",
+        ModelInfo("digits", "1.0.0"),
+        tmp_path / "agent",
+        window_s=3600,
+        hard_examples=queue,
+    )
     rng = np.random.default_rng(0)
     sent = [rng.random((1, 64), dtype=np.float32) for _ in range(5)]
     try:
         for i, x in enumerate(sent):
-            assert queue.put({"input": x}, request_id=f"req-{i}", model="digits", version="1.0.0", label=i,
-                             confidence=0.3, source="edge")
+            assert queue.put(
+                {"input": x},
+                request_id=f"req-{i}",
+                model="digits",
+                version="1.0.0",
+                label=i,
+                confidence=0.3,
+                source="edge",
+            )
         queue.flush()
         service.start()
         assert wait_for(lambda: hub.hard_examples.store.count() == 5, 20), hub.hard_examples.stats
@@ -184,17 +217,22 @@ def test_redeliveries_store_nothing_twice_and_garbage_is_counted_without_stoppin
     client.loop_start()
     try:
         good = _upload("dup-dev", 1, {"x": np.ones(3, np.float32)})
-        for payload, topic in [(good, "dup-dev"), (good, "dup-dev"), (b"garbage", "dup-dev"),
-                               (_upload("someone-else", 2, {"x": np.ones(1, np.float32)}), "dup-dev"),
-                               (good[:-2], "dup-dev"),
-                               (_upload("dup-dev", 3, {"x": np.ones(1, np.float32)}), "dup-dev")]:
+        for payload, topic in [
+            (good, "dup-dev"),
+            (good, "dup-dev"),
+            (b"garbage", "dup-dev"),
+            (_upload("someone-else", 2, {"x": np.ones(1, np.float32)}), "dup-dev"),
+            (good[:-2], "dup-dev"),
+            (_upload("dup-dev", 3, {"x": np.ones(1, np.float32)}), "dup-dev"),
+        ]:
             client.publish(hard_examples_topic(topic), payload, qos=1).wait_for_publish(5)
     finally:
         client.disconnect()
         client.loop_stop()
     # the last message is a good one: once it is stored, everything before it has been judged
-    assert wait_for(lambda: hub.test_http.get("/v1/hard-examples", params={"device_id": "dup-dev"}).json()["total"] == 2,
-                 15)
+    assert wait_for(
+        lambda: hub.test_http.get("/v1/hard-examples", params={"device_id": "dup-dev"}).json()["total"] == 2, 15
+    )
     assert ingest.stats.bad - before_bad == 3 and ingest.store.count() - before == 2
 
 

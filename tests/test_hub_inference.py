@@ -127,7 +127,7 @@ def test_concurrent_callers_each_get_their_own_rows_back(hub, stub, reference, t
     before = hub.models[CLOUD_NAME].batcher.stats()
 
     def call(i: int) -> bool:
-        x = test_x[i % len(test_x):][:1 + i % 3]
+        x = test_x[i % len(test_x) :][: 1 + i % 3]
         got = decode_response_outputs(stub.ModelInfer(infer_request(x), timeout=10))["probabilities"]
         return np.allclose(got, reference(x), rtol=1e-5, atol=1e-6)
 
@@ -152,8 +152,13 @@ def test_a_stock_triton_client_gets_the_same_answers(hub, reference, test_x):
             x = test_x[:5]
             inp = tgrpc.InferInput("input", list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
-            result = client.infer(model, [inp], outputs=[tgrpc.InferRequestedOutput("probabilities")],
-                                  parameters={params.DEVICE_ID: "triton-cam-1"}, client_timeout=10)
+            result = client.infer(
+                model,
+                [inp],
+                outputs=[tgrpc.InferRequestedOutput("probabilities")],
+                parameters={params.DEVICE_ID: "triton-cam-1"},
+                client_timeout=10,
+            )
             np.testing.assert_allclose(result.as_numpy("probabilities"), reference(x), rtol=1e-5, atol=1e-6)
         assert hub.stats().fallback_requests - before == 2
         assert hub.stats().by_device["triton-cam-1"] >= 2
@@ -170,28 +175,48 @@ def _mutate(request: pb.ModelInferRequest, fn) -> pb.ModelInferRequest:
 
 
 BAD_REQUESTS = {
-    "wrong datatype": (lambda x: infer_request(x.astype(np.int32)), "datatype INT32, model 'digits-cloud' expects FP32"),
-    "unknown datatype": (lambda x: _mutate(infer_request(x), lambda r: setattr(r.inputs[0], "datatype", "FP8")),
-                         "tensor 'input': unknown datatype 'FP8'"),
+    "wrong datatype": (
+        lambda x: infer_request(x.astype(np.int32)),
+        "datatype INT32, model 'digits-cloud' expects FP32",
+    ),
+    "unknown datatype": (
+        lambda x: _mutate(infer_request(x), lambda r: setattr(r.inputs[0], "datatype", "FP8")),
+        "tensor 'input': unknown datatype 'FP8'",
+    ),
     "a standard datatype the model does not take": (
-        lambda x: infer_request(x.astype(np.float64)), "datatype FP64, model 'digits-cloud' expects FP32"),
+        lambda x: infer_request(x.astype(np.float64)),
+        "datatype FP64, model 'digits-cloud' expects FP32",
+    ),
     "wrong shape": (lambda x: infer_request(x[:, :63].copy()), "shape [2, 63] does not fit ['N', 64]"),
     "wrong rank": (lambda x: infer_request(x.reshape(2, 8, 8)), "does not fit"),
-    "bytes do not match shape": (lambda x: _mutate(infer_request(x), lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 12)),
-                                 "12 raw bytes do not match FP32 shape [2, 64]"),
+    "bytes do not match shape": (
+        lambda x: _mutate(infer_request(x), lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 12)),
+        "12 raw bytes do not match FP32 shape [2, 64]",
+    ),
     "missing input": (lambda x: pb.ModelInferRequest(model_name=CLOUD_NAME), "missing input(s) input"),
-    "unknown input": (lambda x: _mutate(infer_request(x), lambda r: setattr(r.inputs[0], "name", "pixels")),
-                      "unknown input(s) pixels"),
+    "unknown input": (
+        lambda x: _mutate(infer_request(x), lambda r: setattr(r.inputs[0], "name", "pixels")),
+        "unknown input(s) pixels",
+    ),
     "NaN": (lambda x: infer_request(np.where(np.arange(64) == 3, np.nan, x).astype(np.float32)), "NaN or infinity"),
-    "unknown output": (lambda x: _mutate(infer_request(x), lambda r: r.outputs.add(name="logits")), "no output(s) logits"),
+    "unknown output": (
+        lambda x: _mutate(infer_request(x), lambda r: r.outputs.add(name="logits")),
+        "no output(s) logits",
+    ),
     "classification extension": (
-        lambda x: _mutate(infer_request(x), lambda r: r.outputs.add(name="probabilities").parameters["classification"]
-                          .__setattr__("int64_param", 3)),
-        "classification"),
+        lambda x: _mutate(
+            infer_request(x),
+            lambda r: r.outputs.add(name="probabilities").parameters["classification"].__setattr__("int64_param", 3),
+        ),
+        "classification",
+    ),
     # an empty batch [0, 64] is answered (the model batches on axis 0): tests/test_hub_v2_protocol.py
     "shape over the size limit": (
-        lambda x: _mutate(infer_request(x), lambda r: (r.inputs[0].ClearField("shape"), r.inputs[0].shape.extend([2**40, 64]))),
-        "exceeds the limit"),
+        lambda x: _mutate(
+            infer_request(x), lambda r: (r.inputs[0].ClearField("shape"), r.inputs[0].shape.extend([2**40, 64]))
+        ),
+        "exceeds the limit",
+    ),
     "empty model name": (lambda x: infer_request(x, model=""), "model name is empty"),
 }
 
@@ -206,8 +231,10 @@ def test_bad_requests_are_invalid_argument_naming_the_problem(stub, test_x, case
 
 
 def test_unknown_model_or_version_is_not_found_and_the_hub_keeps_serving(hub, stub, reference, test_x):
-    for request, phrase in ((infer_request(test_x[:1], model="resnet"), "model 'resnet' is not served here"),
-                            (infer_request(test_x[:1], model_version="9.9.9"), "version '9.9.9' is not served")):
+    for request, phrase in (
+        (infer_request(test_x[:1], model="resnet"), "model 'resnet' is not served here"),
+        (infer_request(test_x[:1], model_version="9.9.9"), "version '9.9.9' is not served"),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(request, timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and phrase in err.value.details()
@@ -259,8 +286,11 @@ def _burst(address: str, x: np.ndarray, n: int) -> list[tuple[grpc.StatusCode, f
     return done
 
 
-@pytest.mark.parametrize("limits", [dict(max_concurrent_rpcs=2), dict(max_concurrent_rpcs=64, max_queue=1, max_batch=1)],
-                         ids=["concurrent-rpcs", "batcher-queue"])
+@pytest.mark.parametrize(
+    "limits",
+    [dict(max_concurrent_rpcs=2), dict(max_concurrent_rpcs=64, max_queue=1, max_batch=1)],
+    ids=["concurrent-rpcs", "batcher-queue"],
+)
 def test_overload_answers_resource_exhausted_fast_and_recovers(slow_model_dir, limits):
     x = np.random.default_rng(1).random((1, 3, 48, 192), dtype=np.float32)
     server = InferenceServer(slow_model_dir, **limits)
@@ -294,13 +324,25 @@ def test_fallback_client_gets_the_cloud_answer_and_the_hub_counts_the_edge_conte
         x = test_x[10:11]
         want = reference(x)
         wrong_label = (int(want.argmax()) + 1) % 10
-        result = client.infer(EDGE_NAME, {"input": x}, device_id="cam-42", model_version="1.0.0",
-                              edge_label=wrong_label, edge_confidence=0.41)
+        result = client.infer(
+            EDGE_NAME,
+            {"input": x},
+            device_id="cam-42",
+            model_version="1.0.0",
+            edge_label=wrong_label,
+            edge_confidence=0.41,
+        )
         np.testing.assert_allclose(result.outputs["probabilities"], want, rtol=1e-5, atol=1e-6)
         assert result.model_name == CLOUD_NAME and result.variant == "onnxruntime-fp32"
         assert result.latency_ms > 0 and 0 < result.hub_compute_ms <= result.latency_ms
-        result = client.infer(EDGE_NAME, {"input": x}, device_id="cam-42", model_version="1.0.0",
-                              edge_label=int(want.argmax()), edge_confidence=0.55)
+        result = client.infer(
+            EDGE_NAME,
+            {"input": x},
+            device_id="cam-42",
+            model_version="1.0.0",
+            edge_label=int(want.argmax()),
+            edge_confidence=0.55,
+        )
     after = hub.stats()
     assert after.fallback_requests - before.fallback_requests == 2
     assert after.by_device["cam-42"] - before.by_device["cam-42"] == 2
@@ -408,7 +450,10 @@ def test_model_directories_that_cannot_be_served_are_refused_with_the_reason(clo
     data = bytearray((broken / rel).read_bytes())
     data[-1] ^= 0xFF
     (broken / rel).write_bytes(bytes(data))
-    assert hashlib.sha256(data).hexdigest() != next(v for v in manifest["variants"] if v["id"] == chosen)["files"][0]["sha256"]
+    assert (
+        hashlib.sha256(data).hexdigest()
+        != next(v for v in manifest["variants"] if v["id"] == chosen)["files"][0]["sha256"]
+    )
     with pytest.raises(ModelDirError, match="does not match its sha256"):
         InferenceServer(broken).start()
 
@@ -510,12 +555,16 @@ def test_the_asyncio_client_answers_fails_within_the_deadline_and_trips_its_brea
         breaker = CircuitBreaker(failure_threshold=2, cool_down_s=60)
         async with AsyncFallbackClient(server.address, deadline_ms=200, breaker=breaker) as client:
             assert await client.ready()
-            answers = await asyncio.gather(*[
-                client.infer(EDGE_NAME, {"input": test_x[i:i + 1]}, device_id="a", model_version="1.0.0")
-                for i in range(16)])
+            answers = await asyncio.gather(
+                *[
+                    client.infer(EDGE_NAME, {"input": test_x[i : i + 1]}, device_id="a", model_version="1.0.0")
+                    for i in range(16)
+                ]
+            )
             for i, answer in enumerate(answers):
-                np.testing.assert_allclose(answer.outputs["probabilities"], reference(test_x[i:i + 1]),
-                                           rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(
+                    answer.outputs["probabilities"], reference(test_x[i : i + 1]), rtol=1e-5, atol=1e-6
+                )
             server.stop()
             for _ in range(2):
                 start = time.perf_counter()

@@ -25,10 +25,23 @@ def fleet(digits_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ota-cli")
     v1 = compile_digits(digits_dir, root / "rel" / "1.0.0", "1.0.0", root / "rel" / "compiler.pem")
-    releases = [v1, derive(v1, root / "rel" / "1.1.0", "1.1.0"), derive(v1, root / "rel" / "1.2.0", "1.2.0", scramble_golden)]
+    releases = [
+        v1,
+        derive(v1, root / "rel" / "1.1.0", "1.1.0"),
+        derive(v1, root / "rel" / "1.2.0", "1.2.0", scramble_golden),
+    ]
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url,
-                        rollout_tick_s=0.1, rollout_watch_s=0.6)).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=root / "hub",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url=broker.url,
+            rollout_tick_s=0.1,
+            rollout_watch_s=0.6,
+        )
+    ).start()
     devices: list[SimDevice] = []
     try:
         for path in releases:
@@ -41,8 +54,11 @@ def fleet(digits_dir, tmp_path_factory):
         watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0)
         for i in range(N_DEVICES):
             hub.devices.register(f"lab-{i}", "cpu-x86", "test", {"site": "lab"})
-            devices.append(SimDevice(f"lab-{i}", root / "devices", v1, broker.url, fleet_token, hub.key.public_pem,
-                                     inputs, watch).start())
+            devices.append(
+                SimDevice(
+                    f"lab-{i}", root / "devices", v1, broker.url, fleet_token, hub.key.public_pem, inputs, watch
+                ).start()
+            )
         hub.devices.register("ghost-1", "cpu-x86", "test", {"site": "ghost"})  # registered, never answers
         assert all(d.client.wait_subscribed(10) for d in devices)
         yield hub, devices, tokens
@@ -90,14 +106,37 @@ def wait_serving(devices: list[SimDevice], version: str, timeout_s: float = 30) 
 def test_start_shows_status_as_table_and_json_then_rollback_returns_every_device(fleet, capsys):
     hub, devices, tokens = fleet
     op, read = tokens["operate"], tokens["read"]
-    code, out, err = cli(capsys, hub, op, "rollout", "start", "--model", MODEL, "--version", "1.1.0",
-                         "--select", "profile=cpu-x86,site=lab", "--waves", "30,100",
-                         "--gate", "min_reporting=1.0", "--gate", "max_latency_ratio=100", "--gate", "wave_timeout_s=60",
-                         "--json")
+    code, out, err = cli(
+        capsys,
+        hub,
+        op,
+        "rollout",
+        "start",
+        "--model",
+        MODEL,
+        "--version",
+        "1.1.0",
+        "--select",
+        "profile=cpu-x86,site=lab",
+        "--waves",
+        "30,100",
+        "--gate",
+        "min_reporting=1.0",
+        "--gate",
+        "max_latency_ratio=100",
+        "--gate",
+        "wave_timeout_s=60",
+        "--json",
+    )
     assert code == 0, err
     started = json.loads(out)
     rid = started["rollout_id"]
-    assert (started["model"], started["version"], started["waves"], started["devices"]) == (MODEL, "1.1.0", [30, 100], 3)
+    assert (started["model"], started["version"], started["waves"], started["devices"]) == (
+        MODEL,
+        "1.1.0",
+        [30, 100],
+        3,
+    )
     assert started["gates"]["min_reporting"] == 1.0 and started["gates"]["max_latency_ratio"] == 100.0
 
     body = wait_status(capsys, hub, read, rid, ("completed", "halted"))
@@ -115,10 +154,10 @@ def test_start_shows_status_as_table_and_json_then_rollback_returns_every_device
     assert lines[0] == f"rollout {rid}: {MODEL} 1.1.0 — completed, wave 2 of 2 (30%, 100%)"
     assert lines[1] == f"devices: committed={N_DEVICES}"
     assert lines[3].split() == ["DEVICE", "WAVE", "STATE", "LAST", "STEP", "REASON"]
-    states = {line.split()[0]: line.split()[1:3] for line in lines[4:4 + N_DEVICES]}
+    states = {line.split()[0]: line.split()[1:3] for line in lines[4 : 4 + N_DEVICES]}
     assert set(states) == {d.device_id for d in devices} and all(s[1] == "committed" for s in states.values())
     assert sorted(s[0] for s in states.values()) == ["1", "2", "2"]  # 30% of 3 devices: one in wave 1
-    assert "recent steps:" in lines and any("committed" in line for line in lines[lines.index("recent steps:"):])
+    assert "recent steps:" in lines and any("committed" in line for line in lines[lines.index("recent steps:") :])
 
     code, out, _ = cli(capsys, hub, read, "status", "--json")
     assert rid in [r["rollout_id"] for r in json.loads(out)["items"]]
@@ -139,8 +178,22 @@ def test_start_shows_status_as_table_and_json_then_rollback_returns_every_device
 def test_pause_resume_abort_and_a_refused_action_on_a_rollout_waiting_for_an_offline_device(fleet, capsys):
     hub, devices, tokens = fleet
     op = tokens["operate"]
-    code, out, err = cli(capsys, hub, op, "rollout", "start", "--model", MODEL, "--version", "1.1.0",
-                         "--select", "site=ghost", "--waves", "100", "--json")
+    code, out, err = cli(
+        capsys,
+        hub,
+        op,
+        "rollout",
+        "start",
+        "--model",
+        MODEL,
+        "--version",
+        "1.1.0",
+        "--select",
+        "site=ghost",
+        "--waves",
+        "100",
+        "--json",
+    )
     assert code == 0, err
     rid = json.loads(out)["rollout_id"]
     for action, status in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
@@ -155,33 +208,63 @@ def test_pause_resume_abort_and_a_refused_action_on_a_rollout_waiting_for_an_off
     assert {d.serving for d in devices} == {"1.0.0"}  # the lab devices were never selected
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--select", "profile"], "--select 'profile': expected KEY=VALUE"),
-    (["--gate", "speed=3"], "--gate 'speed=3': expected KEY=VALUE with KEY one of max_failure_rate"),
-    (["--gate", "max_failure_rate=lots"], "--gate max_failure_rate: 'lots' is not a float"),
-    (["--gate", "auto_rollback=perhaps"], "--gate auto_rollback: 'perhaps' is not a bool"),
-    (["--waves", "5,x"], "--waves '5,x': expected percentages like 5,25,100"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--select", "profile"], "--select 'profile': expected KEY=VALUE"),
+        (["--gate", "speed=3"], "--gate 'speed=3': expected KEY=VALUE with KEY one of max_failure_rate"),
+        (["--gate", "max_failure_rate=lots"], "--gate max_failure_rate: 'lots' is not a float"),
+        (["--gate", "auto_rollback=perhaps"], "--gate auto_rollback: 'perhaps' is not a bool"),
+        (["--waves", "5,x"], "--waves '5,x': expected percentages like 5,25,100"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_is_sent(fleet, capsys, args, message):
     hub, devices, tokens = fleet
     before = hub.rollouts.list()[1]
-    code, out, err = cli(capsys, hub, tokens["operate"], "rollout", "start", "--model", MODEL, "--version", "1.1.0",
-                         "--select", "site=lab", *args)
+    code, out, err = cli(
+        capsys,
+        hub,
+        tokens["operate"],
+        "rollout",
+        "start",
+        "--model",
+        MODEL,
+        "--version",
+        "1.1.0",
+        "--select",
+        "site=lab",
+        *args,
+    )
     assert code == 1 and out == ""
     assert err.startswith("tandem-hub: error: ") and message in err and "Traceback" not in err
     assert hub.rollouts.list()[1] == before
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--waves", "50,20"], "HTTP 422"),
-    (["--select", "site=nowhere"], "no registered device matches"),
-    (["--gate", "min_reporting=2"], "HTTP 422: body.gates.min_reporting"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--waves", "50,20"], "HTTP 422"),
+        (["--select", "site=nowhere"], "no registered device matches"),
+        (["--gate", "min_reporting=2"], "HTTP 422: body.gates.min_reporting"),
+    ],
+)
 def test_what_the_hub_refuses_comes_back_as_its_message(fleet, capsys, args, message):
     hub, devices, tokens = fleet
     before = hub.rollouts.list()[1]
-    code, out, err = cli(capsys, hub, tokens["operate"], "rollout", "start", "--model", MODEL, "--version", "1.1.0",
-                         "--select", "site=lab", *args)
+    code, out, err = cli(
+        capsys,
+        hub,
+        tokens["operate"],
+        "rollout",
+        "start",
+        "--model",
+        MODEL,
+        "--version",
+        "1.1.0",
+        "--select",
+        "site=lab",
+        *args,
+    )
     assert code == 1 and message in err, err
     assert hub.rollouts.list()[1] == before
 
@@ -198,8 +281,9 @@ def test_an_unknown_version_and_a_missing_flag(fleet, capsys):
 
 def test_a_read_token_may_look_but_not_start_and_no_token_is_told_to_get_one(fleet, capsys):
     hub, devices, tokens = fleet
-    code, _, err = cli(capsys, hub, tokens["read"], "rollout", "start", "--model", MODEL, "--version", "1.1.0",
-                       "--select", "site=lab")
+    code, _, err = cli(
+        capsys, hub, tokens["read"], "rollout", "start", "--model", MODEL, "--version", "1.1.0", "--select", "site=lab"
+    )
     assert code == 1
     assert "HTTP 403" in err and "has scope 'read'; this needs 'operate' or higher" in err
     code, _, err = cli(capsys, hub, tokens["read"], "abort", "ro-anything")

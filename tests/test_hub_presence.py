@@ -32,7 +32,9 @@ def registry(tmp_path):
 
 
 def test_plan_registers_unknown_online_device_with_profile():
-    action = plan_status("cam-1", {"state": STATUS_ONLINE, "profile": "cpu-arm", "model": "m", "version": "1.0.0"}, False)
+    action = plan_status(
+        "cam-1", {"state": STATUS_ONLINE, "profile": "cpu-arm", "model": "m", "version": "1.0.0"}, False
+    )
     assert (action.kind, action.profile, action.model_version) == ("register", "cpu-arm", "1.0.0")
     assert action.agent_version == "unknown"
 
@@ -71,16 +73,24 @@ def test_presence_service_registers_device_from_retained_status(mosquitto, tmp_p
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
     pub.connect("127.0.0.1", mosquitto.port)
     pub.loop_start()
-    pub.publish(status_topic("dev-a"), encode_status(STATUS_ONLINE, "dev-a", profile="cpu-x86", model="digits",
-                                                     version="1.0.0"), qos=1, retain=True).wait_for_publish(5)
+    pub.publish(
+        status_topic("dev-a"),
+        encode_status(STATUS_ONLINE, "dev-a", profile="cpu-x86", model="digits", version="1.0.0"),
+        qos=1,
+        retain=True,
+    ).wait_for_publish(5)
     pub.publish(status_topic("dev-bad"), b"not json", qos=1, retain=True).wait_for_publish(5)
     presence = DevicePresence(flush_s=0.1)
     presence.start(hub)
     try:
         assert wait_registered(devices, "dev-a", 10)
         record = devices.get("dev-a")
-        assert (record.profile, record.model_name, record.model_version, record.status) == \
-            ("cpu-x86", "digits", "1.0.0", "online")
+        assert (record.profile, record.model_name, record.model_version, record.status) == (
+            "cpu-x86",
+            "digits",
+            "1.0.0",
+            "online",
+        )
         deadline = time.monotonic() + 5
         while presence.bad == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -109,8 +119,9 @@ def test_a_default_hub_lists_an_agent_that_only_speaks_mqtt_and_keeps_it_online_
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
     with Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto")).start() as hub:
         assert hub.presence is not None and hub.telemetry.on_seen == hub.presence.note_seen
-        with TelemetryService(hub.mqtt_url, "cam-9", load_manifest(model_dir), tmp_path / "agent", window_s=60,
-                              profile="cpu-x86") as agent:
+        with TelemetryService(
+            hub.mqtt_url, "cam-9", load_manifest(model_dir), tmp_path / "agent", window_s=60, profile="cpu-x86"
+        ) as agent:
             assert wait_registered(hub.devices, "cam-9", 10)
             record = hub.devices.get("cam-9")
             assert (record.profile, record.model_name, record.model_version) == ("cpu-x86", "digits", "1.0.0")

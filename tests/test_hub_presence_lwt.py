@@ -42,10 +42,10 @@ def test_statuses_are_ordered_by_boot_and_connection_not_wall_time(registry):
     # the will of connection 1 was built before the online message (older `at`) and still wins
     assert say(STATUS_OFFLINE, 100, 1, at=10.0) == "offline"
     assert say(STATUS_ONLINE, 100, 1, at=60.0) == "offline"  # a replayed online of the same connection
-    assert say(STATUS_ONLINE, 100, 2, at=5.0) == "online"     # reconnected: newer, whatever its clock says
-    assert say(STATUS_OFFLINE, 100, 1, at=99.0) == "online"   # a stale will of the earlier connection
-    assert say(STATUS_OFFLINE, 99, 7, at=99.0) == "online"    # ... or of an earlier boot
-    assert say(STATUS_OFFLINE, 101, 1, at=1.0) == "offline"   # a later boot
+    assert say(STATUS_ONLINE, 100, 2, at=5.0) == "online"  # reconnected: newer, whatever its clock says
+    assert say(STATUS_OFFLINE, 100, 1, at=99.0) == "online"  # a stale will of the earlier connection
+    assert say(STATUS_OFFLINE, 99, 7, at=99.0) == "online"  # ... or of an earlier boot
+    assert say(STATUS_OFFLINE, 101, 1, at=1.0) == "offline"  # a later boot
     assert newer_presence(None, (1, 1, 0)) and newer_presence((1, 1, 0), None)
 
 
@@ -65,8 +65,11 @@ AGENT = textwrap.dedent("""
 
 
 def _start_agent(url: str, device: str, tmp_path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", AGENT, url, device, str(KEEPALIVE_S), str(tmp_path / f"{device}.db")],
-                            stdout=subprocess.PIPE, env=python_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AGENT, url, device, str(KEEPALIVE_S), str(tmp_path / f"{device}.db")],
+        stdout=subprocess.PIPE,
+        env=python_env(),
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"connected"
     return proc
 
@@ -78,7 +81,8 @@ class _Hub:
 
 
 def test_a_killed_agent_is_offline_within_one_and_a_half_keepalives_and_an_idle_one_stays_online(
-        mosquitto, registry, tmp_path):  # noqa: F811
+    mosquitto, registry, tmp_path
+):  # noqa: F811
     presence = DevicePresence(flush_s=0.1)
     presence.start(_Hub(mosquitto.url, registry))
     killed = _start_agent(mosquitto.url, "cam-killed", tmp_path)

@@ -99,8 +99,12 @@ def test_upload_over_rest_then_list_models_versions_and_variants(running_hub, di
             d = make_model_dir(digits_dir, tmp_path / version, version=version)
             r = c.post("/v1/models", content=tar_gz(d), headers={"Content-Type": "application/gzip"})
             assert r.status_code == 201, r.text
-            assert r.json() == {"name": "digits", "version": version, "created": True,
-                                "content_sha256": r.json()["content_sha256"]}
+            assert r.json() == {
+                "name": "digits",
+                "version": version,
+                "created": True,
+                "content_sha256": r.json()["content_sha256"],
+            }
         models = c.get("/v1/models").json()
         assert models["total"] == 1
         assert models["items"][0]["latest_version"] == "1.10.0"  # semantic, not string order
@@ -140,8 +144,14 @@ def test_read_scope_cannot_register(running_hub, hub_model_dir):
 def test_a_real_compiler_output_registers_and_every_file_downloads(running_hub, digits_dir, tmp_path):
     from hub_fixtures import compile_digits
 
-    out = compile_digits(digits_dir, "edge", tmp_path / "compiled", name="digits-edge", key=tmp_path / "compiler.pem",
-                         profiles=("cpu-x86", "cpu-arm"))
+    out = compile_digits(
+        digits_dir,
+        "edge",
+        tmp_path / "compiled",
+        name="digits-edge",
+        key=tmp_path / "compiler.pem",
+        profiles=("cpu-x86", "cpu-arm"),
+    )
     compiled = Manifest.from_json((out / "manifest.json").read_text())
     with client(running_hub) as c:
         r = c.post("/v1/models", content=tar_gz(out), headers={"Content-Type": "application/gzip"})

@@ -20,9 +20,19 @@ def test_restart_keeps_everything(hub_config, hub_model_dir):
         first.tokens.revoke(revoked.info.token_id)
         first.registry.register_dir(hub_model_dir)
         headers = {"Authorization": f"Bearer {admin.token}"}
-        r = httpx.post(f"{first.http_url}/v1/devices", headers=headers, timeout=10,
-                       json={"device_id": "cam-7", "profile": "cpu-x86", "agent_version": "0.1.0", "tags": {"site": "lyon"},
-                             "model_name": "digits", "model_version": "1.0.0"})
+        r = httpx.post(
+            f"{first.http_url}/v1/devices",
+            headers=headers,
+            timeout=10,
+            json={
+                "device_id": "cam-7",
+                "profile": "cpu-x86",
+                "agent_version": "0.1.0",
+                "tags": {"site": "lyon"},
+                "model_name": "digits",
+                "model_version": "1.0.0",
+            },
+        )
         assert r.status_code == 201  # created
         key_pem = first.key.public_pem
         manifest_before = first.registry.manifest("digits", "1.0.0")
@@ -49,7 +59,9 @@ def test_restart_keeps_everything(hub_config, hub_model_dir):
 def test_migrations_apply_once_in_order_and_refuse_a_newer_database(tmp_path):
     path = tmp_path / "hub.db"
     open_database(path).close()
-    extra = MIGRATIONS + (Migration(MIGRATIONS[-1].version + 1, "add notes", ("CREATE TABLE notes (id INTEGER PRIMARY KEY)",)),)
+    extra = MIGRATIONS + (
+        Migration(MIGRATIONS[-1].version + 1, "add notes", ("CREATE TABLE notes (id INTEGER PRIMARY KEY)",)),
+    )
     db = open_database(path, extra)
     assert db.schema_version() == extra[-1].version
     assert "notes" in db.db.table_names()

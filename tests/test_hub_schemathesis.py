@@ -16,7 +16,10 @@ from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import (
-    content_type_conformance, not_a_server_error, response_schema_conformance, status_code_conformance,
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
 )
 
 from tandem.cloud_hub.hub import Hub
@@ -38,8 +41,18 @@ def schema_hub(tmp_path_factory, digits_dir):
     # the per-token REST limit raised, or most generated requests would stop at a (documented) 429
     # it also serves the model for inference, so the v2 routes answer as a serving hub does (503 is for a hub with none)
     model_dir = make_model_dir(digits_dir, root / "model")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1",
-                        rest_rate_per_s=1e6, rest_burst=1e6, model_dirs=(model_dir,), grpc_port=0)).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=root / "data",
+            http_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+            rest_rate_per_s=1e6,
+            rest_burst=1e6,
+            model_dirs=(model_dir,),
+            grpc_port=0,
+        )
+    ).start()
     hub.registry.register_dir(model_dir)
     hub.devices.register("cam-1", "cpu-x86", "0.1.0", {"site": "lyon"})
     token = hub.tokens.create("schemathesis", "admin").token

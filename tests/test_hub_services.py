@@ -29,7 +29,11 @@ def test_a_default_hub_ingests_an_agents_telemetry_window_and_serves_it_on_rest(
     from tandem.protocols.manifest import load_manifest
 
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto")).start() as hub:
+    with Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto"
+        )
+    ).start() as hub:
         hub.registry.register_dir(model_dir)
         urls = hub.urls()
         assert urls["telemetry"] == hub.http_url + "/v1/telemetry/windows"
@@ -37,8 +41,15 @@ def test_a_default_hub_ingests_an_agents_telemetry_window_and_serves_it_on_rest(
         assert hub.telemetry.ingest.wait_subscribed(10)
         x = np.load(digits_dir / "test.npz")
         inputs = x[x.files[0]].astype(np.float32)[:20]
-        with TelemetryService(hub.mqtt_url, "cam-7", load_manifest(model_dir), tmp_path / "agent", window_s=60,
-                              profile="cpu-x86", tags={"site": "lyon"}) as agent:
+        with TelemetryService(
+            hub.mqtt_url,
+            "cam-7",
+            load_manifest(model_dir),
+            tmp_path / "agent",
+            window_s=60,
+            profile="cpu-x86",
+            tags={"site": "lyon"},
+        ) as agent:
             for row in inputs:
                 agent.record("edge", 2.5, 0.9, 3, {"input": row[None, :]})
             agent.record("cloud", 40.0, 0.3, 5, {"input": inputs[:1]})
@@ -68,14 +79,18 @@ def test_an_unreachable_broker_does_not_keep_the_hub_from_starting_and_stop_unwi
 
     class Probe:
         def start(self, hub: Hub) -> None:  # an added service starts after telemetry, before HTTP and rollouts
-            seen.append(f"start telemetry={hub.telemetry is not None} http={hub.http_url is not None} "
-                        f"rollouts={hub.rollouts is not None}")
+            seen.append(
+                f"start telemetry={hub.telemetry is not None} http={hub.http_url is not None} "
+                f"rollouts={hub.rollouts is not None}"
+            )
             self.hub = hub
 
         def stop(self) -> None:
             seen.append(f"stop telemetry={self.hub.telemetry is not None} rollouts={self.hub.rollouts is not None}")
 
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE))
+    hub = Hub(
+        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+    )
     hub.add_service(Probe())
     hub.start()
     try:
@@ -91,8 +106,12 @@ def test_an_unreachable_broker_does_not_keep_the_hub_from_starting_and_stop_unwi
 
 
 def test_telemetry_and_rollouts_turned_off_answer_503_saying_so(tmp_path):
-    config = HubConfig.load(env={"TANDEM_HUB_TELEMETRY": "false", "TANDEM_HUB_ROLLOUTS": "no"},
-                            data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+    config = HubConfig.load(
+        env={"TANDEM_HUB_TELEMETRY": "false", "TANDEM_HUB_ROLLOUTS": "no"},
+        data_dir=tmp_path / "hub",
+        http_port=0,
+        mqtt_url=UNREACHABLE,
+    )
     with Hub(config).start() as hub, api(hub) as http:
         assert not {"telemetry", "drift", "rollouts"} & set(hub.urls())
         r = http.get("/v1/telemetry/windows")
@@ -104,15 +123,28 @@ def test_telemetry_and_rollouts_turned_off_answer_503_saying_so(tmp_path):
 
 def test_the_embedded_broker_runs_without_telemetry_and_rollouts_and_says_why(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="tandem.cloud_hub.hub"):
-        with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, broker="embedded")).start() as hub:
+        with Hub(
+            HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, broker="embedded")
+        ).start() as hub:
             assert hub.broker_kind == "embedded" and hub.telemetry is None and hub.rollouts is None
     assert "telemetry not started: it needs MQTT 5" in caplog.text and "install Mosquitto" in caplog.text
 
 
 def test_the_hub_config_reaches_the_drift_engine_and_the_rollout_service(tmp_path):
-    config = HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE, public_url="http://hub.example:8080",
-                       drift_eval_interval_s=2.5, drift_span_s=120, drift_open_above=0.4, drift_close_below=0.2,
-                       telemetry_share_group="replicas", rollout_tick_s=0.2, rollout_watch_s=30)
+    config = HubConfig(
+        publisher_trust_on_first_use=True,
+        data_dir=tmp_path / "hub",
+        http_port=0,
+        mqtt_url=UNREACHABLE,
+        public_url="http://hub.example:8080",
+        drift_eval_interval_s=2.5,
+        drift_span_s=120,
+        drift_open_above=0.4,
+        drift_close_below=0.2,
+        telemetry_share_group="replicas",
+        rollout_tick_s=0.2,
+        rollout_watch_s=30,
+    )
     with Hub(config).start() as hub:
         assert hub.telemetry.config.eval_interval_s == 2.5
         drift = hub.telemetry.engine.config
@@ -124,10 +156,13 @@ def test_the_hub_config_reaches_the_drift_engine_and_the_rollout_service(tmp_pat
 
 
 def test_rollout_gates_count_the_hubs_open_drift_alerts_per_version(tmp_path):
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)).start() as hub:
+    with Hub(
+        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+    ).start() as hub:
         assert hub.rollouts.drift_alerts("digits", "1.1.0") == 0
-        alert = hub.telemetry.store.open_alert("digits", "1.1.0", '{"profile": "cpu-x86", "tags": {}}', "input.mean",
-                                               {"value": 0.4})
+        alert = hub.telemetry.store.open_alert(
+            "digits", "1.1.0", '{"profile": "cpu-x86", "tags": {}}', "input.mean", {"value": 0.4}
+        )
         hub.telemetry.store.open_alert("digits", "1.0.0", '{"profile": "cpu-x86", "tags": {}}', "classes", {})
         assert hub.rollouts.drift_alerts("digits", "1.1.0") == 1
         hub.telemetry.store.close_alert(alert, {"value": 0.01})
@@ -139,7 +174,9 @@ def test_own_telemetry_and_rollout_settings_replace_the_defaults_without_doublin
     from tandem.cloud_hub.telemetry import TelemetryServiceConfig
     from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
 
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE))
+    hub = Hub(
+        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+    )
     own = HubTelemetry(TelemetryServiceConfig(eval_interval_s=1.5))
     hub.add_service(own)
     with hub.start():
@@ -156,7 +193,9 @@ def test_own_telemetry_and_rollout_settings_replace_the_defaults_without_doublin
 
 
 def test_without_http_or_public_url_rollouts_wait_for_a_url(tmp_path):
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)).start(http=False) as hub:
+    with Hub(
+        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+    ).start(http=False) as hub:
         assert hub.telemetry is not None and hub.rollouts is None
         hub.start()  # HTTP now: rollouts follow
         assert hub.rollouts is not None and hub.rollouts.config.public_url == hub.http_url
@@ -165,7 +204,15 @@ def test_without_http_or_public_url_rollouts_wait_for_a_url(tmp_path):
 def test_rollouts_attached_to_a_hub_configured_without_them_are_stopped_with_it(tmp_path):
     from tandem.cloud_hub.rollouts.attach import attach_rollouts
 
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE, rollouts=False)).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=tmp_path / "hub",
+            http_port=0,
+            mqtt_url=UNREACHABLE,
+            rollouts=False,
+        )
+    ).start()
     service = attach_rollouts(hub, tick_s=0.2)
     assert hub.rollouts is service
     hub.stop()

@@ -37,8 +37,15 @@ def model_file(tmp_path_factory):
 def hub(model_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("v2hub")
     model_dir = make_model_dir(model_file, root / "lin", name=MODEL, version="2.1.0")
-    config = HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1",
-                       telemetry=False, rollouts=False, model_dirs=(model_dir,))
+    config = HubConfig(
+        data_dir=root / "hub",
+        http_port=0,
+        grpc_port=0,
+        mqtt_url="mqtt://127.0.0.1:1",
+        telemetry=False,
+        rollouts=False,
+        model_dirs=(model_dir,),
+    )
     with Hub(config).start() as running:
         yield running
 
@@ -96,7 +103,8 @@ def test_tritonclient_http_walks_every_endpoint(http, token, reference):
     config = http.get_model_config(MODEL, model_version=ALIAS_VERSION, headers=h.copy())
     assert config["max_batch_size"] >= 1 and config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]
     assert http.get_model_repository_index(headers=h.copy()) == [
-        {"name": MODEL, "version": "2.1.0", "state": "READY", "reason": ""}]
+        {"name": MODEL, "version": "2.1.0", "state": "READY", "reason": ""}
+    ]
 
     for binary in (True, False):  # the binary tensor data extension and plain JSON tensors
         x = _x(5, seed=int(binary))
@@ -201,10 +209,17 @@ def test_grpc_health_per_model_and_reflection(hub):
         watch.cancel()
 
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = list(reflect.ServerReflectionInfo(iter([
-            reflection_pb2.ServerReflectionRequest(list_services=""),
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
-        ]), timeout=5))
+        answers = list(
+            reflect.ServerReflectionInfo(
+                iter(
+                    [
+                        reflection_pb2.ServerReflectionRequest(list_services=""),
+                        reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
+                    ]
+                ),
+                timeout=5,
+            )
+        )
         services = {s.name for s in answers[0].list_services_response.service}
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
         assert answers[1].file_descriptor_response.file_descriptor_proto  # grpcurl can describe ModelInfer

@@ -52,9 +52,15 @@ def test_package_imports_only_what_design_allows(package):
 
 
 def test_topic_prefix_lives_in_one_file():
-    holders = [p.relative_to(ROOT).as_posix() for pkg in OURS for p in (ROOT / pkg).rglob("*.py")
-               if "tandem/v1/" in p.read_text(encoding="utf-8")]
-    assert holders == ["protocols/topics.py"], f"'tandem/v1/' appears in {holders}; topics belong in protocols/topics.py"
+    holders = [
+        p.relative_to(ROOT).as_posix()
+        for pkg in OURS
+        for p in (ROOT / pkg).rglob("*.py")
+        if "tandem/v1/" in p.read_text(encoding="utf-8")
+    ]
+    assert holders == ["protocols/topics.py"], (
+        f"'tandem/v1/' appears in {holders}; topics belong in protocols/topics.py"
+    )
 
 
 def test_code_imports_our_packages_only_through_the_tandem_namespace():

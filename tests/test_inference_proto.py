@@ -10,9 +10,20 @@ from dependencies import require_module
 from tandem.protocols import inference_pb2 as ours
 
 MESSAGES = [
-    "ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "ServerReadyResponse", "ModelReadyRequest",
-    "ModelReadyResponse", "ServerMetadataRequest", "ServerMetadataResponse", "ModelMetadataRequest",
-    "ModelMetadataResponse", "InferParameter", "InferTensorContents", "ModelInferRequest", "ModelInferResponse",
+    "ServerLiveRequest",
+    "ServerLiveResponse",
+    "ServerReadyRequest",
+    "ServerReadyResponse",
+    "ModelReadyRequest",
+    "ModelReadyResponse",
+    "ServerMetadataRequest",
+    "ServerMetadataResponse",
+    "ModelMetadataRequest",
+    "ModelMetadataResponse",
+    "InferParameter",
+    "InferTensorContents",
+    "ModelInferRequest",
+    "ModelInferResponse",
 ]
 
 
@@ -20,9 +31,13 @@ def _fields(descriptor) -> dict:
     """name -> (number, type, repeated, message type, oneof), recursing into nested messages."""
     out = {}
     for f in descriptor.fields:
-        out[f.name] = (f.number, f.type, f.label == f.LABEL_REPEATED if hasattr(f, "label") else f.is_repeated,
-                       f.message_type.full_name if f.message_type else None,
-                       f.containing_oneof.name if f.containing_oneof else None)
+        out[f.name] = (
+            f.number,
+            f.type,
+            f.label == f.LABEL_REPEATED if hasattr(f, "label") else f.is_repeated,
+            f.message_type.full_name if f.message_type else None,
+            f.containing_oneof.name if f.containing_oneof else None,
+        )
     for nested in descriptor.nested_types:
         out[nested.name] = _fields(nested)
     return out
@@ -44,20 +59,40 @@ def test_service_methods_have_tritons_paths_and_types():
     assert mine.full_name == theirs.full_name == "inference.GRPCInferenceService"
     for method in mine.methods:
         other = theirs.methods_by_name[method.name]
-        assert (method.input_type.full_name, method.output_type.full_name) == \
-            (other.input_type.full_name, other.output_type.full_name)
+        assert (method.input_type.full_name, method.output_type.full_name) == (
+            other.input_type.full_name,
+            other.output_type.full_name,
+        )
     assert [m.name for m in mine.methods] == [
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-        "ModelStreamInfer", "ModelConfig", "ModelStatistics", "RepositoryIndex"]
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelStreamInfer",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryIndex",
+    ]
     stream = mine.methods_by_name["ModelStreamInfer"]
     assert stream.client_streaming and stream.server_streaming
 
 
 # Served extras: every field we define is Triton's field (same number, type, label); Triton has more.
 SUBSET_MESSAGES = [
-    "ModelStreamInferResponse", "ModelConfigRequest", "ModelConfigResponse", "ModelStatisticsRequest",
-    "ModelStatisticsResponse", "ModelStatistics", "StatisticDuration", "InferStatistics", "InferBatchStatistics",
-    "MemoryUsage", "RepositoryIndexRequest", "RepositoryIndexResponse",
+    "ModelStreamInferResponse",
+    "ModelConfigRequest",
+    "ModelConfigResponse",
+    "ModelStatisticsRequest",
+    "ModelStatisticsResponse",
+    "ModelStatistics",
+    "StatisticDuration",
+    "InferStatistics",
+    "InferBatchStatistics",
+    "MemoryUsage",
+    "RepositoryIndexRequest",
+    "RepositoryIndexResponse",
 ]
 CONFIG_MESSAGES = ["ModelConfig", "ModelInput", "ModelOutput", "ModelDynamicBatching"]
 

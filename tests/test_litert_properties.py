@@ -28,7 +28,9 @@ def _run_both(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.nda
     model = onnx.shape_inference.infer_shapes(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    ref = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
     it = Interpreter(model_content=write(lower(model, {"x": x.shape}).graph), num_threads=1)
     it.allocate_tensors()
     it.set_tensor(it.get_input_details()[0]["index"], x)
@@ -70,16 +72,23 @@ def conv_graphs(draw):
     if draw(st.booleans()):
         inits.append(_init("b", rng.standard_normal(c_out)))
         conv_inputs.append("b")
-    nodes.append(helper.make_node("Conv", conv_inputs, ["c"], group=group, kernel_shape=list(k), strides=strides,
-                                  dilations=dil, pads=pads))
+    nodes.append(
+        helper.make_node(
+            "Conv", conv_inputs, ["c"], group=group, kernel_shape=list(k), strides=strides, dilations=dil, pads=pads
+        )
+    )
     cur = "c"
     if draw(st.booleans()):  # a learnable per-channel scale after the conv (folded into its weights)
         inits.append(_init("scale", rng.uniform(-2, 2, (1, c_out, 1, 1))))
         nodes.append(helper.make_node("Mul", [cur, "scale"], ["scaled"]))
         cur = "scaled"
     if draw(st.booleans()):
-        inits += [_init("g", rng.uniform(0.5, 1.5, c_out)), _init("be", rng.standard_normal(c_out)),
-                  _init("m", rng.standard_normal(c_out)), _init("v", rng.uniform(0.5, 2, c_out))]
+        inits += [
+            _init("g", rng.uniform(0.5, 1.5, c_out)),
+            _init("be", rng.standard_normal(c_out)),
+            _init("m", rng.standard_normal(c_out)),
+            _init("v", rng.uniform(0.5, 2, c_out)),
+        ]
         nodes.append(helper.make_node("BatchNormalization", [cur, "g", "be", "m", "v"], ["bn"]))
         cur = "bn"
     act = draw(st.sampled_from(["none", "Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid"]))
@@ -100,8 +109,11 @@ def conv_graphs(draw):
     elif up != "none":
         inits.append(_init("scales", [1, 1, 2, 2]))
         ctm = "asymmetric" if up == "nearest" else draw(st.sampled_from(["half_pixel", "align_corners", "asymmetric"]))
-        nodes.append(helper.make_node("Resize", [cur, "", "scales"], ["up"], mode=up, coordinate_transformation_mode=ctm,
-                                      nearest_mode="floor"))
+        nodes.append(
+            helper.make_node(
+                "Resize", [cur, "", "scales"], ["up"], mode=up, coordinate_transformation_mode=ctm, nearest_mode="floor"
+            )
+        )
         cur, out_h, out_w = "up", out_h * 2, out_w * 2
     pool = draw(st.sampled_from(["none", "MaxPool", "AveragePool", "GlobalAveragePool"]))
     if pool in ("MaxPool", "AveragePool") and out_h >= 2 and out_w >= 2:
@@ -118,8 +130,13 @@ def conv_graphs(draw):
         nodes.append(helper.make_node("Softmax", ["logits"], ["y"], axis=-1))
     else:
         nodes.append(helper.make_node("Identity", [cur], ["y"]))
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, h, w])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return model, rng.standard_normal((1, c_in, h, w)).astype(np.float32)
 
@@ -138,8 +155,16 @@ def gemm_graphs(draw):
         if op == "Gemm":
             trans_b = draw(st.booleans())
             inits += [_init(f"w{i}", w.T if trans_b else w), _init(f"b{i}", b)]
-            nodes.append(helper.make_node("Gemm", [cur, f"w{i}", f"b{i}"], [f"h{i}"], transB=int(trans_b),
-                                          alpha=draw(st.sampled_from([1.0, 0.5])), beta=draw(st.sampled_from([1.0, 2.0]))))
+            nodes.append(
+                helper.make_node(
+                    "Gemm",
+                    [cur, f"w{i}", f"b{i}"],
+                    [f"h{i}"],
+                    transB=int(trans_b),
+                    alpha=draw(st.sampled_from([1.0, 0.5])),
+                    beta=draw(st.sampled_from([1.0, 2.0])),
+                )
+            )
         elif op == "MatMulAdd":
             inits += [_init(f"w{i}", w), _init(f"b{i}", b)]
             nodes.append(helper.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"]))
@@ -157,8 +182,13 @@ def gemm_graphs(draw):
             nodes.append(helper.make_node(act, [cur], [f"a{i}"]))
             cur = f"a{i}"
     nodes.append(helper.make_node("Softmax" if draw(st.booleans()) else "Identity", [cur], ["y"]))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, sizes[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return model, rng.standard_normal((batch, sizes[0])).astype(np.float32)
 
@@ -184,8 +214,10 @@ def layout_graphs(draw):
     c, h, w = draw(st.integers(1, 3)), draw(st.integers(2, 6)), draw(st.integers(2, 6))
     c_out = draw(st.integers(1, 4))
     inits = [_init("w1", rng.standard_normal((c_out, c, 3, 3))), _init("w2", rng.standard_normal((c_out, c, 1, 1)))]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["x", "w2"], ["b"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w2"], ["b"]),
+    ]
     join = draw(st.sampled_from(["Add", "Mul", "Sub", "Concat", "AddInput"]))
     if join == "Concat":
         nodes.append(helper.make_node("Concat", ["a", "b"], ["j"], axis=draw(st.sampled_from([1, 2, 3, -1]))))
@@ -215,8 +247,13 @@ def layout_graphs(draw):
         inits += [_init("lo", np.array(-0.5)), _init("hi", np.array(0.7))]
         nodes.append(helper.make_node("Clip", ["j2", "lo", "hi"], ["y"]))
     x = rng.standard_normal((1, c, h, 2 * w)).astype(np.float32)  # even element counts for Reshape [1, -1, 2]
-    graph = helper.make_graph(nodes, "layout", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "layout",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
 
 
@@ -233,8 +270,12 @@ def attention_graphs(draw):
     two computed tensors, Transpose, Softmax) and a dynamic Slice, like PP-OCRv4 rec's neck."""
     rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     t, d = draw(st.integers(1, 6)), draw(st.integers(2, 8))
-    inits = [_init("two", 2.0), _init("eps", 1e-5), _init("wq", rng.standard_normal((d, d))),
-             _init("wk", rng.standard_normal((d, d)))]
+    inits = [
+        _init("two", 2.0),
+        _init("eps", 1e-5),
+        _init("wq", rng.standard_normal((d, d))),
+        _init("wk", rng.standard_normal((d, d))),
+    ]
     nodes = [
         helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
         helper.make_node("Sub", ["x", "mu"], ["xc"]),
@@ -252,13 +293,20 @@ def attention_graphs(draw):
     ]
     lo = draw(st.integers(0, d - 1))
     hi = draw(st.integers(lo + 1, d))
-    inits += [numpy_helper.from_array(np.array([lo], np.int64), "starts"),
-              numpy_helper.from_array(np.array([hi], np.int64), "ends"),
-              numpy_helper.from_array(np.array([2], np.int64), "axes")]
+    inits += [
+        numpy_helper.from_array(np.array([lo], np.int64), "starts"),
+        numpy_helper.from_array(np.array([hi], np.int64), "ends"),
+        numpy_helper.from_array(np.array([2], np.int64), "axes"),
+    ]
     nodes.append(helper.make_node("Slice", ["ctx", "starts", "ends", "axes"], ["y"]))
     x = (rng.standard_normal((1, t, d)) * draw(st.sampled_from([0.1, 1.0, 10.0]))).astype(np.float32)
-    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
 
 
@@ -281,7 +329,7 @@ def _run_tflite(model_bytes: bytes, xs: np.ndarray) -> np.ndarray:
     batch = it.get_input_details()[0]["shape"][0]
     outs = []
     for k in range(0, len(xs), batch):
-        it.set_tensor(it.get_input_details()[0]["index"], xs[k:k + batch])
+        it.set_tensor(it.get_input_details()[0]["index"], xs[k : k + batch])
         it.invoke()
         outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
     return np.concatenate(outs)
@@ -292,11 +340,21 @@ def _wide_hidden_then_softmax() -> tuple[onnx.ModelProto, np.ndarray]:
     a tolerance taken from the widest tensor would let the probabilities be anything."""
     rng = np.random.default_rng(7)
     inits = [_init("w0", 40 * rng.standard_normal((6, 8))), _init("w1", 0.02 * rng.standard_normal((8, 4)))]
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"]), helper.make_node("MatMul", ["h", "w1"], ["logits"]),
-             helper.make_node("Softmax", ["logits"], ["y"], axis=-1)]
-    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng.standard_normal((1, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"]),
+        helper.make_node("MatMul", ["h", "w1"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), rng.standard_normal((1, 6)).astype(
+        np.float32
+    )
 
 
 @settings(max_examples=max(MAX_EXAMPLES // 2, 5), deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -35,8 +35,13 @@ def _paddle_hardswish_model() -> onnx.ModelProto:
         helper.make_node("Div", ["m", "six"], ["y"]),
     ]
     inits = [_init("w", rng.standard_normal((4, 2, 3, 3))), _init("three", 3.0), _init("zero", 0.0), _init("six", 6.0)]
-    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "hs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -65,14 +70,23 @@ def test_paddle_hardswish_pattern_becomes_one_op_and_matches_onnxruntime():
 
 def test_hardswish_pattern_is_left_alone_when_the_constant_is_not_3():
     consts = {"three": np.float32(2.5), "zero": np.float32(0), "six": np.float32(6)}
-    nodes = [Node("Add", ["x", "three"], ["a"]), Node("Clip", ["a", "zero", "six"], ["cl"]),
-             Node("Mul", ["x", "cl"], ["m"]), Node("Div", ["m", "six"], ["y"])]
+    nodes = [
+        Node("Add", ["x", "three"], ["a"]),
+        Node("Clip", ["a", "zero", "six"], ["cl"]),
+        Node("Mul", ["x", "cl"], ["m"]),
+        Node("Div", ["m", "six"], ["y"]),
+    ]
     assert [n.op_type for n in match_hardswish(list(nodes), consts, {"y"})] == ["Add", "Clip", "Mul", "Div"]
 
 
 def test_batchnorm_folds_into_conv_unless_the_conv_output_is_used_elsewhere():
-    consts = {"w": np.ones((2, 1, 1, 1), np.float32), "g": np.array([2.0, 1.0]), "b": np.array([0.5, 0.0]),
-              "m": np.array([1.0, 0.0]), "v": np.array([1.0, 4.0])}
+    consts = {
+        "w": np.ones((2, 1, 1, 1), np.float32),
+        "g": np.array([2.0, 1.0]),
+        "b": np.array([0.5, 0.0]),
+        "m": np.array([1.0, 0.0]),
+        "v": np.array([1.0, 4.0]),
+    }
     conv = Node("Conv", ["x", "w"], ["c"], name="conv")
     bn = Node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], {"epsilon": 0.0})
     folded = fold_batchnorm([conv, bn], dict(consts), {"y"})
@@ -84,8 +98,13 @@ def test_batchnorm_folds_into_conv_unless_the_conv_output_is_used_elsewhere():
 
 
 def test_folded_batchnorm_values():
-    consts = {"w": np.full((2, 1, 1, 1), 3.0, np.float32), "g": np.array([2.0, 1.0]), "b": np.array([0.5, 0.0]),
-              "m": np.array([1.0, 0.0]), "v": np.array([1.0, 4.0])}
+    consts = {
+        "w": np.full((2, 1, 1, 1), 3.0, np.float32),
+        "g": np.array([2.0, 1.0]),
+        "b": np.array([0.5, 0.0]),
+        "m": np.array([1.0, 0.0]),
+        "v": np.array([1.0, 4.0]),
+    }
     conv = Node("Conv", ["x", "w"], ["c"], name="conv")
     bn = Node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], {"epsilon": 0.0})
     (node,) = fold_batchnorm([conv, bn], consts, {"y"})
@@ -105,8 +124,10 @@ def test_affine_parameters_represent_zero_exactly_and_cover_the_range(lo, hi):
 def test_dynamic_spatial_dims_need_static_shapes():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, "h", "w"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     with pytest.raises(LoweringError, match="input 'x' has a dynamic dimension 2"):
         lower(model)
     assert lower(model, {"x": (1, 3, 4, 5)}).graph.tensors[0].shape == (1, 3, 4, 5)
@@ -118,8 +139,10 @@ def test_builder_skips_a_dynamic_model_without_calibration_samples(tmp_path):
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, "h", "w"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     onnx.save(model, tmp_path / "m.onnx")
     builder = get_builder("litert")
     recipe = builder.recipes(get_profile("npu-litert"))[0]
@@ -132,8 +155,13 @@ def mlp_tflite(tmp_path):
     rng = np.random.default_rng(1)
     nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1), helper.make_node("Softmax", ["h"], ["y"])]
     inits = [_init("w", rng.standard_normal((3, 5))), _init("b", rng.standard_normal(3))]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "mlp.onnx")
     path = tmp_path / "mlp.tflite"
@@ -176,10 +204,18 @@ def test_session_falls_back_to_sample_by_sample_when_the_batch_is_baked_in(tmp_p
 
     shape = numpy_helper.from_array(np.array([2, 2], dtype=np.int64), "s22")
     back = numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "s14")
-    nodes = [helper.make_node("Reshape", ["x", "s22"], ["sq"]), helper.make_node("Transpose", ["sq"], ["t"], perm=[1, 0]),
-             helper.make_node("Reshape", ["t", "s14"], ["y"])]
-    graph = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [shape, back])
+    nodes = [
+        helper.make_node("Reshape", ["x", "s22"], ["sq"]),
+        helper.make_node("Transpose", ["sq"], ["t"], perm=[1, 0]),
+        helper.make_node("Reshape", ["t", "s14"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fold",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [shape, back],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "fold.tflite"
     path.write_bytes(write(lower(model).graph))
@@ -187,7 +223,7 @@ def test_session_falls_back_to_sample_by_sample_when_the_batch_is_baked_in(tmp_p
     session = load_session("litert", path)
     got = session.run({"x": x})[0]
     ort_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    ref = np.concatenate([ort_session.run(None, {"x": x[i:i + 1]})[0] for i in range(5)])
+    ref = np.concatenate([ort_session.run(None, {"x": x[i : i + 1]})[0] for i in range(5)])
     assert got.shape == (5, 4) and np.array_equal(got, ref)
     assert session._batched[5] is None
 
@@ -196,8 +232,12 @@ def test_percentile_ranges_sit_inside_minmax_ranges_and_clip_an_outlier():
     from tandem.model_compiler.litert.calibrate import collect_ranges
 
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
-    graph = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    graph = helper.make_graph(
+        nodes,
+        "r",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+    )
     lowered = lower(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     model_bytes = write(lowered.graph)
     x = np.random.default_rng(0).uniform(-1, 1, (256, 64)).astype(np.float32)

@@ -167,10 +167,14 @@ def test_lstm_is_reported_as_unsupported():
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    inits = [helper.make_tensor("W", TensorProto.FLOAT, [1, 8, 3], np.zeros(24, np.float32)),
-             helper.make_tensor("R", TensorProto.FLOAT, [1, 8, 2], np.zeros(16, np.float32))]
+    inits = [
+        helper.make_tensor("W", TensorProto.FLOAT, [1, 8, 3], np.zeros(24, np.float32)),
+        helper.make_tensor("R", TensorProto.FLOAT, [1, 8, 2], np.zeros(16, np.float32)),
+    ]
     node = helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=2, name="rnn")
-    model = helper.make_model(helper.make_graph([node], "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([node], "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     with pytest.raises(UnsupportedOpError) as info:
         lower(model)
     assert info.value.op_type == "LSTM" and "rnn" in str(info.value) and info.value.runtime == "litert"
@@ -216,8 +220,12 @@ def test_ocr_recognizer_lowers_in_fp32_and_int8(tmp_path):
 
 def test_int8_skips_a_model_whose_op_has_no_int8_kernel_naming_it(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sqrt", ["r"], ["y"], name="root")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+    )
     path = tmp_path / "sqrt.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     calib = {"x": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)}

@@ -8,23 +8,51 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.protocols.manifest import FileEntry, Manifest, ManifestError, ProfileChoice, TensorSpec, Variant, parse_version
-from tandem.protocols.signing import SignatureError, generate_private_key, load_private_key, load_public_key, public_key_pem, \
-    save_private_key, sign_manifest, verify_manifest
+from tandem.protocols.manifest import (
+    FileEntry,
+    Manifest,
+    ManifestError,
+    ProfileChoice,
+    TensorSpec,
+    Variant,
+    parse_version,
+)
+from tandem.protocols.signing import (
+    SignatureError,
+    generate_private_key,
+    load_private_key,
+    load_public_key,
+    public_key_pem,
+    save_private_key,
+    sign_manifest,
+    verify_manifest,
+)
 
 SHA = "ab" * 32
 
 
 def make_manifest(**overrides) -> dict:
     spec = TensorSpec("input", "float32", [-1, 64])
-    variant = Variant(id="onnxruntime-fp32", runtime="onnxruntime", precision="fp32",
-                      files=[FileEntry("variants/onnxruntime-fp32/model.onnx", SHA, 1234)],
-                      inputs=[spec], outputs=[TensorSpec("probabilities", "float32", [-1, 10])])
-    m = Manifest(name="digits-edge", version="1.2.3", created_at="2026-11-22T00:00:00+00:00", expires_at=None,
-                 task={"kind": "classification", "output": "probabilities"}, inputs=[spec],
-                 outputs=variant.outputs, variants=[variant],
-                 profiles={"cpu-x86": ProfileChoice(chosen="onnxruntime-fp32", reason="fastest")},
-                 target_profiles=["cpu-x86"])
+    variant = Variant(
+        id="onnxruntime-fp32",
+        runtime="onnxruntime",
+        precision="fp32",
+        files=[FileEntry("variants/onnxruntime-fp32/model.onnx", SHA, 1234)],
+        inputs=[spec],
+        outputs=[TensorSpec("probabilities", "float32", [-1, 10])],
+    )
+    m = Manifest(
+        name="digits-edge",
+        version="1.2.3",
+        created_at="2026-11-22T00:00:00+00:00",
+        expires_at=None,
+        task={"kind": "classification", "output": "probabilities"},
+        inputs=[spec],
+        outputs=variant.outputs,
+        variants=[variant],
+        profiles={"cpu-x86": ProfileChoice(chosen="onnxruntime-fp32", reason="fastest")},
+        target_profiles=["cpu-x86"],
+    )
     data = m.to_dict()
     data.update(overrides)
     return data
@@ -98,8 +126,15 @@ def _paths(node, prefix=()) -> list[tuple]:
 
 
 VALID_PATHS = _paths(make_manifest())
-JUNK = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=12),
-                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -125,8 +160,13 @@ def test_any_field_of_a_valid_manifest_deleted_or_replaced_is_accepted_or_named(
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.dictionaries(st.one_of(st.sampled_from(sorted(make_manifest())), st.text(min_size=1, max_size=8)),
-                       st.one_of(st.integers(), st.text(max_size=8), st.none()), max_size=5))
+@given(
+    st.dictionaries(
+        st.one_of(st.sampled_from(sorted(make_manifest())), st.text(min_size=1, max_size=8)),
+        st.one_of(st.integers(), st.text(max_size=8), st.none()),
+        max_size=5,
+    )
+)
 def test_arbitrary_objects_never_crash_the_loader(junk):
     try:
         Manifest.from_dict(junk)

@@ -32,8 +32,15 @@ def promtool_problems(text: str) -> str:
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics-hub")
     model = make_linear_softmax(root / "lin.onnx")
-    config = HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1",
-                       telemetry=False, rollouts=False, model_dirs=(make_model_dir(model, root / "lin", name="lin"),))
+    config = HubConfig(
+        data_dir=root / "hub",
+        http_port=0,
+        grpc_port=0,
+        mqtt_url="mqtt://127.0.0.1:1",
+        telemetry=False,
+        rollouts=False,
+        model_dirs=(make_model_dir(model, root / "lin", name="lin"),),
+    )
     with Hub(config).start() as running:
         yield running
 
@@ -53,17 +60,24 @@ def test_hub_metrics_pass_promtool_and_count_inference(hub):
     assert promtool_problems(text) == ""
     assert 'tandem_hub_inference_requests_total{model="lin",version="1.0.0",variant="ort-fp32",code="OK"} 1' in text
     assert 'code="INVALID_ARGUMENT"} 1' in text
-    for name in ("tandem_hub_inference_request_duration_seconds_bucket", "tandem_hub_inference_queue_depth",
-                 "tandem_hub_inference_batch_size_bucket", "tandem_hub_devices{status=\"online\"}",
-                 "tandem_hub_build_info{", "process_cpu_seconds_total", "process_resident_memory_bytes"):
+    for name in (
+        "tandem_hub_inference_request_duration_seconds_bucket",
+        "tandem_hub_inference_queue_depth",
+        "tandem_hub_inference_batch_size_bucket",
+        'tandem_hub_devices{status="online"}',
+        "tandem_hub_build_info{",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ):
         assert name in text, name
     assert httpx.get(f"{hub.http_url}/metrics").status_code == 401
 
 
 def test_hub_metrics_speak_openmetrics_when_asked(hub):
     token = hub.tokens.create("om", "read").token
-    answer = httpx.get(f"{hub.http_url}/metrics", headers={"Authorization": f"Bearer {token}",
-                                                             "Accept": OPENMETRICS_ACCEPT})
+    answer = httpx.get(
+        f"{hub.http_url}/metrics", headers={"Authorization": f"Bearer {token}", "Accept": OPENMETRICS_ACCEPT}
+    )
     assert answer.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     text = answer.text
     assert text.endswith("# EOF\n")
@@ -107,12 +121,26 @@ def agent(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("metrics-agent")
     model_dir = make_model_dir(make_linear_softmax(root / "lin.onnx"), root / "lin", name="lin")
-    keys = {"model_dir": model_dir, "endpoint": f"ipc://{root}/agent.sock", "data_dir": root / "data",
-            "http_port": 0, "device_id": "metrics-dev", "threshold": 0.0}
+    keys = {
+        "model_dir": model_dir,
+        "endpoint": f"ipc://{root}/agent.sock",
+        "data_dir": root / "data",
+        "http_port": 0,
+        "device_id": "metrics-dev",
+        "threshold": 0.0,
+    }
     if hasattr(AgentConfig, "from_keys"):  # the sectioned config: the same keys by section
-        cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": keys["model_dir"], "server.endpoint": keys["endpoint"],
-                                     "hard_examples.data_dir": keys["data_dir"], "health.http_port": 0,
-                                     "server.device_id": keys["device_id"], "policy.threshold": 0.0})
+        cfg = AgentConfig.from_keys(
+            {
+                "trust.allow_unsigned": True,
+                "model.dir": keys["model_dir"],
+                "server.endpoint": keys["endpoint"],
+                "hard_examples.data_dir": keys["data_dir"],
+                "health.http_port": 0,
+                "server.device_id": keys["device_id"],
+                "policy.threshold": 0.0,
+            }
+        )
     else:
         cfg = AgentConfig(**keys)
     with Agent(cfg) as running:
@@ -128,8 +156,12 @@ def test_agent_metrics_pass_promtool_with_build_and_model_info(agent):
     assert promtool_problems(text) == ""
     assert 'tandem_agent_model_info{model="lin",version="1.0.0",variant="ort-fp32"} 1' in text
     assert "tandem_agent_build_info{" in text and "process_cpu_seconds_total" in text
-    for counter in ("tandem_agent_batches_total", "tandem_agent_inline_runs_total", "tandem_agent_model_swaps_total",
-                    "tandem_agent_hard_examples_dropped_total"):
+    for counter in (
+        "tandem_agent_batches_total",
+        "tandem_agent_inline_runs_total",
+        "tandem_agent_model_swaps_total",
+        "tandem_agent_hard_examples_dropped_total",
+    ):
         assert f"# TYPE {counter} counter" in text, counter
     answer = httpx.get(agent.health_url + "/metrics", headers={"Accept": OPENMETRICS_ACCEPT})
     assert answer.headers["content-type"].startswith("application/openmetrics-text")

@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tandem.edge_agent.modes import (
-    BUDGET_REASON, HOUR_S, Action, FallbackBudget, ServingMode, decide, effective_mode,
+    BUDGET_REASON,
+    HOUR_S,
+    Action,
+    FallbackBudget,
+    ServingMode,
+    decide,
+    effective_mode,
 )
 
 
@@ -62,9 +68,9 @@ def test_bytes_per_hour_refuses_big_payloads_until_the_hour_has_passed():
     reason = budget.take(10.0, 600)
     assert reason is not None and "1000 request bytes/hour" in reason
     assert budget.take(20.0, 400) is None and budget.bytes_left() == 0
-    assert budget.take(HOUR_S - 1, 1) is not None       # still inside the hour
-    assert budget.take(HOUR_S + 61, 600) is None        # the first admissions have left the window
-    assert budget.take(0.0, 2000) is not None           # bigger than the whole budget: never admitted
+    assert budget.take(HOUR_S - 1, 1) is not None  # still inside the hour
+    assert budget.take(HOUR_S + 61, 600) is None  # the first admissions have left the window
+    assert budget.take(0.0, 2000) is not None  # bigger than the whole budget: never admitted
 
 
 def test_shadow_samples_at_the_rate_and_skips_samples_over_budget():
@@ -113,9 +119,14 @@ def test_the_bucket_never_admits_more_than_rate_times_t_plus_burst(gaps, rps, bu
 
 
 @settings(max_examples=200, deadline=None)
-@given(steps=st.lists(st.tuples(st.floats(min_value=0.0, max_value=900.0, allow_nan=False),
-                                st.integers(min_value=0, max_value=400)), min_size=1, max_size=200),
-       limit=st.integers(min_value=1, max_value=2000))
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=900.0, allow_nan=False), st.integers(min_value=0, max_value=400)),
+        min_size=1,
+        max_size=200,
+    ),
+    limit=st.integers(min_value=1, max_value=2000),
+)
 def test_no_hour_ever_carries_more_than_the_bytes_budget(steps, limit):
     budget = FallbackBudget(bytes_per_hour=limit)
     now, admitted = 0.0, []
@@ -135,9 +146,17 @@ def _window(device: str, seq: int, version: str, requests: int, shadow: int, agr
     from tandem.protocols import limits
     from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
 
-    w = TelemetryWindow(schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id=device, sequence=seq,
-                        model_name="digits", model_version=version, start_unix=0.0, end_unix=10.0,
-                        shadow_samples=shadow, shadow_agree=agree)
+    w = TelemetryWindow(
+        schema_version=limits.TELEMETRY_SCHEMA_VERSION,
+        device_id=device,
+        sequence=seq,
+        model_name="digits",
+        model_version=version,
+        start_unix=0.0,
+        end_unix=10.0,
+        shadow_samples=shadow,
+        shadow_agree=agree,
+    )
     w.requests.edge = requests
     w.confidence_counts.extend([0] * 19 + [requests])
     return encode_window(w)
@@ -147,8 +166,12 @@ def _compare(wave_agree: int, control_agree: int, shadow: int = 200):
     from tandem.cloud_hub.rollouts.quality import QualityQuery, compare_cohorts
 
     q = QualityQuery(("w1",), ("c1",), "2.0.0", 0.0)
-    return compare_cohorts(q, [_window("w1", 1, "2.0.0", 300, shadow, wave_agree)],
-                           [_window("c1", 1, "1.0.0", 300, shadow, control_agree)], 10.0)
+    return compare_cohorts(
+        q,
+        [_window("w1", 1, "2.0.0", 300, shadow, wave_agree)],
+        [_window("c1", 1, "1.0.0", 300, shadow, control_agree)],
+        10.0,
+    )
 
 
 def test_agreement_gate_halts_a_wave_that_agrees_with_the_cloud_less_than_the_control():
@@ -157,12 +180,17 @@ def test_agreement_gate_halts_a_wave_that_agrees_with_the_cloud_less_than_the_co
 
     gates = GatePolicy(min_quality_requests=100, max_agreement_drop_vs_control=0.05, min_shadow_samples=100)
     halt = verdict(_compare(150, 190), gates)  # 0.75 vs 0.95
-    assert halt == ("halt", "shadow agreement with the cloud model 0.75 vs control 0.95 (max drop 0.05; "
-                            "200 wave and 200 control shadow samples)")
+    assert halt == (
+        "halt",
+        "shadow agreement with the cloud model 0.75 vs control 0.95 (max drop 0.05; "
+        "200 wave and 200 control shadow samples)",
+    )
     assert verdict(_compare(182, 190), gates) == ("pass", "")  # 0.91 vs 0.95: within the drop
     assert verdict(_compare(30, 95, shadow=99), gates) == ("pass", "")  # too few samples: not judged
-    assert verdict(_compare(150, 190), GatePolicy(min_quality_requests=100, max_agreement_drop_vs_control=None)) \
-        == ("pass", "")
+    assert verdict(_compare(150, 190), GatePolicy(min_quality_requests=100, max_agreement_drop_vs_control=None)) == (
+        "pass",
+        "",
+    )
     figures = _compare(150, 190).as_dict()
     assert (figures["wave"]["agreement"], figures["control"]["shadow_samples"]) == (0.75, 200)
 

@@ -32,10 +32,17 @@ def doc_table() -> dict[str, dict[str, str]]:
 
 def expected_row(kind: str) -> dict[str, str]:
     s = MESSAGE_SPECS[kind]
-    return {"kind": kind, "direction": s.direction, "payload": s.payload, "ContentType": s.content_type,
-            "UTF-8": "yes" if s.utf8 else "no", "tandem-schema": str(s.schema_version), "QoS": str(s.qos),
-            "retain": "yes" if s.retain else "no",
-            "MessageExpiry (s)": str(s.expiry_s) if s.expiry_s is not None else "none"}
+    return {
+        "kind": kind,
+        "direction": s.direction,
+        "payload": s.payload,
+        "ContentType": s.content_type,
+        "UTF-8": "yes" if s.utf8 else "no",
+        "tandem-schema": str(s.schema_version),
+        "QoS": str(s.qos),
+        "retain": "yes" if s.retain else "no",
+        "MessageExpiry (s)": str(s.expiry_s) if s.expiry_s is not None else "none",
+    }
 
 
 def test_the_doc_table_lists_every_topic_kind_as_mqtt_props_defines_it():
@@ -61,19 +68,25 @@ def test_a_subscriber_sees_what_the_table_says_from_a_real_publisher(mosquitto, 
     sub.subscribe([(topics.all_devices(kind), 1) for kind in topics.KINDS])
     sub.loop_start()
     box = Outbox(tmp_path / "outbox.sqlite")
-    publisher = TelemetryPublisher(PublisherConfig(mosquitto.url, keepalive_s=5), box, DEVICE,
-                                   status_info={"model": "toy", "version": "1.0.0"})
+    publisher = TelemetryPublisher(
+        PublisherConfig(mosquitto.url, keepalive_s=5), box, DEVICE, status_info={"model": "toy", "version": "1.0.0"}
+    )
     try:
-        w = TelemetryWindow(schema_version=1, device_id=DEVICE, model_name="toy", model_version="1.0.0",
-                            start_unix=1.0, end_unix=2.0)
+        w = TelemetryWindow(
+            schema_version=1, device_id=DEVICE, model_name="toy", model_version="1.0.0", start_unix=1.0, end_unix=2.0
+        )
         box.append(w)
         box.append_message(topics.OTA_STATUS, b'{"step": "watching"}')
-        box.append_message(topics.HARD_EXAMPLES, encode_hard_example(
-            {"device_id": DEVICE, "id": 1, "model": "toy", "version": "1.0.0"}, b"{}\n"))
+        box.append_message(
+            topics.HARD_EXAMPLES,
+            encode_hard_example({"device_id": DEVICE, "id": 1, "model": "toy", "version": "1.0.0"}, b"{}\n"),
+        )
         publisher.start()
         publisher.wake()
-        assert wait_for(lambda: all(k in seen for k in (topics.STATUS, topics.TELEMETRY, topics.OTA_STATUS,
-                                                        topics.HARD_EXAMPLES)), 15), f"only {sorted(seen)} arrived"
+        assert wait_for(
+            lambda: all(k in seen for k in (topics.STATUS, topics.TELEMETRY, topics.OTA_STATUS, topics.HARD_EXAMPLES)),
+            15,
+        ), f"only {sorted(seen)} arrived"
         # the last will: drop the socket without DISCONNECT, the broker publishes the offline status
         publisher._client.socket().close()
         assert wait_for(lambda: any(b'"offline"' in m.payload for m in seen[topics.STATUS]), 15), "no last will"

@@ -42,18 +42,36 @@ def job(digits_dir, tmp_path_factory):
 
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("ota-crash")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=root / "hub",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+        )
+    ).start()
     try:
         for v in ("1.0.0", "1.1.0"):
             hub.registry.register_dir(rel[v])
         now = time.time()
         job = {
-            "profile": PROFILE, "token": hub.tokens.create("device", "read").token, "public_pem": hub.key.public_pem,
-            "rate_bps": 40_000, "watch_s": 0.3,  # ~0.4 s of download and 0.3 s of watch: room for kills in every step
-            "command": {"rollout_id": "ro-crash", "action": "install", "model": MODEL, "version": "1.1.0",
-                        "manifest_url": f"{hub.http_url}/v1/models/{MODEL}/versions/1.1.0/manifest",
-                        "manifest_sha256": manifest_digest(hub.registry.manifest(MODEL, "1.1.0")),
-                        "artifact_base_url": f"{hub.http_url}/v1/artifacts", "issued_at": now, "deadline": now + 3600},
+            "profile": PROFILE,
+            "token": hub.tokens.create("device", "read").token,
+            "public_pem": hub.key.public_pem,
+            "rate_bps": 40_000,
+            "watch_s": 0.3,  # ~0.4 s of download and 0.3 s of watch: room for kills in every step
+            "command": {
+                "rollout_id": "ro-crash",
+                "action": "install",
+                "model": MODEL,
+                "version": "1.1.0",
+                "manifest_url": f"{hub.http_url}/v1/models/{MODEL}/versions/1.1.0/manifest",
+                "manifest_sha256": manifest_digest(hub.registry.manifest(MODEL, "1.1.0")),
+                "artifact_base_url": f"{hub.http_url}/v1/artifacts",
+                "issued_at": now,
+                "deadline": now + 3600,
+            },
         }
         path = root / "job.json"
         path.write_text(json.dumps(job))
@@ -70,8 +88,13 @@ class Child:
 
     def __init__(self, store: Path, job: Path) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ota_crash_proc.py"), str(store), str(job)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "ota_crash_proc.py"), str(store), str(job)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         self.lines: list[str] = []
         self.ready = threading.Event()
         self._changed = threading.Condition()
@@ -161,8 +184,11 @@ def test_sigkill_at_seeded_points_always_restarts_into_a_complete_version(job, t
         child.wait()
         landed = child.last_step()
         killed_in[landed] += 1
-        assert landed in order and order.index(landed) >= max(0, order.index(target) if target in order else 0), \
-            (target, landed, child.lines)
+        assert landed in order and order.index(landed) >= max(0, order.index(target) if target in order else 0), (
+            target,
+            landed,
+            child.lines,
+        )
         version = _check_complete(store)
         outcomes[version] += 1
         if i % 4 == 0:  # and the next start finishes the update from where the crash left it
@@ -178,6 +204,8 @@ def test_sigkill_at_seeded_points_always_restarts_into_a_complete_version(job, t
     # spread over the whole update: kills landed in its first steps and in its last ones, and the
     # device came back on the old version after some and on the new one after others
     landed_at = sorted(order.index(step) for step in killed_in)
-    assert landed_at[0] <= 1 and landed_at[-1] >= len(order) - 2, f"kills did not spread over the update: {dict(killed_in)}"
+    assert landed_at[0] <= 1 and landed_at[-1] >= len(order) - 2, (
+        f"kills did not spread over the update: {dict(killed_in)}"
+    )
     assert len(killed_in) >= len(order) // 2, f"kills did not spread over the update: {dict(killed_in)}"
     assert set(outcomes) == {"1.0.0", "1.1.0"}, dict(outcomes)

@@ -13,9 +13,23 @@ from tandem.cloud_hub.rollouts import controller as ctl
 from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError, Send
 from tandem.edge_agent.ota.machine import (
     wilson_lower_bound,
-    TERMINAL, TRANSITIONS, HealthFigures, TransitionError, WatchPolicy, advance, decide_health,
+    TERMINAL,
+    TRANSITIONS,
+    HealthFigures,
+    TransitionError,
+    WatchPolicy,
+    advance,
+    decide_health,
 )
-from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, decode_status, encode_command, encode_status
+from tandem.protocols.ota import (
+    OtaCommand,
+    OtaMessageError,
+    OtaStatus,
+    decode_command,
+    decode_status,
+    encode_command,
+    encode_status,
+)
 from tandem.protocols.signing import generate_private_key
 
 # -- device state machine ---------------------------------------------------------------------
@@ -64,10 +78,13 @@ def test_healthy_model_is_committed_only_at_the_end_of_the_watch():
     assert decide_health(BASE, good, 10, POLICY).verdict == "commit"
 
 
-@pytest.mark.parametrize("current, why", [
-    (HealthFigures(100, 6, 5, 2.0), "error rate"),
-    (HealthFigures(100, 0, 25, 2.0), "fallback rate"),
-])
+@pytest.mark.parametrize(
+    "current, why",
+    [
+        (HealthFigures(100, 6, 5, 2.0), "error rate"),
+        (HealthFigures(100, 0, 25, 2.0), "fallback rate"),
+    ],
+)
 def test_a_breach_rolls_back_at_once(current, why):
     decision = decide_health(BASE, current, 1, POLICY)
     assert decision.verdict == "rollback" and why in decision.reason
@@ -94,9 +111,9 @@ def test_many_short_polls_pool_their_latencies_instead_of_keeping_the_worst_p95(
 
 def test_a_stretched_tail_alone_is_host_noise_a_shifted_median_is_a_slower_model():
     base = HealthFigures.of(200, 0, 0, [1.0] * 190 + [2.0] * 10)
-    noisy_tail = HealthFigures.of(200, 0, 0, [1.0] * 180 + [9.0] * 20)   # p95 9x, p50 unchanged
+    noisy_tail = HealthFigures.of(200, 0, 0, [1.0] * 180 + [9.0] * 20)  # p95 9x, p50 unchanged
     assert decide_health(base, noisy_tail, 10, POLICY).verdict == "commit"
-    slower = HealthFigures.of(200, 0, 0, [3.0] * 180 + [9.0] * 20)       # p95 and p50 both 3x and more
+    slower = HealthFigures.of(200, 0, 0, [3.0] * 180 + [9.0] * 20)  # p95 and p50 both 3x and more
     decision = decide_health(base, slower, 10, POLICY)
     assert decision.verdict == "rollback" and "p50" in decision.reason
 
@@ -121,9 +138,14 @@ def test_without_a_baseline_the_fallback_rise_is_the_rate_itself():
 
 
 @settings(max_examples=200, deadline=None)
-@given(base=st.builds(HealthFigures, st.integers(0, 500), st.just(0), st.integers(0, 500), st.floats(0.1, 50)),
-       n=st.integers(0, 500), errors=st.integers(0, 500), fallbacks=st.integers(0, 500),
-       p95=st.floats(0.1, 50), elapsed=st.floats(0, 20))
+@given(
+    base=st.builds(HealthFigures, st.integers(0, 500), st.just(0), st.integers(0, 500), st.floats(0.1, 50)),
+    n=st.integers(0, 500),
+    errors=st.integers(0, 500),
+    fallbacks=st.integers(0, 500),
+    p95=st.floats(0.1, 50),
+    elapsed=st.floats(0, 20),
+)
 def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapsed):
     base = HealthFigures(base.requests, 0, min(base.fallbacks, base.requests), base.latency_p95_ms)
     cur = HealthFigures(n, min(errors, n), min(fallbacks, n), p95)
@@ -132,9 +154,13 @@ def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapse
         cur.error_rate > POLICY.max_error_rate
         # the fallback rise is judged on the rate's Wilson lower bound, one standard error down
         or wilson_lower_bound(cur.fallback_rate, n, z=1.0) - (base.fallback_rate if base.requests else 0)
-        > POLICY.max_fallback_rise)
-    slow = (elapsed >= POLICY.watch_s and min(n, base.requests) >= POLICY.min_requests
-            and p95 / base.latency_p95_ms > POLICY.max_latency_ratio)  # no p50 here: p95 alone decides
+        > POLICY.max_fallback_rise
+    )
+    slow = (
+        elapsed >= POLICY.watch_s
+        and min(n, base.requests) >= POLICY.min_requests
+        and p95 / base.latency_p95_ms > POLICY.max_latency_ratio
+    )  # no p50 here: p95 alone decides
     assert d.verdict == ("rollback" if breach or slow else "commit" if elapsed >= POLICY.watch_s else "wait")
 
 
@@ -144,16 +170,25 @@ DEVICES = [f"d{i:03d}" for i in range(40)]
 
 
 def _healthy(fallback=0.05):
-    return {"baseline": {"requests": 50, "fallback_rate": 0.05, "latency_p95_ms": 1.0},
-            "current": {"requests": 50, "fallback_rate": fallback, "latency_p95_ms": 1.0}}
+    return {
+        "baseline": {"requests": 50, "fallback_rate": 0.05, "latency_p95_ms": 1.0},
+        "current": {"requests": 50, "fallback_rate": fallback, "latency_p95_ms": 1.0},
+    }
 
 
 def _report_all(r, step="committed", health=None, now=1.0):
     sends = []
     for d in list(r.opened()):
         if d.state in ("sent", "in_progress"):
-            s, _ = ctl.on_status(r, d.device_id, step, "ok" if step == "committed" else "error", "",
-                                 health if health is not None else _healthy(), now)
+            s, _ = ctl.on_status(
+                r,
+                d.device_id,
+                step,
+                "ok" if step == "committed" else "error",
+                "",
+                health if health is not None else _healthy(),
+                now,
+            )
             sends += s
     return sends
 
@@ -161,8 +196,9 @@ def _report_all(r, step="committed", health=None, now=1.0):
 def test_a_commit_without_health_figures_does_not_pass_a_gate():
     """After a hub crash, devices answer a resent install with "committed, already active": without
     the figures it was committed on, that answer must not open the next wave."""
-    r, _, _ = ctl.new_rollout("ro-blind", "m", "2.0.0", DEVICES, [5, 100],
-                              GatePolicy(min_reporting=1.0, wave_timeout_s=60), now=0.0)
+    r, _, _ = ctl.new_rollout(
+        "ro-blind", "m", "2.0.0", DEVICES, [5, 100], GatePolicy(min_reporting=1.0, wave_timeout_s=60), now=0.0
+    )
     _report_all(r, health={}, now=1.0)
     sends, _ = ctl.tick(r, 2.0)
     assert sends == [] and r.wave == 0 and r.status == "running"  # neither passed nor failed: waiting
@@ -173,17 +209,18 @@ def test_a_commit_without_health_figures_does_not_pass_a_gate():
 
 
 def test_hub_downtime_does_not_time_a_wave_out():
-    r, _, _ = ctl.new_rollout("ro-down", "m", "2.0.0", DEVICES, [5, 100],
-                              GatePolicy(min_reporting=1.0, wave_timeout_s=60), now=0.0)
-    ctl.resume_after_restart(r, 500.0)          # the hub was down from ~0 to 500 s
+    r, _, _ = ctl.new_rollout(
+        "ro-down", "m", "2.0.0", DEVICES, [5, 100], GatePolicy(min_reporting=1.0, wave_timeout_s=60), now=0.0
+    )
+    ctl.resume_after_restart(r, 500.0)  # the hub was down from ~0 to 500 s
     sends, _ = ctl.tick(r, 510.0)
     assert r.status == "running" and sends == []
     _report_all(r, now=520.0)
     ctl.tick(r, 530.0)
-    assert r.wave == 1                          # passed on its devices' figures, not on the crash
+    assert r.wave == 1  # passed on its devices' figures, not on the crash
     back = ctl.Rollout.from_dict(r.to_dict())
     assert back.wave_clock_from == 500.0
-    ctl.tick(r, 2000.0)                         # a silent wave still times out, counted from the restart
+    ctl.tick(r, 2000.0)  # a silent wave still times out, counted from the restart
     assert r.status == "halted" and "within 60s" in r.reason
 
 
@@ -306,9 +343,17 @@ KEY = generate_private_key()
 
 def _command(**over):
     now = time.time()
-    fields = dict(rollout_id="ro-1", action="install", model="digits", version="1.2.0",
-                  manifest_url="http://hub/v1/models/digits/versions/1.2.0/manifest", manifest_sha256="a" * 64,
-                  artifact_base_url="http://hub/v1/artifacts", issued_at=now, deadline=now + 60)
+    fields = dict(
+        rollout_id="ro-1",
+        action="install",
+        model="digits",
+        version="1.2.0",
+        manifest_url="http://hub/v1/models/digits/versions/1.2.0/manifest",
+        manifest_sha256="a" * 64,
+        artifact_base_url="http://hub/v1/artifacts",
+        issued_at=now,
+        deadline=now + 60,
+    )
     fields.update(over)
     return OtaCommand(**fields)
 
@@ -327,8 +372,12 @@ def test_command_round_trips_and_any_change_breaks_the_signature():
 def test_expired_or_malformed_commands_are_refused():
     with pytest.raises(OtaMessageError, match="deadline passed"):
         decode_command(encode_command(_command(issued_at=0, deadline=1), KEY), KEY.public_key())
-    for bad, why in ((dict(action="format"), "action"), (dict(version="1.2"), "version"),
-                     (dict(manifest_url="file:///etc/passwd"), "manifest_url"), (dict(rollout_id="a/b"), "rollout_id")):
+    for bad, why in (
+        (dict(action="format"), "action"),
+        (dict(version="1.2"), "version"),
+        (dict(manifest_url="file:///etc/passwd"), "manifest_url"),
+        (dict(rollout_id="a/b"), "rollout_id"),
+    ):
         with pytest.raises(OtaMessageError, match=why):
             encode_command(_command(**bad), KEY)
     with pytest.raises(OtaMessageError, match="limit"):
@@ -368,8 +417,9 @@ def test_the_rollout_service_catches_up_a_new_boot_or_a_return_but_not_a_status_
     from tandem.protocols.topics import status_topic
 
     store = RolloutStore.open(tmp_path)
-    service = RolloutService(store, None, None, None, RolloutServiceConfig(mqtt_url="mqtt://127.0.0.1:1",
-                                                                           public_url="http://127.0.0.1:1"))
+    service = RolloutService(
+        store, None, None, None, RolloutServiceConfig(mqtt_url="mqtt://127.0.0.1:1", public_url="http://127.0.0.1:1")
+    )
     caught: list[str] = []
     service.catch_up = lambda device_id: caught.append(device_id) or 0  # type: ignore[method-assign]
 
@@ -377,12 +427,12 @@ def test_the_rollout_service_catches_up_a_new_boot_or_a_return_but_not_a_status_
         service._handle(status_topic("cam-1"), encode_status(state, "cam-1", **info))
 
     try:
-        say(STATUS_ONLINE, boot="b1")   # first sight (e.g. the retained status when the hub subscribes)
-        say(STATUS_ONLINE, boot="b1")   # republished after a switch
-        say(STATUS_ONLINE, boot="b2")   # the agent restarted
+        say(STATUS_ONLINE, boot="b1")  # first sight (e.g. the retained status when the hub subscribes)
+        say(STATUS_ONLINE, boot="b1")  # republished after a switch
+        say(STATUS_ONLINE, boot="b2")  # the agent restarted
         say(STATUS_OFFLINE)
-        say(STATUS_ONLINE, boot="b2")   # back after being offline
-        say(STATUS_ONLINE)              # an agent that does not say its boot: always caught up
+        say(STATUS_ONLINE, boot="b2")  # back after being offline
+        say(STATUS_ONLINE)  # an agent that does not say its boot: always caught up
         assert caught == ["cam-1"] * 4
     finally:
         store.close()

@@ -31,8 +31,17 @@ def fleet(ota_releases, digits_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ota-fleet")
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url,
-                        rollout_tick_s=0.1, rollout_watch_s=0.6)).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=root / "hub",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url=broker.url,
+            rollout_tick_s=0.1,
+            rollout_watch_s=0.6,
+        )
+    ).start()
     devices: list[SimDevice] = []
     try:
         for path in ota_releases.values():
@@ -47,8 +56,18 @@ def fleet(ota_releases, digits_dir, tmp_path_factory):
         for i in range(N_DEVICES):
             dev_id = f"dev-{i:02d}"
             hub.devices.register(dev_id, "cpu-x86", "test", {"site": "lab"})
-            devices.append(SimDevice(dev_id, root / "devices", ota_releases["1.0.0"], broker.url, device_token,
-                                     hub.key.public_pem, inputs, watch).start())
+            devices.append(
+                SimDevice(
+                    dev_id,
+                    root / "devices",
+                    ota_releases["1.0.0"],
+                    broker.url,
+                    device_token,
+                    hub.key.public_pem,
+                    inputs,
+                    watch,
+                ).start()
+            )
         assert all(d.client.wait_subscribed(10) for d in devices)
         http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
         yield hub, devices, http
@@ -61,8 +80,16 @@ def fleet(ota_releases, digits_dir, tmp_path_factory):
 
 
 def _start(http: httpx.Client, version: str) -> str:
-    resp = http.post("/v1/rollouts", json={"model": MODEL, "version": version, "select": {"profile": "cpu-x86", "site": "lab"},
-                                           "waves": [25, 50, 100], "gates": {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}})
+    resp = http.post(
+        "/v1/rollouts",
+        json={
+            "model": MODEL,
+            "version": version,
+            "select": {"profile": "cpu-x86", "site": "lab"},
+            "waves": [25, 50, 100],
+            "gates": {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0},
+        },
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["rollout_id"]
 
@@ -94,8 +121,12 @@ def test_bad_model_halts_at_first_wave_and_devices_end_on_previous_version(fleet
     before = {d.device_id: d.serving for d in devices}
     assert set(before.values()) == {"1.1.0"}, "runs after the good rollout"
     rid = _start(http, version)
-    body = wait_for_rollout(http, rid, ("halted",), settle=lambda b: all(
-        d["state"] in ("failed", "rolled_back", "pending") for d in b["device_states"]))
+    body = wait_for_rollout(
+        http,
+        rid,
+        ("halted",),
+        settle=lambda b: all(d["state"] in ("failed", "rolled_back", "pending") for d in b["device_states"]),
+    )
     assert why in body["reason"]
     wave1 = _wave_devices(body, 1)
     assert len(wave1) == 2

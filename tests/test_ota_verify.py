@@ -31,9 +31,19 @@ def hub(digits_dir, tmp_path_factory):
 
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("ota-verify")
-    extra = {"1.5.0": derive(rel["1.0.0"], root / "1.5.0", "1.5.0", expire),
-             "1.6.0": derive(rel["1.0.0"], root / "1.6.0", "1.6.0", other_profile)}
-    h = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")).start(http=True)
+    extra = {
+        "1.5.0": derive(rel["1.0.0"], root / "1.5.0", "1.5.0", expire),
+        "1.6.0": derive(rel["1.0.0"], root / "1.6.0", "1.6.0", other_profile),
+    }
+    h = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=root / "hub",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+        )
+    ).start(http=True)
     try:
         for path in [*rel.values(), *extra.values()]:
             h.registry.register_dir(path)
@@ -47,16 +57,28 @@ def hub(digits_dir, tmp_path_factory):
 def _cmd(hub, version: str, **over) -> OtaCommand:
     doc = hub.registry.manifest(MODEL, version)
     now = time.time()
-    fields = dict(rollout_id="ro-test", action="install", model=MODEL, version=version,
-                  manifest_url=f"{hub.http_url}/v1/models/{MODEL}/versions/{version}/manifest",
-                  manifest_sha256=manifest_digest(doc), artifact_base_url=f"{hub.http_url}/v1/artifacts",
-                  issued_at=now, deadline=now + 60, watch_s=0.0)
+    fields = dict(
+        rollout_id="ro-test",
+        action="install",
+        model=MODEL,
+        version=version,
+        manifest_url=f"{hub.http_url}/v1/models/{MODEL}/versions/{version}/manifest",
+        manifest_sha256=manifest_digest(doc),
+        artifact_base_url=f"{hub.http_url}/v1/artifacts",
+        issued_at=now,
+        deadline=now + 60,
+        watch_s=0.0,
+    )
     fields.update(over)
     return OtaCommand(**fields)
 
 
 def _tree(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -71,9 +93,18 @@ def device(hub, tmp_path):
 
     def make(trusted=None) -> Updater:
         key = trusted or load_public_key(hub.key.public_pem)
-        return Updater(store, key, UpdaterConfig(PROFILE, DownloadConfig(token=hub.test_token, attempts=2, backoff_s=0.01),
-                                                 WatchPolicy(watch_s=0.0), poll_s=0.01),
-                       on_switch=switched.append, publish=lambda step, result, reason, health: steps.append((step, result, reason)))
+        return Updater(
+            store,
+            key,
+            UpdaterConfig(
+                PROFILE,
+                DownloadConfig(token=hub.test_token, attempts=2, backoff_s=0.01),
+                WatchPolicy(watch_s=0.0),
+                poll_s=0.01,
+            ),
+            on_switch=switched.append,
+            publish=lambda step, result, reason, health: steps.append((step, result, reason)),
+        )
 
     before = _tree(store.active_dir)
     yield store, make, steps, switched
@@ -95,7 +126,9 @@ def _assert_refused(store, steps, switched, terminal: str, reason_part: str) -> 
 def test_tampered_file_is_rejected_naming_the_file(hub, device):
     store, make, steps, switched = device
     doc = hub.registry.manifest(MODEL, "1.1.0")
-    variant_file = doc["variants"][[v["id"] for v in doc["variants"]].index(doc["profiles"][PROFILE]["chosen"])]["files"][0]
+    variant_file = doc["variants"][[v["id"] for v in doc["variants"]].index(doc["profiles"][PROFILE]["chosen"])][
+        "files"
+    ][0]
     blob = hub.artifacts.path_for(variant_file["sha256"])
     original = blob.read_bytes()
     # 1.1.0 is active already, so the tampered update is a fresh release sharing the same file
@@ -138,8 +171,14 @@ def test_older_version_is_rejected_before_download(hub, device):
     # and the manifest-level check says the same when reached
     doc = hub.registry.manifest(MODEL, "1.0.0")
     with pytest.raises(VerificationError, match="anti-rollback"):
-        verify_manifest_doc(doc, trusted_key=load_public_key(hub.key.public_pem), cmd=_cmd(hub, "1.0.0"),
-                            profile=PROFILE, max_accepted="1.1.0", now=time.time())
+        verify_manifest_doc(
+            doc,
+            trusted_key=load_public_key(hub.key.public_pem),
+            cmd=_cmd(hub, "1.0.0"),
+            profile=PROFILE,
+            max_accepted="1.1.0",
+            now=time.time(),
+        )
 
 
 def test_manifest_for_another_profile_is_rejected(hub, device):

@@ -36,7 +36,8 @@ def rows(draw: st.DrawFn) -> np.ndarray:
         return row
     if how == "near-cut":  # sums right at the 'auto' cut-offs between pass-through, renormalize and softmax
         return (probs * np.float32(draw(st.sampled_from([1.001, 0.999, 1.00099, 1.00101, 1.05, 0.95])))).astype(
-            np.float32)
+            np.float32
+        )
     return probs
 
 
@@ -53,10 +54,16 @@ def _same(fast: Scores, general: Scores) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(row=rows(), kind=st.sampled_from(KINDS), temperature=st.sampled_from([None, 0.5, 1.7]),
-       threshold=st.one_of(st.none(), st.floats(0.0, 1.0)), override=st.one_of(st.none(), st.floats(0.0, 1.0)))
-def test_fast_path_matches_general_path(row: np.ndarray, kind: str, temperature: float | None,
-                                        threshold: float | None, override: float | None) -> None:
+@given(
+    row=rows(),
+    kind=st.sampled_from(KINDS),
+    temperature=st.sampled_from([None, 0.5, 1.7]),
+    threshold=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    override=st.one_of(st.none(), st.floats(0.0, 1.0)),
+)
+def test_fast_path_matches_general_path(
+    row: np.ndarray, kind: str, temperature: float | None, threshold: float | None, override: float | None
+) -> None:
     policy = ConfidencePolicy(kind, threshold, temperature=temperature)
     t = policy.threshold if override is None else override
     general = policy.score_array(row.astype(np.float64), override)  # float64: not the fast path's input

@@ -30,8 +30,7 @@ def test_logits_in_0_1_far_from_summing_to_1_are_still_softmaxed():
 
 
 @settings(max_examples=200, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(2, 12)),
-              elements=st.floats(-8, 8, width=32)))
+@given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(2, 12)), elements=st.floats(-8, 8, width=32)))
 def test_quantized_softmax_scores_close_to_the_float_one(logits):
     p = softmax(logits)
     q = quantize_u8(p)

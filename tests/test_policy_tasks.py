@@ -38,8 +38,13 @@ def test_ctc_output_is_scored_per_sequence_not_as_one_flat_row():
 
 
 def test_detector_confidence_counts_boxes_in_the_ambiguity_band():
-    rows = np.array([[[0, 0, 10, 10, 0.95, 1], [20, 20, 30, 30, 0.9, 2], [0, 0, 0, 0, 0.0, 0]],
-                     [[0, 0, 10, 10, 0.95, 1], [20, 20, 30, 30, 0.3, 2], [40, 40, 50, 50, 0.2, 0]]], np.float32)
+    rows = np.array(
+        [
+            [[0, 0, 10, 10, 0.95, 1], [20, 20, 30, 30, 0.9, 2], [0, 0, 0, 0, 0.0, 0]],
+            [[0, 0, 10, 10, 0.95, 1], [20, 20, 30, 30, 0.3, 2], [40, 40, 50, 50, 0.2, 0]],
+        ],
+        np.float32,
+    )
     policy = TaskPolicy(TaskSpec("detection", layout="nms"))
     scores = policy.score([rows])
     assert scores.labels.tolist() == [2, 2]  # boxes kept at score >= 0.25
@@ -94,8 +99,16 @@ def _compiled(tmp, model, x):
     (tmp / "profiles").mkdir(exist_ok=True)
     (tmp / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
     np.savez(tmp / "d.npz", x=x)
-    opts = CompileOptions(model=model, profiles=["ort-fp32"], calib=tmp / "d.npz", val=tmp / "d.npz", out=tmp / "out",
-                          signing_key=tmp / "k.pem", timing=False, profile_dirs=[tmp / "profiles"])
+    opts = CompileOptions(
+        model=model,
+        profiles=["ort-fp32"],
+        calib=tmp / "d.npz",
+        val=tmp / "d.npz",
+        out=tmp / "out",
+        signing_key=tmp / "k.pem",
+        timing=False,
+        profile_dirs=[tmp / "profiles"],
+    )
     return compile_model(opts).out
 
 
@@ -108,8 +121,15 @@ def test_agent_serves_compiled_task_models_with_their_own_confidence(tmp_path, k
         x = yolo_data(40, 3)
         model = yolo_detector(tmp_path / "m.onnx")
     out = _compiled(tmp_path, model, x)
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": out, "model.variant": "onnxruntime-fp32", "server.endpoint": f"ipc://{tmp_path}/a.sock",
-                                 "hard_examples.data_dir": tmp_path / "data"})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": out,
+            "model.variant": "onnxruntime-fp32",
+            "server.endpoint": f"ipc://{tmp_path}/a.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+        }
+    )
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
         answer = client.infer(x[:16], return_outputs=True)
         spec = TaskSpec.from_dict(agent.model.manifest.task)

@@ -21,8 +21,14 @@ from tandem.edge_agent.errors import ModelLoadError
 from tandem.edge_agent.model import load_model, plan_attempts, variant_order
 from tandem.hardware_profiles import get_profile, load_profile_file
 from tandem.hardware_profiles.probe import (
-    DeviceProbe, Placement, delegates_from_files, openvino_device_present, parse_cpu_features, placement_available,
-    placements, probe_device,
+    DeviceProbe,
+    Placement,
+    delegates_from_files,
+    openvino_device_present,
+    parse_cpu_features,
+    placement_available,
+    placements,
+    probe_device,
 )
 from tandem.protocols.manifest import FileEntry, Manifest, ProfileChoice, Variant
 
@@ -40,8 +46,14 @@ CPU implementer\t: 0x41
 
 
 def _probe(**kw) -> DeviceProbe:
-    base = dict(isa="x86_64", cpu_features=("avx2",), onnxruntime_providers=("CPUExecutionProvider",),
-                openvino_devices=("CPU",), litert_module="ai_edge_litert", litert_delegates=("xnnpack",))
+    base = dict(
+        isa="x86_64",
+        cpu_features=("avx2",),
+        onnxruntime_providers=("CPUExecutionProvider",),
+        openvino_devices=("CPU",),
+        litert_module="ai_edge_litert",
+        litert_delegates=("xnnpack",),
+    )
     base.update({k if k != "openvino" else "openvino_devices": v for k, v in kw.items()})
     return DeviceProbe(**base)
 
@@ -50,16 +62,19 @@ def _probe(**kw) -> DeviceProbe:
 
 
 def test_cpu_features_from_cpuinfo():
-    assert parse_cpu_features(X86_CPUINFO, "x86_64") == ("x86_64", ("avx2", "fma", "f16c", "avx512f", "avx512_vnni",
-                                                                   "avx512_bf16", "amx_int8"))
+    assert parse_cpu_features(X86_CPUINFO, "x86_64") == (
+        "x86_64",
+        ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"),
+    )
     isa, feats = parse_cpu_features(ARM_CPUINFO, "aarch64")
     assert isa == "arm64" and {"neon", "dotprod", "i8mm"} <= set(feats)
     assert parse_cpu_features("", "aarch64") == ("arm64", ("neon",))  # NEON is mandatory on AArch64
 
 
 def test_delegate_libraries_and_openvino_devices():
-    names, files = delegates_from_files(["/usr/lib/libedgetpu.so.1", "/usr/lib/libc.so.6",
-                                         "/usr/lib/libtensorflowlite_gpu_delegate.so"])
+    names, files = delegates_from_files(
+        ["/usr/lib/libedgetpu.so.1", "/usr/lib/libc.so.6", "/usr/lib/libtensorflowlite_gpu_delegate.so"]
+    )
     assert names == ("edgetpu", "gpu") and len(files) == 2
     assert openvino_device_present("GPU", ["CPU", "GPU.0"]) and not openvino_device_present("NPU", ["CPU", "GPU.0"])
     assert openvino_device_present("HETERO:NPU,CPU", ["CPU"]) and openvino_device_present("AUTO", ["CPU"])
@@ -71,8 +86,10 @@ def test_profile_placements_run_npu_then_gpu_then_cpu():
         return [(pl.tier, pl.label) for t in p.runtimes for pl in placements(t, t.runtime)]
 
     assert chain("npu-intel") == [("npu", "openvino@NPU"), ("cpu", "openvino@CPU")]
-    assert chain("gpu-cuda") == [("gpu", "onnxruntime@TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"),
-                                 ("cpu", "onnxruntime@CPUExecutionProvider")]
+    assert chain("gpu-cuda") == [
+        ("gpu", "onnxruntime@TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"),
+        ("cpu", "onnxruntime@CPUExecutionProvider"),
+    ]
     assert chain("npu-litert") == [("npu", "litert@npu"), ("cpu", "litert@xnnpack")]
     assert chain("cpu-x86") == [("cpu", "onnxruntime@CPUExecutionProvider"), ("cpu", "openvino@CPU")]
 
@@ -80,8 +97,10 @@ def test_profile_placements_run_npu_then_gpu_then_cpu():
 def test_placement_availability_says_why():
     ok, why = placement_available(Placement("openvino", "npu", {"device": "NPU"}), _probe())
     assert not ok and "no NPU device (has CPU)" in why
-    ok, why = placement_available(Placement("onnxruntime", "gpu", {"providers": ["CUDAExecutionProvider"]}),
-                                  _probe(onnxruntime_providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+    ok, why = placement_available(
+        Placement("onnxruntime", "gpu", {"providers": ["CUDAExecutionProvider"]}),
+        _probe(onnxruntime_providers=("CUDAExecutionProvider", "CPUExecutionProvider")),
+    )
     assert ok and "CUDAExecutionProvider" in why
     missing = DeviceProbe(isa="x86_64", problems={"openvino": "ImportError: No module named 'openvino'"})
     ok, why = placement_available(Placement("openvino", "cpu", {"device": "CPU"}), missing)
@@ -110,8 +129,14 @@ def test_a_missing_runtime_is_reported_not_raised(monkeypatch):
 
 def test_probe_entry_point_prints_json():
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "tandem.hardware_profiles.probe", "--runtime", "onnxruntime"], cwd=root,
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tandem.hardware_profiles.probe", "--runtime", "onnxruntime"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     data = json.loads(out.stdout)
     assert "CPUExecutionProvider" in data["onnxruntime_providers"] and data["isa"]
 
@@ -149,14 +174,33 @@ def two_variant_dir(tmp_path):
         rel = f"variants/{vid}.onnx"  # OpenVINO reads ONNX directly
         shutil.copyfile(src, out / rel)
         data = (out / rel).read_bytes()
-        variants.append(Variant(id=vid, runtime=runtime, precision="fp32",
-                                files=[FileEntry(rel, hashlib.sha256(data).hexdigest(), len(data))],
-                                inputs=inputs, outputs=outputs, profiles=["npu-mock"]))
-    manifest = Manifest(name="lin", version="1.0.0", created_at="2026-12-01T00:00:00Z", expires_at=None,
-                        task={"kind": "classification", "output": outputs[0].name}, inputs=inputs, outputs=outputs,
-                        variants=variants, target_profiles=["npu-mock"],
-                        profiles={"npu-mock": ProfileChoice(chosen="openvino-fp32", reason="test",
-                                                            candidates=["openvino-fp32", "onnxruntime-fp32"])})
+        variants.append(
+            Variant(
+                id=vid,
+                runtime=runtime,
+                precision="fp32",
+                files=[FileEntry(rel, hashlib.sha256(data).hexdigest(), len(data))],
+                inputs=inputs,
+                outputs=outputs,
+                profiles=["npu-mock"],
+            )
+        )
+    manifest = Manifest(
+        name="lin",
+        version="1.0.0",
+        created_at="2026-12-01T00:00:00Z",
+        expires_at=None,
+        task={"kind": "classification", "output": outputs[0].name},
+        inputs=inputs,
+        outputs=outputs,
+        variants=variants,
+        target_profiles=["npu-mock"],
+        profiles={
+            "npu-mock": ProfileChoice(
+                chosen="openvino-fp32", reason="test", candidates=["openvino-fp32", "onnxruntime-fp32"]
+            )
+        },
+    )
     (out / "manifest.json").write_text(manifest.to_json())
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "npu-mock.yaml").write_text(NPU_PROFILE)
@@ -169,8 +213,11 @@ def test_chain_plans_every_variant_on_the_npu_before_any_on_the_cpu(two_variant_
 
     manifest = load_manifest(model_dir)
     steps = [(a.variant.id, a.placement.label) for a in plan_attempts(variant_order(manifest, "npu-mock"), hw)]
-    assert steps == [("openvino-fp32", "openvino@NPU"), ("openvino-fp32", "openvino@CPU"),
-                     ("onnxruntime-fp32", "onnxruntime@CPUExecutionProvider")]
+    assert steps == [
+        ("openvino-fp32", "openvino@NPU"),
+        ("openvino-fp32", "openvino@CPU"),
+        ("onnxruntime-fp32", "onnxruntime@CPUExecutionProvider"),
+    ]
 
 
 def test_npu_that_fails_to_load_falls_back_to_the_cpu(two_variant_dir):
@@ -211,8 +258,15 @@ def test_agent_start_finds_a_user_profile_and_records_the_choice(two_variant_dir
 
     model_dir, hw = two_variant_dir
     monkeypatch.setenv("TANDEM_PROFILE_PATH", str(Path(hw.source).parent))
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": model_dir, "model.profile": "npu-mock", "server.endpoint": f"ipc://{tmp_path}/a.sock",
-                      "hard_examples.data_dir": tmp_path / "data"})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "model.profile": "npu-mock",
+            "server.endpoint": f"ipc://{tmp_path}/a.sock",
+            "hard_examples.data_dir": tmp_path / "data",
+        }
+    )
     with Agent(cfg) as agent:
         assert agent.model.selection["placement"] == "openvino@CPU"
         assert agent.model.selection["tried"][0]["outcome"] == "absent"
@@ -223,6 +277,8 @@ def test_a_variant_over_the_profiles_budgets_is_never_a_fallback(two_variant_dir
 
     model_dir, _ = two_variant_dir
     manifest = load_manifest(model_dir)
-    manifest.profiles["npu-mock"].skipped = [{"variant": "onnxruntime-fp32", "reason": "quality drop 3.1 points > budget 1"}]
+    manifest.profiles["npu-mock"].skipped = [
+        {"variant": "onnxruntime-fp32", "reason": "quality drop 3.1 points > budget 1"}
+    ]
     assert [v.id for v in variant_order(manifest, "npu-mock")] == ["openvino-fp32"]
     assert [v.id for v in variant_order(manifest, "npu-mock", "onnxruntime-fp32")] == ["onnxruntime-fp32"]  # pinned

@@ -73,6 +73,8 @@ def test_unknown_profile_lists_known_ones():
 
 
 def test_cli_lists_profiles():
-    out = subprocess.run([sys.executable, "-m", "tandem.model_compiler.cli", "profiles"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tandem.model_compiler.cli", "profiles"], capture_output=True, text=True, check=True
+    ).stdout
     for name in REQUIRED:
         assert name in out

@@ -49,8 +49,12 @@ def archive(tmp_path_factory) -> bytes:
 
 
 def _start_hub(data_dir: Path) -> tuple[subprocess.Popen, str, str]:
-    proc = subprocess.Popen([sys.executable, "-c", HUB_SCRIPT, str(data_dir), TEST_PUBLISHER_PEM],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUB_SCRIPT, str(data_dir), TEST_PUBLISHER_PEM],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = proc.stdout.readline().split()
     assert len(line) == 2, "the hub did not start"
     return proc, line[0], line[1]
@@ -64,8 +68,12 @@ def test_a_hub_killed_during_registration_has_all_or_nothing_after_restart(archi
 
     def upload() -> None:
         try:
-            httpx.post(f"{url}/v1/models", content=archive, timeout=30,
-                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"})
+            httpx.post(
+                f"{url}/v1/models",
+                content=archive,
+                timeout=30,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"},
+            )
         except httpx.HTTPError:
             pass  # the hub died under it
 
@@ -78,8 +86,9 @@ def test_a_hub_killed_during_registration_has_all_or_nothing_after_restart(archi
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     sender.join(30)
-    with Hub(HubConfig(data_dir=data, http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
-                       rollouts=False)) as hub:
+    with Hub(
+        HubConfig(data_dir=data, http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False, rollouts=False)
+    ) as hub:
         models = hub.db.query("SELECT name, version FROM models")
         files = hub.db.query("SELECT path, sha256, size FROM model_files")
         variants = hub.db.query("SELECT variant_id FROM variants")

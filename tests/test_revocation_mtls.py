@@ -24,8 +24,7 @@ class Device:
 
     def __init__(self, url: str, pki: Pki, device_id: str) -> None:
         self.events: queue.Queue[str] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{device_id}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{device_id}", protocol=mqtt.MQTTv5)
         host, port = configure_mqtt_client(self.client, url, pki.device_files(device_id), f"test-{device_id}")
         self.client.on_connect = lambda c, u, f, rc, p: self.events.put("refused" if rc.is_failure else "connected")
         self.client.on_disconnect = lambda c, u, f, rc, p: self.events.put("disconnected")
@@ -50,8 +49,17 @@ def test_a_revoked_certificate_loses_its_open_session_within_seconds(tmp_path: P
     pki = Pki.init(tmp_path / "pki")
     for device in ("dev-a", "dev-b"):
         pki.issue_device(device)
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto", tls_dir=tmp_path / "pki",
-                        telemetry=False, rollouts=False)).start(http=False)
+    hub = Hub(
+        HubConfig(
+            data_dir=tmp_path / "hub",
+            http_port=0,
+            grpc_port=0,
+            broker="mosquitto",
+            tls_dir=tmp_path / "pki",
+            telemetry=False,
+            rollouts=False,
+        )
+    ).start(http=False)
     a = b = None
     try:
         a, b = Device(hub.mqtt_url, pki, "dev-a"), Device(hub.mqtt_url, pki, "dev-b")

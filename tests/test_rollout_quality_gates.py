@@ -26,20 +26,30 @@ DEVICES = [f"dev-{i:02d}" for i in range(10)]
 GATES = GatePolicy(control_fraction=0.2, min_quality_requests=100, wave_timeout_s=60)
 
 
-SPREAD = (15, 16, 17, 18, 19)   # a healthy model's confidences: spread over the top bins
+SPREAD = (15, 16, 17, 18, 19)  # a healthy model's confidences: spread over the top bins
 
 
-def cohort(requests: int, fallback: float, bins: tuple[int, ...] = SPREAD, errors: int = 0,
-           classes: tuple[int, ...] = (50, 50)) -> CohortFigures:
+def cohort(
+    requests: int, fallback: float, bins: tuple[int, ...] = SPREAD, errors: int = 0, classes: tuple[int, ...] = (50, 50)
+) -> CohortFigures:
     conf = [0] * 20
     for b in bins:
         conf[b] += requests // len(bins)
-    return CohortFigures(devices=2, windows=10, requests=requests, fallbacks=round(requests * fallback), errors=errors,
-                         confidence=tuple(conf), classes=classes)
+    return CohortFigures(
+        devices=2,
+        windows=10,
+        requests=requests,
+        fallbacks=round(requests * fallback),
+        errors=errors,
+        confidence=tuple(conf),
+        classes=classes,
+    )
 
 
-WATCH_FIGURES = {"baseline": {"requests": 50, "fallback_rate": 0.0, "latency_p95_ms": 1.0},
-                 "current": {"requests": 50, "fallback_rate": 0.0, "latency_p95_ms": 1.0}}
+WATCH_FIGURES = {
+    "baseline": {"requests": 50, "fallback_rate": 0.0, "latency_p95_ms": 1.0},
+    "current": {"requests": 50, "fallback_rate": 0.0, "latency_p95_ms": 1.0},
+}
 
 
 def commit_open_wave(r: Rollout, now: float) -> None:
@@ -56,13 +66,15 @@ def sent_to(sends: list[ctl.Send]) -> set[str]:
 def test_control_cohort_is_set_aside_deterministically_and_never_in_a_wave():
     r1, sends, events = ctl.new_rollout("ro-a", MODEL, "1.1.0", DEVICES, [50, 100], GATES, 0.0)
     r2, _, _ = ctl.new_rollout("ro-a", MODEL, "1.1.0", list(reversed(DEVICES)), [50, 100], GATES, 5.0)
-    assert r1.control == r2.control and len(r1.control) == 2        # ceil(0.2 * 10), same for the same rollout
+    assert r1.control == r2.control and len(r1.control) == 2  # ceil(0.2 * 10), same for the same rollout
     assert not set(r1.control) & set(r1.devices) and set(r1.control) | set(r1.devices) == set(DEVICES)
     assert not sent_to(sends) & set(r1.control) and len(sends) == 4  # wave 1: half of the 8 that roll out
     assert events[0].detail["control"] == 2
     other, _, _ = ctl.new_rollout("ro-b", MODEL, "1.1.0", DEVICES, [50, 100], GATES, 0.0)
-    assert len(other.control) == 2                                  # another rollout may pick others
-    assert len(ctl.new_rollout("ro-c", MODEL, "1.1.0", DEVICES, [100], GatePolicy(control_devices=3), 0)[0].control) == 3
+    assert len(other.control) == 2  # another rollout may pick others
+    assert (
+        len(ctl.new_rollout("ro-c", MODEL, "1.1.0", DEVICES, [100], GatePolicy(control_devices=3), 0)[0].control) == 3
+    )
     with pytest.raises(RolloutError, match="leave none"):
         ctl.new_rollout("ro-d", MODEL, "1.1.0", DEVICES[:2], [100], GatePolicy(control_devices=2), 0.0)
     back = Rollout.from_dict(r1.to_dict())
@@ -79,7 +91,7 @@ def test_a_rollout_saved_before_control_cohorts_still_loads():
     old = Rollout.from_dict(doc)
     assert old.control == [] and old.gates.control_fraction == 0.0
     commit_open_wave(old, 1.0)
-    ctl.tick(old, 2.0)                                              # no control: no quality figures needed
+    ctl.tick(old, 2.0)  # no control: no quality figures needed
     assert old.status == "completed"
 
 
@@ -94,16 +106,19 @@ def test_wave_halts_on_a_fallback_rise_against_control_and_names_the_figures():
     gate = next(e for e in events if e.kind == "quality_gate")
     assert gate.detail["wave"]["fallback_rate"] == 0.31 and gate.detail["control"]["fallback_rate"] == 0.04
     assert r.quality["wave"]["requests"] == 400
-    assert sent_to(sends) == {d.device_id for d in r.opened()}     # rolled back; the control was never touched
+    assert sent_to(sends) == {d.device_id for d in r.opened()}  # rolled back; the control was never touched
     assert all(s.action == "rollback" for s in sends) and not sent_to(sends) & set(r.control)
 
 
-@pytest.mark.parametrize("wave, reason", [
-    (cohort(400, 0.05, errors=40), "error rate 0.10 vs control 0.00 (max rise 0.05)"),
-    (cohort(400, 0.05, bins=(10, 11, 12, 13, 14)), "mean confidence 0.62 vs control 0.88 (max drop 0.10)"),
-    (cohort(400, 0.05, bins=(12, 19)), "confidence distribution PSI"),        # same mean, another shape
-    (cohort(400, 0.05, classes=(90, 10)), "class mix PSI"),
-])
+@pytest.mark.parametrize(
+    "wave, reason",
+    [
+        (cohort(400, 0.05, errors=40), "error rate 0.10 vs control 0.00 (max rise 0.05)"),
+        (cohort(400, 0.05, bins=(10, 11, 12, 13, 14)), "mean confidence 0.62 vs control 0.88 (max drop 0.10)"),
+        (cohort(400, 0.05, bins=(12, 19)), "confidence distribution PSI"),  # same mean, another shape
+        (cohort(400, 0.05, classes=(90, 10)), "class mix PSI"),
+    ],
+)
 def test_each_quality_gate_halts_with_its_own_figures(wave, reason):
     r, _, _ = ctl.new_rollout("ro-g", MODEL, "1.3.0", DEVICES, [50, 100], GATES, 0.0)
     commit_open_wave(r, 1.0)
@@ -117,15 +132,19 @@ def test_wave_close_to_control_passes_every_wave_and_the_control_never_gets_a_co
     now = 1.0
     while r.status == "running" and now < 10:
         commit_open_wave(r, now)
-        s, events = ctl.tick(r, now + 0.5, quality=Comparison(cohort(300, 0.06, classes=(48, 52)),
-                                                              cohort(300, 0.05), r.wave_opened_at, now))
+        s, events = ctl.tick(
+            r,
+            now + 0.5,
+            quality=Comparison(cohort(300, 0.06, classes=(48, 52)), cohort(300, 0.05), r.wave_opened_at, now),
+        )
         everyone |= sent_to(s)
         passed += [e.detail for e in events if e.kind == "gate_passed"]
         now += 1.0
     assert r.status == "completed" and r.counts() == {"committed": 8}
     assert [p["wave"] for p in passed] == [1, 2, 3]
-    assert all(p["quality"]["wave"]["fallback_rate"] == 0.06 and p["quality"]["control"]["requests"] == 300
-               for p in passed)
+    assert all(
+        p["quality"]["wave"]["fallback_rate"] == 0.06 and p["quality"]["control"]["requests"] == 300 for p in passed
+    )
     assert not everyone & set(r.control) and not sent_to(ctl.catch_up(r)) & set(r.control)
     assert ctl.catch_up_device(r, r.control[0]) == []
 
@@ -133,9 +152,9 @@ def test_wave_close_to_control_passes_every_wave_and_the_control_never_gets_a_co
 def test_quality_waits_for_enough_requests_then_times_out_naming_what_was_missing():
     r, _, _ = ctl.new_rollout("ro-w", MODEL, "1.1.0", DEVICES, [50, 100], GATES, 0.0)
     commit_open_wave(r, 1.0)
-    assert ctl.tick(r, 2.0) == ([], [])                             # no figures yet: wait
+    assert ctl.tick(r, 2.0) == ([], [])  # no figures yet: wait
     assert ctl.tick(r, 3.0, quality=Comparison(cohort(40, 0.9), cohort(500, 0.0), 0.0, 3.0)) == ([], [])
-    assert r.status == "running" and r.quality["wave"]["requests"] == 40   # too few to judge, even a bad one
+    assert r.status == "running" and r.quality["wave"]["requests"] == 40  # too few to judge, even a bad one
     ctl.tick(r, 62.0, quality=Comparison(cohort(40, 0.9), cohort(500, 0.0), 0.0, 62.0))
     assert r.status == "halted"
     assert r.reason == "wave 1: quality figures: wave 40 requests, control 500, need 100 each within 60s"
@@ -143,15 +162,22 @@ def test_quality_waits_for_enough_requests_then_times_out_naming_what_was_missin
 
 def test_quality_query_waits_for_the_wave_to_report_and_skips_rollouts_without_control():
     r, _, _ = ctl.new_rollout("ro-q", MODEL, "1.1.0", DEVICES, [50, 100], GATES, 0.0)
-    assert ctl.quality_query(r) is None                             # nobody reported yet
+    assert ctl.quality_query(r) is None  # nobody reported yet
     plain, _, _ = ctl.new_rollout("ro-n", MODEL, "1.1.0", DEVICES, [50, 100], GatePolicy(), 0.0)
     commit_open_wave(plain, 1.0)
     assert ctl.quality_query(plain) is None
 
 
 def window(device: str, seq: int, version: str, edge: int, cloud: int, conf_bin: int, end: float) -> bytes:
-    w = TelemetryWindow(schema_version=1, device_id=device, sequence=seq, model_name=MODEL, model_version=version,
-                        start_unix=end - 1, end_unix=end)
+    w = TelemetryWindow(
+        schema_version=1,
+        device_id=device,
+        sequence=seq,
+        model_name=MODEL,
+        model_version=version,
+        start_unix=end - 1,
+        end_unix=end,
+    )
     w.requests.edge, w.requests.cloud = edge, cloud
     conf = [0] * 20
     conf[conf_bin] = edge + cloud
@@ -162,8 +188,12 @@ def window(device: str, seq: int, version: str, edge: int, cloud: int, conf_bin:
 
 def test_figures_come_from_stored_windows_wave_on_the_new_version_control_on_any_other():
     q = ctl.QualityQuery(("a", "b"), ("c",), "1.3.0", 10.0)
-    wave = [window("a", 1, "1.0.0", 100, 0, 19, 11), window("a", 2, "1.3.0", 10, 90, 2, 12),
-            window("b", 1, "1.3.0", 20, 80, 2, 12), b"not a window"]
+    wave = [
+        window("a", 1, "1.0.0", 100, 0, 19, 11),
+        window("a", 2, "1.3.0", 10, 90, 2, 12),
+        window("b", 1, "1.3.0", 20, 80, 2, 12),
+        b"not a window",
+    ]
     control = [window("c", 1, "1.0.0", 95, 5, 19, 12), window("c", 2, "1.3.0", 0, 100, 2, 12)]
     c = compare_cohorts(q, wave, control, 13.0)
     assert (c.wave.requests, c.wave.fallbacks, c.wave.devices, c.wave.windows) == (200, 170, 2, 2)
@@ -174,13 +204,29 @@ def test_figures_come_from_stored_windows_wave_on_the_new_version_control_on_any
 
 
 def test_gate_settings_reach_the_policy_from_cli_and_are_validated():
-    parsed = parse_gates(["control_fraction=0.1", "control_devices=3", "max_fallback_rise_vs_control=0.05",
-                          "max_class_psi_vs_control=none", "min_quality_requests=50"])
+    parsed = parse_gates(
+        [
+            "control_fraction=0.1",
+            "control_devices=3",
+            "max_fallback_rise_vs_control=0.05",
+            "max_class_psi_vs_control=none",
+            "min_quality_requests=50",
+        ]
+    )
     g = GatePolicy(**parsed)
-    assert (g.control_fraction, g.control_devices, g.max_class_psi_vs_control, g.min_quality_requests) == \
-        (0.1, 3, None, 50)
-    for bad in ({"control_fraction": 1.0}, {"control_devices": -1}, {"max_fallback_rise_vs_control": 2.0},
-                {"max_confidence_psi_vs_control": -0.1}, {"min_quality_requests": 0}):
+    assert (g.control_fraction, g.control_devices, g.max_class_psi_vs_control, g.min_quality_requests) == (
+        0.1,
+        3,
+        None,
+        50,
+    )
+    for bad in (
+        {"control_fraction": 1.0},
+        {"control_devices": -1},
+        {"max_fallback_rise_vs_control": 2.0},
+        {"max_confidence_psi_vs_control": -0.1},
+        {"min_quality_requests": 0},
+    ):
         with pytest.raises(RolloutError):
             GatePolicy(**bad)
 
@@ -200,8 +246,14 @@ class TelemetryDevice(SimDevice):
         from tandem.edge_agent.telemetry import TelemetryService
 
         self._serve_lock = threading.Lock()
-        self.telemetry = TelemetryService(self.client.config.mqtt_url, self.device_id, self.model.manifest,
-                                          telemetry_dir, window_s=0.3, profile="cpu-x86")
+        self.telemetry = TelemetryService(
+            self.client.config.mqtt_url,
+            self.device_id,
+            self.model.manifest,
+            telemetry_dir,
+            window_s=0.3,
+            profile="cpu-x86",
+        )
 
     def swap(self, model_dir: Path) -> None:
         with self._serve_lock:
@@ -239,7 +291,11 @@ def fleet(digits_dir, tmp_path_factory):
     ota_releases = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("quality-fleet")
     broker = Broker(root / "mosquitto")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url)).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url
+        )
+    ).start()
     devices: list[TelemetryDevice] = []
     stop = threading.Event()
     commands: list[str] = []
@@ -262,9 +318,19 @@ def fleet(digits_dir, tmp_path_factory):
         for i in range(N_DEVICES):
             dev_id = f"qdev-{i:02d}"
             hub.devices.register(dev_id, "cpu-x86", "test", {"site": "lab"})
-            devices.append(TelemetryDevice(dev_id, root / "devices", ota_releases["1.0.0"], broker.url, device_token,
-                                           hub.key.public_pem, inputs, watch,
-                                           telemetry_dir=root / "telemetry" / dev_id).start())
+            devices.append(
+                TelemetryDevice(
+                    dev_id,
+                    root / "devices",
+                    ota_releases["1.0.0"],
+                    broker.url,
+                    device_token,
+                    hub.key.public_pem,
+                    inputs,
+                    watch,
+                    telemetry_dir=root / "telemetry" / dev_id,
+                ).start()
+            )
         assert all(d.client.wait_subscribed(10) for d in devices)
 
         def traffic() -> None:
@@ -290,11 +356,25 @@ def fleet(digits_dir, tmp_path_factory):
 
 
 def _start(http: httpx.Client, version: str) -> str:
-    resp = http.post("/v1/rollouts", json={
-        "model": MODEL, "version": version, "select": {"profile": "cpu-x86", "site": "lab"}, "waves": [50, 100],
-        # the per-device health gates and drift alerts are opened wide: the control comparison must decide
-        "gates": {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0, "max_fallback_rise": 1.0,
-                  "max_drift_alerts": 1000, "control_devices": 2, "min_quality_requests": 150}})
+    resp = http.post(
+        "/v1/rollouts",
+        json={
+            "model": MODEL,
+            "version": version,
+            "select": {"profile": "cpu-x86", "site": "lab"},
+            "waves": [50, 100],
+            # the per-device health gates and drift alerts are opened wide: the control comparison must decide
+            "gates": {
+                "min_reporting": 1.0,
+                "wave_timeout_s": 60,
+                "max_latency_ratio": 100.0,
+                "max_fallback_rise": 1.0,
+                "max_drift_alerts": 1000,
+                "control_devices": 2,
+                "min_quality_requests": 150,
+            },
+        },
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["rollout_id"]
 
@@ -327,13 +407,18 @@ def test_collapsed_model_halts_on_quality_against_control_and_control_is_never_s
     assert set(before.values()) == {"1.0.0", "1.1.0"}, "runs after the good rollout"
     first = len(commands)
     rid = _start(http, "1.3.0")
-    body = wait_for_rollout(http, rid, ("halted",), settle=lambda b: all(
-        d["state"] in ("rolled_back", "pending") for d in b["device_states"]))
+    body = wait_for_rollout(
+        http,
+        rid,
+        ("halted",),
+        settle=lambda b: all(d["state"] in ("rolled_back", "pending") for d in b["device_states"]),
+    )
     control = set(body["control"])
     assert len(control) == 2 and not control & {d["device_id"] for d in body["device_states"]}
     # the devices committed it themselves (their watch is loose); the hub's gate named the figures
-    assert re.fullmatch(r"wave 1: fallback rate (\d\.\d\d) vs control (\d\.\d\d) \(max rise 0\.10\)", body["reason"]), \
+    assert re.fullmatch(r"wave 1: fallback rate (\d\.\d\d) vs control (\d\.\d\d) \(max rise 0\.10\)", body["reason"]), (
         body["reason"]
+    )
     q = body["quality"]
     assert q["wave"]["fallback_rate"] > 0.5 and q["control"]["fallback_rate"] < 0.2
     assert q["wave"]["mean_confidence"] < q["control"]["mean_confidence"]
@@ -343,6 +428,6 @@ def test_collapsed_model_halts_on_quality_against_control_and_control_is_never_s
     # its answer to a catch-up repeat), so count devices
     assert len({e["device_id"] for e in steps}) == 2, steps
     time.sleep(0.5)
-    assert {d.device_id: d.serving for d in devices} == before      # the wave went back, the control never moved
+    assert {d.device_id: d.serving for d in devices} == before  # the wave went back, the control never moved
     assert all(d.switches == switches[d.device_id] for d in devices if d.device_id in control)
     assert commands[first:] and not set(commands[first:]) & control  # not one command reached the control

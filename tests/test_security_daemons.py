@@ -56,12 +56,25 @@ def test_agent_fallback_uses_the_devices_mqtt_identity(tmp_path):
     files = {k: tmp_path / f"{k}.pem" for k in ("ca", "cert", "key")}
     for path in files.values():
         path.write_text("x")
-    tls = {"telemetry.mqtt_url": "mqtts://127.0.0.1:8883", "telemetry.mqtt_tls_ca": files["ca"],
-           "telemetry.mqtt_tls_cert": files["cert"], "telemetry.mqtt_tls_key": files["key"]}
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path, "fallback.hub_url": "127.0.0.1:8001", **tls}).validate()
+    tls = {
+        "telemetry.mqtt_url": "mqtts://127.0.0.1:8883",
+        "telemetry.mqtt_tls_ca": files["ca"],
+        "telemetry.mqtt_tls_cert": files["cert"],
+        "telemetry.mqtt_tls_key": files["key"],
+    }
+    cfg = AgentConfig.from_keys(
+        {"trust.allow_unsigned": True, "model.dir": tmp_path, "fallback.hub_url": "127.0.0.1:8001", **tls}
+    ).validate()
     assert cfg.fallback_tls == cfg.telemetry.tls and cfg.fallback_tls.cert == files["cert"]
-    assert AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path, **tls}).fallback_tls is None            # no hub_url: no fallback
-    assert AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path, "fallback.hub_url": "127.0.0.1:8001"}).fallback_tls is None  # plain text
+    assert (
+        AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": tmp_path, **tls}).fallback_tls is None
+    )  # no hub_url: no fallback
+    assert (
+        AgentConfig.from_keys(
+            {"trust.allow_unsigned": True, "model.dir": tmp_path, "fallback.hub_url": "127.0.0.1:8001"}
+        ).fallback_tls
+        is None
+    )  # plain text
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +88,9 @@ def tls_hub(digits_dir, tmp_path_factory):
     models = root / "models"
     edge = make_model_dir(digits_dir / "edge.onnx", models / "edge", name="digits")
     cloud = make_model_dir(digits_dir / "cloud.onnx", models / "cloud", name="digits-cloud")
-    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, model_dirs=(cloud,), tls_dir=pki,
-                        rollout_tick_s=0.1))
+    hub = Hub(
+        HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, model_dirs=(cloud,), tls_dir=pki, rollout_tick_s=0.1)
+    )
     try:
         hub.start()
         assert hub.mqtt_url.startswith("mqtts://") and hub.broker_kind == "mosquitto"
@@ -90,13 +104,28 @@ def tls_hub(digits_dir, tmp_path_factory):
 
 def _agent_config(hub, tmp_path: Path, device_id: str, *, cert: bool) -> AgentConfig:
     folder = hub.test_pki / "devices" / "dev-a"
-    identity = ({"telemetry.mqtt_tls_cert": folder / "client.crt", "telemetry.mqtt_tls_key": folder / "client.key"}
-                if cert else {})
-    return AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": hub.test_edge, "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock",
-                       "hard_examples.data_dir": tmp_path / device_id, "server.device_id": device_id, "server.tags": {"site": "secure"},
-                       "telemetry.mqtt_url": hub.mqtt_url, "telemetry.mqtt_tls_ca": folder / "ca.crt", "telemetry.window_s": 0.3,
-                       "fallback.hub_url": f"127.0.0.1:{hub.grpc_port}", "fallback.hub_model": "digits-cloud", "fallback.deadline_ms": 2000,
-                       **identity})
+    identity = (
+        {"telemetry.mqtt_tls_cert": folder / "client.crt", "telemetry.mqtt_tls_key": folder / "client.key"}
+        if cert
+        else {}
+    )
+    return AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": hub.test_edge,
+            "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock",
+            "hard_examples.data_dir": tmp_path / device_id,
+            "server.device_id": device_id,
+            "server.tags": {"site": "secure"},
+            "telemetry.mqtt_url": hub.mqtt_url,
+            "telemetry.mqtt_tls_ca": folder / "ca.crt",
+            "telemetry.window_s": 0.3,
+            "fallback.hub_url": f"127.0.0.1:{hub.grpc_port}",
+            "fallback.hub_model": "digits-cloud",
+            "fallback.deadline_ms": 2000,
+            **identity,
+        }
+    )
 
 
 def _inputs(digits_dir: Path) -> np.ndarray:
@@ -105,13 +134,12 @@ def _inputs(digits_dir: Path) -> np.ndarray:
 
 @pytest.mark.slow
 @needs_mosquitto
-def test_a_device_with_its_certificate_streams_telemetry_and_falls_back_over_mutual_tls(tls_hub, digits_dir,
-                                                                                          tmp_path):
+def test_a_device_with_its_certificate_streams_telemetry_and_falls_back_over_mutual_tls(tls_hub, digits_dir, tmp_path):
     from tandem.cloud_hub.presence import wait_registered
 
     x = _inputs(digits_dir)
     with Agent(_agent_config(tls_hub, tmp_path, "dev-a", cert=True)) as agent, AgentClient(agent.endpoint) as client:
-        answers = [client.infer(x[i:i + 1], threshold=1.0) for i in range(5)]  # nothing is that sure: ask the hub
+        answers = [client.infer(x[i : i + 1], threshold=1.0) for i in range(5)]  # nothing is that sure: ask the hub
         assert [a.source for a in answers] == ["cloud"] * 5, [a.detail for a in answers]
         assert wait_registered(tls_hub.devices, "dev-a", 15)
         assert tls_hub.devices.get("dev-a").tags == {"site": "secure"}
@@ -159,13 +187,30 @@ def _serve_output(data_dir: Path, *extra: str) -> tuple[str, str]:
 
     from telemetry_fixtures import python_env
 
-    cmd = [sys.executable, "-m", "tandem.cloud_hub.cli", "serve", "--data-dir", str(data_dir), "--http-port", "0",
-           "--grpc-port", "0", "--no-telemetry", "--no-rollouts", "--log-level", "ERROR", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tandem.cloud_hub.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--no-telemetry",
+        "--no-rollouts",
+        "--log-level",
+        "ERROR",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
     out: list[str] = []
     err: list[str] = []
-    readers = [threading.Thread(target=lambda s=s, d=d: d.extend(s), daemon=True)
-               for s, d in ((proc.stdout, out), (proc.stderr, err))]
+    readers = [
+        threading.Thread(target=lambda s=s, d=d: d.extend(s), daemon=True)
+        for s, d in ((proc.stdout, out), (proc.stderr, err))
+    ]
     for reader in readers:
         reader.start()
     try:

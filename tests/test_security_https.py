@@ -41,8 +41,17 @@ def tls_hub(pki_dir, digits_dir, tmp_path_factory):
     from tandem.cloud_hub.hub import Hub
 
     root = tmp_path_factory.mktemp("https-hub")
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False,
-                        tls_dir=pki_dir, rest_client_certs="optional")).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=root / "data",
+            http_port=0,
+            mqtt_url=NOWHERE,
+            telemetry=False,
+            tls_dir=pki_dir,
+            rest_client_certs="optional",
+        )
+    ).start()
     try:
         hub.registry.register_dir(make_model_dir(digits_dir, root / "model"))
         hub.test_token = hub.tokens.create("device", "read").token
@@ -119,7 +128,7 @@ def test_the_agent_downloader_fetches_a_model_over_https_resuming_with_range(tls
             full = tls_hub.artifacts.path_for(entry.sha256).read_bytes()
             part = staging / (entry.path + ".part")
             part.parent.mkdir(parents=True, exist_ok=True)
-            part.write_bytes(full[:len(full) // 2])  # an earlier, interrupted attempt
+            part.write_bytes(full[: len(full) // 2])  # an earlier, interrupted attempt
             received: list[int] = []
             dl.on_progress = received.append
             dl.fetch_file(f"{base}/v1/artifacts/{entry.sha256}", staging / entry.path, entry.size, entry.sha256)
@@ -142,8 +151,18 @@ def test_the_downloader_refuses_an_unverifiable_hub_at_once(tls_hub):
 def test_required_client_certificates(pki_dir, tmp_path):
     from tandem.cloud_hub.hub import Hub
 
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url=NOWHERE, telemetry=False, rollouts=False,
-                       tls_dir=pki_dir, rest_client_certs="required")).start() as hub:
+    with Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=tmp_path / "data",
+            http_port=0,
+            mqtt_url=NOWHERE,
+            telemetry=False,
+            rollouts=False,
+            tls_dir=pki_dir,
+            rest_client_certs="required",
+        )
+    ).start() as hub:
         ca_only = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{hub.http_url}/healthz", verify=ca_only, timeout=5).raise_for_status()
@@ -185,12 +204,21 @@ def test_a_burst_over_the_rest_limit_gets_429_with_retry_after_and_other_tokens_
     from tandem.cloud_hub.hub import Hub
 
     # 0.01/s: the bucket cannot refill within this test, so the counts below are exact
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
-                       rollouts=False, rest_rate_per_s=0.01, rest_burst=5)).start() as hub:
+    with Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=tmp_path / "data",
+            http_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+            telemetry=False,
+            rollouts=False,
+            rest_rate_per_s=0.01,
+            rest_burst=5,
+        )
+    ).start() as hub:
         busy, calm = hub.tokens.create("busy", "read").token, hub.tokens.create("calm", "read").token
         with httpx.Client(base_url=hub.http_url, timeout=10) as http:
-            codes = [http.get("/v1/models", headers={"Authorization": f"Bearer {busy}"}).status_code
-                     for _ in range(8)]
+            codes = [http.get("/v1/models", headers={"Authorization": f"Bearer {busy}"}).status_code for _ in range(8)]
             assert codes == [200] * 5 + [429] * 3
             refused = http.get("/v1/hub", headers={"Authorization": f"Bearer {busy}"})
             assert refused.status_code == 429
@@ -210,8 +238,18 @@ def test_a_rollout_waves_downloads_on_one_shared_token_are_not_metered(tmp_path,
     from tandem.cloud_hub.hub import Hub
 
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
-                       rollouts=False, rest_rate_per_s=0.01, rest_burst=2)).start() as hub:
+    with Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=tmp_path / "data",
+            http_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+            telemetry=False,
+            rollouts=False,
+            rest_rate_per_s=0.01,
+            rest_burst=2,
+        )
+    ).start() as hub:
         hub.registry.register_dir(model_dir)
         fleet = hub.tokens.create("fleet", "read").token
         auth = {"Authorization": f"Bearer {fleet}"}
@@ -236,8 +274,16 @@ def test_429_is_documented_on_authenticated_routes():
 def test_the_downloader_waits_out_a_429_without_spending_attempts(tmp_path):
     from tandem.cloud_hub.hub import Hub
 
-    with Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "data", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
-                       rollouts=False)).start() as hub:
+    with Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=tmp_path / "data",
+            http_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+            telemetry=False,
+            rollouts=False,
+        )
+    ).start() as hub:
         token = hub.tokens.create("device", "read").token
         hub.app.state.rest_limiter = limiter = RateLimiter(1.0, 1)  # a 429 on the second call, 1 s later a token
         dl = Downloader(DownloadConfig(token=token, attempts=1))

@@ -32,14 +32,25 @@ def model_with_external_weights(folder: Path, location: str = "weights.bin", *, 
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
     if constant:
         nodes.insert(0, helper.make_node("Constant", [], ["w"], value=w))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                              initializer=[] if constant else [w])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[] if constant else [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = folder / "model.onnx"
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
-              size_threshold=0, convert_attribute=True)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+        convert_attribute=True,
+    )
     if location != "weights.bin":
         m = onnx.load(str(path), load_external_data=False)
         tensors = [a.t for n in m.graph.node for a in n.attribute if a.HasField("t")] + list(m.graph.initializer)
@@ -61,10 +72,17 @@ def test_external_data_inside_the_folder_loads_and_runs(tmp_path):
         session.close()
 
 
-@pytest.mark.parametrize("location,why", [
-    ("../outside.bin", "'..'"), ("sub/../../outside.bin", "'..'"), ("/etc/passwd", "absolute"),
-    ("C:\\Windows\\win.ini", "absolute"), ("..\\outside.bin", "'..'"), ("missing.bin", "not found"),
-])
+@pytest.mark.parametrize(
+    "location,why",
+    [
+        ("../outside.bin", "'..'"),
+        ("sub/../../outside.bin", "'..'"),
+        ("/etc/passwd", "absolute"),
+        ("C:\\Windows\\win.ini", "absolute"),
+        ("..\\outside.bin", "'..'"),
+        ("missing.bin", "not found"),
+    ],
+)
 def test_external_data_outside_the_folder_is_refused_before_the_runtime_opens_it(tmp_path, location, why):
     (tmp_path / "outside.bin").write_bytes(W.tobytes())  # it exists: only our check stands in the way
     for constant in (False, True):
@@ -105,10 +123,18 @@ def test_a_symlinked_model_folder_itself_is_fine(tmp_path):
     assert check_model_file("onnxruntime", tmp_path / "current" / good.name)
 
 
-@pytest.mark.parametrize("runtime,name", [
-    ("onnxruntime", "model.pkl"), ("onnxruntime", "model.npy"), ("onnxruntime", "model.pt"),
-    ("openvino", "model.pickle"), ("litert", "model.onnx"), ("onnxruntime", "model.tflite"), ("nope", "m.onnx"),
-])
+@pytest.mark.parametrize(
+    "runtime,name",
+    [
+        ("onnxruntime", "model.pkl"),
+        ("onnxruntime", "model.npy"),
+        ("onnxruntime", "model.pt"),
+        ("openvino", "model.pickle"),
+        ("litert", "model.onnx"),
+        ("onnxruntime", "model.tflite"),
+        ("nope", "m.onnx"),
+    ],
+)
 def test_only_onnx_ir_and_tflite_files_are_opened(tmp_path, runtime, name):
     (tmp_path / name).write_bytes(b"\x80\x04not a model")
     with pytest.raises(ModelFileError):
@@ -149,8 +175,10 @@ def test_nothing_is_ever_unpickled():
             if "allow_pickle=True" in text:
                 offenders.append(f"{rel}: allow_pickle=True")
             if folder in packages:
-                if re.search(r"^\s*(import|from)\s+(pickle|cPickle|dill|joblib|cloudpickle)\b", text, re.M) \
-                        or "torch.load(" in text:
+                if (
+                    re.search(r"^\s*(import|from)\s+(pickle|cPickle|dill|joblib|cloudpickle)\b", text, re.M)
+                    or "torch.load(" in text
+                ):
                     offenders.append(f"{rel}: unpickling import")
                 for call in re.findall(r"np\.load\([^)]*\)", text):
                     # numpy's default is allow_pickle=False; production code says so explicitly

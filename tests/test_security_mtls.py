@@ -171,11 +171,10 @@ def test_device_cannot_read_another_devices_commands(pki, conns):
     a = conns(pki.device_files("dev-a"), "tandem-ota-dev-a")
     b = conns(pki.device_files("dev-b"), "tandem-ota-dev-b")
     assert hub.connect() == "connected" and a.connect() == "connected" and b.connect() == "connected"
-    a.subscribe(topics.ota_cmd_topic("dev-b"), topics.all_devices(topics.OTA_CMD),
-                "#", topics.ota_cmd_topic("dev-a"))
+    a.subscribe(topics.ota_cmd_topic("dev-b"), topics.all_devices(topics.OTA_CMD), "#", topics.ota_cmd_topic("dev-a"))
     b.subscribe(topics.ota_cmd_topic("dev-b"))
     hub.publish(topics.ota_cmd_topic("dev-b"), b"for b only")
-    hub.publish(topics.ota_cmd_topic("dev-a"), b"for a")      # a's sentinel
+    hub.publish(topics.ota_cmd_topic("dev-a"), b"for a")  # a's sentinel
     hub.publish(topics.ota_cmd_topic("dev-b"), b"b sentinel")
     got_a = a.take_until(topics.ota_cmd_topic("dev-a"))
     assert got_a == [(topics.ota_cmd_topic("dev-a"), b"for a")], f"dev-a read another device's commands: {got_a}"
@@ -266,11 +265,14 @@ def test_agent_publisher_and_hub_ingest_work_over_mutual_tls(pki, broker, tmp_pa
     from tandem.protocols.telemetry_pb2 import TelemetryWindow
 
     store = TelemetryStore.open(tmp_path / "hub")
-    ingest = TelemetryIngest(IngestConfig(broker, client_id="hub-ingest-tls", tls=pki.hub_client_files()), store).start()
+    ingest = TelemetryIngest(
+        IngestConfig(broker, client_id="hub-ingest-tls", tls=pki.hub_client_files()), store
+    ).start()
     outbox = Outbox(tmp_path / "outbox.sqlite")
     for _ in range(3):
-        w = TelemetryWindow(schema_version=1, device_id="dev-a", model_name="m", model_version="1.0.0",
-                            start_unix=1.0, end_unix=2.0)
+        w = TelemetryWindow(
+            schema_version=1, device_id="dev-a", model_name="m", model_version="1.0.0", start_unix=1.0, end_unix=2.0
+        )
         outbox.append(w)
     publisher = TelemetryPublisher(PublisherConfig(broker, tls=pki.device_files("dev-a")), outbox, "dev-a")
     try:
@@ -296,8 +298,10 @@ def test_ota_client_reads_its_signed_commands_and_reports_over_mutual_tls(pki, c
 
     key = Ed25519PrivateKey.generate()
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    client = OtaClient(OtaClientConfig("dev-a", "cpu-x86", broker, tmp_path / "store", pem, tls=pki.device_files("dev-a")),
-                       on_switch=lambda model_dir: None)
+    client = OtaClient(
+        OtaClientConfig("dev-a", "cpu-x86", broker, tmp_path / "store", pem, tls=pki.device_files("dev-a")),
+        on_switch=lambda model_dir: None,
+    )
     hub = conns(pki.hub_client_files(), "hub-ota")
     assert hub.connect() == "connected"
     hub.subscribe(topics.all_devices(topics.OTA_STATUS))
@@ -305,9 +309,17 @@ def test_ota_client_reads_its_signed_commands_and_reports_over_mutual_tls(pki, c
     try:
         assert client.wait_subscribed(CONNECT_TIMEOUT_S)
         now = time.time()
-        cmd = OtaCommand(rollout_id="ro-tls", action="install", model="digits", version="1.2.0",
-                         manifest_url="http://127.0.0.1:1/m", manifest_sha256="a" * 64,
-                         artifact_base_url="http://127.0.0.1:1/a", issued_at=now - 700, deadline=now - 600)
+        cmd = OtaCommand(
+            rollout_id="ro-tls",
+            action="install",
+            model="digits",
+            version="1.2.0",
+            manifest_url="http://127.0.0.1:1/m",
+            manifest_sha256="a" * 64,
+            artifact_base_url="http://127.0.0.1:1/a",
+            issued_at=now - 700,
+            deadline=now - 600,
+        )
         # expiry is judged on the hub's clock, estimated from the commands' issued_at: this device has
         # heard the hub's time before (in step with its own), so a command held 700 s is seen as expired
         client.hub_clock.observe(now, now)

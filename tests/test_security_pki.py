@@ -19,12 +19,12 @@ def test_pki_commands_make_a_ca_device_certificates_a_crl_and_a_broker_config(tm
     root = tmp_path / "pki"
     assert main(["pki", "init", "--dir", str(root), "--hostname", "hub.example.org", "--hostname", "10.0.0.7"]) == 0
     assert main(["pki", "issue", "cam-017", "--dir", str(root)]) == 0
-    assert main(["pki", "issue", "cam+017", "--dir", str(root)]) == 1       # '+' would be a wildcard
+    assert main(["pki", "issue", "cam+017", "--dir", str(root)]) == 1  # '+' would be a wildcard
     assert "may not contain '+'" in capsys.readouterr().err
-    assert main(["pki", "init", "--dir", str(root)]) == 1                     # never silently replace a CA
+    assert main(["pki", "init", "--dir", str(root)]) == 1  # never silently replace a CA
     assert main(["pki", "revoke", "cam-017", "--dir", str(root)]) == 0
-    assert main(["pki", "revoke", "cam-017", "--dir", str(root)]) == 1        # nothing live left
-    assert main(["pki", "issue", "cam-017", "--dir", str(root)]) == 0         # re-issued after revocation
+    assert main(["pki", "revoke", "cam-017", "--dir", str(root)]) == 1  # nothing live left
+    assert main(["pki", "issue", "cam-017", "--dir", str(root)]) == 0  # re-issued after revocation
     assert main(["pki", "mosquitto-conf", "--dir", str(root), "--out", str(tmp_path / "mq"), "--port", "18883"]) == 0
     capsys.readouterr()
     assert main(["pki", "list", "--dir", str(root)]) == 0
@@ -37,13 +37,19 @@ def test_pki_commands_make_a_ca_device_certificates_a_crl_and_a_broker_config(tm
     assert {"localhost", "hub.example.org"} <= set(sans.get_values_for_type(x509.DNSName))
     assert {"127.0.0.1", "10.0.0.7"} <= {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
     crl = x509.load_pem_x509_crl(pki.crl_path.read_bytes())
-    assert len(list(crl)) == 1 and crl.is_signature_valid(x509.load_pem_x509_certificate(
-        pki.ca_cert_path.read_bytes()).public_key())
+    assert len(list(crl)) == 1 and crl.is_signature_valid(
+        x509.load_pem_x509_certificate(pki.ca_cert_path.read_bytes()).public_key()
+    )
     for key in (pki.ca_key_path, pki.device_files("cam-017").key, pki.hub_server_files().key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
     conf = (tmp_path / "mq" / "mosquitto.conf").read_text()
-    for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false",
-                 f"crlfile {pki.crl_path}", "listener 18883 127.0.0.1"):
+    for line in (
+        "require_certificate true",
+        "use_identity_as_username true",
+        "allow_anonymous false",
+        f"crlfile {pki.crl_path}",
+        "listener 18883 127.0.0.1",
+    ):
         assert line in conf
 
 
@@ -55,15 +61,15 @@ def test_acl_pins_each_device_to_its_own_topics_and_the_hub_to_the_tree():
     assert all("%u" in p for p in writes + reads)
     assert not any(line.startswith("pattern") and ("+" in line or "#" in line) for line in lines)
     assert lines[lines.index(f"user {HUB_IDENTITY}") + 1] == f"topic readwrite {topics.hub_acl_topics()[0]}"
-    assert topics.OTA_CMD not in {p.rsplit("%u/", 1)[1] for p in writes}   # a device never writes commands
+    assert topics.OTA_CMD not in {p.rsplit("%u/", 1)[1] for p in writes}  # a device never writes commands
 
 
 def test_rate_limiter_allows_a_burst_then_the_rate_per_device_and_bounds_its_memory():
     now = [0.0]
     limiter = RateLimiter(2.0, 3, max_keys=100, clock=lambda: now[0])
     assert [limiter.allow("a") for _ in range(5)] == [True, True, True, False, False]
-    assert limiter.allow("b")                      # another device has its own bucket
-    now[0] += 1.0                                  # 2 tokens back
+    assert limiter.allow("b")  # another device has its own bucket
+    now[0] += 1.0  # 2 tokens back
     assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
     for i in range(1000):
         limiter.allow(f"d{i}")

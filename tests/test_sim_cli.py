@@ -40,8 +40,22 @@ def test_list_shows_every_builtin_scenario(capsys):
 @pytest.mark.slow
 def test_run_writes_report_summary_and_plots(digits_dir, tmp_path, capsys):
     report = tmp_path / "report"
-    code = main(["run", "hub_outage", "--devices", "3", "--duration", "8", "--workdir", str(tmp_path / "work"),
-                 "--data-dir", str(digits_dir), "--report", str(report)])
+    code = main(
+        [
+            "run",
+            "hub_outage",
+            "--devices",
+            "3",
+            "--duration",
+            "8",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--data-dir",
+            str(digits_dir),
+            "--report",
+            str(report),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
     assert "PASS  telemetry complete" in captured.out and f"report: {report / 'report.md'}" in captured.out
@@ -60,17 +74,30 @@ def test_run_writes_report_summary_and_plots(digits_dir, tmp_path, capsys):
 def test_demo_summary_reads_for_a_newcomer():
     from tandem.sim.demo import format_summary
 
-    text = format_summary({
-        "seconds": 90.0, "edge_report": "e/report.md", "cloud_report": "c/report.md", "fleet_report": "r/report.md",
-        "variants": {"litert-int8": {"agreement": 1.0, "accuracy": 0.98, "p50_ms": 0.004, "bytes": 5000}},
-        "chosen": {"npu-litert": "litert-int8"},
-        "fleet": {"devices": 2, "profiles": {"npu-litert": 2}, "variants": {"npu-litert": "litert-int8"},
-                  "requests": 100, "by_source": {"edge": 90, "cloud": 8, "edge_degraded": 2, "error": 0},
-                  "accuracy": 0.95, "telemetry": {"sent": 10, "hub": 10}, "drift_at_s": 30.0, "first_alert_s": 36.5,
-                  "alerts": [{"signal": "input:x.mean"}]},
-        "rollout": {"version": "1.1.0", "status": "completed", "counts": {"committed": 2}},
-        "checks": [{"name": "rollout completed", "passed": True}],
-    })
+    text = format_summary(
+        {
+            "seconds": 90.0,
+            "edge_report": "e/report.md",
+            "cloud_report": "c/report.md",
+            "fleet_report": "r/report.md",
+            "variants": {"litert-int8": {"agreement": 1.0, "accuracy": 0.98, "p50_ms": 0.004, "bytes": 5000}},
+            "chosen": {"npu-litert": "litert-int8"},
+            "fleet": {
+                "devices": 2,
+                "profiles": {"npu-litert": 2},
+                "variants": {"npu-litert": "litert-int8"},
+                "requests": 100,
+                "by_source": {"edge": 90, "cloud": 8, "edge_degraded": 2, "error": 0},
+                "accuracy": 0.95,
+                "telemetry": {"sent": 10, "hub": 10},
+                "drift_at_s": 30.0,
+                "first_alert_s": 36.5,
+                "alerts": [{"signal": "input:x.mean"}],
+            },
+            "rollout": {"version": "1.1.0", "status": "completed", "counts": {"committed": 2}},
+            "checks": [{"name": "rollout completed", "passed": True}],
+        }
+    )
     assert "90.0% answered on the device" in text and "answered by the hub" in text
     assert "rollout of 1.1.0: completed" in text and "drift alert at 36.5s" in text
     assert "r/report.md" in text and "tandem-sim list" in text

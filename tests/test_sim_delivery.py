@@ -10,9 +10,17 @@ from tandem.sim.scenario import load_scenario
 
 
 def _summary(requests: int, offered: float) -> dict:
-    return {"requests": requests, "offered": offered, "delivered_ratio": requests / offered,
-            "telemetry": {"hub": 5, "sent": 5, "pending": 0}, "alerts": [], "drift_at_s": None, "first_alert_s": None,
-            "rollout": None, "latency_p99_ms": 1.0}
+    return {
+        "requests": requests,
+        "offered": offered,
+        "delivered_ratio": requests / offered,
+        "telemetry": {"hub": 5, "sent": 5, "pending": 0},
+        "alerts": [],
+        "drift_at_s": None,
+        "first_alert_s": None,
+        "rollout": None,
+        "latency_p99_ms": 1.0,
+    }
 
 
 def test_a_fleet_that_delivered_half_its_requests_fails_the_scenario_with_the_figure():
@@ -57,9 +65,17 @@ def test_an_agent_that_exits_at_once_is_reported_as_exited_with_its_last_lines(t
     agent = AgentProcess.__new__(AgentProcess)  # the process only: what launch() would start, failing at once
     agent.device_id, agent._client, agent.log_path = "dev-1", None, tmp_path / "agent.log"
     with open(agent.log_path, "wb") as log_file:
-        agent._proc = subprocess.Popen([sys.executable, "-c", "import sys\nfor i in range(40): print('line', i)\n"
-                                        "print('tandem-agent: model.dir: no manifest.json', file=sys.stderr)\n"
-                                        "sys.exit(2)"], stdout=log_file, stderr=log_file)
+        agent._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys\nfor i in range(40): print('line', i)\n"
+                "print('tandem-agent: model.dir: no manifest.json', file=sys.stderr)\n"
+                "sys.exit(2)",
+            ],
+            stdout=log_file,
+            stderr=log_file,
+        )
     started = time.monotonic()
     with pytest.raises(AgentProcessError) as info:
         agent.wait_ready(timeout_s=60)

@@ -24,6 +24,7 @@ def _data(n: int = 200) -> Dataset:
 
 # -- streams -------------------------------------------------------------------------------
 
+
 def test_stream_changes_apply_only_inside_their_window():
     from dataclasses import replace
 
@@ -47,12 +48,15 @@ def test_class_mix_shift_samples_only_the_named_classes_and_brightness_scales():
     assert x.max() <= 0.5 + 1e-6
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(kind="blur", at_s=0), "not one of"),
-    (dict(kind="noise", at_s=5, until_s=5), "at_s < until_s"),
-    (dict(kind="brightness", at_s=0, value=0), "factor"),
-    (dict(kind="class_mix", at_s=0), "non-empty"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(kind="blur", at_s=0), "not one of"),
+        (dict(kind="noise", at_s=5, until_s=5), "at_s < until_s"),
+        (dict(kind="brightness", at_s=0, value=0), "factor"),
+        (dict(kind="class_mix", at_s=0), "non-empty"),
+    ],
+)
 def test_bad_changes_are_refused_with_a_reason(kwargs, message):
     with pytest.raises(StreamError, match=message):
         Change(**kwargs)
@@ -72,11 +76,13 @@ def test_dataset_load_names_the_missing_array(tmp_path):
 
 # -- emulation -------------------------------------------------------------------------------
 
+
 def test_latency_scales_with_relative_speed():
     arm, cuda, x86 = get_profile("cpu-arm"), get_profile("gpu-cuda"), get_profile("cpu-x86")
     assert emulated_latency_ms(1.0, 1, x86) == pytest.approx(1.0)
     assert emulated_latency_ms(1.0, 4, arm) / emulated_latency_ms(1.0, 4, cuda) == pytest.approx(
-        cuda.relative_speed / arm.relative_speed)
+        cuda.relative_speed / arm.relative_speed
+    )
     jittered = [emulated_latency_ms(1.0, 1, x86, np.random.default_rng(i)) for i in range(200)]
     assert 0.8 < float(np.median(jittered)) < 1.2
 
@@ -100,6 +106,7 @@ def test_intermittent_connectivity_cycles():
 
 # -- scenarios --------------------------------------------------------------------------------
 
+
 def test_every_builtin_scenario_loads():
     names = builtin_names()
     assert {"steady", "hub_outage", "drift", "rollout_good", "rollout_bad", "mixed", "demo"} <= set(names)
@@ -110,23 +117,34 @@ def test_every_builtin_scenario_loads():
 BASE = {"name": "t", "duration_s": 10, "devices": [{"profile": "cpu-arm", "count": 2}]}
 
 
-@pytest.mark.parametrize("patch, key", [
-    ({"devices": [{"profile": "tpu-9000", "count": 1}]}, "devices[0].profile"),
-    ({"devices": [{"profile": "cpu-arm", "count": 0}]}, "devices[0].count"),
-    ({"devices": [{"profile": "cpu-arm", "count": 1, "speed": 2}]}, "devices[0].speed"),
-    ({"color": "red"}, "color"),
-    ({"events": [{"kind": "earthquake", "at_s": 1}]}, "events[0].kind"),
-    ({"events": [{"kind": "outage", "at_s": 1}]}, "events[0].for_s"),
-    ({"events": [{"kind": "outage", "at_s": 11, "for_s": 1}]}, "events[0].at_s"),
-    ({"events": [{"kind": "drift", "at_s": 1, "change": "noise", "value": 0.1, "fraction": 2}]}, "events[0].fraction"),
-    ({"events": [{"kind": "rollout", "at_s": 1, "release": "good"}]}, "events"),
-    ({"events": [{"kind": "rollout", "at_s": 1, "release": "good", "waves": [50, 20]}],
-      "devices": [{"profile": "cpu-arm", "count": 1, "ota": True}]}, "events[0].waves"),
-    ({"expect": {"rollout": "completed"}}, "expect.rollout"),
-    ({"drift": {"span_s": -1}}, "drift.span_s"),
-    ({"threshold": 1.5}, "threshold"),
-    ({"devices": [{"profile": "cpu-arm", "count": 1, "agents": 2}]}, "devices[0].agents"),
-])
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"devices": [{"profile": "tpu-9000", "count": 1}]}, "devices[0].profile"),
+        ({"devices": [{"profile": "cpu-arm", "count": 0}]}, "devices[0].count"),
+        ({"devices": [{"profile": "cpu-arm", "count": 1, "speed": 2}]}, "devices[0].speed"),
+        ({"color": "red"}, "color"),
+        ({"events": [{"kind": "earthquake", "at_s": 1}]}, "events[0].kind"),
+        ({"events": [{"kind": "outage", "at_s": 1}]}, "events[0].for_s"),
+        ({"events": [{"kind": "outage", "at_s": 11, "for_s": 1}]}, "events[0].at_s"),
+        (
+            {"events": [{"kind": "drift", "at_s": 1, "change": "noise", "value": 0.1, "fraction": 2}]},
+            "events[0].fraction",
+        ),
+        ({"events": [{"kind": "rollout", "at_s": 1, "release": "good"}]}, "events"),
+        (
+            {
+                "events": [{"kind": "rollout", "at_s": 1, "release": "good", "waves": [50, 20]}],
+                "devices": [{"profile": "cpu-arm", "count": 1, "ota": True}],
+            },
+            "events[0].waves",
+        ),
+        ({"expect": {"rollout": "completed"}}, "expect.rollout"),
+        ({"drift": {"span_s": -1}}, "drift.span_s"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"devices": [{"profile": "cpu-arm", "count": 1, "agents": 2}]}, "devices[0].agents"),
+    ],
+)
 def test_scenario_errors_name_the_key(patch, key):
     with pytest.raises(ScenarioError) as info:
         parse_scenario({**BASE, **patch}, "x.yaml")
@@ -142,6 +160,7 @@ def test_scaling_keeps_group_proportions_and_scales_event_times():
 
 
 # -- the fault proxy ---------------------------------------------------------------------------
+
 
 def test_delivery_keeps_order_adds_latency_and_caps_bandwidth():
     rng = random.Random(0)
@@ -252,6 +271,7 @@ def test_a_stalled_proxy_holds_bytes_until_the_stall_clears(echo_server):
 
 # -- one virtual device ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def compiled(digits_dir, tmp_path_factory):
     from tandem.sim.releases import prepare
@@ -271,8 +291,16 @@ def _device(compiled, tmp_path, profile, hub_url="127.0.0.1:1"):
     fallback = FallbackClient(hub_url, deadline_ms=50, breaker=CircuitBreaker(3, 60.0))
     stream = DeviceStream(Dataset.load(compiled.data_dir / "test.npz"), seed=3)
     # threshold 1.0: nothing is confident, every request asks the hub
-    return VirtualDevice(spec, pool, stream, ConfidencePolicy("max_prob", 1.0), fallback, "digits-cloud",
-                         tmp_path / "dev-1", window_s=1.0), pool
+    return VirtualDevice(
+        spec,
+        pool,
+        stream,
+        ConfidencePolicy("max_prob", 1.0),
+        fallback,
+        "digits-cloud",
+        tmp_path / "dev-1",
+        window_s=1.0,
+    ), pool
 
 
 def test_device_serves_degraded_when_the_hub_is_dead_and_its_breaker_opens(compiled, tmp_path):
@@ -352,7 +380,7 @@ def test_progress_redraws_on_a_terminal_and_writes_plain_lines_to_a_log():
     log = io.StringIO()
     p = _Progress(log, log_every_s=3600)
     p("\rt=1/50s devices=20\033[K")
-    p("\rt=2/50s devices=20\033[K")   # within log_every_s: not repeated
+    p("\rt=2/50s devices=20\033[K")  # within log_every_s: not repeated
     p("\r  t=3s drift injected\033[K\n")  # events always
     p("\n")
     assert log.getvalue() == "t=1/50s devices=20\n  t=3s drift injected\n"

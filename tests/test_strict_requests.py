@@ -16,8 +16,16 @@ from tandem.cloud_hub.hub import Hub
 
 @pytest.fixture
 def hub(tmp_path: Path):
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1",
-                        telemetry=False, max_json_body_bytes=64 * 1024)).start()
+    hub = Hub(
+        HubConfig(
+            data_dir=tmp_path / "hub",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+            telemetry=False,
+            max_json_body_bytes=64 * 1024,
+        )
+    ).start()
     token = hub.tokens.create("admin", "admin").token
     try:
         yield hub, {"Authorization": f"Bearer {token}"}
@@ -28,19 +36,35 @@ def hub(tmp_path: Path):
 def test_unknown_fields_are_refused_by_name_never_dropped(hub):
     h, headers = hub
     url = h.http_url
-    r = httpx.post(f"{url}/v1/rollouts", headers=headers, timeout=10,
-                   json={"model": "digits", "version": "1.0.0", "selct": {"profile": "cpu-arm"}})
+    r = httpx.post(
+        f"{url}/v1/rollouts",
+        headers=headers,
+        timeout=10,
+        json={"model": "digits", "version": "1.0.0", "selct": {"profile": "cpu-arm"}},
+    )
     assert r.status_code == 422 and "selct" in r.json()["detail"], r.text
-    r = httpx.post(f"{url}/v1/rollouts", headers=headers, timeout=10,
-                   json={"model": "digits", "version": "1.0.0", "gates": {"min_devicez": 50}})
+    r = httpx.post(
+        f"{url}/v1/rollouts",
+        headers=headers,
+        timeout=10,
+        json={"model": "digits", "version": "1.0.0", "gates": {"min_devicez": 50}},
+    )
     assert r.status_code == 422 and "gates.min_devicez" in r.json()["detail"], r.text
-    r = httpx.post(f"{url}/v1/devices", headers=headers, timeout=10,
-                   json={"device_id": "cam-1", "profile": "cpu-x86", "agent_version": "0.1.0", "tagz": {"a": "b"}})
+    r = httpx.post(
+        f"{url}/v1/devices",
+        headers=headers,
+        timeout=10,
+        json={"device_id": "cam-1", "profile": "cpu-x86", "agent_version": "0.1.0", "tagz": {"a": "b"}},
+    )
     assert r.status_code == 422 and "tagz" in r.json()["detail"], r.text
     r = httpx.post(f"{url}/v1/tokens", headers=headers, timeout=10, json={"name": "x", "scope": "read", "admin": True})
     assert r.status_code == 422 and "admin" in r.json()["detail"], r.text
-    r = httpx.post(f"{url}/v1/devices", headers=headers, timeout=10,
-                   json={"device_id": "cam-1", "profile": "cpu-x86", "agent_version": "0.1.0"})
+    r = httpx.post(
+        f"{url}/v1/devices",
+        headers=headers,
+        timeout=10,
+        json={"device_id": "cam-1", "profile": "cpu-x86", "agent_version": "0.1.0"},
+    )
     assert r.status_code == 201, r.text
 
 
@@ -62,15 +86,21 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(hub):
     port = int(h.http_url.rsplit(":", 1)[1])
     auth = headers["Authorization"].encode()
     # Declares 500 MB and sends none of it: answered at once from the header alone.
-    head = (b"POST /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth +
-            b"\r\nContent-Type: application/json\r\nContent-Length: 500000000\r\n\r\n")
+    head = (
+        b"POST /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + auth
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 500000000\r\n\r\n"
+    )
     reply, seconds = _raw(port, head)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert seconds < 2
     # Chunked, no length: cut off once the count passes the limit.
     chunk = b"[" + b"1," * 40_000
-    head = (b"POST /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth +
-            b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: "
+        + auth
+        + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     body = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(3))
     reply, _ = _raw(port, head, body)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
@@ -78,8 +108,12 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(hub):
     r = httpx.post(f"{h.http_url}/v1/devices", headers=headers, timeout=10, json={"device_id": "x" * 200})
     assert r.status_code == 422
     # Uploads are not JSON: they stream under max_upload_mb and the archive limits instead.
-    r = httpx.post(f"{h.http_url}/v1/models", headers={**headers, "Content-Type": "application/gzip"}, timeout=30,
-                   content=b"\0" * (200 * 1024))
+    r = httpx.post(
+        f"{h.http_url}/v1/models",
+        headers={**headers, "Content-Type": "application/gzip"},
+        timeout=30,
+        content=b"\0" * (200 * 1024),
+    )
     assert r.status_code == 422 and "manifest" in r.json()["detail"], r.text  # read whole, refused as a model
 
 
@@ -105,8 +139,9 @@ def test_a_gzip_bomb_is_refused_at_once_writing_nothing_big(hub):
     bomb = _bomb(3 * 1024**3, 64 * 1024**2)  # says 3 GiB, carries 64 MiB of zeros: ~64 KB on the wire
     assert len(bomb) < 200 * 1024
     t0 = time.perf_counter()
-    r = httpx.post(f"{h.http_url}/v1/models", headers={**headers, "Content-Type": "application/gzip"}, timeout=30,
-                   content=bomb)
+    r = httpx.post(
+        f"{h.http_url}/v1/models", headers={**headers, "Content-Type": "application/gzip"}, timeout=30, content=bomb
+    )
     seconds = time.perf_counter() - t0
     assert r.status_code == 413 and "unpacks to more than" in r.json()["detail"], r.text
     assert seconds < 1.0, seconds

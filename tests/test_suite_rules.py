@@ -13,7 +13,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 
-PROBE = '''
+PROBE = """
 import os
 
 import pytest
@@ -35,9 +35,9 @@ def test_no_input_to_fuzz():
 @pytest.mark.skipif(True, reason="chromium is not installed")
 def test_needs_the_browser():
     pass
-'''
+"""
 
-PROBE_MODULE = '''
+PROBE_MODULE = """
 from dependencies import require_module
 
 require_module("tandem_no_such_runtime", "pip install it")
@@ -45,11 +45,12 @@ require_module("tandem_no_such_runtime", "pip install it")
 
 def test_never_collected():
     pass
-'''
+"""
 
 
-def _run_probe(tmp_path: Path, probes: tuple[str, ...] = (PROBE, PROBE_MODULE), **env_extra: str
-               ) -> subprocess.CompletedProcess:
+def _run_probe(
+    tmp_path: Path, probes: tuple[str, ...] = (PROBE, PROBE_MODULE), **env_extra: str
+) -> subprocess.CompletedProcess:
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "conftest.py").write_text((TESTS / "conftest.py").read_text())
@@ -58,8 +59,14 @@ def _run_probe(tmp_path: Path, probes: tuple[str, ...] = (PROBE, PROBE_MODULE), 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
     env.update(TANDEM_AGENT_MODE="edge-only", TANDEM_HUB_HTTP_PORT="1", TANDEM_TEST_OUTAGE_S="7", **env_extra)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--rootdir", str(suite),
-                           str(suite)], capture_output=True, text=True, cwd=suite, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--rootdir", str(suite), str(suite)],
+        capture_output=True,
+        text=True,
+        cwd=suite,
+        env=env,
+        timeout=120,
+    )
 
 
 def _summary(proc: subprocess.CompletedProcess) -> str:

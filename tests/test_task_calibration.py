@@ -21,8 +21,16 @@ def _compile(tmp, model, x):
     (tmp / "profiles").mkdir(exist_ok=True)
     (tmp / "profiles" / "ort-tasks.yaml").write_text(PROFILE)
     np.savez(tmp / "d.npz", x=x)
-    opts = CompileOptions(model=model, profiles=["ort-tasks"], calib=tmp / "d.npz", val=tmp / "d.npz", out=tmp / "out",
-                          signing_key=tmp / "k.pem", timing=False, profile_dirs=[tmp / "profiles"])
+    opts = CompileOptions(
+        model=model,
+        profiles=["ort-tasks"],
+        calib=tmp / "d.npz",
+        val=tmp / "d.npz",
+        out=tmp / "out",
+        signing_key=tmp / "k.pem",
+        timing=False,
+        profile_dirs=[tmp / "profiles"],
+    )
     return compile_model(opts)
 
 
@@ -44,8 +52,13 @@ def test_each_variant_gets_a_threshold_on_the_tasks_own_confidence(tmp_path, kin
 
     fp32 = next(v for v in variants if v.precision == "fp32")
     x = sigmoid_data()[0][:8] if kind == "sigmoid" else yolo_data(8, 9)
-    base = {"trust.allow_unsigned": True, "model.dir": result.out, "model.variant": fp32.id,
-            "server.endpoint": f"ipc://{tmp_path}/a.sock", "hard_examples.data_dir": tmp_path / "data"}
+    base = {
+        "trust.allow_unsigned": True,
+        "model.dir": result.out,
+        "model.variant": fp32.id,
+        "server.endpoint": f"ipc://{tmp_path}/a.sock",
+        "hard_examples.data_dir": tmp_path / "data",
+    }
     with Agent(AgentConfig.from_keys(base)) as agent, AgentClient(agent.endpoint) as client:
         assert client.infer(x).threshold == pytest.approx(fp32.calibration.threshold, abs=1e-6)
         assert agent.policy.threshold == pytest.approx(fp32.calibration.threshold, abs=1e-6)

@@ -24,11 +24,17 @@ from tandem.tasks import TaskSpec, row_agreement, task_confidence
 from test_policy_tasks import PROFILE
 
 WINDOW_S = 10.0
-PER_WINDOW = 64          # images per window, in requests of 8
+PER_WINDOW = 64  # images per window, in requests of 8
 NULL_WINDOWS = 12
 SHIFT_WINDOWS = 8
-CONFIG = DriftConfig(span_s=60.0, baseline_s=600.0, bucket_s=WINDOW_S, min_samples=200, min_requests=50,
-                     distribution=Hysteresis(open_above=0.25, close_below=0.10, k_open=2, k_close=2))
+CONFIG = DriftConfig(
+    span_s=60.0,
+    baseline_s=600.0,
+    bucket_s=WINDOW_S,
+    min_samples=200,
+    min_requests=50,
+    distribution=Hysteresis(open_above=0.25, close_below=0.10, k_open=2, k_close=2),
+)
 
 
 def crowded(n: int, seed: int) -> np.ndarray:
@@ -39,7 +45,7 @@ def crowded(n: int, seed: int) -> np.ndarray:
         for _ in range(int(rng.integers(5, 8))):
             side = int(rng.integers(4, 9))
             top, left = (int(v) for v in rng.integers(0, YOLO_SIZE - side, size=2))
-            img[0, top:top + side, left:left + side] = rng.uniform(0.7, 1.0)
+            img[0, top : top + side, left : left + side] = rng.uniform(0.7, 1.0)
     return x
 
 
@@ -49,9 +55,16 @@ def detector(tmp_path_factory):
     (tmp / "profiles").mkdir()
     (tmp / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
     np.savez(tmp / "d.npz", x=yolo_data(400, 3))
-    opts = CompileOptions(model=yolo_detector(tmp / "m.onnx"), profiles=["ort-fp32"], calib=tmp / "d.npz",
-                          val=tmp / "d.npz", out=tmp / "out", signing_key=tmp / "k.pem", timing=False,
-                          profile_dirs=[tmp / "profiles"])
+    opts = CompileOptions(
+        model=yolo_detector(tmp / "m.onnx"),
+        profiles=["ort-fp32"],
+        calib=tmp / "d.npz",
+        val=tmp / "d.npz",
+        out=tmp / "out",
+        signing_key=tmp / "k.pem",
+        timing=False,
+        profile_dirs=[tmp / "profiles"],
+    )
     return tmp, compile_model(opts)
 
 
@@ -61,8 +74,9 @@ def test_task_signals_names_match_the_wire_edges():
     out[:, 4, :3] = 0.9
     found = task_confidence(spec, out)
     assert set(found.signals) <= set(TASK_SIGNAL_EDGES)
-    ctc = task_confidence(TaskSpec("ctc", output="y", blank=0, step_scores="probabilities"),
-                          np.full((3, 5, 4), 0.25, np.float32))
+    ctc = task_confidence(
+        TaskSpec("ctc", output="y", blank=0, step_scores="probabilities"), np.full((3, 5, 4), 0.25, np.float32)
+    )
     assert set(ctc.signals) == {"sequence_length", "sequence_probability"} <= set(TASK_SIGNAL_EDGES)
 
 
@@ -74,13 +88,24 @@ def test_detector_box_signals_reference_telemetry_and_drift(detector):
     assert sum(tasks["boxes"]["counts"]) == 400  # one count per validation image
     assert tasks["boxes"]["edges"] == TASK_SIGNAL_EDGES["boxes"]
 
-    cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": result.out,
-                                 "model.variant": "onnxruntime-fp32", "server.endpoint": f"ipc://{tmp}/a.sock",
-                                 "hard_examples.data_dir": tmp / "data"})
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": result.out,
+            "model.variant": "onnxruntime-fp32",
+            "server.endpoint": f"ipc://{tmp}/a.sock",
+            "hard_examples.data_dir": tmp / "data",
+        }
+    )
     engine = DriftEngine(lambda name, version: manifest, CONFIG)
     with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
-        window = WindowAggregator("dev-det", ModelInfo.from_manifest(manifest, "onnxruntime-fp32"),
-                                  profile="ort-fp32", config=WindowConfig(window_s=WINDOW_S), now=0.0)
+        window = WindowAggregator(
+            "dev-det",
+            ModelInfo.from_manifest(manifest, "onnxruntime-fp32"),
+            profile="ort-fp32",
+            config=WindowConfig(window_s=WINDOW_S),
+            now=0.0,
+        )
         agent.observer.telemetry = window  # the real request path feeds a real window (no broker needed here)
 
         def run(windows: int, start: int, shifted: bool) -> list[int]:
@@ -88,7 +113,7 @@ def test_detector_box_signals_reference_telemetry_and_drift(detector):
             for i in range(start, start + windows):
                 x = crowded(PER_WINDOW, 100 + i) if shifted else yolo_data(PER_WINDOW, 100 + i)
                 for j in range(0, PER_WINDOW, 8):
-                    client.infer(x[j:j + 8])
+                    client.infer(x[j : j + 8])
                 w = window.close((i + 1) * WINDOW_S)
                 assert w is not None and {t.signal for t in w.task_signals} == {"boxes", "box_score"}
                 w.sequence = i + 1
@@ -114,7 +139,7 @@ def test_row_agreement_by_task_falls_with_the_answer():
     assert np.isclose(row_agreement(spec, one_lost, hub)[0], 2 / 3)
     ctc = TaskSpec("ctc", output="y", blank=0, step_scores="probabilities")
     steps = np.eye(4, dtype=np.float32)[[1, 0, 2, 0, 3]][None]  # "1 2 3"
-    edit = np.eye(4, dtype=np.float32)[[1, 0, 2, 0, 2]][None]   # "1 2 2": one edit in three
+    edit = np.eye(4, dtype=np.float32)[[1, 0, 2, 0, 2]][None]  # "1 2 2": one edit in three
     assert np.isclose(row_agreement(ctc, edit, steps)[0], 2 / 3)
     assert row_agreement(TaskSpec("custom", output="y"), hub, hub) is None
 
@@ -125,15 +150,22 @@ def test_answers_from_the_hub_are_compared_with_the_edge_by_the_task(detector):
     hub = InferenceServer(result.out, hub_profile="ort-fp32")
     hub.start()
     try:
-        cfg = AgentConfig.from_keys({"trust.allow_unsigned": True, "model.dir": result.out,
-                                     "model.variant": "onnxruntime-fp32", "server.endpoint": f"ipc://{tmp}/b.sock",
-                                     "hard_examples.data_dir": tmp / "data-b", "fallback.hub_url": hub.address,
-                                     "fallback.hub_model": manifest.name})
+        cfg = AgentConfig.from_keys(
+            {
+                "trust.allow_unsigned": True,
+                "model.dir": result.out,
+                "model.variant": "onnxruntime-fp32",
+                "server.endpoint": f"ipc://{tmp}/b.sock",
+                "hard_examples.data_dir": tmp / "data-b",
+                "fallback.hub_url": hub.address,
+                "fallback.hub_model": manifest.name,
+            }
+        )
         with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
             window = WindowAggregator("dev-det", ModelInfo.from_manifest(manifest), config=WindowConfig(), now=0.0)
             agent.observer.telemetry = window
             x = yolo_data(24, 7)
-            sources = [client.infer(x[j:j + 4], mode="cloud").source for j in range(0, 24, 4)]
+            sources = [client.infer(x[j : j + 4], mode="cloud").source for j in range(0, 24, 4)]
             w = window.close(1.0)
     finally:
         hub.stop()

@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tandem.tasks import (
-    TaskError, TaskSpec, budgets_for, class_labels, ctc_greedy, detections, gate, infer_task, task_confidence,
+    TaskError,
+    TaskSpec,
+    budgets_for,
+    class_labels,
+    ctc_greedy,
+    detections,
+    gate,
+    infer_task,
+    task_confidence,
     task_metrics,
 )
 from tandem.tasks.metrics import character_error_rate, edit_distance
@@ -26,8 +34,13 @@ def test_tasks_package_imports_only_numpy_and_the_standard_library():
     for path in sorted((ROOT / "tasks").glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             for name in names:
                 assert name.split(".")[0] in allowed or name.startswith("tandem.tasks"), f"{path.name} imports {name}"
 
@@ -35,14 +48,29 @@ def test_tasks_package_imports_only_numpy_and_the_standard_library():
 # -- spec -------------------------------------------------------------------------------
 
 spec_strategy = st.one_of(
-    st.builds(TaskSpec, kind=st.just("classification"), scores=st.sampled_from(["probabilities", "logits", "sigmoid", "multi_label"]),
-              positive_threshold=st.floats(0, 1), threshold=st.none() | st.floats(0, 1)),
-    st.builds(TaskSpec, kind=st.just("detection"), layout=st.sampled_from(["auto", "channels_first", "anchors_first", "nms"]),
-              box_format=st.sampled_from(["cxcywh", "xyxy"]), score_threshold=st.floats(0, 1),
-              iou_threshold=st.floats(0, 1), max_boxes=st.integers(1, 1000)),
+    st.builds(
+        TaskSpec,
+        kind=st.just("classification"),
+        scores=st.sampled_from(["probabilities", "logits", "sigmoid", "multi_label"]),
+        positive_threshold=st.floats(0, 1),
+        threshold=st.none() | st.floats(0, 1),
+    ),
+    st.builds(
+        TaskSpec,
+        kind=st.just("detection"),
+        layout=st.sampled_from(["auto", "channels_first", "anchors_first", "nms"]),
+        box_format=st.sampled_from(["cxcywh", "xyxy"]),
+        score_threshold=st.floats(0, 1),
+        iou_threshold=st.floats(0, 1),
+        max_boxes=st.integers(1, 1000),
+    ),
     st.builds(TaskSpec, kind=st.just("dense"), threshold=st.floats(0, 1)),
-    st.builds(TaskSpec, kind=st.just("ctc"), blank=st.integers(0, 10000), output=st.none() | st.text(min_size=1, max_size=8)),
-    st.builds(TaskSpec, kind=st.sampled_from(["embedding", "regression", "custom"]), metric=st.none() | st.just("mod.x:fn")),
+    st.builds(
+        TaskSpec, kind=st.just("ctc"), blank=st.integers(0, 10000), output=st.none() | st.text(min_size=1, max_size=8)
+    ),
+    st.builds(
+        TaskSpec, kind=st.sampled_from(["embedding", "regression", "custom"]), metric=st.none() | st.just("mod.x:fn")
+    ),
 )
 
 
@@ -52,15 +80,18 @@ def test_spec_round_trips_through_json(spec):
     assert TaskSpec.from_json(spec.to_json()) == spec
 
 
-@pytest.mark.parametrize("data, field", [
-    ({"kind": "ctc", "blank": 0, "blnk": 3}, "blnk"),
-    ({"kind": "classification", "layout": "nms"}, "layout"),       # a detection field on a classifier
-    ({"kind": "detection", "score_threshold": 1.5}, "score_threshold"),
-    ({"kind": "detection", "ambiguity": [0.5, 0.1]}, "ambiguity"),
-    ({"kind": "ctc", "blank": -1}, "blank"),
-    ({"kind": "segmentation"}, "kind"),
-    ({"kind": "custom", "metric": "no_colon"}, "metric"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"kind": "ctc", "blank": 0, "blnk": 3}, "blnk"),
+        ({"kind": "classification", "layout": "nms"}, "layout"),  # a detection field on a classifier
+        ({"kind": "detection", "score_threshold": 1.5}, "score_threshold"),
+        ({"kind": "detection", "ambiguity": [0.5, 0.1]}, "ambiguity"),
+        ({"kind": "ctc", "blank": -1}, "blank"),
+        ({"kind": "segmentation"}, "kind"),
+        ({"kind": "custom", "metric": "no_colon"}, "metric"),
+    ],
+)
 def test_spec_refuses_unknown_and_invalid_fields_by_name(data, field):
     with pytest.raises(TaskError, match=field):
         TaskSpec.from_dict(data)
@@ -79,6 +110,7 @@ def test_task_options_parse_by_field_type_and_refuse_other_kinds():
 
 
 # -- classification ---------------------------------------------------------------------
+
 
 def test_single_sigmoid_labels_are_not_inverted_and_confidence_is_max_p_1_minus_p():
     spec = TaskSpec("classification", scores="sigmoid")
@@ -109,7 +141,10 @@ def test_classification_metrics_and_gate():
 
 # -- detection --------------------------------------------------------------------------
 
-def _yolo_head(boxes_cxcywh: list[tuple[float, float, float, float]], scores: list[list[float]], anchors: int = 64) -> np.ndarray:
+
+def _yolo_head(
+    boxes_cxcywh: list[tuple[float, float, float, float]], scores: list[list[float]], anchors: int = 64
+) -> np.ndarray:
     """[1, 4+C, anchors]: the given boxes first, the other anchors scoring zero."""
     classes = len(scores[0])
     head = np.zeros((1, 4 + classes, anchors), np.float32)
@@ -155,6 +190,7 @@ def test_detection_after_nms_layout_and_confidence_counts_uncertain_boxes():
 
 # -- dense, CTC, embedding, regression ----------------------------------------------------
 
+
 def test_dense_mask_iou_and_dice():
     spec = TaskSpec("dense", threshold=0.5)
     ref = np.zeros((1, 1, 10, 10), np.float32)
@@ -185,7 +221,10 @@ def test_ctc_greedy_metrics_and_confidence():
     weak[1, 2] = [0.4, 0.1, 0.1, 0.4, 0.0]
     conf = task_confidence(spec, weak)
     assert np.isclose(conf.confidence[0], 0.9) and np.isclose(conf.confidence[1], 0.4)
-    assert conf.labels.tolist() == [3, 2] and conf.detail["sequence_probability"][1] < conf.detail["sequence_probability"][0]
+    assert (
+        conf.labels.tolist() == [3, 2]
+        and conf.detail["sequence_probability"][1] < conf.detail["sequence_probability"][0]
+    )
 
 
 @given(st.lists(st.integers(1, 6), max_size=12), st.lists(st.integers(1, 6), max_size=12))
@@ -215,18 +254,22 @@ def test_embedding_and_regression_metrics_and_no_confidence():
 
 # -- inference --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("output, kind, detail", [
-    (np.full((4, 10), 0.1, np.float32), "classification", "probabilities"),
-    (np.random.default_rng(0).normal(size=(4, 10)) * 4, "classification", "logits"),
-    (np.array([[0.02], [0.9]], np.float32), "classification", "sigmoid"),
-    (np.array([[0.2, 0.9, 0.7]], np.float32), "classification", "multi_label"),
-    (np.full((2, 40, 100), 0.01, np.float32), "ctc", "probabilities"),
-    (_yolo_head([(50, 50, 20, 20)], [[0.9, 0.1]], anchors=400), "detection", "channels_first"),
-    (_yolo_head([(50, 50, 20, 20)], [[0.9, 0.1]], anchors=400).transpose(0, 2, 1), "detection", "anchors_first"),
-    (np.random.default_rng(1).uniform(size=(2, 1, 32, 32)), "dense", None),
-    (np.array([[3.5], [-2.0]]), "regression", None),
-    (np.random.default_rng(2).normal(size=(2, 3, 4, 5, 6)), "custom", None),
-])
+
+@pytest.mark.parametrize(
+    "output, kind, detail",
+    [
+        (np.full((4, 10), 0.1, np.float32), "classification", "probabilities"),
+        (np.random.default_rng(0).normal(size=(4, 10)) * 4, "classification", "logits"),
+        (np.array([[0.02], [0.9]], np.float32), "classification", "sigmoid"),
+        (np.array([[0.2, 0.9, 0.7]], np.float32), "classification", "multi_label"),
+        (np.full((2, 40, 100), 0.01, np.float32), "ctc", "probabilities"),
+        (_yolo_head([(50, 50, 20, 20)], [[0.9, 0.1]], anchors=400), "detection", "channels_first"),
+        (_yolo_head([(50, 50, 20, 20)], [[0.9, 0.1]], anchors=400).transpose(0, 2, 1), "detection", "anchors_first"),
+        (np.random.default_rng(1).uniform(size=(2, 1, 32, 32)), "dense", None),
+        (np.array([[3.5], [-2.0]]), "regression", None),
+        (np.random.default_rng(2).normal(size=(2, 3, 4, 5, 6)), "custom", None),
+    ],
+)
 def test_task_inferred_from_outputs_with_a_reason(output, kind, detail):
     found = infer_task(["out"], [output])
     assert found.spec.kind == kind and "'out'" in found.reason
@@ -245,7 +288,13 @@ def test_unit_norm_rows_are_an_embedding():
 @given(st.sampled_from(KINDS))
 def test_every_kind_has_a_gate_that_passes_on_identical_outputs(kind):
     spec = TaskSpec(kind)
-    samples = {"classification": np.eye(3)[[0, 1, 2, 1]], "detection": _yolo_head([(50, 50, 20, 20)], [[0.9]]),
-               "dense": np.full((2, 1, 4, 4), 0.8), "ctc": _ctc_probs([[1, 0, 2]]), "embedding": np.eye(4) + 0.1,
-               "regression": np.ones((4, 2)), "custom": np.ones((2, 2))}[kind]
+    samples = {
+        "classification": np.eye(3)[[0, 1, 2, 1]],
+        "detection": _yolo_head([(50, 50, 20, 20)], [[0.9]]),
+        "dense": np.full((2, 1, 4, 4), 0.8),
+        "ctc": _ctc_probs([[1, 0, 2]]),
+        "embedding": np.eye(4) + 0.1,
+        "regression": np.ones((4, 2)),
+        "custom": np.ones((2, 2)),
+    }[kind]
     assert gate(spec, task_metrics(spec, samples, samples.copy()), budgets_for(spec)).passed

@@ -23,16 +23,20 @@ from tandem.edge_agent.uplink import telemetry_status
 from tandem.protocols.telemetry_codec import decode_window
 from waiting import wait_for
 
-REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
-             "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]}, "classes": {"counts": [10, 10, 10]}}
+REFERENCE = {
+    "inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
+    "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]},
+    "classes": {"counts": [10, 10, 10]},
+}
 MODEL = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
 
 
 @contextlib.contextmanager
 def tiny_disk(path: Path, size_kb: int = 8192):
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test needs root")
     try:
@@ -83,8 +87,9 @@ def hub_sequences(hub: TelemetryIngestService, device: str) -> list[int]:
 
 @pytest.fixture
 def hub(tmp_path, mosquitto):  # noqa: F811
-    svc = TelemetryIngestService(tmp_path / "hub", mosquitto.url, lambda name, version: None,
-                                 TelemetryServiceConfig(eval_interval_s=3600))
+    svc = TelemetryIngestService(
+        tmp_path / "hub", mosquitto.url, lambda name, version: None, TelemetryServiceConfig(eval_interval_s=3600)
+    )
     svc.start()
     assert svc.ingest.wait_subscribed(10)
     yield svc
@@ -104,7 +109,7 @@ def test_full_disk_holds_windows_and_recovers_without_a_gap(tmp_path, mosquitto,
             assert status["write_error"] and status["unstored"] >= 1 and status["lost_local"] == 0
             assert service.degraded and "unwritable" in service.degraded
             assert service.outbox.last_sequence == 3 + stored_full  # what failed used no number
-            filler.unlink()                                      # space returns
+            filler.unlink()  # space returns
             assert wait_for(lambda: service.write_error is None and len(service._closed) == 0, 20), "never recovered"
             last = 3 + stored_full + 5
             assert wait_for(lambda: hub_sequences(hub, "dev-full") == list(range(1, last + 1)), 20)
@@ -115,8 +120,9 @@ def test_full_disk_holds_windows_and_recovers_without_a_gap(tmp_path, mosquitto,
 
 def test_full_disk_past_the_memory_bound_skips_sequences_and_counts_the_loss(tmp_path, mosquitto, hub):  # noqa: F811
     with tiny_disk(tmp_path / "disk") as disk:
-        service = TelemetryService(mosquitto.url, "dev-lost", MODEL, disk / "agent", window_s=3600,
-                                   unstored_max=2).start()
+        service = TelemetryService(
+            mosquitto.url, "dev-lost", MODEL, disk / "agent", window_s=3600, unstored_max=2
+        ).start()
         try:
             close_windows(service, 2)
             assert wait_for(lambda: hub_sequences(hub, "dev-lost") == [1, 2], 20)
@@ -129,7 +135,7 @@ def test_full_disk_past_the_memory_bound_skips_sequences_and_counts_the_loss(tmp
             # the hub sees exactly the gap, and the window after it says the gap is a counted drop
             expected = list(range(1, before + 1)) + [before + 4, before + 5]
             assert wait_for(lambda: hub_sequences(hub, "dev-lost") == expected, 20), hub_sequences(hub, "dev-lost")
-            (payload,) = hub.store.device_payloads(["dev-lost"], 0)[before:before + 1]
+            (payload,) = hub.store.device_payloads(["dev-lost"], 0)[before : before + 1]
             assert decode_window(payload).outbox_dropped_total == 3
             assert telemetry_status(service)["lost_local"] == 3
         finally:
@@ -148,8 +154,7 @@ def test_hard_examples_on_a_full_disk_are_counted_not_a_rollback_error(tmp_path)
             assert queue.depth() == 1
             filler = fill(disk)
             for i in range(40):  # WAL pages already allocated may take a few; the rest must fail, counted
-                queue.put(x, request_id=f"r{i + 1}", model="toy", version="1", label=1, confidence=0.1,
-                          source="edge")
+                queue.put(x, request_id=f"r{i + 1}", model="toy", version="1", label=1, confidence=0.1, source="edge")
             assert wait_for(lambda: queue.write_error is not None, 20), "hard example write failure never noticed"
             assert "rollback" not in queue.write_error and queue.degraded
             assert wait_for(lambda: queue._pending.unfinished_tasks == 0, 20)

@@ -29,9 +29,25 @@ HUB_PROC = Path(__file__).with_name("telemetry_hub_proc.py")
 
 
 def start_agent(url: str, data_dir: Path, device: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(PROC), "--mqtt-url", url, "--device", device,
-                             "--data-dir", str(data_dir), "--window-s", "0.2", "--rate", "100"],
-                            env=python_env(), stdout=subprocess.PIPE, stderr=open(data_dir / "agent.log", "ab"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROC),
+            "--mqtt-url",
+            url,
+            "--device",
+            device,
+            "--data-dir",
+            str(data_dir),
+            "--window-s",
+            "0.2",
+            "--rate",
+            "100",
+        ],
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=open(data_dir / "agent.log", "ab"),
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
     return proc
 
@@ -48,8 +64,12 @@ def outbox_state(data_dir: Path) -> tuple[int, int, int]:
 
 
 def start_hub(data_dir: Path, url: str, share_group: str | None) -> TelemetryIngestService:
-    hub = TelemetryIngestService(data_dir, url, lambda name, version: None,
-                                 TelemetryServiceConfig(eval_interval_s=3600, ingest={"share_group": share_group}))
+    hub = TelemetryIngestService(
+        data_dir,
+        url,
+        lambda name, version: None,
+        TelemetryServiceConfig(eval_interval_s=3600, ingest={"share_group": share_group}),
+    )
     hub.start()
     assert hub.ingest.wait_subscribed(10), "hub did not subscribe"
     return hub
@@ -59,25 +79,30 @@ def stored_sequences(hub_dir: Path, device: str) -> list[int]:
     """Read the hub's telemetry DB file directly (the hub may be another process)."""
     conn = sqlite3.connect(f"file:{hub_dir / 'telemetry.sqlite'}?mode=ro", uri=True)
     try:
-        return [r[0] for r in conn.execute(
-            "SELECT sequence FROM telemetry_windows WHERE device_id=? ORDER BY sequence", [device])]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT sequence FROM telemetry_windows WHERE device_id=? ORDER BY sequence", [device]
+            )
+        ]
     finally:
         conn.close()
 
 
 def finish_and_check(agent: subprocess.Popen, agent_dir: Path, hub_dir: Path, device: str) -> int:
     """Stop the agent gracefully, then: every sequence 1..last stored exactly once."""
-    agent.terminate()                                   # graceful: flush the open window, drain
+    agent.terminate()  # graceful: flush the open window, drain
     assert agent.wait(30) == 0
     last_seq, pending, dropped = outbox_state(agent_dir)
     assert pending == 0, f"{pending} windows never acknowledged by the broker"
     assert dropped == 0
     wait_for(lambda: len(stored_sequences(hub_dir, device)) >= last_seq, 20)
-    time.sleep(0.5)                                     # a late redelivery would land now
+    time.sleep(0.5)  # a late redelivery would land now
     stored = stored_sequences(hub_dir, device)
     expected = list(range(1, last_seq + 1))
-    assert stored == expected, (f"gaps={sorted(set(expected) - set(stored))[:20]} "
-                                f"extra={sorted(set(stored) - set(expected))[:20]}")
+    assert stored == expected, (
+        f"gaps={sorted(set(expected) - set(stored))[:20]} extra={sorted(set(stored) - set(expected))[:20]}"
+    )
     return last_seq
 
 
@@ -95,23 +120,25 @@ def test_broker_outage_and_agent_sigkill_lose_and_duplicate_nothing(tmp_path):
         procs.append(start_agent(broker.url, agent_dir, device))
         assert wait_for(lambda: hub.store.count_windows(device) >= 5, 15), "no windows reached the hub"
 
-        broker.stop()                                  # outage starts
+        broker.stop()  # outage starts
         outage_started = time.monotonic()
         time.sleep(OUTAGE_S / 3)
-        procs[0].kill()                                # SIGKILL mid-outage: unsent windows only on disk
+        procs[0].kill()  # SIGKILL mid-outage: unsent windows only on disk
         procs[0].wait(10)
         _, pending_at_kill, _ = outbox_state(agent_dir)
         assert pending_at_kill >= 3, "the outage should have left windows in the outbox"
         procs.append(start_agent(broker.url, agent_dir, device))
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
-        broker.start()                                 # outage ends
+        broker.start()  # outage ends
         restarted = time.monotonic()
         _, backlog, _ = outbox_state(agent_dir)
         assert wait_for(lambda: outbox_state(agent_dir)[1] <= 1, 15), "the outbox did not drain after the outage"
         recovered_s = time.monotonic() - restarted
-        print(f"outage {OUTAGE_S:.0f} s: backlog {backlog} windows delivered {recovered_s:.2f} s after the broker came back")
-        assert recovered_s < 10.0                      # reconnect backoff is capped at 2 s
-        time.sleep(2.0)                                # live traffic after recovery
+        print(
+            f"outage {OUTAGE_S:.0f} s: backlog {backlog} windows delivered {recovered_s:.2f} s after the broker came back"
+        )
+        assert recovered_s < 10.0  # reconnect backoff is capped at 2 s
+        time.sleep(2.0)  # live traffic after recovery
 
         last_seq = finish_and_check(procs[1], agent_dir, tmp_path / "hub", device)
         assert last_seq >= 20
@@ -150,7 +177,7 @@ def test_shared_subscription_hub_sigkill_and_agent_sigkill_lose_and_duplicate_no
     try:
         procs.append(start_agent(broker.url, agent_dir, device))
         assert wait_for(lambda: len(stored_sequences(hub_dir, device)) >= 5, 15), "no windows reached the hub"
-        procs[0].kill()                                # hub dies without a word
+        procs[0].kill()  # hub dies without a word
         procs[0].wait(10)
         time.sleep(OUTAGE_S / 2)
         procs[1].kill()

@@ -23,8 +23,10 @@ from telemetry_fixtures import needs_mosquitto
 from waiting import wait_for
 
 EDGES = [-0.5, 0.0, 0.5]
-REFERENCE = {"inputs": {"x": {"mean": {"edges": EDGES, "counts": [250, 250, 250, 250]}}},
-             "classes": {"counts": [500, 500]}}
+REFERENCE = {
+    "inputs": {"x": {"mean": {"edges": EDGES, "counts": [250, 250, 250, 250]}}},
+    "classes": {"counts": [500, 500]},
+}
 MODEL = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
 
 
@@ -81,24 +83,35 @@ def test_bad_messages_are_counted_duplicates_ignored_and_drift_alerts_everywhere
     listener.loop_start()
     listener.subscribe(events_topic(), qos=1)
 
-    drift = DriftConfig(span_s=30, baseline_s=60, bucket_s=1, min_samples=100, min_requests=50, cohort_tags=("site",),
-                        distribution=Hysteresis(open_above=0.25, close_below=0.1, k_open=2, k_close=2))
-    config = TelemetryServiceConfig(eval_interval_s=3600, drift=drift,
-                                    webhook_url=f"http://127.0.0.1:{http.server_port}/hook")
+    drift = DriftConfig(
+        span_s=30,
+        baseline_s=60,
+        bucket_s=1,
+        min_samples=100,
+        min_requests=50,
+        cohort_tags=("site",),
+        distribution=Hysteresis(open_above=0.25, close_below=0.1, k_open=2, k_close=2),
+    )
+    config = TelemetryServiceConfig(
+        eval_interval_s=3600, drift=drift, webhook_url=f"http://127.0.0.1:{http.server_port}/hook"
+    )
     service = TelemetryIngestService(tmp_path / "hub", mosquitto.url, lambda name, version: MODEL, config).start()
     try:
         assert service.ingest.wait_subscribed(10)
         now = time.time()
         good = windows("dev-a", 6, shift=0.8, t0=now - 10) + windows("dev-b", 6, shift=0.8, t0=now - 10)
         big = b"\x0a" + b"\xff" * (limits.MAX_TELEMETRY_BYTES + 10)
-        publish_all(mosquitto.url, [
-            (telemetry_topic("dev-a"), b"not protobuf at all \xff\xfe"),
-            (telemetry_topic("dev-x"), good[0]),                  # dev-a's window on dev-x's topic
-            (telemetry_topic("dev-a"), big),
-            *[(telemetry_topic("dev-a"), p) for p in good[:6]],
-            *[(telemetry_topic("dev-b"), p) for p in good[6:]],
-            (telemetry_topic("dev-a"), good[2]),                  # a redelivery
-        ])
+        publish_all(
+            mosquitto.url,
+            [
+                (telemetry_topic("dev-a"), b"not protobuf at all \xff\xfe"),
+                (telemetry_topic("dev-x"), good[0]),  # dev-a's window on dev-x's topic
+                (telemetry_topic("dev-a"), big),
+                *[(telemetry_topic("dev-a"), p) for p in good[:6]],
+                *[(telemetry_topic("dev-b"), p) for p in good[6:]],
+                (telemetry_topic("dev-a"), good[2]),  # a redelivery
+            ],
+        )
         s = service.ingest.stats
         assert wait_for(lambda: s.bad + s.stored + s.duplicates >= 16, 15)
         stats = service.ingest.stats

@@ -21,15 +21,19 @@ from tandem.edge_agent.uplink import telemetry_status
 from tandem.protocols.resend import ResendDecodeError, ResendRequest, decode_resend
 from waiting import wait_for
 
-REFERENCE = {"inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
-             "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]}, "classes": {"counts": [10, 10, 10]}}
+REFERENCE = {
+    "inputs": {"x": {"mean": {"edges": [-0.5, 0.0, 0.5], "counts": [25, 25, 25, 25]}}},
+    "confidence": {"counts": [0] * 15 + [10, 10, 10, 10, 10]},
+    "classes": {"counts": [10, 10, 10]},
+}
 MODEL = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
 FAST = GapPolicy(ask_after_s=0.5, ask_every_s=1.0, max_asks=2)
 
 
 def _hub(path, url) -> TelemetryIngestService:
-    hub = TelemetryIngestService(path, url, lambda name, version: None,
-                                 TelemetryServiceConfig(eval_interval_s=3600, gaps=FAST, gap_tick_s=0.2))
+    hub = TelemetryIngestService(
+        path, url, lambda name, version: None, TelemetryServiceConfig(eval_interval_s=3600, gaps=FAST, gap_tick_s=0.2)
+    )
     hub.start()
     assert hub.ingest.wait_subscribed(10)
     return hub
@@ -45,15 +49,15 @@ def _lose_three_windows_in_the_broker(tmp_path, mosquitto, service) -> Telemetry
     hub = _hub(tmp_path / "hub", mosquitto.url)
     _close(service, 3)
     assert wait_for(lambda: hub.store.device_sequences("dev-r") == [1, 2, 3], 20)
-    hub.stop()                                   # the hub is away: the broker queues for its session
-    _close(service, 3)                           # 4-6: acknowledged by the broker, so gone from the outbox
+    hub.stop()  # the hub is away: the broker queues for its session
+    _close(service, 3)  # 4-6: acknowledged by the broker, so gone from the outbox
     assert wait_for(lambda: len(service.outbox) == 0, 20)
-    mosquitto.proc.send_signal(signal.SIGKILL)   # before it saved them
+    mosquitto.proc.send_signal(signal.SIGKILL)  # before it saved them
     mosquitto.proc.wait(10)
     mosquitto.start()
     hub = _hub(tmp_path / "hub", mosquitto.url)
     assert wait_for(lambda: service.publisher.connected, 20)
-    _close(service, 1)                           # 7 arrives: 4-6 are a gap
+    _close(service, 1)  # 7 arrives: 4-6 are a gap
     return hub
 
 
@@ -62,8 +66,10 @@ def test_windows_a_killed_broker_lost_are_asked_for_and_sent_again(tmp_path, mos
     hub = None
     try:
         hub = _lose_three_windows_in_the_broker(tmp_path, mosquitto, service)
-        assert wait_for(lambda: hub.store.device_sequences("dev-r") == list(range(1, 8)), 30), \
-            (hub.store.device_sequences("dev-r"), hub.gaps.stats())
+        assert wait_for(lambda: hub.store.device_sequences("dev-r") == list(range(1, 8)), 30), (
+            hub.store.device_sequences("dev-r"),
+            hub.gaps.stats(),
+        )
         stats = hub.gaps.stats()
         assert stats["open"] == 0 and stats["lost"] == 0 and stats["recovered_since_start"] == 3
         assert stats["resend_requests"] >= 1
@@ -77,15 +83,20 @@ def test_windows_a_killed_broker_lost_are_asked_for_and_sent_again(tmp_path, mos
 
 
 def test_past_the_replay_bounds_the_loss_is_counted_on_both_sides(tmp_path, mosquitto):  # noqa: F811
-    service = TelemetryService(mosquitto.url, "dev-r", MODEL, tmp_path / "agent", window_s=3600,
-                               replay_s=0).start()  # keeps nothing to resend
+    service = TelemetryService(
+        mosquitto.url, "dev-r", MODEL, tmp_path / "agent", window_s=3600, replay_s=0
+    ).start()  # keeps nothing to resend
     hub = None
     try:
         hub = _lose_three_windows_in_the_broker(tmp_path, mosquitto, service)
         assert wait_for(lambda: hub.gaps.stats()["lost"] == 3, 30), hub.gaps.stats()
         assert hub.store.device_sequences("dev-r") == [1, 2, 3, 7]
-        assert hub.gaps.device_gaps("dev-r") == {"device_id": "dev-r", "last_sequence": 7, "open": [],
-                                                  "lost": [4, 5, 6]}
+        assert hub.gaps.device_gaps("dev-r") == {
+            "device_id": "dev-r",
+            "last_sequence": 7,
+            "open": [],
+            "lost": [4, 5, 6],
+        }
         assert wait_for(lambda: telemetry_status(service)["replay"]["resend_missing"] >= 3, 10)
         assert telemetry_status(service)["replay"]["resent"] == 0
     finally:
@@ -96,8 +107,14 @@ def test_past_the_replay_bounds_the_loss_is_counted_on_both_sides(tmp_path, mosq
 
 def test_resend_requests_are_bounded_and_checked():
     assert decode_resend(ResendRequest((4, 5), 12.5).encode()) == ResendRequest((4, 5), 12.5)
-    for bad in (b"{}", b"not json", b'{"sequences": [0], "hub_time": 1}', b'{"sequences": "1", "hub_time": 1}',
-                b'{"sequences": [true], "hub_time": 1}', b"x" * 20000):
+    for bad in (
+        b"{}",
+        b"not json",
+        b'{"sequences": [0], "hub_time": 1}',
+        b'{"sequences": "1", "hub_time": 1}',
+        b'{"sequences": [true], "hub_time": 1}',
+        b"x" * 20000,
+    ):
         with pytest.raises(ResendDecodeError):
             decode_resend(bad)
     with pytest.raises(ResendDecodeError):

@@ -47,9 +47,23 @@ def wait_state(url: str, device: str, state: str, timeout_s: float) -> dict | No
 
 
 def start(url: str, tmp_path: Path, device: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(PROC), "--mqtt-url", url, "--device", device,
-                             "--data-dir", str(tmp_path / device), "--keepalive", "1"],
-                            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROC),
+            "--mqtt-url",
+            url,
+            "--device",
+            device,
+            "--data-dir",
+            str(tmp_path / device),
+            "--keepalive",
+            "1",
+        ],
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdout.readline().strip() == b"ready"
     return proc
 
@@ -64,7 +78,7 @@ def test_status_is_retained_online_then_offline_by_stop_or_by_last_will(mosquitt
         procs[0].terminate()
         assert procs[0].wait(20) == 0
         assert wait_state(mosquitto.url, "dev-s1", "offline", 5), "graceful stop did not say offline"
-        procs[1].kill()                                  # no goodbye: the broker must send the will
+        procs[1].kill()  # no goodbye: the broker must send the will
         procs[1].wait(5)
         assert wait_state(mosquitto.url, "dev-s2", "offline", 8), "last will did not say offline"
     finally:

@@ -12,29 +12,48 @@ from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, Wind
 from tandem.protocols import limits
 from tandem.protocols.drift import bin_counts, summarize_inputs
 from tandem.protocols.telemetry_codec import (
-    LATENCY_EDGES_MS, TelemetryDecodeError, TelemetryWindow, decode_status, decode_window, encode_status, encode_window,
+    LATENCY_EDGES_MS,
+    TelemetryDecodeError,
+    TelemetryWindow,
+    decode_status,
+    decode_window,
+    encode_status,
+    encode_window,
 )
 from tandem.protocols.topics import (
-    TopicError, all_devices, check_device_id, events_topic, ota_cmd_topic, parse_mqtt_url, parse_topic, shared,
-    status_topic, telemetry_topic,
+    TopicError,
+    all_devices,
+    check_device_id,
+    events_topic,
+    ota_cmd_topic,
+    parse_mqtt_url,
+    parse_topic,
+    shared,
+    status_topic,
+    telemetry_topic,
 )
 
 EDGES = [-1.0, 0.0, 1.0]
-REF = {"inputs": {"x": {s: {"edges": EDGES, "counts": [1, 1, 1, 1]} for s in ("mean", "std", "max")}},
-       "classes": {"counts": [5, 5, 5]}}
+REF = {
+    "inputs": {"x": {s: {"edges": EDGES, "counts": [1, 1, 1, 1]} for s in ("mean", "std", "max")}},
+    "classes": {"counts": [5, 5, 5]},
+}
 MODEL = ModelInfo("toy", "1.2.3", REF, "toy-int8")
 
 
 def agg(**kw) -> WindowAggregator:
-    return WindowAggregator("dev-1", MODEL, profile="cpu-x86", tags={"site": "a"},
-                            config=WindowConfig(**kw), now=100.0)
+    return WindowAggregator("dev-1", MODEL, profile="cpu-x86", tags={"site": "a"}, config=WindowConfig(**kw), now=100.0)
 
 
-requests = st.lists(st.tuples(
-    st.sampled_from(["edge", "cloud", "edge-degraded", "error"]),
-    st.floats(0, 10_000),
-    st.integers(1, 4),
-), min_size=1, max_size=40)
+requests = st.lists(
+    st.tuples(
+        st.sampled_from(["edge", "cloud", "edge-degraded", "error"]),
+        st.floats(0, 10_000),
+        st.integers(1, 4),
+    ),
+    min_size=1,
+    max_size=40,
+)
 
 
 @given(requests, st.integers(0, 2**31 - 1))
@@ -77,7 +96,7 @@ def test_window_closes_at_max_requests_and_on_time_and_skips_empty():
     assert [a.record("edge", 1.0) for _ in range(3)] == [False, False, True]
     assert a.close(101.0).requests.edge == 3
     assert not a.due(110.0) and a.due(111.0)
-    assert a.close(111.0) is None                      # empty: nothing to send
+    assert a.close(111.0) is None  # empty: nothing to send
     assert agg(emit_empty=True).close(101.0) is not None
 
 
@@ -86,7 +105,7 @@ def test_input_every_samples_summaries_and_bad_values_are_contained():
     for _ in range(4):
         a.record("edge", float("nan"), [0.5, float("nan")], [1, -3, 99_999], {"x": np.ones((2, 3))})
     w = a.close(101.0)
-    assert w.input_samples == 4                        # 2 of 4 requests summarized, 2 rows each
+    assert w.input_samples == 4  # 2 of 4 requests summarized, 2 rows each
     assert w.latency_counts[0] == 4 and w.latency_max_ms == 0.0
     assert sum(w.confidence_counts) == 4 and w.class_overflow == 8
     with pytest.raises(ValueError):
@@ -94,8 +113,15 @@ def test_input_every_samples_summaries_and_bad_values_are_contained():
 
 
 def window(seq: int = 1, **kw) -> TelemetryWindow:
-    fields = dict(schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id="dev-1", sequence=seq,
-                  model_name="toy", model_version="1.0.0", start_unix=1.0, end_unix=2.0)
+    fields = dict(
+        schema_version=limits.TELEMETRY_SCHEMA_VERSION,
+        device_id="dev-1",
+        sequence=seq,
+        model_name="toy",
+        model_version="1.0.0",
+        start_unix=1.0,
+        end_unix=2.0,
+    )
     return TelemetryWindow(**{**fields, **kw})
 
 
@@ -155,7 +181,7 @@ def test_outbox_numbers_persist_across_reopen_and_acks_delete(tmp_path):
     assert [seq for seq, _ in box.pending()] == [1, 3]
     assert decode_window(box.pending()[0][1]).sequence == 1
     box.close()
-    box = Outbox(tmp_path / "o.sqlite")               # a restarted agent
+    box = Outbox(tmp_path / "o.sqlite")  # a restarted agent
     box.ack(1)
     box.ack(3)
     assert len(box) == 0 and box.append(window()) == 4  # never reuses a number, even when empty
@@ -169,7 +195,7 @@ def test_full_outbox_drops_oldest_counts_and_reports_it(tmp_path):
     assert [seq for seq, _ in box.pending()] == [3, 4, 5]
     assert box.dropped_total == 2
     newest = decode_window(box.pending()[-1][1])
-    assert newest.outbox_dropped_total == 2           # the hub learns of the drop on the next window
+    assert newest.outbox_dropped_total == 2  # the hub learns of the drop on the next window
     box.close()
 
 
@@ -190,6 +216,7 @@ def test_buffered_binning_matches_direct_binning_across_many_folds():
     by_key = {(s.input, s.summary): list(s.counts) for s in w.inputs}
     assert by_key[("x", "std")] == bin_counts(summarize_inputs(x)["std"], EDGES)
     from tandem.protocols.drift import confidence_counts
+
     assert list(w.confidence_counts) == confidence_counts(np.concatenate(confs))
 
 
@@ -203,7 +230,7 @@ def test_hub_store_purges_by_age_in_chunks_and_keeps_newer(tmp_path):
         w.start_unix, w.end_unix = float(seq), float(seq) + 0.5
         items.append(StoredWindow(w, encode_window(w), "{}", float(seq) + 0.6))  # retention is on the hub's clock
     assert store.insert_windows(items) == [True] * 25
-    assert store.insert_windows(items[:3]) == [False] * 3          # idempotent on (device, sequence)
+    assert store.insert_windows(items[:3]) == [False] * 3  # idempotent on (device, sequence)
     assert store.purge(before=20.0, chunk=4) == 19
     assert store.device_sequences("dev-1") == list(range(20, 26))
     store.close()

@@ -46,8 +46,7 @@ def test_typed_contents_round_trip(array):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.text("abcdefgh", min_size=1, max_size=6), any_array, min_size=1, max_size=4),
-       st.booleans())
+@given(st.dictionaries(st.text("abcdefgh", min_size=1, max_size=6), any_array, min_size=1, max_size=4), st.booleans())
 def test_request_round_trip_through_the_wire(inputs, raw):
     if not raw:
         inputs = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in inputs.items()}
@@ -68,8 +67,10 @@ def test_big_endian_input_is_sent_little_endian():
 
 def test_response_round_trip():
     response = pb.ModelInferResponse(model_name="m")
-    outputs = {"probabilities": np.random.default_rng(0).random((3, 10), dtype=np.float32),
-               "label": np.array([1, 2, 3], dtype=np.int64)}
+    outputs = {
+        "probabilities": np.random.default_rng(0).random((3, 10), dtype=np.float32),
+        "label": np.array([1, 2, 3], dtype=np.int64),
+    }
     tc.encode_response_outputs(response, outputs)
     back = tc.decode_response_outputs(pb.ModelInferResponse.FromString(response.SerializeToString()))
     assert all(same(back[k], v) for k, v in outputs.items())

@@ -44,11 +44,14 @@ def test_bytes_raw_framing_is_length_prefixed_and_round_trips():
     assert list(tc.from_contents("text", "BYTES", [2], contents)) == [b"a", b"bc"]
 
 
-@pytest.mark.parametrize("data, problem", [
-    (struct.pack("<I", 5) + b"abc", "claims 5 bytes"),
-    (struct.pack("<I", 1) + b"a", "end after 1 of 2"),
-    (struct.pack("<I", 1) + b"a" + struct.pack("<I", 0) + b"zz", "left over"),
-])
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (struct.pack("<I", 5) + b"abc", "claims 5 bytes"),
+        (struct.pack("<I", 1) + b"a", "end after 1 of 2"),
+        (struct.pack("<I", 1) + b"a" + struct.pack("<I", 0) + b"zz", "left over"),
+    ],
+)
 def test_malformed_bytes_are_refused_naming_the_tensor(data, problem):
     with pytest.raises(tc.TensorCodecError, match=rf"'prompt'.*{problem}"):
         tc.from_raw("prompt", "BYTES", [2], data)

@@ -30,8 +30,13 @@ def _hub_span(hub, trace_id: str):
 def test_the_fallback_call_continues_the_devices_trace_into_the_hub(hub):
     device_request = new_trace()  # e.g. the application's own trace, handed to the agent
     with FallbackClient(hub.address, deadline_ms=5000) as client:
-        result = client.infer("lin", {"x": np.ones((1, 4), np.float32)}, device_id="cam-1", model_version="1.0.0",
-                              traceparent=device_request.traceparent)
+        result = client.infer(
+            "lin",
+            {"x": np.ones((1, 4), np.float32)},
+            device_id="cam-1",
+            model_version="1.0.0",
+            traceparent=device_request.traceparent,
+        )
     assert result.trace is not None and result.trace.trace_id == device_request.trace_id
     assert result.trace.span_id != device_request.span_id  # the fallback call is its own span...
     span = _hub_span(hub, device_request.trace_id)
@@ -44,14 +49,24 @@ def test_without_a_trace_the_device_starts_one_and_failures_are_traced_too(hub):
         result = client.infer("lin", {"x": np.ones((2, 4), np.float32)}, device_id="cam-1", model_version="1.0.0")
         assert _hub_span(hub, result.trace.trace_id).parent_span_id == result.trace.span_id
         with pytest.raises(Exception):
-            client.infer("lin", {"x": np.ones((1, 5), np.float32)}, device_id="cam-1", model_version="1.0.0",
-                         traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")
+            client.infer(
+                "lin",
+                {"x": np.ones((1, 5), np.float32)},
+                device_id="cam-1",
+                model_version="1.0.0",
+                traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
+            )
     assert _hub_span(hub, "ab" * 16).code == "INVALID_ARGUMENT"
 
 
 def test_traceparent_parsing_refuses_what_the_spec_refuses():
     ctx = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
     assert ctx is not None and ctx.sampled and ctx.traceparent.endswith("00f067aa0ba902b7-01")
-    for bad in (None, "", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", "00-4bf9-00f067aa0ba902b7-01",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01"):
+    for bad in (
+        None,
+        "",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        "00-4bf9-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",
+    ):
         assert parse_traceparent(bad) is None

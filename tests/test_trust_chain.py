@@ -30,9 +30,15 @@ def digits_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trust-model")
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])], [w])
+        [
+            helper.make_node("MatMul", ["input", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(out / "edge.onnx"))
@@ -42,8 +48,16 @@ def digits_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def strict_hub(tmp_path: Path):
     """A hub without trust-on-first-use that trusts TEST_PUBLISHER only."""
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1",
-                        telemetry=False, rollouts=False)).start()
+    hub = Hub(
+        HubConfig(
+            data_dir=tmp_path / "hub",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url="mqtt://127.0.0.1:1",
+            telemetry=False,
+            rollouts=False,
+        )
+    ).start()
     hub.publishers.add(TEST_PUBLISHER_PEM, "tests")
     admin = hub.tokens.create("admin", "admin").token
     try:
@@ -115,8 +129,14 @@ def test_registered_manifest_keeps_both_signatures(strict_hub, digits_dir, tmp_p
 
 
 def test_trust_on_first_use_is_explicit_and_loud(tmp_path, digits_dir, caplog):
-    config = HubConfig(data_dir=tmp_path / "hub", http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
-                       rollouts=False, publisher_trust_on_first_use=True)
+    config = HubConfig(
+        data_dir=tmp_path / "hub",
+        http_port=0,
+        mqtt_url="mqtt://127.0.0.1:1",
+        telemetry=False,
+        rollouts=False,
+        publisher_trust_on_first_use=True,
+    )
     with caplog.at_level(logging.WARNING), Hub(config) as hub:
         hub.registry.register_dir(resign(make_model_dir(digits_dir, tmp_path / "m"), ATTACKER))
         assert [p.key_id for p in hub.publishers.list()] == [signing.key_id(ATTACKER.public_key())]
@@ -152,14 +172,20 @@ def agent_check(model_dir: Path, tmp_path: Path, trust: str = "", ota_key: Path 
 
     config = tmp_path / "agent.toml"
     ota = f'[ota]\ntrusted_key = "{ota_key}"\n' if ota_key else ""
-    config.write_text(f'[model]\ndir = "{model_dir}"\n[hard_examples]\ndata_dir = "{tmp_path / "state"}"\n{ota}'
-                      f'[trust]\n{trust}\n')
-    return subprocess.run([sys.executable, "-m", "tandem.edge_agent.cli", "check", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120)
+    config.write_text(
+        f'[model]\ndir = "{model_dir}"\n[hard_examples]\ndata_dir = "{tmp_path / "state"}"\n{ota}[trust]\n{trust}\n'
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "tandem.edge_agent.cli", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def test_attacker_release_is_refused_by_the_hub_and_again_by_the_agent_it_was_copied_to(strict_hub, digits_dir,
-                                                                                         tmp_path):
+def test_attacker_release_is_refused_by_the_hub_and_again_by_the_agent_it_was_copied_to(
+    strict_hub, digits_dir, tmp_path
+):
     hub, client = strict_hub
     attacker = resign(make_model_dir(digits_dir, tmp_path / "evil", version="6.6.6"), ATTACKER)
     assert "untrusted publisher" in refusal(client, attacker)
@@ -201,8 +227,9 @@ def test_a_device_can_require_both_signatures(strict_hub, digits_dir, tmp_path):
     other = TrustPolicy(keys=(release,), publisher_keys=(ATTACKER.public_key(),), require_publisher=True)
     assert trust_verdict(stored, other).status == "untrusted"
     # So is a manifest with only the hub's signature.
-    lone = signing.sign_manifest({k: v for k, v in stored.items() if k not in ("signature", signing.PUBLISHER_FIELD)},
-                                 hub.key.private_key)
+    lone = signing.sign_manifest(
+        {k: v for k, v in stored.items() if k not in ("signature", signing.PUBLISHER_FIELD)}, hub.key.private_key
+    )
     assert trust_verdict(lone, both).status == "untrusted"
     # And a publisher signature swapped in under the hub's signature breaks the hub's signature.
     swapped = dict(stored, publisher_signature=resign_doc(stored, ATTACKER))

@@ -33,7 +33,16 @@ def env(digits_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("uplink-wiring")
     broker = Mosquitto(root / "mosquitto").start()
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url, rollout_tick_s=0.1))
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=root / "hub",
+            http_port=0,
+            grpc_port=0,
+            mqtt_url=broker.url,
+            rollout_tick_s=0.1,
+        )
+    )
     http = None
     try:
         hub.start()
@@ -46,8 +55,14 @@ def env(digits_dir, tmp_path_factory):
         pem.write_text(key if isinstance(key, str) else key.decode())
         operator = hub.tokens.create("operator", "operate").token
         http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
-        yield SimpleNamespace(hub=hub, broker=broker, http=http, pem=pem, releases=built,
-                              device_token=hub.tokens.create("fleet", "read").token)
+        yield SimpleNamespace(
+            hub=hub,
+            broker=broker,
+            http=http,
+            pem=pem,
+            releases=built,
+            device_token=hub.tokens.create("fleet", "read").token,
+        )
     finally:
         if http is not None:
             http.close()
@@ -56,19 +71,32 @@ def env(digits_dir, tmp_path_factory):
 
 
 def _agent(env: SimpleNamespace, device_id: str, site: str, tmp_path: Path, overrides: dict | None = None) -> Agent:
-    values = {"trust.allow_unsigned": True, "model.dir": env.releases["1.0.0"], "model.profile": PROFILE,
-              "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock", "server.device_id": device_id,
-              "server.tags": {"site": site, "line": "2"}, "policy.threshold": 0.5,
-              "hard_examples.data_dir": tmp_path / device_id, "telemetry.mqtt_url": env.broker.url,
-              "telemetry.window_s": 0.5, "ota.enabled": True, "ota.trusted_key": env.pem,
-              "ota.hub_token": env.device_token, "ota.watch_s": WATCH_S, "ota.max_latency_ratio": 100.0}
+    values = {
+        "trust.allow_unsigned": True,
+        "model.dir": env.releases["1.0.0"],
+        "model.profile": PROFILE,
+        "server.endpoint": f"ipc://{tmp_path}/{device_id}.sock",
+        "server.device_id": device_id,
+        "server.tags": {"site": site, "line": "2"},
+        "policy.threshold": 0.5,
+        "hard_examples.data_dir": tmp_path / device_id,
+        "telemetry.mqtt_url": env.broker.url,
+        "telemetry.window_s": 0.5,
+        "ota.enabled": True,
+        "ota.trusted_key": env.pem,
+        "ota.hub_token": env.device_token,
+        "ota.watch_s": WATCH_S,
+        "ota.max_latency_ratio": 100.0,
+    }
     values.update(overrides or {})
     return Agent(AgentConfig.from_keys(values)).start()
 
 
 def _rollout(env: SimpleNamespace, version: str, site: str) -> str:
-    resp = env.http.post("/v1/rollouts", json={"model": MODEL, "version": version, "waves": [100], "gates": GATES,
-                                               "select": {"site": site}})
+    resp = env.http.post(
+        "/v1/rollouts",
+        json={"model": MODEL, "version": version, "waves": [100], "gates": GATES, "select": {"site": site}},
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["rollout_id"]
 

@@ -37,6 +37,7 @@ def _top1(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- recipes: pure, per profile ---------------------------------------------------------
 
+
 def test_recipes_offer_only_the_precisions_a_profile_lists():
     builder = get_builder("onnxruntime")
     ids = [r.id for r in builder.recipes(get_profile("cpu-x86"))]
@@ -57,6 +58,7 @@ def test_int8_types_follow_onnxruntime_guidance_per_cpu():
 
 
 # --- digits: every precision loads and agrees -------------------------------------------
+
 
 @pytest.mark.parametrize("which", ["edge", "cloud"])
 def test_digits_variants_load_in_onnxruntime_and_agree_with_fp32(digits_dir, tmp_path, which, record_property):
@@ -80,7 +82,9 @@ def test_digits_variants_load_in_onnxruntime_and_agree_with_fp32(digits_dir, tmp
     assert "Gemm" not in int8_ops and "MatMul" in int8_ops
     fp32 = load_session("onnxruntime", built["fp32"].files[0]).run({name: val["x"]})[0]
     assert np.abs(fp32 - reference).max() < 1e-5  # offline optimization must not change results
-    assert weight_bytes(onnx.load(str(built["int8"].files[0]))) <= 0.3 * weight_bytes(onnx.load(str(built["fp32"].files[0])))
+    assert weight_bytes(onnx.load(str(built["int8"].files[0]))) <= 0.3 * weight_bytes(
+        onnx.load(str(built["fp32"].files[0]))
+    )
 
 
 def test_percentile_and_entropy_calibration_build(digits_dir, tmp_path):
@@ -90,8 +94,9 @@ def test_percentile_and_entropy_calibration_build(digits_dir, tmp_path):
     recipe = builder.recipes(_profile())[-1]
     reference = load_session("onnxruntime", prepared).run({name: val["x"]})[0]
     for method in ("percentile", "entropy"):
-        ctx = BuildContext(model_path=prepared, calib={name: calib["x"]}, out_dir=tmp_path / method,
-                           calibration_method=method)
+        ctx = BuildContext(
+            model_path=prepared, calib={name: calib["x"]}, out_dir=tmp_path / method, calibration_method=method
+        )
         variant = builder.build(recipe, ctx)
         assert any(method in note for note in variant.notes)
         out = load_session("onnxruntime", variant.files[0]).run({name: val["x"]})[0]
@@ -99,6 +104,7 @@ def test_percentile_and_entropy_calibration_build(digits_dir, tmp_path):
 
 
 # --- the OCR orientation classifier: opset 11, a real MobileNet-style CNN ---------------
+
 
 @pytest.mark.slow
 def test_ocr_classifier_int8_loads_shrinks_and_agrees(ocr_cls_model, tmp_path, record_property):
@@ -124,6 +130,7 @@ def test_ocr_classifier_int8_loads_shrinks_and_agrees(ocr_cls_model, tmp_path, r
 
 # --- errors become skipped variants with reasons ----------------------------------------
 
+
 def _tiny_model(path: Path, *, with_matmul: bool = True, custom_op: bool = False) -> Path:
     rng = np.random.default_rng(0)
     nodes, inits = [], []
@@ -132,10 +139,18 @@ def _tiny_model(path: Path, *, with_matmul: bool = True, custom_op: bool = False
         nodes.append(helper.make_node("MatMul", ["x", "w"], ["h"]))
     else:
         nodes.append(helper.make_node("Relu", ["x"], ["h"]))
-    nodes.append(helper.make_node("Frobnicate", ["h"], ["y"], domain="com.example") if custom_op
-                 else helper.make_node("Softmax", ["h"], ["y"], axis=-1))
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    nodes.append(
+        helper.make_node("Frobnicate", ["h"], ["y"], domain="com.example")
+        if custom_op
+        else helper.make_node("Softmax", ["h"], ["y"], axis=-1)
+    )
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.example", 1)] if custom_op else [])
     onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
     return path
@@ -145,13 +160,16 @@ def _ctx(model: Path, calib: dict, out: Path, method: str = "minmax") -> BuildCo
     return BuildContext(model_path=model, calib=calib, out_dir=out, calibration_method=method)
 
 
-@pytest.mark.parametrize("calib, message", [
-    ({"wrong": np.zeros((4, 4), np.float32)}, "lacks input(s) 'x'"),
-    ({"x": np.zeros((4, 5), np.float32)}, "has shape [4, 5]"),
-    ({"x": np.zeros((4, 4), np.int64)}, "needs float samples"),
-    ({"x": np.full((4, 4), np.nan, np.float32)}, "NaN"),
-    ({"x": np.zeros((0, 4), np.float32)}, "no samples"),
-])
+@pytest.mark.parametrize(
+    "calib, message",
+    [
+        ({"wrong": np.zeros((4, 4), np.float32)}, "lacks input(s) 'x'"),
+        ({"x": np.zeros((4, 5), np.float32)}, "has shape [4, 5]"),
+        ({"x": np.zeros((4, 4), np.int64)}, "needs float samples"),
+        ({"x": np.full((4, 4), np.nan, np.float32)}, "NaN"),
+        ({"x": np.zeros((0, 4), np.float32)}, "no samples"),
+    ],
+)
 def test_bad_calibration_data_skips_int8_with_a_reason(tmp_path, calib, message):
     model = _tiny_model(tmp_path / "tiny.onnx")
     recipe = get_builder("onnxruntime").recipes(_profile())[-1]
@@ -185,6 +203,7 @@ def test_op_onnxruntime_cannot_run_skips_every_precision(tmp_path):
 
 # --- calibration batching (pure) ---------------------------------------------------------
 
+
 def test_calibration_batches_respect_a_fixed_batch_dimension():
     from tandem.model_compiler.variants.calibration import iter_batches
 
@@ -202,9 +221,13 @@ def test_calibration_batches_respect_a_fixed_batch_dimension():
 def test_int8_of_a_fixed_batch_model_calibrates_in_that_batch(tmp_path):
     rng = np.random.default_rng(1)
     w = onnx.numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "fixed",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [w],
+    )
     path = tmp_path / "fixed.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     x = rng.standard_normal((10, 4)).astype(np.float32)

@@ -107,8 +107,9 @@ def test_percentile_calibration_maps_to_an_nncf_range_estimator(digits_dir, tmp_
     prepared, name = _prepared(digits_dir / "edge.onnx", tmp_path)
     calib, val = np.load(digits_dir / "calib.npz"), np.load(digits_dir / "val.npz")
     recipe = get_builder("openvino").recipes(_profile())[-1]
-    ctx = BuildContext(model_path=prepared, calib={name: calib["x"]}, out_dir=tmp_path / "out",
-                       calibration_method="percentile")
+    ctx = BuildContext(
+        model_path=prepared, calib={name: calib["x"]}, out_dir=tmp_path / "out", calibration_method="percentile"
+    )
     variant = get_builder("openvino").build(recipe, ctx)
     assert any("percentile" in n for n in variant.notes)
     reference = load_session("onnxruntime", prepared).run({name: val["x"]})[0]
@@ -116,12 +117,17 @@ def test_percentile_calibration_maps_to_an_nncf_range_estimator(digits_dir, tmp_
 
 
 def test_model_openvino_cannot_convert_is_skipped_with_the_op_named(tmp_path):
-    graph = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")], "custom",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "custom.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
-              str(path))
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+        str(path),
+    )
     ctx = BuildContext(model_path=path, calib={"x": np.ones((2, 4), np.float32)}, out_dir=tmp_path / "out")
     with pytest.raises(VariantSkipped) as info:
         get_builder("openvino").build(get_builder("openvino").recipes(_profile())[0], ctx)

@@ -25,6 +25,7 @@ POLL = "?poll=1000"
 
 # -- fast checks of the page's server side (no browser) --------------------------------------
 
+
 def test_console_is_served_with_a_strict_csp_and_the_root_lands_on_it(tmp_path):
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
@@ -53,7 +54,9 @@ def test_chart_point_of_a_window_has_rates_confidence_and_input_psi():
     agg = WindowAggregator("d1", ModelInfo("toy", "1.0.0", ref), now=0.0)
     rng = np.random.default_rng(0)
     for i in range(200):  # per-sample means spread like the reference's (quartiles at -0.5, 0, 0.5)
-        agg.record("cloud" if i < 50 else "edge", 4.0, 0.9 if i % 2 else 0.6, 1, {"x": np.full((1, 8), rng.normal(0, 0.74))})
+        agg.record(
+            "cloud" if i < 50 else "edge", 4.0, 0.9 if i % 2 else 0.6, 1, {"x": np.full((1, 8), rng.normal(0, 0.74))}
+        )
     same = window_point(agg.close(10.0), {"x.mean": [250, 250, 250, 250]})
     for _ in range(40):
         agg.record("edge", 4.0, 0.9, 1, {"x": rng.normal(2.0, 0.1, (1, 8))})
@@ -96,12 +99,29 @@ def console(digits_dir, tmp_path_factory):
         for i in range(N_DEVICES):
             dev_id = f"lab-{i:02d}"
             hub.devices.register(dev_id, "cpu-x86", "0.1.0", {"site": "lab"}, MODEL, "1.0.0")
-            devices.append(SimDevice(dev_id, root / "devices", rel["1.0.0"], broker.url, tokens["read"],
-                                     hub.key.public_pem, inputs, watch).start())
+            devices.append(
+                SimDevice(
+                    dev_id,
+                    root / "devices",
+                    rel["1.0.0"],
+                    broker.url,
+                    tokens["read"],
+                    hub.key.public_pem,
+                    inputs,
+                    watch,
+                ).start()
+            )
         assert all(d.client.wait_subscribed(10) for d in devices)
         assert hub.rollouts.wait_subscribed(10)
-        yield {"hub": hub, "url": hub.http_url + "/console/" + POLL, "tokens": tokens, "devices": devices,
-               "broker": broker, "releases": rel, "cleanups": cleanups}
+        yield {
+            "hub": hub,
+            "url": hub.http_url + "/console/" + POLL,
+            "tokens": tokens,
+            "devices": devices,
+            "broker": broker,
+            "releases": rel,
+            "cleanups": cleanups,
+        }
     finally:
         for d in devices:
             d.stop()
@@ -175,8 +195,14 @@ class TestConsoleInChromium:
         expect(page.locator("#count-total")).to_have_text(str(N_DEVICES), timeout=10_000)
         assert page.locator("tr[data-device='cam-new']").count() == 0
         # an agent starting with telemetry on: its retained MQTT status is all the hub needs to list it
-        agent = TelemetryService(console["broker"].url, "cam-new", load_manifest(console["releases"]["1.0.0"]),
-                                 tmp_path / "cam-new", profile="cpu-arm", tags={"site": "lyon", "note": XSS}).start()
+        agent = TelemetryService(
+            console["broker"].url,
+            "cam-new",
+            load_manifest(console["releases"]["1.0.0"]),
+            tmp_path / "cam-new",
+            profile="cpu-arm",
+            tags={"site": "lyon", "note": XSS},
+        ).start()
         console["cleanups"].append(agent.stop)
         row = page.locator("tr[data-device='cam-new']")
         expect(row).to_be_visible(timeout=10_000)  # polling picks it up without a reload
@@ -248,8 +274,16 @@ class TestConsoleInChromium:
         page.click("#nav a[data-view=alerts]")
         expect(page.locator("#alerts-table")).to_contain_text("No drift alerts", timeout=10_000)
         hub.devices.register("cam-drift", "cpu-x86", "0.1.0", {"site": "field"}, MODEL, "1.0.0")
-        payloads = digits_windows(console["releases"]["1.0.0"], digits_dir, "cam-drift", {"site": "field"},
-                                  t_end=time.time(), normal=4, shifted=8, per_window=100)
+        payloads = digits_windows(
+            console["releases"]["1.0.0"],
+            digits_dir,
+            "cam-drift",
+            {"site": "field"},
+            t_end=time.time(),
+            normal=4,
+            shifted=8,
+            per_window=100,
+        )
         publish(console["broker"].url, "cam-drift", payloads)
         row = page.locator("tr[data-alert].open").filter(has_text="input:")
         expect(row.first).to_be_visible(timeout=60_000)
@@ -264,8 +298,10 @@ class TestConsoleInChromium:
         for chart in ("latency", "fallback", "confidence", "drift"):
             assert charts.locator(f"#chart-{chart} path.line").count() >= 1, chart
         expect(charts.locator("#chart-drift line.threshold")).to_have_count(1)
-        points = httpx.get(hub.http_url + "/v1/console/devices/cam-drift/series",
-                           headers={"Authorization": "Bearer " + console["tokens"]["read"]}).json()["points"]
+        points = httpx.get(
+            hub.http_url + "/v1/console/devices/cam-drift/series",
+            headers={"Authorization": "Bearer " + console["tokens"]["read"]},
+        ).json()["points"]
         assert len(points) == len(payloads)
         before, after = points[:4], points[4:]
         # per-window PSI over ~100 samples is noisy (~0.1-0.3 when nothing changed); the shift gives ~2
@@ -309,8 +345,10 @@ class TestConsoleInChromium:
         assert page.locator("#rollout-actions button").count() == 0
         # and the API agrees: the buttons would not have worked
         rid = page.url.rsplit("/", 1)[-1]
-        r = httpx.post(console["hub"].http_url + f"/v1/rollouts/{rid}/pause",
-                       headers={"Authorization": "Bearer " + console["tokens"]["read"]})
+        r = httpx.post(
+            console["hub"].http_url + f"/v1/rollouts/{rid}/pause",
+            headers={"Authorization": "Bearer " + console["tokens"]["read"]},
+        )
         assert r.status_code == 403
 
     def test_models_page_lists_variants_with_the_compilers_metrics(self, page, console):
@@ -334,9 +372,11 @@ class TestConsoleInChromium:
         p = context.new_page()
         try:
             login(p, console)
-            for route, ready, name in (("#/fleet", "tr[data-device]", "narrow-fleet"),
-                                       ("#/device/cam-drift", "#chart-drift path.line", "narrow-device"),
-                                       ("#/rollouts", "tr[data-rollout]", "narrow-rollouts")):
+            for route, ready, name in (
+                ("#/fleet", "tr[data-device]", "narrow-fleet"),
+                ("#/device/cam-drift", "#chart-drift path.line", "narrow-device"),
+                ("#/rollouts", "tr[data-rollout]", "narrow-rollouts"),
+            ):
                 p.goto(console["url"] + route)
                 expect(p.locator(ready).first).to_be_visible(timeout=15_000)
                 if route == "#/rollouts":

@@ -16,8 +16,13 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, step_s: float = 0.0
     return bool(predicate())
 
 
-def wait_for_rollout(http: Any, rollout_id: str, statuses: tuple[str, ...],
-                     settle: Callable[[dict], bool] = lambda body: True, timeout_s: float = 60) -> dict:
+def wait_for_rollout(
+    http: Any,
+    rollout_id: str,
+    statuses: tuple[str, ...],
+    settle: Callable[[dict], bool] = lambda body: True,
+    timeout_s: float = 60,
+) -> dict:
     """The rollout's REST body once its status is one of `statuses` and `settle(body)` holds; else AssertionError."""
     deadline = time.monotonic() + timeout_s
     body: dict = {}
@@ -26,5 +31,7 @@ def wait_for_rollout(http: Any, rollout_id: str, statuses: tuple[str, ...],
         if body["status"] in statuses and settle(body):
             return body
         time.sleep(0.1)
-    raise AssertionError(f"rollout {rollout_id} did not reach {statuses}: {body.get('status')} {body.get('counts')} "
-                         f"{body.get('reason')} {body.get('quality')}")
+    raise AssertionError(
+        f"rollout {rollout_id} did not reach {statuses}: {body.get('status')} {body.get('counts')} "
+        f"{body.get('reason')} {body.get('quality')}"
+    )

@@ -16,11 +16,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
-                 if p and Path(p).exists()), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM = next(
+    (
+        p
+        for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
+        if p and Path(p).exists()
+    ),
+    None,
+)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def browser_missing() -> str | None:
@@ -67,17 +81,40 @@ def start_console_hub(data_dir: Path, mqtt_url: str) -> tuple[Any, list]:
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
 
-    hub = Hub(HubConfig(publisher_trust_on_first_use=True, data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url=mqtt_url,
-                        drift_eval_interval_s=1.0, drift_span_s=DRIFT["span_s"], drift_baseline_s=DRIFT["baseline_s"],
-                        drift_min_samples=DRIFT["min_samples"], drift_min_requests=DRIFT["min_requests"],
-                        rollout_tick_s=0.1, rollout_watch_s=0.6)).start()
+    hub = Hub(
+        HubConfig(
+            publisher_trust_on_first_use=True,
+            data_dir=data_dir,
+            http_port=0,
+            grpc_port=0,
+            mqtt_url=mqtt_url,
+            drift_eval_interval_s=1.0,
+            drift_span_s=DRIFT["span_s"],
+            drift_baseline_s=DRIFT["baseline_s"],
+            drift_min_samples=DRIFT["min_samples"],
+            drift_min_requests=DRIFT["min_requests"],
+            rollout_tick_s=0.1,
+            rollout_watch_s=0.6,
+        )
+    ).start()
     return hub, []
 
 
 # -- telemetry windows ----------------------------------------------------------------------
 
-def digits_windows(manifest_dir: Path, digits_dir: Path, device_id: str, tags: dict[str, str], t_end: float,
-                   normal: int, shifted: int, window_s: float = 5.0, per_window: int = 60, seed: int = 0) -> list[bytes]:
+
+def digits_windows(
+    manifest_dir: Path,
+    digits_dir: Path,
+    device_id: str,
+    tags: dict[str, str],
+    t_end: float,
+    normal: int,
+    shifted: int,
+    window_s: float = 5.0,
+    per_window: int = 60,
+    seed: int = 0,
+) -> list[bytes]:
     """Encoded windows from a device serving the digits model: `normal` windows of test digits,
     then `shifted` windows of the same digits brightened by +0.5 (a camera's exposure gone wrong),
     with less confident answers and more fallbacks. The last window ends at `t_end`."""
@@ -91,8 +128,14 @@ def digits_windows(manifest_dir: Path, digits_dir: Path, device_id: str, tags: d
     rng = np.random.default_rng(seed)
     n = normal + shifted
     t0 = t_end - n * window_s
-    agg = WindowAggregator(device_id, ModelInfo.from_manifest(manifest, "cpu-x86"), profile="cpu-x86", tags=tags,
-                           config=WindowConfig(window_s=window_s), now=t0)
+    agg = WindowAggregator(
+        device_id,
+        ModelInfo.from_manifest(manifest, "cpu-x86"),
+        profile="cpu-x86",
+        tags=tags,
+        config=WindowConfig(window_s=window_s),
+        now=t0,
+    )
     out = []
     for i in range(n):
         drifted = i >= normal

@@ -10,6 +10,11 @@ from tandem.cloud_hub.inference.server import InferenceServer, serve_forever
 from tandem.cloud_hub.inference.servicer import InferenceServicer, InferenceStats
 
 __all__ = [
-    "CloudModel", "InferenceServer", "InferenceServicer", "InferenceStats", "ModelDirError", "load_cloud_model",
+    "CloudModel",
+    "InferenceServer",
+    "InferenceServicer",
+    "InferenceStats",
+    "ModelDirError",
+    "load_cloud_model",
     "serve_forever",
 ]

@@ -13,8 +13,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 # Request latency bucket bounds in seconds (Prometheus `le`), from a fast local model to a slow cloud one.
-LATENCY_BUCKETS_S: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                                        2.5, 5.0, 10.0)
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 @dataclass
@@ -32,9 +46,17 @@ class ModelCounters:
     latency_sum_s: float = 0.0
 
     def copy(self) -> "ModelCounters":
-        return ModelCounters(self.success, self.success_ns, self.fail, self.fail_ns, self.rows,
-                             self.last_inference_ms, Counter(self.errors), list(self.bucket_counts),
-                             self.latency_sum_s)
+        return ModelCounters(
+            self.success,
+            self.success_ns,
+            self.fail,
+            self.fail_ns,
+            self.rows,
+            self.last_inference_ms,
+            Counter(self.errors),
+            list(self.bucket_counts),
+            self.latency_sum_s,
+        )
 
 
 class InferenceCounters:

@@ -27,8 +27,7 @@ def version_names(model: CloudModel) -> tuple[str, ...]:
 
 
 def model_metadata(model: CloudModel) -> pb.ModelMetadataResponse:
-    response = pb.ModelMetadataResponse(name=model.name, versions=[model.version],
-                                        platform=model.platform)
+    response = pb.ModelMetadataResponse(name=model.name, versions=[model.version], platform=model.platform)
     for specs, target in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
         for spec in specs:
             target.add(name=spec.name, datatype=datatype_of(spec.dtype), shape=list(spec.shape))
@@ -43,15 +42,20 @@ def _config_type(dtype: str) -> int:
 def model_config(model: CloudModel) -> pb.ModelConfig:
     """Triton's ModelConfig view: with a batch axis, max_batch_size > 0 and dims leave that axis out."""
     batching = model.batcher.batching
-    config = pb.ModelConfig(name=model.name, platform=model.platform,
-                            backend=_BACKENDS.get(model.variant.runtime, model.variant.runtime),
-                            max_batch_size=model.batcher.max_batch if batching else 0)
+    config = pb.ModelConfig(
+        name=model.name,
+        platform=model.platform,
+        backend=_BACKENDS.get(model.variant.runtime, model.variant.runtime),
+        max_batch_size=model.batcher.max_batch if batching else 0,
+    )
     for spec in model.inputs:
-        config.input.add(name=spec.name, data_type=_config_type(spec.dtype),
-                         dims=list(spec.shape[1:] if batching else spec.shape))
+        config.input.add(
+            name=spec.name, data_type=_config_type(spec.dtype), dims=list(spec.shape[1:] if batching else spec.shape)
+        )
     for spec in model.outputs:
-        config.output.add(name=spec.name, data_type=_config_type(spec.dtype),
-                          dims=list(spec.shape[1:] if batching else spec.shape))
+        config.output.add(
+            name=spec.name, data_type=_config_type(spec.dtype), dims=list(spec.shape[1:] if batching else spec.shape)
+        )
     if batching:
         config.dynamic_batching.preferred_batch_size.append(model.batcher.max_batch)
         config.dynamic_batching.max_queue_delay_microseconds = int(model.batcher.window_s * 1e6)
@@ -60,8 +64,13 @@ def model_config(model: CloudModel) -> pb.ModelConfig:
 
 def model_statistics(model: CloudModel, counters: ModelCounters) -> pb.ModelStatistics:
     batcher = model.batcher.stats()
-    stats = pb.ModelStatistics(name=model.name, version=model.version, last_inference=counters.last_inference_ms,
-                               inference_count=counters.rows, execution_count=batcher.batches)
+    stats = pb.ModelStatistics(
+        name=model.name,
+        version=model.version,
+        last_inference=counters.last_inference_ms,
+        inference_count=counters.rows,
+        execution_count=batcher.batches,
+    )
     stats.inference_stats.success.count = counters.success
     stats.inference_stats.success.ns = counters.success_ns
     stats.inference_stats.fail.count = counters.fail
@@ -76,13 +85,22 @@ def repository_index(models: Iterable[CloudModel], ready: bool) -> pb.Repository
     """Read-only: the models this hub serves (it loads them at start; nothing loads or unloads at run time)."""
     response = pb.RepositoryIndexResponse()
     for model in sorted(models, key=lambda m: m.name):
-        response.models.add(name=model.name, version=model.version, state="READY" if ready else "UNAVAILABLE",
-                            reason="" if ready else "the hub is shutting down")
+        response.models.add(
+            name=model.name,
+            version=model.version,
+            state="READY" if ready else "UNAVAILABLE",
+            reason="" if ready else "the hub is shutting down",
+        )
     return response
 
 
-_INT_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
-              FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+_INT_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
 
 
 def to_json(message: Message) -> dict[str, Any]:

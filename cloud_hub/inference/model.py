@@ -48,8 +48,9 @@ class BatchOptions:
 class CloudModel:
     """One loaded variant with its batcher; `submit` is safe from many threads."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, variant: Variant, session: RuntimeSession,
-                 batch: BatchOptions) -> None:
+    def __init__(
+        self, model_dir: Path, manifest: Manifest, variant: Variant, session: RuntimeSession, batch: BatchOptions
+    ) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.variant = variant
@@ -60,17 +61,26 @@ class CloudModel:
         self.inputs: list[IOSpec] = list(session.inputs)
         self.outputs: list[IOSpec] = list(session.outputs)
         self.output_names = [o.name for o in self.outputs]
-        self.batcher = MicroBatcher(session, max_batch=batch.max_batch, window_ms=batch.window_ms,
-                                    max_queue=batch.max_queue, name=f"hub-batcher-{self.name}")
+        self.batcher = MicroBatcher(
+            session,
+            max_batch=batch.max_batch,
+            window_ms=batch.window_ms,
+            max_queue=batch.max_queue,
+            name=f"hub-batcher-{self.name}",
+        )
         # A zero-row request is answered without the runtime when every input and output batches on axis 0.
         self.empty_batch_ok = batch_axis_supported(self.inputs, self.outputs)
 
     def empty_outputs(self) -> dict[str, np.ndarray]:
         """Zero-row outputs for a zero-row batch (other dynamic axes are 0 too)."""
-        return {spec.name: np.zeros([0] + [max(d, 0) for d in spec.shape[1:]], dtype=_numpy_dtype(spec.dtype))
-                for spec in self.outputs}
+        return {
+            spec.name: np.zeros([0] + [max(d, 0) for d in spec.shape[1:]], dtype=_numpy_dtype(spec.dtype))
+            for spec in self.outputs
+        }
 
-    def check_inputs(self, tensors: Mapping[str, np.ndarray], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
+    def check_inputs(
+        self, tensors: Mapping[str, np.ndarray], *, allow_non_finite: bool = False
+    ) -> dict[str, np.ndarray]:
         """Feeds for the runtime, or BadInputError naming a missing/unknown tensor, dtype or shape."""
         expected = {spec.name: spec for spec in self.inputs}
         missing = sorted(set(expected) - set(tensors))
@@ -89,8 +99,7 @@ class CloudModel:
             got = datatype_of(array.dtype)
             if got != want:
                 raise BadInputError(f"input {name!r}: datatype {got}, model {self.name!r} expects {want}")
-            if len(array.shape) != len(spec.shape) or any(
-                    s != -1 and s != d for s, d in zip(spec.shape, array.shape)):
+            if len(array.shape) != len(spec.shape) or any(s != -1 and s != d for s, d in zip(spec.shape, array.shape)):
                 shown = [d if d != -1 else "N" for d in spec.shape]
                 raise BadInputError(f"input {name!r}: shape {list(array.shape)} does not fit {shown}")
             if array.size == 0 and not (self.empty_batch_ok and array.shape[0] == 0 and 0 not in array.shape[1:]):
@@ -102,7 +111,9 @@ class CloudModel:
         # each input's batch axis is its first dynamic one (a state [2, N, 128]: axis 1), else axis 0
         axes = {n: (list(spec.shape).index(-1) if -1 in spec.shape else 0) for n, spec in expected.items()}
         if len({a.shape[axes[n]] for n, a in feeds.items() if a.ndim > axes[n]}) > 1:
-            raise BadInputError(f"model {self.name!r}: inputs disagree on the batch size (along each input's batch axis)")
+            raise BadInputError(
+                f"model {self.name!r}: inputs disagree on the batch size (along each input's batch axis)"
+            )
         return feeds
 
     def close(self) -> None:
@@ -110,9 +121,16 @@ class CloudModel:
         self.session.close()
 
 
-def load_cloud_model(model_dir: str | Path, *, hub_profile: str = "cpu-x86", variant_id: str | None = None,
-                     batch: BatchOptions = BatchOptions(), threads: int | None = None,
-                     verify_hashes: bool = True, trusted_key: Any = None) -> CloudModel:
+def load_cloud_model(
+    model_dir: str | Path,
+    *,
+    hub_profile: str = "cpu-x86",
+    variant_id: str | None = None,
+    batch: BatchOptions = BatchOptions(),
+    threads: int | None = None,
+    verify_hashes: bool = True,
+    trusted_key: Any = None,
+) -> CloudModel:
     """Load the variant compiled for `hub_profile` (or `variant_id`) from a model directory.
 
     With `trusted_key` (an ed25519 public key) the manifest's signature must verify.
@@ -144,8 +162,14 @@ def load_cloud_model(model_dir: str | Path, *, hub_profile: str = "cpu-x86", var
     except BadInputError as exc:
         session.close()
         raise ModelDirError(f"{path}: variant {variant.id!r}: {exc}") from exc
-    log.info("loaded model=%s version=%s variant=%s runtime=%s from %s",
-             manifest.name, manifest.version, variant.id, variant.runtime, path)
+    log.info(
+        "loaded model=%s version=%s variant=%s runtime=%s from %s",
+        manifest.name,
+        manifest.version,
+        variant.id,
+        variant.runtime,
+        path,
+    )
     return CloudModel(path, manifest, variant, session, batch)
 
 

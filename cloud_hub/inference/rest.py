@@ -29,9 +29,15 @@ from tandem.protocols.tensor_codec import TensorCodecError
 router = APIRouter(prefix="/v2", tags=["inference (v2)"])
 
 HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.CANCELLED: 503,
-    grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.CANCELLED: 503,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
 }
 MAX_BODY_BYTES = MAX_GRPC_MESSAGE_BYTES  # the same bound as a gRPC message
 
@@ -160,31 +166,59 @@ _INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {
-                "type": "object", "required": ["inputs"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "parameters": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
-                    "inputs": {"type": "array", "items": {
-                        "type": "object", "required": ["name", "datatype", "shape"],
-                        "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
-                                       "shape": {"type": "array", "items": {"type": "integer"}},
-                                       "parameters": {"type": "object"}, "data": {"type": "array"}}}},
-                    "outputs": {"type": "array", "items": {
-                        "type": "object", "required": ["name"],
-                        "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}},
-                }}},
-            "application/octet-stream": {"schema": {
-                "type": "string", "format": "binary",
-                "description": "binary tensor data extension: the JSON header (Inference-Header-Content-Length "
-                               "bytes), then each binary input's bytes in order"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {
+                            "type": "object",
+                            "additionalProperties": {"type": ["string", "number", "boolean"]},
+                        },
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "datatype", "shape"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "datatype": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "parameters": {"type": "object"},
+                                    "data": {"type": "array"},
+                                },
+                            },
+                        },
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                }
+            },
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "binary tensor data extension: the JSON header (Inference-Header-Content-Length "
+                    "bytes), then each binary input's bytes in order",
+                }
+            },
         },
     },
 }
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": InferResponseOut, "description": "the answer; with binary outputs the body is the JSON header "
-          "(Inference-Header-Content-Length bytes) followed by the tensors",
-          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    200: {
+        "model": InferResponseOut,
+        "description": "the answer; with binary outputs the body is the JSON header "
+        "(Inference-Header-Content-Length bytes) followed by the tensors",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
     **_V2_ERRORS,
     429: {"model": V2Error, "description": "the model's queue is full; retry after `Retry-After` seconds"},
     503: {"model": V2Error, "description": "no models are served, or the hub is stopping"},
@@ -238,6 +272,7 @@ def server_metadata(request: Request) -> Any:
         servicer = _servicer(request)
         meta = servicer.ServerMetadata(None, None)
         return ServerMetadataOut(name=meta.name, version=meta.version, extensions=list(meta.extensions))
+
     return _call(run)
 
 
@@ -249,10 +284,12 @@ def all_statistics(request: Request) -> Any:
 @router.post("/repository/index", response_model=list[RepositoryModelOut], responses=_V2_ERRORS, dependencies=_READ)
 def repository_index(request: Request) -> Any:
     """Read-only: the models this hub serves."""
+
     def run() -> list[dict[str, Any]]:
         servicer = _servicer(request)
         index = describe.repository_index(servicer.models.values(), servicer.ready)
         return [describe.to_json(m) | {"state": m.state} for m in index.models]
+
     return _call(run)
 
 
@@ -271,19 +308,33 @@ def _register(path: str, versioned: bool) -> None:
         return params.get("version", "") if versioned else ""
 
     read_deps = [Depends(_model_path), *([Depends(_version_path)] if versioned else []), Depends(require("read"))]
-    infer_deps = [Depends(_model_path), *([Depends(_version_path)] if versioned else []),
-              Depends(require("read", rate_limited=False))]
+    infer_deps = [
+        Depends(_model_path),
+        *([Depends(_version_path)] if versioned else []),
+        Depends(require("read", rate_limited=False)),
+    ]
 
-    @router.get(path, response_model=ModelMetadataOut, responses=_V2_ERRORS, dependencies=read_deps,
-                name=f"model_metadata{'_versioned' if versioned else ''}")
+    @router.get(
+        path,
+        response_model=ModelMetadataOut,
+        responses=_V2_ERRORS,
+        dependencies=read_deps,
+        name=f"model_metadata{'_versioned' if versioned else ''}",
+    )
     def model_metadata(request: Request) -> Any:
         def run() -> dict[str, Any]:
             p = request.path_params
             return describe.to_json(describe.model_metadata(_servicer(request).resolve(p["model"], version_of(p))))
+
         return _call(run)
 
-    @router.get(path + "/ready", response_model=ModelReadyOut, responses={**_V2_ERRORS, 503: {"model": ModelReadyOut}},
-                dependencies=read_deps, name=f"model_ready{'_versioned' if versioned else ''}")
+    @router.get(
+        path + "/ready",
+        response_model=ModelReadyOut,
+        responses={**_V2_ERRORS, 503: {"model": ModelReadyOut}},
+        dependencies=read_deps,
+        name=f"model_ready{'_versioned' if versioned else ''}",
+    )
     def model_ready(request: Request) -> Any:
         def run() -> Any:
             p = request.path_params
@@ -292,26 +343,45 @@ def _register(path: str, versioned: bool) -> None:
             if not servicer.ready:
                 return JSONResponse({"name": model.name, "ready": False}, status_code=503)
             return ModelReadyOut(name=model.name, ready=True)
+
         return _call(run)
 
-    @router.get(path + "/config", response_model=ModelConfigOut, responses=_V2_ERRORS, dependencies=read_deps,
-                name=f"model_config{'_versioned' if versioned else ''}")
+    @router.get(
+        path + "/config",
+        response_model=ModelConfigOut,
+        responses=_V2_ERRORS,
+        dependencies=read_deps,
+        name=f"model_config{'_versioned' if versioned else ''}",
+    )
     def model_config(request: Request) -> Any:
         def run() -> dict[str, Any]:
             p = request.path_params
             return describe.to_json(describe.model_config(_servicer(request).resolve(p["model"], version_of(p))))
+
         return _call(run)
 
-    @router.get(path + "/stats", response_model=StatisticsOut, responses=_V2_ERRORS, dependencies=read_deps,
-                name=f"model_statistics{'_versioned' if versioned else ''}")
+    @router.get(
+        path + "/stats",
+        response_model=StatisticsOut,
+        responses=_V2_ERRORS,
+        dependencies=read_deps,
+        name=f"model_statistics{'_versioned' if versioned else ''}",
+    )
     def model_statistics(request: Request) -> Any:
         def run() -> dict[str, Any]:
             p = request.path_params
             return describe.to_json(_servicer(request).statistics(p["model"], version_of(p)))
+
         return _call(run)
 
-    @router.post(path + "/infer", response_model=InferResponseOut, responses=_INFER_RESPONSES, dependencies=infer_deps,
-                 openapi_extra=_INFER_BODY, name=f"model_infer{'_versioned' if versioned else ''}")
+    @router.post(
+        path + "/infer",
+        response_model=InferResponseOut,
+        responses=_INFER_RESPONSES,
+        dependencies=infer_deps,
+        openapi_extra=_INFER_BODY,
+        name=f"model_infer{'_versioned' if versioned else ''}",
+    )
     async def model_infer(request: Request) -> Any:
         """Inference with JSON tensors or the binary tensor data extension (what tritonclient.http sends)."""
         p = request.path_params
@@ -320,8 +390,9 @@ def _register(path: str, versioned: bool) -> None:
             body = await _read_body(request)
             header = request.headers.get(HEADER_LENGTH)
             try:
-                rest = parse_infer_body(body, int(header) if header is not None else None, p["model"],
-                                        version_of(p), servicer.limits)
+                rest = parse_infer_body(
+                    body, int(header) if header is not None else None, p["model"], version_of(p), servicer.limits
+                )
             except (RestBodyError, TensorCodecError, ValueError) as exc:
                 failure = RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 servicer.note_failure(p["model"], failure)

@@ -18,8 +18,15 @@ import numpy as np
 
 from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2 as pb
-from tandem.protocols.tensor_codec import (DATATYPES, TensorCodecError, TensorLimits, check_shape,
-                                           decode_response_outputs, dtype_of, to_raw)
+from tandem.protocols.tensor_codec import (
+    DATATYPES,
+    TensorCodecError,
+    TensorLimits,
+    check_shape,
+    decode_response_outputs,
+    dtype_of,
+    to_raw,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_SIZE = "binary_data_size"
@@ -41,8 +48,9 @@ class RestRequest:
     timeout_s: float | None
 
 
-def parse_infer_body(body: bytes, header_length: int | None, model: str, version: str,
-                     limits: TensorLimits) -> RestRequest:
+def parse_infer_body(
+    body: bytes, header_length: int | None, model: str, version: str, limits: TensorLimits
+) -> RestRequest:
     """Decode a REST inference body (JSON, or JSON + binary tensors) into a ModelInferRequest."""
     if header_length is None:
         header_bytes, binary = body, b""
@@ -74,7 +82,7 @@ def parse_infer_body(body: bytes, header_length: int | None, model: str, version
             raise RestBodyError(f"inputs[{i}] has no name")
         datatype, shape = tensor.get("datatype"), tensor.get("shape")
         if not isinstance(datatype, str):
-            raise RestBodyError(f"input {name!r}: datatype must be a string such as \"FP32\"")
+            raise RestBodyError(f'input {name!r}: datatype must be a string such as "FP32"')
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise RestBodyError(f"input {name!r}: shape must be a list of integers")
         dtype_of(datatype, name)
@@ -82,9 +90,10 @@ def parse_infer_body(body: bytes, header_length: int | None, model: str, version
         size = _dict(tensor.get("parameters"), f"input {name!r} parameters").get(BINARY_SIZE)
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise RestBodyError(f"input {name!r}: binary_data_size {size!r} runs past the "
-                                    f"{len(binary) - offset} binary bytes left")
-            data = binary[offset:offset + size]
+                raise RestBodyError(
+                    f"input {name!r}: binary_data_size {size!r} runs past the {len(binary) - offset} binary bytes left"
+                )
+            data = binary[offset : offset + size]
             offset += size
         else:
             if "data" not in tensor:
@@ -93,8 +102,10 @@ def parse_infer_body(body: bytes, header_length: int | None, model: str, version
         request.inputs.add(name=name, datatype=datatype, shape=shape)
         request.raw_input_contents.append(bytes(data))
     if offset != len(binary):
-        raise RestBodyError(f"{len(binary) - offset} binary bytes after the last binary input; "
-                            "each binary input must give its binary_data_size")
+        raise RestBodyError(
+            f"{len(binary) - offset} binary bytes after the last binary input; "
+            "each binary input must give its binary_data_size"
+        )
     binary_default = bool(request_params.get(BINARY_OUTPUT, False))
     binary_outputs: dict[str, bool] = {}
     for i, out in enumerate(header.get("outputs") or []):
@@ -127,8 +138,11 @@ def encode_infer_response(response: pb.ModelInferResponse, rest: RestRequest) ->
         else:
             entry["data"] = _to_json_data(arrays[tensor.name])
         outputs.append(entry)
-    header: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version,
-                              "outputs": outputs}
+    header: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
     if response.id:
         header["id"] = response.id
     extras = {k: params.parameter_value(v) for k, v in response.parameters.items()}
@@ -181,8 +195,9 @@ def _json_to_raw(name: str, datatype: str, shape: Sequence[int], data: Any, limi
     count = math.prod(shape)
     values = _flatten(data)
     if len(values) != count:
-        raise TensorCodecError(f"tensor {name!r}: {len(values)} values in `data` do not match shape {list(shape)} "
-                               f"({count} elements)")
+        raise TensorCodecError(
+            f"tensor {name!r}: {len(values)} values in `data` do not match shape {list(shape)} ({count} elements)"
+        )
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in values):
             raise TensorCodecError(f"tensor {name!r}: BYTES `data` must be strings")

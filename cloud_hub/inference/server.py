@@ -40,14 +40,27 @@ class InferenceServer:
     id). `aliases` let clients ask by another name, e.g. the edge model's.
     """
 
-    def __init__(self, model_dirs: Sequence[Path | str] | Path | str, *, host: str = "127.0.0.1", port: int = 0,
-                 max_concurrent_rpcs: int = 64, max_queue: int = 128, max_batch: int = 8,
-                 batch_window_ms: float = 1.0, hub_profile: str = "cpu-x86",
-                 aliases: Mapping[str, str] | None = None, variants: Mapping[str, str] | None = None,
-                 threads: int | None = None, allow_non_finite: bool = False, max_request_s: float = 30.0,
-                 trusted_key: Any = None, tls: TlsFiles | None = None,
-                 device_rate_per_s: float = limits.DEVICE_INFER_PER_S,
-                 device_burst: int = limits.DEVICE_INFER_BURST) -> None:
+    def __init__(
+        self,
+        model_dirs: Sequence[Path | str] | Path | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_concurrent_rpcs: int = 64,
+        max_queue: int = 128,
+        max_batch: int = 8,
+        batch_window_ms: float = 1.0,
+        hub_profile: str = "cpu-x86",
+        aliases: Mapping[str, str] | None = None,
+        variants: Mapping[str, str] | None = None,
+        threads: int | None = None,
+        allow_non_finite: bool = False,
+        max_request_s: float = 30.0,
+        trusted_key: Any = None,
+        tls: TlsFiles | None = None,
+        device_rate_per_s: float = limits.DEVICE_INFER_PER_S,
+        device_burst: int = limits.DEVICE_INFER_BURST,
+    ) -> None:
         dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
         if not dirs:
             raise ConfigError("model_dirs: give at least one compiled model directory to serve")
@@ -65,7 +78,7 @@ class InferenceServer:
         self.allow_non_finite = allow_non_finite
         self.max_request_s = max_request_s
         self.trusted_key = trusted_key  # ed25519 public key: serve only manifests it signed
-        self.tls = tls                  # mutual TLS (server cert + the CA clients must be signed by + CRL)
+        self.tls = tls  # mutual TLS (server cert + the CA clients must be signed by + CRL)
         self.device_rate_per_s = device_rate_per_s
         self.device_burst = device_burst
         self.port: int | None = None
@@ -92,8 +105,9 @@ class InferenceServer:
             raise RuntimeError("InferenceServer.start: already started")
         try:
             self._load_models()
-            self.servicer = InferenceServicer(self._models, self.aliases, allow_non_finite=self.allow_non_finite,
-                                              max_request_s=self.max_request_s)
+            self.servicer = InferenceServicer(
+                self._models, self.aliases, allow_non_finite=self.allow_non_finite, max_request_s=self.max_request_s
+            )
         except ValueError as exc:  # a bad alias; ModelDirError is not a ValueError
             self._close_models()
             raise ConfigError(f"aliases: {exc}") from exc
@@ -128,13 +142,21 @@ class InferenceServer:
             log.debug("bind failed: %s", exc)
         if not port:
             self._close_models()
-            raise ConfigError(f"grpc: cannot listen on {_host_port(self.host, self.requested_port)} "
-                              "(in use, or not an address of this machine)")
+            raise ConfigError(
+                f"grpc: cannot listen on {_host_port(self.host, self.requested_port)} "
+                "(in use, or not an address of this machine)"
+            )
         server.start()
         self._server = server
         self.port = port
-        log.info("inference server listening on %s:%d models=%s aliases=%s max_concurrent_rpcs=%d",
-                 self.host, port, ",".join(self._models), self.aliases, self.max_concurrent_rpcs)
+        log.info(
+            "inference server listening on %s:%d models=%s aliases=%s max_concurrent_rpcs=%d",
+            self.host,
+            port,
+            ",".join(self._models),
+            self.aliases,
+            self.max_concurrent_rpcs,
+        )
         return port
 
     def stop(self, grace: float = 1.0) -> None:
@@ -168,12 +190,20 @@ class InferenceServer:
 
     def _load_models(self) -> None:
         for model_dir in self.model_dirs:
-            model = load_cloud_model(model_dir, hub_profile=self.hub_profile, batch=self.batch, threads=self.threads,
-                                     variant_id=self._variant_for(model_dir), trusted_key=self.trusted_key)
+            model = load_cloud_model(
+                model_dir,
+                hub_profile=self.hub_profile,
+                batch=self.batch,
+                threads=self.threads,
+                variant_id=self._variant_for(model_dir),
+                trusted_key=self.trusted_key,
+            )
             if model.name in self._models:
                 model.close()
-                raise ModelDirError(f"{model_dir}: model {model.name!r} is already served from "
-                                    f"{self._models[model.name].model_dir}; serve one directory per model")
+                raise ModelDirError(
+                    f"{model_dir}: model {model.name!r} is already served from "
+                    f"{self._models[model.name].model_dir}; serve one directory per model"
+                )
             self._models[model.name] = model
 
     def _variant_for(self, model_dir: Path) -> str | None:
@@ -209,8 +239,7 @@ class _ClientCertGate(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return handler
-        kw = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
+        kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
@@ -249,11 +278,14 @@ class _ClientCertGate(grpc.ServerInterceptor):
         if cn != HUB_IDENTITY:
             claimed = request.parameters.get(params.DEVICE_ID) if hasattr(request, "parameters") else None
             if claimed is not None and params.parameter_value(claimed) not in (None, cn):
-                context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                              f"certificate of {cn!r} may not ask as {params.parameter_value(claimed)!r}")
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"certificate of {cn!r} may not ask as {params.parameter_value(claimed)!r}",
+                )
             if not self.limiter.allow(cn):
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"device {cn!r} is over {self.limiter.rate:g} requests/s")
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"device {cn!r} is over {self.limiter.rate:g} requests/s"
+                )
         return request
 
 

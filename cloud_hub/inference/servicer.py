@@ -31,8 +31,13 @@ from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, Queue
 from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2 as pb
 from tandem.protocols import inference_pb2_grpc as pb_grpc
-from tandem.protocols.tensor_codec import (DEFAULT_LIMITS, TensorCodecError, TensorLimits,
-                                    decode_request_inputs, encode_response_outputs)
+from tandem.protocols.tensor_codec import (
+    DEFAULT_LIMITS,
+    TensorCodecError,
+    TensorLimits,
+    decode_request_inputs,
+    encode_response_outputs,
+)
 from tandem.tasks import TaskError, TaskSpec, task_confidence
 
 log = logging.getLogger(__name__)
@@ -71,8 +76,11 @@ class InferenceStats:
     def to_dict(self, top_devices: int = 20) -> dict:
         """JSON-able summary for the REST console (the busiest devices only)."""
         return {
-            "requests": self.requests, "ok": self.ok, "errors": dict(self.errors),
-            "fallback_requests": self.fallback_requests, "edge_agreements": self.edge_agreements,
+            "requests": self.requests,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "fallback_requests": self.fallback_requests,
+            "edge_agreements": self.edge_agreements,
             "edge_disagreements": self.edge_disagreements,
             "mean_compute_ms": self.compute_ms_total / self.ok if self.ok else None,
             "top_devices": dict(self.by_device.most_common(top_devices)),
@@ -89,9 +97,15 @@ def _version() -> str:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Serves `models` by manifest name; `aliases` map other names (e.g. the edge's) onto them."""
 
-    def __init__(self, models: Mapping[str, CloudModel], aliases: Mapping[str, str] | None = None, *,
-                 limits: TensorLimits = DEFAULT_LIMITS, allow_non_finite: bool = False,
-                 max_request_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, CloudModel],
+        aliases: Mapping[str, str] | None = None,
+        *,
+        limits: TensorLimits = DEFAULT_LIMITS,
+        allow_non_finite: bool = False,
+        max_request_s: float = 30.0,
+    ) -> None:
         self.models = dict(models)
         self.aliases = dict(aliases or {})
         for alias, target in self.aliases.items():
@@ -122,12 +136,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.ready)
 
-    def ServerMetadata(self, request: pb.ServerMetadataRequest,
-                       context: grpc.ServicerContext) -> pb.ServerMetadataResponse:
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
 
-    def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                      context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         try:
             model = self.resolve(request.name, request.version)
         except RpcFailure as failure:
@@ -141,15 +157,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             context.abort(failure.code, failure.message)
         return pb.ModelConfigResponse(config=describe.model_config(model))
 
-    def ModelStatistics(self, request: pb.ModelStatisticsRequest,
-                        context: grpc.ServicerContext) -> pb.ModelStatisticsResponse:
+    def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
         try:
             return self.statistics(request.name, request.version)
         except RpcFailure as failure:
             context.abort(failure.code, failure.message)
 
-    def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
-                        context: grpc.ServicerContext) -> pb.RepositoryIndexResponse:
+    def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
         return describe.repository_index(self.models.values(), self.ready)
 
     def statistics(self, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
@@ -167,21 +185,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         start = time.perf_counter()
         code = "OK"
         try:
-            return self.answer(request, context.time_remaining(),
-                               on_submit=lambda f: context.add_callback(f.cancel))
+            return self.answer(request, context.time_remaining(), on_submit=lambda f: context.add_callback(f.cancel))
         except RpcFailure as failure:
             code = failure.code.name
-            log.debug("ModelInfer model=%s id=%s -> %s: %s", request.model_name, request.id,
-                      failure.code.name, failure.message)
+            log.debug(
+                "ModelInfer model=%s id=%s -> %s: %s",
+                request.model_name,
+                request.id,
+                failure.code.name,
+                failure.message,
+            )
             if failure.retry_after_ms is not None:
                 context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(failure.retry_after_ms)),))
             context.abort(failure.code, failure.message)
         finally:
-            self.spans.finish("inference.GRPCInferenceService/ModelInfer", span, parent, request.model_name, code,
-                              time.perf_counter() - start)
+            self.spans.finish(
+                "inference.GRPCInferenceService/ModelInfer",
+                span,
+                parent,
+                request.model_name,
+                code,
+                time.perf_counter() - start,
+            )
 
-    def ModelStreamInfer(self, requests: Iterator[pb.ModelInferRequest],
-                         context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
+    def ModelStreamInfer(
+        self, requests: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
         """One answer per request, in order; a failed request answers error_message and the stream goes on."""
         for request in requests:
             try:
@@ -191,8 +220,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 continue
             yield pb.ModelStreamInferResponse(infer_response=response)
 
-    def answer(self, request: pb.ModelInferRequest, timeout_s: float | None = None, *,
-               on_submit: Callable[[Future], object] | None = None) -> pb.ModelInferResponse:
+    def answer(
+        self,
+        request: pb.ModelInferRequest,
+        timeout_s: float | None = None,
+        *,
+        on_submit: Callable[[Future], object] | None = None,
+    ) -> pb.ModelInferResponse:
         """`infer` with the books kept: request, error and latency counters (every door calls this)."""
         start = time.perf_counter()
         try:
@@ -216,8 +250,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if model is not None:  # unknown names are not labels: a scanner must not grow the series without bound
             self.counters.record(model.name, seconds, error=failure.code.name)
 
-    def infer(self, request: pb.ModelInferRequest, timeout_s: float | None = None, *,
-              on_submit: Callable[[Future], object] | None = None) -> pb.ModelInferResponse:
+    def infer(
+        self,
+        request: pb.ModelInferRequest,
+        timeout_s: float | None = None,
+        *,
+        on_submit: Callable[[Future], object] | None = None,
+    ) -> pb.ModelInferResponse:
         """Answer one request, or raise RpcFailure; the core of ModelInfer without the gRPC context.
 
         `on_submit` sees the batcher's future (ModelInfer cancels it when the caller goes
@@ -233,14 +272,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         wanted = [o.name for o in request.outputs] or model.output_names
         unknown = sorted(set(wanted) - set(model.output_names))
         if unknown:
-            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
-                             f"model {model.name!r} has no output(s) {', '.join(unknown)} "
-                             f"(outputs: {', '.join(model.output_names)})")
+            raise RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {model.name!r} has no output(s) {', '.join(unknown)} "
+                f"(outputs: {', '.join(model.output_names)})",
+            )
         for out in request.outputs:
             if "classification" in out.parameters:  # Triton's top-k extension: not offered here
-                raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"output {out.name!r}: the classification (top-k) extension is not supported; "
-                                 "request the raw output and take the top-k client-side")
+                raise RpcFailure(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"output {out.name!r}: the classification (top-k) extension is not supported; "
+                    "request the raw output and take the top-k client-side",
+                )
         edge = params.read_edge_context(request.parameters)
         if feeds and all(a.ndim and a.shape[0] == 0 for a in feeds.values()):
             return self._empty_answer(request, model, wanted, start)
@@ -248,8 +291,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             future = model.batcher.submit(feeds)
         except QueueFullError as exc:
             pushback = _pushback_ms(model)
-            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"hub is overloaded: {exc}; retry in {pushback} ms", retry_after_ms=pushback) from None
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"hub is overloaded: {exc}; retry in {pushback} ms",
+                retry_after_ms=pushback,
+            ) from None
         except BatcherClosedError:
             raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "hub is shutting down") from None
         if on_submit is not None:
@@ -259,8 +305,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs = future.result(timeout=wait_s)
         except FutureTimeout:
             future.cancel()
-            raise RpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"model {model.name!r} did not answer within {wait_s * 1000:.0f} ms") from None
+            raise RpcFailure(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"model {model.name!r} did not answer within {wait_s * 1000:.0f} ms"
+            ) from None
         except CancelledError:
             raise RpcFailure(grpc.StatusCode.CANCELLED, "the caller went away") from None
         except BatcherClosedError:
@@ -274,14 +321,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             encode_response_outputs(response, {name: by_name[name] for name in wanted}, limits=self.limits)
         except TensorCodecError as exc:
-            raise RpcFailure(grpc.StatusCode.INTERNAL, f"model {model.name!r} answer cannot be encoded: {exc}") from None
+            raise RpcFailure(
+                grpc.StatusCode.INTERNAL, f"model {model.name!r} answer cannot be encoded: {exc}"
+            ) from None
         params.set_parameter(response.parameters, params.VARIANT, model.variant.id)
         params.set_parameter(response.parameters, params.COMPUTE_MS, compute_ms)
         self._count_edge(model, edge, outputs, compute_ms)
         return response
 
-    def _empty_answer(self, request: pb.ModelInferRequest, model: CloudModel, wanted: list[str],
-                      start: float) -> pb.ModelInferResponse:
+    def _empty_answer(
+        self, request: pb.ModelInferRequest, model: CloudModel, wanted: list[str], start: float
+    ) -> pb.ModelInferResponse:
         """A zero-row batch answers zero-row outputs without running the model (check_inputs allowed it)."""
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         empty = model.empty_outputs()
@@ -301,15 +351,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self.models.get(self.aliases.get(name, name))
         if model is None:
             served = sorted(set(self.models) | set(self.aliases))
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {', '.join(served)})")
+            raise RpcFailure(
+                grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {', '.join(served)})"
+            )
         if version and version not in describe.version_names(model):
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND,
-                             f"model {model.name!r} version {version!r} is not served "
-                             f"(serving {' or '.join(describe.version_names(model))})")
+            raise RpcFailure(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {model.name!r} version {version!r} is not served "
+                f"(serving {' or '.join(describe.version_names(model))})",
+            )
         return model
 
-    def _count_edge(self, model: CloudModel, edge: params.EdgeContext, outputs: list[np.ndarray],
-                    compute_ms: float) -> None:
+    def _count_edge(
+        self, model: CloudModel, edge: params.EdgeContext, outputs: list[np.ndarray], compute_ms: float
+    ) -> None:
         agree: bool | None = None
         if edge.edge_label is not None and outputs:
             agree = edge_agrees(model, outputs, edge.edge_label)
@@ -324,9 +379,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 s.edge_agreements += agree
                 s.edge_disagreements += not agree
         if edge.device_id is not None:
-            log.debug("fallback device=%s model=%s edge_version=%s edge_label=%s edge_confidence=%s agree=%s "
-                      "compute_ms=%.2f", edge.device_id, model.name, edge.model_version, edge.edge_label,
-                      edge.edge_confidence, agree, compute_ms)
+            log.debug(
+                "fallback device=%s model=%s edge_version=%s edge_label=%s edge_confidence=%s agree=%s compute_ms=%.2f",
+                edge.device_id,
+                model.name,
+                edge.model_version,
+                edge.edge_label,
+                edge.edge_confidence,
+                agree,
+                compute_ms,
+            )
 
     def queue_depths(self) -> dict[str, int]:
         """Requests waiting in each model's batcher now (for /metrics)."""
@@ -335,8 +397,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def stats(self) -> InferenceStats:
         with self._lock:
             s = self._stats
-            return InferenceStats(s.requests, s.ok, Counter(s.errors), s.fallback_requests, s.edge_agreements,
-                                  s.edge_disagreements, Counter(s.by_device), s.compute_ms_total)
+            return InferenceStats(
+                s.requests,
+                s.ok,
+                Counter(s.errors),
+                s.fallback_requests,
+                s.edge_agreements,
+                s.edge_disagreements,
+                Counter(s.by_device),
+                s.compute_ms_total,
+            )
 
 
 def _pushback_ms(model: CloudModel) -> int:

@@ -25,7 +25,7 @@ class Span:
     context: SpanContext
     parent_span_id: str | None
     model: str
-    code: str          # "OK" or the gRPC status code name
+    code: str  # "OK" or the gRPC status code name
     duration_s: float
 
 
@@ -44,13 +44,22 @@ class SpanRecorder:
             return new_trace(), None
         return parent.child(), parent.span_id
 
-    def finish(self, name: str, context: SpanContext, parent_span_id: str | None, model: str, code: str,
-               duration_s: float) -> None:
+    def finish(
+        self, name: str, context: SpanContext, parent_span_id: str | None, model: str, code: str, duration_s: float
+    ) -> None:
         span = Span(name, context, parent_span_id, model, code, duration_s)
         with self._lock:
             self._spans.append(span)
-        log.debug("span name=%s trace_id=%s span_id=%s parent=%s model=%s code=%s duration_ms=%.2f", name,
-                  context.trace_id, context.span_id, parent_span_id, model, code, duration_s * 1000.0)
+        log.debug(
+            "span name=%s trace_id=%s span_id=%s parent=%s model=%s code=%s duration_ms=%.2f",
+            name,
+            context.trace_id,
+            context.span_id,
+            parent_span_id,
+            model,
+            code,
+            duration_s * 1000.0,
+        )
 
     def recent(self) -> list[Span]:
         with self._lock:

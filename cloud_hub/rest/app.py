@@ -12,8 +12,14 @@ from fastapi.responses import JSONResponse
 from tandem.cloud_hub.errors import AuthError, HubError
 from tandem.cloud_hub.inference import rest as inference_rest
 from tandem.cloud_hub.rest import (
-    routes_artifacts, routes_devices, routes_hard_examples, routes_metrics, routes_models, routes_system,
-    routes_tokens, routes_whoami,
+    routes_artifacts,
+    routes_devices,
+    routes_hard_examples,
+    routes_metrics,
+    routes_models,
+    routes_system,
+    routes_tokens,
+    routes_whoami,
 )
 from tandem.cloud_hub.rest.schemas import ErrorBody
 from tandem.cloud_hub.rollouts import routes as rollout_routes
@@ -24,7 +30,8 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "1"
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "telemetry, rollouts or hard examples are not running on this hub"}}
+    503: {"model": ErrorBody, "description": "telemetry, rollouts or hard examples are not running on this hub"}
+}
 
 
 def create_app(hub: Any) -> FastAPI:
@@ -33,8 +40,8 @@ def create_app(hub: Any) -> FastAPI:
         title="Tandem hub",
         version=API_VERSION,
         description="Fleet console: devices, models, variants, artifacts, telemetry, drift alerts, OTA rollouts. "
-                    "Every route but /healthz needs a bearer token "
-                    "(scopes read < operate < admin) from `tandem-hub tokens create`.",
+        "Every route but /healthz needs a bearer token "
+        "(scopes read < operate < admin) from `tandem-hub tokens create`.",
     )
     app.state.hub = hub
 
@@ -60,8 +67,10 @@ def create_app(hub: Any) -> FastAPI:
     from tandem.cloud_hub.rest.body_limit import BodyLimitMiddleware
     from tandem.protocols.limits import DEFAULT_MAX_JSON_BODY_BYTES
 
-    app.add_middleware(BodyLimitMiddleware, max_json_body_bytes=getattr(
-        getattr(hub, "config", None), "max_json_body_bytes", DEFAULT_MAX_JSON_BODY_BYTES))
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_json_body_bytes=getattr(getattr(hub, "config", None), "max_json_body_bytes", DEFAULT_MAX_JSON_BODY_BYTES),
+    )
     return app
 
 

@@ -99,7 +99,15 @@ def _content_length(scope: Scope) -> int | None:
 async def _too_large(send: Send, limit: int, scope: Scope) -> None:
     log.warning("request body over the limit path=%s limit=%d", scope.get("path"), limit)
     body = json.dumps({"detail": f"request body exceeds {limit} bytes (max_json_body_bytes)"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -26,8 +26,11 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing, invalid or revoked token"},
     403: {"model": ErrorBody, "description": "the token's scope does not allow this"},
     422: {"model": ErrorBody, "description": "invalid parameters or body; `detail` names the field"},
-    429: {"model": ErrorBody, "description": "this token is over its request rate; retry after `Retry-After` seconds",
-          "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
+    429: {
+        "model": ErrorBody,
+        "description": "this token is over its request rate; retry after `Retry-After` seconds",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    },
 }
 # HubConfig's defaults, for a hub object without them (tests build the app around stand-ins).
 DEFAULT_REST_RATE_PER_S = 20.0
@@ -56,9 +59,12 @@ def require(scope: str, rate_limited: bool = True) -> Callable[..., TokenInfo]:
         request.state.rate_counted = True
         wait = rest_limiter(request).take(info.token_id)
         if wait > 0:
-            raise HTTPException(429, detail=f"token {info.token_id} is over its rate limit; retry in {wait:.2f} s "
-                                            "(hub settings rest_rate_per_s, rest_burst)",
-                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            raise HTTPException(
+                429,
+                detail=f"token {info.token_id} is over its rate limit; retry in {wait:.2f} s "
+                "(hub settings rest_rate_per_s, rest_burst)",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         return info
 
     check.__name__ = f"require_{scope}" + ("" if rate_limited else "_unmetered")
@@ -74,8 +80,10 @@ def rest_limiter(request: Request) -> RateLimiter:
             limiter = getattr(state, "rest_limiter", None)
             if limiter is None:
                 config = getattr(state.hub, "config", None)
-                limiter = RateLimiter(getattr(config, "rest_rate_per_s", DEFAULT_REST_RATE_PER_S),
-                                      getattr(config, "rest_burst", DEFAULT_REST_BURST))
+                limiter = RateLimiter(
+                    getattr(config, "rest_rate_per_s", DEFAULT_REST_RATE_PER_S),
+                    getattr(config, "rest_burst", DEFAULT_REST_BURST),
+                )
                 state.rest_limiter = limiter
                 log.info("REST rate limit per token rate_per_s=%s burst=%s", limiter.rate, limiter.burst)
     return limiter

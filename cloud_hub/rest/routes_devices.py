@@ -36,19 +36,26 @@ def list_devices(
     page: Paging = Depends(paging),
     hub: Any = Depends(get_hub),
 ) -> dict[str, Any]:
-    filt = DeviceFilter(status=status, profile=profile, model_name=model_name, model_version=model_version,
-                        tags=parse_tag_filters(tag))
+    filt = DeviceFilter(
+        status=status, profile=profile, model_name=model_name, model_version=model_version, tags=parse_tag_filters(tag)
+    )
     records, total = hub.devices.list(filt, page.limit, page.offset)
     return {"items": [r.to_dict() for r in records], "total": total, "limit": page.limit, "offset": page.offset}
 
 
-@router.post("", response_model=DeviceOut, status_code=201, dependencies=[Depends(require("operate"))],
-             responses={**_422, 200: {"model": DeviceOut, "description": "an existing device, updated"}})
+@router.post(
+    "",
+    response_model=DeviceOut,
+    status_code=201,
+    dependencies=[Depends(require("operate"))],
+    responses={**_422, 200: {"model": DeviceOut, "description": "an existing device, updated"}},
+)
 def register_device(body: DeviceIn, response: Response, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     """Create (201) or update (200) a device; agents call this on every start."""
     existed = hub.devices.exists(body.device_id)
-    record = hub.devices.register(body.device_id, body.profile, body.agent_version, body.tags,
-                                  body.model_name, body.model_version)
+    record = hub.devices.register(
+        body.device_id, body.profile, body.agent_version, body.tags, body.model_name, body.model_version
+    )
     if existed:
         response.status_code = 200
     return record.to_dict()
@@ -59,15 +66,17 @@ def get_device(device_id: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     return hub.devices.get(device_id).to_dict()
 
 
-@router.post("/{device_id}/heartbeat", response_model=DeviceOut, responses=_404,
-             dependencies=[Depends(require("operate"))])
+@router.post(
+    "/{device_id}/heartbeat", response_model=DeviceOut, responses=_404, dependencies=[Depends(require("operate"))]
+)
 def heartbeat(device_id: str, body: HeartbeatIn | None = None, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     body = body or HeartbeatIn()
     return hub.devices.heartbeat(device_id, body.model_name, body.model_version, body.agent_version).to_dict()
 
 
-@router.delete("/{device_id}", status_code=204, response_class=Response, responses=_404,
-               dependencies=[Depends(require("operate"))])
+@router.delete(
+    "/{device_id}", status_code=204, response_class=Response, responses=_404, dependencies=[Depends(require("operate"))]
+)
 def delete_device(device_id: str, hub: Any = Depends(get_hub)) -> Response:
     hub.devices.delete(device_id)
     return Response(status_code=204)

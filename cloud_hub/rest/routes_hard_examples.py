@@ -21,8 +21,9 @@ router = APIRouter(responses=AUTH_RESPONSES, dependencies=[Depends(require("read
 def get_hard_examples(request: Request) -> Any:
     service = getattr(getattr(request.app.state, "hub", None), "hard_examples", None)
     if service is None or service.store is None:
-        raise ServiceUnavailableError("hard-example ingestion is not running on this hub (it needs an MQTT 5 broker "
-                                      "and telemetry on)")
+        raise ServiceUnavailableError(
+            "hard-example ingestion is not running on this hub (it needs an MQTT 5 broker and telemetry on)"
+        )
     return service
 
 
@@ -39,10 +40,17 @@ def list_hard_examples(
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/v1/hard-examples/{device_id}/{example_id}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}},
-                             "description": "the inputs as .npz (np.load(f, allow_pickle=False))"},
-                       404: {"description": "no such example (or it aged out)"}})
+@router.get(
+    "/v1/hard-examples/{device_id}/{example_id}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "the inputs as .npz (np.load(f, allow_pickle=False))",
+        },
+        404: {"description": "no such example (or it aged out)"},
+    },
+)
 def get_hard_example(
     device_id: str = Path(..., max_length=128),
     example_id: int = Path(..., ge=0, le=2**63 - 1),
@@ -50,5 +58,8 @@ def get_hard_example(
 ) -> Response:
     """One example's input tensors as an .npz file."""
     data = service.store.npz(device_id, example_id)
-    return Response(data, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="hard-example-{example_id}.npz"'})
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="hard-example-{example_id}.npz"'},
+    )

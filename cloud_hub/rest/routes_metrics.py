@@ -16,9 +16,19 @@ router = APIRouter()
 _TEXT = {"schema": {"type": "string", "description": "Prometheus exposition"}}
 
 
-@router.get("/metrics", tags=["system"], response_class=Response, dependencies=[Depends(require("read", False))],
-            responses={200: {"description": "the hub's metrics", "content": {
-                "text/plain": _TEXT, "application/openmetrics-text": _TEXT}}, **AUTH_RESPONSES})
+@router.get(
+    "/metrics",
+    tags=["system"],
+    response_class=Response,
+    dependencies=[Depends(require("read", False))],
+    responses={
+        200: {
+            "description": "the hub's metrics",
+            "content": {"text/plain": _TEXT, "application/openmetrics-text": _TEXT},
+        },
+        **AUTH_RESPONSES,
+    },
+)
 def metrics(request: Request, hub: Any = Depends(get_hub)) -> Response:
     """Inference, telemetry, devices, rollouts and drift alerts for Prometheus (scrape with a bearer token)."""
     openmetrics = wants_openmetrics(request.headers.get("accept"))

@@ -28,20 +28,31 @@ UPLOAD_TYPES = ("application/gzip", "application/x-gzip", "application/x-tar", "
 
 
 @router.get("/v1/models", response_model=Page[ModelSummary], dependencies=[Depends(require("read"))])
-def list_models(name: str | None = Query(None, max_length=128), page: Paging = Depends(paging),
-                hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def list_models(
+    name: str | None = Query(None, max_length=128), page: Paging = Depends(paging), hub: Any = Depends(get_hub)
+) -> dict[str, Any]:
     items, total = hub.registry.list_models(name, page.limit, page.offset)
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.post(
-    "/v1/models", response_model=RegisterOut, status_code=201, dependencies=[Depends(require("operate"))],
-    responses={200: {"model": RegisterOut, "description": "this exact version was already registered"},
-               409: {"model": ErrorBody, "description": "this name+version exists with other content"},
-               413: {"model": ErrorBody, "description": "upload too large"},
-               422: {"model": ErrorBody, "description": "not a valid compiled model archive"}},
-    openapi_extra={"requestBody": {"required": True, "description": "a .tar.gz of a tandem-compile output directory",
-                                   "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_TYPES}}},
+    "/v1/models",
+    response_model=RegisterOut,
+    status_code=201,
+    dependencies=[Depends(require("operate"))],
+    responses={
+        200: {"model": RegisterOut, "description": "this exact version was already registered"},
+        409: {"model": ErrorBody, "description": "this name+version exists with other content"},
+        413: {"model": ErrorBody, "description": "upload too large"},
+        422: {"model": ErrorBody, "description": "not a valid compiled model archive"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "a .tar.gz of a tandem-compile output directory",
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_TYPES},
+        }
+    },
 )
 async def upload_model(request: Request, response: Response, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     """Register a compiled model sent as a tar archive (gzip optional); versions are immutable."""
@@ -58,8 +69,12 @@ async def upload_model(request: Request, response: Response, hub: Any = Depends(
         result = await run_in_threadpool(_register_archive, hub, archive, Path(tmp) / "model", limit * EXPANSION_LIMIT)
     if not result.created:
         response.status_code = 200
-    return {"name": result.name, "version": result.version, "created": result.created,
-            "content_sha256": result.content_sha256}
+    return {
+        "name": result.name,
+        "version": result.version,
+        "created": result.created,
+        "content_sha256": result.content_sha256,
+    }
 
 
 class _TooLarge(InvalidInputError):
@@ -79,13 +94,17 @@ def _register_archive(hub: Any, archive: Path, dest: Path, max_unpacked: float) 
             for member in tar:
                 count += 1
                 if count > MAX_MEMBERS:
-                    raise InvalidInputError(f"archive has more than {MAX_MEMBERS} entries; a compiled model has far fewer")
+                    raise InvalidInputError(
+                        f"archive has more than {MAX_MEMBERS} entries; a compiled model has far fewer"
+                    )
                 if not (member.isfile() or member.isdir()):
                     raise InvalidInputError(f"archive member {member.name!r}: only files and directories are accepted")
                 unpacked += member.size
                 if unpacked > max_unpacked:  # a small gzip can hide a huge tar
-                    raise _TooLarge(f"archive unpacks to more than {int(max_unpacked)} bytes ({compressed} compressed; "
-                                    f"limits: {EXPANSION_LIMIT}x max_upload_mb, {MAX_EXPANSION_RATIO}x the upload)")
+                    raise _TooLarge(
+                        f"archive unpacks to more than {int(max_unpacked)} bytes ({compressed} compressed; "
+                        f"limits: {EXPANSION_LIMIT}x max_upload_mb, {MAX_EXPANSION_RATIO}x the upload)"
+                    )
                 tar.extract(member, dest, filter="data")  # refuses absolute paths and '..'
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise InvalidInputError(f"not a readable tar(.gz) archive of a compiled model directory ({exc})") from exc
@@ -101,21 +120,33 @@ def _register_archive(hub: Any, archive: Path, dest: Path, max_unpacked: float) 
         raise InvalidInputError(str(exc).replace(f"{root}/", "").replace(str(root), "<upload>")) from exc
 
 
-@router.get("/v1/models/{name}/versions", response_model=Page[ModelVersionOut], responses=_404,
-            dependencies=[Depends(require("read"))])
+@router.get(
+    "/v1/models/{name}/versions",
+    response_model=Page[ModelVersionOut],
+    responses=_404,
+    dependencies=[Depends(require("read"))],
+)
 def list_versions(name: str, page: Paging = Depends(paging), hub: Any = Depends(get_hub)) -> dict[str, Any]:
     items, total = hub.registry.list_versions(name, page.limit, page.offset)
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/v1/models/{name}/versions/{version}", response_model=ModelVersionOut, responses=_404,
-            dependencies=[Depends(require("read"))])
+@router.get(
+    "/v1/models/{name}/versions/{version}",
+    response_model=ModelVersionOut,
+    responses=_404,
+    dependencies=[Depends(require("read"))],
+)
 def get_version(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     return hub.registry.get_version(name, version)
 
 
-@router.get("/v1/models/{name}/versions/{version}/manifest", response_model=dict[str, Any], responses=_404,
-            dependencies=[Depends(require("read", rate_limited=False))])
+@router.get(
+    "/v1/models/{name}/versions/{version}/manifest",
+    response_model=dict[str, Any],
+    responses=_404,
+    dependencies=[Depends(require("read", rate_limited=False))],
+)
 def get_manifest(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     """The manifest signed by this hub's release key (verify with GET /v1/keys/release)."""
     return hub.registry.manifest(name, version)
@@ -123,9 +154,13 @@ def get_manifest(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[s
 
 @router.get("/v1/variants", response_model=Page[VariantOut], dependencies=[Depends(require("read"))])
 def list_variants(
-    model: str | None = Query(None, max_length=128), version: str | None = Query(None, max_length=32),
-    profile: str | None = Query(None, max_length=64), runtime: str | None = Query(None, max_length=32),
-    precision: str | None = Query(None, max_length=16), page: Paging = Depends(paging), hub: Any = Depends(get_hub),
+    model: str | None = Query(None, max_length=128),
+    version: str | None = Query(None, max_length=32),
+    profile: str | None = Query(None, max_length=64),
+    runtime: str | None = Query(None, max_length=32),
+    precision: str | None = Query(None, max_length=16),
+    page: Paging = Depends(paging),
+    hub: Any = Depends(get_hub),
 ) -> dict[str, Any]:
     items, total = hub.registry.list_variants(model, version, profile, runtime, precision, page.limit, page.offset)
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}

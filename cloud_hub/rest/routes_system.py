@@ -27,17 +27,33 @@ def healthz(hub: Any = Depends(get_hub)) -> Health:
     return Health(status="ok", schema_version=hub.db.schema_version(), telemetry_gaps=gaps)
 
 
-@router.get("/v1/hub", response_model=HubInfo, tags=["system"], responses=AUTH_RESPONSES,
-            dependencies=[Depends(require("read"))])
+@router.get(
+    "/v1/hub",
+    response_model=HubInfo,
+    tags=["system"],
+    responses=AUTH_RESPONSES,
+    dependencies=[Depends(require("read"))],
+)
 def hub_info(hub: Any = Depends(get_hub)) -> HubInfo:
     """Where the hub's services listen and a count of devices."""
     urls = hub.urls()
-    return HubInfo(http_url=urls.get("http"), grpc_url=urls.get("grpc"), mqtt_url=urls.get("mqtt"),
-                   broker=hub.broker_kind, release_key_id=hub.key.key_id, devices=hub.devices.counts())
+    return HubInfo(
+        http_url=urls.get("http"),
+        grpc_url=urls.get("grpc"),
+        mqtt_url=urls.get("mqtt"),
+        broker=hub.broker_kind,
+        release_key_id=hub.key.key_id,
+        devices=hub.devices.counts(),
+    )
 
 
-@router.get("/v1/keys/release", response_model=ReleaseKeyOut, tags=["system"], responses=AUTH_RESPONSES,
-            dependencies=[Depends(require("read"))])
+@router.get(
+    "/v1/keys/release",
+    response_model=ReleaseKeyOut,
+    tags=["system"],
+    responses=AUTH_RESPONSES,
+    dependencies=[Depends(require("read"))],
+)
 def release_key(hub: Any = Depends(get_hub)) -> ReleaseKeyOut:
     """The public ed25519 key every manifest this hub serves is signed with."""
     return ReleaseKeyOut(alg="ed25519", key_id=hub.key.key_id, public_key_pem=hub.key.public_pem)

@@ -21,5 +21,9 @@ class WhoAmI(BaseModel):
 @router.get("/whoami", response_model=WhoAmI)
 def whoami(token: TokenInfo = Depends(require("read"))) -> WhoAmI:
     """The calling token's id, name and scope, and every scope it allows (any valid token may ask)."""
-    return WhoAmI(token_id=token.token_id, name=token.name, scope=token.scope,
-                  allows=[s for s in SCOPES if scope_allows(token.scope, s)])
+    return WhoAmI(
+        token_id=token.token_id,
+        name=token.name,
+        scope=token.scope,
+        allows=[s for s in SCOPES if scope_allows(token.scope, s)],
+    )

@@ -16,8 +16,10 @@ from tandem.cloud_hub.rollouts.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
-def attach_rollouts(hub: Any, *, public_url: str | None = None, drift_alerts: DriftAlerts | None = None,
-                    **config: Any) -> RolloutService:
+
+def attach_rollouts(
+    hub: Any, *, public_url: str | None = None, drift_alerts: DriftAlerts | None = None, **config: Any
+) -> RolloutService:
     """After `hub.start()`: start the rollout service and serve /v1/rollouts; `hub.rollouts` is set.
 
     `public_url` is the hub's HTTP URL as devices see it (default: HubConfig.public_url, else hub.http_url);
@@ -27,8 +29,10 @@ def attach_rollouts(hub: Any, *, public_url: str | None = None, drift_alerts: Dr
     if not url or not hub.mqtt_url:
         raise HubError("rollouts need the hub's HTTP server (or public_url) and MQTT broker: call hub.start() first")
     if getattr(hub.config, "tls_dir", None) is not None and url.startswith("http://"):
-        log.warning("rollouts: public_url %s is plain http on a TLS hub; devices will send their token in clear "
-                    "(use https://)", url)
+        log.warning(
+            "rollouts: public_url %s is plain http on a TLS hub; devices will send their token in clear (use https://)",
+            url,
+        )
     previous = getattr(hub, "rollouts", None)
     if previous is not None:  # one rollout service per hub: its MQTT client id and its store are the hub's
         _stop(previous)
@@ -36,9 +40,15 @@ def attach_rollouts(hub: Any, *, public_url: str | None = None, drift_alerts: Dr
         drift_alerts = _drift_alerts_of(hub)
     store = RolloutStore.open(hub.config.data_dir / "rollouts.sqlite")
     try:
-        service = RolloutService(store, hub.registry, hub.devices, hub.key,
-                                 RolloutServiceConfig(mqtt_url=hub.mqtt_url, public_url=url, **config),
-                                 drift_alerts=drift_alerts, device_windows=_device_windows_of(hub))
+        service = RolloutService(
+            store,
+            hub.registry,
+            hub.devices,
+            hub.key,
+            RolloutServiceConfig(mqtt_url=hub.mqtt_url, public_url=url, **config),
+            drift_alerts=drift_alerts,
+            device_windows=_device_windows_of(hub),
+        )
     except BaseException:
         store.close()
         raise
@@ -112,11 +122,13 @@ def _device_windows_of(hub: Any) -> Any:
 
 def _drift_alerts_of(hub: Any) -> DriftAlerts | None:
     """Open drift alerts per (model, version) from the hub's telemetry, read when a gate is evaluated."""
+
     def count(model: str, version: str) -> int:
         telemetry = getattr(hub, "telemetry", None)
         if telemetry is None:
             return 0
-        return sum(1 for a in telemetry.store.open_alerts()
-                   if a["model_name"] == model and a["model_version"] == version)
+        return sum(
+            1 for a in telemetry.store.open_alerts() if a["model_name"] == model and a["model_version"] == version
+        )
 
     return count

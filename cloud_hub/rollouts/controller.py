@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 from tandem.cloud_hub.rollouts.quality import Comparison, QualityQuery, verdict
 
-DeviceState = Literal["pending", "sent", "in_progress", "committed", "failed", "rejected", "rolled_back",
-                      "rollback_sent"]
+DeviceState = Literal[
+    "pending", "sent", "in_progress", "committed", "failed", "rejected", "rolled_back", "rollback_sent"
+]
 Status = Literal["running", "paused", "halted", "completed", "aborted", "rolled_back"]
 ACTIVE_STATUSES = ("running", "paused")
 DEVICE_TERMINAL = ("committed", "failed", "rejected", "rolled_back")
@@ -39,43 +40,51 @@ class RolloutError(ValueError):
 class GatePolicy:
     """When a wave may open the next one. Rates are fractions 0..1."""
 
-    max_failure_rate: float = 0.0      # failed, rejected or self-rolled-back devices over the opened devices
-    max_fallback_rise: float = 0.10    # mean rise of committed devices' fallback rate over their previous version
-    max_latency_ratio: float = 2.0     # median of committed devices' p95 over their previous version's
-    max_drift_alerts: int = 0          # open drift alerts on the new version
-    min_reporting: float = 0.8         # share of opened devices with a final answer before the gate decides
-    min_devices: int = 1               # and at least this many (or all opened, if fewer)
+    max_failure_rate: float = 0.0  # failed, rejected or self-rolled-back devices over the opened devices
+    max_fallback_rise: float = 0.10  # mean rise of committed devices' fallback rate over their previous version
+    max_latency_ratio: float = 2.0  # median of committed devices' p95 over their previous version's
+    max_drift_alerts: int = 0  # open drift alerts on the new version
+    min_reporting: float = 0.8  # share of opened devices with a final answer before the gate decides
+    min_devices: int = 1  # and at least this many (or all opened, if fewer)
     wave_timeout_s: float | None = 900.0  # halt if a wave has not reported enough by then; None: wait
-    auto_rollback: bool = True         # on a halt, tell devices that took the version to go back
+    auto_rollback: bool = True  # on a halt, tell devices that took the version to go back
     # The control cohort and the quality gates against it (off while both control settings are 0).
-    control_fraction: float = 0.0      # share of the selected devices kept on their current version
-    control_devices: int = 0           # or at least this many
-    min_quality_requests: int = 200    # requests in each cohort over the span before quality decides
+    control_fraction: float = 0.0  # share of the selected devices kept on their current version
+    control_devices: int = 0  # or at least this many
+    min_quality_requests: int = 200  # requests in each cohort over the span before quality decides
     max_fallback_rise_vs_control: float = 0.10
     max_error_rise_vs_control: float = 0.05
-    max_confidence_drop_vs_control: float = 0.10   # mean top-class confidence
+    max_confidence_drop_vs_control: float = 0.10  # mean top-class confidence
     max_confidence_psi_vs_control: float | None = 0.25  # confidence histogram shift; None: not gated
-    max_class_psi_vs_control: float | None = 0.25       # predicted-class mix shift; None: not gated
+    max_class_psi_vs_control: float | None = 0.25  # predicted-class mix shift; None: not gated
     max_agreement_drop_vs_control: float | None = 0.05  # shadow top-1 agreement with the cloud; None: not gated
-    min_shadow_samples: int = 100      # shadow samples in each cohort before the agreement gate judges
+    min_shadow_samples: int = 100  # shadow samples in each cohort before the agreement gate judges
 
     def __post_init__(self) -> None:
-        for name in ("max_failure_rate", "max_fallback_rise", "min_reporting", "max_fallback_rise_vs_control",
-                     "max_error_rise_vs_control", "max_confidence_drop_vs_control"):
+        for name in (
+            "max_failure_rate",
+            "max_fallback_rise",
+            "min_reporting",
+            "max_fallback_rise_vs_control",
+            "max_error_rise_vs_control",
+            "max_confidence_drop_vs_control",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise RolloutError(f"gate {name}: {getattr(self, name)!r} must be between 0 and 1")
         if self.max_latency_ratio <= 0 or self.max_drift_alerts < 0 or self.min_devices < 1:
             raise RolloutError("gate: max_latency_ratio must be > 0, max_drift_alerts >= 0, min_devices >= 1")
         if not 0.0 <= self.control_fraction < 1.0 or self.control_devices < 0 or self.min_quality_requests < 1:
-            raise RolloutError("gate: control_fraction must be in [0, 1), control_devices >= 0, "
-                               "min_quality_requests >= 1")
+            raise RolloutError(
+                "gate: control_fraction must be in [0, 1), control_devices >= 0, min_quality_requests >= 1"
+            )
         for name in ("max_confidence_psi_vs_control", "max_class_psi_vs_control"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise RolloutError(f"gate {name}: must be >= 0 (or None to skip it)")
         drop = self.max_agreement_drop_vs_control
         if drop is not None and not 0.0 <= drop <= 1.0:
-            raise RolloutError(f"gate max_agreement_drop_vs_control: {drop!r} must be between 0 and 1 "
-                               "(or None to skip it)")
+            raise RolloutError(
+                f"gate max_agreement_drop_vs_control: {drop!r} must be between 0 and 1 (or None to skip it)"
+            )
         if self.min_shadow_samples < 1:
             raise RolloutError(f"gate min_shadow_samples: {self.min_shadow_samples!r} must be >= 1")
         if self.wave_timeout_s is not None and self.wave_timeout_s <= 0:
@@ -122,7 +131,7 @@ class Rollout:
     wave_opened_at: float = 0.0
     reason: str = ""
     updated_at: float = 0.0
-    control: list[str] = field(default_factory=list)       # kept on their version; never sent a command
+    control: list[str] = field(default_factory=list)  # kept on their version; never sent a command
     wave_clock_from: float = 0.0  # the wave's timeout counts from max(wave_opened_at, this): a hub restart resets it
     quality: dict[str, Any] = field(default_factory=dict)  # the last quality figures the gate judged
 
@@ -170,13 +179,23 @@ def control_size(n: int, gates: GatePolicy) -> int:
         return 0
     k = max(gates.control_devices, math.ceil(gates.control_fraction * n))
     if k >= n:
-        raise RolloutError(f"control cohort of {k} would leave none of the {n} selected devices to roll out to; "
-                           "lower control_fraction / control_devices or select more devices")
+        raise RolloutError(
+            f"control cohort of {k} would leave none of the {n} selected devices to roll out to; "
+            "lower control_fraction / control_devices or select more devices"
+        )
     return k
 
 
-def new_rollout(rollout_id: str, model: str, version: str, device_ids: list[str], waves: list[int],
-                gates: GatePolicy, now: float, seed: int | None = None) -> tuple[Rollout, list[Send], list[Event]]:
+def new_rollout(
+    rollout_id: str,
+    model: str,
+    version: str,
+    device_ids: list[str],
+    waves: list[int],
+    gates: GatePolicy,
+    now: float,
+    seed: int | None = None,
+) -> tuple[Rollout, list[Send], list[Event]]:
     """Set the control cohort aside, assign the rest to waves (one shuffle seeded by the rollout id), open wave 1."""
     if not device_ids:
         raise RolloutError("no devices match the selection; nothing to roll out")
@@ -184,13 +203,14 @@ def new_rollout(rollout_id: str, model: str, version: str, device_ids: list[str]
     order = sorted(set(device_ids))
     random.Random(seed if seed is not None else rollout_id).shuffle(order)
     k = control_size(len(order), gates)
-    control, order = sorted(order[len(order) - k:]), order[:len(order) - k]
+    control, order = sorted(order[len(order) - k :]), order[: len(order) - k]
     cut = wave_cutoffs(len(order), waves)
     devices: dict[str, DeviceProgress] = {}
     for i, dev in enumerate(order):
         devices[dev] = DeviceProgress(dev, next(w for w, c in enumerate(cut) if i < c))
-    r = Rollout(rollout_id, model, version, waves, gates, now, devices, wave_opened_at=now, updated_at=now,
-                control=control)
+    r = Rollout(
+        rollout_id, model, version, waves, gates, now, devices, wave_opened_at=now, updated_at=now, control=control
+    )
     events = [Event("created", {"devices": len(order), "waves": waves, "wave_sizes": cut, "control": len(control)})]
     return r, _send_wave(r, now, events), events
 
@@ -205,8 +225,9 @@ def _send_wave(r: Rollout, now: float, events: list[Event]) -> list[Send]:
     return sends
 
 
-def on_status(r: Rollout, device_id: str, step: str, result: str, reason: str, health: dict[str, Any],
-              now: float) -> tuple[list[Send], list[Event]]:
+def on_status(
+    r: Rollout, device_id: str, step: str, result: str, reason: str, health: dict[str, Any], now: float
+) -> tuple[list[Send], list[Event]]:
     """A device reported a step of this rollout; a failure may halt it at once."""
     d = r.devices.get(device_id)
     if d is None:
@@ -214,8 +235,9 @@ def on_status(r: Rollout, device_id: str, step: str, result: str, reason: str, h
     if step == "rejected" and d.state in ("committed", "failed", "rolled_back"):
         # A catch-up resend after a restart is refused by anti-rollback; the device's earlier,
         # more precise outcome for this version stands.
-        return [], [Event("device_step", {"step": step, "result": result, "reason": reason, "kept": d.state},
-                          device_id)]
+        return [], [
+            Event("device_step", {"step": step, "result": result, "reason": reason, "kept": d.state}, device_id)
+        ]
     d.step, d.reason, d.updated_at = step, reason, now
     if health:
         d.health = health
@@ -233,8 +255,13 @@ def on_status(r: Rollout, device_id: str, step: str, result: str, reason: str, h
     if r.status in ACTIVE_STATUSES:
         failures = [x for x in r.opened() if x.state in DEVICE_FAILURES]
         if len(failures) > r.gates.max_failure_rate * len(r.opened()):
-            sends += halt(r, f"wave {r.wave + 1}: {len(failures)} of {len(r.opened())} devices failed "
-                             f"(last: {device_id}: {step}: {reason})", now, events)
+            sends += halt(
+                r,
+                f"wave {r.wave + 1}: {len(failures)} of {len(r.opened())} devices failed "
+                f"(last: {device_id}: {step}: {reason})",
+                now,
+                events,
+            )
     return sends, events
 
 
@@ -262,8 +289,9 @@ def quality_query(r: Rollout) -> QualityQuery | None:
     return QualityQuery(wave, tuple(r.control), r.version, r.wave_opened_at)
 
 
-def tick(r: Rollout, now: float, drift_alerts: int = 0,
-         quality: Comparison | None = None) -> tuple[list[Send], list[Event]]:
+def tick(
+    r: Rollout, now: float, drift_alerts: int = 0, quality: Comparison | None = None
+) -> tuple[list[Send], list[Event]]:
     """Evaluate the open wave's gate: open the next wave, complete, halt, or keep waiting.
 
     With a control cohort, `quality` is the wave-vs-control comparison for `quality_query(r)`;
@@ -274,14 +302,20 @@ def tick(r: Rollout, now: float, drift_alerts: int = 0,
         return [], events
     opened = r.opened()
     reported, needed = _reported(r)
-    timed_out = (r.gates.wave_timeout_s is not None
-                 and now - max(r.wave_opened_at, r.wave_clock_from) > r.gates.wave_timeout_s)
+    timed_out = (
+        r.gates.wave_timeout_s is not None and now - max(r.wave_opened_at, r.wave_clock_from) > r.gates.wave_timeout_s
+    )
     if len(reported) < needed:
         if timed_out:
             blind = sum(1 for d in opened if not has_figures(d))
-            return halt(r, f"wave {r.wave + 1}: only {len(reported)} of {len(opened)} devices reported within "
-                           f"{r.gates.wave_timeout_s:g}s (need {needed})"
-                           + (f"; {blind} committed without health figures" if blind else ""), now, events), events
+            return halt(
+                r,
+                f"wave {r.wave + 1}: only {len(reported)} of {len(opened)} devices reported within "
+                f"{r.gates.wave_timeout_s:g}s (need {needed})"
+                + (f"; {blind} committed without health figures" if blind else ""),
+                now,
+                events,
+            ), events
         return [], events
     problem = gate_problem(r, drift_alerts)
     if problem:
@@ -324,7 +358,9 @@ def gate_problem(r: Rollout, drift_alerts: int) -> str | None:
     for d in committed:
         base, cur = d.health.get("baseline") or {}, d.health.get("current") or {}
         if cur.get("requests"):
-            rises.append(cur.get("fallback_rate", 0.0) - (base.get("fallback_rate", 0.0) if base.get("requests") else 0.0))
+            rises.append(
+                cur.get("fallback_rate", 0.0) - (base.get("fallback_rate", 0.0) if base.get("requests") else 0.0)
+            )
             if base.get("latency_p95_ms") and cur.get("latency_p95_ms") is not None:
                 ratios.append(cur["latency_p95_ms"] / base["latency_p95_ms"])
     if rises and sum(rises) / len(rises) > g.max_fallback_rise:
@@ -394,9 +430,12 @@ def rollback(r: Rollout, now: float) -> tuple[list[Send], list[Event]]:
 
 def catch_up(r: Rollout) -> list[Send]:
     """A device came back online: repeat what it has not answered yet."""
-    return [Send(d.device_id, "rollback" if d.rollback_requested else "install")
-            for d in r.devices.values() if d.state in ("sent", "in_progress", "rollback_sent")
-            and (r.status in ("running", "completed") or d.rollback_requested)]
+    return [
+        Send(d.device_id, "rollback" if d.rollback_requested else "install")
+        for d in r.devices.values()
+        if d.state in ("sent", "in_progress", "rollback_sent")
+        and (r.status in ("running", "completed") or d.rollback_requested)
+    ]
 
 
 def catch_up_device(r: Rollout, device_id: str) -> list[Send]:

@@ -32,13 +32,13 @@ class CohortFigures:
     devices: int = 0
     windows: int = 0
     requests: int = 0
-    fallbacks: int = 0            # answered by the hub, or wanted it and got the degraded local answer
+    fallbacks: int = 0  # answered by the hub, or wanted it and got the degraded local answer
     errors: int = 0
     confidence: tuple[int, ...] = field(default_factory=lambda: (0,) * 20)
     classes: tuple[int, ...] = ()
-    shadow_samples: int = 0       # rows also answered by the hub (shadow mode)
-    shadow_agree: int = 0         # of those, rows whose edge top-1 class matched the hub's
-    budget_spent: int = 0         # degraded answers because a device's fallback budget was spent
+    shadow_samples: int = 0  # rows also answered by the hub (shadow mode)
+    shadow_agree: int = 0  # of those, rows whose edge top-1 class matched the hub's
+    budget_spent: int = 0  # degraded answers because a device's fallback budget was spent
 
     @property
     def agreement(self) -> float | None:
@@ -55,15 +55,21 @@ class CohortFigures:
     @property
     def mean_confidence(self) -> float | None:
         n = sum(self.confidence)
-        return float(np.dot(self.confidence, _CENTRES[:len(self.confidence)]) / n) if n else None
+        return float(np.dot(self.confidence, _CENTRES[: len(self.confidence)]) / n) if n else None
 
     def as_dict(self) -> dict[str, Any]:
         mean, agreement = self.mean_confidence, self.agreement
-        return {"devices": self.devices, "windows": self.windows, "requests": self.requests,
-                "fallback_rate": round(self.fallback_rate, 4), "error_rate": round(self.error_rate, 4),
-                "mean_confidence": None if mean is None else round(mean, 4),
-                "shadow_samples": self.shadow_samples,
-                "agreement": None if agreement is None else round(agreement, 4), "budget_spent": self.budget_spent}
+        return {
+            "devices": self.devices,
+            "windows": self.windows,
+            "requests": self.requests,
+            "fallback_rate": round(self.fallback_rate, 4),
+            "error_rate": round(self.error_rate, 4),
+            "mean_confidence": None if mean is None else round(mean, 4),
+            "shadow_samples": self.shadow_samples,
+            "agreement": None if agreement is None else round(agreement, 4),
+            "budget_spent": self.budget_spent,
+        }
 
 
 def figures(windows: Iterable[TelemetryWindow]) -> CohortFigures:
@@ -87,17 +93,27 @@ def figures(windows: Iterable[TelemetryWindow]) -> CohortFigures:
         if len(w.class_counts):
             if len(w.class_counts) > len(classes):
                 classes = np.concatenate([classes, np.zeros(len(w.class_counts) - len(classes), dtype=np.int64)])
-            classes[:len(w.class_counts)] += np.asarray(w.class_counts, dtype=np.int64)
-    return CohortFigures(len(devices), n, requests, fallbacks, errors, tuple(conf.tolist()), tuple(classes.tolist()),
-                         shadow_samples, shadow_agree, budget_spent)
+            classes[: len(w.class_counts)] += np.asarray(w.class_counts, dtype=np.int64)
+    return CohortFigures(
+        len(devices),
+        n,
+        requests,
+        fallbacks,
+        errors,
+        tuple(conf.tolist()),
+        tuple(classes.tolist()),
+        shadow_samples,
+        shadow_agree,
+        budget_spent,
+    )
 
 
 @dataclass(frozen=True)
 class QualityQuery:
     """What the shell must fetch: windows of these devices that ended after `since`."""
 
-    wave_devices: tuple[str, ...]      # opened, committed, not control: judged on `version` windows only
-    control_devices: tuple[str, ...]   # judged on windows of any other version
+    wave_devices: tuple[str, ...]  # opened, committed, not control: judged on `version` windows only
+    control_devices: tuple[str, ...]  # judged on windows of any other version
     version: str
     since: float
 
@@ -112,12 +128,18 @@ class Comparison:
     until: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"wave": self.wave.as_dict(), "control": self.control.as_dict(), "since": self.since,
-                "until": self.until, **{k: round(v, 4) for k, v in shifts(self).items()}}
+        return {
+            "wave": self.wave.as_dict(),
+            "control": self.control.as_dict(),
+            "since": self.since,
+            "until": self.until,
+            **{k: round(v, 4) for k, v in shifts(self).items()},
+        }
 
 
-def compare_cohorts(q: QualityQuery, wave_payloads: Iterable[bytes], control_payloads: Iterable[bytes],
-                    until: float) -> Comparison:
+def compare_cohorts(
+    q: QualityQuery, wave_payloads: Iterable[bytes], control_payloads: Iterable[bytes], until: float
+) -> Comparison:
     """Stored window payloads -> the comparison: the wave on the new version only, the control on any other."""
     wave = [w for w in _decode(wave_payloads) if w.model_version == q.version]
     control = [w for w in _decode(control_payloads) if w.model_version != q.version]
@@ -135,8 +157,10 @@ def _decode(payloads: Iterable[bytes]) -> Iterable[TelemetryWindow]:
 def shifts(c: Comparison) -> dict[str, float]:
     """PSI of the wave's confidence and class mix against the control's (0 when either is empty)."""
     out = {}
-    for name, a, b in (("confidence_psi", c.control.confidence, c.wave.confidence),
-                       ("class_psi", c.control.classes, c.wave.classes)):
+    for name, a, b in (
+        ("confidence_psi", c.control.confidence, c.wave.confidence),
+        ("class_psi", c.control.classes, c.wave.classes),
+    ):
         out[name] = compare(a, b).psi if sum(a) and sum(b) else 0.0
     return out
 
@@ -147,26 +171,34 @@ def verdict(c: Comparison | None, gates: Any) -> tuple[Verdict, str]:
     if c is None:
         return "wait", "no quality figures yet"
     if c.wave.requests < need or c.control.requests < need:
-        return "wait", (f"quality figures: wave {c.wave.requests} requests, control {c.control.requests}, "
-                        f"need {need} each")
+        return "wait", (
+            f"quality figures: wave {c.wave.requests} requests, control {c.control.requests}, need {need} each"
+        )
     w, k = c.wave, c.control
     if w.fallback_rate - k.fallback_rate > gates.max_fallback_rise_vs_control:
-        return "halt", (f"fallback rate {w.fallback_rate:.2f} vs control {k.fallback_rate:.2f} "
-                        f"(max rise {gates.max_fallback_rise_vs_control:.2f})")
+        return "halt", (
+            f"fallback rate {w.fallback_rate:.2f} vs control {k.fallback_rate:.2f} "
+            f"(max rise {gates.max_fallback_rise_vs_control:.2f})"
+        )
     if w.error_rate - k.error_rate > gates.max_error_rise_vs_control:
-        return "halt", (f"error rate {w.error_rate:.2f} vs control {k.error_rate:.2f} "
-                        f"(max rise {gates.max_error_rise_vs_control:.2f})")
+        return "halt", (
+            f"error rate {w.error_rate:.2f} vs control {k.error_rate:.2f} "
+            f"(max rise {gates.max_error_rise_vs_control:.2f})"
+        )
     wm, km = w.mean_confidence, k.mean_confidence
     if wm is not None and km is not None and km - wm > gates.max_confidence_drop_vs_control:
-        return "halt", (f"mean confidence {wm:.2f} vs control {km:.2f} "
-                        f"(max drop {gates.max_confidence_drop_vs_control:.2f})")
+        return "halt", (
+            f"mean confidence {wm:.2f} vs control {km:.2f} (max drop {gates.max_confidence_drop_vs_control:.2f})"
+        )
     halt = _agreement_gate(w, k, gates)
     if halt:
         return "halt", halt
     s = shifts(c)
     if gates.max_confidence_psi_vs_control is not None and s["confidence_psi"] > gates.max_confidence_psi_vs_control:
-        return "halt", (f"confidence distribution PSI {s['confidence_psi']:.2f} vs control "
-                        f"(max {gates.max_confidence_psi_vs_control:.2f})")
+        return "halt", (
+            f"confidence distribution PSI {s['confidence_psi']:.2f} vs control "
+            f"(max {gates.max_confidence_psi_vs_control:.2f})"
+        )
     if gates.max_class_psi_vs_control is not None and s["class_psi"] > gates.max_class_psi_vs_control:
         return "halt", f"class mix PSI {s['class_psi']:.2f} vs control (max {gates.max_class_psi_vs_control:.2f})"
     return "pass", ""
@@ -185,5 +217,7 @@ def _agreement_gate(w: CohortFigures, k: CohortFigures, gates: Any) -> str:
     wa, ka = w.agreement, k.agreement
     if wa is None or ka is None or ka - wa <= limit:
         return ""
-    return (f"shadow agreement with the cloud model {wa:.2f} vs control {ka:.2f} (max drop {limit:.2f}; "
-            f"{w.shadow_samples} wave and {k.shadow_samples} control shadow samples)")
+    return (
+        f"shadow agreement with the cloud model {wa:.2f} vs control {ka:.2f} (max drop {limit:.2f}; "
+        f"{w.shadow_samples} wave and {k.shadow_samples} control shadow samples)"
+    )

@@ -27,8 +27,12 @@ class GatesIn(StrictIn):
     min_devices: int = Field(1, ge=1, le=1_000_000)
     wave_timeout_s: float | None = Field(900.0, gt=0, le=30 * 86400)
     auto_rollback: bool = True
-    control_fraction: float = Field(0.0, ge=0, lt=1, description="share of the selection kept on its current "
-                                    "version as a control cohort (never sent a command)")
+    control_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the selection kept on its current version as a control cohort (never sent a command)",
+    )
     control_devices: int = Field(0, ge=0, le=1_000_000, description="or at least this many control devices")
     min_quality_requests: int = Field(200, ge=1, le=10**9, description="requests per cohort before quality decides")
     max_fallback_rise_vs_control: float = Field(0.10, ge=0, le=1)
@@ -36,8 +40,9 @@ class GatesIn(StrictIn):
     max_confidence_drop_vs_control: float = Field(0.10, ge=0, le=1)
     max_confidence_psi_vs_control: float | None = Field(0.25, ge=0, le=100, description="null: not gated")
     max_class_psi_vs_control: float | None = Field(0.25, ge=0, le=100, description="null: not gated")
-    max_agreement_drop_vs_control: float | None = Field(0.05, ge=0, le=1, description="shadow agreement with the "
-                                                        "cloud model, wave below control; null: not gated")
+    max_agreement_drop_vs_control: float | None = Field(
+        0.05, ge=0, le=1, description="shadow agreement with the cloud model, wave below control; null: not gated"
+    )
     min_shadow_samples: int = Field(100, ge=1, le=10**9, description="shadow samples per cohort before it decides")
 
 
@@ -53,13 +58,21 @@ class RolloutIn(StrictIn):
 def _service(hub: Any) -> Any:
     service = getattr(hub, "rollouts", None)
     if service is None:
-        raise ServiceUnavailableError("OTA rollouts are not running on this hub (HubConfig.rollouts, env TANDEM_HUB_ROLLOUTS)")
+        raise ServiceUnavailableError(
+            "OTA rollouts are not running on this hub (HubConfig.rollouts, env TANDEM_HUB_ROLLOUTS)"
+        )
     return service
 
 
-@router.post("", status_code=201, dependencies=[Depends(require("operate"))],
-             responses={404: {"model": ErrorBody, "description": "model version not registered"},
-                        422: {"model": ErrorBody, "description": "bad waves, gates or no matching device"}})
+@router.post(
+    "",
+    status_code=201,
+    dependencies=[Depends(require("operate"))],
+    responses={
+        404: {"model": ErrorBody, "description": "model version not registered"},
+        422: {"model": ErrorBody, "description": "bad waves, gates or no matching device"},
+    },
+)
 def start_rollout(body: RolloutIn, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     """Roll a registered version out in waves; wave 1 is sent at once."""
     try:
@@ -71,15 +84,21 @@ def start_rollout(body: RolloutIn, hub: Any = Depends(get_hub)) -> dict[str, Any
 
 
 @router.get("", dependencies=[Depends(require("read"))])
-def list_rollouts(status: Literal["running", "paused", "halted", "completed", "aborted", "rolled_back"] | None = Query(None),
-                  page: Paging = Depends(paging), hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def list_rollouts(
+    status: Literal["running", "paused", "halted", "completed", "aborted", "rolled_back"] | None = Query(None),
+    page: Paging = Depends(paging),
+    hub: Any = Depends(get_hub),
+) -> dict[str, Any]:
     items, total = _service(hub).list(status, page.limit, page.offset)
     return {"items": [rollout_summary(r) for r in items], "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/{rollout_id}", responses=_404, dependencies=[Depends(require("read"))])
-def get_rollout(rollout_id: str, events: int = Query(50, ge=0, le=1000, description="recent events to include"),
-                hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def get_rollout(
+    rollout_id: str,
+    events: int = Query(50, ge=0, le=1000, description="recent events to include"),
+    hub: Any = Depends(get_hub),
+) -> dict[str, Any]:
     service = _service(hub)
     data = rollout_detail(service.get(rollout_id))
     if events:
@@ -92,13 +111,20 @@ def _action(name: str):
         return rollout_detail(getattr(_service(hub), name)(rollout_id))
 
     act.__name__ = f"{name}_rollout"
-    act.__doc__ = {"pause": "Send no more commands and open no wave until resumed.",
-                   "resume": "Continue a paused (or halted, not rolled back) rollout.",
-                   "abort": "Stop for good; devices keep what they run.",
-                   "rollback": "Tell every device that took this version to go back to its previous one."}[name]
+    act.__doc__ = {
+        "pause": "Send no more commands and open no wave until resumed.",
+        "resume": "Continue a paused (or halted, not rolled back) rollout.",
+        "abort": "Stop for good; devices keep what they run.",
+        "rollback": "Tell every device that took this version to go back to its previous one.",
+    }[name]
     return act
 
 
 for _name in ("pause", "resume", "abort", "rollback"):
-    router.add_api_route(f"/{{rollout_id}}/{_name}", _action(_name), methods=["POST"], responses={**_404, **_409},
-                         dependencies=[Depends(require("operate"))])
+    router.add_api_route(
+        f"/{{rollout_id}}/{_name}",
+        _action(_name),
+        methods=["POST"],
+        responses={**_404, **_409},
+        dependencies=[Depends(require("operate"))],
+    )

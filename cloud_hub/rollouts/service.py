@@ -39,7 +39,7 @@ from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 
 log = logging.getLogger(__name__)
 
-DriftAlerts = Callable[[str, str], int]   # (model, version) -> open drift alerts
+DriftAlerts = Callable[[str, str], int]  # (model, version) -> open drift alerts
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps the rollouts session (and queues statuses) this long
 
 DeviceWindows = Callable[[list[str], float], list[bytes]]  # (device ids, since) -> stored window payloads
@@ -48,19 +48,27 @@ DeviceWindows = Callable[[list[str], float], list[bytes]]  # (device ids, since)
 @dataclass(frozen=True)
 class RolloutServiceConfig:
     mqtt_url: str
-    public_url: str                  # the hub's HTTP base URL as devices reach it
+    public_url: str  # the hub's HTTP base URL as devices reach it
     tick_s: float = 0.5
-    command_ttl_s: float = 3600.0    # a command's deadline; catch-up re-issues fresh ones
-    watch_s: float | None = None     # health-watch length sent to devices; None: each device's default
+    command_ttl_s: float = 3600.0  # a command's deadline; catch-up re-issues fresh ones
+    watch_s: float | None = None  # health-watch length sent to devices; None: each device's default
     client_id: str = "tandem-hub-rollouts"
-    tls: TlsFiles | None = None      # the hub's MQTT identity (mqtts://); None: plain text, development only
+    tls: TlsFiles | None = None  # the hub's MQTT identity (mqtts://); None: plain text, development only
     quality_interval_s: float = 2.0  # how often a waiting wave's quality figures are re-read from telemetry
 
 
 class RolloutService:
-    def __init__(self, store: RolloutStore, registry: ModelRegistry, devices: DeviceRegistry, key: ReleaseKey,
-                 config: RolloutServiceConfig, drift_alerts: DriftAlerts | None = None,
-                 clock: Callable[[], float] = time.time, device_windows: DeviceWindows | None = None) -> None:
+    def __init__(
+        self,
+        store: RolloutStore,
+        registry: ModelRegistry,
+        devices: DeviceRegistry,
+        key: ReleaseKey,
+        config: RolloutServiceConfig,
+        drift_alerts: DriftAlerts | None = None,
+        clock: Callable[[], float] = time.time,
+        device_windows: DeviceWindows | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.devices = devices
@@ -93,7 +101,9 @@ class RolloutService:
 
     def start(self) -> "RolloutService":
         props = Properties(PacketTypes.CONNECT)
-        props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES  # broker drops bigger
+        props.MaximumPacketSize = (
+            limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES
+        )  # broker drops bigger
         # persistent, like telemetry's: device statuses sent while the hub is down wait in the broker for it
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         self._client.connect_async(*self._mqtt_addr, keepalive=10, clean_start=False, properties=props)
@@ -115,8 +125,15 @@ class RolloutService:
 
     # -- operator API (REST and CLI call these) -------------------------------------------
 
-    def create(self, model: str, version: str, select: dict[str, str] | None = None, waves: list[int] | str = "5,25,100",
-               gates: GatePolicy | None = None, device_ids: list[str] | None = None) -> Rollout:
+    def create(
+        self,
+        model: str,
+        version: str,
+        select: dict[str, str] | None = None,
+        waves: list[int] | str = "5,25,100",
+        gates: GatePolicy | None = None,
+        device_ids: list[str] | None = None,
+    ) -> Rollout:
         """Start a rollout of a registered model version to the selected devices, wave 1 now."""
         manifest = self.registry.manifest(model, version)  # NotFoundError if not registered
         targets = set(manifest.get("target_profiles", []))
@@ -128,17 +145,20 @@ class RolloutService:
             candidates = [d for d in candidates if d.device_id in wanted]
         chosen = [d.device_id for d in candidates if d.profile in targets]
         if not chosen:
-            raise InvalidInputError(f"no registered device matches the selection {dict(select, profile=profile)} "
-                                    f"and a target profile of {model} {version} ({', '.join(sorted(targets))})")
+            raise InvalidInputError(
+                f"no registered device matches the selection {dict(select, profile=profile)} "
+                f"and a target profile of {model} {version} ({', '.join(sorted(targets))})"
+            )
         gates = gates or GatePolicy()
         if (gates.control_fraction or gates.control_devices) and self.device_windows is None:
-            raise InvalidInputError("a control cohort needs the hub's telemetry to compare against "
-                                    "(HubConfig.telemetry, env TANDEM_HUB_TELEMETRY)")
+            raise InvalidInputError(
+                "a control cohort needs the hub's telemetry to compare against "
+                "(HubConfig.telemetry, env TANDEM_HUB_TELEMETRY)"
+            )
         rollout_id = f"ro-{secrets.token_hex(5)}"
         now = self.clock()
         try:
-            r, sends, events = ctl.new_rollout(rollout_id, model, version, chosen, ctl.parse_waves(waves),
-                                               gates, now)
+            r, sends, events = ctl.new_rollout(rollout_id, model, version, chosen, ctl.parse_waves(waves), gates, now)
         except RolloutError as exc:
             raise InvalidInputError(str(exc)) from exc
         with self._lock:
@@ -235,12 +255,15 @@ class RolloutService:
                 r = self._rollouts.get(status.rollout_id)
                 if r is None:
                     return
-                sends, events = ctl.on_status(r, status.device_id, status.step, status.result, status.reason,
-                                              status.health, self.clock())
+                sends, events = ctl.on_status(
+                    r, status.device_id, status.step, status.result, status.reason, status.health, self.clock()
+                )
                 self._commit(r, sends, events)
             if status.active_version is not None:
                 try:
-                    self.devices.heartbeat(status.device_id, model_name=status.model, model_version=status.active_version)
+                    self.devices.heartbeat(
+                        status.device_id, model_name=status.model, model_version=status.active_version
+                    )
                 except NotFoundError:
                     pass
         elif parsed.kind == topics.STATUS and parsed.device_id is not None:
@@ -290,8 +313,12 @@ class RolloutService:
         cached = self._quality.get(r.rollout_id)
         if cached is not None and cached[0] == q and now - cached[1] < self.config.quality_interval_s:
             return cached[2]
-        figures = quality.compare_cohorts(q, self.device_windows(list(q.wave_devices), q.since),
-                                          self.device_windows(list(q.control_devices), q.since), now)
+        figures = quality.compare_cohorts(
+            q,
+            self.device_windows(list(q.wave_devices), q.since),
+            self.device_windows(list(q.control_devices), q.since),
+            now,
+        )
         self._quality[r.rollout_id] = (q, now, figures)
         return figures
 
@@ -310,22 +337,41 @@ class RolloutService:
         base = self.config.public_url.rstrip("/")
         now = self.clock()
         cmd = OtaCommand(
-            rollout_id=r.rollout_id, action=s.action, model=r.model, version=r.version,
+            rollout_id=r.rollout_id,
+            action=s.action,
+            model=r.model,
+            version=r.version,
             manifest_url=f"{base}/v1/models/{r.model}/versions/{r.version}/manifest",
             manifest_sha256=self._digest(r.model, r.version),
-            artifact_base_url=f"{base}/v1/artifacts", issued_at=now, deadline=now + self.config.command_ttl_s,
+            artifact_base_url=f"{base}/v1/artifacts",
+            issued_at=now,
+            deadline=now + self.config.command_ttl_s,
             watch_s=self.config.watch_s,
         )
-        self._client.publish(topics.ota_cmd_topic(s.device_id), encode_command(cmd, self.key.private_key), qos=1,
-                             properties=publish_properties(topics.OTA_CMD))
+        self._client.publish(
+            topics.ota_cmd_topic(s.device_id),
+            encode_command(cmd, self.key.private_key),
+            qos=1,
+            properties=publish_properties(topics.OTA_CMD),
+        )
         self.sent += 1
 
 
 def rollout_summary(r: Rollout) -> dict[str, Any]:
     """What lists show: no per-device rows."""
-    return {"rollout_id": r.rollout_id, "model": r.model, "version": r.version, "status": r.status,
-            "wave": r.wave + 1, "waves": r.waves, "reason": r.reason, "devices": len(r.devices), "counts": r.counts(),
-            "created_at": r.created_at, "updated_at": r.updated_at}
+    return {
+        "rollout_id": r.rollout_id,
+        "model": r.model,
+        "version": r.version,
+        "status": r.status,
+        "wave": r.wave + 1,
+        "waves": r.waves,
+        "reason": r.reason,
+        "devices": len(r.devices),
+        "counts": r.counts(),
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
 
 
 def rollout_detail(r: Rollout) -> dict[str, Any]:
@@ -333,6 +379,15 @@ def rollout_detail(r: Rollout) -> dict[str, Any]:
     data["gates"] = r.gates.__dict__.copy()
     data["control"] = list(r.control)
     data["quality"] = r.quality
-    data["device_states"] = [{"device_id": d.device_id, "wave": d.wave + 1, "state": d.state, "step": d.step,
-                              "reason": d.reason, "updated_at": d.updated_at} for d in r.devices.values()]
+    data["device_states"] = [
+        {
+            "device_id": d.device_id,
+            "wave": d.wave + 1,
+            "state": d.state,
+            "step": d.step,
+            "reason": d.reason,
+            "updated_at": d.updated_at,
+        }
+        for d in r.devices.values()
+    ]
     return data

@@ -18,8 +18,11 @@ from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
 ROLLOUTS_DB_FILENAME = "rollouts.sqlite"
 
 ROLLOUT_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "rollouts, rollout events, ota status dedupe", (
-        """CREATE TABLE rollouts (
+    Migration(
+        1,
+        "rollouts, rollout events, ota status dedupe",
+        (
+            """CREATE TABLE rollouts (
             rollout_id TEXT PRIMARY KEY,
             model TEXT NOT NULL,
             version TEXT NOT NULL,
@@ -27,20 +30,21 @@ ROLLOUT_MIGRATIONS: tuple[Migration, ...] = (
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL,
             doc TEXT NOT NULL)""",
-        "CREATE INDEX rollouts_status ON rollouts (status)",
-        """CREATE TABLE rollout_events (
+            "CREATE INDEX rollouts_status ON rollouts (status)",
+            """CREATE TABLE rollout_events (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             rollout_id TEXT NOT NULL,
             at REAL NOT NULL,
             kind TEXT NOT NULL,
             device_id TEXT,
             detail TEXT NOT NULL)""",
-        "CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id)",
-        """CREATE TABLE ota_status_seen (
+            "CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id)",
+            """CREATE TABLE ota_status_seen (
             device_id TEXT NOT NULL,
             seq INTEGER NOT NULL,
             PRIMARY KEY (device_id, seq))""",
-    )),
+        ),
+    ),
 )
 
 
@@ -63,13 +67,31 @@ class RolloutStore:
         """Write the rollout's state and its new events in one transaction."""
         now = time.time() if now is None else now
         with self.db.transaction() as db:
-            db["rollouts"].upsert({"rollout_id": r.rollout_id, "model": r.model, "version": r.version,
-                                   "status": r.status, "created_at": r.created_at, "updated_at": r.updated_at,
-                                   "doc": json.dumps(r.to_dict(), sort_keys=True)}, pk="rollout_id")
+            db["rollouts"].upsert(
+                {
+                    "rollout_id": r.rollout_id,
+                    "model": r.model,
+                    "version": r.version,
+                    "status": r.status,
+                    "created_at": r.created_at,
+                    "updated_at": r.updated_at,
+                    "doc": json.dumps(r.to_dict(), sort_keys=True),
+                },
+                pk="rollout_id",
+            )
             if events:
-                db["rollout_events"].insert_all([{"rollout_id": r.rollout_id, "at": now, "kind": e.kind,
-                                                  "device_id": e.device_id, "detail": json.dumps(e.detail, sort_keys=True)}
-                                                 for e in events])
+                db["rollout_events"].insert_all(
+                    [
+                        {
+                            "rollout_id": r.rollout_id,
+                            "at": now,
+                            "kind": e.kind,
+                            "device_id": e.device_id,
+                            "detail": json.dumps(e.detail, sort_keys=True),
+                        }
+                        for e in events
+                    ]
+                )
 
     def get(self, rollout_id: str) -> Rollout:
         rows = self.db.query("SELECT doc FROM rollouts WHERE rollout_id=?", [rollout_id])
@@ -80,25 +102,35 @@ class RolloutStore:
     def list(self, status: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Rollout], int]:
         where, params = ("WHERE status=?", [status]) if status else ("", [])
         total = self.db.query(f"SELECT COUNT(*) AS n FROM rollouts {where}", params)[0]["n"]
-        rows = self.db.query(f"SELECT doc FROM rollouts {where} ORDER BY created_at DESC, rollout_id LIMIT ? OFFSET ?",
-                             params + [limit, offset])
+        rows = self.db.query(
+            f"SELECT doc FROM rollouts {where} ORDER BY created_at DESC, rollout_id LIMIT ? OFFSET ?",
+            params + [limit, offset],
+        )
         return [Rollout.from_dict(json.loads(r["doc"])) for r in rows], total
 
     def active(self) -> list[Rollout]:
         """Rollouts that may still send commands (including completed ones with devices to catch up)."""
-        rows = self.db.query("SELECT doc FROM rollouts WHERE status IN ('running','paused','halted','completed','rolled_back')")
+        rows = self.db.query(
+            "SELECT doc FROM rollouts WHERE status IN ('running','paused','halted','completed','rolled_back')"
+        )
         return [Rollout.from_dict(json.loads(r["doc"])) for r in rows]
 
     def events(self, rollout_id: str, limit: int = 200, after_id: int = 0) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT id, at, kind, device_id, detail FROM rollout_events WHERE rollout_id=? AND id>? "
-                             "ORDER BY id LIMIT ?", [rollout_id, after_id, limit])
+        rows = self.db.query(
+            "SELECT id, at, kind, device_id, detail FROM rollout_events WHERE rollout_id=? AND id>? "
+            "ORDER BY id LIMIT ?",
+            [rollout_id, after_id, limit],
+        )
         for row in rows:
             row["detail"] = json.loads(row["detail"])
         return rows
 
     def recent_events(self, rollout_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT * FROM (SELECT id, at, kind, device_id, detail FROM rollout_events "
-                             "WHERE rollout_id=? ORDER BY id DESC LIMIT ?) ORDER BY id", [rollout_id, limit])
+        rows = self.db.query(
+            "SELECT * FROM (SELECT id, at, kind, device_id, detail FROM rollout_events "
+            "WHERE rollout_id=? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            [rollout_id, limit],
+        )
         for row in rows:
             row["detail"] = json.loads(row["detail"])
         return rows

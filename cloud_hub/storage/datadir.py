@@ -24,7 +24,7 @@ from tandem.cloud_hub.errors import HubError
 log = logging.getLogger(__name__)
 
 LOCK_FILENAME = "hub.lock"
-UPLOAD_PREFIX = "upload-"   # cloud_hub.rest.routes_models' temporary upload folders
+UPLOAD_PREFIX = "upload-"  # cloud_hub.rest.routes_models' temporary upload folders
 ARTIFACTS_TMP = ("artifacts", "tmp")
 
 

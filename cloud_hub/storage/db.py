@@ -35,8 +35,11 @@ class Migration:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "models, variants, files, devices, tokens", (
-        """CREATE TABLE models (
+    Migration(
+        1,
+        "models, variants, files, devices, tokens",
+        (
+            """CREATE TABLE models (
             name TEXT NOT NULL,
             version TEXT NOT NULL,
             version_key TEXT NOT NULL,
@@ -46,7 +49,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             registered_at REAL NOT NULL,
             size_bytes INTEGER NOT NULL,
             PRIMARY KEY (name, version))""",
-        """CREATE TABLE variants (
+            """CREATE TABLE variants (
             model TEXT NOT NULL,
             version TEXT NOT NULL,
             variant_id TEXT NOT NULL,
@@ -55,15 +58,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             profiles TEXT NOT NULL,
             size_bytes INTEGER NOT NULL,
             PRIMARY KEY (model, version, variant_id))""",
-        """CREATE TABLE model_files (
+            """CREATE TABLE model_files (
             model TEXT NOT NULL,
             version TEXT NOT NULL,
             path TEXT NOT NULL,
             sha256 TEXT NOT NULL,
             size INTEGER NOT NULL,
             PRIMARY KEY (model, version, path))""",
-        "CREATE INDEX model_files_sha256 ON model_files (sha256)",
-        """CREATE TABLE devices (
+            "CREATE INDEX model_files_sha256 ON model_files (sha256)",
+            """CREATE TABLE devices (
             device_id TEXT PRIMARY KEY,
             profile TEXT NOT NULL,
             agent_version TEXT NOT NULL,
@@ -72,7 +75,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             model_version TEXT,
             registered_at REAL NOT NULL,
             last_seen REAL NOT NULL)""",
-        """CREATE TABLE tokens (
+            """CREATE TABLE tokens (
             token_id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             scope TEXT NOT NULL,
@@ -80,13 +83,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             created_at REAL NOT NULL,
             revoked_at REAL,
             last_used_at REAL)""",
-    )),
+        ),
+    ),
     # Presence from MQTT: the newest retained status or last will ('online'/'offline', NULL: never said) and its
     # order key (boot, connection, offline), so a late will never overrides a newer online (cloud_hub/presence.py).
-    Migration(2, "device presence from MQTT status and last will", (
-        "ALTER TABLE devices ADD COLUMN presence TEXT",
-        "ALTER TABLE devices ADD COLUMN presence_key TEXT",
-    )),
+    Migration(
+        2,
+        "device presence from MQTT status and last will",
+        (
+            "ALTER TABLE devices ADD COLUMN presence TEXT",
+            "ALTER TABLE devices ADD COLUMN presence_key TEXT",
+        ),
+    ),
 )
 
 
@@ -168,5 +176,7 @@ def _migrate(hub_db: HubDatabase, migrations: Sequence[Migration]) -> None:
                     [migration.version, migration.name, time.time()],
                 )
         except sqlite3.Error as exc:
-            raise DatabaseError(f"{hub_db.path}: migration {migration.version} ({migration.name}) failed: {exc}") from exc
+            raise DatabaseError(
+                f"{hub_db.path}: migration {migration.version} ({migration.name}) failed: {exc}"
+            ) from exc
         log.info("applied migration version=%d name=%s", migration.version, migration.name)

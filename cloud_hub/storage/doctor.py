@@ -52,8 +52,12 @@ def check_database(path: Path, quick: bool = False) -> list[Problem]:
     problems: list[Problem] = []
     try:
         try:
-            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                                                 "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
         except sqlite3.Error as exc:
             return [Problem(path.name, "sqlite_master", f"schema unreadable ({exc})")]
         try:
@@ -112,6 +116,8 @@ def refuse_if_corrupt(data_dir: str | Path) -> None:
     """At hub start: the quick form over every database; one line naming file and table, then stop."""
     problems = check_databases(data_dir, quick=True)
     if problems:
-        raise StorageCorruptError(f"{Path(data_dir)}: corrupt database: {problems[0].line()}"
-                                  + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                                  + "; run `tandem-hub check --data-dir ...` and restore that file from a backup")
+        raise StorageCorruptError(
+            f"{Path(data_dir)}: corrupt database: {problems[0].line()}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            + "; run `tandem-hub check --data-dir ...` and restore that file from a backup"
+        )

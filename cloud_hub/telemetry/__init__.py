@@ -6,5 +6,15 @@ from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
 from tandem.cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
 from tandem.cloud_hub.telemetry.store import TelemetryStore
 
-__all__ = ["AlertState", "CohortKey", "DriftConfig", "DriftEngine", "Hysteresis", "IngestConfig", "TelemetryIngest",
-           "TelemetryIngestService", "TelemetryServiceConfig", "TelemetryStore"]
+__all__ = [
+    "AlertState",
+    "CohortKey",
+    "DriftConfig",
+    "DriftEngine",
+    "Hysteresis",
+    "IngestConfig",
+    "TelemetryIngest",
+    "TelemetryIngestService",
+    "TelemetryServiceConfig",
+    "TelemetryStore",
+]

@@ -34,8 +34,9 @@ class AlertState:
     below: int = 0
 
 
-def step(state: AlertState, value: float | None, rule: Hysteresis,
-         significant: bool = True) -> tuple[AlertState, Transition | None]:
+def step(
+    state: AlertState, value: float | None, rule: Hysteresis, significant: bool = True
+) -> tuple[AlertState, Transition | None]:
     """One evaluation. None (not enough data) changes nothing."""
     if value is None:
         return state, None

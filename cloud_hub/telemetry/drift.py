@@ -22,7 +22,7 @@ DEFAULT_MIN_REF_COUNT = 10.0
 @dataclass(frozen=True)
 class DriftStats:
     psi: float
-    js: float            # Jensen-Shannon divergence, base 2, in [0, 1]
+    js: float  # Jensen-Shannon divergence, base 2, in [0, 1]
     chi2: float
     dof: int
     p_value: float
@@ -30,8 +30,15 @@ class DriftStats:
     n_cur: int
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"psi": round(self.psi, 6), "js": round(self.js, 6), "chi2": round(self.chi2, 4), "dof": self.dof,
-                "p_value": self.p_value, "n_ref": self.n_ref, "n_cur": self.n_cur}
+        return {
+            "psi": round(self.psi, 6),
+            "js": round(self.js, 6),
+            "chi2": round(self.chi2, 4),
+            "dof": self.dof,
+            "p_value": self.p_value,
+            "n_ref": self.n_ref,
+            "n_cur": self.n_cur,
+        }
 
 
 def _as_counts(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +69,9 @@ def psi(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray, al
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def js_divergence(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray,
-                  alpha: float = DEFAULT_ALPHA) -> float:
+def js_divergence(
+    ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray, alpha: float = DEFAULT_ALPHA
+) -> float:
     """Jensen-Shannon divergence (base 2): symmetric, bounded in [0, 1]."""
     r, c = _as_counts(ref, cur)
     if not len(r):
@@ -98,8 +106,9 @@ def chi2_sf(x: float, dof: int) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-def merge_sparse(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray,
-                 min_ref_count: float = DEFAULT_MIN_REF_COUNT) -> tuple[np.ndarray, np.ndarray]:
+def merge_sparse(
+    ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray, min_ref_count: float = DEFAULT_MIN_REF_COUNT
+) -> tuple[np.ndarray, np.ndarray]:
     """Merge adjacent bins until each holds >= min_ref_count reference samples.
 
     Sparse reference bins (a confident classifier puts almost all its confidence mass
@@ -122,17 +131,30 @@ def merge_sparse(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.nd
         else:
             groups = [len(r)]
     starts = [0] + groups[:-1]
-    return (np.array([r[a:b].sum() for a, b in zip(starts, groups)]),
-            np.array([c[a:b].sum() for a, b in zip(starts, groups)]))
+    return (
+        np.array([r[a:b].sum() for a, b in zip(starts, groups)]),
+        np.array([c[a:b].sum() for a, b in zip(starts, groups)]),
+    )
 
 
-def compare(ref: Sequence[float] | np.ndarray, cur: Sequence[float] | np.ndarray,
-            alpha: float = DEFAULT_ALPHA, min_ref_count: float = DEFAULT_MIN_REF_COUNT) -> DriftStats:
+def compare(
+    ref: Sequence[float] | np.ndarray,
+    cur: Sequence[float] | np.ndarray,
+    alpha: float = DEFAULT_ALPHA,
+    min_ref_count: float = DEFAULT_MIN_REF_COUNT,
+) -> DriftStats:
     """All three statistics for one (reference, current) pair, over bins merged by `merge_sparse`."""
     r, c = merge_sparse(ref, cur, min_ref_count) if min_ref_count > 0 else _as_counts(ref, cur)
     stat, dof, p = chi_square(r, c)
-    return DriftStats(psi=psi(r, c, alpha), js=js_divergence(r, c, alpha), chi2=stat, dof=dof, p_value=p,
-                      n_ref=int(r.sum()), n_cur=int(c.sum()))
+    return DriftStats(
+        psi=psi(r, c, alpha),
+        js=js_divergence(r, c, alpha),
+        chi2=stat,
+        dof=dof,
+        p_value=p,
+        n_ref=int(r.sum()),
+        n_cur=int(c.sum()),
+    )
 
 
 def rate_rise(baseline_hits: int, baseline_total: int, hits: int, total: int) -> tuple[float, float]:

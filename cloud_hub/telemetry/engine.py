@@ -33,7 +33,9 @@ FALLBACK_RATE = "fallback_rate"
 ERROR_RATE = "error_rate"
 CONFIDENCE = "confidence"
 CLASSES = "classes"
-TASK_PREFIX = "task:"  # task drift signals: "task:boxes", "task:sequence_length", ... (protocols.drift.TASK_SIGNAL_EDGES)
+TASK_PREFIX = (
+    "task:"  # task drift signals: "task:boxes", "task:sequence_length", ... (protocols.drift.TASK_SIGNAL_EDGES)
+)
 UNKNOWN_RETRY_S = 60.0  # a model registered after its first telemetry gets its reference within this
 
 
@@ -41,16 +43,16 @@ UNKNOWN_RETRY_S = 60.0  # a model registered after its first telemetry gets its 
 class DriftConfig:
     """Thresholds and spans; every number here is a knob an operator may turn."""
 
-    span_s: float = 300.0               # the sliding "current" span
-    baseline_s: float = 3600.0          # rates: the span before `current` is the baseline
+    span_s: float = 300.0  # the sliding "current" span
+    baseline_s: float = 3600.0  # rates: the span before `current` is the baseline
     bucket_s: float = 10.0
-    min_samples: int = 200              # per distribution signal, in the current span
-    min_requests: int = 100             # per rate signal, in current and baseline
+    min_samples: int = 200  # per distribution signal, in the current span
+    min_requests: int = 100  # per rate signal, in current and baseline
     distribution: Hysteresis = field(default_factory=lambda: Hysteresis(open_above=0.25, close_below=0.10))
     rate: Hysteresis = field(default_factory=lambda: Hysteresis(open_above=0.10, close_below=0.05))
-    p_max: float = 1e-3                 # chi-square p-value under which a rise counts as significant
+    p_max: float = 1e-3  # chi-square p-value under which a rise counts as significant
     cohort_tags: tuple[str, ...] | None = None  # tag keys that split cohorts; None = all tags
-    max_future_s: float = 60.0          # unused: windows are filed on the hub's time (telemetry.clocks); kept for configs
+    max_future_s: float = 60.0  # unused: windows are filed on the hub's time (telemetry.clocks); kept for configs
 
     def __post_init__(self) -> None:
         if self.span_s <= 0 or self.bucket_s <= 0 or self.baseline_s < 0:
@@ -70,8 +72,12 @@ class CohortKey:
         return json.dumps({"profile": self.profile, "tags": dict(self.tags)}, sort_keys=True)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "model_version": self.model_version, "profile": self.profile,
-                "tags": dict(self.tags)}
+        return {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "profile": self.profile,
+            "tags": dict(self.tags),
+        }
 
 
 def cohort_of(window: TelemetryWindow, cohort_tags: tuple[str, ...] | None = None) -> CohortKey:
@@ -85,7 +91,7 @@ class Counts:
     __slots__ = ("requests", "confidence", "classes", "inputs", "windows")
 
     def __init__(self) -> None:
-        self.requests = np.zeros(4, dtype=np.int64)   # edge, cloud, edge-degraded, error
+        self.requests = np.zeros(4, dtype=np.int64)  # edge, cloud, edge-degraded, error
         self.confidence = np.zeros(20, dtype=np.int64)
         self.classes = np.zeros(0, dtype=np.int64)
         self.inputs: dict[str, np.ndarray] = {}
@@ -97,13 +103,13 @@ class Counts:
         self.requests += flat[:4]
         i = 4
         if n_conf == 20:
-            self.confidence += flat[i:i + 20]
+            self.confidence += flat[i : i + 20]
         i += n_conf
         if n_classes:
-            self.classes = _add(self.classes, flat[i:i + n_classes])
+            self.classes = _add(self.classes, flat[i : i + n_classes])
         i += n_classes
         for key, n in inputs:
-            self.inputs[key] = _add(self.inputs.get(key, np.zeros(0, dtype=np.int64)), flat[i:i + n])
+            self.inputs[key] = _add(self.inputs.get(key, np.zeros(0, dtype=np.int64)), flat[i : i + n])
             i += n
         self.windows += windows
 
@@ -282,8 +288,14 @@ class DriftEngine:
                 rule = cfg.rate if signal in (FALLBACK_RATE, ERROR_RATE) else cfg.distribution
                 state, transition = step(self._alerts.get((key, signal), AlertState()), value, rule, significant)
                 self._alerts[(key, signal)] = state
-                row = {**key.as_dict(), "signal": signal, "value": value, "significant": significant,
-                       "alert": "open" if state.is_open else "closed", **stats}
+                row = {
+                    **key.as_dict(),
+                    "signal": signal,
+                    "value": value,
+                    "significant": significant,
+                    "alert": "open" if state.is_open else "closed",
+                    **stats,
+                }
                 status.append(row)
                 if transition is not None:
                     changes.append(AlertChange(transition, key, signal, row))
@@ -307,11 +319,17 @@ class DriftEngine:
                 st = compare(ref_counts, counts)
                 yield signal, st.psi, st.p_value < cfg.p_max, st.as_dict()
         total, btotal = int(cur.requests.sum()), int(base.requests.sum())
-        for signal, hits, bhits in ((FALLBACK_RATE, cur.requests[1] + cur.requests[2], base.requests[1] + base.requests[2]),
-                                    (ERROR_RATE, cur.requests[3], base.requests[3])):
+        for signal, hits, bhits in (
+            (FALLBACK_RATE, cur.requests[1] + cur.requests[2], base.requests[1] + base.requests[2]),
+            (ERROR_RATE, cur.requests[3], base.requests[3]),
+        ):
             if total < cfg.min_requests or btotal < cfg.min_requests:
                 yield signal, None, False, {"n_cur": total, "n_base": btotal}
                 continue
             rise, p = rate_rise(int(bhits), btotal, int(hits), total)
-            yield signal, rise, p < cfg.p_max, {"rate": hits / total, "baseline_rate": bhits / btotal,
-                                                "p_value": p, "n_cur": total, "n_base": btotal}
+            yield (
+                signal,
+                rise,
+                p < cfg.p_max,
+                {"rate": hits / total, "baseline_rate": bhits / btotal, "p_value": p, "n_cur": total, "n_base": btotal},
+            )

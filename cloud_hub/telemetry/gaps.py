@@ -44,26 +44,33 @@ Publish = Callable[[str, bytes], None]  # (device id, resend request payload)
 
 @dataclass(frozen=True)
 class GapPolicy:
-    ask_after_s: float = 5.0     # a gap younger than this may still fill by itself
-    ask_every_s: float = 30.0    # between two asks for the same gap
-    max_asks: int = 3            # then the gap is counted lost
+    ask_after_s: float = 5.0  # a gap younger than this may still fill by itself
+    ask_every_s: float = 30.0  # between two asks for the same gap
+    max_asks: int = 3  # then the gap is counted lost
 
 
 class GapTracker:
     """Thread-safe; `note` runs on the ingest writer after each commit, `tick` on a timer."""
 
-    def __init__(self, store: TelemetryStore, publish: Publish, policy: GapPolicy = GapPolicy(),
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        publish: Publish,
+        policy: GapPolicy = GapPolicy(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store, self.publish, self.policy, self.clock = store, publish, policy, clock
         self._lock = threading.Lock()
-        self.asked = 0          # resend requests published
-        self.recovered = 0      # gaps a later window filled (since start)
+        self.asked = 0  # resend requests published
+        self.recovered = 0  # gaps a later window filled (since start)
         with store.db.transaction() as db:
             for sql in _SCHEMA:
                 db.conn.execute(sql)
             # a hub upgraded with windows already stored: start from what it has
-            db.conn.execute("INSERT OR IGNORE INTO telemetry_seq (device_id, last_seq) SELECT device_id, "
-                            "MAX(sequence) FROM telemetry_windows GROUP BY device_id")
+            db.conn.execute(
+                "INSERT OR IGNORE INTO telemetry_seq (device_id, last_seq) SELECT device_id, "
+                "MAX(sequence) FROM telemetry_windows GROUP BY device_id"
+            )
         self._last = {r["device_id"]: int(r["last_seq"]) for r in store.db.query("SELECT * FROM telemetry_seq")}
 
     def note(self, windows: Iterable[tuple[str, int]]) -> None:
@@ -86,13 +93,17 @@ class GapTracker:
             with self.store.db.transaction() as db:
                 c = db.conn
                 for device, seq in changed.items():
-                    c.execute("INSERT INTO telemetry_seq (device_id, last_seq) VALUES (?, ?) ON CONFLICT(device_id) "
-                              "DO UPDATE SET last_seq=excluded.last_seq", [device, seq])
+                    c.execute(
+                        "INSERT INTO telemetry_seq (device_id, last_seq) VALUES (?, ?) ON CONFLICT(device_id) "
+                        "DO UPDATE SET last_seq=excluded.last_seq",
+                        [device, seq],
+                    )
                 for device, n in lost_at_once.items():
                     if n:
                         c.execute("UPDATE telemetry_seq SET lost_unasked=lost_unasked+? WHERE device_id=?", [n, device])
-                c.executemany("INSERT OR IGNORE INTO telemetry_gaps (device_id, sequence, opened_at) VALUES (?,?,?)",
-                              opened)
+                c.executemany(
+                    "INSERT OR IGNORE INTO telemetry_gaps (device_id, sequence, opened_at) VALUES (?,?,?)", opened
+                )
                 for device, seq in filled:
                     if c.execute("DELETE FROM telemetry_gaps WHERE device_id=? AND sequence=?", [device, seq]).rowcount:
                         self.recovered += 1
@@ -105,19 +116,24 @@ class GapTracker:
         with self._lock:
             with self.store.db.transaction() as db:
                 c = db.conn
-                c.execute("UPDATE telemetry_gaps SET state='lost' WHERE state='open' AND asks>=? AND last_ask<?",
-                          [p.max_asks, now - p.ask_every_s])
+                c.execute(
+                    "UPDATE telemetry_gaps SET state='lost' WHERE state='open' AND asks>=? AND last_ask<?",
+                    [p.max_asks, now - p.ask_every_s],
+                )
                 due = c.execute(
                     "SELECT device_id, sequence FROM telemetry_gaps WHERE state='open' AND asks<? AND "
                     "((asks=0 AND opened_at<?) OR (asks>0 AND last_ask<?)) ORDER BY device_id, sequence",
-                    [p.max_asks, now - p.ask_after_s, now - p.ask_every_s]).fetchall()
+                    [p.max_asks, now - p.ask_after_s, now - p.ask_every_s],
+                ).fetchall()
                 by_device: dict[str, list[int]] = defaultdict(list)
                 for device, seq in due:
                     if len(by_device[device]) < MAX_RESEND_SEQUENCES:
                         by_device[device].append(int(seq))
                 for device, seqs in by_device.items():
-                    c.executemany("UPDATE telemetry_gaps SET asks=asks+1, last_ask=? WHERE device_id=? AND sequence=?",
-                                  [(now, device, s) for s in seqs])
+                    c.executemany(
+                        "UPDATE telemetry_gaps SET asks=asks+1, last_ask=? WHERE device_id=? AND sequence=?",
+                        [(now, device, s) for s in seqs],
+                    )
         sent = 0
         for device, seqs in by_device.items():
             try:
@@ -134,16 +150,25 @@ class GapTracker:
         rows = self.store.db.query("SELECT state, COUNT(*) AS n FROM telemetry_gaps GROUP BY state")
         counts = {r["state"]: int(r["n"]) for r in rows}
         unasked = self.store.db.query("SELECT COALESCE(SUM(lost_unasked), 0) AS n FROM telemetry_seq")[0]["n"]
-        return {"open": counts.get("open", 0), "lost": counts.get("lost", 0) + int(unasked),
-                "recovered_since_start": self.recovered, "resend_requests": self.asked,
-                "policy": {"ask_after_s": self.policy.ask_after_s, "ask_every_s": self.policy.ask_every_s,
-                           "max_asks": self.policy.max_asks}}
+        return {
+            "open": counts.get("open", 0),
+            "lost": counts.get("lost", 0) + int(unasked),
+            "recovered_since_start": self.recovered,
+            "resend_requests": self.asked,
+            "policy": {
+                "ask_after_s": self.policy.ask_after_s,
+                "ask_every_s": self.policy.ask_every_s,
+                "max_asks": self.policy.max_asks,
+            },
+        }
 
     def device_gaps(self, device_id: str) -> dict[str, Any]:
         """One device: last sequence seen, open and lost sequences (the first 100 of each)."""
         out: dict[str, Any] = {"device_id": device_id, "last_sequence": self._last.get(device_id, 0)}
         for state in ("open", "lost"):
-            rows = self.store.db.query("SELECT sequence FROM telemetry_gaps WHERE device_id=? AND state=? "
-                                       "ORDER BY sequence LIMIT 100", [device_id, state])
+            rows = self.store.db.query(
+                "SELECT sequence FROM telemetry_gaps WHERE device_id=? AND state=? ORDER BY sequence LIMIT 100",
+                [device_id, state],
+            )
             out[state] = [r["sequence"] for r in rows]
         return out

@@ -23,13 +23,22 @@ log = logging.getLogger(__name__)
 
 def telemetry_config(config: Any) -> TelemetryServiceConfig:
     """The TelemetryServiceConfig a HubConfig's telemetry_* and drift_* settings describe."""
-    drift = DriftConfig(span_s=config.drift_span_s, baseline_s=config.drift_baseline_s,
-                        min_samples=config.drift_min_samples, min_requests=config.drift_min_requests,
-                        distribution=Hysteresis(config.drift_open_above, config.drift_close_below),
-                        rate=Hysteresis(config.drift_rate_open_above, config.drift_rate_close_below))
+    drift = DriftConfig(
+        span_s=config.drift_span_s,
+        baseline_s=config.drift_baseline_s,
+        min_samples=config.drift_min_samples,
+        min_requests=config.drift_min_requests,
+        distribution=Hysteresis(config.drift_open_above, config.drift_close_below),
+        rate=Hysteresis(config.drift_rate_open_above, config.drift_rate_close_below),
+    )
     ingest = {"share_group": config.telemetry_share_group} if config.telemetry_share_group else {}
-    return TelemetryServiceConfig(eval_interval_s=config.drift_eval_interval_s, retention_s=config.telemetry_retention_s,
-                                  webhook_url=config.drift_webhook_url, drift=drift, ingest=ingest)
+    return TelemetryServiceConfig(
+        eval_interval_s=config.drift_eval_interval_s,
+        retention_s=config.telemetry_retention_s,
+        webhook_url=config.drift_webhook_url,
+        drift=drift,
+        ingest=ingest,
+    )
 
 
 class HubTelemetry:
@@ -42,13 +51,16 @@ class HubTelemetry:
 
     def start(self, hub: Any) -> None:
         if not hub.mqtt_url:
-            raise ConfigError("telemetry needs an MQTT broker: set mqtt_url (env TANDEM_HUB_MQTT_URL) or let the hub start one")
+            raise ConfigError(
+                "telemetry needs an MQTT broker: set mqtt_url (env TANDEM_HUB_MQTT_URL) or let the hub start one"
+            )
         config = self.config or telemetry_config(hub.config)
         tls = getattr(hub, "mqtt_tls", None)
         if tls is not None and "tls" not in config.ingest:  # the hub's mutual-TLS identity (HubConfig.tls_dir)
             config = replace(config, ingest={**config.ingest, "tls": tls})
-        self.service = TelemetryIngestService(hub.config.data_dir, hub.mqtt_url,
-                                              lambda name, version: hub.registry.manifest(name, version), config)
+        self.service = TelemetryIngestService(
+            hub.config.data_dir, hub.mqtt_url, lambda name, version: hub.registry.manifest(name, version), config
+        )
         self.service.start()
         self._hub = hub
         hub.telemetry = self.service

@@ -36,22 +36,22 @@ OnWindows = Callable[[list[tuple[TelemetryWindow, float]]], None]
 @dataclass(frozen=True)
 class IngestConfig:
     mqtt_url: str
-    client_id: str = "tandem-hub-telemetry"    # stable: the broker keeps this session's queue while we are away
+    client_id: str = "tandem-hub-telemetry"  # stable: the broker keeps this session's queue while we are away
     # None (default): a plain subscription. "tandem-hub" (DEFAULT_SHARE_GROUP): $share/tandem-hub/..., so
     # hub replicas split the load -- only on a broker that keeps shared subscriptions across its own
     # restart: Mosquitto 2.0 does not (measured: windows published between its restart and the hub's
     # resubscribe are acked to the agent and dropped), a plain subscription in a persistent session is kept.
     share_group: str | None = None
     session_expiry_s: int = 24 * 3600
-    receive_maximum: int = 2000                # unacked windows the broker may have in flight to us
+    receive_maximum: int = 2000  # unacked windows the broker may have in flight to us
     batch_max: int = 1000
     batch_wait_s: float = 0.05
     keepalive_s: int = 10
     reconnect_max_s: float = 2.0
     cohort_tags: tuple[str, ...] | None = None
-    device_rate_per_s: float = limits.DEVICE_TELEMETRY_PER_S   # per-device flood bound; beyond it windows are dropped
+    device_rate_per_s: float = limits.DEVICE_TELEMETRY_PER_S  # per-device flood bound; beyond it windows are dropped
     device_burst: int = limits.DEVICE_TELEMETRY_BURST
-    tls: TlsFiles | None = None                # the hub's MQTT identity (mqtts://); None: plain text, development only
+    tls: TlsFiles | None = None  # the hub's MQTT identity (mqtts://); None: plain text, development only
 
     @property
     def topic_filter(self) -> str:
@@ -76,22 +76,28 @@ class IngestStats:
 class TelemetryIngest:
     """One MQTT client and one writer thread."""
 
-    def __init__(self, config: IngestConfig, store: TelemetryStore, on_windows: OnWindows | None = None,
-                 cohort_of: Callable[[TelemetryWindow], str] | None = None) -> None:
+    def __init__(
+        self,
+        config: IngestConfig,
+        store: TelemetryStore,
+        on_windows: OnWindows | None = None,
+        cohort_of: Callable[[TelemetryWindow], str] | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.stats = IngestStats()
         self._on_windows = on_windows
         self._cohort_of = cohort_of or (lambda w: "{}")
         self._queue: queue.SimpleQueue[tuple[int, int, str, bytes, int]] = queue.SimpleQueue()
-        self._generation = 0      # bumps on every connect: acks for an older connection's mids are skipped
+        self._generation = 0  # bumps on every connect: acks for an older connection's mids are skipped
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._writer: threading.Thread | None = None
         self._last_bad_log = 0.0
         self._limiter = RateLimiter(config.device_rate_per_s, config.device_burst)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
-                                  protocol=mqtt.MQTTv5, manual_ack=True)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
         self._host, self._port = configure_mqtt_client(self.client, config.mqtt_url, config.tls, "telemetry ingest")
         self.client.reconnect_delay_set(0.2, config.reconnect_max_s)
         self.client.on_connect = self._on_connect
@@ -111,8 +117,9 @@ class TelemetryIngest:
         props.SessionExpiryInterval = self.config.session_expiry_s
         props.ReceiveMaximum = self.config.receive_maximum
         props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES
-        self.client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False,
-                                  properties=props)
+        self.client.connect_async(
+            self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False, properties=props
+        )
         self._writer = threading.Thread(target=self._write_loop, name="telemetry-ingest-writer", daemon=True)
         self._writer.start()
         self.client.loop_start()
@@ -135,8 +142,11 @@ class TelemetryIngest:
             return
         self._generation += 1
         client.subscribe(self.config.topic_filter, qos=1)
-        log.info("telemetry ingest connected filter=%s session_present=%s", self.config.topic_filter,
-                 getattr(flags, "session_present", None))
+        log.info(
+            "telemetry ingest connected filter=%s session_present=%s",
+            self.config.topic_filter,
+            getattr(flags, "session_present", None),
+        )
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._subscribed.clear()
@@ -165,14 +175,21 @@ class TelemetryIngest:
             except (TopicError, TelemetryDecodeError) as exc:
                 self.stats.bad += 1
                 if now - self._last_bad_log > 5.0:  # rate-limited: a flood of garbage must not flood the log
-                    log.warning("bad telemetry message topic=%r error=%s bad_total=%d", topic[:200], exc, self.stats.bad)
+                    log.warning(
+                        "bad telemetry message topic=%r error=%s bad_total=%d", topic[:200], exc, self.stats.bad
+                    )
                     self._last_bad_log = now
                 continue
             if not self._limiter.allow(window.device_id):
                 self.stats.rate_limited += 1
                 if now - self._last_bad_log > 5.0:
-                    log.warning("telemetry rate limit device=%s rate=%g/s burst=%d dropped_total=%d", window.device_id,
-                                self.config.device_rate_per_s, self.config.device_burst, self.stats.rate_limited)
+                    log.warning(
+                        "telemetry rate limit device=%s rate=%g/s burst=%d dropped_total=%d",
+                        window.device_id,
+                        self.config.device_rate_per_s,
+                        self.config.device_burst,
+                        self.stats.rate_limited,
+                    )
                     self._last_bad_log = now
                 continue
             items.append(StoredWindow(window, payload, self._cohort_of(window), now))

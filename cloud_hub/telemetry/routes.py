@@ -39,47 +39,63 @@ def list_windows(
     telemetry: Any = Depends(get_telemetry),
 ) -> dict[str, Any]:
     """Stored telemetry windows (counts only), newest first."""
-    items, total = telemetry.store.list_windows(device_id, model_name, model_version, since, until,
-                                                page.limit, page.offset)
+    items, total = telemetry.store.list_windows(
+        device_id, model_name, model_version, since, until, page.limit, page.offset
+    )
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get("/v1/telemetry/devices/{device_id}", tags=["telemetry"])
 def device_series(
-    device_id: str, since: float = Query(0.0, ge=0), until: float | None = Query(None, ge=0),
-    limit: int = Query(500, ge=1, le=MAX_SERIES_POINTS), telemetry: Any = Depends(get_telemetry),
+    device_id: str,
+    since: float = Query(0.0, ge=0),
+    until: float | None = Query(None, ge=0),
+    limit: int = Query(500, ge=1, le=MAX_SERIES_POINTS),
+    telemetry: Any = Depends(get_telemetry),
 ) -> dict[str, Any]:
     """One device's windows in sequence order: requests by source, latency, samples, dropped windows."""
-    return {"device_id": device_id,
-            "items": telemetry.store.device_windows(device_id, since, until, limit)}
+    return {"device_id": device_id, "items": telemetry.store.device_windows(device_id, since, until, limit)}
 
 
 @router.get("/v1/telemetry/models/{model_name}", tags=["telemetry"])
 def model_series(
-    model_name: str, model_version: str | None = Query(None, max_length=32), since: float = Query(0.0, ge=0),
-    until: float | None = Query(None, ge=0), bucket_s: float = Query(60.0, ge=1, le=86_400),
-    limit: int = Query(1000, ge=1, le=MAX_SERIES_POINTS), telemetry: Any = Depends(get_telemetry),
+    model_name: str,
+    model_version: str | None = Query(None, max_length=32),
+    since: float = Query(0.0, ge=0),
+    until: float | None = Query(None, ge=0),
+    bucket_s: float = Query(60.0, ge=1, le=86_400),
+    limit: int = Query(1000, ge=1, le=MAX_SERIES_POINTS),
+    telemetry: Any = Depends(get_telemetry),
 ) -> dict[str, Any]:
     """A model's fleet-wide time series per bucket: windows, devices, requests by source, latency."""
-    return {"model_name": model_name, "model_version": model_version, "bucket_s": bucket_s,
-            "items": telemetry.store.model_series(model_name, model_version, since, until, bucket_s, limit)}
+    return {
+        "model_name": model_name,
+        "model_version": model_version,
+        "bucket_s": bucket_s,
+        "items": telemetry.store.model_series(model_name, model_version, since, until, bucket_s, limit),
+    }
 
 
 @router.get("/v1/drift/status", tags=["drift"])
 def drift_status(
-    model_name: str | None = Query(None, max_length=128), alert: Literal["open", "closed"] | None = Query(None),
+    model_name: str | None = Query(None, max_length=128),
+    alert: Literal["open", "closed"] | None = Query(None),
     telemetry: Any = Depends(get_telemetry),
 ) -> dict[str, Any]:
     """The last evaluation: per (model version, cohort, signal) PSI, JS, chi-square, rates and alert state."""
     status = telemetry.status()
-    rows = [r for r in status["signals"]
-            if (model_name is None or r["model_name"] == model_name) and (alert is None or r["alert"] == alert)]
+    rows = [
+        r
+        for r in status["signals"]
+        if (model_name is None or r["model_name"] == model_name) and (alert is None or r["alert"] == alert)
+    ]
     return {**status, "signals": rows}
 
 
 @router.get("/v1/telemetry/gaps", tags=["telemetry"])
-def telemetry_gaps(device_id: str | None = Query(None, max_length=128),
-                   telemetry: Any = Depends(get_telemetry)) -> dict[str, Any]:
+def telemetry_gaps(
+    device_id: str | None = Query(None, max_length=128), telemetry: Any = Depends(get_telemetry)
+) -> dict[str, Any]:
     """Windows missing end to end: fleet counts (open: being asked for again; lost: given up), or one
     device's last sequence and its open and lost sequences."""
     if device_id is not None:
@@ -96,8 +112,10 @@ def telemetry_clocks(telemetry: Any = Depends(get_telemetry)) -> dict[str, Any]:
 
 @router.get("/v1/drift/alerts", response_model=Page[dict[str, Any]], tags=["drift"])
 def drift_alerts(
-    state: Literal["open", "closed"] | None = Query(None), model_name: str | None = Query(None, max_length=128),
-    page: Paging = Depends(paging), telemetry: Any = Depends(get_telemetry),
+    state: Literal["open", "closed"] | None = Query(None),
+    model_name: str | None = Query(None, max_length=128),
+    page: Paging = Depends(paging),
+    telemetry: Any = Depends(get_telemetry),
 ) -> dict[str, Any]:
     """Drift alerts, newest first, with the statistics at opening and at the last change."""
     items, total = telemetry.store.alerts(state, model_name, page.limit, page.offset)

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tandem.cloud_hub.storage.db import HubDatabase
-from tandem.cloud_hub.telemetry.engine import (AlertChange, CohortKey, DriftConfig, DriftEngine, Evaluation, ManifestsProvider)
+from tandem.cloud_hub.telemetry.engine import (
+    AlertChange,
+    CohortKey,
+    DriftConfig,
+    DriftEngine,
+    Evaluation,
+    ManifestsProvider,
+)
 from tandem.cloud_hub.telemetry.clocks import DeviceClocks
 from tandem.cloud_hub.telemetry.gaps import GapPolicy, GapTracker
 from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
@@ -31,20 +38,25 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TelemetryServiceConfig:
     eval_interval_s: float = 10.0
-    retention_s: float = 24 * 3600.0      # windows older than this are purged (about 0.5 KB each)
+    retention_s: float = 24 * 3600.0  # windows older than this are purged (about 0.5 KB each)
     webhook_url: str | None = None
     webhook_timeout_s: float = 3.0
     drift: DriftConfig = field(default_factory=DriftConfig)
     ingest: dict[str, Any] = field(default_factory=dict)  # extra IngestConfig fields (client_id, share_group, ...)
-    gaps: GapPolicy = field(default_factory=GapPolicy)     # when missing windows are asked for again, and given up
+    gaps: GapPolicy = field(default_factory=GapPolicy)  # when missing windows are asked for again, and given up
     gap_tick_s: float = 1.0
 
 
 class TelemetryIngestService:
     """Start/stop the telemetry side of a hub; `status()` and `store` serve the REST routes."""
 
-    def __init__(self, db: HubDatabase | TelemetryStore | str | Path, mqtt_url: str,
-                 manifests_provider: ManifestsProvider, config: TelemetryServiceConfig = TelemetryServiceConfig()) -> None:
+    def __init__(
+        self,
+        db: HubDatabase | TelemetryStore | str | Path,
+        mqtt_url: str,
+        manifests_provider: ManifestsProvider,
+        config: TelemetryServiceConfig = TelemetryServiceConfig(),
+    ) -> None:
         """`db`: a telemetry DB path or data dir (telemetry.sqlite), an opened TelemetryStore, or a HubDatabase
         already migrated with TELEMETRY_MIGRATIONS."""
         self.config = config
@@ -57,10 +69,12 @@ class TelemetryIngestService:
         self.engine = DriftEngine(manifests_provider, config.drift)
         self._lock = threading.Lock()
         self._alert_ids: dict[tuple[CohortKey, str], int] = {}
-        self.ingest = TelemetryIngest(IngestConfig(mqtt_url=mqtt_url, cohort_tags=config.drift.cohort_tags,
-                                                   **config.ingest),
-                                      self.store, on_windows=self._on_windows,
-                                      cohort_of=lambda w: self.engine.cohort_key(w).cohort)
+        self.ingest = TelemetryIngest(
+            IngestConfig(mqtt_url=mqtt_url, cohort_tags=config.drift.cohort_tags, **config.ingest),
+            self.store,
+            on_windows=self._on_windows,
+            cohort_of=lambda w: self.engine.cohort_key(w).cohort,
+        )
         self.gaps = GapTracker(self.store, self._ask_resend, config.gaps)
         self.clocks = DeviceClocks()  # each device's clock offset: windows are filed on the hub's time
         self._stop = threading.Event()
@@ -116,8 +130,9 @@ class TelemetryIngestService:
     # -- work -------------------------------------------------------------------------
 
     def _ask_resend(self, device_id: str, payload: bytes) -> None:
-        self.ingest.client.publish(telemetry_resend_topic(device_id), payload, qos=1,
-                                   properties=publish_properties(TELEMETRY_RESEND))
+        self.ingest.client.publish(
+            telemetry_resend_topic(device_id), payload, qos=1, properties=publish_properties(TELEMETRY_RESEND)
+        )
 
     def _on_windows(self, windows: list[tuple[TelemetryWindow, float]]) -> None:
         try:
@@ -166,18 +181,30 @@ class TelemetryIngestService:
     def _announce(self, change: AlertChange, now: float) -> None:
         k = (change.key, change.signal)
         if change.transition == "opened":
-            alert_id = self.store.open_alert(change.key.model_name, change.key.model_version, change.key.cohort,
-                                             change.signal, change.stats, at=now)
+            alert_id = self.store.open_alert(
+                change.key.model_name, change.key.model_version, change.key.cohort, change.signal, change.stats, at=now
+            )
             self._alert_ids[k] = alert_id
         else:
             alert_id = self._alert_ids.pop(k, 0)
             if alert_id:
                 self.store.close_alert(alert_id, change.stats, at=now)
-        event = {"type": f"drift.alert.{change.transition}", "alert_id": alert_id, "at": now,
-                 "signal": change.signal, **change.stats}
-        log.warning("drift alert %s model=%s version=%s cohort=%s signal=%s value=%s", change.transition,
-                    change.key.model_name, change.key.model_version, change.key.cohort, change.signal,
-                    change.stats.get("value"))
+        event = {
+            "type": f"drift.alert.{change.transition}",
+            "alert_id": alert_id,
+            "at": now,
+            "signal": change.signal,
+            **change.stats,
+        }
+        log.warning(
+            "drift alert %s model=%s version=%s cohort=%s signal=%s value=%s",
+            change.transition,
+            change.key.model_name,
+            change.key.model_version,
+            change.key.cohort,
+            change.signal,
+            change.stats.get("value"),
+        )
         body = json.dumps(event, default=float).encode()
         self.ingest.client.publish(events_topic(), body, qos=1, properties=publish_properties(EVENTS))
         if self._webhook is not None:
@@ -187,8 +214,12 @@ class TelemetryIngestService:
         import httpx
 
         try:
-            httpx.post(self.config.webhook_url, content=body, headers={"content-type": "application/json"},
-                       timeout=self.config.webhook_timeout_s).raise_for_status()
+            httpx.post(
+                self.config.webhook_url,
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=self.config.webhook_timeout_s,
+            ).raise_for_status()
         except httpx.HTTPError as exc:
             log.warning("drift webhook failed url=%s error=%s", self.config.webhook_url, exc)
 

@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 TELEMETRY_DB_FILENAME = "telemetry.sqlite"
 
 TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "telemetry windows, drift alerts", (
-        """CREATE TABLE telemetry_windows (
+    Migration(
+        1,
+        "telemetry windows, drift alerts",
+        (
+            """CREATE TABLE telemetry_windows (
             device_id TEXT NOT NULL,
             sequence INTEGER NOT NULL,
             model_name TEXT NOT NULL,
@@ -48,9 +51,9 @@ TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (
             outbox_dropped_total INTEGER NOT NULL,
             payload BLOB NOT NULL,
             PRIMARY KEY (device_id, sequence)) WITHOUT ROWID""",
-        "CREATE INDEX telemetry_windows_model ON telemetry_windows (model_name, model_version, end_unix)",
-        "CREATE INDEX telemetry_windows_end ON telemetry_windows (end_unix)",
-        """CREATE TABLE drift_alerts (
+            "CREATE INDEX telemetry_windows_model ON telemetry_windows (model_name, model_version, end_unix)",
+            "CREATE INDEX telemetry_windows_end ON telemetry_windows (end_unix)",
+            """CREATE TABLE drift_alerts (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             model_name TEXT NOT NULL,
             model_version TEXT NOT NULL,
@@ -61,8 +64,9 @@ TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (
             closed_at REAL,
             open_stats TEXT NOT NULL,
             last_stats TEXT NOT NULL)""",
-        "CREATE INDEX drift_alerts_state ON drift_alerts (state, model_name, model_version)",
-    )),
+            "CREATE INDEX drift_alerts_state ON drift_alerts (state, model_name, model_version)",
+        ),
+    ),
 )
 
 
@@ -90,9 +94,13 @@ class TelemetryStore:
         with db.lock:
             db.db.conn.execute("PRAGMA synchronous=FULL")
             # time filters and buckets use the hub's receipt time (device clocks may be hours off)
-            db.db.conn.execute("CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)")
-            db.db.conn.execute("CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
-                               "(model_name, model_version, received_at)")
+            db.db.conn.execute(
+                "CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)"
+            )
+            db.db.conn.execute(
+                "CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
+                "(model_name, model_version, received_at)"
+            )
         return cls(db)
 
     def close(self) -> None:
@@ -109,22 +117,50 @@ class TelemetryStore:
                 w, r = item.window, item.window.requests
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO telemetry_windows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [w.device_id, w.sequence, w.model_name, w.model_version, w.profile, item.cohort, w.start_unix,
-                     w.end_unix, item.received_at, r.edge, r.cloud, r.edge_degraded, r.error, w.samples,
-                     w.latency_sum_ms, w.latency_max_ms, w.outbox_dropped_total, item.payload])
+                    [
+                        w.device_id,
+                        w.sequence,
+                        w.model_name,
+                        w.model_version,
+                        w.profile,
+                        item.cohort,
+                        w.start_unix,
+                        w.end_unix,
+                        item.received_at,
+                        r.edge,
+                        r.cloud,
+                        r.edge_degraded,
+                        r.error,
+                        w.samples,
+                        w.latency_sum_ms,
+                        w.latency_max_ms,
+                        w.outbox_dropped_total,
+                        item.payload,
+                    ],
+                )
                 new.append(cur.rowcount == 1)
         return new
 
-    def device_windows(self, device_id: str, since: float = 0.0, until: float | None = None,
-                       limit: int = 500, offset: int = 0) -> list[dict[str, Any]]:
+    def device_windows(
+        self, device_id: str, since: float = 0.0, until: float | None = None, limit: int = 500, offset: int = 0
+    ) -> list[dict[str, Any]]:
         """One device's windows, oldest first (a per-device time series)."""
         return self.db.query(
             f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE device_id=? AND received_at>=? AND received_at<=? "
-            "ORDER BY sequence LIMIT ? OFFSET ?", [device_id, since, until if until is not None else 1e18, limit, offset])
+            "ORDER BY sequence LIMIT ? OFFSET ?",
+            [device_id, since, until if until is not None else 1e18, limit, offset],
+        )
 
-    def list_windows(self, device_id: str | None = None, model_name: str | None = None,
-                     model_version: str | None = None, since: float = 0.0, until: float | None = None,
-                     limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def list_windows(
+        self,
+        device_id: str | None = None,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        since: float = 0.0,
+        until: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
         """Windows matching the filters, newest first, and how many match in all."""
         clauses, params = ["received_at>=?", "received_at<=?"], [since, until if until is not None else 1e18]
         for column, value in (("device_id", device_id), ("model_name", model_name), ("model_version", model_version)):
@@ -133,23 +169,37 @@ class TelemetryStore:
                 params.append(value)
         where = " AND ".join(clauses)
         total = int(self.db.query(f"SELECT COUNT(*) AS n FROM telemetry_windows WHERE {where}", params)[0]["n"])
-        rows = self.db.query(f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE {where} "
-                             "ORDER BY received_at DESC LIMIT ? OFFSET ?", params + [limit, offset])
+        rows = self.db.query(
+            f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE {where} "
+            "ORDER BY received_at DESC LIMIT ? OFFSET ?",
+            params + [limit, offset],
+        )
         for row in rows:
             row["cohort"] = json.loads(row["cohort"])
         return rows, total
 
     def device_sequences(self, device_id: str) -> list[int]:
-        return [r["sequence"] for r in self.db.query(
-            "SELECT sequence FROM telemetry_windows WHERE device_id=? ORDER BY sequence", [device_id])]
+        return [
+            r["sequence"]
+            for r in self.db.query(
+                "SELECT sequence FROM telemetry_windows WHERE device_id=? ORDER BY sequence", [device_id]
+            )
+        ]
 
     def count_windows(self, device_id: str | None = None) -> int:
         if device_id is None:
             return int(self.db.query("SELECT COUNT(*) AS n FROM telemetry_windows")[0]["n"])
         return int(self.db.query("SELECT COUNT(*) AS n FROM telemetry_windows WHERE device_id=?", [device_id])[0]["n"])
 
-    def model_series(self, model_name: str, model_version: str | None = None, since: float = 0.0,
-                     until: float | None = None, bucket_s: float = 60.0, limit: int = 1000) -> list[dict[str, Any]]:
+    def model_series(
+        self,
+        model_name: str,
+        model_version: str | None = None,
+        since: float = 0.0,
+        until: float | None = None,
+        bucket_s: float = 60.0,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
         """Per time bucket: windows, devices, requests by source, mean latency (a per-model time series)."""
         params: list[Any] = [bucket_s, bucket_s, model_name, since, until if until is not None else 1e18]
         where = "model_name=? AND received_at>=? AND received_at<=?"
@@ -163,23 +213,35 @@ class TelemetryStore:
             "SUM(n_degraded) AS edge_degraded, SUM(n_error) AS error, SUM(samples) AS samples, "
             "SUM(latency_sum_ms) / MAX(1, SUM(n_edge + n_cloud + n_degraded + n_error)) AS latency_mean_ms, "
             f"MAX(latency_max_ms) AS latency_max_ms FROM telemetry_windows WHERE {where} "
-            "GROUP BY bucket_start, model_version ORDER BY bucket_start LIMIT ?", params)
+            "GROUP BY bucket_start, model_version ORDER BY bucket_start LIMIT ?",
+            params,
+        )
 
     def device_payloads(self, device_ids: Sequence[str], since: float) -> list[bytes]:
         """Payloads of these devices' windows that ended at or after `since` (rollout quality gates)."""
         ids = list(dict.fromkeys(device_ids))
         out: list[bytes] = []
         for i in range(0, len(ids), 500):  # under SQLite's host-parameter limit
-            chunk = ids[i:i + 500]
-            out += [r["payload"] for r in self.db.query(
-                f"SELECT payload FROM telemetry_windows WHERE device_id IN ({','.join('?' * len(chunk))}) "
-                "AND received_at>=? ORDER BY device_id, sequence", [*chunk, since])]
+            chunk = ids[i : i + 500]
+            out += [
+                r["payload"]
+                for r in self.db.query(
+                    f"SELECT payload FROM telemetry_windows WHERE device_id IN ({','.join('?' * len(chunk))}) "
+                    "AND received_at>=? ORDER BY device_id, sequence",
+                    [*chunk, since],
+                )
+            ]
         return out
 
     def windows_since(self, since: float) -> Iterable[tuple[bytes, str, float]]:
         """(payload, cohort, received_at) of windows that ended after `since` (engine rebuild on start)."""
-        return [(r["payload"], r["cohort"], r["received_at"]) for r in self.db.query(
-            "SELECT payload, cohort, received_at FROM telemetry_windows WHERE received_at>=? ORDER BY received_at", [since])]
+        return [
+            (r["payload"], r["cohort"], r["received_at"])
+            for r in self.db.query(
+                "SELECT payload, cohort, received_at FROM telemetry_windows WHERE received_at>=? ORDER BY received_at",
+                [since],
+            )
+        ]
 
     def purge(self, before: float, chunk: int = 5000) -> int:
         """Delete windows that ended before `before` (retention), in short transactions so the
@@ -189,29 +251,42 @@ class TelemetryStore:
             with self.db.transaction() as db:
                 n = db.conn.execute(
                     "DELETE FROM telemetry_windows WHERE (device_id, sequence) IN (SELECT device_id, sequence "
-                    "FROM telemetry_windows WHERE received_at<? LIMIT ?)", [before, chunk]).rowcount
+                    "FROM telemetry_windows WHERE received_at<? LIMIT ?)",
+                    [before, chunk],
+                ).rowcount
             total += n
             if n < chunk:
                 return total
 
     # -- alerts -------------------------------------------------------------------------
 
-    def open_alert(self, model_name: str, model_version: str, cohort: str, signal: str, stats: dict[str, Any],
-                   at: float | None = None) -> int:
+    def open_alert(
+        self,
+        model_name: str,
+        model_version: str,
+        cohort: str,
+        signal: str,
+        stats: dict[str, Any],
+        at: float | None = None,
+    ) -> int:
         with self.db.transaction() as db:
             cur = db.conn.execute(
                 "INSERT INTO drift_alerts (model_name, model_version, cohort, signal, state, opened_at, open_stats, "
                 "last_stats) VALUES (?,?,?,?, 'open', ?, ?, ?)",
-                [model_name, model_version, cohort, signal, at or time.time(), json.dumps(stats), json.dumps(stats)])
+                [model_name, model_version, cohort, signal, at or time.time(), json.dumps(stats), json.dumps(stats)],
+            )
             return int(cur.lastrowid)
 
     def close_alert(self, alert_id: int, stats: dict[str, Any], at: float | None = None) -> None:
         with self.db.transaction() as db:
-            db.conn.execute("UPDATE drift_alerts SET state='closed', closed_at=?, last_stats=? WHERE id=?",
-                            [at or time.time(), json.dumps(stats), alert_id])
+            db.conn.execute(
+                "UPDATE drift_alerts SET state='closed', closed_at=?, last_stats=? WHERE id=?",
+                [at or time.time(), json.dumps(stats), alert_id],
+            )
 
-    def alerts(self, state: str | None = None, model_name: str | None = None, limit: int = 50,
-               offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def alerts(
+        self, state: str | None = None, model_name: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
         clauses, params = [], []
         if state:
             clauses.append("state=?")
@@ -221,8 +296,9 @@ class TelemetryStore:
             params.append(model_name)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         total = int(self.db.query(f"SELECT COUNT(*) AS n FROM drift_alerts {where}", params)[0]["n"])
-        rows = self.db.query(f"SELECT * FROM drift_alerts {where} ORDER BY id DESC LIMIT ? OFFSET ?",
-                             params + [limit, offset])
+        rows = self.db.query(
+            f"SELECT * FROM drift_alerts {where} ORDER BY id DESC LIMIT ? OFFSET ?", params + [limit, offset]
+        )
         for row in rows:
             row["cohort"] = json.loads(row["cohort"])
             row["open_stats"] = json.loads(row["open_stats"])
@@ -230,9 +306,13 @@ class TelemetryStore:
         return rows, total
 
     def open_alerts(self) -> list[dict[str, Any]]:
-        return self.db.query("SELECT id, model_name, model_version, cohort, signal FROM drift_alerts WHERE state='open'")
+        return self.db.query(
+            "SELECT id, model_name, model_version, cohort, signal FROM drift_alerts WHERE state='open'"
+        )
 
 
-_SUMMARY_COLUMNS = ("device_id, sequence, model_name, model_version, profile, cohort, start_unix, end_unix, received_at, "
-                    "n_edge AS edge, n_cloud AS cloud, n_degraded AS edge_degraded, n_error AS error, samples, "
-                    "latency_sum_ms, latency_max_ms, outbox_dropped_total")
+_SUMMARY_COLUMNS = (
+    "device_id, sequence, model_name, model_version, profile, cohort, start_unix, end_unix, received_at, "
+    "n_edge AS edge, n_cloud AS cloud, n_degraded AS edge_degraded, n_error AS error, samples, "
+    "latency_sum_ms, latency_max_ms, outbox_dropped_total"
+)

@@ -19,8 +19,9 @@ from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/console", tags=["console"], responses=AUTH_RESPONSES,
-                   dependencies=[Depends(require("read"))])
+router = APIRouter(
+    prefix="/v1/console", tags=["console"], responses=AUTH_RESPONSES, dependencies=[Depends(require("read"))]
+)
 MAX_POINTS = 2000
 CACHE_POINTS = 20_000  # stored windows never change, so a point is computed once (~0.3 ms each)
 
@@ -62,16 +63,25 @@ class SeriesOut(BaseModel):
     delivery: dict[str, Any] | None = None
 
 
-@router.get("/devices/{device_id}/series", response_model=SeriesOut,
-            responses={503: {"model": ErrorBody, "description": "telemetry ingestion is not running"}})
-def device_series(device_id: str, since: float = Query(0.0, ge=0, le=1e12, description="unix seconds"),
-                  limit: int = Query(300, ge=1, le=MAX_POINTS, description="newest windows to return"),
-                  hub: Any = Depends(get_hub), telemetry: Any = Depends(get_telemetry),
-                  cache: _PointCache = Depends(_cache)) -> dict[str, Any]:
+@router.get(
+    "/devices/{device_id}/series",
+    response_model=SeriesOut,
+    responses={503: {"model": ErrorBody, "description": "telemetry ingestion is not running"}},
+)
+def device_series(
+    device_id: str,
+    since: float = Query(0.0, ge=0, le=1e12, description="unix seconds"),
+    limit: int = Query(300, ge=1, le=MAX_POINTS, description="newest windows to return"),
+    hub: Any = Depends(get_hub),
+    telemetry: Any = Depends(get_telemetry),
+    cache: _PointCache = Depends(_cache),
+) -> dict[str, Any]:
     """The device's newest windows, oldest first, as chart points (latency, fallback rate, confidence, input PSI)."""
     rows = telemetry.store.db.query(
         "SELECT sequence, payload FROM telemetry_windows WHERE device_id=? AND end_unix>=? "
-        "ORDER BY sequence DESC LIMIT ?", [device_id, since, limit])
+        "ORDER BY sequence DESC LIMIT ?",
+        [device_id, since, limit],
+    )
     refs: dict[tuple[str, str], dict[str, list[int]]] = {}
     points = []
     for row in reversed(rows):
@@ -97,6 +107,10 @@ def device_series(device_id: str, since: float = Query(0.0, ge=0, le=1e12, descr
     delivery = None
     if getattr(telemetry, "gaps", None) is not None:
         gaps = telemetry.gaps.device_gaps(device_id)
-        delivery = {"last_sequence": gaps["last_sequence"], "missing_open": len(gaps["open"]),
-                    "lost": len(gaps["lost"]), "clock_offset_s": telemetry.clocks.offset(device_id)}
+        delivery = {
+            "last_sequence": gaps["last_sequence"],
+            "missing_open": len(gaps["open"]),
+            "lost": len(gaps["lost"]),
+            "clock_offset_s": telemetry.clocks.offset(device_id),
+        }
     return {"device_id": device_id, "points": points, "delivery": delivery}

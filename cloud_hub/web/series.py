@@ -21,8 +21,11 @@ MIN_INPUT_SAMPLES = 10  # fewer samples than this in a window: its PSI is noise,
 def input_reference(manifest: Mapping[str, Any] | None) -> dict[str, list[int]]:
     """'input.summary' -> reference counts, from a stored manifest dict (empty when it has none)."""
     ref = (manifest or {}).get("drift_reference") or {}
-    return {f"{inp}.{summ}": list(spec.get("counts") or [])
-            for inp, per in (ref.get("inputs") or {}).items() for summ, spec in (per or {}).items()}
+    return {
+        f"{inp}.{summ}": list(spec.get("counts") or [])
+        for inp, per in (ref.get("inputs") or {}).items()
+        for summ, spec in (per or {}).items()
+    }
 
 
 def histogram_quantile(counts: Sequence[int], edges: Sequence[float], q: float) -> float | None:
@@ -52,13 +55,18 @@ def window_point(w: TelemetryWindow, reference: Mapping[str, Sequence[int]]) -> 
         if ref and counts.sum() >= MIN_INPUT_SAMPLES:
             drift[key] = round(psi(*merge_sparse(ref, counts)), 4)  # the bins the drift engine compares
     return {
-        "sequence": w.sequence, "start_unix": w.start_unix, "end_unix": w.end_unix,
-        "model_name": w.model_name, "model_version": w.model_version, "requests": total,
+        "sequence": w.sequence,
+        "start_unix": w.start_unix,
+        "end_unix": w.end_unix,
+        "model_name": w.model_name,
+        "model_version": w.model_version,
+        "requests": total,
         "latency_mean_ms": (w.latency_sum_ms / total) if total else None,
         "latency_p95_ms": histogram_quantile(list(w.latency_counts), LATENCY_EDGES_MS, 0.95),
         "latency_max_ms": w.latency_max_ms if total else None,
         "fallback_rate": ((r.cloud + r.edge_degraded) / total) if total else None,
         "error_rate": (r.error / total) if total else None,
         "confidence_mean": confidence_mean,
-        "input_psi": drift, "input_psi_max": max(drift.values()) if drift else None,
+        "input_psi": drift,
+        "input_psi_max": max(drift.values()) if drift else None,
     }

@@ -5,6 +5,13 @@ from tandem.edge_agent.ota.machine import HealthFigures, WatchPolicy, decide_hea
 from tandem.edge_agent.ota.store import ModelStore
 
 __all__ = [
-    "DownloadError", "HealthFigures", "ModelStore", "OtaError", "SelfTestError", "StoreError", "VerificationError",
-    "WatchPolicy", "decide_health",
+    "DownloadError",
+    "HealthFigures",
+    "ModelStore",
+    "OtaError",
+    "SelfTestError",
+    "StoreError",
+    "VerificationError",
+    "WatchPolicy",
+    "decide_health",
 ]

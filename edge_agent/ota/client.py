@@ -44,14 +44,14 @@ class OtaClientConfig:
     profile: str
     mqtt_url: str
     store_dir: Path
-    trusted_key_pem: bytes | str | Path          # the hub's release key (GET /v1/keys/release)
-    hub_token: str | None = None                 # bearer token (read scope) for manifests and artifacts
+    trusted_key_pem: bytes | str | Path  # the hub's release key (GET /v1/keys/release)
+    hub_token: str | None = None  # bearer token (read scope) for manifests and artifacts
     watch: WatchPolicy = field(default_factory=WatchPolicy)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     keepalive_s: int = 10
     session_expiry_s: int = 7 * 24 * 3600
     poll_s: float = 0.25
-    tls: TlsFiles | None = None                  # mutual TLS (mqtts://); None: plain text, development only
+    tls: TlsFiles | None = None  # mutual TLS (mqtts://); None: plain text, development only
 
 
 StatusSink = Callable[[bytes], None]  # takes an encoded OtaStatus for /ota/status and must store it durably
@@ -64,8 +64,14 @@ class OtaClient:
     publish (the agent passes its telemetry outbox's `enqueue` for topics.OTA_STATUS).
     """
 
-    def __init__(self, config: OtaClientConfig, on_switch: SwitchHook, health: HealthProbe | None = None,
-                 clock: Callable[[], float] = time.time, status_sink: StatusSink | None = None) -> None:
+    def __init__(
+        self,
+        config: OtaClientConfig,
+        on_switch: SwitchHook,
+        health: HealthProbe | None = None,
+        clock: Callable[[], float] = time.time,
+        status_sink: StatusSink | None = None,
+    ) -> None:
         self.config = config
         self.status_sink = status_sink
         self.store = ModelStore(config.store_dir)
@@ -81,16 +87,29 @@ class OtaClient:
         self._pending: list[OtaStatus] = []  # said once connected (paho drops publishes before the first connect)
         self.recovery: Recovery | None = None
         key = load_public_key(config.trusted_key_pem)
-        download = config.download if config.download.token or not config.hub_token else \
-            DownloadConfig(**{**config.download.__dict__, "token": config.hub_token})
-        self.updater = Updater(self.store, key, UpdaterConfig(config.profile, download, config.watch, config.poll_s),
-                               on_switch, self._publish_step, health or HealthFigures, clock, self._cancel)
+        download = (
+            config.download
+            if config.download.token or not config.hub_token
+            else DownloadConfig(**{**config.download.__dict__, "token": config.hub_token})
+        )
+        self.updater = Updater(
+            self.store,
+            key,
+            UpdaterConfig(config.profile, download, config.watch, config.poll_s),
+            on_switch,
+            self._publish_step,
+            health or HealthFigures,
+            clock,
+            self._cancel,
+        )
         self._cmd_topic = ota_cmd_topic(config.device_id)
         self._status_topic = ota_status_topic(config.device_id)
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tandem-ota-{config.device_id}",
-                                   protocol=mqtt.MQTTv5)
-        self._host, self._port = configure_mqtt_client(self._client, config.mqtt_url, config.tls,
-                                                       f"OTA client (device {config.device_id})")
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"tandem-ota-{config.device_id}", protocol=mqtt.MQTTv5
+        )
+        self._host, self._port = configure_mqtt_client(
+            self._client, config.mqtt_url, config.tls, f"OTA client (device {config.device_id})"
+        )
         self._client.reconnect_delay_set(0.2, 2.0)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
@@ -111,18 +130,31 @@ class OtaClient:
         recovery = self.open_store()
         if recovery.rolled_back_trial is not None:
             trial = recovery.rolled_back_trial
-            self._pending.append(OtaStatus(self.config.device_id, self._next_seq(), trial.get("rollout_id", "unknown"),
-                                 "rolled_back", "ok", self.store.state.active.model if self.store.state.active else "unknown",
-                                 trial["version"], self.store.active_version, self.store.previous_version,
-                                 "the agent restarted while this version was on trial"))
+            self._pending.append(
+                OtaStatus(
+                    self.config.device_id,
+                    self._next_seq(),
+                    trial.get("rollout_id", "unknown"),
+                    "rolled_back",
+                    "ok",
+                    self.store.state.active.model if self.store.state.active else "unknown",
+                    trial["version"],
+                    self.store.active_version,
+                    self.store.previous_version,
+                    "the agent restarted while this version was on trial",
+                )
+            )
         if self.status_sink is not None:  # durable now; no need to wait for our own connection
             while self._pending:
                 self._send(self._pending.pop(0))
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
-        props.MaximumPacketSize = limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES  # broker drops bigger
-        self._client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False,
-                                   properties=props)
+        props.MaximumPacketSize = (
+            limits.MAX_MQTT_PAYLOAD_BYTES + limits.MQTT_PACKET_OVERHEAD_BYTES
+        )  # broker drops bigger
+        self._client.connect_async(
+            self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False, properties=props
+        )
         self._client.loop_start()
         self._worker = threading.Thread(target=self._run, name=f"ota-{self.config.device_id}", daemon=True)
         self._worker.start()
@@ -186,8 +218,13 @@ class OtaClient:
             return
         late = self.hub_clock.expired(cmd.deadline, self.clock())
         if late is not None:  # on the hub's clock (estimated from its commands), with a stated tolerance
-            self._publish_step("rejected", "error", f"command deadline passed {late:.0f}s ago on the hub's clock "
-                               f"(offset {self.hub_clock.offset_s or 0.0:+.0f}s, tolerance {CLOCK_TOLERANCE_S:g}s)", {})
+            self._publish_step(
+                "rejected",
+                "error",
+                f"command deadline passed {late:.0f}s ago on the hub's clock "
+                f"(offset {self.hub_clock.offset_s or 0.0:+.0f}s, tolerance {CLOCK_TOLERANCE_S:g}s)",
+                {},
+            )
             return
         self.updater.run(cmd)
 
@@ -197,11 +234,30 @@ class OtaClient:
             return
         if step in ("committed", "rolled_back", "failed", "rejected"):
             self._done[(cmd.rollout_id, cmd.action, cmd.version)] = (step, result, reason)
-        log.info("ota step device=%s rollout=%s version=%s step=%s reason=%s", self.config.device_id,
-                 cmd.rollout_id, cmd.version, step, reason)
-        self._send(OtaStatus(self.config.device_id, self._next_seq(), cmd.rollout_id, step, result, cmd.model,
-                             cmd.version, self.store.active_version, self.store.previous_version, reason[:2000], health,
-                             at=self.clock()))
+        log.info(
+            "ota step device=%s rollout=%s version=%s step=%s reason=%s",
+            self.config.device_id,
+            cmd.rollout_id,
+            cmd.version,
+            step,
+            reason,
+        )
+        self._send(
+            OtaStatus(
+                self.config.device_id,
+                self._next_seq(),
+                cmd.rollout_id,
+                step,
+                result,
+                cmd.model,
+                cmd.version,
+                self.store.active_version,
+                self.store.previous_version,
+                reason[:2000],
+                health,
+                at=self.clock(),
+            )
+        )
 
     def _send(self, status: OtaStatus) -> None:
         payload = encode_status(status)
@@ -210,8 +266,9 @@ class OtaClient:
                 self.status_sink(payload)
                 return
             except Exception:  # e.g. the outbox's disk failed: say it over our own session rather than not at all
-                log.exception("ota status sink failed device=%s step=%s; publishing directly", self.config.device_id,
-                              status.step)
+                log.exception(
+                    "ota status sink failed device=%s step=%s; publishing directly", self.config.device_id, status.step
+                )
         # QoS 1: paho keeps it while disconnected and sends it after the reconnect.
         self._client.publish(self._status_topic, payload, qos=1, properties=publish_properties(OTA_STATUS))
 

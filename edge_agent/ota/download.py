@@ -37,28 +37,33 @@ MAX_MANIFEST_BYTES = limits.MAX_MANIFEST_BYTES
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    token: str | None = None                 # bearer token for the hub (scope read)
-    timeout_s: float = 30.0                  # per request (connect and between bytes)
-    attempts: int = 5                        # per file, counting the first
-    backoff_s: float = 0.2                   # doubled after each failed attempt
+    token: str | None = None  # bearer token for the hub (scope read)
+    timeout_s: float = 30.0  # per request (connect and between bytes)
+    attempts: int = 5  # per file, counting the first
+    backoff_s: float = 0.2  # doubled after each failed attempt
     chunk_bytes: int = 256 * 1024
     max_file_bytes: int = limits.MAX_ARTIFACT_BYTES
-    rate_limit_bps: float | None = None      # cap for metered links; None: as fast as the link goes
-    tls: TlsFiles | None = None              # https: trust `ca`, present cert+key; None: system trust store
-    max_rate_limited_s: float = 120.0        # total time a transfer may wait on the hub's 429 Retry-After
+    rate_limit_bps: float | None = None  # cap for metered links; None: as fast as the link goes
+    tls: TlsFiles | None = None  # https: trust `ca`, present cert+key; None: system trust store
+    max_rate_limited_s: float = 120.0  # total time a transfer may wait on the hub's 429 Retry-After
 
 
 class Downloader:
     """One HTTP client per OTA worker; `cancel` stops a transfer between chunks."""
 
-    def __init__(self, config: DownloadConfig, cancel: threading.Event | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: DownloadConfig,
+        cancel: threading.Event | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.config = config
         self.cancel = cancel or threading.Event()
         self.on_progress = on_progress
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
-        self._http = httpx.Client(headers=headers, timeout=config.timeout_s, follow_redirects=False,
-                                  verify=https_context(config.tls))
+        self._http = httpx.Client(
+            headers=headers, timeout=config.timeout_s, follow_redirects=False, verify=https_context(config.tls)
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -97,17 +102,21 @@ class Downloader:
                 return attempt()
             except _RateLimited as exc:
                 if waited + exc.retry_after_s > self.config.max_rate_limited_s:
-                    raise DownloadError(f"{url}: the hub kept answering 429 (rate limited) for {waited:.0f} s; "
-                                        "give this device its own token or raise the hub's rest_rate_per_s") from exc
+                    raise DownloadError(
+                        f"{url}: the hub kept answering 429 (rate limited) for {waited:.0f} s; "
+                        "give this device its own token or raise the hub's rest_rate_per_s"
+                    ) from exc
                 log.info("download rate limited url=%s retry_after_s=%.1f", url, exc.retry_after_s)
                 waited += exc.retry_after_s
                 self.cancel.wait(exc.retry_after_s)
                 continue
             except (httpx.TransportError, _Retry) as exc:
                 if _is_certificate_error(exc):  # no retry can fix a certificate; say what to check
-                    raise DownloadError(f"{url}: the hub's TLS certificate does not verify ({exc}); the agent trusts "
-                                        f"{self.config.tls.ca if self.config.tls else 'the system trust store'} "
-                                        "(telemetry.mqtt_tls_ca)") from exc
+                    raise DownloadError(
+                        f"{url}: the hub's TLS certificate does not verify ({exc}); the agent trusts "
+                        f"{self.config.tls.ca if self.config.tls else 'the system trust store'} "
+                        "(telemetry.mqtt_tls_ca)"
+                    ) from exc
                 if n == self.config.attempts:
                     raise DownloadError(f"{url}: failed after {n} attempts ({exc})") from exc
                 log.info("download retry url=%s attempt=%d error=%s", url, n, exc)
@@ -140,7 +149,9 @@ class Downloader:
             if resp.status_code == 200:
                 have = 0  # the server sent the whole file (no Range support, or a changed ETag)
             elif not resp.headers.get("content-range", "").startswith(f"bytes {have}-"):
-                raise DownloadError(f"{url}: asked for bytes {have}-, got Content-Range {resp.headers.get('content-range')!r}")
+                raise DownloadError(
+                    f"{url}: asked for bytes {have}-, got Content-Range {resp.headers.get('content-range')!r}"
+                )
             with open(part, "r+b" if have else "wb") as fh:
                 fh.seek(have)
                 fh.truncate()

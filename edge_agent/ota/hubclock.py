@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-CLOCK_TOLERANCE_S = 120.0   # on top of the estimate: clocks drift between commands, delivery jitters
+CLOCK_TOLERANCE_S = 120.0  # on top of the estimate: clocks drift between commands, delivery jitters
 RECENT = 32
 
 

@@ -13,8 +13,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-State = Literal["idle", "downloading", "verifying", "staged", "self_test", "switched", "watching",
-                "committed", "rolled_back", "failed"]
+State = Literal[
+    "idle",
+    "downloading",
+    "verifying",
+    "staged",
+    "self_test",
+    "switched",
+    "watching",
+    "committed",
+    "rolled_back",
+    "failed",
+]
 Outcome = Literal["ok", "error"]
 
 TERMINAL: tuple[State, ...] = ("committed", "rolled_back", "failed")
@@ -96,13 +106,24 @@ class HealthFigures:
         errors, fallbacks = self.errors + other.errors, self.fallbacks + other.fallbacks
         if self.latencies_ms or other.latencies_ms:
             return HealthFigures.of(requests, errors, fallbacks, self.latencies_ms + other.latencies_ms)
-        return HealthFigures(requests, errors, fallbacks, _weighted(self, other, "latency_p95_ms"),
-                             _weighted(self, other, "latency_p50_ms"))
+        return HealthFigures(
+            requests,
+            errors,
+            fallbacks,
+            _weighted(self, other, "latency_p95_ms"),
+            _weighted(self, other, "latency_p50_ms"),
+        )
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return {"requests": self.requests, "errors": self.errors, "fallbacks": self.fallbacks,
-                "error_rate": round(self.error_rate, 6), "fallback_rate": round(self.fallback_rate, 6),
-                "latency_p95_ms": self.latency_p95_ms, "latency_p50_ms": self.latency_p50_ms}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "fallbacks": self.fallbacks,
+            "error_rate": round(self.error_rate, 6),
+            "fallback_rate": round(self.fallback_rate, 6),
+            "latency_p95_ms": self.latency_p95_ms,
+            "latency_p50_ms": self.latency_p50_ms,
+        }
 
 
 def _weighted(a: HealthFigures, b: HealthFigures, name: str) -> float | None:
@@ -117,10 +138,10 @@ class WatchPolicy:
     """When a switched model is kept. Rates are fractions; a rise is in absolute points."""
 
     watch_s: float = 60.0
-    min_requests: int = 20               # below this, the window says nothing about health
+    min_requests: int = 20  # below this, the window says nothing about health
     max_error_rate: float = 0.05
-    max_fallback_rise: float = 0.15      # new fallback rate minus the previous version's
-    max_latency_ratio: float = 2.0       # new p95 over the previous version's p95
+    max_fallback_rise: float = 0.15  # new fallback rate minus the previous version's
+    max_latency_ratio: float = 2.0  # new p95 over the previous version's p95
     commit_without_traffic: bool = True  # no requests during the whole watch: keep the model
 
     def __post_init__(self) -> None:
@@ -152,10 +173,14 @@ def latency_regression(baseline: HealthFigures, current: HealthFigures, policy: 
         p50 = current.latency_p50_ms / baseline.latency_p50_ms
         if p50 <= policy.max_latency_ratio:
             return None  # only the tail moved: load on the host, not a slower model
-        return (f"p95 latency {current.latency_p95_ms:.2f} ms is {p95:.1f}x and p50 {current.latency_p50_ms:.2f} ms "
-                f"{p50:.1f}x the previous version's over {current.requests} requests, above {policy.max_latency_ratio:.1f}x")
-    return (f"p95 latency {current.latency_p95_ms:.2f} ms is {p95:.1f}x the previous version's over "
-            f"{current.requests} requests, above {policy.max_latency_ratio:.1f}x")
+        return (
+            f"p95 latency {current.latency_p95_ms:.2f} ms is {p95:.1f}x and p50 {current.latency_p50_ms:.2f} ms "
+            f"{p50:.1f}x the previous version's over {current.requests} requests, above {policy.max_latency_ratio:.1f}x"
+        )
+    return (
+        f"p95 latency {current.latency_p95_ms:.2f} ms is {p95:.1f}x the previous version's over "
+        f"{current.requests} requests, above {policy.max_latency_ratio:.1f}x"
+    )
 
 
 @dataclass(frozen=True)
@@ -164,7 +189,9 @@ class HealthDecision:
     reason: str
 
 
-def decide_health(baseline: HealthFigures, current: HealthFigures, elapsed_s: float, policy: WatchPolicy) -> HealthDecision:
+def decide_health(
+    baseline: HealthFigures, current: HealthFigures, elapsed_s: float, policy: WatchPolicy
+) -> HealthDecision:
     """Commit, roll back, or keep watching, comparing the new version with the previous one's figures.
 
     An error or fallback breach rolls back as soon as min_requests were seen. Latency is judged
@@ -181,13 +208,18 @@ def decide_health(baseline: HealthFigures, current: HealthFigures, elapsed_s: fl
         # judged on the rate's Wilson lower bound one standard error down, so a short run of hard
         # inputs over a few dozen requests (0.5 over 20 where the old version had 0.19) is not a regression
         if wilson_lower_bound(current.fallback_rate, current.requests, z=1.0) - previous > policy.max_fallback_rise:
-            return HealthDecision("rollback", f"fallback rate {current.fallback_rate:.3f} rose by {rise:.3f} "
-                                              f"(previous version {baseline.fallback_rate:.3f}), above {policy.max_fallback_rise:.3f}")
+            return HealthDecision(
+                "rollback",
+                f"fallback rate {current.fallback_rate:.3f} rose by {rise:.3f} "
+                f"(previous version {baseline.fallback_rate:.3f}), above {policy.max_fallback_rise:.3f}",
+            )
     if elapsed_s < policy.watch_s:
         return HealthDecision("wait", f"watching {elapsed_s:.1f}/{policy.watch_s:.1f}s")
     slow = latency_regression(baseline, current, policy)
     if slow:
         return HealthDecision("rollback", slow)
     if current.requests < policy.min_requests and not policy.commit_without_traffic:
-        return HealthDecision("rollback", f"only {current.requests} requests during the watch (need {policy.min_requests})")
+        return HealthDecision(
+            "rollback", f"only {current.requests} requests during the watch (need {policy.min_requests})"
+        )
     return HealthDecision("commit", f"healthy over {current.requests} requests in {elapsed_s:.1f}s")

@@ -63,7 +63,9 @@ def run_selftest(model_dir: Path, manifest: Manifest, variant: Variant) -> SelfT
     return compare(manifest, variant, outputs, expected)
 
 
-def compare(manifest: Manifest, variant: Variant, outputs: list[np.ndarray], expected: list[np.ndarray]) -> SelfTestResult:
+def compare(
+    manifest: Manifest, variant: Variant, outputs: list[np.ndarray], expected: list[np.ndarray]
+) -> SelfTestResult:
     """Pure comparison: classification by top-1 agreement on the task output, other outputs by atol."""
     golden = manifest.golden
     assert golden is not None
@@ -82,11 +84,15 @@ def compare(manifest: Manifest, variant: Variant, outputs: list[np.ndarray], exp
         if classification and spec.name == task_output and got.ndim == 2:
             agreement = float((got.argmax(axis=1) == want.argmax(axis=1)).mean())
             if agreement < golden.min_top1_agreement:
-                raise SelfTestError(f"output {spec.name!r}: top-1 agreement {agreement:.3f} with the golden outputs, "
-                                    f"below {golden.min_top1_agreement:.3f}")
+                raise SelfTestError(
+                    f"output {spec.name!r}: top-1 agreement {agreement:.3f} with the golden outputs, "
+                    f"below {golden.min_top1_agreement:.3f}"
+                )
             continue
         err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if got.size else 0.0
         worst = max(worst, err)
         if err > golden.atol:
-            raise SelfTestError(f"output {spec.name!r}: max error {err:.4g} against the golden outputs, above atol {golden.atol:g}")
+            raise SelfTestError(
+                f"output {spec.name!r}: max error {err:.4g} against the golden outputs, above atol {golden.atol:g}"
+            )
     return SelfTestResult(samples=golden.count, top1_agreement=agreement, max_abs_error=worst)

@@ -40,10 +40,10 @@ class SlotRef:
 class StoreState:
     active: SlotRef | None = None
     previous: SlotRef | None = None
-    max_accepted: str | None = None           # anti-rollback: never install a version <= this
-    trial: dict[str, Any] | None = None       # set between switch and commit: {"rollout_id", "version", "switched_at"}
-    health: dict[str, Any] | None = None      # the watch figures the active version was committed on (repeated to
-                                              # a hub that asks again after its own restart: a gate needs data)
+    max_accepted: str | None = None  # anti-rollback: never install a version <= this
+    trial: dict[str, Any] | None = None  # set between switch and commit: {"rollout_id", "version", "switched_at"}
+    health: dict[str, Any] | None = None  # the watch figures the active version was committed on (repeated to
+    # a hub that asks again after its own restart: a gate needs data)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": STATE_SCHEMA, **asdict(self)}
@@ -53,8 +53,13 @@ class StoreState:
         if data.get("schema") != STATE_SCHEMA:
             raise StoreError(f"state.json: schema {data.get('schema')!r} is not {STATE_SCHEMA}")
         ref = lambda d: SlotRef(**d) if d else None  # noqa: E731
-        return cls(active=ref(data.get("active")), previous=ref(data.get("previous")),
-                   max_accepted=data.get("max_accepted"), trial=data.get("trial"), health=data.get("health"))
+        return cls(
+            active=ref(data.get("active")),
+            previous=ref(data.get("previous")),
+            max_accepted=data.get("max_accepted"),
+            trial=data.get("trial"),
+            health=data.get("health"),
+        )
 
 
 @dataclass
@@ -198,7 +203,8 @@ class ModelStore:
             raise StoreError(f"slot {slot}: {exc}") from exc
         old_previous = self.state.previous
         new = StoreState(
-            active=SlotRef(slot, manifest.name, manifest.version), previous=self.state.active,
+            active=SlotRef(slot, manifest.name, manifest.version),
+            previous=self.state.active,
             max_accepted=self.state.max_accepted,
             trial={"rollout_id": rollout_id, "version": manifest.version, "switched_at": time.time()},
         )

@@ -28,9 +28,9 @@ from tandem.protocols.ota import OtaCommand
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, str, str, dict], None]          # (step, result, reason, health)
-SwitchHook = Callable[[Path], None]                      # serve the model dir; raise if it cannot
-HealthProbe = Callable[[], HealthFigures]                # figures since the previous call
+Publish = Callable[[str, str, str, dict], None]  # (step, result, reason, health)
+SwitchHook = Callable[[Path], None]  # serve the model dir; raise if it cannot
+HealthProbe = Callable[[], HealthFigures]  # figures since the previous call
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,17 @@ def _no_health() -> HealthFigures:
 
 
 class Updater:
-    def __init__(self, store: ModelStore, trusted_key: Ed25519PublicKey, config: UpdaterConfig,
-                 on_switch: SwitchHook, publish: Publish, health: HealthProbe = _no_health,
-                 clock: Callable[[], float] = time.time, cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        trusted_key: Ed25519PublicKey,
+        config: UpdaterConfig,
+        on_switch: SwitchHook,
+        publish: Publish,
+        health: HealthProbe = _no_health,
+        clock: Callable[[], float] = time.time,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.store = store
         self.trusted_key = trusted_key
         self.config = config
@@ -68,13 +76,16 @@ class Updater:
         """Download, verify, stage, self-test, switch, watch; returns the terminal state."""
         if self.store.active_version == cmd.version and self.store.state.trial is None:
             # the figures it was committed on: a hub that lost them (its own crash) must not pass a gate blind
-            self.publish("committed", "ok", f"{cmd.model} {cmd.version} is already active",
-                         dict(self.store.state.health or {}))
+            self.publish(
+                "committed", "ok", f"{cmd.model} {cmd.version} is already active", dict(self.store.state.health or {})
+            )
             return "committed"
         accepted = self.store.state.max_accepted
         if accepted is not None and parse_version(cmd.version) <= parse_version(accepted):
-            reason = (f"{cmd.version} is not higher than the highest accepted version {accepted} "
-                      "(anti-rollback; a downgrade must be released as a higher version)")
+            reason = (
+                f"{cmd.version} is not higher than the highest accepted version {accepted} "
+                "(anti-rollback; a downgrade must be released as a higher version)"
+            )
             self.publish("rejected", "error", reason, {})
             return "failed"
         self.state = "idle"
@@ -85,13 +96,22 @@ class Updater:
             try:
                 doc = downloader.fetch_json(cmd.manifest_url)
                 manifest, variant = verify_manifest_doc(
-                    doc, trusted_key=self.trusted_key, cmd=cmd, profile=self.config.profile,
-                    max_accepted=accepted, now=self.clock())
+                    doc,
+                    trusted_key=self.trusted_key,
+                    cmd=cmd,
+                    profile=self.config.profile,
+                    max_accepted=accepted,
+                    now=self.clock(),
+                )
                 entries = files_for(manifest, variant)
                 staging = self.store.staging_dir(f"{cmd.model}-{cmd.version}-{cmd.manifest_sha256[:12]}")
                 for entry in entries:
-                    downloader.fetch_file(f"{cmd.artifact_base_url.rstrip('/')}/{entry.sha256}",
-                                          staging / entry.path, entry.size, entry.sha256)
+                    downloader.fetch_file(
+                        f"{cmd.artifact_base_url.rstrip('/')}/{entry.sha256}",
+                        staging / entry.path,
+                        entry.size,
+                        entry.sha256,
+                    )
             finally:
                 downloader.close()
             self._enter("ok", f"{len(entries)} files, {sum(e.size for e in entries)} bytes")  # -> verifying

@@ -26,21 +26,32 @@ def manifest_digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_bytes(doc)).hexdigest()
 
 
-def verify_manifest_doc(doc: Mapping[str, Any], *, trusted_key: Ed25519PublicKey, cmd: OtaCommand, profile: str,
-                        max_accepted: str | None, now: float) -> tuple[Manifest, Variant]:
+def verify_manifest_doc(
+    doc: Mapping[str, Any],
+    *,
+    trusted_key: Ed25519PublicKey,
+    cmd: OtaCommand,
+    profile: str,
+    max_accepted: str | None,
+    now: float,
+) -> tuple[Manifest, Variant]:
     """Accept the manifest for this device, or raise VerificationError naming the first failed check."""
     try:
         verify_manifest(doc, trusted_key)
     except SignatureError as exc:
         raise VerificationError(f"manifest {cmd.model} {cmd.version}: {exc}") from exc
     if manifest_digest(doc) != cmd.manifest_sha256:
-        raise VerificationError(f"manifest {cmd.model} {cmd.version}: sha256 does not match the command's manifest_sha256")
+        raise VerificationError(
+            f"manifest {cmd.model} {cmd.version}: sha256 does not match the command's manifest_sha256"
+        )
     try:
         manifest = Manifest.from_dict(doc)
     except ManifestError as exc:
         raise VerificationError(f"manifest: {exc}") from exc
     if (manifest.name, manifest.version) != (cmd.model, cmd.version):
-        raise VerificationError(f"manifest is {manifest.name} {manifest.version}, the command asked for {cmd.model} {cmd.version}")
+        raise VerificationError(
+            f"manifest is {manifest.name} {manifest.version}, the command asked for {cmd.model} {cmd.version}"
+        )
     if manifest.expires_at is not None:
         try:
             expires = dt.datetime.fromisoformat(manifest.expires_at).timestamp()
@@ -49,17 +60,23 @@ def verify_manifest_doc(doc: Mapping[str, Any], *, trusted_key: Ed25519PublicKey
         if now > expires:
             raise VerificationError(f"manifest {manifest.name} {manifest.version}: expired at {manifest.expires_at}")
     if profile not in manifest.target_profiles:
-        raise VerificationError(f"manifest {manifest.name} {manifest.version}: targets {', '.join(manifest.target_profiles) or 'no profile'}, "
-                                f"not this device's profile {profile!r}")
+        raise VerificationError(
+            f"manifest {manifest.name} {manifest.version}: targets {', '.join(manifest.target_profiles) or 'no profile'}, "
+            f"not this device's profile {profile!r}"
+        )
     try:
         variant = manifest.variant_for_profile(profile)
     except ManifestError as exc:
         raise VerificationError(f"manifest {manifest.name} {manifest.version}: {exc}") from exc
     if max_accepted is not None and parse_version(manifest.version) <= parse_version(max_accepted):
-        raise VerificationError(f"manifest {manifest.name} {manifest.version}: not higher than the highest accepted "
-                                f"version {max_accepted} (anti-rollback; a downgrade must be released as a higher version)")
+        raise VerificationError(
+            f"manifest {manifest.name} {manifest.version}: not higher than the highest accepted "
+            f"version {max_accepted} (anti-rollback; a downgrade must be released as a higher version)"
+        )
     if manifest.golden is None:
-        raise VerificationError(f"manifest {manifest.name} {manifest.version}: has no golden set, so it cannot be self-tested")
+        raise VerificationError(
+            f"manifest {manifest.name} {manifest.version}: has no golden set, so it cannot be self-tested"
+        )
     return manifest, variant
 
 

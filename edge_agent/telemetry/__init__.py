@@ -5,5 +5,13 @@ from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPubl
 from tandem.edge_agent.telemetry.service import TelemetryService
 from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
 
-__all__ = ["ModelInfo", "Outbox", "OutboxError", "PublisherConfig", "TelemetryPublisher", "TelemetryService",
-           "WindowAggregator", "WindowConfig"]
+__all__ = [
+    "ModelInfo",
+    "Outbox",
+    "OutboxError",
+    "PublisherConfig",
+    "TelemetryPublisher",
+    "TelemetryService",
+    "WindowAggregator",
+    "WindowConfig",
+]

@@ -34,9 +34,9 @@ from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ROWS = 8640                 # one day of 10 s windows
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024    # the whole outbox on disk (payload bytes)
-DEFAULT_REPLAY_S = 3600.0               # acknowledged windows kept this long for the hub's resend requests
+DEFAULT_MAX_ROWS = 8640  # one day of 10 s windows
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # the whole outbox on disk (payload bytes)
+DEFAULT_REPLAY_S = 3600.0  # acknowledged windows kept this long for the hub's resend requests
 DEFAULT_REPLAY_BYTES = 16 * 1024 * 1024  # ... and at most this many payload bytes of them (oldest go first)
 
 STATUS, HARD_EXAMPLES, TELEMETRY = 0, 1, 2
@@ -60,14 +60,18 @@ class ClassQuota:
 
     def __post_init__(self) -> None:
         if self.max_rows < 1 or self.max_bytes < 1:
-            raise OutboxError(f"outbox quota: max_rows and max_bytes must be >= 1, got {self.max_rows}, {self.max_bytes}")
+            raise OutboxError(
+                f"outbox quota: max_rows and max_bytes must be >= 1, got {self.max_rows}, {self.max_bytes}"
+            )
 
 
 def default_quotas(max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[int, ClassQuota]:
     """Statuses are tiny and few; hard examples are big, so they get a quarter of the bytes; windows may use all."""
-    return {STATUS: ClassQuota(min(max_rows, 2000), min(max_bytes, 4 * 1024 * 1024)),
-            HARD_EXAMPLES: ClassQuota(min(max_rows, 2000), max(1, max_bytes // 4)),
-            TELEMETRY: ClassQuota(max_rows, max_bytes)}
+    return {
+        STATUS: ClassQuota(min(max_rows, 2000), min(max_bytes, 4 * 1024 * 1024)),
+        HARD_EXAMPLES: ClassQuota(min(max_rows, 2000), max(1, max_bytes // 4)),
+        TELEMETRY: ClassQuota(max_rows, max_bytes),
+    }
 
 
 class Pending(NamedTuple):
@@ -82,9 +86,16 @@ class Pending(NamedTuple):
 class Outbox:
     """Classed, budgeted messages on disk; thread-safe (one connection behind a lock)."""
 
-    def __init__(self, path: str | Path, max_rows: int = DEFAULT_MAX_ROWS, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 quotas: Mapping[int, ClassQuota] | None = None, replay_s: float = DEFAULT_REPLAY_S,
-                 replay_bytes: int = DEFAULT_REPLAY_BYTES) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        quotas: Mapping[int, ClassQuota] | None = None,
+        replay_s: float = DEFAULT_REPLAY_S,
+        replay_bytes: int = DEFAULT_REPLAY_BYTES,
+    ) -> None:
         """`replay_s` / `replay_bytes`: how long, and how much, acknowledged windows are kept so
         the hub can ask for them again (a broker that lost them after its PUBACK); 0 keeps none."""
         if max_rows < 1 or max_bytes < 1:
@@ -93,8 +104,8 @@ class Outbox:
             raise OutboxError(f"outbox: replay_s and replay_bytes must be >= 0, got {replay_s}, {replay_bytes}")
         self.replay_s, self.replay_bytes = replay_s, replay_bytes
         self._replay_size = 0
-        self.resent = 0              # windows sent again on the hub's request
-        self.resend_missing = 0      # asked for but no longer here (past the replay bounds, or dropped)
+        self.resent = 0  # windows sent again on the hub's request
+        self.resend_missing = 0  # asked for but no longer here (past the replay bounds, or dropped)
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
@@ -119,8 +130,10 @@ class Outbox:
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, "
-                      "created_at REAL NOT NULL)")
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, "
+                "created_at REAL NOT NULL)"
+            )
             c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             c.execute("INSERT OR IGNORE INTO meta VALUES ('last_sequence', 0), ('dropped_total', 0)")
             columns = {row[1] for row in c.execute("PRAGMA table_info(outbox)")}
@@ -131,11 +144,15 @@ class Outbox:
                 c.execute("UPDATE outbox SET size=length(payload)")
             c.execute("CREATE INDEX IF NOT EXISTS outbox_class ON outbox (klass, seq)")
             # acknowledged telemetry windows by their sequence, kept for the hub's resend requests
-            c.execute("CREATE TABLE IF NOT EXISTS sent (sequence INTEGER PRIMARY KEY, payload BLOB NOT NULL, "
-                      "sent_at REAL NOT NULL, size INTEGER NOT NULL)")
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS sent (sequence INTEGER PRIMARY KEY, payload BLOB NOT NULL, "
+                "sent_at REAL NOT NULL, size INTEGER NOT NULL)"
+            )
             # Row ids never repeat (the sender's in-flight map is keyed by them): a counter, not max(seq)+1.
-            c.execute("INSERT OR IGNORE INTO meta SELECT 'last_row', MAX(COALESCE(MAX(seq), 0), "
-                      "(SELECT value FROM meta WHERE key='last_sequence')) FROM outbox")
+            c.execute(
+                "INSERT OR IGNORE INTO meta SELECT 'last_row', MAX(COALESCE(MAX(seq), 0), "
+                "(SELECT value FROM meta WHERE key='last_sequence')) FROM outbox"
+            )
             for klass in CLASS_NAMES:
                 c.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", [_dropped_key(klass)])
             c.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", [SCHEMA_VERSION])
@@ -190,7 +207,9 @@ class Outbox:
         if klass not in CLASS_NAMES:
             raise OutboxError(f"outbox class {klass!r}: expected one of {CLASS_NAMES}")
         if kind not in topics.DEVICE_PUBLISHES:
-            raise OutboxError(f"outbox kind {kind!r}: not a topic a device publishes ({', '.join(topics.DEVICE_PUBLISHES)})")
+            raise OutboxError(
+                f"outbox kind {kind!r}: not a topic a device publishes ({', '.join(topics.DEVICE_PUBLISHES)})"
+            )
         out: list[int | None] = []
         with self._lock:
             try:
@@ -209,7 +228,9 @@ class Outbox:
         """
         with self._lock:
             try:
-                found = self._conn.execute("SELECT klass, size, kind, payload FROM outbox WHERE seq=?", [row]).fetchone()
+                found = self._conn.execute(
+                    "SELECT klass, size, kind, payload FROM outbox WHERE seq=?", [row]
+                ).fetchone()
                 if found is None:
                     return
                 with self._transaction():
@@ -243,8 +264,14 @@ class Outbox:
     def replay_stats(self) -> dict[str, float | int]:
         with self._lock:
             n = int(self._conn.execute("SELECT COUNT(*) FROM sent").fetchone()[0])
-            return {"windows": n, "bytes": self._replay_size, "replay_s": self.replay_s,
-                    "replay_bytes": self.replay_bytes, "resent": self.resent, "resend_missing": self.resend_missing}
+            return {
+                "windows": n,
+                "bytes": self._replay_size,
+                "replay_s": self.replay_s,
+                "replay_bytes": self.replay_bytes,
+                "resent": self.resent,
+                "resend_missing": self.resend_missing,
+            }
 
     # -- readers -------------------------------------------------------------------------
 
@@ -253,14 +280,19 @@ class Outbox:
         skip = sorted(set(exclude))
         where = f"WHERE seq NOT IN ({','.join('?' * len(skip))})" if skip else ""
         with self._lock:
-            return [Pending(*r) for r in self._conn.execute(
-                f"SELECT seq, klass, kind, payload FROM outbox {where} ORDER BY klass, seq LIMIT ?", [*skip, limit])]
+            return [
+                Pending(*r)
+                for r in self._conn.execute(
+                    f"SELECT seq, klass, kind, payload FROM outbox {where} ORDER BY klass, seq LIMIT ?", [*skip, limit]
+                )
+            ]
 
     def pending(self, after: int = 0, limit: int = 100) -> list[tuple[int, bytes]]:
         """Unacknowledged (row, payload) with row > after, in arrival order (a cursor for single-class senders)."""
         with self._lock:
-            return list(self._conn.execute("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                                           [after, limit]))
+            return list(
+                self._conn.execute("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", [after, limit])
+            )
 
     def __len__(self) -> int:
         with self._lock:
@@ -295,9 +327,16 @@ class Outbox:
         """Per class name: rows and bytes waiting, quota, and drops (status pages and metrics)."""
         with self._lock:
             drops = self._drops()
-            return {name: {"rows": self._usage[k][0], "bytes": self._usage[k][1], "dropped": drops[name],
-                           "max_rows": self.quotas[k].max_rows, "max_bytes": self.quotas[k].max_bytes}
-                    for k, name in CLASS_NAMES.items()}
+            return {
+                name: {
+                    "rows": self._usage[k][0],
+                    "bytes": self._usage[k][1],
+                    "dropped": drops[name],
+                    "max_rows": self.quotas[k].max_rows,
+                    "max_bytes": self.quotas[k].max_bytes,
+                }
+                for k, name in CLASS_NAMES.items()
+            }
 
     def room(self, klass: int) -> int:
         """Rows `klass` may still take before its own quota evicts its oldest (the total budget may still
@@ -323,12 +362,15 @@ class Outbox:
             self._count_drop(klass, 1)
             log.warning("outbox message over its quota class=%s bytes=%d dropped", CLASS_NAMES[klass], size)
             return False
-        self._drop_oldest(klass, lambda: self._usage[klass][0] + 1 > quota.max_rows
-                          or self._usage[klass][1] + size > quota.max_bytes)
+        self._drop_oldest(
+            klass, lambda: self._usage[klass][0] + 1 > quota.max_rows or self._usage[klass][1] + size > quota.max_bytes
+        )
 
         def over_budget() -> bool:
-            return (sum(r for r, _ in self._usage.values()) + 1 > self.max_rows
-                    or sum(b for _, b in self._usage.values()) + size > self.max_bytes)
+            return (
+                sum(r for r, _ in self._usage.values()) + 1 > self.max_rows
+                or sum(b for _, b in self._usage.values()) + size > self.max_bytes
+            )
 
         for victim in sorted(CLASS_NAMES, reverse=True):
             if victim < klass or not over_budget():
@@ -343,8 +385,9 @@ class Outbox:
     def _drop_oldest(self, klass: int, still_over) -> None:
         dropped = 0
         while still_over() and self._usage[klass][0] > 0:
-            rows = self._conn.execute("SELECT seq, size FROM outbox WHERE klass=? ORDER BY seq LIMIT 64",
-                                      [klass]).fetchall()
+            rows = self._conn.execute(
+                "SELECT seq, size FROM outbox WHERE klass=? ORDER BY seq LIMIT 64", [klass]
+            ).fetchall()
             for row, size in rows:
                 self._conn.execute("DELETE FROM outbox WHERE seq=?", [row])
                 self._account(klass, -1, -int(size))
@@ -353,9 +396,14 @@ class Outbox:
                     break
         if dropped:
             total = self._count_drop(klass, dropped)
-            log.warning("outbox under pressure class=%s dropped_oldest=%d dropped_total=%d rows=%d bytes=%d",
-                        CLASS_NAMES[klass], dropped, total, sum(r for r, _ in self._usage.values()),
-                        sum(b for _, b in self._usage.values()))
+            log.warning(
+                "outbox under pressure class=%s dropped_oldest=%d dropped_total=%d rows=%d bytes=%d",
+                CLASS_NAMES[klass],
+                dropped,
+                total,
+                sum(r for r, _ in self._usage.values()),
+                sum(b for _, b in self._usage.values()),
+            )
 
     def _keep_for_replay(self, payload: bytes) -> None:
         from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window
@@ -364,7 +412,9 @@ class Outbox:
             sequence = decode_window(payload).sequence
         except TelemetryDecodeError:
             return
-        self._conn.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)", [sequence, payload, time.time(), len(payload)])
+        self._conn.execute(
+            "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)", [sequence, payload, time.time(), len(payload)]
+        )
         self._replay_size += len(payload)
         self._prune_replay(time.time())
 
@@ -382,8 +432,10 @@ class Outbox:
 
     def _insert(self, klass: int, kind: str, payload: bytes) -> int:
         row = self._meta("last_row") + 1
-        self._conn.execute("INSERT INTO outbox (seq, payload, created_at, klass, kind, size) VALUES (?, ?, ?, ?, ?, ?)",
-                           [row, payload, time.time(), klass, kind, len(payload)])
+        self._conn.execute(
+            "INSERT INTO outbox (seq, payload, created_at, klass, kind, size) VALUES (?, ?, ?, ?, ?, ?)",
+            [row, payload, time.time(), klass, kind, len(payload)],
+        )
         self._set_meta("last_row", row)
         self._account(klass, 1, len(payload))
         return row

@@ -36,24 +36,25 @@ class PublisherConfig:
     """MQTT session settings; reconnect_max_s is low so an agent is back seconds after the broker."""
 
     mqtt_url: str
-    client_id: str = ""                        # default tandem-agent-<device>; must be stable for the session
-    session_expiry_s: int = 7 * 24 * 3600      # clean_start=False alone does not keep an MQTT 5 session
+    client_id: str = ""  # default tandem-agent-<device>; must be stable for the session
+    session_expiry_s: int = 7 * 24 * 3600  # clean_start=False alone does not keep an MQTT 5 session
     keepalive_s: int = 10
     reconnect_min_s: float = 0.2
     reconnect_max_s: float = 2.0
-    max_inflight: int = 20                     # windows handed to paho at once (mosquitto's default receive max)
-    tls: TlsFiles | None = None                # mutual TLS (mqtts://); None: plain text, development only
+    max_inflight: int = 20  # windows handed to paho at once (mosquitto's default receive max)
+    tls: TlsFiles | None = None  # mutual TLS (mqtts://); None: plain text, development only
 
 
 class TelemetryPublisher:
     """Publishes everything in `outbox`, oldest first; call `wake()` after an append."""
 
-    def __init__(self, config: PublisherConfig, outbox: Outbox, device_id: str,
-                 status_info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: PublisherConfig, outbox: Outbox, device_id: str, status_info: dict[str, Any] | None = None
+    ) -> None:
         self.config = config
         self.outbox = outbox
         self.device_id = device_id
-        self._topics: dict[str, str] = {}       # kind -> this device's topic
+        self._topics: dict[str, str] = {}  # kind -> this device's topic
         self._status_topic = status_topic(device_id)
         self._status_info = dict(status_info or {})
         # The order of this agent's statuses, which the hub follows instead of wall time: boot (start time, ms)
@@ -64,23 +65,29 @@ class TelemetryPublisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
-        self._inflight: dict[int, int] = {}     # mid -> outbox row (sender thread only)
+        self._inflight: dict[int, int] = {}  # mid -> outbox row (sender thread only)
         self._thread: threading.Thread | None = None
         self.acked = 0
         self.connects = 0
         self._resends: queue.SimpleQueue[tuple[bytes, float]] = queue.SimpleQueue()
         self.clock_offset_s: float | None = None  # hub clock minus ours, from the hub's last resend request
         self._client = self._make_client()
-        self._host, self._port = configure_mqtt_client(self._client, config.mqtt_url, config.tls,
-                                                       f"telemetry publisher (device {device_id})")
+        self._host, self._port = configure_mqtt_client(
+            self._client, config.mqtt_url, config.tls, f"telemetry publisher (device {device_id})"
+        )
 
     def _make_client(self) -> mqtt.Client:
         client_id = self.config.client_id or f"tandem-agent-{self.device_id}"
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
-        client.will_set(self._status_topic, self._status(STATUS_OFFLINE),
-                        qos=1, retain=True, properties=publish_properties(STATUS, will=True))
+        client.will_set(
+            self._status_topic,
+            self._status(STATUS_OFFLINE),
+            qos=1,
+            retain=True,
+            properties=publish_properties(STATUS, will=True),
+        )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -99,8 +106,9 @@ class TelemetryPublisher:
     def start(self) -> "TelemetryPublisher":
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
-        self._client.connect_async(self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False,
-                                   properties=props)
+        self._client.connect_async(
+            self._host, self._port, keepalive=self.config.keepalive_s, clean_start=False, properties=props
+        )
         self._client.loop_start()  # paho's thread: connects, and reconnects with the capped backoff
         self._thread = threading.Thread(target=self._run, name=f"telemetry-pub-{self.device_id}", daemon=True)
         self._thread.start()
@@ -113,11 +121,21 @@ class TelemetryPublisher:
         """Change what /status says (e.g. the model version after an OTA switch) and, when connected,
         republish the retained "online" status now; the last will follows from the next connect."""
         self._status_info.update(info)
-        self._client.will_set(self._status_topic, self._status(STATUS_OFFLINE),
-                              qos=1, retain=True, properties=publish_properties(STATUS, will=True))
+        self._client.will_set(
+            self._status_topic,
+            self._status(STATUS_OFFLINE),
+            qos=1,
+            retain=True,
+            properties=publish_properties(STATUS, will=True),
+        )
         if self._connected.is_set():
-            self._client.publish(self._status_topic,
-                                 self._status(STATUS_ONLINE), qos=1, retain=True, properties=publish_properties(STATUS))
+            self._client.publish(
+                self._status_topic,
+                self._status(STATUS_ONLINE),
+                qos=1,
+                retain=True,
+                properties=publish_properties(STATUS),
+            )
 
     def wait_drained(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (every window acknowledged) or the timeout passes."""
@@ -132,9 +150,13 @@ class TelemetryPublisher:
     def stop(self, timeout_s: float = 2.0) -> None:
         """Say offline (retained), disconnect, stop threads; unsent windows stay in the outbox."""
         if self._connected.is_set():
-            info = self._client.publish(self._status_topic,
-                                        self._status(STATUS_OFFLINE),
-                                        qos=1, retain=True, properties=publish_properties(STATUS))
+            info = self._client.publish(
+                self._status_topic,
+                self._status(STATUS_OFFLINE),
+                qos=1,
+                retain=True,
+                properties=publish_properties(STATUS),
+            )
             try:
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError):
@@ -153,20 +175,26 @@ class TelemetryPublisher:
             log.warning("telemetry connect refused device=%s reason=%s", self.device_id, reason_code)
             return
         self.connects += 1
-        client.publish(self._status_topic, self._status(STATUS_ONLINE),
-                       qos=1, retain=True, properties=publish_properties(STATUS))
+        client.publish(
+            self._status_topic, self._status(STATUS_ONLINE), qos=1, retain=True, properties=publish_properties(STATUS)
+        )
         client.subscribe(telemetry_resend_topic(self.device_id), qos=1)  # kept by the persistent session too
         self._connected.set()
         self._wake.set()
-        log.info("telemetry connected device=%s session_present=%s", self.device_id,
-                 getattr(flags, "session_present", None))
+        log.info(
+            "telemetry connected device=%s session_present=%s", self.device_id, getattr(flags, "session_present", None)
+        )
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self._connected.clear()
         self._conn += 1  # the next connection's will must be newer than this connection's online
-        client.will_set(self._status_topic, self._status(STATUS_OFFLINE), qos=1, retain=True,
-                        properties=publish_properties(STATUS, will=True))
+        client.will_set(
+            self._status_topic,
+            self._status(STATUS_OFFLINE),
+            qos=1,
+            retain=True,
+            properties=publish_properties(STATUS, will=True),
+        )
         if not self._stop.is_set():
             log.info("telemetry disconnected device=%s reason=%s; reconnecting", self.device_id, reason_code)
 
@@ -208,8 +236,13 @@ class TelemetryPublisher:
                 continue
             self.clock_offset_s = req.hub_time - received  # + the one-way delay, which the hub's own stamp bounds
             found, missing = self.outbox.resend(req.sequences)
-            log.warning("hub asked for %d windows again device=%s resent=%d gone=%d", len(req.sequences),
-                        self.device_id, found, missing)
+            log.warning(
+                "hub asked for %d windows again device=%s resent=%d gone=%d",
+                len(req.sequences),
+                self.device_id,
+                found,
+                missing,
+            )
 
     def _drain_acks(self) -> None:
         while True:

@@ -18,8 +18,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from tandem.edge_agent.telemetry.outbox import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_REPLAY_BYTES,
-                                                DEFAULT_REPLAY_S, HARD_EXAMPLES, ClassQuota, Outbox, OutboxError)
+from tandem.edge_agent.telemetry.outbox import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_REPLAY_BYTES,
+    DEFAULT_REPLAY_S,
+    HARD_EXAMPLES,
+    ClassQuota,
+    Outbox,
+    OutboxError,
+)
 from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
 from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
 from tandem.protocols import limits
@@ -30,7 +38,9 @@ from tandem.protocols.topics import check_device_id
 log = logging.getLogger(__name__)
 
 OUTBOX_FILENAME = "telemetry_outbox.sqlite"
-MAX_UNSTORED = 1000  # closed windows held in memory while the disk fails (2.7 h of 10 s windows); beyond, the oldest are lost
+MAX_UNSTORED = (
+    1000  # closed windows held in memory while the disk fails (2.7 h of 10 s windows); beyond, the oldest are lost
+)
 HARD_EXAMPLE_BATCH = 64  # moved into the outbox per tick, in one transaction (one fsync)
 UNKNOWN_AGENT_VERSION = "unknown"
 
@@ -63,19 +73,34 @@ def selection_summary(selection: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def status_info(device_id: str, model: ModelInfo, profile: str, tags: Mapping[str, str] | None,
-                selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def status_info(
+    device_id: str,
+    model: ModelInfo,
+    profile: str,
+    tags: Mapping[str, str] | None,
+    selection: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """What the retained /status says: enough for the hub to register the device from MQTT alone
     (profile, tags for rollout selection, agent and model versions) and which variant the agent
     chose and why. Tags that would push the status past MAX_STATUS_BYTES are left out (the hub
     would refuse the whole status)."""
-    info: dict[str, Any] = {"model": model.name, "version": model.version, "profile": profile,
-                            "agent_version": agent_version(), "tags": dict(tags or {}), "boot": BOOT_ID,
-                            "selection": selection_summary(selection)}
+    info: dict[str, Any] = {
+        "model": model.name,
+        "version": model.version,
+        "profile": profile,
+        "agent_version": agent_version(),
+        "tags": dict(tags or {}),
+        "boot": BOOT_ID,
+        "selection": selection_summary(selection),
+    }
     if len(encode_status(STATUS_ONLINE, device_id, **info)) > limits.MAX_STATUS_BYTES:
-        log.warning("status: %d tags make it longer than MAX_STATUS_BYTES=%d; sent without tags device=%s "
-                    "(register the device's tags over REST instead)", len(info["tags"]), limits.MAX_STATUS_BYTES,
-                    device_id)
+        log.warning(
+            "status: %d tags make it longer than MAX_STATUS_BYTES=%d; sent without tags device=%s "
+            "(register the device's tags over REST instead)",
+            len(info["tags"]),
+            limits.MAX_STATUS_BYTES,
+            device_id,
+        )
         info["tags"] = {}
     return info
 
@@ -83,14 +108,30 @@ def status_info(device_id: str, model: ModelInfo, profile: str, tags: Mapping[st
 class TelemetryService:
     """Windows of this device's answered requests, delivered to the hub at least once."""
 
-    def __init__(self, mqtt_url: str, device_id: str, manifest: Any, data_dir: str | Path, *,
-                 window_s: float = 10.0, max_requests: int = 10_000, profile: str = "",
-                 tags: Mapping[str, str] | None = None, variant: str = "", input_every: int = 1,
-                 outbox_max_rows: int = DEFAULT_MAX_ROWS, outbox_max_bytes: int = DEFAULT_MAX_BYTES,
-                 outbox_quotas: Mapping[int, ClassQuota] | None = None, hard_examples: Any = None,
-                 selection: Mapping[str, Any] | None = None, publisher: PublisherConfig | None = None,
-                 clock: Callable[[], float] = time.time, unstored_max: int = MAX_UNSTORED,
-                 replay_s: float = DEFAULT_REPLAY_S, replay_bytes: int = DEFAULT_REPLAY_BYTES) -> None:
+    def __init__(
+        self,
+        mqtt_url: str,
+        device_id: str,
+        manifest: Any,
+        data_dir: str | Path,
+        *,
+        window_s: float = 10.0,
+        max_requests: int = 10_000,
+        profile: str = "",
+        tags: Mapping[str, str] | None = None,
+        variant: str = "",
+        input_every: int = 1,
+        outbox_max_rows: int = DEFAULT_MAX_ROWS,
+        outbox_max_bytes: int = DEFAULT_MAX_BYTES,
+        outbox_quotas: Mapping[int, ClassQuota] | None = None,
+        hard_examples: Any = None,
+        selection: Mapping[str, Any] | None = None,
+        publisher: PublisherConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        unstored_max: int = MAX_UNSTORED,
+        replay_s: float = DEFAULT_REPLAY_S,
+        replay_bytes: int = DEFAULT_REPLAY_BYTES,
+    ) -> None:
         """`manifest` is a protocols Manifest (or a ModelInfo); its drift_reference gives the bin edges.
 
         `hard_examples` (an edge_agent.hard_examples.HardExampleQueue) is drained into the
@@ -107,21 +148,29 @@ class TelemetryService:
         self._clock = clock
         self._lock = threading.Lock()
         self.window_config = WindowConfig(window_s=window_s, max_requests=max_requests, input_every=input_every)
-        self.aggregator = WindowAggregator(device_id, model, profile=profile, tags=tags, config=self.window_config,
-                                           now=clock())
-        self.outbox = Outbox(Path(data_dir) / OUTBOX_FILENAME, outbox_max_rows, max_bytes=outbox_max_bytes,
-                             quotas=outbox_quotas, replay_s=replay_s, replay_bytes=replay_bytes)
+        self.aggregator = WindowAggregator(
+            device_id, model, profile=profile, tags=tags, config=self.window_config, now=clock()
+        )
+        self.outbox = Outbox(
+            Path(data_dir) / OUTBOX_FILENAME,
+            outbox_max_rows,
+            max_bytes=outbox_max_bytes,
+            quotas=outbox_quotas,
+            replay_s=replay_s,
+            replay_bytes=replay_bytes,
+        )
         self.hard_examples = hard_examples
         self._move_lock = threading.Lock()
         pub_config = publisher or PublisherConfig(mqtt_url=mqtt_url)
-        self.publisher = TelemetryPublisher(pub_config, self.outbox, device_id,
-                                            status_info=status_info(device_id, model, profile, tags, selection))
+        self.publisher = TelemetryPublisher(
+            pub_config, self.outbox, device_id, status_info=status_info(device_id, model, profile, tags, selection)
+        )
         self._append_lock = threading.Lock()
         self._closed_lock = threading.Lock()  # guards _closed and _lost_unstored only (never held across I/O)
         self._closed: deque[TelemetryWindow] = deque(maxlen=max(1, unstored_max))  # closed, not yet in the outbox
-        self._lost_unstored = 0          # lost from _closed since the last append: sequence numbers to skip
-        self.write_error: str | None = None       # why the outbox cannot be written now (None: it can)
-        self.write_failures = 0                   # failed outbox writes (windows or hard examples), ever
+        self._lost_unstored = 0  # lost from _closed since the last append: sequence numbers to skip
+        self.write_error: str | None = None  # why the outbox cannot be written now (None: it can)
+        self.write_failures = 0  # failed outbox writes (windows or hard examples), ever
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -129,10 +178,16 @@ class TelemetryService:
         self.unstored_dropped = 0
         self.hard_examples_moved = 0
 
-    def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
-               label: int | Sequence[int] | np.ndarray | None = None,
-               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False,
-               signals: Mapping[str, np.ndarray] | None = None) -> None:
+    def record(
+        self,
+        source: str,
+        latency_ms: float,
+        confidence: float | Sequence[float] | np.ndarray | None = None,
+        label: int | Sequence[int] | np.ndarray | None = None,
+        inputs: Mapping[str, np.ndarray] | np.ndarray | None = None,
+        budget_spent: bool = False,
+        signals: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Count one answered request (source: edge, cloud, edge-degraded or error; `budget_spent`, `signals`: see the window).
 
         Cheap on the request path: a full window is handed to the ticker thread, which
@@ -160,11 +215,15 @@ class TelemetryService:
         with self._lock:
             old = self.aggregator
             self._hand_off(old.close(self._clock()))
-            self.aggregator = WindowAggregator(self.device_id, model, profile=old.profile, tags=old.tags,
-                                               config=self.window_config, now=self._clock())
+            self.aggregator = WindowAggregator(
+                self.device_id, model, profile=old.profile, tags=old.tags, config=self.window_config, now=self._clock()
+            )
         self._wake.set()
-        self.publisher.update_status(model=model.name, version=model.version,  # the registry sees it at once
-                                     selection=selection_summary(selection))
+        self.publisher.update_status(
+            model=model.name,
+            version=model.version,  # the registry sees it at once
+            selection=selection_summary(selection),
+        )
 
     def enqueue(self, kind: str, payload: bytes) -> int | None:
         """Store one message for topic `kind` (e.g. topics.OTA_STATUS: class 0, sent before any window).
@@ -209,19 +268,35 @@ class TelemetryService:
         from tandem.edge_agent.telemetry.outbox import CLASS_NAMES
 
         for klass, name in CLASS_NAMES.items():
-            metrics.gauge(f"tandem_agent_outbox_{name}_rows", f"Outbox class {klass} ({name}) rows waiting for the "
-                          "broker's ack.", lambda k=klass: self.outbox.depth(k))
-            metrics.counter(f"tandem_agent_outbox_{name}_dropped_total", f"Outbox class {klass} ({name}) messages "
-                            "dropped under pressure (lowest class first).", lambda n=name: self.outbox.dropped()[n])
+            metrics.gauge(
+                f"tandem_agent_outbox_{name}_rows",
+                f"Outbox class {klass} ({name}) rows waiting for the broker's ack.",
+                lambda k=klass: self.outbox.depth(k),
+            )
+            metrics.counter(
+                f"tandem_agent_outbox_{name}_dropped_total",
+                f"Outbox class {klass} ({name}) messages dropped under pressure (lowest class first).",
+                lambda n=name: self.outbox.dropped()[n],
+            )
         metrics.gauge("tandem_agent_outbox_bytes", "Payload bytes in the outbox.", lambda: self.outbox.bytes)
-        metrics.gauge("tandem_agent_outbox_write_failing", "1 while the outbox cannot be written (disk full, "
-                      "read-only, corrupt).", lambda: int(self.write_error is not None))
-        metrics.counter("tandem_agent_outbox_write_failures_total", "Failed outbox writes since start.",
-                      lambda: self.write_failures)
-        metrics.gauge("tandem_agent_telemetry_unstored", "Closed windows held in memory for a failing outbox.",
-                      lambda: len(self._closed))
-        metrics.counter("tandem_agent_telemetry_lost_local_total", "Windows lost because the outbox stayed unwritable "
-                      "past unstored_max (their sequence numbers are skipped).", lambda: self.unstored_dropped)
+        metrics.gauge(
+            "tandem_agent_outbox_write_failing",
+            "1 while the outbox cannot be written (disk full, read-only, corrupt).",
+            lambda: int(self.write_error is not None),
+        )
+        metrics.counter(
+            "tandem_agent_outbox_write_failures_total", "Failed outbox writes since start.", lambda: self.write_failures
+        )
+        metrics.gauge(
+            "tandem_agent_telemetry_unstored",
+            "Closed windows held in memory for a failing outbox.",
+            lambda: len(self._closed),
+        )
+        metrics.counter(
+            "tandem_agent_telemetry_lost_local_total",
+            "Windows lost because the outbox stayed unwritable past unstored_max (their sequence numbers are skipped).",
+            lambda: self.unstored_dropped,
+        )
 
     def flush(self) -> int | None:
         """Close the open window now and store it with any handed-off ones; returns the last sequence."""
@@ -238,8 +313,13 @@ class TelemetryService:
                 self._lost_unstored += 1  # its number is skipped by the next append: the hub sees the gap
                 self.unstored_dropped += 1
                 if self.unstored_dropped == 1 or self.unstored_dropped % 100 == 0:
-                    log.error("telemetry window lost: outbox unwritable for %d windows device=%s lost_total=%d "
-                              "error=%s", self._closed.maxlen, self.device_id, self.unstored_dropped, self.write_error)
+                    log.error(
+                        "telemetry window lost: outbox unwritable for %d windows device=%s lost_total=%d error=%s",
+                        self._closed.maxlen,
+                        self.device_id,
+                        self.unstored_dropped,
+                        self.write_error,
+                    )
             self._closed.append(window)
 
     def _store_closed(self) -> int | None:
@@ -276,14 +356,22 @@ class TelemetryService:
     def _write_failed(self, exc: Exception) -> None:
         self.write_failures += 1
         if self.write_error is None:  # logged once per state change, not once per tick
-            log.error("telemetry outbox unwritable device=%s error=%s; holding up to %d windows in memory",
-                      self.device_id, exc, self._closed.maxlen)
+            log.error(
+                "telemetry outbox unwritable device=%s error=%s; holding up to %d windows in memory",
+                self.device_id,
+                exc,
+                self._closed.maxlen,
+            )
         self.write_error = str(exc)
 
     def _write_ok(self) -> None:
         if self.write_error is not None:
-            log.warning("telemetry outbox writable again device=%s held=%d lost_total=%d", self.device_id,
-                        len(self._closed), self.unstored_dropped)
+            log.warning(
+                "telemetry outbox writable again device=%s held=%d lost_total=%d",
+                self.device_id,
+                len(self._closed),
+                self.unstored_dropped,
+            )
             self.write_error = None
 
     @property
@@ -295,8 +383,13 @@ class TelemetryService:
         self.publisher.start()
         self._ticker = threading.Thread(target=self._tick, name=f"telemetry-tick-{self.device_id}", daemon=True)
         self._ticker.start()
-        log.info("telemetry started device=%s window_s=%s pending=%d last_seq=%d", self.device_id,
-                 self.window_config.window_s, len(self.outbox), self.outbox.last_sequence)
+        log.info(
+            "telemetry started device=%s window_s=%s pending=%d last_seq=%d",
+            self.device_id,
+            self.window_config.window_s,
+            len(self.outbox),
+            self.outbox.last_sequence,
+        )
         return self
 
     def _tick(self) -> None:
@@ -328,8 +421,12 @@ class TelemetryService:
                 try:
                     self.flush()
                 except OutboxError as exc:  # already logged and counted; what memory held is lost with the process
-                    log.error("telemetry stop: %d windows not stored device=%s error=%s", len(self._closed),
-                              self.device_id, exc)
+                    log.error(
+                        "telemetry stop: %d windows not stored device=%s error=%s",
+                        len(self._closed),
+                        self.device_id,
+                        exc,
+                    )
                 if self.publisher.connected:
                     self.publisher.wait_drained(drain_timeout_s)
         finally:

@@ -16,10 +16,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tandem.protocols import limits
-from tandem.protocols.drift import TASK_SIGNAL_EDGES, bin_counts, confidence_counts, summarize_inputs, task_signal_counts
+from tandem.protocols.drift import (
+    TASK_SIGNAL_EDGES,
+    bin_counts,
+    confidence_counts,
+    summarize_inputs,
+    task_signal_counts,
+)
 from tandem.protocols.telemetry_codec import LATENCY_EDGES_MS, SOURCE_FIELDS, TelemetryWindow
 
-FOLD_SAMPLES = 4096              # buffered values before they are binned; bounds memory on a busy device
+FOLD_SAMPLES = 4096  # buffered values before they are binned; bounds memory on a busy device
 RAW_BUFFER_BYTES = 4 * 1024 * 1024  # small input rows kept (in memory only) until summarized in bulk
 
 
@@ -28,9 +34,9 @@ class WindowConfig:
     """When a window closes, and how much of each request is summarized."""
 
     window_s: float = 10.0
-    max_requests: int = 10_000      # a busy device closes early so one window stays small
-    input_every: int = 1            # summarize the inputs of every Nth request (big images cost CPU)
-    emit_empty: bool = False        # idle devices send nothing; liveness is on /status
+    max_requests: int = 10_000  # a busy device closes early so one window stays small
+    input_every: int = 1  # summarize the inputs of every Nth request (big images cost CPU)
+    emit_empty: bool = False  # idle devices send nothing; liveness is on /status
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -58,8 +64,16 @@ class ModelInfo:
 class WindowAggregator:
     """Accumulates one open window at a time; not thread-safe (the service locks)."""
 
-    def __init__(self, device_id: str, model: ModelInfo, *, profile: str = "", tags: Mapping[str, str] | None = None,
-                 config: WindowConfig = WindowConfig(), now: float = 0.0) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        model: ModelInfo,
+        *,
+        profile: str = "",
+        tags: Mapping[str, str] | None = None,
+        config: WindowConfig = WindowConfig(),
+        now: float = 0.0,
+    ) -> None:
         self.device_id = device_id
         self.model = model
         self.profile = profile
@@ -106,10 +120,16 @@ class WindowAggregator:
     def requests(self) -> int:
         return self._n
 
-    def record(self, source: str, latency_ms: float, confidence: float | Sequence[float] | np.ndarray | None = None,
-               label: int | Sequence[int] | np.ndarray | None = None,
-               inputs: Mapping[str, np.ndarray] | np.ndarray | None = None, budget_spent: bool = False,
-               signals: Mapping[str, np.ndarray] | None = None) -> bool:
+    def record(
+        self,
+        source: str,
+        latency_ms: float,
+        confidence: float | Sequence[float] | np.ndarray | None = None,
+        label: int | Sequence[int] | np.ndarray | None = None,
+        inputs: Mapping[str, np.ndarray] | np.ndarray | None = None,
+        budget_spent: bool = False,
+        signals: Mapping[str, np.ndarray] | None = None,
+    ) -> bool:
         """Count one answered request; True when it filled the window (close it now).
 
         `budget_spent`: an edge-degraded answer given because the fallback budget was spent.
@@ -268,12 +288,22 @@ class WindowAggregator:
             return None
         self._fold()
         w = TelemetryWindow(
-            schema_version=limits.TELEMETRY_SCHEMA_VERSION, device_id=self.device_id, model_name=self.model.name,
-            model_version=self.model.version, variant=self.model.variant, profile=self.profile,
-            start_unix=self.start, end_unix=max(now, self.start), samples=self._samples,
-            latency_sum_ms=self._latency_sum, latency_max_ms=self._latency_max, class_overflow=self._class_overflow,
-            input_samples=self._input_samples, shadow_samples=self._shadow_samples,
-            shadow_agree=self._shadow_agree, budget_spent=self._budget_spent,
+            schema_version=limits.TELEMETRY_SCHEMA_VERSION,
+            device_id=self.device_id,
+            model_name=self.model.name,
+            model_version=self.model.version,
+            variant=self.model.variant,
+            profile=self.profile,
+            start_unix=self.start,
+            end_unix=max(now, self.start),
+            samples=self._samples,
+            latency_sum_ms=self._latency_sum,
+            latency_max_ms=self._latency_max,
+            class_overflow=self._class_overflow,
+            input_samples=self._input_samples,
+            shadow_samples=self._shadow_samples,
+            shadow_agree=self._shadow_agree,
+            budget_spent=self._budget_spent,
         )
         w.tags.update(self.tags)
         for f, n in self._requests.items():

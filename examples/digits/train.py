@@ -43,7 +43,9 @@ def load_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
     x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.5, random_state=SEED, stratify=y)
-    x_calib, x_rest, y_calib, y_rest = train_test_split(x_rest, y_rest, test_size=0.9, random_state=SEED, stratify=y_rest)
+    x_calib, x_rest, y_calib, y_rest = train_test_split(
+        x_rest, y_rest, test_size=0.9, random_state=SEED, stratify=y_rest
+    )
     x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=2 / 3, random_state=SEED, stratify=y_rest)
     return {"train": (x_train, y_train), "calib": (x_calib, y_calib), "val": (x_val, y_val), "test": (x_test, y_test)}
 
@@ -54,8 +56,9 @@ def shifted(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = [images]
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
         moved = np.zeros_like(images)
-        moved[:, max(0, dy):8 - max(0, -dy), max(0, dx):8 - max(0, -dx)] = \
-            images[:, max(0, -dy):8 - max(0, dy), max(0, -dx):8 - max(0, dx)]
+        moved[:, max(0, dy) : 8 - max(0, -dy), max(0, dx) : 8 - max(0, -dx)] = images[
+            :, max(0, -dy) : 8 - max(0, dy), max(0, -dx) : 8 - max(0, dx)
+        ]
         out.append(moved)
     return np.concatenate(out).reshape(-1, x.shape[1]), np.tile(y, len(out))
 
@@ -107,8 +110,11 @@ def cloud_model(x_train: np.ndarray, y_train: np.ndarray):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a fixed epoch budget, not convergence, bounds the time
         for seed in CLOUD_SEEDS:
-            members.append(MLPClassifier(hidden_layer_sizes=CLOUD_HIDDEN, max_iter=CLOUD_EPOCHS, alpha=1e-3,
-                                         random_state=seed).fit(x_aug, y_aug))
+            members.append(
+                MLPClassifier(
+                    hidden_layer_sizes=CLOUD_HIDDEN, max_iter=CLOUD_EPOCHS, alpha=1e-3, random_state=seed
+                ).fit(x_aug, y_aug)
+            )
     return merge_mlps(members)
 
 

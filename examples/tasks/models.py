@@ -52,10 +52,18 @@ def sigmoid_classifier(path: Path, seed: int = 0) -> Path:
     clf = LogisticRegression(max_iter=2000).fit(x[:1000], y[:1000])
     w = numpy_helper.from_array(clf.coef_.T.astype(np.float32), "W")
     b = numpy_helper.from_array(clf.intercept_.astype(np.float32), "B")
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["z0"]), helper.make_node("Add", ["z0", "B"], ["z"]),
-             helper.make_node("Sigmoid", ["z"], ["p"])]
-    graph = helper.make_graph(nodes, "binary", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 1])], initializer=[w, b])
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["z0"]),
+        helper.make_node("Add", ["z0", "B"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["p"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "binary",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 1])],
+        initializer=[w, b],
+    )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
@@ -70,7 +78,7 @@ def yolo_data(n: int, seed: int) -> np.ndarray:
         for _ in range(int(rng.integers(1, 4))):
             side = int(rng.integers(4, 11))
             top, left = (int(v) for v in rng.integers(0, YOLO_SIZE - side, size=2))
-            img[0, top:top + side, left:left + side] = rng.uniform(0.7, 1.0)
+            img[0, top : top + side, left : left + side] = rng.uniform(0.7, 1.0)
     return x
 
 
@@ -89,10 +97,18 @@ def yolo_detector(path: Path) -> Path:
     box_b = np.array([0.0, 0.0, 2.0, 2.0], np.float32)
     cls_w = np.array([[12.0, 0.0], [-10.0, 10.0]], np.float32).reshape(2, 2, 1, 1)
     cls_b = np.array([-6.0, -3.0], np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in (
-        (grid, "grid"), (box_w, "box_w"), (box_b, "box_b"), (cls_w, "cls_w"), (cls_b, "cls_b"),
-        (np.array([0, 4 + 2, -1], np.int64), "shape"), (np.zeros((1, 2, cells, cells), np.float32), "zeros2"),
-    )]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in (
+            (grid, "grid"),
+            (box_w, "box_w"),
+            (box_b, "box_b"),
+            (cls_w, "cls_w"),
+            (cls_b, "cls_b"),
+            (np.array([0, 4 + 2, -1], np.int64), "shape"),
+            (np.zeros((1, 2, cells, cells), np.float32), "zeros2"),
+        )
+    ]
     nodes = [
         helper.make_node("AveragePool", ["x"], ["mean"], kernel_shape=[YOLO_STRIDE] * 2, strides=[YOLO_STRIDE] * 2),
         helper.make_node("MaxPool", ["x"], ["peak"], kernel_shape=[YOLO_STRIDE] * 2, strides=[YOLO_STRIDE] * 2),
@@ -105,10 +121,13 @@ def yolo_detector(path: Path) -> Path:
         helper.make_node("Concat", ["boxes", "scores"], ["head"], axis=1),
         helper.make_node("Reshape", ["head", "shape"], ["output0"]),
     ]
-    graph = helper.make_graph(nodes, "yolo_squares",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, YOLO_SIZE, YOLO_SIZE])],
-                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["n", 6, cells * cells])],
-                              initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "yolo_squares",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, YOLO_SIZE, YOLO_SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["n", 6, cells * cells])],
+        initializer=inits,
+    )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
@@ -135,23 +154,36 @@ def token_classifier(path: Path, seed: int = 0) -> Path:
     emb = rng.normal(scale=0.5, size=(VOCAB, 64)).astype(np.float32)
     emb[:, :4] += np.repeat(np.eye(4, dtype=np.float32), VOCAB // 4, axis=0) * 2.0  # a class signal per quarter
     w = (rng.normal(scale=0.1, size=(64, 4)) + np.pad(np.eye(4), ((0, 60), (0, 0))) * 3.0).astype(np.float32)
-    inits = [numpy_helper.from_array(emb, "emb"), numpy_helper.from_array(w, "W"),
-             numpy_helper.from_array(np.zeros(4, np.float32), "B")]
-    nodes = [helper.make_node("Gather", ["emb", "ids"], ["vec"], axis=0),
-             helper.make_node("ReduceMean", ["vec"], ["pooled"], axes=[1], keepdims=0),
-             helper.make_node("MatMul", ["pooled", "W"], ["z0"]), helper.make_node("Add", ["z0", "B"], ["z"]),
-             helper.make_node("Softmax", ["z"], ["probs"], axis=1)]
-    graph = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("ids", TensorProto.INT32, ["n", TOKENS])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 4])], initializer=inits)
+    inits = [
+        numpy_helper.from_array(emb, "emb"),
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "B"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["vec"], axis=0),
+        helper.make_node("ReduceMean", ["vec"], ["pooled"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["z0"]),
+        helper.make_node("Add", ["z0", "B"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tokens",
+        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["n", TOKENS])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 4])],
+        initializer=inits,
+    )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def stream_data(n: int, seed: int) -> dict[str, np.ndarray]:
     """Inputs of the streaming model: audio [n, 512], state [2, n, 128] (batched on axis 1), sr a 0-d scalar."""
     rng = np.random.default_rng(seed)
-    return {"audio": rng.normal(scale=0.3, size=(n, 512)).astype(np.float32),
-            "state": rng.normal(scale=0.5, size=(2, n, 128)).astype(np.float32),
-            "sr": np.array(16000, dtype=np.int64)}
+    return {
+        "audio": rng.normal(scale=0.3, size=(n, 512)).astype(np.float32),
+        "state": rng.normal(scale=0.5, size=(2, n, 128)).astype(np.float32),
+        "sr": np.array(16000, dtype=np.int64),
+    }
 
 
 def stream_model(path: Path, seed: int = 0) -> Path:
@@ -161,11 +193,19 @@ def stream_model(path: Path, seed: int = 0) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    arrays = {"Wa": rng.normal(scale=0.05, size=(512, 128)), "Wh": rng.normal(scale=0.05, size=(128, 128)),
-              "Wo": rng.normal(scale=0.3, size=(128, 1)), "half": np.array(0.5), "sr_scale": np.array(1e-5)}
+    arrays = {
+        "Wa": rng.normal(scale=0.05, size=(512, 128)),
+        "Wh": rng.normal(scale=0.05, size=(128, 128)),
+        "Wo": rng.normal(scale=0.3, size=(128, 1)),
+        "half": np.array(0.5),
+        "sr_scale": np.array(1e-5),
+    }
     inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items()]
-    inits += [numpy_helper.from_array(np.array(0, np.int64), "i0"), numpy_helper.from_array(np.array(1, np.int64), "i1"),
-              numpy_helper.from_array(np.array([0], np.int64), "ax0")]
+    inits += [
+        numpy_helper.from_array(np.array(0, np.int64), "i0"),
+        numpy_helper.from_array(np.array(1, np.int64), "i1"),
+        numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+    ]
     nodes = [
         helper.make_node("MatMul", ["audio", "Wa"], ["a"]),
         helper.make_node("Gather", ["state", "i0"], ["h"], axis=0),
@@ -185,12 +225,19 @@ def stream_model(path: Path, seed: int = 0) -> Path:
         helper.make_node("Concat", ["h2u", "c2u"], ["stateN"], axis=0),
     ]
     graph = helper.make_graph(
-        nodes, "stream",
-        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["n", 512]),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 128]),
-         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1]),
-         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "n", 128])], initializer=inits)
+        nodes,
+        "stream",
+        [
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["n", 512]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 128]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1]),
+            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "n", 128]),
+        ],
+        initializer=inits,
+    )
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
@@ -210,8 +257,12 @@ def write_all(out: Path) -> dict[str, Path]:
     stream_model(out / "stream.onnx")
     np.savez(out / "stream_calib.npz", **stream_data(64, 5))
     np.savez(out / "stream_val.npz", **stream_data(96, 6))
-    return {"sigmoid": out / "sigmoid.onnx", "yolo": out / "yolo.onnx", "tokens": out / "tokens.onnx",
-            "stream": out / "stream.onnx"}
+    return {
+        "sigmoid": out / "sigmoid.onnx",
+        "yolo": out / "yolo.onnx",
+        "tokens": out / "tokens.onnx",
+        "stream": out / "stream.onnx",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

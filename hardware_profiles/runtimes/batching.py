@@ -77,8 +77,16 @@ class MicroBatcher:
     `session.run`, so sessions need not be thread-safe.
     """
 
-    def __init__(self, session: Any, *, max_batch: int = 8, window_ms: float = 0.3, max_queue: int = 256,
-                 batching: bool | None = None, name: str = "batcher") -> None:
+    def __init__(
+        self,
+        session: Any,
+        *,
+        max_batch: int = 8,
+        window_ms: float = 0.3,
+        max_queue: int = 256,
+        batching: bool | None = None,
+        name: str = "batcher",
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if window_ms < 0:
@@ -325,5 +333,10 @@ def _group_key(feeds: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
 
 
 __all__ = [
-    "BatcherClosedError", "BatcherError", "BatcherStats", "MicroBatcher", "QueueFullError", "batch_axis_supported",
+    "BatcherClosedError",
+    "BatcherError",
+    "BatcherStats",
+    "MicroBatcher",
+    "QueueFullError",
+    "batch_axis_supported",
 ]

@@ -30,7 +30,8 @@ def interpreter_class() -> Any:
             from tflite_runtime.interpreter import Interpreter
         except ImportError as exc:
             raise RuntimeUnavailableError(
-                "LiteRT is not installed: pip install ai-edge-litert (or tflite-runtime)") from exc
+                "LiteRT is not installed: pip install ai-edge-litert (or tflite-runtime)"
+            ) from exc
     return Interpreter
 
 
@@ -111,7 +112,7 @@ class LiteRTSession:
             batched = self._resized(n, arrays)
             if batched is not None:
                 return self._invoke(arrays, batched)
-            parts = [self._invoke([a[i:i + 1] for a in arrays]) for i in range(n)]
+            parts = [self._invoke([a[i : i + 1] for a in arrays]) for i in range(n)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self._out))]
 
     def _resized(self, n: int, arrays: list[np.ndarray]) -> Any:

@@ -21,7 +21,7 @@ from tandem.hardware_profiles.runtimes.base import RuntimeUnavailableError
 
 ALLOWED_SUFFIXES = {
     "onnxruntime": (".onnx",),
-    "openvino": (".xml", ".onnx"),   # IR (.xml + .bin beside it), or ONNX read directly
+    "openvino": (".xml", ".onnx"),  # IR (.xml + .bin beside it), or ONNX read directly
     "litert": (".tflite",),
 }
 MAX_EXTERNAL_FILES = 10_000
@@ -126,7 +126,7 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, memoryview | int]]:
             n, i = _varint(buf, i)
             if i + n > len(buf):
                 raise _Truncated("field runs past the end")
-            yield field, wire, buf[i:i + n]
+            yield field, wire, buf[i : i + n]
             i += n
         elif wire == 1:
             i += 8

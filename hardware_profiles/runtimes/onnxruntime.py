@@ -10,10 +10,19 @@ import numpy as np
 from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableError
 
 _ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
-    "tensor(int64)": "int64", "tensor(bool)": "bool", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(string)": "string",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+    "tensor(int16)": "int16",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(string)": "string",
 }
 
 
@@ -24,8 +33,13 @@ def _dims(shape: Sequence[object]) -> tuple[int, ...]:
 class OnnxRuntimeSession:
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | Path, providers: Sequence[str] = (), threads: int | None = None,
-                 graph_optimization: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] = (),
+        threads: int | None = None,
+        graph_optimization: bool = True,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -43,8 +57,12 @@ class OnnxRuntimeSession:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise RuntimeUnavailableError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.providers = self._session.get_providers()
-        self.inputs = [IOSpec(i.name, _ORT_TYPES.get(i.type, i.type), _dims(i.shape)) for i in self._session.get_inputs()]
-        self.outputs = [IOSpec(o.name, _ORT_TYPES.get(o.type, o.type), _dims(o.shape)) for o in self._session.get_outputs()]
+        self.inputs = [
+            IOSpec(i.name, _ORT_TYPES.get(i.type, i.type), _dims(i.shape)) for i in self._session.get_inputs()
+        ]
+        self.outputs = [
+            IOSpec(o.name, _ORT_TYPES.get(o.type, o.type), _dims(o.shape)) for o in self._session.get_outputs()
+        ]
         self._output_names = [o.name for o in self.outputs]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

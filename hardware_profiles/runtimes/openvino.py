@@ -31,8 +31,14 @@ def available_devices() -> list[str]:
 class OpenVINOSession:
     runtime = "openvino"
 
-    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None,
-                 performance_hint: str = "LATENCY", inference_precision: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "CPU",
+        threads: int | None = None,
+        performance_hint: str = "LATENCY",
+        inference_precision: str | None = None,
+    ) -> None:
         """`inference_precision` ("f32", "bf16", "f16") pins OpenVINO's INFERENCE_PRECISION_HINT:
         CPUs with AVX512-BF16/AMX otherwise run FP32 models in bf16 by default."""
         try:
@@ -40,7 +46,9 @@ class OpenVINOSession:
         except ImportError as exc:
             raise RuntimeUnavailableError("openvino is not installed (pip install openvino)") from exc
         if device not in core.available_devices:
-            raise RuntimeUnavailableError(f"OpenVINO device {device!r} is not present here (have: {', '.join(core.available_devices)})")
+            raise RuntimeUnavailableError(
+                f"OpenVINO device {device!r} is not present here (have: {', '.join(core.available_devices)})"
+            )
         config: dict[str, object] = {"PERFORMANCE_HINT": performance_hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

@@ -27,8 +27,14 @@ PERCENTILE = 99.99  # of each tensor's values, both tails (ONNX Runtime's defaul
 _KEEP_PER_RUN = 4096  # values kept per tensor and run for percentile: a uniform subsample bounds memory
 
 
-def collect_ranges(model_bytes: bytes, graph: Graph, calib: Mapping[str, np.ndarray], input_names: list[str],
-                   max_samples: int = 256, method: str = "minmax") -> Ranges:
+def collect_ranges(
+    model_bytes: bytes,
+    graph: Graph,
+    calib: Mapping[str, np.ndarray],
+    input_names: list[str],
+    max_samples: int = 256,
+    method: str = "minmax",
+) -> Ranges:
     """Range of every non-constant tensor over up to `max_samples` calibration samples, fed at the
     model's batch: min/max, or the 0.01th/99.99th percentiles (clips rare outliers, so the int8
     step is finer for the bulk of the values)."""

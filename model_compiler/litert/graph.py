@@ -50,7 +50,9 @@ class Lowering:
     # -- reading values ---------------------------------------------------------------
     def value(self, name: str) -> Value:
         if name not in self.values:
-            raise LoweringError(f"value {name!r} is used before it is produced (the graph is not topologically sorted?)")
+            raise LoweringError(
+                f"value {name!r} is used before it is produced (the graph is not topologically sorted?)"
+            )
         return self.values[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -141,7 +143,8 @@ def static_input_shapes(model, overrides: Mapping[str, Sequence[int]] | None = N
             else:
                 raise LoweringError(
                     f"input {vi.name!r} has a dynamic dimension {k} ({d.dim_param or '?'}); LiteRT needs static shapes: "
-                    "pass input_shapes (the compiler takes them from the calibration data)")
+                    "pass input_shapes (the compiler takes them from the calibration data)"
+                )
         shapes[vi.name] = tuple(dims)
     return shapes
 
@@ -163,8 +166,13 @@ def fuse_activations(graph: Graph) -> Graph:
         if op.kind in _ACTIVATIONS:
             src = op.inputs[0]
             prev = producer.get(src)
-            if (prev is not None and prev.kind in _FUSABLE and prev.options.get("activation", "NONE") == "NONE"
-                    and consumers.get(src) == 1 and src not in outputs):
+            if (
+                prev is not None
+                and prev.kind in _FUSABLE
+                and prev.options.get("activation", "NONE") == "NONE"
+                and consumers.get(src) == 1
+                and src not in outputs
+            ):
                 prev.options["activation"] = _ACTIVATIONS[op.kind]
                 prev.outputs = list(op.outputs)
                 producer[op.outputs[0]] = prev
@@ -230,7 +238,9 @@ def lower(model, input_shapes: Mapping[str, Sequence[int]] | None = None, for_in
             raise unsupported(node.op_type, node.name, f"operator from domain {node.domain!r} has no TFLite lowering")
         rule = LOWERINGS.get(node.op_type)
         if rule is None:
-            raise unsupported(node.op_type, node.name, f"no TFLite lowering (supported: {', '.join(sorted(LOWERINGS))})")
+            raise unsupported(
+                node.op_type, node.name, f"no TFLite lowering (supported: {', '.join(sorted(LOWERINGS))})"
+            )
         rule(low, node)
     low.node = None
     output_names = [o.name for o in model.graph.output]

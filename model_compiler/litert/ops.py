@@ -22,13 +22,22 @@ def _fully_connected(low: Lowering, node: Node, a_name: str, weight: np.ndarray,
     """weight is [out, in] (TFLite's FULLY_CONNECTED layout)."""
     a_shape = low.shape(a_name)
     if a_shape[-1] != weight.shape[1]:
-        raise LoweringError(f"{node.op_type} node {node.name!r}: input has {a_shape[-1]} features, weights expect {weight.shape[1]}")
+        raise LoweringError(
+            f"{node.op_type} node {node.name!r}: input has {a_shape[-1]} features, weights expect {weight.shape[1]}"
+        )
     a = low.tensor(a_name, "plain")
     out_shape = (*a_shape[:-1], weight.shape[0])
     out = low.define(node.outputs[0], out_shape)
-    low.emit("FULLY_CONNECTED", [a, low.graph.const(f"{node.name}/weight", weight.astype(np.float32)),
-                                 low.graph.const(f"{node.name}/bias", bias.astype(np.float32))], [out],
-             keep_num_dims=len(a_shape) > 2)
+    low.emit(
+        "FULLY_CONNECTED",
+        [
+            a,
+            low.graph.const(f"{node.name}/weight", weight.astype(np.float32)),
+            low.graph.const(f"{node.name}/bias", bias.astype(np.float32)),
+        ],
+        [out],
+        keep_num_dims=len(a_shape) > 2,
+    )
 
 
 def matmul(low: Lowering, node: Node) -> None:
@@ -62,7 +71,11 @@ def _binary_layout(low: Lowering, names: list[str]) -> tuple[str, int]:
     dynamic = [n for n in names if low.const(n) is None]
     shapes = [low.shape(n) for n in names]
     rank = len(np.broadcast_shapes(*shapes))
-    if rank == 4 and any(low.native_layout(n) == "nhwc" for n in dynamic) and all(len(low.shape(n)) == 4 for n in dynamic):
+    if (
+        rank == 4
+        and any(low.native_layout(n) == "nhwc" for n in dynamic)
+        and all(len(low.shape(n)) == 4 for n in dynamic)
+    ):
         return "nhwc", rank
     return "plain", rank
 
@@ -80,6 +93,7 @@ def _elementwise(kind: str) -> Rule:
         a, b = low.operand(a_name, layout, rank), low.operand(b_name, layout, rank)
         out = low.define(node.outputs[0], out_shape, layout)
         low.emit(op_kind, [a, b], [out], activation="NONE")
+
     return rule
 
 
@@ -90,6 +104,7 @@ def _unary(kind: str) -> Rule:
         x = low.tensor(x_name, layout)
         out = low.define(node.outputs[0], low.shape(x_name), layout)
         low.emit(kind, [x], [out])
+
     return rule
 
 
@@ -101,8 +116,12 @@ def _chain(low: Lowering, node: Node, steps: list[tuple[str, float, str]]) -> No
     shape = low.graph.tensors[cur].shape
     for k, (kind, scalar, act) in enumerate(steps):
         last = k == len(steps) - 1
-        nxt = low.define(node.outputs[0], low.shape(x_name), layout) if last else low.temp(f"{node.name}/step{k}", shape)
-        low.emit(kind, [cur, low.graph.const(f"{node.name}/c{k}", np.array(scalar, dtype=np.float32))], [nxt], activation=act)
+        nxt = (
+            low.define(node.outputs[0], low.shape(x_name), layout) if last else low.temp(f"{node.name}/step{k}", shape)
+        )
+        low.emit(
+            kind, [cur, low.graph.const(f"{node.name}/c{k}", np.array(scalar, dtype=np.float32))], [nxt], activation=act
+        )
         cur = nxt
 
 
@@ -122,9 +141,16 @@ def hard_swish(low: Lowering, node: Node) -> None:
     x = low.tensor(x_name, layout)
     shape = low.graph.tensors[x].shape
     gate = low.temp(f"{node.name}/relu6", shape)
-    low.emit("ADD", [x, low.graph.const(f"{node.name}/three", np.array(3.0, dtype=np.float32))], [gate], activation="RELU6")
+    low.emit(
+        "ADD", [x, low.graph.const(f"{node.name}/three", np.array(3.0, dtype=np.float32))], [gate], activation="RELU6"
+    )
     scaled = low.temp(f"{node.name}/gate", shape)
-    low.emit("MUL", [gate, low.graph.const(f"{node.name}/sixth", np.array(1 / 6, dtype=np.float32))], [scaled], activation="NONE")
+    low.emit(
+        "MUL",
+        [gate, low.graph.const(f"{node.name}/sixth", np.array(1 / 6, dtype=np.float32))],
+        [scaled],
+        activation="NONE",
+    )
     out = low.define(node.outputs[0], low.shape(x_name), layout)
     low.emit("MUL", [x, scaled], [out], activation="NONE")
 
@@ -157,8 +183,12 @@ def clip(low: Lowering, node: Node) -> None:
     mid = low.temp(f"{node.name}/max", shape)
     out = low.define(node.outputs[0], low.shape(x_name), layout)
     # clamp_output tells the int8 quantizer which range the pair finally produces.
-    low.emit("MAXIMUM", [x, low.graph.const(f"{node.name}/lo", np.array(lo, dtype=np.float32))], [mid], clamp_output=out)
-    low.emit("MINIMUM", [mid, low.graph.const(f"{node.name}/hi", np.array(hi, dtype=np.float32))], [out], clamp_output=out)
+    low.emit(
+        "MAXIMUM", [x, low.graph.const(f"{node.name}/lo", np.array(lo, dtype=np.float32))], [mid], clamp_output=out
+    )
+    low.emit(
+        "MINIMUM", [mid, low.graph.const(f"{node.name}/hi", np.array(hi, dtype=np.float32))], [out], clamp_output=out
+    )
 
 
 def leaky_relu(low: Lowering, node: Node) -> None:
@@ -201,8 +231,9 @@ def _as_plain_reshape(low: Lowering, node: Node, out_shape: tuple[int, ...]) -> 
     target = list(out_shape)
     if shape and target and shape[0] == target[0] == 1:
         target[0] = -1  # keeps the batch axis free, so the session can resize the model to a batch
-    low.emit("RESHAPE", [x, low.graph.const(f"{node.name}/shape", np.array(target, dtype=np.int32))], [out],
-             new_shape=target)
+    low.emit(
+        "RESHAPE", [x, low.graph.const(f"{node.name}/shape", np.array(target, dtype=np.int32))], [out], new_shape=target
+    )
 
 
 def reshape(low: Lowering, node: Node) -> None:
@@ -219,7 +250,11 @@ def flatten(low: Lowering, node: Node) -> None:
 
 
 def squeeze_like(low: Lowering, node: Node) -> None:
-    probe = fold(node.op_type, [np.zeros(low.shape(node.inputs[0]), np.float32)] + [low.const(n) for n in node.inputs[1:]], node.attrs)
+    probe = fold(
+        node.op_type,
+        [np.zeros(low.shape(node.inputs[0]), np.float32)] + [low.const(n) for n in node.inputs[1:]],
+        node.attrs,
+    )
     _as_plain_reshape(low, node, tuple(probe.shape))
 
 
@@ -306,6 +341,7 @@ def _fold_or(rule: Rule) -> Rule:
             constant_fold(low, node)
         else:
             rule(low, node)
+
     return wrapped
 
 

@@ -40,7 +40,14 @@ def from_onnx(model) -> tuple[list[Node], dict[str, np.ndarray]]:
             elif isinstance(value, bytes):
                 value = value.decode()
             attrs[attr.name] = value
-        node = Node(proto.op_type, list(proto.input), list(proto.output), attrs, proto.name or f"{proto.op_type}_{i}", proto.domain)
+        node = Node(
+            proto.op_type,
+            list(proto.input),
+            list(proto.output),
+            attrs,
+            proto.name or f"{proto.op_type}_{i}",
+            proto.domain,
+        )
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             consts[node.outputs[0]] = _constant_value(attrs)
             continue
@@ -51,7 +58,12 @@ def from_onnx(model) -> tuple[list[Node], dict[str, np.ndarray]]:
 def _constant_value(attrs: dict[str, Any]) -> np.ndarray:
     if "value" in attrs:
         return np.asarray(attrs["value"])
-    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     raise ValueError(f"Constant node with unsupported attributes {sorted(attrs)}")
@@ -97,7 +109,12 @@ def fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], graph_outpu
         if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in consts:
             continue
         found = _single_consumer(nodes, i, uses)
-        if found is None or found[1].op_type != "BatchNormalization" or len(found[1].outputs) > 1 and any(found[1].outputs[1:]):
+        if (
+            found is None
+            or found[1].op_type != "BatchNormalization"
+            or len(found[1].outputs) > 1
+            and any(found[1].outputs[1:])
+        ):
             continue
         j, bn = found
         if not all(name in consts for name in bn.inputs[1:5]):
@@ -105,7 +122,11 @@ def fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], graph_outpu
         gamma, beta, mean, var = (consts[name].astype(np.float64) for name in bn.inputs[1:5])
         factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
         weight = consts[node.inputs[1]].astype(np.float64)
-        bias = consts[node.inputs[2]].astype(np.float64) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(weight.shape[0])
+        bias = (
+            consts[node.inputs[2]].astype(np.float64)
+            if len(node.inputs) > 2 and node.inputs[2]
+            else np.zeros(weight.shape[0])
+        )
         w_name, b_name = f"{node.name}/folded_weight", f"{node.name}/folded_bias"
         consts[w_name] = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
         consts[b_name] = ((bias - mean) * factor + beta).astype(np.float32)
@@ -149,7 +170,11 @@ def fold_bias_add(nodes: list[Node], consts: dict[str, np.ndarray], graph_output
                 continue
             channels = weight.shape[1]
             v = np.asarray(consts[other])
-            extra = np.broadcast_to(v.reshape(-1), (channels,)).astype(np.float32) if v.size in (1, channels) and (v.ndim <= 1 or all(d == 1 for d in v.shape[:-1])) else None
+            extra = (
+                np.broadcast_to(v.reshape(-1), (channels,)).astype(np.float32)
+                if v.size in (1, channels) and (v.ndim <= 1 or all(d == 1 for d in v.shape[:-1]))
+                else None
+            )
         if extra is None:
             continue
         has_bias = len(node.inputs) > 2 and node.inputs[2]

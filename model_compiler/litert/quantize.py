@@ -16,8 +16,21 @@ import numpy as np
 from tandem.model_compiler.litert.errors import LoweringError
 from tandem.model_compiler.litert.ir import Graph, Op, Quant, Tensor
 
-SAME_AS_INPUT = {"RESHAPE", "TRANSPOSE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD", "PADV2", "SPLIT",
-                 "MAXIMUM", "MINIMUM", "REDUCE_MAX", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "STRIDED_SLICE"}
+SAME_AS_INPUT = {
+    "RESHAPE",
+    "TRANSPOSE",
+    "MAX_POOL_2D",
+    "AVERAGE_POOL_2D",
+    "PAD",
+    "PADV2",
+    "SPLIT",
+    "MAXIMUM",
+    "MINIMUM",
+    "REDUCE_MAX",
+    "RESIZE_NEAREST_NEIGHBOR",
+    "RESIZE_BILINEAR",
+    "STRIDED_SLICE",
+}
 FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
 # Where each op keeps its data, weight and bias inputs when not at 0, 1, 2.
@@ -59,7 +72,7 @@ def _weights(tensor: Tensor, axis: int) -> None:
 
 def _bias(tensor: Tensor, input_quant: Quant, weight_quant: Quant) -> None:
     scale = (input_quant.scale[0] * weight_quant.scale).astype(np.float64)
-    tensor.data = np.clip(np.round(tensor.data.astype(np.float64) / scale), -2**31, 2**31 - 1).astype(np.int32)
+    tensor.data = np.clip(np.round(tensor.data.astype(np.float64) / scale), -(2**31), 2**31 - 1).astype(np.int32)
     tensor.dtype = "int32"
     tensor.quant = Quant(scale.astype(np.float32), np.zeros(len(scale), np.int64), 0)
 

@@ -15,6 +15,7 @@ from tandem.model_compiler.litert.prepass import Node
 Rule = Callable[[Lowering, Node], None]
 F32_MIN = float(np.finfo(np.float32).min)
 
+
 def _attr_pair(node: Node, key: str, default: int, rank: int = 2) -> list[int]:
     return [int(v) for v in node.attrs.get(key, [default] * rank)]
 
@@ -25,7 +26,9 @@ def _same_pads(size: int, k_eff: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _spatial_padding(low: Lowering, node: Node, hw: tuple[int, int], k_eff: tuple[int, int], strides: list[int]) -> tuple[str, list[int]]:
+def _spatial_padding(
+    low: Lowering, node: Node, hw: tuple[int, int], k_eff: tuple[int, int], strides: list[int]
+) -> tuple[str, list[int]]:
     """("SAME" | "VALID" | "EXPLICIT", [top, left, bottom, right]) from ONNX auto_pad/pads."""
     auto = node.attrs.get("auto_pad", "NOTSET")
     if auto == "VALID":
@@ -51,7 +54,9 @@ def _out_size(size: int, k_eff: int, stride: int, before: int, after: int, ceil:
     return (-(-span // stride) if ceil else span // stride) + 1
 
 
-def _pad(low: Lowering, x: int, shape_nhwc: tuple[int, ...], pads: list[int], value: float | None = None) -> tuple[int, tuple[int, ...]]:
+def _pad(
+    low: Lowering, x: int, shape_nhwc: tuple[int, ...], pads: list[int], value: float | None = None
+) -> tuple[int, tuple[int, ...]]:
     """An explicit PAD (zeros) or PADV2 (`value`) before a VALID conv/pool."""
     t, l, b, r = pads  # noqa: E741  (top, left, bottom, right: the ONNX pads order)
     paddings = np.array([[0, 0], [t, b], [l, r], [0, 0]], dtype=np.int32)
@@ -74,7 +79,9 @@ def conv(low: Lowering, node: Node) -> None:
         raise unsupported("Conv", node.name, "weights must be constant")
     if weight.ndim != 4 or len(low.shape(x_name)) != 4:
         raise unsupported("Conv", node.name, f"only 2-D convolution (weights {list(weight.shape)})")
-    bias = low.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(weight.shape[0], np.float32)
+    bias = (
+        low.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(weight.shape[0], np.float32)
+    )
     if bias is None:
         raise unsupported("Conv", node.name, "bias must be constant")
     n, c, h, w = low.shape(x_name)
@@ -99,27 +106,53 @@ def conv(low: Lowering, node: Node) -> None:
         wi = low.graph.const(f"{node.name}/weight", weight.transpose(0, 2, 3, 1).astype(np.float32))
         low.emit("CONV_2D", [x, wi, low.graph.const(f"{node.name}/bias", bias)], [out], **opts)
     elif group == c and cg == 1:
-        wi = low.graph.const(f"{node.name}/weight", weight.reshape(o, kh, kw).transpose(1, 2, 0)[None].astype(np.float32))
-        low.emit("DEPTHWISE_CONV_2D", [x, wi, low.graph.const(f"{node.name}/bias", bias)], [out],
-                 depth_multiplier=o // c, **opts)
+        wi = low.graph.const(
+            f"{node.name}/weight", weight.reshape(o, kh, kw).transpose(1, 2, 0)[None].astype(np.float32)
+        )
+        low.emit(
+            "DEPTHWISE_CONV_2D",
+            [x, wi, low.graph.const(f"{node.name}/bias", bias)],
+            [out],
+            depth_multiplier=o // c,
+            **opts,
+        )
     else:
         _grouped_conv(low, node, x, weight, bias, group, (n, oh, ow), out, opts)
 
 
-def _grouped_conv(low: Lowering, node: Node, x: int, weight: np.ndarray, bias: np.ndarray, group: int,
-                  out_nhw: tuple[int, int, int], out: int, opts: dict) -> None:
+def _grouped_conv(
+    low: Lowering,
+    node: Node,
+    x: int,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    group: int,
+    out_nhw: tuple[int, int, int],
+    out: int,
+    opts: dict,
+) -> None:
     """SPLIT on channels, one CONV_2D per group, CONCATENATION: portable across delegates."""
     src = low.graph.tensors[x]
     n, h, w, c = src.shape
     og = weight.shape[0] // group
     pieces = [low.temp(f"{node.name}/split{g}", (n, h, w, c // group)) for g in range(group)]
-    low.emit("SPLIT", [low.graph.const(f"{node.name}/split_axis", np.array(3, dtype=np.int32)), x], pieces, num_splits=group)
+    low.emit(
+        "SPLIT", [low.graph.const(f"{node.name}/split_axis", np.array(3, dtype=np.int32)), x], pieces, num_splits=group
+    )
     outs = []
     for g in range(group):
-        wg = weight[g * og:(g + 1) * og].transpose(0, 2, 3, 1).astype(np.float32)
+        wg = weight[g * og : (g + 1) * og].transpose(0, 2, 3, 1).astype(np.float32)
         og_t = low.temp(f"{node.name}/group{g}", (*out_nhw, og))
-        low.emit("CONV_2D", [pieces[g], low.graph.const(f"{node.name}/weight{g}", wg),
-                             low.graph.const(f"{node.name}/bias{g}", bias[g * og:(g + 1) * og])], [og_t], **opts)
+        low.emit(
+            "CONV_2D",
+            [
+                pieces[g],
+                low.graph.const(f"{node.name}/weight{g}", wg),
+                low.graph.const(f"{node.name}/bias{g}", bias[g * og : (g + 1) * og]),
+            ],
+            [og_t],
+            **opts,
+        )
         outs.append(og_t)
     low.emit("CONCATENATION", outs, [out], axis=3)
 
@@ -146,10 +179,19 @@ def conv_transpose(low: Lowering, node: Node) -> None:
         raise unsupported("ConvTranspose", node.name, "bias must be constant")
     x = low.tensor(x_name, "nhwc")
     out = low.define(node.outputs[0], (n, c_out, oh, ow), "nhwc")
-    low.emit("TRANSPOSE_CONV", [low.graph.const(f"{node.name}/output_shape", np.array([n, oh, ow, c_out], dtype=np.int32)),
-                                low.graph.const(f"{node.name}/weight", weight.transpose(1, 2, 3, 0).astype(np.float32)), x,
-                                low.graph.const(f"{node.name}/bias", bias.astype(np.float32))], [out],
-             padding="VALID", stride_h=strides[0], stride_w=strides[1])
+    low.emit(
+        "TRANSPOSE_CONV",
+        [
+            low.graph.const(f"{node.name}/output_shape", np.array([n, oh, ow, c_out], dtype=np.int32)),
+            low.graph.const(f"{node.name}/weight", weight.transpose(1, 2, 3, 0).astype(np.float32)),
+            x,
+            low.graph.const(f"{node.name}/bias", bias.astype(np.float32)),
+        ],
+        [out],
+        padding="VALID",
+        stride_h=strides[0],
+        stride_w=strides[1],
+    )
 
 
 _RESIZE_MODES = {  # (mode, coordinate_transformation_mode, nearest_mode) -> (kind, align_corners, half_pixel)
@@ -173,7 +215,9 @@ def resize(low: Lowering, node: Node) -> None:
     nearest = node.attrs.get("nearest_mode", "round_prefer_floor") if mode == "nearest" else None
     rule = _RESIZE_MODES.get((mode, ctm, nearest))
     if rule is None:
-        raise unsupported("Resize", node.name, f"mode={mode} coordinate_transformation_mode={ctm} nearest_mode={nearest}")
+        raise unsupported(
+            "Resize", node.name, f"mode={mode} coordinate_transformation_mode={ctm} nearest_mode={nearest}"
+        )
     scales = low.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     sizes = low.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
     if sizes is not None and sizes.size:
@@ -190,15 +234,27 @@ def resize(low: Lowering, node: Node) -> None:
     x = low.tensor(x_name, "nhwc")
     out = low.define(node.outputs[0], (shape[0], shape[1], *out_hw), "nhwc")
     fh, fw = out_hw[0] // shape[2], out_hw[1] // shape[3]
-    if (kind == "RESIZE_NEAREST_NEIGHBOR" and not align and not half and (fh, fw) != (1, 1)
-            and (fh * shape[2], fw * shape[3]) == tuple(out_hw)):
+    if (
+        kind == "RESIZE_NEAREST_NEIGHBOR"
+        and not align
+        and not half
+        and (fh, fw) != (1, 1)
+        and (fh * shape[2], fw * shape[3]) == tuple(out_hw)
+    ):
         _repeat_upsample(low, node, x, (shape[0], shape[2], shape[3], shape[1]), fh, fw, out)
         return
-    low.emit(kind, [x, low.graph.const(f"{node.name}/size", np.array(out_hw, dtype=np.int32))], [out],
-             align_corners=align, half_pixel_centers=half)
+    low.emit(
+        kind,
+        [x, low.graph.const(f"{node.name}/size", np.array(out_hw, dtype=np.int32))],
+        [out],
+        align_corners=align,
+        half_pixel_centers=half,
+    )
 
 
-def _repeat_upsample(low: Lowering, node: Node, x: int, nhwc: tuple[int, int, int, int], fh: int, fw: int, out: int) -> None:
+def _repeat_upsample(
+    low: Lowering, node: Node, x: int, nhwc: tuple[int, int, int, int], fh: int, fw: int, out: int
+) -> None:
     """Nearest upsampling by integer factors as RESHAPE + CONCATENATION copies: the same
     values as RESIZE_NEAREST_NEIGHBOR (asymmetric, floor), but XNNPACK delegates these
     ops and not that one, so the graph is not split around every upsample."""
@@ -207,8 +263,12 @@ def _repeat_upsample(low: Lowering, node: Node, x: int, nhwc: tuple[int, int, in
     def repeat(src: int, shape5: tuple[int, ...], axis: int, times: int, tag: str) -> int:
         shaped = low.temp(f"{node.name}/{tag}_in", shape5)
         target = [-1, *shape5[1:]]  # batch left free for a resized session
-        low.emit("RESHAPE", [src, low.graph.const(f"{node.name}/{tag}_shape", np.array(target, dtype=np.int32))], [shaped],
-                 new_shape=target)
+        low.emit(
+            "RESHAPE",
+            [src, low.graph.const(f"{node.name}/{tag}_shape", np.array(target, dtype=np.int32))],
+            [shaped],
+            new_shape=target,
+        )
         grown = list(shape5)
         grown[axis] *= times
         joined = low.temp(f"{node.name}/{tag}", grown)
@@ -218,8 +278,12 @@ def _repeat_upsample(low: Lowering, node: Node, x: int, nhwc: tuple[int, int, in
     cur = repeat(x, (n, h, w, 1, c), 3, fw, "w") if fw > 1 else x
     cur = repeat(cur, (n, h, 1, w * fw, c), 2, fh, "h") if fh > 1 else cur
     final = [-1, h * fh, w * fw, c]
-    low.emit("RESHAPE", [cur, low.graph.const(f"{node.name}/out_shape", np.array(final, dtype=np.int32))], [out],
-             new_shape=final)
+    low.emit(
+        "RESHAPE",
+        [cur, low.graph.const(f"{node.name}/out_shape", np.array(final, dtype=np.int32))],
+        [out],
+        new_shape=final,
+    )
 
 
 def pool(kind: str) -> Rule:
@@ -242,7 +306,10 @@ def pool(kind: str) -> Rule:
         else:
             oh = _out_size(h, kh, strides[0], pads[0], pads[2], ceil)
             ow = _out_size(w, kw, strides[1], pads[1], pads[3], ceil)
-            if ceil and (oh, ow) != (_out_size(h, kh, strides[0], pads[0], pads[2]), _out_size(w, kw, strides[1], pads[1], pads[3])):
+            if ceil and (oh, ow) != (
+                _out_size(h, kh, strides[0], pads[0], pads[2]),
+                _out_size(w, kw, strides[1], pads[1], pads[3]),
+            ):
                 raise unsupported(node.op_type, node.name, "ceil_mode=1 changes the output size here")
         if mode == "EXPLICIT":
             if kind == "AVERAGE_POOL_2D" and not node.attrs.get("count_include_pad", 0):
@@ -254,6 +321,7 @@ def pool(kind: str) -> Rule:
             mode = "VALID"
         out = low.define(node.outputs[0], (n, c, oh, ow), "nhwc")
         low.emit(kind, [x], [out], padding=mode, stride_h=strides[0], stride_w=strides[1], filter_h=kh, filter_w=kw)
+
     return rule
 
 
@@ -265,5 +333,8 @@ def global_pool(kind: str) -> Rule:
         n, c, _, _ = low.shape(x_name)
         x = low.tensor(x_name, "nhwc")
         out = low.define(node.outputs[0], (n, c, 1, 1), "nhwc")
-        low.emit(kind, [x, low.graph.const(f"{node.name}/axes", np.array([1, 2], dtype=np.int32))], [out], keep_dims=True)
+        low.emit(
+            kind, [x, low.graph.const(f"{node.name}/axes", np.array([1, 2], dtype=np.int32))], [out], keep_dims=True
+        )
+
     return rule

@@ -37,10 +37,16 @@ def reduce_mean(low: Lowering, node: Node) -> None:
     keep = bool(node.attrs.get("keepdims", 1))
     layout = "nhwc" if keep and len(shape) == 4 and low.native_layout(x_name) == "nhwc" else "plain"
     physical = sorted(NHWC_AXIS[a] for a in axes) if layout == "nhwc" else axes
-    out_shape = [1 if k in axes else d for k, d in enumerate(shape)] if keep else [d for k, d in enumerate(shape) if k not in axes]
+    out_shape = (
+        [1 if k in axes else d for k, d in enumerate(shape)]
+        if keep
+        else [d for k, d in enumerate(shape) if k not in axes]
+    )
     x = low.tensor(x_name, layout)
     out = low.define(node.outputs[0], out_shape, layout)
-    low.emit("MEAN", [x, low.graph.const(f"{node.name}/axes", np.array(physical, dtype=np.int32))], [out], keep_dims=keep)
+    low.emit(
+        "MEAN", [x, low.graph.const(f"{node.name}/axes", np.array(physical, dtype=np.int32))], [out], keep_dims=keep
+    )
 
 
 def pow_op(low: Lowering, node: Node) -> None:
@@ -80,8 +86,10 @@ def slice_op(low: Lowering, node: Node) -> None:
     out_shape = fold("Slice", [np.zeros(shape, np.float32)] + params, {}).shape
     x = low.tensor(x_name, "plain")
     out = low.define(node.outputs[0], out_shape)
-    consts = [low.graph.const(f"{node.name}/{k}", np.array(v, dtype=np.int32)) for k, v in
-              (("begin", begin), ("end", end), ("strides", stride))]
+    consts = [
+        low.graph.const(f"{node.name}/{k}", np.array(v, dtype=np.int32))
+        for k, v in (("begin", begin), ("end", end), ("strides", stride))
+    ]
     low.emit("STRIDED_SLICE", [x, *consts], [out])
 
 

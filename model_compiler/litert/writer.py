@@ -22,7 +22,9 @@ def _schema():
     try:  # tflite_runtime can run models but does not ship the schema module
         from ai_edge_litert import schema_py_generated as schema
     except ImportError as exc:  # pragma: no cover - depends on the installed extra
-        raise LoweringError("writing TFLite needs ai-edge-litert and flatbuffers (pip install 'tandem[litert]')") from exc
+        raise LoweringError(
+            "writing TFLite needs ai-edge-litert and flatbuffers (pip install 'tandem[litert]')"
+        ) from exc
     return schema
 
 
@@ -63,6 +65,7 @@ def _act(cls: str) -> Callable:
         t = getattr(s, cls)()
         t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
         return t
+
     return make
 
 
@@ -72,6 +75,7 @@ def _plain(cls: str, **fields: Callable[[dict], Any]) -> Callable:
         for attr, get in fields.items():
             setattr(t, attr, get(o))
         return t
+
     return make
 
 
@@ -94,6 +98,7 @@ def _resize(cls: str) -> Callable:
         t = getattr(s, cls)()
         t.alignCorners, t.halfPixelCenters = bool(o.get("align_corners")), bool(o.get("half_pixel_centers"))
         return t
+
     return make
 
 
@@ -127,8 +132,12 @@ OPS: dict[str, tuple[str | None, Callable | None, int, int]] = {
     "RESIZE_BILINEAR": ("ResizeBilinearOptions", _resize("ResizeBilinearOptionsT"), 3, 3),
     "DIV": ("DivOptions", _act("DivOptionsT"), 1, 2),
     "STRIDED_SLICE": ("StridedSliceOptions", _plain("StridedSliceOptionsT"), 1, 2),
-    "BATCH_MATMUL": ("BatchMatMulOptions", _plain("BatchMatMulOptionsT", adjX=lambda o: bool(o.get("adj_x")),
-                                                  adjY=lambda o: bool(o.get("adj_y"))), 1, 2),
+    "BATCH_MATMUL": (
+        "BatchMatMulOptions",
+        _plain("BatchMatMulOptionsT", adjX=lambda o: bool(o.get("adj_x")), adjY=lambda o: bool(o.get("adj_y"))),
+        1,
+        2,
+    ),
     "SQRT": (None, None, 1, 1),
     "RSQRT": (None, None, 1, 2),
     "RELU": (None, None, 1, 2),

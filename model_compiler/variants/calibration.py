@@ -47,8 +47,10 @@ def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[
     kinds = _input_kinds(model)
     missing = [name for name in shapes if name not in calib]
     if missing:
-        raise VariantSkipped(f"calibration data lacks input(s) {', '.join(map(repr, missing))} "
-                             f"(has {', '.join(map(repr, calib)) or 'nothing'})")
+        raise VariantSkipped(
+            f"calibration data lacks input(s) {', '.join(map(repr, missing))} "
+            f"(has {', '.join(map(repr, calib)) or 'nothing'})"
+        )
     counts = set()
     for name, dims in shapes.items():
         arr = np.asarray(calib[name])
@@ -59,9 +61,13 @@ def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[
             needs = "float samples for a float input" if want == "f" else "samples of the input's integer type"
             raise VariantSkipped(f"calibration input {name!r} is {arr.dtype}; INT8 calibration needs {needs}")
         axis = batch_axis(dims)
-        if arr.ndim != len(dims) or any(i != axis and d > 0 and d != a for i, (d, a) in enumerate(zip(dims, arr.shape))):
-            raise VariantSkipped(f"calibration input {name!r} has shape {list(arr.shape)}; the model expects {dims} "
-                                 f"(samples on axis {axis}, -1 = any)")
+        if arr.ndim != len(dims) or any(
+            i != axis and d > 0 and d != a for i, (d, a) in enumerate(zip(dims, arr.shape))
+        ):
+            raise VariantSkipped(
+                f"calibration input {name!r} has shape {list(arr.shape)}; the model expects {dims} "
+                f"(samples on axis {axis}, -1 = any)"
+            )
         if axis is None:
             continue  # a scalar input: one value fed with every batch
         if arr.shape[axis] == 0:
@@ -74,19 +80,25 @@ def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[
     return shapes
 
 
-def iter_batches(calib: Mapping[str, np.ndarray], shapes: Mapping[str, list[int]],
-                 max_batch: int = MAX_CALIB_BATCH) -> Iterator[dict[str, np.ndarray]]:
+def iter_batches(
+    calib: Mapping[str, np.ndarray], shapes: Mapping[str, list[int]], max_batch: int = MAX_CALIB_BATCH
+) -> Iterator[dict[str, np.ndarray]]:
     """Calibration feeds in batches: the model's fixed batch size if it has one (samples
     repeated when there are fewer), else chunks of up to max_batch."""
     axes = {name: batch_axis(dims) for name, dims in shapes.items()}
-    fixed = sorted({dims[axes[name]] for name, dims in shapes.items()
-                    if axes[name] is not None and dims[axes[name]] > 0})
+    fixed = sorted(
+        {dims[axes[name]] for name, dims in shapes.items() if axes[name] is not None and dims[axes[name]] > 0}
+    )
     n = sample_count({name: np.asarray(calib[name]) for name in shapes}, axes)
     if fixed:
         batch = fixed[0]
         reps = -(-batch // n)
-        data = {name: np.concatenate([np.asarray(calib[name])] * reps, axis=axes[name])
-                if reps > 1 and axes[name] is not None else np.asarray(calib[name]) for name in shapes}
+        data = {
+            name: np.concatenate([np.asarray(calib[name])] * reps, axis=axes[name])
+            if reps > 1 and axes[name] is not None
+            else np.asarray(calib[name])
+            for name in shapes
+        }
         stop = max(sample_count(data, axes) - batch + 1, 1)
     else:
         batch, data, stop = max_batch, {name: np.asarray(calib[name]) for name in shapes}, n

@@ -41,11 +41,20 @@ class LiteRTBuilder:
             out.append(Recipe(f"{RUNTIME}-fp32", RUNTIME, "fp32", {**common, "io": "float32"}))
         if "int8" in profile.precisions:
             int8_io = profile.constraints.int8_only_io
-            out.append(Recipe(f"{RUNTIME}-int8" + ("-int8io" if int8_io else ""), RUNTIME, "int8", {
-                **common, "io": "int8" if int8_io else "float32",
-                "weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",
-                "bias": "int32",
-            }))
+            out.append(
+                Recipe(
+                    f"{RUNTIME}-int8" + ("-int8io" if int8_io else ""),
+                    RUNTIME,
+                    "int8",
+                    {
+                        **common,
+                        "io": "int8" if int8_io else "float32",
+                        "weights": "int8 symmetric per-channel",
+                        "activations": "int8 asymmetric per-tensor",
+                        "bias": "int32",
+                    },
+                )
+            )
         return out
 
     def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
@@ -58,8 +67,13 @@ class LiteRTBuilder:
         model = onnx.load(str(ctx.model_path))
         off_axis = {name: batch_axis(dims) for name, dims in model_input_shapes(model).items() if batch_axis(dims) != 0}
         if off_axis:  # TFLite resizes and batches on axis 0 only
-            raise VariantSkipped("LiteRT variants batch every input on axis 0; " + ", ".join(
-                f"{name!r} is {'a scalar' if axis is None else f'batched on axis {axis}'}" for name, axis in off_axis.items()))
+            raise VariantSkipped(
+                "LiteRT variants batch every input on axis 0; "
+                + ", ".join(
+                    f"{name!r} is {'a scalar' if axis is None else f'batched on axis {axis}'}"
+                    for name, axis in off_axis.items()
+                )
+            )
         shapes = static_shapes(model, ctx.calib)
         try:
             lowered = lower(model, shapes, for_int8=recipe.precision == "int8")
@@ -67,8 +81,11 @@ class LiteRTBuilder:
             raise VariantSkipped(f"LiteRT lowering stopped at operator {exc.op_type}: {exc}") from exc
         except CompileError as exc:
             raise VariantSkipped(f"LiteRT lowering failed: {exc}") from exc
-        notes = [f"lowered at static input shape(s) {_fmt(shapes)}; a batch > 1 runs sample by sample",
-                 "TFLite ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(op.kind for op in lowered.graph.ops).items()))]
+        notes = [
+            f"lowered at static input shape(s) {_fmt(shapes)}; a batch > 1 runs sample by sample",
+            "TFLite ops: "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(op.kind for op in lowered.graph.ops).items())),
+        ]
         try:
             float_bytes = write(lowered.graph)
         except CompileError as exc:
@@ -102,8 +119,10 @@ def static_shapes(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]
             elif sample is not None and len(sample) == len(dims):
                 out.append(int(sample[k]))
             else:
-                raise VariantSkipped(f"input {name!r} has a dynamic dimension {k} and no calibration sample to fix it; "
-                                     "LiteRT needs static shapes")
+                raise VariantSkipped(
+                    f"input {name!r} has a dynamic dimension {k} and no calibration sample to fix it; "
+                    "LiteRT needs static shapes"
+                )
         shapes[name] = out
     return shapes
 
@@ -125,8 +144,10 @@ def _int8(lowered, float_bytes: bytes, ctx: BuildContext, int8_io: bool) -> tupl
     except CompileError as exc:
         raise VariantSkipped(f"LiteRT INT8 quantization failed: {exc}") from exc
     n = min(len(np.asarray(ctx.calib[name])) for name in lowered.input_names)
-    notes = [f"full-integer INT8 calibrated ({method}) on {min(n, MAX_CALIB_SAMPLES)} samples; "
-             f"I/O {'int8 (the session quantizes float feeds with the input scale)' if int8_io else 'float32 with QUANTIZE/DEQUANTIZE inside'}"]
+    notes = [
+        f"full-integer INT8 calibrated ({method}) on {min(n, MAX_CALIB_SAMPLES)} samples; "
+        f"I/O {'int8 (the session quantizes float feeds with the input scale)' if int8_io else 'float32 with QUANTIZE/DEQUANTIZE inside'}"
+    ]
     if ctx.calibration_method != method:
         notes.append(f"calibration method {ctx.calibration_method!r} is not implemented for LiteRT; used {method}")
     return write(graph), notes

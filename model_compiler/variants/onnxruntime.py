@@ -63,8 +63,12 @@ def int8_types(isa: str, cpu_features: Sequence[str]) -> Int8Types:
         return Int8Types("uint8", "int8", False, "arm64 without dotprod: U8S8, faster than S8S8 on low-end cores")
     if {"avx512_vnni", "avx_vnni", "amx_int8"} & features:
         return Int8Types("uint8", "int8", False, "x86-64 with VNNI: U8S8 without saturation")
-    return Int8Types("uint8", "int8", True,
-                     "x86-64 without VNNI: U8S8 with 7-bit weights (reduce_range) to avoid VPMADDUBSW saturation")
+    return Int8Types(
+        "uint8",
+        "int8",
+        True,
+        "x86-64 without VNNI: U8S8 with 7-bit weights (reduce_range) to avoid VPMADDUBSW saturation",
+    )
 
 
 class OnnxRuntimeBuilder:
@@ -80,11 +84,22 @@ class OnnxRuntimeBuilder:
             out.append(Recipe(f"{RUNTIME}-fp16", RUNTIME, "fp16", {"keep_io_types": True}))
         if "int8" in profile.precisions:
             types = int8_types(profile.isa, profile.cpu_features)
-            out.append(Recipe(f"{RUNTIME}-int8-{types.tag}", RUNTIME, "int8", {
-                "format": "QDQ", "per_channel": True, "activation_type": types.activation,
-                "weight_type": types.weight, "reduce_range": types.reduce_range,
-                "op_types": list(QUANTIZED_OP_TYPES), "why": types.reason,
-            }))
+            out.append(
+                Recipe(
+                    f"{RUNTIME}-int8-{types.tag}",
+                    RUNTIME,
+                    "int8",
+                    {
+                        "format": "QDQ",
+                        "per_channel": True,
+                        "activation_type": types.activation,
+                        "weight_type": types.weight,
+                        "reduce_range": types.reduce_range,
+                        "op_types": list(QUANTIZED_OP_TYPES),
+                        "why": types.reason,
+                    },
+                )
+            )
         return out
 
     def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
@@ -177,8 +192,9 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if ctx.calibration_method not in CALIBRATION_METHODS:
-        raise VariantSkipped(f"unknown calibration method {ctx.calibration_method!r} "
-                             f"(choose one of {', '.join(CALIBRATION_METHODS)})")
+        raise VariantSkipped(
+            f"unknown calibration method {ctx.calibration_method!r} (choose one of {', '.join(CALIBRATION_METHODS)})"
+        )
     model = onnx.load(str(ctx.model_path))
     input_shapes = check_calibration(model, ctx.calib)
     notes: list[str] = []
@@ -189,8 +205,11 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
         notes.append(f"{unfused} Gemm rewritten as MatMul+Add so ORT fuses them into QLinearMatMul")
     opts = recipe.options
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[ctx.calibration_method]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[ctx.calibration_method]
     # Histogram calibrators (percentile, entropy) stack per-batch arrays and need equal
     # batch sizes; batch 1 guarantees that. MinMax takes any batch.
     batches = iter_batches(ctx.calib, input_shapes, max_batch=8 if ctx.calibration_method == "minmax" else 1)
@@ -198,7 +217,9 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
         # ORT's calibrators print progress to stdout, which would corrupt a CLI's --json output.
         with contextlib.redirect_stdout(sys.stderr):
             quantize_static(
-                str(pre), str(out), _Reader(batches),
+                str(pre),
+                str(out),
+                _Reader(batches),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=_op_types(opts, ctx.calib),
                 per_channel=bool(opts.get("per_channel", True)),
@@ -218,10 +239,14 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     quantized = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear")
     if quantized == 0:
         out.unlink(missing_ok=True)
-        raise VariantSkipped(f"no {'/'.join(QUANTIZED_OP_TYPES)} op with constant weights to quantize; INT8 would equal FP32")
-    notes.append(f"QDQ {opts.get('activation_type')}/{opts.get('weight_type')} per-channel, "
-                 f"reduce_range={opts.get('reduce_range')}, calibrated ({ctx.calibration_method}) on "
-                 f"{len(next(iter(ctx.calib.values())))} samples; quantized ops: {', '.join(opts.get('op_types', QUANTIZED_OP_TYPES))}")
+        raise VariantSkipped(
+            f"no {'/'.join(QUANTIZED_OP_TYPES)} op with constant weights to quantize; INT8 would equal FP32"
+        )
+    notes.append(
+        f"QDQ {opts.get('activation_type')}/{opts.get('weight_type')} per-channel, "
+        f"reduce_range={opts.get('reduce_range')}, calibrated ({ctx.calibration_method}) on "
+        f"{len(next(iter(ctx.calib.values())))} samples; quantized ops: {', '.join(opts.get('op_types', QUANTIZED_OP_TYPES))}"
+    )
     if stripped:
         notes.append(f"dropped {stripped} all-zero weight zero-point initializers (optional in DequantizeLinear)")
     return notes
@@ -241,8 +266,11 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
     for skip_symbolic in attempts:
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
-            return ["symbolic shape inference failed; quantized with ONNX shape inference only"] \
-                if skip_symbolic and len(attempts) == 2 else []
+            return (
+                ["symbolic shape inference failed; quantized with ONNX shape inference only"]
+                if skip_symbolic and len(attempts) == 2
+                else []
+            )
         except Exception as exc:  # the pre-processor raises whatever its passes raise
             logger.info("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, _first_line(exc))
     shutil.copyfile(src, dst)
@@ -265,8 +293,13 @@ def unfuse_gemm(path: Path) -> int:
     nodes, rewritten = [], 0
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
-                or attrs.get("transA", 0) or node.input[1] not in inits):
+        if (
+            node.op_type != "Gemm"
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+            or attrs.get("transA", 0)
+            or node.input[1] not in inits
+        ):
             nodes.append(node)
             continue
         weight = node.input[1]
@@ -332,4 +365,3 @@ def _check_loads(path: Path) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
-

@@ -39,14 +39,22 @@ class OpenVINOBuilder:
             return []
         out: list[Recipe] = []
         if "fp32" in profile.precisions:
-            out.append(Recipe(f"{RUNTIME}-fp32", RUNTIME, "fp32", {"compress_to_fp16": False, "inference_precision": "f32"}))
+            out.append(
+                Recipe(f"{RUNTIME}-fp32", RUNTIME, "fp32", {"compress_to_fp16": False, "inference_precision": "f32"})
+            )
         if "fp16" in profile.precisions:
             out.append(Recipe(f"{RUNTIME}-fp16", RUNTIME, "fp16", {"compress_to_fp16": True}))
         if "int8" in profile.precisions:
             # MIXED: symmetric weights, asymmetric activations; PP-OCR's HardSwish/HardSigmoid
             # activations are not ReLU-positive, where the symmetric PERFORMANCE preset loses accuracy.
-            out.append(Recipe(f"{RUNTIME}-int8-nncf", RUNTIME, "int8", {
-                "quantizer": "nncf", "preset": "mixed", "fast_bias_correction": True}))
+            out.append(
+                Recipe(
+                    f"{RUNTIME}-int8-nncf",
+                    RUNTIME,
+                    "int8",
+                    {"quantizer": "nncf", "preset": "mixed", "fast_bias_correction": True},
+                )
+            )
         return out
 
     def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
@@ -59,8 +67,10 @@ class OpenVINOBuilder:
             session_options = dict(FP32_SESSION_OPTIONS)
             _save(model, xml, compress_to_fp16=False)
         elif recipe.precision == "fp16":
-            notes = ["IR with FP16-compressed weights; compute precision is the device's default (f16 on GPU/NPU, "
-                     "f32 or bf16 on CPU)"]
+            notes = [
+                "IR with FP16-compressed weights; compute precision is the device's default (f16 on GPU/NPU, "
+                "f32 or bf16 on CPU)"
+            ]
             _save(model, xml, compress_to_fp16=True)
         elif recipe.precision == "int8":
             notes = _quantize(model, recipe, ctx, xml)
@@ -68,8 +78,9 @@ class OpenVINOBuilder:
             raise VariantSkipped(f"openvino builder has no recipe for precision {recipe.precision!r}")
         _check_loads(xml, session_options)
         ctx.log(f"{recipe.id}: wrote {xml.name}")
-        return BuiltVariant(recipe=recipe, files=[xml, xml.with_suffix(".bin")], notes=notes,
-                            session_options=session_options)
+        return BuiltVariant(
+            recipe=recipe, files=[xml, xml.with_suffix(".bin")], notes=notes, session_options=session_options
+        )
 
 
 def _convert(model_path: Path):
@@ -98,33 +109,45 @@ def _quantize(model, recipe: Recipe, ctx: BuildContext, xml: Path) -> list[str]:
     except ImportError as exc:
         raise VariantSkipped("nncf is not installed (pip install 'tandem[compiler]'); OpenVINO INT8 needs it") from exc
     if ctx.calibration_method not in CALIBRATION_METHODS:
-        raise VariantSkipped(f"unknown calibration method {ctx.calibration_method!r} "
-                             f"(choose one of {', '.join(CALIBRATION_METHODS)})")
+        raise VariantSkipped(
+            f"unknown calibration method {ctx.calibration_method!r} (choose one of {', '.join(CALIBRATION_METHODS)})"
+        )
     shapes = check_calibration(onnx.load(str(ctx.model_path), load_external_data=False), ctx.calib)
     # One sample per item: NNCF's statistics (and its bias correction) assume batch 1.
     items = list(iter_batches(ctx.calib, shapes, max_batch=1))[:MAX_CALIBRATION_SAMPLES]
     names = list(shapes)
     dataset = nncf.Dataset(items, (lambda item: item[names[0]]) if len(names) == 1 else (lambda item: item))
     preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[
-        recipe.options.get("preset", "mixed")]
+        recipe.options.get("preset", "mixed")
+    ]
     kwargs = {}
     if ctx.calibration_method != "minmax":
         kwargs["advanced_parameters"] = _range_estimator(ctx.calibration_method)
     try:
         # NNCF draws progress bars on stdout, which would corrupt a CLI's --json output.
         with contextlib.redirect_stdout(sys.stderr):
-            quantized = nncf.quantize(model, dataset, preset=preset, subset_size=len(items),
-                                      fast_bias_correction=bool(recipe.options.get("fast_bias_correction", True)),
-                                      **kwargs)
+            quantized = nncf.quantize(
+                model,
+                dataset,
+                preset=preset,
+                subset_size=len(items),
+                fast_bias_correction=bool(recipe.options.get("fast_bias_correction", True)),
+                **kwargs,
+            )
     except Exception as exc:
         raise VariantSkipped(f"NNCF cannot quantize this model: {_first_line(exc)}") from exc
     biases = compress_biases(quantized)
     _save(quantized, xml, compress_to_fp16=False)
-    method = {"minmax": "NNCF's default min/max", "percentile": "percentile, as NNCF mean quantile ranges",
-              "entropy": "entropy, as NNCF histogram ranges"}[ctx.calibration_method]
-    return [f"NNCF post-training quantization, preset {recipe.options.get('preset', 'mixed')}, "
-            f"fast bias correction, calibrated ({method}) on {len(items)} samples",
-            f"{biases} bias constants stored as FP16 (decompressed at load)"]
+    method = {
+        "minmax": "NNCF's default min/max",
+        "percentile": "percentile, as NNCF mean quantile ranges",
+        "entropy": "entropy, as NNCF histogram ranges",
+    }[ctx.calibration_method]
+    return [
+        f"NNCF post-training quantization, preset {recipe.options.get('preset', 'mixed')}, "
+        f"fast bias correction, calibrated ({method}) on {len(items)} samples",
+        f"{biases} bias constants stored as FP16 (decompressed at load)",
+    ]
 
 
 def compress_biases(model) -> int:
@@ -145,8 +168,11 @@ def compress_biases(model) -> int:
             continue
         for idx in (0, 1):
             const, other = op.input_value(idx).get_node(), op.input_value(1 - idx).get_node()
-            if (const.get_type_name() == "Constant" and const.get_element_type() == ov.Type.f32
-                    and other.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")):
+            if (
+                const.get_type_name() == "Constant"
+                and const.get_element_type() == ov.Type.f32
+                and other.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+            ):
                 half = ops.convert(ops.constant(const.get_data().astype(np.float16)), ov.Type.f32)
                 op.input(idx).replace_source_output(half.output(0))
                 replaced += 1
@@ -159,7 +185,10 @@ def _range_estimator(method: str):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    params = {"percentile": RangeEstimatorParametersSet.MEAN_QUANTILE, "entropy": RangeEstimatorParametersSet.HISTOGRAM}[method]
+    params = {
+        "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+        "entropy": RangeEstimatorParametersSet.HISTOGRAM,
+    }[method]
     return AdvancedQuantizationParameters(activations_range_estimator_params=params)
 
 
@@ -200,8 +229,14 @@ def _conversion_summary(exc: BaseException) -> str:
     """OpenVINO's useful lines ('Conversion is failed for: LSTM-16', 'No conversion rule found
     for operations: X') rather than its first, which only names a C++ source file."""
     lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if "conversion rule" in line or "not supported" in line.lower()
-              or "conversion is failed for" in line.lower() or "failed for:" in line.lower()]
+    useful = [
+        line
+        for line in lines
+        if "conversion rule" in line
+        or "not supported" in line.lower()
+        or "conversion is failed for" in line.lower()
+        or "failed for:" in line.lower()
+    ]
     return "; ".join(useful)[:400] if useful else _first_line(exc)
 
 
