@@ -41,7 +41,24 @@ MANIFEST_FILENAME = "manifest.json"
 
 RUNTIMES = ("onnxruntime", "openvino", "litert")
 PRECISIONS = ("fp32", "fp16", "int8")
-DTYPES = ("float32", "float16", "int8", "uint8", "int32", "int64", "bool")
+# numpy names of every v2 datatype protocols.tensor_codec speaks (BF16 -> "bfloat16", BYTES -> "bytes"),
+# so a manifest can describe any tensor the hub and the fallback wire can carry.
+DTYPES = (
+    "bool",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "float32",
+    "float64",
+    "bfloat16",
+    "bytes",
+)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
