@@ -289,6 +289,8 @@ class Agent:
             fast_lane=cfg.server.fast_lane,
             solo_inline_max_us=cfg.batch.solo_inline_max_us,
             concurrency=self.concurrency,
+            streams_max=cfg.streams.max,
+            stream_idle_s=cfg.streams.idle_s,
         )
         return Serving(model, policy, batcher, service)
 

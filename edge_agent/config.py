@@ -1,7 +1,7 @@
 """The agent's configuration: one dataclass per TOML section, loaded by protocols/config_loader.py.
 
 Sections: [model], [server], [policy], [batch], [fallback], [mode], [health], [hard_examples], [telemetry],
-[ota], [trust]. Each key also reads from `TANDEM_AGENT_<SECTION>_<KEY>` (e.g. TANDEM_AGENT_FALLBACK_DEADLINE_MS=150,
+[ota], [trust], [streams]. Each key also reads from `TANDEM_AGENT_<SECTION>_<KEY>` (e.g. TANDEM_AGENT_FALLBACK_DEADLINE_MS=150,
 or TANDEM_AGENT_SERVER_TAGS=site=lab,line=2 for a table), which wins over the file.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from tandem.edge_agent.errors import ConfigError
+from tandem.edge_agent.streams import STREAM_IDLE_S, STREAMS_MAX
 from tandem.protocols import config_loader
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "OtaConfig",
     "PolicyConfig",
     "ServerConfig",
+    "StreamsConfig",
     "TelemetryConfig",
     "TrustConfig",
     "default_endpoint",
@@ -198,6 +200,15 @@ class TrustConfig:
 
 
 @dataclass(frozen=True)
+class StreamsConfig:
+    """[streams]: per-stream state of stateful models (edge_agent/streams.py): bounded, so a client
+    opening streams without end cannot grow the agent's memory."""
+
+    max: int = STREAMS_MAX  # streams kept at once; the least recently used is dropped beyond
+    idle_s: float = STREAM_IDLE_S  # a stream unused this long starts again from zeros
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to start, by TOML section; `validate()` names the first bad key."""
 
@@ -212,6 +223,7 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
 
     @property
     def telemetry_on(self) -> bool:
@@ -269,7 +281,10 @@ class AgentConfig:
             ("batch.max_queue", b.max_queue),
             ("fallback.breaker_failures", f.breaker_failures),
             ("hard_examples.max", self.hard_examples.max),
+            ("streams.max", self.streams.max),
         )
+        if not self.streams.idle_s > 0:
+            raise _bad("streams.idle_s", f"{self.streams.idle_s} must be > 0 seconds")
         if self.health.http_port is not None and not 0 <= self.health.http_port <= 65535:
             raise _bad("health.http_port", f"{self.health.http_port} is not a TCP port")
         if f.hub_url is not None and not f.hub_url.strip():

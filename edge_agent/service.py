@@ -32,7 +32,7 @@ from tandem.edge_agent.model import LoadedModel, match_inputs
 from tandem.edge_agent.modes import Action, Decision, FallbackBudget, ServingMode, decide, effective_mode
 from tandem.edge_agent.observe import RequestObserver
 from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, Scores
-from tandem.edge_agent.streams import StreamStates, state_pairs
+from tandem.edge_agent.streams import STREAM_IDLE_S, STREAMS_MAX, StreamStates, state_pairs
 from tandem.edge_agent.wire import decode_request, encode_reply, error_reply
 from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
 from tandem.protocols import local_api_pb2 as pb
@@ -91,6 +91,8 @@ class InferenceService:
         fast_lane: bool = True,
         solo_inline_max_us: float = 0.0,
         concurrency: "Concurrency | None" = None,
+        streams_max: int = STREAMS_MAX,
+        stream_idle_s: float = STREAM_IDLE_S,
     ) -> None:
         """`budget` is shared by every service the agent builds (hot swaps keep what was spent)."""
         self.model = model
@@ -119,7 +121,11 @@ class InferenceService:
         self._rng = rng or random.Random()
         self._shadow_slots = threading.BoundedSemaphore(SHADOW_MAX_INFLIGHT)
         # stateful models: per-stream state, fed in and kept from the edge run only (edge_agent/streams.py)
-        self.streams = StreamStates(state_pairs([s.name for s in model.input_specs], model.output_names))
+        self.streams = StreamStates(
+            state_pairs([s.name for s in model.input_specs], model.output_names),
+            max_streams=streams_max,
+            idle_s=stream_idle_s,
+        )
         # repeated request layouts skip the general path's parsing and checks (edge_agent/fast_lane.py)
         self.lane: FastLane | None = (
             FastLane(

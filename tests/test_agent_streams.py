@@ -14,7 +14,7 @@ import pytest
 from models import stream_data, stream_model
 from tandem.cloud_hub.inference import InferenceServer
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
-from tandem.edge_agent.errors import BadRequestError
+from tandem.edge_agent.errors import BadRequestError, ConfigError
 from tandem.edge_agent.streams import StreamStates, state_pairs
 from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
@@ -123,3 +123,28 @@ def test_state_pairs_lru_and_idle_expiry():
     assert len(store) == 0
     with pytest.raises(BadRequestError, match="keeps no state"):
         StreamStates({}).feeds("s", ["x"], [np.ones((1, 2))], specs)
+
+
+def test_stream_limits_are_agent_config_keys(compiled):
+    tmp, (_, edge_dir), _ = compiled
+    toml = tmp / "agent.toml"
+    toml.write_text(
+        f'[model]\ndir = "{edge_dir}"\nvariant = "onnxruntime-fp32"\n'
+        f'[server]\nendpoint = "ipc://{tmp}/limits.sock"\n'
+        f'[hard_examples]\ndata_dir = "{tmp / "data2"}"\n'
+        "[trust]\nallow_unsigned = true\n[streams]\nmax = 1\n"
+    )
+    cfg = AgentConfig.load(toml, env={"TANDEM_AGENT_STREAMS_IDLE_S": "0.25"})  # env text coerced to float
+    assert (cfg.streams.max, cfg.streams.idle_s) == (1, 0.25)
+    assert AgentConfig.load(None, env={"TANDEM_AGENT_MODEL_DIR": str(edge_dir)}).streams.max == 1024  # default
+    sr = np.array(16000, dtype=np.int64)
+    audio = np.zeros((1, 512), np.float32)
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        assert (agent.service.streams.max_streams, agent.service.streams.idle_s) == (1, 0.25)
+        client.infer({"audio": audio, "sr": sr}, stream_id="a", mode="edge")
+        client.infer({"audio": audio, "sr": sr}, stream_id="b", mode="edge")
+        assert len(agent.service.streams) == 1  # max = 1: stream a was dropped for b
+    for text, key in (("max = 0", "streams.max"), ("idle_s = -1", "streams.idle_s"), ("idle = 5", "idle")):
+        toml.write_text(f'[model]\ndir = "{edge_dir}"\n[streams]\n{text}\n')
+        with pytest.raises(ConfigError, match=key):
+            AgentConfig.load(toml, env={}).validate()
