@@ -18,7 +18,7 @@ import pytest
 
 from dependencies import REQUIRE_ALL_ENV, is_dependency_skip, require_all
 
-pytest_plugins = ["hub_registry_fixtures", "telemetry_fixtures", "web_fixtures"]
+pytest_plugins = ["hub_registry_fixtures", "telemetry_fixtures", "v2_stub_fixtures", "web_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,6 @@ configuration error, logged once, kept for /healthz, and it opens the breaker in
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 
 import grpc
 import numpy as np
@@ -13,22 +12,14 @@ import pytest
 from tandem.edge_agent.breaker import CircuitBreaker
 from tandem.edge_agent.errors import FallbackUnavailable
 from tandem.edge_agent.fallback import FallbackClient
-from tandem.protocols import inference_pb2_grpc as pb_grpc
-
-
-class _NoSuchModel(pb_grpc.GRPCInferenceServiceServicer):
-    def ModelInfer(self, request, context):  # noqa: N802 (gRPC's naming)
-        context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model_name!r} is not served here")
 
 
 @pytest.fixture
-def hub_without_the_model():
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_NoSuchModel(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+def hub_without_the_model(aborting_v2_server) -> str:
+    """A v2 server (tests/v2_stub_fixtures.py) that serves no model at all."""
+    return aborting_v2_server(
+        grpc.StatusCode.NOT_FOUND, lambda request: f"model {request.model_name!r} is not served here"
+    )
 
 
 def test_not_found_is_a_configuration_error_logged_once_and_opens_the_breaker(hub_without_the_model, caplog):
