@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import YOLO_SIZE, yolo_data, yolo_detector
+from models import yolo_data, yolo_detector
 from tandem.cloud_hub.inference import InferenceServer
 from tandem.cloud_hub.telemetry.alerts import Hysteresis
 from tandem.cloud_hub.telemetry.engine import DriftConfig, DriftEngine
@@ -38,15 +38,8 @@ CONFIG = DriftConfig(
 
 
 def crowded(n: int, seed: int) -> np.ndarray:
-    """Like yolo_data, with 5-7 squares per image instead of 1-3."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0.0, 0.15, size=(n, 1, YOLO_SIZE, YOLO_SIZE)).astype(np.float32)
-    for img in x:
-        for _ in range(int(rng.integers(5, 8))):
-            side = int(rng.integers(4, 9))
-            top, left = (int(v) for v in rng.integers(0, YOLO_SIZE - side, size=2))
-            img[0, top : top + side, left : left + side] = rng.uniform(0.7, 1.0)
-    return x
+    """The detector's scene with 5-7 squares per image instead of 1-3 (and sides 4-8)."""
+    return yolo_data(n, seed, objects=(5, 7), sides=(4, 8))
 
 
 @pytest.fixture(scope="module")

@@ -70,13 +70,15 @@ def sigmoid_classifier(path: Path, seed: int = 0) -> Path:
 YOLO_SIZE, YOLO_STRIDE = 32, 4
 
 
-def yolo_data(n: int, seed: int) -> np.ndarray:
-    """n images [n, 1, 32, 32]: 1-3 bright squares (side 4-10) on a dark, noisy background."""
+def yolo_data(n: int, seed: int, *, objects: tuple[int, int] = (1, 3), sides: tuple[int, int] = (4, 10)) -> np.ndarray:
+    """n images [n, 1, 32, 32]: 1-3 bright squares (side 4-10) on a dark, noisy background.
+
+    `objects` and `sides` (inclusive ranges) change the scene, e.g. a crowded one for drift tests."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.0, 0.15, size=(n, 1, YOLO_SIZE, YOLO_SIZE)).astype(np.float32)
     for img in x:
-        for _ in range(int(rng.integers(1, 4))):
-            side = int(rng.integers(4, 11))
+        for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
+            side = int(rng.integers(sides[0], sides[1] + 1))
             top, left = (int(v) for v in rng.integers(0, YOLO_SIZE - side, size=2))
             img[0, top : top + side, left : left + side] = rng.uniform(0.7, 1.0)
     return x
