@@ -151,3 +151,15 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
                 f"{role} data {path}: 'y' must be {count} integer labels, got shape {labels.shape} dtype {labels.dtype}"
             )
     return Dataset(checked, labels, str(path), axes)
+
+
+def check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Refuse labels outside [0, num_classes): a negative one would silently index from the end,
+    a too-large one would end in an IndexError deep inside calibration."""
+    bad = np.unique(labels[(labels < 0) | (labels >= num_classes)])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (f" and {bad.size - 10} more" if bad.size > 10 else "")
+        raise CalibrationDataError(
+            f"{where}: label values {shown} in 'y' are out of range for the model's {num_classes} classes "
+            f"(valid: 0 to {num_classes - 1})"
+        )

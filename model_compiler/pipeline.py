@@ -28,7 +28,7 @@ from tandem.model_compiler.confidence import (
     calibrate_variant,
     split_fit_eval,
 )
-from tandem.model_compiler.data import Dataset, batch_axis, load_dataset, take
+from tandem.model_compiler.data import Dataset, batch_axis, check_label_range, load_dataset, take
 from tandem.model_compiler.drift_reference import build_drift_reference
 from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.report import write_reports
@@ -48,7 +48,14 @@ from tandem.protocols.manifest import (
     parse_version,
 )
 from tandem.protocols.signing import key_id, load_or_create_private_key, public_key_pem, sign_manifest
-from tandem.tasks import DEFAULT_THRESHOLDS, TaskSpec, class_labels, confidence_measure, task_confidence
+from tandem.tasks import (
+    DEFAULT_THRESHOLDS,
+    TaskSpec,
+    class_labels,
+    class_probabilities,
+    confidence_measure,
+    task_confidence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +273,9 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     reference = run_dataset(ref_session, val.inputs, val.axes)
     ref_session.close()
     task = _resolve_task(opts, prepared, outputs, reference, val)
+    if task.kind == "classification" and val.labels is not None and task.spec.scores != "multi_label":
+        num_classes = class_probabilities(task.spec, reference[task.output_index]).shape[1]
+        check_label_range(val.labels, num_classes, f"validation data {val.source}")
     say(f"task: {task.kind} on output {outputs[task.output_index].name!r} ({task.reason})")
     say(
         "task gate: "
