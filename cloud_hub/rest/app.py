@@ -1,4 +1,4 @@
-"""The REST console's FastAPI app: routers, error mapping, OpenAPI at /docs."""
+"""The REST console's FastAPI app: routers, error mapping, OpenAPI at /docs and /redoc (assets served locally)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from tandem.cloud_hub.errors import AuthError, HubError
 from tandem.cloud_hub.inference import rest as inference_rest
@@ -29,6 +30,7 @@ from tandem.cloud_hub.web import mount_console
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
+DOCS_ASSETS_URL = "/docs-assets"  # Swagger UI and ReDoc files (the fastapi-offline package)
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "telemetry, rollouts or hard examples are not running on this hub"}
 }
@@ -36,7 +38,10 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 
 def create_app(hub: Any) -> FastAPI:
     """Build the app for `hub` (anything with db, registry, devices, tokens, artifacts, key, config, urls())."""
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the hub itself (DOCS_ASSETS_URL), not a
+    # CDN, so they work on a hub without Internet access.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="Tandem hub",
         version=API_VERSION,
         description="Fleet console: devices, models, variants, artifacts, telemetry, drift alerts, OTA rollouts. "
@@ -69,7 +74,9 @@ def create_app(hub: Any) -> FastAPI:
 
     app.add_middleware(
         BodyLimitMiddleware,
-        max_json_body_bytes=getattr(getattr(hub, "config", None), "max_json_body_bytes", DEFAULT_MAX_JSON_BODY_BYTES),
+        max_json_body_bytes=getattr(
+            getattr(getattr(hub, "config", None), "http", None), "max_json_body_bytes", DEFAULT_MAX_JSON_BODY_BYTES
+        ),
     )
     return app
 
