@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import threading
@@ -19,13 +18,16 @@ import tandem
 from tandem.cloud_hub.cli_output import ago, table
 from tandem.cloud_hub.client import DEFAULT_URL, HubClient
 from tandem.cloud_hub.errors import HubError
+from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging
 
-EPILOG = """examples:
+EPILOG = f"""examples:
   tandem-hub tokens create --scope admin --name me --data-dir ./tandem-data   # first admin token
   tandem-hub serve --model-dir compiled/digits-cloud
   export TANDEM_HUB_URL=http://127.0.0.1:8080 TANDEM_HUB_TOKEN=tdm_...
   tandem-hub models register compiled/digits
   tandem-hub devices list --status offline --tag site=lyon
+
+{PRECEDENCE}; --log-level LEVEL goes before or after the command.
 """
 
 
@@ -35,9 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args)
     try:
         return args.func(args)
     except HubError as exc:
@@ -128,8 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mutual TLS from a `tandem-hub pki init` folder: Mosquitto with "
         "the fleet ACL, mqtts:// for the hub's clients, device certificates on gRPC (default: plain text)",
     )
-    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=cmd_serve, default_log_level="info")
 
     models = _group(sub, "models", "register and list models")
     p = _remote(models.add_parser("register", help="upload a compiled model directory (versions are immutable)"))
@@ -191,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ota_commands(sub)
     add_pki_commands(sub)
     add_publisher_commands(sub)
-    return parser
+    return add_log_level(parser, "warning")
 
 
 def _group(sub: Any, name: str, help_text: str) -> Any:
@@ -211,7 +210,6 @@ def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "(env TANDEM_HUB_CA; default: the system trust store)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 

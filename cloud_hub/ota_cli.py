@@ -87,7 +87,6 @@ def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "(env TANDEM_HUB_CA; default: the system trust store)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import tandem
 from tandem.edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
 from tandem.edge_agent.errors import AgentError
+from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging
 
 if TYPE_CHECKING:
     from tandem.edge_agent.agent import Agent
@@ -33,7 +34,9 @@ examples:
 
 configuration: a TOML file (see examples/agent/agent.toml); every key can also be set
 with an environment variable {ENV_PREFIX}<SECTION>_<KEY>, e.g. {ENV_PREFIX}MODEL_DIR=/var/lib/tandem/model
-or {ENV_PREFIX}FALLBACK_DEADLINE_MS=150, which wins over the file.
+or {ENV_PREFIX}FALLBACK_DEADLINE_MS=150, which wins over the file; --model-dir, --endpoint and
+--http-port win over both.
+{PRECEDENCE}
 default endpoint: {default_endpoint()}
 """
 
@@ -249,7 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def config_args(p: argparse.ArgumentParser) -> None:
@@ -308,12 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
     infer.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     infer.set_defaults(func=_infer)
-    return parser
+    return add_log_level(parser, "warning")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args, "%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return args.func(args)
     except AgentError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Callable
 from tandem.hardware_profiles import ProfileError, load_profiles
 from tandem.model_compiler.confidence import DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD
 from tandem.model_compiler.errors import CompileError
+from tandem.protocols.cli_options import add_log_level, configure_logging
 from tandem.protocols.manifest import ManifestError
 from tandem.protocols.signing import SignatureError
 
@@ -25,7 +25,20 @@ examples:
 
 data files (.npz): one array per model input named like the input (a single-input model may use 'x');
 validation data may add 'y' with integer labels to measure accuracy, not only agreement.
+
+--version VERSION is the compiled model's version; `tandem-compile --version` alone prints this tool's.
+--quiet silences our progress and the libraries' (NNCF, OpenVINO, tqdm/rich bars); warnings and errors stay.
 """
+
+
+def _leading_log_level(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split `--log-level X` / `--log-level=X` given before a subcommand (`profiles`) from the rest."""
+    lead: list[str] = []
+    rest = list(argv)
+    while rest and (rest[0] == "--log-level" or rest[0].startswith("--log-level=")):
+        n = 1 if "=" in rest[0] else 2
+        lead, rest = lead + rest[:n], rest[n:]
+    return lead, rest
 
 
 def _progress_printer(quiet: bool):
@@ -191,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val", type=Path, help="held-out validation data (.npz), optional labels in 'y'")
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--name", help="model name in the manifest (default: the file's stem)")
-    parser.add_argument("--version", default="1.0.0", help="model version MAJOR.MINOR.PATCH (default: 1.0.0)")
+    parser.add_argument(
+        "--version",
+        default="1.0.0",
+        help="model version MAJOR.MINOR.PATCH (default: 1.0.0); alone, `--version` prints tandem-compile's",
+    )
     parser.add_argument(
         "--max-accuracy-drop",
         type=number(0, 100),
@@ -309,21 +326,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-timing", action="store_true", help="skip host latency/throughput measurement (faster)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    return parser
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress on stderr, ours or NNCF's/OpenVINO's (warnings stay)"
+    )
+    return add_log_level(parser, "warning")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if argv == ["--version"]:  # --version VALUE names the model's version; alone it asks for ours
+        import tandem
+
+        print(f"tandem-compile {tandem.__version__}")
+        return 0
     parser = build_parser()
-    if argv and argv[0] == "profiles":
+    lead, rest = _leading_log_level(argv)
+    if rest and rest[0] == "profiles":
         sub = argparse.ArgumentParser(prog="tandem-compile profiles", description="List the known hardware profiles.")
         sub.add_argument(
             "--profile-dir", type=Path, action="append", default=[], help="extra folder of profile YAML files"
         )
         sub.add_argument("--json", action="store_true")
-        args = sub.parse_args(argv[1:])
+        args = add_log_level(sub, "warning").parse_args(lead + rest[1:])
         handler = _list_profiles
     else:
         args = parser.parse_args(argv)
@@ -333,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"compiling needs {', '.join(missing)}")
         handler = _compile
+    configure_logging(args, "%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "quiet", False):
+        from tandem.model_compiler.quiet import silence_third_party_progress
+
+        silence_third_party_progress()
     try:
         return handler(args)
     except (CompileError, ProfileError, ManifestError, SignatureError) as exc:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import tandem
+from tandem.protocols.cli_options import add_log_level, configure_logging
 
 EPILOG = """\
 examples:
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list the built-in scenarios")
     lst.set_defaults(handler=_list)
-    return parser
+    return add_log_level(parser, "error")
 
 
 def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
@@ -156,8 +156,8 @@ def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     args = absolute_paths(build_parser().parse_args(argv))
+    configure_logging(args, "%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
     except KeyboardInterrupt:

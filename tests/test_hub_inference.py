@@ -305,6 +305,7 @@ def test_overload_answers_resource_exhausted_fast_and_recovers(slow_model_dir, l
         slowest_ok = max(t for code, t, _ in results if code == grpc.StatusCode.OK)
         # Shed requests are refused at once, not after waiting their turn.
         assert min(t for t, _ in shed) < slowest_ok
+        # and none of them late: refusals took 0.05-0.09 s here under a load of 22, so 2 s is a 20x margin
         assert max(t for t, _ in shed) < 2.0
         if "max_queue" in limits:
             assert all("hub is overloaded" in d for _, d in shed)
