@@ -35,10 +35,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "examples" / "digits"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests), not run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, add_paths, log  # noqa: E402
+
+add_paths(ROOT / "examples" / "digits")
 
 from tandem.edge_agent.config import PolicyConfig  # noqa: E402
 from tandem.edge_agent.policy import KINDS, ConfidencePolicy  # noqa: E402
@@ -56,10 +57,6 @@ MAX_FALLBACK = 0.25
 DEFAULT_KIND = PolicyConfig().kind  # the agent's default policy kind
 
 Progress = Callable[[str], None]
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # -- the pure core: outputs and labels in, accuracies and fallback fractions out --------------

@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests), not run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, add_paths, import_path as _import_path, log  # noqa: E402
+
+add_paths()
 
 from tandem.hardware_profiles import resolve_profiles  # noqa: E402
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
@@ -40,18 +42,6 @@ from tandem.model_compiler.variants import BuildContext, get_builder  # noqa: E4
 from tandem.tasks import TaskSpec  # noqa: E402
 
 MODELS = ("ocr-rec", "ocr-det", "sigmoid", "yolo")
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def _import_path(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rapidocr(name: str) -> Path:
