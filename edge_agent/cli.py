@@ -28,7 +28,8 @@ EPILOG = f"""\
 examples:
   tandem-agent run --config /etc/tandem/agent.toml
   tandem-agent check --config agent.toml
-  tandem-agent infer --input x.npy
+  tandem-agent init --hub http://127.0.0.1:8080 --token tdm_... --model-dir out/digits-edge --out agent.toml
+  tandem-agent infer --config agent.toml --input x.npy
   tandem-agent infer --input batch.npz --endpoint tcp://127.0.0.1:5555 --threshold 0.9 --json
   tandem-agent status --config agent.toml        (model version, OTA state, telemetry outbox)
 
@@ -227,7 +228,9 @@ def _infer(args: argparse.Namespace) -> int:
     from tandem.edge_agent.client import AgentClient
 
     inputs = _read_input(args.input)
-    endpoint = args.endpoint or os.environ.get(ENV_PREFIX + "ENDPOINT") or default_endpoint()
+    endpoint = args.endpoint or os.environ.get(ENV_PREFIX + "ENDPOINT")
+    if endpoint is None:
+        endpoint = AgentConfig.load(args.config).server.endpoint if args.config else default_endpoint()
     with AgentClient(endpoint, timeout_s=args.timeout) as client:
         answer = client.infer(inputs, threshold=args.threshold, mode=args.mode, return_outputs=args.outputs)
     if args.json:
@@ -298,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send a .npy (one input, by position) or .npz (inputs by name) to the agent.",
     )
     infer.add_argument("--input", type=Path, required=True, help="x.npy or inputs.npz; the leading axis is rows")
-    infer.add_argument("--endpoint", help=f"agent endpoint (default: {ENV_PREFIX}ENDPOINT or {default_endpoint()})")
+    infer.add_argument(
+        "--endpoint", help=f"agent endpoint (default: {ENV_PREFIX}ENDPOINT, else --config's, else {default_endpoint()})"
+    )
+    infer.add_argument("--config", type=Path, help="agent.toml: send to its server.endpoint")
     infer.add_argument("--threshold", type=float, help="override the confidence threshold for this request")
     infer.add_argument(
         "--mode",
@@ -310,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
     infer.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     infer.set_defaults(func=_infer)
+
+    from tandem.edge_agent.init_cli import add_init_command
+
+    add_init_command(sub)
     return add_log_level(parser, "warning")
 
 
