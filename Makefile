@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps browser-deps demo test test-fast lint bench fuzz clean
+.PHONY: install system-deps browser-deps kserve-venv demo test test-fast lint bench fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,21 @@ browser-deps:
 	if [ ! -x /usr/bin/chromium ]; then missing=" chromium chromium-driver"; fi; \
 	$(APT_INSTALL)
 
+# KServe's own ModelServer for tests/test_fallback_kserve.py (a third-party v2 server as the agent's
+# fallback), in a virtualenv of its own: kserve pins protobuf<7, this project needs 7. Made once (~1-2 min).
+KSERVE_VENV := build/kserve-venv
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
+$(KSERVE_STAMP):
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q 'kserve==0.21.0' 'onnxruntime>=1.17'
+	touch $(KSERVE_STAMP)
+
+kserve-venv: $(KSERVE_STAMP)
+
 demo: $(DEMO_STAMP) system-deps
 	$(VENV)/bin/tandem-sim demo
 
-test: $(STAMP) system-deps browser-deps
+test: $(STAMP) system-deps browser-deps kserve-venv
 	$(PY) -m pytest -q
 
 # ruff (lint) and mypy (types), configured in pyproject.toml; .ci/run runs it before the tests.
