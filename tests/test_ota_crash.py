@@ -201,8 +201,9 @@ def test_sigkill_at_seeded_points_always_restarts_into_a_complete_version(job, t
             assert again.lines[-1].startswith("DONE committed active=1.1.0"), again.lines
             assert _check_complete(store) == "1.1.0"
     print(f"\nkills by last step reported: {dict(killed_in)}; versions after restart: {dict(outcomes)}")
-    # spread over the whole update: kills landed in its first steps and in its last ones, and the
-    # device came back on the old version after some and on the new one after others
+    # spread over the whole update: kills landed in its first steps and in its last ones, over at
+    # least half its steps, and the device came back on the old version after some and on the new
+    # one after others (kills all aimed at the start, all at the end, or only at the two ends fail)
     landed_at = sorted(order.index(step) for step in killed_in)
     assert landed_at[0] <= 1 and landed_at[-1] >= len(order) - 2, (
         f"kills did not spread over the update: {dict(killed_in)}"
