@@ -1,7 +1,7 @@
 """A third-party v2 server that answers INTERNAL to a malformed request (as KServe's ModelServer does) is
 alive: the agent's breaker must not open as if it were down. The server (tests/v2_stub_fixtures.py) is a
-real gRPC server speaking the v2 service the way KServe's does for that case; the kserve package itself is
-not installed in this project's environment."""
+real gRPC server speaking the v2 service the way KServe's does for that case, in-process and fast;
+tests/test_fallback_kserve.py shows KServe's own server answering so."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A small third-party v2 server for the fallback client's error paths: a real gRPC server speaking
 the KServe v2 GRPCInferenceService whose ModelInfer always aborts with one status, as a stock server
-(KServe's ModelServer, a hub without the model) answers the request it cannot serve. The kserve
-package itself is not installed in this project's environment, so this stands in for it.
+(KServe's ModelServer, a hub without the model) answers the request it cannot serve. It gives any
+status at once and in-process; tests/test_fallback_kserve.py runs KServe's own server (from
+build/kserve-venv) for the cases it really produces.
 """
 
 from __future__ import annotations
