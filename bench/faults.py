@@ -264,7 +264,9 @@ def two_hubs(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     from tandem.cloud_hub.hub import Hub
     from tandem.cloud_hub.storage.datadir import DataDirLockedError
 
-    config = HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")
+    config = HubConfig.from_keys(
+        {"data_dir": root / "hub", "http.port": 0, "grpc.port": 0, "mqtt.url": "mqtt://127.0.0.1:1"}
+    )
     first = Hub(config)
     try:
         Hub(config).stop()

@@ -72,14 +72,16 @@ class Fleet:
     def __init__(self, root: Path, rel: dict[str, Path], n: int, watch_s: float) -> None:
         self.broker = Broker(root / "mosquitto")
         self.hub = Hub(
-            HubConfig(
-                publisher_trust_on_first_use=True,
-                data_dir=root / "hub",
-                http_port=0,
-                grpc_port=0,
-                mqtt_url=self.broker.url,
-                rollout_tick_s=0.1,
-                rollout_watch_s=watch_s,
+            HubConfig.from_keys(
+                {
+                    "publishers.trust_on_first_use": True,
+                    "data_dir": root / "hub",
+                    "http.port": 0,
+                    "grpc.port": 0,
+                    "mqtt.url": self.broker.url,
+                    "rollouts.tick_s": 0.1,
+                    "rollouts.watch_s": watch_s,
+                }
             )
         ).start()
         self.devices: list[SimDevice] = []

@@ -174,7 +174,7 @@ def check_port_free(host: str, port: int) -> None:
             raise BrokerError(
                 f"cannot start mosquitto on {host}:{port}: {exc.strerror or exc} (another broker, "
                 "perhaps one a killed hub left running, holds it: stop it, or choose another "
-                "mqtt_port)"
+                "mqtt.port)"
             ) from None
 
 
@@ -257,7 +257,7 @@ def start_broker(kind: str, workdir: Path, host: str = "127.0.0.1", port: int = 
     if tls_pki is not None and (kind == "embedded" or not shutil.which("mosquitto")):
         raise BrokerError(
             "tls_dir needs Mosquitto (the embedded broker cannot check client certificates): "
-            "install mosquitto, or point mqtt_url at an mqtts:// broker"
+            "install mosquitto, or point mqtt.url at an mqtts:// broker"
         )
     if kind == "mosquitto" or (kind == "auto" and shutil.which("mosquitto")):
         return MosquittoBroker.start(workdir, host, port, tls_pki=tls_pki)

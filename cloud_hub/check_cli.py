@@ -28,7 +28,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from tandem.cloud_hub.errors import HubError
     from tandem.cloud_hub.storage.doctor import check_database, check_manifests, databases
 
-    config = HubConfig.load(args.config, data_dir=args.data_dir)
+    config = HubConfig.load(args.config, overrides={"data_dir": args.data_dir})
     if not config.data_dir.is_dir():
         raise HubError(f"{config.data_dir}: no such data dir")
     report: dict[str, Any] = {"data_dir": str(config.data_dir), "databases": {}, "problems": []}

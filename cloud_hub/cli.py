@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the hub in the foreground until Ctrl-C. Flags override TANDEM_HUB_* env "
         "vars, which override --config.",
     )
-    serve.add_argument("--config", type=Path, help="TOML file with hub settings (a [hub] table or top-level keys)")
+    serve.add_argument("--config", type=Path, help="TOML file with hub settings ([http], [grpc], [mqtt], ... sections)")
     serve.add_argument("--data-dir", type=Path, help="database, artifacts and keys (default ./tandem-data)")
     serve.add_argument("--http-host", help="REST listen address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="REST port (default 8080; 0 = any free port)")
@@ -239,26 +239,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
 
-    config = HubConfig.load(
-        args.config,
-        data_dir=args.data_dir,
-        http_host=args.http_host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        grpc_host=args.grpc_host,
-        mqtt_host=args.mqtt_host,
-        mqtt_port=args.mqtt_port,
-        model_aliases=tuple(args.model_aliases) if args.model_aliases else None,
-        model_dirs=tuple(args.model_dirs) if args.model_dirs else None,
-        mqtt_url=args.mqtt_url,
-        broker=args.broker,
-        inference_profile=args.inference_profile,
-        public_url=args.public_url,
-        telemetry=args.telemetry,
-        rollouts=args.rollouts,
-        drift_eval_interval_s=args.drift_eval_interval_s,
-        tls_dir=args.tls_dir,
-    )
+    flags = {
+        "data_dir": args.data_dir,
+        "http.host": args.http_host,
+        "http.port": args.http_port,
+        "grpc.port": args.grpc_port,
+        "grpc.host": args.grpc_host,
+        "mqtt.host": args.mqtt_host,
+        "mqtt.port": args.mqtt_port,
+        "models.aliases": tuple(args.model_aliases) if args.model_aliases else None,
+        "models.dirs": tuple(args.model_dirs) if args.model_dirs else None,
+        "mqtt.url": args.mqtt_url,
+        "mqtt.broker": args.broker,
+        "models.inference_profile": args.inference_profile,
+        "http.public_url": args.public_url,
+        "telemetry.enabled": args.telemetry,
+        "rollouts.enabled": args.rollouts,
+        "drift.eval_interval_s": args.drift_eval_interval_s,
+        "tls_dir": args.tls_dir,
+    }
+    config = HubConfig.load(args.config, overrides=flags)
     hub = Hub(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -402,7 +402,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
         from tandem.cloud_hub.config import HubConfig
         from tandem.cloud_hub.storage import open_database
 
-        config = HubConfig.load(data_dir=args.data_dir)
+        config = HubConfig.load(overrides={"data_dir": args.data_dir})
         db = open_database(config.db_path)
         try:
             new = TokenStore(db).create(args.name, args.scope)

@@ -1,6 +1,8 @@
-"""Typed hub configuration: defaults for a first run, a TOML file ([hub] table), TANDEM_HUB_<KEY> env vars.
+"""The hub's configuration: one dataclass per TOML section, loaded by protocols/config_loader.py (as the agent's).
 
-Loaded by protocols/config_loader.py, the agent's loader too: each value coerced from the field's type hint.
+Sections: [http], [grpc], [mqtt], [models], [publishers], [devices], [telemetry], [drift], [rollouts],
+[hard_examples]; `data_dir` and `tls_dir` sit at the top. Each key also reads from `TANDEM_HUB_<SECTION>_<KEY>`
+(TANDEM_HUB_HTTP_PORT, TANDEM_HUB_DRIFT_OPEN_ABOVE; TANDEM_HUB_DATA_DIR at the top), which wins over the file.
 """
 
 from __future__ import annotations
@@ -13,179 +15,272 @@ from typing import Any, Mapping
 from tandem.cloud_hub.errors import ConfigError
 from tandem.protocols import config_loader
 
-__all__ = ["BROKER_KINDS", "ENV_PREFIX", "REST_CLIENT_CERTS", "HubConfig"]
+__all__ = [
+    "BROKER_KINDS",
+    "ENV_PREFIX",
+    "REST_CLIENT_CERTS",
+    "SECTIONS",
+    "DevicesConfig",
+    "DriftConfig",
+    "GrpcConfig",
+    "HardExamplesConfig",
+    "HttpConfig",
+    "HubConfig",
+    "ModelsConfig",
+    "MqttConfig",
+    "PublishersConfig",
+    "RolloutsConfig",
+    "TelemetryConfig",
+]
 
 ENV_PREFIX = "TANDEM_HUB_"
 CLIENT_ENV = ("TANDEM_HUB_URL", "TANDEM_HUB_TOKEN", "TANDEM_HUB_CA")  # read by cloud_hub/client.py, not settings
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 REST_CLIENT_CERTS = ("none", "optional", "required")
 
-_POSITIVE = (
-    "telemetry_retention_s",
-    "drift_eval_interval_s",
-    "drift_span_s",
-    "drift_min_samples",
-    "drift_min_requests",
-    "hard_examples_max",
-    "drift_open_above",
-    "drift_rate_open_above",
-    "rollout_tick_s",
-    "rollout_watch_s",
-    "rest_rate_per_s",
-    "max_json_body_bytes",
-)
+
+def _bad(key: str, problem: str) -> ConfigError:
+    """An error naming the dotted key and its variable: `http.port (env TANDEM_HUB_HTTP_PORT): ...`."""
+    return ConfigError(f"{key} (env {config_loader.env_name(ENV_PREFIX, key)}): {problem}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (not _number(value) or value <= 0):
+            raise _bad(f"{section}.{name}", f"{value!r} must be a positive number")
+
+
+def _port(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise _bad(key, f"{value!r} is not a port 0-65535")
+
+
+def _http_url(key: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
+        raise _bad(key, f"{value!r} should look like http://host:8080")
+
+
+def _switch(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _bad(key, f"{value!r} is not true or false")
 
 
 @dataclass(frozen=True)
-class HubConfig:
-    """Everything `tandem-hub serve` needs; port 0 picks a free port."""
+class HttpConfig:
+    """[http]: the REST console, web page and artifact server; port 0 picks a free port."""
 
-    data_dir: Path = Path("./tandem-data")
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 8001
-    # None: start a broker for the fleet (see `broker`); otherwise an external mqtt://host:port.
-    mqtt_url: str | None = None
-    broker: str = "auto"
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = 0
-    model_dirs: tuple[Path, ...] = ()
-    # "asked=served" pairs: a request for model `asked` is answered by model `served` (e.g. digits-edge=digits-cloud,
-    # so an agent's fallback naming its own model reaches the cloud pair). `--alias` on `tandem-hub serve`.
-    model_aliases: tuple[str, ...] = ()
-    # The hardware profile whose chosen variant the hub's gRPC server runs (gpu-cuda on a GPU host).
-    inference_profile: str = "cpu-x86"
-    # A device is offline when it has not been heard from for this long.
-    offline_after_s: float = 90.0
-    max_upload_mb: float = 2048.0
-    profile_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    host: str = "127.0.0.1"
+    port: int = 8080
     # The hub's HTTP base URL as devices reach it (OTA manifests and artifacts); None: the URL it listens on.
     public_url: str | None = None
-    # Telemetry ingestion (MQTT -> SQLite) with the drift engine and alerts; the knobs below tune the drift engine.
-    telemetry: bool = True
-    # None: a plain subscription (survives a Mosquitto restart); a name: $share/<name>/... for hub replicas.
-    telemetry_share_group: str | None = None
-    telemetry_retention_s: float = 24 * 3600.0
-    drift_eval_interval_s: float = 10.0
-    drift_span_s: float = 300.0
-    drift_baseline_s: float = 3600.0
-    drift_min_samples: int = 200
-    drift_min_requests: int = 100
-    drift_open_above: float = 0.25  # PSI/JS/chi-square signals: open an alert above, close below
-    drift_close_below: float = 0.10
-    drift_rate_open_above: float = 0.10  # fallback- and error-rate rises
-    drift_rate_close_below: float = 0.05
-    drift_webhook_url: str | None = None
-    # Staged OTA rollouts (/v1/rollouts, MQTT commands); needs the HTTP server or public_url.
-    rollouts: bool = True
-    rollout_tick_s: float = 0.5
-    rollout_watch_s: float | None = None  # health-watch length sent to devices; None: each device's own
-    # Hard examples agents upload (with telemetry): <data_dir>/hard_examples.sqlite keeps the newest this many.
-    hard_examples_max: int = 100_000
-    # Mutual TLS: a `tandem-hub pki init` folder. Set, the hub's Mosquitto listens with TLS and the fleet ACL,
-    # its MQTT clients connect as the hub identity over mqtts://, and gRPC inference demands device certificates.
-    # None: plain text, development only.
-    tls_dir: Path | None = None
-    # With tls_dir, REST/console/artifacts are HTTPS with the hub's server certificate; client certificates there:
-    # "none" (bearer tokens only, browsers), "optional" (asked for, checked against the fleet CA if sent), "required".
-    rest_client_certs: str = "none"
-    # Per-token token bucket on REST (429 + Retry-After beyond it); /healthz is exempt.
-    rest_rate_per_s: float = 20.0
-    rest_burst: float = 60.0
-    # DEV ONLY: register uploads signed by an unknown publisher key and trust that key from then on (logged at
-    # WARNING each time). Off: only keys added with `tandem-hub publishers add` are accepted.
-    publisher_trust_on_first_use: bool = False
-    # REST request bodies (JSON) larger than this are refused with 413 before they are read; uploads have max_upload_mb.
+    # With tls_dir, HTTPS with the hub's server certificate; client certificates there: "none" (bearer tokens
+    # only, browsers), "optional" (asked for, checked against the fleet CA if sent), "required".
+    client_certs: str = "none"
+    # Per-token token bucket (429 + Retry-After beyond it); /healthz is exempt.
+    rate_per_s: float = 20.0
+    burst: float = 60.0
+    # JSON request bodies larger than this are refused with 413 before they are read; uploads have max_upload_mb.
     max_json_body_bytes: int = 1024 * 1024
+    max_upload_mb: float = 2048.0
 
-    def aliases(self) -> dict[str, str]:
-        """model_aliases as {asked: served}; ConfigError naming a pair that is not NAME=NAME."""
+    def __post_init__(self) -> None:
+        _port("http.port", self.port)
+        _http_url("http.public_url", self.public_url)
+        if self.client_certs not in REST_CLIENT_CERTS:
+            raise _bad("http.client_certs", f"{self.client_certs!r} is not one of {', '.join(REST_CLIENT_CERTS)}")
+        if not _number(self.burst) or self.burst < 1:
+            raise _bad("http.burst", f"{self.burst!r} must be a number >= 1")
+        _positive("http", self, "rate_per_s", "max_json_body_bytes", "max_upload_mb")
+
+
+@dataclass(frozen=True)
+class GrpcConfig:
+    """[grpc]: the v2 inference server (runs when models.dirs is set)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+
+    def __post_init__(self) -> None:
+        _port("grpc.port", self.port)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """[mqtt]: the fleet's broker, started by the hub or external."""
+
+    # None: start a broker for the fleet (see `broker`); otherwise an external mqtt://host:port.
+    url: str | None = None
+    broker: str = "auto"  # which broker the hub starts: auto (Mosquitto when installed), mosquitto, embedded
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a port kept stable per data dir
+
+    def __post_init__(self) -> None:
+        _port("mqtt.port", self.port)
+        if self.broker not in BROKER_KINDS:
+            raise _bad("mqtt.broker", f"{self.broker!r} is not one of {', '.join(BROKER_KINDS)}")
+        if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://", "tcp://")):
+            raise _bad("mqtt.url", f"{self.url!r} should look like mqtt://host:1883")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """[models]: what the hub's gRPC server serves."""
+
+    dirs: tuple[Path, ...] = ()
+    # "asked=served" pairs: a request for model `asked` is answered by model `served` (e.g. digits-edge=digits-cloud,
+    # so an agent's fallback naming its own model reaches the cloud pair). `--alias` on `tandem-hub serve`.
+    aliases: tuple[str, ...] = ()
+    # The hardware profile whose chosen variant the hub's gRPC server runs (gpu-cuda on a GPU host).
+    inference_profile: str = "cpu-x86"
+    profile_dirs: tuple[Path, ...] = ()  # extra hardware profile folders
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dirs", tuple(Path(p) for p in self.dirs))
+        object.__setattr__(self, "profile_dirs", tuple(Path(p) for p in self.profile_dirs))
+        object.__setattr__(self, "aliases", tuple(str(a) for a in self.aliases))
+        self.alias_map()  # refuses a malformed pair at start-up
+
+    def alias_map(self) -> dict[str, str]:
+        """aliases as {asked: served}; ConfigError naming a pair that is not NAME=NAME."""
         out: dict[str, str] = {}
-        for pair in self.model_aliases:
+        for pair in self.aliases:
             asked, sep, served = (part.strip() for part in pair.partition("="))
             if not sep or not asked or not served or asked == served:
-                raise ConfigError(
-                    f"model_aliases (--alias): {pair!r} is not ASKED=SERVED with two different model "
-                    "names, e.g. digits-edge=digits-cloud"
+                raise _bad(
+                    "models.aliases",
+                    f"{pair!r} is not ASKED=SERVED with two different model names, e.g. digits-edge=digits-cloud "
+                    "(--alias)",
                 )
             out[asked] = served
         return out
 
+
+@dataclass(frozen=True)
+class PublishersConfig:
+    """[publishers]: who may sign what `tandem-compile` produced (tandem-hub publishers)."""
+
+    # DEV ONLY: register uploads signed by an unknown publisher key and trust that key from then on (logged at
+    # WARNING each time). Off: only keys added with `tandem-hub publishers add` are accepted.
+    trust_on_first_use: bool = False
+
+    def __post_init__(self) -> None:
+        _switch("publishers.trust_on_first_use", self.trust_on_first_use)
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    """[devices]: the fleet registry."""
+
+    offline_after_s: float = 90.0  # a device not heard from for this long is offline
+
+    def __post_init__(self) -> None:
+        _positive("devices", self, "offline_after_s")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """[telemetry]: ingestion of the agents' windows (MQTT -> SQLite) feeding the drift engine."""
+
+    enabled: bool = True
+    # None: a plain subscription (survives a Mosquitto restart); a name: $share/<name>/... for hub replicas.
+    share_group: str | None = None
+    retention_s: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        _switch("telemetry.enabled", self.enabled)
+        _positive("telemetry", self, "retention_s")
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """[drift]: the drift engine's windows and alert thresholds (cloud_hub/telemetry/engine.py)."""
+
+    eval_interval_s: float = 10.0
+    span_s: float = 300.0
+    baseline_s: float = 3600.0  # 0: the manifest's reference only
+    min_samples: int = 200
+    min_requests: int = 100
+    open_above: float = 0.25  # PSI/JS/chi-square signals: open an alert above, close below
+    close_below: float = 0.10
+    rate_open_above: float = 0.10  # fallback- and error-rate rises
+    rate_close_below: float = 0.05
+    webhook_url: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive(
+            "drift", self, "eval_interval_s", "span_s", "min_samples", "min_requests", "open_above", "rate_open_above"
+        )
+        if not _number(self.baseline_s) or self.baseline_s < 0:
+            raise _bad("drift.baseline_s", f"{self.baseline_s!r} must be >= 0")
+        if self.close_below > self.open_above:
+            raise _bad("drift.close_below", f"{self.close_below} must be <= drift.open_above ({self.open_above})")
+        if self.rate_close_below > self.rate_open_above:
+            raise _bad(
+                "drift.rate_close_below",
+                f"{self.rate_close_below} must be <= drift.rate_open_above ({self.rate_open_above})",
+            )
+        _http_url("drift.webhook_url", self.webhook_url)
+
+
+@dataclass(frozen=True)
+class RolloutsConfig:
+    """[rollouts]: staged OTA rollouts (/v1/rollouts, MQTT commands); needs the HTTP server or http.public_url."""
+
+    enabled: bool = True
+    tick_s: float = 0.5
+    watch_s: float | None = None  # health-watch length sent to devices; None: each device's own
+
+    def __post_init__(self) -> None:
+        _switch("rollouts.enabled", self.enabled)
+        _positive("rollouts", self, "tick_s", "watch_s")
+
+
+@dataclass(frozen=True)
+class HardExamplesConfig:
+    """[hard_examples]: inputs agents upload with telemetry, kept in <data_dir>/hard_examples.sqlite."""
+
+    max: int = 100_000  # the newest this many are kept
+
+    def __post_init__(self) -> None:
+        _positive("hard_examples", self, "max")
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Everything `tandem-hub serve` needs, by TOML section; every field has a first-run default."""
+
+    data_dir: Path = Path("./tandem-data")
+    # Mutual TLS: a `tandem-hub pki init` folder. Set, the hub's Mosquitto listens with TLS and the fleet ACL,
+    # its MQTT clients connect as the hub identity over mqtts://, gRPC inference demands device certificates and
+    # HTTP is HTTPS. None: plain text, development only.
+    tls_dir: Path | None = None
+    http: HttpConfig = field(default_factory=HttpConfig)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    publishers: PublishersConfig = field(default_factory=PublishersConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
+    hard_examples: HardExamplesConfig = field(default_factory=HardExamplesConfig)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
-        object.__setattr__(self, "model_dirs", tuple(Path(p) for p in self.model_dirs))
-        object.__setattr__(self, "profile_dirs", tuple(Path(p) for p in self.profile_dirs))
         if self.tls_dir is not None:
             object.__setattr__(self, "tls_dir", Path(self.tls_dir))
-        for name in ("http_port", "grpc_port", "mqtt_port"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 0 <= value <= 65535:
-                raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} is not a port 0-65535")
-        object.__setattr__(self, "model_aliases", tuple(str(a) for a in self.model_aliases))
-        self.aliases()  # refuses a malformed pair at start-up
-        if self.broker not in BROKER_KINDS:
-            raise ConfigError(
-                f"broker (env {ENV_PREFIX}BROKER): {self.broker!r} is not one of {', '.join(BROKER_KINDS)}"
-            )
-        if self.mqtt_url is not None and not self.mqtt_url.startswith(("mqtt://", "mqtts://", "tcp://")):
-            raise ConfigError(
-                f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} should look like mqtt://host:1883"
-            )
-        if self.tls_dir is not None and self.mqtt_url is not None and not self.mqtt_url.startswith("mqtts://"):
-            raise ConfigError(
-                f"mqtt_url (env {ENV_PREFIX}MQTT_URL): {self.mqtt_url!r} must be mqtts:// with tls_dir "
-                "(no silent plain text)"
-            )
-        if self.rest_client_certs not in REST_CLIENT_CERTS:
-            raise ConfigError(
-                f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
-                f"is not one of {', '.join(REST_CLIENT_CERTS)}"
-            )
-        if self.rest_client_certs != "none" and self.tls_dir is None:
-            raise ConfigError(
-                f"rest_client_certs (env {ENV_PREFIX}REST_CLIENT_CERTS): {self.rest_client_certs!r} "
-                "needs tls_dir (the fleet CA that signs client certificates)"
-            )
-        if isinstance(self.rest_burst, bool) or not isinstance(self.rest_burst, (int, float)) or self.rest_burst < 1:
-            raise ConfigError(f"rest_burst (env {ENV_PREFIX}REST_BURST): {self.rest_burst!r} must be a number >= 1")
-        if self.offline_after_s <= 0:
-            raise ConfigError(f"offline_after_s (env {ENV_PREFIX}OFFLINE_AFTER_S): must be positive")
-        if self.max_upload_mb <= 0:
-            raise ConfigError(f"max_upload_mb (env {ENV_PREFIX}MAX_UPLOAD_MB): must be positive")
-        for name in ("telemetry", "rollouts"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(
-                    f"{name} (env {ENV_PREFIX}{name.upper()}): {getattr(self, name)!r} is not true or false"
-                )
-        for name in ("public_url", "drift_webhook_url"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
-                raise ConfigError(
-                    f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} should look like http://host:8080"
-                )
-        for name in _POSITIVE:
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise ConfigError(f"{name} (env {ENV_PREFIX}{name.upper()}): {value!r} must be a positive number")
-        if (
-            isinstance(self.drift_baseline_s, bool)
-            or not isinstance(self.drift_baseline_s, (int, float))
-            or self.drift_baseline_s < 0
-        ):
-            raise ConfigError(
-                f"drift_baseline_s (env {ENV_PREFIX}DRIFT_BASELINE_S): {self.drift_baseline_s!r} must be >= 0"
-            )
-        if self.drift_close_below > self.drift_open_above:
-            raise ConfigError(
-                f"drift_close_below (env {ENV_PREFIX}DRIFT_CLOSE_BELOW): {self.drift_close_below} must be "
-                f"<= drift_open_above ({self.drift_open_above})"
-            )
-        if self.drift_rate_close_below > self.drift_rate_open_above:
-            raise ConfigError(
-                f"drift_rate_close_below (env {ENV_PREFIX}DRIFT_RATE_CLOSE_BELOW): "
-                f"{self.drift_rate_close_below} must be <= drift_rate_open_above "
-                f"({self.drift_rate_open_above})"
+        url = self.mqtt.url
+        if self.tls_dir is not None and url is not None and not url.startswith("mqtts://"):
+            raise _bad("mqtt.url", f"{url!r} must be mqtts:// with tls_dir (no silent plain text)")
+        if self.http.client_certs != "none" and self.tls_dir is None:
+            raise _bad(
+                "http.client_certs",
+                f"{self.http.client_certs!r} needs tls_dir (the fleet CA that signs client certificates)",
             )
 
     @property
@@ -209,23 +304,87 @@ class HubConfig:
         """Trusted publisher public keys, one <key_id>.pem each (tandem-hub publishers)."""
         return self.keys_dir / "publishers"
 
+    def with_overrides(self, changes: Mapping[str, Any]) -> HubConfig:
+        """A validated copy with dotted keys changed: `config.with_overrides({"http.port": 0})`."""
+        return _loading(lambda: config_loader.override(self, changes))
+
+    @classmethod
+    def from_keys(cls, keys: Mapping[str, Any]) -> HubConfig:
+        """Build from dotted keys without the environment (code and tests): {"data_dir": p, "http.port": 0}."""
+        return _loading(lambda: config_loader.build(cls, config_loader.nest(keys)))
+
     @classmethod
     def load(
         cls,
         path: str | Path | None = None,
         env: Mapping[str, str] | None = None,
-        **overrides: Any,
+        overrides: Mapping[str, Any] | None = None,
     ) -> HubConfig:
         """Defaults, then the TOML file, then TANDEM_HUB_* env vars (None: os.environ, where unknown names are
-        logged with the closest key), then explicit overrides (None: not given)."""
+        logged with the closest key), then `overrides` (dotted keys, e.g. command-line flags; None values: not
+        given)."""
         if env is None:
             env = os.environ
             config_loader.unknown_env(cls, env, ENV_PREFIX, also=CLIENT_ENV)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
         try:
             data = config_loader.read_toml(path) if path is not None else {}
-            table = data["hub"] if isinstance(data.get("hub"), Mapping) else data
-            return config_loader.build(
-                cls, table, env=env, prefix=ENV_PREFIX, overrides={k: v for k, v in overrides.items() if v is not None}
-            )
-        except config_loader.ConfigValueError as exc:
-            raise ConfigError(f"{path}: {exc}" if path is not None and exc.key else str(exc)) from None
+            _refuse_flat(data)
+            return _loading(lambda: config_loader.build(cls, data, env=env, prefix=ENV_PREFIX, overrides=given))
+        except (config_loader.ConfigValueError, ConfigError) as exc:
+            raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+
+
+SECTIONS: dict[str, tuple[str, ...]] = config_loader.section_keys(HubConfig)
+
+# The keys of the one flat [hub] table this config replaced, and where each lives now (named in the error).
+_MOVED = {
+    "http_host": "http.host",
+    "http_port": "http.port",
+    "public_url": "http.public_url",
+    "rest_client_certs": "http.client_certs",
+    "rest_rate_per_s": "http.rate_per_s",
+    "rest_burst": "http.burst",
+    "max_json_body_bytes": "http.max_json_body_bytes",
+    "max_upload_mb": "http.max_upload_mb",
+    "grpc_host": "grpc.host",
+    "grpc_port": "grpc.port",
+    "mqtt_url": "mqtt.url",
+    "broker": "mqtt.broker",
+    "mqtt_host": "mqtt.host",
+    "mqtt_port": "mqtt.port",
+    "model_dirs": "models.dirs",
+    "model_aliases": "models.aliases",
+    "inference_profile": "models.inference_profile",
+    "profile_dirs": "models.profile_dirs",
+    "publisher_trust_on_first_use": "publishers.trust_on_first_use",
+    "offline_after_s": "devices.offline_after_s",
+    "telemetry": "telemetry.enabled",
+    "telemetry_share_group": "telemetry.share_group",
+    "telemetry_retention_s": "telemetry.retention_s",
+    **{f"drift_{key}": f"drift.{key}" for key in SECTIONS["drift"]},
+    "rollouts": "rollouts.enabled",
+    "rollout_tick_s": "rollouts.tick_s",
+    "rollout_watch_s": "rollouts.watch_s",
+    "hard_examples_max": "hard_examples.max",
+}
+
+
+def _refuse_flat(data: Mapping[str, Any]) -> None:
+    """A file in the old flat shape (a [hub] table, or http_port = ... at the top) is named, with the new key."""
+    flat = data["hub"] if isinstance(data.get("hub"), Mapping) else data
+    for key, value in flat.items():
+        if key in _MOVED and not isinstance(value, Mapping):
+            section, _, name = _MOVED[key].partition(".")
+            raise ConfigError(f"{key}: the hub's settings now live in sections: write [{section}] {name} = ...")
+    if "hub" in data:
+        raise ConfigError("[hub]: the hub's settings now live in sections ([http], [grpc], [mqtt], ...), not [hub]")
+
+
+def _loading(step: Any) -> HubConfig:
+    """Run a loader step; its ConfigValueError becomes our ConfigError (the message names section.key)."""
+    try:
+        config: HubConfig = step()
+    except config_loader.ConfigValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return config

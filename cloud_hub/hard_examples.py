@@ -155,7 +155,7 @@ class HardExampleStore:
 
     def __init__(self, db: HubDatabase, max_rows: int = DEFAULT_MAX_ROWS) -> None:
         if max_rows < 1:
-            raise HubError("hard_examples_max: must be a positive integer")
+            raise HubError("hard_examples.max: must be a positive integer")
         self.db = db
         self.max_rows = max_rows
 

@@ -65,9 +65,9 @@ class Hub:
             self.artifacts = ArtifactStore(self.config.artifacts_dir)
             self.key = ReleaseKey.load_or_create(self.config.release_key_path)
             self.publishers = TrustedPublishers(self.config.publishers_dir)
-            if self.config.publisher_trust_on_first_use:
+            if self.config.publishers.trust_on_first_use:
                 log.warning(
-                    "publisher_trust_on_first_use is ON: unknown publisher keys are trusted on first upload "
+                    "publishers.trust_on_first_use is ON: unknown publisher keys are trusted on first upload "
                     "(development only)"
                 )
             self.registry = ModelRegistry(
@@ -75,9 +75,9 @@ class Hub:
                 self.artifacts,
                 self.key,
                 self.publishers,
-                trust_on_first_use=self.config.publisher_trust_on_first_use,
+                trust_on_first_use=self.config.publishers.trust_on_first_use,
             )
-            self.devices = DeviceRegistry(self.db, self.config.offline_after_s, _known_profiles(self.config))
+            self.devices = DeviceRegistry(self.db, self.config.devices.offline_after_s, _known_profiles(self.config))
             self.tokens = TokenStore(self.db)
         except BaseException:
             self.db.close()
@@ -118,7 +118,7 @@ class Hub:
     def broker_kind(self) -> str | None:
         if self._broker is not None:
             return self._broker.kind
-        return "external" if self.config.mqtt_url else None
+        return "external" if self.config.mqtt.url else None
 
     @property
     def mqtt_tls(self) -> Any:
@@ -127,7 +127,7 @@ class Hub:
 
     @property
     def mqtt_url(self) -> str | None:
-        return self._broker.url if self._broker is not None else self.config.mqtt_url
+        return self._broker.url if self._broker is not None else self.config.mqtt.url
 
     @property
     def http_port(self) -> int | None:
@@ -140,7 +140,7 @@ class Hub:
 
     @property
     def http_url(self) -> str | None:
-        return f"{self.http_scheme}://{_url_host(self.config.http_host)}:{self._http_port}" if self._http_port else None
+        return f"{self.http_scheme}://{_url_host(self.config.http.host)}:{self._http_port}" if self._http_port else None
 
     @property
     def grpc_port(self) -> int | None:
@@ -160,35 +160,35 @@ class Hub:
                 out["rollouts"] = self.http_url + "/v1/rollouts"
             if self.hard_examples is not None:
                 out["hard_examples"] = self.http_url + "/v1/hard-examples"
-        if self.config.public_url:
-            out["public"] = self.config.public_url
+        if self.config.http.public_url:
+            out["public"] = self.config.http.public_url
         if self._grpc_port:
-            out["grpc"] = f"{_url_host(self.config.grpc_host)}:{self._grpc_port}"
+            out["grpc"] = f"{_url_host(self.config.grpc.host)}:{self._grpc_port}"
         if self.mqtt_url:
             out["mqtt"] = self.mqtt_url
         return out
 
     def start(self, http: bool = True) -> "Hub":
-        """Start the broker (unless mqtt_url is set), gRPC inference (if model dirs), telemetry and the added
+        """Start the broker (unless mqtt.url is set), gRPC inference (if model dirs), telemetry and the added
         services, HTTP, then rollouts (they need the URL devices download from).
 
         Telemetry and rollouts only connect in the background, so a hub whose broker is unreachable still starts
-        (they reconnect when it comes); HubConfig.telemetry / .rollouts turn them off.
+        (they reconnect when it comes); HubConfig.telemetry.enabled / .rollouts.enabled turn them off.
         """
         if self._closed:
             raise HubError("this Hub was stopped; create a new Hub on the same data dir to restart")
         try:
             self._load_pki()
-            if self.config.mqtt_url is None and self._broker is None:
-                port = stable_mqtt_port(self.config.data_dir, self.config.mqtt_host, self.config.mqtt_port)
+            if self.config.mqtt.url is None and self._broker is None:
+                port = stable_mqtt_port(self.config.data_dir, self.config.mqtt.host, self.config.mqtt.port)
                 self._broker = start_broker(
-                    self.config.broker,
+                    self.config.mqtt.broker,
                     self.config.data_dir / "mosquitto",
-                    self.config.mqtt_host,
+                    self.config.mqtt.host,
                     port,
                     tls_pki=self._pki,
                 )
-            if self.config.model_dirs and self._inference is None:
+            if self.config.models.dirs and self._inference is None:
                 self._start_inference()
             self._add_revocation_watch()
             self._add_default_telemetry()
@@ -231,7 +231,7 @@ class Hub:
     def _add_default_telemetry(self) -> None:
         from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
 
-        if not self.config.telemetry or any(isinstance(s, HubTelemetry) for s in self._services):
+        if not self.config.telemetry.enabled or any(isinstance(s, HubTelemetry) for s in self._services):
             return
         if self._mqtt5_missing("telemetry"):
             return
@@ -250,7 +250,7 @@ class Hub:
         from tandem.cloud_hub.hard_examples import HardExampleIngest, HardExampleIngestConfig
 
         if (
-            not self.config.telemetry
+            not self.config.telemetry.enabled
             or not self.mqtt_url
             or any(isinstance(s, HardExampleIngest) for s in self._services)
         ):
@@ -259,7 +259,7 @@ class Hub:
             return
         self._services.append(
             HardExampleIngest(
-                HardExampleIngestConfig(self.mqtt_url, tls=self.mqtt_tls, max_rows=self.config.hard_examples_max)
+                HardExampleIngestConfig(self.mqtt_url, tls=self.mqtt_tls, max_rows=self.config.hard_examples.max)
             )
         )
 
@@ -268,21 +268,23 @@ class Hub:
         if self._broker is not None and self._broker.kind == "embedded":
             log.warning(
                 "%s not started: it needs MQTT 5 and the embedded broker speaks 3.1.1; install Mosquitto "
-                '(broker = "mosquitto") or point mqtt_url (env TANDEM_HUB_MQTT_URL) at an MQTT 5 broker',
+                '(broker = "mosquitto") or point mqtt.url (env TANDEM_HUB_MQTT_URL) at an MQTT 5 broker',
                 what,
             )
             return True
         return False
 
     def _start_rollouts(self) -> None:
-        if not self.config.rollouts or self._late_services or self._mqtt5_missing("rollouts"):
+        if not self.config.rollouts.enabled or self._late_services or self._mqtt5_missing("rollouts"):
             return
-        if not (self.config.public_url or self.http_url):
+        if not (self.config.http.public_url or self.http_url):
             log.info("rollouts not started: no HTTP server and no public_url for devices to download from")
             return
         from tandem.cloud_hub.rollouts.attach import HubRollouts
 
-        service = HubRollouts(tick_s=self.config.rollout_tick_s, watch_s=self.config.rollout_watch_s, tls=self.mqtt_tls)
+        service = HubRollouts(
+            tick_s=self.config.rollouts.tick_s, watch_s=self.config.rollouts.watch_s, tls=self.mqtt_tls
+        )
         service.start(self)
         self._late_services.append(service)
 
@@ -290,11 +292,11 @@ class Hub:
         from tandem.cloud_hub.inference import InferenceServer  # gRPC deps only when serving models
 
         server = InferenceServer(
-            [str(p) for p in self.config.model_dirs],
-            host=self.config.grpc_host,
-            port=self.config.grpc_port,
-            hub_profile=self.config.inference_profile,
-            aliases=self.config.aliases() or None,
+            [str(p) for p in self.config.models.dirs],
+            host=self.config.grpc.host,
+            port=self.config.grpc.port,
+            hub_profile=self.config.models.inference_profile,
+            aliases=self.config.models.alias_map() or None,
             tls=self._pki.hub_server_files() if self._pki is not None else None,
         )
         self._grpc_port = server.start()
@@ -303,14 +305,14 @@ class Hub:
     def _start_http(self) -> None:
         import uvicorn
 
-        sock = socket.socket(socket.AF_INET6 if ":" in self.config.http_host else socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.config.http.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self.config.http_host, self.config.http_port))
+            sock.bind((self.config.http.host, self.config.http.port))
         except OSError as exc:
             sock.close()
             raise ConfigError(
-                f"http_port (env TANDEM_HUB_HTTP_PORT): cannot listen on {self.config.http_host}:{self.config.http_port} ({exc})"
+                f"http.port (env TANDEM_HUB_HTTP_PORT): cannot listen on {self.config.http.host}:{self.config.http.port} ({exc})"
             ) from exc
         try:
             server = uvicorn.Server(
@@ -342,14 +344,14 @@ class Hub:
 
     def _http_tls_options(self) -> dict[str, Any]:
         """uvicorn's TLS settings: the hub's server certificate with tls_dir; client certificates per
-        rest_client_certs (none: bearer tokens only, so browsers work); nothing without tls_dir."""
+        http.client_certs (none: bearer tokens only, so browsers work); nothing without tls_dir."""
         if self._pki is None:
             return {}
         import ssl
 
         files = self._pki.hub_server_files()
         options: dict[str, Any] = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
-        mode = self.config.rest_client_certs
+        mode = self.config.http.client_certs
         if mode != "none":
             options["ssl_ca_certs"] = str(files.ca)
             options["ssl_cert_reqs"] = ssl.CERT_OPTIONAL if mode == "optional" else ssl.CERT_REQUIRED
@@ -435,6 +437,6 @@ def _known_profiles(config: HubConfig) -> set[str] | None:
     from tandem.hardware_profiles import ProfileError, load_profiles
 
     try:
-        return set(load_profiles(config.profile_dirs))
+        return set(load_profiles(config.models.profile_dirs))
     except ProfileError as exc:
-        raise ConfigError(f"profile_dirs (env TANDEM_HUB_PROFILE_DIRS): {exc}") from exc
+        raise ConfigError(f"models.profile_dirs (env TANDEM_HUB_MODELS_PROFILE_DIRS): {exc}") from exc

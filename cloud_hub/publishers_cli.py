@@ -51,8 +51,7 @@ def _dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _store(args: argparse.Namespace) -> TrustedPublishers:
-    overrides = {"data_dir": args.data_dir} if args.data_dir is not None else {}
-    return TrustedPublishers(HubConfig.load(**overrides).publishers_dir)
+    return TrustedPublishers(HubConfig.load(overrides={"data_dir": args.data_dir}).publishers_dir)
 
 
 def cmd_add(args: argparse.Namespace) -> int:

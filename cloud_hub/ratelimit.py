@@ -1,6 +1,6 @@
 """Token buckets per key (a device id, a REST token id): the hub's rate limits.
 
-Device limits live in protocols/limits.py; REST limits in HubConfig (rest_rate_per_s, rest_burst).
+Device limits live in protocols/limits.py; REST limits in HubConfig.http (rate_per_s, burst).
 
 Pure and clocked from outside, so tests step time; memory is bounded by forgetting
 the buckets touched longest ago (a forgotten device starts with a full bucket again).

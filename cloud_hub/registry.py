@@ -192,7 +192,7 @@ class ModelRegistry:
             )
             log.warning(
                 "TRUST ON FIRST USE: trusting unknown publisher key_id=%s for model=%s version=%s; "
-                "dev flag publisher_trust_on_first_use is on, never use it for a real fleet",
+                "dev flag publishers.trust_on_first_use is on, never use it for a real fleet",
                 added.key_id if added else signing.key_id(embedded),
                 manifest.name,
                 manifest.version,

@@ -106,5 +106,5 @@ MAX_OTA_MESSAGE_BYTES = 16 * 1024
 MAX_STATUS_BYTES = 4096
 
 # -- hub REST request bodies (cloud_hub/rest/body_limit.py) ---------------------------------
-DEFAULT_MAX_JSON_BODY_BYTES = 1024 * 1024  # every JSON body but uploads; HubConfig.max_json_body_bytes
+DEFAULT_MAX_JSON_BODY_BYTES = 1024 * 1024  # every JSON body but uploads; HubConfig.http.max_json_body_bytes
 MAX_V2_REST_BODY_BYTES = MAX_GRPC_MESSAGE_BYTES  # Open Inference Protocol REST: tensors as JSON

@@ -7,7 +7,6 @@ directly, so an "outage" cuts the devices off the hub the way a WAN failure woul
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -65,24 +64,22 @@ class Environment:
         )
         self.grpc_proxy: FaultProxy | None = None
         self.mqtt_proxy: FaultProxy | None = None
-        self._own_rollouts = False
         self.device_token = ""
 
     def start(self) -> "Environment":
         shutil.rmtree(self.workdir / "hub", ignore_errors=True)
         self.broker = start_broker("auto", self.workdir / "broker", "127.0.0.1", 0)
-        fields = {f.name for f in dataclasses.fields(HubConfig)}
-        extra: dict[str, Any] = {}
-        if "rollout_tick_s" in fields:  # hubs that start rollouts themselves take the settings here
-            extra.update(rollout_tick_s=self.rollout_tick_s, rollout_watch_s=self.watch_s)
         self.hub = Hub(
-            HubConfig(
-                data_dir=self.workdir / "hub",
-                http_port=0,
-                grpc_port=0,
-                mqtt_url=self.broker.url,
-                model_dirs=(self.models.cloud,),
-                **extra,
+            HubConfig.from_keys(
+                {
+                    "data_dir": self.workdir / "hub",
+                    "http.port": 0,
+                    "grpc.port": 0,
+                    "mqtt.url": self.broker.url,
+                    "models.dirs": (self.models.cloud,),
+                    "rollouts.tick_s": self.rollout_tick_s,
+                    "rollouts.watch_s": self.watch_s,
+                }
             )
         )
         self.hub.add_service(self._telemetry)  # ours, with the scenario's drift settings
@@ -91,7 +88,6 @@ class Environment:
             from tandem.cloud_hub.rollouts.attach import attach_rollouts
 
             attach_rollouts(self.hub, tick_s=self.rollout_tick_s, watch_s=self.watch_s)
-            self._own_rollouts = "rollouts" not in fields  # older hubs leave stopping it to the caller
         self.hub.publishers.add(self.models.publisher_pem, "sim")  # the sim's compiler is a trusted publisher
         self.hub.registry.register_dir(self.models.edge)
         self.device_token = self.hub.tokens.create("sim-fleet", "read").token
@@ -136,9 +132,6 @@ class Environment:
             if p is not None:
                 p.stop()
         if self.hub is not None:
-            if self._own_rollouts and getattr(self.hub, "rollouts", None) is not None:
-                self.hub.rollouts.stop()
-                self.hub.rollouts.store.close()
             self.hub.stop()
             self.hub = None
         if self.broker is not None:

@@ -72,12 +72,14 @@ def hub_config(tmp_path: Path):
     from tandem.cloud_hub.config import HubConfig
 
     # An external (never contacted) MQTT URL keeps REST tests free of a broker.
-    return HubConfig(
-        publisher_trust_on_first_use=True,
-        data_dir=tmp_path / "hub-data",
-        http_port=0,
-        grpc_port=0,
-        mqtt_url="mqtt://127.0.0.1:1",
+    return HubConfig.from_keys(
+        {
+            "publishers.trust_on_first_use": True,
+            "data_dir": tmp_path / "hub-data",
+            "http.port": 0,
+            "grpc.port": 0,
+            "mqtt.url": "mqtt://127.0.0.1:1",
+        }
     )
 
 

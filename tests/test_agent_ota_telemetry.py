@@ -183,8 +183,14 @@ def hub_env(ota_releases, tmp_path_factory):
     root = tmp_path_factory.mktemp("agent-hub")
     broker = Broker(root / "mosquitto")
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": broker.url,
+            }
         )
     )
     hub.add_service(HubTelemetry())

@@ -80,8 +80,15 @@ def test_hub_data_is_private_whatever_the_umask(tmp_path):
     old = os.umask(0)
     try:
         hub = Hub(
-            HubConfig(
-                data_dir=tmp_path / "data", http_port=0, grpc_port=0, broker="mosquitto", telemetry=True, rollouts=False
+            HubConfig.from_keys(
+                {
+                    "data_dir": tmp_path / "data",
+                    "http.port": 0,
+                    "grpc.port": 0,
+                    "mqtt.broker": "mosquitto",
+                    "telemetry.enabled": True,
+                    "rollouts.enabled": False,
+                }
             )
         ).start()
         try:

@@ -396,13 +396,15 @@ def rest_api(tmp_path):
 
     # the per-token REST limit raised, or nearly every body would stop at 429 before being parsed
     hub = Hub(
-        HubConfig(
-            data_dir=tmp_path / "hub-data",
-            http_port=0,
-            grpc_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
-            rest_rate_per_s=1e6,
-            rest_burst=1e6,
+        HubConfig.from_keys(
+            {
+                "data_dir": tmp_path / "hub-data",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "http.rate_per_s": 1e6,
+                "http.burst": 1e6,
+            }
         )
     )
     token = hub.tokens.create("fuzz", "admin").token

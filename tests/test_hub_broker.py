@@ -69,8 +69,12 @@ def test_auto_picks_mosquitto_when_installed(tmp_path):
 
 
 def test_hub_starts_a_broker_only_without_mqtt_url(tmp_path):
-    with Hub(HubConfig(data_dir=tmp_path / "a", http_port=0, broker="embedded")).start() as hub:
+    with Hub(
+        HubConfig.from_keys({"data_dir": tmp_path / "a", "http.port": 0, "mqtt.broker": "embedded"})
+    ).start() as hub:
         assert hub.broker_kind == "embedded"
         assert round_trip(hub.urls()["mqtt"]) == b"hello fleet"
-    with Hub(HubConfig(data_dir=tmp_path / "b", http_port=0, mqtt_url="mqtt://broker.example:1883")).start() as hub:
+    with Hub(
+        HubConfig.from_keys({"data_dir": tmp_path / "b", "http.port": 0, "mqtt.url": "mqtt://broker.example:1883"})
+    ).start() as hub:
         assert hub.broker_kind == "external" and hub.urls()["mqtt"] == "mqtt://broker.example:1883"

@@ -15,7 +15,7 @@ from tandem.cloud_hub.storage.doctor import StorageCorruptError
 
 
 def _config(data_dir) -> HubConfig:
-    return HubConfig(data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")
+    return HubConfig.from_keys({"data_dir": data_dir, "http.port": 0, "grpc.port": 0, "mqtt.url": "mqtt://127.0.0.1:1"})
 
 
 def _fill_devices(db_path, n: int = 400) -> None:

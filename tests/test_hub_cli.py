@@ -33,7 +33,9 @@ def test_bootstrap_token_then_manage_models_devices_and_tokens(tmp_path, capsys,
     assert code == 0
     admin = json.loads(out)["token"]
     with Hub(
-        HubConfig(publisher_trust_on_first_use=True, data_dir=data, http_port=0, mqtt_url="mqtt://127.0.0.1:1")
+        HubConfig.from_keys(
+            {"publishers.trust_on_first_use": True, "data_dir": data, "http.port": 0, "mqtt.url": "mqtt://127.0.0.1:1"}
+        )
     ).start() as hub:
         remote = ["--url", hub.http_url, "--token", admin]
         code, out, _ = run(capsys, "models", "register", str(hub_model_dir), *remote)

@@ -16,7 +16,7 @@ from telemetry_fixtures import python_env
 
 
 def _config(data_dir) -> HubConfig:
-    return HubConfig(data_dir=data_dir, http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1")
+    return HubConfig.from_keys({"data_dir": data_dir, "http.port": 0, "grpc.port": 0, "mqtt.url": "mqtt://127.0.0.1:1"})
 
 
 def test_a_second_hub_on_the_same_data_dir_is_refused_by_name(tmp_path):
@@ -33,7 +33,7 @@ def test_a_second_hub_on_the_same_data_dir_is_refused_by_name(tmp_path):
 def test_a_killed_hub_does_not_block_its_restart(tmp_path):
     code = (
         "import sys, time; from tandem.cloud_hub.config import HubConfig; from tandem.cloud_hub.hub import Hub; "
-        f"Hub(HubConfig(data_dir={str(tmp_path / 'hub')!r}, mqtt_url='mqtt://127.0.0.1:1')); "
+        f"Hub(HubConfig.from_keys({{'data_dir': {str(tmp_path / 'hub')!r}, 'mqtt.url': 'mqtt://127.0.0.1:1'}})); "
         "print('locked', flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=python_env(), stdout=subprocess.PIPE)

@@ -114,9 +114,9 @@ def test_model_aliases_by_flag_config_and_env():
     from tandem.cloud_hub.errors import ConfigError
 
     args = build_parser().parse_args(["serve", "--alias", "digits-edge=digits-cloud", "--alias", "ocr-edge=ocr"])
-    config = HubConfig.load(None, env={}, model_aliases=tuple(args.model_aliases))
-    assert config.aliases() == {"digits-edge": "digits-cloud", "ocr-edge": "ocr"}
-    assert HubConfig.load(None, env={"TANDEM_HUB_MODEL_ALIASES": "a=b"}).aliases() == {"a": "b"}
+    config = HubConfig.load(None, env={}, overrides={"models.aliases": tuple(args.model_aliases)})
+    assert config.models.alias_map() == {"digits-edge": "digits-cloud", "ocr-edge": "ocr"}
+    assert HubConfig.load(None, env={"TANDEM_HUB_MODELS_ALIASES": "a=b"}).models.alias_map() == {"a": "b"}
     for bad in ("digits-edge", "=x", "a=a"):
         with pytest.raises(ConfigError, match="ASKED=SERVED"):
-            HubConfig(model_aliases=(bad,))
+            HubConfig.from_keys({"models.aliases": (bad,)})

@@ -136,7 +136,17 @@ def hub(tmp_path_factory):
         pytest.skip("mosquitto not installed")
     root = tmp_path_factory.mktemp("hard-hub")
     broker = Mosquitto(root / "mosquitto").start()
-    hub = Hub(HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url, rollouts=False))
+    hub = Hub(
+        HubConfig.from_keys(
+            {
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": broker.url,
+                "rollouts.enabled": False,
+            }
+        )
+    )
     try:
         hub.start()
         assert hub.hard_examples is not None and hub.hard_examples.wait_subscribed(10)
@@ -242,7 +252,7 @@ def test_routes_answer_503_while_hard_example_ingestion_is_not_running(tmp_path)
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
 
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub"))
+    hub = Hub(HubConfig.from_keys({"data_dir": tmp_path / "hub"}))
     try:
         token = hub.tokens.create("reader", "read").token
         with TestClient(hub.app) as http:

@@ -117,7 +117,9 @@ def test_a_default_hub_lists_an_agent_that_only_speaks_mqtt_and_keeps_it_online_
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
-    with Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto")).start() as hub:
+    with Hub(
+        HubConfig.from_keys({"data_dir": tmp_path / "hub", "http.port": 0, "grpc.port": 0, "mqtt.broker": "mosquitto"})
+    ).start() as hub:
         assert hub.presence is not None and hub.telemetry.on_seen == hub.presence.note_seen
         with TelemetryService(
             hub.mqtt_url, "cam-9", load_manifest(model_dir), tmp_path / "agent", window_s=60, profile="cpu-x86"

@@ -15,7 +15,15 @@ from hub_registry_fixtures import make_model_dir
 
 def test_serve_with_a_model_dir_answers_rest_and_v2_grpc(tmp_path, digits_dir):
     model = make_model_dir(digits_dir, tmp_path / "cloud", onnx_name="cloud.onnx")
-    config = HubConfig(data_dir=tmp_path / "data", http_port=0, grpc_port=0, broker="embedded", model_dirs=(model,))
+    config = HubConfig.from_keys(
+        {
+            "data_dir": tmp_path / "data",
+            "http.port": 0,
+            "grpc.port": 0,
+            "mqtt.broker": "embedded",
+            "models.dirs": (model,),
+        }
+    )
     with Hub(config).start() as hub:
         urls = hub.urls()
         assert set(urls) == {"http", "docs", "grpc", "mqtt"}
@@ -37,7 +45,17 @@ def test_serve_with_a_model_dir_answers_rest_and_v2_grpc(tmp_path, digits_dir):
 def test_a_failed_start_stops_what_it_started(tmp_path):
     bad = tmp_path / "not-a-model"
     bad.mkdir()
-    hub = Hub(HubConfig(data_dir=tmp_path / "data", http_port=0, grpc_port=0, broker="embedded", model_dirs=(bad,)))
+    hub = Hub(
+        HubConfig.from_keys(
+            {
+                "data_dir": tmp_path / "data",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.broker": "embedded",
+                "models.dirs": (bad,),
+            }
+        )
+    )
     with pytest.raises(HubError):
         hub.start()
     assert hub.mqtt_url is None and hub.http_url is None  # the broker it had started is gone
@@ -60,7 +78,7 @@ class Recorder:
 
 def test_services_start_after_the_broker_and_stop_in_reverse(tmp_path):
     events: list[str] = []
-    hub = Hub(HubConfig(data_dir=tmp_path / "a", http_port=0, broker="embedded"))
+    hub = Hub(HubConfig.from_keys({"data_dir": tmp_path / "a", "http.port": 0, "mqtt.broker": "embedded"}))
     hub.add_service(Recorder("ingest", events))
     hub.add_service(Recorder("drift", events))
     with hub.start():
@@ -68,7 +86,7 @@ def test_services_start_after_the_broker_and_stop_in_reverse(tmp_path):
     assert events == ["start ingest mqtt=True", "start drift mqtt=True", "stop drift", "stop ingest"]
 
     events.clear()
-    hub = Hub(HubConfig(data_dir=tmp_path / "b", http_port=0, mqtt_url="mqtt://127.0.0.1:1"))
+    hub = Hub(HubConfig.from_keys({"data_dir": tmp_path / "b", "http.port": 0, "mqtt.url": "mqtt://127.0.0.1:1"}))
     hub.add_service(Recorder("ok", events))
     hub.add_service(Recorder("broken", events, fail=True))
     with pytest.raises(HubError, match="broken cannot start"):

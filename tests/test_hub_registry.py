@@ -210,7 +210,9 @@ def test_oversized_uploads_and_gzip_bombs_get_413(tmp_path):
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
 
-    config = HubConfig(data_dir=tmp_path / "d", http_port=0, mqtt_url="mqtt://127.0.0.1:1", max_upload_mb=0.05)
+    config = HubConfig.from_keys(
+        {"data_dir": tmp_path / "d", "http.port": 0, "mqtt.url": "mqtt://127.0.0.1:1", "http.max_upload_mb": 0.05}
+    )
     with Hub(config).start() as hub, client(hub) as c:
         bomb_dir = tmp_path / "bomb"
         bomb_dir.mkdir()

@@ -42,15 +42,17 @@ def schema_hub(tmp_path_factory, digits_dir):
     # it also serves the model for inference, so the v2 routes answer as a serving hub does (503 is for a hub with none)
     model_dir = make_model_dir(digits_dir, root / "model")
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=root / "data",
-            http_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
-            rest_rate_per_s=1e6,
-            rest_burst=1e6,
-            model_dirs=(model_dir,),
-            grpc_port=0,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "data",
+                "http.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "http.rate_per_s": 1e6,
+                "http.burst": 1e6,
+                "models.dirs": (model_dir,),
+                "grpc.port": 0,
+            }
         )
     ).start()
     hub.registry.register_dir(model_dir)

@@ -30,8 +30,14 @@ def test_a_default_hub_ingests_an_agents_telemetry_window_and_serves_it_on_rest(
 
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
     with Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, grpc_port=0, broker="mosquitto"
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.broker": "mosquitto",
+            }
         )
     ).start() as hub:
         hub.registry.register_dir(model_dir)
@@ -89,7 +95,14 @@ def test_an_unreachable_broker_does_not_keep_the_hub_from_starting_and_stop_unwi
             seen.append(f"stop telemetry={self.hub.telemetry is not None} rollouts={self.hub.rollouts is not None}")
 
     hub = Hub(
-        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "mqtt.url": UNREACHABLE,
+            }
+        )
     )
     hub.add_service(Probe())
     hub.start()
@@ -107,43 +120,50 @@ def test_an_unreachable_broker_does_not_keep_the_hub_from_starting_and_stop_unwi
 
 def test_telemetry_and_rollouts_turned_off_answer_503_saying_so(tmp_path):
     config = HubConfig.load(
-        env={"TANDEM_HUB_TELEMETRY": "false", "TANDEM_HUB_ROLLOUTS": "no"},
-        data_dir=tmp_path / "hub",
-        http_port=0,
-        mqtt_url=UNREACHABLE,
+        env={"TANDEM_HUB_TELEMETRY_ENABLED": "false", "TANDEM_HUB_ROLLOUTS_ENABLED": "no"},
+        overrides={"data_dir": tmp_path / "hub", "http.port": 0, "mqtt.url": UNREACHABLE},
     )
     with Hub(config).start() as hub, api(hub) as http:
         assert not {"telemetry", "drift", "rollouts"} & set(hub.urls())
         r = http.get("/v1/telemetry/windows")
         assert r.status_code == 503 and "not running" in r.json()["detail"]
         r = http.get("/v1/rollouts")
-        assert r.status_code == 503 and "TANDEM_HUB_ROLLOUTS" in r.json()["detail"]
+        assert r.status_code == 503 and "TANDEM_HUB_ROLLOUTS_ENABLED" in r.json()["detail"]
         assert http.get("/v1/devices").status_code == 200
 
 
 def test_the_embedded_broker_runs_without_telemetry_and_rollouts_and_says_why(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="tandem.cloud_hub.hub"):
         with Hub(
-            HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, broker="embedded")
+            HubConfig.from_keys(
+                {
+                    "publishers.trust_on_first_use": True,
+                    "data_dir": tmp_path / "hub",
+                    "http.port": 0,
+                    "mqtt.broker": "embedded",
+                }
+            )
         ).start() as hub:
             assert hub.broker_kind == "embedded" and hub.telemetry is None and hub.rollouts is None
     assert "telemetry not started: it needs MQTT 5" in caplog.text and "install Mosquitto" in caplog.text
 
 
 def test_the_hub_config_reaches_the_drift_engine_and_the_rollout_service(tmp_path):
-    config = HubConfig(
-        publisher_trust_on_first_use=True,
-        data_dir=tmp_path / "hub",
-        http_port=0,
-        mqtt_url=UNREACHABLE,
-        public_url="http://hub.example:8080",
-        drift_eval_interval_s=2.5,
-        drift_span_s=120,
-        drift_open_above=0.4,
-        drift_close_below=0.2,
-        telemetry_share_group="replicas",
-        rollout_tick_s=0.2,
-        rollout_watch_s=30,
+    config = HubConfig.from_keys(
+        {
+            "publishers.trust_on_first_use": True,
+            "data_dir": tmp_path / "hub",
+            "http.port": 0,
+            "mqtt.url": UNREACHABLE,
+            "http.public_url": "http://hub.example:8080",
+            "drift.eval_interval_s": 2.5,
+            "drift.span_s": 120,
+            "drift.open_above": 0.4,
+            "drift.close_below": 0.2,
+            "telemetry.share_group": "replicas",
+            "rollouts.tick_s": 0.2,
+            "rollouts.watch_s": 30,
+        }
     )
     with Hub(config).start() as hub:
         assert hub.telemetry.config.eval_interval_s == 2.5
@@ -157,7 +177,14 @@ def test_the_hub_config_reaches_the_drift_engine_and_the_rollout_service(tmp_pat
 
 def test_rollout_gates_count_the_hubs_open_drift_alerts_per_version(tmp_path):
     with Hub(
-        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "mqtt.url": UNREACHABLE,
+            }
+        )
     ).start() as hub:
         assert hub.rollouts.drift_alerts("digits", "1.1.0") == 0
         alert = hub.telemetry.store.open_alert(
@@ -175,7 +202,14 @@ def test_own_telemetry_and_rollout_settings_replace_the_defaults_without_doublin
     from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
 
     hub = Hub(
-        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "mqtt.url": UNREACHABLE,
+            }
+        )
     )
     own = HubTelemetry(TelemetryServiceConfig(eval_interval_s=1.5))
     hub.add_service(own)
@@ -194,7 +228,14 @@ def test_own_telemetry_and_rollout_settings_replace_the_defaults_without_doublin
 
 def test_without_http_or_public_url_rollouts_wait_for_a_url(tmp_path):
     with Hub(
-        HubConfig(publisher_trust_on_first_use=True, data_dir=tmp_path / "hub", http_port=0, mqtt_url=UNREACHABLE)
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "mqtt.url": UNREACHABLE,
+            }
+        )
     ).start(http=False) as hub:
         assert hub.telemetry is not None and hub.rollouts is None
         hub.start()  # HTTP now: rollouts follow
@@ -205,12 +246,14 @@ def test_rollouts_attached_to_a_hub_configured_without_them_are_stopped_with_it(
     from tandem.cloud_hub.rollouts.attach import attach_rollouts
 
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=tmp_path / "hub",
-            http_port=0,
-            mqtt_url=UNREACHABLE,
-            rollouts=False,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "mqtt.url": UNREACHABLE,
+                "rollouts.enabled": False,
+            }
         )
     ).start()
     service = attach_rollouts(hub, tick_s=0.2)

@@ -37,14 +37,16 @@ def model_file(tmp_path_factory):
 def hub(model_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("v2hub")
     model_dir = make_model_dir(model_file, root / "lin", name=MODEL, version="2.1.0")
-    config = HubConfig(
-        data_dir=root / "hub",
-        http_port=0,
-        grpc_port=0,
-        mqtt_url="mqtt://127.0.0.1:1",
-        telemetry=False,
-        rollouts=False,
-        model_dirs=(model_dir,),
+    config = HubConfig.from_keys(
+        {
+            "data_dir": root / "hub",
+            "http.port": 0,
+            "grpc.port": 0,
+            "mqtt.url": "mqtt://127.0.0.1:1",
+            "telemetry.enabled": False,
+            "rollouts.enabled": False,
+            "models.dirs": (model_dir,),
+        }
     )
     with Hub(config).start() as running:
         yield running

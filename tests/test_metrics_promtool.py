@@ -32,14 +32,16 @@ def promtool_problems(text: str) -> str:
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics-hub")
     model = make_linear_softmax(root / "lin.onnx")
-    config = HubConfig(
-        data_dir=root / "hub",
-        http_port=0,
-        grpc_port=0,
-        mqtt_url="mqtt://127.0.0.1:1",
-        telemetry=False,
-        rollouts=False,
-        model_dirs=(make_model_dir(model, root / "lin", name="lin"),),
+    config = HubConfig.from_keys(
+        {
+            "data_dir": root / "hub",
+            "http.port": 0,
+            "grpc.port": 0,
+            "mqtt.url": "mqtt://127.0.0.1:1",
+            "telemetry.enabled": False,
+            "rollouts.enabled": False,
+            "models.dirs": (make_model_dir(model, root / "lin", name="lin"),),
+        }
     )
     with Hub(config).start() as running:
         yield running

@@ -62,7 +62,7 @@ def free_form(schema: dict[str, Any], components: dict[str, Any], seen: tuple[st
 
 
 def test_no_route_answers_a_free_form_schema(tmp_path):
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, grpc_port=0))
+    hub = Hub(HubConfig.from_keys({"data_dir": tmp_path / "hub", "http.port": 0, "grpc.port": 0}))
     try:
         spec = hub.app.openapi()
     finally:

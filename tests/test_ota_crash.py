@@ -43,12 +43,14 @@ def job(digits_dir, tmp_path_factory):
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("ota-crash")
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=root / "hub",
-            http_port=0,
-            grpc_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+            }
         )
     ).start()
     try:

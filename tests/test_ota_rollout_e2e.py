@@ -32,14 +32,16 @@ def fleet(ota_releases, digits_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ota-fleet")
     broker = Broker(root / "mosquitto")
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=root / "hub",
-            http_port=0,
-            grpc_port=0,
-            mqtt_url=broker.url,
-            rollout_tick_s=0.1,
-            rollout_watch_s=0.6,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": broker.url,
+                "rollouts.tick_s": 0.1,
+                "rollouts.watch_s": 0.6,
+            }
         )
     ).start()
     devices: list[SimDevice] = []

@@ -36,12 +36,14 @@ def hub(digits_dir, tmp_path_factory):
         "1.6.0": derive(rel["1.0.0"], root / "1.6.0", "1.6.0", other_profile),
     }
     h = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=root / "hub",
-            http_port=0,
-            grpc_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+            }
         )
     ).start(http=True)
     try:

@@ -28,8 +28,8 @@ HUB_SCRIPT = """
 import sys
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.hub import Hub
-hub = Hub(HubConfig(data_dir=sys.argv[1], http_port=0, grpc_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False,
-                    rollouts=False))
+hub = Hub(HubConfig.from_keys({"data_dir": sys.argv[1], "http.port": 0, "grpc.port": 0, "mqtt.url": "mqtt://127.0.0.1:1",
+                               "telemetry.enabled": False, "rollouts.enabled": False}))
 hub.publishers.add(sys.argv[2])
 hub.start()
 print(hub.http_url, hub.tokens.create("admin", "admin").token, flush=True)
@@ -87,7 +87,15 @@ def test_a_hub_killed_during_registration_has_all_or_nothing_after_restart(archi
     proc.wait(10)
     sender.join(30)
     with Hub(
-        HubConfig(data_dir=data, http_port=0, mqtt_url="mqtt://127.0.0.1:1", telemetry=False, rollouts=False)
+        HubConfig.from_keys(
+            {
+                "data_dir": data,
+                "http.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "telemetry.enabled": False,
+                "rollouts.enabled": False,
+            }
+        )
     ) as hub:
         models = hub.db.query("SELECT name, version FROM models")
         files = hub.db.query("SELECT path, sha256, size FROM model_files")

@@ -50,14 +50,16 @@ def test_a_revoked_certificate_loses_its_open_session_within_seconds(tmp_path: P
     for device in ("dev-a", "dev-b"):
         pki.issue_device(device)
     hub = Hub(
-        HubConfig(
-            data_dir=tmp_path / "hub",
-            http_port=0,
-            grpc_port=0,
-            broker="mosquitto",
-            tls_dir=tmp_path / "pki",
-            telemetry=False,
-            rollouts=False,
+        HubConfig.from_keys(
+            {
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.broker": "mosquitto",
+                "tls_dir": tmp_path / "pki",
+                "telemetry.enabled": False,
+                "rollouts.enabled": False,
+            }
         )
     ).start(http=False)
     a = b = None

@@ -292,8 +292,14 @@ def fleet(digits_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("quality-fleet")
     broker = Broker(root / "mosquitto")
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True, data_dir=root / "hub", http_port=0, grpc_port=0, mqtt_url=broker.url
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": broker.url,
+            }
         )
     ).start()
     devices: list[TelemetryDevice] = []

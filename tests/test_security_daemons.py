@@ -37,16 +37,16 @@ def _pki(root: Path, *devices: str) -> Path:
 
 def test_tls_dir_comes_from_env_or_flag_and_refuses_a_plain_broker_url(tmp_path):
     assert HubConfig.load(env={"TANDEM_HUB_TLS_DIR": str(tmp_path)}).tls_dir == tmp_path
-    assert HubConfig.load(env={}, tls_dir=tmp_path).tls_dir == tmp_path
+    assert HubConfig.load(env={}, overrides={"tls_dir": tmp_path}).tls_dir == tmp_path
     assert HubConfig.load(env={}).tls_dir is None
-    with pytest.raises(ConfigError, match="mqtt_url .* must be mqtts:// with tls_dir"):
-        HubConfig(tls_dir=tmp_path, mqtt_url="mqtt://127.0.0.1:1883")
+    with pytest.raises(ConfigError, match="mqtt.url .* must be mqtts:// with tls_dir"):
+        HubConfig.from_keys({"tls_dir": tmp_path, "mqtt.url": "mqtt://127.0.0.1:1883"})
 
 
 def test_a_tls_dir_without_a_ca_stops_the_hub_naming_the_setting(tmp_path):
     from tandem.cloud_hub.hub import Hub
 
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, tls_dir=tmp_path / "empty"))
+    hub = Hub(HubConfig.from_keys({"data_dir": tmp_path / "hub", "http.port": 0, "tls_dir": tmp_path / "empty"}))
     with pytest.raises(ConfigError, match=r"tls_dir \(env TANDEM_HUB_TLS_DIR\): .* no CA here"):
         hub.start(http=False)
     hub.stop()
@@ -89,7 +89,16 @@ def tls_hub(digits_dir, tmp_path_factory):
     edge = make_model_dir(digits_dir / "edge.onnx", models / "edge", name="digits")
     cloud = make_model_dir(digits_dir / "cloud.onnx", models / "cloud", name="digits-cloud")
     hub = Hub(
-        HubConfig(data_dir=root / "hub", http_port=0, grpc_port=0, model_dirs=(cloud,), tls_dir=pki, rollout_tick_s=0.1)
+        HubConfig.from_keys(
+            {
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "models.dirs": (cloud,),
+                "tls_dir": pki,
+                "rollouts.tick_s": 0.1,
+            }
+        )
     )
     try:
         hub.start()

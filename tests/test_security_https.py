@@ -42,14 +42,16 @@ def tls_hub(pki_dir, digits_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("https-hub")
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=root / "data",
-            http_port=0,
-            mqtt_url=NOWHERE,
-            telemetry=False,
-            tls_dir=pki_dir,
-            rest_client_certs="optional",
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "data",
+                "http.port": 0,
+                "mqtt.url": NOWHERE,
+                "telemetry.enabled": False,
+                "tls_dir": pki_dir,
+                "http.client_certs": "optional",
+            }
         )
     ).start()
     try:
@@ -152,15 +154,17 @@ def test_required_client_certificates(pki_dir, tmp_path):
     from tandem.cloud_hub.hub import Hub
 
     with Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=tmp_path / "data",
-            http_port=0,
-            mqtt_url=NOWHERE,
-            telemetry=False,
-            rollouts=False,
-            tls_dir=pki_dir,
-            rest_client_certs="required",
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "data",
+                "http.port": 0,
+                "mqtt.url": NOWHERE,
+                "telemetry.enabled": False,
+                "rollouts.enabled": False,
+                "tls_dir": pki_dir,
+                "http.client_certs": "required",
+            }
         )
     ).start() as hub:
         ca_only = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
@@ -171,17 +175,17 @@ def test_required_client_certificates(pki_dir, tmp_path):
 
 
 def test_rest_tls_settings_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="rest_client_certs .* needs tls_dir"):
-        HubConfig(rest_client_certs="optional")
-    with pytest.raises(ConfigError, match="rest_client_certs .* is not one of none, optional, required"):
-        HubConfig(tls_dir=tmp_path, mqtt_url=NOWHERE, rest_client_certs="yes")
-    with pytest.raises(ConfigError, match="rest_burst"):
-        HubConfig(rest_burst=0.5)
-    with pytest.raises(ConfigError, match="rest_rate_per_s"):
-        HubConfig(rest_rate_per_s=0)
-    cfg = HubConfig.load(env={"TANDEM_HUB_REST_RATE_PER_S": "5", "TANDEM_HUB_REST_BURST": "10"})
-    assert (cfg.rest_rate_per_s, cfg.rest_burst) == (5.0, 10.0)
-    assert (HubConfig().rest_rate_per_s, HubConfig().rest_burst) == (20.0, 60.0)
+    with pytest.raises(ConfigError, match="http.client_certs .* needs tls_dir"):
+        HubConfig.from_keys({"http.client_certs": "optional"})
+    with pytest.raises(ConfigError, match="http.client_certs .* is not one of none, optional, required"):
+        HubConfig.from_keys({"tls_dir": tmp_path, "mqtt.url": NOWHERE, "http.client_certs": "yes"})
+    with pytest.raises(ConfigError, match="http.burst"):
+        HubConfig.from_keys({"http.burst": 0.5})
+    with pytest.raises(ConfigError, match="http.rate_per_s"):
+        HubConfig.from_keys({"http.rate_per_s": 0})
+    cfg = HubConfig.load(env={"TANDEM_HUB_HTTP_RATE_PER_S": "5", "TANDEM_HUB_HTTP_BURST": "10"})
+    assert (cfg.http.rate_per_s, cfg.http.burst) == (5.0, 10.0)
+    assert (HubConfig().http.rate_per_s, HubConfig().http.burst) == (20.0, 60.0)
 
 
 # -- per-token rate limits ---------------------------------------------------------------
@@ -205,15 +209,17 @@ def test_a_burst_over_the_rest_limit_gets_429_with_retry_after_and_other_tokens_
 
     # 0.01/s: the bucket cannot refill within this test, so the counts below are exact
     with Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=tmp_path / "data",
-            http_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
-            telemetry=False,
-            rollouts=False,
-            rest_rate_per_s=0.01,
-            rest_burst=5,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "data",
+                "http.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "telemetry.enabled": False,
+                "rollouts.enabled": False,
+                "http.rate_per_s": 0.01,
+                "http.burst": 5,
+            }
         )
     ).start() as hub:
         busy, calm = hub.tokens.create("busy", "read").token, hub.tokens.create("calm", "read").token
@@ -239,15 +245,17 @@ def test_a_rollout_waves_downloads_on_one_shared_token_are_not_metered(tmp_path,
 
     model_dir = make_model_dir(digits_dir, tmp_path / "model")
     with Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=tmp_path / "data",
-            http_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
-            telemetry=False,
-            rollouts=False,
-            rest_rate_per_s=0.01,
-            rest_burst=2,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "data",
+                "http.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "telemetry.enabled": False,
+                "rollouts.enabled": False,
+                "http.rate_per_s": 0.01,
+                "http.burst": 2,
+            }
         )
     ).start() as hub:
         hub.registry.register_dir(model_dir)
@@ -275,13 +283,15 @@ def test_the_downloader_waits_out_a_429_without_spending_attempts(tmp_path):
     from tandem.cloud_hub.hub import Hub
 
     with Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=tmp_path / "data",
-            http_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
-            telemetry=False,
-            rollouts=False,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": tmp_path / "data",
+                "http.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "telemetry.enabled": False,
+                "rollouts.enabled": False,
+            }
         )
     ).start() as hub:
         token = hub.tokens.create("device", "read").token

@@ -17,13 +17,15 @@ from tandem.cloud_hub.hub import Hub
 @pytest.fixture
 def hub(tmp_path: Path):
     hub = Hub(
-        HubConfig(
-            data_dir=tmp_path / "hub",
-            http_port=0,
-            grpc_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
-            telemetry=False,
-            max_json_body_bytes=64 * 1024,
+        HubConfig.from_keys(
+            {
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "telemetry.enabled": False,
+                "http.max_json_body_bytes": 64 * 1024,
+            }
         )
     ).start()
     token = hub.tokens.create("admin", "admin").token

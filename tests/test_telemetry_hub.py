@@ -156,7 +156,7 @@ def test_hub_with_telemetry_service_stores_an_agents_windows_behind_token_auth(t
     from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
     from tandem.edge_agent.telemetry import TelemetryService
 
-    hub = Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, broker="mosquitto"))
+    hub = Hub(HubConfig.from_keys({"data_dir": tmp_path / "hub", "http.port": 0, "mqtt.broker": "mosquitto"}))
     hub.add_service(HubTelemetry())
     hub.app.include_router(routes.router)
     hub.start(http=False)

@@ -49,13 +49,15 @@ def digits_dir(tmp_path_factory) -> Path:
 def strict_hub(tmp_path: Path):
     """A hub without trust-on-first-use that trusts TEST_PUBLISHER only."""
     hub = Hub(
-        HubConfig(
-            data_dir=tmp_path / "hub",
-            http_port=0,
-            grpc_port=0,
-            mqtt_url="mqtt://127.0.0.1:1",
-            telemetry=False,
-            rollouts=False,
+        HubConfig.from_keys(
+            {
+                "data_dir": tmp_path / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+                "telemetry.enabled": False,
+                "rollouts.enabled": False,
+            }
         )
     ).start()
     hub.publishers.add(TEST_PUBLISHER_PEM, "tests")
@@ -129,13 +131,15 @@ def test_registered_manifest_keeps_both_signatures(strict_hub, digits_dir, tmp_p
 
 
 def test_trust_on_first_use_is_explicit_and_loud(tmp_path, digits_dir, caplog):
-    config = HubConfig(
-        data_dir=tmp_path / "hub",
-        http_port=0,
-        mqtt_url="mqtt://127.0.0.1:1",
-        telemetry=False,
-        rollouts=False,
-        publisher_trust_on_first_use=True,
+    config = HubConfig.from_keys(
+        {
+            "data_dir": tmp_path / "hub",
+            "http.port": 0,
+            "mqtt.url": "mqtt://127.0.0.1:1",
+            "telemetry.enabled": False,
+            "rollouts.enabled": False,
+            "publishers.trust_on_first_use": True,
+        }
     )
     with caplog.at_level(logging.WARNING), Hub(config) as hub:
         hub.registry.register_dir(resign(make_model_dir(digits_dir, tmp_path / "m"), ATTACKER))

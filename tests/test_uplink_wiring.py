@@ -34,13 +34,15 @@ def env(digits_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("uplink-wiring")
     broker = Mosquitto(root / "mosquitto").start()
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=root / "hub",
-            http_port=0,
-            grpc_port=0,
-            mqtt_url=broker.url,
-            rollout_tick_s=0.1,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": broker.url,
+                "rollouts.tick_s": 0.1,
+            }
         )
     )
     http = None

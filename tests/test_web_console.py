@@ -30,7 +30,9 @@ def test_console_is_served_with_a_strict_csp_and_the_root_lands_on_it(tmp_path):
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
 
-    with Hub(HubConfig(data_dir=tmp_path / "hub", http_port=0, mqtt_url="mqtt://127.0.0.1:1")) as hub:
+    with Hub(
+        HubConfig.from_keys({"data_dir": tmp_path / "hub", "http.port": 0, "mqtt.url": "mqtt://127.0.0.1:1"})
+    ) as hub:
         api = TestClient(hub.app)
         assert api.get("/", follow_redirects=False).headers["location"] == "/console/"
         page = api.get("/console/")

@@ -82,19 +82,21 @@ def start_console_hub(data_dir: Path, mqtt_url: str) -> tuple[Any, list]:
     from tandem.cloud_hub.hub import Hub
 
     hub = Hub(
-        HubConfig(
-            publisher_trust_on_first_use=True,
-            data_dir=data_dir,
-            http_port=0,
-            grpc_port=0,
-            mqtt_url=mqtt_url,
-            drift_eval_interval_s=1.0,
-            drift_span_s=DRIFT["span_s"],
-            drift_baseline_s=DRIFT["baseline_s"],
-            drift_min_samples=DRIFT["min_samples"],
-            drift_min_requests=DRIFT["min_requests"],
-            rollout_tick_s=0.1,
-            rollout_watch_s=0.6,
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": data_dir,
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": mqtt_url,
+                "drift.eval_interval_s": 1.0,
+                "drift.span_s": DRIFT["span_s"],
+                "drift.baseline_s": DRIFT["baseline_s"],
+                "drift.min_samples": DRIFT["min_samples"],
+                "drift.min_requests": DRIFT["min_requests"],
+                "rollouts.tick_s": 0.1,
+                "rollouts.watch_s": 0.6,
+            }
         )
     ).start()
     return hub, []

@@ -231,7 +231,7 @@ def _servicer(request: Request) -> InferenceServicer:
     server = getattr(hub, "inference", None) or getattr(hub, "_inference", None)
     servicer = getattr(server, "servicer", None)
     if servicer is None:
-        raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "this hub serves no models (start it with model_dirs)")
+        raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "this hub serves no models (start it with models.dirs)")
     return servicer
 
 

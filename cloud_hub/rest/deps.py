@@ -62,7 +62,7 @@ def require(scope: str, rate_limited: bool = True) -> Callable[..., TokenInfo]:
             raise HTTPException(
                 429,
                 detail=f"token {info.token_id} is over its rate limit; retry in {wait:.2f} s "
-                "(hub settings rest_rate_per_s, rest_burst)",
+                "(hub settings http.rate_per_s, http.burst)",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         return info
@@ -79,10 +79,9 @@ def rest_limiter(request: Request) -> RateLimiter:
         with _limiter_lock:
             limiter = getattr(state, "rest_limiter", None)
             if limiter is None:
-                config = getattr(state.hub, "config", None)
+                http = getattr(getattr(state.hub, "config", None), "http", None)  # HubConfig.http; stubs: defaults
                 limiter = RateLimiter(
-                    getattr(config, "rest_rate_per_s", DEFAULT_REST_RATE_PER_S),
-                    getattr(config, "rest_burst", DEFAULT_REST_BURST),
+                    getattr(http, "rate_per_s", DEFAULT_REST_RATE_PER_S), getattr(http, "burst", DEFAULT_REST_BURST)
                 )
                 state.rest_limiter = limiter
                 log.info("REST rate limit per token rate_per_s=%s burst=%s", limiter.rate, limiter.burst)

@@ -10,18 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from tandem.cloud_hub.errors import InvalidInputError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
 from tandem.cloud_hub.rest.schemas import ErrorBody, ModelSummary, ModelVersionOut, Page, RegisterOut, VariantOut
+from tandem.cloud_hub.rest.schemas_manifest import ManifestDoc
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["models"], responses=AUTH_RESPONSES)
 _404 = {404: {"model": ErrorBody, "description": "no such model or version"}}
 MAX_MEMBERS = 10_000
-EXPANSION_LIMIT = 2  # unpacked bytes may be at most this many times max_upload_mb
+EXPANSION_LIMIT = 2  # unpacked bytes may be at most this many times http.max_upload_mb
 MAX_EXPANSION_RATIO = 100  # ... and this many times the compressed upload
 RATIO_FLOOR_BYTES = 64 * 1024 * 1024  # the ratio bound never goes below this (tiny uploads of sparse files)
 UPLOAD_TYPES = ("application/gzip", "application/x-gzip", "application/x-tar", "application/octet-stream")
@@ -56,7 +58,7 @@ def list_models(
 )
 async def upload_model(request: Request, response: Response, hub: Any = Depends(get_hub)) -> dict[str, Any]:
     """Register a compiled model sent as a tar archive (gzip optional); versions are immutable."""
-    limit = int(hub.config.max_upload_mb * 1024 * 1024)
+    limit = int(hub.config.http.max_upload_mb * 1024 * 1024)
     with tempfile.TemporaryDirectory(dir=hub.config.data_dir, prefix="upload-") as tmp:
         archive = Path(tmp) / "model.tar"
         size = 0
@@ -64,7 +66,7 @@ async def upload_model(request: Request, response: Response, hub: Any = Depends(
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise _TooLarge(f"upload exceeds max_upload_mb={hub.config.max_upload_mb:g}")
+                    raise _TooLarge(f"upload exceeds http.max_upload_mb={hub.config.http.max_upload_mb:g}")
                 fh.write(chunk)
         result = await run_in_threadpool(_register_archive, hub, archive, Path(tmp) / "model", limit * EXPANSION_LIMIT)
     if not result.created:
@@ -103,7 +105,7 @@ def _register_archive(hub: Any, archive: Path, dest: Path, max_unpacked: float) 
                 if unpacked > max_unpacked:  # a small gzip can hide a huge tar
                     raise _TooLarge(
                         f"archive unpacks to more than {int(max_unpacked)} bytes ({compressed} compressed; "
-                        f"limits: {EXPANSION_LIMIT}x max_upload_mb, {MAX_EXPANSION_RATIO}x the upload)"
+                        f"limits: {EXPANSION_LIMIT}x http.max_upload_mb, {MAX_EXPANSION_RATIO}x the upload)"
                     )
                 tar.extract(member, dest, filter="data")  # refuses absolute paths and '..'
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
@@ -143,13 +145,14 @@ def get_version(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[st
 
 @router.get(
     "/v1/models/{name}/versions/{version}/manifest",
-    response_model=dict[str, Any],
-    responses=_404,
-    dependencies=[Depends(require("read", rate_limited=False))],
+    response_model=None,
+    responses={200: {"model": ManifestDoc, "description": "the signed manifest, as stored"}, **_404},
+    dependencies=[Depends(require("device", rate_limited=False))],
 )
-def get_manifest(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
-    """The manifest signed by this hub's release key (verify with GET /v1/keys/release)."""
-    return hub.registry.manifest(name, version)
+def get_manifest(name: str, version: str, hub: Any = Depends(get_hub)) -> JSONResponse:
+    """The manifest signed by this hub's release key (verify with GET /v1/keys/release). Sent as stored,
+    never through a response model: its signatures cover every field."""
+    return JSONResponse(hub.registry.manifest(name, version))
 
 
 @router.get("/v1/variants", response_model=Page[VariantOut], dependencies=[Depends(require("read"))])

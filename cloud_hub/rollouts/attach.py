@@ -25,7 +25,7 @@ def attach_rollouts(
     `public_url` is the hub's HTTP URL as devices see it (default: HubConfig.public_url, else hub.http_url);
     `config` are RolloutServiceConfig fields (tick_s, watch_s, command_ttl_s, client_id). `hub.stop()` stops it.
     """
-    url = public_url or hub.config.public_url or hub.http_url
+    url = public_url or hub.config.http.public_url or hub.http_url
     if not url or not hub.mqtt_url:
         raise HubError("rollouts need the hub's HTTP server (or public_url) and MQTT broker: call hub.start() first")
     if getattr(hub.config, "tls_dir", None) is not None and url.startswith("http://"):
@@ -110,7 +110,7 @@ def _stop(service: RolloutService) -> None:
 
 def _device_windows_of(hub: Any) -> Any:
     """Stored window payloads per device from the hub's telemetry (quality gates against a control cohort)."""
-    if not getattr(hub.config, "telemetry", False):
+    if not getattr(getattr(hub.config, "telemetry", None), "enabled", False):
         return None
 
     def windows(device_ids: list[str], since: float) -> list[bytes]:

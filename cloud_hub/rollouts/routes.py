@@ -59,7 +59,7 @@ def _service(hub: Any) -> Any:
     service = getattr(hub, "rollouts", None)
     if service is None:
         raise ServiceUnavailableError(
-            "OTA rollouts are not running on this hub (HubConfig.rollouts, env TANDEM_HUB_ROLLOUTS)"
+            "OTA rollouts are not running on this hub (rollouts.enabled, env TANDEM_HUB_ROLLOUTS_ENABLED)"
         )
     return service
 

@@ -153,7 +153,7 @@ class RolloutService:
         if (gates.control_fraction or gates.control_devices) and self.device_windows is None:
             raise InvalidInputError(
                 "a control cohort needs the hub's telemetry to compare against "
-                "(HubConfig.telemetry, env TANDEM_HUB_TELEMETRY)"
+                "(telemetry.enabled, env TANDEM_HUB_TELEMETRY_ENABLED)"
             )
         rollout_id = f"ro-{secrets.token_hex(5)}"
         now = self.clock()

@@ -4,38 +4,41 @@ It starts once the hub's broker is up (so the MQTT URL is known), keeps its wind
 <data_dir>/telemetry.sqlite, reads drift references from the model registry, and is
 reachable as `hub.telemetry` (and `hub.app.state.telemetry`) for the REST routes in
 cloud_hub.telemetry.routes and the rollout gates. `Hub.start()` adds one by default
-(HubConfig.telemetry); a hub given its own HubTelemetry uses that one instead.
+(HubConfig.telemetry.enabled); a hub given its own HubTelemetry uses that one instead.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tandem.cloud_hub.errors import ConfigError
 from tandem.cloud_hub.telemetry.alerts import Hysteresis
 from tandem.cloud_hub.telemetry.engine import DriftConfig
 from tandem.cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
 
+if TYPE_CHECKING:
+    from tandem.cloud_hub.config import HubConfig
+
 log = logging.getLogger(__name__)
 
 
-def telemetry_config(config: Any) -> TelemetryServiceConfig:
-    """The TelemetryServiceConfig a HubConfig's telemetry_* and drift_* settings describe."""
+def telemetry_config(config: HubConfig) -> TelemetryServiceConfig:
+    """The TelemetryServiceConfig a HubConfig's [telemetry] and [drift] sections describe."""
     drift = DriftConfig(
-        span_s=config.drift_span_s,
-        baseline_s=config.drift_baseline_s,
-        min_samples=config.drift_min_samples,
-        min_requests=config.drift_min_requests,
-        distribution=Hysteresis(config.drift_open_above, config.drift_close_below),
-        rate=Hysteresis(config.drift_rate_open_above, config.drift_rate_close_below),
+        span_s=config.drift.span_s,
+        baseline_s=config.drift.baseline_s,
+        min_samples=config.drift.min_samples,
+        min_requests=config.drift.min_requests,
+        distribution=Hysteresis(config.drift.open_above, config.drift.close_below),
+        rate=Hysteresis(config.drift.rate_open_above, config.drift.rate_close_below),
     )
-    ingest = {"share_group": config.telemetry_share_group} if config.telemetry_share_group else {}
+    ingest = {"share_group": config.telemetry.share_group} if config.telemetry.share_group else {}
     return TelemetryServiceConfig(
-        eval_interval_s=config.drift_eval_interval_s,
-        retention_s=config.telemetry_retention_s,
-        webhook_url=config.drift_webhook_url,
+        eval_interval_s=config.drift.eval_interval_s,
+        retention_s=config.telemetry.retention_s,
+        webhook_url=config.drift.webhook_url,
         drift=drift,
         ingest=ingest,
     )
@@ -52,7 +55,7 @@ class HubTelemetry:
     def start(self, hub: Any) -> None:
         if not hub.mqtt_url:
             raise ConfigError(
-                "telemetry needs an MQTT broker: set mqtt_url (env TANDEM_HUB_MQTT_URL) or let the hub start one"
+                "telemetry needs an MQTT broker: set mqtt.url (env TANDEM_HUB_MQTT_URL) or let the hub start one"
             )
         config = self.config or telemetry_config(hub.config)
         tls = getattr(hub, "mqtt_tls", None)
