@@ -1,7 +1,13 @@
-"""Bearer tokens with scopes read < operate < admin, stored as sha256 of the secret.
+"""Bearer tokens with scopes read < operate < admin, plus per-device tokens; stored as sha256 of the secret.
 
 A token reads `tdm_<id>_<secret>`: the id finds the row (and names the token in lists
 and revocations), the hash of the whole token is compared in constant time.
+
+A `device` token belongs to one device (least privilege for the credential every agent
+config carries): it reaches only the routes a device needs (signed manifests, artifacts,
+the release key, its own record), never fleet data such as the device list, telemetry,
+rollouts or other devices' hard examples. Revoking the device's certificate revokes it too
+(cloud_hub/revocation.py).
 """
 
 from __future__ import annotations
@@ -17,16 +23,23 @@ from typing import Any, Callable
 
 from tandem.cloud_hub.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
 from tandem.cloud_hub.storage.db import HubDatabase
+from tandem.protocols.topics import TopicError, check_device_id
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("read", "operate", "admin")
+DEVICE_SCOPE = "device"  # outside the order: a device token allows only `device`, which every scope allows
 TOKEN_RE = re.compile(r"^tdm_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
 
 
 def scope_allows(granted: str, required: str) -> bool:
-    """Scopes are ordered: admin can do what operate can, operate what read can."""
+    """Scopes are ordered: admin can do what operate can, operate what read can. What a device
+    may do (`device`) any token may; a device token may do nothing else."""
+    if required == DEVICE_SCOPE:
+        return granted == DEVICE_SCOPE or granted in SCOPES
+    if granted == DEVICE_SCOPE:
+        return False
     return SCOPES.index(granted) >= SCOPES.index(required)
 
 
@@ -42,12 +55,14 @@ class TokenInfo:
     created_at: float
     revoked_at: float | None
     last_used_at: float | None
+    device_id: str | None = None  # set exactly for `device` tokens
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "token_id": self.token_id,
             "name": self.name,
             "scope": self.scope,
+            "device_id": self.device_id,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
             "last_used_at": self.last_used_at,
@@ -68,11 +83,19 @@ class TokenStore:
         self.db = db
         self.clock = clock
 
-    def create(self, name: str, scope: str) -> NewToken:
-        if scope not in SCOPES:
-            raise InvalidInputError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+    def create(self, name: str, scope: str, device_id: str | None = None) -> NewToken:
+        """A new token; `device` scope needs the `device_id` it belongs to, other scopes take none."""
+        if scope not in SCOPES and scope != DEVICE_SCOPE:
+            raise InvalidInputError(f"scope: {scope!r} is not one of {', '.join((DEVICE_SCOPE, *SCOPES))}")
         if not NAME_RE.match(name or ""):
             raise InvalidInputError(f"name: {name!r} may use letters, digits, space, '.', '_' and '-' (max 64)")
+        if scope == DEVICE_SCOPE:
+            try:
+                check_device_id(device_id or "")
+            except TopicError as exc:
+                raise InvalidInputError(f"device_id: {exc}") from None
+        elif device_id is not None:
+            raise InvalidInputError(f"device_id: only a {DEVICE_SCOPE!r} token belongs to a device, not {scope!r}")
         token_id = secrets.token_hex(6)
         token = f"tdm_{token_id}_{secrets.token_urlsafe(32)}"
         now = self.clock()
@@ -86,10 +109,11 @@ class TokenStore:
                     "created_at": now,
                     "revoked_at": None,
                     "last_used_at": None,
+                    "device_id": device_id,
                 }
             )
-        log.info("token created id=%s name=%s scope=%s", token_id, name, scope)
-        return NewToken(TokenInfo(token_id, name, scope, now, None, None), token)
+        log.info("token created id=%s name=%s scope=%s device=%s", token_id, name, scope, device_id)
+        return NewToken(TokenInfo(token_id, name, scope, now, None, None, device_id), token)
 
     def list(self, include_revoked: bool = True) -> list[TokenInfo]:
         where = "" if include_revoked else "WHERE revoked_at IS NULL"
@@ -105,6 +129,21 @@ class TokenStore:
                 db.execute("UPDATE tokens SET revoked_at=? WHERE token_id=?", [self.clock(), token_id])
         log.info("token revoked id=%s", token_id)
         return self.get(token_id)
+
+    def revoke_device(self, device_id: str, issued_before: float | None = None) -> list[str]:
+        """Revoke the live `device` tokens of `device_id` (created before `issued_before`, when given:
+        a certificate revoked at T ends the tokens given out with it, not a replacement's); their ids."""
+        with self.db.transaction() as db:
+            rows = db.execute(
+                "SELECT token_id FROM tokens WHERE scope=? AND device_id=? AND revoked_at IS NULL AND created_at<?",
+                [DEVICE_SCOPE, device_id, float("inf") if issued_before is None else issued_before],
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            for token_id in ids:
+                db.execute("UPDATE tokens SET revoked_at=? WHERE token_id=?", [self.clock(), token_id])
+        if ids:
+            log.warning("device tokens revoked device=%s tokens=%s", device_id, ",".join(ids))
+        return ids
 
     def get(self, token_id: str) -> TokenInfo:
         rows = self.db.query("SELECT * FROM tokens WHERE token_id=?", [token_id])
@@ -143,5 +182,11 @@ class TokenStore:
 
 def _info(row: dict[str, Any]) -> TokenInfo:
     return TokenInfo(
-        row["token_id"], row["name"], row["scope"], row["created_at"], row["revoked_at"], row["last_used_at"]
+        row["token_id"],
+        row["name"],
+        row["scope"],
+        row["created_at"],
+        row["revoked_at"],
+        row["last_used_at"],
+        row.get("device_id"),
     )

@@ -171,8 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Otherwise it is created over REST with an admin token.",
         )
     )
-    p.add_argument("--scope", required=True, choices=("read", "operate", "admin"))
-    p.add_argument("--name", required=True, help="who or what uses it, e.g. ci, grafana, fleet-agents")
+    p.add_argument(
+        "--scope",
+        choices=("device", "read", "operate", "admin"),
+        help="device (with --device: what one agent's config carries), read, operate or admin",
+    )
+    p.add_argument("--device", help="the device a --scope device token belongs to (implies --scope device)")
+    p.add_argument("--name", required=True, help="who or what uses it, e.g. ci, grafana, cam-017")
     p.add_argument("--data-dir", type=Path, help="create it in this local hub data dir instead of over REST")
     p.set_defaults(func=cmd_tokens_create)
     p = _remote(tokens.add_parser("list", help="list tokens (never their secrets)"))
@@ -397,6 +402,12 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 def cmd_tokens_create(args: argparse.Namespace) -> int:
     import os
 
+    if args.device is not None and args.scope not in (None, "device"):
+        raise HubError(f"--device makes a 'device' token; it cannot be combined with --scope {args.scope}")
+    scope = args.scope or ("device" if args.device is not None else None)
+    if scope is None:
+        raise HubError("tokens create needs --scope (or --device DEVICE for a device's own token)")
+
     if args.data_dir is not None or not (args.url or os.environ.get("TANDEM_HUB_URL")):
         from tandem.cloud_hub.auth import TokenStore
         from tandem.cloud_hub.config import HubConfig
@@ -405,13 +416,13 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
         config = HubConfig.load(overrides={"data_dir": args.data_dir})
         db = open_database(config.db_path)
         try:
-            new = TokenStore(db).create(args.name, args.scope)
+            new = TokenStore(db).create(args.name, scope, args.device)
         finally:
             db.close()
         result = {**new.info.to_dict(), "token": new.token}
     else:
         with _client(args) as client:
-            result = client.create_token(args.name, args.scope)
+            result = client.create_token(args.name, scope, args.device)
     return _emit(
         args,
         result,

@@ -119,8 +119,9 @@ class HubClient:
     def list_tokens(self) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/tokens")
 
-    def create_token(self, name: str, scope: str) -> dict[str, Any]:
-        return self.request("POST", "/v1/tokens", json={"name": name, "scope": scope})
+    def create_token(self, name: str, scope: str, device_id: str | None = None) -> dict[str, Any]:
+        body = {"name": name, "scope": scope, **({"device_id": device_id} if device_id is not None else {})}
+        return self.request("POST", "/v1/tokens", json=body)
 
     def revoke_token(self, token_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/v1/tokens/{token_id}")

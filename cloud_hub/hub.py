@@ -24,6 +24,7 @@ from tandem.cloud_hub.keys import ReleaseKey
 from tandem.cloud_hub.private_files import private_tree
 from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.registry import ModelRegistry
+from tandem.cloud_hub.broker_identity import IdentityRefusals
 from tandem.cloud_hub.revocation import RevocationWatch
 from tandem.cloud_hub.storage import ArtifactStore, open_database
 from tandem.cloud_hub.storage.datadir import DataDirLock, sweep_leftovers
@@ -390,10 +391,15 @@ class Hub:
         log.info("hub stopped")
 
     def _add_revocation_watch(self) -> None:
-        if self._pki is None or self._broker is None or self._broker.kind != "mosquitto":
+        """With TLS: revocations end device tokens (and restart our own broker); our broker's refusals are counted."""
+        if self._pki is None:
             return
         if not any(isinstance(s, RevocationWatch) for s in self._services):
-            self._services.append(RevocationWatch(self._pki.crl_path))
+            self._services.append(RevocationWatch(self._pki.crl_path, pki=self._pki))
+        if self._broker is None or self._broker.kind != "mosquitto":
+            return
+        if not any(isinstance(s, IdentityRefusals) for s in self._services):
+            self._services.append(IdentityRefusals(self.config.data_dir / "mosquitto" / "mosquitto.log"))
 
     def restart_broker(self) -> None:
         """Restart the hub's own Mosquitto on the same port: every open session is cut, the CRL is read again

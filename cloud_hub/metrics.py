@@ -23,7 +23,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 def hub_families(hub: Any) -> list[Family]:
     """Every family the hub exports now (in a fixed order, so scrapes diff cleanly)."""
     out = [_build_info()]
-    for part in (_inference, _telemetry, _devices, _rollouts, _alerts):
+    for part in (_inference, _telemetry, _devices, _rollouts, _alerts, _mqtt_identity):
         out += _safely(part, hub)
     return out + process_families()
 
@@ -211,3 +211,19 @@ def _alerts(hub: Any) -> list[Family]:
         sum(r["n"] for r in rows)
     )
     return [family, total]
+
+
+def _mqtt_identity(hub: Any) -> list[Family]:
+    from tandem.cloud_hub.broker_identity import IdentityRefusals
+
+    watch = next((s for s in getattr(hub, "_services", []) if isinstance(s, IdentityRefusals)), None)
+    if watch is None:
+        return []
+    family = Family(
+        "tandem_hub_mqtt_identity_refusals_total",
+        "counter",
+        "MQTT connections the broker refused because the client id was not the certificate's own, by certificate CN.",
+    )
+    for cn, count in sorted(watch.counts().items()):
+        family.add(count, {"certificate": cn})
+    return [family]

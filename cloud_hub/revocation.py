@@ -1,4 +1,4 @@
-"""Revocation that cuts open MQTT sessions, not only new connections.
+"""Revocation that cuts open MQTT sessions, not only new connections, and ends the device's tokens.
 
 Mosquitto reads the CRL when it starts and checks it only at the TLS handshake, so a
 revoked device's open session would keep publishing. This service watches the CRL
@@ -6,10 +6,15 @@ revoked device's open session would keep publishing. This service watches the CR
 port when it changes: every session is cut, the revoked certificate is refused when it
 reconnects, and everyone else reconnects to their persisted sessions. The rest of the hub
 keeps running; the gRPC server checks the CRL on every call already.
+
+It also revokes the REST `device` tokens of every device whose certificate was revoked
+(those created before the revocation), at start and on every change, so a stolen device
+loses its download token with its certificate.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from pathlib import Path
@@ -31,15 +36,36 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 class RevocationWatch:
     """A HubService: poll the CRL every `poll_s` and restart the broker when it changed."""
 
-    def __init__(self, crl_path: Path, poll_s: float = POLL_S) -> None:
+    def __init__(self, crl_path: Path, poll_s: float = POLL_S, pki: Any = None) -> None:
         self.crl_path = Path(crl_path)
         self.poll_s = poll_s
+        self.pki = pki  # a cloud_hub.pki.Pki: whose certificates were revoked, and when
         self.restarts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def revoke_tokens(self, hub: Any) -> list[str]:
+        """Revoke the device tokens of devices whose certificates are revoked; the token ids revoked."""
+        tokens = getattr(hub, "tokens", None)
+        if self.pki is None or tokens is None:
+            return []
+        revoked: list[str] = []
+        for cert in self.pki.issued():
+            if cert.kind != "device" or cert.revoked_at is None:
+                continue
+            at = dt.datetime.fromisoformat(cert.revoked_at).timestamp()
+            revoked += tokens.revoke_device(cert.name, issued_before=at)
+        return revoked
+
+    def _revoke_tokens_logged(self, hub: Any) -> None:
+        try:
+            self.revoke_tokens(hub)
+        except Exception as exc:  # keep watching: the next change tries again
+            log.error("revoking the tokens of revoked devices failed: %s", exc)
+
     def start(self, hub: Any) -> None:
         seen = _stamp(self.crl_path)
+        self._revoke_tokens_logged(hub)  # revocations made while the hub was down
 
         def run() -> None:
             nonlocal seen
@@ -48,6 +74,7 @@ class RevocationWatch:
                 if now == seen:
                     continue
                 seen = now
+                self._revoke_tokens_logged(hub)
                 log.warning(
                     "certificate revocation list changed path=%s: restarting the broker to cut open "
                     "sessions of revoked devices",

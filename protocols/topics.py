@@ -14,6 +14,7 @@ from tandem.protocols.errors import ContractError
 __all__ = [
     "ACL_USERNAME",
     "DEFAULT_SHARE_GROUP",
+    "DEVICE_CLIENT_ID_PREFIXES",
     "DEVICE_PUBLISHES",
     "DEVICE_READS",
     "EVENTS",
@@ -197,8 +198,12 @@ def mqtt_url_uses_tls(url: str) -> bool:
 # -- broker ACL patterns (cloud_hub.mqtt_security writes them into Mosquitto's acl_file) ----------
 
 # `%u` is Mosquitto's pattern substitution for the username, which is the client
-# certificate's CN (use_identity_as_username); device ids can't hold '+', '#' or '/'.
+# certificate's CN (set by the tandem_identity broker plugin); device ids can't hold '+', '#' or '/'.
 ACL_USERNAME = "%u"
+# A device's MQTT client ids are one of these followed by its certificate's CN, and nothing else
+# (the broker refuses others, so no device can take over another's session). None is a prefix of
+# another, so a client id names exactly one device.
+DEVICE_CLIENT_ID_PREFIXES = ("tandem-agent-", "tandem-ota-", "tandem-sim-")
 DEVICE_PUBLISHES = (TELEMETRY, STATUS, OTA_STATUS, EVENTS, HARD_EXAMPLES)
 DEVICE_READS = (OTA_CMD, TELEMETRY_RESEND)
 

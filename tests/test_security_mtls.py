@@ -46,10 +46,15 @@ def pki(tmp_path_factory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def broker(pki, tmp_path_factory):
+def broker_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mosquitto-tls")
+
+
+@pytest.fixture(scope="module")
+def broker(pki, broker_dir):
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
-    workdir = tmp_path_factory.mktemp("mosquitto-tls")
+    workdir = broker_dir
     port = free_port()
     conf = write_mosquitto_config(pki, MosquittoTlsConfig(workdir, port=port, persistence=False))
     log = open(workdir / "mosquitto.log", "ab")
@@ -181,17 +186,34 @@ def test_device_cannot_read_another_devices_commands(pki, conns):
     assert b.take_until(topics.ota_cmd_topic("dev-b"))[0] == (topics.ota_cmd_topic("dev-b"), b"for b only")
 
 
+def test_a_device_cannot_take_another_devices_client_id(pki, conns, broker_dir):
+    """dev-a's valid certificate with dev-b's client id is refused before the broker looks up
+    dev-b's session, so dev-b stays connected; the refusal is logged for the hub to count."""
+    hub = conns(pki.hub_client_files(), "hub-commander-2")
+    b = conns(pki.device_files("dev-b"), "tandem-ota-dev-b")
+    assert hub.connect() == "connected" and b.connect() == "connected"
+    b.subscribe(topics.ota_cmd_topic("dev-b"))
+    for stolen in ("tandem-ota-dev-b", "tandem-agent-dev-b", "dev-b", "dev-a", "tandem-ota-dev-a-x", "hub-x"):
+        assert conns(pki.device_files("dev-a"), stolen).connect() == "refused", stolen
+    assert conns(pki.device_files("dev-a"), "tandem-ota-dev-a").connect() == "connected"
+    hub.publish(topics.ota_cmd_topic("dev-b"), b"still here")
+    assert b.take_until(topics.ota_cmd_topic("dev-b")) == [(topics.ota_cmd_topic("dev-b"), b"still here")]
+    assert b.outcome.empty(), "dev-b was disconnected"
+    log = (broker_dir / "mosquitto.log").read_text()
+    assert 'refused certificate CN "dev-a" client id "tandem-ota-dev-b"' in log, log[-800:]
+
+
 def test_revoked_and_missing_certificates_are_refused_on_mqtt(pki, conns):
-    outcome = conns(pki.device_files("dev-gone"), "revoked").connect()
+    outcome = conns(pki.device_files("dev-gone"), "tandem-agent-dev-gone").connect()
     assert outcome != "connected", "a revoked certificate was accepted"
-    outcome = conns(None, "anonymous").connect()
+    outcome = conns(None, "tandem-agent-dev-a").connect()
     assert outcome != "connected", "a client without a certificate was accepted"
     stranger = Pki.init(pki.root.parent / "other-ca")  # a certificate from another CA
     stranger.issue_device("dev-a")
     files = stranger.device_files("dev-a")
-    outcome = conns(TlsFiles(pki.ca_cert_path, files.cert, files.key), "foreign").connect()
+    outcome = conns(TlsFiles(pki.ca_cert_path, files.cert, files.key), "tandem-agent-dev-a").connect()
     assert outcome != "connected", "a certificate signed by another CA was accepted"
-    assert conns(pki.device_files("dev-b"), "control").connect() == "connected"
+    assert conns(pki.device_files("dev-b"), "tandem-agent-dev-b").connect() == "connected"
 
 
 # -- gRPC -----------------------------------------------------------------------------------

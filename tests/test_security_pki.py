@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -45,12 +46,15 @@ def test_pki_commands_make_a_ca_device_certificates_a_crl_and_a_broker_config(tm
     conf = (tmp_path / "mq" / "mosquitto.conf").read_text()
     for line in (
         "require_certificate true",
-        "use_identity_as_username true",
+        "plugin_opt_hub_identity _hub",
         "allow_anonymous false",
         f"crlfile {pki.crl_path}",
         "listener 18883 127.0.0.1",
     ):
         assert line in conf
+    assert "use_identity_as_username" not in conf  # it would let a certificate choose any client id
+    plugin = next(line.split(" ", 1)[1] for line in conf.splitlines() if line.startswith("plugin "))
+    assert Path(plugin).is_file() and Path(plugin).parent == tmp_path / "mq"
 
 
 def test_acl_pins_each_device_to_its_own_topics_and_the_hub_to_the_tree():

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
 from tandem.cloud_hub.rest.ranges import RangeNotSatisfiable, parse_range
 from tandem.cloud_hub.rest.schemas import ErrorBody
 
@@ -80,7 +80,7 @@ def _json_safe(text: str) -> str:
     "/{sha256}",
     response_class=Response,
     responses=_RESPONSES,
-    dependencies=[Depends(require("read", rate_limited=False))],
+    dependencies=[Depends(require("device", rate_limited=False))],
 )
 def get_artifact(
     request: Request,
@@ -88,7 +88,7 @@ def get_artifact(
     range_header: str | None = Header(None, alias="Range", max_length=200),
     if_range: str | None = Header(None, alias="If-Range", max_length=200),
     if_none_match: str | None = Header(None, alias="If-None-Match", max_length=1000),
-    hub: Any = Depends(get_hub),
+    hub: Hub = Depends(get_hub),
 ) -> Response:
     """Download a stored file; `Range: bytes=N-` resumes an interrupted download."""
     return _serve(sha256, request, range_header, if_range, if_none_match, hub, head=False)
@@ -98,7 +98,7 @@ def get_artifact(
     "/{sha256}",
     response_class=Response,
     responses=_RESPONSES,
-    dependencies=[Depends(require("read", rate_limited=False))],
+    dependencies=[Depends(require("device", rate_limited=False))],
 )
 def head_artifact(
     request: Request,
@@ -106,7 +106,7 @@ def head_artifact(
     range_header: str | None = Header(None, alias="Range", max_length=200),
     if_range: str | None = Header(None, alias="If-Range", max_length=200),
     if_none_match: str | None = Header(None, alias="If-None-Match", max_length=1000),
-    hub: Any = Depends(get_hub),
+    hub: Hub = Depends(get_hub),
 ) -> Response:
     """Size and ETag without the body."""
     return _serve(sha256, request, range_header, if_range, if_none_match, hub, head=True)

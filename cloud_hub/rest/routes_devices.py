@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from tandem.cloud_hub.devices import TAG_KEY_RE, DeviceFilter
 from tandem.cloud_hub.errors import InvalidInputError
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, Paging, get_hub, paging, require
 from tandem.cloud_hub.rest.schemas import DeviceIn, DeviceOut, ErrorBody, HeartbeatIn, Page
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=AUTH_RESPONSES)
@@ -34,7 +34,7 @@ def list_devices(
     model_version: str | None = Query(None, max_length=32),
     tag: list[str] = Query([], description="key=value; repeat to require several tags"),
     page: Paging = Depends(paging),
-    hub: Any = Depends(get_hub),
+    hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     filt = DeviceFilter(
         status=status, profile=profile, model_name=model_name, model_version=model_version, tags=parse_tag_filters(tag)
@@ -50,7 +50,7 @@ def list_devices(
     dependencies=[Depends(require("operate"))],
     responses={**_422, 200: {"model": DeviceOut, "description": "an existing device, updated"}},
 )
-def register_device(body: DeviceIn, response: Response, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def register_device(body: DeviceIn, response: Response, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Create (201) or update (200) a device; agents call this on every start."""
     existed = hub.devices.exists(body.device_id)
     record = hub.devices.register(
@@ -62,14 +62,14 @@ def register_device(body: DeviceIn, response: Response, hub: Any = Depends(get_h
 
 
 @router.get("/{device_id}", response_model=DeviceOut, responses=_404, dependencies=[Depends(require("read"))])
-def get_device(device_id: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def get_device(device_id: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     return hub.devices.get(device_id).to_dict()
 
 
 @router.post(
     "/{device_id}/heartbeat", response_model=DeviceOut, responses=_404, dependencies=[Depends(require("operate"))]
 )
-def heartbeat(device_id: str, body: HeartbeatIn | None = None, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def heartbeat(device_id: str, body: HeartbeatIn | None = None, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     body = body or HeartbeatIn()
     return hub.devices.heartbeat(device_id, body.model_name, body.model_version, body.agent_version).to_dict()
 
@@ -77,6 +77,6 @@ def heartbeat(device_id: str, body: HeartbeatIn | None = None, hub: Any = Depend
 @router.delete(
     "/{device_id}", status_code=204, response_class=Response, responses=_404, dependencies=[Depends(require("operate"))]
 )
-def delete_device(device_id: str, hub: Any = Depends(get_hub)) -> Response:
+def delete_device(device_id: str, hub: Hub = Depends(get_hub)) -> Response:
     hub.devices.delete(device_id)
     return Response(status_code=204)

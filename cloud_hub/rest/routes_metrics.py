@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from tandem.cloud_hub.metrics import hub_families
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
 from tandem.protocols.prom import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render, wants_openmetrics
 
 router = APIRouter()
@@ -29,7 +27,7 @@ _TEXT = {"schema": {"type": "string", "description": "Prometheus exposition"}}
         **AUTH_RESPONSES,
     },
 )
-def metrics(request: Request, hub: Any = Depends(get_hub)) -> Response:
+def metrics(request: Request, hub: Hub = Depends(get_hub)) -> Response:
     """Inference, telemetry, devices, rollouts and drift alerts for Prometheus (scrape with a bearer token)."""
     openmetrics = wants_openmetrics(request.headers.get("accept"))
     body = render(hub_families(hub), openmetrics=openmetrics)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends
 from fastapi.responses import RedirectResponse
 
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
 from tandem.cloud_hub.rest.schemas import Health, HubInfo, ReleaseKeyOut
 
 router = APIRouter()
@@ -20,7 +18,7 @@ def root() -> RedirectResponse:
 
 
 @router.get("/healthz", response_model=Health, tags=["system"])
-def healthz(hub: Any = Depends(get_hub)) -> Health:
+def healthz(hub: Hub = Depends(get_hub)) -> Health:
     """Liveness for load balancers and `tandem-hub serve` scripts; needs no token."""
     telemetry = getattr(hub, "telemetry", None)
     gaps = telemetry.gaps.stats() if telemetry is not None and getattr(telemetry, "gaps", None) is not None else None
@@ -34,7 +32,7 @@ def healthz(hub: Any = Depends(get_hub)) -> Health:
     responses=AUTH_RESPONSES,
     dependencies=[Depends(require("read"))],
 )
-def hub_info(hub: Any = Depends(get_hub)) -> HubInfo:
+def hub_info(hub: Hub = Depends(get_hub)) -> HubInfo:
     """Where the hub's services listen and a count of devices."""
     urls = hub.urls()
     return HubInfo(
@@ -52,8 +50,8 @@ def hub_info(hub: Any = Depends(get_hub)) -> HubInfo:
     response_model=ReleaseKeyOut,
     tags=["system"],
     responses=AUTH_RESPONSES,
-    dependencies=[Depends(require("read"))],
+    dependencies=[Depends(require("device"))],
 )
-def release_key(hub: Any = Depends(get_hub)) -> ReleaseKeyOut:
+def release_key(hub: Hub = Depends(get_hub)) -> ReleaseKeyOut:
     """The public ed25519 key every manifest this hub serves is signed with."""
     return ReleaseKeyOut(alg="ed25519", key_id=hub.key.key_id, public_key_pem=hub.key.public_pem)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
 from tandem.cloud_hub.rest.schemas import ErrorBody, NewTokenOut, TokenIn, TokenOut
 
 router = APIRouter(
@@ -15,7 +15,7 @@ router = APIRouter(
 
 
 @router.get("", response_model=list[TokenOut])
-def list_tokens(include_revoked: bool = Query(True), hub: Any = Depends(get_hub)) -> list[dict[str, Any]]:
+def list_tokens(include_revoked: bool = Query(True), hub: Hub = Depends(get_hub)) -> list[dict[str, Any]]:
     return [t.to_dict() for t in hub.tokens.list(include_revoked)]
 
 
@@ -25,15 +25,15 @@ def list_tokens(include_revoked: bool = Query(True), hub: Any = Depends(get_hub)
     status_code=201,
     responses={422: {"model": ErrorBody, "description": "bad name or scope"}},
 )
-def create_token(body: TokenIn, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def create_token(body: TokenIn, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Create a token; the secret is in this response only."""
-    new = hub.tokens.create(body.name, body.scope)
+    new = hub.tokens.create(body.name, body.scope, body.device_id)
     return {**new.info.to_dict(), "token": new.token}
 
 
 @router.delete(
     "/{token_id}", response_model=TokenOut, responses={404: {"model": ErrorBody, "description": "no such token"}}
 )
-def revoke_token(token_id: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def revoke_token(token_id: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Revoke a token; requests with it get 401 from now on."""
     return hub.tokens.revoke(token_id).to_dict()

@@ -19,7 +19,7 @@ class WhoAmI(BaseModel):
 
 
 @router.get("/whoami", response_model=WhoAmI)
-def whoami(token: TokenInfo = Depends(require("read"))) -> WhoAmI:
+def whoami(token: TokenInfo = Depends(require("device"))) -> WhoAmI:
     """The calling token's id, name and scope, and every scope it allows (any valid token may ask)."""
     return WhoAmI(
         token_id=token.token_id,

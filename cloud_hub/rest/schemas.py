@@ -121,12 +121,14 @@ class VariantOut(BaseModel):
 class TokenIn(StrictIn):
     name: str = Field(..., max_length=64, examples=["ci"])
     scope: str = Field(..., examples=["operate"])
+    device_id: str | None = Field(None, max_length=128, description="the device a 'device'-scope token belongs to")
 
 
 class TokenOut(BaseModel):
     token_id: str
     name: str
     scope: str
+    device_id: str | None = None
     created_at: float
     revoked_at: float | None
     last_used_at: float | None

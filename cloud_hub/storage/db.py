@@ -95,6 +95,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE devices ADD COLUMN presence_key TEXT",
         ),
     ),
+    # Per-device tokens (scope 'device'): the device a token belongs to, so it reads nothing of other devices
+    # and is revoked with the device's certificate (cloud_hub/auth.py).
+    Migration(3, "per-device tokens", ("ALTER TABLE tokens ADD COLUMN device_id TEXT",)),
 )
 
 
