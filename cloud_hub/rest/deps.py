@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,6 +14,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from tandem.cloud_hub.auth import TokenInfo
 from tandem.cloud_hub.ratelimit import RateLimiter
 from tandem.cloud_hub.rest.schemas import ErrorBody
+
+if TYPE_CHECKING:
+    from tandem.cloud_hub.hub import Hub
+else:
+    # FastAPI reads route annotations at run time, and importing the class here would be a cycle
+    # (hub -> rest.app -> routes -> deps -> hub): routes annotate `hub: Hub`, checked by mypy only.
+    Hub = Any
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,10 @@ DEFAULT_REST_BURST = 60.0
 _limiter_lock = threading.Lock()
 
 
-def get_hub(request: Request) -> Any:
-    return request.app.state.hub
+def get_hub(request: Request) -> Hub:
+    """The hub the app serves (`create_app(hub)`); routes take it as `hub: Hub = Depends(get_hub)`."""
+    hub: Hub = request.app.state.hub
+    return hub
 
 
 def require(scope: str, rate_limited: bool = True) -> Callable[..., TokenInfo]:

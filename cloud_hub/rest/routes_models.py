@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from tandem.cloud_hub.errors import InvalidInputError
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, Paging, get_hub, paging, require
 from tandem.cloud_hub.rest.schemas import ErrorBody, ModelSummary, ModelVersionOut, Page, RegisterOut, VariantOut
 from tandem.cloud_hub.rest.schemas_manifest import ManifestDoc
 
@@ -31,7 +31,7 @@ UPLOAD_TYPES = ("application/gzip", "application/x-gzip", "application/x-tar", "
 
 @router.get("/v1/models", response_model=Page[ModelSummary], dependencies=[Depends(require("read"))])
 def list_models(
-    name: str | None = Query(None, max_length=128), page: Paging = Depends(paging), hub: Any = Depends(get_hub)
+    name: str | None = Query(None, max_length=128), page: Paging = Depends(paging), hub: Hub = Depends(get_hub)
 ) -> dict[str, Any]:
     items, total = hub.registry.list_models(name, page.limit, page.offset)
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
@@ -56,7 +56,7 @@ def list_models(
         }
     },
 )
-async def upload_model(request: Request, response: Response, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+async def upload_model(request: Request, response: Response, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Register a compiled model sent as a tar archive (gzip optional); versions are immutable."""
     limit = int(hub.config.http.max_upload_mb * 1024 * 1024)
     with tempfile.TemporaryDirectory(dir=hub.config.data_dir, prefix="upload-") as tmp:
@@ -128,7 +128,7 @@ def _register_archive(hub: Any, archive: Path, dest: Path, max_unpacked: float) 
     responses=_404,
     dependencies=[Depends(require("read"))],
 )
-def list_versions(name: str, page: Paging = Depends(paging), hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def list_versions(name: str, page: Paging = Depends(paging), hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     items, total = hub.registry.list_versions(name, page.limit, page.offset)
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
@@ -139,7 +139,7 @@ def list_versions(name: str, page: Paging = Depends(paging), hub: Any = Depends(
     responses=_404,
     dependencies=[Depends(require("read"))],
 )
-def get_version(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def get_version(name: str, version: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     return hub.registry.get_version(name, version)
 
 
@@ -149,7 +149,7 @@ def get_version(name: str, version: str, hub: Any = Depends(get_hub)) -> dict[st
     responses={200: {"model": ManifestDoc, "description": "the signed manifest, as stored"}, **_404},
     dependencies=[Depends(require("device", rate_limited=False))],
 )
-def get_manifest(name: str, version: str, hub: Any = Depends(get_hub)) -> JSONResponse:
+def get_manifest(name: str, version: str, hub: Hub = Depends(get_hub)) -> JSONResponse:
     """The manifest signed by this hub's release key (verify with GET /v1/keys/release). Sent as stored,
     never through a response model: its signatures cover every field."""
     return JSONResponse(hub.registry.manifest(name, version))
@@ -163,7 +163,7 @@ def list_variants(
     runtime: str | None = Query(None, max_length=32),
     precision: str | None = Query(None, max_length=16),
     page: Paging = Depends(paging),
-    hub: Any = Depends(get_hub),
+    hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     items, total = hub.registry.list_variants(model, version, profile, runtime, precision, page.limit, page.offset)
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
 from tandem.cloud_hub.errors import InvalidInputError, ServiceUnavailableError
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, get_hub, paging, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, Paging, get_hub, paging, require
 from tandem.cloud_hub.rest.schemas import ErrorBody, StrictIn
 from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError
 from tandem.cloud_hub.rollouts.service import rollout_detail, rollout_summary
@@ -73,7 +73,7 @@ def _service(hub: Any) -> Any:
         422: {"model": ErrorBody, "description": "bad waves, gates or no matching device"},
     },
 )
-def start_rollout(body: RolloutIn, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+def start_rollout(body: RolloutIn, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     """Roll a registered version out in waves; wave 1 is sent at once."""
     try:
         gates = GatePolicy(**body.gates.model_dump())
@@ -87,7 +87,7 @@ def start_rollout(body: RolloutIn, hub: Any = Depends(get_hub)) -> dict[str, Any
 def list_rollouts(
     status: Literal["running", "paused", "halted", "completed", "aborted", "rolled_back"] | None = Query(None),
     page: Paging = Depends(paging),
-    hub: Any = Depends(get_hub),
+    hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     items, total = _service(hub).list(status, page.limit, page.offset)
     return {"items": [rollout_summary(r) for r in items], "total": total, "limit": page.limit, "offset": page.offset}
@@ -97,7 +97,7 @@ def list_rollouts(
 def get_rollout(
     rollout_id: str,
     events: int = Query(50, ge=0, le=1000, description="recent events to include"),
-    hub: Any = Depends(get_hub),
+    hub: Hub = Depends(get_hub),
 ) -> dict[str, Any]:
     service = _service(hub)
     data = rollout_detail(service.get(rollout_id))
@@ -107,7 +107,7 @@ def get_rollout(
 
 
 def _action(name: str):
-    def act(rollout_id: str, hub: Any = Depends(get_hub)) -> dict[str, Any]:
+    def act(rollout_id: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
         return rollout_detail(getattr(_service(hub), name)(rollout_id))
 
     act.__name__ = f"{name}_rollout"

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from tandem.cloud_hub.errors import NotFoundError
-from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, get_hub, require
+from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
 from tandem.cloud_hub.rest.schemas import ErrorBody
 from tandem.cloud_hub.telemetry.routes import get_telemetry
 from tandem.cloud_hub.web.series import input_reference, window_point
@@ -72,7 +72,7 @@ def device_series(
     device_id: str,
     since: float = Query(0.0, ge=0, le=1e12, description="unix seconds"),
     limit: int = Query(300, ge=1, le=MAX_POINTS, description="newest windows to return"),
-    hub: Any = Depends(get_hub),
+    hub: Hub = Depends(get_hub),
     telemetry: Any = Depends(get_telemetry),
     cache: _PointCache = Depends(_cache),
 ) -> dict[str, Any]:
