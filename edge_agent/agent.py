@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from tandem.edge_agent.config import AgentConfig
 from tandem.edge_agent.errors import ConfigError
+from tandem.edge_agent.footprint import Footprint
 from tandem.edge_agent.hard_examples import HardExampleQueue
 from tandem.edge_agent.health import HealthServer
 from tandem.edge_agent.metrics import AgentMetrics
@@ -72,6 +73,7 @@ class Agent:
     def start(self) -> "Agent":
         """Load the model and serve; raises ModelLoadError / ConfigError with what to fix."""
         cfg = self.config
+        footprint = Footprint(cfg.hard_examples.data_dir, cfg.ota.store_dir)  # a failed start leaves no files
         try:
             model_dir = cfg.model.dir
             if cfg.ota.enabled:
@@ -120,6 +122,7 @@ class Agent:
                 self._ota_started = True
         except BaseException:
             self.stop()
+            footprint.undo()
             raise
         self._started.set()
         log.info(

@@ -1,7 +1,7 @@
 """One typed config loader for the agent and the hub: TOML sections -> dataclasses, env overrides, named errors.
 
 A config is a dataclass whose fields are values or section dataclasses (one per TOML table). Each value is
-coerced from its type hint: str, int, float, bool, Path, X | None, Literal[...], tuple[X, ...], list[X] and
+coerced from its type hint: str, int, float, bool, Path (a leading ~ is the home folder), X | None, Literal[...], tuple[X, ...], list[X] and
 dict[str, str]. One env rule for every key: `<PREFIX><SECTION>_<KEY>` (TANDEM_AGENT_FALLBACK_DEADLINE_MS), or
 `<PREFIX><KEY>` for a key at the top (TANDEM_HUB_HTTP_PORT); the variable wins over the file. An empty variable
 means "no value": None for an optional key, ignored otherwise. `none`/`null` also mean None for an optional key.
@@ -142,7 +142,8 @@ def coerce(hint: Any, value: Any, *, from_env: bool = False) -> Any:
     if isinstance(hint, type) and issubclass(hint, PurePath):
         if not isinstance(value, (str, PurePath)):
             raise ValueError("expected a path")
-        return hint(value)
+        path = hint(value)
+        return path.expanduser() if isinstance(path, Path) else path  # "~/.tandem/..." as a shell would read it
     if hint is str:
         if not isinstance(value, str):
             raise ValueError("expected a string")
