@@ -7,31 +7,6 @@ from typing import Any
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.hub import Hub
 
-# Still free-form when this test was written; their route files (telemetry, rollouts, drift, hard examples,
-# console series, the manifest, /healthz's telemetry_gaps) were being changed by other work at the time.
-# The test fails on any operation NOT listed here, and on a listed one that has become typed (strike it off).
-KNOWN_UNTYPED = {
-    "GET /healthz 200",
-    "GET /v1/console/devices/{device_id}/series 200",
-    "GET /v1/drift/alerts 200",
-    "GET /v1/drift/status 200",
-    "GET /v1/hard-examples 200",
-    "GET /v1/hard-examples/{device_id}/{example_id} 200",
-    "GET /v1/models/{name}/versions/{version}/manifest 200",
-    "GET /v1/rollouts 200",
-    "GET /v1/rollouts/{rollout_id} 200",
-    "GET /v1/telemetry/clocks 200",
-    "GET /v1/telemetry/devices/{device_id} 200",
-    "GET /v1/telemetry/gaps 200",
-    "GET /v1/telemetry/models/{model_name} 200",
-    "GET /v1/telemetry/windows 200",
-    "POST /v1/rollouts 201",
-    "POST /v1/rollouts/{rollout_id}/abort 200",
-    "POST /v1/rollouts/{rollout_id}/pause 200",
-    "POST /v1/rollouts/{rollout_id}/resume 200",
-    "POST /v1/rollouts/{rollout_id}/rollback 200",
-}
-
 
 def free_form(schema: dict[str, Any], components: dict[str, Any], seen: tuple[str, ...] = ()) -> str | None:
     """Where `schema` lets anything through ({} , an object without properties, Any items), or None."""
@@ -77,10 +52,9 @@ def test_no_route_answers_a_free_form_schema(tmp_path):
                     if why:
                         problems[f"{method.upper()} {path} {code}"] = f"{content_type}: {why}"
     assert len(spec["paths"]) > 30
-    new = {op: why for op, why in problems.items() if op not in KNOWN_UNTYPED}
-    assert not new, "free-form response schemas:\n" + "\n".join(f"{op} {why}" for op, why in sorted(new.items()))
-    fixed = KNOWN_UNTYPED - set(problems)
-    assert not fixed, f"now typed, strike them off KNOWN_UNTYPED: {sorted(fixed)}"
+    assert not problems, "free-form response schemas:\n" + "\n".join(
+        f"{op} {why}" for op, why in sorted(problems.items())
+    )
 
 
 def test_the_checker_catches_what_it_should():

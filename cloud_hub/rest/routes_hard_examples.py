@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from tandem.cloud_hub.errors import ServiceUnavailableError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
-from tandem.cloud_hub.rest.schemas import Page
+from tandem.cloud_hub.rest.schemas import HardExampleOut, Page
 
 router = APIRouter(responses=AUTH_RESPONSES, dependencies=[Depends(require("read"))], tags=["hard examples"])
 
@@ -27,7 +27,7 @@ def get_hard_examples(request: Request) -> Any:
     return service
 
 
-@router.get("/v1/hard-examples", response_model=Page[dict[str, Any]])
+@router.get("/v1/hard-examples", response_model=Page[HardExampleOut], response_model_exclude_unset=True)
 def list_hard_examples(
     device_id: str | None = Query(None, max_length=128),
     model: str | None = Query(None, max_length=256),
@@ -45,7 +45,7 @@ def list_hard_examples(
     response_class=Response,
     responses={
         200: {
-            "content": {"application/octet-stream": {}},
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             "description": "the inputs as .npz (np.load(f, allow_pickle=False))",
         },
         404: {"description": "no such example (or it aged out)"},

@@ -6,6 +6,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tandem.cloud_hub.telemetry.schemas import GapStatsOut
+
 T = TypeVar("T")
 
 
@@ -33,7 +35,32 @@ class Page(BaseModel, Generic[T]):
 class Health(BaseModel):
     status: str
     schema_version: int
-    telemetry_gaps: dict[str, Any] | None = None  # windows missing end to end (open, lost); None without telemetry
+    telemetry_gaps: GapStatsOut | None = None  # windows missing end to end (open, lost); None without telemetry
+
+
+class TensorInfoOut(BaseModel):
+    name: str
+    dtype: str = Field(description="numpy dtype string, e.g. <f4")
+    shape: list[int]
+
+
+class HardExampleOut(BaseModel):
+    """One stored hard example's header (its tensors' bytes come from the .npz download)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    device_id: str
+    id: int = Field(description="the example's id on its device")
+    model: str
+    version: str
+    label: int | None
+    confidence: float | None
+    source: str | None
+    request_id: str | None
+    created_at: float | None
+    received_at: float
+    tensors: list[TensorInfoOut]
+    bytes: int = Field(description="size of the stored tensors")
 
 
 class HubInfo(BaseModel):

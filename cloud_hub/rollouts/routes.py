@@ -9,8 +9,9 @@ from pydantic import Field
 
 from tandem.cloud_hub.errors import InvalidInputError, ServiceUnavailableError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, Paging, get_hub, paging, require
-from tandem.cloud_hub.rest.schemas import ErrorBody, StrictIn
+from tandem.cloud_hub.rest.schemas import ErrorBody, Page, StrictIn
 from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError
+from tandem.cloud_hub.rollouts.schemas import RolloutDetailOut, RolloutSummaryOut
 from tandem.cloud_hub.rollouts.service import rollout_detail, rollout_summary
 
 router = APIRouter(prefix="/v1/rollouts", tags=["ota"], responses=AUTH_RESPONSES)
@@ -67,6 +68,8 @@ def _service(hub: Any) -> Any:
 @router.post(
     "",
     status_code=201,
+    response_model=RolloutDetailOut,
+    response_model_exclude_unset=True,
     dependencies=[Depends(require("operate"))],
     responses={
         404: {"model": ErrorBody, "description": "model version not registered"},
@@ -83,7 +86,12 @@ def start_rollout(body: RolloutIn, hub: Hub = Depends(get_hub)) -> dict[str, Any
     return rollout_detail(r)
 
 
-@router.get("", dependencies=[Depends(require("read"))])
+@router.get(
+    "",
+    response_model=Page[RolloutSummaryOut],
+    response_model_exclude_unset=True,
+    dependencies=[Depends(require("read"))],
+)
 def list_rollouts(
     status: Literal["running", "paused", "halted", "completed", "aborted", "rolled_back"] | None = Query(None),
     page: Paging = Depends(paging),
@@ -93,7 +101,13 @@ def list_rollouts(
     return {"items": [rollout_summary(r) for r in items], "total": total, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/{rollout_id}", responses=_404, dependencies=[Depends(require("read"))])
+@router.get(
+    "/{rollout_id}",
+    response_model=RolloutDetailOut,
+    response_model_exclude_unset=True,
+    responses=_404,
+    dependencies=[Depends(require("read"))],
+)
 def get_rollout(
     rollout_id: str,
     events: int = Query(50, ge=0, le=1000, description="recent events to include"),
@@ -125,6 +139,8 @@ for _name in ("pause", "resume", "abort", "rollback"):
         f"/{{rollout_id}}/{_name}",
         _action(_name),
         methods=["POST"],
+        response_model=RolloutDetailOut,
+        response_model_exclude_unset=True,
         responses={**_404, **_409},
         dependencies=[Depends(require("operate"))],
     )

@@ -13,6 +13,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from tandem.cloud_hub.errors import ServiceUnavailableError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
 from tandem.cloud_hub.rest.schemas import Page
+from tandem.cloud_hub.telemetry.schemas import (
+    ClocksOut,
+    DeviceGapsOut,
+    DeviceSeriesOut,
+    DriftAlertOut,
+    DriftStatusOut,
+    GapStatsOut,
+    ModelSeriesOut,
+    WindowOut,
+)
 
 router = APIRouter(responses=AUTH_RESPONSES, dependencies=[Depends(require("read"))])
 
@@ -28,7 +38,9 @@ def get_telemetry(request: Request) -> Any:
     return service
 
 
-@router.get("/v1/telemetry/windows", response_model=Page[dict[str, Any]], tags=["telemetry"])
+@router.get(
+    "/v1/telemetry/windows", response_model=Page[WindowOut], response_model_exclude_unset=True, tags=["telemetry"]
+)
 def list_windows(
     device_id: str | None = Query(None, max_length=128),
     model_name: str | None = Query(None, max_length=128),
@@ -45,7 +57,12 @@ def list_windows(
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/v1/telemetry/devices/{device_id}", tags=["telemetry"])
+@router.get(
+    "/v1/telemetry/devices/{device_id}",
+    response_model=DeviceSeriesOut,
+    response_model_exclude_unset=True,
+    tags=["telemetry"],
+)
 def device_series(
     device_id: str,
     since: float = Query(0.0, ge=0),
@@ -57,7 +74,12 @@ def device_series(
     return {"device_id": device_id, "items": telemetry.store.device_windows(device_id, since, until, limit)}
 
 
-@router.get("/v1/telemetry/models/{model_name}", tags=["telemetry"])
+@router.get(
+    "/v1/telemetry/models/{model_name}",
+    response_model=ModelSeriesOut,
+    response_model_exclude_unset=True,
+    tags=["telemetry"],
+)
 def model_series(
     model_name: str,
     model_version: str | None = Query(None, max_length=32),
@@ -76,7 +98,7 @@ def model_series(
     }
 
 
-@router.get("/v1/drift/status", tags=["drift"])
+@router.get("/v1/drift/status", response_model=DriftStatusOut, response_model_exclude_unset=True, tags=["drift"])
 def drift_status(
     model_name: str | None = Query(None, max_length=128),
     alert: Literal["open", "closed"] | None = Query(None),
@@ -92,7 +114,12 @@ def drift_status(
     return {**status, "signals": rows}
 
 
-@router.get("/v1/telemetry/gaps", tags=["telemetry"])
+@router.get(
+    "/v1/telemetry/gaps",
+    response_model=GapStatsOut | DeviceGapsOut,
+    response_model_exclude_unset=True,
+    tags=["telemetry"],
+)
 def telemetry_gaps(
     device_id: str | None = Query(None, max_length=128), telemetry: Any = Depends(get_telemetry)
 ) -> dict[str, Any]:
@@ -103,14 +130,14 @@ def telemetry_gaps(
     return telemetry.gaps.stats()
 
 
-@router.get("/v1/telemetry/clocks", tags=["telemetry"])
+@router.get("/v1/telemetry/clocks", response_model=ClocksOut, response_model_exclude_unset=True, tags=["telemetry"])
 def telemetry_clocks(telemetry: Any = Depends(get_telemetry)) -> dict[str, Any]:
     """Each device's clock offset (hub time minus device time, delivery delay included, seconds), from
     its recent windows; windows are filed and filtered on the hub's receipt time whatever this says."""
     return {"offsets_s": telemetry.clocks.offsets()}
 
 
-@router.get("/v1/drift/alerts", response_model=Page[dict[str, Any]], tags=["drift"])
+@router.get("/v1/drift/alerts", response_model=Page[DriftAlertOut], response_model_exclude_unset=True, tags=["drift"])
 def drift_alerts(
     state: Literal["open", "closed"] | None = Query(None),
     model_name: str | None = Query(None, max_length=128),

@@ -145,11 +145,14 @@ class TelemetryStore:
         self, device_id: str, since: float = 0.0, until: float | None = None, limit: int = 500, offset: int = 0
     ) -> list[dict[str, Any]]:
         """One device's windows, oldest first (a per-device time series)."""
-        return self.db.query(
+        rows = self.db.query(
             f"SELECT {_SUMMARY_COLUMNS} FROM telemetry_windows WHERE device_id=? AND received_at>=? AND received_at<=? "
             "ORDER BY sequence LIMIT ? OFFSET ?",
             [device_id, since, until if until is not None else 1e18, limit, offset],
         )
+        for row in rows:
+            row["cohort"] = json.loads(row["cohort"])  # an object, as list_windows gives it
+        return rows
 
     def list_windows(
         self,

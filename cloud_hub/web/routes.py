@@ -8,7 +8,7 @@ from collections import OrderedDict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tandem.cloud_hub.errors import NotFoundError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
@@ -55,12 +55,39 @@ def _cache(request: Request) -> _PointCache:
     return cache
 
 
+class SeriesPoint(BaseModel):
+    """One window as a chart point (series.window_point); rates and means are null for an empty window."""
+
+    sequence: int
+    start_unix: float
+    end_unix: float
+    model_name: str
+    model_version: str
+    requests: int
+    latency_mean_ms: float | None
+    latency_p95_ms: float | None
+    latency_max_ms: float | None
+    fallback_rate: float | None
+    error_rate: float | None
+    confidence_mean: float | None
+    input_psi: dict[str, float] = Field(description="'input.summary' -> PSI against the model's reference")
+    input_psi_max: float | None
+
+
+class DeliveryOut(BaseModel):
+    """End-to-end delivery: last sequence, sequences being asked for again (open) and given up (lost),
+    and the device's clock offset (hub minus device, seconds)."""
+
+    last_sequence: int
+    missing_open: int
+    lost: int
+    clock_offset_s: float | None
+
+
 class SeriesOut(BaseModel):
     device_id: str
-    points: list[dict[str, Any]]
-    # end-to-end delivery: last sequence, sequences being asked for again (open) and given up (lost),
-    # and the device's clock offset (hub minus device, seconds); None without that data
-    delivery: dict[str, Any] | None = None
+    points: list[SeriesPoint]
+    delivery: DeliveryOut | None = None  # None without telemetry gap tracking
 
 
 @router.get(
