@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from tandem.cloud_hub.rollouts import controller as ctl
 from tandem.cloud_hub.rollouts.controller import GatePolicy, RolloutError, Send
 from tandem.edge_agent.ota.machine import (
-    wilson_lower_bound,
+    Z_EARLY,
+    Z_FINAL,
     TERMINAL,
     TRANSITIONS,
     HealthFigures,
@@ -20,6 +21,7 @@ from tandem.edge_agent.ota.machine import (
     WatchPolicy,
     advance,
     decide_health,
+    rise_z,
 )
 from tandem.protocols.ota import (
     OtaCommand,
@@ -81,13 +83,38 @@ def test_healthy_model_is_committed_only_at_the_end_of_the_watch():
 @pytest.mark.parametrize(
     "current, why",
     [
-        (HealthFigures(100, 6, 5, 2.0), "error rate"),
+        (HealthFigures(100, 15, 5, 2.0), "error rate"),
         (HealthFigures(100, 0, 25, 2.0), "fallback rate"),
     ],
 )
 def test_a_breach_rolls_back_at_once(current, why):
     decision = decide_health(BASE, current, 1, POLICY)
     assert decision.verdict == "rollback" and why in decision.reason
+
+
+def test_a_borderline_breach_waits_for_the_whole_watch():
+    """6 errors in 100 against none in 100 (z 2.5): not enough to stop early, enough over the whole watch."""
+    borderline = HealthFigures(100, 6, 5, 2.0)
+    assert decide_health(BASE, borderline, 1, POLICY).verdict == "wait"
+    decision = decide_health(BASE, borderline, 10, POLICY)
+    assert decision.verdict == "rollback" and "error rate" in decision.reason
+
+
+def test_a_short_run_of_hard_inputs_is_not_a_regression():
+    """make demo's false rollback: 10 fallbacks in 20 requests right after the switch, the old version at 0.19."""
+    base = HealthFigures(100, 0, 19, 1.0)
+    assert decide_health(base, HealthFigures(20, 0, 10, 1.0), 1, POLICY).verdict == "wait"
+    # over the whole watch the rate came back to the old one's: commit
+    assert decide_health(base, HealthFigures(200, 0, 44, 1.0), 10, POLICY).verdict == "commit"
+    # the same rise held over the whole watch is a regression
+    assert decide_health(base, HealthFigures(200, 0, 100, 1.0), 10, POLICY).verdict == "rollback"
+
+
+def test_a_large_rise_on_few_requests_is_not_significant():
+    """0.35 over 20 requests against 0.15 over 20: the rise (0.20) is above the limit, the evidence is not (z 1.4)."""
+    base = HealthFigures(20, 0, 3, 1.0)
+    assert 1.0 < rise_z(7, 20, 3, 20) < Z_FINAL
+    assert decide_health(base, HealthFigures(20, 0, 7, 1.0), 10, POLICY).verdict == "commit"
 
 
 def test_latency_is_judged_once_over_the_whole_watch_not_on_early_polls():
@@ -150,11 +177,13 @@ def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapse
     base = HealthFigures(base.requests, 0, min(base.fallbacks, base.requests), base.latency_p95_ms)
     cur = HealthFigures(n, min(errors, n), min(fallbacks, n), p95)
     d = decide_health(base, cur, elapsed, POLICY)
+    z_needed = Z_FINAL if elapsed >= POLICY.watch_s else Z_EARLY
     breach = n >= POLICY.min_requests and (
-        cur.error_rate > POLICY.max_error_rate
-        # the fallback rise is judged on the rate's Wilson lower bound, one standard error down
-        or wilson_lower_bound(cur.fallback_rate, n, z=1.0) - (base.fallback_rate if base.requests else 0)
-        > POLICY.max_fallback_rise
+        (cur.error_rate > POLICY.max_error_rate and _z(cur.errors, n, base.errors, base.requests) >= z_needed)
+        or (
+            cur.fallback_rate - base.fallback_rate > POLICY.max_fallback_rise
+            and _z(cur.fallbacks, n, base.fallbacks, base.requests) >= z_needed
+        )
     )
     slow = (
         elapsed >= POLICY.watch_s
@@ -162,6 +191,47 @@ def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapse
         and p95 / base.latency_p95_ms > POLICY.max_latency_ratio
     )  # no p50 here: p95 alone decides
     assert d.verdict == ("rollback" if breach or slow else "commit" if elapsed >= POLICY.watch_s else "wait")
+
+
+def _z(x1: int, n1: int, x2: int, n2: int) -> float:
+    """The textbook pooled two-proportion z: the property test's own model of the decision."""
+    if n2 == 0:
+        return float("inf") if x1 else 0.0
+    p = (x1 + x2) / (n1 + n2)
+    if p in (0.0, 1.0):
+        return float("inf") if x1 / n1 > x2 / n2 else 0.0
+    return (x1 / n1 - x2 / n2) / (p * (1 - p) * (1 / n1 + 1 / n2)) ** 0.5
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n_old=st.integers(0, 400),
+    n_new=st.integers(0, 400),
+    old=st.floats(0, 1),
+    new=st.floats(0, 1),
+    extra=st.integers(0, 50),
+    elapsed=st.floats(0, 20),
+)
+def test_more_fallbacks_never_turn_a_rollback_into_a_commit_and_early_verdicts_hold_at_the_end(
+    n_old, n_new, old, new, extra, elapsed
+):
+    base = HealthFigures(n_old, 0, round(old * n_old), 1.0)
+    cur = HealthFigures(n_new, 0, round(new * n_new), 1.0)
+    worse = HealthFigures(n_new, 0, min(n_new, cur.fallbacks + extra), 1.0)
+    first = decide_health(base, cur, elapsed, POLICY).verdict
+    if first == "rollback":
+        assert decide_health(base, worse, elapsed, POLICY).verdict == "rollback"
+        assert decide_health(base, cur, POLICY.watch_s, POLICY).verdict == "rollback"  # Z_EARLY > Z_FINAL
+    if cur.fallback_rate <= base.fallback_rate and n_old:
+        assert first != "rollback"  # no rise, no rollback, whatever the counts
+
+
+def test_the_z_statistic_matches_a_two_proportion_test_from_scipy():
+    from scipy.stats import chi2_contingency
+
+    for x1, n1, x2, n2 in ((25, 100, 5, 100), (7, 20, 3, 20), (60, 300, 40, 300), (1, 50, 0, 80)):
+        chi2, _, _, _ = chi2_contingency([[x1, n1 - x1], [x2, n2 - x2]], correction=False)
+        assert rise_z(x1, n1, x2, n2) == pytest.approx(chi2**0.5)  # z squared is Pearson's chi-squared
 
 
 # -- rollout controller -------------------------------------------------------------------------

@@ -151,13 +151,52 @@ class WatchPolicy:
             raise ValueError("max_error_rate and max_fallback_rise are fractions 0..1, max_latency_ratio > 0")
 
 
-def wilson_lower_bound(rate: float, n: int, z: float = 1.96) -> float:
-    """Lower end of the Wilson score interval for a proportion `rate` seen over `n` trials."""
-    if n <= 0:
+# One-sided z a rise must reach: before the watch ends the device looks again every poll, so an early
+# verdict needs strong evidence (p < 0.0005, O'Brien-Fleming style); at the end, over the whole watch, p < 0.05.
+Z_EARLY = 3.29
+Z_FINAL = 1.645
+
+
+def rise_z(new_events: int, new_n: int, old_events: int, old_n: int) -> float:
+    """Pooled two-proportion z statistic for "the new rate is above the old one" (0.0 where undefined).
+
+    Without old counts the old rate is taken as 0 and known: any event is then infinitely significant,
+    and only the size of the rise decides (a device with no traffic before the update).
+    """
+    if new_n <= 0:
         return 0.0
-    centre = rate + z * z / (2 * n)
-    spread = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n))
+    if old_n <= 0:
+        return math.inf if new_events > 0 else 0.0
+    p_new, p_old = new_events / new_n, old_events / old_n
+    pooled = (new_events + old_events) / (new_n + old_n)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / new_n + 1 / old_n))
+    if se == 0:
+        return 0.0 if p_new <= p_old else math.inf
+    return (p_new - p_old) / se
+
+
+def rate_breach(
+    name: str, new_events: int, new_n: int, old_events: int, old_n: int, limit: float, z_needed: float, absolute: bool
+) -> str | None:
+    """Why the new version's `name` rate is a regression, or None.
+
+    A breach needs both a size (the rise over the old rate above `limit`, or with `absolute` the
+    new rate itself above it) and evidence (the two-proportion z at least `z_needed`), so a
+    handful of hard inputs in a short span is not a regression and a real one is caught.
+    """
+    new_rate = new_events / new_n if new_n else 0.0
+    old_rate = old_events / old_n if old_n else 0.0
+    size = new_rate if absolute else new_rate - old_rate
+    if size <= limit:
+        return None
+    z = rise_z(new_events, new_n, old_events, old_n)
+    if z < z_needed:
+        return None
+    what = f"{name} rate {new_rate:.3f}" if absolute else f"{name} rate {new_rate:.3f} rose by {size:.3f}"
+    return (
+        f"{what} over {new_n} requests (previous version {old_rate:.3f} over {old_n}), above {limit:.3f}; "
+        f"z={z:.2f} >= {z_needed:.2f}"
+    )
 
 
 def latency_regression(baseline: HealthFigures, current: HealthFigures, policy: WatchPolicy) -> str | None:
@@ -194,25 +233,39 @@ def decide_health(
 ) -> HealthDecision:
     """Commit, roll back, or keep watching, comparing the new version with the previous one's figures.
 
-    An error or fallback breach rolls back as soon as min_requests were seen. Latency is judged
+    Error and fallback rates are compared with the old version's counts by a two-proportion z test
+    (`rate_breach`): once min_requests were seen, a breach of the size the policy names rolls back
+    early only on strong evidence (Z_EARLY), and at the end of the watch, over the whole watch, on
+    ordinary evidence (Z_FINAL); a rise of that size that is not significant is commit. Latency is judged
     once, at the end of the watch, over the whole watch's pooled latencies, against the same
     host's recent baseline, and only when both sides have min_requests: a regression needs the
     p95 ratio AND the p50 ratio (where both have one) over max_latency_ratio, so CPU noise that
     only stretches the tail does not roll a healthy release back. A commit waits for the end.
     """
+    final = elapsed_s >= policy.watch_s
     if current.requests >= policy.min_requests:
-        if current.error_rate > policy.max_error_rate:
-            return HealthDecision("rollback", f"error rate {current.error_rate:.3f} above {policy.max_error_rate:.3f}")
-        previous = baseline.fallback_rate if baseline.requests else 0.0
-        rise = current.fallback_rate - previous
-        # judged on the rate's Wilson lower bound one standard error down, so a short run of hard
-        # inputs over a few dozen requests (0.5 over 20 where the old version had 0.19) is not a regression
-        if wilson_lower_bound(current.fallback_rate, current.requests, z=1.0) - previous > policy.max_fallback_rise:
-            return HealthDecision(
-                "rollback",
-                f"fallback rate {current.fallback_rate:.3f} rose by {rise:.3f} "
-                f"(previous version {baseline.fallback_rate:.3f}), above {policy.max_fallback_rise:.3f}",
-            )
+        z_needed = Z_FINAL if final else Z_EARLY
+        why = rate_breach(
+            "error",
+            current.errors,
+            current.requests,
+            baseline.errors,
+            baseline.requests,
+            policy.max_error_rate,
+            z_needed,
+            absolute=True,
+        ) or rate_breach(
+            "fallback",
+            current.fallbacks,
+            current.requests,
+            baseline.fallbacks,
+            baseline.requests,
+            policy.max_fallback_rise,
+            z_needed,
+            absolute=False,
+        )
+        if why:
+            return HealthDecision("rollback", why)
     if elapsed_s < policy.watch_s:
         return HealthDecision("wait", f"watching {elapsed_s:.1f}/{policy.watch_s:.1f}s")
     slow = latency_regression(baseline, current, policy)
