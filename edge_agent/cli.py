@@ -18,7 +18,7 @@ import numpy as np
 
 import tandem
 from tandem.edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
-from tandem.edge_agent.errors import AgentError
+from tandem.edge_agent.errors import AgentError, exit_code
 from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging
 
 if TYPE_CHECKING:
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except AgentError as exc:
         print(f"tandem-agent: {exc}", file=sys.stderr)
-        return 2 if exc.code in ("config", "model_load") else 1
+        return exit_code(exc)
     except ValueError as exc:
         print(f"tandem-agent: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,24 @@
 """The edge agent's exceptions; each carries a message a device operator can act on.
 
-Errors that cross the local API carry a stable `code` so a client can turn an error
-reply back into the same exception type.
+    AgentError                    internal              base: every error the agent raises on purpose
+    ├── BadRequestError           bad_request           a malformed request (shape, dtype, NaN, size...)
+    │   └── ShapeNotServedError   shape_not_served      no static shape bucket takes this input shape
+    ├── FallbackUnavailable       fallback_unavailable  the hub could not answer in time
+    ├── ModelLoadError            model_load            a model folder cannot be loaded (CLI exit 2)
+    │   └── UntrustedModelError   model_untrusted       unsigned, untrusted or altered manifest
+    ├── InferenceError            inference             the runtime failed on a valid request
+    │   └── NonFiniteOutputError  non_finite_output     the model answered NaN or infinity
+    ├── ConfigError               config                a setting is invalid; names section.key (CLI exit 2)
+    ├── OverloadedError           overloaded            the queue is full; retry later
+    ├── AgentUnavailable          unavailable           (client side) the agent cannot be reached
+    └── OtaError                  ota                   edge_agent/ota/errors.py: an update is abandoned
+        ├── VerificationError     ota_verification      signature, hash, size, profile, expiry, version
+        ├── DownloadError         ota_download          a manifest or file could not be fetched
+        ├── SelfTestError         ota_self_test         the staged variant missed its golden outputs
+        └── StoreError            ota_store             the A/B model store is unusable
+
+One mapping per boundary, here: the local API sends `code` (`reply_code`, any exception) and the
+client raises `ERRORS_BY_CODE[code]`, the same type; the CLI exits `exit_code(exc)`.
 """
 
 from __future__ import annotations
@@ -83,16 +100,35 @@ ERRORS_BY_CODE: dict[str, type[AgentError]] = {
     )
 }
 
+EXIT_CODES = {"config": 2, "model_load": 2}  # the agent cannot start as configured; anything else: 1
+
+
+def exit_code(exc: AgentError) -> int:
+    """The `tandem-agent` exit status for an error: 2 when the agent cannot start as configured, else 1."""
+    return EXIT_CODES.get(exc.code, 1)
+
+
+def reply_code(exc: BaseException) -> tuple[str, str]:
+    """(code, message) for an error reply on the local API: an AgentError's own code, anything else is a bug
+    of ours and says so as "internal" (the client raises AgentError)."""
+    if isinstance(exc, AgentError):
+        return exc.code, str(exc)
+    return "internal", f"internal error: {type(exc).__name__}: {exc}"
+
+
 __all__ = [
     "AgentError",
     "AgentUnavailable",
     "BadRequestError",
     "ConfigError",
     "ERRORS_BY_CODE",
+    "EXIT_CODES",
     "FallbackUnavailable",
     "InferenceError",
     "ModelLoadError",
     "NonFiniteOutputError",
     "OverloadedError",
     "UntrustedModelError",
+    "exit_code",
+    "reply_code",
 ]

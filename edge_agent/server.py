@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import zmq
 
-from tandem.edge_agent.errors import AgentError, ConfigError, OverloadedError
+from tandem.edge_agent.errors import AgentError, ConfigError, OverloadedError, reply_code
 from tandem.edge_agent.wire import error_reply
 from tandem.protocols import limits
 
@@ -247,7 +247,7 @@ class ZmqServer:
             result = self._handler(body)
         except Exception as exc:  # the handler should not raise; never let one request kill the loop
             log.exception("request handler failed")
-            result = error_reply("", "internal", f"internal error: {type(exc).__name__}: {exc}")
+            result = error_reply("", *reply_code(exc))
         if isinstance(result, list):  # answered synchronously: no task, no extra loop turn
             # a request that came in while this one ran (before its answer left, so not the same
             # client's next one); asked only after long runs, where it decides worker vs loop
@@ -273,7 +273,7 @@ class ZmqServer:
                 raise
             except Exception as exc:  # the handler should not raise; never let one request kill the loop
                 log.exception("request handler failed")
-                reply = error_reply("", "internal", f"internal error: {type(exc).__name__}: {exc}")
+                reply = error_reply("", *reply_code(exc))
             sock = self._sock
             if sock is not None:
                 self._send(sock, envelope + reply)

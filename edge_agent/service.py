@@ -24,6 +24,7 @@ from tandem.edge_agent.errors import (
     InferenceError,
     NonFiniteOutputError,
     OverloadedError,
+    reply_code,
 )
 from tandem.edge_agent.fast_lane import FastLane, TensorPlan, frame_bytes
 from tandem.edge_agent.hard_examples import HardExampleQueue
@@ -198,11 +199,9 @@ class InferenceService:
 
     def _failure(self, exc: Exception, t0: float, request_id: str = "") -> list[Any]:
         request_id = getattr(exc, "request_id", request_id)
-        if isinstance(exc, AgentError):
-            return self._error(request_id, exc.code, str(exc), t0)
-        # a bug, not the client's fault: say so, keep serving
-        log.error("request failed request_id=%s", request_id, exc_info=exc)
-        return self._error(request_id, "internal", f"internal error: {type(exc).__name__}: {exc}", t0)
+        if not isinstance(exc, AgentError):  # a bug, not the client's fault: say so, keep serving
+            log.error("request failed request_id=%s", request_id, exc_info=exc)
+        return self._error(request_id, *reply_code(exc), t0)
 
     def _reply(self, request: "_Prepared", answer: Answer, t0: float, budget_spent: bool = False) -> list[Any]:
         elapsed = time.perf_counter() - t0

@@ -1,4 +1,18 @@
-"""The compiler's exceptions; the CLI turns each into one clear line."""
+"""The compiler's exceptions; the CLI turns each into one clear line.
+
+    CompileError                  base: compilation cannot go on; the message says what to fix
+    ├── InvalidModelError         the input is not a loadable, valid ONNX model
+    ├── CalibrationDataError      calibration or validation data does not match the model's inputs
+    ├── UnsupportedOpError        a runtime or lowering cannot take an operator (op_type, runtime)
+    ├── LoweringError             model_compiler/litert/errors.py: a supported op used in a way the
+    │                             TFLite lowering cannot express (names the node)
+    └── VariantSkipped            one variant cannot be built or loaded; the others go on (`reason`
+                                  lands in the report)
+
+One mapping per boundary: `tandem-compile` (`cli.main`) prints `tandem-compile: error: <message>` and
+exits 2 for these (and for the ProfileError, ManifestError and SignatureError of the packages below);
+inside a build, `variants/` turns a variant's CompileError into VariantSkipped.
+"""
 
 from __future__ import annotations
 
