@@ -90,6 +90,7 @@ class MosquittoBroker:
         workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(workdir, 0o700)  # a root Mosquitto reads its config from here: nobody else may write it
         (workdir / "data").mkdir(exist_ok=True)
+        os.chmod(workdir / "data", 0o700)
         check_persistence_dir(workdir / "data")
         if port:
             check_port_free(host, port)
@@ -116,6 +117,9 @@ class MosquittoBroker:
         os.chmod(conf, 0o600)
         with open(conf, "a") as fh:  # both the plain and the TLS config: queue limits and saves, stated
             fh.write(queue_config())
+        from tandem.cloud_hub.mqtt_security import check_broker_files
+
+        check_broker_files([conf, workdir / "data"])  # nobody else may change what a (root) Mosquitto reads
         log_file = open(workdir / "mosquitto.log", "ab")
         log_start = (workdir / "mosquitto.log").stat().st_size
         process = subprocess.Popen([exe, "-c", str(conf)], stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import getpass
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
+from tandem.cloud_hub.errors import HubError
 from tandem.cloud_hub.mqtt_plugin import build_identity_plugin
 from tandem.cloud_hub.pki import HUB_IDENTITY, Pki
 from tandem.protocols import topics
@@ -86,16 +89,54 @@ def mosquitto_conf_text(pki: Pki, config: MosquittoTlsConfig, acl_path: Path, pl
     return "\n".join(lines) + "\n"
 
 
+class BrokerFilesError(HubError):
+    """A file the broker reads (or a folder above it) could be changed by another user."""
+
+
+def check_broker_files(paths: Iterable[Path]) -> None:
+    """Refuse when another user could change what Mosquitto reads: a file or any folder above it that is
+    group- or world-writable (a sticky folder such as /tmp excepted) or owned by someone other than us or
+    root. Mosquitto may run as root (`user` is whoever runs the hub), and then such a file is root for them:
+    a config or plugin runs code, a CA file or CRL decides who gets in."""
+    me = os.geteuid()
+    seen: set[Path] = set()
+    for path in paths:
+        path = Path(path).absolute()
+        for p in (path, *path.parents):
+            if p in seen:
+                continue
+            seen.add(p)
+            st = p.stat()
+            sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+            if st.st_mode & 0o022 and not sticky_dir:
+                raise BrokerFilesError(
+                    f"{p} is writable by {'others' if st.st_mode & 0o002 else 'its group'} "
+                    f"(mode {stat.S_IMODE(st.st_mode):o}) and Mosquitto reads {path}: chmod go-w {p}"
+                )
+            if st.st_uid not in (0, me):
+                raise BrokerFilesError(f"{p} belongs to uid {st.st_uid}, not to us or root, and Mosquitto reads {path}")
+
+
 def write_mosquitto_config(pki: Pki, config: MosquittoTlsConfig) -> Path:
-    """Write mosquitto.conf and acl under `config.workdir`; returns the conf path (for `mosquitto -c`)."""
+    """Write mosquitto.conf and acl under `config.workdir`; returns the conf path (for `mosquitto -c`).
+
+    The folder is made 0700 before anything is written or built into it, and every file the broker will
+    read, the fleet's CA, certificate, key and CRL included, is checked by `check_broker_files`."""
     config.workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.workdir, 0o700)
+    data = config.workdir / "data"
     if config.persistence:
-        (config.workdir / "data").mkdir(exist_ok=True)
+        data.mkdir(exist_ok=True)
+        os.chmod(data, 0o700)
     acl = config.workdir / "acl"
     acl.write_text(acl_text())
     os.chmod(acl, 0o600)  # mosquitto 2.x warns about (and later refuses) world-readable ACL files
+    plugin = build_identity_plugin(config.workdir)
     conf = config.workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_conf_text(pki, config, acl, build_identity_plugin(config.workdir)))
+    conf.write_text(mosquitto_conf_text(pki, config, acl, plugin))
     os.chmod(conf, 0o600)  # Mosquitto may start as root: a config others could write would be root for them
-    os.chmod(config.workdir, 0o700)
+    server = pki.hub_server_files()
+    check_broker_files([conf, acl, plugin, server.ca, server.cert, server.key, server.crl or pki.crl_path])
+    if config.persistence:
+        check_broker_files([data])
     return conf

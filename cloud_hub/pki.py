@@ -66,9 +66,22 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _make_dirs(folder: Path) -> None:
+    """Create `folder` and any missing parents 0755 whatever the umask: a root Mosquitto reads the CA, the
+    hub's certificate and the CRL from here, so nobody else may be able to replace them."""
+    missing = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        p.mkdir(exist_ok=True)
+        os.chmod(p, 0o755)
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Create `path` 0600 from the start (no window where the key is world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -78,7 +91,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.chmod(tmp, 0o644)
@@ -207,7 +220,7 @@ class Pki:
         root = Path(root)
         if (root / "ca.key").exists() and not force:
             raise ConflictError(f"{root}: a CA already exists (pass --force to replace it and every certificate)")
-        root.mkdir(parents=True, exist_ok=True)
+        _make_dirs(root)
         os.chmod(root, 0o700)
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
