@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from tandem.cloud_hub.errors import HubError
+from tandem.protocols.http_errors import describe_connection_error, describe_refusal
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -35,6 +36,7 @@ class HubClient:
         token = token or os.environ.get("TANDEM_HUB_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         ca = ca or os.environ.get("TANDEM_HUB_CA") or None
+        self._ca, self._token_given = ca, bool(token)
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=trust_context(ca))
 
     def close(self) -> None:
@@ -50,15 +52,20 @@ class HubClient:
         """Send a request; return the decoded JSON (None for 204) or raise HubClientError."""
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise HubClientError(f"cannot reach the hub at {self.url} ({exc}); is `tandem-hub serve` running?") from exc
+        except httpx.HTTPError as exc:  # one line naming the URL and the fix (protocols/http_errors.py)
+            raise HubClientError(
+                "cannot reach the hub at " + describe_connection_error(self.url, exc, self._ca)
+            ) from exc
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
-            except ValueError:
+            except (ValueError, AttributeError):
                 detail = response.text
             if not isinstance(detail, str):
                 detail = str(detail)
+            if response.status_code in (401, 403):
+                message = describe_refusal(self.url, method, path, response.status_code, detail, self._token_given)
+                raise HubClientError(message, response.status_code)
             raise HubClientError(f"{method} {path}: HTTP {response.status_code}: {detail}", response.status_code)
         if response.status_code == 204 or not response.content:
             return None
