@@ -23,6 +23,7 @@ from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_lo
 
 if TYPE_CHECKING:
     from tandem.edge_agent.agent import Agent
+    from tandem.edge_agent.hub_probe import HubProbe
 
 EPILOG = f"""\
 examples:
@@ -200,6 +201,15 @@ def _check(args: argparse.Namespace) -> int:
         }
     finally:
         model.close()
+    hub = _check_hub(config, str(info["model"]), args)
+    if hub is not None:
+        info["hub"] = hub.as_dict()
+        if hub.status == "not_found":  # every fallback would fail: a configuration error, not "ok"
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                print(f"tandem-agent: {hub.detail}", file=sys.stderr)
+            return 2
     print(
         json.dumps(info, indent=2)
         if args.json
@@ -210,8 +220,28 @@ def _check(args: argparse.Namespace) -> int:
             if verdict.trusted
             else f"{verdict.status.upper()} ({verdict.detail}), allowed by trust.allow_unsigned"
         )
+        + _hub_line(hub)
     )
     return 0
+
+
+def _check_hub(config: AgentConfig, model_name: str, args: argparse.Namespace) -> "HubProbe | None":
+    """Does the fallback hub serve what this agent will ask it for? None: no hub configured, or --no-hub."""
+    if config.fallback.hub_url is None or args.no_hub:
+        return None
+    from tandem.edge_agent.hub_probe import probe_hub_model
+
+    return probe_hub_model(
+        config.fallback.hub_url, config.fallback.hub_model or model_name, config.fallback_tls, args.hub_timeout
+    )
+
+
+def _hub_line(hub: "HubProbe | None") -> str:
+    if hub is None:
+        return ""
+    if hub.status == "ok":
+        return f"; fallback: {hub.detail}"
+    return f"; WARNING: fallback hub at {hub.url} does not answer now ({hub.detail}): answers degrade until it does"
 
 
 def _read_input(path: Path) -> dict[str, np.ndarray] | list[np.ndarray]:
@@ -276,12 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="validate the config and load the model, then exit",
-        description="Validate the configuration, verify the model files and open the runtime.",
+        description="Validate the configuration, verify the model files and open the runtime; with "
+        "[fallback] hub_url, ask the hub whether it serves the model this agent will ask for (a hub that "
+        "does not is a configuration error, exit 2).",
         epilog=config_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_args(check)
     check.add_argument("--json", action="store_true", help="print what would be served as JSON")
+    check.add_argument(
+        "--no-hub", action="store_true", help="do not ask the fallback hub whether it serves the model (offline)"
+    )
+    check.add_argument(
+        "--hub-timeout", type=float, default=5.0, metavar="SECONDS", help="wait this long for the hub (default 5)"
+    )
     check.set_defaults(func=_check)
 
     status = sub.add_parser(
