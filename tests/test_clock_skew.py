@@ -6,7 +6,10 @@ TelemetryServices whose clocks are an hour behind and ahead.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -92,3 +95,118 @@ def test_windows_of_devices_an_hour_off_are_visible_and_in_the_current_drift_win
         for agent in agents:
             agent.stop()
         hub.stop()
+
+
+# -- a manifest's expires_at, judged on the hub's clock (real hub, real store, real Updater) --
+
+
+def test_expiry_is_judged_with_the_stated_tolerance_and_needs_a_time_zone():
+    from types import SimpleNamespace
+
+    from tandem.edge_agent.ota.errors import VerificationError
+    from tandem.edge_agent.ota.verify import check_expiry
+
+    expires = 1_000_000.0
+    stamp = dt.datetime.fromtimestamp(expires, dt.timezone.utc).isoformat()
+    manifest: Any = SimpleNamespace(name="m", version="1.0.0", expires_at=stamp)
+    check_expiry(manifest, expires + CLOCK_TOLERANCE_S - 1, CLOCK_TOLERANCE_S)
+    with pytest.raises(VerificationError, match=r"expired at .* \(121s ago on the hub.s clock, tolerance 120s\)"):
+        check_expiry(manifest, expires + CLOCK_TOLERANCE_S + 1, CLOCK_TOLERANCE_S)
+    with pytest.raises(VerificationError, match="has no time zone"):
+        check_expiry(SimpleNamespace(name="m", version="1", expires_at="2030-01-01T00:00:00"), 0.0)  # type: ignore[arg-type]
+
+
+def _expiring_in(seconds: float) -> Callable[[dict[str, Any], Path], None]:
+    def edit(doc: dict[str, Any], root: Path) -> None:
+        doc["expires_at"] = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)).isoformat()
+
+    return edit
+
+
+@pytest.fixture(scope="module")
+def expiring_hub(digits_dir, tmp_path_factory):
+    """A real hub serving 1.0.0, 1.8.0 (expires in 30 min) and 1.9.0 (expired 30 min ago)."""
+    from ota_fixtures import derive, releases
+
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+
+    rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
+    root = tmp_path_factory.mktemp("ota-expiry")
+    fresh = derive(rel["1.0.0"], root / "1.8.0", "1.8.0", _expiring_in(HOUR / 2))
+    stale = derive(rel["1.0.0"], root / "1.9.0", "1.9.0", _expiring_in(-HOUR / 2))
+    hub = Hub(
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": "mqtt://127.0.0.1:1",
+            }
+        )
+    ).start(http=True)
+    try:
+        for path in (rel["1.0.0"], fresh, stale):
+            hub.registry.register_dir(path)
+        hub.test_token = hub.tokens.create("device", "read").token
+        hub.base_release = rel["1.0.0"]
+        yield hub
+    finally:
+        hub.stop()
+
+
+def _install_on_skewed_device(hub: Any, root: Path, version: str, skew_s: float) -> list[tuple[str, str]]:
+    """Run `version`'s install command on a device whose clock is `skew_s` off; the steps it published."""
+    from ota_fixtures import MODEL, PROFILE
+
+    from tandem.edge_agent.ota.download import DownloadConfig
+    from tandem.edge_agent.ota.machine import WatchPolicy
+    from tandem.edge_agent.ota.store import ModelStore
+    from tandem.edge_agent.ota.updater import Updater, UpdaterConfig
+    from tandem.edge_agent.ota.verify import manifest_digest
+    from tandem.protocols.ota import OtaCommand
+    from tandem.protocols.signing import load_public_key
+
+    store = ModelStore(root)
+    store.open()
+    store.install_initial(hub.base_release)
+    steps: list[tuple[str, str]] = []
+    device_clock = lambda: time.time() + skew_s  # noqa: E731
+    updater = Updater(
+        store,
+        load_public_key(hub.key.public_pem),
+        UpdaterConfig(
+            PROFILE, DownloadConfig(token=hub.test_token, attempts=2, backoff_s=0.01), WatchPolicy(watch_s=0)
+        ),
+        on_switch=lambda path: None,
+        publish=lambda step, result, reason, health: steps.append((step, reason)),
+        clock=device_clock,
+    )
+    issued = time.time()  # the hub's clock
+    cmd = OtaCommand(
+        rollout_id="ro-skew",
+        action="install",
+        model=MODEL,
+        version=version,
+        manifest_url=f"{hub.http_url}/v1/models/{MODEL}/versions/{version}/manifest",
+        manifest_sha256=manifest_digest(hub.registry.manifest(MODEL, version)),
+        artifact_base_url=f"{hub.http_url}/v1/artifacts",
+        issued_at=issued,
+        deadline=issued + 600,
+        watch_s=0.0,
+    )
+    updater.hub_clock.observe(cmd.issued_at, device_clock())  # what OtaClient does on every command it receives
+    updater.run(cmd)
+    return steps
+
+
+def test_a_device_an_hour_ahead_installs_a_release_that_expires_in_half_an_hour(expiring_hub, tmp_path):
+    steps = _install_on_skewed_device(expiring_hub, tmp_path / "store", "1.8.0", +HOUR)
+    assert steps[-1][0] == "committed", steps  # its own clock says the manifest expired 30 min ago
+
+
+def test_a_device_an_hour_behind_refuses_a_release_that_expired_half_an_hour_ago(expiring_hub, tmp_path):
+    steps = _install_on_skewed_device(expiring_hub, tmp_path / "store", "1.9.0", -HOUR)
+    assert steps[-1][0] == "failed", steps  # its own clock says 30 min are left
+    assert "expired at" in steps[-1][1] and "on the hub's clock" in steps[-1][1], steps

@@ -101,6 +101,7 @@ class OtaClient:
             health or HealthFigures,
             clock,
             self._cancel,
+            self.hub_clock,
         )
         self._cmd_topic = ota_cmd_topic(config.device_id)
         self._status_topic = ota_status_topic(config.device_id)

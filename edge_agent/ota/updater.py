@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tandem.edge_agent.ota.download import DownloadConfig, Downloader
 from tandem.edge_agent.ota.errors import OtaError, SelfTestError, VerificationError
+from tandem.edge_agent.ota.hubclock import CLOCK_TOLERANCE_S, HubClock
 from tandem.edge_agent.ota.machine import HealthFigures, State, WatchPolicy, advance, decide_health
 from tandem.edge_agent.ota.selftest import run_selftest
 from tandem.edge_agent.ota.store import ModelStore, atomic_write
@@ -56,7 +57,9 @@ class Updater:
         health: HealthProbe = _no_health,
         clock: Callable[[], float] = time.time,
         cancel: threading.Event | None = None,
+        hub_clock: HubClock | None = None,
     ) -> None:
+        """`hub_clock`: the device's estimate of the hub's time; a manifest's expiry is judged on it."""
         self.store = store
         self.trusted_key = trusted_key
         self.config = config
@@ -65,6 +68,7 @@ class Updater:
         self.health = health
         self.clock = clock
         self.cancel = cancel or threading.Event()
+        self.hub_clock = hub_clock or HubClock()
         self.state: State = "idle"
 
     # -- commands ----------------------------------------------------------------------
@@ -101,7 +105,8 @@ class Updater:
                     cmd=cmd,
                     profile=self.config.profile,
                     max_accepted=accepted,
-                    now=self.clock(),
+                    now=self.clock() + (self.hub_clock.offset_s or 0.0),
+                    tolerance_s=CLOCK_TOLERANCE_S,
                 )
                 entries = files_for(manifest, variant)
                 staging = self.store.staging_dir(f"{cmd.model}-{cmd.version}-{cmd.manifest_sha256[:12]}")

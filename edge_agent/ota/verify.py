@@ -34,8 +34,13 @@ def verify_manifest_doc(
     profile: str,
     max_accepted: str | None,
     now: float,
+    tolerance_s: float = 0.0,
 ) -> tuple[Manifest, Variant]:
-    """Accept the manifest for this device, or raise VerificationError naming the first failed check."""
+    """Accept the manifest for this device, or raise VerificationError naming the first failed check.
+
+    `now` is the hub's time as the device estimates it (edge_agent.ota.hubclock), so a device
+    clock an hour off neither refuses a fresh release nor installs an expired one.
+    """
     try:
         verify_manifest(doc, trusted_key)
     except SignatureError as exc:
@@ -52,13 +57,7 @@ def verify_manifest_doc(
         raise VerificationError(
             f"manifest is {manifest.name} {manifest.version}, the command asked for {cmd.model} {cmd.version}"
         )
-    if manifest.expires_at is not None:
-        try:
-            expires = dt.datetime.fromisoformat(manifest.expires_at).timestamp()
-        except ValueError as exc:
-            raise VerificationError(f"manifest.expires_at: {manifest.expires_at!r} is not an ISO time") from exc
-        if now > expires:
-            raise VerificationError(f"manifest {manifest.name} {manifest.version}: expired at {manifest.expires_at}")
+    check_expiry(manifest, now, tolerance_s)
     if profile not in manifest.target_profiles:
         raise VerificationError(
             f"manifest {manifest.name} {manifest.version}: targets {', '.join(manifest.target_profiles) or 'no profile'}, "
@@ -78,6 +77,24 @@ def verify_manifest_doc(
             f"manifest {manifest.name} {manifest.version}: has no golden set, so it cannot be self-tested"
         )
     return manifest, variant
+
+
+def check_expiry(manifest: Manifest, hub_now: float, tolerance_s: float = 0.0) -> None:
+    """Raise VerificationError when `manifest.expires_at` passed more than `tolerance_s` before `hub_now`."""
+    if manifest.expires_at is None:
+        return
+    try:
+        expires = dt.datetime.fromisoformat(manifest.expires_at)
+    except ValueError as exc:
+        raise VerificationError(f"manifest.expires_at: {manifest.expires_at!r} is not an ISO time") from exc
+    if expires.tzinfo is None:
+        raise VerificationError(f"manifest.expires_at: {manifest.expires_at!r} has no time zone (use +00:00)")
+    late = hub_now - expires.timestamp()
+    if late > tolerance_s:
+        raise VerificationError(
+            f"manifest {manifest.name} {manifest.version}: expired at {manifest.expires_at} "
+            f"({late:.0f}s ago on the hub's clock, tolerance {tolerance_s:g}s)"
+        )
 
 
 def files_for(manifest: Manifest, variant: Variant) -> list[FileEntry]:
