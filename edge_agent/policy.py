@@ -51,17 +51,40 @@ def quantized_sum_tolerance(classes: int) -> float:
     return min(0.05, 1e-3 + classes / 512.0)
 
 
+PROBABILITY_SUM_TOLERANCE = 1e-3  # a float softmax's rows sum to 1 within this
+PROBABILITIES, QUANTIZED, LOGITS = "probabilities", "quantized", "logits"
+
+
+def auto_reading(drift: float, classes: int, positive: bool, slack: float = 0.0) -> str | None:
+    """The 'auto' transform's one rule for outputs within [0, 1]: PROBABILITIES (rows sum to 1), QUANTIZED
+    (8-bit probabilities, renormalized) or LOGITS, from the rows' largest distance `drift` of the sum from 1.
+
+    `slack`: how far the caller's `drift` may be from numpy's float32 one (the one-row fast path sums
+    exactly); None when that leaves the answer open, so the caller asks numpy. `_auto` passes 0.
+    """
+    if drift <= PROBABILITY_SUM_TOLERANCE - slack:
+        return PROBABILITIES
+    if drift <= PROBABILITY_SUM_TOLERANCE + slack:
+        return None
+    # without this, softmax() of an INT8 variant's probabilities flattens them (max 0.23
+    # for 10 classes) and every request falls back to the hub (bench/hybrid.py shows it)
+    if classes >= 2 and positive:
+        if drift <= quantized_sum_tolerance(classes) - slack:
+            return QUANTIZED
+        if drift <= quantized_sum_tolerance(classes) + slack:
+            return None
+    return LOGITS
+
+
 def _auto(x: np.ndarray) -> np.ndarray:
     """Probabilities pass through (8-bit quantized ones renormalized); anything else is treated as logits."""
     # min/max/sum, not np.allclose: this runs on every request and the arrays are tiny
     if x.size and x.min() >= 0.0 and x.max() <= 1.0:
         sums = x.sum(axis=-1, keepdims=True)
-        drift = float(np.abs(sums - 1.0).max())
-        if drift <= 1e-3:
+        reading = auto_reading(float(np.abs(sums - 1.0).max()), x.shape[-1], float(sums.min()) > 0.0)
+        if reading is PROBABILITIES:
             return x
-        # without this, softmax() of an INT8 variant's probabilities flattens them (max 0.23
-        # for 10 classes) and every request falls back to the hub (bench/hybrid.py shows it)
-        if x.shape[-1] >= 2 and drift <= quantized_sum_tolerance(x.shape[-1]) and float(sums.min()) > 0.0:
+        if reading is QUANTIZED:
             return x / sums
     if x.shape[-1] == 1:
         return sigmoid_pair(x)
@@ -210,19 +233,20 @@ class ConfidencePolicy:
         if total != total or total in (math.inf, -math.inf):
             return None
         k = len(row)
-        # numpy's float32 sum lies within k * 2**-23 of the exact sum (values in [0, 1], sum ~ 1)
-        slack = k * 2.4e-7
-        drift = abs(total - 1.0)
         if not (min(row) >= 0.0 and max(row) <= 1.0):
             probs = softmax(raw)  # logits: what _auto does with them
-        elif drift <= 1e-3 - slack:
-            probs = raw  # probabilities: _auto passes them through untouched
-        elif 1e-3 + slack < drift <= quantized_sum_tolerance(k) - slack and total > 0.0:
-            probs = raw / raw.sum(axis=-1, keepdims=True)  # 8-bit probabilities: _auto renormalizes
-        elif drift > quantized_sum_tolerance(k) + slack:
-            probs = softmax(raw)
         else:
-            return None  # numpy's float32 sum decides which; leave it to _auto
+            # _auto's rule, asked with the exact sum: numpy's float32 sum lies within k * 2**-23 of it
+            # (values in [0, 1], sum ~ 1), so a drift that close to a cut-off is left to _auto (None)
+            reading = auto_reading(abs(total - 1.0), k, total > 0.0, slack=k * 2.4e-7)
+            if reading is PROBABILITIES:
+                probs = raw  # passed through untouched
+            elif reading is QUANTIZED:
+                probs = raw / raw.sum(axis=-1, keepdims=True)  # renormalized
+            elif reading is LOGITS:
+                probs = softmax(raw)
+            else:
+                return None
         if probs is not raw:
             row = probs[0].tolist()
             total = math.fsum(row)

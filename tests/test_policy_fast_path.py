@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tandem.edge_agent import policy as policy_module
 from tandem.edge_agent.policy import KINDS, ConfidencePolicy, Scores
 
 FLOATS = st.floats(-30.0, 30.0, allow_nan=False, width=32)
@@ -100,3 +102,20 @@ def test_nan_and_inf_rows_fall_back_to_the_general_path() -> None:
         assert policy._score_one_row(bad, 0.5) is None
         scores = policy.score_array(bad)
         assert not scores.all_confident
+
+
+@pytest.mark.parametrize("tolerance", [1e-3, 0.02])
+def test_both_paths_read_the_auto_cut_offs_from_one_rule(monkeypatch: pytest.MonkeyPatch, tolerance: float) -> None:
+    """Move the probability-sum cut-off and both paths move with it: the fast path keeps no copy of `_auto`'s
+    cut-offs (one that did answered renormalized probabilities where the general path passed them through)."""
+    monkeypatch.setattr(policy_module, "PROBABILITY_SUM_TOLERANCE", tolerance)
+    policy = ConfidencePolicy("max_prob")
+    base = _softmax_row([2.0, 1.0, 0.5, 0.1])
+    for factor in (1.0005, 1.005, 1.015, 1.04):  # sums on both sides of each cut-off
+        row = (base * np.float32(factor)).astype(np.float32)
+        fast = policy._score_one_row(row, 0.5)
+        general = policy.score_array(row.astype(np.float64), 0.5)
+        assert fast is not None, factor
+        _same(fast, general)
+        passed_through = general.confidence[0] == row.max()  # not renormalized: read as probabilities
+        assert passed_through == (factor - 1.0 <= tolerance), factor
