@@ -33,6 +33,7 @@ from tandem.protocols.tls import TlsFiles
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = limits.MAX_MANIFEST_BYTES
+_MAX_UNREACHABLE_WAIT_S = 5.0  # between tries while the hub refuses connections
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class DownloadConfig:
     rate_limit_bps: float | None = None  # cap for metered links; None: as fast as the link goes
     tls: TlsFiles | None = None  # https: trust `ca`, present cert+key; None: system trust store
     max_rate_limited_s: float = 120.0  # total time a transfer may wait on the hub's 429 Retry-After
+    # total time a transfer keeps retrying a hub that refuses connections (restarting after a crash),
+    # beyond `attempts`: a hub SIGKILLed mid-rollout failed every device it had just commanded
+    max_unreachable_s: float = 300.0
 
 
 class Downloader:
@@ -94,6 +98,7 @@ class Downloader:
     def _with_retries(self, url: str, attempt: Callable[[], Any]) -> Any:
         delay = self.config.backoff_s
         waited = 0.0  # on 429s
+        unreachable_since: float | None = None  # the hub refusing connections: restarting, not broken
         n = 1
         while n <= self.config.attempts:
             if self.cancel.is_set():
@@ -110,7 +115,26 @@ class Downloader:
                 waited += exc.retry_after_s
                 self.cancel.wait(exc.retry_after_s)
                 continue
+            except httpx.ConnectError as exc:
+                if _is_certificate_error(exc):
+                    raise DownloadError(
+                        f"{url}: the hub's TLS certificate does not verify ({exc}); the agent trusts "
+                        f"{self.config.tls.ca if self.config.tls else 'the system trust store'} "
+                        "(telemetry.mqtt_tls_ca)"
+                    ) from exc
+                now = time.monotonic()
+                unreachable_since = unreachable_since if unreachable_since is not None else now
+                if now - unreachable_since >= self.config.max_unreachable_s:
+                    raise DownloadError(
+                        f"{url}: the hub refused connections for {now - unreachable_since:.0f} s "
+                        f"(max_unreachable_s={self.config.max_unreachable_s:g}; {exc})"
+                    ) from exc
+                log.info("download: hub unreachable url=%s error=%s; retrying", url, exc)
+                self.cancel.wait(min(delay, _MAX_UNREACHABLE_WAIT_S))
+                delay *= 2
+                continue
             except (httpx.TransportError, _Retry) as exc:
+                unreachable_since = None
                 if _is_certificate_error(exc):  # no retry can fix a certificate; say what to check
                     raise DownloadError(
                         f"{url}: the hub's TLS certificate does not verify ({exc}); the agent trusts "
