@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tandem.protocols import config_loader
 from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2 as pb
 from tandem.protocols.tensor_codec import (
@@ -106,7 +107,7 @@ def parse_infer_body(
             f"{len(binary) - offset} binary bytes after the last binary input; "
             "each binary input must give its binary_data_size"
         )
-    binary_default = bool(request_params.get(BINARY_OUTPUT, False))
+    binary_default = _param(bool, request_params.get(BINARY_OUTPUT, False), f"parameters.{BINARY_OUTPUT}")
     binary_outputs: dict[str, bool] = {}
     for i, out in enumerate(header.get("outputs") or []):
         out = _dict(out, f"outputs[{i}]")
@@ -117,11 +118,11 @@ def parse_infer_body(
         out_params = _dict(out.get("parameters"), f"output {name!r} parameters")
         for key, value in out_params.items():
             if key == "binary_data":
-                binary_outputs[name] = bool(value)
+                binary_outputs[name] = _param(bool, value, f"output {name!r} parameters.binary_data")
             else:
                 _set_param(wanted.parameters, key, value)
-    timeout_us = request_params.get("timeout")
-    timeout_s = timeout_us / 1e6 if isinstance(timeout_us, (int, float)) and timeout_us > 0 else None
+    timeout_us = _param(float | None, request_params.get("timeout"), "parameters.timeout")  # microseconds
+    timeout_s = timeout_us / 1e6 if timeout_us is not None and timeout_us > 0 else None
     return RestRequest(request, binary_outputs, binary_default, timeout_s)
 
 
@@ -160,6 +161,15 @@ def _dict(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RestBodyError(f"{where} must be a JSON object")
     return value
+
+
+def _param(hint: Any, value: Any, where: str) -> Any:
+    """A request parameter as `hint` types it, by the config loader's coercion (JSON's own types only, so
+    "false" is not true and a string is not a timeout); RestBodyError naming the parameter otherwise."""
+    try:
+        return config_loader.coerce(hint, value)
+    except (TypeError, ValueError) as exc:
+        raise RestBodyError(f"{where}: {exc}, got {value!r}") from None
 
 
 def _set_param(target: Any, key: str, value: Any) -> None:
