@@ -115,7 +115,8 @@ class Agent:
                 except OSError as exc:
                     raise ConfigError(
                         f"health.http_port: cannot listen on {cfg.health.http_host}:{cfg.health.http_port} "
-                        f"({exc.strerror or exc}); pick another port or 0 for any"
+                        f"({exc.strerror or exc}); give each agent on this host its own: --http-port PORT, 0 for "
+                        "any (or [health] http_port, env TANDEM_AGENT_HEALTH_HTTP_PORT)"
                     ) from exc
             if self.ota is not None:
                 self.ota.start()

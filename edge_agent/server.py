@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,11 @@ from tandem.edge_agent.wire import error_reply
 from tandem.protocols import limits
 
 log = logging.getLogger(__name__)
+# What to do when the local API's address is taken (two agents on one host).
+TAKEN_FIX = (
+    "give each agent on this host its own endpoint: --endpoint ipc://PATH or tcp://127.0.0.1:PORT "
+    "(or [server] endpoint, env TANDEM_AGENT_SERVER_ENDPOINT)"
+)
 
 # Returns the reply frames, or an awaitable of them when the answer has to wait.
 Handler = Callable[[Sequence[Any]], "list[Any] | Awaitable[list[Any]]"]
@@ -155,7 +161,7 @@ class ZmqServer:
                 sock.bind(self.requested_endpoint)
             except zmq.ZMQError as exc:
                 raise ConfigError(
-                    f"server.endpoint: cannot bind {self.requested_endpoint} ({exc}); is another agent running there?"
+                    f"server.endpoint: cannot bind {self.requested_endpoint} ({exc}); {TAKEN_FIX}"
                 ) from exc
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or self.requested_endpoint
             self._sock = sock
@@ -289,10 +295,27 @@ def _close_unstarted(task: asyncio.Task, pending: Awaitable[Any]) -> None:
 
 
 def _prepare_ipc(endpoint: str) -> None:
-    """ipc:// needs its folder to exist and a path short enough for a Unix socket."""
+    """ipc:// needs its folder to exist, a path short enough for a Unix socket, and nobody listening there:
+    ZeroMQ would silently take a live socket over, so a second agent with the same (default) endpoint would
+    steal the first one's clients instead of failing."""
     if not endpoint.startswith("ipc://"):
         return
     path = endpoint[len("ipc://") :]
     if len(path.encode()) > IPC_PATH_MAX:
         raise ConfigError(f"server.endpoint: ipc path {path!r} is longer than {IPC_PATH_MAX} bytes; use a shorter one")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if _listened_on(path):
+        raise ConfigError(f"server.endpoint: {endpoint} is taken: another agent is listening there; {TAKEN_FIX}")
+
+
+def _listened_on(path: str) -> bool:
+    """Does a process accept connections on the Unix socket at `path`? (A stale file left by a crash: no.)"""
+    if not Path(path).is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
