@@ -10,12 +10,14 @@ Writes, deterministically (fixed seeds):
 Both ONNX files have one input `input` (N, 64) and one output `probabilities` (N, 10).
 The test split is 30% of the data (540 digits: one sample is 0.19 points).
 
-Usage: python examples/digits/train.py --out DIR
+Usage: python examples/digits/train.py --out DIR [--force]
+Run again on the same DIR, it keeps the models this same script made (fixed seeds: they would not change).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -32,6 +34,8 @@ EDGE_EPOCHS = 200
 FALLBACK_BUDGET = 0.11
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+RECIPE_FILE = "recipe.sha256"  # written last: the folder is complete and made by this exact script
+OUTPUTS = ("edge.onnx", "cloud.onnx", "calib.npz", "val.npz", "test.npz", "scores.json")
 
 
 def load_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -164,15 +168,35 @@ def train(out: Path) -> dict[str, float]:
         x, y = splits[split]
         np.savez(out / f"{split}.npz", x=x, y=y)
     (out / "scores.json").write_text(json.dumps(scores, indent=2))
+    (out / RECIPE_FILE).write_text(recipe_digest() + "\n")
     return scores
+
+
+def recipe_digest() -> str:
+    """sha256 of this file: the models in a folder are this script's when its recipe file says so."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def already_trained(out: Path) -> dict[str, float] | None:
+    """The scores of a folder this same script already trained (fixed seeds: retraining gives the same)."""
+    try:
+        if (out / RECIPE_FILE).read_text().strip() != recipe_digest():
+            return None
+        if not all((out / name).is_file() for name in OUTPUTS):
+            return None
+        return dict(json.loads((out / "scores.json").read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/digits"), help="output folder (default: out/digits)")
+    parser.add_argument("--force", action="store_true", help="train again even when --out holds this recipe's models")
     args = parser.parse_args(argv)
-    scores = train(args.out)
-    print(json.dumps({"out": str(args.out), **scores}))
+    kept = None if args.force else already_trained(args.out)
+    scores = kept if kept is not None else train(args.out)
+    print(json.dumps({"out": str(args.out), **scores, "kept": kept is not None}))
     return 0
 
 
