@@ -139,7 +139,7 @@ class HardExampleQueue:
                 "FROM hard_examples ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [HardExample(*r[:8], inputs=decode_tensors(r[8])) for r in rows]
+        return [HardExample(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], decode_tensors(r[8])) for r in rows]
 
     def peek_uploads(self, device_id: str, limit: int = 32) -> list[tuple[int, bytes]]:
         """The oldest examples as upload payloads (protocols.telemetry_codec.encode_hard_example), oldest first.

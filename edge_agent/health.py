@@ -57,7 +57,8 @@ class HealthServer:
         self._metrics = metrics
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self.host, self.port = self._server.server_address[:2]
+        bound, self.port = self._server.server_address[:2]
+        self.host = bound.decode() if isinstance(bound, (bytes, bytearray)) else bound  # AF_INET: already a str
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="agent-health", daemon=True
         )

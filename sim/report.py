@@ -124,7 +124,7 @@ def _plots(result: RunResult, out: Path) -> list[str]:
     outage = [bool(r.get("outage")) for r in rows]
     made = []
 
-    def figure(name: str, title: str, ylabel: str):
+    def figure(name: str, title: str, ylabel: str) -> tuple[Any, Any]:
         fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
         ax.set_title(title)
         ax.set_xlabel("simulated time (s)")

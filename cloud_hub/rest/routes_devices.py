@@ -12,8 +12,8 @@ from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, Paging, get_hub, pag
 from tandem.cloud_hub.rest.schemas import DeviceIn, DeviceOut, ErrorBody, HeartbeatIn, Page
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=AUTH_RESPONSES)
-_404 = {404: {"model": ErrorBody, "description": "no such device"}}
-_422 = {422: {"model": ErrorBody, "description": "invalid device fields"}}
+_404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such device"}}
+_422: dict[int | str, dict[str, Any]] = {422: {"model": ErrorBody, "description": "invalid device fields"}}
 
 
 def parse_tag_filters(tags: list[str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from tandem.cloud_hub.rest.schemas_manifest import ManifestDoc
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["models"], responses=AUTH_RESPONSES)
-_404 = {404: {"model": ErrorBody, "description": "no such model or version"}}
+_404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such model or version"}}
 MAX_MEMBERS = 10_000
 EXPANSION_LIMIT = 2  # unpacked bytes may be at most this many times http.max_upload_mb
 MAX_EXPANSION_RATIO = 100  # ... and this many times the compressed upload

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import Field
@@ -15,8 +15,10 @@ from tandem.cloud_hub.rollouts.schemas import RolloutDetailOut, RolloutSummaryOu
 from tandem.cloud_hub.rollouts.service import rollout_detail, rollout_summary
 
 router = APIRouter(prefix="/v1/rollouts", tags=["ota"], responses=AUTH_RESPONSES)
-_404 = {404: {"model": ErrorBody, "description": "no such rollout"}}
-_409 = {409: {"model": ErrorBody, "description": "the rollout's state does not allow this"}}
+_404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such rollout"}}
+_409: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "the rollout's state does not allow this"}
+}
 
 
 class GatesIn(StrictIn):
@@ -120,7 +122,7 @@ def get_rollout(
     return data
 
 
-def _action(name: str):
+def _action(name: str) -> Callable[..., dict[str, Any]]:
     def act(rollout_id: str, hub: Hub = Depends(get_hub)) -> dict[str, Any]:
         return rollout_detail(getattr(_service(hub), name)(rollout_id))
 

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -302,7 +302,10 @@ class DriftEngine:
         self.last = Evaluation(now, status, changes)
         return self.last
 
-    def _signals(self, key: CohortKey, cur: Counts, base: Counts):
+    def _signals(
+        self, key: CohortKey, cur: Counts, base: Counts
+    ) -> Iterator[tuple[str, float | None, bool, dict[str, Any]]]:
+        """(signal, statistic, drifted, stats) for each drift signal of a cohort, baseline against current."""
         cfg = self.config
         ref = self.reference(key.model_name, key.model_version)
         if ref is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from tandem.hardware_profiles.runtimes.base import IOSpec, RuntimeUnavailableErr
 _core = None
 
 
-def _get_core():
+def _get_core() -> Any:
     global _core
     if _core is None:
         import openvino as ov
@@ -65,7 +65,7 @@ class OpenVINOSession:
         self.outputs = [self._spec(p, f"output{i}") for i, p in enumerate(self._compiled.outputs)]
 
     @staticmethod
-    def _spec(port, fallback: str) -> IOSpec:
+    def _spec(port: Any, fallback: str) -> IOSpec:
         names = port.get_names()
         name = port.get_any_name() if names else fallback
         shape = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
