@@ -36,6 +36,12 @@ class BadRequestError(AgentError):
     code = "bad_request"
 
 
+class ShapeNotServedError(BadRequestError):
+    """An input shape no static shape bucket of the served variant takes; the message lists the buckets."""
+
+    code = "shape_not_served"
+
+
 class FallbackUnavailable(AgentError):
     """The hub could not answer in time (down, deadline passed, breaker open)."""
 
@@ -89,6 +95,7 @@ ERRORS_BY_CODE: dict[str, type[AgentError]] = {
     for cls in (
         AgentError,
         BadRequestError,
+        ShapeNotServedError,
         FallbackUnavailable,
         ModelLoadError,
         UntrustedModelError,
@@ -121,6 +128,7 @@ __all__ = [
     "AgentUnavailable",
     "BadRequestError",
     "ConfigError",
+    "ShapeNotServedError",
     "ERRORS_BY_CODE",
     "EXIT_CODES",
     "FallbackUnavailable",

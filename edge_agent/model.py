@@ -15,12 +15,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tandem.edge_agent.errors import BadRequestError, ModelLoadError
+from tandem.edge_agent.errors import BadRequestError, ModelLoadError, ShapeNotServedError
 from tandem.hardware_profiles import Profile, ProfileError, get_profile
 from tandem.hardware_profiles.probe import DeviceProbe, Placement, placement_available, placements, probe_device
 from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
 from tandem.protocols.limits import MAX_BATCH_ROWS
 from tandem.protocols.manifest import Manifest, ManifestError, TensorSpec, Variant, load_manifest
+from tandem.tasks import TaskError, TaskSpec
+from tandem.tasks.shapes import Bucket, BucketedSession, ShapeError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,21 @@ class LoadedModel:
     # Which variant and placement were chosen, why, and every one tried before it
     # ({"variant", "runtime", "tier", "placement", "reason", "tried": [...], "probe": {...}}).
     selection: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def buckets(self) -> BucketedSession | None:
+        """The static shape buckets the variant was built in (LiteRT --shapes), if any."""
+        return self.session if isinstance(self.session, BucketedSession) else None
+
+    def check_shapes(self, feeds: dict[str, np.ndarray]) -> None:
+        """Refuse, before any queueing, a request shape no bucket takes (ShapeNotServedError names them)."""
+        buckets = self.buckets
+        if buckets is None:
+            return
+        try:
+            buckets.pick({n: tuple(a.shape) for n, a in feeds.items() if n in buckets.buckets[0].inputs})
+        except ShapeError as exc:
+            raise ShapeNotServedError(f"variant {self.variant.id!r}: {exc}") from None
 
     def runtime_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Feeds keyed by the names the runtime knows its inputs by."""
@@ -182,14 +199,42 @@ def _hardware_profile(profile: str) -> Profile | None:
         return None  # a profile only the manifest knows: the manifest's options, CPU placement
 
 
-def _open(model_dir: Path, attempt: Attempt, threads: int | None) -> tuple[RuntimeSession, dict[str, str]]:
+def _load(model_dir: Path, variant: Variant, options: dict[str, Any], task: dict[str, Any] | None) -> RuntimeSession:
+    """The variant's session; one per static shape bucket behind a BucketedSession when it has buckets."""
+    raw = variant.options.get("buckets")
+    if not raw:
+        return load_session(variant.runtime, model_dir / variant.model_file.path, **options)
+    try:
+        buckets = [Bucket.from_dict(b, f"variant {variant.id} buckets[{i}]") for i, b in enumerate(raw)]
+        spec = TaskSpec.from_dict(task, "manifest task") if task else None
+    except TaskError as exc:
+        raise ModelLoadError(f"variant {variant.id!r}: {exc}") from exc
+    known = {f.path for f in variant.files}
+    for b in buckets:
+        if b.file not in known:  # only files the manifest hashes are ever opened
+            raise ModelLoadError(f"variant {variant.id!r}: bucket file {b.file!r} is not one of the variant's files")
+    sessions: list[RuntimeSession] = []
+    try:
+        for b in buckets:
+            sessions.append(load_session(variant.runtime, model_dir / b.file, **options))
+    except BaseException:
+        for s in sessions:
+            s.close()
+        raise
+    pad_axes = {str(k): [int(a) for a in v] for k, v in dict(variant.options.get("pad_axes", {})).items()}
+    return BucketedSession(sessions, buckets, spec, pad_axes)  # type: ignore[return-value]
+
+
+def _open(
+    model_dir: Path, attempt: Attempt, threads: int | None, manifest_task: dict[str, Any] | None = None
+) -> tuple[RuntimeSession, dict[str, str]]:
     variant = attempt.variant
     options = dict(variant.options.get("session", {}))
     options.update(attempt.placement.options)
     if threads is not None:
         options["threads"] = threads
     try:
-        session = load_session(variant.runtime, model_dir / variant.model_file.path, **options)
+        session = _load(model_dir, variant, options, manifest_task)
     except RuntimeUnavailableError as exc:
         raise ModelLoadError(f"variant {variant.id!r} ({variant.runtime}): {exc}") from exc
     except TypeError as exc:
@@ -249,7 +294,7 @@ def load_model(
             verify_files(model_dir, variant)
             verified.add(variant.id)
         try:
-            session, feed_names = _open(model_dir, attempt, threads)
+            session, feed_names = _open(model_dir, attempt, threads, manifest.task)
         except ModelLoadError as exc:
             log.warning("variant failed to load variant=%s placement=%s reason=%s", variant.id, placement.label, exc)
             tried.append({**step, "outcome": "failed", "reason": str(exc)})

@@ -123,7 +123,7 @@ class InferenceService:
         self._shadow_slots = threading.BoundedSemaphore(SHADOW_MAX_INFLIGHT)
         # stateful models: per-stream state, fed in and kept from the edge run only (edge_agent/streams.py)
         self.streams = StreamStates(
-            state_pairs([s.name for s in model.input_specs], model.output_names),
+            state_pairs([s.name for s in model.input_specs], model.output_names, model.manifest.task.get("state")),
             max_streams=streams_max,
             idle_s=stream_idle_s,
         )
@@ -256,6 +256,7 @@ class InferenceService:
             if header.stream_id:
                 names, arrays = self.streams.feeds(header.stream_id, names, list(arrays), self.model.input_specs)
             feeds = match_inputs(self.model.input_specs, names, arrays, allow_nan=self.allow_nan)
+            self.model.check_shapes(feeds)
         except AgentError as exc:
             exc.request_id = header.request_id  # type: ignore[attr-defined]
             raise

@@ -40,9 +40,12 @@ class Serving:
         The first runs of a fresh session pay allocation and kernel selection; a swapped-in
         model pays them here, not on a user's request.
         """
+        buckets = self.model.buckets
+        served = dict(buckets.buckets[0].inputs) if buckets is not None else {}  # a static bucket's own shape
         feeds = {
             spec.name: np.zeros(
-                [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape], dtype=np.dtype(spec.dtype)
+                served.get(spec.name) or [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape],
+                dtype=np.dtype(spec.dtype),
             )
             for spec in self.model.input_specs
         }

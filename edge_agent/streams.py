@@ -1,7 +1,8 @@
 """Per-stream state for stateful models (a streaming VAD, an RNN): the agent feeds a stream's
 state inputs from its previous answer and keeps the state the edge model returns.
 
-Which inputs are state: an input whose name, with one of STATE_SUFFIXES, is an output name
+Which inputs are state: those the manifest's task names (`state`, from `--task-option
+state=IN:OUT`), else an input whose name, with one of STATE_SUFFIXES, is an output name
 (`state` -> `stateN`, `h` -> `h_out`, ...). A request with a `stream_id` may omit them; the
 first request of a stream (or one after expiry) starts from zeros. The rule for fallback: the
 stream's next state always comes from the edge model's own run, never from the hub's answer
@@ -19,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tandem.edge_agent.errors import BadRequestError
+from tandem.edge_agent.errors import BadRequestError, ModelLoadError
 
 STATE_SUFFIXES = ("N", "n", "_out", "_next", "Next", "_new", "_o")
 STREAMS_MAX = 1024  # streams kept at once; the least recently used goes first
@@ -27,9 +28,19 @@ STREAM_IDLE_S = 300.0  # a stream unused this long starts again from zeros
 STREAM_ID_MAX_CHARS = 128
 
 
-def state_pairs(input_names: Sequence[str], output_names: Sequence[str]) -> dict[str, str]:
-    """State input -> the output that carries its next value, by name."""
+def state_pairs(
+    input_names: Sequence[str], output_names: Sequence[str], stated: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """State input -> the output that carries its next value: as `stated` (the task's `state`), else by name."""
     outputs = set(output_names)
+    if stated:
+        bad = [f"{i}:{o}" for i, o in stated.items() if i not in input_names or o not in outputs]
+        if bad:
+            raise ModelLoadError(
+                f"task state {', '.join(bad)}: not an input:output pair of the served variant "
+                f"(inputs: {', '.join(input_names)}; outputs: {', '.join(output_names)})"
+            )
+        return dict(stated)
     pairs = {}
     for name in input_names:
         for suffix in STATE_SUFFIXES:

@@ -119,6 +119,7 @@ def _compile(args: argparse.Namespace) -> int:
         hybrid_within=args.hybrid_within,
         task=_task_spec(args),
         budgets=_pairs(args.budget, "--budget", float),
+        shapes=_shapes(args.shapes),
     )
     result = compile_model(opts, progress=_progress_printer(args.quiet))
     if args.json:
@@ -141,6 +142,16 @@ def _pairs(items: list[str], flag: str, convert=str) -> dict:
         except ValueError as exc:
             raise CompileError(f"{flag} {item!r}: {exc}") from exc
     return found
+
+
+def _shapes(items: list[str]) -> dict[str, list[tuple[int, ...]]]:
+    """The --shapes flags as {input: [shape, ...]} (tandem.tasks.shapes.parse_shapes)."""
+    from tandem.tasks.shapes import ShapeError, parse_shapes
+
+    try:
+        return parse_shapes(items)
+    except ShapeError as exc:
+        raise CompileError(str(exc)) from exc
 
 
 def _task_spec(args: argparse.Namespace):
@@ -267,7 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a task option, repeatable: output=NAME, scores=probabilities|logits|sigmoid|multi_label, "
         "layout=channels_first|anchors_first|nms, box_format=cxcywh|xyxy, score_threshold=0.25, "
         "iou_threshold=0.45, ambiguity=LOW,HIGH, threshold=0.5 (dense), blank=0 (ctc), top_k=5, "
-        "metric=module:function (a user metric hook)",
+        "metric=module:function (a user metric hook), pad_value=V (inputs may be padded up to a --shapes "
+        "bucket with V; CTC pads with 0 by default), state=IN:OUT[,IN:OUT] (a stateful model's state inputs "
+        "and the outputs carrying their next value; default: found by name)",
+    )
+    task.add_argument(
+        "--shapes",
+        action="append",
+        default=[],
+        metavar="INPUT=SHAPE[,SHAPE...]",
+        help="static shape buckets for runtimes that need static shapes (LiteRT), e.g. "
+        "x=1x3x48x160,1x3x48x320,1x3x48x480: one .tflite per bucket; the agent runs a request on the bucket "
+        "it equals, else pads it up to the smallest one that fits where the task allows (docs/tasks.md), "
+        "else refuses it naming the buckets. Repeat for several inputs (bucket k takes the k-th shape of each). "
+        "Without it a dynamic input is built at the calibration data's shape",
     )
     task.add_argument(
         "--budget",

@@ -34,7 +34,7 @@ from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.report import write_reports
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
-from tandem.model_compiler.validate import Task, confidences, resolve_task, run_dataset, validate_variant
+from tandem.model_compiler.validate import Task, check_state, confidences, resolve_task, run_dataset, validate_variant
 from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
 from tandem.protocols.manifest import (
     MANIFEST_FILENAME,
@@ -56,6 +56,7 @@ from tandem.tasks import (
     confidence_measure,
     task_confidence,
 )
+from tandem.tasks.shapes import pad_value
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ class CompileOptions:
     # what the outputs mean (None: inferred from them) and budgets per task metric (docs/tasks.md)
     task: TaskSpec | None = None
     budgets: dict[str, float] = field(default_factory=dict)
+    # --shapes: static shape buckets per input for runtimes that need static shapes (LiteRT)
+    shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
     def goal(self) -> Goal:
         kind = self.confidence_goal or (
@@ -273,6 +276,12 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     reference = run_dataset(ref_session, val.inputs, val.axes)
     ref_session.close()
     task = _resolve_task(opts, prepared, outputs, reference, val)
+    check_state(task.spec, inputs, outputs)
+    unknown = sorted(set(opts.shapes) - {spec.name for spec in inputs})
+    if unknown:
+        raise CompileError(
+            f"--shapes: {', '.join(unknown)} is not an input (inputs: {', '.join(s.name for s in inputs)})"
+        )
     if task.kind == "classification" and val.labels is not None and task.spec.scores != "multi_label":
         num_classes = class_probabilities(task.spec, reference[task.output_index]).shape[1]
         check_label_range(val.labels, num_classes, f"validation data {val.source}")
@@ -417,6 +426,8 @@ def _build_and_validate(
             out_dir=variant_dir,
             calibration_method=opts.calibration_method,
             log=lambda m, rid=rid: say(f"  {rid}: {m}"),
+            shapes=opts.shapes or None,
+            pad_value=pad_value(task.spec) or 0.0,
         )
         say(f"[{i}/{total}] building {rid}")
         t0 = time.perf_counter()
@@ -434,6 +445,9 @@ def _build_and_validate(
                 timing=opts.timing,
                 timing_seconds=opts.timing_seconds,
                 dense_threshold=opts.dense_threshold,
+                buckets=built.buckets or None,
+                pad_axes=built.pad_axes,
+                reference_model=prepared_path,
             )
             outcome.built, outcome.metrics, outcome.outputs = built, metrics, outputs
             say(
@@ -582,6 +596,9 @@ def _write_manifest(
             options["session"] = dict(o.built.session_options)
         if o.built.notes:
             options["notes"] = list(o.built.notes)
+        if o.built.buckets:  # the shapes each file takes; the agent picks, pads or refuses by them
+            options["buckets"] = [{**b, "file": Path(b["file"]).relative_to(out).as_posix()} for b in o.built.buckets]
+            options["pad_axes"] = dict(o.built.pad_axes)
         chosen_for = [p for p, c in choices.items() if c.chosen == o.recipe.id]
         served = _served_inputs(inputs, o.metrics.get("input_shapes", {}))
         if served != list(inputs):

@@ -28,6 +28,7 @@ from tandem.tasks import (
     task_metrics,
 )
 from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput
+from tandem.tasks.shapes import Bucket, BucketedSession, fit_to, pad_value
 
 VALIDATION_CHUNK = 64
 
@@ -90,6 +91,23 @@ def resolve_task(
         return Task(spec, index, budgets_for(spec, budgets), reason)
     except TaskError as exc:
         raise CompileError(f"--budget: {exc}") from exc
+
+
+def check_state(spec: TaskSpec, inputs: list[Any], outputs: list[Any]) -> None:
+    """`state=IN:OUT` must pair an input with an output of the same dtype and shape (dynamic -1 dims
+    match anything); one line naming the pair otherwise."""
+    ins, outs = {s.name: s for s in inputs}, {s.name: s for s in outputs}
+    for inp, out in spec.state or ():
+        where = f"--task-option state={inp}:{out}"
+        if inp not in ins:
+            raise CompileError(f"{where}: {inp!r} is not an input of the model (inputs: {', '.join(ins)})")
+        if out not in outs:
+            raise CompileError(f"{where}: {out!r} is not an output of the model (outputs: {', '.join(outs)})")
+        a, b = ins[inp], outs[out]
+        if a.dtype != b.dtype:
+            raise CompileError(f"{where}: the input is {a.dtype}, the output {b.dtype}; a state keeps its dtype")
+        if len(a.shape) != len(b.shape) or any(x != y and x > 0 and y > 0 for x, y in zip(a.shape, b.shape)):
+            raise CompileError(f"{where}: the input's shape {list(a.shape)} differs from the output's {list(b.shape)}")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -207,6 +225,38 @@ def frozen_input_shapes(session: RuntimeSession, val: Dataset) -> dict[str, list
     return frozen
 
 
+def _gate_buckets(
+    metrics: dict[str, Any], session: Any, task: Task, val: Dataset, reference_model: Path, dense_threshold: float
+) -> None:
+    """Each bucket's task figure on `val` fitted (cropped or padded) to its shape, against FP32 on the
+    same inputs; the variant fails the gate when any bucket does, naming it."""
+    fill = pad_value(task.spec) or 0.0
+    ref_session = load_session("onnxruntime", reference_model, graph_optimization=False)
+    figures = []
+    try:
+        for bucket, sub in zip(session.buckets, session.sessions):
+            data = {n: fit_to(a, bucket.inputs[n], fill) if n in bucket.inputs else a for n, a in val.inputs.items()}
+            try:
+                got = run_dataset(sub, data, val.axes)
+            except Exception as exc:  # a runtime's own error types vary; the message is what matters
+                raise VariantSkipped(f"bucket {bucket.label()} fails: {type(exc).__name__}: {exc}") from exc
+            ref = run_dataset(ref_session, data, val.axes)
+            m = compare_outputs(task, ref, got, None, dense_threshold)
+            figures.append(
+                {"bucket": bucket.label(), "gate": m["task_gate"], "metric": m["task_metric"], "value": m["task_value"]}
+            )
+            if m["task_gate"] == "fail" and metrics.get("task_gate") == "pass":
+                metrics.update(
+                    task_gate="fail",
+                    task_reason=f"bucket {bucket.label()}: {m['task_reason']}",
+                    task_value=m["task_value"],
+                    task_margin=m["task_margin"],
+                )
+    finally:
+        ref_session.close()
+    metrics["buckets"] = figures
+
+
 def _timing(session: RuntimeSession, val: Dataset, seconds: float) -> dict[str, Any]:
     """Latency at batch 1 and throughput at batch 8, by the model's batch rules: a fixed batch is
     timed at that batch only; a runtime error while timing is reported, never fatal."""
@@ -254,15 +304,27 @@ def validate_variant(
     timing: bool = True,
     timing_seconds: float = 2.0,
     dense_threshold: float = 0.5,
+    buckets: list[dict[str, Any]] | None = None,
+    pad_axes: dict[str, list[int]] | None = None,
+    reference_model: Path | None = None,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Load the variant, compare it on `val`, time it; returns (metrics, outputs on val).
 
+    A variant built in static shape `buckets` (one file each) runs `val` as the agent serves it
+    (the fitting bucket, padded where the task allows), and every bucket is also gated on `val`
+    fitted to its own shape against `reference_model` (FP32) run on the same fitted inputs.
     Raises VariantSkipped when the runtime cannot load or run it, so one broken
     variant never stops the others.
     """
     started = time.perf_counter()
     try:
-        session = load_session(runtime, files[0], **session_options)
+        if buckets:
+            shaped = [Bucket.from_dict(b) for b in buckets]
+            session: Any = BucketedSession(
+                [load_session(runtime, b.file, **session_options) for b in shaped], shaped, task.spec, pad_axes
+            )
+        else:
+            session = load_session(runtime, files[0], **session_options)
     except RuntimeUnavailableError as exc:
         raise VariantSkipped(f"does not load: {exc}") from exc
     load_ms = (time.perf_counter() - started) * 1000.0
@@ -271,6 +333,8 @@ def validate_variant(
     except Exception as exc:  # a runtime's own error types vary; the message is what matters
         raise VariantSkipped(f"fails on validation data: {type(exc).__name__}: {exc}") from exc
     metrics = compare_outputs(task, reference, outputs, val.labels, dense_threshold)
+    if buckets and reference_model is not None:
+        _gate_buckets(metrics, session, task, val, reference_model, dense_threshold)
     metrics.update(file_bytes=file_bytes(files), weight_bytes=weight_bytes(runtime, files), load_ms=round(load_ms, 2))
     frozen = frozen_input_shapes(session, val)
     if frozen:

@@ -22,7 +22,7 @@ PROBABILITY_FORMS = ("auto", "probabilities", "logits")
 DEFAULT_AMBIGUITY = {"detection": (0.15, 0.4), "dense": (0.3, 0.7)}
 
 # the fields each kind writes and reads; "kind", "output" and "metric" belong to all
-_COMMON = ("kind", "output", "metric")
+_COMMON = ("kind", "output", "metric", "pad_value", "state")
 FIELDS: dict[str, tuple[str, ...]] = {
     "classification": ("scores", "threshold", "positive_threshold"),
     "detection": ("layout", "box_format", "score_threshold", "iou_threshold", "ambiguity", "max_boxes"),
@@ -49,6 +49,10 @@ class TaskSpec:
     ctc: `[N, T, C]` per-step scores (`step_scores`), greedy-decoded, `blank` index.
     embedding: vectors compared by cosine; `top_k` neighbours for agreement.
     `metric`: an optional user metric hook, "module:function" (run by the compiler).
+    `pad_value`: inputs may be padded with this value up to a static shape bucket (tasks/shapes.py;
+    CTC pads with 0 unless told otherwise, other tasks only when this is set).
+    `state`: a stateful model's state inputs and the outputs that carry their next value,
+    ((input, output), ...); None: found by name (edge_agent/streams.py).
     """
 
     kind: str
@@ -66,6 +70,8 @@ class TaskSpec:
     blank: int = 0
     step_scores: str = "auto"
     top_k: int = 5
+    pad_value: float | None = None
+    state: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.ambiguity is None:
@@ -83,6 +89,10 @@ class TaskSpec:
             out["output"] = self.output
         if self.metric is not None:
             out["metric"] = self.metric
+        if self.pad_value is not None:
+            out["pad_value"] = self.pad_value
+        if self.state is not None:
+            out["state"] = dict(self.state)
         for name in FIELDS[self.kind]:
             value = getattr(self, name)
             if name == "threshold" and value is None:
@@ -115,6 +125,8 @@ class TaskSpec:
                 f"{where}: unknown field(s) {', '.join(unknown)} for a {kind} task "
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
+        if isinstance(values.get("state"), Mapping):
+            values["state"] = tuple((str(k), str(v)) for k, v in values["state"].items())
         if "ambiguity" in values and isinstance(values["ambiguity"], list):
             values["ambiguity"] = tuple(values["ambiguity"])
         try:
@@ -133,7 +145,7 @@ class TaskSpec:
     def with_options(self, options: Mapping[str, str]) -> "TaskSpec":
         """This spec with `name=value` strings (the CLI's --task-option) parsed by field type."""
         changes: dict[str, Any] = {}
-        allowed = set(FIELDS[self.kind]) | {"output", "metric"}
+        allowed = set(FIELDS[self.kind]) | {"output", "metric", "pad_value", "state"}
         for name, text in options.items():
             if name not in allowed:
                 raise TaskError(
@@ -151,6 +163,14 @@ class TaskSpec:
 def _parse_option(name: str, text: str) -> Any:
     kinds = {f.name: f.type for f in fields(TaskSpec)}
     hint = str(kinds[name])
+    if name == "state":
+        pairs = []
+        for part in text.split(","):
+            inp, sep, out = (p.strip() for p in part.partition(":"))
+            if not sep or not inp or not out:
+                raise TaskError(f"task option state={text!r}: expected INPUT:OUTPUT[,INPUT:OUTPUT...], e.g. state=h:hn")
+            pairs.append((inp, out))
+        return tuple(pairs)
     try:
         if name == "ambiguity":
             low, high = (float(x) for x in text.split(","))
@@ -194,6 +214,24 @@ def _check(spec: TaskSpec) -> None:
         if getattr(spec, name) not in choices:
             raise TaskError(f"task.{name}: {getattr(spec, name)!r} is not one of {', '.join(choices)}")
     _unit("task.threshold", spec.threshold, optional=True)
+    if spec.pad_value is not None and (
+        isinstance(spec.pad_value, bool)
+        or not isinstance(spec.pad_value, (int, float))
+        or not math.isfinite(float(spec.pad_value))
+    ):
+        raise TaskError(f"task.pad_value: {spec.pad_value!r} must be a finite number")
+    if spec.state is not None:
+        if (
+            not isinstance(spec.state, tuple)
+            or not spec.state
+            or not all(
+                isinstance(p, tuple) and len(p) == 2 and all(isinstance(n, str) and n for n in p) for p in spec.state
+            )
+        ):
+            raise TaskError(f"task.state: {spec.state!r} must map state input names to output names")
+        inputs = [p[0] for p in spec.state]
+        if len(set(inputs)) != len(inputs):
+            raise TaskError(f"task.state: an input is named twice ({', '.join(inputs)})")
     for name in ("positive_threshold", "score_threshold", "iou_threshold"):
         _unit(f"task.{name}", getattr(spec, name))
     band = spec.ambiguity

@@ -37,6 +37,9 @@ class BuildContext:
     out_dir: Path
     calibration_method: str = "minmax"  # minmax | percentile | entropy
     log: Callable[[str], None] = lambda message: None
+    # --shapes buckets: input name -> static shapes (bucket k takes the k-th of each); None: none asked
+    shapes: Mapping[str, list[tuple[int, ...]]] | None = None
+    pad_value: float = 0.0  # what calibration data is padded with to a larger bucket
 
 
 @dataclass
@@ -47,6 +50,10 @@ class BuiltVariant:
     files: list[Path]
     notes: list[str] = field(default_factory=list)
     session_options: dict[str, Any] = field(default_factory=dict)
+    # static shape buckets, one file each (tandem.tasks.shapes.Bucket.to_dict), and per input the
+    # axes a request may be padded along; empty: one file that takes the shapes it declares
+    buckets: list[dict[str, Any]] = field(default_factory=list)
+    pad_axes: dict[str, list[int]] = field(default_factory=dict)
 
 
 class VariantBuilder(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -22,6 +23,7 @@ from tandem.model_compiler.errors import CompileError, UnsupportedOpError, Varia
 from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
 from tandem.model_compiler.data import batch_axis
 from tandem.model_compiler.variants.calibration import check_calibration, model_input_shapes
+from tandem.tasks.shapes import fit_to
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ class LiteRTBuilder:
     def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
         import onnx
 
-        from tandem.model_compiler.litert import lower, write
-
         if recipe.precision not in ("fp32", "int8"):
             raise VariantSkipped(f"litert builder has no recipe for precision {recipe.precision!r}")
         model = onnx.load(str(ctx.model_path))
@@ -74,18 +74,56 @@ class LiteRTBuilder:
                     for name, axis in off_axis.items()
                 )
             )
-        shapes = static_shapes(model, ctx.calib)
+        buckets = bucket_shapes(model, ctx.calib, ctx.shapes)
+        files: list[Path] = []
+        notes: list[str] = []
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        for k, shapes in enumerate(buckets):
+            suffix = "" if len(buckets) == 1 else "-" + "_".join("x".join(map(str, s)) for s in shapes.values())
+            out = ctx.out_dir / f"{recipe.id}{suffix}.tflite"
+            notes += self._build_one(recipe, ctx, model, shapes, out, first=k == 0)
+            files.append(out)
+        session_options = {"float_io": True}
+        for out in files:
+            _check_loads(out, session_options)
+        dynamic = {
+            name: [k for k, d in enumerate(dims) if k > 0 and d < 0] for name, dims in model_input_shapes(model).items()
+        }
+        bucket_list = [
+            {"file": str(f), "inputs": {n: list(s) for n, s in shapes.items() if any(dynamic.get(n, ()))}}
+            for f, shapes in zip(files, buckets)
+        ]
+        if len(buckets) > 1:
+            notes.insert(0, f"{len(buckets)} static shape buckets (--shapes): " + "; ".join(_fmt(b) for b in buckets))
+        return BuiltVariant(
+            recipe=recipe,
+            files=files,
+            notes=notes,
+            session_options=session_options,
+            buckets=bucket_list if any(b["inputs"] for b in bucket_list) else [],
+            pad_axes={n: a for n, a in dynamic.items() if a},
+        )
+
+    def _build_one(
+        self, recipe: Recipe, ctx: BuildContext, model, shapes: dict[str, list[int]], out: Path, first: bool
+    ) -> list[str]:
+        """Lower (and for INT8 calibrate) the model at one set of static shapes into `out`."""
+        from tandem.model_compiler.litert import lower, write
+
         try:
             lowered = lower(model, shapes, for_int8=recipe.precision == "int8")
         except UnsupportedOpError as exc:
             raise VariantSkipped(f"LiteRT lowering stopped at operator {exc.op_type}: {exc}") from exc
         except CompileError as exc:
-            raise VariantSkipped(f"LiteRT lowering failed: {exc}") from exc
+            raise VariantSkipped(f"LiteRT lowering failed at {_fmt(shapes)}: {exc}") from exc
         notes = [
             f"lowered at static input shape(s) {_fmt(shapes)}; a batch > 1 runs sample by sample",
-            "TFLite ops: "
-            + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(op.kind for op in lowered.graph.ops).items())),
         ]
+        if first:
+            notes.append(
+                "TFLite ops: "
+                + ", ".join(f"{k} x{v}" for k, v in sorted(Counter(op.kind for op in lowered.graph.ops).items()))
+            )
         try:
             float_bytes = write(lowered.graph)
         except CompileError as exc:
@@ -93,22 +131,56 @@ class LiteRTBuilder:
         if recipe.precision == "fp32":
             data = float_bytes
         else:
-            data, more = _int8(lowered, float_bytes, ctx, recipe.options.get("io") == "int8")
-            notes += more
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        out = ctx.out_dir / f"{recipe.id}.tflite"
+            calib = {
+                n: fit_to(np.asarray(a), tuple(shapes[n]), ctx.pad_value) if n in shapes else a
+                for n, a in ctx.calib.items()
+            }
+            data, more = _int8(lowered, float_bytes, replace(ctx, calib=calib), recipe.options.get("io") == "int8")
+            notes += more if first else []
         out.write_bytes(data)
-        session_options = {"float_io": True}
-        _check_loads(out, session_options)
         ctx.log(f"{recipe.id}: wrote {out.name} ({len(data)} bytes)")
-        return BuiltVariant(recipe=recipe, files=[out], notes=notes, session_options=session_options)
+        return notes
 
 
-def static_shapes(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+def bucket_shapes(
+    model, calib: Mapping[str, np.ndarray], asked: Mapping[str, list[tuple[int, ...]]] | None
+) -> list[dict[str, list[int]]]:
+    """The static input shapes of each bucket: `--shapes` where given (checked against the model's
+    rank and static dims), else one bucket at the calibration data's shape (static_shapes)."""
+    dims_by_name = model_input_shapes(model)
+    unknown = sorted(set(asked or ()) - set(dims_by_name))
+    if unknown:
+        raise CompileError(
+            f"--shapes: {', '.join(unknown)} is not an input of the model (inputs: {', '.join(dims_by_name)})"
+        )
+    base = static_shapes(model, calib, skip=set(asked or ()))
+    if not asked:
+        return [base]
+    count = len(next(iter(asked.values())))
+    buckets = []
+    for k in range(count):
+        shapes = dict(base)
+        for name, options in asked.items():
+            shape, dims = list(options[k]), dims_by_name[name]
+            if len(shape) != len(dims) or any(d > 0 and d != s for d, s in zip(dims, shape)):
+                raise CompileError(
+                    f"--shapes {name}={'x'.join(map(str, shape))}: the model's input is "
+                    + "x".join("?" if d < 0 else str(d) for d in dims)
+                    + " (a bucket may fix only its dynamic '?' dimensions)"
+                )
+            shapes[name] = shape
+        buckets.append(shapes)
+    return buckets
+
+
+def static_shapes(model, calib: Mapping[str, np.ndarray], skip: set[str] | None = None) -> dict[str, list[int]]:
     """Input shapes for lowering: the model's static dims, batch 1 when dynamic, other
-    dynamic dims from the calibration samples."""
+    dynamic dims from the calibration samples (the default bucket when --shapes is not given)."""
     shapes = {}
     for name, dims in model_input_shapes(model).items():
+        if name in (skip or ()):
+            shapes[name] = list(dims)  # --shapes fixes it per bucket
+            continue
         sample = np.asarray(calib[name]).shape if name in calib else None
         out = []
         for k, d in enumerate(dims):
@@ -121,7 +193,8 @@ def static_shapes(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]
             else:
                 raise VariantSkipped(
                     f"input {name!r} has a dynamic dimension {k} and no calibration sample to fix it; "
-                    "LiteRT needs static shapes"
+                    "LiteRT needs static shapes: give them with --shapes "
+                    f"{name}=" + "x".join(str(d) if d > 0 else ("1" if j == 0 else "D") for j, d in enumerate(dims))
                 )
         shapes[name] = out
     return shapes
