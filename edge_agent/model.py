@@ -199,8 +199,11 @@ def _hardware_profile(profile: str) -> Profile | None:
         return None  # a profile only the manifest knows: the manifest's options, CPU placement
 
 
-def _load(model_dir: Path, variant: Variant, options: dict[str, Any], task: dict[str, Any] | None) -> RuntimeSession:
-    """The variant's session; one per static shape bucket behind a BucketedSession when it has buckets."""
+def open_variant(
+    model_dir: Path, variant: Variant, options: dict[str, Any], task: dict[str, Any] | None
+) -> RuntimeSession:
+    """The variant's session; one per static shape bucket behind a BucketedSession when it has buckets
+    (serving and the OTA self-test open a variant the same way)."""
     raw = variant.options.get("buckets")
     if not raw:
         return load_session(variant.runtime, model_dir / variant.model_file.path, **options)
@@ -234,7 +237,7 @@ def _open(
     if threads is not None:
         options["threads"] = threads
     try:
-        session = _load(model_dir, variant, options, manifest_task)
+        session = open_variant(model_dir, variant, options, manifest_task)
     except RuntimeUnavailableError as exc:
         raise ModelLoadError(f"variant {variant.id!r} ({variant.runtime}): {exc}") from exc
     except TypeError as exc:

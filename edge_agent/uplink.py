@@ -27,9 +27,12 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
     from tandem.edge_agent.telemetry import OutboxError, PublisherConfig, TelemetryService
     from tandem.protocols.tls import TlsConfigError
 
+    url = cfg.telemetry.mqtt_url
+    if url is None:
+        raise ConfigError("telemetry.mqtt_url: telemetry needs the hub's broker")
     try:
         service = TelemetryService(
-            cfg.telemetry.mqtt_url,
+            url,
             cfg.server.device_id,
             model.manifest,
             cfg.hard_examples.data_dir,
@@ -45,8 +48,8 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
             replay_bytes=cfg.telemetry.replay_bytes,
             unstored_max=cfg.telemetry.unstored_max,
             hard_examples=hard_examples,
-            publisher=PublisherConfig(mqtt_url=cfg.telemetry.mqtt_url, tls=cfg.telemetry.tls),
-        )  # type: ignore[arg-type]
+            publisher=PublisherConfig(mqtt_url=url, tls=cfg.telemetry.tls),
+        )
     except OutboxError as exc:
         raise ConfigError(f"hard_examples.data_dir: {exc}") from exc
     except TlsConfigError as exc:
@@ -82,13 +85,16 @@ def make_ota_client(
     from tandem.edge_agent.ota.errors import StoreError
     from tandem.protocols.tls import TlsConfigError
 
+    url, key = cfg.telemetry.mqtt_url, cfg.ota.trusted_key
+    if url is None or key is None:  # AgentConfig.validate() refuses ota.enabled without them
+        raise ConfigError("ota.enabled: OTA needs telemetry.mqtt_url and ota.trusted_key")
     config = OtaClientConfig(
         cfg.server.device_id,
         cfg.model.profile,
-        cfg.telemetry.mqtt_url,
-        cfg.model_store_dir,  # type: ignore[arg-type]
-        cfg.ota.trusted_key,
-        hub_token=cfg.ota.hub_token,  # type: ignore[arg-type]
+        url,
+        cfg.model_store_dir,
+        key,
+        hub_token=cfg.ota.hub_token,
         watch=watch_policy(cfg),
         tls=cfg.telemetry.tls,
         download=DownloadConfig(tls=cfg.telemetry.tls),

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from make_data import make_rec_data
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.errors import BadRequestError, ShapeNotServedError
+from tandem.edge_agent.ota.selftest import run_selftest
 from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.model_compiler.variants.litert import bucket_shapes
@@ -75,6 +76,7 @@ def test_ocr_rec_buckets_served_exact_padded_and_refused(compiled, ocr_rec_model
     assert {b["file"] for b in buckets} == {f.path for f in variant.files}  # every bucket file is hashed
     assert variant.inputs[0].shape == [-1, 3, 48, -1]  # the width varies by bucket, the height never
     assert [f["gate"] for f in variant.metrics["buckets"]] == ["pass"] * 3
+    assert run_selftest(out, manifest, variant).samples > 0  # OTA's self-test opens every bucket too
 
     reference = ort.InferenceSession(str(ocr_rec_model), providers=["CPUExecutionProvider"])
     lines = {w: make_rec_data(2, seed=w, width=w) for w in (160, 200, 480)}

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from tandem.edge_agent.ota.errors import SelfTestError
-from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
+from tandem.edge_agent.errors import ModelLoadError
+from tandem.edge_agent.model import open_variant
+from tandem.hardware_profiles.runtimes import RuntimeUnavailableError
 from tandem.protocols.manifest import Manifest, Variant
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,8 @@ def run_selftest(model_dir: Path, manifest: Manifest, variant: Variant) -> SelfT
         raise SelfTestError(f"{golden.file.path}: cannot read golden data for variant {variant.id!r} ({exc})") from exc
     options = dict(variant.options.get("session", {}))
     try:
-        session = load_session(variant.runtime, model_dir / variant.model_file.path, **options)
-    except (RuntimeUnavailableError, TypeError) as exc:
+        session = open_variant(model_dir, variant, options, manifest.task)  # every static shape bucket
+    except (RuntimeUnavailableError, TypeError, ModelLoadError) as exc:
         raise SelfTestError(f"variant {variant.id!r}: cannot load ({exc})") from exc
     try:
         outputs = session.run(feeds)

@@ -20,13 +20,14 @@ waiting row becomes a class-2 telemetry row, so an upgraded agent keeps its back
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, Literal, Mapping, NamedTuple
 
 from tandem.edge_agent.errors import AgentError
 from tandem.protocols import topics
@@ -405,7 +406,7 @@ class Outbox:
                 sum(b for _, b in self._usage.values()),
             )
 
-    def _keep_for_replay(self, payload: bytes) -> None:
+    def _keep_for_replay(self, payload: builtins.bytes) -> None:  # builtins: Outbox.bytes shadows the type
         from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window
 
         try:
@@ -430,7 +431,7 @@ class Outbox:
             size -= int(row[1])
         self._replay_size = size
 
-    def _insert(self, klass: int, kind: str, payload: bytes) -> int:
+    def _insert(self, klass: int, kind: str, payload: builtins.bytes) -> int:
         row = self._meta("last_row") + 1
         self._conn.execute(
             "INSERT INTO outbox (seq, payload, created_at, klass, kind, size) VALUES (?, ?, ?, ?, ?, ?)",
@@ -485,7 +486,7 @@ class _Tx:
     def __enter__(self) -> None:
         self.box._conn.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
         conn = self.box._conn
         if exc_type is None:
             try:
