@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, NamedTuple
+from typing import Callable, Iterable, Literal, Mapping, NamedTuple
 
 from tandem.edge_agent.errors import AgentError
 from tandem.protocols import topics
@@ -383,7 +383,7 @@ class Outbox:
             return False
         return True
 
-    def _drop_oldest(self, klass: int, still_over) -> None:
+    def _drop_oldest(self, klass: int, still_over: Callable[[], bool]) -> None:
         dropped = 0
         while still_over() and self._usage[klass][0] > 0:
             rows = self._conn.execute(
