@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from tandem.cloud_hub.errors import ConfigError
 from tandem.protocols import config_loader
+from tandem.protocols.otlp import TracingConfig
 
 __all__ = [
     "BROKER_KINDS",
@@ -269,6 +270,7 @@ class HubConfig:
     drift: DriftConfig = field(default_factory=DriftConfig)
     rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
     hard_examples: HardExamplesConfig = field(default_factory=HardExamplesConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)  # [tracing] otlp_endpoint: export spans
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))

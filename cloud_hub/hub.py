@@ -299,6 +299,7 @@ class Hub:
             hub_profile=self.config.models.inference_profile,
             aliases=self.config.models.alias_map() or None,
             tls=self._pki.hub_server_files() if self._pki is not None else None,
+            tracing=self.config.tracing,
         )
         self._grpc_port = server.start()
         self._inference = server

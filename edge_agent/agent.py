@@ -22,6 +22,7 @@ from tandem.edge_agent.footprint import Footprint
 from tandem.edge_agent.hard_examples import HardExampleQueue
 from tandem.edge_agent.health import HealthServer
 from tandem.edge_agent.metrics import AgentMetrics
+from tandem.edge_agent.tracing import AgentTracer
 from tandem.edge_agent.errors import ModelLoadError
 from tandem.edge_agent.model import LoadedModel, load_model
 from tandem.edge_agent.trust import TrustPolicy, check_model_dir
@@ -32,6 +33,7 @@ from tandem.edge_agent.service import InferenceService
 from tandem.edge_agent.serving import Serving
 from tandem.hardware_profiles import ProfileError, get_profile
 from tandem.hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.protocols.otlp import TracingError, exporter_for
 
 if TYPE_CHECKING:
     from tandem.edge_agent.fallback import Fallback
@@ -67,6 +69,7 @@ class Agent:
         self._swap_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
+        self.tracer: AgentTracer | None = None  # [tracing] otlp_endpoint set: spans go to the collector
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class Agent:
                 self.fallback = self._make_fallback()
             if self.fallback is not None:
                 self._executor = ThreadPoolExecutor(FALLBACK_THREADS, thread_name_prefix="agent-fallback")
+            self.tracer = self._make_tracer()
             self.hard_examples = HardExampleQueue(
                 cfg.hard_examples.data_dir / "hard_examples.sqlite", cfg.hard_examples.max
             )
@@ -151,6 +155,7 @@ class Agent:
             self._stop_executor,
             self._stop_hard_examples,
             self._close_fallback,
+            self._close_tracer,
         ):
             try:
                 step()
@@ -295,6 +300,7 @@ class Agent:
             concurrency=self.concurrency,
             streams_max=cfg.streams.max,
             stream_idle_s=cfg.streams.idle_s,
+            tracer=self.tracer,
         )
         return Serving(model, policy, batcher, service)
 
@@ -455,6 +461,7 @@ class Agent:
             "tandem_agent_batch_queue_depth",
             "Requests waiting for the runtime.",
             lambda: self.batcher.queue_depth if self.batcher else 0,
+            per_model=True,
         )
         m.gauge(
             "tandem_agent_inflight_requests",
@@ -475,11 +482,13 @@ class Agent:
             "tandem_agent_batches_total",
             "Runtime calls made by the micro-batcher.",
             lambda: self.batcher.stats().batches if self.batcher else 0,
+            per_model=True,
         )
         m.gauge(
             "tandem_agent_inline_runs_total",
             "Runtime calls made on the I/O loop instead of the batcher's worker.",
             lambda: self.batcher.stats().inline if self.batcher else 0,
+            per_model=True,
         )
         m.gauge(
             "tandem_agent_model_swaps",
@@ -554,6 +563,18 @@ class Agent:
         if self.hard_examples:
             self.hard_examples.close()
             self.hard_examples = None
+
+    def _make_tracer(self) -> AgentTracer | None:
+        try:
+            exporter = exporter_for(self.config.tracing, "tandem-agent")
+        except TracingError as exc:
+            raise ConfigError(str(exc)) from exc
+        return AgentTracer(exporter, self.config.server.device_id) if exporter is not None else None
+
+    def _close_tracer(self) -> None:
+        tracer, self.tracer = self.tracer, None
+        if tracer is not None:
+            tracer.sink.close()  # sends the spans still queued
 
     def _close_fallback(self) -> None:
         close = getattr(self.fallback, "close", None)

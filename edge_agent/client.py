@@ -132,11 +132,14 @@ class AgentClient:
         model_name: str = "",
         timeout_s: float | None = None,
         stream_id: str = "",
+        traceparent: str = "",
     ) -> AgentAnswer:
         """Send one request (a dict by input name, a list by position, or one array) and wait for the answer.
 
         Raises BadRequestError etc. for error replies and AgentUnavailable on timeout. `stream_id`:
         a stateful model's stream; the agent keeps its state between requests (docs/tasks.md).
+        `traceparent`: the application's W3C trace context; the agent's spans (and the hub's, on a
+        fallback) join that trace.
         """
         request_id = self._prefix + str(next(self._ids))
         frames = self._templates.frames(
@@ -147,6 +150,7 @@ class AgentClient:
             mode=_mode(mode),
             return_outputs=return_outputs,
             stream_id=stream_id,
+            traceparent=traceparent,
         )
         sock = self._sock
         sock.send_multipart(frames, copy=False)
@@ -217,6 +221,7 @@ class AsyncAgentClient:
         model_name: str = "",
         timeout_s: float | None = None,
         stream_id: str = "",
+        traceparent: str = "",
     ) -> AgentAnswer:
         request_id = self._prefix + str(next(self._ids))
         frames = self._templates.frames(
@@ -227,6 +232,7 @@ class AsyncAgentClient:
             mode=_mode(mode),
             return_outputs=return_outputs,
             stream_id=stream_id,
+            traceparent=traceparent,
         )
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from tandem.edge_agent.errors import ConfigError
 from tandem.edge_agent.streams import STREAM_IDLE_S, STREAMS_MAX
 from tandem.protocols import config_loader
+from tandem.protocols.otlp import TracingConfig
 
 if TYPE_CHECKING:
     from tandem.edge_agent.modes import FallbackBudget
@@ -224,6 +225,7 @@ class AgentConfig:
     ota: OtaConfig = field(default_factory=OtaConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)  # [tracing] otlp_endpoint: export spans
 
     @property
     def telemetry_on(self) -> bool:

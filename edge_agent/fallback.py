@@ -148,6 +148,12 @@ def _span_for(traceparent: str | None) -> SpanContext:
     return parent.child() if parent is not None else new_trace()
 
 
+def _traced(error: FallbackUnavailable, span: SpanContext) -> FallbackUnavailable:
+    """The failed call's span rides on the error, so the agent can record it (edge_agent/tracing.py)."""
+    error.trace = span  # type: ignore[attr-defined]
+    return error
+
+
 def channel_options() -> list[tuple[str, object]]:
     """gRPC channel options for a fallback channel (shared by the sync and asyncio clients)."""
     # Reconnect quickly once the hub is back, so a half-open probe finds a live
@@ -337,7 +343,7 @@ class FallbackClient(_FallbackCore):
             except grpc.RpcError as exc:
                 if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
                     continue
-                raise self._failure(exc, model_name, budget_s, time.perf_counter() - start) from None
+                raise _traced(self._failure(exc, model_name, budget_s, time.perf_counter() - start), span) from None
         return dataclasses.replace(self._answer(response, (time.perf_counter() - start) * 1000.0, attempts), trace=span)
 
     def ready(self, timeout_s: float = 1.0) -> bool:
@@ -415,7 +421,7 @@ class AsyncFallbackClient(_FallbackCore):
             except grpc.aio.AioRpcError as exc:
                 if self._retry(exc.code(), attempts, budget_s - (time.perf_counter() - start)):
                     continue
-                raise self._failure(exc, model_name, budget_s, time.perf_counter() - start) from None
+                raise _traced(self._failure(exc, model_name, budget_s, time.perf_counter() - start), span) from None
         return dataclasses.replace(self._answer(response, (time.perf_counter() - start) * 1000.0, attempts), trace=span)
 
     async def ready(self, timeout_s: float = 1.0) -> bool:

@@ -33,7 +33,7 @@ from tandem.protocols import limits
 from tandem.protocols import local_api_pb2 as pb
 
 if TYPE_CHECKING:  # collaborators, typed without importing them at run time
-    from tandem.edge_agent.metrics import AgentMetrics
+    from tandem.edge_agent.metrics import ModelMetrics
     from tandem.edge_agent.observe import RequestObserver
     from tandem.edge_agent.policy import ConfidencePolicy
 
@@ -138,7 +138,7 @@ class FastLane:
         policy: ConfidencePolicy,
         run_inline: Callable[[dict[str, np.ndarray]], list[np.ndarray] | None],
         inline_ready: Callable[[], bool],
-        metrics: AgentMetrics,
+        metrics: ModelMetrics,
         observer: RequestObserver | None,
         max_plans: int = PLANS_MAX,
     ) -> None:

@@ -34,9 +34,11 @@ from tandem.edge_agent.modes import Action, Decision, FallbackBudget, ServingMod
 from tandem.edge_agent.observe import RequestObserver
 from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, Scores
 from tandem.edge_agent.streams import STREAM_IDLE_S, STREAMS_MAX, StreamStates, state_pairs
+from tandem.edge_agent.tracing import AgentTracer, request_context
 from tandem.edge_agent.wire import decode_request, encode_reply, error_reply
 from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, MicroBatcher, QueueFullError
 from tandem.protocols import local_api_pb2 as pb
+from tandem.protocols.tracing import SpanContext
 
 if TYPE_CHECKING:
     from tandem.edge_agent.fallback import Fallback
@@ -55,6 +57,7 @@ class _Prepared:
     header: pb.RequestHeader
     feeds: dict[str, np.ndarray]
     threshold: float | None
+    span: SpanContext | None = None  # made when tracing exports or the application sent a traceparent
 
 
 @dataclass
@@ -94,14 +97,17 @@ class InferenceService:
         concurrency: "Concurrency | None" = None,
         streams_max: int = STREAMS_MAX,
         stream_idle_s: float = STREAM_IDLE_S,
+        tracer: AgentTracer | None = None,
     ) -> None:
         """`budget` is shared by every service the agent builds (hot swaps keep what was spent)."""
         self.model = model
         self.batcher = batcher
         self.policy = policy
-        self.metrics = metrics
-        metrics.model_info = lambda: (model.name, model.version, model.variant.id)  # the newest service is serving
+        # this variant's own counts (labelled with it); the newest service is the one serving
+        self.metrics = metrics.for_model(model.name, model.version, model.variant.id)
+        metrics.model_info = lambda: (model.name, model.version, model.variant.id)
         self.device_id = device_id
+        self.tracer = tracer  # [tracing] otlp_endpoint: request and fallback spans (edge_agent/tracing.py)
         self.allow_nan = allow_nan
         self.fallback = fallback
         self.fallback_executor = fallback_executor
@@ -136,7 +142,7 @@ class InferenceService:
                 policy=policy,
                 run_inline=self._run_inline,
                 inline_ready=self.inline_ready,
-                metrics=metrics,
+                metrics=self.metrics,
                 observer=observer,
             )
             if fast_lane
@@ -179,7 +185,7 @@ class InferenceService:
                     return self._reply(
                         request, self._edge_only(request, edge, decision), t0, decision.action is Action.BUDGET_SPENT
                     )
-            answer = await self._ask_hub(request.feeds, edge.scores, request.header.request_id)
+            answer = await self._ask_hub(request.feeds, edge.scores, request.header.request_id, self._span(request))
             if answer.source == pb.SOURCE_CLOUD and self.observer is not None:
                 self.observer.compared(
                     self.policy, edge.outputs, edge.scores.labels, answer.outputs, answer.scores.labels
@@ -203,9 +209,26 @@ class InferenceService:
             log.error("request failed request_id=%s", request_id, exc_info=exc)
         return self._error(request_id, *reply_code(exc), t0)
 
+    def _span(self, request: "_Prepared") -> SpanContext | None:
+        if request.span is None and (self.tracer is not None or request.header.traceparent):
+            request.span = request_context(request.header.traceparent)
+        return request.span
+
     def _reply(self, request: "_Prepared", answer: Answer, t0: float, budget_spent: bool = False) -> list[Any]:
         elapsed = time.perf_counter() - t0
         self.metrics.observe_request(_SOURCE_NAMES[answer.source], elapsed)
+        if self.tracer is not None:
+            span = self._span(request)
+            assert span is not None
+            self.tracer.request(
+                span,
+                request.header.traceparent,
+                t0,
+                self.model.name,
+                self.model.version,
+                _SOURCE_NAMES[answer.source],
+                request.header.request_id,
+            )
         if self.observer is not None:
             scores = answer.scores
             self.observer.answered(
@@ -406,8 +429,12 @@ class InferenceService:
     def _observe_runtime(self, seconds: float) -> None:
         self.metrics.observe_runtime(seconds)  # includes queueing when run by the worker
 
-    async def _ask_hub(self, feeds: dict[str, np.ndarray], scores: Scores, request_id: str) -> Answer:
+    async def _ask_hub(
+        self, feeds: dict[str, np.ndarray], scores: Scores, request_id: str, span: SpanContext | None = None
+    ) -> Answer:
         one_row = scores.labels.shape[0] == 1
+        # the call is a child span of this request's (a stand-in Fallback without tracing gets no keyword)
+        trace: dict[str, Any] = {"traceparent": span.traceparent} if span is not None else {}
         call = lambda: self.fallback.infer(  # noqa: E731
             self.hub_model,
             feeds,
@@ -416,23 +443,33 @@ class InferenceService:
             edge_label=int(scores.labels[0]) if one_row else None,
             edge_confidence=float(scores.confidence[0]) if one_row else None,
             request_id=request_id,
+            **trace,
         )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        call_span: SpanContext | None = None
+        error: str | None = None
         try:
             result = await asyncio.wait_for(
                 loop.run_in_executor(self.fallback_executor, call), self.deadline_s + FALLBACK_GRACE_S
             )
+            call_span = result.trace
             cloud_outputs = dict(result.outputs)
             cloud_scores = self._score_cloud(cloud_outputs, scores.threshold)
         except (FallbackUnavailable, asyncio.TimeoutError, InferenceError) as exc:
+            call_span = call_span or getattr(exc, "trace", None)
             reason = str(exc) or f"the hub did not answer within {self.deadline_s * 1000:.0f} ms"
+            error = reason
             return Answer(pb.SOURCE_EDGE_DEGRADED, scores, [], detail=f"hub unavailable: {reason}")
         except Exception as exc:  # the client should only raise FallbackUnavailable; be safe anyway
             log.warning("fallback failed unexpectedly error=%s: %s", type(exc).__name__, exc)
+            error = f"{type(exc).__name__}: {exc}"
             return Answer(pb.SOURCE_EDGE_DEGRADED, scores, [], detail=f"hub call failed: {type(exc).__name__}: {exc}")
         finally:
-            self.metrics.observe_fallback(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self.metrics.observe_fallback(t1 - t0)
+            if self.tracer is not None and span is not None and call_span is not None:
+                self.tracer.fallback(call_span, span, t0, t1, self.hub_model, error)
         return Answer(pb.SOURCE_CLOUD, cloud_scores, list(cloud_outputs.items()), edge_confidence=scores.confidence)
 
     def _score_cloud(self, outputs: dict[str, np.ndarray], threshold: float) -> Scores:

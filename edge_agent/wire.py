@@ -88,6 +88,8 @@ def encode_request(
 # RequestHeader.request_id is field 2, length-delimited: tag (2 << 3) | 2. Protobuf parses
 # concatenated encodings as one merged message, so a cached header + this field is a header.
 _REQUEST_ID_TAG = b"\x12"
+_TRACEPARENT_TAG = b"\x3a"  # RequestHeader.traceparent (field 7, length-delimited)
+_TRACEPARENT_MAX = 128  # a W3C traceparent is 55 characters; the header limit bounds the rest anyway
 TEMPLATES_MAX = 64  # distinct (inputs, options) a RequestTemplates keeps before starting over
 
 
@@ -122,7 +124,10 @@ class RequestTemplates:
         mode: int = pb.MODE_AUTO,
         return_outputs: bool = False,
         stream_id: str = "",
+        traceparent: str = "",
     ) -> list[Any]:
+        """The request's frames. A `traceparent` goes after the request id, so a traced request takes the
+        agent's general path (the fast lane knows headers that end in a request id), which records spans."""
         if isinstance(inputs, Mapping):
             names: tuple[str, ...] | None = tuple(inputs)
             arrays = [v if type(v) is np.ndarray else np.asarray(v) for v in inputs.values()]
@@ -145,7 +150,13 @@ class RequestTemplates:
                 self._templates.clear()
             self._templates[key] = template
         rid = request_id.encode()
-        return [template + _REQUEST_ID_TAG + _varint(len(rid)) + rid if rid else template, *tensor_frames(arrays)]
+        head = template + _REQUEST_ID_TAG + _varint(len(rid)) + rid if rid else template
+        if traceparent:
+            tp = traceparent.encode()
+            if len(tp) > _TRACEPARENT_MAX:
+                raise BadRequestError(f"traceparent is {len(tp)} bytes; a W3C traceparent is 55")
+            head += _TRACEPARENT_TAG + _varint(len(tp)) + tp
+        return [head, *tensor_frames(arrays)]
 
 
 def _parse(message: Any, frame: Frame, what: str) -> Any:

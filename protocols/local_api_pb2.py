@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0flocal_api.proto\x12\x0ftandem.local.v1\":\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"s\n\x0eRequestOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.tandem.local.v1.Mode\x12\x16\n\x0ereturn_outputs\x18\x03 \x01(\x08\x42\x0c\n\n_threshold\"\xc3\x01\n\rRequestHeader\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12-\n\x06inputs\x18\x04 \x03(\x0b\x32\x1d.tandem.local.v1.TensorHeader\x12\x30\n\x07options\x18\x05 \x01(\x0b\x32\x1f.tandem.local.v1.RequestOptions\x12\x11\n\tstream_id\x18\x06 \x01(\t\"*\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdb\x02\n\x0bReplyHeader\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x06source\x18\x03 \x01(\x0e\x32\x17.tandem.local.v1.Source\x12\x12\n\nconfidence\x18\x04 \x03(\x02\x12\r\n\x05label\x18\x05 \x03(\x03\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1a.tandem.local.v1.ErrorInfo\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12.\n\x07outputs\x18\n \x03(\x0b\x32\x1d.tandem.local.v1.TensorHeader\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\x12\x11\n\tthreshold\x18\x0c \x01(\x02\x12\x17\n\x0f\x65\x64ge_confidence\x18\r \x03(\x02*>\n\x04Mode\x12\r\n\tMODE_AUTO\x10\x00\x12\x12\n\x0eMODE_EDGE_ONLY\x10\x01\x12\x13\n\x0fMODE_CLOUD_ONLY\x10\x02*o\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOURCE_EDGE\x10\x01\x12\x10\n\x0cSOURCE_CLOUD\x10\x02\x12\x18\n\x14SOURCE_EDGE_DEGRADED\x10\x03\x12\x10\n\x0cSOURCE_ERROR\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0flocal_api.proto\x12\x0ftandem.local.v1\":\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"s\n\x0eRequestOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12#\n\x04mode\x18\x02 \x01(\x0e\x32\x15.tandem.local.v1.Mode\x12\x16\n\x0ereturn_outputs\x18\x03 \x01(\x08\x42\x0c\n\n_threshold\"\xd8\x01\n\rRequestHeader\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12-\n\x06inputs\x18\x04 \x03(\x0b\x32\x1d.tandem.local.v1.TensorHeader\x12\x30\n\x07options\x18\x05 \x01(\x0b\x32\x1f.tandem.local.v1.RequestOptions\x12\x11\n\tstream_id\x18\x06 \x01(\t\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\"*\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdb\x02\n\x0bReplyHeader\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x06source\x18\x03 \x01(\x0e\x32\x17.tandem.local.v1.Source\x12\x12\n\nconfidence\x18\x04 \x03(\x02\x12\r\n\x05label\x18\x05 \x03(\x03\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1a.tandem.local.v1.ErrorInfo\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12.\n\x07outputs\x18\n \x03(\x0b\x32\x1d.tandem.local.v1.TensorHeader\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\x12\x11\n\tthreshold\x18\x0c \x01(\x02\x12\x17\n\x0f\x65\x64ge_confidence\x18\r \x03(\x02*>\n\x04Mode\x12\r\n\tMODE_AUTO\x10\x00\x12\x12\n\x0eMODE_EDGE_ONLY\x10\x01\x12\x13\n\x0fMODE_CLOUD_ONLY\x10\x02*o\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOURCE_EDGE\x10\x01\x12\x10\n\x0cSOURCE_CLOUD\x10\x02\x12\x18\n\x14SOURCE_EDGE_DEGRADED\x10\x03\x12\x10\n\x0cSOURCE_ERROR\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'local_api_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=805
-  _globals['_MODE']._serialized_end=867
-  _globals['_SOURCE']._serialized_start=869
-  _globals['_SOURCE']._serialized_end=980
+  _globals['_MODE']._serialized_start=826
+  _globals['_MODE']._serialized_end=888
+  _globals['_SOURCE']._serialized_start=890
+  _globals['_SOURCE']._serialized_end=1001
   _globals['_TENSORHEADER']._serialized_start=36
   _globals['_TENSORHEADER']._serialized_end=94
   _globals['_REQUESTOPTIONS']._serialized_start=96
   _globals['_REQUESTOPTIONS']._serialized_end=211
   _globals['_REQUESTHEADER']._serialized_start=214
-  _globals['_REQUESTHEADER']._serialized_end=409
-  _globals['_ERRORINFO']._serialized_start=411
-  _globals['_ERRORINFO']._serialized_end=453
-  _globals['_REPLYHEADER']._serialized_start=456
-  _globals['_REPLYHEADER']._serialized_end=803
+  _globals['_REQUESTHEADER']._serialized_end=430
+  _globals['_ERRORINFO']._serialized_start=432
+  _globals['_ERRORINFO']._serialized_end=474
+  _globals['_REPLYHEADER']._serialized_start=477
+  _globals['_REPLYHEADER']._serialized_end=824
 # @@protoc_insertion_point(module_scope)

@@ -78,7 +78,8 @@ def test_unsure_answers_come_from_the_cloud_model(models, hub, cloud_reference, 
         assert len(kept) >= 10 and all(k.source == "cloud" for k in kept)
         np.testing.assert_array_equal(kept[0].inputs["input"], test_x[0:1])
         text = urllib.request.urlopen(agent.health_url + "/metrics", timeout=5).read().decode()
-        assert 'tandem_agent_requests_total{source="cloud"} 11' in text
+        lb = ",".join(f'{k}="{v}"' for k, v in agent.metrics.current.labels.items())  # model, version, variant
+        assert f'tandem_agent_requests_total{{{lb},source="cloud"}} 11' in text
         assert "tandem_agent_breaker_state 0" in text
     stats = hub.stats()
     assert stats.fallback_requests >= 11 and stats.by_device["dev-1"] >= 11  # the edge context reached the hub

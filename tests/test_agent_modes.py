@@ -80,7 +80,8 @@ def test_edge_only_never_calls_the_hub_even_when_unsure(models, hub, test_x, tmp
             answer = client.infer(test_x[i : i + 1], threshold=1.0)  # nothing is that confident
             assert answer.source == "edge" and answer.detail == ""
         assert agent.metrics.fallback_attempts == 0
-        assert 'tandem_agent_mode_decisions_total{decision="edge"} 10' in metrics_text(agent)
+        lb = ",".join(f'{k}="{v}"' for k, v in agent.metrics.current.labels.items())  # model, version, variant
+        assert f'tandem_agent_mode_decisions_total{{{lb},decision="edge"}} 10' in metrics_text(agent)
     assert hub_calls(hub, "edge-only-1") == 0
 
 
@@ -134,9 +135,10 @@ def test_shadow_answers_on_the_edge_and_reports_agreement_with_the_cloud(models,
         assert (m.shadow_samples, m.shadow_failed, m.shadow_skipped) == (n, 0, 0)
         assert agent.metrics.shadow_agree == want_agree
         text = metrics_text(agent)
-        assert f"tandem_agent_shadow_samples_total {n}" in text
-        assert f"tandem_agent_shadow_agreement_ratio {want_agree / n:.6f}" in text
-        assert f'tandem_agent_mode_decisions_total{{decision="shadow"}} {n}' in text
+        lb = ",".join(f'{k}="{v}"' for k, v in agent.metrics.current.labels.items())  # model, version, variant
+        assert f"tandem_agent_shadow_samples_total{{{lb}}} {n}" in text
+        assert f"tandem_agent_shadow_agreement_ratio{{{lb}}} {want_agree / n:.6f}" in text
+        assert f'tandem_agent_mode_decisions_total{{{lb},decision="shadow"}} {n}' in text
         window = one_window(agent)
     assert (window.shadow_samples, window.shadow_agree, window.requests.edge) == (n, want_agree, n)
     assert hub_calls(hub, "shadow-1") == n
@@ -202,7 +204,8 @@ def test_spent_budget_answers_edge_degraded_with_the_reason(models, hub, test_x,
         assert all(a.source == "edge-degraded" and "2 hub requests/s (burst 2)" in a.detail for a in spent), seen
         assert sum(agent.metrics.decisions.values()) == n  # one decision per request
         text = metrics_text(agent)
-        assert f'tandem_agent_mode_decisions_total{{decision="budget-spent"}} {len(spent)}' in text
+        lb = ",".join(f'{k}="{v}"' for k, v in agent.metrics.current.labels.items())  # model, version, variant
+        assert f'tandem_agent_mode_decisions_total{{{lb},decision="budget-spent"}} {len(spent)}' in text
         assert "tandem_agent_budget_request_tokens" in text
         health = json.loads(urllib.request.urlopen(agent.health_url + "/healthz", timeout=5).read())
         assert health["mode"]["mode"] == "hybrid" and health["mode"]["budget"]["spent"]["requests"] == len(spent)

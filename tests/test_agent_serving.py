@@ -123,10 +123,14 @@ def test_health_and_metrics_report_traffic(agent, digits_test):
     body = json.loads(urllib.request.urlopen(agent.health_url + "/healthz", timeout=5).read())
     assert body["status"] == "ok" and body["model"] == "digits" and body["device_id"] == "test-device"
     text = urllib.request.urlopen(agent.health_url + "/metrics", timeout=5).read().decode()
-    edge_count = [line for line in text.splitlines() if line.startswith('tandem_agent_requests_total{source="edge"}')]
+    lb = ",".join(f'{k}="{v}"' for k, v in agent.metrics.current.labels.items())  # model, version, variant
+    assert 'model="digits"' in lb
+    edge_count = [
+        line for line in text.splitlines() if line.startswith(f'tandem_agent_requests_total{{{lb},source="edge"}}')
+    ]
     assert edge_count and int(edge_count[0].split()[-1]) >= 1
-    assert 'tandem_agent_request_seconds_bucket{source="edge",le="+Inf"}' in text
-    assert "tandem_agent_batch_queue_depth 0" in text
+    assert f'tandem_agent_request_seconds_bucket{{{lb},source="edge",le="+Inf"}}' in text
+    assert f"tandem_agent_batch_queue_depth{{{lb}}} 0" in text
     assert "tandem_agent_fallback_ratio" in text
 
 

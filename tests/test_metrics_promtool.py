@@ -157,6 +157,10 @@ def test_agent_metrics_pass_promtool_with_build_and_model_info(agent):
     text = httpx.get(agent.health_url + "/metrics").text
     assert promtool_problems(text) == ""
     assert 'tandem_agent_model_info{model="lin",version="1.0.0",variant="ort-fp32"} 1' in text
+    served = 'model="lin",version="1.0.0",variant="ort-fp32"'
+    for family in ("tandem_agent_requests_total", "tandem_agent_request_seconds", "tandem_agent_fallback_total"):
+        lines = [ln for ln in text.splitlines() if ln.startswith(family) and not ln.startswith("#")]
+        assert lines and all(served in ln for ln in lines), (family, lines)  # per-model series say which model
     assert "tandem_agent_build_info{" in text and "process_cpu_seconds_total" in text
     for counter in (
         "tandem_agent_batches_total",

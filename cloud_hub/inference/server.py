@@ -27,6 +27,7 @@ from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2_grpc as pb_grpc
 from tandem.protocols import limits
 from tandem.protocols.limits import MAX_GRPC_MESSAGE_BYTES
+from tandem.protocols.otlp import OtlpExporter, TracingConfig, TracingError, exporter_for
 from tandem.protocols.tls import TlsFiles, grpc_server_credentials, warn_plain_text
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class InferenceServer:
         tls: TlsFiles | None = None,
         device_rate_per_s: float = limits.DEVICE_INFER_PER_S,
         device_burst: int = limits.DEVICE_INFER_BURST,
+        tracing: TracingConfig | None = None,
     ) -> None:
         dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
         if not dirs:
@@ -81,6 +83,8 @@ class InferenceServer:
         self.tls = tls  # mutual TLS (server cert + the CA clients must be signed by + CRL)
         self.device_rate_per_s = device_rate_per_s
         self.device_burst = device_burst
+        self.tracing = tracing  # [tracing] otlp_endpoint: ModelInfer spans also go to an OTLP collector
+        self._exporter: OtlpExporter | None = None
         self.port: int | None = None
         self.servicer: InferenceServicer | None = None
         self.health: Any = None  # grpc_health HealthServicer while serving
@@ -114,6 +118,12 @@ class InferenceServer:
         except BaseException:
             self._close_models()
             raise
+        try:
+            self._exporter = exporter_for(self.tracing, "tandem-hub")
+        except TracingError as exc:
+            self._close_models()
+            raise ConfigError(str(exc)) from exc
+        self.servicer.spans.exporter = self._exporter
         interceptors = []
         if self.tls is not None:
             crl = RevocationList(self.tls.crl, self.tls.ca) if self.tls.crl is not None else None
@@ -142,6 +152,9 @@ class InferenceServer:
             log.debug("bind failed: %s", exc)
         if not port:
             self._close_models()
+            if self._exporter is not None:
+                self._exporter.close()
+                self._exporter = None
             raise ConfigError(
                 f"grpc: cannot listen on {_host_port(self.host, self.requested_port)} "
                 "(in use, or not an address of this machine)"
@@ -169,6 +182,9 @@ class InferenceServer:
                 self.health.enter_graceful_shutdown()  # Watch streams see NOT_SERVING before the port closes
             server.stop(grace).wait(grace + 5.0)
             log.info("inference server on %s:%s stopped", self.host, self.port)
+        exporter, self._exporter = self._exporter, None
+        if exporter is not None:
+            exporter.close()  # sends the spans still queued
         self._close_models()
         self._stopped.set()
 
