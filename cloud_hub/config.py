@@ -1,7 +1,7 @@
 """The hub's configuration: one dataclass per TOML section, loaded by protocols/config_loader.py (as the agent's).
 
 Sections: [http], [grpc], [mqtt], [models], [publishers], [devices], [telemetry], [drift], [rollouts],
-[hard_examples]; `data_dir` and `tls_dir` sit at the top. Each key also reads from `TANDEM_HUB_<SECTION>_<KEY>`
+[hard_examples], [tracing]; `data_dir` and `tls_dir` sit at the top. Each key also reads from `TANDEM_HUB_<SECTION>_<KEY>`
 (TANDEM_HUB_HTTP_PORT, TANDEM_HUB_DRIFT_OPEN_ABOVE; TANDEM_HUB_DATA_DIR at the top), which wins over the file.
 """
 
