@@ -128,10 +128,10 @@ def test_a_device_token_reads_nothing_of_other_devices_or_the_fleet(fleet):
     token_a = hub.tokens.create("dev-a", "device", "dev-a").token
     auth = {"Authorization": f"Bearer {token_a}"}
     with httpx.Client(base_url=hub.http_url, verify=_trusting(pki), headers=auth) as rest:
-        # what an agent needs: the release key it verifies manifests with, artifacts by sha256 (none stored here)
+        # what an agent needs: the release key it verifies manifests with (files: tests/test_device_token_scope.py)
         assert rest.get("/v1/keys/release").status_code == 200
         assert rest.get("/v1/auth/whoami").json()["scope"] == "device"
-        assert rest.get("/v1/artifacts/" + "0" * 64).status_code == 404
+        assert rest.get("/v1/artifacts/" + "0" * 64).status_code == 403  # no version rolled out to dev-a holds it
         fleet_data = [
             "/v1/devices",
             "/v1/devices/dev-b",

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
+from tandem.cloud_hub.rest.device_access import check_device_may_fetch, versions_holding
 from tandem.cloud_hub.rest.ranges import RangeNotSatisfiable, parse_range
 from tandem.cloud_hub.rest.schemas import ErrorBody
 
@@ -38,6 +39,9 @@ def _serve(
     hub: Any,
     head: bool,
 ) -> Response:
+    token = getattr(request.state, "token", None)
+    if token is not None:  # a device's own token: only files of versions rolled out to it
+        check_device_may_fetch(hub, token, versions_holding(hub, sha256), f"a version holding {sha256}")
     size = hub.artifacts.size(sha256)  # NotFoundError -> 404
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}

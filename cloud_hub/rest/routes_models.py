@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tandem.cloud_hub.errors import InvalidInputError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, Paging, get_hub, paging, require
+from tandem.cloud_hub.rest.device_access import check_device_may_fetch
 from tandem.cloud_hub.rest.schemas import ErrorBody, ModelSummary, ModelVersionOut, Page, RegisterOut, VariantOut
 from tandem.cloud_hub.rest.schemas_manifest import ManifestDoc
 
@@ -149,9 +150,11 @@ def get_version(name: str, version: str, hub: Hub = Depends(get_hub)) -> dict[st
     responses={200: {"model": ManifestDoc, "description": "the signed manifest, as stored"}, **_404},
     dependencies=[Depends(require("device", rate_limited=False))],
 )
-def get_manifest(name: str, version: str, hub: Hub = Depends(get_hub)) -> JSONResponse:
+def get_manifest(name: str, version: str, request: Request, hub: Hub = Depends(get_hub)) -> JSONResponse:
     """The manifest signed by this hub's release key (verify with GET /v1/keys/release). Sent as stored,
-    never through a response model: its signatures cover every field."""
+    never through a response model: its signatures cover every field. A device's token gets only
+    versions rolled out to its device."""
+    check_device_may_fetch(hub, request.state.token, [(name, version)], f"{name} {version}")
     return JSONResponse(hub.registry.manifest(name, version))
 
 

@@ -93,6 +93,11 @@ class RolloutStore:
                     ]
                 )
 
+    def targets(self, device_id: str, model: str, version: str) -> bool:
+        """Whether a rollout of `model` `version` includes `device_id` (what a device token may download)."""
+        rows = self.db.query("SELECT doc FROM rollouts WHERE model=? AND version=?", [model, version])
+        return any(d.get("device_id") == device_id for r in rows for d in json.loads(r["doc"]).get("devices", []))
+
     def get(self, rollout_id: str) -> Rollout:
         rows = self.db.query("SELECT doc FROM rollouts WHERE rollout_id=?", [rollout_id])
         if not rows:
