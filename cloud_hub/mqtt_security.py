@@ -136,7 +136,8 @@ def write_mosquitto_config(pki: Pki, config: MosquittoTlsConfig) -> Path:
     conf.write_text(mosquitto_conf_text(pki, config, acl, plugin))
     os.chmod(conf, 0o600)  # Mosquitto may start as root: a config others could write would be root for them
     server = pki.hub_server_files()
-    check_broker_files([conf, acl, plugin, server.ca, server.cert, server.key, server.crl or pki.crl_path])
+    read = [server.ca, server.cert, server.key, server.crl or pki.crl_path]
+    check_broker_files([conf, acl, plugin, *(p for p in read if p is not None)])
     if config.persistence:
         check_broker_files([data])
     return conf
