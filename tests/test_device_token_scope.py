@@ -42,3 +42,24 @@ def test_a_device_token_downloads_only_versions_rolled_out_to_its_device(running
         assert denied.status_code == 403 and "dev-a" in denied.json()["detail"]
         assert rest.get(artifact, headers=_auth(token["dev-a"])).status_code == 403
         assert rest.get(artifact, headers=_auth(reader)).status_code == 200  # read tokens are not per device
+
+
+def test_tokens_create_device_makes_a_device_token_and_refuses_mixed_flags(tmp_path: Path, capsys):
+    import json
+
+    from tandem.cloud_hub.cli import main
+
+    data = tmp_path / "hub-data"
+    assert (
+        main(["tokens", "create", "--device", "cam-017", "--name", "cam-017", "--data-dir", str(data), "--json"]) == 0
+    )
+    made = json.loads(capsys.readouterr().out)
+    assert made["scope"] == "device" and made["device_id"] == "cam-017" and made["token"].startswith("tdm_")
+    assert (
+        main(["tokens", "create", "--scope", "admin", "--device", "cam-017", "--name", "x", "--data-dir", str(data)])
+        == 1
+    )
+    assert "--device" in capsys.readouterr().err
+    assert main(["tokens", "create", "--scope", "device", "--name", "x", "--data-dir", str(data)]) == 1
+    assert "device_id" in capsys.readouterr().err  # a device token must name its device
+    assert main(["tokens", "create", "--device", "a/b", "--name", "x", "--data-dir", str(data)]) == 1
