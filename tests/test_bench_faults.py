@@ -46,3 +46,38 @@ def test_fast_faults_lose_and_duplicate_nothing():
         assert r["sent"] > 0 and r["missing"] == 0 and r["duplicated"] == 0, (name, r)
         assert r["gaps_open"] == 0 and r["gaps_lost_hub"] == 0 and r["lost_local_agents"] == 0, (name, r)
     assert faults["two_hubs"]["second_hub_refused"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto not installed")
+def test_hub_sigkill_mid_rollout_completes_with_no_false_rollback(digits_dir, tmp_path):
+    """Seen failing before c28bd5e: the kill at 'sending' failed every commanded device's download
+    ('failed after 5 attempts ... Connection refused') and the rollout halted and sent rollbacks."""
+    models = tmp_path / "models"
+    shutil.copytree(digits_dir, models / "digits")  # the session's trained digits; compiled once here
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--json",
+            "--only",
+            "hub_sigkill_rollout",
+            "--hub-kills",
+            "sending,watching",
+            "--rollout-devices",
+            "3",
+            "--models-dir",
+            str(models),
+        ],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout)["faults"]["hub_sigkill_rollout"]
+    assert "error" not in r, r
+    assert [k["phase"] for k in r["kills"] if "skipped" not in k] == ["sending", "watching"], r["kills"]
+    assert r["status"] == "completed", r
+    assert r["devices_not_committed"] == [] and r["devices_on_new_version"] == 3, r
+    assert r["devices_commanded_into_another_version"] == {}, r
