@@ -76,8 +76,8 @@ class RevocationWatch:
                 seen = now
                 self._revoke_tokens_logged(hub)
                 log.warning(
-                    "certificate revocation list changed path=%s: restarting the broker to cut open "
-                    "sessions of revoked devices",
+                    "certificate revocation list changed path=%s: revoked devices' tokens ended; restarting "
+                    "the hub's own broker (if it runs one) to cut their open sessions",
                     self.crl_path,
                 )
                 try:
