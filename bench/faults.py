@@ -28,9 +28,10 @@ Per rollout fault: per kill the phase and the states seen just before it; the ro
 devices not committed, and devices commanded into any (action, version) but (install, new version).
 
 Scale: the defaults are sized for a 2-core dev box shared with other work (4 agents at 20 windows/s
-each, 3 restarts); full scale is `--restarts 10`, `--only hub_down --devices 150 --window-s 10
---rate 1 --hub-down-s 300` (at most MAX_AGENTS_PER_PROCESS agents in one process: see there),
-`--disk-full-s 120` (README's reliability section has the figures measured so).
+each, 3 restarts); full scale is `--restarts 10`, `--only hub_down --devices 1000 --window-s 10
+--rate 1 --hub-down-s 300` (past MAX_AGENTS_PER_PROCESS, hub_down runs its agents in child
+processes of at most that many: see there), `--disk-full-s 120` (README's reliability section has
+the figures measured so).
 
 Usage: python bench/faults.py [--json] [--only broker_sigkill,two_hubs] [--devices 4] [--restarts 3]
 Progress goes to stderr; the result (JSON with --json, else a table) to stdout.
@@ -100,7 +101,7 @@ class Fleet:
         if n > MAX_AGENTS_PER_PROCESS:
             raise ValueError(
                 f"--devices {n}: at most {MAX_AGENTS_PER_PROCESS} agents fit in one process (paho-mqtt's select() "
-                "loop cannot use file descriptors >= 1024); the hub's own client would go silent too"
+                "loop cannot use file descriptors >= 1024; hub_down spreads more over child processes)"
             )
         self.root = root
         self.broker = MosquittoBroker.start(root / "mosquitto")
@@ -153,14 +154,26 @@ class Fleet:
         time.sleep(seconds)
         self.hub = self._hub()
 
-    def finish(self, settle_s: float) -> dict[str, Any]:
-        """Stop traffic, flush every agent, wait for delivery and the gap tracker, then count."""
+    def finish(self, settle_s: float, shards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Stop traffic, flush every agent, wait for delivery and the gap tracker, then count.
+
+        `shards`: what agents in child processes (`run_shard`) reported, counted with this process's own.
+        """
         self._stop.set()
         for t in self._threads:
             t.join(5)
         for a in self.agents:
             a.flush()
         sent = {a.device_id: a.outbox.last_sequence for a in self.agents}
+        local = {
+            "lost_local_agents": sum(a.unstored_dropped for a in self.agents),
+            "outbox_dropped_agents": sum(a.outbox.dropped_total for a in self.agents),
+            "resent_by_agents": sum(a.outbox.resent for a in self.agents),
+        }
+        for shard in shards or []:
+            sent.update(shard["sent"])
+            for key in local:
+                local[key] += shard[key]
         deadline = time.monotonic() + settle_s
         while time.monotonic() < deadline:
             stored = self.hub.store.count_windows()
@@ -175,7 +188,7 @@ class Fleet:
         stored = sum(r["d"] for r in stored_rows)
         gaps = self.hub.gaps.stats()
         out = {
-            "agents": len(self.agents),
+            "agents": len(sent),
             "sent": sum(sent.values()),
             "stored": stored,
             "missing": sum(sent.values()) - stored,
@@ -185,9 +198,7 @@ class Fleet:
             "gaps_open": gaps["open"],
             "gaps_lost_hub": gaps["lost"],
             "resend_requests": gaps["resend_requests"],
-            "lost_local_agents": sum(a.unstored_dropped for a in self.agents),
-            "outbox_dropped_agents": sum(a.outbox.dropped_total for a in self.agents),
-            "resent_by_agents": sum(a.outbox.resent for a in self.agents),
+            **local,
         }
         return out
 
@@ -216,15 +227,70 @@ def broker_restarts(root: Path, args: argparse.Namespace, sig: int) -> dict[str,
 
 
 def hub_down(root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    fleet = Fleet(root, args.devices, args.window_s, args.rate)
+    """Over MAX_AGENTS_PER_PROCESS devices, the agents run in child processes (`run_shard`) of at most that many."""
+    per = min(args.devices, MAX_AGENTS_PER_PROCESS)
+    children = [range(i, min(i + per, args.devices)) for i in range(per, args.devices, per)]
+    fleet = Fleet(root, per, args.window_s, args.rate)
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        stop = root / "stop-shards"
+        for i, ids in enumerate(children):
+            cmd = [sys.executable, __file__, "--shard", f"{ids.start}:{ids.stop}", "--shard-root", str(root)]
+            cmd += ["--shard-broker", fleet.broker.url, "--window-s", str(args.window_s), "--rate", str(args.rate)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
         time.sleep(args.between_s)
-        say(f"hub away {args.hub_down_s:g}s under {args.devices} agents")
+        say(f"hub away {args.hub_down_s:g}s under {args.devices} agents ({len(procs) + 1} processes)")
         fleet.hub_away(args.hub_down_s)
         time.sleep(args.between_s)
-        return {"hub_down_s": args.hub_down_s, **fleet.finish(args.settle_s)}
+        stop.touch()
+        reports = [root / f"shard-{ids.start}.json" for ids in children]
+        deadline = time.monotonic() + 300
+        while not all(r.exists() for r in reports) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        shards = [json.loads(r.read_text()) for r in reports]  # a missing one is an error: say so, not 0
+        result = fleet.finish(args.settle_s, shards)  # the children still answer resend requests meanwhile
+        (root / "shards-done").touch()
+        for proc in procs:
+            proc.wait(60)
+        return {"hub_down_s": args.hub_down_s, "processes": len(procs) + 1, **result}
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
         fleet.close()
+
+
+def run_shard(spec: str, root: Path, broker_url: str, window_s: float, rate: float) -> int:
+    """A child's agents dev-START..dev-STOP-1: traffic until `root/stop-shards` appears, then flush,
+    let the publishers deliver, and write what was sent to `root/shard-START.json`."""
+    start, stop = (int(x) for x in spec.split(":"))
+    agents = [
+        TelemetryService(broker_url, f"dev-{i:04d}", MODEL, root / f"agent-{i}", window_s=window_s).start()
+        for i in range(start, stop)
+    ]
+    x = np.zeros((1, 8), np.float32)
+    while not (root / "stop-shards").exists():
+        time.sleep(1.0 / rate)
+        for agent in agents:
+            agent.record("edge", 2.0, confidence=0.9, label=1, inputs=x)
+    for agent in agents:
+        agent.flush()
+    deadline = time.monotonic() + 120
+    for agent in agents:
+        agent.publisher.wait_drained(max(0.1, deadline - time.monotonic()))
+    report = {
+        "sent": {a.device_id: a.outbox.last_sequence for a in agents},
+        "lost_local_agents": sum(a.unstored_dropped for a in agents),
+        "outbox_dropped_agents": sum(a.outbox.dropped_total for a in agents),
+        "resent_by_agents": sum(a.outbox.resent for a in agents),
+    }
+    (root / f"shard-{start}.json").write_text(json.dumps(report))
+    # keep answering the hub's resend requests while the parent settles
+    while (root / "stop-shards").exists() and not (root / "shards-done").exists():
+        time.sleep(0.5)
+    for agent in agents:
+        agent.stop(flush=False, drain_timeout_s=0)
+    return 0
 
 
 def disk_full(root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -322,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         default=str(Path.home() / ".cache" / "tandem-bench" / "faults-models"),
         help="digits trained and compiled here once, reused by later runs",
     )
+    p.add_argument("--shard", help=argparse.SUPPRESS)  # START:STOP, a child process of hub_down's agents
+    p.add_argument("--shard-root", help=argparse.SUPPRESS)
+    p.add_argument("--shard-broker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.shard:
+        return run_shard(args.shard, Path(args.shard_root), args.shard_broker, args.window_s, args.rate)
     wanted = [f for f in args.only.split(",") if f]
     unknown = set(wanted) - set(FAULTS)
     if unknown:

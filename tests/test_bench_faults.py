@@ -81,3 +81,39 @@ def test_hub_sigkill_mid_rollout_completes_with_no_false_rollback(digits_dir, tm
     assert r["status"] == "completed", r
     assert r["devices_not_committed"] == [] and r["devices_on_new_version"] == 3, r
     assert r["devices_commanded_into_another_version"] == {}, r
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto not installed")
+def test_hub_down_over_one_process_worth_of_agents_counts_every_child_agent():
+    """155 agents: 150 in the bench's process, 5 in a child; every one's windows are counted and stored."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--json",
+            "--only",
+            "hub_down",
+            "--devices",
+            "155",
+            "--window-s",
+            "2",
+            "--rate",
+            "1",
+            "--hub-down-s",
+            "3",
+            "--between-s",
+            "4",
+            "--settle-s",
+            "60",
+        ],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout)["faults"]["hub_down"]
+    assert "error" not in r, r
+    assert r["processes"] == 2 and r["agents"] == 155, r
+    assert r["sent"] > 155 and r["missing"] == 0 and r["duplicated"] == 0 and r["gaps_lost_hub"] == 0, r
