@@ -17,7 +17,7 @@ from tandem.protocols.config_loader import ConfigValueError
 from tandem.protocols.errors import ContractError
 from tandem.protocols.tracing import SpanContext
 
-__all__ = ["FinishedSpan", "OtlpExporter", "TracingConfig", "TracingError", "exporter_for"]
+__all__ = ["KINDS", "FinishedSpan", "OtlpExporter", "TracingConfig", "TracingError", "exporter_for"]
 
 log = logging.getLogger(__name__)
 
