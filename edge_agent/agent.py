@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from tandem.edge_agent.config import AgentConfig
+from tandem.edge_agent.datadir_lock import AgentDataDirLock
 from tandem.edge_agent.errors import ConfigError
 from tandem.edge_agent.footprint import Footprint
 from tandem.edge_agent.hard_examples import HardExampleQueue
@@ -70,6 +71,7 @@ class Agent:
         self._executor: ThreadPoolExecutor | None = None
         self._started = threading.Event()
         self.tracer: AgentTracer | None = None  # [tracing] otlp_endpoint set: spans go to the collector
+        self._data_lock: AgentDataDirLock | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -78,6 +80,7 @@ class Agent:
         cfg = self.config
         footprint = Footprint(cfg.hard_examples.data_dir, cfg.ota.store_dir)  # a failed start leaves no files
         try:
+            self._data_lock = AgentDataDirLock(cfg.hard_examples.data_dir).acquire()  # one agent per data dir
             model_dir = cfg.model.dir
             if cfg.ota.enabled:
                 from tandem.edge_agent.uplink import make_ota_client
@@ -156,11 +159,17 @@ class Agent:
             self._stop_hard_examples,
             self._close_fallback,
             self._close_tracer,
+            self._release_data_lock,
         ):
             try:
                 step()
             except Exception:
                 log.exception("agent stop step failed step=%s", step.__name__)
+
+    def _release_data_lock(self) -> None:
+        if self._data_lock is not None:
+            self._data_lock.release()
+            self._data_lock = None
 
     def __enter__(self) -> "Agent":
         return self.start()

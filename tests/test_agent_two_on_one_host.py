@@ -112,3 +112,17 @@ def test_a_second_agent_on_a_taken_tcp_port_or_health_port_names_it_and_the_flag
         assert third.returncode == 2, third.stderr
         assert f"cannot listen on 127.0.0.1:{health}" in third.stderr and "--http-port PORT" in third.stderr
         assert infer(endpoint, tmp_path).returncode == 0
+
+
+def test_a_second_agent_on_a_data_dir_in_use_names_it_and_the_setting(model_dir, tmp_path):
+    """Two agents on one state folder would number windows from one outbox; the second is refused."""
+    shared = tmp_path / "state"
+    with running_agent(model_dir, shared, "--endpoint", f"ipc://{tmp_path}/a.sock") as first:
+        second = second_agent(model_dir, shared, "--endpoint", f"ipc://{tmp_path}/b.sock")
+        assert second.returncode == 2, second.stderr
+        assert f"{shared} is in use by another agent (pid {first.pid})" in second.stderr
+        assert "[hard_examples] data_dir" in second.stderr
+        assert infer(f"ipc://{tmp_path}/a.sock", tmp_path).returncode == 0
+    # the lock dies with its holder: the same folder serves again once the first agent stopped
+    with running_agent(model_dir, shared, "--endpoint", f"ipc://{tmp_path}/c.sock"):
+        assert infer(f"ipc://{tmp_path}/c.sock", tmp_path).returncode == 0
