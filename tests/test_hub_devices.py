@@ -108,10 +108,8 @@ def test_rest_filters_and_pages(hub):
 
 
 def test_concurrent_agents_and_a_cli_writing_the_same_database(hub_config, tmp_path):
-    from dataclasses import replace
-
     # 8 agents on one token send 128 requests at once: above the default per-token REST limit (not under test here)
-    with Hub(replace(hub_config, rest_burst=1000.0)).start() as hub:
+    with Hub(hub_config.with_overrides({"http.burst": 1000.0})).start() as hub:
         token = hub.tokens.create("agents", "operate").token
 
         def agent(i: int) -> list[int]:
