@@ -34,7 +34,15 @@ from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.report import write_reports
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
-from tandem.model_compiler.validate import Task, check_state, confidences, resolve_task, run_dataset, validate_variant
+from tandem.model_compiler.validate import (
+    Task,
+    check_gate_can_judge,
+    check_state,
+    confidences,
+    resolve_task,
+    run_dataset,
+    validate_variant,
+)
 from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
 from tandem.protocols.manifest import (
     MANIFEST_FILENAME,
@@ -353,6 +361,7 @@ def _resolve_task(opts: CompileOptions, prepared, outputs, reference: list[np.nd
     producers = {out: node.op_type for node in prepared.graph.node for out in node.output}
     names = [o.name for o in outputs]
     task = resolve_task(names, reference, [producers.get(n) for n in names], opts.task, dict(opts.budgets))
+    check_gate_can_judge(task, reference[task.output_index])
     if task.kind == "classification" and "top1_agreement" not in opts.budgets:
         derived = dict(task.budgets)
         if val.labels is not None and task.spec.scores != "multi_label":

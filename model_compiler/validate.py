@@ -22,6 +22,7 @@ from tandem.tasks import (
     TaskSpec,
     budgets_for,
     confidence_measure,
+    detections,
     gate,
     infer_task,
     task_confidence,
@@ -91,6 +92,25 @@ def resolve_task(
         return Task(spec, index, budgets_for(spec, budgets), reason)
     except TaskError as exc:
         raise CompileError(f"--budget: {exc}") from exc
+
+
+def check_gate_can_judge(task: Task, reference: np.ndarray) -> None:
+    """A detection gate over validation data in which FP32 finds nothing cannot tell a working variant
+    from one that finds nothing: refuse with the figure instead of passing (or failing) blind.
+
+    Seen on a real YOLOv8 detector (nudenet's 320n.onnx) fed images without its objects: every
+    variant, FP32 itself included, was "rejected" with map50 0.0.
+    """
+    if task.kind != "detection":
+        return
+    found = detections(task.spec, reference)
+    if sum(len(d) for d in found) == 0:
+        raise CompileError(
+            f"--val: FP32 keeps no box scoring >= {task.spec.score_threshold} in any of the {len(found)} "
+            "validation samples, so the detection gate cannot judge a variant (one that finds nothing would "
+            "match); give validation images that contain the model's objects, or lower "
+            "--task-option score_threshold"
+        )
 
 
 def check_state(spec: TaskSpec, inputs: list[Any], outputs: list[Any]) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from models import write_all
+from tandem.model_compiler.errors import CompileError
 from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.tasks import TaskSpec
 
@@ -271,3 +272,15 @@ def test_stateful_model_with_state_on_axis_1_and_a_scalar_input_compiles(tmp_pat
     litert = [o for o in result.outcomes if o.recipe.runtime == "litert"]
     assert litert and all(o.skipped and "'state' is batched on axis 1" in o.skipped for o in litert)
     assert result.manifest.profiles["ort-tasks"].chosen is not None
+
+
+def test_a_detector_whose_validation_data_holds_no_objects_is_refused_not_judged_blind(tmp_path, task_models):
+    """With no FP32 box in the validation data, mAP cannot tell a working variant from one that finds
+    nothing: seen on nudenet's real YOLOv8 (320n.onnx) fed random images, where every variant, FP32
+    included, was 'rejected' at map50 0.0. The compiler refuses with the figure and the fix instead."""
+    m = task_models
+    with np.load(m / "yolo_val.npz") as z:
+        blank = {k: np.zeros_like(v) for k, v in z.items()}  # images without a single object
+    np.savez(tmp_path / "blank_val.npz", **blank)
+    with pytest.raises(CompileError, match=r"FP32 keeps no box scoring >= 0.25 in any of the \d+ validation"):
+        _compile(tmp_path, m, m / "yolo.onnx", m / "yolo_calib.npz", tmp_path / "blank_val.npz")
