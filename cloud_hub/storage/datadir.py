@@ -13,13 +13,12 @@ so nothing it removes can belong to a live request.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from tandem.cloud_hub.errors import HubError
+from tandem.protocols.file_lock import ExclusiveFileLock
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +33,20 @@ class DataDirLockedError(HubError):
     status = 409
 
 
-class DataDirLock:
-    """An exclusive, non-blocking flock held until `release` (or the process ends)."""
+class DataDirLock(ExclusiveFileLock):
+    """The hub's data-dir lock (protocols/file_lock.py), held until `release` or the process ends."""
 
     def __init__(self, data_dir: str | Path) -> None:
-        self.path = Path(data_dir) / LOCK_FILENAME
-        self._fd: int | None = None
+        super().__init__(Path(data_dir) / LOCK_FILENAME, 0o644)
 
     def acquire(self) -> "DataDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        holder = self.try_acquire()
+        if holder is not None:
             raise DataDirLockedError(
                 f"{self.path.parent}: another hub (pid {holder}) is using this data dir; stop it first, or give "
                 "this hub its own data_dir (two hubs on one dir would both run rollouts and write its databases)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+            )
         return self
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
 
 
 def sweep_leftovers(data_dir: str | Path) -> tuple[int, int]:
