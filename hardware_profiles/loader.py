@@ -19,7 +19,7 @@ PROFILE_PATH_ENV = "TANDEM_PROFILE_PATH"
 
 DEVICE_CLASSES = ("cpu", "gpu", "npu")
 RUNTIME_NAMES = ("onnxruntime", "openvino", "litert")
-PRECISION_NAMES = ("fp32", "fp16", "int8")
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "int8")
 ISAS = ("x86_64", "arm64")
 
 
@@ -153,7 +153,7 @@ def parse_profile(data: Any, source: str = "<memory>") -> Profile:
 
     precisions = str_list("precisions", req("precisions"))
     if not precisions:
-        raise fail("precisions", "expected at least one of fp32, fp16, int8")
+        raise fail("precisions", "expected at least one of fp32, fp16, bf16, int8")
     for p in precisions:
         choice("precisions", PRECISION_NAMES, p)
 

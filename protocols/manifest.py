@@ -40,7 +40,7 @@ SCHEMA_VERSION = 1
 MANIFEST_FILENAME = "manifest.json"
 
 RUNTIMES = ("onnxruntime", "openvino", "litert")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # numpy names of every v2 datatype protocols.tensor_codec speaks (BF16 -> "bfloat16", BYTES -> "bytes"),
 # so a manifest can describe any tensor the hub and the fallback wire can carry.
 DTYPES = (
