@@ -10,8 +10,9 @@ ONNX ops lowered: Conv (grouped, depthwise), ConvTranspose, Gemm, MatMul (consta
 computed operands), BatchNormalization, Relu, Clip, LeakyRelu, Sigmoid, Tanh,
 HardSigmoid, HardSwish, Add, Sub, Mul, Div, Pow (0.5, 1, 2), Sqrt, ReduceMean,
 AveragePool, MaxPool, GlobalAveragePool, GlobalMaxPool, Resize (nearest, linear),
-Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Slice, Softmax, and
-Identity/Dropout/Cast/Shape/Gather where they fold to constants or aliases.
+Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Slice, Split, Softmax, and
+Identity/Dropout/Cast/Shape/Gather/Range/Expand/ConstantOfShape where they fold to
+constants or aliases.
 Anything else raises UnsupportedOpError naming the op and the node.
 """
 

@@ -83,6 +83,16 @@ def _flatten(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarr
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
 
+def _constant_of_shape(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    value = np.asarray(attrs.get("value", np.zeros(1, np.float32))).reshape(-1)
+    return np.full([int(d) for d in inputs[0]], value[0], dtype=value.dtype)
+
+
+def _range(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    start, limit, delta = (np.asarray(v).reshape(()) for v in inputs[:3])
+    return np.arange(start, limit, delta, dtype=start.dtype)
+
+
 Folder = Callable[[list, dict], np.ndarray]
 
 FOLDERS: dict[str, Folder] = {
@@ -103,6 +113,10 @@ FOLDERS: dict[str, Folder] = {
     "Neg": lambda i, a: -i[0],
     "Sqrt": lambda i, a: np.sqrt(i[0]),
     "Reciprocal": lambda i, a: (1.0 / i[0]).astype(i[0].dtype),
+    # Anchor grids of detection heads (YOLOv8): constant once the input shape is static.
+    "Range": _range,
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": lambda i, a: i[0] * np.ones([int(d) for d in i[1]], dtype=i[0].dtype),
 }
 
 

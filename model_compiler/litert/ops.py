@@ -13,7 +13,7 @@ from tandem.model_compiler.litert.fold import fold, reshape_target
 from tandem.model_compiler.litert.graph import Lowering
 from tandem.model_compiler.litert.prepass import Node
 from tandem.model_compiler.litert.spatial import F32_MIN, Rule, conv, conv_transpose, global_pool, pool, resize
-from tandem.model_compiler.litert.tensor_ops import batch_matmul, pow_op, reduce_mean, slice_op
+from tandem.model_compiler.litert.tensor_ops import batch_matmul, pow_op, reduce_mean, slice_op, split_op
 
 NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 
@@ -207,6 +207,9 @@ def softmax(low: Lowering, node: Node) -> None:
     physical_axis = NHWC_AXIS[axis] if layout == "nhwc" else axis
     if physical_axis != rank - 1:
         layout, physical_axis = "plain", axis
+    if physical_axis != rank - 1 and rank == 4 and axis == 1:
+        # Softmax over channels (YOLOv8's DFL head, before a 1x1 Conv): channels are last in NHWC.
+        layout, physical_axis = "nhwc", 3
     if physical_axis != rank - 1:
         raise unsupported("Softmax", node.name, f"axis {axis} is not the last axis of a rank-{rank} tensor")
     x = low.tensor(x_name, layout)
@@ -379,9 +382,13 @@ LOWERINGS: dict[str, Rule] = {
     "Cast": _fold_or(cast),
     "Shape": shape_op,
     "Slice": _fold_or(slice_op),
+    "Split": split_op,
     "ReduceMean": reduce_mean,
     "Pow": _fold_or(pow_op),
     "Sqrt": _fold_or(_unary("SQRT")),
     "Rsqrt": _unary("RSQRT"),  # from prepass.match_rsqrt
     "Gather": constant_fold,
+    "Range": constant_fold,
+    "ConstantOfShape": constant_fold,
+    "Expand": constant_fold,
 }

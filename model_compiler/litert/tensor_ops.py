@@ -103,3 +103,54 @@ def batch_matmul(low: Lowering, node: Node) -> None:
     a, b = low.tensor(a_name, "plain"), low.tensor(b_name, "plain")
     out = low.define(node.outputs[0], out_shape)
     low.emit("BATCH_MATMUL", [a, b], [out], adj_x=False, adj_y=False)
+
+
+def _split_sizes(low: Lowering, node: Node, dim: int) -> list[int]:
+    """ONNX Split's piece sizes: the `split` input (opset 13+) or attribute, else equal pieces."""
+    count = len(node.outputs)
+    if len(node.inputs) > 1 and node.inputs[1]:
+        value = low.const(node.inputs[1])
+        if value is None:
+            raise unsupported("Split", node.name, "the split sizes must be constant")
+        sizes = [int(s) for s in value.reshape(-1)]
+    elif "split" in node.attrs:
+        sizes = [int(s) for s in node.attrs["split"]]
+    else:
+        # Equal pieces; opset 18's num_outputs lets the last one be smaller (ceil division).
+        step = -(-dim // count)
+        sizes = [min(step, dim - k * step) for k in range(count)]
+    if len(sizes) != count or sum(sizes) != dim or any(s <= 0 for s in sizes):
+        raise unsupported("Split", node.name, f"sizes {sizes} do not cut an axis of {dim} into {count} pieces")
+    return sizes
+
+
+def split_op(low: Lowering, node: Node) -> None:
+    """Split (YOLOv8's C2f blocks, gates of recurrent cells): SPLIT for equal pieces, else
+    one STRIDED_SLICE per piece; in NHWC where the input already is, so no transpose is added."""
+    x_name = node.inputs[0]
+    shape = low.shape(x_name)
+    axis = int(node.attrs.get("axis", 0)) % len(shape)
+    sizes = _split_sizes(low, node, shape[axis])
+    layout = "nhwc" if len(shape) == 4 and low.native_layout(x_name) == "nhwc" else "plain"
+    physical = NHWC_AXIS[axis] if layout == "nhwc" else axis
+    x = low.tensor(x_name, layout)
+    outs = []
+    for out_name, size in zip(node.outputs, sizes):
+        out_shape = list(shape)
+        out_shape[axis] = size
+        outs.append(low.define(out_name, out_shape, layout))
+    if len(set(sizes)) == 1:
+        axis_const = low.graph.const(f"{node.name}/axis", np.array(physical, dtype=np.int32))
+        low.emit("SPLIT", [axis_const, x], outs, num_splits=len(sizes))
+        return
+    physical_shape = list(low.graph.tensors[x].shape)
+    start = 0
+    for k, (out, size) in enumerate(zip(outs, sizes)):
+        begin, end = [0] * len(shape), list(physical_shape)
+        begin[physical], end[physical] = start, start + size
+        consts = [
+            low.graph.const(f"{node.name}/{k}/{name}", np.array(v, dtype=np.int32))
+            for name, v in (("begin", begin), ("end", end), ("strides", [1] * len(shape)))
+        ]
+        low.emit("STRIDED_SLICE", [x, *consts], [out])
+        start += size
