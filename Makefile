@@ -25,7 +25,8 @@ $(DEMO_STAMP): pyproject.toml setup.py
 
 # The hub's fleet broker is Mosquitto (MQTT 5; the embedded amqtt fallback speaks only 3.1.1, so
 # telemetry and rollouts need Mosquitto), and the web console's tests drive Debian's Chromium
-# (through Playwright; never `playwright install`). Install what is missing when we may (root + apt).
+# (through Playwright; never `playwright install`); Triton's perf_analyzer (tests/test_perf_analyzer.py)
+# links libb64. Install what is missing when we may (root + apt).
 APT_INSTALL = if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing:$$missing (apt-get)"; \
@@ -37,6 +38,7 @@ system-deps:
 	@missing=""; \
 	if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing=" mosquitto"; fi; \
 	if ! command -v promtool >/dev/null 2>&1; then missing="$$missing prometheus"; fi; \
+	if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then missing="$$missing libb64-0d"; fi; \
 	$(APT_INSTALL)
 
 browser-deps:

@@ -26,6 +26,17 @@ def version_names(model: CloudModel) -> tuple[str, ...]:
     return (model.version, major) if major.isdigit() else (model.version,)
 
 
+def statistics_version(model: CloudModel, asked: str = "") -> str:
+    """The version a ModelStatistics entry names: the one the client asked by, else Triton's integer form.
+
+    v2 load tools (Triton's perf_analyzer) parse statistics versions as integers and look
+    the entry up again by that integer ("2.1.0" -> "2": "missing statistics for requested
+    model"), so an answer for all versions names each model by its integer major when the
+    semver has one; the semver stays in ModelMetadata and the repository index.
+    """
+    return asked or version_names(model)[-1]
+
+
 def model_metadata(model: CloudModel) -> pb.ModelMetadataResponse:
     response = pb.ModelMetadataResponse(name=model.name, versions=[model.version], platform=model.platform)
     for specs, target in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
@@ -62,11 +73,19 @@ def model_config(model: CloudModel) -> pb.ModelConfig:
     return config
 
 
-def model_statistics(model: CloudModel, counters: ModelCounters) -> pb.ModelStatistics:
+def model_statistics(
+    model: CloudModel, counters: ModelCounters, *, name: str = "", version: str = ""
+) -> pb.ModelStatistics:
+    """Triton's statistics for one model, named as the client asked (an alias, an integer version) or by default.
+
+    `queue` is the micro-batcher's wait (count: requests that reached the runtime): perf_analyzer
+    finds the model's entry by the queue count that grew while it measured. Compute times are
+    not split into input/infer/output here, so those stay unset rather than guessed.
+    """
     batcher = model.batcher.stats()
     stats = pb.ModelStatistics(
-        name=model.name,
-        version=model.version,
+        name=name or model.name,
+        version=statistics_version(model, version),
         last_inference=counters.last_inference_ms,
         inference_count=counters.rows,
         execution_count=batcher.batches,
@@ -75,6 +94,8 @@ def model_statistics(model: CloudModel, counters: ModelCounters) -> pb.ModelStat
     stats.inference_stats.success.ns = counters.success_ns
     stats.inference_stats.fail.count = counters.fail
     stats.inference_stats.fail.ns = counters.fail_ns
+    stats.inference_stats.queue.count = batcher.started
+    stats.inference_stats.queue.ns = batcher.queue_ns
     for size, count in sorted(batcher.batch_sizes.items()):
         entry = stats.batch_stats.add(batch_size=size)
         entry.compute_infer.count = count

@@ -171,10 +171,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return describe.repository_index(self.models.values(), self.ready)
 
     def statistics(self, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
-        """ModelStatistics for one model (or all with an empty name); RpcFailure for an unknown one."""
-        models = [self.resolve(name, version)] if name else list(self.models.values())
+        """ModelStatistics for one model (or all with an empty name); RpcFailure for an unknown one.
+
+        One model's entry carries the name and version it was asked by (an alias, "2" or "2.1.0"),
+        as Triton's clients look their answer up by what they sent.
+        """
         response = pb.ModelStatisticsResponse()
-        for model in models:
+        if name:
+            model = self.resolve(name, version)
+            counters = self.counters.get(model.name)
+            response.model_stats.append(describe.model_statistics(model, counters, name=name, version=version))
+            return response
+        for model in self.models.values():
             response.model_stats.append(describe.model_statistics(model, self.counters.get(model.name)))
         return response
 

@@ -11,6 +11,7 @@ seen requests overlap, which is when lingering buys a bigger batch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -61,6 +62,8 @@ class BatcherStats:
     failed: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)
     inline: int = 0  # of `requests`, those run in the caller's thread (try_run_inline)
+    started: int = 0  # requests that reached the session, inline ones included (Triton's queue count)
+    queue_ns: int = 0  # their summed wait from submit to the start of their batch (inline: none)
 
 
 def batch_axis_supported(inputs: Sequence[Any], outputs: Sequence[Any]) -> bool:
@@ -153,6 +156,7 @@ class MicroBatcher:
                 self._stats.rows += _rows(feeds) if self.batching else 1
                 self._stats.batch_sizes[1] = self._stats.batch_sizes.get(1, 0) + 1
                 self._stats.inline += 1
+                self._stats.started += 1
             try:
                 return list(self._timed_run(feeds))
             except Exception:
@@ -172,8 +176,7 @@ class MicroBatcher:
 
     def stats(self) -> BatcherStats:
         with self._cond:
-            s = self._stats
-            return BatcherStats(s.requests, s.batches, s.rows, s.rejected, s.failed, dict(s.batch_sizes), s.inline)
+            return dataclasses.replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker; requests still queued fail with BatcherClosedError."""
@@ -273,6 +276,9 @@ class MicroBatcher:
             size = sum(r.rows for r in batch)
             self._stats.rows += size
             self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
+            now = time.perf_counter()
+            self._stats.started += len(batch)
+            self._stats.queue_ns += sum(int((now - r.enqueued) * 1e9) for r in batch)
         if len(batch) == 1:
             return [self._run_one(batch[0])]
         names = list(batch[0].feeds)
