@@ -14,10 +14,13 @@ from typing import Iterable
 
 from tandem.hardware_profiles.probe import cpu_flags, normalize_machine, read_cpuinfo
 
-__all__ = ["INT8_FEATURES", "HostInfo", "normalize_machine", "parse_cpu_features", "read_host"]
+__all__ = ["BF16_FEATURES", "INT8_FEATURES", "HostInfo", "normalize_machine", "parse_cpu_features", "read_host"]
 
 # Features that decide which INT8 kernels a CPU has (see model_compiler/variants/onnxruntime.py).
 INT8_FEATURES = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "dotprod", "i8mm")
+# Features with native bf16 math on x86 (OpenVINO's CPU plugin runs INFERENCE_PRECISION_HINT=bf16 only
+# with one of them; without, it keeps f32). AMX-BF16 comes with AVX512-BF16 on every CPU that has it.
+BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
@@ -35,12 +38,17 @@ class HostInfo:
         """x86 VNNI (AVX512 or AVX-VNNI): u8 x s8 dot products without VPMADDUBSW saturation."""
         return self.isa == "x86_64" and bool({"avx512_vnni", "avx_vnni"} & self.cpu_features)
 
+    @property
+    def has_bf16(self) -> bool:
+        """x86 bf16 math (AVX512-BF16 or AMX-BF16): what makes OpenVINO's bf16 variant differ from f32."""
+        return self.isa == "x86_64" and bool(set(BF16_FEATURES) & self.cpu_features)
+
     def lacks(self, features: Iterable[str]) -> list[str]:
         """The given features (e.g. a profile's cpu_features) this host does not have."""
         return [f for f in features if f not in self.cpu_features]
 
     def summary(self) -> str:
-        shown = [f for f in INT8_FEATURES + ("avx512_bf16", "f16c", "fma", "fp16") if f in self.cpu_features]
+        shown = [f for f in INT8_FEATURES + BF16_FEATURES + ("f16c", "fma", "fp16") if f in self.cpu_features]
         return f"{self.isa} [{', '.join(shown) or 'no SIMD features found'}]"
 
 

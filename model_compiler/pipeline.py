@@ -386,7 +386,7 @@ def _served_inputs(inputs: list[TensorSpec], frozen: dict[str, list[int]]) -> li
 
 def _host_dict() -> dict[str, Any]:
     """What the report says about the machine that measured the variants."""
-    from tandem.model_compiler.host import INT8_FEATURES, read_host
+    from tandem.model_compiler.host import BF16_FEATURES, INT8_FEATURES, read_host
 
     host = read_host()
     cpu_model = ""
@@ -397,8 +397,14 @@ def _host_dict() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    shown = [f for f in INT8_FEATURES + ("avx512_bf16", "f16c", "fma") if host.has(f)]
-    return {"machine": host.isa, "cpu_model": cpu_model or "unknown CPU", "features": shown, "vnni": host.has_vnni}
+    shown = [f for f in INT8_FEATURES + BF16_FEATURES + ("f16c", "fma") if host.has(f)]
+    return {
+        "machine": host.isa,
+        "cpu_model": cpu_model or "unknown CPU",
+        "features": shown,
+        "vnni": host.has_vnni,
+        "bf16": host.has_bf16,
+    }
 
 
 def _profiles_blocked_by_ops(profiles: list[Profile], ops: set[str]) -> dict[str, str]:

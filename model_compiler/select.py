@@ -1,6 +1,9 @@
 """Choose one variant per hardware profile: a pure function of figures and budgets.
 
-CPU profiles rank by latency measured on this host. Accelerator profiles (GPU, NPU)
+CPU profiles rank by latency measured on this host, and never take a reduced-precision
+variant (INT8, FP16, bf16) that ran slower here than the same runtime's FP32: it would
+cost accuracy for nothing (measured: INT8 was 1.3-1.45x slower than FP32 on PP-OCR's
+small orientation classifier in every runtime). Accelerator profiles (GPU, NPU)
 cannot be timed here, so they rank by the profile's precision preference first and
 host latency second; the reason says which rule applied.
 """
@@ -49,8 +52,13 @@ def choose_for_profile(
     rejected = list(skipped or [])
     eligible: list[Candidate] = []
     budget_bytes = profile.model_size_budget_mb * 1024 * 1024
+    fp32 = fp32_latency_by_runtime(candidates) if profile.device_class == "cpu" else {}
     for cand in candidates:
         if not profile.allows(cand.runtime, cand.precision):
+            continue
+        slower = slower_than_fp32(cand, fp32)
+        if slower:
+            rejected.append({"variant": cand.id, "reason": slower})
             continue
         drop = quality_drop_points(cand.metrics, reference_accuracy)
         size = float(cand.metrics.get("file_bytes", 0))
@@ -91,6 +99,7 @@ def choose_for_profile(
         else:
             reason = (
                 f"fastest on this host ({latency(best):.3f} ms p50) within {_budget_words(best, max_accuracy_drop)}"
+                + (f"; {caveat}" if (caveat := _host_caveat(profile, best)) else "")
             )
     else:
         order = {p: i for i, p in enumerate(profile.precisions)}
@@ -101,6 +110,38 @@ def choose_for_profile(
             f"(profile order {', '.join(profile.precisions)}), then host latency, within {_budget_words(best, max_accuracy_drop)}"
         )
     return ProfileChoice(chosen=best.id, reason=reason, candidates=[c.id for c in ranked], skipped=rejected)
+
+
+def fp32_latency_by_runtime(candidates: list[Candidate]) -> dict[str, tuple[str, float]]:
+    """Per runtime, its fastest timed FP32 candidate (id, p50 ms), whatever its budgets: the bar a
+    reduced-precision variant of that runtime must beat."""
+    best: dict[str, tuple[str, float]] = {}
+    for c in candidates:
+        ms = c.metrics.get("latency_p50_ms")
+        if c.precision == "fp32" and ms is not None and (c.runtime not in best or float(ms) < best[c.runtime][1]):
+            best[c.runtime] = (c.id, float(ms))
+    return best
+
+
+def slower_than_fp32(cand: Candidate, fp32: dict[str, tuple[str, float]]) -> str | None:
+    """Why `cand` is refused for running slower than its runtime's FP32 on this host, or None."""
+    ms = cand.metrics.get("latency_p50_ms")
+    if cand.precision == "fp32" or ms is None or cand.runtime not in fp32:
+        return None
+    ref_id, ref_ms = fp32[cand.runtime]
+    if float(ms) <= ref_ms:
+        return None
+    return (
+        f"slower than {ref_id} on this host ({float(ms):.3f} ms vs {ref_ms:.3f} ms p50, "
+        f"{float(ms) / ref_ms:.2f}x): {cand.precision} would cost accuracy for no speed"
+    )
+
+
+def _host_caveat(profile: Profile, best: Candidate) -> str:
+    """What a bf16 choice needs from the profile's devices when the profile does not promise it."""
+    if best.precision == "bf16" and not {"avx512_bf16", "amx_bf16"} & set(profile.cpu_features):
+        return "its speed needs avx512_bf16 or amx_bf16 (this host has them; a CPU without runs it in f32)"
+    return ""
 
 
 def _budget_words(cand: Candidate, max_accuracy_drop: float) -> str:

@@ -38,9 +38,14 @@ def _run(variant, name: str, x: np.ndarray) -> np.ndarray:
 
 def test_recipes_offer_only_the_precisions_a_profile_lists():
     builder = get_builder("openvino")
-    assert [r.id for r in builder.recipes(get_profile("cpu-x86"))] == ["openvino-fp32", "openvino-int8-nncf"]
+    ids = ["openvino-fp32", "openvino-bf16", "openvino-int8-nncf"]
+    assert [r.id for r in builder.recipes(get_profile("cpu-x86"))] == ids
     assert [r.precision for r in builder.recipes(get_profile("gpu-intel"))] == ["fp32", "fp16", "int8"]
-    assert [r.id for r in builder.recipes(get_profile("npu-intel"))] == ["openvino-fp16", "openvino-int8-nncf"]
+    # npu-intel says static_shapes: its IRs are built at fixed shapes, under their own ids
+    assert [r.id for r in builder.recipes(get_profile("npu-intel"))] == [
+        "openvino-fp16-static",
+        "openvino-int8-nncf-static",
+    ]
     assert builder.recipes(get_profile("cpu-arm")) == []  # no OpenVINO there
 
 

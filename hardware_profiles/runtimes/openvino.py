@@ -1,4 +1,8 @@
-"""OpenVINO adapter (IR .xml/.bin, or ONNX read directly)."""
+"""OpenVINO adapter (IR .xml/.bin, or ONNX read directly).
+
+An IR built with static shapes (a profile's `static_shapes`, `tandem-compile --shapes`) takes batch 1
+only; a larger batch runs sample by sample here, so callers see the same batching as for any variant.
+"""
 
 from __future__ import annotations
 
@@ -63,6 +67,8 @@ class OpenVINOSession:
         self.device = device
         self.inputs = [self._spec(p, f"input{i}") for i, p in enumerate(self._compiled.inputs)]
         self.outputs = [self._spec(p, f"output{i}") for i, p in enumerate(self._compiled.outputs)]
+        # every input a static batch of 1 (axis 0): batches larger than 1 are split into samples
+        self._one_at_a_time = bool(self.inputs) and all(s.shape and s.shape[0] == 1 for s in self.inputs)
 
     @staticmethod
     def _spec(port: Any, fallback: str) -> IOSpec:
@@ -72,6 +78,14 @@ class OpenVINOSession:
         return IOSpec(name, np.dtype(port.get_element_type().to_dtype()).name, shape)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self._one_at_a_time:
+            n = {len(v) if np.ndim(v) else 1 for v in feeds.values()}
+            if len(n) == 1 and (count := n.pop()) > 1:
+                parts = [self._infer({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(count)]
+                return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return self._infer(feeds)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         result = self._request.infer({name: np.ascontiguousarray(v) for name, v in feeds.items()})
         return [np.array(result[port]) for port in self._compiled.outputs]
 

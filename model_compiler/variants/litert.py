@@ -13,7 +13,6 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -23,7 +22,16 @@ from tandem.model_compiler.errors import CompileError, UnsupportedOpError, Varia
 from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
 from tandem.model_compiler.data import batch_axis
 from tandem.model_compiler.variants.calibration import check_calibration, model_input_shapes
+from tandem.model_compiler.variants.shapes import (
+    bucket_list,
+    bucket_shapes,
+    bucket_suffix,
+    dynamic_axes,
+    fmt_shapes as _fmt,
+)
 from tandem.tasks.shapes import fit_to
+
+__all__ = ["LiteRTBuilder", "bucket_shapes"]  # bucket_shapes lives in variants/shapes.py; kept importable here
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +87,13 @@ class LiteRTBuilder:
         notes: list[str] = []
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         for k, shapes in enumerate(buckets):
-            suffix = "" if len(buckets) == 1 else "-" + "_".join("x".join(map(str, s)) for s in shapes.values())
-            out = ctx.out_dir / f"{recipe.id}{suffix}.tflite"
+            out = ctx.out_dir / f"{recipe.id}{bucket_suffix(buckets, shapes)}.tflite"
             notes += self._build_one(recipe, ctx, model, shapes, out, first=k == 0)
             files.append(out)
         session_options = {"float_io": True}
         for out in files:
             _check_loads(out, session_options)
-        dynamic = {
-            name: [k for k, d in enumerate(dims) if k > 0 and d < 0] for name, dims in model_input_shapes(model).items()
-        }
-        bucket_list = [
-            {"file": str(f), "inputs": {n: list(s) for n, s in shapes.items() if any(dynamic.get(n, ()))}}
-            for f, shapes in zip(files, buckets)
-        ]
+        dynamic = dynamic_axes(model)
         if len(buckets) > 1:
             notes.insert(0, f"{len(buckets)} static shape buckets (--shapes): " + "; ".join(_fmt(b) for b in buckets))
         return BuiltVariant(
@@ -100,7 +101,7 @@ class LiteRTBuilder:
             files=files,
             notes=notes,
             session_options=session_options,
-            buckets=bucket_list if any(b["inputs"] for b in bucket_list) else [],
+            buckets=bucket_list(files, buckets, dynamic),
             pad_axes={n: a for n, a in dynamic.items() if a},
         )
 
@@ -142,64 +143,6 @@ class LiteRTBuilder:
         return notes
 
 
-def bucket_shapes(
-    model, calib: Mapping[str, np.ndarray], asked: Mapping[str, list[tuple[int, ...]]] | None
-) -> list[dict[str, list[int]]]:
-    """The static input shapes of each bucket: `--shapes` where given (checked against the model's
-    rank and static dims), else one bucket at the calibration data's shape (static_shapes)."""
-    dims_by_name = model_input_shapes(model)
-    unknown = sorted(set(asked or ()) - set(dims_by_name))
-    if unknown:
-        raise CompileError(
-            f"--shapes: {', '.join(unknown)} is not an input of the model (inputs: {', '.join(dims_by_name)})"
-        )
-    base = static_shapes(model, calib, skip=set(asked or ()))
-    if not asked:
-        return [base]
-    count = len(next(iter(asked.values())))
-    buckets = []
-    for k in range(count):
-        shapes = dict(base)
-        for name, options in asked.items():
-            shape, dims = list(options[k]), dims_by_name[name]
-            if len(shape) != len(dims) or any(d > 0 and d != s for d, s in zip(dims, shape)):
-                raise CompileError(
-                    f"--shapes {name}={'x'.join(map(str, shape))}: the model's input is "
-                    + "x".join("?" if d < 0 else str(d) for d in dims)
-                    + " (a bucket may fix only its dynamic '?' dimensions)"
-                )
-            shapes[name] = shape
-        buckets.append(shapes)
-    return buckets
-
-
-def static_shapes(model, calib: Mapping[str, np.ndarray], skip: set[str] | None = None) -> dict[str, list[int]]:
-    """Input shapes for lowering: the model's static dims, batch 1 when dynamic, other
-    dynamic dims from the calibration samples (the default bucket when --shapes is not given)."""
-    shapes = {}
-    for name, dims in model_input_shapes(model).items():
-        if name in (skip or ()):
-            shapes[name] = list(dims)  # --shapes fixes it per bucket
-            continue
-        sample = np.asarray(calib[name]).shape if name in calib else None
-        out = []
-        for k, d in enumerate(dims):
-            if d > 0:
-                out.append(d)
-            elif k == 0:
-                out.append(1)
-            elif sample is not None and len(sample) == len(dims):
-                out.append(int(sample[k]))
-            else:
-                raise VariantSkipped(
-                    f"input {name!r} has a dynamic dimension {k} and no calibration sample to fix it; "
-                    "LiteRT needs static shapes: give them with --shapes "
-                    f"{name}=" + "x".join(str(d) if d > 0 else ("1" if j == 0 else "D") for j, d in enumerate(dims))
-                )
-        shapes[name] = out
-    return shapes
-
-
 def _int8(lowered, float_bytes: bytes, ctx: BuildContext, int8_io: bool) -> tuple[bytes, list[str]]:
     from tandem.model_compiler.litert import write
     from tandem.model_compiler.litert.calibrate import collect_ranges
@@ -231,7 +174,3 @@ def _check_loads(path: Path, session_options: dict) -> None:
         load_session(RUNTIME, path, **session_options).close()
     except RuntimeUnavailableError as exc:
         raise VariantSkipped(str(exc)) from exc
-
-
-def _fmt(shapes: Mapping[str, list[int]]) -> str:
-    return ", ".join(f"{name}={list(dims)}" for name, dims in shapes.items())

@@ -1,10 +1,18 @@
-"""OpenVINO variants: IR FP32, IR FP16 (compressed weights), IR INT8 by NNCF post-training quantization.
+"""OpenVINO variants: IR FP32, IR bf16 (FP32 weights run with bf16 math on AMX/AVX512-BF16 CPUs),
+IR FP16 (compressed weights), IR INT8 by NNCF post-training quantization; each with static input
+shapes when the profile says `static_shapes` or `tandem-compile --shapes` asks.
 
 INT8 comes from NNCF rather than from the ONNX Runtime QDQ model: measured on this
 host's PP-OCRv4 detection at 320x320, NNCF's IR ran batch 1 about 1.8x faster than
 FP32 while OpenVINO running the QDQ model was no faster than FP32 (and 2x slower on
 the orientation classifier), because NNCF places FakeQuantize where OpenVINO's CPU
 plugin fuses it into integer kernels.
+
+bf16 is its own variant, gated like any other, because FP32 must mean FP32 (bf16 moved
+PP-OCRv4 det's probabilities by up to 0.54) while bf16 with AMX is where a CPU is fast
+(figures: bench/precision.py). Static shapes are applied to the IR itself
+(ov.Model.reshape) so a device that needs them (an Intel NPU) gets them, and OpenVINO's
+CPU plugin plans memory once instead of per call.
 """
 
 from __future__ import annotations
@@ -13,12 +21,24 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from tandem.hardware_profiles import Profile
 from tandem.model_compiler.errors import VariantSkipped
+from tandem.model_compiler.host import BF16_FEATURES, HostInfo, read_host
 from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
 from tandem.model_compiler.variants.calibration import check_calibration, iter_batches
+from tandem.model_compiler.variants.shapes import (
+    bucket_list,
+    bucket_shapes,
+    bucket_suffix,
+    dynamic_axes,
+    fmt_shapes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +46,7 @@ RUNTIME = "openvino"
 # CPUs with AVX512-BF16 or AMX run FP32 IR in bf16 unless told otherwise; measured on
 # PP-OCRv4 det that moved probabilities by up to 0.54. FP32 must mean FP32.
 FP32_SESSION_OPTIONS = {"inference_precision": "f32"}
+BF16_SESSION_OPTIONS = {"inference_precision": "bf16"}
 # NNCF's default subset size; more samples only slow calibration down.
 MAX_CALIBRATION_SAMPLES = 300
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -34,53 +55,181 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 class OpenVINOBuilder:
     runtime = RUNTIME
 
+    def __init__(self, host: HostInfo | None = None) -> None:
+        """`host`: the CPU the bf16 variant is validated on (default: this machine's, read when needed)."""
+        self._host = host
+
     def recipes(self, profile: Profile) -> list[Recipe]:
-        if RUNTIME not in profile.runtime_names:
+        target = profile.runtime_target(RUNTIME)
+        if target is None:
             return []
+        static = profile.constraints.static_shapes
+        shaped = {"static_shapes": True} if static else {}
+        tail = "-static" if static else ""
         out: list[Recipe] = []
         if "fp32" in profile.precisions:
             out.append(
-                Recipe(f"{RUNTIME}-fp32", RUNTIME, "fp32", {"compress_to_fp16": False, "inference_precision": "f32"})
+                Recipe(
+                    f"{RUNTIME}-fp32{tail}",
+                    RUNTIME,
+                    "fp32",
+                    {"compress_to_fp16": False, "inference_precision": "f32", **shaped},
+                )
+            )
+        if "bf16" in profile.precisions and (target.device or "CPU").upper() == "CPU":
+            # bf16 is a CPU execution mode of the FP32 IR: OpenVINO's CPU plugin runs it with AMX or
+            # AVX512-BF16 and keeps f32 on CPUs without either (the hint is ignored there, never an error).
+            out.append(
+                Recipe(
+                    f"{RUNTIME}-bf16{tail}",
+                    RUNTIME,
+                    "bf16",
+                    {
+                        "compress_to_fp16": False,
+                        "inference_precision": "bf16",
+                        "cpu_features": "any of " + ", ".join(BF16_FEATURES) + " (else it runs in f32)",
+                        **shaped,
+                    },
+                )
             )
         if "fp16" in profile.precisions:
-            out.append(Recipe(f"{RUNTIME}-fp16", RUNTIME, "fp16", {"compress_to_fp16": True}))
+            out.append(Recipe(f"{RUNTIME}-fp16{tail}", RUNTIME, "fp16", {"compress_to_fp16": True, **shaped}))
         if "int8" in profile.precisions:
             # MIXED: symmetric weights, asymmetric activations; PP-OCR's HardSwish/HardSigmoid
             # activations are not ReLU-positive, where the symmetric PERFORMANCE preset loses accuracy.
             out.append(
                 Recipe(
-                    f"{RUNTIME}-int8-nncf",
+                    f"{RUNTIME}-int8-nncf{tail}",
                     RUNTIME,
                     "int8",
-                    {"quantizer": "nncf", "preset": "mixed", "fast_bias_correction": True},
+                    {"quantizer": "nncf", "preset": "mixed", "fast_bias_correction": True, **shaped},
                 )
             )
         return out
 
     def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        model = _convert(ctx.model_path)
-        xml = ctx.out_dir / f"{recipe.id}.xml"
-        session_options: dict[str, object] = {}
-        if recipe.precision == "fp32":
-            notes = ["IR with FP32 weights; runs with INFERENCE_PRECISION_HINT=f32 so bf16-capable CPUs stay FP32"]
-            session_options = dict(FP32_SESSION_OPTIONS)
-            _save(model, xml, compress_to_fp16=False)
-        elif recipe.precision == "fp16":
-            notes = [
-                "IR with FP16-compressed weights; compute precision is the device's default (f16 on GPU/NPU, "
-                "f32 or bf16 on CPU)"
-            ]
-            _save(model, xml, compress_to_fp16=True)
-        elif recipe.precision == "int8":
-            notes = _quantize(model, recipe, ctx, xml)
-        else:
+        if recipe.precision not in ("fp32", "bf16", "fp16", "int8"):
             raise VariantSkipped(f"openvino builder has no recipe for precision {recipe.precision!r}")
+        if recipe.precision == "bf16":
+            host = self._host or read_host()
+            if not host.has_bf16:
+                raise VariantSkipped(
+                    f"bf16 needs {' or '.join(BF16_FEATURES)} to be validated, and this host ({host.summary()}) "
+                    "has neither: OpenVINO would run it in f32 here, so the accuracy gate could not judge bf16"
+                )
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        if not (recipe.options.get("static_shapes") or ctx.shapes):
+            xml = ctx.out_dir / f"{recipe.id}.xml"
+            notes, session_options = _build_one(recipe, ctx, _convert(ctx.model_path), xml)
+            _check_loads(xml, session_options)
+            ctx.log(f"{recipe.id}: wrote {xml.name}")
+            return BuiltVariant(
+                recipe=recipe, files=[xml, xml.with_suffix(".bin")], notes=notes, session_options=session_options
+            )
+        return _build_static(recipe, ctx)
+
+
+def _build_one(recipe: Recipe, ctx: BuildContext, model: Any, xml: Path) -> tuple[list[str], dict[str, object]]:
+    """Save `model` (already reshaped, for a static variant) as the recipe's IR at `xml`."""
+    session_options: dict[str, object] = {}
+    if recipe.precision == "fp32":
+        notes = ["IR with FP32 weights; runs with INFERENCE_PRECISION_HINT=f32 so bf16-capable CPUs stay FP32"]
+        session_options = dict(FP32_SESSION_OPTIONS)
+        _save(model, xml, compress_to_fp16=False)
+    elif recipe.precision == "bf16":
+        notes = [
+            "IR with FP32 weights; runs with INFERENCE_PRECISION_HINT=bf16 (AMX or AVX512-BF16 math, "
+            "validated on this host in bf16); a CPU without either runs it in f32"
+        ]
+        session_options = dict(BF16_SESSION_OPTIONS)
+        _save(model, xml, compress_to_fp16=False)
+    elif recipe.precision == "fp16":
+        notes = [
+            "IR with FP16-compressed weights; compute precision is the device's default (f16 on GPU/NPU, "
+            "f32 or bf16 on CPU)"
+        ]
+        _save(model, xml, compress_to_fp16=True)
+    else:
+        notes = _quantize(model, recipe, ctx, xml)
+    return notes, session_options
+
+
+def _build_static(recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
+    """One IR per shape bucket, each reshaped for real (ov.Model.reshape) before it is saved (and, for
+    INT8, before NNCF calibrates it on the calibration data fitted to the bucket), then read back to
+    check that every input is static."""
+    import onnx
+
+    from tandem.tasks.shapes import fit_to
+
+    source = onnx.load(str(ctx.model_path), load_external_data=False)
+    buckets = bucket_shapes(source, ctx.calib, ctx.shapes, runtime="OpenVINO with static shapes")
+    files: list[Path] = []
+    xmls: list[Path] = []
+    notes: list[str] = []
+    session_options: dict[str, object] = {}
+    why = "--shapes" if ctx.shapes else "the profile's static_shapes"
+    for k, shapes in enumerate(buckets):
+        model = _convert(ctx.model_path)
+        reshape(model, shapes)
+        xml = ctx.out_dir / f"{recipe.id}{bucket_suffix(buckets, shapes)}.xml"
+        calib = {
+            n: fit_to(np.asarray(a), tuple(shapes[n]), ctx.pad_value) if n in shapes else a
+            for n, a in ctx.calib.items()
+        }
+        more, session_options = _build_one(recipe, replace(ctx, calib=calib), model, xml)
+        check_static(xml)
         _check_loads(xml, session_options)
-        ctx.log(f"{recipe.id}: wrote {xml.name}")
-        return BuiltVariant(
-            recipe=recipe, files=[xml, xml.with_suffix(".bin")], notes=notes, session_options=session_options
-        )
+        notes += more if k == 0 else []
+        files += [xml, xml.with_suffix(".bin")]
+        xmls.append(xml)
+        ctx.log(f"{recipe.id}: wrote {xml.name} at {fmt_shapes(shapes)}")
+    notes.insert(
+        0,
+        f"static input shapes ({why}), set in the IR: "
+        + "; ".join(fmt_shapes(b) for b in buckets)
+        + "; a batch > 1 runs sample by sample",
+    )
+    dynamic = dynamic_axes(source)
+    return BuiltVariant(
+        recipe=recipe,
+        files=files,
+        notes=notes,
+        session_options=session_options,
+        buckets=bucket_list(xmls, buckets, dynamic),
+        pad_axes={n: a for n, a in dynamic.items() if a},
+    )
+
+
+def reshape(model: Any, shapes: dict[str, list[int]]) -> None:
+    """Fix the model's inputs to `shapes` (by input name), in place; VariantSkipped when OpenVINO cannot."""
+    import openvino as ov
+
+    by_port = {}
+    for port in model.inputs:
+        name = next((n for n in port.get_names() if n in shapes), None)
+        if name is None:
+            raise VariantSkipped(f"OpenVINO input {port.get_any_name()!r} has no static shape to take")
+        by_port[port] = ov.PartialShape(shapes[name])
+    try:
+        model.reshape(by_port)
+    except Exception as exc:  # OpenVINO raises its own RuntimeError subclasses
+        raise VariantSkipped(f"OpenVINO cannot reshape the model to {fmt_shapes(shapes)}: {_first_line(exc)}") from exc
+
+
+def check_static(xml: Path) -> dict[str, list[int]]:
+    """Read the saved IR back: every input's shape, which must all be static (what an NPU needs)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    shapes = {}
+    for port in model.inputs:
+        if not port.get_partial_shape().is_static:
+            raise VariantSkipped(
+                f"{xml.name}: input {port.get_any_name()!r} is {port.get_partial_shape()} after reshape"
+            )
+        shapes[port.get_any_name()] = [int(d) for d in port.get_shape()]
+    return shapes
 
 
 def _convert(model_path: Path):
