@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="mutual TLS from a `tandem-hub pki init` folder: Mosquitto with "
         "the fleet ACL, mqtts:// for the hub's clients, device certificates on gRPC (default: plain text)",
     )
+    serve.add_argument(
+        "--cluster",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run as one of several hub replicas on one database and data dir (needs --mqtt-url; default off)",
+    )
+    serve.add_argument("--replica-id", help="this replica's unique name (default <hostname>-<pid>)")
     serve.set_defaults(func=cmd_serve, default_log_level="info")
 
     models = _group(sub, "models", "register and list models")
@@ -262,6 +269,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "rollouts.enabled": args.rollouts,
         "drift.eval_interval_s": args.drift_eval_interval_s,
         "tls_dir": args.tls_dir,
+        "cluster.enabled": args.cluster,
+        "cluster.replica_id": args.replica_id,
     }
     config = HubConfig.load(args.config, overrides=flags)
     hub = Hub(config)

@@ -1,13 +1,14 @@
 """The hub's configuration: one dataclass per TOML section, loaded by protocols/config_loader.py (as the agent's).
 
 Sections: [http], [grpc], [mqtt], [models], [publishers], [devices], [telemetry], [drift], [rollouts],
-[hard_examples], [tracing]; `data_dir` and `tls_dir` sit at the top. Each key also reads from `TANDEM_HUB_<SECTION>_<KEY>`
+[hard_examples], [tracing], [cluster]; `data_dir` and `tls_dir` sit at the top. Each key also reads from `TANDEM_HUB_<SECTION>_<KEY>`
 (TANDEM_HUB_HTTP_PORT, TANDEM_HUB_DRIFT_OPEN_ABOVE; TANDEM_HUB_DATA_DIR at the top), which wins over the file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +19,7 @@ from tandem.protocols.otlp import TracingConfig
 
 __all__ = [
     "BROKER_KINDS",
+    "ClusterConfig",
     "ENV_PREFIX",
     "REST_CLIENT_CERTS",
     "SECTIONS",
@@ -38,6 +40,7 @@ ENV_PREFIX = "TANDEM_HUB_"
 CLIENT_ENV = ("TANDEM_HUB_URL", "TANDEM_HUB_TOKEN", "TANDEM_HUB_CA")  # read by cloud_hub/client.py, not settings
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 REST_CLIENT_CERTS = ("none", "optional", "required")
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def _bad(key: str, problem: str) -> ConfigError:
@@ -252,6 +255,37 @@ class HardExamplesConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """[cluster]: several hub replicas on one database and one data dir (docs/architecture.md, "Replicas").
+
+    Enabled, the hub needs an external broker (mqtt.url); the rollout controller, device-status watch,
+    hard-example ingest and drift engine run on the replica holding the lease; telemetry is shared."""
+
+    enabled: bool = False
+    replica_id: str | None = None  # None: <hostname>-<pid>; unique per running replica
+    lease_ttl_s: float = 6.0  # a dead holder's singletons move after at most this + poll_s
+    renew_s: float = 1.5
+    poll_s: float = 1.0
+    share_group: str = "tandem-hub"  # telemetry arrives on $share/<share_group>/...
+    # 0: a replica's share of telemetry is not queued while it is away (the others get it all; what was in flight
+    # to a killed replica comes back through the gap tracker's resend requests)
+    share_session_expiry_s: int = 0
+
+    def __post_init__(self) -> None:
+        _switch("cluster.enabled", self.enabled)
+        _positive("cluster", self, "lease_ttl_s", "renew_s", "poll_s")
+        if self.renew_s * 2 + 1.0 > self.lease_ttl_s:
+            raise _bad(
+                "cluster.renew_s", f"{self.renew_s} * 2 + 1 s must fit in cluster.lease_ttl_s ({self.lease_ttl_s})"
+            )
+        for key, value in (("cluster.replica_id", self.replica_id), ("cluster.share_group", self.share_group)):
+            if value is not None and not (isinstance(value, str) and _NAME_RE.match(value)):
+                raise _bad(key, f"{value!r}: 1-64 letters, digits, '.', '_' or '-'")
+        if not isinstance(self.share_session_expiry_s, int) or self.share_session_expiry_s < 0:
+            raise _bad("cluster.share_session_expiry_s", f"{self.share_session_expiry_s!r} must be an integer >= 0")
+
+
+@dataclass(frozen=True)
 class HubConfig:
     """Everything `tandem-hub serve` needs, by TOML section; every field has a first-run default."""
 
@@ -271,6 +305,7 @@ class HubConfig:
     rollouts: RolloutsConfig = field(default_factory=RolloutsConfig)
     hard_examples: HardExamplesConfig = field(default_factory=HardExamplesConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)  # [tracing] otlp_endpoint: export spans
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # [cluster]: replicas on one database
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -279,6 +314,12 @@ class HubConfig:
         url = self.mqtt.url
         if self.tls_dir is not None and url is not None and not url.startswith("mqtts://"):
             raise _bad("mqtt.url", f"{url!r} must be mqtts:// with tls_dir (no silent plain text)")
+        if self.cluster.replica_id is not None and not self.cluster.enabled:
+            raise _bad("cluster.replica_id", "is set but cluster.enabled is off (--cluster)")
+        if self.cluster.enabled and url is None:
+            raise _bad(
+                "mqtt.url", "cluster.enabled needs an external MQTT 5 broker every replica shares (mqtt://host:1883)"
+            )
         if self.http.client_certs != "none" and self.tls_dir is None:
             raise _bad(
                 "http.client_certs",

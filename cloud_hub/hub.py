@@ -25,9 +25,10 @@ from tandem.cloud_hub.private_files import private_tree
 from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.registry import ModelRegistry
 from tandem.cloud_hub.broker_identity import IdentityRefusals
+from tandem.cloud_hub.cluster.replica import replica_id_of
 from tandem.cloud_hub.revocation import RevocationWatch
 from tandem.cloud_hub.storage import ArtifactStore, open_database
-from tandem.cloud_hub.storage.datadir import DataDirLock, sweep_leftovers
+from tandem.cloud_hub.storage.datadir import lock_data_dir
 from tandem.cloud_hub.storage.doctor import refuse_if_corrupt
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,11 @@ class Hub:
     def __init__(self, config: HubConfig | None = None) -> None:
         self.config = config or HubConfig()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = DataDirLock(self.config.data_dir).acquire()  # one writer per data dir, before any file is opened
+        # this replica's id in a [cluster] of hubs on one database and data dir; None: a hub alone on its dir
+        self.replica_id: str | None = replica_id_of(self.config.cluster) if self.config.cluster.enabled else None
+        # before any file is opened: alone on the dir (or beside other replicas), leftovers of killed uploads swept
+        self._lock = lock_data_dir(self.config.data_dir, self.replica_id)
         try:
-            sweep_leftovers(self.config.data_dir)
             refuse_if_corrupt(self.config.data_dir)  # one line naming file and table, not a 500 on every request
             self.db = open_database(self.config.db_path)
         except BaseException:
@@ -100,6 +103,7 @@ class Hub:
         self.rollouts: Any = None  # RolloutService while rollouts run (set by attach_rollouts)
         self.presence: Any = None  # DevicePresence while it runs (devices from their MQTT status)
         self.hard_examples: Any = None  # HardExampleIngest while it runs (what agents upload)
+        self.cluster: Any = None  # cluster.HubCluster on a replica ([cluster] enabled): the lease and its singletons
         self._closed = False
 
     def add_service(self, service: HubService) -> None:
@@ -244,7 +248,8 @@ class Hub:
 
         if not self.mqtt_url or any(isinstance(s, DevicePresence) for s in self._services):
             return
-        self._services.append(DevicePresence())  # connects with hub.mqtt_tls
+        # connects with hub.mqtt_tls; a replica watches statuses only while it holds the lease (cloud_hub/cluster)
+        self._services.append(DevicePresence(watch_status=self.replica_id is None))
 
     def _add_default_hard_examples(self) -> None:
         """Store what agents upload on /hard_examples (with telemetry; MQTT 5 for manual acks)."""
@@ -252,6 +257,7 @@ class Hub:
 
         if (
             not self.config.telemetry.enabled
+            or self.replica_id is not None  # a replica runs it while it holds the lease (cloud_hub/cluster)
             or not self.mqtt_url
             or any(isinstance(s, HardExampleIngest) for s in self._services)
         ):
@@ -276,6 +282,11 @@ class Hub:
         return False
 
     def _start_rollouts(self) -> None:
+        if self.replica_id is not None and not self._late_services:
+            from tandem.cloud_hub.cluster import start_cluster
+
+            self._late_services.append(start_cluster(self))  # the lease; rollouts run on its holder
+            return
         if not self.config.rollouts.enabled or self._late_services or self._mqtt5_missing("rollouts"):
             return
         if not (self.config.http.public_url or self.http_url):

@@ -117,8 +117,11 @@ def apply_status(devices: DeviceRegistry, action: StatusAction) -> None:
 class DevicePresence:
     """Hub service: subscribes to every device's retained status; `note_seen` takes telemetry heartbeats."""
 
-    def __init__(self, flush_s: float = 2.0, client_id: str | None = None) -> None:
+    def __init__(self, flush_s: float = 2.0, client_id: str | None = None, watch_status: bool = True) -> None:
+        """`watch_status` False: heartbeats only; a hub replica watches statuses only while it holds the
+        cluster lease (`start_status_watch` / `stop_status_watch`, cloud_hub/cluster/singletons.py)."""
         self.flush_s = flush_s
+        self.watch_status = watch_status
         # clean session and nothing queued for it: a unique id lets several hubs share a broker
         self.client_id = client_id or f"tandem-hub-presence-{uuid.uuid4().hex[:12]}"
         self.devices: DeviceRegistry | None = None
@@ -139,6 +142,17 @@ class DevicePresence:
         self.devices = hub.devices
         self._hub = hub
         hub.presence = self
+        if self.watch_status:
+            self.start_status_watch()
+        self._flusher = threading.Thread(target=self._flush_loop, name="hub-presence", daemon=True)
+        self._flusher.start()
+        log.info("device presence started mqtt=%s statuses=%s", hub.mqtt_url, self.watch_status)
+
+    def start_status_watch(self) -> None:
+        """Subscribe to every device's retained status (registering devices from it); idempotent."""
+        if self._client is not None or self._hub is None:
+            return
+        hub = self._hub
         # MQTT 3.1.1 on purpose: retained statuses need nothing newer, and the embedded broker speaks only 3.1.1
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True
@@ -150,9 +164,12 @@ class DevicePresence:
         client.connect_async(host, port, keepalive=10)
         client.loop_start()
         self._client = client
-        self._flusher = threading.Thread(target=self._flush_loop, name="hub-presence", daemon=True)
-        self._flusher.start()
-        log.info("device presence started mqtt=%s", hub.mqtt_url)
+
+    def stop_status_watch(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
 
     def stop(self) -> None:
         if self._hub is not None:
@@ -162,10 +179,7 @@ class DevicePresence:
         if self._flusher is not None:
             self._flusher.join(5)
         self.flush()
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
+        self.stop_status_watch()
 
     # -- inputs ---------------------------------------------------------------------------
 

@@ -3,17 +3,23 @@
 Two hubs on one data dir would both run rollouts and write the same databases (the issue's
 hub B timed out a rollout hub A had completed). `DataDirLock` takes an exclusive flock on
 <data_dir>/hub.lock for the hub's whole life; the kernel drops it when the process dies
-(even on SIGKILL), so a crashed hub never blocks its own restart. The lock is per host:
-replicas on several hosts need a lease (not built here).
+(even on SIGKILL), so a crashed hub never blocks its own restart. Hub replicas ([cluster]) share
+one data dir instead: each holds hub.lock SHARED plus an exclusive lock of its own
+(`ReplicaDataDirLock`, replicas/<replica_id>.lock), so replicas coexist while a plain hub and a
+replica still refuse each other. The singletons among replicas move with a lease in the
+database (cloud_hub/cluster), not with these locks: flock is per host (and NFS-dependent).
 
 `sweep_leftovers` removes what an upload or artifact write killed mid-way left: the
-`upload-*` temporary folders and the files in artifacts/tmp. Only a lock holder calls it,
-so nothing it removes can belong to a live request.
+`upload-*` temporary folders and the files in artifacts/tmp. Only a process alone on the dir
+calls it (a plain hub, or a replica that found no other), so nothing it removes can belong to a
+live request.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +29,7 @@ from tandem.protocols.file_lock import ExclusiveFileLock
 log = logging.getLogger(__name__)
 
 LOCK_FILENAME = "hub.lock"
+REPLICAS_DIR = "replicas"  # one <replica_id>.lock per running replica
 UPLOAD_PREFIX = "upload-"  # cloud_hub.rest.routes_models' temporary upload folders
 ARTIFACTS_TMP = ("artifacts", "tmp")
 
@@ -44,9 +51,89 @@ class DataDirLock(ExclusiveFileLock):
         if holder is not None:
             raise DataDirLockedError(
                 f"{self.path.parent}: another hub (pid {holder}) is using this data dir; stop it first, or give "
-                "this hub its own data_dir (two hubs on one dir would both run rollouts and write its databases)"
+                "this hub its own data_dir (two hubs on one dir would both run rollouts and write its databases); "
+                "several hubs on one dir run as replicas: [cluster] enabled on every one (--cluster)"
             )
         return self
+
+
+class ReplicaDataDirLock:
+    """A replica's hold on a shared data dir: hub.lock shared, replicas/<replica_id>.lock exclusive.
+
+    `alone` says whether no other hub process held the dir when this one came (then it may sweep
+    leftovers). `release` drops both; the kernel drops them when the process dies."""
+
+    def __init__(self, data_dir: str | Path, replica_id: str) -> None:
+        self.data_dir = Path(data_dir)
+        self.replica_id = replica_id
+        self._own = ExclusiveFileLock(self.data_dir / REPLICAS_DIR / f"{replica_id}.lock", 0o644)
+        self._fd: int | None = None
+        self.alone = False
+
+    def acquire(self) -> "ReplicaDataDirLock":
+        holder = self._own.try_acquire()
+        if holder is not None:
+            raise DataDirLockedError(
+                f"{self.data_dir}: hub replica {self.replica_id!r} already runs here (pid {holder}); give this one "
+                "another cluster.replica_id (--replica-id), or leave it unset for <hostname>-<pid>"
+            )
+        path = self.data_dir / LOCK_FILENAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.alone = True
+                os.ftruncate(fd, 0)  # what a plain hub refused later names
+                os.pwrite(fd, f"{os.getpid()} (hub replicas: {REPLICAS_DIR}/)\n".encode(), 0)
+            except BlockingIOError:
+                pass
+            try:  # from exclusive (alone) or nothing to shared; a plain hub holding it exclusively refuses us
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise DataDirLockedError(
+                    f"{self.data_dir}: a hub without [cluster] runs on this data dir (pid {holder}); stop it, "
+                    "then start every hub on this dir as a replica (cluster.enabled, --cluster)"
+                ) from None
+        except BaseException:
+            os.close(fd)
+            self._own.release()
+            raise
+        self._fd = fd
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Drop both locks; safe to call twice."""
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+        self._own.release()
+
+
+def lock_data_dir(data_dir: str | Path, replica_id: str | None) -> DataDirLock | ReplicaDataDirLock:
+    """The hub's hold on its data dir (a plain hub: alone; a replica: beside other replicas), after sweeping
+    the leftovers of killed uploads when no other hub process is on the dir."""
+    lock: DataDirLock | ReplicaDataDirLock
+    if replica_id is None:
+        lock = DataDirLock(data_dir).acquire()
+        alone = True
+    else:
+        lock = ReplicaDataDirLock(data_dir, replica_id).acquire()
+        alone = lock.alone
+    if alone:
+        try:
+            sweep_leftovers(data_dir)
+        except BaseException:
+            lock.release()
+            raise
+    return lock
 
 
 def sweep_leftovers(data_dir: str | Path) -> tuple[int, int]:

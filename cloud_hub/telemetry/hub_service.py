@@ -4,7 +4,8 @@ It starts once the hub's broker is up (so the MQTT URL is known), keeps its wind
 <data_dir>/telemetry.sqlite, reads drift references from the model registry, and is
 reachable as `hub.telemetry` (and `hub.app.state.telemetry`) for the REST routes in
 cloud_hub.telemetry.routes and the rollout gates. `Hub.start()` adds one by default
-(HubConfig.telemetry.enabled); a hub given its own HubTelemetry uses that one instead.
+(HubConfig.telemetry.enabled); a hub given its own HubTelemetry uses that one instead. On a hub
+replica ([cluster]) it is a ReplicaTelemetryService: a share of the windows, drift on the lease holder.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def telemetry_config(config: HubConfig) -> TelemetryServiceConfig:
-    """The TelemetryServiceConfig a HubConfig's [telemetry] and [drift] sections describe."""
+def telemetry_config(config: HubConfig, replica_id: str | None = None) -> TelemetryServiceConfig:
+    """The TelemetryServiceConfig a HubConfig's [telemetry] and [drift] sections describe (and, for a hub
+    replica, [cluster]: a $share subscription under a client id of its own)."""
     drift = DriftConfig(
         span_s=config.drift.span_s,
         baseline_s=config.drift.baseline_s,
@@ -34,7 +36,13 @@ def telemetry_config(config: HubConfig) -> TelemetryServiceConfig:
         distribution=Hysteresis(config.drift.open_above, config.drift.close_below),
         rate=Hysteresis(config.drift.rate_open_above, config.drift.rate_close_below),
     )
-    ingest = {"share_group": config.telemetry.share_group} if config.telemetry.share_group else {}
+    ingest: dict[str, Any] = {"share_group": config.telemetry.share_group} if config.telemetry.share_group else {}
+    if replica_id is not None:  # a hub replica: its own session in the shared group (cloud_hub/cluster)
+        ingest = {
+            "share_group": config.telemetry.share_group or config.cluster.share_group,
+            "client_id": f"tandem-hub-telemetry-{replica_id}",
+            "session_expiry_s": config.cluster.share_session_expiry_s,
+        }
     return TelemetryServiceConfig(
         eval_interval_s=config.drift.eval_interval_s,
         retention_s=config.telemetry.retention_s,
@@ -57,11 +65,17 @@ class HubTelemetry:
             raise ConfigError(
                 "telemetry needs an MQTT broker: set mqtt.url (env TANDEM_HUB_MQTT_URL) or let the hub start one"
             )
-        config = self.config or telemetry_config(hub.config)
+        replica_id = getattr(hub, "replica_id", None)
+        config = self.config or telemetry_config(hub.config, replica_id)
         tls = getattr(hub, "mqtt_tls", None)
         if tls is not None and "tls" not in config.ingest:  # the hub's mutual-TLS identity (HubConfig.tls_dir)
             config = replace(config, ingest={**config.ingest, "tls": tls})
-        self.service = TelemetryIngestService(
+        service_class = TelemetryIngestService
+        if replica_id is not None:  # its share of the windows; drift, alerts and retention while holding the lease
+            from tandem.cloud_hub.cluster.telemetry import ReplicaTelemetryService
+
+            service_class = ReplicaTelemetryService
+        self.service = service_class(
             hub.config.data_dir, hub.mqtt_url, lambda name, version: hub.registry.manifest(name, version), config
         )
         self.service.start()
