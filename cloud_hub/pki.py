@@ -11,6 +11,7 @@ Layout under the PKI root::
     hub/ca.crt hub/server.crt hub/server.key     (broker + gRPC listener)
     hub/ca.crt hub/hub.crt hub/hub.key           (the hub's own MQTT identity, CN=HUB_IDENTITY)
     devices/<id>/ca.crt devices/<id>/client.crt devices/<id>/client.key
+    sites/<site>/ca.crt sites/<site>/client.crt sites/<site>/client.key   (a site broker's bridge)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tandem.cloud_hub.errors import ConflictError, HubError, InvalidInputError, NotFoundError
 from tandem.protocols.tls import TlsFiles
-from tandem.protocols.topics import HUB_SCOPE, TopicError, check_device_id
+from tandem.protocols.topics import HUB_SCOPE, TopicError, check_device_id, site_identity
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class PkiError(HubError):
 class Issued:
     name: str
     serial: int
-    kind: str  # "device", "hub-server", "hub-client"
+    kind: str  # "device", "site", "hub-server", "hub-client"
     not_after: str
     revoked_at: str | None = None
 
@@ -211,6 +212,14 @@ class Pki:
     def device_files(self, device_id: str) -> TlsFiles:
         return TlsFiles.in_dir(self.root / "devices" / check_device_name(device_id), "client")
 
+    def site_files(self, site: str) -> TlsFiles:
+        """A site broker's bridge identity (CN = protocols.topics.site_identity(site))."""
+        return TlsFiles.in_dir(self.root / "sites" / check_device_name(site), "client")
+
+    def site_identities(self) -> list[str]:
+        """The CNs of the sites with a live bridge certificate: the broker's ACL names each one."""
+        return sorted({r.name for r in self.issued() if r.kind == "site" and r.revoked_at is None})
+
     # -- creating ---------------------------------------------------------------------
 
     @classmethod
@@ -286,6 +295,21 @@ class Pki:
         files = self.device_files(device_id)
         self._issue("device", device_id, files, days=days)
         log.info("device certificate issued device=%s", device_id)
+        return files
+
+    def issue_site(self, site: str, *, days: int = CERT_DAYS) -> TlsFiles:
+        """A site bridge's client certificate; refuses a site that already has a live one."""
+        check_days(days)
+        files = self.site_files(site)
+        cn = site_identity(site)
+        live = [r for r in self.issued() if r.name == cn and r.kind == "site" and r.revoked_at is None]
+        if live:
+            raise ConflictError(
+                f"site {site!r} already has a bridge certificate (serial {live[0].serial:x}); "
+                f"revoke it first: tandem-hub pki revoke {cn}"
+            )
+        self._issue("site", cn, files, days=days)
+        log.info("site bridge certificate issued site=%s cn=%s", site, cn)
         return files
 
     def revoke(self, name: str) -> list[int]:
@@ -391,7 +415,7 @@ class Pki:
         _write_public(files.ca, self.ca_cert_path.read_bytes())
         with self._lock:
             records = self._load_index()
-            if kind != "device":  # the hub's certificates are replaced, not accumulated
+            if kind not in ("device", "site"):  # the hub's certificates are replaced, not accumulated
                 for rec in records:
                     if rec["kind"] == kind and rec.get("revoked_at") is None:
                         rec["revoked_at"] = now.isoformat()

@@ -13,6 +13,7 @@ from tandem.protocols.errors import ContractError
 
 __all__ = [
     "ACL_USERNAME",
+    "BRIDGE_CLIENT_ID_PREFIX",
     "DEFAULT_SHARE_GROUP",
     "DEVICE_CLIENT_ID_PREFIXES",
     "DEVICE_PUBLISHES",
@@ -26,6 +27,7 @@ __all__ = [
     "OTA_STATUS",
     "PREFIX",
     "ParsedTopic",
+    "SITE_IDENTITY_PREFIX",
     "STATUS",
     "TELEMETRY",
     "TELEMETRY_RESEND",
@@ -43,6 +45,9 @@ __all__ = [
     "parse_mqtt_url",
     "parse_topic",
     "shared",
+    "site_acl_topics",
+    "site_bridge_topics",
+    "site_identity",
     "status_topic",
     "telemetry_resend_topic",
     "telemetry_topic",
@@ -219,3 +224,33 @@ def device_acl_patterns() -> tuple[list[str], list[str]]:
 def hub_acl_topics() -> list[str]:
     """What the hub's own identity may read and write: everything under the prefix."""
     return [f"{PREFIX}/#"]
+
+
+# -- site brokers bridged to the centre (cloud_hub.site_bridge writes the bridge, mqtt_security the ACL) --
+
+# A site bridge's certificate CN: this prefix and the site name. It starts with '_' like HUB_SCOPE, so no
+# device certificate can carry it; its MQTT client id at the centre is BRIDGE_CLIENT_ID_PREFIX + CN.
+SITE_IDENTITY_PREFIX = "_site-"
+BRIDGE_CLIENT_ID_PREFIX = "tandem-bridge-"
+
+
+def site_identity(site: str) -> str:
+    """The certificate CN (and centre-side MQTT username) of `site`'s bridge; the site name obeys the
+    device-id rule (one topic level, printable, no wildcards)."""
+    try:
+        check_device_id(site)
+    except TopicError as exc:
+        raise TopicError(str(exc).replace("device id", "site name", 1)) from None
+    return SITE_IDENTITY_PREFIX + site
+
+
+def site_bridge_topics() -> tuple[list[str], list[str]]:
+    """(site -> centre filters, centre -> site filters): what a device publishes goes up, what it reads
+    comes down. The two sets share no topic, so a message can never loop between the brokers."""
+    return [all_devices(k) for k in DEVICE_PUBLISHES], [all_devices(k) for k in DEVICE_READS]
+
+
+def site_acl_topics() -> tuple[list[str], list[str]]:
+    """(write, read) topics of a site bridge's identity at the centre: the same filters as its bridge.
+    A site may speak for any device (the centre does not know which devices a site holds)."""
+    return site_bridge_topics()
