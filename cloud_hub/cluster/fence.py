@@ -18,7 +18,7 @@ __all__ = ["FENCE_TABLE", "FencedOut", "Fence"]
 
 FENCE_TABLE = "cluster_fences"
 
-_SCHEMA = f"CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL)"
+_SCHEMA = f"CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (name TEXT PRIMARY KEY, epoch BIGINT NOT NULL)"
 
 
 class FencedOut(ConflictError):

@@ -1,8 +1,9 @@
 """A lease row in the hub's database: which replica runs the fleet's singletons, until when, in which epoch.
 
-Portable SQL only (`?`, INSERT ... ON CONFLICT), so the same table works on SQLite and on
-PostgreSQL. A lease is taken when it is free or expired, and each change of holder bumps its
-epoch: the epoch is the fencing token that writes which matter carry (cloud_hub/cluster/fence.py).
+Portable SQL only (`?`, INSERT ... ON CONFLICT, DOUBLE PRECISION times: PostgreSQL's REAL is
+4 bytes, too coarse for unix seconds), so the same table works on SQLite and on PostgreSQL. A
+lease is taken when it is free or expired, and each take bumps its epoch: the epoch is the
+fencing token that writes which matter carry (cloud_hub/cluster/fence.py).
 Expiry is judged on the callers' wall clocks: replicas on several hosts need them in step (NTP),
 well within the lease's time to live.
 """
@@ -20,8 +21,8 @@ LEASE_TABLE = "cluster_leases"
 
 _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {LEASE_TABLE} ("
-    "name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, expires_at REAL NOT NULL, "
-    "acquired_at REAL NOT NULL, renewed_at REAL NOT NULL, holder_url TEXT)"
+    "name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, "
+    "acquired_at DOUBLE PRECISION NOT NULL, renewed_at DOUBLE PRECISION NOT NULL, holder_url TEXT)"
 )
 
 
