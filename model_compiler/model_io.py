@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from tandem.model_compiler.errors import InvalidModelError
+from tandem.model_compiler.errors import InvalidModelError, UnsupportedDtypeError
 from tandem.protocols.manifest import TensorSpec
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
 
-_ONNX_DTYPES = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64", 9: "bool"}
+# ONNX TensorProto element types -> the manifest's numpy names: every fixed-size dtype the agent's local API
+# carries and ONNX Runtime (the compiler's reference) feeds from numpy.
+_ONNX_DTYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+}
+# Types the manifest knows but no variant can be built for, and why.
+_REFUSED_DTYPES = {
+    8: "a string tensor: the agent's local API carries fixed-size dtypes only",
+    16: "bfloat16: ONNX Runtime's Python API (the compiler's reference) can neither feed nor return it",
+}
 
 
 def load_model(path: str | Path):
@@ -85,35 +106,65 @@ def prepare_model(model, out_path: Path):
     return model, notes
 
 
-def _spec(value_info) -> TensorSpec:
+def _spec(value_info, kind: str) -> TensorSpec:
+    """A graph input or output as a TensorSpec; UnsupportedDtypeError naming the tensor for a dtype we cannot serve."""
     t = value_info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
-    return TensorSpec(name=value_info.name, dtype=_ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"), shape=dims)
+    dtype = _ONNX_DTYPES.get(t.elem_type)
+    if dtype is None:
+        from onnx import TensorProto
+
+        known = TensorProto.DataType.Name(t.elem_type) if t.elem_type in TensorProto.DataType.values() else "?"
+        why = _REFUSED_DTYPES.get(t.elem_type, f"not one of {', '.join(sorted(set(_ONNX_DTYPES.values())))}")
+        raise UnsupportedDtypeError(f"{kind} {value_info.name!r} is ONNX type {known} ({t.elem_type}): {why}")
+    return TensorSpec(name=value_info.name, dtype=dtype, shape=dims)
 
 
 def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Graph inputs (initializers excluded) and outputs as manifest TensorSpecs."""
     initializers = {i.name for i in model.graph.initializer}
-    inputs = [_spec(v) for v in model.graph.input if v.name not in initializers]
-    outputs = [_spec(v) for v in model.graph.output]
+    inputs = [_spec(v, "input") for v in model.graph.input if v.name not in initializers]
+    outputs = [_spec(v, "output") for v in model.graph.output]
     return inputs, outputs
 
 
+def _graphs(graph) -> Iterator[Any]:
+    """A graph and, depth first, every subgraph its nodes hold (If branches, Loop and Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
 def weight_bytes(model) -> int:
-    """Bytes of all initializers and Constant-node tensors: what quantization shrinks.
+    """Bytes of all initializers and Constant-node tensors, subgraphs included: what quantization shrinks.
 
     Some exporters (Paddle2ONNX for PP-OCR) store weights as Constant nodes rather
-    than initializers, so both count.
+    than initializers, and some (Silero VAD) keep every weight inside `If` branches,
+    so all of them count.
     """
     from onnx import numpy_helper
 
-    total = sum(numpy_helper.to_array(init).nbytes for init in model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    total += numpy_helper.to_array(attr.t).nbytes
+    total = 0
+    for graph in _graphs(model.graph):
+        total += sum(numpy_helper.to_array(init).nbytes for init in graph.initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.HasField("t"):
+                        total += numpy_helper.to_array(attr.t).nbytes
     return total
+
+
+def subgraph_op_count(model, op_types: Iterable[str]) -> int:
+    """How many nodes of `op_types` sit inside subgraphs (not in the main graph)."""
+    wanted = set(op_types)
+    return sum(
+        1 for k, graph in enumerate(_graphs(model.graph)) if k > 0 for node in graph.node if node.op_type in wanted
+    )
 
 
 def op_types(model) -> set[str]:

@@ -187,6 +187,23 @@ def _op_types(opts: Mapping[str, Any], calib: Mapping[str, np.ndarray]) -> list[
     return ops
 
 
+def _check_weights_reachable(model) -> None:
+    """Refuse, with the true reason, a model whose quantizable layers all sit inside subgraphs
+    (Silero VAD keeps every Conv in the branches of an `If` on its sample rate): ONNX Runtime's
+    static quantizer does not enter subgraphs (its EnableSubgraph option is for dynamic
+    quantization only), so the "INT8" file would be FP32 under another name."""
+    from tandem.model_compiler.model_io import subgraph_op_count, weight_bytes
+
+    if any(node.op_type in QUANTIZED_OP_TYPES for node in model.graph.node):
+        return
+    inside = subgraph_op_count(model, QUANTIZED_OP_TYPES)
+    if inside:
+        raise VariantSkipped(
+            f"all {inside} {'/'.join(QUANTIZED_OP_TYPES)} ops ({weight_bytes(model) / 2**20:.1f} MiB of weights) "
+            "sit inside If/Loop subgraphs, which ONNX Runtime's static quantizer does not enter; INT8 would equal FP32"
+        )
+
+
 def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -197,6 +214,7 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
         )
     model = onnx.load(str(ctx.model_path))
     input_shapes = check_calibration(model, ctx.calib)
+    _check_weights_reachable(model)
     notes: list[str] = []
     pre = ctx.out_dir / f".{out.stem}.pre.onnx"
     notes += _pre_process(ctx.model_path, pre)
