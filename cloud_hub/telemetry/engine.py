@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from tandem.cloud_hub.telemetry.alerts import AlertState, Hysteresis, Transition, step
+from tandem.cloud_hub.telemetry import rollups
 from tandem.cloud_hub.telemetry.drift import compare, rate_rise
 from tandem.protocols.telemetry_codec import TelemetryWindow
 
@@ -70,6 +71,12 @@ class CohortKey:
     def cohort(self) -> str:
         """The cohort as stored and shown: JSON of profile and tags."""
         return json.dumps({"profile": self.profile, "tags": dict(self.tags)}, sort_keys=True)
+
+    @classmethod
+    def parse(cls, model_name: str, model_version: str, cohort: str) -> "CohortKey":
+        """The key of a cohort as stored (the JSON `cohort` gives)."""
+        c = json.loads(cohort)
+        return cls(model_name, model_version, str(c.get("profile", "")), tuple(sorted((c.get("tags") or {}).items())))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -229,6 +236,30 @@ class DriftEngine:
                 counts = per[bucket] = Counts()
             counts.add_flat(layout, np.asarray(rows, dtype=np.int64).sum(axis=0), len(rows))
         return keys
+
+    def add_rollup(self, key: CohortKey, at: float, histograms: Mapping[str, np.ndarray], windows: int) -> None:
+        """Add one cohort rollup row (rollups.CohortRollup's histograms) as if its windows arrived at `at`:
+        how a restarted hub, or a new lease holder, refills the engine from what the database keeps long."""
+        counts = Counts()
+        for name, arr in histograms.items():
+            vec = np.asarray(arr, dtype=np.int64)
+            if name == rollups.REQUESTS:
+                counts.requests[: min(4, len(vec))] += vec[:4]
+            elif name == CONFIDENCE:
+                if len(vec) == 20:
+                    counts.confidence += vec
+            elif name == CLASSES:
+                counts.classes = _add(counts.classes, vec)
+            elif name != rollups.LATENCY:
+                counts.inputs[name] = vec.copy()  # "<input>.<summary>" or "task:<signal>", as _flatten names them
+        counts.windows = windows
+        per = self._buckets[key]
+        bucket = int(at // self.config.bucket_s)
+        existing = per.get(bucket)
+        if existing is None:
+            per[bucket] = counts
+        else:
+            existing.add(counts)
 
     def cohort_key(self, window: TelemetryWindow) -> CohortKey:
         """The cohort a window belongs to (cached: building it costs more than the lookup)."""
