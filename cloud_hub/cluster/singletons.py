@@ -4,7 +4,8 @@
 URL): a `LeaseKeeper` on the lease row in the hub's database; while this replica holds the lease it
 runs the rollout controller (its store fenced by the lease epoch), the device-status watch, the
 hard-example ingest and the drift engine with alerts and retention. Every replica, leader or not,
-serves REST and gRPC, ingests its share of telemetry and answers rollout reads from the database.
+serves REST and gRPC, ingests its share of telemetry, answers rollout reads from the database and
+hands rollout operations to the holder (cloud_hub/cluster/relay.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterator
 from tandem.cloud_hub.cluster.fence import Fence
 from tandem.cloud_hub.cluster.keeper import LeaseKeeper, LeaseTiming
 from tandem.cloud_hub.cluster.lease import LeaseTable
-from tandem.cloud_hub.errors import ServiceUnavailableError
+from tandem.cloud_hub.cluster.relay import RelayClient, RelayWorker, create_args
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,12 @@ def _store_target(hub: Any, filename: str) -> str | Path:
 
 
 class RolloutReader:
-    """`hub.rollouts` on a replica without the lease: reads from the shared store; operations name the leader."""
+    """`hub.rollouts` on a replica without the lease: reads from the shared store; operations go to the lease
+    holder through the request table (cloud_hub/cluster/relay.py) and come back as the holder answered."""
 
     def __init__(self, store: Any, leader: Callable[[], str]) -> None:
         self.store = store
-        self._leader = leader
+        self.relay = RelayClient(store.db, leader)
 
     def get(self, rollout_id: str) -> Any:
         return self.store.get(rollout_id)
@@ -69,13 +71,28 @@ class RolloutReader:
         self.store.get(rollout_id)
         return self.store.events(rollout_id, limit, after_id)
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise ServiceUnavailableError(
-            f"this hub replica does not run the rollout controller; {self._leader()} does: send rollout "
-            "operations there (GET /v1/cluster names it), or retry once the lease has moved"
-        )
+    def create(
+        self,
+        model: str,
+        version: str,
+        select: dict[str, str] | None = None,
+        waves: Any = "5,25,100",  # list[int] | str, as RolloutService.create (`list` is a method name here)
+        gates: Any = None,
+        device_ids: Any = None,
+    ) -> Any:
+        return self.store.get(self.relay.call("create", create_args(model, version, select, waves, gates, device_ids)))
 
-    create = pause = resume = abort = rollback = _refuse
+    def pause(self, rollout_id: str) -> Any:
+        return self.store.get(self.relay.call("pause", {"rollout_id": rollout_id}))
+
+    def resume(self, rollout_id: str) -> Any:
+        return self.store.get(self.relay.call("resume", {"rollout_id": rollout_id}))
+
+    def abort(self, rollout_id: str) -> Any:
+        return self.store.get(self.relay.call("abort", {"rollout_id": rollout_id}))
+
+    def rollback(self, rollout_id: str) -> Any:
+        return self.store.get(self.relay.call("rollback", {"rollout_id": rollout_id}))
 
     def close(self) -> None:
         self.store.close()
@@ -195,9 +212,12 @@ class HubCluster:
         except BaseException:
             hub.rollouts = self._reader
             raise
-        hub.rollouts.store.db = FencedDatabase(hub.rollouts.store.db, fence.check)
+        service = hub.rollouts
+        service.store.db = FencedDatabase(service.store.db, fence.check)
+        relay = RelayWorker(service.store.db, service).start()  # operations other replicas were asked
 
         def stop() -> None:
+            relay.stop()
             rollouts.stop()
             hub.rollouts = self._reader
 
