@@ -158,6 +158,7 @@ def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray], axes: Axes
     chunk = fixed_batch(session, axes) or VALIDATION_CHUNK
     n = sample_count(data, axes)
     parts: list[list[np.ndarray]] = []
+    counts: list[int] = []
     for start in range(0, n, chunk):
         feeds = {
             name: np.asarray(take(arr, axes.get(name, 0), start, start + chunk), order="C")
@@ -165,14 +166,30 @@ def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray], axes: Axes
         }
         outs = session.run(feeds)
         parts.append([np.asarray(o) for o in outs])
+        counts.append(min(chunk, n - start))
     if len(parts) == 1:
         return parts[0]
     out_axes = [batch_axis(spec.shape) for spec in session.outputs]
     joined = []
     for i in range(len(parts[0])):
-        axis = out_axes[i] if i < len(out_axes) else 0
-        joined.append(np.concatenate([p[i] for p in parts], axis=axis or 0) if parts[0][i].ndim else parts[0][i])
+        if not parts[0][i].ndim:
+            joined.append(parts[0][i])
+            continue
+        axis = _joining_axis(out_axes[i] if i < len(out_axes) else 0, [p[i].shape for p in parts], counts)
+        joined.append(np.concatenate([p[i] for p in parts], axis=axis))
     return joined
+
+
+def _joining_axis(declared: int | None, shapes: list[tuple[int, ...]], counts: list[int]) -> int:
+    """The axis an output's chunks lie along: the declared batch axis when every chunk's size there
+    is its sample count, else the first axis where that holds. A state output declared all-dynamic
+    (Silero VAD's stateN: [?, ?, ?], really [2, N, 128]) would otherwise be joined on axis 0."""
+    rank = len(shapes[0])
+    candidates = ([declared] if declared is not None else []) + list(range(rank))
+    for axis in candidates:
+        if all(len(s) == rank and s[axis] == c for s, c in zip(shapes, counts)):
+            return axis
+    return declared or 0
 
 
 def compare_outputs(
