@@ -15,10 +15,12 @@ import numpy as np
 from tandem.edge_agent.errors import BadRequestError
 from tandem.protocols import limits
 from tandem.protocols import local_api_pb2 as pb
+from tandem.protocols.tensor_codec import DATATYPES
 
 Frame = Any  # bytes, memoryview or zmq.Frame: anything exposing the buffer protocol
 
-_WIRE_NP_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in limits.WIRE_DTYPES}
+# numpy dtypes by wire name, little-endian, from the one v2 table (bfloat16 only where ml_dtypes is installed)
+_WIRE_NP_DTYPES = {dt.name: dt for dt in DATATYPES.values() if dt.name in limits.WIRE_DTYPES}
 
 
 def _buffer(frame: Frame) -> memoryview:
@@ -30,13 +32,16 @@ def tensor_header(name: str, array: np.ndarray) -> pb.TensorHeader:
     return pb.TensorHeader(name=name, dtype=array.dtype.name, shape=list(array.shape))
 
 
-def tensor_frames(arrays: Sequence[np.ndarray]) -> list[memoryview]:
+def tensor_frames(arrays: Sequence[np.ndarray]) -> list[memoryview | bytes]:
     """C-contiguous little-endian buffers of `arrays`, copied only when they are not already."""
-    frames = []
+    frames: list[memoryview | bytes] = []
     for a in arrays:
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        frames.append(memoryview(np.ascontiguousarray(a)).cast("B") if a.size else b"")  # cast refuses 0 in a shape
+        c = np.ascontiguousarray(a)
+        if c.dtype.kind == "V":  # ml_dtypes' bfloat16 has no buffer-protocol format: its bytes, as uint8
+            c = c.reshape(-1).view(np.uint8)
+        frames.append(c.data.cast("B") if a.size else b"")  # cast refuses 0 in a shape
     return frames
 
 
@@ -58,7 +63,7 @@ def encode_request(
     request_id: str = "",
     model_name: str = "",
     threshold: float | None = None,
-    mode: int = pb.MODE_AUTO,
+    mode: pb.Mode = pb.MODE_AUTO,
     return_outputs: bool = False,
     stream_id: str = "",
 ) -> list[Any]:
@@ -121,7 +126,7 @@ class RequestTemplates:
         request_id: str = "",
         model_name: str = "",
         threshold: float | None = None,
-        mode: int = pb.MODE_AUTO,
+        mode: pb.Mode = pb.MODE_AUTO,
         return_outputs: bool = False,
         stream_id: str = "",
         traceparent: str = "",
@@ -160,8 +165,12 @@ class RequestTemplates:
 
 
 def _parse(message: Any, frame: Frame, what: str) -> Any:
-    data = frame if type(frame) is bytes else _buffer(frame)  # upb parses any buffer: no copy
-    size = len(data) if type(data) is bytes else data.nbytes
+    data: bytes | memoryview
+    if type(frame) is bytes:
+        data, size = frame, len(frame)
+    else:
+        data = _buffer(frame)  # upb parses any buffer: no copy
+        size = data.nbytes
     limit = limits.MAX_REPLY_HEADER_BYTES if what == "reply" else limits.MAX_HEADER_BYTES
     if size > limit:
         raise BadRequestError(f"{what} header is {size} bytes; the limit is {limit}")
@@ -174,7 +183,9 @@ def _parse(message: Any, frame: Frame, what: str) -> Any:
 
 def _tensor_layout(th: pb.TensorHeader, label: str) -> tuple[np.dtype, tuple[int, ...], int]:
     """(dtype, shape, bytes) of a tensor header, or BadRequestError naming the broken limit."""
-    if th.dtype not in limits.WIRE_DTYPES:
+    if th.dtype not in _WIRE_NP_DTYPES:
+        if th.dtype in limits.WIRE_DTYPES:
+            raise BadRequestError(f"{label}: dtype {th.dtype!r} needs the ml_dtypes package, not installed here")
         raise BadRequestError(f"{label}: dtype {th.dtype!r} is not one of {', '.join(limits.WIRE_DTYPES)}")
     shape = tuple(int(d) for d in th.shape)
     if len(shape) > limits.MAX_TENSOR_DIMS:

@@ -4,8 +4,16 @@ from tandem.model_compiler.errors import (
     CalibrationDataError,
     CompileError,
     InvalidModelError,
+    UnsupportedDtypeError,
     UnsupportedOpError,
     VariantSkipped,
 )
 
-__all__ = ["CalibrationDataError", "CompileError", "InvalidModelError", "UnsupportedOpError", "VariantSkipped"]
+__all__ = [
+    "CalibrationDataError",
+    "CompileError",
+    "InvalidModelError",
+    "UnsupportedDtypeError",
+    "UnsupportedOpError",
+    "VariantSkipped",
+]

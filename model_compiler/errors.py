@@ -4,6 +4,7 @@
     ├── InvalidModelError         the input is not a loadable, valid ONNX model
     ├── CalibrationDataError      calibration or validation data does not match the model's inputs
     ├── UnsupportedOpError        a runtime or lowering cannot take an operator (op_type, runtime)
+    ├── UnsupportedDtypeError     a model input or output has a dtype no variant can serve (names the tensor)
     ├── LoweringError             model_compiler/litert/errors.py: a supported op used in a way the
     │                             TFLite lowering cannot express (names the node)
     └── VariantSkipped            one variant cannot be built or loaded; the others go on (`reason`
@@ -27,6 +28,10 @@ class InvalidModelError(CompileError):
 
 class CalibrationDataError(CompileError):
     """Calibration or validation data does not match the model's inputs."""
+
+
+class UnsupportedDtypeError(CompileError):
+    """A model input or output has a dtype that no variant can be built for; the message names the tensor."""
 
 
 class UnsupportedOpError(CompileError):

@@ -67,8 +67,23 @@ MAX_REQUEST_ID_CHARS = 128
 # ZeroMQ drops (and disconnects) any frame larger than this before the agent sees it;
 # a request between MAX_REQUEST_BYTES and this gets an error reply instead.
 ZMQ_MAX_MSG_BYTES = 2 * MAX_REQUEST_BYTES
-# dtypes the local API carries, by numpy name (the manifest's dtypes plus float64).
-WIRE_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
+# dtypes the local API carries, by numpy name: every fixed-size dtype of the manifest (protocols.manifest.DTYPES
+# but "bytes": a raw frame holds fixed-size elements). bfloat16 needs ml_dtypes on both ends.
+WIRE_DTYPES = (
+    "float32",
+    "float16",
+    "float64",
+    "bfloat16",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+)
 
 # Telemetry (protocols.telemetry_codec: agent windows over MQTT, decoded by the hub).
 # A window over a limit is counted as bad and dropped by the hub; ingestion goes on.

@@ -23,7 +23,10 @@ _ORT_TYPES = {
     "tensor(uint32)": "uint32",
     "tensor(uint64)": "uint64",
     "tensor(string)": "string",
+    "tensor(bfloat16)": "bfloat16",
 }
+# dtypes ONNX Runtime's Python API can neither feed nor return as numpy arrays
+_NO_NUMPY = ("bfloat16",)
 
 
 def _dims(shape: Sequence[object]) -> tuple[int, ...]:
@@ -64,6 +67,13 @@ class OnnxRuntimeSession:
             IOSpec(o.name, _ORT_TYPES.get(o.type, o.type), _dims(o.shape)) for o in self._session.get_outputs()
         ]
         self._output_names = [o.name for o in self.outputs]
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            for spec in specs:
+                if spec.dtype in _NO_NUMPY:
+                    raise RuntimeUnavailableError(
+                        f"onnxruntime cannot serve {path}: {kind} {spec.name!r} is {spec.dtype}, which ONNX "
+                        "Runtime's Python API can neither feed nor return as a numpy array"
+                    )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return self._session.run(self._output_names, dict(feeds))
