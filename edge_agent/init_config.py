@@ -23,6 +23,7 @@ from typing import Any
 
 import tandem
 from tandem.edge_agent.errors import ConfigError
+from tandem.protocols.http_errors import describe_connection_error, describe_refusal
 
 __all__ = ["HubLink", "InitError", "InitRequest", "JoinResult", "choose_health_port", "join", "render_config"]
 
@@ -79,6 +80,7 @@ class HubLink:
         self._token = token.strip()
         self._timeout = timeout_s
         self._context: ssl.SSLContext | None = None
+        self._ca = ca
         if parsed.scheme == "https":
             if ca is not None and not ca.is_file():
                 raise InitError(f"--ca {ca}: not a readable file (the pki folder's ca.crt)")
@@ -95,14 +97,12 @@ class HubLink:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             detail = _detail(exc)
+            if exc.code in (401, 403):
+                raise InitError(describe_refusal(self.url, method, path, exc.code, detail, token_given=True)) from None
             raise InitError(f"{method} {self.url}{path}: HTTP {exc.code} {detail}") from None
         except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, ssl.SSLError):
-                raise InitError(
-                    f"{self.url}: TLS failed ({reason}); give the hub's CA with --ca (the pki folder's ca.crt)"
-                ) from None
-            raise InitError(f"{self.url}: cannot reach the hub ({reason}); is `tandem-hub serve` running?") from None
+            cause = exc.reason if isinstance(exc.reason, BaseException) else exc
+            raise InitError(describe_connection_error(self.url, cause, self._ca, url_option="--hub")) from None
         except (OSError, ValueError) as exc:
             raise InitError(f"{method} {self.url}{path}: {exc}") from None
 

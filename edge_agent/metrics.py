@@ -180,25 +180,29 @@ class AgentMetrics:
         slots = list(self._models.values())
         return slots + [self._unassigned] if self._unassigned.used() or not slots else slots
 
+    def _total(self, name: str) -> int:
+        """One per-slot count summed over every slot (the agent-wide figure)."""
+        return int(sum(getattr(m, name) for m in self._slots()))
+
     @property
     def fallback_attempts(self) -> int:
-        return sum(m.fallback_attempts for m in self._slots())
+        return self._total("fallback_attempts")
 
     @property
     def shadow_samples(self) -> int:
-        return sum(m.shadow_samples for m in self._slots())
+        return self._total("shadow_samples")
 
     @property
     def shadow_agree(self) -> int:
-        return sum(m.shadow_agree for m in self._slots())
+        return self._total("shadow_agree")
 
     @property
     def shadow_failed(self) -> int:
-        return sum(m.shadow_failed for m in self._slots())
+        return self._total("shadow_failed")
 
     @property
     def shadow_skipped(self) -> int:
-        return sum(m.shadow_skipped for m in self._slots())
+        return self._total("shadow_skipped")
 
     @property
     def decisions(self) -> dict[str, int]:

@@ -21,8 +21,13 @@ __all__ = ["describe_connection_error", "describe_refusal", "speaks_tls"]
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "packet length too long")
 
 
-def describe_connection_error(url: str, exc: BaseException, ca: str | Path | None = None) -> str:
-    """Why no HTTP answer came from `url` (exc: what the HTTP library raised), with the fix."""
+def describe_connection_error(
+    url: str, exc: BaseException, ca: str | Path | None = None, *, url_option: str = "--url"
+) -> str:
+    """Why no HTTP answer came from `url` (exc: what the HTTP library raised), with the fix.
+
+    `url_option`: the caller's flag for the hub's URL (`tandem-agent init` calls it --hub).
+    """
     scheme, host, port = _where(url)
     chain = list(_causes(exc))
     verify = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
@@ -47,12 +52,12 @@ def describe_connection_error(url: str, exc: BaseException, ca: str | Path | Non
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "connection refused" in str(exc).lower():
         return (
             f"{url}: connection refused, nothing listens there; start the hub (tandem-hub serve) "
-            "or point --url (env TANDEM_HUB_URL) at it"
+            f"or point {url_option} (env TANDEM_HUB_URL) at it"
         )
     if any(isinstance(e, (socket.timeout, TimeoutError)) for e in chain) or "timed out" in str(exc).lower():
         return f"{url}: no answer in time ({_first_line(exc)}); check the address, a firewall, or the hub's load"
     if any(isinstance(e, socket.gaierror) for e in chain):
-        return f"{url}: unknown host {host!r} ({_first_line(exc)}); check --url (env TANDEM_HUB_URL)"
+        return f"{url}: unknown host {host!r} ({_first_line(exc)}); check {url_option} (env TANDEM_HUB_URL)"
     if scheme == "http" and speaks_tls(host, port):
         return f"{url}: the hub speaks HTTPS; use https://{host}:{port} with --ca <tls_dir>/ca.crt (env TANDEM_HUB_CA)"
     return f"{url}: no HTTP answer ({_first_line(exc)}); is this a Tandem hub's REST address?"

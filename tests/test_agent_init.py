@@ -119,8 +119,11 @@ def test_init_refuses_what_it_cannot_do_and_names_it(hub: object, model_dir: Pat
         join(InitRequest(url, admin, tmp_path / "x.toml", tmp_path, device_id="cam-x"))
     with pytest.raises(InitError, match="--device-id"):
         join(InitRequest(url, admin, tmp_path / "x.toml", model_dir, device_id="a/b"))
-    with pytest.raises(InitError, match="cannot reach the hub"):
+    with pytest.raises(InitError, match=r"connection refused, nothing listens there; .* point --hub"):
         join(InitRequest(f"http://127.0.0.1:{free_port()}", admin, tmp_path / "x.toml", model_dir, device_id="c"))
+    # the wording every Tandem client shares (protocols/http_errors.py): https:// against a plain hub
+    with pytest.raises(InitError, match=r"the hub speaks plain HTTP, not TLS; use http://"):
+        join(InitRequest(url.replace("http://", "https://"), admin, tmp_path / "x.toml", model_dir, device_id="c"))
     (tmp_path / "taken.toml").write_text("# mine\n")
     with pytest.raises(InitError, match="exists; pass --force"):
         join(InitRequest(url, admin, tmp_path / "taken.toml", model_dir, device_id="cam-t"))
