@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tandem.cloud_hub.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
-from tandem.cloud_hub.storage.db import HubDatabase
+from tandem.cloud_hub.storage.db import HubDatabase, insert
 from tandem.protocols.topics import TopicError, check_device_id
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,10 @@ class TokenStore:
         token_id = secrets.token_hex(6)
         token = f"tdm_{token_id}_{secrets.token_urlsafe(32)}"
         now = self.clock()
-        with self.db.transaction() as db:
-            db["tokens"].insert(
+        with self.db.transaction() as tx:
+            insert(
+                tx,
+                "tokens",
                 {
                     "token_id": token_id,
                     "name": name,
@@ -110,7 +112,7 @@ class TokenStore:
                     "revoked_at": None,
                     "last_used_at": None,
                     "device_id": device_id,
-                }
+                },
             )
         log.info("token created id=%s name=%s scope=%s device=%s", token_id, name, scope, device_id)
         return NewToken(TokenInfo(token_id, name, scope, now, None, None, device_id), token)
@@ -121,26 +123,26 @@ class TokenStore:
         return [_info(r) for r in rows]
 
     def revoke(self, token_id: str) -> TokenInfo:
-        with self.db.transaction() as db:
-            row = db.execute("SELECT revoked_at FROM tokens WHERE token_id=?", [token_id]).fetchone()
-            if row is None:
+        with self.db.transaction() as tx:
+            rows = tx.query("SELECT revoked_at FROM tokens WHERE token_id=?", [token_id])
+            if not rows:
                 raise NotFoundError(f"token {token_id!r} does not exist (see `tandem-hub tokens list`)")
-            if row[0] is None:
-                db.execute("UPDATE tokens SET revoked_at=? WHERE token_id=?", [self.clock(), token_id])
+            if rows[0]["revoked_at"] is None:
+                tx.execute("UPDATE tokens SET revoked_at=? WHERE token_id=?", [self.clock(), token_id])
         log.info("token revoked id=%s", token_id)
         return self.get(token_id)
 
     def revoke_device(self, device_id: str, issued_before: float | None = None) -> list[str]:
         """Revoke the live `device` tokens of `device_id` (created before `issued_before`, when given:
         a certificate revoked at T ends the tokens given out with it, not a replacement's); their ids."""
-        with self.db.transaction() as db:
-            rows = db.execute(
+        with self.db.transaction() as tx:
+            rows = tx.query(
                 "SELECT token_id FROM tokens WHERE scope=? AND device_id=? AND revoked_at IS NULL AND created_at<?",
                 [DEVICE_SCOPE, device_id, float("inf") if issued_before is None else issued_before],
-            ).fetchall()
-            ids = [r[0] for r in rows]
+            )
+            ids = [r["token_id"] for r in rows]
             for token_id in ids:
-                db.execute("UPDATE tokens SET revoked_at=? WHERE token_id=?", [self.clock(), token_id])
+                tx.execute("UPDATE tokens SET revoked_at=? WHERE token_id=?", [self.clock(), token_id])
         if ids:
             log.warning("device tokens revoked device=%s tokens=%s", device_id, ",".join(ids))
         return ids
@@ -168,8 +170,9 @@ class TokenStore:
             raise AuthError(f"token {row['token_id']} ({row['name']}) was revoked")
         now = self.clock()
         if row["last_used_at"] is None or now - row["last_used_at"] > 60:
-            with self.db.transaction() as db:  # coarse, so reads do not each cost a write
-                db.execute("UPDATE tokens SET last_used_at=? WHERE token_id=?", [now, row["token_id"]])
+            self.db.execute(  # coarse, so reads do not each cost a write
+                "UPDATE tokens SET last_used_at=? WHERE token_id=?", [now, row["token_id"]]
+            )
         return _info(row)
 
     def authorize(self, token: str | None, required: str) -> TokenInfo:

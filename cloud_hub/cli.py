@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="TOML file with hub settings ([http], [grpc], [mqtt], ... sections)")
     serve.add_argument("--data-dir", type=Path, help="database, artifacts and keys (default ./tandem-data)")
+    serve.add_argument(
+        "--database-url",
+        help="keep the hub's state in PostgreSQL (postgresql://user:password@host:5432/db) instead of SQLite files "
+        "in the data dir (config [storage] database_url, env TANDEM_HUB_STORAGE_DATABASE_URL)",
+    )
     serve.add_argument("--http-host", help="REST listen address (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="REST port (default 8080; 0 = any free port)")
     serve.add_argument("--grpc-port", type=int, help="gRPC inference port (default 8001; 0 = any free port)")
@@ -255,6 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     flags = {
         "data_dir": args.data_dir,
+        "storage.database_url": args.database_url,
         "http.host": args.http_host,
         "http.port": args.http_port,
         "grpc.port": args.grpc_port,
@@ -425,7 +431,7 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
         from tandem.cloud_hub.storage import open_database
 
         config = HubConfig.load(overrides={"data_dir": args.data_dir})
-        db = open_database(config.db_path)
+        db = open_database(config.database)
         try:
             new = TokenStore(db).create(args.name, scope, args.device)
         finally:

@@ -1,6 +1,6 @@
 """The hub's configuration: one dataclass per TOML section, loaded by protocols/config_loader.py (as the agent's).
 
-Sections: [http], [grpc], [mqtt], [models], [publishers], [devices], [telemetry], [drift], [rollouts],
+Sections: [http], [grpc], [mqtt], [storage], [models], [publishers], [devices], [telemetry], [drift], [rollouts],
 [hard_examples], [tracing], [cluster]; `data_dir` and `tls_dir` sit at the top. Each key also reads from `TANDEM_HUB_<SECTION>_<KEY>`
 (TANDEM_HUB_HTTP_PORT, TANDEM_HUB_DRIFT_OPEN_ABOVE; TANDEM_HUB_DATA_DIR at the top), which wins over the file.
 """
@@ -33,6 +33,7 @@ __all__ = [
     "MqttConfig",
     "PublishersConfig",
     "RolloutsConfig",
+    "StorageConfig",
     "TelemetryConfig",
 ]
 
@@ -129,6 +130,30 @@ class MqttConfig:
             raise _bad("mqtt.broker", f"{self.broker!r} is not one of {', '.join(BROKER_KINDS)}")
         if self.url is not None and not self.url.startswith(("mqtt://", "mqtts://", "tcp://")):
             raise _bad("mqtt.url", f"{self.url!r} should look like mqtt://host:1883")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """[storage]: where the hub's state lives (docs/storage.md). None: SQLite files in data_dir (the default);
+    postgresql://user:password@host:5432/dbname: one PostgreSQL database, a schema per store (several replicas)."""
+
+    database_url: str | None = None
+
+    def __repr__(self) -> str:
+        from tandem.cloud_hub.storage.db import redact_url
+
+        return f"StorageConfig(database_url={redact_url(self.database_url) if self.database_url else None!r})"
+
+    def __post_init__(self) -> None:
+        url = self.database_url
+        if url is not None and not (isinstance(url, str) and url.startswith(("postgresql://", "postgres://"))):
+            from tandem.cloud_hub.storage.db import redact_url
+
+            shown = redact_url(url) if isinstance(url, str) else repr(url)
+            raise _bad(
+                "storage.database_url",
+                f"{shown!r} should look like postgresql://user:password@host:5432/tandem (leave it unset for SQLite)",
+            )
 
 
 @dataclass(frozen=True)
@@ -297,6 +322,7 @@ class HubConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     publishers: PublishersConfig = field(default_factory=PublishersConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
@@ -329,6 +355,11 @@ class HubConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hub.db"
+
+    @property
+    def database(self) -> str | Path:
+        """The hub registry's database: storage.database_url when set, else <data_dir>/hub.db (SQLite)."""
+        return self.storage.database_url or self.db_path
 
     @property
     def artifacts_dir(self) -> Path:

@@ -91,6 +91,14 @@ class DeviceFilter:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+_REGISTER_SQL = (
+    "INSERT INTO devices (device_id, profile, agent_version, tags, model_name, model_version, last_seen, "
+    "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET profile=excluded.profile, "
+    "agent_version=excluded.agent_version, tags=excluded.tags, model_name=excluded.model_name, "
+    "model_version=excluded.model_version, last_seen=excluded.last_seen"
+)
+
+
 class DeviceRegistry:
     def __init__(
         self,
@@ -100,6 +108,8 @@ class DeviceRegistry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
+        # PostgreSQL: the presence row is locked between its read and its write (SQLite's writer lock does it)
+        self._for_update = " FOR UPDATE" if db.dialect.is_postgres else ""
         self.offline_after_s = offline_after_s
         self.known_profiles = set(known_profiles) if known_profiles is not None else None
         self.clock = clock
@@ -126,21 +136,17 @@ class DeviceRegistry:
             raise InvalidInputError("agent_version: required")
         tags = validate_tags(tags or {})
         now = self.clock()
-        with self.db.transaction() as db:
-            row = db.execute("SELECT registered_at FROM devices WHERE device_id=?", [device_id]).fetchone()
-            db["devices"].upsert(
-                {
-                    "device_id": device_id,
-                    "profile": profile,
-                    "agent_version": agent_version,
-                    "tags": json.dumps(tags, sort_keys=True),
-                    "model_name": model_name,
-                    "model_version": model_version,
-                    "registered_at": row[0] if row else now,
-                    "last_seen": now,
-                },
-                pk="device_id",
-            )
+        row = {
+            "device_id": device_id,
+            "profile": profile,
+            "agent_version": agent_version,
+            "tags": json.dumps(tags, sort_keys=True),
+            "model_name": model_name,
+            "model_version": model_version,
+            "last_seen": now,
+        }
+        # registered_at is the first registration's: an insert sets it, a re-registration leaves it
+        self.db.execute(_REGISTER_SQL, [*row.values(), now])
         log.info("device registered device=%s profile=%s agent=%s", device_id, profile, agent_version)
         return self.get(device_id)
 
@@ -160,27 +166,26 @@ class DeviceRegistry:
         if agent_version:
             updates["agent_version"] = agent_version
         sets = ", ".join(f"{k} = ?" for k in updates)
-        with self.db.transaction() as db:
-            cursor = db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", [*updates.values(), device_id])
-            if cursor.rowcount == 0:
-                raise NotFoundError(
-                    f"device {device_id!r} is not registered; devices register from their retained MQTT "
-                    "status (agent with telemetry on) or via POST /v1/devices"
-                )
+        if not self.db.execute(f"UPDATE devices SET {sets} WHERE device_id = ?", [*updates.values(), device_id]):
+            raise NotFoundError(
+                f"device {device_id!r} is not registered; devices register from their retained MQTT "
+                "status (agent with telemetry on) or via POST /v1/devices"
+            )
         return self.get(device_id)
 
     def set_presence(self, device_id: str, state: str, key: PresenceKey | None = None) -> bool:
         """Record what a device's MQTT status said, unless a newer status already did; True when applied."""
         if state not in STATUSES:
             raise InvalidInputError(f"presence: {state!r} is not one of {', '.join(STATUSES)}")
-        with self.db.transaction() as db:
-            row = db.execute("SELECT presence_key FROM devices WHERE device_id=?", [device_id]).fetchone()
-            if row is None:
+        with self.db.transaction() as tx:
+            rows = tx.query("SELECT presence_key FROM devices WHERE device_id=?" + self._for_update, [device_id])
+            if not rows:
                 return False
-            stored = tuple(json.loads(row[0])) if row[0] else None
+            text = rows[0]["presence_key"]
+            stored = tuple(json.loads(text)) if text else None
             if not newer_presence(key, stored):  # type: ignore[arg-type]
                 return False
-            db.execute(
+            tx.execute(
                 "UPDATE devices SET presence=?, presence_key=? WHERE device_id=?",
                 [state, json.dumps(list(key)) if key is not None else None, device_id],
             )
@@ -196,13 +201,11 @@ class DeviceRegistry:
             return 0
         now = self.clock()
         updated = 0
-        with self.db.transaction() as db:
+        with self.db.transaction() as tx:
             for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                updated += db.execute(
-                    f"UPDATE devices SET last_seen = ? WHERE device_id IN ({marks})", [now, *chunk]
-                ).rowcount
+                updated += tx.execute(f"UPDATE devices SET last_seen = ? WHERE device_id IN ({marks})", [now, *chunk])
         return updated
 
     def get(self, device_id: str) -> DeviceRecord:
@@ -212,9 +215,8 @@ class DeviceRegistry:
         return self._record(rows[0], self.clock())
 
     def delete(self, device_id: str) -> None:
-        with self.db.transaction() as db:
-            if db.execute("DELETE FROM devices WHERE device_id=?", [device_id]).rowcount == 0:
-                raise NotFoundError(f"device {device_id!r} is not registered")
+        if self.db.execute("DELETE FROM devices WHERE device_id=?", [device_id]) == 0:
+            raise NotFoundError(f"device {device_id!r} is not registered")
 
     def list(
         self, filt: DeviceFilter | None = None, limit: int = 50, offset: int = 0
@@ -229,8 +231,8 @@ class DeviceRegistry:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         for key, value in filt.tags.items():
-            clauses.append("json_extract(tags, ?) = ?")
-            params.extend([f'$."{key}"', value])
+            clauses.append(f"{self.db.dialect.json_text('tags')} = ?")
+            params.extend([key, value])
         if filt.status is not None:
             if filt.status not in STATUSES:
                 raise InvalidInputError(f"status: {filt.status!r} is not one of {', '.join(STATUSES)}")

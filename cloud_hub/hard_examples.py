@@ -1,7 +1,8 @@
 """Hard examples at the hub: what agents upload on `/hard_examples`, kept for labelling and retraining.
 
 MQTT 5, QoS 1, persistent session, manual acks: a message is acked to the broker only
-after the batch holding it has committed to <data_dir>/hard_examples.sqlite, so a hub
+after the batch holding it has committed to <data_dir>/hard_examples.sqlite (or the
+`hard_examples` schema of storage.database_url), so a hub
 crash loses nothing. Rows are keyed on (device, id), so a redelivery or an agent that
 re-sends after a crash stores nothing twice; beyond `max_rows` the oldest go. Bad
 messages are counted, logged (rate-limited) and acked. `decode_tensor_index`
@@ -28,7 +29,7 @@ from paho.mqtt.properties import Properties
 
 from tandem.cloud_hub.errors import HubError, NotFoundError
 from tandem.cloud_hub.mqtt_batches import ack_batch, take_batch
-from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
+from tandem.cloud_hub.storage.db import HubDatabase, Migration, is_postgres_url, open_database
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
 from tandem.protocols.tensor_blob import TensorBlobError, TensorInfo, decode_index, decode_tensors
@@ -38,6 +39,7 @@ from tandem.protocols.topics import HARD_EXAMPLES, TopicError, all_devices, pars
 log = logging.getLogger(__name__)
 
 HARD_EXAMPLES_DB_FILENAME = "hard_examples.sqlite"
+HARD_EXAMPLES_SCHEMA = "hard_examples"  # on PostgreSQL
 DEFAULT_MAX_ROWS = 100_000
 _MAX_TEXT = 256
 
@@ -151,7 +153,8 @@ _COLUMNS = (
 
 
 class HardExampleStore:
-    """The hub's hard-example table (its own SQLite file, synchronous=FULL: acks follow commits)."""
+    """The hub's hard-example table (its own SQLite file with synchronous=FULL, or a PostgreSQL schema:
+    acks follow commits)."""
 
     def __init__(self, db: HubDatabase, max_rows: int = DEFAULT_MAX_ROWS) -> None:
         if max_rows < 1:
@@ -160,15 +163,14 @@ class HardExampleStore:
         self.max_rows = max_rows
 
     @classmethod
-    def open(cls, path: str | Path, max_rows: int = DEFAULT_MAX_ROWS) -> "HardExampleStore":
-        """A directory means <dir>/hard_examples.sqlite."""
-        path = Path(path)
+    def open(cls, target: str | Path, max_rows: int = DEFAULT_MAX_ROWS) -> "HardExampleStore":
+        """A postgresql:// URL (schema `hard_examples`), a SQLite file, or a directory (<dir>/hard_examples.sqlite)."""
+        if is_postgres_url(target):
+            return cls(open_database(target, MIGRATIONS, schema=HARD_EXAMPLES_SCHEMA), max_rows)
+        path = Path(target)
         if path.is_dir() or not path.suffix:
             path = path / HARD_EXAMPLES_DB_FILENAME
-        db = open_database(path, MIGRATIONS)
-        with db.lock:
-            db.db.conn.execute("PRAGMA synchronous=FULL")
-        return cls(db, max_rows)
+        return cls(open_database(path, MIGRATIONS, durable=True), max_rows)
 
     def close(self) -> None:
         self.db.close()
@@ -176,12 +178,12 @@ class HardExampleStore:
     def insert(self, records: Sequence[HardExampleRecord], received_at: float) -> list[bool]:
         """Store a batch in one transaction (True for each new one), then trim to `max_rows`, oldest first."""
         new = []
-        with self.db.transaction() as db:
-            conn = db.conn
+        with self.db.transaction() as tx:
             for r in records:
                 tensors = json.dumps([[t.name, t.dtype, list(t.shape)] for t in r.tensors])
-                cur = conn.execute(
-                    f"INSERT OR IGNORE INTO hard_examples ({_COLUMNS}, blob) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                changed = tx.execute(
+                    f"INSERT INTO hard_examples ({_COLUMNS}, blob) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT DO NOTHING",
                     [
                         r.device_id,
                         r.example_id,
@@ -197,10 +199,10 @@ class HardExampleStore:
                         r.blob,
                     ],
                 )
-                new.append(cur.rowcount == 1)
+                new.append(changed == 1)
             if any(new):
-                top = conn.execute("SELECT MAX(n) FROM hard_examples").fetchone()[0] or 0
-                conn.execute("DELETE FROM hard_examples WHERE n <= ?", [top - self.max_rows])
+                top = tx.query("SELECT MAX(n) AS top FROM hard_examples")[0]["top"] or 0
+                tx.execute("DELETE FROM hard_examples WHERE n <= ?", [top - self.max_rows])
         return new
 
     def count(self) -> int:
@@ -291,7 +293,8 @@ class HardExampleIngest:
             raise HubError("hard-example ingestion needs the hub's MQTT broker")
         self.config = config
         if self.store is None:
-            self.store = HardExampleStore.open(hub.config.data_dir / HARD_EXAMPLES_DB_FILENAME, config.max_rows)
+            where = hub.config.storage.database_url or hub.config.data_dir / HARD_EXAMPLES_DB_FILENAME
+            self.store = HardExampleStore.open(where, config.max_rows)
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )

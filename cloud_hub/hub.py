@@ -60,7 +60,7 @@ class Hub:
         self._lock = lock_data_dir(self.config.data_dir, self.replica_id)
         try:
             refuse_if_corrupt(self.config.data_dir)  # one line naming file and table, not a 500 on every request
-            self.db = open_database(self.config.db_path)
+            self.db = open_database(self.config.database)  # SQLite <data_dir>/hub.db or storage.database_url
         except BaseException:
             self._lock.release()
             raise

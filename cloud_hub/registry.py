@@ -22,7 +22,7 @@ from tandem.cloud_hub.errors import ConflictError, InvalidInputError, NotFoundEr
 from tandem.cloud_hub.keys import ReleaseKey
 from tandem.cloud_hub.publishers import TrustedPublishers
 from tandem.cloud_hub.storage.artifacts import ArtifactStore, sha256_file
-from tandem.cloud_hub.storage.db import HubDatabase
+from tandem.cloud_hub.storage.db import HubDatabase, insert, insert_many
 from tandem.protocols import signing
 from tandem.protocols.manifest import (
     MANIFEST_FILENAME,
@@ -104,14 +104,12 @@ class ModelRegistry:
         for entry in files:
             self.artifacts.put_file(model_dir / entry.path, expected_sha256=entry.sha256)
         signed = signing.countersign(manifest.to_dict(), self.key.private_key)
-        with self.db.transaction() as db:
-            # Checked again under the write lock: two registrations may race.
-            row = db.execute(
-                "SELECT content_sha256 FROM models WHERE name=? AND version=?", [manifest.name, manifest.version]
-            ).fetchone()
-            if row is not None:
-                return self._same_or_conflict(manifest, digest, row[0])
-            db["models"].insert(
+        with self.db.transaction() as tx:
+            # Two registrations may race (threads, or hub replicas on PostgreSQL): the loser's insert does
+            # nothing and it answers as a re-registration would.
+            added = insert(
+                tx,
+                "models",
                 {
                     "name": manifest.name,
                     "version": manifest.version,
@@ -121,9 +119,17 @@ class ModelRegistry:
                     "created_at": manifest.created_at,
                     "registered_at": time.time(),
                     "size_bytes": sum(f.size for f in files),
-                }
+                },
+                "ON CONFLICT DO NOTHING",
             )
-            db["variants"].insert_all(
+            if not added:
+                row = tx.query(
+                    "SELECT content_sha256 FROM models WHERE name=? AND version=?", [manifest.name, manifest.version]
+                )
+                return self._same_or_conflict(manifest, digest, row[0]["content_sha256"])
+            insert_many(
+                tx,
+                "variants",
                 [
                     {
                         "model": manifest.name,
@@ -135,9 +141,11 @@ class ModelRegistry:
                         "size_bytes": sum(f.size for f in v.files),
                     }
                     for v in manifest.variants
-                ]
+                ],
             )
-            db["model_files"].insert_all(
+            insert_many(
+                tx,
+                "model_files",
                 [
                     {
                         "model": manifest.name,
@@ -147,7 +155,7 @@ class ModelRegistry:
                         "size": f.size,
                     }
                     for f in files
-                ]
+                ],
             )
         log.info(
             "registered model=%s version=%s variants=%d publisher=%s",

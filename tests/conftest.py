@@ -18,13 +18,15 @@ import pytest
 
 from dependencies import REQUIRE_ALL_ENV, is_dependency_skip, require_all
 
-pytest_plugins = ["hub_registry_fixtures", "telemetry_fixtures", "v2_stub_fixtures", "web_fixtures"]
+pytest_plugins = ["hub_registry_fixtures", "pg_fixtures", "telemetry_fixtures", "v2_stub_fixtures", "web_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Knobs the tests themselves read (test sizes, the strict setting); everything else named
 # TANDEM_* configures the agent, hub or compiler and would change what a test exercises.
-TEST_KNOBS = frozenset({REQUIRE_ALL_ENV, "TANDEM_TEST_OUTAGE_S", "TANDEM_HOSTILE_REST_N", "TANDEM_FUZZ_EXAMPLES"})
+TEST_KNOBS = frozenset(
+    {REQUIRE_ALL_ENV, "TANDEM_TEST_DATABASE", "TANDEM_TEST_OUTAGE_S", "TANDEM_HOSTILE_REST_N", "TANDEM_FUZZ_EXAMPLES"}
+)
 
 _dependency_skips: list[str] = []
 

@@ -64,7 +64,7 @@ def test_migrations_apply_once_in_order_and_refuse_a_newer_database(tmp_path):
     )
     db = open_database(path, extra)
     assert db.schema_version() == extra[-1].version
-    assert "notes" in db.db.table_names()
+    assert "notes" in db.tables()
     assert db.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
     db.close()
     db = open_database(path, extra)  # applying again is a no-op
@@ -80,7 +80,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path):
     with pytest.raises(DatabaseError, match="broken"):
         open_database(path, broken)
     db = open_database(path)
-    assert db.schema_version() == MIGRATIONS[-1].version and "ok_table" not in db.db.table_names()
+    assert db.schema_version() == MIGRATIONS[-1].version and "ok_table" not in db.tables()
     db.close()
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tandem.cloud_hub.errors import HubError
 from tandem.cloud_hub.rollouts.service import DriftAlerts, RolloutService, RolloutServiceConfig
-from tandem.cloud_hub.rollouts.store import RolloutStore
+from tandem.cloud_hub.rollouts.store import ROLLOUTS_DB_FILENAME, RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def attach_rollouts(
         _stop(previous)
     if drift_alerts is None:
         drift_alerts = _drift_alerts_of(hub)
-    store = RolloutStore.open(hub.config.data_dir / "rollouts.sqlite")
+    store = RolloutStore.open(hub.config.storage.database_url or hub.config.data_dir / ROLLOUTS_DB_FILENAME)
     try:
         service = RolloutService(
             store,

@@ -1,7 +1,8 @@
-"""Rollouts in SQLite: the controller's state per rollout, every step as an event, status dedupe.
+"""Rollouts in the hub's storage: the controller's state per rollout, every step as an event, status dedupe.
 
-Its own database file next to the hub's (data_dir/rollouts.sqlite), migrated with the
-hub's mechanism (`cloud_hub.storage.db`), so its schema evolves apart from others'.
+Its own database file next to the hub's (data_dir/rollouts.sqlite), or the `rollouts` schema
+on PostgreSQL, migrated with the hub's mechanism (`cloud_hub.storage.db`), so its schema
+evolves apart from others'. `save` writes a rollout's state and its events in one transaction.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 from tandem.cloud_hub.errors import NotFoundError
 from tandem.cloud_hub.rollouts.controller import Event, Rollout
-from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
+from tandem.cloud_hub.storage.db import HubDatabase, Migration, insert_many, is_postgres_url, open_database, upsert_sql
 
 ROLLOUTS_DB_FILENAME = "rollouts.sqlite"
+ROLLOUTS_SCHEMA = "rollouts"  # on PostgreSQL
 
 ROLLOUT_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -53,9 +55,11 @@ class RolloutStore:
         self.db = db
 
     @classmethod
-    def open(cls, path: str | Path) -> "RolloutStore":
-        """A directory means <dir>/rollouts.sqlite."""
-        path = Path(path)
+    def open(cls, target: str | Path) -> "RolloutStore":
+        """A postgresql:// URL (schema `rollouts`), a SQLite file, or a directory (<dir>/rollouts.sqlite)."""
+        if is_postgres_url(target):
+            return cls(open_database(target, ROLLOUT_MIGRATIONS, schema=ROLLOUTS_SCHEMA))
+        path = Path(target)
         if path.is_dir() or not path.suffix:
             path = path / ROLLOUTS_DB_FILENAME
         return cls(open_database(path, ROLLOUT_MIGRATIONS))
@@ -66,21 +70,21 @@ class RolloutStore:
     def save(self, r: Rollout, events: list[Event] = (), now: float | None = None) -> None:  # type: ignore[assignment]
         """Write the rollout's state and its new events in one transaction."""
         now = time.time() if now is None else now
-        with self.db.transaction() as db:
-            db["rollouts"].upsert(
-                {
-                    "rollout_id": r.rollout_id,
-                    "model": r.model,
-                    "version": r.version,
-                    "status": r.status,
-                    "created_at": r.created_at,
-                    "updated_at": r.updated_at,
-                    "doc": json.dumps(r.to_dict(), sort_keys=True),
-                },
-                pk="rollout_id",
-            )
+        row = {
+            "rollout_id": r.rollout_id,
+            "model": r.model,
+            "version": r.version,
+            "status": r.status,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "doc": json.dumps(r.to_dict(), sort_keys=True),
+        }
+        with self.db.transaction() as tx:
+            tx.execute(upsert_sql("rollouts", tuple(row), ("rollout_id",)), list(row.values()))
             if events:
-                db["rollout_events"].insert_all(
+                insert_many(
+                    tx,
+                    "rollout_events",
                     [
                         {
                             "rollout_id": r.rollout_id,
@@ -90,7 +94,7 @@ class RolloutStore:
                             "detail": json.dumps(e.detail, sort_keys=True),
                         }
                         for e in events
-                    ]
+                    ],
                 )
 
     def targets(self, device_id: str, model: str, version: str) -> bool:
@@ -133,7 +137,7 @@ class RolloutStore:
     def recent_events(self, rollout_id: str, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.db.query(
             "SELECT * FROM (SELECT id, at, kind, device_id, detail FROM rollout_events "
-            "WHERE rollout_id=? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "WHERE rollout_id=? ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",
             [rollout_id, limit],
         )
         for row in rows:
@@ -142,6 +146,7 @@ class RolloutStore:
 
     def first_seen(self, device_id: str, seq: int) -> bool:
         """True the first time (device, seq) is seen: statuses are delivered at least once."""
-        with self.db.transaction() as db:
-            cur = db.execute("INSERT OR IGNORE INTO ota_status_seen (device_id, seq) VALUES (?, ?)", [device_id, seq])
-            return cur.rowcount == 1
+        added = self.db.execute(
+            "INSERT INTO ota_status_seen (device_id, seq) VALUES (?, ?) ON CONFLICT DO NOTHING", [device_id, seq]
+        )
+        return added == 1

@@ -1,6 +1,6 @@
-"""Hub state on disk: the SQLite database and the content-addressed artifact files."""
+"""Hub state: the storage interface (SQLite or PostgreSQL behind `HubDatabase`) and the artifact files."""
 
 from tandem.cloud_hub.storage.artifacts import ArtifactStore
-from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
+from tandem.cloud_hub.storage.db import DatabaseError, HubDatabase, Migration, Transaction, open_database
 
-__all__ = ["ArtifactStore", "HubDatabase", "Migration", "open_database"]
+__all__ = ["ArtifactStore", "DatabaseError", "HubDatabase", "Migration", "Transaction", "open_database"]

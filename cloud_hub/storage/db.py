@@ -1,30 +1,36 @@
-"""The hub's SQLite database (sqlite-utils, WAL) and its versioned migrations.
+"""The hub's storage interface (`HubDatabase`), its versioned migrations and `open_database`.
 
-One connection is shared by the HTTP worker threads behind a lock: the hub's write
-rate is small (registrations, heartbeats) and SQLite serialises writers anyway.
-Later issues append migrations to `MIGRATIONS`; applied ones are never edited.
+Two backends sit behind it: SQLite (one file per store, the embedded default:
+cloud_hub/storage/sqlite_db.py) and PostgreSQL (one database, one schema per store:
+cloud_hub/storage/postgres_db.py). Stores write portable SQL with `?` placeholders;
+cloud_hub/storage/dialect.py rewrites what differs. Later issues append migrations to a
+store's list; applied ones are never edited.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
-import threading
+import re
 import time
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-import sqlite_utils
+from typing import Any, Mapping, Protocol, Sequence
 
 from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.storage.dialect import Dialect
 
 log = logging.getLogger(__name__)
 
 
+Params = Sequence[Any]
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
 class DatabaseError(HubError):
-    """The database file cannot be opened or migrated."""
+    """The database cannot be opened, reached or migrated; the message names it (password redacted)."""
 
 
 @dataclass(frozen=True)
@@ -101,55 +107,130 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-class HubDatabase:
-    """A migrated sqlite-utils Database plus the lock every access takes."""
+class Transaction(Protocol):
+    """Statements inside one transaction (`HubDatabase.transaction()`), on one connection."""
 
-    def __init__(self, path: Path, db: sqlite_utils.Database) -> None:
-        self.path = path
-        self.db = db
-        self.lock = threading.RLock()
+    def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        ...
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """Hold the lock and commit on success, roll back on error."""
-        with self.lock:
-            conn = self.db.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def executemany(self, sql: str, rows: Sequence[Params]) -> int:
+        """Run one statement per parameter row; the rows changed in all."""
+        ...
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.db.query(sql, params))
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        """Rows (as dicts) of a SELECT, or of a statement with RETURNING."""
+        ...
+
+
+class HubDatabase(ABC):
+    """One store's database: SQLite file or PostgreSQL schema, thread-safe, `?` placeholders.
+
+    `query`/`execute` run alone (autocommit); `transaction()` commits on success and rolls back
+    on error. Inside a transaction the same thread's `query` sees its uncommitted writes.
+    """
+
+    dialect: Dialect
+    where: str  # the file, or the URL (password redacted) and schema: for logs and errors
+
+    @property
+    def path(self) -> str:
+        """Where the data lives (kept for log lines that said `db.path`)."""
+        return self.where
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    @abstractmethod
+    def query(self, sql: str, params: Params = ()) -> list[dict[str, Any]]: ...
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        """One statement in its own transaction; the rows it changed."""
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
+
+    @abstractmethod
+    def tables(self) -> list[str]:
+        """The tables of this store (integrity checks, tests)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def _lock_migrations(self, tx: Transaction) -> None:
+        """Keep two processes from migrating the same store at once (PostgreSQL: an advisory lock)."""
 
     def schema_version(self) -> int:
-        with self.lock:
-            row = self.db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-        return int(row[0] or 0)
-
-    def close(self) -> None:
-        with self.lock:
-            self.db.conn.close()
+        rows = self.query("SELECT MAX(version) AS v FROM schema_migrations")
+        return int(rows[0]["v"] or 0) if rows else 0
 
 
-def open_database(path: str | Path, migrations: Sequence[Migration] = MIGRATIONS) -> HubDatabase:
-    """Open (creating) the database in WAL mode and apply pending migrations in order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def insert(tx: Transaction, table: str, row: Mapping[str, Any], conflict: str = "") -> int:
+    """INSERT one row given as a dict (column names are ours, never user input); `conflict`: e.g.
+    "ON CONFLICT DO NOTHING". The rows it changed (0: the conflict clause skipped it)."""
+    return tx.execute(_insert_sql(table, tuple(row), conflict), list(row.values()))
+
+
+def insert_many(tx: Transaction, table: str, rows: Sequence[Mapping[str, Any]], conflict: str = "") -> int:
+    """INSERT several dicts with the same keys in one executemany."""
+    if not rows:
+        return 0
+    columns = tuple(rows[0])
+    return tx.executemany(_insert_sql(table, columns, conflict), [[r[c] for c in columns] for r in rows])
+
+
+def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """INSERT ... ON CONFLICT(key) DO UPDATE SET every other column (both engines run it)."""
+    updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in key)
+    return _insert_sql(table, tuple(columns), f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+def _insert_sql(table: str, columns: tuple[str, ...], conflict: str) -> str:
+    marks = ", ".join("?" * len(columns))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}".rstrip()
+
+
+def is_postgres_url(target: object) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages and logs."""
+    return re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def open_database(
+    target: str | Path,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    schema: str = "hub",
+    durable: bool = False,
+) -> HubDatabase:
+    """Open (creating) a store and apply its pending migrations in order.
+
+    `target`: a SQLite file path, or a postgresql:// URL (the store lives in `schema` there, so
+    the hub's stores keep apart schema_migrations in one database). `durable`: SQLite fsyncs
+    every commit (synchronous=FULL) for stores that acknowledge what they committed.
+    """
+    if is_postgres_url(target):
+        from tandem.cloud_hub.storage.postgres_db import PostgresDatabase
+
+        if not SCHEMA_RE.match(schema):
+            raise DatabaseError(f"schema {schema!r}: lowercase letters, digits and '_' only")
+        hub_db: HubDatabase = PostgresDatabase(str(target), schema)
+    else:
+        if isinstance(target, str) and "://" in target:
+            raise DatabaseError(
+                f"{redact_url(target)}: not a database this hub can use; give a file path (SQLite) or a "
+                "postgresql://user:password@host:port/dbname URL (storage.database_url)"
+            )
+        from tandem.cloud_hub.storage.sqlite_db import SqliteDatabase
+
+        hub_db = SqliteDatabase(Path(target), durable=durable)
     try:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see `transaction`).
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-    except sqlite3.Error as exc:
-        raise DatabaseError(f"{path}: cannot open the hub database ({exc})") from exc
-    hub_db = HubDatabase(path, sqlite_utils.Database(conn))
-    _migrate(hub_db, migrations)
+        _migrate(hub_db, migrations)
+    except BaseException:
+        hub_db.close()
+        raise
     return hub_db
 
 
@@ -157,29 +238,39 @@ def _migrate(hub_db: HubDatabase, migrations: Sequence[Migration]) -> None:
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise DatabaseError("migrations must have unique, increasing versions")
-    with hub_db.transaction() as db:
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    dialect = hub_db.dialect
+    with hub_db.transaction() as tx:
+        hub_db._lock_migrations(tx)
+        tx.execute(
+            dialect.ddl(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
         )
     current = hub_db.schema_version()
     known = max(versions, default=0)
     if current > known:
         raise DatabaseError(
-            f"{hub_db.path}: schema version {current} is newer than this Tandem knows ({known}); upgrade tandem"
+            f"{hub_db.where}: schema version {current} is newer than this Tandem knows ({known}); upgrade tandem"
         )
     for migration in migrations:
         if migration.version <= current:
             continue
         try:
-            with hub_db.transaction() as db:
+            with hub_db.transaction() as tx:
+                hub_db._lock_migrations(tx)  # another replica may have applied it meanwhile
+                if tx.query("SELECT 1 AS x FROM schema_migrations WHERE version=?", [migration.version]):
+                    continue
                 for statement in migration.statements:
-                    db.execute(statement)
-                db.execute(
+                    tx.execute(dialect.ddl(statement))
+                tx.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     [migration.version, migration.name, time.time()],
                 )
-        except sqlite3.Error as exc:
+        except DatabaseError:
+            raise
+        except Exception as exc:
             raise DatabaseError(
-                f"{hub_db.path}: migration {migration.version} ({migration.name}) failed: {exc}"
+                f"{hub_db.where}: migration {migration.version} ({migration.name}) failed: {exc}"
             ) from exc
-        log.info("applied migration version=%d name=%s", migration.version, migration.name)
+        log.info("applied migration where=%s version=%d name=%s", hub_db.where, migration.version, migration.name)

@@ -63,13 +63,14 @@ class GapTracker:
         self._lock = threading.Lock()
         self.asked = 0  # resend requests published
         self.recovered = 0  # gaps a later window filled (since start)
-        with store.db.transaction() as db:
+        with store.db.transaction() as tx:
             for sql in _SCHEMA:
-                db.conn.execute(sql)
-            # a hub upgraded with windows already stored: start from what it has
-            db.conn.execute(
-                "INSERT OR IGNORE INTO telemetry_seq (device_id, last_seq) SELECT device_id, "
-                "MAX(sequence) FROM telemetry_windows GROUP BY device_id"
+                tx.execute(store.db.dialect.ddl(sql))
+            # a hub upgraded with windows already stored: start from what it has ("WHERE true": SQLite's
+            # INSERT ... SELECT ... ON CONFLICT needs a WHERE to parse)
+            tx.execute(
+                "INSERT INTO telemetry_seq (device_id, last_seq) SELECT device_id, "
+                "MAX(sequence) FROM telemetry_windows WHERE true GROUP BY device_id ON CONFLICT DO NOTHING"
             )
         self._last = {r["device_id"]: int(r["last_seq"]) for r in store.db.query("SELECT * FROM telemetry_seq")}
 
@@ -90,8 +91,7 @@ class GapTracker:
                     self._last[device] = changed[device] = seq
                 else:
                     filled.append((device, seq))
-            with self.store.db.transaction() as db:
-                c = db.conn
+            with self.store.db.transaction() as c:
                 for device, seq in changed.items():
                     c.execute(
                         "INSERT INTO telemetry_seq (device_id, last_seq) VALUES (?, ?) ON CONFLICT(device_id) "
@@ -102,10 +102,11 @@ class GapTracker:
                     if n:
                         c.execute("UPDATE telemetry_seq SET lost_unasked=lost_unasked+? WHERE device_id=?", [n, device])
                 c.executemany(
-                    "INSERT OR IGNORE INTO telemetry_gaps (device_id, sequence, opened_at) VALUES (?,?,?)", opened
+                    "INSERT INTO telemetry_gaps (device_id, sequence, opened_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                    opened,
                 )
                 for device, seq in filled:
-                    if c.execute("DELETE FROM telemetry_gaps WHERE device_id=? AND sequence=?", [device, seq]).rowcount:
+                    if c.execute("DELETE FROM telemetry_gaps WHERE device_id=? AND sequence=?", [device, seq]):
                         self.recovered += 1
         if opened:
             log.warning("telemetry gaps opened=%d devices=%s", len(opened), sorted({d for d, _, _ in opened})[:5])
@@ -114,19 +115,18 @@ class GapTracker:
         """Ask for gaps due an ask; count as lost those asked max_asks times; returns requests published."""
         now, p = self.clock(), self.policy
         with self._lock:
-            with self.store.db.transaction() as db:
-                c = db.conn
+            with self.store.db.transaction() as c:
                 c.execute(
                     "UPDATE telemetry_gaps SET state='lost' WHERE state='open' AND asks>=? AND last_ask<?",
                     [p.max_asks, now - p.ask_every_s],
                 )
-                due = c.execute(
+                due = c.query(
                     "SELECT device_id, sequence FROM telemetry_gaps WHERE state='open' AND asks<? AND "
                     "((asks=0 AND opened_at<?) OR (asks>0 AND last_ask<?)) ORDER BY device_id, sequence",
                     [p.max_asks, now - p.ask_after_s, now - p.ask_every_s],
-                ).fetchall()
+                )
                 by_device: dict[str, list[int]] = defaultdict(list)
-                for device, seq in due:
+                for device, seq in ((r["device_id"], r["sequence"]) for r in due):
                     if len(by_device[device]) < MAX_RESEND_SEQUENCES:
                         by_device[device].append(int(seq))
                 for device, seqs in by_device.items():

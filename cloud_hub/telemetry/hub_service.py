@@ -1,7 +1,8 @@
 """The hub's telemetry component: plugs TelemetryIngestService into `Hub.add_service`.
 
 It starts once the hub's broker is up (so the MQTT URL is known), keeps its windows in
-<data_dir>/telemetry.sqlite, reads drift references from the model registry, and is
+<data_dir>/telemetry.sqlite (or the telemetry schema of storage.database_url), reads drift references
+from the model registry, and is
 reachable as `hub.telemetry` (and `hub.app.state.telemetry`) for the REST routes in
 cloud_hub.telemetry.routes and the rollout gates. `Hub.start()` adds one by default
 (HubConfig.telemetry.enabled); a hub given its own HubTelemetry uses that one instead. On a hub
@@ -76,7 +77,10 @@ class HubTelemetry:
 
             service_class = ReplicaTelemetryService
         self.service = service_class(
-            hub.config.data_dir, hub.mqtt_url, lambda name, version: hub.registry.manifest(name, version), config
+            hub.config.storage.database_url or hub.config.data_dir,
+            hub.mqtt_url,
+            lambda name, version: hub.registry.manifest(name, version),
+            config,
         )
         self.service.start()
         self._hub = hub

@@ -2,12 +2,12 @@
 
 Time filters, orders and buckets use `received_at`, the hub's clock (the device's start/end
 times are kept beside it): a device whose clock is an hour off is neither hidden from `since`
-nor filed into the past. Windows are stored idempotently on (device_id, sequence): INSERT OR IGNORE, so an
-MQTT redelivery or an agent resending after a crash changes nothing. The file is
-separate from the hub's registry DB so the high-rate ingest never waits on (or
-blocks) the console's writes; it uses the hub's migration mechanism all the same.
-synchronous=FULL: the hub acknowledges a window to the broker only after its batch
-commits, so a commit must survive a power cut; one fsync per batch is cheap.
+nor filed into the past. Windows are stored idempotently on (device_id, sequence): INSERT ... ON CONFLICT
+DO NOTHING, so an MQTT redelivery or an agent resending after a crash changes nothing. On SQLite the
+file is separate from the hub's registry DB so the high-rate ingest never waits on (or
+blocks) the console's writes; on PostgreSQL it is the `telemetry` schema. Either way it uses
+the hub's migration mechanism. SQLite runs synchronous=FULL: the hub acknowledges a window to
+the broker only after its batch commits, so a commit must survive a power cut; one fsync per batch is cheap.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tandem.cloud_hub.storage.db import HubDatabase, Migration, open_database
+from tandem.cloud_hub.storage.db import HubDatabase, Migration, is_postgres_url, open_database
 from tandem.protocols.telemetry_codec import TelemetryWindow
 
 log = logging.getLogger(__name__)
 
 TELEMETRY_DB_FILENAME = "telemetry.sqlite"
+TELEMETRY_SCHEMA = "telemetry"  # on PostgreSQL
 
 TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -85,22 +86,22 @@ class TelemetryStore:
         self.db = db
 
     @classmethod
-    def open(cls, path: str | Path) -> "TelemetryStore":
-        """Open (creating and migrating) a telemetry DB; a directory means <dir>/telemetry.sqlite."""
-        path = Path(path)
-        if path.is_dir() or not path.suffix:
-            path = path / TELEMETRY_DB_FILENAME
-        db = open_database(path, TELEMETRY_MIGRATIONS)
-        with db.lock:
-            db.db.conn.execute("PRAGMA synchronous=FULL")
-            # time filters and buckets use the hub's receipt time (device clocks may be hours off)
-            db.db.conn.execute(
-                "CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)"
-            )
-            db.db.conn.execute(
-                "CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
-                "(model_name, model_version, received_at)"
-            )
+    def open(cls, target: str | Path) -> "TelemetryStore":
+        """Open (creating and migrating) a telemetry DB: a postgresql:// URL (schema `telemetry`), a SQLite
+        file, or a directory (<dir>/telemetry.sqlite)."""
+        if is_postgres_url(target):
+            db = open_database(target, TELEMETRY_MIGRATIONS, schema=TELEMETRY_SCHEMA)
+        else:
+            path = Path(target)
+            if path.is_dir() or not path.suffix:
+                path = path / TELEMETRY_DB_FILENAME
+            db = open_database(path, TELEMETRY_MIGRATIONS, durable=True)
+        # time filters and buckets use the hub's receipt time (device clocks may be hours off)
+        db.execute("CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)")
+        db.execute(
+            "CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
+            "(model_name, model_version, received_at)"
+        )
         return cls(db)
 
     def close(self) -> None:
@@ -111,12 +112,11 @@ class TelemetryStore:
     def insert_windows(self, items: Sequence[StoredWindow]) -> list[bool]:
         """Store a batch in one transaction; True for each window that was new."""
         new: list[bool] = []
-        with self.db.transaction() as db:
-            conn = db.conn
+        with self.db.transaction() as tx:
             for item in items:
                 w, r = item.window, item.window.requests
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO telemetry_windows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                changed = tx.execute(
+                    "INSERT INTO telemetry_windows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                     [
                         w.device_id,
                         w.sequence,
@@ -138,7 +138,7 @@ class TelemetryStore:
                         item.payload,
                     ],
                 )
-                new.append(cur.rowcount == 1)
+                new.append(changed == 1)
         return new
 
     def device_windows(
@@ -210,11 +210,13 @@ class TelemetryStore:
             where += " AND model_version=?"
             params.append(model_version)
         params.append(limit)
+        d = self.db.dialect
+        requests = d.greatest("1", "SUM(n_edge + n_cloud + n_degraded + n_error)")
         return self.db.query(
-            "SELECT CAST(received_at / ? AS INTEGER) * ? AS bucket_start, model_version, COUNT(*) AS windows, "
+            f"SELECT {d.int_floor('received_at / ?')} * ? AS bucket_start, model_version, COUNT(*) AS windows, "
             "COUNT(DISTINCT device_id) AS devices, SUM(n_edge) AS edge, SUM(n_cloud) AS cloud, "
             "SUM(n_degraded) AS edge_degraded, SUM(n_error) AS error, SUM(samples) AS samples, "
-            "SUM(latency_sum_ms) / MAX(1, SUM(n_edge + n_cloud + n_degraded + n_error)) AS latency_mean_ms, "
+            f"SUM(latency_sum_ms) / {requests} AS latency_mean_ms, "
             f"MAX(latency_max_ms) AS latency_max_ms FROM telemetry_windows WHERE {where} "
             "GROUP BY bucket_start, model_version ORDER BY bucket_start LIMIT ?",
             params,
@@ -251,12 +253,11 @@ class TelemetryStore:
         ingest writer never waits long for the lock; returns how many."""
         total = 0
         while True:
-            with self.db.transaction() as db:
-                n = db.conn.execute(
-                    "DELETE FROM telemetry_windows WHERE (device_id, sequence) IN (SELECT device_id, sequence "
-                    "FROM telemetry_windows WHERE received_at<? LIMIT ?)",
-                    [before, chunk],
-                ).rowcount
+            n = self.db.execute(
+                "DELETE FROM telemetry_windows WHERE (device_id, sequence) IN (SELECT device_id, sequence "
+                "FROM telemetry_windows WHERE received_at<? LIMIT ?)",
+                [before, chunk],
+            )
             total += n
             if n < chunk:
                 return total
@@ -272,20 +273,19 @@ class TelemetryStore:
         stats: dict[str, Any],
         at: float | None = None,
     ) -> int:
-        with self.db.transaction() as db:
-            cur = db.conn.execute(
+        with self.db.transaction() as tx:
+            rows = tx.query(
                 "INSERT INTO drift_alerts (model_name, model_version, cohort, signal, state, opened_at, open_stats, "
-                "last_stats) VALUES (?,?,?,?, 'open', ?, ?, ?)",
+                "last_stats) VALUES (?,?,?,?, 'open', ?, ?, ?) RETURNING id",
                 [model_name, model_version, cohort, signal, at or time.time(), json.dumps(stats), json.dumps(stats)],
             )
-            return int(cur.lastrowid)
+            return int(rows[0]["id"])
 
     def close_alert(self, alert_id: int, stats: dict[str, Any], at: float | None = None) -> None:
-        with self.db.transaction() as db:
-            db.conn.execute(
-                "UPDATE drift_alerts SET state='closed', closed_at=?, last_stats=? WHERE id=?",
-                [at or time.time(), json.dumps(stats), alert_id],
-            )
+        self.db.execute(
+            "UPDATE drift_alerts SET state='closed', closed_at=?, last_stats=? WHERE id=?",
+            [at or time.time(), json.dumps(stats), alert_id],
+        )
 
     def alerts(
         self, state: str | None = None, model_name: str | None = None, limit: int = 50, offset: int = 0
