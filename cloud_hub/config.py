@@ -218,11 +218,24 @@ class TelemetryConfig:
     enabled: bool = True
     # None: a plain subscription (survives a Mosquitto restart); a name: $share/<name>/... for hub replicas.
     share_group: str | None = None
-    retention_s: float = 24 * 3600.0
+    # Raw windows (~550 bytes each stored) are kept this long, then only their rollups (cloud_hub/telemetry/retention.py):
+    # per device and per cohort, minute rows for minute_retention_s (>= drift span + baseline: a restart refills
+    # the drift engine from them), hour rows for rollup_retention_s. A pass runs every rollup_interval_s.
+    retention_s: float = 3600.0
+    minute_retention_s: float = 6 * 3600.0
+    rollup_retention_s: float = 400 * 86400.0
+    rollup_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         _switch("telemetry.enabled", self.enabled)
-        _positive("telemetry", self, "retention_s")
+        _positive("telemetry", self, "retention_s", "minute_retention_s", "rollup_retention_s", "rollup_interval_s")
+        if self.retention_s <= 60:
+            raise _bad("telemetry.retention_s", f"{self.retention_s!r} must exceed 60 s (windows are rolled up first)")
+        if self.minute_retention_s > self.rollup_retention_s:
+            raise _bad(
+                "telemetry.minute_retention_s",
+                f"{self.minute_retention_s!r} must be <= telemetry.rollup_retention_s ({self.rollup_retention_s!r})",
+            )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tandem.cloud_hub.errors import ConfigError
 from tandem.cloud_hub.telemetry.alerts import Hysteresis
 from tandem.cloud_hub.telemetry.engine import DriftConfig
+from tandem.cloud_hub.telemetry.retention import RetentionPolicy
 from tandem.cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
 
 if TYPE_CHECKING:
@@ -46,7 +47,12 @@ def telemetry_config(config: HubConfig, replica_id: str | None = None) -> Teleme
         }
     return TelemetryServiceConfig(
         eval_interval_s=config.drift.eval_interval_s,
-        retention_s=config.telemetry.retention_s,
+        retention=RetentionPolicy(
+            raw_retention_s=config.telemetry.retention_s,
+            minute_retention_s=config.telemetry.minute_retention_s,
+            hour_retention_s=config.telemetry.rollup_retention_s,
+            interval_s=config.telemetry.rollup_interval_s,
+        ),
         webhook_url=config.drift.webhook_url,
         drift=drift,
         ingest=ingest,

@@ -13,9 +13,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from tandem.cloud_hub.errors import ServiceUnavailableError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Paging, paging, require
 from tandem.cloud_hub.rest.schemas import Page
+from tandem.cloud_hub.telemetry.rollups import HOUR, MINUTE
 from tandem.cloud_hub.telemetry.schemas import (
     ClocksOut,
     DeviceGapsOut,
+    DeviceRollupsOut,
     DeviceSeriesOut,
     DriftAlertOut,
     DriftStatusOut,
@@ -87,14 +89,53 @@ def model_series(
     until: float | None = Query(None, ge=0),
     bucket_s: float = Query(60.0, ge=1, le=86_400),
     limit: int = Query(1000, ge=1, le=MAX_SERIES_POINTS),
+    source: Literal["auto", "raw", "rollups"] = Query(
+        "auto",
+        description="auto: the raw windows while they hold the whole range, else the per-device rollups (when "
+        "bucket_s is a whole number of minutes); rollups trail ingest by up to a minute",
+    ),
     telemetry: Any = Depends(get_telemetry),
 ) -> dict[str, Any]:
-    """A model's fleet-wide time series per bucket: windows, devices, requests by source, latency."""
+    """A model's fleet-wide time series per bucket: windows, devices, requests by source, latency. Long ranges
+    come from the rollups (raw windows are kept only for [telemetry] retention_s)."""
+    if source == "auto":  # raw while it still holds the whole range (exact and current), else the rollups
+        raw_gone = since < telemetry.rollups.raw_complete_since()
+        source = "rollups" if raw_gone and bucket_s % MINUTE == 0 else "raw"
+    if source == "rollups":
+        items = telemetry.rollups.model_series(model_name, model_version, since, until, bucket_s, limit)
+    else:
+        items = telemetry.store.model_series(model_name, model_version, since, until, bucket_s, limit)
     return {
         "model_name": model_name,
         "model_version": model_version,
         "bucket_s": bucket_s,
-        "items": telemetry.store.model_series(model_name, model_version, since, until, bucket_s, limit),
+        "source": source,
+        "items": items,
+    }
+
+
+@router.get(
+    "/v1/telemetry/devices/{device_id}/rollups",
+    response_model=DeviceRollupsOut,
+    response_model_exclude_unset=True,
+    tags=["telemetry"],
+)
+def device_rollups(
+    device_id: str,
+    resolution: Literal["minute", "hour"] = Query(
+        "hour", description="minute rows are kept for [telemetry] minute_retention_s, hour rows for rollup_retention_s"
+    ),
+    since: float = Query(0.0, ge=0),
+    until: float | None = Query(None, ge=0),
+    limit: int = Query(1000, ge=1, le=MAX_SERIES_POINTS),
+    telemetry: Any = Depends(get_telemetry),
+) -> dict[str, Any]:
+    """One device's rollup buckets, oldest first: requests by source, samples, latency sum/max/histogram."""
+    res = MINUTE if resolution == "minute" else HOUR
+    return {
+        "device_id": device_id,
+        "bucket_s": res,
+        "items": telemetry.rollups.device_rollups(device_id, res, since, until, limit),
     }
 
 

@@ -67,7 +67,32 @@ class ModelSeriesOut(_Out):
     model_name: str
     model_version: str | None
     bucket_s: float
+    source: str = Field("raw", description="raw (stored windows) or rollups (per-device minute/hour rollups)")
     items: list[ModelSeriesPoint]
+
+
+class DeviceRollupPoint(_Out):
+    """One bucket of one device's windows (per model version it ran in that bucket)."""
+
+    bucket: int = Field(description="bucket start, unix seconds on the hub's clock")
+    model_name: str
+    model_version: str
+    windows: int
+    edge: int
+    cloud: int
+    edge_degraded: int
+    error: int
+    samples: int
+    latency_sum_ms: float
+    latency_max_ms: float
+    outbox_dropped_total: int
+    latency_counts: list[int] = Field(description="requests per latency bin (protocols.telemetry_codec edges)")
+
+
+class DeviceRollupsOut(_Out):
+    device_id: str
+    bucket_s: int
+    items: list[DeviceRollupPoint]
 
 
 class DriftSignalOut(_Out):

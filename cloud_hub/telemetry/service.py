@@ -27,6 +27,9 @@ from tandem.cloud_hub.telemetry.engine import (
 from tandem.cloud_hub.telemetry.clocks import DeviceClocks
 from tandem.cloud_hub.telemetry.gaps import GapPolicy, GapTracker
 from tandem.cloud_hub.telemetry.ingest import IngestConfig, TelemetryIngest
+from tandem.cloud_hub.telemetry.retention import RetentionConfigError, RetentionPolicy, TelemetryRetention
+from tandem.cloud_hub.telemetry.rollup_store import RollupStore
+from tandem.cloud_hub.telemetry.rollups import MINUTE
 from tandem.cloud_hub.telemetry.store import TelemetryStore
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import TelemetryWindow, decode_window
@@ -38,13 +41,43 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TelemetryServiceConfig:
     eval_interval_s: float = 10.0
-    retention_s: float = 24 * 3600.0  # windows older than this are purged (about 0.5 KB each)
+    # raw windows (~550 bytes each stored) kept briefly, rolled up per device and cohort into minute and hour rows
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # False: this process ingests and evaluates but leaves the rollup/retention pass to another (a lease holder
+    # calls `service.retention.run_once()` itself)
+    run_retention: bool = True
     webhook_url: str | None = None
     webhook_timeout_s: float = 3.0
     drift: DriftConfig = field(default_factory=DriftConfig)
     ingest: dict[str, Any] = field(default_factory=dict)  # extra IngestConfig fields (client_id, share_group, ...)
     gaps: GapPolicy = field(default_factory=GapPolicy)  # when missing windows are asked for again, and given up
     gap_tick_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        needed = self.drift.span_s + self.drift.baseline_s
+        if self.retention.minute_retention_s < needed:
+            raise RetentionConfigError(
+                f"telemetry.minute_retention_s: {self.retention.minute_retention_s:g} s is shorter than the drift "
+                f"engine looks back (drift.span_s + drift.baseline_s = {needed:g} s): a restart could not refill it"
+            )
+
+
+def refill_engine(engine: DriftEngine, rollups: RollupStore, since: float) -> tuple[int, int]:
+    """Fill a drift engine from the cohort minute rollups since `since`, then the raw windows the rollup pass has
+    not reached yet (each window counted once); returns (windows, rollup rows)."""
+    n = rows = 0
+    for bucket, rollup in rollups.cohort_rollups(MINUTE, since):
+        key = CohortKey.parse(bucket.model_name, bucket.model_version, bucket.cohort)
+        engine.add_rollup(key, bucket.bucket, rollup.histograms, rollup.windows)
+        rows += 1
+        n += rollup.windows
+    for payload, _, received_at in rollups.windows_after_cursor(since):
+        try:
+            engine.add(decode_window(payload), received_at)
+            n += 1
+        except Exception as exc:
+            log.warning("stored window unreadable error=%s", exc)
+    return n, rows
 
 
 class TelemetryIngestService:
@@ -76,6 +109,8 @@ class TelemetryIngestService:
             cohort_of=lambda w: self.engine.cohort_key(w).cohort,
         )
         self.gaps = GapTracker(self.store, self._ask_resend, config.gaps)
+        self.retention = TelemetryRetention(self.store, config.retention)  # run_once(): rollups, then deletes
+        self.rollups = self.retention.rollups
         self.clocks = DeviceClocks()  # each device's clock offset: windows are filed on the hub's time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,21 +146,15 @@ class TelemetryIngestService:
         self.stop()
 
     def _rebuild(self, now: float) -> None:
-        """Refill the engine from stored windows and re-arm alerts that were open (hub restart)."""
+        """Refill the engine from the cohort minute rollups, plus the raw windows not rolled up yet, and re-arm
+        alerts that were open (hub restart): raw windows need not outlive the drift spans."""
         cfg = self.config.drift
-        n = 0
-        for payload, _, received_at in self.store.windows_since(now - cfg.span_s - cfg.baseline_s):
-            try:
-                self.engine.add(decode_window(payload), received_at)
-                n += 1
-            except Exception as exc:
-                log.warning("stored window unreadable error=%s", exc)
+        n, rows = refill_engine(self.engine, self.rollups, now - cfg.span_s - cfg.baseline_s)
         for row in self.store.open_alerts():
-            c = json.loads(row["cohort"])
-            key = CohortKey(row["model_name"], row["model_version"], c["profile"], tuple(sorted(c["tags"].items())))
+            key = CohortKey.parse(row["model_name"], row["model_version"], row["cohort"])
             self.engine.restore_open(key, row["signal"])
             self._alert_ids[(key, row["signal"])] = row["id"]
-        log.info("drift engine rebuilt windows=%d open_alerts=%d", n, len(self._alert_ids))
+        log.info("drift engine rebuilt windows=%d rollup_rows=%d open_alerts=%d", n, rows, len(self._alert_ids))
 
     # -- work -------------------------------------------------------------------------
 
@@ -149,23 +178,24 @@ class TelemetryIngestService:
                 log.exception("telemetry on_seen hook failed")
 
     def _run(self) -> None:
-        last_purge = 0.0
+        last_retention = time.monotonic()  # the first pass one interval after start: ingest resubscribes first
         next_eval = time.monotonic() + self.config.eval_interval_s
         while not self._stop.wait(min(self.config.gap_tick_s, self.config.eval_interval_s)):
             try:
                 self.gaps.tick()
             except Exception:
                 log.exception("telemetry gap tick failed")
+            if self.config.run_retention and time.monotonic() - last_retention >= self.config.retention.interval_s:
+                last_retention = time.monotonic()
+                try:
+                    self.retention.run_once()
+                except Exception:  # a failed pass leaves the cursor where it was: the next one redoes it
+                    log.exception("telemetry rollup/retention pass failed")
             if time.monotonic() < next_eval:
                 continue
             next_eval = time.monotonic() + self.config.eval_interval_s
             try:
                 self.evaluate(time.time())
-                if time.monotonic() - last_purge > 600:
-                    last_purge = time.monotonic()
-                    purged = self.store.purge(time.time() - self.config.retention_s)
-                    if purged:
-                        log.info("telemetry retention purged=%d", purged)
             except Exception:
                 log.exception("drift evaluation failed")
 

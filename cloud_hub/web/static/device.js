@@ -5,19 +5,52 @@ import { ago, badge, h, link, num, pct, replace, tags, when } from "./dom.js";
 import { lineChart } from "./charts.js";
 
 const PSI_ALERT = 0.25; // the drift engine's default open_above for distribution signals
+const HISTORY_S = 7 * 86400; // the hourly rollups chart's range (raw windows are kept for an hour by default)
+
+/** Hour rollups summed per bucket (a device that changed model version in an hour has two rows there). */
+function hourly(rollups) {
+  const by = new Map();
+  for (const r of (rollups && rollups.items) || []) {
+    const b = by.get(r.bucket) || { t: r.bucket, requests: 0, fallback: 0, errors: 0, latency: 0 };
+    b.requests += r.edge + r.cloud + r.edge_degraded + r.error;
+    b.fallback += r.cloud + r.edge_degraded;
+    b.errors += r.error;
+    b.latency += r.latency_sum_ms;
+    by.set(r.bucket, b);
+  }
+  return [...by.values()].sort((a, b) => a.t - b.t);
+}
+
+function historyCharts(hours) {
+  if (!hours.length) return null;
+  const per = (k) => hours.map((b) => [b.t, b.requests ? b[k] / b.requests : null]);
+  return h("div", {},
+    h("h2", {}, "Last 7 days, hourly (rollups)"),
+    lineChart({ id: "chart-history-requests", title: "Requests per hour", format: (v) => num(v, 3),
+      series: [{ name: "requests", points: hours.map((b) => [b.t, b.requests]) }] }),
+    lineChart({ id: "chart-history-fallback", title: "Fallback and error rate per hour", yMax: 1, format: pct,
+      series: [{ name: "fallback", points: per("fallback") }, { name: "errors", points: per("errors") }] }),
+    lineChart({ id: "chart-history-latency", title: "Mean latency per hour (ms)", format: (v) => num(v, 3),
+      series: [{ name: "mean", points: per("latency") }] }));
+}
 
 export function mount(el, ctx, { id }) {
   const info = h("div", { class: "card device-info" });
   const charts = h("div", { class: "charts", id: "device-charts" });
-  el.append(h("p", {}, link("/fleet", "← Fleet")), h("h1", { id: "device-title" }, id), info, charts);
+  const older = h("div", { class: "charts", id: "device-history" }); // hour rollups: kept long after raw windows
+  el.append(h("p", {}, link("/fleet", "← Fleet")), h("h1", { id: "device-title" }, id), info, charts, older);
 
   return {
     async refresh() {
-      const [dev, series] = await Promise.all([
+      const [dev, series, rollups] = await Promise.all([
         api("/v1/devices/" + seg(id)).catch((err) => ({ error: err })),
         api("/v1/console/devices/" + seg(id) + "/series", { params: { limit: 300 } }).catch((err) => ({ error: err })),
+        api("/v1/telemetry/devices/" + seg(id) + "/rollups", {
+          params: { resolution: "hour", since: Math.floor(Date.now() / 1000) - HISTORY_S, limit: 1000 },
+        }).catch((err) => ({ error: err })),
       ]);
-      for (const r of [dev, series]) if (r.error && r.error.status === 401) throw r.error;
+      for (const r of [dev, series, rollups]) if (r.error && r.error.status === 401) throw r.error;
+      replace(older, rollups.error ? null : historyCharts(hourly(rollups)));
       if (dev.error) {
         replace(info, h("p", { class: "error" }, dev.error.message));
       } else {
@@ -38,7 +71,7 @@ export function mount(el, ctx, { id }) {
       }
       const pts = series.points;
       if (!pts.length) {
-        replace(charts, h("p", { class: "empty muted" }, "No telemetry from this device yet."));
+        replace(charts, h("p", { class: "empty muted" }, "No recent telemetry windows from this device."));
         return;
       }
       const at = (key) => pts.map((p) => [p.end_unix, p[key]]);

@@ -1,0 +1,394 @@
+"""Rollup tables in the telemetry database: the rollup pass over raw windows, reads, and purges.
+
+The pass is idempotent by construction: it walks raw windows in (received_at, device_id,
+sequence) order from a stored cursor and, in ONE transaction per bounded batch, adds them
+into the rollup rows and moves the cursor past them. A crash before the commit leaves both
+unchanged; a redelivered window was never inserted (raw windows are idempotent on
+(device_id, sequence)), so it is never summed twice. Windows younger than `settle_s` wait:
+a batch is stamped with its receipt time before it commits, so a later commit may carry an
+earlier stamp (and replicas' clocks differ by a little); the settle time covers both.
+
+SQL is portable between SQLite and PostgreSQL: `?` placeholders, INSERT ... ON CONFLICT
+DO UPDATE, no rowid, no SQLite functions; everything goes through HubDatabase.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from tandem.cloud_hub.errors import HubError, InvalidInputError
+from tandem.cloud_hub.storage.db import HubDatabase, Transaction
+from tandem.cloud_hub.telemetry.rollups import (
+    HOUR,
+    MINUTE,
+    RESOLUTIONS,
+    CohortBucket,
+    CohortRollup,
+    DeviceBucket,
+    DeviceRollup,
+    Rollups,
+    pack_counts,
+    pack_histograms,
+    unpack_counts,
+    unpack_histograms,
+)
+from tandem.protocols.telemetry_codec import TelemetryWindow
+
+log = logging.getLogger(__name__)
+
+# Created on open like gaps.py's tables (IF NOT EXISTS, through the dialect's DDL). Keys lead with what reads
+# filter on; the time indexes serve retention (res, bucket < ?) and the per-model series (res, bucket, model).
+ROLLUP_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS telemetry_device_rollups (
+    device_id TEXT NOT NULL,
+    res INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    windows INTEGER NOT NULL,
+    edge INTEGER NOT NULL,
+    cloud INTEGER NOT NULL,
+    edge_degraded INTEGER NOT NULL,
+    error INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    latency_sum_ms REAL NOT NULL,
+    latency_max_ms REAL NOT NULL,
+    outbox_dropped_total INTEGER NOT NULL,
+    latency BLOB NOT NULL,
+    PRIMARY KEY (device_id, res, bucket, model_name, model_version)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS telemetry_device_rollups_time ON telemetry_device_rollups (res, bucket, model_name)",
+    """CREATE TABLE IF NOT EXISTS telemetry_cohort_rollups (
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    cohort TEXT NOT NULL,
+    res INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    windows INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    histograms BLOB NOT NULL,
+    PRIMARY KEY (model_name, model_version, cohort, res, bucket)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS telemetry_cohort_rollups_time ON telemetry_cohort_rollups (res, bucket)",
+    """CREATE TABLE IF NOT EXISTS telemetry_rollup_cursor (
+    name TEXT PRIMARY KEY,
+    received_at REAL NOT NULL,
+    device_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL)""",
+)
+
+CURSOR = "windows"
+RAW_PURGED = "raw_purged"  # a second row: raw windows received before its received_at have been deleted
+ROLLUP_TABLES = ("telemetry_device_rollups", "telemetry_cohort_rollups")
+
+_DEVICE_VALUES = (
+    "windows, edge, cloud, edge_degraded, error, samples, latency_sum_ms, latency_max_ms, outbox_dropped_total, latency"
+)
+_DEVICE_KEY = "device_id, res, bucket, model_name, model_version"
+_COHORT_KEY = "model_name, model_version, cohort, res, bucket"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The last raw window rolled up, in (received_at, device_id, sequence) order."""
+
+    received_at: float = -1.0  # before any receipt time
+    device_id: str = ""
+    sequence: int = 0
+
+
+@dataclass(frozen=True)
+class PassResult:
+    windows: int  # raw windows summed in this batch
+    unreadable: int  # raw windows whose payload did not decode (skipped, counted, cursor moves on)
+    cursor: Cursor
+
+
+class RollupStore:
+    """Reads and writes the rollup tables; thread-safe through HubDatabase's lock."""
+
+    def __init__(self, db: HubDatabase, resolutions: Sequence[int] = RESOLUTIONS) -> None:
+        self.db = db
+        self.resolutions = tuple(resolutions)
+        with db.transaction() as tx:
+            for statement in ROLLUP_SCHEMA:
+                tx.execute(db.dialect.ddl(statement))
+
+    # -- the rollup pass --------------------------------------------------------------------
+
+    def cursor(self) -> Cursor:
+        return _cursor(
+            self.db.query("SELECT received_at, device_id, sequence FROM telemetry_rollup_cursor WHERE name=?", [CURSOR])
+        )
+
+    def roll_up_batch(self, upto: float, limit: int = 2000) -> PassResult:
+        """Sum the next `limit` raw windows received before `upto` into the rollups, in one transaction."""
+        with self.db.transaction() as tx:
+            cur = self._read_cursor(tx)
+            rows = tx.query(
+                "SELECT device_id, sequence, cohort, received_at, payload FROM telemetry_windows "
+                "WHERE received_at >= ? AND received_at < ? AND (received_at > ? OR (received_at = ? AND "
+                "(device_id > ? OR (device_id = ? AND sequence > ?)))) "
+                "ORDER BY received_at, device_id, sequence LIMIT ?",
+                [
+                    cur.received_at,
+                    upto,
+                    cur.received_at,
+                    cur.received_at,
+                    cur.device_id,
+                    cur.device_id,
+                    cur.sequence,
+                    limit,
+                ],
+            )
+            if not rows:
+                return PassResult(0, 0, cur)
+            windows: list[tuple[TelemetryWindow, str, float]] = []
+            unreadable = 0
+            for r in rows:
+                try:
+                    # validated when it was ingested: parse only (validation cost ~40% of the pass, measured)
+                    w = TelemetryWindow.FromString(bytes(r["payload"]))
+                    windows.append((w, str(r["cohort"]), float(r["received_at"])))
+                except Exception as exc:  # stored before a codec change, or corrupt: never block the pass
+                    unreadable += 1
+                    log.warning(
+                        "rollup skips an unreadable window device=%s seq=%s error=%s",
+                        r["device_id"],
+                        r["sequence"],
+                        exc,
+                    )
+            rollups = Rollups()
+            rollups.add_many(windows, self.resolutions)
+            self._merge_devices(tx, rollups.devices)
+            self._merge_cohorts(tx, rollups.cohorts)
+            last = rows[-1]
+            new = Cursor(float(last["received_at"]), str(last["device_id"]), int(last["sequence"]))
+            # compare-and-set: a second pass that read the same cursor (a lease handover overlapping on
+            # PostgreSQL) finds it moved, and its whole batch rolls back instead of counting twice
+            moved = tx.execute(
+                "UPDATE telemetry_rollup_cursor SET received_at=?, device_id=?, sequence=? "
+                "WHERE name=? AND received_at=? AND device_id=? AND sequence=?",
+                [new.received_at, new.device_id, new.sequence, CURSOR, cur.received_at, cur.device_id, cur.sequence],
+            )
+            if moved != 1:
+                raise RollupConflictError("another rollup pass moved the cursor meanwhile; this batch rolled back")
+            cur = new
+        return PassResult(len(rows) - unreadable, unreadable, cur)
+
+    def _read_cursor(self, tx: Transaction) -> Cursor:
+        start = Cursor()
+        tx.execute(
+            "INSERT INTO telemetry_rollup_cursor (name, received_at, device_id, sequence) VALUES (?,?,?,?) "
+            "ON CONFLICT (name) DO NOTHING",
+            [CURSOR, start.received_at, start.device_id, start.sequence],
+        )
+        rows = tx.query("SELECT received_at, device_id, sequence FROM telemetry_rollup_cursor WHERE name=?", [CURSOR])
+        return _cursor(rows)
+
+    def _merge_devices(self, tx: Transaction, rows: dict[DeviceBucket, DeviceRollup]) -> None:
+        for key, add in rows.items():
+            params = [key.device_id, key.res, key.bucket, key.model_name, key.model_version]
+            old = tx.query(
+                f"SELECT {_DEVICE_VALUES} FROM telemetry_device_rollups WHERE device_id=? AND res=? AND bucket=? "
+                "AND model_name=? AND model_version=?",
+                params,
+            )
+            value = add
+            if old:
+                value = _device_from_row(old[0])
+                value.merge(add)
+            tx.execute(
+                f"INSERT INTO telemetry_device_rollups ({_DEVICE_KEY}, {_DEVICE_VALUES}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                f"ON CONFLICT ({_DEVICE_KEY}) DO UPDATE SET windows=excluded.windows, edge=excluded.edge, "
+                "cloud=excluded.cloud, edge_degraded=excluded.edge_degraded, error=excluded.error, "
+                "samples=excluded.samples, latency_sum_ms=excluded.latency_sum_ms, "
+                "latency_max_ms=excluded.latency_max_ms, outbox_dropped_total=excluded.outbox_dropped_total, "
+                "latency=excluded.latency",
+                params
+                + [
+                    value.windows,
+                    value.edge,
+                    value.cloud,
+                    value.edge_degraded,
+                    value.error,
+                    value.samples,
+                    value.latency_sum_ms,
+                    value.latency_max_ms,
+                    value.outbox_dropped_total,
+                    pack_counts(value.latency),
+                ],
+            )
+
+    def _merge_cohorts(self, tx: Transaction, rows: dict[CohortBucket, CohortRollup]) -> None:
+        for key, add in rows.items():
+            params = [key.model_name, key.model_version, key.cohort, key.res, key.bucket]
+            old = tx.query(
+                "SELECT windows, samples, histograms FROM telemetry_cohort_rollups WHERE model_name=? "
+                "AND model_version=? AND cohort=? AND res=? AND bucket=?",
+                params,
+            )
+            value = add
+            if old:
+                o = old[0]
+                value = CohortRollup(int(o["windows"]), int(o["samples"]), unpack_histograms(bytes(o["histograms"])))
+                value.merge(add)
+            tx.execute(
+                f"INSERT INTO telemetry_cohort_rollups ({_COHORT_KEY}, windows, samples, histograms) "
+                f"VALUES (?,?,?,?,?,?,?,?) ON CONFLICT ({_COHORT_KEY}) DO UPDATE SET windows=excluded.windows, "
+                "samples=excluded.samples, histograms=excluded.histograms",
+                params + [value.windows, value.samples, pack_histograms(value.histograms)],
+            )
+
+    def windows_after_cursor(self, since: float) -> list[tuple[bytes, str, float]]:
+        """(payload, cohort, received_at) of raw windows received at or after `since` and not yet rolled up
+        (the drift engine's rebuild adds them to what the cohort rollups hold)."""
+        cur = self.cursor()
+        return [
+            (bytes(r["payload"]), r["cohort"], float(r["received_at"]))
+            for r in self.db.query(
+                "SELECT payload, cohort, received_at FROM telemetry_windows WHERE received_at >= ? AND "
+                "(received_at > ? OR (received_at = ? AND (device_id > ? OR (device_id = ? AND sequence > ?)))) "
+                "ORDER BY received_at, device_id, sequence",
+                [since, cur.received_at, cur.received_at, cur.device_id, cur.device_id, cur.sequence],
+            )
+        ]
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def note_raw_purged(self, before: float) -> None:
+        """Record that raw windows received before `before` are gone: ranges older than this need rollups."""
+        self.db.execute(
+            "INSERT INTO telemetry_rollup_cursor (name, received_at, device_id, sequence) VALUES (?,?,'',0) "
+            "ON CONFLICT (name) DO UPDATE SET received_at=excluded.received_at "
+            "WHERE excluded.received_at > telemetry_rollup_cursor.received_at",
+            [RAW_PURGED, before],
+        )
+
+    def raw_complete_since(self) -> float:
+        """The receipt time from which every raw window is still stored (0: none was ever deleted)."""
+        rows = self.db.query("SELECT received_at FROM telemetry_rollup_cursor WHERE name=?", [RAW_PURGED])
+        return float(rows[0]["received_at"]) if rows else 0.0
+
+    def purge(self, res: int, before: float, chunk: int = 5000) -> int:
+        """Delete rollup rows of resolution `res` whose bucket started before `before`, in short transactions."""
+        total = 0
+        for table, key in (("telemetry_device_rollups", _DEVICE_KEY), ("telemetry_cohort_rollups", _COHORT_KEY)):
+            while True:
+                with self.db.transaction() as tx:
+                    n = tx.execute(
+                        f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} "
+                        "WHERE res = ? AND bucket < ? LIMIT ?)",
+                        [res, before, chunk],
+                    )
+                total += n
+                if n < chunk:
+                    break
+        return total
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def device_rollups(
+        self, device_id: str, res: int = HOUR, since: float = 0.0, until: float | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """One device's buckets at resolution `res`, oldest first (its long-range time series)."""
+        rows = self.db.query(
+            f"SELECT bucket, model_name, model_version, {_DEVICE_VALUES} FROM telemetry_device_rollups "
+            "WHERE device_id=? AND res=? AND bucket>=? AND bucket<=? ORDER BY bucket, model_name, model_version LIMIT ?",
+            [device_id, res, _bucket_floor(since, res), until if until is not None else 1e18, limit],
+        )
+        for row in rows:
+            row["latency_counts"] = unpack_counts(bytes(row.pop("latency"))).tolist()
+        return rows
+
+    def model_series(
+        self,
+        model_name: str,
+        model_version: str | None = None,
+        since: float = 0.0,
+        until: float | None = None,
+        bucket_s: float = 3600.0,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """The per-model series (store.TelemetryStore.model_series's shape) from per-device rollups: exact for
+        buckets that are whole multiples of a rollup resolution (devices: distinct devices in the bucket)."""
+        res = rollup_resolution(bucket_s)
+        step = int(bucket_s)
+        where = "res=? AND bucket>=? AND bucket<=? AND model_name=?"
+        params: list[Any] = [res, _bucket_floor(since, res), until if until is not None else 1e18, model_name]
+        if model_version:
+            where += " AND model_version=?"
+            params.append(model_version)
+        rows = self.db.query(
+            f"SELECT (bucket / {step}) * {step} AS bucket_start, model_version, SUM(windows) AS windows, "
+            "COUNT(DISTINCT device_id) AS devices, SUM(edge) AS edge, SUM(cloud) AS cloud, "
+            "SUM(edge_degraded) AS edge_degraded, SUM(error) AS error, SUM(samples) AS samples, "
+            "SUM(latency_sum_ms) AS latency_sum_ms, MAX(latency_max_ms) AS latency_max_ms "
+            f"FROM telemetry_device_rollups WHERE {where} "
+            f"GROUP BY (bucket / {step}) * {step}, model_version ORDER BY bucket_start, model_version LIMIT ?",
+            params + [limit],
+        )
+        for row in rows:
+            n = row["edge"] + row["cloud"] + row["edge_degraded"] + row["error"]
+            row["latency_mean_ms"] = row.pop("latency_sum_ms") / max(1, n)
+            row["bucket_start"] = float(row["bucket_start"])
+        return rows
+
+    def cohort_rollups(
+        self, res: int = MINUTE, since: float = 0.0, until: float | None = None
+    ) -> Iterable[tuple[CohortBucket, CohortRollup]]:
+        """Every cohort's buckets at resolution `res` in [since, until] (the drift engine's input)."""
+        for r in self.db.query(
+            f"SELECT {_COHORT_KEY}, windows, samples, histograms FROM telemetry_cohort_rollups "
+            "WHERE res=? AND bucket>=? AND bucket<=? ORDER BY bucket",
+            [res, _bucket_floor(since, res), until if until is not None else 1e18],
+        ):
+            key = CohortBucket(r["model_name"], r["model_version"], r["cohort"], int(r["res"]), int(r["bucket"]))
+            yield key, CohortRollup(int(r["windows"]), int(r["samples"]), unpack_histograms(bytes(r["histograms"])))
+
+
+class RollupConflictError(HubError):
+    """Two rollup passes ran at once (only the lease holder should run one); the later batch was rolled back."""
+
+
+class RollupRangeError(InvalidInputError):
+    """A series bucket that no rollup resolution divides (the rollups cannot answer it exactly); HTTP 422."""
+
+
+def rollup_resolution(bucket_s: float) -> int:
+    """The coarsest rollup resolution that divides `bucket_s` (hour for 86400, minute for 300)."""
+    for res in sorted(RESOLUTIONS, reverse=True):
+        if bucket_s >= res and float(bucket_s) % res == 0:
+            return res
+    raise RollupRangeError(
+        f"bucket_s={bucket_s:g}: a rollup series needs a whole multiple of {min(RESOLUTIONS)} s "
+        f"(rollups are kept per {', '.join(f'{r} s' for r in RESOLUTIONS)})"
+    )
+
+
+def _bucket_floor(t: float, res: int) -> int:
+    """The start of the bucket holding `t`: a range that starts mid-bucket still gets that bucket."""
+    return int(max(0.0, t) // res) * res
+
+
+def _cursor(rows: list[dict[str, Any]]) -> Cursor:
+    if not rows:
+        return Cursor()
+    r = rows[0]
+    return Cursor(float(r["received_at"]), str(r["device_id"]), int(r["sequence"]))
+
+
+def _device_from_row(row: dict[str, Any]) -> DeviceRollup:
+    return DeviceRollup(
+        windows=int(row["windows"]),
+        edge=int(row["edge"]),
+        cloud=int(row["cloud"]),
+        edge_degraded=int(row["edge_degraded"]),
+        error=int(row["error"]),
+        samples=int(row["samples"]),
+        latency_sum_ms=float(row["latency_sum_ms"]),
+        latency_max_ms=float(row["latency_max_ms"]),
+        outbox_dropped_total=int(row["outbox_dropped_total"]),
+        latency=unpack_counts(bytes(row["latency"])),
+    )
