@@ -230,6 +230,7 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     # Histogram calibrators (percentile, entropy) stack per-batch arrays and need equal
     # batch sizes; batch 1 guarantees that. MinMax takes any batch.
     batches = iter_batches(ctx.calib, input_shapes, max_batch=8 if ctx.calibration_method == "minmax" else 1)
+    op_types = _op_types(opts, ctx.calib)  # what the notes report is what was asked for
     try:
         # ORT's calibrators print progress to stdout, which would corrupt a CLI's --json output.
         with contextlib.redirect_stdout(sys.stderr):
@@ -238,7 +239,7 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
                 str(out),
                 _Reader(batches),
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=_op_types(opts, ctx.calib),
+                op_types_to_quantize=op_types,
                 nodes_to_exclude=kept,
                 per_channel=bool(opts.get("per_channel", True)),
                 reduce_range=bool(opts.get("reduce_range", False)),
@@ -263,7 +264,7 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     notes.append(
         f"QDQ {opts.get('activation_type')}/{opts.get('weight_type')} per-channel, "
         f"reduce_range={opts.get('reduce_range')}, calibrated ({ctx.calibration_method}) on "
-        f"{len(next(iter(ctx.calib.values())))} samples; quantized ops: {', '.join(opts.get('op_types', QUANTIZED_OP_TYPES))}"
+        f"{len(next(iter(ctx.calib.values())))} samples; quantized ops: {', '.join(op_types)}"
     )
     if stripped:
         notes.append(f"dropped {stripped} all-zero weight zero-point initializers (optional in DequantizeLinear)")
