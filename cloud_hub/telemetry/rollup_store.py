@@ -78,6 +78,7 @@ ROLLUP_SCHEMA: tuple[str, ...] = (
 )
 
 CURSOR = "windows"
+LOOKUP_CHUNK = 150  # keys per lookup: 750 parameters, under SQLite's oldest limit (999)
 RAW_PURGED = "raw_purged"  # a second row: raw windows received before its received_at have been deleted
 ROLLUP_TABLES = ("telemetry_device_rollups", "telemetry_cohort_rollups")
 
@@ -187,27 +188,17 @@ class RollupStore:
         return _cursor(rows)
 
     def _merge_devices(self, tx: Transaction, rows: dict[DeviceBucket, DeviceRollup]) -> None:
-        for key, add in rows.items():
-            params = [key.device_id, key.res, key.bucket, key.model_name, key.model_version]
-            old = tx.query(
-                f"SELECT {_DEVICE_VALUES} FROM telemetry_device_rollups WHERE device_id=? AND res=? AND bucket=? "
-                "AND model_name=? AND model_version=?",
-                params,
-            )
+        keys = [(k.device_id, k.res, k.bucket, k.model_name, k.model_version) for k in rows]
+        old = _existing(tx, "telemetry_device_rollups", _DEVICE_KEY, _DEVICE_VALUES, keys)
+        out = []
+        for key, add in zip(keys, rows.values()):
             value = add
-            if old:
-                value = _device_from_row(old[0])
+            if key in old:
+                value = _device_from_row(old[key])
                 value.merge(add)
-            tx.execute(
-                f"INSERT INTO telemetry_device_rollups ({_DEVICE_KEY}, {_DEVICE_VALUES}) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                f"ON CONFLICT ({_DEVICE_KEY}) DO UPDATE SET windows=excluded.windows, edge=excluded.edge, "
-                "cloud=excluded.cloud, edge_degraded=excluded.edge_degraded, error=excluded.error, "
-                "samples=excluded.samples, latency_sum_ms=excluded.latency_sum_ms, "
-                "latency_max_ms=excluded.latency_max_ms, outbox_dropped_total=excluded.outbox_dropped_total, "
-                "latency=excluded.latency",
-                params
-                + [
+            out.append(
+                [
+                    *key,
                     value.windows,
                     value.edge,
                     value.cloud,
@@ -218,28 +209,36 @@ class RollupStore:
                     value.latency_max_ms,
                     value.outbox_dropped_total,
                     pack_counts(value.latency),
-                ],
+                ]
             )
+        tx.executemany(
+            f"INSERT INTO telemetry_device_rollups ({_DEVICE_KEY}, {_DEVICE_VALUES}) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            f"ON CONFLICT ({_DEVICE_KEY}) DO UPDATE SET windows=excluded.windows, edge=excluded.edge, "
+            "cloud=excluded.cloud, edge_degraded=excluded.edge_degraded, error=excluded.error, "
+            "samples=excluded.samples, latency_sum_ms=excluded.latency_sum_ms, "
+            "latency_max_ms=excluded.latency_max_ms, outbox_dropped_total=excluded.outbox_dropped_total, "
+            "latency=excluded.latency",
+            out,
+        )
 
     def _merge_cohorts(self, tx: Transaction, rows: dict[CohortBucket, CohortRollup]) -> None:
-        for key, add in rows.items():
-            params = [key.model_name, key.model_version, key.cohort, key.res, key.bucket]
-            old = tx.query(
-                "SELECT windows, samples, histograms FROM telemetry_cohort_rollups WHERE model_name=? "
-                "AND model_version=? AND cohort=? AND res=? AND bucket=?",
-                params,
-            )
+        keys = [(k.model_name, k.model_version, k.cohort, k.res, k.bucket) for k in rows]
+        old = _existing(tx, "telemetry_cohort_rollups", _COHORT_KEY, "windows, samples, histograms", keys)
+        out = []
+        for key, add in zip(keys, rows.values()):
             value = add
-            if old:
-                o = old[0]
+            if key in old:
+                o = old[key]
                 value = CohortRollup(int(o["windows"]), int(o["samples"]), unpack_histograms(bytes(o["histograms"])))
                 value.merge(add)
-            tx.execute(
-                f"INSERT INTO telemetry_cohort_rollups ({_COHORT_KEY}, windows, samples, histograms) "
-                f"VALUES (?,?,?,?,?,?,?,?) ON CONFLICT ({_COHORT_KEY}) DO UPDATE SET windows=excluded.windows, "
-                "samples=excluded.samples, histograms=excluded.histograms",
-                params + [value.windows, value.samples, pack_histograms(value.histograms)],
-            )
+            out.append([*key, value.windows, value.samples, pack_histograms(value.histograms)])
+        tx.executemany(
+            f"INSERT INTO telemetry_cohort_rollups ({_COHORT_KEY}, windows, samples, histograms) "
+            f"VALUES (?,?,?,?,?,?,?,?) ON CONFLICT ({_COHORT_KEY}) DO UPDATE SET windows=excluded.windows, "
+            "samples=excluded.samples, histograms=excluded.histograms",
+            out,
+        )
 
     def windows_after_cursor(self, since: float) -> list[tuple[bytes, str, float]]:
         """(payload, cohort, received_at) of raw windows received at or after `since` and not yet rolled up
@@ -370,6 +369,25 @@ def rollup_resolution(bucket_s: float) -> int:
 def _bucket_floor(t: float, res: int) -> int:
     """The start of the bucket holding `t`: a range that starts mid-bucket still gets that bucket."""
     return int(max(0.0, t) // res) * res
+
+
+def _existing(
+    tx: Transaction, table: str, key_columns: str, value_columns: str, keys: Sequence[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The stored rows of these keys, by key, in a few statements (`(cols) IN (VALUES ...)`, which both engines
+    run) instead of one round trip per key: on PostgreSQL the round trips were most of a pass."""
+    names = [c.strip() for c in key_columns.split(",")]
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    row = "(" + ",".join("?" * len(names)) + ")"
+    for i in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[i : i + LOOKUP_CHUNK]
+        for r in tx.query(
+            f"SELECT {key_columns}, {value_columns} FROM {table} WHERE ({key_columns}) IN "
+            f"(VALUES {','.join([row] * len(chunk))})",
+            [v for key in chunk for v in key],
+        ):
+            found[tuple(r[n] for n in names)] = r
+    return found
 
 
 def _cursor(rows: list[dict[str, Any]]) -> Cursor:
