@@ -297,7 +297,7 @@ class ModelRegistry:
                 clauses.append(f"v.{column} = ?")
                 params.append(value)
         if profile is not None:
-            clauses.append("EXISTS (SELECT 1 FROM json_each(v.profiles) WHERE json_each.value = ?)")
+            clauses.append(self.db.dialect.json_array_has("v.profiles"))
             params.append(profile)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         total = self.db.query(f"SELECT COUNT(*) AS n FROM variants v {where}", params)[0]["n"]

@@ -80,6 +80,22 @@ def test_a_failed_transaction_leaves_nothing_and_a_thread_reads_its_own_writes(d
         db.close()
 
 
+def test_json_text_fields_read_the_same_on_both(database_target):
+    migrations = (Migration(1, "j", ("CREATE TABLE j (k TEXT PRIMARY KEY, doc TEXT NOT NULL)",)),)
+    target = database_target if isinstance(database_target, str) else database_target / "j.db"
+    db = open_database(target, migrations, schema="trial")
+    try:
+        db.execute("INSERT INTO j VALUES (?, ?), (?, ?)", ["a", '["cpu-x86", "gpu"]', "b", '["cpu-arm"]'])
+        has = db.dialect.json_array_has("doc")
+        assert [r["k"] for r in db.query(f"SELECT k FROM j WHERE {has} ORDER BY k", ["cpu-x86"])] == ["a"]
+        assert db.query(f"SELECT k FROM j WHERE {has}", ["cpu"]) == []  # whole items, not substrings
+        db.execute("INSERT INTO j VALUES (?, ?)", ["c", '{"site.id": "n1", "line": "3"}'])
+        field = db.dialect.json_text("doc")
+        assert db.query(f"SELECT k FROM j WHERE k = 'c' AND {field} = ?", ["site.id", "n1"]) == [{"k": "c"}]
+    finally:
+        db.close()
+
+
 def test_threads_share_a_store_and_each_window_is_stored_once(database_target):
     store = TelemetryStore.open(database_target)
     new: list[bool] = []

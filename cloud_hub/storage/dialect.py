@@ -71,6 +71,12 @@ class Dialect:
         """A top-level field of a JSON text column as text; the field name is the next `?` parameter."""
         return f"(({column})::jsonb ->> ?)" if self.is_postgres else f"json_extract({column}, '$.\"' || ? || '\"')"
 
+    def json_array_has(self, column: str) -> str:
+        """A condition: the JSON array in a text column holds the string given as the next `?` parameter."""
+        if self.is_postgres:
+            return f"(({column})::jsonb @> jsonb_build_array(CAST(? AS TEXT)))"
+        return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value = ?)"
+
 
 SQLITE = Dialect("sqlite")
 POSTGRESQL = Dialect("postgresql")
