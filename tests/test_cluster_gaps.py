@@ -30,8 +30,8 @@ def store_window(store: TelemetryStore, device: str, seq: int) -> None:
     )
 
 
-def test_windows_split_between_replicas_open_no_gap_and_a_real_gap_is_asked_for(tmp_path: Path) -> None:
-    a_store, b_store = TelemetryStore.open(tmp_path), TelemetryStore.open(tmp_path)
+def test_windows_split_between_replicas_open_no_gap_and_a_real_gap_is_asked_for(database_target: str | Path) -> None:
+    a_store, b_store = TelemetryStore.open(database_target), TelemetryStore.open(database_target)
     clock, asked = Clock(), []
     a = ReplicaGapTracker(a_store, lambda device, payload: asked.append(("a", device)), POLICY, clock)
     b = ReplicaGapTracker(b_store, lambda device, payload: asked.append(("b", device)), POLICY, clock)
@@ -56,8 +56,10 @@ def test_windows_split_between_replicas_open_no_gap_and_a_real_gap_is_asked_for(
     assert b_store.db.query("SELECT last_seq FROM telemetry_seq WHERE device_id='dev-1'") == [{"last_seq": 8}]
 
 
-def test_a_gap_opened_in_a_race_with_the_window_committed_elsewhere_is_closed_before_any_ask(tmp_path: Path) -> None:
-    a_store, b_store = TelemetryStore.open(tmp_path), TelemetryStore.open(tmp_path)
+def test_a_gap_opened_in_a_race_with_the_window_committed_elsewhere_is_closed_before_any_ask(
+    database_target: str | Path,
+) -> None:
+    a_store, b_store = TelemetryStore.open(database_target), TelemetryStore.open(database_target)
     clock, asked = Clock(), []
     a = ReplicaGapTracker(a_store, lambda device, payload: asked.append(device), POLICY, clock)
     store_window(a_store, "dev-1", 1)

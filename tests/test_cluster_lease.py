@@ -1,6 +1,6 @@
-"""The replicas' lease, keeper and fencing on a real SQLite file, each replica with its own connection
-(as two processes would have): one holder at a time, takeover only after expiry, a new epoch on every
-take, and a deposed holder's writes refused."""
+"""The replicas' lease, keeper and fencing on each backend (a real SQLite file; a throwaway PostgreSQL
+database), each replica with its own connection (as two processes would have): one holder at a time,
+takeover only after expiry, a new epoch on every take, and a deposed holder's writes refused."""
 
 from __future__ import annotations
 
@@ -12,17 +12,22 @@ from tandem.cloud_hub.cluster import Fence, FencedOut, LeaseKeeper, LeaseTable, 
 from tandem.cloud_hub.cluster.singletons import FencedDatabase
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.errors import ConfigError
-from tandem.cloud_hub.storage import open_database
+from tandem.cloud_hub.storage import HubDatabase, open_database
 
 TTL = 6.0
 
 
-def tables(path: Path) -> tuple[LeaseTable, LeaseTable]:
-    return LeaseTable(open_database(path)), LeaseTable(open_database(path))
+def hub_db(target: str | Path) -> HubDatabase:
+    """The hub's database on the backend `database_target` names (tests/pg_fixtures.py)."""
+    return open_database(target, schema="hub") if isinstance(target, str) else open_database(target / "hub.db")
 
 
-def test_one_holder_until_expiry_then_the_other_with_the_next_epoch(tmp_path: Path) -> None:
-    a, b = tables(tmp_path / "hub.db")
+def tables(target: str | Path) -> tuple[LeaseTable, LeaseTable]:
+    return LeaseTable(hub_db(target)), LeaseTable(hub_db(target))
+
+
+def test_one_holder_until_expiry_then_the_other_with_the_next_epoch(database_target: str | Path) -> None:
+    a, b = tables(database_target)
     first = a.try_acquire("singletons", "replica-a", TTL, now=100.0, url="http://a")
     assert (first.holder, first.epoch, first.holder_url) == ("replica-a", 1, "http://a")
     assert b.try_acquire("singletons", "replica-b", TTL, now=105.9).holder == "replica-a"  # not expired yet
@@ -34,22 +39,22 @@ def test_one_holder_until_expiry_then_the_other_with_the_next_epoch(tmp_path: Pa
     assert b.renew("singletons", "replica-b", 2, TTL, now=112.0)
 
 
-def test_a_restarted_replica_takes_its_own_lease_back_at_once_in_a_new_term(tmp_path: Path) -> None:
-    a, _ = tables(tmp_path / "hub.db")
+def test_a_restarted_replica_takes_its_own_lease_back_at_once_in_a_new_term(database_target: str | Path) -> None:
+    a, _ = tables(database_target)
     assert a.try_acquire("singletons", "replica-a", TTL, now=100.0).epoch == 1
     again = a.try_acquire("singletons", "replica-a", TTL, now=101.0)
     assert (again.holder, again.epoch) == ("replica-a", 2)
 
 
-def test_release_lets_a_follower_take_over_without_waiting_for_expiry(tmp_path: Path) -> None:
-    a, b = tables(tmp_path / "hub.db")
+def test_release_lets_a_follower_take_over_without_waiting_for_expiry(database_target: str | Path) -> None:
+    a, b = tables(database_target)
     a.try_acquire("singletons", "replica-a", TTL, now=100.0)
     assert a.release("singletons", "replica-a", 1)
     assert b.try_acquire("singletons", "replica-b", TTL, now=100.5).holder == "replica-b"
 
 
-def test_a_deposed_holder_cannot_write_once_the_new_epoch_has_claimed_the_store(tmp_path: Path) -> None:
-    store_a, store_b = open_database(tmp_path / "rollouts.sqlite"), open_database(tmp_path / "rollouts.sqlite")
+def test_a_deposed_holder_cannot_write_once_the_new_epoch_has_claimed_the_store(database_target: str | Path) -> None:
+    store_a, store_b = hub_db(database_target), hub_db(database_target)
     for db in (store_a, store_b):
         with db.transaction() as tx:
             tx.execute("CREATE TABLE IF NOT EXISTS things (k TEXT PRIMARY KEY, v TEXT NOT NULL)")
@@ -76,7 +81,7 @@ class Clock:
 
 
 def test_keeper_starts_singletons_once_and_stops_them_before_the_row_expires(tmp_path: Path) -> None:
-    a_table, b_table = tables(tmp_path / "hub.db")
+    a_table, b_table = tables(tmp_path)
     clock, log = Clock(), []
     timing = LeaseTiming(ttl_s=TTL, renew_s=1.5, poll_s=1.0, margin_s=1.0)
     a = LeaseKeeper(

@@ -1,5 +1,5 @@
 """Rollout operations asked of a replica without the lease run on the holder through a request table in
-the shared store (real SQLite file, one connection per replica): answers and errors come back, a request
+the shared store (on each backend, one connection per replica): answers and errors come back, a request
 nobody ran in time is withdrawn and never runs later."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from tandem.cloud_hub.cluster.relay import RelayClient, RelayWorker, create_args
 from tandem.cloud_hub.errors import ConflictError, ServiceUnavailableError
 from tandem.cloud_hub.rollouts.controller import GatePolicy
-from tandem.cloud_hub.storage import open_database
+from tandem.cloud_hub.rollouts.store import RolloutStore
 
 
 class Service:
@@ -29,8 +29,8 @@ class Service:
         raise ConflictError(f"rollout {rollout_id} is completed; only a running rollout can be paused")
 
 
-def test_operations_run_on_the_holder_and_its_answers_come_back(tmp_path: Path) -> None:
-    follower_db, holder_db = open_database(tmp_path / "r.sqlite"), open_database(tmp_path / "r.sqlite")
+def test_operations_run_on_the_holder_and_its_answers_come_back(database_target: str | Path) -> None:
+    follower_db, holder_db = RolloutStore.open(database_target).db, RolloutStore.open(database_target).db
     service = Service()
     worker = RelayWorker(holder_db, service, poll_s=0.02).start()
     try:
@@ -45,8 +45,8 @@ def test_operations_run_on_the_holder_and_its_answers_come_back(tmp_path: Path) 
         worker.stop()
 
 
-def test_a_request_no_holder_ran_in_time_is_withdrawn_and_never_runs(tmp_path: Path) -> None:
-    follower_db, holder_db = open_database(tmp_path / "r.sqlite"), open_database(tmp_path / "r.sqlite")
+def test_a_request_no_holder_ran_in_time_is_withdrawn_and_never_runs(database_target: str | Path) -> None:
+    follower_db, holder_db = RolloutStore.open(database_target).db, RolloutStore.open(database_target).db
     client = RelayClient(follower_db, lambda: "no replica yet", timeout_s=0.3)
     with pytest.raises(ServiceUnavailableError, match="nothing was done, retry"):
         client.call("create", create_args("digits", "1.1.0", None, "5,25,100", None, None))
