@@ -145,7 +145,10 @@ def publisher(url: str, first: int, count: int, windows_per_device: int, ready: 
     client.loop_stop()
 
 
-def run_publishers(url: str, devices: int, windows_per_device: int, procs: int) -> tuple[list[mp.Process], Any]:
+def run_publishers(
+    url: str, devices: int, windows_per_device: int, procs: int, first_device: int = 0
+) -> tuple[list[mp.Process], Any]:
+    """Start `procs` publisher processes for devices first_device.. (ids sim-NNNNNN); returns them and the go event."""
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     ps, readies = [], []
@@ -154,7 +157,15 @@ def run_publishers(url: str, devices: int, windows_per_device: int, procs: int) 
         ready = ctx.Event()
         p = ctx.Process(
             target=publisher,
-            args=(url, i * per, per if i < procs - 1 else devices - i * per, windows_per_device, ready, go, i),
+            args=(
+                url,
+                first_device + i * per,
+                per if i < procs - 1 else devices - i * per,
+                windows_per_device,
+                ready,
+                go,
+                i,
+            ),
             daemon=True,
         )
         p.start()
