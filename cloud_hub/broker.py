@@ -18,10 +18,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from tandem.cloud_hub.errors import BrokerError
 from tandem.protocols import limits
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,19 @@ AUTOSAVE_INTERVAL_S = 5
 
 
 class BrokerHandle(Protocol):
-    kind: str
-    url: str
-    host: str
-    port: int
+    """A started broker (Mosquitto or the embedded one); read-only, so either may compute a member."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
     def stop(self) -> None: ...
 
@@ -192,7 +204,7 @@ class EmbeddedBroker:
         self.port = port
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._broker = None
+        self._broker: Broker | None = None
 
     @property
     def url(self) -> str:
@@ -221,8 +233,8 @@ class EmbeddedBroker:
         def run() -> None:
             asyncio.set_event_loop(self._loop)
             try:
-                self._broker = Broker(config, loop=self._loop)
-                self._loop.run_until_complete(self._broker.start())
+                broker = self._broker = Broker(config, loop=self._loop)
+                self._loop.run_until_complete(broker.start())
             except BaseException as exc:  # reported to the starting thread
                 errors.append(exc)
                 started.set()

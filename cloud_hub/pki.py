@@ -28,7 +28,7 @@ from typing import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tandem.cloud_hub.errors import ConflictError, HubError, InvalidInputError, NotFoundError
@@ -462,7 +462,7 @@ class RevocationList:
         if mtime == self._mtime:
             return
         crl = x509.load_pem_x509_crl(self.path.read_bytes())
-        if self._ca is not None and not crl.is_signature_valid(self._ca.public_key()):
+        if self._ca is not None and not crl.is_signature_valid(_issuer_key(self._ca)):
             raise PkiError(f"crl {self.path}: not signed by the fleet CA")
         with self._lock:
             self._serials = frozenset(r.serial_number for r in crl)
@@ -481,6 +481,29 @@ class RevocationList:
         except ValueError:
             return True
         return cert.serial_number in self._serials
+
+
+# public keys that can sign a CRL (what CertificateRevocationList.is_signature_valid takes)
+IssuerKey = (
+    ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey | rsa.RSAPublicKey | dsa.DSAPublicKey
+)
+
+
+_ISSUER_KEYS = (
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+    rsa.RSAPublicKey,
+    dsa.DSAPublicKey,
+)
+
+
+def _issuer_key(ca: x509.Certificate) -> IssuerKey:
+    """The CA certificate's public key, if it is of a kind that signs (an X25519 CA could not have signed the CRL)."""
+    key = ca.public_key()
+    if not isinstance(key, _ISSUER_KEYS):
+        raise PkiError(f"the fleet CA's {type(key).__name__} cannot sign a CRL")
+    return key
 
 
 def common_name(cert_pem: bytes | str) -> str | None:

@@ -17,12 +17,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeGuard
 
 import paho.mqtt.client as mqtt
 
 from tandem.cloud_hub.devices import DeviceRegistry, PresenceKey
 from tandem.cloud_hub.errors import HubError
+from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.telemetry_codec import STATUS_ONLINE, TelemetryDecodeError, decode_status
 from tandem.protocols.tls import configure_mqtt_client
 from tandem.protocols.topics import STATUS, TopicError, all_devices, parse_topic
@@ -50,9 +51,14 @@ class StatusAction:
 def presence_key(status: dict[str, Any]) -> PresenceKey | None:
     """(boot, connection, 1 if offline) from an agent's status; None when it carries no order (older agents)."""
     boot, conn = status.get("boot"), status.get("conn")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (boot, conn)):
+    if not (_count(boot) and _count(conn)):
         return None
     return (boot, conn, 0 if status.get("state") == STATUS_ONLINE else 1)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    """A non-negative int that is not a bool (JSON's true would pass isinstance(int))."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def plan_status(device_id: str, status: dict[str, Any], registered: bool) -> StatusAction:
@@ -158,7 +164,7 @@ class DevicePresence:
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True
         )
         host, port = configure_mqtt_client(client, hub.mqtt_url, getattr(hub, "mqtt_tls", None), "device presence")
-        client.reconnect_delay_set(0.2, 2.0)
+        set_reconnect_delay(client, 0.2, 2.0)
         client.on_connect = lambda c, userdata, flags, rc, props=None: c.subscribe(all_devices(STATUS), qos=1)
         client.on_message = self._on_message
         client.connect_async(host, port, keepalive=10)

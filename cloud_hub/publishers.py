@@ -7,6 +7,7 @@ so adding or removing a key needs no restart.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import re
@@ -91,5 +92,5 @@ class TrustedPublishers:
             out.append(Publisher(signing.key_id(key), name, text))
         return out
 
-    def keys(self) -> list[Ed25519PublicKey]:
+    def keys(self) -> builtins.list[Ed25519PublicKey]:  # `list` here is the method above
         return [signing.load_public_key(p.public_pem) for p in self.list()]

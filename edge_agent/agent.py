@@ -93,18 +93,21 @@ class Agent:
                 )
                 model_dir = self.ota.active_dir
             if self.fallback is None and cfg.fallback.hub_url:
-                self.fallback = self._make_fallback()
+                self.fallback = self._make_fallback(cfg.fallback.hub_url)
             if self.fallback is not None:
                 self._executor = ThreadPoolExecutor(FALLBACK_THREADS, thread_name_prefix="agent-fallback")
             self.tracer = self._make_tracer()
             self.hard_examples = HardExampleQueue(
                 cfg.hard_examples.data_dir / "hard_examples.sqlite", cfg.hard_examples.max
             )
-            self._set_serving(self._build_serving(model_dir))
+            serving = self._build_serving(model_dir)
+            self._set_serving(serving)
             if cfg.telemetry_on:
                 from tandem.edge_agent.uplink import make_telemetry
 
-                self.telemetry = make_telemetry(cfg, self.model, hard_examples=self.hard_examples, metrics=self.metrics)
+                self.telemetry = make_telemetry(
+                    cfg, serving.model, hard_examples=self.hard_examples, metrics=self.metrics
+                )
                 self.observer.telemetry = self.telemetry
             self.server = ZmqServer(
                 cfg.server.endpoint,
@@ -135,11 +138,11 @@ class Agent:
         self._started.set()
         log.info(
             "agent serving model=%s version=%s variant=%s endpoint=%s batching=%s hub=%s telemetry=%s ota=%s",
-            self.model.name,
-            self.model.version,
-            self.model.variant.id,
+            serving.model.name,
+            serving.model.version,
+            serving.model.variant.id,
             self.endpoint,
-            self.batcher.batching,
+            serving.batcher.batching,
             cfg.fallback.hub_url or "-",
             cfg.telemetry.mqtt_url if self.telemetry else "-",
             self.ota.store.root if self.ota else "-",
@@ -450,7 +453,7 @@ class Agent:
         max_batch = min(self.config.batch.max_batch, cons.max_batch) if cons.max_batch else self.config.batch.max_batch
         return max_batch, not cons.static_shapes
 
-    def _make_fallback(self) -> Any:
+    def _make_fallback(self, hub_url: str) -> Fallback:
         try:
             from tandem.edge_agent.breaker import CircuitBreaker
             from tandem.edge_agent.fallback import FallbackClient
@@ -458,7 +461,7 @@ class Agent:
             raise ConfigError(f"fallback.hub_url is set but the fallback client cannot load ({exc})") from exc
         self.breaker = CircuitBreaker(self.config.fallback.breaker_failures, self.config.fallback.breaker_cooldown_s)
         return FallbackClient(
-            self.config.fallback.hub_url,
+            hub_url,
             deadline_ms=self.config.fallback.deadline_ms,
             breaker=self.breaker,
             tls=self.config.fallback_tls,

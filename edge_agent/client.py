@@ -56,7 +56,7 @@ def _inputs(inputs: Inputs) -> Mapping[str, np.ndarray] | Sequence[np.ndarray]:
     return [inputs] if isinstance(inputs, np.ndarray) else inputs
 
 
-def _mode(mode: str) -> int:
+def _mode(mode: str) -> pb.Mode:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(sorted(MODES))}")
     return MODES[mode]
@@ -166,7 +166,7 @@ class AgentClient:
                     self._rcvtimeo = timeo
                 try:
                     # small replies: a copy into bytes is cheaper than a zmq.Frame; outputs: no copy here
-                    reply = sock.recv_multipart(copy=not return_outputs)
+                    reply = sock.recv_multipart(0, not return_outputs)
                 except zmq.Again:
                     pass
             if reply is None:

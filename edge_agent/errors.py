@@ -28,6 +28,7 @@ class AgentError(Exception):
     """Base class for every error the edge agent raises."""
 
     code = "internal"
+    request_id = ""  # the failed request's id once its header was read, so the error reply still matches
 
 
 class BadRequestError(AgentError):

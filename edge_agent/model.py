@@ -225,7 +225,7 @@ def open_variant(
             s.close()
         raise
     pad_axes = {str(k): [int(a) for a in v] for k, v in dict(variant.options.get("pad_axes", {})).items()}
-    return BucketedSession(sessions, buckets, spec, pad_axes)  # type: ignore[return-value]
+    return BucketedSession(sessions, buckets, spec, pad_axes)
 
 
 def _open(

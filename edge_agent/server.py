@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence, cast
 
 import zmq
 
@@ -154,7 +154,7 @@ class ZmqServer:
         sock.setsockopt(zmq.RCVHWM, 10000)
         sock.setsockopt(zmq.SNDHWM, 10000)
         loop = asyncio.get_running_loop()
-        fd = sock.getsockopt(zmq.FD)
+        fd = cast(int, sock.getsockopt(zmq.FD))  # pyzmq types every option int | bytes; FD and EVENTS are ints
         reading = False
         try:
             try:
@@ -198,7 +198,7 @@ class ZmqServer:
         if sock is None:
             return
         for _ in range(DRAIN_BATCH):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN and not self._await_next(sock):
+            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN and not self._await_next(sock):
                 return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -258,7 +258,7 @@ class ZmqServer:
             # a request that came in while this one ran (before its answer left, so not the same
             # client's next one); asked only after long runs, where it decides worker vs loop
             if not overlapped and time.perf_counter() - started > OVERLAP_CHECK_AFTER_S:
-                overlapped = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                overlapped = bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
             self.concurrency.seen(overlapped)
             self._send(sock, envelope + result)
             if self._spin_s:

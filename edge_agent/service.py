@@ -62,7 +62,7 @@ class _Prepared:
 
 @dataclass
 class Answer:
-    source: int
+    source: pb.Source
     scores: Scores
     outputs: list[tuple[str, np.ndarray]]
     detail: str = ""
@@ -281,15 +281,15 @@ class InferenceService:
             feeds = match_inputs(self.model.input_specs, names, arrays, allow_nan=self.allow_nan)
             self.model.check_shapes(feeds)
         except AgentError as exc:
-            exc.request_id = header.request_id  # type: ignore[attr-defined]
+            exc.request_id = header.request_id
             raise
         if self.lane is not None and not header.stream_id:  # a stream's state is the general path's job
-            self._teach_lane(frames[0], header, feeds)
+            self._teach_lane(self.lane, frames[0], header, feeds)
         return _Prepared(header, feeds, threshold)
 
-    def _teach_lane(self, head: Any, header: pb.RequestHeader, feeds: dict[str, np.ndarray]) -> None:
+    def _teach_lane(self, lane: FastLane, head: Any, header: pb.RequestHeader, feeds: dict[str, np.ndarray]) -> None:
         """Give the fast lane a plan for this accepted header layout (once per layout)."""
-        prefix = self.lane.new_prefix(frame_bytes(head), header.request_id)
+        prefix = lane.new_prefix(frame_bytes(head), header.request_id)
         if prefix is None:
             return  # planned already, or not a templated header (the lane could not recognise the next one)
         mode = effective_mode(_REQUEST_MODES.get(header.options.mode), self.mode)
@@ -306,7 +306,7 @@ class InferenceService:
             )
             for name, a in feeds.items()
         ]
-        self.lane.learn(prefix, header, tensors, edge_only)
+        lane.learn(prefix, header, tensors, edge_only)
 
     def _score(self, request: "_Prepared", outputs: list[np.ndarray]) -> tuple[Answer, Decision]:
         names = self.model.output_names
@@ -364,7 +364,7 @@ class InferenceService:
 
     def _shadow(self, feeds: dict[str, np.ndarray], labels: np.ndarray, threshold: float, request_id: str) -> None:
         try:
-            result = self.fallback.infer(
+            result = self._hub().infer(
                 self.hub_model, feeds, device_id=self.device_id, model_version=self.model.version, request_id=request_id
             )
             cloud = self._score_cloud(dict(result.outputs), threshold)
@@ -429,13 +429,19 @@ class InferenceService:
     def _observe_runtime(self, seconds: float) -> None:
         self.metrics.observe_runtime(seconds)  # includes queueing when run by the worker
 
+    def _hub(self) -> Fallback:
+        """The fallback client: only paths that `_decide` opened ask for it, and it opens them only with one."""
+        if self.fallback is None:
+            raise FallbackUnavailable("no hub is configured")
+        return self.fallback
+
     async def _ask_hub(
         self, feeds: dict[str, np.ndarray], scores: Scores, request_id: str, span: SpanContext | None = None
     ) -> Answer:
         one_row = scores.labels.shape[0] == 1
         # the call is a child span of this request's (a stand-in Fallback without tracing gets no keyword)
         trace: dict[str, Any] = {"traceparent": span.traceparent} if span is not None else {}
-        call = lambda: self.fallback.infer(  # noqa: E731
+        call = lambda: self._hub().infer(  # noqa: E731
             self.hub_model,
             feeds,
             device_id=self.device_id,

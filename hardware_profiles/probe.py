@@ -346,7 +346,9 @@ def probe_device(runtimes: Iterable[str] | None = None) -> DeviceProbe:
     isa, features = probe_cpu()
     problems: dict[str, str] = {}
     ort_eps = ov_devices = None
-    litert_module, delegates, files = None, (), ()
+    litert_module: str | None = None
+    delegates: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
     if "onnxruntime" in wanted:
         ort_eps, problem = probe_onnxruntime()
         if problem:

@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tandem.hardware_profiles import ProfileError, load_profiles
 from tandem.model_compiler.confidence import DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD
@@ -16,6 +16,9 @@ from tandem.model_compiler.errors import CompileError
 from tandem.protocols.cli_options import add_log_level, configure_logging
 from tandem.protocols.manifest import ManifestError
 from tandem.protocols.signing import SignatureError
+
+if TYPE_CHECKING:
+    from tandem.tasks import TaskSpec
 
 EPILOG = """\
 examples:
@@ -41,7 +44,7 @@ def _leading_log_level(argv: list[str]) -> tuple[list[str], list[str]]:
     return lead, rest
 
 
-def _progress_printer(quiet: bool):
+def _progress_printer(quiet: bool) -> Callable[[str], None]:
     start = time.perf_counter()
 
     def show(message: str) -> None:
@@ -130,9 +133,9 @@ def _compile(args: argparse.Namespace) -> int:
     return 0 if any(c.chosen for c in result.manifest.profiles.values()) else 3
 
 
-def _pairs(items: list[str], flag: str, convert=str) -> dict:
+def _pairs(items: list[str], flag: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
     """NAME=VALUE strings (repeatable flags) as a dict, refusing a malformed one by flag."""
-    found = {}
+    found: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
@@ -154,7 +157,7 @@ def _shapes(items: list[str]) -> dict[str, list[tuple[int, ...]]]:
         raise CompileError(str(exc)) from exc
 
 
-def _task_spec(args: argparse.Namespace):
+def _task_spec(args: argparse.Namespace) -> TaskSpec | None:
     """The --task and --task-option flags as a task spec (None: infer it from the outputs)."""
     from tandem.tasks import TaskError, TaskSpec
 

@@ -189,7 +189,8 @@ def split_fit_eval(n: int, labels: np.ndarray | None, seed: int = SPLIT_SEED) ->
         )
     rng = np.random.default_rng(seed)
     groups = [np.nonzero(labels == c)[0] for c in np.unique(labels)] if labels is not None else [np.arange(n)]
-    fit, evaluation = [], []
+    fit: list[int] = []
+    evaluation: list[int] = []
     for group in groups:
         shuffled = rng.permutation(group)
         fit.extend(shuffled[0::2])
@@ -242,7 +243,6 @@ def calibrate_variant(
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
 
     resolved_budget: float | None = None
-    hybrid_possible = data.cloud_pred is not None
     truth = labels if labels is not None else data.cloud_pred  # without labels, the cloud's answers are the truth
     goal_met = True
     if goal.kind == "hybrid-accuracy":
@@ -268,7 +268,7 @@ def calibrate_variant(
         "expected_accuracy": _round(float(np.mean(pred[ev] == labels[ev]))) if labels is not None else None,
         "expected_hybrid_accuracy": (
             _round(hybrid_accuracy(conf[ev], pred[ev], data.cloud_pred[ev], truth[ev], threshold))
-            if hybrid_possible and truth is not None
+            if data.cloud_pred is not None and truth is not None
             else None
         ),
         "fit": fit_info,

@@ -82,9 +82,12 @@ class Dataset:
 
     def samples_first(self) -> dict[str, np.ndarray]:
         """Batched inputs with their samples on axis 0 (for per-sample summaries); scalars left out."""
-        return {
-            k: np.moveaxis(v, self.axes.get(k, 0), 0) for k, v in self.inputs.items() if self.axes.get(k, 0) is not None
-        }
+        out: dict[str, np.ndarray] = {}
+        for k, v in self.inputs.items():
+            axis = self.axes.get(k, 0)
+            if axis is not None:
+                out[k] = np.moveaxis(v, axis, 0)
+        return out
 
 
 def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Dataset:

@@ -25,7 +25,7 @@ def write_golden(path: Path, inputs: dict[str, np.ndarray], outputs_by_variant: 
         for i, out in enumerate(outs):
             arrays[output_key(vid, i)] = np.asarray(out)
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, allow_pickle=False, **arrays)  # as np.load reads it: no object arrays
 
 
 def read_golden(

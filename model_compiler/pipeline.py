@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -65,6 +65,9 @@ from tandem.tasks import (
     task_confidence,
 )
 from tandem.tasks.shapes import pad_value
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +359,13 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     return result
 
 
-def _resolve_task(opts: CompileOptions, prepared, outputs, reference: list[np.ndarray], val: Dataset) -> Task:
+def _resolve_task(
+    opts: CompileOptions,
+    prepared: onnx.ModelProto,
+    outputs: list[TensorSpec],
+    reference: list[np.ndarray],
+    val: Dataset,
+) -> Task:
     """The stated or inferred task; a classifier's default budget follows --max-accuracy-drop."""
     producers = {out: node.op_type for node in prepared.graph.node for out in node.output}
     names = [o.name for o in outputs]
@@ -416,6 +425,11 @@ def _profiles_blocked_by_ops(profiles: list[Profile], ops: set[str]) -> dict[str
     return blocked
 
 
+def _variant_log(say: Progress, rid: str) -> Callable[[str], None]:
+    """A variant builder's progress lines, prefixed with the variant's id."""
+    return lambda message: say(f"  {rid}: {message}")
+
+
 def _build_and_validate(
     recipes: dict[str, Recipe],
     wanted_by: dict[str, list[str]],
@@ -440,7 +454,7 @@ def _build_and_validate(
             calib=calib.inputs,
             out_dir=variant_dir,
             calibration_method=opts.calibration_method,
-            log=lambda m, rid=rid: say(f"  {rid}: {m}"),
+            log=_variant_log(say, rid),
             shapes=opts.shapes or None,
             pad_value=pad_value(task.spec) or 0.0,
         )
@@ -564,12 +578,16 @@ def _calibrate(
     cloud_pred = _cloud_predictions(opts, val) if opts.cloud_model is not None else None
     if cloud_pred is not None and val.labels is not None:
         ref_metrics["cloud_accuracy"] = float((cloud_pred == val.labels).mean())
+    reference_conf = confidences(task, reference[task.output_index])
+    if reference_conf is None:  # [samples, classes] outputs always give one; say so rather than fail later
+        say("confidence calibration skipped: the task gives no confidence per sample")
+        return
     data = CalibrationInputs(
         fit=fit,
         evaluation=evaluation,
         split=how,
         labels=val.labels,
-        reference_conf=confidences(task, reference[task.output_index]),
+        reference_conf=reference_conf,
         cloud_pred=cloud_pred,
     )
     say(f"confidence calibration: goal {goal.kind}; {how}")
@@ -592,9 +610,9 @@ def _calibrate(
 def _write_manifest(
     opts: CompileOptions,
     out: Path,
-    prepared,
-    inputs,
-    outputs,
+    prepared: onnx.ModelProto,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
     task: Task,
     outcomes: list[VariantOutcome],
     choices: dict[str, ProfileChoice],

@@ -110,21 +110,20 @@ def render_markdown(result: "CompileResult") -> str:
             f"{_fmt(x.get('max_abs_error'), 5)} | {_fmt(x.get('latency_p50_ms'))} | {_fmt(x.get('latency_p95_ms'))} | "
             f"{_fmt(x.get('throughput_b8'), 0)} | {', '.join(o.profiles)} |"
         )
-    calibrated = [o for o in result.outcomes if o.calibration and not o.skipped]
+    calibrated = [(o, o.calibration) for o in result.outcomes if o.calibration and not o.skipped]
     if calibrated:
-        goal = calibrated[0].calibration["goal"]
+        goal = calibrated[0][1]["goal"]
         lines += [
             "",
             "## Confidence calibration (per variant)",
             "",
             f"Goal: {goal['kind']} ({', '.join(f'{k} {v}' for k, v in goal.items() if k not in ('kind', 'met_on_fit') and v is not None)}). "
-            f"{calibrated[0].calibration['fit']['split']}.",
+            f"{calibrated[0][1]['fit']['split']}.",
             "",
             "| variant | temperature | threshold | expected fallback | expected accuracy | expected hybrid accuracy |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for o in calibrated:
-            c = o.calibration
+        for o, c in calibrated:
             lines.append(
                 f"| {o.recipe.id} | {_fmt(c['temperature'])} | {_fmt(c['threshold'], 4)} | "
                 f"{_fmt(c['expected_fallback_rate'], 4)} | {_fmt(c.get('expected_accuracy'), 4)} | "

@@ -93,7 +93,7 @@ def encode_command(cmd: OtaCommand, key: Ed25519PrivateKey) -> bytes:
     return json.dumps(sign_manifest(cmd.to_dict(), key), sort_keys=True).encode("utf-8")
 
 
-def decode_command(payload: bytes, trusted_key: Ed25519PublicKey, now: float | None = None) -> OtaCommand:
+def decode_command(payload: bytes | bytearray, trusted_key: Ed25519PublicKey, now: float | None = None) -> OtaCommand:
     """Check size, schema, signature and deadline; raise OtaMessageError naming what failed."""
     data = _load(payload, "command")
     try:
@@ -176,7 +176,7 @@ def encode_status(status: OtaStatus) -> bytes:
     return json.dumps(status.to_dict(), sort_keys=True).encode("utf-8")
 
 
-def decode_status(payload: bytes, topic_device: str | None = None) -> OtaStatus:
+def decode_status(payload: bytes | bytearray, topic_device: str | None = None) -> OtaStatus:
     """Validate a status; `topic_device` (from the topic) must match the body's device id."""
     data = _load(payload, "status")
     _check_status(data)
@@ -217,7 +217,7 @@ def _check_status(d: Mapping[str, Any]) -> None:
         raise OtaMessageError("status.at: expected unix seconds")
 
 
-def _load(payload: bytes, what: str) -> dict[str, Any]:
+def _load(payload: bytes | bytearray, what: str) -> dict[str, Any]:
     if len(payload) > MAX_OTA_MESSAGE_BYTES:
         raise OtaMessageError(f"{what}: {len(payload)} bytes, the limit is {MAX_OTA_MESSAGE_BYTES}")
     try:

@@ -74,7 +74,7 @@ class Family:
 
 def wants_openmetrics(accept: str | None) -> bool:
     """True when the scraper asks for OpenMetrics (Prometheus does first, then falls back to text)."""
-    return bool(accept) and "application/openmetrics-text" in accept
+    return accept is not None and "application/openmetrics-text" in accept
 
 
 def render(families: Iterable[Family], openmetrics: bool = False) -> str:

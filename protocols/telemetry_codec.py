@@ -207,7 +207,8 @@ def decode_hard_example(payload: bytes) -> tuple[dict[str, Any], bytes]:
     if not sep or not isinstance(header, dict) or not isinstance(header.get("id"), int):
         raise TelemetryDecodeError("hard example: expected a JSON header with an integer id, a newline, then tensors")
     try:
-        check_device_id(header.get("device_id"))
+        device_id = header.get("device_id")
+        check_device_id(device_id if isinstance(device_id, str) else "")  # refused as "must be a non-empty string"
     except TopicError as exc:
         raise TelemetryDecodeError(f"hard example: {exc}") from exc
     return header, body

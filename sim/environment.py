@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from tandem.cloud_hub.broker import BrokerHandle, start_broker
 from tandem.cloud_hub.config import HubConfig
@@ -20,7 +20,7 @@ from tandem.cloud_hub.telemetry.engine import DriftConfig
 from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
 from tandem.cloud_hub.telemetry.service import TelemetryIngestService, TelemetryServiceConfig
 from tandem.protocols.topics import parse_mqtt_url
-from tandem.sim.netfault import FaultProxy
+from tandem.sim.netfault import FaultChanges, FaultProxy
 from tandem.sim.releases import Models
 from tandem.sim.scenario import DriftSettings
 
@@ -69,7 +69,7 @@ class Environment:
     def start(self) -> "Environment":
         shutil.rmtree(self.workdir / "hub", ignore_errors=True)
         self.broker = start_broker("auto", self.workdir / "broker", "127.0.0.1", 0)
-        self.hub = Hub(
+        hub = self.hub = Hub(
             HubConfig.from_keys(
                 {
                     "data_dir": self.workdir / "hub",
@@ -82,16 +82,18 @@ class Environment:
                 }
             )
         )
-        self.hub.add_service(self._telemetry)  # ours, with the scenario's drift settings
-        self.hub.start()
-        if getattr(self.hub, "rollouts", None) is None:
+        hub.add_service(self._telemetry)  # ours, with the scenario's drift settings
+        hub.start()
+        if getattr(hub, "rollouts", None) is None:
             from tandem.cloud_hub.rollouts.attach import attach_rollouts
 
-            attach_rollouts(self.hub, tick_s=self.rollout_tick_s, watch_s=self.watch_s)
-        self.hub.publishers.add(self.models.publisher_pem, "sim")  # the sim's compiler is a trusted publisher
-        self.hub.registry.register_dir(self.models.edge)
-        self.device_token = self.hub.tokens.create("sim-fleet", "read").token
-        self.grpc_proxy = FaultProxy("127.0.0.1", self.hub.grpc_port, name="grpc").start()
+            attach_rollouts(hub, tick_s=self.rollout_tick_s, watch_s=self.watch_s)
+        hub.publishers.add(self.models.publisher_pem, "sim")  # the sim's compiler is a trusted publisher
+        hub.registry.register_dir(self.models.edge)
+        self.device_token = hub.tokens.create("sim-fleet", "read").token
+        if hub.grpc_port is None:
+            raise RuntimeError("the hub started without a gRPC port")
+        self.grpc_proxy = FaultProxy("127.0.0.1", hub.grpc_port, name="grpc").start()
         self.mqtt_proxy = FaultProxy(*parse_mqtt_url(self.broker.url), name="mqtt").start()
         return self
 
@@ -100,30 +102,39 @@ class Environment:
         assert self._telemetry.service is not None, "the environment is not started"
         return self._telemetry.service
 
+    def _hub(self) -> Hub:
+        assert self.hub is not None, "the environment is not started"
+        return self.hub
+
+    def _proxies(self) -> tuple[FaultProxy, FaultProxy]:
+        """(gRPC, MQTT) fault proxies."""
+        assert self.grpc_proxy is not None and self.mqtt_proxy is not None, "the environment is not started"
+        return self.grpc_proxy, self.mqtt_proxy
+
     @property
     def rollouts(self) -> Any:
-        return self.hub.rollouts
+        return self._hub().rollouts
 
     @property
     def grpc_url(self) -> str:
-        return self.grpc_proxy.url_hostport
+        return self._proxies()[0].url_hostport
 
     @property
     def mqtt_url(self) -> str:
         """The broker as devices reach it (through the fault proxy)."""
-        return f"mqtt://{self.mqtt_proxy.url_hostport}"
+        return f"mqtt://{self._proxies()[1].url_hostport}"
 
     def register(self, kind: str) -> tuple[str, str]:
         """Register release `kind` (good, bad, selftest_fail) with the hub; (model, version)."""
-        record = self.hub.registry.register_dir(self.models.release(kind))
+        record = self._hub().registry.register_dir(self.models.release(kind))
         return _name_version(record)
 
     def outage(self, on: bool) -> None:
-        for p in (self.grpc_proxy, self.mqtt_proxy):
+        for p in self._proxies():
             p.partition(on)
 
-    def network(self, target: str = "both", **faults: Any) -> None:
-        for name, p in (("grpc", self.grpc_proxy), ("mqtt", self.mqtt_proxy)):
+    def network(self, target: str = "both", **faults: Unpack[FaultChanges]) -> None:
+        for name, p in zip(("grpc", "mqtt"), self._proxies()):
             if target in (name, "both"):
                 p.set(**faults)
 

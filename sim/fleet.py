@@ -145,13 +145,14 @@ class Fleet:
                     self._start_ota(dev, model_dir)
                 else:
                     dev.install(model_dir)
-                if dev.telemetry is None:
+                handle = dev.handle
+                if dev.telemetry is None or handle is None:
                     continue  # refused: nothing to serve, nothing to report
                 uplink.add(
                     dev.device_id,
                     dev.telemetry.outbox,
                     online=self._online_fn(dev),
-                    status={"model": dev.handle.manifest.name, "version": dev.version, "profile": dev.profile.name},
+                    status={"model": handle.manifest.name, "version": dev.version, "profile": dev.profile.name},
                 )
                 dev.telemetry.on_stored = self._marker(uplink, dev.device_id)
                 dev.telemetry.defer = lambda tel, window: self._closed.put((tel, window))
@@ -190,7 +191,9 @@ class Fleet:
         client.open_store()
         if client.store.active_version is None:
             client.store.install_initial(model_dir)
-        if dev.install(client.store.active_dir):
+        active = client.store.active_dir
+        assert active is not None, "install_initial leaves an active slot"
+        if dev.install(active):
             dev.ota = client
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:

@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Callable, TypedDict, Unpack
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,17 @@ class Faults:
             raise NetFaultError(f"loss must be between 0 and 1 (got {self.loss})")
         if self.bandwidth_bps is not None and self.bandwidth_bps <= 0:
             raise NetFaultError(f"bandwidth_bps must be > 0 or None (got {self.bandwidth_bps})")
+
+
+class FaultChanges(TypedDict, total=False):
+    """The Faults fields `FaultProxy.set` may change, typed as the fields are."""
+
+    latency_ms: float
+    jitter_ms: float
+    loss: float
+    bandwidth_bps: float | None
+    partitioned: bool
+    stalled: bool
 
 
 def delivery_time(now: float, previous: float, nbytes: int, faults: Faults, rng: random.Random) -> float:
@@ -86,7 +98,7 @@ class FaultProxy:
 
     # -- control (any thread) ---------------------------------------------------------
 
-    def set(self, **changes: object) -> Faults:
+    def set(self, **changes: Unpack[FaultChanges]) -> Faults:
         """Change some settings (Faults fields); a new partition cuts open connections."""
         new = replace(self._faults, **changes)  # validates
         was = self._faults.partitioned
@@ -147,7 +159,7 @@ class FaultProxy:
             self._thread.join(5)
         self._loop = None
 
-    def _call(self, fn: object) -> None:
+    def _call(self, fn: Callable[[], object]) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(fn)
 

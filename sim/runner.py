@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tandem.cloud_hub.rollouts.controller import GatePolicy
+from tandem.edge_agent.breaker import CircuitBreaker
 from tandem.edge_agent.ota.machine import WatchPolicy
 from tandem.hardware_profiles import load_profiles
 from tandem.sim.agent_proc import AgentProcess
@@ -133,21 +134,15 @@ class _Timeline:
             self.env.network(e.params.get("target", "both"), **p)
             self._note(t, f"network faults {p}")
             if e.for_s:
-                self.undo.append(
-                    (
-                        e.at_s + e.for_s,
-                        lambda: (
-                            self.env.network(
-                                "both", latency_ms=0.0, jitter_ms=0.0, loss=0.0, bandwidth_bps=None, stalled=False
-                            ),
-                            self._note(self.fleet.sim_time(), "network healed"),
-                        ),
-                    )
-                )
+                self.undo.append((e.at_s + e.for_s, self._heal_network))
         elif e.kind == "drift":
             self._note(t, f"drift injected: {e.params['change']} {e.params.get('value', e.params.get('classes'))}")
         elif e.kind == "rollout":
             self._start_rollout(e, t)
+
+    def _heal_network(self) -> None:
+        self.env.network("both", latency_ms=0.0, jitter_ms=0.0, loss=0.0, bandwidth_bps=None, stalled=False)
+        self._note(self.fleet.sim_time(), "network healed")
 
     def _end_outage(self) -> None:
         self.env.outage(False)
@@ -200,7 +195,7 @@ class _Timeline:
             "alerts_open": len(tel.store.open_alerts()),
             "drift": drift,
             "outage": self.outage,
-            "breakers_open": sum(1 for d in self.fleet.devices if d.fallback.breaker.state != "closed"),
+            "breakers_open": sum(1 for d in self.fleet.devices if _breaker_open(d.fallback.breaker)),
         }
         if self.rollouts:
             r = self.env.rollouts.get(self.rollouts[-1]["rollout_id"])
@@ -211,6 +206,10 @@ class _Timeline:
         s["serving"] = versions
         self.samples.append(s)
         return s
+
+
+def _breaker_open(breaker: CircuitBreaker | None) -> bool:
+    return breaker is not None and breaker.state != "closed"
 
 
 def _line(s: dict[str, Any], fleet_row: dict[str, Any] | None, duration: float, n: int) -> str:
@@ -259,9 +258,11 @@ def run_scenario(
     agents: list[AgentProcess] = []
     try:
         env.start()
+        hub = env.hub
+        assert hub is not None, "the environment did not start its hub"
         specs = device_specs(scenario)
         for spec in specs:
-            env.hub.devices.register(
+            hub.devices.register(
                 spec.device_id,
                 spec.profile.name,
                 "tandem-sim",
@@ -273,7 +274,7 @@ def run_scenario(
         if any(s.ota for s in specs):
             ota = OtaSettings(
                 env.device_token,
-                env.hub.key.public_pem,
+                hub.key.public_pem,
                 WatchPolicy(watch_s=scenario.watch_s, min_requests=10, max_fallback_rise=0.3, max_latency_ratio=3.0),
                 env.mqtt_url,
             )

@@ -85,7 +85,7 @@ def judge_side_by_side(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     gain = (cloud["accuracy"] - edge["accuracy"]) * 100.0
     gap = (cloud["accuracy"] - hybrid["accuracy"]) * 100.0
     ratio = hybrid["p50_ms"] / edge["p50_ms"] if edge["p50_ms"] > 0 else float("inf")
-    targets = {
+    targets: dict[str, Any] = {
         "cloud_beats_edge_by_1.5_points": {"points": gain, "met": gain >= MIN_CLOUD_GAIN_POINTS - 1e-9},
         "hybrid_within_0.3_points_of_cloud": {"points": gap, "met": gap <= HYBRID_MAX_GAP_POINTS + 1e-9},
         "hybrid_fallback_le_0.10": {

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import STATUS_ONLINE, encode_status
 from tandem.protocols.topics import STATUS, TELEMETRY, parse_mqtt_url, status_topic, telemetry_topic
@@ -65,10 +68,10 @@ class SharedUplink:
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"tandem-sim-{name}", protocol=mqtt.MQTTv5
         )
         self._client.max_inflight_messages_set(max_inflight)
-        self._client.reconnect_delay_set(0.2, 2.0)
+        set_reconnect_delay(self._client, 0.2, 2.0)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self._connected.clear()
-        self._client.on_publish = lambda c, u, mid, rc, p: (self._acks.put((mid, not rc.is_failure)), self._wake.set())
+        self._client.on_publish = self._on_publish
 
     def add(
         self,
@@ -121,6 +124,12 @@ class SharedUplink:
             self._thread.join(5)
         self._client.disconnect()
         self._client.loop_stop()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
+        self._acks.put((mid, not reason_code.is_failure))
+        self._wake.set()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:

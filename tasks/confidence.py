@@ -66,7 +66,7 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
             )
         return TaskConfidence(probs.max(axis=1).astype(np.float32), probs.argmax(axis=1).astype(np.int64))
     if kind == "detection":
-        low, high = spec.ambiguity
+        low, high = spec.band
         found = _candidates(spec, x, min(low, spec.score_threshold))
         uncertain = np.array([np.count_nonzero((d.scores >= low) & (d.scores < high)) for d in found], np.int64)
         sure = np.array([np.count_nonzero(d.scores >= high) for d in found], np.int64)
@@ -85,11 +85,11 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         if x.ndim == 4 and x.shape[1] > 1:
             top = np.sort(x.reshape(rows, x.shape[1], -1), axis=1)
             p = (top[:, -1] - top[:, -2]).reshape(rows, -1)  # margin per pixel
-            conf = (p >= spec.ambiguity[1] - spec.ambiguity[0]).mean(axis=1)
+            conf = (p >= spec.band[1] - spec.band[0]).mean(axis=1)
         else:
             if p.size and not (p.min() >= 0.0 and p.max() <= 1.0):
                 p = sigmoid(p)
-            low, high = spec.ambiguity
+            low, high = spec.band
             band = (p >= low) & (p < high)
             conf = 1.0 - band.mean(axis=1)
         fg = (x.reshape(rows, -1) > (0.5 if spec.threshold is None else spec.threshold)).sum(axis=1)

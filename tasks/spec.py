@@ -80,6 +80,13 @@ class TaskSpec:
             object.__setattr__(self, "threshold", 0.5)  # the map's binarization, not a confidence threshold
         _check(self)
 
+    @property
+    def band(self) -> tuple[float, float]:
+        """`ambiguity` as checked: construction fills each kind's default, so it is never None here."""
+        if self.ambiguity is None:
+            raise TaskError("task.ambiguity: unset (a TaskSpec fills it when it is built)")
+        return self.ambiguity
+
     # -- JSON --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ sends the commands it returns. The rollout state lives in memory and in SQLite
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import queue
@@ -30,6 +31,7 @@ from tandem.cloud_hub.rollouts import quality
 from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError, Send
 from tandem.cloud_hub.rollouts.store import RolloutStore
 from tandem.protocols import limits, topics
+from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.ota import OtaCommand, OtaMessageError, decode_status, encode_command
 from tandem.protocols.signing import canonical_bytes
@@ -92,9 +94,9 @@ class RolloutService:
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5)
         self._mqtt_addr = configure_mqtt_client(self._client, config.mqtt_url, config.tls, "rollouts")
         self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(0.2, 2.0)
+        set_reconnect_delay(self._client, 0.2, 2.0)
         self._client.on_connect = self._on_connect
-        self._client.on_message = lambda c, u, msg: self._inbox.put((msg.topic, msg.payload))
+        self._client.on_message = lambda c, u, msg: self._inbox.put((msg.topic, bytes(msg.payload)))
         self._client.on_subscribe = lambda *a: self._subscribed.set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -176,7 +178,8 @@ class RolloutService:
     def list(self, status: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Rollout], int]:
         return self.store.list(status, limit, offset)
 
-    def events(self, rollout_id: str, limit: int = 200, after_id: int = 0) -> list[dict[str, Any]]:
+    # below, `list` in annotations would name the method above: builtins.list is the type
+    def events(self, rollout_id: str, limit: int = 200, after_id: int = 0) -> builtins.list[dict[str, Any]]:
         self.get(rollout_id)
         return self.store.events(rollout_id, limit, after_id)
 
@@ -192,7 +195,9 @@ class RolloutService:
     def rollback(self, rollout_id: str) -> Rollout:
         return self._operate(rollout_id, ctl.rollback)
 
-    def _operate(self, rollout_id: str, op: Callable[[Rollout, float], tuple[list[Send], list[ctl.Event]]]) -> Rollout:
+    def _operate(
+        self, rollout_id: str, op: Callable[[Rollout, float], tuple[builtins.list[Send], builtins.list[ctl.Event]]]
+    ) -> Rollout:
         with self._lock:
             r = self._rollouts.get(rollout_id) or self.store.get(rollout_id)
             self._rollouts[rollout_id] = r
@@ -205,7 +210,7 @@ class RolloutService:
 
     # -- worker ----------------------------------------------------------------------------
 
-    def _select(self, profile: str | None, tags: dict[str, str]) -> list[Any]:
+    def _select(self, profile: str | None, tags: dict[str, str]) -> builtins.list[Any]:
         out, offset = [], 0
         while True:
             page, total = self.devices.list(DeviceFilter(profile=profile, tags=tags), 500, offset)
@@ -268,13 +273,13 @@ class RolloutService:
                     pass
         elif parsed.kind == topics.STATUS and parsed.device_id is not None:
             try:
-                status = decode_device_status(payload)
+                device_status = decode_device_status(payload)
             except Exception:
                 return
-            if status.get("state") != STATUS_ONLINE:
+            if device_status.get("state") != STATUS_ONLINE:
                 self._boots.pop(parsed.device_id, None)
                 return
-            boot = status.get("boot")
+            boot = device_status.get("boot")
             if boot is not None and self._boots.get(parsed.device_id) == boot:
                 return  # the same agent process republished its status (e.g. after a switch): nothing was lost
             if boot is not None:
@@ -322,7 +327,7 @@ class RolloutService:
         self._quality[r.rollout_id] = (q, now, figures)
         return figures
 
-    def _commit(self, r: Rollout, sends: list[Send], events: list[ctl.Event]) -> None:
+    def _commit(self, r: Rollout, sends: builtins.list[Send], events: builtins.list[ctl.Event]) -> None:
         self.store.save(r, events, self.clock())
         for s in sends:
             self._send(r, s)

@@ -29,6 +29,7 @@ from tandem.edge_agent.ota.store import ModelStore, Recovery
 from tandem.edge_agent.ota.hubclock import CLOCK_TOLERANCE_S, HubClock
 from tandem.edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
 from tandem.protocols import limits
+from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_status
 from tandem.protocols.signing import load_public_key
@@ -111,7 +112,7 @@ class OtaClient:
         self._host, self._port = configure_mqtt_client(
             self._client, config.mqtt_url, config.tls, f"OTA client (device {config.device_id})"
         )
-        self._client.reconnect_delay_set(0.2, 2.0)
+        set_reconnect_delay(self._client, 0.2, 2.0)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *a: self._subscribed.set()

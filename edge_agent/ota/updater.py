@@ -188,6 +188,9 @@ class Updater:
         self.publish(self.state, "error" if self.state == "failed" else "ok", reason, health or {})
 
 
+_REASON_KINDS: dict[type[BaseException], str] = {VerificationError: "verification", SelfTestError: "self-test"}
+
+
 def _reason(exc: BaseException) -> str:
-    kind = {VerificationError: "verification", SelfTestError: "self-test"}.get(type(exc), type(exc).__name__)
+    kind = _REASON_KINDS.get(type(exc), type(exc).__name__)
     return f"{kind}: {exc}"[:2000]

@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tandem.edge_agent.telemetry.outbox import Outbox
+from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
@@ -80,7 +81,7 @@ class TelemetryPublisher:
         client_id = self.config.client_id or f"tandem-agent-{self.device_id}"
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(self.config.max_inflight)
-        client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        set_reconnect_delay(client, self.config.reconnect_min_s, self.config.reconnect_max_s)
         client.will_set(
             self._status_topic,
             self._status(STATUS_OFFLINE),

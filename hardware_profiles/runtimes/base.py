@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 
 class RuntimeUnavailableError(RuntimeError):
@@ -26,11 +27,16 @@ class IOSpec:
 
 
 class RuntimeSession(Protocol):
-    """A loaded model, ready to run."""
+    """A loaded model, ready to run. Read-only members, so an adapter may hold them in any sequence type."""
 
-    runtime: str
-    inputs: Sequence[IOSpec]
-    outputs: Sequence[IOSpec]
+    @property
+    def runtime(self) -> str: ...
+
+    @property
+    def inputs(self) -> Sequence[IOSpec]: ...
+
+    @property
+    def outputs(self) -> Sequence[IOSpec]: ...
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run one (possibly batched) request; outputs in `outputs` order."""
@@ -39,5 +45,5 @@ class RuntimeSession(Protocol):
     def close(self) -> None: ...
 
 
-def numpy_dtype_name(dtype: object) -> str:
+def numpy_dtype_name(dtype: DTypeLike) -> str:
     return np.dtype(dtype).name
