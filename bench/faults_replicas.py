@@ -15,7 +15,11 @@ telemetry:  `--devices` agents send windows of `--window-s` at `--rate` requests
             counted in the shared database after the settle, and how many windows the agents sent again when
             asked (resent_by_agents: the killed replica's in-flight share, recovered through gap tracking).
 
+Both on SQLite files in the shared data dir by default; `--database-url postgresql://...` puts the
+replicas' state in PostgreSQL (an empty database) instead.
+
 Usage: python bench/faults_replicas.py [--json] [--only rollout,telemetry] [--kill-at sending]
+       [--database-url postgresql://user@host:port/db]
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ def rollout_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, An
         "rollouts.watch_s": args.rollout_watch_s,
         "http.public_url": f"http://127.0.0.1:{proxy_port}",
         "cluster.enabled": True,
+        **_storage(args),
     }
     setup = Hub(HubConfig.from_keys({k: v for k, v in keys.items() if not k.startswith("cluster.")}))
     try:
@@ -320,7 +325,7 @@ def telemetry_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, 
             from tandem.cloud_hub.config import HubConfig
             from tandem.cloud_hub.hub import Hub
 
-            keys = {"data_dir": str(hub_dir), "mqtt.url": self.broker.url, "rollouts.enabled": False}
+            keys = {"data_dir": str(hub_dir), "mqtt.url": self.broker.url, "rollouts.enabled": False, **_storage(args)}
             setup = Hub(HubConfig.from_keys(keys))  # a read token for GET /v1/cluster, then it lets go
             try:
                 HEADERS["Authorization"] = f"Bearer {setup.tokens.create('bench', 'read').token}"
@@ -328,7 +333,7 @@ def telemetry_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, 
                 setup.stop()
             keys["cluster.enabled"] = True
             self.procs, self.ports = start_replicas(keys, env)
-            return _SharedView(TelemetryStore.open(hub_dir))
+            return _SharedView(TelemetryStore.open(args.database_url or hub_dir))
 
     class _SharedView:
         """What Fleet.finish counts, read from the replicas' shared database."""
@@ -344,13 +349,13 @@ def telemetry_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, 
     fleet = ReplicaFleet(root, args.devices, args.window_s, args.rate, agent_dir=lambda i: root / f"agent-{i}")
     try:
         time.sleep(args.between_s)
-        holder = _holder(hub_dir)
-        stored_at_kill = _stored_by(hub_dir)
+        holder = _holder(hub_dir, args.database_url)
+        stored_at_kill = _stored_by(args.database_url or hub_dir)
         t_kill = time.monotonic()
         fleet.procs[holder].kill()
         say(f"SIGKILL {holder} mid-burst ({stored_at_kill} windows stored so far)")
         other = next(n for n in fleet.ports if n != holder)
-        new = _wait_holder(hub_dir, other, 30)
+        new = _wait_holder(hub_dir, args.database_url, other, 30)
         takeover_s = time.monotonic() - t_kill
         time.sleep(args.between_s)
         result = fleet.finish(args.settle_s)
@@ -369,11 +374,15 @@ def telemetry_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, 
         fleet.close()
 
 
-def _holder(hub_dir: Path) -> str:
+def _storage(args: Any) -> dict[str, Any]:
+    return {"storage.database_url": args.database_url} if args.database_url else {}
+
+
+def _holder(hub_dir: Path, database_url: str | None) -> str:
     from tandem.cloud_hub.cluster import LEASE_NAME, LeaseTable
     from tandem.cloud_hub.storage import open_database
 
-    db = open_database(hub_dir / "hub.db")
+    db = open_database(database_url, schema="hub") if database_url else open_database(hub_dir / "hub.db")
     try:
         state = LeaseTable(db).get(LEASE_NAME)
     finally:
@@ -383,20 +392,20 @@ def _holder(hub_dir: Path) -> str:
     return state.holder
 
 
-def _wait_holder(hub_dir: Path, name: str, timeout_s: float) -> str:
+def _wait_holder(hub_dir: Path, database_url: str | None, name: str, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(RuntimeError):
-            if _holder(hub_dir) == name:
+            if _holder(hub_dir, database_url) == name:
                 return name
         time.sleep(0.05)
     raise RuntimeError(f"{name} did not take the lease within {timeout_s:g}s")
 
 
-def _stored_by(hub_dir: Path) -> int:
+def _stored_by(target: str | Path) -> int:
     from tandem.cloud_hub.telemetry.store import TelemetryStore
 
-    store = TelemetryStore.open(hub_dir)
+    store = TelemetryStore.open(target)
     try:
         return store.count_windows()
     finally:
@@ -417,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=50.0)
     p.add_argument("--between-s", type=float, default=3.0)
     p.add_argument("--settle-s", type=float, default=60.0)
+    p.add_argument("--database-url", help="the replicas' state in this (empty) PostgreSQL database; default SQLite")
     args = p.parse_args(argv)
     wanted = [s for s in args.only.split(",") if s]
     if set(wanted) - set(SCENARIOS):
@@ -438,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             out[name]["seconds"] = round(time.monotonic() - t0, 1)
     result = {
         "scenarios": out,
-        "params": {k: v for k, v in vars(args).items() if k not in ("json", "only")},
+        "params": {k: v for k, v in vars(args).items() if k not in ("json", "only", "database_url")},
+        "backend": "postgresql" if args.database_url else "sqlite",
         "host": {"cpus": os.cpu_count(), "load_1m": os.getloadavg()[0], "python": platform.python_version()},
     }
     print(json.dumps(result, indent=2) if args.json else json.dumps(out, indent=2))
