@@ -93,8 +93,6 @@ class OnnxRuntimeBuilder:
                 "op_types": list(QUANTIZED_OP_TYPES),
                 "why": types.reason,
             }
-            if profile.isa == "x86_64":
-                options["keep_float"] = ["depthwise Conv"]
             out.append(Recipe(f"{RUNTIME}-int8-{types.tag}", RUNTIME, "int8", options))
         return out
 
@@ -218,9 +216,6 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     if unfused:
         notes.append(f"{unfused} Gemm rewritten as MatMul+Add so ORT fuses them into QLinearMatMul")
     opts = recipe.options
-    kept = depthwise_convs(pre) if "depthwise Conv" in opts.get("keep_float", ()) else []
-    if kept:
-        notes.append(f"{len(kept)} depthwise Conv kept float: ORT's x86 int8 depthwise kernels ran slower than float")
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     method = {
         "minmax": CalibrationMethod.MinMax,
@@ -240,7 +235,6 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
                 _Reader(batches),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
-                nodes_to_exclude=kept,
                 per_channel=bool(opts.get("per_channel", True)),
                 reduce_range=bool(opts.get("reduce_range", False)),
                 activation_type=qtype[opts.get("activation_type", "uint8")],
@@ -294,30 +288,6 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
             logger.info("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, _first_line(exc))
     shutil.copyfile(src, dst)
     return ["ORT quantization pre-processing failed; quantized the model as given"]
-
-
-def depthwise_convs(path: Path) -> list[str]:
-    """The grouped (depthwise) Conv nodes of the model at `path`, named in place where unnamed.
-
-    On x86-64 (AVX512-VNNI/AMX host, ORT 1.32) every Conv of PP-OCR's orientation classifier fused
-    into QLinearConv, yet INT8 ran 16-35 ms at batch 1 on one thread against 1.4 ms for FP32; with its
-    11 depthwise convs left float it ran 1.6 ms. Their few weights (9 per channel) save little size.
-    """
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(path))
-    names, renamed = [], False
-    for k, node in enumerate(model.graph.node):
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type != "Conv" or int(attrs.get("group", 1)) <= 1:
-            continue
-        if not node.name:
-            node.name, renamed = f"depthwise_conv_{k}", True
-        names.append(node.name)
-    if renamed:
-        onnx.save(model, str(path))
-    return names
 
 
 def unfuse_gemm(path: Path) -> int:
