@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
 from tandem.model_compiler.errors import InvalidModelError, UnsupportedDtypeError
 from tandem.protocols.manifest import TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute) needs opset 13
 
@@ -35,7 +38,7 @@ _REFUSED_DTYPES = {
 }
 
 
-def load_model(path: str | Path):
+def load_model(path: str | Path) -> onnx.ModelProto:
     """Load and check an ONNX model; errors name the file and what is wrong."""
     import onnx
 
@@ -73,14 +76,14 @@ def is_tflite(path: Path) -> bool:
     return head[4:8] == b"TFL3" or path.suffix.lower() == ".tflite"
 
 
-def default_opset(model) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     raise InvalidModelError("the model imports no default ONNX opset")
 
 
-def prepare_model(model, out_path: Path):
+def prepare_model(model: onnx.ModelProto, out_path: Path) -> tuple[onnx.ModelProto, list[str]]:
     """Raise the opset to at least MIN_OPSET and infer shapes; save to out_path.
 
     Quantized (QDQ) variants of an opset-11 model fail to load otherwise: per-channel
@@ -106,7 +109,7 @@ def prepare_model(model, out_path: Path):
     return model, notes
 
 
-def _spec(value_info, kind: str) -> TensorSpec:
+def _spec(value_info: onnx.ValueInfoProto, kind: str) -> TensorSpec:
     """A graph input or output as a TensorSpec; UnsupportedDtypeError naming the tensor for a dtype we cannot serve."""
     t = value_info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
@@ -120,7 +123,7 @@ def _spec(value_info, kind: str) -> TensorSpec:
     return TensorSpec(name=value_info.name, dtype=dtype, shape=dims)
 
 
-def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def io_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Graph inputs (initializers excluded) and outputs as manifest TensorSpecs."""
     initializers = {i.name for i in model.graph.initializer}
     inputs = [_spec(v, "input") for v in model.graph.input if v.name not in initializers]
@@ -128,7 +131,7 @@ def io_specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, outputs
 
 
-def _graphs(graph) -> Iterator[Any]:
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """A graph and, depth first, every subgraph its nodes hold (If branches, Loop and Scan bodies)."""
     yield graph
     for node in graph.node:
@@ -139,7 +142,7 @@ def _graphs(graph) -> Iterator[Any]:
                 yield from _graphs(sub)
 
 
-def weight_bytes(model) -> int:
+def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of all initializers and Constant-node tensors, subgraphs included: what quantization shrinks.
 
     Some exporters (Paddle2ONNX for PP-OCR) store weights as Constant nodes rather
@@ -159,7 +162,7 @@ def weight_bytes(model) -> int:
     return total
 
 
-def subgraph_op_count(model, op_types: Iterable[str]) -> int:
+def subgraph_op_count(model: onnx.ModelProto, op_types: Iterable[str]) -> int:
     """How many nodes of `op_types` sit inside subgraphs (not in the main graph)."""
     wanted = set(op_types)
     return sum(
@@ -167,7 +170,7 @@ def subgraph_op_count(model, op_types: Iterable[str]) -> int:
     )
 
 
-def op_types(model) -> set[str]:
+def op_types(model: onnx.ModelProto) -> set[str]:
     return {node.op_type for node in model.graph.node}
 
 
