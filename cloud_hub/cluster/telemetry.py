@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ReplicaGapTracker", "ReplicaTelemetryService"]
 
 FEED_OVERLAP_S = 30.0  # windows are re-read this far back: another replica may commit one received earlier
-PURGE_EVERY_S = 600.0
 
 
 class ReplicaGapTracker(GapTracker):
@@ -186,12 +185,12 @@ class ReplicaTelemetryService(TelemetryIngestService):
                 log.exception("telemetry gap tick failed")
             if not self.leading:
                 continue
-            if time.monotonic() - last_retention >= self._retention_interval_s():
+            if time.monotonic() - last_retention >= self.config.retention.interval_s:
                 last_retention = time.monotonic()
                 try:
-                    self._retain(time.time())
-                except Exception:
-                    log.exception("telemetry retention pass failed")
+                    self.retention.run_once()  # rollups, then deletes past retention: once in the fleet
+                except Exception:  # a failed pass leaves the cursor where it was: the next one redoes it
+                    log.exception("telemetry rollup/retention pass failed")
             if time.monotonic() < next_eval:
                 continue
             next_eval = time.monotonic() + self.config.eval_interval_s
@@ -200,17 +199,3 @@ class ReplicaTelemetryService(TelemetryIngestService):
                 self.evaluate(time.time())
             except Exception:
                 log.exception("drift evaluation failed")
-
-    def _retention_interval_s(self) -> float:
-        policy = getattr(self.config, "retention", None)
-        return float(getattr(policy, "interval_s", PURGE_EVERY_S))
-
-    def _retain(self, now: float) -> None:
-        """The retention pass, on the lease holder only: rollups then deletes where the service has them."""
-        retention = getattr(self, "retention", None)
-        if retention is not None:
-            retention.run_once()
-            return
-        purged = self.store.purge(now - float(getattr(self.config, "retention_s")))
-        if purged:
-            log.info("telemetry retention purged=%d", purged)
