@@ -14,7 +14,8 @@ The baseline, measured in the same run from the same database, is the hub before
 every raw window kept, i.e. (bytes per stored raw window) x (windows per device-day).
 
 Usage: python bench/telemetry_storage.py [--json] [--devices 50] [--hours 24] [--window-s 10]
-           [--raw-retention-s 3600] [--minute-retention-s 21600] [--database-url postgresql://...]
+           [--raw-retention-s 3600] [--minute-retention-s 21600] [--device-minute-retention-s S]
+           [--database-url postgresql://...]
 Progress goes to stderr; the result (a table, or JSON with --json) to stdout.
 """
 
@@ -100,6 +101,7 @@ def simulate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     policy = RetentionPolicy(
         raw_retention_s=args.raw_retention_s,
         minute_retention_s=args.minute_retention_s,
+        device_minute_retention_s=args.device_minute_retention_s,
         hour_retention_s=400 * DAY,
         interval_s=args.interval_s,
     )
@@ -162,7 +164,8 @@ def simulate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # windows and minute rows inside their retention, plus one day of hour rows (equals `measured` at --hours 24)
     steady = (
         min(args.raw_retention_s, DAY) / args.window_s * per_raw
-        + min(args.minute_retention_s, DAY) / MINUTE * (per_dev_row + cohorts * per_coh_row / n)
+        + min(policy.device_minutes_s, DAY) / MINUTE * per_dev_row
+        + min(args.minute_retention_s, DAY) / MINUTE * cohorts * per_coh_row / n
         + 24 * (per_dev_row + cohorts * per_coh_row / n)
     )
     file_bytes = None if args.database_url else sum(p.stat().st_size for p in workdir.glob("telemetry.sqlite*"))
@@ -178,6 +181,7 @@ def simulate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "windows": windows_total,
         "raw_retention_s": args.raw_retention_s,
         "minute_retention_s": args.minute_retention_s,
+        "device_minute_retention_s": policy.device_minutes_s,
         "rows": {
             "raw_windows": raw_rows,
             "device_minute": dev_min,
@@ -217,6 +221,7 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=30.0, help="simulated time between retention passes")
     parser.add_argument("--raw-retention-s", type=float, default=3600.0)
     parser.add_argument("--minute-retention-s", type=float, default=6 * 3600.0)
+    parser.add_argument("--device-minute-retention-s", type=float, default=None, help="default: --minute-retention-s")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
         "--database-url",

@@ -223,19 +223,30 @@ class TelemetryConfig:
     # the drift engine from them), hour rows for rollup_retention_s. A pass runs every rollup_interval_s.
     retention_s: float = 3600.0
     minute_retention_s: float = 6 * 3600.0
+    device_minute_retention_s: float | None = None  # per-device minute rows only; None: minute_retention_s
     rollup_retention_s: float = 400 * 86400.0
     rollup_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
         _switch("telemetry.enabled", self.enabled)
-        _positive("telemetry", self, "retention_s", "minute_retention_s", "rollup_retention_s", "rollup_interval_s")
+        _positive(
+            "telemetry",
+            self,
+            "retention_s",
+            "minute_retention_s",
+            "device_minute_retention_s",
+            "rollup_retention_s",
+            "rollup_interval_s",
+        )
         if self.retention_s <= 60:
             raise _bad("telemetry.retention_s", f"{self.retention_s!r} must exceed 60 s (windows are rolled up first)")
-        if self.minute_retention_s > self.rollup_retention_s:
-            raise _bad(
-                "telemetry.minute_retention_s",
-                f"{self.minute_retention_s!r} must be <= telemetry.rollup_retention_s ({self.rollup_retention_s!r})",
-            )
+        for key in ("minute_retention_s", "device_minute_retention_s"):
+            value = getattr(self, key)
+            if value is not None and value > self.rollup_retention_s:
+                raise _bad(
+                    f"telemetry.{key}",
+                    f"{value!r} must be <= telemetry.rollup_retention_s ({self.rollup_retention_s!r})",
+                )
 
 
 @dataclass(frozen=True)

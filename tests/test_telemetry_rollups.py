@@ -204,6 +204,21 @@ def test_retention_deletes_only_what_is_old_and_already_rolled_up(store):
     assert report.hour_deleted > 0 and not retention.rollups.device_rollups("dev-1", HOUR, 0)
 
 
+def test_device_minute_rows_can_go_before_the_cohort_minute_rows_drift_needs(store):
+    rng = np.random.default_rng(6)
+    policy = RetentionPolicy(raw_retention_s=600.0, minute_retention_s=2 * 3600.0, device_minute_retention_s=900.0)
+    retention = TelemetryRetention(store, policy)
+    store.insert_windows([stored(make_window("dev-1", i + 1, rng), COHORTS[0], T0 + i * 60.0) for i in range(120)])
+    now = T0 + 2 * 3600.0
+    retention.run_once(now)
+    minutes = [r["bucket"] for r in retention.rollups.device_rollups("dev-1", MINUTE, 0)]
+    assert minutes and min(minutes) >= now - 900.0
+    cohort = [k.bucket for k, _ in retention.rollups.cohort_rollups(MINUTE, 0)]
+    assert min(cohort) < now - 3600.0  # the drift engine's hour of baseline is still there
+    with pytest.raises(RetentionConfigError, match="device_minute_retention_s"):
+        RetentionPolicy(device_minute_retention_s=0.0)
+
+
 def test_drift_fires_from_cohort_rollups_once_the_raw_windows_are_gone(tmp_path):
     """65 minutes of windows matching the reference, the last 5 shifted; rolled up, raw deleted; a fresh drift
     engine filled from the rollups alone opens a confidence alert, and the same without the shift does not."""
@@ -313,10 +328,15 @@ def test_hub_config_carries_the_retentions_and_names_a_bad_one(tmp_path):
     from tandem.cloud_hub.telemetry.hub_service import telemetry_config
 
     config = HubConfig.load(
-        env={"TANDEM_HUB_TELEMETRY_RETENTION_S": "900", "TANDEM_HUB_TELEMETRY_MINUTE_RETENTION_S": "7200"}
+        env={
+            "TANDEM_HUB_TELEMETRY_RETENTION_S": "900",
+            "TANDEM_HUB_TELEMETRY_MINUTE_RETENTION_S": "7200",
+            "TANDEM_HUB_TELEMETRY_DEVICE_MINUTE_RETENTION_S": "600",
+        }
     )
     policy = telemetry_config(config).retention
-    assert (policy.raw_retention_s, policy.minute_retention_s) == (900.0, 7200.0)
+    assert (policy.raw_retention_s, policy.minute_retention_s, policy.device_minutes_s) == (900.0, 7200.0, 600.0)
+    assert telemetry_config(HubConfig()).retention.device_minutes_s == HubConfig().telemetry.minute_retention_s
     assert policy.hour_retention_s == config.telemetry.rollup_retention_s
     with pytest.raises(ConfigError, match=r"telemetry\.minute_retention_s .*TANDEM_HUB_TELEMETRY_MINUTE_RETENTION_S"):
         HubConfig.from_keys({"telemetry.minute_retention_s": 90 * 86400.0, "telemetry.rollup_retention_s": 86400.0})

@@ -50,6 +50,7 @@ def telemetry_config(config: HubConfig, replica_id: str | None = None) -> Teleme
         retention=RetentionPolicy(
             raw_retention_s=config.telemetry.retention_s,
             minute_retention_s=config.telemetry.minute_retention_s,
+            device_minute_retention_s=config.telemetry.device_minute_retention_s,
             hour_retention_s=config.telemetry.rollup_retention_s,
             interval_s=config.telemetry.rollup_interval_s,
         ),

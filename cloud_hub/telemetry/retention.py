@@ -32,6 +32,9 @@ class RetentionPolicy:
 
     raw_retention_s: float = 3600.0  # raw windows (~550 bytes each stored): recent detail, rollout gates
     minute_retention_s: float = 6 * 3600.0  # per-device and per-cohort minute rollups
+    # per-device minute rows only (None: minute_retention_s). Per device they cost the most after raw windows,
+    # while the drift engine needs only the cohort minute rows
+    device_minute_retention_s: float | None = None
     hour_retention_s: float = 400 * 86400.0  # hour rollups: what is kept long
     settle_s: float = 30.0  # windows younger than this wait for the next pass (late commits, replica clocks)
     batch: int = 2000  # raw windows summed per transaction
@@ -53,11 +56,18 @@ class RetentionPolicy:
                 f"raw_retention_s: {self.raw_retention_s:g} must exceed settle_s ({self.settle_s:g}): windows "
                 "would be deleted before they are rolled up"
             )
-        if self.minute_retention_s > self.hour_retention_s:
+        if self.device_minute_retention_s is not None and not self.device_minute_retention_s > 0:
+            raise RetentionConfigError(f"device_minute_retention_s: {self.device_minute_retention_s!r} must be > 0")
+        if max(self.minute_retention_s, self.device_minutes_s) > self.hour_retention_s:
             raise RetentionConfigError(
-                f"minute_retention_s: {self.minute_retention_s:g} must be <= hour_retention_s "
-                f"({self.hour_retention_s:g})"
+                f"minute_retention_s: {max(self.minute_retention_s, self.device_minutes_s):g} must be <= "
+                f"hour_retention_s ({self.hour_retention_s:g})"
             )
+
+    @property
+    def device_minutes_s(self) -> float:
+        """How long per-device minute rows are kept."""
+        return self.minute_retention_s if self.device_minute_retention_s is None else self.device_minute_retention_s
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,9 @@ class TelemetryRetention:
         if raw_before > 0:
             self.rollups.note_raw_purged(raw_before)  # first: a reader never trusts raw for a range being deleted
             raw_deleted = self.store.purge(raw_before, p.delete_chunk)
-        minute_deleted = self.rollups.purge(MINUTE, now - p.minute_retention_s, p.delete_chunk)
+        minute_deleted = self.rollups.purge(
+            MINUTE, now - p.minute_retention_s, p.delete_chunk, devices_before=now - p.device_minutes_s
+        )
         hour_deleted = self.rollups.purge(HOUR, now - p.hour_retention_s, p.delete_chunk)
         report = RetentionReport(
             rolled, bad, raw_deleted, minute_deleted, hour_deleted, behind, round(time.monotonic() - started, 4)

@@ -270,16 +270,20 @@ class RollupStore:
         rows = self.db.query("SELECT received_at FROM telemetry_rollup_cursor WHERE name=?", [RAW_PURGED])
         return float(rows[0]["received_at"]) if rows else 0.0
 
-    def purge(self, res: int, before: float, chunk: int = 5000) -> int:
-        """Delete rollup rows of resolution `res` whose bucket started before `before`, in short transactions."""
+    def purge(self, res: int, before: float, chunk: int = 5000, devices_before: float | None = None) -> int:
+        """Delete rollup rows of resolution `res` whose bucket started before `before` (per-device rows: before
+        `devices_before` when given), in short transactions."""
         total = 0
-        for table, key in (("telemetry_device_rollups", _DEVICE_KEY), ("telemetry_cohort_rollups", _COHORT_KEY)):
+        for table, key, limit in (
+            ("telemetry_device_rollups", _DEVICE_KEY, before if devices_before is None else devices_before),
+            ("telemetry_cohort_rollups", _COHORT_KEY, before),
+        ):
             while True:
                 with self.db.transaction() as tx:
                     n = tx.execute(
                         f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} "
                         "WHERE res = ? AND bucket < ? LIMIT ?)",
-                        [res, before, chunk],
+                        [res, limit, chunk],
                     )
                 total += n
                 if n < chunk:
