@@ -194,3 +194,42 @@ def test_int8_variant_of_a_c2f_block_stays_close_to_fp32(tmp_path: Path):
     # int8 steps over a range of ~+-6: within a few quantization steps, and far from a wrong piece order
     assert float(np.abs(got - ref).max()) < 0.15
     assert float(np.corrcoef(got.ravel(), ref.ravel())[0, 1]) > 0.999
+
+
+def yolo_output_head() -> onnx.ModelProto:
+    """Boxes in pixels (a Conv scaled by 320) concatenated with sigmoid class scores, as YOLOv8's output."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "wb"], ["b"], kernel_shape=[1, 1]),
+        helper.make_node("Sigmoid", ["b"], ["bs"]),
+        helper.make_node("Mul", ["bs", "pixels"], ["boxes"]),
+        helper.make_node("Conv", ["x", "wc"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["scores"]),
+        helper.make_node("Concat", ["boxes", "scores"], ["y4"], axis=1),
+        helper.make_node("Reshape", ["y4", "shape3"], ["y"]),
+    ]
+    inits = [
+        _f32("wb", rng.standard_normal((4, 8, 1, 1))),
+        _f32("wc", rng.standard_normal((3, 8, 1, 1))),
+        _f32("pixels", 320.0),
+        _i64("shape3", [1, 7, 36]),
+    ]
+    return _model(nodes, inits, [1, 8, 6, 6], ["y"], 17)
+
+
+def test_int8_yolo_output_keeps_its_scores_beside_pixel_boxes(tmp_path: Path):
+    """One int8 scale for boxes (0-320) and scores (0-1) left the scores two values (nudenet's
+    LiteRT INT8: map50 0.32-0.50); the output concat now runs in float."""
+    model = yolo_output_head()
+    onnx.save(model, tmp_path / "head.onnx")
+    rng = np.random.default_rng(6)
+    calib = {"x": rng.standard_normal((32, 8, 6, 6)).astype(np.float32)}
+    builder = get_builder("litert")
+    recipe = next(r for r in builder.recipes(get_profile("npu-litert")) if r.precision == "int8")
+    built = builder.build(recipe, BuildContext(model_path=tmp_path / "head.onnx", calib=calib, out_dir=tmp_path / "o"))
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    got = load_session("litert", built.files[0], **built.session_options).run({"x": x})[0]
+    ref = np.concatenate([_ort(model, x[i : i + 1])[0] for i in range(2)])
+    assert float(np.abs(got[:, 4:] - ref[:, 4:]).max()) < 0.03  # scores: a few 1/256 steps
+    # boxes keep their own int8 scale (a logit step through sigmoid x 320 is several pixels)
+    assert float(np.corrcoef(got[:, :4].ravel(), ref[:, :4].ravel())[0, 1]) > 0.99

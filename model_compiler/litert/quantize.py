@@ -130,11 +130,57 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
             _const(t, first.quant if op.kind in SAME_AS_INPUT else None)
 
 
-def _unify_concat_ranges(graph: Graph, ranges: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+# An output concat whose inputs' ranges differ more than this keeps float (see _float_output_concats).
+_CONCAT_SPREAD = 16.0
+
+
+def _float_output_concats(graph: Graph, ranges: dict[int, tuple[float, float]]) -> tuple[list[Op], list[Op]]:
+    """Graph-output CONCATENATIONs of values on very different scales, to be run in float, and the
+    RESHAPE/TRANSPOSE ops between them and the output (float too).
+
+    A YOLOv8 head concatenates boxes in pixels (0-320) with class scores (0-1); one int8 scale
+    for both (XNNPACK's concat needs equal parameters) leaves the scores two values, 0 and one
+    step of 1.24 (nudenet's 320n: map50 0.32-0.50 against FP32). Dequantizing the inputs and
+    concatenating in float costs one small op at the very end.
+    """
+    concats: list[Op] = []
+    chain: list[Op] = []
+    for index in graph.outputs:
+        op = graph.producer(index)
+        passed: list[Op] = []
+        while op is not None and op.kind in ("RESHAPE", "TRANSPOSE") and len(graph.consumers(op.inputs[0])) == 1:
+            passed.append(op)
+            op = graph.producer(op.inputs[0])
+        if op is None or op.kind != "CONCATENATION":
+            continue
+        if len(graph.consumers(op.outputs[0])) > (1 if passed else 0):
+            continue
+        widths = [ranges[i][1] - ranges[i][0] for i in op.inputs if i in ranges]
+        if len(widths) > 1 and max(widths) > _CONCAT_SPREAD * max(min(widths), _MIN_RANGE):
+            concats.append(op)
+            chain += passed
+    return concats, chain
+
+
+def _dequantize_inputs(graph: Graph, op: Op) -> list[Op]:
+    """DEQUANTIZE ops feeding `op` float copies of its int8 inputs (constants are left float)."""
+    extra = []
+    for k, i in enumerate(op.inputs):
+        t = graph.tensors[i]
+        if t.dtype == "int8" and t.data is None:
+            f = graph.add_tensor(Tensor(f"{t.name}/float", t.shape, "float32"))
+            extra.append(Op("DEQUANTIZE", [i], [f], {}, op.source))
+            op.inputs[k] = f
+    return extra
+
+
+def _unify_concat_ranges(
+    graph: Graph, ranges: dict[int, tuple[float, float]], skip: list[Op] | None = None
+) -> dict[int, tuple[float, float]]:
     """One range for a CONCATENATION's inputs and output: XNNPACK's int8 concat needs equal parameters."""
     ranges = dict(ranges)
     for op in graph.ops:
-        if op.kind != "CONCATENATION":
+        if op.kind != "CONCATENATION" or any(op is s for s in skip or ()):
             continue
         members = [i for i in [*op.inputs, *op.outputs] if i in ranges]
         lo = min(ranges[i][0] for i in members)
@@ -179,12 +225,20 @@ def _narrow_clamp_input(graph: Graph, op: Op, ranges: dict[int, tuple[float, flo
 def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool = False) -> Graph:
     """A full-integer copy of `graph`. With int8_io the model's inputs/outputs are int8 too."""
     q = copy.deepcopy(graph)
-    ranges = _unify_concat_ranges(q, ranges)
+    float_concats, float_chain = ([], []) if int8_io else _float_output_concats(q, ranges)
+    ranges = _unify_concat_ranges(q, ranges, float_concats)
     for index in q.inputs:
         q.tensors[index].quant = _activation(q, index, ranges)
         q.tensors[index].dtype = "int8"
     body: list[Op] = []
     for op in q.ops:
+        if any(op is f for f in float_concats):
+            body += _dequantize_inputs(q, op)
+            body.append(op)  # inputs and output stay float32
+            continue
+        if any(op is f for f in float_chain):
+            body.append(op)  # a reshape/transpose of the float concat on its way out
+            continue
         if op.kind in ("MAXIMUM", "MINIMUM"):
             body += _narrow_clamp_input(q, op, ranges)
         _quantize_op(q, op, ranges)
@@ -203,6 +257,8 @@ def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool
     tail: list[Op] = []
     for k, index in enumerate(q.outputs):
         inner = q.tensors[index]
+        if inner.dtype == "float32":  # produced in float (an output concat kept float)
+            continue
         outer = q.add_tensor(Tensor(inner.name, inner.shape, "float32"))
         inner.name = f"{inner.name}/int8"
         tail.append(Op("DEQUANTIZE", [index], [outer], {}, "output"))
