@@ -1,0 +1,270 @@
+"""Precision figures of issue 20: what `tandem-compile` chooses for cpu-x86 and how much faster it is.
+
+For PP-OCRv4 detection (fixed input 1x3x320x320, `--shapes`) and the PP-OCR mobile orientation
+classifier (1x3x48x192), both from the rapidocr-onnxruntime wheel, it runs the real compile flow
+(profiles cpu-x86 and cpu-arm: ONNX Runtime, OpenVINO f32/bf16/INT8, LiteRT) with its task gates,
+adds the OpenVINO f32 IR as Tandem built it before static shapes (dynamic [?,3,?,?]) as the
+baseline, then times every variant at batch 1 in interleaved rounds (every variant once per round,
+the order rotated) and prints, per model:
+
+- the cpu-x86 choice against OpenVINO f32 FP32 (static and dynamic), target >= 2.5x on detection;
+- INT8 against the same runtime's FP32 for ONNX Runtime, OpenVINO and LiteRT, target >= 1.5x;
+- file and weight ratios INT8/FP32 (LiteRT target <= 0.3x);
+with each ratio as the median and range over the rounds, the gate of every variant, the host's
+CPU features and load.
+
+The compile's own choice uses the compile's timings (each runtime's default threads); --threads
+sets the threads of the sessions this bench times.
+
+Usage: python bench/precision.py [--json] [--rounds 3] [--threads N] [--quick] [--models ocr-det,ocr-cls]
+                                 [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (tests), not run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_paths, log  # noqa: E402
+
+add_paths()
+
+from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
+from tandem.model_compiler.host import read_host  # noqa: E402
+from tandem.model_compiler.measure import measure_latency  # noqa: E402
+from tandem.model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
+from tandem.model_compiler.variants import BuildContext, get_builder  # noqa: E402
+from tandem.protocols.manifest import load_manifest  # noqa: E402
+from tandem.tasks import TaskSpec  # noqa: E402
+from tandem.tasks.shapes import Bucket, BucketedSession  # noqa: E402
+
+MODELS = ("ocr-det", "ocr-cls")
+PROFILES = ("cpu-x86", "cpu-arm")
+DET_SIZE = 320
+BASELINE = "openvino-fp32-dynamic"  # the f32 IR as Tandem built it before this bench's issue
+
+
+def _models(names: list[str], work: Path, quick: bool) -> list[dict[str, Any]]:
+    """Each model's source, task, --shapes and calibration/validation files."""
+    from compile import load_models
+
+    found = {m.name: m for m in load_models(names, work, quick)}
+    out = []
+    for name in names:
+        m = found[name]
+        folder = work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "calib.npz", x=m.calib)
+        np.savez(folder / "val.npz", x=m.val, **({"y": m.labels} if m.labels is not None else {}))
+        out.append(
+            {
+                "name": name,
+                "source": m.source,
+                "folder": folder,
+                "val": m.val,
+                "task": TaskSpec("dense") if name == "ocr-det" else TaskSpec("classification"),
+                "shapes": {"x": [(1, 3, DET_SIZE, DET_SIZE)]} if name == "ocr-det" else {},
+            }
+        )
+    return out
+
+
+def _compile(model: dict[str, Any], quick: bool) -> Path:
+    folder: Path = model["folder"]
+    opts = CompileOptions(
+        model=model["source"],
+        profiles=list(PROFILES),
+        calib=folder / "calib.npz",
+        val=folder / "val.npz",
+        out=folder / "out",
+        signing_key=folder / "publisher.pem",
+        task=model["task"],
+        shapes=model["shapes"],
+        timing=True,
+        timing_seconds=0.5 if quick else 1.5,
+        confidence_calibration=False,
+        force=True,
+    )
+    return compile_model(opts, progress=lambda m: log(f"{model['name']}: {m}")).out
+
+
+def _baseline(model: dict[str, Any], out: Path) -> Path:
+    """The OpenVINO f32 IR without fixed shapes (what Tandem built before), beside the compile's output."""
+    builder = get_builder("openvino")
+    recipe = next(r for r in builder.recipes(_cpu_x86()) if r.precision == "fp32")
+    x = np.load(model["folder"] / "calib.npz")["x"]
+    ctx = BuildContext(model_path=model["source"], calib={"x": x}, out_dir=out / "baseline")
+    return builder.build(recipe, ctx).files[0]
+
+
+def _cpu_x86():
+    from tandem.hardware_profiles import get_profile
+
+    return get_profile("cpu-x86")
+
+
+def _session(out: Path, variant, threads: int | None) -> Any:
+    """The variant's session as the agent opens it: its session options, one session per shape bucket."""
+    options = {**variant.options.get("session", {}), **({"threads": threads} if threads else {})}
+    buckets = variant.options.get("buckets")
+    if buckets:
+        shaped = [Bucket.from_dict(b) for b in buckets]
+        sessions = [load_session(variant.runtime, out / b.file, **options) for b in shaped]
+        return BucketedSession(sessions, shaped, None, variant.options.get("pad_axes"))
+    return load_session(variant.runtime, out / variant.files[0].path, **options)
+
+
+def _time(sessions: dict[str, Any], x: np.ndarray, rounds: int, quick: bool) -> dict[str, list[float]]:
+    """p50 ms per variant per round, every variant once per round, the order rotated each round."""
+    kw = dict(warmup=2, runs=8, max_seconds=0.5) if quick else dict(warmup=5, runs=40, max_seconds=3.0)
+    names = list(sessions)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            session = sessions[name]
+            samples[name].append(measure_latency(session, {session.inputs[0].name: x}, **kw).p50_ms)
+    return samples
+
+
+def ratio(slow: list[float], fast: list[float]) -> dict[str, float]:
+    """slow/fast per round (how many times faster `fast` is): median and range."""
+    per_round = [a / b for a, b in zip(slow, fast)]
+    return {
+        "median": round(float(np.median(per_round)), 3),
+        "min": round(min(per_round), 3),
+        "max": round(max(per_round), 3),
+    }
+
+
+def bench_model(model: dict[str, Any], rounds: int, quick: bool, threads: int | None = None) -> dict[str, Any]:
+    out = _compile(model, quick)
+    manifest = load_manifest(out)
+    variants = {v.id: v for v in manifest.variants}
+    sessions = {vid: _session(out, v, threads) for vid, v in variants.items()}
+    sessions[BASELINE] = load_session(
+        "openvino", _baseline(model, out), inference_precision="f32", **({"threads": threads} if threads else {})
+    )
+    x = np.ascontiguousarray(model["val"][:1])
+    log(f"{model['name']}: timing {len(sessions)} variants, {rounds} interleaved rounds")
+    samples = _time(sessions, x, rounds, quick)
+    for s in sessions.values():
+        s.close()
+    rows = {
+        vid: {
+            "runtime": v.runtime,
+            "precision": v.precision,
+            "profiles": v.profiles,
+            "p50_ms": round(float(np.median(samples[vid])), 3),
+            "gate": v.metrics.get("task_gate"),
+            "gate_reason": v.metrics.get("task_reason"),
+            "file_bytes": v.metrics.get("file_bytes"),
+            "weight_bytes": v.metrics.get("weight_bytes"),
+            "session": v.options.get("session", {}),
+            "inputs": [s.shape for s in v.inputs],
+        }
+        for vid, v in variants.items()
+    }
+    rows[BASELINE] = {
+        "runtime": "openvino",
+        "precision": "fp32",
+        "p50_ms": round(float(np.median(samples[BASELINE])), 3),
+    }
+    result: dict[str, Any] = {"model": model["name"], "input": list(x.shape), "variants": rows, "choices": {}}
+    for profile, choice in manifest.profiles.items():
+        entry: dict[str, Any] = {"chosen": choice.chosen, "reason": choice.reason, "refused": choice.skipped}
+        if choice.chosen and profile == "cpu-x86":
+            fp32 = next((vid for vid in variants if vid.startswith("openvino-fp32")), None)
+            entry["speedup_vs_openvino_f32_dynamic"] = ratio(samples[BASELINE], samples[choice.chosen])
+            if fp32:
+                entry[f"speedup_vs_{fp32}"] = ratio(samples[fp32], samples[choice.chosen])
+        result["choices"][profile] = entry
+    result["int8_vs_fp32"] = _int8_ratios(variants, samples, rows)
+    return result
+
+
+def _int8_ratios(variants: dict, samples: dict[str, list[float]], rows: dict) -> dict[str, Any]:
+    """Per INT8 variant: speedup over its runtime's FP32 (median, range) and its file/weight ratios."""
+    out = {}
+    for vid, v in variants.items():
+        if v.precision != "int8":
+            continue
+        base = next((f for f, w in variants.items() if w.runtime == v.runtime and w.precision == "fp32"), None)
+        if base is None:
+            continue
+        out[vid] = {
+            "vs": base,
+            "speedup": ratio(samples[base], samples[vid]),
+            "file_ratio": round(rows[vid]["file_bytes"] / rows[base]["file_bytes"], 4),
+            "weight_ratio": round(rows[vid]["weight_bytes"] / rows[base]["weight_bytes"], 4),
+            "gate": rows[vid]["gate"],
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print JSON (default: a short summary)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (ratios: median, range)")
+    parser.add_argument("--quick", action="store_true", help="fewer samples and runs (a smoke test, noisy figures)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--keep", type=Path, help="keep the compiled outputs in this folder")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads per session when timing (default: each runtime's own); 1 keeps a loaded host's "
+        "scheduling out of multi-threaded runtimes' figures",
+    )
+    args = parser.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    bad = [m for m in names if m not in MODELS]
+    if bad or args.rounds < 1:
+        parser.error(f"--models: choose from {', '.join(MODELS)}; --rounds >= 1")
+    host = read_host()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="tandem-precision-"))
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    try:
+        results = [bench_model(m, args.rounds, args.quick, args.threads) for m in _models(names, work, args.quick)]
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "host": host.summary(),
+        "host_features": sorted(
+            host.cpu_features & {"avx2", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "fma"}
+        ),
+        "load_average": {"before": [round(v, 1) for v in load_before], "after": [round(v, 1) for v in os.getloadavg()]},
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "threads": args.threads or "runtime default",
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - started, 1),
+        "models": results,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"host {report['host']}, load {report['load_average']}")
+    for m in results:
+        c = m["choices"].get("cpu-x86", {})
+        print(
+            f"{m['model']}: cpu-x86 chose {c.get('chosen')}: {c.get('speedup_vs_openvino_f32_dynamic')} x OpenVINO f32"
+        )
+        for vid, r in m["int8_vs_fp32"].items():
+            print(f"  {vid} vs {r['vs']}: {r['speedup']} x faster, file {r['file_ratio']}x, gate {r['gate']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
