@@ -204,7 +204,8 @@ class InferenceService:
             self.pending -= 1
 
     def _failure(self, exc: Exception, t0: float, request_id: str = "") -> list[Any]:
-        request_id = getattr(exc, "request_id", request_id)
+        # an AgentError's request_id is "" until a decoder stamps it; other exceptions have none
+        request_id = getattr(exc, "request_id", "") or request_id
         if not isinstance(exc, AgentError):  # a bug, not the client's fault: say so, keep serving
             log.error("request failed request_id=%s", request_id, exc_info=exc)
         return self._error(request_id, *reply_code(exc), t0)
