@@ -1,5 +1,6 @@
 """Failover of hub replicas with real processes (bench/faults_replicas.py): two `Hub` processes in cluster
-mode on one SQLite data dir and a real Mosquitto; the lease holder is SIGKILLed and stays dead.
+mode on one data dir and a real Mosquitto, their state in SQLite files there or in a throwaway PostgreSQL
+database (tests/pg_fixtures.py); the lease holder is SIGKILLed and stays dead.
 
 Mid-rollout (devices downloading wave 2): the other replica leads within 10 s, the rollout goes on from
 the wave it was in and completes, and no device is commanded into another version. Mid-burst of
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pg_fixtures import BACKENDS
 from telemetry_fixtures import python_env
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "faults_replicas.py"
@@ -27,6 +29,12 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(params=BACKENDS)
+def storage(request: pytest.FixtureRequest) -> list[str]:
+    """The bench's storage flags per backend: none (SQLite in the data dir), or a fresh PostgreSQL database."""
+    return [] if request.param == "sqlite" else ["--database-url", str(request.getfixturevalue("pg_url"))]
+
+
 def run_bench(*args: str) -> dict:  # type: ignore[type-arg]
     done = subprocess.run(
         [sys.executable, str(BENCH), "--json", *args], env=python_env(), capture_output=True, text=True, timeout=600
@@ -35,12 +43,14 @@ def run_bench(*args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(done.stdout)["scenarios"]  # type: ignore[no-any-return]
 
 
-def test_lease_holder_killed_mid_rollout_the_other_replica_finishes_it(digits_dir: Path, tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    shutil.copytree(digits_dir, models / "digits")  # the session's trained digits; compiled once here
-    r = run_bench("--only", "rollout", "--kill-at", "sending", "--rollout-devices", "3", "--models-dir", str(models))[
-        "rollout"
-    ]
+def test_lease_holder_killed_mid_rollout_the_other_replica_finishes_it(
+    digits_dir: Path, tmp_path_factory: pytest.TempPathFactory, storage: list[str]
+) -> None:
+    models = tmp_path_factory.getbasetemp() / "replica-failover-models"  # compiled once for both backends
+    if not (models / "digits").exists():
+        shutil.copytree(digits_dir, models / "digits")
+    args = ["--only", "rollout", "--kill-at", "sending", "--rollout-devices", "3", "--models-dir", str(models)]
+    r = run_bench(*args, *storage)["rollout"]
     assert "error" not in r, r
     assert r["takeover_s"] <= TAKEOVER_LIMIT_S, r
     assert r["epochs"][1] > r["epochs"][0] and r["new_holder"] != r["killed"], r
@@ -51,8 +61,10 @@ def test_lease_holder_killed_mid_rollout_the_other_replica_finishes_it(digits_di
     assert r["devices_commanded_into_another_version"] == {}, r
 
 
-def test_lease_holder_killed_mid_burst_no_window_is_lost_or_stored_twice() -> None:
-    r = run_bench("--only", "telemetry", "--devices", "3", "--between-s", "3", "--settle-s", "60")["telemetry"]
+def test_lease_holder_killed_mid_burst_no_window_is_lost_or_stored_twice(storage: list[str]) -> None:
+    r = run_bench("--only", "telemetry", "--devices", "3", "--between-s", "3", "--settle-s", "60", *storage)[
+        "telemetry"
+    ]
     assert "error" not in r, r
     assert r["lease_takeover_s"] <= TAKEOVER_LIMIT_S, r
     assert r["sent"] > 100 and r["stored_at_kill"] > 0, r
