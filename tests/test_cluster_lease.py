@@ -4,7 +4,10 @@ takeover only after expiry, a new epoch on every take, and a deposed holder's wr
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +116,51 @@ def test_cluster_settings_are_checked_by_name() -> None:
         HubConfig.from_keys({"cluster.enabled": True, "cluster.replica_id": "a/b", "mqtt.url": "mqtt://h:1"})
     with pytest.raises(ConfigError, match=r"cluster.renew_s"):
         HubConfig.from_keys({"cluster.enabled": True, "cluster.renew_s": 3.0, "mqtt.url": "mqtt://h:1"})
+
+
+class HangingTable:
+    """A lease table whose renewal hangs (a database stuck on a lock) until `release` is set."""
+
+    def __init__(self, inner: LeaseTable) -> None:
+        self.inner, self.hang, self.release = inner, threading.Event(), threading.Event()
+
+    def try_acquire(self, *args: Any) -> Any:
+        return self.inner.try_acquire(*args)
+
+    def renew(self, *args: Any) -> bool:
+        if self.hang.is_set():
+            self.release.wait(10)
+        return self.inner.renew(*args)
+
+    def get(self, name: str) -> Any:
+        return self.inner.get(name)
+
+
+def test_the_holder_stops_its_singletons_on_time_while_a_renewal_hangs(tmp_path: Path) -> None:
+    table = HangingTable(tables(tmp_path)[0])
+    timing = LeaseTiming(ttl_s=1.2, renew_s=0.2, poll_s=0.1, margin_s=0.4)
+    events: list[tuple[str, float]] = []
+    keeper = LeaseKeeper(
+        table,  # type: ignore[arg-type]
+        "s",
+        "a",
+        timing,
+        lambda epoch: events.append(("start", time.monotonic())),
+        lambda: events.append(("stop", time.monotonic())),
+    ).start()
+    try:
+        deadline = time.monotonic() + 5
+        while not keeper.held and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert keeper.held
+        table.hang.set()  # from the next renewal on, the database does not answer
+        hung_at = time.monotonic()
+        while len(events) < 2 and time.monotonic() - hung_at < 5:
+            time.sleep(0.02)
+        assert [e for e, _ in events] == ["start", "stop"]
+        # stopped within the holder's own validity (renewed at most renew_s before the hang, valid ttl - margin)
+        assert events[1][1] - hung_at <= timing.renew_s + timing.ttl_s - timing.margin_s + 0.3
+        assert not keeper.held and not table.release.is_set()  # while the renewal still hangs
+    finally:
+        table.release.set()
+        keeper.stop()

@@ -3,8 +3,9 @@ anyone else may take it.
 
 The holder counts its lease valid until (start of its last successful renewal) + ttl - margin on its
 own clock; the row says start + ttl, so the holder stops first and a follower takes over only after
-`expires_at`. `on_acquired(epoch)` starts the singletons, `on_lost()` stops them; both run on this
-loop's thread, so they never overlap.
+`expires_at`. `on_acquired(epoch)` starts the singletons, `on_lost()` stops them; both run under one
+lock, so they never overlap, and a watchdog thread stops the singletons on time even while a renewal
+hangs in the database (the answer it brings back late is ignored).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tandem.cloud_hub.cluster.lease import LeaseState, LeaseTable
 log = logging.getLogger(__name__)
 
 __all__ = ["LeaseKeeper", "LeaseTiming"]
+
+WATCH_S = 0.1  # how often the watchdog looks at the holder's own deadline
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class LeaseKeeper:
         self.takeovers = 0
         self._valid_until = 0.0
         self._stop = threading.Event()
+        self._lock = threading.RLock()  # epoch changes and the callbacks; never held across a database call
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
 
     @property
     def held(self) -> bool:
@@ -73,26 +78,33 @@ class LeaseKeeper:
 
     def start(self) -> "LeaseKeeper":
         self._thread = threading.Thread(target=self._run, name=f"lease-{self.name}", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name=f"lease-{self.name}-watch", daemon=True)
         self._thread.start()
+        self._watchdog.start()
         return self
 
     def stop(self) -> None:
         """Stop the singletons and hand the lease back at once (a clean shutdown needs no expiry)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join(30)
+        self._thread = self._watchdog = None
 
     def current(self) -> LeaseState | None:
         return self.table.get(self.name)
 
     def step(self) -> None:
-        """One round: take or renew, and lose when the lease can no longer be counted on (tests call it)."""
+        """One round: take or renew, and lose when the lease can no longer be counted on (tests call it).
+
+        The database calls run outside `_lock`, so the watchdog can stop the singletons while one hangs."""
         start = self.clock()
-        if self.epoch is not None and self._expired():
-            self._lose("not renewed in time")
-            return
-        if self.epoch is None:
+        with self._lock:
+            if self.epoch is not None and self._expired():
+                self._lose("not renewed in time")
+                return
+            epoch = self.epoch
+        if epoch is None:
             try:
                 state = self.table.try_acquire(self.name, self.holder, self.timing.ttl_s, start, self.url)
             except Exception as exc:  # the database is away: nothing held, nothing to stop
@@ -100,25 +112,31 @@ class LeaseKeeper:
                 return
             if state.holder != self.holder:
                 return
-            self._valid_until = start + self.timing.ttl_s - self.timing.margin_s
-            self.epoch, self.acquired_at = state.epoch, start
-            self.takeovers += 1
-            log.warning("lease acquired name=%s holder=%s epoch=%d", self.name, self.holder, state.epoch)
-            try:
-                self.on_acquired(state.epoch)
-            except Exception:
-                log.exception("lease singletons failed to start name=%s; giving the lease up", self.name)
-                self._lose("singletons failed to start", release=True)
+            with self._lock:
+                self._valid_until = start + self.timing.ttl_s - self.timing.margin_s
+                self.epoch, self.acquired_at = state.epoch, start
+                self.takeovers += 1
+                log.warning("lease acquired name=%s holder=%s epoch=%d", self.name, self.holder, state.epoch)
+                try:
+                    self.on_acquired(state.epoch)
+                except Exception:
+                    log.exception("lease singletons failed to start name=%s; giving the lease up", self.name)
+                    self._lose("singletons failed to start", release=True)
             return
         try:
-            ok = self.table.renew(self.name, self.holder, self.epoch, self.timing.ttl_s, start)
+            ok = self.table.renew(self.name, self.holder, epoch, self.timing.ttl_s, start)
         except Exception as exc:
             log.warning("lease renew failed name=%s holder=%s error=%r", self.name, self.holder, exc)
             ok = False
-        if ok and self.clock() < start + self.timing.ttl_s - self.timing.margin_s:
-            self._valid_until = start + self.timing.ttl_s - self.timing.margin_s
-        elif not ok:
-            self._lose("renewal refused (another replica holds a newer epoch)" if not self._expired() else "expired")
+        with self._lock:
+            if self.epoch != epoch:  # the watchdog stopped the singletons while this call hung: its answer is stale
+                return
+            if ok and self.clock() < start + self.timing.ttl_s - self.timing.margin_s:
+                self._valid_until = start + self.timing.ttl_s - self.timing.margin_s
+            elif not ok:
+                self._lose(
+                    "renewal refused (another replica holds a newer epoch)" if not self._expired() else "expired"
+                )
 
     def _expired(self) -> bool:
         return self.clock() >= self._valid_until
@@ -136,14 +154,20 @@ class LeaseKeeper:
             except Exception as exc:
                 log.warning("lease release failed name=%s error=%r", self.name, exc)
 
+    def _watch(self) -> None:
+        """Stop the singletons on time even while `step` hangs in a database call."""
+        while not self._stop.wait(WATCH_S):
+            with self._lock:
+                if self.epoch is not None and self._expired():
+                    self._lose("not renewed in time")
+
     def _run(self) -> None:
         next_step = 0.0
         while not self._stop.is_set():
-            if self.epoch is not None and self._expired():
-                self._lose("not renewed in time")
             if self.clock() >= next_step:
                 self.step()
                 next_step = self.clock() + (self.timing.renew_s if self.epoch is not None else self.timing.poll_s)
             self._stop.wait(max(0.0, min(next_step - self.clock(), 0.2)))
-        if self.epoch is not None:
-            self._lose("replica stopping", release=True)
+        with self._lock:
+            if self.epoch is not None:
+                self._lose("replica stopping", release=True)
