@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,13 @@ def test_rest_filters_and_pages(hub):
     assert api.get("/v1/devices/dev-1").status_code == 404
 
 
+def _cli_env(hub: Hub) -> dict[str, str]:
+    """The CLI's environment: the hub's database URL when it keeps its state in PostgreSQL (the operator's
+    TANDEM_HUB_STORAGE_DATABASE_URL), so both write the same database."""
+    url = hub.config.storage.database_url
+    return {**os.environ, **({"TANDEM_HUB_STORAGE_DATABASE_URL": url} if url else {})}
+
+
 def test_concurrent_agents_and_a_cli_writing_the_same_database(hub_config, tmp_path):
     # 8 agents on one token send 128 requests at once: above the default per-token REST limit (not under test here)
     with Hub(hub_config.with_overrides({"http.burst": 1000.0})).start() as hub:
@@ -145,6 +153,7 @@ def test_concurrent_agents_and_a_cli_writing_the_same_database(hub_config, tmp_p
                 capture_output=True,
                 text=True,
                 timeout=60,
+                env=_cli_env(hub),
             )
             codes = [code for f in futures for code in f.result(timeout=120)]
         assert cli.returncode == 0, cli.stderr
