@@ -252,9 +252,10 @@ class PostgresStore:
         import psycopg
 
         try:
-            return int(self._conn.execute("SELECT count(*) FROM telemetry.telemetry_windows").fetchone()[0])
+            row = self._conn.execute("SELECT count(*) FROM telemetry.telemetry_windows").fetchone()
         except psycopg.errors.UndefinedTable:
             return 0
+        return int(row[0]) if row else 0
 
     def telemetry_bytes(self) -> int:
         """Tables, indexes and TOAST of the telemetry schema (pg_total_relation_size)."""
@@ -262,7 +263,7 @@ class PostgresStore:
             "SELECT COALESCE(SUM(pg_total_relation_size(format('%I.%I', schemaname, tablename)::regclass)), 0) "
             "FROM pg_tables WHERE schemaname = 'telemetry'"
         ).fetchone()
-        return int(row[0])
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         self._conn.close()
@@ -293,7 +294,7 @@ class Backends:
             self.postgres_skipped = "no PostgreSQL server (initdb, pg_ctl): apt-get install postgresql"
             return
 
-        class Durable(PostgresCluster):  # type: ignore[misc, valid-type]
+        class Durable(PostgresCluster):
             def start(self) -> "Durable":
                 self._run(
                     str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8"
@@ -419,7 +420,9 @@ def _figures(windows: int, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _live(procs, broker_proc, store, devices, wpd, publishers, tag) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _live(
+    procs: list[Replica], broker_proc: psutil.Process, store: Store, devices: int, wpd: int, publishers: int, tag: str
+) -> dict[str, Any]:
     """Publishers and replicas at once: the rate the publishers on this host allow (compare with the bare run)."""
     total = devices * wpd
     ps, go = bench_telemetry.run_publishers(procs[0].mqtt_url, devices, wpd, publishers)
@@ -432,7 +435,9 @@ def _live(procs, broker_proc, store, devices, wpd, publishers, tag) -> dict[str,
     return _figures(total, m)
 
 
-def _drain(procs, broker_proc, store, devices, wpd, publishers, tag) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _drain(
+    procs: list[Replica], broker_proc: psutil.Process, store: Store, devices: int, wpd: int, publishers: int, tag: str
+) -> dict[str, Any]:
     """The replicas paused (SIGSTOP) while the broker queues a burst for them, then resumed: the rate they
     take windows at when nothing else limits them, and their CPU for it."""
     before = store.count()
