@@ -1,12 +1,16 @@
-"""What the bench scripts share: the repository on sys.path, progress lines on stderr, and
-loading an example's module by its path (examples/ is not a package)."""
+"""What the bench scripts share: the repository on sys.path, progress lines on stderr, loading an
+example's module by its path (examples/ is not a package), and the host a figure was measured on."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
+import os
+import platform
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +35,17 @@ def import_path(name: str, path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def host_info() -> dict[str, Any]:
+    """The host beside every figure: CPU features (AVX-512, VNNI, AMX...), cores, load average, date."""
+    from tandem.model_compiler.host import read_host
+
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_features": sorted(read_host().cpu_features),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
