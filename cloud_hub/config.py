@@ -41,6 +41,7 @@ ENV_PREFIX = "TANDEM_HUB_"
 CLIENT_ENV = ("TANDEM_HUB_URL", "TANDEM_HUB_TOKEN", "TANDEM_HUB_CA")  # read by cloud_hub/client.py, not settings
 BROKER_KINDS = ("auto", "mosquitto", "embedded")
 REST_CLIENT_CERTS = ("none", "optional", "required")
+GRPC_SERVERS = ("aio", "threads")  # as cloud_hub.inference.server.SERVER_KINDS (not imported: gRPC stays optional)
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -109,9 +110,27 @@ class GrpcConfig:
 
     host: str = "127.0.0.1"
     port: int = 8001
+    # "threads": grpc.server with a pool of `workers`; "aio": grpc.aio on one event loop (measured slower here).
+    server: str = "threads"
+    # ModelInfer calls held at once (apart from any thread pool); past it RESOURCE_EXHAUSTED + retry pushback.
+    max_concurrent_rpcs: int = 256
+    workers: int = 64  # the "threads" server's pool
+    inline_max_us: float = 200.0  # models measured faster run on the server's own thread (0: never)
+    # OpenVINO variants: batches on asynchronous infer requests compiled for throughput; streams 0: OpenVINO's choice
+    openvino_async: bool = True
+    openvino_streams: int = 0
 
     def __post_init__(self) -> None:
         _port("grpc.port", self.port)
+        if self.server not in GRPC_SERVERS:
+            raise _bad("grpc.server", f"{self.server!r} is not one of {', '.join(GRPC_SERVERS)}")
+        for key, least in (("max_concurrent_rpcs", 1), ("workers", 1), ("openvino_streams", 0)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise _bad(f"grpc.{key}", f"{value!r} must be a whole number >= {least}")
+        if not _number(self.inline_max_us) or self.inline_max_us < 0:
+            raise _bad("grpc.inline_max_us", f"{self.inline_max_us!r} must be a number >= 0")
+        _switch("grpc.openvino_async", self.openvino_async)
 
 
 @dataclass(frozen=True)

@@ -311,6 +311,12 @@ class Hub:
             aliases=self.config.models.alias_map() or None,
             tls=self._pki.hub_server_files() if self._pki is not None else None,
             tracing=self.config.tracing,
+            server=self.config.grpc.server,
+            max_concurrent_rpcs=self.config.grpc.max_concurrent_rpcs,
+            workers=self.config.grpc.workers,
+            inline_max_us=self.config.grpc.inline_max_us,
+            openvino_async=self.config.grpc.openvino_async,
+            openvino_streams=self.config.grpc.openvino_streams,
         )
         self._grpc_port = server.start()
         self._inference = server

@@ -242,6 +242,8 @@ def test_resource_exhausted_carries_a_retry_pushback(hub):
         raise QueueFullError("queue full (128 waiting)")
 
     model.batcher.submit = full
+    # a full queue also means no inline run (try_run_inline answers None while anything waits)
+    model.batcher.try_run_inline = lambda feeds: None
     channel = grpc.insecure_channel(hub.urls()["grpc"])
     try:
         request = pb.ModelInferRequest(model_name=MODEL)
@@ -255,6 +257,7 @@ def test_resource_exhausted_carries_a_retry_pushback(hub):
         assert t.name == "x"
     finally:
         model.batcher.submit = real_submit
+        del model.batcher.try_run_inline  # the class's method again
         channel.close()
     answer = error_response(RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", retry_after_ms=1500))
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "2"

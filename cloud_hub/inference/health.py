@@ -34,17 +34,28 @@ def add_health_and_reflection(server: grpc.Server, servicer: Any) -> Any:
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ["", INFERENCE_SERVICE, *servicer.models, *servicer.aliases]:
         checker.set(name, serving)
-    names = [INFERENCE_SERVICE, health.SERVICE_NAME]
+    add_reflection(server, with_health=True)
+    return checker
+
+
+def add_reflection(server: Any, with_health: bool) -> None:
+    """Server reflection (threaded or grpc.aio server) listing the v2 service, health and reflection."""
     try:
         from grpc_reflection.v1alpha import reflection, reflection_pb2
     except ImportError:
         log.warning("grpcio-reflection is not installed: server reflection is off")
-        return checker
+        return
+    names = [INFERENCE_SERVICE]
     pool = pb.DESCRIPTOR.pool
-    for module in (health_pb2, reflection_pb2):
+    modules: list[Any] = [reflection_pb2]
+    if with_health:
+        from grpc_health.v1 import health, health_pb2
+
+        names.append(health.SERVICE_NAME)
+        modules.append(health_pb2)
+    for module in modules:
         _add_file(pool, module.DESCRIPTOR)
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server, pool=pool)
-    return checker
 
 
 def _add_file(pool: Any, file_descriptor: Any) -> None:

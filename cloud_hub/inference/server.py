@@ -1,10 +1,16 @@
 """The hub's v2 gRPC server: loads model directories, serves them, sheds overload fast.
 
-Overload is bounded twice: gRPC's `maximum_concurrent_rpcs` answers RESOURCE_EXHAUSTED
-as soon as that many RPCs are in flight, and each model's micro-batcher refuses work
-beyond `max_queue`; nothing waits in an unbounded queue. With `tls`, clients must
-present a certificate the fleet CA signed; `_ClientCertGate` refuses revoked ones,
-pins a device's requests to its certificate's CN and rate-limits each device.
+Two servers behind one face (`server`): "threads" (default: grpc.server with a pool of
+`workers` threads; tiny models run in the handler's thread) and "aio"
+(cloud_hub/inference/aio.py: one event loop, tiny models inline, awaited batches).
+bench/peers.py measured the threaded one ahead on a 2-core host (digits, 64 in flight:
+1.0-1.9x the aio server's throughput over three repetitions), hence the default. Overload is bounded
+twice: past `max_concurrent_rpcs` calls in flight a caller is told RESOURCE_EXHAUSTED
+(the aio server adds `grpc-retry-pushback-ms`), and each model's micro-batcher refuses
+work beyond `max_queue`; nothing waits in an unbounded queue. With `tls`, clients must
+present a certificate the fleet CA signed; the gate (cloud_hub/inference/gate.py)
+refuses revoked ones, pins a device's requests to its certificate's CN and rate-limits
+each device.
 """
 
 from __future__ import annotations
@@ -13,17 +19,18 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grpc
 
 from tandem.cloud_hub.errors import ConfigError
+from tandem.cloud_hub.inference.admission import Admission
+from tandem.cloud_hub.inference.gate import AioClientCertGate, CertPolicy, ClientCertGate
 from tandem.cloud_hub.inference.model import BatchOptions, CloudModel, ModelDirError, load_cloud_model
 from tandem.cloud_hub.inference.health import add_health_and_reflection
-from tandem.cloud_hub.inference.servicer import InferenceServicer, InferenceStats
-from tandem.cloud_hub.pki import HUB_IDENTITY, RevocationList
+from tandem.cloud_hub.inference.servicer import DEFAULT_INLINE_MAX_US, InferenceServicer, InferenceStats
+from tandem.cloud_hub.pki import RevocationList
 from tandem.cloud_hub.ratelimit import RateLimiter
-from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2_grpc as pb_grpc
 from tandem.protocols import limits
 from tandem.protocols.limits import MAX_GRPC_MESSAGE_BYTES
@@ -31,6 +38,11 @@ from tandem.protocols.otlp import OtlpExporter, TracingConfig, TracingError, exp
 from tandem.protocols.tls import TlsFiles, grpc_server_credentials, warn_plain_text
 
 log = logging.getLogger(__name__)
+
+SERVER_KINDS = ("aio", "threads")
+# Calls held at once: apart from any thread pool, so 64 clients in flight are served, not refused.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
+DEFAULT_WORKERS = 64  # the threaded server's pool
 
 
 class InferenceServer:
@@ -47,7 +59,7 @@ class InferenceServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        max_concurrent_rpcs: int = 64,
+        max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
         max_queue: int = 128,
         max_batch: int = 8,
         batch_window_ms: float = 1.0,
@@ -62,17 +74,32 @@ class InferenceServer:
         device_rate_per_s: float = limits.DEVICE_INFER_PER_S,
         device_burst: int = limits.DEVICE_INFER_BURST,
         tracing: TracingConfig | None = None,
+        server: str = "threads",
+        workers: int = DEFAULT_WORKERS,
+        inline_max_us: float = DEFAULT_INLINE_MAX_US,
+        openvino_async: bool = True,
+        openvino_streams: int = 0,
     ) -> None:
         dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
         if not dirs:
             raise ConfigError("model_dirs: give at least one compiled model directory to serve")
         if max_concurrent_rpcs < 1 or max_queue < 1 or max_batch < 1 or batch_window_ms < 0:
             raise ConfigError("max_concurrent_rpcs, max_queue and max_batch must be >= 1 and batch_window_ms >= 0")
+        if server not in SERVER_KINDS:
+            raise ConfigError(f"grpc.server: {server!r} is not one of {', '.join(SERVER_KINDS)}")
+        if workers < 1 or inline_max_us < 0 or openvino_streams < 0:
+            raise ConfigError("grpc.workers must be >= 1, grpc.inline_max_us and grpc.openvino_streams >= 0")
         self.model_dirs = [Path(d) for d in dirs]
         self.host = host
         self.requested_port = port
         self.max_concurrent_rpcs = max_concurrent_rpcs
-        self.batch = BatchOptions(max_batch=max_batch, window_ms=batch_window_ms, max_queue=max_queue)
+        self.batch = BatchOptions(
+            max_batch=max_batch,
+            window_ms=batch_window_ms,
+            max_queue=max_queue,
+            openvino_async=openvino_async,
+            openvino_streams=openvino_streams,
+        )
         self.hub_profile = hub_profile
         self.aliases = dict(aliases or {})
         self.variants = dict(variants or {})
@@ -84,6 +111,11 @@ class InferenceServer:
         self.device_rate_per_s = device_rate_per_s
         self.device_burst = device_burst
         self.tracing = tracing  # [tracing] otlp_endpoint: ModelInfer spans also go to an OTLP collector
+        self.server_kind = server
+        self.workers = workers
+        self.inline_max_us = inline_max_us
+        self.admission: Admission | None = None  # the aio server's calls in flight
+        self._aio: Any = None  # AioServerThread while the aio server runs
         self._exporter: OtlpExporter | None = None
         self.port: int | None = None
         self.servicer: InferenceServicer | None = None
@@ -105,12 +137,16 @@ class InferenceServer:
 
     def start(self) -> int:
         """Load the models, bind and start serving; returns the bound port."""
-        if self._server is not None:
+        if self._server is not None or self._aio is not None:
             raise RuntimeError("InferenceServer.start: already started")
         try:
             self._load_models()
             self.servicer = InferenceServicer(
-                self._models, self.aliases, allow_non_finite=self.allow_non_finite, max_request_s=self.max_request_s
+                self._models,
+                self.aliases,
+                allow_non_finite=self.allow_non_finite,
+                max_request_s=self.max_request_s,
+                inline_max_us=self.inline_max_us,
             )
         except ValueError as exc:  # a bad alias; ModelDirError is not a ValueError
             self._close_models()
@@ -124,63 +160,101 @@ class InferenceServer:
             self._close_models()
             raise ConfigError(str(exc)) from exc
         self.servicer.spans.exporter = self._exporter
-        interceptors = []
+        policy = None
         if self.tls is not None:
             crl = RevocationList(self.tls.crl, self.tls.ca) if self.tls.crl is not None else None
-            interceptors.append(_ClientCertGate(crl, RateLimiter(self.device_rate_per_s, self.device_burst)))
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=self.max_concurrent_rpcs, thread_name_prefix="hub-grpc"),
-            interceptors=interceptors,
-            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
-            options=[
-                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),  # a port already in use must fail, not be shared
-            ],
-        )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
-        self.health = add_health_and_reflection(server, self.servicer)
+            policy = CertPolicy(crl, RateLimiter(self.device_rate_per_s, self.device_burst))
+        address = _host_port(self.host, self.requested_port)
+        if self.tls is None:
+            warn_plain_text("inference server", f"grpc://{address}")
         try:
-            address = _host_port(self.host, self.requested_port)
-            if self.tls is None:
-                warn_plain_text("inference server", f"grpc://{address}")
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, grpc_server_credentials(self.tls))
-        except RuntimeError as exc:
-            port = 0
-            log.debug("bind failed: %s", exc)
-        if not port:
-            self._close_models()
-            if self._exporter is not None:
-                self._exporter.close()
-                self._exporter = None
-            raise ConfigError(
-                f"grpc: cannot listen on {_host_port(self.host, self.requested_port)} "
-                "(in use, or not an address of this machine)"
+            port = (
+                self._start_aio(policy, address) if self.server_kind == "aio" else self._start_threads(policy, address)
             )
-        server.start()
-        self._server = server
+        except BaseException:
+            self._release()
+            raise
+        if not port:
+            self._release()
+            raise ConfigError(f"grpc: cannot listen on {address} (in use, or not an address of this machine)")
         self.port = port
         log.info(
-            "inference server listening on %s:%d models=%s aliases=%s max_concurrent_rpcs=%d",
+            "inference server listening on %s:%d server=%s models=%s aliases=%s max_concurrent_rpcs=%d",
             self.host,
             port,
+            self.server_kind,
             ",".join(self._models),
             self.aliases,
             self.max_concurrent_rpcs,
         )
         return port
 
+    def _bind(self, server: Any, address: str) -> int:
+        """Add the listening port (plain or mutual TLS); 0 when it cannot be bound."""
+        try:
+            if self.tls is None:
+                return int(server.add_insecure_port(address))
+            return int(server.add_secure_port(address, grpc_server_credentials(self.tls)))
+        except RuntimeError as exc:
+            log.debug("bind failed: %s", exc)
+            return 0
+
+    def _start_threads(self, policy: CertPolicy | None, address: str) -> int:
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hub-grpc"),
+            interceptors=[ClientCertGate(policy)] if policy is not None else [],
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
+            options=_OPTIONS,
+        )
+        assert self.servicer is not None
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        self.health = add_health_and_reflection(server, self.servicer)
+        port = self._bind(server, address)
+        if port:
+            server.start()
+            self._server = server
+        return port
+
+    def _start_aio(self, policy: CertPolicy | None, address: str) -> int:
+        from tandem.cloud_hub.inference.aio import AioInferenceServicer, AioServerThread
+
+        assert self.servicer is not None
+        self.admission = Admission(self.max_concurrent_rpcs)
+        runner = AioServerThread()
+        self._aio = runner
+        port = runner.start(
+            AioInferenceServicer(self.servicer, self.admission),
+            interceptors=[AioClientCertGate(policy)] if policy is not None else [],
+            options=_OPTIONS,
+            bind=lambda server: self._bind(server, address),
+            health_names=[*self.servicer.models, *self.servicer.aliases],
+        )
+        self.health = runner.health
+        return port
+
+    def _release(self) -> None:
+        """Undo a start that failed: the loop thread, the models, the exporter."""
+        runner, self._aio = self._aio, None
+        if runner is not None:
+            runner.stop(0)
+        self._close_models()
+        if self._exporter is not None:
+            self._exporter.close()
+            self._exporter = None
+
     def stop(self, grace: float = 1.0) -> None:
         """Stop accepting RPCs, let in-flight ones finish for up to `grace` seconds, free the models."""
         server, self._server = self._server, None
+        runner, self._aio = self._aio, None
+        if self.servicer is not None and (server is not None or runner is not None):
+            self.servicer.ready = False
         if server is not None:
-            if self.servicer is not None:
-                self.servicer.ready = False
             if self.health is not None:
                 self.health.enter_graceful_shutdown()  # Watch streams see NOT_SERVING before the port closes
             server.stop(grace).wait(grace + 5.0)
+        if runner is not None:
+            runner.stop(grace)
+        if server is not None or runner is not None:
             log.info("inference server on %s:%s stopped", self.host, self.port)
         exporter, self._exporter = self._exporter, None
         if exporter is not None:
@@ -239,70 +313,11 @@ class InferenceServer:
             model.close()
 
 
-class _ClientCertGate(grpc.ServerInterceptor):
-    """Per call, on a mutual-TLS server: refuse revoked certificates (UNAUTHENTICATED), a device asking
-    as another device (PERMISSION_DENIED), and a device over its rate (RESOURCE_EXHAUSTED).
-
-    The handshake already refused clients without a CA-signed certificate; gRPC Python
-    has no CRL option, so revocation is checked here against the CRL file (re-read when it changes).
-    """
-
-    def __init__(self, crl: RevocationList | None, limiter: RateLimiter) -> None:
-        self.crl = crl
-        self.limiter = limiter
-
-    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return handler
-        kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            def gated(request: Any, context: grpc.ServicerContext) -> Any:
-                self._check(request, context, self._identity(context))
-                return inner(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(gated, **kw)
-        if handler.unary_stream is not None:  # health Watch
-            inner_us = handler.unary_stream
-
-            def gated_us(request: Any, context: grpc.ServicerContext) -> Any:
-                self._identity(context)
-                return inner_us(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(gated_us, **kw)
-        if handler.stream_stream is not None:  # ModelStreamInfer, reflection: each request is checked
-            inner_ss = handler.stream_stream
-
-            def gated_ss(requests: Any, context: grpc.ServicerContext) -> Any:
-                cn = self._identity(context)
-                return inner_ss((self._check(r, context, cn) for r in requests), context)
-
-            return grpc.stream_stream_rpc_method_handler(gated_ss, **kw)
-        return handler
-
-    def _identity(self, context: grpc.ServicerContext) -> str:
-        """The caller's certificate CN, after refusing a revoked or missing certificate."""
-        auth = context.auth_context()
-        pem = (auth.get("x509_pem_cert") or [b""])[0]
-        if not pem or (self.crl is not None and self.crl.is_revoked(pem)):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate revoked or missing")
-        return (auth.get("x509_common_name") or [b""])[0].decode("utf-8", "replace")
-
-    def _check(self, request: Any, context: grpc.ServicerContext, cn: str) -> Any:
-        if cn != HUB_IDENTITY:
-            claimed = request.parameters.get(params.DEVICE_ID) if hasattr(request, "parameters") else None
-            if claimed is not None and params.parameter_value(claimed) not in (None, cn):
-                context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"certificate of {cn!r} may not ask as {params.parameter_value(claimed)!r}",
-                )
-            if not self.limiter.allow(cn):
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"device {cn!r} is over {self.limiter.rate:g} requests/s"
-                )
-        return request
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),  # a port already in use must fail, not be shared
+]
 
 
 def _host_port(host: str, port: int) -> str:

@@ -48,6 +48,7 @@ EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRFC A6: how long a client should wait before retrying
 _MAX_TRACKED_DEVICES = 10_000
 _MIN_PUSHBACK_MS = 10
+DEFAULT_INLINE_MAX_US = 200.0  # as the agent's [batch] inline_max_us
 
 
 class RpcFailure(Exception):
@@ -87,6 +88,18 @@ class InferenceStats:
         }
 
 
+@dataclass
+class Prepared:
+    """A checked request on its way to the model: what `complete` needs to answer it."""
+
+    request: pb.ModelInferRequest
+    model: CloudModel
+    feeds: dict[str, np.ndarray]
+    wanted: list[str]
+    edge: params.EdgeContext
+    start: float
+
+
 def _version() -> str:
     try:
         return metadata.version("tandem")
@@ -105,6 +118,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         limits: TensorLimits = DEFAULT_LIMITS,
         allow_non_finite: bool = False,
         max_request_s: float = 30.0,
+        inline_max_us: float = DEFAULT_INLINE_MAX_US,
     ) -> None:
         self.models = dict(models)
         self.aliases = dict(aliases or {})
@@ -114,6 +128,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.limits = limits
         self.allow_non_finite = allow_non_finite
         self.max_request_s = max_request_s  # cap for callers that set no deadline
+        self.inline_max_s = inline_max_us / 1e6  # models measured faster than this run without a hand-off
+        self._fastest_s: dict[str, float] = {}  # per model, its fastest inline run
         self.ready = True
         self._lock = threading.Lock()
         self._stats = InferenceStats()
@@ -242,11 +258,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except RpcFailure as failure:
             self.note_failure(request.model_name, failure, time.perf_counter() - start)
             raise
-        with self._lock:
-            self._stats.requests += 1
-            self._stats.ok += 1
-        rows = int(response.outputs[0].shape[0]) if response.outputs and response.outputs[0].shape else 1
-        self.counters.record(response.model_name, time.perf_counter() - start, rows=rows)
+        self.note_ok(response, time.perf_counter() - start)
         return response
 
     def note_failure(self, model_name: str, failure: RpcFailure, seconds: float = 0.0) -> None:
@@ -270,6 +282,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         `on_submit` sees the batcher's future (ModelInfer cancels it when the caller goes
         away, so a queued request of a vanished client never runs).
         """
+        prepared = self.prepare(request)
+        if isinstance(prepared, pb.ModelInferResponse):
+            return prepared
+        inline = self.run_inline(prepared)
+        if inline is not None:
+            return self.complete(prepared, inline)
+        future = self.submit(prepared)
+        if on_submit is not None:
+            on_submit(future)
+        wait_s = self.wait_s(timeout_s)
+        try:
+            outputs = future.result(timeout=wait_s)
+        except FutureTimeout:
+            future.cancel()
+            raise self.timed_out(prepared.model, wait_s) from None
+        except Exception as exc:
+            raise self.run_failure(prepared.model, exc) from None
+        return self.complete(prepared, outputs)
+
+    # The steps of `infer`, shared with the asynchronous server (cloud_hub/inference/aio.py), which runs
+    # tiny models inline and awaits the batcher's future instead of blocking a thread on it.
+
+    def prepare(self, request: pb.ModelInferRequest) -> "Prepared | pb.ModelInferResponse":
+        """Resolve, decode and check a request (RpcFailure if it is bad); a zero-row batch is answered here."""
         start = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
         try:
@@ -292,11 +328,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     f"output {out.name!r}: the classification (top-k) extension is not supported; "
                     "request the raw output and take the top-k client-side",
                 )
-        edge = params.read_edge_context(request.parameters)
         if feeds and all(a.ndim and a.shape[0] == 0 for a in feeds.values()):
             return self._empty_answer(request, model, wanted, start)
+        edge = params.read_edge_context(request.parameters)
+        return Prepared(request, model, feeds, wanted, edge, start)
+
+    def run_inline(self, prepared: "Prepared") -> list[np.ndarray] | None:
+        """Run a tiny model in the calling thread (or event loop) when its batcher is idle; else None.
+
+        Only models whose measured run time is below `inline_max_s`: for them a hand-off to the
+        batcher's thread and back costs more than the model (digits: ~8 us of compute).
+        """
+        model = prepared.model
+        batcher = model.batcher
+        # the fastest run seen: a run preempted on a busy host must not make a tiny model look big
+        ewma = batcher.run_ewma_s
+        fastest = self._fastest_s.get(model.name)
+        seen = fastest if ewma is None else ewma if fastest is None else min(fastest, ewma)
+        if seen is None or seen >= self.inline_max_s:
+            return None
+        t0 = time.perf_counter()
         try:
-            future = model.batcher.submit(feeds)
+            outputs = batcher.try_run_inline(prepared.feeds)
+        except Exception as exc:
+            raise self.run_failure(model, exc) from None
+        took = time.perf_counter() - t0
+        if outputs is not None and (fastest is None or took < fastest):
+            self._fastest_s[model.name] = took  # one writer per model at a time: try_run_inline's lock
+        return outputs
+
+    def submit(self, prepared: "Prepared") -> Future:
+        """Queue a prepared request on its model's batcher; RpcFailure (with a retry hint) when it is full."""
+        model = prepared.model
+        try:
+            return model.batcher.submit(prepared.feeds)
         except QueueFullError as exc:
             pushback = _pushback_ms(model)
             raise RpcFailure(
@@ -306,36 +371,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             ) from None
         except BatcherClosedError:
             raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "hub is shutting down") from None
-        if on_submit is not None:
-            on_submit(future)
-        wait_s = self.max_request_s if timeout_s is None else min(max(timeout_s, 0.0), self.max_request_s)
-        try:
-            outputs = future.result(timeout=wait_s)
-        except FutureTimeout:
-            future.cancel()
-            raise RpcFailure(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"model {model.name!r} did not answer within {wait_s * 1000:.0f} ms"
-            ) from None
-        except CancelledError:
-            raise RpcFailure(grpc.StatusCode.CANCELLED, "the caller went away") from None
-        except BatcherClosedError:
-            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "hub is shutting down") from None
-        except Exception as exc:  # the runtime failed on inputs that passed validation
-            log.exception("model=%s variant=%s failed on a validated request", model.name, model.variant.id)
-            raise RpcFailure(grpc.StatusCode.INTERNAL, f"model {model.name!r} failed: {exc}") from None
-        compute_ms = (time.perf_counter() - start) * 1000.0
+
+    def wait_s(self, timeout_s: float | None) -> float:
+        """How long to wait for the model: the caller's deadline, capped by max_request_s."""
+        return self.max_request_s if timeout_s is None else min(max(timeout_s, 0.0), self.max_request_s)
+
+    @staticmethod
+    def timed_out(model: CloudModel, wait_s: float) -> RpcFailure:
+        return RpcFailure(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"model {model.name!r} did not answer within {wait_s * 1000:.0f} ms"
+        )
+
+    @staticmethod
+    def run_failure(model: CloudModel, exc: BaseException) -> RpcFailure:
+        """The RpcFailure for what the batcher's future (or an inline run) raised."""
+        if isinstance(exc, CancelledError):
+            return RpcFailure(grpc.StatusCode.CANCELLED, "the caller went away")
+        if isinstance(exc, BatcherClosedError):
+            return RpcFailure(grpc.StatusCode.UNAVAILABLE, "hub is shutting down")
+        # the runtime failed on inputs that passed validation
+        log.error("model=%s variant=%s failed on a validated request", model.name, model.variant.id, exc_info=exc)
+        return RpcFailure(grpc.StatusCode.INTERNAL, f"model {model.name!r} failed: {exc}")
+
+    def complete(self, prepared: "Prepared", outputs: list[np.ndarray]) -> pb.ModelInferResponse:
+        """Encode the model's outputs into the answer and count the edge's context."""
+        model = prepared.model
+        compute_ms = (time.perf_counter() - prepared.start) * 1000.0
         by_name = dict(zip(model.output_names, outputs))
-        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=prepared.request.id)
         try:
-            encode_response_outputs(response, {name: by_name[name] for name in wanted}, limits=self.limits)
+            encode_response_outputs(response, {name: by_name[name] for name in prepared.wanted}, limits=self.limits)
         except TensorCodecError as exc:
             raise RpcFailure(
                 grpc.StatusCode.INTERNAL, f"model {model.name!r} answer cannot be encoded: {exc}"
             ) from None
         params.set_parameter(response.parameters, params.VARIANT, model.variant.id)
         params.set_parameter(response.parameters, params.COMPUTE_MS, compute_ms)
-        self._count_edge(model, edge, outputs, compute_ms)
+        self._count_edge(model, prepared.edge, outputs, compute_ms)
         return response
+
+    def note_ok(self, response: pb.ModelInferResponse, seconds: float) -> None:
+        """Count an answered request (request, ok and per-model counters)."""
+        with self._lock:
+            self._stats.requests += 1
+            self._stats.ok += 1
+        rows = int(response.outputs[0].shape[0]) if response.outputs and response.outputs[0].shape else 1
+        self.counters.record(response.model_name, seconds, rows=rows)
 
     def _empty_answer(
         self, request: pb.ModelInferRequest, model: CloudModel, wanted: list[str], start: float
