@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps browser-deps kserve-venv demo test test-fast lint bench fuzz clean
+.PHONY: install system-deps browser-deps db-deps kserve-venv demo test test-fast lint bench fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,20 @@ browser-deps:
 	if [ ! -x /usr/bin/chromium ]; then missing=" chromium chromium-driver"; fi; \
 	$(APT_INSTALL)
 
+# PostgreSQL's server binaries (initdb, pg_ctl) for the hub's second storage backend: tests/pg_fixtures.py
+# starts a throwaway cluster from them. Only `make test` needs them (`make demo` stays on SQLite).
+db-deps:
+	@missing=""; \
+	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  missing=" postgresql"; fi; \
+	$(APT_INSTALL)
+
+# The suites that exercise the hub's stores, run a second time with every test hub on PostgreSQL
+# (TANDEM_TEST_DATABASE=postgresql; tests/test_hub_storage_backends.py covers both in the first pass).
+HUB_STORAGE_SUITES := tests/test_hub_registry.py tests/test_hub_devices.py tests/test_hub_auth.py \
+	tests/test_hub_restart.py tests/test_hub_presence.py tests/test_hub_hard_examples.py \
+	tests/test_telemetry_hub.py tests/test_ota_rollout_e2e.py
+
 # KServe's own ModelServer for tests/test_fallback_kserve.py (a third-party v2 server as the agent's
 # fallback), in a virtualenv of its own: kserve pins protobuf<7, this project needs 7. Made once (~1-2 min).
 KSERVE_VENV := build/kserve-venv
@@ -60,8 +74,9 @@ kserve-venv: $(KSERVE_STAMP)
 demo: $(DEMO_STAMP) system-deps
 	$(VENV)/bin/tandem-sim demo
 
-test: $(STAMP) system-deps browser-deps kserve-venv
+test: $(STAMP) system-deps browser-deps db-deps kserve-venv
 	$(PY) -m pytest -q
+	TANDEM_TEST_DATABASE=postgresql $(PY) -m pytest -q $(HUB_STORAGE_SUITES)
 
 # ruff (lint) and mypy (types), configured in pyproject.toml; .ci/run runs it before the tests.
 lint: $(STAMP)
