@@ -101,13 +101,24 @@ class Replica:
             cmd, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "ab"), stdin=subprocess.DEVNULL, env=_env()
         )
 
-    def metrics(self) -> dict[str, float]:
-        """This replica's tandem_hub_telemetry_* samples from GET /metrics (empty while it is not answering)."""
-        try:
-            r = httpx.get(f"http://127.0.0.1:{self.port}/metrics", headers={"Authorization": f"Bearer {self.token}"})
-        except httpx.HTTPError:
-            return {}
-        if r.status_code != 200:
+    def metrics(self, retries: int = 1) -> dict[str, float]:
+        """This replica's tandem_hub_telemetry_* samples from GET /metrics (empty while it is not answering,
+        after `retries` tries a second apart: a replica on a loaded host may take seconds to answer)."""
+        r = None
+        for attempt in range(retries):
+            try:
+                r = httpx.get(
+                    f"http://127.0.0.1:{self.port}/metrics",
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    timeout=10,
+                )
+            except httpx.HTTPError:
+                r = None
+            if r is not None and r.status_code == 200:
+                break
+            if attempt + 1 < retries:
+                time.sleep(1.0)
+        if r is None or r.status_code != 200:
             return {}
         out = {}
         for line in r.text.splitlines():
@@ -358,7 +369,7 @@ def ingest_row(
         empty = store.telemetry_bytes()
         live = _live(procs, broker_proc, store, devices, wpd, publishers, tag)
         drain = _drain(procs, broker_proc, store, devices, wpd, publishers, tag)
-        per_replica = [_stored(r.metrics()) for r in procs]
+        per_replica = [_stored(r.metrics(retries=5)) for r in procs]
     finally:
         for r in procs:
             r.stop()
