@@ -80,6 +80,13 @@ class Server:
             time.sleep(0.3)
 
     def stop(self) -> None:
+        """Stop the server and the workers it forked (LitServe's outlive their parent otherwise)."""
+        import psutil
+
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -87,6 +94,14 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for child in children:
+            try:
+                child.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:
+            child.kill()
         self.log_file.close()
 
 
