@@ -17,6 +17,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -110,6 +111,10 @@ class PostgresCluster:
     def stop(self) -> None:
         try:
             self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
+        except (RuntimeError, subprocess.TimeoutExpired):  # the postmaster we started, by its pid file
+            pid_file = self.data / "postmaster.pid"
+            if pid_file.is_file():
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGQUIT)  # immediate shutdown
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
