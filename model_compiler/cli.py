@@ -290,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="INPUT=SHAPE[,SHAPE...]",
-        help="static shape buckets for runtimes that need static shapes (LiteRT), e.g. "
-        "x=1x3x48x160,1x3x48x320,1x3x48x480: one .tflite per bucket; the agent runs a request on the bucket "
+        help="static shape buckets for LiteRT and OpenVINO (whose IRs are reshaped to them), e.g. "
+        "x=1x3x48x160,1x3x48x320,1x3x48x480: one .tflite or IR per bucket; the agent runs a request on the bucket "
         "it equals, else pads it up to the smallest one that fits where the task allows (docs/tasks.md), "
         "else refuses it naming the buckets. Repeat for several inputs (bucket k takes the k-th shape of each). "
         "Without it a dynamic input is built at the calibration data's shape",
