@@ -30,8 +30,8 @@ class Fence:
 
     def __init__(self, db: HubDatabase, name: str, epoch: int) -> None:
         self.name, self.epoch = name, epoch
+        db.ensure_schema((_SCHEMA,))
         with db.transaction() as tx:
-            tx.execute(_SCHEMA)
             self.check(tx)  # the new holder claims the store before it acts: the old one is fenced from now on
 
     def check(self, tx: Any) -> None:

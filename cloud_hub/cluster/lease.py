@@ -52,8 +52,7 @@ class LeaseTable:
 
     def __init__(self, db: HubDatabase) -> None:
         self.db = db
-        with db.transaction() as tx:
-            tx.execute(_SCHEMA)
+        db.ensure_schema((_SCHEMA,))
 
     def try_acquire(self, name: str, holder: str, ttl_s: float, now: float, url: str | None = None) -> LeaseState:
         """Take `name` for `holder` if it is free, expired or last held by `holder` (a restarted replica); the

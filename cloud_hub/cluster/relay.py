@@ -50,8 +50,7 @@ _ERRORS: dict[int, type[HubError]] = {
 
 
 def _ensure_table(db: Any) -> None:
-    with db.transaction() as tx:
-        tx.execute(_SCHEMA)
+    db.ensure_schema((_SCHEMA,))
 
 
 class RelayClient:

@@ -159,6 +159,17 @@ class HubDatabase(ABC):
     def _lock_migrations(self, tx: Transaction) -> None:
         """Keep two processes from migrating the same store at once (PostgreSQL: an advisory lock)."""
 
+    def ensure_schema(self, statements: Sequence[str]) -> None:
+        """Run idempotent DDL (CREATE ... IF NOT EXISTS, written for SQLite) under the migration lock.
+
+        Why the lock: on PostgreSQL two replicas starting at once race on CREATE TABLE/INDEX IF NOT EXISTS
+        (the loser fails with a duplicate key in pg_type or pg_class); the lock makes the second one wait and
+        then find the object there."""
+        with self.transaction() as tx:
+            self._lock_migrations(tx)
+            for statement in statements:
+                tx.execute(self.dialect.ddl(statement))
+
     def schema_version(self) -> int:
         rows = self.query("SELECT MAX(version) AS v FROM schema_migrations")
         return int(rows[0]["v"] or 0) if rows else 0

@@ -63,9 +63,8 @@ class GapTracker:
         self._lock = threading.Lock()
         self.asked = 0  # resend requests published
         self.recovered = 0  # gaps a later window filled (since start)
+        store.db.ensure_schema(_SCHEMA)
         with store.db.transaction() as tx:
-            for sql in _SCHEMA:
-                tx.execute(store.db.dialect.ddl(sql))
             # a hub upgraded with windows already stored: start from what it has ("WHERE true": SQLite's
             # INSERT ... SELECT ... ON CONFLICT needs a WHERE to parse)
             tx.execute(

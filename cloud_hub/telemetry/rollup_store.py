@@ -111,9 +111,7 @@ class RollupStore:
     def __init__(self, db: HubDatabase, resolutions: Sequence[int] = RESOLUTIONS) -> None:
         self.db = db
         self.resolutions = tuple(resolutions)
-        with db.transaction() as tx:
-            for statement in ROLLUP_SCHEMA:
-                tx.execute(db.dialect.ddl(statement))
+        db.ensure_schema(ROLLUP_SCHEMA)
 
     # -- the rollup pass --------------------------------------------------------------------
 

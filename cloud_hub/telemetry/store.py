@@ -97,10 +97,12 @@ class TelemetryStore:
                 path = path / TELEMETRY_DB_FILENAME
             db = open_database(path, TELEMETRY_MIGRATIONS, durable=True)
         # time filters and buckets use the hub's receipt time (device clocks may be hours off)
-        db.execute("CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)")
-        db.execute(
-            "CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
-            "(model_name, model_version, received_at)"
+        db.ensure_schema(
+            (
+                "CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)",
+                "CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
+                "(model_name, model_version, received_at)",
+            )
         )
         return cls(db)
 
