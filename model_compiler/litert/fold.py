@@ -28,47 +28,64 @@ def reshape_target(data_shape: Sequence[int], shape: np.ndarray, allowzero: int 
     return _reshape_target(data_shape, shape, allowzero)
 
 
-def _axes(attrs: dict[str, Any], inputs: list[np.ndarray | None], index: int) -> list[int] | None:
+Inputs = Sequence["np.ndarray | None"]
+
+
+def _at(inputs: Inputs, index: int) -> np.ndarray:
+    """Input `index`, which the op requires (the lowering checked it is a known constant)."""
+    value = inputs[index]
+    assert value is not None, f"input {index} is required"
+    return value
+
+
+def _axes(attrs: dict[str, Any], inputs: Inputs, index: int) -> list[int] | None:
     if "axes" in attrs:
         return list(attrs["axes"])
-    if len(inputs) > index and inputs[index] is not None:
-        return [int(a) for a in inputs[index]]
+    value = inputs[index] if len(inputs) > index else None
+    if value is not None:
+        return [int(a) for a in value]
     return None
 
 
-def _slice(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
-    data = inputs[0]
+def _slice(inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray:
+    data = _at(inputs, 0)
+    starts: Sequence[Any] | np.ndarray
+    ends: Sequence[Any] | np.ndarray
+    axes_in: Sequence[Any] | np.ndarray | None
+    steps_in: Sequence[Any] | np.ndarray | None
     if "starts" in attrs:  # opset < 10
-        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+        starts, ends, axes_in, steps_in = attrs["starts"], attrs["ends"], attrs.get("axes"), None
     else:
-        starts, ends = inputs[1], inputs[2]
-        axes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
-        steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
-    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
-    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+        starts, ends = _at(inputs, 1), _at(inputs, 2)
+        axes_in = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+        steps_in = inputs[4] if len(inputs) > 4 and inputs[4] is not None else None
+    axes = list(range(len(starts))) if axes_in is None else [int(a) for a in axes_in]
+    steps = [1] * len(starts) if steps_in is None else [int(s) for s in steps_in]
     index = [slice(None)] * data.ndim
     for a, s, e, st in zip(axes, starts, ends, steps):
         index[a] = slice(int(s), int(e), st)
     return data[tuple(index)]
 
 
-def _unsqueeze(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
-    data = inputs[0]
-    axes = sorted(a % (data.ndim + len(_axes(attrs, inputs, 1))) for a in _axes(attrs, inputs, 1))
+def _unsqueeze(inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray:
+    data = _at(inputs, 0)
+    given = _axes(attrs, inputs, 1)
+    assert given is not None, "Unsqueeze needs axes"
+    axes = sorted(a % (data.ndim + len(given)) for a in given)
     for a in axes:
         data = np.expand_dims(data, a)
     return data
 
 
-def _squeeze(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+def _squeeze(inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray:
     axes = _axes(attrs, inputs, 1)
-    return np.squeeze(inputs[0], axis=None if axes is None else tuple(axes))
+    return np.squeeze(_at(inputs, 0), axis=None if axes is None else tuple(axes))
 
 
-def _cast(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+def _cast(inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray:
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    return inputs[0].astype(tensor_dtype_to_np_dtype(attrs["to"]))
+    return _at(inputs, 0).astype(tensor_dtype_to_np_dtype(attrs["to"]))
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -77,20 +94,21 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a / b).astype(a.dtype)
 
 
-def _flatten(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
-    x = inputs[0]
+def _flatten(inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray:
+    x = _at(inputs, 0)
     axis = attrs.get("axis", 1) % max(x.ndim, 1) if x.ndim else 0
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
 
-def _constant_of_shape(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+def _constant_of_shape(inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray:
     value = np.asarray(attrs.get("value", np.zeros(1, np.float32))).reshape(-1)
-    return np.full([int(d) for d in inputs[0]], value[0], dtype=value.dtype)
+    return np.full([int(d) for d in _at(inputs, 0)], value[0], dtype=value.dtype)
 
 
-def _range(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
-    start, limit, delta = (np.asarray(v).reshape(()) for v in inputs[:3])
-    return np.arange(start, limit, delta, dtype=start.dtype)
+def _range(inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray:
+    # each a single value (reshape(()) checks it), taken as a numpy scalar of its own dtype
+    start, limit, delta = (np.asarray(v).reshape(()).reshape(1)[0] for v in inputs[:3])
+    return np.arange(start, limit, delta, dtype=np.asarray(inputs[0]).dtype)
 
 
 Folder = Callable[[list, dict], np.ndarray]
@@ -120,9 +138,9 @@ FOLDERS: dict[str, Folder] = {
 }
 
 
-def fold(op_type: str, inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray | None:
+def fold(op_type: str, inputs: Inputs, attrs: dict[str, Any]) -> np.ndarray | None:
     """The folded value, or None when `op_type` is not foldable here."""
     folder = FOLDERS.get(op_type)
     if folder is None:
         return None
-    return np.asarray(folder(inputs, attrs))
+    return np.asarray(folder(list(inputs), attrs))
