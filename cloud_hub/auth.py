@@ -12,6 +12,7 @@ rollouts or other devices' hard examples. Revoking the device's certificate revo
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import logging
@@ -132,7 +133,7 @@ class TokenStore:
         log.info("token revoked id=%s", token_id)
         return self.get(token_id)
 
-    def revoke_device(self, device_id: str, issued_before: float | None = None) -> list[str]:
+    def revoke_device(self, device_id: str, issued_before: float | None = None) -> builtins.list[str]:
         """Revoke the live `device` tokens of `device_id` (created before `issued_before`, when given:
         a certificate revoked at T ends the tokens given out with it, not a replacement's); their ids."""
         with self.db.transaction() as tx:

@@ -466,7 +466,7 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     return _emit(args, result, lambda r: f"revoked token {r['token_id']} ({r['name']})")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

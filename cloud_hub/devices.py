@@ -183,7 +183,7 @@ class DeviceRegistry:
                 return False
             text = rows[0]["presence_key"]
             stored = tuple(json.loads(text)) if text else None
-            if not newer_presence(key, stored):  # type: ignore[arg-type]
+            if not newer_presence(key, stored):
                 return False
             tx.execute(
                 "UPDATE devices SET presence=?, presence_key=? WHERE device_id=?",

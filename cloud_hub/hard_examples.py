@@ -33,6 +33,7 @@ from tandem.cloud_hub.storage.db import HubDatabase, Migration, is_postgres_url,
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
 from tandem.protocols.tensor_blob import TensorBlobError, TensorInfo, decode_index, decode_tensors
+from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 from tandem.protocols.topics import HARD_EXAMPLES, TopicError, all_devices, parse_topic
 
@@ -299,12 +300,12 @@ class HardExampleIngest:
             mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         host, port = configure_mqtt_client(client, config.mqtt_url, config.tls, "hard-example ingest")
-        client.reconnect_delay_set(0.2, 2.0)
+        set_reconnect_delay(client, 0.2, 2.0)
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *a: self._subscribed.set()
         client.on_disconnect = lambda *a: self._subscribed.clear()
         client.on_message = lambda c, u, msg: self._queue.put(
-            (self._generation, msg.mid, msg.topic, msg.payload, msg.qos)
+            (self._generation, msg.mid, msg.topic, bytes(msg.payload), msg.qos)
         )
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = config.session_expiry_s

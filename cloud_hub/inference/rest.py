@@ -270,7 +270,7 @@ def ready(request: Request) -> Any:
 def server_metadata(request: Request) -> Any:
     def run() -> ServerMetadataOut:
         servicer = _servicer(request)
-        meta = servicer.ServerMetadata(None, None)
+        meta = servicer.server_metadata()
         return ServerMetadataOut(name=meta.name, version=meta.version, extensions=list(meta.extensions))
 
     return _call(run)

@@ -155,6 +155,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
     ) -> pb.ServerMetadataResponse:
+        return self.server_metadata()
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        """The server's name, version and v2 extensions (gRPC ServerMetadata and REST GET /v2 share it)."""
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
 
     def ModelMetadata(
@@ -164,6 +168,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self.resolve(request.name, request.version)
         except RpcFailure as failure:
             context.abort(failure.code, failure.message)
+            raise  # abort raises; this line only tells the type checker so
         return describe.model_metadata(model)
 
     def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext) -> pb.ModelConfigResponse:
@@ -171,6 +176,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self.resolve(request.name, request.version)
         except RpcFailure as failure:
             context.abort(failure.code, failure.message)
+            raise  # abort raises; this line only tells the type checker so
         return pb.ModelConfigResponse(config=describe.model_config(model))
 
     def ModelStatistics(
@@ -180,6 +186,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return self.statistics(request.name, request.version)
         except RpcFailure as failure:
             context.abort(failure.code, failure.message)
+            raise  # abort raises; this line only tells the type checker so
 
     def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
@@ -222,6 +229,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if failure.retry_after_ms is not None:
                 context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(failure.retry_after_ms)),))
             context.abort(failure.code, failure.message)
+            raise  # abort raises; this line only tells the type checker so
         finally:
             self.spans.finish(
                 "inference.GRPCInferenceService/ModelInfer",

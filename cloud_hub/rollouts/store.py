@@ -7,6 +7,7 @@ evolves apart from others'. `save` writes a rollout's state and its events in on
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from pathlib import Path
@@ -117,14 +118,14 @@ class RolloutStore:
         )
         return [Rollout.from_dict(json.loads(r["doc"])) for r in rows], total
 
-    def active(self) -> list[Rollout]:
+    def active(self) -> builtins.list[Rollout]:
         """Rollouts that may still send commands (including completed ones with devices to catch up)."""
         rows = self.db.query(
             "SELECT doc FROM rollouts WHERE status IN ('running','paused','halted','completed','rolled_back')"
         )
         return [Rollout.from_dict(json.loads(r["doc"])) for r in rows]
 
-    def events(self, rollout_id: str, limit: int = 200, after_id: int = 0) -> list[dict[str, Any]]:
+    def events(self, rollout_id: str, limit: int = 200, after_id: int = 0) -> builtins.list[dict[str, Any]]:
         rows = self.db.query(
             "SELECT id, at, kind, device_id, detail FROM rollout_events WHERE rollout_id=? AND id>? "
             "ORDER BY id LIMIT ?",
@@ -134,7 +135,7 @@ class RolloutStore:
             row["detail"] = json.loads(row["detail"])
         return rows
 
-    def recent_events(self, rollout_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    def recent_events(self, rollout_id: str, limit: int = 50) -> builtins.list[dict[str, Any]]:
         rows = self.db.query(
             "SELECT * FROM (SELECT id, at, kind, device_id, detail FROM rollout_events "
             "WHERE rollout_id=? ORDER BY id DESC LIMIT ?) AS recent ORDER BY id",

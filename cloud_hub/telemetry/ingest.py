@@ -24,6 +24,7 @@ from tandem.cloud_hub.mqtt_batches import ack_batch, take_batch
 from tandem.cloud_hub.telemetry.store import StoredWindow, TelemetryStore
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
+from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 from tandem.protocols.topics import TELEMETRY, TopicError, all_devices, parse_topic, shared
 
@@ -99,7 +100,7 @@ class TelemetryIngest:
             mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         self._host, self._port = configure_mqtt_client(self.client, config.mqtt_url, config.tls, "telemetry ingest")
-        self.client.reconnect_delay_set(0.2, config.reconnect_max_s)
+        set_reconnect_delay(self.client, 0.2, config.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -154,7 +155,7 @@ class TelemetryIngest:
             log.info("telemetry ingest disconnected reason=%s; reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put((self._generation, msg.mid, msg.topic, msg.payload, msg.qos))
+        self._queue.put((self._generation, msg.mid, msg.topic, bytes(msg.payload), msg.qos))
 
     # -- writer thread ------------------------------------------------------------------------
 

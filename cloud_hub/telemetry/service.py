@@ -243,9 +243,13 @@ class TelemetryIngestService:
     def _post_webhook(self, body: bytes) -> None:
         import httpx
 
+        url = self.config.webhook_url
+        if url is None:  # the executor exists only with a webhook configured
+            return
+
         try:
             httpx.post(
-                self.config.webhook_url,
+                url,
                 content=body,
                 headers={"content-type": "application/json"},
                 timeout=self.config.webhook_timeout_s,

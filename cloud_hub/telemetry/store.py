@@ -167,7 +167,8 @@ class TelemetryStore:
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
         """Windows matching the filters, newest first, and how many match in all."""
-        clauses, params = ["received_at>=?", "received_at<=?"], [since, until if until is not None else 1e18]
+        clauses = ["received_at>=?", "received_at<=?"]
+        params: list[object] = [since, until if until is not None else 1e18]
         for column, value in (("device_id", device_id), ("model_name", model_name), ("model_version", model_version)):
             if value:
                 clauses.append(f"{column}=?")
