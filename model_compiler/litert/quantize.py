@@ -59,8 +59,20 @@ def quantize_array(data: np.ndarray, quant: Quant) -> np.ndarray:
     return np.clip(np.round(data / quant.scale[0]) + quant.zero_point[0], -128, 127).astype(np.int8)
 
 
-def _weights(tensor: Tensor, axis: int) -> None:
-    data = tensor.data.astype(np.float32)
+def _const_data(tensor: Tensor) -> np.ndarray:
+    """A constant tensor's contents (weights, biases and constant inputs always have them)."""
+    assert tensor.data is not None, f"{tensor.name!r} is not a constant"
+    return tensor.data
+
+
+def _quant(tensor: Tensor) -> Quant:
+    """Parameters of a tensor that has been quantized already."""
+    assert tensor.quant is not None, f"{tensor.name!r} has no quantization parameters"
+    return tensor.quant
+
+
+def _weights(tensor: Tensor, axis: int) -> Quant:
+    data = _const_data(tensor).astype(np.float32)
     reduce_axes = tuple(a for a in range(data.ndim) if a != axis)
     scale = np.maximum(np.abs(data).max(axis=reduce_axes), _EPS) / 127.0
     shape = [1] * data.ndim
@@ -68,11 +80,13 @@ def _weights(tensor: Tensor, axis: int) -> None:
     tensor.data = np.clip(np.round(data / scale.reshape(shape)), -127, 127).astype(np.int8)
     tensor.dtype = "int8"
     tensor.quant = Quant(scale.astype(np.float32), np.zeros(len(scale), np.int64), axis)
+    return tensor.quant
 
 
 def _bias(tensor: Tensor, input_quant: Quant, weight_quant: Quant) -> None:
-    scale = (input_quant.scale[0] * weight_quant.scale).astype(np.float64)
-    tensor.data = np.clip(np.round(tensor.data.astype(np.float64) / scale), -(2**31), 2**31 - 1).astype(np.int32)
+    scale: np.ndarray = (input_quant.scale[0] * weight_quant.scale).astype(np.float64)
+    data = _const_data(tensor).astype(np.float64)
+    tensor.data = np.clip(np.round(data / scale), -(2**31), 2**31 - 1).astype(np.int32)
     tensor.dtype = "int32"
     tensor.quant = Quant(scale.astype(np.float32), np.zeros(len(scale), np.int64), 0)
 
@@ -80,7 +94,7 @@ def _bias(tensor: Tensor, input_quant: Quant, weight_quant: Quant) -> None:
 def _const(tensor: Tensor, quant: Quant | None = None) -> None:
     if tensor.quant is not None or tensor.dtype != "float32":
         return
-    data = tensor.data.astype(np.float32)
+    data = _const_data(tensor).astype(np.float32)
     quant = quant or affine(float(data.min()), float(data.max()))
     tensor.data = quantize_array(data, quant)
     tensor.dtype = "int8"
@@ -113,16 +127,16 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
     if op.kind in WEIGHT_AXIS:
         w_at, b_at = WEIGHT_BIAS_INPUTS.get(op.kind, (1, 2))
         weight = tensors[op.inputs[w_at]]
-        _weights(weight, WEIGHT_AXIS[op.kind])
-        out_q = tensors[op.outputs[0]].quant
-        floor = float(first.quant.scale[0] * weight.quant.scale.max()) / _MAX_MULTIPLIER
+        weight_q = _weights(weight, WEIGHT_AXIS[op.kind])
+        out_q = _quant(tensors[op.outputs[0]])
+        floor = float(_quant(first).scale[0] * weight_q.scale.max()) / _MAX_MULTIPLIER
         if out_q.scale[0] < floor:
             lo = float((-128 - out_q.zero_point[0]) * out_q.scale[0])
             hi = float((127 - out_q.zero_point[0]) * out_q.scale[0])
             mid = (lo + hi) / 2
             tensors[op.outputs[0]].quant = affine(mid - floor * 127.5, mid + floor * 127.5)
         if len(op.inputs) > b_at and op.inputs[b_at] >= 0:
-            _bias(tensors[op.inputs[b_at]], first.quant, weight.quant)
+            _bias(tensors[op.inputs[b_at]], _quant(first), weight_q)
         return
     for i in op.inputs:
         t = tensors[i]
@@ -193,12 +207,14 @@ def _unify_concat_ranges(
 def _requantize_concat_inputs(graph: Graph, op: Op) -> list[Op]:
     """QUANTIZE (int8 -> int8) ops for concat inputs whose parameters still differ from the output's
     (e.g. a softmax output, whose scale is fixed)."""
-    out_q = graph.tensors[op.outputs[0]].quant
+    out = graph.tensors[op.outputs[0]]
     extra = []
     for k, i in enumerate(op.inputs):
         t = graph.tensors[i]
-        if t.quant is not None and (t.quant.scale[0] != out_q.scale[0] or t.quant.zero_point[0] != out_q.zero_point[0]):
-            r = graph.add_tensor(Tensor(f"{t.name}/requant", t.shape, "int8", None, copy.deepcopy(out_q)))
+        if t.quant is not None and (
+            t.quant.scale[0] != _quant(out).scale[0] or t.quant.zero_point[0] != _quant(out).zero_point[0]
+        ):
+            r = graph.add_tensor(Tensor(f"{t.name}/requant", t.shape, "int8", None, copy.deepcopy(out.quant)))
             extra.append(Op("QUANTIZE", [i], [r], {}, op.source))
             op.inputs[k] = r
     return extra
