@@ -48,6 +48,7 @@ def matmul(low: Lowering, node: Node) -> None:
     if b.ndim != 2:
         raise unsupported("MatMul", node.name, "a constant second operand must be a 2-D matrix")
     bias = low.const(node.inputs[2]) if len(node.inputs) > 2 else np.zeros(b.shape[1], np.float32)
+    assert bias is not None, f"MatMul {node.name!r}: bias {node.inputs[2]!r} is not a constant"
     _fully_connected(low, node, node.inputs[0], b.T, bias)
 
 
@@ -56,7 +57,7 @@ def gemm(low: Lowering, node: Node) -> None:
     if b is None or node.attrs.get("transA", 0):
         raise unsupported("Gemm", node.name, "needs a constant B and transA=0")
     weight = (b if node.attrs.get("transB", 0) else b.T) * float(node.attrs.get("alpha", 1.0))
-    bias = np.zeros(weight.shape[0], np.float32)
+    bias: np.ndarray = np.zeros(weight.shape[0], np.float32)
     if len(node.inputs) > 2 and node.inputs[2]:
         c = low.const(node.inputs[2])
         if c is None or c.size not in (1, weight.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
@@ -84,8 +85,8 @@ def _elementwise(kind: str) -> Rule:
     def rule(low: Lowering, node: Node) -> None:
         a_name, b_name = node.inputs[0], node.inputs[1]
         op_kind = kind
-        if kind == "DIV" and low.const(b_name) is not None:  # by a constant: MUL by its reciprocal (int8-capable)
-            divisor = low.const(b_name)
+        divisor = low.const(b_name) if kind == "DIV" else None
+        if divisor is not None:  # DIV by a constant: MUL by its reciprocal (int8-capable)
             low.set_const(f"{b_name}/reciprocal", (1.0 / divisor.astype(np.float64)).astype(np.float32))
             b_name, op_kind = f"{b_name}/reciprocal", "MUL"
         layout, rank = _binary_layout(low, [a_name, b_name])
@@ -255,9 +256,10 @@ def flatten(low: Lowering, node: Node) -> None:
 def squeeze_like(low: Lowering, node: Node) -> None:
     probe = fold(
         node.op_type,
-        [np.zeros(low.shape(node.inputs[0]), np.float32)] + [low.const(n) for n in node.inputs[1:]],
+        [np.zeros(low.shape(node.inputs[0]), np.float32), *(low.const(n) for n in node.inputs[1:])],
         node.attrs,
     )
+    assert probe is not None, f"{node.op_type} has a folder"
     _as_plain_reshape(low, node, tuple(probe.shape))
 
 
@@ -295,7 +297,7 @@ def batchnorm(low: Lowering, node: Node) -> None:
     consts = [low.const(n) for n in node.inputs[1:5]]
     if any(c is None for c in consts):
         raise unsupported("BatchNormalization", node.name, "scale, bias, mean and variance must be constant")
-    gamma, beta, mean, var = (c.astype(np.float64) for c in consts)
+    gamma, beta, mean, var = (c.astype(np.float64) for c in consts if c is not None)
     factor = gamma / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
     shift = beta - mean * factor
     x_name = node.inputs[0]
@@ -335,7 +337,8 @@ def constant_fold(low: Lowering, node: Node) -> None:
     inputs = [low.const(n) if n else None for n in node.inputs]
     if any(v is None for n, v in zip(node.inputs, inputs) if n):
         raise unsupported(node.op_type, node.name, "supported only on constant (shape) inputs")
-    low.set_const(node.outputs[0], fold(node.op_type, inputs, node.attrs))
+    # np.asarray: an op with no folder (Pow) gives None, kept as before as a 0-d object array
+    low.set_const(node.outputs[0], np.asarray(fold(node.op_type, inputs, node.attrs)))
 
 
 def _fold_or(rule: Rule) -> Rule:
