@@ -75,6 +75,7 @@ def slice_op(low: Lowering, node: Node) -> None:
     if any(p is None for n, p in zip(node.inputs[1:], params) if n):
         raise unsupported("Slice", node.name, "starts, ends, axes and steps must be constant")
     starts, ends = params[0], params[1]
+    assert starts is not None and ends is not None, "Slice has starts and ends"
     axes = params[2].tolist() if len(params) > 2 and params[2] is not None else list(range(len(starts)))
     steps = params[3].tolist() if len(params) > 3 and params[3] is not None else [1] * len(starts)
     if any(s <= 0 for s in steps):
@@ -83,7 +84,9 @@ def slice_op(low: Lowering, node: Node) -> None:
     for a, s, e, st in zip(axes, starts.tolist(), ends.tolist(), steps):
         a = int(a) % len(shape)
         begin[a], end[a], stride[a] = slice(int(s), int(e), int(st)).indices(shape[a])
-    out_shape = fold("Slice", [np.zeros(shape, np.float32)] + params, {}).shape
+    sliced = fold("Slice", [np.zeros(shape, np.float32), *params], {})
+    assert sliced is not None, "Slice has a folder"
+    out_shape = sliced.shape
     x = low.tensor(x_name, "plain")
     out = low.define(node.outputs[0], out_shape)
     consts = [
