@@ -34,10 +34,10 @@ def _spatial_padding(
     if auto == "VALID":
         return "VALID", [0, 0, 0, 0]
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [_same_pads(hw[i], k_eff[i], strides[i]) for i in range(2)]
+        same_pads = [_same_pads(hw[i], k_eff[i], strides[i]) for i in range(2)]
         if auto == "SAME_UPPER":
             return "SAME", [0, 0, 0, 0]
-        return "EXPLICIT", [pads[0][1], pads[1][1], pads[0][0], pads[1][0]]
+        return "EXPLICIT", [same_pads[0][1], same_pads[1][1], same_pads[0][0], same_pads[1][0]]
     pads = [int(p) for p in node.attrs.get("pads", [0, 0, 0, 0])]
     if len(pads) != 4:
         raise unsupported(node.op_type, node.name, f"pads {pads} (only 2-D spatial ops)")
@@ -62,6 +62,7 @@ def _pad(
     paddings = np.array([[0, 0], [t, b], [l, r], [0, 0]], dtype=np.int32)
     n, h, w, c = shape_nhwc
     out_shape = (n, h + t + b, w + l + r, c)
+    assert low.node is not None, "a PAD is emitted while lowering a node"
     name = f"{low.node.name}/pad"
     out = low.temp(name, out_shape)
     pad_index = low.graph.const(f"{name}/paddings", paddings)
