@@ -266,6 +266,7 @@ def write(graph: Graph, description: str = "tandem onnx->tflite lowering") -> by
         o.outputs = [int(i) for i in op.outputs]
         options_name, factory, _, _ = OPS[op.kind]
         if options_name is not None:
+            assert factory is not None, f"{op.kind}: options without a factory"
             o.builtinOptionsType = getattr(s.BuiltinOptions, options_name)
             o.builtinOptions = factory(s, op.options)
         sub.operators.append(o)
