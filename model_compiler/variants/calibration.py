@@ -32,7 +32,7 @@ def _input_kinds(model) -> dict[str, str]:
     """Graph inputs -> numpy dtype kind ('f', 'i', 'u', 'b'); inputs of unknown type are left out."""
     from onnx import helper
 
-    kinds = {}
+    kinds: dict[str, str] = {}
     for value in model.graph.input:
         try:
             kinds[value.name] = np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)).kind
@@ -86,9 +86,7 @@ def iter_batches(
     """Calibration feeds in batches: the model's fixed batch size if it has one (samples
     repeated when there are fewer), else chunks of up to max_batch."""
     axes = {name: batch_axis(dims) for name, dims in shapes.items()}
-    fixed = sorted(
-        {dims[axes[name]] for name, dims in shapes.items() if axes[name] is not None and dims[axes[name]] > 0}
-    )
+    fixed = sorted({dims[axis] for name, dims in shapes.items() if (axis := axes[name]) is not None and dims[axis] > 0})
     n = sample_count({name: np.asarray(calib[name]) for name in shapes}, axes)
     if fixed:
         batch = fixed[0]
