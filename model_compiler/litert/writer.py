@@ -6,19 +6,23 @@ kernels need a higher version than float), so other TFLite consumers pick the ri
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from tandem.model_compiler.litert.errors import LoweringError
-from tandem.model_compiler.litert.ir import Graph, Op
+from tandem.model_compiler.litert.ir import Graph, Op, Tensor
+
+if TYPE_CHECKING:
+    import flatbuffers
 
 _PADDING = {"SAME": 0, "VALID": 1}
 _ACTIVATION = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 _TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int64": 4, "int8": 9, "int16": 7}
 
 
-def _schema():
+def _schema() -> ModuleType:
     try:  # tflite_runtime can run models but does not ship the schema module
         from ai_edge_litert import schema_py_generated as schema
     except ImportError as exc:  # pragma: no cover - depends on the installed extra
@@ -28,7 +32,7 @@ def _schema():
     return schema
 
 
-def _conv(s, o: dict[str, Any]):
+def _conv(s: ModuleType, o: dict[str, Any]) -> object:
     t = s.Conv2DOptionsT()
     t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
     t.dilationHFactor, t.dilationWFactor = o.get("dilation_h", 1), o.get("dilation_w", 1)
@@ -36,7 +40,7 @@ def _conv(s, o: dict[str, Any]):
     return t
 
 
-def _dwconv(s, o: dict[str, Any]):
+def _dwconv(s: ModuleType, o: dict[str, Any]) -> object:
     t = s.DepthwiseConv2DOptionsT()
     t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
     t.dilationHFactor, t.dilationWFactor = o.get("dilation_h", 1), o.get("dilation_w", 1)
@@ -45,7 +49,7 @@ def _dwconv(s, o: dict[str, Any]):
     return t
 
 
-def _pool(s, o: dict[str, Any]):
+def _pool(s: ModuleType, o: dict[str, Any]) -> object:
     t = s.Pool2DOptionsT()
     t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
     t.filterHeight, t.filterWidth = o["filter_h"], o["filter_w"]
@@ -53,7 +57,7 @@ def _pool(s, o: dict[str, Any]):
     return t
 
 
-def _fc(s, o: dict[str, Any]):
+def _fc(s: ModuleType, o: dict[str, Any]) -> object:
     t = s.FullyConnectedOptionsT()
     t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
     t.keepNumDims = bool(o.get("keep_num_dims", False))
@@ -61,7 +65,7 @@ def _fc(s, o: dict[str, Any]):
 
 
 def _act(cls: str) -> Callable:
-    def make(s, o: dict[str, Any]):
+    def make(s: ModuleType, o: dict[str, Any]) -> object:
         t = getattr(s, cls)()
         t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
         return t
@@ -70,7 +74,7 @@ def _act(cls: str) -> Callable:
 
 
 def _plain(cls: str, **fields: Callable[[dict], Any]) -> Callable:
-    def make(s, o: dict[str, Any]):
+    def make(s: ModuleType, o: dict[str, Any]) -> object:
         t = getattr(s, cls)()
         for attr, get in fields.items():
             setattr(t, attr, get(o))
@@ -79,14 +83,14 @@ def _plain(cls: str, **fields: Callable[[dict], Any]) -> Callable:
     return make
 
 
-def _concat(s, o: dict[str, Any]):
+def _concat(s: ModuleType, o: dict[str, Any]) -> object:
     t = s.ConcatenationOptionsT()
     t.axis = o["axis"]
     t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
     return t
 
 
-def _tconv(s, o: dict[str, Any]):
+def _tconv(s: ModuleType, o: dict[str, Any]) -> object:
     t = s.TransposeConvOptionsT()
     t.padding, t.strideH, t.strideW = _PADDING[o["padding"]], o["stride_h"], o["stride_w"]
     t.fusedActivationFunction = _ACTIVATION[o.get("activation", "NONE")]
@@ -94,7 +98,7 @@ def _tconv(s, o: dict[str, Any]):
 
 
 def _resize(cls: str) -> Callable:
-    def make(s, o: dict[str, Any]):
+    def make(s: ModuleType, o: dict[str, Any]) -> object:
         t = getattr(s, cls)()
         t.alignCorners, t.halfPixelCenters = bool(o.get("align_corners")), bool(o.get("half_pixel_centers"))
         return t
@@ -168,12 +172,12 @@ class _SharedQuantization:
     (one vector per channel count, one table per distinct set of parameters) store them once.
     """
 
-    def __init__(self, schema) -> None:
+    def __init__(self, schema: ModuleType) -> None:
         self._s = schema
         self._vectors: dict[tuple[str, bytes], int] = {}
         self._tables: dict[tuple[bytes, bytes, int], int] = {}
 
-    def pack(self, builder, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> int:
+    def pack(self, builder: flatbuffers.Builder, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> int:
         key = (scale.tobytes(), zero_point.tobytes(), axis)
         if key not in self._tables:
             s = self._s
@@ -185,28 +189,30 @@ class _SharedQuantization:
             self._tables[key] = s.QuantizationParametersEnd(builder)
         return self._tables[key]
 
-    def _vector(self, builder, values: np.ndarray) -> int:
+    def _vector(self, builder: flatbuffers.Builder, values: np.ndarray) -> int:
         key = (values.dtype.str, values.tobytes())
         if key not in self._vectors:
             self._vectors[key] = builder.CreateNumpyVector(values)
         return self._vectors[key]
 
 
-def _quantization_type(s, shared: _SharedQuantization) -> type:
-    """The object API's QuantizationParametersT, packed through `shared`."""
+def _quantization_type(s: Any, shared: _SharedQuantization) -> type:
+    """The object API's QuantizationParametersT, packed through `shared`.
+
+    `s` is the schema module (no type stubs), typed Any so mypy accepts its class as a base."""
 
     class Packed(s.QuantizationParametersT):
         def __init__(self, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> None:
             super().__init__()
             self.scale, self.zeroPoint, self.quantizedDimension = scale, zero_point, axis
 
-        def Pack(self, builder):
+        def Pack(self, builder: flatbuffers.Builder) -> int:
             return shared.pack(builder, self.scale, self.zeroPoint, self.quantizedDimension)
 
     return Packed
 
 
-def _quantization(packed: type, tensor):
+def _quantization(packed: type, tensor: Tensor) -> object:
     if tensor.quant is None:
         return None
     return packed(
