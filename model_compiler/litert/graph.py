@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from tandem.model_compiler.litert.errors import LoweringError, unsupported
 from tandem.model_compiler.litert.ir import Graph, Tensor
 from tandem.model_compiler.litert.prepass import Node, prepare
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +119,16 @@ class Lowering:
     def alias(self, name: str, source: str) -> None:
         self.values[name] = self.value(source)
 
-    def emit(self, kind: str, inputs: list[int], outputs: list[int], **options) -> None:
+    def emit(self, kind: str, inputs: list[int], outputs: list[int], **options: Any) -> None:
         self.graph.add_op(kind, inputs, outputs, self._where(), **options)
 
     def _where(self) -> str:
         return f"{self.node.op_type} node {self.node.name!r}" if self.node else "graph"
 
 
-def static_input_shapes(model, overrides: Mapping[str, Sequence[int]] | None = None) -> dict[str, tuple[int, ...]]:
+def static_input_shapes(
+    model: ModelProto, overrides: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[int, ...]]:
     """Each graph input's shape with dynamic dims resolved: `overrides` first, else batch 1."""
     overrides = dict(overrides or {})
     initializers = {i.name for i in model.graph.initializer}
@@ -216,7 +221,9 @@ class Lowered:
     notes: list[str] = field(default_factory=list)
 
 
-def lower(model, input_shapes: Mapping[str, Sequence[int]] | None = None, for_int8: bool = False) -> Lowered:
+def lower(
+    model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, for_int8: bool = False
+) -> Lowered:
     """ONNX ModelProto -> float32 IR at static shapes. Raises UnsupportedOpError naming the node.
 
     for_int8 lowers for later quantization: HardSwish becomes ADD/MUL, because XNNPACK
