@@ -8,11 +8,14 @@ rewrite is a pure function that tests can drive directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tandem.model_compiler.litert.fold import fold
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 
 @dataclass
@@ -25,7 +28,7 @@ class Node:
     domain: str = ""
 
 
-def from_onnx(model) -> tuple[list[Node], dict[str, np.ndarray]]:
+def from_onnx(model: ModelProto) -> tuple[list[Node], dict[str, np.ndarray]]:
     """Nodes and constants (initializers and Constant nodes) of an ONNX model."""
     from onnx import helper, numpy_helper
 
@@ -277,7 +280,7 @@ def match_rsqrt(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs:
     return nodes
 
 
-def prepare(model) -> tuple[list[Node], dict[str, np.ndarray]]:
+def prepare(model: ModelProto) -> tuple[list[Node], dict[str, np.ndarray]]:
     """All rewrites in order; the result is what ops.py lowers."""
     nodes, consts = from_onnx(model)
     outputs = {o.name for o in model.graph.output}
