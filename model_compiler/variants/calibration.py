@@ -6,17 +6,20 @@ on, not a quantizer traceback deep inside ONNX Runtime or NNCF.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 
 from tandem.model_compiler.data import batch_axis, sample_count, take
 from tandem.model_compiler.errors import VariantSkipped
 
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
 MAX_CALIB_BATCH = 8
 
 
-def model_input_shapes(model) -> dict[str, list[int]]:
+def model_input_shapes(model: ModelProto) -> dict[str, list[int]]:
     """Graph inputs (initializers excluded) -> dims, -1 where dynamic."""
     initializers = {init.name for init in model.graph.initializer}
     shapes = {}
@@ -28,7 +31,7 @@ def model_input_shapes(model) -> dict[str, list[int]]:
     return shapes
 
 
-def _input_kinds(model) -> dict[str, str]:
+def _input_kinds(model: ModelProto) -> dict[str, str]:
     """Graph inputs -> numpy dtype kind ('f', 'i', 'u', 'b'); inputs of unknown type are left out."""
     from onnx import helper
 
@@ -41,7 +44,7 @@ def _input_kinds(model) -> dict[str, str]:
     return kinds
 
 
-def check_calibration(model, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+def check_calibration(model: ModelProto, calib: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
     """Check calib against the model's inputs; returns the input shapes. Raises VariantSkipped."""
     shapes = model_input_shapes(model)
     kinds = _input_kinds(model)
