@@ -367,3 +367,10 @@ def test_a_pass_whose_cursor_moved_meanwhile_rolls_its_batch_back(store):
     assert store.db.query("SELECT COUNT(*) AS n FROM telemetry_device_rollups")[0]["n"] == 0
     honest = RollupStore(store.db)
     assert honest.cursor().sequence == 0 and honest.roll_up_batch(T0 + 100).windows == 5
+
+
+def test_a_far_future_range_reads_nothing_instead_of_overflowing_the_database(store) -> None:
+    """Schemathesis sent GET .../rollups?since=9.2e18: the bucket floor overflowed SQLite's INTEGER (a 500)."""
+    rollups = TelemetryRetention(store, RetentionPolicy(settle_s=0.0)).rollups
+    assert rollups.device_rollups("dev-1", HOUR, since=9.223372036854778e18) == []
+    assert rollups.model_series("digits", None, 9.223372036854778e18, None, 60, 10) == []

@@ -368,9 +368,14 @@ def rollup_resolution(bucket_s: float) -> int:
     )
 
 
+# Bucket starts are stored as 64-bit integers: a query time past this (REST takes any float >= 0,
+# e.g. since=9.2e18) is clamped, so it selects nothing instead of overflowing the database integer.
+LATEST_BUCKET_TIME = 1e15
+
+
 def _bucket_floor(t: float, res: int) -> int:
     """The start of the bucket holding `t`: a range that starts mid-bucket still gets that bucket."""
-    return int(max(0.0, t) // res) * res
+    return int(min(max(0.0, t), LATEST_BUCKET_TIME) // res) * res
 
 
 def _existing(
