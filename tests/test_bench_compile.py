@@ -55,7 +55,8 @@ def test_bench_quick_json_on_digits_edge(tmp_path):
         # from it (a bench that timed the FP32 model under another name would show 0.0)
         if row["precision"] == "fp32":
             assert row["agreement"] == 1.0 and row["max_abs_error"] < 1e-4, row
-        elif row["precision"] == "fp16":  # measured 7e-4 (ORT) and 7e-3 (OpenVINO)
+        elif row["precision"] in ("fp16", "bf16"):  # fp16 measured 7e-4 (ORT) and 7e-3 (OpenVINO)
+            # bf16 (OpenVINO on an AMX/AVX512-BF16 host only) keeps 8 mantissa bits: 0 < error < 0.05 too
             assert row["agreement"] >= 0.99 and 0.0 < row["max_abs_error"] < 0.05, row
         else:  # int8: measured 0.02-0.1 on softmax outputs
             assert row["precision"] == "int8" and 0.0 < row["max_abs_error"] < 0.5, row
