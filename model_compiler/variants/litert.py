@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,11 @@ from tandem.model_compiler.variants.shapes import (
     fmt_shapes as _fmt,
 )
 from tandem.tasks.shapes import fit_to
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    from tandem.model_compiler.litert.graph import Lowered
 
 __all__ = ["LiteRTBuilder", "bucket_shapes"]  # bucket_shapes lives in variants/shapes.py; kept importable here
 
@@ -106,7 +112,7 @@ class LiteRTBuilder:
         )
 
     def _build_one(
-        self, recipe: Recipe, ctx: BuildContext, model, shapes: dict[str, list[int]], out: Path, first: bool
+        self, recipe: Recipe, ctx: BuildContext, model: ModelProto, shapes: dict[str, list[int]], out: Path, first: bool
     ) -> list[str]:
         """Lower (and for INT8 calibrate) the model at one set of static shapes into `out`."""
         from tandem.model_compiler.litert import lower, write
@@ -143,7 +149,7 @@ class LiteRTBuilder:
         return notes
 
 
-def _int8(lowered, float_bytes: bytes, ctx: BuildContext, int8_io: bool) -> tuple[bytes, list[str]]:
+def _int8(lowered: Lowered, float_bytes: bytes, ctx: BuildContext, int8_io: bool) -> tuple[bytes, list[str]]:
     from tandem.model_compiler.litert import write
     from tandem.model_compiler.litert.calibrate import collect_ranges
     from tandem.model_compiler.litert.quantize import quantize

@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +21,10 @@ from tandem.hardware_profiles import Profile
 from tandem.model_compiler.errors import VariantSkipped
 from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
 from tandem.model_compiler.variants.calibration import check_calibration, iter_batches
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +120,7 @@ class OnnxRuntimeBuilder:
         return BuiltVariant(recipe=recipe, files=[out], notes=notes)
 
 
-def _session_options(level: str = "basic"):
+def _session_options(level: str = "basic") -> ort.SessionOptions:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -181,7 +185,7 @@ def _op_types(opts: Mapping[str, Any], calib: Mapping[str, np.ndarray]) -> list[
     return ops
 
 
-def _check_weights_reachable(model) -> None:
+def _check_weights_reachable(model: onnx.ModelProto) -> None:
     """Refuse, with the true reason, a model whose quantizable layers all sit inside subgraphs
     (Silero VAD keeps every Conv in the branches of an `If` on its sample rate): ONNX Runtime's
     static quantizer does not enter subgraphs (its EnableSubgraph option is for dynamic

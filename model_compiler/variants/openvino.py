@@ -23,7 +23,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,10 @@ from tandem.model_compiler.variants.shapes import (
     dynamic_axes,
     fmt_shapes,
 )
+
+if TYPE_CHECKING:
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +236,7 @@ def check_static(xml: Path) -> dict[str, list[int]]:
     return shapes
 
 
-def _convert(model_path: Path):
+def _convert(model_path: Path) -> ov.Model:
     try:
         import openvino as ov
     except ImportError as exc:
@@ -244,13 +248,13 @@ def _convert(model_path: Path):
         raise VariantSkipped(f"OpenVINO cannot convert the ONNX model: {_conversion_summary(exc)}") from exc
 
 
-def _save(model, xml: Path, *, compress_to_fp16: bool) -> None:
+def _save(model: ov.Model, xml: Path, *, compress_to_fp16: bool) -> None:
     import openvino as ov
 
     ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
 
 
-def _quantize(model, recipe: Recipe, ctx: BuildContext, xml: Path) -> list[str]:
+def _quantize(model: ov.Model, recipe: Recipe, ctx: BuildContext, xml: Path) -> list[str]:
     import onnx
 
     try:
@@ -299,7 +303,7 @@ def _quantize(model, recipe: Recipe, ctx: BuildContext, xml: Path) -> list[str]:
     ]
 
 
-def compress_biases(model) -> int:
+def compress_biases(model: ov.Model) -> int:
     """Store the float biases of Convolution/MatMul outputs as FP16 + Convert, in place.
 
     ov.save_model's FP16 compression leaves NNCF's dequantization subgraph alone, so an
@@ -329,7 +333,7 @@ def compress_biases(model) -> int:
     return replaced
 
 
-def _range_estimator(method: str):
+def _range_estimator(method: str) -> AdvancedQuantizationParameters:
     """NNCF has no percentile/entropy calibrators by those names; its nearest range estimators."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet

@@ -7,16 +7,22 @@ batch 1 with the other dynamic dims taken from the calibration samples.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.variants.calibration import model_input_shapes
 
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
 
 def bucket_shapes(
-    model, calib: Mapping[str, np.ndarray], asked: Mapping[str, list[tuple[int, ...]]] | None, runtime: str = "LiteRT"
+    model: ModelProto,
+    calib: Mapping[str, np.ndarray],
+    asked: Mapping[str, list[tuple[int, ...]]] | None,
+    runtime: str = "LiteRT",
 ) -> list[dict[str, list[int]]]:
     """The static input shapes of each bucket: `--shapes` where given (checked against the model's
     rank and static dims), else one bucket at the calibration data's shape (static_shapes)."""
@@ -47,7 +53,7 @@ def bucket_shapes(
 
 
 def static_shapes(
-    model, calib: Mapping[str, np.ndarray], skip: set[str] | None = None, runtime: str = "LiteRT"
+    model: ModelProto, calib: Mapping[str, np.ndarray], skip: set[str] | None = None, runtime: str = "LiteRT"
 ) -> dict[str, list[int]]:
     """Input shapes for lowering: the model's static dims, batch 1 when dynamic, other
     dynamic dims from the calibration samples (the default bucket when --shapes is not given)."""
@@ -75,7 +81,7 @@ def static_shapes(
     return shapes
 
 
-def dynamic_axes(model) -> dict[str, list[int]]:
+def dynamic_axes(model: ModelProto) -> dict[str, list[int]]:
     """Per input, the dynamic axes past the batch axis: the ones a bucket fixes and a request may be padded along."""
     return {
         name: [k for k, d in enumerate(dims) if k > 0 and d < 0] for name, dims in model_input_shapes(model).items()
