@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tandem.edge_agent.errors import ConfigError
-from tandem.protocols.file_lock import ExclusiveFileLock
+from tandem.protocols.file_lock import FileLock
 
 __all__ = ["LOCK_FILENAME", "AgentDataDirLock"]
 
 LOCK_FILENAME = "agent.lock"
 
 
-class AgentDataDirLock(ExclusiveFileLock):
+class AgentDataDirLock(FileLock):
     """The agent's data-dir lock; a second agent gets a ConfigError naming the holder and the setting."""
 
     def __init__(self, data_dir: str | Path) -> None:

@@ -17,14 +17,12 @@ live request.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from tandem.cloud_hub.errors import HubError
-from tandem.protocols.file_lock import ExclusiveFileLock
+from tandem.protocols.file_lock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ class DataDirLockedError(HubError):
     status = 409
 
 
-class DataDirLock(ExclusiveFileLock):
+class DataDirLock(FileLock):
     """The hub's data-dir lock (protocols/file_lock.py), held until `release` or the process ends."""
 
     def __init__(self, data_dir: str | Path) -> None:
@@ -66,9 +64,13 @@ class ReplicaDataDirLock:
     def __init__(self, data_dir: str | Path, replica_id: str) -> None:
         self.data_dir = Path(data_dir)
         self.replica_id = replica_id
-        self._own = ExclusiveFileLock(self.data_dir / REPLICAS_DIR / f"{replica_id}.lock", 0o644)
-        self._fd: int | None = None
-        self.alone = False
+        self._own = FileLock(self.data_dir / REPLICAS_DIR / f"{replica_id}.lock", 0o644)
+        # The note is what a plain hub refused later names.
+        self._shared = FileLock(self.data_dir / LOCK_FILENAME, 0o644, note=f" (hub replicas: {REPLICAS_DIR}/)")
+
+    @property
+    def alone(self) -> bool:
+        return self._shared.alone
 
     def acquire(self) -> "ReplicaDataDirLock":
         holder = self._own.try_acquire()
@@ -77,44 +79,29 @@ class ReplicaDataDirLock:
                 f"{self.data_dir}: hub replica {self.replica_id!r} already runs here (pid {holder}); give this one "
                 "another cluster.replica_id (--replica-id), or leave it unset for <hostname>-<pid>"
             )
-        path = self.data_dir / LOCK_FILENAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self.alone = True
-                os.ftruncate(fd, 0)  # what a plain hub refused later names
-                os.pwrite(fd, f"{os.getpid()} (hub replicas: {REPLICAS_DIR}/)\n".encode(), 0)
-            except BlockingIOError:
-                pass
-            try:  # from exclusive (alone) or nothing to shared; a plain hub holding it exclusively refuses us
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise DataDirLockedError(
-                    f"{self.data_dir}: a hub without [cluster] runs on this data dir (pid {holder}); stop it, "
-                    "then start every hub on this dir as a replica (cluster.enabled, --cluster)"
-                ) from None
+            holder = self._shared.try_acquire_shared()
         except BaseException:
-            os.close(fd)
             self._own.release()
             raise
-        self._fd = fd
+        if holder is not None:
+            self._own.release()
+            raise DataDirLockedError(
+                f"{self.data_dir}: a hub without [cluster] runs on this data dir (pid {holder}); stop it, "
+                "then start every hub on this dir as a replica (cluster.enabled, --cluster)"
+            )
         return self
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._shared.held
 
     def release(self) -> None:
         """Drop both locks; safe to call twice."""
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
-        self._own.release()
+        try:
+            self._shared.release()
+        finally:
+            self._own.release()
 
 
 def lock_data_dir(data_dir: str | Path, replica_id: str | None) -> DataDirLock | ReplicaDataDirLock:
