@@ -131,6 +131,8 @@ FOLDERS: dict[str, Folder] = {
     "Neg": lambda i, a: -i[0],
     "Sqrt": lambda i, a: np.sqrt(i[0]),
     "Reciprocal": lambda i, a: (1.0 / i[0]).astype(i[0].dtype),
+    # ONNX Pow keeps the base's type (an int exponent on a float base, or the reverse).
+    "Pow": lambda i, a: np.power(i[0], i[1].astype(i[0].dtype)).astype(i[0].dtype),
     # Anchor grids of detection heads (YOLOv8): constant once the input shape is static.
     "Range": _range,
     "ConstantOfShape": _constant_of_shape,

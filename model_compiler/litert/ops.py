@@ -337,8 +337,10 @@ def constant_fold(low: Lowering, node: Node) -> None:
     inputs = [low.const(n) if n else None for n in node.inputs]
     if any(v is None for n, v in zip(node.inputs, inputs) if n):
         raise unsupported(node.op_type, node.name, "supported only on constant (shape) inputs")
-    # np.asarray: an op with no folder (Pow) gives None, kept as before as a 0-d object array
-    low.set_const(node.outputs[0], np.asarray(fold(node.op_type, inputs, node.attrs)))
+    value = fold(node.op_type, inputs, node.attrs)
+    if value is None:  # never store np.asarray(None): a 0-d object array breaks whatever consumes it
+        raise unsupported(node.op_type, node.name, "all inputs are constant, but there is no constant folding for it")
+    low.set_const(node.outputs[0], value)
 
 
 def _fold_or(rule: Rule) -> Rule:
