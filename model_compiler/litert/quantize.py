@@ -101,6 +101,23 @@ def _const(tensor: Tensor, quant: Quant | None = None) -> None:
     tensor.quant = quant
 
 
+# XNNPACK delegates an int8 ADD/SUB only when each input's scale is at least 2^-10 of the output's.
+_MIN_ADDEND_RATIO = 1.0 / 256
+
+
+def _addend(data: np.ndarray, out: Quant) -> Quant:
+    """Parameters for a constant ADD/SUB operand: its own range, unless that grid is finer than
+    the output's step / 256. A tiny constant (PP-OCRv4 det's hardswish offset 0.0075 beside a
+    tensor reaching 28) on its own grid kept that ADD, and the graph around it, out of XNNPACK; on a grid of
+    output step / 256 the constant is still resolved far below what the output can show."""
+    natural = affine(float(data.min()), float(data.max()))
+    floor = float(out.scale[0]) * _MIN_ADDEND_RATIO
+    if natural.scale[0] >= floor:
+        return natural
+    lo = min(float(data.min()), 0.0)
+    return affine(lo, lo + 255.0 * floor)
+
+
 def _activation(graph: Graph, index: int, ranges: dict[int, tuple[float, float]]) -> Quant:
     if index not in ranges:
         raise LoweringError(f"no calibration range for tensor {graph.tensors[index].name!r}")
@@ -141,7 +158,12 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
     for i in op.inputs:
         t = tensors[i]
         if t.data is not None and t.dtype == "float32":
-            _const(t, first.quant if op.kind in SAME_AS_INPUT else None)
+            if op.kind in SAME_AS_INPUT:
+                _const(t, first.quant)
+            elif op.kind in ("ADD", "SUB"):
+                _const(t, _addend(_const_data(t), _quant(tensors[op.outputs[0]])))
+            else:
+                _const(t, None)
 
 
 # An output concat whose inputs' ranges differ more than this keeps float (see _float_output_concats).

@@ -253,6 +253,9 @@ def resize(low: Lowering, node: Node) -> None:
     )
 
 
+_MAX_CONCAT_INPUTS = 5
+
+
 def _repeat_upsample(
     low: Lowering, node: Node, x: int, nhwc: tuple[int, int, int, int], fh: int, fw: int, out: int
 ) -> None:
@@ -270,11 +273,18 @@ def _repeat_upsample(
             [shaped],
             new_shape=target,
         )
-        grown = list(shape5)
-        grown[axis] *= times
-        joined = low.temp(f"{node.name}/{tag}", grown)
-        low.emit("CONCATENATION", [shaped] * times, [joined], axis=axis, activation="NONE")
-        return joined
+        # XNNPACK delegates a CONCATENATION of at most 5 inputs (PP-OCRv4 det upsamples by 8):
+        # join 5 copies first, then that block with the rest
+        pieces: list[tuple[int, int]] = [(shaped, 1)] * times
+        while len(pieces) > 1:
+            group, pieces = pieces[:_MAX_CONCAT_INPUTS], pieces[_MAX_CONCAT_INPUTS:]
+            grown = list(shape5)
+            grown[axis] *= sum(k for _, k in group)
+            name = f"{node.name}/{tag}" if not pieces else f"{node.name}/{tag}{len(pieces)}"
+            joined = low.temp(name, grown)
+            low.emit("CONCATENATION", [t for t, _ in group], [joined], axis=axis, activation="NONE")
+            pieces.insert(0, (joined, sum(k for _, k in group)))
+        return pieces[0][0]
 
     cur = repeat(x, (n, h, w, 1, c), 3, fw, "w") if fw > 1 else x
     cur = repeat(cur, (n, h, 1, w * fw, c), 2, fh, "h") if fh > 1 else cur
