@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Sequence
 
 import numpy as np
 
+from tandem.edge_agent.bound import bound_by_name, drop_bound, hub_feeds
 from tandem.edge_agent.errors import (
     AgentError,
     BadRequestError,
@@ -127,6 +128,9 @@ class InferenceService:
         self.shadow_sample_rate = shadow_sample_rate
         self._rng = rng or random.Random()
         self._shadow_slots = threading.BoundedSemaphore(SHADOW_MAX_INFLIGHT)
+        # inputs fixed at compile time (--bind): dropped from requests after a check, sent to the hub (edge_agent/bound.py)
+        self.bound = bound_by_name(model.manifest.bound_inputs)
+        self.bound_feeds = hub_feeds(model.manifest.bound_inputs)
         # stateful models: per-stream state, fed in and kept from the edge run only (edge_agent/streams.py)
         self.streams = StreamStates(
             state_pairs([s.name for s in model.input_specs], model.output_names, model.manifest.task.get("state")),
@@ -277,6 +281,8 @@ class InferenceService:
             if threshold is not None and not 0.0 <= threshold <= 1.0:
                 raise BadRequestError(f"threshold {threshold} must be between 0 and 1")
             names = [t.name for t in header.inputs]
+            if self.bound:
+                names, arrays = drop_bound(self.bound, names, arrays)
             if header.stream_id:
                 names, arrays = self.streams.feeds(header.stream_id, names, list(arrays), self.model.input_specs)
             feeds = match_inputs(self.model.input_specs, names, arrays, allow_nan=self.allow_nan)
@@ -284,7 +290,8 @@ class InferenceService:
         except AgentError as exc:
             exc.request_id = header.request_id
             raise
-        if self.lane is not None and not header.stream_id:  # a stream's state is the general path's job
+        # a stream's state, and a bound input sent along, are the general path's job
+        if self.lane is not None and not header.stream_id and len(feeds) == len(header.inputs):
             self._teach_lane(self.lane, frames[0], header, feeds)
         return _Prepared(header, feeds, threshold)
 
@@ -366,7 +373,11 @@ class InferenceService:
     def _shadow(self, feeds: dict[str, np.ndarray], labels: np.ndarray, threshold: float, request_id: str) -> None:
         try:
             result = self._hub().infer(
-                self.hub_model, feeds, device_id=self.device_id, model_version=self.model.version, request_id=request_id
+                self.hub_model,
+                {**feeds, **self.bound_feeds},
+                device_id=self.device_id,
+                model_version=self.model.version,
+                request_id=request_id,
             )
             cloud = self._score_cloud(dict(result.outputs), threshold)
         except Exception as exc:  # FallbackUnavailable, or a hub answer the policy cannot score
@@ -444,7 +455,7 @@ class InferenceService:
         trace: dict[str, Any] = {"traceparent": span.traceparent} if span is not None else {}
         call = lambda: self._hub().infer(  # noqa: E731
             self.hub_model,
-            feeds,
+            {**feeds, **self.bound_feeds} if self.bound_feeds else feeds,
             device_id=self.device_id,
             model_version=self.model.version,
             edge_label=int(scores.labels[0]) if one_row else None,

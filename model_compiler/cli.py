@@ -123,6 +123,7 @@ def _compile(args: argparse.Namespace) -> int:
         task=_task_spec(args),
         budgets=_pairs(args.budget, "--budget", float),
         shapes=_shapes(args.shapes),
+        bind=_pairs(args.bind, "--bind"),
     )
     result = compile_model(opts, progress=_progress_printer(args.quiet))
     if args.json:
@@ -295,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
         "it equals, else pads it up to the smallest one that fits where the task allows (docs/tasks.md), "
         "else refuses it naming the buckets. Repeat for several inputs (bucket k takes the k-th shape of each). "
         "Without it a dynamic input is built at the calibration data's shape",
+    )
+    task.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="fix a scalar input at compile time, e.g. sr=16000 (repeatable): every variant is specialized "
+        "to it (an If it decides is inlined, what it computes folded), the manifest lists it under "
+        "bound_inputs, and the agent refuses a request that sends another value (docs/tasks.md)",
     )
     task.add_argument(
         "--budget",

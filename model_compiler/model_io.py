@@ -142,6 +142,11 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from _graphs(sub)
 
 
+def graph_inputs_read(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node reads, in `graph` or any subgraph (outer-scope reads included)."""
+    return {name for g in _graphs(graph) for node in g.node for name in node.input if name}
+
+
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of all initializers and Constant-node tensors, subgraphs included: what quantization shrinks.
 

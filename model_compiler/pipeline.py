@@ -34,6 +34,7 @@ from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.report import write_reports
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
+from tandem.model_compiler.specialize import bind_inputs
 from tandem.model_compiler.validate import (
     Task,
     check_gate_can_judge,
@@ -46,6 +47,7 @@ from tandem.model_compiler.validate import (
 from tandem.model_compiler.variants import BuildContext, BuiltVariant, Recipe, get_builder
 from tandem.protocols.manifest import (
     MANIFEST_FILENAME,
+    BoundInput,
     Calibration,
     FileEntry,
     Golden,
@@ -133,6 +135,9 @@ class CompileOptions:
     budgets: dict[str, float] = field(default_factory=dict)
     # --shapes: static shape buckets per input for runtimes that need static shapes (LiteRT)
     shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    # --bind NAME=VALUE: scalar inputs fixed at compile time; the variants are specialized to them
+    # (model_compiler/specialize.py) and the manifest lists them as bound_inputs
+    bind: dict[str, str] = field(default_factory=dict)
 
     def goal(self) -> Goal:
         kind = self.confidence_goal or (
@@ -269,6 +274,14 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     work.mkdir(parents=True, exist_ok=True)
     prepared_path = work / "reference-fp32.onnx"
     prepared, notes = model_io.prepare_model(source, prepared_path)
+    original_path, bound = prepared_path, []
+    if opts.bind:  # the reference stays the model as given, fed the bound values: the gate judges the specialization
+        original_path = work / "original-fp32.onnx"
+        prepared_path.rename(original_path)
+        specialized = bind_inputs(prepared, opts.bind)
+        prepared, more = model_io.prepare_model(specialized.model, prepared_path)
+        notes += specialized.notes + more
+        bound = specialized.bound
     for note in notes:
         say(f"note: {note}")
     inputs, outputs = model_io.io_specs(prepared)
@@ -282,9 +295,10 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
         + (" with labels" if val.labels is not None else " (no labels: agreement only)")
     )
 
-    say("running the FP32 reference")
-    ref_session = load_session("onnxruntime", prepared_path, graph_optimization=False)
-    reference = run_dataset(ref_session, val.inputs, val.axes)
+    say("running the FP32 reference" + (" (the model as given, with the bound inputs fed)" if bound else ""))
+    ref_session = load_session("onnxruntime", original_path, graph_optimization=False)
+    ref_feeds = {**val.inputs, **{b.name: np.asarray(b.value, dtype=b.dtype) for b in bound}}
+    reference = run_dataset(ref_session, ref_feeds, {**val.axes, **{b.name: None for b in bound}})
     ref_session.close()
     task = _resolve_task(opts, prepared, outputs, reference, val)
     check_state(task.spec, inputs, outputs)
@@ -350,7 +364,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
         )
 
     manifest = _write_manifest(
-        opts, out, prepared, inputs, outputs, task, outcomes, choices, val, reference, ref_metrics
+        opts, out, prepared, inputs, outputs, task, outcomes, choices, val, reference, ref_metrics, bound
     )
     shutil.rmtree(work, ignore_errors=True)
     result = CompileResult(out, manifest, outcomes, ref_metrics, notes, _host_dict())
@@ -619,6 +633,7 @@ def _write_manifest(
     val: Dataset,
     reference: list[np.ndarray],
     ref_metrics: dict[str, Any],
+    bound: list[BoundInput] | None = None,
 ) -> Manifest:
     ok = [o for o in outcomes if o.built and not o.skipped]
     variants = []
@@ -708,6 +723,7 @@ def _write_manifest(
             "weight_bytes": model_io.weight_bytes(prepared),
             "reference": ref_metrics,
         },
+        bound_inputs=list(bound or []),
     )
     signed = sign_manifest(manifest.to_dict(), publisher_key(opts.signing_key))
     manifest = Manifest.from_dict(signed)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from tandem.protocols.errors import ContractError
 
 __all__ = [
+    "BoundInput",
     "CALIBRATION_GOALS",
     "CONFIDENCE_MEASURES",
     "Calibration",
@@ -95,6 +96,41 @@ class TensorSpec:
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= -1 for d in shape):
             raise ManifestError(f"{where}.shape: expected a list of integers (-1 for dynamic), got {shape!r}")
         return cls(name=name, dtype=dtype, shape=list(shape))
+
+
+@dataclass(frozen=True)
+class BoundInput:
+    """A scalar input fixed when the model was compiled (`tandem-compile --bind NAME=VALUE`): the
+    variants were specialized to `value` and no longer take it. A request may still send it, with
+    this value only; a fallback sends it to the hub, whose model may not be specialized."""
+
+    name: str
+    dtype: str
+    value: int | float | bool
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> "BoundInput":
+        name = _req_str(data, "name", where)
+        dtype = _req_str(data, "dtype", where)
+        if dtype not in DTYPES or dtype in ("bytes", "bfloat16"):
+            raise ManifestError(f"{where}.dtype: {dtype!r} is not a numeric dtype of {', '.join(DTYPES)}")
+        value = _req(data, "value", where)
+        if not isinstance(value, (int, float, bool)) or (dtype == "bool") != isinstance(value, bool):
+            raise ManifestError(f"{where}.value: expected a {dtype} scalar, got {value!r}")
+        return cls(name=name, dtype=dtype, value=value)
+
+    def mismatch(self, array: Any) -> str | None:
+        """Why a request's tensor (a numpy array) is not this bound value, or None when it is."""
+        shape = tuple(getattr(array, "shape", ()))
+        dtype = getattr(getattr(array, "dtype", None), "name", type(array).__name__)
+        if dtype == self.dtype and shape == () and array.item() == self.value:
+            return None
+        sent = f"{array.item()!r}" if shape == () and hasattr(array, "item") else f"shape {list(shape)}"
+        return (
+            f"input {self.name!r} is bound to {self.value!r} ({self.dtype}, a 0-d scalar) in this model "
+            f"(tandem-compile --bind {self.name}={self.value}); the request sent {sent} ({dtype}): "
+            f"send {self.value!r} as {self.dtype} or leave {self.name!r} out"
+        )
 
 
 @dataclass(frozen=True)
@@ -304,6 +340,8 @@ class Manifest:
     signature: dict[str, str] | None = None
     # The compiler's publisher signature, kept by the hub under its release `signature` (protocols/signing.py).
     publisher_signature: dict[str, str] | None = None
+    # inputs fixed at compile time (--bind); absent from `inputs` and from every variant's inputs
+    bound_inputs: list[BoundInput] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def variant(self, variant_id: str) -> Variant:
@@ -333,6 +371,8 @@ class Manifest:
         for variant in data["variants"]:  # keep older manifests byte-identical (their signatures cover them)
             if variant.get("calibration") is None:
                 variant.pop("calibration", None)
+        if not data["bound_inputs"]:
+            del data["bound_inputs"]
         return data
 
     def to_json(self) -> str:
@@ -390,6 +430,10 @@ class Manifest:
             source=dict(_opt_dict(data, "source", "manifest")),
             signature=dict(signature) if signature is not None else None,
             publisher_signature=dict(publisher_signature) if publisher_signature is not None else None,
+            bound_inputs=[
+                BoundInput.from_dict(b, f"bound_inputs[{i}]")
+                for i, b in enumerate(_opt_list(data, "bound_inputs", "manifest"))
+            ],
         )
 
     @classmethod

@@ -67,6 +67,10 @@ class CloudModel:
         self.batcher = _batcher_for(model_dir, variant, session, batch, f"hub-batcher-{self.name}")
         # A zero-row request is answered without the runtime when every input and output batches on axis 0.
         self.empty_batch_ok = batch_axis_supported(self.inputs, self.outputs)
+        # inputs this variant was specialized to (tandem-compile --bind): an agent sends them along (its
+        # hub may serve the unspecialized model); here they are checked and dropped
+        served = {spec.name for spec in self.inputs}
+        self.bound = {b.name: b for b in manifest.bound_inputs if b.name not in served}
 
     def empty_outputs(self) -> dict[str, np.ndarray]:
         """Zero-row outputs for a zero-row batch (other dynamic axes are 0 too)."""
@@ -79,6 +83,12 @@ class CloudModel:
         self, tensors: Mapping[str, np.ndarray], *, allow_non_finite: bool = False
     ) -> dict[str, np.ndarray]:
         """Feeds for the runtime, or BadInputError naming a missing/unknown tensor, dtype or shape."""
+        if self.bound and not self.bound.keys().isdisjoint(tensors):
+            for name in self.bound.keys() & tensors.keys():
+                why = self.bound[name].mismatch(tensors[name])
+                if why is not None:
+                    raise BadInputError(f"model {self.name!r}: {why}")
+            tensors = {n: a for n, a in tensors.items() if n not in self.bound}
         expected = {spec.name: spec for spec in self.inputs}
         missing = sorted(set(expected) - set(tensors))
         unknown = sorted(set(tensors) - set(expected))

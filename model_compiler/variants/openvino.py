@@ -31,7 +31,7 @@ from tandem.hardware_profiles import Profile
 from tandem.model_compiler.errors import VariantSkipped
 from tandem.model_compiler.host import BF16_FEATURES, HostInfo, read_host
 from tandem.model_compiler.variants.base import BuildContext, BuiltVariant, Recipe
-from tandem.model_compiler.variants.calibration import check_calibration, iter_batches
+from tandem.model_compiler.variants.calibration import check_calibration, iter_batches, model_input_shapes
 from tandem.model_compiler.variants.shapes import (
     bucket_list,
     bucket_shapes,
@@ -124,7 +124,9 @@ class OpenVINOBuilder:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         if not (recipe.options.get("static_shapes") or ctx.shapes):
             xml = ctx.out_dir / f"{recipe.id}.xml"
-            notes, session_options = _build_one(recipe, ctx, _convert(ctx.model_path), xml)
+            model, fixed = _convert_dynamic(ctx)
+            notes, session_options = _build_one(recipe, ctx, model, xml)
+            notes = fixed + notes
             _check_loads(xml, session_options)
             ctx.log(f"{recipe.id}: wrote {xml.name}")
             return BuiltVariant(
@@ -173,12 +175,13 @@ def _build_static(recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
     notes: list[str] = []
     session_options: dict[str, object] = {}
     why = "--shapes" if ctx.shapes else "the profile's static_shapes"
+    dynamic = dynamic_axes(source)
     for k, shapes in enumerate(buckets):
-        model = _convert(ctx.model_path)
+        model = _convert(ctx.model_path, shapes)  # at the bucket's shapes: some graphs convert only so
         reshape(model, shapes)
         xml = ctx.out_dir / f"{recipe.id}{bucket_suffix(buckets, shapes)}.xml"
-        calib = {
-            n: fit_to(np.asarray(a), tuple(shapes[n]), ctx.pad_value) if n in shapes else a
+        calib = {  # fitted along the bucketed axes only: samples stay on each input's batch axis
+            n: fit_to(np.asarray(a), tuple(shapes[n]), ctx.pad_value) if dynamic.get(n) else a
             for n, a in ctx.calib.items()
         }
         more, session_options = _build_one(recipe, replace(ctx, calib=calib), model, xml)
@@ -194,7 +197,6 @@ def _build_static(recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
         + "; ".join(fmt_shapes(b) for b in buckets)
         + "; a batch > 1 runs sample by sample",
     )
-    dynamic = dynamic_axes(source)
     return BuiltVariant(
         recipe=recipe,
         files=files,
@@ -236,16 +238,54 @@ def check_static(xml: Path) -> dict[str, list[int]]:
     return shapes
 
 
-def _convert(model_path: Path) -> ov.Model:
+def _convert(model_path: Path, shapes: dict[str, list[int]] | None = None) -> ov.Model:
+    """The ONNX model as an ov.Model, its inputs at `shapes` (-1 stays dynamic) when given."""
     try:
         import openvino as ov
     except ImportError as exc:
         raise VariantSkipped("openvino is not installed (pip install 'tandem[openvino]')") from exc
     telemetry_off()
     try:
+        if shapes:
+            return ov.convert_model(str(model_path), input={n: ov.PartialShape(s) for n, s in shapes.items()})
         return ov.convert_model(str(model_path))
     except Exception as exc:  # OpConversionFailure and friends
         raise VariantSkipped(f"OpenVINO cannot convert the ONNX model: {_conversion_summary(exc)}") from exc
+
+
+def _convert_dynamic(ctx: BuildContext) -> tuple[ov.Model, list[str]]:
+    """The model at its own (dynamic) shapes; failing that, with every dynamic dim but the batch axis
+    fixed to the calibration data's. Shape-dependent `If`s (Silero VAD's, after `--bind`) convert
+    only so; the IR then says which dims it fixed, and the manifest advertises only those."""
+    import onnx
+
+    from tandem.model_compiler.data import batch_axis
+
+    try:
+        return _convert(ctx.model_path), []
+    except VariantSkipped as exc:
+        first = exc
+        dims = model_input_shapes(onnx.load(str(ctx.model_path), load_external_data=False))
+        shapes: dict[str, list[int]] = {}
+        for name, shape in dims.items():
+            sample = np.asarray(ctx.calib[name]).shape if name in ctx.calib else None
+            axis = batch_axis(shape)
+            if sample is None or len(sample) != len(shape):
+                shapes[name] = shape
+                continue
+            shapes[name] = [d if d > 0 or k == axis else int(sample[k]) for k, d in enumerate(shape)]
+        if shapes == dims:
+            raise first
+        try:
+            model = _convert(ctx.model_path, shapes)
+        except VariantSkipped:
+            raise first from None
+    return model, [
+        f"OpenVINO converts this model only with its non-batch dims fixed: {fmt_shapes(shapes)} "
+        "(from the calibration data; at its own shapes: "
+        + first.reason.removeprefix("OpenVINO cannot convert the ONNX model: ")
+        + ")"
+    ]
 
 
 def _save(model: ov.Model, xml: Path, *, compress_to_fp16: bool) -> None:

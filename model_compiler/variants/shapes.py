@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
+from tandem.model_compiler.data import batch_axis
 from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.model_compiler.variants.calibration import model_input_shapes
 
@@ -63,11 +64,12 @@ def static_shapes(
             shapes[name] = list(dims)  # --shapes fixes it per bucket
             continue
         sample = np.asarray(calib[name]).shape if name in calib else None
+        axis = batch_axis(dims)  # the first dynamic axis (a state [2, N, 128]: axis 1)
         out = []
         for k, d in enumerate(dims):
             if d > 0:
                 out.append(d)
-            elif k == 0:
+            elif k == axis:
                 out.append(1)
             elif sample is not None and len(sample) == len(dims):
                 out.append(int(sample[k]))
@@ -82,9 +84,11 @@ def static_shapes(
 
 
 def dynamic_axes(model: ModelProto) -> dict[str, list[int]]:
-    """Per input, the dynamic axes past the batch axis: the ones a bucket fixes and a request may be padded along."""
+    """Per input, the dynamic axes but its batch axis (the first dynamic one, else 0: a state [2, N, 128]
+    has none): the ones a bucket fixes and a request may be padded along."""
     return {
-        name: [k for k, d in enumerate(dims) if k > 0 and d < 0] for name, dims in model_input_shapes(model).items()
+        name: [k for k, d in enumerate(dims) if k != (batch_axis(dims) or 0) and d < 0]
+        for name, dims in model_input_shapes(model).items()
     }
 
 
