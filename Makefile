@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps browser-deps db-deps kserve-venv demo test test-fast lint bench fuzz clean
+.PHONY: install system-deps browser-deps db-deps kserve-venv test-wheels demo test test-fast lint bench fuzz clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -71,10 +71,23 @@ $(KSERVE_STAMP):
 
 kserve-venv: $(KSERVE_STAMP)
 
+# Real models that PyPI wheels carry, for tests (tests/test_silero_stream.py): fetched once with
+# `pip download --no-deps`, never installed (silero-vad depends on torch); bench/_wheels.py reads the
+# same cache. Offline, the tests that need a wheel skip locally and fail under TANDEM_REQUIRE_ALL=1.
+export TANDEM_WHEEL_CACHE ?= $(HOME)/.cache/tandem-bench/wheels
+TEST_WHEELS := silero-vad==6.2.3
+test-wheels: $(STAMP)
+	@for spec in $(TEST_WHEELS); do \
+	  stem=$$(echo $${spec%%==*} | tr - _); version=$${spec##*==}; \
+	  ls "$(TANDEM_WHEEL_CACHE)"/$$stem-$$version-*.whl >/dev/null 2>&1 \
+	    || $(PY) -m pip download -q --no-deps "$$spec" -d "$(TANDEM_WHEEL_CACHE)" \
+	    || echo "note: could not fetch $$spec into $(TANDEM_WHEEL_CACHE) (what needs it is skipped)"; \
+	done
+
 demo: $(DEMO_STAMP) system-deps
 	$(VENV)/bin/tandem-sim demo
 
-test: $(STAMP) system-deps browser-deps db-deps kserve-venv
+test: $(STAMP) system-deps browser-deps db-deps kserve-venv test-wheels
 	$(PY) -m pytest -q
 	TANDEM_TEST_DATABASE=postgresql $(PY) -m pytest -q $(HUB_STORAGE_SUITES)
 

@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # Knobs the tests themselves read (test sizes, the strict setting); everything else named
 # TANDEM_* configures the agent, hub or compiler and would change what a test exercises.
 TEST_KNOBS = frozenset(
-    {REQUIRE_ALL_ENV, "TANDEM_TEST_DATABASE", "TANDEM_TEST_OUTAGE_S", "TANDEM_HOSTILE_REST_N", "TANDEM_FUZZ_EXAMPLES"}
+    {
+        REQUIRE_ALL_ENV,
+        "TANDEM_TEST_DATABASE",
+        "TANDEM_TEST_OUTAGE_S",
+        "TANDEM_HOSTILE_REST_N",
+        "TANDEM_FUZZ_EXAMPLES",
+        "TANDEM_WHEEL_CACHE",  # where `make test-wheels` put the PyPI wheels that carry real models
+    }
 )
 
 _dependency_skips: list[str] = []
