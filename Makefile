@@ -87,8 +87,14 @@ test-wheels: $(STAMP)
 demo: $(DEMO_STAMP) system-deps
 	$(VENV)/bin/tandem-sim demo
 
+# Three named passes, all in CI: the fast suite (what a developer runs while working), the tests marked
+# slow (real processes killed, long outages, whole compiles), then the hub storage suites on PostgreSQL.
 test: $(STAMP) system-deps browser-deps db-deps kserve-venv test-wheels
-	$(PY) -m pytest -q
+	@echo "== make test: fast tests (-m 'not slow') =="
+	$(PY) -m pytest -q -m "not slow"
+	@echo "== make test: slow tests (-m slow) =="
+	$(PY) -m pytest -q -m slow
+	@echo "== make test: hub storage suites on PostgreSQL =="
 	TANDEM_TEST_DATABASE=postgresql $(PY) -m pytest -q $(HUB_STORAGE_SUITES)
 
 # ruff (lint) and mypy (types), configured in pyproject.toml; .ci/run runs it before the tests.
