@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-__all__ = ["set_reconnect_delay"]
+__all__ = ["set_reconnect_delay", "stop_loop"]
 
 
 def set_reconnect_delay(client: "mqtt.Client", min_s: float, max_s: float) -> None:
@@ -17,3 +18,18 @@ def set_reconnect_delay(client: "mqtt.Client", min_s: float, max_s: float) -> No
     long: 0.2 s is what a broker restart on loopback wants (a whole second per try is not).
     """
     client.reconnect_delay_set(min_s, max_s)  # type: ignore[arg-type]  # floats work; paho's annotation says int
+
+
+def stop_loop(client: "mqtt.Client", timeout_s: float) -> bool:
+    """`loop_stop()` that gives up after `timeout_s`; False if paho's network thread was still running.
+
+    paho's loop_stop() joins its thread without a timeout, and that thread finishes only when its
+    connect attempt does (up to connect_timeout, TLS handshake included) and, if a connection came
+    up after `disconnect()`, only once every QoS 1 message is acknowledged. Called after
+    `disconnect()`; a thread left running is a daemon (it dies with the process), and what it still
+    sends is already in an outbox that deletes rows on PUBACK only, so nothing is lost, at most resent.
+    """
+    done = threading.Thread(target=client.loop_stop, name="mqtt-loop-stop", daemon=True)
+    done.start()
+    done.join(max(0.0, timeout_s))
+    return not done.is_alive()

@@ -29,7 +29,7 @@ from tandem.edge_agent.ota.store import ModelStore, Recovery
 from tandem.edge_agent.ota.hubclock import CLOCK_TOLERANCE_S, HubClock
 from tandem.edge_agent.ota.updater import HealthProbe, SwitchHook, Updater, UpdaterConfig
 from tandem.protocols import limits
-from tandem.protocols.mqtt_client import set_reconnect_delay
+from tandem.protocols.mqtt_client import set_reconnect_delay, stop_loop
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.ota import OtaCommand, OtaMessageError, OtaStatus, decode_command, encode_status
 from tandem.protocols.signing import load_public_key
@@ -172,7 +172,8 @@ class OtaClient:
         if self._worker is not None:
             self._worker.join(timeout_s)
         self._client.disconnect()
-        self._client.loop_stop()
+        if not stop_loop(self._client, 2.0):  # paho's own loop_stop() may wait on a hung connect
+            log.warning("ota: MQTT network thread still busy after 2 s; left to exit with the process")
 
     # -- paho callbacks (network thread) -------------------------------------------------
 

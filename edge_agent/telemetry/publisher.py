@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tandem.edge_agent.telemetry.outbox import Outbox
-from tandem.protocols.mqtt_client import set_reconnect_delay
+from tandem.protocols.mqtt_client import set_reconnect_delay, stop_loop
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.telemetry_codec import STATUS_OFFLINE, STATUS_ONLINE, encode_status
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
@@ -30,6 +30,8 @@ from tandem.protocols.resend import ResendDecodeError, decode_resend
 from tandem.protocols.topics import STATUS, device_topic, status_topic, telemetry_resend_topic
 
 log = logging.getLogger(__name__)
+
+LOOP_STOP_S = 1.0  # at least this long for paho's thread to write DISCONNECT and end (milliseconds when healthy)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class PublisherConfig:
     reconnect_max_s: float = 2.0
     max_inflight: int = 20  # windows handed to paho at once (mosquitto's default receive max)
     tls: TlsFiles | None = None  # mutual TLS (mqtts://); None: plain text, development only
+    connect_timeout_s: float = 5.0  # one TCP connect + TLS handshake attempt (paho's default)
 
 
 class TelemetryPublisher:
@@ -81,6 +84,7 @@ class TelemetryPublisher:
         client_id = self.config.client_id or f"tandem-agent-{self.device_id}"
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(self.config.max_inflight)
+        client.connect_timeout = self.config.connect_timeout_s
         set_reconnect_delay(client, self.config.reconnect_min_s, self.config.reconnect_max_s)
         client.will_set(
             self._status_topic,
@@ -149,7 +153,12 @@ class TelemetryPublisher:
         return True
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Say offline (retained), disconnect, stop threads; unsent windows stay in the outbox."""
+        """Say offline (retained), disconnect, stop threads; unsent windows stay in the outbox.
+
+        Returns within `timeout_s` + LOOP_STOP_S whatever the broker or the network does (a paused
+        broker, a connect or TLS handshake that hangs): each wait below takes what is left of one deadline.
+        """
+        deadline = time.monotonic() + timeout_s
         if self._connected.is_set():
             info = self._client.publish(
                 self._status_topic,
@@ -159,15 +168,21 @@ class TelemetryPublisher:
                 properties=publish_properties(STATUS),
             )
             try:
-                info.wait_for_publish(timeout_s)
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
                 pass
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout_s + 2)
+            self._thread.join(max(0.1, deadline - time.monotonic()))
         self._client.disconnect()
-        self._client.loop_stop()
+        if not stop_loop(self._client, max(LOOP_STOP_S, deadline - time.monotonic())):
+            log.warning(
+                "telemetry: MQTT network thread still busy after %.1f s (connecting?); left to exit with the "
+                "process, unacknowledged windows stay in the outbox device=%s",
+                timeout_s + LOOP_STOP_S,
+                self.device_id,
+            )
 
     # -- paho callbacks (network thread): record and wake, nothing else ---------------
 

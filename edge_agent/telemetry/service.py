@@ -28,7 +28,7 @@ from tandem.edge_agent.telemetry.outbox import (
     Outbox,
     OutboxError,
 )
-from tandem.edge_agent.telemetry.publisher import PublisherConfig, TelemetryPublisher
+from tandem.edge_agent.telemetry.publisher import LOOP_STOP_S, PublisherConfig, TelemetryPublisher
 from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import STATUS_ONLINE, TelemetryWindow, encode_status
@@ -43,6 +43,10 @@ MAX_UNSTORED = (
 )
 HARD_EXAMPLE_BATCH = 64  # moved into the outbox per tick, in one transaction (one fsync)
 UNKNOWN_AGENT_VERSION = "unknown"
+# stop(): the ticker's last round, then the offline status + DISCONNECT (publisher.stop's own bound)
+TICKER_JOIN_S = 2.0
+PUBLISHER_STOP_S = 2.0
+STOP_SLACK_S = TICKER_JOIN_S + PUBLISHER_STOP_S + LOOP_STOP_S
 
 
 def agent_version() -> str:
@@ -410,11 +414,15 @@ class TelemetryService:
                 log.exception("telemetry window store failed device=%s pending=%d", self.device_id, len(self._closed))
 
     def stop(self, flush: bool = True, drain_timeout_s: float = 2.0) -> None:
-        """Close the open window, give the publisher `drain_timeout_s` to deliver, then stop."""
+        """Close the open window, give the publisher `drain_timeout_s` to deliver, then stop.
+
+        Bounded whatever the broker does: returns within drain_timeout_s + STOP_SLACK_S (plus the one
+        outbox write of the flush). Windows not acknowledged by then stay in the outbox for the next start.
+        """
         self._stop.set()
         self._wake.set()
         if self._ticker is not None:
-            self._ticker.join(5)
+            self._ticker.join(TICKER_JOIN_S)
             self._ticker = None
         try:
             if flush:
@@ -430,7 +438,7 @@ class TelemetryService:
                 if self.publisher.connected:
                     self.publisher.wait_drained(drain_timeout_s)
         finally:
-            self.publisher.stop()
+            self.publisher.stop(PUBLISHER_STOP_S)
             self.outbox.close()
         log.info("telemetry stopped device=%s", self.device_id)
 
