@@ -10,14 +10,14 @@ The socket is a plain (blocking-API) zmq socket whose FD is registered with the 
 (`add_reader`), drained with non-blocking receives: zmq.asyncio wraps every receive
 in a Future and a poller turn, close to twice this loop's echo round trip (docs/figures.md).
 
-After a reply the thread may poll for the next request for `spin_us` before it goes back
-to sleep in epoll. A thread that sleeps pays the CPU's wake-up on the next request: on
-a host with cpuidle haltpoll that is most of the round trip (the spin halves the digits
-agent's p50; figures with date and host in docs/figures.md). The spin releases the GIL while it
-polls, never runs while a request waits on the worker or the hub, and costs at most
-`spin_us` of CPU per reply; 0 turns it off (battery devices). It also stops by itself
-while it does not pay: when fewer than a quarter of recent requests came within
-`spin_us` of the reply before (`spin_hit_rate`), as with a client that paces itself.
+After a reply the thread may poll for the next request before it goes back to sleep in
+epoll. A thread that sleeps pays the CPU's wake-up on the next request: on a host with
+cpuidle haltpoll that is most of the round trip (the spin halves the digits agent's p50;
+figures with date and host in docs/figures.md). The spin releases the GIL while it polls,
+never runs while a request waits on the worker or the hub, lasts at most `spin_us` (0 turns
+it off: battery devices), and only while it pays (`edge_agent/spin.py`): requests keep
+coming soon after replies, it lasts a few of their usual gaps, and the scheduler lets it
+keep its CPU (on an oversubscribed host a spin only takes the CPU from the client).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, Awaitable, Callable, Sequence, cast
 import zmq
 
 from tandem.edge_agent.errors import AgentError, ConfigError, OverloadedError, reply_code
+from tandem.edge_agent.spin import MIN_HIT_RATE, PREEMPTED_AFTER_S, SpinGovernor
 from tandem.edge_agent.wire import error_reply
 from tandem.protocols import limits
 
@@ -48,8 +49,7 @@ Handler = Callable[[Sequence[Any]], "list[Any] | Awaitable[list[Any]]"]
 IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 DRAIN_BATCH = 64  # requests handled per loop callback before other callbacks get a turn
 OVERLAP_CHECK_AFTER_S = 50e-6  # synchronous answers slower than this look for requests queued meanwhile
-SPIN_HIT_WEIGHT = 0.1  # weight of the newest reply-to-request gap in spin_hit_rate
-SPIN_MIN_HIT_RATE = 0.25  # below it the loop sleeps at once: most requests came after the spin would end
+SPIN_MIN_HIT_RATE = MIN_HIT_RATE  # below it the loop sleeps at once: most requests came after the spin would end
 
 
 class Concurrency:
@@ -91,9 +91,7 @@ class ZmqServer:
     ) -> None:
         self.requested_endpoint = endpoint
         self._spin_s = spin_us / 1e6
-        # share of recent replies whose next request came within spin_us (an EWMA): the spin runs
-        # only while it pays, so a client pacing its requests (a 30 fps camera) costs no CPU for it
-        self.spin_hit_rate = 1.0
+        self.spin = SpinGovernor(spin_us)  # how long each post-reply spin may last (edge_agent/spin.py)
         self._replied_at = 0.0  # when the last synchronous reply left (0: no gap being timed)
         self.concurrency = concurrency if concurrency is not None else Concurrency()
         self.endpoint = endpoint
@@ -108,6 +106,11 @@ class ZmqServer:
         self._tasks: set[asyncio.Task] = set()
         self._sock: zmq.Socket | None = None
         self._drain_scheduled = False
+
+    @property
+    def spin_hit_rate(self) -> float:
+        """Share of recent replies whose next request came within spin_us (an EWMA)."""
+        return self.spin.hit_rate
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -205,26 +208,40 @@ class ZmqServer:
             except zmq.Again:
                 return
             if self._replied_at:
-                hit = time.perf_counter() - self._replied_at < self._spin_s
-                self.spin_hit_rate += SPIN_HIT_WEIGHT * (hit - self.spin_hit_rate)
+                self.spin.request_came(time.perf_counter() - self._replied_at)
                 self._replied_at = 0.0
             self._dispatch(sock, frames)
         self._schedule_drain()
 
     def _await_next(self, sock: zmq.Socket) -> bool:
-        """Poll up to spin_us for another request; True when one waits (see the module docstring).
+        """Poll for another request for the spin's budget; True when one waits (see the module docstring).
 
         zmq_poll with a zero timeout releases the GIL, so other threads run meanwhile. No
-        spin while tasks are in flight: their answers come back through this loop.
+        spin while tasks are in flight: their answers come back through this loop. A jump
+        between two polls means the thread lost its CPU (or waited for the GIL): the spin
+        was taking it from someone, which the governor counts against spinning.
         """
-        if not self._spin_s or self._tasks or self.spin_hit_rate < SPIN_MIN_HIT_RATE:
+        if not self._spin_s or self._tasks:
+            return False
+        budget = self.spin.budget_s()
+        if not budget:
             return False
         items = [(sock, zmq.POLLIN)]
-        deadline = time.perf_counter() + self._spin_s
-        while time.perf_counter() < deadline:
+        start = last = time.perf_counter()
+        deadline = start + budget
+        hit = preempted = False
+        while True:
             if zmq.zmq_poll(items, 0):
-                return True
-        return False
+                hit = True
+                break
+            now = time.perf_counter()
+            if now - last > PREEMPTED_AFTER_S:
+                preempted = True
+            last = now
+            if now >= deadline:
+                break
+        self.spin.spun(time.perf_counter() - start, hit, preempted)
+        return hit
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled and self._loop is not None:
