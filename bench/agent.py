@@ -1,26 +1,33 @@
 """Benchmark the edge agent against the bare runtime and the ZeroMQ transport floor, in one run.
 
 For the digits edge model (input [1,64]) and the PP-OCR orientation classifier
-(input [1,3,48,192]) it measures:
-  bare      the runtime called in-process, one request at a time (p50, p99, throughput)
-  echo      a bare ZeroMQ ROUTER echo server in another process, same request frames (the transport floor)
-            (both measured before and after the agent; the lower p50 / higher throughput is used)
-  echo_spinning  the same echo server polling 300 us after each reply, as the agent does by default
-            (spin_us): the floor for that technique, reported beside the target, not part of it
-  agent-1   the same request through a real agent process over ipc://, one client (its p50 also split
-            into the agent's own time, receive to reply as each reply reports it, and the rest:
-            client library + transport + the I/O loop)
-  agent-8   eight concurrent clients (closed loop, one DEALER socket each)
-the agent process's CPU time per request for agent-1 and agent-8 (target for digits agent-1:
-<= 0.1 ms), the post-reply spin's trade on digits (p50 and the agent process's CPU per request, back to
-back and paced at 100 requests/s, with spin_us off and at its default), and, with a real hub
+(input [1,3,48,192]) it measures, in `--rounds` interleaved rounds (every server started
+once, each round measuring each in turn, so load that comes and goes hits all alike):
+  bare           the runtime called in-process, one request at a time
+  echo           a bare ZeroMQ ROUTER echo server in another process, same request frames (the transport floor)
+  echo_spinning  the same echo server polling after each reply as the agent does by default
+                 (edge_agent/spin.py's governor, spin_us): the floor for that technique
+  agent-1        the same request through a real agent process over ipc://, one client, at the default
+                 spin_us (its p50 also split into the agent's own time, receive to reply as each reply
+                 reports it, and the rest: client library + transport + the I/O loop)
+  agent-1 plain  (digits) an agent with spin_us = 0, compared with the plain echo
+  agent-8        eight concurrent clients (closed loop, one DEALER socket each), after the rounds
+Each server process's CPU time per request (schedstat): the agents' and, as floors, the echoes'.
+The overhead ratio is judged against the echo of the same kind, per round: (agent-1 - bare) /
+echo_spinning for the default agent, (agent-1 plain - bare) / echo for the plain one; the
+median and range over rounds are printed, and a target reads "met" only when its median is.
+Then the post-reply spin's trade on digits (p50 and the agent process's CPU per request, back
+to back and paced at 100 requests/s, with spin_us off and at its default), and, with a real hub
 process serving the digits cloud model, the fallback round trip:
   hub compute (the cloud model in-process), FallbackClient -> hub, and agent requests forced to the hub.
 
-Targets (issue 3): digits agent-1 p50 <= bare p50 + 1.3 x echo p50; OCR agent-8 throughput
->= 0.9 x bare single-stream throughput.
+Targets (issues 3, 16, 20): digits (agent-1 - bare) p50 <= 1.3 x the same kind of echo's p50,
+for both kinds; digits agent CPU per request <= 0.1 ms; OCR agent-8 throughput >= 0.9 x bare
+single-stream throughput.
 
-Usage: python bench/agent.py [--json] [--quick] [--seconds S] [--threads N] [--skip-fallback]
+The digits models are trained once into --models-dir (kept while examples/digits/train.py is unchanged).
+
+Usage: python bench/agent.py [--json] [--quick] [--seconds S] [--rounds R] [--threads N] [--skip-fallback]
 Progress goes to stderr; a table (or JSON with --json) to stdout.
 """
 
@@ -54,6 +61,7 @@ import zmq.asyncio  # noqa: E402
 from agent_fixtures import make_model_dir  # noqa: E402  (tests/agent_fixtures.py: the one model-dir maker)
 from tandem.edge_agent.client import AgentClient, AsyncAgentClient  # noqa: E402
 from tandem.edge_agent.config import ServerConfig  # noqa: E402
+from tandem.edge_agent.spin import PREEMPTED_AFTER_S, SpinGovernor  # noqa: E402
 from tandem.edge_agent.wire import encode_request  # noqa: E402
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 
@@ -93,49 +101,80 @@ def timed_loop(fn: Callable[[], Any], iterations: int, seconds: float, warmup: i
 
 
 def _echo_server(endpoint: str, ready: Any, spin_us: float = 0.0) -> None:
-    """Echo every request; with `spin_us`, poll that long after each reply as the agent does (server.py)."""
+    """Echo every request; with `spin_us`, poll after each reply as the agent does (server.py, spin.py)."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(endpoint)
     ready.set()
     items = [(sock, zmq.POLLIN)]
+    governor = SpinGovernor(spin_us)
+    replied_at = 0.0
     while True:
         frames = sock.recv_multipart(copy=False)
+        if replied_at:
+            governor.request_came(time.perf_counter() - replied_at)
         if len(frames) == 2 and frames[1].bytes == b"stop":
             break
         sock.send_multipart(frames, copy=False)
-        deadline = time.perf_counter() + spin_us / 1e6
-        while time.perf_counter() < deadline and not zmq.zmq_poll(items, 0):
-            pass
+        replied_at = time.perf_counter()
+        budget = governor.budget_s()
+        if budget:  # the agent's spin loop (ZmqServer._await_next), without its handler
+            start = last = time.perf_counter()
+            hit = preempted = False
+            while True:
+                if zmq.zmq_poll(items, 0):
+                    hit = True
+                    break
+                now = time.perf_counter()
+                preempted = preempted or now - last > PREEMPTED_AFTER_S
+                last = now
+                if now >= start + budget:
+                    break
+            governor.spun(time.perf_counter() - start, hit, preempted)
     sock.close(0)
     ctx.term()
 
 
-def measure_echo(
-    frames: list[Any], endpoint: str, iterations: int, seconds: float, spin_us: float = 0.0
-) -> dict[str, float]:
-    ready = mp.Event()
-    proc = mp.Process(target=_echo_server, args=(endpoint, ready, spin_us), daemon=True)
-    proc.start()
-    ready.wait(10)
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
+class EchoProcess:
+    """The echo server in its own process, kept for all rounds; `measure` runs one client against it."""
+
+    def __init__(self, endpoint: str, spin_us: float = 0.0) -> None:
+        self.endpoint = endpoint
+        ready = mp.Event()
+        self.proc = mp.Process(target=_echo_server, args=(endpoint, ready, spin_us), daemon=True)
+        self.proc.start()
+        if not ready.wait(30):
+            raise RuntimeError(f"the echo server at {endpoint} did not start")
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def measure(self, frames: list[Any], iterations: int, seconds: float) -> dict[str, float]:
+        sock = self.sock
 
         def once() -> None:
             sock.send_multipart(frames, copy=False)
             sock.recv_multipart(copy=False)
 
-        return timed_loop(once, iterations, seconds)
-    finally:
-        sock.send_multipart([b"stop"])
-        proc.join(5)
-        if proc.is_alive():
-            proc.terminate()
-        sock.close(0)
+        assert self.proc.pid is not None
+        return with_cpu(self.proc.pid, lambda: timed_loop(once, iterations, seconds))
+
+    def close(self) -> None:
+        self.sock.send_multipart([b"stop"])
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+        self.sock.close(0)
+
+
+def with_cpu(pid: int, measure: Callable[[], dict[str, Any]], extra_requests: int = 20) -> dict[str, Any]:
+    """`measure()`'s result plus the CPU time process `pid` spent per request meanwhile (warm-up
+    requests, `extra_requests`, counted in: they ran inside the window too)."""
+    cpu0 = process_cpu_s(pid)
+    result = measure()
+    result["server_cpu_ms_per_request"] = (process_cpu_s(pid) - cpu0) / (result["n"] + extra_requests) * 1e3
+    return result
 
 
 # -- the agent in its own process ------------------------------------------------------------
@@ -195,6 +234,15 @@ class AgentProcess:
                 raise RuntimeError(f"agent did not start: {''.join(seen)}")
             seen.append(line)
         return self
+
+    def measure_1(self, x: np.ndarray, iterations: int, seconds: float) -> dict[str, Any]:
+        """measure_agent_1 against this agent, with the agent process's CPU time per request."""
+        assert self.proc is not None
+        row = with_cpu(
+            self.proc.pid, lambda: measure_agent_1(self.endpoint, x, iterations, seconds), AGENT_1_EXTRA_REQUESTS
+        )
+        row["agent_cpu_ms_per_request"] = row.pop("server_cpu_ms_per_request")
+        return row
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
@@ -335,68 +383,95 @@ def ocr_cls_path() -> Path:
 
 
 def bench_model(
-    name: str, model_dir: Path, x: np.ndarray, work: Path, n: dict[str, int], seconds: float, threads: int | None = None
+    name: str,
+    model_dir: Path,
+    x: np.ndarray,
+    work: Path,
+    n: dict[str, int],
+    seconds: float,
+    threads: int | None = None,
+    rounds: int = 3,
+    plain_agent: bool = False,
 ) -> dict:
+    """The rows of one model, measured in `rounds` interleaved rounds (see the module docstring)."""
     variant_path = model_dir / "variants" / "ort-fp32.onnx"
     session = load_session("onnxruntime", variant_path, **({"threads": threads} if threads else {}))
     input_name = session.inputs[0].name
     xb = np.concatenate([x] * CLIENTS)
     frames = encode_request({input_name: x}, request_id="bench-0000000001")
-    bares, echoes, spinning_echoes = [], [], []
-
-    def baselines(round_: int) -> None:
-        log(f"{name}: bare runtime and echo floor (round {round_})")
-        bares.append(timed_loop(lambda: session.run({input_name: x}), n["bare"], seconds))
-        echoes.append(measure_echo(frames, f"ipc://{work}/echo-{name}-{round_}.sock", n["echo"], seconds))
-        spinning_echoes.append(
-            measure_echo(
-                frames, f"ipc://{work}/echo-spin-{name}-{round_}.sock", n["echo"], seconds, spin_us=AGENT_SPIN_US
-            )
+    per = {k: max(20, v // rounds) for k, v in n.items()}
+    rows: dict[str, list[dict[str, Any]]] = {"bare": [], "echo": [], "echo_spinning": [], "agent_1": []}
+    if plain_agent:
+        rows["agent_1_plain"] = []
+    echo = EchoProcess(f"ipc://{work}/echo-{name}.sock")
+    echo_spin = EchoProcess(f"ipc://{work}/echo-spin-{name}.sock", spin_us=AGENT_SPIN_US)
+    (work / f"agent-{name}").mkdir()
+    agent = AgentProcess(model_dir, work / f"agent-{name}", threads=threads).__enter__()
+    plain = None
+    if plain_agent:
+        (work / f"agent-{name}-plain").mkdir()
+        plain = AgentProcess(model_dir, work / f"agent-{name}-plain", threads=threads, spin_us=0.0).__enter__()
+    try:
+        for r in range(rounds):
+            log(f"{name}: round {r + 1} of {rounds}: bare, echo, spinning echo, agent{' (and plain)' if plain else ''}")
+            rows["bare"].append(timed_loop(lambda: session.run({input_name: x}), per["bare"], seconds))
+            rows["echo"].append(echo.measure(frames, per["echo"], seconds))
+            rows["echo_spinning"].append(echo_spin.measure(frames, per["echo"], seconds))
+            rows["agent_1"].append(agent.measure_1(x, per["agent"], seconds))
+            if plain is not None:
+                rows["agent_1_plain"].append(plain.measure_1(x, per["agent"], seconds))
+        bare_b8 = timed_loop(lambda: session.run({input_name: xb}), max(10, n["bare"] // 8), seconds)
+        bare_b8["throughput_rps"] *= CLIENTS  # rows per second
+        log(f"{name}: agent, {CLIENTS} clients")
+        assert agent.proc is not None
+        many = with_cpu(agent.proc.pid, lambda: measure_agent_n(agent.endpoint, x, n["agent8"], seconds), CLIENTS)
+        many["agent_cpu_ms_per_request"] = many["server_cpu_ms_per_request"]
+    finally:
+        for proc in (plain, agent):
+            if proc is not None:
+                proc.__exit__(None, None, None)
+        echo.close()
+        echo_spin.close()
+        session.close()
+    result: dict[str, Any] = {"input_shape": list(x.shape), "payload_bytes": int(x.nbytes), "rounds": rounds}
+    for key, measured in rows.items():
+        result[key] = pooled(measured)
+        result[f"{key}_rounds"] = measured
+    result["bare_batch8"] = bare_b8
+    result[f"agent_{CLIENTS}"] = many
+    # per round, against the echo of the same kind: the agent that spins after replies against an echo
+    # that spins the same way, the one that does not against the plain echo
+    kinds = {"spinning": ("agent_1", "echo_spinning")}
+    if plain_agent:
+        kinds["plain"] = ("agent_1_plain", "echo")
+    result["overhead_over_echo"] = {
+        kind: spread(
+            [
+                (a["p50_ms"] - b["p50_ms"]) / e["p50_ms"]
+                for a, b, e in zip(rows[agent_key], rows["bare"], rows[echo_key], strict=True)
+            ]
         )
-
-    # Baselines before and after the agent, and the kinder of each is compared with the agent:
-    # on a shared machine load comes and goes, and this keeps the comparison conservative.
-    baselines(1)
-    bare_b8 = timed_loop(lambda: session.run({input_name: xb}), max(10, n["bare"] // 8), seconds)
-    bare_b8["throughput_rps"] *= CLIENTS  # rows per second
-    log(f"{name}: agent, 1 client and {CLIENTS} clients")
-    agent_dir = work / f"agent-{name}"
-    agent_dir.mkdir()
-    with AgentProcess(model_dir, agent_dir, threads=threads) as agent:
-        # the agent process's CPU time per request it answered (warm-up requests counted too);
-        # it includes the post-reply spin (spin_us), which the spin rows below take apart
-        cpu0 = process_cpu_s(agent.proc.pid)
-        one = measure_agent_1(agent.endpoint, x, n["agent"], seconds)
-        cpu1 = process_cpu_s(agent.proc.pid)
-        many = measure_agent_n(agent.endpoint, x, n["agent8"], seconds)
-        cpu2 = process_cpu_s(agent.proc.pid)
-    one["agent_cpu_ms_per_request"] = (cpu1 - cpu0) / (one["n"] + AGENT_1_EXTRA_REQUESTS) * 1e3
-    many["agent_cpu_ms_per_request"] = (cpu2 - cpu1) / (many["n"] + CLIENTS) * 1e3
-    baselines(2)
-    session.close()
-    bare = dict(min(bares, key=lambda b: b["p50_ms"]))
-    bare["throughput_rps"] = max(b["throughput_rps"] for b in bares)
-    echo = min(echoes, key=lambda e: e["p50_ms"])
-    echo_spin = min(spinning_echoes, key=lambda e: e["p50_ms"])
-    return {
-        "input_shape": list(x.shape),
-        "payload_bytes": int(x.nbytes),
-        "bare": bare,
-        "bare_batch8": bare_b8,
-        "echo": echo,
-        "echo_spinning": echo_spin,
-        "agent_1": one,
-        f"agent_{CLIENTS}": many,
-        "bare_rounds": bares,
-        "echo_rounds": echoes,
-        "echo_spinning_rounds": spinning_echoes,
-        "agent_overhead_p50_ms": one["p50_ms"] - bare["p50_ms"],
-        "overhead_over_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo["p50_ms"],
-        # the same ratio against an echo server that polls after each reply as the agent does: what
-        # the agent costs beyond a floor that uses the same trick (not a target; reported for honesty)
-        "overhead_over_spinning_echo_p50": (one["p50_ms"] - bare["p50_ms"]) / echo_spin["p50_ms"],
-        f"agent_{CLIENTS}_over_bare_throughput": many["throughput_rps"] / bare["throughput_rps"],
+        for kind, (agent_key, echo_key) in kinds.items()
     }
+    result["agent_overhead_p50_ms"] = result["agent_1"]["p50_ms"] - result["bare"]["p50_ms"]
+    result[f"agent_{CLIENTS}_over_bare_throughput"] = many["throughput_rps"] / result["bare"]["throughput_rps"]
+    return result
+
+
+def pooled(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for several rounds: the median round's figures (by p50), counts summed, and each
+    per-request CPU figure as the median over rounds."""
+    ordered = sorted(measured, key=lambda m: m["p50_ms"])
+    row = dict(ordered[len(ordered) // 2])
+    row["n"] = sum(int(m["n"]) for m in measured)
+    for key in ("server_cpu_ms_per_request", "agent_cpu_ms_per_request"):
+        if key in row:
+            row[key] = float(np.median([m[key] for m in measured]))
+    return row
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": float(np.median(values)), "min": min(values), "max": max(values), "rounds": values}
 
 
 def bench_fallback(
@@ -455,7 +530,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="time cap per measurement (default 8)")
     parser.add_argument("--skip-fallback", action="store_true", help="do not start a hub")
     parser.add_argument("--threads", type=int, help="runtime intra-op threads, bare and agent alike (default: ORT's)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (default 3)")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "tandem-bench" / "agent-digits",
+        help="where the digits models are trained once and kept (default ~/.cache/tandem-bench/agent-digits)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     scale = 0.2 if args.quick else 1.0
     ndig = {k: max(50, int(v * scale)) for k, v in {"bare": 3000, "echo": 2000, "agent": 2000, "agent8": 4000}.items()}
     nocr = {k: max(30, int(v * scale)) for k, v in {"bare": 300, "echo": 600, "agent": 300, "agent8": 800}.items()}
@@ -464,9 +548,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tandem-bench-agent-") as tmp:
         work = Path(tmp)
-        log("training the digits models")
-        digits = work / "digits"
-        train.train(digits)
+        digits = args.models_dir
+        if train.already_trained(digits) is None:
+            log(f"training the digits models into {digits}")
+            train.train(digits)
         edge_dir = make_model_dir(digits / "edge.onnx", work / "m-digits", name="digits")
         cloud_dir = make_model_dir(digits / "cloud.onnx", work / "m-digits-cloud", name="digits-cloud")
         ocr_dir = make_model_dir(ocr_cls_path(), work / "m-ocr-cls", name="ocr-cls")
@@ -480,8 +565,11 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_at_start": list(os.getloadavg()),
             },
             "threads": args.threads,
-            "digits": bench_model("digits", edge_dir, x_digits, work, ndig, args.seconds, args.threads),
-            "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds, args.threads),
+            "rounds": args.rounds,
+            "digits": bench_model(
+                "digits", edge_dir, x_digits, work, ndig, args.seconds, args.threads, args.rounds, plain_agent=True
+            ),
+            "ocr_cls": bench_model("ocr_cls", ocr_dir, x_ocr, work, nocr, args.seconds, args.threads, args.rounds),
         }
         log("digits: the post-reply spin, back to back and paced")
         result["spin"] = measure_spin_tradeoff(
@@ -493,16 +581,27 @@ def main(argv: list[str] | None = None) -> int:
             )
     result["host"]["loadavg_at_end"] = list(os.getloadavg())
     d, o = result["digits"], result["ocr_cls"]
+    ratios = d["overhead_over_echo"]
+    agent_cpu = d["agent_1"]["agent_cpu_ms_per_request"]
     result["targets"] = {
-        "digits_agent_p50_le_bare_plus_1.3x_echo": {
-            "value": d["overhead_over_echo_p50"],
-            "limit": 1.3,
-            "met": d["overhead_over_echo_p50"] <= 1.3,
+        # met only on the median over rounds; the range says how steady it was
+        **{
+            f"digits_agent_{kind}_p50_le_bare_plus_1.3x_{kind}_echo": {
+                "value": ratios[kind]["median"],
+                "range": [ratios[kind]["min"], ratios[kind]["max"]],
+                "limit": 1.3,
+                "met": ratios[kind]["median"] <= 1.3,
+            }
+            for kind in ("spinning", "plain")
         },
         "digits_agent_cpu_ms_per_request_le_0.1": {
-            "value": d["agent_1"]["agent_cpu_ms_per_request"],
+            "value": agent_cpu,
+            "range": [
+                min(m["agent_cpu_ms_per_request"] for m in d["agent_1_rounds"]),
+                max(m["agent_cpu_ms_per_request"] for m in d["agent_1_rounds"]),
+            ],
             "limit": 0.1,
-            "met": d["agent_1"]["agent_cpu_ms_per_request"] <= 0.1,
+            "met": agent_cpu <= 0.1,
         },
         f"ocr_agent_{CLIENTS}_throughput_ge_0.9x_bare": {
             "value": o[f"agent_{CLIENTS}_over_bare_throughput"],
@@ -518,14 +617,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(result: dict) -> None:
-    print(f"{'model':8} {'measure':14} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    print(f"{'model':8} {'measure':14} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}  (median round of {result['rounds']})")
     for model in ("digits", "ocr_cls"):
         r = result[model]
-        for key in ("bare", "bare_batch8", "echo", "echo_spinning", "agent_1", f"agent_{CLIENTS}"):
+        for key in ("bare", "bare_batch8", "echo", "echo_spinning", "agent_1", "agent_1_plain", f"agent_{CLIENTS}"):
+            if key not in r:
+                continue
             m = r[key]
-            cpu = (
-                f"  agent CPU {m['agent_cpu_ms_per_request']:.3f} ms/request" if "agent_cpu_ms_per_request" in m else ""
-            )
+            cpu_ms = m.get("agent_cpu_ms_per_request", m.get("server_cpu_ms_per_request"))
+            cpu = f"  server CPU {cpu_ms:.3f} ms/request" if cpu_ms is not None else ""
             print(f"{model:8} {key:14} {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} {m['throughput_rps']:9.1f}{cpu}")
     if "fallback" in result:
         f = result["fallback"]
@@ -540,12 +640,14 @@ def print_table(result: dict) -> None:
                 f"spin {row['spin_us']:>5.0f} us {mode:12} p50 {m['p50_ms']:.3f} ms  agent CPU "
                 f"{m['agent_cpu_us_per_request']:.0f} us/request"
             )
-    print(
-        f"digits (agent - bare) / spinning echo p50: {result['digits']['overhead_over_spinning_echo_p50']:.3f} "
-        "(not a target: the floor with the agent's own post-reply poll)"
-    )
+    for kind, ratio in result["digits"]["overhead_over_echo"].items():
+        print(
+            f"digits (agent - bare) / {kind} echo p50: median {ratio['median']:.3f} "
+            f"(rounds {', '.join(f'{v:.3f}' for v in ratio['rounds'])})"
+        )
     for name, t in result["targets"].items():
-        print(f"target {name}: {t['value']:.3f} (limit {t['limit']}) {'met' if t['met'] else 'NOT met'}")
+        spread_ = f" range {t['range'][0]:.3f}-{t['range'][1]:.3f}" if "range" in t else ""
+        print(f"target {name}: {t['value']:.3f}{spread_} (limit {t['limit']}) {'met' if t['met'] else 'NOT met'}")
 
 
 if __name__ == "__main__":
