@@ -13,6 +13,7 @@ from typing import Any
 from tandem.cloud_hub.errors import HubError
 from tandem.cloud_hub.rollouts.service import DriftAlerts, RolloutService, RolloutServiceConfig
 from tandem.cloud_hub.rollouts.store import ROLLOUTS_DB_FILENAME, RolloutStore
+from tandem.cloud_hub.telemetry.rollups import DeviceSum
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +110,16 @@ def _stop(service: RolloutService) -> None:
 
 
 def _device_windows_of(hub: Any) -> Any:
-    """Stored window payloads per device from the hub's telemetry (quality gates against a control cohort)."""
+    """Per-device sums from the hub's telemetry (quality gates against a control cohort): the device rollups
+    plus the raw windows not rolled up yet, so a wave is judged the same after its raw windows are deleted."""
     if not getattr(getattr(hub.config, "telemetry", None), "enabled", False):
         return None
 
-    def windows(device_ids: list[str], since: float) -> list[bytes]:
+    def sums(device_ids: list[str], since: float) -> list[DeviceSum]:
         telemetry = getattr(hub, "telemetry", None)
-        return [] if telemetry is None else telemetry.store.device_payloads(device_ids, since)
+        return [] if telemetry is None else telemetry.rollups.device_sums(device_ids, since)
 
-    return windows
+    return sums
 
 
 def _drift_alerts_of(hub: Any) -> DriftAlerts | None:

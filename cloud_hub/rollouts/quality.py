@@ -3,7 +3,9 @@
 The control cohort stays on the current version for the whole rollout, so it sees the
 same hours, traffic and input drift as the wave; comparing the two over the same span
 separates "the new model is worse" from "the world changed". Figures come from the
-windows the hub already stores: request sources (fallback and error rates), the
+telemetry the hub already stores, summed per device and model version (the per-device
+rollups, which outlive raw windows, plus the raw windows not rolled up yet:
+telemetry/rollup_store.py `device_sums`): request sources (fallback and error rates), the
 confidence histogram and the predicted-class mix (PSI over the binned counts, as the
 drift engine computes it), and agreement with the cloud model from the shadow samples
 that devices in shadow mode report (edge_agent/modes.py).
@@ -17,6 +19,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from tandem.cloud_hub.telemetry.drift import compare
+from tandem.cloud_hub.telemetry.rollups import DeviceSum, device_sums
 from tandem.protocols.drift import CONFIDENCE_EDGES
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
 
@@ -74,26 +77,31 @@ class CohortFigures:
 
 def figures(windows: Iterable[TelemetryWindow]) -> CohortFigures:
     """Sum decoded windows into one cohort's figures."""
+    return figures_of(device_sums(windows))
+
+
+def figures_of(sums: Iterable[DeviceSum]) -> CohortFigures:
+    """Sum per-device sums (rollup rows, raw windows summed) into one cohort's figures. A device's confidence
+    histogram counts only at the protocol's 20 bins (its sums then add 20-bin windows only)."""
     devices: set[str] = set()
     n = requests = fallbacks = errors = shadow_samples = shadow_agree = budget_spent = 0
     conf = np.zeros(20, dtype=np.int64)
     classes = np.zeros(0, dtype=np.int64)
-    for w in windows:
-        r = w.requests
-        devices.add(w.device_id)
-        n += 1
+    for device, _, r in sums:
+        devices.add(device)
+        n += r.windows
         requests += r.edge + r.cloud + r.edge_degraded + r.error
         fallbacks += r.cloud + r.edge_degraded
         errors += r.error
-        shadow_samples += w.shadow_samples
-        shadow_agree += w.shadow_agree
-        budget_spent += w.budget_spent
-        if len(w.confidence_counts) == 20:
-            conf += np.asarray(w.confidence_counts, dtype=np.int64)
-        if len(w.class_counts):
-            if len(w.class_counts) > len(classes):
-                classes = np.concatenate([classes, np.zeros(len(w.class_counts) - len(classes), dtype=np.int64)])
-            classes[: len(w.class_counts)] += np.asarray(w.class_counts, dtype=np.int64)
+        shadow_samples += r.shadow_samples
+        shadow_agree += r.shadow_agree
+        budget_spent += r.budget_spent
+        if len(r.confidence) == 20:
+            conf += r.confidence
+        if len(r.classes):
+            if len(r.classes) > len(classes):
+                classes = np.concatenate([classes, np.zeros(len(r.classes) - len(classes), dtype=np.int64)])
+            classes[: len(r.classes)] += r.classes
     return CohortFigures(
         len(devices),
         n,
@@ -141,9 +149,16 @@ def compare_cohorts(
     q: QualityQuery, wave_payloads: Iterable[bytes], control_payloads: Iterable[bytes], until: float
 ) -> Comparison:
     """Stored window payloads -> the comparison: the wave on the new version only, the control on any other."""
-    wave = [w for w in _decode(wave_payloads) if w.model_version == q.version]
-    control = [w for w in _decode(control_payloads) if w.model_version != q.version]
-    return Comparison(figures(wave), figures(control), q.since, until)
+    return compare_sums(q, device_sums(_decode(wave_payloads)), device_sums(_decode(control_payloads)), until)
+
+
+def compare_sums(
+    q: QualityQuery, wave_sums: Iterable[DeviceSum], control_sums: Iterable[DeviceSum], until: float
+) -> Comparison:
+    """Per-device sums -> the comparison: the wave on the new version only, the control on any other."""
+    wave = [s for s in wave_sums if s.model_version == q.version]
+    control = [s for s in control_sums if s.model_version != q.version]
+    return Comparison(figures_of(wave), figures_of(control), q.since, until)
 
 
 def _decode(payloads: Iterable[bytes]) -> Iterable[TelemetryWindow]:

@@ -30,6 +30,7 @@ from tandem.cloud_hub.rollouts import controller as ctl
 from tandem.cloud_hub.rollouts import quality
 from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError, Send
 from tandem.cloud_hub.rollouts.store import RolloutStore
+from tandem.cloud_hub.telemetry.rollups import DeviceSum
 from tandem.protocols import limits, topics
 from tandem.protocols.mqtt_client import set_reconnect_delay
 from tandem.protocols.mqtt_props import publish_properties
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 DriftAlerts = Callable[[str, str], int]  # (model, version) -> open drift alerts
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps the rollouts session (and queues statuses) this long
 
-DeviceWindows = Callable[[list[str], float], list[bytes]]  # (device ids, since) -> stored window payloads
+# (device ids, since) -> their sums per (device, model version) over the windows received since then
+DeviceWindows = Callable[[list[str], float], list[DeviceSum]]
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,7 @@ class RolloutService:
         cached = self._quality.get(r.rollout_id)
         if cached is not None and cached[0] == q and now - cached[1] < self.config.quality_interval_s:
             return cached[2]
-        figures = quality.compare_cohorts(
+        figures = quality.compare_sums(
             q,
             self.device_windows(list(q.wave_devices), q.since),
             self.device_windows(list(q.control_devices), q.since),

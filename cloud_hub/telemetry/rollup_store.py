@@ -30,16 +30,22 @@ from tandem.cloud_hub.telemetry.rollups import (
     DeviceRollup,
     Rollups,
     pack_counts,
+    DeviceSum,
+    bucket_of,
+    device_sums,
     pack_histograms,
+    pack_quality,
     unpack_counts,
     unpack_histograms,
+    unpack_quality,
 )
 from tandem.protocols.telemetry_codec import TelemetryWindow
 
 log = logging.getLogger(__name__)
 
-# Created on open like gaps.py's tables (IF NOT EXISTS, through the dialect's DDL). Keys lead with what reads
-# filter on; the time indexes serve retention (res, bucket < ?) and the per-model series (res, bucket, model).
+# Created by the telemetry store's migration 2 (store.TELEMETRY_MIGRATIONS; IF NOT EXISTS because hubs before it
+# created them on open). Keys lead with what reads filter on; the time indexes serve retention (res, bucket < ?)
+# and the per-model series (res, bucket, model). Migration 3 adds telemetry_device_rollups.quality.
 ROLLUP_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS telemetry_device_rollups (
     device_id TEXT NOT NULL,
@@ -80,10 +86,14 @@ ROLLUP_SCHEMA: tuple[str, ...] = (
 CURSOR = "windows"
 LOOKUP_CHUNK = 150  # keys per lookup: 750 parameters, under SQLite's oldest limit (999)
 RAW_PURGED = "raw_purged"  # a second row: raw windows received before its received_at have been deleted
+# a third: per-device minute rows of buckets before its received_at are gone (quality reads start after it)
+DEVICE_MINUTES_PURGED = "device_minutes_purged"
+QUALITY_READ_TRIES = 5  # a quality read retries while a rollup pass or purge commits under it
 ROLLUP_TABLES = ("telemetry_device_rollups", "telemetry_cohort_rollups")
 
 _DEVICE_VALUES = (
-    "windows, edge, cloud, edge_degraded, error, samples, latency_sum_ms, latency_max_ms, outbox_dropped_total, latency"
+    "windows, edge, cloud, edge_degraded, error, samples, latency_sum_ms, latency_max_ms, outbox_dropped_total, "
+    "latency, quality"
 )
 _DEVICE_KEY = "device_id, res, bucket, model_name, model_version"
 _COHORT_KEY = "model_name, model_version, cohort, res, bucket"
@@ -111,7 +121,6 @@ class RollupStore:
     def __init__(self, db: HubDatabase, resolutions: Sequence[int] = RESOLUTIONS) -> None:
         self.db = db
         self.resolutions = tuple(resolutions)
-        db.ensure_schema(ROLLUP_SCHEMA)
 
     # -- the rollup pass --------------------------------------------------------------------
 
@@ -207,16 +216,17 @@ class RollupStore:
                     value.latency_max_ms,
                     value.outbox_dropped_total,
                     pack_counts(value.latency),
+                    pack_quality(value) if key[1] == MINUTE else b"",  # hour rows, kept long, stay small
                 ]
             )
         tx.executemany(
             f"INSERT INTO telemetry_device_rollups ({_DEVICE_KEY}, {_DEVICE_VALUES}) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
             f"ON CONFLICT ({_DEVICE_KEY}) DO UPDATE SET windows=excluded.windows, edge=excluded.edge, "
             "cloud=excluded.cloud, edge_degraded=excluded.edge_degraded, error=excluded.error, "
             "samples=excluded.samples, latency_sum_ms=excluded.latency_sum_ms, "
             "latency_max_ms=excluded.latency_max_ms, outbox_dropped_total=excluded.outbox_dropped_total, "
-            "latency=excluded.latency",
+            "latency=excluded.latency, quality=excluded.quality",
             out,
         )
 
@@ -256,17 +266,27 @@ class RollupStore:
 
     def note_raw_purged(self, before: float) -> None:
         """Record that raw windows received before `before` are gone: ranges older than this need rollups."""
+        self._note_purged(RAW_PURGED, before)
+
+    def _note_purged(self, name: str, before: float) -> None:
         self.db.execute(
             "INSERT INTO telemetry_rollup_cursor (name, received_at, device_id, sequence) VALUES (?,?,'',0) "
             "ON CONFLICT (name) DO UPDATE SET received_at=excluded.received_at "
             "WHERE excluded.received_at > telemetry_rollup_cursor.received_at",
-            [RAW_PURGED, before],
+            [name, before],
         )
+
+    def _purged_before(self, name: str) -> float:
+        rows = self.db.query("SELECT received_at FROM telemetry_rollup_cursor WHERE name=?", [name])
+        return float(rows[0]["received_at"]) if rows else 0.0
 
     def raw_complete_since(self) -> float:
         """The receipt time from which every raw window is still stored (0: none was ever deleted)."""
-        rows = self.db.query("SELECT received_at FROM telemetry_rollup_cursor WHERE name=?", [RAW_PURGED])
-        return float(rows[0]["received_at"]) if rows else 0.0
+        return self._purged_before(RAW_PURGED)
+
+    def device_minutes_since(self) -> float:
+        """The bucket time from which every per-device minute row is still stored (0: none was ever deleted)."""
+        return self._purged_before(DEVICE_MINUTES_PURGED)
 
     def purge(self, res: int, before: float, chunk: int = 5000, devices_before: float | None = None) -> int:
         """Delete rollup rows of resolution `res` whose bucket started before `before` (per-device rows: before
@@ -276,6 +296,8 @@ class RollupStore:
             ("telemetry_device_rollups", _DEVICE_KEY, before if devices_before is None else devices_before),
             ("telemetry_cohort_rollups", _COHORT_KEY, before),
         ):
+            if res == MINUTE and table == "telemetry_device_rollups" and limit > 0:
+                self._note_purged(DEVICE_MINUTES_PURGED, limit)  # first, as for raw windows: readers start later
             while True:
                 with self.db.transaction() as tx:
                     n = tx.execute(
@@ -290,6 +312,61 @@ class RollupStore:
 
     # -- reads --------------------------------------------------------------------------------
 
+    def device_sums(self, device_ids: Sequence[str], since: float) -> list[DeviceSum]:
+        """These devices' sums per (device, model version) over the windows received from the minute holding
+        `since` on: what a rollout quality gate judges a wave and its control cohort on.
+
+        Read from what outlives raw retention: per-device minute rows (the only rows that keep the quality
+        figures; a span older than [telemetry] device_minute_retention_s is judged from the oldest minute still
+        kept), plus the raw windows the rollup pass has not reached yet. The cursor separates the two, so no
+        window counts twice or not at all; a pass or purge committing during the read moves the cursor or a
+        purge marker, and the read runs again. A span judged across a rollup pass therefore sums the same
+        windows before and after it."""
+        ids = list(dict.fromkeys(device_ids))
+        wanted = bucket_of(max(0.0, min(since, LATEST_BUCKET_TIME)), MINUTE)
+        for _ in range(QUALITY_READ_TRIES):
+            marks = self._read_marks()
+            start = max(wanted, -(-int(marks[1]) // MINUTE) * MINUTE)  # whole minutes still kept
+            out = self._rolled_up_sums(ids, start)
+            out += self._unrolled_sums(ids, start, marks[0])
+            if self._read_marks() == marks:
+                return _merged(out)
+        raise RollupConflictError(f"device sums: rollup passes kept committing under {QUALITY_READ_TRIES} reads")
+
+    def _read_marks(self) -> tuple[Cursor, float]:
+        return self.cursor(), self._purged_before(DEVICE_MINUTES_PURGED)
+
+    def _rolled_up_sums(self, ids: list[str], start: int) -> list[DeviceSum]:
+        """The minute rows of these devices from bucket `start` on."""
+        out: list[DeviceSum] = []
+        for i in range(0, len(ids), 500):  # under SQLite's host-parameter limit
+            chunk = ids[i : i + 500]
+            for r in self.db.query(
+                f"SELECT device_id, model_version, {_DEVICE_VALUES} FROM telemetry_device_rollups "
+                f"WHERE device_id IN ({','.join('?' * len(chunk))}) AND res=? AND bucket>=?",
+                [*chunk, MINUTE, start],
+            ):
+                out.append(DeviceSum(str(r["device_id"]), str(r["model_version"]), _device_from_row(r)))
+        return out
+
+    def _unrolled_sums(self, ids: list[str], start: int, cur: Cursor) -> list[DeviceSum]:
+        """The raw windows of these devices received from `start` on that the rollup pass has not summed."""
+        windows: list[TelemetryWindow] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for r in self.db.query(
+                f"SELECT device_id, sequence, payload FROM telemetry_windows WHERE device_id IN "
+                f"({','.join('?' * len(chunk))}) AND received_at >= ? AND (received_at > ? OR (received_at = ? AND "
+                "(device_id > ? OR (device_id = ? AND sequence > ?))))",
+                [*chunk, start, cur.received_at, cur.received_at, cur.device_id, cur.device_id, cur.sequence],
+            ):
+                try:
+                    windows.append(TelemetryWindow.FromString(bytes(r["payload"])))
+                except Exception as exc:  # the rollup pass skips it too: the same windows either way
+                    log.warning("quality read skips an unreadable window device=%s seq=%s error=%s",
+                                r["device_id"], r["sequence"], exc)  # fmt: skip
+        return device_sums(windows)
+
     def device_rollups(
         self, device_id: str, res: int = HOUR, since: float = 0.0, until: float | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
@@ -301,6 +378,9 @@ class RollupStore:
         )
         for row in rows:
             row["latency_counts"] = unpack_counts(bytes(row.pop("latency"))).tolist()
+            q = unpack_quality(row.pop("quality"), DeviceRollup())
+            row["confidence_counts"], row["class_counts"] = q.confidence.tolist(), q.classes.tolist()
+            row["shadow_samples"], row["shadow_agree"] = q.shadow_samples, q.shadow_agree
         return rows
 
     def model_series(
@@ -397,6 +477,18 @@ def _existing(
     return found
 
 
+def _merged(sums: Iterable[DeviceSum]) -> list[DeviceSum]:
+    """One DeviceSum per (device, model version), in device order."""
+    out: dict[tuple[str, str], DeviceRollup] = {}
+    for s in sums:
+        found = out.get((s.device_id, s.model_version))
+        if found is None:
+            out[(s.device_id, s.model_version)] = s.sums
+        else:
+            found.merge(s.sums)
+    return [DeviceSum(d, v, r) for (d, v), r in sorted(out.items(), key=lambda kv: kv[0])]
+
+
 def _cursor(rows: list[dict[str, Any]]) -> Cursor:
     if not rows:
         return Cursor()
@@ -405,7 +497,7 @@ def _cursor(rows: list[dict[str, Any]]) -> Cursor:
 
 
 def _device_from_row(row: dict[str, Any]) -> DeviceRollup:
-    return DeviceRollup(
+    r = DeviceRollup(
         windows=int(row["windows"]),
         edge=int(row["edge"]),
         cloud=int(row["cloud"]),
@@ -417,3 +509,4 @@ def _device_from_row(row: dict[str, Any]) -> DeviceRollup:
         outbox_dropped_total=int(row["outbox_dropped_total"]),
         latency=unpack_counts(bytes(row["latency"])),
     )
+    return unpack_quality(row["quality"], r)

@@ -6,7 +6,8 @@ a bucket can be filled over several passes in any order and equals the sum of th
 it holds. Buckets are filed on the hub's receipt clock (`received_at`), as raw windows are.
 
 Per device: request counts by source, samples, latency sum, max and histogram (what the
-console and the per-model series read). Per cohort (model, version, profile + tags): the
+console and the per-model series read), and the figures a rollout's quality gate sums per device
+(confidence and class histograms, shadow samples and agreement, spent fallback budget). Per cohort (model, version, profile + tags): the
 same request counts plus the confidence, class, input and task histograms the drift
 engine compares with the manifest's reference, packed into one small blob.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -183,13 +184,22 @@ class DeviceRollup:
     latency_max_ms: float = 0.0
     outbox_dropped_total: int = 0  # the device's running total: merged by max
     latency: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # the rollout quality gate's per-device figures (rollouts/quality.py), stored packed in one column
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    shadow_samples: int = 0
+    shadow_agree: int = 0
+    budget_spent: int = 0
 
     def add_window(self, w: TelemetryWindow) -> None:
         self.add_scalars(w)
-        if len(w.latency_counts):
-            hist = {LATENCY: self.latency}
-            add_histograms(hist, {LATENCY: list(w.latency_counts)})
-            self.latency = hist[LATENCY]
+        self.add_histograms({LATENCY: w.latency_counts, CONFIDENCE: w.confidence_counts, CLASSES: w.class_counts})
+
+    def add_histograms(self, hists: Mapping[str, Sequence[int] | np.ndarray]) -> None:
+        """Add latency, confidence and class count vectors (by their blob names) into this row."""
+        mine = {LATENCY: self.latency, CONFIDENCE: self.confidence, CLASSES: self.classes}
+        add_histograms(mine, {name: v for name, v in hists.items() if len(v)})
+        self.latency, self.confidence, self.classes = mine[LATENCY], mine[CONFIDENCE], mine[CLASSES]
 
     def add_scalars(self, w: TelemetryWindow) -> None:
         """Everything but the latency histogram."""
@@ -203,6 +213,9 @@ class DeviceRollup:
         self.latency_sum_ms += w.latency_sum_ms
         self.latency_max_ms = max(self.latency_max_ms, w.latency_max_ms)
         self.outbox_dropped_total = max(self.outbox_dropped_total, w.outbox_dropped_total)
+        self.shadow_samples += w.shadow_samples
+        self.shadow_agree += w.shadow_agree
+        self.budget_spent += w.budget_spent
 
     def merge(self, other: "DeviceRollup") -> None:
         self.windows += other.windows
@@ -214,9 +227,10 @@ class DeviceRollup:
         self.latency_sum_ms += other.latency_sum_ms
         self.latency_max_ms = max(self.latency_max_ms, other.latency_max_ms)
         self.outbox_dropped_total = max(self.outbox_dropped_total, other.outbox_dropped_total)
-        hist = {LATENCY: self.latency}
-        add_histograms(hist, {LATENCY: other.latency})
-        self.latency = hist[LATENCY]
+        self.shadow_samples += other.shadow_samples
+        self.shadow_agree += other.shadow_agree
+        self.budget_spent += other.budget_spent
+        self.add_histograms({LATENCY: other.latency, CONFIDENCE: other.confidence, CLASSES: other.classes})
 
 
 @dataclass
@@ -272,14 +286,12 @@ class Rollups:
             rollup = DeviceRollup()
             for w in ws:
                 rollup.add_scalars(w)
-            lat = [list(w.latency_counts) for w in ws if len(w.latency_counts)]
-            if lat and all(len(v) == len(lat[0]) for v in lat):
-                rollup.latency = np.asarray(lat, dtype=np.int64).sum(axis=0)
-            else:
-                for v in lat:
-                    add = {LATENCY: rollup.latency}
-                    add_histograms(add, {LATENCY: v})
-                    rollup.latency = add[LATENCY]
+            for name, vectors in (
+                (LATENCY, [w.latency_counts for w in ws]),
+                (CONFIDENCE, [w.confidence_counts for w in ws]),
+                (CLASSES, [w.class_counts for w in ws]),
+            ):
+                rollup.add_histograms({name: _summed(vectors)})
             self._device(dkey).merge(rollup)
         for (ckey, layout), rows in per_cohort.items():
             total = np.asarray(rows, dtype=np.int64).sum(axis=0)
@@ -301,6 +313,19 @@ class Rollups:
         if found is None:
             found = self.cohorts[key] = CohortRollup()
         return found
+
+
+def _summed(vectors: Sequence[Sequence[int]]) -> np.ndarray:
+    """The sum of count vectors: one numpy call when they share a length (the usual case), else grown per vector."""
+    present = [list(v) for v in vectors if len(v)]
+    if not present:
+        return np.zeros(0, dtype=np.int64)
+    if all(len(v) == len(present[0]) for v in present):
+        return np.asarray(present, dtype=np.int64).sum(axis=0)
+    out = {"v": np.zeros(0, dtype=np.int64)}
+    for v in present:
+        add_histograms(out, {"v": v})
+    return out["v"]
 
 
 def roll_up(windows: Iterable[tuple[TelemetryWindow, str, float]], resolutions: Sequence[int] = RESOLUTIONS) -> Rollups:
@@ -338,3 +363,66 @@ def unpack_counts(blob: bytes) -> np.ndarray:
         arr[k], i = _read_varint(blob, i)
         k += 1
     return arr
+
+
+_QUALITY_VERSION = 1
+
+
+def pack_quality(r: DeviceRollup) -> bytes:
+    """A device row's quality-gate figures as one small blob (b'' when all are zero, as for a device that
+    reports no confidence or classes): version, shadow samples, shadow agree, budget spent, then the
+    confidence and class vectors (each: stored length, width, bins; trailing zeros dropped)."""
+    if not (r.shadow_samples or r.shadow_agree or r.budget_spent or len(r.confidence) or len(r.classes)):
+        return b""
+    out = bytearray([_QUALITY_VERSION])
+    for n in (r.shadow_samples, r.shadow_agree, r.budget_spent):
+        _varint(out, n)
+    for counts in (r.confidence, r.classes):
+        packed = pack_counts(counts)
+        _varint(out, len(packed))
+        out += packed
+    return bytes(out)
+
+
+def unpack_quality(blob: bytes | str | None, into: DeviceRollup) -> DeviceRollup:
+    """Fill `into`'s quality figures from `pack_quality`'s blob (empty, or '' from the column's default on a
+    row written before the column existed: zeros); returns `into`."""
+    if not blob:
+        return into
+    data = bytes(blob.encode() if isinstance(blob, str) else blob)
+    if data[0] != _QUALITY_VERSION:
+        raise RollupBlobError(f"quality blob: version {data[0]} is not {_QUALITY_VERSION} (written by a newer Tandem?)")
+    into.shadow_samples, i = _read_varint(data, 1)
+    into.shadow_agree, i = _read_varint(data, i)
+    into.budget_spent, i = _read_varint(data, i)
+    vectors = []
+    for _ in range(2):
+        n, i = _read_varint(data, i)
+        if i + n > len(data):
+            raise RollupBlobError("quality blob: truncated")
+        vectors.append(unpack_counts(data[i : i + n]))
+        i += n
+    if i != len(data):
+        raise RollupBlobError(f"quality blob: {len(data) - i} trailing bytes")
+    into.confidence, into.classes = vectors
+    return into
+
+
+class DeviceSum(NamedTuple):
+    """One device's sums on one model version over a span (what a rollout quality gate adds up)."""
+
+    device_id: str
+    model_version: str
+    sums: DeviceRollup
+
+
+def device_sums(windows: Iterable[TelemetryWindow]) -> list[DeviceSum]:
+    """Decoded windows summed per (device, model version): the raw-window half of a quality read."""
+    out: dict[tuple[str, str], DeviceRollup] = {}
+    for w in windows:
+        key = (w.device_id, w.model_version)
+        found = out.get(key)
+        if found is None:
+            found = out[key] = DeviceRollup()
+        found.add_window(w)
+    return [DeviceSum(d, v, r) for (d, v), r in out.items()]

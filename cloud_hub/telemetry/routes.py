@@ -70,10 +70,22 @@ def device_series(
     since: float = Query(0.0, ge=0),
     until: float | None = Query(None, ge=0),
     limit: int = Query(500, ge=1, le=MAX_SERIES_POINTS),
+    source: Literal["auto", "raw", "rollups"] = Query(
+        "auto",
+        description="auto: the raw windows while they hold the whole range, else the device's minute rollups "
+        "(kept [telemetry] device_minute_retention_s; they trail ingest by up to a minute)",
+    ),
     telemetry: Any = Depends(get_telemetry),
 ) -> dict[str, Any]:
-    """One device's windows in sequence order: requests by source, latency, samples, dropped windows."""
-    return {"device_id": device_id, "items": telemetry.store.device_windows(device_id, since, until, limit)}
+    """One device's windows in sequence order: requests by source, latency, samples, dropped windows; for a
+    range older than raw retention, its minute rollups (`source` says which)."""
+    if source == "auto":
+        source = "rollups" if since < telemetry.rollups.raw_complete_since() else "raw"
+    if source == "rollups":
+        rows = telemetry.rollups.device_rollups(device_id, MINUTE, since, until, limit)
+        return {"device_id": device_id, "source": source, "items": [], "rollups": rows}
+    items = telemetry.store.device_windows(device_id, since, until, limit)
+    return {"device_id": device_id, "source": source, "items": items}
 
 
 @router.get(

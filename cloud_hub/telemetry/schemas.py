@@ -44,7 +44,13 @@ class WindowOut(_Out):
 
 class DeviceSeriesOut(_Out):
     device_id: str
+    source: str = Field(
+        "raw",
+        description="raw: `items` are stored windows; rollups: the raw windows no longer hold the range, "
+        "`rollups` are the device's minute rows instead",
+    )
     items: list[WindowOut]
+    rollups: list[DeviceRollupPoint] | None = None
 
 
 class ModelSeriesPoint(_Out):
@@ -87,6 +93,10 @@ class DeviceRollupPoint(_Out):
     latency_max_ms: float
     outbox_dropped_total: int
     latency_counts: list[int] = Field(description="requests per latency bin (protocols.telemetry_codec edges)")
+    confidence_counts: list[int] = Field(default_factory=list, description="20 confidence bins (minute rows only)")
+    class_counts: list[int] = Field(default_factory=list, description="top-1 classes (minute rows only)")
+    shadow_samples: int = 0
+    shadow_agree: int = 0
 
 
 class DeviceRollupsOut(_Out):
@@ -178,3 +188,6 @@ class DriftAlertOut(_Out):
     closed_at: float | None
     open_stats: DriftSignalOut
     last_stats: DriftSignalOut
+
+
+DeviceSeriesOut.model_rebuild()

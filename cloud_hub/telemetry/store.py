@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tandem.cloud_hub.storage.db import HubDatabase, Migration, is_postgres_url, open_database
+from tandem.cloud_hub.telemetry.rollup_store import ROLLUP_SCHEMA
 from tandem.protocols.telemetry_codec import TelemetryWindow
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 TELEMETRY_DB_FILENAME = "telemetry.sqlite"
 TELEMETRY_SCHEMA = "telemetry"  # on PostgreSQL
 
-TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (
+_PORTABLE: tuple[Migration, ...] = (
     Migration(
         1,
         "telemetry windows, drift alerts",
@@ -68,7 +69,54 @@ TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX drift_alerts_state ON drift_alerts (state, model_name, model_version)",
         ),
     ),
+    # Hubs before this migration created these on open (IF NOT EXISTS): here `tandem-hub check` and the
+    # schema version know them. Filters, orders and buckets use the hub's receipt time.
+    Migration(
+        2,
+        "receipt-time indexes, rollup tables",
+        (
+            "CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)",
+            "CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
+            "(model_name, model_version, received_at)",
+            *ROLLUP_SCHEMA,
+        ),
+    ),
+    # The quality gate's per-device figures move into the device rollups (they outlive raw windows). Three
+    # indexes go: two on end_unix that no query uses (time filters read received_at) and (model, version,
+    # received_at), which only the raw per-model series used: raw windows are kept minutes now, and
+    # received_at alone finds them. Together they were ~25% of a stored raw window.
+    Migration(
+        3,
+        "device rollups keep quality-gate figures; three raw-window indexes dropped",
+        (
+            "ALTER TABLE telemetry_device_rollups ADD COLUMN quality BLOB NOT NULL DEFAULT ''",
+            "DROP INDEX IF EXISTS telemetry_windows_model",
+            "DROP INDEX IF EXISTS telemetry_windows_end",
+            "DROP INDEX IF EXISTS telemetry_windows_model_received",
+        ),
+    ),
 )
+
+# PostgreSQL only (SQLite stores every integer in as few bytes as it needs): the dialect maps INTEGER to
+# BIGINT, which per-window and per-device counts never need; 4-byte columns cut ~7% of a raw window and ~13%
+# of a device rollup row (bench/telemetry_storage.py). Cohort sample counts stay 8 bytes (a big cohort's
+# hour passes 2**31). Index fillfactor 100 where keys only grow (receipt time, bucket): pages split at the
+# right edge are never revisited. Written as `INT`, which the dialect leaves alone.
+_PG_COMPACT = (
+    "ALTER TABLE telemetry_windows ALTER COLUMN n_edge TYPE INT, ALTER COLUMN n_cloud TYPE INT, "
+    "ALTER COLUMN n_degraded TYPE INT, ALTER COLUMN n_error TYPE INT, ALTER COLUMN samples TYPE INT, "
+    "ALTER COLUMN outbox_dropped_total TYPE INT",
+    "ALTER TABLE telemetry_device_rollups ALTER COLUMN res TYPE INT, ALTER COLUMN windows TYPE INT, "
+    "ALTER COLUMN edge TYPE INT, ALTER COLUMN cloud TYPE INT, ALTER COLUMN edge_degraded TYPE INT, "
+    "ALTER COLUMN error TYPE INT, ALTER COLUMN samples TYPE INT, ALTER COLUMN outbox_dropped_total TYPE INT",
+    "ALTER TABLE telemetry_cohort_rollups ALTER COLUMN res TYPE INT, ALTER COLUMN windows TYPE INT",
+    "ALTER INDEX telemetry_windows_received SET (fillfactor = 100)",
+    "ALTER INDEX telemetry_device_rollups_time SET (fillfactor = 100)",
+    "ALTER INDEX telemetry_cohort_rollups_time SET (fillfactor = 100)",
+)
+_COMPACT_NAME = "PostgreSQL: 4-byte counts, fillfactor 100 on append-only indexes"
+TELEMETRY_MIGRATIONS: tuple[Migration, ...] = (*_PORTABLE, Migration(4, _COMPACT_NAME, ()))  # SQLite's
+TELEMETRY_MIGRATIONS_POSTGRES: tuple[Migration, ...] = (*_PORTABLE, Migration(4, _COMPACT_NAME, _PG_COMPACT))
 
 
 @dataclass(frozen=True)
@@ -90,20 +138,12 @@ class TelemetryStore:
         """Open (creating and migrating) a telemetry DB: a postgresql:// URL (schema `telemetry`), a SQLite
         file, or a directory (<dir>/telemetry.sqlite)."""
         if is_postgres_url(target):
-            db = open_database(target, TELEMETRY_MIGRATIONS, schema=TELEMETRY_SCHEMA)
+            db = open_database(target, TELEMETRY_MIGRATIONS_POSTGRES, schema=TELEMETRY_SCHEMA)
         else:
             path = Path(target)
             if path.is_dir() or not path.suffix:
                 path = path / TELEMETRY_DB_FILENAME
             db = open_database(path, TELEMETRY_MIGRATIONS, durable=True)
-        # time filters and buckets use the hub's receipt time (device clocks may be hours off)
-        db.ensure_schema(
-            (
-                "CREATE INDEX IF NOT EXISTS telemetry_windows_received ON telemetry_windows (received_at)",
-                "CREATE INDEX IF NOT EXISTS telemetry_windows_model_received ON telemetry_windows "
-                "(model_name, model_version, received_at)",
-            )
-        )
         return cls(db)
 
     def close(self) -> None:

@@ -14,7 +14,8 @@ from tandem.cloud_hub.errors import NotFoundError
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
 from tandem.cloud_hub.rest.schemas import ErrorBody
 from tandem.cloud_hub.telemetry.routes import get_telemetry
-from tandem.cloud_hub.web.series import input_reference, window_point
+from tandem.cloud_hub.telemetry.rollups import MINUTE
+from tandem.cloud_hub.web.series import input_reference, rollup_point, window_point
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_window
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,11 @@ def _cache(request: Request) -> _PointCache:
 
 
 class SeriesPoint(BaseModel):
-    """One window as a chart point (series.window_point); rates and means are null for an empty window."""
+    """One window as a chart point (series.window_point), or, older than raw retention, one minute of the
+    device's rollups (series.rollup_point: sequence null, bucket_s 60); rates and means are null when empty."""
 
-    sequence: int
+    sequence: int | None
+    bucket_s: int | None = None
     start_unix: float
     end_unix: float
     model_name: str
@@ -86,6 +89,7 @@ class DeliveryOut(BaseModel):
 
 class SeriesOut(BaseModel):
     device_id: str
+    source: str = Field("raw", description="raw: every point a window; rollups: the oldest points are minute rollups")
     points: list[SeriesPoint]
     delivery: DeliveryOut | None = None  # None without telemetry gap tracking
 
@@ -103,14 +107,31 @@ def device_series(
     telemetry: Any = Depends(get_telemetry),
     cache: _PointCache = Depends(_cache),
 ) -> dict[str, Any]:
-    """The device's newest windows, oldest first, as chart points (latency, fallback rate, confidence, input PSI)."""
-    rows = telemetry.store.db.query(
-        "SELECT sequence, payload FROM telemetry_windows WHERE device_id=? AND end_unix>=? "
-        "ORDER BY sequence DESC LIMIT ?",
-        [device_id, since, limit],
-    )
+    """The device's newest windows, oldest first, as chart points (latency, fallback rate, confidence, input PSI);
+    the part of the range raw retention no longer holds comes from the device's minute rollups."""
+    raw_from = telemetry.rollups.raw_complete_since()
+    points: list[dict[str, Any]] = []
+    source = "raw"
+    if since >= raw_from:
+        rows = telemetry.store.db.query(
+            "SELECT sequence, payload FROM telemetry_windows WHERE device_id=? AND end_unix>=? "
+            "ORDER BY sequence DESC LIMIT ?",
+            [device_id, since, limit],
+        )
+    else:  # minute rows before the seam, raw windows from it: each window in one point (receipt clock)
+        seam = -(-int(raw_from) // MINUTE) * MINUTE
+        rows = telemetry.store.db.query(
+            "SELECT sequence, payload FROM telemetry_windows WHERE device_id=? AND received_at>=? "
+            "ORDER BY sequence DESC LIMIT ?",
+            [device_id, seam, limit],
+        )
+        room = limit - len(rows)
+        if room > 0:
+            first = max(since, seam - MINUTE * room)
+            older = telemetry.rollups.device_rollups(device_id, MINUTE, first, seam - 1, limit)[-room:]
+            points = [rollup_point(r, MINUTE) for r in older]
+            source = "rollups" if points else "raw"
     refs: dict[tuple[str, str], dict[str, list[int]]] = {}
-    points = []
     for row in reversed(rows):
         cached = cache.get((device_id, row["sequence"]))
         if cached is not None:
@@ -140,4 +161,4 @@ def device_series(
             "lost": len(gaps["lost"]),
             "clock_offset_s": telemetry.clocks.offset(device_id),
         }
-    return {"device_id": device_id, "points": points, "delivery": delivery}
+    return {"device_id": device_id, "source": source, "points": points, "delivery": delivery}

@@ -3,6 +3,9 @@
 Pure: a decoded telemetry window and the model version's drift reference in, one JSON
 point out. Input drift is each input summary's PSI against the reference, per window,
 so the chart shows when a device's inputs moved (the drift engine alerts on cohorts).
+Older than raw retention, a point is one of the device's minute rollup rows (`rollup_point`):
+the same figures summed over the minute, without input PSI (per-device input histograms are
+not kept; the cohort rollups hold them).
 """
 
 from __future__ import annotations
@@ -41,12 +44,37 @@ def histogram_quantile(counts: Sequence[int], edges: Sequence[float], q: float) 
     return float(edges[-1])
 
 
+def _confidence_mean(conf: Sequence[int]) -> float | None:
+    n_conf = sum(conf)
+    return (sum((i + 0.5) / CONFIDENCE_BINS * n for i, n in enumerate(conf)) / n_conf) if n_conf else None
+
+
+def rollup_point(row: Mapping[str, Any], bucket_s: int) -> dict[str, Any]:
+    """One per-device rollup row (RollupStore.device_rollups) as a chart point spanning its bucket."""
+    total = row["edge"] + row["cloud"] + row["edge_degraded"] + row["error"]
+    return {
+        "sequence": None,
+        "bucket_s": bucket_s,
+        "start_unix": float(row["bucket"]),
+        "end_unix": float(row["bucket"] + bucket_s),
+        "model_name": row["model_name"],
+        "model_version": row["model_version"],
+        "requests": total,
+        "latency_mean_ms": (row["latency_sum_ms"] / total) if total else None,
+        "latency_p95_ms": histogram_quantile(row["latency_counts"], LATENCY_EDGES_MS, 0.95),
+        "latency_max_ms": row["latency_max_ms"] if total else None,
+        "fallback_rate": ((row["cloud"] + row["edge_degraded"]) / total) if total else None,
+        "error_rate": (row["error"] / total) if total else None,
+        "confidence_mean": _confidence_mean(row.get("confidence_counts") or []),
+        "input_psi": {},
+        "input_psi_max": None,
+    }
+
+
 def window_point(w: TelemetryWindow, reference: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     r = w.requests
     total = r.edge + r.cloud + r.edge_degraded + r.error
-    conf = list(w.confidence_counts)
-    n_conf = sum(conf)
-    confidence_mean = (sum((i + 0.5) / CONFIDENCE_BINS * n for i, n in enumerate(conf)) / n_conf) if n_conf else None
+    confidence_mean = _confidence_mean(list(w.confidence_counts))
     drift: dict[str, float] = {}
     for s in w.inputs:
         key = f"{s.input}.{s.summary}"
