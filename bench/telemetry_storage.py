@@ -13,8 +13,10 @@ dead rows' space included, is printed beside it).
 The baseline, measured in the same run from the same database, is the hub before rollups:
 every raw window kept, i.e. (bytes per stored raw window) x (windows per device-day).
 
+Retention defaults to the hub's [telemetry] defaults (cloud_hub/config.py TelemetryConfig).
+
 Usage: python bench/telemetry_storage.py [--json] [--devices 50] [--hours 24] [--window-s 10]
-           [--raw-retention-s 3600] [--minute-retention-s 21600] [--device-minute-retention-s S]
+           [--raw-retention-s 300] [--minute-retention-s 5400] [--device-minute-retention-s 1800]
            [--database-url postgresql://...]
 Progress goes to stderr; the result (a table, or JSON with --json) to stdout.
 """
@@ -37,6 +39,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench.telemetry import make_window  # noqa: E402
+from tandem.cloud_hub.config import TelemetryConfig  # noqa: E402
 from tandem.cloud_hub.telemetry.engine import cohort_of  # noqa: E402
 from tandem.cloud_hub.telemetry.retention import RetentionPolicy, TelemetryRetention  # noqa: E402
 from tandem.cloud_hub.telemetry.rollups import HOUR, MINUTE  # noqa: E402
@@ -51,8 +54,8 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def used_bytes(store: TelemetryStore) -> dict[str, int]:
-    """Bytes of pages in use per table (its indexes added to it), from SQLite's dbstat."""
+def used_bytes(store: TelemetryStore) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes of pages in use per table (its indexes added to it), and per table or index, from SQLite's dbstat."""
     rows = store.db.query(
         "SELECT s.name AS name, COALESCE(m.tbl_name, s.name) AS tbl, SUM(s.pgsize - s.unused) AS used "
         "FROM dbstat AS s LEFT JOIN sqlite_schema AS m ON m.name = s.name GROUP BY s.name"
@@ -60,25 +63,32 @@ def used_bytes(store: TelemetryStore) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in rows:
         out[r["tbl"]] = out.get(r["tbl"], 0) + int(r["used"])
-    return out
+    return out, {str(r["name"]): int(r["used"]) for r in rows}
 
 
-def pg_used_bytes(url: str) -> tuple[dict[str, int], dict[str, int]]:
+def pg_used_bytes(url: str) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """PostgreSQL: each telemetry table's pg_total_relation_size (indexes and TOAST included) as allocated
     after a plain VACUUM (dead rows' space reusable but still in the files: the bloat a table carries when
-    autovacuum lags), then after VACUUM FULL (rewritten compactly: the live data, as SQLite's pages in use)."""
+    autovacuum lags), then after VACUUM FULL (rewritten compactly: the live data, as SQLite's pages in use);
+    and, after VACUUM FULL, each relation on its own (heap with its TOAST and free-space/visibility maps:
+    pg_table_size; each index: pg_relation_size)."""
     import psycopg
 
     query = (
         "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'"
     )
+    parts = (
+        "SELECT c.relname, CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid) ELSE pg_relation_size(c.oid) END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'i')"
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM")
         allocated = {str(name): int(size) for name, size in conn.execute(query, [TELEMETRY_SCHEMA]).fetchall()}
         conn.execute("VACUUM FULL")
         live = {str(name): int(size) for name, size in conn.execute(query, [TELEMETRY_SCHEMA]).fetchall()}
-    return live, allocated
+        relations = {str(name): int(size) for name, size in conn.execute(parts, [TELEMETRY_SCHEMA]).fetchall()}
+    return live, allocated, relations
 
 
 def pg_reset(url: str) -> None:
@@ -101,7 +111,7 @@ def simulate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     policy = RetentionPolicy(
         raw_retention_s=args.raw_retention_s,
         minute_retention_s=args.minute_retention_s,
-        device_minute_retention_s=args.device_minute_retention_s,
+        device_minute_retention_s=args.device_minute_retention_s or None,
         hour_retention_s=400 * DAY,
         interval_s=args.interval_s,
     )
@@ -137,10 +147,10 @@ def simulate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             log(f"simulated {k * args.window_s / 3600:.1f} h of {args.hours} h ({time.perf_counter() - started:.0f} s)")
     allocated: dict[str, int] | None = None
     if args.database_url:
-        used, allocated = pg_used_bytes(args.database_url)
+        used, allocated, relations = pg_used_bytes(args.database_url)
     else:
         store.db.query("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL folded into the file before it is measured
-        used = used_bytes(store)
+        used, relations = used_bytes(store)
     windows_total = ticks * len(devices)
     raw_rows = rows_of(store, "telemetry_windows")
     dev_min = rows_of(store, "telemetry_device_rollups", "WHERE res=?", (MINUTE,))
@@ -190,6 +200,10 @@ def simulate(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "cohort_hour": coh_hour,
         },
         "bytes_used": {"raw_windows": raw_bytes, "device_rollups": dev_bytes, "cohort_rollups": coh_bytes},
+        # each table (heap, or SQLite's table b-tree) and index on its own, per device: where the bytes go
+        "bytes_per_device_by_relation": {
+            name: round(size / len(devices)) for name, size in sorted(relations.items()) if size
+        },
         "bytes_per_raw_window": round(per_raw, 1),
         "bytes_per_device_rollup_row": round(per_dev_row, 1),
         "bytes_per_cohort_rollup_row": round(per_coh_row, 1),
@@ -219,9 +233,15 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--interval-s", type=float, default=30.0, help="simulated time between retention passes")
-    parser.add_argument("--raw-retention-s", type=float, default=3600.0)
-    parser.add_argument("--minute-retention-s", type=float, default=6 * 3600.0)
-    parser.add_argument("--device-minute-retention-s", type=float, default=None, help="default: --minute-retention-s")
+    hub = TelemetryConfig()  # the hub's [telemetry] defaults
+    parser.add_argument("--raw-retention-s", type=float, default=hub.retention_s)
+    parser.add_argument("--minute-retention-s", type=float, default=hub.minute_retention_s)
+    parser.add_argument(
+        "--device-minute-retention-s",
+        type=float,
+        default=hub.device_minute_retention_s,
+        help="0: --minute-retention-s (default: the hub's [telemetry] device_minute_retention_s)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
         "--database-url",

@@ -237,12 +237,14 @@ class TelemetryConfig:
     enabled: bool = True
     # None: a plain subscription (survives a Mosquitto restart); a name: $share/<name>/... for hub replicas.
     share_group: str | None = None
-    # Raw windows (~550 bytes each stored) are kept this long, then only their rollups (cloud_hub/telemetry/retention.py):
-    # per device and per cohort, minute rows for minute_retention_s (>= drift span + baseline: a restart refills
-    # the drift engine from them), hour rows for rollup_retention_s. A pass runs every rollup_interval_s.
-    retention_s: float = 3600.0
-    minute_retention_s: float = 6 * 3600.0
-    device_minute_retention_s: float | None = None  # per-device minute rows only; None: minute_retention_s
+    # Raw windows (~450 bytes each stored) are kept this long, then only their rollups (cloud_hub/telemetry/retention.py):
+    # per cohort, minute rows for minute_retention_s (>= drift span + baseline: a restart refills the drift engine
+    # from them); per device, minute rows for device_minute_retention_s (rollout quality gates judge a wave on them,
+    # console charts past raw retention); hour rows for rollup_retention_s. A pass runs every rollup_interval_s.
+    # Bytes per device these defaults hold: docs/storage.md, "Telemetry on disk".
+    retention_s: float = 300.0
+    minute_retention_s: float = 5400.0
+    device_minute_retention_s: float | None = 1800.0  # None: minute_retention_s
     rollup_retention_s: float = 400 * 86400.0
     rollup_interval_s: float = 30.0
 

@@ -336,7 +336,12 @@ def test_hub_config_carries_the_retentions_and_names_a_bad_one(tmp_path):
     )
     policy = telemetry_config(config).retention
     assert (policy.raw_retention_s, policy.minute_retention_s, policy.device_minutes_s) == (900.0, 7200.0, 600.0)
-    assert telemetry_config(HubConfig()).retention.device_minutes_s == HubConfig().telemetry.minute_retention_s
+    defaults = telemetry_config(HubConfig()).retention  # the hub's defaults: raw minutes, device minutes 30 min
+    assert (defaults.raw_retention_s, defaults.minute_retention_s, defaults.device_minutes_s) == (300, 5400, 1800)
+    assert (
+        telemetry_config(HubConfig.from_keys({"telemetry.device_minute_retention_s": None})).retention.device_minutes_s
+        == 5400
+    )
     assert policy.hour_retention_s == config.telemetry.rollup_retention_s
     with pytest.raises(ConfigError, match=r"telemetry\.minute_retention_s .*TANDEM_HUB_TELEMETRY_MINUTE_RETENTION_S"):
         HubConfig.from_keys({"telemetry.minute_retention_s": 90 * 86400.0, "telemetry.rollup_retention_s": 86400.0})
