@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +17,7 @@ from tandem.cloud_hub.cli_output import ago, table
 from tandem.cloud_hub.client import DEFAULT_URL, HubClient
 from tandem.cloud_hub.errors import HubError
 from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging
+from tandem.protocols.stop_signal import StopSignal
 
 EPILOG = f"""examples:
   tandem-hub tokens create --scope admin --name me --data-dir ./tandem-data   # first admin token
@@ -282,9 +281,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     config = HubConfig.load(args.config, overrides=flags)
     hub = Hub(config)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignal().install()  # not Event.set() in a handler: that can deadlock (protocols/stop_signal.py)
     try:
         hub.start()
         urls = hub.urls()

@@ -6,11 +6,9 @@ import argparse
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import textwrap
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +18,7 @@ import tandem
 from tandem.edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
 from tandem.edge_agent.errors import AgentError, exit_code
 from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging
+from tandem.protocols.stop_signal import StopSignal
 
 if TYPE_CHECKING:
     from tandem.edge_agent.agent import Agent
@@ -92,9 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     from tandem.edge_agent.agent import Agent
 
     agent = Agent(_load_config(args))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignal().install()  # not Event.set() in a handler: that can deadlock (protocols/stop_signal.py)
     agent.start()
     print(f"tandem-agent: {_describe(agent)}", file=sys.stderr, flush=True)
     _notify_systemd("READY=1")

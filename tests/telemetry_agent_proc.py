@@ -7,10 +7,10 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 
 import numpy as np
 
+from tandem.protocols.stop_signal import StopSignal
 from tandem.edge_agent.telemetry import ModelInfo, PublisherConfig, TelemetryService
 
 REFERENCE = {
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keepalive", type=int, default=10, help="MQTT keepalive (the will fires after 1.5x)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    stop = StopSignal([signal.SIGTERM]).install()  # Event.set() in a handler can deadlock
     model = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
     rng = np.random.default_rng()
     service = TelemetryService(

@@ -7,8 +7,8 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 
+from tandem.protocols.stop_signal import StopSignal
 from tandem.cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceConfig
 
 
@@ -19,8 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share-group", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    stop = StopSignal([signal.SIGTERM]).install()  # Event.set() in a handler can deadlock
     service = TelemetryIngestService(
         args.data_dir,
         args.mqtt_url,
