@@ -202,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     from tandem.cloud_hub.pki_cli import add_pki_commands
     from tandem.cloud_hub.publishers_cli import add_publisher_commands
     from tandem.cloud_hub.site_bridge_cli import add_site_broker_commands
+    from tandem.cloud_hub.storage_cli import add_storage_commands
 
     add_check_command(sub)
     add_ota_commands(sub)
     add_pki_commands(sub)
     add_publisher_commands(sub)
     add_site_broker_commands(sub)
+    add_storage_commands(sub)
     return add_log_level(parser, "warning")
 
 

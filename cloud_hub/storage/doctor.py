@@ -15,7 +15,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from tandem.cloud_hub.errors import HubError
 
@@ -92,23 +92,28 @@ def check_databases(data_dir: str | Path, quick: bool = False) -> list[Problem]:
 
 def check_manifests(db_path: Path, release_key: Any) -> tuple[int, list[Problem]]:
     """(manifests verified, problems): each stored manifest's signature against the hub's release key."""
-    from tandem.protocols.signing import SignatureError, verify_manifest
-
-    public = release_key.private_key.public_key()
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-    checked, problems = 0, []
     try:
         rows = conn.execute("SELECT name, version, manifest FROM models ORDER BY name, version").fetchall()
     except sqlite3.Error as exc:
         conn.close()
         return 0, [Problem(db_path.name, "models", f"unreadable ({exc})")]
     conn.close()
+    return verify_manifests(rows, release_key, db_path.name)
+
+
+def verify_manifests(rows: Iterable[Sequence[Any]], release_key: Any, where: str) -> tuple[int, list[Problem]]:
+    """(checked, problems) for (name, version, manifest JSON) rows read from either backend."""
+    from tandem.protocols.signing import SignatureError, verify_manifest
+
+    public = release_key.private_key.public_key()
+    checked, problems = 0, []
     for name, version, text in rows:
         checked += 1
         try:
             verify_manifest(json.loads(text), public)
         except (SignatureError, ValueError, TypeError, KeyError) as exc:
-            problems.append(Problem(db_path.name, "models", f"{name} {version}: signature does not verify ({exc})"))
+            problems.append(Problem(where, "models", f"{name} {version}: signature does not verify ({exc})"))
     return checked, problems
 
 
