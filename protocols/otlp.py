@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -17,12 +18,13 @@ from tandem.protocols.config_loader import ConfigValueError
 from tandem.protocols.errors import ContractError
 from tandem.protocols.tracing import SpanContext
 
-__all__ = ["KINDS", "FinishedSpan", "OtlpExporter", "TracingConfig", "TracingError", "exporter_for"]
+__all__ = ["CLOSE_TIMEOUT_S", "KINDS", "FinishedSpan", "OtlpExporter", "TracingConfig", "TracingError", "exporter_for"]
 
 log = logging.getLogger(__name__)
 
 _ENDPOINT_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?/?$")
 KINDS = ("server", "client", "internal")
+CLOSE_TIMEOUT_S = 2.0  # at stop: what queued spans may add to a SIGTERM
 
 
 class TracingError(ContractError):
@@ -102,9 +104,18 @@ class OtlpExporter:
     def flush(self, timeout_s: float = 5.0) -> bool:
         return bool(self._processor.force_flush(int(timeout_s * 1000)))
 
-    def close(self) -> None:
-        """Send what is queued, then stop the background thread."""
-        self._processor.shutdown()
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Send what is queued, then stop the background thread, for at most `timeout_s`.
+
+        OpenTelemetry's shutdown waits up to 30 s for an export in flight (the exporter's own deadline is
+        10 s per try), which an unreachable collector would add to every SIGTERM; spans still queued at
+        the bound are dropped, as a full queue drops them.
+        """
+        done = threading.Thread(target=self._processor.shutdown, name="otlp-shutdown", daemon=True)
+        done.start()
+        done.join(max(0.0, timeout_s))
+        if done.is_alive():
+            log.warning("tracing: spans not sent to %s within %.1f s of closing; dropped", self.endpoint, timeout_s)
 
     def _readable(self, span: FinishedSpan) -> Any:
         from opentelemetry.sdk.trace import ReadableSpan
