@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import psycopg
 import pytest
 
 from tandem.cloud_hub import cli
@@ -125,6 +124,8 @@ def test_a_sqlite_hub_moves_to_postgresql_and_serves_the_same_devices_models_and
 
 
 def test_check_on_postgresql_names_an_outdated_and_a_missing_schema(pg_url, tmp_path, capsys):
+    import psycopg  # after pg_url: its fixture skips (naming psycopg) where it is missing
+
     url = _with_password(pg_url)
     for store in (RolloutStore.open(url), TelemetryStore.open(url)):
         store.close()
