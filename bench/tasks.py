@@ -4,7 +4,8 @@ the old element-wise agreement that decided before (and missed what the task los
 Models:
 - from PyPI wheels: PP-OCRv4 rec (CTC) and det (dense map) from rapidocr-onnxruntime (installed
   by the dev extra); nudenet 3.4.2's YOLOv8 detector (`nudenet`, [N, 22, 2100]), Silero VAD 6.2.3
-  (`silero-vad`: stateful, a single sigmoid, every weight inside `If` branches) and g2p-id-py
+  (`silero-vad`: stateful, a single sigmoid, every weight inside `If` branches: compiled with
+  `--bind sr=16000`, see BIND) and g2p-id-py
   0.4.2's character BERT (`g2p-bert`: int64 token ids in). These three are fetched once with
   `pip download --no-deps` into $TANDEM_WHEEL_CACHE (~/.cache/tandem-bench/wheels; bench/_wheels.py)
   because they do not install cleanly (torch, a pinned nltk, opencv-python-headless beside
@@ -47,6 +48,7 @@ from tandem.model_compiler import model_io  # noqa: E402
 from tandem.model_compiler.data import load_dataset, take  # noqa: E402
 from tandem.model_compiler.errors import VariantSkipped  # noqa: E402
 from tandem.model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
+from tandem.model_compiler.specialize import bind_inputs  # noqa: E402
 from tandem.model_compiler.validate import Task, run_dataset, validate_variant  # noqa: E402
 from tandem.model_compiler.variants import BuildContext, get_builder  # noqa: E402
 from tandem.tasks import TaskSpec  # noqa: E402
@@ -64,6 +66,9 @@ WHEELS = {
     ),
 }
 MODELS = ("ocr-rec", "ocr-det", "sigmoid", "yolo", *WHEELS)
+# Scalar inputs fixed at compile time (tandem-compile --bind): Silero keeps its whole network inside
+# If(sr == 16000); bound, the weights reach the main graph and OpenVINO/INT8 variants can be built.
+BIND = {"silero-vad": {"sr": "16000"}}
 
 
 def _rapidocr(name: str) -> Path:
@@ -132,11 +137,19 @@ def _starved(calib: Path, inputs: list) -> dict[str, np.ndarray]:
 
 
 def broken_int8(
-    model: Path, calib: Path, val: Path, spec: TaskSpec, budgets: dict[str, float], work: Path
+    model: Path,
+    calib: Path,
+    val: Path,
+    spec: TaskSpec,
+    budgets: dict[str, float],
+    work: Path,
+    bind: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """cpu-x86's ONNX Runtime INT8 built from a starved calibration, judged by the same gate."""
     prepared_path = work / "prepared.onnx"
     prepared, _ = model_io.prepare_model(model_io.load_model(model), prepared_path)
+    if bind:  # specialized as the compile does (its FP32 equals the model's with the bound values)
+        prepared, _ = model_io.prepare_model(bind_inputs(prepared, bind).model, prepared_path)
     inputs, outputs = model_io.io_specs(prepared)
     val_data = load_dataset(val, inputs, "validation")
     starved = _starved(calib, inputs)
@@ -197,6 +210,7 @@ def bench_model(name: str, profiles: list[str], work: Path, quick: bool) -> dict
         timing=not quick,
         timing_seconds=0.3,
         force=True,
+        bind=BIND.get(name, {}),
     )
     result = compile_model(opts, progress=lambda m: log(f"  {m}"))
     spec = TaskSpec.from_dict(result.manifest.task)
@@ -216,7 +230,7 @@ def bench_model(name: str, profiles: list[str], work: Path, quick: bool) -> dict
             "rejected": {s["variant"]: s["reason"] for s in choice.skipped},
         }
     log(f"{name}: building a broken INT8 (starved calibration)")
-    broken = broken_int8(model, calib, val, spec, budgets, work)
+    broken = broken_int8(model, calib, val, spec, budgets, work, BIND.get(name))
     missed = [
         v["variant"] for v in variants + [broken] if v["gate"] == "fail" and (v.get("dense_agreement") or 0) >= 0.99
     ]
@@ -225,6 +239,7 @@ def bench_model(name: str, profiles: list[str], work: Path, quick: bool) -> dict
         "file": model.name,
         "source": _source(name),
         "task": result.manifest.task,
+        "bound_inputs": [dict(vars(b)) for b in result.manifest.bound_inputs],
         "task_reason": result.manifest.source["reference"].get("task_reason"),
         "budgets": budgets,
         "reference_weight_bytes": result.manifest.source.get("weight_bytes"),

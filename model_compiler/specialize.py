@@ -4,15 +4,20 @@ scalar inputs. Each bound input becomes a constant, every node it alone decides 
 ones go too). Silero VAD keeps its whole network inside `If(sr == 16000)`: bound to 16000, its weights
 reach the main graph, where quantizers and converters (OpenVINO) can work on them.
 
-Pure: a ModelProto in, a new ModelProto out. Folding uses ONNX's reference evaluator, so any
-standard op it knows may compute a condition.
+`fix_shapes` does the same for static input shapes (`Shape`/`Size` of a tensor whose shape is then
+known become constants), for OpenVINO's static buckets: Silero's LSTM sits in `If`s on its input's
+shape, which NNCF cannot quantize.
+
+A ModelProto in, a new ModelProto out. Folding uses ONNX's reference evaluator, so any standard op
+it knows may compute a condition; `fix_shapes` also runs the model once with ONNX Runtime to learn
+intermediate shapes that ONNX's shape inference loses.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -120,8 +125,105 @@ def bind_inputs(model: onnx.ModelProto, values: Mapping[str, str]) -> Specialize
     return result
 
 
-def _propagate(result: Specialized, known: dict[str, np.ndarray]) -> None:
-    """Walk the nodes in order: fold those the bound values decide, inline `If`s they decide."""
+def fix_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> Specialized:
+    """`model` at static input `shapes` (by input name), with what they decide folded: `Shape` and
+    `Size` of a tensor whose inferred shape is static become constants, then folds and `If`
+    inlining as for bound inputs. OpenVINO's static buckets use it for models that still hold
+    shape-dependent `If`s (Silero VAD's LSTM branches): NNCF compiles `If` bodies on their own,
+    and OpenVINO's CPU plugin refuses an `If` of dynamic rank.
+    """
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in model.graph.input:
+        if vi.name not in shapes:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(shapes[vi.name]):
+            raise InvalidModelError(f"input {vi.name!r}: rank {len(dims)}, shape {list(shapes[vi.name])} given")
+        for dim, size in zip(dims, shapes[vi.name]):
+            dim.Clear()
+            dim.dim_value = int(size)
+    result = Specialized(model, [])
+    for _ in range(4):  # each round's inlined nodes get their shapes known in the next
+        before = (result.inlined, result.folded)
+        try:
+            inferred = shape_inference.infer_shapes(result.model)
+        except Exception:  # onnx raises its own InferenceError and friends: fold only what is known
+            inferred = result.model
+        static = {**_observed_shapes(result.model, shapes), **_static_shapes(inferred.graph)}
+        _propagate(result, {}, static)
+        if (result.inlined, result.folded) == before:
+            break
+    _drop_dead_nodes(result.model.graph)
+    _drop_unused_initializers(result.model.graph)
+    result.notes = (  # one line: a variant's notes name the count, not every If
+        [f"specialized to its static input shapes: {result.inlined} If node(s) inlined, {result.folded} folded"]
+        if result.inlined or result.folded
+        else []
+    )
+    return result
+
+
+# Ops whose output shape follows their input values, and whatever a subgraph decides at run time.
+_DATA_SHAPED = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "Loop", "Scan"}
+
+
+def _observed_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Every top-level value's shape as ONNX Runtime computes it at the static input `shapes`, kept
+    only where two runs (zeros, then random values) agree and nothing upstream is data-shaped.
+    ONNX's own shape inference loses static dims through Silero's STFT front end; the runtime does not.
+    A graph ONNX Runtime cannot run here gives nothing (the variant's gate judges what is built)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = model.graph
+    tainted: set[str] = set()
+    for node in graph.node:
+        if node.op_type in _DATA_SHAPED or any(i in tainted for i in node.input):
+            tainted.update(node.output)
+    names = [o for n in graph.node for o in n.output if o and o not in tainted]
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    known_outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in names if n not in known_outputs)
+    initialized = {i.name for i in graph.initializer}
+    rng = np.random.default_rng(0)
+    feeds: list[dict[str, np.ndarray]] = [{}, {}]
+    for vi in graph.input:
+        if vi.name in initialized:
+            continue
+        if vi.name not in shapes:
+            return {}
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        feeds[0][vi.name] = np.zeros(shapes[vi.name], dtype)
+        feeds[1][vi.name] = rng.normal(size=shapes[vi.name]).astype(dtype)
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3  # not a warning per initializer a fold left unread
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        runs = [session.run(names, f) for f in feeds]
+    except Exception:  # ORT raises its own Fail/InvalidArgument types
+        return {}
+    return {n: tuple(a.shape) for n, a, b in zip(names, runs[0], runs[1]) if np.shape(a) == np.shape(b)}
+
+
+def _static_shapes(graph: Any) -> dict[str, tuple[int, ...]]:
+    """Value name -> its shape, for every value whose inferred shape is fully static."""
+    found: dict[str, tuple[int, ...]] = {i.name: tuple(i.dims) for i in graph.initializer}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            found[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    return found
+
+
+def _propagate(
+    result: Specialized, known: dict[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> None:
+    """Walk the nodes in order: fold those the bound values (or static `shapes`) decide, inline `If`s they decide."""
     from onnx import helper, numpy_helper
 
     graph = result.model.graph
@@ -138,6 +240,23 @@ def _propagate(result: Specialized, known: dict[str, np.ndarray]) -> None:
     kept: list[Any] = []
     while queue:
         node = queue.popleft()
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):  # an inlined branch's too
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None:
+                constants[node.output[0]] = attr.t
+        if _shape_known(node, shapes, graph_outputs):
+            assert shapes is not None
+            dims = np.array(shapes[node.input[0]], np.int64)
+            if node.op_type == "Size":
+                value = np.array(np.prod(dims), np.int64)
+            else:
+                start = next((a.i for a in node.attribute if a.name == "start"), 0)
+                end = next((a.i for a in node.attribute if a.name == "end"), None)
+                value = dims[start:end]
+            known[node.output[0]] = value
+            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+            result.folded += 1
+            continue
         if node.op_type == "If" and node.domain in ("", "ai.onnx") and node.input[0] in known:
             branch_name = "then_branch" if bool(known[node.input[0]].reshape(-1)[0]) else "else_branch"
             branch = next(a.g for a in node.attribute if a.name == branch_name)
@@ -174,6 +293,16 @@ def _propagate(result: Specialized, known: dict[str, np.ndarray]) -> None:
         kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _shape_known(node: Any, shapes: Mapping[str, tuple[int, ...]] | None, graph_outputs: set[str]) -> bool:
+    return (
+        shapes is not None
+        and node.op_type in ("Shape", "Size")
+        and node.domain in ("", "ai.onnx")
+        and node.input[0] in shapes
+        and node.output[0] not in graph_outputs
+    )
 
 
 def _foldable(node: Any, known: dict[str, np.ndarray], constants: Mapping[str, Any], graph_outputs: set[str]) -> bool:

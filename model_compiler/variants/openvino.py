@@ -176,8 +176,14 @@ def _build_static(recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
     session_options: dict[str, object] = {}
     why = "--shapes" if ctx.shapes else "the profile's static_shapes"
     dynamic = dynamic_axes(source)
+    has_if = any(node.op_type == "If" for node in source.graph.node)
     for k, shapes in enumerate(buckets):
-        model = _convert(ctx.model_path, shapes)  # at the bucket's shapes: some graphs convert only so
+        path = ctx.model_path
+        if has_if:  # shape-decided Ifs inlined at the bucket's shapes: NNCF cannot compile If bodies of dynamic rank
+            path = ctx.out_dir / f".{recipe.id}-{k}.onnx"
+            fixed = _fixed_shapes(ctx.model_path, shapes, path)
+            notes += fixed if k == 0 else []
+        model = _convert(path, shapes)  # at the bucket's shapes: some graphs convert only so
         reshape(model, shapes)
         xml = ctx.out_dir / f"{recipe.id}{bucket_suffix(buckets, shapes)}.xml"
         calib = {  # fitted along the bucketed axes only: samples stay on each input's batch axis
@@ -185,6 +191,8 @@ def _build_static(recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
             for n, a in ctx.calib.items()
         }
         more, session_options = _build_one(recipe, replace(ctx, calib=calib), model, xml)
+        if path != ctx.model_path:
+            path.unlink(missing_ok=True)
         check_static(xml)
         _check_loads(xml, session_options)
         notes += more if k == 0 else []
@@ -205,6 +213,21 @@ def _build_static(recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
         buckets=bucket_list(xmls, buckets, dynamic),
         pad_axes={n: a for n, a in dynamic.items() if a},
     )
+
+
+def _fixed_shapes(model_path: Path, shapes: dict[str, list[int]], out: Path) -> list[str]:
+    """Write the ONNX model specialized to static input `shapes` (model_compiler/specialize.py) to `out`."""
+    import onnx
+
+    from tandem.model_compiler.errors import CompileError
+    from tandem.model_compiler.specialize import fix_shapes
+
+    try:
+        fixed = fix_shapes(onnx.load(str(model_path)), shapes)
+    except CompileError as exc:
+        raise VariantSkipped(f"cannot specialize the model to {fmt_shapes(shapes)}: {exc}") from exc
+    onnx.save(fixed.model, str(out))
+    return fixed.notes
 
 
 def reshape(model: Any, shapes: dict[str, list[int]]) -> None:
@@ -328,7 +351,7 @@ def _quantize(model: ov.Model, recipe: Recipe, ctx: BuildContext, xml: Path) -> 
                 **kwargs,
             )
     except Exception as exc:
-        raise VariantSkipped(f"NNCF cannot quantize this model: {_first_line(exc)}") from exc
+        raise VariantSkipped(f"NNCF cannot quantize this model: {_openvino_reason(exc)}") from exc
     biases = compress_biases(quantized)
     _save(quantized, xml, compress_to_fp16=False)
     method = {
@@ -431,6 +454,14 @@ def _conversion_summary(exc: BaseException) -> str:
         or "failed for:" in line.lower()
     ]
     return "; ".join(useful)[:400] if useful else _first_line(exc)
+
+
+def _openvino_reason(exc: BaseException) -> str:
+    """The line of an OpenVINO exception that says what is wrong ("Unexpected: CPU plug-in doesn't
+    support If operation with dynamic rank. ..."), not its first, which names a C++ source file."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return f"{type(exc).__name__}: {said[-1]}"[:400] if said else _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
