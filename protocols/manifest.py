@@ -410,6 +410,14 @@ class Manifest:
         publisher_signature = data.get("publisher_signature")
         if publisher_signature is not None and not isinstance(publisher_signature, Mapping):
             raise ManifestError("publisher_signature: expected an object")
+        bound = [
+            BoundInput.from_dict(b, f"bound_inputs[{i}]")
+            for i, b in enumerate(_opt_list(data, "bound_inputs", "manifest"))
+        ]
+        taken = {str(t.get("name")) for t in _req_list(data, "inputs", "manifest") if isinstance(t, Mapping)}
+        for i, b in enumerate(bound):
+            if b.name in taken:
+                raise ManifestError(f"bound_inputs[{i}].name: {b.name!r} is bound, so it cannot also be an input")
         return cls(
             name=name,
             version=version,
@@ -430,10 +438,7 @@ class Manifest:
             source=dict(_opt_dict(data, "source", "manifest")),
             signature=dict(signature) if signature is not None else None,
             publisher_signature=dict(publisher_signature) if publisher_signature is not None else None,
-            bound_inputs=[
-                BoundInput.from_dict(b, f"bound_inputs[{i}]")
-                for i, b in enumerate(_opt_list(data, "bound_inputs", "manifest"))
-            ],
+            bound_inputs=bound,
         )
 
     @classmethod

@@ -19,10 +19,11 @@ from tandem.cloud_hub.inference import InferenceServer
 from tandem.cloud_hub.inference.model import BadInputError, load_cloud_model
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.errors import BadRequestError
+from tandem.model_compiler.cli import main as compile_cli
 from tandem.model_compiler.errors import InvalidModelError
 from tandem.model_compiler.pipeline import CompileOptions, CompileResult, compile_model
 from tandem.model_compiler.specialize import bind_inputs, fix_shapes
-from tandem.protocols.manifest import BoundInput, ManifestError, load_manifest
+from tandem.protocols.manifest import BoundInput, Manifest, ManifestError, load_manifest
 
 SR = np.array(16000, np.int64)
 PROFILE = """\
@@ -194,6 +195,32 @@ def test_manifest_bound_inputs_check_and_round_trip():
     for bad, field in (({"name": "sr", "dtype": "int64", "value": "16000"}, "b.value"), ({"name": "sr"}, "b.dtype")):
         with pytest.raises(ManifestError, match=field):
             BoundInput.from_dict(bad, "b")
+
+
+def test_a_manifest_input_cannot_also_be_bound(compiled):
+    _, _, edge, _ = compiled
+    data = load_manifest(edge.out).to_dict()
+    data["inputs"].append({"name": "sr", "dtype": "int64", "shape": []})
+    with pytest.raises(ManifestError, match=r"bound_inputs\[0\].name: 'sr' is bound, so it cannot also be an input"):
+        Manifest.from_dict(data)
+
+
+def test_cli_bind_needs_name_equals_value(tmp_path, capsys):
+    model = rate_model(tmp_path / "rate.onnx")
+    np.savez(tmp_path / "d.npz", audio=_audio(8, 1))
+    args = [
+        str(model),
+        "--calib",
+        str(tmp_path / "d.npz"),
+        "--val",
+        str(tmp_path / "d.npz"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert compile_cli([*args, "--bind", "sr"]) == 2
+    assert "--bind 'sr': expected NAME=VALUE" in capsys.readouterr().err
+    assert compile_cli([*args, "--bind", "audio=1"]) == 2
+    assert "--bind audio: the model has no 0-d (scalar) input of that name" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 
 from dependencies import missing
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
+from tandem.model_compiler.cli import main as compile_cli
 from tandem.protocols.manifest import BoundInput, load_manifest
 
 WHEEL = "silero_vad-6.2.3-py3-none-any.whl"
@@ -102,20 +102,31 @@ def test_real_silero_streams_through_the_agent_as_onnx_runtime_runs_it_stepwise(
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
     np.savez(tmp_path / "calib.npz", input=calib, state=np.zeros((2, len(calib), 128), np.float32))
-    result = compile_model(
-        CompileOptions(
-            model=silero,
-            profiles=["ort-fp32"],
-            calib=tmp_path / "calib.npz",
-            val=tmp_path / "calib.npz",
-            out=tmp_path / "out",
-            signing_key=tmp_path / "k.pem",
-            timing=False,
-            profile_dirs=[tmp_path / "profiles"],
-            bind={"sr": "16000"},
-        )
+    out = tmp_path / "out"
+    code = compile_cli(
+        [
+            str(silero),
+            "--bind",
+            "sr=16000",
+            "--profiles",
+            "ort-fp32",
+            "--profile-dir",
+            str(tmp_path / "profiles"),
+            "--calib",
+            str(tmp_path / "calib.npz"),
+            "--val",
+            str(tmp_path / "calib.npz"),
+            "--out",
+            str(out),
+            "--signing-key",
+            str(tmp_path / "k.pem"),
+            "--no-timing",
+            "--quiet",
+            "--json",
+        ]
     )
-    manifest = load_manifest(result.out)
+    assert code == 0
+    manifest = load_manifest(out)
     assert manifest.bound_inputs == [BoundInput("sr", "int64", 16000)]
     variant = manifest.variant_for_profile("ort-fp32")
     assert [s.name for s in variant.inputs] == ["input", "state"]  # sr is bound: not an input any more
@@ -131,7 +142,7 @@ def test_real_silero_streams_through_the_agent_as_onnx_runtime_runs_it_stepwise(
     cfg = AgentConfig.from_keys(
         {
             "trust.allow_unsigned": True,
-            "model.dir": result.out,
+            "model.dir": out,
             "model.variant": variant.id,
             "server.endpoint": f"ipc://{tmp_path}/vad.sock",
             "hard_examples.data_dir": tmp_path / "data",
