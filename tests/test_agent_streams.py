@@ -16,34 +16,20 @@ from tandem.cloud_hub.inference import InferenceServer
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.errors import BadRequestError, ConfigError
 from tandem.edge_agent.streams import StreamStates, state_pairs
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
-from test_policy_tasks import PROFILE
+from compile_fixtures import ORT_FP32, compile_for_profile
 
 
 def _compile(tmp, seed: int):
     d = tmp / f"seed{seed}"
     d.mkdir()
     model = stream_model(d / "vad.onnx", seed=seed)
-    np.savez(d / "d.npz", **stream_data(64, 1))
-    opts = CompileOptions(
-        model=model,
-        profiles=["ort-fp32"],
-        calib=d / "d.npz",
-        val=d / "d.npz",
-        out=d / "out",
-        signing_key=tmp / "k.pem",
-        timing=False,
-        profile_dirs=[tmp / "profiles"],
-    )
-    return model, compile_model(opts).out
+    return model, compile_for_profile(d, ORT_FP32, model, stream_data(64, 1), signing_key=tmp / "k.pem").out
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("streams")
-    (tmp / "profiles").mkdir()
-    (tmp / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
     return tmp, _compile(tmp, 0), _compile(tmp, 1)
 
 

@@ -13,36 +13,17 @@ import numpy as np
 import pytest
 
 from models import write_all
+from compile_fixtures import ORT_TASKS, write_profile
 from tandem.model_compiler.errors import CompileError
 from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.tasks import TaskSpec
-
-PROFILE = """\
-name: ort-tasks
-description: test profile, ONNX Runtime FP32 and INT8 only (keeps each compile short)
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2, fma, f16c]
-runtimes:
-  - runtime: onnxruntime
-    execution_providers: [CPUExecutionProvider]
-precisions: [int8, fp32]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 20
-relative_speed: 1.0
-power_watts: {idle: 15, active: 65}
-constraints:
-  static_shapes: false
-"""
 
 
 @pytest.fixture(scope="module")
 def task_models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("task-models")
     write_all(out)
-    (out / "profiles").mkdir()
-    (out / "profiles" / "ort-tasks.yaml").write_text(PROFILE)
+    write_profile(out, ORT_TASKS)
     return out
 
 

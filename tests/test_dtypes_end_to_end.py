@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, save
 
 from agent_fixtures import make_model_dir
+from compile_fixtures import ORT_FP32, compile_for_profile
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent import wire
 from tandem.edge_agent.errors import BadRequestError
@@ -23,7 +24,6 @@ from tandem.hardware_profiles.runtimes import load_session
 from tandem.hardware_profiles.runtimes.base import RuntimeUnavailableError
 from tandem.model_compiler.errors import UnsupportedDtypeError
 from tandem.model_compiler.model_io import io_specs
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.protocols import limits
 from tandem.protocols.manifest import DTYPES
 
@@ -43,25 +43,6 @@ ONNX_TYPES = {
 }
 SERVED = tuple(ONNX_TYPES)  # every fixed-size manifest dtype ONNX Runtime feeds from numpy
 WIDTH = 4
-
-PROFILE = """\
-name: ort-fp32-only
-description: test profile, ONNX Runtime FP32 only (one short compile)
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2]
-runtimes:
-  - runtime: onnxruntime
-    execution_providers: [CPUExecutionProvider]
-precisions: [fp32]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 50
-relative_speed: 1.0
-power_watts: {idle: 15, active: 65}
-constraints:
-  static_shapes: false
-"""
 
 
 def _all_dtypes_model(path: Path) -> Path:
@@ -173,23 +154,8 @@ def test_the_compiler_refuses_a_dtype_it_cannot_serve_naming_the_tensor(tmp_path
 
 
 def test_the_compiler_builds_and_validates_a_model_taking_every_dtype(tmp_path, model_file, direct):
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "ort-fp32-only.yaml").write_text(PROFILE)
-    np.savez(tmp_path / "calib.npz", **_rows(32, seed=2))
-    np.savez(tmp_path / "val.npz", **_rows(64, seed=3))
-    result = compile_model(
-        CompileOptions(
-            model=model_file,
-            profiles=["ort-fp32-only"],
-            calib=tmp_path / "calib.npz",
-            val=tmp_path / "val.npz",
-            out=tmp_path / "out",
-            signing_key=tmp_path / "key.pem",
-            timing=False,
-            profile_dirs=[tmp_path / "profiles"],
-            force=True,
-        ),
-        progress=lambda message: None,
+    result = compile_for_profile(
+        tmp_path, ORT_FP32, model_file, _rows(32, seed=2), _rows(64, seed=3), force=True, progress=lambda message: None
     )
     (variant,) = result.manifest.variants
     assert [(s.name, s.dtype) for s in variant.inputs] == [(f"x_{d}", d) for d in SERVED]

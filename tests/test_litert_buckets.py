@@ -14,11 +14,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from make_data import make_rec_data
+from compile_fixtures import compile_for_profile
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.errors import BadRequestError, ShapeNotServedError
 from tandem.edge_agent.ota.selftest import run_selftest
 from tandem.model_compiler.errors import CompileError, VariantSkipped
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.model_compiler.variants.litert import bucket_shapes
 from tandem.protocols.manifest import load_manifest
 from tandem.tasks import TaskSpec, ctc_greedy
@@ -46,24 +46,11 @@ constraints:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, ocr_rec_model):
     tmp = tmp_path_factory.mktemp("buckets")
-    (tmp / "profiles").mkdir()
-    (tmp / "profiles" / "litert-fp32.yaml").write_text(PROFILE_TEXT)
     x = make_rec_data(20, seed=5, width=320)
-    np.savez(tmp / "calib.npz", x=x[:6])
-    np.savez(tmp / "val.npz", x=x[6:])
-    opts = CompileOptions(
-        model=ocr_rec_model,
-        profiles=["litert-fp32"],
-        calib=tmp / "calib.npz",
-        val=tmp / "val.npz",
-        out=tmp / "out",
-        signing_key=tmp / "k.pem",
-        timing=False,
-        profile_dirs=[tmp / "profiles"],
-        task=TaskSpec("ctc"),
-        shapes=parse_shapes(["x=" + ",".join(f"1x3x48x{w}" for w in WIDTHS)]),
-    )
-    return tmp, compile_model(opts).out
+    shapes = parse_shapes(["x=" + ",".join(f"1x3x48x{w}" for w in WIDTHS)])
+    return tmp, compile_for_profile(
+        tmp, PROFILE_TEXT, ocr_rec_model, x[:6], x[6:], task=TaskSpec("ctc"), shapes=shapes
+    ).out
 
 
 @pytest.mark.slow

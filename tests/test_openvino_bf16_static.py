@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compile_fixtures import compile_for_profile
 from tandem.hardware_profiles.runtimes import load_session
 from tandem.model_compiler.errors import VariantSkipped
 from tandem.model_compiler.host import HostInfo, read_host
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.model_compiler.variants import BuildContext, Recipe
 from tandem.model_compiler.variants.openvino import OpenVINOBuilder, check_static
 from tandem.protocols.manifest import load_manifest
@@ -46,24 +46,10 @@ def compiled(tmp_path_factory, ocr_det_model):
     from make_data import make_det_data
 
     tmp = tmp_path_factory.mktemp("ov-static")
-    (tmp / "profiles").mkdir()
-    (tmp / "profiles" / "ov-static.yaml").write_text(PROFILE)
     x = make_det_data(12, seed=7, size=SIZE)
-    np.savez(tmp / "calib.npz", x=x[:4])
-    np.savez(tmp / "val.npz", x=x[4:])
-    opts = CompileOptions(
-        model=ocr_det_model,
-        profiles=["ov-static"],
-        calib=tmp / "calib.npz",
-        val=tmp / "val.npz",
-        out=tmp / "out",
-        signing_key=tmp / "k.pem",
-        timing=False,
-        profile_dirs=[tmp / "profiles"],
-        task=TaskSpec("dense"),
-        confidence_calibration=False,
+    result = compile_for_profile(
+        tmp, PROFILE, ocr_det_model, x[:4], x[4:], task=TaskSpec("dense"), confidence_calibration=False
     )
-    result = compile_model(opts)
     return result, load_manifest(result.out)
 
 

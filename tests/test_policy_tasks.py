@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from models import sigmoid_classifier, sigmoid_data, yolo_data, yolo_detector
+from compile_fixtures import ORT_FP32, compile_for_profile
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, TaskPolicy, task_policy_for
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.tasks import TaskSpec, class_labels, detections
 
 
@@ -75,41 +75,8 @@ def test_wrong_shape_for_the_task_is_a_policy_error():
         TaskPolicy(TaskSpec("ctc")).score([np.zeros((2, 5), np.float32)])
 
 
-PROFILE = """\
-name: ort-fp32
-description: test profile, ONNX Runtime FP32 only
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2]
-runtimes:
-  - runtime: onnxruntime
-    execution_providers: [CPUExecutionProvider]
-precisions: [fp32]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 20
-relative_speed: 1.0
-power_watts: {idle: 15, active: 65}
-constraints:
-  static_shapes: false
-"""
-
-
 def _compiled(tmp, model, x):
-    (tmp / "profiles").mkdir(exist_ok=True)
-    (tmp / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
-    np.savez(tmp / "d.npz", x=x)
-    opts = CompileOptions(
-        model=model,
-        profiles=["ort-fp32"],
-        calib=tmp / "d.npz",
-        val=tmp / "d.npz",
-        out=tmp / "out",
-        signing_key=tmp / "k.pem",
-        timing=False,
-        profile_dirs=[tmp / "profiles"],
-    )
-    return compile_model(opts).out
+    return compile_for_profile(tmp, ORT_FP32, model, x).out
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "yolo"])

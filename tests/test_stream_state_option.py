@@ -16,7 +16,7 @@ from tandem.model_compiler.errors import CompileError
 from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.tasks import TaskError, TaskSpec
 
-from test_policy_tasks import PROFILE
+from compile_fixtures import ORT_FP32, write_profile
 
 
 def _model(path, carry_dims=("N", 4), carry_type=TensorProto.FLOAT):
@@ -58,8 +58,7 @@ def _opts(tmp, model, state):
 
 @pytest.fixture()
 def tmp(tmp_path):
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
+    write_profile(tmp_path, ORT_FP32)
     return tmp_path
 
 

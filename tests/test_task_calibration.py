@@ -6,32 +6,17 @@ config sets one."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from models import sigmoid_classifier, sigmoid_data, yolo_data, yolo_detector
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.tasks import DEFAULT_THRESHOLDS
 
-from test_compile_tasks import PROFILE
+from compile_fixtures import ORT_TASKS, compile_for_profile
 
 
 def _compile(tmp, model, x):
-    (tmp / "profiles").mkdir(exist_ok=True)
-    (tmp / "profiles" / "ort-tasks.yaml").write_text(PROFILE)
-    np.savez(tmp / "d.npz", x=x)
-    opts = CompileOptions(
-        model=model,
-        profiles=["ort-tasks"],
-        calib=tmp / "d.npz",
-        val=tmp / "d.npz",
-        out=tmp / "out",
-        signing_key=tmp / "k.pem",
-        timing=False,
-        profile_dirs=[tmp / "profiles"],
-    )
-    return compile_model(opts)
+    return compile_for_profile(tmp, ORT_TASKS, model, x)
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "detection"])

@@ -16,12 +16,11 @@ from tandem.cloud_hub.telemetry.alerts import Hysteresis
 from tandem.cloud_hub.telemetry.engine import DriftConfig, DriftEngine
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.telemetry.window import ModelInfo, WindowAggregator, WindowConfig
-from tandem.model_compiler.pipeline import CompileOptions, compile_model
 from tandem.protocols.drift import TASK_SIGNAL_EDGES
 from tandem.protocols.telemetry_codec import decode_window, encode_window
 from tandem.tasks import TaskSpec, row_agreement, task_confidence
 
-from test_policy_tasks import PROFILE
+from compile_fixtures import ORT_FP32, compile_for_profile
 
 WINDOW_S = 10.0
 PER_WINDOW = 64  # images per window, in requests of 8
@@ -45,20 +44,7 @@ def crowded(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("task-drift")
-    (tmp / "profiles").mkdir()
-    (tmp / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
-    np.savez(tmp / "d.npz", x=yolo_data(400, 3))
-    opts = CompileOptions(
-        model=yolo_detector(tmp / "m.onnx"),
-        profiles=["ort-fp32"],
-        calib=tmp / "d.npz",
-        val=tmp / "d.npz",
-        out=tmp / "out",
-        signing_key=tmp / "k.pem",
-        timing=False,
-        profile_dirs=[tmp / "profiles"],
-    )
-    return tmp, compile_model(opts)
+    return tmp, compile_for_profile(tmp, ORT_FP32, yolo_detector(tmp / "m.onnx"), yolo_data(400, 3))
 
 
 def test_task_signals_names_match_the_wire_edges():
