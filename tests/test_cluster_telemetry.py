@@ -10,22 +10,11 @@ from pathlib import Path
 from tandem.cloud_hub.cluster.telemetry import ReplicaTelemetryService
 from tandem.cloud_hub.telemetry.service import TelemetryServiceConfig
 from tandem.cloud_hub.telemetry.store import StoredWindow, TelemetryStore
-from tandem.protocols import limits
-from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
+from window_fixtures import stored_window
 
 
 def stored(device: str, seq: int, received_at: float) -> StoredWindow:
-    w = TelemetryWindow(
-        schema_version=limits.TELEMETRY_SCHEMA_VERSION,
-        device_id=device,
-        sequence=seq,
-        model_name="toy",
-        model_version="1.0.0",
-        start_unix=received_at - 1,
-        end_unix=received_at,
-    )
-    w.requests.edge = 10
-    return StoredWindow(w, encode_window(w), "{}", received_at)
+    return stored_window(device, seq, received_at, edge=10)
 
 
 def engine_windows(service: ReplicaTelemetryService) -> int:

@@ -20,23 +20,8 @@ from tandem.cloud_hub.rollouts.controller import DeviceProgress, Event, GatePoli
 from tandem.cloud_hub.rollouts.store import RolloutStore
 from tandem.cloud_hub.storage.db import DatabaseError, Migration, open_database
 from tandem.cloud_hub.storage.dialect import POSTGRESQL, SQLITE
-from tandem.cloud_hub.telemetry.store import StoredWindow, TelemetryStore
-from tandem.protocols import limits
-from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
-
-
-def _window(device: str, seq: int, received_at: float) -> StoredWindow:
-    w = TelemetryWindow(
-        schema_version=limits.TELEMETRY_SCHEMA_VERSION,
-        device_id=device,
-        sequence=seq,
-        model_name="toy",
-        model_version="1.0.0",
-        start_unix=received_at - 1.0,
-        end_unix=received_at,
-    )
-    w.requests.edge = 3
-    return StoredWindow(w, encode_window(w), "{}", received_at)
+from tandem.cloud_hub.telemetry.store import TelemetryStore
+from window_fixtures import stored_window
 
 
 def _hub_db(target: str | Path):
@@ -46,9 +31,9 @@ def _hub_db(target: str | Path):
 def test_windows_are_stored_once_per_device_and_sequence_and_bucket_by_floor(database_target):
     store = TelemetryStore.open(database_target)
     try:
-        batch = [_window("cam-1", s, 100.0 + s) for s in (1, 2, 3)]
+        batch = [stored_window("cam-1", s, 100.0 + s) for s in (1, 2, 3)]
         assert store.insert_windows(batch) == [True, True, True]
-        assert store.insert_windows(batch[1:] + [_window("cam-1", 4, 119.9)]) == [False, False, True]
+        assert store.insert_windows(batch[1:] + [stored_window("cam-1", 4, 119.9)]) == [False, False, True]
         assert store.device_sequences("cam-1") == [1, 2, 3, 4] and store.count_windows() == 4
         series = store.model_series("toy", bucket_s=60.0)
         # 101..119.9 all fall in the bucket that starts at 60 (a rounding CAST would file 119.9 under 120)
@@ -103,7 +88,7 @@ def test_threads_share_a_store_and_each_window_is_stored_once(database_target):
 
     def send(offset: int) -> None:
         for seq in range(1, 21):  # every thread sends the same 20 windows: redeliveries from 6 consumers
-            got = store.insert_windows([_window("cam-9", seq, 1000.0 + seq + offset)])
+            got = store.insert_windows([stored_window("cam-9", seq, 1000.0 + seq + offset)])
             with lock:
                 new.extend(got)
 
