@@ -10,9 +10,7 @@ see docs/scaling.md."""
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from tandem.cloud_hub.broker import MosquittoBroker, free_port
 from tandem.cloud_hub.pki import Pki
 from tandem.cloud_hub.site_bridge import SiteBridgeConfig, write_site_broker
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
-from telemetry_fixtures import MOSQUITTO, wait_port
+from telemetry_fixtures import MosquittoProcess
 
 
 class LinkProxy:
@@ -95,43 +93,12 @@ class LinkProxy:
                 pass
 
 
-class SiteBroker:
-    """`mosquitto -c <generated conf>` as a child process, stoppable and restartable."""
+class SiteBroker(MosquittoProcess):
+    """The site's Mosquitto, run from `tandem-hub site-broker conf`'s config; stoppable and restartable."""
 
     def __init__(self, config: SiteBridgeConfig) -> None:
+        super().__init__(config.conf_path, config.listen_port, config.workdir / "mosquitto.log", "site mosquitto")
         self.config = config
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.config.listen_port}"
-
-    @property
-    def log_text(self) -> str:
-        path = self.config.workdir / "mosquitto.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start(self) -> "SiteBroker":
-        assert MOSQUITTO is not None
-        log = open(self.config.workdir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.config.conf_path)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        if not wait_port(self.config.listen_port, 10):
-            self.stop()
-            raise RuntimeError(f"site mosquitto did not start: {self.log_text[-400:]}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
 
 
 @dataclass

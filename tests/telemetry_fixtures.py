@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -38,39 +39,36 @@ def wait_port(port: int, timeout_s: float, up: bool = True) -> bool:
     return False
 
 
-class Mosquitto:
-    """One broker config; start() / stop() may be called repeatedly (same port, same persistence)."""
+class MosquittoProcess:
+    """`mosquitto -c <conf>` as a child process listening on one loopback port; start() / stop() may be
+    called repeatedly. The telemetry, OTA and site-bridge brokers differ only in the config they write."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
+    def __init__(self, conf: Path, port: int, log: Path, what: str = "mosquitto") -> None:
+        self.conf = conf
+        self.port = port
+        self.log = log
+        self.what = what
         self.proc: subprocess.Popen | None = None
-        (workdir / "data").mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            # started as root, mosquitto drops to user `mosquitto`, which cannot write a private tmp dir
-            f"user {getpass.getuser()}\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {workdir / 'data'}/\n"
-            "max_queued_messages 100000\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\n"
-        )
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def start(self) -> "Mosquitto":
-        log = open(self.workdir / "mosquitto.log", "ab")
+    @property
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def start(self) -> Self:
+        if MOSQUITTO is None:
+            raise RuntimeError("mosquitto not installed (apt-get install mosquitto)")
+        log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
         log.close()
         if not wait_port(self.port, 10):
             self.stop()
-            raise RuntimeError(f"mosquitto did not start: {(self.workdir / 'mosquitto.log').read_text()[-400:]}")
+            raise RuntimeError(f"{self.what} did not start: {self.log_text[-400:]}")
         return self
 
     def stop(self) -> None:
@@ -84,6 +82,25 @@ class Mosquitto:
                 self.proc.wait(5)
         self.proc = None
         wait_port(self.port, 5, up=False)
+
+
+class Mosquitto(MosquittoProcess):
+    """One anonymous broker, config and log in `workdir`; restarts keep the port and (`persistence`) the
+    sessions and queued messages."""
+
+    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = True) -> None:
+        self.workdir = workdir
+        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir / "mosquitto.conf", port or free_port(), workdir / "mosquitto.log")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            # started as root, mosquitto drops to user `mosquitto`, which cannot write a private tmp dir
+            f"user {getpass.getuser()}\n"
+            "allow_anonymous true\n"
+            + (f"persistence true\npersistence_location {workdir / 'data'}/\n" if persistence else "")
+            + "max_queued_messages 100000\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\n"
+        )
 
 
 @pytest.fixture
