@@ -30,7 +30,7 @@ from tandem.model_compiler.confidence import (
 )
 from tandem.model_compiler.data import Dataset, batch_axis, check_label_range, load_dataset, take
 from tandem.model_compiler.drift_reference import build_drift_reference
-from tandem.model_compiler.errors import CompileError, VariantSkipped
+from tandem.model_compiler.errors import CalibrationDataError, CompileError, VariantSkipped
 from tandem.model_compiler.report import write_reports
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
@@ -288,6 +288,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
 
     calib = load_dataset(opts.calib, inputs, "calibration")
     val = load_dataset(opts.val, inputs, "validation")
+    _check_bound_data(bound, [(opts.calib, "calibration"), (opts.val, "validation")])
     if len(calib) > opts.calib_samples:
         calib = calib.head(opts.calib_samples)
     say(
@@ -371,6 +372,17 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     write_reports(result)
     say(f"done in {time.perf_counter() - started:.1f}s: {out / MANIFEST_FILENAME}")
     return result
+
+
+def _check_bound_data(bound: list[BoundInput], files: list[tuple[Path, str]]) -> None:
+    """A data file may hold a bound input (ignored) only with the bound value: data recorded at
+    another sample rate than --bind names would validate the variants on the wrong inputs."""
+    for path, role in files:
+        with np.load(path, allow_pickle=False) as npz:
+            for b in bound:
+                why = b.mismatch(np.asarray(npz[b.name]), who=f"{role} data {path}") if b.name in npz.files else None
+                if why is not None:
+                    raise CalibrationDataError(why)
 
 
 def _resolve_task(

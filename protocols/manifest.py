@@ -119,7 +119,7 @@ class BoundInput:
             raise ManifestError(f"{where}.value: expected a {dtype} scalar, got {value!r}")
         return cls(name=name, dtype=dtype, value=value)
 
-    def mismatch(self, array: Any) -> str | None:
+    def mismatch(self, array: Any, who: str = "the request") -> str | None:
         """Why a request's tensor (a numpy array) is not this bound value, or None when it is."""
         shape = tuple(getattr(array, "shape", ()))
         dtype = getattr(getattr(array, "dtype", None), "name", type(array).__name__)
@@ -128,7 +128,7 @@ class BoundInput:
         sent = f"{array.item()!r}" if shape == () and hasattr(array, "item") else f"shape {list(shape)}"
         return (
             f"input {self.name!r} is bound to {self.value!r} ({self.dtype}, a 0-d scalar) in this model "
-            f"(tandem-compile --bind {self.name}={self.value}); the request sent {sent} ({dtype}): "
+            f"(tandem-compile --bind {self.name}={self.value}); {who} sent {sent} ({dtype}): "
             f"send {self.value!r} as {self.dtype} or leave {self.name!r} out"
         )
 

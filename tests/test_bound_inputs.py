@@ -221,6 +221,9 @@ def test_cli_bind_needs_name_equals_value(tmp_path, capsys):
     assert "--bind 'sr': expected NAME=VALUE" in capsys.readouterr().err
     assert compile_cli([*args, "--bind", "audio=1"]) == 2
     assert "--bind audio: the model has no 0-d (scalar) input of that name" in capsys.readouterr().err
+    np.savez(tmp_path / "d.npz", audio=_audio(8, 1), sr=np.array(8000, np.int64))  # recorded at another rate
+    assert compile_cli([*args, "--bind", "sr=16000"]) == 2
+    assert "'sr' is bound to 16000" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
