@@ -34,6 +34,7 @@ from tandem.model_compiler.errors import CalibrationDataError, CompileError, Var
 from tandem.model_compiler.report import write_reports
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
+from tandem.model_compiler.timing import DEFAULT_ROUNDS, Timed, close_all, open_variant, time_sessions
 from tandem.model_compiler.specialize import bind_inputs
 from tandem.model_compiler.validate import (
     Task,
@@ -120,6 +121,7 @@ class CompileOptions:
     profile_dirs: list[Path] = field(default_factory=list)
     timing: bool = True
     timing_seconds: float = 2.0
+    timing_rounds: int = DEFAULT_ROUNDS  # every variant timed once per round, the order rotated (timing.py)
     force: bool = False
     # per-variant confidence calibration (model_compiler/confidence.py)
     confidence_calibration: bool = True
@@ -196,6 +198,8 @@ def _check_options(opts: CompileOptions) -> None:
         raise CompileError(f"--calibration: {opts.calibration_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
     if opts.max_accuracy_drop < 0:
         raise CompileError("--max-accuracy-drop must be >= 0 (points of accuracy)")
+    if opts.timing_rounds < 1:
+        raise CompileError(f"--timing-rounds must be >= 1, got {opts.timing_rounds}")
     parse_version(opts.version)
     if opts.confidence_calibration:
         opts.goal()
@@ -336,6 +340,8 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     buildable = [p for p in profiles if p.name not in blocked]
     recipes, wanted_by, skipped = _plan(buildable, say)
     outcomes = _build_and_validate(recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say)
+    if opts.timing:
+        _time_in_rounds(outcomes, task, val, opts, say)
     if opts.confidence_calibration and task.calibratable:
         _calibrate(outcomes, opts, task, val, reference, outputs[task.output_index].name, ref_metrics, say)
 
@@ -497,8 +503,7 @@ def _build_and_validate(
                 task,
                 reference,
                 val,
-                timing=opts.timing,
-                timing_seconds=opts.timing_seconds,
+                timing=False,  # all variants together afterwards, in rounds (_time_in_rounds)
                 dense_threshold=opts.dense_threshold,
                 buckets=built.buckets or None,
                 pad_axes=built.pad_axes,
@@ -508,13 +513,48 @@ def _build_and_validate(
             say(
                 f"[{i}/{total}] {rid}: task {metrics['task_gate']}: {metrics['task_reason']}"
                 + f" (element agreement {metrics['agreement']:.4f}, informational)"
-                + (f", p50 {metrics['latency_p50_ms']:.3f} ms" if "latency_p50_ms" in metrics else "")
             )
         except VariantSkipped as exc:
             outcome.skipped = exc.reason
             shutil.rmtree(variant_dir, ignore_errors=True)
             say(f"[{i}/{total}] skipped {rid}: {exc.reason}")
     return outcomes
+
+
+def _time_in_rounds(
+    outcomes: list[VariantOutcome], task: Task, val: Dataset, opts: CompileOptions, say: Progress
+) -> None:
+    """Time every validated variant together in interleaved rounds (model_compiler/timing.py), so
+    a load that changes during the compile slows all of them alike instead of whichever ran then."""
+    ok = [o for o in outcomes if o.built and not o.skipped]
+    sessions = {}
+    for o in ok:
+        assert o.built is not None
+        try:
+            sessions[o.recipe.id] = open_variant(
+                o.recipe.runtime,
+                o.built.files,
+                o.built.session_options,
+                o.built.buckets or None,
+                o.built.pad_axes,
+                task.spec,
+            )
+        except Exception as exc:  # validation loaded it a moment ago; say so, never fail the compile
+            o.metrics["timing_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    say(f"timing {len(sessions)} variant(s) in {opts.timing_rounds} interleaved rounds")
+    try:
+        timed = time_sessions(sessions, val, rounds=opts.timing_rounds, seconds=opts.timing_seconds)
+    finally:
+        close_all(sessions)
+    for o in ok:
+        got = timed.get(o.recipe.id)
+        if isinstance(got, Timed):
+            o.metrics.update(got.metrics())
+            say(
+                f"  {o.recipe.id}: p50 {o.metrics['latency_p50_ms']:.3f} ms (median of {len(got.latency_rounds_ms)} rounds)"
+            )
+        elif got is not None:
+            o.metrics["timing_error"] = got
 
 
 def _cloud_predictions(opts: CompileOptions, val: Dataset) -> np.ndarray:

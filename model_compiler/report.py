@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tandem.model_compiler.select import Candidate, fp32_bars, speedup_over
+
 if TYPE_CHECKING:
     from tandem.model_compiler.pipeline import CompileResult
 
@@ -54,6 +56,7 @@ def report_dict(result: "CompileResult") -> dict[str, Any]:
             name: {"chosen": c.chosen, "reason": c.reason, "candidates": c.candidates, "skipped": c.skipped}
             for name, c in m.profiles.items()
         },
+        "speedups_vs_fp32": speedups(result),
         "variants": [
             {
                 "id": o.recipe.id,
@@ -110,6 +113,7 @@ def render_markdown(result: "CompileResult") -> str:
             f"{_fmt(x.get('max_abs_error'), 5)} | {_fmt(x.get('latency_p50_ms'))} | {_fmt(x.get('latency_p95_ms'))} | "
             f"{_fmt(x.get('throughput_b8'), 0)} | {', '.join(o.profiles)} |"
         )
+    lines += _speedup_lines(result)
     calibrated = [(o, o.calibration) for o in result.outcomes if o.calibration and not o.skipped]
     if calibrated:
         goal = calibrated[0][1]["goal"]
@@ -140,6 +144,56 @@ def render_markdown(result: "CompileResult") -> str:
             if s.get("variant") not in seen:
                 lines.append(f"| {s.get('variant')} | {name} | {s.get('reason')} |")
     return "\n".join(lines) + "\n"
+
+
+def speedups(result: "CompileResult") -> list[dict[str, Any]]:
+    """Each reduced-precision variant's speed over its runtime's FP32 (the bar select.py holds it
+    to): median and range of the per-round ratios when both were timed in the same rounds."""
+    cands = [
+        Candidate(o.recipe.id, o.recipe.runtime, o.recipe.precision, o.metrics)
+        for o in result.outcomes
+        if o.built and not o.skipped
+    ]
+    bars = fp32_bars(cands)
+    rows = []
+    for c in cands:
+        base = bars.get(c.runtime)
+        if c.precision == "fp32" or base is None:
+            continue
+        speed = speedup_over(c, base)
+        if speed is None:
+            continue
+        rows.append(
+            {
+                "variant": c.id,
+                "vs": base.id,
+                "speedup": speed.as_dict(),
+                "rounds": len(c.metrics.get("latency_rounds_ms") or []),
+            }
+        )
+    return rows
+
+
+def _speedup_lines(result: "CompileResult") -> list[str]:
+    rows = speedups(result)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Reduced precision against the same runtime's FP32",
+        "",
+        "Speed-up = FP32 time / variant time within each interleaved timing round (every variant once "
+        "per round, the order rotated): the median and range over rounds. Below 1.00x a CPU profile refuses the variant.",
+        "",
+        "| variant | vs | speed-up (median) | range | rounds |",
+        "| --- | --- | ---: | --- | ---: |",
+    ]
+    for r in rows:
+        s = r["speedup"]
+        lines.append(
+            f"| {r['variant']} | {r['vs']} | {s['median']:.2f}x | {s['min']:.2f}-{s['max']:.2f}x | {r['rounds'] or '-'} |"
+        )
+    return lines
 
 
 def write_reports(result: "CompileResult") -> tuple[Path, Path]:

@@ -118,6 +118,13 @@ def test_ocr_orientation_classifier_opset11_compiles(tmp_path, ocr_cls_model):
     for v in int8:
         assert v.metrics["weight_bytes"] <= 0.3 * fp32_weights, (v.id, v.metrics["weight_bytes"], fp32_weights)
     _check_chosen_variants_agree(result.out, ocr_cls_model, x[48:], 0.9)
+    # every variant timed together in interleaved rounds; reduced precision judged on per-round
+    # ratios to its runtime's FP32, which the report shows with their range
+    assert all(len(v.metrics["latency_rounds_ms"]) == 5 for v in manifest.variants), manifest.variants
+    report = (result.out / "report.md").read_text()
+    assert "## Reduced precision against the same runtime's FP32" in report
+    assert "| onnxruntime-int8-u8s8" in report and "| onnxruntime-fp32 |" in report
+    assert any("interleaved rounds" in m for m in messages)
 
 
 def test_cli_reports_bad_model_and_bad_data_clearly(tmp_path, digits_dir):
