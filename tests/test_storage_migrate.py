@@ -154,3 +154,34 @@ def test_check_names_an_unreachable_database_without_its_password(capsys, tmp_pa
 def test_migrate_refuses_a_target_that_is_not_postgresql(target, tmp_path, capsys):
     assert cli.main(_migrate(tmp_path, target)) == 1
     assert "must be a postgresql://" in capsys.readouterr().err
+
+
+def test_check_names_an_invalid_index(pg_url, tmp_path, capsys):
+    import psycopg
+
+    TelemetryStore.open(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # what a failed CREATE INDEX CONCURRENTLY leaves
+        conn.execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'telemetry.telemetry_windows_pkey'::regclass"
+        )
+    assert cli.main(["check", "--database-url", pg_url, "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "corrupt  schema telemetry" in out
+    assert (
+        "PROBLEM  telemetry table telemetry_windows: index telemetry_windows_pkey is invalid "
+        "(REINDEX INDEX telemetry.telemetry_windows_pkey)" in out
+    )
+
+
+def test_migrate_refuses_a_store_at_another_schema_version(pg_url, tmp_path, capsys):
+    import sqlite3
+
+    data_dir = tmp_path / "hub-data"
+    RolloutStore.open(data_dir).close()
+    conn = sqlite3.connect(data_dir / "rollouts.sqlite")
+    with conn:  # a store written by an older Tandem: its newest migration not applied yet
+        conn.execute("DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)")
+    conn.close()
+    assert cli.main(_migrate(data_dir, pg_url)) == 1
+    err = capsys.readouterr().err
+    assert "rollouts.sqlite: schema version" in err and "start the hub once on this data dir" in err

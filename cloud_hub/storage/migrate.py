@@ -145,16 +145,16 @@ def _migrate(root: Path, url: str, replace: bool, chunk_rows: int, progress: Pro
     found = [(s, root / s.filename) for s in specs if (root / s.filename).is_file()]
     if not found:
         raise MigrateError(f"{root}: no hub store here ({', '.join(sorted(known))}); is it a hub's data dir?")
-    for spec in specs:  # a store the SQLite hub never opened: its schema is made ready all the same
-        if not (root / spec.filename).is_file():
-            spec.open(url).close()
-            progress(f"created  {spec.schema}: no {spec.filename} in the data dir, an empty schema at its version")
     opened: list[tuple[StoreSpec, sqlite3.Connection, HubDatabase, StoreCopy]] = []
     try:
         for spec, path in found:  # everything checked before the first row is written
             source = _open_source(path)
             opened.append((spec, source, _open_target(spec, url, source), StoreCopy(spec.filename, spec.schema, 0)))
             _prepare(*opened[-1], replace=replace)
+        for spec in specs:  # a store the SQLite hub never opened: its schema is made ready all the same
+            if not (root / spec.filename).is_file():
+                spec.open(url).close()
+                progress(f"created  {spec.schema}: no {spec.filename} in the data dir, an empty schema at its version")
         for spec, source, target, copy in opened:
             _copy_store(spec, source, target, copy, replace, chunk_rows, progress)
         bad = [f"{c.schema}.{t.table}" for _, _, _, c in opened for t in c.tables if not t.ok]
