@@ -48,6 +48,7 @@ from tandem.model_compiler import model_io  # noqa: E402
 from tandem.model_compiler.data import load_dataset, take  # noqa: E402
 from tandem.model_compiler.errors import VariantSkipped  # noqa: E402
 from tandem.model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
+from tandem.model_compiler.quiet import silence_third_party_progress  # noqa: E402
 from tandem.model_compiler.specialize import bind_inputs  # noqa: E402
 from tandem.model_compiler.validate import Task, run_dataset, validate_variant  # noqa: E402
 from tandem.model_compiler.variants import BuildContext, get_builder  # noqa: E402
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     profiles = [p for p in args.profiles.split(",") if p]
+    if args.json:  # NNCF logs INFO lines through its own stdout handler: they would break the JSON
+        silence_third_party_progress()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tandem-bench-tasks-") as tmp:
         for name in names:
