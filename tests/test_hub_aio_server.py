@@ -125,6 +125,29 @@ def test_a_tiny_model_runs_without_a_hand_off_when_measured_fast_enough(lin_dir,
     assert inline == (20 if inline_max_us else 0)
 
 
+def _intra_op_threads(server: InferenceServer, name: str) -> int:
+    return server.models[name].session._session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tiny_model_runs_on_one_onnxruntime_thread(lin_dir, kind):
+    # ONNX Runtime's default pool spins a thread per core after every run: beside the gRPC threads on
+    # 2 cores that took ~0.85 ms of CPU per digits request at 64 in flight (bench/peers.py). A model the
+    # load-time probe finds faster than inline_max_us (it runs inline) gets one thread instead.
+    with InferenceServer(lin_dir, server=kind) as server:
+        assert _intra_op_threads(server, "lin") == 1
+        probe_s = server.models["lin"].probe_run_s
+        assert probe_s is not None and probe_s < 200e-6
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            reply = stub.ModelInfer(_request("lin", "x", np.ones((1, 4), np.float32)), timeout=10)
+        assert decode_response_outputs(reply)["y"].shape == (1, 3)
+    with InferenceServer(lin_dir, server=kind, inline_max_us=0.0) as server:
+        assert _intra_op_threads(server, "lin") == 0  # nothing runs inline: ONNX Runtime's default pool stays
+    with InferenceServer(lin_dir, server=kind, threads=2) as server:
+        assert _intra_op_threads(server, "lin") == 2  # a thread count asked for wins
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_both_servers_answer_stream_health_and_errors_alike(lin_dir, kind):
     from grpc_health.v1 import health_pb2, health_pb2_grpc

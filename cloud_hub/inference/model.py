@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -71,6 +72,7 @@ class CloudModel:
         # hub may serve the unspecialized model); here they are checked and dropped
         served = {spec.name for spec in self.inputs}
         self.bound = {b.name: b for b in manifest.bound_inputs if b.name not in served}
+        self.probe_run_s: float | None = None  # the fastest run on zeros at load (load_cloud_model)
 
     def empty_outputs(self) -> dict[str, np.ndarray]:
         """Zero-row outputs for a zero-row batch (other dynamic axes are 0 too)."""
@@ -163,10 +165,13 @@ def load_cloud_model(
     threads: int | None = None,
     verify_hashes: bool = True,
     trusted_key: Any = None,
+    single_thread_below_s: float = 0.0,
 ) -> CloudModel:
     """Load the variant compiled for `hub_profile` (or `variant_id`) from a model directory.
 
-    With `trusted_key` (an ed25519 public key) the manifest's signature must verify.
+    With `trusted_key` (an ed25519 public key) the manifest's signature must verify. An ONNX
+    Runtime variant whose probe run takes less than `single_thread_below_s`, with no thread count
+    asked for, is reloaded with one intra-op thread (see `_single_thread_if_tiny`).
     """
     path = Path(model_dir)
     try:
@@ -195,6 +200,11 @@ def load_cloud_model(
     except BadInputError as exc:
         session.close()
         raise ModelDirError(f"{path}: variant {variant.id!r}: {exc}") from exc
+    probe_s = probe_run_s(session)
+    if variant.runtime == "onnxruntime" and "threads" not in options and single_thread_below_s > 0:
+        session, probe_s = _single_thread_if_tiny(
+            session, path / variant.model_file.path, options, probe_s, single_thread_below_s
+        )
     log.info(
         "loaded model=%s version=%s variant=%s runtime=%s from %s",
         manifest.name,
@@ -203,7 +213,60 @@ def load_cloud_model(
         variant.runtime,
         path,
     )
-    return CloudModel(path, manifest, variant, session, batch)
+    model = CloudModel(path, manifest, variant, session, batch)
+    model.probe_run_s = probe_s
+    return model
+
+
+def probe_run_s(session: RuntimeSession, budget_s: float = 0.02, most: int = 5) -> float | None:
+    """The fastest of a few runs on zeros (dynamic axes 1) after one warm-up; None when the model
+    cannot run on zeros or has text inputs. Stops once `budget_s` is spent, so a big model costs
+    about two runs. The fastest, not the mean: on a busy host a run is often preempted."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in session.inputs:
+        if spec.dtype == "string":
+            return None
+        try:
+            feeds[spec.name] = np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=_numpy_dtype(spec.dtype))
+        except (BadInputError, TypeError, ValueError):
+            return None
+    try:
+        session.run(feeds)  # warm-up: the first run allocates
+        best = float("inf")
+        spent = 0.0
+        for _ in range(most):
+            t0 = time.perf_counter()
+            session.run(feeds)
+            took = time.perf_counter() - t0
+            best, spent = min(best, took), spent + took
+            if spent > budget_s:
+                break
+    except Exception as exc:  # noqa: BLE001 - a probe that fails only means "not measured"
+        log.debug("probe run failed: %r", exc)
+        return None
+    return best
+
+
+def _single_thread_if_tiny(
+    session: RuntimeSession, model_file: Path, options: dict[str, Any], probe_s: float | None, below_s: float
+) -> tuple[RuntimeSession, float | None]:
+    """A tiny ONNX Runtime model reloaded with one intra-op thread (and its probe time re-measured).
+
+    ONNX Runtime's default pool (one thread per core) spins after every run waiting for more
+    work: for a model of microseconds that spinning thread took a whole core from the gRPC
+    threads on a 2-core host (bench/peers.py, digits at 64 in flight: 0.85 ms of CPU per request
+    in the pool thread, throughput halved). One thread runs such a model as fast, without it.
+    """
+    if probe_s is None or probe_s >= below_s:
+        return session, probe_s
+    try:
+        single = load_session("onnxruntime", model_file, **{**options, "threads": 1})
+    except (RuntimeUnavailableError, TypeError) as exc:
+        log.debug("%s: single-threaded reload failed (%s); the default pool stays", model_file, exc)
+        return session, probe_s
+    session.close()
+    log.info("%s: %.0f us a run, served with one intra-op thread", model_file, probe_s * 1e6)
+    return single, probe_run_s(single)
 
 
 def _verify_file(model_dir: Path, rel: str, sha256: str, size: int) -> None:

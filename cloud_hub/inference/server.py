@@ -287,6 +287,8 @@ class InferenceServer:
                 threads=self.threads,
                 variant_id=self._variant_for(model_dir),
                 trusted_key=self.trusted_key,
+                # models that run inline also run on one ONNX Runtime thread (no pool spinning beside gRPC)
+                single_thread_below_s=self.inline_max_us / 1e6,
             )
             if model.name in self._models:
                 model.close()
