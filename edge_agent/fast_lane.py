@@ -69,6 +69,10 @@ _THRESHOLD_TAG = _key(pb.ReplyHeader, "threshold")
 _LATENCY = struct.Struct("<Bd")  # key, then the double
 _THRESHOLD = struct.Struct("<Bf")  # key, then the float
 _FLOATS = {n: struct.Struct(f"<{n}f") for n in range(1, 9)}
+# the usual reply's changing fields in one pack: one confidence (packed floats, 4 bytes), one label
+# under 128 (packed varints, 1 byte), the latency, and the threshold when it is not 0 (proto3 omits 0)
+_ONE_ROW = struct.Struct("<BBfBBBBd")
+_ONE_ROW_THRESHOLD = struct.Struct("<BBfBBBBdBf")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,21 @@ def frame_bytes(frame: Any) -> bytes:
     return cached if type(cached) is bytes else bytes(frame)
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """False when `array` (floats) may hold NaN or infinity: then the general path decides with np.isfinite.
+
+    One BLAS dot of the values with themselves: its squares are >= 0, so a NaN or an infinity
+    anywhere makes it NaN or infinite, never finite; it may also overflow on finite values above
+    ~1e19 (float32), which only sends such a request the general way. Cheaper than a float64 sum
+    (a cast and a reduction) on inputs of any size. Halves and smaller keep that sum (their
+    square overflows at 256).
+    """
+    if array.dtype.itemsize < 4:
+        return math.isfinite(array.sum(dtype=np.float64))
+    flat = array.reshape(-1)
+    return math.isfinite(flat.dot(flat))
+
+
 def _varints(values: Sequence[int]) -> bytes:
     out = bytearray()
     for n in values:
@@ -142,7 +161,8 @@ class FastLane:
         observer: RequestObserver | None,
         max_plans: int = PLANS_MAX,
     ) -> None:
-        """`run_inline` runs the model on this thread (None: it cannot now); `inline_ready` says whether it may."""
+        """`inline_ready` says whether the model may run on this thread; `run_inline` then runs it there
+        (None: the batcher is busy now)."""
         self._plans: dict[bytes, Plan | None] = {}  # None: a prefix seen and not fit for the lane
         self.answered = 0  # requests this lane answered (the rest went the general path)
         self._prefix_lengths: list[int] = []
@@ -229,9 +249,7 @@ class FastLane:
             if buf.nbytes != t.nbytes:
                 return None, None
             array = np.frombuffer(buf, dtype=t.dtype).reshape(t.shape)
-            # exact: a float64 sum of floats is NaN or infinite only if an element is (float64 inputs
-            # may overflow to inf: the general path then decides with np.isfinite)
-            if t.check_finite and not math.isfinite(array.sum(dtype=np.float64)):
+            if t.check_finite and not all_finite(array):
                 return None, None
             feeds[t.feed_name] = array
             inputs[t.spec_name] = array
@@ -239,13 +257,14 @@ class FastLane:
         if outputs is None:  # the batcher is busy or the model is not fast enough: the worker runs it
             return None, None
         for out in outputs:  # NaN/inf out: the general path answers the non_finite_output error
-            if out.dtype.kind == "f" and not math.isfinite(out.sum(dtype=np.float64)):
+            if out.dtype.kind == "f" and not all_finite(out):
                 return None, outputs
         try:
             scores = self._policy.score(outputs, self._output_names, plan.threshold)
         except Exception:
             return None, outputs  # the general path words the scoring error
-        confident = scores.all_confident
+        decided = scores.confident
+        confident = bool(decided[0]) if decided.shape == (1,) else bool(decided.all())
         if not (confident or plan.edge_only):
             return None, outputs
         self.answered += 1
@@ -261,9 +280,19 @@ class FastLane:
     def _reply(self, request_id_field: bytes, scores: Any, latency_ms: float) -> bytes:
         """ReplyHeader bytes: the pre-encoded head, then the fields that change (protobuf merges them)."""
         confidence = scores.confidence.tolist()
+        label_list = scores.labels.tolist()
         rows = len(confidence)
+        if rows == 1 and 0 <= label_list[0] < 0x80:  # one byte per field of the usual reply
+            fields = (_CONFIDENCE_TAG[0], 4, confidence[0], _LABEL_TAG[0], 1, label_list[0], _LATENCY_TAG, latency_ms)
+            if scores.threshold != 0.0:
+                return (
+                    self._reply_head
+                    + request_id_field
+                    + _ONE_ROW_THRESHOLD.pack(*fields, _THRESHOLD_TAG, scores.threshold)
+                )
+            return self._reply_head + request_id_field + _ONE_ROW.pack(*fields)
         floats = _FLOATS.get(rows) or struct.Struct(f"<{rows}f")
-        labels = _varints(scores.labels.tolist())
+        labels = _varints(label_list)
         parts = [self._reply_head, request_id_field]
         if rows:
             parts += [

@@ -144,7 +144,7 @@ class InferenceService:
                 model_version=model.version,
                 output_names=model.output_names,
                 policy=policy,
-                run_inline=self._run_inline,
+                run_inline=self._run_now,
                 inline_ready=self.inline_ready,
                 metrics=self.metrics,
                 observer=observer,
@@ -412,6 +412,10 @@ class InferenceService:
         """Run on this (the loop's) thread when inline_ready() allows and the batcher is idle; else None."""
         if not self.inline_ready():
             return None
+        return self._run_now(feeds)
+
+    def _run_now(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        """_run_inline once inline_ready() said yes (the fast lane asks it first): None when the batcher is busy."""
         t0 = time.perf_counter()
         try:
             outputs = self.batcher.try_run_inline(feeds)

@@ -16,7 +16,7 @@ import pytest
 from agent_fixtures import make_linear_softmax, make_model_dir
 from tandem.edge_agent.agent import Agent
 from tandem.edge_agent.config import AgentConfig
-from tandem.edge_agent.fast_lane import request_id_tail
+from tandem.edge_agent.fast_lane import all_finite, request_id_tail
 from tandem.edge_agent.wire import RequestTemplates, encode_request
 from tandem.protocols import local_api_pb2 as pb
 
@@ -164,6 +164,25 @@ def test_requests_the_lane_must_not_take_get_the_general_answer(digits_agent):
         assert with_lane == general, name
         assert with_lane.source == pb.SOURCE_ERROR and with_lane.error.code == "bad_request", name
     assert "NaN" in _reply(service.handle(cases["nan"])).error.message
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_lane_finite_check_never_passes_a_nan_or_an_infinity(dtype):
+    # the lane's cheap check (a dot of the values with themselves) may send a finite input the
+    # general way, never a non-finite one the lane's way
+    rng = np.random.default_rng(0)
+    for size in (1, 10, 64, 1000, 27648):
+        x = (rng.standard_normal(size) * 100).astype(dtype)
+        assert all_finite(x) and all_finite(x.reshape(1, -1))
+        for bad in (np.nan, np.inf, -np.inf):
+            for at in {0, size // 2, size - 1}:
+                y = x.copy()
+                y[at] = bad
+                assert not all_finite(y), (size, bad, at)
+                assert not all_finite(y.reshape(1, -1)), (size, bad, at)
+    big = np.full(8, np.finfo(dtype).max, dtype)  # finite: halves are summed in float64, exact; wider floats'
+    assert all_finite(big) == (dtype == np.float16)  # squares overflow, so the general path decides for them
+    assert all_finite(np.zeros(0, dtype))
 
 
 def test_an_unsure_answer_runs_the_model_once_and_says_no_hub(digits_agent):

@@ -103,7 +103,10 @@ class MicroBatcher:
         self.window_s = window_ms / 1000.0
         self.max_queue = max_queue
         self._queue: deque[_Request] = deque()
-        self._cond = threading.Condition()
+        # a plain Lock under the Condition: the agent's inline path takes `_mutex` itself (a C-level
+        # context manager; Condition's own __enter__/__exit__ are Python calls around an RLock)
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)  # never acquired while held (no nesting)
         self._run_lock = threading.Lock()  # one session.run at a time: worker or inline caller
         self._closed = False
         self._overlap_recent = 0  # batches left during which we keep lingering
@@ -150,13 +153,14 @@ class MicroBatcher:
         try:
             if self._queue:
                 return None
-            with self._cond:
-                self._stats.requests += 1
-                self._stats.batches += 1
-                self._stats.rows += _rows(feeds) if self.batching else 1
-                self._stats.batch_sizes[1] = self._stats.batch_sizes.get(1, 0) + 1
-                self._stats.inline += 1
-                self._stats.started += 1
+            with self._mutex:
+                stats = self._stats
+                stats.requests += 1
+                stats.batches += 1
+                stats.rows += _rows(feeds) if self.batching else 1
+                stats.batch_sizes[1] = stats.batch_sizes.get(1, 0) + 1
+                stats.inline += 1
+                stats.started += 1
             try:
                 return list(self._timed_run(feeds))
             except Exception:
