@@ -7,7 +7,8 @@ note when pip cannot), each serving the digits cloud model and the PP-OCR mobile
 classifier on onnxruntime from its own process. Workloads: digits one call at a time (p50)
 and with 16 and 64 calls in flight (throughput, RESOURCE_EXHAUSTED count), the classifier with
 16 single-image calls in flight (the hub batches them), against the in-process floors (the
-digits model called back to back; the classifier in batches of 8, in each repetition).
+digits model called back to back; the classifier at the very batch sizes each hub formed in that
+run, read from its ModelStatistics, and in batches of 8; in each repetition).
 Edge: the agent (ZeroMQ) beside LitServe (build/litserve-venv, made here) and a minimal FastAPI
 endpoint, on the digits edge model, one client (p50) and 8 clients (throughput), against the
 in-process floor. Every server's CPU per answered request comes from its process tree
@@ -265,6 +266,71 @@ def in_process_floor(model: Path, x: np.ndarray, seconds: float) -> dict[str, fl
     }
 
 
+def batch_counts(address: str, model: str) -> dict[int, int]:
+    """How many batches of each size a hub's batcher has run for `model` (v2 ModelStatistics)."""
+    import grpc
+
+    from tandem.protocols import inference_pb2 as pb
+    from tandem.protocols import inference_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            pb.ModelStatisticsRequest(name=model), timeout=10
+        )
+    return {int(b.batch_size): int(b.compute_infer.count) for b in stats.model_stats[0].batch_stats}
+
+
+def floor_at_batches(model: Path, x: np.ndarray, counts: dict[int, int], seconds: float) -> dict[str, Any]:
+    """The runtime in this process at the batch sizes a server formed, in the same proportions.
+
+    Each size is run back to back on two sessions, ONNX Runtime's default pool and one intra-op
+    thread (the hub picks one thread for models it runs inline), and the faster median counts: the
+    floor is what the runtime does at best. Rows over time had the server's batches run with
+    nothing around them: sum(n_b * b) / sum(n_b * t_b).
+    """
+    counts = {b: n for b, n in counts.items() if n > 0}
+    if not counts:
+        return {"rows_per_s": None, "batch_counts": {}}
+    sessions = {
+        "default": load_session("onnxruntime", model),
+        "1 thread": load_session("onnxruntime", model, threads=1),
+    }
+    name = sessions["default"].inputs[0].name
+    per_run: dict[int, float] = {}
+    cpu_per_run: dict[int, float] = {}
+    chosen: dict[int, str] = {}
+    for size in sorted(counts):
+        feeds = {name: np.concatenate([x] * size)}
+        for label, session in sessions.items():
+            for _ in range(5):
+                session.run(feeds)
+            lat: list[float] = []
+            cpu0 = time.process_time()
+            stop = time.perf_counter() + max(0.2, seconds / len(counts) / len(sessions))
+            while time.perf_counter() < stop or len(lat) < 5:
+                t0 = time.perf_counter()
+                session.run(feeds)
+                lat.append(time.perf_counter() - t0)
+            median = statistics.median(lat)
+            if size not in per_run or median < per_run[size]:
+                per_run[size], chosen[size] = median, label
+                cpu_per_run[size] = (time.process_time() - cpu0) / len(lat)
+    for session in sessions.values():
+        session.close()
+    rows = sum(n * b for b, n in counts.items())
+    busy = sum(n * per_run[b] for b, n in counts.items())
+    return {
+        "rows_per_s": rows / busy,
+        # CPU per row as the hub's batches run in-process: beside the hub's CPU per request it says how
+        # much of that is the runtime, a figure that a busy host's scheduling moves less than wall time
+        "cpu_ms_per_row": sum(n * cpu_per_run[b] for b, n in counts.items()) / rows * 1000.0,
+        "mean_batch": rows / sum(counts.values()),
+        "batch_counts": counts,
+        "ms_per_run": {b: t * 1000 for b, t in per_run.items()},
+        "session": chosen,
+    }
+
+
 # -- ratios --------------------------------------------------------------------------------------
 
 
@@ -289,7 +355,12 @@ def cloud(work: Path, digits: Path, ocr: Path, reps: int, seconds: float) -> dic
     onnx = {"digits-cloud": digits, "ocr-cls": ocr}
     dirs = [make_model_dir(path, work / f"m-{name}", name=name) for name, path in onnx.items()]
     result: dict[str, Any] = {"notes": []}
-    floors: dict[str, list[dict]] = {"digits": [], "ocr_cls_batched": []}
+    floors: dict[str, list[dict]] = {
+        "digits": [],
+        "ocr_cls_batched": [],  # batches of OCR_BATCH back to back (the old, fixed-size floor)
+        "ocr_cls_at_hub_aio_batches": [],  # the batch sizes each hub formed (floor_at_batches)
+        "ocr_cls_at_hub_threads_batches": [],
+    }
     result["floor"] = floors  # measured in each repetition, beside the servers
     servers: dict[str, Server] = {}
     try:
@@ -321,9 +392,15 @@ def cloud(work: Path, digits: Path, ocr: Path, reps: int, seconds: float) -> dic
             for workload, (request, inflight, rows) in workloads.items():
                 for name, server in servers.items():
                     log(f"rep {rep + 1}/{reps} {workload} {name}")
+                    hub = workload == "ocr_cls_16" and name.startswith("hub_")
+                    before = batch_counts(server.info["address"], "ocr-cls") if hub else {}
                     runs[name][workload].append(
                         grpc_load(server.info["address"], request, inflight, seconds, server.pid, rows)
                     )
+                    if hub:  # the floor for this hub: its own batch sizes, run in-process
+                        after = batch_counts(server.info["address"], "ocr-cls")
+                        formed = {b: n - before.get(b, 0) for b, n in after.items()}
+                        floors[f"ocr_cls_at_{name}_batches"].append(floor_at_batches(ocr, ocr_x, formed, seconds))
     finally:
         for server in servers.values():
             if server.proc.stdin is not None:
@@ -360,12 +437,23 @@ def cloud_ratios(runs: dict, floor: dict, reps: int) -> dict[str, Any]:
                 [_ratio(runs[name]["digits_1"][r]["p50_ms"], runs[peer]["digits_1"][r]["p50_ms"]) for r in range(reps)]
             )
     for name in runs:
-        ratios[f"{name} ocr_cls_16 / in-process batched floor"] = spread(
+        ratios[f"{name} ocr_cls_16 / in-process batches of {OCR_BATCH}"] = spread(
             [
                 _ratio(runs[name]["ocr_cls_16"][r]["rows_per_s"], floor["ocr_cls_batched"][r]["rows_per_s"])
                 for r in range(reps)
             ]
         )
+        own = floor.get(f"ocr_cls_at_{name}_batches")
+        if own:
+            ratios[f"{name} ocr_cls_16 / in-process floor at its batch sizes"] = spread(
+                [_ratio(runs[name]["ocr_cls_16"][r]["rows_per_s"], own[r]["rows_per_s"]) for r in range(len(own))]
+            )
+            ratios[f"{name} ocr_cls_16 server CPU per row / in-process CPU per row at its batch sizes"] = spread(
+                [
+                    _ratio(runs[name]["ocr_cls_16"][r]["server_cpu_ms_per_request"], own[r].get("cpu_ms_per_row"))
+                    for r in range(len(own))
+                ]
+            )
     return ratios
 
 
@@ -377,10 +465,18 @@ def cloud_targets(runs: dict, ratios: dict, reps: int) -> dict[str, Any]:
             continue
         re64 = [r["resource_exhausted"] for r in runs[hub]["digits_64"]]
         targets[f"{hub} 0_resource_exhausted_at_64"] = {"each": re64, "met": bool(re64) and max(re64) == 0}
-        ocr = ratios[f"{hub} ocr_cls_16 / in-process batched floor"]
+        ocr = ratios.get(f"{hub} ocr_cls_16 / in-process floor at its batch sizes") or {"median": None}
         targets[f"{hub} ocr_cls_batched_ge_0.8x_floor"] = {
             "median": ocr["median"],
             "met": ocr["median"] is not None and ocr["median"] >= OCR_VS_FLOOR,
+        }
+        # the same by CPU (runtime's CPU per row / the hub's): on a busy host a one-thread loop gets a
+        # smaller share of the cores than a many-threaded server, so the wall-time floor comes out low
+        cpu = ratios.get(f"{hub} ocr_cls_16 server CPU per row / in-process CPU per row at its batch sizes")
+        by_cpu = 1.0 / cpu["median"] if cpu and cpu["median"] else None
+        targets[f"{hub} ocr_cls_batched_ge_0.8x_floor_by_cpu"] = {
+            "median": by_cpu,
+            "met": by_cpu is not None and by_cpu >= OCR_VS_FLOOR,
         }
         if "kserve" in runs:
             tp = ratios[f"{hub}/kserve digits_64 throughput"]

@@ -51,7 +51,11 @@ def test_spread_is_the_median_and_range_of_the_ratios():
 
 
 def test_hub_targets_need_every_repetition_at_1_5x_kserve_and_no_refusals():
-    floor = {"ocr_cls_batched": [{"rows_per_s": 100.0}] * 3}
+    # the OCR floor is the hub's own batch sizes run in-process (wall and CPU per row)
+    floor = {
+        "ocr_cls_batched": [{"rows_per_s": 50.0}] * 3,
+        "ocr_cls_at_hub_threads_batches": [{"rows_per_s": 100.0, "cpu_ms_per_row": 2.7}] * 3,
+    }
     good = _runs([1600, 1700, 1800], [0, 0, 0])
     targets = peers.cloud_targets(good, peers.cloud_ratios(good, floor, 3), 3)
     assert all(t["met"] for t in targets.values()), targets
@@ -60,4 +64,8 @@ def test_hub_targets_need_every_repetition_at_1_5x_kserve_and_no_refusals():
     assert not targets["hub_threads digits_64_throughput_ge_1.5x_kserve_every_rep"]["met"]
     assert not targets["hub_threads 0_resource_exhausted_at_64"]["met"]
     assert targets["hub_threads cpu_per_request_le_kserve"]["met"]  # 0.5 ms vs 1.0 ms
-    assert targets["hub_threads ocr_cls_batched_ge_0.8x_floor"]["median"] == 0.9
+    assert targets["hub_threads ocr_cls_batched_ge_0.8x_floor"]["median"] == 0.9  # 90 / 100 rows/s
+    assert abs(targets["hub_threads ocr_cls_batched_ge_0.8x_floor_by_cpu"]["median"] - 0.9) < 1e-9  # 2.7 / 3.0 ms
+    costly = {**floor, "ocr_cls_at_hub_threads_batches": [{"rows_per_s": 100.0, "cpu_ms_per_row": 1.5}] * 3}
+    targets = peers.cloud_targets(good, peers.cloud_ratios(good, costly, 3), 3)
+    assert not targets["hub_threads ocr_cls_batched_ge_0.8x_floor_by_cpu"]["met"]  # the hub spends 2x the runtime
