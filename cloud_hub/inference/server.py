@@ -3,8 +3,12 @@
 Two servers behind one face (`server`): "threads" (default: grpc.server with a pool of
 `workers` threads; tiny models run in the handler's thread) and "aio"
 (cloud_hub/inference/aio.py: one event loop, tiny models inline, awaited batches).
-bench/peers.py measured the threaded one ahead on a 2-core host (digits, 64 in flight:
-1.0-1.9x the aio server's throughput over three repetitions), hence the default. Overload is bounded
+bench/peers.py measured the threaded one ahead on a 2-core host (digits, 64 in flight, two
+runs at load 18-28: 1.2-2.3x the aio server's throughput at 0.68-0.83x its CPU per request; aio
+ahead in some repetitions at 1 and 16 in flight only), hence the default. Profiled (py-spy) at 64
+in flight, the aio loop thread is ~90% busy: a third inside grpc.aio's own call machinery (two
+tasks per call; each completion crosses from grpc's poller thread to the loop through a socket
+pair), 14-21% waking the selector, 20-35% our handler with the model. Overload is bounded
 twice: past `max_concurrent_rpcs` calls in flight a caller is told RESOURCE_EXHAUSTED
 (the aio server adds `grpc-retry-pushback-ms`), and each model's micro-batcher refuses
 work beyond `max_queue`; nothing waits in an unbounded queue. With `tls`, clients must
