@@ -171,6 +171,43 @@ def broken_int8(
     return {"variant": label, **_row(metrics)}
 
 
+def stream_check(model: Path, out: Path, manifest: Any, seconds: float = 8.0) -> dict[str, dict[str, Any]]:
+    """Silero VAD per variant, run hop by hop over one synthetic stream (examples/tasks/wheel_data.py)
+    carrying its own state, as an agent's stream does, against the published model with sr=16000
+    carrying FP32's: the share of hops whose speech decision (p > 0.5) agrees, and the largest gap.
+    The task gate judges windows each given FP32's state, so it cannot see a state that drifts."""
+    from tandem.edge_agent.model import open_variant
+
+    data = _import_path("tandem_wheel_data", ROOT / "examples" / "tasks" / "wheel_data.py")
+    audio = data.syllable_stream(np.random.default_rng(7), seconds)
+    hop, context = data.VAD_CHUNK, data.VAD_CONTEXT
+    padded = np.concatenate([np.zeros(context, np.float32), audio])
+    windows = [padded[s : s + context + hop][None] for s in range(0, len(audio) - hop + 1, hop)]
+    sr = {b.name: np.asarray(b.value, dtype=b.dtype) for b in manifest.bound_inputs}
+
+    def run(session: Any, extra: dict[str, np.ndarray]) -> np.ndarray:
+        state, probs = np.zeros((2, 1, 128), np.float32), []
+        for window in windows:
+            p, state = session.run({"input": window, "state": state, **extra})[:2]
+            probs.append(float(np.asarray(p).reshape(-1)[0]))
+        return np.array(probs)
+
+    reference = run(load_session("onnxruntime", model, graph_optimization=False), sr)
+    found = {}
+    for variant in manifest.variants:
+        session = open_variant(out, variant, dict(variant.options.get("session", {})), manifest.task)
+        try:
+            got = run(session, {})
+        finally:
+            session.close()
+        found[variant.id] = {
+            "hops": len(windows),
+            "decision_agreement": _r(float(np.mean((got > 0.5) == (reference > 0.5)))),
+            "max_abs_error": _r(float(np.abs(got - reference).max())),
+        }
+    return found
+
+
 def _source(name: str) -> str:
     if name in WHEELS:
         return f"PyPI wheel {WHEELS[name].spec}: {WHEELS[name].member} ({WHEELS[name].why})"
@@ -230,6 +267,11 @@ def bench_model(name: str, profiles: list[str], work: Path, quick: bool) -> dict
             "margin": _r(metrics.get("task_margin")),
             "rejected": {s["variant"]: s["reason"] for s in choice.skipped},
         }
+    if name == "silero-vad":  # the gate feeds each window FP32's state; a stream feeds a variant its own
+        log(f"{name}: streaming every variant with its own state")
+        streams = stream_check(model, result.out, result.manifest)
+        for v in variants:
+            v["stream"] = streams.get(v["variant"])
     log(f"{name}: building a broken INT8 (starved calibration)")
     broken = broken_int8(model, calib, val, spec, budgets, work, BIND.get(name))
     missed = [
