@@ -61,7 +61,7 @@ import zmq.asyncio  # noqa: E402
 from agent_fixtures import make_model_dir  # noqa: E402  (tests/agent_fixtures.py: the one model-dir maker)
 from tandem.edge_agent.client import AgentClient, AsyncAgentClient  # noqa: E402
 from tandem.edge_agent.config import ServerConfig  # noqa: E402
-from tandem.edge_agent.spin import PREEMPTED_AFTER_S, SpinGovernor  # noqa: E402
+from tandem.edge_agent.spin import HOST_SAMPLE_S, PREEMPTED_AFTER_S, SpinGovernor, runnable_tasks  # noqa: E402
 from tandem.edge_agent.wire import encode_request  # noqa: E402
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 
@@ -109,11 +109,15 @@ def _echo_server(endpoint: str, ready: Any, spin_us: float = 0.0) -> None:
     ready.set()
     items = [(sock, zmq.POLLIN)]
     governor = SpinGovernor(spin_us)
-    replied_at = 0.0
+    replied_at = sampled_at = 0.0
     while True:
         frames = sock.recv_multipart(copy=False)
         if replied_at:
-            governor.request_came(time.perf_counter() - replied_at)
+            now = time.perf_counter()
+            governor.request_came(now - replied_at)
+            if now - sampled_at > HOST_SAMPLE_S:
+                sampled_at = now
+                governor.host_seen(runnable_tasks())
         if len(frames) == 2 and frames[1].bytes == b"stop":
             break
         sock.send_multipart(frames, copy=False)

@@ -16,8 +16,8 @@ cpuidle haltpoll that is most of the round trip (the spin halves the digits agen
 figures with date and host in docs/figures.md). The spin releases the GIL while it polls,
 never runs while a request waits on the worker or the hub, lasts at most `spin_us` (0 turns
 it off: battery devices), and only while it pays (`edge_agent/spin.py`): requests keep
-coming soon after replies, it lasts a few of their usual gaps, and the scheduler lets it
-keep its CPU (on an oversubscribed host a spin only takes the CPU from the client).
+coming soon after replies, it lasts a few of their usual gaps, and the host has a CPU to
+spare (on an oversubscribed host a spin only takes the CPU from the client).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, Sequence, cast
 import zmq
 
 from tandem.edge_agent.errors import AgentError, ConfigError, OverloadedError, reply_code
-from tandem.edge_agent.spin import MIN_HIT_RATE, PREEMPTED_AFTER_S, SpinGovernor
+from tandem.edge_agent.spin import HOST_SAMPLE_S, MIN_HIT_RATE, PREEMPTED_AFTER_S, SpinGovernor, runnable_tasks
 from tandem.edge_agent.wire import error_reply
 from tandem.protocols import limits
 
@@ -93,6 +93,7 @@ class ZmqServer:
         self._spin_s = spin_us / 1e6
         self.spin = SpinGovernor(spin_us)  # how long each post-reply spin may last (edge_agent/spin.py)
         self._replied_at = 0.0  # when the last synchronous reply left (0: no gap being timed)
+        self._host_sampled_at = 0.0  # when the host's run queue was last read for the spin
         self.concurrency = concurrency if concurrency is not None else Concurrency()
         self.endpoint = endpoint
         self._handler = handler
@@ -208,8 +209,12 @@ class ZmqServer:
             except zmq.Again:
                 return
             if self._replied_at:
-                self.spin.request_came(time.perf_counter() - self._replied_at)
+                now = time.perf_counter()
+                self.spin.request_came(now - self._replied_at)
                 self._replied_at = 0.0
+                if now - self._host_sampled_at > HOST_SAMPLE_S:  # on arrival: the client is not runnable then
+                    self._host_sampled_at = now
+                    self.spin.host_seen(runnable_tasks())
             self._dispatch(sock, frames)
         self._schedule_drain()
 
