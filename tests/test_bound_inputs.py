@@ -307,3 +307,27 @@ def test_an_nncf_refusal_keeps_the_line_that_says_why():
     assert _openvino_reason(raised) == (
         "RuntimeError: Unexpected: CPU plug-in doesn't support If operation with dynamic rank. Operation name: If_3"
     )
+
+
+def test_static_buckets_keep_each_inputs_own_batch_axis():
+    """Silero's state [2, N, 128] is batched on axis 1: a static bucket builds it at [2, 1, 128] and
+    never fits or pads it (it used to take N from the calibration data's sample count, so the
+    npu-intel FP16 build ran '[2,0,128] expecting [2,1,128]' and INT8 saw 'sample counts [1, 32]')."""
+    from tandem.model_compiler.variants.shapes import dynamic_axes, static_shapes
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["state"], ["stateN"]), helper.make_node("Identity", ["input"], ["y"])],
+        "vad",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", "w"]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 128]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "w"]),
+            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "n", 128]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = {"input": np.zeros((32, 576), np.float32), "state": np.zeros((2, 32, 128), np.float32)}
+    assert static_shapes(model, calib) == {"input": [1, 576], "state": [2, 1, 128]}
+    assert dynamic_axes(model) == {"input": [1], "state": []}
