@@ -120,3 +120,90 @@ def test_int8_add_of_a_tiny_constant_is_delegated_and_stays_as_close_as_int8_get
     step = (ref.max() - ref.min()) / 255  # the output's int8 step over the calibration range
     # conv output, then the ADD's output, each rounded once, plus int8 weights on values up to ~45
     assert np.abs(got - ref).max() < 4 * step
+
+
+def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _deconv_model(kernel: int, stride: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((3, 4, kernel, kernel)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    size = (5 - 1) * stride + kernel
+    return _model(
+        [
+            helper.make_node(
+                "ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[kernel, kernel], strides=[stride] * 2
+            )
+        ],
+        [w, b],
+        [1, 3, 5, 5],
+        [1, 4, size, size],
+    )
+
+
+def test_transposed_conv_with_kernel_equal_to_stride_runs_as_1x1_conv_and_depth_to_space():
+    """PP-OCRv4 det's 2x2/2 heads: XNNPACK's int8 deconvolution took 7x the FP32 time there."""
+    model = _deconv_model(2, 2)
+    lowered = lower(model)
+    kinds = [op.kind for op in lowered.graph.ops]
+    assert "TRANSPOSE_CONV" not in kinds and {"CONV_2D", "DEPTH_TO_SPACE"} <= set(kinds), kinds
+    x = np.random.default_rng(3).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(write(lowered.graph), x), _ort(model, x), rtol=1e-5, atol=1e-5)
+    calib = np.random.default_rng(4).standard_normal((8, 3, 5, 5)).astype(np.float32)
+    int8 = _int8(model, calib)
+    assert _outside_delegate(int8) == (1, [])
+    ref = _ort(model, calib[:1])
+    assert np.abs(_run(int8, calib[:1]) - ref).max() < 4 * (ref.max() - ref.min()) / 255
+
+
+def test_transposed_conv_whose_blocks_overlap_stays_transpose_conv():
+    model = _deconv_model(3, 2)
+    assert "TRANSPOSE_CONV" in [op.kind for op in lower(model).graph.ops]
+    x = np.random.default_rng(3).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(write(lower(model).graph), x), _ort(model, x), rtol=1e-5, atol=1e-5)
+
+
+def _squeeze_excitation_model() -> onnx.ModelProto:
+    """x * HardSigmoid(Conv(GlobalAveragePool(x))), as PP-OCR's blocks write it (alpha 0.2, beta 0.5)."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array((rng.standard_normal((6, 6, 1, 1)) * 2).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")
+    return _model(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["m"]),
+            helper.make_node("Conv", ["m", "w", "b"], ["z"]),
+            helper.make_node("HardSigmoid", ["z"], ["g"], alpha=0.2, beta=0.5),
+            helper.make_node("Mul", ["x", "g"], ["y"]),
+        ],
+        [w, b],
+        [1, 6, 4, 4],
+        [1, 6, 4, 4],
+    )
+
+
+def test_squeeze_excitation_gate_folds_into_its_conv_and_int8_drops_the_sixth():
+    model = _squeeze_excitation_model()
+    lowered = lower(model, for_int8=True)
+    kinds = [op.kind for op in lowered.graph.ops]
+    assert kinds.count("MUL") == 2 and "ADD" not in kinds, kinds  # relu6 fused; /6 and x * gate left
+    gate_conv = next(op for op in lowered.graph.ops if op.kind == "CONV_2D")
+    assert gate_conv.options["activation"] == "RELU6"
+    x = np.random.default_rng(6).standard_normal((1, 6, 4, 4)).astype(np.float32) * 2
+    np.testing.assert_allclose(_run(write(lowered.graph), x), _ort(model, x), rtol=1e-5, atol=1e-5)
+    calib = np.random.default_rng(7).standard_normal((16, 6, 4, 4)).astype(np.float32) * 2
+    ranges = collect_ranges(write(lowered.graph), lowered.graph, {"x": calib}, lowered.input_names)
+    q = quantize(lowered.graph, ranges)
+    assert [op.kind for op in q.ops].count("MUL") == 1  # only x * gate
+    conv = next(op for op in q.ops if op.kind == "CONV_2D")
+    gate_q = q.tensors[conv.outputs[0]].quant
+    assert gate_q is not None and gate_q.zero_point[0] == -128 and abs(gate_q.scale[0] * 255 - 1.0) < 1e-6
+    int8 = write(q)
+    assert _outside_delegate(int8) == (1, [])
+    ref = np.concatenate([_ort(model, calib[k : k + 1]) for k in range(4)])
+    got = np.concatenate([_run(int8, calib[k : k + 1]) for k in range(4)])
+    assert np.abs(got - ref).max() < 4 * (ref.max() - ref.min()) / 255

@@ -220,6 +220,41 @@ def fold_scale_mul(nodes: list[Node], consts: dict[str, np.ndarray], graph_outpu
     return [n for k, n in enumerate(nodes) if k not in drop]
 
 
+def fold_hardsigmoid(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Conv -> HardSigmoid(alpha, beta) (the gate of every squeeze-excitation block in PP-OCR)
+    becomes Conv(6 alpha w, 6 alpha b + 6 beta) -> Clip(0, 6) -> Mul(1/6): the Clip fuses into
+    the conv as RELU6, so 3 elementwise ops become 1, and the int8 quantizer folds that Mul too."""
+    uses = _uses(nodes, graph_outputs)
+    out: list[Node] = []
+    replaced: dict[int, list[Node]] = {}
+    for i, node in enumerate(nodes):
+        if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in consts:
+            continue
+        found = _single_consumer(nodes, i, uses)
+        if found is None or found[1].op_type != "HardSigmoid":
+            continue
+        j, hsig = found
+        gain = 6.0 * float(hsig.attrs.get("alpha", 0.2))
+        if gain <= 0:
+            continue
+        weight = consts[node.inputs[1]].astype(np.float64)
+        has_bias = len(node.inputs) > 2 and node.inputs[2]
+        bias = consts[node.inputs[2]].astype(np.float64) if has_bias else np.zeros(weight.shape[0])
+        w_name, b_name = f"{node.name}/gate_weight", f"{node.name}/gate_bias"
+        consts[w_name] = (weight * gain).astype(np.float32)
+        consts[b_name] = (bias * gain + 6.0 * float(hsig.attrs.get("beta", 0.5))).astype(np.float32)
+        consts[f"{hsig.name}/sixth"] = np.array(1 / 6, np.float32)
+        node.inputs = [node.inputs[0], w_name, b_name]
+        relu6 = f"{hsig.name}/relu6"
+        replaced[j] = [
+            Node("Clip", [node.outputs[0]], [relu6], {"min": 0.0, "max": 6.0}, f"{hsig.name}/clip"),
+            Node("Mul", [relu6, f"{hsig.name}/sixth"], list(hsig.outputs), {}, hsig.name),
+        ]
+    for k, node in enumerate(nodes):
+        out += replaced.get(k, [node])
+    return out
+
+
 def _scalar(consts: dict[str, np.ndarray], name: str) -> float | None:
     if name in consts and np.asarray(consts[name]).size == 1:
         return float(np.asarray(consts[name]).reshape(-1)[0])
@@ -288,6 +323,7 @@ def prepare(model: ModelProto) -> tuple[list[Node], dict[str, np.ndarray]]:
     nodes = fold_batchnorm(nodes, consts, outputs)
     nodes = fold_scale_mul(nodes, consts, outputs)
     nodes = fold_bias_add(nodes, consts, outputs)
+    nodes = fold_hardsigmoid(nodes, consts, outputs)
     nodes = match_hardswish(nodes, consts, outputs)
     nodes = match_rsqrt(nodes, consts, outputs)
     return nodes, consts

@@ -15,6 +15,7 @@ import numpy as np
 
 from tandem.model_compiler.litert.errors import LoweringError
 from tandem.model_compiler.litert.ir import Graph, Op, Quant, Tensor
+from tandem.model_compiler.litert.scale_fold import SATURATE, fold_relu6_scale
 
 SAME_AS_INPUT = {
     "RESHAPE",
@@ -30,6 +31,7 @@ SAME_AS_INPUT = {
     "RESIZE_NEAREST_NEIGHBOR",
     "RESIZE_BILINEAR",
     "STRIDED_SLICE",
+    "DEPTH_TO_SPACE",
 }
 FIXED_OUTPUT = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
@@ -147,7 +149,7 @@ def _quantize_op(graph: Graph, op: Op, ranges: dict[int, tuple[float, float]]) -
         weight_q = _weights(weight, WEIGHT_AXIS[op.kind])
         out_q = _quant(tensors[op.outputs[0]])
         floor = float(_quant(first).scale[0] * weight_q.scale.max()) / _MAX_MULTIPLIER
-        if out_q.scale[0] < floor:
+        if out_q.scale[0] < floor and SATURATE not in op.options:  # a saturating output keeps its range
             lo = float((-128 - out_q.zero_point[0]) * out_q.scale[0])
             hi = float((127 - out_q.zero_point[0]) * out_q.scale[0])
             mid = (lo + hi) / 2
@@ -263,6 +265,7 @@ def _narrow_clamp_input(graph: Graph, op: Op, ranges: dict[int, tuple[float, flo
 def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool = False) -> Graph:
     """A full-integer copy of `graph`. With int8_io the model's inputs/outputs are int8 too."""
     q = copy.deepcopy(graph)
+    ranges = fold_relu6_scale(q, ranges)
     float_concats, float_chain = ([], []) if int8_io else _float_output_concats(q, ranges)
     ranges = _unify_concat_ranges(q, ranges, float_concats)
     for index in q.inputs:

@@ -142,6 +142,12 @@ OPS: dict[str, tuple[str | None, Callable | None, int, int]] = {
         1,
         2,
     ),
+    "DEPTH_TO_SPACE": (
+        "DepthToSpaceOptions",
+        _plain("DepthToSpaceOptionsT", blockSize=lambda o: int(o["block_size"])),
+        1,
+        2,
+    ),
     "SQRT": (None, None, 1, 1),
     "RSQRT": (None, None, 1, 2),
     "RELU": (None, None, 1, 2),
