@@ -331,3 +331,15 @@ def test_static_buckets_keep_each_inputs_own_batch_axis():
     calib = {"input": np.zeros((32, 576), np.float32), "state": np.zeros((2, 32, 128), np.float32)}
     assert static_shapes(model, calib) == {"input": [1, 576], "state": [2, 1, 128]}
     assert dynamic_axes(model) == {"input": [1], "state": []}
+    image = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "img",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    # exported at batch 1: H and W stay bucketable, taken from the calibration data (as before)
+    assert static_shapes(image, {"x": np.zeros((1, 3, 48, 160), np.float32)}) == {"x": [1, 3, 48, 160]}
+    assert dynamic_axes(image) == {"x": [2, 3]}

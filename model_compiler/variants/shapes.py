@@ -64,7 +64,7 @@ def static_shapes(
             shapes[name] = list(dims)  # --shapes fixes it per bucket
             continue
         sample = np.asarray(calib[name]).shape if name in calib else None
-        axis = batch_axis(dims)  # the first dynamic axis (a state [2, N, 128]: axis 1)
+        axis = _bucket_batch_axis(dims)
         out = []
         for k, d in enumerate(dims):
             if d > 0:
@@ -83,11 +83,19 @@ def static_shapes(
     return shapes
 
 
+def _bucket_batch_axis(dims: list[int]) -> int:
+    """The axis a bucket builds at 1 and never fits: the first dynamic one (a state [2, N, 128]: axis 1),
+    but axis 0 when it is 1 already (an image exported as [1, 3, H, W] keeps H and W bucketable)."""
+    if dims and dims[0] == 1:
+        return 0
+    return batch_axis(dims) or 0
+
+
 def dynamic_axes(model: ModelProto) -> dict[str, list[int]]:
     """Per input, the dynamic axes but its batch axis (the first dynamic one, else 0: a state [2, N, 128]
     has none): the ones a bucket fixes and a request may be padded along."""
     return {
-        name: [k for k, d in enumerate(dims) if k != (batch_axis(dims) or 0) and d < 0]
+        name: [k for k, d in enumerate(dims) if k != _bucket_batch_axis(dims) and d < 0]
         for name, dims in model_input_shapes(model).items()
     }
 
