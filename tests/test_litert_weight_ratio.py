@@ -61,8 +61,9 @@ def test_ppocr_cls_int8_tflite_shrinks_past_the_per_tensor_parameters(ocr_cls_mo
     fp32, int8 = (built[p].files[0].stat().st_size for p in ("fp32", "int8"))
     record_property("ocr_cls_litert_int8_file_ratio", int8 / fp32)
     # depthwise 3x3 layers: 9 weight bytes and a 4-byte int32 bias per channel, plus a scale per
-    # channel for each; the old writer's 0.48x (per-tensor zero points) fails this
-    assert int8 <= 0.40 * fp32, f"INT8 .tflite is {int8 / fp32:.3f}x FP32 ({int8} vs {fp32} bytes)"
+    # channel for each; the old writer's 0.48x (per-tensor zero points) fails this, and so does
+    # 0.383x with every HardSwish's 3 and 1/6 written once per use (graph.share_constants)
+    assert int8 <= 0.38 * fp32, f"INT8 .tflite is {int8 / fp32:.3f}x FP32 ({int8} vs {fp32} bytes)"
     ref = load_session("onnxruntime", tmp_path / "prepared.onnx").run({"x": x})[0]
     got = load_session("litert", built["int8"].files[0], float_io=True).run({"x": x})[0]
     assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.85

@@ -210,6 +210,24 @@ def prune(graph: Graph) -> Graph:
     return graph
 
 
+def share_constants(graph: Graph) -> Graph:
+    """One tensor for each set of equal constants (type, shape, values and quantization), then
+    pruned: HardSwish's 3 and 1/6 and other scalars otherwise come once per use, each with its own
+    tensor, buffer and parameters in the file. Run it on a finished graph: the int8 quantizer
+    rewrites constants per op, so it must not see them shared."""
+    seen: dict[tuple, int] = {}
+    remap: dict[int, int] = {}
+    for i, t in enumerate(graph.tensors):
+        if t.data is None or i in graph.outputs:
+            continue
+        q = t.quant
+        params = None if q is None else (q.scale.tobytes(), q.zero_point.tobytes(), q.axis)
+        remap[i] = seen.setdefault((t.dtype, t.shape, t.data.tobytes(), params), i)
+    for op in graph.ops:
+        op.inputs = [remap.get(i, i) for i in op.inputs]
+    return prune(graph)
+
+
 @dataclass
 class Lowered:
     """The float IR plus what a caller must know about its I/O."""

@@ -14,6 +14,7 @@ import copy
 import numpy as np
 
 from tandem.model_compiler.litert.errors import LoweringError
+from tandem.model_compiler.litert.graph import share_constants
 from tandem.model_compiler.litert.ir import Graph, Op, Quant, Tensor
 from tandem.model_compiler.litert.scale_fold import SATURATE, fold_relu6_scale
 
@@ -287,7 +288,7 @@ def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool
             body += _requantize_concat_inputs(q, op)
         body.append(op)
     if int8_io:
-        return q
+        return share_constants(q)
     head: list[Op] = []
     for k, index in enumerate(q.inputs):
         inner = q.tensors[index]
@@ -305,4 +306,4 @@ def quantize(graph: Graph, ranges: dict[int, tuple[float, float]], int8_io: bool
         tail.append(Op("DEQUANTIZE", [index], [outer], {}, "output"))
         q.outputs[k] = outer
     q.ops = head + body + tail
-    return q
+    return share_constants(q)

@@ -9,6 +9,7 @@ names, NCHW layout and float32 dtype unless the profile demands int8 I/O.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from dataclasses import replace
@@ -116,6 +117,7 @@ class LiteRTBuilder:
     ) -> list[str]:
         """Lower (and for INT8 calibrate) the model at one set of static shapes into `out`."""
         from tandem.model_compiler.litert import lower, write
+        from tandem.model_compiler.litert.graph import share_constants
 
         try:
             lowered = lower(model, shapes, for_int8=recipe.precision == "int8")
@@ -135,8 +137,10 @@ class LiteRTBuilder:
             float_bytes = write(lowered.graph)
         except CompileError as exc:
             raise VariantSkipped(f"LiteRT lowering failed: {exc}") from exc
-        if recipe.precision == "fp32":
-            data = float_bytes
+        if (
+            recipe.precision == "fp32"
+        ):  # equal constants shared only in the file: calibration reads float_bytes by index
+            data = write(share_constants(copy.deepcopy(lowered.graph)))
         else:
             calib = {
                 n: fit_to(np.asarray(a), tuple(shapes[n]), ctx.pad_value) if n in shapes else a
