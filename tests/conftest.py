@@ -9,11 +9,15 @@ missing dependency fails the run under TANDEM_REQUIRE_ALL=1 (tests/dependencies.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 
 from dependencies import REQUIRE_ALL_ENV, is_dependency_skip, require_all
@@ -91,12 +95,38 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
-    """edge.onnx, cloud.onnx, calib/val/test.npz from examples/digits/train.py."""
+    """edge.onnx, cloud.onnx, calib/val/test.npz from examples/digits/train.py, a fresh copy per session.
+
+    Training is the costliest set-up of the suite and `make test` runs pytest three times, so the models
+    are trained once per checkout into build/test-cache (fixed seeds: the same script and libraries give
+    the same models; the folder's name holds both) and copied from there."""
     import train  # examples/digits/train.py
 
-    out = tmp_path_factory.mktemp("digits")
-    train.train(out)
+    out = tmp_path_factory.mktemp("digits") / "digits"
+    shutil.copytree(_trained_digits(train), out)
     return out
+
+
+def _trained_digits(train: ModuleType) -> Path:
+    import onnx
+    import skl2onnx
+    import sklearn
+
+    versions = f"{train.recipe_digest()} numpy {np.__version__} sklearn {sklearn.__version__} "
+    versions += f"skl2onnx {skl2onnx.__version__} onnx {onnx.__version__}"
+    cache = ROOT / "build" / "test-cache" / f"digits-{hashlib.sha256(versions.encode()).hexdigest()[:16]}"
+    if train.already_trained(cache) is None:
+        partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        train.train(partial)
+        try:
+            partial.rename(cache)  # atomic: a session running beside this one sees all of it or none
+        except OSError:  # that other session got there first (or left a broken folder: replace it)
+            if train.already_trained(cache) is None:
+                shutil.rmtree(cache, ignore_errors=True)
+                partial.rename(cache)
+        shutil.rmtree(partial, ignore_errors=True)
+    return cache
 
 
 def rapidocr_model(name: str) -> Path:
