@@ -114,7 +114,7 @@ class GrpcConfig:
     server: str = "threads"
     # ModelInfer calls held at once (apart from any thread pool); past it RESOURCE_EXHAUSTED + retry pushback.
     max_concurrent_rpcs: int = 256
-    workers: int = 64  # the "threads" server's pool
+    workers: int = 16  # the "threads" server's pool: 2 x max_batch (a batch runs while the next forms)
     inline_max_us: float = 200.0  # models measured faster run on the server's own thread (0: never)
     # OpenVINO variants: batches on asynchronous infer requests compiled for throughput; streams 0: OpenVINO's choice
     openvino_async: bool = True
