@@ -14,19 +14,29 @@ EDGE_NAME = "digits-edge"
 
 
 def compile_digits(
-    digits_dir: Path, which: str, out: Path, *, name: str, key: Path, profiles: tuple[str, ...] = ("cpu-x86",)
+    digits_dir: Path,
+    which: str,
+    out: Path,
+    *,
+    name: str,
+    key: Path,
+    profiles: tuple[str, ...] = ("cpu-x86",),
+    version: str = "1.0.0",
+    model: Path | None = None,
 ) -> Path:
-    """Compile examples/digits' `which` model ("cloud" or "edge") into `out`."""
+    """Compile examples/digits' `which` model ("cloud" or "edge"; or `model`, an ONNX file made from it,
+    with digits' calibration and validation data) into `out`."""
     from tandem.model_compiler.pipeline import CompileOptions, compile_model
 
     compile_model(
         CompileOptions(
-            model=digits_dir / f"{which}.onnx",
+            model=model or digits_dir / f"{which}.onnx",
             profiles=list(profiles),
             calib=digits_dir / "calib.npz",
             val=digits_dir / "val.npz",
             out=out,
             name=name,
+            version=version,
             signing_key=key,
             timing=False,
         )

@@ -6,35 +6,26 @@ golden outputs); the hub re-signs whatever it registers, which is what devices t
 
 from __future__ import annotations
 
-import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+import hub_fixtures
 from tandem.sim import releases as sim_releases
+from telemetry_fixtures import MOSQUITTO as MOSQUITTO  # the OTA tests' skip check
+from telemetry_fixtures import Mosquitto
 
 PROFILE = "cpu-x86"
 MODEL = "digits"
 
 
 def compile_digits(digits_dir: Path, out: Path, version: str, key: Path, onnx_path: Path | None = None) -> Path:
-    from tandem.model_compiler.pipeline import CompileOptions, compile_model
-
-    compile_model(
-        CompileOptions(
-            model=onnx_path or digits_dir / "edge.onnx",
-            profiles=[PROFILE],
-            calib=digits_dir / "calib.npz",
-            val=digits_dir / "val.npz",
-            out=out,
-            name=MODEL,
-            version=version,
-            signing_key=key,
-            timing=False,
-        )
+    """The OTA tests' release `version` of the digits edge model (or `onnx_path`, made from it) for cpu-x86."""
+    return hub_fixtures.compile_digits(
+        digits_dir, "edge", out, name=MODEL, key=key, profiles=(PROFILE,), version=version, model=onnx_path
     )
-    return out
 
 
 def collapsed_onnx(digits_dir: Path, out: Path) -> Path:
@@ -65,52 +56,13 @@ def other_profile(doc: dict[str, Any], root: Path) -> None:
 
 # -- a real broker and simulated devices (OTA client + store + a model served through load_session) --
 
-import getpass  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-
-
-class Broker:
-    """Mosquitto on a free loopback port, config and persistence in `workdir`."""
+class Broker(Mosquitto):
+    """Mosquitto on a free loopback port, started at once, config and log in `workdir`; no persistence."""
 
     def __init__(self, workdir: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        workdir.mkdir(parents=True, exist_ok=True)
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nuser {getpass.getuser()}\nallow_anonymous true\n"
-            "max_queued_messages 100000\nlog_dest stderr\nlog_type error\n"
-        )
-        log = open(workdir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("mosquitto did not start")
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(workdir, persistence=False)
+        self.start()
 
 
 class SimDevice:
