@@ -43,9 +43,18 @@ for extra in (ROOT, ROOT / "tests", ROOT / "examples" / "digits", ROOT / "bench"
         sys.path.insert(0, str(extra))
 
 import httpx  # noqa: E402
-import numpy as np  # noqa: E402
 
-from faults_rollout import PHASES, CommandObserver, HubProcess, _free_port, _phase_reached, prepare_models  # noqa: E402
+from faults_rollout import (  # noqa: E402
+    PHASES,
+    CommandObserver,
+    HubProcess,
+    _free_port,
+    _phase_reached,
+    post_rollout,
+    prepare_models,
+    seed_fleet,
+    start_devices,
+)
 
 SCENARIOS = ("rollout", "telemetry")
 
@@ -155,11 +164,10 @@ def start_replicas(keys: dict[str, Any], env: dict[str, str]) -> tuple[dict[str,
 
 
 def rollout_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, Any]:
-    from ota_fixtures import MODEL, Broker, SimDevice
+    from ota_fixtures import Broker
 
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
-    from tandem.edge_agent.ota.machine import WatchPolicy
 
     rel = prepare_models(Path(args.models_dir), say)
     broker = Broker(root / "mosquitto")
@@ -176,17 +184,7 @@ def rollout_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, An
         **_storage(args),
     }
     setup = Hub(HubConfig.from_keys({k: v for k, v in keys.items() if not k.startswith("cluster.")}))
-    try:
-        for version in ("1.0.0", "1.1.0"):
-            setup.registry.register_dir(rel[version])
-        device_token = setup.tokens.create("fleet", "read").token
-        operator = setup.tokens.create("operator", "operate").token
-        trusted_pem = setup.key.public_pem
-        ids = [f"dev-{i:02d}" for i in range(args.rollout_devices)]
-        for dev_id in ids:
-            setup.devices.register(dev_id, "cpu-x86", "faults", {"site": "faults"})
-    finally:
-        setup.stop()
+    device_token, operator, trusted_pem, ids = seed_fleet(setup, rel, args.rollout_devices)
     HEADERS["Authorization"] = f"Bearer {operator}"
     procs: dict[str, HubProcess] = {}
     devices: list[Any] = []
@@ -196,33 +194,9 @@ def rollout_failover(root: Path, args: Any, env: dict[str, str]) -> dict[str, An
         procs, ports = start_replicas(keys, env)
         proxy = FailoverProxy([ports["replica-a"], ports["replica-b"]], proxy_port)
         observer = CommandObserver(broker.url, trusted_pem)
-        data = np.load(rel["digits"] / "test.npz")
-        inputs = data[data.files[0]].astype(np.float32)
-        watch = WatchPolicy(
-            watch_s=args.rollout_watch_s, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0
-        )
-        for dev_id in ids:
-            devices.append(
-                SimDevice(
-                    dev_id, root / "devices", rel["1.0.0"], broker.url, device_token, trusted_pem, inputs, watch
-                ).start()
-            )
-        if not all(d.client.wait_subscribed(20) for d in devices):
-            raise RuntimeError("devices did not subscribe")
+        start_devices(devices, root / "devices", rel, broker.url, device_token, trusted_pem, ids, args.rollout_watch_s)
         http = httpx.Client(base_url=proxy.url, headers=HEADERS, timeout=10)
-        resp = http.post(
-            "/v1/rollouts",
-            json={
-                "model": MODEL,
-                "version": "1.1.0",
-                "select": {"profile": "cpu-x86", "site": "faults"},
-                "waves": [34, 67, 100],
-                "gates": {"min_reporting": 1.0, "wave_timeout_s": 120, "max_latency_ratio": 100.0},
-            },
-        )
-        if resp.status_code != 201:
-            raise RuntimeError(f"rollout refused: {resp.status_code} {resp.text[:300]}")
-        rid = resp.json()["rollout_id"]
+        rid = post_rollout(http)
         deadline = time.monotonic() + args.rollout_timeout_s
         body: dict[str, Any] = {}
         while time.monotonic() < deadline:

@@ -141,12 +141,77 @@ def _phase_reached(body: dict[str, Any], phase: str, wave: int) -> bool:
     return all(d["state"] == "committed" for d in states)  # between_waves
 
 
+def seed_fleet(setup: Any, rel: dict[str, Path], n_devices: int) -> tuple[str, str, str, list[str]]:
+    """Register both releases, a fleet and an operator token and `n_devices` devices through a hub that then
+    lets go of the data dir (the hub processes under test start on it): (device token, operator token,
+    trusted publisher pem, device ids)."""
+    try:
+        for version in ("1.0.0", "1.1.0"):
+            setup.registry.register_dir(rel[version])
+        device_token = setup.tokens.create("fleet", "read").token
+        operator = setup.tokens.create("operator", "operate").token
+        trusted_pem = setup.key.public_pem
+        ids = [f"dev-{i:02d}" for i in range(n_devices)]
+        for dev_id in ids:
+            setup.devices.register(dev_id, "cpu-x86", "faults", {"site": "faults"})
+    finally:
+        setup.stop()
+    return device_token, operator, trusted_pem, ids
+
+
+def start_devices(
+    devices: list[Any],
+    root: Path,
+    rel: dict[str, Path],
+    broker_url: str,
+    device_token: str,
+    trusted_pem: str,
+    ids: list[str],
+    watch_s: float,
+) -> None:
+    """Start a SimDevice on 1.0.0 per id, appending each to `devices` as it starts (so the caller's cleanup
+    stops every one started), and wait until all subscribe to their command topics."""
+    from ota_fixtures import SimDevice
+
+    from tandem.edge_agent.ota.machine import WatchPolicy
+
+    data = np.load(rel["digits"] / "test.npz")
+    inputs = data[data.files[0]].astype(np.float32)
+    # latency left loose: the box is shared; the watch's own statistics are tests/test_ota_machines.py's
+    watch = WatchPolicy(watch_s=watch_s, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0)
+    for dev_id in ids:
+        devices.append(
+            SimDevice(dev_id, root, rel["1.0.0"], broker_url, device_token, trusted_pem, inputs, watch).start()
+        )
+    if not all(d.client.wait_subscribed(20) for d in devices):
+        raise RuntimeError("devices did not subscribe")
+
+
+def post_rollout(http: httpx.Client) -> str:
+    """Roll 1.1.0 out to the seeded fleet in waves 34/67/100 (gates loose on latency: the box is shared);
+    the rollout's id."""
+    from ota_fixtures import MODEL
+
+    resp = http.post(
+        "/v1/rollouts",
+        json={
+            "model": MODEL,
+            "version": "1.1.0",
+            "select": {"profile": "cpu-x86", "site": "faults"},
+            "waves": [34, 67, 100],
+            "gates": {"min_reporting": 1.0, "wave_timeout_s": 120, "max_latency_ratio": 100.0},
+        },
+    )
+    if resp.status_code != 201:
+        raise RuntimeError(f"rollout refused: {resp.status_code} {resp.text[:300]}")
+    return str(resp.json()["rollout_id"])
+
+
 def hub_sigkill_mid_rollout(root: Path, args: Any, say: Callable[[str], None], env: dict[str, str]) -> dict[str, Any]:
-    from ota_fixtures import MODEL, Broker, SimDevice
+    from ota_fixtures import Broker
 
     from tandem.cloud_hub.config import HubConfig
     from tandem.cloud_hub.hub import Hub
-    from tandem.edge_agent.ota.machine import WatchPolicy
 
     phases = [p for p in args.hub_kills.split(",") if p]
     unknown = set(phases) - set(PHASES)
@@ -165,52 +230,17 @@ def hub_sigkill_mid_rollout(root: Path, args: Any, say: Callable[[str], None], e
         "rollouts.watch_s": args.rollout_watch_s,
     }
     setup = Hub(HubConfig.from_keys(keys))  # registers releases, tokens and devices in the data dir, then lets go
-    try:
-        for version in ("1.0.0", "1.1.0"):
-            setup.registry.register_dir(rel[version])
-        device_token = setup.tokens.create("fleet", "read").token
-        operator = setup.tokens.create("operator", "operate").token
-        trusted_pem = setup.key.public_pem
-        ids = [f"dev-{i:02d}" for i in range(args.rollout_devices)]
-        for dev_id in ids:
-            setup.devices.register(dev_id, "cpu-x86", "faults", {"site": "faults"})
-    finally:
-        setup.stop()
+    device_token, operator, trusted_pem, ids = seed_fleet(setup, rel, args.rollout_devices)
     hub = HubProcess(keys, env)
     devices: list[Any] = []
     observer: CommandObserver | None = None
     try:
         hub.start()
         observer = CommandObserver(broker.url, trusted_pem)
-        data = np.load(rel["digits"] / "test.npz")
-        inputs = data[data.files[0]].astype(np.float32)
-        # latency left loose: the box is shared; the watch's own statistics are tests/test_ota_machines.py's
-        watch = WatchPolicy(
-            watch_s=args.rollout_watch_s, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0
-        )
-        for dev_id in ids:
-            devices.append(
-                SimDevice(
-                    dev_id, root / "devices", rel["1.0.0"], broker.url, device_token, trusted_pem, inputs, watch
-                ).start()
-            )
-        if not all(d.client.wait_subscribed(20) for d in devices):
-            raise RuntimeError("devices did not subscribe")
+        start_devices(devices, root / "devices", rel, broker.url, device_token, trusted_pem, ids, args.rollout_watch_s)
         http_url = f"http://127.0.0.1:{keys['http.port']}"
         http = httpx.Client(base_url=http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
-        resp = http.post(
-            "/v1/rollouts",
-            json={
-                "model": MODEL,
-                "version": "1.1.0",
-                "select": {"profile": "cpu-x86", "site": "faults"},
-                "waves": [34, 67, 100],
-                "gates": {"min_reporting": 1.0, "wave_timeout_s": 120, "max_latency_ratio": 100.0},
-            },
-        )
-        if resp.status_code != 201:
-            raise RuntimeError(f"rollout refused: {resp.status_code} {resp.text[:300]}")
-        rid = resp.json()["rollout_id"]
+        rid = post_rollout(http)
         kills: list[dict[str, Any]] = []
         body: dict[str, Any] = {}
         deadline = time.monotonic() + args.rollout_timeout_s
