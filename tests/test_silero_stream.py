@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 
 from dependencies import missing
+from compile_fixtures import ORT_FP32, write_profile
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.model_compiler.cli import main as compile_cli
 from tandem.protocols.manifest import BoundInput, load_manifest
@@ -28,24 +29,6 @@ WHEEL = "silero_vad-6.2.3-py3-none-any.whl"
 MEMBER = "silero_vad/data/silero_vad.onnx"
 RATE = 16000
 HOP, CONTEXT = 512, 64  # Silero's 16 kHz window: 512 new samples after the previous 64
-PROFILE = """\
-name: ort-fp32
-description: test profile, ONNX Runtime FP32 only
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2]
-runtimes:
-  - runtime: onnxruntime
-    execution_providers: [CPUExecutionProvider]
-precisions: [fp32]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 20
-relative_speed: 1.0
-power_watts: {idle: 15, active: 65}
-constraints:
-  static_shapes: false
-"""
 
 
 def _wheel_cache() -> Path:
@@ -99,8 +82,7 @@ def windows(audio: np.ndarray) -> list[np.ndarray]:
 def test_real_silero_streams_through_the_agent_as_onnx_runtime_runs_it_stepwise(silero, tmp_path):
     calib_audio, _ = speech_bursts(seed=5, bursts=1)
     calib = np.concatenate(windows(calib_audio)[:48])
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "ort-fp32.yaml").write_text(PROFILE)
+    write_profile(tmp_path, ORT_FP32)
     np.savez(tmp_path / "calib.npz", input=calib, state=np.zeros((2, len(calib), 128), np.float32))
     out = tmp_path / "out"
     code = compile_cli(
