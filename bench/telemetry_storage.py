@@ -16,7 +16,7 @@ every raw window kept, i.e. (bytes per stored raw window) x (windows per device-
 Retention defaults to the hub's [telemetry] defaults (cloud_hub/config.py TelemetryConfig).
 
 Usage: python bench/telemetry_storage.py [--json] [--devices 50] [--hours 24] [--window-s 10]
-           [--raw-retention-s 300] [--minute-retention-s 5400] [--device-minute-retention-s 1800]
+           [--raw-retention-s 300] [--minute-retention-s 5400] [--device-minute-retention-s 1200]
            [--database-url postgresql://...]
 Progress goes to stderr; the result (a table, or JSON with --json) to stdout.
 """

@@ -244,7 +244,7 @@ class TelemetryConfig:
     # Bytes per device these defaults hold: docs/storage.md, "Telemetry on disk".
     retention_s: float = 300.0
     minute_retention_s: float = 5400.0
-    device_minute_retention_s: float | None = 1800.0  # None: minute_retention_s
+    device_minute_retention_s: float | None = 1200.0  # None: minute_retention_s
     rollup_retention_s: float = 400 * 86400.0
     rollup_interval_s: float = 30.0
 

@@ -336,8 +336,8 @@ def test_hub_config_carries_the_retentions_and_names_a_bad_one(tmp_path):
     )
     policy = telemetry_config(config).retention
     assert (policy.raw_retention_s, policy.minute_retention_s, policy.device_minutes_s) == (900.0, 7200.0, 600.0)
-    defaults = telemetry_config(HubConfig()).retention  # the hub's defaults: raw minutes, device minutes 30 min
-    assert (defaults.raw_retention_s, defaults.minute_retention_s, defaults.device_minutes_s) == (300, 5400, 1800)
+    defaults = telemetry_config(HubConfig()).retention  # the hub's defaults: raw 5 min, device minutes 20 min
+    assert (defaults.raw_retention_s, defaults.minute_retention_s, defaults.device_minutes_s) == (300, 5400, 1200)
     assert (
         telemetry_config(HubConfig.from_keys({"telemetry.device_minute_retention_s": None})).retention.device_minutes_s
         == 5400

@@ -31,7 +31,7 @@ class RetentionPolicy:
     """How long each form of telemetry is kept, and how a pass is paced.
 
     A hub takes these from its [telemetry] config (cloud_hub/config.py), whose defaults are compact (raw
-    windows 5 min, cohort minute rows 90 min, device minute rows 30 min). The class defaults keep raw windows
+    windows 5 min, cohort minute rows 90 min, device minute rows 20 min). The class defaults keep raw windows
     an hour for in-process harnesses (tests, the simulator) that count the windows a hub stored."""
 
     raw_retention_s: float = 3600.0  # raw windows (~550 bytes each stored): recent detail, rollout gates
