@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from importlib import metadata
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 
 from dependencies import REQUIRE_ALL_ENV, is_dependency_skip, require_all
@@ -108,12 +108,9 @@ def digits_dir(tmp_path_factory) -> Path:
 
 
 def _trained_digits(train: ModuleType) -> Path:
-    import onnx
-    import skl2onnx
-    import sklearn
-
-    versions = f"{train.recipe_digest()} numpy {np.__version__} sklearn {sklearn.__version__} "
-    versions += f"skl2onnx {skl2onnx.__version__} onnx {onnx.__version__}"
+    versions = " ".join(
+        [train.recipe_digest(), *(f"{d} {metadata.version(d)}" for d in ("numpy", "scikit-learn", "skl2onnx", "onnx"))]
+    )
     cache = ROOT / "build" / "test-cache" / f"digits-{hashlib.sha256(versions.encode()).hexdigest()[:16]}"
     if train.already_trained(cache) is None:
         partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
