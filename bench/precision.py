@@ -13,11 +13,19 @@ the order rotated) and prints, per model:
 with each ratio as the median and range over the rounds, the gate of every variant, the host's
 CPU features and load.
 
-The compile's own choice uses the compile's timings (each runtime's default threads); --threads
-sets the threads of the sessions this bench times.
+The compile's own choice uses the compile's timings (each runtime's default threads, interleaved
+rounds too); --threads sets the threads of the sessions this bench times. --profile adds, per
+INT8 variant and its FP32, where the time goes by op type: ONNX Runtime's per-node profile
+(the median of each node over the runs, summed, so preemption on a loaded host that lands on
+random nodes in random runs drops out) and OpenVINO's PERF_COUNT (per node type and kernel).
 
-Usage: python bench/precision.py [--json] [--rounds 3] [--threads N] [--quick] [--models ocr-det,ocr-cls]
-                                 [--keep DIR]
+--cpu-time times one thread per session by the process's CPU time instead of the wall clock:
+on a host loaded by other work, waiting for a core is most of a wall-clock figure, and CPU time
+leaves it out (measured: ORT det u8s8/FP32 at load ~30 came out 1.05x by CPU time, 1.06x
+at load 1.5 by wall clock, and anywhere from 0.7x to 9x by wall clock at load 30).
+
+Usage: python bench/precision.py [--json] [--rounds 3] [--threads N | --cpu-time] [--quick]
+                                 [--models ocr-det,ocr-cls] [--keep DIR] [--profile]
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +51,7 @@ add_paths()
 
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 from tandem.model_compiler.host import read_host  # noqa: E402
-from tandem.model_compiler.measure import measure_latency  # noqa: E402
+from tandem.model_compiler.measure import in_rounds, measure_latency, round_ratios  # noqa: E402
 from tandem.model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
 from tandem.model_compiler.variants import BuildContext, get_builder  # noqa: E402
 from tandem.protocols.manifest import load_manifest  # noqa: E402
@@ -125,29 +134,36 @@ def _session(out: Path, variant, threads: int | None) -> Any:
     return load_session(variant.runtime, out / variant.files[0].path, **options)
 
 
-def _time(sessions: dict[str, Any], x: np.ndarray, rounds: int, quick: bool) -> dict[str, list[float]]:
+def _time(
+    sessions: dict[str, Any],
+    x: np.ndarray,
+    rounds: int,
+    quick: bool,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
     """p50 ms per variant per round, every variant once per round, the order rotated each round."""
-    kw = dict(warmup=2, runs=8, max_seconds=0.5) if quick else dict(warmup=5, runs=40, max_seconds=3.0)
-    names = list(sessions)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            session = sessions[name]
-            samples[name].append(measure_latency(session, {session.inputs[0].name: x}, **kw).p50_ms)
-    return samples
+    kw: dict[str, Any] = dict(warmup=2, runs=8, max_seconds=0.5) if quick else dict(warmup=5, runs=40, max_seconds=3.0)
+    kw["clock"] = clock
+
+    def step(session: Any):
+        return lambda: measure_latency(session, {session.inputs[0].name: x}, **kw).p50_ms
+
+    return in_rounds({name: step(s) for name, s in sessions.items()}, rounds)
 
 
 def ratio(slow: list[float], fast: list[float]) -> dict[str, float]:
     """slow/fast per round (how many times faster `fast` is): median and range."""
-    per_round = [a / b for a, b in zip(slow, fast)]
-    return {
-        "median": round(float(np.median(per_round)), 3),
-        "min": round(min(per_round), 3),
-        "max": round(max(per_round), 3),
-    }
+    return round_ratios(slow, fast).as_dict()
 
 
-def bench_model(model: dict[str, Any], rounds: int, quick: bool, threads: int | None = None) -> dict[str, Any]:
+def bench_model(
+    model: dict[str, Any],
+    rounds: int,
+    quick: bool,
+    threads: int | None = None,
+    profile: bool = False,
+    cpu_time: bool = False,
+) -> dict[str, Any]:
     out = _compile(model, quick)
     manifest = load_manifest(out)
     variants = {v.id: v for v in manifest.variants}
@@ -157,7 +173,7 @@ def bench_model(model: dict[str, Any], rounds: int, quick: bool, threads: int | 
     )
     x = np.ascontiguousarray(model["val"][:1])
     log(f"{model['name']}: timing {len(sessions)} variants, {rounds} interleaved rounds")
-    samples = _time(sessions, x, rounds, quick)
+    samples = _time(sessions, x, rounds, quick, time.process_time if cpu_time else time.perf_counter)
     for s in sessions.values():
         s.close()
     rows = {
@@ -190,7 +206,90 @@ def bench_model(model: dict[str, Any], rounds: int, quick: bool, threads: int | 
                 entry[f"speedup_vs_{fp32}"] = ratio(samples[fp32], samples[choice.chosen])
         result["choices"][profile] = entry
     result["int8_vs_fp32"] = _int8_ratios(variants, samples, rows)
+    if profile:
+        result["profiles"] = _profiles(out, variants, x, threads, 10 if quick else 30)
     return result
+
+
+def _profiles(out: Path, variants: dict, x: np.ndarray, threads: int | None, runs: int) -> dict[str, Any]:
+    """Per INT8 variant of ONNX Runtime or OpenVINO and its runtime's FP32: ms by op type."""
+    wanted = set()
+    for vid, v in variants.items():
+        if v.precision == "int8" and v.runtime in ("onnxruntime", "openvino"):
+            base = next((f for f, w in variants.items() if w.runtime == v.runtime and w.precision == "fp32"), None)
+            wanted |= {vid, base} - {None}
+    found: dict[str, Any] = {}
+    for vid in sorted(wanted):
+        v = variants[vid]
+        files = [out / f.path for f in v.files if f.path.endswith((".onnx", ".xml"))]
+        opts = v.options.get("session", {})
+        found[vid] = (_ort_profile if v.runtime == "onnxruntime" else _ov_profile)(files[0], x, threads, runs, opts)
+    return found
+
+
+def _ort_profile(path: Path, x: np.ndarray, threads: int | None, runs: int, _opts: dict) -> dict[str, Any]:
+    """ORT's per-node kernel times: each node's median over `runs`, summed per op type (ms)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_name(f".profile-{path.stem}"))
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {session.get_inputs()[0].name: x}
+    for _ in range(3 + runs):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    per_node: dict[str, list[float]] = {}
+    op_of: dict[str, str] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_node.setdefault(event["name"], []).append(event["dur"] / 1000.0)
+            op_of[event["name"]] = event["args"]["op_name"]
+    trace.unlink(missing_ok=True)
+    by_op: dict[str, float] = {}
+    for node, times in per_node.items():
+        by_op[op_of[node]] = by_op.get(op_of[node], 0.0) + float(np.median(times[-runs:]))
+    return _summary(by_op)
+
+
+def _ov_profile(path: Path, x: np.ndarray, threads: int | None, runs: int, opts: dict) -> dict[str, Any]:
+    """OpenVINO's PERF_COUNT: each node's median real time over `runs`, summed per node type and per kernel."""
+    import openvino as ov
+
+    config: dict[str, Any] = {"PERF_COUNT": "YES"}
+    if opts.get("inference_precision"):
+        config["INFERENCE_PRECISION_HINT"] = opts["inference_precision"]
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    per_node: dict[str, list[float]] = {}
+    kind: dict[str, tuple[str, str]] = {}
+    for k in range(3 + runs):
+        request.infer({0: x})
+        if k < 3:
+            continue
+        for p in request.get_profiling_info():
+            if p.status == p.Status.EXECUTED:
+                per_node.setdefault(p.node_name, []).append(p.real_time.total_seconds() * 1000.0)
+                kind[p.node_name] = (p.node_type, p.exec_type)
+    by_op: dict[str, float] = {}
+    by_kernel: dict[str, float] = {}
+    for node, times in per_node.items():
+        node_type, exec_type = kind[node]
+        by_op[node_type] = by_op.get(node_type, 0.0) + float(np.median(times))
+        by_kernel[exec_type] = by_kernel.get(exec_type, 0.0) + float(np.median(times))
+    return {**_summary(by_op), "kernels_ms": _top(by_kernel)}
+
+
+def _summary(by_op: dict[str, float]) -> dict[str, Any]:
+    return {"sum_of_node_medians_ms": round(sum(by_op.values()), 3), "by_op_ms": _top(by_op)}
+
+
+def _top(values: dict[str, float], n: int = 10) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in sorted(values.items(), key=lambda kv: -kv[1])[:n]}
 
 
 def _int8_ratios(variants: dict, samples: dict[str, list[float]], rows: dict) -> dict[str, Any]:
@@ -220,12 +319,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--keep", type=Path, help="keep the compiled outputs in this folder")
     parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="one thread per session, timed by process CPU time (robust to a loaded host; implies --threads 1)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="per-op profiles of each INT8 variant and its FP32 (ORT, OpenVINO)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="threads per session when timing (default: each runtime's own); 1 keeps a loaded host's "
         "scheduling out of multi-threaded runtimes' figures",
     )
     args = parser.parse_args(argv)
+    if args.cpu_time:
+        args.threads = 1
     names = [m for m in args.models.split(",") if m]
     bad = [m for m in names if m not in MODELS]
     if bad or args.rounds < 1:
@@ -235,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     try:
-        results = [bench_model(m, args.rounds, args.quick, args.threads) for m in _models(names, work, args.quick)]
+        results = [
+            bench_model(m, args.rounds, args.quick, args.threads, args.profile, args.cpu_time)
+            for m in _models(names, work, args.quick)
+        ]
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -248,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "rounds": args.rounds,
         "threads": args.threads or "runtime default",
+        "clock": "process CPU time" if args.cpu_time else "wall clock",
         "quick": args.quick,
         "seconds": round(time.perf_counter() - started, 1),
         "models": results,
