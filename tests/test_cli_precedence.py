@@ -11,6 +11,8 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
+import pytest
+
 from agent_fixtures import free_port, make_linear_softmax, make_model_dir
 from hub_process_fixtures import serve_hub
 
@@ -53,6 +55,7 @@ def test_agent_flags_beat_the_environment_which_beats_the_file(tmp_path):
     assert (seen["model"], seen["endpoint"]) == ("from-flag", f"ipc://{tmp_path}/flag.sock")
 
 
+@pytest.mark.slow  # three tandem-hub serve processes: 13.2 s at load 8
 def test_hub_serve_flags_beat_the_environment_which_beats_the_file(tmp_path):
     file_port, env_port, flag_port = free_port(), free_port(), free_port()
     config = tmp_path / "hub.toml"

@@ -187,6 +187,7 @@ def agent_check(model_dir: Path, tmp_path: Path, trust: str = "", ota_key: Path 
     )
 
 
+@pytest.mark.slow  # five tandem-agent check processes: 10.8 s at load 8
 def test_attacker_release_is_refused_by_the_hub_and_again_by_the_agent_it_was_copied_to(
     strict_hub, digits_dir, tmp_path
 ):
