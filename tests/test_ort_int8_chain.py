@@ -1,8 +1,8 @@
-"""ONNX Runtime INT8 on x86-64 with VNNI quantizes the Add/Mul chains between convolutions and keeps
+"""ONNX Runtime INT8 with CHAIN_OPTIONS quantizes the Add/Mul chains between convolutions and keeps
 output activations float (issue 20, "INT8 that pays"): with only Conv/MatMul quantized, every
-HardSwish between two convs (x * Clip(x + 3, 0, 6) / 6, as PP-OCR exports it) ran in float between
-a DequantizeLinear and a QuantizeLinear; on PP-OCRv4 det that was ~50% of the INT8 time. Without
-VNNI (7-bit weights) the chains cost det's mask IoU its 0.9 gate, so they stay float there."""
+HardSwish between two convs (x * Clip(x + 3, 0, 6) / 6, as PP-OCR exports it) runs in float between
+a DequantizeLinear and a QuantizeLinear (~50% of PP-OCRv4 det's INT8 time). They cost det its mask
+IoU gate, so the default recipes keep quantizing the weight ops only."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tandem.hardware_profiles import get_profile
 from tandem.hardware_profiles.runtimes import load_session
 from tandem.model_compiler.variants import BuildContext, get_builder
-from tandem.model_compiler.variants.onnxruntime import div_to_mul, output_nodes
+from tandem.model_compiler.variants.onnxruntime import CHAIN_OPTIONS, div_to_mul, output_nodes
 
 
 def _hardswish_model(path, rng: np.random.Generator) -> None:
@@ -67,7 +67,8 @@ def test_int8_runs_the_hardswish_chain_in_integers_and_the_softmax_in_float(tmp_
     calib = {"x": rng.standard_normal((16, 3, 8, 8)).astype(np.float32)}
     builder = get_builder("onnxruntime")
     vnni = dataclasses.replace(get_profile("cpu-x86"), cpu_features=("avx2", "avx512_vnni"))
-    recipe = next(r for r in builder.recipes(vnni) if r.precision == "int8")
+    plain = next(r for r in builder.recipes(vnni) if r.precision == "int8")
+    recipe = dataclasses.replace(plain, id=f"{plain.id}-chains", options={**plain.options, **CHAIN_OPTIONS})
     built = builder.build(recipe, BuildContext(model_path=src, calib=calib, out_dir=tmp_path / "out"))
     model = onnx.load(str(built.files[0]))
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -91,11 +92,10 @@ def test_int8_runs_the_hardswish_chain_in_integers_and_the_softmax_in_float(tmp_
     assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() > 0.9
 
 
-def test_without_vnni_only_the_weight_ops_are_quantized():
+def test_default_recipes_quantize_only_the_weight_ops_with_or_without_vnni():
     builder = get_builder("onnxruntime")
-    (plain,) = [r for r in builder.recipes(get_profile("cpu-x86")) if r.precision == "int8"]
-    assert plain.id == "onnxruntime-int8-u8s8-rr"
-    assert plain.options["op_types"] == ["Conv", "MatMul", "Gemm"] and "div_to_mul" not in plain.options
     vnni = dataclasses.replace(get_profile("cpu-x86"), cpu_features=("avx2", "avx_vnni"))
-    (chains,) = [r for r in builder.recipes(vnni) if r.precision == "int8"]
-    assert chains.id == "onnxruntime-int8-u8s8" and chains.options["op_types"] == "all"
+    for profile, rid in ((get_profile("cpu-x86"), "onnxruntime-int8-u8s8-rr"), (vnni, "onnxruntime-int8-u8s8")):
+        (plain,) = [r for r in builder.recipes(profile) if r.precision == "int8"]
+        assert plain.id == rid
+        assert plain.options["op_types"] == ["Conv", "MatMul", "Gemm"] and "div_to_mul" not in plain.options

@@ -3,14 +3,15 @@
 INT8 only pays when the quantized graph fuses into ORT's integer kernels and adds
 little Quantize/Dequantize traffic. The recipe quantizes the weight-heavy ops (Conv,
 MatMul, Gemm) per channel after ORT's own pre-processing (constant folding, BatchNorm
-fusion), with activation/weight types chosen per CPU feature set. On x86-64 with VNNI
-(8-bit weights) it also quantizes the Add/Mul chains between them ("chains": QLinearAdd/
-QLinearMul instead of a DequantizeLinear-float-QuantizeLinear round trip per op), turns
-division by a constant (HardSwish's `/6`) into a multiplication ORT can quantize, and keeps
-non-weight nodes that produce graph outputs in float. Measured on PP-OCRv4 det (one thread,
-CPU time, interleaved): Conv-only 1.05x FP32 (it spent ~15% in Q/DQ and ~35% in float
-Add/Mul/Div), chains 1.57x; mask IoU 0.930 -> 0.908 with 8-bit weights, but 0.947 -> 0.899
-with the 7-bit weights of CPUs without VNNI, under the 0.9 gate: so chains only with VNNI.
+fusion), with activation/weight types chosen per CPU feature set.
+
+CHAIN_OPTIONS also quantize the Add/Mul chains between them (QLinearAdd/QLinearMul instead
+of a DequantizeLinear-float-QuantizeLinear round trip per op), turn division by a constant
+(HardSwish's `/6`) into a multiplication ORT can quantize, and keep non-weight nodes that
+produce graph outputs float. No default recipe uses them: on PP-OCRv4 det (one thread, CPU
+time, interleaved rounds) they take INT8 from 1.05x to 1.48-1.57x FP32 but its mask IoU from
+0.947 to 0.899 (7-bit weights) and from 0.930 to 0.891 (8-bit, VNNI), under the 0.9 gate; on
+the PP-OCR classifier INT8 stays slower than FP32 either way (docs/figures.md).
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ RUNTIME = "onnxruntime"
 # any (in its main graph) gets no INT8 variant. The recipe quantizes more than these ("all").
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# Recipe options that quantize the chains between weight ops too (module docstring: faster, but
+# they broke PP-OCRv4 det's mask IoU gate, so no default recipe sets them).
+CHAIN_OPTIONS: dict[str, Any] = {
+    "op_types": "all",  # every op ORT's QDQ quantizer handles ...
+    "float_nodes": "graph outputs",  # ... but non-weight ops producing outputs (Softmax, Sigmoid) stay float
+    "div_to_mul": True,  # x / c -> x * (1/c): QLinearMul instead of a float Div between Q/DQ
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,6 @@ class Int8Types:
     weight: str  # "int8"
     reduce_range: bool
     reason: str
-    chains: bool = False  # quantize the Add/Mul chains between weight ops too (module docstring)
 
     @property
     def tag(self) -> str:
@@ -73,13 +80,7 @@ def int8_types(isa: str, cpu_features: Sequence[str]) -> Int8Types:
             return Int8Types("int8", "int8", False, "arm64 with dot-product instructions: S8S8, ORT's default choice")
         return Int8Types("uint8", "int8", False, "arm64 without dotprod: U8S8, faster than S8S8 on low-end cores")
     if {"avx512_vnni", "avx_vnni", "amx_int8"} & features:
-        return Int8Types(
-            "uint8",
-            "int8",
-            False,
-            "x86-64 with VNNI: U8S8 without saturation; Add/Mul chains quantized too",
-            chains=True,
-        )
+        return Int8Types("uint8", "int8", False, "x86-64 with VNNI: U8S8 without saturation")
     return Int8Types(
         "uint8",
         "int8",
@@ -110,12 +111,6 @@ class OnnxRuntimeBuilder:
                 "op_types": list(QUANTIZED_OP_TYPES),
                 "why": types.reason,
             }
-            if types.chains:
-                options.update(
-                    op_types="all",  # every op ORT's QDQ quantizer handles ...
-                    float_nodes="graph outputs",  # ... but non-weight ops producing outputs (Softmax, Sigmoid)
-                    div_to_mul=True,  # x / c -> x * (1/c): QLinearMul instead of a float Div between Q/DQ
-                )
             out.append(Recipe(f"{RUNTIME}-int8-{types.tag}", RUNTIME, "int8", options))
         return out
 
