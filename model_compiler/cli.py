@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tandem.hardware_profiles import ProfileError, load_profiles
 from tandem.model_compiler.confidence import DEFAULT_HYBRID_WITHIN_POINTS, DEFAULT_REFERENCE_THRESHOLD
 from tandem.model_compiler.errors import CompileError
+from tandem.model_compiler.timing import DEFAULT_ROUNDS
 from tandem.protocols.cli_options import add_log_level, configure_logging
 from tandem.protocols.manifest import ManifestError
 from tandem.protocols.signing import SignatureError
@@ -113,6 +114,7 @@ def _compile(args: argparse.Namespace) -> int:
         signing_key=args.signing_key,
         profile_dirs=list(args.profile_dir),
         timing=not args.no_timing,
+        timing_rounds=args.timing_rounds,
         force=args.force,
         confidence_calibration=not args.no_confidence_calibration,
         confidence_goal=args.confidence_goal,
@@ -361,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write no per-variant temperature and threshold (agents use their configured threshold)",
     )
     parser.add_argument("--no-timing", action="store_true", help="skip host latency/throughput measurement (faster)")
+    parser.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"time all variants together in this many interleaved rounds, the order rotated; reduced precision "
+        f"is judged on its ratio to FP32 within each round (default {DEFAULT_ROUNDS})",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument(

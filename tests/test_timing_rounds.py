@@ -146,3 +146,22 @@ def test_measure_latency_reads_the_clock_it_is_given():
     clock = LoadedClock(load_at=1e9)
     stats = measure_latency(FakeSession("a", 0.002, clock), {"x": np.zeros((1, 4))}, warmup=0, runs=7, clock=clock)
     assert stats.runs == 7 and stats.p50_ms == pytest.approx(2.0)
+
+
+def test_timing_rounds_flag_parses_and_zero_is_refused_by_name(tmp_path):
+    from tandem.model_compiler.cli import build_parser
+    from tandem.model_compiler.errors import CompileError
+    from tandem.model_compiler.pipeline import CompileOptions, compile_model
+
+    args = build_parser().parse_args(["m.onnx", "--timing-rounds", "3"])
+    assert args.timing_rounds == 3 and build_parser().parse_args(["m.onnx"]).timing_rounds == 5
+    opts = CompileOptions(
+        model=tmp_path / "m.onnx",
+        profiles=["cpu-x86"],
+        calib=tmp_path / "c.npz",
+        val=tmp_path / "v.npz",
+        out=tmp_path / "out",
+        timing_rounds=0,
+    )
+    with pytest.raises(CompileError, match="--timing-rounds must be >= 1"):
+        compile_model(opts)
