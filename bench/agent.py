@@ -61,7 +61,8 @@ import zmq.asyncio  # noqa: E402
 from agent_fixtures import make_model_dir  # noqa: E402  (tests/agent_fixtures.py: the one model-dir maker)
 from tandem.edge_agent.client import AgentClient, AsyncAgentClient  # noqa: E402
 from tandem.edge_agent.config import ServerConfig  # noqa: E402
-from tandem.edge_agent.spin import HOST_SAMPLE_S, PREEMPTED_AFTER_S, SpinGovernor, runnable_tasks  # noqa: E402
+from tandem.edge_agent.server import spin_poll  # noqa: E402
+from tandem.edge_agent.spin import HOST_SAMPLE_S, SpinGovernor, runnable_tasks  # noqa: E402
 from tandem.edge_agent.wire import encode_request  # noqa: E402
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 
@@ -124,18 +125,7 @@ def _echo_server(endpoint: str, ready: Any, spin_us: float = 0.0) -> None:
         replied_at = time.perf_counter()
         budget = governor.budget_s()
         if budget:  # the agent's spin loop (ZmqServer._await_next), without its handler
-            start = last = time.perf_counter()
-            hit = preempted = False
-            while True:
-                if zmq.zmq_poll(items, 0):
-                    hit = True
-                    break
-                now = time.perf_counter()
-                preempted = preempted or now - last > PREEMPTED_AFTER_S
-                last = now
-                if now >= start + budget:
-                    break
-            governor.spun(time.perf_counter() - start, hit, preempted)
+            governor.spun(*spin_poll(items, budget))
     sock.close(0)
     ctx.term()
 

@@ -231,21 +231,8 @@ class ZmqServer:
         budget = self.spin.budget_s()
         if not budget:
             return False
-        items = [(sock, zmq.POLLIN)]
-        start = last = time.perf_counter()
-        deadline = start + budget
-        hit = preempted = False
-        while True:
-            if zmq.zmq_poll(items, 0):
-                hit = True
-                break
-            now = time.perf_counter()
-            if now - last > PREEMPTED_AFTER_S:
-                preempted = True
-            last = now
-            if now >= deadline:
-                break
-        self.spin.spun(time.perf_counter() - start, hit, preempted)
+        spent, hit, preempted = spin_poll([(sock, zmq.POLLIN)], budget)
+        self.spin.spun(spent, hit, preempted)
         return hit
 
     def _schedule_drain(self) -> None:
@@ -308,6 +295,28 @@ class ZmqServer:
                 self._schedule_drain()  # the send may have taken the FD's edge for a waiting request
         finally:
             self.inflight -= 1
+
+
+def spin_poll(items: list[tuple[zmq.Socket, int]], budget_s: float) -> tuple[float, bool, bool]:
+    """Poll `items` with zero timeouts for up to `budget_s`: (seconds spent, a request came, preempted).
+
+    The post-reply spin itself, apart from the governor that sizes it (spin.py); bench/agent.py's
+    spinning echo runs this same loop. Preempted: a jump of over PREEMPTED_AFTER_S between two polls.
+    """
+    start = last = time.perf_counter()
+    deadline = start + budget_s
+    hit = preempted = False
+    while True:
+        if zmq.zmq_poll(items, 0):
+            hit = True
+            break
+        now = time.perf_counter()
+        if now - last > PREEMPTED_AFTER_S:
+            preempted = True
+        last = now
+        if now >= deadline:
+            break
+    return time.perf_counter() - start, hit, preempted
 
 
 def _close_unstarted(task: asyncio.Task, pending: Awaitable[Any]) -> None:
