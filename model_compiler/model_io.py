@@ -131,20 +131,20 @@ def io_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]
     return inputs, outputs
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def graphs_within(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """A graph and, depth first, every subgraph its nodes hold (If branches, Loop and Scan bodies)."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("g"):
-                yield from _graphs(attr.g)
+                yield from graphs_within(attr.g)
             for sub in attr.graphs:
-                yield from _graphs(sub)
+                yield from graphs_within(sub)
 
 
 def graph_inputs_read(graph: onnx.GraphProto) -> set[str]:
     """Every value name a node reads, in `graph` or any subgraph (outer-scope reads included)."""
-    return {name for g in _graphs(graph) for node in g.node for name in node.input if name}
+    return {name for g in graphs_within(graph) for node in g.node for name in node.input if name}
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -157,7 +157,7 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     from onnx import numpy_helper
 
     total = 0
-    for graph in _graphs(model.graph):
+    for graph in graphs_within(model.graph):
         total += sum(numpy_helper.to_array(init).nbytes for init in graph.initializer)
         for node in graph.node:
             if node.op_type == "Constant":
@@ -171,7 +171,11 @@ def subgraph_op_count(model: onnx.ModelProto, op_types: Iterable[str]) -> int:
     """How many nodes of `op_types` sit inside subgraphs (not in the main graph)."""
     wanted = set(op_types)
     return sum(
-        1 for k, graph in enumerate(_graphs(model.graph)) if k > 0 for node in graph.node if node.op_type in wanted
+        1
+        for k, graph in enumerate(graphs_within(model.graph))
+        if k > 0
+        for node in graph.node
+        if node.op_type in wanted
     )
 
 

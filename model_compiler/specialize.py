@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from tandem.model_compiler.errors import InvalidModelError
+from tandem.model_compiler.model_io import graph_inputs_read, graphs_within
 from tandem.protocols.manifest import DTYPES, BoundInput
 
 if TYPE_CHECKING:
@@ -358,27 +359,17 @@ def _drop_dead_nodes(graph: Any) -> None:
 def _outer_reads(node: Any) -> set[str]:
     """Names a node's subgraphs read (their own or outer-scope values, all counted as read)."""
     reads: set[str] = set()
-    stack = [a.g for a in node.attribute if a.type == 5] + [g for a in node.attribute if a.type == 10 for g in a.graphs]
-    while stack:
-        g = stack.pop()
-        for inner in g.node:
-            reads.update(i for i in inner.input if i)
-            stack.extend(a.g for a in inner.attribute if a.type == 5)
-            stack.extend(sub for a in inner.attribute if a.type == 10 for sub in a.graphs)
-        reads.update(o.name for o in g.output)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for g in graphs_within(sub):
+                reads.update(i for inner in g.node for i in inner.input if i)
+                reads.update(o.name for o in g.output)
     return reads
 
 
 def _drop_unused_initializers(graph: Any) -> None:
     """Initializers no node reads any more (the untaken branch's, the bound inputs' own)."""
-    used = {o.name for o in graph.output}
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        for node in g.node:
-            used.update(i for i in node.input if i)
-            stack.extend(a.g for a in node.attribute if a.type == 5)
-            stack.extend(sub for a in node.attribute if a.type == 10 for sub in a.graphs)
+    used = {o.name for o in graph.output} | graph_inputs_read(graph)
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
