@@ -59,6 +59,12 @@ db-deps:
 HUB_STORAGE_SUITES := tests/test_hub_registry.py tests/test_hub_devices.py tests/test_hub_auth.py \
 	tests/test_hub_restart.py tests/test_hub_presence.py tests/test_hub_hard_examples.py \
 	tests/test_telemetry_hub.py tests/test_ota_rollout_e2e.py
+# ... and the rest of the hub's suites (REST, console, rollouts, telemetry, cluster, OTA, drift), their fast
+# tests only (the slow pass already runs the failover test on both backends); tests that read hub.db itself
+# are marked sqlite_only and skip in this pass.
+HUB_PG_FAST_SUITES := $(filter-out $(HUB_STORAGE_SUITES),$(sort $(wildcard tests/test_hub_*.py \
+	tests/test_rollout*.py tests/test_console*.py tests/test_telemetry_*.py tests/test_cluster_*.py \
+	tests/test_ota*.py tests/test_drift*.py)))
 
 # KServe's own ModelServer for tests/test_fallback_kserve.py (a third-party v2 server as the agent's
 # fallback), in a virtualenv of its own: kserve pins protobuf<7, this project needs 7. Made once (~1-2 min).
@@ -87,8 +93,9 @@ test-wheels: $(STAMP)
 demo: $(DEMO_STAMP) system-deps
 	$(VENV)/bin/tandem-sim demo
 
-# Three named passes, all in CI: the fast suite (what a developer runs while working), the tests marked
-# slow (real processes killed, long outages, whole compiles), then the hub storage suites on PostgreSQL.
+# Four named passes, all in CI: the fast suite (what a developer runs while working), the tests marked
+# slow (real processes killed, long outages, whole compiles), then the hub storage suites on PostgreSQL
+# and the fast tests of the rest of the hub's suites on PostgreSQL.
 test: $(STAMP) system-deps browser-deps db-deps kserve-venv test-wheels
 	@echo "== make test: fast tests (-m 'not slow') =="
 	$(PY) -m pytest -q -m "not slow"
@@ -96,6 +103,8 @@ test: $(STAMP) system-deps browser-deps db-deps kserve-venv test-wheels
 	$(PY) -m pytest -q -m slow
 	@echo "== make test: hub storage suites on PostgreSQL =="
 	TANDEM_TEST_DATABASE=postgresql $(PY) -m pytest -q $(HUB_STORAGE_SUITES)
+	@echo "== make test: the rest of the hub suites on PostgreSQL (fast tests) =="
+	TANDEM_TEST_DATABASE=postgresql $(PY) -m pytest -q -m "not slow" $(HUB_PG_FAST_SUITES)
 
 # ruff (lint) and mypy (types), configured in pyproject.toml; .ci/run runs it before the tests.
 lint: $(STAMP)

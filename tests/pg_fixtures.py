@@ -156,10 +156,13 @@ def database_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Pat
 @pytest.fixture(autouse=True)
 def _hubs_on_the_test_database(request: pytest.FixtureRequest) -> Iterator[None]:
     """Under TANDEM_TEST_DATABASE=postgresql, every Hub a test builds without storage.database_url gets one:
-    a database per data dir (so a restart on the same dir finds its data), dropped when the test ends."""
+    a database per data dir (so a restart on the same dir finds its data), dropped when the test ends.
+    A test marked sqlite_only (it reads hub.db itself) skips there, saying so."""
     if hub_test_backend() != "postgresql":
         yield
         return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("sqlite_only: reads the hub's SQLite file itself; runs in the SQLite passes")
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
     from tandem.cloud_hub.hub import Hub
 

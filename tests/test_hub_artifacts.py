@@ -103,6 +103,7 @@ def test_unknown_hashes_404_and_non_hashes_are_rejected(http, running_hub):
     assert http.get("/v1/artifacts/not-a-hash").status_code == 422
 
 
+@pytest.mark.sqlite_only  # the secret it must not leak is the data dir's hub.db
 def test_path_traversal_is_rejected(running_hub, http):
     # Send the raw request line so no client normalises the dots away.
     token = http.headers["Authorization"]

@@ -42,6 +42,7 @@ def _smash_a_page_of(db_path, table: str) -> None:
         f.write(b"\xde\xad\xbe\xef" * (page_size // 4))
 
 
+@pytest.mark.sqlite_only  # hub.db's integrity; the PostgreSQL check has its own tests below
 def test_check_passes_a_healthy_data_dir_and_names_a_bad_table(tmp_path, capsys):
     root = tmp_path / "hub"
     Hub(_config(root)).stop()
@@ -55,6 +56,7 @@ def test_check_passes_a_healthy_data_dir_and_names_a_bad_table(tmp_path, capsys)
     assert any(line.startswith("hub.db table devices:") for line in report["problems"]), report["problems"]
 
 
+@pytest.mark.sqlite_only  # hub.db's integrity; the PostgreSQL check has its own tests below
 def test_a_hub_on_a_corrupt_database_refuses_with_one_line(tmp_path, capsys):
     root = tmp_path / "hub"
     Hub(_config(root)).stop()
@@ -67,6 +69,7 @@ def test_a_hub_on_a_corrupt_database_refuses_with_one_line(tmp_path, capsys):
     Hub(_config(root)).stop()
 
 
+@pytest.mark.sqlite_only  # hub.db's integrity; the PostgreSQL check has its own tests below
 def test_a_stored_manifest_whose_signature_fails_is_named(tmp_path, capsys):
     root = tmp_path / "hub"
     Hub(_config(root)).stop()

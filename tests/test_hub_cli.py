@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from tandem.cloud_hub.cli import main
 from tandem.cloud_hub.config import HubConfig
 from tandem.cloud_hub.hub import Hub
@@ -23,6 +24,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.sqlite_only  # `tokens create --data-dir` writes the data dir's hub.db; a PostgreSQL hub reads its URL
 def test_bootstrap_token_then_manage_models_devices_and_tokens(tmp_path, capsys, hub_model_dir, monkeypatch):
     monkeypatch.delenv("TANDEM_HUB_URL", raising=False)
     monkeypatch.delenv("TANDEM_HUB_TOKEN", raising=False)
