@@ -17,7 +17,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tandem.hardware_profiles.runtimes.batching import MicroBatcher
+from tandem.hardware_profiles.runtimes.batching import (
+    MicroBatcher,
+    batch_feeds,
+    resolve_outcomes,
+    split_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +48,16 @@ class AsyncInferBatcher(MicroBatcher):
         super().__init__(session, **kw)  # starts the worker: everything it reads is set above
 
     def _worker(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if batch is None:
-                break
-            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            with self._cond:  # as MicroBatcher._run_batch counts (ModelStatistics reads started/queue_ns)
-                self._stats.batches += 1
-                self._stats.rows += sum(r.rows for r in live)
-                self._stats.batch_sizes[len(live)] = self._stats.batch_sizes.get(len(live), 0) + 1
-                now = time.perf_counter()
-                self._stats.started += len(live)
-                self._stats.queue_ns += sum(int((now - r.enqueued) * 1e9) for r in live)
+        for live in self._live_batches():
+            self._count_started(live)
             try:
-                names = list(live[0].feeds)
-                feeds = {
-                    n: np.ascontiguousarray(
-                        live[0].feeds[n] if len(live) == 1 else np.concatenate([r.feeds[n] for r in live], axis=0)
-                    )
-                    for n in names
-                }
+                feeds = {n: np.ascontiguousarray(a) for n, a in batch_feeds(live).items()}
                 self._ov_queue.start_async(feeds, (live, time.perf_counter()))  # waits for an idle request
             except Exception as exc:  # noqa: BLE001 - a batch that cannot start runs the synchronous way
                 log.debug("async start of a batch of %d failed (%s); running it synchronously", len(live), exc)
                 with self._run_lock:
                     outcomes = [self._run_one(r) for r in live]
-                _resolve(outcomes)
+                resolve_outcomes(outcomes)
         self._ov_queue.wait_all()
 
     def _finished(self, request: Any, userdata: tuple[list[Any], float]) -> None:
@@ -81,25 +68,12 @@ class AsyncInferBatcher(MicroBatcher):
         self.run_ewma_s = seconds if ewma is None else ewma + 0.1 * (min(seconds, 2.0 * ewma) - ewma)
         try:
             outputs = [np.array(request.get_tensor(port).data) for port in self._ov_outputs]  # copies: reused
-            outcomes: list[tuple[Any, Any]] = []
-            start = 0
-            for req in live:
-                stop = start + req.rows
-                outcomes.append((req, [o[start:stop] for o in outputs]))
-                start = stop
+            outcomes: list[tuple[Any, Any]] = split_outputs(live, outputs)
         except Exception as exc:  # noqa: BLE001 - every caller must hear back
             outcomes = [(req, exc) for req in live]
-        _resolve(outcomes)
+        resolve_outcomes(outcomes)
 
     def close(self, timeout: float = 5.0) -> None:
         super().close(timeout)
         self._ov_queue = None
         self._ov_compiled = None
-
-
-def _resolve(outcomes: list[tuple[Any, Any]]) -> None:
-    for req, outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            req.future.set_exception(outcome)
-        else:
-            req.future.set_result(outcome)

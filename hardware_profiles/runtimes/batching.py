@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -252,53 +252,53 @@ class MicroBatcher:
         self._queue.extend(kept)
         return taken
 
-    def _worker(self) -> None:
+    def _live_batches(self) -> Iterator[list[_Request]]:
+        """The batches to run, until close: each request's future marked running, cancelled ones left out.
+
+        Every worker (this class's, and subclasses' that run batches elsewhere, as the hub's
+        OpenVINO AsyncInferQueue) takes its batches here, so batching and cancellation are one rule.
+        """
         while True:
             batch = self._take_batch()
             if batch is None:
                 return
             live = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if live:
-                try:
-                    with self._run_lock:
-                        outcomes = self._run_batch(live)
-                except Exception as exc:  # a bug here must not leave its callers waiting forever
-                    log.exception("micro-batcher failed a batch of %d", len(live))
-                    outcomes = [(req, exc) for req in live]
-                # resolved after the lock is released: a waiter woken by its result (the agent's loop,
-                # answering and then taking the next request inline) must not find the session still held
-                for req, outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        req.future.set_exception(outcome)
-                    else:
-                        req.future.set_result(outcome)
+                yield live
 
-    def _run_batch(self, batch: list[_Request]) -> list[tuple[_Request, Any]]:
-        """Each request with its outputs (or its exception); the caller resolves the futures."""
+    def _count_started(self, batch: list[_Request]) -> None:
+        """Count a batch as started (ModelStatistics reads batches, sizes, started and queue_ns)."""
         with self._cond:
             self._stats.batches += 1
-            size = sum(r.rows for r in batch)
-            self._stats.rows += size
+            self._stats.rows += sum(r.rows for r in batch)
             self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
             now = time.perf_counter()
             self._stats.started += len(batch)
             self._stats.queue_ns += sum(int((now - r.enqueued) * 1e9) for r in batch)
+
+    def _worker(self) -> None:
+        for live in self._live_batches():
+            try:
+                with self._run_lock:
+                    outcomes = self._run_batch(live)
+            except Exception as exc:  # a bug here must not leave its callers waiting forever
+                log.exception("micro-batcher failed a batch of %d", len(live))
+                outcomes = [(req, exc) for req in live]
+            # resolved after the lock is released: a waiter woken by its result (the agent's loop,
+            # answering and then taking the next request inline) must not find the session still held
+            resolve_outcomes(outcomes)
+
+    def _run_batch(self, batch: list[_Request]) -> list[tuple[_Request, Any]]:
+        """Each request with its outputs (or its exception); the caller resolves the futures."""
+        self._count_started(batch)
         if len(batch) == 1:
             return [self._run_one(batch[0])]
-        names = list(batch[0].feeds)
         try:
-            feeds = {n: np.concatenate([r.feeds[n] for r in batch], axis=0) for n in names}
-            outputs = self._timed_run(feeds)
+            outputs = self._timed_run(batch_feeds(batch))
         except Exception as exc:  # one bad request must not fail its neighbours: retry alone
             log.debug("batch of %d failed (%s); running its requests one by one", len(batch), exc)
             return [self._run_one(req) for req in batch]
-        outcomes: list[tuple[_Request, Any]] = []
-        start = 0
-        for req in batch:
-            stop = start + req.rows
-            outcomes.append((req, [o[start:stop] for o in outputs]))
-            start = stop
-        return outcomes
+        return split_outputs(batch, outputs)
 
     def _timed_run(self, feeds: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
         """session.run, timed into `run_ewma_s` (callers hold `_run_lock`, so one writer at a time)."""
@@ -320,6 +320,33 @@ class MicroBatcher:
                 self._stats.failed += 1
             return req, exc
         return req, list(outputs)
+
+
+def batch_feeds(batch: Sequence[_Request]) -> dict[str, np.ndarray]:
+    """One feed per input: the batch's requests concatenated along the batch axis (one request: as is)."""
+    if len(batch) == 1:
+        return dict(batch[0].feeds)
+    return {n: np.concatenate([r.feeds[n] for r in batch], axis=0) for n in batch[0].feeds}
+
+
+def split_outputs(batch: Sequence[_Request], outputs: Sequence[np.ndarray]) -> list[tuple[_Request, Any]]:
+    """Each request with its rows of the batch's outputs (views, no copies)."""
+    outcomes: list[tuple[_Request, Any]] = []
+    start = 0
+    for req in batch:
+        stop = start + req.rows
+        outcomes.append((req, [o[start:stop] for o in outputs]))
+        start = stop
+    return outcomes
+
+
+def resolve_outcomes(outcomes: Sequence[tuple[_Request, Any]]) -> None:
+    """Hand each request its outputs, or its exception, through its future."""
+    for req, outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            req.future.set_exception(outcome)
+        else:
+            req.future.set_result(outcome)
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:
