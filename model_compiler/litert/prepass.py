@@ -8,7 +8,7 @@ rewrite is a pure function that tests can drive directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -104,32 +104,38 @@ def _single_consumer(nodes: list[Node], index: int, uses: dict[str, int]) -> tup
     return None
 
 
-def fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
-    """Conv -> BatchNormalization (inference form) becomes one Conv with scaled weights and a bias."""
+def _layer_then(
+    nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str], layers: tuple[str, ...], consumer: str
+) -> Iterator[tuple[Node, int, Node]]:
+    """(layer, index of its consumer, consumer) for each op of `layers` with a constant weight whose
+    output goes to exactly one op, of type `consumer`: the pattern every fold below starts from.
+    The folds rewrite the layer as they go and drop or replace the consumer afterwards."""
     uses = _uses(nodes, graph_outputs)
-    drop: set[int] = set()
     for i, node in enumerate(nodes):
-        if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in consts:
+        if node.op_type not in layers or len(node.inputs) < 2 or node.inputs[1] not in consts:
             continue
         found = _single_consumer(nodes, i, uses)
-        if (
-            found is None
-            or found[1].op_type != "BatchNormalization"
-            or len(found[1].outputs) > 1
-            and any(found[1].outputs[1:])
-        ):
-            continue
-        j, bn = found
-        if not all(name in consts for name in bn.inputs[1:5]):
+        if found is not None and found[1].op_type == consumer:
+            yield node, found[0], found[1]
+
+
+def _bias_of(node: Node, consts: dict[str, np.ndarray], channels: int) -> np.ndarray:
+    """The layer's bias (float64), zeros when it has none."""
+    if len(node.inputs) > 2 and node.inputs[2]:
+        return consts[node.inputs[2]].astype(np.float64)
+    return np.zeros(channels)
+
+
+def fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Conv -> BatchNormalization (inference form) becomes one Conv with scaled weights and a bias."""
+    drop: set[int] = set()
+    for node, j, bn in _layer_then(nodes, consts, graph_outputs, ("Conv",), "BatchNormalization"):
+        if (len(bn.outputs) > 1 and any(bn.outputs[1:])) or not all(name in consts for name in bn.inputs[1:5]):
             continue
         gamma, beta, mean, var = (consts[name].astype(np.float64) for name in bn.inputs[1:5])
         factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
         weight = consts[node.inputs[1]].astype(np.float64)
-        bias = (
-            consts[node.inputs[2]].astype(np.float64)
-            if len(node.inputs) > 2 and node.inputs[2]
-            else np.zeros(weight.shape[0])
-        )
+        bias = _bias_of(node, consts, weight.shape[0])
         w_name, b_name = f"{node.name}/folded_weight", f"{node.name}/folded_bias"
         consts[w_name] = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
         consts[b_name] = ((bias - mean) * factor + beta).astype(np.float32)
@@ -152,15 +158,8 @@ def _channel_bias(value: np.ndarray, channels: int, rank: int) -> np.ndarray | N
 
 def fold_bias_add(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
     """Conv/MatMul -> Add(constant per-channel) becomes one op with a bias (MatMul gains a 3rd input)."""
-    uses = _uses(nodes, graph_outputs)
     drop: set[int] = set()
-    for i, node in enumerate(nodes):
-        if node.op_type not in ("Conv", "MatMul") or len(node.inputs) < 2 or node.inputs[1] not in consts:
-            continue
-        found = _single_consumer(nodes, i, uses)
-        if found is None or found[1].op_type != "Add":
-            continue
-        j, add = found
+    for node, j, add in _layer_then(nodes, consts, graph_outputs, ("Conv", "MatMul"), "Add"):
         other = add.inputs[1] if add.inputs[0] == node.outputs[0] else add.inputs[0]
         if other not in consts:
             continue
@@ -180,8 +179,7 @@ def fold_bias_add(nodes: list[Node], consts: dict[str, np.ndarray], graph_output
             )
         if extra is None:
             continue
-        has_bias = len(node.inputs) > 2 and node.inputs[2]
-        bias = consts[node.inputs[2]].astype(np.float32) if has_bias else np.zeros(channels, np.float32)
+        bias = _bias_of(node, consts, channels)
         b_name = f"{node.name}/bias"
         consts[b_name] = (bias + extra).astype(np.float32)
         node.inputs = [node.inputs[0], node.inputs[1], b_name]
@@ -193,15 +191,8 @@ def fold_bias_add(nodes: list[Node], consts: dict[str, np.ndarray], graph_output
 def fold_scale_mul(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
     """Conv -> Mul(constant per-channel) becomes one Conv with scaled weights and bias
     (PP-LCNetV3's learnable affine layers export this way)."""
-    uses = _uses(nodes, graph_outputs)
     drop: set[int] = set()
-    for i, node in enumerate(nodes):
-        if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in consts:
-            continue
-        found = _single_consumer(nodes, i, uses)
-        if found is None or found[1].op_type != "Mul":
-            continue
-        j, mul = found
+    for node, j, mul in _layer_then(nodes, consts, graph_outputs, ("Conv",), "Mul"):
         other = mul.inputs[1] if mul.inputs[0] == node.outputs[0] else mul.inputs[0]
         if other not in consts:
             continue
@@ -209,8 +200,7 @@ def fold_scale_mul(nodes: list[Node], consts: dict[str, np.ndarray], graph_outpu
         factor = _channel_bias(consts[other], weight.shape[0], weight.ndim)
         if factor is None:
             continue
-        has_bias = len(node.inputs) > 2 and node.inputs[2]
-        bias = consts[node.inputs[2]].astype(np.float64) if has_bias else np.zeros(weight.shape[0])
+        bias = _bias_of(node, consts, weight.shape[0])
         w_name, b_name = f"{node.name}/scaled_weight", f"{node.name}/scaled_bias"
         consts[w_name] = (weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
         consts[b_name] = (bias * factor).astype(np.float32)
@@ -224,22 +214,14 @@ def fold_hardsigmoid(nodes: list[Node], consts: dict[str, np.ndarray], graph_out
     """Conv -> HardSigmoid(alpha, beta) (the gate of every squeeze-excitation block in PP-OCR)
     becomes Conv(6 alpha w, 6 alpha b + 6 beta) -> Clip(0, 6) -> Mul(1/6): the Clip fuses into
     the conv as RELU6, so 3 elementwise ops become 1, and the int8 quantizer folds that Mul too."""
-    uses = _uses(nodes, graph_outputs)
     out: list[Node] = []
     replaced: dict[int, list[Node]] = {}
-    for i, node in enumerate(nodes):
-        if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in consts:
-            continue
-        found = _single_consumer(nodes, i, uses)
-        if found is None or found[1].op_type != "HardSigmoid":
-            continue
-        j, hsig = found
+    for node, j, hsig in _layer_then(nodes, consts, graph_outputs, ("Conv",), "HardSigmoid"):
         gain = 6.0 * float(hsig.attrs.get("alpha", 0.2))
         if gain <= 0:
             continue
         weight = consts[node.inputs[1]].astype(np.float64)
-        has_bias = len(node.inputs) > 2 and node.inputs[2]
-        bias = consts[node.inputs[2]].astype(np.float64) if has_bias else np.zeros(weight.shape[0])
+        bias = _bias_of(node, consts, weight.shape[0])
         w_name, b_name = f"{node.name}/gate_weight", f"{node.name}/gate_bias"
         consts[w_name] = (weight * gain).astype(np.float32)
         consts[b_name] = (bias * gain + 6.0 * float(hsig.attrs.get("beta", 0.5))).astype(np.float32)
