@@ -64,6 +64,7 @@ from tandem.edge_agent.config import ServerConfig  # noqa: E402
 from tandem.edge_agent.server import spin_poll  # noqa: E402
 from tandem.edge_agent.spin import HOST_SAMPLE_S, SpinGovernor, runnable_tasks  # noqa: E402
 from tandem.edge_agent.wire import encode_request  # noqa: E402
+from tandem.edge_agent.zmq_io import recv_frames, send_frames  # noqa: E402
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 
 CLIENTS = 8
@@ -112,7 +113,7 @@ def _echo_server(endpoint: str, ready: Any, spin_us: float = 0.0) -> None:
     governor = SpinGovernor(spin_us)
     replied_at = sampled_at = 0.0
     while True:
-        frames = sock.recv_multipart(copy=False)
+        frames = recv_frames(sock, block=True)  # the agent's own socket calls (zmq_io.py): the same floor
         if replied_at:
             now = time.perf_counter()
             governor.request_came(now - replied_at)
@@ -121,7 +122,7 @@ def _echo_server(endpoint: str, ready: Any, spin_us: float = 0.0) -> None:
                 governor.host_seen(runnable_tasks())
         if len(frames) == 2 and frames[1].bytes == b"stop":
             break
-        sock.send_multipart(frames, copy=False)
+        send_frames(sock, frames)
         replied_at = time.perf_counter()
         budget = governor.budget_s()
         if budget:  # the agent's spin loop (ZmqServer._await_next), without its handler

@@ -21,6 +21,7 @@ import zmq.asyncio
 from tandem.edge_agent.config import default_endpoint
 from tandem.edge_agent.errors import ERRORS_BY_CODE, AgentError, AgentUnavailable
 from tandem.edge_agent.wire import MODES, SOURCE_NAMES, RequestTemplates, decode_reply
+from tandem.edge_agent.zmq_io import recv_frames, send_frames
 from tandem.protocols import local_api_pb2 as pb
 
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray
@@ -153,7 +154,7 @@ class AgentClient:
             traceparent=traceparent,
         )
         sock = self._sock
-        sock.send_multipart(frames, copy=False)
+        send_frames(sock, frames, block=True)
         limit = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
         remaining = limit  # the first wait uses the whole limit: the same RCVTIMEO request after request
@@ -166,7 +167,7 @@ class AgentClient:
                     self._rcvtimeo = timeo
                 try:
                     # small replies: a copy into bytes is cheaper than a zmq.Frame; outputs: no copy here
-                    reply = sock.recv_multipart(0, not return_outputs)
+                    reply = recv_frames(sock, block=True, copy=not return_outputs)
                 except zmq.Again:
                     pass
             if reply is None:

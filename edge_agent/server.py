@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence, cast
 
 import zmq
-from zmq.backend import Socket as _BackendSocket
 
 from tandem.edge_agent.errors import AgentError, ConfigError, OverloadedError, reply_code
 from tandem.edge_agent.spin import HOST_SAMPLE_S, MIN_HIT_RATE, PREEMPTED_AFTER_S, SpinGovernor, runnable_tasks
 from tandem.edge_agent.wire import error_reply
+from tandem.edge_agent.zmq_io import POLLIN, readable, recv_frames, send_frames
 from tandem.protocols import limits
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,6 @@ IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the NUL
 DRAIN_BATCH = 64  # requests handled per loop callback before other callbacks get a turn
 OVERLAP_CHECK_AFTER_S = 50e-6  # synchronous answers slower than this look for requests queued meanwhile
 SPIN_MIN_HIT_RATE = MIN_HIT_RATE  # below it the loop sleeps at once: most requests came after the spin would end
-# pyzmq's Python layer (Socket.send_multipart / recv_multipart, getsockopt, and its enum flags, each `&` or
-# `|` of which builds an enum member) cost the agent more per request than the model: the socket is driven
-# through the Cython backend with plain ints instead (docs/figures.md).
-_EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
-_POLLIN, _NOBLOCK, _SNDMORE = int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.SNDMORE)
-_get, _recv, _send_part = _BackendSocket.get, _BackendSocket.recv, _BackendSocket.send
 
 
 class Concurrency:
@@ -238,7 +232,7 @@ class ZmqServer:
         budget = self.spin.budget_s()
         if not budget:
             return False
-        spent, hit, preempted = spin_poll([(sock, _POLLIN)], budget)
+        spent, hit, preempted = spin_poll([(sock, POLLIN)], budget)
         self.spin.spun(spent, hit, preempted)
         return hit
 
@@ -302,26 +296,6 @@ class ZmqServer:
                 self._schedule_drain()  # the send may have taken the FD's edge for a waiting request
         finally:
             self.inflight -= 1
-
-
-def readable(sock: zmq.Socket) -> bool:
-    """Does a whole message wait on `sock`? (ZMQ_EVENTS, asked of the socket itself.)"""
-    return bool(cast(int, _get(sock, _EVENTS)) & _POLLIN)
-
-
-def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
-    """One multipart message as zmq.Frames (no copy), without blocking: raises zmq.Again when none waits."""
-    frames = [_recv(sock, _NOBLOCK, False)]
-    while _get(sock, _RCVMORE):  # the parts of a message arrive together: these never block
-        frames.append(_recv(sock, _NOBLOCK, False))
-    return frames
-
-
-def send_frames(sock: zmq.Socket, frames: Sequence[Any]) -> None:
-    """Queue one multipart message without blocking or copying (zmq copies small parts itself)."""
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        _send_part(sock, frame, _NOBLOCK | _SNDMORE if i < last else _NOBLOCK, False)
 
 
 def spin_poll(items: list[tuple[zmq.Socket, int]], budget_s: float) -> tuple[float, bool, bool]:
