@@ -33,7 +33,7 @@ from tandem.cloud_hub.storage.db import HubDatabase, Migration, is_postgres_url,
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
 from tandem.protocols.tensor_blob import TensorBlobError, TensorInfo, decode_index, decode_tensors
-from tandem.protocols.mqtt_client import set_reconnect_delay
+from tandem.protocols.mqtt_client import disconnect_and_stop, set_reconnect_delay
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 from tandem.protocols.topics import HARD_EXAMPLES, TopicError, all_devices, parse_topic
 
@@ -331,8 +331,7 @@ class HardExampleIngest:
             self._hub = None
         self._stop.set()
         if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+            disconnect_and_stop(self._client)
             self._client = None
         if self._writer is not None:
             self._writer.join(10)

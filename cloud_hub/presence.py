@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 
 from tandem.cloud_hub.devices import DeviceRegistry, PresenceKey
 from tandem.cloud_hub.errors import HubError
-from tandem.protocols.mqtt_client import set_reconnect_delay
+from tandem.protocols.mqtt_client import disconnect_and_stop, set_reconnect_delay
 from tandem.protocols.telemetry_codec import STATUS_ONLINE, TelemetryDecodeError, decode_status
 from tandem.protocols.tls import configure_mqtt_client
 from tandem.protocols.topics import STATUS, TopicError, all_devices, parse_topic
@@ -173,8 +173,7 @@ class DevicePresence:
 
     def stop_status_watch(self) -> None:
         if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+            disconnect_and_stop(self._client)
             self._client = None
 
     def stop(self) -> None:

@@ -32,7 +32,7 @@ from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutErr
 from tandem.cloud_hub.rollouts.store import RolloutStore
 from tandem.cloud_hub.telemetry.rollups import DeviceSum
 from tandem.protocols import limits, topics
-from tandem.protocols.mqtt_client import set_reconnect_delay
+from tandem.protocols.mqtt_client import disconnect_and_stop, set_reconnect_delay
 from tandem.protocols.mqtt_props import publish_properties
 from tandem.protocols.ota import OtaCommand, OtaMessageError, decode_status, encode_command
 from tandem.protocols.signing import canonical_bytes
@@ -124,8 +124,7 @@ class RolloutService:
         self._inbox.put(None)
         if self._worker is not None:
             self._worker.join(5)
-        self._client.disconnect()
-        self._client.loop_stop()
+        disconnect_and_stop(self._client)
 
     # -- operator API (REST and CLI call these) -------------------------------------------
 

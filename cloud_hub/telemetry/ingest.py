@@ -24,7 +24,7 @@ from tandem.cloud_hub.mqtt_batches import ack_batch, take_batch
 from tandem.cloud_hub.telemetry.store import StoredWindow, TelemetryStore
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, TelemetryWindow, decode_window
-from tandem.protocols.mqtt_client import set_reconnect_delay
+from tandem.protocols.mqtt_client import disconnect_and_stop, set_reconnect_delay
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 from tandem.protocols.topics import TELEMETRY, TopicError, all_devices, parse_topic, shared
 
@@ -129,8 +129,7 @@ class TelemetryIngest:
     def stop(self) -> None:
         """Disconnect (unacked windows stay with the broker's session) and stop the writer."""
         self._stop.set()
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect_and_stop(self.client)
         if self._writer is not None:
             self._writer.join(10)
             self._writer = None
