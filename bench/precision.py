@@ -9,7 +9,8 @@ the order rotated) and prints, per model:
 
 - the cpu-x86 choice against OpenVINO f32 FP32 (static and dynamic), target >= 2.5x on detection;
 - INT8 against the same runtime's FP32 for ONNX Runtime, OpenVINO and LiteRT, target >= 1.5x;
-- file and weight ratios INT8/FP32 (LiteRT target <= 0.3x);
+- file and weight ratios INT8/FP32 (LiteRT target <= 0.3x), and each LiteRT file's bytes by category
+  (constant data, quantization scales and zero points, tensor/operator tables, names: litert/footprint.py);
 with each ratio as the median and range over the rounds, the gate of every variant, the host's
 CPU features and load.
 
@@ -51,6 +52,7 @@ add_paths()
 
 from tandem.hardware_profiles.runtimes import load_session  # noqa: E402
 from tandem.model_compiler.host import read_host  # noqa: E402
+from tandem.model_compiler.litert.footprint import breakdown  # noqa: E402
 from tandem.model_compiler.measure import in_rounds, measure_latency, round_ratios  # noqa: E402
 from tandem.model_compiler.pipeline import CompileOptions, compile_model  # noqa: E402
 from tandem.model_compiler.variants import BuildContext, get_builder  # noqa: E402
@@ -191,6 +193,9 @@ def bench_model(
         }
         for vid, v in variants.items()
     }
+    for vid, v in variants.items():  # where a LiteRT file's bytes go (issue 20: INT8 <= 0.3x FP32)
+        if v.runtime == "litert":
+            rows[vid]["file_breakdown"] = breakdown((out / v.files[0].path).read_bytes())
     rows[BASELINE] = {
         "runtime": "openvino",
         "precision": "fp32",

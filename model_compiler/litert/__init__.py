@@ -5,7 +5,8 @@ into the layer before; HardSwish and x/Sqrt(v) patterns); graph.py drives the lo
 with NHWC layout decisions; ops.py, spatial.py and tensor_ops.py hold the per-op rules;
 calibrate.py collects activation ranges with the interpreter; quantize.py turns the
 float IR into int8 (scale_fold.py folds a RELU6 gate's 1/6 into its conv there);
-writer.py emits the flatbuffer with the schema ai-edge-litert ships.
+writer.py emits the flatbuffer with the schema ai-edge-litert ships; footprint.py says where
+a written file's bytes go.
 
 ONNX ops lowered: Conv (grouped, depthwise), ConvTranspose, Gemm, MatMul (constant or
 computed operands), BatchNormalization, Relu, Clip, LeakyRelu, Sigmoid, Tanh,

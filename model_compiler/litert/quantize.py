@@ -77,7 +77,11 @@ def _quant(tensor: Tensor) -> Quant:
 def _weights(tensor: Tensor, axis: int) -> Quant:
     data = _const_data(tensor).astype(np.float32)
     reduce_axes = tuple(a for a in range(data.ndim) if a != axis)
-    scale = np.maximum(np.abs(data).max(axis=reduce_axes), _EPS) / 127.0
+    scale = (np.maximum(np.abs(data).max(axis=reduce_axes), _EPS) / 127.0).astype(np.float32)
+    if scale.max() <= np.nextafter(scale.min(), np.float32(np.inf)):
+        # equal channels (within 1 ulp): one scale and zero point, here and on the bias, instead
+        # of 8 bytes of parameters per channel on each (the int8 values are the same)
+        scale = np.full(1, scale.max(), np.float32)
     shape = [1] * data.ndim
     shape[axis] = -1
     tensor.data = np.clip(np.round(data / scale.reshape(shape)), -127, 127).astype(np.int8)
