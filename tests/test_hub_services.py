@@ -226,6 +226,22 @@ def test_own_telemetry_and_rollout_settings_replace_the_defaults_without_doublin
     assert hub.rollouts is None
 
 
+def test_rollout_routes_are_found_by_name_in_the_app_however_deeply_included(tmp_path):
+    from fastapi import APIRouter, FastAPI
+
+    from tandem.cloud_hub.rollouts.attach import _serves_rollouts
+    from tandem.cloud_hub.rollouts.routes import router
+
+    assert not _serves_rollouts(FastAPI())  # attach_rollouts then includes them
+    direct, nested, outer = FastAPI(), FastAPI(), APIRouter(prefix="/fleet")
+    direct.include_router(router)
+    outer.include_router(router)
+    nested.include_router(outer)
+    assert _serves_rollouts(direct) and _serves_rollouts(nested)
+    with Hub(HubConfig.from_keys({"data_dir": tmp_path / "hub"})) as hub:
+        assert _serves_rollouts(hub.app)  # create_app includes them: never twice
+
+
 def test_without_http_or_public_url_rollouts_wait_for_a_url(tmp_path):
     with Hub(
         HubConfig.from_keys(
