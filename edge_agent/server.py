@@ -2,9 +2,10 @@
 
 A request that has to wait (on the runtime's worker thread or on the hub) becomes a
 task, so it never holds up the next one; one the handler answers at once is sent at
-once. Frames are received without copying (zmq.Frame) and handed to the handler as
-they are; the handler returns the reply frames. Clients may be DEALER sockets
-(frames: header, tensors...) or REQ sockets (an empty delimiter first).
+once. Tensor frames are received without copying (zmq.Frame), a DEALER's header as bytes
+(zmq_io.recv_frames' small_first: half a Frame's cost), and handed to the handler as they are;
+the handler returns the reply frames. Clients may be DEALER sockets (frames: header,
+tensors...) or REQ sockets (an empty delimiter first, then a zmq.Frame header).
 
 The socket is a plain (blocking-API) zmq socket whose FD is registered with the loop
 (`add_reader`), drained with non-blocking receives: zmq.asyncio wraps every receive
@@ -206,7 +207,7 @@ class ZmqServer:
             if not readable(sock) and not self._await_next(sock):
                 return
             try:
-                frames = recv_frames(sock)
+                frames = recv_frames(sock, small_first=2)  # routing id, header (or REQ's delimiter)
             except zmq.Again:
                 return
             if self._replied_at:
@@ -247,11 +248,12 @@ class ZmqServer:
         except zmq.Again:  # the peer's queue is full (or it left): ROUTER drops, as zmq.asyncio did
             log.warning("reply dropped: the client's queue is full or it is gone")
 
-    def _dispatch(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+    def _dispatch(self, sock: zmq.Socket, frames: list[Any]) -> None:
+        """`frames`: the routing id and the next part as bytes (recv_frames' small_first), then zmq.Frames."""
         if len(frames) < 2:
             return  # not from a DEALER/REQ peer; nothing to route a reply to
-        split = 2 if len(frames) > 2 and len(frames[1].buffer) == 0 else 1  # REQ adds an empty delimiter
-        envelope = [f.bytes for f in frames[:split]]
+        split = 2 if len(frames) > 2 and len(frames[1]) == 0 else 1  # REQ adds an empty delimiter
+        envelope = frames[:split]
         body = frames[split:]
         if self.inflight >= self._max_inflight:
             exc = OverloadedError(f"the agent has {self.inflight} requests in flight (limit {self._max_inflight})")

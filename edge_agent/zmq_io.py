@@ -23,19 +23,24 @@ def readable(sock: zmq.Socket) -> bool:
     return bool(cast(int, _get(sock, _EVENTS)) & POLLIN)
 
 
-def recv_frames(sock: zmq.Socket, block: bool = False, copy: bool = False) -> list[Any]:
-    """One multipart message: zmq.Frames, or bytes with `copy`. Without `block` raises zmq.Again when none
-    waits; with it, waits up to the socket's RCVTIMEO (then zmq.Again)."""
-    frames = [_recv(sock, 0 if block else _NOBLOCK, copy)]
+def recv_frames(sock: zmq.Socket, block: bool = False, copy: bool = False, small_first: int = 0) -> list[Any]:
+    """One multipart message: zmq.Frames, or bytes with `copy`; the first `small_first` parts (a ROUTER's
+    envelope, a header) as bytes either way, which for parts of a few hundred bytes costs half a Frame.
+    Without `block` raises zmq.Again when none waits; with it, waits up to the socket's RCVTIMEO (then zmq.Again).
+    """
+    frames = [_recv(sock, 0 if block else _NOBLOCK, copy or small_first > 0)]
     while _get(sock, _RCVMORE):  # the parts of a message arrive together: these never wait
-        frames.append(_recv(sock, _NOBLOCK, copy))
+        frames.append(_recv(sock, _NOBLOCK, copy or len(frames) < small_first))
     return frames
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[Any], block: bool = False) -> None:
-    """Queue one multipart message without copying (zmq copies small parts itself); without `block`
-    raises zmq.Again when the peer's queue is full."""
+    """Queue one multipart message; without `block` raises zmq.Again when the peer's queue is full.
+
+    bytes go by zmq's copy (the cheapest way for headers); other buffers (tensors) without a copy
+    of our own: zmq copies those under its copy threshold and keeps a reference to larger ones.
+    """
     flags = 0 if block else _NOBLOCK
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        _send_part(sock, frame, flags | _SNDMORE if i < last else flags, False)
+        _send_part(sock, frame, flags | _SNDMORE if i < last else flags, type(frame) is bytes)

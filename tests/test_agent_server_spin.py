@@ -34,7 +34,7 @@ def _median(seconds: list[float]) -> float:
 
 
 def _echo(frames):
-    return [f.bytes for f in frames]
+    return [bytes(f) for f in frames]  # bytes (the header) or zmq.Frame (tensors)
 
 
 def _round_trips(endpoint: str, count: int) -> list[float]:

@@ -98,7 +98,7 @@ def test_the_server_tells_lone_requests_from_overlapping_ones(tmp_path):
 
     def slow_echo(frames):
         time.sleep(0.005)  # long enough for a second client's request to queue behind
-        return [f.bytes for f in frames]
+        return [bytes(f) for f in frames]  # bytes (the header) or zmq.Frame (tensors)
 
     server = ZmqServer(f"ipc://{tmp_path}/c.sock", slow_echo, concurrency=concurrency).start()
     try:
