@@ -113,7 +113,7 @@ def _echo_server(endpoint: str, ready: Any, spin_us: float = 0.0) -> None:
     governor = SpinGovernor(spin_us)
     replied_at = sampled_at = 0.0
     while True:
-        frames = recv_frames(sock, block=True)  # the agent's own socket calls (zmq_io.py): the same floor
+        frames = recv_frames(sock, block=True, small_first=2)  # the agent's own socket calls (zmq_io.py)
         if replied_at:
             now = time.perf_counter()
             governor.request_came(now - replied_at)

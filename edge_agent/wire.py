@@ -118,6 +118,25 @@ class RequestTemplates:
     def __init__(self, max_templates: int = TEMPLATES_MAX) -> None:
         self._max = max_templates
         self._templates: dict[tuple[Any, ...], bytes] = {}
+        self._plain: dict[tuple[Any, ...], bytes] = {}  # one array, every option at its default: by (dtype, shape)
+
+    def plain(self, array: np.ndarray, request_id: str) -> list[Any]:
+        """`frames([array], request_id=...)` with every option at its default, the usual call, in a
+        quarter of its time: one lookup by dtype and shape, and a C-contiguous little-endian array goes
+        out as it is (a buffer; the socket copies what is small)."""
+        rid = request_id.encode()
+        template = self._plain.get((array.dtype, array.shape))
+        if template is None or not rid or len(rid) > 0x7F:
+            frames = self.frames([array], request_id=request_id)
+            key = (None, "", None, pb.MODE_AUTO, False, "", (array.dtype, array.shape))
+            if len(self._plain) >= self._max:
+                self._plain.clear()
+            self._plain[(array.dtype, array.shape)] = self._templates[key]
+            return frames
+        head = template + _REQUEST_ID_TAG + bytes((len(rid),)) + rid
+        if array.flags.c_contiguous and array.size and array.dtype.byteorder != ">" and array.dtype.kind != "V":
+            return [head, array]
+        return [head, *tensor_frames([array])]
 
     def frames(
         self,

@@ -98,3 +98,25 @@ def test_a_known_layout_still_checks_every_frame_size():
                 schema_version=limits.LOCAL_API_SCHEMA_VERSION, inputs=[pb.TensorHeader(dtype="float32", shape=[-1, 4])]
             )
             decode_request([header.SerializeToString(), b""])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    request_id=st.text(max_size=limits.MAX_REQUEST_ID_CHARS),
+    dtype=st.sampled_from(_DTYPES),
+    shape=st.lists(st.integers(0, 5), min_size=0, max_size=4),
+    fortran=st.booleans(),
+    big_endian=st.booleans(),
+)
+def test_plain_frames_decode_like_encode_request(request_id, dtype, shape, fortran, big_endian):
+    """RequestTemplates.plain (AgentClient's usual call) sends what encode_request sends, on its first call
+    (the template is made) and later ones (an array passed as it is when it can be), for any layout."""
+    array = (np.arange(int(np.prod(shape))) % 7).astype(dtype).reshape(shape)
+    if fortran:
+        array = np.asfortranarray(array)
+    if big_endian and array.dtype.itemsize > 1:
+        array = array.astype(array.dtype.newbyteorder(">"))
+    templates = RequestTemplates()
+    longest = "r" * limits.MAX_REQUEST_ID_CHARS  # 128 bytes: past the one-byte length plain() writes itself
+    for rid in (request_id, request_id[:-1] + "x", longest):
+        _same_request(templates.plain(array, rid), encode_request([array], request_id=rid))
