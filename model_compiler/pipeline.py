@@ -489,6 +489,8 @@ def _build_and_validate(
             log=_variant_log(say, rid),
             shapes=opts.shapes or None,
             pad_value=pad_value(task.spec) or 0.0,
+            task=task,
+            dense_threshold=opts.dense_threshold,
         )
         say(f"[{i}/{total}] building {rid}")
         t0 = time.perf_counter()

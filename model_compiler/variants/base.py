@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import numpy as np
 
 from tandem.hardware_profiles import Profile
+
+if TYPE_CHECKING:
+    from tandem.model_compiler.validate import Task
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class BuildContext:
     # --shapes buckets: input name -> static shapes (bucket k takes the k-th of each); None: none asked
     shapes: Mapping[str, list[tuple[int, ...]]] | None = None
     pad_value: float = 0.0  # what calibration data is padded with to a larger bucket
+    # the task and its gate, for a builder that searches against it (ONNX Runtime's float_search)
+    task: Task | None = None
+    dense_threshold: float = 0.5
 
 
 @dataclass

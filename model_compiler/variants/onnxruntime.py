@@ -12,6 +12,10 @@ produce graph outputs float. No default recipe uses them: on PP-OCRv4 det (one t
 time, interleaved rounds) they take INT8 from 1.05x to 1.48-1.57x FP32 but its mask IoU from
 0.947 to 0.899 (7-bit weights) and from 0.930 to 0.891 (8-bit, VNNI), under the 0.9 gate; on
 the PP-OCR classifier INT8 stays slower than FP32 either way (docs/figures.md).
+
+SEARCH_OPTIONS (opt-in) quantize the chains and then leave float only the chain tensors that cost
+the task gate, found per model by a sensitivity search on the calibration set against the
+compiler's own gate (ort_sensitivity.py, ort_float_search.py): on PP-OCRv4 det one tensor of 186.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ CHAIN_OPTIONS: dict[str, Any] = {
     "float_nodes": "graph outputs",  # ... but non-weight ops producing outputs (Softmax, Sigmoid) stay float
     "div_to_mul": True,  # x / c -> x * (1/c): QLinearMul instead of a float Div between Q/DQ
 }
+# CHAIN_OPTIONS, then a sensitivity search (ort_sensitivity.py) leaves float the chain tensors that
+# cost the task gate, measured on the calibration set: `share` of the all-float margin is kept,
+# within `seconds` (between evaluations).
+SEARCH_OPTIONS: dict[str, Any] = {**CHAIN_OPTIONS, "float_search": {"share": 0.25, "seconds": 240}}
 
 
 @dataclass(frozen=True)
@@ -272,6 +280,10 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
                 # int32 bias + scale + zero point initializers would only grow the file.
                 extra_options={"QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True},
             )
+        if opts.get("float_search") is not None:
+            notes += _float_search(out, pre, ctx, input_shapes, opts["float_search"])
+    except VariantSkipped:
+        raise
     except Exception as exc:
         raise VariantSkipped(f"onnxruntime's quantizer cannot quantize this model: {_first_line(exc)}") from exc
     finally:
@@ -292,6 +304,23 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
     )
     if stripped:
         notes.append(f"dropped {stripped} all-zero weight zero-point initializers (optional in DequantizeLinear)")
+    return notes
+
+
+def _float_search(
+    out: Path, pre: Path, ctx: BuildContext, shapes: Mapping[str, list[int]], options: Mapping[str, Any]
+) -> list[str]:
+    """SEARCH_OPTIONS: leave float the chain tensors that cost the task gate (ort_float_search.py)."""
+    from tandem.model_compiler.variants.ort_float_search import search_float_tensors
+
+    try:
+        _, notes = search_float_tensors(
+            out, pre, ctx.model_path, ctx.calib, shapes, ctx.task, ctx.dense_threshold, options, ctx.log
+        )
+    except VariantSkipped:
+        raise
+    except Exception as exc:  # a graph this search cannot edit: say so, not "cannot quantize"
+        raise VariantSkipped(f"float-tensor search failed: {_first_line(exc)}") from exc
     return notes
 
 
