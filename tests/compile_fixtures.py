@@ -1,9 +1,9 @@
-"""Compiling a test model for one test profile: the profile texts several suites share, and the steps
+"""Compiling a test model for one test profile: the profile texts several suites share (`profile_text`), and the steps
 every such compile repeats (profile file, npz data, CompileOptions without timing), in one place."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,45 +12,52 @@ import yaml
 
 from tandem.model_compiler.pipeline import CompileOptions, CompileResult, Progress, compile_model
 
+ORT_CPU: dict[str, Any] = {"runtime": "onnxruntime", "execution_providers": ["CPUExecutionProvider"]}
+
+
+def profile_text(
+    name: str,
+    runtimes: Sequence[Mapping[str, Any]],
+    precisions: Sequence[str],
+    *,
+    description: str,
+    cpu_features: Sequence[str] = ("avx2",),
+    static_shapes: bool = False,
+    **fields: Any,
+) -> str:
+    """A test profile's YAML: an x86-64 CPU box with roomy budgets, each other top-level field (device_class,
+    memory_budget_mb, power_watts...) replaceable through `fields`; `cpu_features=()` leaves them out."""
+    data: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "device_class": "cpu",
+        "isa": "x86_64",
+        "cpu_features": list(cpu_features),
+        "runtimes": [dict(r) for r in runtimes],
+        "precisions": list(precisions),
+        "memory_budget_mb": 4096,
+        "model_size_budget_mb": 500,
+        "latency_slo_ms": 20,
+        "relative_speed": 1.0,
+        "power_watts": {"idle": 15, "active": 65},
+        "constraints": {"static_shapes": static_shapes},
+    } | fields
+    if not cpu_features:
+        del data["cpu_features"]
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 # ONNX Runtime FP32 only: the shortest compile that still builds, validates and signs a variant.
-ORT_FP32 = """\
-name: ort-fp32
-description: test profile, ONNX Runtime FP32 only
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2]
-runtimes:
-  - runtime: onnxruntime
-    execution_providers: [CPUExecutionProvider]
-precisions: [fp32]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 20
-relative_speed: 1.0
-power_watts: {idle: 15, active: 65}
-constraints:
-  static_shapes: false
-"""
+ORT_FP32 = profile_text("ort-fp32", [ORT_CPU], ["fp32"], description="test profile, ONNX Runtime FP32 only")
 
 # ONNX Runtime FP32 and INT8: a task's quality gate judged on a quantized variant too.
-ORT_TASKS = """\
-name: ort-tasks
-description: test profile, ONNX Runtime FP32 and INT8 only (keeps each compile short)
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2, fma, f16c]
-runtimes:
-  - runtime: onnxruntime
-    execution_providers: [CPUExecutionProvider]
-precisions: [int8, fp32]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 20
-relative_speed: 1.0
-power_watts: {idle: 15, active: 65}
-constraints:
-  static_shapes: false
-"""
+ORT_TASKS = profile_text(
+    "ort-tasks",
+    [ORT_CPU],
+    ["int8", "fp32"],
+    description="test profile, ONNX Runtime FP32 and INT8 only (keeps each compile short)",
+    cpu_features=("avx2", "fma", "f16c"),
+)
 
 Data = np.ndarray | Mapping[str, np.ndarray] | Path
 

@@ -15,52 +15,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from compile_fixtures import ORT_FP32, ORT_TASKS, compile_for_profile
 from tandem.cloud_hub.inference import InferenceServer
 from tandem.cloud_hub.inference.model import BadInputError, load_cloud_model
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.errors import BadRequestError
 from tandem.model_compiler.cli import main as compile_cli
 from tandem.model_compiler.errors import InvalidModelError
-from tandem.model_compiler.pipeline import CompileOptions, CompileResult, compile_model
 from tandem.model_compiler.specialize import bind_inputs, fix_shapes
 from tandem.protocols.manifest import BoundInput, Manifest, ManifestError, load_manifest
 
 SR = np.array(16000, np.int64)
-PROFILE = """\
-name: {name}
-description: test profile, ONNX Runtime {precisions} only
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2, fma, f16c]
-runtimes:
-  - runtime: onnxruntime
-    execution_providers: [CPUExecutionProvider]
-precisions: [{precisions}]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 20
-relative_speed: 1.0
-power_watts: {{idle: 15, active: 65}}
-constraints:
-  static_shapes: false
-"""
-
-
-def _compile(tmp: Path, name: str, precisions: str, model: Path, data: Path, **options: object) -> CompileResult:
-    (tmp / "profiles").mkdir(parents=True, exist_ok=True)
-    (tmp / "profiles" / f"{name}.yaml").write_text(PROFILE.format(name=name, precisions=precisions))
-    opts = CompileOptions(
-        model=model,
-        profiles=[name],
-        calib=data,
-        val=data,
-        out=tmp / name,
-        signing_key=tmp / "k.pem",
-        timing=False,
-        profile_dirs=[tmp / "profiles"],
-        **options,  # type: ignore[arg-type]
-    )
-    return compile_model(opts)
 
 
 def _branch(name: str, weights: np.ndarray, bias: float) -> onnx.GraphProto:
@@ -232,8 +197,9 @@ def compiled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bound")
     model = rate_model(tmp / "rate.onnx")
     np.savez(tmp / "data.npz", audio=_audio(64, 2), sr=SR)  # sr: ignored by the bound compile
-    edge = _compile(tmp, "ort-tasks", "int8, fp32", model, tmp / "data.npz", bind={"sr": "16000"})
-    hub = _compile(tmp, "ort-fp32", "fp32", model, tmp / "data.npz")
+    data = tmp / "data.npz"
+    edge = compile_for_profile(tmp, ORT_TASKS, model, data, out=tmp / "ort-tasks", bind={"sr": "16000"})
+    hub = compile_for_profile(tmp, ORT_FP32, model, data, out=tmp / "ort-fp32")
     return tmp, model, edge, hub.out
 
 

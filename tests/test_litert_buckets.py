@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from make_data import make_rec_data
-from compile_fixtures import compile_for_profile
+from compile_fixtures import compile_for_profile, profile_text
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.errors import BadRequestError, ShapeNotServedError
 from tandem.edge_agent.ota.selftest import run_selftest
@@ -25,22 +25,19 @@ from tandem.tasks import TaskSpec, ctc_greedy
 from tandem.tasks.shapes import Bucket, BucketedSession, ShapeError, parse_shapes, pick_bucket, trim
 
 WIDTHS = (160, 320, 480)  # --val is at 320: a 160/480-only variant fails the gate (padding 320 -> 480 moves text)
-PROFILE_TEXT = """\
-name: litert-fp32
-description: test profile, LiteRT FP32 only (static shapes)
-device_class: npu
-isa: x86_64
-runtimes:
-  - runtime: litert
-precisions: [fp32]
-memory_budget_mb: 256
-model_size_budget_mb: 40
-latency_slo_ms: 50
-relative_speed: 1.0
-power_watts: {idle: 1, active: 2}
-constraints:
-  static_shapes: true
-"""
+PROFILE_TEXT = profile_text(
+    "litert-fp32",
+    [{"runtime": "litert"}],
+    ["fp32"],
+    description="test profile, LiteRT FP32 only (static shapes)",
+    cpu_features=(),
+    static_shapes=True,
+    device_class="npu",
+    memory_budget_mb=256,
+    model_size_budget_mb=40,
+    latency_slo_ms=50,
+    power_watts={"idle": 1, "active": 2},
+)
 
 
 @pytest.fixture(scope="module")

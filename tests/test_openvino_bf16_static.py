@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compile_fixtures import compile_for_profile
+from compile_fixtures import compile_for_profile, profile_text
 from tandem.hardware_profiles.runtimes import load_session
 from tandem.model_compiler.errors import VariantSkipped
 from tandem.model_compiler.host import HostInfo, read_host
@@ -20,24 +20,14 @@ from tandem.protocols.manifest import load_manifest
 from tandem.tasks import TaskSpec
 
 SIZE = 96
-PROFILE = """\
-name: ov-static
-description: test profile, OpenVINO on CPU in bf16 and FP32 with static shapes
-device_class: cpu
-isa: x86_64
-cpu_features: [avx2, avx512_bf16, amx_bf16]
-runtimes:
-  - runtime: openvino
-    device: CPU
-precisions: [bf16, fp32]
-memory_budget_mb: 4096
-model_size_budget_mb: 500
-latency_slo_ms: 20
-relative_speed: 1.0
-power_watts: {idle: 15, active: 65}
-constraints:
-  static_shapes: true
-"""
+PROFILE = profile_text(
+    "ov-static",
+    [{"runtime": "openvino", "device": "CPU"}],
+    ["bf16", "fp32"],
+    description="test profile, OpenVINO on CPU in bf16 and FP32 with static shapes",
+    cpu_features=("avx2", "avx512_bf16", "amx_bf16"),
+    static_shapes=True,
+)
 HAS_BF16 = read_host().has_bf16
 
 
