@@ -298,3 +298,14 @@ def test_every_kind_has_a_gate_that_passes_on_identical_outputs(kind):
         "custom": np.ones((2, 2)),
     }[kind]
     assert gate(spec, task_metrics(spec, samples, samples.copy()), budgets_for(spec)).passed
+
+
+def test_gate_without_budgets_says_what_decides() -> None:
+    """A classifier compiled with labels has no top-1 agreement budget (accuracy against FP32 decides, in the
+    compiler's selection): its gate line must say so, not call it a custom task without a metric hook."""
+    from tandem.tasks.metrics import gate
+
+    classifier = gate(TaskSpec("classification"), {"accuracy": 0.97, "top1_agreement": 0.99}, {})
+    assert classifier.passed and "--max-accuracy-drop" in classifier.reason and "custom" not in classifier.reason
+    custom = gate(TaskSpec("custom"), {}, {})
+    assert custom.passed and "metric hook" in custom.reason
