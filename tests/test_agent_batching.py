@@ -170,3 +170,111 @@ def test_inline_run_only_when_idle(session):
     finally:
         gate.set()
         busy.close()
+
+
+def test_run_in_caller_runs_now_whatever_is_queued_and_takes_the_session_in_turn(session):
+    """run_in_caller never hands off: it runs beside a queue, and waits for a session that is not thread-safe."""
+    gate = threading.Event()
+    active: list[int] = []
+    overlap: list[int] = []
+    lock = threading.Lock()
+
+    class Blocking:
+        inputs, outputs = session.inputs, session.outputs
+
+        def run(self, feeds):
+            with lock:
+                active.append(1)
+                overlap.append(len(active))
+            if feeds["x"][0, 0] == 7:  # the worker's request: holds the session until the gate opens
+                gate.wait(5)
+            try:
+                return session.run(feeds)
+            finally:
+                with lock:
+                    active.pop()
+
+    x = {"x": np.ones((1, 4), np.float32)}
+    busy = MicroBatcher(Blocking(), max_batch=1, window_ms=0)
+    try:
+        first = busy.submit({"x": np.full((1, 4), 7, np.float32)})
+        queued = busy.submit(x)  # waits behind the first: try_run_inline would give up here
+        for _ in range(200):
+            if active:
+                break
+            threading.Event().wait(0.005)
+        assert busy.try_run_inline(x) is None
+        done: list[object] = []
+        caller = threading.Thread(target=lambda: done.append(busy.run_in_caller(x)))
+        caller.start()
+        caller.join(0.2)
+        assert caller.is_alive(), "a session without concurrent_runs is taken in turn"
+        gate.set()
+        caller.join(5)
+        assert done and done[0][0].shape == (1, 3)  # type: ignore[index]
+        first.result(5), queued.result(5)
+        assert max(overlap) == 1
+        assert busy.stats().inline == 1
+    finally:
+        gate.set()
+        busy.close()
+    with pytest.raises(BatcherClosedError):
+        busy.run_in_caller(x)
+
+
+def test_run_in_caller_runs_concurrently_on_a_session_that_allows_it(session):
+    """ONNX Runtime's sessions declare concurrent_runs: callers do not queue for each other."""
+    assert getattr(session, "concurrent_runs", False)
+    both = threading.Barrier(2, timeout=5)
+
+    class Meeting:
+        concurrent_runs = True
+        inputs, outputs = session.inputs, session.outputs
+
+        def run(self, feeds):
+            both.wait()  # only returns when two runs are inside at once
+            return session.run(feeds)
+
+    x = {"x": np.ones((1, 4), np.float32)}
+    with MicroBatcher(Meeting(), max_batch=8, window_ms=0) as batcher:
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(batcher.run_in_caller(x))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(results) == 2 and batcher.stats().inline == 2
+
+
+def test_a_lingering_worker_starts_as_soon_as_its_batch_is_full(session):
+    """Arrivals during the window do not wake the worker one by one, but the one that fills the batch does."""
+    import time
+
+    gate = threading.Event()
+
+    class Gated:
+        inputs, outputs = session.inputs, session.outputs
+
+        def run(self, feeds):
+            gate.wait(5)
+            return session.run(feeds)
+
+    x = {"x": np.ones((1, 4), np.float32)}
+    with MicroBatcher(Gated(), max_batch=8, window_ms=3000) as batcher:
+        first = batcher.submit(x)  # the worker runs it alone and waits at the gate
+        for _ in range(200):
+            if batcher.queue_depth == 0:
+                break
+            threading.Event().wait(0.005)
+        early = [batcher.submit(x) for _ in range(4)]  # queued behind it: the next batch lingers for 4 more
+        gate.set()
+        first.result(5)
+        threading.Event().wait(0.1)  # the worker now lingers with 4 of 8 rows
+        t0 = time.perf_counter()
+        late = [batcher.submit(x) for _ in range(4)]
+        for f in early + late:
+            f.result(5)
+        took = time.perf_counter() - t0
+        stats = batcher.stats()
+    assert took < 1.5, f"the full batch waited {took:.2f} s for its 3 s window"
+    assert stats.batch_sizes.get(8) == 1, stats.batch_sizes

@@ -125,6 +125,25 @@ def test_a_tiny_model_runs_without_a_hand_off_when_measured_fast_enough(lin_dir,
     assert inline == (20 if inline_max_us else 0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_tiny_model_stays_inline_under_concurrent_calls(lin_dir, kind):
+    """Many calls at once never flip a tiny model into the batcher (the two throughput levels of issue 20:
+    a call that found another one running went to the batcher, and the calls behind it followed)."""
+    with InferenceServer(lin_dir, server=kind, workers=16) as server:
+        batcher = server.models["lin"].batcher
+        request = _request("lin", "x", np.ones((1, 4), np.float32))
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(80):  # until measured tiny (see the test above)
+                stub.ModelInfer(request, timeout=10)
+            before = batcher.stats()
+        codes = _closed_loop(server.address, request, inflight=32, total=800)
+        after = batcher.stats()
+    assert codes == Counter({grpc.StatusCode.OK: 800})
+    assert after.requests - before.requests == 800
+    assert after.inline - before.inline == 800, f"batched: {after.batch_sizes}"
+
+
 def _intra_op_threads(server: InferenceServer, name: str) -> int:
     return server.models[name].session._session.get_session_options().intra_op_num_threads  # type: ignore[attr-defined]
 

@@ -242,8 +242,9 @@ def test_resource_exhausted_carries_a_retry_pushback(hub):
         raise QueueFullError("queue full (128 waiting)")
 
     model.batcher.submit = full
-    # a full queue also means no inline run (try_run_inline answers None while anything waits)
-    model.batcher.try_run_inline = lambda feeds: None
+    # a model measured tiny runs in the caller, never queued: make this one go to the (full) queue
+    servicer = hub._inference.servicer
+    inline_max_s, servicer.inline_max_s = servicer.inline_max_s, 0.0
     channel = grpc.insecure_channel(hub.urls()["grpc"])
     try:
         request = pb.ModelInferRequest(model_name=MODEL)
@@ -257,7 +258,7 @@ def test_resource_exhausted_carries_a_retry_pushback(hub):
         assert t.name == "x"
     finally:
         model.batcher.submit = real_submit
-        del model.batcher.try_run_inline  # the class's method again
+        servicer.inline_max_s = inline_max_s
         channel.close()
     answer = error_response(RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", retry_after_ms=1500))
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "2"

@@ -35,6 +35,7 @@ def _dims(shape: Sequence[object]) -> tuple[int, ...]:
 
 class OnnxRuntimeSession:
     runtime = "onnxruntime"
+    concurrent_runs = True  # InferenceSession.run may be called from several threads at once
 
     def __init__(
         self,
