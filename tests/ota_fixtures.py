@@ -7,6 +7,9 @@ golden outputs); the hub re-signs whatever it registers, which is what devices t
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,6 +66,81 @@ class Broker(Mosquitto):
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, persistence=False)
         self.start()
+
+
+UNREACHABLE_MQTT = "mqtt://127.0.0.1:1"  # never contacted: a hub that serves downloads only
+
+
+@dataclass
+class OtaHub:
+    """A running hub for the OTA tests, what devices are given to reach it, and an operator's REST client."""
+
+    hub: Any  # cloud_hub.hub.Hub
+    root: Path  # the hub's data dir, broker and release.pem are under it
+    broker: Mosquitto | None
+    pem: Path  # the hub's release public key, as a device's ota.trusted_key file
+    device_token: str  # read scope: what devices download with
+    operator_token: str  # operate scope: starts and steers rollouts
+    http: Any  # httpx.Client on the hub's URL with the operator token
+
+
+@contextmanager
+def ota_hub(
+    root: Path,
+    releases: Iterable[Path] = (),
+    settings: Mapping[str, Any] | None = None,
+    *,
+    broker: bool = True,
+    persistence: bool = False,
+    rollouts: Mapping[str, Any] | None = None,
+) -> Iterator[OtaHub]:
+    """A real hub in `root`/hub on free ports, publishers trusted on first use, `releases` registered; its own
+    Mosquitto in `root`/mosquitto (with `persistence`, it keeps sessions across a restart), or with
+    `broker=False` an unreachable one. `settings` are more HubConfig keys; `rollouts` are attach_rollouts
+    settings to replace the default service with. Returns once rollouts and telemetry (when running) are
+    subscribed; stops the hub, then the broker."""
+    import httpx
+
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+
+    mosquitto = (Mosquitto(root / "mosquitto", persistence=persistence).start()) if broker else None
+    hub = Hub(
+        HubConfig.from_keys(
+            {
+                "publishers.trust_on_first_use": True,
+                "data_dir": root / "hub",
+                "http.port": 0,
+                "grpc.port": 0,
+                "mqtt.url": mosquitto.url if mosquitto is not None else UNREACHABLE_MQTT,
+                **(settings or {}),
+            }
+        )
+    )
+    http = None
+    try:
+        hub.start()
+        for path in releases:
+            hub.registry.register_dir(path)
+        if rollouts is not None:
+            from tandem.cloud_hub.rollouts.attach import attach_rollouts
+
+            attach_rollouts(hub, **rollouts)  # hub.stop() stops it
+        if mosquitto is not None:
+            for service in (hub.rollouts, hub.telemetry and hub.telemetry.ingest):
+                assert service is None or service.wait_subscribed(10), f"{service!r} never subscribed"
+        pem = root / "release.pem"
+        key = hub.key.public_pem
+        pem.write_text(key if isinstance(key, str) else key.decode())
+        operator = hub.tokens.create("operator", "operate").token
+        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
+        yield OtaHub(hub, root, mosquitto, pem, hub.tokens.create("fleet", "read").token, operator, http)
+    finally:
+        if http is not None:
+            http.close()
+        hub.stop()
+        if mosquitto is not None:
+            mosquitto.stop()
 
 
 class SimDevice:
@@ -129,6 +207,36 @@ class SimDevice:
     def stop(self) -> None:
         self.client.stop()
         self.model.close()
+
+
+def start_devices(
+    env: OtaHub,
+    devices: list[Any],
+    ids: Iterable[str],
+    initial: Path,
+    digits_dir: Path,
+    watch: Any,
+    make: Callable[..., SimDevice] = SimDevice,
+) -> None:
+    """Register each device of `ids` at `env`'s hub (cpu-x86, site lab) and start `make(...)` (a SimDevice's
+    arguments) on release `initial` serving the digits test set, appended to `devices` as each starts so the
+    caller's `finally` stops what did; returns once every device is subscribed to its OTA commands."""
+    x = np.load(digits_dir / "test.npz")
+    inputs = x[x.files[0]].astype(np.float32)
+    for dev_id in ids:
+        env.hub.devices.register(dev_id, PROFILE, "test", {"site": "lab"})
+        device = make(
+            dev_id,
+            env.root / "devices",
+            initial,
+            env.broker.url,
+            env.device_token,
+            env.hub.key.public_pem,
+            inputs,
+            watch,
+        )
+        devices.append(device.start())
+    assert all(d.client.wait_subscribed(10) for d in devices)
 
 
 _RELEASES: dict[str, dict[str, Path]] = {}

@@ -22,7 +22,7 @@ from agent_load import Load, version_runs
 from tandem.edge_agent import Agent, AgentConfig
 from tandem.edge_agent.errors import ConfigError
 from tandem.edge_agent.observe import RequestObserver
-from ota_fixtures import MODEL, MOSQUITTO, PROFILE, Broker, releases
+from ota_fixtures import MODEL, MOSQUITTO, PROFILE, Broker, ota_hub, releases
 from waiting import wait_for
 
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
@@ -173,61 +173,11 @@ def ota_releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def hub_env(ota_releases, tmp_path_factory):
-    import httpx
-
-    from tandem.cloud_hub.config import HubConfig
-    from tandem.cloud_hub.hub import Hub
-    from tandem.cloud_hub.rollouts.attach import attach_rollouts
-    from tandem.cloud_hub.telemetry.hub_service import HubTelemetry
-
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
     root = tmp_path_factory.mktemp("agent-hub")
-    broker = Broker(root / "mosquitto")
-    hub = Hub(
-        HubConfig.from_keys(
-            {
-                "publishers.trust_on_first_use": True,
-                "data_dir": root / "hub",
-                "http.port": 0,
-                "grpc.port": 0,
-                "mqtt.url": broker.url,
-            }
-        )
-    )
-    hub.add_service(HubTelemetry())
-    http = None
-    try:
-        hub.start()
-        for path in ota_releases.values():
-            hub.registry.register_dir(path)
-        rollouts = attach_rollouts(hub, tick_s=0.1, watch_s=WATCH_S)
-        assert rollouts.wait_subscribed(10)
-        telemetry = hub.app.state.telemetry
-        assert telemetry.ingest.wait_subscribed(10)
-        pem = root / "release.pem"
-        pem.write_text(hub.key.public_pem if isinstance(hub.key.public_pem, str) else hub.key.public_pem.decode())
-        operator = hub.tokens.create("operator", "operate").token
-        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
-        yield SimpleNamespace(
-            hub=hub,
-            broker=broker,
-            telemetry=telemetry,
-            http=http,
-            pem=pem,
-            device_token=hub.tokens.create("fleet", "read").token,
-            releases=ota_releases,
-        )
-    finally:
-        if http is not None:
-            http.close()
-        service = getattr(hub, "rollouts", None)
-        if service is not None:
-            service.stop()
-            service.store.close()
-            hub.rollouts = None
-        hub.stop()
-        broker.stop()
+    with ota_hub(root, ota_releases.values(), rollouts={"tick_s": 0.1, "watch_s": WATCH_S}) as env:
+        yield SimpleNamespace(**vars(env), telemetry=env.hub.telemetry, releases=ota_releases)
 
 
 def _agent(env: SimpleNamespace, device_id: str, ring: str, tmp_path: Path, overrides: dict | None = None) -> Agent:

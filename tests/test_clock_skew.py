@@ -126,34 +126,16 @@ def _expiring_in(seconds: float) -> Callable[[dict[str, Any], Path], None]:
 @pytest.fixture(scope="module")
 def expiring_hub(digits_dir, tmp_path_factory):
     """A real hub serving 1.0.0, 1.8.0 (expires in 30 min) and 1.9.0 (expired 30 min ago)."""
-    from ota_fixtures import derive, releases
-
-    from tandem.cloud_hub.config import HubConfig
-    from tandem.cloud_hub.hub import Hub
+    from ota_fixtures import derive, ota_hub, releases
 
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("ota-expiry")
     fresh = derive(rel["1.0.0"], root / "1.8.0", "1.8.0", _expiring_in(HOUR / 2))
     stale = derive(rel["1.0.0"], root / "1.9.0", "1.9.0", _expiring_in(-HOUR / 2))
-    hub = Hub(
-        HubConfig.from_keys(
-            {
-                "publishers.trust_on_first_use": True,
-                "data_dir": root / "hub",
-                "http.port": 0,
-                "grpc.port": 0,
-                "mqtt.url": "mqtt://127.0.0.1:1",
-            }
-        )
-    ).start(http=True)
-    try:
-        for path in (rel["1.0.0"], fresh, stale):
-            hub.registry.register_dir(path)
-        hub.test_token = hub.tokens.create("device", "read").token
-        hub.base_release = rel["1.0.0"]
-        yield hub
-    finally:
-        hub.stop()
+    with ota_hub(root, (rel["1.0.0"], fresh, stale), broker=False) as env:
+        env.hub.test_token = env.device_token
+        env.hub.base_release = rel["1.0.0"]
+        yield env.hub
 
 
 def _install_on_skewed_device(hub: Any, root: Path, version: str, skew_s: float) -> list[tuple[str, str]]:

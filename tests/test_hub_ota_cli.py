@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
 
 from tandem.cloud_hub.cli import main
-from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, compile_digits, derive, scramble_golden
+from ota_fixtures import MODEL, MOSQUITTO, SimDevice, compile_digits, derive, ota_hub, scramble_golden, start_devices
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
 
@@ -19,8 +18,6 @@ N_DEVICES = 3
 
 @pytest.fixture(scope="module")
 def fleet(digits_dir, tmp_path_factory):
-    from tandem.cloud_hub.config import HubConfig
-    from tandem.cloud_hub.hub import Hub
     from tandem.edge_agent.ota.machine import WatchPolicy
 
     root = tmp_path_factory.mktemp("ota-cli")
@@ -30,45 +27,18 @@ def fleet(digits_dir, tmp_path_factory):
         derive(v1, root / "rel" / "1.1.0", "1.1.0"),
         derive(v1, root / "rel" / "1.2.0", "1.2.0", scramble_golden),
     ]
-    broker = Broker(root / "mosquitto")
-    hub = Hub(
-        HubConfig.from_keys(
-            {
-                "publishers.trust_on_first_use": True,
-                "data_dir": root / "hub",
-                "http.port": 0,
-                "grpc.port": 0,
-                "mqtt.url": broker.url,
-                "rollouts.tick_s": 0.1,
-                "rollouts.watch_s": 0.6,
-            }
-        )
-    ).start()
-    devices: list[SimDevice] = []
-    try:
-        for path in releases:
-            hub.registry.register_dir(path)
-        fleet_token = hub.tokens.create("fleet", "read").token
-        tokens = {scope: hub.tokens.create(f"cli-{scope}", scope).token for scope in ("read", "operate")}
-        assert hub.rollouts.wait_subscribed(10)
-        x = np.load(digits_dir / "test.npz")
-        inputs = x[x.files[0]].astype(np.float32)
-        watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0)
-        for i in range(N_DEVICES):
-            hub.devices.register(f"lab-{i}", "cpu-x86", "test", {"site": "lab"})
-            devices.append(
-                SimDevice(
-                    f"lab-{i}", root / "devices", v1, broker.url, fleet_token, hub.key.public_pem, inputs, watch
-                ).start()
-            )
-        hub.devices.register("ghost-1", "cpu-x86", "test", {"site": "ghost"})  # registered, never answers
-        assert all(d.client.wait_subscribed(10) for d in devices)
-        yield hub, devices, tokens
-    finally:
-        for d in devices:
-            d.stop()
-        hub.stop()
-        broker.stop()
+    with ota_hub(root, releases, {"rollouts.tick_s": 0.1, "rollouts.watch_s": 0.6}) as env:
+        hub = env.hub
+        devices: list[SimDevice] = []
+        try:
+            tokens = {scope: hub.tokens.create(f"cli-{scope}", scope).token for scope in ("read", "operate")}
+            watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0)
+            start_devices(env, devices, [f"lab-{i}" for i in range(N_DEVICES)], v1, digits_dir, watch)
+            hub.devices.register("ghost-1", "cpu-x86", "test", {"site": "ghost"})  # registered, never answers
+            yield hub, devices, tokens
+        finally:
+            for d in devices:
+                d.stop()
 
 
 @pytest.fixture(autouse=True)

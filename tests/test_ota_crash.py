@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ota_fixtures import MODEL, PROFILE, releases
+from ota_fixtures import MODEL, PROFILE, ota_hub, releases
 
 from tandem.edge_agent.model import load_model
 from tandem.edge_agent.ota.store import ModelStore
@@ -37,29 +37,14 @@ SEED = 6
 
 @pytest.fixture(scope="module")
 def job(digits_dir, tmp_path_factory):
-    from tandem.cloud_hub.config import HubConfig
-    from tandem.cloud_hub.hub import Hub
-
     rel = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("ota-crash")
-    hub = Hub(
-        HubConfig.from_keys(
-            {
-                "publishers.trust_on_first_use": True,
-                "data_dir": root / "hub",
-                "http.port": 0,
-                "grpc.port": 0,
-                "mqtt.url": "mqtt://127.0.0.1:1",
-            }
-        )
-    ).start()
-    try:
-        for v in ("1.0.0", "1.1.0"):
-            hub.registry.register_dir(rel[v])
+    with ota_hub(root, (rel["1.0.0"], rel["1.1.0"]), broker=False) as env:
+        hub = env.hub
         now = time.time()
         job = {
             "profile": PROFILE,
-            "token": hub.tokens.create("device", "read").token,
+            "token": env.device_token,
             "public_pem": hub.key.public_pem,
             "rate_bps": 40_000,
             "watch_s": 0.3,  # ~0.4 s of download and 0.3 s of watch: room for kills in every step
@@ -81,8 +66,6 @@ def job(digits_dir, tmp_path_factory):
         template.open()
         template.install_initial(rel["1.0.0"])
         yield path, template.root
-    finally:
-        hub.stop()
 
 
 class Child:

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
-from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, releases
+from ota_fixtures import MODEL, MOSQUITTO, SimDevice, ota_hub, releases, start_devices
 from waiting import wait_for_rollout
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
@@ -25,60 +24,22 @@ def ota_releases(digits_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def fleet(ota_releases, digits_dir, tmp_path_factory):
-    from tandem.cloud_hub.config import HubConfig
-    from tandem.cloud_hub.hub import Hub
     from tandem.edge_agent.ota.machine import WatchPolicy
 
     root = tmp_path_factory.mktemp("ota-fleet")
-    broker = Broker(root / "mosquitto")
-    hub = Hub(
-        HubConfig.from_keys(
-            {
-                "publishers.trust_on_first_use": True,
-                "data_dir": root / "hub",
-                "http.port": 0,
-                "grpc.port": 0,
-                "mqtt.url": broker.url,
-                "rollouts.tick_s": 0.1,
-                "rollouts.watch_s": 0.6,
-            }
-        )
-    ).start()
-    devices: list[SimDevice] = []
-    try:
-        for path in ota_releases.values():
-            hub.registry.register_dir(path)
-        device_token = hub.tokens.create("fleet", "read").token
-        operator = hub.tokens.create("operator", "operate").token
-        assert hub.rollouts.wait_subscribed(10)
-        x = np.load(digits_dir / "test.npz")
-        inputs = x[x.files[0]].astype(np.float32)
-        # latency is left loose here: two shared CPU cores make sub-millisecond p95 ratios noisy
-        watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0)
-        for i in range(N_DEVICES):
-            dev_id = f"dev-{i:02d}"
-            hub.devices.register(dev_id, "cpu-x86", "test", {"site": "lab"})
-            devices.append(
-                SimDevice(
-                    dev_id,
-                    root / "devices",
-                    ota_releases["1.0.0"],
-                    broker.url,
-                    device_token,
-                    hub.key.public_pem,
-                    inputs,
-                    watch,
-                ).start()
-            )
-        assert all(d.client.wait_subscribed(10) for d in devices)
-        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
-        yield hub, devices, http
-        http.close()
-    finally:
-        for d in devices:
-            d.stop()
-        hub.stop()  # rollouts first, in reverse start order
-        broker.stop()
+    settings = {"rollouts.tick_s": 0.1, "rollouts.watch_s": 0.6}
+    with ota_hub(root, ota_releases.values(), settings) as env:
+        hub = env.hub
+        devices: list[SimDevice] = []
+        try:
+            # latency is left loose here: two shared CPU cores make sub-millisecond p95 ratios noisy
+            watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=0.3, max_latency_ratio=100.0)
+            ids = [f"dev-{i:02d}" for i in range(N_DEVICES)]
+            start_devices(env, devices, ids, ota_releases["1.0.0"], digits_dir, watch)
+            yield hub, devices, env.http
+        finally:
+            for d in devices:
+                d.stop()  # then ota_hub stops the hub (rollouts first, in reverse start order) and the broker
 
 
 def _start(http: httpx.Client, version: str) -> str:

@@ -8,9 +8,9 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -19,7 +19,7 @@ from tandem.cloud_hub.rollouts import controller as ctl
 from tandem.cloud_hub.rollouts.controller import GatePolicy, Rollout, RolloutError
 from tandem.cloud_hub.rollouts.quality import CohortFigures, Comparison, compare_cohorts, figures, verdict
 from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
-from ota_fixtures import MODEL, MOSQUITTO, Broker, SimDevice, releases
+from ota_fixtures import MODEL, MOSQUITTO, SimDevice, ota_hub, releases, start_devices
 from waiting import wait_for_rollout
 
 DEVICES = [f"dev-{i:02d}" for i in range(10)]
@@ -283,82 +283,47 @@ class TelemetryDevice(SimDevice):
 def fleet(digits_dir, tmp_path_factory):
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed")
-    from tandem.cloud_hub.config import HubConfig
-    from tandem.cloud_hub.hub import Hub
-    from tandem.cloud_hub.rollouts.attach import attach_rollouts
     from tandem.edge_agent.ota.machine import WatchPolicy
 
     ota_releases = releases(digits_dir, lambda: tmp_path_factory.mktemp("ota-releases"))
     root = tmp_path_factory.mktemp("quality-fleet")
-    broker = Broker(root / "mosquitto")
-    hub = Hub(
-        HubConfig.from_keys(
-            {
-                "publishers.trust_on_first_use": True,
-                "data_dir": root / "hub",
-                "http.port": 0,
-                "grpc.port": 0,
-                "mqtt.url": broker.url,
-            }
-        )
-    ).start()
-    devices: list[TelemetryDevice] = []
-    stop = threading.Event()
-    commands: list[str] = []
-    sniffer = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-cmd-sniffer", protocol=mqtt.MQTTv5)
-    try:
-        for path in ota_releases.values():
-            hub.registry.register_dir(path)
-        device_token = hub.tokens.create("fleet", "read").token
-        operator = hub.tokens.create("operator", "operate").token
-        service = attach_rollouts(hub, tick_s=0.1, watch_s=0.6, quality_interval_s=0.3)
-        assert service.wait_subscribed(10) and hub.telemetry.ingest.wait_subscribed(10)
-        sniffer.on_message = lambda c, u, msg: commands.append(msg.topic.split("/")[2])
-        sniffer.connect("127.0.0.1", broker.port)
-        sniffer.subscribe("tandem/v1/+/ota/cmd", qos=1)
-        sniffer.loop_start()
-        x = np.load(digits_dir / "test.npz")
-        inputs = x[x.files[0]].astype(np.float32)
-        # the devices' own health watch is left loose: here the hub's gate against the control must catch it
-        watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=1.0, max_latency_ratio=100.0)
-        for i in range(N_DEVICES):
-            dev_id = f"qdev-{i:02d}"
-            hub.devices.register(dev_id, "cpu-x86", "test", {"site": "lab"})
-            devices.append(
-                TelemetryDevice(
-                    dev_id,
-                    root / "devices",
-                    ota_releases["1.0.0"],
-                    broker.url,
-                    device_token,
-                    hub.key.public_pem,
-                    inputs,
-                    watch,
-                    telemetry_dir=root / "telemetry" / dev_id,
-                ).start()
-            )
-        assert all(d.client.wait_subscribed(10) for d in devices)
+    rollouts = {"tick_s": 0.1, "watch_s": 0.6, "quality_interval_s": 0.3}
+    with ota_hub(root, ota_releases.values(), rollouts=rollouts) as env:
+        hub = env.hub
+        devices: list[TelemetryDevice] = []
+        stop = threading.Event()
+        commands: list[str] = []
+        sniffer = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-cmd-sniffer", protocol=mqtt.MQTTv5)
+        try:
+            sniffer.on_message = lambda c, u, msg: commands.append(msg.topic.split("/")[2])
+            sniffer.connect("127.0.0.1", env.broker.port)
+            sniffer.subscribe("tandem/v1/+/ota/cmd", qos=1)
+            sniffer.loop_start()
+            # the devices' own health watch is left loose: here the hub's gate against the control must catch it
+            watch = WatchPolicy(watch_s=0.6, min_requests=20, max_fallback_rise=1.0, max_latency_ratio=100.0)
 
-        def traffic() -> None:
-            while not stop.wait(0.1):
-                for d in devices:
-                    try:
-                        d.serve()
-                    except Exception:  # a device mid-swap: serve next round
-                        pass
+            def device(dev_id: str, *args: Any) -> TelemetryDevice:
+                return TelemetryDevice(dev_id, *args, telemetry_dir=root / "telemetry" / dev_id)
 
-        feeder = threading.Thread(target=traffic, daemon=True)
-        feeder.start()
-        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
-        yield hub, devices, http, commands
-        http.close()
-    finally:
-        stop.set()
-        sniffer.loop_stop()
-        for d in devices:
-            d.stop()
-        hub.stop()  # also stops the rollout service attach_rollouts put in place
-        broker.stop()
+            ids = [f"qdev-{i:02d}" for i in range(N_DEVICES)]
+            start_devices(env, devices, ids, ota_releases["1.0.0"], digits_dir, watch, device)
+
+            def traffic() -> None:
+                while not stop.wait(0.1):
+                    for d in devices:
+                        try:
+                            d.serve()
+                        except Exception:  # a device mid-swap: serve next round
+                            pass
+
+            feeder = threading.Thread(target=traffic, daemon=True)
+            feeder.start()
+            yield hub, devices, env.http, commands
+        finally:
+            stop.set()
+            sniffer.loop_stop()
+            for d in devices:
+                d.stop()  # then ota_hub stops the hub (and the rollout service attach_rollouts put in place)
 
 
 def _start(http: httpx.Client, version: str) -> str:

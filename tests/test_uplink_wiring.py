@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from tandem.edge_agent import Agent, AgentConfig
-from ota_fixtures import MODEL, PROFILE, releases
-from telemetry_fixtures import MOSQUITTO, Mosquitto
+from ota_fixtures import MODEL, PROFILE, ota_hub, releases
+from telemetry_fixtures import MOSQUITTO
 from waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
@@ -26,50 +26,11 @@ GATES = {"min_reporting": 1.0, "wave_timeout_s": 60, "max_latency_ratio": 100.0}
 
 @pytest.fixture(scope="module")
 def env(digits_dir, tmp_path_factory):
-    import httpx
-
-    from tandem.cloud_hub.config import HubConfig
-    from tandem.cloud_hub.hub import Hub
-
     root = tmp_path_factory.mktemp("uplink-wiring")
-    broker = Mosquitto(root / "mosquitto").start()
-    hub = Hub(
-        HubConfig.from_keys(
-            {
-                "publishers.trust_on_first_use": True,
-                "data_dir": root / "hub",
-                "http.port": 0,
-                "grpc.port": 0,
-                "mqtt.url": broker.url,
-                "rollouts.tick_s": 0.1,
-            }
-        )
-    )
-    http = None
-    try:
-        hub.start()
-        built = releases(digits_dir, lambda: tmp_path_factory.mktemp("uplink-releases"))
-        for version in ("1.0.0", "1.1.0"):
-            hub.registry.register_dir(built[version])
-        assert hub.rollouts.wait_subscribed(10) and hub.telemetry.ingest.wait_subscribed(10)
-        pem = root / "release.pem"
-        key = hub.key.public_pem
-        pem.write_text(key if isinstance(key, str) else key.decode())
-        operator = hub.tokens.create("operator", "operate").token
-        http = httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {operator}"}, timeout=10)
-        yield SimpleNamespace(
-            hub=hub,
-            broker=broker,
-            http=http,
-            pem=pem,
-            releases=built,
-            device_token=hub.tokens.create("fleet", "read").token,
-        )
-    finally:
-        if http is not None:
-            http.close()
-        hub.stop()
-        broker.stop()
+    built = releases(digits_dir, lambda: tmp_path_factory.mktemp("uplink-releases"))
+    # persistence: a test restarts the broker, and the hub's persistent sessions must survive it
+    with ota_hub(root, (built["1.0.0"], built["1.1.0"]), {"rollouts.tick_s": 0.1}, persistence=True) as hub_env:
+        yield SimpleNamespace(**vars(hub_env), releases=built)
 
 
 def _agent(env: SimpleNamespace, device_id: str, site: str, tmp_path: Path, overrides: dict | None = None) -> Agent:
