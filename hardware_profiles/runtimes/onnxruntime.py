@@ -43,10 +43,7 @@ class OnnxRuntimeSession:
         providers: Sequence[str] = (),
         threads: int | None = None,
         graph_optimization: bool = True,
-        spinning: bool | None = None,
     ) -> None:
-        """`spinning=False` stops the intra-op pool's threads spinning for work after each run (ONNX
-        Runtime's default spins): for a session run now and then beside other busy threads."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -55,8 +52,6 @@ class OnnxRuntimeSession:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        if spinning is not None:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if not graph_optimization:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         available = set(ort.get_available_providers())
