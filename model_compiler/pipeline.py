@@ -31,7 +31,7 @@ from tandem.model_compiler.confidence import (
 from tandem.model_compiler.data import Dataset, batch_axis, check_label_range, load_dataset, take
 from tandem.model_compiler.drift_reference import build_drift_reference
 from tandem.model_compiler.errors import CalibrationDataError, CompileError, VariantSkipped
-from tandem.model_compiler.report import write_reports
+from tandem.model_compiler.report import note_where_validated, write_reports
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
 from tandem.model_compiler.timing import DEFAULT_ROUNDS, Timed, close_all, open_variant, time_sessions
@@ -340,6 +340,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     buildable = [p for p in profiles if p.name not in blocked]
     recipes, wanted_by, skipped = _plan(buildable, say)
     outcomes = _build_and_validate(recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say)
+    note_where_validated(outcomes, buildable)
     if opts.timing:
         _time_in_rounds(outcomes, task, val, opts, say)
     if opts.confidence_calibration and task.calibratable:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from tandem.hardware_profiles import Profile
+from tandem.hardware_profiles.probe import provider_tier
 from tandem.model_compiler.select import Candidate, fp32_bars, speedup_over
 
 if TYPE_CHECKING:
-    from tandem.model_compiler.pipeline import CompileResult
+    from tandem.model_compiler.pipeline import CompileResult, VariantOutcome
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+GPU_CHECK = "run bench/gpu.py on a GPU machine (DEVELOPERS.md)"
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -38,6 +42,40 @@ def _task_figure(x: dict[str, Any]) -> str:
     if x.get("task_metric") is None:
         return "-"
     return f"{x['task_metric']} {_fmt(x.get('task_value'), 4)}"
+
+
+def validation_note(ran_on: Sequence[str] | None, wanted: Iterable[str]) -> str | None:
+    """Where a variant was validated, when that is not where its profiles want it run: the gate and
+    figures of a GPU profile's variant come from this host's CPU provider until a GPU machine runs it
+    (the same FP16/INT8 graph can lose accuracy, or not place on the GPU at all, there)."""
+    if ran_on is None:
+        return None
+    missing = [p for p in dict.fromkeys(wanted) if p not in ran_on and provider_tier(p) != "cpu"]
+    if not missing:
+        return None
+    where = ", ".join(ran_on) or "no provider"
+    if set(missing) <= set(GPU_PROVIDERS):
+        return f"validated on {where}; not yet on CUDA/TensorRT: {GPU_CHECK}"
+    return f"validated on {where}; not yet on {', '.join(missing)}: validate it on a device that has them"
+
+
+def note_where_validated(outcomes: list["VariantOutcome"], profiles: list[Profile]) -> None:
+    """Add `validation_note` to each built variant's notes (the manifest's variant notes and the report)."""
+    by_name = {p.name: p for p in profiles}
+    for o in outcomes:
+        if o.built is None or o.skipped:
+            continue
+        wanted = [
+            ep
+            for name in o.profiles
+            if name in by_name
+            for target in by_name[name].runtimes
+            if target.runtime == o.recipe.runtime
+            for ep in target.execution_providers
+        ]
+        note = validation_note(o.metrics.get("validated_on"), wanted)
+        if note and note not in o.built.notes:
+            o.built.notes.append(note)
 
 
 def report_dict(result: "CompileResult") -> dict[str, Any]:
@@ -67,6 +105,7 @@ def report_dict(result: "CompileResult") -> dict[str, Any]:
                 "reason": o.skipped,
                 "build_seconds": round(o.build_seconds, 2),
                 "metrics": o.metrics,
+                "notes": list(o.built.notes) if o.built else [],
                 "calibration": o.calibration,
             }
             for o in result.outcomes
@@ -113,6 +152,10 @@ def render_markdown(result: "CompileResult") -> str:
             f"{_fmt(x.get('max_abs_error'), 5)} | {_fmt(x.get('latency_p50_ms'))} | {_fmt(x.get('latency_p95_ms'))} | "
             f"{_fmt(x.get('throughput_b8'), 0)} | {', '.join(o.profiles)} |"
         )
+    where = [(o.recipe.id, n) for o in result.outcomes if o.built and not o.skipped for n in o.built.notes]
+    where = [(rid, n) for rid, n in where if n.startswith("validated on ")]
+    if where:
+        lines += ["", "## Where variants were validated", ""] + [f"- {rid}: {n}" for rid, n in where]
     lines += _speedup_lines(result)
     calibrated = [(o, o.calibration) for o in result.outcomes if o.calibration and not o.skipped]
     if calibrated:

@@ -313,6 +313,15 @@ def _timing(session: RuntimeSession, val: Dataset, seconds: float) -> dict[str, 
     return figures
 
 
+def execution_providers(session: Any) -> list[str] | None:
+    """The ONNX Runtime execution providers a session (or a bucketed one's first) really got; None
+    for other runtimes. Read from the session, not the request: the adapter and ORT itself drop a
+    provider that is missing or fails to start and run on the CPU instead."""
+    inner = getattr(session, "sessions", None)
+    got = getattr(inner[0] if inner else session, "providers", None)
+    return [str(p) for p in got] if got is not None else None
+
+
 def file_bytes(files: list[Path]) -> int:
     return sum(f.stat().st_size for f in files)
 
@@ -370,6 +379,9 @@ def validate_variant(
     except Exception as exc:  # a runtime's own error types vary; the message is what matters
         raise VariantSkipped(f"fails on validation data: {type(exc).__name__}: {exc}") from exc
     metrics = compare_outputs(task, reference, outputs, val.labels, dense_threshold)
+    ran_on = execution_providers(session)
+    if ran_on is not None:  # where it really ran: ORT falls back to CPU for a provider it lacks
+        metrics["validated_on"] = ran_on
     if buckets and reference_model is not None:
         _gate_buckets(metrics, session, task, val, reference_model, dense_threshold)
     metrics.update(file_bytes=file_bytes(files), weight_bytes=weight_bytes(runtime, files), load_ms=round(load_ms, 2))
