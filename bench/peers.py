@@ -8,7 +8,9 @@ classifier on onnxruntime from its own process. Workloads: digits one call at a 
 and with 16 and 64 calls in flight (throughput, RESOURCE_EXHAUSTED count), the classifier with
 16 single-image calls in flight (the hub batches them), against the in-process floors (the
 digits model called back to back; the classifier at the very batch sizes each hub formed in that
-run, read from its ModelStatistics, and in batches of 8; in each repetition).
+run, read from its ModelStatistics, and in batches of 8; in each repetition). Every hub run also
+keeps the batch sizes its batcher ran (`hub_batch_counts`): a tiny model that stayed inline shows
+only 1s; larger sizes under digits load mean calls were handed to the batcher.
 Edge: the agent (ZeroMQ) beside LitServe (build/litserve-venv, made here) and a minimal FastAPI
 endpoint, on the digits edge model, one client (p50) and 8 clients (throughput), against the
 in-process floor. Every server's CPU per answered request comes from its process tree
@@ -392,15 +394,17 @@ def cloud(work: Path, digits: Path, ocr: Path, reps: int, seconds: float) -> dic
             for workload, (request, inflight, rows) in workloads.items():
                 for name, server in servers.items():
                     log(f"rep {rep + 1}/{reps} {workload} {name}")
-                    hub = workload == "ocr_cls_16" and name.startswith("hub_")
-                    before = batch_counts(server.info["address"], "ocr-cls") if hub else {}
-                    runs[name][workload].append(
-                        grpc_load(server.info["address"], request, inflight, seconds, server.pid, rows)
-                    )
-                    if hub:  # the floor for this hub: its own batch sizes, run in-process
-                        after = batch_counts(server.info["address"], "ocr-cls")
-                        formed = {b: n - before.get(b, 0) for b, n in after.items()}
-                        floors[f"ocr_cls_at_{name}_batches"].append(floor_at_batches(ocr, ocr_x, formed, seconds))
+                    hub = name.startswith("hub_")
+                    model = request.model_name
+                    before = batch_counts(server.info["address"], model) if hub else {}
+                    got = grpc_load(server.info["address"], request, inflight, seconds, server.pid, rows)
+                    runs[name][workload].append(got)
+                    if hub:  # the batch sizes the hub ran (a tiny model: all 1s when every call ran inline)
+                        after = batch_counts(server.info["address"], model)
+                        formed = {b: n - before.get(b, 0) for b, n in after.items() if n - before.get(b, 0)}
+                        got["hub_batch_counts"] = formed
+                        if workload == "ocr_cls_16":  # the floor for this hub: its own batch sizes, in-process
+                            floors[f"ocr_cls_at_{name}_batches"].append(floor_at_batches(ocr, ocr_x, formed, seconds))
     finally:
         for server in servers.values():
             if server.proc.stdin is not None:
