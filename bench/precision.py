@@ -14,6 +14,11 @@ the order rotated) and prints, per model:
 with each ratio as the median and range over the rounds, the gate of every variant, the host's
 CPU features and load.
 
+On detection it also builds ONNX Runtime INT8 with this host's integer types three ways, gated
+like the compile (mask IoU on the validation set): Conv-only (the default recipe), every chain
+quantized (CHAIN_OPTIONS) and the chains less the tensors the sensitivity search leaves float
+(SEARCH_OPTIONS), each timed against onnxruntime-fp32 in the same rounds.
+
 The compile's own choice uses the compile's timings (each runtime's default threads, interleaved
 rounds too); --threads sets the threads of the sessions this bench times. --profile adds, per
 INT8 variant and its FP32, where the time goes by op type: ONNX Runtime's per-node profile
@@ -173,6 +178,9 @@ def bench_model(
     sessions[BASELINE] = load_session(
         "openvino", _baseline(model, out), inference_precision="f32", **({"threads": threads} if threads else {})
     )
+    extra = _ort_recipes(model, out) if model["name"] == "ocr-det" else {}
+    for vid, built in extra.items():
+        sessions[vid] = load_session("onnxruntime", built["path"], **({"threads": threads} if threads else {}))
     x = np.ascontiguousarray(model["val"][:1])
     log(f"{model['name']}: timing {len(sessions)} variants, {rounds} interleaved rounds")
     samples = _time(sessions, x, rounds, quick, time.process_time if cpu_time else time.perf_counter)
@@ -211,9 +219,62 @@ def bench_model(
                 entry[f"speedup_vs_{fp32}"] = ratio(samples[fp32], samples[choice.chosen])
         result["choices"][profile] = entry
     result["int8_vs_fp32"] = _int8_ratios(variants, samples, rows)
+    fp32 = next((vid for vid, v in variants.items() if v.runtime == "onnxruntime" and v.precision == "fp32"), None)
+    for vid, built in extra.items():
+        rows[vid] = {"runtime": "onnxruntime", "precision": "int8", "p50_ms": round(float(np.median(samples[vid])), 3)}
+        result["int8_vs_fp32"][vid] = {
+            "vs": fp32,
+            "speedup": ratio(samples[fp32], samples[vid]) if fp32 else None,
+            **{k: v for k, v in built.items() if k != "path"},
+        }
     if profile:
         result["profiles"] = _profiles(out, variants, x, threads, 10 if quick else 30)
+        for vid, built in extra.items():
+            result["profiles"][vid] = _ort_profile(built["path"], x, threads, 10 if quick else 30, {})
     return result
+
+
+def _ort_recipes(model: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
+    """ONNX Runtime INT8 recipes beside the compile's, with this host's integer types: Conv-only (the
+    default recipe), every chain quantized (CHAIN_OPTIONS) and the chains less what the sensitivity
+    search leaves float (SEARCH_OPTIONS); each gated like the compile (mask IoU on the validation
+    set against FP32), with its build time and notes."""
+    from tandem.model_compiler import model_io
+    from tandem.model_compiler.validate import Task, compare_outputs
+    from tandem.model_compiler.variants.onnxruntime import CHAIN_OPTIONS, SEARCH_OPTIONS, int8_types
+    from tandem.tasks.metrics import budgets_for
+
+    host = read_host()
+    types = int8_types(host.isa, sorted(host.cpu_features))
+    builder = get_builder("onnxruntime")
+    base = next(r for r in builder.recipes(_cpu_x86()) if r.precision == "int8")
+    base_options = {**base.options, "activation_type": types.activation, "reduce_range": types.reduce_range}
+    folder = out / "extra-ort"
+    prepared = folder / "reference-fp32.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    model_io.prepare_model(model_io.load_model(model["source"]), prepared)
+    task = Task(model["task"], 0, budgets_for(model["task"]))
+    calib = {"x": np.load(model["folder"] / "calib.npz")["x"]}
+    val = np.ascontiguousarray(model["val"])
+    reference = load_session("onnxruntime", prepared, graph_optimization=False).run({"x": val})
+    found = {}
+    for name, options in (("conv", {}), ("chains", CHAIN_OPTIONS), ("searched", SEARCH_OPTIONS)):
+        recipe = type(base)(f"onnxruntime-int8-{types.tag}-{name}", "onnxruntime", "int8", {**base_options, **options})
+        log(f"{model['name']}: building {recipe.id}")
+        started = time.perf_counter()
+        ctx = BuildContext(model_path=prepared, calib=calib, out_dir=folder, task=task, log=log)
+        built = builder.build(recipe, ctx)
+        seconds = time.perf_counter() - started
+        got = load_session("onnxruntime", built.files[0]).run({"x": val})
+        gate = compare_outputs(task, reference, got, None)
+        found[recipe.id] = {
+            "path": built.files[0],
+            "gate": gate["task_gate"],
+            "gate_reason": gate["task_reason"],
+            "build_seconds": round(seconds, 1),
+            "notes": built.notes,
+        }
+    return found
 
 
 def _profiles(out: Path, variants: dict, x: np.ndarray, threads: int | None, runs: int) -> dict[str, Any]:
