@@ -15,8 +15,8 @@ output. With it (one thread, CPU time, interleaved rounds, VNNI types): Conv-onl
 (folded too), chains 1.60x, mask IoU 0.931 / 0.932 (docs/figures.md). The PP-OCR classifier's
 INT8 stays slower than FP32 either way.
 
-SEARCH_OPTIONS (opt-in) quantize the chains and then leave float only the chain tensors that cost
-the task gate, found per model by a sensitivity search on the calibration set against the
+SEARCH_OPTIONS (the default INT8 recipe on x86-64 with VNNI, chains_pay) quantize the chains and
+then leave float only the chain tensors that cost the task gate, found per model by a sensitivity search on the calibration set against the
 compiler's own gate (ort_sensitivity.py, ort_float_search.py): on det before the fold, one tensor
 of 186 (1.38x FP32, IoU 0.930); after it, none (2 evaluations, 7 s).
 """
@@ -48,8 +48,8 @@ RUNTIME = "onnxruntime"
 # any (in its main graph) gets no INT8 variant. The recipe quantizes more than these ("all").
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-# Recipe options that quantize the chains between weight ops too (module docstring: faster; no
-# default recipe sets them yet, nothing checks that a model's chains keep its gate).
+# Recipe options that quantize the chains between weight ops too (module docstring: faster; a
+# default recipe uses them only with SEARCH_OPTIONS' check that the model's chains keep its gate).
 CHAIN_OPTIONS: dict[str, Any] = {
     "op_types": "all",  # every op ORT's QDQ quantizer handles ...
     "float_nodes": "graph outputs",  # ... but non-weight ops producing outputs (Softmax, Sigmoid) stay float
@@ -100,6 +100,14 @@ def int8_types(isa: str, cpu_features: Sequence[str]) -> Int8Types:
     )
 
 
+def chains_pay(isa: str, types: Int8Types) -> bool:
+    """Whether the default INT8 recipe quantizes the chains too (SEARCH_OPTIONS): on x86-64 with
+    VNNI, where it was measured (PP-OCRv4 det, one thread, CPU time, 5 interleaved rounds: 1.62x
+    FP32 against 1.16x for Conv-only, mask IoU 0.932 vs 0.931; the search guards the gate on other
+    models). Not measured elsewhere (7-bit weights without VNNI, arm64), so Conv-only stays there."""
+    return isa != "arm64" and types.activation == "uint8" and not types.reduce_range
+
+
 class OnnxRuntimeBuilder:
     runtime = RUNTIME
 
@@ -122,7 +130,11 @@ class OnnxRuntimeBuilder:
                 "op_types": list(QUANTIZED_OP_TYPES),
                 "why": types.reason,
             }
-            out.append(Recipe(f"{RUNTIME}-int8-{types.tag}", RUNTIME, "int8", options))
+            rid = f"{RUNTIME}-int8-{types.tag}"
+            if chains_pay(profile.isa, types):
+                options.update(SEARCH_OPTIONS)
+                rid += "-chains"
+            out.append(Recipe(rid, RUNTIME, "int8", options))
         return out
 
     def build(self, recipe: Recipe, ctx: BuildContext) -> BuiltVariant:
@@ -326,6 +338,8 @@ def _float_search(
     """SEARCH_OPTIONS: leave float the chain tensors that cost the task gate (ort_float_search.py)."""
     from tandem.model_compiler.variants.ort_float_search import search_float_tensors
 
+    if ctx.task is None or not ctx.task.budgets:  # a direct builder call; the compile always gives the gate
+        return ["float-tensor search skipped: no task gate given, every chain quantized (the compile's gate judges)"]
     try:
         _, notes = search_float_tensors(
             out, pre, ctx.model_path, ctx.calib, shapes, ctx.task, ctx.dense_threshold, options, ctx.log
