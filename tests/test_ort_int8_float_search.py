@@ -126,7 +126,7 @@ def test_search_without_a_task_gate_quantizes_every_chain_and_says_so(tmp_path):
     _model(src, rng)
     calib = {"x": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)}
     built = _build(tmp_path, src, calib, SEARCH_OPTIONS, None)
-    assert any("search skipped: no task gate" in note for note in built.notes), built.notes
+    assert any("search skipped: no task budget" in note for note in built.notes), built.notes
     assert "wide" in qdq_pairs(onnx.load(str(built.files[0])))
 
 

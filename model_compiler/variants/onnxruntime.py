@@ -338,8 +338,11 @@ def _float_search(
     """SEARCH_OPTIONS: leave float the chain tensors that cost the task gate (ort_float_search.py)."""
     from tandem.model_compiler.variants.ort_float_search import search_float_tensors
 
-    if ctx.task is None or not ctx.task.budgets:  # a direct builder call; the compile always gives the gate
-        return ["float-tensor search skipped: no task gate given, every chain quantized (the compile's gate judges)"]
+    if ctx.task is None or not ctx.task.budgets:  # a direct builder call, or a labelled classifier
+        return [
+            "float-tensor search skipped: no task budget to search against (no task given, or a classifier "
+            "judged on labelled accuracy); every chain quantized, the compile's gate judges the variant"
+        ]
     try:
         _, notes = search_float_tensors(
             out, pre, ctx.model_path, ctx.calib, shapes, ctx.task, ctx.dense_threshold, options, ctx.log
