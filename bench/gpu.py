@@ -312,7 +312,7 @@ def _time(
     first = next(iter(timed.values()))
     feeds = batch_of(val.inputs, fixed_batch(first, val.axes) or 1, val.axes)
     kw: dict[str, Any] = (
-        dict(warmup=3, runs=10, max_seconds=0.3) if quick else dict(warmup=20, runs=200, max_seconds=2.0)
+        dict(warmup=10, runs=20, max_seconds=0.3) if quick else dict(warmup=20, runs=200, max_seconds=2.0)
     )
 
     def step(session: Any) -> Any:
