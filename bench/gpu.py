@@ -276,7 +276,9 @@ def check_model(model: Model, providers: list[str], work: Path, rounds: int, qui
             row["gate"] = {k: metrics[k] for k in GATE_KEYS if k in metrics}
             row["gate"].update(max_abs_error=metrics["max_abs_error"], quality_drop_points=round(drop, 4))
             row["status"] = "pass" if passed else "fail"
-            if not passed and row["cpu_gate"].get("task_gate") == "pass":
+            cpu_drop = quality_drop_points(v.metrics, ref_accuracy)  # the compile's own figures, same rule
+            row["cpu_gate"]["quality_drop_points"] = round(cpu_drop, 4)
+            if not passed and v.metrics.get("task_gate") == "pass" and cpu_drop <= max_drop:
                 row["regression"] = "passes the gate on the CPU provider, fails it here"
             sessions[key] = session
     timing = _time(sessions, _fp32_file(variants, out), val, rounds, quick)

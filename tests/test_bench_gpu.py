@@ -53,9 +53,12 @@ def tiny(tmp_path_factory) -> list[str]:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(folder / "tiny.onnx"))
-    x = rng.normal(size=(96, 16)).astype(np.float32)
+    x = rng.normal(size=(400, 16)).astype(np.float32)
+    z = np.sort(x @ w + b, axis=1)
+    clear = x[z[:, -1] - z[:, -2] > 1.0][:64]  # validation rows no INT8 rounding can flip: the dry run's
+    # figures are about the bench's plumbing, and 1 of 64 rows is already 1.6 points of accuracy
     np.savez(folder / "calib.npz", x=x[:32])
-    np.savez(folder / "val.npz", x=x[32:], y=(x[32:] @ w + b).argmax(axis=1))
+    np.savez(folder / "val.npz", x=clear, y=(clear @ w + b).argmax(axis=1))
     return [
         "--model",
         str(folder / "tiny.onnx"),

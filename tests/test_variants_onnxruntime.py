@@ -235,3 +235,27 @@ def test_int8_of_a_fixed_batch_model_calibrates_in_that_batch(tmp_path):
     variant = get_builder("onnxruntime").build(recipe, _ctx(path, {"x": x}, tmp_path / "out"))
     out = load_session("onnxruntime", variant.files[0]).run({"x": x[:1]})[0]
     np.testing.assert_allclose(out, x[:1] @ onnx.numpy_helper.to_array(w), atol=0.1)
+
+
+def test_tensorrt_profiles_get_signed_symmetric_int8(tmp_path):
+    """TensorRT imports QDQ INT8 only signed with zero point 0: a profile whose ONNX Runtime target lists the
+    TensorRT provider gets S8S8 with symmetric activations (U8 activations would leave those nodes to CUDA or the
+    CPU), while the same ISA without TensorRT keeps the CPU's guidance."""
+    builder = get_builder("onnxruntime")
+    recipe = builder.recipes(get_profile("gpu-cuda"))[-1]
+    assert recipe.id == "onnxruntime-int8-s8s8-sym"
+    assert recipe.options["activation_type"] == "int8" and recipe.options["activation_symmetric"] is True
+    cpu_arm = builder.recipes(get_profile("cpu-arm"))[-1]
+    assert cpu_arm.options["activation_symmetric"] is False
+    model = _tiny_model(tmp_path / "tiny.onnx")
+    calib = {"x": np.random.default_rng(1).uniform(0.5, 3.0, (16, 4)).astype(np.float32)}  # all positive: an
+    # asymmetric range would put the zero point far from 0
+    built = builder.build(recipe, _ctx(model, calib, tmp_path / "out"))
+    graph = onnx.load(str(built.files[0])).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    activation_zero_points = [
+        inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) == 3
+    ]
+    assert activation_zero_points, "no activation was quantized"
+    for zp in activation_zero_points:
+        assert zp.dtype == np.int8 and not zp.any()

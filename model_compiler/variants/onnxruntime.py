@@ -69,11 +69,20 @@ class Int8Types:
     weight: str  # "int8"
     reduce_range: bool
     reason: str
+    symmetric: bool = False  # activations too have zero point 0 (TensorRT takes nothing else)
 
     @property
     def tag(self) -> str:
         short = {"uint8": "u8", "int8": "s8"}
-        return f"{short[self.activation]}{short[self.weight]}" + ("-rr" if self.reduce_range else "")
+        tag = f"{short[self.activation]}{short[self.weight]}" + ("-rr" if self.reduce_range else "")
+        return tag + ("-sym" if self.symmetric else "")
+
+
+# TensorRT imports QDQ INT8 only as signed and symmetric (zero point 0) on activations and weights;
+# ORT's TensorRT provider hands nodes it cannot build to CUDA or the CPU, so U8 QDQ would not run as INT8 there
+TENSORRT_INT8 = Int8Types(
+    "int8", "int8", False, "TensorRT execution provider: signed symmetric INT8 (zero point 0), all TensorRT takes", True
+)
 
 
 def int8_types(isa: str, cpu_features: Sequence[str]) -> Int8Types:
@@ -120,13 +129,16 @@ class OnnxRuntimeBuilder:
         if "fp16" in profile.precisions:
             out.append(Recipe(f"{RUNTIME}-fp16", RUNTIME, "fp16", {"keep_io_types": True}))
         if "int8" in profile.precisions:
-            types = int8_types(profile.isa, profile.cpu_features)
+            target = profile.runtime_target(RUNTIME)
+            tensorrt = target is not None and "TensorrtExecutionProvider" in target.execution_providers
+            types = TENSORRT_INT8 if tensorrt else int8_types(profile.isa, profile.cpu_features)
             options: dict[str, Any] = {
                 "format": "QDQ",
                 "per_channel": True,
                 "activation_type": types.activation,
                 "weight_type": types.weight,
                 "reduce_range": types.reduce_range,
+                "activation_symmetric": types.symmetric,
                 "op_types": list(QUANTIZED_OP_TYPES),
                 "why": types.reason,
             }
@@ -303,7 +315,11 @@ def _build_int8(recipe: Recipe, ctx: BuildContext, out: Path) -> list[str]:
                 calibrate_method=method,
                 # Float biases: ORT folds them into QLinearConv/MatMulInteger at load time, so
                 # int32 bias + scale + zero point initializers would only grow the file.
-                extra_options={"QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True},
+                extra_options={
+                    "QuantizeBias": False,
+                    "QDQDisableWeightAdjustForInt32Bias": True,
+                    "ActivationSymmetric": bool(opts.get("activation_symmetric", False)),
+                },
             )
         if opts.get("float_search") is not None:
             notes += _float_search(out, pre, ctx, input_shapes, opts["float_search"])
