@@ -11,10 +11,16 @@ import hashlib
 import shutil
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tandem.protocols import topics
 from tandem.protocols.manifest import FileEntry, Manifest, ProfileChoice, TensorSpec, Variant
+from tandem.protocols.telemetry_codec import TelemetryWindow, decode_window
+
+if TYPE_CHECKING:
+    from tandem.edge_agent import Agent
 
 
 def _specs(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -93,6 +99,15 @@ def make_linear_softmax(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def outbox_windows(agent: "Agent") -> list[TelemetryWindow]:
+    """The agent's telemetry windows (its open one closed first), read back from its on-disk outbox.
+
+    Only telemetry rows: the agent's telemetry thread also moves kept hard examples into the outbox
+    on its ticks, so how many other rows sit there depends on how long a test ran."""
+    agent.telemetry.flush()
+    return [decode_window(p.payload) for p in agent.telemetry.outbox.next_batch() if p.kind == topics.TELEMETRY]
 
 
 def free_port() -> int:

@@ -10,15 +10,18 @@ import urllib.request
 import numpy as np
 import pytest
 
-from agent_fixtures import digits_edge_and_cloud, free_port
+from agent_fixtures import digits_edge_and_cloud, free_port, outbox_windows
+from waiting import wait_for
 from tandem.cloud_hub.inference import InferenceServer
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.edge_agent.errors import ConfigError
 from tandem.edge_agent.modes import BUDGET_REASON
 from tandem.hardware_profiles.runtimes import load_session
-from tandem.protocols.telemetry_codec import decode_window
 
-DEADLINE_MS = 150
+# The hub deadline only bounds a hang here: these tests need the hub's answers (cloud, shadow), and on
+# a loaded 2-core machine a call (the first one also connects) was seen taking more than 150 ms, which
+# turned a cloud answer into edge-degraded. The black-hole test sets its own deadline.
+DEADLINE_MS = 30_000
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +69,23 @@ def metrics_text(agent: Agent) -> str:
 
 def one_window(agent: Agent):
     """The agent's open telemetry window, closed and read back from its on-disk outbox (no broker needed)."""
-    agent.telemetry.flush()
-    [(_, payload)] = agent.telemetry.outbox.pending()
-    return decode_window(payload)
+    [window] = outbox_windows(agent)
+    return window
+
+
+def windows_with_shadow_samples(agent: Agent, samples: int) -> list:
+    """The agent's windows read back from its outbox, flushed until they hold `samples` shadow samples (10 s at most).
+
+    A shadow call counts in the agent's metrics first and in its telemetry window just after, on the
+    fallback thread: waiting on the metrics alone leaves the last sample racing the flush on a loaded host."""
+    windows: list = []
+
+    def counted() -> bool:
+        windows[:] = outbox_windows(agent)  # a window holding nothing is not stored: no empty ones are added
+        return sum(w.shadow_samples for w in windows) >= samples
+
+    wait_for(counted, 10)
+    return windows
 
 
 def test_edge_only_never_calls_the_hub_even_when_unsure(models, hub, test_x, tmp_path):
@@ -139,8 +156,9 @@ def test_shadow_answers_on_the_edge_and_reports_agreement_with_the_cloud(models,
         assert f"tandem_agent_shadow_samples_total{{{lb}}} {n}" in text
         assert f"tandem_agent_shadow_agreement_ratio{{{lb}}} {want_agree / n:.6f}" in text
         assert f'tandem_agent_mode_decisions_total{{{lb},decision="shadow"}} {n}' in text
-        window = one_window(agent)
-    assert (window.shadow_samples, window.shadow_agree, window.requests.edge) == (n, want_agree, n)
+        windows = windows_with_shadow_samples(agent, n)
+    samples, agree = sum(w.shadow_samples for w in windows), sum(w.shadow_agree for w in windows)
+    assert (samples, agree, sum(w.requests.edge for w in windows)) == (n, want_agree, n)
     assert hub_calls(hub, "shadow-1") == n
 
 
