@@ -20,6 +20,9 @@ import pytest
 from agent_fixtures import free_port, make_linear_softmax, make_model_dir
 
 ENV = {**os.environ, "TANDEM_AGENT_TRUST_ALLOW_UNSIGNED": "true"}
+# Bounds on a hang only: an agent process starting up (imports, model load) costs about 1 s of CPU, and
+# at load 26-34 on 2 cores (the suite beside other work) the 30 s bound on one was seen running out.
+PROCESS_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def running_agent(model_dir: Path, data_dir: Path, *flags: str) -> Iterator[subp
         agent_cmd(model_dir, *flags), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
         while time.monotonic() < deadline:
             line = proc.stderr.readline() if proc.stderr else ""
             if not line:
@@ -62,7 +65,9 @@ def running_agent(model_dir: Path, data_dir: Path, *flags: str) -> Iterator[subp
 
 def second_agent(model_dir: Path, data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
     env = {**ENV, "TANDEM_AGENT_HARD_EXAMPLES_DATA_DIR": str(data_dir)}
-    return subprocess.run(agent_cmd(model_dir, *flags), capture_output=True, text=True, timeout=30, env=env)
+    return subprocess.run(
+        agent_cmd(model_dir, *flags), capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, env=env
+    )
 
 
 def infer(endpoint: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -80,7 +85,7 @@ def infer(endpoint: str, tmp_path: Path) -> subprocess.CompletedProcess:
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PROCESS_TIMEOUT_S,
     )
 
 
