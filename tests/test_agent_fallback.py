@@ -14,8 +14,12 @@ from tandem.cloud_hub.inference import InferenceServer
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.hardware_profiles.runtimes import load_session
 
-DEADLINE_MS = 150
-MARGIN_S = 0.25  # thread hand-offs on a busy 2-core machine
+# The hub deadline only bounds a hang where a test needs the hub's answers: on a loaded 2-core machine a
+# call (the first one also connects) was seen taking more than the 150 ms these tests used to set. The
+# black-hole test, which times the deadline, sets its own.
+ANSWER_DEADLINE_MS = 30_000
+# A refused connection fails at once, whatever the deadline: only thread hand-offs on a busy 2-core machine.
+REFUSED_S = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def agent_config(models, tmp_path, hub_url: str, extra: dict | None = None) -> A
             "hard_examples.data_dir": tmp_path / "data",
             "fallback.hub_url": hub_url,
             "fallback.hub_model": "digits-cloud",
-            "fallback.deadline_ms": DEADLINE_MS,
+            "fallback.deadline_ms": ANSWER_DEADLINE_MS,
             "server.device_id": "dev-1",
             "health.http_port": 0,
             **(extra or {}),
@@ -134,7 +138,7 @@ def test_hub_down_degrades_and_the_breaker_closes_when_the_hub_returns(models, t
             t0 = time.perf_counter()
             answer = client.infer(test_x[:1], threshold=1.0)
             assert answer.source == "edge-degraded"
-            assert time.perf_counter() - t0 < DEADLINE_MS / 1000 + MARGIN_S
+            assert time.perf_counter() - t0 < REFUSED_S  # far inside the deadline: nothing was waited for
         assert agent.breaker.state == "open"
         hub = InferenceServer(models[1], port=port)
         hub.start()
