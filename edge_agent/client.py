@@ -63,6 +63,35 @@ def _mode(mode: str) -> pb.Mode:
     return MODES[mode]
 
 
+def _request_frames(
+    templates: RequestTemplates,
+    inputs: Inputs,
+    request_id: str,
+    model_name: str,
+    threshold: float | None,
+    mode: str,
+    return_outputs: bool,
+    stream_id: str,
+    traceparent: str,
+) -> list[Any]:
+    """A request's frames: the usual call (one array, every option at its default) through
+    RequestTemplates.plain, in a quarter of the time; any other through RequestTemplates.frames."""
+    if type(inputs) is np.ndarray and not (
+        model_name or threshold is not None or mode != "auto" or return_outputs or stream_id or traceparent
+    ):
+        return templates.plain(inputs, request_id)
+    return templates.frames(
+        _inputs(inputs),
+        request_id=request_id,
+        model_name=model_name,
+        threshold=threshold,
+        mode=_mode(mode),
+        return_outputs=return_outputs,
+        stream_id=stream_id,
+        traceparent=traceparent,
+    )
+
+
 def parse_reply(frames: Sequence[Any]) -> AgentAnswer:
     """Turn reply frames into an AgentAnswer, or raise the agent's error."""
     return _answer(*decode_reply(frames))
@@ -143,21 +172,9 @@ class AgentClient:
         fallback) join that trace.
         """
         request_id = self._prefix + str(next(self._ids))
-        if type(inputs) is np.ndarray and not (
-            model_name or threshold is not None or mode != "auto" or return_outputs or stream_id or traceparent
-        ):
-            frames = self._templates.plain(inputs, request_id)  # the usual call, in a quarter of the time
-        else:
-            frames = self._templates.frames(
-                _inputs(inputs),
-                request_id=request_id,
-                model_name=model_name,
-                threshold=threshold,
-                mode=_mode(mode),
-                return_outputs=return_outputs,
-                stream_id=stream_id,
-                traceparent=traceparent,
-            )
+        frames = _request_frames(
+            self._templates, inputs, request_id, model_name, threshold, mode, return_outputs, stream_id, traceparent
+        )
         sock = self._sock
         send_frames(sock, frames, block=True)
         limit = self.timeout_s if timeout_s is None else timeout_s
@@ -230,15 +247,8 @@ class AsyncAgentClient:
         traceparent: str = "",
     ) -> AgentAnswer:
         request_id = self._prefix + str(next(self._ids))
-        frames = self._templates.frames(
-            _inputs(inputs),
-            request_id=request_id,
-            model_name=model_name,
-            threshold=threshold,
-            mode=_mode(mode),
-            return_outputs=return_outputs,
-            stream_id=stream_id,
-            traceparent=traceparent,
+        frames = _request_frames(
+            self._templates, inputs, request_id, model_name, threshold, mode, return_outputs, stream_id, traceparent
         )
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
