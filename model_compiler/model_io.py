@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Collection, Iterable, Iterator
 
 import numpy as np
 
@@ -145,6 +145,20 @@ def graphs_within(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 def graph_inputs_read(graph: onnx.GraphProto) -> set[str]:
     """Every value name a node reads, in `graph` or any subgraph (outer-scope reads included)."""
     return {name for g in graphs_within(graph) for node in g.node for name in node.input if name}
+
+
+def drop_unused_initializers(graph: onnx.GraphProto, forget: Collection[str] = ()) -> None:
+    """After a rewrite: drop the initializers nothing reads any more (a subgraph's read of an outer one
+    counts, as Silero VAD's LSTM branch showed; so does a graph output), and the value_info of the
+    tensors in `forget` (gone or renamed)."""
+    used = {o.name for o in graph.output} | graph_inputs_read(graph)
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if forget:
+        info = [v for v in graph.value_info if v.name not in forget]
+        del graph.value_info[:]
+        graph.value_info.extend(info)
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

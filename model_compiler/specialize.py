@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from tandem.model_compiler.errors import InvalidModelError
-from tandem.model_compiler.model_io import graph_inputs_read, graphs_within
+from tandem.model_compiler.model_io import drop_unused_initializers, graphs_within
 from tandem.protocols.manifest import DTYPES, BoundInput
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def bind_inputs(model: onnx.ModelProto, values: Mapping[str, str]) -> Specialize
     result = Specialized(model, bound, notes)
     _propagate(result, known)
     _drop_dead_nodes(graph)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx.checker.ValidationError and friends
@@ -158,7 +158,7 @@ def fix_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> S
         if (result.inlined, result.folded) == before:
             break
     _drop_dead_nodes(result.model.graph)
-    _drop_unused_initializers(result.model.graph)
+    drop_unused_initializers(result.model.graph)
     result.notes = (  # one line: a variant's notes name the count, not every If
         [f"specialized to its static input shapes: {result.inlined} If node(s) inlined, {result.folded} folded"]
         if result.inlined or result.folded
@@ -365,11 +365,3 @@ def _outer_reads(node: Any) -> set[str]:
                 reads.update(i for inner in g.node for i in inner.input if i)
                 reads.update(o.name for o in g.output)
     return reads
-
-
-def _drop_unused_initializers(graph: Any) -> None:
-    """Initializers no node reads any more (the untaken branch's, the bound inputs' own)."""
-    used = {o.name for o in graph.output} | graph_inputs_read(graph)
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)

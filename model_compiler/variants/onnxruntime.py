@@ -519,13 +519,9 @@ def strip_zero_points(path: Path) -> int:
                 del node.input[2]
                 stripped += 1
     if stripped:
-        from tandem.model_compiler.model_io import graph_inputs_read
+        from tandem.model_compiler.model_io import drop_unused_initializers
 
-        # subgraphs count: Silero VAD's LSTM branch reads an outer initializer (pruning it made the model invalid)
-        used = graph_inputs_read(model.graph)
-        keep = [init for init in model.graph.initializer if init.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+        drop_unused_initializers(model.graph)  # subgraphs count (Silero VAD's LSTM branch)
         onnx.save(model, str(path))
     return stripped
 

@@ -33,7 +33,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
     none is left. Returns how many ops were folded."""
     from onnx import numpy_helper
 
-    from tandem.model_compiler.model_io import graph_inputs_read, graphs_within
+    from tandem.model_compiler.model_io import drop_unused_initializers, graphs_within
 
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
@@ -96,13 +96,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> int:
     if folded:
         del graph.node[:]
         graph.node.extend(kept)
-        used = graph_inputs_read(graph)
-        live = [init for init in graph.initializer if init.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(live)
-        info = [v for v in graph.value_info if v.name not in renamed]
-        del graph.value_info[:]
-        graph.value_info.extend(info)
+        drop_unused_initializers(graph, renamed)
     return folded
 
 

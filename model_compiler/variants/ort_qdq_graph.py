@@ -242,15 +242,9 @@ def unquantize(
         restored = [n for n in restored if n.op_type != "DequantizeLinear" or n.output[0] in read]
     del graph.node[:]
     graph.node.extend(restored)
-    from tandem.model_compiler.model_io import graph_inputs_read
+    from tandem.model_compiler.model_io import drop_unused_initializers
 
-    used = graph_inputs_read(graph)  # subgraphs count: they may read an outer initializer
-    live = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(live)
-    info = [v for v in graph.value_info if v.name not in gone]
-    del graph.value_info[:]
-    graph.value_info.extend(info)
+    drop_unused_initializers(graph, gone)
     return out
 
 
