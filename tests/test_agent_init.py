@@ -4,8 +4,10 @@ a failed start leaves nothing behind, `infer --config` finds the config's endpoi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +18,7 @@ import pytest
 from agent_fixtures import free_port, make_linear_softmax, make_model_dir
 from tandem.edge_agent.config import AgentConfig
 from tandem.edge_agent.errors import ModelLoadError
-from tandem.edge_agent.init_config import InitError, InitRequest, choose_health_port, join
+from tandem.edge_agent.init_config import MAX_IPC_PATH, InitError, InitRequest, choose_health_port, join
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
@@ -72,7 +74,12 @@ def test_init_registers_the_device_and_writes_a_config_that_loads(hub: object, m
     config = AgentConfig.load(out, env={})
     assert config.server.device_id == "cam-1" and config.server.tags == {"site": "lab"}
     assert config.model.dir == model_dir.resolve()
-    assert config.server.endpoint == f"ipc://{out.parent.resolve()}/cam-1-data/agent.sock"
+    # in the agent's data dir, unless that path is too long for a unix socket (a long temp dir: a long user
+    # name in /tmp/pytest-of-USER, or --basetemp), then in the runtime dir under the device's name
+    in_data_dir = f"{out.parent.resolve()}/cam-1-data/agent.sock"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    want = in_data_dir if len(in_data_dir) <= MAX_IPC_PATH else f"{runtime_dir}/tandem-agent-cam-1.sock"
+    assert config.server.endpoint == f"ipc://{want}"
     assert config.hard_examples.data_dir == out.parent.resolve() / "cam-1-data"
     assert config.telemetry.mqtt_url == hub.urls()["mqtt"]  # type: ignore[attr-defined]
     assert config.ota.enabled and config.ota.trusted_key == result.release_key_path
