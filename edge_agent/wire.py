@@ -125,14 +125,15 @@ class RequestTemplates:
         quarter of its time: one lookup by dtype and shape, and a C-contiguous little-endian array goes
         out as it is (a buffer; the socket copies what is small)."""
         rid = request_id.encode()
-        template = self._plain.get((array.dtype, array.shape))
-        if template is None or not rid or len(rid) > 0x7F:
-            frames = self.frames([array], request_id=request_id)
-            key = (None, "", None, pb.MODE_AUTO, False, "", (array.dtype, array.shape))
+        if not rid or len(rid) > 0x7F:  # no id, or one whose length takes more than a byte
+            return self.frames([array], request_id=request_id)
+        layout = (array.dtype, array.shape)
+        template = self._plain.get(layout)
+        if template is None:
+            template = self._template(None, [array], "", None, pb.MODE_AUTO, False, "")
             if len(self._plain) >= self._max:
                 self._plain.clear()
-            self._plain[(array.dtype, array.shape)] = self._templates[key]
-            return frames
+            self._plain[layout] = template
         head = template + _REQUEST_ID_TAG + bytes((len(rid),)) + rid
         if array.flags.c_contiguous and array.size and array.dtype.byteorder != ">" and array.dtype.kind != "V":
             return [head, array]
@@ -158,6 +159,28 @@ class RequestTemplates:
         else:
             names = None
             arrays = [v if type(v) is np.ndarray else np.asarray(v) for v in inputs]
+        template = self._template(names, arrays, model_name, threshold, mode, return_outputs, stream_id)
+        rid = request_id.encode()
+        head = template + _REQUEST_ID_TAG + _varint(len(rid)) + rid if rid else template
+        if traceparent:
+            tp = traceparent.encode()
+            if len(tp) > _TRACEPARENT_MAX:
+                raise BadRequestError(f"traceparent is {len(tp)} bytes; a W3C traceparent is 55")
+            head += _TRACEPARENT_TAG + _varint(len(tp)) + tp
+        return [head, *tensor_frames(arrays)]
+
+    def _template(
+        self,
+        names: tuple[str, ...] | None,
+        arrays: Sequence[np.ndarray],
+        model_name: str,
+        threshold: float | None,
+        mode: pb.Mode,
+        return_outputs: bool,
+        stream_id: str,
+    ) -> bytes:
+        """The header for this input layout and these options, without a request id: encoded (and every
+        limit checked) the first time, looked up after."""
         key = (names, model_name, threshold, mode, return_outputs, stream_id, *[(a.dtype, a.shape) for a in arrays])
         template = self._templates.get(key)
         if template is None:
@@ -173,14 +196,7 @@ class RequestTemplates:
             if len(self._templates) >= self._max:
                 self._templates.clear()
             self._templates[key] = template
-        rid = request_id.encode()
-        head = template + _REQUEST_ID_TAG + _varint(len(rid)) + rid if rid else template
-        if traceparent:
-            tp = traceparent.encode()
-            if len(tp) > _TRACEPARENT_MAX:
-                raise BadRequestError(f"traceparent is {len(tp)} bytes; a W3C traceparent is 55")
-            head += _TRACEPARENT_TAG + _varint(len(tp)) + tp
-        return [head, *tensor_frames(arrays)]
+        return template
 
 
 def _parse(message: Any, frame: Frame, what: str) -> Any:
