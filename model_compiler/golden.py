@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tandem.protocols.npz import read_npz
+
 GOLDEN_FILENAME = "golden.npz"
 DEFAULT_COUNT = 16
 
@@ -31,7 +33,6 @@ def write_golden(path: Path, inputs: dict[str, np.ndarray], outputs_by_variant: 
 def read_golden(
     path: Path, variant_id: str, input_names: list[str], n_outputs: int
 ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    with np.load(path, allow_pickle=False) as npz:
-        inputs = {name: npz[input_key(name)] for name in input_names}
-        outputs = [npz[output_key(variant_id, i)] for i in range(n_outputs)]
-    return inputs, outputs
+    keys = [input_key(name) for name in input_names] + [output_key(variant_id, i) for i in range(n_outputs)]
+    arrays = read_npz(path, keys)  # the agent's reader: no ast, safe beside other threads
+    return {name: arrays[input_key(name)] for name in input_names}, [arrays[k] for k in keys[len(input_names) :]]

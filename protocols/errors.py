@@ -2,6 +2,7 @@
 
     ContractError (ValueError)       base: the input breaks a contract; the message says which rule
     ├── ManifestError                manifest.json: a field missing, mistyped or inconsistent
+    ├── NpzFormatError               an .npz/.npy that is not plain numeric arrays (npz.py)
     ├── SignatureError               a signature that does not verify
     │   ├── UnsignedError            no signature where one is required
     │   └── UntrustedKeyError        signed by a key that is not trusted

@@ -225,3 +225,52 @@ def test_download_without_a_token_is_refused_with_the_status(hub, tmp_path):
             dl.fetch_json(f"{hub.http_url}/v1/models/{MODEL}/versions/1.1.0/manifest")
     finally:
         dl.close()
+
+
+def _flaky_golden_reader(monkeypatch, failures: int) -> list[int]:
+    """read_npz raising CPython 3.11's AST race error `failures` times, then reading for real."""
+    from tandem.edge_agent.ota import selftest, updater
+
+    real = selftest.read_npz
+    calls: list[int] = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise SystemError("AST constructor recursion depth mismatch (before=1, after=3)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(selftest, "read_npz", flaky)
+    monkeypatch.setattr(updater, "SELFTEST_RETRY_S", 0.01)
+    return calls
+
+
+def test_a_self_test_harness_error_is_retried_and_is_no_verdict_on_a_good_release(hub, tmp_path, monkeypatch):
+    calls = _flaky_golden_reader(monkeypatch, failures=1)
+    store = ModelStore(tmp_path / "store")
+    store.open()
+    store.install_initial(hub.releases["1.1.0"])
+    steps: list[tuple[str, str, str]] = []
+    switched: list[Path] = []
+    updater = Updater(
+        store,
+        load_public_key(hub.key.public_pem),
+        UpdaterConfig(
+            PROFILE, DownloadConfig(token=hub.test_token, attempts=2, backoff_s=0.01), WatchPolicy(watch_s=0.0)
+        ),
+        on_switch=switched.append,
+        publish=lambda step, result, reason, health: steps.append((step, result, reason)),
+    )
+    updater.run(_cmd(hub, "1.3.0"))  # passes its self-test (see ota_fixtures.releases)
+    names = [s[0] for s in steps]
+    assert names[:5] == ["downloading", "verifying", "staged", "self_test", "switched"], steps
+    assert len(calls) == 2 and switched == [store.slots / store.state.active.slot]
+
+
+def test_a_self_test_harness_error_that_persists_fails_as_one_not_as_a_bad_variant(hub, device, monkeypatch):
+    store, make, steps, switched = device
+    calls = _flaky_golden_reader(monkeypatch, failures=99)
+    assert make().run(_cmd(hub, "1.3.0")) == "failed"
+    _assert_refused(store, steps, switched, "failed", "self-test error: ")
+    assert "AST constructor recursion depth mismatch" in steps[-1][2] and "after 3 attempts" in steps[-1][2]
+    assert len(calls) == 3

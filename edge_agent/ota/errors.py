@@ -29,6 +29,16 @@ class SelfTestError(OtaError):
     code = "ota_self_test"
 
 
+class SelfTestHarnessError(OtaError):
+    """The self-test could not run (e.g. reading its golden file raised an internal error): no verdict on the variant.
+
+    The updater retries it a few times; only then does the install fail, reported as a self-test error rather
+    than as a variant that missed its golden outputs.
+    """
+
+    code = "ota_self_test_error"
+
+
 class StoreError(OtaError):
     """The on-disk A/B model store is unusable (unreadable state file, missing slot)."""
 

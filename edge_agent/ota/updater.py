@@ -18,16 +18,19 @@ from typing import Any, Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tandem.edge_agent.ota.download import DownloadConfig, Downloader
-from tandem.edge_agent.ota.errors import OtaError, SelfTestError, VerificationError
+from tandem.edge_agent.ota.errors import OtaError, SelfTestError, SelfTestHarnessError, VerificationError
 from tandem.edge_agent.ota.hubclock import CLOCK_TOLERANCE_S, HubClock
 from tandem.edge_agent.ota.machine import HealthFigures, State, WatchPolicy, advance, decide_health
-from tandem.edge_agent.ota.selftest import run_selftest
+from tandem.edge_agent.ota.selftest import SelfTestResult, run_selftest
 from tandem.edge_agent.ota.store import ModelStore, atomic_write
 from tandem.edge_agent.ota.verify import files_for, verify_files, verify_manifest_doc
-from tandem.protocols.manifest import MANIFEST_FILENAME, parse_version
+from tandem.protocols.manifest import MANIFEST_FILENAME, Manifest, Variant, parse_version
 from tandem.protocols.ota import OtaCommand
 
 log = logging.getLogger(__name__)
+
+SELFTEST_ATTEMPTS = 3  # a harness error (not a verdict) is retried this many times in all before the install fails
+SELFTEST_RETRY_S = 0.2  # the wait before the next attempt grows by this much each time
 
 Publish = Callable[[str, str, str, dict], None]  # (step, result, reason, health)
 SwitchHook = Callable[[Path], None]  # serve the model dir; raise if it cannot
@@ -125,7 +128,7 @@ class Updater:
             slot = self.store.stage(staging, cmd.version)
             self._enter("ok", f"variant {variant.id}")  # -> staged
             self._enter("ok", "")  # -> self_test
-            result = run_selftest(self.store.slots / slot, manifest, variant)
+            result = self._selftest(self.store.slots / slot, manifest, variant)
             baseline = self.health()  # the previous version's figures, up to now
             self.store.switch(slot, cmd.rollout_id)
         except (OtaError, OSError) as exc:
@@ -150,6 +153,17 @@ class Updater:
         return self._roll_back(f"the hub rolled back rollout {cmd.rollout_id}", {})
 
     # -- steps -----------------------------------------------------------------------
+
+    def _selftest(self, slot_dir: Path, manifest: Manifest, variant: Variant) -> SelfTestResult:
+        """The self-test, run again when the harness itself failed: an internal error is no verdict on the variant."""
+        for attempt in range(1, SELFTEST_ATTEMPTS + 1):
+            try:
+                return run_selftest(slot_dir, manifest, variant)
+            except SelfTestHarnessError as exc:
+                if attempt == SELFTEST_ATTEMPTS or self.cancel.wait(SELFTEST_RETRY_S * attempt):
+                    raise SelfTestHarnessError(f"{exc} (after {attempt} attempts)") from exc
+                log.warning("ota self-test harness error, retrying attempt=%d error=%s", attempt, exc)
+        raise AssertionError("unreachable")
 
     def _watch(self, cmd: OtaCommand, baseline: HealthFigures) -> State:
         policy = self.config.watch
@@ -188,7 +202,11 @@ class Updater:
         self.publish(self.state, "error" if self.state == "failed" else "ok", reason, health or {})
 
 
-_REASON_KINDS: dict[type[BaseException], str] = {VerificationError: "verification", SelfTestError: "self-test"}
+_REASON_KINDS: dict[type[BaseException], str] = {
+    VerificationError: "verification",
+    SelfTestError: "self-test",
+    SelfTestHarnessError: "self-test error",  # the test could not run; the variant was neither passed nor failed
+}
 
 
 def _reason(exc: BaseException) -> str:
