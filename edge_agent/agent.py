@@ -30,7 +30,7 @@ from tandem.edge_agent.trust import TrustPolicy, check_model_dir
 from tandem.edge_agent.observe import RequestObserver
 from tandem.edge_agent.policy import ConfidencePolicy, PolicyError, resolve_threshold, task_policy_for
 from tandem.edge_agent.server import Concurrency, ZmqServer
-from tandem.edge_agent.service import InferenceService
+from tandem.edge_agent.service import FALLBACK_GRACE_S, InferenceService
 from tandem.edge_agent.serving import Serving
 from tandem.hardware_profiles import ProfileError, get_profile
 from tandem.hardware_profiles.runtimes.batching import MicroBatcher
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 FALLBACK_THREADS = 8
+EXECUTOR_DRAIN_MARGIN_S = 0.5  # at stop, past the fallback deadline, for a hub call's result to be counted
 SWAP_FLIP_TIMEOUT_S = 5.0
 DRAIN_GRACE_S = 5.0  # beyond the fallback deadline, for requests of the old model still in flight
 
@@ -156,9 +157,9 @@ class Agent:
             self._stop_ota,
             self._stop_health,
             self._stop_server,
+            self._stop_executor,  # before telemetry: a shadow or cloud call still running lands in the last window
             self._stop_telemetry,
             self._stop_serving,
-            self._stop_executor,
             self._stop_hard_examples,
             self._close_fallback,
             self._close_tracer,
@@ -567,9 +568,22 @@ class Agent:
             serving.close()
 
     def _stop_executor(self) -> None:
-        if self._executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        """Drop queued hub calls, and wait (bounded by the fallback deadline) for those already running.
+
+        A running shadow call counts in the agent's metrics and in its telemetry window when it ends;
+        stopping telemetry first left such a result in the metrics and in no window.
+        """
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        executor.shutdown(wait=False, cancel_futures=True)
+        drain = threading.Thread(
+            target=executor.shutdown, kwargs={"wait": True}, name="agent-fallback-drain", daemon=True
+        )
+        drain.start()
+        drain.join(self.config.fallback.deadline_ms / 1000 + FALLBACK_GRACE_S + EXECUTOR_DRAIN_MARGIN_S)
+        if drain.is_alive():
+            log.warning("agent stop: a hub call outlived its deadline; its result will not reach telemetry")
 
     def _stop_hard_examples(self) -> None:
         if self.hard_examples:

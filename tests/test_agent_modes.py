@@ -265,3 +265,76 @@ def test_mode_keys_live_in_their_own_section_and_bad_values_name_the_key(models,
     )
     with pytest.raises(ConfigError, match=r"mode\.budget_rps \(from TANDEM_AGENT_MODE_BUDGET_RPS\): expected a number"):
         AgentConfig.from_mapping({}, env={**env, "TANDEM_AGENT_MODE_BUDGET_RPS": "fast"})
+
+
+class _SlowHub:
+    """A v2 gRPC hub that answers ModelInfer `delay_s` late, by forwarding to a real one (a slow link)."""
+
+    def __init__(self, real_address: str, delay_s: float) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        from tandem.protocols import inference_pb2_grpc as pb_grpc
+
+        channel = grpc.insecure_channel(real_address)
+        real = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+            def ServerReady(self, request, context):  # noqa: N802 - the v2 method name
+                return real.ServerReady(request, timeout=10)
+
+            def ModelInfer(self, request, context):  # noqa: N802
+                time.sleep(delay_s)
+                return real.ModelInfer(request, timeout=10)
+
+        self.channel = channel
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(0)
+        self.channel.close()
+
+
+def test_a_shadow_call_running_at_stop_lands_in_the_last_telemetry_window(models, hub, test_x, tmp_path):
+    from tandem.edge_agent.telemetry.outbox import Outbox
+    from tandem.edge_agent.telemetry.service import OUTBOX_FILENAME
+    from tandem.protocols import topics
+    from tandem.protocols.telemetry_codec import decode_window
+
+    slow = _SlowHub(hub.address, delay_s=0.6)
+    try:
+        cfg = config(
+            models,
+            tmp_path,
+            slow.address,
+            "shadow-stop",
+            {
+                "mode.default": "shadow",
+                "mode.shadow_sample_rate": 1.0,
+                "fallback.deadline_ms": 5000,
+                "telemetry.mqtt_url": f"mqtt://127.0.0.1:{free_port()}",  # no broker: windows wait on disk
+                "telemetry.window_s": 3600,
+            },
+        )
+        agent = Agent(cfg).start()
+        try:
+            with AgentClient(agent.endpoint) as client:
+                assert client.infer(test_x[:1], threshold=1.0).source == "edge"  # its shadow call takes 0.6 s
+            assert agent.metrics.shadow_samples == 0  # still running when the agent is told to stop
+        finally:
+            agent.stop()
+        assert agent.metrics.shadow_samples == 1  # the stop waited for it
+    finally:
+        slow.close()
+    [path] = list(tmp_path.rglob(OUTBOX_FILENAME))
+    box = Outbox(path)
+    try:
+        windows = [decode_window(p.payload) for p in box.next_batch() if p.kind == topics.TELEMETRY]
+    finally:
+        box.close()
+    assert sum(w.shadow_samples for w in windows) == 1  # with telemetry stopped first: 0, though the metrics said 1
+    assert sum(w.requests.edge for w in windows) == 1
