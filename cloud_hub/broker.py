@@ -59,6 +59,9 @@ class BrokerHandle(Protocol):
     def stop(self) -> None: ...
 
 
+PICK_PORT_ATTEMPTS = 3  # mosquitto started on a port picked for it: tries before giving up
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -106,7 +109,25 @@ class MosquittoBroker:
         check_persistence_dir(workdir / "data")
         if port:
             check_port_free(host, port)
-        port = port or free_port(host)
+        chosen = port
+        for attempt in range(1, PICK_PORT_ATTEMPTS + 1):
+            # a port picked here is free now, not when mosquitto binds it: another process can take it in
+            # between (seen with parallel test runs); then mosquitto exits with "Address already in use"
+            port = chosen or free_port(host)
+            try:
+                process = cls._launch(exe, workdir, host, port, tls_pki)
+                break
+            except BrokerError as exc:
+                if chosen or attempt == PICK_PORT_ATTEMPTS or "in use" not in str(exc):
+                    raise
+                log.warning("mosquitto could not bind the port it was given (%s); picking another", port)
+        broker = cls(process=process, host=host, port=port, tls=tls_pki is not None)
+        log.info("mosquitto started pid=%d url=%s", process.pid, broker.url)
+        return broker
+
+    @staticmethod
+    def _launch(exe: str, workdir: Path, host: str, port: int, tls_pki: Any) -> subprocess.Popen:
+        """Write the config for `port` and start mosquitto on it; BrokerError with its log's tail if it does not come up."""
         conf = workdir / "mosquitto.conf"
         if tls_pki is not None:
             from tandem.cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
@@ -145,9 +166,7 @@ class MosquittoBroker:
             process.wait(5)
             tail = (workdir / "mosquitto.log").read_bytes()[log_start:].decode(errors="replace")[-500:]
             raise BrokerError(f"mosquitto did not start on {host}:{port}: {tail.strip() or 'no output'}")
-        broker = cls(process=process, host=host, port=port, tls=tls_pki is not None)
-        log.info("mosquitto started pid=%d url=%s", process.pid, broker.url)
-        return broker
+        return process
 
     def stop(self) -> None:
         if self.process.poll() is None:

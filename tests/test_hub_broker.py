@@ -60,6 +60,32 @@ def test_mosquitto_broker_round_trip_with_generated_config(tmp_path):
     assert broker.process.poll() is not None
 
 
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto not installed (apt-get install mosquitto)")
+def test_a_picked_port_taken_before_mosquitto_binds_it_is_picked_again(tmp_path, monkeypatch):
+    import socket
+
+    from tandem.cloud_hub import broker as broker_module
+
+    with socket.socket() as squatter:  # takes the first port the hub picks, between the pick and the bind
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(4)
+        taken = squatter.getsockname()[1]
+        picks = [taken]
+        real_free_port = broker_module.free_port
+        monkeypatch.setattr(
+            broker_module, "free_port", lambda host="127.0.0.1": picks.pop(0) if picks else real_free_port(host)
+        )
+        broker = MosquittoBroker.start(tmp_path / "mosquitto")
+        try:
+            assert broker.port != taken and broker.process.poll() is None
+            assert round_trip(broker.url) == b"hello fleet"
+        finally:
+            broker.stop()
+        # a port the operator chose is never swapped for another: the error names it
+        with pytest.raises(broker_module.BrokerError, match=f"127.0.0.1:{taken}"):
+            MosquittoBroker.start(tmp_path / "mosquitto2", port=taken)
+
+
 def test_auto_picks_mosquitto_when_installed(tmp_path):
     broker = start_broker("auto", tmp_path / "m")
     try:
