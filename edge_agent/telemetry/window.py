@@ -278,8 +278,13 @@ class WindowAggregator:
         self._raw_bytes = 0
 
     def due(self, now: float) -> bool:
-        """The open window has lasted window_s (whether or not it holds requests)."""
-        return now - self.start >= self.config.window_s
+        """The open window has lasted window_s (whether or not it holds requests), or the clock went back.
+
+        A wall clock stepped back (NTP, an RTC reset) would otherwise hold the window open for as
+        long as it went back: an hour back, an hour of silence. Closing it at once costs one short
+        window (end_unix is clamped to start_unix); the next is timed from the new clock."""
+        elapsed = now - self.start
+        return elapsed >= self.config.window_s or elapsed < 0
 
     def close(self, now: float) -> TelemetryWindow | None:
         """End the open window and start the next; None when it was empty (unless emit_empty)."""
