@@ -350,6 +350,19 @@ def resume_after_restart(r: Rollout, now: float) -> None:
         r.wave_clock_from = now
 
 
+def clock_stepped(r: Rollout, step_s: float) -> None:
+    """The hub's wall clock was stepped by `step_s` (NTP, a resumed VM): the wave keeps its elapsed time.
+
+    Its timeout is a duration: unshifted, a step forward past wave_timeout_s halts a healthy wave (and
+    rolls it back), a step back adds the step to it. After a step back, windows are received at times
+    before wave_opened_at: the data window moves back with the clock so they still count."""
+    if r.status not in ACTIVE_STATUSES:
+        return
+    r.wave_clock_from = max(r.wave_opened_at, r.wave_clock_from) + step_s
+    if step_s < 0:
+        r.wave_opened_at += step_s
+
+
 def gate_problem(r: Rollout, drift_alerts: int) -> str | None:
     """The first gate figure out of bounds for the opened devices, or None."""
     g = r.gates

@@ -65,7 +65,7 @@ class DeviceStateOut(_Out):
 
 class EventDetailOut(_Out):
     """What an event says; which fields are present depends on its kind (created, wave_opened,
-    device_step, gate_passed, quality_gate, halted, completed, rollback_sent, rolled_back, ...).
+    device_step, gate_passed, quality_gate, halted, completed, rollback_sent, rolled_back, clock_stepped, ...).
     In a quality_gate event `wave` and `control` are the cohorts' figures, elsewhere counts."""
 
     devices: int | None = None

@@ -43,6 +43,7 @@ from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 log = logging.getLogger(__name__)
 
 DriftAlerts = Callable[[str, str], int]  # (model, version) -> open drift alerts
+CLOCK_STEP_TOLERANCE_S = 5.0  # wall minus monotonic advance between two ticks that counts as a step
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps the rollouts session (and queues statuses) this long
 
 # (device ids, since) -> their sums per (device, model version) over the windows received since then
@@ -72,6 +73,7 @@ class RolloutService:
         drift_alerts: DriftAlerts | None = None,
         clock: Callable[[], float] = time.time,
         device_windows: DeviceWindows | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -82,6 +84,8 @@ class RolloutService:
         self.device_windows = device_windows
         self._quality: dict[str, tuple[Any, float, quality.Comparison]] = {}  # rollout -> (query, at, figures)
         self.clock = clock
+        self._monotonic = monotonic
+        self._last_clocks: tuple[float, float] | None = None  # (wall, monotonic) at the last tick
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {r.rollout_id: r for r in store.active()}
         for r in self._rollouts.values():  # loaded after a hub restart: downtime does not count against a wave
@@ -227,10 +231,11 @@ class RolloutService:
         client.subscribe([(topics.all_devices(topics.OTA_STATUS), 1), (topics.all_devices(topics.STATUS), 1)])
 
     def _run(self) -> None:
-        next_tick = self.clock()
+        # paced on the monotonic clock: a wall clock stepped back an hour would stop the ticks for that hour
+        next_tick = self._monotonic()
         while not self._stop.is_set():
             try:
-                item = self._inbox.get(timeout=max(0.0, next_tick - self.clock()))
+                item = self._inbox.get(timeout=max(0.0, next_tick - self._monotonic()))
             except queue.Empty:
                 item = ()  # type: ignore[assignment]
             if item is None:
@@ -238,9 +243,9 @@ class RolloutService:
             try:
                 if item:
                     self._handle(*item)
-                if self.clock() >= next_tick:
+                if self._monotonic() >= next_tick:
                     self._tick()
-                    next_tick = self.clock() + self.config.tick_s
+                    next_tick = self._monotonic() + self.config.tick_s
             except Exception:  # one bad message or a DB hiccup must not stop rollouts
                 log.exception("rollouts worker error")
 
@@ -298,9 +303,27 @@ class RolloutService:
                 n += len(sends)
         return n
 
+    def _clock_step(self) -> float:
+        """How far the wall clock was stepped since the last call (0.0 within CLOCK_STEP_TOLERANCE_S):
+        the wall clock's advance less the monotonic clock's."""
+        wall, mono = self.clock(), self._monotonic()
+        last, self._last_clocks = self._last_clocks, (wall, mono)
+        if last is None:
+            return 0.0
+        step = (wall - last[0]) - (mono - last[1])
+        return step if abs(step) > CLOCK_STEP_TOLERANCE_S else 0.0
+
     def _tick(self) -> None:
+        step = self._clock_step()
+        if step:
+            log.warning("rollouts: the hub's wall clock stepped %+.0fs; waves keep their elapsed time", step)
         with self._lock:
             for r in list(self._rollouts.values()):
+                if step and r.status in ctl.ACTIVE_STATUSES:
+                    ctl.clock_stepped(r, step)
+                    self._commit(
+                        r, [], [ctl.Event("clock_stepped", {"reason": f"hub wall clock stepped {step:+.0f}s"})]
+                    )
                 if r.status != "running":
                     continue
                 drift = self.drift_alerts(r.model, r.version) if self.drift_alerts else 0
@@ -315,9 +338,9 @@ class RolloutService:
         q = ctl.quality_query(r)
         if q is None or self.device_windows is None:
             return None
-        now = self.clock()
+        now, at = self.clock(), self._monotonic()  # the cache's age on the monotonic clock, like the ticks
         cached = self._quality.get(r.rollout_id)
-        if cached is not None and cached[0] == q and now - cached[1] < self.config.quality_interval_s:
+        if cached is not None and cached[0] == q and at - cached[1] < self.config.quality_interval_s:
             return cached[2]
         figures = quality.compare_sums(
             q,
@@ -325,7 +348,7 @@ class RolloutService:
             self.device_windows(list(q.control_devices), q.since),
             now,
         )
-        self._quality[r.rollout_id] = (q, now, figures)
+        self._quality[r.rollout_id] = (q, at, figures)
         return figures
 
     def _commit(self, r: Rollout, sends: builtins.list[Send], events: builtins.list[ctl.Event]) -> None:
