@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 import json
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,18 @@ def add_check_command(sub: Any) -> None:
     p = sub.add_parser(
         "check",
         help="check every database in a data dir and re-verify stored manifest signatures",
-        description="Integrity check and a full read of every table of every *.sqlite in the data dir, "
-        "then each registered manifest's signature against the hub's release key. With a PostgreSQL "
-        "database (--database-url, or the config's storage.database_url): each store's schema and "
-        "migration version, a full read of every table, no invalid index, and the manifests stored there. "
-        "One line per problem naming file (or schema) and table; exit 1 if any. Safe beside a running "
-        "hub (read-only).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the examples' lines; the text is wrapped here
+        description=textwrap.fill(
+            "Integrity check and a full read of every table of every *.sqlite in the data dir, "
+            "then each registered manifest's signature against the hub's release key. With a PostgreSQL "
+            "database (--database-url, or the config's storage.database_url): each store's schema and "
+            "migration version, a full read of every table, no invalid index, and the manifests stored there. "
+            "One line per problem naming file (or schema) and table; exit 1 if any. Safe beside a running "
+            "hub (read-only).",
+            79,
+        ),
+        epilog="examples:\n  tandem-hub check --data-dir ./tandem-data\n"
+        "  tandem-hub check --database-url postgresql://tandem:PW@db:5432/tandem --json",
     )
     p.add_argument("--data-dir", type=Path, help="the hub's data dir (default: the hub config's)")
     p.add_argument("--config", type=Path, help="hub config TOML (for its data_dir and storage.database_url)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +17,7 @@ import tandem
 from tandem.cloud_hub.cli_output import ago, table
 from tandem.cloud_hub.client import DEFAULT_URL, HubClient
 from tandem.cloud_hub.errors import HubError
-from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging
+from tandem.protocols.cli_options import PRECEDENCE, add_action, add_log_level, configure_logging, os_error_line
 from tandem.protocols.stop_signal import StopSignal
 
 EPILOG = f"""examples:
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except HubError as exc:
         print(f"tandem-hub: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a --data-dir or --dir that is a file, no permission, a full disk: one line
+        logging.getLogger(__name__).debug("file error", exc_info=True)
+        print(f"tandem-hub: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -61,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the hub (REST console, MQTT broker, telemetry, rollouts, gRPC inference)",
         description="Run the hub in the foreground until Ctrl-C. Flags override TANDEM_HUB_* env "
         "vars, which override --config.",
+        epilog="examples:\n"
+        "  tandem-hub serve --model-dir out/digits-cloud --data-dir ./tandem-data\n"
+        "  tandem-hub serve --config hub.toml --http-port 0 --grpc-port 0   # any free ports; the URLs are printed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--config", type=Path, help="TOML file with hub settings ([http], [grpc], [mqtt], ... sections)")
     serve.add_argument("--data-dir", type=Path, help="database, artifacts and keys (default ./tandem-data)")
@@ -142,21 +151,54 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve, default_log_level="info")
 
     models = _group(sub, "models", "register and list models")
-    p = _remote(models.add_parser("register", help="upload a compiled model directory (versions are immutable)"))
+    p = _remote(
+        add_action(
+            models,
+            "register",
+            "upload a compiled model directory (versions are immutable)",
+            "tandem-hub models register out/digits-edge",
+        )
+    )
     p.add_argument("dir", type=Path, help="a directory written by tandem-compile (with manifest.json)")
     p.set_defaults(func=cmd_models_register)
-    p = _remote(_paged(models.add_parser("list", help="list models, or the versions of one with --name")))
+    p = _remote(
+        _paged(
+            add_action(
+                models,
+                "list",
+                "list models, or the versions of one with --name",
+                "tandem-hub models list",
+                "tandem-hub models list --name digits-edge --json",
+            )
+        )
+    )
     p.add_argument("--name", help="show the versions of this model")
     p.set_defaults(func=cmd_models_list)
-    p = _remote(models.add_parser("show", help="a version's variants per profile (--json: the signed manifest)"))
-    p.add_argument("name")
-    p.add_argument("version")
+    p = _remote(
+        add_action(
+            models,
+            "show",
+            "a version's variants per profile (--json: the signed manifest)",
+            "tandem-hub models show digits-edge 1.0.0",
+        )
+    )
+    p.add_argument("name", help="the model's name, e.g. digits-edge")
+    p.add_argument("version", help="MAJOR.MINOR.PATCH, e.g. 1.0.0")
     p.set_defaults(func=cmd_models_show)
 
     devices = _group(sub, "devices", "list devices")
-    p = _remote(_paged(devices.add_parser("list", help="list devices with status and model")))
-    p.add_argument("--status", choices=("online", "offline"))
-    p.add_argument("--profile")
+    p = _remote(
+        _paged(
+            add_action(
+                devices,
+                "list",
+                "list devices with status and model",
+                "tandem-hub devices list --status offline --tag site=lyon",
+            )
+        )
+    )
+    p.add_argument("--status", choices=("online", "offline"), help="only devices online or offline")
+    p.add_argument("--profile", help="only devices of this hardware profile, e.g. cpu-arm")
     p.add_argument("--tag", action="append", default=[], help="key=value (repeatable; all must match)")
     p.set_defaults(func=cmd_devices_list)
 
@@ -167,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="print (or save) the hub's public release key, PEM",
             description="Agents verify every manifest with this key: copy it to each device "
             "(e.g. --out /etc/tandem/release.pub.pem).",
+            epilog="example:\n  tandem-hub keys release --out release.pub.pem",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
     p.add_argument("--out", type=Path, help="write the PEM to this file instead of printing it")
@@ -180,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
             description="With --data-dir (or without a hub URL) the token is written straight into "
             "that data dir's database: this is how the first admin token is made. "
             "Otherwise it is created over REST with an admin token.",
+            epilog="examples:\n  tandem-hub tokens create --scope admin --name me --data-dir ./tandem-data\n"
+            "  tandem-hub tokens create --scope read --name grafana --url http://127.0.0.1:8080   # over REST, "
+            "TANDEM_HUB_TOKEN admin",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
     p.add_argument(
@@ -191,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="who or what uses it, e.g. ci, grafana, cam-017")
     p.add_argument("--data-dir", type=Path, help="create it in this local hub data dir instead of over REST")
     p.set_defaults(func=cmd_tokens_create)
-    p = _remote(tokens.add_parser("list", help="list tokens (never their secrets)"))
+    p = _remote(add_action(tokens, "list", "list tokens (never their secrets)", "tandem-hub tokens list --json"))
     p.set_defaults(func=cmd_tokens_list)
-    p = _remote(tokens.add_parser("revoke", help="revoke a token by id"))
-    p.add_argument("token_id")
+    p = _remote(add_action(tokens, "revoke", "revoke a token by id", "tandem-hub tokens revoke 3f9a0c1d2b4e"))
+    p.add_argument(
+        "token_id", help="the token's id (12 hex characters, as `tandem-hub tokens list` shows it; not its secret)"
+    )
     p.set_defaults(func=cmd_tokens_revoke)
 
     from tandem.cloud_hub.check_cli import add_check_command
@@ -234,8 +284,8 @@ def _remote(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _paged(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many rows first (default 0)")
     return p
 
 

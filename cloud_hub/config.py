@@ -448,6 +448,9 @@ class HubConfig:
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         try:
             data = config_loader.read_toml(path) if path is not None else {}
+        except config_loader.ConfigValueError as exc:  # its message names the file already
+            raise ConfigError(str(exc)) from None
+        try:
             _refuse_flat(data)
             return _loading(lambda: config_loader.build(cls, data, env=env, prefix=ENV_PREFIX, overrides=given))
         except (config_loader.ConfigValueError, ConfigError) as exc:

@@ -16,6 +16,7 @@ from tandem.cloud_hub.cli_output import ago, table
 from tandem.cloud_hub.client import DEFAULT_URL, HubClient
 from tandem.cloud_hub.errors import InvalidInputError
 from tandem.cloud_hub.rollouts.controller import GatePolicy
+from tandem.protocols.cli_options import add_action
 
 GATE_KEYS = {f.name: f.type for f in dataclasses.fields(GatePolicy)}
 
@@ -43,12 +44,15 @@ def add_ota_commands(sub: Any) -> None:
     rollout = actions.add_parser("rollout", help="start a rollout", description="start a rollout")
     rollout.set_defaults(func=lambda args: (rollout.print_help(), 2)[1])
     start = _remote(
-        rollout.add_subparsers(metavar="ACTION").add_parser(
-            "start", help="roll a registered model version out in waves"
+        add_action(
+            rollout.add_subparsers(metavar="ACTION"),
+            "start",
+            "roll a registered model version out in waves",
+            "tandem-hub ota rollout start --model digits-edge --version 1.1.0 --select profile=cpu-x86 --waves 5,25,100",
         )
     )
-    start.add_argument("--model", required=True)
-    start.add_argument("--version", required=True)
+    start.add_argument("--model", required=True, help="a registered model's name")
+    start.add_argument("--version", required=True, help="its registered version, MAJOR.MINOR.PATCH")
     start.add_argument("--select", default="", help="profile=...,KEY=VALUE (device tags); all must match")
     start.add_argument("--waves", default="5,25,100", help="cumulative percentages ending at 100 (default 5,25,100)")
     start.add_argument(
@@ -61,8 +65,16 @@ def add_ota_commands(sub: Any) -> None:
     start.add_argument("--device", action="append", dest="devices", help="only these device ids (repeatable)")
     start.set_defaults(func=cmd_start)
 
-    status = _remote(actions.add_parser("status", help="list rollouts, or show one"))
-    status.add_argument("rollout_id", nargs="?")
+    status = _remote(
+        add_action(
+            actions,
+            "status",
+            "list rollouts, or show one",
+            "tandem-hub ota status",
+            "tandem-hub ota status ro-1a2b3c4d5e",
+        )
+    )
+    status.add_argument("rollout_id", nargs="?", help="one rollout's id (default: list them all)")
     status.add_argument("--events", type=int, default=20, help="recent steps to show for one rollout")
     status.set_defaults(func=cmd_status)
 
@@ -72,8 +84,8 @@ def add_ota_commands(sub: Any) -> None:
         ("abort", "stop for good; devices keep what they run"),
         ("rollback", "tell every device that took the version to go back"),
     ):
-        p = _remote(actions.add_parser(name, help=text))
-        p.add_argument("rollout_id")
+        p = _remote(add_action(actions, name, text, f"tandem-hub ota {name} ro-1a2b3c4d5e"))
+        p.add_argument("rollout_id", help="the rollout's id, as `tandem-hub ota status` lists it")
         p.set_defaults(func=cmd_action, action=name)
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from tandem.cloud_hub.cli_output import table
 from tandem.cloud_hub.mqtt_security import MosquittoTlsConfig, write_mosquitto_config
-from tandem.cloud_hub.pki import Pki
+from tandem.cloud_hub.pki import CERT_DAYS, Pki
+from tandem.protocols.cli_options import add_action
 
 DEFAULT_DIR = Path("tandem-data") / "pki"
 
@@ -37,7 +38,14 @@ def add_pki_commands(sub: Any) -> None:
     pki.set_defaults(func=lambda args: (pki.print_help(), 2)[1])
     actions = pki.add_subparsers(metavar="ACTION")
 
-    p = _dir(actions.add_parser("init", help="create the CA, the hub's certificates and an empty CRL"))
+    p = _dir(
+        add_action(
+            actions,
+            "init",
+            "create the CA, the hub's certificates and an empty CRL",
+            "tandem-hub pki init --hostname hub.example.org --dir tandem-data/pki",
+        )
+    )
     p.add_argument(
         "--hostname",
         action="append",
@@ -49,23 +57,48 @@ def add_pki_commands(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_init)
 
-    p = _dir(actions.add_parser("issue", help="issue a device's client certificate (CN = device id)"))
-    p.add_argument("device_id")
-    p.add_argument("--days", type=int, default=825)
+    p = _dir(
+        add_action(
+            actions,
+            "issue",
+            "issue a device's client certificate (CN = device id)",
+            "tandem-hub pki issue cam-017 --days 365   # -> <dir>/devices/cam-017/{ca,client}.crt, client.key",
+        )
+    )
+    p.add_argument("device_id", help="the device's id, as `tandem-agent init --device-id` gives it")
+    p.add_argument("--days", type=int, default=CERT_DAYS, help=f"validity in days (default {CERT_DAYS})")
     p.set_defaults(func=cmd_issue)
 
-    p = _dir(actions.add_parser("revoke", help="revoke a device's certificates and rewrite the CRL"))
-    p.add_argument("device_id")
+    p = _dir(
+        add_action(
+            actions,
+            "revoke",
+            "revoke a device's certificates and rewrite the CRL",
+            "tandem-hub pki revoke cam-017",
+        )
+    )
+    p.add_argument("device_id", help="the device whose certificates stop working")
     p.set_defaults(func=cmd_revoke)
 
-    p = _dir(actions.add_parser("list", help="issued certificates"))
+    p = _dir(
+        add_action(
+            actions, "list", "issued certificates: name, kind, serial, expiry, revocation", "tandem-hub pki list"
+        )
+    )
     p.set_defaults(func=cmd_list)
 
-    p = _dir(actions.add_parser("mosquitto-conf", help="write a Mosquitto config: TLS listener, client certs, ACL"))
+    p = _dir(
+        add_action(
+            actions,
+            "mosquitto-conf",
+            "write a Mosquitto config: TLS listener, client certs, ACL",
+            "tandem-hub pki mosquitto-conf --port 8883 --out tandem-data/mosquitto-tls",
+        )
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for mosquitto.conf and acl")
-    p.add_argument("--port", type=int, default=8883)
+    p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--no-persistence", action="store_true")
+    p.add_argument("--no-persistence", action="store_true", help="do not keep queued messages across restarts")
     p.set_defaults(func=cmd_mosquitto_conf)
 
 

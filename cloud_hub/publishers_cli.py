@@ -12,8 +12,9 @@ from typing import Any
 
 from tandem.cloud_hub.cli_output import table
 from tandem.cloud_hub.config import HubConfig
-from tandem.cloud_hub.errors import InvalidInputError
+from tandem.cloud_hub.errors import InvalidInputError, NotFoundError
 from tandem.cloud_hub.publishers import TrustedPublishers
+from tandem.protocols.cli_options import add_action
 
 EPILOG = """examples:
   tandem-hub publishers add ~/.tandem/keys/publisher.ed25519.pub.pem --name ml-team
@@ -34,14 +35,30 @@ def add_publisher_commands(sub: Any) -> None:
     )
     group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
     actions = group.add_subparsers(metavar="ACTION")
-    p = _dir(actions.add_parser("add", help="trust a publisher's public key (a *.pub.pem file)"))
-    p.add_argument("pem", type=Path)
+    p = _dir(
+        add_action(
+            actions,
+            "add",
+            "trust a publisher's public key (a *.pub.pem file)",
+            "tandem-hub publishers add ~/.tandem/keys/publisher.ed25519.pub.pem --name ml-team",
+        )
+    )
+    p.add_argument("pem", type=Path, help="the public half tandem-compile wrote beside its key (*.pub.pem)")
     p.add_argument("--name", default="", help="who holds the key, shown by list")
     p.set_defaults(func=cmd_add)
-    p = _dir(actions.add_parser("list", help="the trusted publisher keys"))
+    p = _dir(
+        add_action(actions, "list", "the trusted publisher keys", "tandem-hub publishers list --data-dir ./tandem-data")
+    )
     p.set_defaults(func=cmd_list)
-    p = _dir(actions.add_parser("remove", help="stop trusting a key (by key id, see list)"))
-    p.add_argument("key_id")
+    p = _dir(
+        add_action(
+            actions,
+            "remove",
+            "stop trusting a key (by key id, see list)",
+            "tandem-hub publishers remove 3f9a0c1d2b4e5f60",
+        )
+    )
+    p.add_argument("key_id", help="16 hex characters, as `tandem-hub publishers list` shows it")
     p.set_defaults(func=cmd_remove)
 
 
@@ -50,8 +67,13 @@ def _dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _store(args: argparse.Namespace) -> TrustedPublishers:
-    return TrustedPublishers(HubConfig.load(overrides={"data_dir": args.data_dir}).publishers_dir)
+def _store(args: argparse.Namespace, *, create: bool = False) -> TrustedPublishers:
+    """The data dir's publisher store; `list` and `remove` refuse a data dir that does not exist (a typo in
+    --data-dir would otherwise read as "no trusted publishers"), `add` creates it."""
+    config = HubConfig.load(overrides={"data_dir": args.data_dir})
+    if not create and not config.data_dir.is_dir():
+        raise NotFoundError(f"{config.data_dir}: no such data dir (give the hub's --data-dir)")
+    return TrustedPublishers(config.publishers_dir)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -59,7 +81,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         pem = args.pem.read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"{args.pem}: {exc.strerror or exc}") from exc
-    added = _store(args).add(pem, args.name)
+    added = _store(args, create=True).add(pem, args.name)
     print(f"trusted publisher {added.key_id}" + (f" ({added.name})" if added.name else ""))
     return 0
 

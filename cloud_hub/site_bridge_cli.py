@@ -39,6 +39,7 @@ def add_site_broker_commands(sub: Any) -> None:
     p = actions.add_parser(
         "conf",
         help="issue the site's bridge certificate (once) and write its mosquitto.conf",
+        description="Issue the site's bridge certificate (once) and write its mosquitto.conf.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

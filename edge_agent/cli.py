@@ -16,8 +16,8 @@ import numpy as np
 
 import tandem
 from tandem.edge_agent.config import ENV_PREFIX, SECTIONS, AgentConfig, default_endpoint
-from tandem.edge_agent.errors import AgentError, exit_code
-from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging
+from tandem.edge_agent.errors import AgentError, ConfigError, exit_code
+from tandem.protocols.cli_options import PRECEDENCE, add_log_level, configure_logging, os_error_line
 from tandem.protocols.stop_signal import StopSignal
 
 if TYPE_CHECKING:
@@ -60,7 +60,15 @@ def _load_config(args: argparse.Namespace) -> AgentConfig:
     if args.config is not None:
         config = AgentConfig.load(args.config)
     else:
-        config = AgentConfig.from_mapping({"model": {"dir": str(args.model_dir)}} if args.model_dir else {})
+        try:
+            config = AgentConfig.from_mapping({"model": {"dir": str(args.model_dir)}} if args.model_dir else {})
+        except ConfigError as exc:
+            if not str(exc).startswith("model.dir: required"):
+                raise
+            raise ConfigError(
+                f"no config and no model: give --config agent.toml (`tandem-agent init` writes one), "
+                f"--model-dir DIR or {ENV_PREFIX}MODEL_DIR"
+            ) from None
     overrides = {
         k: v
         for k, v in (
@@ -128,7 +136,14 @@ def _status(args: argparse.Namespace) -> int:
     import urllib.request
 
     url = args.url
+    if url is None and args.config is None and args.http_port:  # no config needed to ask a known port
+        url = f"http://127.0.0.1:{args.http_port}"
     if url is None:
+        if args.config is None and args.http_port is None and not os.environ.get(f"{ENV_PREFIX}HEALTH_HTTP_PORT"):
+            raise AgentError(
+                "status asks a running agent's health server: give --config agent.toml (its health.http_port) "
+                "or --url http://127.0.0.1:PORT"
+            )
         config = _load_config(args)
         if not config.health.http_port:
             raise AgentError("status needs the agent's health server: set health.http_port in the config, or --url")
@@ -294,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="serve until SIGTERM/SIGINT",
         description="Load the model and serve the local API.",
-        epilog=config_keys_help(),
+        epilog="examples:\n  tandem-agent run --config agent.toml\n"
+        "  tandem-agent run --model-dir out/digits-edge --endpoint tcp://127.0.0.1:5555 --http-port 9464\n\n"
+        + config_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_args(run)
@@ -306,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate the configuration, verify the model files and open the runtime; with "
         "[fallback] hub_url, ask the hub whether it serves the model this agent will ask for (a hub that "
         "does not is a configuration error, exit 2).",
-        epilog=config_keys_help(),
+        epilog="examples:\n  tandem-agent check --config agent.toml\n"
+        "  tandem-agent check --model-dir out/digits-edge --no-hub --json   # inputs' names, dtypes, shapes\n\n"
+        + config_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_args(check)
@@ -323,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show a running agent's model, OTA state and telemetry outbox",
         description="Read /healthz of a running agent (its health.http_port).",
+        epilog="examples:\n  tandem-agent status --config agent.toml\n  tandem-agent status --url http://127.0.0.1:9464 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_args(status)
     status.add_argument("--url", help="health server URL, e.g. http://127.0.0.1:9464 (default: from the config)")
@@ -334,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         "infer",
         help="send one request to a running agent",
         description="Send a .npy (one input, by position) or .npz (inputs by name) to the agent.",
+        epilog="examples:\n  tandem-agent infer --config agent.toml --input x.npy\n"
+        "  tandem-agent infer --input batch.npz --endpoint tcp://127.0.0.1:5555 --threshold 0.9 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     infer.add_argument("--input", type=Path, required=True, help="x.npy or inputs.npz; the leading axis is rows")
     infer.add_argument(
@@ -369,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"tandem-agent: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a --data-dir or --out that is a file, no permission, a full disk: one line
+        logging.getLogger(__name__).debug("file error", exc_info=True)
+        print(f"tandem-agent: {os_error_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

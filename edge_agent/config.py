@@ -460,6 +460,6 @@ def _loading(step: Callable[[], Any]) -> Any:
     try:
         return step()
     except config_loader.ConfigValueError as exc:
-        if exc.key == "model.dir" and str(exc).endswith("required"):
+        if exc.key in ("model", "model.dir") and str(exc).endswith("required"):  # no [model] at all, or no dir
             raise ConfigError(f"model.dir: required (or set {ENV_PREFIX}MODEL_DIR)") from None
         raise ConfigError(str(exc)) from None

@@ -61,6 +61,9 @@ def add_init_command(sub: Any) -> None:
         help="join a hub: register this device and write a working agent.toml",
         description="Ask the hub for its gRPC and MQTT endpoints and release key, register the device, "
         "and write an agent config (paths without root, this agent's own socket and health port, OTA on).",
+        epilog="example:\n  tandem-agent init --hub http://127.0.0.1:8080 --token tdm_... --device-id cam-017 \\\n"
+        "      --model-dir out/digits-edge --trust-key ~/.tandem/keys/publisher.ed25519.pub.pem --out cam-017.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--hub", help="the hub's REST URL, e.g. http://127.0.0.1:8080 (env TANDEM_HUB_URL)")
     p.add_argument(

@@ -7,9 +7,22 @@ Warning, error), accepted before the subcommand or after it, the later one winni
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+from pathlib import Path
+from typing import Any
 
-__all__ = ["LOG_LEVELS", "PRECEDENCE", "add_log_level", "configure_logging", "log_level_of", "parse_log_level"]
+__all__ = [
+    "LOG_LEVELS",
+    "PRECEDENCE",
+    "add_action",
+    "add_log_level",
+    "configure_logging",
+    "log_level_of",
+    "os_error_line",
+    "parse_log_level",
+]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The one precedence rule for settings, said the same way in every --help epilog and in the docs.
@@ -51,6 +64,36 @@ def configure_logging(args: argparse.Namespace, fmt: str = "%(asctime)s %(leveln
 def log_level_of(args: argparse.Namespace) -> str:
     """The level parsed `args` ask for: --log-level wherever it was given, else the command's default."""
     return str(getattr(args, _DEST, None) or getattr(args, "default_log_level", "warning"))
+
+
+def add_action(actions: Any, name: str, summary: str, *examples: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does (`summary`, also its line in the parent's list) and shows
+    how it is called (`examples`, one command line each), so no leaf command answers --help with flags alone."""
+    lines = "\n".join(f"  {e}" for e in examples)
+    parser: argparse.ArgumentParser = actions.add_parser(
+        name,
+        help=summary,
+        description=kwargs.pop("description", summary[:1].upper() + summary[1:] + "."),
+        epilog=f"example{'s' if len(examples) > 1 else ''}:\n{lines}" if examples else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    return parser
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error a command met (a file where a folder must be, no permission, a full
+    disk): the path first, then what is wrong with it, so every tandem-* command says it the same way and
+    never with a traceback. A file in the way of a folder is named as such: the OS only says "File exists"
+    or "Not a directory" about a path below it."""
+    if exc.filename is None:
+        return exc.strerror or str(exc)
+    path = Path(os.fsdecode(exc.filename))
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        for candidate in (path, *path.parents):
+            if candidate.exists() and not candidate.is_dir():
+                return f"{candidate}: is a file, not a folder"
+    return f"{path}: {exc.strerror or exc}"
 
 
 def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import tandem
-from tandem.protocols.cli_options import add_log_level, configure_logging
+from tandem.protocols.cli_options import add_log_level, configure_logging, os_error_line
 
 EPILOG = """\
 examples:
@@ -112,7 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {tandem.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train, compile and run a mixed fleet through drift and a canary rollout")
+    demo = sub.add_parser(
+        "demo",
+        help="train, compile and run a mixed fleet through drift and a canary rollout",
+        description="Train the digits models, compile them, start a hub and broker, and run a mixed fleet\n"
+        "through drift and a canary rollout (a few minutes); the report, with plots, is <workdir>/report.",
+        epilog="example:\n  tandem-sim demo --workdir /tmp/tandem-demo --quiet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_argument(
         "--workdir", type=Path, default=Path("tandem-demo"), help="where everything is written (default: ./tandem-demo)"
     )
@@ -140,7 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.set_defaults(handler=_run)
 
-    lst = sub.add_parser("list", help="list the built-in scenarios")
+    lst = sub.add_parser(
+        "list",
+        help="list the built-in scenarios",
+        description="The built-in scenarios: name, devices, duration and what each one shows.",
+        epilog="example:\n  tandem-sim list\n  tandem-sim run drift --report out/drift",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     lst.set_defaults(handler=_list)
     return add_log_level(parser, "error")
 
@@ -160,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args, "%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
+    except OSError as exc:  # a --workdir or --report that is a file, no permission, a full disk: one line
+        logging.getLogger(__name__).debug("file error", exc_info=True)
+        print(f"tandem-sim: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("tandem-sim: interrupted", file=sys.stderr)
         return 130

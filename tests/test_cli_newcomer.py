@@ -1,0 +1,133 @@
+"""A newcomer's first mistakes on the tandem-* commands: every leaf command explains itself in --help, and a
+wrong path, a missing config or a typo'd data dir gets one line naming what was wrong, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tandem.protocols.cli_options import os_error_line
+
+CLIS = {
+    "tandem-agent": "tandem.edge_agent.cli",
+    "tandem-hub": "tandem.cloud_hub.cli",
+    "tandem-compile": "tandem.model_compiler.cli",
+    "tandem-sim": "tandem.sim.cli",
+}
+
+
+def _leaves(parser: argparse.ArgumentParser, path: list[str]):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaves(child, [*path, name])
+
+
+def _all_leaves():
+    for cli, module in CLIS.items():
+        yield from _leaves(importlib.import_module(module).build_parser(), [cli])
+
+
+@pytest.mark.parametrize("name,parser", list(_all_leaves()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_leaf_command_says_what_it_does_and_shows_a_call(name, parser):
+    assert parser.description, f"{name} --help has no description"
+    epilog = parser.epilog or ""
+    assert "example" in epilog and name.split()[0] in epilog, f"{name} --help shows no example call"
+    undocumented = [a.dest for a in parser._actions if a.help is None and not isinstance(a, argparse._SubParsersAction)]
+    assert not undocumented, f"{name}: arguments without help: {undocumented}"
+
+
+def _run(cli: str, *argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TANDEM_HUB_", "TANDEM_AGENT_"))}
+    return subprocess.run(
+        [sys.executable, "-m", CLIS[cli], *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=clean | {"TANDEM_HOME": str(cwd / "home"), **env},
+    )
+
+
+def _one_line(done: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines, done
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "cli,argv",
+    [
+        ("tandem-hub", ["serve", "--data-dir", "taken", "--http-port", "0", "--grpc-port", "0"]),
+        ("tandem-hub", ["pki", "init", "--dir", "taken"]),
+        ("tandem-sim", ["demo", "--workdir", "taken", "--quiet"]),
+    ],
+    ids=["hub-serve-data-dir", "hub-pki-init-dir", "sim-demo-workdir"],
+)
+def test_a_file_where_a_folder_must_be_is_named_in_one_line(tmp_path, cli, argv):
+    """Seen failing before: FileExistsError / NotADirectoryError tracebacks."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    done = _run(cli, *argv, cwd=tmp_path)
+    assert done.returncode == 1
+    assert _one_line(done).endswith("taken: is a file, not a folder"), done.stderr
+
+
+def test_agent_run_and_status_without_a_config_say_what_to_give(tmp_path):
+    """Seen failing before: both said only `model: required`."""
+    run = _run("tandem-agent", "run", cwd=tmp_path)
+    assert run.returncode == 2
+    line = _one_line(run)
+    assert "--config agent.toml" in line and "--model-dir" in line and "TANDEM_AGENT_MODEL_DIR" in line, line
+    status = _run("tandem-agent", "status", cwd=tmp_path)
+    assert status.returncode == 1
+    assert "--config agent.toml" in _one_line(status) and "--url" in _one_line(status)
+    # with only the health port given, status asks it (no config, no model needed)
+    asked = _run("tandem-agent", "status", "--http-port", "1", cwd=tmp_path)
+    assert asked.returncode == 1 and "no agent answers at http://127.0.0.1:1" in _one_line(asked)
+
+
+def test_a_config_without_a_model_section_names_model_dir(tmp_path):
+    from tandem.edge_agent.config import AgentConfig
+    from tandem.edge_agent.errors import ConfigError
+
+    (tmp_path / "agent.toml").write_text('[server]\nendpoint = "tcp://127.0.0.1:5555"\n')
+    with pytest.raises(ConfigError, match=r"model\.dir: required \(or set TANDEM_AGENT_MODEL_DIR\)"):
+        AgentConfig.load(tmp_path / "agent.toml")
+
+
+def test_a_missing_hub_config_is_named_once(tmp_path, capsys):
+    from tandem.cloud_hub.cli import main
+
+    assert main(["serve", "--config", str(tmp_path / "nope.toml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"tandem-hub: error: {tmp_path / 'nope.toml'}: cannot read the config (No such file or directory)"
+
+
+def test_publishers_list_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):
+    """Seen failing before: a typo'd --data-dir listed 'no trusted publishers' and exited 0."""
+    from tandem.cloud_hub.cli import main
+
+    assert main(["publishers", "list", "--data-dir", str(tmp_path / "tandem-dta")]) == 1
+    assert "tandem-dta: no such data dir" in capsys.readouterr().err
+    assert main(["publishers", "remove", "0123456789abcdef", "--data-dir", str(tmp_path / "tandem-dta")]) == 1
+
+
+def test_os_error_line_names_the_path_and_the_problem(tmp_path):
+    (tmp_path / "f").write_text("")
+    below = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(tmp_path / "f" / "ca.key.tmp"))
+    assert os_error_line(below) == f"{tmp_path / 'f'}: is a file, not a folder"
+    exists = FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(tmp_path / "f"))
+    assert os_error_line(exists) == f"{tmp_path / 'f'}: is a file, not a folder"
+    denied = PermissionError(errno.EACCES, "Permission denied", "/root/x")
+    assert os_error_line(denied) == "/root/x: Permission denied"
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
