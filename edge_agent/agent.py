@@ -437,7 +437,8 @@ class Agent:
             return ConfidencePolicy(
                 cfg.policy.kind,
                 choice.threshold,
-                output=cfg.policy.output,
+                # the task's output when the config names none: scikit-learn's probabilities come second
+                output=cfg.policy.output if cfg.policy.output is not None else task.get("output"),
                 transform=cfg.policy.transform,
                 temperature=choice.temperature,
             )

@@ -1,7 +1,8 @@
 """Calibration and validation data: .npz files checked against the model's inputs.
 
 An .npz holds one array per model input, named like the input; a single-input model
-may use the key `x` instead. Optional `y` holds integer labels (validation only).
+may use the key `x` instead. Optional `y` holds integer labels (validation only), or class names when the
+task names its classes (model_compiler/class_labels.py).
 Samples lie along each input's batch axis: the first dynamic axis of the model's input
 (a streaming state `[2, N, 128]` is batched on axis 1), axis 0 when every axis is fixed,
 none for a 0-d scalar input (one value, fed with every batch).
@@ -149,9 +150,10 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
         raise CalibrationDataError(f"{role} data {path}: holds no samples")
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.ndim != 1 or labels.shape[0] != count or labels.dtype.kind not in "iu":
+        if labels.ndim != 1 or labels.shape[0] != count or labels.dtype.kind not in "iuU":
             raise CalibrationDataError(
-                f"{role} data {path}: 'y' must be {count} integer labels, got shape {labels.shape} dtype {labels.dtype}"
+                f"{role} data {path}: 'y' must be {count} integer labels (or class names), got shape "
+                f"{labels.shape} dtype {labels.dtype}"
             )
     return Dataset(checked, labels, str(path), axes)
 

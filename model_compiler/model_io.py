@@ -83,6 +83,22 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise InvalidModelError("the model imports no default ONNX opset")
 
 
+def _import_default_opset(model: onnx.ModelProto) -> str:
+    """A model of ai.onnx.ml operators only (onnxruntime's logreg_iris.onnx) may import no default opset;
+    with no ONNX-domain node, importing one changes nothing it computes, and variants need it (QDQ)."""
+    if any(n.domain in ("", "ai.onnx") for g in graphs_within(model.graph) for n in g.node):
+        raise InvalidModelError(
+            "the model has ONNX-domain nodes but imports no default ONNX opset; re-export it with one (opset >= 13)"
+        )
+    domains = ", ".join(sorted({imp.domain for imp in model.opset_import})) or "none"
+    model.opset_import.add(domain="", version=MIN_OPSET)
+    model.ir_version = max(model.ir_version, 7)  # opset 13 needs IR version 7
+    return (
+        f"the model imports only {domains} (no default ONNX opset); default opset {MIN_OPSET} imported, which "
+        "changes nothing it computes (it has no ONNX-domain node)"
+    )
+
+
 def prepare_model(model: onnx.ModelProto, out_path: Path) -> tuple[onnx.ModelProto, list[str]]:
     """Raise the opset to at least MIN_OPSET and infer shapes; save to out_path.
 
@@ -93,6 +109,8 @@ def prepare_model(model: onnx.ModelProto, out_path: Path) -> tuple[onnx.ModelPro
     from onnx import shape_inference, version_converter
 
     notes: list[str] = []
+    if not any(imp.domain in ("", "ai.onnx") for imp in model.opset_import):
+        notes.append(_import_default_opset(model))
     opset = default_opset(model)
     if opset < MIN_OPSET:
         try:
@@ -109,8 +127,36 @@ def prepare_model(model: onnx.ModelProto, out_path: Path) -> tuple[onnx.ModelPro
     return model, notes
 
 
+def type_name(tp: onnx.TypeProto) -> str:
+    """An ONNX type as ONNX's own spec writes it: `tensor(float)`, `seq(map(int64, tensor(float)))`."""
+    from onnx import TensorProto
+
+    def elem(code: int) -> str:
+        return TensorProto.DataType.Name(code).lower() if code in TensorProto.DataType.values() else f"type {code}"
+
+    which = tp.WhichOneof("value")
+    if which == "tensor_type":
+        return f"tensor({elem(tp.tensor_type.elem_type)})"
+    if which == "sparse_tensor_type":
+        return f"sparse_tensor({elem(tp.sparse_tensor_type.elem_type)})"
+    if which == "sequence_type":
+        return f"seq({type_name(tp.sequence_type.elem_type)})"
+    if which == "map_type":
+        return f"map({elem(tp.map_type.key_type)}, {type_name(tp.map_type.value_type)})"
+    if which == "optional_type":
+        return f"optional({type_name(tp.optional_type.elem_type)})"
+    return "an unset type"
+
+
 def _spec(value_info: onnx.ValueInfoProto, kind: str) -> TensorSpec:
     """A graph input or output as a TensorSpec; UnsupportedDtypeError naming the tensor for a dtype we cannot serve."""
+    if value_info.type.WhichOneof("value") != "tensor_type":
+        raise UnsupportedDtypeError(
+            f"{kind} {value_info.name!r} is ONNX type {type_name(value_info.type)}, not a tensor: Tandem serves "
+            "tensors only (a ZipMap's seq(map(...)) is turned into its [N, classes] tensor by the compiler; "
+            "other sequences, maps and optionals are not). Export the model so this "
+            f"{kind} is a tensor, or remove it"
+        )
     t = value_info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
     dtype = _ONNX_DTYPES.get(t.elem_type)

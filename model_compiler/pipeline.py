@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tandem.hardware_profiles import Profile, resolve_profiles
 from tandem.hardware_profiles.runtimes import load_session
 from tandem.model_compiler import model_io
+from tandem.model_compiler.class_labels import labels_as_indices, with_class_labels
+from tandem.model_compiler.classifier_outputs import strip_zipmap
 from tandem.model_compiler.confidence import (
     DEFAULT_HYBRID_WITHIN_POINTS,
     DEFAULT_REFERENCE_THRESHOLD,
@@ -32,6 +34,7 @@ from tandem.model_compiler.data import Dataset, batch_axis, check_label_range, l
 from tandem.model_compiler.drift_reference import build_drift_reference
 from tandem.model_compiler.errors import CalibrationDataError, CompileError, VariantSkipped
 from tandem.model_compiler.report import note_where_validated, write_reports
+from tandem.model_compiler.ml_operators import ml_operators, refusal, runtimes_that_cannot
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
 from tandem.model_compiler.timing import DEFAULT_ROUNDS, Timed, close_all, open_variant, time_sessions
@@ -216,15 +219,37 @@ def _check_options(opts: CompileOptions) -> None:
             )
 
 
+def _runtimes_without_ml_ops(
+    profiles: list[Profile], prepared: onnx.ModelProto, prepared_path: Path, notes: list[str], say: Progress
+) -> dict[str, str]:
+    """runtime -> why it cannot run the model's ai.onnx.ml operators (model_compiler/ml_operators.py),
+    said once as a note, then per profile in the plan's skips."""
+    ops = ml_operators(prepared)
+    if not ops:
+        return {}
+    cannot = runtimes_that_cannot((t.runtime for p in profiles for t in p.runtimes), prepared_path, ops)
+    note = f"ai.onnx.ml operator(s) {', '.join(ops)}: ONNX Runtime runs them" + "".join(
+        f"; {runtime} cannot run {', '.join(missing)}" for runtime, missing in cannot.items()
+    )
+    notes.append(note)
+    say(f"note: {note}")
+    return {runtime: refusal(runtime, missing) for runtime, missing in cannot.items()}
+
+
 def _plan(
-    profiles: list[Profile], progress: Progress
+    profiles: list[Profile], progress: Progress, cannot: dict[str, str] | None = None
 ) -> tuple[dict[str, Recipe], dict[str, list[str]], dict[str, list[dict[str, str]]]]:
-    """Recipes by id, the profiles that want each, and runtime-level skips per profile."""
+    """Recipes by id, the profiles that want each, and runtime-level skips per profile (a runtime that
+    is not installed, or that `cannot` run the model's operators)."""
     recipes: dict[str, Recipe] = {}
     wanted_by: dict[str, list[str]] = {}
     skipped: dict[str, list[dict[str, str]]] = {p.name: [] for p in profiles}
     for profile in profiles:
         for target in profile.runtimes:
+            if cannot and target.runtime in cannot:
+                skipped[profile.name].append({"variant": f"{target.runtime}-*", "reason": cannot[target.runtime]})
+                progress(f"profile {profile.name}: {cannot[target.runtime]}")
+                continue
             try:
                 builder = get_builder(target.runtime)
             except ImportError as exc:
@@ -271,6 +296,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
 
     say(f"loading {opts.model}")
     source = model_io.load_model(opts.model)
+    rewrite = strip_zipmap(source)
     out = opts.out
     if out.exists() and opts.force:
         shutil.rmtree(out)
@@ -278,6 +304,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     work.mkdir(parents=True, exist_ok=True)
     prepared_path = work / "reference-fp32.onnx"
     prepared, notes = model_io.prepare_model(source, prepared_path)
+    notes = rewrite.notes + notes
     original_path, bound = prepared_path, []
     if opts.bind:  # the reference stays the model as given, fed the bound values: the gate judges the specialization
         original_path = work / "original-fp32.onnx"
@@ -305,7 +332,8 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     ref_feeds = {**val.inputs, **{b.name: np.asarray(b.value, dtype=b.dtype) for b in bound}}
     reference = run_dataset(ref_session, ref_feeds, {**val.axes, **{b.name: None for b in bound}})
     ref_session.close()
-    task = _resolve_task(opts, prepared, outputs, reference, val)
+    task = with_class_labels(_resolve_task(opts, prepared, outputs, reference, val), rewrite, reference)
+    val = labels_as_indices(val, task)
     check_state(task.spec, inputs, outputs)
     unknown = sorted(set(opts.shapes) - {spec.name for spec in inputs})
     if unknown:
@@ -337,8 +365,12 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
         say(f"reference accuracy on validation data: {ref_metrics['accuracy']:.4f}")
 
     blocked = _profiles_blocked_by_ops(profiles, model_io.op_types(prepared))
+    cannot = _runtimes_without_ml_ops(profiles, prepared, prepared_path, notes, say)
+    for profile in profiles:
+        if profile.name not in blocked and all(t.runtime in cannot for t in profile.runtimes):
+            blocked[profile.name] = "; ".join(dict.fromkeys(cannot[t.runtime] for t in profile.runtimes))
     buildable = [p for p in profiles if p.name not in blocked]
-    recipes, wanted_by, skipped = _plan(buildable, say)
+    recipes, wanted_by, skipped = _plan(buildable, say, cannot)
     outcomes = _build_and_validate(recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say)
     note_where_validated(outcomes, buildable)
     if opts.timing:
@@ -372,7 +404,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
         )
 
     manifest = _write_manifest(
-        opts, out, prepared, inputs, outputs, task, outcomes, choices, val, reference, ref_metrics, bound
+        opts, out, prepared, inputs, outputs, task, outcomes, choices, val, reference, ref_metrics, bound, rewrite.notes
     )
     shutil.rmtree(work, ignore_errors=True)
     result = CompileResult(out, manifest, outcomes, ref_metrics, notes, _host_dict())
@@ -689,6 +721,7 @@ def _write_manifest(
     reference: list[np.ndarray],
     ref_metrics: dict[str, Any],
     bound: list[BoundInput] | None = None,
+    model_notes: list[str] | None = None,
 ) -> Manifest:
     ok = [o for o in outcomes if o.built and not o.skipped]
     variants = []
@@ -777,6 +810,7 @@ def _write_manifest(
             "opset": model_io.default_opset(prepared),
             "weight_bytes": model_io.weight_bytes(prepared),
             "reference": ref_metrics,
+            **({"notes": list(model_notes)} if model_notes else {}),  # what the compiler changed in the graph
         },
         bound_inputs=list(bound or []),
     )

@@ -87,7 +87,8 @@ def resolve_task(
             ) from exc
     else:
         found = infer_task(names, reference_outputs, producers)
-        spec, index, reason = found.spec, 0, "inferred: " + found.reason
+        spec, reason = found.spec, "inferred: " + found.reason
+        index = names.index(spec.output) if spec.output in names else 0
     try:
         return Task(spec, index, budgets_for(spec, budgets), reason)
     except TaskError as exc:

@@ -29,8 +29,29 @@ def _sums_to_one(x: np.ndarray, axis: int) -> bool:
     return _unit(x) and bool(np.allclose(x.sum(axis=axis), 1.0, atol=2e-2))
 
 
+def _labels_beside_probabilities(names: Sequence[str], outputs: Sequence[np.ndarray]) -> Inferred | None:
+    """skl2onnx's classifiers output the label first ([N] int64), the probabilities second."""
+    first = np.asarray(outputs[0])
+    if first.ndim != 1 or first.dtype.kind not in "iu":
+        return None
+    for name, out in zip(names[1:], outputs[1:]):
+        x = np.asarray(out)
+        if x.ndim == 2 and x.shape[0] == first.shape[0] and x.shape[1] >= 2 and _sums_to_one(x, 1):
+            return Inferred(
+                TaskSpec("classification", output=name, scores="probabilities"),
+                f"output {names[0]!r} is [N] integer labels and output {name!r} is [N, {x.shape[1]}] with every "
+                "row summing to 1: class probabilities (a scikit-learn classifier's label and probabilities)",
+                True,
+            )
+    return None
+
+
 def infer_task(names: Sequence[str], outputs: Sequence[np.ndarray], producers: Sequence[str | None] = ()) -> Inferred:
-    """The task of the first output, from its FP32 values on real inputs (and the op that produced it)."""
+    """The task of the first output, from its FP32 values on real inputs (and the op that produced it);
+    a first output of [N] integer labels beside [N, K] probabilities (scikit-learn's pair) reads the latter."""
+    paired = _labels_beside_probabilities(names, outputs)
+    if paired is not None:
+        return paired
     name, x = names[0], np.asarray(outputs[0])
     op = producers[0] if producers else None
     shape = "[N" + "".join(f", {d}" for d in x.shape[1:]) + "]"

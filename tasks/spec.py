@@ -24,7 +24,7 @@ DEFAULT_AMBIGUITY = {"detection": (0.15, 0.4), "dense": (0.3, 0.7)}
 # the fields each kind writes and reads; "kind", "output" and "metric" belong to all
 _COMMON = ("kind", "output", "metric", "pad_value", "state")
 FIELDS: dict[str, tuple[str, ...]] = {
-    "classification": ("scores", "threshold", "positive_threshold"),
+    "classification": ("scores", "threshold", "positive_threshold", "labels"),
     "detection": ("layout", "box_format", "score_threshold", "iou_threshold", "ambiguity", "max_boxes"),
     "dense": ("threshold", "ambiguity"),
     "ctc": ("blank", "step_scores"),
@@ -41,7 +41,8 @@ class TaskSpec:
     classification: `scores` says what the output holds (softmax probabilities, logits,
     one sigmoid probability per row [N,1], or independent sigmoids per label);
     `threshold` is an optional agent confidence threshold; `positive_threshold` makes a
-    sigmoid/multi-label score a positive label.
+    sigmoid/multi-label score a positive label; `labels` names the classes in score order (ints or
+    strings, e.g. a scikit-learn classifier's classes_), None: the class index is the label.
     detection: YOLO-style heads `[N, 4+C, A]` (channels_first) or `[N, A, 4+C]`
     (anchors_first) decoded with per-class NMS, or outputs already past NMS `[N, K, 6]`
     rows (x1, y1, x2, y2, score, class); boxes scoring inside `ambiguity` are uncertain.
@@ -72,6 +73,7 @@ class TaskSpec:
     top_k: int = 5
     pad_value: float | None = None
     state: tuple[tuple[str, str], ...] | None = None
+    labels: tuple[str | int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.ambiguity is None:
@@ -102,7 +104,7 @@ class TaskSpec:
             out["state"] = dict(self.state)
         for name in FIELDS[self.kind]:
             value = getattr(self, name)
-            if name == "threshold" and value is None:
+            if name in ("threshold", "labels") and value is None:
                 continue
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -134,8 +136,9 @@ class TaskSpec:
             )
         if isinstance(values.get("state"), Mapping):
             values["state"] = tuple((str(k), str(v)) for k, v in values["state"].items())
-        if "ambiguity" in values and isinstance(values["ambiguity"], list):
-            values["ambiguity"] = tuple(values["ambiguity"])
+        for name in ("ambiguity", "labels"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
         try:
             return cls(**values)
         except TypeError as exc:  # pragma: no cover - guarded by the allowed set
@@ -178,6 +181,9 @@ def _parse_option(name: str, text: str) -> Any:
                 raise TaskError(f"task option state={text!r}: expected INPUT:OUTPUT[,INPUT:OUTPUT...], e.g. state=h:hn")
             pairs.append((inp, out))
         return tuple(pairs)
+    if name == "labels":
+        parts = tuple(p.strip() for p in text.split(","))
+        return tuple(int(p) for p in parts) if all(p.lstrip("-").isdigit() for p in parts) else parts
     try:
         if name == "ambiguity":
             low, high = (float(x) for x in text.split(","))
@@ -239,6 +245,7 @@ def _check(spec: TaskSpec) -> None:
         inputs = [p[0] for p in spec.state]
         if len(set(inputs)) != len(inputs):
             raise TaskError(f"task.state: an input is named twice ({', '.join(inputs)})")
+    _check_labels(spec.labels)
     for name in ("positive_threshold", "score_threshold", "iou_threshold"):
         _unit(f"task.{name}", getattr(spec, name))
     band = spec.ambiguity
@@ -252,3 +259,21 @@ def _check(spec: TaskSpec) -> None:
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise TaskError(f"task.{name}: {value!r} must be an integer >= {low}")
+
+
+def _check_labels(labels: Any) -> None:
+    if labels is None:
+        return
+    if (
+        not isinstance(labels, tuple)
+        or not labels
+        or not (
+            all(isinstance(x, str) and x for x in labels)
+            or all(isinstance(x, int) and not isinstance(x, bool) for x in labels)
+        )
+    ):
+        raise TaskError(
+            f"task.labels: {labels!r} must be a non-empty list of class names (all strings or all integers)"
+        )
+    if len(set(labels)) != len(labels):
+        raise TaskError(f"task.labels: a class is named twice in {list(labels)}")

@@ -94,6 +94,7 @@ class TaskDoc(_Doc):
     blank: int | None = None
     step_scores: str | None = None
     top_k: int | None = None
+    labels: list[str | int] | None = Field(default=None, description="class names in score order (classification)")
 
 
 class HistogramDoc(_Doc):
