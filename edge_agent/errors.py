@@ -9,6 +9,7 @@
     ├── InferenceError            inference             the runtime failed on a valid request
     │   └── NonFiniteOutputError  non_finite_output     the model answered NaN or infinity
     ├── ConfigError               config                a setting is invalid; names section.key (CLI exit 2)
+    ├── DataFileError             data_file             a data-dir file is damaged; names it and the way out (exit 2)
     ├── OverloadedError           overloaded            the queue is full; retry later
     ├── AgentUnavailable          unavailable           (client side) the agent cannot be reached
     └── OtaError                  ota                   edge_agent/ota/errors.py: an update is abandoned
@@ -79,6 +80,19 @@ class ConfigError(AgentError):
     code = "config"
 
 
+class DataFileError(AgentError):
+    """A file in the agent's data dir (telemetry outbox, hard-example queue) cannot be opened: damaged,
+    truncated, not SQLite. The message names the file and what to do; the file is never deleted for the user."""
+
+    code = "data_file"
+
+
+def is_damaged_database(exc: BaseException) -> bool:
+    """An sqlite3 error that says the file itself is bad (SQLITE_CORRUPT*, SQLITE_NOTADB), not a full disk,
+    a lock or a permission, which pass and are retried or reported as they are."""
+    return str(getattr(exc, "sqlite_errorname", "")).startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
 class OverloadedError(AgentError):
     """The agent's queue is full; retry later or slow down."""
 
@@ -103,12 +117,13 @@ ERRORS_BY_CODE: dict[str, type[AgentError]] = {
         InferenceError,
         NonFiniteOutputError,
         ConfigError,
+        DataFileError,
         OverloadedError,
         AgentUnavailable,
     )
 }
 
-EXIT_CODES = {"config": 2, "model_load": 2}  # the agent cannot start as configured; anything else: 1
+EXIT_CODES = {"config": 2, "model_load": 2, "data_file": 2}  # the agent cannot start as configured; anything else: 1
 
 
 def exit_code(exc: AgentError) -> int:
@@ -129,6 +144,7 @@ __all__ = [
     "AgentUnavailable",
     "BadRequestError",
     "ConfigError",
+    "DataFileError",
     "ShapeNotServedError",
     "ERRORS_BY_CODE",
     "EXIT_CODES",
@@ -139,5 +155,6 @@ __all__ = [
     "OverloadedError",
     "UntrustedModelError",
     "exit_code",
+    "is_damaged_database",
     "reply_code",
 ]

@@ -22,6 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
+from tandem.edge_agent.errors import DataFileError, is_damaged_database
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, encode_hard_example
 
 # the blob format lives in protocols (the hub decodes it); re-exported for callers of this module
@@ -69,9 +70,19 @@ class HardExampleQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_rows = max_rows
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if not is_damaged_database(exc):
+                raise
+            raise DataFileError(  # damaged, truncated, not SQLite: say which file and the way out
+                f"{self.path}: the hard-example queue cannot be opened ({exc}); it holds only examples not yet "
+                "uploaded: move it aside (keep it to recover them with `sqlite3 FILE .recover`) and start the "
+                "agent again, which creates an empty one"
+            ) from exc
         self._lock = threading.Lock()
         self._pending: queue.Queue = queue.Queue(maxsize=pending_max)
         self._not_queued = 0

@@ -25,6 +25,7 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
     `metrics` (AgentMetrics) gains the per-class outbox gauges.
     """
     from tandem.edge_agent.telemetry import OutboxError, PublisherConfig, TelemetryService
+    from tandem.edge_agent.telemetry.outbox import OutboxDamagedError
     from tandem.protocols.tls import TlsConfigError
 
     url = cfg.telemetry.mqtt_url
@@ -50,6 +51,8 @@ def make_telemetry(cfg: AgentConfig, model: LoadedModel, hard_examples: Any = No
             hard_examples=hard_examples,
             publisher=PublisherConfig(mqtt_url=url, tls=cfg.telemetry.tls),
         )
+    except OutboxDamagedError:
+        raise  # names the file and the way out; not a setting
     except OutboxError as exc:
         raise ConfigError(f"hard_examples.data_dir: {exc}") from exc
     except TlsConfigError as exc:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Mapping, NamedTuple
 
-from tandem.edge_agent.errors import AgentError
+from tandem.edge_agent.errors import AgentError, DataFileError, is_damaged_database
+from tandem.edge_agent.telemetry.seqfloor import SequenceFloor
 from tandem.protocols import topics
 from tandem.protocols.telemetry_codec import TelemetryWindow, encode_window
 
@@ -50,6 +51,12 @@ class OutboxError(AgentError):
     """The outbox database cannot be opened or written (disk full, permissions, corrupt file)."""
 
     code = "telemetry_outbox"
+
+
+class OutboxDamagedError(OutboxError, DataFileError):
+    """The outbox file is damaged, truncated or not SQLite (at open); the message names it and the way out."""
+
+    code = "data_file"
 
 
 @dataclass(frozen=True)
@@ -121,10 +128,37 @@ class Outbox:
             self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
+            fresh = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is None
             self._migrate()
             self._reload_usage()
+            self._floor = SequenceFloor(self.path.with_name(self.path.stem + ".seq"))
+            if fresh and self._floor.reserved:
+                self._start_after_floor()
         except sqlite3.Error as exc:
-            raise OutboxError(f"{self.path}: cannot open the telemetry outbox ({exc})") from exc
+            self._close_quietly()
+            if not is_damaged_database(exc):
+                raise OutboxError(f"{self.path}: cannot open the telemetry outbox ({exc})") from exc
+            raise OutboxDamagedError(  # damaged, truncated, not SQLite: say which file and the way out
+                f"{self.path}: the telemetry outbox cannot be opened ({exc}); its waiting messages are in it: keep "
+                "the file (`sqlite3 FILE .recover` may save them), move it aside and start the agent again, which "
+                "creates an empty outbox"
+            ) from exc
+
+    def _start_after_floor(self) -> None:
+        """A new outbox where an old one numbered windows: go on after every number it may have used."""
+        self._conn.execute("UPDATE meta SET value=? WHERE key='last_sequence'", [self._floor.reserved])
+        log.warning(
+            "telemetry outbox is new path=%s; window numbers continue after %d (%s), so the hub does not take "
+            "new windows for old ones; windows the old outbox had not sent are counted lost by the hub",
+            self.path,
+            self._floor.reserved,
+            self._floor.path.name,
+        )
+
+    def _close_quietly(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
 
     def _migrate(self) -> None:
         """Create a v2 outbox, or upgrade a v1 one (windows only) without losing a row."""
@@ -179,6 +213,7 @@ class Outbox:
             try:
                 with self._transaction():
                     seq = self._meta("last_sequence") + 1 + lost_before
+                    self._floor.reserve(seq)  # on disk before the number is used (see seqfloor)
                     if lost_before:
                         self._count_drop(TELEMETRY, lost_before)
                     window.sequence = seq
@@ -190,7 +225,7 @@ class Outbox:
                     if stored:
                         self._insert(TELEMETRY, topics.TELEMETRY, payload)
                     self._set_meta("last_sequence", seq)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise OutboxError(f"{self.path}: cannot append a telemetry window ({exc})") from exc
         return seq
 
