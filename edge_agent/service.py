@@ -387,7 +387,11 @@ class InferenceService:
         finally:
             self._shadow_slots.release()
         rows = len(labels)
-        agree = int(np.count_nonzero(cloud.labels[:rows] == labels[: len(cloud.labels)]))
+        if len(cloud.labels) != rows:  # an answer for other rows says nothing about agreement
+            self.metrics.observe_shadow_failed()
+            log.debug("shadow call answered %d rows for %d request_id=%s", len(cloud.labels), rows, request_id)
+            return
+        agree = int(np.count_nonzero(cloud.labels == labels))
         self.metrics.observe_shadow(rows, agree)
         if self.observer is not None:
             self.observer.shadowed(rows, agree)
@@ -478,6 +482,11 @@ class InferenceService:
             call_span = result.trace
             cloud_outputs = dict(result.outputs)
             cloud_scores = self._score_cloud(cloud_outputs, scores.threshold)
+            if cloud_scores.labels.shape[0] != scores.labels.shape[0]:  # never a cloud answer for other rows
+                raise InferenceError(
+                    f"the hub answered {cloud_scores.labels.shape[0]} row(s) for a request of "
+                    f"{scores.labels.shape[0]}; is [fallback] hub_model the same model?"
+                )
         except (FallbackUnavailable, asyncio.TimeoutError, InferenceError) as exc:
             call_span = call_span or getattr(exc, "trace", None)
             reason = str(exc) or f"the hub did not answer within {self.deadline_s * 1000:.0f} ms"
