@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Collection, Iterable, Iterator
 import numpy as np
 
 from tandem.model_compiler.errors import InvalidModelError, UnsupportedDtypeError
+from tandem.model_compiler.ml_types import type_ml_outputs
 from tandem.protocols.manifest import TensorSpec
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def prepare_model(model: onnx.ModelProto, out_path: Path) -> tuple[onnx.ModelPro
         except Exception as exc:
             raise InvalidModelError(f"cannot raise the model's opset {opset} to {MIN_OPSET}: {exc}") from exc
         notes.append(f"opset raised from {opset} to {MIN_OPSET} (per-channel QDQ needs opset 13)")
+    type_ml_outputs(model)  # most ai.onnx.ml outputs get no type from shape inference (ml_types.py)
     try:
         model = shape_inference.infer_shapes(model)
     except Exception as exc:

@@ -211,6 +211,23 @@ def test_regressor_compiles_as_regression_and_serves_its_values(iris, tmp_path):
     np.testing.assert_allclose(outputs["variable"], session.run(None, {"X": features[100:]})[0], rtol=1e-5)
 
 
+def test_scaler_and_mlp_pipeline_builds_fp16_and_int8_for_onnxruntime(iris, tmp_path):
+    """ai.onnx.ml's Scaler before MatMuls: the FP16 variant loads (the converter casts the Scaler's FP32
+    output back to FP16; without its type it fed an FP16 MatMul an FP32 tensor) and INT8 is built."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = iris
+    mlp = make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=2000, random_state=0)).fit(x[:100], y[:100])
+    out = _compile(_export(mlp, x, tmp_path / "mlp.onnx"), tmp_path, x, y, profiles="gpu-cuda")
+    manifest = json.loads((out / "manifest.json").read_text())
+    built = {v["id"]: v for v in manifest["variants"]}
+    assert {"onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8-s8s8-sym"} <= set(built)
+    assert built["onnxruntime-fp16"]["metrics"]["accuracy"] >= manifest["source"]["reference"]["accuracy"] - 0.01
+    assert manifest["profiles"]["gpu-cuda"]["chosen"] == "onnxruntime-fp16"
+
+
 def test_profiles_whose_runtime_cannot_run_ai_onnx_ml_say_which_operator(logistic, iris, tmp_path):
     model, _ = logistic
     x, y = iris

@@ -209,16 +209,22 @@ def _build_fp16(ctx: BuildContext, out: Path) -> list[str]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from tandem.model_compiler.ml_types import type_ml_outputs
+
     optimized = ctx.out_dir / f".{out.stem}.fp32-basic.onnx"
     _optimize_offline(ctx.model_path, optimized)
     try:
-        model = convert_float_to_float16(onnx.load(str(optimized)), keep_io_types=True)
+        source = onnx.load(str(optimized))
+        typed = type_ml_outputs(source)  # ORT's optimizer drops value_info: type them again for the converter
+        model = convert_float_to_float16(source, keep_io_types=True)
         onnx.save(model, str(out))
     except Exception as exc:
         raise VariantSkipped(f"FP16 conversion failed: {_first_line(exc)}") from exc
     finally:
         optimized.unlink(missing_ok=True)
-    return ["weights and compute in FP16; inputs and outputs stay FP32 (keep_io_types)"]
+    return ["weights and compute in FP16; inputs and outputs stay FP32 (keep_io_types)"] + (
+        [f"{typed} ai.onnx.ml output(s) stay FP32, cast to FP16 after the operator"] if typed else []
+    )
 
 
 class _Reader:
