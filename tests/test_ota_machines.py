@@ -21,6 +21,7 @@ from tandem.edge_agent.ota.machine import (
     WatchPolicy,
     advance,
     decide_health,
+    excess_z,
     rise_z,
 )
 from tandem.protocols.ota import (
@@ -84,7 +85,7 @@ def test_healthy_model_is_committed_only_at_the_end_of_the_watch():
     "current, why",
     [
         (HealthFigures(100, 15, 5, 2.0), "error rate"),
-        (HealthFigures(100, 0, 25, 2.0), "fallback rate"),
+        (HealthFigures(100, 0, 45, 2.0), "fallback rate"),  # a rise of 0.40, far beyond the 0.15 allowed
     ],
 )
 def test_a_breach_rolls_back_at_once(current, why):
@@ -161,7 +162,40 @@ def test_too_few_requests_say_nothing_until_the_watch_ends():
 
 def test_without_a_baseline_the_fallback_rise_is_the_rate_itself():
     assert decide_health(HealthFigures(), HealthFigures(100, 0, 10, 1.0), 10, POLICY).verdict == "commit"
-    assert decide_health(HealthFigures(), HealthFigures(100, 0, 20, 1.0), 1, POLICY).verdict == "rollback"
+    assert decide_health(HealthFigures(), HealthFigures(100, 0, 40, 1.0), 1, POLICY).verdict == "rollback"
+    # 0.20 over 100 requests is no evidence of a rate above 0.15 (score z 1.4)
+    assert decide_health(HealthFigures(), HealthFigures(100, 0, 20, 1.0), 10, POLICY).verdict == "commit"
+
+
+def test_a_fallback_rise_just_over_the_limit_on_few_requests_is_no_evidence_of_a_rise_beyond_it():
+    """make demo's false rollback of a healthy release (identical weights): an npu-litert device saw 6
+    fallbacks in its first 14 requests against 11 in 108 before, limit 0.3. "Any rise" was significant
+    (z 3.32 >= 3.29); a rise beyond 0.3 is not (z 0.2). A collapsed model is still caught at once."""
+    demo = WatchPolicy(watch_s=30, min_requests=10, max_fallback_rise=0.3, max_latency_ratio=3.0)  # sim/runner.py's
+    base = HealthFigures(108, 0, 11, 1.0)
+    assert rise_z(6, 14, 11, 108) >= Z_EARLY  # what rolled it back
+    assert excess_z(6, 14, 11, 108, 0.3) < 1.0
+    assert decide_health(base, HealthFigures(14, 0, 6, 1.0), 5, demo).verdict == "wait"
+    assert decide_health(base, HealthFigures(120, 0, 14, 1.0), 30, demo).verdict == "commit"
+    collapsed = decide_health(base, HealthFigures(20, 0, 20, 1.0), 1, demo)  # every answer unsure
+    assert collapsed.verdict == "rollback" and "beyond 0.300" in collapsed.reason
+
+
+def test_the_excess_z_is_agresti_caffo_against_the_margin():
+    """Checked against the textbook formula written out, and its coverage by simulation: for two versions
+    whose true rise is exactly the margin, the one-sided test at Z_EARLY errs about as rarely as it says."""
+    import numpy as np
+
+    x1, n1, x2, n2, m = 30, 80, 10, 120, 0.1
+    p1, p2 = 31 / 82, 11 / 122
+    want = (p1 - p2 - m) / ((p1 * (1 - p1) / 82 + p2 * (1 - p2) / 122) ** 0.5)
+    assert excess_z(x1, n1, x2, n2, m) == pytest.approx(want)
+    rng = np.random.default_rng(7)
+    for n_new, n_old, p_old in ((14, 108, 0.1), (40, 200, 0.05), (200, 400, 0.2)):
+        new = rng.binomial(n_new, p_old + 0.3, 20_000)
+        old = rng.binomial(n_old, p_old, 20_000)
+        alarms = sum(excess_z(int(a), n_new, int(b), n_old, 0.3) >= Z_FINAL for a, b in zip(new, old))
+        assert alarms / 20_000 < 0.08  # nominal 0.05 at Z_FINAL, on a rise exactly at the limit
 
 
 @settings(max_examples=200, deadline=None)
@@ -182,7 +216,7 @@ def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapse
         (cur.error_rate > POLICY.max_error_rate and _z(cur.errors, n, base.errors, base.requests) >= z_needed)
         or (
             cur.fallback_rate - base.fallback_rate > POLICY.max_fallback_rise
-            and _z(cur.fallbacks, n, base.fallbacks, base.requests) >= z_needed
+            and _excess(cur.fallbacks, n, base.fallbacks, base.requests, POLICY.max_fallback_rise) >= z_needed
         )
     )
     slow = (
@@ -191,6 +225,14 @@ def test_decision_agrees_with_the_policy(base, n, errors, fallbacks, p95, elapse
         and p95 / base.latency_p95_ms > POLICY.max_latency_ratio
     )  # no p50 here: p95 alone decides
     assert d.verdict == ("rollback" if breach or slow else "commit" if elapsed >= POLICY.watch_s else "wait")
+
+
+def _excess(x1: int, n1: int, x2: int, n2: int, margin: float) -> float:
+    """The property test's own model of "rose by more than margin": Agresti-Caffo, or a score test without a baseline."""
+    if n2 == 0:
+        return (x1 / n1 - margin) / (margin * (1 - margin) / n1) ** 0.5
+    a, b = (x1 + 1) / (n1 + 2), (x2 + 1) / (n2 + 2)
+    return (a - b - margin) / (a * (1 - a) / (n1 + 2) + b * (1 - b) / (n2 + 2)) ** 0.5
 
 
 def _z(x1: int, n1: int, x2: int, n2: int) -> float:

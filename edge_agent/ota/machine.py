@@ -175,27 +175,55 @@ def rise_z(new_events: int, new_n: int, old_events: int, old_n: int) -> float:
     return (p_new - p_old) / se
 
 
+def excess_z(new_events: int, new_n: int, old_events: int, old_n: int, margin: float) -> float:
+    """z statistic for "the new rate exceeds the old one by more than `margin`" (0.0 where undefined).
+
+    Agresti-Caffo's adjusted Wald (one event and one non-event added to each side), which keeps its
+    stated error at the small counts a device sees early in a watch. Without old counts the old rate
+    is taken as 0 and known, and the new rate alone is tested against `margin` (score test).
+    """
+    if new_n <= 0:
+        return 0.0
+    if old_n <= 0:
+        if margin <= 0:
+            return math.inf if new_events > 0 else 0.0
+        if margin >= 1:
+            return -math.inf
+        return (new_events / new_n - margin) / math.sqrt(margin * (1 - margin) / new_n)
+    p_new, p_old = (new_events + 1) / (new_n + 2), (old_events + 1) / (old_n + 2)
+    se = math.sqrt(p_new * (1 - p_new) / (new_n + 2) + p_old * (1 - p_old) / (old_n + 2))
+    return (p_new - p_old - margin) / se
+
+
 def rate_breach(
     name: str, new_events: int, new_n: int, old_events: int, old_n: int, limit: float, z_needed: float, absolute: bool
 ) -> str | None:
     """Why the new version's `name` rate is a regression, or None.
 
-    A breach needs both a size (the rise over the old rate above `limit`, or with `absolute` the
-    new rate itself above it) and evidence (the two-proportion z at least `z_needed`), so a
-    handful of hard inputs in a short span is not a regression and a real one is caught.
+    A breach needs both a size and evidence, so a handful of hard inputs in a short span is not a
+    regression and a real one is caught. With `absolute` (errors, which a healthy model all but never
+    has): the new rate above `limit` and significantly above the old rate (`rise_z`). Otherwise
+    (fallbacks, which a healthy model has at a rate of its own, in bursts when the inputs are hard):
+    evidence that the rise over the old rate is MORE than `limit` (`excess_z`), not merely above 0. A
+    rise just over the limit on a few requests (make demo: 6 of 14 against 11 of 108, limit 0.3,
+    z for "any rise" 3.3) is no evidence of a rise beyond the limit (z 0.2): it waits for more requests.
     """
     new_rate = new_events / new_n if new_n else 0.0
     old_rate = old_events / old_n if old_n else 0.0
     size = new_rate if absolute else new_rate - old_rate
     if size <= limit:
         return None
-    z = rise_z(new_events, new_n, old_events, old_n)
+    if absolute:
+        z = rise_z(new_events, new_n, old_events, old_n)
+    else:
+        z = excess_z(new_events, new_n, old_events, old_n, limit)
     if z < z_needed:
         return None
     what = f"{name} rate {new_rate:.3f}" if absolute else f"{name} rate {new_rate:.3f} rose by {size:.3f}"
+    evidence = "z" if absolute else f"z for a rise beyond {limit:.3f}"
     return (
         f"{what} over {new_n} requests (previous version {old_rate:.3f} over {old_n}), above {limit:.3f}; "
-        f"z={z:.2f} >= {z_needed:.2f}"
+        f"{evidence}={z:.2f} >= {z_needed:.2f}"
     )
 
 
@@ -233,8 +261,9 @@ def decide_health(
 ) -> HealthDecision:
     """Commit, roll back, or keep watching, comparing the new version with the previous one's figures.
 
-    Error and fallback rates are compared with the old version's counts by a two-proportion z test
-    (`rate_breach`): once min_requests were seen, a breach of the size the policy names rolls back
+    Error and fallback rates are compared with the old version's counts by two-proportion z tests
+    (`rate_breach`; fallbacks must be shown to rise by more than the limit, not merely to rise):
+    once min_requests were seen, a breach of the size the policy names rolls back
     early only on strong evidence (Z_EARLY), and at the end of the watch, over the whole watch, on
     ordinary evidence (Z_FINAL); a rise of that size that is not significant is commit. Latency is judged
     once, at the end of the watch, over the whole watch's pooled latencies, against the same
