@@ -155,7 +155,9 @@ def scramble_golden(doc: dict[str, Any], root: Path) -> None:
     """Roll the golden outputs by one row: the model is fine, its on-device self-test fails."""
     gpath = root / doc["golden"]["file"]["path"]
     # read without ast: a scenario may build this release while simulated devices self-test in other threads
-    arrays = {k: (np.roll(v, 1, axis=0) if k.startswith("output/") else v) for k, v in read_npz(gpath).items()}
+    arrays: dict[str, Any] = {
+        k: (np.roll(v, 1, axis=0) if k.startswith("output/") else v) for k, v in read_npz(gpath).items()
+    }
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     gpath.write_bytes(buf.getvalue())
