@@ -282,6 +282,10 @@ class HardExampleIngest:
         self._client: mqtt.Client | None = None
         self._hub: Any = None
         self._last_bad_log = 0.0
+        # why the store cannot be written now (disk full, locked) and since when; None once a batch commits.
+        # Shown on the hub's /healthz: meanwhile messages wait unacknowledged in the broker, nothing is lost.
+        self.write_error: str | None = None
+        self.write_error_since: float | None = None
 
     def wait_subscribed(self, timeout_s: float) -> bool:
         return self._subscribed.wait(timeout_s)
@@ -351,6 +355,11 @@ class HardExampleIngest:
 
     # -- writer thread ----------------------------------------------------------------------
 
+    def _write_failed(self, exc: BaseException) -> None:
+        if self.write_error_since is None:
+            self.write_error_since = time.time()
+        self.write_error = f"{type(exc).__name__}: {exc}"
+
     def _write_loop(self) -> None:
         while not self._stop.is_set():
             batch = take_batch(self._queue, self.config.batch_max, self.config.batch_wait_s)  # type: ignore[union-attr]
@@ -375,10 +384,12 @@ class HardExampleIngest:
                 break
             except Exception as exc:  # disk full, locked: keep the batch unacked and retry
                 self.stats.store_errors += 1
+                self._write_failed(exc)
                 log.error("hard-example store failed batch=%d error=%s; retrying", len(records), exc)
                 self._stop.wait(1.0)
         else:
             return  # stopping without a commit: no acks, the broker redelivers to the next session
+        self.write_error = self.write_error_since = None
         self.stats.stored += sum(new)
         self.stats.duplicates += len(new) - sum(new)
         if self._client is not None:

@@ -3,6 +3,8 @@ the same port with its persistence (so QoS 1 sessions survive a broker restart).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import getpass
 import os
 import shutil
@@ -11,7 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Self
+from typing import Iterator, Self
 
 import pytest
 
@@ -119,3 +121,30 @@ def python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     return env
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size_kb: int = 8192) -> Iterator[Path]:
+    """A tmpfs of `size_kb` mounted at `path` (skips the test where mount is not allowed: it needs root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the disk says ENOSPC; the file is the space to give back."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler

@@ -7,12 +7,8 @@ TelemetryService, a real Mosquitto and the hub's real ingest writing SQLite.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +17,7 @@ from tandem.cloud_hub.telemetry import TelemetryIngestService, TelemetryServiceC
 from tandem.edge_agent.telemetry import ModelInfo, TelemetryService
 from tandem.edge_agent.uplink import telemetry_status
 from tandem.protocols.telemetry_codec import decode_window
+from telemetry_fixtures import fill, tiny_disk
 from waiting import wait_for
 
 REFERENCE = {
@@ -29,32 +26,6 @@ REFERENCE = {
     "classes": {"counts": [10, 10, 10]},
 }
 MODEL = ModelInfo("toy", "1.0.0", REFERENCE, "toy-fp32")
-
-
-@contextlib.contextmanager
-def tiny_disk(path: Path, size_kb: int = 8192):
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full test needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the disk says ENOSPC; the file is the space to give back."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
 
 
 def record(service: TelemetryService, n: int) -> None:

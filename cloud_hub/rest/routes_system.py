@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import RedirectResponse
 
@@ -22,7 +24,32 @@ def healthz(hub: Hub = Depends(get_hub)) -> Health:
     """Liveness for load balancers and `tandem-hub serve` scripts; needs no token."""
     telemetry = getattr(hub, "telemetry", None)
     gaps = telemetry.gaps.stats() if telemetry is not None and getattr(telemetry, "gaps", None) is not None else None
-    return Health(status="ok", schema_version=hub.db.schema_version(), telemetry_gaps=gaps)
+    problems = _store_problems(hub)
+    return Health(
+        status="degraded" if problems else "ok",
+        schema_version=hub.db.schema_version(),
+        telemetry_gaps=gaps,
+        problems=problems,
+    )
+
+
+def _store_problems(hub: Hub) -> list[str]:
+    """Ingest stores that cannot be written now (disk full, locked): what they wait on, not what is lost."""
+    telemetry = getattr(hub, "telemetry", None)
+    ingests = (
+        ("telemetry store", getattr(telemetry, "ingest", None), "windows"),
+        ("hard-example store", getattr(hub, "hard_examples", None), "hard examples"),
+    )
+    now = time.time()
+    out = []
+    for name, ingest, what in ingests:
+        error, since = getattr(ingest, "write_error", None), getattr(ingest, "write_error_since", None)
+        if error:
+            out.append(
+                f"{name} cannot be written for {now - (since or now):.0f}s ({error}); {what} wait unacknowledged "
+                "in the broker until it can (free space under the data dir)"
+            )
+    return out
 
 
 @router.get(

@@ -33,9 +33,12 @@ class Page(BaseModel, Generic[T]):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded while a problem below holds (still HTTP 200: the hub serves)")
     schema_version: int
     telemetry_gaps: GapStatsOut | None = None  # windows missing end to end (open, lost); None without telemetry
+    problems: list[str] = Field(
+        default_factory=list, description="what is wrong now, e.g. a store that cannot be written (disk full)"
+    )
 
 
 class TensorInfoOut(BaseModel):

@@ -95,6 +95,10 @@ class TelemetryIngest:
         self._subscribed = threading.Event()
         self._writer: threading.Thread | None = None
         self._last_bad_log = 0.0
+        # why the store cannot be written now (disk full, locked) and since when; None once a batch commits.
+        # Shown on the hub's /healthz: meanwhile messages wait unacknowledged in the broker, nothing is lost.
+        self.write_error: str | None = None
+        self.write_error_since: float | None = None
         self._limiter = RateLimiter(config.device_rate_per_s, config.device_burst)
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
@@ -153,6 +157,11 @@ class TelemetryIngest:
         if not self._stop.is_set():
             log.info("telemetry ingest disconnected reason=%s; reconnecting", reason_code)
 
+    def _write_failed(self, exc: BaseException) -> None:
+        if self.write_error_since is None:
+            self.write_error_since = time.time()
+        self.write_error = f"{type(exc).__name__}: {exc}"
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._queue.put((self._generation, msg.mid, msg.topic, bytes(msg.payload), msg.qos))
 
@@ -199,10 +208,12 @@ class TelemetryIngest:
                 break
             except Exception as exc:  # disk full, locked: keep the batch unacked and retry
                 self.stats.store_errors += 1
+                self._write_failed(exc)
                 log.error("telemetry store failed batch=%d error=%s; retrying", len(items), exc)
                 self._stop.wait(1.0)
         else:
             return  # stopping without a commit: no acks, the broker redelivers to the next session
+        self.write_error = self.write_error_since = None
         self.stats.batches += 1
         fresh = [(it.window, it.received_at) for it, is_new in zip(items, new) if is_new]
         self.stats.stored += len(fresh)
