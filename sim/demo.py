@@ -198,6 +198,8 @@ def format_summary(summary: dict) -> str:
                 f"  canary rollout of {r['version']}: {r['status']} ({r['counts']}); each device downloaded, "
                 "verified the signature, self-tested, switched and watched its health"
             )
+            if r.get("status") != "completed" and r.get("reason"):
+                lines.append(f"    why: {r['reason']}")
         if fleet.get("drift_at_s") is not None:
             first = fleet.get("first_alert_s")
             lines.append(
@@ -213,6 +215,8 @@ def format_summary(summary: dict) -> str:
             "",
             "  checks: " + "; ".join(f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}" for c in summary["checks"]),
         ]
+        # a failed check says why in the summary itself, not only in summary.json
+        lines += [f"  FAIL {c['name']}: {c['detail']}" for c in summary["checks"] if not c["passed"]]
     lines += ["", f"Reports: {summary['edge_report']}", f"         {summary['cloud_report']}"]
     if summary.get("fleet_report"):
         lines.append(f"         {summary['fleet_report']}  (the fleet run, with plots)")

@@ -524,6 +524,8 @@ def _checks(scenario: Scenario, s: dict[str, Any]) -> list[dict[str, Any]]:
         if ex.rollout == "completed":
             ok = r.get("status") == "completed" and r.get("devices_on_new") == r.get("ota_devices")
             detail = f"rollout {r.get('status')}; {r.get('devices_on_new')}/{r.get('ota_devices')} devices on {r.get('version')}"
+            if r.get("reason"):  # a halted or failed rollout says why (the wave and the device that stopped it)
+                detail += f" ({r['reason']})"
         else:
             ok = (
                 r.get("status") == "halted"

@@ -101,3 +101,56 @@ def test_demo_summary_reads_for_a_newcomer():
     assert "90.0% answered on the device" in text and "answered by the hub" in text
     assert "rollout of 1.1.0: completed" in text and "drift alert at 36.5s" in text
     assert "r/report.md" in text and "tandem-sim list" in text
+
+
+def test_a_failed_demo_check_says_why_in_the_printed_summary():
+    """A halted rollout prints its reason and every failed check its detail (they were only in summary.json)."""
+    from tandem.sim.demo import format_summary
+    from tandem.sim.runner import _checks
+    from tandem.sim.scenario import load_scenario
+
+    reason = "wave 3: 1 of 20 devices failed (last: sim-npu-litert-0018: rolled_back: fallback rate 0.429 rose)"
+    rollout = {
+        "version": "1.1.0",
+        "status": "halted",
+        "reason": reason,
+        "counts": {"rolled_back": 20},
+        "devices_on_new": 0,
+        "ota_devices": 20,
+    }
+    fleet = {
+        "requests": 100,
+        "offered": 100.0,
+        "delivered_ratio": 1.0,
+        "telemetry": {"hub": 10, "sent": 10, "pending": 0},
+        "alerts": [{"signal": "input:x.mean", "opened_s": 36.0}],
+        "drift_at_s": 30.0,
+        "first_alert_s": 36.0,
+        "rollout": rollout,
+        "latency_p99_ms": 1.0,
+    }
+    checks = _checks(load_scenario("demo"), fleet)
+    (failed,) = [c for c in checks if not c["passed"]]
+    assert failed["name"] == "rollout completed" and reason in failed["detail"]
+    text = format_summary(
+        {
+            "seconds": 90.0,
+            "edge_report": "e/report.md",
+            "cloud_report": "c/report.md",
+            "fleet_report": "r/report.md",
+            "variants": {},
+            "chosen": {},
+            "fleet": {
+                "devices": 20,
+                "profiles": {"npu-litert": 20},
+                "variants": {"npu-litert": "litert-int8"},
+                "requests": 100,
+                "by_source": {"edge": 90, "cloud": 10, "edge_degraded": 0, "error": 0},
+                "telemetry": {"sent": 10, "hub": 10},
+            },
+            "rollout": rollout,
+            "checks": checks,
+        }
+    )
+    assert f"why: {reason}" in text
+    assert f"FAIL rollout completed: rollout halted; 0/20 devices on 1.1.0 ({reason})" in text
