@@ -203,12 +203,19 @@ BAD_REQUESTS = {
         lambda x: _mutate(infer_request(x), lambda r: r.outputs.add(name="logits")),
         "no output(s) logits",
     ),
-    "classification extension": (
+    "classification of no classes": (  # Triton's top-k extension is answered (tests/test_hub_v2_protocol.py); k=0 not
         lambda x: _mutate(
             infer_request(x),
-            lambda r: r.outputs.add(name="probabilities").parameters["classification"].__setattr__("int64_param", 3),
+            lambda r: r.outputs.add(name="probabilities").parameters["classification"].__setattr__("int64_param", 0),
         ),
-        "classification",
+        "parameter 'classification' must be a positive integer",
+    ),
+    "shared-memory input": (
+        lambda x: _mutate(
+            infer_request(x),
+            lambda r: r.inputs[0].parameters["shared_memory_region"].__setattr__("string_param", "in0"),
+        ),
+        "input 'input': system and CUDA shared memory is not supported",
     ),
     # an empty batch [0, 64] is answered (the model batches on axis 0): tests/test_hub_v2_protocol.py
     "shape over the size limit": (

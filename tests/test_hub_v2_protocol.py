@@ -6,6 +6,7 @@ compared with ONNX Runtime run directly, errors with the codes v2 clients expect
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 
@@ -68,6 +69,8 @@ def http(hub, token):
     client = tclient_http.InferenceServerClient(hub.http_url.removeprefix("http://"))
     yield client
     client.close()
+    del client
+    gc.collect()  # its __del__ joins a gevent pool: collected here, not in a hub thread that happens to run the GC
 
 
 @pytest.fixture
@@ -263,3 +266,137 @@ def test_resource_exhausted_carries_a_retry_pushback(hub):
     answer = error_response(RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", retry_after_ms=1500))
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "2"
     assert json.loads(answer.body)["error"] == "full"
+
+
+def _top_k(scores: np.ndarray, k: int) -> list[list[bytes]]:
+    """Triton's classification answer computed here: "value:index" (C's %f), best first, ties by index."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[f"{scores[r, i]:f}:{i}".encode() for i in row] for r, row in enumerate(order)]
+
+
+def test_the_classification_extension_answers_top_k_as_triton_does(http, grpc_client, token, reference):
+    """tritonclient's class_count on both doors, JSON and binary (seen failing before: INVALID_ARGUMENT
+    'the classification (top-k) extension is not supported')."""
+    x = _x(4, seed=3)
+    want = _top_k(reference(x), 2)
+    for binary in (True, False):
+        tensor = tclient_http.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        out = tclient_http.InferRequestedOutput("y", binary_data=binary, class_count=2)
+        got = http.infer(MODEL, [tensor], outputs=[out], headers=_Auth(token).copy()).as_numpy("y")
+        as_bytes = [[v if isinstance(v, bytes) else v.encode() for v in row] for row in got.tolist()]  # JSON: str
+        assert got.shape == (4, 2) and as_bytes == want, (binary, got)
+    gtensor = tclient_grpc.InferInput("x", list(x.shape), "FP32")
+    gtensor.set_data_from_numpy(x)
+    answer = grpc_client.infer(MODEL, [gtensor], outputs=[tclient_grpc.InferRequestedOutput("y", class_count=9)])
+    assert answer.get_output("y").datatype == "BYTES"
+    assert answer.as_numpy("y").tolist() == _top_k(reference(x), 3)  # k past the class count: every class
+    empty = tclient_grpc.InferInput("x", [0, 4], "FP32")
+    empty.set_data_from_numpy(np.zeros((0, 4), np.float32))
+    answer = grpc_client.infer(MODEL, [empty], outputs=[tclient_grpc.InferRequestedOutput("y", class_count=2)])
+    assert answer.as_numpy("y").shape == (0, 2)
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.infer(MODEL, [gtensor], outputs=[tclient_grpc.InferRequestedOutput("y", class_count=-1)])
+    assert "parameter 'classification' must be a positive integer" in err.value.message()
+    assert "classification" in grpc_client.get_server_metadata().extensions
+
+
+def test_compressed_request_bodies_are_inflated(http, grpc_client, hub, token, reference):
+    """tritonclient.http's request_compression_algorithm (seen failing before: 400 'not JSON: utf-8 codec
+    can't decode byte 0x8b'); an unknown coding is 415, a gzip bomb stops at the body limit."""
+    import gzip
+
+    import httpx
+
+    x = _x(3, seed=5)
+    for algorithm in ("gzip", "deflate"):
+        tensor = tclient_http.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        result = http.infer(MODEL, [tensor], headers=_Auth(token).copy(), request_compression_algorithm=algorithm)
+        np.testing.assert_allclose(result.as_numpy("y"), reference(x), rtol=1e-6, atol=1e-6)
+    gtensor = tclient_grpc.InferInput("x", list(x.shape), "FP32")
+    gtensor.set_data_from_numpy(x)
+    result = grpc_client.infer(MODEL, [gtensor], compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("y"), reference(x), rtol=1e-6, atol=1e-6)
+
+    url = f"{hub.http_url}/v2/models/{MODEL}/infer"
+    auth = {"Authorization": f"Bearer {token}"}
+    answer = httpx.post(url, content=b"xx", headers=auth | {"Content-Encoding": "br"})
+    assert answer.status_code == 415 and "Content-Encoding 'br' is not supported" in answer.json()["error"]
+    bomb = gzip.compress(b"\0" * (81 * 1024 * 1024), compresslevel=1)
+    answer = httpx.post(url, content=bomb, headers=auth | {"Content-Encoding": "gzip"}, timeout=60)
+    assert answer.status_code == 400 and "inflates past" in answer.json()["error"]
+
+
+def test_what_the_hub_lacks_is_refused_by_name_on_both_doors(http, grpc_client, token):
+    """Repository load/unload, shared memory, trace and log settings: UNIMPLEMENTED / 501 with the reason (seen
+    failing before: gRPC 'Method not found!', REST a 404 tritonclient could not parse); a tensor naming a
+    shared-memory region is refused (before: an output's region was ignored and the answer sent in the body)."""
+    calls = {
+        "load": (lambda c, **h: c.load_model(MODEL, **h), "model load is not supported"),
+        "unload": (lambda c, **h: c.unload_model(MODEL, **h), "model unload is not supported"),
+        "shm": (lambda c, **h: c.get_system_shared_memory_status(**h), "system shared memory is not supported"),
+        "cuda": (lambda c, **h: c.get_cuda_shared_memory_status(**h), "CUDA shared memory is not supported"),
+        "register": (
+            lambda c, **h: c.register_system_shared_memory("r", "/k", 16, **h),
+            "system shared memory is not supported",
+        ),
+        "trace": (lambda c, **h: c.get_trace_settings(**h), "trace settings are not supported"),
+        "log": (lambda c, **h: c.get_log_settings(**h), "log settings are not supported"),
+    }
+    for name, (call, message) in calls.items():
+        with pytest.raises(InferenceServerException) as err:
+            call(grpc_client)
+        assert err.value.status() == "StatusCode.UNIMPLEMENTED" and message in err.value.message(), name
+        with pytest.raises(InferenceServerException) as err:
+            call(http, headers=_Auth(token).copy())
+        assert err.value.status() == "501" and message in err.value.message(), name
+
+    x = _x(2)
+    region = tclient_grpc.InferInput("x", [2, 4], "FP32")
+    region.set_shared_memory("in0", 32)
+    plain = tclient_grpc.InferInput("x", [2, 4], "FP32")
+    plain.set_data_from_numpy(x)
+    into_region = tclient_grpc.InferRequestedOutput("y")
+    into_region.set_shared_memory("out0", 24)
+    for inputs, outputs, where in (([region], None, "input 'x'"), ([plain], [into_region], "output 'y'")):
+        with pytest.raises(InferenceServerException) as err:
+            grpc_client.infer(MODEL, inputs, outputs=outputs)
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert f"{where}: system and CUDA shared memory is not supported" in err.value.message()
+    hregion = tclient_http.InferInput("x", [2, 4], "FP32")
+    hregion.set_shared_memory("in0", 32)
+    hplain = tclient_http.InferInput("x", [2, 4], "FP32")
+    hplain.set_data_from_numpy(x)
+    hout = tclient_http.InferRequestedOutput("y")
+    hout.set_shared_memory("out0", 24)
+    for inputs, outputs, where in (([hregion], None, "input 'x'"), ([hplain], [hout], "output 'y'")):
+        with pytest.raises(InferenceServerException) as err:
+            http.infer(MODEL, inputs, outputs=outputs, headers=_Auth(token).copy())
+        assert err.value.status() == "400" and f"{where}: system and CUDA shared memory" in err.value.message()
+
+
+def test_every_v2_rest_error_is_v2_shaped(http, hub, token):
+    """401, 404 and 405 under /v2 answer {"error": ...}, which tritonclient reads (seen failing before: FastAPI's
+    {"detail": ...}, which tritonclient.http reported as 'an exception occurred in the client while decoding
+    the response: 'error''); the console keeps {"detail": ...}."""
+    import httpx
+
+    with pytest.raises(InferenceServerException) as err:
+        http.get_server_metadata()  # no token
+    assert err.value.status() == "401" and "missing bearer token" in err.value.message()
+    auth = {"Authorization": f"Bearer {token}"}
+    answer = httpx.get(f"{hub.http_url}/v2/nothing", headers=auth)
+    assert answer.status_code == 404 and answer.json() == {
+        "error": "no such Open Inference Protocol endpoint: GET /v2/nothing"
+    }
+    answer = httpx.get(f"{hub.http_url}/v2/models/{MODEL}/infer", headers=auth)
+    assert answer.status_code == 405 and "GET is not allowed" in answer.json()["error"]
+    answer = httpx.post(
+        f"{hub.http_url}/v2/models/{MODEL}/infer",
+        content=b"{}",
+        headers=auth | {"Inference-Header-Content-Length": "abc"},
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "Inference-Header-Content-Length 'abc' is not a byte count"}
+    assert "detail" in httpx.get(f"{hub.http_url}/v1/devices").json()  # the console's own shape

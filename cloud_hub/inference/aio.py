@@ -24,6 +24,7 @@ import grpc.aio
 from tandem.cloud_hub.inference import describe
 from tandem.cloud_hub.inference.admission import Admission
 from tandem.cloud_hub.inference.health import INFERENCE_SERVICE, add_reflection
+from tandem.cloud_hub.inference.unsupported import UnsupportedMethods
 from tandem.cloud_hub.inference.servicer import RETRY_PUSHBACK_KEY, InferenceServicer, Prepared, RpcFailure
 from tandem.protocols import inference_pb2 as pb
 from tandem.protocols import inference_pb2_grpc as pb_grpc
@@ -190,6 +191,7 @@ class AioServerThread:
         async def build() -> int:
             server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
             pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+            server.add_generic_rpc_handlers((UnsupportedMethods(asynchronous=True),))
             self.health = await _add_health(server, health_names)
             add_reflection(server, self.health is not None)
             port = bind(server)

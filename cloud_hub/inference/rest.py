@@ -19,8 +19,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from tandem.cloud_hub.inference import describe
-from tandem.cloud_hub.inference.rest_codec import HEADER_LENGTH, RestBodyError, encode_infer_response, parse_infer_body
+from tandem.cloud_hub.inference import describe, unsupported
+from tandem.cloud_hub.inference.rest_codec import (
+    HEADER_LENGTH,
+    RestBodyError,
+    UnsupportedEncodingError,
+    decode_content,
+    encode_infer_response,
+    header_length,
+    parse_infer_body,
+)
 from tandem.cloud_hub.inference.servicer import RpcFailure, InferenceServicer
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, require
 from tandem.protocols.limits import MAX_GRPC_MESSAGE_BYTES
@@ -38,6 +46,7 @@ HTTP_STATUS = {
     grpc.StatusCode.INTERNAL: 500,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
 }
 MAX_BODY_BYTES = MAX_GRPC_MESSAGE_BYTES  # the same bound as a gRPC message
 
@@ -159,7 +168,7 @@ class InferResponseOut(BaseModel):
 _V2_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": V2Error, "description": "malformed request; the message names the tensor"},
     404: {"model": V2Error, "description": "no such model or version"},
-    **{code: spec for code, spec in AUTH_RESPONSES.items() if code in (401, 403, 422)},
+    **{code: spec | {"model": V2Error} for code, spec in AUTH_RESPONSES.items() if code in (401, 403, 422)},
 }
 _READ = [Depends(require("read"))]
 _INFER_BODY = {
@@ -388,11 +397,15 @@ def _register(path: str, versioned: bool) -> None:
         try:
             servicer = _servicer(request)
             body = await _read_body(request)
-            header = request.headers.get(HEADER_LENGTH)
             try:
-                rest = parse_infer_body(
-                    body, int(header) if header is not None else None, p["model"], version_of(p), servicer.limits
-                )
+                encoding = request.headers.get("content-encoding")
+                if encoding:  # tritonclient.http's request_compression_algorithm: inflating is CPU work, off the loop
+                    body = await run_in_threadpool(decode_content, body, encoding, MAX_BODY_BYTES)
+                length = header_length(request.headers.get(HEADER_LENGTH))
+                rest = parse_infer_body(body, length, p["model"], version_of(p), servicer.limits)
+            except UnsupportedEncodingError as exc:
+                servicer.note_failure(p["model"], RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                return JSONResponse({"error": str(exc)}, status_code=415)
             except (RestBodyError, TensorCodecError, ValueError) as exc:
                 failure = RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 servicer.note_failure(p["model"], failure)
@@ -423,3 +436,26 @@ async def _read_body(request: Request) -> bytes:
 
 _register("/models/{model}", versioned=False)
 _register("/models/{model}/versions/{version}", versioned=True)
+
+# Triton's endpoints the hub does not offer: 501 and why (not a 404 whose body a v2 client cannot parse). Left out
+# of the OpenAPI document: they are not part of the API, only named refusals.
+_REFUSED = {
+    "/repository/models/{model}/load": "RepositoryModelLoad",
+    "/repository/models/{model}/unload": "RepositoryModelUnload",
+    "/systemsharedmemory/{rest:path}": "SystemSharedMemoryStatus",
+    "/cudasharedmemory/{rest:path}": "CudaSharedMemoryStatus",
+    "/trace/setting": "TraceSetting",
+    "/models/{model}/trace/setting": "TraceSetting",
+    "/logging": "LogSettings",
+}
+
+
+def _refusal(method: str) -> Any:
+    def refuse() -> JSONResponse:
+        return error_response(RpcFailure(grpc.StatusCode.UNIMPLEMENTED, unsupported.METHODS[method]))
+
+    return refuse
+
+
+for _path, _method in _REFUSED.items():
+    router.add_api_route(_path, _refusal(_method), methods=["GET", "POST"], dependencies=_READ, include_in_schema=False)

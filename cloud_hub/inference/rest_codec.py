@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from tandem.cloud_hub.inference.unsupported import SHARED_MEMORY_PARAMS, SHARED_MEMORY_REFUSAL
 from tandem.protocols import config_loader
 from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2 as pb
@@ -37,6 +39,59 @@ _RESERVED = {BINARY_OUTPUT, "timeout"}
 
 class RestBodyError(ValueError):
     """The REST body is malformed; the message says where."""
+
+
+class UnsupportedEncodingError(RestBodyError):
+    """The body's Content-Encoding is not one the hub decodes (HTTP 415)."""
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before its Content-Encoding (gzip, deflate, identity; several are undone last first),
+    refused past `limit` bytes inflated: tritonclient.http compresses request bodies when asked
+    (request_compression_algorithm), and a small gzip body can inflate to gigabytes."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip()]
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip"):
+            body = _inflate(body, coding, 16 + zlib.MAX_WBITS, limit)
+        elif coding == "deflate":  # zlib-wrapped as RFC 9110 says; some clients send it raw
+            try:
+                body = _inflate(body, coding, zlib.MAX_WBITS, limit)
+            except _NotThatFormat:
+                body = _inflate(body, coding, -zlib.MAX_WBITS, limit)
+        else:
+            raise UnsupportedEncodingError(
+                f"Content-Encoding {coding!r} is not supported: send the body as gzip, deflate or identity"
+            )
+    return body
+
+
+class _NotThatFormat(RestBodyError):
+    pass
+
+
+def _inflate(data: bytes, coding: str, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise _NotThatFormat(f"the body is not valid {coding} data ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise RestBodyError(f"the {coding} body inflates past {limit} bytes")
+    if not inflater.eof:
+        raise RestBodyError(f"the {coding} body is truncated")
+    return out
+
+
+def header_length(value: str | None) -> int | None:
+    """The Inference-Header-Content-Length header as a byte count (None: the body is all JSON)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RestBodyError(f"{HEADER_LENGTH} {value!r} is not a byte count") from None
 
 
 @dataclass(frozen=True)
@@ -88,7 +143,10 @@ def parse_infer_body(
             raise RestBodyError(f"input {name!r}: shape must be a list of integers")
         dtype_of(datatype, name)
         check_shape(name, shape, limits)
-        size = _dict(tensor.get("parameters"), f"input {name!r} parameters").get(BINARY_SIZE)
+        tensor_params = _dict(tensor.get("parameters"), f"input {name!r} parameters")
+        if any(key in tensor_params for key in SHARED_MEMORY_PARAMS):
+            raise RestBodyError(f"input {name!r}: {SHARED_MEMORY_REFUSAL}")
+        size = tensor_params.get(BINARY_SIZE)
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise RestBodyError(

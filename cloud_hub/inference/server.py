@@ -32,6 +32,7 @@ from tandem.cloud_hub.inference.admission import Admission
 from tandem.cloud_hub.inference.gate import AioClientCertGate, CertPolicy, ClientCertGate
 from tandem.cloud_hub.inference.model import BatchOptions, CloudModel, ModelDirError, load_cloud_model
 from tandem.cloud_hub.inference.health import add_health_and_reflection
+from tandem.cloud_hub.inference.unsupported import UnsupportedMethods
 from tandem.cloud_hub.inference.servicer import DEFAULT_INLINE_MAX_US, InferenceServicer, InferenceStats
 from tandem.cloud_hub.pki import RevocationList
 from tandem.cloud_hub.ratelimit import RateLimiter
@@ -216,6 +217,7 @@ class InferenceServer:
         )
         assert self.servicer is not None
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((UnsupportedMethods(),))  # Triton's methods we lack: UNIMPLEMENTED, why
         self.health = add_health_and_reflection(server, self.servicer)
         port = self._bind(server, address)
         if port:

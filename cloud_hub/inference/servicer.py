@@ -24,9 +24,11 @@ import grpc
 import numpy as np
 
 from tandem.cloud_hub.inference import describe
+from tandem.cloud_hub.inference.classification import ClassificationError, class_count, labels_of, top_classes
 from tandem.cloud_hub.inference.counters import InferenceCounters
 from tandem.cloud_hub.inference.model import BadInputError, CloudModel
 from tandem.cloud_hub.inference.tracing import SpanRecorder
+from tandem.cloud_hub.inference.unsupported import shared_memory_refusal
 from tandem.hardware_profiles.runtimes.batching import BatcherClosedError, QueueFullError
 from tandem.protocols import inference_params as params
 from tandem.protocols import inference_pb2 as pb
@@ -44,7 +46,15 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "tandem-hub"
 # The v2 extensions this server speaks (ServerMetadata.extensions, GET /v2).
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository", "health", "metrics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "statistics",
+    "model_configuration",
+    "model_repository",
+    "health",
+    "metrics",
+]
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRFC A6: how long a client should wait before retrying
 _MAX_TRACKED_DEVICES = 10_000
 _MIN_PUSHBACK_MS = 10
@@ -98,6 +108,7 @@ class Prepared:
     wanted: list[str]
     edge: params.EdgeContext
     start: float
+    classes: Mapping[str, int] = field(default_factory=dict)  # output -> k of Triton's classification extension
 
 
 def _version() -> str:
@@ -316,6 +327,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Resolve, decode and check a request (RpcFailure if it is bad); a zero-row batch is answered here."""
         start = time.perf_counter()
         model = self.resolve(request.model_name, request.model_version)
+        refusal = shared_memory_refusal(request)  # before decoding: such an input carries no data to decode
+        if refusal is not None:
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, refusal)
         try:
             tensors = decode_request_inputs(request, self.limits)
             feeds = model.check_inputs(tensors, allow_non_finite=self.allow_non_finite)
@@ -329,17 +343,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 f"model {model.name!r} has no output(s) {', '.join(unknown)} "
                 f"(outputs: {', '.join(model.output_names)})",
             )
-        for out in request.outputs:
-            if "classification" in out.parameters:  # Triton's top-k extension: not offered here
-                raise RpcFailure(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"output {out.name!r}: the classification (top-k) extension is not supported; "
-                    "request the raw output and take the top-k client-side",
-                )
+        try:
+            classes = {o.name: k for o in request.outputs if (k := class_count(o.name, o.parameters)) is not None}
+        except ClassificationError as exc:
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if feeds and all(a.ndim and a.shape[0] == 0 for a in feeds.values()):
-            return self._empty_answer(request, model, wanted, start)
+            return self._empty_answer(request, model, wanted, start, classes)
         edge = params.read_edge_context(request.parameters)
-        return Prepared(request, model, feeds, wanted, edge, start)
+        return Prepared(request, model, feeds, wanted, edge, start, classes)
 
     def run_inline(self, prepared: "Prepared") -> list[np.ndarray] | None:
         """Run a tiny model in the calling thread (or event loop), queue or not; None for other models.
@@ -409,8 +420,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         compute_ms = (time.perf_counter() - prepared.start) * 1000.0
         by_name = dict(zip(model.output_names, outputs))
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=prepared.request.id)
+        answer = _classified(model, {name: by_name[name] for name in prepared.wanted}, prepared.classes)
         try:
-            encode_response_outputs(response, {name: by_name[name] for name in prepared.wanted}, limits=self.limits)
+            encode_response_outputs(response, answer, limits=self.limits)
         except TensorCodecError as exc:
             raise RpcFailure(
                 grpc.StatusCode.INTERNAL, f"model {model.name!r} answer cannot be encoded: {exc}"
@@ -429,12 +441,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.counters.record(response.model_name, seconds, rows=rows)
 
     def _empty_answer(
-        self, request: pb.ModelInferRequest, model: CloudModel, wanted: list[str], start: float
+        self,
+        request: pb.ModelInferRequest,
+        model: CloudModel,
+        wanted: list[str],
+        start: float,
+        classes: Mapping[str, int],
     ) -> pb.ModelInferResponse:
         """A zero-row batch answers zero-row outputs without running the model (check_inputs allowed it)."""
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         empty = model.empty_outputs()
-        encode_response_outputs(response, {name: empty[name] for name in wanted}, limits=self.limits)
+        answer = _classified(model, {name: empty[name] for name in wanted}, classes)
+        encode_response_outputs(response, answer, limits=self.limits)
         params.set_parameter(response.parameters, params.VARIANT, model.variant.id)
         params.set_parameter(response.parameters, params.COMPUTE_MS, (time.perf_counter() - start) * 1000.0)
         return response
@@ -506,6 +524,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 Counter(s.by_device),
                 s.compute_ms_total,
             )
+
+
+def _classified(model: CloudModel, outputs: dict[str, np.ndarray], classes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """The outputs to answer, those asked with `classification: k` as their top k classes (BYTES)."""
+    if not classes:
+        return outputs
+    labels = labels_of(model.manifest.task, model.output_names)
+    try:
+        return {
+            name: top_classes(name, array, classes[name], labels.get(name)) if name in classes else array
+            for name, array in outputs.items()
+        }
+    except ClassificationError as exc:
+        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 def _pushback_ms(model: CloudModel) -> int:

@@ -6,8 +6,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi_offline import FastAPIOffline
 
 from tandem.cloud_hub.errors import AuthError, HubError
@@ -55,12 +57,25 @@ def create_app(hub: Any) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
         if exc.status >= 500:
             log.error("request failed path=%s error=%s", request.url.path, exc)
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
+        return JSONResponse(error_body(request, str(exc)), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # One error shape everywhere ({"detail": str}), so clients and the CLI print it as is.
-        return JSONResponse({"detail": describe_validation_errors(exc.errors())}, status_code=422)
+        return JSONResponse(error_body(request, describe_validation_errors(exc.errors())), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not is_v2(request.url.path):
+            return await http_exception_handler(request, exc)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such Open Inference Protocol endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = (
+                f"{request.method} is not allowed on {request.url.path} (allowed: {(exc.headers or {}).get('Allow')})"
+            )
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     for module in (routes_system, routes_devices, routes_models, routes_artifacts, routes_tokens, routes_whoami):
         app.include_router(module.router)
@@ -79,6 +94,16 @@ def create_app(hub: Any) -> FastAPI:
         ),
     )
     return app
+
+
+def is_v2(path: str) -> bool:
+    """An Open Inference Protocol path, whose errors are v2's {"error": ...} (tritonclient reads that key)."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_body(request: Request, message: str) -> dict[str, str]:
+    """The console's {"detail": ...}, or v2's {"error": ...} under /v2."""
+    return {"error": message} if is_v2(request.url.path) else {"detail": message}
 
 
 def describe_validation_errors(errors: Any) -> str:

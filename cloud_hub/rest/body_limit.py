@@ -98,7 +98,8 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _too_large(send: Send, limit: int, scope: Scope) -> None:
     log.warning("request body over the limit path=%s limit=%d", scope.get("path"), limit)
-    body = json.dumps({"detail": f"request body exceeds {limit} bytes (max_json_body_bytes)"}).encode()
+    key = "error" if str(scope.get("path", "")).startswith("/v2/") else "detail"  # v2 clients read "error"
+    body = json.dumps({key: f"request body exceeds {limit} bytes (max_json_body_bytes)"}).encode()
     await send(
         {
             "type": "http.response.start",
