@@ -97,6 +97,8 @@ class Hub:
         self._http_port: int | None = None
         self._http_sock: socket.socket | None = None
         self._services: list[HubService] = []
+        self._broker_lock = threading.Lock()  # restart_broker (revocations) and respawn_broker (BrokerWatch)
+        self.broker_watch: Any = None  # BrokerWatch while the hub runs its own Mosquitto
         self._started_services: list[HubService] = []
         self._late_services: list[HubService] = []  # started after HTTP (rollouts need its URL), stopped before it
         self.telemetry: Any = None  # TelemetryIngestService while telemetry runs (set by HubTelemetry)
@@ -196,6 +198,7 @@ class Hub:
             if self.config.models.dirs and self._inference is None:
                 self._start_inference()
             self._add_revocation_watch()
+            self._add_broker_watch()
             self._add_default_telemetry()
             self._add_default_presence()
             self._add_default_hard_examples()
@@ -408,6 +411,15 @@ class Hub:
             self._closed = True
         log.info("hub stopped")
 
+    def _add_broker_watch(self) -> None:
+        """Our own Mosquitto is restarted if it dies (cloud_hub/broker_watch.py)."""
+        if self._broker is None or self._broker.kind != "mosquitto" or self.broker_watch is not None:
+            return
+        from tandem.cloud_hub.broker_watch import BrokerWatch
+
+        self.broker_watch = BrokerWatch()
+        self._services.append(self.broker_watch)
+
     def _add_revocation_watch(self) -> None:
         """With TLS: revocations end device tokens (and restart our own broker); our broker's refusals are counted."""
         if self._pki is None:
@@ -422,18 +434,35 @@ class Hub:
     def restart_broker(self) -> None:
         """Restart the hub's own Mosquitto on the same port: every open session is cut, the CRL is read again
         (revoked certificates are refused when they reconnect), persisted sessions and retained messages stay."""
-        old = self._broker
-        if old is None or old.kind != "mosquitto":
-            return
-        old.stop()
-        self._broker = start_broker(
-            "mosquitto",
-            self.config.data_dir / "mosquitto",
-            old.host,
-            old.port,
-            tls_pki=self._pki,
-        )
+        with self._broker_lock:
+            old = self._broker
+            if old is None or old.kind != "mosquitto":
+                return
+            old.stop()
+            self._broker = self._start_own_broker(old)
         log.warning("broker restarted url=%s", self._broker.url)
+
+    def own_broker_exit_code(self) -> int | None:
+        """The exit status of the hub's own Mosquitto child if it has died, else None (running, or none of ours)."""
+        with self._broker_lock:  # not while restart_broker swaps it
+            return self._own_broker_exit_code()
+
+    def _own_broker_exit_code(self) -> int | None:
+        process = getattr(self._broker, "process", None)
+        return process.poll() if process is not None else None
+
+    def respawn_broker(self) -> str | None:
+        """Start the hub's own Mosquitto again on its port after it died (BrokerWatch); its URL, or None when
+        there was nothing to do (it runs, or the hub stopped). Raises BrokerError when it cannot start."""
+        with self._broker_lock:
+            old = self._broker
+            if old is None or old.kind != "mosquitto" or self._own_broker_exit_code() is None:
+                return None
+            self._broker = self._start_own_broker(old)
+            return self._broker.url
+
+    def _start_own_broker(self, old: BrokerHandle) -> BrokerHandle:
+        return start_broker("mosquitto", self.config.data_dir / "mosquitto", old.host, old.port, tls_pki=self._pki)
 
     def __enter__(self) -> "Hub":
         return self

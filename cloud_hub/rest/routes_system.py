@@ -24,7 +24,8 @@ def healthz(hub: Hub = Depends(get_hub)) -> Health:
     """Liveness for load balancers and `tandem-hub serve` scripts; needs no token."""
     telemetry = getattr(hub, "telemetry", None)
     gaps = telemetry.gaps.stats() if telemetry is not None and getattr(telemetry, "gaps", None) is not None else None
-    problems = _store_problems(hub)
+    watch = getattr(hub, "broker_watch", None)
+    problems = ([watch.problem] if watch is not None and watch.problem else []) + _store_problems(hub)
     return Health(
         status="degraded" if problems else "ok",
         schema_version=hub.db.schema_version(),
