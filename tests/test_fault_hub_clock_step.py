@@ -126,3 +126,27 @@ def test_the_worker_keeps_ticking_after_the_clock_steps_back(rollout):
     clocks.step = -HOUR
     seen = ticks[0]
     assert wait_for(lambda: ticks[0] >= seen + 3, 10), "the rollout worker stopped ticking after the clock went back"
+
+
+def test_telemetry_gaps_are_still_asked_for_after_the_hub_clock_steps_back(tmp_path):
+    """A gap stamped before the step would wait for as long as the clock went back: by then the agent's
+    replay store (an hour by default) may have let the window go, and a recoverable loss becomes final."""
+    from tandem.cloud_hub.telemetry.gaps import GapPolicy, GapTracker
+    from tandem.cloud_hub.telemetry.store import TelemetryStore
+
+    clocks = Clocks()
+    store = TelemetryStore.open(tmp_path / "telemetry.sqlite")
+    asked: list[str] = []
+    policy = GapPolicy(ask_after_s=5.0, ask_every_s=30.0, max_asks=2)
+    gaps = GapTracker(store, lambda device, payload: asked.append(device), policy, clocks.wall)
+    gaps.note([("dev", 1), ("dev", 3)])  # 2 went missing in the broker
+    clocks.t += 1.0
+    clocks.step = -HOUR
+    assert gaps.tick() == 0  # not yet: it may still arrive
+    clocks.t += policy.ask_after_s + 1
+    assert gaps.tick() == 1 and asked == ["dev"], "a gap opened before the clock went back was not asked for"
+    clocks.t += policy.ask_every_s + 1
+    assert gaps.tick() == 1 and gaps.stats()["lost"] == 0  # asked again on the new clock, not given up at once
+    gaps.note([("dev", 2)])
+    assert gaps.stats()["open"] == 0 and gaps.recovered == 1
+    store.db.close()

@@ -28,6 +28,7 @@ from tandem.protocols.resend import MAX_RESEND_SEQUENCES, ResendRequest
 
 log = logging.getLogger(__name__)
 
+CLOCK_STEP_TOLERANCE_S = 5.0  # a stamp further ahead of the clock than this was made before it was stepped back
 MAX_GAP_ROWS = 100_000  # sequences one jump may open; a bigger jump (a reset outbox) counts the rest lost at once
 
 _SCHEMA = (
@@ -115,6 +116,11 @@ class GapTracker:
         now, p = self.clock(), self.policy
         with self._lock:
             with self.store.db.transaction() as c:
+                # stamps from before the wall clock was stepped back would wait for as long as it went back
+                # (past the agents' replay_s, a recoverable gap becomes a loss): they start again from now
+                ahead = now + CLOCK_STEP_TOLERANCE_S
+                c.execute("UPDATE telemetry_gaps SET opened_at=? WHERE state='open' AND opened_at>?", [now, ahead])
+                c.execute("UPDATE telemetry_gaps SET last_ask=? WHERE state='open' AND last_ask>?", [now, ahead])
                 c.execute(
                     "UPDATE telemetry_gaps SET state='lost' WHERE state='open' AND asks>=? AND last_ask<?",
                     [p.max_asks, now - p.ask_every_s],
