@@ -81,6 +81,17 @@ def _load_config(args: argparse.Namespace) -> AgentConfig:
     return config.with_overrides(overrides) if overrides else config
 
 
+def _seconds(value: str) -> float:
+    """argparse `type=`: a positive number of seconds (0 or less would give up before asking)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a positive, finite number of seconds, e.g. 5")
+    return seconds
+
+
 def _notify_systemd(message: str) -> None:
     """sd_notify(3) without libsystemd: Type=notify units learn we are ready."""
     path = os.environ.get("NOTIFY_SOCKET")
@@ -132,6 +143,7 @@ def _describe(agent: "Agent") -> str:
 
 def _status(args: argparse.Namespace) -> int:
     """Ask a running agent's /healthz (its health port) and print it."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -155,6 +167,13 @@ def _status(args: argparse.Namespace) -> int:
         body = json.loads(exc.read() or b"{}")
     except (urllib.error.URLError, OSError) as exc:
         raise AgentError(f"no agent answers at {url} ({getattr(exc, 'reason', exc)}); is it running?") from exc
+    except (http.client.HTTPException, ValueError) as exc:  # something else listens there (a gRPC or MQTT port)
+        body = {"not an HTTP JSON answer": type(exc).__name__}
+    if not isinstance(body, dict) or "device_id" not in body or "breaker" not in body:  # e.g. the hub's /healthz
+        raise AgentError(
+            f"{url} does not answer as an agent's health server; give the agent's own health port "
+            "(its config's [health] http_port, or --url)"
+        )
     if args.json:
         print(json.dumps(body))
         return 0 if body.get("status") == "ok" else 1
@@ -347,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_args(status)
     status.add_argument("--url", help="health server URL, e.g. http://127.0.0.1:9464 (default: from the config)")
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    status.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait (default 5)")
     status.add_argument("--json", action="store_true", help="print /healthz as JSON")
     status.set_defaults(func=_status)
 
@@ -372,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: hub when unsure; edge: never the hub; cloud: always the hub",
     )
     infer.add_argument("--outputs", action="store_true", help="also print the output tensors")
-    infer.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    infer.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the answer (default 5)")
     infer.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     infer.set_defaults(func=_infer)
 

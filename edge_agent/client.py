@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from tandem.edge_agent.config import default_endpoint
-from tandem.edge_agent.errors import ERRORS_BY_CODE, AgentError, AgentUnavailable
+from tandem.edge_agent.errors import ERRORS_BY_CODE, AgentError, AgentUnavailable, ConfigError
 from tandem.edge_agent.wire import MODES, SOURCE_NAMES, RequestTemplates, decode_reply
 from tandem.edge_agent.zmq_io import recv_frames, send_frames
 from tandem.protocols import local_api_pb2 as pb
@@ -148,7 +148,7 @@ class AgentClient:
     def _connect(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
+        _connect(sock, self.endpoint)
         self._rcvtimeo = -2
         return sock
 
@@ -215,6 +215,17 @@ class AgentClient:
         self.close()
 
 
+def _connect(sock: zmq.Socket, endpoint: str) -> None:
+    """Connect, or ConfigError naming an endpoint ZeroMQ cannot use (not a bare zmq.ZMQError)."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ConfigError(
+            f"endpoint {endpoint!r}: {exc.strerror}; an agent endpoint is ipc://PATH or tcp://HOST:PORT"
+        ) from None
+
+
 class AsyncAgentClient:
     """asyncio client; many concurrent `infer` calls share one socket."""
 
@@ -227,7 +238,7 @@ class AsyncAgentClient:
         self._ctx = context or zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(self.endpoint)
+        _connect(self._sock, self.endpoint)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._ids = _new_ids()
         self._templates = RequestTemplates()

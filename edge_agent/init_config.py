@@ -9,6 +9,7 @@ Stdlib HTTP only: a device installs the agent alone (no cloud_hub import).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -103,6 +104,12 @@ class HubLink:
         except urllib.error.URLError as exc:
             cause = exc.reason if isinstance(exc.reason, BaseException) else exc
             raise InitError(describe_connection_error(self.url, cause, self._ca, url_option="--hub")) from None
+        except (http.client.HTTPException, TimeoutError) as exc:  # something that is not the hub's HTTP answers
+            what = f"no answer within {self._timeout:g} s" if isinstance(exc, TimeoutError) else "not an HTTP answer"
+            raise InitError(
+                f"{method} {self.url}{path}: {what}; is {self.url} the hub's REST URL (`tandem-hub serve` prints it), "
+                "not its gRPC or MQTT port?"
+            ) from None
         except (OSError, ValueError) as exc:
             raise InitError(f"{method} {self.url}{path}: {exc}") from None
 

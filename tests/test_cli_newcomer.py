@@ -131,3 +131,81 @@ def test_os_error_line_names_the_path_and_the_problem(tmp_path):
     denied = PermissionError(errno.EACCES, "Permission denied", "/root/x")
     assert os_error_line(denied) == "/root/x: Permission denied"
     assert os_error_line(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+
+
+class _NotAnAgent:
+    """A loopback port that answers like something else: `http` a JSON /healthz without an agent's fields (the
+    hub's), else bytes that are not HTTP at all (a gRPC or MQTT port)."""
+
+    def __init__(self, http: bool) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        body = b'{"status": "ok"}'
+        self.answer = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            if http
+            else b"\x00\x00\x06\x04\x00\x00\x00\x00\x00garbage"
+        )
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("http", [True, False], ids=["json-healthz", "not-http"])
+def test_agent_status_at_a_port_that_is_not_an_agent_says_so(http, capsys):
+    """Seen failing before: the hub's URL printed 'ok: device None serves None None', exit 0; a gRPC port a
+    BadStatusLine traceback."""
+    from tandem.edge_agent.cli import main
+
+    other = _NotAnAgent(http)
+    try:
+        assert main(["status", "--url", f"http://127.0.0.1:{other.port}", "--timeout", "5"]) == 1
+    finally:
+        other.close()
+    assert "does not answer as an agent's health server" in capsys.readouterr().err
+
+
+def test_agent_init_at_a_port_that_is_not_the_hubs_rest_says_so(tmp_path, capsys):
+    """Seen failing before: http.client.BadStatusLine traceback when --hub named the hub's gRPC port."""
+    from agent_fixtures import make_linear_softmax, make_model_dir
+    from tandem.edge_agent.cli import main
+
+    model = make_model_dir(make_linear_softmax(tmp_path / "m.onnx"), tmp_path / "model")
+    other = _NotAnAgent(http=False)
+    try:
+        argv = ["init", "--hub", f"http://127.0.0.1:{other.port}", "--token", "tdm_x", "--model-dir", str(model)]
+        assert main([*argv, "--out", str(tmp_path / "agent.toml")]) == 2
+    finally:
+        other.close()
+    err = capsys.readouterr().err
+    assert "not an HTTP answer" in err and "the hub's REST URL" in err, err
+
+
+def test_agent_infer_refuses_an_endpoint_zeromq_cannot_use_and_a_timeout_of_zero(tmp_path, capsys):
+    """Seen failing before: a zmq.error.ZMQError traceback; --timeout 0 waited 0 s and blamed the agent."""
+    import numpy as np
+
+    from tandem.edge_agent.cli import main
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    assert main(["infer", "--endpoint", "localhost:5555", "--input", str(tmp_path / "x.npy")]) == 2
+    assert "endpoint 'localhost:5555'" in capsys.readouterr().err
+    for bad in ("0", "-1", "inf"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["infer", "--input", str(tmp_path / "x.npy"), "--timeout", bad])
+        assert exit_.value.code == 2
+        assert "give a positive, finite number of seconds" in capsys.readouterr().err
