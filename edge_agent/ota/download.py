@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import ssl
 import threading
 import time
@@ -176,23 +177,33 @@ class Downloader:
                 raise DownloadError(
                     f"{url}: asked for bytes {have}-, got Content-Range {resp.headers.get('content-range')!r}"
                 )
-            with open(part, "r+b" if have else "wb") as fh:
-                fh.seek(have)
-                fh.truncate()
-                received = 0
-                for chunk in resp.iter_bytes(self.config.chunk_bytes):
-                    if self.cancel.is_set():
-                        raise DownloadError(f"{url}: cancelled")
-                    if have + len(chunk) > size:
-                        raise DownloadError(f"{part.name[:-5]}: the server sent more than the manifest's {size} bytes")
-                    fh.write(chunk)
-                    have += len(chunk)
-                    received += len(chunk)
-                    if self.on_progress:
-                        self.on_progress(len(chunk))
-                    self._throttle(received, started)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with open(part, "r+b" if have else "wb") as fh:
+                    fh.seek(have)
+                    fh.truncate()
+                    received = 0
+                    for chunk in resp.iter_bytes(self.config.chunk_bytes):
+                        if self.cancel.is_set():
+                            raise DownloadError(f"{url}: cancelled")
+                        if have + len(chunk) > size:
+                            raise DownloadError(
+                                f"{part.name[:-5]}: the server sent more than the manifest's {size} bytes"
+                            )
+                        fh.write(chunk)
+                        have += len(chunk)
+                        received += len(chunk)
+                        if self.on_progress:
+                            self.on_progress(len(chunk))
+                        self._throttle(received, started)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # a full or read-only disk: name the place and what it needs
+                have = part.stat().st_size if part.exists() else 0
+                raise DownloadError(
+                    f"{part.parent}: cannot write the download ({exc.strerror or exc}); {size - have} of its "
+                    f"{size} bytes still to write, {_free_bytes(part.parent)} free: free space under the OTA "
+                    "store and send the update again (it resumes)"
+                ) from exc
         if have != size:
             raise _Retry(f"connection ended at {have} of {size} bytes")
 
@@ -202,6 +213,13 @@ class Downloader:
             ahead = received / rate - (time.monotonic() - started)
             if ahead > 0:
                 self.cancel.wait(ahead)
+
+
+def _free_bytes(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free} bytes"
+    except OSError:
+        return "unknown bytes"
 
 
 def https_context(tls: TlsFiles | None) -> ssl.SSLContext:
