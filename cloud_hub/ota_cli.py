@@ -53,7 +53,11 @@ def add_ota_commands(sub: Any) -> None:
     )
     start.add_argument("--model", required=True, help="a registered model's name")
     start.add_argument("--version", required=True, help="its registered version, MAJOR.MINOR.PATCH")
-    start.add_argument("--select", default="", help="profile=...,KEY=VALUE (device tags); all must match")
+    start.add_argument(
+        "--select",
+        default="",
+        help="profile=...,KEY=VALUE (device tags); all must match (default: every registered device)",
+    )
     start.add_argument("--waves", default="5,25,100", help="cumulative percentages ending at 100 (default 5,25,100)")
     start.add_argument(
         "--gate",
@@ -75,7 +79,7 @@ def add_ota_commands(sub: Any) -> None:
         )
     )
     status.add_argument("rollout_id", nargs="?", help="one rollout's id (default: list them all)")
-    status.add_argument("--events", type=int, default=20, help="recent steps to show for one rollout")
+    status.add_argument("--events", type=int, default=20, help="recent steps to show for one rollout (default 20)")
     status.set_defaults(func=cmd_status)
 
     for name, text in (

@@ -44,7 +44,7 @@ def add_publisher_commands(sub: Any) -> None:
         )
     )
     p.add_argument("pem", type=Path, help="the public half tandem-compile wrote beside its key (*.pub.pem)")
-    p.add_argument("--name", default="", help="who holds the key, shown by list")
+    p.add_argument("--name", default="", help="who holds the key, shown by list (default: none)")
     p.set_defaults(func=cmd_add)
     p = _dir(
         add_action(actions, "list", "the trusted publisher keys", "tandem-hub publishers list --data-dir ./tandem-data")

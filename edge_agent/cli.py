@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         default="auto",
         choices=["auto", "edge", "cloud"],
-        help="auto: hub when unsure; edge: never the hub; cloud: always the hub",
+        help="auto (default): hub when unsure; edge: never the hub; cloud: always the hub",
     )
     infer.add_argument("--outputs", action="store_true", help="also print the output tensors")
     infer.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the answer (default 5)")

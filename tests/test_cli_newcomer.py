@@ -44,6 +44,14 @@ def test_every_leaf_command_says_what_it_does_and_shows_a_call(name, parser):
     assert "example" in epilog and name.split()[0] in epilog, f"{name} --help shows no example call"
     undocumented = [a.dest for a in parser._actions if a.help is None and not isinstance(a, argparse._SubParsersAction)]
     assert not undocumented, f"{name}: arguments without help: {undocumented}"
+    silent = [
+        a.dest
+        for a in parser._actions
+        if a.default not in (None, False, argparse.SUPPRESS, [], ())
+        and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))
+        and "default" not in (a.help or "").lower()
+    ]
+    assert not silent, f"{name}: arguments whose help does not say their default: {silent}"
 
 
 def _run(cli: str, *argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
