@@ -185,7 +185,10 @@ class InferenceServer:
             raise
         if not port:
             self._release()
-            raise ConfigError(f"grpc: cannot listen on {address} (in use, or not an address of this machine)")
+            raise ConfigError(
+                f"grpc.port (env TANDEM_HUB_GRPC_PORT): cannot listen on {address} (in use, or not an address of "
+                "this machine); give another with --grpc-port, 0 for any free port"
+            )
         self.port = port
         log.info(
             "inference server listening on %s:%d server=%s models=%s aliases=%s max_concurrent_rpcs=%d",
