@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).debug("file error", exc_info=True)
         print(f"tandem-hub: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C while a command waits (serve stops on SIGINT by itself)
+        print("tandem-hub: interrupted", file=sys.stderr)
         return 130
 
 

@@ -416,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).debug("file error", exc_info=True)
         print(f"tandem-agent: {os_error_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while infer, status or init wait (run stops on SIGINT by itself)
+        print("tandem-agent: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -217,3 +217,30 @@ def test_agent_infer_refuses_an_endpoint_zeromq_cannot_use_and_a_timeout_of_zero
             main(["infer", "--input", str(tmp_path / "x.npy"), "--timeout", bad])
         assert exit_.value.code == 2
         assert "give a positive, finite number of seconds" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_agent_infer_waits_exits_130_without_a_traceback(tmp_path):
+    """Seen failing before: a KeyboardInterrupt traceback out of zmq's recv."""
+    import signal
+    import socket
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    silent = socket.create_server(("127.0.0.1", 0))  # takes the connection, never answers
+    silent.settimeout(60)
+    port = silent.getsockname()[1]
+    argv = ["infer", "--endpoint", f"tcp://127.0.0.1:{port}", "--input", str(tmp_path / "x.npy"), "--timeout", "60"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", CLIS["tandem-agent"], *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        conn, _ = silent.accept()  # the command is past its imports and waiting on the agent
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        conn.close()
+    finally:
+        proc.kill()
+        silent.close()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "tandem-agent: interrupted"
