@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         tokens.add_parser(
             "create",
             help="create a token (shown once)",
-            description="With --data-dir (or without a hub URL) the token is written straight into "
-            "that data dir's database: this is how the first admin token is made. "
+            description="With --data-dir (or with neither a hub URL nor a token) the token is written straight "
+            "into that data dir's database: this is how the first admin token is made. "
             "Otherwise it is created over REST with an admin token.",
             epilog="examples:\n  tandem-hub tokens create --scope admin --name me --data-dir ./tandem-data\n"
             "  tandem-hub tokens create --scope read --name grafana --url http://127.0.0.1:8080   # over REST, "
@@ -475,7 +475,10 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     if scope is None:
         raise HubError("tokens create needs --scope (or --device DEVICE for a device's own token)")
 
-    if args.data_dir is not None or not (args.url or os.environ.get("TANDEM_HUB_URL")):
+    # A URL or a token means a hub to ask over REST; only with neither is the token written locally (into
+    # ./tandem-data, which a token meant for a running hub elsewhere would silently not reach).
+    remote = args.url or os.environ.get("TANDEM_HUB_URL") or args.token or os.environ.get("TANDEM_HUB_TOKEN")
+    if args.data_dir is not None or not remote:
         from tandem.cloud_hub.auth import TokenStore
         from tandem.cloud_hub.config import HubConfig
         from tandem.cloud_hub.storage import open_database

@@ -244,3 +244,20 @@ def test_ctrl_c_while_agent_infer_waits_exits_130_without_a_traceback(tmp_path):
         silent.close()
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "tandem-agent: interrupted"
+
+
+def test_tokens_create_with_a_token_asks_a_hub_and_writes_no_local_data_dir(tmp_path, monkeypatch, capsys):
+    """Seen failing before: `tokens create --token T` without a URL wrote the new token into a fresh
+    ./tandem-data that no running hub reads, exit 0."""
+    from tandem.cloud_hub import client
+    from tandem.cloud_hub.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("TANDEM_HUB_URL", "TANDEM_HUB_TOKEN", "TANDEM_HUB_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(client, "DEFAULT_URL", "http://127.0.0.1:1")  # the default URL, where nothing listens
+    assert main(["tokens", "create", "--scope", "read", "--name", "ci", "--token", "tdm_x"]) == 1
+    assert "cannot reach the hub at http://127.0.0.1:1" in capsys.readouterr().err
+    assert not (tmp_path / "tandem-data").exists()
+    assert main(["tokens", "create", "--scope", "admin", "--name", "me"]) == 0  # the first admin token: local
+    assert (tmp_path / "tandem-data").is_dir()
