@@ -209,7 +209,8 @@ def parse_scenario(data: Any, source: str = "<memory>") -> Scenario:
 
     raw_devices = top.get("devices")
     if not isinstance(raw_devices, list) or not raw_devices:
-        raise r.fail("devices", "required: a non-empty list of device groups")
+        got = "" if raw_devices is None else f", got {raw_devices!r}"
+        raise r.fail("devices", f"required: a non-empty list of device groups{got}")
     groups = []
     for i, item in enumerate(raw_devices):
         w = f"devices[{i}]."

@@ -261,3 +261,13 @@ def test_tokens_create_with_a_token_asks_a_hub_and_writes_no_local_data_dir(tmp_
     assert not (tmp_path / "tandem-data").exists()
     assert main(["tokens", "create", "--scope", "admin", "--name", "me"]) == 0  # the first admin token: local
     assert (tmp_path / "tandem-data").is_dir()
+
+
+def test_a_scenario_whose_devices_are_not_a_list_says_what_it_got(tmp_path):
+    """Seen failing before: 'devices: required: ...' for a key that was there, with the wrong type."""
+    from tandem.sim.scenario import ScenarioError, load_scenario
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nduration_s: 10\ndevices: many\n")
+    with pytest.raises(ScenarioError, match="devices: required: a non-empty list of device groups, got 'many'"):
+        load_scenario(str(path))
