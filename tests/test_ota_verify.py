@@ -274,3 +274,31 @@ def test_a_self_test_harness_error_that_persists_fails_as_one_not_as_a_bad_varia
     _assert_refused(store, steps, switched, "failed", "self-test error: ")
     assert "AST constructor recursion depth mismatch" in steps[-1][2] and "after 3 attempts" in steps[-1][2]
     assert len(calls) == 3
+
+
+def test_a_wall_clock_step_during_the_health_watch_neither_ends_nor_stretches_it(hub, tmp_path):
+    """An NTP step of +1 h 0.2 s into a 1 s watch: the watch still lasts 1 s (it ended at once on the wall clock)."""
+    store = ModelStore(tmp_path / "store")
+    store.open()
+    store.install_initial(hub.releases["1.1.0"])
+    steps: list[tuple[str, float]] = []
+    switched_at: list[float] = []
+
+    def wall() -> float:  # steps one hour ahead 0.2 s after the switch
+        stepped = bool(switched_at) and time.monotonic() - switched_at[0] > 0.2
+        return time.time() + (3600.0 if stepped else 0.0)
+
+    updater = Updater(
+        store,
+        load_public_key(hub.key.public_pem),
+        UpdaterConfig(
+            PROFILE, DownloadConfig(token=hub.test_token, attempts=2, backoff_s=0.01), WatchPolicy(watch_s=1.0), 0.02
+        ),
+        on_switch=lambda path: switched_at.append(time.monotonic()),
+        publish=lambda step, result, reason, health: steps.append((step, time.monotonic())),
+        clock=wall,
+    )
+    # no traffic during the watch: kept at its end (commit_without_traffic)
+    assert updater.run(_cmd(hub, "1.3.0", watch_s=1.0)) == "committed"
+    watched = dict(steps)["committed"] - dict(steps)["watching"]
+    assert 0.9 <= watched < 5.0, watched

@@ -61,8 +61,11 @@ class Updater:
         clock: Callable[[], float] = time.time,
         cancel: threading.Event | None = None,
         hub_clock: HubClock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`hub_clock`: the device's estimate of the hub's time; a manifest's expiry is judged on it."""
+        """`hub_clock`: the device's estimate of the hub's time; a manifest's expiry is judged on it.
+        `clock` (wall time) judges expiry; `monotonic` times the health watch, so a step of the wall
+        clock (NTP, an RTC set at boot) neither ends a watch early nor stretches it by the step."""
         self.store = store
         self.trusted_key = trusted_key
         self.config = config
@@ -70,6 +73,7 @@ class Updater:
         self.publish = publish
         self.health = health
         self.clock = clock
+        self.monotonic = monotonic
         self.cancel = cancel or threading.Event()
         self.hub_clock = hub_clock or HubClock()
         self.state: State = "idle"
@@ -169,7 +173,7 @@ class Updater:
         policy = self.config.watch
         if cmd.watch_s is not None:
             policy = WatchPolicy(**{**policy.__dict__, "watch_s": cmd.watch_s})
-        started = self.clock()
+        started = self.monotonic()
         self._enter("ok", f"watching for {policy.watch_s:g}s", {"baseline": baseline.to_dict()})  # -> watching
         current = HealthFigures()
         while True:
@@ -177,7 +181,7 @@ class Updater:
                 # Stopping mid-watch: the trial stays uncommitted; the next start rolls it back.
                 return self.state
             current = current.merge(self.health())
-            decision = decide_health(baseline, current, self.clock() - started, policy)
+            decision = decide_health(baseline, current, self.monotonic() - started, policy)
             figures = {"baseline": baseline.to_dict(), "current": current.to_dict()}
             if decision.verdict == "commit":
                 self.store.commit(figures)
