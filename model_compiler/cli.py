@@ -146,7 +146,8 @@ def _pairs(items: list[str], flag: str, convert: Callable[[str], Any] = str) -> 
         try:
             found[name.strip()] = convert(value.strip())
         except ValueError as exc:
-            raise CompileError(f"{flag} {item!r}: {exc}") from exc
+            why = f"{value.strip()!r} is not a number" if convert is float else str(exc)
+            raise CompileError(f"{flag} {item!r}: {why} (expected NAME=VALUE)") from exc
     return found
 
 
@@ -370,7 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"time all variants together in this many interleaved rounds, the order rotated; reduced precision "
         f"is judged on its ratio to FP32 within each round (default {DEFAULT_ROUNDS})",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an --out folder that is not a previous tandem-compile output (a previous output is "
+        "always replaced, atomically: the new one is built beside it and swapped in when complete)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress on stderr, ours or NNCF's/OpenVINO's (warnings stay)"

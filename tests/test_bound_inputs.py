@@ -184,6 +184,8 @@ def test_cli_bind_needs_name_equals_value(tmp_path, capsys):
     ]
     assert compile_cli([*args, "--bind", "sr"]) == 2
     assert "--bind 'sr': expected NAME=VALUE" in capsys.readouterr().err
+    assert compile_cli([*args, "--budget", "speed=fast"]) == 2
+    assert "--budget 'speed=fast': 'fast' is not a number (expected NAME=VALUE)" in capsys.readouterr().err
     assert compile_cli([*args, "--bind", "audio=1"]) == 2
     assert "--bind audio: the model has no 0-d (scalar) input of that name" in capsys.readouterr().err
     np.savez(tmp_path / "d.npz", audio=_audio(8, 1), sr=np.array(8000, np.int64))  # recorded at another rate
