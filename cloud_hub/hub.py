@@ -409,7 +409,7 @@ class Hub:
             self.db.close()
             self._lock.release()
             self._closed = True
-        log.info("hub stopped")
+            log.info("hub stopped")  # once: a failed start stops, and its caller may stop again
 
     def _add_broker_watch(self) -> None:
         """Our own Mosquitto is restarted if it dies (cloud_hub/broker_watch.py)."""
