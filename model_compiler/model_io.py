@@ -55,9 +55,10 @@ def load_model(path: str | Path) -> onnx.ModelProto:
             f"  python -m tf2onnx.convert --tflite {path} --output {onnx_path} --opset 17"
         )
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError, OSError
         raise InvalidModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    _load_external_data(model, path)
     if not model.graph.node:
         raise InvalidModelError(f"{path}: the graph has no nodes")
     try:
@@ -65,6 +66,33 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     except Exception as exc:
         raise InvalidModelError(f"{path}: the ONNX checker rejects it: {str(exc).splitlines()[0]}") from exc
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the weights an exporter saved beside the model (save_as_external_data) into it, so every
+    variant is self-contained; a missing or unreadable data file is named, with the tensors that need it."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, load_external_data_for_model
+
+    wanted: dict[str, list[str]] = {}
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location == tensor.EXTERNAL:
+            wanted.setdefault(ExternalDataInfo(tensor).location, []).append(tensor.name)
+    if not wanted:
+        return
+    for location, tensors in wanted.items():
+        if not (path.parent / location).is_file():
+            named = ", ".join(repr(t) for t in tensors[:3]) + (
+                f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+            )
+            raise InvalidModelError(
+                f"{path}: its weights are stored outside it, in {location!r} (tensors {named}), and "
+                f"{path.parent / location} is not a file: copy the data file the exporter wrote beside the model, "
+                "under that name"
+            )
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # a location escaping the folder, a truncated file
+        raise InvalidModelError(f"{path}: cannot read its external weights ({type(exc).__name__}: {exc})") from exc
 
 
 def is_tflite(path: Path) -> bool:

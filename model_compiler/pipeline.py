@@ -35,6 +35,7 @@ from tandem.model_compiler.drift_reference import build_drift_reference
 from tandem.model_compiler.errors import CalibrationDataError, CompileError, VariantSkipped
 from tandem.model_compiler.report import note_where_validated, write_reports
 from tandem.model_compiler.ml_operators import ml_operators, refusal, runtimes_that_cannot
+from tandem.model_compiler import quantized_source
 from tandem.model_compiler.golden import DEFAULT_COUNT, GOLDEN_FILENAME, write_golden
 from tandem.model_compiler.select import Candidate, choose_for_profile
 from tandem.model_compiler.timing import DEFAULT_ROUNDS, Timed, close_all, open_variant, time_sessions
@@ -313,6 +314,9 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
         prepared, more = model_io.prepare_model(specialized.model, prepared_path)
         notes += specialized.notes + more
         bound = specialized.bound
+    quantized = quantized_source.quantized_ops(prepared)
+    if quantized:
+        notes.append(quantized_source.note(quantized))
     for note in notes:
         say(f"note: {note}")
     inputs, outputs = model_io.io_specs(prepared)
@@ -371,7 +375,9 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
             blocked[profile.name] = "; ".join(dict.fromkeys(cannot[t.runtime] for t in profile.runtimes))
     buildable = [p for p in profiles if p.name not in blocked]
     recipes, wanted_by, skipped = _plan(buildable, say, cannot)
-    outcomes = _build_and_validate(recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say)
+    outcomes = _build_and_validate(
+        recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say, quantized
+    )
     note_where_validated(outcomes, buildable)
     if opts.timing:
         _time_in_rounds(outcomes, task, val, opts, say)
@@ -506,12 +512,20 @@ def _build_and_validate(
     opts: CompileOptions,
     out: Path,
     say: Progress,
+    quantized: list[str] | None = None,
 ) -> list[VariantOutcome]:
+    """Build and validate each recipe; one that cannot be built is skipped with its reason. `quantized`:
+    the source's quantized operators (quantized_source.py), which rule some recipes out before building."""
     outcomes = []
     total = len(recipes)
     for i, (rid, recipe) in enumerate(recipes.items(), start=1):
         outcome = VariantOutcome(recipe=recipe, profiles=wanted_by[rid])
         outcomes.append(outcome)
+        refused = quantized_source.refusal(recipe.runtime, recipe.precision, quantized or [])
+        if refused:
+            outcome.skipped = refused
+            say(f"[{i}/{total}] skipped {rid}: {refused}")
+            continue
         variant_dir = out / "variants" / rid
         variant_dir.mkdir(parents=True, exist_ok=True)
         ctx = BuildContext(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,11 @@ def _build_fp16(ctx: BuildContext, out: Path) -> list[str]:
 
     from tandem.model_compiler.ml_types import type_ml_outputs
 
+    if _already_float16(onnx.load(str(ctx.model_path))):
+        # ORT's offline optimizer would bake in the CPU provider's float16 -> float casts, which the converter
+        # then retypes into a graph that does not load: an FP16 model is its own FP16 variant
+        shutil.copyfile(ctx.model_path, out)
+        return ["the model is FP16 already (weights, inputs and outputs): built as given"]
     optimized = ctx.out_dir / f".{out.stem}.fp32-basic.onnx"
     _optimize_offline(ctx.model_path, optimized)
     try:
@@ -225,6 +231,17 @@ def _build_fp16(ctx: BuildContext, out: Path) -> list[str]:
     return ["weights and compute in FP16; inputs and outputs stay FP32 (keep_io_types)"] + (
         [f"{typed} ai.onnx.ml output(s) stay FP32, cast to FP16 after the operator"] if typed else []
     )
+
+
+def _already_float16(model: onnx.ModelProto) -> bool:
+    """Float16 weights or inputs and no float32 ones: an FP16 model as exported (float16 IO natively)."""
+    from onnx import TensorProto
+
+    from tandem.model_compiler.model_io import graphs_within
+
+    types = {init.data_type for graph in graphs_within(model.graph) for init in graph.initializer}
+    types |= {v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}
+    return TensorProto.FLOAT16 in types and TensorProto.FLOAT not in types
 
 
 class _Reader:
@@ -382,7 +399,6 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
     inference. Symbolic shape inference runs when sympy is installed; it matters for
     models with symbolic dims (transformers), not for the CNNs and MLPs here."""
     import importlib.util
-    import shutil
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -1,0 +1,156 @@
+"""ONNX model forms real users bring, beyond the plain FP32 export: weights in an external data file, a model
+already quantized, a model that is FP16 natively. Each compiles into variants that give what ONNX Runtime gives on
+the model as given (the agent serves them), or is refused with a message that names what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compile_fixtures import ORT_CPU, ORT_FP32, compile_for_profile, profile_text
+from tandem.edge_agent import Agent, AgentClient, AgentConfig
+from tandem.model_compiler.errors import InvalidModelError
+from tandem.model_compiler.model_io import load_model
+
+IN, HIDDEN, OUT = 16, 32, 5
+
+# ONNX Runtime INT8 and FP16 beside FP32: the recipes an already-quantized or FP16 model must not break.
+ORT_ALL = profile_text(
+    "ort-all",
+    [ORT_CPU],
+    ["int8", "fp16", "fp32"],
+    description="test profile, ONNX Runtime INT8, FP16 and FP32",
+    cpu_features=("avx2", "fma", "f16c"),
+)
+
+
+def _mlp(elem: int = TensorProto.FLOAT, seed: int = 0) -> onnx.ModelProto:
+    """MatMul-Add-Relu-MatMul-Softmax over a dynamic batch, weights of the given float type."""
+    dtype = np.float16 if elem == TensorProto.FLOAT16 else np.float32
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array((rng.normal(size=(IN, HIDDEN)) * 0.3).astype(dtype), "w1"),
+        numpy_helper.from_array((rng.normal(size=HIDDEN) * 0.1).astype(dtype), "b1"),
+        numpy_helper.from_array((rng.normal(size=(HIDDEN, OUT)) * 0.3).astype(dtype), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"]),
+        helper.make_node("Add", ["m1", "b1"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", elem, ["batch", IN])],
+        [helper.make_tensor_value_info("y", elem, ["batch", OUT])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _rows(n: int, seed: int = 1, dtype: type = np.float32) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, IN)).astype(dtype)
+
+
+def _served(tmp: Path, model_dir: Path, variant: str, x: np.ndarray) -> np.ndarray:
+    """What the agent answers for `x` with `variant` of the compiled `model_dir`."""
+    cfg = AgentConfig.from_keys(
+        {
+            "trust.allow_unsigned": True,
+            "model.dir": model_dir,
+            "model.variant": variant,
+            "server.endpoint": f"ipc://{tmp}/agent.sock",
+            "hard_examples.data_dir": tmp / "data",
+            "policy.threshold": 0.0,
+        }
+    )
+    with Agent(cfg) as agent, AgentClient(agent.endpoint) as client:
+        return client.infer({"x": x}, return_outputs=True).outputs["y"]
+
+
+def _direct(model: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def _external(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / "model.onnx"
+    onnx.save_model(_mlp(), str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    return path
+
+
+def test_a_missing_external_data_file_is_named_with_its_tensors(tmp_path):
+    path = _external(tmp_path / "m")
+    (tmp_path / "m" / "weights.bin").unlink()
+    with pytest.raises(InvalidModelError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert "in 'weights.bin' (tensors 'w1', 'b1', 'w2')" in message, message
+    assert "not an ONNX model" not in message  # it is one; a file beside it is missing
+
+
+def test_a_model_with_external_weights_compiles_into_a_self_contained_variant(tmp_path):
+    path = _external(tmp_path / "m")
+    result = compile_for_profile(tmp_path, ORT_FP32, path, _rows(32), progress=lambda message: None)
+    (variant,) = result.manifest.variants
+    assert [Path(f.path).name for f in variant.files] == ["onnxruntime-fp32.onnx"]
+    built = onnx.load(str(result.out / variant.files[0].path), load_external_data=False)
+    assert not any(init.data_location == TensorProto.EXTERNAL for init in built.graph.initializer)
+    x = _rows(6, seed=2)
+    got = _served(tmp_path, result.out, variant.id, x)
+    np.testing.assert_allclose(got, _direct(path, x), rtol=1e-5, atol=1e-6)
+
+
+def _qdq(tmp: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    float_model = tmp / "float.onnx"
+    onnx.save(_mlp(), str(float_model))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{"x": row[None]} for row in _rows(16)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    path = tmp / "qdq.onnx"
+    quantize_static(str(float_model), str(path), Reader(), quant_format=QuantFormat.QDQ)
+    return path
+
+
+def test_an_already_quantized_model_is_not_quantized_again(tmp_path):
+    path = _qdq(tmp_path)
+    result = compile_for_profile(tmp_path, ORT_ALL, path, _rows(64), progress=lambda message: None)
+    assert any("already quantized (DequantizeLinear, QuantizeLinear)" in note for note in result.notes)
+    skipped = {o.recipe.id: o.skipped for o in result.outcomes if o.skipped}
+    int8 = [rid for rid in skipped if "int8" in rid]
+    assert int8 and all("INT8 would quantize it a second time" in skipped[rid] for rid in int8), skipped
+    assert "ONNX Runtime's FP16 conversion cannot retype" in skipped["onnxruntime-fp16"]
+    chosen = result.manifest.profiles["ort-all"].chosen
+    assert chosen == "onnxruntime-fp32"
+    x = _rows(6, seed=3)
+    np.testing.assert_allclose(_served(tmp_path, result.out, chosen, x), _direct(path, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_native_fp16_model_is_its_own_fp16_variant(tmp_path):
+    path = tmp_path / "fp16.onnx"
+    onnx.save(_mlp(TensorProto.FLOAT16), str(path))
+    result = compile_for_profile(tmp_path, ORT_ALL, path, _rows(64, dtype=np.float16), progress=lambda message: None)
+    fp16 = next(o for o in result.outcomes if o.recipe.id == "onnxruntime-fp16")
+    assert fp16.skipped is None and fp16.built is not None, fp16.skipped
+    assert fp16.metrics["task_gate"] == "pass"
+    x = _rows(6, seed=4, dtype=np.float16)
+    got = _served(tmp_path, result.out, "onnxruntime-fp16", x)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, _direct(path, x))
