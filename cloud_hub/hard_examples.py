@@ -167,7 +167,7 @@ class HardExampleStore:
     def open(cls, target: str | Path, max_rows: int = DEFAULT_MAX_ROWS) -> "HardExampleStore":
         """A postgresql:// URL (schema `hard_examples`), a SQLite file, or a directory (<dir>/hard_examples.sqlite)."""
         if is_postgres_url(target):
-            return cls(open_database(target, MIGRATIONS, schema=HARD_EXAMPLES_SCHEMA), max_rows)
+            return cls(open_database(target, MIGRATIONS, schema=HARD_EXAMPLES_SCHEMA, durable=True), max_rows)
         path = Path(target)
         if path.is_dir() or not path.suffix:
             path = path / HARD_EXAMPLES_DB_FILENAME

@@ -21,6 +21,7 @@ from typing import Any, Iterable, TypeGuard
 
 import paho.mqtt.client as mqtt
 
+from tandem.cloud_hub.storage.outage import FailureLog
 from tandem.cloud_hub.devices import DeviceRegistry, PresenceKey
 from tandem.cloud_hub.errors import HubError
 from tandem.protocols.mqtt_client import disconnect_and_stop, set_reconnect_delay
@@ -29,6 +30,7 @@ from tandem.protocols.tls import configure_mqtt_client
 from tandem.protocols.topics import STATUS, TopicError, all_devices, parse_topic
 
 log = logging.getLogger(__name__)
+_failures = FailureLog(log)
 
 UNKNOWN_AGENT_VERSION = "unknown"
 
@@ -200,8 +202,8 @@ class DevicePresence:
             return 0
         try:
             return self.devices.touch(pending)
-        except Exception:  # the registry must never take the MQTT side down; retry next flush
-            log.exception("presence flush failed devices=%d", len(pending))
+        except Exception as exc:  # the registry must never take the MQTT side down; retry next flush
+            _failures.failed("presence flush failed devices=%d", exc, len(pending))
             with self._lock:
                 self._pending.update(pending)
             return 0

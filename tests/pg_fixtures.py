@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +75,42 @@ class PostgresCluster:
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(args[:2])} failed: {result.stdout[-1500:]}{result.stderr[-1500:]}")
 
-    def start(self) -> "PostgresCluster":
+    def start(self, max_connections: int = 400) -> "PostgresCluster":
         self._run(
             str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8", "--no-sync"
         )
-        options = (
+        self.options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=400 -c shared_buffers=32MB"
+            f"-c full_page_writes=off -c max_connections={max_connections} -c shared_buffers=32MB"
         )
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
         self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", self.options, "-l", str(self.root / "log"), "-w",
             "-t", "60", "start",
         )  # fmt: skip
-        return self
+
+    def kill_postmaster(self) -> int:
+        """SIGKILL the server's postmaster (a crash: its backends end when they notice); its pid."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def start_again(self, timeout_s: float = 30.0) -> None:
+        """pg_ctl start after a crash (crash recovery), retried while the dead server's backends linger."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._pg_ctl_start()
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -133,6 +156,30 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[Callable[..., PostgresCluster]]:
+    """A factory of clusters of the test's own (killed, restarted, filled to max_connections by fault tests
+    without touching the session's cluster), stopped when the test ends."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip(missing("psycopg", "make test installs the [postgres] extra"))
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(missing("postgresql server (initdb, pg_ctl)", "make test installs it: apt-get install postgresql"))
+    made: list[PostgresCluster] = []
+
+    def make(max_connections: int = 400) -> PostgresCluster:
+        made.append(PostgresCluster(bindir))
+        return made[-1].start(max_connections)
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop()
 
 
 @pytest.fixture

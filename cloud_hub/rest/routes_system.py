@@ -9,6 +9,7 @@ from fastapi.responses import RedirectResponse
 
 from tandem.cloud_hub.rest.deps import AUTH_RESPONSES, Hub, get_hub, require
 from tandem.cloud_hub.rest.schemas import Health, HubInfo, ReleaseKeyOut
+from tandem.cloud_hub.storage.db import DatabaseError
 
 router = APIRouter()
 
@@ -23,12 +24,18 @@ def root() -> RedirectResponse:
 def healthz(hub: Hub = Depends(get_hub)) -> Health:
     """Liveness for load balancers and `tandem-hub serve` scripts; needs no token."""
     telemetry = getattr(hub, "telemetry", None)
-    gaps = telemetry.gaps.stats() if telemetry is not None and getattr(telemetry, "gaps", None) is not None else None
     watch = getattr(hub, "broker_watch", None)
     problems = ([watch.problem] if watch is not None and watch.problem else []) + _store_problems(hub)
+    gaps, schema_version = None, None
+    try:
+        schema_version = hub.db.schema_version()
+        if telemetry is not None and getattr(telemetry, "gaps", None) is not None:
+            gaps = telemetry.gaps.stats()
+    except DatabaseError as exc:  # PostgreSQL down or restarting: say so (200, degraded), not a 500
+        problems.insert(0, f"database unreachable: {exc}")
     return Health(
         status="degraded" if problems else "ok",
-        schema_version=hub.db.schema_version(),
+        schema_version=schema_version,
         telemetry_gaps=gaps,
         problems=problems,
     )

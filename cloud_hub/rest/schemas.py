@@ -34,7 +34,7 @@ class Page(BaseModel, Generic[T]):
 
 class Health(BaseModel):
     status: str = Field(description="ok, or degraded while a problem below holds (still HTTP 200: the hub serves)")
-    schema_version: int
+    schema_version: int | None = Field(description="the hub store's schema version; None while its database is away")
     telemetry_gaps: GapStatsOut | None = None  # windows missing end to end (open, lost); None without telemetry
     problems: list[str] = Field(
         default_factory=list, description="what is wrong now, e.g. a store that cannot be written (disk full)"

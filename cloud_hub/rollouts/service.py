@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tandem.cloud_hub.storage.outage import FailureLog
 from tandem.cloud_hub.devices import DeviceFilter, DeviceRegistry
 from tandem.cloud_hub.errors import ConflictError, InvalidInputError, NotFoundError
 from tandem.cloud_hub.keys import ReleaseKey
@@ -41,6 +42,7 @@ from tandem.protocols.telemetry_codec import decode_status as decode_device_stat
 from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 
 log = logging.getLogger(__name__)
+_failures = FailureLog(log)
 
 DriftAlerts = Callable[[str, str], int]  # (model, version) -> open drift alerts
 CLOCK_STEP_TOLERANCE_S = 5.0  # wall minus monotonic advance between two ticks that counts as a step
@@ -246,8 +248,8 @@ class RolloutService:
                 if self._monotonic() >= next_tick:
                     self._tick()
                     next_tick = self._monotonic() + self.config.tick_s
-            except Exception:  # one bad message or a DB hiccup must not stop rollouts
-                log.exception("rollouts worker error")
+            except Exception as exc:  # one bad message or a DB hiccup must not stop rollouts
+                _failures.failed("rollouts worker error", exc)
 
     def _handle(self, topic: str, payload: bytes) -> None:
         try:

@@ -33,6 +33,13 @@ class DatabaseError(HubError):
     """The database cannot be opened, reached or migrated; the message names it (password redacted)."""
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The database cannot answer now (down or restarting, no free connection slot, a statement past its
+    timeout): worth retrying, so REST answers 503, not 500; loops log it as one line, not a traceback."""
+
+    status = 503
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -220,14 +227,15 @@ def open_database(
 
     `target`: a SQLite file path, or a postgresql:// URL (the store lives in `schema` there, so
     the hub's stores keep apart schema_migrations in one database). `durable`: SQLite fsyncs
-    every commit (synchronous=FULL) for stores that acknowledge what they committed.
+    every commit (synchronous=FULL), PostgreSQL waits for its WAL flush (synchronous_commit on where the server
+    says off), for stores that acknowledge what they committed.
     """
     if is_postgres_url(target):
         from tandem.cloud_hub.storage.postgres_db import PostgresDatabase
 
         if not SCHEMA_RE.match(schema):
             raise DatabaseError(f"schema {schema!r}: lowercase letters, digits and '_' only")
-        hub_db: HubDatabase = PostgresDatabase(str(target), schema)
+        hub_db: HubDatabase = PostgresDatabase(str(target), schema, durable=durable)
     else:
         if isinstance(target, str) and "://" in target:
             raise DatabaseError(

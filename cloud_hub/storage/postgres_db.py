@@ -5,6 +5,12 @@ statement or transaction borrows a connection from a pool of at most `max_connec
 gives it back; a thread inside `transaction()` keeps its connection, so its `query` reads its
 own writes. Connections run in autocommit and `transaction()` opens a real BEGIN/COMMIT.
 Every connection's search_path is the store's schema, so the SQL names tables unqualified.
+
+A statement waits at most STATEMENT_TIMEOUT_S (unless the URL, role or database sets statement_timeout):
+without it, one session holding a lock on a table the hub writes would hang REST workers and the
+ingest writer forever. The database being away (down, restarting, no free connection slot, a
+statement timed out) raises `DatabaseUnavailableError` (REST 503); after a restart the idle pool,
+whose connections all died with the server, is dropped at the first broken one.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from tandem.cloud_hub.storage.db import DatabaseError, HubDatabase, Params, redact_url
+from tandem.cloud_hub.storage.db import DatabaseError, DatabaseUnavailableError, HubDatabase, Params, redact_url
 from tandem.cloud_hub.storage.dialect import POSTGRESQL
 
 try:
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 8
 BORROW_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10
+STATEMENT_TIMEOUT_S = 30.0  # the default bound on one statement, lock waits included
 
 _sql = functools.lru_cache(maxsize=2048)(POSTGRESQL.sql)
 
@@ -46,6 +53,11 @@ if psycopg is not None:
                 return int(text)
             except ValueError:
                 return float(text)
+
+
+def _one_line(exc: BaseException) -> str:
+    """psycopg's message on one line (libpq's spans several, with tabs)."""
+    return " ".join(str(exc).split())
 
 
 def _run(cur: Any, sql: str, params: Params) -> None:
@@ -83,9 +95,10 @@ class PostgresDatabase(HubDatabase):
 
     dialect = POSTGRESQL
 
-    def __init__(self, url: str, schema: str, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, url: str, schema: str, max_connections: int = MAX_CONNECTIONS, durable: bool = False) -> None:
         self.url = url
         self.schema = schema
+        self.durable = durable
         self.where = f"{redact_url(url)} (schema {schema})"
         if psycopg is None:
             raise DatabaseError(
@@ -98,6 +111,7 @@ class PostgresDatabase(HubDatabase):
         self._local = threading.local()
         self._all: list[Any] = []
         self._closed = False
+        self.statement_timeout = f"{STATEMENT_TIMEOUT_S:g}s"
         conn = self._connect(create_schema=True)
         self._idle.put(conn)
 
@@ -106,9 +120,14 @@ class PostgresDatabase(HubDatabase):
     def _connect(self, create_schema: bool = False) -> Any:
         try:
             conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.errors.TooManyConnections as exc:
+            raise DatabaseUnavailableError(
+                f"{self.where}: PostgreSQL has no free connection slot ({_one_line(exc)}); each hub replica opens up "
+                f"to {self._max} connections per store: raise the server's max_connections or close other clients"
+            ) from None
         except psycopg.Error as exc:
-            raise DatabaseError(
-                f"{self.where}: cannot connect to PostgreSQL ({str(exc).strip()}); check that the server runs and "
+            raise DatabaseUnavailableError(
+                f"{self.where}: cannot connect to PostgreSQL ({_one_line(exc)}); check that the server runs and "
                 "that storage.database_url (env TANDEM_HUB_STORAGE_DATABASE_URL, or --database-url) names its "
                 "host, port, user, password and database"
             ) from None
@@ -119,6 +138,21 @@ class PostgresDatabase(HubDatabase):
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["tandem-schema:" + self.schema])
                     conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
             conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(self.schema)))
+            commit = conn.execute("SHOW synchronous_commit").fetchone()
+            if self.durable and commit and commit["synchronous_commit"] == "off":
+                # A store that acknowledges what it committed (telemetry: acks to the broker) must not lose a
+                # commit to a server crash, whatever the server's default (SQLite's durable=True: synchronous=FULL).
+                conn.execute("SET synchronous_commit = on")
+            row = conn.execute("SHOW statement_timeout").fetchone()
+            if row and row["statement_timeout"] == "0":  # unbounded: the server's default, not a chosen value
+                conn.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT_S * 1000)}")
+                row = {"statement_timeout": f"{STATEMENT_TIMEOUT_S:g}s"}
+            self.statement_timeout = row["statement_timeout"] if row else "?"
+        except psycopg.OperationalError as exc:
+            conn.close()
+            raise DatabaseUnavailableError(
+                f"{self.where}: lost the connection to PostgreSQL ({_one_line(exc)})"
+            ) from None
         except psycopg.Error as exc:
             conn.close()
             raise DatabaseError(
@@ -148,11 +182,13 @@ class PostgresDatabase(HubDatabase):
         try:
             return self._idle.get(timeout=BORROW_TIMEOUT_S)
         except queue.Empty:
-            raise DatabaseError(
+            raise DatabaseUnavailableError(
                 f"{self.where}: all {self._max} connections stayed busy for {BORROW_TIMEOUT_S:.0f} s"
             ) from None
 
     def _give_back(self, conn: Any) -> None:
+        if conn.broken:  # the server went away: the idle ones died with it, so drop them now, not one per call
+            self._drop_idle()
         if conn.closed or conn.broken or self._closed:
             with self._guard:
                 self._made -= 1
@@ -162,6 +198,21 @@ class PostgresDatabase(HubDatabase):
                 conn.close()
             return
         self._idle.put(conn)
+
+    def _drop_idle(self) -> None:
+        while True:
+            try:
+                idle = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            with self._guard:
+                self._made -= 1
+                if idle in self._all:
+                    self._all.remove(idle)
+            try:
+                idle.close()
+            except Exception as exc:  # closing a dead connection is best effort
+                log.debug("closing a dead connection failed where=%s error=%s", self.where, exc)
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -174,8 +225,16 @@ class PostgresDatabase(HubDatabase):
         conn = self._borrow()
         try:
             yield conn
+        except psycopg.errors.QueryCanceled as exc:
+            raise DatabaseUnavailableError(
+                f"{self.where}: a statement ran past statement_timeout ({self.statement_timeout}): another session "
+                "may hold a lock on a table the hub writes (see pg_locks and pg_stat_activity), or the server is "
+                f"overloaded ({_one_line(exc)})"
+            ) from exc
         except psycopg.OperationalError as exc:
-            raise DatabaseError(f"{self.where}: lost the connection to PostgreSQL ({str(exc).strip()})") from exc
+            raise DatabaseUnavailableError(
+                f"{self.where}: lost the connection to PostgreSQL ({_one_line(exc)})"
+            ) from exc
         finally:
             self._give_back(conn)
 
@@ -206,6 +265,8 @@ class PostgresDatabase(HubDatabase):
         return [r["name"] for r in rows]
 
     def _lock_migrations(self, tx: Any) -> None:
+        # Migrations may rewrite big tables, and a replica waits here while another migrates: no timeout.
+        tx.execute("SET LOCAL statement_timeout = 0")
         tx.query("SELECT pg_advisory_xact_lock(hashtext(?)) AS locked", ["tandem-migrate:" + self.schema])
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tandem.cloud_hub.storage.outage import FailureLog
 from tandem.cloud_hub.storage.db import HubDatabase
 from tandem.cloud_hub.telemetry.engine import (
     AlertChange,
@@ -36,6 +37,7 @@ from tandem.protocols.telemetry_codec import TelemetryWindow, decode_window
 from tandem.protocols.topics import EVENTS, TELEMETRY_RESEND, events_topic, telemetry_resend_topic
 
 log = logging.getLogger(__name__)
+_failures = FailureLog(log)
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,8 @@ class TelemetryIngestService:
     def _on_windows(self, windows: list[tuple[TelemetryWindow, float]]) -> None:
         try:
             self.gaps.note((w.device_id, w.sequence) for w, _ in windows)
-        except Exception:  # gap tracking must not stop drift or presence
-            log.exception("telemetry gap tracking failed")
+        except Exception as exc:  # gap tracking must not stop drift or presence
+            _failures.failed("telemetry gap tracking failed", exc)
         filed = [(w, self.clocks.observe(w.device_id, w.end_unix, received)) for w, received in windows]
         with self._lock:
             self.engine.add_many(filed)
@@ -183,21 +185,21 @@ class TelemetryIngestService:
         while not self._stop.wait(min(self.config.gap_tick_s, self.config.eval_interval_s)):
             try:
                 self.gaps.tick()
-            except Exception:
-                log.exception("telemetry gap tick failed")
+            except Exception as exc:
+                _failures.failed("telemetry gap tick failed", exc)
             if self.config.run_retention and time.monotonic() - last_retention >= self.config.retention.interval_s:
                 last_retention = time.monotonic()
                 try:
                     self.retention.run_once()
-                except Exception:  # a failed pass leaves the cursor where it was: the next one redoes it
-                    log.exception("telemetry rollup/retention pass failed")
+                except Exception as exc:  # a failed pass leaves the cursor where it was: the next one redoes it
+                    _failures.failed("telemetry rollup/retention pass failed", exc)
             if time.monotonic() < next_eval:
                 continue
             next_eval = time.monotonic() + self.config.eval_interval_s
             try:
                 self.evaluate(time.time())
-            except Exception:
-                log.exception("drift evaluation failed")
+            except Exception as exc:
+                _failures.failed("drift evaluation failed", exc)
 
     def evaluate(self, now: float) -> Evaluation:
         """Evaluate every cohort now; store, publish and POST alert changes."""

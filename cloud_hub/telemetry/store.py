@@ -138,7 +138,7 @@ class TelemetryStore:
         """Open (creating and migrating) a telemetry DB: a postgresql:// URL (schema `telemetry`), a SQLite
         file, or a directory (<dir>/telemetry.sqlite)."""
         if is_postgres_url(target):
-            db = open_database(target, TELEMETRY_MIGRATIONS_POSTGRES, schema=TELEMETRY_SCHEMA)
+            db = open_database(target, TELEMETRY_MIGRATIONS_POSTGRES, schema=TELEMETRY_SCHEMA, durable=True)
         else:
             path = Path(target)
             if path.is_dir() or not path.suffix:
