@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any, Literal
 
+from tandem.cloud_hub.rollouts.evidence import RateSides, fallback_rise_breach
 from tandem.cloud_hub.rollouts.quality import Comparison, QualityQuery, verdict
 
 DeviceState = Literal[
@@ -41,7 +42,8 @@ class GatePolicy:
     """When a wave may open the next one. Rates are fractions 0..1."""
 
     max_failure_rate: float = 0.0  # failed, rejected or self-rolled-back devices over the opened devices
-    max_fallback_rise: float = 0.10  # mean rise of committed devices' fallback rate over their previous version
+    max_fallback_rise: float = 0.10  # mean rise of committed devices' fallback rate over their previous version,
+    # halting only on evidence that it is above this (rollouts.evidence), not on a few devices' noise
     max_latency_ratio: float = 2.0  # median of committed devices' p95 over their previous version's
     max_drift_alerts: int = 0  # open drift alerts on the new version
     min_reporting: float = 0.8  # share of opened devices with a final answer before the gate decides
@@ -367,17 +369,19 @@ def gate_problem(r: Rollout, drift_alerts: int) -> str | None:
     """The first gate figure out of bounds for the opened devices, or None."""
     g = r.gates
     committed = [d for d in r.opened() if d.state == "committed"]
-    rises, ratios = [], []
+    sides: list[RateSides] = []
+    ratios = []
     for d in committed:
         base, cur = d.health.get("baseline") or {}, d.health.get("current") or {}
-        if cur.get("requests"):
-            rises.append(
-                cur.get("fallback_rate", 0.0) - (base.get("fallback_rate", 0.0) if base.get("requests") else 0.0)
-            )
+        figures = RateSides.of(d.health)
+        if figures is not None:
+            sides.append(figures)
             if base.get("latency_p95_ms") and cur.get("latency_p95_ms") is not None:
                 ratios.append(cur["latency_p95_ms"] / base["latency_p95_ms"])
-    if rises and sum(rises) / len(rises) > g.max_fallback_rise:
-        return f"fallback rate rose by {sum(rises) / len(rises):.3f} on average, above {g.max_fallback_rise:.3f}"
+    # the mean rise must be shown to exceed the limit: a few devices' short watches are noisy (rollouts.evidence)
+    rise = fallback_rise_breach(sides, g.max_fallback_rise)
+    if rise:
+        return rise
     if ratios and median(ratios) > g.max_latency_ratio:
         return f"p95 latency is {median(ratios):.2f}x the previous version's, above {g.max_latency_ratio:.2f}x"
     if drift_alerts > g.max_drift_alerts:
