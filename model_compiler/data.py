@@ -138,6 +138,7 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
         checked[spec.name] = np.asarray(arr, order="C")  # not ascontiguousarray: it turns a 0-d scalar into [1]
         if axis is None:
             continue  # a scalar: one value for every sample
+        _check_whole_runs(arr, spec, axis, where)
         if count is None:
             count = arr.shape[axis]
         elif arr.shape[axis] != count:
@@ -156,6 +157,20 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
                 f"{labels.shape} dtype {labels.dtype}"
             )
     return Dataset(checked, labels, str(path), axes)
+
+
+def _check_whole_runs(arr: np.ndarray, spec: TensorSpec, axis: int, where: str) -> None:
+    """An input with no dynamic axis is fed its fixed size along axis 0 at a time (a fixed batch, or no batch
+    axis at all: [3, 32, 32]); data that is not a whole number of those would end in the runtime's shape error."""
+    fixed = spec.shape[axis]
+    if fixed > 1 and arr.shape[axis] % fixed:
+        one = tuple(spec.shape)
+        two = tuple(2 * d if i == axis else d for i, d in enumerate(spec.shape))
+        raise CalibrationDataError(
+            f"{where}: {arr.shape[axis]} along axis {axis}, not a multiple of the model's fixed {fixed} there: the "
+            f"model's shape {one} has no dynamic axis, so each run takes a whole {one}; give whole inputs end to end "
+            f"along axis {axis} ({one} for one, {two} for two), or export the model with a dynamic batch axis"
+        )
 
 
 def check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:

@@ -376,7 +376,7 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     buildable = [p for p in profiles if p.name not in blocked]
     recipes, wanted_by, skipped = _plan(buildable, say, cannot)
     outcomes = _build_and_validate(
-        recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say, quantized
+        recipes, wanted_by, prepared_path, calib, val, task, reference, opts, out, say, quantized, (inputs, outputs)
     )
     note_where_validated(outcomes, buildable)
     if opts.timing:
@@ -513,9 +513,11 @@ def _build_and_validate(
     out: Path,
     say: Progress,
     quantized: list[str] | None = None,
+    declared: tuple[list[TensorSpec], list[TensorSpec]] | None = None,
 ) -> list[VariantOutcome]:
     """Build and validate each recipe; one that cannot be built is skipped with its reason. `quantized`:
-    the source's quantized operators (quantized_source.py), which rule some recipes out before building."""
+    the source's quantized operators (quantized_source.py), which rule some recipes out before building;
+    `declared`: the inputs and outputs the manifest lists, which each variant must match (the agent checks)."""
     outcomes = []
     total = len(recipes)
     for i, (rid, recipe) in enumerate(recipes.items(), start=1):
@@ -557,6 +559,7 @@ def _build_and_validate(
                 buckets=built.buckets or None,
                 pad_axes=built.pad_axes,
                 reference_model=prepared_path,
+                declared=declared,
             )
             outcome.built, outcome.metrics, outcome.outputs = built, metrics, outputs
             say(

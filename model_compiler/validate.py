@@ -17,6 +17,7 @@ import numpy as np
 from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
 from tandem.model_compiler.data import Axes, Dataset, batch_axis, sample_count, take
 from tandem.model_compiler.errors import CompileError, VariantSkipped
+from tandem.protocols.manifest import TensorSpec
 from tandem.tasks import (
     TaskError,
     TaskSpec,
@@ -340,6 +341,27 @@ def weight_bytes(runtime: str, files: list[Path]) -> int:
     return file_bytes(files)
 
 
+def check_declared_io(session: RuntimeSession, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """VariantSkipped when the built variant's tensors differ from the model's in dtype or rank (matched by name,
+    else by position), as the agent checks at load: a lowering that turns a [5] output into [1, 5] would
+    otherwise be validated, chosen, and then refused on the device."""
+    for what, want, got in (("input", inputs, list(session.inputs)), ("output", outputs, list(session.outputs))):
+        by_name = {g.name: g for g in got}
+        for i, spec in enumerate(want):
+            have = by_name.get(spec.name) or (got[i] if len(got) == len(want) else None)
+            if have is None:
+                raise VariantSkipped(f"the built variant has no {what} {spec.name!r} (it has {', '.join(by_name)})")
+            if have.dtype != spec.dtype or len(have.shape) != len(spec.shape):
+                raise VariantSkipped(
+                    f"{what} {spec.name!r} is {have.dtype} {_dims(have.shape)} in the built variant but "
+                    f"{spec.dtype} {_dims(spec.shape)} in the model; the agent would refuse to load it"
+                )
+
+
+def _dims(shape: Any) -> str:
+    return "[" + ", ".join("?" if d is None or d < 0 else str(d) for d in shape) + "]"
+
+
 def validate_variant(
     runtime: str,
     files: list[Path],
@@ -354,8 +376,12 @@ def validate_variant(
     buckets: list[dict[str, Any]] | None = None,
     pad_axes: dict[str, list[int]] | None = None,
     reference_model: Path | None = None,
+    declared: tuple[list[TensorSpec], list[TensorSpec]] | None = None,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Load the variant, compare it on `val`, time it; returns (metrics, outputs on val).
+
+    `declared`: the model's inputs and outputs as the manifest will list them; a variant whose tensors differ
+    in dtype or rank is skipped here, since the agent refuses to load it (edge_agent/model.py).
 
     A variant built in static shape `buckets` (one file each) runs `val` as the agent serves it
     (the fitting bucket, padded where the task allows), and every bucket is also gated on `val`
@@ -375,6 +401,12 @@ def validate_variant(
     except RuntimeUnavailableError as exc:
         raise VariantSkipped(f"does not load: {exc}") from exc
     load_ms = (time.perf_counter() - started) * 1000.0
+    if declared is not None:
+        try:
+            check_declared_io(session, *declared)
+        except VariantSkipped:
+            session.close()
+            raise
     try:
         outputs = run_dataset(session, val.inputs, val.axes)
     except Exception as exc:  # a runtime's own error types vary; the message is what matters

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compile_fixtures import ORT_CPU, ORT_FP32, compile_for_profile, profile_text
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
-from tandem.model_compiler.errors import InvalidModelError
+from tandem.model_compiler.errors import CalibrationDataError, InvalidModelError
 from tandem.model_compiler.model_io import load_model
 
 IN, HIDDEN, OUT = 16, 32, 5
@@ -26,6 +26,14 @@ ORT_ALL = profile_text(
     ["int8", "fp16", "fp32"],
     description="test profile, ONNX Runtime INT8, FP16 and FP32",
     cpu_features=("avx2", "fma", "f16c"),
+)
+
+# LiteRT first, ONNX Runtime FP32 behind it: what a profile chooses when the LiteRT variant is refused.
+LITERT_ORT = profile_text(
+    "litert-ort",
+    [{"runtime": "litert"}, ORT_CPU],
+    ["fp32"],
+    description="test profile, LiteRT then ONNX Runtime, FP32",
 )
 
 
@@ -154,3 +162,36 @@ def test_a_native_fp16_model_is_its_own_fp16_variant(tmp_path):
     got = _served(tmp_path, result.out, "onnxruntime-fp16", x)
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, _direct(path, x))
+
+
+def _unbatched(path: Path) -> Path:
+    """The MLP as an exporter writes it without a batch axis: x [16] -> y [5] (MatMul of a vector)."""
+    model = _mlp()
+    for value in (model.graph.input[0], model.graph.output[0]):
+        del value.type.tensor_type.shape.dim[0]
+    onnx.save(model, str(path))
+    return path
+
+
+def test_data_for_an_input_without_a_batch_axis_must_hold_whole_inputs(tmp_path):
+    path = _unbatched(tmp_path / "unbatched.onnx")
+    with pytest.raises(CalibrationDataError) as err:
+        compile_for_profile(tmp_path, ORT_FP32, path, _rows(1).reshape(IN)[:12], progress=lambda message: None)
+    message = str(err.value)  # was ONNX Runtime's INVALID_ARGUMENT traceback out of the reference run
+    assert "input 'x': 12 along axis 0, not a multiple of the model's fixed 16 there" in message, message
+    assert "(16,) for one, (32,) for two" in message
+
+
+def test_a_variant_whose_outputs_differ_in_rank_from_the_model_is_not_chosen(tmp_path):
+    # LiteRT lowers MatMul of a vector to FULLY_CONNECTED, whose output keeps a batch axis: y [1, 5] for the
+    # model's [5]. Chosen as it was, the agent refused to load it on the device ('has rank 2 in the model').
+    path = _unbatched(tmp_path / "unbatched.onnx")
+    result = compile_for_profile(tmp_path, LITERT_ORT, path, _rows(1).reshape(IN), progress=lambda message: None)
+    skipped = {o.recipe.id: o.skipped for o in result.outcomes}
+    assert "output 'y' is float32 [?, 5] in the built variant but float32 [5] in the model" in str(
+        skipped["litert-fp32"]
+    ), skipped
+    chosen = result.manifest.profiles["litert-ort"].chosen
+    assert chosen == "onnxruntime-fp32"
+    x = _rows(1, seed=5).reshape(IN)
+    np.testing.assert_allclose(_served(tmp_path, result.out, chosen, x), _direct(path, x), rtol=1e-5, atol=1e-6)
