@@ -60,6 +60,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _no_free_slot(exc: BaseException) -> bool:
+    """The server refused for want of a connection slot (SQLSTATE 53300; at connect time psycopg carries only
+    libpq's text, English unless the server's lc_messages says otherwise)."""
+    return getattr(exc, "sqlstate", None) == "53300" or "too many clients" in str(exc)
+
+
 def _run(cur: Any, sql: str, params: Params) -> None:
     if params:
         cur.execute(_sql(sql), params)
@@ -120,16 +126,16 @@ class PostgresDatabase(HubDatabase):
     def _connect(self, create_schema: bool = False) -> Any:
         try:
             conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S)
-        except psycopg.errors.TooManyConnections as exc:
+        except psycopg.Error as exc:
+            if not _no_free_slot(exc):
+                raise DatabaseUnavailableError(
+                    f"{self.where}: cannot connect to PostgreSQL ({_one_line(exc)}); check that the server runs and "
+                    "that storage.database_url (env TANDEM_HUB_STORAGE_DATABASE_URL, or --database-url) names its "
+                    "host, port, user, password and database"
+                ) from None
             raise DatabaseUnavailableError(
                 f"{self.where}: PostgreSQL has no free connection slot ({_one_line(exc)}); each hub replica opens up "
                 f"to {self._max} connections per store: raise the server's max_connections or close other clients"
-            ) from None
-        except psycopg.Error as exc:
-            raise DatabaseUnavailableError(
-                f"{self.where}: cannot connect to PostgreSQL ({_one_line(exc)}); check that the server runs and "
-                "that storage.database_url (env TANDEM_HUB_STORAGE_DATABASE_URL, or --database-url) names its "
-                "host, port, user, password and database"
             ) from None
         conn.adapters.register_loader("numeric", _NumericLoader)
         try:
