@@ -4,6 +4,7 @@ the model as given (the agent serves them), or is refused with a message that na
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compile_fixtures import ORT_CPU, ORT_FP32, compile_for_profile, profile_text
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
-from tandem.model_compiler.errors import CalibrationDataError, InvalidModelError
-from tandem.model_compiler.model_io import load_model
+from tandem.hardware_profiles.runtimes import load_session
+from tandem.model_compiler.errors import CalibrationDataError, InvalidModelError, VariantSkipped
+from tandem.model_compiler.model_io import io_specs, load_model
+from tandem.model_compiler.validate import check_declared_io
 
 IN, HIDDEN, OUT = 16, 32, 5
 
@@ -182,16 +185,33 @@ def test_data_for_an_input_without_a_batch_axis_must_hold_whole_inputs(tmp_path)
     assert "(16,) for one, (32,) for two" in message
 
 
-def test_a_variant_whose_outputs_differ_in_rank_from_the_model_is_not_chosen(tmp_path):
-    # LiteRT lowers MatMul of a vector to FULLY_CONNECTED, whose output keeps a batch axis: y [1, 5] for the
-    # model's [5]. Chosen as it was, the agent refused to load it on the device ('has rank 2 in the model').
+def test_a_variant_whose_outputs_differ_in_rank_from_the_model_is_refused_as_the_agent_would(tmp_path):
+    # What a lowering that keeps a batch axis builds: y [1, 5] for the model's [5]. Chosen, the agent refused to
+    # load it on the device ('has rank 2 in the model but 1 in the manifest'); the compiler now skips it.
+    path = _unbatched(tmp_path / "unbatched.onnx")
+    wrong = onnx.load(str(path))
+    wrong.graph.node.append(helper.make_node("Unsqueeze", ["y1", "zero"], ["y"]))
+    wrong.graph.node[-2].output[0] = "y1"
+    wrong.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "zero"))
+    wrong.graph.output[0].type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+    onnx.save(wrong, str(tmp_path / "wrong.onnx"))
+    session = load_session("onnxruntime", tmp_path / "wrong.onnx")
+    with pytest.raises(
+        VariantSkipped,
+        match=re.escape(
+            "output 'y' is float32 [1, 5] in the built variant but float32 [5] in the model; the agent would refuse"
+        ),
+    ):
+        check_declared_io(session, *io_specs(onnx.load(str(path))))
+    check_declared_io(load_session("onnxruntime", path), *io_specs(onnx.load(str(path))))
+
+
+def test_litert_keeps_a_vector_a_vector(tmp_path):
+    # MatMul of x [16] lowered to FULLY_CONNECTED without keep_num_dims gave y [1, 5] for the model's [5]: the
+    # variant was chosen for the profile and then refused by the agent. Now LiteRT's y is [5] and served.
     path = _unbatched(tmp_path / "unbatched.onnx")
     result = compile_for_profile(tmp_path, LITERT_ORT, path, _rows(1).reshape(IN), progress=lambda message: None)
-    skipped = {o.recipe.id: o.skipped for o in result.outcomes}
-    assert "output 'y' is float32 [?, 5] in the built variant but float32 [5] in the model" in str(
-        skipped["litert-fp32"]
-    ), skipped
     chosen = result.manifest.profiles["litert-ort"].chosen
-    assert chosen == "onnxruntime-fp32"
+    assert chosen == "litert-fp32", {o.recipe.id: o.skipped for o in result.outcomes}
     x = _rows(1, seed=5).reshape(IN)
-    np.testing.assert_allclose(_served(tmp_path, result.out, chosen, x), _direct(path, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_served(tmp_path, result.out, chosen, x), _direct(path, x), rtol=1e-5, atol=1e-5)

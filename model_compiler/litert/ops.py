@@ -36,7 +36,7 @@ def _fully_connected(low: Lowering, node: Node, a_name: str, weight: np.ndarray,
             low.graph.const(f"{node.name}/bias", bias.astype(np.float32)),
         ],
         [out],
-        keep_num_dims=len(a_shape) > 2,
+        keep_num_dims=len(a_shape) != 2,  # a vector [in] stays [out], not [1, out]
     )
 
 
