@@ -59,6 +59,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf DecodeError, OSError
         raise InvalidModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
     _load_external_data(model, path)
+    _check_opset_known(model, path)
     if not model.graph.node:
         raise InvalidModelError(f"{path}: the graph has no nodes")
     try:
@@ -93,6 +94,21 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # a location escaping the folder, a truncated file
         raise InvalidModelError(f"{path}: cannot read its external weights ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_opset_known(model: onnx.ModelProto, path: Path) -> None:
+    """An opset newer than the installed onnx knows passes its checker but no runtime here loads it (ONNX
+    Runtime: 'Opset 30 is under development'): say so before anything is built."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > newest:
+            raise InvalidModelError(
+                f"{path}: imports ONNX opset {imp.version}, newer than the highest this installation knows "
+                f"({newest}, onnx {onnx.__version__}); re-export it at opset {newest} or lower, or upgrade onnx "
+                "and onnxruntime"
+            )
 
 
 def is_tflite(path: Path) -> bool:

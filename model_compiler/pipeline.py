@@ -17,7 +17,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tandem.hardware_profiles import Profile, resolve_profiles
-from tandem.hardware_profiles.runtimes import load_session
+from tandem.hardware_profiles.runtimes import RuntimeUnavailableError, load_session
 from tandem.model_compiler import model_io
 from tandem.model_compiler.class_labels import labels_as_indices, with_class_labels
 from tandem.model_compiler.classifier_outputs import strip_zipmap
@@ -332,7 +332,10 @@ def _compile_into(opts: CompileOptions, progress: Progress | None = None) -> Com
     )
 
     say("running the FP32 reference" + (" (the model as given, with the bound inputs fed)" if bound else ""))
-    ref_session = load_session("onnxruntime", original_path, graph_optimization=False)
+    try:
+        ref_session = load_session("onnxruntime", original_path, graph_optimization=False)
+    except RuntimeUnavailableError as exc:
+        raise CompileError(f"ONNX Runtime, the compiler's reference, cannot load {opts.model}: {exc}") from exc
     ref_feeds = {**val.inputs, **{b.name: np.asarray(b.value, dtype=b.dtype) for b in bound}}
     reference = run_dataset(ref_session, ref_feeds, {**val.axes, **{b.name: None for b in bound}})
     ref_session.close()

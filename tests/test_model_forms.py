@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compile_fixtures import ORT_CPU, ORT_FP32, compile_for_profile, profile_text
 from tandem.edge_agent import Agent, AgentClient, AgentConfig
 from tandem.hardware_profiles.runtimes import load_session
-from tandem.model_compiler.errors import CalibrationDataError, InvalidModelError, VariantSkipped
+from tandem.model_compiler.errors import CalibrationDataError, CompileError, InvalidModelError, VariantSkipped
 from tandem.model_compiler.model_io import io_specs, load_model
 from tandem.model_compiler.validate import check_declared_io
 
@@ -215,3 +215,27 @@ def test_litert_keeps_a_vector_a_vector(tmp_path):
     assert chosen == "litert-fp32", {o.recipe.id: o.skipped for o in result.outcomes}
     x = _rows(1, seed=5).reshape(IN)
     np.testing.assert_allclose(_served(tmp_path, result.out, chosen, x), _direct(path, x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused_naming_both(tmp_path):
+    model = _mlp()
+    newest = onnx.defs.onnx_opset_version()
+    model.opset_import[0].version = newest + 2
+    onnx.save(model, str(tmp_path / "future.onnx"))
+    # was ONNX Runtime's 'Opset N is under development' as a RuntimeUnavailableError traceback
+    with pytest.raises(InvalidModelError, match=f"imports ONNX opset {newest + 2}, newer than the highest"):
+        load_model(tmp_path / "future.onnx")
+
+
+def test_a_model_onnx_runtime_cannot_load_is_a_compile_error_not_a_traceback(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mystery", ["r"], ["y"], domain="com.example")],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", IN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", IN])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    with pytest.raises(CompileError, match="ONNX Runtime, the compiler's reference, cannot load .*Mystery"):
+        compile_for_profile(tmp_path, ORT_FP32, tmp_path / "custom.onnx", _rows(8), progress=lambda message: None)
