@@ -9,6 +9,7 @@ sends the commands it returns. The rollout state lives in memory and in SQLite
 from __future__ import annotations
 
 import builtins
+import collections
 import hashlib
 import logging
 import queue
@@ -22,6 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tandem.cloud_hub.storage.db import DatabaseUnavailableError
 from tandem.cloud_hub.storage.outage import FailureLog
 from tandem.cloud_hub.devices import DeviceFilter, DeviceRegistry
 from tandem.cloud_hub.errors import ConflictError, InvalidInputError, NotFoundError
@@ -43,6 +45,7 @@ from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 
 log = logging.getLogger(__name__)
 _failures = FailureLog(log)
+HELD_RETRY_S = 0.5  # how often a message held while the database is away is tried again
 
 DriftAlerts = Callable[[str, str], int]  # (model, version) -> open drift alerts
 CLOCK_STEP_TOLERANCE_S = 5.0  # wall minus monotonic advance between two ticks that counts as a step
@@ -235,11 +238,22 @@ class RolloutService:
     def _run(self) -> None:
         # paced on the monotonic clock: a wall clock stepped back an hour would stop the ticks for that hour
         next_tick = self._monotonic()
+        # Messages whose handling met the database away (PostgreSQL restarting): kept in order and handled again
+        # once it answers, not dropped (a dropped OTA status left its wave waiting until its timeout: halted).
+        held: collections.deque[Any] = collections.deque()
         while not self._stop.is_set():
-            try:
-                item = self._inbox.get(timeout=max(0.0, next_tick - self._monotonic()))
-            except queue.Empty:
-                item = ()  # type: ignore[assignment]
+            if held:
+                while True:  # newer messages queue behind the held ones
+                    try:
+                        held.append(self._inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                item = held.popleft()
+            else:
+                try:
+                    item = self._inbox.get(timeout=max(0.0, next_tick - self._monotonic()))
+                except queue.Empty:
+                    item = ()
             if item is None:
                 return
             try:
@@ -248,7 +262,12 @@ class RolloutService:
                 if self._monotonic() >= next_tick:
                     self._tick()
                     next_tick = self._monotonic() + self.config.tick_s
-            except Exception as exc:  # one bad message or a DB hiccup must not stop rollouts
+            except DatabaseUnavailableError as exc:
+                if item:
+                    held.appendleft(item)
+                _failures.failed("rollouts worker error", exc)
+                self._stop.wait(HELD_RETRY_S)
+            except Exception as exc:  # one bad message must not stop rollouts
                 _failures.failed("rollouts worker error", exc)
 
     def _handle(self, topic: str, payload: bytes) -> None:
