@@ -43,6 +43,16 @@ def take(arr: np.ndarray, axis: int | None, start: int, stop: int | None) -> np.
     return arr[tuple(index)]
 
 
+def whole_run(inputs: Sequence[TensorSpec]) -> int:
+    """Rows along the batch axis one run takes when an input fixes it (a fixed batch, or no batch axis:
+    [3, 32, 32] takes 3), else 1; a slice of the data (the golden set) must be a multiple of it."""
+    for spec in inputs:
+        axis = batch_axis(spec.shape)
+        if axis is not None and spec.shape[axis] > 0:
+            return int(spec.shape[axis])
+    return 1
+
+
 def sample_count(data: Mapping[str, np.ndarray], axes: Axes | None = None) -> int:
     """Samples along the batch axis of the first batched input (1 when every input is a scalar)."""
     axes = axes or {}

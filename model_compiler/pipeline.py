@@ -30,7 +30,7 @@ from tandem.model_compiler.confidence import (
     calibrate_variant,
     split_fit_eval,
 )
-from tandem.model_compiler.data import Dataset, batch_axis, check_label_range, load_dataset, take
+from tandem.model_compiler.data import Dataset, batch_axis, check_label_range, load_dataset, take, whole_run
 from tandem.model_compiler.drift_reference import build_drift_reference
 from tandem.model_compiler.errors import CalibrationDataError, CompileError, VariantSkipped
 from tandem.model_compiler.report import note_where_validated, write_reports
@@ -783,6 +783,8 @@ def _write_manifest(
     golden = None
     if ok:
         count = min(opts.golden_count, len(val))
+        run = whole_run(inputs)  # [3, 8] with no batch axis: whole inputs, 15 rows of 16
+        count = max(count - count % run, min(run, len(val)))
         golden_inputs = val.head(count).inputs
         out_axes = [batch_axis(spec.shape) for spec in outputs]
         write_golden(
