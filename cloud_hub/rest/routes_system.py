@@ -53,9 +53,14 @@ def _store_problems(hub: Hub) -> list[str]:
     for name, ingest, what in ingests:
         error, since = getattr(ingest, "write_error", None), getattr(ingest, "write_error_since", None)
         if error:
+            fix = (
+                "bring the database back, or end the session holding a lock on it (pg_locks)"
+                if "DatabaseUnavailableError" in error
+                else "free space under the data dir"
+            )
             out.append(
                 f"{name} cannot be written for {now - (since or now):.0f}s ({error}); {what} wait unacknowledged "
-                "in the broker until it can (free space under the data dir)"
+                f"in the broker until it can ({fix})"
             )
     return out
 
