@@ -27,9 +27,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tandem.cloud_hub.storage.outage import FailureLog
 from tandem.cloud_hub.errors import HubError, NotFoundError
 from tandem.cloud_hub.mqtt_batches import ack_batch, take_batch
-from tandem.cloud_hub.storage.db import HubDatabase, Migration, is_postgres_url, open_database
+from tandem.cloud_hub.storage.db import (
+    DatabaseUnavailableError,
+    HubDatabase,
+    Migration,
+    is_postgres_url,
+    open_database,
+)
 from tandem.protocols import limits
 from tandem.protocols.telemetry_codec import TelemetryDecodeError, decode_hard_example
 from tandem.protocols.tensor_blob import TensorBlobError, TensorInfo, decode_index, decode_tensors
@@ -38,6 +45,7 @@ from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 from tandem.protocols.topics import HARD_EXAMPLES, TopicError, all_devices, parse_topic
 
 log = logging.getLogger(__name__)
+_failures = FailureLog(log)
 
 HARD_EXAMPLES_DB_FILENAME = "hard_examples.sqlite"
 HARD_EXAMPLES_SCHEMA = "hard_examples"  # on PostgreSQL
@@ -385,7 +393,10 @@ class HardExampleIngest:
             except Exception as exc:  # disk full, locked: keep the batch unacked and retry
                 self.stats.store_errors += 1
                 self._write_failed(exc)
-                log.error("hard-example store failed batch=%d error=%s; retrying", len(records), exc)
+                if isinstance(exc, DatabaseUnavailableError):  # PostgreSQL away: a line per 30 s, not per second
+                    _failures.failed("hard-example store failed batch=%d", exc, len(records))
+                else:
+                    log.error("hard-example store failed batch=%d error=%s; retrying", len(records), exc)
                 self._stop.wait(1.0)
         else:
             return  # stopping without a commit: no acks, the broker redelivers to the next session

@@ -10,6 +10,7 @@ agent's TelemetryService with its disk outbox.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 
@@ -100,7 +101,8 @@ def test_postgres_crash_and_restart_loses_no_window_and_health_says_why(tmp_path
         outage_lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
         print(f"stored={stored()} of {total} resumed_s={resumed_s:.1f} lines={len(outage_lines)} tb={len(tracebacks)}")
         assert len(tracebacks) <= 3, [f"{r.name}: {r.getMessage()[:150]}" for r in tracebacks]
-        assert len(outage_lines) <= 40, [f"{r.name}: {r.getMessage()[:120]}" for r in outage_lines]
+        per_logger = collections.Counter(r.name for r in outage_lines)  # a loop says it once, not once a tick
+        assert max(per_logger.values(), default=0) <= 2, [f"{r.name}: {r.getMessage()[:120]}" for r in outage_lines]
     finally:
         rest.close()
         agent.stop()

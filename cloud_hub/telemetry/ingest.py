@@ -19,6 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tandem.cloud_hub.storage.db import DatabaseUnavailableError
+from tandem.cloud_hub.storage.outage import FailureLog
 from tandem.cloud_hub.ratelimit import RateLimiter
 from tandem.cloud_hub.mqtt_batches import ack_batch, take_batch
 from tandem.cloud_hub.telemetry.store import StoredWindow, TelemetryStore
@@ -29,6 +31,7 @@ from tandem.protocols.tls import TlsFiles, configure_mqtt_client
 from tandem.protocols.topics import TELEMETRY, TopicError, all_devices, parse_topic, shared
 
 log = logging.getLogger(__name__)
+_failures = FailureLog(log)
 
 # Called with the windows of a committed batch that were new (not duplicates), and their receipt time.
 OnWindows = Callable[[list[tuple[TelemetryWindow, float]]], None]
@@ -209,7 +212,10 @@ class TelemetryIngest:
             except Exception as exc:  # disk full, locked: keep the batch unacked and retry
                 self.stats.store_errors += 1
                 self._write_failed(exc)
-                log.error("telemetry store failed batch=%d error=%s; retrying", len(items), exc)
+                if isinstance(exc, DatabaseUnavailableError):  # PostgreSQL away: a line per 30 s, not per second
+                    _failures.failed("telemetry store failed batch=%d", exc, len(items))
+                else:
+                    log.error("telemetry store failed batch=%d error=%s; retrying", len(items), exc)
                 self._stop.wait(1.0)
         else:
             return  # stopping without a commit: no acks, the broker redelivers to the next session
