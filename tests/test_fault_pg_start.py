@@ -68,3 +68,49 @@ def test_no_free_connection_slot_at_start_says_max_connections_then_starts_once_
         tmp_path / "hub", *QUIET_FLAGS, "--http-port", "0", "--grpc-port", "0", "--database-url", url
     ) as urls:
         assert urls["http"].startswith("http://127.0.0.1:")
+
+
+@pytest.mark.slow  # ~10 s: a cluster of its own
+def test_slots_taken_while_serving_are_503s_naming_max_connections_then_it_recovers(
+    tmp_path: Path, private_postgres
+) -> None:  # noqa: F811
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tandem.cloud_hub.auth import TokenStore
+    from tandem.cloud_hub.config import HubConfig
+    from tandem.cloud_hub.hub import Hub
+
+    cluster = private_postgres(max_connections=12)
+    url = cluster.url()
+    keys = {"data_dir": tmp_path / "hub", "http.port": 0, "grpc.port": 0, "mqtt.url": "mqtt://127.0.0.1:1"}
+    keys |= {"telemetry.enabled": False, "rollouts.enabled": False, "storage.database_url": url}
+    hub = Hub(HubConfig.from_keys(keys)).start()
+    token = TokenStore(hub.db).create("ops", "read").token
+    holders = []
+    try:
+        with httpx.Client(base_url=hub.http_url, headers={"Authorization": f"Bearer {token}"}, timeout=20) as rest:
+            assert rest.get("/v1/devices").status_code == 200
+            while True:  # another client takes every slot left
+                try:
+                    holders.append(psycopg.connect(url, connect_timeout=5))
+                except psycopg.OperationalError:
+                    break
+            with ThreadPoolExecutor(8) as pool:  # more at once than the hub store's idle connections
+                answers = list(pool.map(lambda _: rest.get("/v1/devices"), range(16)))
+            codes = sorted(r.status_code for r in answers)
+            print(f"held={len(holders)} answers={codes}")
+            assert set(codes) <= {200, 503} and 200 in codes, codes  # the pool it has still serves
+            refused = [r.json()["detail"] for r in answers if r.status_code == 503]
+            assert all("no free connection slot" in d and "max_connections" in d for d in refused), refused
+            for conn in holders:
+                conn.close()
+            holders.clear()
+            with ThreadPoolExecutor(8) as pool:
+                after = [r.status_code for r in pool.map(lambda _: rest.get("/v1/devices"), range(16))]
+            assert after == [200] * 16, after
+    finally:
+        for conn in holders:
+            conn.close()
+        hub.stop()
