@@ -13,34 +13,20 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
+# the sample-axis rules live with the runtimes (the device's self-test uses them too); re-exported here
+from tandem.hardware_profiles.runtimes.chunked import Axes as Axes
+from tandem.hardware_profiles.runtimes.chunked import batch_axis as batch_axis
+from tandem.hardware_profiles.runtimes.chunked import sample_count as sample_count
+from tandem.hardware_profiles.runtimes.chunked import take as take
 from tandem.model_compiler.errors import CalibrationDataError
 from tandem.protocols.manifest import TensorSpec
 
 LABEL_KEY = "y"
 SINGLE_INPUT_KEY = "x"
-
-
-Axes = Mapping[str, "int | None"]
-
-
-def batch_axis(shape: Sequence[int]) -> int | None:
-    """The axis samples lie along: the first dynamic one, 0 when all are fixed, None for a scalar."""
-    if not len(shape):
-        return None
-    return next((i for i, d in enumerate(shape) if d is None or d < 0), 0)
-
-
-def take(arr: np.ndarray, axis: int | None, start: int, stop: int | None) -> np.ndarray:
-    """Samples [start:stop] along `axis`; an unbatched (scalar) input is the same for every slice."""
-    if axis is None:
-        return arr
-    index = [slice(None)] * arr.ndim
-    index[axis] = slice(start, stop)
-    return arr[tuple(index)]
 
 
 def whole_run(inputs: Sequence[TensorSpec]) -> int:
@@ -50,16 +36,6 @@ def whole_run(inputs: Sequence[TensorSpec]) -> int:
         axis = batch_axis(spec.shape)
         if axis is not None and spec.shape[axis] > 0:
             return int(spec.shape[axis])
-    return 1
-
-
-def sample_count(data: Mapping[str, np.ndarray], axes: Axes | None = None) -> int:
-    """Samples along the batch axis of the first batched input (1 when every input is a scalar)."""
-    axes = axes or {}
-    for name, arr in data.items():
-        axis = axes.get(name, 0)
-        if axis is not None and np.ndim(arr):
-            return int(np.shape(arr)[axis])
     return 1
 
 

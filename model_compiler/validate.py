@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, load_session
-from tandem.model_compiler.data import Axes, Dataset, batch_axis, sample_count, take
+from tandem.hardware_profiles.runtimes import RuntimeSession, RuntimeUnavailableError, chunked, load_session
+from tandem.model_compiler.data import Axes, Dataset
 from tandem.model_compiler.errors import CompileError, VariantSkipped
 from tandem.protocols.manifest import TensorSpec
 from tandem.tasks import (
@@ -145,53 +145,13 @@ def confidences(task: Task, output: np.ndarray) -> np.ndarray | None:
 
 def fixed_batch(session: RuntimeSession, axes: Axes | None = None) -> int | None:
     """The batch size the variant insists on along an input's batch axis, if any."""
-    axes = axes or {}
-    for spec in session.inputs:
-        axis = axes.get(spec.name, 0)
-        if axis is not None and len(spec.shape) > axis and spec.shape[axis] > 0:
-            return int(spec.shape[axis])
-    return None
+    return chunked.fixed_batch(session, axes)
 
 
 def run_dataset(session: RuntimeSession, data: dict[str, np.ndarray], axes: Axes | None = None) -> list[np.ndarray]:
-    """Run all samples, in chunks the variant accepts (its fixed batch, e.g. 1), sliced along each
-    input's batch axis (scalars fed whole); outputs joined along their own batch axis."""
-    axes = axes or {}
-    chunk = fixed_batch(session, axes) or VALIDATION_CHUNK
-    n = sample_count(data, axes)
-    parts: list[list[np.ndarray]] = []
-    counts: list[int] = []
-    for start in range(0, n, chunk):
-        feeds = {
-            name: np.asarray(take(arr, axes.get(name, 0), start, start + chunk), order="C")
-            for name, arr in data.items()
-        }
-        outs = session.run(feeds)
-        parts.append([np.asarray(o) for o in outs])
-        counts.append(min(chunk, n - start))
-    if len(parts) == 1:
-        return parts[0]
-    out_axes = [batch_axis(spec.shape) for spec in session.outputs]
-    joined = []
-    for i in range(len(parts[0])):
-        if not parts[0][i].ndim:
-            joined.append(parts[0][i])
-            continue
-        axis = _joining_axis(out_axes[i] if i < len(out_axes) else 0, [p[i].shape for p in parts], counts)
-        joined.append(np.concatenate([p[i] for p in parts], axis=axis))
-    return joined
-
-
-def _joining_axis(declared: int | None, shapes: list[tuple[int, ...]], counts: list[int]) -> int:
-    """The axis an output's chunks lie along: the declared batch axis when every chunk's size there
-    is its sample count, else the first axis where that holds. A state output declared all-dynamic
-    (Silero VAD's stateN: [?, ?, ?], really [2, N, 128]) would otherwise be joined on axis 0."""
-    rank = len(shapes[0])
-    candidates = ([declared] if declared is not None else []) + list(range(rank))
-    for axis in candidates:
-        if all(len(s) == rank and s[axis] == c for s, c in zip(shapes, counts)):
-            return axis
-    return declared or 0
+    """Run all samples, in chunks the variant accepts (its fixed batch, e.g. 1, else VALIDATION_CHUNK);
+    the device's self-test runs its golden set the same way (hardware_profiles/runtimes/chunked.py)."""
+    return chunked.run_chunked(session, data, axes, VALIDATION_CHUNK)
 
 
 def compare_outputs(

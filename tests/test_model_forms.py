@@ -260,3 +260,30 @@ def test_the_golden_set_of_a_model_without_a_batch_axis_holds_whole_inputs(tmp_p
     with np.load(result.out / "golden.npz") as golden:
         assert golden["input/x"].shape == (15, 8)
         assert golden["output/onnxruntime-fp32/0"].shape == (15, 5)
+
+
+@pytest.mark.parametrize("shape", [[3, 8], [1, 8]], ids=["no-batch-axis", "fixed-batch-1"])
+def test_the_device_self_test_runs_the_golden_set_in_the_chunks_the_variant_takes(tmp_path, shape):
+    """The self-test fed all golden rows in one run: a [1, 8] variant always failed it ('Got: 16 Expected: 1'),
+    a [3, 8] one too (15 rows), so no device could ever install them; the compiler had validated them in chunks."""
+    from tandem.edge_agent.ota.selftest import run_selftest
+    from tandem.protocols.manifest import load_manifest
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 5])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "rows.onnx"))
+    rows = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
+    result = compile_for_profile(tmp_path, ORT_FP32, tmp_path / "rows.onnx", rows, progress=lambda message: None)
+    manifest = load_manifest(result.out)
+    assert manifest.golden is not None and manifest.golden.count > shape[0]  # more rows than one run takes
+    for variant in manifest.variants:
+        outcome = run_selftest(result.out, manifest, variant)
+        assert outcome.max_abs_error <= manifest.golden.atol, (variant.id, outcome)

@@ -17,6 +17,7 @@ from tandem.edge_agent.ota.errors import SelfTestError, SelfTestHarnessError
 from tandem.edge_agent.errors import ModelLoadError
 from tandem.edge_agent.model import open_variant
 from tandem.hardware_profiles.runtimes import RuntimeUnavailableError
+from tandem.hardware_profiles.runtimes.chunked import batch_axis, run_chunked
 from tandem.protocols.npz import NpzFormatError, read_npz
 from tandem.protocols.manifest import Manifest, Variant
 
@@ -61,8 +62,11 @@ def run_selftest(model_dir: Path, manifest: Manifest, variant: Variant) -> SelfT
         session = open_variant(model_dir, variant, options, manifest.task)  # every static shape bucket
     except (RuntimeUnavailableError, TypeError, ModelLoadError) as exc:
         raise SelfTestError(f"variant {variant.id!r}: cannot load ({exc})") from exc
+    axes = {spec.name: batch_axis(spec.shape) for spec in variant.inputs}
     try:
-        outputs = session.run(feeds)
+        # in the chunks the variant takes (a fixed batch of 1, or no batch axis: [3, 8] is one input of
+        # three rows), as the compiler ran them when it wrote the golden outputs
+        outputs = run_chunked(session, feeds, axes)
     except Exception as exc:  # any runtime failure on golden inputs fails the test
         raise SelfTestError(f"variant {variant.id!r}: failed on golden inputs ({exc})") from exc
     finally:
