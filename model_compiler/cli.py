@@ -274,7 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     task.add_argument(
         "--task",
-        choices=["classification", "detection", "dense", "ctc", "embedding", "regression", "custom"],
+        choices=[
+            "classification",
+            "token_classification",
+            "detection",
+            "dense",
+            "ctc",
+            "embedding",
+            "regression",
+            "custom",
+        ],
         help="the model's task (default: inferred where the outputs make it unambiguous)",
     )
     task.add_argument(
@@ -284,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a task option, repeatable: output=NAME, scores=probabilities|logits|sigmoid|multi_label, "
         "layout=channels_first|anchors_first|nms, box_format=cxcywh|xyxy, score_threshold=0.25, "
-        "iou_threshold=0.45, ambiguity=LOW,HIGH, threshold=0.5 (dense), blank=0 (ctc), top_k=5, "
+        "iou_threshold=0.45, ambiguity=LOW,HIGH, threshold=0.5 (dense), blank=0 (ctc), "
+        "mask=INPUT (token_classification's attention mask; default: an input named like *mask*), top_k=5, "
         "metric=module:function (a user metric hook), pad_value=V (inputs may be padded up to a --shapes "
         "bucket with V; CTC pads with 0 by default), state=IN:OUT[,IN:OUT] (a stateful model's state inputs "
         "and the outputs carrying their next value; default: found by name)",

@@ -137,10 +137,11 @@ def load_dataset(path: str | Path, inputs: list[TensorSpec], role: str) -> Datas
         raise CalibrationDataError(f"{role} data {path}: holds no samples")
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.ndim != 1 or labels.shape[0] != count or labels.dtype.kind not in "iuU":
+        per_token = labels.ndim == 2 and labels.dtype.kind in "iu"  # [N, T]: a token classifier's labels
+        if (labels.ndim != 1 and not per_token) or labels.shape[0] != count or labels.dtype.kind not in "iuU":
             raise CalibrationDataError(
-                f"{role} data {path}: 'y' must be {count} integer labels (or class names), got shape "
-                f"{labels.shape} dtype {labels.dtype}"
+                f"{role} data {path}: 'y' must be {count} integer labels (or class names), or [{count}, T] "
+                f"integer labels per token, got shape {labels.shape} dtype {labels.dtype}"
             )
     return Dataset(checked, labels, str(path), axes)
 

@@ -43,6 +43,7 @@ from tandem.model_compiler.specialize import bind_inputs
 from tandem.model_compiler.validate import (
     Task,
     check_gate_can_judge,
+    check_labels_fit,
     check_state,
     confidences,
     resolve_task,
@@ -443,7 +444,8 @@ def _resolve_task(
     """The stated or inferred task; a classifier's default budget follows --max-accuracy-drop."""
     producers = {out: node.op_type for node in prepared.graph.node for out in node.output}
     names = [o.name for o in outputs]
-    task = resolve_task(names, reference, [producers.get(n) for n in names], opts.task, dict(opts.budgets))
+    task = resolve_task(names, reference, [producers.get(n) for n in names], opts.task, dict(opts.budgets), val.inputs)
+    check_labels_fit(task, reference[task.output_index], val)
     check_gate_can_judge(task, reference[task.output_index])
     if task.kind == "classification" and "top1_agreement" not in opts.budgets:
         derived = dict(task.budgets)

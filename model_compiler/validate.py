@@ -10,7 +10,7 @@ import importlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from tandem.tasks import (
     task_confidence,
     task_metrics,
 )
+from tandem.tasks.infer import token_inputs
 from tandem.model_compiler.measure import batch_of, measure_latency, measure_throughput
 from tandem.tasks.shapes import Bucket, BucketedSession, fit_to, pad_value
 
@@ -72,13 +73,17 @@ def resolve_task(
     producers: list[str | None],
     stated: TaskSpec | None,
     budgets: dict[str, float] | None,
+    inputs: Mapping[str, np.ndarray] | None = None,
 ) -> Task:
-    """The stated task (checked against the outputs) or the one the outputs show, with its budgets."""
+    """The stated task (checked against the outputs) or the one the outputs show (from them and the
+    validation `inputs`: token ids), with its budgets. A stated token classifier without `mask` counts
+    the tokens where an input named like *mask* is nonzero, as an inferred one does."""
     if stated is not None:
         if stated.output is not None and stated.output not in names:
             raise CompileError(f"--task-option output={stated.output}: the model's outputs are {', '.join(names)}")
         index = names.index(stated.output) if stated.output else 0
         spec, reason = replace(stated, output=names[index]), "stated with --task"
+        spec = _token_mask(spec, reference_outputs[index], inputs or {})
         try:  # decode once: a wrong layout, blank index or shape fails here, not after building every variant
             task_metrics(spec, reference_outputs[index][:2], reference_outputs[index][:2])
         except (TaskError, ValueError, IndexError) as exc:
@@ -87,13 +92,53 @@ def resolve_task(
                 f"{list(reference_outputs[index].shape)} cannot be read that way ({exc})"
             ) from exc
     else:
-        found = infer_task(names, reference_outputs, producers)
+        found = infer_task(names, reference_outputs, producers, inputs)
         spec, reason = found.spec, "inferred: " + found.reason
         index = names.index(spec.output) if spec.output in names else 0
     try:
         return Task(spec, index, budgets_for(spec, budgets), reason)
     except TaskError as exc:
         raise CompileError(f"--budget: {exc}") from exc
+
+
+def _token_mask(spec: TaskSpec, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> TaskSpec:
+    """A token classifier's mask input: stated (it must be an [N, T] input), else found by name."""
+    if spec.kind != "token_classification":
+        return spec
+    steps = output.shape[1] if output.ndim == 3 else -1
+    if spec.mask is None:
+        return replace(spec, mask=token_inputs(inputs, steps)[1])
+    got = inputs.get(spec.mask)
+    if got is None or got.ndim != 2 or got.shape[1] != steps:
+        raise CompileError(
+            f"--task-option mask={spec.mask}: not an [N, {steps}] input of the validation data "
+            f"(inputs: {', '.join(f'{k} {list(v.shape)}' for k, v in inputs.items())})"
+        )
+    return spec
+
+
+def token_mask(task: Task, inputs: Mapping[str, np.ndarray] | None) -> np.ndarray | None:
+    """The attention mask the token gate counts by, from the inputs the outputs came from."""
+    if task.kind != "token_classification" or task.spec.mask is None or inputs is None:
+        return None
+    return inputs.get(task.spec.mask)
+
+
+def check_labels_fit(task: Task, reference: np.ndarray, val: Dataset) -> None:
+    """Validation `y`: one label per sample, or for a token classifier one per token ([N, T], the output's
+    first two axes; negative: not counted). Refused naming the shape, not failed later in the metric."""
+    y = val.labels
+    if y is None:
+        return
+    where = f"validation data {val.source}: 'y'"
+    if task.kind == "token_classification":
+        if y.shape != reference.shape[:2] or y.dtype.kind not in "iu":
+            raise CompileError(
+                f"{where} has shape {list(y.shape)} dtype {y.dtype}; a token classifier takes integer "
+                f"labels per token, {list(reference.shape[:2])} (negative: not counted)"
+            )
+    elif y.ndim != 1:
+        raise CompileError(f"{where} has shape {list(y.shape)}; a {task.kind} task takes one label per sample")
 
 
 def check_gate_can_judge(task: Task, reference: np.ndarray) -> None:
@@ -160,10 +205,12 @@ def compare_outputs(
     outputs: list[np.ndarray],
     labels: np.ndarray | None,
     dense_threshold: float = 0.5,
+    inputs: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The task's figures and gate verdict for `outputs` against `reference`, beside the old
     element-wise figures (max error; "agreement": top-1 for a classifier, else thresholded
-    element agreement), which are informational and decide nothing."""
+    element agreement), which are informational and decide nothing. `inputs`: what both ran on,
+    for a token classifier's attention mask (without them every token counts)."""
     ref_raw = reference[task.output_index]
     out_raw = np.asarray(outputs[task.output_index]).reshape(ref_raw.shape)
     ref = ref_raw.astype(np.float64)
@@ -173,7 +220,8 @@ def compare_outputs(
         "max_abs_error": float(diff.max()) if diff.size else 0.0,
         "mean_abs_error": float(diff.mean()) if diff.size else 0.0,
     }
-    figures = task_metrics(task.spec, ref_raw, out_raw, labels if task.kind == "classification" else None)
+    with_labels = task.kind in ("classification", "token_classification")
+    figures = task_metrics(task.spec, ref_raw, out_raw, labels if with_labels else None, token_mask(task, inputs))
     if task.kind == "classification":
         metrics["agreement"] = figures["top1_agreement"]
         if "accuracy" in figures:
@@ -181,6 +229,10 @@ def compare_outputs(
         conf = confidences(task, out)
         if conf is not None:
             metrics["mean_confidence"] = float(conf.mean())
+    elif task.kind == "token_classification":
+        metrics["agreement"] = figures["token_agreement"]
+        if "accuracy" in figures:
+            metrics["accuracy"] = figures["accuracy"]
     else:
         metrics["agreement"] = float(((ref > dense_threshold) == (out > dense_threshold)).mean())
     metrics.update({k: v for k, v in figures.items() if k not in ("accuracy",)})
@@ -240,7 +292,7 @@ def _gate_buckets(
             except Exception as exc:  # a runtime's own error types vary; the message is what matters
                 raise VariantSkipped(f"bucket {bucket.label()} fails: {type(exc).__name__}: {exc}") from exc
             ref = run_dataset(ref_session, data, val.axes)
-            m = compare_outputs(task, ref, got, None, dense_threshold)
+            m = compare_outputs(task, ref, got, None, dense_threshold, data)
             figures.append(
                 {"bucket": bucket.label(), "gate": m["task_gate"], "metric": m["task_metric"], "value": m["task_value"]}
             )
@@ -371,7 +423,7 @@ def validate_variant(
         outputs = run_dataset(session, val.inputs, val.axes)
     except Exception as exc:  # a runtime's own error types vary; the message is what matters
         raise VariantSkipped(f"fails on validation data: {type(exc).__name__}: {exc}") from exc
-    metrics = compare_outputs(task, reference, outputs, val.labels, dense_threshold)
+    metrics = compare_outputs(task, reference, outputs, val.labels, dense_threshold, val.inputs)
     ran_on = execution_providers(session)
     if ran_on is not None:  # where it really ran: ORT falls back to CPU for a provider it lacks
         metrics["validated_on"] = ran_on

@@ -1,7 +1,8 @@
 """Edge/cloud agreement per row, by the task: how far the edge's answer is from the hub's
 (the hub taken as the reference), as one figure in [0, 1] per row (1: the same answer).
 
-classification: same label (every label for multi-label). detection: F1 of the edge's boxes
+classification: same label (every label for multi-label). token classification: share of tokens
+with the same label (every position: the mask is not here). detection: F1 of the edge's boxes
 against the hub's at IoU 0.5, same class. CTC: 1 - character error rate of the decoded
 sequence. dense: mask IoU. embedding: cosine (negative counted as 0). regression: 1 - relative
 error (at most 1). custom: None (nothing to compare). The agent bins these into its telemetry
@@ -12,7 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from tandem.tasks.decode import class_labels, ctc_greedy, dense_masks, detections, normalized_embeddings
+from tandem.tasks.decode import (
+    class_labels,
+    ctc_greedy,
+    dense_masks,
+    detections,
+    normalized_embeddings,
+    token_probabilities,
+)
 from tandem.tasks.metrics import _mask_pair, average_precision, edit_distance
 from tandem.tasks.spec import TaskSpec
 
@@ -27,6 +35,9 @@ def row_agreement(spec: TaskSpec, edge: np.ndarray, cloud: np.ndarray) -> np.nda
         a, b = class_labels(spec, c), class_labels(spec, e)
         same = np.all(a == b, axis=1) if a.ndim == 2 else a == b
         return same.astype(np.float64)
+    if kind == "token_classification":
+        same = token_probabilities(spec, c).argmax(axis=2) == token_probabilities(spec, e).argmax(axis=2)
+        return same.mean(axis=1).astype(np.float64)
     if kind == "detection":
         figures = []
         for r, o in zip(detections(spec, c), detections(spec, e)):

@@ -4,7 +4,9 @@ with the task's own detail, or an explicit "no confidence" for tasks that have n
 binary sigmoid: max(p, 1-p). multi-label: the least decided label's max(p, 1-p).
 detection: 1 - share of boxes whose score sits in the ambiguity band (uncertain boxes
 are counted). dense: share of pixels outside the band. CTC: the weakest step's
-probability (the sequence probability comes beside it). Embedding, regression, custom:
+probability (the sequence probability comes beside it). Token classification: the weakest
+token's top probability (a sequence is as sure as its least sure token; every position counts,
+padding included, since the agent sees the output and not the attention mask). Embedding, regression, custom:
 None, and the agent keeps them on the edge unless a rule is configured.
 
 `signals` are the values the agent's telemetry bins for drift (names and edges:
@@ -19,12 +21,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tandem.tasks.decode import _candidates, class_probabilities, ctc_step_probabilities, sigmoid
+from tandem.tasks.decode import _candidates, class_probabilities, ctc_step_probabilities, sigmoid, token_probabilities
 from tandem.tasks.spec import TaskSpec
 
 
 # The agent's threshold per task confidence when neither config nor a calibration sets one.
-DEFAULT_THRESHOLDS = {"sigmoid": 0.8, "multi_label": 0.8, "detection": 0.8, "dense": 0.9, "ctc": 0.5}
+DEFAULT_THRESHOLDS = {
+    "sigmoid": 0.8,
+    "multi_label": 0.8,
+    "detection": 0.8,
+    "dense": 0.9,
+    "ctc": 0.5,
+    "token_classification": 0.5,
+}
 
 
 def confidence_measure(spec: TaskSpec) -> str | None:
@@ -95,6 +104,10 @@ def task_confidence(spec: TaskSpec, out: np.ndarray) -> TaskConfidence:
         fg = (x.reshape(rows, -1) > (0.5 if spec.threshold is None else spec.threshold)).sum(axis=1)
         pixels = max(1, x.reshape(rows, -1).shape[1])
         return TaskConfidence(conf.astype(np.float32), fg.astype(np.int64), signals={"foreground": fg / pixels})
+    if kind == "token_classification":
+        probs = token_probabilities(spec, x)
+        tagged = np.count_nonzero(probs.argmax(axis=2) != 0, axis=1).astype(np.int64)  # label: tokens not class 0
+        return TaskConfidence(probs.max(axis=2).min(axis=1).astype(np.float32), tagged)
     if kind == "ctc":
         probs = ctc_step_probabilities(spec, x)
         best = probs.max(axis=2)

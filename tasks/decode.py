@@ -175,6 +175,17 @@ def dense_masks(spec: TaskSpec, out: np.ndarray) -> np.ndarray:
     return (x > threshold).astype(np.int64).reshape(x.shape[0], -1)
 
 
+# -- token classification --------------------------------------------------------------
+
+
+def token_probabilities(spec: TaskSpec, out: np.ndarray) -> np.ndarray:
+    """[N, T, C] class probabilities per token (softmax over classes applied to logits)."""
+    x = np.asarray(out, dtype=np.float64)
+    if x.ndim != 3 or x.shape[2] < 2:
+        raise TaskError(f"token_classification output has shape {list(x.shape)}; expected [N, tokens, classes]")
+    return x if spec.scores == "probabilities" else softmax(x, axis=2)
+
+
 # -- CTC -------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ could mean two things the answer says so and names the `--task` that settles it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -46,9 +46,31 @@ def _labels_beside_probabilities(names: Sequence[str], outputs: Sequence[np.ndar
     return None
 
 
-def infer_task(names: Sequence[str], outputs: Sequence[np.ndarray], producers: Sequence[str | None] = ()) -> Inferred:
-    """The task of the first output, from its FP32 values on real inputs (and the op that produced it);
-    a first output of [N] integer labels beside [N, K] probabilities (scikit-learn's pair) reads the latter."""
+def token_inputs(inputs: Mapping[str, np.ndarray], steps: int) -> tuple[str | None, str | None]:
+    """(token ids, attention mask) among the model's inputs for an output of `steps` per row: the ids are an
+    integer [N, steps] input not named like a mask, the mask an [N, steps] input whose name holds "mask"
+    (both None when no integer input has that length: the steps are not tokens)."""
+    ids = mask = None
+    for name, arr in inputs.items():
+        x = np.asarray(arr)
+        if x.ndim != 2 or x.shape[1] != steps:
+            continue
+        if "mask" in name.lower():
+            mask = mask or name
+        elif x.dtype.kind in "iu":
+            ids = ids or name
+    return ids, (mask if ids is not None else None)
+
+
+def infer_task(
+    names: Sequence[str],
+    outputs: Sequence[np.ndarray],
+    producers: Sequence[str | None] = (),
+    inputs: Mapping[str, np.ndarray] | None = None,
+) -> Inferred:
+    """The task of the first output, from its FP32 values on real `inputs` (and the op that produced it);
+    a first output of [N] integer labels beside [N, K] probabilities (scikit-learn's pair) reads the latter.
+    An [N, T, C] output beside an integer [N, T] input (token ids) is per-token classification, not CTC."""
     paired = _labels_beside_probabilities(names, outputs)
     if paired is not None:
         return paired
@@ -102,6 +124,18 @@ def infer_task(names: Sequence[str], outputs: Sequence[np.ndarray], producers: S
         )
     if x.ndim == 3:
         small, large = sorted(x.shape[1:])
+        ids, mask = token_inputs(inputs or {}, x.shape[1])
+        if ids is not None and x.shape[2] >= 2:
+            probs = _sums_to_one(x, 2)
+            return Inferred(
+                TaskSpec("token_classification", output=name, scores="probabilities" if probs else "logits", mask=mask),
+                f"{where} and integer input {ids!r} has the same {x.shape[1]} steps: per-token class "
+                + ("probabilities" if probs else "logits")
+                + ", read as token classification"
+                + (f", tokens counted where {mask!r} is nonzero" if mask else ", every token counted")
+                + " (--task ctc if the steps are a CTC sequence)",
+                True,
+            )
         if _sums_to_one(x, 2) and x.shape[2] >= 2:
             return Inferred(
                 TaskSpec("ctc", output=name, blank=0, step_scores="probabilities"),

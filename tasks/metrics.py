@@ -18,6 +18,7 @@ from tandem.tasks.decode import (
     ctc_step_probabilities,
     dense_masks,
     detections,
+    token_probabilities,
     iou_matrix,
     normalized_embeddings,
 )
@@ -27,6 +28,7 @@ from tandem.tasks.spec import TaskSpec
 # kind -> (primary metric, "min" or "max", default budget)
 PRIMARY: dict[str, tuple[str, str, float] | None] = {
     "classification": ("top1_agreement", "min", 0.99),
+    "token_classification": ("token_agreement", "min", 0.99),
     "detection": ("map50", "min", 0.9),
     "dense": ("mask_iou", "min", 0.9),
     "ctc": ("exact_match", "min", 0.9),
@@ -37,6 +39,7 @@ PRIMARY: dict[str, tuple[str, str, float] | None] = {
 # every metric a budget may name, with its direction
 DIRECTIONS: dict[str, dict[str, str]] = {
     "classification": {"top1_agreement": "min", "accuracy": "min", "jaccard": "min"},
+    "token_classification": {"token_agreement": "min", "sequence_agreement": "min", "accuracy": "min"},
     "detection": {"map50": "min", "recall": "min", "matched_iou": "min", "map50_labels": "min"},
     "dense": {"mask_iou": "min", "dice": "min", "pixel_agreement": "min"},
     "ctc": {"exact_match": "min", "cer": "max"},
@@ -47,13 +50,20 @@ DIRECTIONS: dict[str, dict[str, str]] = {
 
 
 def task_metrics(
-    spec: TaskSpec, reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None = None
+    spec: TaskSpec,
+    reference: np.ndarray,
+    output: np.ndarray,
+    labels: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The task's figures for `output` against `reference` (both the task output, all samples)."""
+    """The task's figures for `output` against `reference` (both the task output, all samples);
+    `mask` ([N, T], nonzero: counted) is the token classifier's attention mask, ignored by other tasks."""
     ref = np.asarray(reference)
     out = np.asarray(output)
     if out.shape != ref.shape and spec.kind != "detection":
         out = out.reshape(ref.shape)
+    if spec.kind == "token_classification":
+        return _token_classification(spec, ref, out, labels, mask)
     fn = _METRICS[spec.kind]
     return {k: float(v) for k, v in fn(spec, ref, out, labels).items()}
 
@@ -69,6 +79,35 @@ def _classification(spec: TaskSpec, ref: np.ndarray, out: np.ndarray, labels: np
     if labels is not None:
         figures["accuracy"] = float((b == labels).mean())
     return figures
+
+
+def _token_classification(
+    spec: TaskSpec, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None, mask: np.ndarray | None
+) -> dict[str, float]:
+    """Per-token top-1 agreement over the counted tokens (mask nonzero; all without a mask), the share of
+    rows whose counted tokens all agree, and accuracy against [N, T] labels (a negative label, e.g.
+    Hugging Face's -100, is not counted)."""
+    a = token_probabilities(spec, ref).argmax(axis=2)
+    b = token_probabilities(spec, out).argmax(axis=2)
+    counted = np.ones(a.shape, bool)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != a.shape:
+            raise TaskError(f"token mask has shape {list(m.shape)}; the output's tokens are {list(a.shape)}")
+        counted = m != 0
+    same = (a == b) | ~counted
+    total = int(counted.sum())
+    figures = {
+        "token_agreement": float((a == b)[counted].mean()) if total else 1.0,
+        "sequence_agreement": float(same.all(axis=1).mean()),
+    }
+    if labels is not None:
+        y = np.asarray(labels)
+        if y.shape != a.shape:
+            raise TaskError(f"token labels 'y' have shape {list(y.shape)}; expected [N, T] = {list(a.shape)}")
+        scored = counted & (y >= 0)
+        figures["accuracy"] = float((b == y)[scored].mean()) if scored.any() else 1.0
+    return {k: float(v) for k, v in figures.items()}
 
 
 def average_precision(refs: list[Detections], outs: list[Detections], iou: float = 0.5) -> dict[str, float]:

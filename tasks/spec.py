@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from tandem.tasks.errors import TaskError
 
-KINDS = ("classification", "detection", "dense", "ctc", "embedding", "regression", "custom")
+KINDS = ("classification", "token_classification", "detection", "dense", "ctc", "embedding", "regression", "custom")
 CLASSIFICATION_SCORES = ("probabilities", "logits", "sigmoid", "multi_label")
 DETECTION_LAYOUTS = ("auto", "channels_first", "anchors_first", "nms")
 BOX_FORMATS = ("cxcywh", "xyxy")
@@ -25,6 +25,7 @@ DEFAULT_AMBIGUITY = {"detection": (0.15, 0.4), "dense": (0.3, 0.7)}
 _COMMON = ("kind", "output", "metric", "pad_value", "state")
 FIELDS: dict[str, tuple[str, ...]] = {
     "classification": ("scores", "threshold", "positive_threshold", "labels"),
+    "token_classification": ("scores", "threshold", "mask"),
     "detection": ("layout", "box_format", "score_threshold", "iou_threshold", "ambiguity", "max_boxes"),
     "dense": ("threshold", "ambiguity"),
     "ctc": ("blank", "step_scores"),
@@ -47,6 +48,9 @@ class TaskSpec:
     (anchors_first) decoded with per-class NMS, or outputs already past NMS `[N, K, 6]`
     rows (x1, y1, x2, y2, score, class); boxes scoring inside `ambiguity` are uncertain.
     dense: maps binarized at `threshold` (one channel) or argmax over channel axis 1.
+    token_classification: `[N, T, C]` class scores per token of an integer `[N, T]` input (a BERT-style
+    NER/POS tagger); `scores` probabilities or logits; `mask` names the input (an attention mask, nonzero:
+    a real token) that says which tokens count, None: every token counts.
     ctc: `[N, T, C]` per-step scores (`step_scores`), greedy-decoded, `blank` index.
     embedding: vectors compared by cosine; `top_k` neighbours for agreement.
     `metric`: an optional user metric hook, "module:function" (run by the compiler).
@@ -74,6 +78,7 @@ class TaskSpec:
     pad_value: float | None = None
     state: tuple[tuple[str, str], ...] | None = None
     labels: tuple[str | int, ...] | None = None
+    mask: str | None = None
 
     def __post_init__(self) -> None:
         if self.ambiguity is None:
@@ -104,7 +109,7 @@ class TaskSpec:
             out["state"] = dict(self.state)
         for name in FIELDS[self.kind]:
             value = getattr(self, name)
-            if name in ("threshold", "labels") and value is None:
+            if name in ("threshold", "labels", "mask") and value is None:
                 continue
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -246,6 +251,10 @@ def _check(spec: TaskSpec) -> None:
         if len(set(inputs)) != len(inputs):
             raise TaskError(f"task.state: an input is named twice ({', '.join(inputs)})")
     _check_labels(spec.labels)
+    if spec.kind == "token_classification" and spec.scores not in ("probabilities", "logits"):
+        raise TaskError(f"task.scores: {spec.scores!r} is not one of probabilities, logits (token_classification)")
+    if spec.mask is not None and (not isinstance(spec.mask, str) or not spec.mask):
+        raise TaskError(f"task.mask: {spec.mask!r} must be an input name")
     for name in ("positive_threshold", "score_threshold", "iou_threshold"):
         _unit(f"task.{name}", getattr(spec, name))
     band = spec.ambiguity

@@ -293,6 +293,7 @@ def test_every_kind_has_a_gate_that_passes_on_identical_outputs(kind):
         "detection": _yolo_head([(50, 50, 20, 20)], [[0.9]]),
         "dense": np.full((2, 1, 4, 4), 0.8),
         "ctc": _ctc_probs([[1, 0, 2]]),
+        "token_classification": _ctc_probs([[1, 0, 2]]),
         "embedding": np.eye(4) + 0.1,
         "regression": np.ones((4, 2)),
         "custom": np.ones((2, 2)),
