@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compile_fixtures import ORT_FP32, compile_for_profile
+from tandem.edge_agent.policy import TaskPolicy, task_policy_for
 from tandem.model_compiler.errors import CompileError
 from tandem.model_compiler.validate import Task, compare_outputs
 from tandem.tasks import TaskSpec, budgets_for, task_confidence, task_metrics
@@ -134,6 +135,10 @@ def test_confidence_is_the_least_sure_token() -> None:
     assert found.confidence is not None
     assert found.confidence.tolist() == pytest.approx([0.6, 0.95])
     assert found.labels.tolist() == [2, 1]  # tokens not tagged class 0
+    # the agent reads the manifest's task the same way: the first row (a 0.6 token) goes to the hub
+    policy = task_policy_for({"kind": "token_classification", "mask": "attention_mask"}, None, None, "auto")
+    assert isinstance(policy, TaskPolicy) and policy.threshold == 0.5
+    assert policy.score_array(out, 0.7).confident.tolist() == [False, True]
 
 
 def test_compile_infers_token_classification_and_gates_by_the_mask(tmp_path: Path) -> None:
