@@ -5,6 +5,7 @@ token into class 0 after a token of the same class was invisible (the sequences 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compile_fixtures import ORT_FP32, compile_for_profile
+from compile_fixtures import ORT_FP32, compile_for_profile, write_profile
 from tandem.edge_agent.policy import TaskPolicy, task_policy_for
+from tandem.model_compiler.cli import main as compile_cli
 from tandem.model_compiler.errors import CompileError
 from tandem.model_compiler.validate import Task, compare_outputs
 from tandem.tasks import TaskSpec, budgets_for, task_confidence, task_metrics
@@ -168,3 +170,23 @@ def test_stated_task_finds_the_mask_and_takes_labels_per_token(tmp_path: Path) -
         compile_for_profile(
             tmp_path, ORT_FP32, model, data, out=tmp_path / "o2", task=TaskSpec("token_classification", mask="nope")
         )
+
+
+def test_cli_states_token_classification(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tandem-compile --task token_classification --task-option mask=...`: the CLI takes the kind and its option;
+    a mask that is no [N, T] input is refused by name before anything is built."""
+    model = _tagger(tmp_path / "tagger.onnx")
+    np.savez(tmp_path / "d.npz", **_data(8))
+    args = [str(model), "--calib", str(tmp_path / "d.npz"), "--val", str(tmp_path / "d.npz")]
+    args += ["--profiles", write_profile(tmp_path, ORT_FP32), "--profile-dir", str(tmp_path / "profiles")]
+    args += ["--signing-key", str(tmp_path / "k.pem"), "--no-timing", "--task", "token_classification"]
+    assert compile_cli([*args, "--out", str(tmp_path / "bad"), "--task-option", "mask=input_ids2"]) == 2
+    assert "--task-option mask=input_ids2: not an [N, 10] input" in capsys.readouterr().err
+    assert compile_cli([*args, "--out", str(tmp_path / "o"), "--task-option", "mask=attention_mask"]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["task"] == {
+        "kind": "token_classification",
+        "output": "probs",
+        "scores": "probabilities",
+        "mask": "attention_mask",
+    }
