@@ -28,7 +28,7 @@ from typing import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tandem.cloud_hub.errors import ConflictError, HubError, InvalidInputError, NotFoundError
@@ -483,10 +483,10 @@ class RevocationList:
         return cert.serial_number in self._serials
 
 
-# public keys that can sign a CRL (what CertificateRevocationList.is_signature_valid takes)
-IssuerKey = (
-    ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey | rsa.RSAPublicKey | dsa.DSAPublicKey
-)
+# public keys that can sign a CRL (what CertificateRevocationList.is_signature_valid takes), less DSA:
+# cryptography 51 deprecates it and warns on every touch of `dsa.DSAPublicKey`, which printed two warning
+# lines on every tandem-hub command; a DSA-signed CRL is refused as an unsupported issuer key
+IssuerKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey | rsa.RSAPublicKey
 
 
 _ISSUER_KEYS = (
@@ -494,7 +494,6 @@ _ISSUER_KEYS = (
     ed25519.Ed25519PublicKey,
     ed448.Ed448PublicKey,
     rsa.RSAPublicKey,
-    dsa.DSAPublicKey,
 )
 
 

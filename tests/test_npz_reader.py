@@ -90,7 +90,7 @@ def test_refuses_what_is_not_a_plain_numeric_array_naming_the_member(tmp_path):
     with pytest.raises(NpzFormatError, match="words: dtype '<U1' is not numeric"):
         read_npz(_npz({"words": np.array(["a", "b"])}, compressed=False))
     objects = io.BytesIO()
-    np.savez(objects, things=np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.savez(objects, things=np.array([{"a": 1}], dtype=object))  # numpy pickles object arrays by default
     with pytest.raises(NpzFormatError, match=r"things: dtype .\|O. is not numeric"):
         read_npz(objects.getvalue())
     structured = np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")])

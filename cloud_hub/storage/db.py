@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from tandem.cloud_hub.errors import HubError
+from tandem.cloud_hub.errors import HubError, ServiceUnavailableError
 from tandem.cloud_hub.storage.dialect import Dialect
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,10 @@ class DatabaseError(HubError):
     """The database cannot be opened, reached or migrated; the message names it (password redacted)."""
 
 
-class DatabaseUnavailableError(DatabaseError):
+class DatabaseUnavailableError(DatabaseError, ServiceUnavailableError):
     """The database cannot answer now (down or restarting, no free connection slot, a statement past its
-    timeout): worth retrying, so REST answers 503, not 500; loops log it as one line, not a traceback."""
-
-    status = 503
+    timeout): worth retrying, so REST answers 503 (the hub's one 503 type), not 500; loops log it as one
+    line, not a traceback."""
 
 
 @dataclass(frozen=True)
