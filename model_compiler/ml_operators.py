@@ -33,12 +33,13 @@ def _openvino_cannot(model_path: Path, ops: list[str]) -> list[str]:
     try:
         import openvino as ov
 
-        from tandem.model_compiler.variants.openvino import telemetry_off
+        from tandem.model_compiler.variants.openvino import root_logging_kept, telemetry_off
     except ImportError:
         return []
     telemetry_off()
     try:
-        ov.convert_model(str(model_path))
+        with root_logging_kept():  # a failed conversion sets the root logger to ERROR for the process
+            ov.convert_model(str(model_path))
     except Exception as exc:  # OpConversionFailure: the message lists the operators
         text = str(exc)
         # "No conversion rule found" names the missing ones; "Conversion is failed for" also names those

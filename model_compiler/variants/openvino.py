@@ -23,7 +23,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -269,9 +269,10 @@ def _convert(model_path: Path, shapes: dict[str, list[int]] | None = None) -> ov
         raise VariantSkipped("openvino is not installed (pip install 'tandem[openvino]')") from exc
     telemetry_off()
     try:
-        if shapes:
-            return ov.convert_model(str(model_path), input={n: ov.PartialShape(s) for n, s in shapes.items()})
-        return ov.convert_model(str(model_path))
+        with root_logging_kept():
+            if shapes:
+                return ov.convert_model(str(model_path), input={n: ov.PartialShape(s) for n, s in shapes.items()})
+            return ov.convert_model(str(model_path))
     except Exception as exc:  # OpConversionFailure and friends
         raise VariantSkipped(f"OpenVINO cannot convert the ONNX model: {_conversion_summary(exc)}") from exc
 
@@ -415,6 +416,24 @@ def _check_loads(xml: Path, session_options: dict[str, object]) -> None:
         load_session(RUNTIME, xml, **session_options).close()
     except RuntimeUnavailableError as exc:
         raise VariantSkipped(f"OpenVINO cannot load the built {xml.name} on CPU: {_first_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def root_logging_kept() -> Iterator[None]:
+    """The root logger's level and handlers as they were, whatever OpenVINO's converter does to them.
+
+    A failed `ov.convert_model` sets the root logger to ERROR and adds a stderr handler, for the whole
+    process: after one unconvertible model (an ai.onnx.ml classifier) every later warning of ours, the
+    compiler's or a hub's that compiles, was silently dropped.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
 
 
 def telemetry_off() -> None:
