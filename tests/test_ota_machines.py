@@ -397,6 +397,26 @@ def test_drift_alerts_and_latency_are_gates_too():
     assert r.status == "halted" and "p95 latency is 3.00x" in r.reason
 
 
+def test_the_wave_latency_gate_reads_latency_as_the_devices_do():
+    """A tail stretched by host load (p95 3x, p50 unchanged) or a watch of a few requests is not a slower model;
+    p95 and p50 both 3x over enough requests is (the median p95 ratio alone halted the first two)."""
+
+    def wave(current: dict, requests: int = 50):
+        r, _, _ = ctl.new_rollout("ro-lat", "m", "1.1.0", DEVICES, [10, 100], GatePolicy(), now=0.0)
+        health = {
+            "baseline": {"requests": 200, "fallback_rate": 0.05, "latency_p95_ms": 1.0, "latency_p50_ms": 0.5},
+            "current": {"requests": requests, "fallback_rate": 0.05, **current},
+        }
+        _report_all(r, health=health)
+        ctl.tick(r, 2.0)
+        return r
+
+    assert wave({"latency_p95_ms": 3.0, "latency_p50_ms": 0.5}).status == "running"  # host noise in the tail
+    assert wave({"latency_p95_ms": 3.0, "latency_p50_ms": 1.5}, requests=5).status == "running"  # too few
+    slower = wave({"latency_p95_ms": 3.0, "latency_p50_ms": 1.5})
+    assert slower.status == "halted" and "latency (p95 and p50 alike) is 3.00x" in slower.reason
+
+
 def test_a_silent_wave_halts_at_its_timeout_and_late_devices_catch_up():
     gates = GatePolicy(min_reporting=1.0, wave_timeout_s=30, auto_rollback=False)
     r, sends, _ = ctl.new_rollout("ro-6", "m", "1.1.0", DEVICES, [5, 100], gates, now=0.0)

@@ -365,25 +365,48 @@ def clock_stepped(r: Rollout, step_s: float) -> None:
         r.wave_opened_at += step_s
 
 
+MIN_LATENCY_REQUESTS = 20  # per side, as the device's own watch (WatchPolicy.min_requests): fewer say nothing
+
+
+def _slowdown(base: dict[str, Any], cur: dict[str, Any]) -> tuple[float, bool] | None:
+    """How much slower one device found the new version, and whether a p50 took part; None on too few requests.
+
+    The device's own rule: its p95 ratio, or where both sides have a p50 the smaller of the p95 and p50
+    ratios, so a tail stretched by load on the host (a busy 3-s watch) is not a slower model.
+    """
+    if min(base.get("requests") or 0, cur.get("requests") or 0) < MIN_LATENCY_REQUESTS:
+        return None
+    if not base.get("latency_p95_ms") or cur.get("latency_p95_ms") is None:
+        return None
+    ratio = cur["latency_p95_ms"] / base["latency_p95_ms"]
+    if base.get("latency_p50_ms") and cur.get("latency_p50_ms") is not None:
+        return min(ratio, cur["latency_p50_ms"] / base["latency_p50_ms"]), True
+    return ratio, False
+
+
 def gate_problem(r: Rollout, drift_alerts: int) -> str | None:
     """The first gate figure out of bounds for the opened devices, or None."""
     g = r.gates
     committed = [d for d in r.opened() if d.state == "committed"]
     sides: list[RateSides] = []
     ratios = []
+    with_p50 = False
     for d in committed:
         base, cur = d.health.get("baseline") or {}, d.health.get("current") or {}
         figures = RateSides.of(d.health)
         if figures is not None:
             sides.append(figures)
-            if base.get("latency_p95_ms") and cur.get("latency_p95_ms") is not None:
-                ratios.append(cur["latency_p95_ms"] / base["latency_p95_ms"])
+        slowdown = _slowdown(base, cur)
+        if slowdown is not None:
+            ratios.append(slowdown[0])
+            with_p50 = with_p50 or slowdown[1]
     # the mean rise must be shown to exceed the limit: a few devices' short watches are noisy (rollouts.evidence)
     rise = fallback_rise_breach(sides, g.max_fallback_rise)
     if rise:
         return rise
     if ratios and median(ratios) > g.max_latency_ratio:
-        return f"p95 latency is {median(ratios):.2f}x the previous version's, above {g.max_latency_ratio:.2f}x"
+        what = "latency (p95 and p50 alike)" if with_p50 else "p95 latency"
+        return f"{what} is {median(ratios):.2f}x the previous version's, above {g.max_latency_ratio:.2f}x"
     if drift_alerts > g.max_drift_alerts:
         return f"{drift_alerts} open drift alert(s) on {r.model} {r.version}, allowed {g.max_drift_alerts}"
     return None
